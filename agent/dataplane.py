@@ -1,0 +1,105 @@
+"""The agent's DPDK primary: EAL init, the mbuf pool, and clean-up of what DPDK leaves behind.
+
+DESIGN §6: a primary leaves `/dev/hugepages/<prefix>map_*` and `/var/run/dpdk/<prefix>/`
+behind when it exits (and always when it crashes). We remove ours on exit and, at start, any
+left by a dead primary of the same prefix: DPDK's primary holds an fcntl write lock on
+`<runtime dir>/config` while it lives, so a lock we can take means the owner is gone.
+"""
+from __future__ import annotations
+
+import atexit
+import fcntl
+import glob
+import os
+import shutil
+from dataclasses import dataclass, field
+
+from serpens.runtime_cy import _dataplane as dp
+
+RUNTIME_ROOT = "/var/run/dpdk"
+DEFAULT_BASE_VIRTADDR = 0x100000000000  # 16 TiB; NF region is at 32 TiB (nf_image.h)
+
+
+@dataclass(frozen=True)
+class DataplaneConfig:
+    file_prefix: str
+    hugepage_dir: str = "/dev/hugepages"
+    base_virtaddr: int = DEFAULT_BASE_VIRTADDR
+    main_lcore: int = 0
+    cpus: str = "0-1"          # CPUs the primary's main thread may run on
+    vdevs: tuple = ()          # "net_null0", "net_pcap0,rx_pcap=...", ...
+    mbufs: int = 16383
+    mbuf_cache: int = 256
+    extra_eal_args: tuple = field(default=())
+
+    def eal_args(self):
+        args = ["serpens-agent", "--proc-type=primary", f"--file-prefix={self.file_prefix}",
+                f"--huge-dir={self.hugepage_dir}", f"--base-virtaddr={self.base_virtaddr:#x}",
+                f"--lcores={self.main_lcore}@({self.cpus})", "--no-telemetry",
+                "--log-level=lib.eal:error"]
+        if not any(v.startswith(("0000:", "-a")) for v in self.vdevs):
+            args.append("--no-pci")
+        args += [f"--vdev={v}" for v in self.vdevs]
+        return args + list(self.extra_eal_args)
+
+    def secondary_eal_args(self, lcore: int):
+        return ["--proc-type=secondary", f"--file-prefix={self.file_prefix}",
+                f"--huge-dir={self.hugepage_dir}", f"--lcores={lcore}@({self.cpus})",
+                "--no-pci", "--no-telemetry", "--log-level=lib.eal:error",
+                "--log-level=lib.*:error"]
+
+
+def remove_stale_files(prefix: str, hugepage_dir: str = "/dev/hugepages") -> bool:
+    """Remove DPDK files of `prefix` if no live primary holds them; True if removed."""
+    run_dir = os.path.join(RUNTIME_ROOT, prefix)
+    config = os.path.join(run_dir, "config")
+    if os.path.exists(config):
+        with open(config, "rb+") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # a primary is alive
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for path in glob.glob(os.path.join(hugepage_dir, f"{prefix}map_*")):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return True
+
+
+class Dataplane:
+    """One per process: the EAL primary and its mbuf pool. Use as a context manager, or call
+    close(); close also runs at interpreter exit."""
+
+    _started = False
+
+    def __init__(self, config: DataplaneConfig):
+        self.config = config
+        self.mempool = None
+        self._closed = False
+
+    def start(self):
+        if Dataplane._started:
+            raise RuntimeError("the EAL can be initialised once per process")
+        remove_stale_files(self.config.file_prefix, self.config.hugepage_dir)
+        dp.eal_init(self.config.eal_args())
+        Dataplane._started = True
+        atexit.register(self.close)
+        dp.register_label_field()
+        self.mempool = dp.Mempool("serpens_mbufs",
+                                  self.config.mbufs, self.config.mbuf_cache)
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        dp.eal_cleanup()
+        remove_stale_files(self.config.file_prefix, self.config.hugepage_dir)

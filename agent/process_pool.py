@@ -1,0 +1,296 @@
+"""The process pool: pre-launched runtime processes that become NF instances in microseconds.
+
+Theory of operation (paper §III-A, Fig. 4; runtime_cy/src/pool_ctl.h). At agent start we spawn
+(never fork after EAL init) N runtime processes; each reserves the NF region, attaches to DPDK
+as a secondary with its own lcore id and sleeps on an eventfd. `start_instance` hands an idle
+process its compiled SFC (image memfds over SCM_RIGHTS, ring names) and wakes it; it maps the
+images and runs. `stop_instance` returns it to the pool. A monitor thread watches every
+process's pidfd: a process that dies is replaced, the mbufs it held mid-batch are freed, and
+`on_crash(process, instance_id)` is told.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from serpens.runtime_cy import _dataplane as dp
+
+from .dataplane import Dataplane
+
+
+class PoolError(RuntimeError):
+    """A command to a pool process failed; the message is the runtime's reason."""
+
+    def __init__(self, message: str, errno_: int = 0):
+        super().__init__(message)
+        self.errno = errno_
+
+
+class PoolExhausted(PoolError):
+    pass
+
+
+@dataclass
+class PoolProcess:
+    index: int
+    lcore: int
+    proc: subprocess.Popen
+    ctl: dp.PoolCtl
+    sock: socket.socket
+    efd: int
+    pidfd: int
+    instance_id: int = 0
+    rings: tuple = ()
+    nsteps: int = 0
+    dead: bool = False
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def running(self):
+        return self.ctl.state == dp.POOL_RUNNING
+
+    def wake(self):
+        """Producer side of the sleep handshake, after enqueueing packets for it."""
+        return dp.wake_if_sleeping(self.ctl, self.efd)
+
+
+class ProcessPool:
+    def __init__(self, dataplane: Dataplane, size: int, *, first_lcore: int = 2,
+                 idle_us: int = 200, boot_timeout: float = 20.0, on_crash=None):
+        if size < 1:
+            raise ValueError("a pool has at least one process")
+        self.dataplane = dataplane
+        self.size = size
+        self.idle_us = idle_us
+        self.boot_timeout = boot_timeout
+        self.on_crash = on_crash
+        self._lcores = itertools.count(first_lcore)
+        self._free_lcores: list[int] = []
+        self._procs: dict[int, PoolProcess] = {}
+        self._index = itertools.count()
+        self._instance_ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._closing = False
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        self._monitor = None
+        self.crashes = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self):
+        booting = [self._spawn() for _ in range(self.size)]
+        for p in booting:
+            self._wait_booted(p)
+        self._monitor = threading.Thread(target=self._watch, name="pool-monitor", daemon=True)
+        self._monitor.start()
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self, timeout: float = 5.0):
+        with self._lock:
+            self._closing = True
+            procs = list(self._procs.values())
+        for p in procs:
+            if not p.dead:
+                try:
+                    self._command(p, dp.CMD_EXIT, timeout=timeout)
+                except (PoolError, OSError):
+                    pass
+        for p in procs:
+            try:
+                p.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                p.proc.wait()
+            self._release(p)
+        os.write(self._wakeup_w, b"x")
+        if self._monitor:
+            self._monitor.join(timeout)
+        self._procs.clear()
+
+    def grow(self, n: int = 1, *, wait: bool = True) -> list[PoolProcess]:
+        """Spawn n more processes (e.g. under load); with wait=False they may still be
+        attaching, and a start sent to one runs as soon as it has attached."""
+        procs = [self._spawn() for _ in range(n)]
+        if wait:
+            for p in procs:
+                self._wait_booted(p)
+        os.write(self._wakeup_w, b"x")  # let the monitor watch them
+        return procs
+
+    def retire(self, p: PoolProcess, timeout: float = 5.0):
+        """Stop process p for good (shrinking the pool)."""
+        with self._lock:
+            self._procs.pop(p.index, None)
+            p.dead = True
+        try:
+            self._command(p, dp.CMD_EXIT, timeout=timeout)
+        except (PoolError, OSError):
+            p.proc.kill()
+        p.proc.wait(timeout)
+        self._release(p)
+
+    def processes(self):
+        with self._lock:
+            return list(self._procs.values())
+
+    def idle_count(self):
+        return sum(1 for p in self.processes() if not p.dead and p.instance_id == 0)
+
+    # ---- instances ------------------------------------------------------------------------
+
+    def start_instance(self, sfc, rx_ring: str, tx_ring: str, *, instance_id: int | None = None,
+                       load_mode: int = dp.LOAD_MAP, populate: bool = False,
+                       dl_paths=(), wait: bool = True, timeout: float = 5.0,
+                       process: PoolProcess | None = None) -> PoolProcess:
+        """Run compiled SFC `sfc` (runtime_cy.sfc.CompiledSFC) in an idle pool process (or in
+        `process`, which must be idle)."""
+        with self._lock:
+            p = process or next((q for q in self._procs.values()
+                                 if not q.dead and q.instance_id == 0), None)
+            if p is None:
+                raise PoolExhausted(f"all {len(self._procs)} pool processes are busy")
+            if p.instance_id:
+                raise PoolError(f"pool process {p.pid} already runs instance {p.instance_id}")
+            p.instance_id = instance_id or next(self._instance_ids)
+        images = [img.layout for img in sfc.images]
+        fds = [img.fd for img in sfc.images] if load_mode == dp.LOAD_MAP else []
+        try:
+            self._command(p, dp.CMD_START, fds=fds, wait=wait, timeout=timeout,
+                          instance_id=p.instance_id, rx_ring=rx_ring, tx_ring=tx_ring,
+                          images=images, steps=[s.as_tuple() for s in sfc.steps],
+                          config=sfc.config, load_mode=load_mode, populate=populate,
+                          dl_paths=list(dl_paths))
+        except Exception:
+            p.instance_id = 0
+            raise
+        p.rings = (rx_ring, tx_ring)
+        p.nsteps = len(sfc.steps)
+        if load_mode == dp.LOAD_FORK:
+            p.instance_id = 0  # the zygote stays available; the forked child runs alone
+        return p
+
+    def stop_instance(self, p: PoolProcess, timeout: float = 5.0):
+        if p.dead:
+            return
+        self._command(p, dp.CMD_STOP, timeout=timeout)
+        p.instance_id = 0
+        p.rings = ()
+
+    def wait_ack(self, p: PoolProcess, seq: int, timeout: float = 5.0):
+        deadline = time.monotonic() + timeout
+        spins = 0
+        while p.ctl.ack_seq != seq:
+            if p.dead or p.proc.poll() is not None:
+                raise PoolError(f"pool process {p.pid} died")
+            if time.monotonic() > deadline:
+                raise PoolError(f"pool process {p.pid} did not answer within {timeout}s")
+            spins += 1
+            if spins > 2000:
+                time.sleep(0.0002)
+        if p.ctl.last_error:
+            raise PoolError(p.ctl.error or os.strerror(-p.ctl.last_error), -p.ctl.last_error)
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _command(self, p: PoolProcess, kind: int, *, fds=(), wait=True, timeout=5.0, **fields):
+        seq = p.ctl.cmd_seq + 1
+        msg = dp.build_command(kind=kind, seq=seq, **fields)
+        socket.send_fds(p.sock, [msg], list(fds))
+        p.ctl.bump_cmd_seq()
+        os.eventfd_write(p.efd, 1)
+        if wait:
+            self.wait_ack(p, seq, timeout)
+        return seq
+
+    def _spawn(self) -> PoolProcess:
+        lcore = self._free_lcores.pop() if self._free_lcores else next(self._lcores)
+        ctl_fd = os.memfd_create("serpens-pool-ctl", os.MFD_CLOEXEC)
+        os.ftruncate(ctl_fd, dp.CTL_SIZE)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        efd = os.eventfd(0, os.EFD_CLOEXEC)
+        cmd = [sys.executable, "-m", "serpens.runtime_cy.pool_main",
+               "--ctl-fd", str(ctl_fd), "--sock-fd", str(theirs.fileno()), "--efd", str(efd),
+               "--idle-us", str(self.idle_us), "--"]
+        cmd += self.dataplane.config.secondary_eal_args(lcore)
+        proc = subprocess.Popen(cmd, pass_fds=(ctl_fd, theirs.fileno(), efd), close_fds=True)
+        theirs.close()
+        ctl = dp.PoolCtl(ctl_fd)
+        os.close(ctl_fd)
+        p = PoolProcess(next(self._index), lcore, proc, ctl, ours, efd, os.pidfd_open(proc.pid))
+        with self._lock:
+            self._procs[p.index] = p
+        return p
+
+    def _wait_booted(self, p: PoolProcess):
+        deadline = time.monotonic() + self.boot_timeout
+        while p.ctl.state != dp.POOL_IDLE:
+            if p.proc.poll() is not None:
+                raise PoolError(f"pool process exited with {p.proc.returncode} while booting")
+            if time.monotonic() > deadline:
+                p.proc.kill()
+                raise PoolError(f"pool process {p.pid} did not attach within {self.boot_timeout}s")
+            time.sleep(0.001)
+
+    def _release(self, p: PoolProcess):
+        for closer in (p.sock.close, lambda: os.close(p.efd), lambda: os.close(p.pidfd)):
+            try:
+                closer()
+            except OSError:
+                pass
+        self._free_lcores.append(p.lcore)
+
+    def _watch(self):
+        """Monitor thread: a readable pidfd means the process exited."""
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+                watched = {p.pidfd: p for p in self._procs.values() if not p.dead}
+            poller = select.poll()
+            poller.register(self._wakeup_r, select.POLLIN)
+            for fd in watched:
+                poller.register(fd, select.POLLIN)
+            events = poller.poll(1000)
+            for fd, _ in events:
+                if fd == self._wakeup_r:
+                    os.read(fd, 4096)
+                elif fd in watched:
+                    self._handle_death(watched[fd])
+
+    def _handle_death(self, p: PoolProcess):
+        with self._lock:
+            if self._closing or p.dead:
+                return
+            p.dead = True
+            self.crashes += 1
+            del self._procs[p.index]
+        p.proc.wait()
+        # The dead process held these mbufs mid-batch; nobody else will free them.
+        dp.free_mbufs(p.ctl.take_inflight())
+        instance_id = p.instance_id
+        self._release(p)
+        replacement = self._spawn()
+        try:
+            self._wait_booted(replacement)
+        except PoolError:
+            with self._lock:
+                replacement.dead = True
+                self._procs.pop(replacement.index, None)
+        if self.on_crash:
+            self.on_crash(p, instance_id)

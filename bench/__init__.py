@@ -1,0 +1,5 @@
+"""Benchmarks, run as `serpensctl bench <case> [--json]` (DESIGN §5)."""
+
+CASES = {
+    "startup": "serpens.bench.startup",
+}

@@ -1,0 +1,59 @@
+"""Shared pieces of the benchmarks: machine description, percentiles, traffic, a dataplane."""
+from __future__ import annotations
+
+import os
+import platform
+import struct
+
+from serpens.agent.dataplane import Dataplane, DataplaneConfig
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release()}
+
+
+def percentiles(samples, *points) -> dict:
+    s = sorted(samples)
+    if not s:
+        return {f"p{p}": None for p in points}
+    return {f"p{p}": round(s[min(len(s) - 1, int(len(s) * p / 100))], 2) for p in points}
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes = b"",
+              size: int = 64) -> bytes:
+    """An Ethernet/IPv4/UDP frame with valid checksums, padded to `size` bytes (no FCS)."""
+    pad = max(0, size - 42 - len(payload))
+    payload = payload + b"\0" * pad
+    s = bytes(int(x) for x in src.split("."))
+    d = bytes(int(x) for x in dst.split("."))
+    udp_len = 8 + len(payload)
+    pseudo = s + d + struct.pack("!BBH", 0, 17, udp_len)
+    udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
+    ucs = _csum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", ucs) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, s, d)
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    eth = b"\x02\0\0\0\0\x02" + b"\x02\0\0\0\0\x01" + b"\x08\x00"
+    return eth + ip + udp
+
+
+def bench_dataplane(name: str) -> Dataplane:
+    return Dataplane(DataplaneConfig(file_prefix=f"serpens-bench-{name}-{os.getpid()}")).start()

@@ -1,0 +1,1 @@
+"""serpensctl: the operator's command line."""

@@ -1,0 +1,386 @@
+# cython: language_level=3
+"""Every DPDK call of a Serpens process (DESIGN §3 "One DPDK build").
+
+The agent (primary) uses it to own mempools and rings and, in tests and benchmarks, to push
+packets into an instance and pull them back; a pool process (secondary) uses it to attach and
+to run serpens_runtime_main(). Errors cross into Python once, as OSError.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.errno cimport errno
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset, strncpy, strerror
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+
+from includes.core cimport *
+from includes.dpdk cimport *
+
+LABEL_OUT = SERPENS_LABEL_OUT
+LABEL_DROP = SERPENS_LABEL_DROP
+BURST = SERPENS_BURST
+MAX_STEPS = SERPENS_MAX_STEPS
+MAX_PORTS = SERPENS_MAX_PORTS
+MAX_IMAGES = SERPENS_MAX_IMAGES
+CONFIG_MAX = SERPENS_CONFIG_MAX
+STEP_NF = SERPENS_STEP_NF
+STEP_HASH = SERPENS_STEP_HASH
+LOAD_MAP = SERPENS_LOAD_MAP
+LOAD_DLOPEN = SERPENS_LOAD_DLOPEN
+LOAD_FORK = SERPENS_LOAD_FORK
+CMD_START = SERPENS_CMD_START
+CMD_STOP = SERPENS_CMD_STOP
+CMD_EXIT = SERPENS_CMD_EXIT
+POOL_BOOTING = SERPENS_POOL_BOOTING
+POOL_IDLE = SERPENS_POOL_IDLE
+POOL_RUNNING = SERPENS_POOL_RUNNING
+POOL_EXITED = SERPENS_POOL_EXITED
+CTL_SIZE = sizeof(serpens_pool_ctl)
+
+DEF LABEL_DYNFIELD_NAME = b"serpens_label"
+LABEL_DYNFIELD = LABEL_DYNFIELD_NAME
+cdef int label_off = -1
+
+
+def _rte_error(what):
+    return OSError(rte_errno, f"{what}: {rte_strerror(rte_errno).decode()}")
+
+
+# ---- EAL -----------------------------------------------------------------------------------
+
+def eal_init(args):
+    """rte_eal_init with `args` (argv[0] included). Once per process."""
+    cdef int argc = len(args)
+    cdef char **argv = <char **>malloc(sizeof(char *) * (argc + 1))
+    encoded = [a.encode() for a in args]
+    for i, a in enumerate(encoded):
+        argv[i] = a
+    argv[argc] = NULL
+    cdef int rc
+    with nogil:
+        rc = rte_eal_init(argc, argv)
+    free(argv)  # EAL keeps pointers into argv strings only during init
+    if rc < 0:
+        raise _rte_error("rte_eal_init")
+    serpens_clock_init()
+
+
+def eal_cleanup():
+    rte_eal_cleanup()
+
+
+def is_primary():
+    return rte_eal_process_type() == RTE_PROC_PRIMARY
+
+
+def register_label_field():
+    """Primary: register the per-mbuf verdict field; secondaries look it up."""
+    global label_off
+    cdef rte_mbuf_dynfield p
+    memset(&p, 0, sizeof(p))
+    strncpy(p.name, LABEL_DYNFIELD_NAME, sizeof(p.name) - 1)
+    p.size = sizeof(uint16_t)
+    p.align = sizeof(uint16_t)
+    if rte_eal_process_type() == RTE_PROC_PRIMARY:
+        label_off = rte_mbuf_dynfield_register(&p)
+    else:
+        label_off = rte_mbuf_dynfield_lookup(LABEL_DYNFIELD_NAME, NULL)
+    if label_off < 0:
+        raise _rte_error("mbuf label dynfield")
+    return label_off
+
+
+def tsc_hz():
+    return rte_get_tsc_hz()
+
+
+def rdtsc():
+    return rte_rdtsc()
+
+
+def cycles_to_ns(uint64_t cycles):
+    return serpens_cycles_to_ns(cycles)
+
+
+def now_ns():
+    return serpens_now_ns()
+
+
+def region_reserve():
+    cdef int rc = serpens_region_reserve()
+    if rc:
+        raise OSError(-rc, f"reserving the NF region: {strerror(-rc).decode()}")
+
+
+# ---- mempools and rings --------------------------------------------------------------------
+
+cdef class Mempool:
+    cdef rte_mempool *mp
+    cdef readonly str name
+
+    def __cinit__(self, str name, unsigned n=8191, unsigned cache=256, uint16_t data_room=2176):
+        self.name = name
+        self.mp = rte_mempool_lookup(name.encode())
+        if self.mp == NULL:
+            self.mp = rte_pktmbuf_pool_create(name.encode(), n, cache, 0, data_room,
+                                              rte_socket_id())
+        if self.mp == NULL:
+            raise _rte_error(f"mempool {name}")
+
+    @property
+    def size(self):
+        return self.mp.size
+
+    def available(self):
+        """Free mbufs, per-lcore caches included."""
+        return rte_mempool_avail_count(self.mp)
+
+
+cdef class Ring:
+    cdef rte_ring *r
+    cdef readonly str name
+    cdef bint owner
+
+    def __cinit__(self, str name, unsigned size=1024, bint create=True):
+        self.name = name
+        if create:
+            self.r = rte_ring_create(name.encode(), size, rte_socket_id(),
+                                     RING_F_SP_ENQ | RING_F_SC_DEQ)
+            self.owner = True
+        else:
+            self.r = rte_ring_lookup(name.encode())
+        if self.r == NULL:
+            raise _rte_error(f"ring {name}")
+
+    def count(self):
+        return rte_ring_count(self.r)
+
+    def free(self):
+        if self.owner and self.r != NULL:
+            free_all(self)
+            rte_ring_free(self.r)
+        self.r = NULL
+
+
+def push(Ring ring, Mempool pool, frames):
+    """Copy `frames` (bytes) into fresh mbufs and enqueue them; returns how many went in
+    (the mbufs of the rest are freed)."""
+    cdef rte_mbuf *bufs[512]
+    cdef unsigned n = len(frames), i, done
+    cdef char *dst
+    if n > 512:
+        raise ValueError("push at most 512 frames at a time")
+    if n == 0:
+        return 0
+    if rte_pktmbuf_alloc_bulk(pool.mp, bufs, n) != 0:
+        raise MemoryError(f"mempool {pool.name}: no {n} free mbufs")
+    for i in range(n):
+        f = frames[i]
+        dst = rte_pktmbuf_append(bufs[i], len(f))
+        if dst == NULL:
+            rte_pktmbuf_free_bulk(bufs, n)
+            raise ValueError(f"frame {i}: {len(f)} bytes do not fit an mbuf")
+        memcpy(dst, PyBytes_AS_STRING(f), len(f))
+    done = rte_ring_enqueue_burst(ring.r, <void **>bufs, n, NULL)
+    if done < n:
+        rte_pktmbuf_free_bulk(bufs + done, n - done)
+    return done
+
+
+def pull(Ring ring, unsigned max_n=512):
+    """Dequeue up to max_n mbufs; return [(label, bytes)] and free the mbufs."""
+    cdef void *objs[512]
+    cdef rte_mbuf *m
+    cdef unsigned n, i
+    if max_n > 512:
+        max_n = 512
+    n = rte_ring_dequeue_burst(ring.r, objs, max_n, NULL)
+    out = []
+    for i in range(n):
+        m = <rte_mbuf *>objs[i]
+        label = serpens_label_get(m, label_off) if label_off >= 0 else LABEL_OUT
+        out.append((label, PyBytes_FromStringAndSize(serpens_mtod(m), m.data_len)))
+    rte_pktmbuf_free_bulk(<rte_mbuf **>objs, n)
+    return out
+
+
+def free_all(Ring ring):
+    """Dequeue and free every mbuf in the ring; returns the count."""
+    cdef void *objs[512]
+    cdef unsigned n, total = 0
+    while True:
+        n = rte_ring_dequeue_burst(ring.r, objs, 512, NULL)
+        if n == 0:
+            return total
+        rte_pktmbuf_free_bulk(<rte_mbuf **>objs, n)
+        total += n
+
+
+def free_mbufs(addresses):
+    """Free mbufs given by address (in-flight packets of a dead pool process)."""
+    for a in addresses:
+        rte_pktmbuf_free(<rte_mbuf *><uintptr_t>a)
+
+
+# ---- pool process control block ------------------------------------------------------------
+
+cdef class PoolCtl:
+    """The shared control block of one pool process (pool_ctl.h), mapped from its memfd."""
+    cdef serpens_pool_ctl *c
+
+    def __cinit__(self, int fd):
+        cdef void *p = mmap(NULL, sizeof(serpens_pool_ctl), PROT_READ | PROT_WRITE,
+                            MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, "mapping the pool control block")
+        self.c = <serpens_pool_ctl *>p
+
+    def __dealloc__(self):
+        if self.c != NULL:
+            munmap(self.c, sizeof(serpens_pool_ctl))
+
+    def bump_cmd_seq(self):
+        self.c.wake_cycles = rte_rdtsc()
+        return serpens_inc_u32(&self.c.cmd_seq)
+
+    @property
+    def cmd_seq(self): return self.c.cmd_seq
+    @property
+    def ack_seq(self): return serpens_load_u32(&self.c.ack_seq)
+    @property
+    def state(self): return self.c.state
+    @property
+    def sleeping(self):
+        serpens_fence()
+        return self.c.sleeping
+    @property
+    def last_error(self): return self.c.last_error
+    @property
+    def error(self): return self.c.error.decode(errors="replace")
+    @property
+    def pid(self): return self.c.pid
+    @property
+    def instance_id(self): return self.c.instance_id
+
+    def stats(self):
+        return {"rx_pkts": self.c.rx_pkts, "tx_pkts": self.c.tx_pkts,
+                "drop_pkts": self.c.drop_pkts, "bad_labels": self.c.bad_labels,
+                "batches": self.c.batches, "wakeups": self.c.wakeups,
+                "forked_done": self.c.forked_done}
+
+    def timing_cycles(self):
+        """(wake, command read, NFs ready, first burst out) TSC stamps of the last start."""
+        return (self.c.wake_cycles, self.c.t_cmd_cycles, self.c.t_ready_cycles,
+                self.c.t_burst_cycles)
+
+    def reset_timing(self):
+        self.c.t_cmd_cycles = self.c.t_ready_cycles = self.c.t_burst_cycles = 0
+
+    def burst_done(self):
+        return self.c.t_burst_cycles != 0
+
+    def nf_counters(self, int nsteps):
+        """Per step: {"in": n, "dropped": n, "counters": {name: value}}."""
+        out = []
+        for s in range(min(nsteps, SERPENS_MAX_STEPS)):
+            nf = &self.c.nf[s]
+            named = {nf.names[k].decode(errors="replace"): nf.values[k]
+                     for k in range(min(nf.n, SERPENS_MAX_COUNTERS))}
+            out.append({"in": nf.in_pkts, "dropped": nf.dropped, "counters": named})
+        return out
+
+    def take_inflight(self):
+        """Addresses of the mbufs a dead process held mid-batch; clears the record."""
+        cdef uint32_t n = self.c.inflight_n
+        if n > SERPENS_BURST:
+            n = 0
+        addrs = [<uintptr_t>self.c.inflight[i] for i in range(n)]
+        self.c.inflight_n = 0
+        return addrs
+
+
+def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring="",
+                  str tx_ring="", images=(), steps=(), bytes config=b"",
+                  int load_mode=SERPENS_LOAD_MAP, bint populate=False, dl_paths=()):
+    """Pack a serpens_cmd. images: [(base, text_len, relro_len, data_len, entry_off)];
+    steps: [(kind, image, [next labels], config_off, config_len, name)]. Only the bytes in use
+    are sent: the message stops at the end of `config`."""
+    cdef serpens_cmd cmd
+    cdef size_t head = <size_t>(<char *>&cmd.config[0] - <char *>&cmd)
+    if len(images) > SERPENS_MAX_IMAGES or len(steps) > SERPENS_MAX_STEPS:
+        raise ValueError("too many images or steps")
+    if len(config) > SERPENS_CONFIG_MAX:
+        raise ValueError(f"NF configuration is {len(config)} bytes, at most {SERPENS_CONFIG_MAX}")
+    if len(rx_ring) >= 32 or len(tx_ring) >= 32:
+        raise ValueError("ring names are at most 31 characters")
+    memset(&cmd, 0, head)
+    cmd.magic = SERPENS_CMD_MAGIC
+    cmd.kind = kind
+    cmd.seq = seq
+    cmd.instance_id = instance_id
+    cmd.load_mode = load_mode
+    cmd.populate = populate
+    cmd.nsteps = len(steps)
+    cmd.nimages = len(images)
+    cmd.config_len = len(config)
+    strncpy(cmd.rx_ring, rx_ring.encode(), 31)
+    strncpy(cmd.tx_ring, tx_ring.encode(), 31)
+    for i, (base, text_len, relro_len, data_len, entry_off) in enumerate(images):
+        cmd.images[i].base = base
+        cmd.images[i].text_len = text_len
+        cmd.images[i].relro_len = relro_len
+        cmd.images[i].data_len = data_len
+        cmd.images[i].entry_off = entry_off
+    for i, path in enumerate(dl_paths):
+        p = path.encode()
+        if len(p) >= 108:
+            raise ValueError(f"path too long: {path}")
+        strncpy(cmd.dl_path[i], p, 107)
+    for i, (skind, image, nexts, coff, clen, name) in enumerate(steps):
+        if not 1 <= len(nexts) <= SERPENS_MAX_PORTS:
+            raise ValueError(f"step {i}: 1..{SERPENS_MAX_PORTS} ports")
+        cmd.steps[i].kind = skind
+        cmd.steps[i].image = image
+        cmd.steps[i].nports = len(nexts)
+        for k, label in enumerate(nexts):
+            cmd.steps[i].next[k] = label
+        cmd.steps[i].config_off = coff
+        cmd.steps[i].config_len = clen
+        strncpy(cmd.steps[i].name, name.encode()[:23], 23)
+    if config:
+        memcpy(cmd.config, PyBytes_AS_STRING(config), len(config))
+    return PyBytes_FromStringAndSize(<char *>&cmd, head + len(config))
+
+
+def run_pool_process(int ctl_fd, int sock, int efd, uint32_t idle_us=200):
+    """A pool process's life after EAL init: returns when told to exit."""
+    cdef serpens_runtime_env env
+    ctl = PoolCtl(ctl_fd)
+    env.ctl = (<PoolCtl>ctl).c
+    env.sock = sock
+    env.efd = efd
+    env.label_off = label_off
+    env.idle_us = idle_us
+    cdef int rc
+    with nogil:
+        rc = serpens_runtime_main(&env)
+    if rc:
+        raise OSError(-rc, f"pool process: {strerror(-rc).decode()}")
+
+
+def wake_if_sleeping(PoolCtl ctl, int efd):
+    """Producer side of the sleep handshake (pool_ctl.h): call after enqueueing."""
+    serpens_fence()
+    if ctl.c.sleeping:
+        from os import write
+        write(efd, (1).to_bytes(8, "little"))
+        return True
+    return False
+
+
+def parse(bytes frame):
+    """serpens_parse on a frame (tests): (result, dict of the parsed offsets)."""
+    cdef serpens_hdrs h
+    cdef int r = serpens_parse(<const unsigned char *>PyBytes_AS_STRING(frame), len(frame), &h)
+    return r, {"ethertype": h.ethertype, "l3_off": h.l3_off, "l4_off": h.l4_off,
+               "payload_off": h.payload_off, "payload_len": h.payload_len,
+               "l3_len": h.l3_len, "family": h.family, "flags": h.flags}

@@ -1,0 +1,240 @@
+/*
+ * serpens/nf.h -- the Serpens network-function ABI (paper §III-A, §III-C, §IV-A).
+ *
+ * An NF is one freestanding C file compiled by Serpens into a position-independent image:
+ * no libc, no thread-local storage, no constructors, no undefined symbols. Its only export is
+ * nf_entry(), declared with SERPENS_NF(); everything it may call comes through the versioned
+ * context table `ctx->api`. memcpy/memset/memcmp are linked into every NF by Serpens.
+ *
+ * Life of an instance: the runtime maps the image (text shared, data copy-on-write), calls
+ * init(ctx, config, len) once, then process(ctx, batch) for every batch that holds packets
+ * labelled for this NF, and fini(ctx) before the image is unmapped. An NF's globals are private
+ * to its instance and step (an SFC using one NF twice maps two images); state that must outlive
+ * an instance lives in state tables (ABI minor 1).
+ *
+ * Labels (paper Fig. 6): every packet of a batch carries a label naming the next step of the
+ * SFC. Before process() runs, the chainer has set the label of each packet given to the NF to
+ * ctx->next[0] (its default output), so an NF that does nothing forwards. The NF may instead
+ * send a packet to another output port (serpens_forward), out of the SFC (SERPENS_LABEL_OUT)
+ * or drop it (serpens_drop). Any other label is treated as a drop and counted by the runtime.
+ *
+ * Cost: one indirect call per NF per batch; the table calls below are plain C calls.
+ *
+ * Example -- drop everything that is not IPv4, count what was dropped:
+ *
+ *     #include <serpens/nf.h>
+ *     static int dropped;
+ *     static int init(struct serpens_ctx *c, const void *cfg, uint32_t n)
+ *     { dropped = c->api->counter_register(c, "non_ipv4"); return dropped < 0 ? dropped : 0; }
+ *     static void process(struct serpens_ctx *c, struct serpens_batch *b)
+ *     {
+ *         for (uint32_t k = 0; k < b->count; k++) {
+ *             uint32_t i = b->idx[k];
+ *             struct serpens_hdrs h;
+ *             if (c->api->parse(b->data[i], b->len[i], &h) != SERPENS_PARSE_OK || h.family != 4) {
+ *                 serpens_drop(b, i);
+ *                 serpens_count(c, dropped, 1);
+ *             }
+ *         }
+ *     }
+ *     SERPENS_NF(.name = "ipv4_only", .init = init, .process = process);
+ */
+#ifndef SERPENS_NF_H
+#define SERPENS_NF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SERPENS_ABI_MAJOR 1
+#define SERPENS_ABI_MINOR 0
+
+#define SERPENS_BURST 32          /* packets per batch, at most */
+#define SERPENS_MAX_PORTS 8       /* output ports of one NF */
+#define SERPENS_MAX_COUNTERS 32   /* named counters of one NF */
+#define SERPENS_COUNTER_NAME 24   /* bytes, including the terminating NUL */
+
+typedef uint16_t serpens_label_t;
+#define SERPENS_LABEL_OUT 0xFFFEu  /* leave the SFC: the router transmits it */
+#define SERPENS_LABEL_DROP 0xFFFFu /* the router frees it */
+
+/* ---- batches ----------------------------------------------------------------------------- */
+
+/*
+ * One batch as an NF sees it. data[i]/len[i] describe packet i (Ethernet frame first); the
+ * NF may rewrite bytes in place. Use api->pkt_prepend/pkt_adj/pkt_append/pkt_trim to change the
+ * length: they keep data[i]/len[i] up to date. idx[0..count) lists the packets for this NF.
+ */
+struct serpens_batch {
+	uint32_t n;                           /* packets in the whole batch */
+	uint32_t count;                       /* packets labelled for the NF being called */
+	uint64_t now_ns;                      /* monotonic time the batch was taken, ns */
+	uint8_t idx[SERPENS_BURST];           /* positions of this NF's packets */
+	serpens_label_t labels[SERPENS_BURST];
+	uint32_t len[SERPENS_BURST];
+	uint8_t *data[SERPENS_BURST];
+	void *pkt[SERPENS_BURST];             /* runtime's handle; opaque to NFs */
+};
+
+/* ---- parsed headers ---------------------------------------------------------------------- */
+
+enum serpens_parse_result {
+	SERPENS_PARSE_OK = 0,
+	SERPENS_PARSE_NON_IP = 1,     /* not IPv4/IPv6 (ARP, LLDP, ...): only L2 fields are set */
+	SERPENS_PARSE_TRUNCATED = 2,  /* a header runs past the end of the frame */
+	SERPENS_PARSE_BAD_HEADER = 3, /* bad IP version, IHL < 5, total length < header, ... */
+	SERPENS_PARSE_FRAGMENT = 4,   /* a non-first IP fragment: L3 fields set, no L4 */
+};
+
+#define SERPENS_HDR_FRAGMENT 0x01 /* first fragment (MF set): L4 header present */
+#define SERPENS_HDR_VLAN 0x02     /* one or two 802.1Q/802.1ad tags were skipped */
+#define SERPENS_HDR_IPOPTS 0x04   /* IPv4 options or IPv6 extension headers were skipped */
+
+/* A flow's 5-tuple. IPv4 addresses sit in the first 4 bytes of src/dst, the rest is zero, so
+ * a struct that was memset to 0 first can be hashed and compared as plain bytes. Ports are in
+ * network byte order; for ICMP echo, sport holds the identifier and dport is 0. */
+struct serpens_flow {
+	uint8_t src[16];
+	uint8_t dst[16];
+	uint16_t sport;
+	uint16_t dport;
+	uint8_t proto;  /* IPPROTO_* */
+	uint8_t family; /* 4 or 6 */
+	uint8_t pad[2];
+};
+_Static_assert(sizeof(struct serpens_flow) == 40, "flow key is 40 bytes");
+
+struct serpens_hdrs {
+	uint16_t ethertype;   /* after VLAN tags, host order */
+	uint16_t l3_off;      /* offset of the IP header */
+	uint16_t l4_off;      /* offset of the TCP/UDP/ICMP header (0 if none) */
+	uint16_t payload_off; /* offset of the L4 payload (0 if none) */
+	uint32_t payload_len; /* bytes of L4 payload, bounded by the IP length and the frame */
+	uint32_t l3_len;      /* IP total length as the header states, checked against the frame */
+	uint8_t family;       /* 4, 6, or 0 when not IP */
+	uint8_t flags;        /* SERPENS_HDR_* */
+	uint8_t pad[2];
+	struct serpens_flow flow;
+};
+
+/* ---- the context table ------------------------------------------------------------------- */
+
+enum serpens_log_level { SERPENS_LOG_ERR = 0, SERPENS_LOG_WARN, SERPENS_LOG_INFO, SERPENS_LOG_DEBUG };
+
+struct serpens_ctx;
+
+/*
+ * Imports. Check api->abi_major == SERPENS_ABI_MAJOR (the runtime refuses a mismatch anyway);
+ * members added by a later minor version sit at the end and are present when
+ * api->size covers them.
+ */
+struct serpens_api {
+	uint16_t abi_major;
+	uint16_t abi_minor;
+	uint32_t size; /* sizeof(struct serpens_api) as the runtime knows it */
+
+	/* Packets. Each returns the new start (prepend/adj) or the appended bytes (append), or
+	 * NULL without changing the packet when there is no head- or tailroom / not enough data. */
+	uint8_t *(*pkt_prepend)(struct serpens_batch *b, uint32_t i, uint32_t n);
+	uint8_t *(*pkt_adj)(struct serpens_batch *b, uint32_t i, uint32_t n);
+	uint8_t *(*pkt_append)(struct serpens_batch *b, uint32_t i, uint32_t n);
+	int (*pkt_trim)(struct serpens_batch *b, uint32_t i, uint32_t n); /* 0 or -1 */
+
+	/* Headers: parse Ethernet [+ VLAN] + IPv4/IPv6 [+ options/extension headers] + TCP/UDP/
+	 * ICMP/ICMPv6 of a frame into *h. Never reads beyond len. Returns serpens_parse_result. */
+	int (*parse)(const uint8_t *frame, uint32_t len, struct serpens_hdrs *h);
+
+	/* Checksums (RFC 1071 / RFC 1624). Checksum values are 16-bit fields exactly as stored in
+	 * a header (network byte order). csum_partial adds the big-endian 16-bit words of data to
+	 * an accumulator (start with 0); csum_fold turns an accumulator into a checksum field.
+	 * csum_update applies RFC 1624 eqn. 3 for a field of even length changing from old to
+	 * new bytes and returns the new checksum field. */
+	uint32_t (*csum_partial)(const void *data, uint32_t len, uint32_t sum);
+	uint16_t (*csum_fold)(uint32_t sum);
+	uint16_t (*csum_update)(uint16_t csum, const void *old_bytes, const void *new_bytes, uint32_t len);
+	/* Full L4 checksum (TCP/UDP/ICMPv6 with pseudo-header, ICMPv4 without) of a parsed frame,
+	 * as the value to store in the header (the header's own checksum field is skipped). */
+	uint16_t (*l4_csum)(const uint8_t *frame, const struct serpens_hdrs *h);
+
+	/* Hash: 32-bit, fast (CRC32-C based), not cryptographic. Same input, same value in
+	 * every process and on every server. */
+	uint32_t (*hash)(const void *key, uint32_t len, uint32_t seed);
+
+	/* Monotonic clock in nanoseconds (TSC based; b->now_ns is cheaper inside process()). */
+	uint64_t (*now_ns)(void);
+
+	/* printf-style log line tagged with the NF and instance; rate-limited per instance
+	 * (burst 20, then 10 lines/s; suppressed lines are counted and reported). */
+	void (*log)(struct serpens_ctx *ctx, int level, const char *fmt, ...)
+		__attribute__((format(printf, 3, 4)));
+
+	/* Named counters, readable outside the NF. Register in init(); returns an id for
+	 * serpens_count(), the existing id for a name already registered, or -1 when the NF has
+	 * SERPENS_MAX_COUNTERS already or the name is empty/too long. */
+	int (*counter_register)(struct serpens_ctx *ctx, const char *name);
+};
+
+/* Per NF, per instance. Written by the runtime before init(); read-only for the NF except
+ * `priv` and, through serpens_count(), `counters`. */
+struct serpens_ctx {
+	const struct serpens_api *api;
+	uint64_t *counters;                        /* SERPENS_MAX_COUNTERS values */
+	void *priv;                                /* the NF's own */
+	uint32_t instance_id;                      /* unique among running instances of a node */
+	uint16_t step;                             /* this NF's label in its SFC */
+	uint16_t nports;                           /* output ports wired in the SFC (>= 1) */
+	serpens_label_t next[SERPENS_MAX_PORTS];   /* label of each output port */
+};
+
+/* ---- the NF's exports -------------------------------------------------------------------- */
+
+struct serpens_nf_ops {
+	uint16_t abi_major; /* SERPENS_ABI_MAJOR when built (SERPENS_NF sets these) */
+	uint16_t abi_minor;
+	uint32_t size;      /* sizeof(struct serpens_nf_ops) when built */
+	const char *name;
+	/* 0 on success; a negative value refuses the start and is reported. */
+	int (*init)(struct serpens_ctx *ctx, const void *config, uint32_t config_len);
+	void (*process)(struct serpens_ctx *ctx, struct serpens_batch *b); /* required */
+	void (*fini)(struct serpens_ctx *ctx);
+};
+
+#define SERPENS_NF(...)                                                                        \
+	static const struct serpens_nf_ops serpens_nf_ops__ = {                                     \
+		.abi_major = SERPENS_ABI_MAJOR, .abi_minor = SERPENS_ABI_MINOR,                          \
+		.size = sizeof(struct serpens_nf_ops), __VA_ARGS__};                                     \
+	__attribute__((visibility("default"))) const struct serpens_nf_ops *nf_entry(void)          \
+	{                                                                                          \
+		return &serpens_nf_ops__;                                                                \
+	}
+
+/* ---- inline helpers ---------------------------------------------------------------------- */
+
+/* Send packet i to output port `port` (0 = default); an unwired port means drop. */
+static inline void serpens_forward(const struct serpens_ctx *c, struct serpens_batch *b, uint32_t i,
+				   uint32_t port)
+{
+	b->labels[i] = port < c->nports ? c->next[port] : SERPENS_LABEL_DROP;
+}
+
+static inline void serpens_drop(struct serpens_batch *b, uint32_t i)
+{
+	b->labels[i] = SERPENS_LABEL_DROP;
+}
+
+static inline void serpens_count(struct serpens_ctx *c, int id, uint64_t n)
+{
+	if ((unsigned)id < SERPENS_MAX_COUNTERS)
+		c->counters[id] += n;
+}
+
+static inline uint16_t serpens_ntohs(uint16_t v) { return __builtin_bswap16(v); }
+static inline uint16_t serpens_htons(uint16_t v) { return __builtin_bswap16(v); }
+static inline uint32_t serpens_ntohl(uint32_t v) { return __builtin_bswap32(v); }
+static inline uint32_t serpens_htonl(uint32_t v) { return __builtin_bswap32(v); }
+
+/* Provided by Serpens in every NF image. */
+void *memcpy(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+
+#endif /* SERPENS_NF_H */

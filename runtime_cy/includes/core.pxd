@@ -1,0 +1,112 @@
+# Declarations of the Serpens C core (runtime_cy/src) used by the dataplane extension.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+
+cdef extern from "serpens/nf.h" nogil:
+    int SERPENS_BURST
+    int SERPENS_MAX_PORTS
+    int SERPENS_MAX_COUNTERS
+    int SERPENS_COUNTER_NAME
+    uint16_t SERPENS_LABEL_OUT
+    uint16_t SERPENS_LABEL_DROP
+    struct serpens_hdrs:
+        uint16_t ethertype
+        uint16_t l3_off
+        uint16_t l4_off
+        uint16_t payload_off
+        uint32_t payload_len
+        uint32_t l3_len
+        uint8_t family
+        uint8_t flags
+
+cdef extern from "nf_image.h" nogil:
+    struct serpens_image_layout:
+        uint64_t base
+        uint64_t text_len
+        uint64_t relro_len
+        uint64_t data_len
+        uint64_t entry_off
+    int serpens_region_reserve()
+
+cdef extern from "pool_ctl.h" nogil:
+    int SERPENS_MAX_STEPS
+    int SERPENS_MAX_IMAGES
+    int SERPENS_CONFIG_MAX
+    int SERPENS_RING_NAME
+    uint32_t SERPENS_CMD_MAGIC
+    int SERPENS_CMD_START, SERPENS_CMD_STOP, SERPENS_CMD_EXIT
+    int SERPENS_LOAD_MAP, SERPENS_LOAD_DLOPEN, SERPENS_LOAD_FORK
+    int SERPENS_STEP_NF, SERPENS_STEP_HASH
+    int SERPENS_POOL_BOOTING, SERPENS_POOL_IDLE, SERPENS_POOL_RUNNING, SERPENS_POOL_EXITED
+
+    struct serpens_step:
+        uint16_t kind
+        uint16_t image
+        uint16_t nports
+        uint16_t next[8]
+        uint32_t config_off
+        uint32_t config_len
+        char name[24]
+
+    struct serpens_cmd:
+        uint32_t magic
+        uint32_t kind
+        uint32_t seq
+        uint32_t instance_id
+        uint32_t load_mode
+        uint32_t populate
+        uint16_t nsteps
+        uint16_t nimages
+        uint32_t config_len
+        char rx_ring[32]
+        char tx_ring[32]
+        serpens_image_layout images[16]
+        char dl_path[16][108]
+        serpens_step steps[16]
+        unsigned char config[8192]
+
+    struct serpens_nf_counters:
+        uint32_t n
+        char names[32][24]
+        uint64_t values[32]
+        uint64_t in_pkts
+        uint64_t dropped
+
+    struct serpens_pool_ctl:
+        uint32_t cmd_seq
+        uint64_t wake_cycles
+        uint32_t state
+        uint32_t sleeping
+        uint32_t ack_seq
+        int32_t last_error
+        uint32_t instance_id
+        uint32_t pid
+        char error[208]
+        uint64_t rx_pkts
+        uint64_t tx_pkts
+        uint64_t drop_pkts
+        uint64_t bad_labels
+        uint64_t batches
+        uint64_t wakeups
+        uint64_t forked_done
+        uint64_t t_cmd_cycles
+        uint64_t t_ready_cycles
+        uint64_t t_burst_cycles
+        uint32_t inflight_n
+        void *inflight[32]
+        serpens_nf_counters nf[16]
+
+cdef extern from "nf_api.h" nogil:
+    void serpens_clock_init()
+    uint64_t serpens_now_ns()
+    uint64_t serpens_cycles_to_ns(uint64_t cycles)
+    int serpens_parse(const unsigned char *frame, uint32_t len, serpens_hdrs *h)
+    uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed)
+
+cdef extern from "runtime.h" nogil:
+    struct serpens_runtime_env:
+        serpens_pool_ctl *ctl
+        int sock
+        int efd
+        int label_off
+        uint32_t idle_us
+    int serpens_runtime_main(const serpens_runtime_env *env)

@@ -1,0 +1,43 @@
+"""A pool process: `python -m serpens.runtime_cy.pool_main --ctl-fd N --sock-fd N --efd N -- EAL...`
+
+Spawned by the agent's ProcessPool. It reserves the NF region before anything else can map
+there, dies with the agent (PR_SET_PDEATHSIG), attaches to DPDK as a secondary and hands the
+rest of its life to the C runtime (runtime_cy/src/runtime.c).
+"""
+import argparse
+import ctypes
+import signal
+import sys
+
+from serpens.runtime_cy import _dataplane as dp
+
+PR_SET_PDEATHSIG = 1
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="serpens-pool")
+    ap.add_argument("--ctl-fd", type=int, required=True)
+    ap.add_argument("--sock-fd", type=int, required=True)
+    ap.add_argument("--efd", type=int, required=True)
+    ap.add_argument("--idle-us", type=int, default=200)
+    ap.add_argument("eal", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    if args.eal and args.eal[0] == "--":
+        args.eal = args.eal[1:]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    dp.region_reserve()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    dp.eal_init(["serpens-pool"] + args.eal)
+    dp.register_label_field()
+    dp.run_pool_process(args.ctl_fd, args.sock_fd, args.efd, args.idle_us)
+    dp.eal_cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

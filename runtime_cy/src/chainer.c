@@ -1,0 +1,167 @@
+/*
+ * Chainer (see chainer.h). Per batch and step: gather the packets labelled for the step into
+ * b->idx, preset their label to the step's default output, call the NF once, then check the
+ * labels it set. Cost: one pass over the 32 labels per step plus the NF itself.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "chainer.h"
+
+static int check_steps(const struct serpens_cmd *cmd, char *err, size_t errlen)
+{
+	if (cmd->nsteps > SERPENS_MAX_STEPS) {
+		snprintf(err, errlen, "an SFC has at most %d steps, got %u", SERPENS_MAX_STEPS, cmd->nsteps);
+		return -22;
+	}
+	for (uint16_t s = 0; s < cmd->nsteps; s++) {
+		const struct serpens_step *st = &cmd->steps[s];
+		if (st->nports == 0 || st->nports > SERPENS_MAX_PORTS) {
+			snprintf(err, errlen, "step %u: 1..%d ports, got %u", s, SERPENS_MAX_PORTS, st->nports);
+			return -22;
+		}
+		for (uint16_t p = 0; p < st->nports; p++) {
+			serpens_label_t l = st->next[p];
+			if (l != SERPENS_LABEL_OUT && l != SERPENS_LABEL_DROP && (l <= s || l >= cmd->nsteps)) {
+				snprintf(err, errlen, "step %u port %u: label %u does not lead forward", s, p, l);
+				return -22;
+			}
+		}
+		if (st->kind == SERPENS_STEP_NF && st->image >= cmd->nimages) {
+			snprintf(err, errlen, "step %u: image %u of %u", s, st->image, cmd->nimages);
+			return -22;
+		}
+		if (st->kind != SERPENS_STEP_NF && st->kind != SERPENS_STEP_HASH) {
+			snprintf(err, errlen, "step %u: unknown kind %u", s, st->kind);
+			return -22;
+		}
+		if ((uint64_t)st->config_off + st->config_len > cmd->config_len) {
+			snprintf(err, errlen, "step %u: configuration out of bounds", s);
+			return -22;
+		}
+	}
+	return 0;
+}
+
+int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
+		       const struct serpens_nf_ops *(*const entries[])(void),
+		       struct serpens_pool_ctl *ctl, char *err, size_t errlen)
+{
+	int rc = check_steps(cmd, err, errlen);
+	if (rc)
+		return rc;
+	memset(c, 0, sizeof(*c));
+	c->nsteps = cmd->nsteps;
+	memcpy(c->step, cmd->steps, sizeof(cmd->steps[0]) * cmd->nsteps);
+
+	for (uint16_t s = 0; s < c->nsteps; s++) {
+		struct serpens_step *st = &c->step[s];
+		struct serpens_nf_slot *nf = &c->nf[s];
+		st->name[sizeof(st->name) - 1] = 0;
+		memset(&ctl->nf[s], 0, sizeof(ctl->nf[s]));
+		nf->counters = &ctl->nf[s];
+		nf->name = st->name;
+		nf->log_tokens = 20;
+		nf->ctx.api = &serpens_api_v1;
+		nf->ctx.counters = ctl->nf[s].values;
+		nf->ctx.instance_id = cmd->instance_id;
+		nf->ctx.step = s;
+		nf->ctx.nports = st->nports;
+		memcpy(nf->ctx.next, st->next, sizeof(st->next));
+		if (st->kind != SERPENS_STEP_NF)
+			continue;
+
+		const struct serpens_nf_ops *ops = entries[st->image]();
+		if (!ops || ops->abi_major != SERPENS_ABI_MAJOR || !ops->process ||
+		    ops->size < offsetof(struct serpens_nf_ops, fini) + sizeof(ops->fini)) {
+			snprintf(err, errlen, "step %u (%s): nf_entry() gave no ops of ABI %d", s,
+				 st->name, SERPENS_ABI_MAJOR);
+			rc = -71; /* EPROTO */
+		} else if (ops->init &&
+			   (rc = ops->init(&nf->ctx, cmd->config + st->config_off, st->config_len)) != 0) {
+			snprintf(err, errlen, "step %u (%s): init() returned %d", s, st->name, rc);
+			rc = rc < 0 ? rc : -rc;
+		}
+		if (rc) {
+			c->nsteps = s; /* fini only what was initialised */
+			serpens_chain_fini(c);
+			return rc;
+		}
+		nf->ops = ops;
+	}
+	return 0;
+}
+
+static void select_by_hash(struct serpens_chain *c, uint16_t s, struct serpens_batch *b)
+{
+	const struct serpens_ctx *ctx = &c->nf[s].ctx;
+	for (uint32_t k = 0; k < b->count; k++) {
+		uint32_t i = b->idx[k];
+		struct serpens_hdrs h;
+		int r = serpens_parse(b->data[i], b->len[i], &h);
+		uint32_t port = 0;
+		if (r == SERPENS_PARSE_OK || r == SERPENS_PARSE_FRAGMENT) {
+			/* Fragments carry no ports: hash addresses only, for every packet of the flow
+			 * to agree whatever its fragmentation. */
+			struct serpens_flow key = h.flow;
+			key.sport = key.dport = 0;
+			port = serpens_hash_crc(&key, sizeof(key), 0) % ctx->nports;
+		}
+		b->labels[i] = ctx->next[port];
+	}
+}
+
+void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b)
+{
+	if (c->nsteps == 0) { /* the empty SFC forwards everything */
+		for (uint32_t i = 0; i < b->n; i++)
+			if (b->labels[i] == 0)
+				b->labels[i] = SERPENS_LABEL_OUT;
+		return;
+	}
+	for (uint16_t s = 0; s < c->nsteps; s++) {
+		struct serpens_nf_slot *nf = &c->nf[s];
+		serpens_label_t dflt = nf->ctx.next[0];
+		uint32_t count = 0;
+
+		for (uint32_t i = 0; i < b->n; i++) {
+			if (b->labels[i] == s) {
+				b->idx[count++] = (uint8_t)i;
+				b->labels[i] = dflt;
+			}
+		}
+		if (count == 0)
+			continue;
+		b->count = count;
+		if (c->step[s].kind == SERPENS_STEP_HASH) {
+			select_by_hash(c, s, b);
+			continue;
+		}
+		nf->counters->in_pkts += count;
+		nf->ops->process(&nf->ctx, b);
+
+		/* An NF may only send a packet forward, out, or to the drop. */
+		for (uint32_t k = 0; k < count; k++) {
+			uint32_t i = b->idx[k];
+			serpens_label_t l = b->labels[i];
+			if (l == SERPENS_LABEL_DROP) {
+				nf->counters->dropped++;
+			} else if (l != SERPENS_LABEL_OUT && (l <= s || l >= c->nsteps)) {
+				b->labels[i] = SERPENS_LABEL_DROP;
+				nf->counters->dropped++;
+				c->bad_labels++;
+			}
+		}
+	}
+}
+
+void serpens_chain_fini(struct serpens_chain *c)
+{
+	for (uint16_t s = c->nsteps; s-- > 0;) {
+		const struct serpens_nf_ops *ops = c->nf[s].ops;
+		if (ops && ops->fini)
+			ops->fini(&c->nf[s].ctx);
+		c->nf[s].ops = NULL;
+	}
+	c->nsteps = 0;
+}

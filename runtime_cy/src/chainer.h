@@ -1,0 +1,34 @@
+/*
+ * The chainer: runs a whole SFC inside one instance as function calls over a batch with a label
+ * array (paper §III-C, Fig. 6). An SFC is compiled (serpens.runtime_cy.sfc) into a flat,
+ * topologically ordered list of steps; a packet's label is the index of its next step, and
+ * labels only move forward, so one pass over the steps per batch runs every branch.
+ */
+#ifndef SERPENS_CHAINER_H
+#define SERPENS_CHAINER_H
+
+#include "nf_api.h"
+#include "pool_ctl.h"
+
+struct serpens_chain {
+	uint16_t nsteps;
+	uint16_t pad;
+	uint32_t bad_labels; /* since the last serpens_chain_run: packets with an invalid label */
+	struct serpens_step step[SERPENS_MAX_STEPS];
+	struct serpens_nf_slot nf[SERPENS_MAX_STEPS];
+};
+
+/* Wire the steps of `cmd` to the NF ops found at each image's entry (already mapped or
+ * loaded: `entries[image]` is its nf_entry), call every init() in order, and on a failure call
+ * fini() of those already initialised. Returns 0 or a negative error with `err` filled. */
+int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
+		       const struct serpens_nf_ops *(*const entries[])(void),
+		       struct serpens_pool_ctl *ctl, char *err, size_t errlen);
+
+/* Run the SFC over b (b->n, data, len, pkt set; labels 0 = the first step, or DROP for
+ * packets the runtime refused). Leaves every label OUT or DROP. */
+void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b);
+
+void serpens_chain_fini(struct serpens_chain *c);
+
+#endif

@@ -1,0 +1,27 @@
+/* Small inlines for the Cython side: DPDK macros and atomics Cython cannot spell. */
+#ifndef SERPENS_DP_INLINE_H
+#define SERPENS_DP_INLINE_H
+
+#include <rte_mbuf.h>
+#include <rte_mbuf_dyn.h>
+
+static inline char *serpens_mtod(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, char *); }
+
+static inline uint16_t serpens_label_get(struct rte_mbuf *m, int off)
+{
+	return *RTE_MBUF_DYNFIELD(m, off, uint16_t *);
+}
+
+static inline void serpens_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+static inline uint32_t serpens_inc_u32(volatile uint32_t *p)
+{
+	return __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST);
+}
+
+static inline uint32_t serpens_load_u32(const volatile uint32_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+#endif

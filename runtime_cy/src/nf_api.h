@@ -1,0 +1,35 @@
+/*
+ * The runtime's side of the NF context table (serpens/nf.h `struct serpens_api`).
+ */
+#ifndef SERPENS_NF_API_H
+#define SERPENS_NF_API_H
+
+#include <stdint.h>
+
+#include "pool_ctl.h"
+#include "serpens/nf.h"
+
+/* Calibrate the TSC-based clock against CLOCK_MONOTONIC; call once per process. */
+void serpens_clock_init(void);
+uint64_t serpens_now_ns(void);
+uint64_t serpens_cycles_to_ns(uint64_t cycles);
+
+/* Per-step runtime bookkeeping behind an NF's serpens_ctx (found with container_of). */
+struct serpens_nf_slot {
+	struct serpens_ctx ctx;
+	const struct serpens_nf_ops *ops;
+	struct serpens_nf_counters *counters; /* in the shared control block */
+	const char *name;
+	/* log rate limiter: token bucket in lines, refilled at 10/s up to 20 */
+	uint64_t log_last_ns;
+	uint32_t log_tokens;
+	uint32_t log_suppressed;
+};
+
+extern const struct serpens_api serpens_api_v1;
+
+/* The packet helpers work on rte_mbufs; everything else is plain C (exported for tests). */
+int serpens_parse(const uint8_t *frame, uint32_t len, struct serpens_hdrs *h);
+uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed);
+
+#endif

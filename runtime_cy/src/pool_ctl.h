@@ -1,0 +1,134 @@
+/*
+ * The contract between the agent (DPDK primary) and one pool process (DPDK secondary).
+ *
+ * Theory of operation (paper §III-A, Fig. 4; DESIGN §3 "Processes"). The agent spawns each
+ * pool process with three descriptors: a shared control block (memfd, struct serpens_pool_ctl),
+ * a SOCK_SEQPACKET socket for commands (struct serpens_cmd, NF image memfds in SCM_RIGHTS), and
+ * an eventfd the process sleeps on. To command it the agent sends the message, bumps cmd_seq
+ * and writes the eventfd; the process answers by setting ack_seq (and state/last_error).
+ * Whoever enqueues packets for a sleeping instance (router, test harness) writes the eventfd
+ * when `sleeping` is set: the runtime sets `sleeping`, issues a full barrier and checks its ring
+ * once more before it blocks, and the producer enqueues, issues a full barrier and then reads
+ * `sleeping`, so no wake-up is lost.
+ *
+ * Every field says who writes it (A = agent, R = runtime); the others only read it.
+ * The runtime never allocates or frees mbufs: every packet it dequeues goes to its TX ring with
+ * a verdict (SERPENS_LABEL_OUT or _DROP) in the mbuf's label dynfield. `inflight` holds the
+ * batch being processed, so the agent can recover those mbufs if the process dies mid-batch.
+ */
+#ifndef SERPENS_POOL_CTL_H
+#define SERPENS_POOL_CTL_H
+
+#include <stdint.h>
+
+#include "nf_image.h"
+#include "serpens/nf.h"
+
+#define SERPENS_MAX_STEPS 16   /* NFs (and selectors) in one SFC */
+#define SERPENS_MAX_IMAGES 16
+#define SERPENS_CONFIG_MAX 8192 /* bytes of NF configuration in one start command */
+#define SERPENS_RING_NAME 32
+#define SERPENS_CMD_MAGIC 0x53525043u /* "SRPC" */
+
+enum serpens_cmd_kind { SERPENS_CMD_START = 1, SERPENS_CMD_STOP = 2, SERPENS_CMD_EXIT = 3 };
+
+/* How a start loads the NFs: Serpens maps images; the others exist for baselines. */
+enum serpens_load_mode {
+	SERPENS_LOAD_MAP = 0,    /* three mmaps of the prepared memfd (the real thing) */
+	SERPENS_LOAD_DLOPEN = 1, /* dlopen() the .so at `dl_path` (SOCK-style baseline) */
+	SERPENS_LOAD_FORK = 2,   /* fork(); the child runs the already loaded NFs (SAND-style) */
+};
+
+enum serpens_step_kind {
+	SERPENS_STEP_NF = 1,   /* call an NF */
+	SERPENS_STEP_HASH = 2, /* distribute by flow hash over the step's ports */
+};
+
+/* One step of a compiled SFC; its label is its index. next[] labels are > the step's own. */
+struct serpens_step {
+	uint16_t kind;
+	uint16_t image;    /* NF steps: index into the command's images[] */
+	uint16_t nports;
+	uint16_t pad;
+	serpens_label_t next[SERPENS_MAX_PORTS];
+	uint32_t config_off; /* NF configuration bytes in serpens_cmd.config */
+	uint32_t config_len;
+	char name[24];       /* for logs and counters */
+};
+
+struct serpens_cmd {
+	uint32_t magic;
+	uint32_t kind;          /* serpens_cmd_kind */
+	uint32_t seq;           /* the cmd_seq value this command answers to */
+	uint32_t instance_id;
+	uint32_t load_mode;     /* serpens_load_mode */
+	uint32_t populate;      /* MAP_POPULATE the images */
+	uint16_t nsteps;
+	uint16_t nimages;       /* == number of fds in SCM_RIGHTS for LOAD_MAP */
+	uint32_t config_len;
+	char rx_ring[SERPENS_RING_NAME];
+	char tx_ring[SERPENS_RING_NAME];
+	struct serpens_image_layout images[SERPENS_MAX_IMAGES];
+	char dl_path[SERPENS_MAX_IMAGES][108]; /* LOAD_DLOPEN only */
+	struct serpens_step steps[SERPENS_MAX_STEPS];
+	uint8_t config[SERPENS_CONFIG_MAX];
+};
+
+enum serpens_pool_state {
+	SERPENS_POOL_BOOTING = 0,
+	SERPENS_POOL_IDLE = 1,    /* attached, no instance: sleeping on the eventfd */
+	SERPENS_POOL_RUNNING = 2, /* running an instance (it may be asleep between batches) */
+	SERPENS_POOL_EXITED = 3,
+};
+
+struct serpens_nf_counters {
+	uint32_t n;                                           /* R */
+	uint32_t pad;
+	char names[SERPENS_MAX_COUNTERS][SERPENS_COUNTER_NAME]; /* R, in init() */
+	uint64_t values[SERPENS_MAX_COUNTERS];                /* R (the NF) */
+	uint64_t in_pkts;                                     /* R: packets given to the NF */
+	uint64_t dropped;                                     /* R: packets it dropped */
+};
+
+struct serpens_pool_ctl {
+	/* ---- A ---- */
+	volatile uint32_t cmd_seq;  /* bumped after a command is queued on the socket */
+	uint32_t pad_a;
+	uint64_t wake_cycles;       /* TSC when A woke the process for a command (benchmarks) */
+	uint8_t pad_a2[48];
+
+	/* ---- R: lifecycle ---- */
+	volatile uint32_t state;    /* serpens_pool_state */
+	volatile uint32_t sleeping; /* 1 while blocked (or about to block) on the eventfd */
+	volatile uint32_t ack_seq;  /* seq of the last command handled */
+	int32_t last_error;         /* -errno of the last command, 0 on success */
+	uint32_t instance_id;       /* of the running instance */
+	uint32_t pid;
+	char error[208];            /* human-readable reason when last_error != 0 */
+
+	/* ---- R: statistics ---- */
+	uint64_t rx_pkts __attribute__((aligned(64)));
+	uint64_t tx_pkts;
+	uint64_t drop_pkts;
+	uint64_t bad_labels;  /* packets an NF gave an invalid label: dropped */
+	uint64_t batches;
+	uint64_t wakeups;
+	uint64_t forked_done;       /* forked baseline children that finished (LOAD_FORK) */
+	uint64_t t_cmd_cycles;     /* TSC when the start command was read (benchmarks) */
+	uint64_t t_ready_cycles;   /* TSC when the NFs were mapped and initialised */
+	uint64_t t_burst_cycles;   /* TSC when the first burst was handed to the TX ring */
+
+	/* ---- R: the batch in flight (mbuf pointers; valid in every DPDK process) ---- */
+	volatile uint32_t inflight_n __attribute__((aligned(64)));
+	uint32_t pad_r;
+	void *inflight[SERPENS_BURST];
+
+	/* ---- R: per-NF counters of the running instance, by step ---- */
+	struct serpens_nf_counters nf[SERPENS_MAX_STEPS] __attribute__((aligned(64)));
+};
+
+_Static_assert(sizeof(struct serpens_cmd) < 65536, "a command fits one SEQPACKET message");
+_Static_assert(__builtin_offsetof(struct serpens_pool_ctl, state) == 64,
+	       "agent and runtime fields on separate cache lines");
+
+#endif /* SERPENS_POOL_CTL_H */

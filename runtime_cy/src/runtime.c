@@ -1,0 +1,405 @@
+/*
+ * Pool process main loop. Idle: blocked on the eventfd. START: map the SFC's NF images (three
+ * mmaps each), init the NFs, then poll the instance's RX ring, run the chainer over each burst
+ * of up to 32 packets and hand every packet to the TX ring with its verdict. After `idle_us`
+ * without packets the instance sleeps on the eventfd until the router (or a command) wakes it.
+ * STOP: fini, unmap, back to idle. No allocation, lock, syscall or Python on the packet path.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <rte_cycles.h>
+#include <rte_mbuf.h>
+#include <rte_mbuf_dyn.h>
+#include <rte_ring.h>
+
+#include "chainer.h"
+#include "nf_image.h"
+#include "runtime.h"
+
+typedef const struct serpens_nf_ops *(*nf_entry_fn)(void);
+
+struct instance {
+	struct serpens_chain chain;
+	struct rte_ring *rx, *tx;
+	uint16_t nimages;
+	uint32_t load_mode;
+	struct serpens_image_layout images[SERPENS_MAX_IMAGES];
+	void *dl[SERPENS_MAX_IMAGES];
+	nf_entry_fn entries[SERPENS_MAX_IMAGES];
+	int first_burst_done;
+};
+
+struct runtime {
+	const struct serpens_runtime_env *env;
+	struct serpens_pool_ctl *ctl;
+	struct serpens_cmd cmd; /* last command received */
+	int fds[SERPENS_MAX_IMAGES];
+	int nfds;
+	struct instance inst;
+	int running;
+	uint64_t idle_cycles;
+};
+
+static void set_error(struct runtime *rt, int rc, const char *msg)
+{
+	rt->ctl->last_error = rc;
+	snprintf(rt->ctl->error, sizeof(rt->ctl->error), "%s", msg);
+}
+
+static void ack(struct runtime *rt, int rc)
+{
+	if (rc == 0) {
+		rt->ctl->last_error = 0;
+		rt->ctl->error[0] = 0;
+	}
+	__atomic_store_n(&rt->ctl->ack_seq, rt->cmd.seq, __ATOMIC_RELEASE);
+}
+
+static int pending_command(const struct runtime *rt)
+{
+	return __atomic_load_n(&rt->ctl->cmd_seq, __ATOMIC_ACQUIRE) != rt->ctl->ack_seq;
+}
+
+/* Sleep on the eventfd unless work arrived meanwhile (see pool_ctl.h for the handshake). */
+static void sleep_until_woken(struct runtime *rt, struct rte_ring *rx)
+{
+	uint64_t v;
+	__atomic_store_n(&rt->ctl->sleeping, 1, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (!pending_command(rt) && (!rx || rte_ring_count(rx) == 0)) {
+		if (read(rt->env->efd, &v, sizeof(v)) < 0 && errno != EINTR)
+			usleep(1000); /* should not happen; do not spin if it does */
+		rt->ctl->wakeups++;
+	}
+	__atomic_store_n(&rt->ctl->sleeping, 0, __ATOMIC_RELAXED);
+}
+
+/* ---- commands --------------------------------------------------------------------------- */
+
+static int receive_command(struct runtime *rt)
+{
+	char cbuf[CMSG_SPACE(sizeof(int) * SERPENS_MAX_IMAGES)];
+	struct iovec iov = {&rt->cmd, sizeof(rt->cmd)};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			    .msg_controllen = sizeof(cbuf)};
+	ssize_t n = recvmsg(rt->env->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+	rt->nfds = 0;
+	if (n <= 0)
+		return n == 0 ? -EPIPE : -errno;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+			int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			memcpy(rt->fds, CMSG_DATA(c), sizeof(int) * k);
+			rt->nfds = k;
+		}
+	}
+	size_t head = offsetof(struct serpens_cmd, config);
+	if ((size_t)n < head || rt->cmd.magic != SERPENS_CMD_MAGIC ||
+	    rt->cmd.config_len > SERPENS_CONFIG_MAX || (size_t)n < head + rt->cmd.config_len ||
+	    rt->cmd.nimages > SERPENS_MAX_IMAGES || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+		return -EBADMSG;
+	return 0;
+}
+
+static void close_fds(struct runtime *rt)
+{
+	for (int i = 0; i < rt->nfds; i++)
+		close(rt->fds[i]);
+	rt->nfds = 0;
+}
+
+static void unload_images(struct instance *in)
+{
+	for (uint16_t i = 0; i < in->nimages; i++) {
+		if (in->load_mode == SERPENS_LOAD_MAP)
+			serpens_image_unmap(&in->images[i]);
+		else if (in->dl[i] && in->load_mode == SERPENS_LOAD_DLOPEN)
+			dlclose(in->dl[i]);
+		in->dl[i] = NULL;
+	}
+	in->nimages = 0;
+}
+
+static int load_images(struct runtime *rt, char *err, size_t errlen)
+{
+	const struct serpens_cmd *cmd = &rt->cmd;
+	struct instance *in = &rt->inst;
+
+	in->load_mode = cmd->load_mode;
+	in->nimages = 0;
+	if (cmd->load_mode == SERPENS_LOAD_MAP && rt->nfds != cmd->nimages) {
+		snprintf(err, errlen, "%u images but %d descriptors", cmd->nimages, rt->nfds);
+		return -EBADMSG;
+	}
+	for (uint16_t i = 0; i < cmd->nimages; i++) {
+		int rc = 0;
+		in->images[i] = cmd->images[i];
+		if (cmd->load_mode == SERPENS_LOAD_MAP) {
+			rc = serpens_image_map(rt->fds[i], &in->images[i], cmd->populate);
+			in->entries[i] = (nf_entry_fn)(uintptr_t)(in->images[i].base + in->images[i].entry_off);
+			if (rc)
+				snprintf(err, errlen, "mapping image %u at 0x%llx: %s", i,
+					 (unsigned long long)in->images[i].base, strerror(-rc));
+		} else {
+			char path[sizeof(cmd->dl_path[i]) + 1];
+			memcpy(path, cmd->dl_path[i], sizeof(cmd->dl_path[i]));
+			path[sizeof(cmd->dl_path[i])] = 0;
+			in->dl[i] = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+			void *sym = in->dl[i] ? dlsym(in->dl[i], "nf_entry") : NULL;
+			in->entries[i] = (nf_entry_fn)sym;
+			if (!sym) {
+				snprintf(err, errlen, "dlopen %s: %s", path, dlerror());
+				rc = -ENOENT;
+			}
+		}
+		if (rc) {
+			unload_images(in);
+			return rc;
+		}
+		in->nimages = i + 1;
+	}
+	return 0;
+}
+
+static int start_instance(struct runtime *rt)
+{
+	const struct serpens_cmd *cmd = &rt->cmd;
+	struct instance *in = &rt->inst;
+	char err[200] = "";
+	int rc;
+
+	rt->ctl->t_cmd_cycles = rte_rdtsc();
+	in->rx = rte_ring_lookup(cmd->rx_ring);
+	in->tx = rte_ring_lookup(cmd->tx_ring);
+	if (!in->rx || !in->tx) {
+		snprintf(err, sizeof(err), "no ring named '%.32s' or '%.32s'", cmd->rx_ring, cmd->tx_ring);
+		set_error(rt, -ENOENT, err);
+		return -ENOENT;
+	}
+	rc = load_images(rt, err, sizeof(err));
+	close_fds(rt); /* the mappings keep the memfds alive */
+	if (rc == 0) {
+		rc = serpens_chain_init(&in->chain, cmd, (const nf_entry_fn *)in->entries, rt->ctl,
+					err, sizeof(err));
+		if (rc)
+			unload_images(in);
+	}
+	if (rc) {
+		set_error(rt, rc, err);
+		return rc;
+	}
+	in->first_burst_done = 0;
+	rt->ctl->instance_id = cmd->instance_id;
+	rt->ctl->t_ready_cycles = rte_rdtsc();
+	return 0;
+}
+
+static void stop_instance(struct runtime *rt)
+{
+	serpens_chain_fini(&rt->inst.chain);
+	unload_images(&rt->inst);
+	rt->ctl->instance_id = 0;
+}
+
+/* ---- packets ---------------------------------------------------------------------------- */
+
+static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
+{
+	struct serpens_pool_ctl *ctl = rt->ctl;
+	struct serpens_batch b;
+	int off = rt->env->label_off;
+	uint32_t out = 0;
+
+	b.n = n;
+	b.now_ns = serpens_now_ns();
+	for (uint32_t i = 0; i < n; i++) {
+		struct rte_mbuf *m = ctl->inflight[i];
+		b.pkt[i] = m;
+		b.data[i] = rte_pktmbuf_mtod(m, uint8_t *);
+		b.len[i] = m->data_len;
+		/* NFs see one contiguous frame; chained mbufs are refused, not half-processed. */
+		b.labels[i] = m->nb_segs == 1 ? 0 : SERPENS_LABEL_DROP;
+	}
+	in->chain.bad_labels = 0;
+	serpens_chain_run(&in->chain, &b);
+	for (uint32_t i = 0; i < n; i++) {
+		*RTE_MBUF_DYNFIELD((struct rte_mbuf *)b.pkt[i], off, uint16_t *) = b.labels[i];
+		out += b.labels[i] == SERPENS_LABEL_OUT;
+	}
+	ctl->rx_pkts += n;
+	ctl->tx_pkts += out;
+	ctl->drop_pkts += n - out;
+	ctl->bad_labels += in->chain.bad_labels;
+	ctl->batches++;
+
+	/* Everything goes back to the router, drops included: it owns the mbufs. */
+	uint32_t sent = 0;
+	while (sent < n) {
+		sent += rte_ring_sp_enqueue_burst(in->tx, ctl->inflight + sent, n - sent, NULL);
+		if (sent < n)
+			rte_pause();
+	}
+	__atomic_store_n(&ctl->inflight_n, 0, __ATOMIC_RELEASE);
+	if (!in->first_burst_done) {
+		in->first_burst_done = 1;
+		ctl->t_burst_cycles = rte_rdtsc();
+	}
+}
+
+/* Poll until a command is pending (or, for a forked child, until idle). */
+static void run_instance(struct runtime *rt, int forked_child)
+{
+	struct instance *in = &rt->inst;
+	struct serpens_pool_ctl *ctl = rt->ctl;
+	uint64_t idle_since = 0;
+
+	for (;;) {
+		if (!forked_child && pending_command(rt))
+			return;
+		uint32_t n = rte_ring_sc_dequeue_burst(in->rx, ctl->inflight, SERPENS_BURST, NULL);
+		if (n) {
+			__atomic_store_n(&ctl->inflight_n, n, __ATOMIC_RELEASE);
+			process_burst(rt, in, n);
+			idle_since = 0;
+			continue;
+		}
+		uint64_t now = rte_rdtsc();
+		if (!idle_since) {
+			idle_since = now;
+		} else if (now - idle_since > rt->idle_cycles) {
+			if (forked_child)
+				return;
+			sleep_until_woken(rt, in->rx);
+			idle_since = 0;
+		} else {
+			rte_pause();
+		}
+	}
+}
+
+/* SAND-style baseline: the NFs stay loaded in this (zygote) process; a start forks a child that
+ * runs the instance. The child only touches rings and the shared control block. */
+static int fork_instance(struct runtime *rt)
+{
+	char err[200] = "";
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		return 0;
+	struct instance *in = &rt->inst;
+	if (serpens_chain_init(&in->chain, &rt->cmd, (const nf_entry_fn *)in->entries, rt->ctl, err,
+			       sizeof(err)) == 0) {
+		run_instance(rt, 1);
+		serpens_chain_fini(&in->chain);
+	}
+	__atomic_add_fetch(&rt->ctl->forked_done, 1, __ATOMIC_RELEASE);
+	_exit(0);
+}
+
+static int start_forked(struct runtime *rt)
+{
+	struct instance *in = &rt->inst;
+	char err[200] = "";
+	int rc = 0;
+
+	rt->ctl->t_cmd_cycles = rte_rdtsc();
+	in->rx = rte_ring_lookup(rt->cmd.rx_ring);
+	in->tx = rte_ring_lookup(rt->cmd.tx_ring);
+	if (!in->rx || !in->tx)
+		rc = -ENOENT;
+	if (!rc && in->nimages == 0) { /* first start: pre-load (kept for later forks) */
+		rc = load_images(rt, err, sizeof(err));
+		in->load_mode = SERPENS_LOAD_FORK;
+	}
+	close_fds(rt);
+	if (!rc)
+		rc = fork_instance(rt);
+	if (rc)
+		set_error(rt, rc, err[0] ? err : strerror(-rc));
+	return rc;
+}
+
+static int handle_command(struct runtime *rt)
+{
+	int rc = receive_command(rt);
+	if (rc) {
+		close_fds(rt);
+		/* Without a readable command, answer the sequence number we were woken for. */
+		rt->cmd.seq = rt->ctl->cmd_seq;
+		set_error(rt, rc, "unreadable command");
+		ack(rt, rc);
+		return rc == -EPIPE ? rc : 0;
+	}
+	switch (rt->cmd.kind) {
+	case SERPENS_CMD_START:
+		if (rt->running) {
+			close_fds(rt);
+			set_error(rt, -EBUSY, "an instance is already running");
+			rc = -EBUSY;
+		} else if (rt->cmd.load_mode == SERPENS_LOAD_FORK) {
+			rc = start_forked(rt);
+		} else {
+			rc = start_instance(rt);
+			rt->running = rc == 0;
+			if (rt->running)
+				__atomic_store_n(&rt->ctl->state, SERPENS_POOL_RUNNING, __ATOMIC_RELEASE);
+		}
+		ack(rt, rc);
+		return 0;
+	case SERPENS_CMD_STOP:
+		close_fds(rt);
+		if (rt->running) {
+			stop_instance(rt);
+			rt->running = 0;
+		}
+		__atomic_store_n(&rt->ctl->state, SERPENS_POOL_IDLE, __ATOMIC_RELEASE);
+		ack(rt, 0);
+		return 0;
+	case SERPENS_CMD_EXIT:
+		close_fds(rt);
+		if (rt->running)
+			stop_instance(rt);
+		rt->running = 0;
+		__atomic_store_n(&rt->ctl->state, SERPENS_POOL_EXITED, __ATOMIC_RELEASE);
+		ack(rt, 0);
+		return 1;
+	default:
+		close_fds(rt);
+		set_error(rt, -EINVAL, "unknown command");
+		ack(rt, -EINVAL);
+		return 0;
+	}
+}
+
+int serpens_runtime_main(const struct serpens_runtime_env *env)
+{
+	static struct runtime rt; /* large (the chain and a command); one per process */
+
+	memset(&rt, 0, sizeof(rt));
+	rt.env = env;
+	rt.ctl = env->ctl;
+	rt.idle_cycles = rte_get_tsc_hz() / 1000000 * env->idle_us;
+	signal(SIGCHLD, SIG_IGN); /* forked baseline children reap themselves */
+	rt.ctl->pid = getpid();
+	__atomic_store_n(&rt.ctl->state, SERPENS_POOL_IDLE, __ATOMIC_RELEASE);
+
+	for (;;) {
+		if (rt.running) {
+			run_instance(&rt, 0);
+		} else if (!pending_command(&rt)) {
+			sleep_until_woken(&rt, NULL);
+			continue;
+		}
+		int rc = handle_command(&rt);
+		if (rc)
+			return rc > 0 ? 0 : rc;
+	}
+}

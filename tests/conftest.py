@@ -1,0 +1,54 @@
+"""Shared fixtures: one DPDK primary per test session (the EAL initialises once per process)
+with a unique file prefix, and a small process pool of real DPDK secondaries."""
+import os
+
+import pytest
+
+NFS_DIR = os.path.join(os.path.dirname(__file__), "nfs")
+
+
+def nf_source(name: str) -> str:
+    with open(os.path.join(NFS_DIR, name)) as f:
+        return f.read()
+
+
+@pytest.fixture(scope="session")
+def dataplane():
+    from serpens.agent.dataplane import Dataplane, DataplaneConfig
+
+    dpl = Dataplane(DataplaneConfig(file_prefix=f"serpens-test-{os.getpid()}")).start()
+    yield dpl
+    dpl.close()
+
+
+@pytest.fixture(scope="session")
+def pool(dataplane):
+    from serpens.agent.process_pool import ProcessPool
+
+    with ProcessPool(dataplane, 3) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def slots():
+    from serpens.runtime_cy.builder import SlotAllocator
+
+    return SlotAllocator()
+
+
+@pytest.fixture(scope="session")
+def build(slots):
+    """build(file_name, copy=0) -> NFImage, prepared once per session and copy (an SFC that
+    uses one NF twice needs two images: each step has its own globals)."""
+    from serpens.runtime_cy.builder import build_nf
+
+    cache = {}
+
+    def _build(name, copy=0):
+        if (name, copy) not in cache:
+            cache[name, copy] = build_nf(nf_source(name), slots.allocate(), name.removesuffix(".c"))
+        return cache[name, copy]
+
+    yield _build
+    for img in cache.values():
+        img.close()

@@ -1,0 +1,101 @@
+"""The NF context table: header parsing, checksums (RFC 1071/1624), packet helpers."""
+import random
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from serpens.agent.harness import PacketHarness
+from serpens.runtime_cy import _dataplane as dp
+from serpens.runtime_cy.sfc import NF, compile_sfc
+
+OK, NON_IP, TRUNCATED, BAD, FRAGMENT = range(5)
+
+
+def b(pkt):
+    return bytes(pkt)
+
+
+@pytest.mark.parametrize("pkt,result,family,l4", [
+    (Ether() / IP() / TCP() / b"data", OK, 4, 34),
+    (Ether() / Dot1Q(vlan=5) / IP(options=b"\x01\x01\x01\x01") / UDP(), OK, 4, 42),
+    (Ether() / IPv6() / IPv6ExtHdrHopByHop() / UDP() / b"x", OK, 6, 62),
+    (Ether() / IPv6() / ICMPv6EchoRequest(id=7), OK, 6, 54),
+    (Ether() / IP(flags="MF") / UDP(), OK, 4, 34),
+    (Ether() / IP(frag=10) / UDP(), FRAGMENT, 4, 0),
+    (Ether() / IPv6() / IPv6ExtHdrFragment(offset=3) / UDP(), FRAGMENT, 6, 0),
+    (Ether() / ARP(), NON_IP, 0, 0),
+])
+def test_parse(pkt, result, family, l4):
+    r, h = dp.parse(b(pkt))
+    assert r == result
+    assert h["family"] == family
+    assert h["l4_off"] == l4
+
+
+def test_parse_refuses_bad_headers():
+    good = b(Ether() / IP() / TCP())
+    assert dp.parse(good[:20])[0] == TRUNCATED
+    assert dp.parse(good[:14 + 20 + 10])[0] == TRUNCATED      # TCP header cut
+    ihl3 = good[:14] + bytes([0x43]) + good[15:]
+    assert dp.parse(ihl3)[0] == BAD
+    v5 = good[:14] + bytes([0x55]) + good[15:]
+    assert dp.parse(v5)[0] == BAD
+    too_long = b(Ether() / IP(len=500) / TCP())
+    assert dp.parse(too_long)[0] == TRUNCATED
+    assert dp.parse(b"")[0] == TRUNCATED
+
+
+def test_parse_never_reads_past_the_frame():
+    rng = random.Random(7)
+    base = [b(Ether() / IP() / TCP() / (b"x" * 20)), b(Ether() / IPv6() / IPv6ExtHdrHopByHop() / UDP()),
+            b(Ether() / Dot1Q() / Dot1Q() / IP() / ICMP())]
+    for _ in range(3000):
+        f = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 4)):
+            f[rng.randrange(len(f))] = rng.randrange(256)
+        r, h = dp.parse(bytes(f[:rng.randint(0, len(f))]))
+        assert r in range(5)
+        if r == OK and h["l4_off"]:
+            assert h["payload_off"] + h["payload_len"] <= len(f)
+
+
+def valid(frame: bytes) -> bool:
+    """Do the IP and L4 checksums of frame check out (scapy recomputes them)?"""
+    pkt = Ether(frame)
+    rebuilt = Ether(frame)
+    if IP in rebuilt:
+        del rebuilt[IP].chksum
+    l4 = rebuilt.getlayer(TCP) or rebuilt.getlayer(UDP) or rebuilt.getlayer(ICMP) or \
+        rebuilt.getlayer(ICMPv6EchoRequest)
+    for field in ("chksum", "cksum"):
+        if field in l4.fields:
+            delattr(l4, field)
+    return bytes(Ether(bytes(rebuilt))) == bytes(pkt)
+
+
+def test_incremental_checksum_update(pool, build):
+    pkts = [Ether() / IP(src="10.1.2.3", dst="8.8.8.8") / TCP(sport=5555, dport=80) / b"hello",
+            Ether() / IP(src="172.16.0.9", dst="1.1.1.1", options=b"\x01" * 4) / UDP(sport=9, dport=53) / (b"q" * 33)]
+    with PacketHarness(pool, compile_sfc(NF(build("csum.c"), config=b"\x00"))) as h:
+        results = h.run([b(p) for p in pkts])
+    for r in results:
+        out = Ether(r.data)
+        assert out[IP].src == "192.0.2.1"
+        assert out.sport == 4242
+        assert valid(r.data)
+
+
+def test_full_checksums(pool, build):
+    pkts = [Ether() / IP() / TCP() / b"odd", Ether() / IP() / UDP() / (b"x" * 100),
+            Ether() / IP() / ICMP() / b"ping", Ether() / IPv6() / UDP() / b"v6",
+            Ether() / IPv6() / ICMPv6EchoRequest() / b"echo"]
+    corrupted = []
+    for p in pkts:
+        f = bytearray(b(p))
+        f[-1] ^= 0xFF  # payload changed: the checksums no longer hold
+        corrupted.append(bytes(f))
+    with PacketHarness(pool, compile_sfc(NF(build("csum.c"), config=b"\x01"))) as h:
+        results = h.run(corrupted)
+    assert all(r.verdict == "out" and valid(r.data) for r in results)

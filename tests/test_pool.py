@@ -1,0 +1,120 @@
+"""The process pool: real DPDK secondaries that map NF images, run, stop, and are replaced
+when they die."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from serpens.agent.harness import PacketHarness
+from serpens.agent.process_pool import PoolError, ProcessPool
+from serpens.runtime_cy import _dataplane as dp
+from serpens.runtime_cy.sfc import NF, compile_sfc
+
+
+def udp(payload: bytes, sport=1000) -> bytes:
+    return bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=53) / payload)
+
+
+def mapped_at(pid: int, base: int) -> list:
+    """Lines of /proc/pid/maps for mappings starting at `base`."""
+    with open(f"/proc/{pid}/maps") as f:
+        return [line for line in f if int(line.split("-")[0], 16) == base]
+
+
+def test_same_image_same_address_in_two_processes(pool, build):
+    image = build("pass.c")
+    sfc = compile_sfc(NF(image))
+    with PacketHarness(pool, sfc) as h1, PacketHarness(pool, sfc) as h2:
+        assert h1.process.pid != h2.process.pid
+        r1 = h1.run([udp(b"one")] * 64)
+        r2 = h2.run([udp(b"two")] * 64)
+        assert all(r.verdict == "out" for r in r1 + r2)
+        for h in (h1, h2):
+            maps = mapped_at(h.process.pid, image.base)
+            assert maps and "r-xs" in maps[0] and "memfd:" in maps[0]  # text shared
+        assert h1.nf_counters()[0]["counters"]["seen"] == 64
+        assert h2.nf_counters()[0]["counters"]["seen"] == 64
+
+
+def test_stop_returns_the_process_and_unmaps(pool, build):
+    image = build("pass.c")
+    h = PacketHarness(pool, compile_sfc(NF(image))).start()
+    pid = h.process.pid
+    h.run([udp(b"x")])
+    idle_before_stop = pool.idle_count()
+    h.close()
+    assert pool.idle_count() == idle_before_stop + 1
+    assert mapped_at(pid, image.base) == []
+
+
+def test_init_failure_is_reported_and_the_process_stays_usable(pool, build):
+    bad = compile_sfc(NF(build("mark.c"), config=b""))  # mark needs 2 config bytes
+    idle = pool.idle_count()
+    with pytest.raises(PoolError, match=r"init\(\) returned -22"):
+        PacketHarness(pool, bad).start()
+    assert pool.idle_count() == idle
+    with PacketHarness(pool, compile_sfc(NF(build("pass.c")))) as h:
+        assert h.run([udp(b"ok")])[0].verdict == "out"
+
+
+def test_sleeping_instance_is_woken_by_new_packets(pool, build):
+    with PacketHarness(pool, compile_sfc(NF(build("pass.c")))) as h:
+        h.run([udp(b"a")])
+        time.sleep(0.05)  # well past idle_us: the instance sleeps on its eventfd
+        assert h.process.ctl.sleeping == 1
+        wakeups = h.stats()["wakeups"]
+        assert h.run([udp(b"b")])[0].verdict == "out"
+        assert h.stats()["wakeups"] > wakeups
+
+
+@pytest.fixture
+def crash_pool(dataplane):
+    crashed = []
+    with ProcessPool(dataplane, 2, first_lcore=20,
+                     on_crash=lambda p, inst: crashed.append((p.pid, inst))) as p:
+        p.crashed = crashed
+        yield p
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_nf_crash_is_detected_and_the_pool_refills(crash_pool, build, dataplane):
+    free_before = dataplane.mempool.available()
+    survivor = PacketHarness(crash_pool, compile_sfc(NF(build("pass.c")))).start()
+    victim = PacketHarness(crash_pool, compile_sfc(NF(build("crash.c")))).start()
+    victim_pid = victim.process.pid
+    with pytest.raises(RuntimeError, match="died"):
+        victim.run([udp(b"K")] * 8, timeout=10)
+    wait_for(lambda: crash_pool.crashed)
+    assert crash_pool.crashed[0][0] == victim_pid
+    wait_for(lambda: crash_pool.idle_count() == 1)  # a replacement attached
+    assert len(crash_pool.processes()) == 2
+    # The other instance never noticed.
+    assert all(r.verdict == "out" for r in survivor.run([udp(b"still here")] * 100))
+    victim.close()
+    survivor.close()
+    assert dataplane.mempool.available() == free_before  # in-flight mbufs were recovered
+
+
+def test_killing_a_process_mid_batch_leaks_no_mbuf(crash_pool, build, dataplane):
+    free_before = dataplane.mempool.available()
+    h = PacketHarness(crash_pool, compile_sfc(NF(build("crash.c")))).start()
+    dp.push(h.rx, dataplane.mempool, [udp(b"S", sport=i) for i in range(64)])
+    h.process.wake()
+    wait_for(lambda: h.rx.count() < 64, 5)
+    time.sleep(0.005)  # the NF spins 2 ms per packet: it is mid-batch now
+    os.kill(h.process.pid, signal.SIGKILL)
+    wait_for(lambda: crash_pool.crashed)
+    wait_for(lambda: crash_pool.idle_count() == 2)
+    h.process = None  # it died; nothing to stop
+    h.close()         # frees what was left in the rings
+    assert dataplane.mempool.available() == free_before
