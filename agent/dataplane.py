@@ -68,6 +68,12 @@ def remove_stale_files(prefix: str, hugepage_dir: str = "/dev/hugepages") -> boo
     return True
 
 
+def remove_stale_prefixes(pattern: str = "serpens-*", hugepage_dir: str = "/dev/hugepages"):
+    """Remove what dead primaries of any matching prefix left behind."""
+    for run_dir in glob.glob(os.path.join(RUNTIME_ROOT, pattern)):
+        remove_stale_files(os.path.basename(run_dir), hugepage_dir)
+
+
 class Dataplane:
     """One per process: the EAL primary and its mbuf pool. Use as a context manager, or call
     close(); close also runs at interpreter exit."""
@@ -82,6 +88,7 @@ class Dataplane:
     def start(self):
         if Dataplane._started:
             raise RuntimeError("the EAL can be initialised once per process")
+        remove_stale_prefixes(hugepage_dir=self.config.hugepage_dir)
         remove_stale_files(self.config.file_prefix, self.config.hugepage_dir)
         dp.eal_init(self.config.eal_args())
         Dataplane._started = True

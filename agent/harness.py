@@ -40,7 +40,7 @@ class PacketHarness:
         self.tx = dp.Ring(f"htx{n}_{id(self) & 0xffff:x}", self.RING_SIZE)
 
     def start(self):
-        self.process = self.pool.start_instance(self.sfc, self.rx.name, self.tx.name,
+        self.process = self.pool.start_instance(self.sfc, self.rx, self.tx,
                                                 load_mode=self.load_mode)
         return self
 

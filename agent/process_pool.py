@@ -154,12 +154,12 @@ class ProcessPool:
 
     # ---- instances ------------------------------------------------------------------------
 
-    def start_instance(self, sfc, rx_ring: str, tx_ring: str, *, instance_id: int | None = None,
+    def start_instance(self, sfc, rx_ring: dp.Ring, tx_ring: dp.Ring, *, instance_id: int | None = None,
                        load_mode: int = dp.LOAD_MAP, populate: bool = False,
                        dl_paths=(), wait: bool = True, timeout: float = 5.0,
                        process: PoolProcess | None = None) -> PoolProcess:
         """Run compiled SFC `sfc` (runtime_cy.sfc.CompiledSFC) in an idle pool process (or in
-        `process`, which must be idle)."""
+        `process`, which must be idle), reading from rx_ring and writing to tx_ring."""
         with self._lock:
             p = process or next((q for q in self._procs.values()
                                  if not q.dead and q.instance_id == 0), None)
@@ -172,14 +172,16 @@ class ProcessPool:
         fds = [img.fd for img in sfc.images] if load_mode == dp.LOAD_MAP else []
         try:
             self._command(p, dp.CMD_START, fds=fds, wait=wait, timeout=timeout,
-                          instance_id=p.instance_id, rx_ring=rx_ring, tx_ring=tx_ring,
+                          instance_id=p.instance_id, rx_ring=rx_ring.name,
+                          tx_ring=tx_ring.name, rx_ring_addr=rx_ring.address,
+                          tx_ring_addr=tx_ring.address,
                           images=images, steps=[s.as_tuple() for s in sfc.steps],
                           config=sfc.config, load_mode=load_mode, populate=populate,
                           dl_paths=list(dl_paths))
         except Exception:
             p.instance_id = 0
             raise
-        p.rings = (rx_ring, tx_ring)
+        p.rings = (rx_ring.name, tx_ring.name)
         p.nsteps = len(sfc.steps)
         if load_mode == dp.LOAD_FORK:
             p.instance_id = 0  # the zygote stays available; the forked child runs alone

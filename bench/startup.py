@@ -73,7 +73,7 @@ class _Bench:
         for _ in range(n):
             self.prime(proc)
             t0 = dp.rdtsc()
-            self.pool.start_instance(self.sfc, self.rx.name, self.tx.name, process=proc,
+            self.pool.start_instance(self.sfc, self.rx, self.tx, process=proc,
                                      wait=False, **start)
             self.wait_burst(proc)
             self.record(proc, t0, out)
@@ -86,7 +86,7 @@ class _Bench:
             done = proc.ctl.stats()["forked_done"]
             self.prime(proc)
             t0 = dp.rdtsc()
-            self.pool.start_instance(self.sfc, self.rx.name, self.tx.name, process=proc,
+            self.pool.start_instance(self.sfc, self.rx, self.tx, process=proc,
                                      load_mode=dp.LOAD_FORK, dl_paths=[dl_path], wait=False)
             self.wait_burst(proc)
             while proc.ctl.stats()["forked_done"] == done:  # one consumer per ring at a time
@@ -103,7 +103,7 @@ class _Bench:
             dp.push(self.rx, self.mempool, self.frames)
             t0 = dp.rdtsc()
             (proc,) = self.pool.grow(1, wait=False)
-            self.pool.start_instance(self.sfc, self.rx.name, self.tx.name, process=proc,
+            self.pool.start_instance(self.sfc, self.rx, self.tx, process=proc,
                                      wait=False)
             self.wait_burst(proc)
             self.record(proc, t0, out)
@@ -134,7 +134,8 @@ def measure_deploy_kb(so: bytes, n: int) -> float:
 
 
 def instance_private_kb(pid: int) -> float:
-    """Private memory in the NF region of a running instance (data pages it copied)."""
+    """Memory a running instance owns alone in the NF region: its copied-on-write data pages
+    (anonymous). Text and relro pages are the memfd's, shared with every other instance."""
     lo, hi = builder.NF_REGION_BASE, builder.NF_REGION_BASE + builder.NF_SLOT_SIZE * builder.NF_SLOTS
     total, inside = 0, False
     with open(f"/proc/{pid}/smaps") as f:
@@ -143,7 +144,7 @@ def instance_private_kb(pid: int) -> float:
             if "-" in head and not head.endswith(":"):
                 start = int(head.split("-")[0], 16)
                 inside = lo <= start < hi
-            elif inside and head in ("Private_Clean:", "Private_Dirty:"):
+            elif inside and head == "Anonymous:":
                 total += int(line.split()[1])
     return total
 
@@ -175,7 +176,7 @@ def run(args) -> dict:
             sp = b.run_spawn(spawn_n)
             # Private memory of an instance that has processed traffic.
             b.prime(map_proc)
-            pool.start_instance(sfc, b.rx.name, b.tx.name, process=map_proc)
+            pool.start_instance(sfc, b.rx, b.tx, process=map_proc)
             b.wait_burst(map_proc)
             result["instance_private_kb"] = instance_private_kb(map_proc.pid)
             pool.stop_instance(map_proc)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 
 from serpens.bench import CASES
@@ -37,7 +38,13 @@ def build_parser():
     return ap
 
 
+def _exit_on_sigterm(signum, frame):
+    # Unwind normally so DPDK primaries remove their hugepage files (atexit handlers).
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

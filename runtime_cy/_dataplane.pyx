@@ -154,6 +154,11 @@ cdef class Ring:
     def count(self):
         return rte_ring_count(self.r)
 
+    @property
+    def address(self):
+        """Same in every DPDK process of this file prefix."""
+        return <uintptr_t>self.r
+
     def free(self):
         if self.owner and self.r != NULL:
             free_all(self)
@@ -272,6 +277,10 @@ cdef class PoolCtl:
         return (self.c.wake_cycles, self.c.t_cmd_cycles, self.c.t_ready_cycles,
                 self.c.t_burst_cycles)
 
+    def mapped_cycles(self):
+        """TSC stamp of the last start when its images were mapped (before init)."""
+        return self.c.t_mapped_cycles
+
     def reset_timing(self):
         self.c.t_cmd_cycles = self.c.t_ready_cycles = self.c.t_burst_cycles = 0
 
@@ -299,7 +308,7 @@ cdef class PoolCtl:
 
 
 def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring="",
-                  str tx_ring="", images=(), steps=(), bytes config=b"",
+                  str tx_ring="", uint64_t rx_ring_addr=0, uint64_t tx_ring_addr=0, images=(), steps=(), bytes config=b"",
                   int load_mode=SERPENS_LOAD_MAP, bint populate=False, dl_paths=()):
     """Pack a serpens_cmd. images: [(base, text_len, relro_len, data_len, entry_off)];
     steps: [(kind, image, [next labels], config_off, config_len, name)]. Only the bytes in use
@@ -324,6 +333,8 @@ def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring
     cmd.config_len = len(config)
     strncpy(cmd.rx_ring, rx_ring.encode(), 31)
     strncpy(cmd.tx_ring, tx_ring.encode(), 31)
+    cmd.rx_ring_addr = rx_ring_addr
+    cmd.tx_ring_addr = tx_ring_addr
     for i, (base, text_len, relro_len, data_len, entry_off) in enumerate(images):
         cmd.images[i].base = base
         cmd.images[i].text_len = text_len

@@ -59,6 +59,8 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t config_len
         char rx_ring[32]
         char tx_ring[32]
+        uint64_t rx_ring_addr
+        uint64_t tx_ring_addr
         serpens_image_layout images[16]
         char dl_path[16][108]
         serpens_step steps[16]
@@ -89,6 +91,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t wakeups
         uint64_t forked_done
         uint64_t t_cmd_cycles
+        uint64_t t_mapped_cycles
         uint64_t t_ready_cycles
         uint64_t t_burst_cycles
         uint32_t inflight_n

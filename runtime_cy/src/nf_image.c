@@ -761,14 +761,36 @@ static int layout_ok(const struct serpens_image_layout *l)
 	return l->entry_off < l->text_len;
 }
 
+/*
+ * Slots this process has mapped and unmapped again. Stopping an NF punches a hole in the
+ * reservation (munmap) instead of mapping PROT_NONE back over it: in this nested VM an mmap that
+ * replaces a mapping costs twice one into a hole (~4.5 vs ~2 us). The rest of the slot stays
+ * reserved, which keeps the page table alive for the next start. A punched slot is mapped with
+ * MAP_FIXED_NOREPLACE so that nothing that moved into the hole is ever clobbered; a slot still
+ * under the reservation is replaced with MAP_FIXED, as the reservation is ours.
+ */
+static uint64_t punched[SERPENS_NF_SLOTS / 64];
+
+static uint32_t slot_of(uint64_t base)
+{
+	return (uint32_t)((base - SERPENS_NF_REGION_BASE) / SERPENS_NF_SLOT_SIZE);
+}
+
 static int map_piece(int fd, uint64_t addr, uint64_t len, uint64_t off, int prot, int flags)
 {
 	void *want = (void *)(uintptr_t)addr;
+	uint32_t slot = slot_of(addr);
+	int fixed = punched[slot / 64] >> (slot % 64) & 1 ? MAP_FIXED_NOREPLACE : MAP_FIXED;
 
 	if (len == 0)
 		return 0;
-	if (mmap(want, len, prot, flags | MAP_FIXED, fd, (off_t)off) == MAP_FAILED)
+	void *got = mmap(want, len, prot, flags | fixed, fd, (off_t)off);
+	if (got == MAP_FAILED)
 		return -errno;
+	if (got != want) { /* a kernel that ignores NOREPLACE */
+		munmap(got, len);
+		return -EEXIST;
+	}
 	return 0;
 }
 
@@ -793,11 +815,13 @@ int serpens_image_map(int memfd, const struct serpens_image_layout *l, int popul
 int serpens_image_unmap(const struct serpens_image_layout *l)
 {
 	uint64_t total = l->text_len + l->relro_len + l->data_len;
+	uint32_t slot;
 
 	if (!layout_ok(l))
 		return -EINVAL;
-	if (mmap((void *)(uintptr_t)l->base, total, PROT_NONE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+	if (munmap((void *)(uintptr_t)l->base, total) != 0)
 		return -errno;
+	slot = slot_of(l->base);
+	punched[slot / 64] |= 1ull << (slot % 64);
 	return 0;
 }

@@ -11,7 +11,7 @@
  *   [0, text_len)                      text+rodata, shared, r-x   (file offset 0)
  *   [text_len, text_len+relro_len)     relro (.got, .dynamic ...), shared, r--
  *   [text_len+relro_len, +data_len)    .data+.bss, private copy-on-write, rw-
- * and stopping it is one mmap that puts the reservation back. No dynamic linker runs.
+ * and stopping it is one munmap. No dynamic linker runs.
  *
  * Functions return 0 or -errno (verification failures: -EINVAL, with `err` naming the
  * offending symbol, relocation, segment or dynamic tag).
@@ -55,7 +55,8 @@ int serpens_region_reserve(void);
 /* The three mmaps (MAP_FIXED over the reservation; MAP_POPULATE optional). */
 int serpens_image_map(int memfd, const struct serpens_image_layout *layout, int populate);
 
-/* Put the reservation back over the whole image extent (one mmap). */
+/* Unmap the image (one munmap). The slot becomes a hole in the reservation; the next map of
+ * it uses MAP_FIXED_NOREPLACE (see nf_image.c for why). */
 int serpens_image_unmap(const struct serpens_image_layout *layout);
 
 #endif /* SERPENS_NF_IMAGE_H */

@@ -68,6 +68,10 @@ struct serpens_cmd {
 	uint32_t config_len;
 	char rx_ring[SERPENS_RING_NAME];
 	char tx_ring[SERPENS_RING_NAME];
+	/* Where the rings are (DPDK memory has one address in every process of a prefix): saves a
+	 * lookup on the start path. 0, or a ring whose name differs, means look the name up. */
+	uint64_t rx_ring_addr;
+	uint64_t tx_ring_addr;
 	struct serpens_image_layout images[SERPENS_MAX_IMAGES];
 	char dl_path[SERPENS_MAX_IMAGES][108]; /* LOAD_DLOPEN only */
 	struct serpens_step steps[SERPENS_MAX_STEPS];
@@ -115,6 +119,7 @@ struct serpens_pool_ctl {
 	uint64_t wakeups;
 	uint64_t forked_done;       /* forked baseline children that finished (LOAD_FORK) */
 	uint64_t t_cmd_cycles;     /* TSC when the start command was read (benchmarks) */
+	uint64_t t_mapped_cycles;  /* TSC when the NF images were mapped */
 	uint64_t t_ready_cycles;   /* TSC when the NFs were mapped and initialised */
 	uint64_t t_burst_cycles;   /* TSC when the first burst was handed to the TX ring */
 

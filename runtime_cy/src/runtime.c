@@ -168,6 +168,14 @@ static int load_images(struct runtime *rt, char *err, size_t errlen)
 	return 0;
 }
 
+static struct rte_ring *find_ring(const char *name, uint64_t addr)
+{
+	struct rte_ring *r = (struct rte_ring *)(uintptr_t)addr;
+	if (r && strncmp(r->name, name, SERPENS_RING_NAME) == 0)
+		return r;
+	return rte_ring_lookup(name);
+}
+
 static int start_instance(struct runtime *rt)
 {
 	const struct serpens_cmd *cmd = &rt->cmd;
@@ -176,8 +184,8 @@ static int start_instance(struct runtime *rt)
 	int rc;
 
 	rt->ctl->t_cmd_cycles = rte_rdtsc();
-	in->rx = rte_ring_lookup(cmd->rx_ring);
-	in->tx = rte_ring_lookup(cmd->tx_ring);
+	in->rx = find_ring(cmd->rx_ring, cmd->rx_ring_addr);
+	in->tx = find_ring(cmd->tx_ring, cmd->tx_ring_addr);
 	if (!in->rx || !in->tx) {
 		snprintf(err, sizeof(err), "no ring named '%.32s' or '%.32s'", cmd->rx_ring, cmd->tx_ring);
 		set_error(rt, -ENOENT, err);
@@ -185,6 +193,7 @@ static int start_instance(struct runtime *rt)
 	}
 	rc = load_images(rt, err, sizeof(err));
 	close_fds(rt); /* the mappings keep the memfds alive */
+	rt->ctl->t_mapped_cycles = rte_rdtsc();
 	if (rc == 0) {
 		rc = serpens_chain_init(&in->chain, cmd, (const nf_entry_fn *)in->entries, rt->ctl,
 					err, sizeof(err));
@@ -311,8 +320,8 @@ static int start_forked(struct runtime *rt)
 	int rc = 0;
 
 	rt->ctl->t_cmd_cycles = rte_rdtsc();
-	in->rx = rte_ring_lookup(rt->cmd.rx_ring);
-	in->tx = rte_ring_lookup(rt->cmd.tx_ring);
+	in->rx = find_ring(rt->cmd.rx_ring, rt->cmd.rx_ring_addr);
+	in->tx = find_ring(rt->cmd.tx_ring, rt->cmd.tx_ring_addr);
 	if (!in->rx || !in->tx)
 		rc = -ENOENT;
 	if (!rc && in->nimages == 0) { /* first start: pre-load (kept for later forks) */
