@@ -36,7 +36,10 @@ setup_hugepages() {
 }
 
 build_inputs_hash() {
-  { cat pyproject.toml setup.py; find runtime_cy -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' | sort | xargs cat; } | sha256sum | cut -d' ' -f1
+  # Sources only: the build writes runtime_cy/_*.c, which must not change the hash.
+  { cat pyproject.toml setup.py
+    find runtime_cy \( -name '*.pyx' -o -name '*.pxd' -o -path '*/src/*' -o -path '*/include/*' \
+         -o -path '*/nf_support/*' \) -type f | sort | xargs cat; } | sha256sum | cut -d' ' -f1
 }
 
 setup_venv() {
@@ -46,9 +49,12 @@ setup_venv() {
   if [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ] && .venv/bin/python -c 'import serpens.runtime_cy._dataplane, serpens.runtime_cy._image' 2>/dev/null; then
     return
   fi
-  log "building the project into .venv"
-  .venv/bin/pip install -q --upgrade pip setuptools wheel 'cython>=3.0'
-  .venv/bin/pip install -q --no-build-isolation -e '.[test]'
+  log "building the project into .venv (log: .venv/build.log)"
+  if ! { .venv/bin/pip install -q --upgrade pip setuptools wheel 'cython>=3.0' &&
+         .venv/bin/pip install -q --no-build-isolation -e '.[test]'; } > .venv/build.log 2>&1; then
+    tail -40 .venv/build.log >&2
+    exit 1
+  fi
   echo "$hash" > "$stamp"
 }
 
