@@ -18,14 +18,7 @@ cdef extern from "serpens/nf.h" nogil:
         uint8_t family
         uint8_t flags
 
-cdef extern from "nf_image.h" nogil:
-    struct serpens_image_layout:
-        uint64_t base
-        uint64_t text_len
-        uint64_t relro_len
-        uint64_t data_len
-        uint64_t entry_off
-    int serpens_region_reserve()
+from includes.nf_image cimport serpens_image_layout, serpens_region_reserve
 
 cdef extern from "pool_ctl.h" nogil:
     int SERPENS_MAX_STEPS
