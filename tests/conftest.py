@@ -52,3 +52,21 @@ def build(slots):
     yield _build
     for img in cache.values():
         img.close()
+
+
+@pytest.fixture(scope="session")
+def build_stock(slots):
+    """build_stock(name, copy=0) -> NFImage of the stock NF nfs/<name>/<name>.c."""
+    from serpens import nfs
+    from serpens.runtime_cy.builder import build_nf
+
+    cache = {}
+
+    def _build(name, copy=0):
+        if (name, copy) not in cache:
+            cache[name, copy] = build_nf(nfs.source(name), slots.allocate(), name)
+        return cache[name, copy]
+
+    yield _build
+    for img in cache.values():
+        img.close()

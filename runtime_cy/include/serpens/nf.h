@@ -46,7 +46,7 @@
 #include <stdint.h>
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 0
+#define SERPENS_ABI_MINOR 1 /* 1: state tables */
 
 #define SERPENS_BURST 32          /* packets per batch, at most */
 #define SERPENS_MAX_PORTS 8       /* output ports of one NF */
@@ -171,7 +171,60 @@ struct serpens_api {
 	 * serpens_count(), the existing id for a name already registered, or -1 when the NF has
 	 * SERPENS_MAX_COUNTERS already or the name is empty/too long. */
 	int (*counter_register)(struct serpens_ctx *ctx, const char *name);
+
+	/* ---- ABI minor 1: state tables (paper §III-B, §IV-A Fig. 8) -------------------------
+	 * A table lives in shared memory owned by the node's state manager, not in the instance:
+	 * it outlives every instance (scale to zero) and is shared by all instances of the NF on
+	 * the node. Keys and values have fixed sizes; keys are compared as bytes (memset padding).
+	 * Readers never lock. Per-flow entries must be written only by the instance that owns the
+	 * flow (the router pins flows to instances). Values are returned as pointers into the
+	 * table; a pointer stays valid until its entry is deleted. Errors are negative
+	 * SERPENS_E* codes. */
+
+	/* Create the table `name` of this NF, or open it when it exists (a restarted instance
+	 * finds its state again): flags are SERPENS_PER_FLOW or SERPENS_GLOBAL, with
+	 * SERPENS_READ and/or SERPENS_WRITE; SERPENS_GLOBAL|SERPENS_WRITE also takes exactly one
+	 * of SERPENS_RELEASE / SERPENS_EVENTUAL. Call in init(). Returns a table id >= 0;
+	 * SERPENS_EEXIST if a table of that name exists with other sizes or flags. */
+	int (*create_table)(struct serpens_ctx *ctx, const char *name, uint32_t flags,
+			    uint32_t key_size, uint32_t value_size, uint32_t capacity);
+	/* The value stored for key, or NULL. */
+	void *(*get_state)(struct serpens_ctx *ctx, int table, const void *key);
+	/* n lookups hashed and prefetched together (n <= SERPENS_BURST): values[i] is the value
+	 * for keys[i] or NULL. Returns how many were found. */
+	uint32_t (*get_state_bulk)(struct serpens_ctx *ctx, int table, const void *const *keys,
+				   uint32_t n, void **values);
+	/* Insert or overwrite; *stored (if not NULL) gets the value's place in the table.
+	 * SERPENS_ENOSPC when the table holds `capacity` entries: nothing is overwritten. */
+	int (*put_state)(struct serpens_ctx *ctx, int table, const void *key, const void *value,
+			 void **stored);
+	/* Remove a per-flow entry: SERPENS_ENOENT if absent, SERPENS_EPERM on a global table. */
+	int (*delete_state)(struct serpens_ctx *ctx, int table, const void *key);
+	/* Atomically add delta to the first 8 bytes (uint64_t) of key's value in a
+	 * SERPENS_GLOBAL|SERPENS_WRITE table, creating the entry as zeros first; returns the
+	 * value before the addition in *before. A shared counter no two instances can race on
+	 * (e.g. ESP sequence numbers: take a block of 32 per batch). */
+	int (*state_fetch_add)(struct serpens_ctx *ctx, int table, const void *key, uint64_t delta,
+			       uint64_t *before);
 };
+
+/* Table flags. */
+#define SERPENS_PER_FLOW 0x01u
+#define SERPENS_GLOBAL 0x02u
+#define SERPENS_READ 0x04u
+#define SERPENS_WRITE 0x08u
+#define SERPENS_RELEASE 0x10u
+#define SERPENS_EVENTUAL 0x20u
+
+#define SERPENS_MAX_TABLES 8 /* per NF */
+
+/* Error codes of the state API (negative errno values). */
+#define SERPENS_EPERM (-1)
+#define SERPENS_ENOENT (-2)
+#define SERPENS_ENOMEM (-12)
+#define SERPENS_EEXIST (-17)
+#define SERPENS_EINVAL (-22)
+#define SERPENS_ENOSPC (-28)
 
 /* Per NF, per instance. Written by the runtime before init(); read-only for the NF except
  * `priv` and, through serpens_count(), `counters`. */
