@@ -59,6 +59,7 @@ extensions = [
             "runtime_cy/src/nf_api.c",
             "runtime_cy/src/chainer.c",
             "runtime_cy/src/runtime.c",
+            "runtime_cy/src/state_table.c",
         ],
         include_dirs=INCLUDES,
         extra_compile_args=COMMON_CFLAGS + dpdk_cflags(),

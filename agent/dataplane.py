@@ -28,6 +28,7 @@ class DataplaneConfig:
     main_lcore: int = 0
     cpus: str = "0-1"          # CPUs the primary's main thread may run on
     vdevs: tuple = ()          # "net_null0", "net_pcap0,rx_pcap=...", ...
+    state_dir: str = "/dev/shm/serpens/state"  # state tables (tmpfs, or hugetlbfs)
     mbufs: int = 16383
     mbuf_cache: int = 256
     extra_eal_args: tuple = field(default=())
@@ -94,6 +95,7 @@ class Dataplane:
         Dataplane._started = True
         atexit.register(self.close)
         dp.register_label_field()
+        dp.set_state_dir(self.config.state_dir)
         self.mempool = dp.Mempool("serpens_mbufs",
                                   self.config.mbufs, self.config.mbuf_cache)
         return self

@@ -228,7 +228,8 @@ class ProcessPool:
         efd = os.eventfd(0, os.EFD_CLOEXEC)
         cmd = [sys.executable, "-m", "serpens.runtime_cy.pool_main",
                "--ctl-fd", str(ctl_fd), "--sock-fd", str(theirs.fileno()), "--efd", str(efd),
-               "--idle-us", str(self.idle_us), "--"]
+               "--idle-us", str(self.idle_us),
+               "--state-dir", self.dataplane.config.state_dir, "--"]
         cmd += self.dataplane.config.secondary_eal_args(lcore)
         proc = subprocess.Popen(cmd, pass_fds=(ctl_fd, theirs.fileno(), efd), close_fds=True)
         theirs.close()

@@ -20,6 +20,7 @@ def parse_args(argv):
     ap.add_argument("--sock-fd", type=int, required=True)
     ap.add_argument("--efd", type=int, required=True)
     ap.add_argument("--idle-us", type=int, default=200)
+    ap.add_argument("--state-dir", required=True)
     ap.add_argument("eal", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     if args.eal and args.eal[0] == "--":
@@ -34,6 +35,7 @@ def main(argv=None):
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     dp.eal_init(["serpens-pool"] + args.eal)
     dp.register_label_field()
+    dp.set_state_dir(args.state_dir)
     dp.run_pool_process(args.ctl_fd, args.sock_fd, args.efd, args.idle_us)
     # No rte_eal_cleanup(): in DPDK 22.11 a secondary's cleanup leaves the shared malloc heap
     # unusable (the next secondary hangs in rte_eal_init, the primary in rte_free). Exiting

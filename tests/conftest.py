@@ -1,6 +1,7 @@
 """Shared fixtures: one DPDK primary per test session (the EAL initialises once per process)
 with a unique file prefix, and a small process pool of real DPDK secondaries."""
 import os
+import shutil
 
 import pytest
 
@@ -16,9 +17,12 @@ def nf_source(name: str) -> str:
 def dataplane():
     from serpens.agent.dataplane import Dataplane, DataplaneConfig
 
-    dpl = Dataplane(DataplaneConfig(file_prefix=f"serpens-test-{os.getpid()}")).start()
+    state_dir = f"/dev/shm/serpens-test-{os.getpid()}/state"
+    dpl = Dataplane(DataplaneConfig(file_prefix=f"serpens-test-{os.getpid()}",
+                                    state_dir=state_dir)).start()
     yield dpl
     dpl.close()
+    shutil.rmtree(os.path.dirname(state_dir), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

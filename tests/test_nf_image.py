@@ -290,7 +290,7 @@ def test_same_image_two_processes(name):
     assert a["pid"] != b["pid"]
     for r in (a, b):
         assert r["name"] == name
-        assert r["abi"] == [1, 0]
+        assert r["abi"][0] == 1  # major; the minor follows nf.h
         assert r["addr"] == img.base + img.entry_off
         assert r["after"] == "aa" * 8
         assert r["in_file"] == r["before"] != r["after"]

@@ -1,5 +1,5 @@
 # Declarations of the Serpens C core (runtime_cy/src) used by the dataplane extension.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 cdef extern from "serpens/nf.h" nogil:
     int SERPENS_BURST
@@ -106,3 +106,31 @@ cdef extern from "runtime.h" nogil:
         int label_off
         uint32_t idle_us
     int serpens_runtime_main(const serpens_runtime_env *env)
+
+cdef extern from "state_table.h" nogil:
+    struct serpens_table_hdr:
+        uint32_t flags
+        uint32_t key_size
+        uint32_t value_size
+        uint32_t capacity
+        uint32_t nslots
+        uint64_t file_size
+        uint64_t count
+        char name[64]
+    struct serpens_table:
+        serpens_table_hdr *hdr
+        uint32_t flags
+    int serpens_table_open(serpens_table *t, const char *dir, const char *ns, const char *name,
+                           uint32_t flags, uint32_t key_size, uint32_t value_size,
+                           uint32_t capacity, char *err, size_t errlen)
+    void serpens_table_close(serpens_table *t)
+    void *serpens_table_get(const serpens_table *t, const void *key)
+    uint32_t serpens_table_get_bulk(const serpens_table *t, const void *const *keys, uint32_t n,
+                                    void **values)
+    int serpens_table_put(serpens_table *t, const void *key, const void *value, void **stored)
+    int serpens_table_delete(serpens_table *t, const void *key)
+    int64_t serpens_table_next(const serpens_table *t, uint64_t *pos, const void **key,
+                               const void **value)
+
+cdef extern from "nf_api.h" nogil:
+    void serpens_state_set_dir(const char *dir)

@@ -77,12 +77,17 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 			snprintf(err, errlen, "step %u (%s): nf_entry() gave no ops of ABI %d", s,
 				 st->name, SERPENS_ABI_MAJOR);
 			rc = -71; /* EPROTO */
-		} else if (ops->init &&
-			   (rc = ops->init(&nf->ctx, cmd->config + st->config_off, st->config_len)) != 0) {
-			snprintf(err, errlen, "step %u (%s): init() returned %d", s, st->name, rc);
-			rc = rc < 0 ? rc : -rc;
+		} else if (ops->init) {
+			nf->in_init = 1;
+			rc = ops->init(&nf->ctx, cmd->config + st->config_off, st->config_len);
+			nf->in_init = 0;
+			if (rc) {
+				snprintf(err, errlen, "step %u (%s): init() returned %d", s, st->name, rc);
+				rc = rc < 0 ? rc : -rc;
+			}
 		}
 		if (rc) {
+			serpens_nf_slot_close_tables(nf);
 			c->nsteps = s; /* fini only what was initialised */
 			serpens_chain_fini(c);
 			return rc;
@@ -161,6 +166,7 @@ void serpens_chain_fini(struct serpens_chain *c)
 		const struct serpens_nf_ops *ops = c->nf[s].ops;
 		if (ops && ops->fini)
 			ops->fini(&c->nf[s].ctx);
+		serpens_nf_slot_close_tables(&c->nf[s]);
 		c->nf[s].ops = NULL;
 	}
 	c->nsteps = 0;

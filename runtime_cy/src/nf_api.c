@@ -404,6 +404,98 @@ static int counter_register(struct serpens_ctx *ctx, const char *name)
 	return (int)c->n++;
 }
 
+/* ---- state tables ----------------------------------------------------------------------- */
+
+static char state_dir[256] = "/dev/shm/serpens/state";
+
+void serpens_state_set_dir(const char *dir)
+{
+	snprintf(state_dir, sizeof(state_dir), "%s", dir);
+}
+
+void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
+{
+	for (uint32_t i = 0; i < s->ntables; i++)
+		serpens_table_close(&s->tables[i]);
+	s->ntables = 0;
+}
+
+static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
+{
+	struct serpens_nf_slot *s = slot_of(ctx);
+	return (unsigned)table < s->ntables ? &s->tables[table] : NULL;
+}
+
+static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flags,
+			uint32_t key_size, uint32_t value_size, uint32_t capacity)
+{
+	struct serpens_nf_slot *s = slot_of(ctx);
+	char err[200];
+
+	for (uint32_t i = 0; i < s->ntables; i++)
+		if (name && strcmp(s->tables[i].hdr->name, name) == 0)
+			return (int)i;
+	if (!flags) /* 0 means "any" to the state manager; an NF must say what it wants */
+		return SERPENS_EINVAL;
+	if (s->ntables >= SERPENS_MAX_TABLES) {
+		nf_log(ctx, SERPENS_LOG_ERR, "create_table %s: at most %d tables", name,
+		       SERPENS_MAX_TABLES);
+		return SERPENS_ENOMEM;
+	}
+	/* The namespace is the NF's name in the SFC: every instance of it shares the tables. */
+	int rc = serpens_table_open(&s->tables[s->ntables], state_dir, s->name, name, flags,
+				    key_size, value_size, capacity, err, sizeof(err));
+	if (rc) {
+		nf_log(ctx, SERPENS_LOG_ERR, "create_table: %s", err);
+		return rc;
+	}
+	return (int)s->ntables++;
+}
+
+static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
+{
+	struct serpens_table *t = table_of(ctx, table);
+	return t ? serpens_table_get(t, key) : NULL;
+}
+
+static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *const *keys,
+			       uint32_t n, void **values)
+{
+	struct serpens_table *t = table_of(ctx, table);
+	if (!t) {
+		for (uint32_t i = 0; i < n && i < SERPENS_BURST; i++)
+			values[i] = NULL;
+		return 0;
+	}
+	return serpens_table_get_bulk(t, keys, n, values);
+}
+
+static int put_state(struct serpens_ctx *ctx, int table, const void *key, const void *value,
+		     void **stored)
+{
+	struct serpens_table *t = table_of(ctx, table);
+	if (!t || !value)
+		return SERPENS_EINVAL;
+	if (!(t->flags & SERPENS_WRITE) && !slot_of(ctx)->in_init)
+		return SERPENS_EPERM; /* read state is filled in init(), then only read */
+	return serpens_table_put(t, key, value, stored);
+}
+
+static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
+{
+	struct serpens_table *t = table_of(ctx, table);
+	if (t && !(t->flags & SERPENS_WRITE) && !slot_of(ctx)->in_init)
+		return SERPENS_EPERM;
+	return t ? serpens_table_delete(t, key) : SERPENS_EINVAL;
+}
+
+static int state_fetch_add(struct serpens_ctx *ctx, int table, const void *key, uint64_t delta,
+			   uint64_t *before)
+{
+	struct serpens_table *t = table_of(ctx, table);
+	return t ? serpens_table_fetch_add(t, key, delta, before) : SERPENS_EINVAL;
+}
+
 const struct serpens_api serpens_api_v1 = {
 	.abi_major = SERPENS_ABI_MAJOR,
 	.abi_minor = SERPENS_ABI_MINOR,
@@ -421,4 +513,10 @@ const struct serpens_api serpens_api_v1 = {
 	.now_ns = serpens_now_ns,
 	.log = nf_log,
 	.counter_register = counter_register,
+	.create_table = create_table,
+	.get_state = get_state,
+	.get_state_bulk = get_state_bulk,
+	.put_state = put_state,
+	.delete_state = delete_state,
+	.state_fetch_add = state_fetch_add,
 };

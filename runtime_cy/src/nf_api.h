@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "pool_ctl.h"
+#include "state_table.h"
 #include "serpens/nf.h"
 
 /* Calibrate the TSC-based clock against CLOCK_MONOTONIC; call once per process. */
@@ -24,7 +25,15 @@ struct serpens_nf_slot {
 	uint64_t log_last_ns;
 	uint32_t log_tokens;
 	uint32_t log_suppressed;
+	/* state tables this NF opened (create_table), closed after fini() */
+	uint32_t in_init; /* tables without SERPENS_WRITE take writes only in init() */
+	uint32_t ntables;
+	struct serpens_table tables[SERPENS_MAX_TABLES];
 };
+
+/* Where state tables live (DataplaneConfig.state_dir); set once per process. */
+void serpens_state_set_dir(const char *dir);
+void serpens_nf_slot_close_tables(struct serpens_nf_slot *s);
 
 extern const struct serpens_api serpens_api_v1;
 

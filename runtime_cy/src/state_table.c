@@ -1,0 +1,402 @@
+/* State tables (see state_table.h for the theory of operation). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nf_api.h"
+#include "serpens/nf.h"
+#include "state_table.h"
+
+#define SIG_EMPTY 0u
+#define SIG_BUSY 1u
+#define SIG_DELETED 2u
+#define HUGETLBFS_MAGIC 0x958458f6
+#define MAX_KEY 256
+#define MAX_VALUE (64u << 20)
+
+static uint32_t round8(uint32_t v) { return (v + 7u) & ~7u; }
+
+static uint32_t sig_of(uint32_t hash) { return hash | 0x80000000u; }
+
+static uint32_t *slot_sig(const struct serpens_table *t, uint32_t i)
+{
+	return (uint32_t *)(t->slots + (uint64_t)i * t->slot_size);
+}
+
+static uint8_t *slot_key(const struct serpens_table *t, uint32_t i)
+{
+	return t->slots + (uint64_t)i * t->slot_size + 8;
+}
+
+static uint8_t *slot_value(const struct serpens_table *t, uint32_t i)
+{
+	return t->slots + (uint64_t)i * t->slot_size + t->value_off;
+}
+
+static uint32_t key_hash(const struct serpens_table *t, const void *key)
+{
+	return serpens_hash_crc(key, t->key_size, 0x5e7e);
+}
+
+int serpens_table_flags_valid(uint32_t f)
+{
+	uint32_t scope = f & (SERPENS_PER_FLOW | SERPENS_GLOBAL);
+	uint32_t mode = f & (SERPENS_RELEASE | SERPENS_EVENTUAL);
+	uint32_t known = SERPENS_PER_FLOW | SERPENS_GLOBAL | SERPENS_READ | SERPENS_WRITE |
+			 SERPENS_RELEASE | SERPENS_EVENTUAL;
+
+	if ((f & ~known) || (scope != SERPENS_PER_FLOW && scope != SERPENS_GLOBAL))
+		return SERPENS_EINVAL;
+	if (!(f & (SERPENS_READ | SERPENS_WRITE)))
+		return SERPENS_EINVAL;
+	/* Consistency is chosen for, and only for, global state that instances write. */
+	if (scope == SERPENS_GLOBAL && (f & SERPENS_WRITE))
+		return mode == SERPENS_RELEASE || mode == SERPENS_EVENTUAL ? 0 : SERPENS_EINVAL;
+	return mode ? SERPENS_EINVAL : 0;
+}
+
+/* ---- lookup ----------------------------------------------------------------------------- */
+
+static int64_t find(const struct serpens_table *t, const void *key, uint32_t hash)
+{
+	uint32_t want = sig_of(hash);
+	for (uint32_t n = 0, i = hash & t->mask; n <= t->mask; n++, i = (i + 1) & t->mask) {
+		uint32_t s = __atomic_load_n(slot_sig(t, i), __ATOMIC_ACQUIRE);
+		if (s == SIG_EMPTY)
+			return -1;
+		if (s == want && memcmp(slot_key(t, i), key, t->key_size) == 0)
+			return i;
+	}
+	return -1;
+}
+
+void *serpens_table_get(const struct serpens_table *t, const void *key)
+{
+	int64_t i = find(t, key, key_hash(t, key));
+	return i < 0 ? NULL : slot_value(t, (uint32_t)i);
+}
+
+uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const *keys, uint32_t n,
+				void **values)
+{
+	uint32_t hashes[SERPENS_BURST], found = 0;
+
+	if (n > SERPENS_BURST)
+		n = SERPENS_BURST;
+	/* Hash all, prefetch every home slot, then probe: the misses overlap (DESIGN §6). */
+	for (uint32_t k = 0; k < n; k++) {
+		hashes[k] = key_hash(t, keys[k]);
+		__builtin_prefetch(slot_sig(t, hashes[k] & t->mask));
+	}
+	for (uint32_t k = 0; k < n; k++) {
+		int64_t i = find(t, keys[k], hashes[k]);
+		values[k] = i < 0 ? NULL : slot_value(t, (uint32_t)i);
+		found += i >= 0;
+	}
+	return found;
+}
+
+/* ---- update ----------------------------------------------------------------------------- */
+
+static void lock(volatile uint32_t *l)
+{
+	while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
+		while (__atomic_load_n(l, __ATOMIC_RELAXED))
+			__builtin_ia32_pause();
+}
+
+static void unlock(volatile uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
+/* Claim a free slot for a key known to be absent, fill it and publish it. */
+static int insert(struct serpens_table *t, const void *key, uint32_t hash, const void *value,
+		  void **stored)
+{
+	struct serpens_table_hdr *h = t->hdr;
+
+	if (__atomic_add_fetch(&h->count, 1, __ATOMIC_ACQ_REL) > h->capacity) {
+		__atomic_sub_fetch(&h->count, 1, __ATOMIC_ACQ_REL);
+		return SERPENS_ENOSPC;
+	}
+	for (uint32_t n = 0, i = hash & t->mask; n <= t->mask; n++, i = (i + 1) & t->mask) {
+		uint32_t s = __atomic_load_n(slot_sig(t, i), __ATOMIC_ACQUIRE);
+		if ((s == SIG_EMPTY || s == SIG_DELETED) &&
+		    __atomic_compare_exchange_n(slot_sig(t, i), &s, SIG_BUSY, 0, __ATOMIC_ACQUIRE,
+						__ATOMIC_RELAXED)) {
+			memcpy(slot_key(t, i), key, t->key_size);
+			if (value)
+				memcpy(slot_value(t, i), value, h->value_size);
+			else
+				memset(slot_value(t, i), 0, h->value_size);
+			__atomic_store_n(slot_sig(t, i), sig_of(hash), __ATOMIC_RELEASE);
+			if (stored)
+				*stored = slot_value(t, i);
+			return 0;
+		}
+	}
+	__atomic_sub_fetch(&h->count, 1, __ATOMIC_ACQ_REL);
+	return SERPENS_ENOSPC; /* cannot happen below the load factor; kept for safety */
+}
+
+int serpens_table_put(struct serpens_table *t, const void *key, const void *value, void **stored)
+{
+	uint32_t hash = key_hash(t, key);
+	int64_t i = find(t, key, hash);
+	int rc;
+
+	if (i >= 0) {
+		memcpy(slot_value(t, (uint32_t)i), value, t->hdr->value_size);
+		if (stored)
+			*stored = slot_value(t, (uint32_t)i);
+		return 0;
+	}
+	if (t->flags & SERPENS_PER_FLOW)
+		return insert(t, key, hash, value, stored);
+	lock(&t->hdr->insert_lock);
+	i = find(t, key, hash); /* another instance may have inserted it meanwhile */
+	if (i >= 0) {
+		memcpy(slot_value(t, (uint32_t)i), value, t->hdr->value_size);
+		if (stored)
+			*stored = slot_value(t, (uint32_t)i);
+		rc = 0;
+	} else {
+		rc = insert(t, key, hash, value, stored);
+	}
+	unlock(&t->hdr->insert_lock);
+	return rc;
+}
+
+int serpens_table_delete(struct serpens_table *t, const void *key)
+{
+	if (!(t->flags & SERPENS_PER_FLOW))
+		return SERPENS_EPERM; /* global state is not deleted while the NF runs (§IV-A) */
+	int64_t i = find(t, key, key_hash(t, key));
+	if (i < 0)
+		return SERPENS_ENOENT;
+	__atomic_store_n(slot_sig(t, (uint32_t)i), SIG_DELETED, __ATOMIC_RELEASE);
+	__atomic_sub_fetch(&t->hdr->count, 1, __ATOMIC_ACQ_REL);
+	return 0;
+}
+
+int serpens_table_fetch_add(struct serpens_table *t, const void *key, uint64_t delta,
+			    uint64_t *before)
+{
+	if ((t->flags & (SERPENS_GLOBAL | SERPENS_WRITE)) != (SERPENS_GLOBAL | SERPENS_WRITE) ||
+	    t->hdr->value_size < 8)
+		return SERPENS_EPERM;
+	uint32_t hash = key_hash(t, key);
+	int64_t i = find(t, key, hash);
+	void *v;
+	if (i >= 0) {
+		v = slot_value(t, (uint32_t)i);
+	} else {
+		lock(&t->hdr->insert_lock);
+		i = find(t, key, hash);
+		int rc = i >= 0 ? 0 : insert(t, key, hash, NULL, &v);
+		if (i >= 0)
+			v = slot_value(t, (uint32_t)i);
+		unlock(&t->hdr->insert_lock);
+		if (rc)
+			return rc;
+	}
+	uint64_t old = __atomic_fetch_add((uint64_t *)v, delta, __ATOMIC_ACQ_REL);
+	if (before)
+		*before = old;
+	return 0;
+}
+
+int64_t serpens_table_next(const struct serpens_table *t, uint64_t *pos, const void **key,
+			   const void **value)
+{
+	for (uint64_t i = *pos; i <= t->mask; i++) {
+		uint32_t s = __atomic_load_n(slot_sig(t, (uint32_t)i), __ATOMIC_ACQUIRE);
+		if (s & 0x80000000u) {
+			*key = slot_key(t, (uint32_t)i);
+			*value = slot_value(t, (uint32_t)i);
+			*pos = i + 1;
+			return (int64_t)i;
+		}
+	}
+	*pos = (uint64_t)t->mask + 1;
+	return -1;
+}
+
+/* ---- files ------------------------------------------------------------------------------ */
+
+static int mkdirs(char *path)
+{
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		int rc = mkdir(path, 0700);
+		*p = '/';
+		if (rc && errno != EEXIST)
+			return -errno;
+	}
+	if (mkdir(path, 0700) && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static uint64_t table_size(uint32_t nslots, uint32_t slot_size, int huge)
+{
+	uint64_t align = huge ? (2ull << 20) : 4096;
+	uint64_t size = SERPENS_TABLE_HDR + (uint64_t)nslots * slot_size;
+	return (size + align - 1) & ~(align - 1);
+}
+
+static void view_of(struct serpens_table *t, void *base, uint64_t map_size)
+{
+	t->hdr = base;
+	t->slots = (uint8_t *)base + SERPENS_TABLE_HDR;
+	t->mask = t->hdr->nslots - 1;
+	t->slot_size = t->hdr->slot_size;
+	t->key_size = t->hdr->key_size;
+	t->value_off = t->hdr->value_off;
+	t->flags = t->hdr->flags;
+	t->map_size = map_size;
+}
+
+static int create(struct serpens_table *t, int fd, int huge, const char *name, uint32_t flags,
+		  uint32_t ks, uint32_t vs, uint32_t cap)
+{
+	uint32_t nslots = 16;
+	while ((uint64_t)nslots * 3 < (uint64_t)cap * 4)
+		nslots <<= 1;
+	uint32_t slot_size = 8 + round8(ks) + round8(vs);
+	uint64_t size = table_size(nslots, slot_size, huge);
+
+	if (ftruncate(fd, (off_t)size))
+		return -errno;
+	void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED)
+		return -errno;
+	struct serpens_table_hdr *h = base;
+	h->magic = SERPENS_TABLE_MAGIC;
+	h->version = 1;
+	h->flags = flags;
+	h->key_size = ks;
+	h->value_size = vs;
+	h->capacity = cap;
+	h->nslots = nslots;
+	h->slot_size = slot_size;
+	h->key_off = 8;
+	h->value_off = 8 + round8(ks);
+	h->file_size = size;
+	snprintf(h->name, sizeof(h->name), "%s", name);
+	__atomic_store_n(&h->ready, 1, __ATOMIC_RELEASE);
+	view_of(t, base, size);
+	return 0;
+}
+
+static int attach(struct serpens_table *t, int fd, const char *path, uint32_t flags, uint32_t ks,
+		  uint32_t vs, uint32_t cap, char *err, size_t errlen)
+{
+	struct stat st;
+	/* The creator may still be initialising: wait (briefly) for its header. */
+	for (int tries = 0;; tries++) {
+		if (fstat(fd, &st))
+			return -errno;
+		if (st.st_size >= SERPENS_TABLE_HDR) {
+			struct serpens_table_hdr h;
+			if (pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+			    __atomic_load_n(&h.ready, __ATOMIC_ACQUIRE))
+				break;
+		}
+		if (tries > 2000) {
+			snprintf(err, errlen, "%s: not a table (never initialised)", path);
+			return -EIO;
+		}
+		struct timespec nap = {0, 500000};
+		nanosleep(&nap, NULL);
+	}
+	void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED)
+		return -errno;
+	struct serpens_table_hdr *h = base;
+	int bad = h->magic != SERPENS_TABLE_MAGIC || h->version != 1 ||
+		  h->nslots == 0 || (h->nslots & (h->nslots - 1)) ||
+		  SERPENS_TABLE_HDR + (uint64_t)h->nslots * h->slot_size > (uint64_t)st.st_size;
+	if (bad) {
+		munmap(base, (size_t)st.st_size);
+		snprintf(err, errlen, "%s: corrupt table header", path);
+		return -EIO;
+	}
+	if (flags && (h->flags != flags || h->key_size != ks || h->value_size != vs ||
+		      h->capacity != cap)) {
+		snprintf(err, errlen,
+			 "%s exists with flags 0x%x key %u value %u capacity %u (asked 0x%x %u %u %u)",
+			 path, h->flags, h->key_size, h->value_size, h->capacity, flags, ks, vs, cap);
+		munmap(base, (size_t)st.st_size);
+		return SERPENS_EEXIST;
+	}
+	view_of(t, base, (uint64_t)st.st_size);
+	return 0;
+}
+
+int serpens_table_open(struct serpens_table *t, const char *dir, const char *ns, const char *name,
+		       uint32_t flags, uint32_t ks, uint32_t vs, uint32_t cap, char *err,
+		       size_t errlen)
+{
+	char path[512];
+	int rc, fd;
+
+	memset(t, 0, sizeof(*t));
+	err[0] = 0;
+	if (!name || !name[0] || strchr(name, '/') || strlen(name) >= SERPENS_TABLE_NAME ||
+	    !ns || !ns[0] || strchr(ns, '/')) {
+		snprintf(err, errlen, "table and NF names must be non-empty, without '/'");
+		return SERPENS_EINVAL;
+	}
+	if (flags && (serpens_table_flags_valid(flags) || ks == 0 || ks > MAX_KEY || vs == 0 ||
+		      vs > MAX_VALUE || cap == 0 || cap > (1u << 28))) {
+		snprintf(err, errlen, "table %s: invalid flags 0x%x or sizes", name, flags);
+		return SERPENS_EINVAL;
+	}
+	if (snprintf(path, sizeof(path), "%s/%s", dir, ns) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	if (flags && (rc = mkdirs(path)) != 0) {
+		snprintf(err, errlen, "creating %s: %s", path, strerror(-rc));
+		return rc;
+	}
+	struct statfs fs;
+	int huge = statfs(path, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
+	if (snprintf(path, sizeof(path), "%s/%s/%s.tbl", dir, ns, name) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+
+	fd = flags ? open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
+	if (fd >= 0) {
+		rc = create(t, fd, huge, name, flags, ks, vs, cap);
+		if (rc) {
+			snprintf(err, errlen, "creating %s: %s", path, strerror(-rc));
+			unlink(path);
+		}
+	} else if (!flags || errno == EEXIST) {
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0) {
+			rc = -errno;
+			snprintf(err, errlen, "opening %s: %s", path, strerror(errno));
+			return rc;
+		}
+		rc = attach(t, fd, path, flags, ks, vs, cap, err, errlen);
+	} else {
+		rc = -errno;
+		snprintf(err, errlen, "creating %s: %s", path, strerror(errno));
+		return rc;
+	}
+	close(fd);
+	return rc;
+}
+
+void serpens_table_close(struct serpens_table *t)
+{
+	if (t->hdr)
+		munmap(t->hdr, t->map_size);
+	memset(t, 0, sizeof(*t));
+}

@@ -1,0 +1,84 @@
+/*
+ * State tables: fixed-size key/value hash tables in shared memory files (paper §III-B).
+ *
+ * Theory of operation. A table is one file `<state dir>/<namespace>/<name>.tbl` (tmpfs, or
+ * hugetlbfs for 2 MiB pages) mapped MAP_SHARED by every instance of the NF and by the agent's
+ * state manager; the file, not any process, owns the state, so it survives instances (scale to
+ * zero), crashed pool processes and agent restarts. Nothing inside holds a pointer: slots are
+ * found by index from the hash, so each process may map the file anywhere.
+ *
+ * Layout: a 4 KiB header, then a power-of-two array of slots {sig, key, value}, open
+ * addressing with linear probing, load factor <= 3/4. `sig` publishes a slot: 0 empty, 1 being
+ * written, 2 deleted, else the key's hash with the top bit set. A writer claims a slot by CAS,
+ * fills key and value, then stores sig with release; readers load sig with acquire and never
+ * lock. Per-flow entries have one writer (the instance that owns the flow); inserts into
+ * global tables take the header's spinlock, so two instances never insert one key twice.
+ * `count` is reserved before an insert, so a full table refuses (-ENOSPC) and never evicts.
+ */
+#ifndef SERPENS_STATE_TABLE_H
+#define SERPENS_STATE_TABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SERPENS_TABLE_MAGIC 0x3142415453505253ull /* "SRPSTAB1" */
+#define SERPENS_TABLE_NAME 64
+#define SERPENS_TABLE_HDR 4096
+
+struct serpens_table_hdr {
+	uint64_t magic;
+	uint32_t version;
+	volatile uint32_t ready;     /* set last by the creator */
+	uint32_t flags;              /* SERPENS_PER_FLOW | ... as created */
+	uint32_t key_size;
+	uint32_t value_size;
+	uint32_t capacity;           /* entries at most */
+	uint32_t nslots;             /* power of two */
+	uint32_t slot_size;          /* bytes: 8 + key (8-aligned) + value (8-aligned) */
+	uint32_t key_off;            /* of the key inside a slot (8) */
+	uint32_t value_off;          /* of the value inside a slot */
+	uint64_t file_size;
+	volatile uint64_t count;     /* live entries (reserved before insert) */
+	volatile uint32_t insert_lock; /* global tables: serialises inserts */
+	uint32_t pad;
+	char name[SERPENS_TABLE_NAME];
+};
+_Static_assert(sizeof(struct serpens_table_hdr) <= SERPENS_TABLE_HDR, "header fits its page");
+
+/* A process's view of a table. */
+struct serpens_table {
+	struct serpens_table_hdr *hdr;
+	uint8_t *slots;
+	uint32_t mask;
+	uint32_t slot_size;
+	uint32_t key_size;
+	uint32_t value_off;
+	uint32_t flags;
+	uint64_t map_size;
+};
+
+/* Open `<dir>/<ns>/<name>.tbl`, creating it (and the folders) when absent. flags == 0 opens
+ * an existing table whatever its parameters (the agent's state manager). Returns 0 or -errno;
+ * -EEXIST when the existing table has other flags or sizes. */
+int serpens_table_open(struct serpens_table *t, const char *dir, const char *ns,
+		       const char *name, uint32_t flags, uint32_t key_size, uint32_t value_size,
+		       uint32_t capacity, char *err, size_t errlen);
+void serpens_table_close(struct serpens_table *t);
+
+/* Check flags as the API defines them: 0 or SERPENS_EINVAL. */
+int serpens_table_flags_valid(uint32_t flags);
+
+void *serpens_table_get(const struct serpens_table *t, const void *key);
+uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const *keys,
+				uint32_t n, void **values);
+int serpens_table_put(struct serpens_table *t, const void *key, const void *value, void **stored);
+int serpens_table_delete(struct serpens_table *t, const void *key);
+int serpens_table_fetch_add(struct serpens_table *t, const void *key, uint64_t delta,
+			    uint64_t *before);
+
+/* Iterate live entries: returns the next slot index >= *pos holding one (and its key/value),
+ * or -1 at the end. For the state manager's readers (counters, snapshots). */
+int64_t serpens_table_next(const struct serpens_table *t, uint64_t *pos, const void **key,
+			   const void **value);
+
+#endif

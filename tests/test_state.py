@@ -1,0 +1,167 @@
+"""State tables: shared memory files that outlive instances (paper §III-B, Fig. 8)."""
+import errno
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from serpens.agent.harness import PacketHarness
+from serpens.agent.state_manager import StateError, StateManager
+from serpens.runtime_cy import _dataplane as dp
+from serpens.runtime_cy.sfc import NF, compile_sfc
+
+PF = dp.PER_FLOW | dp.READ | dp.WRITE
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    return str(tmp_path / "state")
+
+
+def test_put_get_delete(state_dir):
+    t = dp.StateTable(state_dir, "nf", "t", PF, 8, 16, 100)
+    t.put(b"k" * 8, b"v" * 16)
+    assert t.get(b"k" * 8) == b"v" * 16
+    t.put(b"k" * 8, b"w" * 16)  # overwrite in place
+    assert t.get(b"k" * 8) == b"w" * 16 and len(t) == 1
+    t.delete(b"k" * 8)
+    assert t.get(b"k" * 8) is None and len(t) == 0
+    with pytest.raises(OSError) as e:
+        t.delete(b"k" * 8)
+    assert e.value.errno == errno.ENOENT
+
+
+def test_full_table_refuses_and_keeps_entries(state_dir):
+    t = dp.StateTable(state_dir, "nf", "small", PF, 4, 4, 10)
+    for i in range(10):
+        t.put(struct.pack("<I", i), struct.pack("<I", i * 7))
+    with pytest.raises(OSError) as e:
+        t.put(struct.pack("<I", 99), b"xxxx")
+    assert e.value.errno == errno.ENOSPC
+    assert all(t.get(struct.pack("<I", i)) == struct.pack("<I", i * 7) for i in range(10))
+    t.delete(struct.pack("<I", 3))  # room again
+    t.put(struct.pack("<I", 99), b"xxxx")
+
+
+@pytest.mark.parametrize("flags", [
+    dp.GLOBAL | dp.WRITE,                                # global/write needs a consistency
+    dp.GLOBAL | dp.WRITE | dp.RELEASE | dp.EVENTUAL,     # ... exactly one
+    dp.PER_FLOW | dp.WRITE | dp.RELEASE,                 # consistency only for global/write
+    dp.PER_FLOW | dp.GLOBAL | dp.READ,
+    dp.GLOBAL,                                           # neither read nor write
+])
+def test_bad_flags_are_refused(state_dir, flags):
+    with pytest.raises(OSError) as e:
+        dp.StateTable(state_dir, "nf", "bad", flags, 4, 4, 4)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_reopen_with_other_shape_is_refused_by_name(state_dir):
+    dp.StateTable(state_dir, "nf", "t", PF, 8, 8, 10).close()
+    with pytest.raises(OSError, match="exists with flags"):
+        dp.StateTable(state_dir, "nf", "t", PF, 8, 16, 10)
+
+
+def test_global_entries_cannot_be_deleted(state_dir):
+    t = dp.StateTable(state_dir, "nf", "g", dp.GLOBAL | dp.WRITE | dp.EVENTUAL, 4, 8, 4)
+    t.put(b"aaaa", bytes(8))
+    with pytest.raises(OSError) as e:
+        t.delete(b"aaaa")
+    assert e.value.errno == errno.EPERM
+
+
+WRITER = """
+import struct, sys
+from serpens.runtime_cy import _dataplane as dp
+t = dp.StateTable(sys.argv[1], "nf", "shared", {flags}, 8, 8, 20000)
+base = int(sys.argv[2])
+for i in range(base, base + 5000):
+    t.put(struct.pack("<Q", i), struct.pack("<Q", i * 3))
+"""
+
+
+def test_concurrent_writers_in_two_processes(state_dir):
+    code = WRITER.format(flags=PF)
+    procs = [subprocess.Popen([sys.executable, "-c", code, state_dir, str(b)])
+             for b in (0, 100000)]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    t = dp.StateTable(state_dir, "nf", "shared")
+    assert len(t) == 10000
+    items = dict(t.items())
+    assert len(items) == 10000
+    assert all(struct.unpack("<Q", v)[0] == struct.unpack("<Q", k)[0] * 3 for k, v in items.items())
+
+
+def test_snapshot_and_restore(state_dir, tmp_path):
+    t = dp.StateTable(state_dir, "nat", "map", PF, 4, 4, 64)
+    t.put(b"key1", b"val1")
+    sm = StateManager(state_dir)
+    assert sm.tables() == [("nat", "map")]
+    snap = tmp_path / "map.snap"
+    sm.snapshot("nat", "map", str(snap))
+    t.put(b"key1", b"new!")
+    t.close()
+    other = StateManager(str(tmp_path / "other-node"))
+    other.restore(str(snap), "nat", "map")
+    assert other.open("nat", "map").get(b"key1") == b"val1"
+    (tmp_path / "junk").write_bytes(b"not a table" * 100)
+    with pytest.raises(StateError, match="not a Serpens state table"):
+        other.restore(str(tmp_path / "junk"), "nat", "map")
+    assert other.open("nat", "map").get(b"key1") == b"val1"  # a bad restore changes nothing
+
+
+def udp(sport):
+    return bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=53) / b"x")
+
+
+def test_state_outlives_instances_and_is_shared(pool, build, dataplane):
+    sfc = compile_sfc(NF(build("stateful.c"), name="stateful-shared"))
+    frames = [udp(1000 + i % 10) for i in range(100)]
+    with PacketHarness(pool, sfc) as h:
+        assert all(r.verdict == "out" for r in h.run(frames))
+        first = h.nf_counters()[0]["counters"]
+    assert first["new_flows"] == 10 and first["ro_refused"] >= 1
+    # Every instance stopped (scale to zero): a new instance continues the same state.
+    with PacketHarness(pool, sfc) as h:
+        h.run(frames)
+        assert h.nf_counters()[0]["counters"].get("new_flows", 0) == 0
+    sm = StateManager(dataplane.config.state_dir)
+    assert ("stateful-shared", "flows") in sm.tables()
+    flows = sm.open("stateful-shared", "flows")
+    assert len(flows) == 10
+    assert sorted(struct.unpack("<Q", v)[0] for _, v in flows.items()) == [20] * 10
+    total = sm.open("stateful-shared", "total").items()
+    assert struct.unpack("<Q", total[0][1][:8])[0] == 200
+
+
+def test_two_instances_share_a_global_counter(pool, build, dataplane):
+    sfc_a = compile_sfc(NF(build("stateful.c", copy=1), name="stateful-two"))
+    sfc_b = compile_sfc(NF(build("stateful.c", copy=2), name="stateful-two"))
+    with PacketHarness(pool, sfc_a) as a, PacketHarness(pool, sfc_b) as b:
+        for _ in range(5):
+            a.run([udp(1)] * 64)
+            b.run([udp(2)] * 64)
+    total = StateManager(dataplane.config.state_dir).open("stateful-two", "total").items()
+    assert struct.unpack("<Q", total[0][1][:8])[0] == 640
+
+
+def test_init_failure_on_mismatched_table_is_reported(pool, build, dataplane):
+    dp.StateTable(dataplane.config.state_dir, "stateful-clash", "flows", PF, 40, 16, 1024).close()
+    from serpens.agent.process_pool import PoolError
+    with pytest.raises(PoolError, match="init"):
+        PacketHarness(pool, compile_sfc(NF(build("stateful.c", copy=3),
+                                           name="stateful-clash"))).start()
+
+
+def test_batched_lookup_cost_is_measurable(state_dir):
+    """Not a speed test: the bench reports get_ns; here the helper must count every hit."""
+    t = dp.StateTable(state_dir, "nf", "big", PF, 8, 8, 4096)
+    keys = [struct.pack("<Q", i) for i in range(4096)]
+    for k in keys:
+        t.put(k, k)
+    ns, found = t.bench_get_ns(keys, rounds=2)
+    assert found == 4096 * 2 and ns > 0
