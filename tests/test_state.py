@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -165,3 +166,29 @@ def test_batched_lookup_cost_is_measurable(state_dir):
         t.put(k, k)
     ns, found = t.bench_get_ns(keys, rounds=2)
     assert found == 4096 * 2 and ns > 0
+
+
+def host_counts(state_dir, nf):
+    return {k: struct.unpack("<Q", v)[0]
+            for k, v in StateManager(state_dir).open(nf, "hosts").items()}
+
+
+def src(ip_last, sport=1):
+    return bytes(Ether() / IP(src=f"10.1.0.{ip_last}", dst="10.0.0.2") / UDP(sport=sport) / b"x")
+
+
+def test_eventual_replicas_merge_to_exact_totals(pool, build, dataplane):
+    state_dir = dataplane.config.state_dir
+    sfc_a = compile_sfc(NF(build("stateful.c", copy=4), name="stateful-ev"))
+    sfc_b = compile_sfc(NF(build("stateful.c", copy=5), name="stateful-ev"))
+    with PacketHarness(pool, sfc_a) as a, PacketHarness(pool, sfc_b) as b:
+        for _ in range(4):
+            a.run([src(i % 3) for i in range(90)])
+            b.run([src(i % 3) for i in range(60)])
+        # While both run, the shared table catches up within a few merge periods.
+        deadline = time.monotonic() + 5
+        while sum(host_counts(state_dir, "stateful-ev").values()) != 600:
+            assert time.monotonic() < deadline, host_counts(state_dir, "stateful-ev")
+            time.sleep(0.01)
+    counts = host_counts(state_dir, "stateful-ev")
+    assert counts == {bytes([10, 1, 0, i]): 200 for i in range(3)}

@@ -171,3 +171,15 @@ void serpens_chain_fini(struct serpens_chain *c)
 	}
 	c->nsteps = 0;
 }
+
+void serpens_chain_merge(struct serpens_chain *c, uint64_t now_ns, int force)
+{
+	uint64_t next = UINT64_MAX;
+	for (uint16_t s = 0; s < c->nsteps; s++) {
+		if (c->step[s].kind != SERPENS_STEP_NF)
+			continue;
+		uint64_t due = serpens_nf_slot_merge(&c->nf[s], now_ns, force);
+		next = due < next ? due : next;
+	}
+	c->next_merge_ns = next;
+}

@@ -14,6 +14,7 @@ struct serpens_chain {
 	uint16_t nsteps;
 	uint16_t pad;
 	uint32_t bad_labels; /* since the last serpens_chain_run: packets with an invalid label */
+	uint64_t next_merge_ns; /* when eventual tables are next merged (UINT64_MAX: none) */
 	struct serpens_step step[SERPENS_MAX_STEPS];
 	struct serpens_nf_slot nf[SERPENS_MAX_STEPS];
 };
@@ -30,5 +31,8 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b);
 
 void serpens_chain_fini(struct serpens_chain *c);
+
+/* Merge the NFs' eventual-table replicas that are due (all, if force). */
+void serpens_chain_merge(struct serpens_chain *c, uint64_t now_ns, int force);
 
 #endif

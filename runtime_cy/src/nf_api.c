@@ -12,6 +12,7 @@
 
 #include <nmmintrin.h>
 #include <rte_cycles.h>
+#include <rte_lcore.h>
 #include <rte_mbuf.h>
 
 #include "nf_api.h"
@@ -415,15 +416,100 @@ void serpens_state_set_dir(const char *dir)
 
 void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
 {
-	for (uint32_t i = 0; i < s->ntables; i++)
+	serpens_nf_slot_merge(s, 0, 1); /* nothing an instance counted is lost at stop */
+	for (uint32_t i = 0; i < s->ntables; i++) {
 		serpens_table_close(&s->tables[i]);
+		serpens_table_close(&s->replicas[i]);
+	}
 	s->ntables = 0;
 }
 
+static int is_eventual(const struct serpens_nf_slot *s, int table)
+{
+	return s->replicas[table].hdr != NULL;
+}
+
+/* The table an NF's get/put act on: its replica for eventual tables. */
 static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
 {
 	struct serpens_nf_slot *s = slot_of(ctx);
+	if ((unsigned)table >= s->ntables)
+		return NULL;
+	return is_eventual(s, table) ? &s->replicas[table] : &s->tables[table];
+}
+
+static struct serpens_table *shared_table_of(struct serpens_ctx *ctx, int table)
+{
+	struct serpens_nf_slot *s = slot_of(ctx);
 	return (unsigned)table < s->ntables ? &s->tables[table] : NULL;
+}
+
+static void merge_words(void *into, const void *from, uint32_t size)
+{
+	uint64_t *dst = into;
+	const uint64_t *src = from;
+	for (uint32_t w = 0; w < size / 8; w++)
+		if (src[w])
+			__atomic_fetch_add(&dst[w], src[w], __ATOMIC_RELAXED);
+}
+
+static void merge_table(struct serpens_nf_slot *s, int table)
+{
+	struct serpens_table *shared = &s->tables[table], *rep = &s->replicas[table];
+	uint32_t size = shared->hdr->value_size;
+	int has_op = s->ops && s->ops->size >= offsetof(struct serpens_nf_ops, merge) + sizeof(void *) &&
+		     s->ops->merge;
+	const void *key, *value;
+	uint64_t pos = 0;
+	void *into;
+
+	while (serpens_table_next(rep, &pos, &key, &value) >= 0) {
+		if (serpens_table_get_or_zero(shared, key, &into) != 0)
+			continue; /* shared table full: keep the replica's counts for later */
+		if (has_op)
+			s->ops->merge(&s->ctx, table, key, into, value);
+		else
+			merge_words(into, value, size);
+		memset((void *)value, 0, size); /* this thread is the replica's only writer */
+	}
+}
+
+uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int force)
+{
+	uint64_t next = UINT64_MAX;
+	if (!force && now_ns < s->next_merge_ns)
+		return s->next_merge_ns;
+	for (uint32_t i = 0; i < s->ntables; i++) {
+		if (!is_eventual(s, (int)i))
+			continue;
+		merge_table(s, (int)i);
+		uint64_t due = now_ns + s->merge_period_ns[i];
+		next = due < next ? due : next;
+	}
+	s->next_merge_ns = next;
+	return next;
+}
+
+static int open_replica(struct serpens_nf_slot *s, uint32_t i, const char *name, uint32_t flags,
+			uint32_t ks, uint32_t vs, uint32_t cap, char *err, size_t errlen)
+{
+	char rname[SERPENS_TABLE_NAME];
+	/* One replica per runtime process (lcore ids are unique on a node): a replica a crashed
+	 * process left unmerged is merged by the next instance on that lcore. */
+	if (snprintf(rname, sizeof(rname), "%s@r%u", name, rte_lcore_id()) >= (int)sizeof(rname)) {
+		snprintf(err, errlen, "table name %s too long for an eventual table", name);
+		return SERPENS_EINVAL;
+	}
+	if (vs % 8 || vs > 4096) {
+		snprintf(err, errlen, "eventual table %s: values are uint64_t words, at most 4096 bytes",
+			 name);
+		return SERPENS_EINVAL;
+	}
+	s->merge_period_ns[i] = SERPENS_MERGE_PERIOD_NS;
+	if (s->next_merge_ns == 0 || s->next_merge_ns == UINT64_MAX)
+		s->next_merge_ns = serpens_now_ns() + SERPENS_MERGE_PERIOD_NS;
+	return serpens_table_open(&s->replicas[i], state_dir, s->name, rname, flags, ks, vs, cap,
+				  err, errlen);
 }
 
 static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flags,
@@ -443,8 +529,14 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 		return SERPENS_ENOMEM;
 	}
 	/* The namespace is the NF's name in the SFC: every instance of it shares the tables. */
-	int rc = serpens_table_open(&s->tables[s->ntables], state_dir, s->name, name, flags,
-				    key_size, value_size, capacity, err, sizeof(err));
+	uint32_t i = s->ntables;
+	int rc = serpens_table_open(&s->tables[i], state_dir, s->name, name, flags, key_size,
+				    value_size, capacity, err, sizeof(err));
+	if (rc == 0 && (flags & SERPENS_EVENTUAL)) {
+		rc = open_replica(s, i, name, flags, key_size, value_size, capacity, err, sizeof(err));
+		if (rc)
+			serpens_table_close(&s->tables[i]);
+	}
 	if (rc) {
 		nf_log(ctx, SERPENS_LOG_ERR, "create_table: %s", err);
 		return rc;
@@ -492,8 +584,29 @@ static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 static int state_fetch_add(struct serpens_ctx *ctx, int table, const void *key, uint64_t delta,
 			   uint64_t *before)
 {
-	struct serpens_table *t = table_of(ctx, table);
+	struct serpens_table *t = shared_table_of(ctx, table);
 	return t ? serpens_table_fetch_add(t, key, delta, before) : SERPENS_EINVAL;
+}
+
+static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint64_t period_ns)
+{
+	struct serpens_nf_slot *s = slot_of(ctx);
+	if ((unsigned)table >= s->ntables || !is_eventual(s, table) || key || period_ns < 1000000)
+		return SERPENS_EINVAL; /* periods below 1 ms would merge more than they count */
+	s->merge_period_ns[table] = period_ns;
+	uint64_t due = serpens_now_ns() + period_ns;
+	if (due < s->next_merge_ns)
+		s->next_merge_ns = due;
+	return 0;
+}
+
+static int state_trigger(struct serpens_ctx *ctx, int table, const void *key)
+{
+	struct serpens_nf_slot *s = slot_of(ctx);
+	if ((unsigned)table >= s->ntables || !is_eventual(s, table) || key)
+		return SERPENS_EINVAL;
+	merge_table(s, table);
+	return 0;
 }
 
 const struct serpens_api serpens_api_v1 = {
@@ -519,4 +632,6 @@ const struct serpens_api serpens_api_v1 = {
 	.put_state = put_state,
 	.delete_state = delete_state,
 	.state_fetch_add = state_fetch_add,
+	.timer = state_timer,
+	.trigger = state_trigger,
 };

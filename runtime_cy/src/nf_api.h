@@ -29,11 +29,20 @@ struct serpens_nf_slot {
 	uint32_t in_init; /* tables without SERPENS_WRITE take writes only in init() */
 	uint32_t ntables;
 	struct serpens_table tables[SERPENS_MAX_TABLES];
+	/* eventual tables: this instance's replica (hdr NULL otherwise) and merge schedule */
+	struct serpens_table replicas[SERPENS_MAX_TABLES];
+	uint64_t merge_period_ns[SERPENS_MAX_TABLES];
+	uint64_t next_merge_ns;
 };
+
+#define SERPENS_MERGE_PERIOD_NS 100000000ull /* eventual tables merge every 100 ms */
 
 /* Where state tables live (DataplaneConfig.state_dir); set once per process. */
 void serpens_state_set_dir(const char *dir);
 void serpens_nf_slot_close_tables(struct serpens_nf_slot *s);
+/* Merge the replicas of eventual tables into the shared tables when due (or now, if force);
+ * returns when the next merge is due (UINT64_MAX: no eventual table). */
+uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int force);
 
 extern const struct serpens_api serpens_api_v1;
 

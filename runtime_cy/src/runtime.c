@@ -277,6 +277,9 @@ static void run_instance(struct runtime *rt, int forked_child)
 			__atomic_store_n(&ctl->inflight_n, n, __ATOMIC_RELEASE);
 			process_burst(rt, in, n);
 			idle_since = 0;
+			uint64_t now_ns = serpens_now_ns();
+			if (now_ns >= in->chain.next_merge_ns)
+				serpens_chain_merge(&in->chain, now_ns, 0);
 			continue;
 		}
 		uint64_t now = rte_rdtsc();
@@ -285,6 +288,8 @@ static void run_instance(struct runtime *rt, int forked_child)
 		} else if (now - idle_since > rt->idle_cycles) {
 			if (forked_child)
 				return;
+			/* Asleep, it cannot merge on time: merge now (eventual tables). */
+			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
 			sleep_until_woken(rt, in->rx);
 			idle_since = 0;
 		} else {

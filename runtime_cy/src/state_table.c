@@ -183,27 +183,34 @@ int serpens_table_delete(struct serpens_table *t, const void *key)
 	return 0;
 }
 
+int serpens_table_get_or_zero(struct serpens_table *t, const void *key, void **value)
+{
+	uint32_t hash = key_hash(t, key);
+	int64_t i = find(t, key, hash);
+	int rc = 0;
+
+	if (i < 0) {
+		lock(&t->hdr->insert_lock);
+		i = find(t, key, hash);
+		if (i < 0)
+			rc = insert(t, key, hash, NULL, value);
+		unlock(&t->hdr->insert_lock);
+	}
+	if (i >= 0)
+		*value = slot_value(t, (uint32_t)i);
+	return rc;
+}
+
 int serpens_table_fetch_add(struct serpens_table *t, const void *key, uint64_t delta,
 			    uint64_t *before)
 {
+	void *v;
 	if ((t->flags & (SERPENS_GLOBAL | SERPENS_WRITE)) != (SERPENS_GLOBAL | SERPENS_WRITE) ||
 	    t->hdr->value_size < 8)
 		return SERPENS_EPERM;
-	uint32_t hash = key_hash(t, key);
-	int64_t i = find(t, key, hash);
-	void *v;
-	if (i >= 0) {
-		v = slot_value(t, (uint32_t)i);
-	} else {
-		lock(&t->hdr->insert_lock);
-		i = find(t, key, hash);
-		int rc = i >= 0 ? 0 : insert(t, key, hash, NULL, &v);
-		if (i >= 0)
-			v = slot_value(t, (uint32_t)i);
-		unlock(&t->hdr->insert_lock);
-		if (rc)
-			return rc;
-	}
+	int rc = serpens_table_get_or_zero(t, key, &v);
+	if (rc)
+		return rc;
 	uint64_t old = __atomic_fetch_add((uint64_t *)v, delta, __ATOMIC_ACQ_REL);
 	if (before)
 		*before = old;

@@ -73,6 +73,8 @@ uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const
 				uint32_t n, void **values);
 int serpens_table_put(struct serpens_table *t, const void *key, const void *value, void **stored);
 int serpens_table_delete(struct serpens_table *t, const void *key);
+/* The value for key, inserted as zeros first when absent (under the insert lock). */
+int serpens_table_get_or_zero(struct serpens_table *t, const void *key, void **value);
 int serpens_table_fetch_add(struct serpens_table *t, const void *key, uint64_t delta,
 			    uint64_t *before);
 

@@ -2,11 +2,12 @@
  * stateful -- a test NF for the state API: counts packets per flow (per-flow/write table
  * "flows"), all packets in a shared counter (global/write/eventual table "total", via
  * state_fetch_add), and checks that a global/read table ("ro", filled in init) refuses writes
- * after init. Counters: new_flows, ro_refused, full (per-flow table full: not counted).
+ * after init, and counts packets per source address in an eventual table ("hosts", merged
+ * every 5 ms). Counters: new_flows, ro_refused, full (per-flow table full: not counted).
  */
 #include <serpens/nf.h>
 
-static int t_flows, t_total, t_ro;
+static int t_flows, t_total, t_ro, t_hosts;
 static int c_new, c_refused, c_full;
 
 static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
@@ -21,6 +22,11 @@ static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
 	t_total = api->create_table(ctx, "total", SERPENS_GLOBAL | SERPENS_WRITE | SERPENS_EVENTUAL,
 				    4, sizeof(uint64_t), 16);
 	t_ro = api->create_table(ctx, "ro", SERPENS_GLOBAL | SERPENS_READ, 4, 8, 4);
+	/* eventual: per-source packet counts, merged every 5 ms */
+	t_hosts = api->create_table(ctx, "hosts", SERPENS_GLOBAL | SERPENS_WRITE | SERPENS_EVENTUAL,
+				    4, sizeof(uint64_t), 64);
+	if (t_hosts < 0 || api->timer(ctx, t_hosts, NULL, 5000000))
+		return -22;
 	if (t_flows < 0 || t_total < 0 || t_ro < 0)
 		return t_flows < 0 ? t_flows : t_total < 0 ? t_total : t_ro;
 	if (api->put_state(ctx, t_ro, &zero, &answer, NULL))
@@ -47,6 +53,11 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 			memset(&h.flow, 0, sizeof(h.flow));
 		keys[k] = h.flow;
 		kp[k] = &keys[k];
+		uint64_t *n = api->get_state(ctx, t_hosts, h.flow.src);
+		if (!n && api->put_state(ctx, t_hosts, h.flow.src, &zero, (void **)&n) != 0)
+			n = NULL;
+		if (n)
+			(*n)++;
 	}
 	api->get_state_bulk(ctx, t_flows, kp, b->count, vals);
 	for (uint32_t k = 0; k < b->count; k++) {

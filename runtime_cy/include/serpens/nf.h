@@ -206,6 +206,15 @@ struct serpens_api {
 	 * (e.g. ESP sequence numbers: take a block of 32 per batch). */
 	int (*state_fetch_add)(struct serpens_ctx *ctx, int table, const void *key, uint64_t delta,
 			       uint64_t *before);
+	/* SERPENS_GLOBAL|SERPENS_WRITE|SERPENS_EVENTUAL tables: get/put/get_bulk act on this
+	 * instance's replica, which starts empty and holds the instance's contributions since
+	 * the last merge; the runtime merges replicas into the shared table every period (default
+	 * 100 ms, set by timer; key is reserved, pass NULL), before the instance sleeps, and when
+	 * it stops. trigger merges now. The merge is ops->merge if the NF has one, else adding
+	 * the value's uint64_t words. state_fetch_add always acts on the shared value. Readers
+	 * outside (the state manager) see the shared table. */
+	int (*timer)(struct serpens_ctx *ctx, int table, const void *key, uint64_t period_ns);
+	int (*trigger)(struct serpens_ctx *ctx, int table, const void *key);
 };
 
 /* Table flags. */
@@ -249,6 +258,11 @@ struct serpens_nf_ops {
 	int (*init)(struct serpens_ctx *ctx, const void *config, uint32_t config_len);
 	void (*process)(struct serpens_ctx *ctx, struct serpens_batch *b); /* required */
 	void (*fini)(struct serpens_ctx *ctx);
+	/* ABI minor 1, optional: fold one replica value into the shared value of an eventual
+	 * table (see timer above); `into` is shared with other instances merging concurrently,
+	 * so use atomics on it. NULL: add uint64_t words atomically. */
+	void (*merge)(struct serpens_ctx *ctx, int table, const void *key, void *into,
+		      const void *from);
 };
 
 #define SERPENS_NF(...)                                                                        \
