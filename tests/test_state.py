@@ -192,3 +192,35 @@ def test_eventual_replicas_merge_to_exact_totals(pool, build, dataplane):
             time.sleep(0.01)
     counts = host_counts(state_dir, "stateful-ev")
     assert counts == {bytes([10, 1, 0, i]): 200 for i in range(3)}
+
+
+def budget_nf(build, copy, name, tokens):
+    return compile_sfc(NF(build("budget.c", copy=copy), config=struct.pack("<Q", tokens),
+                          name=name))
+
+
+def pool_value(state_dir, nf):
+    return struct.unpack("<Q", StateManager(state_dir).open(nf, "tokens").items()[0][1])[0]
+
+
+def test_release_share_never_overspends(pool, build, dataplane):
+    with PacketHarness(pool, budget_nf(build, 1, "budget-one", 100)) as h:
+        verdicts = [r.verdict for r in h.run([udp(1)] * 150)]
+    assert verdicts.count("out") == 100 and verdicts[:100] == ["out"] * 100
+    assert pool_value(dataplane.config.state_dir, "budget-one") == 0
+    with PacketHarness(pool, budget_nf(build, 1, "budget-one", 100)) as h:  # state persists
+        assert all(r.verdict == "drop" for r in h.run([udp(1)] * 10))
+
+
+def test_release_rebalances_between_instances(pool, build, dataplane):
+    a_sfc = budget_nf(build, 2, "budget-two", 1000)
+    b_sfc = budget_nf(build, 3, "budget-two", 1000)
+    passed = 0
+    with PacketHarness(pool, a_sfc) as a, PacketHarness(pool, b_sfc) as b:
+        for _ in range(30):
+            passed += sum(r.verdict == "out" for r in a.run([udp(1)] * 40))
+            passed += sum(r.verdict == "out" for r in b.run([udp(2)] * 40))
+        counters = [a.nf_counters()[0]["counters"], b.nf_counters()[0]["counters"]]
+    assert passed == 1000  # every token spent once: never more, and none stranded in a share
+    assert sum(c.get("triggers", 0) for c in counters) > 0
+    assert pool_value(dataplane.config.state_dir, "budget-two") == 0

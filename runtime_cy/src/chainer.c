@@ -78,6 +78,7 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 				 st->name, SERPENS_ABI_MAJOR);
 			rc = -71; /* EPROTO */
 		} else if (ops->init) {
+			nf->ops = ops; /* split/merge may run inside init */
 			nf->in_init = 1;
 			rc = ops->init(&nf->ctx, cmd->config + st->config_off, st->config_len);
 			nf->in_init = 0;
@@ -87,12 +88,14 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 			}
 		}
 		if (rc) {
+			nf->ops = NULL;
 			serpens_nf_slot_close_tables(nf);
 			c->nsteps = s; /* fini only what was initialised */
 			serpens_chain_fini(c);
 			return rc;
 		}
 		nf->ops = ops;
+		c->has_release |= nf->nrelease != 0;
 	}
 	return 0;
 }
@@ -182,4 +185,11 @@ void serpens_chain_merge(struct serpens_chain *c, uint64_t now_ns, int force)
 		next = due < next ? due : next;
 	}
 	c->next_merge_ns = next;
+}
+
+void serpens_chain_release(struct serpens_chain *c, int answer_only)
+{
+	for (uint16_t s = 0; s < c->nsteps; s++)
+		if (c->nf[s].nrelease)
+			serpens_nf_slot_release(&c->nf[s], answer_only);
 }

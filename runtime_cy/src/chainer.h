@@ -15,6 +15,7 @@ struct serpens_chain {
 	uint16_t pad;
 	uint32_t bad_labels; /* since the last serpens_chain_run: packets with an invalid label */
 	uint64_t next_merge_ns; /* when eventual tables are next merged (UINT64_MAX: none) */
+	uint32_t has_release;   /* some NF has a release table: answer its pool's requests */
 	struct serpens_step step[SERPENS_MAX_STEPS];
 	struct serpens_nf_slot nf[SERPENS_MAX_STEPS];
 };
@@ -34,5 +35,8 @@ void serpens_chain_fini(struct serpens_chain *c);
 
 /* Merge the NFs' eventual-table replicas that are due (all, if force). */
 void serpens_chain_merge(struct serpens_chain *c, uint64_t now_ns, int force);
+
+/* Release tables: give shares back to their pools (all, or those asked for). */
+void serpens_chain_release(struct serpens_chain *c, int answer_only);
 
 #endif

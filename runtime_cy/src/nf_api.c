@@ -417,6 +417,7 @@ void serpens_state_set_dir(const char *dir)
 void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
 {
 	serpens_nf_slot_merge(s, 0, 1); /* nothing an instance counted is lost at stop */
+	serpens_nf_slot_release(s, 0);  /* and nothing it held stays out of the pools */
 	for (uint32_t i = 0; i < s->ntables; i++) {
 		serpens_table_close(&s->tables[i]);
 		serpens_table_close(&s->replicas[i]);
@@ -426,7 +427,97 @@ void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
 
 static int is_eventual(const struct serpens_nf_slot *s, int table)
 {
-	return s->replicas[table].hdr != NULL;
+	return s->replicas[table].hdr != NULL && (s->tables[table].flags & SERPENS_EVENTUAL);
+}
+
+static int is_release(const struct serpens_nf_slot *s, int table)
+{
+	return s->replicas[table].hdr != NULL && (s->tables[table].flags & SERPENS_RELEASE);
+}
+
+static int has_op(const struct serpens_nf_slot *s, size_t end)
+{
+	return s->ops && s->ops->size >= end;
+}
+
+/* ---- release tables: shares split off a pool (paper Fig. 9) ---- */
+
+static void default_split(void *pool, void *share, uint32_t size)
+{
+	uint64_t *p = pool, *q = share;
+	for (uint32_t w = 0; w < size / 8; w++) {
+		uint64_t take = (p[w] + 1) / 2;
+		p[w] -= take;
+		q[w] += take;
+	}
+}
+
+static void add_words(void *into, const void *from, uint32_t size)
+{
+	uint64_t *dst = into;
+	const uint64_t *src = from;
+	for (uint32_t w = 0; w < size / 8; w++)
+		dst[w] += src[w];
+}
+
+/* This instance's share of key, split off the pool on first use; NULL if no pool. */
+static void *release_share(struct serpens_nf_slot *s, int table, const void *key)
+{
+	struct serpens_table *pool = &s->tables[table], *shares = &s->replicas[table];
+	uint32_t size = pool->hdr->value_size;
+	void *share = serpens_table_get(shares, key), *p;
+
+	if (share)
+		return share;
+	serpens_table_lock(pool);
+	p = serpens_table_get(pool, key);
+	if (p && serpens_table_get_or_zero(shares, key, &share) == 0) {
+		if (has_op(s, offsetof(struct serpens_nf_ops, split) + sizeof(void *)) && s->ops->split)
+			s->ops->split(&s->ctx, table, key, p, share);
+		else
+			default_split(p, share, size);
+	} else {
+		share = NULL;
+	}
+	serpens_table_unlock(pool);
+	return share;
+}
+
+static void give_back(struct serpens_nf_slot *s, int table)
+{
+	struct serpens_table *pool = &s->tables[table], *shares = &s->replicas[table];
+	uint32_t size = pool->hdr->value_size;
+	int op = has_op(s, offsetof(struct serpens_nf_ops, merge) + sizeof(void *)) && s->ops->merge;
+	const void *key, *value;
+	uint64_t pos = 0;
+	void *into;
+
+	if (shares->hdr->count == 0)
+		return;
+	serpens_table_lock(pool);
+	while (serpens_table_next(shares, &pos, &key, &value) >= 0) {
+		if (serpens_table_get_or_zero_locked(pool, key, &into) != 0)
+			continue; /* pool table full: keep the share */
+		if (op)
+			s->ops->merge(&s->ctx, table, key, into, value);
+		else
+			add_words(into, value, size);
+		serpens_table_remove(shares, key);
+	}
+	serpens_table_unlock(pool);
+}
+
+void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only)
+{
+	for (uint32_t i = 0; i < s->ntables; i++) {
+		if (!is_release(s, (int)i))
+			continue;
+		uint64_t epoch = __atomic_load_n(&s->tables[i].hdr->epoch, __ATOMIC_ACQUIRE);
+		if (answer_only && epoch == s->seen_epoch[i])
+			continue;
+		give_back(s, (int)i);
+		s->seen_epoch[i] = epoch;
+	}
 }
 
 /* The table an NF's get/put act on: its replica for eventual tables. */
@@ -457,8 +548,8 @@ static void merge_table(struct serpens_nf_slot *s, int table)
 {
 	struct serpens_table *shared = &s->tables[table], *rep = &s->replicas[table];
 	uint32_t size = shared->hdr->value_size;
-	int has_op = s->ops && s->ops->size >= offsetof(struct serpens_nf_ops, merge) + sizeof(void *) &&
-		     s->ops->merge;
+	int nf_merges = has_op(s, offsetof(struct serpens_nf_ops, merge) + sizeof(void *)) &&
+			s->ops->merge;
 	const void *key, *value;
 	uint64_t pos = 0;
 	void *into;
@@ -466,7 +557,7 @@ static void merge_table(struct serpens_nf_slot *s, int table)
 	while (serpens_table_next(rep, &pos, &key, &value) >= 0) {
 		if (serpens_table_get_or_zero(shared, key, &into) != 0)
 			continue; /* shared table full: keep the replica's counts for later */
-		if (has_op)
+		if (nf_merges)
 			s->ops->merge(&s->ctx, table, key, into, value);
 		else
 			merge_words(into, value, size);
@@ -500,14 +591,18 @@ static int open_replica(struct serpens_nf_slot *s, uint32_t i, const char *name,
 		snprintf(err, errlen, "table name %s too long for an eventual table", name);
 		return SERPENS_EINVAL;
 	}
-	if (vs % 8 || vs > 4096) {
-		snprintf(err, errlen, "eventual table %s: values are uint64_t words, at most 4096 bytes",
-			 name);
+	if (vs % 8 || vs > (1u << 20)) {
+		snprintf(err, errlen, "table %s: eventual and release values are uint64_t words, "
+			 "at most 1 MiB", name);
 		return SERPENS_EINVAL;
 	}
-	s->merge_period_ns[i] = SERPENS_MERGE_PERIOD_NS;
-	if (s->next_merge_ns == 0 || s->next_merge_ns == UINT64_MAX)
-		s->next_merge_ns = serpens_now_ns() + SERPENS_MERGE_PERIOD_NS;
+	if (flags & SERPENS_RELEASE) {
+		s->nrelease++;
+	} else {
+		s->merge_period_ns[i] = SERPENS_MERGE_PERIOD_NS;
+		if (s->next_merge_ns == 0 || s->next_merge_ns == UINT64_MAX)
+			s->next_merge_ns = serpens_now_ns() + SERPENS_MERGE_PERIOD_NS;
+	}
 	return serpens_table_open(&s->replicas[i], state_dir, s->name, rname, flags, ks, vs, cap,
 				  err, errlen);
 }
@@ -532,7 +627,7 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 	uint32_t i = s->ntables;
 	int rc = serpens_table_open(&s->tables[i], state_dir, s->name, name, flags, key_size,
 				    value_size, capacity, err, sizeof(err));
-	if (rc == 0 && (flags & SERPENS_EVENTUAL)) {
+	if (rc == 0 && (flags & (SERPENS_EVENTUAL | SERPENS_RELEASE))) {
 		rc = open_replica(s, i, name, flags, key_size, value_size, capacity, err, sizeof(err));
 		if (rc)
 			serpens_table_close(&s->tables[i]);
@@ -547,6 +642,8 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 {
 	struct serpens_table *t = table_of(ctx, table);
+	if (t && is_release(slot_of(ctx), table))
+		return release_share(slot_of(ctx), table, key);
 	return t ? serpens_table_get(t, key) : NULL;
 }
 
@@ -554,12 +651,41 @@ static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *c
 			       uint32_t n, void **values)
 {
 	struct serpens_table *t = table_of(ctx, table);
-	if (!t) {
-		for (uint32_t i = 0; i < n && i < SERPENS_BURST; i++)
-			values[i] = NULL;
-		return 0;
+	uint32_t found = 0;
+	if (!t || is_release(slot_of(ctx), table)) {
+		for (uint32_t i = 0; i < n && i < SERPENS_BURST; i++) {
+			values[i] = t ? release_share(slot_of(ctx), table, keys[i]) : NULL;
+			found += values[i] != NULL;
+		}
+		return found;
 	}
 	return serpens_table_get_bulk(t, keys, n, values);
+}
+
+/* In init(): create key's pool if it does not exist. Later: overwrite this instance's share. */
+static int release_put(struct serpens_nf_slot *s, int table, const void *key, const void *value,
+		       void **stored)
+{
+	struct serpens_table *pool = &s->tables[table];
+	uint32_t size = pool->hdr->value_size;
+	void *v;
+	int rc = 0;
+
+	if (!s->in_init) {
+		v = release_share(s, table, key);
+		if (!v)
+			return SERPENS_ENOENT;
+		memcpy(v, value, size);
+	} else {
+		serpens_table_lock(pool);
+		v = serpens_table_get(pool, key);
+		if (!v && (rc = serpens_table_get_or_zero_locked(pool, key, &v)) == 0)
+			memcpy(v, value, size);
+		serpens_table_unlock(pool);
+	}
+	if (stored && rc == 0)
+		*stored = v;
+	return rc;
 }
 
 static int put_state(struct serpens_ctx *ctx, int table, const void *key, const void *value,
@@ -568,8 +694,11 @@ static int put_state(struct serpens_ctx *ctx, int table, const void *key, const 
 	struct serpens_table *t = table_of(ctx, table);
 	if (!t || !value)
 		return SERPENS_EINVAL;
-	if (!(t->flags & SERPENS_WRITE) && !slot_of(ctx)->in_init)
+	struct serpens_nf_slot *s = slot_of(ctx);
+	if (!(t->flags & SERPENS_WRITE) && !s->in_init)
 		return SERPENS_EPERM; /* read state is filled in init(), then only read */
+	if (is_release(s, table))
+		return release_put(s, table, key, value, stored);
 	return serpens_table_put(t, key, value, stored);
 }
 
@@ -603,7 +732,16 @@ static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint
 static int state_trigger(struct serpens_ctx *ctx, int table, const void *key)
 {
 	struct serpens_nf_slot *s = slot_of(ctx);
-	if ((unsigned)table >= s->ntables || !is_eventual(s, table) || key)
+	if ((unsigned)table >= s->ntables)
+		return SERPENS_EINVAL;
+	if (is_release(s, table)) {
+		/* Give ours back, ask the others for theirs; the next get_state splits again. */
+		give_back(s, table);
+		s->seen_epoch[table] =
+			__atomic_add_fetch(&s->tables[table].hdr->epoch, 1, __ATOMIC_ACQ_REL);
+		return 0;
+	}
+	if (!is_eventual(s, table) || key)
 		return SERPENS_EINVAL;
 	merge_table(s, table);
 	return 0;

@@ -33,6 +33,9 @@ struct serpens_nf_slot {
 	struct serpens_table replicas[SERPENS_MAX_TABLES];
 	uint64_t merge_period_ns[SERPENS_MAX_TABLES];
 	uint64_t next_merge_ns;
+	/* release tables: the pool epoch whose requests this instance has answered */
+	uint64_t seen_epoch[SERPENS_MAX_TABLES];
+	uint32_t nrelease;
 };
 
 #define SERPENS_MERGE_PERIOD_NS 100000000ull /* eventual tables merge every 100 ms */
@@ -43,6 +46,9 @@ void serpens_nf_slot_close_tables(struct serpens_nf_slot *s);
 /* Merge the replicas of eventual tables into the shared tables when due (or now, if force);
  * returns when the next merge is due (UINT64_MAX: no eventual table). */
 uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int force);
+/* Release tables: give every share back to its pool, or (answer_only) only those whose pool
+ * asked for them since last time. Called per burst (answer_only), before sleep and at stop. */
+void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only);
 
 extern const struct serpens_api serpens_api_v1;
 

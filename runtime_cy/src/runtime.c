@@ -280,6 +280,8 @@ static void run_instance(struct runtime *rt, int forked_child)
 			uint64_t now_ns = serpens_now_ns();
 			if (now_ns >= in->chain.next_merge_ns)
 				serpens_chain_merge(&in->chain, now_ns, 0);
+			if (in->chain.has_release)
+				serpens_chain_release(&in->chain, 1);
 			continue;
 		}
 		uint64_t now = rte_rdtsc();
@@ -288,8 +290,10 @@ static void run_instance(struct runtime *rt, int forked_child)
 		} else if (now - idle_since > rt->idle_cycles) {
 			if (forked_child)
 				return;
-			/* Asleep, it cannot merge on time: merge now (eventual tables). */
+			/* Asleep, it can neither merge on time nor answer its pools: merge now and
+			 * give back what it holds (state tables). */
 			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
+			serpens_chain_release(&in->chain, 0);
 			sleep_until_woken(rt, in->rx);
 			idle_since = 0;
 		} else {

@@ -175,6 +175,11 @@ int serpens_table_delete(struct serpens_table *t, const void *key)
 {
 	if (!(t->flags & SERPENS_PER_FLOW))
 		return SERPENS_EPERM; /* global state is not deleted while the NF runs (§IV-A) */
+	return serpens_table_remove(t, key);
+}
+
+int serpens_table_remove(struct serpens_table *t, const void *key)
+{
 	int64_t i = find(t, key, key_hash(t, key));
 	if (i < 0)
 		return SERPENS_ENOENT;
@@ -183,21 +188,31 @@ int serpens_table_delete(struct serpens_table *t, const void *key)
 	return 0;
 }
 
-int serpens_table_get_or_zero(struct serpens_table *t, const void *key, void **value)
+void serpens_table_lock(struct serpens_table *t) { lock(&t->hdr->insert_lock); }
+
+void serpens_table_unlock(struct serpens_table *t) { unlock(&t->hdr->insert_lock); }
+
+int serpens_table_get_or_zero_locked(struct serpens_table *t, const void *key, void **value)
 {
 	uint32_t hash = key_hash(t, key);
 	int64_t i = find(t, key, hash);
-	int rc = 0;
-
-	if (i < 0) {
-		lock(&t->hdr->insert_lock);
-		i = find(t, key, hash);
-		if (i < 0)
-			rc = insert(t, key, hash, NULL, value);
-		unlock(&t->hdr->insert_lock);
-	}
-	if (i >= 0)
+	if (i >= 0) {
 		*value = slot_value(t, (uint32_t)i);
+		return 0;
+	}
+	return insert(t, key, hash, NULL, value);
+}
+
+int serpens_table_get_or_zero(struct serpens_table *t, const void *key, void **value)
+{
+	int64_t i = find(t, key, key_hash(t, key));
+	if (i >= 0) {
+		*value = slot_value(t, (uint32_t)i);
+		return 0;
+	}
+	lock(&t->hdr->insert_lock);
+	int rc = serpens_table_get_or_zero_locked(t, key, value);
+	unlock(&t->hdr->insert_lock);
 	return rc;
 }
 

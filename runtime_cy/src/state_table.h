@@ -42,6 +42,7 @@ struct serpens_table_hdr {
 	volatile uint32_t insert_lock; /* global tables: serialises inserts */
 	uint32_t pad;
 	char name[SERPENS_TABLE_NAME];
+	volatile uint64_t epoch;     /* release tables: bumped to ask instances for their shares */
 };
 _Static_assert(sizeof(struct serpens_table_hdr) <= SERPENS_TABLE_HDR, "header fits its page");
 
@@ -75,6 +76,14 @@ int serpens_table_put(struct serpens_table *t, const void *key, const void *valu
 int serpens_table_delete(struct serpens_table *t, const void *key);
 /* The value for key, inserted as zeros first when absent (under the insert lock). */
 int serpens_table_get_or_zero(struct serpens_table *t, const void *key, void **value);
+
+/* The insert lock, for callers that update several entries as one step (release pools).
+ * While holding it use the _locked variants only. */
+void serpens_table_lock(struct serpens_table *t);
+void serpens_table_unlock(struct serpens_table *t);
+int serpens_table_get_or_zero_locked(struct serpens_table *t, const void *key, void **value);
+/* Remove an entry whatever the table's flags (the runtime's own replicas). */
+int serpens_table_remove(struct serpens_table *t, const void *key);
 int serpens_table_fetch_add(struct serpens_table *t, const void *key, uint64_t delta,
 			    uint64_t *before);
 

@@ -214,7 +214,21 @@ struct serpens_api {
 	 * the value's uint64_t words. state_fetch_add always acts on the shared value. Readers
 	 * outside (the state manager) see the shared table. */
 	int (*timer)(struct serpens_ctx *ctx, int table, const void *key, uint64_t period_ns);
+	/* Eventual tables: merge now. Release tables: see below. */
 	int (*trigger)(struct serpens_ctx *ctx, int table, const void *key);
+	/* SERPENS_GLOBAL|SERPENS_WRITE|SERPENS_RELEASE tables hold a divisible resource per key
+	 * (a pool of ports, a budget), split among the instances (paper §III-D2, Fig. 9):
+	 * - put_state in init() creates the shared pool for a key if it does not exist yet
+	 *   (the first instance ever; later ones find it);
+	 * - get_state/get_state_bulk return this instance's share of key, split off the pool
+	 *   (ops->split, default: take half of each uint64_t word, rounded up) on first use;
+	 *   NULL if the pool has no such key. The share is the instance's alone: no locks, no
+	 *   atomics. put_state outside init() overwrites the share;
+	 * - trigger(table, key) when the share runs out: the share goes back to the pool
+	 *   (ops->merge, default: add the words), every other running instance is asked to give
+	 *   its shares back at its next batch, and a new share is split off what the pool holds;
+	 * - shares go back to the pool when an instance sleeps or stops, so idle instances hold
+	 *   nothing. timer is not used by release tables. */
 };
 
 /* Table flags. */
@@ -259,10 +273,14 @@ struct serpens_nf_ops {
 	void (*process)(struct serpens_ctx *ctx, struct serpens_batch *b); /* required */
 	void (*fini)(struct serpens_ctx *ctx);
 	/* ABI minor 1, optional: fold one replica value into the shared value of an eventual
-	 * table (see timer above); `into` is shared with other instances merging concurrently,
-	 * so use atomics on it. NULL: add uint64_t words atomically. */
+	 * table (see timer above; `into` is shared with other instances merging concurrently, so
+	 * use atomics on it), or give a release share back to its pool (the pool is locked).
+	 * NULL: add uint64_t words (atomically). */
 	void (*merge)(struct serpens_ctx *ctx, int table, const void *key, void *into,
 		      const void *from);
+	/* ABI minor 1, optional: move part of a release table's pool into an (all-zero) share;
+	 * the pool is locked. NULL: move half of each uint64_t word, rounded up. */
+	void (*split)(struct serpens_ctx *ctx, int table, const void *key, void *pool, void *share);
 };
 
 #define SERPENS_NF(...)                                                                        \
