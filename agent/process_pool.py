@@ -157,7 +157,8 @@ class ProcessPool:
     def start_instance(self, sfc, rx_ring: dp.Ring, tx_ring: dp.Ring, *, instance_id: int | None = None,
                        load_mode: int = dp.LOAD_MAP, populate: bool = False,
                        dl_paths=(), wait: bool = True, timeout: float = 5.0,
-                       process: PoolProcess | None = None) -> PoolProcess:
+                       process: PoolProcess | None = None, state_backend: int = 0,
+                       redis_port: int = 6379) -> PoolProcess:
         """Run compiled SFC `sfc` (runtime_cy.sfc.CompiledSFC) in an idle pool process (or in
         `process`, which must be idle), reading from rx_ring and writing to tx_ring."""
         with self._lock:
@@ -177,7 +178,8 @@ class ProcessPool:
                           tx_ring_addr=tx_ring.address,
                           images=images, steps=[s.as_tuple() for s in sfc.steps],
                           config=sfc.config, load_mode=load_mode, populate=populate,
-                          dl_paths=list(dl_paths))
+                          dl_paths=list(dl_paths), state_backend=state_backend,
+                          redis_port=redis_port)
         except Exception:
             p.instance_id = 0
             raise

@@ -27,6 +27,7 @@ STEP_HASH = SERPENS_STEP_HASH
 LOAD_MAP = SERPENS_LOAD_MAP
 LOAD_DLOPEN = SERPENS_LOAD_DLOPEN
 LOAD_FORK = SERPENS_LOAD_FORK
+STATE_LOCAL, STATE_REDIS, STATE_REDIS_GLOBAL = 0, 1, 2  # nf_api.h serpens_state_backend
 CMD_START = SERPENS_CMD_START
 CMD_STOP = SERPENS_CMD_STOP
 CMD_EXIT = SERPENS_CMD_EXIT
@@ -309,7 +310,8 @@ cdef class PoolCtl:
 
 def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring="",
                   str tx_ring="", uint64_t rx_ring_addr=0, uint64_t tx_ring_addr=0, images=(), steps=(), bytes config=b"",
-                  int load_mode=SERPENS_LOAD_MAP, bint populate=False, dl_paths=()):
+                  int load_mode=SERPENS_LOAD_MAP, bint populate=False, dl_paths=(),
+                  uint32_t state_backend=0, uint32_t redis_port=6379):
     """Pack a serpens_cmd. images: [(base, text_len, relro_len, data_len, entry_off)];
     steps: [(kind, image, [next labels], config_off, config_len, name)]. Only the bytes in use
     are sent: the message stops at the end of `config`."""
@@ -328,6 +330,8 @@ def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring
     cmd.instance_id = instance_id
     cmd.load_mode = load_mode
     cmd.populate = populate
+    cmd.state_backend = state_backend
+    cmd.redis_port = redis_port
     cmd.nsteps = len(steps)
     cmd.nimages = len(images)
     cmd.config_len = len(config)

@@ -74,3 +74,29 @@ def build_stock(slots):
     yield _build
     for img in cache.values():
         img.close()
+
+
+@pytest.fixture(scope="session")
+def redis_port():
+    """A private redis-server on loopback (the Fission/SNF-style baselines keep state there)."""
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+    yield port
+    proc.terminate()
+    proc.wait(10)

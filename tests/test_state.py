@@ -224,3 +224,25 @@ def test_release_rebalances_between_instances(pool, build, dataplane):
     assert passed == 1000  # every token spent once: never more, and none stranded in a share
     assert sum(c.get("triggers", 0) for c in counters) > 0
     assert pool_value(dataplane.config.state_dir, "budget-two") == 0
+
+
+def test_redis_backend_runs_the_same_nf(pool, build, redis_port):
+    """The baselines' backend: the same NF binary keeps its state in Redis."""
+    import redis
+
+    r = redis.Redis(port=redis_port)
+    frames = [udp(2000 + i % 7) for i in range(70)]
+    sfc = compile_sfc(NF(build("stateful.c", copy=6), name="stateful-redis"))
+    h = PacketHarness(pool, sfc)
+    h.process = pool.start_instance(sfc, h.rx, h.tx, state_backend=dp.STATE_REDIS,
+                                    redis_port=redis_port)
+    try:
+        assert all(res.verdict == "out" for res in h.run(frames))
+        counters = h.nf_counters()[0]["counters"]
+    finally:
+        h.close()
+    assert counters["new_flows"] == 7
+    flows = [k for k in r.keys(b"stateful-redis/flows/*")]
+    assert len(flows) == 7
+    assert sorted(struct.unpack("<Q", r.get(k))[0] for k in flows) == [10] * 7
+    assert int(r.get(b"stateful-redis/total/" + struct.pack("<I", 0x616c6c) + b"#")) == 70

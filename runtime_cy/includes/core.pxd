@@ -47,6 +47,8 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t instance_id
         uint32_t load_mode
         uint32_t populate
+        uint32_t state_backend
+        uint32_t redis_port
         uint16_t nsteps
         uint16_t nimages
         uint32_t config_len

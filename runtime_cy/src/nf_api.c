@@ -408,6 +408,14 @@ static int counter_register(struct serpens_ctx *ctx, const char *name)
 /* ---- state tables ----------------------------------------------------------------------- */
 
 static char state_dir[256] = "/dev/shm/serpens/state";
+static uint32_t state_backend = SERPENS_STATE_LOCAL;
+
+void serpens_state_set_backend(uint32_t backend) { state_backend = backend; }
+
+static int is_remote(const struct serpens_nf_slot *s, int table)
+{
+	return (s->remote_mask >> table) & 1;
+}
 
 void serpens_state_set_dir(const char *dir)
 {
@@ -422,6 +430,9 @@ void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
 		serpens_table_close(&s->tables[i]);
 		serpens_table_close(&s->replicas[i]);
 	}
+	if (s->remote_mask)
+		serpens_remote_flush();
+	s->remote_mask = 0;
 	s->ntables = 0;
 }
 
@@ -614,17 +625,29 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 	char err[200];
 
 	for (uint32_t i = 0; i < s->ntables; i++)
-		if (name && strcmp(s->tables[i].hdr->name, name) == 0)
+		if (name && strcmp(s->table_names[i], name) == 0)
 			return (int)i;
-	if (!flags) /* 0 means "any" to the state manager; an NF must say what it wants */
+	if (!flags || !name) /* 0 means "any" to the state manager; an NF must say what it wants */
 		return SERPENS_EINVAL;
 	if (s->ntables >= SERPENS_MAX_TABLES) {
 		nf_log(ctx, SERPENS_LOG_ERR, "create_table %s: at most %d tables", name,
 		       SERPENS_MAX_TABLES);
 		return SERPENS_ENOMEM;
 	}
-	/* The namespace is the NF's name in the SFC: every instance of it shares the tables. */
 	uint32_t i = s->ntables;
+	snprintf(s->table_names[i], sizeof(s->table_names[i]), "%s", name);
+	if (state_backend == SERPENS_STATE_REDIS ||
+	    (state_backend == SERPENS_STATE_REDIS_GLOBAL && (flags & SERPENS_GLOBAL))) {
+		int rc = serpens_table_flags_valid(flags);
+		if (rc == 0)
+			rc = serpens_remote_table_init(&s->remote[i], s->name, name, flags, key_size,
+						       value_size);
+		if (rc)
+			return rc;
+		s->remote_mask |= 1u << i;
+		return (int)s->ntables++;
+	}
+	/* The namespace is the NF's name in the SFC: every instance of it shares the tables. */
 	int rc = serpens_table_open(&s->tables[i], state_dir, s->name, name, flags, key_size,
 				    value_size, capacity, err, sizeof(err));
 	if (rc == 0 && (flags & (SERPENS_EVENTUAL | SERPENS_RELEASE))) {
@@ -641,6 +664,8 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 
 static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 {
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
+		return serpens_remote_get(&slot_of(ctx)->remote[table], key);
 	struct serpens_table *t = table_of(ctx, table);
 	if (t && is_release(slot_of(ctx), table))
 		return release_share(slot_of(ctx), table, key);
@@ -650,6 +675,8 @@ static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *const *keys,
 			       uint32_t n, void **values)
 {
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
+		return serpens_remote_get_bulk(&slot_of(ctx)->remote[table], keys, n, values);
 	struct serpens_table *t = table_of(ctx, table);
 	uint32_t found = 0;
 	if (!t || is_release(slot_of(ctx), table)) {
@@ -691,6 +718,9 @@ static int release_put(struct serpens_nf_slot *s, int table, const void *key, co
 static int put_state(struct serpens_ctx *ctx, int table, const void *key, const void *value,
 		     void **stored)
 {
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
+		return value ? serpens_remote_put(&slot_of(ctx)->remote[table], key, value, stored)
+			     : SERPENS_EINVAL;
 	struct serpens_table *t = table_of(ctx, table);
 	if (!t || !value)
 		return SERPENS_EINVAL;
@@ -704,6 +734,8 @@ static int put_state(struct serpens_ctx *ctx, int table, const void *key, const 
 
 static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 {
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
+		return serpens_remote_delete(&slot_of(ctx)->remote[table], key);
 	struct serpens_table *t = table_of(ctx, table);
 	if (t && !(t->flags & SERPENS_WRITE) && !slot_of(ctx)->in_init)
 		return SERPENS_EPERM;
@@ -713,6 +745,8 @@ static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 static int state_fetch_add(struct serpens_ctx *ctx, int table, const void *key, uint64_t delta,
 			   uint64_t *before)
 {
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
+		return serpens_remote_fetch_add(&slot_of(ctx)->remote[table], key, delta, before);
 	struct serpens_table *t = shared_table_of(ctx, table);
 	return t ? serpens_table_fetch_add(t, key, delta, before) : SERPENS_EINVAL;
 }
@@ -720,6 +754,8 @@ static int state_fetch_add(struct serpens_ctx *ctx, int table, const void *key, 
 static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint64_t period_ns)
 {
 	struct serpens_nf_slot *s = slot_of(ctx);
+	if ((unsigned)table < s->ntables && is_remote(s, table))
+		return 0; /* Redis baselines keep no replicas: nothing to merge */
 	if ((unsigned)table >= s->ntables || !is_eventual(s, table) || key || period_ns < 1000000)
 		return SERPENS_EINVAL; /* periods below 1 ms would merge more than they count */
 	s->merge_period_ns[table] = period_ns;
@@ -734,6 +770,8 @@ static int state_trigger(struct serpens_ctx *ctx, int table, const void *key)
 	struct serpens_nf_slot *s = slot_of(ctx);
 	if ((unsigned)table >= s->ntables)
 		return SERPENS_EINVAL;
+	if (is_remote(s, table))
+		return 0; /* no replicas or shares in the Redis baselines */
 	if (is_release(s, table)) {
 		/* Give ours back, ask the others for theirs; the next get_state splits again. */
 		give_back(s, table);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "pool_ctl.h"
+#include "remote_state.h"
 #include "state_table.h"
 #include "serpens/nf.h"
 
@@ -36,7 +37,20 @@ struct serpens_nf_slot {
 	/* release tables: the pool epoch whose requests this instance has answered */
 	uint64_t seen_epoch[SERPENS_MAX_TABLES];
 	uint32_t nrelease;
+	/* benchmark baselines: tables whose state is in Redis (bit per table id) */
+	uint32_t remote_mask;
+	char table_names[SERPENS_MAX_TABLES][SERPENS_TABLE_NAME];
+	struct serpens_remote_table remote[SERPENS_MAX_TABLES];
 };
+
+/* Where NFs' state lives: the state manager (the real thing), or Redis for the benchmark
+ * baselines: every table (Fission-style) or only global tables (SNF-style). */
+enum serpens_state_backend {
+	SERPENS_STATE_LOCAL = 0,
+	SERPENS_STATE_REDIS = 1,
+	SERPENS_STATE_REDIS_GLOBAL = 2,
+};
+void serpens_state_set_backend(uint32_t backend);
 
 #define SERPENS_MERGE_PERIOD_NS 100000000ull /* eventual tables merge every 100 ms */
 

@@ -63,6 +63,8 @@ struct serpens_cmd {
 	uint32_t instance_id;
 	uint32_t load_mode;     /* serpens_load_mode */
 	uint32_t populate;      /* MAP_POPULATE the images */
+	uint32_t state_backend; /* serpens_state_backend: LOCAL, or Redis for baselines */
+	uint32_t redis_port;
 	uint16_t nsteps;
 	uint16_t nimages;       /* == number of fds in SCM_RIGHTS for LOAD_MAP */
 	uint32_t config_len;

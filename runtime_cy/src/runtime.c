@@ -191,6 +191,14 @@ static int start_instance(struct runtime *rt)
 		set_error(rt, -ENOENT, err);
 		return -ENOENT;
 	}
+	serpens_state_set_backend(cmd->state_backend);
+	if (cmd->state_backend != SERPENS_STATE_LOCAL &&
+	    (rc = serpens_remote_connect((uint16_t)cmd->redis_port)) != 0) {
+		close_fds(rt);
+		snprintf(err, sizeof(err), "redis on port %u: %s", cmd->redis_port, strerror(-rc));
+		set_error(rt, rc, err);
+		return rc;
+	}
 	rc = load_images(rt, err, sizeof(err));
 	close_fds(rt); /* the mappings keep the memfds alive */
 	rt->ctl->t_mapped_cycles = rte_rdtsc();
@@ -238,6 +246,8 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 	}
 	in->chain.bad_labels = 0;
 	serpens_chain_run(&in->chain, &b);
+	if (serpens_remote_enabled())
+		serpens_remote_batch_end();
 	for (uint32_t i = 0; i < n; i++) {
 		*RTE_MBUF_DYNFIELD((struct rte_mbuf *)b.pkt[i], off, uint16_t *) = b.labels[i];
 		out += b.labels[i] == SERPENS_LABEL_OUT;
@@ -294,6 +304,8 @@ static void run_instance(struct runtime *rt, int forked_child)
 			 * give back what it holds (state tables). */
 			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
 			serpens_chain_release(&in->chain, 0);
+			if (serpens_remote_enabled())
+				serpens_remote_flush();
 			sleep_until_woken(rt, in->rx);
 			idle_since = 0;
 		} else {
