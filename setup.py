@@ -61,6 +61,7 @@ extensions = [
             "runtime_cy/src/runtime.c",
             "runtime_cy/src/state_table.c",
             "runtime_cy/src/remote_state.c",
+            "runtime_cy/src/driver.c",
         ],
         include_dirs=INCLUDES,
         extra_compile_args=COMMON_CFLAGS + dpdk_cflags(),

@@ -24,6 +24,8 @@ from serpens.runtime_cy import _dataplane as dp
 
 from .dataplane import Dataplane
 
+SO_SNDBUFFORCE = 32  # linux/socket.h; not exported by Python's socket module
+
 
 class PoolError(RuntimeError):
     """A command to a pool process failed; the message is the runtime's reason."""
@@ -227,6 +229,12 @@ class ProcessPool:
         ctl_fd = os.memfd_create("serpens-pool-ctl", os.MFD_CLOEXEC)
         os.ftruncate(ctl_fd, dp.CTL_SIZE)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # A start command carries the NFs' configuration (up to CONFIG_MAX bytes) in one
+        # message: make room beyond net.core.wmem_max (we are root; else this is refused).
+        try:
+            ours.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * dp.CONFIG_MAX)
+        except OSError:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * dp.CONFIG_MAX)
         efd = os.eventfd(0, os.EFD_CLOEXEC)
         cmd = [sys.executable, "-m", "serpens.runtime_cy.pool_main",
                "--ctl-fd", str(ctl_fd), "--sock-fd", str(theirs.fileno()), "--efd", str(efd),

@@ -5,6 +5,8 @@ The agent (primary) uses it to own mempools and rings and, in tests and benchmar
 packets into an instance and pull them back; a pool process (secondary) uses it to attach and
 to run serpens_runtime_main(). Errors cross into Python once, as OSError.
 """
+import array
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport errno
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, uintptr_t
@@ -309,61 +311,77 @@ cdef class PoolCtl:
 
 
 def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring="",
-                  str tx_ring="", uint64_t rx_ring_addr=0, uint64_t tx_ring_addr=0, images=(), steps=(), bytes config=b"",
+                  str tx_ring="", uint64_t rx_ring_addr=0, uint64_t tx_ring_addr=0, images=(),
+                  steps=(), bytes config=b"",
                   int load_mode=SERPENS_LOAD_MAP, bint populate=False, dl_paths=(),
                   uint32_t state_backend=0, uint32_t redis_port=6379):
     """Pack a serpens_cmd. images: [(base, text_len, relro_len, data_len, entry_off)];
     steps: [(kind, image, [next labels], config_off, config_len, name)]. Only the bytes in use
     are sent: the message stops at the end of `config`."""
-    cdef serpens_cmd cmd
-    cdef size_t head = <size_t>(<char *>&cmd.config[0] - <char *>&cmd)
+    cdef size_t head = serpens_cmd_head()
     if len(images) > SERPENS_MAX_IMAGES or len(steps) > SERPENS_MAX_STEPS:
         raise ValueError("too many images or steps")
     if len(config) > SERPENS_CONFIG_MAX:
         raise ValueError(f"NF configuration is {len(config)} bytes, at most {SERPENS_CONFIG_MAX}")
     if len(rx_ring) >= 32 or len(tx_ring) >= 32:
         raise ValueError("ring names are at most 31 characters")
-    memset(&cmd, 0, head)
-    cmd.magic = SERPENS_CMD_MAGIC
-    cmd.kind = kind
-    cmd.seq = seq
-    cmd.instance_id = instance_id
-    cmd.load_mode = load_mode
-    cmd.populate = populate
-    cmd.state_backend = state_backend
-    cmd.redis_port = redis_port
-    cmd.nsteps = len(steps)
-    cmd.nimages = len(images)
-    cmd.config_len = len(config)
-    strncpy(cmd.rx_ring, rx_ring.encode(), 31)
-    strncpy(cmd.tx_ring, tx_ring.encode(), 31)
-    cmd.rx_ring_addr = rx_ring_addr
-    cmd.tx_ring_addr = tx_ring_addr
+    cdef serpens_cmd *c = <serpens_cmd *>malloc(head + len(config))
+    if c == NULL:
+        raise MemoryError()
+    try:
+        return _fill_command(c, head, kind, seq, instance_id, rx_ring, tx_ring, rx_ring_addr,
+                             tx_ring_addr, images, steps, config, load_mode, populate,
+                             dl_paths, state_backend, redis_port)
+    finally:
+        free(c)
+
+
+cdef bytes _fill_command(serpens_cmd *c, size_t head, int kind, uint32_t seq,
+                         uint32_t instance_id, str rx_ring, str tx_ring, uint64_t rx_ring_addr,
+                         uint64_t tx_ring_addr, images, steps, bytes config, int load_mode,
+                         bint populate, dl_paths, uint32_t state_backend, uint32_t redis_port):
+    cdef serpens_cmd *cmd = c
+    memset(cmd, 0, head)
+    cmd[0].magic = SERPENS_CMD_MAGIC
+    cmd[0].kind = kind
+    cmd[0].seq = seq
+    cmd[0].instance_id = instance_id
+    cmd[0].load_mode = load_mode
+    cmd[0].populate = populate
+    cmd[0].state_backend = state_backend
+    cmd[0].redis_port = redis_port
+    cmd[0].nsteps = len(steps)
+    cmd[0].nimages = len(images)
+    cmd[0].config_len = len(config)
+    strncpy(cmd[0].rx_ring, rx_ring.encode(), 31)
+    strncpy(cmd[0].tx_ring, tx_ring.encode(), 31)
+    cmd[0].rx_ring_addr = rx_ring_addr
+    cmd[0].tx_ring_addr = tx_ring_addr
     for i, (base, text_len, relro_len, data_len, entry_off) in enumerate(images):
-        cmd.images[i].base = base
-        cmd.images[i].text_len = text_len
-        cmd.images[i].relro_len = relro_len
-        cmd.images[i].data_len = data_len
-        cmd.images[i].entry_off = entry_off
+        cmd[0].images[i].base = base
+        cmd[0].images[i].text_len = text_len
+        cmd[0].images[i].relro_len = relro_len
+        cmd[0].images[i].data_len = data_len
+        cmd[0].images[i].entry_off = entry_off
     for i, path in enumerate(dl_paths):
         p = path.encode()
         if len(p) >= 108:
             raise ValueError(f"path too long: {path}")
-        strncpy(cmd.dl_path[i], p, 107)
+        strncpy(cmd[0].dl_path[i], p, 107)
     for i, (skind, image, nexts, coff, clen, name) in enumerate(steps):
         if not 1 <= len(nexts) <= SERPENS_MAX_PORTS:
             raise ValueError(f"step {i}: 1..{SERPENS_MAX_PORTS} ports")
-        cmd.steps[i].kind = skind
-        cmd.steps[i].image = image
-        cmd.steps[i].nports = len(nexts)
+        cmd[0].steps[i].kind = skind
+        cmd[0].steps[i].image = image
+        cmd[0].steps[i].nports = len(nexts)
         for k, label in enumerate(nexts):
-            cmd.steps[i].next[k] = label
-        cmd.steps[i].config_off = coff
-        cmd.steps[i].config_len = clen
-        strncpy(cmd.steps[i].name, name.encode()[:23], 23)
+            cmd[0].steps[i].next[k] = label
+        cmd[0].steps[i].config_off = coff
+        cmd[0].steps[i].config_len = clen
+        strncpy(cmd[0].steps[i].name, name.encode()[:23], 23)
     if config:
-        memcpy(cmd.config, PyBytes_AS_STRING(config), len(config))
-    return PyBytes_FromStringAndSize(<char *>&cmd, head + len(config))
+        memcpy(cmd[0].config, PyBytes_AS_STRING(config), len(config))
+    return PyBytes_FromStringAndSize(<char *>cmd, head + len(config))
 
 
 def run_pool_process(int ctl_fd, int sock, int efd, uint32_t idle_us=200):
@@ -506,3 +524,36 @@ cdef class StateTable:
                     i += 32
         t1 = serpens_now_ns()
         return (t1 - t0) / max(1, (n // 32) * 32 * rounds), found
+
+
+# ---- benchmark traffic ---------------------------------------------------------------------
+
+cdef extern from "driver.h" nogil:
+    int serpens_drive(rte_ring *rx, rte_ring *tx, rte_mempool *mp, const unsigned char *frames,
+                      const uint16_t *len, uint32_t nframes, uint32_t inflight, double warmup,
+                      double seconds, serpens_pool_ctl *ctl, int efd, int label_offset,
+                      serpens_drive_result *res)
+
+
+def drive(Ring rx, Ring tx, Mempool pool, frames, double seconds, PoolCtl ctl=None,
+          int efd=-1, double warmup=0.2, uint32_t inflight=512):
+    """Keep an instance busy with `frames` for `seconds` (benchmarks): returns
+    {"packets", "out", "seconds", "mpps"} measured after `warmup`."""
+    cdef serpens_drive_result res
+    blob = b"".join(frames)
+    lens = array.array("H", [len(f) for f in frames])
+    cdef const unsigned char[:] fb = blob
+    cdef const uint16_t[:] lb = lens
+    cdef serpens_pool_ctl *c = ctl.c if ctl is not None else NULL
+    cdef int rc
+    cdef uint32_t nframes = len(lens)
+    if inflight >= 1024:
+        raise ValueError("inflight must stay below the ring size")
+    with nogil:
+        rc = serpens_drive(rx.r, tx.r, pool.mp, &fb[0], &lb[0], nframes, inflight, warmup,
+                           seconds, c, efd, label_off, &res)
+    if rc:
+        raise OSError(-rc, f"driver: {strerror(-rc).decode()}")
+    secs = res.ns / 1e9
+    return {"packets": res.packets, "out": res.out, "seconds": secs,
+            "mpps": res.packets / secs / 1e6 if secs else 0.0}

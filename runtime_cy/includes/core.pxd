@@ -59,7 +59,7 @@ cdef extern from "pool_ctl.h" nogil:
         serpens_image_layout images[16]
         char dl_path[16][108]
         serpens_step steps[16]
-        unsigned char config[8192]
+        unsigned char config[1]  # SERPENS_CONFIG_MAX bytes in C
 
     struct serpens_nf_counters:
         uint32_t n
@@ -136,3 +136,9 @@ cdef extern from "state_table.h" nogil:
 
 cdef extern from "nf_api.h" nogil:
     void serpens_state_set_dir(const char *dir)
+
+cdef extern from "driver.h" nogil:
+    struct serpens_drive_result:
+        uint64_t packets
+        uint64_t out
+        uint64_t ns

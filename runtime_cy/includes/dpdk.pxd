@@ -70,6 +70,7 @@ cdef extern from "rte_ring.h" nogil:
 cdef extern from "dp_inline.h" nogil:
     char *serpens_mtod(rte_mbuf *m)
     uint16_t serpens_label_get(rte_mbuf *m, int off)
+    size_t serpens_cmd_head()
     void serpens_fence()
     uint32_t serpens_inc_u32(uint32_t *p)
     uint32_t serpens_load_u32(const uint32_t *p)

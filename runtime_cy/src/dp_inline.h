@@ -4,6 +4,9 @@
 
 #include <rte_mbuf.h>
 #include <rte_mbuf_dyn.h>
+#include <stddef.h>
+
+#include "pool_ctl.h"
 
 static inline char *serpens_mtod(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, char *); }
 
@@ -11,6 +14,9 @@ static inline uint16_t serpens_label_get(struct rte_mbuf *m, int off)
 {
 	return *RTE_MBUF_DYNFIELD(m, off, uint16_t *);
 }
+
+/* Bytes of a command before its NF configuration. */
+static inline size_t serpens_cmd_head(void) { return offsetof(struct serpens_cmd, config); }
 
 static inline void serpens_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 

@@ -26,7 +26,7 @@
 
 #define SERPENS_MAX_STEPS 16   /* NFs (and selectors) in one SFC */
 #define SERPENS_MAX_IMAGES 16
-#define SERPENS_CONFIG_MAX 8192 /* bytes of NF configuration in one start command */
+#define SERPENS_CONFIG_MAX (1u << 20) /* bytes of NF configuration in one start command */
 #define SERPENS_RING_NAME 32
 #define SERPENS_CMD_MAGIC 0x53525043u /* "SRPC" */
 
@@ -134,7 +134,8 @@ struct serpens_pool_ctl {
 	struct serpens_nf_counters nf[SERPENS_MAX_STEPS] __attribute__((aligned(64)));
 };
 
-_Static_assert(sizeof(struct serpens_cmd) < 65536, "a command fits one SEQPACKET message");
+/* A command is one SEQPACKET message of up to ~1 MiB: the agent raises its socket's send
+ * buffer to fit (SO_SNDBUFFORCE). Only the bytes of config in use are sent. */
 _Static_assert(__builtin_offsetof(struct serpens_pool_ctl, state) == 64,
 	       "agent and runtime fields on separate cache lines");
 
