@@ -2,4 +2,5 @@
 
 CASES = {
     "startup": "serpens.bench.startup",
+    "state": "serpens.bench.state",
 }

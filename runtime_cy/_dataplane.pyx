@@ -525,20 +525,39 @@ cdef class StateTable:
         t1 = serpens_now_ns()
         return (t1 - t0) / max(1, (n // 32) * 32 * rounds), found
 
+    def bench_put_ns(self, keys, int rounds=3):
+        """Mean ns per put (overwriting existing entries; value = the key's first bytes)."""
+        self._check()
+        cdef Py_ssize_t n = len(keys), i, j
+        cdef uint64_t t0, t1
+        buf = b"".join(keys)
+        cdef const char *base = PyBytes_AS_STRING(buf)
+        cdef uint32_t ks = self.t.hdr.key_size
+        if self.t.hdr.value_size > ks:
+            raise ValueError("values longer than keys")
+        t0 = serpens_now_ns()
+        with nogil:
+            for j in range(rounds):
+                for i in range(n):
+                    serpens_table_put(&self.t, base + i * ks, base + i * ks, NULL)
+        t1 = serpens_now_ns()
+        return (t1 - t0) / max(1, n * rounds)
+
 
 # ---- benchmark traffic ---------------------------------------------------------------------
 
 cdef extern from "driver.h" nogil:
     int serpens_drive(rte_ring *rx, rte_ring *tx, rte_mempool *mp, const unsigned char *frames,
                       const uint16_t *len, uint32_t nframes, uint32_t inflight, double warmup,
-                      double seconds, serpens_pool_ctl *ctl, int efd, int label_offset,
-                      serpens_drive_result *res)
+                      double seconds, int rewrite, serpens_pool_ctl *ctl, int efd,
+                      int label_offset, serpens_drive_result *res)
 
 
 def drive(Ring rx, Ring tx, Mempool pool, frames, double seconds, PoolCtl ctl=None,
-          int efd=-1, double warmup=0.2, uint32_t inflight=512):
+          int efd=-1, double warmup=0.2, uint32_t inflight=512, bint rewrite=True):
     """Keep an instance busy with `frames` for `seconds` (benchmarks): returns
-    {"packets", "out", "seconds", "mpps"} measured after `warmup`."""
+    {"packets", "out", "seconds", "mpps"} measured after `warmup`. rewrite=False when the NFs
+    leave packets unchanged: each mbuf then keeps cycling with its own frame."""
     cdef serpens_drive_result res
     blob = b"".join(frames)
     lens = array.array("H", [len(f) for f in frames])
@@ -551,7 +570,7 @@ def drive(Ring rx, Ring tx, Mempool pool, frames, double seconds, PoolCtl ctl=No
         raise ValueError("inflight must stay below the ring size")
     with nogil:
         rc = serpens_drive(rx.r, tx.r, pool.mp, &fb[0], &lb[0], nframes, inflight, warmup,
-                           seconds, c, efd, label_off, &res)
+                           seconds, rewrite, c, efd, label_off, &res)
     if rc:
         raise OSError(-rc, f"driver: {strerror(-rc).decode()}")
     secs = res.ns / 1e9

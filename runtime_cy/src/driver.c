@@ -36,7 +36,7 @@ static void wake(struct serpens_pool_ctl *ctl, int efd)
 
 int serpens_drive(struct rte_ring *rx, struct rte_ring *tx, struct rte_mempool *mp,
 		  const uint8_t *frames, const uint16_t *len, uint32_t nframes, uint32_t inflight,
-		  double warmup, double seconds, struct serpens_pool_ctl *ctl, int efd,
+		  double warmup, double seconds, int rewrite, struct serpens_pool_ctl *ctl, int efd,
 		  int label_off, struct serpens_drive_result *res)
 {
 	static uint64_t offsets[1 << 20];
@@ -90,7 +90,8 @@ int serpens_drive(struct rte_ring *rx, struct rte_ring *tx, struct rte_mempool *
 		for (uint32_t i = 0; i < n; i++) {
 			res->out += *RTE_MBUF_DYNFIELD(burst[i], label_off, uint16_t *) ==
 				    SERPENS_LABEL_OUT;
-			load_frame(burst[i], &fs);
+			if (rewrite)
+				load_frame(burst[i], &fs);
 		}
 		uint32_t q = rte_ring_enqueue_burst(rx, (void **)burst, n, NULL);
 		if (q < n) { /* cannot happen: the loop never holds more than the ring */

@@ -21,11 +21,13 @@ struct serpens_drive_result {
 };
 
 /* Drive for `seconds` (after `warmup` seconds not counted) with `inflight` mbufs in the loop.
+ * rewrite: reload each returning mbuf with the next frame (for NFs that change packets);
+ * without it an mbuf keeps its frame and is only re-queued. 
  * frames: nframes frames of len[i] bytes, packed back to back. ctl/efd: wake the instance
  * when it sleeps. Returns 0 or -errno (mempool too small). */
 int serpens_drive(struct rte_ring *rx, struct rte_ring *tx, struct rte_mempool *mp,
 		  const uint8_t *frames, const uint16_t *len, uint32_t nframes, uint32_t inflight,
-		  double warmup, double seconds, struct serpens_pool_ctl *ctl, int efd,
+		  double warmup, double seconds, int rewrite, struct serpens_pool_ctl *ctl, int efd,
 		  int label_off, struct serpens_drive_result *res);
 
 #endif

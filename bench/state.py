@@ -1,0 +1,157 @@
+"""state: FW, MON and NAT with state in Serpens' state manager vs in Redis (paper §V-B).
+
+Each NF runs in one instance pinned to one core; a traffic driver on the other core keeps
+its ring full with the same traffic (64-byte UDP frames over 10k flows). The same NF binary
+runs three times, only its state backend changes (runtime_cy/src/remote_state.h):
+- serpens: state tables in shared memory (the state manager);
+- redis:   every table in a local Redis server, one pipelined round trip per batch
+           (Fission-style: a FaaS platform keeps function state in a remote store);
+- snf:     per-flow tables local, global tables in Redis (SNF-style).
+get_ns / put_ns: cost per access of batched (32) lookups / overwrites in a 1M-entry table of
+5-tuple keys, random order.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import uuid
+
+from serpens.agent.dataplane import Dataplane, DataplaneConfig
+from serpens.agent.process_pool import ProcessPool
+from serpens.runtime_cy import _dataplane as dp
+from serpens.runtime_cy.builder import build_nf
+from serpens import nfs
+from serpens.runtime_cy.sfc import NF, compile_sfc
+
+from .common import machine, udp_frame
+
+REWRITES = {"nat"}  # NFs that change packets: the driver restores each frame
+BACKENDS = {"serpens": dp.STATE_LOCAL, "redis": dp.STATE_REDIS, "snf": dp.STATE_REDIS_GLOBAL}
+
+def _nf(name):
+    import importlib
+    return importlib.import_module(f"serpens.nfs.{name}")
+
+
+NF_CONFIGS = {
+    "fw": lambda: _nf("fw").encode_config({
+        "rules": [{"action": "deny", "proto": "tcp", "dport": p} for p in range(20, 30)]
+        + [{"action": "allow", "src": "10.0.0.0/8", "proto": "udp"}],
+        "default": "deny"}),
+    "mon": lambda: _nf("mon").encode_config({}),
+    "nat": lambda: _nf("nat").encode_config({"internal": "10.0.0.0/8",
+                                      "external_ips": ["203.0.113.1", "203.0.113.2"],
+                                      "port_range": "1024-65535", "idle_timeout": 300}),
+}
+
+
+def add_arguments(p):
+    p.add_argument("--seconds", type=float, default=2.0, help="measuring time per run")
+    p.add_argument("--flows", type=int, default=10000)
+    p.add_argument("--entries", type=int, default=1 << 20,
+                   help="entries of the table get_ns/put_ns are measured on")
+
+
+def traffic(flows: int) -> list[bytes]:
+    frames = [udp_frame(f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}", "198.51.100.7",
+                        1024 + i % 50000, 53) for i in range(flows)]
+    random.Random(1).shuffle(frames)
+    return frames
+
+
+class RedisServer:
+    def __enter__(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def measure_table(entries: int, state_dir: str) -> dict:
+    t = dp.StateTable(state_dir, "bench", "flows", dp.PER_FLOW | dp.READ | dp.WRITE, 40, 16,
+                      entries)
+    rng = random.Random(2)
+    keys = [rng.randbytes(40) for _ in range(entries)]
+    for k in keys:
+        t.put(k, k[:16])
+    rng.shuffle(keys)
+    get_ns, found = t.bench_get_ns(keys, 3)
+    put_ns = t.bench_put_ns(keys, 3)
+    assert found == 3 * (len(keys) // 32) * 32
+    return {"get_ns": round(get_ns, 1), "put_ns": round(put_ns, 1)}
+
+
+def run(args) -> dict:
+    state_dir = f"/dev/shm/serpens-bench-state-{os.getpid()}"
+    config = DataplaneConfig(file_prefix=f"serpens-bench-state-{os.getpid()}",
+                             state_dir=state_dir)
+    frames = traffic(args.flows)
+    result = {"machine": machine(),
+              "params": {"seconds": args.seconds, "flows": args.flows, "frame_bytes": 64,
+                         "table_entries": args.entries, "batch": 32,
+                         "cores": "driver on cpu 0, instance on cpu 1, redis unpinned"}}
+    os.sched_setaffinity(0, {0})
+    try:
+        with Dataplane(config) as dpl, ProcessPool(dpl, 1, first_lcore=2) as pool, \
+                RedisServer() as redis:
+            proc = pool.processes()[0]
+            os.sched_setaffinity(proc.pid, {1 % os.cpu_count()})
+            rx, tx = dp.Ring("bstate_rx", 1024), dp.Ring("bstate_tx", 1024)
+            slot = 1
+            for name, make_config in NF_CONFIGS.items():
+                image = build_nf(nfs.source(name), slot, name)
+                slot += 1
+                figures = {}
+                for backend, code in BACKENDS.items():
+                    step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"  # fresh state each run
+                    sfc = compile_sfc(NF(image, config=make_config(), name=step))
+                    pool.start_instance(sfc, rx, tx, process=proc, state_backend=code,
+                                        redis_port=redis.port)
+                    try:
+                        r = dp.drive(rx, tx, dpl.mempool, frames, args.seconds, proc.ctl,
+                                     proc.efd, rewrite=name in REWRITES)
+                    finally:
+                        pool.stop_instance(proc)
+                    figures[f"{backend}_mpps"] = round(r["mpps"], 3)
+                    figures[f"{backend}_out_ratio"] = round(r["out"] / max(1, r["packets"]), 3)
+                image.close()
+                result[name] = figures
+            rx.free()
+            tx.free()
+            result.update(measure_table(args.entries, state_dir))
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return result
+
+
+def print_table(r: dict):
+    print(f"NF state: Serpens shared memory vs Redis, on {r['machine']['cpu']} "
+          f"({r['machine']['cores']} cores), {r['params']['flows']} flows, 64 B packets")
+    print(f"{'nf':<6}{'serpens Mpps':>14}{'redis Mpps':>12}{'snf Mpps':>10}{'vs redis':>10}"
+          f"{'vs snf':>8}")
+    for name in NF_CONFIGS:
+        f = r[name]
+        print(f"{name:<6}{f['serpens_mpps']:>14.3f}{f['redis_mpps']:>12.3f}{f['snf_mpps']:>10.3f}"
+              f"{f['serpens_mpps'] / max(f['redis_mpps'], 1e-9):>9.1f}x"
+              f"{f['serpens_mpps'] / max(f['snf_mpps'], 1e-9):>7.1f}x")
+    print(f"batched lookup in a 1M-entry table: get {r['get_ns']} ns, put {r['put_ns']} ns")
