@@ -78,12 +78,11 @@
  * expiring instance, and "expired" is counted. Both mechanisms run:
  *   - lazily, when a packet of the flow finds its mapping idle (outbound: the flow gets a new
  *     pair at once; inbound: the packet is dropped as "no_mapping");
- *   - a sweep at the start of every batch looks at the next 32 (external ip, port) pairs of
- *     the configured space (a cursor over external_ips x port_range: one bulk lookup in "in",
- *     one lookup in "out" per live pair). The whole space is visited every
- *     n_ips * ports / 32 batches, so an idle mapping's port comes back within idle_timeout
- *     plus one sweep cycle while the instance gets traffic. A sleeping instance sweeps
- *     nothing.
+ *   - a sweep looks at the next 32 (external ip, port) pairs of the configured space (a
+ *     cursor over external_ips x port_range: one bulk lookup in "in", one lookup in "out" per
+ *     live pair), paced so that the whole space is visited every idle_timeout / 8 (at most
+ *     once per batch), so an idle mapping's port comes back within 1.125 x idle_timeout while
+ *     the instance gets traffic. A sleeping instance sweeps nothing.
  * Expiry claims a mapping by compare-and-swap of its owner field (instance id -> "dying"), so
  * exactly one instance deletes a mapping and returns its port. The sweep expires its own
  * instance's mappings after idle_timeout, and other instances' (typically those of stopped
@@ -174,6 +173,7 @@ static int c_tout, c_tin, c_nomap, c_exhausted, c_expired, c_malformed, c_notint
 	c_unsup, c_full;
 static uint32_t cursor[NAT_MAX_EXT];      /* per IP: the port after the one taken last */
 static uint32_t sweep_ip, sweep_port;     /* next pair the sweep looks at */
+static uint64_t sweep_every_ns, next_sweep_ns; /* pace: the whole space per idle_timeout / 8 */
 static int exhausted_batch;               /* a trigger gave nothing in this batch */
 static int dirty;                         /* an entry was deleted in this batch */
 static uint64_t full_bitmap[NAT_BITMAP_WORDS]; /* .bss: too big for the stack */
@@ -234,6 +234,14 @@ static int parse_config(const uint8_t *c, uint32_t len)
 	port_lo = (uint16_t)lo;
 	port_hi = (uint16_t)hi;
 	timeout_ns = (uint64_t)tmo * 1000000ull;
+	/* Sweeping every batch would double the lookups per packet; a full cycle over the pair
+	 * space in an eighth of the timeout is enough for expiry and costs almost nothing. */
+	{
+		uint64_t pairs = (uint64_t)n_ext * ((uint32_t)port_hi - port_lo + 1);
+		uint64_t cycles = (pairs + NAT_SWEEP - 1) / NAT_SWEEP;
+		sweep_every_ns = timeout_ns / 8 / (cycles ? cycles : 1);
+		next_sweep_ns = 0;
+	}
 	max_flows = cap;
 	return 0;
 }
@@ -670,7 +678,10 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 	uint32_t nout = 0, nin = 0, count = b->count < SERPENS_BURST ? b->count : SERPENS_BURST;
 
 	exhausted_batch = 0;
-	sweep(ctx, b->now_ns);
+	if (b->now_ns >= next_sweep_ns) {
+		sweep(ctx, b->now_ns);
+		next_sweep_ns = b->now_ns + sweep_every_ns;
+	}
 	dirty = 0; /* the lookups below come after the sweep's deletes */
 
 	for (uint32_t k = 0; k < count; k++) {
