@@ -317,9 +317,14 @@ static inline uint16_t serpens_htons(uint16_t v) { return __builtin_bswap16(v); 
 static inline uint32_t serpens_ntohl(uint32_t v) { return __builtin_bswap32(v); }
 static inline uint32_t serpens_htonl(uint32_t v) { return __builtin_bswap32(v); }
 
-/* Provided by Serpens in every NF image. */
+/* Provided by Serpens in every NF image. -ffreestanding stops gcc from expanding these inline,
+ * so route them through the builtins: fixed small sizes (keys, headers) become a few moves,
+ * the rest still calls the linked functions. */
 void *memcpy(void *dst, const void *src, size_t n);
 void *memset(void *dst, int c, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
+#define memcpy(d, s, n) __builtin_memcpy((d), (s), (n))
+#define memset(d, c, n) __builtin_memset((d), (c), (n))
+#define memcmp(a, b, n) __builtin_memcmp((a), (b), (n))
 
 #endif /* SERPENS_NF_H */
