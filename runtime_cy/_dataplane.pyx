@@ -461,7 +461,7 @@ cdef class StateTable:
         h = self.t.hdr
         return {"name": h.name.decode(), "flags": h.flags, "key_size": h.key_size,
                 "value_size": h.value_size, "capacity": h.capacity, "count": h.count,
-                "slots": h.nslots, "file_size": h.file_size}
+                "slots": h.nslots, "file_size": h.file_size, "epoch": h.epoch}
 
     def __len__(self):
         self._check()

@@ -246,3 +246,20 @@ def test_redis_backend_runs_the_same_nf(pool, build, redis_port):
     assert len(flows) == 7
     assert sorted(struct.unpack("<Q", r.get(k))[0] for k in flows) == [10] * 7
     assert int(r.get(b"stateful-redis/total/" + struct.pack("<I", 0x616c6c) + b"#")) == 70
+
+
+def test_release_timer_rebalances_a_busy_instance(pool, build, dataplane):
+    """update on a timer: a busy instance gives its share back every period (the pool's
+    epoch counts rebalances; idle instances give shares back without one)."""
+    def epoch(nf):
+        return StateManager(dataplane.config.state_dir).open(nf, "tokens").info["epoch"]
+
+    for period_ns, name in ((0, "budget-untimed"), (5_000_000, "budget-timed")):
+        config = struct.pack("<Q", 10**12) + (struct.pack("<Q", period_ns) if period_ns else b"")
+        sfc = compile_sfc(NF(build("budget.c", copy=7 if period_ns else 8), config=config,
+                             name=name))
+        with PacketHarness(pool, sfc) as h:
+            dp.drive(h.rx, h.tx, dataplane.mempool, [udp(1)], 0.3, h.process.ctl,
+                     h.process.efd, warmup=0.0, rewrite=False)
+        rebalances = epoch(name)
+        assert (rebalances >= 10) if period_ns else (rebalances == 0), (name, rebalances)

@@ -119,6 +119,7 @@ cdef extern from "state_table.h" nogil:
         uint64_t file_size
         uint64_t count
         char name[64]
+        uint64_t epoch
     struct serpens_table:
         serpens_table_hdr *hdr
         uint32_t flags

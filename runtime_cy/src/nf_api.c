@@ -518,6 +518,14 @@ static void give_back(struct serpens_nf_slot *s, int table)
 	serpens_table_unlock(pool);
 }
 
+/* update (paper §III-D2): give our shares back and ask every instance for theirs; each splits
+ * a fresh share off the pool at its next use, so what is left is spread again. */
+static void rebalance(struct serpens_nf_slot *s, int table)
+{
+	give_back(s, table);
+	s->seen_epoch[table] = __atomic_add_fetch(&s->tables[table].hdr->epoch, 1, __ATOMIC_ACQ_REL);
+}
+
 void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only)
 {
 	for (uint32_t i = 0; i < s->ntables; i++) {
@@ -582,9 +590,14 @@ uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int f
 	if (!force && now_ns < s->next_merge_ns)
 		return s->next_merge_ns;
 	for (uint32_t i = 0; i < s->ntables; i++) {
-		if (!is_eventual(s, (int)i))
+		if (is_eventual(s, (int)i)) {
+			merge_table(s, (int)i);
+		} else if (is_release(s, (int)i) && s->merge_period_ns[i]) {
+			if (!force) /* forced = going to sleep: shares go back anyway */
+				rebalance(s, (int)i);
+		} else {
 			continue;
-		merge_table(s, (int)i);
+		}
 		uint64_t due = now_ns + s->merge_period_ns[i];
 		next = due < next ? due : next;
 	}
@@ -756,7 +769,8 @@ static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint
 	struct serpens_nf_slot *s = slot_of(ctx);
 	if ((unsigned)table < s->ntables && is_remote(s, table))
 		return 0; /* Redis baselines keep no replicas: nothing to merge */
-	if ((unsigned)table >= s->ntables || !is_eventual(s, table) || key || period_ns < 1000000)
+	if ((unsigned)table >= s->ntables || !(is_eventual(s, table) || is_release(s, table)) ||
+	    key || period_ns < 1000000)
 		return SERPENS_EINVAL; /* periods below 1 ms would merge more than they count */
 	s->merge_period_ns[table] = period_ns;
 	uint64_t due = serpens_now_ns() + period_ns;
@@ -773,10 +787,7 @@ static int state_trigger(struct serpens_ctx *ctx, int table, const void *key)
 	if (is_remote(s, table))
 		return 0; /* no replicas or shares in the Redis baselines */
 	if (is_release(s, table)) {
-		/* Give ours back, ask the others for theirs; the next get_state splits again. */
-		give_back(s, table);
-		s->seen_epoch[table] =
-			__atomic_add_fetch(&s->tables[table].hdr->epoch, 1, __ATOMIC_ACQ_REL);
+		rebalance(s, table);
 		return 0;
 	}
 	if (!is_eventual(s, table) || key)

@@ -228,7 +228,9 @@ struct serpens_api {
 	 *   (ops->merge, default: add the words), every other running instance is asked to give
 	 *   its shares back at its next batch, and a new share is split off what the pool holds;
 	 * - shares go back to the pool when an instance sleeps or stops, so idle instances hold
-	 *   nothing. timer is not used by release tables. */
+	 *   nothing;
+	 * - timer(table, NULL, period) rebalances every period as trigger does: the update of
+	 *   paper §III-D2 is this give-back-and-split, with the NF's merge and split. */
 };
 
 /* Table flags. */
