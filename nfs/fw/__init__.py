@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from serpens.nfs import ConfigError, is_int
 
 __all__ = ["ConfigError", "encode_config", "MAGIC", "MAX_RULES", "MAX_CAPACITY",
            "DEFAULT_CAPACITY"]
@@ -29,27 +30,13 @@ _HDR = struct.Struct("<IBBHI")
 _RULE = struct.Struct("<BBBBBHHHH")
 
 
-class ConfigError(ValueError):
-    """An invalid firewall configuration: .field names the offending part (e.g.
-    "rules[2].dport"), str() is "field: message"."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _port(field: str, v) -> int:
     if isinstance(v, str):
         s = v.strip()
         if not (s.isascii() and s.isdigit()):
             raise ConfigError(field, f"{v!r} is not a port number")
         v = int(s)
-    if not _is_int(v):
+    if not is_int(v):
         raise ConfigError(field, f"{v!r} is not a port number")
     if not 0 <= v <= 65535:
         raise ConfigError(field, f"port {v} is outside 0-65535")
@@ -141,7 +128,7 @@ def encode_config(cfg: dict | None = None) -> bytes:
         raise ConfigError("rules", f"{len(rules)} rules, at most {MAX_RULES}")
     default = _choice("default", cfg.get("default"), _ACTIONS, "allow")
     cap = cfg.get("cache_capacity", DEFAULT_CAPACITY)
-    if not _is_int(cap) or not 0 <= cap <= MAX_CAPACITY:
+    if not is_int(cap) or not 0 <= cap <= MAX_CAPACITY:
         raise ConfigError("cache_capacity", f"{cap!r} is not an integer in 0-{MAX_CAPACITY}")
     body = b"".join(_rule(i, r) for i, r in enumerate(rules))
     out = _HDR.pack(MAGIC, default, 0, len(rules), cap) + body

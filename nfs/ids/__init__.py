@@ -20,19 +20,10 @@ MAGIC = 0x31444953  # "SID1" little-endian
 MAX_PATTERNS = 10000
 MAX_PATTERN_LEN = 255
 from serpens.runtime_cy._dataplane import CONFIG_MAX  # bytes of NF config one SFC carries
+from serpens.nfs import ConfigError
 ACTIONS = {"alert": 0, "drop": 1}
 _FIELDS = {"patterns", "action"}
 _HDR = struct.Struct("<IBBH")
-
-
-class ConfigError(ValueError):
-    """An invalid IDS configuration: .field names the offending part (e.g. "patterns[17]"),
-    str() is "field: message"."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def _pattern(field: str, v) -> bytes:

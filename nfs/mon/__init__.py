@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from serpens.nfs import ConfigError, is_int
 
 __all__ = ["ConfigError", "encode_config", "read_flows", "read_hosts", "decode_flow_key",
            "decode_host_key", "MAGIC", "DEFAULTS", "FLOWS_TABLE", "HOSTS_TABLE"]
@@ -33,20 +34,6 @@ _COUNTS = struct.Struct("<QQ")               # struct mon_counts
 PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
-class ConfigError(ValueError):
-    """An invalid monitor configuration: .field names the offending field, str() is
-    "field: message"."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def encode_config(cfg: dict | None = None) -> bytes:
     """Validate a monitor configuration dict and pack it for mon.c's init()."""
     cfg = {} if cfg is None else cfg
@@ -59,7 +46,7 @@ def encode_config(cfg: dict | None = None) -> bytes:
     for name, default in DEFAULTS.items():
         v = cfg.get(name, default)
         lo, hi = _LIMITS[name]
-        if not _is_int(v) or not lo <= v <= hi:
+        if not is_int(v) or not lo <= v <= hi:
             raise ConfigError(name, f"{v!r} is not an integer in {lo}-{hi}")
         values.append(v)
     return _CFG.pack(MAGIC, *values)

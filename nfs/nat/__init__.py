@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import struct
+from serpens.nfs import ConfigError, is_int
 
 __all__ = ["ConfigError", "encode_config", "decode_config", "MAGIC", "MAX_EXTERNAL_IPS",
            "MAX_FLOWS", "DEFAULT_PORT_RANGE", "DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_FLOWS",
@@ -31,27 +32,13 @@ _REQUIRED = ("internal", "external_ips")
 _FIELDS = {"internal", "external_ips", "port_range", "idle_timeout", "max_flows"}
 
 
-class ConfigError(ValueError):
-    """An invalid NAT configuration: .field names the offending part (e.g. "external_ips[1]"),
-    str() is "field: message"."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _port(field: str, v) -> int:
     if isinstance(v, str):
         s = v.strip()
         if not (s.isascii() and s.isdigit()):
             raise ConfigError(field, f"{v!r} is not a port")
         v = int(s)
-    if not _is_int(v):
+    if not is_int(v):
         raise ConfigError(field, f"{v!r} is not a port")
     if not 1 <= v <= 65535:
         raise ConfigError(field, f"{v} is not a port" + (" (0 cannot be handed out)"
@@ -148,7 +135,7 @@ def encode_config(cfg: dict) -> bytes:
     lo, hi = _port_range(cfg.get("port_range"))
     timeout_ms = _idle_timeout(cfg.get("idle_timeout"))
     cap = cfg.get("max_flows", DEFAULT_MAX_FLOWS)
-    if not _is_int(cap) or not 1 <= cap <= MAX_FLOWS:
+    if not is_int(cap) or not 1 <= cap <= MAX_FLOWS:
         raise ConfigError("max_flows", f"{cap!r} is not an integer in 1-{MAX_FLOWS}")
     return _HDR.pack(MAGIC, internal.network_address.packed, internal.prefixlen, len(ext),
                      lo, hi, 0, timeout_ms, cap) + b"".join(ip.packed for ip in ext)
