@@ -3,6 +3,7 @@
  * b->idx, preset their label to the step's default output, call the NF once, then check the
  * labels it set. Cost: one pass over the 32 labels per step plus the NF itself.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -50,7 +51,9 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 	int rc = check_steps(cmd, err, errlen);
 	if (rc)
 		return rc;
-	memset(c, 0, sizeof(*c));
+	/* Clear only what this SFC uses: a slot is ~2.5 KB and starts are timed in microseconds. */
+	memset(c, 0, offsetof(struct serpens_chain, step));
+	memset(c->nf, 0, sizeof(c->nf[0]) * cmd->nsteps);
 	c->nsteps = cmd->nsteps;
 	memcpy(c->step, cmd->steps, sizeof(cmd->steps[0]) * cmd->nsteps);
 

@@ -771,6 +771,8 @@ static int layout_ok(const struct serpens_image_layout *l)
  */
 static uint64_t punched[SERPENS_NF_SLOTS / 64];
 
+#define SMALL_DATA (16u * PAGE) /* .data+.bss populated at map time up to this size */
+
 static uint32_t slot_of(uint64_t base)
 {
 	return (uint32_t)((base - SERPENS_NF_REGION_BASE) / SERPENS_NF_SLOT_SIZE);
@@ -797,6 +799,9 @@ static int map_piece(int fd, uint64_t addr, uint64_t len, uint64_t off, int prot
 int serpens_image_map(int memfd, const struct serpens_image_layout *l, int populate)
 {
 	int pop = populate ? MAP_POPULATE : 0, rc;
+	/* The data pages are written by init() at once: copying them in the mmap is cheaper than
+	 * a fault each (~1.4 us per start here), but only for small .data/.bss. */
+	int pop_data = pop || l->data_len <= SMALL_DATA ? MAP_POPULATE : 0;
 	uint64_t relro = l->base + l->text_len, data = relro + l->relro_len;
 
 	if (!layout_ok(l))
@@ -806,7 +811,7 @@ int serpens_image_map(int memfd, const struct serpens_image_layout *l, int popul
 		rc = map_piece(memfd, relro, l->relro_len, l->text_len, PROT_READ, MAP_SHARED | pop);
 	if (rc == 0)
 		rc = map_piece(memfd, data, l->data_len, l->text_len + l->relro_len,
-			       PROT_READ | PROT_WRITE, MAP_PRIVATE | pop);
+			       PROT_READ | PROT_WRITE, MAP_PRIVATE | pop_data);
 	if (rc < 0)
 		serpens_image_unmap(l);
 	return rc;
