@@ -62,6 +62,8 @@ extensions = [
             "runtime_cy/src/state_table.c",
             "runtime_cy/src/remote_state.c",
             "runtime_cy/src/driver.c",
+            "runtime_cy/src/ports.c",
+            "runtime_cy/src/replay.c",
         ],
         include_dirs=INCLUDES,
         extra_compile_args=COMMON_CFLAGS + dpdk_cflags(),

@@ -23,9 +23,51 @@ def _bench(args) -> int:
     return 0
 
 
+def _replay(args) -> int:
+    from serpens.agent.replay import replay
+    from serpens.common.spec import SpecError, load_sfc
+    from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
+
+    try:
+        spec = load_sfc(args.sfc)
+    except SpecError as e:
+        print(f"serpensctl: invalid SFC spec {args.sfc}: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = replay(spec, args.input, args.output, state_dir=args.state_dir)
+    except (NFBuildError, NFRefusedError) as e:
+        print(f"serpensctl: an NF of {spec.name} was refused: {e}", file=sys.stderr)
+        output = getattr(e, "output", "")
+        if output:
+            print(output, file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as e:
+        print(f"serpensctl: replay failed: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    r = result["router"]
+    print(f"{spec.name}: {r['rx']} packets in, {r['out']} out, {r['dropped']} dropped "
+          f"-> {args.output}")
+    print(f"{'nf':<16}{'in':>10}{'out':>10}{'dropped':>10}  counters")
+    for nf in result["nfs"]:
+        named = ", ".join(f"{k}={v}" for k, v in nf["counters"].items() if v)
+        print(f"{nf['name']:<16}{nf['in']:>10}{nf['out']:>10}{nf['dropped']:>10}  {named}")
+    return 0
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="serpensctl", description="Serpens command line")
     sub = ap.add_subparsers(dest="command", required=True)
+    rp = sub.add_parser("replay", help="run an SFC offline over a pcap capture")
+    rp.add_argument("--sfc", required=True, help="SFC spec (YAML or JSON)")
+    rp.add_argument("--in", dest="input", required=True, help="input capture (pcap)")
+    rp.add_argument("--out", dest="output", required=True,
+                    help="capture of the packets that leave the SFC")
+    rp.add_argument("--state-dir", help="keep NF state here (default: fresh, discarded)")
+    rp.add_argument("--json", action="store_true", help="print per-NF counters as JSON")
+    rp.set_defaults(func=_replay)
     bench = sub.add_parser("bench", help="run a benchmark against its baselines")
     cases = bench.add_subparsers(dest="case", required=True)
     for name, module_name in CASES.items():

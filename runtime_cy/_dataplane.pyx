@@ -378,7 +378,9 @@ cdef bytes _fill_command(serpens_cmd *c, size_t head, int kind, uint32_t seq,
             cmd[0].steps[i].next[k] = label
         cmd[0].steps[i].config_off = coff
         cmd[0].steps[i].config_len = clen
-        strncpy(cmd[0].steps[i].name, name.encode()[:23], 23)
+        if len(name.encode()) > 47:
+            raise ValueError(f"step {i}: name {name!r} is longer than 47 bytes")
+        strncpy(cmd[0].steps[i].name, name.encode(), 47)
     if config:
         memcpy(cmd[0].config, PyBytes_AS_STRING(config), len(config))
     return PyBytes_FromStringAndSize(<char *>cmd, head + len(config))
@@ -576,3 +578,45 @@ def drive(Ring rx, Ring tx, Mempool pool, frames, double seconds, PoolCtl ctl=No
     secs = res.ns / 1e9
     return {"packets": res.packets, "out": res.out, "seconds": secs,
             "mpps": res.packets / secs / 1e6 if secs else 0.0}
+
+
+# ---- ports and offline replay --------------------------------------------------------------
+
+cdef extern from "ports.h" nogil:
+    int serpens_port_open(const char *name, rte_mempool *mp, char *err, size_t errlen)
+    void serpens_port_close(uint16_t port)
+
+cdef extern from "replay.h" nogil:
+    struct serpens_replay_stats:
+        uint64_t rx
+        uint64_t out
+        uint64_t dropped
+        uint64_t tx_failed
+    int serpens_replay(uint16_t in_port, uint16_t out_port, rte_ring *rx, rte_ring *tx,
+                       serpens_pool_ctl *ctl, int efd, int label_offset,
+                       serpens_replay_stats *st)
+
+
+def port_open(str name, Mempool pool):
+    """Configure and start the DPDK port `name` (one RX and one TX queue); returns its id."""
+    cdef char err[256]
+    err[0] = 0
+    rc = serpens_port_open(name.encode(), pool.mp, err, sizeof(err))
+    if rc < 0:
+        raise OSError(-rc, err.decode(errors="replace"))
+    return rc
+
+
+def port_close(uint16_t port):
+    serpens_port_close(port)
+
+
+def replay(uint16_t in_port, uint16_t out_port, Ring rx, Ring tx, PoolCtl ctl, int efd):
+    """Run a capture through an instance (see replay.h): returns the router's counts."""
+    cdef serpens_replay_stats st
+    cdef int rc
+    with nogil:
+        rc = serpens_replay(in_port, out_port, rx.r, tx.r, ctl.c, efd, label_off, &st)
+    if rc:
+        raise OSError(-rc, strerror(-rc).decode())
+    return {"rx": st.rx, "out": st.out, "dropped": st.dropped, "tx_failed": st.tx_failed}

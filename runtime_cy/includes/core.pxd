@@ -38,7 +38,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint16_t next[8]
         uint32_t config_off
         uint32_t config_len
-        char name[24]
+        char name[48]
 
     struct serpens_cmd:
         uint32_t magic

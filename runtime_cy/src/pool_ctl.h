@@ -53,7 +53,7 @@ struct serpens_step {
 	serpens_label_t next[SERPENS_MAX_PORTS];
 	uint32_t config_off; /* NF configuration bytes in serpens_cmd.config */
 	uint32_t config_len;
-	char name[24];       /* for logs and counters */
+	char name[48];       /* for logs, counters and the state namespace */
 };
 
 struct serpens_cmd {

@@ -1,0 +1,68 @@
+"""From a validated SFC spec to what a pool process runs: NF images and compiled steps.
+
+Every step gets its own image (an NF's globals are per step) in its own slot of the NF
+region; the step's name, `<sfc>.<nf>`, is the NF's state namespace.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from serpens import nfs as stock_nfs
+from serpens.common.spec import SFCSpec
+from serpens.runtime_cy import builder
+from serpens.runtime_cy.sfc import NF, Aggregate, CompiledSFC, aggregate, chain, compile_sfc, distribute
+
+
+@dataclass
+class BuiltSFC:
+    spec: SFCSpec
+    compiled: CompiledSFC
+    images: list = field(default_factory=list)
+    slots: list = field(default_factory=list)
+
+    def close(self, allocator=None):
+        for img in self.images:
+            img.close()
+        if allocator is not None:
+            for slot in self.slots:
+                allocator.free(slot)
+        self.images.clear()
+
+
+def _source(nf) -> str:
+    if nf.stock:
+        return stock_nfs.source(nf.stock)
+    with open(nf.source_path) as f:
+        return f.read()
+
+
+def build_sfc(spec: SFCSpec, allocator: builder.SlotAllocator) -> BuiltSFC:
+    """Compile and prepare every NF of `spec` (NFBuildError / NFRefusedError name the NF)."""
+    built = BuiltSFC(spec, CompiledSFC())
+    steps = {}
+    try:
+        for name, nf in spec.nfs.items():
+            slot = allocator.allocate()
+            built.slots.append(slot)
+            image = builder.build_nf(_source(nf), slot, name)
+            built.images.append(image)
+            steps[name] = NF(image, config=nf.config, ports=nf.ports,
+                             name=spec.state_namespace(name))
+        built.compiled = compile_sfc(_expression(spec.chain, steps))
+    except Exception:
+        built.close(allocator)
+        raise
+    return built
+
+
+def _expression(item, steps):
+    if item is None:
+        return None
+    if isinstance(item, str):
+        return steps[item]
+    if isinstance(item, list):
+        return chain(*[_expression(x, steps) for x in item])
+    if "distribute" in item:
+        return distribute(*[_expression(b, steps) for b in item["distribute"]],
+                          selector=item["selector"])
+    return aggregate(_expression(item["aggregate"], steps))

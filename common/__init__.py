@@ -1,0 +1,1 @@
+"""Shared by the controller, agents and tools: specs, settings, errors."""

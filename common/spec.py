@@ -1,0 +1,193 @@
+"""SFC specs: YAML or JSON, validated in full before anything changes (DESIGN §4).
+
+    apiVersion: serpens/v1
+    kind: SFC
+    metadata:
+      name: edge                     # [a-z0-9-], at most 24 characters
+    spec:
+      nfs:                           # the SFC's NFs by name ([a-z0-9_-], at most 22)
+        fw:  {stock: fw, config: {rules: [...], default: deny}}
+        ids: {stock: ids, ports: 2, config: {patterns: [attack]}}
+        mine: {source: ./mine.c, config_hex: "0102"}   # a path relative to the spec
+      chain: [fw, ids, {distribute: [null, mine], selector: port}]
+
+`chain` items: an NF name; a list (a chain); null (nothing: packets go straight on);
+`{distribute: [branch, ...], selector: port|hash}`; `{aggregate: item}`. An NF's state lives
+under `<sfc>.<nf>`, shared by every instance of that SFC and kept between runs.
+Errors are SpecError("field: message"), the field a path such as `spec.chain[2].distribute[1]`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+API_VERSION = "serpens/v1"
+STOCK_NFS = ("fw", "nat", "mon", "ids", "vpn")
+_SFC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
+_NF_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,21}$")
+MAX_PORTS = 8
+
+
+class SpecError(ValueError):
+    def __init__(self, field_path: str, message: str):
+        super().__init__(f"{field_path}: {message}")
+        self.field = field_path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class NFSpec:
+    name: str
+    stock: str | None
+    source_path: str | None
+    config: bytes
+    ports: int
+
+
+@dataclass(frozen=True)
+class SFCSpec:
+    name: str
+    nfs: dict = field(default_factory=dict)   # name -> NFSpec
+    chain: object = None                       # validated chain expression (plain data)
+
+    def state_namespace(self, nf: str) -> str:
+        return f"{self.name}.{nf}"
+
+
+def load_sfc(path: str) -> SFCSpec:
+    """Read and validate an SFC spec file (YAML or JSON)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise SpecError(path, e.strerror) from None
+    return parse_sfc(text, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def parse_sfc(text: str, base_dir: str = ".") -> SFCSpec:
+    try:
+        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise SpecError("spec", f"not valid YAML or JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise SpecError("spec", "a mapping with apiVersion, kind, metadata and spec")
+    if doc.get("apiVersion") != API_VERSION:
+        raise SpecError("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}")
+    if doc.get("kind") != "SFC":
+        raise SpecError("kind", f"must be 'SFC', got {doc.get('kind')!r}")
+    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not _SFC_NAME.match(name):
+        raise SpecError("metadata.name", "1-24 characters of a-z, 0-9 and '-', "
+                        "starting and ending with a letter or digit")
+    body = doc.get("spec")
+    if not isinstance(body, dict):
+        raise SpecError("spec", "a mapping with nfs and chain")
+    unknown = set(body) - {"nfs", "chain"}
+    if unknown:
+        raise SpecError(f"spec.{sorted(unknown)[0]}", "unknown field")
+    nfs = _parse_nfs(body.get("nfs"), base_dir)
+    used: set = set()
+    chain = _check_chain(body.get("chain"), "spec.chain", nfs, used)
+    unused = sorted(set(nfs) - used)
+    if unused:
+        raise SpecError(f"spec.nfs.{unused[0]}", "declared but not used in spec.chain")
+    return SFCSpec(name, nfs, chain)
+
+
+def _parse_nfs(raw, base_dir: str) -> dict:
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError("spec.nfs", "a mapping of NF names to NFs, at least one")
+    out = {}
+    for name, nf in raw.items():
+        where = f"spec.nfs.{name}"
+        if not isinstance(name, str) or not _NF_NAME.match(name):
+            raise SpecError(where, "NF names are 1-22 characters of a-z, 0-9, '_' and '-'")
+        if not isinstance(nf, dict):
+            raise SpecError(where, "a mapping with stock or source")
+        unknown = set(nf) - {"stock", "source", "config", "config_hex", "ports"}
+        if unknown:
+            raise SpecError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        if ("stock" in nf) == ("source" in nf):
+            raise SpecError(where, "exactly one of stock (a stock NF) or source (a C file)")
+        ports = nf.get("ports", 1)
+        if isinstance(ports, bool) or not isinstance(ports, int) or not 1 <= ports <= MAX_PORTS:
+            raise SpecError(f"{where}.ports", f"an integer 1..{MAX_PORTS}")
+        if "stock" in nf:
+            out[name] = NFSpec(name, _stock(nf, where), None, _stock_config(nf, where), ports)
+        else:
+            out[name] = NFSpec(name, None, _source(nf, where, base_dir), _hex_config(nf, where),
+                               ports)
+    return out
+
+
+def _stock(nf, where):
+    if nf["stock"] not in STOCK_NFS:
+        raise SpecError(f"{where}.stock", f"one of {', '.join(STOCK_NFS)}, "
+                        f"got {nf['stock']!r}")
+    if "config_hex" in nf:
+        raise SpecError(f"{where}.config_hex", "stock NFs take config (a mapping)")
+    return nf["stock"]
+
+
+def _stock_config(nf, where) -> bytes:
+    from serpens.nfs import ConfigError
+    module = importlib.import_module(f"serpens.nfs.{nf['stock']}")
+    cfg = nf.get("config") or {}
+    try:
+        return module.encode_config(cfg)
+    except ConfigError as e:
+        raise SpecError(f"{where}.config.{e.field}", e.message) from None
+    except ValueError as e:  # NFs whose errors carry the field in the message
+        raise SpecError(f"{where}.config", str(e)) from None
+
+
+def _source(nf, where, base_dir) -> str:
+    src = nf["source"]
+    if not isinstance(src, str) or not src:
+        raise SpecError(f"{where}.source", "the path of the NF's C file")
+    path = src if os.path.isabs(src) else os.path.join(base_dir, src)
+    if not os.path.isfile(path):
+        raise SpecError(f"{where}.source", f"no such file: {path}")
+    return path
+
+
+def _hex_config(nf, where) -> bytes:
+    if "config" in nf:
+        raise SpecError(f"{where}.config", "NFs from source take config_hex (their bytes)")
+    try:
+        return bytes.fromhex(nf.get("config_hex", "") or "")
+    except (TypeError, ValueError):
+        raise SpecError(f"{where}.config_hex", "hexadecimal bytes, e.g. '01ff'") from None
+
+
+def _check_chain(item, where, nfs, used):
+    """Validate a chain expression; returns it as plain data."""
+    if item is None:
+        return None
+    if isinstance(item, str):
+        if item not in nfs:
+            raise SpecError(where, f"no NF named {item!r} in spec.nfs")
+        if item in used:
+            raise SpecError(where, f"NF {item!r} appears twice (declare a second NF)")
+        used.add(item)
+        return item
+    if isinstance(item, list):
+        return [_check_chain(x, f"{where}[{i}]", nfs, used) for i, x in enumerate(item)]
+    if isinstance(item, dict) and set(item) <= {"distribute", "selector"} and "distribute" in item:
+        branches = item["distribute"]
+        if not isinstance(branches, list) or not 2 <= len(branches) <= MAX_PORTS:
+            raise SpecError(f"{where}.distribute", f"a list of 2..{MAX_PORTS} branches")
+        selector = item.get("selector", "port")
+        if selector not in ("port", "hash"):
+            raise SpecError(f"{where}.selector", "port or hash")
+        return {"distribute": [_check_chain(b, f"{where}.distribute[{i}]", nfs, used)
+                               for i, b in enumerate(branches)], "selector": selector}
+    if isinstance(item, dict) and set(item) == {"aggregate"}:
+        return {"aggregate": _check_chain(item["aggregate"], f"{where}.aggregate", nfs, used)}
+    raise SpecError(where, "an NF name, a list, null, {distribute: [...], selector: ...} "
+                    "or {aggregate: ...}")
