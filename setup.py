@@ -42,7 +42,7 @@ def dpdk_static_link_args():
 
 
 COMMON_CFLAGS = ["-O2", "-g", "-Wall", "-Wno-unused-function", "-std=gnu11"]
-INCLUDES = ["runtime_cy/include", "runtime_cy/src"]
+INCLUDES = ["runtime_cy/include", "runtime_cy/src", "router"]
 
 extensions = [
     Extension(
@@ -64,6 +64,7 @@ extensions = [
             "runtime_cy/src/driver.c",
             "runtime_cy/src/ports.c",
             "runtime_cy/src/replay.c",
+            "router/router.c",
         ],
         include_dirs=INCLUDES,
         extra_compile_args=COMMON_CFLAGS + dpdk_cflags(),

@@ -10,7 +10,7 @@ import array
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport errno
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, strncpy, strerror
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
@@ -584,6 +584,8 @@ def drive(Ring rx, Ring tx, Mempool pool, frames, double seconds, PoolCtl ctl=No
 
 cdef extern from "ports.h" nogil:
     int serpens_port_open(const char *name, rte_mempool *mp, char *err, size_t errlen)
+    int serpens_port_start(uint16_t port, const char *name, rte_mempool *mp, char *err,
+                           size_t errlen)
     void serpens_port_close(uint16_t port)
 
 cdef extern from "replay.h" nogil:
@@ -620,3 +622,126 @@ def replay(uint16_t in_port, uint16_t out_port, Ring rx, Ring tx, PoolCtl ctl, i
     if rc:
         raise OSError(-rc, strerror(-rc).decode())
     return {"rx": st.rx, "out": st.out, "dropped": st.dropped, "tx_failed": st.tx_failed}
+
+
+# ---- the router ----------------------------------------------------------------------------
+
+cdef extern from "rte_eth_ring.h" nogil:
+    int rte_eth_from_rings(const char *name, rte_ring * const rx_queues[], unsigned nb_rx_queues,
+                           rte_ring * const tx_queues[], unsigned nb_tx_queues,
+                           unsigned numa_node)
+
+cdef extern from "router.h" nogil:
+    int SERPENS_ROUTER_MAX_INSTANCES
+    int SERPENS_INST_EMPTY, SERPENS_INST_ACTIVE, SERPENS_INST_DRAINING
+    struct serpens_router_instance:
+        uint32_t state
+        int efd
+        rte_ring *rx
+        rte_ring *tx
+        serpens_pool_ctl *ctl
+        uint32_t waiting
+        uint64_t oldest_tsc
+        uint64_t enqueued
+        uint64_t returned
+        uint64_t wakeups
+        uint32_t drained
+    struct serpens_router:
+        uint32_t stop
+        uint16_t in_port
+        uint16_t out_port
+        uint32_t wake_batch
+        uint64_t wake_cycles
+        uint64_t drain_cycles
+        serpens_router_instance inst[16]
+        uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps
+        uint64_t overload_drops
+    int serpens_router_run(serpens_router *r, int label_offset)
+
+ROUTER_MAX_INSTANCES = SERPENS_ROUTER_MAX_INSTANCES
+
+
+def port_from_rings(str name, Ring rx, Ring tx, Mempool pool):
+    """A started DPDK port whose RX reads `rx` and whose TX writes `tx` (tests, local
+    traffic); returns its id."""
+    cdef rte_ring *rxq[1]
+    cdef rte_ring *txq[1]
+    rxq[0] = rx.r
+    txq[0] = tx.r
+    cdef char err[256]
+    port = rte_eth_from_rings(name.encode(), rxq, 1, txq, 1, rte_socket_id())
+    if port < 0:
+        raise _rte_error(f"port {name}")
+    rc = serpens_port_start(port, name.encode(), pool.mp, err, sizeof(err))
+    if rc < 0:
+        raise OSError(-rc, err.decode(errors="replace"))
+    return port
+
+
+cdef class Router:
+    """The router of router/router.h; run() blocks (nogil) until stop()."""
+    cdef serpens_router *r
+    cdef object refs
+
+    def __cinit__(self, uint16_t in_port, uint16_t out_port, uint32_t wake_batch=128,
+                  double wake_us=50, double drain_us=100):
+        self.r = <serpens_router *>calloc(1, sizeof(serpens_router))
+        if self.r == NULL:
+            raise MemoryError()
+        self.r.in_port = in_port
+        self.r.out_port = out_port
+        self.r.wake_batch = wake_batch
+        self.r.wake_cycles = <uint64_t>(rte_get_tsc_hz() * wake_us / 1e6)
+        self.r.drain_cycles = <uint64_t>(rte_get_tsc_hz() * drain_us / 1e6)
+        self.refs = {}
+
+    def __dealloc__(self):
+        free(self.r)
+
+    def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd):
+        """Slot i now holds a running instance that takes new flows."""
+        if not 0 <= i < SERPENS_ROUTER_MAX_INSTANCES:
+            raise IndexError(i)
+        inst = &self.r.inst[i]
+        if inst.state != SERPENS_INST_EMPTY:
+            raise ValueError(f"router slot {i} is in use")
+        self.refs[i] = (rx, tx, ctl)  # the rings and control block outlive their use here
+        inst.rx, inst.tx, inst.ctl, inst.efd = rx.r, tx.r, ctl.c, efd
+        inst.waiting = inst.enqueued = inst.returned = inst.wakeups = 0
+        inst.drained = 0
+        serpens_fence()
+        inst.state = SERPENS_INST_ACTIVE
+
+    def drain_instance(self, int i):
+        """Give slot i no new flows; its flows move once it has drained (drained(i))."""
+        self.r.inst[i].drained = 0
+        serpens_fence()
+        self.r.inst[i].state = SERPENS_INST_DRAINING
+
+    def drained(self, int i):
+        return self.r.inst[i].state == SERPENS_INST_DRAINING and self.r.inst[i].drained == 1
+
+    def clear_instance(self, int i):
+        """Forget slot i (after it drained and the instance stopped)."""
+        self.r.inst[i].state = SERPENS_INST_EMPTY
+        serpens_fence()
+        self.refs.pop(i, None)
+
+    def run(self):
+        cdef int off = label_off
+        with nogil:
+            serpens_router_run(self.r, off)
+
+    def stop(self):
+        self.r.stop = 1
+        serpens_fence()
+
+    def stats(self):
+        r = self.r
+        per = {i: {"enqueued": r.inst[i].enqueued, "returned": r.inst[i].returned,
+                   "wakeups": r.inst[i].wakeups, "state": r.inst[i].state}
+               for i in range(SERPENS_ROUTER_MAX_INSTANCES) if r.inst[i].state}
+        return {"rx": r.rx, "tx": r.tx, "dropped": r.dropped, "no_instance": r.no_instance,
+                "tx_failed": r.tx_failed, "new_flows": r.new_flows,
+                "moved_flows": r.moved_flows, "sleeps": r.sleeps,
+                "overload_drops": r.overload_drops, "instances": per}
