@@ -99,39 +99,46 @@ static void wake(struct serpens_router_instance *in)
 		in->wakeups++;
 }
 
-static uint32_t drain(struct serpens_router *r, int label_off, struct rte_mbuf **out,
-		      uint32_t *nout, uint64_t now);
-
-/* Back-pressure: a full instance ring holds the router (and so the port's RX queue) up to
- * BACKLOG_US while the instance catches up; only then are packets dropped at the door. */
-#define BACKLOG_US 2000
-
-static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uint32_t n,
-		    uint64_t now, int label_off, struct rte_mbuf **out, uint32_t *nout)
+/* Enqueue for instance i; what its full ring does not take waits in `pending`, and the router
+ * receives nothing more until it went in: the port's queue absorbs the burst (back-pressure),
+ * and nothing is reordered or dropped here. */
+static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uint32_t n, uint64_t now)
 {
 	struct serpens_router_instance *in = &r->inst[i];
 	uint32_t q = rte_ring_enqueue_burst(in->rx, (void **)pkts, n, NULL);
-	uint64_t give_up = now + rte_get_tsc_hz() / 1000000 * BACKLOG_US;
-	while (q < n && rte_rdtsc() < give_up) {
-		wake(in);
-		drain(r, label_off, out, nout, rte_rdtsc()); /* it may wait on its TX ring */
-		q += rte_ring_enqueue_burst(in->rx, (void **)pkts + q, n - q, NULL);
-	}
-	if (q < n) { /* the instance is stuck or far too slow: drop at the door, count it */
-		rte_pktmbuf_free_bulk(pkts + q, n - q);
-		r->dropped += n - q;
-		r->overload_drops += n - q;
-	}
+	in->enqueued += q;
 	if (q && in->waiting == 0)
 		in->oldest_tsc = now;
 	in->waiting += q;
-	in->enqueued += q;
-	if (in->waiting >= r->wake_batch)
+	if (q < n) {
+		memcpy(in->pending + in->npending, pkts + q, sizeof(pkts[0]) * (n - q));
+		in->npending += n - q;
+		r->npending += n - q;
 		wake(in);
+	} else if (in->waiting >= r->wake_batch) {
+		wake(in);
+	}
 }
 
-static uint32_t receive(struct serpens_router *r, uint64_t now, int label_off,
-			struct rte_mbuf **out, uint32_t *nout)
+static uint32_t flush_pending(struct serpens_router *r, uint64_t now)
+{
+	uint32_t moved = 0;
+	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES && r->npending; i++) {
+		struct serpens_router_instance *in = &r->inst[i];
+		uint32_t n = in->npending;
+		if (!n)
+			continue;
+		in->npending = 0;
+		r->npending -= n;
+		struct rte_mbuf *again[SERPENS_BURST];
+		memcpy(again, in->pending, sizeof(again[0]) * n);
+		enqueue(r, i, again, n, now);
+		moved += n - in->npending;
+	}
+	return moved;
+}
+
+static uint32_t receive(struct serpens_router *r, uint64_t now)
 {
 	struct rte_mbuf *pkts[SERPENS_BURST], *per[SERPENS_ROUTER_MAX_INSTANCES][SERPENS_BURST];
 	uint32_t count[SERPENS_ROUTER_MAX_INSTANCES] = {0};
@@ -149,7 +156,7 @@ static uint32_t receive(struct serpens_router *r, uint64_t now, int label_off,
 	}
 	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
 		if (count[i])
-			enqueue(r, i, per[i], count[i], now, label_off, out, nout);
+			enqueue(r, i, per[i], count[i], now);
 	r->rx += n;
 	return n;
 }
@@ -194,9 +201,10 @@ static uint32_t drain(struct serpens_router *r, int label_off, struct rte_mbuf *
 		r->dropped += ndrop;
 		in->returned += n;
 		total += n;
-		/* A draining instance is done once nothing of it is queued or in flight. */
+		/* A draining instance is done once every packet given to it came back (the router
+		 * alone counts both, so this is exact: nothing queued, nothing in flight). */
 		if (in->state == SERPENS_INST_DRAINING && !in->drained && in->returned == in->enqueued &&
-		    rte_ring_count(in->rx) == 0 && in->ctl->inflight_n == 0)
+		    in->npending == 0)
 			__atomic_store_n(&in->drained, 1, __ATOMIC_RELEASE);
 	}
 	return total;
@@ -210,7 +218,7 @@ int serpens_router_run(struct serpens_router *r, int label_off)
 
 	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now = rte_rdtsc();
-		uint32_t work = receive(r, now, label_off, out, &nout);
+		uint32_t work = r->npending ? flush_pending(r, now) : receive(r, now);
 		work += drain(r, label_off, out, &nout, now);
 		if (nout && now - last_flush > r->drain_cycles) {
 			flush(r, out, &nout);

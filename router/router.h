@@ -6,16 +6,19 @@
  * flow (5-tuple, or the L2 header for non-IP frames) in the flow table: a known flow goes to
  * the instance it is pinned to, a new one to the active instance with the fewest queued
  * packets. Packets are enqueued per instance; a sleeping instance is woken once 128 packets
- * wait for it or the oldest has waited `wake_us`. Then every instance's TX ring is drained:
+ * wait for it or the oldest has waited `wake_us`; an instance whose ring is full holds the
+ * router's RX until its packets went in (back-pressure to the port's queue: nothing is
+ * dropped or reordered here). Then every instance's TX ring is drained:
  * OUT packets are buffered for the output port (flushed when 32 are ready or after
  * `drain_us`), the rest are freed. With nothing to do the router backs off, sleeping up to
  * 4 ms, so an idle node costs almost no CPU (the first packet after a long idle period may
  * wait that long).
  *
  * Scale-in without reordering or two instances on one flow: an instance being retired is
- * marked `draining`; it gets no new flows, keeps its flows until its RX ring is empty and it
- * holds no batch, and only then are its flows re-pinned (on their next packet) to a live
- * instance, which finds their state in shared memory.
+ * marked `draining`; it gets no new flows, keeps its flows until every packet given to it
+ * came back (nothing queued, nothing in flight), and only then are its flows re-pinned (on
+ * their next packet) to a live instance, which finds their state in shared memory. Under
+ * traffic that never pauses this waits for a moment with nothing in flight.
  *
  * Writers: the control side (Python) writes `stop` and the instance slots' `state`; the router
  * thread writes everything else.
@@ -49,6 +52,8 @@ struct serpens_router_instance {
 	uint32_t waiting;            /* enqueued since the last wake-up */
 	uint64_t oldest_tsc;         /* when the first of those was enqueued */
 	uint64_t enqueued, returned, wakeups;
+	uint32_t npending;           /* packets its full ring did not take yet */
+	struct rte_mbuf *pending[SERPENS_BURST];
 	volatile uint32_t drained;   /* draining and empty: its flows have moved */
 };
 
@@ -69,7 +74,7 @@ struct serpens_router {
 	struct serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES];
 	/* statistics (router thread) */
 	uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps;
-	uint64_t overload_drops; /* an instance's ring stayed full for BACKLOG_US */
+	uint32_t npending;       /* sum of the instances' pending: no RX while > 0 */
 	struct serpens_flow_bucket flows[SERPENS_FLOW_BUCKETS];
 };
 

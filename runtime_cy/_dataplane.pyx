@@ -655,7 +655,7 @@ cdef extern from "router.h" nogil:
         uint64_t drain_cycles
         serpens_router_instance inst[16]
         uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps
-        uint64_t overload_drops
+        uint32_t npending
     int serpens_router_run(serpens_router *r, int label_offset)
 
 ROUTER_MAX_INSTANCES = SERPENS_ROUTER_MAX_INSTANCES
@@ -722,7 +722,8 @@ cdef class Router:
         return self.r.inst[i].state == SERPENS_INST_DRAINING and self.r.inst[i].drained == 1
 
     def clear_instance(self, int i):
-        """Forget slot i (after it drained and the instance stopped)."""
+        """Forget slot i (after it drained and the instance stopped). Call with the router
+        stopped or the slot drained: its pending packets are dropped."""
         self.r.inst[i].state = SERPENS_INST_EMPTY
         serpens_fence()
         self.refs.pop(i, None)
@@ -744,4 +745,4 @@ cdef class Router:
         return {"rx": r.rx, "tx": r.tx, "dropped": r.dropped, "no_instance": r.no_instance,
                 "tx_failed": r.tx_failed, "new_flows": r.new_flows,
                 "moved_flows": r.moved_flows, "sleeps": r.sleeps,
-                "overload_drops": r.overload_drops, "instances": per}
+                "pending": r.npending, "instances": per}

@@ -67,7 +67,8 @@ class Node:
             got = dp.pull(self.wire_out)
             out += [data for _, data in got]
             if not got:
-                assert time.monotonic() < deadline, f"{len(out)} of {n} packets came out"
+                assert time.monotonic() < deadline, \
+                    f"{len(out)} of {n} packets came out; router: {self.router.stats()}"
                 time.sleep(0.0005)
         return out
 
