@@ -138,12 +138,37 @@ static uint32_t flush_pending(struct serpens_router *r, uint64_t now)
 	return moved;
 }
 
+static int any_active(const struct serpens_router *r)
+{
+	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
+		if (r->inst[i].state == SERPENS_INST_ACTIVE)
+			return 1;
+	return 0;
+}
+
 static uint32_t receive(struct serpens_router *r, uint64_t now)
 {
 	struct rte_mbuf *pkts[SERPENS_BURST], *per[SERPENS_ROUTER_MAX_INSTANCES][SERPENS_BURST];
 	uint32_t count[SERPENS_ROUTER_MAX_INSTANCES] = {0};
 	uint16_t coarse = (uint16_t)(now >> 24);
-	uint16_t n = rte_eth_rx_burst(r->in_port, 0, pkts, SERPENS_BURST);
+
+	uint16_t n;
+
+	/* No instance (scaled to zero): hold one burst, ask for an instance and read nothing
+	 * more, so the rest waits in the port's queue; the instance manager starts one in
+	 * microseconds (paper §III-A) and the held burst goes first. */
+	if (r->nheld == 0)
+		r->nheld = rte_eth_rx_burst(r->in_port, 0, r->held, SERPENS_BURST);
+	if (r->nheld == 0)
+		return 0;
+	if (!any_active(r)) {
+		if (!r->wants_instance)
+			__atomic_store_n(&r->wants_instance, 1, __ATOMIC_RELEASE);
+		return 0;
+	}
+	n = (uint16_t)r->nheld;
+	memcpy(pkts, r->held, sizeof(pkts[0]) * n);
+	r->nheld = 0;
 
 	for (uint16_t k = 0; k < n; k++) {
 		int i = dispatch(r, flow_hash(pkts[k]), coarse);

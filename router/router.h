@@ -75,6 +75,10 @@ struct serpens_router {
 	/* statistics (router thread) */
 	uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps;
 	uint32_t npending;       /* sum of the instances' pending: no RX while > 0 */
+	volatile uint32_t wants_instance; /* packets wait and no instance runs (router sets,
+					   * the instance manager clears when it started one) */
+	uint32_t nheld;          /* a burst received while no instance ran */
+	struct rte_mbuf *held[SERPENS_BURST];
 	struct serpens_flow_bucket flows[SERPENS_FLOW_BUCKETS];
 };
 

@@ -656,6 +656,7 @@ cdef extern from "router.h" nogil:
         serpens_router_instance inst[16]
         uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps
         uint32_t npending
+        uint32_t wants_instance
     int serpens_router_run(serpens_router *r, int label_offset)
 
 ROUTER_MAX_INSTANCES = SERPENS_ROUTER_MAX_INSTANCES
@@ -736,6 +737,18 @@ cdef class Router:
     def stop(self):
         self.r.stop = 1
         serpens_fence()
+
+    def take_instance_request(self):
+        """True once per episode of packets waiting with no instance running."""
+        serpens_fence()
+        if self.r.wants_instance:
+            self.r.wants_instance = 0
+            return True
+        return False
+
+    def activity(self, int i):
+        """Packets given to slot i so far (the instance manager's idle clock)."""
+        return self.r.inst[i].enqueued
 
     def stats(self):
         r = self.r

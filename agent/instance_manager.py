@@ -1,0 +1,119 @@
+"""The instance manager: instances of one SFC behind a router (paper §III-C, §IV-B2).
+
+Theory of operation. Instances start when packets arrive and none runs (the router holds
+them and raises `wants_instance`), stay warm while they get packets, and are stopped after
+`warm_s` without any (scale to zero); their state stays in the state manager. `scale(n)`
+starts or retires instances; retiring drains an instance first (router.h), so its flows move
+to the survivors without loss, reordering or state migration. A control thread polls the
+router every millisecond; a pool process that dies is taken out of the router at once.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+
+from serpens.runtime_cy import _dataplane as dp
+
+from .process_pool import PoolError, PoolProcess, ProcessPool
+
+_names = itertools.count()
+
+
+@dataclass
+class _Slot:
+    proc: PoolProcess
+    rx: dp.Ring
+    tx: dp.Ring
+    activity: int = 0
+    active_at: float = 0.0
+
+
+class InstanceManager:
+    def __init__(self, pool: ProcessPool, router: dp.Router, sfc, *, warm_s: float = 30.0,
+                 max_instances: int = dp.ROUTER_MAX_INSTANCES, poll_s: float = 0.001):
+        self.pool, self.router, self.sfc = pool, router, sfc
+        self.warm_s, self.max_instances, self.poll_s = warm_s, max_instances, poll_s
+        self.slots: dict[int, _Slot] = {}
+        self.starts = self.stops = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._control, name="instance-manager",
+                                        daemon=True)
+        self._tag = next(_names)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.scale(0)
+
+    def count(self) -> int:
+        return len(self.slots)
+
+    def scale(self, n: int):
+        """Run exactly n instances (0 = scale to zero)."""
+        if not 0 <= n <= self.max_instances:
+            raise ValueError(f"instances: 0..{self.max_instances}, got {n}")
+        with self._lock:
+            while len(self.slots) < n:
+                self._add()
+            while len(self.slots) > n:
+                self._retire(max(self.slots))
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _add(self) -> int:
+        slot = next(i for i in range(self.max_instances) if i not in self.slots)
+        rx = dp.Ring(f"im{self._tag}_{slot}_rx{self.starts}", 1024)
+        tx = dp.Ring(f"im{self._tag}_{slot}_tx{self.starts}", 1024)
+        try:
+            proc = self.pool.start_instance(self.sfc, rx, tx)
+        except PoolError:
+            rx.free()
+            tx.free()
+            raise
+        self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd)
+        self.slots[slot] = _Slot(proc, rx, tx, self.router.activity(slot), time.monotonic())
+        self.starts += 1
+        return slot
+
+    def _retire(self, slot: int, timeout: float = 10.0):
+        s = self.slots.pop(slot)
+        self.router.drain_instance(slot)
+        deadline = time.monotonic() + timeout
+        while not self.router.drained(slot) and not s.proc.dead:
+            if time.monotonic() > deadline:
+                break  # stuck: stop it anyway; the router forgets what it still held
+            time.sleep(0.0002)
+        if not s.proc.dead:
+            self.pool.stop_instance(s.proc)
+        self.router.clear_instance(slot)
+        s.rx.free()
+        s.tx.free()
+        self.stops += 1
+
+    def _control(self):
+        while not self._stop.wait(self.poll_s):
+            with self._lock:
+                for slot, s in list(self.slots.items()):
+                    if s.proc.dead:  # crashed: the pool replaces the process
+                        self.router.drain_instance(slot)
+                        self.slots.pop(slot)
+                        self.router.clear_instance(slot)
+                        continue
+                    activity = self.router.activity(slot)
+                    now = time.monotonic()
+                    if activity != s.activity:
+                        s.activity, s.active_at = activity, now
+                    elif now - s.active_at > self.warm_s:
+                        self._retire(slot)  # warm period over: scale in (to zero at last)
+                if self.router.take_instance_request() and not self.slots:
+                    try:
+                        self._add()
+                    except PoolError:
+                        pass  # every pool process busy: the packets keep waiting
