@@ -10,6 +10,7 @@ process's pidfd: a process that dies is replaced, the mbufs it held mid-batch ar
 """
 from __future__ import annotations
 
+import glob
 import itertools
 import os
 import select
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from serpens.runtime_cy import _dataplane as dp
 
-from .dataplane import Dataplane
+from .dataplane import RUNTIME_ROOT, Dataplane
 
 SO_SNDBUFFORCE = 32  # linux/socket.h; not exported by Python's socket module
 
@@ -265,6 +266,15 @@ class ProcessPool:
             try:
                 closer()
             except OSError:
+                pass
+        # A secondary that exited without rte_eal_cleanup (see pool_main.py) or died leaves
+        # its multi-process socket behind; the primary's next sync request (a hot-plugged
+        # port, for one) would fail on it.
+        run_dir = os.path.join(RUNTIME_ROOT, self.dataplane.config.file_prefix)
+        for path in glob.glob(os.path.join(run_dir, f"mp_socket_{p.pid}_*")):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
                 pass
         self._free_lcores.append(p.lcore)
 

@@ -759,3 +759,28 @@ cdef class Router:
                 "tx_failed": r.tx_failed, "new_flows": r.new_flows,
                 "moved_flows": r.moved_flows, "sleeps": r.sleeps,
                 "pending": r.npending, "instances": per}
+
+
+cdef extern from "rte_dev.h" nogil:
+    int rte_dev_probe(const char *devargs)
+    int rte_dev_remove(void *dev)
+
+cdef extern from "rte_ethdev.h" nogil:
+    int rte_eth_dev_get_port_by_name(const char *name, uint16_t *port_id)
+
+
+def port_attach(str devargs, Mempool pool):
+    """Hot-plug a device (e.g. "net_af_packet0,iface=veth0") into a running primary, then
+    configure and start it like port_open; returns the port id."""
+    cdef uint16_t port
+    cdef char err[256]
+    name = devargs.split(",", 1)[0]
+    rc = rte_dev_probe(devargs.encode())
+    if rc < 0:
+        raise OSError(-rc, f"port {name}: cannot attach {devargs!r}: {strerror(-rc).decode()}")
+    if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
+        raise OSError(19, f"port {name}: attached but no ethdev of that name")
+    rc = serpens_port_start(port, name.encode(), pool.mp, err, sizeof(err))
+    if rc < 0:
+        raise OSError(-rc, err.decode(errors="replace"))
+    return port
