@@ -263,3 +263,28 @@ def test_release_timer_rebalances_a_busy_instance(pool, build, dataplane):
                      h.process.efd, warmup=0.0, rewrite=False)
         rebalances = epoch(name)
         assert (rebalances >= 10) if period_ns else (rebalances == 0), (name, rebalances)
+
+
+DELETER = """
+import struct, sys
+from serpens.runtime_cy import _dataplane as dp
+t = dp.StateTable(sys.argv[1], "nf", "race")
+gone = 0
+for i in range(20000):
+    try:
+        t.delete(struct.pack("<Q", i))
+        gone += 1
+    except OSError:
+        pass
+print(gone)
+"""
+
+
+def test_racing_deletes_count_once(state_dir):
+    t = dp.StateTable(state_dir, "nf", "race", PF, 8, 8, 20000)
+    for i in range(20000):
+        t.put(struct.pack("<Q", i), bytes(8))
+    procs = [subprocess.Popen([sys.executable, "-c", DELETER, state_dir], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    deleted = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert sum(deleted) == 20000 and len(t) == 0

@@ -180,10 +180,13 @@ int serpens_table_delete(struct serpens_table *t, const void *key)
 
 int serpens_table_remove(struct serpens_table *t, const void *key)
 {
-	int64_t i = find(t, key, key_hash(t, key));
-	if (i < 0)
+	uint32_t hash = key_hash(t, key), want = sig_of(hash);
+	int64_t i = find(t, key, hash);
+	/* Two instances deleting one key at once (expiry races): only the CAS winner deletes and
+	 * gives its slot back to `count`. */
+	if (i < 0 || !__atomic_compare_exchange_n(slot_sig(t, (uint32_t)i), &want, SIG_DELETED, 0,
+						  __ATOMIC_RELEASE, __ATOMIC_RELAXED))
 		return SERPENS_ENOENT;
-	__atomic_store_n(slot_sig(t, (uint32_t)i), SIG_DELETED, __ATOMIC_RELEASE);
 	__atomic_sub_fetch(&t->hdr->count, 1, __ATOMIC_ACQ_REL);
 	return 0;
 }
