@@ -271,3 +271,9 @@ int serpens_router_run(struct serpens_router *r, int label_off)
 		flush(r, out, &nout);
 	return 0;
 }
+
+int serpens_router_lcore_main(void *arg)
+{
+	struct serpens_router *r = arg;
+	return serpens_router_run(r, r->label_off);
+}

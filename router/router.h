@@ -67,6 +67,7 @@ struct serpens_flow_bucket {
 
 struct serpens_router {
 	volatile uint32_t stop;
+	int label_off;            /* mbuf verdict dynfield, for serpens_router_lcore_main */
 	uint16_t in_port, out_port;
 	uint32_t wake_batch;      /* wake after this many queued packets (128) */
 	uint64_t wake_cycles;     /* ... or after the oldest waited this long */
@@ -84,5 +85,7 @@ struct serpens_router {
 
 /* Run until r->stop; returns 0. label_off: the mbuf verdict dynfield. */
 int serpens_router_run(struct serpens_router *r, int label_off);
+/* The same as an lcore function (rte_eal_remote_launch): arg is the router, label_off set. */
+int serpens_router_lcore_main(void *arg);
 
 #endif

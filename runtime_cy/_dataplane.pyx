@@ -657,7 +657,14 @@ cdef extern from "router.h" nogil:
         uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps
         uint32_t npending
         uint32_t wants_instance
+        int label_off
     int serpens_router_run(serpens_router *r, int label_offset)
+    int serpens_router_lcore_main(void *arg)
+
+cdef extern from "rte_launch.h" nogil:
+    ctypedef int (*lcore_function_t)(void *)
+    int rte_eal_remote_launch(lcore_function_t f, void *arg, unsigned worker_id)
+    int rte_eal_wait_lcore(unsigned worker_id)
 
 ROUTER_MAX_INSTANCES = SERPENS_ROUTER_MAX_INSTANCES
 
@@ -683,6 +690,7 @@ cdef class Router:
     """The router of router/router.h; run() blocks (nogil) until stop()."""
     cdef serpens_router *r
     cdef object refs
+    cdef int lcore
 
     def __cinit__(self, uint16_t in_port, uint16_t out_port, uint32_t wake_batch=128,
                   double wake_us=50, double drain_us=100):
@@ -695,8 +703,12 @@ cdef class Router:
         self.r.wake_cycles = <uint64_t>(rte_get_tsc_hz() * wake_us / 1e6)
         self.r.drain_cycles = <uint64_t>(rte_get_tsc_hz() * drain_us / 1e6)
         self.refs = {}
+        self.lcore = -1
 
     def __dealloc__(self):
+        if self.lcore >= 0:
+            self.r.stop = 1
+            rte_eal_wait_lcore(self.lcore)
         free(self.r)
 
     def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd):
@@ -730,13 +742,29 @@ cdef class Router:
         self.refs.pop(i, None)
 
     def run(self):
+        """Run on the calling thread until stop() (nogil)."""
         cdef int off = label_off
+        self.r.label_off = off
         with nogil:
             serpens_router_run(self.r, off)
+
+    def launch(self, unsigned lcore):
+        """Run on EAL worker lcore `lcore` (DESIGN §3: the router owns a core); stop() ends it."""
+        self.r.label_off = label_off
+        self.r.stop = 0
+        rc = rte_eal_remote_launch(serpens_router_lcore_main, self.r, lcore)
+        if rc:
+            raise OSError(-rc, f"launching the router on lcore {lcore}: "
+                               f"{strerror(-rc).decode()}")
+        self.lcore = lcore
 
     def stop(self):
         self.r.stop = 1
         serpens_fence()
+        if self.lcore >= 0:
+            with nogil:
+                rte_eal_wait_lcore(self.lcore)
+            self.lcore = -1
 
     def take_instance_request(self):
         """True once per episode of packets waiting with no instance running."""

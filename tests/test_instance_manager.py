@@ -1,6 +1,5 @@
 """The instance manager: start on demand, warm period, scale to zero with state kept, scale."""
 import struct
-import threading
 import time
 
 import pytest
@@ -21,8 +20,7 @@ class Site:
         port = dp.port_from_rings(f"net_ring_{name}", self.wire_in, self.wire_out,
                                   dataplane.mempool)
         self.router = dp.Router(port, port)
-        self.thread = threading.Thread(target=self.router.run, daemon=True)
-        self.thread.start()
+        self.router.launch(dataplane.config.router_lcore)
         self.manager = InstanceManager(pool, self.router, sfc, warm_s=warm_s).start()
 
     def send(self, frames):
@@ -41,7 +39,6 @@ class Site:
     def close(self):
         self.manager.close()
         self.router.stop()
-        self.thread.join(5)
 
 
 def wait_for(cond, timeout=10.0):

@@ -4,7 +4,6 @@ import os
 import socket
 import struct
 import subprocess
-import threading
 import time
 import uuid
 
@@ -38,8 +37,7 @@ def test_router_over_af_packet_on_a_veth(dataplane, pool, build, veth):
     port = dp.port_attach(f"net_af_packet{os.getpid() % 1000},iface={inside}",
                           dataplane.mempool)
     router = dp.Router(port, port)
-    thread = threading.Thread(target=router.run, daemon=True)
-    thread.start()
+    router.launch(dataplane.config.router_lcore)
     manager = InstanceManager(pool, router, compile_sfc(NF(build("tag.c"))), warm_s=60).start()
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
     s.bind((outside, 0))
@@ -66,7 +64,6 @@ def test_router_over_af_packet_on_a_veth(dataplane, pool, build, veth):
         s.close()
         manager.close()
         router.stop()
-        thread.join(5)
         dp.port_close(port)
 
 

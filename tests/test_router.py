@@ -24,7 +24,7 @@ def decode(data: bytes):
 
 
 class Node:
-    """A port made of two rings, a router thread, and instances of one SFC."""
+    """A port made of two rings, a router on its lcore, and instances of one SFC."""
 
     def __init__(self, dataplane, pool, sfc, name):
         self.dataplane, self.pool, self.sfc = dataplane, pool, sfc
@@ -33,7 +33,7 @@ class Node:
         port = dp.port_from_rings(f"net_ring_{name}", self.wire_in, self.wire_out,
                                   dataplane.mempool)
         self.router = dp.Router(port, port)
-        self.thread = threading.Thread(target=self.router.run, daemon=True)
+        self.lcore = dataplane.config.router_lcore
         self.instances = {}
         self.name = name
 
@@ -76,13 +76,12 @@ class Node:
         for slot in list(self.instances):
             self.retire(slot)
         self.router.stop()
-        self.thread.join(5)
 
 
 @pytest.fixture
 def node(dataplane, pool, build, request):
     n = Node(dataplane, pool, compile_sfc(NF(build("tag.c"))), f"r{abs(hash(request.node.name)) % 10**6}")
-    n.thread.start()
+    n.router.launch(n.lcore)
     yield n
     n.close()
 
