@@ -2,14 +2,19 @@
 
 Theory of operation. Instances start when packets arrive and none runs (the router holds
 them and raises `wants_instance`), stay warm while they get packets, and are stopped after
-`warm_s` without any (scale to zero); their state stays in the state manager. `scale(n)`
+`warm_s` without any (scale to zero); their state stays in the state manager.
+The control thread sleeps on an eventfd the router writes when packets wait for an
+instance, waking otherwise only to check warm periods and crashed processes, so an idle node
+costs almost no CPU. `scale(n)`
 starts or retires instances; retiring drains an instance first (router.h), so its flows move
-to the survivors without loss, reordering or state migration. A control thread polls the
-router every millisecond; a pool process that dies is taken out of the router at once.
+to the survivors without loss, reordering or state migration. A pool process that dies is
+taken out of the router at its next check.
 """
 from __future__ import annotations
 
 import itertools
+import os
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -32,9 +37,12 @@ class _Slot:
 
 class InstanceManager:
     def __init__(self, pool: ProcessPool, router: dp.Router, sfc, *, warm_s: float = 30.0,
-                 max_instances: int = dp.ROUTER_MAX_INSTANCES, poll_s: float = 0.001):
+                 max_instances: int = dp.ROUTER_MAX_INSTANCES, check_s: float = 0.05):
         self.pool, self.router, self.sfc = pool, router, sfc
-        self.warm_s, self.max_instances, self.poll_s = warm_s, max_instances, poll_s
+        self.warm_s, self.max_instances = warm_s, max_instances
+        self.check_s = min(check_s, warm_s / 4)  # how often warm periods are checked
+        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        router.set_notify_fd(self._wake_fd)
         self.slots: dict[int, _Slot] = {}
         self.starts = self.stops = 0
         self._lock = threading.RLock()
@@ -49,8 +57,11 @@ class InstanceManager:
 
     def close(self):
         self._stop.set()
+        os.eventfd_write(self._wake_fd, 1)
         self._thread.join(5)
         self.scale(0)
+        self.router.set_notify_fd(-1)
+        os.close(self._wake_fd)
 
     def count(self) -> int:
         return len(self.slots)
@@ -98,7 +109,14 @@ class InstanceManager:
         self.stops += 1
 
     def _control(self):
-        while not self._stop.wait(self.poll_s):
+        poller = select.poll()
+        poller.register(self._wake_fd, select.POLLIN)
+        while not self._stop.is_set():
+            if poller.poll(self.check_s * 1000):
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
             with self._lock:
                 for slot, s in list(self.slots.items()):
                     if s.proc.dead:  # crashed: the pool replaces the process

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from serpens import nfs as stock_nfs
 from serpens.common.spec import SFCSpec
 from serpens.runtime_cy import builder
-from serpens.runtime_cy.sfc import NF, Aggregate, CompiledSFC, aggregate, chain, compile_sfc, distribute
+from serpens.runtime_cy.sfc import NF, CompiledSFC, aggregate, chain, compile_sfc, distribute
 
 
 @dataclass

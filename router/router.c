@@ -162,8 +162,13 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 	if (r->nheld == 0)
 		return 0;
 	if (!any_active(r)) {
-		if (!r->wants_instance)
+		if (!r->wants_instance) {
+			uint64_t one = 1;
 			__atomic_store_n(&r->wants_instance, 1, __ATOMIC_RELEASE);
+			/* once per episode: the instance manager sleeps on it, it does not poll */
+			if (r->notify_fd >= 0 && write(r->notify_fd, &one, sizeof(one)) < 0)
+				r->notify_fd = -1;
+		}
 		return 0;
 	}
 	n = (uint16_t)r->nheld;

@@ -78,6 +78,7 @@ struct serpens_router {
 	uint32_t npending;       /* sum of the instances' pending: no RX while > 0 */
 	volatile uint32_t wants_instance; /* packets wait and no instance runs (router sets,
 					   * the instance manager clears when it started one) */
+	int notify_fd;           /* eventfd written when wants_instance is raised (-1: none) */
 	uint32_t nheld;          /* a burst received while no instance ran */
 	struct rte_mbuf *held[SERPENS_BURST];
 	struct serpens_flow_bucket flows[SERPENS_FLOW_BUCKETS];

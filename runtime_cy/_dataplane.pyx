@@ -71,10 +71,6 @@ def eal_cleanup():
     rte_eal_cleanup()
 
 
-def is_primary():
-    return rte_eal_process_type() == RTE_PROC_PRIMARY
-
-
 def register_label_field():
     """Primary: register the per-mbuf verdict field; secondaries look it up."""
     global label_off
@@ -98,14 +94,6 @@ def tsc_hz():
 
 def rdtsc():
     return rte_rdtsc()
-
-
-def cycles_to_ns(uint64_t cycles):
-    return serpens_cycles_to_ns(cycles)
-
-
-def now_ns():
-    return serpens_now_ns()
 
 
 def region_reserve():
@@ -279,10 +267,6 @@ cdef class PoolCtl:
         """(wake, command read, NFs ready, first burst out) TSC stamps of the last start."""
         return (self.c.wake_cycles, self.c.t_cmd_cycles, self.c.t_ready_cycles,
                 self.c.t_burst_cycles)
-
-    def mapped_cycles(self):
-        """TSC stamp of the last start when its images were mapped (before init)."""
-        return self.c.t_mapped_cycles
 
     def reset_timing(self):
         self.c.t_cmd_cycles = self.c.t_ready_cycles = self.c.t_burst_cycles = 0
@@ -657,6 +641,7 @@ cdef extern from "router.h" nogil:
         uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps
         uint32_t npending
         uint32_t wants_instance
+        int notify_fd
         int label_off
     int serpens_router_run(serpens_router *r, int label_offset)
     int serpens_router_lcore_main(void *arg)
@@ -704,6 +689,7 @@ cdef class Router:
         self.r.drain_cycles = <uint64_t>(rte_get_tsc_hz() * drain_us / 1e6)
         self.refs = {}
         self.lcore = -1
+        self.r.notify_fd = -1
 
     def __dealloc__(self):
         if self.lcore >= 0:
@@ -765,6 +751,10 @@ cdef class Router:
             with nogil:
                 rte_eal_wait_lcore(self.lcore)
             self.lcore = -1
+
+    def set_notify_fd(self, int fd):
+        """An eventfd the router writes when packets wait and no instance runs."""
+        self.r.notify_fd = fd
 
     def take_instance_request(self):
         """True once per episode of packets waiting with no instance running."""

@@ -17,7 +17,7 @@ dangling at the end of the SFC lead OUT.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Union
 
 from . import _dataplane as dp
 
@@ -97,9 +97,6 @@ class CompiledSFC:
     steps: list = field(default_factory=list)
     images: list = field(default_factory=list)   # prepared images, index = Step.image
     config: bytes = b""
-
-    def step_names(self):
-        return [s.name for s in self.steps]
 
 
 class _Compiler:
@@ -182,7 +179,3 @@ def compile_sfc(node: Node) -> CompiledSFC:
         c.out.steps[step].next[port] = LABEL_OUT
     c.out.config = bytes(c.config)
     return c.out
-
-
-def linear(nfs: Sequence[NF]) -> CompiledSFC:
-    return compile_sfc(chain(*nfs))

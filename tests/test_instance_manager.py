@@ -2,43 +2,12 @@
 import struct
 import time
 
-import pytest
 
-from serpens.agent.instance_manager import InstanceManager
 from serpens.agent.state_manager import StateManager
-from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
+from router_site import Site
 from test_router import decode, frame
-
-
-class Site:
-    def __init__(self, dataplane, pool, sfc, name, warm_s):
-        self.dataplane = dataplane
-        self.wire_in = dp.Ring(f"{name}_win", 4096)
-        self.wire_out = dp.Ring(f"{name}_wout", 4096)
-        port = dp.port_from_rings(f"net_ring_{name}", self.wire_in, self.wire_out,
-                                  dataplane.mempool)
-        self.router = dp.Router(port, port)
-        self.router.launch(dataplane.config.router_lcore)
-        self.manager = InstanceManager(pool, self.router, sfc, warm_s=warm_s).start()
-
-    def send(self, frames):
-        assert dp.push(self.wire_in, self.dataplane.mempool, frames) == len(frames)
-
-    def receive(self, n, timeout=10.0):
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < n:
-            got = dp.pull(self.wire_out)
-            out += [data for _, data in got]
-            if not got:
-                assert time.monotonic() < deadline, f"{len(out)} of {n}: {self.router.stats()}"
-                time.sleep(0.0005)
-        return out
-
-    def close(self):
-        self.manager.close()
-        self.router.stop()
 
 
 def wait_for(cond, timeout=10.0):

@@ -217,6 +217,19 @@ def test_alert_with_port_1_unwired_only_counts(pool, build_stock, nf_name):
     assert c["alerts"] == c["matches"] == 1
 
 
+def check_drops_match_naive_search(pool, build_stock, nf_name, patterns, bodies):
+    """With action drop, exactly the packets a naive search matches are dropped."""
+    with PacketHarness(pool, compile_sfc(ids_nf(build_stock, {"patterns": patterns,
+                                                               "action": "drop"},
+                                                nf_name, ports=1))) as h:
+        results = h.run([udp_frame(b) for b in bodies])
+        c = counters_of(h, nf_name)
+    expected = [naive_match(bytes(32) + b, patterns) for b in bodies]
+    assert any(expected) and not all(expected)
+    assert [r.verdict == "drop" for r in results] == expected
+    assert c["automaton_built"] == 1
+
+
 def test_a_thousand_patterns_through_a_pool_process(pool, build_stock, nf_name):
     """About 1000 patterns of 7 bytes, configured through a real start command."""
     rng = random.Random(13)
@@ -227,14 +240,7 @@ def test_a_thousand_patterns_through_a_pool_process(pool, build_stock, nf_name):
     patterns = sorted(patterns)
     assert len(ids.pack(patterns)) <= ids.CONFIG_MAX
     bodies = random_bodies(rng, patterns, 300, alphabet=alphabet, maxlen=400)
-    with PacketHarness(pool, compile_sfc(ids_nf(build_stock, {"patterns": patterns,
-                                                               "action": "drop"},
-                                                nf_name, ports=1))) as h:
-        results = h.run([udp_frame(b) for b in bodies])
-        c = counters_of(h, nf_name)
-    expected = [naive_match(bytes(32) + b, patterns) for b in bodies]
-    assert [r.verdict == "drop" for r in results] == expected
-    assert c["automaton_built"] == 1
+    check_drops_match_naive_search(pool, build_stock, nf_name, patterns, bodies)
 
 
 def test_ten_thousand_patterns_through_a_pool_process(pool, build_stock, nf_name):
@@ -246,15 +252,7 @@ def test_ten_thousand_patterns_through_a_pool_process(pool, build_stock, nf_name
         patterns.add(bytes(rng.choice(alphabet) for _ in range(rng.randint(6, 12))))
     patterns = sorted(patterns)
     bodies = random_bodies(rng, patterns, 200, alphabet=alphabet, maxlen=300)
-    with PacketHarness(pool, compile_sfc(ids_nf(build_stock, {"patterns": patterns,
-                                                               "action": "drop"},
-                                                nf_name, ports=1))) as h:
-        results = h.run([udp_frame(b) for b in bodies])
-        c = counters_of(h, nf_name)
-    expected = [naive_match(bytes(32) + b, patterns) for b in bodies]
-    assert any(expected) and not all(expected)
-    assert [r.verdict == "drop" for r in results] == expected
-    assert c["automaton_built"] == 1
+    check_drops_match_naive_search(pool, build_stock, nf_name, patterns, bodies)
 
 
 def test_second_instance_reuses_the_automaton(pool, build_stock, nf_name):

@@ -1,5 +1,4 @@
 """The router: flow affinity over several instances, scale-in by draining, idle back-off."""
-import os
 import struct
 import threading
 import time
@@ -8,8 +7,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
+
+from router_site import Site
 
 
 def frame(flow: int, seq: int) -> bytes:
@@ -23,71 +23,17 @@ def decode(data: bytes):
     return p[UDP].sport - 1000, inst, seq
 
 
-class Node:
-    """A port made of two rings, a router on its lcore, and instances of one SFC."""
-
-    def __init__(self, dataplane, pool, sfc, name):
-        self.dataplane, self.pool, self.sfc = dataplane, pool, sfc
-        self.wire_in = dp.Ring(f"{name}_win", 4096)
-        self.wire_out = dp.Ring(f"{name}_wout", 4096)
-        port = dp.port_from_rings(f"net_ring_{name}", self.wire_in, self.wire_out,
-                                  dataplane.mempool)
-        self.router = dp.Router(port, port)
-        self.lcore = dataplane.config.router_lcore
-        self.instances = {}
-        self.name = name
-
-    def add_instance(self, slot):
-        rx, tx = dp.Ring(f"{self.name}_rx{slot}", 1024), dp.Ring(f"{self.name}_tx{slot}", 1024)
-        proc = self.pool.start_instance(self.sfc, rx, tx)
-        self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd)
-        self.instances[slot] = (proc, rx, tx)
-        return proc
-
-    def retire(self, slot):
-        self.router.drain_instance(slot)
-        deadline = time.monotonic() + 10
-        while not self.router.drained(slot):
-            assert time.monotonic() < deadline, "instance never drained"
-            time.sleep(0.001)
-        proc, rx, tx = self.instances.pop(slot)
-        self.pool.stop_instance(proc)
-        self.router.clear_instance(slot)
-        rx.free()
-        tx.free()
-
-    def send(self, frames):
-        for i in range(0, len(frames), 256):
-            while dp.push(self.wire_in, self.dataplane.mempool, frames[i:i + 256]) == 0:
-                time.sleep(0.0005)
-
-    def receive(self, n, timeout=10.0):
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < n:
-            got = dp.pull(self.wire_out)
-            out += [data for _, data in got]
-            if not got:
-                assert time.monotonic() < deadline, \
-                    f"{len(out)} of {n} packets came out; router: {self.router.stats()}"
-                time.sleep(0.0005)
-        return out
-
-    def close(self):
-        for slot in list(self.instances):
-            self.retire(slot)
-        self.router.stop()
-
-
 @pytest.fixture
 def node(dataplane, pool, build, request):
-    n = Node(dataplane, pool, compile_sfc(NF(build("tag.c"))), f"r{abs(hash(request.node.name)) % 10**6}")
-    n.router.launch(n.lcore)
+    n = Site(dataplane, pool, compile_sfc(NF(build("tag.c"))),
+             f"r{abs(hash(request.node.name)) % 10**6}")
     yield n
     n.close()
 
 
 def test_flows_stay_on_one_instance_and_both_are_used(node):
-    a, b = node.add_instance(0), node.add_instance(1)
+    node.manager.scale(2)
+    ids = node.instance_ids()
     frames = [frame(f, s) for s in range(20) for f in range(64)]
     node.send(frames)
     out = [decode(d) for d in node.receive(len(frames))]
@@ -96,19 +42,20 @@ def test_flows_stay_on_one_instance_and_both_are_used(node):
         assert owner.setdefault(flow, inst) == inst, f"flow {flow} on two instances"
         assert seq > last.get(flow, -1), f"flow {flow} reordered"
         last[flow] = seq
-    assert set(owner.values()) == {a.instance_id, b.instance_id}
+    assert set(owner.values()) == set(ids.values())
     assert node.router.stats()["new_flows"] == 64
 
 
 def test_scale_in_moves_flows_without_loss_or_reordering(node):
-    a, b = node.add_instance(0), node.add_instance(1)
+    node.manager.scale(2)
+    ids = node.instance_ids()
     node.send([frame(f, 0) for f in range(64)])
     first = {flow: inst for flow, inst, _ in map(decode, node.receive(64))}
-    assert b.instance_id in first.values()
+    assert ids[1] in first.values()
     sender = threading.Thread(target=node.send, args=([frame(f, s) for s in range(1, 40)
                                                        for f in range(64)],))
     sender.start()
-    node.retire(1)  # while traffic flows
+    node.manager.scale(1)  # retires slot 1 while traffic flows
     sender.join()
     out = [decode(d) for d in node.receive(64 * 39)]
     last = {}
@@ -117,12 +64,12 @@ def test_scale_in_moves_flows_without_loss_or_reordering(node):
         last[flow] = seq
     # After the drain, every flow of the retired instance is on the survivor.
     tail = {flow: inst for flow, inst, seq in out if seq == 39}
-    assert set(tail.values()) == {a.instance_id}
+    assert set(tail.values()) == {ids[0]}
     assert node.router.stats()["moved_flows"] > 0
 
 
 def test_idle_router_uses_almost_no_cpu(node):
-    node.add_instance(0)
+    node.manager.scale(1)
     time.sleep(0.3)  # let it reach its longest sleep
     t0, c0 = time.monotonic(), time.process_time()
     time.sleep(1.0)

@@ -86,7 +86,6 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t wakeups
         uint64_t forked_done
         uint64_t t_cmd_cycles
-        uint64_t t_mapped_cycles
         uint64_t t_ready_cycles
         uint64_t t_burst_cycles
         uint32_t inflight_n

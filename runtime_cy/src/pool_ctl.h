@@ -121,7 +121,6 @@ struct serpens_pool_ctl {
 	uint64_t wakeups;
 	uint64_t forked_done;       /* forked baseline children that finished (LOAD_FORK) */
 	uint64_t t_cmd_cycles;     /* TSC when the start command was read (benchmarks) */
-	uint64_t t_mapped_cycles;  /* TSC when the NF images were mapped */
 	uint64_t t_ready_cycles;   /* TSC when the NFs were mapped and initialised */
 	uint64_t t_burst_cycles;   /* TSC when the first burst was handed to the TX ring */
 

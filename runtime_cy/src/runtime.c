@@ -201,7 +201,6 @@ static int start_instance(struct runtime *rt)
 	}
 	rc = load_images(rt, err, sizeof(err));
 	close_fds(rt); /* the mappings keep the memfds alive */
-	rt->ctl->t_mapped_cycles = rte_rdtsc();
 	if (rc == 0) {
 		rc = serpens_chain_init(&in->chain, cmd, (const nf_entry_fn *)in->entries, rt->ctl,
 					err, sizeof(err));
