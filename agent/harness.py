@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from serpens.runtime_cy import _dataplane as dp
+from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .process_pool import PoolProcess, ProcessPool
 
@@ -88,3 +89,14 @@ class PacketHarness:
 
     def stats(self):
         return self.process.ctl.stats()
+
+
+class NFHarness(PacketHarness):
+    """A harness around one NF: `counters` are its named counters."""
+
+    def __init__(self, pool: ProcessPool, nf: NF, **kw):
+        super().__init__(pool, compile_sfc(nf), **kw)
+
+    @property
+    def counters(self) -> dict:
+        return self.nf_counters()[0]["counters"]

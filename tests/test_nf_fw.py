@@ -14,7 +14,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Ether
 
-from serpens.agent.harness import PacketHarness
+from serpens.agent.harness import NFHarness, PacketHarness
 from serpens.agent.process_pool import PoolError
 from serpens.nfs import fw
 from serpens.nfs.fw import ConfigError, encode_config
@@ -57,31 +57,19 @@ def arp():
     return bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.9"))
 
 
-class FW:
+class FW(NFHarness):
     """One fw instance in a harness: .run(frames) -> ["out"/"drop", ...]; .counters."""
 
     def __init__(self, pool, build_stock, cfg, copy=0, name="fw"):
         # tables are per NF name in the SFC: another name, another verdict table
-        nf = NF(build_stock("fw", copy), config=encode_config(cfg), name=name)
-        self.h = PacketHarness(pool, compile_sfc(nf))
-
-    def __enter__(self):
-        self.h.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.h.close()
+        super().__init__(pool, NF(build_stock("fw", copy), config=encode_config(cfg), name=name))
 
     def run(self, frames):
-        results = self.h.run(frames)
+        results = super().run(frames)
         for f, r in zip(frames, results):
             if r.verdict == "out":
                 assert r.data == f  # the firewall never changes a packet
         return [r.verdict for r in results]
-
-    @property
-    def counters(self):
-        return self.h.nf_counters()[0]["counters"]
 
 
 def verdicts(pool, build_stock, cfg, frames):

@@ -15,12 +15,12 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from serpens.agent.harness import PacketHarness
+from serpens.agent.harness import NFHarness
 from serpens.agent.process_pool import PoolError
 from serpens.agent.state_manager import StateManager
 from serpens.nfs import mon
 from serpens.nfs.mon import ConfigError, encode_config, read_flows, read_hosts
-from serpens.runtime_cy.sfc import NF, compile_sfc
+from serpens.runtime_cy.sfc import NF
 
 _names = itertools.count(1)
 
@@ -117,29 +117,17 @@ def mixed_traffic(seed: int, hosts4, hosts6, sport_base=1000):
 # ---- one MON instance in a harness -----------------------------------------------------------
 
 
-class MON:
+class MON(NFHarness):
     def __init__(self, pool, build_stock, name, cfg=None, copy=0, config=None):
         config = encode_config(cfg or {}) if config is None else config
-        self.h = PacketHarness(pool, compile_sfc(NF(build_stock("mon", copy), config=config,
-                                                    name=name)))
-
-    def __enter__(self):
-        self.h.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.h.close()
+        super().__init__(pool, NF(build_stock("mon", copy), config=config, name=name))
 
     def run(self, frames):
         """Push frames; MON must forward every one of them unchanged."""
-        results = self.h.run(frames)
+        results = super().run(frames)
         assert [r.verdict for r in results] == ["out"] * len(frames)
         assert [r.data for r in results] == [bytes(f) for f in frames]
         return results
-
-    @property
-    def counters(self):
-        return self.h.nf_counters()[0]["counters"]
 
 
 @pytest.fixture
@@ -344,7 +332,7 @@ def test_config_errors_name_the_field(cfg, field):
 def test_init_refuses_garbage(pool, build_stock, dataplane, config):
     name = fresh_name("mon-bad")
     with pytest.raises(PoolError, match="init"):
-        MON(pool, build_stock, name, config=config).h.start()
+        MON(pool, build_stock, name, config=config).start()
     assert not [t for t in StateManager(dataplane.config.state_dir).tables() if t[0] == name]
 
 

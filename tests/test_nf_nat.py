@@ -20,7 +20,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from serpens.agent.harness import PacketHarness
+from serpens.agent.harness import NFHarness, PacketHarness
 from serpens.agent.state_manager import StateManager
 from serpens.nfs import nat, source_path
 from serpens.nfs.nat import ConfigError, decode_config, encode_config
@@ -52,36 +52,26 @@ def cfg(**kw):
     return c
 
 
-class Nat:
+class Nat(NFHarness):
     """One NAT instance in a harness: .run(frames) -> list of Result; .counters."""
 
     def __init__(self, pool, build_stock, name, copy=0, **kw):
-        nf = NF(build_stock("nat", copy), config=encode_config(cfg(**kw)), name=name)
-        self.h = PacketHarness(pool, compile_sfc(nf))
-
-    def __enter__(self):
-        self.h.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.h.close()
-
-    def close(self):
-        self.h.close()
+        super().__init__(pool, NF(build_stock("nat", copy), config=encode_config(cfg(**kw)),
+                                  name=name))
 
     def run(self, frames):
-        return self.h.run([bytes(f) for f in frames])
+        return super().run([bytes(f) for f in frames])
 
     def wait_asleep(self, timeout=5.0):
         """Until the instance sleeps: it has then given its pool shares back."""
         deadline = time.monotonic() + timeout
-        while not self.h.process.ctl.sleeping:
+        while not self.process.ctl.sleeping:
             assert time.monotonic() < deadline, "the instance does not go to sleep"
             time.sleep(0.001)
 
     @property
     def counters(self):
-        c = self.h.nf_counters()[0]["counters"]
+        c = super().counters
         return {k: c.get(k, 0) for k in ("translated_out", "translated_in", "no_mapping",
                                          "pool_exhausted", "expired", "malformed",
                                          "not_internal", "passthrough", "unsupported",
