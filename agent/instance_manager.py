@@ -36,13 +36,14 @@ class _Slot:
 
 
 class InstanceManager:
-    def __init__(self, pool: ProcessPool, router: dp.Router, sfc, *, warm_s: float = 30.0,
-                 max_instances: int = dp.ROUTER_MAX_INSTANCES, check_s: float = 0.05):
-        self.pool, self.router, self.sfc = pool, router, sfc
+    def __init__(self, pool: ProcessPool, router: dp.Router, sfc, *, sfc_id: int = 0,
+                 warm_s: float = 30.0, max_instances: int = 16, check_s: float = 0.05):
+        """Runs instances of `sfc` (a CompiledSFC) for the router's SFC `sfc_id`."""
+        self.pool, self.router, self.sfc, self.sfc_id = pool, router, sfc, sfc_id
         self.warm_s, self.max_instances = warm_s, max_instances
         self.check_s = min(check_s, warm_s / 4)  # how often warm periods are checked
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        router.set_notify_fd(self._wake_fd)
+        router.set_notify_fd(self._wake_fd, sfc_id)
         self.slots: dict[int, _Slot] = {}
         self.starts = self.stops = 0
         self._lock = threading.RLock()
@@ -60,7 +61,7 @@ class InstanceManager:
         os.eventfd_write(self._wake_fd, 1)
         self._thread.join(5)
         self.scale(0)
-        self.router.set_notify_fd(-1)
+        self.router.set_notify_fd(-1, self.sfc_id)
         os.close(self._wake_fd)
 
     def count(self) -> int:
@@ -79,7 +80,7 @@ class InstanceManager:
     # ---- internals ------------------------------------------------------------------------
 
     def _add(self) -> int:
-        slot = next(i for i in range(self.max_instances) if i not in self.slots)
+        slot = self.router.free_slot()
         rx = dp.Ring(f"im{self._tag}_{slot}_rx{self.starts}", 1024)
         tx = dp.Ring(f"im{self._tag}_{slot}_tx{self.starts}", 1024)
         try:
@@ -88,7 +89,7 @@ class InstanceManager:
             rx.free()
             tx.free()
             raise
-        self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd)
+        self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd, self.sfc_id)
         self.slots[slot] = _Slot(proc, rx, tx, self.router.activity(slot), time.monotonic())
         self.starts += 1
         return slot
@@ -130,7 +131,7 @@ class InstanceManager:
                         s.activity, s.active_at = activity, now
                     elif now - s.active_at > self.warm_s:
                         self._retire(slot)  # warm period over: scale in (to zero at last)
-                if self.router.take_instance_request() and not self.slots:
+                if self.router.take_instance_request(self.sfc_id) and not self.slots:
                     try:
                         self._add()
                     except PoolError:

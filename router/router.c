@@ -3,6 +3,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <rte_byteorder.h>
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
 #include <rte_mbuf_dyn.h>
@@ -13,39 +14,81 @@
 #define IDLE_POLLS 256          /* empty polls before the router starts sleeping */
 #define MAX_SLEEP_US 4096 /* a wake-up costs ~30 us of CPU in a nested VM: <1% idle */
 
-static uint32_t flow_hash(struct rte_mbuf *m)
-{
-	struct serpens_hdrs h;
-	const uint8_t *f = rte_pktmbuf_mtod(m, const uint8_t *);
-	uint32_t a, b, hash;
+#define META(r, m) RTE_MBUF_DYNFIELD((m), (r)->meta_off, struct serpens_rx_meta *)
+#define LABEL(r, m) (*RTE_MBUF_DYNFIELD((m), (r)->label_off, uint16_t *))
 
-	if (serpens_parse(f, m->data_len, &h) == SERPENS_PARSE_NON_IP || !h.family) {
-		hash = serpens_hash_crc(f, m->data_len < 14 ? m->data_len : 14, 7);
+/* ---- classification ------------------------------------------------------------------------ */
+
+static uint32_t flow_hash(const uint8_t *f, uint32_t len, const struct serpens_hdrs *h, int parsed)
+{
+	uint32_t hash;
+	if (parsed == SERPENS_PARSE_NON_IP || !h->family) {
+		hash = serpens_hash_crc(f, len < 14 ? len : 14, 7);
 	} else {
 		/* Symmetric: a flow and its reverse hash alike. */
-		uint32_t n = h.family == 4 ? 4 : 16;
-		a = serpens_hash_crc(h.flow.src, n, h.flow.sport);
-		b = serpens_hash_crc(h.flow.dst, n, h.flow.dport);
-		hash = (a ^ b) * 0x9E3779B1u + h.flow.proto;
+		uint32_t n = h->family == 4 ? 4 : 16;
+		uint32_t a = serpens_hash_crc(h->flow.src, n, h->flow.sport);
+		uint32_t b = serpens_hash_crc(h->flow.dst, n, h->flow.dport);
+		hash = (a ^ b) * 0x9E3779B1u + h->flow.proto;
 	}
 	return hash ? hash : 1;
 }
 
-static int usable(const struct serpens_router_instance *in)
+static int rule_matches(const struct serpens_match_rule *m, uint32_t port,
+			const struct serpens_hdrs *h)
 {
-	uint32_t st = in->state;
-	return st == SERPENS_INST_ACTIVE || (st == SERPENS_INST_DRAINING && !in->drained);
+	uint32_t src, dst;
+	if (m->in_port >= 0 && (uint32_t)m->in_port != port)
+		return 0;
+	if (h->family != 4)  /* rules are IPv4; an all-wildcard rule takes anything */
+		return !m->src_mask && !m->dst_mask && !m->proto && m->sport_lo == 0 &&
+		       m->sport_hi == 0xFFFF && m->dport_lo == 0 && m->dport_hi == 0xFFFF;
+	memcpy(&src, h->flow.src, 4);
+	memcpy(&dst, h->flow.dst, 4);
+	uint16_t sport = rte_be_to_cpu_16(h->flow.sport), dport = rte_be_to_cpu_16(h->flow.dport);
+	return (src & m->src_mask) == m->src && (dst & m->dst_mask) == m->dst &&
+	       (!m->proto || m->proto == h->flow.proto) && sport >= m->sport_lo &&
+	       sport <= m->sport_hi && dport >= m->dport_lo && dport <= m->dport_hi;
 }
 
-static int least_loaded(struct serpens_router *r)
+/* The SFC of a packet received on ports[port] (-1: none); sets its flow hash. */
+static int classify(const struct serpens_router *r, uint32_t port, struct rte_mbuf *m,
+		    uint32_t *hash)
+{
+	const uint8_t *f = rte_pktmbuf_mtod(m, const uint8_t *);
+	struct serpens_hdrs h;
+	int parsed = serpens_parse(f, m->data_len, &h);
+
+	*hash = flow_hash(f, m->data_len, &h, parsed);
+	if (m->data_len >= 16 && f[12] == 0x81 && f[13] == 0x00) {
+		uint32_t tagged = r->tag_sfc[((f[14] & 0x0F) << 8) | f[15]];
+		if (tagged)
+			return (int)tagged - 1;
+	}
+	for (uint32_t i = 0; i < r->nrules; i++)
+		if (rule_matches(&r->rules[i], port, &h))
+			return r->rules[i].sfc;
+	return r->default_sfc;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+static int usable(const struct serpens_router_instance *in, int sfc)
+{
+	uint32_t st = in->state;
+	return in->sfc == sfc &&
+	       (st == SERPENS_INST_ACTIVE || (st == SERPENS_INST_DRAINING && !in->drained));
+}
+
+static int least_loaded(struct serpens_router *r, int sfc)
 {
 	int best = -1;
 	uint32_t load = UINT32_MAX;
 	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
-		if (in->state != SERPENS_INST_ACTIVE)
+		if (in->state != SERPENS_INST_ACTIVE || in->sfc != sfc)
 			continue;
-		uint32_t q = rte_ring_count(in->rx);
+		uint32_t q = rte_ring_count(in->rx) + in->npending;
 		if (q < load) {
 			load = q;
 			best = i;
@@ -54,14 +97,17 @@ static int least_loaded(struct serpens_router *r)
 	return best;
 }
 
-/* The instance for a flow: its pin if that instance still takes it, else a new pin. */
-static int dispatch(struct serpens_router *r, uint32_t hash, uint16_t now)
+/* The instance for a flow of an SFC: its pin if that instance still takes it, else a new pin
+ * (-1: the SFC has no active instance). */
+static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t now)
 {
-	struct serpens_flow_bucket *b = &r->flows[hash % SERPENS_FLOW_BUCKETS];
+	uint32_t key = (flow + (uint32_t)sfc * 0x9E3779B9u) | 1;
+	struct serpens_flow_bucket *b = &r->flows[(key >> 1) % SERPENS_FLOW_BUCKETS];
+	struct serpens_router_sfc *s = &r->sfcs[sfc];
 	int way = -1, lru = -1;
 
 	for (int w = 0; w < SERPENS_FLOW_WAYS; w++) {
-		if (b->hash[w] == hash) {
+		if (b->hash[w] == key) {
 			way = w;
 			break;
 		}
@@ -71,20 +117,20 @@ static int dispatch(struct serpens_router *r, uint32_t hash, uint16_t now)
 				 (uint16_t)(now - b->used[w]) > (uint16_t)(now - b->used[lru]))))
 			lru = w;
 	}
-	if (way >= 0 && usable(&r->inst[b->inst[way]])) {
+	if (way >= 0 && usable(&r->inst[b->inst[way]], sfc)) {
 		b->used[way] = now;
 		return b->inst[way];
 	}
-	int inst = least_loaded(r);
+	int inst = least_loaded(r, sfc);
 	if (inst < 0)
 		return -1;
 	if (way < 0) {
 		way = lru;
-		r->new_flows++;
+		s->new_flows++;
 	} else {
-		r->moved_flows++;
+		s->moved_flows++;
 	}
-	b->hash[way] = hash;
+	b->hash[way] = key;
 	b->inst[way] = (uint16_t)inst;
 	b->used[way] = now;
 	return inst;
@@ -101,11 +147,12 @@ static void wake(struct serpens_router_instance *in)
 
 /* Enqueue for instance i; what its full ring does not take waits in `pending`, and the router
  * receives nothing more until it went in: the port's queue absorbs the burst (back-pressure),
- * and nothing is reordered or dropped here. */
+ * and nothing is reordered or dropped here. Callers give at most SERPENS_BURST packets to an
+ * instance whose pending has room for them. */
 static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uint32_t n, uint64_t now)
 {
 	struct serpens_router_instance *in = &r->inst[i];
-	uint32_t q = rte_ring_enqueue_burst(in->rx, (void **)pkts, n, NULL);
+	uint32_t q = in->npending ? 0 : rte_ring_enqueue_burst(in->rx, (void **)pkts, n, NULL);
 	in->enqueued += q;
 	if (q && in->waiting == 0)
 		in->oldest_tsc = now;
@@ -128,107 +175,261 @@ static uint32_t flush_pending(struct serpens_router *r, uint64_t now)
 		uint32_t n = in->npending;
 		if (!n)
 			continue;
-		in->npending = 0;
-		r->npending -= n;
-		struct rte_mbuf *again[SERPENS_BURST];
-		memcpy(again, in->pending, sizeof(again[0]) * n);
-		enqueue(r, i, again, n, now);
-		moved += n - in->npending;
+		uint32_t q = rte_ring_enqueue_burst(in->rx, (void **)in->pending, n, NULL);
+		if (q) {
+			if (in->waiting == 0)
+				in->oldest_tsc = now;
+			in->waiting += q;
+			in->enqueued += q;
+			memmove(in->pending, in->pending + q, sizeof(in->pending[0]) * (n - q));
+			in->npending -= q;
+			r->npending -= q;
+			moved += q;
+		}
+		if (in->npending)
+			wake(in);
 	}
 	return moved;
 }
 
-static int any_active(const struct serpens_router *r)
+/* Give packets of one SFC to its instances; what finds no instance goes to the SFC's hold
+ * queue (in order). Returns how many were taken: the rest (hold queue full) stay with the
+ * caller. */
+static uint32_t route(struct serpens_router *r, int sfc, struct rte_mbuf **pkts, uint32_t n,
+		      uint64_t now, int from_hold)
 {
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
-		if (r->inst[i].state == SERPENS_INST_ACTIVE)
-			return 1;
-	return 0;
+	struct rte_mbuf *per[SERPENS_ROUTER_MAX_INSTANCES][SERPENS_BURST];
+	uint32_t count[SERPENS_ROUTER_MAX_INSTANCES] = {0};
+	uint64_t used = 0; /* instances with packets in this call (bitmask) */
+	struct serpens_router_sfc *s = &r->sfcs[sfc];
+	uint16_t coarse = (uint16_t)(now >> 24);
+	uint32_t k = 0;
+
+	for (; k < n; k++) {
+		int i = s->nheld && !from_hold ? -1 : dispatch(r, sfc, META(r, pkts[k])->flow, coarse);
+		if (i < 0) {
+			if (s->nheld == SERPENS_ROUTER_HOLD)
+				break;
+			s->held[s->nheld++] = pkts[k];
+			r->nheld++;
+			continue;
+		}
+		per[i][count[i]++] = pkts[k];
+		used |= 1ull << i;
+	}
+	while (used) {
+		int i = __builtin_ctzll(used);
+		used &= used - 1;
+		enqueue(r, i, per[i], count[i], now);
+	}
+	s->rx += k;
+	if (s->nheld && !s->wants_instance) {
+		uint64_t one = 1;
+		__atomic_store_n(&s->wants_instance, 1, __ATOMIC_RELEASE);
+		/* once per episode: the instance manager sleeps on it, it does not poll */
+		if (s->notify_fd >= 0 && write(s->notify_fd, &one, sizeof(one)) < 0)
+			s->notify_fd = -1;
+	}
+	return k;
+}
+
+/* Held packets of SFCs that have an instance now go first, 32 at a time. */
+static uint32_t release_held(struct serpens_router *r, uint64_t now)
+{
+	uint32_t moved = 0;
+	for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS && r->nheld && !r->npending; sfc++) {
+		struct serpens_router_sfc *s = &r->sfcs[sfc];
+		if (!s->nheld || least_loaded(r, sfc) < 0)
+			continue;
+		uint32_t n = s->nheld < SERPENS_BURST ? s->nheld : SERPENS_BURST;
+		struct rte_mbuf *pkts[SERPENS_BURST];
+		memcpy(pkts, s->held, sizeof(pkts[0]) * n);
+		memmove(s->held, s->held + n, sizeof(s->held[0]) * (s->nheld - n));
+		s->nheld -= n;
+		r->nheld -= n;
+		s->rx -= n; /* counted when first routed */
+		uint32_t k = route(r, sfc, pkts, n, now, 1); /* takes all: an instance is active */
+		moved += k;
+	}
+	return moved;
+}
+
+/* Route a classified burst (each packet's label holds its SFC), runs of one SFC together so
+ * order holds within each SFC; what a full hold queue did not take stalls, and RX stops until
+ * it went in. Returns the packets taken. */
+static uint32_t place(struct serpens_router *r, struct rte_mbuf **pkts, uint32_t n, uint64_t now)
+{
+	uint32_t start = 0;
+	while (start < n) {
+		int sfc = LABEL(r, pkts[start]);
+		uint32_t end = start + 1;
+		while (end < n && LABEL(r, pkts[end]) == sfc)
+			end++;
+		uint32_t took = route(r, sfc, pkts + start, end - start, now, 0);
+		if (took < end - start) {
+			r->nstalled = n - (start + took);
+			memcpy(r->stalled, pkts + start + took, sizeof(pkts[0]) * r->nstalled);
+			return start + took;
+		}
+		start = end;
+	}
+	return n;
+}
+
+/* How many packets a paced port may deliver now (arrivals so far, bounded by its depth). */
+static uint32_t paced_quota(struct serpens_router_port *p, uint64_t now)
+{
+	if (!p->pace_cycles)
+		return SERPENS_BURST;
+	if ((double)now < p->pace_next)
+		return 0;
+	double due = ((double)now - p->pace_next) / p->pace_cycles + 1;
+	if (due > p->pace_depth) { /* the emulated RX ring overflowed */
+		uint64_t lost = (uint64_t)(due - p->pace_depth);
+		p->missed += lost;
+		p->pace_next += lost * p->pace_cycles;
+		due = p->pace_depth;
+	}
+	return due < SERPENS_BURST ? (uint32_t)due : SERPENS_BURST;
 }
 
 static uint32_t receive(struct serpens_router *r, uint64_t now)
 {
-	struct rte_mbuf *pkts[SERPENS_BURST], *per[SERPENS_ROUTER_MAX_INSTANCES][SERPENS_BURST];
-	uint32_t count[SERPENS_ROUTER_MAX_INSTANCES] = {0};
-	uint16_t coarse = (uint16_t)(now >> 24);
+	struct rte_mbuf *pkts[SERPENS_BURST];
 
-	uint16_t n;
-
-	/* No instance (scaled to zero): hold one burst, ask for an instance and read nothing
-	 * more, so the rest waits in the port's queue; the instance manager starts one in
-	 * microseconds (paper §III-A) and the held burst goes first. */
-	if (r->nheld == 0)
-		r->nheld = rte_eth_rx_burst(r->in_port, 0, r->held, SERPENS_BURST);
-	if (r->nheld == 0)
-		return 0;
-	if (!any_active(r)) {
-		if (!r->wants_instance) {
-			uint64_t one = 1;
-			__atomic_store_n(&r->wants_instance, 1, __ATOMIC_RELEASE);
-			/* once per episode: the instance manager sleeps on it, it does not poll */
-			if (r->notify_fd >= 0 && write(r->notify_fd, &one, sizeof(one)) < 0)
-				r->notify_fd = -1;
-		}
-		return 0;
+	if (r->nstalled) {
+		uint32_t n = r->nstalled;
+		memcpy(pkts, r->stalled, sizeof(pkts[0]) * n);
+		r->nstalled = 0;
+		return place(r, pkts, n, now);
 	}
-	n = (uint16_t)r->nheld;
-	memcpy(pkts, r->held, sizeof(pkts[0]) * n);
-	r->nheld = 0;
-
-	for (uint16_t k = 0; k < n; k++) {
-		int i = dispatch(r, flow_hash(pkts[k]), coarse);
-		if (i < 0) {
-			rte_pktmbuf_free(pkts[k]);
-			r->no_instance++;
+	for (uint32_t tries = 0; tries < r->nports; tries++) {
+		uint32_t port = r->next_port;
+		r->next_port = port + 1 == r->nports ? 0 : port + 1;
+		struct serpens_router_port *p = &r->ports[port];
+		if (!p->input)
 			continue;
+		uint32_t quota = paced_quota(p, now);
+		if (!quota)
+			continue;
+		uint16_t n = rte_eth_rx_burst(p->id, 0, pkts, (uint16_t)quota);
+		if (!n)
+			continue;
+		p->rx += n;
+		r->rx += n;
+		/* classify, stamp, and compact out what no SFC takes */
+		uint32_t keep = 0;
+		for (uint32_t k = 0; k < n; k++) {
+			struct rte_mbuf *m = pkts[k];
+			struct serpens_rx_meta *meta = META(r, m);
+			uint32_t hash;
+			int sfc = classify(r, port, m, &hash);
+			if (sfc < 0 || !r->sfcs[sfc].used) {
+				rte_pktmbuf_free(m);
+				p->unmatched++;
+				continue;
+			}
+			meta->rx_tsc = p->pace_cycles ? (uint64_t)(p->pace_next + k * p->pace_cycles)
+						      : now;
+			meta->flow = hash;
+			meta->seq = ++r->seq;
+			LABEL(r, m) = (uint16_t)sfc; /* the SFC, until an NF sets the verdict */
+			pkts[keep++] = m;
 		}
-		per[i][count[i]++] = pkts[k];
+		if (p->pace_cycles)
+			p->pace_next += n * p->pace_cycles;
+		return place(r, pkts, keep, now) + (n - keep);
 	}
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
-		if (count[i])
-			enqueue(r, i, per[i], count[i], now);
-	r->rx += n;
-	return n;
+	return 0;
 }
 
-static void flush(struct serpens_router *r, struct rte_mbuf **out, uint32_t *nout)
+/* ---- transmit ------------------------------------------------------------------------------ */
+
+static void log_sent(struct serpens_router *r, struct rte_mbuf **pkts, uint32_t n, uint64_t now)
+{
+	uint64_t at = r->log_n;
+	for (uint32_t k = 0; k < n && at < r->log_cap; k++, at++) {
+		const struct serpens_rx_meta *meta = META(r, pkts[k]);
+		struct serpens_lat_rec *rec = &r->log[at];
+		rec->rx_tsc = meta->rx_tsc;
+		rec->tx_tsc = now;
+		rec->flow = meta->flow;
+		rec->seq = meta->seq;
+	}
+	__atomic_store_n(&r->log_n, at, __ATOMIC_RELEASE);
+}
+
+static void flush(struct serpens_router *r, struct serpens_router_port *p)
 {
 	uint16_t sent = 0;
-	for (int tries = 0; sent < *nout && tries < 64; tries++)
-		sent += rte_eth_tx_burst(r->out_port, 0, out + sent, (uint16_t)(*nout - sent));
-	if (sent < *nout) {
-		rte_pktmbuf_free_bulk(out + sent, *nout - sent);
-		r->tx_failed += *nout - sent;
+	uint64_t now = rte_rdtsc();
+	if (r->log_on)
+		log_sent(r, p->out, p->nout, now);
+	for (int tries = 0; sent < p->nout && tries < 64; tries++)
+		sent += rte_eth_tx_burst(p->id, 0, p->out + sent, (uint16_t)(p->nout - sent));
+	if (sent < p->nout) {
+		rte_pktmbuf_free_bulk(p->out + sent, p->nout - sent);
+		p->tx_failed += p->nout - sent;
+		r->tx_failed += p->nout - sent;
+		if (r->log_on)
+			__atomic_store_n(&r->log_n, r->log_n - (p->nout - sent), __ATOMIC_RELEASE);
 	}
+	p->tx += sent;
 	r->tx += sent;
-	*nout = 0;
+	p->nout = 0;
+	p->last_flush = now;
 }
 
-static uint32_t drain(struct serpens_router *r, int label_off, struct rte_mbuf **out,
-		      uint32_t *nout, uint64_t now)
+/* Room for a burst into SFC `sfc`: no instance of it has pending packets beyond one burst. */
+static int room_in(const struct serpens_router *r, int sfc)
 {
-	struct rte_mbuf *pkts[SERPENS_BURST], *drop[SERPENS_BURST];
+	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
+		if (r->inst[i].state != SERPENS_INST_EMPTY && r->inst[i].sfc == sfc &&
+		    r->inst[i].npending > SERPENS_BURST)
+			return 0;
+	return r->sfcs[sfc].nheld + SERPENS_BURST <= SERPENS_ROUTER_HOLD;
+}
+
+static uint32_t drain(struct serpens_router *r, uint64_t now)
+{
+	struct rte_mbuf *pkts[SERPENS_BURST], *drop[SERPENS_BURST], *fwd[SERPENS_BURST];
 	uint32_t total = 0;
 
 	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		if (in->state == SERPENS_INST_EMPTY)
 			continue;
+		struct serpens_router_sfc *s = &r->sfcs[in->sfc];
 		if (in->waiting && now - in->oldest_tsc > r->wake_cycles)
 			wake(in);
+		/* A chained SFC's output waits in its ring while the next SFC has no room: the
+		 * chain's tail always drains, so the chain always moves. */
+		if (s->next >= 0 && !room_in(r, s->next))
+			continue;
 		uint32_t n = rte_ring_dequeue_burst(in->tx, (void **)pkts, SERPENS_BURST, NULL);
-		uint32_t ndrop = 0;
+		uint32_t ndrop = 0, nfwd = 0;
+		struct serpens_router_port *p = &r->ports[s->out_port];
 		for (uint32_t k = 0; k < n; k++) {
-			if (*RTE_MBUF_DYNFIELD(pkts[k], label_off, uint16_t *) == SERPENS_LABEL_OUT) {
-				out[(*nout)++] = pkts[k];
-				if (*nout == SERPENS_BURST)
-					flush(r, out, nout);
+			struct rte_mbuf *m = pkts[k];
+			if (LABEL(r, m) != SERPENS_LABEL_OUT) {
+				drop[ndrop++] = m;
+			} else if (s->next >= 0) {
+				LABEL(r, m) = (uint16_t)s->next;
+				fwd[nfwd++] = m;
 			} else {
-				drop[ndrop++] = pkts[k];
+				p->out[p->nout++] = m;
+				if (p->nout == SERPENS_BURST)
+					flush(r, p);
 			}
 		}
 		rte_pktmbuf_free_bulk(drop, ndrop);
+		s->dropped += ndrop;
+		s->out += n - ndrop;
 		r->dropped += ndrop;
+		if (nfwd) {
+			/* takes all: room_in() left room for a burst in the hold queue */
+			route(r, s->next, fwd, nfwd, now, 0);
+		}
 		in->returned += n;
 		total += n;
 		/* A draining instance is done once every packet given to it came back (the router
@@ -240,45 +441,64 @@ static uint32_t drain(struct serpens_router *r, int label_off, struct rte_mbuf *
 	return total;
 }
 
-int serpens_router_run(struct serpens_router *r, int label_off)
+static void flush_due(struct serpens_router *r, uint64_t now, int idle)
 {
-	struct rte_mbuf *out[SERPENS_BURST];
-	uint32_t nout = 0, idle = 0, sleep_us = 1;
-	uint64_t last_flush = rte_rdtsc();
+	for (uint32_t i = 0; i < r->nports; i++) {
+		struct serpens_router_port *p = &r->ports[i];
+		if (p->nout && (idle || now - p->last_flush > r->drain_cycles))
+			flush(r, p);
+	}
+}
 
+int serpens_router_run(struct serpens_router *r)
+{
+	uint32_t idle = 0, sleep_us = 1;
+
+	for (uint32_t i = 0; i < r->nports; i++)
+		r->ports[i].last_flush = rte_rdtsc();
 	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now = rte_rdtsc();
-		uint32_t work = r->npending ? flush_pending(r, now) : receive(r, now);
-		work += drain(r, label_off, out, &nout, now);
-		if (nout && now - last_flush > r->drain_cycles) {
-			flush(r, out, &nout);
-			last_flush = now;
-		}
+		uint32_t work = 0;
+		if (r->npending)
+			work += flush_pending(r, now);
+		if (r->nheld && !r->npending)
+			work += release_held(r, now);
+		if (!r->npending)
+			work += receive(r, now);
+		work += drain(r, now);
+		flush_due(r, now, 0);
 		if (work) {
 			idle = 0;
 			sleep_us = 1;
 			continue;
 		}
-		if (nout)
-			flush(r, out, &nout);
-		if (++idle < IDLE_POLLS) {
+		flush_due(r, now, 1);
+		if (++idle < IDLE_POLLS || r->npending) {
 			rte_pause();
 			continue;
 		}
-		/* Idle: back off (doubling up to MAX_SLEEP_US), so an idle node costs almost nothing. */
-		struct timespec ts = {0, (long)sleep_us * 1000};
+		/* Idle: back off (doubling up to MAX_SLEEP_US), so an idle node costs almost
+		 * nothing. A paced port sleeps no longer than until its next arrival. */
+		uint64_t us = sleep_us;
+		for (uint32_t i = 0; i < r->nports; i++) {
+			const struct serpens_router_port *p = &r->ports[i];
+			if (p->pace_cycles) {
+				double wait = (p->pace_next - (double)now) * 1e6 / rte_get_tsc_hz();
+				if (wait < (double)us)
+					us = wait > 1 ? (uint64_t)wait : 1;
+			}
+		}
+		struct timespec ts = {0, (long)us * 1000};
 		nanosleep(&ts, NULL);
 		r->sleeps++;
 		if (sleep_us < MAX_SLEEP_US)
 			sleep_us *= 2;
 	}
-	if (nout)
-		flush(r, out, &nout);
+	flush_due(r, rte_rdtsc(), 1);
 	return 0;
 }
 
 int serpens_router_lcore_main(void *arg)
 {
-	struct serpens_router *r = arg;
-	return serpens_router_run(r, r->label_off);
+	return serpens_router_run(arg);
 }

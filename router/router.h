@@ -1,27 +1,45 @@
 /*
- * The node's router (paper §IV-B1, DESIGN §3 "Router"), first piece: one SFC behind one pair
- * of ports, dispatched over that SFC's instances with flow affinity.
+ * The node's router (paper §IV-B1, DESIGN §3 "Router"): packets from the node's input ports
+ * to the SFCs' instances, with flow affinity, and from the instances to the output ports.
  *
- * Theory of operation. Each loop: RX a burst from the input port; for each packet find its
- * flow (5-tuple, or the L2 header for non-IP frames) in the flow table: a known flow goes to
- * the instance it is pinned to, a new one to the active instance with the fewest queued
- * packets. Packets are enqueued per instance; a sleeping instance is woken once 128 packets
- * wait for it or the oldest has waited `wake_us`; an instance whose ring is full holds the
- * router's RX until its packets went in (back-pressure to the port's queue: nothing is
- * dropped or reordered here). Then every instance's TX ring is drained:
- * OUT packets are buffered for the output port (flushed when 32 are ready or after
- * `drain_us`), the rest are freed. With nothing to do the router backs off, sleeping up to
- * 4 ms, so an idle node costs almost no CPU (the first packet after a long idle period may
- * wait that long).
+ * Theory of operation. Each loop: RX a burst from the next input port; classify each packet
+ * to an SFC: a VLAN ID mapped to an SFC (an SFC tag an upstream router put on the packet)
+ * wins, else the first matching rule of the match table, else the default SFC; a packet no
+ * SFC takes is counted (`unmatched`) and freed. Then find its flow (symmetric 5-tuple hash,
+ * or the L2 header for non-IP frames) in the flow table: a known flow goes to the instance it
+ * is pinned to, a new one to the SFC's active instance with the fewest queued packets.
+ * Packets are enqueued per instance; a sleeping instance is woken once 128 packets wait for it
+ * or the oldest has waited `wake_us`; an instance whose ring is full holds the router's RX
+ * until its packets went in (back-pressure to the port's queue: nothing is dropped or
+ * reordered here). Then every instance's TX ring is drained: an OUT packet goes to its SFC's
+ * `next` SFC if it has one (local-proxy chaining: the hop between NFs passes the router), or
+ * to the SFC's output port, buffered there (flushed when 32 are ready or after `drain_us`);
+ * the rest are freed. With nothing to do the router backs off, sleeping up to 4 ms, so an idle
+ * node costs almost no CPU (the first packet after a long idle period may wait that long).
+ *
+ * An SFC without a running instance (scaled to zero): its packets wait in a hold queue, the
+ * router raises the SFC's `wants_instance` and writes its `notify_fd` once; the instance manager
+ * starts an instance in microseconds (paper §III-A) and the held packets go first. A full hold
+ * queue stops RX (back-pressure), so nothing is lost.
  *
  * Scale-in without reordering or two instances on one flow: an instance being retired is
  * marked `draining`; it gets no new flows, keeps its flows until every packet given to it
  * came back (nothing queued, nothing in flight), and only then are its flows re-pinned (on
- * their next packet) to a live instance, which finds their state in shared memory. Under
- * traffic that never pauses this waits for a moment with nothing in flight.
+ * their next packet) to a live instance, which finds their state in shared memory.
  *
- * Writers: the control side (Python) writes `stop` and the instance slots' `state`; the router
- * thread writes everything else.
+ * Every received packet carries metadata in an mbuf dynfield (`serpens_rx_meta`): its arrival
+ * time, flow hash and a receive sequence number. When a latency log is armed, the router
+ * records them with the transmit time of every packet it sends: benchmarks read latency and
+ * per-flow order at the point packets leave the node.
+ *
+ * Pacing (benchmarks): an input port may be paced to emulate a NIC fed at a constant rate
+ * from a source that never runs dry (net_pcap infinite_rx): packet k arrives at t0 + k/rate,
+ * is stamped with that arrival time (so back-pressure shows up as latency), and arrivals
+ * beyond `depth` not yet received are lost like a NIC's RX ring overflowing (`missed`).
+ *
+ * Writers: the control side (Python) writes `stop`, the configuration (SFCs, rules, tags,
+ * ports) before the router runs or while an SFC has no instance, and the instance slots'
+ * `state`; the router thread writes everything else.
  */
 #ifndef SERPENS_ROUTER_H
 #define SERPENS_ROUTER_H
@@ -33,7 +51,11 @@
 
 #include "pool_ctl.h"
 
-#define SERPENS_ROUTER_MAX_INSTANCES 16
+#define SERPENS_ROUTER_MAX_INSTANCES 64
+#define SERPENS_ROUTER_MAX_SFCS 16
+#define SERPENS_ROUTER_MAX_PORTS 8
+#define SERPENS_ROUTER_MAX_RULES 64
+#define SERPENS_ROUTER_HOLD 256  /* packets held per SFC while its first instance starts */
 #define SERPENS_FLOW_WAYS 8
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
 
@@ -43,8 +65,22 @@ enum serpens_instance_state {
 	SERPENS_INST_DRAINING = 2, /* keeps its flows until drained, takes no new ones */
 };
 
+/* Per packet, set at RX (mbuf dynfield "serpens_rx_meta"). */
+struct serpens_rx_meta {
+	uint64_t rx_tsc; /* arrival (paced ports: the scheduled arrival) */
+	uint32_t flow;   /* flow hash */
+	uint32_t seq;    /* router-wide receive order */
+};
+
+/* One latency-log record per transmitted packet. */
+struct serpens_lat_rec {
+	uint64_t rx_tsc, tx_tsc;
+	uint32_t flow, seq;
+};
+
 struct serpens_router_instance {
 	volatile uint32_t state;     /* control side */
+	uint16_t sfc;
 	int efd;
 	struct rte_ring *rx, *tx;
 	struct serpens_pool_ctl *ctl;
@@ -53,40 +89,83 @@ struct serpens_router_instance {
 	uint64_t oldest_tsc;         /* when the first of those was enqueued */
 	uint64_t enqueued, returned, wakeups;
 	uint32_t npending;           /* packets its full ring did not take yet */
-	struct rte_mbuf *pending[SERPENS_BURST];
+	struct rte_mbuf *pending[2 * SERPENS_BURST];
 	volatile uint32_t drained;   /* draining and empty: its flows have moved */
 };
 
-/* A flow is known by a 32-bit symmetric hash of its 5-tuple: both directions, and the rare
- * flows sharing a hash, share a pin, which is harmless. One bucket is one cache line. */
-struct serpens_flow_bucket {
-	uint32_t hash[SERPENS_FLOW_WAYS]; /* 0: empty */
-	uint16_t inst[SERPENS_FLOW_WAYS];
-	uint16_t used[SERPENS_FLOW_WAYS]; /* coarse last-use time, for LRU replacement */
+struct serpens_router_sfc {
+	uint32_t used;
+	int16_t next;                /* OUT packets go to this SFC (-1: to out_port) */
+	uint16_t out_port;           /* index into ports[] */
+	volatile uint32_t wants_instance; /* set by the router, cleared by the instance manager */
+	int notify_fd;               /* eventfd written when wants_instance is raised (-1: none) */
+	uint32_t nheld;
+	struct rte_mbuf *held[SERPENS_ROUTER_HOLD];
+	/* router thread */
+	uint64_t rx, out, dropped, new_flows, moved_flows;
 };
 
+/* First match wins. Addresses and masks in network order; ports in host order, inclusive. */
+struct serpens_match_rule {
+	uint32_t src, src_mask, dst, dst_mask;
+	uint16_t sport_lo, sport_hi, dport_lo, dport_hi;
+	uint8_t proto;               /* 0: any */
+	int8_t in_port;              /* index into ports[], -1: any */
+	uint16_t sfc;
+};
+
+struct serpens_router_port {
+	uint16_t id;                 /* DPDK port id */
+	uint8_t input;               /* the router receives from it */
+	/* pacing (0: off) */
+	double pace_cycles;          /* cycles between arrivals */
+	double pace_next;            /* scheduled arrival of the next packet */
+	uint32_t pace_depth;
+	/* router thread */
+	uint32_t nout;
+	uint64_t last_flush;
+	struct rte_mbuf *out[SERPENS_BURST];
+	uint64_t rx, tx, tx_failed, unmatched, missed;
+};
+
+/* Metadata stays valid within a process: mbufs' dynfield offset and the TSC. */
 struct serpens_router {
 	volatile uint32_t stop;
-	int label_off;            /* mbuf verdict dynfield, for serpens_router_lcore_main */
-	uint16_t in_port, out_port;
+	int label_off;            /* mbuf verdict dynfield */
+	int meta_off;             /* mbuf serpens_rx_meta dynfield */
 	uint32_t wake_batch;      /* wake after this many queued packets (128) */
 	uint64_t wake_cycles;     /* ... or after the oldest waited this long */
 	uint64_t drain_cycles;    /* TX flush period */
+	uint32_t nports, nrules;
+	int32_t default_sfc;      /* unmatched packets go here (-1: counted and freed) */
+	struct serpens_router_port ports[SERPENS_ROUTER_MAX_PORTS];
+	struct serpens_match_rule rules[SERPENS_ROUTER_MAX_RULES];
+	uint8_t tag_sfc[4096];    /* VLAN ID -> SFC + 1 (0: not a tag) */
+	struct serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS];
 	struct serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES];
-	/* statistics (router thread) */
-	uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps;
-	uint32_t npending;       /* sum of the instances' pending: no RX while > 0 */
-	volatile uint32_t wants_instance; /* packets wait and no instance runs (router sets,
-					   * the instance manager clears when it started one) */
-	int notify_fd;           /* eventfd written when wants_instance is raised (-1: none) */
-	uint32_t nheld;          /* a burst received while no instance ran */
-	struct rte_mbuf *held[SERPENS_BURST];
-	struct serpens_flow_bucket flows[SERPENS_FLOW_BUCKETS];
+	/* latency log (benchmarks): armed by setting log, log_cap, then log_on */
+	volatile uint32_t log_on;
+	struct serpens_lat_rec *log;
+	uint64_t log_cap;
+	volatile uint64_t log_n;
+	/* router thread */
+	uint32_t next_port;       /* input port polled next */
+	uint32_t npending;        /* sum of the instances' pending: no RX while > 0 */
+	uint32_t nheld;           /* sum of the SFCs' held packets */
+	uint32_t nstalled;        /* a burst part no hold queue took yet (no RX while > 0) */
+	struct rte_mbuf *stalled[SERPENS_BURST];
+	uint32_t seq;
+	uint64_t rx, tx, dropped, tx_failed, sleeps;
+	struct serpens_flow_bucket {
+		uint32_t hash[SERPENS_FLOW_WAYS]; /* 0: empty */
+		uint16_t inst[SERPENS_FLOW_WAYS];
+		uint16_t used[SERPENS_FLOW_WAYS]; /* coarse last-use time, for LRU replacement */
+	} flows[SERPENS_FLOW_BUCKETS];
 };
 
-/* Run until r->stop; returns 0. label_off: the mbuf verdict dynfield. */
-int serpens_router_run(struct serpens_router *r, int label_off);
-/* The same as an lcore function (rte_eal_remote_launch): arg is the router, label_off set. */
+/* Run until r->stop; returns 0. */
+int serpens_router_run(struct serpens_router *r);
+/* The same as an lcore function (rte_eal_remote_launch): arg is the router. */
 int serpens_router_lcore_main(void *arg);
 
 #endif

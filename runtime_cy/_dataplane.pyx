@@ -9,13 +9,73 @@ import array
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport errno
-from libc.stdint cimport uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, strncpy, strerror
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
 from includes.core cimport *
 from includes.dpdk cimport *
+
+cdef extern from "router.h" nogil:
+    int SERPENS_ROUTER_MAX_INSTANCES, SERPENS_ROUTER_MAX_SFCS, SERPENS_ROUTER_MAX_PORTS
+    int SERPENS_ROUTER_MAX_RULES
+    int SERPENS_INST_EMPTY, SERPENS_INST_ACTIVE, SERPENS_INST_DRAINING
+    struct serpens_rx_meta:
+        uint64_t rx_tsc
+        uint32_t flow, seq
+    struct serpens_lat_rec:
+        uint64_t rx_tsc, tx_tsc
+        uint32_t flow, seq
+    struct serpens_router_instance:
+        uint32_t state
+        uint16_t sfc
+        int efd
+        rte_ring *rx
+        rte_ring *tx
+        serpens_pool_ctl *ctl
+        uint32_t waiting, npending
+        uint64_t enqueued, returned, wakeups
+        uint32_t drained
+    struct serpens_router_sfc:
+        uint32_t used
+        int16_t next
+        uint16_t out_port
+        uint32_t wants_instance
+        int notify_fd
+        uint32_t nheld
+        uint64_t rx, out, dropped, new_flows, moved_flows
+    struct serpens_match_rule:
+        uint32_t src, src_mask, dst, dst_mask
+        uint16_t sport_lo, sport_hi, dport_lo, dport_hi
+        uint8_t proto
+        int8_t in_port
+        uint16_t sfc
+    struct serpens_router_port:
+        uint16_t id
+        uint8_t input
+        double pace_cycles, pace_next
+        uint32_t pace_depth
+        uint64_t rx, tx, tx_failed, unmatched, missed
+    struct serpens_router:
+        uint32_t stop
+        int label_off, meta_off
+        uint32_t wake_batch
+        uint64_t wake_cycles, drain_cycles
+        uint32_t nports, nrules
+        int32_t default_sfc
+        serpens_router_port ports[8]
+        serpens_match_rule rules[64]
+        uint8_t tag_sfc[4096]
+        serpens_router_sfc sfcs[16]
+        serpens_router_instance inst[64]
+        uint32_t log_on
+        serpens_lat_rec *log
+        uint64_t log_cap, log_n
+        uint32_t npending, nheld, nstalled
+        uint64_t rx, tx, dropped, tx_failed, sleeps
+    int serpens_router_run(serpens_router *r)
+    int serpens_router_lcore_main(void *arg)
 
 LABEL_OUT = SERPENS_LABEL_OUT
 LABEL_DROP = SERPENS_LABEL_DROP
@@ -42,6 +102,7 @@ CTL_SIZE = sizeof(serpens_pool_ctl)
 DEF LABEL_DYNFIELD_NAME = b"serpens_label"
 LABEL_DYNFIELD = LABEL_DYNFIELD_NAME
 cdef int label_off = -1
+cdef int meta_off = -1
 
 
 def _rte_error(what):
@@ -85,6 +146,15 @@ def register_label_field():
         label_off = rte_mbuf_dynfield_lookup(LABEL_DYNFIELD_NAME, NULL)
     if label_off < 0:
         raise _rte_error("mbuf label dynfield")
+    if rte_eal_process_type() == RTE_PROC_PRIMARY:  # the router's per-packet metadata
+        global meta_off
+        memset(&p, 0, sizeof(p))
+        strncpy(p.name, b"serpens_rx_meta", sizeof(p.name) - 1)
+        p.size = sizeof(serpens_rx_meta)
+        p.align = sizeof(uint64_t)
+        meta_off = rte_mbuf_dynfield_register(&p)
+        if meta_off < 0:
+            raise _rte_error("mbuf rx metadata dynfield")
     return label_off
 
 
@@ -615,43 +685,14 @@ cdef extern from "rte_eth_ring.h" nogil:
                            rte_ring * const tx_queues[], unsigned nb_tx_queues,
                            unsigned numa_node)
 
-cdef extern from "router.h" nogil:
-    int SERPENS_ROUTER_MAX_INSTANCES
-    int SERPENS_INST_EMPTY, SERPENS_INST_ACTIVE, SERPENS_INST_DRAINING
-    struct serpens_router_instance:
-        uint32_t state
-        int efd
-        rte_ring *rx
-        rte_ring *tx
-        serpens_pool_ctl *ctl
-        uint32_t waiting
-        uint64_t oldest_tsc
-        uint64_t enqueued
-        uint64_t returned
-        uint64_t wakeups
-        uint32_t drained
-    struct serpens_router:
-        uint32_t stop
-        uint16_t in_port
-        uint16_t out_port
-        uint32_t wake_batch
-        uint64_t wake_cycles
-        uint64_t drain_cycles
-        serpens_router_instance inst[16]
-        uint64_t rx, tx, dropped, no_instance, tx_failed, new_flows, moved_flows, sleeps
-        uint32_t npending
-        uint32_t wants_instance
-        int notify_fd
-        int label_off
-    int serpens_router_run(serpens_router *r, int label_offset)
-    int serpens_router_lcore_main(void *arg)
-
 cdef extern from "rte_launch.h" nogil:
     ctypedef int (*lcore_function_t)(void *)
     int rte_eal_remote_launch(lcore_function_t f, void *arg, unsigned worker_id)
     int rte_eal_wait_lcore(unsigned worker_id)
 
 ROUTER_MAX_INSTANCES = SERPENS_ROUTER_MAX_INSTANCES
+ROUTER_MAX_SFCS = SERPENS_ROUTER_MAX_SFCS
+LAT_REC_FORMAT = "<QQII"  # serpens_lat_rec: rx_tsc, tx_tsc, flow, seq
 
 
 def port_from_rings(str name, Ring rx, Ring tx, Mempool pool):
@@ -672,41 +713,177 @@ def port_from_rings(str name, Ring rx, Ring tx, Mempool pool):
 
 
 cdef class Router:
-    """The router of router/router.h; run() blocks (nogil) until stop()."""
+    """The router of router/router.h. Ports are DPDK port ids; SFCs and instance slots are the
+    router's small integers. Configure SFCs, rules and tags before traffic for them flows."""
     cdef serpens_router *r
     cdef object refs
     cdef int lcore
 
-    def __cinit__(self, uint16_t in_port, uint16_t out_port, uint32_t wake_batch=128,
-                  double wake_us=50, double drain_us=100):
+    def __cinit__(self, in_ports, out_port=None, uint32_t wake_batch=128, double wake_us=50,
+                  double drain_us=100):
         self.r = <serpens_router *>calloc(1, sizeof(serpens_router))
         if self.r == NULL:
             raise MemoryError()
-        self.r.in_port = in_port
-        self.r.out_port = out_port
         self.r.wake_batch = wake_batch
         self.r.wake_cycles = <uint64_t>(rte_get_tsc_hz() * wake_us / 1e6)
         self.r.drain_cycles = <uint64_t>(rte_get_tsc_hz() * drain_us / 1e6)
+        self.r.default_sfc = -1
         self.refs = {}
         self.lcore = -1
-        self.r.notify_fd = -1
+        for port in ([in_ports] if isinstance(in_ports, int) else in_ports):
+            self.r.ports[self._port(port)].input = 1
+        if out_port is not None:  # the one-SFC node: everything goes to SFC 0
+            self.r.default_sfc = self.add_sfc(out_port)
 
     def __dealloc__(self):
         if self.lcore >= 0:
             self.r.stop = 1
             rte_eal_wait_lcore(self.lcore)
+        free(self.r.log)
         free(self.r)
 
-    def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd):
-        """Slot i now holds a running instance that takes new flows."""
+    cdef int _port(self, uint16_t port) except -1:
+        """The router's index of a DPDK port (added on first use)."""
+        for i in range(self.r.nports):
+            if self.r.ports[i].id == port:
+                return i
+        if self.r.nports == SERPENS_ROUTER_MAX_PORTS:
+            raise ValueError(f"router: at most {SERPENS_ROUTER_MAX_PORTS} ports")
+        i = self.r.nports
+        self.r.ports[i].id = port
+        serpens_fence()
+        self.r.nports += 1
+        return i
+
+    # ---- configuration ----------------------------------------------------------------------
+
+    def add_sfc(self, out_port=None, next_sfc=None):
+        """A new SFC; its OUT packets go to DPDK port `out_port` or, chained, into SFC
+        `next_sfc` (local-proxy mode: the hop between NFs passes the router). Returns its id."""
+        cdef serpens_router_sfc *s
+        if (out_port is None) == (next_sfc is None):
+            raise ValueError("an SFC leaves by exactly one of out_port, next_sfc")
+        for sfc in range(SERPENS_ROUTER_MAX_SFCS):
+            s = &self.r.sfcs[sfc]
+            if s.used:
+                continue
+            if next_sfc is not None:
+                if not (0 <= next_sfc < SERPENS_ROUTER_MAX_SFCS and self.r.sfcs[next_sfc].used):
+                    raise ValueError(f"next SFC {next_sfc} does not exist")
+                s.next, s.out_port = next_sfc, 0  # chains point back only: no cycle
+            else:
+                s.next, s.out_port = -1, self._port(out_port)
+            s.rx = s.out = s.dropped = s.new_flows = s.moved_flows = 0
+            s.notify_fd = -1
+            serpens_fence()
+            s.used = 1
+            return sfc
+        raise ValueError(f"router: at most {SERPENS_ROUTER_MAX_SFCS} SFCs")
+
+    def set_default_sfc(self, int sfc):
+        """Packets no tag and no rule classify go to `sfc` (-1: counted as unmatched, freed)."""
+        if sfc >= 0:
+            self._check_sfc(sfc)
+        self.r.default_sfc = sfc
+
+    def set_tag(self, int vlan, int sfc):
+        """Packets whose outer VLAN ID is `vlan` belong to `sfc` (-1: forget the tag)."""
+        if not 0 < vlan < 4095:
+            raise ValueError(f"VLAN ID 1..4094, got {vlan}")
+        if sfc >= 0:
+            self._check_sfc(sfc)
+        self.r.tag_sfc[vlan] = sfc + 1
+
+    def set_rules(self, rules):
+        """The match table, first match wins: dicts with `sfc` and optional `src`, `dst`
+        (IPv4 prefixes), `proto` (number), `sport`, `dport` ((lo, hi)), `in_port` (DPDK port)."""
+        import ipaddress
+        if len(rules) > SERPENS_ROUTER_MAX_RULES:
+            raise ValueError(f"at most {SERPENS_ROUTER_MAX_RULES} match rules")
+        cdef serpens_match_rule table[64]
+        cdef serpens_match_rule *m
+        memset(table, 0, sizeof(table))
+        for i, rule in enumerate(rules):
+            m = &table[i]
+            self._check_sfc(rule["sfc"])
+            m.sfc = rule["sfc"]
+            for field in ("src", "dst"):
+                net = ipaddress.IPv4Network(rule.get(field, "0.0.0.0/0"), strict=False)
+                addr = int(net.network_address).to_bytes(4, "big")
+                mask = int(net.netmask).to_bytes(4, "big")
+                if field == "src":
+                    m.src, m.src_mask = int.from_bytes(addr, "little"), int.from_bytes(mask, "little")
+                else:
+                    m.dst, m.dst_mask = int.from_bytes(addr, "little"), int.from_bytes(mask, "little")
+            m.proto = rule.get("proto", 0)
+            m.sport_lo, m.sport_hi = rule.get("sport", (0, 65535))
+            m.dport_lo, m.dport_hi = rule.get("dport", (0, 65535))
+            m.in_port = self._port(rule["in_port"]) if rule.get("in_port") is not None else -1
+        self.r.nrules = 0
+        serpens_fence()
+        memcpy(self.r.rules, table, sizeof(table))
+        serpens_fence()
+        self.r.nrules = len(rules)
+
+    def _check_sfc(self, int sfc):
+        if not (0 <= sfc < SERPENS_ROUTER_MAX_SFCS and self.r.sfcs[sfc].used):
+            raise ValueError(f"SFC {sfc} does not exist")
+
+    def pace(self, uint16_t port, double pps, uint32_t depth=4096):
+        """Emulate a NIC fed at `pps` on an input port whose source never runs dry (e.g.
+        net_pcap infinite_rx): arrivals are stamped with their scheduled time, and more than
+        `depth` arrivals waiting are lost (counted as `missed`). pps 0: unpaced."""
+        cdef serpens_router_port *p = &self.r.ports[self._port(port)]
+        p.pace_cycles = 0
+        serpens_fence()
+        if pps > 0:
+            p.pace_depth = depth
+            p.pace_next = <double>rte_rdtsc()
+            serpens_fence()
+            p.pace_cycles = rte_get_tsc_hz() / pps
+
+    # ---- latency log ------------------------------------------------------------------------
+
+    def log_start(self, uint64_t capacity):
+        """Record (rx_tsc, tx_tsc, flow, seq) of each of the next `capacity` packets sent."""
+        self.r.log_on = 0
+        serpens_fence()
+        free(self.r.log)
+        self.r.log = <serpens_lat_rec *>calloc(capacity, sizeof(serpens_lat_rec))
+        if self.r.log == NULL:
+            raise MemoryError()
+        self.r.log_cap, self.r.log_n = capacity, 0
+        serpens_fence()
+        self.r.log_on = 1
+
+    def log_take(self):
+        """Stop recording; the records as bytes (LAT_REC_FORMAT each)."""
+        self.r.log_on = 0
+        serpens_fence()
+        n = serpens_load_u64(&self.r.log_n)
+        return PyBytes_FromStringAndSize(<char *>self.r.log, n * sizeof(serpens_lat_rec))
+
+    # ---- instances --------------------------------------------------------------------------
+
+    def free_slot(self):
+        """An instance slot not in use."""
+        for i in range(SERPENS_ROUTER_MAX_INSTANCES):
+            if self.r.inst[i].state == SERPENS_INST_EMPTY and i not in self.refs:
+                return i
+        raise ValueError(f"router: all {SERPENS_ROUTER_MAX_INSTANCES} instance slots in use")
+
+    def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd, int sfc=0):
+        """Slot i now holds a running instance of `sfc` that takes new flows."""
         if not 0 <= i < SERPENS_ROUTER_MAX_INSTANCES:
             raise IndexError(i)
+        self._check_sfc(sfc)
         inst = &self.r.inst[i]
         if inst.state != SERPENS_INST_EMPTY:
             raise ValueError(f"router slot {i} is in use")
         self.refs[i] = (rx, tx, ctl)  # the rings and control block outlive their use here
-        inst.rx, inst.tx, inst.ctl, inst.efd = rx.r, tx.r, ctl.c, efd
-        inst.waiting = inst.enqueued = inst.returned = inst.wakeups = 0
+        inst.rx, inst.tx, inst.ctl, inst.efd, inst.sfc = rx.r, tx.r, ctl.c, efd, sfc
+        inst.waiting = inst.npending = 0
+        inst.enqueued = inst.returned = inst.wakeups = 0
         inst.drained = 0
         serpens_fence()
         inst.state = SERPENS_INST_ACTIVE
@@ -729,15 +906,19 @@ cdef class Router:
 
     def run(self):
         """Run on the calling thread until stop() (nogil)."""
-        cdef int off = label_off
-        self.r.label_off = off
+        self._prepare()
         with nogil:
-            serpens_router_run(self.r, off)
+            serpens_router_run(self.r)
+
+    def _prepare(self):
+        if label_off < 0 or meta_off < 0:
+            raise RuntimeError("register_label_field() first (the agent's dataplane does)")
+        self.r.label_off, self.r.meta_off = label_off, meta_off
+        self.r.stop = 0
 
     def launch(self, unsigned lcore):
         """Run on EAL worker lcore `lcore` (DESIGN §3: the router owns a core); stop() ends it."""
-        self.r.label_off = label_off
-        self.r.stop = 0
+        self._prepare()
         rc = rte_eal_remote_launch(serpens_router_lcore_main, self.r, lcore)
         if rc:
             raise OSError(-rc, f"launching the router on lcore {lcore}: "
@@ -752,15 +933,16 @@ cdef class Router:
                 rte_eal_wait_lcore(self.lcore)
             self.lcore = -1
 
-    def set_notify_fd(self, int fd):
-        """An eventfd the router writes when packets wait and no instance runs."""
-        self.r.notify_fd = fd
+    def set_notify_fd(self, int fd, int sfc=0):
+        """An eventfd the router writes when packets of `sfc` wait and it has no instance."""
+        self._check_sfc(sfc)
+        self.r.sfcs[sfc].notify_fd = fd
 
-    def take_instance_request(self):
-        """True once per episode of packets waiting with no instance running."""
+    def take_instance_request(self, int sfc=0):
+        """True once per episode of packets of `sfc` waiting with no instance running."""
         serpens_fence()
-        if self.r.wants_instance:
-            self.r.wants_instance = 0
+        if self.r.sfcs[sfc].wants_instance:
+            self.r.sfcs[sfc].wants_instance = 0
             return True
         return False
 
@@ -770,13 +952,23 @@ cdef class Router:
 
     def stats(self):
         r = self.r
-        per = {i: {"enqueued": r.inst[i].enqueued, "returned": r.inst[i].returned,
-                   "wakeups": r.inst[i].wakeups, "state": r.inst[i].state}
+        per = {i: {"sfc": r.inst[i].sfc, "enqueued": r.inst[i].enqueued,
+                   "returned": r.inst[i].returned, "wakeups": r.inst[i].wakeups,
+                   "state": r.inst[i].state}
                for i in range(SERPENS_ROUTER_MAX_INSTANCES) if r.inst[i].state}
-        return {"rx": r.rx, "tx": r.tx, "dropped": r.dropped, "no_instance": r.no_instance,
-                "tx_failed": r.tx_failed, "new_flows": r.new_flows,
-                "moved_flows": r.moved_flows, "sleeps": r.sleeps,
-                "pending": r.npending, "instances": per}
+        ports = {r.ports[i].id: {"rx": r.ports[i].rx, "tx": r.ports[i].tx,
+                                 "tx_failed": r.ports[i].tx_failed,
+                                 "unmatched": r.ports[i].unmatched, "missed": r.ports[i].missed}
+                 for i in range(r.nports)}
+        sfcs = {k: {"rx": r.sfcs[k].rx, "out": r.sfcs[k].out, "dropped": r.sfcs[k].dropped,
+                    "new_flows": r.sfcs[k].new_flows, "moved_flows": r.sfcs[k].moved_flows,
+                    "held": r.sfcs[k].nheld}
+                for k in range(SERPENS_ROUTER_MAX_SFCS) if r.sfcs[k].used}
+        return {"rx": r.rx, "tx": r.tx, "dropped": r.dropped, "tx_failed": r.tx_failed,
+                "sleeps": r.sleeps, "pending": r.npending, "held": r.nheld,
+                "new_flows": sum(s["new_flows"] for s in sfcs.values()),
+                "moved_flows": sum(s["moved_flows"] for s in sfcs.values()),
+                "ports": ports, "sfcs": sfcs, "instances": per}
 
 
 cdef extern from "rte_dev.h" nogil:

@@ -74,3 +74,4 @@ cdef extern from "dp_inline.h" nogil:
     void serpens_fence()
     uint32_t serpens_inc_u32(uint32_t *p)
     uint32_t serpens_load_u32(const uint32_t *p)
+    uint64_t serpens_load_u64(const uint64_t *p)

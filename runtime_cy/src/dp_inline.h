@@ -30,4 +30,9 @@ static inline uint32_t serpens_load_u32(const volatile uint32_t *p)
 	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 
+static inline uint64_t serpens_load_u64(const volatile uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
 #endif
