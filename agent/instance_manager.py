@@ -80,7 +80,7 @@ class InstanceManager:
     # ---- internals ------------------------------------------------------------------------
 
     def _add(self) -> int:
-        slot = self.router.free_slot()
+        slot = self.router.reserve_slot()
         rx = dp.Ring(f"im{self._tag}_{slot}_rx{self.starts}", 1024)
         tx = dp.Ring(f"im{self._tag}_{slot}_tx{self.starts}", 1024)
         try:
@@ -88,6 +88,7 @@ class InstanceManager:
         except PoolError:
             rx.free()
             tx.free()
+            self.router.release_slot(slot)
             raise
         self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd, self.sfc_id)
         self.slots[slot] = _Slot(proc, rx, tx, self.router.activity(slot), time.monotonic())

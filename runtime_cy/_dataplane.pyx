@@ -865,12 +865,19 @@ cdef class Router:
 
     # ---- instances --------------------------------------------------------------------------
 
-    def free_slot(self):
-        """An instance slot not in use."""
+    def reserve_slot(self):
+        """An instance slot for set_instance(), kept from other callers until then (or until
+        release_slot())."""
         for i in range(SERPENS_ROUTER_MAX_INSTANCES):
             if self.r.inst[i].state == SERPENS_INST_EMPTY and i not in self.refs:
+                self.refs[i] = None
                 return i
         raise ValueError(f"router: all {SERPENS_ROUTER_MAX_INSTANCES} instance slots in use")
+
+    def release_slot(self, int i):
+        """Give back a reserved slot that set_instance() never filled."""
+        if self.r.inst[i].state == SERPENS_INST_EMPTY and self.refs.get(i, 0) is None:
+            del self.refs[i]
 
     def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd, int sfc=0):
         """Slot i now holds a running instance of `sfc` that takes new flows."""
