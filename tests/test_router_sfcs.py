@@ -148,13 +148,13 @@ def test_chained_sfcs_pass_the_router_between_hops_in_order(build, wires, runnin
         src.send(frames[i:i + 100])
     got = out.receive(400)
     assert all(trace(d) == [1, 2] for d in got)
-    last = {}
+    newest = {}
     for d in got:  # in order within each flow
         udp_ = Ether(d)[UDP]
         seq = struct.unpack("<I", bytes(udp_.payload)[16:20])[0]
-        assert seq > last.get(udp_.sport, -1)
-        last[udp_.sport] = seq
-    assert len(last) == 8
+        assert seq > newest.get(udp_.sport, -1)
+        newest[udp_.sport] = seq
+    assert len(newest) == 8
     stats = router.stats()
     assert stats["sfcs"][first]["out"] == 400 and stats["sfcs"][last]["rx"] == 400
 
