@@ -28,6 +28,7 @@ class DataplaneConfig:
     main_lcore: int = 0
     router_lcore: int = 1      # the EAL worker lcore the router runs on
     cpus: str = "0-1"          # CPUs the primary's threads may run on
+    router_cpus: str = ""      # CPUs of the router's lcore ("": the same as cpus)
     vdevs: tuple = ()          # "net_null0", "net_pcap0,rx_pcap=...", ...
     state_dir: str = "/dev/shm/serpens/state"  # state tables (tmpfs, or hugetlbfs)
     mbufs: int = 16383
@@ -37,7 +38,8 @@ class DataplaneConfig:
     def eal_args(self):
         args = ["serpens-agent", "--proc-type=primary", f"--file-prefix={self.file_prefix}",
                 f"--huge-dir={self.hugepage_dir}", f"--base-virtaddr={self.base_virtaddr:#x}",
-                f"--lcores={self.main_lcore}@({self.cpus}),{self.router_lcore}@({self.cpus})",
+                f"--lcores={self.main_lcore}@({self.cpus}),"
+                f"{self.router_lcore}@({self.router_cpus or self.cpus})",
                 "--no-telemetry",
                 "--log-level=lib.eal:error"]
         if not any(v.startswith(("0000:", "-a")) for v in self.vdevs):

@@ -3,4 +3,5 @@
 CASES = {
     "startup": "serpens.bench.startup",
     "state": "serpens.bench.state",
+    "sfc": "serpens.bench.sfc",
 }

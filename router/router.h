@@ -125,7 +125,7 @@ struct serpens_router_port {
 	uint32_t nout;
 	uint64_t last_flush;
 	struct rte_mbuf *out[SERPENS_BURST];
-	uint64_t rx, tx, tx_failed, unmatched, missed;
+	uint64_t rx, tx, tx_failed, unmatched, missed, rx_empty;
 };
 
 /* Metadata stays valid within a process: mbufs' dynfield offset and the TSC. */

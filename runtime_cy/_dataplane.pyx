@@ -56,7 +56,7 @@ cdef extern from "router.h" nogil:
         uint8_t input
         double pace_cycles, pace_next
         uint32_t pace_depth
-        uint64_t rx, tx, tx_failed, unmatched, missed
+        uint64_t rx, tx, tx_failed, unmatched, missed, rx_empty
     struct serpens_router:
         uint32_t stop
         int label_off, meta_off
@@ -849,9 +849,11 @@ cdef class Router:
         self.r.log_on = 0
         serpens_fence()
         free(self.r.log)
-        self.r.log = <serpens_lat_rec *>calloc(capacity, sizeof(serpens_lat_rec))
+        self.r.log = <serpens_lat_rec *>malloc(capacity * sizeof(serpens_lat_rec))
         if self.r.log == NULL:
             raise MemoryError()
+        # touched now: page faults while the router records would show up as latency
+        memset(self.r.log, 0, capacity * sizeof(serpens_lat_rec))
         self.r.log_cap, self.r.log_n = capacity, 0
         serpens_fence()
         self.r.log_on = 1
@@ -965,7 +967,8 @@ cdef class Router:
                for i in range(SERPENS_ROUTER_MAX_INSTANCES) if r.inst[i].state}
         ports = {r.ports[i].id: {"rx": r.ports[i].rx, "tx": r.ports[i].tx,
                                  "tx_failed": r.ports[i].tx_failed,
-                                 "unmatched": r.ports[i].unmatched, "missed": r.ports[i].missed}
+                                 "unmatched": r.ports[i].unmatched, "missed": r.ports[i].missed,
+                                 "rx_empty": r.ports[i].rx_empty}
                  for i in range(r.nports)}
         sfcs = {k: {"rx": r.sfcs[k].rx, "out": r.sfcs[k].out, "dropped": r.sfcs[k].dropped,
                     "new_flows": r.sfcs[k].new_flows, "moved_flows": r.sfcs[k].moved_flows,

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dpdk libdpdk-dev build-essential pkg-config python3-venv python3-dev
+APT_PACKAGES=(dpdk dpdk-dev libdpdk-dev build-essential pkg-config python3-venv python3-dev
               libpcap-dev libnuma-dev etcd-server etcd-client redis-server iproute2)
 HUGEPAGES_2M=${SERPENS_HUGEPAGES:-1024}   # 2 GiB of 2 MiB pages (at least 1 GiB is required)
 
@@ -39,7 +39,8 @@ build_inputs_hash() {
   # Sources only: the build writes runtime_cy/_*.c, which must not change the hash.
   { cat pyproject.toml setup.py
     find runtime_cy \( -name '*.pyx' -o -name '*.pxd' -o -path '*/src/*' -o -path '*/include/*' \
-         -o -path '*/nf_support/*' \) -type f | sort | xargs cat; } | sha256sum | cut -d' ' -f1
+         -o -path '*/nf_support/*' \) -type f | sort | xargs cat
+    find router -type f \( -name '*.c' -o -name '*.h' \) | sort | xargs cat; } | sha256sum | cut -d' ' -f1
 }
 
 setup_venv() {

@@ -1,0 +1,147 @@
+"""A one-node rig for the data-plane benchmarks (sfc, chain, scale).
+
+Ports: the source is DPDK's net_pcap with infinite_rx (it replays a capture of the benchmark
+traffic endlessly, copying each frame into a fresh mbuf: the cost of a NIC's RX on the router
+core), the sink is net_null (frees what is sent). The same kind of ports serve the testpmd
+baseline. Cores: the router's lcore on CPU 1, instances on CPU 0, the Python control thread
+mostly asleep; offered load is set by pacing the source in the router (router.h "Pacing"),
+so latency counts from each packet's scheduled arrival and an overload shows as `missed`.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import time
+
+from serpens.agent.dataplane import Dataplane, DataplaneConfig
+from serpens.agent.instance_manager import InstanceManager
+from serpens.agent.process_pool import ProcessPool
+from serpens.runtime_cy import _dataplane as dp
+
+from .common import percentiles, udp_frame
+
+ROUTER_CPU, INSTANCE_CPU = 1, 0
+
+
+def flow_frames(flows: int, size: int = 64) -> list[bytes]:
+    """One frame per flow: UDP from 10.x.y.z (allowed by the benchmark firewall) to port 53."""
+    return [udp_frame(f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}", "198.51.100.7",
+                      1024 + i % 50000, 53, size=size) for i in range(flows)]
+
+
+def write_pcap(path: str, frames: list[bytes]):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for fr in frames:
+            f.write(struct.pack("<IIII", 0, 0, len(fr), len(fr)) + fr)
+
+
+def keep_off_router_cpu():
+    """Every thread of this process but the router's (EAL's interrupt and IPC threads, the
+    pool monitor, instance managers) to the instance CPU: the router's CPU is the router's."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith("rte-worker"):
+                    continue
+            os.sched_setaffinity(int(tid), {INSTANCE_CPU})
+        except OSError:
+            pass  # the thread ended meanwhile
+
+
+class Rig:
+    def __init__(self, name: str, frames: list[bytes], pool_size: int = 1):
+        self.tmp = tempfile.TemporaryDirectory(prefix=f"serpens-bench-{name}-")
+        self.pcap = os.path.join(self.tmp.name, "traffic.pcap")
+        write_pcap(self.pcap, frames)
+        cpus = "0-1" if (os.cpu_count() or 1) > 1 else "0"
+        self.dataplane = Dataplane(DataplaneConfig(
+            file_prefix=f"serpens-bench-{name}-{os.getpid()}",
+            state_dir=os.path.join(self.tmp.name, "state"), cpus=cpus,
+            router_cpus=str(ROUTER_CPU % (os.cpu_count() or 1)),
+            vdevs=(f"net_pcap_{name},rx_pcap={self.pcap},infinite_rx=1",
+                   f"net_null_{name},no-rx=1"))).start()
+        self.pool = ProcessPool(self.dataplane, pool_size).start()
+        for proc in self.pool.processes():
+            os.sched_setaffinity(proc.pid, {INSTANCE_CPU})
+        os.sched_setaffinity(0, {INSTANCE_CPU})
+        mp = self.dataplane.mempool
+        self.src = dp.port_open(f"net_pcap_{name}", mp)
+        self.sink = dp.port_open(f"net_null_{name}", mp)
+        self.router = self.managers = None
+
+    def start(self, sfcs, chained: bool = False, warm_s: float = 600.0, instances: int = 1,
+              ring_size: int = 1024):
+        """Route the source into `sfcs` (CompiledSFCs): one SFC, or with `chained` a chain of
+        router SFCs (each hop passes the router); `instances` of each, started now."""
+        self.router = dp.Router(self.src)
+        nxt = None
+        ids = []
+        for sfc in reversed(sfcs):
+            nxt = self.router.add_sfc(self.sink) if nxt is None else self.router.add_sfc(
+                next_sfc=nxt)
+            ids.append(nxt)
+        ids.reverse()
+        if not chained:
+            assert len(sfcs) == 1
+        self.router.set_default_sfc(ids[0])
+        self.router.pace(self.src, 1)  # held back until measured
+        self.managers = [InstanceManager(self.pool, self.router, sfc, sfc_id=sid, warm_s=warm_s,
+                                         ring_size=ring_size)
+                         for sid, sfc in zip(ids, sfcs)]
+        self.router.launch(self.dataplane.config.router_lcore)
+        for m in self.managers:
+            m.start()
+            m.scale(instances)
+            for s in m.slots.values():
+                os.sched_setaffinity(s.proc.pid, {INSTANCE_CPU})
+        keep_off_router_cpu()
+        return self
+
+    def stop(self):
+        if self.router is not None:
+            for m in self.managers:
+                m.close()
+            self.router.stop()
+            self.router = self.managers = None
+
+    def close(self):
+        self.stop()
+        self.pool.close()
+        self.dataplane.close()
+        self.tmp.cleanup()
+
+    # ---- measurements -----------------------------------------------------------------------
+
+    def _counts(self):
+        st = self.router.stats()
+        return (st["ports"][self.src]["rx"], st["ports"][self.src]["missed"],
+                st["ports"][self.sink]["tx"], st["dropped"], time.perf_counter())
+
+    def run_at(self, pps: float, seconds: float, warmup: float = 0.3, log: int = 0) -> dict:
+        """Offer `pps` (0: as fast as the router takes packets) for warmup + seconds; rates
+        and loss over the measured part, latency (us) if `log` records were kept."""
+        self.router.pace(self.src, pps)
+        time.sleep(warmup)
+        if log:
+            self.router.log_start(log)
+        rx0, miss0, tx0, drop0, t0 = self._counts()
+        time.sleep(seconds)
+        rx1, miss1, tx1, drop1, t1 = self._counts()
+        recs = self.router.log_take() if log else b""
+        self.router.pace(self.src, 1)  # idle between runs
+        dt = t1 - t0
+        arrived = (rx1 - rx0) + (miss1 - miss0)
+        out = {"offered_mpps": arrived / dt / 1e6, "mpps": (tx1 - tx0) / dt / 1e6,
+               "loss": (miss1 - miss0) / arrived if arrived else 0.0,
+               "nf_dropped": drop1 - drop0}
+        if log:
+            out["latency_us"] = latency_us(recs, (0.5, 50, 99, 99.9))
+        return out
+
+
+def latency_us(recs: bytes, points=(50, 99)) -> dict:
+    hz = dp.tsc_hz() / 1e6
+    lat = [(tx - rx) / hz for rx, tx, _, _ in struct.iter_unpack(dp.LAT_REC_FORMAT, recs)]
+    return {k.replace(".", "_"): v for k, v in percentiles(lat, *points).items()}
