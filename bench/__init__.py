@@ -4,4 +4,5 @@ CASES = {
     "startup": "serpens.bench.startup",
     "state": "serpens.bench.state",
     "sfc": "serpens.bench.sfc",
+    "chain": "serpens.bench.chain",
 }
