@@ -75,7 +75,9 @@ class InstanceManager:
             raise ValueError(f"instances: 0..{self.max_instances}, got {n}")
         with self._lock:
             while len(self.slots) < n:
-                self._add()
+                slot = self._add()
+                if len(self.slots) > 1:  # scale-out: the new instance takes a share of flows
+                    self.router.rebalance(self.sfc_id, slot)
             while len(self.slots) > n:
                 self._retire(max(self.slots))
 

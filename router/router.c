@@ -118,6 +118,12 @@ static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t n
 				 (uint16_t)(now - b->used[w]) > (uint16_t)(now - b->used[lru]))))
 			lru = w;
 	}
+	if (way >= 0 && b->from[way] != SERPENS_NO_MOVE) { /* moved by a rebalance */
+		const struct serpens_router_instance *old = &r->inst[b->from[way] - 1];
+		if (old->state != SERPENS_INST_EMPTY && old->barrier_on && old->returned < old->barrier)
+			return -2; /* packets of it still with the old instance: wait */
+		b->from[way] = SERPENS_NO_MOVE;
+	}
 	if (way >= 0 && usable(&r->inst[b->inst[way]], sfc)) {
 		b->used[way] = now;
 		return b->inst[way];
@@ -133,8 +139,76 @@ static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t n
 	}
 	b->hash[way] = key;
 	b->inst[way] = (uint16_t)inst;
+	b->from[way] = SERPENS_NO_MOVE;
 	b->used[way] = now;
 	return inst;
+}
+
+/* Re-pin a share of an SFC's flows to instance `to` behind barriers (see router.h). */
+static void start_rebalance(struct serpens_router *r, int sfc, int to)
+{
+	struct serpens_router_sfc *s = &r->sfcs[sfc];
+	uint32_t n = 0;
+	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+		struct serpens_router_instance *in = &r->inst[i];
+		if (in->state == SERPENS_INST_ACTIVE && in->sfc == sfc) {
+			n++;
+			if (i != to) {
+				in->barrier = in->enqueued + in->npending;
+				in->barrier_on = 1;
+			}
+		}
+	}
+	if (n < 2 || r->inst[to].state != SERPENS_INST_ACTIVE || r->inst[to].sfc != sfc)
+		return;
+	for (uint32_t bi = 0; bi < SERPENS_FLOW_BUCKETS; bi++) {
+		struct serpens_flow_bucket *b = &r->flows[bi];
+		for (int w = 0; w < SERPENS_FLOW_WAYS; w++) {
+			uint16_t i = b->inst[w];
+			if (!b->hash[w] || i == to || r->inst[i].sfc != sfc ||
+			    r->inst[i].state != SERPENS_INST_ACTIVE || (b->hash[w] >> 13) % n)
+				continue;
+			b->from[w] = (uint16_t)(i + 1);
+			b->inst[w] = (uint16_t)to;
+			s->rebalanced_flows++;
+		}
+	}
+	s->moving = 1;
+}
+
+/* A rebalance is over once every old instance returned what it had before its barrier. */
+static int rebalance_done(struct serpens_router *r, int sfc)
+{
+	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+		struct serpens_router_instance *in = &r->inst[i];
+		if (in->sfc == sfc && in->barrier_on && in->state != SERPENS_INST_EMPTY &&
+		    in->returned < in->barrier)
+			return 0;
+	}
+	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
+		if (r->inst[i].sfc == sfc)
+			r->inst[i].barrier_on = 0;
+	r->sfcs[sfc].moving = 0;
+	return 1;
+}
+
+/* Rebalances asked for; one per SFC at a time (a later one waits). Returns 1 if some wait. */
+static int take_requests(struct serpens_router *r)
+{
+	int waiting = 0;
+	for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS; sfc++) {
+		struct serpens_router_sfc *s = &r->sfcs[sfc];
+		if (!__atomic_load_n(&s->rebalance_to, __ATOMIC_ACQUIRE))
+			continue;
+		if (s->moving && !rebalance_done(r, sfc)) {
+			waiting = 1;
+			continue;
+		}
+		int32_t to = __atomic_exchange_n(&s->rebalance_to, 0, __ATOMIC_ACQ_REL);
+		if (to > 0)
+			start_rebalance(r, sfc, to - 1);
+	}
+	return waiting;
 }
 
 static void wake(struct serpens_router_instance *in)
@@ -240,7 +314,7 @@ static uint32_t release_held(struct serpens_router *r, uint64_t now)
 	uint32_t moved = 0;
 	for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS && r->nheld && !r->npending; sfc++) {
 		struct serpens_router_sfc *s = &r->sfcs[sfc];
-		if (!s->nheld || least_loaded(r, sfc) < 0)
+		if (!s->nheld || least_loaded(r, sfc) < 0 || (s->moving && !rebalance_done(r, sfc)))
 			continue;
 		uint32_t n = s->nheld < SERPENS_BURST ? s->nheld : SERPENS_BURST;
 		struct rte_mbuf *pkts[SERPENS_BURST];
@@ -462,6 +536,11 @@ int serpens_router_run(struct serpens_router *r)
 	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now = rte_rdtsc();
 		uint32_t work = 0;
+		if (__atomic_load_n(&r->requests, __ATOMIC_ACQUIRE)) {
+			__atomic_store_n(&r->requests, 0, __ATOMIC_SEQ_CST);
+			if (take_requests(r))
+				r->requests = 1;
+		}
 		if (r->npending)
 			work += flush_pending(r, now);
 		if (r->nheld && !r->npending)

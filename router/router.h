@@ -27,6 +27,13 @@
  * came back (nothing queued, nothing in flight), and only then are its flows re-pinned (on
  * their next packet) to a live instance, which finds their state in shared memory.
  *
+ * Scale-out moves load too (`rebalance_to`): a share (1/n) of every instance's pinned flows is
+ * re-pinned to the new instance, each instance gets a barrier (the packets given to it so
+ * far), and a moved flow's packets wait in the SFC's hold queue (with every later packet of
+ * the SFC, so order holds) until its old instance returned everything before the barrier.
+ * Then no packet of the flow is left behind it, and the new instance takes over; its state
+ * is in shared memory already.
+ *
  * Every received packet carries metadata in an mbuf dynfield (`serpens_rx_meta`): its arrival
  * time, flow hash and a receive sequence number. When a latency log is armed, the router
  * records them with the transmit time of every packet it sends: benchmarks read latency and
@@ -58,6 +65,7 @@
 #define SERPENS_ROUTER_HOLD 256  /* packets held per SFC while its first instance starts */
 #define SERPENS_FLOW_WAYS 8
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
+#define SERPENS_NO_MOVE 0
 
 enum serpens_instance_state {
 	SERPENS_INST_EMPTY = 0,
@@ -91,6 +99,8 @@ struct serpens_router_instance {
 	uint32_t npending;           /* packets its full ring did not take yet */
 	struct rte_mbuf *pending[2 * SERPENS_BURST];
 	volatile uint32_t drained;   /* draining and empty: its flows have moved */
+	uint64_t barrier;            /* flows moving away wait until returned >= barrier */
+	uint32_t barrier_on;
 };
 
 struct serpens_router_sfc {
@@ -99,10 +109,12 @@ struct serpens_router_sfc {
 	uint16_t out_port;           /* index into ports[] */
 	volatile uint32_t wants_instance; /* set by the router, cleared by the instance manager */
 	int notify_fd;               /* eventfd written when wants_instance is raised (-1: none) */
+	volatile int32_t rebalance_to; /* control: move a share of the flows to slot - 1 */
 	uint32_t nheld;
 	struct rte_mbuf *held[SERPENS_ROUTER_HOLD];
 	/* router thread */
-	uint64_t rx, out, dropped, new_flows, moved_flows;
+	uint32_t moving;             /* a rebalance waits for its barriers */
+	uint64_t rx, out, dropped, new_flows, moved_flows, rebalanced_flows;
 };
 
 /* First match wins. Addresses and masks in network order; ports in host order, inclusive. */
@@ -131,6 +143,7 @@ struct serpens_router_port {
 /* Metadata stays valid within a process: mbufs' dynfield offset and the TSC. */
 struct serpens_router {
 	volatile uint32_t stop;
+	volatile uint32_t requests; /* control: some SFC's rebalance_to is set */
 	int label_off;            /* mbuf verdict dynfield */
 	int meta_off;             /* mbuf serpens_rx_meta dynfield */
 	uint32_t wake_batch;      /* wake after this many queued packets (128) */
@@ -160,6 +173,7 @@ struct serpens_router {
 		uint32_t hash[SERPENS_FLOW_WAYS]; /* 0: empty */
 		uint16_t inst[SERPENS_FLOW_WAYS];
 		uint16_t used[SERPENS_FLOW_WAYS]; /* coarse last-use time, for LRU replacement */
+		uint16_t from[SERPENS_FLOW_WAYS]; /* moving from instance from - 1 (NO_MOVE: not) */
 	} flows[SERPENS_FLOW_BUCKETS];
 };
 

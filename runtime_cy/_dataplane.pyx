@@ -43,8 +43,9 @@ cdef extern from "router.h" nogil:
         uint16_t out_port
         uint32_t wants_instance
         int notify_fd
-        uint32_t nheld
-        uint64_t rx, out, dropped, new_flows, moved_flows
+        int32_t rebalance_to
+        uint32_t nheld, moving
+        uint64_t rx, out, dropped, new_flows, moved_flows, rebalanced_flows
     struct serpens_match_rule:
         uint32_t src, src_mask, dst, dst_mask
         uint16_t sport_lo, sport_hi, dport_lo, dport_hi
@@ -58,7 +59,7 @@ cdef extern from "router.h" nogil:
         uint32_t pace_depth
         uint64_t rx, tx, tx_failed, unmatched, missed, rx_empty
     struct serpens_router:
-        uint32_t stop
+        uint32_t stop, requests
         int label_off, meta_off
         uint32_t wake_batch
         uint64_t wake_cycles, drain_cycles
@@ -773,7 +774,7 @@ cdef class Router:
                 s.next, s.out_port = next_sfc, 0  # chains point back only: no cycle
             else:
                 s.next, s.out_port = -1, self._port(out_port)
-            s.rx = s.out = s.dropped = s.new_flows = s.moved_flows = 0
+            s.rx = s.out = s.dropped = s.new_flows = s.moved_flows = s.rebalanced_flows = 0
             s.notify_fd = -1
             serpens_fence()
             s.used = 1
@@ -897,6 +898,16 @@ cdef class Router:
         serpens_fence()
         inst.state = SERPENS_INST_ACTIVE
 
+    def rebalance(self, int sfc, int to):
+        """Move a share of `sfc`'s flows to its new instance in slot `to`, in order, with no
+        packet of a flow at two instances at once (router.h)."""
+        self._check_sfc(sfc)
+        if self.r.inst[to].state != SERPENS_INST_ACTIVE or self.r.inst[to].sfc != sfc:
+            raise ValueError(f"slot {to} is not an active instance of SFC {sfc}")
+        self.r.sfcs[sfc].rebalance_to = to + 1
+        serpens_fence()
+        self.r.requests = 1
+
     def drain_instance(self, int i):
         """Give slot i no new flows; its flows move once it has drained (drained(i))."""
         self.r.inst[i].drained = 0
@@ -972,7 +983,8 @@ cdef class Router:
                  for i in range(r.nports)}
         sfcs = {k: {"rx": r.sfcs[k].rx, "out": r.sfcs[k].out, "dropped": r.sfcs[k].dropped,
                     "new_flows": r.sfcs[k].new_flows, "moved_flows": r.sfcs[k].moved_flows,
-                    "held": r.sfcs[k].nheld}
+                    "rebalanced_flows": r.sfcs[k].rebalanced_flows, "held": r.sfcs[k].nheld,
+                    "moving": r.sfcs[k].moving}
                 for k in range(SERPENS_ROUTER_MAX_SFCS) if r.sfcs[k].used}
         return {"rx": r.rx, "tx": r.tx, "dropped": r.dropped, "tx_failed": r.tx_failed,
                 "sleeps": r.sleeps, "pending": r.npending, "held": r.nheld,

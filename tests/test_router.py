@@ -76,3 +76,27 @@ def test_idle_router_uses_almost_no_cpu(node):
     time.sleep(1.0)
     cpu = (time.process_time() - c0) / (time.monotonic() - t0)
     assert cpu < 0.02, f"idle router used {cpu:.1%} of a core"
+
+
+def test_scale_out_moves_a_share_of_flows_in_order(node):
+    node.manager.scale(1)
+    node.send([frame(f, 0) for f in range(64)])
+    path = {flow: [inst] for flow, inst, _ in map(decode, node.receive(64))}
+    sender = threading.Thread(target=node.send, args=([frame(f, s) for s in range(1, 30)
+                                                       for f in range(64)],))
+    sender.start()
+    node.manager.scale(2)  # the new instance takes a share of the running flows
+    sender.join()
+    node.send([frame(f, s) for s in range(30, 40) for f in range(64)])
+    out = [decode(d) for d in node.receive(64 * 39)]
+    ids = node.instance_ids()
+    last = {}
+    for flow, inst, seq in out:
+        assert seq == last.get(flow, 0) + 1, f"flow {flow}: lost or reordered at {seq}"
+        last[flow] = seq
+        if path[flow][-1] != inst:
+            path[flow].append(inst)
+    assert all(len(p) <= 2 for p in path.values()), "a flow went back and forth"
+    moved = [f for f, p in path.items() if len(p) == 2]
+    assert moved and all(path[f] == [ids[0], ids[1]] for f in moved)
+    assert node.router.stats()["sfcs"][0]["rebalanced_flows"] == len(moved)
