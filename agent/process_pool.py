@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from serpens.runtime_cy import _dataplane as dp
 
 from .dataplane import RUNTIME_ROOT, Dataplane
+from .sched import set_time_slice
 
 SO_SNDBUFFORCE = 32  # linux/socket.h; not exported by Python's socket module
 
@@ -69,12 +70,14 @@ class PoolProcess:
 
 class ProcessPool:
     def __init__(self, dataplane: Dataplane, size: int, *, first_lcore: int = 2,
-                 idle_us: int = 200, boot_timeout: float = 20.0, on_crash=None):
+                 idle_us: int = 200, slice_us: int = 100, boot_timeout: float = 20.0,
+                 on_crash=None):
         if size < 1:
             raise ValueError("a pool has at least one process")
         self.dataplane = dataplane
         self.size = size
         self.idle_us = idle_us
+        self.slice_us = slice_us  # time slice when sharing a core (agent/sched.py)
         self.boot_timeout = boot_timeout
         self.on_crash = on_crash
         self._lcores = itertools.count(first_lcore)
@@ -243,6 +246,7 @@ class ProcessPool:
                "--state-dir", self.dataplane.config.state_dir, "--"]
         cmd += self.dataplane.config.secondary_eal_args(lcore)
         proc = subprocess.Popen(cmd, pass_fds=(ctl_fd, theirs.fileno(), efd), close_fds=True)
+        set_time_slice(proc.pid, self.slice_us)
         theirs.close()
         ctl = dp.PoolCtl(ctl_fd)
         os.close(ctl_fd)

@@ -5,4 +5,5 @@ CASES = {
     "state": "serpens.bench.state",
     "sfc": "serpens.bench.sfc",
     "chain": "serpens.bench.chain",
+    "scale": "serpens.bench.scale",
 }

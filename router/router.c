@@ -1,4 +1,5 @@
 /* The router (see router.h). */
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -556,7 +557,8 @@ int serpens_router_run(struct serpens_router *r)
 		}
 		flush_due(r, now, 1);
 		if (++idle < IDLE_POLLS || r->npending) {
-			rte_pause();
+			/* an instance sharing this core runs now, not at the end of our slice */
+			sched_yield();
 			continue;
 		}
 		/* Idle: back off (doubling up to MAX_SLEEP_US), so an idle node costs almost
@@ -572,7 +574,7 @@ int serpens_router_run(struct serpens_router *r)
 			}
 		}
 		if (us < MIN_SLEEP_US) {
-			rte_pause();
+			sched_yield();
 			continue;
 		}
 		struct timespec ts = {0, (long)us * 1000};

@@ -31,3 +31,35 @@ def test_state_bench_json_contract():
             assert result[nf][key] > 0, (nf, key)
         assert result[nf]["serpens_out_ratio"] > 0.99  # the traffic passes every NF
     assert result["get_ns"] > 0 and result["put_ns"] > 0
+
+
+def _bench(*args, timeout=300):
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", *args, "--json"],
+        capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_sfc_bench_json_contract():
+    r = _bench("sfc", "--seconds", "0.1", "--flows", "1000")
+    assert r["sfc_mpps"] > 0 and r["null_sfc_mpps"] > 0 and r["testpmd_mpps"] > 0
+    assert 0 < r["latency_us"]["p50"] <= r["latency_us"]["p99"]
+    assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
+
+
+def test_chain_bench_json_contract():
+    r = _bench("chain", "--seconds", "0.1", "--flows", "1000", "--lengths", "1,2")
+    for n in ("1", "2"):
+        for mode in ("serpens", "local_proxy", "global_proxy"):
+            assert r[n][mode]["mpps"] > 0 and r[n][mode]["p50_us"] > 0, (n, mode)
+    assert r["2"]["serpens_vs_local_proxy"] > 0
+
+
+def test_scale_bench_json_contract():
+    r = _bench("scale", "--before", "0.3", "--after", "0.3", "--rate", "0.2")
+    assert r["reordered_flows"] == 0  # the router keeps order whatever the machine does
+    assert r["rebalanced_flows"] > 0 and all(v > 0 for v in r["instances"].values())
+    assert len(r["instances"]) == 2 and r["scale_out_us"] > 0
+    for key in ("before_p99_us", "during_p99_us", "after_p99_us", "lost_packets"):
+        assert r[key] is not None, key
