@@ -23,7 +23,7 @@ from serpens import nfs
 from serpens.runtime_cy.builder import SlotAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import machine
+from .common import cpu_stalls, machine
 from .rig import Rig, flow_frames
 from .sfc import NULL_NF
 from .state import NF_CONFIGS
@@ -62,7 +62,7 @@ def run(args) -> dict:
         null_image = build_nf(f.read(), slots.allocate(), "null")
     rig = Rig("chain", flow_frames(args.flows), pool_size=2 * max(lengths) - 1,
               idle_us=args.idle_us)
-    result = {"machine": machine(),
+    result = {"machine": dict(machine(), stalls=cpu_stalls()),
               "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                          "idle_us": args.idle_us, "ring_size": 256,
                          "cores": "router cpu 1, every instance cpu 0",

@@ -21,6 +21,30 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release()}
 
 
+def cpu_stalls(seconds: float = 1.0, cpus=(0, 1)) -> dict:
+    """How often each CPU was taken from a spinning thread for over 50 us (a nested VM's host
+    does it at random): per CPU, gaps per second, ms lost per second, the longest in us.
+    Needs the DPDK runtime (TSC frequency) initialised."""
+    import threading
+    from serpens.runtime_cy import _dataplane as dp
+
+    out = {}
+
+    def probe(cpu):
+        os.sched_setaffinity(0, {cpu})
+        n, total_us, max_us = dp.stall_probe(seconds)
+        out[f"cpu{cpu}"] = {"gaps_per_s": round(n / seconds, 1),
+                            "lost_ms_per_s": round(total_us / 1e3 / seconds, 2),
+                            "max_us": round(max_us)}
+
+    threads = [threading.Thread(target=probe, args=(c,)) for c in cpus if c < (os.cpu_count() or 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 def percentiles(samples, *points) -> dict:
     s = sorted(samples)
     if not s:

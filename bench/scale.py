@@ -28,7 +28,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import SlotAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from .common import machine, percentiles
+from .common import cpu_stalls, machine, percentiles
 from .rig import ROUTER_CPU, Rig, flow_frames
 
 
@@ -70,6 +70,7 @@ def run(args) -> dict:
     rig = Rig("scale", flow_frames(args.flows), pool_size=2, idle_us=args.idle_us)
     hz = dp.tsc_hz()
     try:
+        stalls = cpu_stalls()
         rig.start([sfc], ring_size=1024)
         manager, router = rig.managers[0], rig.router
         pps = args.rate * 1e6
@@ -101,7 +102,7 @@ def run(args) -> dict:
             "scale_out_us": round((first_burst - request) * 1e6 / hz, 1) if first_burst else None,
             "rebalanced_flows": st1["sfcs"][0]["rebalanced_flows"],
             "instances": {str(k): v["returned"] for k, v in st1["instances"].items()},
-            "machine": machine(),
+            "machine": dict(machine(), stalls=stalls),
             "params": {"rate_mpps": args.rate, "flows": args.flows, "nf": "mon",
                        "before_s": args.before, "after_s": args.after,
                        "idle_us": args.idle_us, "frame_bytes": 64,

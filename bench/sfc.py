@@ -21,7 +21,7 @@ from serpens import nfs
 from serpens.runtime_cy.builder import SlotAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import machine
+from .common import cpu_stalls, machine
 from .rig import Rig, flow_frames, write_pcap
 from .state import NF_CONFIGS
 
@@ -90,6 +90,7 @@ def run(args) -> dict:
     null_sfc = compile_sfc(NF(images["null"], name="null"))
     rig = Rig("sfc", frames)
     try:
+        stalls = cpu_stalls()
         fmn = measure(rig, sfc, args.seconds, latency=True)
         null = measure(rig, null_sfc, args.seconds, latency=False)
     finally:
@@ -102,7 +103,7 @@ def run(args) -> dict:
         write_pcap(pcap, frames)
         testpmd = testpmd_mpps(pcap, seconds=max(1.0, args.seconds),
                                file_prefix=f"serpens-bench-testpmd-{os.getpid()}")
-    return {"machine": machine(),
+    return {"machine": dict(machine(), stalls=stalls),
             "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                        "loss_limit": LOSS_LIMIT, "sfc": "fw->mon->nat",
                        "cores": "router cpu 1, instance cpu 0; testpmd one forwarding core",
