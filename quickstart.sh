@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
 case "${1:-run}" in
-  run)  exec .venv/bin/serpensctl bench startup ;;
+  run)  exec .venv/bin/serpensctl bench sfc ;;
   test) exec .venv/bin/python -m pytest -q tests ;;
   *)    echo "usage: $0 [run|test]" >&2; exit 2 ;;
 esac
