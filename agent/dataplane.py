@@ -51,7 +51,10 @@ class DataplaneConfig:
         return ["--proc-type=secondary", f"--file-prefix={self.file_prefix}",
                 f"--huge-dir={self.hugepage_dir}", f"--lcores={lcore}@({self.cpus})",
                 "--no-pci", "--no-telemetry", "--log-level=lib.eal:error",
-                "--log-level=lib.*:error"]
+                "--log-level=lib.*:error",
+                # ports are the primary's: a vdev a secondary cannot open (a net_pcap
+                # source) is no error here
+                "--log-level=bus.vdev:critical"]
 
 
 def remove_stale_files(prefix: str, hugepage_dir: str = "/dev/hugepages") -> bool:

@@ -43,7 +43,7 @@ NF_CONFIGS = {
         "rules": [{"action": "deny", "proto": "tcp", "dport": p} for p in range(20, 30)]
         + [{"action": "allow", "src": "10.0.0.0/8", "proto": "udp"}],
         "default": "deny"}),
-    "mon": lambda: _nf("mon").encode_config({}),
+    "mon": lambda: _nf("mon").encode_config({"host_capacity": 16384}),  # > the 10k hosts
     "nat": lambda: _nf("nat").encode_config({"internal": "10.0.0.0/8",
                                       "external_ips": ["203.0.113.1", "203.0.113.2"],
                                       "port_range": "1024-65535", "idle_timeout": 300}),

@@ -63,6 +63,22 @@ int serpens_table_flags_valid(uint32_t f)
 
 /* ---- lookup ----------------------------------------------------------------------------- */
 
+/* Keys are mostly 5-tuples (40 bytes): compare 8 bytes at a time, inline (a libc memcmp call
+ * per found key cost 12% of an SFC's time). */
+static inline int key_equal(const uint8_t *a, const uint8_t *b, uint32_t n)
+{
+	if (n & 7)
+		return memcmp(a, b, n) == 0;
+	uint64_t diff = 0;
+	for (uint32_t i = 0; i < n; i += 8) {
+		uint64_t x, y;
+		memcpy(&x, a + i, 8);
+		memcpy(&y, b + i, 8);
+		diff |= x ^ y;
+	}
+	return diff == 0;
+}
+
 static int64_t find(const struct serpens_table *t, const void *key, uint32_t hash)
 {
 	uint32_t want = sig_of(hash);
@@ -70,7 +86,7 @@ static int64_t find(const struct serpens_table *t, const void *key, uint32_t has
 		uint32_t s = __atomic_load_n(slot_sig(t, i), __ATOMIC_ACQUIRE);
 		if (s == SIG_EMPTY)
 			return -1;
-		if (s == want && memcmp(slot_key(t, i), key, t->key_size) == 0)
+		if (s == want && key_equal(slot_key(t, i), key, t->key_size))
 			return i;
 	}
 	return -1;
@@ -92,7 +108,9 @@ uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const
 	/* Hash all, prefetch every home slot, then probe: the misses overlap (DESIGN §6). */
 	for (uint32_t k = 0; k < n; k++) {
 		hashes[k] = key_hash(t, keys[k]);
-		__builtin_prefetch(slot_sig(t, hashes[k] & t->mask));
+		const uint8_t *slot = (const uint8_t *)slot_sig(t, hashes[k] & t->mask);
+		__builtin_prefetch(slot);
+		__builtin_prefetch(slot + t->slot_size - 1); /* a slot may span two lines */
 	}
 	for (uint32_t k = 0; k < n; k++) {
 		int64_t i = find(t, keys[k], hashes[k]);
