@@ -1,0 +1,149 @@
+"""A real etcd for tests: one member on loopback, free ports, its own data dir under /tmp.
+
+`EtcdServer` starts Debian's /usr/bin/etcd, polls its /health (never a fixed sleep), and can be
+killed and started again on the same ports and data dir. `PartitionProxy` sits between one
+client and etcd so a test can cut that client off (a partition: new connections are accepted
+and then left silent, like a black hole) while other clients still reach etcd.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EtcdServer:
+    def __init__(self):
+        self.base_dir = tempfile.mkdtemp(prefix="serpens-etcd-", dir="/tmp")
+        self.data_dir = os.path.join(self.base_dir, "data")
+        self.log_path = os.path.join(self.base_dir, "etcd.log")
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self, ready_within: float = 10.0) -> EtcdServer:
+        client, peer = f"http://{self.endpoint}", f"http://127.0.0.1:{self.peer_port}"
+        # Short raft timers: a one-member cluster elects itself in ~0.1 s instead of ~1 s.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [ETCD, "--name", "test", "--data-dir", self.data_dir,
+                 "--listen-client-urls", client, "--advertise-client-urls", client,
+                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                 "--initial-cluster", f"test={peer}",
+                 "--heartbeat-interval", "10", "--election-timeout", "100",
+                 "--logger", "zap", "--log-level", "error"],
+                stdout=log, stderr=log)
+        end = time.monotonic() + ready_within
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                with open(self.log_path) as log:
+                    tail = log.read()[-2000:]
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{client}/health", timeout=0.5) as r:
+                    if json.load(r).get("health") == "true":
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.01)
+        self.kill()
+        raise RuntimeError(f"etcd not healthy within {ready_within}s")
+
+    def kill(self) -> None:
+        """SIGKILL by PID (a crash; etcd's WAL keeps every committed write) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def destroy(self) -> None:
+        self.kill()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def start_etcd(attempts: int = 3) -> EtcdServer:
+    """A started server; picks new ports if another process grabbed ours meanwhile."""
+    for attempt in range(attempts):
+        server = EtcdServer()
+        try:
+            return server.start()
+        except RuntimeError:
+            server.destroy()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PartitionProxy:
+    """TCP proxy on loopback in front of `target` ("host:port")."""
+
+    def __init__(self, target: str):
+        host, _, port = target.rpartition(":")
+        self._target = (host, int(port))
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._partitioned = False
+        self._server: asyncio.Server | None = None
+        self.endpoint = ""
+
+    async def start(self) -> PartitionProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.endpoint = "127.0.0.1:%d" % self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self._writers.add(writer)
+        if self._partitioned:
+            return  # held open, never answered, until heal()
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    def _drop_all(self):
+        for w in list(self._writers):
+            w.close()
+        self._writers.clear()
+
+    def partition(self):
+        self._partitioned = True
+        self._drop_all()
+
+    def heal(self):
+        # Close the silent connections so the client's reconnect is not stuck on one.
+        self._partitioned = False
+        self._drop_all()
+
+    async def close(self):
+        self._drop_all()
+        self._server.close()
+        await self._server.wait_closed()
