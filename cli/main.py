@@ -11,6 +11,7 @@ import signal
 import sys
 
 from serpens.bench import CASES
+from serpens.cli import node as node_cmd
 
 
 def _bench(args) -> int:
@@ -68,6 +69,7 @@ def build_parser():
     rp.add_argument("--state-dir", help="keep NF state here (default: fresh, discarded)")
     rp.add_argument("--json", action="store_true", help="print per-NF counters as JSON")
     rp.set_defaults(func=_replay)
+    node_cmd.register(sub)
     bench = sub.add_parser("bench", help="run a benchmark against its baselines")
     cases = bench.add_subparsers(dest="case", required=True)
     for name, module_name in CASES.items():

@@ -10,11 +10,18 @@
         ids: {stock: ids, ports: 2, config: {patterns: [attack]}}
         mine: {source: ./mine.c, config_hex: "0102"}   # a path relative to the spec
       chain: [fw, ids, {distribute: [null, mine], selector: port}]
+      match:                         # optional: which packets a node gives this SFC
+        - {dst: 198.51.100.0/24, proto: udp, dport: 53-53, port: wan}
+      tag: 100                       # optional: packets with this outer VLAN ID (an SFC tag)
+      output: lan                    # optional: the node port its packets leave by
 
 `chain` items: an NF name; a list (a chain); null (nothing: packets go straight on);
 `{distribute: [branch, ...], selector: port|hash}`; `{aggregate: item}`. An NF's state lives
 under `<sfc>.<nf>`, shared by every instance of that SFC and kept between runs.
 Errors are SpecError("field: message"), the field a path such as `spec.chain[2].distribute[1]`.
+`match` rules (first match wins, over every SFC of a node in spec order) take `src`, `dst`
+(IPv4 prefixes), `proto` (tcp, udp, icmp or a number), `sport`, `dport` (a port or lo-hi) and
+`port` (the node port it arrives on); port names are checked against the node (agent/node.py).
 """
 from __future__ import annotations
 
@@ -54,6 +61,9 @@ class SFCSpec:
     name: str
     nfs: dict = field(default_factory=dict)   # name -> NFSpec
     chain: object = None                       # validated chain expression (plain data)
+    match: tuple = ()                          # rules: dicts for Router.set_rules, `port` a name
+    tag: int | None = None                     # outer VLAN ID that selects this SFC
+    output: str | None = None                  # node port name (None: the node's default)
 
     def state_namespace(self, nf: str) -> str:
         return f"{self.name}.{nf}"
@@ -87,7 +97,7 @@ def parse_sfc(text: str, base_dir: str = ".") -> SFCSpec:
     body = doc.get("spec")
     if not isinstance(body, dict):
         raise SpecError("spec", "a mapping with nfs and chain")
-    unknown = set(body) - {"nfs", "chain"}
+    unknown = set(body) - {"nfs", "chain", "match", "tag", "output"}
     if unknown:
         raise SpecError(f"spec.{sorted(unknown)[0]}", "unknown field")
     nfs = _parse_nfs(body.get("nfs"), base_dir)
@@ -96,7 +106,67 @@ def parse_sfc(text: str, base_dir: str = ".") -> SFCSpec:
     unused = sorted(set(nfs) - used)
     if unused:
         raise SpecError(f"spec.nfs.{unused[0]}", "declared but not used in spec.chain")
-    return SFCSpec(name, nfs, chain)
+    tag = body.get("tag")
+    if tag is not None and (isinstance(tag, bool) or not isinstance(tag, int)
+                            or not 1 <= tag <= 4094):
+        raise SpecError("spec.tag", f"a VLAN ID 1..4094, got {tag!r}")
+    output = body.get("output")
+    if output is not None and (not isinstance(output, str) or not output):
+        raise SpecError("spec.output", "the name of a node port")
+    return SFCSpec(name, nfs, chain, _parse_match(body.get("match")), tag, output)
+
+
+_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
+
+
+def _parse_match(raw) -> tuple:
+    import ipaddress
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError("spec.match", "a list of rules")
+    rules = []
+    for i, rule in enumerate(raw):
+        where = f"spec.match[{i}]"
+        if not isinstance(rule, dict):
+            raise SpecError(where, "a mapping of src, dst, proto, sport, dport, port")
+        unknown = set(rule) - {"src", "dst", "proto", "sport", "dport", "port"}
+        if unknown:
+            raise SpecError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        out = {}
+        for key in ("src", "dst"):
+            if key in rule:
+                try:
+                    out[key] = str(ipaddress.IPv4Network(str(rule[key]), strict=False))
+                except ValueError:
+                    raise SpecError(f"{where}.{key}", f"an IPv4 prefix, got {rule[key]!r}") \
+                        from None
+        if "proto" in rule:
+            p = _PROTOS.get(rule["proto"], rule["proto"])
+            if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 256:
+                raise SpecError(f"{where}.proto", f"tcp, udp, icmp or 1..255, got {rule['proto']!r}")
+            out["proto"] = p
+        for key in ("sport", "dport"):
+            if key in rule:
+                out[key] = _port_range(rule[key], f"{where}.{key}")
+        if "port" in rule:
+            if not isinstance(rule["port"], str) or not rule["port"]:
+                raise SpecError(f"{where}.port", "the name of a node port")
+            out["port"] = rule["port"]
+        rules.append(out)
+    return tuple(rules)
+
+
+def _port_range(value, where) -> tuple:
+    text = str(value)
+    lo, _, hi = text.partition("-")
+    try:
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise SpecError(where, f"a port or lo-hi, got {value!r}") from None
+    if not 0 <= lo_i <= hi_i <= 65535:
+        raise SpecError(where, f"ports 0..65535 with lo <= hi, got {value!r}")
+    return (lo_i, hi_i)
 
 
 def _parse_nfs(raw, base_dir: str) -> dict:

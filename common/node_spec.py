@@ -1,0 +1,141 @@
+"""Node configs: the ports and resources of one server's data plane (DESIGN §3).
+
+    apiVersion: serpens/v1
+    kind: Node
+    metadata:
+      name: edge-1
+    spec:
+      ports:                         # name -> any DPDK device string
+        wan: net_af_packet0,iface=eth1
+        lan: 0000:3b:00.1            # a PCI address (a NIC bound to vfio-pci)
+      input: [wan]                   # ports the router receives from (default: all)
+      output: lan                    # where SFCs' packets leave unless an SFC says otherwise
+      pool: 4                        # pre-started runtime processes (instances at once)
+      warm_s: 30                     # an idle SFC's instances stop after this (scale to zero)
+      wake_us: 50                    # a sleeping instance is woken after this, or 128 packets
+      cpus: "0-1"                    # CPUs of the agent and its instances
+      router_cpu: 1                  # the router's own CPU
+      state_dir: /dev/shm/serpens/state
+
+Validated in full; errors are SpecError naming the field (e.g. `spec.ports.wan`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from .spec import API_VERSION, SpecError
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+_PCI = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+_DEVICE = re.compile(r"^net_[a-z_]+[0-9a-z_]*$")
+_CPUS = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
+MAX_PORTS = 8
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    ports: dict            # name -> DPDK device string, in spec order
+    input: tuple           # port names the router receives from
+    output: str | None     # default output port
+    pool: int = 4
+    warm_s: float = 30.0
+    wake_us: float = 50.0
+    cpus: str = "0-1"
+    router_cpu: int = 1
+    state_dir: str = "/dev/shm/serpens/state"
+
+    def device_name(self, port: str) -> str:
+        """The DPDK name of a port ("net_pcap0", or the PCI address)."""
+        return self.ports[port].split(",", 1)[0]
+
+
+def load_node(path: str) -> NodeSpec:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise SpecError(path, e.strerror) from None
+    return parse_node(text)
+
+
+def parse_node(text: str) -> NodeSpec:
+    try:
+        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise SpecError("spec", f"not valid YAML or JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise SpecError("spec", "a mapping with apiVersion, kind, metadata and spec")
+    if doc.get("apiVersion") != API_VERSION:
+        raise SpecError("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}")
+    if doc.get("kind") != "Node":
+        raise SpecError("kind", f"must be 'Node', got {doc.get('kind')!r}")
+    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecError("metadata.name", "1-32 characters of a-z, 0-9 and '-'")
+    body = doc.get("spec")
+    if not isinstance(body, dict):
+        raise SpecError("spec", "a mapping with ports")
+    known = {"ports", "input", "output", "pool", "warm_s", "wake_us", "cpus", "router_cpu",
+             "state_dir"}
+    unknown = set(body) - known
+    if unknown:
+        raise SpecError(f"spec.{sorted(unknown)[0]}", "unknown field")
+    ports = _ports(body.get("ports"))
+    inputs = body.get("input", list(ports))
+    if not isinstance(inputs, list) or not inputs:
+        raise SpecError("spec.input", "a list of port names, at least one")
+    for i, p in enumerate(inputs):
+        if p not in ports:
+            raise SpecError(f"spec.input[{i}]", f"no port named {p!r} in spec.ports")
+    output = body.get("output")
+    if output is not None and output not in ports:
+        raise SpecError("spec.output", f"no port named {output!r} in spec.ports")
+    pool = _number(body, "pool", 4, int, 1, 64)
+    warm_s = _number(body, "warm_s", 30.0, (int, float), 0.01, 86400)
+    wake_us = _number(body, "wake_us", 50.0, (int, float), 1, 100000)
+    cpus = str(body.get("cpus", "0-1"))
+    if not _CPUS.match(cpus):
+        raise SpecError("spec.cpus", f"a CPU list such as 0-3 or 0,2, got {cpus!r}")
+    router_cpu = _number(body, "router_cpu", 1, int, 0, 4095)
+    state_dir = body.get("state_dir", "/dev/shm/serpens/state")
+    if not isinstance(state_dir, str) or not os.path.isabs(state_dir):
+        raise SpecError("spec.state_dir", "an absolute path (tmpfs or hugetlbfs)")
+    return NodeSpec(name, ports, tuple(inputs), output, pool, float(warm_s), float(wake_us),
+                    cpus, router_cpu, state_dir)
+
+
+def _ports(raw) -> dict:
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError("spec.ports", "a mapping of port names to DPDK device strings")
+    if len(raw) > MAX_PORTS:
+        raise SpecError("spec.ports", f"at most {MAX_PORTS} ports")
+    out, devices = {}, {}
+    for name, dev in raw.items():
+        where = f"spec.ports.{name}"
+        if not isinstance(name, str) or not _PORT_NAME.match(name):
+            raise SpecError(where, "port names are 1-16 characters of a-z, 0-9 and '_'")
+        if not isinstance(dev, str) or not dev.strip():
+            raise SpecError(where, "a DPDK device string, e.g. net_pcap0,rx_pcap=in.pcap")
+        device = dev.split(",", 1)[0]
+        if not (_DEVICE.match(device) or _PCI.match(device)):
+            raise SpecError(where, f"{device!r} is neither a DPDK virtual device (net_...) "
+                            "nor a PCI address")
+        if device in devices:
+            raise SpecError(where, f"device {device!r} is also port {devices[device]!r}")
+        devices[device] = name
+        out[name] = dev
+    return out
+
+
+def _number(body, key, default, types, lo, hi):
+    v = body.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, types) or not lo <= v <= hi:
+        raise SpecError(f"spec.{key}", f"a number {lo}..{hi}, got {v!r}")
+    return v
