@@ -1,0 +1,99 @@
+"""The agent's record in etcd: its node, bound to a lease, with the load it reports (DESIGN §4).
+
+The record `/serpens/v1/nodes/<name>` (JSON) holds the node's ports, pool size and CPUs and,
+refreshed every `report_s`, its load: per SFC the packet rate in and out over the last period
+and the running instances, per port the rates. The key is put with the agent's lease, so a
+dead or cut-off agent's node disappears within the lease TTL: that is how the controller
+notices agent loss. Losing etcd never touches the data plane: the loop keeps retrying, and on
+a lost lease it takes a new one and writes the record again.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+
+from serpens.common.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+NODES_PREFIX = "/serpens/v1/nodes/"
+
+
+def node_key(name: str) -> str:
+    return NODES_PREFIX + name
+
+
+def load_report(prev: dict | None, now: dict, seconds: float) -> dict:
+    """Rates (packets/s) from two Node.stats() snapshots `seconds` apart."""
+    def rate(cur, old, key):
+        return round((cur[key] - (old or {}).get(key, cur[key])) / seconds, 1) if seconds else 0
+    prev = prev or {"ports": {}, "sfcs": {}}
+    sfcs = {name: {"in_pps": rate(c, prev["sfcs"].get(name), "rx"),
+                   "out_pps": rate(c, prev["sfcs"].get(name), "out"),
+                   "instances": c["instances"]} for name, c in now["sfcs"].items()}
+    ports = {name: {"rx_pps": rate(c, prev["ports"].get(name), "rx"),
+                    "tx_pps": rate(c, prev["ports"].get(name), "tx")}
+             for name, c in now["ports"].items()}
+    return {"sfcs": sfcs, "ports": ports}
+
+
+class Registration:
+    """Keeps the node's record in etcd until close(). `stats` returns Node.stats()."""
+
+    def __init__(self, store: Store, node, stats, *, ttl: int = 5, report_s: float = 1.0,
+                 address: str = ""):
+        self.store, self.node, self.stats = store, node, stats
+        self.ttl, self.report_s = ttl, report_s
+        self.address = address or socket.gethostname()
+        self.lease = None
+        self.reports = 0
+        self._task = None
+
+    def record(self, load: dict) -> str:
+        return json.dumps({
+            "name": self.node.name, "address": self.address,
+            "ports": sorted(self.node.ports), "input": list(self.node.input),
+            "pool": self.node.pool, "cpus": self.node.cpus, "reported_at": time.time(),
+            "load": load}, sort_keys=True)
+
+    async def start(self) -> Registration:
+        """Register now (raises StoreUnavailable if etcd cannot be reached), then report."""
+        self.lease = await self.store.grant(self.ttl)
+        snapshot, at = self.stats(), time.monotonic()
+        await self.store.put(node_key(self.node.name), self.record(load_report(None, snapshot, 0)),
+                             lease=self.lease)
+        self._task = asyncio.get_running_loop().create_task(self._report(snapshot, at))
+        return self
+
+    async def _report(self, snapshot, at):
+        while True:
+            await asyncio.sleep(self.report_s)
+            now, t = self.stats(), time.monotonic()
+            load = load_report(snapshot, now, t - at)
+            snapshot, at = now, t
+            try:
+                if self.lease.lost.is_set():  # expired while etcd was away: register again
+                    log.warning("node %s: lease lost, registering again", self.node.name)
+                    self.lease = await self.store.grant(self.ttl)
+                await self.store.put(node_key(self.node.name), self.record(load),
+                                     lease=self.lease)
+                self.reports += 1
+            except StoreError as e:  # etcd away: traffic goes on, the next report retries
+                log.warning("node %s: report failed: %s", self.node.name, e)
+
+    async def close(self):
+        """Deregister: the record goes at once (a crash leaves it to the lease TTL)."""
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.lease is not None:
+            try:
+                await self.lease.revoke()
+            except StoreError as e:
+                log.warning("node %s: could not deregister: %s", self.node.name, e)
