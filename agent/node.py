@@ -52,15 +52,17 @@ def check_references(node: NodeSpec, sfcs: list[SFCSpec]):
 
 class Node:
     def __init__(self, node: NodeSpec, sfcs: list[SFCSpec], *, dataplane: Dataplane = None,
-                 pool: ProcessPool = None, ports: dict | None = None):
-        """`dataplane`, `pool` and `ports` (name -> DPDK port id) may be given (tests);
-        otherwise the node makes its own from the config."""
+                 pool: ProcessPool = None, ports: dict | None = None,
+                 slots: SlotAllocator | None = None):
+        """`dataplane`, `pool`, `ports` (name -> DPDK port id) and `slots` (the image slot
+        allocator of whoever else uses that pool) may be given (tests); otherwise the node
+        makes its own."""
         check_references(node, sfcs)
         self.spec, self.sfcs = node, sfcs
         self.dataplane, self.pool, self.ports = dataplane, pool, ports
         self._own_dataplane, self._own_pool = dataplane is None, pool is None
         self._own_ports = ports is None
-        self.slots = SlotAllocator()
+        self.slots = slots or SlotAllocator()
         self.built, self.managers, self.sfc_ids = [], {}, {}
         self.router = None
 

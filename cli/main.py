@@ -1,16 +1,19 @@
 """serpensctl -- command-line entry point.
 
-Exit codes: 0 success, 1 the operation failed, 2 bad usage.
+Exit codes: 0 success, 1 the operation failed, 2 bad usage, 3 the controller (or its store)
+could not be reached (apply, get, delete, scale; see cli/control.py).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import signal
 import sys
 
 from serpens.bench import CASES
+from serpens.cli import control as control_cmd
 from serpens.cli import node as node_cmd
 
 
@@ -60,6 +63,11 @@ def _replay(args) -> int:
 
 def build_parser():
     ap = argparse.ArgumentParser(prog="serpensctl", description="Serpens command line")
+    ap.add_argument("--server", default=os.environ.get("SERPENS_SERVER", "127.0.0.1:50051"),
+                    help="the controller's gRPC address (default: $SERPENS_SERVER or "
+                         "%(default)s)")
+    ap.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds a controller call may take (default %(default)s)")
     sub = ap.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("replay", help="run an SFC offline over a pcap capture")
     rp.add_argument("--sfc", required=True, help="SFC spec (YAML or JSON)")
@@ -70,6 +78,7 @@ def build_parser():
     rp.add_argument("--json", action="store_true", help="print per-NF counters as JSON")
     rp.set_defaults(func=_replay)
     node_cmd.register(sub)
+    control_cmd.register(sub)
     bench = sub.add_parser("bench", help="run a benchmark against its baselines")
     cases = bench.add_subparsers(dest="case", required=True)
     for name, module_name in CASES.items():

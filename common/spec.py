@@ -9,6 +9,7 @@
         fw:  {stock: fw, config: {rules: [...], default: deny}}
         ids: {stock: ids, ports: 2, config: {patterns: [attack]}}
         mine: {source: ./mine.c, config_hex: "0102"}   # a path relative to the spec
+        dep: {nf: mine2, config_hex: "01"}             # an NF deployed to the controller
       chain: [fw, ids, {distribute: [null, mine], selector: port}]
       match:                         # optional: which packets a node gives this SFC
         - {dst: 198.51.100.0/24, proto: udp, dport: 53-53, port: wan}
@@ -22,6 +23,8 @@ Errors are SpecError("field: message"), the field a path such as `spec.chain[2].
 `match` rules (first match wins, over every SFC of a node in spec order) take `src`, `dst`
 (IPv4 prefixes), `proto` (tcp, udp, icmp or a number), `sport`, `dport` (a port or lo-hi) and
 `port` (the node port it arrives on); port names are checked against the node (agent/node.py).
+`nf: NAME` names an NF deployed through the controller's DeployNF; the controller checks that
+it exists. A spec sent to the controller cannot use `source:` (a path on the client).
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ class NFSpec:
     source_path: str | None
     config: bytes
     ports: int
+    deployed: str | None = None    # `nf: NAME`: an NF deployed through the controller
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,16 @@ def load_sfc(path: str) -> SFCSpec:
             text = f.read()
     except OSError as e:
         raise SpecError(path, e.strerror) from None
-    return parse_sfc(text, base_dir=os.path.dirname(os.path.abspath(path)))
+    # Offline runs (replay, node) have no controller to resolve `nf: NAME` against.
+    return parse_sfc(text, base_dir=os.path.dirname(os.path.abspath(path)),
+                     allow_deployed=False)
 
 
-def parse_sfc(text: str, base_dir: str = ".") -> SFCSpec:
+def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
+              allow_deployed: bool = True) -> SFCSpec:
+    """Validate a spec's text. `allow_source=False` (the controller) refuses `source:` paths,
+    which only mean something on the machine that wrote the spec; `allow_deployed=False`
+    refuses `nf:` names, which only the controller can resolve."""
     try:
         doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
@@ -100,7 +110,7 @@ def parse_sfc(text: str, base_dir: str = ".") -> SFCSpec:
     unknown = set(body) - {"nfs", "chain", "match", "tag", "output"}
     if unknown:
         raise SpecError(f"spec.{sorted(unknown)[0]}", "unknown field")
-    nfs = _parse_nfs(body.get("nfs"), base_dir)
+    nfs = _parse_nfs(body.get("nfs"), base_dir, allow_source, allow_deployed)
     used: set = set()
     chain = _check_chain(body.get("chain"), "spec.chain", nfs, used)
     unused = sorted(set(nfs) - used)
@@ -169,7 +179,8 @@ def _port_range(value, where) -> tuple:
     return (lo_i, hi_i)
 
 
-def _parse_nfs(raw, base_dir: str) -> dict:
+def _parse_nfs(raw, base_dir: str, allow_source: bool = True,
+               allow_deployed: bool = True) -> dict:
     if not isinstance(raw, dict) or not raw:
         raise SpecError("spec.nfs", "a mapping of NF names to NFs, at least one")
     out = {}
@@ -179,16 +190,28 @@ def _parse_nfs(raw, base_dir: str) -> dict:
             raise SpecError(where, "NF names are 1-22 characters of a-z, 0-9, '_' and '-'")
         if not isinstance(nf, dict):
             raise SpecError(where, "a mapping with stock or source")
-        unknown = set(nf) - {"stock", "source", "config", "config_hex", "ports"}
+        unknown = set(nf) - {"stock", "source", "nf", "config", "config_hex", "ports"}
         if unknown:
             raise SpecError(f"{where}.{sorted(unknown)[0]}", "unknown field")
-        if ("stock" in nf) == ("source" in nf):
-            raise SpecError(where, "exactly one of stock (a stock NF) or source (a C file)")
+        if sum(k in nf for k in ("stock", "source", "nf")) != 1:
+            raise SpecError(where, "exactly one of stock (a stock NF), source (a C file) "
+                            "or nf (a deployed NF)")
+        if "source" in nf and not allow_source:
+            raise SpecError(f"{where}.source", "a file path cannot be sent to the controller; "
+                            "deploy the NF (kind NF) and name it with `nf:`")
+        if "nf" in nf and not allow_deployed:
+            raise SpecError(f"{where}.nf", "names an NF deployed to the controller; "
+                            "a spec run locally takes `source:` (a C file)")
         ports = nf.get("ports", 1)
         if isinstance(ports, bool) or not isinstance(ports, int) or not 1 <= ports <= MAX_PORTS:
             raise SpecError(f"{where}.ports", f"an integer 1..{MAX_PORTS}")
         if "stock" in nf:
             out[name] = NFSpec(name, _stock(nf, where), None, _stock_config(nf, where), ports)
+        elif "nf" in nf:
+            if not isinstance(nf["nf"], str) or not _NF_NAME.match(nf["nf"]):
+                raise SpecError(f"{where}.nf", "the name of a deployed NF (1-22 characters "
+                                "of a-z, 0-9, '_' and '-')")
+            out[name] = NFSpec(name, None, None, _hex_config(nf, where), ports, nf["nf"])
         else:
             out[name] = NFSpec(name, None, _source(nf, where, base_dir), _hex_config(nf, where),
                                ports)

@@ -72,14 +72,14 @@ def test_sfcs_that_do_not_fit_the_node_are_refused_by_field():
         check_references(node, [sfc("a", 1), sfc("b", 2)])
 
 
-def test_a_node_classifies_traffic_to_its_sfcs(dataplane, pool, request):
+def test_a_node_classifies_traffic_to_its_sfcs(dataplane, pool, slots, request):
     tag = abs(hash(request.node.name)) % 10**4
     wires = {name: Wire(dataplane, f"n{tag}{name}") for name in ("wan", "lan", "dmz")}
     sfcs = [sfc("dns", 1, "  match: [{proto: udp, dport: 53, port: wan}]\n  output: dmz"),
             sfc("vlan", 2, "  tag: 42\n  output: dmz"),
             sfc("rest", 3)]
     try:
-        with Node(parse_node(NODE), sfcs, dataplane=dataplane, pool=pool,
+        with Node(parse_node(NODE), sfcs, dataplane=dataplane, pool=pool, slots=slots,
                   ports={n: w.port for n, w in wires.items()}) as node:
             wires["wan"].send([udp(dport=53), udp(dport=80, vlan=42), udp(dport=80),
                                udp(dport=443)])

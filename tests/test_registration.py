@@ -26,10 +26,10 @@ def etcd():
 
 
 @pytest.fixture
-def node(dataplane, pool, request):
+def node(dataplane, pool, slots, request):
     tag = abs(hash(request.node.name)) % 10**4
     wires = {name: Wire(dataplane, f"g{tag}{name}") for name in ("wan", "lan", "dmz")}
-    n = Node(parse_node(NODE), [sfc("rest", 3)], dataplane=dataplane, pool=pool,
+    n = Node(parse_node(NODE), [sfc("rest", 3)], dataplane=dataplane, pool=pool, slots=slots,
              ports={name: w.port for name, w in wires.items()}).start()
     yield n, wires
     n.close()

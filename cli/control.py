@@ -1,0 +1,200 @@
+"""serpensctl's control-plane commands: apply, get, delete and scale, over the controller's
+gRPC API (proto/serpens/v1/serpens.proto).
+
+    serpensctl --server HOST:PORT apply -f FILE      # kind SFC or kind NF; `---` separates several
+    serpensctl get nfs|sfcs|nodes [NAME] [-o table|json|yaml]
+    serpensctl delete nf|sfc NAME
+    serpensctl scale SFC --replicas N [--min N] [--max N]
+
+A kind NF file names its C source relative to itself; serpensctl reads it and sends its text:
+    apiVersion: serpens/v1
+    kind: NF
+    metadata: {name: mine}          # or `name: mine`
+    description: counts packets     # optional
+    source: ./mine.c
+
+Exit codes: 0 success, 1 the controller refused or failed the request (its message is printed),
+2 bad usage or an unreadable file, 3 the controller or its store could not be reached.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import yaml
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+_KINDS = {"nf": "nfs", "nfs": "nfs", "sfc": "sfcs", "sfcs": "sfcs", "node": "nodes",
+          "nodes": "nodes"}
+
+
+class _UsageError(Exception):
+    pass
+
+
+def register(sub) -> None:
+    p = sub.add_parser("apply", help="create or update NFs and SFCs from a YAML/JSON file")
+    p.add_argument("-f", "--file", required=True, help="the spec file ('-': stdin)")
+    p.set_defaults(func=_run(_apply))
+    p = sub.add_parser("get", help="show NFs, SFCs or nodes")
+    p.add_argument("kind", choices=sorted(_KINDS))
+    p.add_argument("name", nargs="?")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.set_defaults(func=_run(_get))
+    p = sub.add_parser("delete", help="delete an NF or an SFC")
+    p.add_argument("kind", choices=("nf", "sfc"))
+    p.add_argument("name")
+    p.set_defaults(func=_run(_delete))
+    p = sub.add_parser("scale", help="set an SFC's desired instances")
+    p.add_argument("sfc")
+    p.add_argument("--replicas", type=int, required=True)
+    p.add_argument("--min", type=int, dest="min_replicas")
+    p.add_argument("--max", type=int, dest="max_replicas")
+    p.set_defaults(func=_run(_scale))
+
+
+def _run(command):
+    """Open a channel to --server, run `command(stub, args)`, map failures to exit codes."""
+    def run(args) -> int:
+        import grpc
+
+        from serpens.proto.serpens.v1 import serpens_pb2_grpc
+        with grpc.insecure_channel(args.server) as channel:
+            stub = serpens_pb2_grpc.SerpensStub(channel)
+            try:
+                return command(stub, args)
+            except _UsageError as e:
+                print(f"serpensctl: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            except grpc.RpcError as e:
+                code = e.code()
+                print(f"serpensctl: {code.name}: {e.details()}", file=sys.stderr)
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return EXIT_UNREACHABLE
+                return EXIT_FAILED
+    return run
+
+
+def _read(path: str) -> tuple[str, str]:
+    """(text, the directory relative paths in it are taken from)."""
+    try:
+        if path == "-":
+            return sys.stdin.read(), os.getcwd()
+        with open(path) as f:
+            return f.read(), os.path.dirname(os.path.abspath(path))
+    except OSError as e:
+        raise _UsageError(f"{path}: {e.strerror}") from None
+
+
+def _apply(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    text, base_dir = _read(args.file)
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise _UsageError(f"{args.file}: not valid YAML or JSON: {e}") from None
+    for i, doc in enumerate(docs):
+        where = f"{args.file}" + (f" (document {i + 1})" if len(docs) > 1 else "")
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        if kind == "NF":
+            name = doc.get("name") or (doc.get("metadata") or {}).get("name")
+            source = doc.get("source")
+            if not isinstance(name, str) or not isinstance(source, str):
+                raise _UsageError(f"{where}: a kind NF needs `name` (or metadata.name) and "
+                                  "`source` (the path of its C file)")
+            src_text, _ = _read(os.path.join(base_dir, source))
+            nf = stub.DeployNF(pb.DeployNFRequest(name=name, source=src_text,
+                                                  description=doc.get("description") or ""),
+                               timeout=args.timeout)
+            print(f"nf/{nf.name} deployed (revision {nf.revision})")
+        elif kind == "SFC" or len(docs) == 1:
+            # One document goes as written (the server's errors then match the file);
+            # one of several is sent as its JSON.
+            spec = text if len(docs) == 1 else json.dumps(doc)
+            sfc = stub.ApplySFC(pb.ApplySFCRequest(spec=spec), timeout=args.timeout)
+            print(f"sfc/{sfc.name} applied (revision {sfc.revision})")
+        else:
+            raise _UsageError(f"{where}: kind must be NF or SFC, got {kind!r}")
+    return 0
+
+
+def _get(stub, args) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    kind = _KINDS[args.kind]
+    if kind == "nodes":
+        items = list(stub.ListNodes(pb.ListNodesRequest(), timeout=args.timeout).nodes)
+        if args.name:
+            items = [n for n in items if n.name == args.name]
+            if not items:
+                print(f"serpensctl: NOT_FOUND: name: no node named {args.name!r}",
+                      file=sys.stderr)
+                return EXIT_FAILED
+    elif args.name:
+        get = stub.GetNF if kind == "nfs" else stub.GetSFC
+        request = pb.GetNFRequest if kind == "nfs" else pb.GetSFCRequest
+        items = [get(request(name=args.name), timeout=args.timeout)]
+    elif kind == "nfs":
+        items = list(stub.ListNFs(pb.ListNFsRequest(), timeout=args.timeout).nfs)
+    else:
+        items = list(stub.ListSFCs(pb.ListSFCsRequest(), timeout=args.timeout).sfcs)
+    if args.output != "table":
+        dicts = [MessageToDict(m, preserving_proto_field_name=True) for m in items]
+        out = dicts[0] if args.name else dicts
+        print(json.dumps(out, indent=2, sort_keys=True) if args.output == "json"
+              else yaml.safe_dump(out, sort_keys=True), end="\n" if args.output == "json" else "")
+        return 0
+    _print_table(kind, items)
+    return 0
+
+
+def _print_table(kind: str, items) -> None:
+    if kind == "nfs":
+        rows = [("NAME", "REVISION", "IMAGE", "SHA256", "UPDATED", "DESCRIPTION")]
+        rows += [(m.name, str(m.revision), f"{m.image_size} B", m.source_sha256[:12],
+                  _when(m.updated), m.description) for m in items]
+    elif kind == "sfcs":
+        rows = [("NAME", "REVISION", "REPLICAS", "MIN-MAX", "NFS", "PHASE", "UPDATED")]
+        rows += [(m.name, str(m.revision), str(m.scale.replicas),
+                  f"{m.scale.min_replicas}-{m.scale.max_replicas}", ",".join(m.nfs) or "-",
+                  m.status.phase, _when(m.updated)) for m in items]
+    else:
+        rows = [("NAME", "REVISION", "RECORD")]
+        rows += [(m.name, str(m.revision), m.record_json) for m in items]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _when(ts) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else "-"
+
+
+def _delete(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    if args.kind == "nf":
+        stub.DeleteNF(pb.DeleteNFRequest(name=args.name), timeout=args.timeout)
+    else:
+        stub.DeleteSFC(pb.DeleteSFCRequest(name=args.name), timeout=args.timeout)
+    print(f"{args.kind}/{args.name} deleted")
+    return 0
+
+
+def _scale(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    for flag, value in (("--replicas", args.replicas), ("--min", args.min_replicas),
+                        ("--max", args.max_replicas)):
+        if value is not None and value < 0:
+            raise _UsageError(f"{flag}: must not be negative, got {value}")
+    request = pb.ScaleRequest(sfc=args.sfc, replicas=args.replicas)
+    if args.min_replicas is not None:
+        request.min_replicas = args.min_replicas
+    if args.max_replicas is not None:
+        request.max_replicas = args.max_replicas
+    sfc = stub.Scale(request, timeout=args.timeout)
+    print(f"sfc/{sfc.name} scaled to {sfc.scale.replicas} "
+          f"(min {sfc.scale.min_replicas}, max {sfc.scale.max_replicas}; "
+          f"revision {sfc.revision})")
+    return 0

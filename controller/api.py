@@ -1,0 +1,286 @@
+"""The `serpens.v1.Serpens` servicer: desired state (NFs, SFCs, scale) in etcd.
+
+Theory of operation
+-------------------
+Each NF and SFC is one JSON record under the store's prefix (`/serpens/v1/nfs/<name>`,
+`/serpens/v1/sfcs/<name>`; nodes register under `nodes/`). Nothing is written before the
+request is validated in full: an NF's source is compiled and verified against the NF ABI
+exactly as an agent will (runtime_cy.builder), an SFC spec is parsed by common/spec.py and
+every `nf: NAME` it names must be deployed. Writes are etcd transactions comparing the
+`mod_revision` read (Store.put_if/delete_if), so two concurrent updates cannot silently
+overwrite each other: a client-supplied `expected_revision` that does not match is ABORTED;
+without one, the read-modify-write is retried a few times against fresh reads.
+
+Errors map to status codes with a message naming the field (SpecError's path) or carrying the
+compiler's/verifier's text; a store that does not answer within its timeout is UNAVAILABLE.
+
+Known gap: DeleteNF checks the SFCs and then deletes, in two steps, so an SFC applied between
+the two can name a just-deleted NF; the reconciler (to come) must tolerate a missing NF.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import re
+import time
+
+import grpc
+import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from serpens.common.spec import SpecError, parse_sfc
+from serpens.common.store import Conflict, Store, StoreError, StoreUnavailable
+from serpens.proto.serpens.v1 import serpens_pb2 as pb
+from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/serpens/v1/"
+_NF_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,21}$")
+_SFC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
+_MAX_SOURCE = 1 << 20          # 1 MiB of C is plenty for one NF
+_CAS_ATTEMPTS = 5              # read-modify-write retries without an expected_revision
+
+
+class _Abort(Exception):
+    """A request refused with `code`; raised anywhere below a handler."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _handler(method):
+    """Turn _Abort and store failures into status codes (DESIGN §4: never an error field)."""
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except _Abort as e:
+            await context.abort(e.code, e.message)
+        except StoreUnavailable as e:
+            log.warning("%s: %s", method.__name__, e)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is unavailable: {e}")
+        except StoreError as e:
+            log.error("%s: %s", method.__name__, e)
+            await context.abort(grpc.StatusCode.INTERNAL, f"store error: {e}")
+    return wrapper
+
+
+def _ts(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _check_name(name: str, pattern: re.Pattern, what: str) -> None:
+    if not pattern.match(name or ""):
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"name: {what} names are {pattern.pattern}, got {name!r}")
+
+
+def _build_nf(name: str, source: str) -> int:
+    """Compile and verify as an agent will; the verified image's size. Runs in a thread."""
+    from serpens.runtime_cy.builder import compile_nf, verify_nf
+    so = compile_nf(source, name=name)
+    verify_nf(so)
+    return len(so)
+
+
+class SerpensServicer(pb_grpc.SerpensServicer):
+    def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX, build_concurrency: int = 2):
+        if not prefix.endswith("/"):
+            raise ValueError("prefix: must end with '/'")
+        self.store = store
+        self.nfs_prefix, self.sfcs_prefix = prefix + "nfs/", prefix + "sfcs/"
+        self.nodes_prefix = prefix + "nodes/"
+        # Compiles are a gcc process each; do not run more at once than there are CPUs.
+        self._builds = asyncio.Semaphore(build_concurrency)
+
+    # -- NFs --------------------------------------------------------------------------------
+
+    @_handler
+    async def DeployNF(self, request, context):
+        _check_name(request.name, _NF_NAME, "NF")
+        if not request.source.strip():
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "source: the NF's C source is empty")
+        if len(request.source.encode()) > _MAX_SOURCE:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"source: over {_MAX_SOURCE} bytes")
+        from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
+        async with self._builds:
+            try:
+                image_size = await asyncio.to_thread(_build_nf, request.name, request.source)
+            except NFBuildError as e:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"source: {e}") from None
+            except NFRefusedError as e:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"source: refused by the NF verifier: {e}") from None
+        key = self.nfs_prefix + request.name
+        record = {"name": request.name, "description": request.description,
+                  "source": request.source, "image_size": image_size,
+                  "source_sha256": hashlib.sha256(request.source.encode()).hexdigest()}
+
+        def update(old: dict | None) -> dict:
+            now = time.time()
+            return {**record, "created": old["created"] if old else now, "updated": now}
+        value, revision = await self._write(key, update, request.expected_revision)
+        return self._nf(value, revision)
+
+    @_handler
+    async def GetNF(self, request, context):
+        value, revision = await self._get(self.nfs_prefix, request.name, "NF")
+        return self._nf(value, revision)
+
+    @_handler
+    async def ListNFs(self, request, context):
+        items, _ = await self.store.list(self.nfs_prefix)
+        return pb.ListNFsResponse(nfs=[self._nf(json.loads(it.value), it.mod_revision,
+                                                with_source=False)
+                                       for _, it in sorted(items.items())])
+
+    @_handler
+    async def DeleteNF(self, request, context):
+        await self._get(self.nfs_prefix, request.name, "NF")
+        items, _ = await self.store.list(self.sfcs_prefix)
+        records = [json.loads(it.value) for it in items.values()]
+        users = sorted(r["name"] for r in records if request.name in r["nfs"])
+        if users:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"name: NF {request.name!r} is used by SFC {', '.join(users)}; "
+                         "delete or change those first")
+        return pb.DeleteNFResponse(revision=await self._delete(
+            self.nfs_prefix, request.name, "NF", request.expected_revision))
+
+    @staticmethod
+    def _nf(value: dict, revision: int, with_source: bool = True) -> pb.NF:
+        return pb.NF(name=value["name"], description=value["description"],
+                     source=value["source"] if with_source else "",
+                     source_sha256=value["source_sha256"], image_size=value["image_size"],
+                     revision=revision, created=_ts(value["created"]),
+                     updated=_ts(value["updated"]))
+
+    # -- SFCs -------------------------------------------------------------------------------
+
+    @_handler
+    async def ApplySFC(self, request, context):
+        try:
+            spec = parse_sfc(request.spec, allow_source=False)
+        except SpecError as e:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        deployed = {nf.name: nf.deployed for nf in spec.nfs.values() if nf.deployed}
+        if deployed:
+            items, _ = await self.store.list(self.nfs_prefix)
+            for nf_name, target in deployed.items():
+                if self.nfs_prefix + target not in items:
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"spec.nfs.{nf_name}.nf: no deployed NF named {target!r}")
+        doc = (json.loads(request.spec) if request.spec.lstrip().startswith("{")
+               else yaml.safe_load(request.spec))
+
+        def update(old: dict | None) -> dict:
+            now = time.time()
+            return {"name": spec.name, "spec": request.spec, "doc": doc,
+                    "nfs": sorted(set(deployed.values())),
+                    "scale": old["scale"] if old else {"replicas": 1, "min": 1, "max": 1},
+                    "status": {"phase": "Pending", "message": "not placed yet"},
+                    "created": old["created"] if old else now, "updated": now}
+        value, revision = await self._write(self.sfcs_prefix + spec.name, update,
+                                            request.expected_revision)
+        return self._sfc(value, revision)
+
+    @_handler
+    async def GetSFC(self, request, context):
+        value, revision = await self._get(self.sfcs_prefix, request.name, "SFC")
+        return self._sfc(value, revision)
+
+    @_handler
+    async def ListSFCs(self, request, context):
+        items, _ = await self.store.list(self.sfcs_prefix)
+        return pb.ListSFCsResponse(sfcs=[self._sfc(json.loads(it.value), it.mod_revision)
+                                         for _, it in sorted(items.items())])
+
+    @_handler
+    async def DeleteSFC(self, request, context):
+        return pb.DeleteSFCResponse(revision=await self._delete(
+            self.sfcs_prefix, request.name, "SFC", request.expected_revision))
+
+    @_handler
+    async def Scale(self, request, context):
+        await self._get(self.sfcs_prefix, request.sfc, "SFC", field="sfc")
+
+        def update(old: dict | None) -> dict:
+            if old is None:  # deleted since the check above
+                raise _Abort(grpc.StatusCode.NOT_FOUND, f"sfc: no SFC named {request.sfc!r}")
+            lo = request.min_replicas if request.HasField("min_replicas") \
+                else min(old["scale"]["min"], request.replicas)
+            hi = request.max_replicas if request.HasField("max_replicas") \
+                else max(old["scale"]["max"], request.replicas)
+            if not lo <= request.replicas <= hi:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"replicas: must lie in [min_replicas, max_replicas] = "
+                             f"[{lo}, {hi}], got {request.replicas}")
+            return {**old, "scale": {"replicas": request.replicas, "min": lo, "max": hi},
+                    "updated": time.time()}
+        value, revision = await self._write(self.sfcs_prefix + request.sfc, update, 0)
+        return self._sfc(value, revision)
+
+    @staticmethod
+    def _sfc(value: dict, revision: int) -> pb.SFC:
+        scale = value["scale"]
+        return pb.SFC(name=value["name"], spec=value["spec"],
+                      spec_json=json.dumps(value["doc"], sort_keys=True), nfs=value["nfs"],
+                      scale=pb.ScaleSpec(replicas=scale["replicas"], min_replicas=scale["min"],
+                                         max_replicas=scale["max"]),
+                      status=pb.SFCStatus(**value["status"]), revision=revision,
+                      created=_ts(value["created"]), updated=_ts(value["updated"]))
+
+    # -- nodes ------------------------------------------------------------------------------
+
+    @_handler
+    async def ListNodes(self, request, context):
+        items, _ = await self.store.list(self.nodes_prefix)
+        return pb.ListNodesResponse(nodes=[
+            pb.Node(name=key[len(self.nodes_prefix):], record_json=it.value.decode(),
+                    revision=it.mod_revision) for key, it in sorted(items.items())])
+
+    # -- records ----------------------------------------------------------------------------
+
+    async def _get(self, prefix: str, name: str, what: str, field: str = "name"):
+        item = await self.store.get(prefix + name) if name else None
+        if item is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"{field}: no {what} named {name!r}")
+        return json.loads(item.value), item.mod_revision
+
+    async def _write(self, key: str, update, expected: int) -> tuple[dict, int]:
+        """put_if(update(current)) comparing the revision read (or `expected`, if given)."""
+        for _ in range(_CAS_ATTEMPTS):
+            item = await self.store.get(key)
+            current = item.mod_revision if item else 0
+            if expected and expected != current:
+                raise _Abort(grpc.StatusCode.ABORTED,
+                             f"expected_revision: {key} is at revision {current}, "
+                             f"not {expected}")
+            value = update(json.loads(item.value) if item else None)
+            try:
+                return value, await self.store.put_if(key, json.dumps(value), current)
+            except Conflict:
+                if expected:
+                    raise _Abort(grpc.StatusCode.ABORTED,
+                                 f"expected_revision: {key} changed concurrently") from None
+        raise _Abort(grpc.StatusCode.ABORTED, f"{key}: changed concurrently "
+                     f"{_CAS_ATTEMPTS} times; try again")
+
+    async def _delete(self, prefix: str, name: str, what: str, expected: int) -> int:
+        _, current = await self._get(prefix, name, what)
+        if expected and expected != current:
+            raise _Abort(grpc.StatusCode.ABORTED,
+                         f"expected_revision: {what} {name!r} is at revision {current}, "
+                         f"not {expected}")
+        try:
+            return await self.store.delete_if(prefix + name, current)
+        except Conflict:
+            raise _Abort(grpc.StatusCode.ABORTED,
+                         f"name: {what} {name!r} changed while deleting; try again") from None

@@ -1,0 +1,130 @@
+"""serpens-controller: serve the Serpens API (plus gRPC health and reflection) over etcd.
+
+    serpens-controller --etcd http://127.0.0.1:2379 --listen 127.0.0.1:50051
+
+`create_server()` is kept apart from `serve()` so tests can bind port 0 in-process; SIGTERM
+and SIGINT stop the server gracefully. Exit codes: 0 stopped, 1 etcd or the address failed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serpens.common.store import Store, StoreError
+from serpens.controller.api import DEFAULT_PREFIX, SerpensServicer
+from serpens.proto.serpens.v1 import serpens_pb2, serpens_pb2_grpc
+
+log = logging.getLogger("serpens.controller")
+SERVICE_NAME = serpens_pb2.DESCRIPTOR.services_by_name["Serpens"].full_name
+
+
+@dataclass(frozen=True)
+class Settings:
+    etcd: tuple[str, ...] = ("127.0.0.1:2379",)
+    listen: str = "127.0.0.1:50051"
+    prefix: str = DEFAULT_PREFIX
+    etcd_timeout: float = 5.0      # bounds every store call: a dead etcd is UNAVAILABLE by then
+    grace: float = 5.0             # seconds in-flight calls get on shutdown
+
+
+async def create_server(store: Store, listen: str,
+                        prefix: str = DEFAULT_PREFIX) -> tuple[grpc.aio.Server, int]:
+    """A not yet started server with Serpens, health (SERVING) and reflection; its port."""
+    server = grpc.aio.server()
+    serpens_pb2_grpc.add_SerpensServicer_to_server(SerpensServicer(store, prefix), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"--listen {listen}: cannot bind")
+    return server, port
+
+
+async def serve(settings: Settings) -> int:
+    try:
+        store = await Store.connect(list(settings.etcd), timeout=settings.etcd_timeout)
+    except StoreError as e:
+        log.error("etcd %s: %s", ",".join(settings.etcd), e)
+        return 1
+    async with store:
+        try:
+            server, port = await create_server(store, settings.listen, settings.prefix)
+        except (OSError, RuntimeError) as e:
+            log.error("%s", e)
+            return 1
+        await server.start()
+        host = settings.listen.rpartition(":")[0]
+        log.info("serving serpens.v1.Serpens on %s:%d (etcd %s)", host, port,
+                 ",".join(settings.etcd))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping (grace %.1fs)", settings.grace)
+        await server.stop(settings.grace)
+    return 0
+
+
+def _endpoint(url: str) -> str:
+    """http://host:port or host:port -> host:port (TLS to etcd is not supported yet)."""
+    for scheme in ("http://", "https://"):
+        if url.startswith(scheme):
+            if scheme == "https://":
+                raise argparse.ArgumentTypeError(f"{url}: TLS to etcd is not supported yet")
+            url = url[len(scheme):]
+    host, _, port = url.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{url}: expected http://HOST:PORT")
+    return f"{host}:{port}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="serpens-controller", description=__doc__.splitlines()[0])
+    ap.add_argument("--etcd", default="http://127.0.0.1:2379",
+                    help="etcd endpoints, comma-separated (default %(default)s)")
+    ap.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address (default %(default)s)")
+    ap.add_argument("--prefix", default=DEFAULT_PREFIX, help="etcd key prefix (default %(default)s)")
+    ap.add_argument("--etcd-timeout", type=float, default=5.0,
+                    help="seconds an etcd operation may take, retries included (default 5)")
+    ap.add_argument("--log-level", default="INFO")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        etcd = tuple(_endpoint(u) for u in args.etcd.split(",") if u)
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"--etcd: {e}")
+    if not args.prefix.endswith("/"):
+        ap.error("--prefix: must end with '/'")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(etcd=etcd, listen=args.listen, prefix=args.prefix,
+                        etcd_timeout=args.etcd_timeout)
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
