@@ -15,11 +15,9 @@ import logging
 import signal
 import sys
 
-from serpens.common.node_spec import load_node
-from serpens.common.spec import SpecError, load_sfc
 from serpens.common.store import Store, StoreError
 
-from .node import Node
+from .node import Node, start_from_files
 from .registration import Registration
 
 log = logging.getLogger("serpens-agent")
@@ -60,19 +58,9 @@ async def register_until_stopped(args, node: Node, stop: asyncio.Event):
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        node = Node(load_node(args.node), [load_sfc(p) for p in args.sfc])
-    except SpecError as e:
-        print(f"serpens-agent: invalid spec: {e}", file=sys.stderr)
-        return 2
-    try:
-        node.start()
-    except SpecError as e:
-        print(f"serpens-agent: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # NF build errors, DPDK errors: say which and stop
-        print(f"serpens-agent: node {node.spec.name} did not start: {e}", file=sys.stderr)
-        return 1
+    node, code = start_from_files("serpens-agent", args.node, args.sfc)
+    if node is None:
+        return code
     try:
         import uvloop
         runner = uvloop.run

@@ -152,3 +152,26 @@ class Node:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def start_from_files(prog: str, node_path: str, sfc_paths: list[str]):
+    """For command lines: load, check and start a node from its spec files. Returns
+    (node, 0), or (None, exit code) after printing why: 2 a bad spec, 1 a failed start."""
+    import sys
+    from serpens.common.node_spec import load_node
+    from serpens.common.spec import load_sfc
+
+    try:
+        node = Node(load_node(node_path), [load_sfc(p) for p in sfc_paths])
+    except SpecError as e:
+        print(f"{prog}: invalid spec: {e}", file=sys.stderr)
+        return None, 2
+    try:
+        node.start()
+    except SpecError as e:
+        print(f"{prog}: node {node.spec.name}: {e}", file=sys.stderr)
+        return None, 2
+    except Exception as e:  # NF build errors, DPDK errors: say which and stop
+        print(f"{prog}: node {node.spec.name} did not start: {e}", file=sys.stderr)
+        return None, 1
+    return node, 0

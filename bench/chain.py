@@ -16,7 +16,6 @@ latency at half of that mode's own throughput.
 """
 from __future__ import annotations
 
-import os
 import uuid
 
 from serpens import nfs
@@ -71,8 +70,7 @@ def run(args) -> dict:
         for n in lengths:
             row = {}
             for mode in MODES:
-                rig.start(hops(mode, n, fw_images, null_image), chained=mode != "serpens",
-                          ring_size=256)
+                rig.start(hops(mode, n, fw_images, null_image), ring_size=256)
                 try:
                     mpps = max(rig.run_at(0, args.seconds)["mpps"] for _ in range(2))
                     load = mpps * 1e6 / 2

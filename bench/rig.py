@@ -76,10 +76,9 @@ class Rig:
         self.sink = dp.port_open(f"net_null_{name}", mp)
         self.router = self.managers = None
 
-    def start(self, sfcs, chained: bool = False, warm_s: float = 600.0, instances: int = 1,
-              ring_size: int = 1024):
-        """Route the source into `sfcs` (CompiledSFCs): one SFC, or with `chained` a chain of
-        router SFCs (each hop passes the router); `instances` of each, started now."""
+    def start(self, sfcs, warm_s: float = 600.0, instances: int = 1, ring_size: int = 1024):
+        """Route the source into `sfcs` (CompiledSFCs), a chain of router SFCs when there are
+        several (each hop passes the router); `instances` of each, started now."""
         self.router = dp.Router(self.src)
         nxt = None
         ids = []
@@ -88,8 +87,6 @@ class Rig:
                 next_sfc=nxt)
             ids.append(nxt)
         ids.reverse()
-        if not chained:
-            assert len(sfcs) == 1
         self.router.set_default_sfc(ids[0])
         self.router.pace(self.src, 1)  # held back until measured
         self.managers = [InstanceManager(self.pool, self.router, sfc, sfc_id=sid, warm_s=warm_s,

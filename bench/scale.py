@@ -30,6 +30,7 @@ from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .common import cpu_stalls, machine, percentiles
 from .rig import ROUTER_CPU, Rig, flow_frames
+from .state import NF_CONFIGS
 
 
 def add_arguments(p):
@@ -66,7 +67,7 @@ def analyse(recs: bytes, request_tsc: int, hz: float) -> dict:
 def run(args) -> dict:
     slots = SlotAllocator()
     image = build_nf(nfs.source("mon"), slots.allocate(), "mon")
-    sfc = compile_sfc(NF(image, config=nfs_config(), name="mon-scale"))
+    sfc = compile_sfc(NF(image, config=NF_CONFIGS["mon"](), name="mon-scale"))
     rig = Rig("scale", flow_frames(args.flows), pool_size=2, idle_us=args.idle_us)
     hz = dp.tsc_hz()
     try:
@@ -124,11 +125,6 @@ def drained_stats(router, timeout: float = 2.0) -> dict:
             time.sleep(0.001)  # the last TX flush (drain timer: 100 us)
             return router.stats()
         time.sleep(0.001)
-
-
-def nfs_config():
-    from serpens.nfs import mon
-    return mon.encode_config({})
 
 
 def print_table(r: dict):

@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import socket
-import struct
 import subprocess
 import time
 import uuid

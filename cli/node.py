@@ -3,7 +3,6 @@ per-port and per-SFC counters every second until Ctrl-C (or --seconds)."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 
@@ -17,26 +16,11 @@ def register(sub):
 
 
 def run(args) -> int:
-    from serpens.agent.node import Node
-    from serpens.common.node_spec import load_node
-    from serpens.common.spec import SpecError, load_sfc
-    from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
+    from serpens.agent.node import start_from_files
 
-    try:
-        node_spec = load_node(args.node)
-        sfcs = [load_sfc(path) for path in args.sfc]
-        node = Node(node_spec, sfcs)
-    except SpecError as e:
-        print(f"serpensctl: invalid spec: {e}", file=sys.stderr)
-        return 2
-    try:
-        node.start()
-    except SpecError as e:
-        print(f"serpensctl: node {node_spec.name}: {e}", file=sys.stderr)
-        return 2
-    except (NFBuildError, NFRefusedError, OSError, RuntimeError) as e:
-        print(f"serpensctl: node {node_spec.name} did not start: {e}", file=sys.stderr)
-        return 1
+    node, code = start_from_files("serpensctl", args.node, args.sfc)
+    if node is None:
+        return code
     try:
         deadline = time.monotonic() + args.seconds if args.seconds else None
         while deadline is None or time.monotonic() < deadline:

@@ -21,14 +21,11 @@ Validated in full; errors are SpecError naming the field (e.g. `spec.ports.wan`)
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 
-import yaml
-
-from .spec import API_VERSION, SpecError
+from .spec import SpecError, parse_document, read_file
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
@@ -57,36 +54,13 @@ class NodeSpec:
 
 
 def load_node(path: str) -> NodeSpec:
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise SpecError(path, e.strerror) from None
-    return parse_node(text)
+    return parse_node(read_file(path))
 
 
 def parse_node(text: str) -> NodeSpec:
-    try:
-        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        raise SpecError("spec", f"not valid YAML or JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise SpecError("spec", "a mapping with apiVersion, kind, metadata and spec")
-    if doc.get("apiVersion") != API_VERSION:
-        raise SpecError("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}")
-    if doc.get("kind") != "Node":
-        raise SpecError("kind", f"must be 'Node', got {doc.get('kind')!r}")
-    name = (doc.get("metadata") or {}).get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise SpecError("metadata.name", "1-32 characters of a-z, 0-9 and '-'")
-    body = doc.get("spec")
-    if not isinstance(body, dict):
-        raise SpecError("spec", "a mapping with ports")
-    known = {"ports", "input", "output", "pool", "warm_s", "wake_us", "cpus", "router_cpu",
-             "state_dir"}
-    unknown = set(body) - known
-    if unknown:
-        raise SpecError(f"spec.{sorted(unknown)[0]}", "unknown field")
+    name, body = parse_document(text, "Node", _NAME, "1-32 characters of a-z, 0-9 and '-'",
+                                {"ports", "input", "output", "pool", "warm_s", "wake_us",
+                                 "cpus", "router_cpu", "state_dir"})
     ports = _ports(body.get("ports"))
     inputs = body.get("input", list(ports))
     if not isinstance(inputs, list) or not inputs:

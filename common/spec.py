@@ -73,13 +73,42 @@ class SFCSpec:
         return f"{self.name}.{nf}"
 
 
-def load_sfc(path: str) -> SFCSpec:
-    """Read and validate an SFC spec file (YAML or JSON)."""
+def read_file(path: str) -> str:
     try:
         with open(path) as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
         raise SpecError(path, e.strerror) from None
+
+
+def parse_document(text: str, kind: str, name_re, name_rule: str, fields: set):
+    """The envelope every serpens/v1 document shares (YAML or JSON: apiVersion, kind,
+    metadata.name, a spec mapping of known fields); returns (name, spec)."""
+    try:
+        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise SpecError("spec", f"not valid YAML or JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise SpecError("spec", "a mapping with apiVersion, kind, metadata and spec")
+    if doc.get("apiVersion") != API_VERSION:
+        raise SpecError("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}")
+    if doc.get("kind") != kind:
+        raise SpecError("kind", f"must be {kind!r}, got {doc.get('kind')!r}")
+    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not name_re.match(name):
+        raise SpecError("metadata.name", name_rule)
+    body = doc.get("spec")
+    if not isinstance(body, dict):
+        raise SpecError("spec", f"a mapping of {', '.join(sorted(fields))}")
+    unknown = set(body) - fields
+    if unknown:
+        raise SpecError(f"spec.{sorted(unknown)[0]}", "unknown field")
+    return name, body
+
+
+def load_sfc(path: str) -> SFCSpec:
+    """Read and validate an SFC spec file (YAML or JSON)."""
+    text = read_file(path)
     # Offline runs (replay, node) have no controller to resolve `nf: NAME` against.
     return parse_sfc(text, base_dir=os.path.dirname(os.path.abspath(path)),
                      allow_deployed=False)
@@ -90,26 +119,9 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     """Validate a spec's text. `allow_source=False` (the controller) refuses `source:` paths,
     which only mean something on the machine that wrote the spec; `allow_deployed=False`
     refuses `nf:` names, which only the controller can resolve."""
-    try:
-        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        raise SpecError("spec", f"not valid YAML or JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise SpecError("spec", "a mapping with apiVersion, kind, metadata and spec")
-    if doc.get("apiVersion") != API_VERSION:
-        raise SpecError("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}")
-    if doc.get("kind") != "SFC":
-        raise SpecError("kind", f"must be 'SFC', got {doc.get('kind')!r}")
-    name = (doc.get("metadata") or {}).get("name")
-    if not isinstance(name, str) or not _SFC_NAME.match(name):
-        raise SpecError("metadata.name", "1-24 characters of a-z, 0-9 and '-', "
-                        "starting and ending with a letter or digit")
-    body = doc.get("spec")
-    if not isinstance(body, dict):
-        raise SpecError("spec", "a mapping with nfs and chain")
-    unknown = set(body) - {"nfs", "chain", "match", "tag", "output"}
-    if unknown:
-        raise SpecError(f"spec.{sorted(unknown)[0]}", "unknown field")
+    name, body = parse_document(
+        text, "SFC", _SFC_NAME, "1-24 characters of a-z, 0-9 and '-', starting and ending "
+        "with a letter or digit", {"nfs", "chain", "match", "tag", "output"})
     nfs = _parse_nfs(body.get("nfs"), base_dir, allow_source, allow_deployed)
     used: set = set()
     chain = _check_chain(body.get("chain"), "spec.chain", nfs, used)

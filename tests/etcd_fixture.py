@@ -17,6 +17,8 @@ import tempfile
 import time
 import urllib.request
 
+import pytest
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
@@ -147,3 +149,11 @@ class PartitionProxy:
         self._drop_all()
         self._server.close()
         await self._server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    """A real etcd on loopback for a test module (import this fixture by name)."""
+    server = start_etcd()
+    yield server
+    server.destroy()

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from etcd_fixture import free_port, start_etcd
+from etcd_fixture import etcd, free_port, start_etcd  # noqa: F401 (etcd: a fixture)
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
@@ -74,13 +74,6 @@ class Controller:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    server = start_etcd()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture(scope="module")

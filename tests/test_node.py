@@ -3,7 +3,6 @@ errors for malformed node configs and SFC specs that do not fit the node."""
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -12,7 +11,8 @@ from serpens.common.node_spec import parse_node
 from serpens.common.spec import SpecError, parse_sfc
 
 from test_chainer import trace
-from test_router_sfcs import Wire, udp
+from router_site import Wire
+from test_router_sfcs import udp
 
 MARK = os.path.join(os.path.dirname(__file__), "nfs", "mark.c")
 

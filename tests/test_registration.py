@@ -6,23 +6,17 @@ import time
 
 import pytest
 
-from etcd_fixture import PartitionProxy, start_etcd
+from etcd_fixture import PartitionProxy, etcd  # noqa: F401 (a pytest fixture)
 from serpens.agent.node import Node
 from serpens.agent.registration import NODES_PREFIX, Registration, node_key
 from serpens.common.node_spec import parse_node
 from serpens.common.store import Store
 
 from test_node import NODE, sfc
-from test_router_sfcs import Wire, udp
+from router_site import Wire
+from test_router_sfcs import udp
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    server = start_etcd()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture

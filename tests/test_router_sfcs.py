@@ -11,6 +11,7 @@ from serpens.agent.instance_manager import InstanceManager
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
+from router_site import Wire
 from test_chainer import trace
 
 
@@ -24,34 +25,6 @@ def udp(dport=80, src="10.0.0.1", vlan=None, sport=1234, seq=0):
     l2 = Ether() / Dot1Q(vlan=vlan) if vlan else Ether()
     payload = bytes(16) + struct.pack("<I", seq) + bytes(12)
     return bytes(l2 / IP(src=src, dst="10.9.9.9") / UDP(sport=sport, dport=dport) / payload)
-
-
-class Wire:
-    """A ring-backed DPDK port: frames pushed on `inject` arrive at the router; what the router
-    sends on it lands in `sent`."""
-
-    def __init__(self, dataplane, name):
-        self.dataplane = dataplane
-        self.inject = dp.Ring(f"{name}_in", 4096)
-        self.sent = dp.Ring(f"{name}_out", 4096)
-        self.port = dp.port_from_rings(f"net_ring_{name}", self.inject, self.sent,
-                                       dataplane.mempool)
-
-    def send(self, frames):
-        assert dp.push(self.inject, self.dataplane.mempool, frames) == len(frames)
-
-    def receive(self, n, timeout=10.0):
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < n:
-            got = dp.pull(self.sent)
-            out += [data for _, data in got]
-            if not got:
-                assert time.monotonic() < deadline, f"{len(out)} of {n} packets came out"
-                time.sleep(0.0005)
-        return out
-
-    def close(self):
-        dp.port_close(self.port)
 
 
 @pytest.fixture

@@ -11,18 +11,11 @@ import socket
 
 import pytest
 
-from etcd_fixture import PartitionProxy, free_port, start_etcd
+from etcd_fixture import PartitionProxy, etcd, free_port, start_etcd  # noqa: F401 (etcd: a fixture)
 from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Event, Leader,
                                   LeaseLost, NotLeader, Store, StoreUnavailable)
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    server = start_etcd()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture
