@@ -11,6 +11,9 @@ anything starts; errors are SpecError naming the SFC and field.
 from __future__ import annotations
 
 import os
+import threading
+import time
+from dataclasses import dataclass
 
 from serpens.common.node_spec import NodeSpec
 from serpens.common.spec import SFCSpec, SpecError
@@ -50,21 +53,48 @@ def check_references(node: NodeSpec, sfcs: list[SFCSpec]):
                         f"only one SFC may take unmatched packets, and {defaults[0]} does")
 
 
+@dataclass
+class _Running:
+    """One SFC on this node: its spec, images, router SFC id and instance manager."""
+    spec: SFCSpec
+    built: object
+    sfc_id: int
+    manager: InstanceManager
+    generation: int = 0
+
+
+def _same_routing(a: SFCSpec, b: SFCSpec) -> bool:
+    return (a.match, a.tag, a.output) == (b.match, b.tag, b.output)
+
+
 class Node:
     def __init__(self, node: NodeSpec, sfcs: list[SFCSpec], *, dataplane: Dataplane = None,
                  pool: ProcessPool = None, ports: dict | None = None,
                  slots: SlotAllocator | None = None):
         """`dataplane`, `pool`, `ports` (name -> DPDK port id) and `slots` (the image slot
         allocator of whoever else uses that pool) may be given (tests); otherwise the node
-        makes its own."""
+        makes its own. `sfcs` start with the node; apply_sfc()/remove_sfc() change them."""
         check_references(node, sfcs)
-        self.spec, self.sfcs = node, sfcs
+        self.spec, self.initial = node, sfcs
         self.dataplane, self.pool, self.ports = dataplane, pool, ports
         self._own_dataplane, self._own_pool = dataplane is None, pool is None
         self._own_ports = ports is None
         self.slots = slots or SlotAllocator()
-        self.built, self.managers, self.sfc_ids = [], {}, {}
+        self.running: dict[str, _Running] = {}   # in routing order (rules: first match wins)
         self.router = None
+        self._lock = threading.RLock()
+
+    @property
+    def sfcs(self) -> list[SFCSpec]:
+        return [r.spec for r in self.running.values()]
+
+    @property
+    def managers(self) -> dict[str, InstanceManager]:
+        return {name: r.manager for name, r in self.running.items()}
+
+    @property
+    def sfc_ids(self) -> dict[str, int]:
+        return {name: r.sfc_id for name, r in self.running.items()}
 
     def start(self):
         try:
@@ -91,51 +121,117 @@ class Node:
                     raise SpecError(f"spec.ports.{name}", str(e)) from None
         if self.pool is None:
             self.pool = ProcessPool(self.dataplane, node.pool).start()
-        for spec in self.sfcs:
-            self.built.append(build_sfc(spec, self.slots))
         self.router = dp.Router([self.ports[p] for p in node.input], wake_us=node.wake_us)
-        rules = []
-        for spec in self.sfcs:
-            sid = self.router.add_sfc(self.ports[spec.output or node.output])
-            self.sfc_ids[spec.name] = sid
+        for name, pps in node.pace.items():
+            self.router.pace(self.ports[name], pps)
+        self.router.launch(self.dataplane.config.router_lcore)
+        for spec in self.initial:
+            self.apply_sfc(spec)
+
+    # ---- SFCs -----------------------------------------------------------------------------
+
+    def apply_sfc(self, spec: SFCSpec, deployed: dict | None = None,
+                  replicas: int | None = None, generation: int = 0):
+        """Run `spec` (new, or replacing the SFC of that name); `deployed` maps deployed NF
+        names to their source; `replicas` instances now (None: on demand). A replacement
+        with the same match, tag and output keeps the SFC's routing and flows: its old
+        instances drain, packets wait in the router's hold queue, the new ones take over;
+        otherwise the old SFC is removed first. Raises SpecError (nothing changed) for a
+        spec that does not fit the node, NFBuildError/NFRefusedError for its NFs."""
+        with self._lock:
+            old = self.running.get(spec.name)
+            check_references(self.spec, [s for s in self.sfcs if s.name != spec.name] + [spec])
+            built = build_sfc(spec, self.slots, deployed)
+            try:
+                in_place = old is not None and _same_routing(old.spec, spec)
+                if in_place:
+                    count = old.manager.count()
+                    old.manager.close()
+                    old.built.close(self.slots)
+                    sfc_id = old.sfc_id
+                else:
+                    if old is not None:
+                        self.remove_sfc(spec.name)
+                    count = 0
+                    sfc_id = self.router.add_sfc(self.ports[spec.output or self.spec.output])
+                manager = InstanceManager(self.pool, self.router, built.compiled,
+                                          sfc_id=sfc_id, warm_s=self.spec.warm_s).start()
+            except BaseException:
+                built.close(self.slots)
+                raise
+            self.running[spec.name] = entry = _Running(spec, built, sfc_id, manager, generation)
+            if not in_place:
+                self._route()
+            want = replicas if replicas is not None else count
+            if want:
+                manager.scale(want)
+            return entry
+
+    def remove_sfc(self, name: str, timeout: float = 5.0):
+        """Stop routing to SFC `name`, let its held packets through, retire its instances
+        and forget it. Its state stays in the state manager's files."""
+        with self._lock:
+            entry = self.running.pop(name)
+            self._route()
+            self.router.quiesce()
+            deadline = time.monotonic() + timeout
+            while self.router.held(entry.sfc_id) and time.monotonic() < deadline:
+                time.sleep(0.001)  # the manager starts an instance for them if none runs
+            entry.manager.close()
+            if self.router.held(entry.sfc_id):  # no pool process to take them: say so
+                raise RuntimeError(f"sfc {name}: packets still held after {timeout}s")
+            self.router.remove_sfc(entry.sfc_id)
+            entry.built.close(self.slots)
+
+    def _route(self):
+        """Give the router every running SFC's rules (in order), tags and the default."""
+        rules, default, tags = [], -1, {}
+        for entry in self.running.values():
+            spec = entry.spec
             for rule in spec.match:
-                rule = dict(rule, sfc=sid)
+                rule = dict(rule, sfc=entry.sfc_id)
                 if "port" in rule:
                     rule["in_port"] = self.ports[rule.pop("port")]
                 rules.append(rule)
             if spec.tag is not None:
-                self.router.set_tag(spec.tag, sid)
+                tags[spec.tag] = entry.sfc_id
             if not spec.match and spec.tag is None:
-                self.router.set_default_sfc(sid)
+                default = entry.sfc_id
         self.router.set_rules(rules)
-        self.router.launch(self.dataplane.config.router_lcore)
-        for spec, built in zip(self.sfcs, self.built):
-            self.managers[spec.name] = InstanceManager(
-                self.pool, self.router, built.compiled, sfc_id=self.sfc_ids[spec.name],
-                warm_s=node.warm_s).start()
+        for vlan, sfc_id in tags.items():
+            self.router.set_tag(vlan, sfc_id)
+        for vlan in set(self._tags) - set(tags):
+            self.router.set_tag(vlan, -1)
+        self._tags = tags
+        self.router.set_default_sfc(default)
+
+    _tags: dict = {}
 
     def scale(self, sfc: str, n: int):
-        self.managers[sfc].scale(n)
+        with self._lock:
+            self.running[sfc].manager.scale(n)
 
     def stats(self) -> dict:
         """Counters by port and SFC name, with each SFC's running instances."""
-        st = self.router.stats()
-        by_id = {v: k for k, v in self.ports.items()}
-        ports = {by_id[pid]: c for pid, c in st["ports"].items() if pid in by_id}
-        sfcs = {name: dict(st["sfcs"][sid], instances=self.managers[name].count())
-                for name, sid in self.sfc_ids.items()}
+        with self._lock:
+            st = self.router.stats()
+            by_id = {v: k for k, v in self.ports.items()}
+            ports = {by_id[pid]: c for pid, c in st["ports"].items() if pid in by_id}
+            sfcs = {name: dict(st["sfcs"][r.sfc_id], instances=r.manager.count(),
+                               generation=r.generation)
+                    for name, r in self.running.items()}
         return {"node": self.spec.name, "ports": ports, "sfcs": sfcs}
 
     def close(self):
-        for manager in self.managers.values():
-            manager.close()
-        self.managers.clear()
-        if self.router is not None:
-            self.router.stop()
-            self.router = None
-        for built in self.built:
-            built.close(self.slots)
-        self.built.clear()
+        with self._lock:
+            for entry in self.running.values():
+                entry.manager.close()
+            if self.router is not None:
+                self.router.stop()
+                self.router = None
+            for entry in self.running.values():
+                entry.built.close(self.slots)
+            self.running.clear()
         if self._own_pool and self.pool is not None:
             self.pool.close()
             self.pool = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from serpens import nfs as stock_nfs
-from serpens.common.spec import SFCSpec
+from serpens.common.spec import SFCSpec, SpecError
 from serpens.runtime_cy import builder
 from serpens.runtime_cy.sfc import NF, CompiledSFC, aggregate, chain, compile_sfc, distribute
 
@@ -29,22 +29,30 @@ class BuiltSFC:
         self.images.clear()
 
 
-def _source(nf) -> str:
+def _source(name: str, nf, deployed: dict) -> str:
     if nf.stock:
         return stock_nfs.source(nf.stock)
+    if nf.deployed:
+        if nf.deployed not in deployed:
+            raise SpecError(f"spec.nfs.{name}.nf", f"no source given for deployed NF "
+                                                   f"{nf.deployed!r}")
+        return deployed[nf.deployed]
     with open(nf.source_path) as f:
         return f.read()
 
 
-def build_sfc(spec: SFCSpec, allocator: builder.SlotAllocator) -> BuiltSFC:
-    """Compile and prepare every NF of `spec` (NFBuildError / NFRefusedError name the NF)."""
+def build_sfc(spec: SFCSpec, allocator: builder.SlotAllocator,
+              deployed: dict | None = None) -> BuiltSFC:
+    """Compile and prepare every NF of `spec` (NFBuildError / NFRefusedError name the NF).
+    `deployed` maps the names of NFs deployed to the controller (`nf: NAME`) to their C
+    source, as the controller sends them along with the spec."""
     built = BuiltSFC(spec, CompiledSFC())
     steps = {}
     try:
         for name, nf in spec.nfs.items():
             slot = allocator.allocate()
             built.slots.append(slot)
-            image = builder.build_nf(_source(nf), slot, name)
+            image = builder.build_nf(_source(name, nf, deployed or {}), slot, name)
             built.images.append(image)
             steps[name] = NF(image, config=nf.config, ports=nf.ports,
                              name=spec.state_namespace(name))

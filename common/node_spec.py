@@ -16,14 +16,17 @@
       cpus: "0-1"                    # CPUs of the agent and its instances
       router_cpu: 1                  # the router's own CPU
       state_dir: /dev/shm/serpens/state
+      pace: {wan: 1000000}           # input ports replaying a capture forever: packets/s
 
+`pace` makes an input port that never runs dry (net_pcap with infinite_rx=1) arrive at a
+steady rate, as a NIC would see traffic; without it such a port floods the router.
 Validated in full; errors are SpecError naming the field (e.g. `spec.ports.wan`).
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .spec import SpecError, parse_document, read_file
 
@@ -47,6 +50,7 @@ class NodeSpec:
     cpus: str = "0-1"
     router_cpu: int = 1
     state_dir: str = "/dev/shm/serpens/state"
+    pace: dict = field(default_factory=dict)   # input port name -> packets/s
 
     def device_name(self, port: str) -> str:
         """The DPDK name of a port ("net_pcap0", or the PCI address)."""
@@ -60,7 +64,7 @@ def load_node(path: str) -> NodeSpec:
 def parse_node(text: str) -> NodeSpec:
     name, body = parse_document(text, "Node", _NAME, "1-32 characters of a-z, 0-9 and '-'",
                                 {"ports", "input", "output", "pool", "warm_s", "wake_us",
-                                 "cpus", "router_cpu", "state_dir"})
+                                 "cpus", "router_cpu", "state_dir", "pace"})
     ports = _ports(body.get("ports"))
     inputs = body.get("input", list(ports))
     if not isinstance(inputs, list) or not inputs:
@@ -81,8 +85,16 @@ def parse_node(text: str) -> NodeSpec:
     state_dir = body.get("state_dir", "/dev/shm/serpens/state")
     if not isinstance(state_dir, str) or not os.path.isabs(state_dir):
         raise SpecError("spec.state_dir", "an absolute path (tmpfs or hugetlbfs)")
+    pace = body.get("pace", {})
+    if not isinstance(pace, dict):
+        raise SpecError("spec.pace", "a mapping of input port names to packets per second")
+    for port, pps in pace.items():
+        if port not in inputs:
+            raise SpecError(f"spec.pace.{port}", "not an input port")
+        if isinstance(pps, bool) or not isinstance(pps, (int, float)) or not 1 <= pps <= 1e9:
+            raise SpecError(f"spec.pace.{port}", f"packets per second 1..1e9, got {pps!r}")
     return NodeSpec(name, ports, tuple(inputs), output, pool, float(warm_s), float(wake_us),
-                    cpus, router_cpu, state_dir)
+                    cpus, router_cpu, state_dir, {p: float(v) for p, v in pace.items()})
 
 
 def _ports(raw) -> dict:

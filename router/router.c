@@ -537,6 +537,7 @@ int serpens_router_run(struct serpens_router *r)
 	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now = rte_rdtsc();
 		uint32_t work = 0;
+		__atomic_store_n(&r->loops, r->loops + 1, __ATOMIC_RELEASE);
 		if (__atomic_load_n(&r->requests, __ATOMIC_ACQUIRE)) {
 			__atomic_store_n(&r->requests, 0, __ATOMIC_SEQ_CST);
 			if (take_requests(r))

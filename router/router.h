@@ -169,6 +169,7 @@ struct serpens_router {
 	struct rte_mbuf *stalled[SERPENS_BURST];
 	uint32_t seq;
 	uint64_t rx, tx, dropped, tx_failed, sleeps;
+	volatile uint64_t loops;  /* iterations: two more = a control change is in effect */
 	struct serpens_flow_bucket {
 		uint32_t hash[SERPENS_FLOW_WAYS]; /* 0: empty */
 		uint16_t inst[SERPENS_FLOW_WAYS];

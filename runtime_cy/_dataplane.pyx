@@ -6,6 +6,7 @@ packets into an instance and pull them back; a pool process (secondary) uses it 
 to run serpens_runtime_main(). Errors cross into Python once, as OSError.
 """
 import array
+import time
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport errno
@@ -74,7 +75,7 @@ cdef extern from "router.h" nogil:
         serpens_lat_rec *log
         uint64_t log_cap, log_n
         uint32_t npending, nheld, nstalled
-        uint64_t rx, tx, dropped, tx_failed, sleeps
+        uint64_t rx, tx, dropped, tx_failed, sleeps, loops
     int serpens_router_run(serpens_router *r)
     int serpens_router_lcore_main(void *arg)
 
@@ -802,6 +803,49 @@ cdef class Router:
             s.used = 1
             return sfc
         raise ValueError(f"router: at most {SERPENS_ROUTER_MAX_SFCS} SFCs")
+
+    def remove_sfc(self, int sfc):
+        """Forget SFC `sfc`. The caller first unroutes it (rules, tag, default), waits for
+        quiesce(), and retires its instances; what is still held for it is refused here."""
+        self._check_sfc(sfc)
+        s = &self.r.sfcs[sfc]
+        for i in range(SERPENS_ROUTER_MAX_INSTANCES):
+            if self.r.inst[i].state != SERPENS_INST_EMPTY and self.r.inst[i].sfc == sfc:
+                raise ValueError(f"SFC {sfc} still has an instance in slot {i}")
+        if s.nheld:
+            raise ValueError(f"SFC {sfc} still holds {s.nheld} packets")
+        for k in range(SERPENS_ROUTER_MAX_SFCS):
+            if self.r.sfcs[k].used and k != sfc and self.r.sfcs[k].next == sfc:
+                raise ValueError(f"SFC {k} is chained into SFC {sfc}")
+        for i in range(self.r.nrules):
+            if self.r.rules[i].sfc == sfc:
+                raise ValueError(f"match rule {i} still routes to SFC {sfc}")
+        if self.r.default_sfc == sfc:
+            self.r.default_sfc = -1
+        for vlan in range(4096):
+            if self.r.tag_sfc[vlan] == sfc + 1:
+                self.r.tag_sfc[vlan] = 0
+        serpens_fence()
+        s.notify_fd = -1
+        s.used = 0
+
+    def quiesce(self, double timeout=1.0):
+        """Wait until the router began two more iterations (a routing change made before the
+        call is then seen by every packet it routes). False if it is not running or slow."""
+        cdef uint64_t start = serpens_load_u64(&self.r.loops)
+        if self.lcore < 0:
+            return False
+        deadline = time.monotonic() + timeout
+        while serpens_load_u64(&self.r.loops) < start + 2:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0001)
+        return True
+
+    def held(self, int sfc):
+        """Packets of `sfc` waiting in its hold queue."""
+        self._check_sfc(sfc)
+        return serpens_load_u32(&self.r.sfcs[sfc].nheld)
 
     def set_default_sfc(self, int sfc):
         """Packets no tag and no rule classify go to `sfc` (-1: counted as unmatched, freed)."""

@@ -108,3 +108,41 @@ def test_serpensctl_node_refuses_a_bad_config_naming_the_field(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "spec.ports.wan" in out.stderr and "eth0" in out.stderr
+
+
+def test_sfcs_are_added_replaced_and_removed_while_the_node_runs(dataplane, pool, slots,
+                                                                  request):
+    tag = abs(hash(request.node.name)) % 10**4
+    wires = {name: Wire(dataplane, f"d{tag}{name}") for name in ("wan", "lan", "dmz")}
+    dns = sfc("dns", 1, "  match: [{proto: udp, dport: 53}]\n  output: dmz")
+    try:
+        with Node(parse_node(NODE), [sfc("rest", 3)], dataplane=dataplane, pool=pool,
+                  slots=slots, ports={n: w.port for n, w in wires.items()}) as node:
+            node.apply_sfc(dns)
+            wires["wan"].send([udp(dport=53), udp(dport=80)])
+            assert [trace(d) for d in wires["dmz"].receive(1)] == [[1]]
+            assert [trace(d) for d in wires["lan"].receive(1)] == [[3]]
+            # same routing: new NFs behind the same router SFC, flows and counters kept
+            old_id = node.sfc_ids["rest"]
+            node.apply_sfc(sfc("rest", 4), replicas=2, generation=7)
+            assert node.sfc_ids["rest"] == old_id
+            wires["wan"].send([udp(dport=80)])
+            assert [trace(d) for d in wires["lan"].receive(1)] == [[4]]
+            rest = node.stats()["sfcs"]["rest"]
+            assert (rest["instances"], rest["generation"], rest["rx"]) == (2, 7, 2)
+            # new routing: the SFC is removed and added again, still first in rule order
+            node.apply_sfc(sfc("dns", 5, "  match: [{proto: udp, dport: 53}]"))
+            wires["wan"].send([udp(dport=53)])
+            assert [trace(d) for d in wires["lan"].receive(1)] == [[5]]
+            node.remove_sfc("dns")
+            assert set(node.stats()["sfcs"]) == {"rest"}
+            assert len(node.router.stats()["sfcs"]) == 1
+            wires["wan"].send([udp(dport=53)])
+            assert [trace(d) for d in wires["lan"].receive(1)] == [[4]]
+            # a spec that does not fit is refused and changes nothing
+            with pytest.raises(SpecError, match="spec.match: only one SFC"):
+                node.apply_sfc(sfc("other", 6))
+            assert set(node.stats()["sfcs"]) == {"rest"}
+    finally:
+        for w in wires.values():
+            w.close()
