@@ -1,10 +1,13 @@
-"""serpens-agent: one server's agent (DESIGN §1): runs the node's data plane from its Node config
-and SFC specs, registers the node in etcd with a lease and reports its load there.
+"""serpens-agent: one server's agent (DESIGN §1): runs the node's data plane from its Node config,
+serves the Agent gRPC service the controller drives it with, registers the node in etcd with a
+lease (its record carries the service's address) and reports its load there.
 
-    serpens-agent --node node.yaml --sfc fw-mon-nat.yaml --etcd 127.0.0.1:2379
+    serpens-agent --node node.yaml --etcd 127.0.0.1:2379 --listen 127.0.0.1:50061
+    serpens-agent --node node.yaml --sfc fw-mon-nat.yaml      # also run SFCs from files
 
-etcd being away never holds up traffic: the data plane starts first, registration retries in
-the background. SIGINT/SIGTERM deregister the node and stop everything the agent started.
+etcd or the controller being away never holds up traffic: the data plane starts first,
+registration retries in the background, and what runs keeps running. SIGINT/SIGTERM
+deregister the node and stop everything the agent started.
 Exit codes: 0 stopped on request, 1 failed, 2 bad config.
 """
 from __future__ import annotations
@@ -13,12 +16,16 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 
+from serpens.common import rpc
 from serpens.common.store import Store, StoreError
+from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
 from .node import Node, start_from_files
 from .registration import Registration
+from .service import AgentServicer
 
 log = logging.getLogger("serpens-agent")
 
@@ -30,10 +37,24 @@ def parse_args(argv=None):
     ap.add_argument("--etcd", default="127.0.0.1:2379", help="etcd endpoints, comma-separated")
     ap.add_argument("--ttl", type=int, default=5, help="lease TTL of the node's record (s)")
     ap.add_argument("--report-s", type=float, default=1.0, help="load report period (s)")
+    ap.add_argument("--listen", default="127.0.0.1:50061",
+                    help="address of the Agent gRPC service (default %(default)s)")
+    ap.add_argument("--advertise", default="",
+                    help="address the controller calls (default: --listen, or this host's "
+                         "name and the port bound when listening on all addresses)")
     return ap.parse_args(argv)
 
 
-async def register_until_stopped(args, node: Node, stop: asyncio.Event):
+def advertised(args, port: int) -> str:
+    if args.advertise:
+        return args.advertise
+    host = args.listen.rpartition(":")[0]
+    if host in ("", "0.0.0.0", "[::]"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
+async def register_until_stopped(args, node: Node, address: str, stop: asyncio.Event):
     endpoints = [e.strip().removeprefix("http://") for e in args.etcd.split(",")]
     reg = None
     while not stop.is_set():
@@ -41,7 +62,7 @@ async def register_until_stopped(args, node: Node, stop: asyncio.Event):
             store = await Store.connect(endpoints, timeout=3)
             try:
                 reg = await Registration(store, node.spec, node.stats, ttl=args.ttl,
-                                         report_s=args.report_s).start()
+                                         report_s=args.report_s, address=address).start()
                 log.info("node %s registered in etcd (%s)", node.spec.name, args.etcd)
                 await stop.wait()
                 await reg.close()
@@ -72,13 +93,37 @@ def main(argv=None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await register_until_stopped(args, node, stop)
+        try:
+            server, port = await rpc.create_server(args.listen, [
+                (serpens_pb2_grpc.add_AgentServicer_to_server, AgentServicer(node),
+                 rpc.service_name("Agent"))])
+        except OSError as e:
+            log.error("--listen %s", e)
+            return 1
+        await server.start()
+        address = advertised(args, port)
+        log.info("node %s: Agent service on %s", node.spec.name, address)
+        # stock NFs compiled now, while nothing waits: the first SFC applied starts sooner
+        loop.run_in_executor(None, warm_compile_cache)
+        await register_until_stopped(args, node, address, stop)
+        await server.stop(1.0)
+        return 0
 
     try:
-        runner(run())
+        return runner(run())
     finally:
         node.close()
-    return 0
+
+
+def warm_compile_cache():
+    from serpens import nfs
+    from serpens.common.spec import STOCK_NFS
+    from serpens.runtime_cy.builder import compile_nf
+    for name in STOCK_NFS:
+        try:
+            compile_nf(nfs.source(name), name=name)
+        except Exception as e:  # noqa: BLE001 - only a cache: the real build reports it
+            log.warning("precompiling stock NF %s: %s", name, e)
 
 
 if __name__ == "__main__":

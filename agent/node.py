@@ -61,6 +61,7 @@ class _Running:
     sfc_id: int
     manager: InstanceManager
     generation: int = 0
+    replicas: int = 0        # instances last asked for (traffic also starts and stops them)
 
 
 def _same_routing(a: SFCSpec, b: SFCSpec) -> bool:
@@ -159,7 +160,8 @@ class Node:
             except BaseException:
                 built.close(self.slots)
                 raise
-            self.running[spec.name] = entry = _Running(spec, built, sfc_id, manager, generation)
+            self.running[spec.name] = entry = _Running(spec, built, sfc_id, manager, generation,
+                                                       replicas or 0)
             if not in_place:
                 self._route()
             want = replicas if replicas is not None else count
@@ -210,6 +212,7 @@ class Node:
     def scale(self, sfc: str, n: int):
         with self._lock:
             self.running[sfc].manager.scale(n)
+            self.running[sfc].replicas = n
 
     def stats(self) -> dict:
         """Counters by port and SFC name, with each SFC's running instances."""
@@ -218,7 +221,7 @@ class Node:
             by_id = {v: k for k, v in self.ports.items()}
             ports = {by_id[pid]: c for pid, c in st["ports"].items() if pid in by_id}
             sfcs = {name: dict(st["sfcs"][r.sfc_id], instances=r.manager.count(),
-                               generation=r.generation)
+                               generation=r.generation, replicas=r.replicas)
                     for name, r in self.running.items()}
         return {"node": self.spec.name, "ports": ports, "sfcs": sfcs}
 

@@ -485,16 +485,26 @@ class Election:
     async def put_fenced(self, key: str, value: bytes | str, expected_mod_revision: int) -> int:
         """put_if that also requires the election key to still be ours (same create revision),
         in one transaction. Raises NotLeader when it is not, Conflict on `key`'s revision."""
+        reply = await self._fenced(key, expected_mod_revision,
+                                   lambda k: txn.Put(k, _b(value)))
+        return reply.response_put.header.revision
+
+    async def delete_fenced(self, key: str, expected_mod_revision: int) -> int:
+        """delete_if, fenced as put_fenced is."""
+        reply = await self._fenced(key, expected_mod_revision, txn.Delete)
+        return reply.response_delete_range.header.revision
+
+    async def _fenced(self, key: str, expected_mod_revision: int, operation):
         token = self.leader_revision
         if token is None:
             raise NotLeader(f"{self.key}: {self.identity} has not won an election")
         k = _b(key)
         ok, replies = await self._store._call(lambda c: c.transaction(
             compare=[txn.Create(self._k) == token, txn.Mod(k) == expected_mod_revision],
-            success=[txn.Put(k, _b(value))],
+            success=[operation(k)],
             failure=[txn.Get(self._k), txn.Get(k)]))
         if ok:
-            return replies[0].response_put.header.revision
+            return replies[0]
         holder = replies[0][0][1] if replies[0] else None
         if holder is None or holder.create_revision != token:
             self.leader_revision = None

@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 Each NF and SFC is one JSON record under the store's prefix (`/serpens/v1/nfs/<name>`,
-`/serpens/v1/sfcs/<name>`; nodes register under `nodes/`). Nothing is written before the
+`/serpens/v1/sfcs/<name>`; nodes register under `nodes/`). An SFC's record holds what the
+user asked for (spec, generation: bumped when the spec changes, scale); what runs is the
+reconciler's, under `status/<name>` (controller/reconciler.py), merged into replies here. Nothing is written before the
 request is validated in full: an NF's source is compiled and verified against the NF ABI
 exactly as an agent will (runtime_cy.builder), an SFC spec is parsed by common/spec.py and
 every `nf: NAME` it names must be deployed. Writes are etcd transactions comparing the
@@ -96,7 +98,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
             raise ValueError("prefix: must end with '/'")
         self.store = store
         self.nfs_prefix, self.sfcs_prefix = prefix + "nfs/", prefix + "sfcs/"
-        self.nodes_prefix = prefix + "nodes/"
+        self.nodes_prefix, self.status_prefix = prefix + "nodes/", prefix + "status/"
         # Compiles are a gcc process each; do not run more at once than there are CPUs.
         self._builds = asyncio.Semaphore(build_concurrency)
 
@@ -182,25 +184,31 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
         def update(old: dict | None) -> dict:
             now = time.time()
+            generation = 1 if old is None else old["generation"] + (old["doc"] != doc)
             return {"name": spec.name, "spec": request.spec, "doc": doc,
-                    "nfs": sorted(set(deployed.values())),
+                    "nfs": sorted(set(deployed.values())), "generation": generation,
                     "scale": old["scale"] if old else {"replicas": 1, "min": 1, "max": 1},
-                    "status": {"phase": "Pending", "message": "not placed yet"},
                     "created": old["created"] if old else now, "updated": now}
         value, revision = await self._write(self.sfcs_prefix + spec.name, update,
                                             request.expected_revision)
-        return self._sfc(value, revision)
+        return self._sfc(value, revision, await self._status(spec.name))
 
     @_handler
     async def GetSFC(self, request, context):
         value, revision = await self._get(self.sfcs_prefix, request.name, "SFC")
-        return self._sfc(value, revision)
+        return self._sfc(value, revision, await self._status(request.name))
 
     @_handler
     async def ListSFCs(self, request, context):
         items, _ = await self.store.list(self.sfcs_prefix)
-        return pb.ListSFCsResponse(sfcs=[self._sfc(json.loads(it.value), it.mod_revision)
-                                         for _, it in sorted(items.items())])
+        status, _ = await self.store.list(self.status_prefix)
+        return pb.ListSFCsResponse(sfcs=[
+            self._sfc(json.loads(it.value), it.mod_revision,
+                      status.get(self.status_prefix + key[len(self.sfcs_prefix):]))
+            for key, it in sorted(items.items())])
+
+    async def _status(self, name: str):
+        return await self.store.get(self.status_prefix + name)
 
     @_handler
     async def DeleteSFC(self, request, context):
@@ -225,16 +233,21 @@ class SerpensServicer(pb_grpc.SerpensServicer):
             return {**old, "scale": {"replicas": request.replicas, "min": lo, "max": hi},
                     "updated": time.time()}
         value, revision = await self._write(self.sfcs_prefix + request.sfc, update, 0)
-        return self._sfc(value, revision)
+        return self._sfc(value, revision, await self._status(request.sfc))
 
     @staticmethod
-    def _sfc(value: dict, revision: int) -> pb.SFC:
+    def _sfc(value: dict, revision: int, status=None) -> pb.SFC:
+        """The record, with the reconciler's status record (an Item, or None: not yet)."""
         scale = value["scale"]
+        if status is None:
+            status = pb.SFCStatus(phase="Pending", message="not placed yet")
+        else:
+            status = pb.SFCStatus(**json.loads(status.value))
         return pb.SFC(name=value["name"], spec=value["spec"],
                       spec_json=json.dumps(value["doc"], sort_keys=True), nfs=value["nfs"],
                       scale=pb.ScaleSpec(replicas=scale["replicas"], min_replicas=scale["min"],
                                          max_replicas=scale["max"]),
-                      status=pb.SFCStatus(**value["status"]), revision=revision,
+                      status=status, revision=revision, generation=value["generation"],
                       created=_ts(value["created"]), updated=_ts(value["updated"]))
 
     # -- nodes ------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
-"""serpens-controller: serve the Serpens API (plus gRPC health and reflection) over etcd.
+"""serpens-controller: serve the Serpens API (plus gRPC health and reflection) over etcd, and
+reconcile the nodes with it while this replica leads (controller/reconciler.py).
 
     serpens-controller --etcd http://127.0.0.1:2379 --listen 127.0.0.1:50051
+
+Every replica serves the API (it only reads and writes etcd); one at a time leads and drives
+the agents, and a standby takes over within the leader lease's TTL when it dies.
 
 `create_server()` is kept apart from `serve()` so tests can bind port 0 in-process; SIGTERM
 and SIGINT stop the server gracefully. Exit codes: 0 stopped, 1 etcd or the address failed.
@@ -10,20 +14,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from serpens.common import rpc
 from serpens.common.store import Store, StoreError
 from serpens.controller.api import DEFAULT_PREFIX, SerpensServicer
-from serpens.proto.serpens.v1 import serpens_pb2, serpens_pb2_grpc
+from serpens.controller.reconciler import Reconciler
+from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
 log = logging.getLogger("serpens.controller")
-SERVICE_NAME = serpens_pb2.DESCRIPTOR.services_by_name["Serpens"].full_name
+SERVICE_NAME = rpc.service_name("Serpens")
 
 
 @dataclass(frozen=True)
@@ -33,24 +39,16 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     etcd_timeout: float = 5.0      # bounds every store call: a dead etcd is UNAVAILABLE by then
     grace: float = 5.0             # seconds in-flight calls get on shutdown
+    identity: str = ""             # this replica in the election (default host:pid)
+    leader_ttl: int = 2            # seconds a dead leader holds the lead
+    resync_s: float = 2.0          # reconcile at least this often
 
 
 async def create_server(store: Store, listen: str,
                         prefix: str = DEFAULT_PREFIX) -> tuple[grpc.aio.Server, int]:
     """A not yet started server with Serpens, health (SERVING) and reflection; its port."""
-    server = grpc.aio.server()
-    serpens_pb2_grpc.add_SerpensServicer_to_server(SerpensServicer(store, prefix), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"--listen {listen}: cannot bind")
-    return server, port
+    return await rpc.create_server(listen, [(serpens_pb2_grpc.add_SerpensServicer_to_server,
+                                             SerpensServicer(store, prefix), SERVICE_NAME)])
 
 
 async def serve(settings: Settings) -> int:
@@ -73,7 +71,10 @@ async def serve(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        identity = settings.identity or f"{socket.gethostname()}:{os.getpid()}"
+        reconciler = Reconciler(store, settings.prefix, identity, ttl=settings.leader_ttl,
+                                resync_s=settings.resync_s)
+        await reconciler.run(stop)
         log.info("stopping (grace %.1fs)", settings.grace)
         await server.stop(settings.grace)
     return 0
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prefix", default=DEFAULT_PREFIX, help="etcd key prefix (default %(default)s)")
     ap.add_argument("--etcd-timeout", type=float, default=5.0,
                     help="seconds an etcd operation may take, retries included (default 5)")
+    ap.add_argument("--identity", default="", help="name in the leader election (host:pid)")
+    ap.add_argument("--leader-ttl", type=int, default=2,
+                    help="seconds before a dead leader is replaced (default 2)")
+    ap.add_argument("--resync-s", type=float, default=2.0,
+                    help="reconcile at least this often (default 2)")
     ap.add_argument("--log-level", default="INFO")
     return ap
 
@@ -116,7 +122,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(etcd=etcd, listen=args.listen, prefix=args.prefix,
-                        etcd_timeout=args.etcd_timeout)
+                        etcd_timeout=args.etcd_timeout, identity=args.identity,
+                        leader_ttl=args.leader_ttl, resync_s=args.resync_s)
     try:
         import uvloop
         loop_factory = uvloop.new_event_loop

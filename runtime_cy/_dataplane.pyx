@@ -38,6 +38,8 @@ cdef extern from "router.h" nogil:
         uint32_t waiting, npending
         uint64_t enqueued, returned, wakeups
         uint32_t drained
+        uint64_t barrier
+        uint32_t barrier_on
     struct serpens_router_sfc:
         uint32_t used
         int16_t next
@@ -961,6 +963,10 @@ cdef class Router:
         inst.waiting = inst.npending = 0
         inst.enqueued = inst.returned = inst.wakeups = 0
         inst.drained = 0
+        # a barrier of the slot's previous instance (a rebalance it took part in) means
+        # nothing for this one, whose counters start at 0: it would hold the SFC forever
+        inst.barrier_on = 0
+        inst.barrier = 0
         serpens_fence()
         inst.state = SERPENS_INST_ACTIVE
 

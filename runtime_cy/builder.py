@@ -7,11 +7,13 @@ src/nf_image.c, which names the offending symbol, relocation or feature.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,16 +73,38 @@ def _run(argv: list[str], cwd: str, what: str) -> None:
         raise NFBuildError(f"{what} failed:\n{output}", output)
 
 
+# Compiled objects by (source digest, compiler): an SFC applied again, or an NF used by
+# several SFCs, starts without running gcc (three NFs take ~1 s to compile here).
+_compiled: OrderedDict[tuple, bytes] = OrderedDict()
+_compiled_lock = threading.Lock()
+_COMPILED_MAX = 64
+
+
 def compile_nf(source: str | bytes, *, name: str = "nf") -> bytes:
     """Compile and link one NF source file; return the shared object's bytes.
 
     The file is compiled as `<name>.c` in a temporary directory (so diagnostics read
     "<name>.c:12:5: error: ..."). Raises NFBuildError with the compiler/linker output.
+    Results are remembered (a few dozen), so the same source is compiled once per process.
     """
     if not _NAME_RE.match(name):
         raise ValueError(f"bad NF name {name!r} (letters, digits, '_', '.', '-'; max 64)")
     if isinstance(source, str):
         source = source.encode()
+    key = (hashlib.sha256(source).digest(), _cc())  # the name only shows in diagnostics
+    with _compiled_lock:
+        if key in _compiled:
+            _compiled.move_to_end(key)
+            return _compiled[key]
+    so = _compile(source, name)
+    with _compiled_lock:
+        _compiled[key] = so
+        while len(_compiled) > _COMPILED_MAX:
+            _compiled.popitem(last=False)
+    return so
+
+
+def _compile(source: bytes, name: str) -> bytes:
     cc = _cc()
     diag = ["-fdiagnostics-color=never"]
     with tempfile.TemporaryDirectory(prefix="serpens-nf-") as tmp:

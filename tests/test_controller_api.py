@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import grpc
@@ -40,20 +41,21 @@ def sfc_spec(name, nfs, chain):
 class Controller:
     """`serpens-controller` in a subprocess; ready once its health check says SERVING."""
 
-    def __init__(self, etcd_endpoint, etcd_timeout=2.0):
+    def __init__(self, etcd_endpoint, etcd_timeout=2.0, args=(), log_level="warning"):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill up
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "serpens-controller"), "--etcd", f"http://{etcd_endpoint}",
              "--listen", self.address, "--etcd-timeout", str(etcd_timeout),
-             "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             "--log-level", log_level, *args],
+            stdout=self.log, stderr=subprocess.STDOUT, text=True)
         self.channel = grpc.insecure_channel(self.address)
         health = health_pb2_grpc.HealthStub(self.channel)
         end = time.monotonic() + 10
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"controller exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"controller exited: {self.output()}")
             try:
                 health.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
                 break
@@ -63,6 +65,10 @@ class Controller:
                     raise
                 time.sleep(0.05)
         self.stub = serpens_pb2_grpc.SerpensStub(self.channel)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self):
         self.channel.close()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from etcd_fixture import PartitionProxy, etcd  # noqa: F401 (a pytest fixture)
+from etcd_fixture import PartitionProxy, etcd, free_port  # noqa: F401 (etcd: a fixture)
 from serpens.agent.node import Node
 from serpens.agent.registration import NODES_PREFIX, Registration, node_key
 from serpens.common.node_spec import parse_node
@@ -98,7 +98,7 @@ def test_serpens_agent_registers_its_node_and_leaves_on_sigterm(etcd, tmp_path):
     agent = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "serpens-agent"),
          "--node", "examples/node-local.yaml", "--sfc", "examples/fw-mon-nat.yaml",
-         "--etcd", etcd.endpoint, "--report-s", "0.2"],
+         "--etcd", etcd.endpoint, "--report-s", "0.2", "--listen", f"127.0.0.1:{free_port()}"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     async def record():

@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serpens/v1/serpens.proto\x12\nserpens.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\x02NF\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x15\n\rsource_sha256\x18\x04 \x01(\t\x12\x12\n\nimage_size\x18\x05 \x01(\x03\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x0f\x44\x65ployNFRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x04 \x01(\x03\"\x1c\n\x0cGetNFRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x10\n\x0eListNFsRequest\".\n\x0fListNFsResponse\x12\x1b\n\x03nfs\x18\x01 \x03(\x0b\x32\x0e.serpens.v1.NF\":\n\x0f\x44\x65leteNFRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\"$\n\x10\x44\x65leteNFResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"I\n\tScaleSpec\x12\x10\n\x08replicas\x18\x01 \x01(\r\x12\x14\n\x0cmin_replicas\x18\x02 \x01(\r\x12\x14\n\x0cmax_replicas\x18\x03 \x01(\r\"+\n\tSFCStatus\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfa\x01\n\x03SFC\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x0b\n\x03nfs\x18\x04 \x03(\t\x12$\n\x05scale\x18\x05 \x01(\x0b\x32\x15.serpens.v1.ScaleSpec\x12%\n\x06status\x18\x06 \x01(\x0b\x32\x15.serpens.v1.SFCStatus\x12\x10\n\x08revision\x18\x07 \x01(\x03\x12+\n\x07\x63reated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x0f\x41pplySFCRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\"\x1d\n\rGetSFCRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListSFCsRequest\"1\n\x10ListSFCsResponse\x12\x1d\n\x04sfcs\x18\x01 \x03(\x0b\x32\x0f.serpens.v1.SFC\";\n\x10\x44\x65leteSFCRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\"%\n\x11\x44\x65leteSFCResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\x85\x01\n\x0cScaleRequest\x12\x0b\n\x03sfc\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\x12\x19\n\x0cmin_replicas\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_replicas\x18\x04 \x01(\rH\x01\x88\x01\x01\x42\x0f\n\r_min_replicasB\x0f\n\r_max_replicas\";\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0brecord_json\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\x12\n\x10ListNodesRequest\"4\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.serpens.v1.Node2\xff\x04\n\x07Serpens\x12\x37\n\x08\x44\x65ployNF\x12\x1b.serpens.v1.DeployNFRequest\x1a\x0e.serpens.v1.NF\x12\x31\n\x05GetNF\x12\x18.serpens.v1.GetNFRequest\x1a\x0e.serpens.v1.NF\x12\x42\n\x07ListNFs\x12\x1a.serpens.v1.ListNFsRequest\x1a\x1b.serpens.v1.ListNFsResponse\x12\x45\n\x08\x44\x65leteNF\x12\x1b.serpens.v1.DeleteNFRequest\x1a\x1c.serpens.v1.DeleteNFResponse\x12\x38\n\x08\x41pplySFC\x12\x1b.serpens.v1.ApplySFCRequest\x1a\x0f.serpens.v1.SFC\x12\x34\n\x06GetSFC\x12\x19.serpens.v1.GetSFCRequest\x1a\x0f.serpens.v1.SFC\x12\x45\n\x08ListSFCs\x12\x1b.serpens.v1.ListSFCsRequest\x1a\x1c.serpens.v1.ListSFCsResponse\x12H\n\tDeleteSFC\x12\x1c.serpens.v1.DeleteSFCRequest\x1a\x1d.serpens.v1.DeleteSFCResponse\x12\x32\n\x05Scale\x12\x18.serpens.v1.ScaleRequest\x1a\x0f.serpens.v1.SFC\x12H\n\tListNodes\x12\x1c.serpens.v1.ListNodesRequest\x1a\x1d.serpens.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serpens/v1/serpens.proto\x12\nserpens.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\x02NF\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x15\n\rsource_sha256\x18\x04 \x01(\t\x12\x12\n\nimage_size\x18\x05 \x01(\x03\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x0f\x44\x65ployNFRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x04 \x01(\x03\"\x1c\n\x0cGetNFRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x10\n\x0eListNFsRequest\".\n\x0fListNFsResponse\x12\x1b\n\x03nfs\x18\x01 \x03(\x0b\x32\x0e.serpens.v1.NF\":\n\x0f\x44\x65leteNFRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\"$\n\x10\x44\x65leteNFResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"I\n\tScaleSpec\x12\x10\n\x08replicas\x18\x01 \x01(\r\x12\x14\n\x0cmin_replicas\x18\x02 \x01(\r\x12\x14\n\x0cmax_replicas\x18\x03 \x01(\r\"`\n\tSFCStatus\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x11\n\tinstances\x18\x05 \x01(\r\"\x8e\x02\n\x03SFC\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x0b\n\x03nfs\x18\x04 \x03(\t\x12$\n\x05scale\x18\x05 \x01(\x0b\x32\x15.serpens.v1.ScaleSpec\x12%\n\x06status\x18\x06 \x01(\x0b\x32\x15.serpens.v1.SFCStatus\x12\x10\n\x08revision\x18\x07 \x01(\x03\x12+\n\x07\x63reated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ngeneration\x18\n \x01(\x03\":\n\x0f\x41pplySFCRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\"\x1d\n\rGetSFCRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListSFCsRequest\"1\n\x10ListSFCsResponse\x12\x1d\n\x04sfcs\x18\x01 \x03(\x0b\x32\x0f.serpens.v1.SFC\";\n\x10\x44\x65leteSFCRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\"%\n\x11\x44\x65leteSFCResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\x85\x01\n\x0cScaleRequest\x12\x0b\n\x03sfc\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\x12\x19\n\x0cmin_replicas\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cmax_replicas\x18\x04 \x01(\rH\x01\x88\x01\x01\x42\x0f\n\r_min_replicasB\x0f\n\r_max_replicas\";\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0brecord_json\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\x12\n\x10ListNodesRequest\"4\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.serpens.v1.Node\"\xb3\x01\n\rRunSFCRequest\x12\x0c\n\x04spec\x18\x01 \x01(\t\x12<\n\nnf_sources\x18\x02 \x03(\x0b\x32(.serpens.v1.RunSFCRequest.NfSourcesEntry\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x10\n\x08replicas\x18\x04 \x01(\r\x1a\x30\n\x0eNfSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\x08\x41gentSFC\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x10\n\x08replicas\x18\x03 \x01(\r\x12\x11\n\tinstances\x18\x04 \x01(\r\x12\n\n\x02rx\x18\x05 \x01(\x04\x12\x0b\n\x03out\x18\x06 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x04\x12\x0c\n\x04held\x18\x08 \x01(\x04\"\x1e\n\x0eStopSFCRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fStopSFCResponse\"1\n\x0fScaleSFCRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\r\"\x10\n\x0eGetNodeRequest\"\\\n\x0cPortCounters\x12\n\n\x02rx\x18\x01 \x01(\x04\x12\n\n\x02tx\x18\x02 \x01(\x04\x12\x11\n\ttx_failed\x18\x03 \x01(\x04\x12\x11\n\tunmatched\x18\x04 \x01(\x04\x12\x0e\n\x06missed\x18\x05 \x01(\x04\"\xb8\x01\n\nNodeStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04sfcs\x18\x02 \x03(\x0b\x32\x14.serpens.v1.AgentSFC\x12\x30\n\x05ports\x18\x03 \x03(\x0b\x32!.serpens.v1.NodeStatus.PortsEntry\x1a\x46\n\nPortsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.serpens.v1.PortCounters:\x02\x38\x01\x32\xff\x04\n\x07Serpens\x12\x37\n\x08\x44\x65ployNF\x12\x1b.serpens.v1.DeployNFRequest\x1a\x0e.serpens.v1.NF\x12\x31\n\x05GetNF\x12\x18.serpens.v1.GetNFRequest\x1a\x0e.serpens.v1.NF\x12\x42\n\x07ListNFs\x12\x1a.serpens.v1.ListNFsRequest\x1a\x1b.serpens.v1.ListNFsResponse\x12\x45\n\x08\x44\x65leteNF\x12\x1b.serpens.v1.DeleteNFRequest\x1a\x1c.serpens.v1.DeleteNFResponse\x12\x38\n\x08\x41pplySFC\x12\x1b.serpens.v1.ApplySFCRequest\x1a\x0f.serpens.v1.SFC\x12\x34\n\x06GetSFC\x12\x19.serpens.v1.GetSFCRequest\x1a\x0f.serpens.v1.SFC\x12\x45\n\x08ListSFCs\x12\x1b.serpens.v1.ListSFCsRequest\x1a\x1c.serpens.v1.ListSFCsResponse\x12H\n\tDeleteSFC\x12\x1c.serpens.v1.DeleteSFCRequest\x1a\x1d.serpens.v1.DeleteSFCResponse\x12\x32\n\x05Scale\x12\x18.serpens.v1.ScaleRequest\x1a\x0f.serpens.v1.SFC\x12H\n\tListNodes\x12\x1c.serpens.v1.ListNodesRequest\x1a\x1d.serpens.v1.ListNodesResponse2\x84\x02\n\x05\x41gent\x12\x39\n\x06RunSFC\x12\x19.serpens.v1.RunSFCRequest\x1a\x14.serpens.v1.AgentSFC\x12\x42\n\x07StopSFC\x12\x1a.serpens.v1.StopSFCRequest\x1a\x1b.serpens.v1.StopSFCResponse\x12=\n\x08ScaleSFC\x12\x1b.serpens.v1.ScaleSFCRequest\x1a\x14.serpens.v1.AgentSFC\x12=\n\x07GetNode\x12\x1a.serpens.v1.GetNodeRequest\x1a\x16.serpens.v1.NodeStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serpens.v1.serpens_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RUNSFCREQUEST_NFSOURCESENTRY']._loaded_options = None
+  _globals['_RUNSFCREQUEST_NFSOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_NODESTATUS_PORTSENTRY']._loaded_options = None
+  _globals['_NODESTATUS_PORTSENTRY']._serialized_options = b'8\001'
   _globals['_NF']._serialized_start=74
   _globals['_NF']._serialized_end=280
   _globals['_DEPLOYNFREQUEST']._serialized_start=282
@@ -49,29 +53,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCALESPEC']._serialized_start=573
   _globals['_SCALESPEC']._serialized_end=646
   _globals['_SFCSTATUS']._serialized_start=648
-  _globals['_SFCSTATUS']._serialized_end=691
-  _globals['_SFC']._serialized_start=694
-  _globals['_SFC']._serialized_end=944
-  _globals['_APPLYSFCREQUEST']._serialized_start=946
-  _globals['_APPLYSFCREQUEST']._serialized_end=1004
-  _globals['_GETSFCREQUEST']._serialized_start=1006
-  _globals['_GETSFCREQUEST']._serialized_end=1035
-  _globals['_LISTSFCSREQUEST']._serialized_start=1037
-  _globals['_LISTSFCSREQUEST']._serialized_end=1054
-  _globals['_LISTSFCSRESPONSE']._serialized_start=1056
-  _globals['_LISTSFCSRESPONSE']._serialized_end=1105
-  _globals['_DELETESFCREQUEST']._serialized_start=1107
-  _globals['_DELETESFCREQUEST']._serialized_end=1166
-  _globals['_DELETESFCRESPONSE']._serialized_start=1168
-  _globals['_DELETESFCRESPONSE']._serialized_end=1205
-  _globals['_SCALEREQUEST']._serialized_start=1208
-  _globals['_SCALEREQUEST']._serialized_end=1341
-  _globals['_NODE']._serialized_start=1343
-  _globals['_NODE']._serialized_end=1402
-  _globals['_LISTNODESREQUEST']._serialized_start=1404
-  _globals['_LISTNODESREQUEST']._serialized_end=1422
-  _globals['_LISTNODESRESPONSE']._serialized_start=1424
-  _globals['_LISTNODESRESPONSE']._serialized_end=1476
-  _globals['_SERPENS']._serialized_start=1479
-  _globals['_SERPENS']._serialized_end=2118
+  _globals['_SFCSTATUS']._serialized_end=744
+  _globals['_SFC']._serialized_start=747
+  _globals['_SFC']._serialized_end=1017
+  _globals['_APPLYSFCREQUEST']._serialized_start=1019
+  _globals['_APPLYSFCREQUEST']._serialized_end=1077
+  _globals['_GETSFCREQUEST']._serialized_start=1079
+  _globals['_GETSFCREQUEST']._serialized_end=1108
+  _globals['_LISTSFCSREQUEST']._serialized_start=1110
+  _globals['_LISTSFCSREQUEST']._serialized_end=1127
+  _globals['_LISTSFCSRESPONSE']._serialized_start=1129
+  _globals['_LISTSFCSRESPONSE']._serialized_end=1178
+  _globals['_DELETESFCREQUEST']._serialized_start=1180
+  _globals['_DELETESFCREQUEST']._serialized_end=1239
+  _globals['_DELETESFCRESPONSE']._serialized_start=1241
+  _globals['_DELETESFCRESPONSE']._serialized_end=1278
+  _globals['_SCALEREQUEST']._serialized_start=1281
+  _globals['_SCALEREQUEST']._serialized_end=1414
+  _globals['_NODE']._serialized_start=1416
+  _globals['_NODE']._serialized_end=1475
+  _globals['_LISTNODESREQUEST']._serialized_start=1477
+  _globals['_LISTNODESREQUEST']._serialized_end=1495
+  _globals['_LISTNODESRESPONSE']._serialized_start=1497
+  _globals['_LISTNODESRESPONSE']._serialized_end=1549
+  _globals['_RUNSFCREQUEST']._serialized_start=1552
+  _globals['_RUNSFCREQUEST']._serialized_end=1731
+  _globals['_RUNSFCREQUEST_NFSOURCESENTRY']._serialized_start=1683
+  _globals['_RUNSFCREQUEST_NFSOURCESENTRY']._serialized_end=1731
+  _globals['_AGENTSFC']._serialized_start=1734
+  _globals['_AGENTSFC']._serialized_end=1871
+  _globals['_STOPSFCREQUEST']._serialized_start=1873
+  _globals['_STOPSFCREQUEST']._serialized_end=1903
+  _globals['_STOPSFCRESPONSE']._serialized_start=1905
+  _globals['_STOPSFCRESPONSE']._serialized_end=1922
+  _globals['_SCALESFCREQUEST']._serialized_start=1924
+  _globals['_SCALESFCREQUEST']._serialized_end=1973
+  _globals['_GETNODEREQUEST']._serialized_start=1975
+  _globals['_GETNODEREQUEST']._serialized_end=1991
+  _globals['_PORTCOUNTERS']._serialized_start=1993
+  _globals['_PORTCOUNTERS']._serialized_end=2085
+  _globals['_NODESTATUS']._serialized_start=2088
+  _globals['_NODESTATUS']._serialized_end=2272
+  _globals['_NODESTATUS_PORTSENTRY']._serialized_start=2202
+  _globals['_NODESTATUS_PORTSENTRY']._serialized_end=2272
+  _globals['_SERPENS']._serialized_start=2275
+  _globals['_SERPENS']._serialized_end=2914
+  _globals['_AGENT']._serialized_start=2917
+  _globals['_AGENT']._serialized_end=3177
 # @@protoc_insertion_point(module_scope)

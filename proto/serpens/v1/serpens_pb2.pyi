@@ -82,15 +82,21 @@ class ScaleSpec(_message.Message):
     def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ...) -> None: ...
 
 class SFCStatus(_message.Message):
-    __slots__ = ("phase", "message")
+    __slots__ = ("phase", "message", "node", "generation", "instances")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
     phase: str
     message: str
-    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    node: str
+    generation: int
+    instances: int
+    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class SFC(_message.Message):
-    __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated")
+    __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +106,7 @@ class SFC(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: str
     spec_json: str
@@ -109,7 +116,8 @@ class SFC(_message.Message):
     revision: int
     created: _timestamp_pb2.Timestamp
     updated: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., spec_json: _Optional[str] = ..., nfs: _Optional[_Iterable[str]] = ..., scale: _Optional[_Union[ScaleSpec, _Mapping]] = ..., status: _Optional[_Union[SFCStatus, _Mapping]] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    generation: int
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., spec_json: _Optional[str] = ..., nfs: _Optional[_Iterable[str]] = ..., scale: _Optional[_Union[ScaleSpec, _Mapping]] = ..., status: _Optional[_Union[SFCStatus, _Mapping]] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ApplySFCRequest(_message.Message):
     __slots__ = ("spec", "expected_revision")
@@ -180,3 +188,95 @@ class ListNodesResponse(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class RunSFCRequest(_message.Message):
+    __slots__ = ("spec", "nf_sources", "generation", "replicas")
+    class NfSourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    NF_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    spec: str
+    nf_sources: _containers.ScalarMap[str, str]
+    generation: int
+    replicas: int
+    def __init__(self, spec: _Optional[str] = ..., nf_sources: _Optional[_Mapping[str, str]] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class AgentSFC(_message.Message):
+    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    RX_FIELD_NUMBER: _ClassVar[int]
+    OUT_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    generation: int
+    replicas: int
+    instances: int
+    rx: int
+    out: int
+    dropped: int
+    held: int
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ...) -> None: ...
+
+class StopSFCRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class StopSFCResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ScaleSFCRequest(_message.Message):
+    __slots__ = ("name", "replicas")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    replicas: int
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class GetNodeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PortCounters(_message.Message):
+    __slots__ = ("rx", "tx", "tx_failed", "unmatched", "missed")
+    RX_FIELD_NUMBER: _ClassVar[int]
+    TX_FIELD_NUMBER: _ClassVar[int]
+    TX_FAILED_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    rx: int
+    tx: int
+    tx_failed: int
+    unmatched: int
+    missed: int
+    def __init__(self, rx: _Optional[int] = ..., tx: _Optional[int] = ..., tx_failed: _Optional[int] = ..., unmatched: _Optional[int] = ..., missed: _Optional[int] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("name", "sfcs", "ports")
+    class PortsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: PortCounters
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[PortCounters, _Mapping]] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SFCS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sfcs: _containers.RepeatedCompositeFieldContainer[AgentSFC]
+    ports: _containers.MessageMap[str, PortCounters]
+    def __init__(self, name: _Optional[str] = ..., sfcs: _Optional[_Iterable[_Union[AgentSFC, _Mapping]]] = ..., ports: _Optional[_Mapping[str, PortCounters]] = ...) -> None: ...

@@ -488,3 +488,221 @@ class Serpens:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AgentStub:
+    """The per-server agent's service, called by the controller's leader (DESIGN §4). The agent
+    runs what it is told and reports what it runs; it never reads desired state itself.
+    Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
+    verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
+    SFC on the node), UNAVAILABLE (no pool process free: try again).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RunSFC = channel.unary_unary(
+                '/serpens.v1.Agent/RunSFC',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.RunSFCRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.AgentSFC.FromString,
+                _registered_method=True)
+        self.StopSFC = channel.unary_unary(
+                '/serpens.v1.Agent/StopSFC',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.StopSFCRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.StopSFCResponse.FromString,
+                _registered_method=True)
+        self.ScaleSFC = channel.unary_unary(
+                '/serpens.v1.Agent/ScaleSFC',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ScaleSFCRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.AgentSFC.FromString,
+                _registered_method=True)
+        self.GetNode = channel.unary_unary(
+                '/serpens.v1.Agent/GetNode',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.GetNodeRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.NodeStatus.FromString,
+                _registered_method=True)
+
+
+class AgentServicer:
+    """The per-server agent's service, called by the controller's leader (DESIGN §4). The agent
+    runs what it is told and reports what it runs; it never reads desired state itself.
+    Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
+    verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
+    SFC on the node), UNAVAILABLE (no pool process free: try again).
+    """
+
+    def RunSFC(self, request, context):
+        """Run an SFC (create, or replace in place when its routing is unchanged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopSFC(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScaleSFC(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNode(self, request, context):
+        """The node, its ports and every SFC it runs, with counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AgentServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RunSFC': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunSFC,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.RunSFCRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.AgentSFC.SerializeToString,
+            ),
+            'StopSFC': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopSFC,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.StopSFCRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.StopSFCResponse.SerializeToString,
+            ),
+            'ScaleSFC': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleSFC,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ScaleSFCRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.AgentSFC.SerializeToString,
+            ),
+            'GetNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNode,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetNodeRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.NodeStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'serpens.v1.Agent', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('serpens.v1.Agent', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Agent:
+    """The per-server agent's service, called by the controller's leader (DESIGN §4). The agent
+    runs what it is told and reports what it runs; it never reads desired state itself.
+    Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
+    verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
+    SFC on the node), UNAVAILABLE (no pool process free: try again).
+    """
+
+    @staticmethod
+    def RunSFC(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/RunSFC',
+            serpens_dot_v1_dot_serpens__pb2.RunSFCRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.AgentSFC.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopSFC(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/StopSFC',
+            serpens_dot_v1_dot_serpens__pb2.StopSFCRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.StopSFCResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleSFC(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/ScaleSFC',
+            serpens_dot_v1_dot_serpens__pb2.ScaleSFCRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.AgentSFC.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/GetNode',
+            serpens_dot_v1_dot_serpens__pb2.GetNodeRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

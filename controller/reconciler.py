@@ -1,0 +1,317 @@
+"""The controller's reconciler: make the nodes run what etcd says (DESIGN §4).
+
+Theory of operation
+-------------------
+Several controllers may run; one leads. Each campaigns in the store's election
+(`<prefix>leader`, bound to a lease of `ttl` seconds); the winner's term is the election key's
+create revision, and every status it writes is fenced with it (Election.put_fenced), so a
+deposed leader (paused, cut off) cannot overwrite its successor. A killed leader's lease
+expires within `ttl` and a standby takes over; a stopped one resigns at once.
+
+The leader watches the whole prefix and reconciles on every change, and every `resync_s`
+anyway (agents' counters move without etcd events). A pass is idempotent:
+
+* Desired state: the SFC records (`sfcs/<name>`: spec text, generation, replicas).
+* Observed state: the registered nodes (`nodes/<name>`, leased by their agents) and what each
+  node's agent says it runs (Agent.GetNode).
+* Each SFC stays on the node that runs it; an SFC without a live node goes to the node
+  running the fewest SFCs. The agent is told to run the spec's generation (RunSFC, with the
+  C source of the deployed NFs it names) and the desired replicas (ScaleSFC); SFCs a node
+  runs that are deleted or placed elsewhere are stopped (StopSFC).
+* The outcome goes to `status/<name>` (phase Pending, Running or Failed, node, generation,
+  instances), written only when it changed. An agent refusing a spec (INVALID_ARGUMENT: the
+  field or the compiler's text) marks it Failed until the spec changes; an agent that does
+  not answer leaves it Pending and the pass is retried with back-off.
+
+A node lost (its lease expired) takes its SFCs with it: they are placed again on the nodes
+left. Losing the controller or etcd stops no traffic: agents keep running what they run.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from serpens.common import rpc
+from serpens.common.store import (DELETE, Conflict, Election, NotLeader, Store, StoreError,
+                                  StoreUnavailable)
+from serpens.proto.serpens.v1 import serpens_pb2 as pb
+from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_RUN_TIMEOUT = 120.0     # RunSFC compiles NFs (about a second each when not cached)
+_CALL_TIMEOUT = 5.0
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
+
+
+@dataclass
+class _Pass:
+    """What one reconcile pass saw."""
+    sfcs: dict           # name -> record
+    status: dict         # name -> (record, mod_revision)
+    views: dict          # node name -> {sfc name: pb.AgentSFC} (live nodes that answered)
+    addresses: dict      # node name -> agent address
+
+
+class Reconciler:
+    def __init__(self, store: Store, prefix: str, identity: str, *, ttl: int = 2,
+                 resync_s: float = 2.0):
+        self.store, self.prefix, self.identity = store, prefix, identity
+        self.ttl, self.resync_s = ttl, resync_s
+        self.sfcs_prefix, self.nodes_prefix = prefix + "sfcs/", prefix + "nodes/"
+        self.nfs_prefix, self.status_prefix = prefix + "nfs/", prefix + "status/"
+        self.election: Election | None = None
+        self.leading = asyncio.Event()      # set while this controller leads
+        self.passes = 0
+        self._agents: dict[str, tuple[grpc.aio.Channel, pb_grpc.AgentStub]] = {}
+        self._failed: dict[tuple[str, int], str] = {}   # (sfc, generation) -> agent's reason
+
+    # ---- leadership -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event):
+        """Campaign, lead until the term ends, campaign again; until `stop` is set."""
+        backoff = _BACKOFF_FIRST
+        while not stop.is_set():
+            self.election = Election(self.store, self.prefix + "leader", self.identity,
+                                     self.ttl)
+            try:
+                if not await _until(self.election.campaign(), stop):
+                    break
+                log.info("%s leads (term %d)", self.identity, self.election.leader_revision)
+                self.leading.set()
+                await self._lead(stop)
+                backoff = _BACKOFF_FIRST
+            except (StoreError, NotLeader) as e:
+                log.warning("%s: %s; campaigning again", self.identity, e)
+                await _sleep_unless(stop, backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+            finally:
+                if self.leading.is_set():
+                    log.info("%s no longer leads", self.identity)
+                self.leading.clear()
+                with contextlib.suppress(StoreError):
+                    await asyncio.wait_for(self.election.resign(), 2.0)
+        await self.close()
+
+    async def close(self):
+        for channel, _ in self._agents.values():
+            await channel.close()
+        self._agents.clear()
+
+    async def _lead(self, stop: asyncio.Event):
+        dirty = asyncio.Event()
+        dirty.set()
+        _, revision = await self.store.list(self.prefix + "leader")
+        watcher = asyncio.get_running_loop().create_task(self._watch(revision + 1, dirty))
+        lost = self.election.lease.lost
+        backoff = _BACKOFF_FIRST
+        try:
+            while not stop.is_set() and not lost.is_set():
+                if watcher.done():
+                    watcher.result()  # raises the watch's error: lead again from scratch
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(_first_of(dirty.wait(), lost.wait(), stop.wait()),
+                                           self.resync_s)
+                if stop.is_set() or lost.is_set():
+                    break
+                dirty.clear()
+                if await self.reconcile():
+                    backoff = _BACKOFF_FIRST
+                else:  # something to retry: again soon, then less and less often
+                    await _sleep_unless(stop, backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    dirty.set()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreError):
+                await watcher
+
+    async def _watch(self, revision: int, dirty: asyncio.Event):
+        ignore = (self.status_prefix, self.prefix + "leader")
+        async with self.store.watch(self.prefix, revision) as events:
+            async for ev in events:
+                if not ev.key.startswith(ignore):
+                    dirty.set()
+                elif ev.key == self.prefix + "leader" and ev.type == DELETE:
+                    dirty.set()  # our term may be over: the next write will tell
+
+    # ---- one pass -------------------------------------------------------------------------
+
+    async def reconcile(self) -> bool:
+        """One pass over every SFC; False if something is left to retry."""
+        self.passes += 1
+        state = await self._observe()
+        ok = True
+        placed: dict[str, str] = {}   # sfc -> node, as decided in this pass
+        for name, record in sorted(state.sfcs.items()):
+            node = self._place(name, state, placed)
+            if node is None:
+                status = {"phase": "Pending", "message": "no node is registered", "node": "",
+                          "generation": 0, "instances": 0}
+            else:
+                placed[name] = node
+                status, done = await self._converge(name, record, node, state)
+                ok &= done
+            ok &= await self._write_status(name, status, state)
+        ok &= await self._stop_strays(state, placed)
+        for name, (_, revision) in state.status.items():
+            if name not in state.sfcs:  # the SFC was deleted: so goes its status
+                with contextlib.suppress(Conflict):
+                    await self.election.delete_fenced(self.status_prefix + name, revision)
+        return ok
+
+    async def _observe(self) -> _Pass:
+        sfcs, _ = await self.store.list(self.sfcs_prefix)
+        status, _ = await self.store.list(self.status_prefix)
+        nodes, _ = await self.store.list(self.nodes_prefix)
+        addresses = {key[len(self.nodes_prefix):]: json.loads(it.value).get("address", "")
+                     for key, it in nodes.items()}
+        addresses = {name: a for name, a in addresses.items() if a}  # not an agent's record
+        names = sorted(addresses)
+        replies = await asyncio.gather(*(self._get_node(addresses[n]) for n in names),
+                                       return_exceptions=True)
+        views = {}
+        for name, reply in zip(names, replies):
+            if isinstance(reply, grpc.aio.AioRpcError):
+                log.warning("node %s (%s) does not answer: %s", name, addresses[name],
+                            reply.details())
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                views[name] = {s.name: s for s in reply.sfcs}
+        return _Pass(
+            sfcs={k[len(self.sfcs_prefix):]: json.loads(v.value) for k, v in sfcs.items()},
+            status={k[len(self.status_prefix):]: (json.loads(v.value), v.mod_revision)
+                    for k, v in status.items()},
+            views=views, addresses=addresses)
+
+    def _place(self, name: str, state: _Pass, placed: dict) -> str | None:
+        """The node that runs `name`, else the live node running the fewest SFCs."""
+        for node, view in sorted(state.views.items()):
+            if name in view:
+                return node
+        if not state.views:
+            return None
+
+        def load(node):
+            others = set(state.views[node]) | {s for s, n in placed.items() if n == node}
+            return len(others - {name}), node
+        return min(state.views, key=load)
+
+    async def _converge(self, name: str, record: dict, node: str, state: _Pass):
+        """Bring `node` to the record; (status, done)."""
+        generation, replicas = record["generation"], record["scale"]["replicas"]
+        running = state.views[node].get(name)
+        status = {"phase": "Running", "message": "", "node": node, "generation": generation,
+                  "instances": 0}
+        failed = self._failed.get((name, generation))
+        if failed is not None and (running is None or running.generation != generation):
+            return dict(status, phase="Failed", message=failed), True
+        stub = self._agent(state.addresses[node])
+        try:
+            if running is None or running.generation != generation:
+                sources = await self._sources(record["nfs"])
+                running = await stub.RunSFC(pb.RunSFCRequest(
+                    spec=record["spec"], nf_sources=sources, generation=generation,
+                    replicas=replicas), timeout=_RUN_TIMEOUT)
+                log.info("sfc %s generation %d runs on node %s", name, generation, node)
+            elif running.replicas != replicas:
+                running = await stub.ScaleSFC(pb.ScaleSFCRequest(name=name, replicas=replicas),
+                                              timeout=_CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("node %s refused sfc %s: %s", node, name, e.details())
+                self._failed[name, generation] = f"node {node}: {e.details()}"
+                return dict(status, phase="Failed", message=self._failed[name, generation]), True
+            return dict(status, phase="Pending",
+                        message=f"node {node}: {e.code().name}: {e.details()}"), False
+        except _MissingNF as e:
+            return dict(status, phase="Pending", message=str(e)), False
+        return dict(status, instances=running.instances), True
+
+    async def _sources(self, names: list[str]) -> dict:
+        sources = {}
+        for nf in names:
+            item = await self.store.get(self.nfs_prefix + nf)
+            if item is None:  # deleted after the SFC named it (api.py's known gap)
+                raise _MissingNF(f"spec.nfs: deployed NF {nf!r} no longer exists")
+            sources[nf] = json.loads(item.value)["source"]
+        return sources
+
+    async def _stop_strays(self, state: _Pass, placed: dict) -> bool:
+        ok = True
+        for node, view in state.views.items():
+            for name in view:
+                if placed.get(name) == node:
+                    continue
+                try:
+                    await self._agent(state.addresses[node]).StopSFC(
+                        pb.StopSFCRequest(name=name), timeout=_CALL_TIMEOUT)
+                    log.info("sfc %s stopped on node %s", name, node)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.NOT_FOUND:
+                        log.warning("stopping sfc %s on node %s: %s", name, node, e.details())
+                        ok = False
+        return ok
+
+    async def _write_status(self, name: str, status: dict, state: _Pass) -> bool:
+        old, revision = state.status.get(name, (None, 0))
+        if old == status:
+            return True
+        try:
+            await self.election.put_fenced(self.status_prefix + name, json.dumps(status),
+                                           revision)
+        except Conflict:
+            return False  # written meanwhile (by our previous term?): look again
+        return True
+
+    async def _get_node(self, address: str) -> pb.NodeStatus:
+        return await self._agent(address).GetNode(pb.GetNodeRequest(), timeout=_CALL_TIMEOUT)
+
+    def _agent(self, address: str) -> pb_grpc.AgentStub:
+        if address not in self._agents:
+            channel = rpc.channel(address)
+            self._agents[address] = (channel, pb_grpc.AgentStub(channel))
+        return self._agents[address][1]
+
+
+class _MissingNF(Exception):
+    pass
+
+
+async def _until(coro, stop: asyncio.Event) -> bool:
+    """Run `coro` unless `stop` comes first (then cancel it); True if it finished."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task in done:
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StoreError):
+        await task
+    return False
+
+
+async def _first_of(*aws):
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float):
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+__all__ = ["Reconciler", "StoreUnavailable"]

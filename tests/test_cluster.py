@@ -1,0 +1,161 @@
+"""The control plane end to end: a real etcd, `serpens-controller` replicas and a
+`serpens-agent` running a DPDK node (a capture replayed at a steady rate into the router, a
+null sink out), all as subprocesses talking real gRPC. An SFC applied through the API runs
+on the node and its packets leave; scale and delete reach the node; a spec the node refuses
+shows as Failed with the field named; a killed leader is replaced and traffic never stops."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import pytest
+
+from etcd_fixture import etcd, free_port  # noqa: F401 (etcd: a fixture)
+from serpens.proto.serpens.v1 import serpens_pb2 as pb
+from serpens.proto.serpens.v1 import serpens_pb2_grpc
+
+from test_controller_api import BIN, FW_MON_NAT, ROOT, Controller
+
+pytestmark = pytest.mark.timeout(120)
+
+NODE = f"""
+apiVersion: serpens/v1
+kind: Node
+metadata: {{name: local}}
+spec:
+  ports:
+    wan: net_pcap_wan,rx_pcap={ROOT}/examples/traffic.pcap,infinite_rx=1
+    lan: net_null_lan,no-rx=1
+  input: [wan]
+  output: lan
+  pool: 2
+  warm_s: 30
+  pace: {{wan: 5000}}
+"""
+
+
+class Agent:
+    """`serpens-agent` in a subprocess; ready once its Agent service answers."""
+
+    def __init__(self, etcd_endpoint, node_path):
+        self.address = f"127.0.0.1:{free_port()}"
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "serpens-agent"), "--node", node_path, "--etcd", etcd_endpoint,
+             "--listen", self.address, "--report-s", "0.2", "--ttl", "2"],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = serpens_pb2_grpc.AgentStub(self.channel)
+        wait_until(lambda: self._answers(), 60, self.output)
+
+    def _answers(self):
+        assert self.proc.poll() is None, self.output()
+        try:
+            self.stub.GetNode(pb.GetNodeRequest(), timeout=0.5)
+            return True
+        except grpc.RpcError:
+            return False
+
+    def sfcs(self) -> dict:
+        return {s.name: s for s in self.stub.GetNode(pb.GetNodeRequest(), timeout=5).sfcs}
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.channel.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def wait_until(predicate, timeout, explain=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, explain()
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def cluster(etcd, tmp_path_factory):
+    node_path = tmp_path_factory.mktemp("cluster") / "node.yaml"
+    node_path.write_text(NODE)
+    controller = Controller(etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"],
+                            log_level="info")
+    agent = Agent(etcd.endpoint, str(node_path))
+    yield controller, agent
+    assert agent.stop() == 0, agent.output()
+    controller.stop()
+
+
+def status(stub, name):
+    return stub.GetSFC(pb.GetSFCRequest(name=name), timeout=5).status
+
+
+def test_applied_sfc_runs_on_the_node_scales_and_goes(cluster):
+    controller, agent = cluster
+    stub = controller.stub
+    applied = stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
+    assert applied.generation == 1
+    st = wait_until(lambda: (s := status(stub, "fw-mon-nat")).phase == "Running" and s,
+                    60, controller.output)
+    assert (st.node, st.generation) == ("local", 1)
+    out = wait_until(lambda: agent.sfcs()["fw-mon-nat"].out > 0, 10, agent.output)
+    assert out
+
+    stub.Scale(pb.ScaleRequest(sfc="fw-mon-nat", replicas=2), timeout=5)
+    wait_until(lambda: agent.sfcs()["fw-mon-nat"].instances == 2, 10, controller.output)
+    wait_until(lambda: status(stub, "fw-mon-nat").instances == 2, 10, controller.output)
+
+    # a changed spec is a new generation, replaced in place on the node
+    changed = FW_MON_NAT.replace("idle_timeout: 300", "idle_timeout: 200")
+    assert stub.ApplySFC(pb.ApplySFCRequest(spec=changed), timeout=10).generation == 2
+    wait_until(lambda: agent.sfcs()["fw-mon-nat"].generation == 2, 30, controller.output)
+    before = agent.sfcs()["fw-mon-nat"].out
+    wait_until(lambda: agent.sfcs()["fw-mon-nat"].out > before, 10, agent.output)
+
+    stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
+    wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, controller.output)
+
+
+def test_a_spec_the_node_refuses_is_failed_naming_the_field(cluster):
+    controller, agent = cluster
+    bad = FW_MON_NAT.replace("name: fw-mon-nat", "name: elsewhere") + "  output: nowhere\n"
+    controller.stub.ApplySFC(pb.ApplySFCRequest(spec=bad), timeout=10)
+    st = wait_until(lambda: (s := status(controller.stub, "elsewhere")).phase == "Failed" and s,
+                    30, controller.output)
+    assert "spec.output" in st.message and "nowhere" in st.message, st.message
+    assert "elsewhere" not in agent.sfcs()
+    controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="elsewhere"), timeout=5)
+
+
+def test_a_killed_leader_is_replaced_and_traffic_never_stops(cluster, etcd):
+    first, agent = cluster
+    first.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
+    wait_until(lambda: status(first.stub, "fw-mon-nat").phase == "Running", 60, first.output)
+    standby = Controller(etcd.endpoint, args=["--identity", "c2", "--resync-s", "0.5"],
+                         log_level="info")
+    try:
+        first.proc.kill()  # no resignation: the standby waits out the lease
+        first.proc.wait()
+        killed = time.monotonic()
+        out = agent.sfcs()["fw-mon-nat"].out
+        standby.stub.Scale(pb.ScaleRequest(sfc="fw-mon-nat", replicas=2), timeout=5)
+        wait_until(lambda: agent.sfcs()["fw-mon-nat"].instances == 2, 15, standby.output)
+        assert time.monotonic() - killed < 10
+        assert "c2 leads" in standby.output()
+        assert agent.sfcs()["fw-mon-nat"].out > out  # packets kept leaving
+        standby.stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
+        wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, standby.output)
+    finally:
+        assert standby.stop() == 0
