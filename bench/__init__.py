@@ -6,4 +6,5 @@ CASES = {
     "sfc": "serpens.bench.sfc",
     "chain": "serpens.bench.chain",
     "scale": "serpens.bench.scale",
+    "control": "serpens.bench.control",
 }

@@ -1,0 +1,105 @@
+"""serpensctl status / top: what the cluster runs and how fast, from the controller's API.
+
+    serpensctl status                 # SFCs (phase, node, instances, rates) and nodes, once
+    serpensctl top [--seconds N]      # the same, refreshed every second (Ctrl-C ends it)
+
+Rates are the ones agents report with their node record (packets/s over their last report
+period, usually 1 s). Exit codes as serpensctl's: 3 when the controller cannot be reached.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import grpc
+
+EXIT_UNREACHABLE = 3
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="the cluster's SFCs and nodes, with their rates")
+    p.set_defaults(func=lambda args: show(args.server, timeout=args.timeout))
+    p = sub.add_parser("top", help="status, refreshed every second")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: never)")
+    p.set_defaults(func=lambda args: top(args.server, args.seconds, timeout=args.timeout))
+
+
+def snapshot(api: str, timeout: float = 5.0) -> dict:
+    """{"sfcs": [...], "nodes": [...]} as plain data (what status prints)."""
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    from serpens.proto.serpens.v1 import serpens_pb2_grpc
+    with grpc.insecure_channel(api) as channel:
+        stub = serpens_pb2_grpc.SerpensStub(channel)
+        sfcs = stub.ListSFCs(pb.ListSFCsRequest(), timeout=timeout).sfcs
+        nodes = stub.ListNodes(pb.ListNodesRequest(), timeout=timeout).nodes
+    records = {n.name: json.loads(n.record_json) for n in nodes}
+    loads = {}
+    for node, rec in records.items():
+        for name, load in rec.get("load", {}).get("sfcs", {}).items():
+            loads[node, name] = load
+    return {
+        "sfcs": [{"name": s.name, "phase": s.status.phase, "node": s.status.node,
+                  "generation": s.generation, "replicas": s.scale.replicas,
+                  "instances": s.status.instances, "message": s.status.message,
+                  **{k: loads.get((s.status.node, s.name), {}).get(k, 0)
+                     for k in ("in_pps", "out_pps")}} for s in sfcs],
+        "nodes": [{"name": name, "address": rec.get("address", ""),
+                   "sfcs": sorted(rec.get("load", {}).get("sfcs", {})),
+                   "ports": rec.get("load", {}).get("ports", {})}
+                  for name, rec in sorted(records.items())]}
+
+
+def render(snap: dict) -> str:
+    rows = [("SFC", "PHASE", "NODE", "GEN", "INSTANCES", "IN", "OUT", "MESSAGE")]
+    rows += [(s["name"], s["phase"], s["node"] or "-", str(s["generation"]),
+              f"{s['instances']}/{s['replicas']}", _pps(s["in_pps"]), _pps(s["out_pps"]),
+              s["message"]) for s in snap["sfcs"]]
+    out = [_table(rows) if snap["sfcs"] else "no SFCs applied"]
+    rows = [("NODE", "ADDRESS", "SFCS", "PORTS (rx/tx)")]
+    rows += [(n["name"], n["address"], ",".join(n["sfcs"]) or "-",
+              "  ".join(f"{p} {_pps(c['rx_pps'])}/{_pps(c['tx_pps'])}"
+                        for p, c in sorted(n["ports"].items())))
+             for n in snap["nodes"]]
+    out.append(_table(rows) if snap["nodes"] else "no nodes registered")
+    return "\n\n".join(out)
+
+
+def show(api: str, timeout: float = 5.0) -> int:
+    try:
+        print(render(snapshot(api, timeout)))
+    except grpc.RpcError as e:
+        print(f"serpensctl: {e.code().name}: {e.details()} ({api})", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return 0
+
+
+def top(api: str, seconds: float, timeout: float = 5.0) -> int:
+    end = time.monotonic() + seconds if seconds else None
+    tty = sys.stdout.isatty()
+    while end is None or time.monotonic() < end:
+        try:
+            text = render(snapshot(api, timeout))
+        except grpc.RpcError as e:
+            text = f"controller {api}: {e.code().name}: {e.details()}; retrying"
+        if tty:
+            print("\033[H\033[J", end="")
+        print(time.strftime("%H:%M:%S"), api)
+        print(text, flush=True)
+        if not tty:
+            print()
+        time.sleep(1.0)
+    return 0
+
+
+def _pps(v: float) -> str:
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.0f}"
+
+
+def _table(rows) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
