@@ -103,9 +103,11 @@ def up(args, state_path: str) -> int:
               f"{args.dir})", file=sys.stderr)
         _stop_all(state)
         return 1
-    print(f"\nA local Serpens cluster is up (logs and PIDs in {args.dir}).")
-    print(f"  serpensctl --server {args.api} get sfcs | top | scale {names[0]} --replicas 2")
-    print("  serpens down      stops it\n")
+    bin_dir = "" if shutil.which("serpens") == os.path.join(BIN, "serpens") else BIN + "/"
+    print(f"\nA local Serpens cluster is up (logs and PIDs in {args.dir}). Try:")
+    print(f"  {bin_dir}serpensctl top")
+    print(f"  {bin_dir}serpensctl scale {names[0]} --replicas 2")
+    print(f"  {bin_dir}serpens down      # stops it\n")
     return _status(state)
 
 

@@ -311,6 +311,7 @@ class Watch:
             raise ValueError("start_revision: must be at least 1 (list()'s revision + 1)")
         self.revision = revision  # the next revision to deliver
         self.reconnects = 0       # streams re-created after a break (for logs and tests)
+        self.connected = False    # a stream is open: every change reaches us (caches check)
         self._store, self._key, self._range_end = store, key, range_end
         self._events = self._run()
 
@@ -339,6 +340,7 @@ class Watch:
             except _Compacted:
                 stream, compacted = None, True
             if stream is not None:
+                self.connected = True
                 try:
                     async for ev in stream:
                         # etcd sends a transaction's events in one response and aetcd queues
@@ -352,6 +354,7 @@ class Watch:
                 except Exception as e:  # noqa: BLE001 - aetcd re-raises whatever broke the stream
                     log.info("watch %s broke at revision %d: %r", self._key, self.revision, e)
                 finally:
+                    self.connected = False
                     # aetcd forgets a broken stream itself; this only matters on aclose().
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(stream.cancel(), self._store.attempt_timeout)

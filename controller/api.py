@@ -96,11 +96,19 @@ class SerpensServicer(pb_grpc.SerpensServicer):
     def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX, build_concurrency: int = 2):
         if not prefix.endswith("/"):
             raise ValueError("prefix: must end with '/'")
-        self.store = store
+        self.store, self.prefix = store, prefix
         self.nfs_prefix, self.sfcs_prefix = prefix + "nfs/", prefix + "sfcs/"
         self.nodes_prefix, self.status_prefix = prefix + "nodes/", prefix + "status/"
+        self.cache = None          # set by start_cache(); reads go to etcd until then
+        self._messages: dict = {}
         # Compiles are a gcc process each; do not run more at once than there are CPUs.
         self._builds = asyncio.Semaphore(build_concurrency)
+
+    def start_cache(self):
+        """Serve reads from a watch-fed copy of the prefix (needs the running event loop)."""
+        from .cache import Cache
+        self.cache = Cache(self.store, self.prefix).start()
+        return self.cache
 
     # -- NFs --------------------------------------------------------------------------------
 
@@ -133,15 +141,18 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     @_handler
     async def GetNF(self, request, context):
-        value, revision = await self._get(self.nfs_prefix, request.name, "NF")
-        return self._nf(value, revision)
+        item = await self._read(self.nfs_prefix, request.name, "NF")
+        return self._memo(("nf", request.name), (item.mod_revision,),
+                          lambda: self._nf(json.loads(item.value), item.mod_revision))
 
     @_handler
     async def ListNFs(self, request, context):
-        items, _ = await self.store.list(self.nfs_prefix)
-        return pb.ListNFsResponse(nfs=[self._nf(json.loads(it.value), it.mod_revision,
-                                                with_source=False)
-                                       for _, it in sorted(items.items())])
+        items = await self._read_list(self.nfs_prefix)
+        return pb.ListNFsResponse(nfs=[
+            self._memo(("nf-listed", key), (it.mod_revision,),
+                       lambda it=it: self._nf(json.loads(it.value), it.mod_revision,
+                                              with_source=False))
+            for key, it in sorted(items.items())])
 
     @_handler
     async def DeleteNF(self, request, context):
@@ -195,17 +206,21 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     @_handler
     async def GetSFC(self, request, context):
-        value, revision = await self._get(self.sfcs_prefix, request.name, "SFC")
-        return self._sfc(value, revision, await self._status(request.name))
+        item = await self._read(self.sfcs_prefix, request.name, "SFC")
+        status = await self._read(self.status_prefix, request.name, None)
+        return self._sfc_memo(request.name, item, status)
 
     @_handler
     async def ListSFCs(self, request, context):
-        items, _ = await self.store.list(self.sfcs_prefix)
-        status, _ = await self.store.list(self.status_prefix)
+        items = await self._read_list(self.sfcs_prefix)
+        status = await self._read_list(self.status_prefix)
         return pb.ListSFCsResponse(sfcs=[
-            self._sfc(json.loads(it.value), it.mod_revision,
-                      status.get(self.status_prefix + key[len(self.sfcs_prefix):]))
-            for key, it in sorted(items.items())])
+            self._sfc_memo(name, it, status.get(self.status_prefix + name))
+            for name, it in ((k[len(self.sfcs_prefix):], it) for k, it in sorted(items.items()))])
+
+    def _sfc_memo(self, name: str, item, status) -> pb.SFC:
+        return self._memo(("sfc", name), (item.mod_revision, status and status.mod_revision),
+                          lambda: self._sfc(json.loads(item.value), item.mod_revision, status))
 
     async def _status(self, name: str):
         return await self.store.get(self.status_prefix + name)
@@ -254,10 +269,37 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     @_handler
     async def ListNodes(self, request, context):
-        items, _ = await self.store.list(self.nodes_prefix)
+        items = await self._read_list(self.nodes_prefix)
         return pb.ListNodesResponse(nodes=[
             pb.Node(name=key[len(self.nodes_prefix):], record_json=it.value.decode(),
                     revision=it.mod_revision) for key, it in sorted(items.items())])
+
+    # -- reads: from the watch-fed cache when it can be trusted (controller/cache.py) -------
+
+    async def _read(self, prefix: str, name: str, what: str | None):
+        """The item `prefix + name`; NOT_FOUND (naming `what`) if absent, or None if `what`
+        is None."""
+        key = prefix + name
+        if name and self.cache is not None and await self.cache.ready():
+            item = self.cache.get(key)
+        else:
+            item = await self.store.get(key) if name else None
+        if item is None and what is not None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"name: no {what} named {name!r}")
+        return item
+
+    async def _read_list(self, prefix: str) -> dict:
+        if self.cache is not None and await self.cache.ready():
+            return self.cache.list(prefix)
+        items, _ = await self.store.list(prefix)
+        return items
+
+    def _memo(self, key, revisions: tuple, build):
+        """Reply messages built once per record revision (a List repeats most of them)."""
+        hit = self._messages.get(key)
+        if hit is None or hit[0] != revisions:
+            hit = self._messages[key] = (revisions, build())
+        return hit[1]
 
     # -- records ----------------------------------------------------------------------------
 
@@ -278,7 +320,10 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                              f"not {expected}")
             value = update(json.loads(item.value) if item else None)
             try:
-                return value, await self.store.put_if(key, json.dumps(value), current)
+                revision = await self.store.put_if(key, json.dumps(value), current)
+                if self.cache is not None:
+                    self.cache.wrote(revision)
+                return value, revision
             except Conflict:
                 if expected:
                     raise _Abort(grpc.StatusCode.ABORTED,
@@ -293,7 +338,11 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                          f"expected_revision: {what} {name!r} is at revision {current}, "
                          f"not {expected}")
         try:
-            return await self.store.delete_if(prefix + name, current)
+            revision = await self.store.delete_if(prefix + name, current)
         except Conflict:
             raise _Abort(grpc.StatusCode.ABORTED,
                          f"name: {what} {name!r} changed while deleting; try again") from None
+        if self.cache is not None:
+            self.cache.wrote(revision)
+        self._messages.pop((what.lower(), name), None)
+        return revision

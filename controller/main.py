@@ -47,8 +47,10 @@ class Settings:
 async def create_server(store: Store, listen: str,
                         prefix: str = DEFAULT_PREFIX) -> tuple[grpc.aio.Server, int]:
     """A not yet started server with Serpens, health (SERVING) and reflection; its port."""
+    servicer = SerpensServicer(store, prefix)
+    servicer.start_cache()
     return await rpc.create_server(listen, [(serpens_pb2_grpc.add_SerpensServicer_to_server,
-                                             SerpensServicer(store, prefix), SERVICE_NAME)])
+                                             servicer, SERVICE_NAME)])
 
 
 async def serve(settings: Settings) -> int:

@@ -63,3 +63,13 @@ def test_scale_bench_json_contract():
     assert len(r["instances"]) == 2 and r["scale_out_us"] > 0
     for key in ("before_p99_us", "during_p99_us", "after_p99_us", "lost_packets"):
         assert r[key] is not None, key
+
+
+def test_control_bench_json_contract():
+    r = _bench("control", "--applies", "2", "--scales", "2", "--nfs", "20", "--sfcs", "5",
+               "--api-seconds", "0.5", "--clients", "4")
+    for key in ("apply_to_traffic_ms", "scale_ms"):
+        assert 0 < r[key]["p50"] <= r[key]["p99"], key
+    assert 0 < r["failover_s"] < 30 and r["traffic_kept"] is True
+    assert r["api_rps"] > 0 and r["etcd_get_rps"] > 0
+    assert len(r["samples"]["apply_to_traffic_ms"]) == 2 and r["params"]["nfs"] == 20

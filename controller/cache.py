@@ -1,0 +1,94 @@
+"""A watch-fed copy of the controller's key range, so API reads cost no etcd round trip.
+
+Like a Kubernetes informer: list once, then apply every watch event in revision order
+(a RESET after compaction replaces the copy). Reads use it only while it can be trusted:
+
+* synced and its watch stream open (`usable`); while etcd is away the API reads etcd
+  directly, so a dead etcd still answers UNAVAILABLE rather than stale data;
+* read-your-writes: a write made through this controller returns its revision, and reads
+  wait (briefly) until the copy has caught up with the newest such revision.
+
+Writes never go through the cache: they stay transactions on etcd (api.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from serpens.common.store import DELETE, PUT, RESET, Item, Store, StoreError, Watch
+
+log = logging.getLogger(__name__)
+
+_CATCH_UP_S = 1.0       # longest a read waits for the copy to reach a write's revision
+
+
+class Cache:
+    def __init__(self, store: Store, prefix: str):
+        self.store, self.prefix = store, prefix
+        self.items: dict[str, Item] = {}
+        self.revision = 0          # every change up to here is in `items`
+        self.written = 0           # newest revision written through this controller
+        self._synced = False
+        self._watch: Watch | None = None
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> Cache:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="api-cache")
+        return self
+
+    async def close(self):
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def usable(self) -> bool:
+        return self._synced and self._watch is not None and self._watch.connected
+
+    def wrote(self, revision: int):
+        self.written = max(self.written, revision)
+
+    async def ready(self) -> bool:
+        """True if reads may use the copy now (waiting for our own writes to arrive)."""
+        if not self.usable:
+            return False
+        if self.revision >= self.written:
+            return True
+        async with self._changed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(
+                    lambda: self.revision >= self.written or not self.usable), _CATCH_UP_S)
+        return self.usable and self.revision >= self.written
+
+    def get(self, key: str) -> Item | None:
+        return self.items.get(key)
+
+    def list(self, prefix: str) -> dict[str, Item]:
+        return {k: v for k, v in self.items.items() if k.startswith(prefix)}
+
+    async def _run(self):
+        while True:
+            try:
+                items, revision = await self.store.list(self.prefix)
+                self.items, self.revision = dict(items), revision
+                self._synced = True
+                async with self.store.watch(self.prefix, revision + 1) as watch:
+                    self._watch = watch
+                    async for ev in watch:
+                        if ev.type == PUT:
+                            self.items[ev.key] = Item(ev.value, ev.mod_revision)
+                        elif ev.type == DELETE:
+                            self.items.pop(ev.key, None)
+                        elif ev.type == RESET:
+                            self.items = dict(ev.items)
+                        self.revision = max(self.revision, ev.mod_revision)
+                        async with self._changed:
+                            self._changed.notify_all()
+            except StoreError as e:
+                log.warning("API cache: %s; reading etcd directly until it is back", e)
+            finally:
+                self._synced, self._watch = False, None
+            await asyncio.sleep(0.5)
