@@ -191,7 +191,11 @@ class Reconciler:
             views=views, addresses=addresses)
 
     def _place(self, name: str, state: _Pass, placed: dict) -> str | None:
-        """The node that runs `name`, else the live node running the fewest SFCs."""
+        """Where `name` was placed if that node lives, else a node that runs it, else the
+        live node running the fewest SFCs."""
+        current = state.status.get(name, ({}, 0))[0].get("node")
+        if current in state.views:
+            return current
         for node, view in sorted(state.views.items()):
             if name in view:
                 return node

@@ -98,6 +98,34 @@ def cluster(etcd, tmp_path_factory):
     controller.stop()
 
 
+def test_a_lost_node_s_sfcs_move_to_a_live_node(cluster, etcd, tmp_path):
+    controller, agent = cluster
+    spare_path = tmp_path / "spare.yaml"
+    spare_path.write_text(NODE.replace("name: local", "name: spare"))
+    spare = Agent(etcd.endpoint, str(spare_path))
+    try:
+        controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
+        st = wait_until(lambda: (s := status(controller.stub, "fw-mon-nat")).phase == "Running"
+                        and s, 60, controller.output)
+        lost, survivor = (agent, spare) if st.node == "local" else (spare, agent)
+        lost.proc.send_signal(signal.SIGSTOP)  # frozen: its lease runs out, it answers nothing
+        try:
+            moved = wait_until(lambda: (s := status(controller.stub, "fw-mon-nat")).node
+                               not in ("", st.node) and s.phase == "Running" and s, 30,
+                               controller.output)
+            out = wait_until(lambda: survivor.sfcs()["fw-mon-nat"].out, 10, survivor.output)
+            assert out > 0 and moved.node != st.node
+        finally:
+            lost.proc.send_signal(signal.SIGCONT)
+        # back, it registers again, and the copy it still runs is stopped
+        wait_until(lambda: "fw-mon-nat" not in lost.sfcs(), 30, controller.output)
+        assert status(controller.stub, "fw-mon-nat").node == moved.node
+        controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
+        wait_until(lambda: "fw-mon-nat" not in survivor.sfcs(), 10, controller.output)
+    finally:
+        assert spare.stop() == 0, spare.output()
+
+
 def status(stub, name):
     return stub.GetSFC(pb.GetSFCRequest(name=name), timeout=5).status
 
