@@ -155,8 +155,10 @@ class Node:
                         self.remove_sfc(spec.name)
                     count = 0
                     sfc_id = self.router.add_sfc(self.ports[spec.output or self.spec.output])
+                warm_s = spec.scale.warm_s if spec.scale and spec.scale.warm_s else \
+                    self.spec.warm_s
                 manager = InstanceManager(self.pool, self.router, built.compiled,
-                                          sfc_id=sfc_id, warm_s=self.spec.warm_s).start()
+                                          sfc_id=sfc_id, warm_s=warm_s).start()
             except BaseException:
                 built.close(self.slots)
                 raise

@@ -15,6 +15,8 @@
         - {dst: 198.51.100.0/24, proto: udp, dport: 53-53, port: wan}
       tag: 100                       # optional: packets with this outer VLAN ID (an SFC tag)
       output: lan                    # optional: the node port its packets leave by
+      scale:                         # optional: instances kept in [min, max]; with
+        {min: 1, max: 4, target_pps: 2000000, warm_s: 30}  # target_pps: autoscaled
 
 `chain` items: an NF name; a list (a chain); null (nothing: packets go straight on);
 `{distribute: [branch, ...], selector: port|hash}`; `{aggregate: item}`. An NF's state lives
@@ -68,6 +70,7 @@ class SFCSpec:
     match: tuple = ()                          # rules: dicts for Router.set_rules, `port` a name
     tag: int | None = None                     # outer VLAN ID that selects this SFC
     output: str | None = None                  # node port name (None: the node's default)
+    scale: "ScalePolicy | None" = None         # spec.scale (None: replicas as scaled)
 
     def state_namespace(self, nf: str) -> str:
         return f"{self.name}.{nf}"
@@ -121,7 +124,7 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     refuses `nf:` names, which only the controller can resolve."""
     name, body = parse_document(
         text, "SFC", _SFC_NAME, "1-24 characters of a-z, 0-9 and '-', starting and ending "
-        "with a letter or digit", {"nfs", "chain", "match", "tag", "output"})
+        "with a letter or digit", {"nfs", "chain", "match", "tag", "output", "scale"})
     nfs = _parse_nfs(body.get("nfs"), base_dir, allow_source, allow_deployed)
     used: set = set()
     chain = _check_chain(body.get("chain"), "spec.chain", nfs, used)
@@ -135,7 +138,42 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     output = body.get("output")
     if output is not None and (not isinstance(output, str) or not output):
         raise SpecError("spec.output", "the name of a node port")
-    return SFCSpec(name, nfs, chain, _parse_match(body.get("match")), tag, output)
+    return SFCSpec(name, nfs, chain, _parse_match(body.get("match")), tag, output,
+                   _parse_scale(body.get("scale")))
+
+
+@dataclass(frozen=True)
+class ScalePolicy:
+    """`spec.scale`: the controller keeps replicas in [min, max], at about `target_pps`
+    packets/s per instance when given (autoscaling); `warm_s` overrides the node's warm
+    period (idle instances stop after it, down to zero)."""
+    min: int = 1
+    max: int = 1
+    target_pps: float | None = None
+    warm_s: float | None = None
+
+
+def _parse_scale(raw) -> ScalePolicy | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpecError("spec.scale", "a mapping with min, max, target_pps, warm_s")
+    for key in raw:
+        if key not in ("min", "max", "target_pps", "warm_s"):
+            raise SpecError(f"spec.scale.{key}", "unknown field (min, max, target_pps, warm_s)")
+
+    def number(key, types, lo, hi, default):
+        v = raw.get(key, default)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, types)
+                              or not lo <= v <= hi):
+            raise SpecError(f"spec.scale.{key}", f"a number {lo}..{hi}, got {v!r}")
+        return v
+    lo = number("min", int, 0, 16, 1)
+    hi = number("max", int, 1, 16, max(lo, 1))
+    if hi < lo:
+        raise SpecError("spec.scale.max", f"at least min ({lo}), got {hi}")
+    return ScalePolicy(lo, hi, number("target_pps", (int, float), 1, 1e9, None),
+                       number("warm_s", (int, float), 0.01, 86400, None))
 
 
 _PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}

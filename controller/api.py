@@ -92,6 +92,23 @@ def _build_nf(name: str, source: str) -> int:
     return len(so)
 
 
+def _scale_for(spec, old: dict | None) -> dict:
+    """The SFC's scale record: the spec's policy bounds (if any) over the current replicas;
+    `target_pps` (autoscaling) goes along for the reconciler."""
+    scale = dict(old) if old else {"replicas": 1, "min": 1, "max": 1}
+    policy = spec.scale
+    if policy is None:
+        scale.pop("target_pps", None)
+        return scale
+    scale.update(min=policy.min, max=policy.max,
+                 replicas=min(max(scale["replicas"], policy.min), policy.max))
+    if policy.target_pps:
+        scale["target_pps"] = policy.target_pps
+    else:
+        scale.pop("target_pps", None)
+    return scale
+
+
 class SerpensServicer(pb_grpc.SerpensServicer):
     def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX, build_concurrency: int = 2):
         if not prefix.endswith("/"):
@@ -198,7 +215,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
             generation = 1 if old is None else old["generation"] + (old["doc"] != doc)
             return {"name": spec.name, "spec": request.spec, "doc": doc,
                     "nfs": sorted(set(deployed.values())), "generation": generation,
-                    "scale": old["scale"] if old else {"replicas": 1, "min": 1, "max": 1},
+                    "scale": _scale_for(spec, old["scale"] if old else None),
                     "created": old["created"] if old else now, "updated": now}
         value, revision = await self._write(self.sfcs_prefix + spec.name, update,
                                             request.expected_revision)
@@ -245,7 +262,8 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                              f"replicas: must lie in [min_replicas, max_replicas] = "
                              f"[{lo}, {hi}], got {request.replicas}")
-            return {**old, "scale": {"replicas": request.replicas, "min": lo, "max": hi},
+            return {**old, "scale": dict(old["scale"], replicas=request.replicas, min=lo,
+                                         max=hi, changed_at=time.time()),
                     "updated": time.time()}
         value, revision = await self._write(self.sfcs_prefix + request.sfc, update, 0)
         return self._sfc(value, revision, await self._status(request.sfc))
@@ -261,6 +279,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         return pb.SFC(name=value["name"], spec=value["spec"],
                       spec_json=json.dumps(value["doc"], sort_keys=True), nfs=value["nfs"],
                       scale=pb.ScaleSpec(replicas=scale["replicas"], min_replicas=scale["min"],
+                                         target_pps=scale.get("target_pps", 0),
                                          max_replicas=scale["max"]),
                       status=status, revision=revision, generation=value["generation"],
                       created=_ts(value["created"]), updated=_ts(value["updated"]))

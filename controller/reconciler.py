@@ -18,6 +18,9 @@ anyway (agents' counters move without etcd events). A pass is idempotent:
   running the fewest SFCs. The agent is told to run the spec's generation (RunSFC, with the
   C source of the deployed NFs it names) and the desired replicas (ScaleSFC); SFCs a node
   runs that are deleted or placed elsewhere are stopped (StopSFC).
+* Autoscaling: an SFC whose spec sets `scale.target_pps` gets replicas = its reported input
+  rate / target_pps (rounded up, within [min, max]), written to its record like a Scale call:
+  scale-out at once, scale-in only 10 s after the last change and with 20% room to spare.
 * The outcome goes to `status/<name>` (phase Pending, Running or Failed, node, generation,
   instances), written only when it changed. An agent refusing a spec (INVALID_ARGUMENT: the
   field or the compiler's text) marks it Failed until the spec changes; an agent that does
@@ -32,6 +35,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -49,13 +54,19 @@ _CALL_TIMEOUT = 5.0
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
 
 
+_SCALE_IN_AFTER_S = 10.0  # autoscaling: no scale-in sooner than this after a change
+_SCALE_IN_SLACK = 0.8    # ... nor unless the fewer instances would stay under 80% of target
+
+
 @dataclass
 class _Pass:
     """What one reconcile pass saw."""
     sfcs: dict           # name -> record
+    revisions: dict      # name -> the record's mod_revision
     status: dict         # name -> (record, mod_revision)
     views: dict          # node name -> {sfc name: pb.AgentSFC} (live nodes that answered)
     addresses: dict      # node name -> agent address
+    loads: dict          # node name -> {sfc name: {"in_pps", "out_pps", "instances"}}
 
 
 class Reconciler:
@@ -149,6 +160,7 @@ class Reconciler:
         ok = True
         placed: dict[str, str] = {}   # sfc -> node, as decided in this pass
         for name, record in sorted(state.sfcs.items()):
+            ok &= await self._autoscale(name, record, state)
             node = self._place(name, state, placed)
             if node is None:
                 status = {"phase": "Pending", "message": "no node is registered", "node": "",
@@ -172,6 +184,8 @@ class Reconciler:
         addresses = {key[len(self.nodes_prefix):]: json.loads(it.value).get("address", "")
                      for key, it in nodes.items()}
         addresses = {name: a for name, a in addresses.items() if a}  # not an agent's record
+        loads = {key[len(self.nodes_prefix):]: json.loads(it.value).get("load", {}).get("sfcs", {})
+                 for key, it in nodes.items()}
         names = sorted(addresses)
         replies = await asyncio.gather(*(self._get_node(addresses[n]) for n in names),
                                        return_exceptions=True)
@@ -186,9 +200,39 @@ class Reconciler:
                 views[name] = {s.name: s for s in reply.sfcs}
         return _Pass(
             sfcs={k[len(self.sfcs_prefix):]: json.loads(v.value) for k, v in sfcs.items()},
+            revisions={k[len(self.sfcs_prefix):]: v.mod_revision for k, v in sfcs.items()},
+            loads=loads,
             status={k[len(self.status_prefix):]: (json.loads(v.value), v.mod_revision)
                     for k, v in status.items()},
             views=views, addresses=addresses)
+
+    async def _autoscale(self, name: str, record: dict, state: _Pass) -> bool:
+        """Set the record's replicas from the reported load when its spec asks for it
+        (scale.target_pps): out at once, in only after a quiet while with room to spare."""
+        scale = record["scale"]
+        target = scale.get("target_pps")
+        node = state.status.get(name, ({}, 0))[0].get("node")
+        load = state.loads.get(node, {}).get(name)
+        if not target or load is None:
+            return True
+        in_pps, replicas = load["in_pps"], scale["replicas"]
+        want = min(max(math.ceil(in_pps / target), scale["min"]), scale["max"])
+        if want < replicas:
+            recent = time.time() - scale.get("changed_at", 0) < _SCALE_IN_AFTER_S
+            if recent or in_pps > _SCALE_IN_SLACK * target * want:
+                return True
+        if want == replicas:
+            return True
+        log.info("autoscaling sfc %s: %d -> %d replicas (%.0f pps in, target %.0f each)",
+                 name, replicas, want, in_pps, target)
+        record["scale"] = dict(scale, replicas=want, changed_at=time.time())
+        try:
+            await self.election.put_fenced(self.sfcs_prefix + name, json.dumps(record),
+                                           state.revisions[name])
+        except Conflict:
+            record["scale"] = scale  # changed meanwhile (an apply, a Scale): next pass
+            return False
+        return True
 
     def _place(self, name: str, state: _Pass, placed: dict) -> str | None:
         """Where `name` was placed if that node lives, else a node that runs it, else the

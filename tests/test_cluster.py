@@ -156,6 +156,21 @@ def test_applied_sfc_runs_on_the_node_scales_and_goes(cluster):
     wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, controller.output)
 
 
+def test_an_sfc_with_a_target_rate_is_autoscaled_from_reported_load(cluster):
+    controller, agent = cluster
+    # 5000 packets/s arrive; 3000 per instance wanted: 2 instances (the node's pool: 2)
+    spec = FW_MON_NAT.replace("name: fw-mon-nat", "name: auto") + \
+        "  scale: {min: 1, max: 2, target_pps: 3000}\n"
+    sfc = controller.stub.ApplySFC(pb.ApplySFCRequest(spec=spec), timeout=10)
+    assert (sfc.scale.min_replicas, sfc.scale.max_replicas, sfc.scale.target_pps) == (1, 2, 3000)
+    wait_until(lambda: (s := agent.sfcs().get("auto")) and s.instances == 2, 30,
+               controller.output)
+    assert controller.stub.GetSFC(pb.GetSFCRequest(name="auto"), timeout=5).scale.replicas == 2
+    assert "autoscaling sfc auto: 1 -> 2" in controller.output()
+    controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="auto"), timeout=5)
+    wait_until(lambda: "auto" not in agent.sfcs(), 10, controller.output)
+
+
 def test_a_spec_the_node_refuses_is_failed_naming_the_field(cluster):
     controller, agent = cluster
     bad = FW_MON_NAT.replace("name: fw-mon-nat", "name: elsewhere") + "  output: nowhere\n"

@@ -72,14 +72,16 @@ class DeleteNFResponse(_message.Message):
     def __init__(self, revision: _Optional[int] = ...) -> None: ...
 
 class ScaleSpec(_message.Message):
-    __slots__ = ("replicas", "min_replicas", "max_replicas")
+    __slots__ = ("replicas", "min_replicas", "max_replicas", "target_pps")
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PPS_FIELD_NUMBER: _ClassVar[int]
     replicas: int
     min_replicas: int
     max_replicas: int
-    def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ...) -> None: ...
+    target_pps: float
+    def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_pps: _Optional[float] = ...) -> None: ...
 
 class SFCStatus(_message.Message):
     __slots__ = ("phase", "message", "node", "generation", "instances")
