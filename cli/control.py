@@ -3,6 +3,7 @@ gRPC API (proto/serpens/v1/serpens.proto).
 
     serpensctl --server HOST:PORT apply -f FILE      # kind SFC or kind NF; `---` separates several
     serpensctl get nfs|sfcs|nodes [NAME] [-o table|json|yaml]
+    serpensctl describe nf|sfc|node NAME
     serpensctl delete nf|sfc NAME
     serpensctl scale SFC --replicas N [--min N] [--max N]
 
@@ -42,6 +43,10 @@ def register(sub) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     p.set_defaults(func=_run(_get))
+    p = sub.add_parser("describe", help="everything about one NF, SFC or node")
+    p.add_argument("kind", choices=("nf", "sfc", "node"))
+    p.add_argument("name")
+    p.set_defaults(func=_run(_describe))
     p = sub.add_parser("delete", help="delete an NF or an SFC")
     p.add_argument("kind", choices=("nf", "sfc"))
     p.add_argument("name")
@@ -170,6 +175,53 @@ def _print_table(kind: str, items) -> None:
 
 def _when(ts) -> str:
     return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else "-"
+
+
+def _describe(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    nodes = {n.name: json.loads(n.record_json)
+             for n in stub.ListNodes(pb.ListNodesRequest(), timeout=args.timeout).nodes}
+    if args.kind == "nf":
+        nf = stub.GetNF(pb.GetNFRequest(name=args.name), timeout=args.timeout)
+        users = [s.name for s in stub.ListSFCs(pb.ListSFCsRequest(), timeout=args.timeout).sfcs
+                 if nf.name in s.nfs]
+        _fields([("Name", nf.name), ("Description", nf.description or "-"),
+                 ("Revision", nf.revision), ("Image", f"{nf.image_size} bytes"),
+                 ("Source SHA-256", nf.source_sha256), ("Created", _when(nf.created)),
+                 ("Updated", _when(nf.updated)), ("Used by", ", ".join(users) or "-")])
+        print(f"Source:\n{_indent(nf.source)}")
+    elif args.kind == "sfc":
+        sfc = stub.GetSFC(pb.GetSFCRequest(name=args.name), timeout=args.timeout)
+        st, sc = sfc.status, sfc.scale
+        load = nodes.get(st.node, {}).get("load", {}).get("sfcs", {}).get(sfc.name, {})
+        auto = f", autoscaled at {sc.target_pps:g} packets/s each" if sc.target_pps else ""
+        _fields([("Name", sfc.name), ("Generation", sfc.generation),
+                 ("Revision", sfc.revision), ("Phase", st.phase),
+                 ("Message", st.message or "-"), ("Node", st.node or "-"),
+                 ("Running generation", st.generation or "-"),
+                 ("Instances", f"{st.instances} running, {sc.replicas} wanted "
+                               f"(min {sc.min_replicas}, max {sc.max_replicas}{auto})"),
+                 ("Rate", f"{load.get('in_pps', 0):g} packets/s in, "
+                          f"{load.get('out_pps', 0):g} out" if load else "-"),
+                 ("Deployed NFs", ", ".join(sfc.nfs) or "-"),
+                 ("Created", _when(sfc.created)), ("Updated", _when(sfc.updated))])
+        print(f"Spec:\n{_indent(sfc.spec)}")
+    else:
+        if args.name not in nodes:
+            print(f"serpensctl: NOT_FOUND: name: no node named {args.name!r}", file=sys.stderr)
+            return EXIT_FAILED
+        print(yaml.safe_dump(nodes[args.name], sort_keys=True), end="")
+    return 0
+
+
+def _fields(pairs) -> None:
+    width = max(len(k) for k, _ in pairs) + 2
+    for key, value in pairs:
+        print(f"{key + ':':<{width}}{value}")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.rstrip().splitlines())
 
 
 def _delete(stub, args) -> int:

@@ -202,3 +202,29 @@ def test_a_killed_leader_is_replaced_and_traffic_never_stops(cluster, etcd):
         wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, standby.output)
     finally:
         assert standby.stop() == 0
+
+
+def test_dynamic_sfc_with_a_deployed_nf_from_serpensctl_apply(cluster):
+    controller, agent = cluster
+    ctl = [os.path.join(BIN, "serpensctl"), "--server", controller.address]
+    out = subprocess.run([*ctl, "apply", "-f", os.path.join(ROOT, "examples",
+                                                            "dynamic-sfc.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "nf/suspect deployed" in out.stdout and "sfc/dynamic applied" in out.stdout
+    st = wait_until(lambda: (s := status(controller.stub, "dynamic")).phase != "Pending" and s,
+                    60, controller.output)
+    assert st.phase == "Running", st.message
+    wait_until(lambda: agent.sfcs()["dynamic"].out > 0, 10, agent.output)
+    shown = subprocess.run([*ctl, "status"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "dynamic" in shown.stdout and "Running" in shown.stdout
+    described = subprocess.run([*ctl, "describe", "sfc", "dynamic"], capture_output=True,
+                               text=True, timeout=30)
+    assert described.returncode == 0, described.stderr
+    assert "Phase:" in described.stdout and "Deployed NFs:       suspect" in described.stdout
+    for kind, name in (("sfc", "dynamic"), ("nf", "suspect")):
+        if kind == "nf":
+            wait_until(lambda: "dynamic" not in agent.sfcs(), 10, controller.output)
+        gone = subprocess.run([*ctl, "delete", kind, name], capture_output=True, text=True,
+                              timeout=30)
+        assert gone.returncode == 0, gone.stderr
