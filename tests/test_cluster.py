@@ -182,28 +182,6 @@ def test_a_spec_the_node_refuses_is_failed_naming_the_field(cluster):
     controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="elsewhere"), timeout=5)
 
 
-def test_a_killed_leader_is_replaced_and_traffic_never_stops(cluster, etcd):
-    first, agent = cluster
-    first.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
-    wait_until(lambda: status(first.stub, "fw-mon-nat").phase == "Running", 60, first.output)
-    standby = Controller(etcd.endpoint, args=["--identity", "c2", "--resync-s", "0.5"],
-                         log_level="info")
-    try:
-        first.proc.kill()  # no resignation: the standby waits out the lease
-        first.proc.wait()
-        killed = time.monotonic()
-        out = agent.sfcs()["fw-mon-nat"].out
-        standby.stub.Scale(pb.ScaleRequest(sfc="fw-mon-nat", replicas=2), timeout=5)
-        wait_until(lambda: agent.sfcs()["fw-mon-nat"].instances == 2, 15, standby.output)
-        assert time.monotonic() - killed < 10
-        assert "c2 leads" in standby.output()
-        assert agent.sfcs()["fw-mon-nat"].out > out  # packets kept leaving
-        standby.stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
-        wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, standby.output)
-    finally:
-        assert standby.stop() == 0
-
-
 def test_dynamic_sfc_with_a_deployed_nf_from_serpensctl_apply(cluster):
     controller, agent = cluster
     ctl = [os.path.join(BIN, "serpensctl"), "--server", controller.address]
@@ -228,3 +206,26 @@ def test_dynamic_sfc_with_a_deployed_nf_from_serpensctl_apply(cluster):
         gone = subprocess.run([*ctl, "delete", kind, name], capture_output=True, text=True,
                               timeout=30)
         assert gone.returncode == 0, gone.stderr
+
+
+def test_a_killed_leader_is_replaced_and_traffic_never_stops(cluster, etcd):
+    # last in this module: the module's controller does not survive it
+    first, agent = cluster
+    first.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
+    wait_until(lambda: status(first.stub, "fw-mon-nat").phase == "Running", 60, first.output)
+    standby = Controller(etcd.endpoint, args=["--identity", "c2", "--resync-s", "0.5"],
+                         log_level="info")
+    try:
+        first.proc.kill()  # no resignation: the standby waits out the lease
+        first.proc.wait()
+        killed = time.monotonic()
+        out = agent.sfcs()["fw-mon-nat"].out
+        standby.stub.Scale(pb.ScaleRequest(sfc="fw-mon-nat", replicas=2), timeout=5)
+        wait_until(lambda: agent.sfcs()["fw-mon-nat"].instances == 2, 15, standby.output)
+        assert time.monotonic() - killed < 10
+        assert "c2 leads" in standby.output()
+        assert agent.sfcs()["fw-mon-nat"].out > out  # packets kept leaving
+        standby.stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
+        wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, standby.output)
+    finally:
+        assert standby.stop() == 0
