@@ -20,6 +20,7 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
 from .process_pool import PoolError
+from .state_manager import StateManager
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,27 @@ class AgentServicer(pb_grpc.AgentServicer):
         return self._sfc(request.name)
 
     @_handler
+    async def ReadState(self, request, context):
+        entry = self.node.running.get(request.sfc)
+        if entry is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        nf = entry.spec.nfs.get(request.nf)
+        if nf is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"nf: SFC {request.sfc} has no NF {request.nf!r} "
+                                f"(it has {', '.join(sorted(entry.spec.nfs))})")
+        tables = await asyncio.to_thread(
+            read_tables, self.node.dataplane.config.state_dir,
+            entry.spec.state_namespace(request.nf), nf.stock, request.table,
+            request.limit or 1000)
+        if request.table and not tables:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"table: NF {request.nf} of {request.sfc} has no table "
+                                f"{request.table!r} (yet)")
+        return pb.ReadStateResponse(node=self.node.spec.name, tables=tables)
+
+    @_handler
     async def GetNode(self, request, context):
         st = self.node.stats()
         return pb.NodeStatus(
@@ -86,3 +108,34 @@ class AgentServicer(pb_grpc.AgentServicer):
             ports={name: pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
                                          unmatched=c["unmatched"], missed=c["missed"])
                    for name, c in st["ports"].items()})
+
+
+def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
+                limit: int) -> list:
+    """The tables of NF namespace `namespace`, at most `limit` entries each, decoded by the
+    stock NF's decode_entry() when it has one."""
+    import importlib
+    import json
+
+    decode = None
+    if stock:
+        decode = getattr(importlib.import_module(f"serpens.nfs.{stock}"), "decode_entry", None)
+    manager = StateManager(state_dir)
+    out = []
+    for nf, name in manager.tables():
+        if nf != namespace or (only and name != only) or "@" in name:
+            continue  # "table@rN": an instance's replica, merged into the table itself
+        table = manager.open(nf, name)
+        try:
+            info, items = table.info, table.items()[:limit]
+        finally:
+            table.close()
+        entries = []
+        for key, value in items:
+            decoded = decode(name, key, value) if decode else None
+            entries.append(pb.StateEntry(key=key, value=value,
+                                         decoded=json.dumps(decoded) if decoded else ""))
+        out.append(pb.StateTable(name=name, flags=info["flags"], key_size=info["key_size"],
+                                 value_size=info["value_size"], capacity=info["capacity"],
+                                 count=info["count"], entries=entries))
+    return out

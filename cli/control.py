@@ -4,6 +4,8 @@ gRPC API (proto/serpens/v1/serpens.proto).
     serpensctl --server HOST:PORT apply -f FILE      # kind SFC or kind NF; `---` separates several
     serpensctl get nfs|sfcs|nodes [NAME] [-o table|json|yaml]
     serpensctl describe nf|sfc|node NAME
+    serpensctl state dump SFC NF [--table T] [--limit N] [-o table|json]
+    serpensctl watch [-o table|json]
     serpensctl delete nf|sfc NAME
     serpensctl scale SFC --replicas N [--min N] [--max N]
 
@@ -47,6 +49,17 @@ def register(sub) -> None:
     p.add_argument("kind", choices=("nf", "sfc", "node"))
     p.add_argument("name")
     p.set_defaults(func=_run(_describe))
+    p = sub.add_parser("state", help="NF state on the node that runs an SFC")
+    p.add_argument("action", choices=("dump",))
+    p.add_argument("sfc")
+    p.add_argument("nf", help="the NF's name in the SFC spec")
+    p.add_argument("--table", default="", help="one table (default: all of the NF's)")
+    p.add_argument("--limit", type=int, default=1000, help="entries per table")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=_run(_state))
+    p = sub.add_parser("watch", help="print changes to NFs, SFCs and nodes as they happen")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=_run(_watch))
     p = sub.add_parser("delete", help="delete an NF or an SFC")
     p.add_argument("kind", choices=("nf", "sfc"))
     p.add_argument("name")
@@ -212,6 +225,62 @@ def _describe(stub, args) -> int:
             return EXIT_FAILED
         print(yaml.safe_dump(nodes[args.name], sort_keys=True), end="")
     return 0
+
+
+def _state(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    if args.limit < 1:
+        raise _UsageError(f"--limit: at least 1, got {args.limit}")
+    reply = stub.ReadState(pb.ReadStateRequest(sfc=args.sfc, nf=args.nf, table=args.table,
+                                               limit=args.limit), timeout=args.timeout)
+    if args.output == "json":
+        print(json.dumps({"node": reply.node, "tables": [
+            {"name": t.name, "flags": t.flags, "key_size": t.key_size,
+             "value_size": t.value_size, "capacity": t.capacity, "count": t.count,
+             "entries": [json.loads(e.decoded) if e.decoded else
+                         {"key": e.key.hex(), "value": e.value.hex()} for e in t.entries]}
+            for t in reply.tables]}, indent=2, sort_keys=True))
+        return 0
+    for t in reply.tables:
+        print(f"{args.sfc}.{args.nf}/{t.name} on {reply.node}: {t.count} of {t.capacity} "
+              f"entries ({t.key_size}-byte keys, {t.value_size}-byte values)"
+              + (f", first {len(t.entries)} shown" if len(t.entries) < t.count else ""))
+        for e in t.entries:
+            if e.decoded:
+                print("  " + "  ".join(f"{k}={v}" for k, v in json.loads(e.decoded).items()))
+            else:
+                print(f"  {e.key.hex()} = {e.value.hex()}")
+    if not reply.tables:
+        print(f"{args.sfc}.{args.nf}: no state tables on {reply.node}")
+    return 0
+
+
+def _watch(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    for ev in stub.Watch(pb.WatchRequest()):
+        if args.output == "json":
+            print(json.dumps({"type": ev.type, "kind": ev.kind, "name": ev.name,
+                              "revision": ev.revision,
+                              "record": json.loads(ev.json) if ev.json else None}), flush=True)
+        else:
+            print(f"{ev.revision:>8}  {ev.type:<6}  {ev.kind + '/' + ev.name if ev.kind else '-'}"
+                  f"  {_summary(ev)}", flush=True)
+    return 0
+
+
+def _summary(ev) -> str:
+    if not ev.json:
+        return "(list everything again)" if ev.type == "reset" else ""
+    record = json.loads(ev.json)
+    if ev.kind == "status":
+        return f"{record['phase']} on {record['node'] or '-'}: {record['instances']} " \
+               f"instances{' - ' + record['message'] if record['message'] else ''}"
+    if ev.kind == "sfc":
+        return f"generation {record['generation']}, replicas {record['scale']['replicas']}"
+    if ev.kind == "node":
+        return ", ".join(f"{n} {s['in_pps']:g}/s" for n, s in
+                         record.get("load", {}).get("sfcs", {}).items()) or "no SFCs"
+    return record.get("description", "")
 
 
 def _fields(pairs) -> None:

@@ -101,7 +101,7 @@ def _exit_on_sigterm(signum, frame):
 def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
-    if args.command in ("get", "describe", "status", "top"):
+    if args.command in ("get", "describe", "status", "top", "state", "watch"):
         # `serpensctl get ... | head` ends quietly (commands running a DPDK primary keep the
         # default, so that they still clean up when their reader goes)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -117,6 +117,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         self.nfs_prefix, self.sfcs_prefix = prefix + "nfs/", prefix + "sfcs/"
         self.nodes_prefix, self.status_prefix = prefix + "nodes/", prefix + "status/"
         self.cache = None          # set by start_cache(); reads go to etcd until then
+        self._agents: dict = {}    # address -> AgentStub (ReadState)
         self._messages: dict = {}
         # Compiles are a gcc process each; do not run more at once than there are CPUs.
         self._builds = asyncio.Semaphore(build_concurrency)
@@ -292,6 +293,60 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         return pb.ListNodesResponse(nodes=[
             pb.Node(name=key[len(self.nodes_prefix):], record_json=it.value.decode(),
                     revision=it.mod_revision) for key, it in sorted(items.items())])
+
+    # -- state and events -------------------------------------------------------------------
+
+    @_handler
+    async def ReadState(self, request, context):
+        await self._read(self.sfcs_prefix, request.sfc, "SFC")
+        status = await self._read(self.status_prefix, request.sfc, None)
+        node = json.loads(status.value).get("node") if status else ""
+        record = await self._read(self.nodes_prefix, node, None) if node else None
+        if record is None or json.loads(status.value).get("phase") != "Running":
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"sfc: {request.sfc} runs on no node now")
+        address = json.loads(record.value)["address"]
+        try:
+            return await self._agent(address).ReadState(request, timeout=30)
+        except grpc.aio.AioRpcError as e:
+            code = e.code() if e.code() in (grpc.StatusCode.NOT_FOUND,
+                                            grpc.StatusCode.INVALID_ARGUMENT) \
+                else grpc.StatusCode.UNAVAILABLE
+            raise _Abort(code, f"node {node}: {e.details()}") from None
+
+    def _agent(self, address: str):
+        if address not in self._agents:
+            from serpens.common import rpc
+            self._agents[address] = pb_grpc.AgentStub(rpc.channel(address))
+        return self._agents[address]
+
+    async def Watch(self, request, context):
+        """Not _handler-wrapped: an async generator (a stream)."""
+        if self.cache is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this controller has no watch")
+        queue = self.cache.subscribe()
+        kinds = {self.nfs_prefix: "nf", self.sfcs_prefix: "sfc",
+                 self.status_prefix: "status", self.nodes_prefix: "node"}
+        try:
+            while True:
+                ev = await queue.get()
+                if ev.type == "reset":
+                    yield pb.WatchEvent(type="reset", revision=ev.mod_revision)
+                    continue
+                for prefix, kind in kinds.items():
+                    if ev.key.startswith(prefix):
+                        break
+                else:
+                    continue  # the leader key
+                body = ""
+                if ev.value is not None:
+                    record = json.loads(ev.value)
+                    record.pop("source", None)
+                    body = json.dumps(record, sort_keys=True)
+                yield pb.WatchEvent(type=ev.type, kind=kind, name=ev.key[len(prefix):],
+                                    revision=ev.mod_revision, json=body)
+        finally:
+            self.cache.unsubscribe(queue)
 
     # -- reads: from the watch-fed cache when it can be trusted (controller/cache.py) -------
 

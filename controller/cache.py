@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 
-from serpens.common.store import DELETE, PUT, RESET, Item, Store, StoreError, Watch
+from serpens.common.store import DELETE, PUT, RESET, Event, Item, Store, StoreError, Watch
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,11 @@ class Cache:
         self.items: dict[str, Item] = {}
         self.revision = 0          # every change up to here is in `items`
         self.written = 0           # newest revision written through this controller
-        self._synced = False
+        self._synced: bool | None = False
         self._watch: Watch | None = None
         self._changed = asyncio.Condition()
         self._task: asyncio.Task | None = None
+        self._subscribers: set[asyncio.Queue] = set()
 
     def start(self) -> Cache:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="api-cache")
@@ -46,7 +47,7 @@ class Cache:
 
     @property
     def usable(self) -> bool:
-        return self._synced and self._watch is not None and self._watch.connected
+        return bool(self._synced) and self._watch is not None and self._watch.connected
 
     def wrote(self, revision: int):
         self.written = max(self.written, revision)
@@ -63,6 +64,25 @@ class Cache:
                     lambda: self.revision >= self.written or not self.usable), _CATCH_UP_S)
         return self.usable and self.revision >= self.written
 
+    def subscribe(self, depth: int = 10000) -> asyncio.Queue:
+        """A queue of every Event from now on. A subscriber `depth` events behind gets one
+        RESET instead of what it missed (it lists again)."""
+        queue = asyncio.Queue(depth)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue):
+        self._subscribers.discard(queue)
+
+    def _publish(self, ev):
+        for queue in self._subscribers:
+            try:
+                queue.put_nowait(ev)
+            except asyncio.QueueFull:
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(Event(RESET, self.prefix, None, ev.mod_revision))
+
     def get(self, key: str) -> Item | None:
         return self.items.get(key)
 
@@ -73,6 +93,8 @@ class Cache:
         while True:
             try:
                 items, revision = await self.store.list(self.prefix)
+                if self._synced is None:  # a re-list after etcd was away: changes missed
+                    self._publish(Event(RESET, self.prefix, None, revision))
                 self.items, self.revision = dict(items), revision
                 self._synced = True
                 async with self.store.watch(self.prefix, revision + 1) as watch:
@@ -85,10 +107,11 @@ class Cache:
                         elif ev.type == RESET:
                             self.items = dict(ev.items)
                         self.revision = max(self.revision, ev.mod_revision)
+                        self._publish(ev)
                         async with self._changed:
                             self._changed.notify_all()
             except StoreError as e:
                 log.warning("API cache: %s; reading etcd directly until it is back", e)
             finally:
-                self._synced, self._watch = False, None
+                self._synced, self._watch = None, None  # None: was synced once
             await asyncio.sleep(0.5)

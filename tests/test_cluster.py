@@ -208,6 +208,53 @@ def test_dynamic_sfc_with_a_deployed_nf_from_serpensctl_apply(cluster):
         assert gone.returncode == 0, gone.stderr
 
 
+def test_state_of_a_running_nf_is_read_and_changes_are_watched(cluster):
+    import json
+    import threading
+    controller, agent = cluster
+    events = []
+    stream = controller.stub.Watch(pb.WatchRequest())
+
+    def read():
+        try:
+            for e in stream:
+                events.append(e)
+        except grpc.RpcError:
+            pass  # cancelled at the end
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
+        wait_until(lambda: agent.sfcs().get("fw-mon-nat") and agent.sfcs()["fw-mon-nat"].out,
+                   60, controller.output)
+        time.sleep(0.3)  # MON merges host counters every 100 ms
+        reply = controller.stub.ReadState(pb.ReadStateRequest(sfc="fw-mon-nat", nf="mon"),
+                                          timeout=10)
+        tables = {t.name: t for t in reply.tables}
+        assert reply.node == "local" and set(tables) == {"flows", "hosts"}
+        flows = [json.loads(e.decoded) for e in tables["flows"].entries]
+        assert tables["flows"].count >= len(flows) > 0
+        assert all(f["packets"] > 0 and f["dport"] == 53 for f in flows)
+        e = pytest.raises(grpc.RpcError, controller.stub.ReadState,
+                          pb.ReadStateRequest(sfc="fw-mon-nat", nf="nope"), timeout=10).value
+        assert e.code() == grpc.StatusCode.NOT_FOUND and "nf:" in e.details()
+        dump = subprocess.run([os.path.join(BIN, "serpensctl"), "--server", controller.address,
+                               "state", "dump", "fw-mon-nat", "mon", "--table", "hosts",
+                               "-o", "json"], capture_output=True, text=True, timeout=30)
+        assert dump.returncode == 0, dump.stderr
+        hosts = json.loads(dump.stdout)["tables"][0]["entries"]
+        assert hosts and all(h["host"].startswith("10.1.") for h in hosts)
+        wait_until(lambda: any(e.kind == "status" and json.loads(e.json)["phase"] == "Running"
+                               for e in events if e.json), 10)
+        assert any(e.kind == "sfc" and e.name == "fw-mon-nat" and e.type == "put"
+                   for e in events)
+        controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
+        wait_until(lambda: any(e.kind == "sfc" and e.type == "delete" for e in events), 10)
+        wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, controller.output)
+    finally:
+        stream.cancel()
+
+
 def test_a_killed_leader_is_replaced_and_traffic_never_stops(cluster, etcd):
     # last in this module: the module's controller does not survive it
     first, agent = cluster

@@ -15,7 +15,7 @@ import struct
 from serpens.nfs import ConfigError, is_int
 
 __all__ = ["ConfigError", "encode_config", "read_flows", "read_hosts", "decode_flow_key",
-           "decode_host_key", "MAGIC", "DEFAULTS", "FLOWS_TABLE", "HOSTS_TABLE"]
+           "decode_host_key", "decode_entry", "MAGIC", "DEFAULTS", "FLOWS_TABLE", "HOSTS_TABLE"]
 
 MAGIC = 0x314E4D53  # "SMN1" little-endian
 MAX_CAPACITY = 1 << 24
@@ -71,6 +71,18 @@ def decode_flow_key(key: bytes) -> tuple:
 def decode_host_key(key: bytes) -> str:
     addr, family = _HOST_KEY.unpack(key)
     return _addr(addr, family)
+
+
+def decode_entry(table: str, key: bytes, value: bytes) -> dict | None:
+    """One entry of MON's tables as plain data (the agent's ReadState; None: not MON's)."""
+    packets, nbytes = _COUNTS.unpack(value[:_COUNTS.size])
+    if table == FLOWS_TABLE:
+        src, dst, proto, sport, dport = decode_flow_key(key)
+        return {"src": src, "dst": dst, "proto": proto, "sport": sport, "dport": dport,
+                "packets": packets, "bytes": nbytes}
+    if table == HOSTS_TABLE:
+        return {"host": decode_host_key(key), "packets": packets, "bytes": nbytes}
+    return None
 
 
 def _read(state_manager, nf_name: str, table: str, decode) -> dict:

@@ -9,6 +9,72 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReadStateRequest(_message.Message):
+    __slots__ = ("sfc", "nf", "table", "limit")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    nf: str
+    table: str
+    limit: int
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class StateTable(_message.Message):
+    __slots__ = ("name", "flags", "key_size", "value_size", "capacity", "count", "entries")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    KEY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    flags: int
+    key_size: int
+    value_size: int
+    capacity: int
+    count: int
+    entries: _containers.RepeatedCompositeFieldContainer[StateEntry]
+    def __init__(self, name: _Optional[str] = ..., flags: _Optional[int] = ..., key_size: _Optional[int] = ..., value_size: _Optional[int] = ..., capacity: _Optional[int] = ..., count: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[StateEntry, _Mapping]]] = ...) -> None: ...
+
+class StateEntry(_message.Message):
+    __slots__ = ("key", "value", "decoded")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DECODED_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    decoded: str
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., decoded: _Optional[str] = ...) -> None: ...
+
+class ReadStateResponse(_message.Message):
+    __slots__ = ("node", "tables")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    tables: _containers.RepeatedCompositeFieldContainer[StateTable]
+    def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[StateTable, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("type", "kind", "name", "revision", "json")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    kind: str
+    name: str
+    revision: int
+    json: str
+    def __init__(self, type: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., revision: _Optional[int] = ..., json: _Optional[str] = ...) -> None: ...
+
 class NF(_message.Message):
     __slots__ = ("name", "description", "source", "source_sha256", "image_size", "revision", "created", "updated")
     NAME_FIELD_NUMBER: _ClassVar[int]

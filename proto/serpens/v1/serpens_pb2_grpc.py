@@ -84,6 +84,16 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.ReadState = channel.unary_unary(
+                '/serpens.v1.Serpens/ReadState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/serpens.v1.Serpens/Watch',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.WatchRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class SerpensServicer:
@@ -155,6 +165,22 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadState(self, request, context):
+        """The state tables of one NF of a running SFC, read on its node (MON's per-flow and
+        per-host counters, FW's verdict cache, NAT's mappings...). FAILED_PRECONDITION while the
+        SFC runs nowhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Every change to NFs, SFCs, their status and nodes from now on, as it happens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SerpensServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +233,16 @@ def add_SerpensServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.ListNodesRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'ReadState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.WatchRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -489,6 +525,60 @@ class Serpens:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ReadState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/ReadState',
+            serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/serpens.v1.Serpens/Watch',
+            serpens_dot_v1_dot_serpens__pb2.WatchRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentStub:
     """The per-server agent's service, called by the controller's leader (DESIGN §4). The agent
@@ -523,6 +613,11 @@ class AgentStub:
                 '/serpens.v1.Agent/GetNode',
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.GetNodeRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.NodeStatus.FromString,
+                _registered_method=True)
+        self.ReadState = channel.unary_unary(
+                '/serpens.v1.Agent/ReadState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
                 _registered_method=True)
 
 
@@ -560,6 +655,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadState(self, request, context):
+        """The state tables of an NF of an SFC the node runs (as Serpens.ReadState).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -582,6 +684,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetNode,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetNodeRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.NodeStatus.SerializeToString,
+            ),
+            'ReadState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -697,6 +804,33 @@ class Agent:
             '/serpens.v1.Agent/GetNode',
             serpens_dot_v1_dot_serpens__pb2.GetNodeRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/ReadState',
+            serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
