@@ -101,11 +101,15 @@ class Reconciler:
                 log.warning("%s: %s; campaigning again", self.identity, e)
                 await _sleep_unless(stop, backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
+            except Exception:  # noqa: BLE001 - a bug must not end the control loop for good
+                log.exception("%s: reconciler failed; campaigning again", self.identity)
+                await _sleep_unless(stop, _BACKOFF_MAX)
             finally:
                 if self.leading.is_set():
                     log.info("%s no longer leads", self.identity)
                 self.leading.clear()
-                with contextlib.suppress(StoreError):
+                # etcd away: the lease then lapses by itself within its TTL
+                with contextlib.suppress(StoreError, asyncio.TimeoutError):
                     await asyncio.wait_for(self.election.resign(), 2.0)
         await self.close()
 

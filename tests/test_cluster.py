@@ -255,6 +255,32 @@ def test_state_of_a_running_nf_is_read_and_changes_are_watched(cluster):
         stream.cancel()
 
 
+def test_an_etcd_restart_stops_no_traffic_and_the_control_loop_comes_back(cluster, etcd):
+    controller, agent = cluster
+    controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
+    wait_until(lambda: status(controller.stub, "fw-mon-nat").phase == "Running", 60,
+               controller.output)
+    etcd.kill()
+    out = agent.sfcs()["fw-mon-nat"].out
+    time.sleep(3)  # longer than every lease: the leader's and the agent's
+    assert agent.sfcs()["fw-mon-nat"].out > out  # packets kept leaving
+    e = pytest.raises(grpc.RpcError, controller.stub.Scale,
+                      pb.ScaleRequest(sfc="fw-mon-nat", replicas=2), timeout=15).value
+    assert e.code() == grpc.StatusCode.UNAVAILABLE
+    etcd.start()
+
+    def scaled():
+        try:
+            controller.stub.Scale(pb.ScaleRequest(sfc="fw-mon-nat", replicas=2), timeout=5)
+            return True
+        except grpc.RpcError:
+            return False
+    wait_until(scaled, 20, controller.output)
+    wait_until(lambda: agent.sfcs()["fw-mon-nat"].instances == 2, 30, controller.output)
+    controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
+    wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, controller.output)
+
+
 def test_a_killed_leader_is_replaced_and_traffic_never_stops(cluster, etcd):
     # last in this module: the module's controller does not survive it
     first, agent = cluster
