@@ -1,7 +1,7 @@
 """serpensctl's control-plane commands: apply, get, delete and scale, over the controller's
 gRPC API (proto/serpens/v1/serpens.proto).
 
-    serpensctl --server HOST:PORT apply -f FILE      # kind SFC or kind NF; `---` separates several
+    serpensctl --server HOST:PORT apply -f FILE [--wait]   # kind SFC or NF; `---` separates several
     serpensctl get nfs|sfcs|nodes [NAME] [-o table|json|yaml]
     serpensctl describe nf|sfc|node NAME
     serpensctl state dump SFC NF [--table T] [--limit N] [-o table|json]
@@ -39,6 +39,9 @@ class _UsageError(Exception):
 def register(sub) -> None:
     p = sub.add_parser("apply", help="create or update NFs and SFCs from a YAML/JSON file")
     p.add_argument("-f", "--file", required=True, help="the spec file ('-': stdin)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until every SFC applied runs (or failed), showing progress")
+    p.add_argument("--wait-timeout", type=float, default=120.0)
     p.set_defaults(func=_run(_apply))
     p = sub.add_parser("get", help="show NFs, SFCs or nodes")
     p.add_argument("kind", choices=sorted(_KINDS))
@@ -112,6 +115,7 @@ def _apply(stub, args) -> int:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as e:
         raise _UsageError(f"{args.file}: not valid YAML or JSON: {e}") from None
+    applied = []
     for i, doc in enumerate(docs):
         where = f"{args.file}" + (f" (document {i + 1})" if len(docs) > 1 else "")
         kind = doc.get("kind") if isinstance(doc, dict) else None
@@ -132,9 +136,40 @@ def _apply(stub, args) -> int:
             spec = text if len(docs) == 1 else json.dumps(doc)
             sfc = stub.ApplySFC(pb.ApplySFCRequest(spec=spec), timeout=args.timeout)
             print(f"sfc/{sfc.name} applied (revision {sfc.revision})")
+            applied.append(sfc)
         else:
             raise _UsageError(f"{where}: kind must be NF or SFC, got {kind!r}")
+    if args.wait:
+        return max([_wait_running(stub, sfc, args) for sfc in applied], default=0)
     return 0
+
+
+def _wait_running(stub, sfc, args) -> int:
+    """Until the SFC runs its applied generation (0) or failed (1), a line a second."""
+    import time
+
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    t0 = last = time.monotonic()
+    while True:
+        got = stub.GetSFC(pb.GetSFCRequest(name=sfc.name), timeout=args.timeout)
+        st = got.status
+        if st.phase == "Running" and st.generation >= sfc.generation:
+            print(f"sfc/{sfc.name} running on {st.node} ({st.instances} instances, "
+                  f"{time.monotonic() - t0:.1f} s)")
+            return 0
+        if st.phase == "Failed":
+            print(f"sfc/{sfc.name} failed: {st.message}", file=sys.stderr)
+            return EXIT_FAILED
+        now = time.monotonic()
+        if now - t0 > args.wait_timeout:
+            print(f"sfc/{sfc.name}: still {st.phase} after {args.wait_timeout:g} s "
+                  f"({st.message or 'no message'})", file=sys.stderr)
+            return EXIT_FAILED
+        if now - last >= 1.0:
+            last = now
+            print(f"  sfc/{sfc.name}: {st.phase}{' - ' + st.message if st.message else ''} "
+                  f"({now - t0:.0f} s)", flush=True)
+        time.sleep(0.05)
 
 
 def _get(stub, args) -> int:

@@ -17,7 +17,7 @@ from etcd_fixture import etcd, free_port  # noqa: F401 (etcd: a fixture)
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
-from test_controller_api import BIN, FW_MON_NAT, ROOT, Controller
+from test_controller_api import BIN, FW_MON_NAT, ROOT, Controller, check_health_and_reflection
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,6 +126,10 @@ def test_a_lost_node_s_sfcs_move_to_a_live_node(cluster, etcd, tmp_path):
         assert spare.stop() == 0, spare.output()
 
 
+def test_the_agent_serves_health_and_reflection(cluster):
+    check_health_and_reflection(cluster[1].channel, "serpens.v1.Agent")
+
+
 def status(stub, name):
     return stub.GetSFC(pb.GetSFCRequest(name=name), timeout=5).status
 
@@ -179,6 +183,11 @@ def test_a_spec_the_node_refuses_is_failed_naming_the_field(cluster):
                     30, controller.output)
     assert "spec.output" in st.message and "nowhere" in st.message, st.message
     assert "elsewhere" not in agent.sfcs()
+    waited = subprocess.run([os.path.join(BIN, "serpensctl"), "--server", controller.address,
+                             "apply", "-f", "-", "--wait"], input=bad, capture_output=True,
+                            text=True, timeout=60)
+    assert waited.returncode == 1 and "sfc/elsewhere failed" in waited.stderr
+    assert "spec.output" in waited.stderr
     controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="elsewhere"), timeout=5)
 
 
@@ -186,13 +195,12 @@ def test_dynamic_sfc_with_a_deployed_nf_from_serpensctl_apply(cluster):
     controller, agent = cluster
     ctl = [os.path.join(BIN, "serpensctl"), "--server", controller.address]
     out = subprocess.run([*ctl, "apply", "-f", os.path.join(ROOT, "examples",
-                                                            "dynamic-sfc.yaml")],
+                                                            "dynamic-sfc.yaml"), "--wait"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "nf/suspect deployed" in out.stdout and "sfc/dynamic applied" in out.stdout
-    st = wait_until(lambda: (s := status(controller.stub, "dynamic")).phase != "Pending" and s,
-                    60, controller.output)
-    assert st.phase == "Running", st.message
+    assert "sfc/dynamic running on local" in out.stdout
+    assert status(controller.stub, "dynamic").phase == "Running"
     wait_until(lambda: agent.sfcs()["dynamic"].out > 0, 10, agent.output)
     shown = subprocess.run([*ctl, "status"], capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0 and "dynamic" in shown.stdout and "Running" in shown.stdout

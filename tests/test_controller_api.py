@@ -233,17 +233,22 @@ def test_list_nodes_reads_node_records(stub, etcd):
 
 
 def test_health_serving_and_reflection_lists_service(controller):
-    health = health_pb2_grpc.HealthStub(controller.channel)
-    for service in ("", "serpens.v1.Serpens"):
+    check_health_and_reflection(controller.channel, "serpens.v1.Serpens")
+
+
+def check_health_and_reflection(channel, service_name):
+    """What `grpcurl list` and `grpcurl describe` need: health SERVING, reflection."""
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", service_name):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    reflection = reflection_pb2_grpc.ServerReflectionStub(controller.channel)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
     replies = list(reflection.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
     names = {s.name for s in replies[0].list_services_response.service}
-    assert {"serpens.v1.Serpens", "grpc.health.v1.Health"} <= names
+    assert {service_name, "grpc.health.v1.Health"} <= names
     replies = list(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        file_containing_symbol="serpens.v1.Serpens")]), timeout=5))
+        file_containing_symbol=service_name)]), timeout=5))
     assert replies[0].file_descriptor_response.file_descriptor_proto  # grpcurl can describe it
 
 
