@@ -80,7 +80,9 @@ class Reconciler:
         self.leading = asyncio.Event()      # set while this controller leads
         self.passes = 0
         self._agents: dict[str, tuple[grpc.aio.Channel, pb_grpc.AgentStub]] = {}
-        self._failed: dict[tuple[str, int], str] = {}   # (sfc, generation) -> agent's reason
+        # (sfc, spec text) -> why a node refused it (a deleted and re-applied SFC starts at
+        # generation 1 again, so the text, not the generation, says "the same spec")
+        self._failed: dict[tuple[str, str], str] = {}
 
     # ---- leadership -----------------------------------------------------------------------
 
@@ -175,6 +177,8 @@ class Reconciler:
                 ok &= done
             ok &= await self._write_status(name, status, state)
         ok &= await self._stop_strays(state, placed)
+        for key in [k for k in self._failed if k[0] not in state.sfcs]:
+            del self._failed[key]
         for name, (_, revision) in state.status.items():
             if name not in state.sfcs:  # the SFC was deleted: so goes its status
                 with contextlib.suppress(Conflict):
@@ -261,7 +265,7 @@ class Reconciler:
         running = state.views[node].get(name)
         status = {"phase": "Running", "message": "", "node": node, "generation": generation,
                   "instances": 0}
-        failed = self._failed.get((name, generation))
+        failed = self._failed.get((name, record["spec"]))
         if failed is not None and (running is None or running.generation != generation):
             return dict(status, phase="Failed", message=failed), True
         stub = self._agent(state.addresses[node])
@@ -278,8 +282,8 @@ class Reconciler:
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 log.warning("node %s refused sfc %s: %s", node, name, e.details())
-                self._failed[name, generation] = f"node {node}: {e.details()}"
-                return dict(status, phase="Failed", message=self._failed[name, generation]), True
+                reason = self._failed[name, record["spec"]] = f"node {node}: {e.details()}"
+                return dict(status, phase="Failed", message=reason), True
             return dict(status, phase="Pending",
                         message=f"node {node}: {e.code().name}: {e.details()}"), False
         except _MissingNF as e:
