@@ -28,7 +28,8 @@ import time
 
 import grpc
 
-from serpens.cli.cluster import ROOT, api_healthy, etcd_argv, etcd_healthy, start_detached
+from serpens.cli.cluster import (ROOT, api_healthy, etcd_argv, etcd_healthy, local_node,
+                                 start_detached)
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
@@ -36,19 +37,7 @@ from .common import machine, percentiles
 
 BIN = os.path.join(ROOT, ".venv", "bin")
 FW_MON_NAT = os.path.join(ROOT, "examples", "fw-mon-nat.yaml")
-NODE = f"""
-apiVersion: serpens/v1
-kind: Node
-metadata: {{name: bench}}
-spec:
-  ports:
-    wan: net_pcap_wan,rx_pcap={ROOT}/examples/traffic.pcap,infinite_rx=1
-    lan: net_null_lan,no-rx=1
-  input: [wan]
-  output: lan
-  pool: 3
-  pace: {{wan: 100000}}
-"""
+NODE = local_node("bench", 100000, pool=3)
 PASS_NF = """#include <serpens/nf.h>
 /* Forwards every packet: the chainer labelled it for the default port already. */
 static void process(struct serpens_ctx *c, struct serpens_batch *b) { (void)c; (void)b; }

@@ -35,6 +35,24 @@ class StartError(Exception):
     pass
 
 
+def local_node(name: str, pps: float, pool: int) -> str:
+    """A Node config for this machine (as examples/node-local.yaml): examples/traffic.pcap
+    replayed forever at `pps` packets/s into port wan, a null device as lan."""
+    return f"""
+apiVersion: serpens/v1
+kind: Node
+metadata: {{name: {name}}}
+spec:
+  ports:
+    wan: net_pcap_wan,rx_pcap={EXAMPLES}/traffic.pcap,infinite_rx=1
+    lan: net_null_lan,no-rx=1
+  input: [wan]
+  output: lan
+  pool: {pool}
+  pace: {{wan: {pps:g}}}
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="serpens", description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="/run/serpens/local",

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from etcd_fixture import etcd, free_port  # noqa: F401 (etcd: a fixture)
+from serpens.cli.cluster import local_node
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
@@ -21,20 +22,7 @@ from test_controller_api import BIN, FW_MON_NAT, ROOT, Controller, check_health_
 
 pytestmark = pytest.mark.timeout(120)
 
-NODE = f"""
-apiVersion: serpens/v1
-kind: Node
-metadata: {{name: local}}
-spec:
-  ports:
-    wan: net_pcap_wan,rx_pcap={ROOT}/examples/traffic.pcap,infinite_rx=1
-    lan: net_null_lan,no-rx=1
-  input: [wan]
-  output: lan
-  pool: 2
-  warm_s: 30
-  pace: {{wan: 5000}}
-"""
+NODE = local_node("local", 5000, pool=2)  # slow enough to leave the CPUs to the rest
 
 
 class Agent:
