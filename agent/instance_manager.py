@@ -12,6 +12,7 @@ taken out of the router at its next check.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import select
@@ -80,6 +81,19 @@ class InstanceManager:
                     self.router.rebalance(self.sfc_id, slot)
             while len(self.slots) > n:
                 self._retire(max(self.slots))
+
+    @contextlib.contextmanager
+    def paused(self):
+        """No instance runs inside: those running drain and stop (eventual replicas merge,
+        release shares go back), packets wait in the router's hold queue, and as many
+        instances as before start on leaving (or on the held packets if there were none)."""
+        with self._lock:
+            n = len(self.slots)
+            self.scale(0)
+            try:
+                yield
+            finally:
+                self.scale(n)
 
     # ---- internals ------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from .dataplane import Dataplane, DataplaneConfig
 from .instance_manager import InstanceManager
 from .process_pool import ProcessPool
 from .sfc_builder import build_sfc
+from .state_manager import StateManager
 
 
 def check_references(node: NodeSpec, sfcs: list[SFCSpec]):
@@ -215,6 +216,25 @@ class Node:
         with self._lock:
             self.running[sfc].manager.scale(n)
             self.running[sfc].replicas = n
+
+    def snapshot_state(self, sfc: str, nf: str) -> list[tuple[str, bytes]]:
+        """All tables of NF `nf` of SFC `sfc`, copied while its instances are stopped."""
+        with self._lock:
+            entry = self.running[sfc]
+            with entry.manager.paused():
+                return self.state.read_nf(entry.spec.state_namespace(nf))
+
+    def restore_state(self, sfc: str, nf: str, tables: list[tuple[str, bytes]]):
+        """Make `tables` all the state of NF `nf` of SFC `sfc` (StateError: nothing changed),
+        while its instances are stopped."""
+        with self._lock:
+            entry = self.running[sfc]
+            with entry.manager.paused():
+                self.state.replace_nf(entry.spec.state_namespace(nf), tables)
+
+    @property
+    def state(self) -> StateManager:
+        return StateManager(self.dataplane.config.state_dir)
 
     def stats(self) -> dict:
         """Counters by port and SFC name, with each SFC's running instances."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
+import zlib
 
 import grpc
 
@@ -20,7 +22,7 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
 from .process_pool import PoolError
-from .state_manager import StateManager
+from .state_manager import StateError, StateManager
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ def _handler(method):
                                 f"refused by the NF verifier: {e}")
         except PoolError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"process pool: {e}")
+        except StateError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot: {e}")
         except ValueError as e:  # e.g. more instances than the node's router has slots
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     return wrapper
@@ -79,17 +83,22 @@ class AgentServicer(pb_grpc.AgentServicer):
         await asyncio.to_thread(self.node.scale, request.name, request.replicas)
         return self._sfc(request.name)
 
-    @_handler
-    async def ReadState(self, request, context):
-        entry = self.node.running.get(request.sfc)
+    async def _nf(self, sfc: str, nf: str, context):
+        """The running SFC `sfc` and the spec of its NF `nf`; NOT_FOUND naming the field."""
+        entry = self.node.running.get(sfc)
         if entry is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
-        nf = entry.spec.nfs.get(request.nf)
-        if nf is None:
+                                f"sfc: node {self.node.spec.name} runs no SFC {sfc!r}")
+        spec = entry.spec.nfs.get(nf)
+        if spec is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"nf: SFC {request.sfc} has no NF {request.nf!r} "
+                                f"nf: SFC {sfc} has no NF {nf!r} "
                                 f"(it has {', '.join(sorted(entry.spec.nfs))})")
+        return entry, spec
+
+    @_handler
+    async def ReadState(self, request, context):
+        entry, nf = await self._nf(request.sfc, request.nf, context)
         tables = await asyncio.to_thread(
             read_tables, self.node.dataplane.config.state_dir,
             entry.spec.state_namespace(request.nf), nf.stock, request.table,
@@ -99,6 +108,36 @@ class AgentServicer(pb_grpc.AgentServicer):
                                 f"table: NF {request.nf} of {request.sfc} has no table "
                                 f"{request.table!r} (yet)")
         return pb.ReadStateResponse(node=self.node.spec.name, tables=tables)
+
+    @_handler
+    async def SnapshotState(self, request, context):
+        await self._nf(request.sfc, request.nf, context)
+        tables = await asyncio.to_thread(self.node.snapshot_state, request.sfc, request.nf)
+        log.info("snapshot of %s/%s: %d tables", request.sfc, request.nf, len(tables))
+        return pb.StateSnapshot(
+            sfc=request.sfc, nf=request.nf, node=self.node.spec.name,
+            taken_unix_ms=int(time.time() * 1000),
+            tables=[pb.TableImage(name=name, size=len(data), zdata=zlib.compress(data, 1))
+                    for name, data in tables])
+
+    @_handler
+    async def RestoreState(self, request, context):
+        await self._nf(request.sfc, request.nf, context)
+        tables = []
+        for image in request.snapshot.tables:
+            try:
+                data = zlib.decompress(image.zdata)
+            except zlib.error as e:
+                raise StateError(f"table {image.name}: {e}") from None
+            if len(data) != image.size:
+                raise StateError(f"table {image.name}: {len(data)} bytes, "
+                                 f"the snapshot says {image.size}")
+            tables.append((image.name, data))
+        await asyncio.to_thread(self.node.restore_state, request.sfc, request.nf, tables)
+        log.info("restored %s/%s from a snapshot of %s/%s on %s: %d tables", request.sfc,
+                 request.nf, request.snapshot.sfc, request.snapshot.nf, request.snapshot.node,
+                 len(tables))
+        return pb.RestoreStateResponse(node=self.node.spec.name, tables=len(tables))
 
     @_handler
     async def GetNode(self, request, context):

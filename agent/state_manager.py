@@ -9,6 +9,7 @@ new entries of flows being updated.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import struct
@@ -17,6 +18,7 @@ from serpens.runtime_cy import _dataplane as dp
 
 TABLE_SUFFIX = ".tbl"
 TABLE_MAGIC = 0x3142415453505253  # "SRPSTAB1", state_table.h
+_HDR_FILE_SIZE = 48  # offset of serpens_table_hdr.file_size
 
 
 class StateError(RuntimeError):
@@ -34,7 +36,7 @@ class StateManager:
             return out
         for nf in sorted(os.listdir(self.state_dir)):
             folder = os.path.join(self.state_dir, nf)
-            if os.path.isdir(folder):
+            if os.path.isdir(folder) and not nf.startswith("."):  # ".restore-*": staging
                 out += [(nf, f[:-len(TABLE_SUFFIX)]) for f in sorted(os.listdir(folder))
                         if f.endswith(TABLE_SUFFIX)]
         return out
@@ -54,22 +56,58 @@ class StateManager:
         return os.path.getsize(dest)
 
     def restore(self, src: str, nf: str, table: str):
-        """Install a snapshot as table `table` of `nf`, replacing any table of that name.
+        """Install a snapshot file as table `table` of `nf`, replacing any table of that name.
         Instances started afterwards see it; stop running ones first."""
         with open(src, "rb") as f:
-            head = f.read(8)
-        if len(head) < 8 or struct.unpack("<Q", head)[0] != TABLE_MAGIC:
-            raise StateError(f"{src} is not a Serpens state table snapshot")
-        folder = os.path.join(self.state_dir, nf)
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        staging = f".restore-{table}"
-        shutil.copyfile(src, self.path(nf, staging))
+            data = f.read()
         try:
-            dp.StateTable(self.state_dir, nf, staging).close()  # checks the header and layout
-        except OSError as e:
-            os.unlink(self.path(nf, staging))
-            raise StateError(f"{src}: {e.strerror}") from None
-        os.replace(self.path(nf, staging), self.path(nf, table))
+            self._install(nf, [(table, data)], replace_all=False)
+        except StateError as e:
+            raise StateError(f"{src}: {e}") from None
+
+    def read_nf(self, nf: str) -> list[tuple[str, bytes]]:
+        """[(table, file contents)] of every table of `nf`, its instances' replicas included
+        (unmerged counts, release shares): all of the NF's state. Wants it quiescent."""
+        out = []
+        for owner, table in self.tables():
+            if owner == nf:
+                with open(self.path(nf, table), "rb") as f:
+                    out.append((table, f.read()))
+        return out
+
+    def replace_nf(self, nf: str, tables: list[tuple[str, bytes]]):
+        """Make `tables` ([(table, file contents)] as read_nf() gives) all the state of `nf`.
+        Wants the NF quiescent."""
+        self._install(nf, tables, replace_all=True)
+
+    def _install(self, nf: str, tables: list[tuple[str, bytes]], replace_all: bool):
+        """Write and check every table aside first, so a bad one raises StateError and
+        changes nothing; then move them in (after dropping the NF's others if replace_all)."""
+        staging = f".restore-{nf}-{os.getpid()}"
+        folder = os.path.join(self.state_dir, staging)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder, mode=0o700)
+        try:
+            for table, data in tables:
+                if not table or "/" in table or table.startswith("."):
+                    raise StateError(f"bad table name {table!r}")
+                if len(data) < 8 or struct.unpack_from("<Q", data)[0] != TABLE_MAGIC:
+                    raise StateError(f"table {table}: not a Serpens state table snapshot")
+                if len(data) < _HDR_FILE_SIZE + 8 or \
+                        len(data) < struct.unpack_from("<Q", data, _HDR_FILE_SIZE)[0]:
+                    raise StateError(f"table {table}: cut short ({len(data)} bytes)")
+                _write_file(self.path(staging, table), data)
+                try:
+                    dp.StateTable(self.state_dir, staging, table).close()  # header and layout
+                except OSError as e:
+                    raise StateError(f"table {table}: {e.strerror}") from None
+            if replace_all:
+                self.drop(nf)
+            os.makedirs(os.path.join(self.state_dir, nf), mode=0o700, exist_ok=True)
+            for table, _ in tables:
+                os.replace(self.path(staging, table), self.path(nf, table))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def drop(self, nf: str, table: str | None = None):
         """Delete a table (or all tables of an NF): its state is gone for good."""
@@ -80,3 +118,17 @@ class StateManager:
                 os.unlink(self.path(nf, table))
             except FileNotFoundError:
                 pass
+
+
+def _write_file(path: str, data: bytes):
+    """Write through a shared mapping: hugetlbfs has no write(); its files are sized in
+    whole huge pages (a state table may be longer than its layout needs)."""
+    block = os.statvfs(os.path.dirname(path)).f_bsize
+    size = max(block, -(-len(data) // block) * block)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as m:
+            m[:len(data)] = data
+    finally:
+        os.close(fd)

@@ -5,6 +5,8 @@ gRPC API (proto/serpens/v1/serpens.proto).
     serpensctl get nfs|sfcs|nodes [NAME] [-o table|json|yaml]
     serpensctl describe nf|sfc|node NAME
     serpensctl state dump SFC NF [--table T] [--limit N] [-o table|json]
+    serpensctl state snapshot SFC NF -f FILE    # a consistent copy of all the NF's tables
+    serpensctl state restore SFC NF -f FILE     # make a snapshot the NF's state
     serpensctl watch [-o table|json]
     serpensctl delete nf|sfc NAME
     serpensctl scale SFC --replicas N [--min N] [--max N]
@@ -53,9 +55,10 @@ def register(sub) -> None:
     p.add_argument("name")
     p.set_defaults(func=_run(_describe))
     p = sub.add_parser("state", help="NF state on the node that runs an SFC")
-    p.add_argument("action", choices=("dump",))
+    p.add_argument("action", choices=("dump", "snapshot", "restore"))
     p.add_argument("sfc")
     p.add_argument("nf", help="the NF's name in the SFC spec")
+    p.add_argument("-f", "--file", help="snapshot: file written; restore: file read")
     p.add_argument("--table", default="", help="one table (default: all of the NF's)")
     p.add_argument("--limit", type=int, default=1000, help="entries per table")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -81,7 +84,8 @@ def _run(command):
         import grpc
 
         from serpens.proto.serpens.v1 import serpens_pb2_grpc
-        with grpc.insecure_channel(args.server) as channel:
+        from serpens.common.rpc import MESSAGE_OPTIONS
+        with grpc.insecure_channel(args.server, options=MESSAGE_OPTIONS) as channel:
             stub = serpens_pb2_grpc.SerpensStub(channel)
             try:
                 return command(stub, args)
@@ -263,6 +267,8 @@ def _describe(stub, args) -> int:
 
 
 def _state(stub, args) -> int:
+    if args.action != "dump":
+        return _snapshot_or_restore(stub, args)
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     if args.limit < 1:
         raise _UsageError(f"--limit: at least 1, got {args.limit}")
@@ -287,6 +293,37 @@ def _state(stub, args) -> int:
                 print(f"  {e.key.hex()} = {e.value.hex()}")
     if not reply.tables:
         print(f"{args.sfc}.{args.nf}: no state tables on {reply.node}")
+    return 0
+
+
+def _snapshot_or_restore(stub, args) -> int:
+    """A snapshot file is the serialized serpens.v1.StateSnapshot."""
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    if not args.file:
+        raise _UsageError(f"state {args.action}: -f FILE is required")
+    if args.action == "snapshot":
+        snap = stub.SnapshotState(pb.SnapshotStateRequest(sfc=args.sfc, nf=args.nf),
+                                  timeout=max(args.timeout, 120))
+        data = snap.SerializeToString()
+        try:
+            with open(args.file, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise _UsageError(f"{args.file}: {e.strerror}") from None
+        print(f"{args.sfc}.{args.nf} on {snap.node}: {len(snap.tables)} tables, "
+              f"{sum(t.size for t in snap.tables)} bytes ({len(data)} in {args.file})")
+        return 0
+    try:
+        with open(args.file, "rb") as f:
+            snap = pb.StateSnapshot.FromString(f.read())
+    except OSError as e:
+        raise _UsageError(f"{args.file}: {e.strerror}") from None
+    except Exception as e:  # protobuf's DecodeError
+        raise _UsageError(f"{args.file}: not a state snapshot ({e})") from None
+    reply = stub.RestoreState(pb.RestoreStateRequest(sfc=args.sfc, nf=args.nf, snapshot=snap),
+                              timeout=max(args.timeout, 120))
+    print(f"{args.sfc}.{args.nf} on {reply.node}: {reply.tables} tables restored from "
+          f"{snap.sfc}.{snap.nf} of {snap.node}")
     return 0
 
 

@@ -11,6 +11,11 @@ from grpc_reflection.v1alpha import reflection
 
 from serpens.proto.serpens.v1 import serpens_pb2
 
+# State snapshots carry whole tables (zlib-compressed); gRPC's default 4 MiB is too little.
+MAX_MESSAGE = 256 << 20
+MESSAGE_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE)]
+
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -22,7 +27,7 @@ def service_name(short: str) -> str:
 async def create_server(listen: str, services: list) -> tuple[grpc.aio.Server, int]:
     """A not yet started server; `services` are (add_XServicer_to_server, servicer, name).
     Returns it and the port bound (OSError if `listen` cannot be bound)."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=MESSAGE_OPTIONS)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [name for _, _, name in services]
@@ -44,4 +49,4 @@ def channel(address: str) -> grpc.aio.Channel:
     """A channel that fails fast when the peer is down (callers give deadlines and retry)."""
     return grpc.aio.insecure_channel(address, options=[
         ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
-        ("grpc.enable_retries", 0)])
+        ("grpc.enable_retries", 0), *MESSAGE_OPTIONS])

@@ -298,16 +298,28 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     @_handler
     async def ReadState(self, request, context):
-        await self._read(self.sfcs_prefix, request.sfc, "SFC")
-        status = await self._read(self.status_prefix, request.sfc, None)
+        return await self._on_node(request.sfc, "ReadState", request, timeout=30)
+
+    @_handler
+    async def SnapshotState(self, request, context):
+        return await self._on_node(request.sfc, "SnapshotState", request, timeout=120)
+
+    @_handler
+    async def RestoreState(self, request, context):
+        return await self._on_node(request.sfc, "RestoreState", request, timeout=120)
+
+    async def _on_node(self, sfc: str, method: str, request, timeout: float):
+        """Agent.`method`(request) on the node running SFC `sfc`: FAILED_PRECONDITION if it
+        runs nowhere now, the agent's NOT_FOUND/INVALID_ARGUMENT, else UNAVAILABLE."""
+        await self._read(self.sfcs_prefix, sfc, "SFC")
+        status = await self._read(self.status_prefix, sfc, None)
         node = json.loads(status.value).get("node") if status else ""
         record = await self._read(self.nodes_prefix, node, None) if node else None
         if record is None or json.loads(status.value).get("phase") != "Running":
-            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                         f"sfc: {request.sfc} runs on no node now")
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"sfc: {sfc} runs on no node now")
         address = json.loads(record.value)["address"]
         try:
-            return await self._agent(address).ReadState(request, timeout=30)
+            return await getattr(self._agent(address), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code() if e.code() in (grpc.StatusCode.NOT_FOUND,
                                             grpc.StatusCode.INVALID_ARGUMENT) \

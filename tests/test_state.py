@@ -115,6 +115,38 @@ def test_snapshot_and_restore(state_dir, tmp_path):
     assert other.open("nat", "map").get(b"key1") == b"val1"  # a bad restore changes nothing
 
 
+@pytest.mark.parametrize("fs", ["/dev/shm", "/dev/hugepages"])
+def test_all_of_an_nf_s_tables_are_read_and_replaced_whole(fs, tmp_path):
+    if not os.path.ismount(fs):
+        pytest.skip(f"{fs} is not mounted")
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="serpens-test-", dir=fs) as state_dir:
+        sm = StateManager(state_dir)
+        flows = dp.StateTable(state_dir, "mon", "flows", PF, 4, 8, 64)
+        flows.put(b"key1", b"8 bytes!")
+        replica = dp.StateTable(state_dir, "mon", "hosts@r1", PF, 4, 8, 64)
+        replica.put(b"host", b"unmerged")
+        dp.StateTable(state_dir, "nat", "map", PF, 4, 4, 64).put(b"nat1", b"kept")
+        snap = sm.read_nf("mon")
+        assert [name for name, _ in snap] == ["flows", "hosts@r1"]
+        flows.put(b"key1", b"changed!")
+        dp.StateTable(state_dir, "mon", "later", PF, 4, 4, 64).close()
+        sm.replace_nf("mon", snap)
+        assert sorted(t for nf, t in sm.tables() if nf == "mon") == ["flows", "hosts@r1"]
+        assert sm.open("mon", "flows").get(b"key1") == b"8 bytes!"
+        assert sm.open("mon", "hosts@r1").get(b"host") == b"unmerged"
+        assert sm.open("nat", "map").get(b"nat1") == b"kept"  # other NFs untouched
+        for bad, why in ((("flows", b"junk" * 100), "not a Serpens state table"),
+                         (("../x", snap[0][1]), "bad table name"),
+                         (("flows", snap[0][1][:4096]), "flows")):  # cut short
+            with pytest.raises(StateError, match=why):
+                sm.replace_nf("mon", [snap[1], bad])
+            assert sm.open("mon", "flows").get(b"key1") == b"8 bytes!"  # nothing changed
+        assert sorted(t for nf, t in sm.tables() if nf == "mon") == ["flows", "hosts@r1"]
+        flows.close()
+        replica.close()
+
+
 def udp(sport):
     return bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=53) / b"x")
 

@@ -57,6 +57,56 @@ class ReadStateResponse(_message.Message):
     tables: _containers.RepeatedCompositeFieldContainer[StateTable]
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[StateTable, _Mapping]]] = ...) -> None: ...
 
+class SnapshotStateRequest(_message.Message):
+    __slots__ = ("sfc", "nf")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    nf: str
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ...) -> None: ...
+
+class TableImage(_message.Message):
+    __slots__ = ("name", "size", "zdata")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ZDATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    zdata: bytes
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., zdata: _Optional[bytes] = ...) -> None: ...
+
+class StateSnapshot(_message.Message):
+    __slots__ = ("sfc", "nf", "node", "taken_unix_ms", "tables")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    nf: str
+    node: str
+    taken_unix_ms: int
+    tables: _containers.RepeatedCompositeFieldContainer[TableImage]
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., node: _Optional[str] = ..., taken_unix_ms: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableImage, _Mapping]]] = ...) -> None: ...
+
+class RestoreStateRequest(_message.Message):
+    __slots__ = ("sfc", "nf", "snapshot")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    nf: str
+    snapshot: StateSnapshot
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., snapshot: _Optional[_Union[StateSnapshot, _Mapping]] = ...) -> None: ...
+
+class RestoreStateResponse(_message.Message):
+    __slots__ = ("node", "tables")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    tables: int
+    def __init__(self, node: _Optional[str] = ..., tables: _Optional[int] = ...) -> None: ...
+
 class WatchRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -89,6 +89,16 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
                 _registered_method=True)
+        self.SnapshotState = channel.unary_unary(
+                '/serpens.v1.Serpens/SnapshotState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.StateSnapshot.FromString,
+                _registered_method=True)
+        self.RestoreState = channel.unary_unary(
+                '/serpens.v1.Serpens/RestoreState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/serpens.v1.Serpens/Watch',
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.WatchRequest.SerializeToString,
@@ -174,6 +184,23 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotState(self, request, context):
+        """A consistent copy of every table of an NF of a running SFC: its instances stop (eventual
+        replicas merge, release shares go back) while the tables are copied, and packets wait in
+        the router meanwhile. For persistence and for moving an NF's state to another node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreState(self, request, context):
+        """Replace an NF's tables by a snapshot's (of this NF or another of the same code), the same
+        way: its instances stop while the tables change, and the next ones see the restored state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """Every change to NFs, SFCs, their status and nodes from now on, as it happens.
         """
@@ -238,6 +265,16 @@ def add_SerpensServicer_to_server(servicer, server):
                     servicer.ReadState,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.SerializeToString,
+            ),
+            'SnapshotState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.StateSnapshot.SerializeToString,
+            ),
+            'RestoreState': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -553,6 +590,60 @@ class Serpens:
             _registered_method=True)
 
     @staticmethod
+    def SnapshotState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/SnapshotState',
+            serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.StateSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/RestoreState',
+            serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Watch(request,
             target,
             options=(),
@@ -619,6 +710,16 @@ class AgentStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
                 _registered_method=True)
+        self.SnapshotState = channel.unary_unary(
+                '/serpens.v1.Agent/SnapshotState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.StateSnapshot.FromString,
+                _registered_method=True)
+        self.RestoreState = channel.unary_unary(
+                '/serpens.v1.Agent/RestoreState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -662,6 +763,19 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotState(self, request, context):
+        """As Serpens.SnapshotState and Serpens.RestoreState, on this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -689,6 +803,16 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ReadState,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.SerializeToString,
+            ),
+            'SnapshotState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.StateSnapshot.SerializeToString,
+            ),
+            'RestoreState': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -831,6 +955,60 @@ class Agent:
             '/serpens.v1.Agent/ReadState',
             serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/SnapshotState',
+            serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.StateSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/RestoreState',
+            serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
