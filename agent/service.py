@@ -61,6 +61,13 @@ class AgentServicer(pb_grpc.AgentServicer):
     @_handler
     async def RunSFC(self, request, context):
         spec = parse_sfc(request.spec, allow_source=False)
+        running = self.node.running.get(spec.name)
+        if running is not None and request.generation < running.generation:
+            # a deposed leader's late call: the node already runs a newer spec
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"generation: node {self.node.spec.name} runs {spec.name} "
+                                f"generation {running.generation}, newer than "
+                                f"{request.generation}")
         await asyncio.to_thread(self.node.apply_sfc, spec, dict(request.nf_sources),
                                 request.replicas or None, request.generation)
         log.info("running sfc %s generation %d", spec.name, request.generation)

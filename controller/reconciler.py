@@ -19,8 +19,9 @@ anyway (agents' counters move without etcd events). A pass is idempotent:
   C source of the deployed NFs it names) and the desired replicas (ScaleSFC); SFCs a node
   runs that are deleted or placed elsewhere are stopped (StopSFC).
 * Autoscaling: an SFC whose spec sets `scale.target_pps` gets replicas = its reported input
-  rate / target_pps (rounded up, within [min, max]), written to its record like a Scale call:
-  scale-out at once, scale-in only 10 s after the last change and with 20% room to spare.
+  rate / target_pps (rounded up, within [min, max], and no more than the node's pool
+  processes the other SFCs there leave), written to its record like a Scale call: scale-out
+  at once, scale-in only 10 s after the last change and with 20% room to spare.
 * The outcome goes to `status/<name>` (phase Pending, Running or Failed, node, generation,
   instances), written only when it changed. An agent refusing a spec (INVALID_ARGUMENT: the
   field or the compiler's text) marks it Failed until the spec changes; an agent that does
@@ -67,6 +68,7 @@ class _Pass:
     views: dict          # node name -> {sfc name: pb.AgentSFC} (live nodes that answered)
     addresses: dict      # node name -> agent address
     loads: dict          # node name -> {sfc name: {"in_pps", "out_pps", "instances"}}
+    pools: dict          # node name -> pool processes (instances it can run at once)
 
 
 class Reconciler:
@@ -194,6 +196,8 @@ class Reconciler:
         addresses = {name: a for name, a in addresses.items() if a}  # not an agent's record
         loads = {key[len(self.nodes_prefix):]: json.loads(it.value).get("load", {}).get("sfcs", {})
                  for key, it in nodes.items()}
+        pools = {key[len(self.nodes_prefix):]: json.loads(it.value).get("pool", 0)
+                 for key, it in nodes.items()}
         names = sorted(addresses)
         replies = await asyncio.gather(*(self._get_node(addresses[n]) for n in names),
                                        return_exceptions=True)
@@ -209,7 +213,7 @@ class Reconciler:
         return _Pass(
             sfcs={k[len(self.sfcs_prefix):]: json.loads(v.value) for k, v in sfcs.items()},
             revisions={k[len(self.sfcs_prefix):]: v.mod_revision for k, v in sfcs.items()},
-            loads=loads,
+            loads=loads, pools=pools,
             status={k[len(self.status_prefix):]: (json.loads(v.value), v.mod_revision)
                     for k, v in status.items()},
             views=views, addresses=addresses)
@@ -225,6 +229,11 @@ class Reconciler:
             return True
         in_pps, replicas = load["in_pps"], scale["replicas"]
         want = min(max(math.ceil(in_pps / target), scale["min"]), scale["max"])
+        free = self._free_processes(node, name, state)
+        if free is not None and want > max(free, replicas, scale["min"]):
+            log.info("autoscaling sfc %s: %d replicas wanted, node %s has pool processes "
+                     "for %d", name, want, node, max(free, replicas, scale["min"]))
+            want = max(free, replicas, scale["min"])
         if want < replicas:
             recent = time.time() - scale.get("changed_at", 0) < _SCALE_IN_AFTER_S
             if recent or in_pps > _SCALE_IN_SLACK * target * want:
@@ -241,6 +250,15 @@ class Reconciler:
             record["scale"] = scale  # changed meanwhile (an apply, a Scale): next pass
             return False
         return True
+
+    @staticmethod
+    def _free_processes(node: str, name: str, state: _Pass) -> int | None:
+        """Pool processes of `node` the other SFCs there leave to `name` (None: unknown)."""
+        pool, view = state.pools.get(node), state.views.get(node)
+        if not pool or view is None:
+            return None
+        return max(0, pool - sum(max(s.replicas, s.instances) for other, s in view.items()
+                                 if other != name))
 
     def _place(self, name: str, state: _Pass, placed: dict) -> str | None:
         """Where `name` was placed if that node lives, else a node that runs it, else the

@@ -676,7 +676,8 @@ class AgentStub:
     runs what it is told and reports what it runs; it never reads desired state itself.
     Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
     verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
-    SFC on the node), UNAVAILABLE (no pool process free: try again).
+    SFC on the node), FAILED_PRECONDITION (RunSFC of an older generation than the node runs:
+    a deposed leader's late call), UNAVAILABLE (no pool process free: try again).
     """
 
     def __init__(self, channel):
@@ -727,7 +728,8 @@ class AgentServicer:
     runs what it is told and reports what it runs; it never reads desired state itself.
     Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
     verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
-    SFC on the node), UNAVAILABLE (no pool process free: try again).
+    SFC on the node), FAILED_PRECONDITION (RunSFC of an older generation than the node runs:
+    a deposed leader's late call), UNAVAILABLE (no pool process free: try again).
     """
 
     def RunSFC(self, request, context):
@@ -827,7 +829,8 @@ class Agent:
     runs what it is told and reports what it runs; it never reads desired state itself.
     Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
     verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
-    SFC on the node), UNAVAILABLE (no pool process free: try again).
+    SFC on the node), FAILED_PRECONDITION (RunSFC of an older generation than the node runs:
+    a deposed leader's late call), UNAVAILABLE (no pool process free: try again).
     """
 
     @staticmethod
