@@ -36,6 +36,17 @@ def test_put_get_delete(state_dir):
     assert e.value.errno == errno.ENOENT
 
 
+@pytest.mark.parametrize("key_size", [4, 12, 13, 20, 40])
+def test_keys_that_differ_only_in_their_last_byte_are_distinct(state_dir, key_size):
+    t = dp.StateTable(state_dir, "nf", f"k{key_size}", PF, key_size, 8, 600)
+    keys = [bytes(key_size - 1) + bytes([b]) for b in range(256)] + \
+        [bytes([b]) + bytes(key_size - 1) for b in range(1, 256)]
+    for n, key in enumerate(keys):
+        t.put(key, struct.pack("<Q", n))
+    assert [t.get(key) for key in keys] == [struct.pack("<Q", n) for n in range(len(keys))]
+    t.close()
+
+
 def test_full_table_refuses_and_keeps_entries(state_dir):
     t = dp.StateTable(state_dir, "nf", "small", PF, 4, 4, 10)
     for i in range(10):

@@ -236,6 +236,14 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 
 	b.n = n;
 	b.now_ns = serpens_now_ns();
+	/* The router's core wrote these mbufs: fetch all headers, then all frames, together
+	 * rather than one cross-core miss after another. */
+	for (uint32_t i = 0; i < n; i++)
+		rte_prefetch0(ctl->inflight[i]);
+	for (uint32_t i = 0; i < n; i++) {
+		struct rte_mbuf *m = ctl->inflight[i];
+		rte_prefetch0(rte_pktmbuf_mtod(m, void *));
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i];
 		b.pkt[i] = m;
