@@ -27,6 +27,11 @@ from .sfc_builder import build_sfc
 from .state_manager import StateManager
 
 
+class SFCConflict(SpecError):
+    """The SFC fits the node, but not beside another SFC it runs (a second default, a tag
+    taken): another node, or the same one later, may take it."""
+
+
 def check_references(node: NodeSpec, sfcs: list[SFCSpec]):
     """The SFCs fit the node: known ports, an output for each, distinct tags, one default."""
     names, tags, defaults = set(), {}, []
@@ -45,12 +50,12 @@ def check_references(node: NodeSpec, sfcs: list[SFCSpec]):
                                 f"not an input port of node {node.name}: {rule['port']!r}")
         if spec.tag is not None:
             if spec.tag in tags:
-                raise SpecError(f"{where}.tag", f"SFC {tags[spec.tag]} has tag {spec.tag}")
+                raise SFCConflict(f"{where}.tag", f"SFC {tags[spec.tag]} has tag {spec.tag}")
             tags[spec.tag] = spec.name
         if not spec.match and spec.tag is None:
             defaults.append(spec.name)
     if len(defaults) > 1:
-        raise SpecError(f"sfc {defaults[1]}: spec.match",
+        raise SFCConflict(f"sfc {defaults[-1]}: spec.match",
                         f"only one SFC may take unmatched packets, and {defaults[0]} does")
 
 

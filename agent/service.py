@@ -21,6 +21,7 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
+from .node import SFCConflict
 from .process_pool import PoolError
 from .state_manager import StateError, StateManager
 
@@ -32,6 +33,8 @@ def _handler(method):
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
             return await method(self, request, context)
+        except SFCConflict as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except SpecError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except NFBuildError as e:
@@ -64,7 +67,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         running = self.node.running.get(spec.name)
         if running is not None and request.generation < running.generation:
             # a deposed leader's late call: the node already runs a newer spec
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+            await context.abort(grpc.StatusCode.ABORTED,
                                 f"generation: node {self.node.spec.name} runs {spec.name} "
                                 f"generation {running.generation}, newer than "
                                 f"{request.generation}")

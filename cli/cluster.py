@@ -35,9 +35,10 @@ class StartError(Exception):
     pass
 
 
-def local_node(name: str, pps: float, pool: int) -> str:
+def local_node(name: str, pps: float, pool: int, state_dir: str = "") -> str:
     """A Node config for this machine (as examples/node-local.yaml): examples/traffic.pcap
-    replayed forever at `pps` packets/s into port wan, a null device as lan."""
+    replayed forever at `pps` packets/s into port wan, a null device as lan; `state_dir`
+    (default the node spec's) keeps several nodes on one machine apart."""
     return f"""
 apiVersion: serpens/v1
 kind: Node
@@ -50,7 +51,7 @@ spec:
   output: lan
   pool: {pool}
   pace: {{wan: {pps:g}}}
-"""
+""" + (f"  state_dir: {state_dir}\n" if state_dir else "")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,9 @@ anyway (agents' counters move without etcd events). A pass is idempotent:
 * Observed state: the registered nodes (`nodes/<name>`, leased by their agents) and what each
   node's agent says it runs (Agent.GetNode).
 * Each SFC stays on the node that runs it; an SFC without a live node goes to the node
-  running the fewest SFCs. The agent is told to run the spec's generation (RunSFC, with the
+  running the fewest SFCs. A node that cannot run it beside its other SFCs (a second SFC
+  taking unmatched packets, a taken tag: FAILED_PRECONDITION) is skipped for the next; if
+  none can, it stays Pending (and an older generation keeps running where it runs). The agent is told to run the spec's generation (RunSFC, with the
   C source of the deployed NFs it names) and the desired replicas (ScaleSFC); SFCs a node
   runs that are deleted or placed elsewhere are stopped (StopSFC).
 * Autoscaling: an SFC whose spec sets `scale.target_pps` gets replicas = its reported input
@@ -169,14 +171,21 @@ class Reconciler:
         placed: dict[str, str] = {}   # sfc -> node, as decided in this pass
         for name, record in sorted(state.sfcs.items()):
             ok &= await self._autoscale(name, record, state)
+            refused: dict[str, str] = {}  # node -> why it cannot run it beside its SFCs
             node = self._place(name, state, placed)
+            while node is not None:
+                try:
+                    status, done = await self._converge(name, record, node, state)
+                    break
+                except _Refused as e:
+                    refused[node] = str(e)
+                    node = self._place(name, state, placed, exclude=refused)
             if node is None:
-                status = {"phase": "Pending", "message": "no node is registered", "node": "",
-                          "generation": 0, "instances": 0}
-            else:
+                status, done = self._unplaced(name, refused, state)
+                node = status["node"] or None  # an older generation still running stays
+            if node is not None:
                 placed[name] = node
-                status, done = await self._converge(name, record, node, state)
-                ok &= done
+            ok &= done
             ok &= await self._write_status(name, status, state)
         ok &= await self._stop_strays(state, placed)
         for key in [k for k in self._failed if k[0] not in state.sfcs]:
@@ -260,22 +269,34 @@ class Reconciler:
         return max(0, pool - sum(max(s.replicas, s.instances) for other, s in view.items()
                                  if other != name))
 
-    def _place(self, name: str, state: _Pass, placed: dict) -> str | None:
+    def _place(self, name: str, state: _Pass, placed: dict, exclude=()) -> str | None:
         """Where `name` was placed if that node lives, else a node that runs it, else the
-        live node running the fewest SFCs."""
+        live node running the fewest SFCs; never a node in `exclude`."""
+        live = {node: view for node, view in state.views.items() if node not in exclude}
         current = state.status.get(name, ({}, 0))[0].get("node")
-        if current in state.views:
+        if current in live:
             return current
-        for node, view in sorted(state.views.items()):
+        for node, view in sorted(live.items()):
             if name in view:
                 return node
-        if not state.views:
+        if not live:
             return None
 
         def load(node):
-            others = set(state.views[node]) | {s for s, n in placed.items() if n == node}
+            others = set(live[node]) | {s for s, n in placed.items() if n == node}
             return len(others - {name}), node
-        return min(state.views, key=load)
+        return min(live, key=load)
+
+    @staticmethod
+    def _unplaced(name: str, refused: dict, state: _Pass) -> tuple[dict, bool]:
+        """(status, done) of an SFC no node takes now: Pending, kept where an older
+        generation of it runs (if anywhere), retried."""
+        keep = next((node for node, view in sorted(state.views.items()) if name in view), "")
+        message = "no node is registered" if not state.views else \
+            "no node can run it beside the SFCs it runs: " + \
+            "; ".join(f"{node}: {why}" for node, why in sorted(refused.items()))
+        return {"phase": "Pending", "message": message, "node": keep, "generation": 0,
+                "instances": 0}, False
 
     async def _converge(self, name: str, record: dict, node: str, state: _Pass):
         """Bring `node` to the record; (status, done)."""
@@ -298,6 +319,9 @@ class Reconciler:
                 running = await stub.ScaleSFC(pb.ScaleSFCRequest(name=name, replicas=replicas),
                                               timeout=_CALL_TIMEOUT)
         except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                log.info("node %s cannot run sfc %s now: %s", node, name, e.details())
+                raise _Refused(e.details()) from None
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 log.warning("node %s refused sfc %s: %s", node, name, e.details())
                 reason = self._failed[name, record["spec"]] = f"node {node}: {e.details()}"
@@ -356,6 +380,10 @@ class Reconciler:
 
 class _MissingNF(Exception):
     pass
+
+
+class _Refused(Exception):
+    """The node cannot run the SFC beside those it runs (a second default, a taken tag)."""
 
 
 async def _until(coro, stop: asyncio.Event) -> bool:

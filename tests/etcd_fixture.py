@@ -29,7 +29,8 @@ def free_port() -> int:
 
 
 class EtcdServer:
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.base_dir = tempfile.mkdtemp(prefix="serpens-etcd-", dir="/tmp")
         self.data_dir = os.path.join(self.base_dir, "data")
         self.log_path = os.path.join(self.base_dir, "etcd.log")
@@ -38,10 +39,10 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     def start(self, ready_within: float = 10.0) -> EtcdServer:
-        client, peer = f"http://{self.endpoint}", f"http://127.0.0.1:{self.peer_port}"
+        client, peer = f"http://{self.endpoint}", f"http://{self.host}:{self.peer_port}"
         # Short raft timers: a one-member cluster elects itself in ~0.1 s instead of ~1 s.
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -80,10 +81,11 @@ class EtcdServer:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
-def start_etcd(attempts: int = 3) -> EtcdServer:
-    """A started server; picks new ports if another process grabbed ours meanwhile."""
+def start_etcd(attempts: int = 3, host: str = "127.0.0.1") -> EtcdServer:
+    """A started server on `host`; picks new ports if another process grabbed ours
+    meanwhile."""
     for attempt in range(attempts):
-        server = EtcdServer()
+        server = EtcdServer(host)
         try:
             return server.start()
         except RuntimeError:

@@ -29,10 +29,12 @@ NODE = local_node("local", 5000, pool=2)  # slow enough to leave the CPUs to the
 class Agent:
     """`serpens-agent` in a subprocess; ready once its Agent service answers."""
 
-    def __init__(self, etcd_endpoint, node_path):
-        self.address = f"127.0.0.1:{free_port()}"
+    def __init__(self, etcd_endpoint, node_path, host="127.0.0.1", netns=""):
+        """`netns`: run it in that network namespace, serving on `host` there."""
+        self.address = f"{host}:{free_port()}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
+            (["ip", "netns", "exec", netns] if netns else []) +
             [os.path.join(BIN, "serpens-agent"), "--node", node_path, "--etcd", etcd_endpoint,
              "--listen", self.address, "--report-s", "0.2", "--ttl", "2"],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
@@ -147,7 +149,7 @@ def test_applied_sfc_runs_on_the_node_scales_and_goes(cluster):
     # a deposed leader's late call with the older spec changes nothing
     e = pytest.raises(grpc.RpcError, agent.stub.RunSFC, pb.RunSFCRequest(
         spec=FW_MON_NAT, generation=1), timeout=30).value
-    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "generation 2" in e.details()
+    assert e.code() == grpc.StatusCode.ABORTED and "generation 2" in e.details()
     assert agent.sfcs()["fw-mon-nat"].generation == 2
 
     stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)

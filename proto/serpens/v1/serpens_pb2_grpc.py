@@ -676,8 +676,9 @@ class AgentStub:
     runs what it is told and reports what it runs; it never reads desired state itself.
     Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
     verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
-    SFC on the node), FAILED_PRECONDITION (RunSFC of an older generation than the node runs:
-    a deposed leader's late call), UNAVAILABLE (no pool process free: try again).
+    SFC on the node), FAILED_PRECONDITION (the SFC cannot run beside one the node runs: a
+    second SFC taking unmatched packets, a tag taken), ABORTED (RunSFC of an older generation
+    than the node runs: a deposed leader's late call), UNAVAILABLE (no pool process free).
     """
 
     def __init__(self, channel):
@@ -728,8 +729,9 @@ class AgentServicer:
     runs what it is told and reports what it runs; it never reads desired state itself.
     Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
     verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
-    SFC on the node), FAILED_PRECONDITION (RunSFC of an older generation than the node runs:
-    a deposed leader's late call), UNAVAILABLE (no pool process free: try again).
+    SFC on the node), FAILED_PRECONDITION (the SFC cannot run beside one the node runs: a
+    second SFC taking unmatched packets, a tag taken), ABORTED (RunSFC of an older generation
+    than the node runs: a deposed leader's late call), UNAVAILABLE (no pool process free).
     """
 
     def RunSFC(self, request, context):
@@ -829,8 +831,9 @@ class Agent:
     runs what it is told and reports what it runs; it never reads desired state itself.
     Errors: INVALID_ARGUMENT (a spec that does not fit the node, an NF that does not compile or
     verify: the message names the field or carries the compiler's text), NOT_FOUND (no such
-    SFC on the node), FAILED_PRECONDITION (RunSFC of an older generation than the node runs:
-    a deposed leader's late call), UNAVAILABLE (no pool process free: try again).
+    SFC on the node), FAILED_PRECONDITION (the SFC cannot run beside one the node runs: a
+    second SFC taking unmatched packets, a tag taken), ABORTED (RunSFC of an older generation
+    than the node runs: a deposed leader's late call), UNAVAILABLE (no pool process free).
     """
 
     @staticmethod

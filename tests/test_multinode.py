@@ -1,0 +1,147 @@
+"""Several servers: each agent in its own network namespace (a server), joined to etcd and the
+controller by a bridge, with its own DPDK node and state directory. SFCs spread over the
+nodes; cutting one server's link (a partition, not a signal) loses its lease, and its SFC
+moves to the other once it fits there (until then it is Pending, saying why); when the link
+comes back the server registers again and the copy it kept running is stopped. The test makes the bridge, namespaces and veth pairs and removes them."""
+import json
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+from etcd_fixture import start_etcd
+from serpens.cli.cluster import local_node
+from serpens.proto.serpens.v1 import serpens_pb2 as pb
+
+from test_cluster import Agent, status, wait_until
+from test_controller_api import FW_MON_NAT, Controller
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def ip(*args, ns=""):
+    subprocess.run(["ip", *(["-n", ns] if ns else []), *args], check=True,
+                   capture_output=True, text=True)
+
+
+class Servers:
+    """A bridge with the test's address and one namespace per server, each behind a veth."""
+
+    def __init__(self, names):
+        tag = os.getpid() % 10000
+        self.net = f"10.{200 + tag % 50}.{tag // 50 % 250}"
+        self.bridge = f"spbr{tag}"
+        self.ns = {name: f"sp{tag}{name}" for name in names}
+        self.link = {name: f"sp{tag}{name}h" for name in names}  # the bridge's end
+        self.address = {name: f"{self.net}.{2 + i}" for i, name in enumerate(names)}
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.net}.1/24", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+        for name in names:
+            ns, host = self.ns[name], self.link[name]
+            ip("netns", "add", ns)
+            ip("link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            ip("link", "set", host, "master", self.bridge, "up")
+            ip("addr", "add", f"{self.address[name]}/24", "dev", "eth0", ns=ns)
+            ip("link", "set", "eth0", "up", ns=ns)
+            ip("link", "set", "lo", "up", ns=ns)
+
+    @property
+    def host(self) -> str:
+        return f"{self.net}.1"
+
+    def cut(self, name):
+        ip("link", "set", self.link[name], "down")
+
+    def mend(self, name):
+        ip("link", "set", self.link[name], "up")
+
+    def remove(self):
+        for name in self.ns:
+            subprocess.run(["ip", "link", "del", self.link[name]], capture_output=True)
+            subprocess.run(["ip", "netns", "del", self.ns[name]], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def servers():
+    s = Servers(["a", "b"])
+    try:
+        yield s
+    finally:
+        s.remove()
+
+
+@pytest.fixture(scope="module")
+def cluster(servers, tmp_path_factory):
+    etcd = start_etcd(host=servers.host)
+    controller = agents = None
+    state = tempfile.TemporaryDirectory(prefix="serpens-multinode-", dir="/dev/shm")
+    try:
+        controller = Controller(etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"],
+                                log_level="info")
+        agents = {}
+        for name in servers.ns:
+            path = tmp_path_factory.mktemp(name) / "node.yaml"
+            path.write_text(local_node(name, 5000, pool=2,
+                                       state_dir=os.path.join(state.name, name)))
+            agents[name] = Agent(etcd.endpoint, str(path), host=servers.address[name],
+                                 netns=servers.ns[name])
+        yield controller, agents
+    finally:
+        for agent in (agents or {}).values():
+            assert agent.stop() == 0, agent.output()
+        if controller:
+            controller.stop()
+        etcd.destroy()
+        state.cleanup()
+
+
+def test_nodes_register_from_their_own_servers(cluster, servers):
+    controller, _ = cluster
+    nodes = controller.stub.ListNodes(pb.ListNodesRequest(), timeout=5).nodes
+    addresses = {n.name: json.loads(n.record_json)["address"].rpartition(":")[0] for n in nodes}
+    assert addresses == servers.address
+
+
+def test_sfcs_spread_over_servers_and_move_off_a_cut_server_where_they_fit(cluster, servers):
+    controller, agents = cluster
+    second = FW_MON_NAT.replace("name: fw-mon-nat", "name: second")
+    for spec in (FW_MON_NAT, second):
+        controller.stub.ApplySFC(pb.ApplySFCRequest(spec=spec), timeout=10)
+    placed = wait_until(lambda: all(status(controller.stub, n).phase == "Running"
+                                    for n in ("fw-mon-nat", "second"))
+                        and {n: status(controller.stub, n).node for n in ("fw-mon-nat", "second")},
+                        60, controller.output)
+    assert sorted(placed.values()) == ["a", "b"]  # one each: the node running fewer SFCs
+    for sfc, node in placed.items():
+        wait_until(lambda: agents[node].sfcs()[sfc].out > 0, 10, agents[node].output)
+
+    lost = placed["fw-mon-nat"]
+    survivor = placed["second"]
+    servers.cut(lost)
+    try:
+        # both take unmatched packets: the survivor cannot run fw-mon-nat beside second
+        pending = wait_until(lambda: (s := status(controller.stub, "fw-mon-nat")).phase ==
+                             "Pending" and survivor in s.message and s, 30, controller.output)
+        assert "only one SFC may take unmatched packets" in pending.message
+        # once second matches its own packets, fw-mon-nat fits there and moves
+        matched = second + "  match:\n    - {src: 10.1.0.0/23}\n"
+        controller.stub.ApplySFC(pb.ApplySFCRequest(spec=matched), timeout=10)
+        moved = wait_until(lambda: (s := status(controller.stub, "fw-mon-nat")).node == survivor
+                           and s.phase == "Running" and s, 30, controller.output)
+        assert moved.node == survivor
+        out = agents[survivor].sfcs()["fw-mon-nat"].out
+        wait_until(lambda: agents[survivor].sfcs()["fw-mon-nat"].out > out, 10,
+                   agents[survivor].output)
+        assert agents[lost].proc.poll() is None  # cut off, not dead
+    finally:
+        servers.mend(lost)
+    # back on the network, it registers again; the copy it kept running meanwhile is stopped
+    wait_until(lambda: "fw-mon-nat" not in agents[lost].sfcs(), 30, controller.output)
+    assert status(controller.stub, "fw-mon-nat").node == survivor
+    for sfc in ("fw-mon-nat", "second"):
+        controller.stub.DeleteSFC(pb.DeleteSFCRequest(name=sfc), timeout=5)
+    wait_until(lambda: not agents["a"].sfcs() and not agents["b"].sfcs(), 15,
+               controller.output)
