@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from serpens.runtime_cy import _dataplane as dp
 
-from .process_pool import PoolError, PoolProcess, ProcessPool
+from .process_pool import PoolError, PoolProcess, ProcessPool, merge_state
 
 _names = itertools.count()
 
@@ -81,6 +81,14 @@ class InstanceManager:
                     self.router.rebalance(self.sfc_id, slot)
             while len(self.slots) > n:
                 self._retire(max(self.slots))
+
+    def merge_state(self, timeout: float = 2.0) -> int:
+        """Every running instance merges its state into the shared tables now (see
+        process_pool.merge_state); returns how many did."""
+        with self._lock:
+            procs = [s.proc for s in self.slots.values()]
+            merge_state(procs, timeout)
+            return len(procs)
 
     @contextlib.contextmanager
     def paused(self):

@@ -222,6 +222,11 @@ class Node:
             self.running[sfc].manager.scale(n)
             self.running[sfc].replicas = n
 
+    def merge_state(self, sfc: str) -> int:
+        """SFC `sfc`'s running instances merge their state now; how many did."""
+        with self._lock:
+            return self.running[sfc].manager.merge_state()
+
     def snapshot_state(self, sfc: str, nf: str) -> list[tuple[str, bytes]]:
         """All tables of NF `nf` of SFC `sfc`, copied while its instances are stopped."""
         with self._lock:

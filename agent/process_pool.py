@@ -68,6 +68,24 @@ class PoolProcess:
         return dp.wake_if_sleeping(self.ctl, self.efd)
 
 
+def merge_state(procs: list[PoolProcess], timeout: float = 2.0):
+    """Have the instances `procs` run merge their state now: eventual replicas into the
+    shared tables, release shares back to their pools (pool_ctl.h merge_req), so the tables
+    hold everything counted before the call. A process that died meanwhile is skipped;
+    TimeoutError if one does not answer within `timeout` (it is stuck in an NF)."""
+    asked = [(p, p.ctl.request_merge()) for p in procs]
+    for p, _ in asked:
+        p.wake()
+    deadline = time.monotonic() + timeout
+    for p, req in asked:
+        # merge_done reaches req (modulo 2**32: a later request may have been answered too)
+        while (p.ctl.merge_done - req) & 0xFFFFFFFF >= 1 << 31 and not p.dead:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pool process {p.pid} did not merge its state within "
+                                   f"{timeout}s")
+            time.sleep(0.0002)
+
+
 class ProcessPool:
     def __init__(self, dataplane: Dataplane, size: int, *, first_lcore: int = 2,
                  idle_us: int = 200, slice_us: int = 100, boot_timeout: float = 20.0,

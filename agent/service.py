@@ -44,6 +44,8 @@ def _handler(method):
                                 f"refused by the NF verifier: {e}")
         except PoolError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"process pool: {e}")
+        except TimeoutError as e:  # an instance stuck in an NF
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except StateError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot: {e}")
         except ValueError as e:  # e.g. more instances than the node's router has slots
@@ -107,8 +109,18 @@ class AgentServicer(pb_grpc.AgentServicer):
         return entry, spec
 
     @_handler
+    async def MergeState(self, request, context):
+        if request.sfc not in self.node.running:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        n = await asyncio.to_thread(self.node.merge_state, request.sfc)
+        return pb.MergeStateResponse(node=self.node.spec.name, instances=n)
+
+    @_handler
     async def ReadState(self, request, context):
         entry, nf = await self._nf(request.sfc, request.nf, context)
+        if request.merge:
+            await asyncio.to_thread(self.node.merge_state, request.sfc)
         tables = await asyncio.to_thread(
             read_tables, self.node.dataplane.config.state_dir,
             entry.spec.state_namespace(request.nf), nf.stock, request.table,

@@ -4,7 +4,7 @@ gRPC API (proto/serpens/v1/serpens.proto).
     serpensctl --server HOST:PORT apply -f FILE [--wait]   # kind SFC or NF; `---` separates several
     serpensctl get nfs|sfcs|nodes [NAME] [-o table|json|yaml]
     serpensctl describe nf|sfc|node NAME
-    serpensctl state dump SFC NF [--table T] [--limit N] [-o table|json]
+    serpensctl state dump SFC NF [--table T] [--limit N] [--no-merge] [-o table|json]
     serpensctl state snapshot SFC NF -f FILE    # a consistent copy of all the NF's tables
     serpensctl state restore SFC NF -f FILE     # make a snapshot the NF's state
     serpensctl watch [-o table|json]
@@ -61,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("-f", "--file", help="snapshot: file written; restore: file read")
     p.add_argument("--table", default="", help="one table (default: all of the NF's)")
     p.add_argument("--limit", type=int, default=1000, help="entries per table")
+    p.add_argument("--no-merge", dest="merge", action="store_false",
+                   help="dump: read the tables as they are, without having the instances "
+                        "merge first (eventual counters then lag up to 100 ms)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=_run(_state))
     p = sub.add_parser("watch", help="print changes to NFs, SFCs and nodes as they happen")
@@ -273,7 +276,8 @@ def _state(stub, args) -> int:
     if args.limit < 1:
         raise _UsageError(f"--limit: at least 1, got {args.limit}")
     reply = stub.ReadState(pb.ReadStateRequest(sfc=args.sfc, nf=args.nf, table=args.table,
-                                               limit=args.limit), timeout=args.timeout)
+                                               limit=args.limit, merge=args.merge),
+                           timeout=args.timeout)
     if args.output == "json":
         print(json.dumps({"node": reply.node, "tables": [
             {"name": t.name, "flags": t.flags, "key_size": t.key_size,

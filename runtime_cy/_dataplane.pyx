@@ -334,6 +334,13 @@ cdef class PoolCtl:
         self.c.wake_cycles = rte_rdtsc()
         return serpens_inc_u32(&self.c.cmd_seq)
 
+    def request_merge(self):
+        """Ask the running instance to merge its state now; the request's number (done
+        once merge_done reaches it). Wake it with wake_if_sleeping() afterwards."""
+        return serpens_inc_u32(&self.c.merge_req)
+
+    @property
+    def merge_done(self): return serpens_load_u32(&self.c.merge_done)
     @property
     def cmd_seq(self): return self.c.cmd_seq
     @property

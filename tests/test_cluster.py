@@ -232,9 +232,14 @@ def test_state_of_a_running_nf_is_read_and_changes_are_watched(cluster):
         controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
         wait_until(lambda: agent.sfcs().get("fw-mon-nat") and agent.sfcs()["fw-mon-nat"].out,
                    60, controller.output)
-        time.sleep(0.3)  # MON merges host counters every 100 ms
-        reply = controller.stub.ReadState(pb.ReadStateRequest(sfc="fw-mon-nat", nf="mon"),
-                                          timeout=10)
+        merged = agent.stub.MergeState(pb.MergeStateRequest(sfc="fw-mon-nat"), timeout=10)
+        assert merged.node == "local" and merged.instances >= 1
+        e = pytest.raises(grpc.RpcError, agent.stub.MergeState,
+                          pb.MergeStateRequest(sfc="nope"), timeout=10).value
+        assert e.code() == grpc.StatusCode.NOT_FOUND and "sfc:" in e.details()
+        # merged first: MON's per-host counters are there without waiting for their period
+        reply = controller.stub.ReadState(pb.ReadStateRequest(sfc="fw-mon-nat", nf="mon",
+                                                              merge=True), timeout=10)
         tables = {t.name: t for t in reply.tables}
         assert reply.node == "local" and set(tables) == {"flows", "hosts"}
         flows = [json.loads(e.decoded) for e in tables["flows"].entries]

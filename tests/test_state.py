@@ -237,6 +237,24 @@ def test_eventual_replicas_merge_to_exact_totals(pool, build, dataplane):
     assert counts == {bytes([10, 1, 0, i]): 200 for i in range(3)}
 
 
+def test_a_merge_request_brings_an_awake_instance_s_counts_in_at_once(dataplane, build):
+    """Replicas merge every 100 ms, checked after a batch: an instance that got no batch
+    since holds its counts until asked (or until it sleeps; this pool's sleep after 30 s)."""
+    from serpens.agent.process_pool import ProcessPool, merge_state
+    state_dir = dataplane.config.state_dir
+    with ProcessPool(dataplane, 1, first_lcore=60, idle_us=30_000_000) as awake:
+        sfc = compile_sfc(NF(build("stateful.c", copy=6), name="stateful-merge"))
+        with PacketHarness(awake, sfc) as h:
+            h.run([src(i % 3) for i in range(90)])  # three batches, within one period
+            time.sleep(0.15)
+            assert sum(host_counts(state_dir, "stateful-merge").values()) < 90
+            merge_state([h.process])
+            assert host_counts(state_dir, "stateful-merge") == {
+                bytes([10, 1, 0, i]): 30 for i in range(3)}
+            merge_state([h.process])  # nothing new: the same totals
+            assert sum(host_counts(state_dir, "stateful-merge").values()) == 90
+
+
 def budget_nf(build, copy, name, tokens):
     return compile_sfc(NF(build("budget.c", copy=copy), config=struct.pack("<Q", tokens),
                           name=name))

@@ -70,6 +70,7 @@ cdef extern from "pool_ctl.h" nogil:
 
     struct serpens_pool_ctl:
         uint32_t cmd_seq
+        uint32_t merge_req
         uint64_t wake_cycles
         uint32_t state
         uint32_t sleeping
@@ -77,7 +78,8 @@ cdef extern from "pool_ctl.h" nogil:
         int32_t last_error
         uint32_t instance_id
         uint32_t pid
-        char error[208]
+        uint32_t merge_done
+        char error[204]
         uint64_t rx_pkts
         uint64_t tx_pkts
         uint64_t drop_pkts

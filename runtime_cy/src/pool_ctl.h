@@ -99,7 +99,7 @@ struct serpens_nf_counters {
 struct serpens_pool_ctl {
 	/* ---- A ---- */
 	volatile uint32_t cmd_seq;  /* bumped after a command is queued on the socket */
-	uint32_t pad_a;
+	volatile uint32_t merge_req; /* bumped to ask the instance to merge its state now */
 	uint64_t wake_cycles;       /* TSC when A woke the process for a command (benchmarks) */
 	uint8_t pad_a2[48];
 
@@ -110,7 +110,9 @@ struct serpens_pool_ctl {
 	int32_t last_error;         /* -errno of the last command, 0 on success */
 	uint32_t instance_id;       /* of the running instance */
 	uint32_t pid;
-	char error[208];            /* human-readable reason when last_error != 0 */
+	volatile uint32_t merge_done; /* the merge_req last answered: eventual replicas merged,
+				       * release shares given back (all before it is in the tables) */
+	char error[204];            /* human-readable reason when last_error != 0 */
 
 	/* ---- R: statistics ---- */
 	uint64_t rx_pkts __attribute__((aligned(64)));

@@ -67,13 +67,18 @@ static int pending_command(const struct runtime *rt)
 	return __atomic_load_n(&rt->ctl->cmd_seq, __ATOMIC_ACQUIRE) != rt->ctl->ack_seq;
 }
 
+static int pending_merge(const struct runtime *rt)
+{
+	return __atomic_load_n(&rt->ctl->merge_req, __ATOMIC_ACQUIRE) != rt->ctl->merge_done;
+}
+
 /* Sleep on the eventfd unless work arrived meanwhile (see pool_ctl.h for the handshake). */
 static void sleep_until_woken(struct runtime *rt, struct rte_ring *rx)
 {
 	uint64_t v;
 	__atomic_store_n(&rt->ctl->sleeping, 1, __ATOMIC_RELAXED);
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (!pending_command(rt) && (!rx || rte_ring_count(rx) == 0)) {
+	if (!pending_command(rt) && !pending_merge(rt) && (!rx || rte_ring_count(rx) == 0)) {
 		if (read(rt->env->efd, &v, sizeof(v)) < 0 && errno != EINTR)
 			usleep(1000); /* should not happen; do not spin if it does */
 		rt->ctl->wakeups++;
@@ -290,6 +295,14 @@ static void run_instance(struct runtime *rt, int forked_child)
 	for (;;) {
 		if (!forked_child && pending_command(rt))
 			return;
+		if (pending_merge(rt)) { /* the agent wants the tables whole (a state read) */
+			uint32_t req = __atomic_load_n(&ctl->merge_req, __ATOMIC_ACQUIRE);
+			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
+			serpens_chain_release(&in->chain, 0);
+			if (serpens_remote_enabled())
+				serpens_remote_flush();
+			__atomic_store_n(&ctl->merge_done, req, __ATOMIC_RELEASE);
+		}
 		uint32_t n = rte_ring_sc_dequeue_burst(in->rx, ctl->inflight, SERPENS_BURST, NULL);
 		if (n) {
 			__atomic_store_n(&ctl->inflight_n, n, __ATOMIC_RELEASE);

@@ -10,16 +10,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReadStateRequest(_message.Message):
-    __slots__ = ("sfc", "nf", "table", "limit")
+    __slots__ = ("sfc", "nf", "table", "limit", "merge")
     SFC_FIELD_NUMBER: _ClassVar[int]
     NF_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     nf: str
     table: str
     limit: int
-    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    merge: bool
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., limit: _Optional[int] = ..., merge: _Optional[bool] = ...) -> None: ...
 
 class StateTable(_message.Message):
     __slots__ = ("name", "flags", "key_size", "value_size", "capacity", "count", "entries")
@@ -306,6 +308,20 @@ class ListNodesResponse(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class MergeStateRequest(_message.Message):
+    __slots__ = ("sfc",)
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    def __init__(self, sfc: _Optional[str] = ...) -> None: ...
+
+class MergeStateResponse(_message.Message):
+    __slots__ = ("node", "instances")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    instances: int
+    def __init__(self, node: _Optional[str] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class RunSFCRequest(_message.Message):
     __slots__ = ("spec", "nf_sources", "generation", "replicas")

@@ -712,6 +712,11 @@ class AgentStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
                 _registered_method=True)
+        self.MergeState = channel.unary_unary(
+                '/serpens.v1.Agent/MergeState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.MergeStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.MergeStateResponse.FromString,
+                _registered_method=True)
         self.SnapshotState = channel.unary_unary(
                 '/serpens.v1.Agent/SnapshotState',
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.SerializeToString,
@@ -767,6 +772,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MergeState(self, request, context):
+        """Merge the state of an SFC's running instances now: eventual replicas into the shared
+        tables, release shares back to their pools (to be split again on next use).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SnapshotState(self, request, context):
         """As Serpens.SnapshotState and Serpens.RestoreState, on this node.
         """
@@ -807,6 +820,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ReadState,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.SerializeToString,
+            ),
+            'MergeState': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.MergeStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.MergeStateResponse.SerializeToString,
             ),
             'SnapshotState': grpc.unary_unary_rpc_method_handler(
                     servicer.SnapshotState,
@@ -961,6 +979,33 @@ class Agent:
             '/serpens.v1.Agent/ReadState',
             serpens_dot_v1_dot_serpens__pb2.ReadStateRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.ReadStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/MergeState',
+            serpens_dot_v1_dot_serpens__pb2.MergeStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.MergeStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
