@@ -9,6 +9,8 @@ a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figu
 - latency_us: p50/p99 from each packet's arrival to its transmission, at 80% of sfc_mpps
   (the median-p99 run of three);
 - null_sfc_mpps: the same search for an SFC of one empty NF (router + instance overhead);
+- null_latency_us: that empty SFC's latency at the load latency_us was measured at: the floor
+  the router, the instance hand-off and the machine (its vCPU stalls) set;
 - testpmd_mpps: dpdk-testpmd io forwarding on one core over the same kind of ports (the best a
   plain DPDK app does with these ports: the ceiling for the router core).
 """
@@ -63,13 +65,14 @@ def max_rate(rig: Rig, seconds: float, steps: int = 6) -> tuple[float, dict]:
     return best, best_trial
 
 
-def measure(rig: Rig, sfc, seconds: float, latency: bool) -> dict:
+def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None) -> dict:
+    """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate)."""
     rig.start([sfc])
     try:
         rate, trial = max_rate(rig, seconds)
         out = {"mpps": round(rate, 3), "loss": trial["loss"] if trial else None}
-        if latency:  # the run with the median p99 of three
-            load = 0.8 * rate * 1e6
+        if latency_mpps is not None:  # the run with the median p99 of three
+            load = (latency_mpps or 0.8 * rate) * 1e6
             runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))
                            for _ in range(3)), key=lambda r: r["latency_us"]["p99"])
             out["latency_us"] = runs[1]["latency_us"]
@@ -91,8 +94,9 @@ def run(args) -> dict:
     rig = Rig("sfc", frames)
     try:
         stalls = cpu_stalls()
-        fmn = measure(rig, sfc, args.seconds, latency=True)
-        null = measure(rig, null_sfc, args.seconds, latency=False)
+        fmn = measure(rig, sfc, args.seconds, latency_mpps=0)
+        # the same load through an empty SFC: the latency floor of router, instance and VM
+        null = measure(rig, null_sfc, args.seconds, latency_mpps=0.8 * fmn["mpps"] or None)
     finally:
         rig.close()
         for image in images.values():
@@ -112,6 +116,8 @@ def run(args) -> dict:
            "latency_us": {"p50": fmn["latency_us"]["p50"], "p99": fmn["latency_us"]["p99"],
                           "p99_9": fmn["latency_us"]["p99_9"]},
            "null_sfc_mpps": null["mpps"], "testpmd_mpps": round(testpmd["mpps"], 3),
+           "null_latency_us": {k: null["latency_us"][k] for k in ("p50", "p99", "p99_9")}
+           if "latency_us" in null else None,
            "sfc_vs_null": round(fmn["mpps"] / null["mpps"], 3) if null["mpps"] else None}
 
 
@@ -122,3 +128,6 @@ def print_table(r: dict):
     lat = r["latency_us"]
     print(f"{r['sfc_mpps']:>10.3f}{r['null_sfc_mpps']:>10.3f}{r['testpmd_mpps']:>10.3f}"
           f"{lat['p50']:>9}{lat['p99']:>9}   (latency at 80% of sfc Mpps)")
+    if r["null_latency_us"]:
+        print(f"{'':>30}{r['null_latency_us']['p50']:>9}{r['null_latency_us']['p99']:>9}"
+              "   (null sfc at that load)")

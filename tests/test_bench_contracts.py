@@ -45,6 +45,7 @@ def test_sfc_bench_json_contract():
     r = _bench("sfc", "--seconds", "0.1", "--flows", "1000")
     assert r["sfc_mpps"] > 0 and r["null_sfc_mpps"] > 0 and r["testpmd_mpps"] > 0
     assert 0 < r["latency_us"]["p50"] <= r["latency_us"]["p99"]
+    assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
 
 
