@@ -35,10 +35,12 @@ class Servers:
         self.ns = {name: f"sp{tag}{name}" for name in names}
         self.link = {name: f"sp{tag}{name}h" for name in names}  # the bridge's end
         self.address = {name: f"{self.net}.{2 + i}" for i, name in enumerate(names)}
+
+    def create(self):
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.net}.1/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
-        for name in names:
+        for name in self.ns:
             ns, host = self.ns[name], self.link[name]
             ip("netns", "add", ns)
             ip("link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -68,6 +70,7 @@ class Servers:
 def servers():
     s = Servers(["a", "b"])
     try:
+        s.create()
         yield s
     finally:
         s.remove()
