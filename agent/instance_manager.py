@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import select
 import threading
@@ -24,6 +25,7 @@ from serpens.runtime_cy import _dataplane as dp
 
 from .process_pool import PoolError, PoolProcess, ProcessPool, merge_state
 
+log = logging.getLogger(__name__)
 _names = itertools.count()
 
 
@@ -101,7 +103,12 @@ class InstanceManager:
             try:
                 yield
             finally:
-                self.scale(n)
+                try:
+                    self.scale(n)
+                except PoolError as e:  # another SFC took the processes meanwhile
+                    log.warning("sfc %d: %d of %d instances back after a pause (%s); "
+                                "the rest start on traffic", self.sfc_id, len(self.slots),
+                                n, e)
 
     # ---- internals ------------------------------------------------------------------------
 

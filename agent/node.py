@@ -27,6 +27,11 @@ from .sfc_builder import build_sfc
 from .state_manager import StateManager
 
 
+class StaleSpec(Exception):
+    """An older (incarnation, generation) of an SFC than the node runs: a deposed leader's
+    late call."""
+
+
 class SFCConflict(SpecError):
     """The SFC fits the node, but not beside another SFC it runs (a second default, a tag
     taken): another node, or the same one later, may take it."""
@@ -67,6 +72,7 @@ class _Running:
     sfc_id: int
     manager: InstanceManager
     generation: int = 0
+    incarnation: int = 0     # the SFC record's create revision (RunSFCRequest)
     replicas: int = 0        # instances last asked for (traffic also starts and stops them)
 
 
@@ -90,6 +96,7 @@ class Node:
         self.running: dict[str, _Running] = {}   # in routing order (rules: first match wins)
         self.router = None
         self._lock = threading.RLock()
+        self._router_lock = threading.Lock()  # stats() vs close()
 
     @property
     def sfcs(self) -> list[SFCSpec]:
@@ -138,7 +145,7 @@ class Node:
     # ---- SFCs -----------------------------------------------------------------------------
 
     def apply_sfc(self, spec: SFCSpec, deployed: dict | None = None,
-                  replicas: int | None = None, generation: int = 0):
+                  replicas: int | None = None, generation: int = 0, incarnation: int = 0):
         """Run `spec` (new, or replacing the SFC of that name); `deployed` maps deployed NF
         names to their source; `replicas` instances now (None: on demand). A replacement
         with the same match, tag and output keeps the SFC's routing and flows: its old
@@ -147,6 +154,11 @@ class Node:
         spec that does not fit the node, NFBuildError/NFRefusedError for its NFs."""
         with self._lock:
             old = self.running.get(spec.name)
+            if old is not None and (incarnation, generation) < (old.incarnation,
+                                                                old.generation):
+                raise StaleSpec(f"node {self.spec.name} runs {spec.name} generation "
+                                f"{old.generation} (incarnation {old.incarnation}), newer "
+                                f"than {generation} ({incarnation})")
             check_references(self.spec, [s for s in self.sfcs if s.name != spec.name] + [spec])
             built = build_sfc(spec, self.slots, deployed)
             try:
@@ -168,8 +180,9 @@ class Node:
             except BaseException:
                 built.close(self.slots)
                 raise
-            self.running[spec.name] = entry = _Running(spec, built, sfc_id, manager, generation,
-                                                       replicas or 0)
+            self.running[spec.name] = entry = _Running(
+                spec, built, sfc_id, manager, generation=generation, replicas=replicas or 0,
+                incarnation=incarnation)
             if not in_place:
                 self._route()
             want = replicas if replicas is not None else count
@@ -247,23 +260,28 @@ class Node:
         return StateManager(self.dataplane.config.state_dir)
 
     def stats(self) -> dict:
-        """Counters by port and SFC name, with each SFC's running instances."""
-        with self._lock:
-            st = self.router.stats()
-            by_id = {v: k for k, v in self.ports.items()}
-            ports = {by_id[pid]: c for pid, c in st["ports"].items() if pid in by_id}
-            sfcs = {name: dict(st["sfcs"][r.sfc_id], instances=r.manager.count(),
-                               generation=r.generation, replicas=r.replicas)
-                    for name, r in self.running.items()}
+        """Counters by port and SFC name, with each SFC's running instances. Not under the
+        node's lock, which a snapshot holds for as long as it copies tables: load reports
+        and GetNode must not wait for it."""
+        with self._router_lock:
+            st = self.router.stats() if self.router else {"ports": {}, "sfcs": {}}
+        running = list(self.running.items())
+        by_id = {v: k for k, v in (self.ports or {}).items()}
+        ports = {by_id[pid]: c for pid, c in st["ports"].items() if pid in by_id}
+        sfcs = {name: dict(st["sfcs"][r.sfc_id], instances=r.manager.count(),
+                           generation=r.generation, replicas=r.replicas,
+                           incarnation=r.incarnation)
+                for name, r in running if r.sfc_id in st["sfcs"]}
         return {"node": self.spec.name, "ports": ports, "sfcs": sfcs}
 
     def close(self):
         with self._lock:
             for entry in self.running.values():
                 entry.manager.close()
-            if self.router is not None:
-                self.router.stop()
-                self.router = None
+            with self._router_lock:
+                if self.router is not None:
+                    self.router.stop()
+                    self.router = None
             for entry in self.running.values():
                 entry.built.close(self.slots)
             self.running.clear()

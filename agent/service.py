@@ -21,7 +21,7 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
-from .node import SFCConflict
+from .node import SFCConflict, StaleSpec
 from .process_pool import PoolError
 from .state_manager import StateError, StateManager
 
@@ -35,6 +35,11 @@ def _handler(method):
             return await method(self, request, context)
         except SFCConflict as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except StaleSpec as e:
+            await context.abort(grpc.StatusCode.ABORTED, f"generation: {e}")
+        except KeyError as e:  # the SFC was stopped meanwhile
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"sfc: node {self.node.spec.name} runs no SFC {e}")
         except SpecError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except NFBuildError as e:
@@ -59,22 +64,17 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     def _sfc(self, name: str) -> pb.AgentSFC:
         c = self.node.stats()["sfcs"][name]
-        return pb.AgentSFC(name=name, generation=c["generation"], replicas=c["replicas"],
+        return pb.AgentSFC(name=name, generation=c["generation"], incarnation=c["incarnation"],
+                           replicas=c["replicas"],
                            instances=c["instances"], rx=c["rx"], out=c["out"],
                            dropped=c["dropped"], held=c["held"])
 
     @_handler
     async def RunSFC(self, request, context):
         spec = parse_sfc(request.spec, allow_source=False)
-        running = self.node.running.get(spec.name)
-        if running is not None and request.generation < running.generation:
-            # a deposed leader's late call: the node already runs a newer spec
-            await context.abort(grpc.StatusCode.ABORTED,
-                                f"generation: node {self.node.spec.name} runs {spec.name} "
-                                f"generation {running.generation}, newer than "
-                                f"{request.generation}")
         await asyncio.to_thread(self.node.apply_sfc, spec, dict(request.nf_sources),
-                                request.replicas or None, request.generation)
+                                request.replicas or None, request.generation,
+                                request.incarnation)
         log.info("running sfc %s generation %d", spec.name, request.generation)
         return self._sfc(spec.name)
 
@@ -135,26 +135,18 @@ class AgentServicer(pb_grpc.AgentServicer):
     async def SnapshotState(self, request, context):
         await self._nf(request.sfc, request.nf, context)
         tables = await asyncio.to_thread(self.node.snapshot_state, request.sfc, request.nf)
+        taken = int(time.time() * 1000)
+        images = await asyncio.to_thread(
+            lambda: [pb.TableImage(name=name, size=len(data), zdata=zlib.compress(data, 1))
+                     for name, data in tables])
         log.info("snapshot of %s/%s: %d tables", request.sfc, request.nf, len(tables))
-        return pb.StateSnapshot(
-            sfc=request.sfc, nf=request.nf, node=self.node.spec.name,
-            taken_unix_ms=int(time.time() * 1000),
-            tables=[pb.TableImage(name=name, size=len(data), zdata=zlib.compress(data, 1))
-                    for name, data in tables])
+        return pb.StateSnapshot(sfc=request.sfc, nf=request.nf, node=self.node.spec.name,
+                                taken_unix_ms=taken, tables=images)
 
     @_handler
     async def RestoreState(self, request, context):
         await self._nf(request.sfc, request.nf, context)
-        tables = []
-        for image in request.snapshot.tables:
-            try:
-                data = zlib.decompress(image.zdata)
-            except zlib.error as e:
-                raise StateError(f"table {image.name}: {e}") from None
-            if len(data) != image.size:
-                raise StateError(f"table {image.name}: {len(data)} bytes, "
-                                 f"the snapshot says {image.size}")
-            tables.append((image.name, data))
+        tables = await asyncio.to_thread(_inflate, request.snapshot)
         await asyncio.to_thread(self.node.restore_state, request.sfc, request.nf, tables)
         log.info("restored %s/%s from a snapshot of %s/%s on %s: %d tables", request.sfc,
                  request.nf, request.snapshot.sfc, request.snapshot.nf, request.snapshot.node,
@@ -169,6 +161,23 @@ class AgentServicer(pb_grpc.AgentServicer):
             ports={name: pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
                                          unmatched=c["unmatched"], missed=c["missed"])
                    for name, c in st["ports"].items()})
+
+
+def _inflate(snapshot) -> list[tuple[str, bytes]]:
+    """The snapshot's tables, each no larger than it says (a small payload must not
+    inflate to gigabytes)."""
+    tables = []
+    for image in snapshot.tables:
+        inflater = zlib.decompressobj()
+        try:
+            data = inflater.decompress(image.zdata, image.size + 1)
+        except zlib.error as e:
+            raise StateError(f"table {image.name}: {e}") from None
+        if len(data) != image.size or not inflater.eof:
+            raise StateError(f"table {image.name}: not the {image.size} bytes the snapshot "
+                             "says")
+        tables.append((image.name, data))
+    return tables
 
 
 def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,

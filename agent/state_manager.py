@@ -19,6 +19,7 @@ from serpens.runtime_cy import _dataplane as dp
 TABLE_SUFFIX = ".tbl"
 TABLE_MAGIC = 0x3142415453505253  # "SRPSTAB1", state_table.h
 _HDR_FILE_SIZE = 48  # offset of serpens_table_hdr.file_size
+_HDR_SHAPE_END = 32  # flags, key_size, value_size, capacity end here (state_table.h)
 
 
 class StateError(RuntimeError):
@@ -77,12 +78,28 @@ class StateManager:
 
     def replace_nf(self, nf: str, tables: list[tuple[str, bytes]]):
         """Make `tables` ([(table, file contents)] as read_nf() gives) all the state of `nf`.
-        Wants the NF quiescent."""
+        A table the NF already has must keep its shape (flags, key and value sizes,
+        capacity): the NF's instances attach to it by that shape. Wants the NF quiescent."""
+        if not tables:
+            raise StateError("the snapshot has no tables")
+        for table, data in tables:
+            if table.split("@")[0] != table or not os.path.exists(self.path(nf, table)):
+                continue  # replicas are the instances' own; a new table has no shape yet
+            with open(self.path(nf, table), "rb") as f:
+                have = f.read(_HDR_SHAPE_END)
+            is_table = len(data) >= _HDR_SHAPE_END and \
+                struct.unpack_from("<Q", data)[0] == TABLE_MAGIC  # else _install says so
+            if is_table and have[16:_HDR_SHAPE_END] != data[16:_HDR_SHAPE_END]:
+                raise StateError(f"table {table}: another shape (flags, key, value or "
+                                 f"capacity) than {nf}'s table of that name")
         self._install(nf, tables, replace_all=True)
 
     def _install(self, nf: str, tables: list[tuple[str, bytes]], replace_all: bool):
         """Write and check every table aside first, so a bad one raises StateError and
         changes nothing; then move them in (after dropping the NF's others if replace_all)."""
+        names = [table for table, _ in tables]
+        if len(set(names)) != len(names):
+            raise StateError(f"a table appears twice: {sorted(names)}")
         staging = f".restore-{nf}-{os.getpid()}"
         folder = os.path.join(self.state_dir, staging)
         shutil.rmtree(folder, ignore_errors=True)
@@ -96,6 +113,7 @@ class StateManager:
                 if len(data) < _HDR_FILE_SIZE + 8 or \
                         len(data) < struct.unpack_from("<Q", data, _HDR_FILE_SIZE)[0]:
                     raise StateError(f"table {table}: cut short ({len(data)} bytes)")
+                _check_layout(table, data)
                 _write_file(self.path(staging, table), data)
                 try:
                     dp.StateTable(self.state_dir, staging, table).close()  # header and layout
@@ -132,3 +150,16 @@ def _write_file(path: str, data: bytes):
             m[:len(data)] = data
     finally:
         os.close(fd)
+
+
+def _check_layout(table: str, data: bytes):
+    """The header's derived fields agree with its key and value sizes (state_table.c
+    create()), so a crafted header cannot make the NF write outside its slots."""
+    ks, vs, cap, nslots, slot_size, key_off, value_off = struct.unpack_from("<7I", data, 20)
+
+    def round8(n):
+        return (n + 7) & ~7
+    if not (key_off == 8 and value_off == 8 + round8(ks) and
+            slot_size == 8 + round8(ks) + round8(vs) and nslots and
+            nslots & (nslots - 1) == 0 and nslots * 3 >= cap * 4):
+        raise StateError(f"table {table}: inconsistent header")

@@ -104,6 +104,7 @@ class _Compacted(StoreError):
 class Item(NamedTuple):
     value: bytes
     mod_revision: int
+    create_revision: int = 0  # 0 where not known (watch events)
 
 
 class Event(NamedTuple):
@@ -229,14 +230,15 @@ class Store:
 
     async def _range(self, key: bytes, range_end: bytes) -> tuple[dict[str, Item], int]:
         reply = await self._call(lambda c: c.get_range(key, range_end))
-        items = {kv.key.decode(): Item(kv.value, kv.mod_revision) for kv in reply}
+        items = {kv.key.decode(): Item(kv.value, kv.mod_revision, kv.create_revision)
+                 for kv in reply}
         return items, reply.header.revision
 
     # -- keys -------------------------------------------------------------------------------
 
     async def get(self, key: str) -> Item | None:
         kv = await self._call(lambda c: c.get(_b(key)))
-        return None if kv is None else Item(kv.value, kv.mod_revision)
+        return None if kv is None else Item(kv.value, kv.mod_revision, kv.create_revision)
 
     async def list(self, prefix: str) -> tuple[dict[str, Item], int]:
         """Every key under `prefix` and the revision they were read at (watch from it + 1)."""

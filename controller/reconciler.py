@@ -66,6 +66,7 @@ class _Pass:
     """What one reconcile pass saw."""
     sfcs: dict           # name -> record
     revisions: dict      # name -> the record's mod_revision
+    incarnations: dict   # name -> the record's create_revision
     status: dict         # name -> (record, mod_revision)
     views: dict          # node name -> {sfc name: pb.AgentSFC} (live nodes that answered)
     addresses: dict      # node name -> agent address
@@ -179,6 +180,9 @@ class Reconciler:
                     break
                 except _Refused as e:
                     refused[node] = str(e)
+                    if name in state.views[node]:  # an update its node cannot take: stay
+                        node = None
+                        break
                     node = self._place(name, state, placed, exclude=refused)
             if node is None:
                 status, done = self._unplaced(name, refused, state)
@@ -222,6 +226,8 @@ class Reconciler:
         return _Pass(
             sfcs={k[len(self.sfcs_prefix):]: json.loads(v.value) for k, v in sfcs.items()},
             revisions={k[len(self.sfcs_prefix):]: v.mod_revision for k, v in sfcs.items()},
+            incarnations={k[len(self.sfcs_prefix):]: v.create_revision
+                          for k, v in sfcs.items()},
             loads=loads, pools=pools,
             status={k[len(self.status_prefix):]: (json.loads(v.value), v.mod_revision)
                     for k, v in status.items()},
@@ -301,7 +307,10 @@ class Reconciler:
     async def _converge(self, name: str, record: dict, node: str, state: _Pass):
         """Bring `node` to the record; (status, done)."""
         generation, replicas = record["generation"], record["scale"]["replicas"]
+        incarnation = state.incarnations.get(name, 0)
         running = state.views[node].get(name)
+        if running is not None and running.incarnation != incarnation:
+            running = None  # a copy of an SFC deleted since: replace it
         status = {"phase": "Running", "message": "", "node": node, "generation": generation,
                   "instances": 0}
         failed = self._failed.get((name, record["spec"]))
@@ -313,7 +322,8 @@ class Reconciler:
                 sources = await self._sources(record["nfs"])
                 running = await stub.RunSFC(pb.RunSFCRequest(
                     spec=record["spec"], nf_sources=sources, generation=generation,
-                    replicas=replicas), timeout=_RUN_TIMEOUT)
+                    replicas=replicas, incarnation=state.incarnations.get(name, 0)),
+                    timeout=_RUN_TIMEOUT)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas:
                 running = await stub.ScaleSFC(pb.ScaleSFCRequest(name=name, replicas=replicas),

@@ -147,10 +147,20 @@ def test_applied_sfc_runs_on_the_node_scales_and_goes(cluster):
     before = agent.sfcs()["fw-mon-nat"].out
     wait_until(lambda: agent.sfcs()["fw-mon-nat"].out > before, 10, agent.output)
     # a deposed leader's late call with the older spec changes nothing
+    running = agent.sfcs()["fw-mon-nat"]
     e = pytest.raises(grpc.RpcError, agent.stub.RunSFC, pb.RunSFCRequest(
-        spec=FW_MON_NAT, generation=1), timeout=30).value
+        spec=FW_MON_NAT, generation=1, incarnation=running.incarnation), timeout=30).value
     assert e.code() == grpc.StatusCode.ABORTED and "generation 2" in e.details()
     assert agent.sfcs()["fw-mon-nat"].generation == 2
+
+    # deleted and applied again at once: generation 1 again, but a new incarnation, so the
+    # node runs the new spec rather than keeping (or refusing it for) the old copy
+    stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
+    again = stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
+    assert again.generation == 1
+    wait_until(lambda: (s := agent.sfcs().get("fw-mon-nat")) and s.generation == 1
+               and s.incarnation > running.incarnation, 30, controller.output)
+    wait_until(lambda: status(stub, "fw-mon-nat").phase == "Running", 30, controller.output)
 
     stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
     wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, controller.output)

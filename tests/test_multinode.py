@@ -17,7 +17,8 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from test_cluster import Agent, status, wait_until
 from test_controller_api import FW_MON_NAT, Controller
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: root")]
 
 
 def ip(*args, ns=""):

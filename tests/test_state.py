@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -130,7 +131,7 @@ def test_snapshot_and_restore(state_dir, tmp_path):
 def test_all_of_an_nf_s_tables_are_read_and_replaced_whole(fs, tmp_path):
     if not os.path.ismount(fs):
         pytest.skip(f"{fs} is not mounted")
-    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="serpens-test-", dir=fs) as state_dir:
         sm = StateManager(state_dir)
         flows = dp.StateTable(state_dir, "mon", "flows", PF, 4, 8, 64)
@@ -154,6 +155,18 @@ def test_all_of_an_nf_s_tables_are_read_and_replaced_whole(fs, tmp_path):
                 sm.replace_nf("mon", [snap[1], bad])
             assert sm.open("mon", "flows").get(b"key1") == b"8 bytes!"  # nothing changed
         assert sorted(t for nf, t in sm.tables() if nf == "mon") == ["flows", "hosts@r1"]
+        other_shape = tempfile.TemporaryDirectory(prefix="serpens-test-", dir=fs)
+        dp.StateTable(other_shape.name, "x", "flows", PF, 4, 16, 64).close()
+        wrong = StateManager(other_shape.name).read_nf("x")
+        crafted = bytearray(snap[0][1])
+        struct.pack_into("<I", crafted, 36, 4096)  # slot_size: slots past the file's end
+        for tables, why in (([], "no tables"), ([snap[0], snap[0]], "twice"),
+                            (wrong, "another shape"), ([("flows", bytes(crafted))],
+                                                       "inconsistent header")):
+            with pytest.raises(StateError, match=why):
+                sm.replace_nf("mon", tables)
+        assert sm.open("mon", "flows").get(b"key1") == b"8 bytes!"
+        other_shape.cleanup()
         flows.close()
         replica.close()
 

@@ -78,7 +78,8 @@ static void sleep_until_woken(struct runtime *rt, struct rte_ring *rx)
 	uint64_t v;
 	__atomic_store_n(&rt->ctl->sleeping, 1, __ATOMIC_RELAXED);
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (!pending_command(rt) && !pending_merge(rt) && (!rx || rte_ring_count(rx) == 0)) {
+	/* rx: running an instance (merge requests are for it); NULL: idle in the pool */
+	if (!pending_command(rt) && (!rx || (!pending_merge(rt) && rte_ring_count(rx) == 0))) {
 		if (read(rt->env->efd, &v, sizeof(v)) < 0 && errno != EINTR)
 			usleep(1000); /* should not happen; do not spin if it does */
 		rt->ctl->wakeups++;
@@ -225,7 +226,10 @@ static int start_instance(struct runtime *rt)
 
 static void stop_instance(struct runtime *rt)
 {
+	uint32_t req = __atomic_load_n(&rt->ctl->merge_req, __ATOMIC_ACQUIRE);
 	serpens_chain_fini(&rt->inst.chain);
+	/* fini merged and gave everything back: that answers any merge request left */
+	__atomic_store_n(&rt->ctl->merge_done, req, __ATOMIC_RELEASE);
 	unload_images(&rt->inst);
 	rt->ctl->instance_id = 0;
 }
