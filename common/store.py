@@ -101,10 +101,21 @@ class _Compacted(StoreError):
     """The requested start revision is older than etcd's compaction point."""
 
 
-class Item(NamedTuple):
+class _Item(NamedTuple):
     value: bytes
     mod_revision: int
-    create_revision: int = 0  # 0 where not known (watch events)
+
+
+class Item(_Item):
+    """(value, mod_revision), equal to that plain tuple; `create_revision` is the key's
+    create revision where the read knew it (list, get), else 0."""
+    create_revision: int = 0
+
+
+def _item(kv) -> Item:
+    item = Item(kv.value, kv.mod_revision)
+    item.create_revision = kv.create_revision
+    return item
 
 
 class Event(NamedTuple):
@@ -230,15 +241,14 @@ class Store:
 
     async def _range(self, key: bytes, range_end: bytes) -> tuple[dict[str, Item], int]:
         reply = await self._call(lambda c: c.get_range(key, range_end))
-        items = {kv.key.decode(): Item(kv.value, kv.mod_revision, kv.create_revision)
-                 for kv in reply}
+        items = {kv.key.decode(): _item(kv) for kv in reply}
         return items, reply.header.revision
 
     # -- keys -------------------------------------------------------------------------------
 
     async def get(self, key: str) -> Item | None:
         kv = await self._call(lambda c: c.get(_b(key)))
-        return None if kv is None else Item(kv.value, kv.mod_revision, kv.create_revision)
+        return None if kv is None else _item(kv)
 
     async def list(self, prefix: str) -> tuple[dict[str, Item], int]:
         """Every key under `prefix` and the revision they were read at (watch from it + 1)."""
