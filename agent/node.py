@@ -32,6 +32,10 @@ class StaleSpec(Exception):
     late call."""
 
 
+class NoSuchSFC(LookupError):
+    """The node runs no SFC of that name (it may have been stopped meanwhile)."""
+
+
 class SFCConflict(SpecError):
     """The SFC fits the node, but not beside another SFC it runs (a second default, a tag
     taken): another node, or the same one later, may take it."""
@@ -235,15 +239,21 @@ class Node:
             self.running[sfc].manager.scale(n)
             self.running[sfc].replicas = n
 
+    def _entry(self, sfc: str) -> _Running:
+        try:
+            return self.running[sfc]
+        except KeyError:
+            raise NoSuchSFC(f"node {self.spec.name} runs no SFC {sfc!r}") from None
+
     def merge_state(self, sfc: str) -> int:
         """SFC `sfc`'s running instances merge their state now; how many did."""
         with self._lock:
-            return self.running[sfc].manager.merge_state()
+            return self._entry(sfc).manager.merge_state()
 
     def snapshot_state(self, sfc: str, nf: str) -> list[tuple[str, bytes]]:
         """All tables of NF `nf` of SFC `sfc`, copied while its instances are stopped."""
         with self._lock:
-            entry = self.running[sfc]
+            entry = self._entry(sfc)
             with entry.manager.paused():
                 return self.state.read_nf(entry.spec.state_namespace(nf))
 
@@ -251,7 +261,7 @@ class Node:
         """Make `tables` all the state of NF `nf` of SFC `sfc` (StateError: nothing changed),
         while its instances are stopped."""
         with self._lock:
-            entry = self.running[sfc]
+            entry = self._entry(sfc)
             with entry.manager.paused():
                 self.state.replace_nf(entry.spec.state_namespace(nf), tables)
 

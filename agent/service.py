@@ -21,7 +21,7 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
-from .node import SFCConflict, StaleSpec
+from .node import NoSuchSFC, SFCConflict, StaleSpec
 from .process_pool import PoolError
 from .state_manager import StateError, StateManager
 
@@ -37,9 +37,8 @@ def _handler(method):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except StaleSpec as e:
             await context.abort(grpc.StatusCode.ABORTED, f"generation: {e}")
-        except KeyError as e:  # the SFC was stopped meanwhile
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"sfc: node {self.node.spec.name} runs no SFC {e}")
+        except NoSuchSFC as e:  # stopped meanwhile
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"sfc: {e}")
         except SpecError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except NFBuildError as e:
@@ -110,9 +109,6 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     @_handler
     async def MergeState(self, request, context):
-        if request.sfc not in self.node.running:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
         n = await asyncio.to_thread(self.node.merge_state, request.sfc)
         return pb.MergeStateResponse(node=self.node.spec.name, instances=n)
 

@@ -48,24 +48,6 @@ class StateManager:
     def path(self, nf: str, table: str) -> str:
         return os.path.join(self.state_dir, nf, table + TABLE_SUFFIX)
 
-    def snapshot(self, nf: str, table: str, dest: str) -> int:
-        """Copy a table to `dest` (a file); returns its size."""
-        src = self.path(nf, table)
-        if not os.path.exists(src):
-            raise StateError(f"no table {table!r} of NF {nf!r} in {self.state_dir}")
-        shutil.copyfile(src, dest)
-        return os.path.getsize(dest)
-
-    def restore(self, src: str, nf: str, table: str):
-        """Install a snapshot file as table `table` of `nf`, replacing any table of that name.
-        Instances started afterwards see it; stop running ones first."""
-        with open(src, "rb") as f:
-            data = f.read()
-        try:
-            self._install(nf, [(table, data)], replace_all=False)
-        except StateError as e:
-            raise StateError(f"{src}: {e}") from None
-
     def read_nf(self, nf: str) -> list[tuple[str, bytes]]:
         """[(table, file contents)] of every table of `nf`, its instances' replicas included
         (unmerged counts, release shares): all of the NF's state. Wants it quiescent."""
@@ -78,25 +60,12 @@ class StateManager:
 
     def replace_nf(self, nf: str, tables: list[tuple[str, bytes]]):
         """Make `tables` ([(table, file contents)] as read_nf() gives) all the state of `nf`.
-        A table the NF already has must keep its shape (flags, key and value sizes,
-        capacity): the NF's instances attach to it by that shape. Wants the NF quiescent."""
+        Every table is written and checked aside first, so a bad one raises StateError and
+        changes nothing; then the NF's tables are dropped and these moved in. A table the NF
+        has keeps its shape (flags, key and value sizes, capacity): its instances attach to
+        it by that shape. Wants the NF quiescent."""
         if not tables:
             raise StateError("the snapshot has no tables")
-        for table, data in tables:
-            if table.split("@")[0] != table or not os.path.exists(self.path(nf, table)):
-                continue  # replicas are the instances' own; a new table has no shape yet
-            with open(self.path(nf, table), "rb") as f:
-                have = f.read(_HDR_SHAPE_END)
-            is_table = len(data) >= _HDR_SHAPE_END and \
-                struct.unpack_from("<Q", data)[0] == TABLE_MAGIC  # else _install says so
-            if is_table and have[16:_HDR_SHAPE_END] != data[16:_HDR_SHAPE_END]:
-                raise StateError(f"table {table}: another shape (flags, key, value or "
-                                 f"capacity) than {nf}'s table of that name")
-        self._install(nf, tables, replace_all=True)
-
-    def _install(self, nf: str, tables: list[tuple[str, bytes]], replace_all: bool):
-        """Write and check every table aside first, so a bad one raises StateError and
-        changes nothing; then move them in (after dropping the NF's others if replace_all)."""
         names = [table for table, _ in tables]
         if len(set(names)) != len(names):
             raise StateError(f"a table appears twice: {sorted(names)}")
@@ -114,18 +83,27 @@ class StateManager:
                         len(data) < struct.unpack_from("<Q", data, _HDR_FILE_SIZE)[0]:
                     raise StateError(f"table {table}: cut short ({len(data)} bytes)")
                 _check_layout(table, data)
+                self._check_shape(nf, table, data)
                 _write_file(self.path(staging, table), data)
                 try:
                     dp.StateTable(self.state_dir, staging, table).close()  # header and layout
                 except OSError as e:
                     raise StateError(f"table {table}: {e.strerror}") from None
-            if replace_all:
-                self.drop(nf)
+            self.drop(nf)
             os.makedirs(os.path.join(self.state_dir, nf), mode=0o700, exist_ok=True)
             for table, _ in tables:
                 os.replace(self.path(staging, table), self.path(nf, table))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _check_shape(self, nf: str, table: str, data: bytes):
+        if "@" in table or not os.path.exists(self.path(nf, table)):
+            return  # replicas are the instances' own; a new table has no shape yet
+        with open(self.path(nf, table), "rb") as f:
+            have = f.read(_HDR_SHAPE_END)
+        if have[16:] != data[16:_HDR_SHAPE_END]:
+            raise StateError(f"table {table}: another shape (flags, key, value or capacity) "
+                             f"than {nf}'s table of that name")
 
     def drop(self, nf: str, table: str | None = None):
         """Delete a table (or all tables of an NF): its state is gone for good."""

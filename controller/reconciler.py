@@ -245,10 +245,11 @@ class Reconciler:
         in_pps, replicas = load["in_pps"], scale["replicas"]
         want = min(max(math.ceil(in_pps / target), scale["min"]), scale["max"])
         free = self._free_processes(node, name, state)
-        if free is not None and want > max(free, replicas, scale["min"]):
+        room = None if free is None else max(free, replicas, scale["min"])
+        if room is not None and want > room:
             log.info("autoscaling sfc %s: %d replicas wanted, node %s has pool processes "
-                     "for %d", name, want, node, max(free, replicas, scale["min"]))
-            want = max(free, replicas, scale["min"])
+                     "for %d", name, want, node, room)
+            want = room
         if want < replicas:
             recent = time.time() - scale.get("changed_at", 0) < _SCALE_IN_AFTER_S
             if recent or in_pps > _SCALE_IN_SLACK * target * want:
@@ -322,7 +323,7 @@ class Reconciler:
                 sources = await self._sources(record["nfs"])
                 running = await stub.RunSFC(pb.RunSFCRequest(
                     spec=record["spec"], nf_sources=sources, generation=generation,
-                    replicas=replicas, incarnation=state.incarnations.get(name, 0)),
+                    replicas=replicas, incarnation=incarnation),
                     timeout=_RUN_TIMEOUT)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas:

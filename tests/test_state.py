@@ -109,21 +109,19 @@ def test_concurrent_writers_in_two_processes(state_dir):
     assert all(struct.unpack("<Q", v)[0] == struct.unpack("<Q", k)[0] * 3 for k, v in items.items())
 
 
-def test_snapshot_and_restore(state_dir, tmp_path):
+def test_an_nf_s_state_moves_to_another_node(state_dir, tmp_path):
     t = dp.StateTable(state_dir, "nat", "map", PF, 4, 4, 64)
     t.put(b"key1", b"val1")
     sm = StateManager(state_dir)
     assert sm.tables() == [("nat", "map")]
-    snap = tmp_path / "map.snap"
-    sm.snapshot("nat", "map", str(snap))
+    snap = sm.read_nf("nat")
     t.put(b"key1", b"new!")
     t.close()
-    other = StateManager(str(tmp_path / "other-node"))
-    other.restore(str(snap), "nat", "map")
+    other = StateManager(str(tmp_path / "other-node"))  # no state dir yet
+    other.replace_nf("nat", snap)
     assert other.open("nat", "map").get(b"key1") == b"val1"
-    (tmp_path / "junk").write_bytes(b"not a table" * 100)
     with pytest.raises(StateError, match="not a Serpens state table"):
-        other.restore(str(tmp_path / "junk"), "nat", "map")
+        other.replace_nf("nat", [("map", b"not a table" * 100)])
     assert other.open("nat", "map").get(b"key1") == b"val1"  # a bad restore changes nothing
 
 
