@@ -36,6 +36,7 @@ class PacketHarness:
         self.sfc = sfc
         self.load_mode = load_mode
         self.process: PoolProcess | None = None
+        self._ctl = None  # the control block of the process that ran it
         n = next(_names)
         self.rx = dp.Ring(f"hrx{n}_{id(self) & 0xffff:x}", self.RING_SIZE)
         self.tx = dp.Ring(f"htx{n}_{id(self) & 0xffff:x}", self.RING_SIZE)
@@ -43,6 +44,7 @@ class PacketHarness:
     def start(self):
         self.process = self.pool.start_instance(self.sfc, self.rx, self.tx,
                                                 load_mode=self.load_mode)
+        self._ctl = self.process.ctl
         return self
 
     def __enter__(self):
@@ -54,6 +56,8 @@ class PacketHarness:
     def close(self):
         if self.process is not None and not self.process.dead:
             self.pool.stop_instance(self.process)
+        if self._ctl is not None:  # a process that died mid-batch left packets with us
+            dp.free_lost_batch(self._ctl, self.rx, self.tx)
         self.process = None
         self.rx.free()
         self.tx.free()

@@ -7,8 +7,14 @@ The control thread sleeps on an eventfd the router writes when packets wait for 
 instance, waking otherwise only to check warm periods and crashed processes, so an idle node
 costs almost no CPU. `scale(n)`
 starts or retires instances; retiring drains an instance first (router.h), so its flows move
-to the survivors without loss, reordering or state migration. A pool process that dies is
-taken out of the router at its next check.
+to the survivors without loss, reordering or state migration.
+
+Faults (DESIGN §8). The router's watchdog kills an instance stuck in one batch longer than
+`budget_ms`. A pool process that dies tells us at once (PoolProcess.on_death): the router lets
+go of its instance (counting what it held as dropped), the death is described (agent/faults.py:
+the NF, the signal, the address) and recorded, and instances start again after a back-off;
+after too many crashes the SFC is Failed and the router drops its packets. `health()` says
+which.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 from serpens.runtime_cy import _dataplane as dp
 
+from .faults import FAILED, CrashPolicy, describe_death
 from .process_pool import PoolError, PoolProcess, ProcessPool, merge_state
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ class _Slot:
     proc: PoolProcess
     rx: dp.Ring
     tx: dp.Ring
+    pidfd: int               # the router's own handle on the process (watchdog)
     activity: int = 0
     active_at: float = 0.0
 
@@ -41,9 +49,16 @@ class _Slot:
 class InstanceManager:
     def __init__(self, pool: ProcessPool, router: dp.Router, sfc, *, sfc_id: int = 0,
                  warm_s: float = 30.0, max_instances: int = 16, check_s: float = 0.05,
-                 ring_size: int = 1024):
-        """Runs instances of `sfc` (a CompiledSFC) for the router's SFC `sfc_id`."""
+                 ring_size: int = 1024, budget_ms: float = 10.0,
+                 crashes: CrashPolicy | None = None):
+        """Runs instances of `sfc` (a CompiledSFC) for the router's SFC `sfc_id`; an
+        instance inside one batch longer than `budget_ms` is killed (0: never)."""
         self.pool, self.router, self.sfc, self.sfc_id = pool, router, sfc, sfc_id
+        self.budget_ms = budget_ms
+        self.crashes = crashes or CrashPolicy()
+        self.wanted = 0   # instances last asked for by scale()
+        self.restore = 0  # of those, lost to crashes and not started again yet
+        router.set_drop_all(sfc_id, False)  # a failed predecessor's verdict is not ours
         self.warm_s, self.max_instances = warm_s, max_instances
         self.ring_size = ring_size  # per instance and direction: fewer mbufs in flight stay in cache
         self.check_s = min(check_s, warm_s / 4)  # how often warm periods are checked
@@ -72,11 +87,19 @@ class InstanceManager:
     def count(self) -> int:
         return len(self.slots)
 
+    def health(self) -> tuple[str, str]:
+        """(phase, message): Running, Degraded (crashed, restarting) or Failed."""
+        with self._lock:
+            return self.crashes.phase()
+
     def scale(self, n: int):
         """Run exactly n instances (0 = scale to zero)."""
         if not 0 <= n <= self.max_instances:
             raise ValueError(f"instances: 0..{self.max_instances}, got {n}")
         with self._lock:
+            self.wanted, self.restore = n, 0
+            if self.crashes.failed:
+                n = 0
             while len(self.slots) < n:
                 slot = self._add()
                 if len(self.slots) > 1:  # scale-out: the new instance takes a share of flows
@@ -123,10 +146,49 @@ class InstanceManager:
             tx.free()
             self.router.release_slot(slot)
             raise
-        self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd, self.sfc_id)
-        self.slots[slot] = _Slot(proc, rx, tx, self.router.activity(slot), time.monotonic())
+        pidfd = os.dup(proc.pidfd)  # ours: the pool closes its own when the process dies
+        self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd, self.sfc_id, pidfd=pidfd,
+                                 budget_ms=self.budget_ms)
+        self.slots[slot] = _Slot(proc, rx, tx, pidfd, self.router.activity(slot),
+                                 time.monotonic())
+        proc.on_death = self._on_death
+        if proc.dead:  # died before it was ours to watch
+            self._on_death(proc)
         self.starts += 1
         return slot
+
+    def _forget(self, slot: int, s: _Slot):
+        """The router lets go of slot's instance (stopped or dead); then its rings go."""
+        if self.router.clear_instance(slot):
+            s.rx.free()
+            s.tx.free()
+        else:  # the router did not answer: leaking two rings beats freeing them under it
+            log.error("sfc %d: router slot %d not released; its rings stay", self.sfc_id, slot)
+        os.close(s.pidfd)
+
+    def _on_death(self, proc: PoolProcess):
+        """From the pool's monitor thread: wake the control thread, which handles it."""
+        os.eventfd_write(self._wake_fd, 1)
+
+    def _bury(self, slot: int, s: _Slot):
+        """Slot's process died: release it, record why, and fail the SFC if it must."""
+        self.slots.pop(slot)
+        self.restore += 1
+        watchdog = self.router.watchdog_fired(slot)
+        returncode = s.proc.returncode  # set by the pool's monitor, which may be behind us
+        if returncode is None:
+            returncode = s.proc.proc.wait(1.0)
+        fault = describe_death(returncode, s.proc.ctl.crash(),
+                               s.proc.ctl.current_step(), [st.name for st in self.sfc.steps],
+                               self.budget_ms if watchdog else None)
+        self._forget(slot, s)
+        self.crashes.record(fault)
+        phase, message = self.crashes.phase()
+        log.warning("sfc %d: instance in slot %d died: %s", self.sfc_id, slot, message)
+        if phase == FAILED:
+            self.router.set_drop_all(self.sfc_id, True)
+            for other, o in list(self.slots.items()):
+                self._retire(other)
 
     def _retire(self, slot: int, timeout: float = 10.0):
         s = self.slots.pop(slot)
@@ -137,17 +199,23 @@ class InstanceManager:
                 break  # stuck: stop it anyway; the router forgets what it still held
             time.sleep(0.0002)
         if not s.proc.dead:
-            self.pool.stop_instance(s.proc)
-        self.router.clear_instance(slot)
-        s.rx.free()
-        s.tx.free()
+            s.proc.on_death = None
+            try:
+                self.pool.stop_instance(s.proc)
+            except PoolError as e:  # stuck in an NF: the process goes, the pool refills
+                log.warning("sfc %d: stopping slot %d: %s; killing it", self.sfc_id, slot, e)
+                s.proc.proc.kill()
+        self._forget(slot, s)
         self.stops += 1
 
     def _control(self):
         poller = select.poll()
         poller.register(self._wake_fd, select.POLLIN)
         while not self._stop.is_set():
-            if poller.poll(self.check_s * 1000):
+            wait = self.check_s
+            if self.crashes.not_before > time.monotonic():  # a back-off ends sooner
+                wait = min(wait, self.crashes.not_before - time.monotonic())
+            if poller.poll(max(wait, 0.001) * 1000):
                 try:
                     os.eventfd_read(self._wake_fd)
                 except BlockingIOError:
@@ -155,18 +223,25 @@ class InstanceManager:
             with self._lock:
                 for slot, s in list(self.slots.items()):
                     if s.proc.dead:  # crashed: the pool replaces the process
-                        self.router.drain_instance(slot)
-                        self.slots.pop(slot)
-                        self.router.clear_instance(slot)
-                        continue
+                        self._bury(slot, s)
+                for slot, s in list(self.slots.items()):
                     activity = self.router.activity(slot)
                     now = time.monotonic()
                     if activity != s.activity:
                         s.activity, s.active_at = activity, now
                     elif now - s.active_at > self.warm_s:
                         self._retire(slot)  # warm period over: scale in (to zero at last)
+                if not self.crashes.may_start():
+                    continue  # backing off (the request stays until then), or failed
+                # crashed instances come back (as many as were asked for by scale())
+                missing = max(0, min(self.restore, self.wanted - len(self.slots)))
                 if self.router.take_instance_request(self.sfc_id) and not self.slots:
-                    try:
-                        self._add()
-                    except PoolError:
-                        pass  # every pool process busy: the packets keep waiting
+                    missing = max(missing, 1)
+                try:
+                    for _ in range(missing):
+                        slot = self._add()
+                        self.restore = max(0, self.restore - 1)
+                        if len(self.slots) > 1:
+                            self.router.rebalance(self.sfc_id, slot)
+                except PoolError:
+                    pass  # every pool process busy: the packets keep waiting (bounded)

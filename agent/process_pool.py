@@ -5,13 +5,15 @@ Theory of operation (paper §III-A, Fig. 4; runtime_cy/src/pool_ctl.h). At agent
 as a secondary with its own lcore id and sleeps on an eventfd. `start_instance` hands an idle
 process its compiled SFC (image memfds over SCM_RIGHTS, ring names) and wakes it; it maps the
 images and runs. `stop_instance` returns it to the pool. A monitor thread watches every
-process's pidfd: a process that dies is replaced, the mbufs it held mid-batch are freed, and
-`on_crash(process, instance_id)` is told.
+process's pidfd: a process that dies is replaced, its `on_death(process)` (set by whoever
+runs an instance in it: they own its rings and the packets it held mid-batch, see
+runtime_cy/src/lost_batch.h) and then `on_crash(process, instance_id)` are told.
 """
 from __future__ import annotations
 
 import glob
 import itertools
+import logging
 import os
 import select
 import socket
@@ -26,6 +28,7 @@ from serpens.runtime_cy import _dataplane as dp
 from .dataplane import RUNTIME_ROOT, Dataplane
 from .sched import set_time_slice
 
+log = logging.getLogger(__name__)
 SO_SNDBUFFORCE = 32  # linux/socket.h; not exported by Python's socket module
 
 
@@ -54,6 +57,8 @@ class PoolProcess:
     rings: tuple = ()
     nsteps: int = 0
     dead: bool = False
+    on_death: object = None   # called from the monitor thread when it dies
+    returncode: int | None = None  # once dead: -signal, or its exit status
 
     @property
     def pid(self):
@@ -219,6 +224,7 @@ class ProcessPool:
         self._command(p, dp.CMD_STOP, timeout=timeout)
         p.instance_id = 0
         p.rings = ()
+        p.on_death = None
 
     def wait_ack(self, p: PoolProcess, seq: int, timeout: float = 5.0):
         deadline = time.monotonic() + timeout
@@ -325,10 +331,13 @@ class ProcessPool:
             p.dead = True
             self.crashes += 1
             del self._procs[p.index]
-        p.proc.wait()
-        # The dead process held these mbufs mid-batch; nobody else will free them.
-        dp.free_mbufs(p.ctl.take_inflight())
+        p.returncode = p.proc.wait()
         instance_id = p.instance_id
+        if p.on_death is not None:  # first: its owner lets go of it while we respawn
+            try:
+                p.on_death(p)
+            except Exception:  # noqa: BLE001 - the pool must refill whatever the owner does
+                log.exception("on_death of pool process %d", p.pid)
         self._release(p)
         replacement = self._spawn()
         try:

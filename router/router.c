@@ -1,6 +1,8 @@
 /* The router (see router.h). */
 #include <sched.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -9,12 +11,14 @@
 #include <rte_ethdev.h>
 #include <rte_mbuf_dyn.h>
 
+#include "lost_batch.h"
 #include "nf_api.h"
 #include "router.h"
 
 #define IDLE_POLLS 256          /* empty polls before the router starts sleeping */
 #define MAX_SLEEP_US 3200 /* a wake-up costs ~30 us of CPU in a nested VM: <1% idle */
 #define MIN_SLEEP_US 100  /* shorter sleeps oversleep: spin instead */
+#define WATCHDOG_US 1000  /* how often batches are checked against their budget */
 
 #define META(r, m) RTE_MBUF_DYNFIELD((m), (r)->meta_off, struct serpens_rx_meta *)
 #define LABEL(r, m) (*RTE_MBUF_DYNFIELD((m), (r)->label_off, uint16_t *))
@@ -233,14 +237,37 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 	if (q && in->waiting == 0)
 		in->oldest_tsc = now;
 	in->waiting += q;
-	if (q < n) {
+	if (q < n && in->shedding) { /* stuck before: no back-pressure for it now */
+		rte_pktmbuf_free_bulk(pkts + q, n - q);
+		in->dropped += n - q;
+		r->sfcs[in->sfc].drop_stuck += n - q;
+		r->dropped += n - q;
+		wake(in);
+	} else if (q < n) {
 		memcpy(in->pending + in->npending, pkts + q, sizeof(pkts[0]) * (n - q));
+		if (!in->npending)
+			in->stall_since = now;
 		in->npending += n - q;
 		r->npending += n - q;
 		wake(in);
-	} else if (in->waiting >= r->wake_batch) {
-		wake(in);
+	} else {
+		in->shedding = 0; /* its ring had room for everything: it takes packets again */
+		if (in->waiting >= r->wake_batch)
+			wake(in);
 	}
+}
+
+/* Drop what waits for instance `in` beyond its ring (it took nothing for stall_cycles). */
+static void shed(struct serpens_router *r, struct serpens_router_instance *in)
+{
+	rte_pktmbuf_free_bulk(in->pending, in->npending);
+	in->dropped += in->npending;
+	r->sfcs[in->sfc].drop_stuck += in->npending;
+	r->dropped += in->npending;
+	r->npending -= in->npending;
+	in->npending = 0;
+	in->stall_since = 0;
+	in->shedding = 1;
 }
 
 static uint32_t flush_pending(struct serpens_router *r, uint64_t now)
@@ -261,8 +288,11 @@ static uint32_t flush_pending(struct serpens_router *r, uint64_t now)
 			in->npending -= q;
 			r->npending -= q;
 			moved += q;
+			in->stall_since = in->npending ? now : 0; /* it moves: the stall starts over */
 		}
-		if (in->npending)
+		if (in->npending && now - in->stall_since > r->stall_cycles)
+			shed(r, in);
+		else if (in->npending)
 			wake(in);
 	}
 	return moved;
@@ -281,9 +311,22 @@ static uint32_t route(struct serpens_router *r, int sfc, struct rte_mbuf **pkts,
 	uint16_t coarse = (uint16_t)(now >> 24);
 	uint32_t k = 0;
 
+	if (s->drop_all) { /* failed: nothing to wait for */
+		rte_pktmbuf_free_bulk(pkts, n);
+		s->rx += n;
+		s->drop_failed += n;
+		r->dropped += n;
+		return n;
+	}
 	for (; k < n; k++) {
 		int i = s->nheld && !from_hold ? -1 : dispatch(r, sfc, META(r, pkts[k])->flow, coarse);
 		if (i < 0) {
+			if (s->nheld == SERPENS_ROUTER_HOLD && s->hold_shedding) {
+				rte_pktmbuf_free(pkts[k]);
+				s->drop_hold++;
+				r->dropped++;
+				continue;
+			}
 			if (s->nheld == SERPENS_ROUTER_HOLD)
 				break;
 			s->held[s->nheld++] = pkts[k];
@@ -324,10 +367,32 @@ static uint32_t release_held(struct serpens_router *r, uint64_t now)
 		s->nheld -= n;
 		r->nheld -= n;
 		s->rx -= n; /* counted when first routed */
+		s->hold_shedding = 0;
 		uint32_t k = route(r, sfc, pkts, n, now, 1); /* takes all: an instance is active */
 		moved += k;
 	}
 	return moved;
+}
+
+/* Held packets older than hold_cycles are dropped: no SFC waits for an instance forever. */
+static void expire_held(struct serpens_router *r, uint64_t now)
+{
+	for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS && r->nheld; sfc++) {
+		struct serpens_router_sfc *s = &r->sfcs[sfc];
+		uint32_t n = 0;
+		while (n < s->nheld && now - META(r, s->held[n])->rx_tsc > r->hold_cycles &&
+		       (int64_t)(now - META(r, s->held[n])->rx_tsc) > 0)
+			n++;
+		if (!n)
+			continue;
+		rte_pktmbuf_free_bulk(s->held, n);
+		memmove(s->held, s->held + n, sizeof(s->held[0]) * (s->nheld - n));
+		s->nheld -= n;
+		r->nheld -= n;
+		s->drop_hold += n;
+		r->dropped += n;
+		s->hold_shedding = 0;
+	}
 }
 
 /* Route a classified burst (each packet's label holds its SFC), runs of one SFC together so
@@ -343,6 +408,8 @@ static uint32_t place(struct serpens_router *r, struct rte_mbuf **pkts, uint32_t
 			end++;
 		uint32_t took = route(r, sfc, pkts + start, end - start, now, 0);
 		if (took < end - start) {
+			if (!r->stalled_since)
+				r->stalled_since = now;
 			r->nstalled = n - (start + took);
 			memcpy(r->stalled, pkts + start + took, sizeof(pkts[0]) * r->nstalled);
 			return start + took;
@@ -377,7 +444,15 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 		uint32_t n = r->nstalled;
 		memcpy(pkts, r->stalled, sizeof(pkts[0]) * n);
 		r->nstalled = 0;
-		return place(r, pkts, n, now);
+		if (now - r->stalled_since > r->stall_cycles) {
+			/* a hold queue stayed full too long: its SFC sheds, the node receives again */
+			for (uint32_t k = 0; k < n; k++)
+				r->sfcs[LABEL(r, pkts[k])].hold_shedding = 1;
+		}
+		uint32_t took = place(r, pkts, n, now);
+		if (!r->nstalled)
+			r->stalled_since = 0;
+		return took;
 	}
 	for (uint32_t tries = 0; tries < r->nports; tries++) {
 		uint32_t port = r->next_port;
@@ -468,15 +543,116 @@ static int room_in(const struct serpens_router *r, int sfc)
 	return r->sfcs[sfc].nheld + SERPENS_BURST <= SERPENS_ROUTER_HOLD;
 }
 
+/* Hand n packets an instance returned on: OUT to the SFC's next SFC or its output port, the
+ * rest freed. Returns how many went on. */
+static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
+			struct rte_mbuf **pkts, uint32_t n, uint64_t now)
+{
+	struct rte_mbuf *drop[SERPENS_BURST], *fwd[SERPENS_BURST];
+	uint32_t ndrop = 0, nfwd = 0;
+	struct serpens_router_port *p = &r->ports[s->out_port];
+
+	for (uint32_t k = 0; k < n; k++) {
+		struct rte_mbuf *m = pkts[k];
+		if (LABEL(r, m) != SERPENS_LABEL_OUT) {
+			drop[ndrop++] = m;
+		} else if (s->next >= 0) {
+			LABEL(r, m) = (uint16_t)s->next;
+			fwd[nfwd++] = m;
+		} else {
+			p->out[p->nout++] = m;
+			if (p->nout == SERPENS_BURST)
+				flush(r, p);
+		}
+	}
+	rte_pktmbuf_free_bulk(drop, ndrop);
+	s->dropped += ndrop;
+	s->out += n - ndrop;
+	r->dropped += ndrop;
+	if (nfwd) {
+		/* room_in() left room for a burst in the next SFC's hold queue; what a reaped
+		 * instance returns may find none */
+		uint32_t took = route(r, s->next, fwd, nfwd, now, 0);
+		rte_pktmbuf_free_bulk(fwd + took, nfwd - took);
+		r->sfcs[s->next].drop_hold += nfwd - took;
+		r->dropped += nfwd - took;
+	}
+	return n - ndrop;
+}
+
+static void free_counted(struct serpens_router *r, struct serpens_router_instance *in,
+			 struct rte_mbuf **pkts, uint32_t n)
+{
+	rte_pktmbuf_free_bulk(pkts, n);
+	in->dropped += n;
+	r->sfcs[in->sfc].drop_died += n;
+	r->dropped += n;
+}
+
+/* Let go of a dead or stopped instance (router.h "Containment"). */
+void serpens_router_reap(struct serpens_router *r, int i)
+{
+	struct serpens_router_instance *in = &r->inst[i];
+	struct rte_mbuf *pkts[SERPENS_BURST];
+	uint64_t now = rte_rdtsc();
+	uint32_t n;
+
+	if (in->state != SERPENS_INST_DEAD)
+		return;
+	/* its last batch first: that needs the RX ring's consumer count as the process left it */
+	uint32_t lost = serpens_free_lost_batch(in->ctl, in->rx, in->tx);
+	in->dropped += lost;
+	r->sfcs[in->sfc].drop_died += lost;
+	r->dropped += lost;
+	/* What it finished goes on (chained SFCs too: nothing waits on room here). */
+	while ((n = rte_ring_sc_dequeue_burst(in->tx, (void **)pkts, SERPENS_BURST, NULL)) > 0) {
+		forward(r, &r->sfcs[in->sfc], pkts, n, now);
+		in->returned += n;
+	}
+	free_counted(r, in, in->pending, in->npending);
+	r->npending -= in->npending;
+	in->npending = 0;
+	while ((n = rte_ring_sc_dequeue_burst(in->rx, (void **)pkts, SERPENS_BURST, NULL)) > 0)
+		free_counted(r, in, pkts, n);
+	/* Everything given to it is accounted for: rebalances waiting on it go on. */
+	in->returned = in->enqueued;
+	in->barrier_on = 0;
+	in->waiting = 0;
+	in->stall_since = 0;
+	__atomic_store_n(&in->state, SERPENS_INST_REAPED, __ATOMIC_RELEASE);
+}
+
+/* Kill instances stuck inside one batch longer than their budget (router.h). */
+static void watchdog(struct serpens_router *r, uint64_t now)
+{
+	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+		struct serpens_router_instance *in = &r->inst[i];
+		uint32_t st = in->state;
+		if ((st != SERPENS_INST_ACTIVE && st != SERPENS_INST_DRAINING) || !in->budget_cycles ||
+		    in->pidfd < 0 || in->watchdog_fired)
+			continue;
+		uint64_t began = __atomic_load_n(&in->ctl->batch_tsc, __ATOMIC_RELAXED);
+		if (began && now > began && now - began > in->budget_cycles &&
+		    syscall(SYS_pidfd_send_signal, in->pidfd, SIGKILL, NULL, 0) == 0)
+			__atomic_store_n(&in->watchdog_fired, 1, __ATOMIC_RELEASE);
+	}
+}
+
 static uint32_t drain(struct serpens_router *r, uint64_t now)
 {
-	struct rte_mbuf *pkts[SERPENS_BURST], *drop[SERPENS_BURST], *fwd[SERPENS_BURST];
+	struct rte_mbuf *pkts[SERPENS_BURST];
 	uint32_t total = 0;
 
 	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
-		if (in->state == SERPENS_INST_EMPTY)
+		uint32_t st = in->state;
+		if (st == SERPENS_INST_EMPTY || st == SERPENS_INST_REAPED)
 			continue;
+		if (st == SERPENS_INST_DEAD) {
+			serpens_router_reap(r, i);
+			total++;
+			continue;
+		}
 		struct serpens_router_sfc *s = &r->sfcs[in->sfc];
 		if (in->waiting && now - in->oldest_tsc > r->wake_cycles)
 			wake(in);
@@ -485,34 +661,14 @@ static uint32_t drain(struct serpens_router *r, uint64_t now)
 		if (s->next >= 0 && !room_in(r, s->next))
 			continue;
 		uint32_t n = rte_ring_dequeue_burst(in->tx, (void **)pkts, SERPENS_BURST, NULL);
-		uint32_t ndrop = 0, nfwd = 0;
-		struct serpens_router_port *p = &r->ports[s->out_port];
-		for (uint32_t k = 0; k < n; k++) {
-			struct rte_mbuf *m = pkts[k];
-			if (LABEL(r, m) != SERPENS_LABEL_OUT) {
-				drop[ndrop++] = m;
-			} else if (s->next >= 0) {
-				LABEL(r, m) = (uint16_t)s->next;
-				fwd[nfwd++] = m;
-			} else {
-				p->out[p->nout++] = m;
-				if (p->nout == SERPENS_BURST)
-					flush(r, p);
-			}
+		if (n) {
+			forward(r, s, pkts, n, now);
+			in->returned += n;
+			total += n;
 		}
-		rte_pktmbuf_free_bulk(drop, ndrop);
-		s->dropped += ndrop;
-		s->out += n - ndrop;
-		r->dropped += ndrop;
-		if (nfwd) {
-			/* takes all: room_in() left room for a burst in the hold queue */
-			route(r, s->next, fwd, nfwd, now, 0);
-		}
-		in->returned += n;
-		total += n;
 		/* A draining instance is done once every packet given to it came back (the router
 		 * alone counts both, so this is exact: nothing queued, nothing in flight). */
-		if (in->state == SERPENS_INST_DRAINING && !in->drained && in->returned == in->enqueued &&
+		if (st == SERPENS_INST_DRAINING && !in->drained && in->returned == in->enqueued &&
 		    in->npending == 0)
 			__atomic_store_n(&in->drained, 1, __ATOMIC_RELEASE);
 	}
@@ -542,6 +698,12 @@ int serpens_router_run(struct serpens_router *r)
 			__atomic_store_n(&r->requests, 0, __ATOMIC_SEQ_CST);
 			if (take_requests(r))
 				r->requests = 1;
+		}
+		if (now >= r->next_watchdog) {
+			r->next_watchdog = now + rte_get_tsc_hz() / 1000000 * WATCHDOG_US;
+			watchdog(r, now);
+			if (r->nheld)
+				expire_held(r, now);
 		}
 		if (r->npending)
 			work += flush_pending(r, now);

@@ -34,6 +34,24 @@
  * Then no packet of the flow is left behind it, and the new instance takes over; its state
  * is in shared memory already.
  *
+ * Containment (DESIGN §8: the router never waits on one instance or one SFC). Instances run
+ * untrusted NFs and may die (a fault, SIGSYS from the sandbox, SIGKILL) or hang:
+ * - Back-pressure is bounded in time. RX stops for an instance whose full ring left packets
+ *   pending, or for a full hold queue, for at most `stall_cycles`; after that the instance (or
+ *   SFC) sheds: what it cannot take is dropped and counted (`drop_stuck`, `drop_hold`) until
+ *   it takes packets again, so other SFCs' traffic flows.
+ * - Held packets wait at most `hold_cycles` (then `drop_hold`); an SFC the control side marked
+ *   `drop_all` (failed) has its packets dropped at once (`drop_failed`), never held.
+ * - Watchdog: an instance inside one batch (its control block's batch_tsc) for longer than its
+ *   `budget_cycles` is killed through its pidfd (`watchdog_fired`), then handled as dead.
+ * - An instance whose process is gone (or that was stopped) is retired by the control side
+ *   setting state DEAD: the router then forwards what the instance finished, frees everything
+ *   it still held for it (pending, its RX ring, and the part of its last batch that never
+ *   reached the TX ring: the RX ring's consumer count minus the TX ring's producer count,
+ *   taken from the end of the control block's inflight[]), counts those as `drop_died`, marks
+ *   its barrier met, and sets REAPED; only then may the control side free its rings. Flows
+ *   pinned to it move to a live instance on their next packet.
+ *
  * Every received packet carries metadata in an mbuf dynfield (`serpens_rx_meta`): its arrival
  * time, flow hash and a receive sequence number. When a latency log is armed, the router
  * records them with the transmit time of every packet it sends: benchmarks read latency and
@@ -71,6 +89,8 @@ enum serpens_instance_state {
 	SERPENS_INST_EMPTY = 0,
 	SERPENS_INST_ACTIVE = 1,   /* takes new flows */
 	SERPENS_INST_DRAINING = 2, /* keeps its flows until drained, takes no new ones */
+	SERPENS_INST_DEAD = 3,     /* control: the process is gone or stopped: router, let go */
+	SERPENS_INST_REAPED = 4,   /* router: nothing of it left here; control may free rings */
 };
 
 /* Per packet, set at RX (mbuf dynfield "serpens_rx_meta"). */
@@ -92,6 +112,8 @@ struct serpens_router_instance {
 	int efd;
 	struct rte_ring *rx, *tx;
 	struct serpens_pool_ctl *ctl;
+	int pidfd;                   /* its pool process (watchdog kills through it; -1: none) */
+	uint64_t budget_cycles;      /* longest batch before the watchdog kills it (0: never) */
 	/* router thread */
 	uint32_t waiting;            /* enqueued since the last wake-up */
 	uint64_t oldest_tsc;         /* when the first of those was enqueued */
@@ -101,6 +123,10 @@ struct serpens_router_instance {
 	volatile uint32_t drained;   /* draining and empty: its flows have moved */
 	uint64_t barrier;            /* flows moving away wait until returned >= barrier */
 	uint32_t barrier_on;
+	uint32_t shedding;           /* stalled too long: drop what its ring does not take */
+	uint64_t stall_since;        /* when its pending packets began waiting (0: none) */
+	volatile uint32_t watchdog_fired; /* the router killed it (stuck in a batch) */
+	uint64_t dropped;            /* packets dropped because of it (pending, ring, batch) */
 };
 
 struct serpens_router_sfc {
@@ -110,11 +136,18 @@ struct serpens_router_sfc {
 	volatile uint32_t wants_instance; /* set by the router, cleared by the instance manager */
 	int notify_fd;               /* eventfd written when wants_instance is raised (-1: none) */
 	volatile int32_t rebalance_to; /* control: move a share of the flows to slot - 1 */
+	volatile uint32_t drop_all;  /* control: failed, drop its packets instead of holding */
 	uint32_t nheld;
 	struct rte_mbuf *held[SERPENS_ROUTER_HOLD];
 	/* router thread */
 	uint32_t moving;             /* a rebalance waits for its barriers */
+	uint32_t hold_shedding;      /* its full hold queue stalled RX too long: drop instead */
 	uint64_t rx, out, dropped, new_flows, moved_flows, rebalanced_flows;
+	/* dropped by the router, by reason (`dropped` above: NF verdicts) */
+	uint64_t drop_died;          /* queued for or held by an instance that died */
+	uint64_t drop_stuck;         /* its instance took nothing for stall_cycles */
+	uint64_t drop_hold;          /* waited for an instance longer or beyond the hold queue */
+	uint64_t drop_failed;        /* the SFC is failed (drop_all) */
 };
 
 /* First match wins. Addresses and masks in network order; ports in host order, inclusive. */
@@ -149,6 +182,8 @@ struct serpens_router {
 	uint32_t wake_batch;      /* wake after this many queued packets (128) */
 	uint64_t wake_cycles;     /* ... or after the oldest waited this long */
 	uint64_t drain_cycles;    /* TX flush period */
+	uint64_t stall_cycles;    /* longest RX stall one instance or hold queue may cause */
+	uint64_t hold_cycles;     /* longest a packet waits in a hold queue */
 	uint32_t nports, nrules;
 	int32_t default_sfc;      /* unmatched packets go here (-1: counted and freed) */
 	struct serpens_router_port ports[SERPENS_ROUTER_MAX_PORTS];
@@ -166,7 +201,9 @@ struct serpens_router {
 	uint32_t npending;        /* sum of the instances' pending: no RX while > 0 */
 	uint32_t nheld;           /* sum of the SFCs' held packets */
 	uint32_t nstalled;        /* a burst part no hold queue took yet (no RX while > 0) */
+	uint64_t stalled_since;
 	struct rte_mbuf *stalled[SERPENS_BURST];
+	uint64_t next_watchdog;   /* TSC of the next watchdog pass */
 	uint32_t seq;
 	uint64_t rx, tx, dropped, tx_failed, sleeps;
 	volatile uint64_t loops;  /* iterations: two more = a control change is in effect */
@@ -180,6 +217,9 @@ struct serpens_router {
 
 /* Run until r->stop; returns 0. */
 int serpens_router_run(struct serpens_router *r);
+/* Reap instance slot i (state DEAD) on the caller's thread: only while the router does not
+ * run (serpens_router_run reaps by itself). */
+void serpens_router_reap(struct serpens_router *r, int i);
 /* The same as an lcore function (rte_eal_remote_launch): arg is the router. */
 int serpens_router_lcore_main(void *arg);
 

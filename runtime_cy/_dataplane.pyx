@@ -22,6 +22,7 @@ cdef extern from "router.h" nogil:
     int SERPENS_ROUTER_MAX_INSTANCES, SERPENS_ROUTER_MAX_SFCS, SERPENS_ROUTER_MAX_PORTS
     int SERPENS_ROUTER_MAX_RULES
     int SERPENS_INST_EMPTY, SERPENS_INST_ACTIVE, SERPENS_INST_DRAINING
+    int SERPENS_INST_DEAD, SERPENS_INST_REAPED
     struct serpens_rx_meta:
         uint64_t rx_tsc
         uint32_t flow, seq
@@ -35,11 +36,14 @@ cdef extern from "router.h" nogil:
         rte_ring *rx
         rte_ring *tx
         serpens_pool_ctl *ctl
+        int pidfd
+        uint64_t budget_cycles
         uint32_t waiting, npending
         uint64_t enqueued, returned, wakeups
         uint32_t drained
         uint64_t barrier
-        uint32_t barrier_on
+        uint32_t barrier_on, shedding, watchdog_fired
+        uint64_t stall_since, dropped
     struct serpens_router_sfc:
         uint32_t used
         int16_t next
@@ -47,8 +51,9 @@ cdef extern from "router.h" nogil:
         uint32_t wants_instance
         int notify_fd
         int32_t rebalance_to
-        uint32_t nheld, moving
+        uint32_t drop_all, nheld, moving, hold_shedding
         uint64_t rx, out, dropped, new_flows, moved_flows, rebalanced_flows
+        uint64_t drop_died, drop_stuck, drop_hold, drop_failed
     struct serpens_match_rule:
         uint32_t src, src_mask, dst, dst_mask
         uint16_t sport_lo, sport_hi, dport_lo, dport_hi
@@ -65,7 +70,7 @@ cdef extern from "router.h" nogil:
         uint32_t stop, requests
         int label_off, meta_off
         uint32_t wake_batch
-        uint64_t wake_cycles, drain_cycles
+        uint64_t wake_cycles, drain_cycles, stall_cycles, hold_cycles
         uint32_t nports, nrules
         int32_t default_sfc
         serpens_router_port ports[8]
@@ -79,6 +84,7 @@ cdef extern from "router.h" nogil:
         uint32_t npending, nheld, nstalled
         uint64_t rx, tx, dropped, tx_failed, sleeps, loops
     int serpens_router_run(serpens_router *r)
+    void serpens_router_reap(serpens_router *r, int i)
     int serpens_router_lcore_main(void *arg)
 
 LABEL_OUT = SERPENS_LABEL_OUT
@@ -307,10 +313,8 @@ def free_all(Ring ring):
         total += n
 
 
-def free_mbufs(addresses):
-    """Free mbufs given by address (in-flight packets of a dead pool process)."""
-    for a in addresses:
-        rte_pktmbuf_free(<rte_mbuf *><uintptr_t>a)
+cdef extern from "lost_batch.h" nogil:
+    uint32_t serpens_free_lost_batch(serpens_pool_ctl *ctl, rte_ring *rx, const rte_ring *tx)
 
 
 # ---- pool process control block ------------------------------------------------------------
@@ -387,14 +391,24 @@ cdef class PoolCtl:
             out.append({"in": nf.in_pkts, "dropped": nf.dropped, "counters": named})
         return out
 
-    def take_inflight(self):
-        """Addresses of the mbufs a dead process held mid-batch; clears the record."""
-        cdef uint32_t n = self.c.inflight_n
-        if n > SERPENS_BURST:
-            n = 0
-        addrs = [<uintptr_t>self.c.inflight[i] for i in range(n)]
-        self.c.inflight_n = 0
-        return addrs
+    def crash(self):
+        """How the process died, as its fatal-signal handler recorded it (runtime.c), or
+        None: {"signo", "code", "step" (-1: outside any NF), "syscall", "addr", "ip"}."""
+        if not serpens_load_u32(&self.c.crash.signo):
+            return None
+        cr = &self.c.crash
+        return {"signo": cr.signo, "code": cr.code, "step": cr.step, "syscall": cr.syscall,
+                "addr": cr.addr, "ip": cr.ip}
+
+    def current_step(self):
+        """The step whose NF runs now (-1: none): a stuck or killed instance's culprit."""
+        return self.c.cur_step
+
+
+def free_lost_batch(PoolCtl ctl, Ring rx, Ring tx):
+    """Free the packets of the last batch an instance's dead process took from `rx` and never
+    gave to `tx` (lost_batch.h); returns how many. For ring owners without a router."""
+    return serpens_free_lost_batch(ctl.c, rx.r, tx.r)
 
 
 def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring="",
@@ -751,12 +765,20 @@ cdef class Router:
     cdef serpens_router *r
     cdef object refs
     cdef int lcore
+    cdef bint on_thread  # run() is running it on some thread
 
     def __cinit__(self, in_ports, out_port=None, uint32_t wake_batch=128, double wake_us=50,
-                  double drain_us=100):
+                  double drain_us=100, double stall_us=2000, double hold_ms=200):
+        """stall_us: the longest one instance or hold queue may stop the node's RX before
+        its packets are dropped instead; hold_ms: the longest a packet waits for an instance
+        (router.h "Containment")."""
         self.r = <serpens_router *>calloc(1, sizeof(serpens_router))
         if self.r == NULL:
             raise MemoryError()
+        for i in range(SERPENS_ROUTER_MAX_INSTANCES):
+            self.r.inst[i].pidfd = -1
+        self.r.stall_cycles = <uint64_t>(rte_get_tsc_hz() * stall_us / 1e6)
+        self.r.hold_cycles = <uint64_t>(rte_get_tsc_hz() * hold_ms / 1e3)
         self.r.wake_batch = wake_batch
         self.r.wake_cycles = <uint64_t>(rte_get_tsc_hz() * wake_us / 1e6)
         self.r.drain_cycles = <uint64_t>(rte_get_tsc_hz() * drain_us / 1e6)
@@ -957,8 +979,10 @@ cdef class Router:
         if self.r.inst[i].state == SERPENS_INST_EMPTY and self.refs.get(i, 0) is None:
             del self.refs[i]
 
-    def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd, int sfc=0):
-        """Slot i now holds a running instance of `sfc` that takes new flows."""
+    def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd, int sfc=0,
+                     int pidfd=-1, double budget_ms=0):
+        """Slot i now holds a running instance of `sfc` that takes new flows; with `pidfd`
+        and `budget_ms`, the watchdog kills it when one batch takes longer."""
         if not 0 <= i < SERPENS_ROUTER_MAX_INSTANCES:
             raise IndexError(i)
         self._check_sfc(sfc)
@@ -967,6 +991,10 @@ cdef class Router:
             raise ValueError(f"router slot {i} is in use")
         self.refs[i] = (rx, tx, ctl)  # the rings and control block outlive their use here
         inst.rx, inst.tx, inst.ctl, inst.efd, inst.sfc = rx.r, tx.r, ctl.c, efd, sfc
+        inst.pidfd = pidfd
+        inst.budget_cycles = <uint64_t>(rte_get_tsc_hz() * budget_ms / 1e3)
+        inst.shedding = inst.watchdog_fired = 0
+        inst.stall_since = inst.dropped = 0
         inst.waiting = inst.npending = 0
         inst.enqueued = inst.returned = inst.wakeups = 0
         inst.drained = 0
@@ -996,18 +1024,50 @@ cdef class Router:
     def drained(self, int i):
         return self.r.inst[i].state == SERPENS_INST_DRAINING and self.r.inst[i].drained == 1
 
-    def clear_instance(self, int i):
-        """Forget slot i (after it drained and the instance stopped). Call with the router
-        stopped or the slot drained: its pending packets are dropped."""
-        self.r.inst[i].state = SERPENS_INST_EMPTY
+    def clear_instance(self, int i, double timeout=2.0):
+        """Forget slot i once its process stopped or died: the router forwards what it
+        finished and frees (counting them as dropped) the packets still queued for it or
+        lost in its last batch (router.h "Containment"). Its rings may be freed after this
+        returns True; False (the router did not answer in `timeout`) leaves the slot taken."""
+        cdef serpens_router_instance *inst = &self.r.inst[i]
+        if inst.state == SERPENS_INST_EMPTY:
+            self.refs.pop(i, None)
+            return True
+        serpens_fence()
+        inst.state = SERPENS_INST_DEAD
+        serpens_fence()
+        if self.lcore < 0 and not self.on_thread:
+            serpens_router_reap(self.r, i)  # nobody else runs the router
+        deadline = time.monotonic() + timeout
+        while serpens_load_u32(&inst.state) != SERPENS_INST_REAPED:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0001)
+        inst.pidfd = -1
+        inst.state = SERPENS_INST_EMPTY
         serpens_fence()
         self.refs.pop(i, None)
+        return True
+
+    def watchdog_fired(self, int i):
+        """The watchdog killed slot i's instance (stuck in one batch)."""
+        return serpens_load_u32(&self.r.inst[i].watchdog_fired) != 0
+
+    def set_drop_all(self, int sfc, bint drop):
+        """Drop `sfc`'s packets instead of holding them for an instance (a failed SFC)."""
+        self._check_sfc(sfc)
+        self.r.sfcs[sfc].drop_all = drop
+        serpens_fence()
 
     def run(self):
         """Run on the calling thread until stop() (nogil)."""
         self._prepare()
-        with nogil:
-            serpens_router_run(self.r)
+        self.on_thread = True
+        try:
+            with nogil:
+                serpens_router_run(self.r)
+        finally:
+            self.on_thread = False
 
     def _prepare(self):
         if label_off < 0 or meta_off < 0:
@@ -1053,6 +1113,7 @@ cdef class Router:
         r = self.r
         per = {i: {"sfc": r.inst[i].sfc, "enqueued": r.inst[i].enqueued,
                    "returned": r.inst[i].returned, "wakeups": r.inst[i].wakeups,
+                   "dropped": r.inst[i].dropped,
                    "state": r.inst[i].state}
                for i in range(SERPENS_ROUTER_MAX_INSTANCES) if r.inst[i].state}
         ports = {r.ports[i].id: {"rx": r.ports[i].rx, "tx": r.ports[i].tx,
@@ -1061,6 +1122,10 @@ cdef class Router:
                                  "rx_empty": r.ports[i].rx_empty}
                  for i in range(r.nports)}
         sfcs = {k: {"rx": r.sfcs[k].rx, "out": r.sfcs[k].out, "dropped": r.sfcs[k].dropped,
+                    "drops": {"instance_died": r.sfcs[k].drop_died,
+                              "instance_stuck": r.sfcs[k].drop_stuck,
+                              "no_instance": r.sfcs[k].drop_hold,
+                              "sfc_failed": r.sfcs[k].drop_failed},
                     "new_flows": r.sfcs[k].new_flows, "moved_flows": r.sfcs[k].moved_flows,
                     "rebalanced_flows": r.sfcs[k].rebalanced_flows, "held": r.sfcs[k].nheld,
                     "moving": r.sfcs[k].moving}

@@ -68,6 +68,11 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t in_pkts
         uint64_t dropped
 
+    struct serpens_crash:
+        uint32_t signo
+        int32_t code, step, syscall
+        uint64_t addr, ip
+
     struct serpens_pool_ctl:
         uint32_t cmd_seq
         uint32_t merge_req
@@ -91,7 +96,10 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t t_ready_cycles
         uint64_t t_burst_cycles
         uint32_t inflight_n
+        int32_t cur_step
+        uint64_t batch_tsc
         void *inflight[32]
+        serpens_crash crash
         serpens_nf_counters nf[16]
 
 cdef extern from "nf_api.h" nogil:

@@ -55,6 +55,7 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 	memset(c, 0, offsetof(struct serpens_chain, step));
 	memset(c->nf, 0, sizeof(c->nf[0]) * cmd->nsteps);
 	c->nsteps = cmd->nsteps;
+	c->cur_step = &ctl->cur_step;
 	memcpy(c->step, cmd->steps, sizeof(cmd->steps[0]) * cmd->nsteps);
 
 	for (uint16_t s = 0; s < c->nsteps; s++) {
@@ -83,7 +84,9 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 		} else if (ops->init) {
 			nf->ops = ops; /* split/merge may run inside init */
 			nf->in_init = 1;
+			*c->cur_step = s;
 			rc = ops->init(&nf->ctx, cmd->config + st->config_off, st->config_len);
+			*c->cur_step = -1;
 			nf->in_init = 0;
 			if (rc) {
 				snprintf(err, errlen, "step %u (%s): init() returned %d", s, st->name, rc);
@@ -149,7 +152,9 @@ void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b)
 			continue;
 		}
 		nf->counters->in_pkts += count;
+		*c->cur_step = s;
 		nf->ops->process(&nf->ctx, b);
+		*c->cur_step = -1;
 
 		/* An NF may only send a packet forward, out, or to the drop. */
 		for (uint32_t k = 0; k < count; k++) {
@@ -170,9 +175,11 @@ void serpens_chain_fini(struct serpens_chain *c)
 {
 	for (uint16_t s = c->nsteps; s-- > 0;) {
 		const struct serpens_nf_ops *ops = c->nf[s].ops;
+		*c->cur_step = s; /* fini, and the merges closing the tables run NF code */
 		if (ops && ops->fini)
 			ops->fini(&c->nf[s].ctx);
 		serpens_nf_slot_close_tables(&c->nf[s]);
+		*c->cur_step = -1;
 		c->nf[s].ops = NULL;
 	}
 	c->nsteps = 0;
@@ -184,7 +191,9 @@ void serpens_chain_merge(struct serpens_chain *c, uint64_t now_ns, int force)
 	for (uint16_t s = 0; s < c->nsteps; s++) {
 		if (c->step[s].kind != SERPENS_STEP_NF)
 			continue;
+		*c->cur_step = s;
 		uint64_t due = serpens_nf_slot_merge(&c->nf[s], now_ns, force);
+		*c->cur_step = -1;
 		next = due < next ? due : next;
 	}
 	c->next_merge_ns = next;
@@ -193,6 +202,9 @@ void serpens_chain_merge(struct serpens_chain *c, uint64_t now_ns, int force)
 void serpens_chain_release(struct serpens_chain *c, int answer_only)
 {
 	for (uint16_t s = 0; s < c->nsteps; s++)
-		if (c->nf[s].nrelease)
+		if (c->nf[s].nrelease) {
+			*c->cur_step = s;
 			serpens_nf_slot_release(&c->nf[s], answer_only);
+			*c->cur_step = -1;
+		}
 }

@@ -16,6 +16,7 @@ struct serpens_chain {
 	uint32_t bad_labels; /* since the last serpens_chain_run: packets with an invalid label */
 	uint64_t next_merge_ns; /* when eventual tables are next merged (UINT64_MAX: none) */
 	uint32_t has_release;   /* some NF has a release table: answer its pool's requests */
+	volatile int32_t *cur_step; /* the control block's: which NF runs, for crash reports */
 	struct serpens_step step[SERPENS_MAX_STEPS];
 	struct serpens_nf_slot nf[SERPENS_MAX_STEPS];
 };

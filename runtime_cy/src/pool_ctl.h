@@ -126,10 +126,25 @@ struct serpens_pool_ctl {
 	uint64_t t_ready_cycles;   /* TSC when the NFs were mapped and initialised */
 	uint64_t t_burst_cycles;   /* TSC when the first burst was handed to the TX ring */
 
-	/* ---- R: the batch in flight (mbuf pointers; valid in every DPDK process) ---- */
+	/* ---- R: the batch in flight (mbuf pointers; valid in every DPDK process) ----
+	 * inflight_n is set before the batch is dequeued (into inflight[]) and cleared once all
+	 * of it is in the TX ring; after the process died the router frees the batch's packets
+	 * that never reached the TX ring (router.c reap()). */
 	volatile uint32_t inflight_n __attribute__((aligned(64)));
-	uint32_t pad_r;
+	volatile int32_t cur_step;  /* the step whose NF runs now (-1: none): names a crash */
+	volatile uint64_t batch_tsc; /* TSC when the batch in hand began, 0 between batches:
+				     * the router's watchdog kills an instance stuck in one */
 	void *inflight[SERPENS_BURST];
+
+	/* ---- R: how the process died, written by its fatal-signal handler ---- */
+	struct serpens_crash {
+		volatile uint32_t signo;  /* 0: no fatal signal recorded */
+		int32_t code;             /* si_code */
+		int32_t step;             /* cur_step at the fault (-1: outside any NF) */
+		int32_t syscall;          /* SIGSYS: the system call refused */
+		uint64_t addr;            /* si_addr (SIGSYS: the call's address) */
+		uint64_t ip;              /* instruction pointer at the fault */
+	} crash;
 
 	/* ---- R: per-NF counters of the running instance, by step ---- */
 	struct serpens_nf_counters nf[SERPENS_MAX_STEPS] __attribute__((aligned(64)));

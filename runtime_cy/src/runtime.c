@@ -5,6 +5,7 @@
  * without packets the instance sleeps on the eventfd until the router (or a command) wakes it.
  * STOP: fini, unmap, back to idle. No allocation, lock, syscall or Python on the packet path.
  */
+#define _GNU_SOURCE /* REG_RIP, siginfo's SIGSYS fields */
 #include <dlfcn.h>
 #include <errno.h>
 #include <sched.h>
@@ -12,6 +13,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <rte_cycles.h>
@@ -85,6 +88,55 @@ static void sleep_until_woken(struct runtime *rt, struct rte_ring *rx)
 		rt->ctl->wakeups++;
 	}
 	__atomic_store_n(&rt->ctl->sleeping, 0, __ATOMIC_RELAXED);
+}
+
+/* ---- fatal signals ------------------------------------------------------------------------
+ * An NF is untrusted code running in this process: a fault in it (or a system call the sandbox
+ * refuses, SIGSYS) ends the process. Before it ends, the handler writes what happened into the
+ * control block, which the agent reads after the death to name the NF, the signal and the
+ * address in the SFC's status. It runs on its own stack (the NF may have wrecked ours), touches
+ * only the control block, and then lets the signal's default action end the process so the
+ * agent sees the real signal. */
+static struct serpens_pool_ctl *crash_ctl;
+
+static void on_fatal_signal(int sig, siginfo_t *si, void *uc_)
+{
+	struct serpens_pool_ctl *ctl = crash_ctl;
+	ucontext_t *uc = uc_;
+	if (ctl && !ctl->crash.signo) {
+		ctl->crash.code = si->si_code;
+		ctl->crash.step = ctl->cur_step;
+		ctl->crash.addr = sig == SIGSYS ? (uint64_t)(uintptr_t)si->si_call_addr
+						: (uint64_t)(uintptr_t)si->si_addr;
+		ctl->crash.syscall = sig == SIGSYS ? si->si_syscall : -1;
+		ctl->crash.ip = uc ? (uint64_t)uc->uc_mcontext.gregs[REG_RIP] : 0;
+		__atomic_store_n(&ctl->crash.signo, (uint32_t)sig, __ATOMIC_RELEASE);
+	}
+	signal(sig, SIG_DFL);
+	if (sig == SIGSYS) {
+		/* A refused call was skipped, not re-run: refuse one more to die by SIGSYS. */
+		syscall(SYS_getppid);
+	}
+	/* Other faults re-fault on return, now with the default action. */
+}
+
+static void catch_fatal_signals(struct serpens_pool_ctl *ctl)
+{
+	static uint8_t altstack[64 * 1024];
+	static const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS, SIGTRAP};
+	stack_t ss = {.ss_sp = altstack, .ss_size = sizeof(altstack)};
+	struct sigaction sa;
+
+	crash_ctl = ctl;
+	memset(&ctl->crash, 0, sizeof(ctl->crash));
+	ctl->cur_step = -1;
+	sigaltstack(&ss, NULL);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_fatal_signal;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+	sigfillset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaction(sigs[i], &sa, NULL);
 }
 
 /* ---- commands --------------------------------------------------------------------------- */
@@ -245,6 +297,7 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 
 	b.n = n;
 	b.now_ns = serpens_now_ns();
+	ctl->batch_tsc = rte_rdtsc();
 	/* The router's core wrote these mbufs: fetch all headers, then all frames, together
 	 * rather than one cross-core miss after another. */
 	for (uint32_t i = 0; i < n; i++)
@@ -275,12 +328,15 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 	ctl->bad_labels += in->chain.bad_labels;
 	ctl->batches++;
 
-	/* Everything goes back to the router, drops included: it owns the mbufs. */
+	/* Everything goes back to the router, drops included: it owns the mbufs. A full TX ring
+	 * waits for the router, which may share our core: yield rather than spin through our
+	 * time slice. The watchdog does not count this wait (batch_tsc is cleared first). */
+	ctl->batch_tsc = 0;
 	uint32_t sent = 0;
 	while (sent < n) {
 		sent += rte_ring_sp_enqueue_burst(in->tx, ctl->inflight + sent, n - sent, NULL);
 		if (sent < n)
-			rte_pause();
+			sched_yield();
 	}
 	__atomic_store_n(&ctl->inflight_n, 0, __ATOMIC_RELEASE);
 	if (!in->first_burst_done) {
@@ -307,9 +363,17 @@ static void run_instance(struct runtime *rt, int forked_child)
 				serpens_remote_flush();
 			__atomic_store_n(&ctl->merge_done, req, __ATOMIC_RELEASE);
 		}
-		uint32_t n = rte_ring_sc_dequeue_burst(in->rx, ctl->inflight, SERPENS_BURST, NULL);
+		/* inflight_n first, then the dequeue (all or nothing): a process killed at any
+		 * point leaves the router enough to free exactly what it held (router.c reap()). */
+		uint32_t n = rte_ring_count(in->rx);
+		n = n < SERPENS_BURST ? n : SERPENS_BURST;
 		if (n) {
 			__atomic_store_n(&ctl->inflight_n, n, __ATOMIC_RELEASE);
+			n = rte_ring_sc_dequeue_bulk(in->rx, ctl->inflight, n, NULL);
+			if (!n)
+				__atomic_store_n(&ctl->inflight_n, 0, __ATOMIC_RELEASE);
+		}
+		if (n) {
 			process_burst(rt, in, n);
 			idle_since = 0;
 			uint64_t now_ns = serpens_now_ns();
@@ -447,6 +511,7 @@ int serpens_runtime_main(const struct serpens_runtime_env *env)
 	rt.idle_cycles = rte_get_tsc_hz() / 1000000 * env->idle_us;
 	signal(SIGCHLD, SIG_IGN); /* forked baseline children reap themselves */
 	rt.ctl->pid = getpid();
+	catch_fatal_signals(rt.ctl);
 	__atomic_store_n(&rt.ctl->state, SERPENS_POOL_IDLE, __ATOMIC_RELEASE);
 
 	for (;;) {
