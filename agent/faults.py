@@ -51,7 +51,9 @@ class Fault:
     nf: str            # the NF that ran (or "" if none did)
     signal: str        # "SIGSEGV", ...; "" for a plain exit
     detail: str        # the address, the refused call, the watchdog
-    at: float          # time.monotonic() of the death
+    at: float          # time.monotonic() it was found dead
+    tsc: int = 0       # TSC of the fault or kill when known (benchmarks: detection time)
+    pid: int = 0
 
     def describe(self) -> str:
         where = f"NF {self.nf!r}" if self.nf else "the runtime (outside any NF)"
@@ -60,17 +62,18 @@ class Fault:
 
 
 def describe_death(returncode: int | None, crash: dict | None, step: int, step_names: list,
-                   watchdog_ms: float | None) -> Fault:
+                   watchdog_ms: float | None, watchdog_tsc: int = 0, pid: int = 0) -> Fault:
     """A Fault from a dead pool process: `returncode` as Popen gives it (-signal), `crash`
     its control block's record (PoolCtl.crash()), `step` the step running when it was last
-    seen (PoolCtl.current_step()), `watchdog_ms` the budget if the watchdog killed it."""
+    seen (PoolCtl.current_step()), `watchdog_ms` the budget if the watchdog killed it (at
+    `watchdog_tsc`)."""
     if crash is not None:
         step = crash["step"]
     nf = step_names[step] if 0 <= step < len(step_names) else ""
     now = time.monotonic()
-    if watchdog_ms is not None:
+    if watchdog_ms is not None and crash is None:  # (a crash record: it died by itself)
         return Fault(nf, "SIGKILL", f"by the watchdog: one batch ran over {watchdog_ms:g} ms",
-                     now)
+                     now, watchdog_tsc, pid)
     if crash is not None:
         name = _signal_name(crash["signo"])
         if crash["signo"] == signal.SIGSYS:
@@ -80,10 +83,10 @@ def describe_death(returncode: int | None, crash: dict | None, step: int, step_n
                       f"at 0x{crash['addr']:x}")
         else:
             detail = f"at address 0x{crash['addr']:x} (ip 0x{crash['ip']:x})"
-        return Fault(nf, name, detail, now)
+        return Fault(nf, name, detail, now, crash["tsc"], pid)
     if returncode is not None and returncode < 0:
-        return Fault(nf, _signal_name(-returncode), "(from outside the process)", now)
-    return Fault(nf, "", f"with status {returncode}", now)
+        return Fault(nf, _signal_name(-returncode), "(from outside the process)", now, 0, pid)
+    return Fault(nf, "", f"with status {returncode}", now, 0, pid)
 
 
 class CrashPolicy:
@@ -93,7 +96,8 @@ class CrashPolicy:
                  first_backoff_s: float = 0.01, max_backoff_s: float = 1.0):
         self.max_restarts, self.window_s = max_restarts, window_s
         self.first_backoff_s, self.max_backoff_s = first_backoff_s, max_backoff_s
-        self.crashes: deque[Fault] = deque()
+        self.crashes: deque[Fault] = deque()   # within the window
+        self.log: deque[Fault] = deque(maxlen=1024)  # every one (the latest 1024)
         self.total = 0
         self.failed = False
         self.not_before = 0.0  # no instance starts before this (time.monotonic())
@@ -101,6 +105,7 @@ class CrashPolicy:
     def record(self, fault: Fault):
         self.total += 1
         self.crashes.append(fault)
+        self.log.append(fault)
         self._forget(fault.at)
         n = len(self.crashes)
         if n > self.max_restarts:

@@ -18,6 +18,7 @@ which.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -56,6 +57,7 @@ class InstanceManager:
         self.pool, self.router, self.sfc, self.sfc_id = pool, router, sfc, sfc_id
         self.budget_ms = budget_ms
         self.crashes = crashes or CrashPolicy()
+        self.started: collections.deque = collections.deque(maxlen=256)  # processes, in order
         self.wanted = 0   # instances last asked for by scale()
         self.restore = 0  # of those, lost to crashes and not started again yet
         router.set_drop_all(sfc_id, False)  # a failed predecessor's verdict is not ours
@@ -148,10 +150,11 @@ class InstanceManager:
             raise
         pidfd = os.dup(proc.pidfd)  # ours: the pool closes its own when the process dies
         self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd, self.sfc_id, pidfd=pidfd,
-                                 budget_ms=self.budget_ms)
+                                 pid=proc.pid, budget_ms=self.budget_ms)
         self.slots[slot] = _Slot(proc, rx, tx, pidfd, self.router.activity(slot),
                                  time.monotonic())
         proc.on_death = self._on_death
+        self.started.append(proc)
         if proc.dead:  # died before it was ours to watch
             self._on_death(proc)
         self.starts += 1
@@ -174,13 +177,14 @@ class InstanceManager:
         """Slot's process died: release it, record why, and fail the SFC if it must."""
         self.slots.pop(slot)
         self.restore += 1
-        watchdog = self.router.watchdog_fired(slot)
-        returncode = s.proc.returncode  # set by the pool's monitor, which may be behind us
-        if returncode is None:
-            returncode = s.proc.proc.wait(1.0)
+        watchdog_tsc = self.router.watchdog_fired(slot)
+        # set by the pool's monitor once the process has exited; a crash record says more,
+        # sooner (the exit of a DPDK process takes the kernel up to 300 ms)
+        returncode = s.proc.returncode
         fault = describe_death(returncode, s.proc.ctl.crash(),
                                s.proc.ctl.current_step(), [st.name for st in self.sfc.steps],
-                               self.budget_ms if watchdog else None)
+                               self.budget_ms if watchdog_tsc else None, watchdog_tsc,
+                               s.proc.pid)
         self._forget(slot, s)
         self.crashes.record(fault)
         phase, message = self.crashes.phase()
@@ -222,7 +226,7 @@ class InstanceManager:
                     pass
             with self._lock:
                 for slot, s in list(self.slots.items()):
-                    if s.proc.dead:  # crashed: the pool replaces the process
+                    if s.proc.dead or self.router.reaped(slot):  # crashed
                         self._bury(slot, s)
                 for slot, s in list(self.slots.items()):
                     activity = self.router.activity(slot)

@@ -21,6 +21,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import SlotAllocator
 
 from .dataplane import Dataplane, DataplaneConfig
+from .faults import CrashPolicy
 from .instance_manager import InstanceManager
 from .process_pool import ProcessPool
 from .sfc_builder import build_sfc
@@ -139,7 +140,8 @@ class Node:
                     raise SpecError(f"spec.ports.{name}", str(e)) from None
         if self.pool is None:
             self.pool = ProcessPool(self.dataplane, node.pool).start()
-        self.router = dp.Router([self.ports[p] for p in node.input], wake_us=node.wake_us)
+        self.router = dp.Router([self.ports[p] for p in node.input], wake_us=node.wake_us,
+                                stall_us=node.stall_us, hold_ms=node.hold_ms)
         for name, pps in node.pace.items():
             self.router.pace(self.ports[name], pps)
         self.router.launch(self.dataplane.config.router_lcore)
@@ -179,8 +181,12 @@ class Node:
                     sfc_id = self.router.add_sfc(self.ports[spec.output or self.spec.output])
                 warm_s = spec.scale.warm_s if spec.scale and spec.scale.warm_s else \
                     self.spec.warm_s
-                manager = InstanceManager(self.pool, self.router, built.compiled,
-                                          sfc_id=sfc_id, warm_s=warm_s).start()
+                faults = spec.faults
+                manager = InstanceManager(
+                    self.pool, self.router, built.compiled, sfc_id=sfc_id, warm_s=warm_s,
+                    budget_ms=faults.batch_ms,
+                    crashes=CrashPolicy(max_restarts=faults.restarts,
+                                        window_s=faults.window_s)).start()
             except BaseException:
                 built.close(self.slots)
                 raise
@@ -278,10 +284,14 @@ class Node:
         running = list(self.running.items())
         by_id = {v: k for k, v in (self.ports or {}).items()}
         ports = {by_id[pid]: c for pid, c in st["ports"].items() if pid in by_id}
-        sfcs = {name: dict(st["sfcs"][r.sfc_id], instances=r.manager.count(),
-                           generation=r.generation, replicas=r.replicas,
-                           incarnation=r.incarnation)
-                for name, r in running if r.sfc_id in st["sfcs"]}
+        sfcs = {}
+        for name, r in running:
+            if r.sfc_id in st["sfcs"]:
+                phase, message = r.manager.health()
+                sfcs[name] = dict(st["sfcs"][r.sfc_id], instances=r.manager.count(),
+                                  generation=r.generation, replicas=r.replicas,
+                                  incarnation=r.incarnation, phase=phase, message=message,
+                                  crashes=r.manager.crashes.total)
         return {"node": self.spec.name, "ports": ports, "sfcs": sfcs}
 
     def close(self):

@@ -66,7 +66,8 @@ class AgentServicer(pb_grpc.AgentServicer):
         return pb.AgentSFC(name=name, generation=c["generation"], incarnation=c["incarnation"],
                            replicas=c["replicas"],
                            instances=c["instances"], rx=c["rx"], out=c["out"],
-                           dropped=c["dropped"], held=c["held"])
+                           dropped=c["dropped"], held=c["held"], phase=c["phase"],
+                           message=c["message"], crashes=c["crashes"], drops=c["drops"])
 
     @_handler
     async def RunSFC(self, request, context):

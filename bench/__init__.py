@@ -7,4 +7,5 @@ CASES = {
     "chain": "serpens.bench.chain",
     "scale": "serpens.bench.scale",
     "control": "serpens.bench.control",
+    "faults": "serpens.bench.faults",
 }

@@ -13,6 +13,8 @@
       pool: 4                        # pre-started runtime processes (instances at once)
       warm_s: 30                     # an idle SFC's instances stop after this (scale to zero)
       wake_us: 50                    # a sleeping instance is woken after this, or 128 packets
+      stall_us: 2000                 # the longest one SFC may stop the node's RX (then it sheds)
+      hold_ms: 200                   # the longest a packet waits for an instance to start
       cpus: "0-1"                    # CPUs of the agent and its instances
       router_cpu: 1                  # the router's own CPU
       state_dir: /dev/shm/serpens/state
@@ -51,6 +53,8 @@ class NodeSpec:
     router_cpu: int = 1
     state_dir: str = "/dev/shm/serpens/state"
     pace: dict = field(default_factory=dict)   # input port name -> packets/s
+    stall_us: float = 2000.0  # longest RX stall one SFC causes before it sheds (router.h)
+    hold_ms: float = 200.0    # longest a packet waits for an instance to start
 
     def device_name(self, port: str) -> str:
         """The DPDK name of a port ("net_pcap0", or the PCI address)."""
@@ -64,7 +68,8 @@ def load_node(path: str) -> NodeSpec:
 def parse_node(text: str) -> NodeSpec:
     name, body = parse_document(text, "Node", _NAME, "1-32 characters of a-z, 0-9 and '-'",
                                 {"ports", "input", "output", "pool", "warm_s", "wake_us",
-                                 "cpus", "router_cpu", "state_dir", "pace"})
+                                 "cpus", "router_cpu", "state_dir", "pace", "stall_us",
+                                 "hold_ms"})
     ports = _ports(body.get("ports"))
     inputs = body.get("input", list(ports))
     if not isinstance(inputs, list) or not inputs:
@@ -94,7 +99,9 @@ def parse_node(text: str) -> NodeSpec:
         if isinstance(pps, bool) or not isinstance(pps, (int, float)) or not 1 <= pps <= 1e9:
             raise SpecError(f"spec.pace.{port}", f"packets per second 1..1e9, got {pps!r}")
     return NodeSpec(name, ports, tuple(inputs), output, pool, float(warm_s), float(wake_us),
-                    cpus, router_cpu, state_dir, {p: float(v) for p, v in pace.items()})
+                    cpus, router_cpu, state_dir, {p: float(v) for p, v in pace.items()},
+                    float(_number(body, "stall_us", 2000.0, (int, float), 10, 1e6)),
+                    float(_number(body, "hold_ms", 200.0, (int, float), 1, 60000)))
 
 
 def _ports(raw) -> dict:

@@ -17,6 +17,9 @@
       output: lan                    # optional: the node port its packets leave by
       scale:                         # optional: instances kept in [min, max]; with
         {min: 1, max: 4, target_pps: 2000000, warm_s: 30}  # target_pps: autoscaled
+      faults:                        # optional: an instance inside one batch over batch_ms
+        {batch_ms: 10, restarts: 5, window_s: 60}  # is killed; over `restarts` crashes in
+                                     # window_s and the SFC is Failed (agent/faults.py)
 
 `chain` items: an NF name; a list (a chain); null (nothing: packets go straight on);
 `{distribute: [branch, ...], selector: port|hash}`; `{aggregate: item}`. An NF's state lives
@@ -71,6 +74,11 @@ class SFCSpec:
     tag: int | None = None                     # outer VLAN ID that selects this SFC
     output: str | None = None                  # node port name (None: the node's default)
     scale: "ScalePolicy | None" = None         # spec.scale (None: replicas as scaled)
+    faults: "FaultPolicy" = None               # spec.faults (watchdog, crash limits)
+
+    def __post_init__(self):
+        if self.faults is None:
+            object.__setattr__(self, "faults", FaultPolicy())
 
     def state_namespace(self, nf: str) -> str:
         return f"{self.name}.{nf}"
@@ -124,7 +132,8 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     refuses `nf:` names, which only the controller can resolve."""
     name, body = parse_document(
         text, "SFC", _SFC_NAME, "1-24 characters of a-z, 0-9 and '-', starting and ending "
-        "with a letter or digit", {"nfs", "chain", "match", "tag", "output", "scale"})
+        "with a letter or digit", {"nfs", "chain", "match", "tag", "output", "scale",
+                                   "faults"})
     nfs = _parse_nfs(body.get("nfs"), base_dir, allow_source, allow_deployed)
     used: set = set()
     chain = _check_chain(body.get("chain"), "spec.chain", nfs, used)
@@ -139,7 +148,7 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     if output is not None and (not isinstance(output, str) or not output):
         raise SpecError("spec.output", "the name of a node port")
     return SFCSpec(name, nfs, chain, _parse_match(body.get("match")), tag, output,
-                   _parse_scale(body.get("scale")))
+                   _parse_scale(body.get("scale")), _parse_faults(body.get("faults")))
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,35 @@ def _parse_scale(raw) -> ScalePolicy | None:
         raise SpecError("spec.scale.max", f"at least min ({lo}), got {hi}")
     return ScalePolicy(lo, hi, number("target_pps", (int, float), 1, 1e9, None),
                        number("warm_s", (int, float), 0.01, 86400, None))
+
+
+@dataclass(frozen=True)
+class FaultPolicy:
+    """`spec.faults`: the watchdog's budget for one batch (0: no watchdog) and how many
+    crashes within `window_s` the SFC survives before it is Failed."""
+    batch_ms: float = 10.0
+    restarts: int = 5
+    window_s: float = 60.0
+
+
+def _parse_faults(raw) -> FaultPolicy:
+    if raw is None:
+        return FaultPolicy()
+    keys = ("batch_ms", "restarts", "window_s")
+    if not isinstance(raw, dict):
+        raise SpecError("spec.faults", "a mapping with " + ", ".join(keys))
+    for key in raw:
+        if key not in keys:
+            raise SpecError(f"spec.faults.{key}", "unknown field (" + ", ".join(keys) + ")")
+    limits = {"batch_ms": ((int, float), 0, 60000), "restarts": (int, 0, 1000000),
+              "window_s": ((int, float), 1, 86400)}
+    values = {}
+    for key, (types, lo, hi) in limits.items():
+        v = raw.get(key, getattr(FaultPolicy, key))
+        if isinstance(v, bool) or not isinstance(v, types) or not lo <= v <= hi:
+            raise SpecError(f"spec.faults.{key}", f"a number {lo}..{hi}, got {v!r}")
+        values[key] = v
+    return FaultPolicy(**values)
 
 
 _PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}

@@ -24,8 +24,9 @@ anyway (agents' counters move without etcd events). A pass is idempotent:
   rate / target_pps (rounded up, within [min, max], and no more than the node's pool
   processes the other SFCs there leave), written to its record like a Scale call: scale-out
   at once, scale-in only 10 s after the last change and with 20% room to spare.
-* The outcome goes to `status/<name>` (phase Pending, Running or Failed, node, generation,
-  instances), written only when it changed. An agent refusing a spec (INVALID_ARGUMENT: the
+* The outcome goes to `status/<name>` (phase Pending, Running, Degraded or Failed, node,
+  generation, instances), written only when it changed; Degraded and Failed with the agent's
+  message when the SFC's instances crash (agent/faults.py). An agent refusing a spec (INVALID_ARGUMENT: the
   field or the compiler's text) marks it Failed until the spec changes; an agent that does
   not answer leaves it Pending and the pass is retried with back-off.
 
@@ -341,6 +342,9 @@ class Reconciler:
                         message=f"node {node}: {e.code().name}: {e.details()}"), False
         except _MissingNF as e:
             return dict(status, phase="Pending", message=str(e)), False
+        if running.phase in ("Degraded", "Failed") and running.generation == generation:
+            # its instances crash: the agent says which NF, how, and what it does about it
+            status = dict(status, phase=running.phase, message=f"node {node}: {running.message}")
         return dict(status, instances=running.instances), True
 
     async def _sources(self, names: list[str]) -> dict:

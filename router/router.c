@@ -1,6 +1,9 @@
 /* The router (see router.h). */
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -233,6 +236,8 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 {
 	struct serpens_router_instance *in = &r->inst[i];
 	uint32_t q = in->npending ? 0 : rte_ring_enqueue_burst(in->rx, (void **)pkts, n, NULL);
+	if (in->returned == in->enqueued)
+		in->last_return_tsc = now; /* it held nothing: the watchdog's clock starts now */
 	in->enqueued += q;
 	if (q && in->waiting == 0)
 		in->oldest_tsc = now;
@@ -622,19 +627,70 @@ void serpens_router_reap(struct serpens_router *r, int i)
 	__atomic_store_n(&in->state, SERPENS_INST_REAPED, __ATOMIC_RELEASE);
 }
 
-/* Kill instances stuck inside one batch longer than their budget (router.h). */
+/* CPU time (ns) a process has run, from /proc/<pid>/schedstat; 0 if unknown. */
+static uint64_t process_cpu_ns(int pid)
+{
+	char path[48], buf[64];
+	snprintf(path, sizeof(path), "/proc/%d/schedstat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	return strtoull(buf, NULL, 10);
+}
+
+static void kill_stuck(struct serpens_router_instance *in)
+{
+	if (syscall(SYS_pidfd_send_signal, in->pidfd, SIGKILL, NULL, 0) == 0) {
+		in->watchdog_tsc = rte_rdtsc();
+		__atomic_store_n(&in->watchdog_fired, 1, __ATOMIC_RELEASE);
+	}
+}
+
+static void notify(struct serpens_router_sfc *s)
+{
+	uint64_t one = 1;
+	if (s->notify_fd >= 0 && write(s->notify_fd, &one, sizeof(one)) < 0)
+		s->notify_fd = -1;
+}
+
+/* Reap instances whose process recorded a fatal signal (it runs no more of its loop; its
+ * exit can take the kernel 10-300 ms for a DPDK process, so we do not wait for it), and kill
+ * those stuck inside one batch longer than their budget (router.h). */
 static void watchdog(struct serpens_router *r, uint64_t now)
 {
 	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		uint32_t st = in->state;
-		if ((st != SERPENS_INST_ACTIVE && st != SERPENS_INST_DRAINING) || !in->budget_cycles ||
-		    in->pidfd < 0 || in->watchdog_fired)
+		if (st != SERPENS_INST_ACTIVE && st != SERPENS_INST_DRAINING)
+			continue;
+		if (__atomic_load_n(&in->ctl->crash.signo, __ATOMIC_ACQUIRE)) {
+			__atomic_store_n(&in->state, SERPENS_INST_DEAD, __ATOMIC_RELEASE);
+			serpens_router_reap(r, i);
+			notify(&r->sfcs[in->sfc]); /* its instance manager buries it */
+			continue;
+		}
+		if (!in->budget_cycles || in->pidfd < 0 || in->watchdog_fired)
 			continue;
 		uint64_t began = __atomic_load_n(&in->ctl->batch_tsc, __ATOMIC_RELAXED);
-		if (began && now > began && now - began > in->budget_cycles &&
-		    syscall(SYS_pidfd_send_signal, in->pidfd, SIGKILL, NULL, 0) == 0)
-			__atomic_store_n(&in->watchdog_fired, 1, __ATOMIC_RELEASE);
+		if (began && now > began && now - began > in->budget_cycles) {
+			uint64_t cpu = process_cpu_ns(in->pid); /* 0: gone, or unknown */
+			if (in->suspect_batch != began || !in->suspect_cpu_ns) {
+				in->suspect_batch = began;
+				in->suspect_cpu_ns = cpu;
+			} else if (cpu > in->suspect_cpu_ns &&
+				   cpu - in->suspect_cpu_ns >= in->budget_ns) {
+				kill_stuck(in);
+				continue;
+			}
+		}
+		/* the backstop: holding packets, returning none, for 10 budgets */
+		if (in->returned != in->enqueued && now - in->last_return_tsc > 10 * in->budget_cycles)
+			kill_stuck(in);
 	}
 }
 
@@ -658,10 +714,13 @@ static uint32_t drain(struct serpens_router *r, uint64_t now)
 			wake(in);
 		/* A chained SFC's output waits in its ring while the next SFC has no room: the
 		 * chain's tail always drains, so the chain always moves. */
-		if (s->next >= 0 && !room_in(r, s->next))
+		if (s->next >= 0 && !room_in(r, s->next)) {
+			in->last_return_tsc = now; /* held up by us, not stuck */
 			continue;
+		}
 		uint32_t n = rte_ring_dequeue_burst(in->tx, (void **)pkts, SERPENS_BURST, NULL);
 		if (n) {
+			in->last_return_tsc = now;
 			forward(r, s, pkts, n, now);
 			in->returned += n;
 			total += n;

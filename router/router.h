@@ -43,14 +43,21 @@
  * - Held packets wait at most `hold_cycles` (then `drop_hold`); an SFC the control side marked
  *   `drop_all` (failed) has its packets dropped at once (`drop_failed`), never held.
  * - Watchdog: an instance inside one batch (its control block's batch_tsc) for longer than its
- *   `budget_cycles` is killed through its pidfd (`watchdog_fired`), then handled as dead.
+ *   budget is killed through its pidfd (`watchdog_fired`), then handled as dead. This VM's
+ *   host stops a vCPU for up to ~15 ms now and then, so wall time alone would kill healthy
+ *   instances: past the budget in wall time, the batch must also burn a budget's worth of CPU
+ *   (the process's /proc schedstat, which excludes steal time; read only for such suspects).
+ *   The control block is the NF's to scribble on, so a backstop uses only what the router
+ *   knows: an instance holding packets that returned none for 10 budgets is killed too.
  * - An instance whose process is gone (or that was stopped) is retired by the control side
  *   setting state DEAD: the router then forwards what the instance finished, frees everything
  *   it still held for it (pending, its RX ring, and the part of its last batch that never
  *   reached the TX ring: the RX ring's consumer count minus the TX ring's producer count,
  *   taken from the end of the control block's inflight[]), counts those as `drop_died`, marks
  *   its barrier met, and sets REAPED; only then may the control side free its rings. Flows
- *   pinned to it move to a live instance on their next packet.
+ *   pinned to it move to a live instance on their next packet. An instance whose process
+ *   recorded a fatal signal in its control block is reaped by the router itself (within a
+ *   watchdog period), which then writes the SFC's notify_fd.
  *
  * Every received packet carries metadata in an mbuf dynfield (`serpens_rx_meta`): its arrival
  * time, flow hash and a receive sequence number. When a latency log is armed, the router
@@ -113,7 +120,9 @@ struct serpens_router_instance {
 	struct rte_ring *rx, *tx;
 	struct serpens_pool_ctl *ctl;
 	int pidfd;                   /* its pool process (watchdog kills through it; -1: none) */
+	int pid;                     /* the same process (its CPU time, for the watchdog) */
 	uint64_t budget_cycles;      /* longest batch before the watchdog kills it (0: never) */
+	uint64_t budget_ns;
 	/* router thread */
 	uint32_t waiting;            /* enqueued since the last wake-up */
 	uint64_t oldest_tsc;         /* when the first of those was enqueued */
@@ -126,6 +135,10 @@ struct serpens_router_instance {
 	uint32_t shedding;           /* stalled too long: drop what its ring does not take */
 	uint64_t stall_since;        /* when its pending packets began waiting (0: none) */
 	volatile uint32_t watchdog_fired; /* the router killed it (stuck in a batch) */
+	uint64_t watchdog_tsc;       /* when */
+	uint64_t suspect_batch;      /* batch_tsc of a batch past its budget in wall time */
+	uint64_t suspect_cpu_ns;     /* the process's CPU time when it became suspect */
+	uint64_t last_return_tsc;    /* it last returned packets (or began to hold some) */
 	uint64_t dropped;            /* packets dropped because of it (pending, ring, batch) */
 };
 

@@ -36,13 +36,14 @@ cdef extern from "router.h" nogil:
         rte_ring *rx
         rte_ring *tx
         serpens_pool_ctl *ctl
-        int pidfd
-        uint64_t budget_cycles
+        int pidfd, pid
+        uint64_t budget_cycles, budget_ns, last_return_tsc, suspect_batch, suspect_cpu_ns
         uint32_t waiting, npending
         uint64_t enqueued, returned, wakeups
         uint32_t drained
         uint64_t barrier
         uint32_t barrier_on, shedding, watchdog_fired
+        uint64_t watchdog_tsc
         uint64_t stall_since, dropped
     struct serpens_router_sfc:
         uint32_t used
@@ -398,7 +399,11 @@ cdef class PoolCtl:
             return None
         cr = &self.c.crash
         return {"signo": cr.signo, "code": cr.code, "step": cr.step, "syscall": cr.syscall,
-                "addr": cr.addr, "ip": cr.ip}
+                "addr": cr.addr, "ip": cr.ip, "tsc": cr.tsc}
+
+    def first_batch_cycles(self):
+        """TSC when the running (or last) instance began its first batch; 0: not yet."""
+        return self.c.t_batch_cycles
 
     def current_step(self):
         """The step whose NF runs now (-1: none): a stuck or killed instance's culprit."""
@@ -980,9 +985,9 @@ cdef class Router:
             del self.refs[i]
 
     def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd, int sfc=0,
-                     int pidfd=-1, double budget_ms=0):
-        """Slot i now holds a running instance of `sfc` that takes new flows; with `pidfd`
-        and `budget_ms`, the watchdog kills it when one batch takes longer."""
+                     int pidfd=-1, int pid=0, double budget_ms=0):
+        """Slot i now holds a running instance of `sfc` that takes new flows; with `pidfd`,
+        `pid` and `budget_ms`, the watchdog kills it when one batch takes longer."""
         if not 0 <= i < SERPENS_ROUTER_MAX_INSTANCES:
             raise IndexError(i)
         self._check_sfc(sfc)
@@ -991,8 +996,11 @@ cdef class Router:
             raise ValueError(f"router slot {i} is in use")
         self.refs[i] = (rx, tx, ctl)  # the rings and control block outlive their use here
         inst.rx, inst.tx, inst.ctl, inst.efd, inst.sfc = rx.r, tx.r, ctl.c, efd, sfc
-        inst.pidfd = pidfd
+        inst.pidfd, inst.pid = pidfd, pid
         inst.budget_cycles = <uint64_t>(rte_get_tsc_hz() * budget_ms / 1e3)
+        inst.budget_ns = <uint64_t>(budget_ms * 1e6)
+        inst.suspect_batch = inst.suspect_cpu_ns = 0
+        inst.last_return_tsc = rte_rdtsc()
         inst.shedding = inst.watchdog_fired = 0
         inst.stall_since = inst.dropped = 0
         inst.waiting = inst.npending = 0
@@ -1034,7 +1042,8 @@ cdef class Router:
             self.refs.pop(i, None)
             return True
         serpens_fence()
-        inst.state = SERPENS_INST_DEAD
+        if serpens_load_u32(&inst.state) != SERPENS_INST_REAPED:  # (the router may have)
+            inst.state = SERPENS_INST_DEAD
         serpens_fence()
         if self.lcore < 0 and not self.on_thread:
             serpens_router_reap(self.r, i)  # nobody else runs the router
@@ -1049,9 +1058,16 @@ cdef class Router:
         self.refs.pop(i, None)
         return True
 
+    def reaped(self, int i):
+        """The router let go of slot i by itself: its process recorded a fatal signal."""
+        return serpens_load_u32(&self.r.inst[i].state) == SERPENS_INST_REAPED
+
     def watchdog_fired(self, int i):
-        """The watchdog killed slot i's instance (stuck in one batch)."""
-        return serpens_load_u32(&self.r.inst[i].watchdog_fired) != 0
+        """TSC when the watchdog killed slot i's instance (stuck in one batch); 0: it did
+        not."""
+        if not serpens_load_u32(&self.r.inst[i].watchdog_fired):
+            return 0
+        return self.r.inst[i].watchdog_tsc
 
     def set_drop_all(self, int sfc, bint drop):
         """Drop `sfc`'s packets instead of holding them for an instance (a failed SFC)."""

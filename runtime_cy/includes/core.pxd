@@ -71,7 +71,7 @@ cdef extern from "pool_ctl.h" nogil:
     struct serpens_crash:
         uint32_t signo
         int32_t code, step, syscall
-        uint64_t addr, ip
+        uint64_t addr, ip, tsc
 
     struct serpens_pool_ctl:
         uint32_t cmd_seq
@@ -95,6 +95,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t t_cmd_cycles
         uint64_t t_ready_cycles
         uint64_t t_burst_cycles
+        uint64_t t_batch_cycles
         uint32_t inflight_n
         int32_t cur_step
         uint64_t batch_tsc

@@ -125,6 +125,7 @@ struct serpens_pool_ctl {
 	uint64_t t_cmd_cycles;     /* TSC when the start command was read (benchmarks) */
 	uint64_t t_ready_cycles;   /* TSC when the NFs were mapped and initialised */
 	uint64_t t_burst_cycles;   /* TSC when the first burst was handed to the TX ring */
+	uint64_t t_batch_cycles;   /* TSC when the instance began its first batch */
 
 	/* ---- R: the batch in flight (mbuf pointers; valid in every DPDK process) ----
 	 * inflight_n is set before the batch is dequeued (into inflight[]) and cleared once all
@@ -144,6 +145,7 @@ struct serpens_pool_ctl {
 		int32_t syscall;          /* SIGSYS: the system call refused */
 		uint64_t addr;            /* si_addr (SIGSYS: the call's address) */
 		uint64_t ip;              /* instruction pointer at the fault */
+		uint64_t tsc;             /* when */
 	} crash;
 
 	/* ---- R: per-NF counters of the running instance, by step ---- */

@@ -110,6 +110,7 @@ static void on_fatal_signal(int sig, siginfo_t *si, void *uc_)
 						: (uint64_t)(uintptr_t)si->si_addr;
 		ctl->crash.syscall = sig == SIGSYS ? si->si_syscall : -1;
 		ctl->crash.ip = uc ? (uint64_t)uc->uc_mcontext.gregs[REG_RIP] : 0;
+		ctl->crash.tsc = rte_rdtsc();
 		__atomic_store_n(&ctl->crash.signo, (uint32_t)sig, __ATOMIC_RELEASE);
 	}
 	signal(sig, SIG_DFL);
@@ -271,6 +272,7 @@ static int start_instance(struct runtime *rt)
 		return rc;
 	}
 	in->first_burst_done = 0;
+	rt->ctl->t_batch_cycles = 0;
 	rt->ctl->instance_id = cmd->instance_id;
 	rt->ctl->t_ready_cycles = rte_rdtsc();
 	return 0;
@@ -298,6 +300,8 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 	b.n = n;
 	b.now_ns = serpens_now_ns();
 	ctl->batch_tsc = rte_rdtsc();
+	if (!ctl->t_batch_cycles)
+		ctl->t_batch_cycles = ctl->batch_tsc;
 	/* The router's core wrote these mbufs: fetch all headers, then all frames, together
 	 * rather than one cross-core miss after another. */
 	for (uint32_t i = 0; i < n; i++)

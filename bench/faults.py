@@ -1,0 +1,307 @@
+"""faults: a misbehaving NF beside FW->MON->NAT on one node (issue 11, DESIGN §8).
+
+A node (its own DPDK primary, a pool of real processes) runs two SFCs over one paced input:
+`healthy` (FW->MON->NAT, traffic from 10.0.0.0/8, out by port lan) and `faulty` (the
+misbehave NF of bench/nfs/misbehave.c, traffic to 192.0.2.0/24, out by port dmz), one packet
+in ten for the faulty one. The healthy SFC runs alone first (the baseline), then beside the
+faulty one, for the same time at the same load. Kinds of fault: `null` (writes through NULL),
+`overread` (reads 1 MiB past its packet), `loop` (never returns: the watchdog), `syscall`
+(opens a file with a raw system call: the sandbox), `kill` (a forwarding NF whose busy pool
+process is SIGKILLed 20 times).
+
+Figures (`serpensctl bench faults`: the `null` kind, crashing in a loop for 10 s):
+- healthy_kept: the healthy SFC's output rate beside the faulty one / alone;
+- detect_ms: p50 from a crash (the fault's TSC stamp from the pool process's signal handler,
+  the watchdog's kill, or our SIGKILL) to the node reporting it (Node.stats(): what the agent
+  answers GetNode with; the controller's status follows within its 1 s report period);
+- restart_ms: p50 from a crash to the next instance's first batch (back-off included: 10 ms
+  doubling per crash within `window_s`, set to 1 s here);
+- sandbox_cost: FW->MON->NAT Mpps, unpaced, in pool processes with the sandbox / without, in
+  one run (alternating, medians of 3).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from .common import cpu_stalls, machine, percentiles, udp_frame
+from .rig import write_pcap
+
+MISBEHAVE = os.path.join(os.path.dirname(__file__), "nfs", "misbehave.c")
+KINDS = {"null": "N", "overread": "R", "loop": "L", "syscall": "S", "kill": "-"}
+
+HEALTHY = """
+apiVersion: serpens/v1
+kind: SFC
+metadata: {name: healthy}
+spec:
+  nfs:
+    fw: {stock: fw, config: {default: deny, rules: [{action: allow, src: 10.0.0.0/8}]}}
+    mon: {stock: mon}
+    nat:
+      stock: nat
+      config: {internal: 10.0.0.0/8, external_ips: [203.0.113.1], port_range: 1024-65535}
+  chain: [fw, mon, nat]
+  match: [{src: 10.0.0.0/8}]
+  output: lan
+"""
+
+
+def faulty_spec(kind: str, config: bytes, restarts: int, window_s: float) -> str:
+    return f"""
+apiVersion: serpens/v1
+kind: SFC
+metadata: {{name: faulty}}
+spec:
+  nfs:
+    bad: {{source: {MISBEHAVE}, config_hex: "{config.hex()}"}}
+  chain: [bad]
+  match: [{{dst: 192.0.2.0/24}}]
+  output: dmz
+  faults: {{batch_ms: 10, restarts: {restarts}, window_s: {window_s}}}
+"""
+
+
+def node_spec(pcap: str, state_dir: str, pps: float) -> str:
+    return f"""
+apiVersion: serpens/v1
+kind: Node
+metadata: {{name: faults-{os.getpid()}}}
+spec:
+  ports:
+    wan: net_pcap_fwan,rx_pcap={pcap},infinite_rx=1
+    lan: net_null_flan,no-rx=1
+    dmz: net_null_fdmz,no-rx=1
+  input: [wan]
+  output: lan
+  pool: 4
+  warm_s: 600
+  pace: {{wan: {pps:g}}}
+  state_dir: {state_dir}
+"""
+
+
+def traffic(flows: int = 1000) -> list[bytes]:
+    """Nine healthy frames (10.0.0.0/8 out to a server) to one for the faulty SFC."""
+    frames = []
+    for i in range(flows):
+        frames.append(udp_frame(f"10.0.{i // 256}.{i % 256}", "198.51.100.7", 1024 + i, 53))
+        if i % 9 == 8:
+            frames.append(udp_frame(f"172.16.0.{i % 250 + 1}", "192.0.2.1", 2048 + i, 9,
+                                    payload=b"x"))
+    return frames
+
+
+def _p(values: list) -> dict | None:
+    return {k: round(v, 3) for k, v in percentiles(values, 50, 99).items()} if values else None
+
+
+class Scenario:
+    """One node running `healthy`, then `faulty` beside it (see the module's text)."""
+
+    def __init__(self, pps: float = 100_000):
+        from serpens.agent.node import Node
+        from serpens.common.node_spec import parse_node
+        from serpens.common.spec import parse_sfc
+        from serpens.runtime_cy import _dataplane as dp
+
+        self.dp, self.parse_sfc = dp, parse_sfc
+        self.tmp = tempfile.TemporaryDirectory(prefix="serpens-faults-", dir="/dev/shm")
+        pcap = os.path.join(self.tmp.name, "traffic.pcap")
+        write_pcap(pcap, traffic())
+        self.node = Node(parse_node(node_spec(pcap, os.path.join(self.tmp.name, "state"), pps)),
+                         [parse_sfc(HEALTHY)]).start()
+        self.node.scale("healthy", 1)
+        # TSC stamps -> time.monotonic()
+        self.hz, self.tsc0, self.mono0 = dp.tsc_hz(), dp.rdtsc(), time.monotonic()
+
+    def mono(self, tsc: int) -> float:
+        return self.mono0 + (tsc - self.tsc0) / self.hz
+
+    def close(self):
+        self.node.close()
+        self.tmp.cleanup()
+
+    def _healthy(self) -> tuple[float, int, int, int]:
+        st = self.node.stats()
+        return (time.monotonic(), st["sfcs"]["healthy"]["rx"], st["ports"]["lan"]["tx"],
+                st["ports"]["wan"]["missed"])
+
+    def run(self, kind: str, seconds: float, restarts: int = 5, window_s: float = 60.0,
+            settle: float = 1.0) -> dict:
+        escape = os.path.join(self.tmp.name, "escaped")  # the syscall NF's target
+        config = KINDS[kind].encode() + (escape.encode() + b"\0" if kind == "syscall" else b"")
+        time.sleep(settle)
+        a = self._healthy()
+        time.sleep(seconds)
+        b = self._healthy()
+        self.node.apply_sfc(self.parse_sfc(faulty_spec(kind, config, restarts, window_s),
+                                           base_dir="/"))
+        kills: list[float] = []
+        killer = None
+        if kind == "kill":
+            self.node.scale("faulty", 1)
+            killer = threading.Thread(target=self._kill_loop, args=(seconds, kills))
+            killer.start()
+        seen, detected, phases = 0, [], set()
+        c = self._healthy()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # the node's reports as the agent answers them
+            f = self.node.stats()["sfcs"]["faulty"]
+            if f["crashes"] > seen:
+                detected += [time.monotonic()] * (f["crashes"] - seen)
+                seen = f["crashes"]
+            phases.add(f["phase"])
+            time.sleep(0.001)
+        if killer:
+            killer.join()
+        d = self._healthy()
+        manager = self.node.managers["faulty"]
+        faults = list(manager.crashes.log)
+        st = self.node.stats()
+        faulty = st["sfcs"]["faulty"]
+        crash_at = [self.mono(f.tsc) if f.tsc else None for f in faults]
+        if kind == "kill":
+            crash_at = kills[:len(faults)] + [None] * (len(faults) - len(kills))
+        detect = [(t - c0) * 1e3 for t, c0 in zip(detected, crash_at) if c0 and t >= c0]
+        started = list(manager.started)
+        restart = []
+        for i, f in enumerate(faults):
+            after = next((p for k, p in enumerate(started) if k and started[k - 1].pid == f.pid),
+                         None)
+            first = after.ctl.first_batch_cycles() if after is not None else 0
+            t0 = crash_at[i] if i < len(crash_at) else None
+            if first and t0:
+                restart.append((self.mono(first) - t0) * 1e3)
+        base_rate = (b[2] - a[2]) / (b[0] - a[0])
+        rate = (d[2] - c[2]) / (d[0] - c[0])
+        return {
+            "kind": kind,
+            "healthy_kept": round(rate / base_rate, 4) if base_rate else None,
+            "healthy_out_pps": {"alone": round(base_rate), "beside_faulty": round(rate)},
+            "healthy_forwarded": round((d[2] - c[2]) / max(1, d[1] - c[1]), 4),
+            "missed": {"alone": b[3] - a[3], "beside_faulty": d[3] - c[3]},
+            "crashes": faulty["crashes"], "phases_seen": sorted(phases),
+            "phase": faulty["phase"], "message": faulty["message"],
+            "drops": faulty["drops"], "detect_ms": _p(detect), "restart_ms": _p(restart),
+            "file_written": os.path.exists(escape),
+            "router_alive": d[1] > c[1],
+        }
+
+    def _kill_loop(self, seconds: float, kills: list, times: int = 20):
+        """SIGKILL the faulty SFC's pool process `times` times, each once it is busy again."""
+        manager = self.node.managers["faulty"]
+        end = time.monotonic() + seconds * 0.8
+        while len(kills) < times and time.monotonic() < end:
+            procs = [s.proc for s in list(manager.slots.values())
+                     if not s.proc.dead and s.proc.ctl.first_batch_cycles()]
+            if procs:
+                kills.append(time.monotonic())
+                os.kill(procs[0].pid, signal.SIGKILL)
+            time.sleep(0.03)
+
+
+def sandbox_cost(seconds: float, rounds: int = 3) -> dict:
+    """FW->MON->NAT unpaced through one router and one instance: pool processes with the
+    sandbox vs without, alternating in one dataplane."""
+    from serpens import nfs
+    from serpens.agent.process_pool import ProcessPool
+    from serpens.runtime_cy.builder import SlotAllocator, build_nf
+    from serpens.runtime_cy.sfc import NF, chain, compile_sfc
+
+    from .rig import INSTANCE_CPU, Rig, flow_frames
+    from .state import NF_CONFIGS
+
+    slots = SlotAllocator()
+    images = {n: build_nf(nfs.source(n), slots.allocate(), n) for n in ("fw", "mon", "nat")}
+    sfc = compile_sfc(chain(*[NF(images[n], config=NF_CONFIGS[n](), name=n)
+                              for n in ("fw", "mon", "nat")]))
+    rig = Rig("sandbox", flow_frames(10000))
+    bare = ProcessPool(rig.dataplane, 1, sandbox=False).start()
+    for proc in bare.processes():
+        os.sched_setaffinity(proc.pid, {INSTANCE_CPU})
+    sandboxed, pools = rig.pool, {"sandbox": rig.pool, "bare": bare}
+    mpps = {"sandbox": [], "bare": []}
+    try:
+        for _ in range(rounds):
+            for name, pool in pools.items():
+                rig.pool = pool
+                rig.start([sfc])
+                try:
+                    mpps[name].append(rig.run_at(0, seconds)["mpps"])
+                finally:
+                    rig.stop()
+    finally:
+        rig.pool = sandboxed
+        bare.close()
+        rig.close()
+        for image in images.values():
+            image.close()
+    med = {k: sorted(v)[len(v) // 2] for k, v in mpps.items()}
+    return {"sandbox_mpps": round(med["sandbox"], 3), "bare_mpps": round(med["bare"], 3),
+            "sandbox_cost": round(med["sandbox"] / med["bare"], 4) if med["bare"] else None}
+
+
+# ---- serpensctl bench faults ------------------------------------------------------------------
+
+def add_arguments(p):
+    p.add_argument("--seconds", type=float, default=10.0, help="the crash loop's duration")
+    p.add_argument("--kind", choices=sorted(KINDS), default="null")
+    p.add_argument("--pps", type=float, default=100_000)
+
+
+def _child(*argv: str) -> dict:
+    """Run a part in its own process: each node is a DPDK primary, one per process."""
+    out = subprocess.run([sys.executable, "-m", "serpens.bench.faults", *argv],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode:
+        raise RuntimeError(f"bench faults {' '.join(argv)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(args) -> dict:
+    stalls = cpu_stalls()
+    loop = _child("scenario", args.kind, str(args.seconds), str(args.pps), "1000000", "1")
+    cost = _child("sandbox", str(min(args.seconds / 5, 2.0)))
+    return {"machine": dict(machine(), stalls=stalls),
+            "params": {"kind": args.kind, "seconds": args.seconds, "pps": args.pps,
+                       "faulty_share": 0.1, "batch_ms": 10, "window_s": 1,
+                       "healthy": "fw->mon->nat", "detect": "crash to the node's report"},
+            "healthy_kept": loop["healthy_kept"],
+            "detect_ms": loop["detect_ms"]["p50"] if loop["detect_ms"] else None,
+            "restart_ms": loop["restart_ms"]["p50"] if loop["restart_ms"] else None,
+            "sandbox_cost": cost["sandbox_cost"],
+            "crashes": loop["crashes"], "scenario": loop, "sandbox": cost}
+
+
+def print_table(r: dict):
+    s = r["scenario"]
+    print(f"faults: NF '{r['params']['kind']}' crashing beside fw->mon->nat for "
+          f"{r['params']['seconds']:g} s at {r['params']['pps']:g} pps, "
+          f"{r['machine']['cpu']} ({r['machine']['cores']} cores)")
+    print(f"{'healthy kept':>13}{'crashes':>9}{'detect ms':>11}{'restart ms':>12}"
+          f"{'sandbox cost':>14}")
+    print(f"{r['healthy_kept']:>13.4f}{r['crashes']:>9}{r['detect_ms'] or 0:>11.2f}"
+          f"{r['restart_ms'] or 0:>12.2f}{r['sandbox_cost']:>14.4f}")
+    print(f"  faulty SFC: {s['phase']}: {s['message']}")
+    print(f"  sandbox on {r['sandbox']['sandbox_mpps']} Mpps, off {r['sandbox']['bare_mpps']} Mpps")
+
+
+if __name__ == "__main__":  # the parts run in their own processes (see _child)
+    part, *rest = sys.argv[1:]
+    if part == "scenario":
+        kind, seconds, pps, restarts, window = rest
+        sc = Scenario(float(pps))
+        try:
+            result = sc.run(kind, float(seconds), int(restarts), float(window))
+        finally:
+            sc.close()
+    else:
+        result = sandbox_cost(float(rest[0]))
+    print(json.dumps(result))
