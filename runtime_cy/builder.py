@@ -70,7 +70,7 @@ _LIMITS = compiler_jail.Limits()
 _ALLOWED_INCLUDE = re.compile(
     r"""^(?:<|")(?:serpens/[A-Za-z0-9_]+\.h|std(?:def|int|bool|arg|align|noreturn)\.h|float\.h"""
     r"""|[a-z0-9]*intrin\.h)(?:>|")$""")
-_DIRECTIVE = re.compile(r"^\s*#\s*([A-Za-z_]+)\s*(.*)$")
+_DIRECTIVE = re.compile(r"^\s*(?:#|%:)\s*([A-Za-z_]+)\s*(.*)$")  # %: is the digraph of #
 _READ_DIRECTIVES = {"include", "include_next", "import", "embed"}
 # Assembler directives that read files, wherever they appear (inline asm, top-level asm).
 _ASM_READS = re.compile(r"\.\s*(incbin|include)\b", re.IGNORECASE)
@@ -139,7 +139,7 @@ def _run(argv: list[str], cwd: str, what: str, ruleset: int, name: str) -> None:
     except subprocess.TimeoutExpired:
         raise NFBuildError(f"{what}: timed out after {_LIMITS.wall_seconds:g} s", "") from None
     if res.returncode != 0:
-        output = _own_diagnostics(res.stderr + res.stdout, name)
+        output = _own_diagnostics(res.stderr + res.stdout, name, cwd)
         if res.returncode < 0:
             output += f"\n(the compiler was killed by signal {-res.returncode}: a resource " \
                       "limit of the build was exceeded)"
@@ -152,13 +152,26 @@ _TOOL_LINE = re.compile(r"^(?:\S*/)?(?:gcc|cc|cc1|as|ld|collect2|x86_64-linux-gn
                         r"(?:\.[a-z]+)?: ")
 
 
-def _own_diagnostics(output: str, name: str) -> str:
-    """Compiler output with only the lines about `name`'s own files: a message about another
-    file (it may quote that file's text) is withheld, and counted."""
-    own = (f"{name}.c:", f"{name}.o:", f"{name}.so:", "nf.o:", "mem.o:")
-    kept, withheld = [], 0
+_QUOTED_SOURCE = re.compile(r"^ *\d* \|")
+
+
+def _own_diagnostics(output: str, name: str, build_dir: str) -> str:
+    """Compiler output with only the lines about `name`'s own files (its source, and the
+    assembly and objects made from it in `build_dir`): a message about another file (it may
+    quote that file's text) is withheld, and counted."""
+    own = (f"{name}.c:", f"{name}.s:", f"{name}.o:", f"{name}.so:", "nf.o:", "mem.o:")
+    # the assembler names gcc's temporary .s file: call it what it is
+    output = re.sub(re.escape(build_dir) + r"/[A-Za-z0-9_.]+\.s\b", f"{name}.s", output)
+    kept, withheld, quoting = [], 0, False
     for line in output.splitlines():
-        if line.startswith(own) or (_TOOL_LINE.match(line) and "Assembler messages" not in line):
+        if _QUOTED_SOURCE.match(line):  # a source line under the message before it
+            if quoting:
+                kept.append(line)
+            else:
+                withheld += 1
+            continue
+        quoting = line.startswith(own)
+        if quoting or (_TOOL_LINE.match(line) and "Assembler messages" not in line):
             kept.append(line)
         elif line.strip():
             withheld += 1
@@ -201,8 +214,7 @@ def compile_nf(source: str | bytes, *, name: str = "nf") -> bytes:
 def _compile(source: bytes, name: str) -> bytes:
     check_source(source, name)
     cc = _cc()
-    # One line per message, no quoted source lines (they could be another file's text).
-    diag = ["-fdiagnostics-color=never", "-fno-diagnostics-show-caret"]
+    diag = ["-fdiagnostics-color=never"]
     with tempfile.TemporaryDirectory(prefix="serpens-nf-") as tmp:
         Path(tmp, f"{name}.c").write_bytes(source)
         ruleset = compiler_jail.build_ruleset(
