@@ -64,6 +64,7 @@ extensions = [
             "runtime_cy/src/driver.c",
             "runtime_cy/src/ports.c",
             "runtime_cy/src/replay.c",
+            "runtime_cy/src/sandbox.c",
             "router/router.c",
         ],
         include_dirs=INCLUDES,

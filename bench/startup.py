@@ -162,7 +162,7 @@ def run(args) -> dict:
     rule = bytes(16)  # one allow-all rule
     sfc = compile_sfc(NF(image, config=rule))
     with tempfile.NamedTemporaryFile(suffix=".so") as so_file, \
-            ProcessPool(dataplane, 2) as pool:
+            ProcessPool(dataplane, 2, sandbox=False) as pool:  # LOAD_FORK forks: unsandboxed baseline
         so_file.write(so)
         so_file.flush()
         b = _Bench(pool, sfc, dataplane.mempool)

@@ -1176,3 +1176,18 @@ def port_attach(str devargs, Mempool pool):
     if rc < 0:
         raise OSError(-rc, err.decode(errors="replace"))
     return port
+
+
+# ---- sandbox (runtime_cy/src/sandbox.h) -------------------------------------------------------
+
+cdef extern from "sandbox.h" nogil:
+    int serpens_sandbox_enter(char *err, size_t errlen)
+
+
+def sandbox_enter():
+    """Enter the pool process sandbox (no_new_privs, no capabilities, seccomp allow-list) for
+    every thread of this process, for good. OSError naming the step that failed."""
+    cdef char err[256]
+    rc = serpens_sandbox_enter(err, sizeof(err))
+    if rc:
+        raise OSError(-rc, err.decode(errors="replace"))

@@ -17,13 +17,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from serpens.runtime_cy import _image
+from serpens.runtime_cy import _image, compiler_jail
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
 __all__ = [
     "NF_CFLAGS", "NF_LDFLAGS", "NF_REGION_BASE", "NF_SLOT_SIZE", "NF_SLOTS",
     "NFBuildError", "NFRefusedError", "NFImage", "SlotAllocator",
-    "compile_nf", "verify_nf", "prepare_image", "build_nf", "slot_base",
+    "check_source", "compile_nf", "verify_nf", "prepare_image", "build_nf", "slot_base",
 ]
 
 _PKG = Path(__file__).resolve().parent
@@ -34,13 +34,22 @@ NF_REGION_BASE: int = _image.NF_REGION_BASE
 NF_SLOT_SIZE: int = _image.NF_SLOT_SIZE
 NF_SLOTS: int = _image.NF_SLOTS
 
+# The compiler's own freestanding headers (stddef.h, stdint.h, the x86 intrinsics): the only
+# ones besides the NF ABI's; -nostdinc keeps /usr/include and the like out of the search.
+FREESTANDING_INCLUDE = subprocess.run(
+    [os.environ.get("CC") or "gcc", "-print-file-name=include"], capture_output=True,
+    text=True).stdout.strip()
+
 # DESIGN §6. -maes/-msse4.2/-mpclmul let NFs use AES-NI/CRC32/CLMUL intrinsics (freestanding
 # headers); every x86-64 server we target has them.
 NF_CFLAGS: tuple[str, ...] = (
     "-O2", "-fPIC", "-ffreestanding", "-nostdlib", "-fvisibility=hidden",
     "-fno-stack-protector", "-fno-plt", "-fcf-protection=none", "-fno-exceptions",
     "-fno-asynchronous-unwind-tables", "-march=x86-64-v2", "-maes", "-msse4.2", "-mpclmul",
-    f"-I{NF_INCLUDE}",
+    "-nostdinc", f"-isystem{FREESTANDING_INCLUDE}", f"-I{NF_INCLUDE}",
+    # xmmintrin.h pulls mm_malloc.h, which needs libc's stdlib.h; _mm_malloc is no use
+    # without libc anyway: skip it (its include guard).
+    "-D_MM_MALLOC_H_INCLUDED",
 )
 # No --no-undefined: the verifier names an undefined symbol with a clearer message.
 NF_LDFLAGS: tuple[str, ...] = (
@@ -52,25 +61,123 @@ NF_LDFLAGS: tuple[str, ...] = (
 _MEM_CFLAGS = ("-fno-builtin", "-fno-tree-loop-distribute-patterns")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_BUILD_TIMEOUT = 120
+_LIMITS = compiler_jail.Limits()
+
+# ---- what an NF's source may ask the compiler to read --------------------------------------
+
+# Headers an NF may include: the ABI's, and the compiler's freestanding ones (nothing of the
+# host's: no libc, no /usr/include).
+_ALLOWED_INCLUDE = re.compile(
+    r"""^(?:<|")(?:serpens/[A-Za-z0-9_]+\.h|std(?:def|int|bool|arg|align|noreturn)\.h|float\.h"""
+    r"""|[a-z0-9]*intrin\.h)(?:>|")$""")
+_DIRECTIVE = re.compile(r"^\s*(?:#|%:)\s*([A-Za-z_]+)\s*(.*)$")  # %: is the digraph of #
+_READ_DIRECTIVES = {"include", "include_next", "import", "embed"}
+# Assembler directives that read files, wherever they appear (inline asm, top-level asm).
+_ASM_READS = re.compile(r"\.\s*(incbin|include)\b", re.IGNORECASE)
+_PRAGMA_DEPENDENCY = re.compile(r"\bdependency\b")
+_ALLOWED_LIST = "serpens/*.h, stddef.h, stdint.h, stdbool.h, stdarg.h, stdalign.h, stdnoreturn.h, float.h, *intrin.h"
+
+
+def _logical_lines(text: str):
+    """(first physical line number, logical line) with backslash-newlines joined and
+    comments blanked, as the preprocessor sees directives."""
+    text = re.sub(r"/\*.*?\*/", lambda m: " " + "\n" * m.group().count("\n"),
+                  text, flags=re.S)
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        start, line = i + 1, lines[i]
+        while line.endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line[:-1] + lines[i]
+        yield start, re.sub(r"//.*$", "", line)
+        i += 1
+
+
+def check_source(source: bytes, name: str = "nf") -> None:
+    """Refuse source that asks the compiler to read a file other than the NF ABI's headers:
+    NFBuildError naming the line. (The compiler runs confined anyway: compiler_jail.)"""
+    text = source.decode("utf-8", errors="replace")
+    for lineno, line in _logical_lines(text):
+        where = f"{name}.c:{lineno}"
+        m = _DIRECTIVE.match(line)
+        if m:
+            directive, rest = m.group(1), m.group(2).strip()
+            if directive in _READ_DIRECTIVES and not (
+                    directive == "include" and _ALLOWED_INCLUDE.match(rest)):
+                raise NFBuildError(
+                    f"{where}: #{directive} {rest[:80]} is not allowed: an NF may include only "
+                    f"{_ALLOWED_LIST}", "")
+            if directive == "pragma" and _PRAGMA_DEPENDENCY.search(rest):
+                raise NFBuildError(f"{where}: #pragma ... dependency reads another file and "
+                                   "is not allowed in an NF", "")
+        if "_Pragma" in line and _PRAGMA_DEPENDENCY.search(line):
+            raise NFBuildError(f"{where}: _Pragma(... dependency ...) reads another file and "
+                               "is not allowed in an NF", "")
+        am = _ASM_READS.search(line)
+        if am:
+            raise NFBuildError(f"{where}: the assembler directive .{am.group(1).lower()} reads "
+                               "a file and is not allowed in an NF", "")
 
 
 def _cc() -> str:
     return os.environ.get("CC") or "gcc"
 
 
-def _run(argv: list[str], cwd: str, what: str) -> None:
+def _run(argv: list[str], cwd: str, what: str, ruleset: int, name: str) -> None:
+    """Run one compiler step confined (compiler_jail); NFBuildError with its output, less
+    anything that could quote a file other than the NF's own source."""
     try:
-        # LC_ALL=C: plain ASCII quotes in diagnostics, whatever the agent's locale.
+        # LC_ALL=C: plain ASCII quotes in diagnostics, whatever the agent's locale; TMPDIR:
+        # the compiler's temporaries in the build directory, the only place it may write.
         res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace",
-                             timeout=_BUILD_TIMEOUT, env={**os.environ, "LC_ALL": "C"})
+                             timeout=_LIMITS.wall_seconds,
+                             env={**os.environ, "LC_ALL": "C", "TMPDIR": cwd},
+                             preexec_fn=compiler_jail.confine(ruleset, _LIMITS))
     except FileNotFoundError as e:
         raise NFBuildError(f"{what}: compiler not found ({argv[0]})", str(e)) from None
     except subprocess.TimeoutExpired:
-        raise NFBuildError(f"{what}: timed out after {_BUILD_TIMEOUT} s", "") from None
+        raise NFBuildError(f"{what}: timed out after {_LIMITS.wall_seconds:g} s", "") from None
     if res.returncode != 0:
-        output = (res.stderr + res.stdout).strip()
-        raise NFBuildError(f"{what} failed:\n{output}", output)
+        output = _own_diagnostics(res.stderr + res.stdout, name, cwd)
+        if res.returncode < 0:
+            output += f"\n(the compiler was killed by signal {-res.returncode}: a resource " \
+                      "limit of the build was exceeded)"
+        raise NFBuildError(f"{what} failed:\n{output.strip()}", output.strip())
+
+
+# Lines worth passing on: messages about the NF's own files, and the toolchain's own
+# one-line verdicts (which name files but quote none).
+_TOOL_LINE = re.compile(r"^(?:\S*/)?(?:gcc|cc|cc1|as|ld|collect2|x86_64-linux-gnu-[a-z+]+)"
+                        r"(?:\.[a-z]+)?: ")
+
+
+_QUOTED_SOURCE = re.compile(r"^ *\d* \|")
+
+
+def _own_diagnostics(output: str, name: str, build_dir: str) -> str:
+    """Compiler output with only the lines about `name`'s own files (its source, and the
+    assembly and objects made from it in `build_dir`): a message about another file (it may
+    quote that file's text) is withheld, and counted."""
+    own = (f"{name}.c:", f"{name}.s:", f"{name}.o:", f"{name}.so:", "nf.o:", "mem.o:")
+    # the assembler names gcc's temporary .s file: call it what it is
+    output = re.sub(re.escape(build_dir) + r"/[A-Za-z0-9_.]+\.s\b", f"{name}.s", output)
+    kept, withheld, quoting = [], 0, False
+    for line in output.splitlines():
+        if _QUOTED_SOURCE.match(line):  # a source line under the message before it
+            if quoting:
+                kept.append(line)
+            else:
+                withheld += 1
+            continue
+        quoting = line.startswith(own)
+        if quoting or (_TOOL_LINE.match(line) and "Assembler messages" not in line):
+            kept.append(line)
+        elif line.strip():
+            withheld += 1
+    if withheld:
+        kept.append(f"({withheld} line(s) about other files withheld)")
+    return "\n".join(kept)
 
 
 # Compiled objects by (source digest, compiler): an SFC applied again, or an NF used by
@@ -105,16 +212,23 @@ def compile_nf(source: str | bytes, *, name: str = "nf") -> bytes:
 
 
 def _compile(source: bytes, name: str) -> bytes:
+    check_source(source, name)
     cc = _cc()
     diag = ["-fdiagnostics-color=never"]
     with tempfile.TemporaryDirectory(prefix="serpens-nf-") as tmp:
         Path(tmp, f"{name}.c").write_bytes(source)
-        _run([cc, *NF_CFLAGS, *diag, "-c", f"{name}.c", "-o", "nf.o"], tmp,
-             f"compiling {name}.c")
-        _run([cc, *NF_CFLAGS, *_MEM_CFLAGS, *diag, "-c", str(NF_MEM_SOURCE), "-o", "mem.o"],
-             tmp, "compiling nf_support/mem.c")
-        _run([cc, *NF_LDFLAGS, *diag, "nf.o", "mem.o", "-o", f"{name}.so"], tmp,
-             f"linking {name}.so")
+        ruleset = compiler_jail.build_ruleset(
+            [*compiler_jail.READ_ONLY_PATHS, str(NF_INCLUDE), str(NF_MEM_SOURCE.parent)],
+            [*compiler_jail.READ_WRITE_PATHS, tmp])
+        try:
+            _run([cc, *NF_CFLAGS, *diag, "-c", f"{name}.c", "-o", "nf.o"], tmp,
+                 f"compiling {name}.c", ruleset, name)
+            _run([cc, *NF_CFLAGS, *_MEM_CFLAGS, *diag, "-c", str(NF_MEM_SOURCE), "-o",
+                  "mem.o"], tmp, "compiling nf_support/mem.c", ruleset, name)
+            _run([cc, *NF_LDFLAGS, *diag, "nf.o", "mem.o", "-o", f"{name}.so"], tmp,
+                 f"linking {name}.so", ruleset, name)
+        finally:
+            os.close(ruleset)
         return Path(tmp, f"{name}.so").read_bytes()
 
 

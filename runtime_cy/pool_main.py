@@ -1,8 +1,9 @@
 """A pool process: `python -m serpens.runtime_cy.pool_main --ctl-fd N --sock-fd N --efd N -- EAL...`
 
 Spawned by the agent's ProcessPool. It reserves the NF region before anything else can map
-there, dies with the agent (PR_SET_PDEATHSIG), attaches to DPDK as a secondary and hands the
-rest of its life to the C runtime (runtime_cy/src/runtime.c).
+there, dies with the agent (PR_SET_PDEATHSIG), attaches to DPDK as a secondary, enters the
+sandbox (runtime_cy/src/sandbox.h; --no-sandbox for benchmarks) and hands the rest of its life
+to the C runtime (runtime_cy/src/runtime.c).
 """
 import argparse
 import ctypes
@@ -21,6 +22,8 @@ def parse_args(argv):
     ap.add_argument("--efd", type=int, required=True)
     ap.add_argument("--idle-us", type=int, default=200)
     ap.add_argument("--state-dir", required=True)
+    ap.add_argument("--no-sandbox", dest="sandbox", action="store_false",
+                    help="run NFs without the sandbox (benchmarks comparing its cost)")
     ap.add_argument("eal", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     if args.eal and args.eal[0] == "--":
@@ -36,6 +39,8 @@ def main(argv=None):
     dp.eal_init(["serpens-pool"] + args.eal)
     dp.register_label_field()
     dp.set_state_dir(args.state_dir)
+    if args.sandbox:  # last: everything above needs system calls the sandbox refuses
+        dp.sandbox_enter()
     dp.run_pool_process(args.ctl_fd, args.sock_fd, args.efd, args.idle_us)
     # No rte_eal_cleanup(): in DPDK 22.11 a secondary's cleanup leaves the shared malloc heap
     # unusable (the next secondary hangs in rte_eal_init, the primary in rte_free). Exiting
