@@ -86,7 +86,9 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 			rc = ops->init(&nf->ctx, cmd->config + st->config_off, st->config_len);
 			nf->in_init = 0;
 			if (rc) {
-				snprintf(err, errlen, "step %u (%s): init() returned %d", s, st->name, rc);
+				/* an NF passes create_table's error on: say what it was */
+				snprintf(err, errlen, "step %u (%s): init() returned %d%s%s", s, st->name,
+					 rc, nf->table_error[0] ? ": " : "", nf->table_error);
 				rc = rc < 0 ? rc : -rc;
 			}
 		}
