@@ -86,10 +86,11 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 			rc = ops->init(&nf->ctx, cmd->config + st->config_off, st->config_len);
 			nf->in_init = 0;
 			if (rc) {
-				/* an NF passes create_table's error on: say what it was */
+				/* A failed create_table is why init() failed (whatever code the NF
+				 * chose to return): say so, with its errno (-ENOSPC: state full). */
 				snprintf(err, errlen, "step %u (%s): init() returned %d%s%s", s, st->name,
 					 rc, nf->table_error[0] ? ": " : "", nf->table_error);
-				rc = rc < 0 ? rc : -rc;
+				rc = nf->table_rc ? nf->table_rc : rc < 0 ? rc : -rc;
 			}
 		}
 		if (rc) {

@@ -41,6 +41,7 @@ struct serpens_nf_slot {
 	uint32_t remote_mask;
 	char table_names[SERPENS_MAX_TABLES][SERPENS_TABLE_NAME];
 	/* why the last create_table failed (a full state filesystem...), for init()'s error */
+	int32_t table_rc;
 	char table_error[160];
 	struct serpens_remote_table remote[SERPENS_MAX_TABLES];
 };
