@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 
@@ -185,8 +186,10 @@ def tables(a, sfc: str) -> dict:
 def put_flow(fs: str, namespace: str, n: int):
     """n entries in MON's flows table, written from outside as a node's traffic would."""
     t = dp.StateTable(fs, namespace, "flows")
-    for i in range(n):
-        t.put(i.to_bytes(40, "little"), (1).to_bytes(16, "little"))
+    for i in range(n):  # struct serpens_flow: UDP 10.0.0.1:i -> 10.0.0.2:53, IPv4
+        key = struct.pack("<16s16s2s2sBB2x", bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]),
+                          i.to_bytes(2, "big"), (53).to_bytes(2, "big"), 17, 4)
+        t.put(key, struct.pack("<QQ", 1, 100))
     t.close()
 
 
