@@ -263,6 +263,9 @@ def test_state_reset_drops_broken_or_unwanted_tables_and_the_nf_starts_empty(age
         with pytest.raises(grpc.RpcError) as e:
             a.stub.ScaleSFC(pb.ScaleSFCRequest(name="reset", replicas=1), timeout=30)
         assert "truncated" in e.value.details() and "state reset" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            tables(a, "reset")
+        assert e.value.code() == grpc.StatusCode.DATA_LOSS and "flows" in e.value.details()
         assert alive(a)
         reply = a.stub.ResetState(pb.ResetStateRequest(sfc="reset", nf="mon", table="flows"),
                                   timeout=30)
