@@ -271,6 +271,15 @@ class Node:
             with entry.manager.paused():
                 self.state.replace_nf(entry.spec.state_namespace(nf), tables)
 
+    def reset_state(self, sfc: str, nf: str, table: str = "") -> list[str]:
+        """Delete table `table` (all tables if empty) of NF `nf` of SFC `sfc` while its
+        instances are stopped; the next instances create them again, empty. Returns the
+        tables deleted."""
+        with self._lock:
+            entry = self._entry(sfc)
+            with entry.manager.paused():
+                return self.state.drop(entry.spec.state_namespace(nf), table or None)
+
     @property
     def state(self) -> StateManager:
         return StateManager(self.dataplane.config.state_dir)

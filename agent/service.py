@@ -4,11 +4,13 @@ Every call changes the node under its lock, in a worker thread (compiling NFs an
 instances block for milliseconds to a second), and answers with what the node now runs.
 Errors are status codes whose message names the field or carries the compiler's text:
 INVALID_ARGUMENT for a spec or NF the node refuses, NOT_FOUND for an SFC it does not run,
-UNAVAILABLE when no pool process is free.
+UNAVAILABLE when no pool process is free, RESOURCE_EXHAUSTED when the state filesystem has no
+room (for a restore, or an instance's new table), DATA_LOSS for a broken table file.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import time
@@ -23,7 +25,8 @@ from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
 from .node import NoSuchSFC, SFCConflict, StaleSpec
 from .process_pool import PoolError
-from .state_manager import StateError, StateManager
+from .state_manager import (BrokenTable, StateError, StateFilesystemFull, StateManager,
+                            table_error)
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,15 @@ def _handler(method):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"refused by the NF verifier: {e}")
         except PoolError as e:
+            if e.errno == errno.ENOSPC:  # an NF's create_table: the state filesystem is full
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"instance start: {e}")
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"process pool: {e}")
         except TimeoutError as e:  # an instance stuck in an NF
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except StateFilesystemFull as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except BrokenTable as e:
+            await context.abort(grpc.StatusCode.DATA_LOSS, f"{e} (serpensctl state reset)")
         except StateError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot: {e}")
         except ValueError as e:  # e.g. more instances than the node's router has slots
@@ -151,6 +160,21 @@ class AgentServicer(pb_grpc.AgentServicer):
         return pb.RestoreStateResponse(node=self.node.spec.name, tables=len(tables))
 
     @_handler
+    async def ResetState(self, request, context):
+        entry, _ = await self._nf(request.sfc, request.nf, context)
+        namespace = entry.spec.state_namespace(request.nf)
+        if request.table and (namespace, request.table) not in \
+                self.node.state.tables():
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"table: NF {request.nf} of {request.sfc} has no table "
+                                f"{request.table!r} on node {self.node.spec.name}")
+        gone = await asyncio.to_thread(self.node.reset_state, request.sfc, request.nf,
+                                       request.table)
+        log.info("reset the state of %s/%s: %s", request.sfc, request.nf,
+                 ", ".join(gone) or "no tables")
+        return pb.ResetStateResponse(node=self.node.spec.name, tables=gone)
+
+    @_handler
     async def GetNode(self, request, context):
         st = self.node.stats()
         return pb.NodeStatus(
@@ -192,7 +216,10 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
     for nf, name in manager.tables():
         if nf != namespace or (only and name != only) or "@" in name:
             continue  # "table@rN": an instance's replica, merged into the table itself
-        table = manager.open(nf, name)
+        try:
+            table = manager.open(nf, name)
+        except OSError as e:  # a broken table, or no room to fill its holes
+            raise table_error(nf, name, e) from None
         try:
             info, items = table.info, table.items()[:limit]
         finally:

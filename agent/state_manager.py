@@ -9,6 +9,7 @@ new entries of flows being updated.
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import shutil
@@ -24,6 +25,21 @@ _HDR_SHAPE_END = 32  # flags, key_size, value_size, capacity end here (state_tab
 
 class StateError(RuntimeError):
     pass
+
+
+class StateFilesystemFull(StateError):
+    """No room on the state filesystem for what was asked; nothing was changed."""
+
+
+class BrokenTable(StateError):
+    """A table file that is not a whole table (truncated, corrupt): `drop` it."""
+
+
+def table_error(nf: str, table: str, e: OSError) -> StateError:
+    """The StateError for an OSError of opening table `table` of `nf` (StateTable)."""
+    if e.errno == errno.ENOSPC:
+        return StateFilesystemFull(f"table {nf}/{table}: {e.strerror}")
+    return BrokenTable(f"table {nf}/{table}: {e.strerror}")
 
 
 class StateManager:
@@ -88,6 +104,8 @@ class StateManager:
                 try:
                     dp.StateTable(self.state_dir, staging, table).close()  # header and layout
                 except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise table_error(nf, table, e) from None
                     raise StateError(f"table {table}: {e.strerror}") from None
             self.drop(nf)
             os.makedirs(os.path.join(self.state_dir, nf), mode=0o700, exist_ok=True)
@@ -105,25 +123,47 @@ class StateManager:
             raise StateError(f"table {table}: another shape (flags, key, value or capacity) "
                              f"than {nf}'s table of that name")
 
-    def drop(self, nf: str, table: str | None = None):
-        """Delete a table (or all tables of an NF): its state is gone for good."""
+    def drop(self, nf: str, table: str | None = None) -> list[str]:
+        """Delete a table (or all tables of an NF): its state is gone for good. A table goes
+        with its instances' replicas ("table@rN") and any copy a crash left half-made
+        (".table.tbl.PID", state_table.c create()). Returns the tables deleted."""
+        folder = os.path.join(self.state_dir, nf)
+        if not os.path.isdir(folder):
+            return []
+        gone = [t for owner, t in self.tables() if owner == nf and
+                (table is None or t == table or t.startswith(table + "@"))]
         if table is None:
-            shutil.rmtree(os.path.join(self.state_dir, nf), ignore_errors=True)
-        else:
-            try:
-                os.unlink(self.path(nf, table))
-            except FileNotFoundError:
-                pass
+            shutil.rmtree(folder, ignore_errors=True)
+            return gone
+        for name in os.listdir(folder):
+            if name.startswith("."):  # ".T.tbl.PID": a table being (or left half-) made
+                base = name[1:].rpartition(TABLE_SUFFIX + ".")[0]
+            else:
+                base = name.removesuffix(TABLE_SUFFIX)
+            if base == table or base.startswith(table + "@"):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except FileNotFoundError:
+                    pass
+        return gone
 
 
 def _write_file(path: str, data: bytes):
     """Write through a shared mapping: hugetlbfs has no write(); its files are sized in
-    whole huge pages (a state table may be longer than its layout needs)."""
+    whole huge pages (a state table may be longer than its layout needs). The pages are
+    reserved first (fallocate: tmpfs pages, hugetlbfs huge pages), so a full filesystem is
+    StateFilesystemFull here rather than a SIGBUS while copying."""
     block = os.statvfs(os.path.dirname(path)).f_bsize
     size = max(block, -(-len(data) // block) * block)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.ftruncate(fd, size)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise StateFilesystemFull(f"state filesystem full (ENOSPC): no room for the "
+                                      f"{size} bytes of {os.path.basename(path)}") from None
         with mmap.mmap(fd, size) as m:
             m[:len(data)] = data
     finally:

@@ -7,6 +7,7 @@ gRPC API (proto/serpens/v1/serpens.proto).
     serpensctl state dump SFC NF [--table T] [--limit N] [--no-merge] [-o table|json]
     serpensctl state snapshot SFC NF -f FILE    # a consistent copy of all the NF's tables
     serpensctl state restore SFC NF -f FILE     # make a snapshot the NF's state
+    serpensctl state reset SFC NF [--table T]   # delete tables (broken, unwanted): start empty
     serpensctl watch [-o table|json]
     serpensctl delete nf|sfc NAME
     serpensctl scale SFC --replicas N [--min N] [--max N]
@@ -55,11 +56,12 @@ def register(sub) -> None:
     p.add_argument("name")
     p.set_defaults(func=_run(_describe))
     p = sub.add_parser("state", help="NF state on the node that runs an SFC")
-    p.add_argument("action", choices=("dump", "snapshot", "restore"))
+    p.add_argument("action", choices=("dump", "snapshot", "restore", "reset"))
     p.add_argument("sfc")
     p.add_argument("nf", help="the NF's name in the SFC spec")
     p.add_argument("-f", "--file", help="snapshot: file written; restore: file read")
-    p.add_argument("--table", default="", help="one table (default: all of the NF's)")
+    p.add_argument("--table", default="",
+                   help="dump, reset: one table (default: all of the NF's)")
     p.add_argument("--limit", type=int, default=1000, help="entries per table")
     p.add_argument("--no-merge", dest="merge", action="store_false",
                    help="dump: read the tables as they are, without having the instances "
@@ -270,9 +272,15 @@ def _describe(stub, args) -> int:
 
 
 def _state(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    if args.action == "reset":
+        reply = stub.ResetState(pb.ResetStateRequest(sfc=args.sfc, nf=args.nf, table=args.table),
+                                timeout=max(args.timeout, 60))
+        print(f"{args.sfc}.{args.nf} on {reply.node}: "
+              + (f"deleted {', '.join(reply.tables)}" if reply.tables else "no tables to delete"))
+        return 0
     if args.action != "dump":
         return _snapshot_or_restore(stub, args)
-    from serpens.proto.serpens.v1 import serpens_pb2 as pb
     if args.limit < 1:
         raise _UsageError(f"--limit: at least 1, got {args.limit}")
     reply = stub.ReadState(pb.ReadStateRequest(sfc=args.sfc, nf=args.nf, table=args.table,

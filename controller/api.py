@@ -308,9 +308,14 @@ class SerpensServicer(pb_grpc.SerpensServicer):
     async def RestoreState(self, request, context):
         return await self._on_node(request.sfc, "RestoreState", request, timeout=120)
 
+    @_handler
+    async def ResetState(self, request, context):
+        return await self._on_node(request.sfc, "ResetState", request, timeout=60)
+
     async def _on_node(self, sfc: str, method: str, request, timeout: float):
         """Agent.`method`(request) on the node running SFC `sfc`: FAILED_PRECONDITION if it
-        runs nowhere now, the agent's NOT_FOUND/INVALID_ARGUMENT, else UNAVAILABLE."""
+        runs nowhere now, the agent's NOT_FOUND/INVALID_ARGUMENT/RESOURCE_EXHAUSTED/
+        DATA_LOSS, else UNAVAILABLE."""
         await self._read(self.sfcs_prefix, sfc, "SFC")
         status = await self._read(self.status_prefix, sfc, None)
         node = json.loads(status.value).get("node") if status else ""
@@ -322,7 +327,9 @@ class SerpensServicer(pb_grpc.SerpensServicer):
             return await getattr(self._agent(address), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code() if e.code() in (grpc.StatusCode.NOT_FOUND,
-                                            grpc.StatusCode.INVALID_ARGUMENT) \
+                                            grpc.StatusCode.INVALID_ARGUMENT,
+                                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            grpc.StatusCode.DATA_LOSS) \
                 else grpc.StatusCode.UNAVAILABLE
             raise _Abort(code, f"node {node}: {e.details()}") from None
 

@@ -317,6 +317,29 @@ def test_a_snapshot_of_an_nf_s_state_is_restored_while_traffic_flows(cluster, tm
     wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, controller.output)
 
 
+def test_serpensctl_state_reset_drops_a_table_and_the_nf_counts_from_zero(cluster):
+    controller, agent = cluster
+    controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
+    wait_until(lambda: agent.sfcs().get("fw-mon-nat") and agent.sfcs()["fw-mon-nat"].out,
+               60, controller.output)
+    ctl = [os.path.join(BIN, "serpensctl"), "--server", controller.address, "state", "reset",
+           "fw-mon-nat", "mon"]
+    before = wait_until(lambda: (n := mon_packets(controller.stub)) > 5000 and n, 30,
+                        controller.output)
+    reset = subprocess.run(ctl + ["--table", "flows"], capture_output=True, text=True,
+                           timeout=60)
+    assert reset.returncode == 0, reset.stderr
+    assert reset.stdout.strip() == "fw-mon-nat.mon on local: deleted flows"
+    assert mon_packets(controller.stub) < before - 2000  # counting again from zero
+    wait_until(lambda: mon_packets(controller.stub) > 0, 10, controller.output)  # traffic on
+    unknown = subprocess.run(ctl + ["--table", "nope"], capture_output=True, text=True,
+                             timeout=60)
+    assert unknown.returncode != 0 and "NOT_FOUND" in unknown.stderr
+    assert "no table 'nope'" in unknown.stderr
+    controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="fw-mon-nat"), timeout=5)
+    wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, controller.output)
+
+
 def test_an_etcd_restart_stops_no_traffic_and_the_control_loop_comes_back(cluster, etcd):
     controller, agent = cluster
     controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)

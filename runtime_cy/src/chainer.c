@@ -89,8 +89,11 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 			*c->cur_step = -1;
 			nf->in_init = 0;
 			if (rc) {
-				snprintf(err, errlen, "step %u (%s): init() returned %d", s, st->name, rc);
-				rc = rc < 0 ? rc : -rc;
+				/* A failed create_table is why init() failed (whatever code the NF
+				 * chose to return): say so, with its errno (-ENOSPC: state full). */
+				snprintf(err, errlen, "step %u (%s): init() returned %d%s%s", s, st->name,
+					 rc, nf->table_error[0] ? ": " : "", nf->table_error);
+				rc = nf->table_rc ? nf->table_rc : rc < 0 ? rc : -rc;
 			}
 		}
 		if (rc) {

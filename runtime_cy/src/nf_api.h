@@ -40,6 +40,9 @@ struct serpens_nf_slot {
 	/* benchmark baselines: tables whose state is in Redis (bit per table id) */
 	uint32_t remote_mask;
 	char table_names[SERPENS_MAX_TABLES][SERPENS_TABLE_NAME];
+	/* why the last create_table failed (a full state filesystem...), for init()'s error */
+	int32_t table_rc;
+	char table_error[160];
 	struct serpens_remote_table remote[SERPENS_MAX_TABLES];
 };
 

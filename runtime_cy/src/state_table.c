@@ -1,4 +1,7 @@
 /* State tables (see state_table.h for the theory of operation). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* fallocate, renameat2 */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -314,17 +317,33 @@ static void view_of(struct serpens_table *t, void *base, uint64_t map_size)
 	t->map_size = map_size;
 }
 
-static int create(struct serpens_table *t, int fd, int huge, const char *name, uint32_t flags,
-		  uint32_t ks, uint32_t vs, uint32_t cap)
+/* Give the file `size` bytes of real pages now: tmpfs allocates them, hugetlbfs takes huge
+ * pages from its pool. A full filesystem is then -ENOSPC here, not a SIGBUS on the first touch
+ * of a hole in the mapping (ftruncate alone makes holes). Filesystems without fallocate keep
+ * the holes. */
+static int reserve(int fd, uint64_t size)
 {
-	uint32_t nslots = 16;
-	while ((uint64_t)nslots * 3 < (uint64_t)cap * 4)
-		nslots <<= 1;
-	uint32_t slot_size = 8 + round8(ks) + round8(vs);
-	uint64_t size = table_size(nslots, slot_size, huge);
-
-	if (ftruncate(fd, (off_t)size))
+	if (fallocate(fd, 0, 0, (off_t)size) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP)
 		return -errno;
+	return ftruncate(fd, (off_t)size) ? -errno : 0;
+}
+
+static void say_errno(char *err, size_t errlen, const char *what, const char *path, int rc,
+		      uint64_t size)
+{
+	if (rc == -ENOSPC)
+		snprintf(err, errlen, "state filesystem full (ENOSPC): no room for the %llu bytes "
+			 "of %s", (unsigned long long)size, path); /* reason first: messages get cut */
+	else
+		snprintf(err, errlen, "%s %s: %s", what, path, strerror(-rc));
+}
+
+/* Fill a new file's header and slots (all zero: empty) through a shared mapping. */
+static int init_file(struct serpens_table *t, int fd, uint64_t size, const char *name,
+		     uint32_t flags, uint32_t ks, uint32_t vs, uint32_t cap, uint32_t nslots)
+{
 	void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (base == MAP_FAILED)
 		return -errno;
@@ -336,67 +355,139 @@ static int create(struct serpens_table *t, int fd, int huge, const char *name, u
 	h->value_size = vs;
 	h->capacity = cap;
 	h->nslots = nslots;
-	h->slot_size = slot_size;
+	h->slot_size = 8 + round8(ks) + round8(vs);
 	h->key_off = 8;
 	h->value_off = 8 + round8(ks);
 	h->file_size = size;
 	snprintf(h->name, sizeof(h->name), "%s", name);
-	__atomic_store_n(&h->ready, 1, __ATOMIC_RELEASE);
+	h->ready = 1;
 	view_of(t, base, size);
 	return 0;
+}
+
+/* Create the table as `.<name>.tbl.<pid>` beside `path` and rename it into place only once
+ * complete, so `path` never names a half-made table and a failure (a full filesystem) leaves
+ * nothing behind. Returns 0, -EEXIST when another process renamed its table in first (the
+ * caller attaches to that one), or another -errno with `err` set. */
+static int create(struct serpens_table *t, const char *folder, const char *path, int huge,
+		  const char *name, uint32_t flags, uint32_t ks, uint32_t vs, uint32_t cap,
+		  char *err, size_t errlen)
+{
+	char tmp[512];
+	uint32_t nslots = 16;
+	while ((uint64_t)nslots * 3 < (uint64_t)cap * 4)
+		nslots <<= 1;
+	uint64_t size = table_size(nslots, 8 + round8(ks) + round8(vs), huge);
+
+	if (snprintf(tmp, sizeof(tmp), "%s/.%s.tbl.%d", folder, name, (int)getpid()) >=
+	    (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	unlink(tmp); /* left by a crashed process that had our pid */
+	int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		int rc = -errno;
+		say_errno(err, errlen, "creating", path, rc, 0);
+		return rc;
+	}
+	int rc = reserve(fd, size);
+	if (rc == 0)
+		rc = init_file(t, fd, size, name, flags, ks, vs, cap, nslots);
+	close(fd);
+	if (rc) {
+		say_errno(err, errlen, "creating", path, rc, size);
+	} else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE)) {
+		rc = -errno;
+		serpens_table_close(t);
+		if (rc != -EEXIST)
+			say_errno(err, errlen, "creating", path, rc, 0);
+	}
+	if (rc)
+		unlink(tmp);
+	return rc;
+}
+
+/* A table file's header describes a table that fits the file (a truncated or corrupt file
+ * left by a crash, a bad restore): checked on a copy before mapping, so a bad file is an
+ * error, never a SIGBUS or a write outside the slots. */
+static int check_header(const struct serpens_table_hdr *h, uint64_t st_size, const char *path,
+			char *err, size_t errlen)
+{
+	const char *why = NULL;
+	if (h->magic != SERPENS_TABLE_MAGIC || h->version != 1 || !h->ready)
+		why = "not a state table (bad magic or version, or never initialised)";
+	else if (h->key_size == 0 || h->key_size > MAX_KEY || h->value_size == 0 ||
+		 h->value_size > MAX_VALUE || h->key_off != 8 ||
+		 h->value_off != 8 + round8(h->key_size) ||
+		 h->slot_size != 8 + round8(h->key_size) + round8(h->value_size) ||
+		 h->nslots == 0 || (h->nslots & (h->nslots - 1)) ||
+		 (uint64_t)h->nslots * 3 < (uint64_t)h->capacity * 4)
+		why = "inconsistent header";
+	else if (h->file_size > st_size ||
+		 SERPENS_TABLE_HDR + (uint64_t)h->nslots * h->slot_size > h->file_size)
+		why = "file shorter than its table";
+	if (!why)
+		return 0;
+	snprintf(err, errlen, "%s: %s; drop it with `serpensctl state reset`", path, why);
+	return -EIO;
 }
 
 static int attach(struct serpens_table *t, int fd, const char *path, uint32_t flags, uint32_t ks,
 		  uint32_t vs, uint32_t cap, char *err, size_t errlen)
 {
+	struct serpens_table_hdr h;
 	struct stat st;
-	/* The creator may still be initialising: wait (briefly) for its header. */
-	for (int tries = 0;; tries++) {
-		if (fstat(fd, &st))
-			return -errno;
-		if (st.st_size >= SERPENS_TABLE_HDR) {
-			struct serpens_table_hdr h;
-			if (pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
-			    __atomic_load_n(&h.ready, __ATOMIC_ACQUIRE))
-				break;
-		}
-		if (tries > 2000) {
-			snprintf(err, errlen, "%s: not a table (never initialised)", path);
-			return -EIO;
-		}
-		struct timespec nap = {0, 500000};
-		nanosleep(&nap, NULL);
-	}
-	void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (base == MAP_FAILED)
+	int rc;
+
+	if (fstat(fd, &st))
 		return -errno;
-	struct serpens_table_hdr *h = base;
-	int bad = h->magic != SERPENS_TABLE_MAGIC || h->version != 1 ||
-		  h->nslots == 0 || (h->nslots & (h->nslots - 1)) ||
-		  SERPENS_TABLE_HDR + (uint64_t)h->nslots * h->slot_size > (uint64_t)st.st_size;
-	if (bad) {
-		munmap(base, (size_t)st.st_size);
-		snprintf(err, errlen, "%s: corrupt table header", path);
+	if (st.st_size < SERPENS_TABLE_HDR || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
+		snprintf(err, errlen, "%s: truncated (%lld bytes); drop it with `serpensctl state "
+			 "reset`", path, (long long)st.st_size);
 		return -EIO;
 	}
-	if (flags && (h->flags != flags || h->key_size != ks || h->value_size != vs ||
-		      h->capacity != cap)) {
+	if ((rc = check_header(&h, (uint64_t)st.st_size, path, err, errlen)) != 0)
+		return rc;
+	if (flags && (h.flags != flags || h.key_size != ks || h.value_size != vs ||
+		      h.capacity != cap)) {
 		snprintf(err, errlen,
 			 "%s exists with flags 0x%x key %u value %u capacity %u (asked 0x%x %u %u %u)",
-			 path, h->flags, h->key_size, h->value_size, h->capacity, flags, ks, vs, cap);
-		munmap(base, (size_t)st.st_size);
+			 path, h.flags, h.key_size, h.value_size, h.capacity, flags, ks, vs, cap);
 		return SERPENS_EEXIST;
+	}
+	/* Holes (a table made by ftruncate alone): fill them now or fail, rather than SIGBUS
+	 * when an instance or the agent first touches one on a full filesystem. */
+	if ((uint64_t)st.st_blocks * 512 < (uint64_t)st.st_size &&
+	    (rc = reserve(fd, (uint64_t)st.st_size)) != 0) {
+		say_errno(err, errlen, "reserving", path, rc, (uint64_t)st.st_size);
+		return rc;
+	}
+	void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED) {
+		rc = -errno;
+		say_errno(err, errlen, "mapping", path, rc, (uint64_t)st.st_size);
+		return rc;
 	}
 	view_of(t, base, (uint64_t)st.st_size);
 	return 0;
+}
+
+static int open_existing(struct serpens_table *t, const char *path, uint32_t flags, uint32_t ks,
+			 uint32_t vs, uint32_t cap, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = attach(t, fd, path, flags, ks, vs, cap, err, errlen);
+	close(fd);
+	return rc;
 }
 
 int serpens_table_open(struct serpens_table *t, const char *dir, const char *ns, const char *name,
 		       uint32_t flags, uint32_t ks, uint32_t vs, uint32_t cap, char *err,
 		       size_t errlen)
 {
-	char path[512];
-	int rc, fd;
+	char folder[512], path[512];
+	int rc;
 
 	memset(t, 0, sizeof(*t));
 	err[0] = 0;
@@ -410,38 +501,25 @@ int serpens_table_open(struct serpens_table *t, const char *dir, const char *ns,
 		snprintf(err, errlen, "table %s: invalid flags 0x%x or sizes", name, flags);
 		return SERPENS_EINVAL;
 	}
-	if (snprintf(path, sizeof(path), "%s/%s", dir, ns) >= (int)sizeof(path))
+	if (snprintf(folder, sizeof(folder), "%s/%s", dir, ns) >= (int)sizeof(folder) ||
+	    snprintf(path, sizeof(path), "%s/%s.tbl", folder, name) >= (int)sizeof(path))
 		return -ENAMETOOLONG;
-	if (flags && (rc = mkdirs(path)) != 0) {
-		snprintf(err, errlen, "creating %s: %s", path, strerror(-rc));
+
+	rc = open_existing(t, path, flags, ks, vs, cap, err, errlen);
+	if (rc != -ENOENT || !flags) {
+		if (rc && !err[0])
+			say_errno(err, errlen, "opening", path, rc, 0);
+		return rc;
+	}
+	if ((rc = mkdirs(folder)) != 0) {
+		say_errno(err, errlen, "creating", folder, rc, 0);
 		return rc;
 	}
 	struct statfs fs;
-	int huge = statfs(path, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
-	if (snprintf(path, sizeof(path), "%s/%s/%s.tbl", dir, ns, name) >= (int)sizeof(path))
-		return -ENAMETOOLONG;
-
-	fd = flags ? open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
-	if (fd >= 0) {
-		rc = create(t, fd, huge, name, flags, ks, vs, cap);
-		if (rc) {
-			snprintf(err, errlen, "creating %s: %s", path, strerror(-rc));
-			unlink(path);
-		}
-	} else if (!flags || errno == EEXIST) {
-		fd = open(path, O_RDWR | O_CLOEXEC);
-		if (fd < 0) {
-			rc = -errno;
-			snprintf(err, errlen, "opening %s: %s", path, strerror(errno));
-			return rc;
-		}
-		rc = attach(t, fd, path, flags, ks, vs, cap, err, errlen);
-	} else {
-		rc = -errno;
-		snprintf(err, errlen, "creating %s: %s", path, strerror(errno));
-		return rc;
-	}
-	close(fd);
+	int huge = statfs(folder, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
+	rc = create(t, folder, path, huge, name, flags, ks, vs, cap, err, errlen);
+	if (rc == -EEXIST) /* another instance created it meanwhile: use theirs */
+		rc = open_existing(t, path, flags, ks, vs, cap, err, errlen);
 	return rc;
 }
 

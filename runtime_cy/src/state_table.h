@@ -60,7 +60,9 @@ struct serpens_table {
 
 /* Open `<dir>/<ns>/<name>.tbl`, creating it (and the folders) when absent. flags == 0 opens
  * an existing table whatever its parameters (the agent's state manager). Returns 0 or -errno;
- * -EEXIST when the existing table has other flags or sizes. */
+ * -EEXIST when the existing table has other flags or sizes, -ENOSPC when the filesystem has
+ * no room for it (nothing is left behind: a table is made aside, its pages reserved, and
+ * renamed in whole), -EIO for a file that is not a whole table (truncated, corrupt). */
 int serpens_table_open(struct serpens_table *t, const char *dir, const char *ns,
 		       const char *name, uint32_t flags, uint32_t key_size, uint32_t value_size,
 		       uint32_t capacity, char *err, size_t errlen);

@@ -433,3 +433,21 @@ class NodeStatus(_message.Message):
     sfcs: _containers.RepeatedCompositeFieldContainer[AgentSFC]
     ports: _containers.MessageMap[str, PortCounters]
     def __init__(self, name: _Optional[str] = ..., sfcs: _Optional[_Iterable[_Union[AgentSFC, _Mapping]]] = ..., ports: _Optional[_Mapping[str, PortCounters]] = ...) -> None: ...
+
+class ResetStateRequest(_message.Message):
+    __slots__ = ("sfc", "nf", "table")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    nf: str
+    table: str
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ...) -> None: ...
+
+class ResetStateResponse(_message.Message):
+    __slots__ = ("node", "tables")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -104,6 +104,11 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.WatchRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.ResetState = channel.unary_unary(
+                '/serpens.v1.Serpens/ResetState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
+                _registered_method=True)
 
 
 class SerpensServicer:
@@ -208,6 +213,16 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetState(self, request, context):
+        """Delete one table of an NF (or all its tables) on the node that runs its SFC: a table
+        broken by a crash, or state that is no longer wanted. Its instances stop meanwhile (as
+        for RestoreState); the next ones create the tables again, empty. NOT_FOUND naming the
+        table when the NF has no table of that name. An operator's action.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SerpensServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +295,11 @@ def add_SerpensServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.WatchRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.WatchEvent.SerializeToString,
+            ),
+            'ResetState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -670,6 +690,33 @@ class Serpens:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ResetState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/ResetState',
+            serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentStub:
     """The per-server agent's service, called by the controller's leader (DESIGN §4). The agent
@@ -726,6 +773,11 @@ class AgentStub:
                 '/serpens.v1.Agent/RestoreState',
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
+                _registered_method=True)
+        self.ResetState = channel.unary_unary(
+                '/serpens.v1.Agent/ResetState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
                 _registered_method=True)
 
 
@@ -793,6 +845,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetState(self, request, context):
+        """As Serpens.ResetState, on this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -835,6 +894,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RestoreState,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.SerializeToString,
+            ),
+            'ResetState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1060,6 +1124,33 @@ class Agent:
             '/serpens.v1.Agent/RestoreState',
             serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/ResetState',
+            serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
