@@ -144,7 +144,7 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     if output is not None and (not isinstance(output, str) or not output):
         raise SpecError("spec.output", "the name of a node port")
     return SFCSpec(name, nfs, chain, _parse_match(body.get("match")), tag, output,
-                   _parse_scale(body.get("scale")), doc)
+                   parse_scale(body.get("scale")), doc)
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ class ScalePolicy:
     warm_s: float | None = None
 
 
-def _parse_scale(raw) -> ScalePolicy | None:
+def parse_scale(raw) -> ScalePolicy | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
