@@ -4,7 +4,8 @@ The transport admits messages up to common/rpc.py MAX_MESSAGE (256 MiB) because
 RestoreState carries whole state tables; gRPC has no per-method receive limit on the server
 side. This interceptor gives every other method its own, much smaller one: it wraps the
 method's request deserializer, so an oversized request is never turned into a protobuf
-message (nor its spec into Python objects), and answers INVALID_ARGUMENT naming `request`.
+message (nor its spec into Python objects), and answers INVALID_ARGUMENT naming the field
+that makes it large (`spec`, `source`; else `request`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from serpens.common.rpc import MAX_MESSAGE
 def method_limits(limits: InputLimits = LIMITS) -> dict[str, int]:
     """Serpens method name -> the largest serialized request it accepts (others: default)."""
     return {"DeployNF": limits.deploy_request_bytes, "RestoreState": MAX_MESSAGE}
+
+
+# The field that makes a request of these methods large, named in the refusal.
+_BULK_FIELD = {"ApplySFC": "spec", "DeployNF": "source"}
 
 
 class _TooLarge:
@@ -35,7 +40,9 @@ class RequestSizeLimit(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(self._prefix) \
                 or handler.request_streaming or handler.request_deserializer is None:
             return handler
-        limit = self._limits.get(method[len(self._prefix):], self._default)
+        name = method[len(self._prefix):]
+        limit = self._limits.get(name, self._default)
+        field = _BULK_FIELD.get(name, "request")
         if limit >= MAX_MESSAGE:
             return handler
         deserialize = handler.request_deserializer
@@ -45,7 +52,7 @@ class RequestSizeLimit(grpc.aio.ServerInterceptor):
 
         def refuse(size: int, context):
             return context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"request: at most {limit} bytes, got {size}")
+                                 f"{field}: a request of at most {limit} bytes, got {size}")
 
         if handler.unary_unary is not None:
             async def unary(request, context):
