@@ -22,6 +22,9 @@
 `{distribute: [branch, ...], selector: port|hash}`; `{aggregate: item}`. An NF's state lives
 under `<sfc>.<nf>`, shared by every instance of that SFC and kept between runs.
 Errors are SpecError("field: message"), the field a path such as `spec.chain[2].distribute[1]`.
+The text is bounded before it is parsed (common/documents.py: size, no YAML anchors or
+aliases, nesting depth) and a key this version does not know is refused by name at every
+level (`spec.scale.foo: unknown key`), so nothing is stored that was not validated.
 `match` rules (first match wins, over every SFC of a node in spec order) take `src`, `dst`
 (IPv4 prefixes), `proto` (tcp, udp, icmp or a number), `sport`, `dport` (a port or lo-hi) and
 `port` (the node port it arrives on); port names are checked against the node (agent/node.py).

@@ -13,6 +13,14 @@ every `nf: NAME` it names must be deployed. Writes are etcd transactions compari
 overwrite each other: a client-supplied `expected_revision` that does not match is ABORTED;
 without one, the read-modify-write is retried a few times against fresh reads.
 
+Input is bounded before it is parsed (common/limits.py): each request's size in its
+deserializer (request_limits.py), then the spec's size, YAML anchors and nesting
+(common/documents.py); Scale's replicas by a hard cap and the spec's scale. The spec is parsed
+once, in a worker thread: this event loop also refreshes the leader's lease (store.py), and a
+10 MB spec parsed on it (about a minute of pure-Python YAML) once cost the controller its
+lease. A record under the prefix that is not JSON, or not the shape written here, is skipped
+and reported (records.py): listed as a Failed SFC, replaced by an apply, removed by a delete.
+
 Errors map to status codes with a message naming the field (SpecError's path) or carrying the
 compiler's/verifier's text; a store that does not answer within its timeout is UNAVAILABLE.
 

@@ -189,9 +189,9 @@ def test_malformed_records_in_etcd_are_skipped_and_reported(controller, etcd):
         async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
             item = await store.get(PREFIX + "status/garbage")
             return json.loads(item.value) if item else None
-    written = status_record_value = asyncio.run(status_record())
+    written = asyncio.run(status_record())
     assert written and written["phase"] == "Failed" and "not JSON" in written["message"], \
-        status_record_value
+        written
     log = controller.output()
     assert "reconciler failed" not in log and "Traceback" not in log, log[-3000:]
     assert 1 <= log.count(f"malformed record {PREFIX}sfcs/garbage ") <= 2  # API, reconciler
