@@ -61,6 +61,8 @@ def _handler(method):
             await context.abort(grpc.StatusCode.DATA_LOSS, f"{e} (serpensctl state reset)")
         except StateError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot: {e}")
+        except WrongCode as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except ValueError as e:  # e.g. more instances than the node's router has slots
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     return wrapper
@@ -139,7 +141,8 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     @_handler
     async def SnapshotState(self, request, context):
-        await self._nf(request.sfc, request.nf, context)
+        entry, _ = await self._nf(request.sfc, request.nf, context)
+        code, code_sha256 = entry.built.code[request.nf]
         tables = await asyncio.to_thread(self.node.snapshot_state, request.sfc, request.nf)
         taken = int(time.time() * 1000)
         images = await asyncio.to_thread(
@@ -147,11 +150,14 @@ class AgentServicer(pb_grpc.AgentServicer):
                      for name, data in tables])
         log.info("snapshot of %s/%s: %d tables", request.sfc, request.nf, len(tables))
         return pb.StateSnapshot(sfc=request.sfc, nf=request.nf, node=self.node.spec.name,
-                                taken_unix_ms=taken, tables=images)
+                                taken_unix_ms=taken, tables=images, nf_code=code,
+                                nf_code_sha256=code_sha256)
 
     @_handler
     async def RestoreState(self, request, context):
-        await self._nf(request.sfc, request.nf, context)
+        entry, _ = await self._nf(request.sfc, request.nf, context)
+        if not request.force:
+            _check_same_code(request, *entry.built.code[request.nf])
         tables = await asyncio.to_thread(_inflate, request.snapshot)
         await asyncio.to_thread(self.node.restore_state, request.sfc, request.nf, tables)
         log.info("restored %s/%s from a snapshot of %s/%s on %s: %d tables", request.sfc,
@@ -182,6 +188,23 @@ class AgentServicer(pb_grpc.AgentServicer):
             ports={name: pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
                                          unmatched=c["unmatched"], missed=c["missed"])
                    for name, c in st["ports"].items()})
+
+
+def _check_same_code(request, code: str, code_sha256: str):
+    """A snapshot goes only into an NF of the code that wrote it (another NF's tables have
+    another layout: NAT's read as MON's would be garbage counters); `force` skips this."""
+    snap = request.snapshot
+    if snap.nf_code_sha256 == code_sha256:
+        return
+    theirs = (f"{snap.nf_code} (sha256 {snap.nf_code_sha256[:12]})" if snap.nf_code_sha256
+              else "code it does not name (an older snapshot)")
+    raise WrongCode(f"snapshot: of {snap.sfc}.{snap.nf}, {theirs}; {request.sfc}.{request.nf} "
+                    f"runs {code} (sha256 {code_sha256[:12]}); restore with force to "
+                    "install it anyway")
+
+
+class WrongCode(Exception):
+    """A snapshot of other code than the NF it would be restored into."""
 
 
 def _inflate(snapshot) -> list[tuple[str, bytes]]:

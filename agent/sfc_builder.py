@@ -5,6 +5,8 @@ region; the step's name, `<sfc>.<nf>`, is the NF's state namespace.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 
 from serpens import nfs as stock_nfs
@@ -19,6 +21,9 @@ class BuiltSFC:
     compiled: CompiledSFC
     images: list = field(default_factory=list)
     slots: list = field(default_factory=list)
+    # NF name -> (what code it runs: "stock:nat", "nf:NAME", "source:FILE", SHA-256 of its
+    # C source): a state snapshot carries it, a restore into other code is refused.
+    code: dict = field(default_factory=dict)
 
     def close(self, allocator=None):
         for img in self.images:
@@ -41,6 +46,14 @@ def _source(name: str, nf, deployed: dict) -> str:
         return f.read()
 
 
+def _code_label(nf) -> str:
+    if nf.stock:
+        return f"stock:{nf.stock}"
+    if nf.deployed:
+        return f"nf:{nf.deployed}"
+    return f"source:{os.path.basename(nf.source_path)}"
+
+
 def build_sfc(spec: SFCSpec, allocator: builder.SlotAllocator,
               deployed: dict | None = None) -> BuiltSFC:
     """Compile and prepare every NF of `spec` (NFBuildError / NFRefusedError name the NF).
@@ -52,7 +65,10 @@ def build_sfc(spec: SFCSpec, allocator: builder.SlotAllocator,
         for name, nf in spec.nfs.items():
             slot = allocator.allocate()
             built.slots.append(slot)
-            image = builder.build_nf(_source(name, nf, deployed or {}), slot, name)
+            source = _source(name, nf, deployed or {})
+            built.code[name] = (_code_label(nf), hashlib.sha256(
+                source.encode() if isinstance(source, str) else source).hexdigest())
+            image = builder.build_nf(source, slot, name)
             built.images.append(image)
             steps[name] = NF(image, config=nf.config, ports=nf.ports,
                              name=spec.state_namespace(name))

@@ -6,7 +6,8 @@ gRPC API (proto/serpens/v1/serpens.proto).
     serpensctl describe nf|sfc|node NAME
     serpensctl state dump SFC NF [--table T] [--limit N] [--no-merge] [-o table|json]
     serpensctl state snapshot SFC NF -f FILE    # a consistent copy of all the NF's tables
-    serpensctl state restore SFC NF -f FILE     # make a snapshot the NF's state
+    serpensctl state restore SFC NF -f FILE [--force]  # make a snapshot the NF's state
+                                                # (--force: even one of another NF's code)
     serpensctl state reset SFC NF [--table T]   # delete tables (broken, unwanted): start empty
     serpensctl watch [-o table|json]
     serpensctl delete nf|sfc NAME
@@ -63,6 +64,8 @@ def register(sub) -> None:
     p.add_argument("--table", default="",
                    help="dump, reset: one table (default: all of the NF's)")
     p.add_argument("--limit", type=int, default=1000, help="entries per table")
+    p.add_argument("--force", action="store_true",
+                   help="restore: even a snapshot of other code than the NF runs")
     p.add_argument("--no-merge", dest="merge", action="store_false",
                    help="dump: read the tables as they are, without having the instances "
                         "merge first (eventual counters then lag up to 100 ms)")
@@ -332,7 +335,8 @@ def _snapshot_or_restore(stub, args) -> int:
         raise _UsageError(f"{args.file}: {e.strerror}") from None
     except Exception as e:  # protobuf's DecodeError
         raise _UsageError(f"{args.file}: not a state snapshot ({e})") from None
-    reply = stub.RestoreState(pb.RestoreStateRequest(sfc=args.sfc, nf=args.nf, snapshot=snap),
+    reply = stub.RestoreState(pb.RestoreStateRequest(sfc=args.sfc, nf=args.nf, snapshot=snap,
+                                                     force=args.force),
                               timeout=max(args.timeout, 120))
     print(f"{args.sfc}.{args.nf} on {reply.node}: {reply.tables} tables restored from "
           f"{snap.sfc}.{snap.nf} of {snap.node}")

@@ -66,7 +66,7 @@ def load_node(path: str) -> NodeSpec:
 
 
 def parse_node(text: str) -> NodeSpec:
-    name, body = parse_document(text, "Node", _NAME, "1-32 characters of a-z, 0-9 and '-'",
+    name, body, _ = parse_document(text, "Node", _NAME, "1-32 characters of a-z, 0-9 and '-'",
                                 {"ports", "input", "output", "pool", "warm_s", "wake_us",
                                  "cpus", "router_cpu", "state_dir", "pace", "stall_us",
                                  "hold_ms"})

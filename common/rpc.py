@@ -24,10 +24,11 @@ def service_name(short: str) -> str:
     return serpens_pb2.DESCRIPTOR.services_by_name[short].full_name
 
 
-async def create_server(listen: str, services: list) -> tuple[grpc.aio.Server, int]:
+async def create_server(listen: str, services: list,
+                        interceptors: tuple = ()) -> tuple[grpc.aio.Server, int]:
     """A not yet started server; `services` are (add_XServicer_to_server, servicer, name).
     Returns it and the port bound (OSError if `listen` cannot be bound)."""
-    server = grpc.aio.server(options=MESSAGE_OPTIONS)
+    server = grpc.aio.server(options=MESSAGE_OPTIONS, interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [name for _, _, name in services]

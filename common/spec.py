@@ -25,6 +25,9 @@
 `{distribute: [branch, ...], selector: port|hash}`; `{aggregate: item}`. An NF's state lives
 under `<sfc>.<nf>`, shared by every instance of that SFC and kept between runs.
 Errors are SpecError("field: message"), the field a path such as `spec.chain[2].distribute[1]`.
+The text is bounded before it is parsed (common/documents.py: size, no YAML anchors or
+aliases, nesting depth) and a key this version does not know is refused by name at every
+level (`spec.scale.foo: unknown key`), so nothing is stored that was not validated.
 `match` rules (first match wins, over every SFC of a node in spec order) take `src`, `dst`
 (IPv4 prefixes), `proto` (tcp, udp, icmp or a number), `sport`, `dport` (a port or lo-hi) and
 `port` (the node port it arrives on); port names are checked against the node (agent/node.py).
@@ -34,25 +37,19 @@ it exists. A spec sent to the controller cannot use `source:` (a path on the cli
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
 
-import yaml
+from .documents import SpecError, load_document
+from .limits import LIMITS
 
 API_VERSION = "serpens/v1"
 STOCK_NFS = ("fw", "nat", "mon", "ids", "vpn")
 _SFC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
 _NF_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,21}$")
 MAX_PORTS = 8
-
-
-class SpecError(ValueError):
-    def __init__(self, field_path: str, message: str):
-        super().__init__(f"{field_path}: {message}")
-        self.field = field_path
-        self.message = message
+_ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
 
 
 @dataclass(frozen=True)
@@ -75,6 +72,8 @@ class SFCSpec:
     output: str | None = None                  # node port name (None: the node's default)
     scale: "ScalePolicy | None" = None         # spec.scale (None: replicas as scaled)
     faults: "FaultPolicy" = None               # spec.faults (watchdog, crash limits)
+    # The whole document as parsed (plain data), for whoever stores it (the controller).
+    document: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.faults is None:
@@ -94,27 +93,36 @@ def read_file(path: str) -> str:
 
 def parse_document(text: str, kind: str, name_re, name_rule: str, fields: set):
     """The envelope every serpens/v1 document shares (YAML or JSON: apiVersion, kind,
-    metadata.name, a spec mapping of known fields); returns (name, spec)."""
-    try:
-        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        raise SpecError("spec", f"not valid YAML or JSON: {e}") from None
+    metadata.name, a spec mapping of known fields), bounded by common/limits.py before it
+    is parsed; returns (name, spec, the whole document)."""
+    doc = load_document(text)
     if not isinstance(doc, dict):
         raise SpecError("spec", "a mapping with apiVersion, kind, metadata and spec")
+    _refuse_unknown(doc, "", _ENVELOPE)
     if doc.get("apiVersion") != API_VERSION:
         raise SpecError("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}")
     if doc.get("kind") != kind:
         raise SpecError("kind", f"must be {kind!r}, got {doc.get('kind')!r}")
-    name = (doc.get("metadata") or {}).get("name")
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict):
+        raise SpecError("metadata", "a mapping with name")
+    _refuse_unknown(metadata, "metadata", ("name",))
+    name = metadata.get("name")
     if not isinstance(name, str) or not name_re.match(name):
         raise SpecError("metadata.name", name_rule)
     body = doc.get("spec")
     if not isinstance(body, dict):
         raise SpecError("spec", f"a mapping of {', '.join(sorted(fields))}")
-    unknown = set(body) - fields
+    _refuse_unknown(body, "spec", fields)
+    return name, body, doc
+
+
+def _refuse_unknown(mapping: dict, where: str, known) -> None:
+    """SpecError naming the first key of `mapping` not in `known`."""
+    unknown = sorted((str(k) for k in mapping if k not in known))
     if unknown:
-        raise SpecError(f"spec.{sorted(unknown)[0]}", "unknown field")
-    return name, body
+        raise SpecError(f"{where}.{unknown[0]}" if where else unknown[0],
+                        f"unknown key (known: {', '.join(sorted(known))})")
 
 
 def load_sfc(path: str) -> SFCSpec:
@@ -130,7 +138,7 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     """Validate a spec's text. `allow_source=False` (the controller) refuses `source:` paths,
     which only mean something on the machine that wrote the spec; `allow_deployed=False`
     refuses `nf:` names, which only the controller can resolve."""
-    name, body = parse_document(
+    name, body, doc = parse_document(
         text, "SFC", _SFC_NAME, "1-24 characters of a-z, 0-9 and '-', starting and ending "
         "with a letter or digit", {"nfs", "chain", "match", "tag", "output", "scale",
                                    "faults"})
@@ -148,7 +156,8 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     if output is not None and (not isinstance(output, str) or not output):
         raise SpecError("spec.output", "the name of a node port")
     return SFCSpec(name, nfs, chain, _parse_match(body.get("match")), tag, output,
-                   _parse_scale(body.get("scale")), _parse_faults(body.get("faults")))
+                   parse_scale(body.get("scale")), faults=_parse_faults(body.get("faults")),
+                   document=doc)
 
 
 @dataclass(frozen=True)
@@ -162,14 +171,12 @@ class ScalePolicy:
     warm_s: float | None = None
 
 
-def _parse_scale(raw) -> ScalePolicy | None:
+def parse_scale(raw) -> ScalePolicy | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise SpecError("spec.scale", "a mapping with min, max, target_pps, warm_s")
-    for key in raw:
-        if key not in ("min", "max", "target_pps", "warm_s"):
-            raise SpecError(f"spec.scale.{key}", "unknown field (min, max, target_pps, warm_s)")
+    _refuse_unknown(raw, "spec.scale", ("min", "max", "target_pps", "warm_s"))
 
     def number(key, types, lo, hi, default):
         v = raw.get(key, default)
@@ -177,8 +184,8 @@ def _parse_scale(raw) -> ScalePolicy | None:
                               or not lo <= v <= hi):
             raise SpecError(f"spec.scale.{key}", f"a number {lo}..{hi}, got {v!r}")
         return v
-    lo = number("min", int, 0, 16, 1)
-    hi = number("max", int, 1, 16, max(lo, 1))
+    lo = number("min", int, 0, LIMITS.replicas, 1)
+    hi = number("max", int, 1, LIMITS.replicas, max(lo, 1))
     if hi < lo:
         raise SpecError("spec.scale.max", f"at least min ({lo}), got {hi}")
     return ScalePolicy(lo, hi, number("target_pps", (int, float), 1, 1e9, None),
@@ -228,9 +235,7 @@ def _parse_match(raw) -> tuple:
         where = f"spec.match[{i}]"
         if not isinstance(rule, dict):
             raise SpecError(where, "a mapping of src, dst, proto, sport, dport, port")
-        unknown = set(rule) - {"src", "dst", "proto", "sport", "dport", "port"}
-        if unknown:
-            raise SpecError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        _refuse_unknown(rule, where, ("src", "dst", "proto", "sport", "dport", "port"))
         out = {}
         for key in ("src", "dst"):
             if key in rule:
@@ -278,9 +283,7 @@ def _parse_nfs(raw, base_dir: str, allow_source: bool = True,
             raise SpecError(where, "NF names are 1-22 characters of a-z, 0-9, '_' and '-'")
         if not isinstance(nf, dict):
             raise SpecError(where, "a mapping with stock or source")
-        unknown = set(nf) - {"stock", "source", "nf", "config", "config_hex", "ports"}
-        if unknown:
-            raise SpecError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        _refuse_unknown(nf, where, ("stock", "source", "nf", "config", "config_hex", "ports"))
         if sum(k in nf for k in ("stock", "source", "nf")) != 1:
             raise SpecError(where, "exactly one of stock (a stock NF), source (a C file) "
                             "or nf (a deployed NF)")
@@ -359,7 +362,8 @@ def _check_chain(item, where, nfs, used):
         return item
     if isinstance(item, list):
         return [_check_chain(x, f"{where}[{i}]", nfs, used) for i, x in enumerate(item)]
-    if isinstance(item, dict) and set(item) <= {"distribute", "selector"} and "distribute" in item:
+    if isinstance(item, dict) and "distribute" in item:
+        _refuse_unknown(item, where, ("distribute", "selector"))
         branches = item["distribute"]
         if not isinstance(branches, list) or not 2 <= len(branches) <= MAX_PORTS:
             raise SpecError(f"{where}.distribute", f"a list of 2..{MAX_PORTS} branches")
@@ -368,7 +372,8 @@ def _check_chain(item, where, nfs, used):
             raise SpecError(f"{where}.selector", "port or hash")
         return {"distribute": [_check_chain(b, f"{where}.distribute[{i}]", nfs, used)
                                for i, b in enumerate(branches)], "selector": selector}
-    if isinstance(item, dict) and set(item) == {"aggregate"}:
+    if isinstance(item, dict) and "aggregate" in item:
+        _refuse_unknown(item, where, ("aggregate",))
         return {"aggregate": _check_chain(item["aggregate"], f"{where}.aggregate", nfs, used)}
     raise SpecError(where, "an NF name, a list, null, {distribute: [...], selector: ...} "
                     "or {aggregate: ...}")

@@ -135,6 +135,12 @@ def _b(s: str | bytes) -> bytes:
     return s if isinstance(s, bytes) else s.encode()
 
 
+def _key_text(key: bytes) -> str:
+    # Keys are ours and UTF-8, but anyone with etcd access may write others under the
+    # prefix: one such key must not fail every list and watch of it.
+    return key.decode(errors="replace")
+
+
 def _permanent(e: BaseException) -> StoreError | None:
     """The error to raise for a failed attempt, or None when another attempt may succeed."""
     if isinstance(e, (TimeoutError, aetcd.WatchTimeoutError)):
@@ -241,7 +247,7 @@ class Store:
 
     async def _range(self, key: bytes, range_end: bytes) -> tuple[dict[str, Item], int]:
         reply = await self._call(lambda c: c.get_range(key, range_end))
-        items = {kv.key.decode(): _item(kv) for kv in reply}
+        items = {_key_text(kv.key): _item(kv) for kv in reply}
         return items, reply.header.revision
 
     # -- keys -------------------------------------------------------------------------------
@@ -359,7 +365,7 @@ class Watch:
                         # them before any error, so a break never falls inside a revision.
                         self.revision = ev.kv.mod_revision + 1
                         delay = _BACKOFF_FIRST
-                        yield Event(PUT if ev.kind == "PUT" else DELETE, ev.kv.key.decode(),
+                        yield Event(PUT if ev.kind == "PUT" else DELETE, _key_text(ev.kv.key),
                                     ev.kv.value if ev.kind == "PUT" else None, ev.kv.mod_revision)
                 except aetcd.RevisionCompactedError:
                     compacted = True

@@ -13,6 +13,14 @@ every `nf: NAME` it names must be deployed. Writes are etcd transactions compari
 overwrite each other: a client-supplied `expected_revision` that does not match is ABORTED;
 without one, the read-modify-write is retried a few times against fresh reads.
 
+Input is bounded before it is parsed (common/limits.py): each request's size in its
+deserializer (request_limits.py), then the spec's size, YAML anchors and nesting
+(common/documents.py); Scale's replicas by a hard cap and the spec's scale. The spec is parsed
+once, in a worker thread: this event loop also refreshes the leader's lease (store.py), and a
+10 MB spec parsed on it (about a minute of pure-Python YAML) once cost the controller its
+lease. A record under the prefix that is not JSON, or not the shape written here, is skipped
+and reported (records.py): listed as a Failed SFC, replaced by an apply, removed by a delete.
+
 Errors map to status codes with a message naming the field (SpecError's path) or carrying the
 compiler's/verifier's text; a store that does not answer within its timeout is UNAVAILABLE.
 
@@ -30,20 +38,22 @@ import re
 import time
 
 import grpc
-import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from serpens.common.spec import SpecError, parse_sfc
+from serpens.common.documents import check_size
+from serpens.common.limits import LIMITS
+from serpens.common.spec import SpecError, parse_scale, parse_sfc
 from serpens.common.store import Conflict, Store, StoreError, StoreUnavailable
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
+
+from .records import MalformedRecord, Reported, decode, status_message
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/serpens/v1/"
 _NF_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,21}$")
 _SFC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
-_MAX_SOURCE = 1 << 20          # 1 MiB of C is plenty for one NF
 _CAS_ATTEMPTS = 5              # read-modify-write retries without an expected_revision
 
 
@@ -84,12 +94,49 @@ def _check_name(name: str, pattern: re.Pattern, what: str) -> None:
                      f"name: {what} names are {pattern.pattern}, got {name!r}")
 
 
+def _check_size(text: str, field: str, limit: int) -> None:
+    try:
+        check_size(text, field, limit)
+    except SpecError as e:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+
+
 def _build_nf(name: str, source: str) -> int:
     """Compile and verify as an agent will; the verified image's size. Runs in a thread."""
     from serpens.runtime_cy.builder import compile_nf, verify_nf
     so = compile_nf(source, name=name)
     verify_nf(so)
     return len(so)
+
+
+def _scale_bounds(request, old: dict) -> tuple[int, int]:
+    """[min, max] a Scale request leaves: explicit bounds, else the stored ones. An SFC whose
+    spec declares `scale` keeps replicas and both bounds inside the spec's [min, max]; one
+    without has its stored bounds widened to the replicas asked for (up to LIMITS.replicas,
+    checked before)."""
+    stored = old["scale"]
+    try:
+        policy = parse_scale((old["doc"].get("spec") or {}).get("scale"))
+    except SpecError:
+        policy = None  # stored by an older version: its bounds as stored
+    explicit_lo, explicit_hi = request.HasField("min_replicas"), request.HasField("max_replicas")
+    if policy is None:
+        lo = request.min_replicas if explicit_lo else min(stored["min"], request.replicas)
+        hi = request.max_replicas if explicit_hi else max(stored["max"], request.replicas)
+    else:
+        lo = request.min_replicas if explicit_lo else stored["min"]
+        hi = request.max_replicas if explicit_hi else stored["max"]
+        for field, value in (("min_replicas", lo), ("max_replicas", hi),
+                             ("replicas", request.replicas)):
+            if not policy.min <= value <= policy.max:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"{field}: must lie in the spec's scale [min, max] = "
+                             f"[{policy.min}, {policy.max}], got {value}")
+    if not lo <= request.replicas <= hi:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"replicas: must lie in [min_replicas, max_replicas] = "
+                     f"[{lo}, {hi}], got {request.replicas}")
+    return lo, hi
 
 
 def _scale_for(spec, old: dict | None) -> dict:
@@ -119,6 +166,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         self.cache = None          # set by start_cache(); reads go to etcd until then
         self._agents: dict = {}    # address -> AgentStub (ReadState)
         self._messages: dict = {}
+        self._reported = Reported()   # malformed records, logged once per revision
         # Compiles are a gcc process each; do not run more at once than there are CPUs.
         self._builds = asyncio.Semaphore(build_concurrency)
 
@@ -133,10 +181,9 @@ class SerpensServicer(pb_grpc.SerpensServicer):
     @_handler
     async def DeployNF(self, request, context):
         _check_name(request.name, _NF_NAME, "NF")
+        _check_size(request.source, "source", LIMITS.nf_source_bytes)
         if not request.source.strip():
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "source: the NF's C source is empty")
-        if len(request.source.encode()) > _MAX_SOURCE:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"source: over {_MAX_SOURCE} bytes")
         from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
         async with self._builds:
             try:
@@ -154,29 +201,34 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         def update(old: dict | None) -> dict:
             now = time.time()
             return {**record, "created": old["created"] if old else now, "updated": now}
-        value, revision = await self._write(key, update, request.expected_revision)
+        value, revision = await self._write(key, update, request.expected_revision,
+                                            replace=True)
         return self._nf(value, revision)
 
     @_handler
     async def GetNF(self, request, context):
         item = await self._read(self.nfs_prefix, request.name, "NF")
         return self._memo(("nf", request.name), (item.mod_revision,),
-                          lambda: self._nf(json.loads(item.value), item.mod_revision))
+                          lambda: self._nf(self._record(self.nfs_prefix + request.name, item,
+                                                        "nf", abort=True), item.mod_revision))
 
     @_handler
     async def ListNFs(self, request, context):
         items = await self._read_list(self.nfs_prefix)
+        good = {key: (it, record) for key, it in sorted(items.items())
+                if (record := self._record(key, it, "nf")) is not None}
         return pb.ListNFsResponse(nfs=[
             self._memo(("nf-listed", key), (it.mod_revision,),
-                       lambda it=it: self._nf(json.loads(it.value), it.mod_revision,
-                                              with_source=False))
-            for key, it in sorted(items.items())])
+                       lambda it=it, record=record: self._nf(record, it.mod_revision,
+                                                             with_source=False))
+            for key, (it, record) in good.items()])
 
     @_handler
     async def DeleteNF(self, request, context):
-        await self._get(self.nfs_prefix, request.name, "NF")
+        await self._get(self.nfs_prefix, request.name, "NF", decoded=False)
         items, _ = await self.store.list(self.sfcs_prefix)
-        records = [json.loads(it.value) for it in items.values()]
+        records = [r for key, it in items.items()
+                   if (r := self._record(key, it, "sfc")) is not None]
         users = sorted(r["name"] for r in records if request.name in r["nfs"])
         if users:
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -197,8 +249,10 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     @_handler
     async def ApplySFC(self, request, context):
+        _check_size(request.spec, "spec", LIMITS.spec_bytes)  # before a thread is taken
         try:
-            spec = parse_sfc(request.spec, allow_source=False)
+            # Off the event loop: the leader's lease keep-alive shares it (store.py).
+            spec = await asyncio.to_thread(parse_sfc, request.spec, allow_source=False)
         except SpecError as e:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         deployed = {nf.name: nf.deployed for nf in spec.nfs.values() if nf.deployed}
@@ -208,8 +262,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                 if self.nfs_prefix + target not in items:
                     raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                  f"spec.nfs.{nf_name}.nf: no deployed NF named {target!r}")
-        doc = (json.loads(request.spec) if request.spec.lstrip().startswith("{")
-               else yaml.safe_load(request.spec))
+        doc = spec.document
 
         def update(old: dict | None) -> dict:
             now = time.time()
@@ -219,7 +272,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                     "scale": _scale_for(spec, old["scale"] if old else None),
                     "created": old["created"] if old else now, "updated": now}
         value, revision = await self._write(self.sfcs_prefix + spec.name, update,
-                                            request.expected_revision)
+                                            request.expected_revision, replace=True)
         return self._sfc(value, revision, await self._status(spec.name))
 
     @_handler
@@ -238,7 +291,19 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     def _sfc_memo(self, name: str, item, status) -> pb.SFC:
         return self._memo(("sfc", name), (item.mod_revision, status and status.mod_revision),
-                          lambda: self._sfc(json.loads(item.value), item.mod_revision, status))
+                          lambda: self._sfc_or_malformed(name, item, status))
+
+    def _sfc_or_malformed(self, name: str, item, status) -> pb.SFC:
+        """The SFC's message; for a record this controller cannot read, one that says so
+        (phase Failed) instead of failing the whole reply."""
+        key = self.sfcs_prefix + name
+        try:
+            return self._sfc(decode(item.value, "sfc", name), item.mod_revision, status)
+        except MalformedRecord as e:
+            self._reported(key, item.mod_revision, e)
+            return pb.SFC(name=name, revision=item.mod_revision, status=pb.SFCStatus(
+                phase="Failed", message=f"malformed record {key} skipped: {e}; apply the SFC "
+                "again or delete it"))
 
     async def _status(self, name: str):
         return await self.store.get(self.status_prefix + name)
@@ -250,19 +315,18 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     @_handler
     async def Scale(self, request, context):
+        for field in ("replicas", "min_replicas", "max_replicas"):
+            value = getattr(request, field)
+            if value > LIMITS.replicas:  # before anything is read
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"{field}: at most {LIMITS.replicas} (instances of one SFC), "
+                             f"got {value}")
         await self._get(self.sfcs_prefix, request.sfc, "SFC", field="sfc")
 
         def update(old: dict | None) -> dict:
             if old is None:  # deleted since the check above
                 raise _Abort(grpc.StatusCode.NOT_FOUND, f"sfc: no SFC named {request.sfc!r}")
-            lo = request.min_replicas if request.HasField("min_replicas") \
-                else min(old["scale"]["min"], request.replicas)
-            hi = request.max_replicas if request.HasField("max_replicas") \
-                else max(old["scale"]["max"], request.replicas)
-            if not lo <= request.replicas <= hi:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"replicas: must lie in [min_replicas, max_replicas] = "
-                             f"[{lo}, {hi}], got {request.replicas}")
+            lo, hi = _scale_bounds(request, old)
             return {**old, "scale": dict(old["scale"], replicas=request.replicas, min=lo,
                                          max=hi, changed_at=time.time()),
                     "updated": time.time()}
@@ -276,7 +340,10 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         if status is None:
             status = pb.SFCStatus(phase="Pending", message="not placed yet")
         else:
-            status = pb.SFCStatus(**json.loads(status.value))
+            try:
+                status = status_message(decode(status.value, "status"))
+            except MalformedRecord as e:
+                status = pb.SFCStatus(phase="Unknown", message=f"malformed status record: {e}")
         return pb.SFC(name=value["name"], spec=value["spec"],
                       spec_json=json.dumps(value["doc"], sort_keys=True), nfs=value["nfs"],
                       scale=pb.ScaleSpec(replicas=scale["replicas"], min_replicas=scale["min"],
@@ -317,19 +384,22 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         runs nowhere now, the agent's NOT_FOUND/INVALID_ARGUMENT/RESOURCE_EXHAUSTED/
         DATA_LOSS, else UNAVAILABLE."""
         await self._read(self.sfcs_prefix, sfc, "SFC")
-        status = await self._read(self.status_prefix, sfc, None)
-        node = json.loads(status.value).get("node") if status else ""
-        record = await self._read(self.nodes_prefix, node, None) if node else None
-        if record is None or json.loads(status.value).get("phase") != "Running":
+        item = await self._read(self.status_prefix, sfc, None)
+        status = self._record(self.status_prefix + sfc, item, "status") if item else None
+        node = (status or {}).get("node") or ""
+        item = await self._read(self.nodes_prefix, node, None) if node else None
+        record = self._record(self.nodes_prefix + node, item, "node") if item else None
+        address = (record or {}).get("address")
+        if not isinstance(address, str) or status.get("phase") not in ("Running", "Degraded"):
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"sfc: {sfc} runs on no node now")
-        address = json.loads(record.value)["address"]
         try:
             return await getattr(self._agent(address), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code() if e.code() in (grpc.StatusCode.NOT_FOUND,
                                             grpc.StatusCode.INVALID_ARGUMENT,
                                             grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                            grpc.StatusCode.DATA_LOSS) \
+                                            grpc.StatusCode.DATA_LOSS,
+                                            grpc.StatusCode.FAILED_PRECONDITION) \
                 else grpc.StatusCode.UNAVAILABLE
             raise _Abort(code, f"node {node}: {e.details()}") from None
 
@@ -359,8 +429,11 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                     continue  # the leader key
                 body = ""
                 if ev.value is not None:
-                    record = json.loads(ev.value)
-                    record.pop("source", None)
+                    try:
+                        record = decode(ev.value, kind)
+                        record.pop("source", None)
+                    except MalformedRecord as e:
+                        record = {"malformed": str(e)}
                     body = json.dumps(record, sort_keys=True)
                 yield pb.WatchEvent(type=ev.type, kind=kind, name=ev.key[len(prefix):],
                                     revision=ev.mod_revision, json=body)
@@ -396,13 +469,29 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     # -- records ----------------------------------------------------------------------------
 
-    async def _get(self, prefix: str, name: str, what: str, field: str = "name"):
+    def _record(self, key: str, item, kind: str, abort: bool = False) -> dict | None:
+        """The record stored as `item`, or None if malformed (reported; with `abort`,
+        FAILED_PRECONDITION instead)."""
+        try:
+            return decode(item.value, kind, key.rpartition("/")[2])
+        except MalformedRecord as e:
+            self._reported(key, item.mod_revision, e)
+            if abort:
+                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"name: the record {key} is malformed ({e}); write it again "
+                             "or delete it") from None
+            return None
+
+    async def _get(self, prefix: str, name: str, what: str, field: str = "name",
+                   decoded: bool = True):
         item = await self.store.get(prefix + name) if name else None
         if item is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"{field}: no {what} named {name!r}")
-        return json.loads(item.value), item.mod_revision
+        record = self._record(prefix + name, item, what.lower(), abort=True) if decoded else None
+        return record, item.mod_revision
 
-    async def _write(self, key: str, update, expected: int) -> tuple[dict, int]:
+    async def _write(self, key: str, update, expected: int,
+                     replace: bool = False) -> tuple[dict, int]:
         """put_if(update(current)) comparing the revision read (or `expected`, if given)."""
         for _ in range(_CAS_ATTEMPTS):
             item = await self.store.get(key)
@@ -411,7 +500,10 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                 raise _Abort(grpc.StatusCode.ABORTED,
                              f"expected_revision: {key} is at revision {current}, "
                              f"not {expected}")
-            value = update(json.loads(item.value) if item else None)
+            # `replace` (apply, deploy): a malformed record is replaced as if absent.
+            kind = "nf" if key.startswith(self.nfs_prefix) else "sfc"
+            old = self._record(key, item, kind, abort=not replace) if item else None
+            value = update(old)
             try:
                 revision = await self.store.put_if(key, json.dumps(value), current)
                 if self.cache is not None:
@@ -425,7 +517,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                      f"{_CAS_ATTEMPTS} times; try again")
 
     async def _delete(self, prefix: str, name: str, what: str, expected: int) -> int:
-        _, current = await self._get(prefix, name, what)
+        _, current = await self._get(prefix, name, what, decoded=False)  # even if malformed
         if expected and expected != current:
             raise _Abort(grpc.StatusCode.ABORTED,
                          f"expected_revision: {what} {name!r} is at revision {current}, "

@@ -26,6 +26,7 @@ from serpens.common import rpc
 from serpens.common.store import Store, StoreError
 from serpens.controller.api import DEFAULT_PREFIX, SerpensServicer
 from serpens.controller.reconciler import Reconciler
+from serpens.controller.request_limits import RequestSizeLimit
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
 log = logging.getLogger("serpens.controller")
@@ -50,7 +51,8 @@ async def create_server(store: Store, listen: str,
     servicer = SerpensServicer(store, prefix)
     servicer.start_cache()
     return await rpc.create_server(listen, [(serpens_pb2_grpc.add_SerpensServicer_to_server,
-                                             servicer, SERVICE_NAME)])
+                                             servicer, SERVICE_NAME)],
+                                   interceptors=(RequestSizeLimit(SERVICE_NAME),))
 
 
 async def serve(settings: Settings) -> int:

@@ -51,6 +51,8 @@ from serpens.common.store import (DELETE, Conflict, Election, NotLeader, Store, 
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
+from .records import MalformedRecord, Reported, decode
+
 log = logging.getLogger(__name__)
 
 _RUN_TIMEOUT = 120.0     # RunSFC compiles NFs (about a second each when not cached)
@@ -73,6 +75,7 @@ class _Pass:
     addresses: dict      # node name -> agent address
     loads: dict          # node name -> {sfc name: {"in_pps", "out_pps", "instances"}}
     pools: dict          # node name -> pool processes (instances it can run at once)
+    malformed: dict      # SFC name -> why its record cannot be read (skipped)
 
 
 class Reconciler:
@@ -89,6 +92,7 @@ class Reconciler:
         # (sfc, spec text) -> why a node refused it (a deleted and re-applied SFC starts at
         # generation 1 again, so the text, not the generation, says "the same spec")
         self._failed: dict[tuple[str, str], str] = {}
+        self._reported = Reported()   # malformed records, logged once per revision
 
     # ---- leadership -----------------------------------------------------------------------
 
@@ -192,26 +196,58 @@ class Reconciler:
                 placed[name] = node
             ok &= done
             ok &= await self._write_status(name, status, state)
+        for name, why in sorted(state.malformed.items()):
+            # Skipped, not stopped: a copy a node runs keeps running until the record is
+            # written again or deleted.
+            keep = next((n for n, view in sorted(state.views.items()) if name in view), "")
+            if keep:
+                placed[name] = keep
+            ok &= await self._write_status(name, {
+                "phase": "Failed", "message": f"malformed record {self.sfcs_prefix}{name} "
+                f"skipped: {why}; apply the SFC again or delete it", "node": keep,
+                "generation": 0, "instances": 0}, state)
         ok &= await self._stop_strays(state, placed)
         for key in [k for k in self._failed if k[0] not in state.sfcs]:
             del self._failed[key]
         for name, (_, revision) in state.status.items():
-            if name not in state.sfcs:  # the SFC was deleted: so goes its status
+            if name not in state.sfcs and name not in state.malformed:  # the SFC was deleted: so goes its status
                 with contextlib.suppress(Conflict):
                     await self.election.delete_fenced(self.status_prefix + name, revision)
         return ok
 
+    def _decoded(self, items: dict, prefix: str, kind: str, malformed: dict | None = None):
+        """{name: (record, Item)} of the records under `prefix` that decode; the others are
+        logged (once per revision) and, given `malformed`, put there as name -> why."""
+        out = {}
+        for key, item in items.items():
+            name = key[len(prefix):]
+            try:
+                out[name] = decode(item.value, kind, name), item
+            except MalformedRecord as e:
+                self._reported(key, item.mod_revision, e)
+                if malformed is not None:
+                    malformed[name] = str(e)
+        return out
+
     async def _observe(self) -> _Pass:
-        sfcs, _ = await self.store.list(self.sfcs_prefix)
-        status, _ = await self.store.list(self.status_prefix)
-        nodes, _ = await self.store.list(self.nodes_prefix)
-        addresses = {key[len(self.nodes_prefix):]: json.loads(it.value).get("address", "")
-                     for key, it in nodes.items()}
-        addresses = {name: a for name, a in addresses.items() if a}  # not an agent's record
-        loads = {key[len(self.nodes_prefix):]: json.loads(it.value).get("load", {}).get("sfcs", {})
-                 for key, it in nodes.items()}
-        pools = {key[len(self.nodes_prefix):]: json.loads(it.value).get("pool", 0)
-                 for key, it in nodes.items()}
+        sfc_items, _ = await self.store.list(self.sfcs_prefix)
+        status_items, _ = await self.store.list(self.status_prefix)
+        node_items, _ = await self.store.list(self.nodes_prefix)
+        self._reported.forget_except({*sfc_items, *status_items, *node_items})
+        malformed: dict[str, str] = {}
+        sfcs = self._decoded(sfc_items, self.sfcs_prefix, "sfc", malformed)
+        # A malformed status is as good as none: the next write replaces it.
+        status = {name: ({}, item.mod_revision) for name, item in
+                  ((k[len(self.status_prefix):], it) for k, it in status_items.items())}
+        status.update({name: (record, item.mod_revision) for name, (record, item)
+                       in self._decoded(status_items, self.status_prefix, "status").items()})
+        nodes = self._decoded(node_items, self.nodes_prefix, "node")
+        addresses = {name: r.get("address") for name, (r, _) in nodes.items()}
+        addresses = {name: a for name, a in addresses.items()
+                     if a and isinstance(a, str)}  # not an agent's record
+        loads = {name: _dict(_dict(r.get("load")).get("sfcs")) for name, (r, _) in nodes.items()}
+        pools = {name: r.get("pool") if isinstance(r.get("pool"), int) else 0
+                 for name, (r, _) in nodes.items()}
         names = sorted(addresses)
         replies = await asyncio.gather(*(self._get_node(addresses[n]) for n in names),
                                        return_exceptions=True)
@@ -225,14 +261,11 @@ class Reconciler:
             else:
                 views[name] = {s.name: s for s in reply.sfcs}
         return _Pass(
-            sfcs={k[len(self.sfcs_prefix):]: json.loads(v.value) for k, v in sfcs.items()},
-            revisions={k[len(self.sfcs_prefix):]: v.mod_revision for k, v in sfcs.items()},
-            incarnations={k[len(self.sfcs_prefix):]: v.create_revision
-                          for k, v in sfcs.items()},
-            loads=loads, pools=pools,
-            status={k[len(self.status_prefix):]: (json.loads(v.value), v.mod_revision)
-                    for k, v in status.items()},
-            views=views, addresses=addresses)
+            sfcs={name: record for name, (record, _) in sfcs.items()},
+            revisions={name: item.mod_revision for name, (_, item) in sfcs.items()},
+            incarnations={name: item.create_revision for name, (_, item) in sfcs.items()},
+            loads=loads, pools=pools, status=status, views=views, addresses=addresses,
+            malformed=malformed)
 
     async def _autoscale(self, name: str, record: dict, state: _Pass) -> bool:
         """Set the record's replicas from the reported load when its spec asks for it
@@ -241,7 +274,8 @@ class Reconciler:
         target = scale.get("target_pps")
         node = state.status.get(name, ({}, 0))[0].get("node")
         load = state.loads.get(node, {}).get(name)
-        if not target or load is None:
+        if not isinstance(target, (int, float)) or target <= 0 or not isinstance(load, dict) \
+                or not isinstance(load.get("in_pps"), (int, float)):
             return True
         in_pps, replicas = load["in_pps"], scale["replicas"]
         want = min(max(math.ceil(in_pps / target), scale["min"]), scale["max"])
@@ -353,7 +387,12 @@ class Reconciler:
             item = await self.store.get(self.nfs_prefix + nf)
             if item is None:  # deleted after the SFC named it (api.py's known gap)
                 raise _MissingNF(f"spec.nfs: deployed NF {nf!r} no longer exists")
-            sources[nf] = json.loads(item.value)["source"]
+            try:
+                sources[nf] = decode(item.value, "nf", nf)["source"]
+            except MalformedRecord as e:
+                self._reported(self.nfs_prefix + nf, item.mod_revision, e)
+                raise _MissingNF(f"spec.nfs: the record of deployed NF {nf!r} is "
+                                 f"malformed: {e}") from None
         return sources
 
     async def _stop_strays(self, state: _Pass, placed: dict) -> bool:
@@ -391,6 +430,10 @@ class Reconciler:
             channel = rpc.channel(address)
             self._agents[address] = (channel, pb_grpc.AgentStub(channel))
         return self._agents[address][1]
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 class _MissingNF(Exception):

@@ -78,28 +78,34 @@ class TableImage(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., zdata: _Optional[bytes] = ...) -> None: ...
 
 class StateSnapshot(_message.Message):
-    __slots__ = ("sfc", "nf", "node", "taken_unix_ms", "tables")
+    __slots__ = ("sfc", "nf", "node", "taken_unix_ms", "tables", "nf_code", "nf_code_sha256")
     SFC_FIELD_NUMBER: _ClassVar[int]
     NF_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     TAKEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
+    NF_CODE_FIELD_NUMBER: _ClassVar[int]
+    NF_CODE_SHA256_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     nf: str
     node: str
     taken_unix_ms: int
     tables: _containers.RepeatedCompositeFieldContainer[TableImage]
-    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., node: _Optional[str] = ..., taken_unix_ms: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableImage, _Mapping]]] = ...) -> None: ...
+    nf_code: str
+    nf_code_sha256: str
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., node: _Optional[str] = ..., taken_unix_ms: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableImage, _Mapping]]] = ..., nf_code: _Optional[str] = ..., nf_code_sha256: _Optional[str] = ...) -> None: ...
 
 class RestoreStateRequest(_message.Message):
-    __slots__ = ("sfc", "nf", "snapshot")
+    __slots__ = ("sfc", "nf", "snapshot", "force")
     SFC_FIELD_NUMBER: _ClassVar[int]
     NF_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     nf: str
     snapshot: StateSnapshot
-    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., snapshot: _Optional[_Union[StateSnapshot, _Mapping]] = ...) -> None: ...
+    force: bool
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., snapshot: _Optional[_Union[StateSnapshot, _Mapping]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RestoreStateResponse(_message.Message):
     __slots__ = ("node", "tables")
