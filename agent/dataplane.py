@@ -18,6 +18,10 @@ from serpens.runtime_cy import _dataplane as dp
 
 RUNTIME_ROOT = "/var/run/dpdk"
 DEFAULT_BASE_VIRTADDR = 0x100000000000  # 16 TiB; NF region is at 32 TiB (nf_image.h)
+# IOVA as VA, in every process of a prefix: a sandboxed pool process has no CAP_SYS_ADMIN, so
+# /proc/self/pagemap gives it no physical addresses, and in PA mode it cannot map the
+# hugepages the primary adds when its heap grows (DPDK's memory hotplug sync fails).
+IOVA_MODE = "--iova-mode=va"
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class DataplaneConfig:
                 f"--huge-dir={self.hugepage_dir}", f"--base-virtaddr={self.base_virtaddr:#x}",
                 f"--lcores={self.main_lcore}@({self.cpus}),"
                 f"{self.router_lcore}@({self.router_cpus or self.cpus})",
-                "--no-telemetry",
+                "--no-telemetry", IOVA_MODE,
                 "--log-level=lib.eal:error"]
         if not any(v.startswith(("0000:", "-a")) for v in self.vdevs):
             args.append("--no-pci")
@@ -50,7 +54,7 @@ class DataplaneConfig:
     def secondary_eal_args(self, lcore: int):
         return ["--proc-type=secondary", f"--file-prefix={self.file_prefix}",
                 f"--huge-dir={self.hugepage_dir}", f"--lcores={lcore}@({self.cpus})",
-                "--no-pci", "--no-telemetry", "--log-level=lib.eal:error",
+                "--no-pci", "--no-telemetry", IOVA_MODE, "--log-level=lib.eal:error",
                 "--log-level=lib.*:error",
                 # ports are the primary's: a vdev a secondary cannot open (a net_pcap
                 # source) is no error here

@@ -94,7 +94,7 @@ def merge_state(procs: list[PoolProcess], timeout: float = 2.0):
 class ProcessPool:
     def __init__(self, dataplane: Dataplane, size: int, *, first_lcore: int = 2,
                  idle_us: int = 200, slice_us: int = 100, boot_timeout: float = 20.0,
-                 on_crash=None, sandbox: bool = True):
+                 on_crash=None, sandbox: bool | str = True):
         if size < 1:
             raise ValueError("a pool has at least one process")
         self.dataplane = dataplane
@@ -103,7 +103,9 @@ class ProcessPool:
         self.slice_us = slice_us  # time slice when sharing a core (agent/sched.py)
         self.boot_timeout = boot_timeout
         self.on_crash = on_crash
-        self.sandbox = sandbox  # False: NFs run unconfined (benchmarks measuring its cost)
+        # False: NFs run unconfined (benchmarks measuring its cost); "network": sandboxed, but
+        # with an AF_INET client allowed (the Redis state baseline)
+        self.sandbox = sandbox
         self._lcores = itertools.count(first_lcore)
         self._free_lcores: list[int] = []
         self._procs: dict[int, PoolProcess] = {}
@@ -269,7 +271,7 @@ class ProcessPool:
                "--ctl-fd", str(ctl_fd), "--sock-fd", str(theirs.fileno()), "--efd", str(efd),
                "--idle-us", str(self.idle_us),
                "--state-dir", self.dataplane.config.state_dir]
-        cmd += [] if self.sandbox else ["--no-sandbox"]
+        cmd += {True: [], False: ["--no-sandbox"], "network": ["--sandbox-network"]}[self.sandbox]
         cmd += ["--"]
         cmd += self.dataplane.config.secondary_eal_args(lcore)
         proc = subprocess.Popen(cmd, pass_fds=(ctl_fd, theirs.fileno(), efd), close_fds=True)

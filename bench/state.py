@@ -111,7 +111,7 @@ def run(args) -> dict:
                          "cores": "driver on cpu 0, instance on cpu 1, redis unpinned"}}
     os.sched_setaffinity(0, {0})
     try:
-        with Dataplane(config) as dpl, ProcessPool(dpl, 1, first_lcore=2) as pool, \
+        with Dataplane(config) as dpl, ProcessPool(dpl, 1, first_lcore=2, sandbox="network") as pool, \
                 RedisServer() as redis:
             proc = pool.processes()[0]
             os.sched_setaffinity(proc.pid, {1 % os.cpu_count()})

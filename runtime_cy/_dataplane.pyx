@@ -1181,13 +1181,15 @@ def port_attach(str devargs, Mempool pool):
 # ---- sandbox (runtime_cy/src/sandbox.h) -------------------------------------------------------
 
 cdef extern from "sandbox.h" nogil:
-    int serpens_sandbox_enter(char *err, size_t errlen)
+    int serpens_sandbox_enter(int flags, char *err, size_t errlen)
+    int SERPENS_SANDBOX_NET
 
 
-def sandbox_enter():
+def sandbox_enter(bint network=False):
     """Enter the pool process sandbox (no_new_privs, no capabilities, seccomp allow-list) for
-    every thread of this process, for good. OSError naming the step that failed."""
+    every thread of this process, for good; `network`: also an AF_INET client (the Redis
+    state baseline of the benchmarks). OSError naming the step that failed."""
     cdef char err[256]
-    rc = serpens_sandbox_enter(err, sizeof(err))
+    rc = serpens_sandbox_enter(SERPENS_SANDBOX_NET if network else 0, err, sizeof(err))
     if rc:
         raise OSError(-rc, err.decode(errors="replace"))

@@ -24,6 +24,8 @@ def parse_args(argv):
     ap.add_argument("--state-dir", required=True)
     ap.add_argument("--no-sandbox", dest="sandbox", action="store_false",
                     help="run NFs without the sandbox (benchmarks comparing its cost)")
+    ap.add_argument("--sandbox-network", action="store_true",
+                    help="allow an AF_INET client in the sandbox (the Redis state baseline)")
     ap.add_argument("eal", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     if args.eal and args.eal[0] == "--":
@@ -40,7 +42,7 @@ def main(argv=None):
     dp.register_label_field()
     dp.set_state_dir(args.state_dir)
     if args.sandbox:  # last: everything above needs system calls the sandbox refuses
-        dp.sandbox_enter()
+        dp.sandbox_enter(network=args.sandbox_network)
     dp.run_pool_process(args.ctl_fd, args.sock_fd, args.efd, args.idle_us)
     # No rte_eal_cleanup(): in DPDK 22.11 a secondary's cleanup leaves the shared malloc heap
     # unusable (the next secondary hangs in rte_eal_init, the primary in rte_free). Exiting

@@ -23,6 +23,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "nf_image.h"
 #include "sandbox.h"
 
 #define X32_SYSCALL_BIT 0x40000000u
@@ -49,7 +50,8 @@ static const struct allowed allowed[] = {
 	 * state directory */
 	ANY(SYS_mmap), ANY(SYS_munmap), ANY(SYS_mprotect), ANY(SYS_madvise), ANY(SYS_brk),
 	ANY(SYS_openat), ANY(SYS_mkdir), ANY(SYS_statfs), ANY(SYS_fstat), ANY(SYS_newfstatat),
-	ANY(SYS_ftruncate), ANY(SYS_pread64), ANY(SYS_unlink),
+	ANY(SYS_ftruncate), ANY(SYS_pread64), ANY(SYS_unlink), ANY(SYS_fallocate),
+	ANY(SYS_renameat2), /* a table is built aside, its space reserved, then renamed in */
 	/* DPDK's rte_mp_handle thread following the primary's hugepage heap (mp_malloc_sync):
 	 * open/lock/map or unmap/unlink the segment files, read /proc/self/pagemap, check the
 	 * NUMA node, a SIGBUS guard while touching the page, the reply; the interrupt thread's
@@ -58,34 +60,30 @@ static const struct allowed allowed[] = {
 	ANY(SYS_epoll_wait),
 	/* NF log lines (nf_api.c) and DPDK's log go to stderr */
 	ANY(SYS_write),
-	/* the Redis state backend (benchmarks): an AF_INET stream to Redis */
-	ARG_IS(SYS_socket, 0, AF_INET), ANY(SYS_connect), ANY(SYS_setsockopt), ANY(SYS_sendto),
-	ANY(SYS_recvfrom),
-	/* signals, abort() (tgkill to this process only), exiting */
-	ANY(SYS_rt_sigaction), ANY(SYS_rt_sigprocmask), ANY(SYS_rt_sigreturn),
+	/* signals (the crash handler runs on its own stack), abort() (tgkill to this process
+	 * only), exiting */
+	ANY(SYS_rt_sigaction), ANY(SYS_rt_sigprocmask), ANY(SYS_rt_sigreturn), ANY(SYS_sigaltstack),
 	ANY(SYS_restart_syscall), ANY(SYS_getpid), ANY(SYS_gettid), ARG_IS_SELF(SYS_tgkill, 0),
 	ANY(SYS_exit), ANY(SYS_exit_group),
 };
 
+/* Only with SERPENS_SANDBOX_NET: the Redis state backend of the benchmarks' baselines, an
+ * AF_INET stream to Redis. Never for a node's pool: an NF could reach the network. */
+static const struct allowed allowed_net[] = {
+	ARG_IS(SYS_socket, 0, AF_INET), ANY(SYS_connect), ANY(SYS_setsockopt), ANY(SYS_sendto),
+	ANY(SYS_recvfrom),
+};
+
 #define NALLOWED (sizeof(allowed) / sizeof(allowed[0]))
-/* per entry at most 5 instructions; plus the arch/x32 prologue and the default */
-#define MAX_PROG (8 + 5 * NALLOWED)
+#define NALLOWED_NET (sizeof(allowed_net) / sizeof(allowed_net[0]))
+/* per entry at most 5 instructions; plus the prologues and the default */
+#define MAX_PROG (16 + 5 * (NALLOWED + NALLOWED_NET))
 
-static size_t build_filter(struct sock_filter *f, long pid)
+static size_t add_rules(struct sock_filter *f, size_t n, const struct allowed *list, size_t len,
+			long pid)
 {
-	size_t n = 0;
-	const unsigned nr_off = offsetof(struct seccomp_data, nr);
-
-	f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-					      offsetof(struct seccomp_data, arch));
-	f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
-	f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);
-	f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, nr_off);
-	/* x32 calls share the arch value: refuse them by their number's flag bit */
-	f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1);
-	f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);
-	for (size_t i = 0; i < NALLOWED; i++) {
-		const struct allowed *a = &allowed[i];
+	for (size_t i = 0; i < len; i++) {
+		const struct allowed *a = &list[i];
 		if (a->arg == ARG_ANY) {
 			f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, a->nr, 0, 1);
 			f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
@@ -100,6 +98,37 @@ static size_t build_filter(struct sock_filter *f, long pid)
 		f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 		f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);
 	}
+	return n;
+}
+
+static size_t build_filter(struct sock_filter *f, long pid, int flags)
+{
+	size_t n = 0;
+	const unsigned nr_off = offsetof(struct seccomp_data, nr);
+	/* the NF region's addresses share their high 32 bits (nf_image.h): 32 TiB + 1 TiB */
+	const uint32_t region_hi = (uint32_t)(SERPENS_NF_REGION_BASE >> 32);
+	const uint32_t region_end_hi =
+		(uint32_t)((SERPENS_NF_REGION_BASE + SERPENS_NF_REGION_SIZE - 1) >> 32);
+
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+					      offsetof(struct seccomp_data, arch));
+	f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, nr_off);
+	/* x32 calls share the arch value: refuse them by their number's flag bit */
+	f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1);
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);
+	/* A system call instruction inside the NF region is an NF's own: none is allowed, so an
+	 * NF cannot use even the calls the runtime needs (openat, mmap, ...) by itself. */
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+					      offsetof(struct seccomp_data, instruction_pointer) + 4);
+	f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, region_hi, 0, 2);
+	f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, region_end_hi, 1, 0);
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, nr_off);
+	n = add_rules(f, n, allowed, NALLOWED, pid);
+	if (flags & SERPENS_SANDBOX_NET)
+		n = add_rules(f, n, allowed_net, NALLOWED_NET, pid);
 	f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);
 	return n;
 }
@@ -182,7 +211,7 @@ static int drop_capabilities(char *err, size_t errlen)
 	return rc ? fail(err, errlen, rc, "dropping capabilities in every thread") : 0;
 }
 
-int serpens_sandbox_enter(char *err, size_t errlen)
+int serpens_sandbox_enter(int flags, char *err, size_t errlen)
 {
 	struct sock_filter insns[MAX_PROG];
 	int rc;
@@ -192,7 +221,7 @@ int serpens_sandbox_enter(char *err, size_t errlen)
 		return fail(err, errlen, -errno, "no_new_privs");
 	if ((rc = drop_capabilities(err, errlen)) != 0)
 		return rc;
-	struct sock_fprog prog = {.len = (unsigned short)build_filter(insns, getpid()),
+	struct sock_fprog prog = {.len = (unsigned short)build_filter(insns, getpid(), flags),
 				  .filter = insns};
 	long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog);
 	if (r < 0)

@@ -16,6 +16,8 @@
 #include <stddef.h>
 
 /* Enter the sandbox. 0, or -errno with a message in err. Not reversible. */
-int serpens_sandbox_enter(char *err, size_t errlen);
+#define SERPENS_SANDBOX_NET 1 /* also allow an AF_INET client (the Redis baseline) */
+
+int serpens_sandbox_enter(int flags, char *err, size_t errlen);
 
 #endif
