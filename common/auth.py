@@ -1,10 +1,11 @@
 """Who may call what: a grpc.aio server interceptor checking each call against METHOD_ROLES.
 
-Servers speak mTLS (common/rpc.py) and ask for, but do not require, a client certificate
-during the handshake, so that a caller without one reaches this interceptor and gets a
-status: UNAUTHENTICATED (no certificate signed by the cluster CA) or PERMISSION_DENIED (a
-certificate whose role may not call the method). The identity is the certificate's subject:
-CN the name, O the role (common/pki.py). gRPC has already verified the chain against the CA.
+Servers speak mTLS (common/rpc.py): a caller without a certificate of the cluster CA is
+refused in the TLS handshake (grpcio cannot ask for a client certificate without requiring
+it), so it never reaches a servicer and sees UNAVAILABLE. A caller with one gets a status from
+here: UNAUTHENTICATED when its certificate names no identity (no CN or no role), or
+PERMISSION_DENIED when its role may not call the method. The identity is the certificate's
+subject: CN the name, O the role (common/pki.py); gRPC has verified the chain against the CA.
 
 Roles of the Serpens API nest: `viewer` < `operator` < `admin`; a method's row names the least
 role that may call it. The Agent service's methods require exactly `controller`. gRPC health
@@ -90,9 +91,10 @@ def peer(context) -> Peer | None:
 def refusal(method: str, context) -> tuple[grpc.StatusCode, str] | None:
     """Why `method` is refused to this caller, or None when it may call it."""
     who = peer(context)
-    if who is None:
+    if who is None or not who.name or not who.role:
         return grpc.StatusCode.UNAUTHENTICATED, \
-            f"{method}: a client certificate signed by the cluster CA is required"
+            f"{method}: a client certificate of the cluster CA naming a user (CN) and a " \
+            "role (O) is required"
     required = METHOD_ROLES.get(method)
     if required is None:
         return grpc.StatusCode.PERMISSION_DENIED, \

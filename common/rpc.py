@@ -63,11 +63,14 @@ def _read(path: str) -> bytes:
 
 
 def server_credentials(identity: Identity) -> grpc.ServerCredentials:
-    # Client certificates are requested and verified but not required in the handshake, so
-    # that a caller without one gets UNAUTHENTICATED from the interceptor, not a reset.
+    # A client certificate of the cluster CA is required in the handshake. grpcio offers no
+    # "request but do not require" mode (its flag maps to DONT_REQUEST or REQUIRE_AND_VERIFY),
+    # so a caller without one is refused before any RPC: it sees UNAVAILABLE (the handshake
+    # fails), never a servicer. Callers with a certificate get UNAUTHENTICATED or
+    # PERMISSION_DENIED from common/auth.py.
     return grpc.ssl_server_credentials([(_read(identity.key), _read(identity.cert))],
                                        root_certificates=_read(identity.ca),
-                                       require_client_auth=False)
+                                       require_client_auth=True)
 
 
 def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
