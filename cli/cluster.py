@@ -270,7 +270,9 @@ def _start_component(state, state_path, name, args=None):
 def recover(state: dict, state_path: str, timeout: float) -> int:
     """Restart the components of a cluster that is up whose process died or stopped
     answering; keep the others."""
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
     print(f"serpens: a local cluster is up ({state_path}); checking its components")
+    restarted = False
     try:
         for name, _, ready in COMPONENTS:
             proc = state["processes"].get(name)
@@ -285,6 +287,14 @@ def recover(state: dict, state_path: str, timeout: float) -> int:
                 _stop(proc)
             _step(f"{name}: restarting", lambda: _start_component(state, state_path, name),
                   timeout)
+            restarted = True
+        if restarted:
+            for sfc in _stub(_target(state)).ListSFCs(pb.ListSFCsRequest(), timeout=5).sfcs:
+                _step(f"sfc {sfc.name}: packets out", lambda: _flowing(_target(state), sfc.name),
+                      timeout)
+    except grpc.RpcError as e:
+        print(f"serpens: the controller: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
     except StartError as e:
         print(f"serpens: {e}", file=sys.stderr)
         return 1
@@ -433,7 +443,7 @@ def down(directory: str, state_path: str) -> int:
 
 
 def _forget_context(state: dict):
-    """Remove the `local` context `up` wrote, if it still points at this cluster."""
+    """Remove the contexts of this cluster's CA (`local` and issued users'): its files go."""
     path = state.get("config")
     if not path or "pki" not in state:
         return
@@ -441,12 +451,11 @@ def _forget_context(state: dict):
         doc = config.load(path)
     except config.ConfigError:
         return
-    kept = [c for c in doc["contexts"] if not (c.get("name") == CONTEXT
-                                               and c.get("ca") == state["pki"]["ca"])]
+    kept = [c for c in doc["contexts"] if c.get("ca") != state["pki"]["ca"]]
     if len(kept) != len(doc["contexts"]):
         doc["contexts"] = kept
-        if doc.get("current-context") == CONTEXT:
-            doc.pop("current-context")
+        if doc.get("current-context") not in [c.get("name") for c in kept]:
+            doc.pop("current-context", None)
         config.save(path, doc)
 
 
