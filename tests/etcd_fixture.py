@@ -85,8 +85,8 @@ def free_port() -> int:
 
 
 class EtcdServer:
-    def __init__(self, host: str = "127.0.0.1"):
-        self.host = host
+    def __init__(self, host: str = "127.0.0.1", tls: bool = True):
+        self.host, self.tls = host, tls
         self.base_dir = tempfile.mkdtemp(prefix="serpens-etcd-", dir="/tmp")
         self.data_dir = os.path.join(self.base_dir, "data")
         self.log_path = os.path.join(self.base_dir, "etcd.log")
@@ -99,11 +99,13 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"https://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     def start(self, ready_within: float = 10.0) -> EtcdServer:
         client, peer = self.url, f"http://{self.host}:{self.peer_port}"
         server = identity("etcd", "etcd", (self.host,))
+        security = ["--cert-file", server.cert, "--key-file", server.key,
+                    "--trusted-ca-file", server.ca, "--client-cert-auth"] if self.tls else []
         # Short raft timers: a one-member cluster elects itself in ~0.1 s instead of ~1 s.
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -112,12 +114,12 @@ class EtcdServer:
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", f"test={peer}",
                  "--heartbeat-interval", "10", "--election-timeout", "100",
-                 "--cert-file", server.cert, "--key-file", server.key,
-                 "--trusted-ca-file", server.ca, "--client-cert-auth",
-                 "--logger", "zap", "--log-level", "error"],
+                 *security, "--logger", "zap", "--log-level", "error"],
                 stdout=log, stderr=log)
-        tls = ssl.create_default_context(cafile=server.ca)
-        tls.load_cert_chain(client_identity().cert, client_identity().key)
+        tls = None
+        if self.tls:
+            tls = ssl.create_default_context(cafile=server.ca)
+            tls.load_cert_chain(client_identity().cert, client_identity().key)
         end = time.monotonic() + ready_within
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -147,11 +149,11 @@ class EtcdServer:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
-def start_etcd(attempts: int = 3, host: str = "127.0.0.1") -> EtcdServer:
-    """A started server on `host`; picks new ports if another process grabbed ours
-    meanwhile."""
+def start_etcd(attempts: int = 3, host: str = "127.0.0.1", tls: bool = True) -> EtcdServer:
+    """A started server on `host` (plain text if not `tls`); picks new ports if another
+    process grabbed ours meanwhile."""
     for attempt in range(attempts):
-        server = EtcdServer(host)
+        server = EtcdServer(host, tls)
         try:
             return server.start()
         except RuntimeError:
