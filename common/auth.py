@@ -59,6 +59,7 @@ METHOD_ROLES: dict[str, str] = {
     # health and reflection: any authenticated peer
     "/grpc.health.v1.Health/Check": ANY,
     "/grpc.health.v1.Health/Watch": ANY,
+    "/grpc.health.v1.Health/List": ANY,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": ANY,
 }
