@@ -2,12 +2,16 @@
 serves the Agent gRPC service the controller drives it with, registers the node in etcd with a
 lease (its record carries the service's address) and reports its load there.
 
-    serpens-agent --node node.yaml --etcd 127.0.0.1:2379 --listen 127.0.0.1:50061
+    serpens-agent --node node.yaml --etcd https://10.0.0.1:2379 --listen 0.0.0.0:50061 \
+        --ca ca.crt --cert node1.crt --key node1.key
+    serpens-agent --insecure --node node.yaml --etcd 127.0.0.1:2379 --listen 127.0.0.1:50061
     serpens-agent --node node.yaml --sfc fw-mon-nat.yaml      # also run SFCs from files
 
 etcd or the controller being away never holds up traffic: the data plane starts first,
 registration retries in the background, and what runs keeps running. SIGINT/SIGTERM
 deregister the node and stop everything the agent started.
+With --ca/--cert/--key the Agent service is mTLS and answers only the controller's identity
+(common/auth.py); the same certificate authenticates the agent to etcd.
 Exit codes: 0 stopped on request, 1 failed, 2 bad config.
 """
 from __future__ import annotations
@@ -19,7 +23,7 @@ import signal
 import socket
 import sys
 
-from serpens.common import rpc
+from serpens.common import rpc, tls_flags
 from serpens.common.store import Store, StoreError
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
@@ -42,7 +46,17 @@ def parse_args(argv=None):
     ap.add_argument("--advertise", default="",
                     help="address the controller calls (default: --listen, or this host's "
                          "name and the port bound when listening on all addresses)")
-    return ap.parse_args(argv)
+    tls_flags.add_arguments(ap)
+    args = ap.parse_args(argv)
+    args.identity = tls_flags.identity(ap, args)
+    if args.identity is None and not rpc.is_loopback(args.listen):
+        ap.error(f"--insecure: plain text is served only on loopback, not on {args.listen}")
+    try:
+        args.etcd_endpoints = [tls_flags.etcd_endpoint(e.strip(), args.identity is not None)
+                               for e in args.etcd.split(",") if e.strip()]
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"--etcd: {e}")
+    return args
 
 
 def advertised(args, port: int) -> str:
@@ -55,11 +69,10 @@ def advertised(args, port: int) -> str:
 
 
 async def register_until_stopped(args, node: Node, address: str, stop: asyncio.Event):
-    endpoints = [e.strip().removeprefix("http://") for e in args.etcd.split(",")]
     reg = None
     while not stop.is_set():
         try:
-            store = await Store.connect(endpoints, timeout=3)
+            store = await Store.connect(args.etcd_endpoints, timeout=3, identity=args.identity)
             try:
                 reg = await Registration(store, node.spec, node.stats, ttl=args.ttl,
                                          report_s=args.report_s, address=address).start()
@@ -96,7 +109,7 @@ def main(argv=None) -> int:
         try:
             server, port = await rpc.create_server(args.listen, [
                 (serpens_pb2_grpc.add_AgentServicer_to_server, AgentServicer(node),
-                 rpc.service_name("Agent"))])
+                 rpc.service_name("Agent"))], args.identity)
         except OSError as e:
             log.error("--listen %s", e)
             return 1

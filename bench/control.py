@@ -1,7 +1,8 @@
 """control: the control plane's speed: apply to traffic, scale, leader failover, API rate.
 
 A real local cluster in /dev/shm: etcd, two `serpens-controller` replicas (a leader and a
-standby) and a `serpens-agent` whose node replays a capture at 100k packets/s into its router.
+standby) and a `serpens-agent` whose node replays a capture at 100k packets/s into its router,
+all with mTLS and certificates as `serpens up` makes them (so figures include TLS's cost).
 Figures:
 - apply_to_traffic_ms {p50, p99}: ApplySFC of a new FW->MON->NAT SFC until the agent counts
   its first packet leaving (agent polled every 0.5 ms), over --applies SFCs (each deleted
@@ -29,7 +30,10 @@ import time
 import grpc
 
 from serpens.cli.cluster import (ROOT, api_healthy, etcd_argv, etcd_healthy, local_node,
-                                 start_detached)
+                                 make_pki, start_detached)
+from serpens.cli.config import Target
+from serpens.common.pki import Identity
+from serpens.common.rpc import MESSAGE_OPTIONS, channel_credentials
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
@@ -77,6 +81,13 @@ class _Cluster:
         self.dir = tempfile.mkdtemp(prefix="serpens-bench-control-", dir="/dev/shm")
         self.procs = {}
         self.channels = []
+        pki = make_pki(os.path.join(self.dir, "pki"), "127.0.0.1:0", "127.0.0.1:0")
+        self.ids = {name: Identity(pki["ca"], **pki[name])
+                    for name in ("controller", "agent", "etcd", "admin")}
+
+    def tls_args(self, name):
+        i = self.ids[name]
+        return ["--ca", i.ca, "--cert", i.cert, "--key", i.key]
 
     def start(self, name, argv, ready, timeout=60):
         proc = start_detached(argv, os.path.join(self.dir, f"{name}.log"))
@@ -90,8 +101,9 @@ class _Cluster:
         _wait(up, timeout, f"{name} ready", poll=0.05)
         return proc
 
-    def channel(self, address):
-        ch = grpc.insecure_channel(address)
+    def channel(self, address, who="admin"):
+        ch = grpc.secure_channel(address, channel_credentials(self.ids[who]),
+                                 options=MESSAGE_OPTIONS)
         self.channels.append(ch)
         return ch
 
@@ -120,24 +132,26 @@ def run(args) -> dict:
     try:
         etcd = f"127.0.0.1:{_free_port()}"
         port = int(etcd.rpartition(":")[2])
-        cl.start("etcd", etcd_argv(os.path.join(cl.dir, "etcd"), port),
-                 lambda: etcd_healthy(etcd))
+        cl.start("etcd", etcd_argv(os.path.join(cl.dir, "etcd"), port, cl.ids["etcd"]),
+                 lambda: etcd_healthy(etcd, cl.ids["admin"]))
         apis = {}
         for name in ("c1", "c2"):
             apis[name] = f"127.0.0.1:{_free_port()}"
             cl.start(name, [os.path.join(BIN, "serpens-controller"), "--etcd",
-                            f"http://{etcd}", "--listen", apis[name], "--identity", name,
-                            "--resync-s", "1"], lambda a=apis[name]: api_healthy(a))
+                            f"https://{etcd}", "--listen", apis[name], "--identity", name,
+                            "--resync-s", "1", *cl.tls_args("controller")],
+                     lambda a=apis[name]: api_healthy(Target(a, cl.ids["admin"])))
             if name == "c1":
-                _wait(lambda: _leader(etcd) == "c1", 10, "c1 leading", poll=0.05)
+                _wait(lambda: _leader(cl, etcd) == "c1", 10, "c1 leading", poll=0.05)
         node_path = os.path.join(cl.dir, "node.yaml")
         with open(node_path, "w") as f:
             f.write(NODE)
         agent_addr = f"127.0.0.1:{_free_port()}"
         stub = serpens_pb2_grpc.SerpensStub(cl.channel(apis["c1"]))
-        agent = serpens_pb2_grpc.AgentStub(cl.channel(agent_addr))
+        agent = serpens_pb2_grpc.AgentStub(cl.channel(agent_addr, "controller"))
         cl.start("agent", [os.path.join(BIN, "serpens-agent"), "--node", node_path, "--etcd",
-                           etcd, "--listen", agent_addr, "--report-s", "0.5"],
+                           f"https://{etcd}", "--listen", agent_addr, "--report-s", "0.5",
+                           *cl.tls_args("agent")],
                  lambda: bool(stub.ListNodes(pb.ListNodesRequest(), timeout=2).nodes))
         with open(FW_MON_NAT) as f:
             spec = f.read()
@@ -178,7 +192,7 @@ def run(args) -> dict:
         out_before = sfc_on_agent("scaled").out
         cl.kill("c1")
         t0 = time.perf_counter()
-        _wait(lambda: _leader(etcd) == "c2", 30, "c2 leading", poll=0.01)
+        _wait(lambda: _leader(cl, etcd) == "c2", 30, "c2 leading", poll=0.01)
         failover_s = time.perf_counter() - t0
         time.sleep(0.2)
         traffic_kept = sfc_on_agent("scaled").out > out_before
@@ -187,11 +201,12 @@ def run(args) -> dict:
         cl.procs.pop("agent").send_signal(signal.SIGTERM)  # quiet CPUs for the API rate
 
         apis["api"] = f"127.0.0.1:{_free_port()}"
-        cl.start("api", [os.path.join(BIN, "serpens-controller"), "--etcd", f"http://{etcd}",
+        cl.start("api", [os.path.join(BIN, "serpens-controller"), "--etcd", f"https://{etcd}",
                          "--listen", apis["api"], "--identity", "api", "--prefix",
-                         "/serpens-api-bench/v1/", "--log-level", "warning"],
-                 lambda: api_healthy(apis["api"]))
-        api = asyncio.run(_api_rate(apis["api"], etcd, args))
+                         "/serpens-api-bench/v1/", "--log-level", "warning",
+                         *cl.tls_args("controller")],
+                 lambda: api_healthy(Target(apis["api"], cl.ids["admin"])))
+        api = asyncio.run(_api_rate(cl, apis["api"], etcd, args))
         return {
             "apply_to_traffic_ms": percentiles(applies, 50, 99),
             "scale_ms": percentiles(scales, 50, 99),
@@ -208,18 +223,19 @@ def run(args) -> dict:
         cl.close()
 
 
-def _leader(etcd: str) -> str | None:
+def _leader(cl: _Cluster, etcd: str) -> str | None:
     async def get():
         from serpens.common.store import Store
-        async with await Store.connect(etcd, timeout=2) as store:
+        async with await Store.connect(etcd, timeout=2, identity=cl.ids["controller"]) as store:
             item = await store.get("/serpens/v1/leader")
             return item.value.decode() if item else None
     return asyncio.run(get())
 
 
-async def _api_rate(api: str, etcd: str, args) -> dict:
+async def _api_rate(cl: _Cluster, api: str, etcd: str, args) -> dict:
     from serpens.common.store import Store
-    async with grpc.aio.insecure_channel(api) as channel:
+    async with grpc.aio.secure_channel(api, channel_credentials(cl.ids["admin"]),
+                                       options=MESSAGE_OPTIONS) as channel:
         stub = serpens_pb2_grpc.SerpensStub(channel)
         sem = asyncio.Semaphore(16)
 
@@ -248,7 +264,7 @@ async def _api_rate(api: str, etcd: str, args) -> dict:
             return stub.GetSFC(pb.GetSFCRequest(name=f"sfc{random.randrange(args.sfcs)}"),
                                timeout=10)
         api_rps = await _rate(request, args.clients, args.api_seconds)
-    async with await Store.connect(etcd, timeout=5) as store:
+    async with await Store.connect(etcd, timeout=5, identity=cl.ids["controller"]) as store:
         def get():
             return store.get(f"/serpens-api-bench/v1/nfs/nf{random.randrange(args.nfs)}")
         etcd_rps = await _rate(get, args.clients, args.api_seconds)

@@ -3,6 +3,7 @@
     serpens up       # start everything, apply examples/fw-mon-nat.yaml, show it running
     serpens status   # what runs and how fast (serpensctl status)
     serpens down     # stop everything `up` started
+    serpens cert issue alice --role viewer   # a user certificate and a serpensctl context
 
 `up` starts etcd (its data on tmpfs under --dir), `serpens-controller` and `serpens-agent`
 (the node of examples/node-local.yaml: a capture replayed at a steady rate into the router, a
@@ -10,6 +11,18 @@ null device out), each detached with its log in --dir, waits for each to answer,
 SFC through the controller's API like any client would, and waits until its packets leave
 the node. The processes' PIDs go to <dir>/cluster.json; `down` stops exactly those (after
 checking each PID still runs the program it started) and removes --dir.
+
+Security: `up` makes a cluster CA and certificates in <dir>/pki (common/pki.py; all files
+0600): `serpens-controller` (role controller: serves the API, calls the agent, etcd client),
+`serpens-agent` (role agent: serves the Agent service, etcd client), `etcd` (etcd's server)
+and `admin` (role admin, for you). etcd serves TLS and accepts only clients with a
+certificate of that CA (--client-cert-auth). serpensctl's config (--config, default
+$SERPENS_CONFIG or ~/.serpens/config; cli/config.py) gets a context `local` with the admin
+certificate and becomes current; `down` removes that context again.
+
+Recovery: `up` on a cluster that is up checks each process by PID and health and restarts
+only the ones that died (same command line, same certificates, etcd's data kept); the others
+keep running.
 Exit codes: 0 done, 1 something did not start (its log's tail is printed), 2 bad usage.
 """
 from __future__ import annotations
@@ -25,10 +38,14 @@ import time
 
 import grpc
 
+from serpens.cli import config
+from serpens.common.pki import CA, Identity, write_private
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 BIN = os.path.dirname(sys.executable)
 ORDER = ("agent", "controller", "etcd")      # the order `down` stops them in
+CONTEXT = "local"                           # the serpensctl context `up` writes
 
 
 class StartError(Exception):
@@ -57,7 +74,11 @@ spec:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="serpens", description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="/run/serpens/local",
-                    help="state, logs and etcd data of the local cluster (default %(default)s)")
+                    help="state, logs, certificates and etcd data of the local cluster "
+                         "(default %(default)s)")
+    ap.add_argument("--config", default=config.default_path(),
+                    help="serpensctl's contexts file `up` adds the cluster to (default: "
+                         "$SERPENS_CONFIG or ~/.serpens/config)")
     sub = ap.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start etcd, a controller and an agent; apply an SFC")
     up.add_argument("--node", default=os.path.join(EXAMPLES, "node-local.yaml"),
@@ -71,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds to wait for each step (default %(default)s)")
     sub.add_parser("down", help="stop what `serpens up` started")
     sub.add_parser("status", help="the cluster's SFCs and nodes (serpensctl status)")
+    cert = sub.add_parser("cert", help="certificates of the local cluster's CA")
+    cert_sub = cert.add_subparsers(dest="cert_command", required=True)
+    issue = cert_sub.add_parser("issue", help="a client certificate for a user, with a role, "
+                                              "and a serpensctl context NAME for it")
+    issue.add_argument("name", help="the user (the certificate's CN)")
+    issue.add_argument("--role", required=True, choices=("viewer", "operator", "admin"),
+                       help="viewer: read; operator: + apply/delete/scale/state; admin: + NFs")
+    issue.add_argument("--out", help="directory for NAME.crt/NAME.key (default <dir>/pki/users)")
     return ap
 
 
@@ -80,7 +109,13 @@ def main(argv=None) -> int:
     if args.command == "down":
         return down(args.dir, state_path)
     if args.command == "status":
-        return _status(_read_state(state_path) or {})
+        state = _read_state(state_path)
+        if state is None:
+            print(f"serpens: no local cluster is up ({state_path} does not exist)")
+            return 1
+        return _status(state)
+    if args.command == "cert":
+        return issue_cert(args, state_path)
     return up(args, state_path)
 
 
@@ -89,33 +124,28 @@ def main(argv=None) -> int:
 def up(args, state_path: str) -> int:
     state = _read_state(state_path)
     if state and any(_alive(p) for p in state["processes"].values()):
-        print(f"serpens: a local cluster is already up ({state_path}); showing it "
-              "(`serpens down` stops it)")
-        return _status(state)
+        return recover(state, state_path, args.timeout)
     shutil.rmtree(args.dir, ignore_errors=True)
     os.makedirs(args.dir)
+    pki = _step("CA and certificates", lambda: make_pki(os.path.join(args.dir, "pki"),
+                                                        args.api, args.agent), args.timeout)
     state = {"api": args.api, "etcd": f"127.0.0.1:{args.etcd_port}", "agent": args.agent,
-             "processes": {}}
+             "pki": pki, "config": os.path.abspath(args.config), "processes": {}}
+    admin = _target(state)
     sfcs = args.sfc or [os.path.join(EXAMPLES, "fw-mon-nat.yaml")]
     try:
-        _step("etcd", lambda: _start_etcd(args, state, state_path), args.timeout)
-        _step("controller", lambda: _start(
-            state, state_path, "controller",
-            [os.path.join(BIN, "serpens-controller"), "--etcd", f"http://{state['etcd']}",
-             "--listen", args.api, "--identity", "local"],
-            lambda: api_healthy(args.api)), args.timeout)
-        _step("agent", lambda: _start(
-            state, state_path, "agent",
-            [os.path.join(BIN, "serpens-agent"), "--node", os.path.abspath(args.node),
-             "--etcd", state["etcd"], "--listen", args.agent],
-            lambda: _registered(args.api)), args.timeout)
+        for name, _, _ in COMPONENTS:
+            _step(name, lambda: _start_component(state, state_path, name, args), args.timeout)
+        config.set_context(state["config"], {
+            "name": CONTEXT, "server": args.api, "ca": pki["ca"],
+            "cert": pki["admin"]["cert"], "key": pki["admin"]["key"]})
         names = []
         for path in sfcs:
             names.append(_step(f"apply {os.path.basename(path)}",
-                               lambda: _apply(args.api, path), args.timeout))
+                               lambda: _apply(admin, path), args.timeout))
         for name in names:
             _step(f"sfc {name}: placed, instances started, packets out",
-                  lambda: _flowing(args.api, name), args.timeout)
+                  lambda: _flowing(admin, name), args.timeout)
     except StartError as e:
         print(f"serpens: {e}", file=sys.stderr)
         print("serpens: stopping what started (logs kept in "
@@ -123,7 +153,8 @@ def up(args, state_path: str) -> int:
         _stop_all(state)
         return 1
     bin_dir = "" if shutil.which("serpens") == os.path.join(BIN, "serpens") else BIN + "/"
-    print(f"\nA local Serpens cluster is up (logs and PIDs in {args.dir}). Try:")
+    print(f"\nA local Serpens cluster is up (logs, PIDs and certificates in {args.dir};"
+          f" serpensctl context {CONTEXT!r} in {state['config']}). Try:")
     print(f"  {bin_dir}serpensctl top")
     print(f"  {bin_dir}serpensctl scale {names[0]} --replicas 2")
     print(f"  {bin_dir}serpens down      # stops it\n")
@@ -153,7 +184,7 @@ def _start(state, state_path, name, argv, ready):
     """Start `name` detached, record its PID; a probe: ready() once it is, StartError if it
     exited."""
     proc = start_detached(argv, os.path.join(os.path.dirname(state_path), f"{name}.log"))
-    state["processes"][name] = {"pid": proc.pid, "argv0": argv[0]}
+    state["processes"][name] = {"pid": proc.pid, "argv0": argv[0], "argv": argv}
     _write_state(state_path, state)
 
     def probe():
@@ -172,40 +203,154 @@ def start_detached(argv: list[str], log_path: str) -> subprocess.Popen:
     return proc
 
 
-def _start_etcd(args, state, state_path):
-    return _start(state, state_path, "etcd",
-                  etcd_argv(os.path.join(args.dir, "etcd"), args.etcd_port),
-                  lambda: etcd_healthy(state["etcd"]))
+# ---- certificates and components -------------------------------------------------------
+
+def make_pki(directory: str, api: str, agent: str) -> dict:
+    """The cluster CA and every identity `up` needs, as paths (kept in cluster.json)."""
+    ca = CA.create(directory)
+    local = ("127.0.0.1", "localhost", "::1")
+
+    def issue(name, role, address=""):
+        host = address.rpartition(":")[0].strip("[]")
+        hosts = (*local, host) if host and host not in ("0.0.0.0", "::") else local
+        i = ca.issue(name, role, hosts)
+        return {"cert": i.cert, "key": i.key}
+    return {"dir": directory, "ca": ca.cert_path,
+            "controller": issue("serpens-controller", "controller", api),
+            "agent": issue("serpens-agent", "agent", agent),
+            "etcd": issue("etcd", "etcd"), "admin": issue("admin", "admin")}
 
 
-def etcd_argv(data_dir: str, client_port: int) -> list[str]:
-    """A one-member etcd on loopback: clients on `client_port`, peers on the next port."""
-    client = f"http://127.0.0.1:{client_port}"
+def identity(state: dict, name: str) -> Identity:
+    return Identity(state["pki"]["ca"], **state["pki"][name])
+
+
+def _target(state: dict) -> config.Target:
+    """The controller as the admin user calls it."""
+    return config.Target(state["api"], identity(state, "admin"))
+
+
+def _tls_args(state: dict, name: str) -> list[str]:
+    i = identity(state, name)
+    return ["--ca", i.ca, "--cert", i.cert, "--key", i.key]
+
+
+def _etcd_cmd(state, args):
+    port = int(state["etcd"].rpartition(":")[2])
+    return etcd_argv(os.path.join(os.path.dirname(state["pki"]["dir"]), "etcd"), port,
+                     identity(state, "etcd"))
+
+
+def _controller_cmd(state, args):
+    return [os.path.join(BIN, "serpens-controller"), "--etcd", f"https://{state['etcd']}",
+            "--listen", state["api"], "--identity", "local", *_tls_args(state, "controller")]
+
+
+def _agent_cmd(state, args):
+    return [os.path.join(BIN, "serpens-agent"), "--node", os.path.abspath(args.node),
+            "--etcd", f"https://{state['etcd']}", "--listen", state["agent"],
+            *_tls_args(state, "agent")]
+
+
+# name, command line (on first start; recovery reuses the recorded one), readiness probe
+COMPONENTS = (
+    ("etcd", _etcd_cmd, lambda state: etcd_healthy(state["etcd"], identity(state, "admin"))),
+    ("controller", _controller_cmd, lambda state: api_healthy(_target(state))),
+    ("agent", _agent_cmd, lambda state: _registered(_target(state))),
+)
+
+
+def _start_component(state, state_path, name, args=None):
+    _, command, ready = next(c for c in COMPONENTS if c[0] == name)
+    recorded = state["processes"].get(name, {}).get("argv")
+    argv = recorded or command(state, args)
+    return _start(state, state_path, name, argv, lambda: ready(state))
+
+
+def recover(state: dict, state_path: str, timeout: float) -> int:
+    """Restart the components of a cluster that is up whose process died or stopped
+    answering; keep the others."""
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    print(f"serpens: a local cluster is up ({state_path}); checking its components")
+    restarted = False
+    try:
+        for name, _, ready in COMPONENTS:
+            proc = state["processes"].get(name)
+            if proc is None:
+                print(f"  {name}: never started; run `serpens down` and `serpens up`")
+                return 1
+            if _alive(proc) and _healthy_within(lambda: ready(state), 5.0):
+                print(f"  {name} (pid {proc['pid']}): running")
+                continue
+            if _alive(proc):
+                print(f"  {name} (pid {proc['pid']}): not answering; stopping it")
+                _stop(proc)
+            _step(f"{name}: restarting", lambda: _start_component(state, state_path, name),
+                  timeout)
+            restarted = True
+        if restarted:
+            for sfc in _stub(_target(state)).ListSFCs(pb.ListSFCsRequest(), timeout=5).sfcs:
+                _step(f"sfc {sfc.name}: packets out", lambda: _flowing(_target(state), sfc.name),
+                      timeout)
+    except grpc.RpcError as e:
+        print(f"serpens: the controller: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except StartError as e:
+        print(f"serpens: {e}", file=sys.stderr)
+        return 1
+    return _status(state)
+
+
+def _healthy_within(probe, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not probe():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def etcd_argv(data_dir: str, client_port: int, tls: Identity | None = None) -> list[str]:
+    """A one-member etcd on loopback: clients on `client_port`, peers on the next port.
+    With `tls` (etcd's server identity) clients speak TLS and must present a certificate of
+    the same CA (--client-cert-auth)."""
+    client = f"{'https' if tls else 'http'}://127.0.0.1:{client_port}"
     peer = f"http://127.0.0.1:{client_port + 1}"
-    return [shutil.which("etcd") or "/usr/bin/etcd", "--name", "serpens-local",
+    argv = [shutil.which("etcd") or "/usr/bin/etcd", "--name", "serpens-local",
             "--data-dir", data_dir, "--listen-client-urls", client,
             "--advertise-client-urls", client, "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer, "--initial-cluster",
             f"serpens-local={peer}", "--logger", "zap", "--log-level", "warn"]
+    if tls:
+        argv += ["--cert-file", tls.cert, "--key-file", tls.key, "--trusted-ca-file", tls.ca,
+                 "--client-cert-auth"]
+    return argv
 
 
-def etcd_healthy(endpoint: str) -> bool:
+def etcd_healthy(endpoint: str, tls: Identity | None = None) -> bool:
+    """etcd's /health says true; with `tls` (a client identity) over https."""
+    import ssl
     import urllib.request
+    context = None
+    if tls:
+        context = ssl.create_default_context(cafile=tls.ca)
+        context.load_cert_chain(tls.cert, tls.key)
     try:
-        with urllib.request.urlopen(f"http://{endpoint}/health", timeout=0.5) as r:
+        with urllib.request.urlopen(f"{'https' if tls else 'http'}://{endpoint}/health",
+                                    timeout=0.5, context=context) as r:
             return json.load(r).get("health") == "true"
     except OSError:
         return False
 
 
-def _stub(api: str):
+def _stub(api: config.Target):
     from serpens.proto.serpens.v1 import serpens_pb2_grpc
-    return serpens_pb2_grpc.SerpensStub(grpc.insecure_channel(api))
+    return serpens_pb2_grpc.SerpensStub(api.channel())
 
 
-def api_healthy(api: str) -> bool:
+def api_healthy(api: config.Target) -> bool:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    with grpc.insecure_channel(api) as channel:
+    with api.channel() as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
                                                               timeout=0.5)
@@ -214,7 +359,7 @@ def api_healthy(api: str) -> bool:
             return False
 
 
-def _registered(api: str) -> bool:
+def _registered(api: config.Target) -> bool:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     try:
         return bool(_stub(api).ListNodes(pb.ListNodesRequest(), timeout=2).nodes)
@@ -222,7 +367,7 @@ def _registered(api: str) -> bool:
         return False
 
 
-def _apply(api: str, path: str) -> str:
+def _apply(api: config.Target, path: str) -> str:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     with open(path) as f:
         text = f.read()
@@ -232,7 +377,7 @@ def _apply(api: str, path: str) -> str:
         raise StartError(f"{path}: {e.code().name}: {e.details()}") from None
 
 
-def _flowing(api: str, name: str):
+def _flowing(api: config.Target, name: str):
     """A probe: the SFC runs and its node reports packets leaving it."""
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     stub = _stub(api)
@@ -256,7 +401,31 @@ def _flowing(api: str, name: str):
 
 def _status(state: dict) -> int:
     from serpens.cli import status
-    return status.show(state.get("api", "127.0.0.1:50051"))
+    return status.show(_target(state))
+
+
+# ---- cert -------------------------------------------------------------------------------
+
+def issue_cert(args, state_path: str) -> int:
+    """A user's certificate from the local cluster's CA, and a serpensctl context for it."""
+    state = _read_state(state_path)
+    if state is None or "pki" not in state:
+        print(f"serpens: no local cluster with a CA in {args.dir} (`serpens up` makes one)",
+              file=sys.stderr)
+        return 1
+    out = args.out or os.path.join(state["pki"]["dir"], "users")
+    try:
+        issued = CA(state["pki"]["dir"]).issue(args.name, args.role, out_dir=out)
+    except ValueError as e:
+        print(f"serpens: {e}", file=sys.stderr)
+        return 2
+    config.set_context(args.config, {"name": args.name, "server": state["api"],
+                                     "ca": issued.ca, "cert": issued.cert, "key": issued.key},
+                       make_current=False)
+    print(f"{args.name} (role {args.role}): {issued.cert}, {issued.key}\n"
+          f"context {args.name!r} added to {args.config}: "
+          f"serpensctl --context {args.name} get sfcs")
+    return 0
 
 
 # ---- down -------------------------------------------------------------------------------
@@ -268,8 +437,26 @@ def down(directory: str, state_path: str) -> int:
         return 0
     _stop_all(state, verbose=True)
     shutil.rmtree(directory, ignore_errors=True)
+    _forget_context(state)
     print("serpens: the local cluster is down")
     return 0
+
+
+def _forget_context(state: dict):
+    """Remove the contexts of this cluster's CA (`local` and issued users'): its files go."""
+    path = state.get("config")
+    if not path or "pki" not in state:
+        return
+    try:
+        doc = config.load(path)
+    except config.ConfigError:
+        return
+    kept = [c for c in doc["contexts"] if c.get("ca") != state["pki"]["ca"]]
+    if len(kept) != len(doc["contexts"]):
+        doc["contexts"] = kept
+        if doc.get("current-context") not in [c.get("name") for c in kept]:
+            doc.pop("current-context", None)
+        config.save(path, doc)
 
 
 def _stop_all(state: dict, verbose: bool = False):
@@ -279,14 +466,18 @@ def _stop_all(state: dict, verbose: bool = False):
             continue
         if verbose:
             print(f"  stopping {name} (pid {proc['pid']}) ...", end="", flush=True)
-        os.kill(proc["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while _alive(proc) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(proc):
-            os.kill(proc["pid"], signal.SIGKILL)
+        _stop(proc)
         if verbose:
             print(" ok")
+
+
+def _stop(proc: dict):
+    os.kill(proc["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while _alive(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(proc):
+        os.kill(proc["pid"], signal.SIGKILL)
 
 
 def _alive(proc: dict) -> bool:
@@ -320,10 +511,7 @@ def _read_state(path: str) -> dict | None:
 
 
 def _write_state(path: str, state: dict):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(state, indent=2).encode())
 
 
 def _tail(path: str, lines: int = 20) -> str:

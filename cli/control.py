@@ -1,7 +1,7 @@
 """serpensctl's control-plane commands: apply, get, delete and scale, over the controller's
 gRPC API (proto/serpens/v1/serpens.proto).
 
-    serpensctl --server HOST:PORT apply -f FILE [--wait]   # kind SFC or NF; `---` separates several
+    serpensctl [--context NAME] apply -f FILE [--wait]   # kind SFC or NF; `---` separates several
     serpensctl get nfs|sfcs|nodes [NAME] [-o table|json|yaml]
     serpensctl describe nf|sfc|node NAME
     serpensctl state dump SFC NF [--table T] [--limit N] [--no-merge] [-o table|json]
@@ -86,14 +86,27 @@ def register(sub) -> None:
     p.set_defaults(func=_run(_scale))
 
 
+def target(args):
+    """The controller to call, from --config/--context/--server/--insecure (cli/config.py);
+    None (after printing why) when they do not name one."""
+    from serpens.cli import config
+    try:
+        return config.resolve(args.config, args.context, args.server, args.insecure)
+    except config.ConfigError as e:
+        print(f"serpensctl: {e}", file=sys.stderr)
+        return None
+
+
 def _run(command):
-    """Open a channel to --server, run `command(stub, args)`, map failures to exit codes."""
+    """Open a channel to the controller, run `command(stub, args)`, map failures to exit codes."""
     def run(args) -> int:
         import grpc
 
         from serpens.proto.serpens.v1 import serpens_pb2_grpc
-        from serpens.common.rpc import MESSAGE_OPTIONS
-        with grpc.insecure_channel(args.server, options=MESSAGE_OPTIONS) as channel:
+        to = target(args)
+        if to is None:
+            return EXIT_USAGE
+        with to.channel() as channel:
             stub = serpens_pb2_grpc.SerpensStub(channel)
             try:
                 return command(stub, args)

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from serpens.bench import CASES
+from serpens.cli import config
 from serpens.cli import control as control_cmd
 from serpens.cli import node as node_cmd
 from serpens.cli import status as status_cmd
@@ -64,9 +65,15 @@ def _replay(args) -> int:
 
 def build_parser():
     ap = argparse.ArgumentParser(prog="serpensctl", description="Serpens command line")
-    ap.add_argument("--server", default=os.environ.get("SERPENS_SERVER", "127.0.0.1:50051"),
-                    help="the controller's gRPC address (default: $SERPENS_SERVER or "
-                         "%(default)s)")
+    ap.add_argument("--config", default=config.default_path(),
+                    help="contexts file (default: $SERPENS_CONFIG or ~/.serpens/config; "
+                         "`serpens up` writes it)")
+    ap.add_argument("--context", default="", help="the context to use (default: current)")
+    ap.add_argument("--server", default=os.environ.get("SERPENS_SERVER", ""),
+                    help="the controller's gRPC address (default: the context's, or "
+                         "$SERPENS_SERVER)")
+    ap.add_argument("--insecure", action="store_true",
+                    help="plain text without a context (a controller run with --insecure)")
     ap.add_argument("--timeout", type=float, default=60.0,
                     help="seconds a controller call may take (default %(default)s)")
     sub = ap.add_subparsers(dest="command", required=True)

@@ -19,17 +19,25 @@ EXIT_UNREACHABLE = 3
 
 def register(sub) -> None:
     p = sub.add_parser("status", help="the cluster's SFCs and nodes, with their rates")
-    p.set_defaults(func=lambda args: show(args.server, timeout=args.timeout))
+    p.set_defaults(func=lambda args: _with_target(args, lambda t: show(t, timeout=args.timeout)))
     p = sub.add_parser("top", help="status, refreshed every second")
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: never)")
-    p.set_defaults(func=lambda args: top(args.server, args.seconds, timeout=args.timeout))
+    p.set_defaults(func=lambda args: _with_target(
+        args, lambda t: top(t, args.seconds, timeout=args.timeout)))
 
 
-def snapshot(api: str, timeout: float = 5.0) -> dict:
-    """{"sfcs": [...], "nodes": [...]} as plain data (what status prints)."""
+def _with_target(args, run) -> int:
+    from serpens.cli.control import EXIT_USAGE, target
+    to = target(args)
+    return EXIT_USAGE if to is None else run(to)
+
+
+def snapshot(api, timeout: float = 5.0) -> dict:
+    """{"sfcs": [...], "nodes": [...]} as plain data (what status prints); `api` is a
+    cli.config.Target."""
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     from serpens.proto.serpens.v1 import serpens_pb2_grpc
-    with grpc.insecure_channel(api) as channel:
+    with api.channel() as channel:
         stub = serpens_pb2_grpc.SerpensStub(channel)
         sfcs = stub.ListSFCs(pb.ListSFCsRequest(), timeout=timeout).sfcs
         nodes = stub.ListNodes(pb.ListNodesRequest(), timeout=timeout).nodes
@@ -65,26 +73,26 @@ def render(snap: dict) -> str:
     return "\n\n".join(out)
 
 
-def show(api: str, timeout: float = 5.0) -> int:
+def show(api, timeout: float = 5.0) -> int:
     try:
         print(render(snapshot(api, timeout)))
     except grpc.RpcError as e:
-        print(f"serpensctl: {e.code().name}: {e.details()} ({api})", file=sys.stderr)
+        print(f"serpensctl: {e.code().name}: {e.details()} ({api.server})", file=sys.stderr)
         return EXIT_UNREACHABLE
     return 0
 
 
-def top(api: str, seconds: float, timeout: float = 5.0) -> int:
+def top(api, seconds: float, timeout: float = 5.0) -> int:
     end = time.monotonic() + seconds if seconds else None
     tty = sys.stdout.isatty()
     while end is None or time.monotonic() < end:
         try:
             text = render(snapshot(api, timeout))
         except grpc.RpcError as e:
-            text = f"controller {api}: {e.code().name}: {e.details()}; retrying"
+            text = f"controller {api.server}: {e.code().name}: {e.details()}; retrying"
         if tty:
             print("\033[H\033[J", end="")
-        print(time.strftime("%H:%M:%S"), api)
+        print(time.strftime("%H:%M:%S"), api.server)
         print(text, flush=True)
         if not tty:
             print()

@@ -2,13 +2,24 @@
 
 A server carries its services plus gRPC health (SERVING for "" and each service) and
 reflection, so `grpcurl HOST:PORT list` shows what it serves.
+
+Security: given an `Identity` (common/pki.py) a server speaks TLS with that certificate,
+asks callers for a client certificate signed by the same CA and checks every call with
+common/auth.py's interceptor. Without one it speaks plain text, and only on a loopback address
+(the processes' `--insecure` flag): anyone who can reach it may call anything, so nobody but
+this machine may reach it. Channels likewise: with an identity, TLS with that client
+certificate; `set_client_identity` gives the process's default (the controller calling agents).
 """
 from __future__ import annotations
+
+import ipaddress
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serpens.common.auth import AuthInterceptor
+from serpens.common.pki import Identity
 from serpens.proto.serpens.v1 import serpens_pb2
 
 # State snapshots carry whole tables (zlib-compressed); gRPC's default 4 MiB is too little.
@@ -24,11 +35,61 @@ def service_name(short: str) -> str:
     return serpens_pb2.DESCRIPTOR.services_by_name[short].full_name
 
 
-async def create_server(listen: str, services: list,
+class InsecureRefused(OSError):
+    """Plain text was asked for on an address other machines can reach."""
+
+
+def is_loopback(address: str) -> bool:
+    """host:port (or [v6]:port) names only this machine: 127.0.0.0/8, ::1 or localhost."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_insecure(listen: str) -> None:
+    if not is_loopback(listen):
+        raise InsecureRefused(
+            f"{listen}: plain text (--insecure) is served only on a loopback address "
+            "(127.0.0.1, ::1, localhost); give --ca/--cert/--key to listen elsewhere")
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def server_credentials(identity: Identity) -> grpc.ServerCredentials:
+    # A client certificate of the cluster CA is required in the handshake. grpcio offers no
+    # "request but do not require" mode (its flag maps to DONT_REQUEST or REQUIRE_AND_VERIFY),
+    # so a caller without one is refused before any RPC: it sees UNAVAILABLE (the handshake
+    # fails), never a servicer. Callers with a certificate get UNAUTHENTICATED or
+    # PERMISSION_DENIED from common/auth.py.
+    return grpc.ssl_server_credentials([(_read(identity.key), _read(identity.cert))],
+                                       root_certificates=_read(identity.ca),
+                                       require_client_auth=True)
+
+
+def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(_read(identity.ca), _read(identity.key),
+                                        _read(identity.cert))
+
+
+async def create_server(listen: str, services: list, identity: Identity | None = None,
                         interceptors: tuple = ()) -> tuple[grpc.aio.Server, int]:
-    """A not yet started server; `services` are (add_XServicer_to_server, servicer, name).
-    Returns it and the port bound (OSError if `listen` cannot be bound)."""
-    server = grpc.aio.server(options=MESSAGE_OPTIONS, interceptors=interceptors)
+    """A not yet started server; `services` are (add_XServicer_to_server, servicer, name);
+    `interceptors` run after authorization. Returns it and the port bound (OSError if
+    `listen` cannot be bound, InsecureRefused if `identity` is None and `listen` is not
+    loopback)."""
+    if identity is None:
+        check_insecure(listen)
+        server = grpc.aio.server(options=MESSAGE_OPTIONS, interceptors=list(interceptors))
+    else:
+        server = grpc.aio.server(options=MESSAGE_OPTIONS,
+                                 interceptors=[AuthInterceptor(), *interceptors])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [name for _, _, name in services]
@@ -38,7 +99,8 @@ async def create_server(listen: str, services: list,
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*names, HEALTH, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(listen)
+        port = server.add_insecure_port(listen) if identity is None else \
+            server.add_secure_port(listen, server_credentials(identity))
     except RuntimeError as e:
         raise OSError(f"{listen}: cannot bind ({e})") from None
     if port == 0:
@@ -46,8 +108,22 @@ async def create_server(listen: str, services: list,
     return server, port
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    """A channel that fails fast when the peer is down (callers give deadlines and retry)."""
-    return grpc.aio.insecure_channel(address, options=[
-        ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
-        ("grpc.enable_retries", 0), *MESSAGE_OPTIONS])
+_client_identity: Identity | None = None
+
+
+def set_client_identity(identity: Identity | None) -> None:
+    """The identity `channel()` presents by default in this process (None: plain text)."""
+    global _client_identity
+    _client_identity = identity
+
+
+def channel(address: str, identity: Identity | None = None) -> grpc.aio.Channel:
+    """A channel that fails fast when the peer is down (callers give deadlines and retry);
+    TLS with `identity` (default: the process's, see set_client_identity)."""
+    identity = identity or _client_identity
+    options = [("grpc.initial_reconnect_backoff_ms", 100),
+               ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.enable_retries", 0),
+               *MESSAGE_OPTIONS]
+    if identity is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, channel_credentials(identity), options=options)

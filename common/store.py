@@ -35,6 +35,9 @@ each key carries the revision that created it and the one that last modified it
 
 aetcd 1.0 (the client) talks to one host:port, ends a watch on any stream error and never
 refreshes leases by itself: endpoint failover, watch resumption and keep-alive are done here.
+It also only dials plain text; `_TLSClient` dials TLS with a client certificate (`identity`),
+which is how Serpens authenticates to etcd (etcd --client-cert-auth; with etcd auth enabled
+the certificate's CN is the etcd user).
 """
 from __future__ import annotations
 
@@ -46,8 +49,13 @@ from typing import AsyncIterator, Callable, NamedTuple
 
 import aetcd
 import grpc
+from aetcd import rpc as etcd_rpc
 from aetcd import transactions as txn
+from aetcd import watcher as etcd_watcher
 from aetcd.utils import prefix_range_end
+
+from serpens.common.pki import Identity
+from serpens.common.rpc import channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +164,50 @@ def _permanent(e: BaseException) -> StoreError | None:
     return StoreError(str(e))
 
 
+class _TLSClient(aetcd.Client):
+    """aetcd.Client over TLS: its connect() with a secure channel instead of a plain one."""
+
+    def __init__(self, *args, credentials: grpc.ChannelCredentials, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        self._is_connecting = True
+        try:
+            self.channel = grpc.aio.secure_channel(f"{self._host}:{self._port}",
+                                                   self._credentials, options=self._options.items())
+            self.kvstub = etcd_rpc.KVStub(self.channel)
+            self.clusterstub = etcd_rpc.ClusterStub(self.channel)
+            self.leasestub = etcd_rpc.LeaseStub(self.channel)
+            self.maintenancestub = etcd_rpc.MaintenanceStub(self.channel)
+            self._watcher = etcd_watcher.Watcher(etcd_rpc.WatchStub(self.channel),
+                                                 timeout=self._timeout, metadata=self.metadata)
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
 class Store:
     """etcd through aetcd: `store = await Store.connect(["127.0.0.1:2379"], timeout=5.0)`.
 
     `timeout` bounds each operation, retries included; one attempt gets `attempt_timeout`
     (a third of `timeout` by default, so a black-holed endpoint still leaves room to retry).
+    `identity` (common/pki.py): dial TLS and present that client certificate; None: plain text.
     """
 
-    def __init__(self, endpoints: list[str], timeout: float, attempt_timeout: float):
+    def __init__(self, endpoints: list[str], timeout: float, attempt_timeout: float,
+                 identity: Identity | None = None):
         if not endpoints:
             raise ValueError("endpoints: at least one host:port is required")
         self.endpoints, self.timeout, self.attempt_timeout = endpoints, timeout, attempt_timeout
+        self._credentials = None
+        if identity is not None:
+            self._credentials = channel_credentials(identity)
         self._index = 0
         self._client = self._new_client()
         self._leases: set[Lease] = set()
@@ -175,9 +216,10 @@ class Store:
 
     @classmethod
     async def connect(cls, endpoints: str | list[str], timeout: float = 5.0, *,
-                      attempt_timeout: float | None = None) -> Store:
+                      attempt_timeout: float | None = None,
+                      identity: Identity | None = None) -> Store:
         endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        store = cls(endpoints, timeout, attempt_timeout or timeout / 3)
+        store = cls(endpoints, timeout, attempt_timeout or timeout / 3, identity)
         try:
             # aetcd connects lazily; a read proves that a member answers and has a raft
             # leader (a linearizable read needs one), as `etcdctl endpoint health` does.
@@ -207,8 +249,12 @@ class Store:
 
     def _new_client(self) -> aetcd.Client:
         host, _, port = self.endpoints[self._index].rpartition(":")
-        return aetcd.Client(host.strip("[]") or "127.0.0.1", int(port),
-                            timeout=self.attempt_timeout, options=_CHANNEL_OPTIONS)
+        host = host.strip("[]") or "127.0.0.1"
+        if self._credentials is not None:
+            return _TLSClient(host, int(port), timeout=self.attempt_timeout,
+                              options=_CHANNEL_OPTIONS, credentials=self._credentials)
+        return aetcd.Client(host, int(port), timeout=self.attempt_timeout,
+                            options=_CHANNEL_OPTIONS)
 
     def _next_endpoint(self, failed: aetcd.Client) -> None:
         # With one endpoint, gRPC reconnects by itself (back-off capped above). Only the first

@@ -1,13 +1,18 @@
 """serpens-controller: serve the Serpens API (plus gRPC health and reflection) over etcd, and
 reconcile the nodes with it while this replica leads (controller/reconciler.py).
 
-    serpens-controller --etcd http://127.0.0.1:2379 --listen 127.0.0.1:50051
+    serpens-controller --etcd https://127.0.0.1:2379 --listen 0.0.0.0:50051 \
+        --ca ca.crt --cert serpens-controller.crt --key serpens-controller.key
+    serpens-controller --insecure --etcd http://127.0.0.1:2379 --listen 127.0.0.1:50051
 
 Every replica serves the API (it only reads and writes etcd); one at a time leads and drives
 the agents, and a standby takes over within the leader lease's TTL when it dies.
 
 `create_server()` is kept apart from `serve()` so tests can bind port 0 in-process; SIGTERM
-and SIGINT stop the server gracefully. Exit codes: 0 stopped, 1 etcd or the address failed.
+and SIGINT stop the server gracefully. Exit codes: 0 stopped, 1 etcd or the address failed,
+2 bad usage. With --ca/--cert/--key (common/tls_flags.py) the API is mTLS with per-method
+roles (common/auth.py), etcd is dialed over TLS and agents are called with the same
+certificate, which must carry role `controller`.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from serpens.common import rpc
+from serpens.common import rpc, tls_flags
+from serpens.common.pki import Identity
 from serpens.common.store import Store, StoreError
 from serpens.controller.api import DEFAULT_PREFIX, SerpensServicer
 from serpens.controller.reconciler import Reconciler
@@ -40,43 +46,47 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     etcd_timeout: float = 5.0      # bounds every store call: a dead etcd is UNAVAILABLE by then
     grace: float = 5.0             # seconds in-flight calls get on shutdown
-    identity: str = ""             # this replica in the election (default host:pid)
+    name: str = ""                 # this replica in the election (default host:pid)
     leader_ttl: int = 2            # seconds a dead leader holds the lead
     resync_s: float = 2.0          # reconcile at least this often
+    identity: Identity | None = None  # mTLS certificate (None: plain text on loopback)
 
 
-async def create_server(store: Store, listen: str,
-                        prefix: str = DEFAULT_PREFIX) -> tuple[grpc.aio.Server, int]:
+async def create_server(store: Store, listen: str, prefix: str = DEFAULT_PREFIX,
+                        identity: Identity | None = None) -> tuple[grpc.aio.Server, int]:
     """A not yet started server with Serpens, health (SERVING) and reflection; its port."""
     servicer = SerpensServicer(store, prefix)
     servicer.start_cache()
     return await rpc.create_server(listen, [(serpens_pb2_grpc.add_SerpensServicer_to_server,
-                                             servicer, SERVICE_NAME)],
+                                             servicer, SERVICE_NAME)], identity,
                                    interceptors=(RequestSizeLimit(SERVICE_NAME),))
 
 
 async def serve(settings: Settings) -> int:
+    rpc.set_client_identity(settings.identity)   # calls to agents present it
     try:
-        store = await Store.connect(list(settings.etcd), timeout=settings.etcd_timeout)
+        store = await Store.connect(list(settings.etcd), timeout=settings.etcd_timeout,
+                                    identity=settings.identity)
     except StoreError as e:
         log.error("etcd %s: %s", ",".join(settings.etcd), e)
         return 1
     async with store:
         try:
-            server, port = await create_server(store, settings.listen, settings.prefix)
+            server, port = await create_server(store, settings.listen, settings.prefix,
+                                               settings.identity)
         except (OSError, RuntimeError) as e:
             log.error("%s", e)
             return 1
         await server.start()
         host = settings.listen.rpartition(":")[0]
-        log.info("serving serpens.v1.Serpens on %s:%d (etcd %s)", host, port,
-                 ",".join(settings.etcd))
+        log.info("serving serpens.v1.Serpens on %s:%d (%s; etcd %s)", host, port,
+                 "mTLS" if settings.identity else "plain text", ",".join(settings.etcd))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        identity = settings.identity or f"{socket.gethostname()}:{os.getpid()}"
-        reconciler = Reconciler(store, settings.prefix, identity, ttl=settings.leader_ttl,
+        name = settings.name or f"{socket.gethostname()}:{os.getpid()}"
+        reconciler = Reconciler(store, settings.prefix, name, ttl=settings.leader_ttl,
                                 resync_s=settings.resync_s)
         await reconciler.run(stop)
         log.info("stopping (grace %.1fs)", settings.grace)
@@ -84,23 +94,11 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def _endpoint(url: str) -> str:
-    """http://host:port or host:port -> host:port (TLS to etcd is not supported yet)."""
-    for scheme in ("http://", "https://"):
-        if url.startswith(scheme):
-            if scheme == "https://":
-                raise argparse.ArgumentTypeError(f"{url}: TLS to etcd is not supported yet")
-            url = url[len(scheme):]
-    host, _, port = url.rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{url}: expected http://HOST:PORT")
-    return f"{host}:{port}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="serpens-controller", description=__doc__.splitlines()[0])
-    ap.add_argument("--etcd", default="http://127.0.0.1:2379",
-                    help="etcd endpoints, comma-separated (default %(default)s)")
+    ap.add_argument("--etcd", default="127.0.0.1:2379",
+                    help="etcd endpoints, comma-separated; https:// with TLS, http:// with "
+                         "--insecure (default %(default)s)")
     ap.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address (default %(default)s)")
     ap.add_argument("--prefix", default=DEFAULT_PREFIX, help="etcd key prefix (default %(default)s)")
     ap.add_argument("--etcd-timeout", type=float, default=5.0,
@@ -111,14 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resync-s", type=float, default=2.0,
                     help="reconcile at least this often (default 2)")
     ap.add_argument("--log-level", default="INFO")
+    tls_flags.add_arguments(ap)
     return ap
 
 
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    identity = tls_flags.identity(ap, args)
+    if identity is None and not rpc.is_loopback(args.listen):
+        ap.error(f"--insecure: plain text is served only on loopback, not on {args.listen}")
     try:
-        etcd = tuple(_endpoint(u) for u in args.etcd.split(",") if u)
+        etcd = tuple(tls_flags.etcd_endpoint(u, identity is not None)
+                     for u in args.etcd.split(",") if u)
     except argparse.ArgumentTypeError as e:
         ap.error(f"--etcd: {e}")
     if not args.prefix.endswith("/"):
@@ -126,8 +129,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(etcd=etcd, listen=args.listen, prefix=args.prefix,
-                        etcd_timeout=args.etcd_timeout, identity=args.identity,
-                        leader_ttl=args.leader_ttl, resync_s=args.resync_s)
+                        etcd_timeout=args.etcd_timeout, name=args.identity,
+                        leader_ttl=args.leader_ttl, resync_s=args.resync_s, identity=identity)
     try:
         import uvloop
         loop_factory = uvloop.new_event_loop

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from etcd_fixture import start_etcd
+from etcd_fixture import client_identity, start_etcd
 from serpens.common.store import Store
 from serpens.controller.cache import Cache
 
@@ -24,7 +24,7 @@ def test_cache_follows_changes_and_stands_aside_while_etcd_is_away():
     etcd = start_etcd()
 
     async def scenario():
-        async with await Store.connect(etcd.endpoint, timeout=2) as store:
+        async with await Store.connect(etcd.endpoint, timeout=2, identity=client_identity()) as store:
             await store.put("/c/a", "1")
             cache = Cache(store, "/c/").start()
             await until(lambda: cache.usable)

@@ -14,7 +14,8 @@ import time
 import grpc
 import pytest
 
-from etcd_fixture import etcd, free_port  # noqa: F401 (etcd: a fixture)
+from etcd_fixture import (client_identity, etcd, free_port,  # noqa: F401 (etcd: a fixture)
+                          secure_channel, serpensctl_config, tls_args)
 from serpens.cli.cluster import local_node
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
@@ -36,9 +37,11 @@ class Agent:
         self.proc = subprocess.Popen(
             (["ip", "netns", "exec", netns] if netns else []) +
             [os.path.join(BIN, "serpens-agent"), "--node", node_path, "--etcd", etcd_endpoint,
-             "--listen", self.address, "--report-s", "0.2", "--ttl", "2"],
+             "--listen", self.address, "--report-s", "0.2", "--ttl", "2",
+             *tls_args("serpens-agent", "agent", (host,))],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-        self.channel = grpc.insecure_channel(self.address)
+        # the Agent service answers only the controller's identity
+        self.channel = secure_channel(self.address, client_identity())
         self.stub = serpens_pb2_grpc.AgentStub(self.channel)
         wait_until(lambda: self._answers(), 60, self.output)
 
@@ -191,8 +194,8 @@ def test_a_spec_the_node_refuses_is_failed_naming_the_field(cluster):
                     30, controller.output)
     assert "spec.output" in st.message and "nowhere" in st.message, st.message
     assert "elsewhere" not in agent.sfcs()
-    waited = subprocess.run([os.path.join(BIN, "serpensctl"), "--server", controller.address,
-                             "apply", "-f", "-", "--wait"], input=bad, capture_output=True,
+    waited = subprocess.run([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
+                             "--server", controller.address, "apply", "-f", "-", "--wait"], input=bad, capture_output=True,
                             text=True, timeout=60)
     assert waited.returncode == 1 and "sfc/elsewhere failed" in waited.stderr
     assert "spec.output" in waited.stderr
@@ -201,7 +204,8 @@ def test_a_spec_the_node_refuses_is_failed_naming_the_field(cluster):
 
 def test_dynamic_sfc_with_a_deployed_nf_from_serpensctl_apply(cluster):
     controller, agent = cluster
-    ctl = [os.path.join(BIN, "serpensctl"), "--server", controller.address]
+    ctl = [os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
+           "--server", controller.address]
     out = subprocess.run([*ctl, "apply", "-f", os.path.join(ROOT, "examples",
                                                             "dynamic-sfc.yaml"), "--wait"],
                          capture_output=True, text=True, timeout=120)
@@ -258,7 +262,8 @@ def test_state_of_a_running_nf_is_read_and_changes_are_watched(cluster):
         e = pytest.raises(grpc.RpcError, controller.stub.ReadState,
                           pb.ReadStateRequest(sfc="fw-mon-nat", nf="nope"), timeout=10).value
         assert e.code() == grpc.StatusCode.NOT_FOUND and "nf:" in e.details()
-        dump = subprocess.run([os.path.join(BIN, "serpensctl"), "--server", controller.address,
+        dump = subprocess.run([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
+                               "--server", controller.address,
                                "state", "dump", "fw-mon-nat", "mon", "--table", "hosts",
                                "-o", "json"], capture_output=True, text=True, timeout=30)
         assert dump.returncode == 0, dump.stderr
@@ -286,7 +291,8 @@ def test_a_snapshot_of_an_nf_s_state_is_restored_while_traffic_flows(cluster, tm
     controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
     wait_until(lambda: agent.sfcs().get("fw-mon-nat") and agent.sfcs()["fw-mon-nat"].out,
                60, controller.output)
-    ctl = [os.path.join(BIN, "serpensctl"), "--server", controller.address, "state"]
+    ctl = [os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
+           "--server", controller.address, "state"]
     snap_file = tmp_path / "mon.snap"
     time.sleep(0.5)
     took = subprocess.run(ctl + ["snapshot", "fw-mon-nat", "mon", "-f", str(snap_file)],

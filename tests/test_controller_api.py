@@ -15,7 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from etcd_fixture import etcd, free_port, start_etcd  # noqa: F401 (etcd: a fixture)
+from etcd_fixture import (client_identity, etcd, free_port, identity, secure_channel,  # noqa: F401 (etcd: a fixture)
+                          serpensctl_config, start_etcd, tls_args)
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
@@ -41,16 +42,18 @@ def sfc_spec(name, nfs, chain):
 class Controller:
     """`serpens-controller` in a subprocess; ready once its health check says SERVING."""
 
-    def __init__(self, etcd_endpoint, etcd_timeout=2.0, args=(), log_level="warning"):
+    def __init__(self, etcd_endpoint, etcd_timeout=2.0, args=(), log_level="warning",
+                 user=("admin", "admin")):
+        """`user`: (name, role) of the certificate `channel` and `stub` call with."""
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill up
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "serpens-controller"), "--etcd", f"http://{etcd_endpoint}",
+            [os.path.join(BIN, "serpens-controller"), "--etcd", f"https://{etcd_endpoint}",
              "--listen", self.address, "--etcd-timeout", str(etcd_timeout),
-             "--log-level", log_level, *args],
+             "--log-level", log_level, *tls_args("serpens-controller", "controller"), *args],
             stdout=self.log, stderr=subprocess.STDOUT, text=True)
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = secure_channel(self.address, identity(*user))
         health = health_pb2_grpc.HealthStub(self.channel)
         end = time.monotonic() + 10
         while True:
@@ -224,7 +227,7 @@ def test_list_nodes_reads_node_records(stub, etcd):
     assert list(stub.ListNodes(pb.ListNodesRequest(), timeout=5).nodes) == []
 
     async def register():
-        async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
+        async with await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store:
             return await store.put("/serpens/v1/nodes/server-a", '{"address": "10.0.0.1"}')
     revision = asyncio.run(register())
     nodes = list(stub.ListNodes(pb.ListNodesRequest(), timeout=5).nodes)
@@ -253,7 +256,8 @@ def check_health_and_reflection(channel, service_name):
 
 
 def serpensctl(server, *args, stdin=None):
-    return subprocess.run([os.path.join(BIN, "serpensctl"), "--server", server, *args],
+    return subprocess.run([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
+                           "--server", server, *args],
                           capture_output=True, text=True, timeout=60, input=stdin)
 
 

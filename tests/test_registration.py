@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from etcd_fixture import PartitionProxy, etcd, free_port  # noqa: F401 (etcd: a fixture)
+from etcd_fixture import PartitionProxy, client_identity, etcd, free_port, tls_args  # noqa: F401 (etcd: a fixture)
 from serpens.agent.node import Node
 from serpens.agent.registration import NODES_PREFIX, Registration, node_key
 from serpens.common.node_spec import parse_node
@@ -42,7 +42,7 @@ def test_node_record_carries_load_and_goes_with_the_agent(etcd, node):
     n, wires = node
 
     async def scenario():
-        async with await Store.connect(etcd.endpoint, timeout=3) as store:
+        async with await Store.connect(etcd.endpoint, timeout=3, identity=client_identity()) as store:
             reg = await Registration(store, n.spec, n.stats, ttl=2, report_s=0.2).start()
             wires["wan"].send([udp(sport=1000 + i) for i in range(200)])
             wires["lan"].receive(200)
@@ -66,8 +66,8 @@ def test_a_lost_agent_is_noticed_through_its_lease_and_comes_back(etcd, node):
 
     async def scenario():
         proxy = await PartitionProxy(etcd.endpoint).start()
-        async with await Store.connect(proxy.endpoint, timeout=1) as agent_store, \
-                await Store.connect(etcd.endpoint, timeout=3) as observer:
+        async with await Store.connect(proxy.endpoint, timeout=1, identity=client_identity()) as agent_store, \
+                await Store.connect(etcd.endpoint, timeout=3, identity=client_identity()) as observer:
             reg = await Registration(agent_store, n.spec, n.stats, ttl=1, report_s=0.2).start()
             assert await observer.get(node_key("edge-1")) is not None
             proxy.partition()  # the agent is cut off: its lease runs out
@@ -98,11 +98,12 @@ def test_serpens_agent_registers_its_node_and_leaves_on_sigterm(etcd, tmp_path):
     agent = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "serpens-agent"),
          "--node", "examples/node-local.yaml", "--sfc", "examples/fw-mon-nat.yaml",
-         "--etcd", etcd.endpoint, "--report-s", "0.2", "--listen", f"127.0.0.1:{free_port()}"],
+         "--etcd", etcd.url, "--report-s", "0.2", "--listen", f"127.0.0.1:{free_port()}",
+         *tls_args("serpens-agent", "agent")],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     async def record():
-        async with await Store.connect(etcd.endpoint, timeout=3) as store:
+        async with await Store.connect(etcd.endpoint, timeout=3, identity=client_identity()) as store:
             item = await store.get(node_key("local"))
             return json.loads(item.value) if item else None
     try:

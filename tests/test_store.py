@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from etcd_fixture import PartitionProxy, etcd, free_port, start_etcd  # noqa: F401 (etcd: a fixture)
+from etcd_fixture import PartitionProxy, client_identity, etcd, free_port, start_etcd  # noqa: F401 (etcd: a fixture)
 from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Event, Leader,
                                   LeaseLost, NotLeader, Store, StoreUnavailable)
 
@@ -51,7 +51,7 @@ async def next_event(events, timeout=3.0) -> Event:
 @run
 async def test_crud_with_revisions(etcd, prefix):
     a, b, outside = prefix + "a", prefix + "b", prefix[:-1] + "0"  # "0" sorts after "/"
-    async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
+    async with await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store:
         assert await store.get(a) is None
         r1 = await store.put_if(a, b"one", 0)
         assert await store.get(a) == (b"one", r1)
@@ -69,7 +69,7 @@ async def test_crud_with_revisions(etcd, prefix):
 @run
 async def test_put_if_conflict(etcd, prefix):
     key = prefix + "k"
-    async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
+    async with await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store:
         r1 = await store.put_if(key, b"v1", 0)
         with pytest.raises(Conflict) as e:
             await store.put_if(key, b"create again", 0)
@@ -94,7 +94,7 @@ async def test_put_if_conflict(etcd, prefix):
 @run
 async def test_watch_sees_events(etcd, prefix):
     a = prefix + "a"
-    async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
+    async with await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store:
         _, revision = await store.list(prefix)
         async with store.watch(prefix, revision + 1) as events:
             r1 = await store.put_if(a, b"1", 0)
@@ -114,7 +114,7 @@ async def test_watch_sees_events(etcd, prefix):
 async def test_watch_resumes_after_etcd_restart():
     server = start_etcd()  # its own: this test kills it
     try:
-        async with await Store.connect(server.endpoint, timeout=3.0) as store:
+        async with await Store.connect(server.endpoint, timeout=3.0, identity=client_identity()) as store:
             _, revision = await store.list("/r/")
             async with store.watch("/r/", revision + 1) as events:
                 r1 = await store.put("/r/a", b"1")
@@ -139,7 +139,7 @@ async def test_watch_resumes_after_etcd_restart():
 @run
 async def test_compacted_start_revision_resets(etcd, prefix):
     a, b, c = prefix + "a", prefix + "b", prefix + "c"
-    async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
+    async with await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store:
         r1 = await store.put(a, b"1")
         r2 = await store.put(b, b"2")
         r3 = await store.put(a, b"3")
@@ -157,9 +157,9 @@ async def test_compacted_start_revision_resets(etcd, prefix):
 @run
 async def test_compaction_while_disconnected_resets(etcd, prefix):
     a, b, c = prefix + "a", prefix + "b", prefix + "c"
-    async with (await Store.connect(etcd.endpoint, timeout=2.0) as store,
+    async with (await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store,
                 partition_proxy(etcd) as proxy,
-                await Store.connect(proxy.endpoint, timeout=3.0) as cut_off):
+                await Store.connect(proxy.endpoint, timeout=3.0, identity=client_identity()) as cut_off):
         _, revision = await store.list(prefix)
         async with cut_off.watch(prefix, revision + 1) as events:
             r1 = await store.put(a, b"1")
@@ -178,9 +178,9 @@ async def test_compaction_while_disconnected_resets(etcd, prefix):
 @run
 async def test_lease_keepalive_and_expiry(etcd, prefix):
     key = prefix + "node"
-    async with (await Store.connect(etcd.endpoint, timeout=2.0) as store,
+    async with (await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store,
                 partition_proxy(etcd) as proxy,
-                await Store.connect(proxy.endpoint, timeout=2.0) as holder):
+                await Store.connect(proxy.endpoint, timeout=2.0, identity=client_identity()) as holder):
         lease = await holder.grant(1)
         r1 = await holder.put(key, b"alive", lease=lease)
         async with store.watch(prefix, r1 + 1) as events:
@@ -205,9 +205,9 @@ async def test_lease_keepalive_and_expiry(etcd, prefix):
 @run
 async def test_election_expired_leader_is_fenced(etcd, prefix):
     key, data = prefix + "leader", prefix + "placement"
-    async with (await Store.connect(etcd.endpoint, timeout=2.0) as store,
+    async with (await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store,
                 partition_proxy(etcd) as proxy,
-                await Store.connect(proxy.endpoint, timeout=2.0) as a_store):
+                await Store.connect(proxy.endpoint, timeout=2.0, identity=client_identity()) as a_store):
         a, b = Election(a_store, key, "a", ttl=1), Election(store, key, "b", ttl=1)
         token_a = await asyncio.wait_for(a.campaign(), 3)
         b_won = asyncio.create_task(b.campaign())
@@ -236,7 +236,7 @@ async def test_election_expired_leader_is_fenced(etcd, prefix):
 @run
 async def test_election_revoked_lease_hands_over(etcd, prefix):
     key, data = prefix + "leader", prefix + "placement"
-    async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
+    async with await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store:
         a, b = Election(store, key, "a", ttl=5), Election(store, key, "b", ttl=5)
         observer = Election(store, key, "observer", ttl=5).observe()
         assert await next_event(observer) is None
@@ -262,7 +262,7 @@ async def test_unreachable_etcd_raises_store_unavailable(etcd, prefix):
     # Nothing listening: attempts are refused at once and retried until the deadline.
     start = now()
     with pytest.raises(StoreUnavailable):
-        await Store.connect(f"127.0.0.1:{free_port()}", timeout=1.0)
+        await Store.connect(f"127.0.0.1:{free_port()}", timeout=1.0, identity=client_identity())
     assert 0.9 < now() - start < 1.5
     # A black hole: the kernel accepts the connection, nobody ever answers.
     with socket.socket() as silent:
@@ -270,11 +270,11 @@ async def test_unreachable_etcd_raises_store_unavailable(etcd, prefix):
         silent.listen(16)
         start = now()
         with pytest.raises(StoreUnavailable):
-            await Store.connect("127.0.0.1:%d" % silent.getsockname()[1], timeout=1.0)
+            await Store.connect("127.0.0.1:%d" % silent.getsockname()[1], timeout=1.0, identity=client_identity())
         assert 0.9 < now() - start < 1.5
     # etcd goes away under a connected store: operations and watches give up in time.
     async with (partition_proxy(etcd) as proxy,
-                await Store.connect(proxy.endpoint, timeout=1.0) as store):
+                await Store.connect(proxy.endpoint, timeout=1.0, identity=client_identity()) as store):
         revision = await store.put(prefix + "k", b"v")
         events = store.watch(prefix, revision + 1)
         proxy.partition()
@@ -290,6 +290,6 @@ async def test_unreachable_etcd_raises_store_unavailable(etcd, prefix):
 @run
 async def test_failover_to_next_endpoint(etcd, prefix):
     dead = f"127.0.0.1:{free_port()}"
-    async with await Store.connect([dead, etcd.endpoint], timeout=2.0) as store:
+    async with await Store.connect([dead, etcd.endpoint], timeout=2.0, identity=client_identity()) as store:
         revision = await store.put_if(prefix + "k", b"v", 0)
         assert await store.get(prefix + "k") == (b"v", revision)
