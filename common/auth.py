@@ -45,6 +45,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Serpens/Scale": OPERATOR,
     "/serpens.v1.Serpens/SnapshotState": OPERATOR,
     "/serpens.v1.Serpens/RestoreState": OPERATOR,
+    "/serpens.v1.Serpens/ResetState": OPERATOR,
     "/serpens.v1.Serpens/DeployNF": ADMIN,
     "/serpens.v1.Serpens/DeleteNF": ADMIN,
     # serpens.v1.Agent: only the controller drives agents
@@ -56,6 +57,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Agent/MergeState": CONTROLLER,
     "/serpens.v1.Agent/SnapshotState": CONTROLLER,
     "/serpens.v1.Agent/RestoreState": CONTROLLER,
+    "/serpens.v1.Agent/ResetState": CONTROLLER,
     # health and reflection: any authenticated peer
     "/grpc.health.v1.Health/Check": ANY,
     "/grpc.health.v1.Health/Watch": ANY,
