@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 from serpens.runtime_cy import _dataplane as dp
 
-from .faults import FAILED, CrashPolicy, describe_death
-from .process_pool import PoolError, PoolProcess, ProcessPool, merge_state
+from .faults import DEGRADED, FAILED, RUNNING, CrashPolicy, describe_death
+from .process_pool import PoolError, PoolExhausted, PoolProcess, ProcessPool, merge_state
 
 log = logging.getLogger(__name__)
 _names = itertools.count()
@@ -58,6 +58,7 @@ class InstanceManager:
         self.budget_ms = budget_ms
         self.crashes = crashes or CrashPolicy()
         self.started: collections.deque = collections.deque(maxlen=256)  # processes, in order
+        self.start_problem, self.start_failed = "", False  # why the last start did not happen
         self.wanted = 0   # instances last asked for by scale()
         self.restore = 0  # of those, lost to crashes and not started again yet
         router.set_drop_all(sfc_id, False)  # a failed predecessor's verdict is not ours
@@ -90,9 +91,13 @@ class InstanceManager:
         return len(self.slots)
 
     def health(self) -> tuple[str, str]:
-        """(phase, message): Running, Degraded (crashed, restarting) or Failed."""
-        with self._lock:
-            return self.crashes.phase()
+        """(phase, message): Running, Degraded (crashed and restarting, or instances cannot
+        start) or Failed; the message says why, or why its packets wait. Not under the lock:
+        node stats (GetNode, load reports) must not wait for a drain."""
+        phase, message = self.crashes.phase()
+        if phase == RUNNING and self.start_problem:
+            return (DEGRADED if self.start_failed else RUNNING), self.start_problem
+        return phase, message
 
     def scale(self, n: int):
         """Run exactly n instances (0 = scale to zero)."""
@@ -247,5 +252,12 @@ class InstanceManager:
                         self.restore = max(0, self.restore - 1)
                         if len(self.slots) > 1:
                             self.router.rebalance(self.sfc_id, slot)
-                except PoolError:
-                    pass  # every pool process busy: the packets keep waiting (bounded)
+                    if missing:
+                        self.start_problem, self.start_failed = "", False
+                except PoolExhausted as e:  # its packets wait (bounded), then are dropped
+                    self.start_problem, self.start_failed = (
+                        f"no instance: {e}; its packets wait up to the node's hold_ms, "
+                        "then are dropped (no_instance)"), False
+                except PoolError as e:  # e.g. its state filesystem is full
+                    self.start_problem, self.start_failed = f"instances cannot start: {e}", True
+                    log.warning("sfc %d: %s", self.sfc_id, self.start_problem)

@@ -190,7 +190,7 @@ class Scenario:
             "crashes": faulty["crashes"], "phases_seen": sorted(phases),
             "phase": faulty["phase"], "message": faulty["message"],
             "drops": faulty["drops"], "detect_ms": _p(detect), "restart_ms": _p(restart),
-            "file_written": os.path.exists(escape),
+            "file_written": os.path.exists(escape), "kills": len(kills),
             "router_alive": d[1] > c[1],
         }
 

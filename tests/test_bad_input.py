@@ -13,7 +13,7 @@ import time
 import grpc
 import pytest
 
-from etcd_fixture import etcd  # noqa: F401 (a fixture)
+from etcd_fixture import client_identity, etcd  # noqa: F401 (etcd: a fixture)
 from serpens.common.limits import LIMITS
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
@@ -132,7 +132,7 @@ def fw_rules_spec(name: str, default: str = "deny") -> str:
 
 def leader_revision(etcd_endpoint):
     async def read():
-        async with await Store.connect(etcd_endpoint, timeout=2.0) as store:
+        async with await Store.connect(etcd_endpoint, timeout=2.0, identity=client_identity()) as store:
             item = await store.get(PREFIX + "leader")
             return item and (item.value.decode(), item.mod_revision)
     return asyncio.run(read())
@@ -170,7 +170,7 @@ def test_malformed_records_in_etcd_are_skipped_and_reported(controller, etcd):
                b"sfcs/\xff\xfe": b"{}"}
 
     async def write():
-        async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
+        async with await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store:
             for key, value in garbage.items():
                 key = key.encode() if isinstance(key, str) else key
                 await store._call(lambda c, k=key, v=value: c.put(PREFIX.encode() + k, v))
@@ -186,7 +186,7 @@ def test_malformed_records_in_etcd_are_skipped_and_reported(controller, etcd):
     assert stub.ListNodes(pb.ListNodesRequest(), timeout=5).nodes  # listed as stored
 
     async def status_record():
-        async with await Store.connect(etcd.endpoint, timeout=2.0) as store:
+        async with await Store.connect(etcd.endpoint, timeout=2.0, identity=client_identity()) as store:
             item = await store.get(PREFIX + "status/garbage")
             return json.loads(item.value) if item else None
     written = asyncio.run(status_record())

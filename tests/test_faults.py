@@ -1,0 +1,74 @@
+"""Fault injection (issue 11): real NFs that misbehave beside FW->MON->NAT on one node under
+paced traffic. Each scenario runs in its own process (a node is a DPDK primary) through
+bench/faults.py, the same code `serpensctl bench faults` runs; the healthy SFC must keep its
+packets, the faulty one's status must name the fault, and the node must live on."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def scenario(kind: str, seconds: float = 2.0, restarts: int = 5, window_s: float = 60.0,
+             pps: float = 50_000) -> dict:
+    out = subprocess.run([sys.executable, "-m", "serpens.bench.faults", "scenario", kind,
+                          str(seconds), str(pps), str(restarts), str(window_s)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def assert_healthy_untouched(r: dict):
+    assert r["router_alive"], r
+    assert r["healthy_kept"] >= 0.99, r
+    assert r["healthy_forwarded"] >= 0.99, r  # of what the healthy SFC received meanwhile
+    offered = r["healthy_out_pps"]["alone"] * 2
+    assert r["missed"]["beside_faulty"] <= 0.01 * offered, r  # RX never stopped for long
+
+
+def assert_named_in_time(r: dict, *words):
+    assert r["crashes"] >= 1, r
+    assert r["phase"] in ("Degraded", "Failed"), r
+    for w in ("'faulty.bad'", *words):
+        assert w in r["message"], r
+    assert r["detect_ms"]["p99"] < 2000, r
+
+
+def test_a_null_dereference_crash_loop_fails_the_sfc_and_spares_the_other():
+    r = scenario("null", restarts=5)
+    assert_healthy_untouched(r)
+    assert_named_in_time(r, "SIGSEGV", "at address 0x0")
+    # six crashes in the window: Failed, its packets dropped (counted), no more restarts
+    assert r["phase"] == "Failed" and r["crashes"] == 6, r
+    assert r["drops"]["sfc_failed"] > 0 and r["drops"]["instance_died"] > 0, r
+    assert {"Degraded", "Failed"} <= set(r["phases_seen"]), r
+
+
+def test_reading_1_mib_past_the_packet_harms_only_its_own_sfc():
+    r = scenario("overread")
+    assert_healthy_untouched(r)
+    if r["crashes"]:  # past the end of what is mapped: a fault, named
+        assert_named_in_time(r)
+        assert "SIGSEGV" in r["message"] or "SIGBUS" in r["message"], r
+
+
+def test_an_nf_that_never_returns_is_killed_by_the_watchdog():
+    r = scenario("loop")
+    assert_healthy_untouched(r)
+    assert_named_in_time(r, "SIGKILL by the watchdog", "10 ms")
+
+
+def test_a_system_call_from_an_nf_is_refused_and_writes_nothing():
+    r = scenario("syscall")
+    assert_healthy_untouched(r)
+    assert_named_in_time(r, "SIGSYS", "refused by the sandbox")
+    assert not r["file_written"], r
+
+
+def test_killing_a_busy_pool_process_20_times_spares_the_other_sfc():
+    r = scenario("kill", seconds=5.0, restarts=1000, window_s=1.0)
+    assert_healthy_untouched(r)
+    assert r["kills"] == 20, r
+    assert r["crashes"] >= 20, r
+    assert "SIGKILL" in r["message"] or r["phase"] == "Running", r
