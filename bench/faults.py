@@ -161,6 +161,11 @@ class Scenario:
             time.sleep(0.001)
         if killer:
             killer.join()
+            # the last kills' processes may still be exiting (the kernel takes up to 300 ms)
+            settle_by = time.monotonic() + 3
+            while (self.node.managers["faulty"].crashes.total < len(kills)
+                   and time.monotonic() < settle_by):
+                time.sleep(0.01)
         d = self._healthy()
         manager = self.node.managers["faulty"]
         faults = list(manager.crashes.log)

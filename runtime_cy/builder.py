@@ -130,14 +130,16 @@ def _run(argv: list[str], cwd: str, what: str, ruleset: int, name: str) -> None:
     try:
         # LC_ALL=C: plain ASCII quotes in diagnostics, whatever the agent's locale; TMPDIR:
         # the compiler's temporaries in the build directory, the only place it may write.
-        res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace",
-                             timeout=_LIMITS.wall_seconds,
-                             env={**os.environ, "LC_ALL": "C", "TMPDIR": cwd},
-                             preexec_fn=compiler_jail.confine(ruleset, _LIMITS))
+        res = subprocess.run(compiler_jail.confined(argv, ruleset, _LIMITS), cwd=cwd,
+                             capture_output=True, text=True, errors="replace",
+                             timeout=_LIMITS.wall_seconds, pass_fds=(ruleset,),
+                             env={**os.environ, "LC_ALL": "C", "TMPDIR": cwd})
     except FileNotFoundError as e:
         raise NFBuildError(f"{what}: compiler not found ({argv[0]})", str(e)) from None
     except subprocess.TimeoutExpired:
         raise NFBuildError(f"{what}: timed out after {_LIMITS.wall_seconds:g} s", "") from None
+    if res.returncode == compiler_jail.NOT_RUN and "compiler jail:" in res.stderr:
+        raise NFBuildError(f"{what}: compiler not found ({argv[0]})", res.stderr.strip())
     if res.returncode != 0:
         output = _own_diagnostics(res.stderr + res.stdout, name, cwd)
         if res.returncode < 0:

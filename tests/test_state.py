@@ -298,21 +298,24 @@ def test_release_rebalances_between_instances(pool, build, dataplane):
     assert pool_value(dataplane.config.state_dir, "budget-two") == 0
 
 
-def test_redis_backend_runs_the_same_nf(pool, build, redis_port):
-    """The baselines' backend: the same NF binary keeps its state in Redis."""
+def test_redis_backend_runs_the_same_nf(dataplane, build, redis_port):
+    """The baselines' backend: the same NF binary keeps its state in Redis (in a pool whose
+    sandbox lets it reach the network: node pools never do)."""
     import redis
+    from serpens.agent.process_pool import ProcessPool
 
     r = redis.Redis(port=redis_port)
     frames = [udp(2000 + i % 7) for i in range(70)]
     sfc = compile_sfc(NF(build("stateful.c", copy=6), name="stateful-redis"))
-    h = PacketHarness(pool, sfc)
-    h.process = pool.start_instance(sfc, h.rx, h.tx, state_backend=dp.STATE_REDIS,
-                                    redis_port=redis_port)
-    try:
-        assert all(res.verdict == "out" for res in h.run(frames))
-        counters = h.nf_counters()[0]["counters"]
-    finally:
-        h.close()
+    with ProcessPool(dataplane, 1, sandbox="network") as pool:
+        h = PacketHarness(pool, sfc)
+        h.process = pool.start_instance(sfc, h.rx, h.tx, state_backend=dp.STATE_REDIS,
+                                        redis_port=redis_port)
+        try:
+            assert all(res.verdict == "out" for res in h.run(frames))
+            counters = h.nf_counters()[0]["counters"]
+        finally:
+            h.close()
     assert counters["new_flows"] == 7
     flows = [k for k in r.keys(b"stateful-redis/flows/*")]
     assert len(flows) == 7

@@ -58,6 +58,10 @@ static const struct allowed allowed[] = {
 	 * epoll_wait */
 	ANY(SYS_flock), ANY(SYS_lseek), ANY(SYS_get_mempolicy), ANY(SYS_sendmsg),
 	ANY(SYS_epoll_wait),
+	/* ... and the primary's hot-plugged ports (a device attached while pools run): the IPC
+	 * thread arms an alarm, the interrupt thread rebuilds its epoll set */
+	ANY(SYS_timerfd_settime), ANY(SYS_epoll_create), ANY(SYS_epoll_create1),
+	ANY(SYS_epoll_ctl),
 	/* NF log lines (nf_api.c) and DPDK's log go to stderr */
 	ANY(SYS_write),
 	/* signals (the crash handler runs on its own stack), abort() (tgkill to this process
