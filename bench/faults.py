@@ -203,10 +203,12 @@ class Scenario:
         """SIGKILL the faulty SFC's pool process `times` times, each once it is busy again."""
         manager = self.node.managers["faulty"]
         end = time.monotonic() + seconds * 0.8
+        killed = set()  # a killed process stays listed until its (slow) exit is seen
         while len(kills) < times and time.monotonic() < end:
             procs = [s.proc for s in list(manager.slots.values())
-                     if not s.proc.dead and s.proc.ctl.first_batch_cycles()]
+                     if s.proc.pid not in killed and s.proc.ctl.first_batch_cycles()]
             if procs:
+                killed.add(procs[0].pid)
                 kills.append(time.monotonic())
                 os.kill(procs[0].pid, signal.SIGKILL)
             time.sleep(0.03)
