@@ -7,7 +7,9 @@ in ten for the faulty one. The healthy SFC runs alone first (the baseline), then
 faulty one, for the same time at the same load. Kinds of fault: `null` (writes through NULL),
 `overread` (reads 1 MiB past its packet), `loop` (never returns: the watchdog), `syscall`
 (opens a file with a raw system call: the sandbox), `kill` (a forwarding NF whose busy pool
-process is SIGKILLed 20 times).
+process is SIGKILLed 20 times), `starve` (the healthy SFC holds every pool process, so the
+other, a forwarding NF, gets none: its packets must wait boundedly and be dropped, not stop
+the node).
 
 Figures (`serpensctl bench faults`: the `null` kind, crashing in a loop for 10 s):
 - healthy_kept: the healthy SFC's output rate beside the faulty one / alone;
@@ -34,7 +36,7 @@ from .common import cpu_stalls, machine, percentiles, udp_frame
 from .rig import write_pcap
 
 MISBEHAVE = os.path.join(os.path.dirname(__file__), "nfs", "misbehave.c")
-KINDS = {"null": "N", "overread": "R", "loop": "L", "syscall": "S", "kill": "-"}
+KINDS = {"null": "N", "overread": "R", "loop": "L", "syscall": "S", "kill": "-", "starve": "-"}
 
 HEALTHY = """
 apiVersion: serpens/v1
@@ -141,6 +143,8 @@ class Scenario:
         a = self._healthy()
         time.sleep(seconds)
         b = self._healthy()
+        if kind == "starve":  # the healthy SFC takes every pool process
+            self.node.scale("healthy", self.node.spec.pool)
         self.node.apply_sfc(self.parse_sfc(faulty_spec(kind, config, restarts, window_s),
                                            base_dir="/"))
         kills: list[float] = []

@@ -368,6 +368,7 @@ cdef class PoolCtl:
     def stats(self):
         return {"rx_pkts": self.c.rx_pkts, "tx_pkts": self.c.tx_pkts,
                 "drop_pkts": self.c.drop_pkts, "bad_labels": self.c.bad_labels,
+                "bad_mbufs": self.c.bad_mbufs,
                 "batches": self.c.batches, "wakeups": self.c.wakeups,
                 "forked_done": self.c.forked_done}
 

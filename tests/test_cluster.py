@@ -346,6 +346,37 @@ def test_serpensctl_state_reset_drops_a_table_and_the_nf_counts_from_zero(cluste
     wait_until(lambda: "fw-mon-nat" not in agent.sfcs(), 10, controller.output)
 
 
+def test_a_crashing_nf_shows_in_the_sfc_status_within_2_s(cluster):
+    """Its instances crash on their first packet: the SFC's status turns Degraded naming the
+    NF and the signal within 2 s of the first crash, then Failed; the node lives on."""
+    controller, agent = cluster
+    with open(os.path.join(ROOT, "bench", "nfs", "misbehave.c")) as f:
+        controller.stub.DeployNF(pb.DeployNFRequest(name="crasher", source=f.read()),
+                                 timeout=60)
+    spec = json.dumps({"apiVersion": "serpens/v1", "kind": "SFC", "metadata": {"name": "crashy"},
+                       "spec": {"nfs": {"bad": {"nf": "crasher", "config_hex": "4e"}},
+                                "chain": ["bad"], "match": [{"src": "10.0.0.0/8"}],
+                                "faults": {"restarts": 2, "window_s": 60}}})
+    controller.stub.ApplySFC(pb.ApplySFCRequest(spec=spec), timeout=10)
+    try:
+        crashed_at = wait_until(lambda: "crashy" in (sfcs := agent.sfcs()) and
+                                sfcs["crashy"].crashes and time.monotonic(), 60,
+                                controller.output)
+        st = wait_until(lambda: (s := status(controller.stub, "crashy")).phase in
+                        ("Degraded", "Failed") and s, 10, controller.output)
+        assert time.monotonic() - crashed_at < 2.0
+        assert "NF 'crashy.bad'" in st.message and "SIGSEGV" in st.message, st
+        st = wait_until(lambda: (s := status(controller.stub, "crashy")).phase == "Failed" and s,
+                        30, controller.output)
+        assert "crashed 3 times" in st.message, st
+        assert agent.sfcs()["crashy"].drops["sfc_failed"] >= 0
+        assert agent.proc.poll() is None
+    finally:
+        controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="crashy"), timeout=5)
+        wait_until(lambda: "crashy" not in agent.sfcs(), 30, controller.output)
+        controller.stub.DeleteNF(pb.DeleteNFRequest(name="crasher"), timeout=5)
+
+
 def test_an_etcd_restart_stops_no_traffic_and_the_control_loop_comes_back(cluster, etcd):
     controller, agent = cluster
     controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)

@@ -74,3 +74,13 @@ def test_killing_a_busy_pool_process_20_times_spares_the_other_sfc():
     assert r["kills"] == 20, r
     assert r["crashes"] >= 20, r
     assert "SIGKILL" in r["message"] or r["phase"] == "Running", r
+
+
+def test_an_sfc_waiting_for_a_pool_process_never_stops_the_node():
+    """The pool is all the healthy SFC's: the other one's packets wait at most hold_ms, then
+    are dropped and counted; its status says why; the healthy SFC keeps its packets."""
+    r = scenario("starve")
+    assert_healthy_untouched(r)
+    assert r["crashes"] == 0, r
+    assert r["drops"]["no_instance"] > 0, r
+    assert "no instance" in r["message"] and "busy" in r["message"], r

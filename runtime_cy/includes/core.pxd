@@ -89,6 +89,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t tx_pkts
         uint64_t drop_pkts
         uint64_t bad_labels
+        uint64_t bad_mbufs
         uint64_t batches
         uint64_t wakeups
         uint64_t forked_done

@@ -119,6 +119,7 @@ struct serpens_pool_ctl {
 	uint64_t tx_pkts;
 	uint64_t drop_pkts;
 	uint64_t bad_labels;  /* packets an NF gave an invalid label: dropped */
+	uint64_t bad_mbufs;   /* packets whose mbuf an NF left broken (length, chain): dropped */
 	uint64_t batches;
 	uint64_t wakeups;
 	uint64_t forked_done;       /* forked baseline children that finished (LOAD_FORK) */

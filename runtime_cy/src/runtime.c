@@ -323,7 +323,16 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 	if (serpens_remote_enabled())
 		serpens_remote_batch_end();
 	for (uint32_t i = 0; i < n; i++) {
-		*RTE_MBUF_DYNFIELD((struct rte_mbuf *)b.pkt[i], off, uint16_t *) = b.labels[i];
+		struct rte_mbuf *m = ctl->inflight[i]; /* not b.pkt[]: the NF could rewrite that */
+		/* The NF had the mbuf in hand: the router frees or sends what leaves here, so a
+		 * header it broke (a length past the buffer, a chain) must not leave. */
+		if (b.labels[i] == SERPENS_LABEL_OUT &&
+		    (m->nb_segs != 1 || m->next != NULL || m->pkt_len != m->data_len ||
+		     (uint32_t)m->data_off + m->data_len > m->buf_len)) {
+			b.labels[i] = SERPENS_LABEL_DROP;
+			ctl->bad_mbufs++;
+		}
+		*RTE_MBUF_DYNFIELD(m, off, uint16_t *) = b.labels[i];
 		out += b.labels[i] == SERPENS_LABEL_OUT;
 	}
 	ctl->rx_pkts += n;
