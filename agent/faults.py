@@ -86,6 +86,8 @@ def describe_death(returncode: int | None, crash: dict | None, step: int, step_n
         return Fault(nf, name, detail, now, crash["tsc"], pid)
     if returncode is not None and returncode < 0:
         return Fault(nf, _signal_name(-returncode), "(from outside the process)", now, 0, pid)
+    if returncode is None:  # (the kernel was still finishing it: SIGKILL from outside)
+        return Fault(nf, "killed", "from outside the process", now, 0, pid)
     return Fault(nf, "", f"with status {returncode}", now, 0, pid)
 
 
@@ -98,6 +100,7 @@ class CrashPolicy:
         self.first_backoff_s, self.max_backoff_s = first_backoff_s, max_backoff_s
         self.crashes: deque[Fault] = deque()   # within the window
         self.log: deque[Fault] = deque(maxlen=1024)  # every one (the latest 1024)
+        self.backoffs: deque[float] = deque(maxlen=1024)  # the wait set after each (s)
         self.total = 0
         self.failed = False
         self.not_before = 0.0  # no instance starts before this (time.monotonic())
@@ -112,6 +115,7 @@ class CrashPolicy:
             self.failed = True
         backoff = min(self.first_backoff_s * 2 ** (n - 1), self.max_backoff_s)
         self.not_before = fault.at + backoff
+        self.backoffs.append(backoff)
 
     def may_start(self, now: float | None = None) -> bool:
         return not self.failed and (now or time.monotonic()) >= self.not_before

@@ -97,6 +97,8 @@ class InstanceManager:
         phase, message = self.crashes.phase()
         if phase == RUNNING and self.start_problem:
             return (DEGRADED if self.start_failed else RUNNING), self.start_problem
+        if phase == DEGRADED and self.start_problem:  # why "restarting" takes a while
+            return phase, f"{message}; {self.start_problem}"
         return phase, message
 
     def scale(self, n: int):
@@ -181,6 +183,7 @@ class InstanceManager:
     def _bury(self, slot: int, s: _Slot):
         """Slot's process died: release it, record why, and fail the SFC if it must."""
         self.slots.pop(slot)
+        s.proc.on_death = None
         self.restore += 1
         watchdog_tsc = self.router.watchdog_fired(slot)
         # set by the pool's monitor once the process has exited; a crash record says more,
@@ -191,6 +194,8 @@ class InstanceManager:
                                self.budget_ms if watchdog_tsc else None, watchdog_tsc,
                                s.proc.pid)
         self._forget(slot, s)
+        if not s.proc.dead:  # reaped on its crash record: it is still exiting
+            self.pool.replace_doomed(s.proc)
         self.crashes.record(fault)
         phase, message = self.crashes.phase()
         log.warning("sfc %d: instance in slot %d died: %s", self.sfc_id, slot, message)
@@ -207,8 +212,8 @@ class InstanceManager:
             if time.monotonic() > deadline:
                 break  # stuck: stop it anyway; the router forgets what it still held
             time.sleep(0.0002)
-        if not s.proc.dead:
-            s.proc.on_death = None
+        s.proc.on_death = None
+        if not s.proc.dead and not self.router.reaped(slot):  # (reaped: it crashed)
             try:
                 self.pool.stop_instance(s.proc)
             except PoolError as e:  # stuck in an NF: the process goes, the pool refills

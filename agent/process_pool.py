@@ -5,7 +5,10 @@ Theory of operation (paper §III-A, Fig. 4; runtime_cy/src/pool_ctl.h). At agent
 as a secondary with its own lcore id and sleeps on an eventfd. `start_instance` hands an idle
 process its compiled SFC (image memfds over SCM_RIGHTS, ring names) and wakes it; it maps the
 images and runs. `stop_instance` returns it to the pool. A monitor thread watches every
-process's pidfd: a process that dies is replaced, its `on_death(process)` (set by whoever
+process's pidfd and keeps the pool at its size: a process that dies (or recorded a fatal
+signal and is still exiting: `replace_doomed`) is replaced, new processes boot nice and in
+the background, and a replacement that fails to boot is retried with back-off (logged), so a
+crash loop can never leave the node without processes. Its `on_death(process)` (set by whoever
 runs an instance in it: they own its rings and the packets it held mid-batch, see
 runtime_cy/src/lost_batch.h) and then `on_crash(process, instance_id)` are told.
 """
@@ -15,6 +18,7 @@ import glob
 import itertools
 import logging
 import os
+import queue
 import select
 import socket
 import subprocess
@@ -29,7 +33,8 @@ from .dataplane import RUNTIME_ROOT, Dataplane
 from .sched import set_time_slice
 
 log = logging.getLogger(__name__)
-SO_SNDBUFFORCE = 32  # linux/socket.h; not exported by Python's socket module
+SO_SNDBUFFORCE = 32
+BOOT_NICE = 15  # linux/socket.h; not exported by Python's socket module
 
 
 class PoolError(RuntimeError):
@@ -57,6 +62,7 @@ class PoolProcess:
     rings: tuple = ()
     nsteps: int = 0
     dead: bool = False
+    doomed: bool = False      # it recorded a fatal signal and is exiting; replaced already
     on_death: object = None   # called from the monitor thread when it dies
     returncode: int | None = None  # once dead: -signal, or its exit status
 
@@ -116,6 +122,11 @@ class ProcessPool:
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._monitor = None
         self.crashes = 0
+        self.boot_failures = 0   # in a row; a booted process resets it
+        self._unreaped: queue.SimpleQueue = queue.SimpleQueue()  # dead, for the reaper
+        self._reaper = threading.Thread(target=self._reap_forever, name="pool-reaper",
+                                        daemon=True)
+        self._refill_at = 0.0    # no spawning before (back-off after failed boots)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -125,6 +136,7 @@ class ProcessPool:
             self._wait_booted(p)
         self._monitor = threading.Thread(target=self._watch, name="pool-monitor", daemon=True)
         self._monitor.start()
+        self._reaper.start()
         return self
 
     def __enter__(self):
@@ -153,11 +165,14 @@ class ProcessPool:
         os.write(self._wakeup_w, b"x")
         if self._monitor:
             self._monitor.join(timeout)
+        self._unreaped.put(None)
         self._procs.clear()
 
     def grow(self, n: int = 1, *, wait: bool = True) -> list[PoolProcess]:
         """Spawn n more processes (e.g. under load); with wait=False they may still be
         attaching, and a start sent to one runs as soon as it has attached."""
+        with self._lock:
+            self.size += n
         procs = [self._spawn() for _ in range(n)]
         if wait:
             for p in procs:
@@ -170,6 +185,7 @@ class ProcessPool:
         with self._lock:
             self._procs.pop(p.index, None)
             p.dead = True
+            self.size -= 1
         try:
             self._command(p, dp.CMD_EXIT, timeout=timeout)
         except (PoolError, OSError):
@@ -182,7 +198,9 @@ class ProcessPool:
             return list(self._procs.values())
 
     def idle_count(self):
-        return sum(1 for p in self.processes() if not p.dead and p.instance_id == 0)
+        """Processes attached and free (not counting those still booting)."""
+        return sum(1 for p in self.processes() if not p.dead and p.instance_id == 0
+                   and p.ctl.state == dp.POOL_IDLE)
 
     # ---- instances ------------------------------------------------------------------------
 
@@ -194,13 +212,22 @@ class ProcessPool:
         """Run compiled SFC `sfc` (runtime_cy.sfc.CompiledSFC) in an idle pool process (or in
         `process`, which must be idle), reading from rx_ring and writing to tx_ring."""
         with self._lock:
-            p = process or next((q for q in self._procs.values()
-                                 if not q.dead and q.instance_id == 0), None)
+            # an attached process first; one still booting runs the start once attached
+            p = process or min((q for q in self._procs.values()
+                                if not q.dead and not q.doomed and q.instance_id == 0),
+                               key=lambda q: q.ctl.state != dp.POOL_IDLE, default=None)
             if p is None:
-                raise PoolExhausted(f"all {len(self._procs)} pool processes are busy")
+                doomed = sum(q.doomed for q in self._procs.values())
+                raise PoolExhausted(f"all {len(self._procs) - doomed} pool processes are busy"
+                                    + (f" ({doomed} more replacing crashed ones)"
+                                       if doomed else ""))
             if p.instance_id:
                 raise PoolError(f"pool process {p.pid} already runs instance {p.instance_id}")
             p.instance_id = instance_id or next(self._instance_ids)
+        try:
+            os.setpriority(os.PRIO_PROCESS, p.pid, 0)  # booted nice (see _spawn)
+        except ProcessLookupError:
+            pass  # died meanwhile: the command below says so
         images = [img.layout for img in sfc.images]
         fds = [img.fd for img in sfc.images] if load_mode == dp.LOAD_MAP else []
         try:
@@ -229,6 +256,27 @@ class ProcessPool:
         p.rings = ()
         p.on_death = None
 
+    def replace_doomed(self, p: PoolProcess):
+        """Process p recorded a fatal signal (its instance is gone) but the kernel may take
+        300 ms to finish its exit: its replacement boots now, while p exits."""
+        with self._lock:
+            if self._closing or p.dead or p.doomed:
+                return
+            p.doomed = True
+        self._refill()
+        os.write(self._wakeup_w, b"x")  # the monitor watches the newcomer too
+
+    def _refill(self):
+        """Spawn what the pool lacks (not waiting for them to attach), unless failed boots
+        made it wait."""
+        with self._lock:
+            if self._closing or time.monotonic() < self._refill_at:
+                return
+            live = sum(1 for q in self._procs.values() if not q.dead and not q.doomed)
+            missing = self.size - live
+        for _ in range(missing):
+            self._spawn()
+
     def wait_ack(self, p: PoolProcess, seq: int, timeout: float = 5.0):
         deadline = time.monotonic() + timeout
         spins = 0
@@ -248,7 +296,10 @@ class ProcessPool:
     def _command(self, p: PoolProcess, kind: int, *, fds=(), wait=True, timeout=5.0, **fields):
         seq = p.ctl.cmd_seq + 1
         msg = dp.build_command(kind=kind, seq=seq, **fields)
-        socket.send_fds(p.sock, [msg], list(fds))
+        try:
+            socket.send_fds(p.sock, [msg], list(fds))
+        except OSError as e:  # it died (and the monitor may not have seen it yet)
+            raise PoolError(f"pool process {p.pid} is gone ({e.strerror})") from None
         p.ctl.bump_cmd_seq()
         os.eventfd_write(p.efd, 1)
         if wait:
@@ -276,6 +327,10 @@ class ProcessPool:
         cmd += self.dataplane.config.secondary_eal_args(lcore)
         proc = subprocess.Popen(cmd, pass_fds=(ctl_fd, theirs.fileno(), efd), close_fds=True)
         set_time_slice(proc.pid, self.slice_us)
+        # Booting (an interpreter, DPDK's attach: ~100 ms of CPU) must not take the CPU from
+        # running instances, which it would for every crash of a crash-looping NF: nice until
+        # it is given an instance (start_instance).
+        os.setpriority(os.PRIO_PROCESS, proc.pid, BOOT_NICE)
         theirs.close()
         ctl = dp.PoolCtl(ctl_fd)
         os.close(ctl_fd)
@@ -312,7 +367,8 @@ class ProcessPool:
         self._free_lcores.append(p.lcore)
 
     def _watch(self):
-        """Monitor thread: a readable pidfd means the process exited."""
+        """Monitor thread: a readable pidfd means the process exited; the pool is refilled
+        (after a back-off while boots fail)."""
         while True:
             with self._lock:
                 if self._closing:
@@ -322,21 +378,44 @@ class ProcessPool:
             poller.register(self._wakeup_r, select.POLLIN)
             for fd in watched:
                 poller.register(fd, select.POLLIN)
-            events = poller.poll(1000)
+            wait = min(1.0, max(0.01, self._refill_at - time.monotonic()))
+            events = poller.poll(wait * 1000)
             for fd, _ in events:
                 if fd == self._wakeup_r:
                     os.read(fd, 4096)
                 elif fd in watched:
                     self._handle_death(watched[fd])
+            self._refill()
+            for p in watched.values():
+                if not p.dead and p.ctl.state != dp.POOL_BOOTING:
+                    self.boot_failures = 0  # (one attached: boots work again)
+
+    def _reap_forever(self):
+        """Reaper thread: collect dead processes' exit status. Reaping a killed pool process
+        was seen to keep waitpid() in the kernel for seconds here (release_task, invalidating
+        its /proc dentries), so it never runs on the monitor, which must notice deaths."""
+        while True:
+            p = self._unreaped.get()
+            if p is None:
+                return
+            p.returncode = p.proc.wait()
 
     def _handle_death(self, p: PoolProcess):
+        returncode = p.proc.returncode  # (known only if someone reaped it already)
+        self._unreaped.put(p)
         with self._lock:
             if self._closing or p.dead:
                 return
+            p.returncode = returncode  # before `dead`, which its owner may be polling
             p.dead = True
             self.crashes += 1
             del self._procs[p.index]
-        p.returncode = p.proc.wait()
+        if p.ctl.state == dp.POOL_BOOTING:  # it never attached: do not spin on that
+            self.boot_failures += 1
+            delay = min(0.1 * 2 ** (self.boot_failures - 1), 10.0)
+            self._refill_at = time.monotonic() + delay
+            log.warning("pool process %d exited with %s while attaching; another in %.1f s",
+                        p.pid, returncode, delay)
         instance_id = p.instance_id
         if p.on_death is not None:  # first: its owner lets go of it while we respawn
             try:
@@ -344,12 +423,5 @@ class ProcessPool:
             except Exception:  # noqa: BLE001 - the pool must refill whatever the owner does
                 log.exception("on_death of pool process %d", p.pid)
         self._release(p)
-        replacement = self._spawn()
-        try:
-            self._wait_booted(replacement)
-        except PoolError:
-            with self._lock:
-                replacement.dead = True
-                self._procs.pop(replacement.index, None)
         if self.on_crash:
             self.on_crash(p, instance_id)

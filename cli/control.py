@@ -135,9 +135,14 @@ def _read(path: str) -> tuple[str, str]:
 
 def _apply(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    from serpens.common.documents import SpecError, check_text
+    from serpens.common.limits import LIMITS
     text, base_dir = _read(args.file)
-    try:
+    try:  # bounded before it is parsed, as the controller does (a file holds a few documents)
+        check_text(text, 16 * LIMITS.spec_bytes)
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except SpecError as e:
+        raise _UsageError(f"{args.file}: {e}") from None
     except yaml.YAMLError as e:
         raise _UsageError(f"{args.file}: not valid YAML or JSON: {e}") from None
     applied = []

@@ -37,18 +37,32 @@ class SpecError(ValueError):
 
 def load_document(text: str, limits: InputLimits = LIMITS):
     """The document in `text` as plain data (dicts, lists, scalars), within `limits`."""
-    check_size(text, "spec", limits.spec_bytes)
-    is_json = text.lstrip().startswith("{")
+    is_json = check_text(text, limits.spec_bytes, limits)
     try:
         if is_json:
-            _check_json_depth(text, limits.depth)
             return json.loads(text)
-        _check_yaml_events(text, limits.depth)
         return yaml.load(text, Loader=_YAML_LOADER)
     except (ValueError, yaml.YAMLError) as e:
         if isinstance(e, SpecError):
             raise
         raise SpecError("spec", f"not valid YAML or JSON: {e}") from None
+
+
+def check_text(text: str, size_limit: int, limits: InputLimits = LIMITS) -> bool:
+    """The passes before parsing (size, then aliases and depth), for any text of serpens/v1
+    documents (YAML streams of several too, as serpensctl apply reads); True if it is JSON."""
+    check_size(text, "spec", size_limit)
+    is_json = text.lstrip().startswith("{")
+    try:
+        if is_json:
+            _check_json_depth(text, limits.depth)
+        else:
+            _check_yaml_events(text, limits.depth)
+    except (ValueError, yaml.YAMLError) as e:
+        if isinstance(e, SpecError):
+            raise
+        raise SpecError("spec", f"not valid YAML or JSON: {e}") from None
+    return is_json
 
 
 def check_size(text: str, field_path: str, limit: int) -> None:

@@ -194,8 +194,8 @@ def parse_scale(raw) -> ScalePolicy | None:
 
 @dataclass(frozen=True)
 class FaultPolicy:
-    """`spec.faults`: the watchdog's budget for one batch (0: no watchdog) and how many
-    crashes within `window_s` the SFC survives before it is Failed."""
+    """`spec.faults`: the watchdog's budget for one batch (1-1000 ms) and how many crashes
+    within `window_s` the SFC survives before it is Failed."""
     batch_ms: float = 10.0
     restarts: int = 5
     window_s: float = 60.0
@@ -210,7 +210,8 @@ def _parse_faults(raw) -> FaultPolicy:
     for key in raw:
         if key not in keys:
             raise SpecError(f"spec.faults.{key}", "unknown field (" + ", ".join(keys) + ")")
-    limits = {"batch_ms": ((int, float), 0, 60000), "restarts": (int, 0, 1000000),
+    # an untrusted SFC may not switch its watchdog off, nor hold a process for long
+    limits = {"batch_ms": ((int, float), 1, 1000), "restarts": (int, 0, 1000000),
               "window_s": ((int, float), 1, 86400)}
     values = {}
     for key, (types, lo, hi) in limits.items():

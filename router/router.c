@@ -676,21 +676,25 @@ static void watchdog(struct serpens_router *r, uint64_t now)
 		}
 		if (!in->budget_cycles || in->pidfd < 0 || in->watchdog_fired)
 			continue;
+		/* Suspect: inside one batch past its budget, or (the backstop) holding packets and
+		 * returning none for 10 budgets. Killed only if it stays suspect while burning a
+		 * budget of CPU time: an instance (or router) the host or other processes kept
+		 * off its CPU is late, not stuck, and the next pass clears it. */
 		uint64_t began = __atomic_load_n(&in->ctl->batch_tsc, __ATOMIC_RELAXED);
-		if (began && now > began && now - began > in->budget_cycles) {
-			uint64_t cpu = process_cpu_ns(in->pid); /* 0: gone, or unknown */
-			if (in->suspect_batch != began || !in->suspect_cpu_ns) {
-				in->suspect_batch = began;
-				in->suspect_cpu_ns = cpu;
-			} else if (cpu > in->suspect_cpu_ns &&
-				   cpu - in->suspect_cpu_ns >= in->budget_ns) {
-				kill_stuck(in);
-				continue;
-			}
+		int long_batch = began && now > began && now - began > in->budget_cycles;
+		int silent = in->returned != in->enqueued &&
+			     now - in->last_return_tsc > 10 * in->budget_cycles;
+		if (!long_batch && !silent) {
+			in->suspect_cpu_ns = 0;
+			continue;
 		}
-		/* the backstop: holding packets, returning none, for 10 budgets */
-		if (in->returned != in->enqueued && now - in->last_return_tsc > 10 * in->budget_cycles)
+		uint64_t cpu = process_cpu_ns(in->pid); /* 0: gone, or unknown */
+		if (!in->suspect_cpu_ns || (long_batch && in->suspect_batch != began)) {
+			in->suspect_batch = began;
+			in->suspect_cpu_ns = cpu;
+		} else if (cpu > in->suspect_cpu_ns && cpu - in->suspect_cpu_ns >= in->budget_ns) {
 			kill_stuck(in);
+		}
 	}
 }
 

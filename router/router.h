@@ -48,7 +48,8 @@
  *   instances: past the budget in wall time, the batch must also burn a budget's worth of CPU
  *   (the process's /proc schedstat, which excludes steal time; read only for such suspects).
  *   The control block is the NF's to scribble on, so a backstop uses only what the router
- *   knows: an instance holding packets that returned none for 10 budgets is killed too.
+ *   knows: an instance holding packets that returned none for 10 budgets is a suspect too,
+ *   killed on the same CPU-time evidence.
  * - An instance whose process is gone (or that was stopped) is retired by the control side
  *   setting state DEAD: the router then forwards what the instance finished, frees everything
  *   it still held for it (pending, its RX ring, and the part of its last batch that never
