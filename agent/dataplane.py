@@ -10,18 +10,22 @@ from __future__ import annotations
 import atexit
 import fcntl
 import glob
+import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 
 from serpens.runtime_cy import _dataplane as dp
 
+log = logging.getLogger(__name__)
 RUNTIME_ROOT = "/var/run/dpdk"
 DEFAULT_BASE_VIRTADDR = 0x100000000000  # 16 TiB; NF region is at 32 TiB (nf_image.h)
 # IOVA as VA, in every process of a prefix: a sandboxed pool process has no CAP_SYS_ADMIN, so
 # /proc/self/pagemap gives it no physical addresses, and in PA mode it cannot map the
 # hugepages the primary adds when its heap grows (DPDK's memory hotplug sync fails).
 IOVA_MODE = "--iova-mode=va"
+CLEANUP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -121,5 +125,13 @@ class Dataplane:
         if self._closed:
             return
         self._closed = True
-        dp.eal_cleanup()
+        # A secondary that died inside DPDK holding a shared lock (SIGKILL during its
+        # attach) makes the cleanup wait forever: bounded, then we leave without it.
+        cleanup = threading.Thread(target=dp.eal_cleanup, name="eal-cleanup", daemon=True)
+        cleanup.start()
+        cleanup.join(CLEANUP_TIMEOUT_S)
+        if cleanup.is_alive():
+            log.warning("DPDK cleanup of %s did not finish in %g s (a lock left by a dead "
+                        "secondary?); leaving without it", self.config.file_prefix,
+                        CLEANUP_TIMEOUT_S)
         remove_stale_files(self.config.file_prefix, self.config.hugepage_dir)

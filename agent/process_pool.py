@@ -14,6 +14,7 @@ runtime_cy/src/lost_batch.h) and then `on_crash(process, instance_id)` are told.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import logging
@@ -149,6 +150,16 @@ class ProcessPool:
         with self._lock:
             self._closing = True
             procs = list(self._procs.values())
+        # A process killed inside DPDK's attach would leave the shared memory lock it holds
+        # there taken for good (the primary's cleanup then waits forever): let those still
+        # booting attach, at full priority, before they are told to exit.
+        booting = [p for p in procs if not p.dead and p.ctl.state == dp.POOL_BOOTING]
+        for p in booting:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, p.pid, 0)
+        for p in booting:
+            with contextlib.suppress(PoolError):
+                self._wait_booted(p)
         for p in procs:
             if not p.dead:
                 try:

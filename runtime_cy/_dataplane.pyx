@@ -140,7 +140,8 @@ def eal_init(args):
 
 
 def eal_cleanup():
-    rte_eal_cleanup()
+    with nogil:  # (it can wait on a lock a dead secondary held: callers bound it)
+        rte_eal_cleanup()
 
 
 def register_label_field():

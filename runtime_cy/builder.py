@@ -75,6 +75,8 @@ _READ_DIRECTIVES = {"include", "include_next", "import", "embed"}
 # Assembler directives that read files, wherever they appear (inline asm, top-level asm).
 _ASM_READS = re.compile(r"\.\s*(incbin|include)\b", re.IGNORECASE)
 _PRAGMA_DEPENDENCY = re.compile(r"\bdependency\b")
+# asks whether a host file exists (the jail refuses to read it, but its error would tell)
+_HAS_INCLUDE = re.compile(r"\b__has_include(_next)?\b")
 _ALLOWED_LIST = "serpens/*.h, stddef.h, stdint.h, stdbool.h, stdarg.h, stdalign.h, stdnoreturn.h, float.h, *intrin.h"
 
 
@@ -114,6 +116,9 @@ def check_source(source: bytes, name: str = "nf") -> None:
         if "_Pragma" in line and _PRAGMA_DEPENDENCY.search(line):
             raise NFBuildError(f"{where}: _Pragma(... dependency ...) reads another file and "
                                "is not allowed in an NF", "")
+        if _HAS_INCLUDE.search(line):
+            raise NFBuildError(f"{where}: __has_include asks about host files and is not "
+                               "allowed in an NF", "")
         am = _ASM_READS.search(line)
         if am:
             raise NFBuildError(f"{where}: the assembler directive .{am.group(1).lower()} reads "

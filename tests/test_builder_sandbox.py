@@ -87,3 +87,10 @@ def test_a_normal_nf_still_builds_and_bad_syntax_names_its_line():
 def test_check_source_allows_the_abi_and_freestanding_headers():
     builder.check_source(b"#include <serpens/nf.h>\n#include <stdint.h>\n"
                          b"#  include <wmmintrin.h>\n/* #include </etc/passwd> */\n")
+
+
+def test_has_include_is_refused_it_would_tell_which_host_files_exist():
+    from serpens.runtime_cy.builder import NFBuildError, check_source
+    src = b'#include <serpens/nf.h>\n#if __has_include("/etc/shadow")\n#error present\n#endif\n'
+    with pytest.raises(NFBuildError, match=r"nf.c:2: __has_include"):
+        check_source(src)
