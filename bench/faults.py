@@ -325,9 +325,9 @@ if __name__ == "__main__":  # the parts run in their own processes (see _child)
         sc = Scenario(float(pps))
         try:
             result = sc.run(kind, float(seconds), int(restarts), float(window))
-            result["stalls"] = cpu_stalls()  # (needs the EAL: the node's)
         finally:
             sc.close()
+        result["stalls"] = cpu_stalls()  # the machine's, with the node gone (TSC known)
     else:
         result = sandbox_cost(float(rest[0]))
     print(json.dumps(result))
