@@ -456,7 +456,10 @@ def _forget_context(state: dict):
         doc["contexts"] = kept
         if doc.get("current-context") not in [c.get("name") for c in kept]:
             doc.pop("current-context", None)
-        config.save(path, doc)
+        if kept:
+            config.save(path, doc)
+        else:  # nothing else was in it: leave no empty file behind
+            os.unlink(path)
 
 
 def _stop_all(state: dict, verbose: bool = False):
