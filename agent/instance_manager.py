@@ -42,7 +42,8 @@ class _Slot:
     proc: PoolProcess
     rx: dp.Ring
     tx: dp.Ring
-    pidfd: int               # the router's own handle on the process (watchdog)
+    pidfd: int               # the router's own handles on the process (watchdog, wake-ups):
+    efd: int                 # dups, closed only once the router let go of the slot
     activity: int = 0
     active_at: float = 0.0
 
@@ -112,7 +113,8 @@ class InstanceManager:
             while len(self.slots) < n:
                 slot = self._add()
                 if len(self.slots) > 1:  # scale-out: the new instance takes a share of flows
-                    self.router.rebalance(self.sfc_id, slot)
+                    with contextlib.suppress(ValueError):  # (it crashed at once: reaped)
+                        self.router.rebalance(self.sfc_id, slot)
             while len(self.slots) > n:
                 self._retire(max(self.slots))
 
@@ -150,15 +152,20 @@ class InstanceManager:
         tx = dp.Ring(f"im{self._tag}_{slot}_tx{self.starts}", self.ring_size)
         try:
             proc = self.pool.start_instance(self.sfc, rx, tx)
-        except PoolError:
+            # ours: the pool closes its own when the process dies, the router may still
+            # write to these until clear_instance() (OSError: it died just now)
+            pidfd, efd = os.dup(proc.pidfd), os.dup(proc.efd)
+        except (PoolError, OSError) as e:
             rx.free()
             tx.free()
             self.router.release_slot(slot)
-            raise
-        pidfd = os.dup(proc.pidfd)  # ours: the pool closes its own when the process dies
-        self.router.set_instance(slot, rx, tx, proc.ctl, proc.efd, self.sfc_id, pidfd=pidfd,
+            self._failed_start(getattr(e, "process", None))
+            if isinstance(e, PoolError):
+                raise
+            raise PoolError(f"the pool process died while starting ({e})") from e
+        self.router.set_instance(slot, rx, tx, proc.ctl, efd, self.sfc_id, pidfd=pidfd,
                                  pid=proc.pid, budget_ms=self.budget_ms)
-        self.slots[slot] = _Slot(proc, rx, tx, pidfd, self.router.activity(slot),
+        self.slots[slot] = _Slot(proc, rx, tx, pidfd, efd, self.router.activity(slot),
                                  time.monotonic())
         proc.on_death = self._on_death
         self.started.append(proc)
@@ -172,9 +179,23 @@ class InstanceManager:
         if self.router.clear_instance(slot):
             s.rx.free()
             s.tx.free()
-        else:  # the router did not answer: leaking two rings beats freeing them under it
+            os.close(s.pidfd)
+            os.close(s.efd)
+        else:  # the router did not answer: leaking rings and fds beats freeing them under it
             log.error("sfc %d: router slot %d not released; its rings stay", self.sfc_id, slot)
-        os.close(s.pidfd)
+
+    def _failed_start(self, proc: PoolProcess | None):
+        """A start failed: if its process died in it (an NF's init() that faults), that is
+        a crash like any other: back-off, and Failed when it repeats."""
+        if proc is None or not (proc.dead or proc.ctl.crash() is not None):
+            return
+        fault = describe_death(proc.returncode, proc.ctl.crash(), proc.ctl.current_step(),
+                               [st.name for st in self.sfc.steps], None, 0, proc.pid)
+        if not proc.dead:
+            self.pool.replace_doomed(proc)
+        self.crashes.record(fault)
+        if self.crashes.failed:
+            self.router.set_drop_all(self.sfc_id, True)
 
     def _on_death(self, proc: PoolProcess):
         """From the pool's monitor thread: wake the control thread, which handles it."""
@@ -234,35 +255,43 @@ class InstanceManager:
                     os.eventfd_read(self._wake_fd)
                 except BlockingIOError:
                     pass
-            with self._lock:
-                for slot, s in list(self.slots.items()):
-                    if s.proc.dead or self.router.reaped(slot):  # crashed
-                        self._bury(slot, s)
-                for slot, s in list(self.slots.items()):
-                    activity = self.router.activity(slot)
-                    now = time.monotonic()
-                    if activity != s.activity:
-                        s.activity, s.active_at = activity, now
-                    elif now - s.active_at > self.warm_s:
-                        self._retire(slot)  # warm period over: scale in (to zero at last)
-                if not self.crashes.may_start():
-                    continue  # backing off (the request stays until then), or failed
-                # crashed instances come back (as many as were asked for by scale())
-                missing = max(0, min(self.restore, self.wanted - len(self.slots)))
-                if self.router.take_instance_request(self.sfc_id) and not self.slots:
-                    missing = max(missing, 1)
-                try:
-                    for _ in range(missing):
-                        slot = self._add()
-                        self.restore = max(0, self.restore - 1)
-                        if len(self.slots) > 1:
-                            self.router.rebalance(self.sfc_id, slot)
-                    if missing:
-                        self.start_problem, self.start_failed = "", False
-                except PoolExhausted as e:  # its packets wait (bounded), then are dropped
-                    self.start_problem, self.start_failed = (
-                        f"no instance: {e}; its packets wait up to the node's hold_ms, "
-                        "then are dropped (no_instance)"), False
-                except PoolError as e:  # e.g. its state filesystem is full
-                    self.start_problem, self.start_failed = f"instances cannot start: {e}", True
-                    log.warning("sfc %d: %s", self.sfc_id, self.start_problem)
+            try:
+                with self._lock:
+                    self._check()
+            except Exception:  # noqa: BLE001 - this thread must outlive any one mistake
+                log.exception("sfc %d: instance manager", self.sfc_id)
+
+    def _check(self):
+        """One pass of the control thread (under the lock): crashes, warm periods, starts."""
+        for slot, s in list(self.slots.items()):
+            if slot in self.slots and (s.proc.dead or self.router.reaped(slot)):
+                self._bury(slot, s)
+        for slot, s in list(self.slots.items()):
+            activity = self.router.activity(slot)
+            now = time.monotonic()
+            if activity != s.activity:
+                s.activity, s.active_at = activity, now
+            elif now - s.active_at > self.warm_s:
+                self._retire(slot)  # warm period over: scale in (to zero at last)
+        if not self.crashes.may_start():
+            return  # backing off (the request stays until then), or failed
+        # crashed instances come back (as many as were asked for by scale())
+        missing = max(0, min(self.restore, self.wanted - len(self.slots)))
+        if self.router.take_instance_request(self.sfc_id) and not self.slots:
+            missing = max(missing, 1)
+        try:
+            for _ in range(missing):
+                slot = self._add()
+                self.restore = max(0, self.restore - 1)
+                if len(self.slots) > 1:
+                    with contextlib.suppress(ValueError):  # (reaped meanwhile)
+                        self.router.rebalance(self.sfc_id, slot)
+            if missing:
+                self.start_problem, self.start_failed = "", False
+        except PoolExhausted as e:  # its packets wait (bounded), then are dropped
+            self.start_problem, self.start_failed = (
+                f"no instance: {e}; its packets wait up to the node's hold_ms, "
+                "then are dropped (no_instance)"), False
+        except PoolError as e:  # e.g. its state filesystem is full
+            self.start_problem, self.start_failed = f"instances cannot start: {e}", True
+            log.warning("sfc %d: %s", self.sfc_id, self.start_problem)

@@ -64,6 +64,7 @@ class PoolProcess:
     nsteps: int = 0
     dead: bool = False
     doomed: bool = False      # it recorded a fatal signal and is exiting; replaced already
+    spawned_at: float = 0.0
     on_death: object = None   # called from the monitor thread when it dies
     returncode: int | None = None  # once dead: -signal, or its exit status
 
@@ -128,6 +129,7 @@ class ProcessPool:
         self._reaper = threading.Thread(target=self._reap_forever, name="pool-reaper",
                                         daemon=True)
         self._refill_at = 0.0    # no spawning before (back-off after failed boots)
+        self._failed_at = 0.0    # when a boot last failed
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -250,6 +252,10 @@ class ProcessPool:
                           config=sfc.config, load_mode=load_mode, populate=populate,
                           dl_paths=list(dl_paths), state_backend=state_backend,
                           redis_port=redis_port)
+        except PoolError as e:
+            p.instance_id = 0
+            e.process = p  # (the caller may want to know how it died)
+            raise
         except Exception:
             p.instance_id = 0
             raise
@@ -274,8 +280,7 @@ class ProcessPool:
             if self._closing or p.dead or p.doomed:
                 return
             p.doomed = True
-        self._refill()
-        os.write(self._wakeup_w, b"x")  # the monitor watches the newcomer too
+        os.write(self._wakeup_w, b"x")  # the monitor refills (it alone spawns replacements)
 
     def _refill(self):
         """Spawn what the pool lacks (not waiting for them to attach), unless failed boots
@@ -292,7 +297,7 @@ class ProcessPool:
         deadline = time.monotonic() + timeout
         spins = 0
         while p.ctl.ack_seq != seq:
-            if p.dead or p.proc.poll() is not None:
+            if p.dead or p.ctl.crash() is not None:  # (never reap here: _reap_forever)
                 raise PoolError(f"pool process {p.pid} died")
             if time.monotonic() > deadline:
                 raise PoolError(f"pool process {p.pid} did not answer within {timeout}s")
@@ -345,7 +350,8 @@ class ProcessPool:
         theirs.close()
         ctl = dp.PoolCtl(ctl_fd)
         os.close(ctl_fd)
-        p = PoolProcess(next(self._index), lcore, proc, ctl, ours, efd, os.pidfd_open(proc.pid))
+        p = PoolProcess(next(self._index), lcore, proc, ctl, ours, efd, os.pidfd_open(proc.pid),
+                        spawned_at=time.monotonic())
         with self._lock:
             self._procs[p.index] = p
         return p
@@ -389,7 +395,8 @@ class ProcessPool:
             poller.register(self._wakeup_r, select.POLLIN)
             for fd in watched:
                 poller.register(fd, select.POLLIN)
-            wait = min(1.0, max(0.01, self._refill_at - time.monotonic()))
+            later = self._refill_at - time.monotonic()  # a boot back-off ending sooner
+            wait = min(1.0, later) if later > 0 else 1.0
             events = poller.poll(wait * 1000)
             for fd, _ in events:
                 if fd == self._wakeup_r:
@@ -398,8 +405,9 @@ class ProcessPool:
                     self._handle_death(watched[fd])
             self._refill()
             for p in watched.values():
-                if not p.dead and p.ctl.state != dp.POOL_BOOTING:
-                    self.boot_failures = 0  # (one attached: boots work again)
+                if (not p.dead and p.ctl.state != dp.POOL_BOOTING
+                        and p.spawned_at > self._failed_at):
+                    self.boot_failures = 0  # (one spawned since the failure attached)
 
     def _reap_forever(self):
         """Reaper thread: collect dead processes' exit status. Reaping a killed pool process
@@ -423,6 +431,7 @@ class ProcessPool:
             del self._procs[p.index]
         if p.ctl.state == dp.POOL_BOOTING:  # it never attached: do not spin on that
             self.boot_failures += 1
+            self._failed_at = time.monotonic()
             delay = min(0.1 * 2 ** (self.boot_failures - 1), 10.0)
             self._refill_at = time.monotonic() + delay
             log.warning("pool process %d exited with %s while attaching; another in %.1f s",

@@ -249,11 +249,20 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 		r->dropped += n - q;
 		wake(in);
 	} else if (q < n) {
-		memcpy(in->pending + in->npending, pkts + q, sizeof(pkts[0]) * (n - q));
-		if (!in->npending)
+		/* pending holds two bursts; callers leave room for one (room_in()), but what a
+		 * reaped instance returns into a chained SFC may find less: drop the excess */
+		uint32_t room = 2 * SERPENS_BURST - in->npending, keep = n - q < room ? n - q : room;
+		memcpy(in->pending + in->npending, pkts + q, sizeof(pkts[0]) * keep);
+		if (keep < n - q) {
+			rte_pktmbuf_free_bulk(pkts + q + keep, n - q - keep);
+			in->dropped += n - q - keep;
+			r->sfcs[in->sfc].drop_stuck += n - q - keep;
+			r->dropped += n - q - keep;
+		}
+		if (!in->npending && keep)
 			in->stall_since = now;
-		in->npending += n - q;
-		r->npending += n - q;
+		in->npending += keep;
+		r->npending += keep;
 		wake(in);
 	} else {
 		in->shedding = 0; /* its ring had room for everything: it takes packets again */
@@ -669,9 +678,17 @@ static void watchdog(struct serpens_router *r, uint64_t now)
 		if (st != SERPENS_INST_ACTIVE && st != SERPENS_INST_DRAINING)
 			continue;
 		if (__atomic_load_n(&in->ctl->crash.signo, __ATOMIC_ACQUIRE)) {
-			__atomic_store_n(&in->state, SERPENS_INST_DEAD, __ATOMIC_RELEASE);
-			serpens_router_reap(r, i);
-			notify(&r->sfcs[in->sfc]); /* its instance manager buries it */
+			/* The record is the NF's to forge, and a handler may return: make sure the
+			 * process runs no more (SIGKILL), and reap on the next pass, not this one. */
+			if (!in->crash_seen_tsc) {
+				in->crash_seen_tsc = now;
+				if (in->pidfd >= 0)
+					syscall(SYS_pidfd_send_signal, in->pidfd, SIGKILL, NULL, 0);
+			} else {
+				__atomic_store_n(&in->state, SERPENS_INST_DEAD, __ATOMIC_RELEASE);
+				serpens_router_reap(r, i);
+				notify(&r->sfcs[in->sfc]); /* its instance manager buries it */
+			}
 			continue;
 		}
 		if (!in->budget_cycles || in->pidfd < 0 || in->watchdog_fired)

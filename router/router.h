@@ -140,6 +140,7 @@ struct serpens_router_instance {
 	uint64_t suspect_batch;      /* batch_tsc of a batch past its budget in wall time */
 	uint64_t suspect_cpu_ns;     /* the process's CPU time when it became suspect */
 	uint64_t last_return_tsc;    /* it last returned packets (or began to hold some) */
+	uint64_t crash_seen_tsc;     /* its crash record was seen (and it was killed) */
 	uint64_t dropped;            /* packets dropped because of it (pending, ring, batch) */
 };
 

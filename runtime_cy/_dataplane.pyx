@@ -38,6 +38,7 @@ cdef extern from "router.h" nogil:
         serpens_pool_ctl *ctl
         int pidfd, pid
         uint64_t budget_cycles, budget_ns, last_return_tsc, suspect_batch, suspect_cpu_ns
+        uint64_t crash_seen_tsc
         uint32_t waiting, npending
         uint64_t enqueued, returned, wakeups
         uint32_t drained
@@ -1001,7 +1002,7 @@ cdef class Router:
         inst.pidfd, inst.pid = pidfd, pid
         inst.budget_cycles = <uint64_t>(rte_get_tsc_hz() * budget_ms / 1e3)
         inst.budget_ns = <uint64_t>(budget_ms * 1e6)
-        inst.suspect_batch = inst.suspect_cpu_ns = 0
+        inst.suspect_batch = inst.suspect_cpu_ns = inst.crash_seen_tsc = 0
         inst.last_return_tsc = rte_rdtsc()
         inst.shedding = inst.watchdog_fired = 0
         inst.stall_since = inst.dropped = 0
@@ -1026,10 +1027,11 @@ cdef class Router:
         self.r.requests = 1
 
     def drain_instance(self, int i):
-        """Give slot i no new flows; its flows move once it has drained (drained(i))."""
+        """Give slot i no new flows; its flows move once it has drained (drained(i)). Only
+        an active instance drains (the router may have reaped a crashed one meanwhile)."""
         self.r.inst[i].drained = 0
         serpens_fence()
-        self.r.inst[i].state = SERPENS_INST_DRAINING
+        serpens_cas_u32(&self.r.inst[i].state, SERPENS_INST_ACTIVE, SERPENS_INST_DRAINING)
 
     def drained(self, int i):
         return self.r.inst[i].state == SERPENS_INST_DRAINING and self.r.inst[i].drained == 1
@@ -1044,8 +1046,9 @@ cdef class Router:
             self.refs.pop(i, None)
             return True
         serpens_fence()
-        if serpens_load_u32(&inst.state) != SERPENS_INST_REAPED:  # (the router may have)
-            inst.state = SERPENS_INST_DEAD
+        # (the router may have reaped it already: then it stays REAPED)
+        if not serpens_cas_u32(&inst.state, SERPENS_INST_ACTIVE, SERPENS_INST_DEAD):
+            serpens_cas_u32(&inst.state, SERPENS_INST_DRAINING, SERPENS_INST_DEAD)
         serpens_fence()
         if self.lcore < 0 and not self.on_thread:
             serpens_router_reap(self.r, i)  # nobody else runs the router

@@ -73,5 +73,6 @@ cdef extern from "dp_inline.h" nogil:
     size_t serpens_cmd_head()
     void serpens_fence()
     uint32_t serpens_inc_u32(uint32_t *p)
+    int serpens_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired)
     uint32_t serpens_load_u32(const uint32_t *p)
     uint64_t serpens_load_u64(const uint64_t *p)

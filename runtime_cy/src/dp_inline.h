@@ -20,6 +20,13 @@ static inline size_t serpens_cmd_head(void) { return offsetof(struct serpens_cmd
 
 static inline void serpens_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
+/* *p = desired if it is `expected`; 1 if it was. */
+static inline int serpens_cas_u32(volatile uint32_t *p, uint32_t expected, uint32_t desired)
+{
+	return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+					   __ATOMIC_SEQ_CST);
+}
+
 static inline uint32_t serpens_inc_u32(volatile uint32_t *p)
 {
 	return __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST);

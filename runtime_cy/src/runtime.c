@@ -113,12 +113,15 @@ static void on_fatal_signal(int sig, siginfo_t *si, void *uc_)
 		ctl->crash.tsc = rte_rdtsc();
 		__atomic_store_n(&ctl->crash.signo, (uint32_t)sig, __ATOMIC_RELEASE);
 	}
+	/* Die of this signal now, whatever raised it (a refused call is skipped, not re-run;
+	 * int3 or a kill() would just return): the default action, sent to ourselves. */
+	sigset_t unblock;
 	signal(sig, SIG_DFL);
-	if (sig == SIGSYS) {
-		/* A refused call was skipped, not re-run: refuse one more to die by SIGSYS. */
-		syscall(SYS_getppid);
-	}
-	/* Other faults re-fault on return, now with the default action. */
+	sigemptyset(&unblock);
+	sigaddset(&unblock, sig); /* (the handler runs with every signal blocked) */
+	sigprocmask(SIG_UNBLOCK, &unblock, NULL);
+	syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), sig);
+	syscall(SYS_exit_group, 128 + sig); /* not reached */
 }
 
 static void catch_fatal_signals(struct serpens_pool_ctl *ctl)
@@ -310,6 +313,7 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		struct rte_mbuf *m = ctl->inflight[i];
 		rte_prefetch0(rte_pktmbuf_mtod(m, void *));
 	}
+	uint32_t single = 0; /* bit i: packet i came as one segment */
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i];
 		b.pkt[i] = m;
@@ -317,6 +321,7 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		b.len[i] = m->data_len;
 		/* NFs see one contiguous frame; chained mbufs are refused, not half-processed. */
 		b.labels[i] = m->nb_segs == 1 ? 0 : SERPENS_LABEL_DROP;
+		single |= (uint32_t)(m->nb_segs == 1) << i;
 	}
 	in->chain.bad_labels = 0;
 	serpens_chain_run(&in->chain, &b);
@@ -325,12 +330,17 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i]; /* not b.pkt[]: the NF could rewrite that */
 		/* The NF had the mbuf in hand: the router frees or sends what leaves here, so a
-		 * header it broke (a length past the buffer, a chain) must not leave. */
-		if (b.labels[i] == SERPENS_LABEL_OUT &&
-		    (m->nb_segs != 1 || m->next != NULL || m->pkt_len != m->data_len ||
-		     (uint32_t)m->data_off + m->data_len > m->buf_len)) {
-			b.labels[i] = SERPENS_LABEL_DROP;
-			ctl->bad_mbufs++;
+		 * header it broke (a length past the buffer, a chain) must not leave, and freeing
+		 * it must not follow a chain it made up. */
+		if (single >> i & 1) {
+			if (b.labels[i] == SERPENS_LABEL_OUT &&
+			    (m->nb_segs != 1 || m->next != NULL || m->pkt_len != m->data_len ||
+			     (uint32_t)m->data_off + m->data_len > m->buf_len)) {
+				b.labels[i] = SERPENS_LABEL_DROP;
+				ctl->bad_mbufs++;
+			}
+			m->next = NULL;
+			m->nb_segs = 1;
 		}
 		*RTE_MBUF_DYNFIELD(m, off, uint16_t *) = b.labels[i];
 		out += b.labels[i] == SERPENS_LABEL_OUT;
