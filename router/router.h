@@ -57,8 +57,9 @@
  *   taken from the end of the control block's inflight[]), counts those as `drop_died`, marks
  *   its barrier met, and sets REAPED; only then may the control side free its rings. Flows
  *   pinned to it move to a live instance on their next packet. An instance whose process
- *   recorded a fatal signal in its control block is reaped by the router itself (within a
- *   watchdog period), which then writes the SFC's notify_fd.
+ *   recorded a fatal signal in its control block is killed (SIGKILL: the record could be
+ *   forged) and reaped by the router itself a watchdog period later, which then writes the
+ *   SFC's notify_fd.
  *
  * Every received packet carries metadata in an mbuf dynfield (`serpens_rx_meta`): its arrival
  * time, flow hash and a receive sequence number. When a latency log is armed, the router
