@@ -21,7 +21,8 @@ Figures (`serpensctl bench faults`: the `null` kind, crashing in a loop for 10 s
   less the back-off the policy chose (the restart machinery itself: a pool process spawned
   when the crash is seen, the start command, the first batch);
 - sandbox_cost: FW->MON->NAT Mpps, unpaced, in pool processes with the sandbox / without, in
-  one run (alternating, medians of 5: this VM moves single runs by 10-20%).
+  one run (alternating, 5 runs each; the best of each, as this VM's interference only slows a
+  run down and moves single runs by 10-20%; `sandbox.median_ratio` beside it).
 """
 from __future__ import annotations
 
@@ -265,10 +266,14 @@ def sandbox_cost(seconds: float, rounds: int = 5) -> dict:
         rig.close()
         for image in images.values():
             image.close()
+    # This VM's interference only ever slows a run down: the best of each is its capacity
+    # (the medians are reported too).
+    best = {k: max(v) for k, v in mpps.items()}
     med = {k: sorted(v)[len(v) // 2] for k, v in mpps.items()}
-    return {"sandbox_mpps": round(med["sandbox"], 3), "bare_mpps": round(med["bare"], 3),
+    return {"sandbox_mpps": round(best["sandbox"], 3), "bare_mpps": round(best["bare"], 3),
             "runs_mpps": {k: [round(x, 3) for x in v] for k, v in mpps.items()},
-            "sandbox_cost": round(med["sandbox"] / med["bare"], 4) if med["bare"] else None}
+            "median_ratio": round(med["sandbox"] / med["bare"], 4) if med["bare"] else None,
+            "sandbox_cost": round(best["sandbox"] / best["bare"], 4) if best["bare"] else None}
 
 
 # ---- serpensctl bench faults ------------------------------------------------------------------
