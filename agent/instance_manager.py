@@ -86,6 +86,7 @@ class InstanceManager:
         self._thread.join(5)
         self.scale(0)
         self.router.set_notify_fd(-1, self.sfc_id)
+        self.router.quiesce()  # (a write to the fd the router began before goes in first)
         os.close(self._wake_fd)
 
     def count(self) -> int:

@@ -82,10 +82,16 @@ static int classify(const struct serpens_router *r, uint32_t port, struct rte_mb
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
 
+/* Killed (watchdog) or crashed: it takes nothing more while it waits to be reaped. */
+static int doomed(const struct serpens_router_instance *in)
+{
+	return in->watchdog_fired || in->crash_seen_tsc;
+}
+
 static int usable(const struct serpens_router_instance *in, int sfc)
 {
 	uint32_t st = in->state;
-	return in->sfc == sfc &&
+	return in->sfc == sfc && !doomed(in) &&
 	       (st == SERPENS_INST_ACTIVE || (st == SERPENS_INST_DRAINING && !in->drained));
 }
 
@@ -95,7 +101,7 @@ static int least_loaded(struct serpens_router *r, int sfc)
 	uint32_t load = UINT32_MAX;
 	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
-		if (in->state != SERPENS_INST_ACTIVE || in->sfc != sfc)
+		if (in->state != SERPENS_INST_ACTIVE || in->sfc != sfc || doomed(in))
 			continue;
 		uint32_t q = rte_ring_count(in->rx) + in->npending;
 		if (q < load) {

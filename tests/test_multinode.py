@@ -8,6 +8,7 @@ import os
 import subprocess
 import tempfile
 
+import grpc
 import pytest
 
 from etcd_fixture import start_etcd
@@ -143,9 +144,21 @@ def test_sfcs_spread_over_servers_and_move_off_a_cut_server_where_they_fit(clust
     finally:
         servers.mend(lost)
     # back on the network, it registers again; the copy it kept running meanwhile is stopped
-    wait_until(lambda: "fw-mon-nat" not in agents[lost].sfcs(), 30, controller.output)
+    # (our channel to it may still be reconnecting: a call that times out means "not yet")
+    wait_until(lambda: "fw-mon-nat" not in sfcs_when_reachable(agents[lost]), 30,
+               controller.output)
     assert status(controller.stub, "fw-mon-nat").node == survivor
     for sfc in ("fw-mon-nat", "second"):
         controller.stub.DeleteSFC(pb.DeleteSFCRequest(name=sfc), timeout=5)
     wait_until(lambda: not agents["a"].sfcs() and not agents["b"].sfcs(), 15,
                controller.output)
+
+
+def sfcs_when_reachable(agent) -> dict:
+    """The agent's SFCs, or a placeholder naming every SFC while it cannot be reached."""
+    try:
+        return agent.sfcs()
+    except grpc.RpcError as e:
+        if e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            raise
+        return {"fw-mon-nat": None, "second": None}
