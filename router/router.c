@@ -318,6 +318,14 @@ static uint32_t flush_pending(struct serpens_router *r, uint64_t now)
 	return moved;
 }
 
+/* Wake the SFC's instance manager (its notify_fd; -1 after a failed write: none). */
+static void notify(struct serpens_router_sfc *s)
+{
+	uint64_t one = 1;
+	if (s->notify_fd >= 0 && write(s->notify_fd, &one, sizeof(one)) < 0)
+		s->notify_fd = -1;
+}
+
 /* Give packets of one SFC to its instances; what finds no instance goes to the SFC's hold
  * queue (in order). Returns how many were taken: the rest (hold queue full) stay with the
  * caller. */
@@ -363,11 +371,8 @@ static uint32_t route(struct serpens_router *r, int sfc, struct rte_mbuf **pkts,
 	}
 	s->rx += k;
 	if (s->nheld && !s->wants_instance) {
-		uint64_t one = 1;
 		__atomic_store_n(&s->wants_instance, 1, __ATOMIC_RELEASE);
-		/* once per episode: the instance manager sleeps on it, it does not poll */
-		if (s->notify_fd >= 0 && write(s->notify_fd, &one, sizeof(one)) < 0)
-			s->notify_fd = -1;
+		notify(s); /* once per episode: the instance manager sleeps on it, it does not poll */
 	}
 	return k;
 }
@@ -664,13 +669,6 @@ static void kill_stuck(struct serpens_router_instance *in)
 		in->watchdog_tsc = rte_rdtsc();
 		__atomic_store_n(&in->watchdog_fired, 1, __ATOMIC_RELEASE);
 	}
-}
-
-static void notify(struct serpens_router_sfc *s)
-{
-	uint64_t one = 1;
-	if (s->notify_fd >= 0 && write(s->notify_fd, &one, sizeof(one)) < 0)
-		s->notify_fd = -1;
 }
 
 /* Reap instances whose process recorded a fatal signal (it runs no more of its loop; its

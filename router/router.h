@@ -121,6 +121,9 @@ struct serpens_router_instance {
 	int efd;
 	struct rte_ring *rx, *tx;
 	struct serpens_pool_ctl *ctl;
+	/* on the first line with state and sfc: dispatch reads them for every packet */
+	volatile uint32_t watchdog_fired; /* the router killed it (stuck in a batch) */
+	uint64_t crash_seen_tsc;     /* its crash record was seen (and it was killed) */
 	int pidfd;                   /* its pool process (watchdog kills through it; -1: none) */
 	int pid;                     /* the same process (its CPU time, for the watchdog) */
 	uint64_t budget_cycles;      /* longest batch before the watchdog kills it (0: never) */
@@ -136,12 +139,10 @@ struct serpens_router_instance {
 	uint32_t barrier_on;
 	uint32_t shedding;           /* stalled too long: drop what its ring does not take */
 	uint64_t stall_since;        /* when its pending packets began waiting (0: none) */
-	volatile uint32_t watchdog_fired; /* the router killed it (stuck in a batch) */
-	uint64_t watchdog_tsc;       /* when */
+	uint64_t watchdog_tsc;       /* when the watchdog killed it */
 	uint64_t suspect_batch;      /* batch_tsc of a batch past its budget in wall time */
 	uint64_t suspect_cpu_ns;     /* the process's CPU time when it became suspect */
 	uint64_t last_return_tsc;    /* it last returned packets (or began to hold some) */
-	uint64_t crash_seen_tsc;     /* its crash record was seen (and it was killed) */
 	uint64_t dropped;            /* packets dropped because of it (pending, ring, batch) */
 };
 

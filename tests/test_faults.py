@@ -72,8 +72,9 @@ def test_killing_a_busy_pool_process_20_times_spares_the_other_sfc():
     r = scenario("kill", seconds=8.0, restarts=1000, window_s=1.0)
     assert_healthy_untouched(r)
     assert r["kills"] == 20, r
-    assert r["crashes"] >= 20, r
-    assert "SIGKILL" in r["message"] or r["phase"] == "Running", r
+    assert r["crashes"] >= 20, r  # every death seen
+    if r["phase"] != "Running":  # (within its 1 s window: the status says what happened)
+        assert "killed" in r["message"] or "SIGKILL" in r["message"], r
 
 
 def test_an_sfc_waiting_for_a_pool_process_never_stops_the_node():

@@ -332,14 +332,14 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		/* The NF had the mbuf in hand: the router frees or sends what leaves here, so a
 		 * header it broke (a length past the buffer, a chain) must not leave, and freeing
 		 * it must not follow a chain it made up. */
-		if (single >> i & 1) {
-			if (b.labels[i] == SERPENS_LABEL_OUT &&
-			    (m->nb_segs != 1 || m->next != NULL || m->pkt_len != m->data_len ||
+		if ((single >> i & 1) &&
+		    unlikely(m->nb_segs != 1 || m->next != NULL || m->pkt_len != m->data_len ||
 			     (uint32_t)m->data_off + m->data_len > m->buf_len)) {
+			if (b.labels[i] == SERPENS_LABEL_OUT) {
 				b.labels[i] = SERPENS_LABEL_DROP;
 				ctl->bad_mbufs++;
 			}
-			m->next = NULL;
+			m->next = NULL; /* (written only when broken: no line dirtied per packet) */
 			m->nb_segs = 1;
 		}
 		*RTE_MBUF_DYNFIELD(m, off, uint16_t *) = b.labels[i];
