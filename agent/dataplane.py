@@ -55,6 +55,9 @@ class DataplaneConfig:
         args += [f"--vdev={v}" for v in self.vdevs]
         return args + list(self.extra_eal_args)
 
+    def router_cpu_set(self) -> set[int]:
+        return cpu_set(self.router_cpus or self.cpus)
+
     def secondary_eal_args(self, lcore: int):
         return ["--proc-type=secondary", f"--file-prefix={self.file_prefix}",
                 f"--huge-dir={self.hugepage_dir}", f"--lcores={lcore}@({self.cpus})",
@@ -63,6 +66,15 @@ class DataplaneConfig:
                 # ports are the primary's: a vdev a secondary cannot open (a net_pcap
                 # source) is no error here
                 "--log-level=bus.vdev:critical"]
+
+
+def cpu_set(spec: str) -> set[int]:
+    """CPUs of a list such as "0-3,6"."""
+    cpus = set()
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
 
 
 def remove_stale_files(prefix: str, hugepage_dir: str = "/dev/hugepages") -> bool:

@@ -81,6 +81,12 @@ class PoolProcess:
         return dp.wake_if_sleeping(self.ctl, self.efd)
 
 
+def owns_cpu(mine: set[int], others: list[set[int]], router: set[int]) -> bool:
+    """Whether a process allowed on CPUs `mine` has one to itself, beside the router's CPUs
+    and the CPU sets of the other running instances."""
+    return len(mine) == 1 and not mine & router and not any(mine & o for o in others)
+
+
 def merge_state(procs: list[PoolProcess], timeout: float = 2.0):
     """Have the instances `procs` run merge their state now: eventual replicas into the
     shared tables, release shares back to their pools (pool_ctl.h merge_req), so the tables
@@ -263,6 +269,7 @@ class ProcessPool:
         p.nsteps = len(sfc.steps)
         if load_mode == dp.LOAD_FORK:
             p.instance_id = 0  # the zygote stays available; the forked child runs alone
+        self.update_cpu_sharing()
         return p
 
     def stop_instance(self, p: PoolProcess, timeout: float = 5.0):
@@ -272,6 +279,29 @@ class ProcessPool:
         p.instance_id = 0
         p.rings = ()
         p.on_death = None
+        self.update_cpu_sharing()
+
+    def pin(self, p: PoolProcess, cpu: int):
+        """Run process p on CPU `cpu` only (then update_cpu_sharing)."""
+        os.sched_setaffinity(p.pid, {cpu})
+        self.update_cpu_sharing()
+
+    def update_cpu_sharing(self):
+        """Tell each process running an instance whether it has its CPU to itself (pinned to
+        one CPU that neither the router nor another running instance may use): only then does
+        it spin while it waits for ring room; sharing, it yields (pool_ctl.h own_cpu)."""
+        router = self.dataplane.config.router_cpu_set()
+        with self._lock:
+            procs = [p for p in self._procs.values() if not p.dead]
+            cpus = {}
+            for p in procs:
+                try:
+                    cpus[p.index] = os.sched_getaffinity(p.pid)
+                except OSError:
+                    cpus[p.index] = set()  # gone: the monitor replaces it
+            for p in procs:
+                others = [cpus[q.index] for q in procs if q is not p and q.instance_id]
+                p.ctl.own_cpu = p.instance_id != 0 and owns_cpu(cpus[p.index], others, router)
 
     def replace_doomed(self, p: PoolProcess):
         """Process p recorded a fatal signal (its instance is gone) but the kernel may take

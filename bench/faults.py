@@ -248,7 +248,7 @@ def sandbox_cost(seconds: float, rounds: int = 5) -> dict:
     rig = Rig("sandbox", flow_frames(10000))
     bare = ProcessPool(rig.dataplane, 1, sandbox=False).start()
     for proc in bare.processes():
-        os.sched_setaffinity(proc.pid, {INSTANCE_CPU})
+        bare.pin(proc, INSTANCE_CPU)
     sandboxed, pools = rig.pool, {"sandbox": rig.pool, "bare": bare}
     mpps = {"sandbox": [], "bare": []}
     try:

@@ -69,7 +69,7 @@ class Rig:
                    f"net_null_{name},no-rx=1"))).start()
         self.pool = ProcessPool(self.dataplane, pool_size, idle_us=idle_us).start()
         for proc in self.pool.processes():
-            os.sched_setaffinity(proc.pid, {INSTANCE_CPU})
+            self.pool.pin(proc, INSTANCE_CPU)
         os.sched_setaffinity(0, {INSTANCE_CPU})
         mp = self.dataplane.mempool
         self.src = dp.port_open(f"net_pcap_{name}", mp)
@@ -97,7 +97,7 @@ class Rig:
             m.start()
             m.scale(instances)
             for s in m.slots.values():
-                os.sched_setaffinity(s.proc.pid, {INSTANCE_CPU})
+                self.pool.pin(s.proc, INSTANCE_CPU)
         keep_off_router_cpu()
         return self
 

@@ -19,7 +19,6 @@ for a default multi-millisecond slice while the other has packets.
 """
 from __future__ import annotations
 
-import os
 import struct
 import time
 
@@ -84,7 +83,7 @@ def run(args) -> dict:
         for proc in rig.pool.processes():
             proc.ctl.reset_timing()
             if not proc.running:  # the new instance gets the router's CPU (see above)
-                os.sched_setaffinity(proc.pid, {ROUTER_CPU})
+                rig.pool.pin(proc, ROUTER_CPU)
         request = dp.rdtsc()
         manager.scale(2)
         new_proc = manager.slots[max(manager.slots)].proc

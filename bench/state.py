@@ -114,7 +114,7 @@ def run(args) -> dict:
         with Dataplane(config) as dpl, ProcessPool(dpl, 1, first_lcore=2, sandbox="network") as pool, \
                 RedisServer() as redis:
             proc = pool.processes()[0]
-            os.sched_setaffinity(proc.pid, {1 % os.cpu_count()})
+            pool.pin(proc, 1 % os.cpu_count())
             rx, tx = dp.Ring("bstate_rx", 1024), dp.Ring("bstate_tx", 1024)
             slot = 1
             for name, make_config in NF_CONFIGS.items():

@@ -225,13 +225,11 @@ static int take_requests(struct serpens_router *r)
 	return waiting;
 }
 
+/* Packets wait for instance `in`: wake it if it sleeps (once per sleep: pool_ctl.h). */
 static void wake(struct serpens_router_instance *in)
 {
-	uint64_t one = 1;
 	in->waiting = 0;
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (in->ctl->sleeping && write(in->efd, &one, sizeof(one)) == sizeof(one))
-		in->wakeups++;
+	in->wakeups += serpens_pool_wake(in->ctl, in->efd);
 }
 
 /* Enqueue for instance i; what its full ring does not take waits in `pending`, and the router

@@ -357,7 +357,13 @@ cdef class PoolCtl:
     @property
     def sleeping(self):
         serpens_fence()
-        return self.c.sleeping
+        return self.c.sleeping != 0
+    @property
+    def own_cpu(self): return bool(self.c.own_cpu)
+    @own_cpu.setter
+    def own_cpu(self, bint alone):
+        """The agent placed the process alone on a CPU (it may spin waiting for ring room)."""
+        self.c.own_cpu = alone
     @property
     def last_error(self): return self.c.last_error
     @property
@@ -512,13 +518,9 @@ def run_pool_process(int ctl_fd, int sock, int efd, uint32_t idle_us=200):
 
 
 def wake_if_sleeping(PoolCtl ctl, int efd):
-    """Producer side of the sleep handshake (pool_ctl.h): call after enqueueing."""
-    serpens_fence()
-    if ctl.c.sleeping:
-        from os import write
-        write(efd, (1).to_bytes(8, "little"))
-        return True
-    return False
+    """Producer side of the sleep handshake (pool_ctl.h): call after enqueueing. True if this
+    call wrote the eventfd (at most once per sleep)."""
+    return serpens_pool_wake(ctl.c, efd) == 1
 
 
 def parse(bytes frame):

@@ -10,7 +10,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from serpens.agent.harness import PacketHarness
-from serpens.agent.process_pool import PoolError, ProcessPool
+from serpens.agent.process_pool import PoolError, ProcessPool, owns_cpu
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
@@ -69,6 +69,40 @@ def test_sleeping_instance_is_woken_by_new_packets(pool, build):
         wakeups = h.stats()["wakeups"]
         assert h.run([udp(b"b")])[0].verdict == "out"
         assert h.stats()["wakeups"] > wakeups
+
+
+def eventfd_count(fd: int) -> int:
+    """The counter of eventfd `fd` (writes not yet read), without reading it."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("eventfd-count:"))
+
+
+def test_a_sleep_is_woken_once_however_often_producers_call(pool, build):
+    with PacketHarness(pool, compile_sfc(NF(build("pass.c")))) as h:
+        h.run([udp(b"a")])
+        wait_for(lambda: h.process.ctl.sleeping)
+        os.kill(h.process.pid, signal.SIGSTOP)  # it stays in this one sleep
+        try:
+            assert sum(h.process.wake() for _ in range(1000)) == 1
+            assert eventfd_count(h.process.efd) == 1
+        finally:
+            os.kill(h.process.pid, signal.SIGCONT)
+        # It ran (nothing to do) and sleeps again: a new sleep, woken by the next packet.
+        wait_for(lambda: eventfd_count(h.process.efd) == 0 and h.process.ctl.sleeping)
+        assert h.run([udp(b"b")])[0].verdict == "out"
+
+
+def test_only_an_instance_alone_on_its_cpu_may_spin(pool, build):
+    assert owns_cpu({0}, [{1}], router={2})
+    assert not owns_cpu({0}, [{0, 1}], router={2})  # another instance may run there
+    assert not owns_cpu({0}, [], router={0})         # the router's CPU
+    assert not owns_cpu({0, 1}, [], router={2})      # not pinned: it shares what it gets
+    with PacketHarness(pool, compile_sfc(NF(build("pass.c")))) as h:
+        pool.pin(h.process, 0)  # the test dataplane's router may use every CPU
+        assert not h.process.ctl.own_cpu
+        h.process.ctl.own_cpu = True  # spinning on a full ring changes no packet
+        assert [r.verdict for r in h.run([udp(b"x")] * 3000)] == ["out"] * 3000
+    assert not h._ctl.own_cpu  # stopped: the flag is cleared with the instance
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
 """The router: flow affinity over several instances, scale-in by draining, idle back-off."""
+import os
+import signal
 import struct
 import threading
 import time
@@ -67,6 +69,33 @@ def test_scale_in_moves_flows_without_loss_or_reordering(node):
     tail = {flow: inst for flow, inst, seq in out if seq == 39}
     assert set(tail.values()) == {ids[0]}
     assert node.router.stats()["moved_flows"] > 0
+
+
+def test_router_wakes_a_sleeping_instance_once_per_sleep(node):
+    node.manager.scale(1)
+    (slot, s), = node.manager.slots.items()
+    proc = s.proc
+    node.send([frame(0, 0)])
+    node.receive(1)
+    deadline = time.monotonic() + 5
+    while not proc.ctl.sleeping:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGSTOP)  # it stays in this one sleep while packets wait
+    try:
+        before = node.router.stats()["instances"][slot]
+        for seq in range(1, 9):
+            node.send([frame(f, seq) for f in range(32)])
+            time.sleep(0.005)  # past the router's wake timer: it calls wake() for each
+        after = node.router.stats()["instances"][slot]
+        assert after["enqueued"] - before["enqueued"] == 8 * 32
+        with open(f"/proc/self/fdinfo/{proc.efd}") as f:
+            writes = next(int(x.split()[1], 16) for x in f if x.startswith("eventfd-count:"))
+        assert writes == 1
+        assert after["wakeups"] - before["wakeups"] == 1
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert len(node.receive(8 * 32)) == 8 * 32  # and that one write woke it
 
 
 def test_idle_router_uses_almost_no_cpu(node):

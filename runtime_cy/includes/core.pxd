@@ -77,14 +77,16 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t cmd_seq
         uint32_t merge_req
         uint64_t wake_cycles
+        uint32_t own_cpu
         uint32_t state
-        uint32_t sleeping
         uint32_t ack_seq
+        uint64_t sleeping
         int32_t last_error
         uint32_t instance_id
         uint32_t pid
         uint32_t merge_done
-        char error[204]
+        char error[200]
+        uint64_t woken
         uint64_t rx_pkts
         uint64_t tx_pkts
         uint64_t drop_pkts
@@ -103,6 +105,8 @@ cdef extern from "pool_ctl.h" nogil:
         void *inflight[32]
         serpens_crash crash
         serpens_nf_counters nf[16]
+
+    int serpens_pool_wake(serpens_pool_ctl *ctl, int efd)
 
 cdef extern from "nf_api.h" nogil:
     void serpens_clock_init()

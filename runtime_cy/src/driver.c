@@ -28,10 +28,8 @@ static void load_frame(struct rte_mbuf *m, struct frame_set *fs)
 
 static void wake(struct serpens_pool_ctl *ctl, int efd)
 {
-	uint64_t one = 1;
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (ctl && ctl->sleeping && write(efd, &one, sizeof(one)) < 0)
-		return;
+	if (ctl) /* (NULL: a ring loop with no process behind it) */
+		serpens_pool_wake(ctl, efd);
 }
 
 int serpens_drive(struct rte_ring *rx, struct rte_ring *tx, struct rte_mempool *mp,

@@ -6,12 +6,26 @@
  * a SOCK_SEQPACKET socket for commands (struct serpens_cmd, NF image memfds in SCM_RIGHTS), and
  * an eventfd the process sleeps on. To command it the agent sends the message, bumps cmd_seq
  * and writes the eventfd; the process answers by setting ack_seq (and state/last_error).
- * Whoever enqueues packets for a sleeping instance (router, test harness) writes the eventfd
- * when `sleeping` is set: the runtime sets `sleeping`, issues a full barrier and checks its ring
- * once more before it blocks, and the producer enqueues, issues a full barrier and then reads
- * `sleeping`, so no wake-up is lost.
  *
- * Every field says who writes it (A = agent, R = runtime); the others only read it.
+ * Sleeping without losing a wake-up, and waking once per sleep. The runtime numbers its sleeps:
+ * before it blocks it stores the sleep's number (never 0) in `sleeping`, issues a full barrier
+ * and checks its ring, commands and merge requests once more; it blocks only if all are empty,
+ * and stores 0 once it runs again. Whoever gives it work (the router, a test harness, the agent)
+ * enqueues and then calls serpens_pool_wake(): a full barrier, then it writes the eventfd when
+ * `sleeping` holds a sleep that no producer has claimed yet (`woken`), claiming it first.
+ * - No lost wake-up: by the two barriers (store, fence, load on each side) either the runtime
+ *   sees the new work and does not block, or the producer sees the sleep's number. If it sees
+ *   sleep s unclaimed it writes; if s was claimed, the claimer writes after claiming. That write
+ *   comes after `sleeping` = s was stored, so after every read() of earlier sleeps: it ends
+ *   sleep s (or, if s found work and never blocked, makes the next read return at once).
+ * - One write per sleep: after the claim, producers see `woken` == s and write nothing more,
+ *   however often they call (the router calls on every loop while packets wait). A claim
+ *   that races another (or lands late, for an older sleep) costs at most one spare write.
+ *   Numbers are 64-bit: a stale claim never equals a later sleep's number.
+ * Commands write the eventfd unconditionally (rare, and the runtime re-checks cmd_seq).
+ *
+ * Every field says who writes it (A = agent, R = runtime, P = whoever gives it packets); the
+ * others only read it.
  * The runtime never allocates or frees mbufs: every packet it dequeues goes to its TX ring with
  * a verdict (SERPENS_LABEL_OUT or _DROP) in the mbuf's label dynfield. `inflight` holds the
  * batch being processed, so the agent can recover those mbufs if the process dies mid-batch.
@@ -19,7 +33,11 @@
 #ifndef SERPENS_POOL_CTL_H
 #define SERPENS_POOL_CTL_H
 
+#include <sched.h>
 #include <stdint.h>
+#include <unistd.h>
+
+#include <rte_pause.h>
 
 #include "nf_image.h"
 #include "serpens/nf.h"
@@ -101,18 +119,25 @@ struct serpens_pool_ctl {
 	volatile uint32_t cmd_seq;  /* bumped after a command is queued on the socket */
 	volatile uint32_t merge_req; /* bumped to ask the instance to merge its state now */
 	uint64_t wake_cycles;       /* TSC when A woke the process for a command (benchmarks) */
-	uint8_t pad_a2[48];
+	volatile uint32_t own_cpu;  /* 1: the agent placed this process alone on its CPU, so it
+				     * may spin while waiting for ring room; 0: it shares the CPU
+				     * (with instances or the router) and yields it instead */
+	uint8_t pad_a2[44];
 
 	/* ---- R: lifecycle ---- */
 	volatile uint32_t state;    /* serpens_pool_state */
-	volatile uint32_t sleeping; /* 1 while blocked (or about to block) on the eventfd */
 	volatile uint32_t ack_seq;  /* seq of the last command handled */
+	volatile uint64_t sleeping; /* the sleep's number while blocked (or about to block) on
+				     * the eventfd, 0 while running (see the header comment) */
 	int32_t last_error;         /* -errno of the last command, 0 on success */
 	uint32_t instance_id;       /* of the running instance */
 	uint32_t pid;
 	volatile uint32_t merge_done; /* the merge_req last answered: eventual replicas merged,
 				       * release shares given back (all before it is in the tables) */
-	char error[204];            /* human-readable reason when last_error != 0 */
+	char error[200];            /* human-readable reason when last_error != 0 */
+
+	/* ---- P: the producer of its packets (router or harness) ---- */
+	volatile uint64_t woken __attribute__((aligned(64))); /* the last sleep claimed (woken) */
 
 	/* ---- R: statistics ---- */
 	uint64_t rx_pkts __attribute__((aligned(64)));
@@ -157,5 +182,28 @@ struct serpens_pool_ctl {
  * buffer to fit (SO_SNDBUFFORCE). Only the bytes of config in use are sent. */
 _Static_assert(__builtin_offsetof(struct serpens_pool_ctl, state) == 64,
 	       "agent and runtime fields on separate cache lines");
+
+/* Pass the CPU while waiting for the router (ring room): spin only on a CPU of our own. */
+static inline void serpens_pool_wait(const struct serpens_pool_ctl *ctl)
+{
+	if (ctl->own_cpu)
+		rte_pause();
+	else
+		sched_yield();
+}
+
+/* The producer's half of the sleep handshake (header comment): call after enqueueing for the
+ * process (or asking something of it). Writes its eventfd at most once per sleep; returns 1 if
+ * this call wrote it. */
+static inline int serpens_pool_wake(struct serpens_pool_ctl *ctl, int efd)
+{
+	uint64_t one = 1;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	uint64_t s = __atomic_load_n(&ctl->sleeping, __ATOMIC_RELAXED);
+	if (s == 0 || s == __atomic_load_n(&ctl->woken, __ATOMIC_RELAXED))
+		return 0;
+	__atomic_store_n(&ctl->woken, s, __ATOMIC_RELAXED);
+	return write(efd, &one, sizeof(one)) == sizeof(one);
+}
 
 #endif /* SERPENS_POOL_CTL_H */

@@ -10,14 +10,6 @@
 #include "replay.h"
 #include "serpens/nf.h"
 
-static void wake(struct serpens_pool_ctl *ctl, int efd)
-{
-	uint64_t one = 1;
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (ctl->sleeping && write(efd, &one, sizeof(one)) < 0)
-		return;
-}
-
 /* Transmit everything, retrying a full queue; returns how many the port refused for good. */
 static uint64_t send_all(uint16_t port, struct rte_mbuf **pkts, uint16_t n)
 {
@@ -53,19 +45,19 @@ int serpens_replay(uint16_t in_port, uint16_t out_port, struct rte_ring *rx, str
 				while (q < n) {
 					q += rte_ring_enqueue_burst(rx, (void **)burst + q, n - q, NULL);
 					if (q < n) {
-						wake(ctl, efd);
+						serpens_pool_wake(ctl, efd);
 						rte_pause();
 					}
 				}
 				st->rx += n;
 				inflight += n;
-				wake(ctl, efd);
+				serpens_pool_wake(ctl, efd);
 			}
 		}
 		uint32_t n = rte_ring_dequeue_burst(tx, (void **)burst, SERPENS_BURST, NULL);
 		if (n == 0) {
 			if (input_done)
-				wake(ctl, efd);
+				serpens_pool_wake(ctl, efd);
 			rte_pause();
 			continue;
 		}

@@ -8,7 +8,6 @@
 #define _GNU_SOURCE /* REG_RIP, siginfo's SIGSYS fields */
 #include <dlfcn.h>
 #include <errno.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -48,6 +47,7 @@ struct runtime {
 	struct instance inst;
 	int running;
 	uint64_t idle_cycles;
+	uint64_t sleeps; /* numbers this process's sleeps (pool_ctl.h): the last one's */
 };
 
 static void set_error(struct runtime *rt, int rc, const char *msg)
@@ -79,7 +79,7 @@ static int pending_merge(const struct runtime *rt)
 static void sleep_until_woken(struct runtime *rt, struct rte_ring *rx)
 {
 	uint64_t v;
-	__atomic_store_n(&rt->ctl->sleeping, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&rt->ctl->sleeping, ++rt->sleeps, __ATOMIC_RELAXED);
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	/* rx: running an instance (merge requests are for it); NULL: idle in the pool */
 	if (!pending_command(rt) && (!rx || (!pending_merge(rt) && rte_ring_count(rx) == 0))) {
@@ -352,14 +352,16 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 	ctl->batches++;
 
 	/* Everything goes back to the router, drops included: it owns the mbufs. A full TX ring
-	 * waits for the router, which may share our core: yield rather than spin through our
-	 * time slice. The watchdog does not count this wait (batch_tsc is cleared first). */
+	 * waits for the router, which drains it only when the next hop has room: sharing the
+	 * core with that hop (or the router), spinning would hold the core its room depends on
+	 * until our time slice ends, so we yield; on a core of our own we spin. The watchdog
+	 * does not count this wait (batch_tsc is cleared first). */
 	ctl->batch_tsc = 0;
 	uint32_t sent = 0;
 	while (sent < n) {
 		sent += rte_ring_sp_enqueue_burst(in->tx, ctl->inflight + sent, n - sent, NULL);
 		if (sent < n)
-			sched_yield();
+			serpens_pool_wait(ctl);
 	}
 	__atomic_store_n(&ctl->inflight_n, 0, __ATOMIC_RELEASE);
 	if (!in->first_burst_done) {
@@ -422,9 +424,8 @@ static void run_instance(struct runtime *rt, int forked_child)
 			idle_since = 0;
 		} else {
 			/* Nothing to do: let another instance sharing this core run now rather than
-			 * at the end of our time slice (milliseconds); alone on the core this returns
-			 * at once. */
-			sched_yield();
+			 * at the end of our time slice (milliseconds). */
+			serpens_pool_wait(ctl);
 		}
 	}
 }
