@@ -77,6 +77,6 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
-        include_path=["runtime_cy"],
+        include_path=["runtime_cy", "router"],  # includes/*.pxd, router_decl.pxd
     )
 )

@@ -93,6 +93,7 @@
 #define SERPENS_FLOW_WAYS 8
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
 #define SERPENS_NO_MOVE 0
+#define SERPENS_VLAN_IDS 4096 /* 12-bit VLAN IDs: tag_sfc[] */
 
 enum serpens_instance_state {
 	SERPENS_INST_EMPTY = 0,
@@ -205,7 +206,7 @@ struct serpens_router {
 	int32_t default_sfc;      /* unmatched packets go here (-1: counted and freed) */
 	struct serpens_router_port ports[SERPENS_ROUTER_MAX_PORTS];
 	struct serpens_match_rule rules[SERPENS_ROUTER_MAX_RULES];
-	uint8_t tag_sfc[4096];    /* VLAN ID -> SFC + 1 (0: not a tag) */
+	uint8_t tag_sfc[SERPENS_VLAN_IDS]; /* VLAN ID -> SFC + 1 (0: not a tag) */
 	struct serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS];
 	struct serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES];
 	/* latency log (benchmarks): armed by setting log, log_cap, then log_on */
