@@ -57,6 +57,7 @@ extensions = [
             "runtime_cy/_dataplane.pyx",
             "runtime_cy/src/nf_image.c",
             "runtime_cy/src/nf_api.c",
+            "runtime_cy/src/pkt.c",
             "runtime_cy/src/chainer.c",
             "runtime_cy/src/runtime.c",
             "runtime_cy/src/state_table.c",

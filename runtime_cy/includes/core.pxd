@@ -112,6 +112,8 @@ cdef extern from "nf_api.h" nogil:
     void serpens_clock_init()
     uint64_t serpens_now_ns()
     uint64_t serpens_cycles_to_ns(uint64_t cycles)
+
+cdef extern from "pkt.h" nogil:
     int serpens_parse(const unsigned char *frame, uint32_t len, serpens_hdrs *h)
     uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed)
 

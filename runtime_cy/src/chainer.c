@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "chainer.h"
+#include "pkt.h"
 
 static int check_steps(const struct serpens_cmd *cmd, char *err, size_t errlen)
 {

@@ -69,8 +69,4 @@ void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only);
 
 extern const struct serpens_api serpens_api_v1;
 
-/* The packet helpers work on rte_mbufs; everything else is plain C (exported for tests). */
-int serpens_parse(const uint8_t *frame, uint32_t len, struct serpens_hdrs *h);
-uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed);
-
 #endif
