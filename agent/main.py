@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import socket
@@ -91,6 +92,7 @@ async def register_until_stopped(args, node: Node, address: str, stop: asyncio.E
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: where is it stuck?
     args = parse_args(argv)
     node, code = start_from_files("serpens-agent", args.node, args.sfc)
     if node is None:

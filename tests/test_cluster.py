@@ -66,6 +66,8 @@ class Agent:
         try:
             return self.proc.wait(30)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR2)  # its threads' stacks into the output
+            time.sleep(1)
             self.proc.kill()
             return self.proc.wait()
 
