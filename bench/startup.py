@@ -21,6 +21,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy import builder
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
+from .baselines import Dlopen, Fork
 from .common import bench_dataplane, machine, percentiles, udp_frame
 
 NF_SOURCE = os.path.join(os.path.dirname(__file__), "nfs", "acl.c")
@@ -87,7 +88,7 @@ class _Bench:
             self.prime(proc)
             t0 = dp.rdtsc()
             self.pool.start_instance(self.sfc, self.rx, self.tx, process=proc,
-                                     load_mode=dp.LOAD_FORK, dl_paths=[dl_path], wait=False)
+                                     how=Fork(dl_path), wait=False)
             self.wait_burst(proc)
             while proc.ctl.stats()["forked_done"] == done:  # one consumer per ring at a time
                 time.sleep(0.0001)
@@ -170,8 +171,7 @@ def run(args) -> dict:
             map_proc, fork_proc = pool.processes()[:2]
             b.run_reused(map_proc, 20)  # warm caches
             m = b.run_reused(map_proc, args.starts)
-            d = b.run_reused(map_proc, args.starts, load_mode=dp.LOAD_DLOPEN,
-                             dl_paths=[so_file.name])
+            d = b.run_reused(map_proc, args.starts, how=Dlopen(so_file.name))
             fk = b.run_fork(fork_proc, args.starts, so_file.name)
             sp = b.run_spawn(spawn_n)
             # Private memory of an instance that has processed traffic.

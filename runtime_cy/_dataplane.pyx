@@ -17,7 +17,6 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mun
 
 from includes.core cimport *
 from includes.dpdk cimport *
-from includes.driver cimport *
 from router_decl cimport *
 
 LABEL_OUT = SERPENS_LABEL_OUT
@@ -30,8 +29,6 @@ CONFIG_MAX = SERPENS_CONFIG_MAX
 STEP_NF = SERPENS_STEP_NF
 STEP_HASH = SERPENS_STEP_HASH
 LOAD_MAP = SERPENS_LOAD_MAP
-LOAD_DLOPEN = SERPENS_LOAD_DLOPEN
-LOAD_FORK = SERPENS_LOAD_FORK
 STATE_LOCAL, STATE_REDIS, STATE_REDIS_GLOBAL = 0, 1, 2  # nf_api.h serpens_state_backend
 CMD_START = SERPENS_CMD_START
 CMD_STOP = SERPENS_CMD_STOP
@@ -48,7 +45,7 @@ cdef int label_off = -1
 cdef int meta_off = -1
 
 # One module (one EAL per process), one file per concept; each file's C declarations are in
-# includes/*.pxd (the router's in router/router_decl.pxd).
+# includes/*.pxd (the router's in router/router_decl.pxd, the bench's in bench/native/).
 include "dp/eal.pxi"
 include "dp/rings.pxi"
 include "dp/pool.pxi"
@@ -56,6 +53,6 @@ include "dp/pkt.pxi"
 include "dp/state.pxi"
 include "dp/ports.pxi"
 include "dp/replay.pxi"
-include "dp/driver.pxi"
 include "dp/sandbox.pxi"
-include "_router.pxi"
+include "_router.pxi"  # router/
+include "_bench.pxi"   # bench/native/: the benchmarks' driver and baseline loaders

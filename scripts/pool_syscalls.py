@@ -19,6 +19,7 @@ from serpens import nfs
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.agent.harness import PacketHarness
 from serpens.agent.process_pool import ProcessPool, merge_state
+from serpens.bench.baselines import RedisState
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import SlotAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
@@ -68,7 +69,7 @@ def main():
         drive(pool, sfc)
         drive(pool, sfc)  # the tables exist now: attach instead of create
         if args.redis_port:
-            drive(pool, sfc, state_backend=dp.STATE_REDIS, redis_port=args.redis_port)
+            drive(pool, sfc, how=RedisState(dp.STATE_REDIS, args.redis_port))
         pool.close()  # EXIT: the process returns to Python and exits
         strace.wait(10)
     with open(out) as f:

@@ -40,8 +40,8 @@ build_inputs_hash() {
   { cat pyproject.toml setup.py
     find runtime_cy \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -path '*/src/*' \
          -o -path '*/include/*' -o -path '*/nf_support/*' \) -type f | sort | xargs cat
-    find router -type f \( -name '*.c' -o -name '*.h' -o -name '*.pxd' -o -name '*.pxi' \) \
-      | sort | xargs cat; } | sha256sum | cut -d' ' -f1
+    find router bench/native -type f \( -name '*.c' -o -name '*.h' -o -name '*.pxd' \
+         -o -name '*.pxi' \) | sort | xargs cat; } | sha256sum | cut -d' ' -f1
 }
 
 setup_venv() {

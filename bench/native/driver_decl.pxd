@@ -1,4 +1,4 @@
-# Declarations of runtime_cy/src/driver.h (the benchmarks' traffic driver).
+# Declarations of bench/native/driver.h (the benchmarks' traffic driver).
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
 from includes.core cimport serpens_pool_ctl

@@ -1,5 +1,10 @@
-# Benchmark traffic: a driver that plays router for one instance (included by
-# _dataplane.pyx).
+# The benchmarks' native parts, built into the one DPDK extension (included by
+# runtime_cy/_dataplane.pyx): the traffic driver that plays router for one instance, and the
+# baseline loaders' modes (loaders.c registers them when the extension loads).
+from driver_decl cimport *
+
+LOAD_DLOPEN = SERPENS_LOAD_DLOPEN  # SOCK-style: dlopen() the NF's .so (build_command dl_paths)
+LOAD_FORK = SERPENS_LOAD_FORK      # SAND-style: a zygote forks a child per start
 
 def drive(Ring rx, Ring tx, Mempool pool, frames, double seconds, PoolCtl ctl=None,
           int efd=-1, double warmup=0.2, uint32_t inflight=512, bint rewrite=True):
