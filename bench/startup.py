@@ -127,7 +127,7 @@ def _shmem_kb():
 def measure_deploy_kb(so: bytes, n: int) -> float:
     """Memory added per deployed NF: shared memory (memfd pages) over n prepared images."""
     before = _shmem_kb()
-    images = [builder.prepare_image(so, slot, f"acl{slot}") for slot in range(n)]
+    images = [builder.prepare_image(so, area, f"acl{area}") for area in range(n)]
     after = _shmem_kb()
     for img in images:
         img.close()
@@ -137,7 +137,7 @@ def measure_deploy_kb(so: bytes, n: int) -> float:
 def instance_private_kb(pid: int) -> float:
     """Memory a running instance owns alone in the NF region: its copied-on-write data pages
     (anonymous). Text and relro pages are the memfd's, shared with every other instance."""
-    lo, hi = builder.NF_REGION_BASE, builder.NF_REGION_BASE + builder.NF_SLOT_SIZE * builder.NF_SLOTS
+    lo, hi = builder.NF_REGION_BASE, builder.NF_REGION_BASE + builder.NF_AREA_SIZE * builder.NF_AREAS
     total, inside = 0, False
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:

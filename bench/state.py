@@ -117,10 +117,10 @@ def run(args) -> dict:
             proc = pool.processes()[0]
             os.sched_setaffinity(proc.pid, {1 % os.cpu_count()})
             rx, tx = dp.Ring("bstate_rx", 1024), dp.Ring("bstate_tx", 1024)
-            slot = 1
+            area = 1
             for name, make_config in NF_CONFIGS.items():
-                image = build_nf(nfs.source(name), slot, name)
-                slot += 1
+                image = build_nf(nfs.source(name), area, name)
+                area += 1
                 figures = {}
                 for backend, code in BACKENDS.items():
                     step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"  # fresh state each run

@@ -7,8 +7,8 @@ LAT_REC_FORMAT = "<QQII"  # serpens_lat_rec: rx_tsc, tx_tsc, flow, seq
 
 
 cdef class Router:
-    """The router of router/router.h. Ports are DPDK port ids; SFCs and instance slots are the
-    router's small integers. Configure SFCs, rules and tags before traffic for them flows."""
+    """The router of router/router.h. Ports are DPDK port ids; SFCs and instances are the
+    router's small integers (an instance's index). Configure SFCs, rules and tags before traffic for them flows."""
     cdef serpens_router *r
     cdef object refs
     cdef int lcore
@@ -89,7 +89,7 @@ cdef class Router:
         s = &self.r.sfcs[sfc]
         for i in range(SERPENS_ROUTER_MAX_INSTANCES):
             if self.r.inst[i].state != SERPENS_INST_EMPTY and self.r.inst[i].sfc == sfc:
-                raise ValueError(f"SFC {sfc} still has an instance in slot {i}")
+                raise ValueError(f"SFC {sfc} still has an instance at index {i}")
         if s.nheld:
             raise ValueError(f"SFC {sfc} still holds {s.nheld} packets")
         for k in range(SERPENS_ROUTER_MAX_SFCS):
@@ -212,30 +212,30 @@ cdef class Router:
 
     # ---- instances --------------------------------------------------------------------------
 
-    def reserve_slot(self):
-        """An instance slot for set_instance(), kept from other callers until then (or until
-        release_slot())."""
+    def reserve_index(self):
+        """An instance index for set_instance(), kept from other callers until then (or until
+        release_index())."""
         for i in range(SERPENS_ROUTER_MAX_INSTANCES):
             if self.r.inst[i].state == SERPENS_INST_EMPTY and i not in self.refs:
                 self.refs[i] = None
                 return i
-        raise ValueError(f"router: all {SERPENS_ROUTER_MAX_INSTANCES} instance slots in use")
+        raise ValueError(f"router: all {SERPENS_ROUTER_MAX_INSTANCES} instance indexes in use")
 
-    def release_slot(self, int i):
-        """Give back a reserved slot that set_instance() never filled."""
+    def release_index(self, int i):
+        """Give back a reserved index that set_instance() never filled."""
         if self.r.inst[i].state == SERPENS_INST_EMPTY and self.refs.get(i, 0) is None:
             del self.refs[i]
 
     def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd, int sfc=0,
                      int pidfd=-1, int pid=0, double budget_ms=0):
-        """Slot i now holds a running instance of `sfc` that takes new flows; with `pidfd`,
+        """Index i now holds a running instance of `sfc` that takes new flows; with `pidfd`,
         `pid` and `budget_ms`, the watchdog kills it when one batch takes longer."""
         if not 0 <= i < SERPENS_ROUTER_MAX_INSTANCES:
             raise IndexError(i)
         self._check_sfc(sfc)
         inst = &self.r.inst[i]
         if inst.state != SERPENS_INST_EMPTY:
-            raise ValueError(f"router slot {i} is in use")
+            raise ValueError(f"router instance index {i} is in use")
         self.refs[i] = (rx, tx, ctl)  # the rings and control block outlive their use here
         inst.rx, inst.tx, inst.ctl, inst.efd, inst.sfc = rx.r, tx.r, ctl.c, efd, sfc
         inst.pidfd, inst.pid = pidfd, pid
@@ -248,7 +248,7 @@ cdef class Router:
         inst.waiting = inst.npending = 0
         inst.enqueued = inst.returned = inst.wakeups = 0
         inst.drained = 0
-        # a barrier of the slot's previous instance (a rebalance it took part in) means
+        # a barrier of the index's previous instance (a rebalance it took part in) means
         # nothing for this one, whose counters start at 0: it would hold the SFC forever
         inst.barrier_on = 0
         inst.barrier = 0
@@ -256,17 +256,17 @@ cdef class Router:
         inst.state = SERPENS_INST_ACTIVE
 
     def rebalance(self, int sfc, int to):
-        """Move a share of `sfc`'s flows to its new instance in slot `to`, in order, with no
+        """Move a share of `sfc`'s flows to its new instance at index `to`, in order, with no
         packet of a flow at two instances at once (router.h)."""
         self._check_sfc(sfc)
         if self.r.inst[to].state != SERPENS_INST_ACTIVE or self.r.inst[to].sfc != sfc:
-            raise ValueError(f"slot {to} is not an active instance of SFC {sfc}")
+            raise ValueError(f"index {to} is not an active instance of SFC {sfc}")
         self.r.sfcs[sfc].rebalance_to = to + 1
         serpens_fence()
         self.r.requests = 1
 
     def drain_instance(self, int i):
-        """Give slot i no new flows; its flows move once it has drained (drained(i)). Only
+        """Give instance i no new flows; its flows move once it has drained (drained(i)). Only
         an active instance drains (the router may have reaped a crashed one meanwhile)."""
         self.r.inst[i].drained = 0
         serpens_fence()
@@ -276,10 +276,10 @@ cdef class Router:
         return self.r.inst[i].state == SERPENS_INST_DRAINING and self.r.inst[i].drained == 1
 
     def clear_instance(self, int i, double timeout=2.0):
-        """Forget slot i once its process stopped or died: the router forwards what it
+        """Forget instance i once its process stopped or died: the router forwards what it
         finished and frees (counting them as dropped) the packets still queued for it or
         lost in its last batch (router.h "Containment"). Its rings may be freed after this
-        returns True; False (the router did not answer in `timeout`) leaves the slot taken."""
+        returns True; False (the router did not answer in `timeout`) leaves the index taken."""
         cdef serpens_router_instance *inst = &self.r.inst[i]
         if inst.state == SERPENS_INST_EMPTY:
             self.refs.pop(i, None)
@@ -303,11 +303,11 @@ cdef class Router:
         return True
 
     def reaped(self, int i):
-        """The router let go of slot i by itself: its process recorded a fatal signal."""
+        """The router let go of instance i by itself: its process recorded a fatal signal."""
         return serpens_load_u32(&self.r.inst[i].state) == SERPENS_INST_REAPED
 
     def watchdog_fired(self, int i):
-        """TSC when the watchdog killed slot i's instance (stuck in one batch); 0: it did
+        """TSC when the watchdog killed instance i (stuck in one batch); 0: it did
         not."""
         if not serpens_load_u32(&self.r.inst[i].watchdog_fired):
             return 0
@@ -366,7 +366,7 @@ cdef class Router:
         return False
 
     def activity(self, int i):
-        """Packets given to slot i so far (the instance manager's idle clock)."""
+        """Packets given to instance i so far (the instance manager's idle clock)."""
         return self.r.inst[i].enqueued
 
     def stats(self):

@@ -72,7 +72,7 @@
  * beyond `depth` not yet received are lost like a NIC's RX ring overflowing (`missed`).
  *
  * Writers: the control side (Python) writes `stop`, the configuration (SFCs, rules, tags,
- * ports) before the router runs or while an SFC has no instance, and the instance slots'
+ * ports) before the router runs or while an SFC has no instance, and the instances'
  * `state`; the router thread writes everything else.
  */
 #ifndef SERPENS_ROUTER_H
@@ -153,7 +153,7 @@ struct serpens_router_sfc {
 	uint16_t out_port;           /* index into ports[] */
 	volatile uint32_t wants_instance; /* set by the router, cleared by the instance manager */
 	int notify_fd;               /* eventfd written when wants_instance is raised (-1: none) */
-	volatile int32_t rebalance_to; /* control: move a share of the flows to slot - 1 */
+	volatile int32_t rebalance_to; /* control: move a share of the flows to instance - 1 */
 	volatile uint32_t drop_all;  /* control: failed, drop its packets instead of holding */
 	uint32_t nheld;
 	struct rte_mbuf *held[SERPENS_ROUTER_HOLD];
@@ -235,7 +235,7 @@ struct serpens_router {
 
 /* Run until r->stop; returns 0. */
 int serpens_router_run(struct serpens_router *r);
-/* Reap instance slot i (state DEAD) on the caller's thread: only while the router does not
+/* Reap instance i (state DEAD) on the caller's thread: only while the router does not
  * run (serpens_router_run reaps by itself). */
 void serpens_router_reap(struct serpens_router *r, int i);
 /* The same as an lcore function (rte_eal_remote_launch): arg is the router. */

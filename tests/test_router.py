@@ -55,7 +55,7 @@ def test_scale_in_moves_flows_without_loss_or_reordering(node):
     sender = threading.Thread(target=node.send, args=([frame(f, s) for s in range(1, 30)
                                                        for f in range(64)],))
     sender.start()
-    node.manager.scale(1)  # retires slot 1 while traffic flows
+    node.manager.scale(1)  # retires instance 1 while traffic flows
     sender.join()
     node.send([frame(f, s) for s in range(30, 40) for f in range(64)])  # after the drain
     out = [decode(d) for d in node.receive(64 * 39)]
