@@ -95,15 +95,15 @@ static int pkt_trim(struct serpens_batch *b, uint32_t i, uint32_t n)
 
 /* ---- log and counters ------------------------------------------------------------------- */
 
-static struct serpens_nf_slot *slot_of(struct serpens_ctx *ctx)
+static struct serpens_nf_env *env_of(struct serpens_ctx *ctx)
 {
-	return (struct serpens_nf_slot *)((char *)ctx - offsetof(struct serpens_nf_slot, ctx));
+	return (struct serpens_nf_env *)((char *)ctx - offsetof(struct serpens_nf_env, ctx));
 }
 
 static void nf_log(struct serpens_ctx *ctx, int level, const char *fmt, ...)
 {
 	static const char *const names[] = {"ERR", "WARN", "INFO", "DEBUG"};
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	uint64_t now = serpens_now_ns();
 	uint64_t refill = (now - s->log_last_ns) / 100000000ull; /* one line per 100 ms */
 
@@ -138,7 +138,7 @@ static void nf_log(struct serpens_ctx *ctx, int level, const char *fmt, ...)
 
 static int counter_register(struct serpens_ctx *ctx, const char *name)
 {
-	struct serpens_nf_counters *c = slot_of(ctx)->counters;
+	struct serpens_nf_counters *c = env_of(ctx)->counters;
 	size_t len = name ? strnlen(name, SERPENS_COUNTER_NAME) : 0;
 
 	if (len == 0 || len >= SERPENS_COUNTER_NAME)
@@ -160,7 +160,7 @@ static uint32_t state_backend = SERPENS_STATE_LOCAL;
 
 void serpens_state_set_backend(uint32_t backend) { state_backend = backend; }
 
-static int is_remote(const struct serpens_nf_slot *s, int table)
+static int is_remote(const struct serpens_nf_env *s, int table)
 {
 	return (s->remote_mask >> table) & 1;
 }
@@ -170,10 +170,10 @@ void serpens_state_set_dir(const char *dir)
 	snprintf(state_dir, sizeof(state_dir), "%s", dir);
 }
 
-void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
+void serpens_nf_env_close_tables(struct serpens_nf_env *s)
 {
-	serpens_nf_slot_merge(s, 0, 1); /* nothing an instance counted is lost at stop */
-	serpens_nf_slot_release(s, 0);  /* and nothing it held stays out of the pools */
+	serpens_nf_env_merge(s, 0, 1); /* nothing an instance counted is lost at stop */
+	serpens_nf_env_release(s, 0);  /* and nothing it held stays out of the pools */
 	for (uint32_t i = 0; i < s->ntables; i++) {
 		serpens_table_close(&s->tables[i]);
 		serpens_table_close(&s->replicas[i]);
@@ -184,17 +184,17 @@ void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
 	s->ntables = 0;
 }
 
-static int is_eventual(const struct serpens_nf_slot *s, int table)
+static int is_eventual(const struct serpens_nf_env *s, int table)
 {
 	return s->replicas[table].hdr != NULL && (s->tables[table].flags & SERPENS_EVENTUAL);
 }
 
-static int is_release(const struct serpens_nf_slot *s, int table)
+static int is_release(const struct serpens_nf_env *s, int table)
 {
 	return s->replicas[table].hdr != NULL && (s->tables[table].flags & SERPENS_RELEASE);
 }
 
-static int has_op(const struct serpens_nf_slot *s, size_t end)
+static int has_op(const struct serpens_nf_env *s, size_t end)
 {
 	return s->ops && s->ops->size >= end;
 }
@@ -220,7 +220,7 @@ static void add_words(void *into, const void *from, uint32_t size)
 }
 
 /* This instance's share of key, split off the pool on first use; NULL if no pool. */
-static void *release_share(struct serpens_nf_slot *s, int table, const void *key)
+static void *release_share(struct serpens_nf_env *s, int table, const void *key)
 {
 	struct serpens_table *pool = &s->tables[table], *shares = &s->replicas[table];
 	uint32_t size = pool->hdr->value_size;
@@ -242,7 +242,7 @@ static void *release_share(struct serpens_nf_slot *s, int table, const void *key
 	return share;
 }
 
-static void give_back(struct serpens_nf_slot *s, int table)
+static void give_back(struct serpens_nf_env *s, int table)
 {
 	struct serpens_table *pool = &s->tables[table], *shares = &s->replicas[table];
 	uint32_t size = pool->hdr->value_size;
@@ -268,13 +268,13 @@ static void give_back(struct serpens_nf_slot *s, int table)
 
 /* update (paper §III-D2): give our shares back and ask every instance for theirs; each splits
  * a fresh share off the pool at its next use, so what is left is spread again. */
-static void rebalance(struct serpens_nf_slot *s, int table)
+static void rebalance(struct serpens_nf_env *s, int table)
 {
 	give_back(s, table);
 	s->seen_epoch[table] = __atomic_add_fetch(&s->tables[table].hdr->epoch, 1, __ATOMIC_ACQ_REL);
 }
 
-void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only)
+void serpens_nf_env_release(struct serpens_nf_env *s, int answer_only)
 {
 	for (uint32_t i = 0; i < s->ntables; i++) {
 		if (!is_release(s, (int)i))
@@ -290,7 +290,7 @@ void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only)
 /* The table an NF's get/put act on: its replica for eventual tables. */
 static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	if ((unsigned)table >= s->ntables)
 		return NULL;
 	return is_eventual(s, table) ? &s->replicas[table] : &s->tables[table];
@@ -298,7 +298,7 @@ static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
 
 static struct serpens_table *shared_table_of(struct serpens_ctx *ctx, int table)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	return (unsigned)table < s->ntables ? &s->tables[table] : NULL;
 }
 
@@ -311,7 +311,7 @@ static void merge_words(void *into, const void *from, uint32_t size)
 			__atomic_fetch_add(&dst[w], src[w], __ATOMIC_RELAXED);
 }
 
-static void merge_table(struct serpens_nf_slot *s, int table)
+static void merge_table(struct serpens_nf_env *s, int table)
 {
 	struct serpens_table *shared = &s->tables[table], *rep = &s->replicas[table];
 	uint32_t size = shared->hdr->value_size;
@@ -332,7 +332,7 @@ static void merge_table(struct serpens_nf_slot *s, int table)
 	}
 }
 
-uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int force)
+uint64_t serpens_nf_env_merge(struct serpens_nf_env *s, uint64_t now_ns, int force)
 {
 	uint64_t next = UINT64_MAX;
 	if (!force && now_ns < s->next_merge_ns)
@@ -353,7 +353,7 @@ uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int f
 	return next;
 }
 
-static int open_replica(struct serpens_nf_slot *s, uint32_t i, const char *name, uint32_t flags,
+static int open_replica(struct serpens_nf_env *s, uint32_t i, const char *name, uint32_t flags,
 			uint32_t ks, uint32_t vs, uint32_t cap, char *err, size_t errlen)
 {
 	char rname[SERPENS_TABLE_NAME];
@@ -382,7 +382,7 @@ static int open_replica(struct serpens_nf_slot *s, uint32_t i, const char *name,
 static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flags,
 			uint32_t key_size, uint32_t value_size, uint32_t capacity)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	char err[200];
 
 	for (uint32_t i = 0; i < s->ntables; i++)
@@ -427,24 +427,24 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 
 static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return serpens_remote_get(&slot_of(ctx)->remote[table], key);
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return serpens_remote_get(&env_of(ctx)->remote[table], key);
 	struct serpens_table *t = table_of(ctx, table);
-	if (t && is_release(slot_of(ctx), table))
-		return release_share(slot_of(ctx), table, key);
+	if (t && is_release(env_of(ctx), table))
+		return release_share(env_of(ctx), table, key);
 	return t ? serpens_table_get(t, key) : NULL;
 }
 
 static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *const *keys,
 			       uint32_t n, void **values)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return serpens_remote_get_bulk(&slot_of(ctx)->remote[table], keys, n, values);
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return serpens_remote_get_bulk(&env_of(ctx)->remote[table], keys, n, values);
 	struct serpens_table *t = table_of(ctx, table);
 	uint32_t found = 0;
-	if (!t || is_release(slot_of(ctx), table)) {
+	if (!t || is_release(env_of(ctx), table)) {
 		for (uint32_t i = 0; i < n && i < SERPENS_BURST; i++) {
-			values[i] = t ? release_share(slot_of(ctx), table, keys[i]) : NULL;
+			values[i] = t ? release_share(env_of(ctx), table, keys[i]) : NULL;
 			found += values[i] != NULL;
 		}
 		return found;
@@ -453,7 +453,7 @@ static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *c
 }
 
 /* In init(): create key's pool if it does not exist. Later: overwrite this instance's share. */
-static int release_put(struct serpens_nf_slot *s, int table, const void *key, const void *value,
+static int release_put(struct serpens_nf_env *s, int table, const void *key, const void *value,
 		       void **stored)
 {
 	struct serpens_table *pool = &s->tables[table];
@@ -481,13 +481,13 @@ static int release_put(struct serpens_nf_slot *s, int table, const void *key, co
 static int put_state(struct serpens_ctx *ctx, int table, const void *key, const void *value,
 		     void **stored)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return value ? serpens_remote_put(&slot_of(ctx)->remote[table], key, value, stored)
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return value ? serpens_remote_put(&env_of(ctx)->remote[table], key, value, stored)
 			     : SERPENS_EINVAL;
 	struct serpens_table *t = table_of(ctx, table);
 	if (!t || !value)
 		return SERPENS_EINVAL;
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	if (!(t->flags & SERPENS_WRITE) && !s->in_init)
 		return SERPENS_EPERM; /* read state is filled in init(), then only read */
 	if (is_release(s, table))
@@ -497,10 +497,10 @@ static int put_state(struct serpens_ctx *ctx, int table, const void *key, const 
 
 static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return serpens_remote_delete(&slot_of(ctx)->remote[table], key);
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return serpens_remote_delete(&env_of(ctx)->remote[table], key);
 	struct serpens_table *t = table_of(ctx, table);
-	if (t && !(t->flags & SERPENS_WRITE) && !slot_of(ctx)->in_init)
+	if (t && !(t->flags & SERPENS_WRITE) && !env_of(ctx)->in_init)
 		return SERPENS_EPERM;
 	return t ? serpens_table_delete(t, key) : SERPENS_EINVAL;
 }
@@ -508,15 +508,15 @@ static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 static int state_fetch_add(struct serpens_ctx *ctx, int table, const void *key, uint64_t delta,
 			   uint64_t *before)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return serpens_remote_fetch_add(&slot_of(ctx)->remote[table], key, delta, before);
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return serpens_remote_fetch_add(&env_of(ctx)->remote[table], key, delta, before);
 	struct serpens_table *t = shared_table_of(ctx, table);
 	return t ? serpens_table_fetch_add(t, key, delta, before) : SERPENS_EINVAL;
 }
 
 static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint64_t period_ns)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	if ((unsigned)table < s->ntables && is_remote(s, table))
 		return 0; /* Redis baselines keep no replicas: nothing to merge */
 	if ((unsigned)table >= s->ntables || !(is_eventual(s, table) || is_release(s, table)) ||
@@ -531,7 +531,7 @@ static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint
 
 static int state_trigger(struct serpens_ctx *ctx, int table, const void *key)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	if ((unsigned)table >= s->ntables)
 		return SERPENS_EINVAL;
 	if (is_remote(s, table))
