@@ -42,7 +42,7 @@ def dpdk_static_link_args():
 
 
 COMMON_CFLAGS = ["-O2", "-g", "-Wall", "-Wno-unused-function", "-std=gnu11"]
-INCLUDES = ["runtime_cy/include", "runtime_cy/src", "router"]
+INCLUDES = ["runtime_cy/include", "runtime_cy/src", "router", "bench/native"]
 
 extensions = [
     Extension(
@@ -57,15 +57,19 @@ extensions = [
             "runtime_cy/_dataplane.pyx",
             "runtime_cy/src/nf_image.c",
             "runtime_cy/src/nf_api.c",
+            "runtime_cy/src/pkt.c",
             "runtime_cy/src/chainer.c",
+            "runtime_cy/src/loader.c",
             "runtime_cy/src/runtime.c",
             "runtime_cy/src/state_table.c",
             "runtime_cy/src/remote_state.c",
-            "runtime_cy/src/driver.c",
             "runtime_cy/src/ports.c",
             "runtime_cy/src/replay.c",
             "runtime_cy/src/sandbox.c",
             "router/router.c",
+            # the benchmarks' native parts: the same EAL, so the same extension
+            "bench/native/driver.c",
+            "bench/native/loaders.c",
         ],
         include_dirs=INCLUDES,
         extra_compile_args=COMMON_CFLAGS + dpdk_cflags(),
@@ -77,6 +81,6 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
-        include_path=["runtime_cy"],
+        include_path=["runtime_cy", "router", "bench/native"],
     )
 )

@@ -31,10 +31,9 @@ class Result:
 class PacketHarness:
     RING_SIZE = 1024
 
-    def __init__(self, pool: ProcessPool, sfc, *, load_mode: int = dp.LOAD_MAP):
+    def __init__(self, pool: ProcessPool, sfc):
         self.pool = pool
         self.sfc = sfc
-        self.load_mode = load_mode
         self.process: PoolProcess | None = None
         self._ctl = None  # the control block of the process that ran it
         n = next(_names)
@@ -42,8 +41,7 @@ class PacketHarness:
         self.tx = dp.Ring(f"htx{n}_{id(self) & 0xffff:x}", self.RING_SIZE)
 
     def start(self):
-        self.process = self.pool.start_instance(self.sfc, self.rx, self.tx,
-                                                load_mode=self.load_mode)
+        self.process = self.pool.start_instance(self.sfc, self.rx, self.tx)
         self._ctl = self.process.ctl
         return self
 

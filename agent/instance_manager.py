@@ -38,12 +38,12 @@ _names = itertools.count()
 
 
 @dataclass
-class _Slot:
+class _Instance:
     proc: PoolProcess
     rx: dp.Ring
     tx: dp.Ring
     pidfd: int               # the router's own handles on the process (watchdog, wake-ups):
-    efd: int                 # dups, closed only once the router let go of the slot
+    efd: int                 # dups, closed only once the router let go of the instance
     activity: int = 0
     active_at: float = 0.0
 
@@ -68,7 +68,7 @@ class InstanceManager:
         self.check_s = min(check_s, warm_s / 4)  # how often warm periods are checked
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         router.set_notify_fd(self._wake_fd, sfc_id)
-        self.slots: dict[int, _Slot] = {}
+        self.instances: dict[int, _Instance] = {}
         self.starts = self.stops = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -90,7 +90,7 @@ class InstanceManager:
         os.close(self._wake_fd)
 
     def count(self) -> int:
-        return len(self.slots)
+        return len(self.instances)
 
     def health(self) -> tuple[str, str]:
         """(phase, message): Running, Degraded (crashed and restarting, or instances cannot
@@ -111,19 +111,19 @@ class InstanceManager:
             self.wanted, self.restore = n, 0
             if self.crashes.failed:
                 n = 0
-            while len(self.slots) < n:
-                slot = self._add()
-                if len(self.slots) > 1:  # scale-out: the new instance takes a share of flows
+            while len(self.instances) < n:
+                i = self._add()
+                if len(self.instances) > 1:  # scale-out: the new instance takes a share of flows
                     with contextlib.suppress(ValueError):  # (it crashed at once: reaped)
-                        self.router.rebalance(self.sfc_id, slot)
-            while len(self.slots) > n:
-                self._retire(max(self.slots))
+                        self.router.rebalance(self.sfc_id, i)
+            while len(self.instances) > n:
+                self._retire(max(self.instances))
 
     def merge_state(self, timeout: float = 2.0) -> int:
         """Every running instance merges its state into the shared tables now (see
         process_pool.merge_state); returns how many did."""
         with self._lock:
-            procs = [s.proc for s in self.slots.values()]
+            procs = [s.proc for s in self.instances.values()]
             merge_state(procs, timeout)
             return len(procs)
 
@@ -133,7 +133,7 @@ class InstanceManager:
         release shares go back), packets wait in the router's hold queue, and as many
         instances as before start on leaving (or on the held packets if there were none)."""
         with self._lock:
-            n = len(self.slots)
+            n = len(self.instances)
             self.scale(0)
             try:
                 yield
@@ -142,15 +142,15 @@ class InstanceManager:
                     self.scale(n)
                 except PoolError as e:  # another SFC took the processes meanwhile
                     log.warning("sfc %d: %d of %d instances back after a pause (%s); "
-                                "the rest start on traffic", self.sfc_id, len(self.slots),
+                                "the rest start on traffic", self.sfc_id, len(self.instances),
                                 n, e)
 
     # ---- internals ------------------------------------------------------------------------
 
     def _add(self) -> int:
-        slot = self.router.reserve_slot()
-        rx = dp.Ring(f"im{self._tag}_{slot}_rx{self.starts}", self.ring_size)
-        tx = dp.Ring(f"im{self._tag}_{slot}_tx{self.starts}", self.ring_size)
+        i = self.router.reserve_index()
+        rx = dp.Ring(f"im{self._tag}_{i}_rx{self.starts}", self.ring_size)
+        tx = dp.Ring(f"im{self._tag}_{i}_tx{self.starts}", self.ring_size)
         try:
             proc = self.pool.start_instance(self.sfc, rx, tx)
             # ours: the pool closes its own when the process dies, the router may still
@@ -159,31 +159,31 @@ class InstanceManager:
         except (PoolError, OSError) as e:
             rx.free()
             tx.free()
-            self.router.release_slot(slot)
+            self.router.release_index(i)
             self._failed_start(getattr(e, "process", None))
             if isinstance(e, PoolError):
                 raise
             raise PoolError(f"the pool process died while starting ({e})") from e
-        self.router.set_instance(slot, rx, tx, proc.ctl, efd, self.sfc_id, pidfd=pidfd,
+        self.router.set_instance(i, rx, tx, proc.ctl, efd, self.sfc_id, pidfd=pidfd,
                                  pid=proc.pid, budget_ms=self.budget_ms)
-        self.slots[slot] = _Slot(proc, rx, tx, pidfd, efd, self.router.activity(slot),
-                                 time.monotonic())
+        self.instances[i] = _Instance(proc, rx, tx, pidfd, efd, self.router.activity(i),
+                                      time.monotonic())
         proc.on_death = self._on_death
         self.started.append(proc)
         if proc.dead:  # died before it was ours to watch
             self._on_death(proc)
         self.starts += 1
-        return slot
+        return i
 
-    def _forget(self, slot: int, s: _Slot):
-        """The router lets go of slot's instance (stopped or dead); then its rings go."""
-        if self.router.clear_instance(slot):
+    def _forget(self, i: int, s: _Instance):
+        """The router lets go of instance i (stopped or dead); then its rings go."""
+        if self.router.clear_instance(i):
             s.rx.free()
             s.tx.free()
             os.close(s.pidfd)
             os.close(s.efd)
         else:  # the router did not answer: leaking rings and fds beats freeing them under it
-            log.error("sfc %d: router slot %d not released; its rings stay", self.sfc_id, slot)
+            log.error("sfc %d: router instance %d not released; its rings stay", self.sfc_id, i)
 
     def _failed_start(self, proc: PoolProcess | None):
         """A start failed: if its process died in it (an NF's init() that faults), that is
@@ -202,12 +202,12 @@ class InstanceManager:
         """From the pool's monitor thread: wake the control thread, which handles it."""
         os.eventfd_write(self._wake_fd, 1)
 
-    def _bury(self, slot: int, s: _Slot):
-        """Slot's process died: release it, record why, and fail the SFC if it must."""
-        self.slots.pop(slot)
+    def _bury(self, i: int, s: _Instance):
+        """Instance i's process died: release it, record why, and fail the SFC if it must."""
+        self.instances.pop(i)
         s.proc.on_death = None
         self.restore += 1
-        watchdog_tsc = self.router.watchdog_fired(slot)
+        watchdog_tsc = self.router.watchdog_fired(i)
         # set by the pool's monitor once the process has exited; a crash record says more,
         # sooner (the exit of a DPDK process takes the kernel up to 300 ms)
         returncode = s.proc.returncode
@@ -215,33 +215,33 @@ class InstanceManager:
                                s.proc.ctl.current_step(), [st.name for st in self.sfc.steps],
                                self.budget_ms if watchdog_tsc else None, watchdog_tsc,
                                s.proc.pid)
-        self._forget(slot, s)
+        self._forget(i, s)
         if not s.proc.dead:  # reaped on its crash record: it is still exiting
             self.pool.replace_doomed(s.proc)
         self.crashes.record(fault)
         phase, message = self.crashes.phase()
-        log.warning("sfc %d: instance in slot %d died: %s", self.sfc_id, slot, message)
+        log.warning("sfc %d: instance %d died: %s", self.sfc_id, i, message)
         if phase == FAILED:
             self.router.set_drop_all(self.sfc_id, True)
-            for other, o in list(self.slots.items()):
+            for other, o in list(self.instances.items()):
                 self._retire(other)
 
-    def _retire(self, slot: int, timeout: float = 10.0):
-        s = self.slots.pop(slot)
-        self.router.drain_instance(slot)
+    def _retire(self, i: int, timeout: float = 10.0):
+        s = self.instances.pop(i)
+        self.router.drain_instance(i)
         deadline = time.monotonic() + timeout
-        while not self.router.drained(slot) and not s.proc.dead:
+        while not self.router.drained(i) and not s.proc.dead:
             if time.monotonic() > deadline:
                 break  # stuck: stop it anyway; the router forgets what it still held
             time.sleep(0.0002)
         s.proc.on_death = None
-        if not s.proc.dead and not self.router.reaped(slot):  # (reaped: it crashed)
+        if not s.proc.dead and not self.router.reaped(i):  # (reaped: it crashed)
             try:
                 self.pool.stop_instance(s.proc)
             except PoolError as e:  # stuck in an NF: the process goes, the pool refills
-                log.warning("sfc %d: stopping slot %d: %s; killing it", self.sfc_id, slot, e)
+                log.warning("sfc %d: stopping instance %d: %s; killing it", self.sfc_id, i, e)
                 s.proc.proc.kill()
-        self._forget(slot, s)
+        self._forget(i, s)
         self.stops += 1
 
     def _control(self):
@@ -264,29 +264,29 @@ class InstanceManager:
 
     def _check(self):
         """One pass of the control thread (under the lock): crashes, warm periods, starts."""
-        for slot, s in list(self.slots.items()):
-            if slot in self.slots and (s.proc.dead or self.router.reaped(slot)):
-                self._bury(slot, s)
-        for slot, s in list(self.slots.items()):
-            activity = self.router.activity(slot)
+        for i, s in list(self.instances.items()):
+            if i in self.instances and (s.proc.dead or self.router.reaped(i)):
+                self._bury(i, s)
+        for i, s in list(self.instances.items()):
+            activity = self.router.activity(i)
             now = time.monotonic()
             if activity != s.activity:
                 s.activity, s.active_at = activity, now
             elif now - s.active_at > self.warm_s:
-                self._retire(slot)  # warm period over: scale in (to zero at last)
+                self._retire(i)  # warm period over: scale in (to zero at last)
         if not self.crashes.may_start():
             return  # backing off (the request stays until then), or failed
         # crashed instances come back (as many as were asked for by scale())
-        missing = max(0, min(self.restore, self.wanted - len(self.slots)))
-        if self.router.take_instance_request(self.sfc_id) and not self.slots:
+        missing = max(0, min(self.restore, self.wanted - len(self.instances)))
+        if self.router.take_instance_request(self.sfc_id) and not self.instances:
             missing = max(missing, 1)
         try:
             for _ in range(missing):
-                slot = self._add()
+                i = self._add()
                 self.restore = max(0, self.restore - 1)
-                if len(self.slots) > 1:
+                if len(self.instances) > 1:
                     with contextlib.suppress(ValueError):  # (reaped meanwhile)
-                        self.router.rebalance(self.sfc_id, slot)
+                        self.router.rebalance(self.sfc_id, i)
             if missing:
                 self.start_problem, self.start_failed = "", False
         except PoolExhausted as e:  # its packets wait (bounded), then are dropped

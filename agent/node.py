@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from serpens.common.node_spec import NodeSpec
 from serpens.common.spec import SFCSpec, SpecError
 from serpens.runtime_cy import _dataplane as dp
-from serpens.runtime_cy.builder import SlotAllocator
+from serpens.runtime_cy.builder import AreaAllocator
 
 from .dataplane import Dataplane, DataplaneConfig
 from .faults import CrashPolicy
@@ -88,8 +88,8 @@ def _same_routing(a: SFCSpec, b: SFCSpec) -> bool:
 class Node:
     def __init__(self, node: NodeSpec, sfcs: list[SFCSpec], *, dataplane: Dataplane = None,
                  pool: ProcessPool = None, ports: dict | None = None,
-                 slots: SlotAllocator | None = None):
-        """`dataplane`, `pool`, `ports` (name -> DPDK port id) and `slots` (the image slot
+                 areas: AreaAllocator | None = None):
+        """`dataplane`, `pool`, `ports` (name -> DPDK port id) and `areas` (the image area
         allocator of whoever else uses that pool) may be given (tests); otherwise the node
         makes its own. `sfcs` start with the node; apply_sfc()/remove_sfc() change them."""
         check_references(node, sfcs)
@@ -97,7 +97,7 @@ class Node:
         self.dataplane, self.pool, self.ports = dataplane, pool, ports
         self._own_dataplane, self._own_pool = dataplane is None, pool is None
         self._own_ports = ports is None
-        self.slots = slots or SlotAllocator()
+        self.areas = areas or AreaAllocator()
         self.running: dict[str, _Running] = {}   # in routing order (rules: first match wins)
         self.router = None
         self._lock = threading.RLock()
@@ -166,13 +166,13 @@ class Node:
                                 f"{old.generation} (incarnation {old.incarnation}), newer "
                                 f"than {generation} ({incarnation})")
             check_references(self.spec, [s for s in self.sfcs if s.name != spec.name] + [spec])
-            built = build_sfc(spec, self.slots, deployed)
+            built = build_sfc(spec, self.areas, deployed)
             try:
                 in_place = old is not None and _same_routing(old.spec, spec)
                 if in_place:
                     count = old.manager.count()
                     old.manager.close()
-                    old.built.close(self.slots)
+                    old.built.close(self.areas)
                     sfc_id = old.sfc_id
                 else:
                     if old is not None:
@@ -188,7 +188,7 @@ class Node:
                     crashes=CrashPolicy(max_restarts=faults.restarts,
                                         window_s=faults.window_s)).start()
             except BaseException:
-                built.close(self.slots)
+                built.close(self.areas)
                 raise
             self.running[spec.name] = entry = _Running(
                 spec, built, sfc_id, manager, generation=generation, replicas=replicas or 0,
@@ -214,7 +214,7 @@ class Node:
             if self.router.held(entry.sfc_id):  # no pool process to take them: say so
                 raise RuntimeError(f"sfc {name}: packets still held after {timeout}s")
             self.router.remove_sfc(entry.sfc_id)
-            entry.built.close(self.slots)
+            entry.built.close(self.areas)
 
     def _route(self):
         """Give the router every running SFC's rules (in order), tags and the default."""
@@ -312,7 +312,7 @@ class Node:
                     self.router.stop()
                     self.router = None
             for entry in self.running.values():
-                entry.built.close(self.slots)
+                entry.built.close(self.areas)
             self.running.clear()
         if self._own_pool and self.pool is not None:
             self.pool.close()

@@ -87,6 +87,24 @@ def owns_cpu(mine: set[int], others: list[set[int]], router: set[int]) -> bool:
     return len(mine) == 1 and not mine & router and not any(mine & o for o in others)
 
 
+class InstanceStart:
+    """How a start command runs an SFC in a pool process. The engine's way (this class): its
+    prepared images are mapped (their memfds go with the command) and its state lives in the
+    node's shared-memory tables. Benchmarks subclass it for their baselines
+    (bench/baselines.py); the runtime picks the loader the command names, once per start
+    (runtime_cy/src/loader.h)."""
+
+    detached = False  # the instance runs in a child of the process, which stays free
+
+    def command(self, sfc) -> tuple[list[int], dict]:
+        """The descriptors sent with the start command, and its fields beyond the SFC's
+        (dp.build_command)."""
+        return [img.fd for img in sfc.images], {}
+
+
+MAPPED = InstanceStart()
+
+
 def merge_state(procs: list[PoolProcess], timeout: float = 2.0):
     """Have the instances `procs` run merge their state now: eventual replicas into the
     shared tables, release shares back to their pools (pool_ctl.h merge_req), so the tables
@@ -223,11 +241,10 @@ class ProcessPool:
 
     # ---- instances ------------------------------------------------------------------------
 
-    def start_instance(self, sfc, rx_ring: dp.Ring, tx_ring: dp.Ring, *, instance_id: int | None = None,
-                       load_mode: int = dp.LOAD_MAP, populate: bool = False,
-                       dl_paths=(), wait: bool = True, timeout: float = 5.0,
-                       process: PoolProcess | None = None, state_backend: int = 0,
-                       redis_port: int = 6379) -> PoolProcess:
+    def start_instance(self, sfc, rx_ring: dp.Ring, tx_ring: dp.Ring, *,
+                       instance_id: int | None = None, wait: bool = True, timeout: float = 5.0,
+                       process: PoolProcess | None = None,
+                       how: InstanceStart = MAPPED) -> PoolProcess:
         """Run compiled SFC `sfc` (runtime_cy.sfc.CompiledSFC) in an idle pool process (or in
         `process`, which must be idle), reading from rx_ring and writing to tx_ring."""
         with self._lock:
@@ -248,16 +265,14 @@ class ProcessPool:
         except ProcessLookupError:
             pass  # died meanwhile: the command below says so
         images = [img.layout for img in sfc.images]
-        fds = [img.fd for img in sfc.images] if load_mode == dp.LOAD_MAP else []
+        fds, fields = how.command(sfc)
         try:
             self._command(p, dp.CMD_START, fds=fds, wait=wait, timeout=timeout,
                           instance_id=p.instance_id, rx_ring=rx_ring.name,
                           tx_ring=tx_ring.name, rx_ring_addr=rx_ring.address,
                           tx_ring_addr=tx_ring.address,
                           images=images, steps=[s.as_tuple() for s in sfc.steps],
-                          config=sfc.config, load_mode=load_mode, populate=populate,
-                          dl_paths=list(dl_paths), state_backend=state_backend,
-                          redis_port=redis_port)
+                          config=sfc.config, **fields)
         except PoolError as e:
             p.instance_id = 0
             e.process = p  # (the caller may want to know how it died)
@@ -267,8 +282,8 @@ class ProcessPool:
             raise
         p.rings = (rx_ring.name, tx_ring.name)
         p.nsteps = len(sfc.steps)
-        if load_mode == dp.LOAD_FORK:
-            p.instance_id = 0  # the zygote stays available; the forked child runs alone
+        if how.detached:
+            p.instance_id = 0  # the process stays available; its child runs the instance
         self.update_cpu_sharing()
         return p
 

@@ -12,7 +12,7 @@ import tempfile
 
 from serpens.common.spec import SFCSpec
 from serpens.runtime_cy import _dataplane as dp
-from serpens.runtime_cy.builder import SlotAllocator
+from serpens.runtime_cy.builder import AreaAllocator
 
 from .dataplane import Dataplane, DataplaneConfig
 from .process_pool import ProcessPool
@@ -30,8 +30,8 @@ def replay(spec: SFCSpec, in_pcap: str, out_pcap: str, state_dir: str | None = N
         vdevs=(f"net_pcap0,rx_pcap={in_pcap}", f"net_pcap1,tx_pcap={out_pcap}"))
     try:
         with Dataplane(config) as dpl, ProcessPool(dpl, 1) as pool:
-            slots = SlotAllocator()
-            built = build_sfc(spec, slots)
+            areas = AreaAllocator()
+            built = build_sfc(spec, areas)
             ports = [dp.port_open("net_pcap0", dpl.mempool), dp.port_open("net_pcap1", dpl.mempool)]
             rx, tx = dp.Ring("replay_rx", 1024), dp.Ring("replay_tx", 1024)
             proc = pool.start_instance(built.compiled, rx, tx)
@@ -44,7 +44,7 @@ def replay(spec: SFCSpec, in_pcap: str, out_pcap: str, state_dir: str | None = N
                     dp.port_close(port)  # flushes the output capture
                 rx.free()
                 tx.free()
-                built.close(slots)
+                built.close(areas)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -63,7 +63,7 @@ def _handler(method):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot: {e}")
         except WrongCode as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        except ValueError as e:  # e.g. more instances than the node's router has slots
+        except ValueError as e:  # e.g. more instances than the node's router has room for
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     return wrapper
 

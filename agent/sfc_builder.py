@@ -1,6 +1,6 @@
 """From a validated SFC spec to what a pool process runs: NF images and compiled steps.
 
-Every step gets its own image (an NF's globals are per step) in its own slot of the NF
+Every step gets its own image (an NF's globals are per step) in its own area of the NF
 region; the step's name, `<sfc>.<nf>`, is the NF's state namespace.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ class BuiltSFC:
     spec: SFCSpec
     compiled: CompiledSFC
     images: list = field(default_factory=list)
-    slots: list = field(default_factory=list)
+    areas: list = field(default_factory=list)
     # NF name -> (what code it runs: "stock:nat", "nf:NAME", "source:FILE", SHA-256 of its
     # C source): a state snapshot carries it, a restore into other code is refused.
     code: dict = field(default_factory=dict)
@@ -29,8 +29,8 @@ class BuiltSFC:
         for img in self.images:
             img.close()
         if allocator is not None:
-            for slot in self.slots:
-                allocator.free(slot)
+            for area in self.areas:
+                allocator.free(area)
         self.images.clear()
 
 
@@ -54,7 +54,7 @@ def _code_label(nf) -> str:
     return f"source:{os.path.basename(nf.source_path)}"
 
 
-def build_sfc(spec: SFCSpec, allocator: builder.SlotAllocator,
+def build_sfc(spec: SFCSpec, allocator: builder.AreaAllocator,
               deployed: dict | None = None) -> BuiltSFC:
     """Compile and prepare every NF of `spec` (NFBuildError / NFRefusedError name the NF).
     `deployed` maps the names of NFs deployed to the controller (`nf: NAME`) to their C
@@ -63,12 +63,12 @@ def build_sfc(spec: SFCSpec, allocator: builder.SlotAllocator,
     steps = {}
     try:
         for name, nf in spec.nfs.items():
-            slot = allocator.allocate()
-            built.slots.append(slot)
+            area = allocator.allocate()
+            built.areas.append(area)
             source = _source(name, nf, deployed or {})
             built.code[name] = (_code_label(nf), hashlib.sha256(
                 source.encode() if isinstance(source, str) else source).hexdigest())
-            image = builder.build_nf(source, slot, name)
+            image = builder.build_nf(source, area, name)
             built.images.append(image)
             steps[name] = NF(image, config=nf.config, ports=nf.ports,
                              name=spec.state_namespace(name))

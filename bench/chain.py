@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 
 from serpens import nfs
-from serpens.runtime_cy.builder import SlotAllocator, build_nf
+from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
 from .common import cpu_stalls, machine
@@ -54,11 +54,11 @@ def hops(mode: str, n: int, fw_images, null_image) -> list:
 
 def run(args) -> dict:
     lengths = [int(x) for x in args.lengths.split(",")]
-    slots = SlotAllocator()
+    areas = AreaAllocator()
     fw_src = nfs.source("fw")
-    fw_images = [build_nf(fw_src, slots.allocate(), f"fw{k}") for k in range(max(lengths))]
+    fw_images = [build_nf(fw_src, areas.allocate(), f"fw{k}") for k in range(max(lengths))]
     with open(NULL_NF) as f:
-        null_image = build_nf(f.read(), slots.allocate(), "null")
+        null_image = build_nf(f.read(), areas.allocate(), "null")
     rig = Rig("chain", flow_frames(args.flows), pool_size=2 * max(lengths) - 1,
               idle_us=args.idle_us)
     result = {"machine": dict(machine(), stalls=cpu_stalls()),

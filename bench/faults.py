@@ -220,7 +220,7 @@ class Scenario:
         end = time.monotonic() + seconds * 0.8
         killed = set()  # a killed process stays listed until its (slow) exit is seen
         while len(kills) < times and time.monotonic() < end:
-            procs = [s.proc for s in list(manager.slots.values())
+            procs = [s.proc for s in list(manager.instances.values())
                      if s.proc.pid not in killed and s.proc.ctl.first_batch_cycles()]
             if procs:
                 killed.add(procs[0].pid)
@@ -235,14 +235,14 @@ def sandbox_cost(seconds: float, rounds: int = 5) -> dict:
     sandbox vs without, alternating in one dataplane."""
     from serpens import nfs
     from serpens.agent.process_pool import ProcessPool
-    from serpens.runtime_cy.builder import SlotAllocator, build_nf
+    from serpens.runtime_cy.builder import AreaAllocator, build_nf
     from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
     from .rig import INSTANCE_CPU, Rig, flow_frames
     from .state import NF_CONFIGS
 
-    slots = SlotAllocator()
-    images = {n: build_nf(nfs.source(n), slots.allocate(), n) for n in ("fw", "mon", "nat")}
+    areas = AreaAllocator()
+    images = {n: build_nf(nfs.source(n), areas.allocate(), n) for n in ("fw", "mon", "nat")}
     sfc = compile_sfc(chain(*[NF(images[n], config=NF_CONFIGS[n](), name=n)
                               for n in ("fw", "mon", "nat")]))
     rig = Rig("sandbox", flow_frames(10000))

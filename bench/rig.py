@@ -96,7 +96,7 @@ class Rig:
         for m in self.managers:
             m.start()
             m.scale(instances)
-            for s in m.slots.values():
+            for s in m.instances.values():
                 self.pool.pin(s.proc, INSTANCE_CPU)
         keep_off_router_cpu()
         return self

@@ -24,7 +24,7 @@ import time
 
 from serpens import nfs
 from serpens.runtime_cy import _dataplane as dp
-from serpens.runtime_cy.builder import SlotAllocator, build_nf
+from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .common import cpu_stalls, machine, percentiles
@@ -64,8 +64,8 @@ def analyse(recs: bytes, request_tsc: int, hz: float) -> dict:
 
 
 def run(args) -> dict:
-    slots = SlotAllocator()
-    image = build_nf(nfs.source("mon"), slots.allocate(), "mon")
+    areas = AreaAllocator()
+    image = build_nf(nfs.source("mon"), areas.allocate(), "mon")
     sfc = compile_sfc(NF(image, config=NF_CONFIGS["mon"](), name="mon-scale"))
     rig = Rig("scale", flow_frames(args.flows), pool_size=2, idle_us=args.idle_us)
     hz = dp.tsc_hz()
@@ -86,7 +86,7 @@ def run(args) -> dict:
                 rig.pool.pin(proc, ROUTER_CPU)
         request = dp.rdtsc()
         manager.scale(2)
-        new_proc = manager.slots[max(manager.slots)].proc
+        new_proc = manager.instances[max(manager.instances)].proc
         time.sleep(args.after)
         router.pace(rig.src, 1e-3)  # stop offering; let everything in flight leave
         st1 = drained_stats(router)

@@ -20,7 +20,7 @@ import os
 import tempfile
 
 from serpens import nfs
-from serpens.runtime_cy.builder import SlotAllocator, build_nf
+from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
 from .common import cpu_stalls, machine
@@ -84,10 +84,10 @@ def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None) ->
 
 def run(args) -> dict:
     frames = flow_frames(args.flows)
-    slots = SlotAllocator()
-    images = {name: build_nf(nfs.source(name), slots.allocate(), name) for name in NF_CONFIGS}
+    areas = AreaAllocator()
+    images = {name: build_nf(nfs.source(name), areas.allocate(), name) for name in NF_CONFIGS}
     with open(NULL_NF) as f:
-        images["null"] = build_nf(f.read(), slots.allocate(), "null")
+        images["null"] = build_nf(f.read(), areas.allocate(), "null")
     sfc = compile_sfc(chain(*[NF(images[n], config=NF_CONFIGS[n](), name=n)
                               for n in ("fw", "mon", "nat")]))
     null_sfc = compile_sfc(NF(images["null"], name="null"))

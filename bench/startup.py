@@ -21,6 +21,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy import builder
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
+from .baselines import Dlopen, Fork
 from .common import bench_dataplane, machine, percentiles, udp_frame
 
 NF_SOURCE = os.path.join(os.path.dirname(__file__), "nfs", "acl.c")
@@ -87,7 +88,7 @@ class _Bench:
             self.prime(proc)
             t0 = dp.rdtsc()
             self.pool.start_instance(self.sfc, self.rx, self.tx, process=proc,
-                                     load_mode=dp.LOAD_FORK, dl_paths=[dl_path], wait=False)
+                                     how=Fork(dl_path), wait=False)
             self.wait_burst(proc)
             while proc.ctl.stats()["forked_done"] == done:  # one consumer per ring at a time
                 time.sleep(0.0001)
@@ -126,7 +127,7 @@ def _shmem_kb():
 def measure_deploy_kb(so: bytes, n: int) -> float:
     """Memory added per deployed NF: shared memory (memfd pages) over n prepared images."""
     before = _shmem_kb()
-    images = [builder.prepare_image(so, slot, f"acl{slot}") for slot in range(n)]
+    images = [builder.prepare_image(so, area, f"acl{area}") for area in range(n)]
     after = _shmem_kb()
     for img in images:
         img.close()
@@ -136,7 +137,7 @@ def measure_deploy_kb(so: bytes, n: int) -> float:
 def instance_private_kb(pid: int) -> float:
     """Memory a running instance owns alone in the NF region: its copied-on-write data pages
     (anonymous). Text and relro pages are the memfd's, shared with every other instance."""
-    lo, hi = builder.NF_REGION_BASE, builder.NF_REGION_BASE + builder.NF_SLOT_SIZE * builder.NF_SLOTS
+    lo, hi = builder.NF_REGION_BASE, builder.NF_REGION_BASE + builder.NF_AREA_SIZE * builder.NF_AREAS
     total, inside = 0, False
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
@@ -170,8 +171,7 @@ def run(args) -> dict:
             map_proc, fork_proc = pool.processes()[:2]
             b.run_reused(map_proc, 20)  # warm caches
             m = b.run_reused(map_proc, args.starts)
-            d = b.run_reused(map_proc, args.starts, load_mode=dp.LOAD_DLOPEN,
-                             dl_paths=[so_file.name])
+            d = b.run_reused(map_proc, args.starts, how=Dlopen(so_file.name))
             fk = b.run_fork(fork_proc, args.starts, so_file.name)
             sp = b.run_spawn(spawn_n)
             # Private memory of an instance that has processed traffic.

@@ -21,12 +21,13 @@ import time
 import uuid
 
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
-from serpens.agent.process_pool import ProcessPool
+from serpens.agent.process_pool import MAPPED, ProcessPool
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import build_nf
 from serpens import nfs
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
+from .baselines import RedisState
 from .common import machine, udp_frame
 
 REWRITES = {"nat"}  # NFs that change packets: the driver restores each frame
@@ -116,16 +117,16 @@ def run(args) -> dict:
             proc = pool.processes()[0]
             pool.pin(proc, 1 % os.cpu_count())
             rx, tx = dp.Ring("bstate_rx", 1024), dp.Ring("bstate_tx", 1024)
-            slot = 1
+            area = 1
             for name, make_config in NF_CONFIGS.items():
-                image = build_nf(nfs.source(name), slot, name)
-                slot += 1
+                image = build_nf(nfs.source(name), area, name)
+                area += 1
                 figures = {}
                 for backend, code in BACKENDS.items():
                     step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"  # fresh state each run
                     sfc = compile_sfc(NF(image, config=make_config(), name=step))
-                    pool.start_instance(sfc, rx, tx, process=proc, state_backend=code,
-                                        redis_port=redis.port)
+                    how = RedisState(code, redis.port) if code != dp.STATE_LOCAL else MAPPED
+                    pool.start_instance(sfc, rx, tx, process=proc, how=how)
                     try:
                         r = dp.drive(rx, tx, dpl.mempool, frames, args.seconds, proc.ctl,
                                      proc.efd, rewrite=name in REWRITES)

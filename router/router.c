@@ -15,7 +15,7 @@
 #include <rte_mbuf_dyn.h>
 
 #include "lost_batch.h"
-#include "nf_api.h"
+#include "pkt.h"
 #include "router.h"
 
 #define IDLE_POLLS 256          /* empty polls before the router starts sleeping */

@@ -72,7 +72,7 @@
  * beyond `depth` not yet received are lost like a NIC's RX ring overflowing (`missed`).
  *
  * Writers: the control side (Python) writes `stop`, the configuration (SFCs, rules, tags,
- * ports) before the router runs or while an SFC has no instance, and the instance slots'
+ * ports) before the router runs or while an SFC has no instance, and the instances'
  * `state`; the router thread writes everything else.
  */
 #ifndef SERPENS_ROUTER_H
@@ -93,6 +93,7 @@
 #define SERPENS_FLOW_WAYS 8
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
 #define SERPENS_NO_MOVE 0
+#define SERPENS_VLAN_IDS 4096 /* 12-bit VLAN IDs: tag_sfc[] */
 
 enum serpens_instance_state {
 	SERPENS_INST_EMPTY = 0,
@@ -152,7 +153,7 @@ struct serpens_router_sfc {
 	uint16_t out_port;           /* index into ports[] */
 	volatile uint32_t wants_instance; /* set by the router, cleared by the instance manager */
 	int notify_fd;               /* eventfd written when wants_instance is raised (-1: none) */
-	volatile int32_t rebalance_to; /* control: move a share of the flows to slot - 1 */
+	volatile int32_t rebalance_to; /* control: move a share of the flows to instance - 1 */
 	volatile uint32_t drop_all;  /* control: failed, drop its packets instead of holding */
 	uint32_t nheld;
 	struct rte_mbuf *held[SERPENS_ROUTER_HOLD];
@@ -205,7 +206,7 @@ struct serpens_router {
 	int32_t default_sfc;      /* unmatched packets go here (-1: counted and freed) */
 	struct serpens_router_port ports[SERPENS_ROUTER_MAX_PORTS];
 	struct serpens_match_rule rules[SERPENS_ROUTER_MAX_RULES];
-	uint8_t tag_sfc[4096];    /* VLAN ID -> SFC + 1 (0: not a tag) */
+	uint8_t tag_sfc[SERPENS_VLAN_IDS]; /* VLAN ID -> SFC + 1 (0: not a tag) */
 	struct serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS];
 	struct serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES];
 	/* latency log (benchmarks): armed by setting log, log_cap, then log_on */
@@ -234,7 +235,7 @@ struct serpens_router {
 
 /* Run until r->stop; returns 0. */
 int serpens_router_run(struct serpens_router *r);
-/* Reap instance slot i (state DEAD) on the caller's thread: only while the router does not
+/* Reap instance i (state DEAD) on the caller's thread: only while the router does not
  * run (serpens_router_run reaps by itself). */
 void serpens_router_reap(struct serpens_router *r, int i);
 /* The same as an lcore function (rte_eal_remote_launch): arg is the router. */

@@ -7,7 +7,7 @@ from libc.string cimport strerror, memchr
 from serpens.runtime_cy.errors import NFRefusedError
 
 from includes.nf_image cimport (
-    SERPENS_NF_REGION_BASE, SERPENS_NF_SLOT_SIZE, SERPENS_NF_SLOTS, serpens_image_layout,
+    SERPENS_NF_REGION_BASE, SERPENS_NF_AREA_SIZE, SERPENS_NF_AREAS, serpens_image_layout,
     serpens_image_verify, serpens_image_prepare, serpens_region_reserve, serpens_image_map,
     serpens_image_unmap,
 )
@@ -24,8 +24,8 @@ cdef extern from "serpens/nf.h" nogil:
 ctypedef const serpens_nf_ops *(*nf_entry_fn)() noexcept nogil
 
 NF_REGION_BASE = SERPENS_NF_REGION_BASE
-NF_SLOT_SIZE = SERPENS_NF_SLOT_SIZE
-NF_SLOTS = SERPENS_NF_SLOTS
+NF_AREA_SIZE = SERPENS_NF_AREA_SIZE
+NF_AREAS = SERPENS_NF_AREAS
 
 cdef enum:
     ERRLEN = 512
@@ -72,7 +72,7 @@ def verify(so):
 
 
 def prepare(so, uint64_t base):
-    """Verify and build the sealed memfd for slot address `base`.
+    """Verify and build the sealed memfd for area address `base`.
 
     Returns (fd, (base, text_len, relro_len, data_len, entry_off)); the caller owns fd.
     """
@@ -102,7 +102,7 @@ def region_reserve():
 
 
 def map_image(int fd, layout, bint populate=False):
-    """Map a prepared image at its slot (the region must be reserved in this process)."""
+    """Map a prepared image at its area (the region must be reserved in this process)."""
     cdef serpens_image_layout l
     cdef int rc
     _to_layout(layout, &l)
@@ -126,7 +126,7 @@ def probe_entry(layout):
     """Call nf_entry() of an image mapped in this process; return (abi_major, abi_minor, name).
 
     The ops struct and its name pointer must lie inside the image: `name` is a pointer the
-    builder relocated for this slot, so reading it back proves relocation worked. Calling this
+    builder relocated for this area, so reading it back proves relocation worked. Calling this
     for an image that is not mapped here kills the process (it jumps into PROT_NONE).
     """
     cdef serpens_image_layout l

@@ -1,7 +1,7 @@
 """NF builder: compile an NF's C source, verify it against the NF ABI, prepare its image.
 
 The NF manager calls build_nf() (or compile_nf() + prepare_image()) and hands the resulting
-sealed memfd to pool processes, which map it at the slot address with _image.map_image()
+sealed memfd to pool processes, which map it at the area address with _image.map_image()
 (DESIGN §3 "NF images"). Everything the ABI forbids is refused by the verifier in
 src/nf_image.c, which names the offending symbol, relocation or feature.
 """
@@ -21,9 +21,9 @@ from serpens.runtime_cy import _image, compiler_jail
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
 __all__ = [
-    "NF_CFLAGS", "NF_LDFLAGS", "NF_REGION_BASE", "NF_SLOT_SIZE", "NF_SLOTS",
-    "NFBuildError", "NFRefusedError", "NFImage", "SlotAllocator",
-    "check_source", "compile_nf", "verify_nf", "prepare_image", "build_nf", "slot_base",
+    "NF_CFLAGS", "NF_LDFLAGS", "NF_REGION_BASE", "NF_AREA_SIZE", "NF_AREAS",
+    "NFBuildError", "NFRefusedError", "NFImage", "AreaAllocator",
+    "check_source", "compile_nf", "verify_nf", "prepare_image", "build_nf", "area_base",
 ]
 
 _PKG = Path(__file__).resolve().parent
@@ -31,8 +31,8 @@ NF_INCLUDE = _PKG / "include"
 NF_MEM_SOURCE = _PKG / "nf_support" / "mem.c"
 
 NF_REGION_BASE: int = _image.NF_REGION_BASE
-NF_SLOT_SIZE: int = _image.NF_SLOT_SIZE
-NF_SLOTS: int = _image.NF_SLOTS
+NF_AREA_SIZE: int = _image.NF_AREA_SIZE
+NF_AREAS: int = _image.NF_AREAS
 
 # The compiler's own freestanding headers (stddef.h, stdint.h, the x86 intrinsics): the only
 # ones besides the NF ABI's; -nostdinc keeps /usr/include and the like out of the search.
@@ -244,11 +244,11 @@ def verify_nf(so: bytes) -> None:
     _image.verify(so)
 
 
-def slot_base(slot: int) -> int:
-    """Address of a slot in the NF region."""
-    if not 0 <= slot < NF_SLOTS:
-        raise ValueError(f"slot {slot} is not in [0, {NF_SLOTS})")
-    return NF_REGION_BASE + slot * NF_SLOT_SIZE
+def area_base(area: int) -> int:
+    """Address of an area in the NF region."""
+    if not 0 <= area < NF_AREAS:
+        raise ValueError(f"area {area} is not in [0, {NF_AREAS})")
+    return NF_REGION_BASE + area * NF_AREA_SIZE
 
 
 @dataclass
@@ -259,7 +259,7 @@ class NFImage:
     or pass_fds) with `layout`; they call _image.map_image(fd, layout).
     """
     name: str
-    slot: int
+    area: int
     fd: int
     base: int
     text_len: int
@@ -292,62 +292,62 @@ class NFImage:
         self.close()
 
 
-def prepare_image(so: bytes, slot: int, name: str) -> NFImage:
-    """Verify `so` and build its sealed memfd, relocated for `slot`."""
-    base = slot_base(slot)
+def prepare_image(so: bytes, area: int, name: str) -> NFImage:
+    """Verify `so` and build its sealed memfd, relocated for `area`."""
+    base = area_base(area)
     fd, (base, text_len, relro_len, data_len, entry_off) = _image.prepare(so, base)
-    return NFImage(name, slot, fd, base, text_len, relro_len, data_len, entry_off)
+    return NFImage(name, area, fd, base, text_len, relro_len, data_len, entry_off)
 
 
-def build_nf(source: str | bytes, slot: int, name: str) -> NFImage:
+def build_nf(source: str | bytes, area: int, name: str) -> NFImage:
     """compile_nf() + prepare_image()."""
-    return prepare_image(compile_nf(source, name=name), slot, name)
+    return prepare_image(compile_nf(source, name=name), area, name)
 
 
-class SlotAllocator:
-    """Hands out NF region slots. Thread-safe.
+class AreaAllocator:
+    """Hands out NF region areas. Thread-safe.
 
-    Never-used slots go first; freed ones are reused only once all were handed out, so a slot
+    Never-used areas go first; freed ones are reused only once all were handed out, so an area
     whose old image some process may still have mapped is not reused soon.
     """
 
-    def __init__(self, nslots: int = NF_SLOTS):
-        if not 0 < nslots <= NF_SLOTS:
-            raise ValueError(f"nslots must be in [1, {NF_SLOTS}]")
-        self.nslots = nslots
+    def __init__(self, nareas: int = NF_AREAS):
+        if not 0 < nareas <= NF_AREAS:
+            raise ValueError(f"nareas must be in [1, {NF_AREAS}]")
+        self.nareas = nareas
         self._used: set[int] = set()
-        self._next = 0  # every slot >= _next is free
+        self._next = 0  # every area >= _next is free
         self._lock = threading.Lock()
 
     def allocate(self) -> int:
         with self._lock:
-            if len(self._used) >= self.nslots:
-                raise RuntimeError(f"no free NF slot (all {self.nslots} in use)")
-            if self._next < self.nslots:
-                slot = self._next
+            if len(self._used) >= self.nareas:
+                raise RuntimeError(f"no free NF area (all {self.nareas} in use)")
+            if self._next < self.nareas:
+                area = self._next
                 self._next += 1
             else:
                 # Only after wrapping: linear scan for a hole; rare (65536 NFs deployed).
-                slot = next(s for s in range(self.nslots) if s not in self._used)
-            self._used.add(slot)
-            return slot
+                area = next(s for s in range(self.nareas) if s not in self._used)
+            self._used.add(area)
+            return area
 
-    def free(self, slot: int) -> None:
+    def free(self, area: int) -> None:
         with self._lock:
-            if slot not in self._used:
-                raise ValueError(f"slot {slot} is not allocated")
-            self._used.remove(slot)
+            if area not in self._used:
+                raise ValueError(f"area {area} is not allocated")
+            self._used.remove(area)
 
-    def reserve(self, slot: int) -> None:
-        """Mark a specific slot used (e.g. restoring NFs after an agent restart)."""
+    def reserve(self, area: int) -> None:
+        """Mark a specific area used (e.g. restoring NFs after an agent restart)."""
         with self._lock:
-            if not 0 <= slot < self.nslots:
-                raise ValueError(f"slot {slot} is not in [0, {self.nslots})")
-            if slot in self._used:
-                raise ValueError(f"slot {slot} is already allocated")
-            self._used.add(slot)
+            if not 0 <= area < self.nareas:
+                raise ValueError(f"area {area} is not in [0, {self.nareas})")
+            if area in self._used:
+                raise ValueError(f"area {area} is already allocated")
+            self._used.add(area)
 
     def __len__(self) -> int:
         return len(self._used)
 
-    slot_base = staticmethod(slot_base)
+    area_base = staticmethod(area_base)

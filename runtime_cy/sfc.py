@@ -143,7 +143,7 @@ class _Compiler:
         if key in self.image_index:
             raise SFCError(f"NF {nf.name}: its image is already used by step "
                            f"{self.image_index[key]}; each step needs its own image (prepare "
-                           "one per occurrence, in its own slot)")
+                           "one per occurrence, in its own area)")
         if len(self.out.images) >= dp.MAX_IMAGES:
             raise SFCError(f"an SFC uses at most {dp.MAX_IMAGES} NF images")
         self.image_index[key] = len(self.out.steps)

@@ -19,8 +19,9 @@ from serpens import nfs
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.agent.harness import PacketHarness
 from serpens.agent.process_pool import ProcessPool, merge_state
+from serpens.bench.baselines import RedisState
 from serpens.runtime_cy import _dataplane as dp
-from serpens.runtime_cy.builder import SlotAllocator, build_nf
+from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -51,8 +52,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="serpens-syscalls-")
     cfg = DataplaneConfig(file_prefix=f"serpens-syscalls-{os.getpid()}",
                           state_dir=os.path.join(tmp, "state"))
-    slots = SlotAllocator()
-    images = [build_nf(nfs.source(n), slots.allocate(), n) for n in ("fw", "mon", "nat")]
+    areas = AreaAllocator()
+    images = [build_nf(nfs.source(n), areas.allocate(), n) for n in ("fw", "mon", "nat")]
     sfc = compile_sfc(chain(*[NF(img, config=NF_CONFIGS[img.name](), name=img.name)
                               for img in images]))
     out = os.path.join(tmp, "strace.txt")
@@ -68,7 +69,7 @@ def main():
         drive(pool, sfc)
         drive(pool, sfc)  # the tables exist now: attach instead of create
         if args.redis_port:
-            drive(pool, sfc, state_backend=dp.STATE_REDIS, redis_port=args.redis_port)
+            drive(pool, sfc, how=RedisState(dp.STATE_REDIS, args.redis_port))
         pool.close()  # EXIT: the process returns to Python and exits
         strace.wait(10)
     with open(out) as f:

@@ -38,9 +38,10 @@ setup_hugepages() {
 build_inputs_hash() {
   # Sources only: the build writes runtime_cy/_*.c, which must not change the hash.
   { cat pyproject.toml setup.py
-    find runtime_cy \( -name '*.pyx' -o -name '*.pxd' -o -path '*/src/*' -o -path '*/include/*' \
-         -o -path '*/nf_support/*' \) -type f | sort | xargs cat
-    find router -type f \( -name '*.c' -o -name '*.h' \) | sort | xargs cat; } | sha256sum | cut -d' ' -f1
+    find runtime_cy \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -path '*/src/*' \
+         -o -path '*/include/*' -o -path '*/nf_support/*' \) -type f | sort | xargs cat
+    find router bench/native -type f \( -name '*.c' -o -name '*.h' -o -name '*.pxd' \
+         -o -name '*.pxi' \) | sort | xargs cat; } | sha256sum | cut -d' ' -f1
 }
 
 setup_venv() {

@@ -34,14 +34,14 @@ def pool(dataplane):
 
 
 @pytest.fixture(scope="session")
-def slots():
-    from serpens.runtime_cy.builder import SlotAllocator
+def areas():
+    from serpens.runtime_cy.builder import AreaAllocator
 
-    return SlotAllocator()
+    return AreaAllocator()
 
 
 @pytest.fixture(scope="session")
-def build(slots):
+def build(areas):
     """build(file_name, copy=0) -> NFImage, prepared once per session and copy (an SFC that
     uses one NF twice needs two images: each step has its own globals)."""
     from serpens.runtime_cy.builder import build_nf
@@ -50,7 +50,7 @@ def build(slots):
 
     def _build(name, copy=0):
         if (name, copy) not in cache:
-            cache[name, copy] = build_nf(nf_source(name), slots.allocate(), name.removesuffix(".c"))
+            cache[name, copy] = build_nf(nf_source(name), areas.allocate(), name.removesuffix(".c"))
         return cache[name, copy]
 
     yield _build
@@ -59,7 +59,7 @@ def build(slots):
 
 
 @pytest.fixture(scope="session")
-def build_stock(slots):
+def build_stock(areas):
     """build_stock(name, copy=0) -> NFImage of the stock NF nfs/<name>/<name>.c."""
     from serpens import nfs
     from serpens.runtime_cy.builder import build_nf
@@ -68,7 +68,7 @@ def build_stock(slots):
 
     def _build(name, copy=0):
         if (name, copy) not in cache:
-            cache[name, copy] = build_nf(nfs.source(name), slots.allocate(), name)
+            cache[name, copy] = build_nf(nfs.source(name), areas.allocate(), name)
         return cache[name, copy]
 
     yield _build

@@ -43,7 +43,7 @@ class Site:
         self.manager = InstanceManager(pool, self.router, sfc, warm_s=warm_s).start()
 
     def instance_ids(self):
-        return {slot: s.proc.instance_id for slot, s in self.manager.slots.items()}
+        return {i: s.proc.instance_id for i, s in self.manager.instances.items()}
 
     def send(self, frames):
         self.wire.send(frames)

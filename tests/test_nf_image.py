@@ -18,8 +18,8 @@ import pytest
 
 from serpens.runtime_cy import _image
 from serpens.runtime_cy.builder import (
-    NF_CFLAGS, NF_LDFLAGS, NF_MEM_SOURCE, NF_REGION_BASE, NF_SLOT_SIZE, NF_SLOTS, NFBuildError,
-    NFImage, NFRefusedError, SlotAllocator, build_nf, compile_nf, prepare_image, slot_base,
+    NF_CFLAGS, NF_LDFLAGS, NF_MEM_SOURCE, NF_REGION_BASE, NF_AREA_SIZE, NF_AREAS, NFBuildError,
+    NFImage, NFRefusedError, AreaAllocator, build_nf, compile_nf, prepare_image, area_base,
     verify_nf,
 )
 
@@ -176,7 +176,7 @@ def test_fuzz_truncated_and_corrupted(pass_so, big_so):
             assert str(e)
             continue
         accepted += 1
-        fd, layout = _image.prepare(so, slot_base(1))  # must not crash either
+        fd, layout = _image.prepare(so, area_base(1))  # must not crash either
         os.close(fd)
     assert accepted < len(cases)
 
@@ -186,14 +186,14 @@ def test_fuzz_truncated_and_corrupted(pass_so, big_so):
 def test_prepare_places_and_seals(pass_so):
     with prepare_image(pass_so, 5, "pass") as img:
         assert isinstance(img, NFImage)
-        assert img.base == slot_base(5) == NF_REGION_BASE + 5 * NF_SLOT_SIZE
+        assert img.base == area_base(5) == NF_REGION_BASE + 5 * NF_AREA_SIZE
         assert img.layout == (img.base, img.text_len, img.relro_len, img.data_len, img.entry_off)
         for n in (img.text_len, img.relro_len, img.data_len):
             assert n % PAGE == 0
         assert img.text_len > 0 and img.data_len > 0
         assert 0 < img.entry_off < img.text_len
         st = os.fstat(img.fd)
-        assert st.st_size == img.size <= NF_SLOT_SIZE
+        assert st.st_size == img.size <= NF_AREA_SIZE
         assert fcntl.fcntl(img.fd, fcntl.F_GET_SEALS) & ALL_SEALS == ALL_SEALS
         assert fcntl.fcntl(img.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
         with pytest.raises(PermissionError):
@@ -209,8 +209,8 @@ def test_prepare_places_and_seals(pass_so):
         os.fstat(fd)
 
 
-def test_relocated_for_slot(big_so):
-    """The same object prepared for two slots differs exactly in the relocated words."""
+def test_relocated_for_area(big_so):
+    """The same object prepared for two areas differs exactly in the relocated words."""
     with prepare_image(big_so, 1, "a") as a, prepare_image(big_so, 2, "b") as b:
         ta, tb = os.pread(a.fd, a.size, 0), os.pread(b.fd, b.size, 0)
         assert ta[:a.text_len] == tb[:b.text_len]
@@ -223,18 +223,18 @@ def test_relocated_for_slot(big_so):
 
 def test_build_nf(tmp_path):
     with build_nf(source("pass"), 7, "pass") as img:
-        assert img.name == "pass" and img.slot == 7
+        assert img.name == "pass" and img.area == 7
 
 
 def test_map_args_checked():
-    with pytest.raises(OSError):  # not a slot address: refused before any mmap
+    with pytest.raises(OSError):  # not an area address: refused before any mmap
         _image.map_image(0, (0x10000, PAGE, 0, PAGE, 0))
     with pytest.raises(OSError):
         _image.unmap_image((NF_REGION_BASE + 1, PAGE, 0, 0, 0))
 
 
-def test_slot_allocator():
-    a = SlotAllocator(3)
+def test_area_allocator():
+    a = AreaAllocator(3)
     got = [a.allocate() for _ in range(3)]
     assert sorted(got) == [0, 1, 2] and len(a) == 3
     with pytest.raises(RuntimeError):
@@ -243,10 +243,10 @@ def test_slot_allocator():
     assert a.allocate() == 1
     with pytest.raises(ValueError):
         a.free(5)
-    assert a.slot_base(2) == NF_REGION_BASE + 2 * NF_SLOT_SIZE
-    assert SlotAllocator().nslots == NF_SLOTS
+    assert a.area_base(2) == NF_REGION_BASE + 2 * NF_AREA_SIZE
+    assert AreaAllocator().nareas == NF_AREAS
     with pytest.raises(ValueError):
-        slot_base(NF_SLOTS)
+        area_base(NF_AREAS)
 
 
 # -- running an image in other processes -------------------------------------------------------

@@ -72,14 +72,14 @@ def test_sfcs_that_do_not_fit_the_node_are_refused_by_field():
         check_references(node, [sfc("a", 1), sfc("b", 2)])
 
 
-def test_a_node_classifies_traffic_to_its_sfcs(dataplane, pool, slots, request):
+def test_a_node_classifies_traffic_to_its_sfcs(dataplane, pool, areas, request):
     tag = abs(hash(request.node.name)) % 10**4
     wires = {name: Wire(dataplane, f"n{tag}{name}") for name in ("wan", "lan", "dmz")}
     sfcs = [sfc("dns", 1, "  match: [{proto: udp, dport: 53, port: wan}]\n  output: dmz"),
             sfc("vlan", 2, "  tag: 42\n  output: dmz"),
             sfc("rest", 3)]
     try:
-        with Node(parse_node(NODE), sfcs, dataplane=dataplane, pool=pool, slots=slots,
+        with Node(parse_node(NODE), sfcs, dataplane=dataplane, pool=pool, areas=areas,
                   ports={n: w.port for n, w in wires.items()}) as node:
             wires["wan"].send([udp(dport=53), udp(dport=80, vlan=42), udp(dport=80),
                                udp(dport=443)])
@@ -110,20 +110,20 @@ def test_serpensctl_node_refuses_a_bad_config_naming_the_field(tmp_path):
     assert "spec.ports.wan" in out.stderr and "eth0" in out.stderr
 
 
-def test_sfcs_are_added_replaced_and_removed_while_the_node_runs(dataplane, pool, slots,
+def test_sfcs_are_added_replaced_and_removed_while_the_node_runs(dataplane, pool, areas,
                                                                   request):
     tag = abs(hash(request.node.name)) % 10**4
     wires = {name: Wire(dataplane, f"d{tag}{name}") for name in ("wan", "lan", "dmz")}
     dns = sfc("dns", 1, "  match: [{proto: udp, dport: 53}]\n  output: dmz")
     try:
         with Node(parse_node(NODE), [sfc("rest", 3)], dataplane=dataplane, pool=pool,
-                  slots=slots, ports={n: w.port for n, w in wires.items()}) as node:
+                  areas=areas, ports={n: w.port for n, w in wires.items()}) as node:
             node.apply_sfc(dns)
             wires["wan"].send([udp(dport=53), udp(dport=80)])
             assert [trace(d) for d in wires["dmz"].receive(1)] == [[1]]
             assert [trace(d) for d in wires["lan"].receive(1)] == [[3]]
             # same routing: new NFs behind the same router SFC, flows and counters kept; the
-            # scale-out first leaves barriers in the slots the new instances will reuse
+            # scale-out first leaves barriers at the indexes the new instances will reuse
             node.scale("rest", 2)
             old_id = node.sfc_ids["rest"]
             node.apply_sfc(sfc("rest", 4), replicas=2, generation=7)

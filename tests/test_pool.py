@@ -10,7 +10,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from serpens.agent.harness import PacketHarness
-from serpens.agent.process_pool import PoolError, ProcessPool, owns_cpu
+from serpens.agent.process_pool import InstanceStart, PoolError, ProcessPool, owns_cpu
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
@@ -59,6 +59,35 @@ def test_init_failure_is_reported_and_the_process_stays_usable(pool, build):
     assert pool.idle_count() == idle
     with PacketHarness(pool, compile_sfc(NF(build("pass.c")))) as h:
         assert h.run([udp(b"ok")])[0].verdict == "out"
+
+
+class _NoSuchLoader(InstanceStart):
+    """Images sent as the engine sends them, but a load mode no loader serves."""
+
+    def command(self, sfc):
+        fds, fields = super().command(sfc)
+        return fds, {**fields, "load_mode": 3}
+
+
+def memfds(pid: int) -> int:
+    return sum("memfd:" in os.readlink(f"/proc/{pid}/fd/{fd}")
+               for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_start_no_loader_serves_is_refused_and_the_process_stays_usable(pool, build):
+    sfc = compile_sfc(NF(build("pass.c")))
+    proc = next(p for p in pool.processes() if p.instance_id == 0 and not p.dead)
+    before = memfds(proc.pid)
+    rx, tx = dp.Ring(f"noload_rx{os.getpid()}", 64), dp.Ring(f"noload_tx{os.getpid()}", 64)
+    try:
+        with pytest.raises(PoolError, match="no loader for load mode 3"):
+            pool.start_instance(sfc, rx, tx, process=proc, how=_NoSuchLoader())
+    finally:
+        rx.free()
+        tx.free()
+    assert memfds(proc.pid) == before  # the image memfds that came with it were closed
+    with PacketHarness(pool, sfc) as h:
+        assert [r.verdict for r in h.run([udp(b"x")] * 8)] == ["out"] * 8
 
 
 def test_sleeping_instance_is_woken_by_new_packets(pool, build):

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def node(dataplane, pool, slots, request):
+def node(dataplane, pool, areas, request):
     tag = abs(hash(request.node.name)) % 10**4
     wires = {name: Wire(dataplane, f"g{tag}{name}") for name in ("wan", "lan", "dmz")}
-    n = Node(parse_node(NODE), [sfc("rest", 3)], dataplane=dataplane, pool=pool, slots=slots,
+    n = Node(parse_node(NODE), [sfc("rest", 3)], dataplane=dataplane, pool=pool, areas=areas,
              ports={name: w.port for name, w in wires.items()}).start()
     yield n, wires
     n.close()

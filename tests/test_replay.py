@@ -29,7 +29,7 @@ def serpensctl(*args):
     return subprocess.run([SERPENSCTL, *args], capture_output=True, text=True, timeout=120)
 
 
-def test_replay_equals_the_packet_harness(tmp_path, pool, slots):
+def test_replay_equals_the_packet_harness(tmp_path, pool, areas):
     frames = traffic()
     wrpcap(str(tmp_path / "in.pcap"), [Ether(f) for f in frames])
     out = serpensctl("replay", "--sfc", EXAMPLE, "--in", str(tmp_path / "in.pcap"),
@@ -41,12 +41,12 @@ def test_replay_equals_the_packet_harness(tmp_path, pool, slots):
     spec = load_sfc(EXAMPLE)
     spec = parse_sfc(open(EXAMPLE).read().replace("name: fw-mon-nat", "name: replay-ref"),
                      base_dir=os.path.dirname(EXAMPLE))  # fresh state for the reference run
-    built = build_sfc(spec, slots)
+    built = build_sfc(spec, areas)
     try:
         with PacketHarness(pool, built.compiled) as h:
             expected = [r.data for r in h.run(frames) if r.verdict == "out"]
     finally:
-        built.close(slots)
+        built.close(areas)
     assert replayed == expected
     assert result["router"] == {"rx": 208, "out": 200, "dropped": 8, "tx_failed": 0}
     fw, mon, nat = result["nfs"]

@@ -87,15 +87,15 @@ async def serve_and_run(node, wires):
         await server.stop(None)
 
 
-def test_a_snapshot_is_restored_only_into_the_code_that_wrote_it(dataplane, slots, request):
+def test_a_snapshot_is_restored_only_into_the_code_that_wrote_it(dataplane, areas, request):
     tag = abs(hash(request.node.name)) % 10**4
     wires = {name: Wire(dataplane, f"r{tag}{name}") for name in ("wan", "lan", "dmz")}
-    # A pool of its own: the session's processes may still map images of slots that earlier
-    # tests freed ("mapping image 1 ...: File exists" when this test reuses the slot).
+    # A pool of its own: the session's processes may still map images of areas that earlier
+    # tests freed ("mapping image 1 ...: File exists" when this test reuses the area).
     try:
         with ProcessPool(dataplane, 1) as pool, \
                 Node(parse_node(NODE), [parse_sfc(MON_NAT)], dataplane=dataplane, pool=pool,
-                     slots=slots, ports={n: w.port for n, w in wires.items()}) as node:
+                     areas=areas, ports={n: w.port for n, w in wires.items()}) as node:
             node.state.drop("mon-nat.mon")  # another test's run of the session may have left some
             node.scale("mon-nat", 1)
             wires["wan"].send([udp(dport=53, src="10.0.0.1", sport=1000 + i)

@@ -57,7 +57,7 @@ def test_scale_in_moves_flows_without_loss_or_reordering(node):
     sender = threading.Thread(target=node.send, args=([frame(f, s) for s in range(1, 30)
                                                        for f in range(64)],))
     sender.start()
-    node.manager.scale(1)  # retires slot 1 while traffic flows
+    node.manager.scale(1)  # retires instance 1 while traffic flows
     sender.join()
     node.send([frame(f, s) for s in range(30, 40) for f in range(64)])  # after the drain
     out = [decode(d) for d in node.receive(64 * 39)]
@@ -73,7 +73,7 @@ def test_scale_in_moves_flows_without_loss_or_reordering(node):
 
 def test_router_wakes_a_sleeping_instance_once_per_sleep(node):
     node.manager.scale(1)
-    (slot, s), = node.manager.slots.items()
+    (index, s), = node.manager.instances.items()
     proc = s.proc
     node.send([frame(0, 0)])
     node.receive(1)
@@ -83,11 +83,11 @@ def test_router_wakes_a_sleeping_instance_once_per_sleep(node):
         time.sleep(0.001)
     os.kill(proc.pid, signal.SIGSTOP)  # it stays in this one sleep while packets wait
     try:
-        before = node.router.stats()["instances"][slot]
+        before = node.router.stats()["instances"][index]
         for seq in range(1, 9):
             node.send([frame(f, seq) for f in range(32)])
             time.sleep(0.005)  # past the router's wake timer: it calls wake() for each
-        after = node.router.stats()["instances"][slot]
+        after = node.router.stats()["instances"][index]
         assert after["enqueued"] - before["enqueued"] == 8 * 32
         with open(f"/proc/self/fdinfo/{proc.efd}") as f:
             writes = next(int(x.split()[1], 16) for x in f if x.startswith("eventfd-count:"))

@@ -13,6 +13,7 @@ from scapy.layers.l2 import Ether
 
 from serpens.agent.harness import PacketHarness
 from serpens.agent.state_manager import StateError, StateManager
+from serpens.bench.baselines import RedisState
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
@@ -309,8 +310,8 @@ def test_redis_backend_runs_the_same_nf(dataplane, build, redis_port):
     sfc = compile_sfc(NF(build("stateful.c", copy=6), name="stateful-redis"))
     with ProcessPool(dataplane, 1, sandbox="network") as pool:
         h = PacketHarness(pool, sfc)
-        h.process = pool.start_instance(sfc, h.rx, h.tx, state_backend=dp.STATE_REDIS,
-                                        redis_port=redis_port)
+        h.process = pool.start_instance(sfc, h.rx, h.tx,
+                                        how=RedisState(dp.STATE_REDIS, redis_port))
         try:
             assert all(res.verdict == "out" for res in h.run(frames))
             counters = h.nf_counters()[0]["counters"]

@@ -66,7 +66,7 @@
  * Example (Python, building the SFC):
  *     from serpens import nfs
  *     from serpens.nfs import fw
- *     image = build_nf(nfs.source("fw"), slot, "fw")
+ *     image = build_nf(nfs.source("fw"), area, "fw")
  *     NF(image, name="fw", config=fw.encode_config({
  *         "default": "deny",
  *         "rules": [

@@ -46,7 +46,7 @@
  * scan of a packet stops at the first such transition. A state is named by its address in
  * the automaton: chunk << 14 | byte offset of its row in the chunk.
  *
- * Where it lives. NF globals are per instance and an image must fit a 16 MiB slot, so the
+ * Where it lives. NF globals are per instance and an image must fit a 16 MiB area, so the
  * automaton lives in the global/read state table "automaton" (key 8 bytes, value one 16 KiB
  * chunk, capacity IDS_TABLE_CAPACITY chunks), shared by every instance of the NF on the node
  * and kept when they stop. Entries are keyed {set id, chunk}: the set id is a hash of the

@@ -1,11 +1,14 @@
 # Declarations of the Serpens C core (runtime_cy/src) used by the dataplane extension.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
+from includes.dpdk cimport rte_mempool, rte_ring
+
 cdef extern from "serpens/nf.h" nogil:
-    int SERPENS_BURST
-    int SERPENS_MAX_PORTS
-    int SERPENS_MAX_COUNTERS
-    int SERPENS_COUNTER_NAME
+    enum:  # array sizes below come from the header (enum: usable as dimensions)
+        SERPENS_BURST
+        SERPENS_MAX_PORTS
+        SERPENS_MAX_COUNTERS
+        SERPENS_COUNTER_NAME
     uint16_t SERPENS_LABEL_OUT
     uint16_t SERPENS_LABEL_DROP
     struct serpens_hdrs:
@@ -21,10 +24,11 @@ cdef extern from "serpens/nf.h" nogil:
 from includes.nf_image cimport serpens_image_layout, serpens_region_reserve
 
 cdef extern from "pool_ctl.h" nogil:
-    int SERPENS_MAX_STEPS
-    int SERPENS_MAX_IMAGES
+    enum:
+        SERPENS_MAX_STEPS
+        SERPENS_MAX_IMAGES
+        SERPENS_RING_NAME
     int SERPENS_CONFIG_MAX
-    int SERPENS_RING_NAME
     uint32_t SERPENS_CMD_MAGIC
     int SERPENS_CMD_START, SERPENS_CMD_STOP, SERPENS_CMD_EXIT
     int SERPENS_LOAD_MAP, SERPENS_LOAD_DLOPEN, SERPENS_LOAD_FORK
@@ -35,7 +39,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint16_t kind
         uint16_t image
         uint16_t nports
-        uint16_t next[8]
+        uint16_t next[SERPENS_MAX_PORTS]
         uint32_t config_off
         uint32_t config_len
         char name[48]
@@ -52,19 +56,19 @@ cdef extern from "pool_ctl.h" nogil:
         uint16_t nsteps
         uint16_t nimages
         uint32_t config_len
-        char rx_ring[32]
-        char tx_ring[32]
+        char rx_ring[SERPENS_RING_NAME]
+        char tx_ring[SERPENS_RING_NAME]
         uint64_t rx_ring_addr
         uint64_t tx_ring_addr
-        serpens_image_layout images[16]
-        char dl_path[16][108]
-        serpens_step steps[16]
+        serpens_image_layout images[SERPENS_MAX_IMAGES]
+        char dl_path[SERPENS_MAX_IMAGES][108]
+        serpens_step steps[SERPENS_MAX_STEPS]
         unsigned char config[1]  # SERPENS_CONFIG_MAX bytes in C
 
     struct serpens_nf_counters:
         uint32_t n
-        char names[32][24]
-        uint64_t values[32]
+        char names[SERPENS_MAX_COUNTERS][SERPENS_COUNTER_NAME]
+        uint64_t values[SERPENS_MAX_COUNTERS]
         uint64_t in_pkts
         uint64_t dropped
 
@@ -102,9 +106,9 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t inflight_n
         int32_t cur_step
         uint64_t batch_tsc
-        void *inflight[32]
+        void *inflight[SERPENS_BURST]
         serpens_crash crash
-        serpens_nf_counters nf[16]
+        serpens_nf_counters nf[SERPENS_MAX_STEPS]
 
     int serpens_pool_wake(serpens_pool_ctl *ctl, int efd)
 
@@ -112,6 +116,8 @@ cdef extern from "nf_api.h" nogil:
     void serpens_clock_init()
     uint64_t serpens_now_ns()
     uint64_t serpens_cycles_to_ns(uint64_t cycles)
+
+cdef extern from "pkt.h" nogil:
     int serpens_parse(const unsigned char *frame, uint32_t len, serpens_hdrs *h)
     uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed)
 
@@ -153,8 +159,25 @@ cdef extern from "state_table.h" nogil:
 cdef extern from "nf_api.h" nogil:
     void serpens_state_set_dir(const char *dir)
 
-cdef extern from "driver.h" nogil:
-    struct serpens_drive_result:
-        uint64_t packets
+cdef extern from "lost_batch.h" nogil:
+    uint32_t serpens_free_lost_batch(serpens_pool_ctl *ctl, rte_ring *rx, const rte_ring *tx)
+
+cdef extern from "ports.h" nogil:
+    int serpens_port_open(const char *name, rte_mempool *mp, char *err, size_t errlen)
+    int serpens_port_start(uint16_t port, const char *name, rte_mempool *mp, char *err,
+                           size_t errlen)
+    void serpens_port_close(uint16_t port)
+
+cdef extern from "replay.h" nogil:
+    struct serpens_replay_stats:
+        uint64_t rx
         uint64_t out
-        uint64_t ns
+        uint64_t dropped
+        uint64_t tx_failed
+    int serpens_replay(uint16_t in_port, uint16_t out_port, rte_ring *rx, rte_ring *tx,
+                       serpens_pool_ctl *ctl, int efd, int label_offset,
+                       serpens_replay_stats *st)
+
+cdef extern from "sandbox.h" nogil:
+    int serpens_sandbox_enter(int flags, char *err, size_t errlen)
+    int SERPENS_SANDBOX_NET

@@ -76,3 +76,20 @@ cdef extern from "dp_inline.h" nogil:
     int serpens_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired)
     uint32_t serpens_load_u32(const uint32_t *p)
     uint64_t serpens_load_u64(const uint64_t *p)
+
+cdef extern from "rte_launch.h" nogil:
+    ctypedef int (*lcore_function_t)(void *)
+    int rte_eal_remote_launch(lcore_function_t f, void *arg, unsigned worker_id)
+    int rte_eal_wait_lcore(unsigned worker_id)
+
+cdef extern from "rte_dev.h" nogil:
+    int rte_dev_probe(const char *devargs)
+    int rte_dev_remove(void *dev)
+
+cdef extern from "rte_ethdev.h" nogil:
+    int rte_eth_dev_get_port_by_name(const char *name, uint16_t *port_id)
+
+cdef extern from "rte_eth_ring.h" nogil:
+    int rte_eth_from_rings(const char *name, rte_ring * const rx_queues[], unsigned nb_rx_queues,
+                           rte_ring * const tx_queues[], unsigned nb_tx_queues,
+                           unsigned numa_node)

@@ -4,8 +4,8 @@ from libc.stdint cimport uint8_t, uint64_t
 
 cdef extern from "nf_image.h" nogil:
     const uint64_t SERPENS_NF_REGION_BASE
-    const uint64_t SERPENS_NF_SLOT_SIZE
-    const unsigned int SERPENS_NF_SLOTS
+    const uint64_t SERPENS_NF_AREA_SIZE
+    const unsigned int SERPENS_NF_AREAS
     const uint64_t SERPENS_NF_REGION_SIZE
 
     struct serpens_image_layout:

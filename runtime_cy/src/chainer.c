@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "chainer.h"
+#include "pkt.h"
 
 static int check_steps(const struct serpens_cmd *cmd, char *err, size_t errlen)
 {
@@ -51,7 +52,7 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 	int rc = check_steps(cmd, err, errlen);
 	if (rc)
 		return rc;
-	/* Clear only what this SFC uses: a slot is ~2.5 KB and starts are timed in microseconds. */
+	/* Clear only what this SFC uses: an NF env is ~2.5 KB and starts are timed in microseconds. */
 	memset(c, 0, offsetof(struct serpens_chain, step));
 	memset(c->nf, 0, sizeof(c->nf[0]) * cmd->nsteps);
 	c->nsteps = cmd->nsteps;
@@ -60,7 +61,7 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 
 	for (uint16_t s = 0; s < c->nsteps; s++) {
 		struct serpens_step *st = &c->step[s];
-		struct serpens_nf_slot *nf = &c->nf[s];
+		struct serpens_nf_env *nf = &c->nf[s];
 		st->name[sizeof(st->name) - 1] = 0;
 		memset(&ctl->nf[s], 0, sizeof(ctl->nf[s]));
 		nf->counters = &ctl->nf[s];
@@ -98,7 +99,7 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 		}
 		if (rc) {
 			nf->ops = NULL;
-			serpens_nf_slot_close_tables(nf);
+			serpens_nf_env_close_tables(nf);
 			c->nsteps = s; /* fini only what was initialised */
 			serpens_chain_fini(c);
 			return rc;
@@ -137,7 +138,7 @@ void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b)
 		return;
 	}
 	for (uint16_t s = 0; s < c->nsteps; s++) {
-		struct serpens_nf_slot *nf = &c->nf[s];
+		struct serpens_nf_env *nf = &c->nf[s];
 		serpens_label_t dflt = nf->ctx.next[0];
 		uint32_t count = 0;
 
@@ -181,7 +182,7 @@ void serpens_chain_fini(struct serpens_chain *c)
 		*c->cur_step = s; /* fini, and the merges closing the tables run NF code */
 		if (ops && ops->fini)
 			ops->fini(&c->nf[s].ctx);
-		serpens_nf_slot_close_tables(&c->nf[s]);
+		serpens_nf_env_close_tables(&c->nf[s]);
 		*c->cur_step = -1;
 		c->nf[s].ops = NULL;
 	}
@@ -195,7 +196,7 @@ void serpens_chain_merge(struct serpens_chain *c, uint64_t now_ns, int force)
 		if (c->step[s].kind != SERPENS_STEP_NF)
 			continue;
 		*c->cur_step = s;
-		uint64_t due = serpens_nf_slot_merge(&c->nf[s], now_ns, force);
+		uint64_t due = serpens_nf_env_merge(&c->nf[s], now_ns, force);
 		*c->cur_step = -1;
 		next = due < next ? due : next;
 	}
@@ -207,7 +208,7 @@ void serpens_chain_release(struct serpens_chain *c, int answer_only)
 	for (uint16_t s = 0; s < c->nsteps; s++)
 		if (c->nf[s].nrelease) {
 			*c->cur_step = s;
-			serpens_nf_slot_release(&c->nf[s], answer_only);
+			serpens_nf_env_release(&c->nf[s], answer_only);
 			*c->cur_step = -1;
 		}
 }

@@ -18,7 +18,7 @@ struct serpens_chain {
 	uint32_t has_release;   /* some NF has a release table: answer its pool's requests */
 	volatile int32_t *cur_step; /* the control block's: which NF runs, for crash reports */
 	struct serpens_step step[SERPENS_MAX_STEPS];
-	struct serpens_nf_slot nf[SERPENS_MAX_STEPS];
+	struct serpens_nf_env nf[SERPENS_MAX_STEPS];
 };
 
 /* Wire the steps of `cmd` to the NF ops found at each image's entry (already mapped or

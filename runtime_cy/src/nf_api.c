@@ -1,7 +1,7 @@
 /*
  * The context table every NF imports (serpens/nf.h). Packet helpers act on the rte_mbuf behind
- * b->pkt[i] and keep b->data[i]/b->len[i] in step; the rest is plain C shared by all NFs, so a
- * fix here reaches every NF without a rebuild.
+ * b->pkt[i] and keep b->data[i]/b->len[i] in step; parse, checksums and hash are pkt.c's; the
+ * rest is plain C shared by all NFs, so a fix here reaches every NF without a rebuild.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,12 +10,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <nmmintrin.h>
 #include <rte_cycles.h>
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 
 #include "nf_api.h"
+#include "pkt.h"
 
 /* ---- clock ------------------------------------------------------------------------------ */
 
@@ -93,269 +93,17 @@ static int pkt_trim(struct serpens_batch *b, uint32_t i, uint32_t n)
 	return 0;
 }
 
-/* ---- headers ---------------------------------------------------------------------------- */
-
-#define ETH_P_IPV4 0x0800
-#define ETH_P_IPV6 0x86DD
-#define ETH_P_VLAN 0x8100
-#define ETH_P_QINQ 0x88A8
-
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-
-/* L4 header length needed to read ports/ids, or 0 for protocols we do not parse. */
-static uint32_t l4_min_len(uint8_t proto)
-{
-	switch (proto) {
-	case 6: return 20;  /* TCP: data offset checked below */
-	case 17: return 8;  /* UDP */
-	case 1: case 58: return 8; /* ICMP, ICMPv6 */
-	default: return 0;
-	}
-}
-
-static int parse_l4(const uint8_t *f, uint32_t end, uint32_t off, struct serpens_hdrs *h)
-{
-	uint8_t proto = h->flow.proto;
-	uint32_t need = l4_min_len(proto);
-
-	h->l4_off = off;
-	if (need == 0) { /* other protocol: payload starts right after the IP headers */
-		h->payload_off = off;
-		h->payload_len = end - off;
-		return SERPENS_PARSE_OK;
-	}
-	if (off + need > end)
-		return SERPENS_PARSE_TRUNCATED;
-	const uint8_t *l4 = f + off;
-	uint32_t hl = need;
-	if (proto == 6) {
-		hl = (l4[12] >> 4) * 4u;
-		if (hl < 20)
-			return SERPENS_PARSE_BAD_HEADER;
-		if (off + hl > end)
-			return SERPENS_PARSE_TRUNCATED;
-	}
-	if (proto == 6 || proto == 17) {
-		memcpy(&h->flow.sport, l4, 2);
-		memcpy(&h->flow.dport, l4 + 2, 2);
-	} else if ((proto == 1 && (l4[0] == 8 || l4[0] == 0)) ||
-		   (proto == 58 && (l4[0] == 128 || l4[0] == 129))) {
-		memcpy(&h->flow.sport, l4 + 4, 2); /* echo identifier */
-	}
-	h->payload_off = off + hl;
-	h->payload_len = end - (off + hl);
-	return SERPENS_PARSE_OK;
-}
-
-static int parse_ipv4(const uint8_t *f, uint32_t len, uint32_t off, struct serpens_hdrs *h)
-{
-	if (off + 20 > len)
-		return SERPENS_PARSE_TRUNCATED;
-	const uint8_t *ip = f + off;
-	uint32_t ihl = (ip[0] & 0xF) * 4u, tot = rd16(ip + 2);
-	if ((ip[0] >> 4) != 4 || ihl < 20 || tot < ihl)
-		return SERPENS_PARSE_BAD_HEADER;
-	if (off + ihl > len || off + tot > len)
-		return SERPENS_PARSE_TRUNCATED;
-	h->family = 4;
-	h->l3_len = tot;
-	h->flow.family = 4;
-	h->flow.proto = ip[9];
-	memcpy(h->flow.src, ip + 12, 4);
-	memcpy(h->flow.dst, ip + 16, 4);
-	if (ihl > 20)
-		h->flags |= SERPENS_HDR_IPOPTS;
-	uint16_t frag = rd16(ip + 6);
-	if (frag & 0x1FFF)
-		return SERPENS_PARSE_FRAGMENT;
-	if (frag & 0x2000)
-		h->flags |= SERPENS_HDR_FRAGMENT;
-	return parse_l4(f, off + tot, off + ihl, h);
-}
-
-static int parse_ipv6(const uint8_t *f, uint32_t len, uint32_t off, struct serpens_hdrs *h)
-{
-	if (off + 40 > len)
-		return SERPENS_PARSE_TRUNCATED;
-	const uint8_t *ip = f + off;
-	if ((ip[0] >> 4) != 6)
-		return SERPENS_PARSE_BAD_HEADER;
-	uint32_t end = off + 40 + rd16(ip + 4);
-	if (end > len)
-		return SERPENS_PARSE_TRUNCATED;
-	h->family = 6;
-	h->l3_len = end - off;
-	h->flow.family = 6;
-	memcpy(h->flow.src, ip + 8, 16);
-	memcpy(h->flow.dst, ip + 24, 16);
-
-	uint8_t nh = ip[6];
-	uint32_t p = off + 40;
-	for (int hops = 0; hops < 8; hops++) { /* RFC 8200 §4: skip extension headers */
-		if (nh == 0 || nh == 43 || nh == 60) {
-			if (p + 8 > end)
-				return SERPENS_PARSE_TRUNCATED;
-			h->flags |= SERPENS_HDR_IPOPTS;
-			nh = f[p];
-			p += (f[p + 1] + 1u) * 8u;
-			continue;
-		}
-		if (nh == 44) { /* fragment header */
-			if (p + 8 > end)
-				return SERPENS_PARSE_TRUNCATED;
-			uint16_t fo = rd16(f + p + 2);
-			nh = f[p];
-			p += 8;
-			if (fo & 0xFFF8) {
-				h->flow.proto = nh;
-				return SERPENS_PARSE_FRAGMENT;
-			}
-			if (fo & 1)
-				h->flags |= SERPENS_HDR_FRAGMENT;
-			continue;
-		}
-		break;
-	}
-	if (p > end)
-		return SERPENS_PARSE_TRUNCATED;
-	h->flow.proto = nh;
-	return parse_l4(f, end, p, h);
-}
-
-int serpens_parse(const uint8_t *f, uint32_t len, struct serpens_hdrs *h)
-{
-	memset(h, 0, sizeof(*h));
-	if (len < 14)
-		return SERPENS_PARSE_TRUNCATED;
-	uint32_t off = 12;
-	uint16_t et = rd16(f + off);
-	for (int tags = 0; (et == ETH_P_VLAN || et == ETH_P_QINQ) && tags < 2; tags++) {
-		if (off + 6 > len)
-			return SERPENS_PARSE_TRUNCATED;
-		h->flags |= SERPENS_HDR_VLAN;
-		off += 4;
-		et = rd16(f + off);
-	}
-	off += 2;
-	h->ethertype = et;
-	h->l3_off = off;
-	if (et == ETH_P_IPV4)
-		return parse_ipv4(f, len, off, h);
-	if (et == ETH_P_IPV6)
-		return parse_ipv6(f, len, off, h);
-	return SERPENS_PARSE_NON_IP;
-}
-
-/* ---- checksums (RFC 1071, RFC 1624) ----------------------------------------------------- */
-
-static uint32_t fold16(uint64_t acc)
-{
-	while (acc >> 16)
-		acc = (acc & 0xFFFF) + (acc >> 16);
-	return (uint32_t)acc;
-}
-
-/* Returns an accumulator (host-order value of the one's-complement sum of big-endian words). */
-static uint32_t csum_partial(const void *data, uint32_t len, uint32_t sum)
-{
-	const uint8_t *p = data;
-	uint64_t acc = 0;
-
-	/* The one's-complement sum is byte-order independent (RFC 1071 §2B): add little-endian
-	 * 32-bit halves, fold, and swap once at the end. */
-	while (len >= 8) {
-		uint64_t w;
-		memcpy(&w, p, 8);
-		acc += (w & 0xFFFFFFFFu) + (w >> 32);
-		p += 8;
-		len -= 8;
-	}
-	while (len >= 2) {
-		uint16_t w;
-		memcpy(&w, p, 2);
-		acc += w;
-		p += 2;
-		len -= 2;
-	}
-	if (len)
-		acc += *p; /* a trailing byte is the high byte of a big-endian word */
-	return fold16((uint64_t)sum + __builtin_bswap16((uint16_t)fold16(acc)));
-}
-
-/* Fold and complement: the checksum as stored in a header (network order). */
-static uint16_t csum_fold(uint32_t sum)
-{
-	return __builtin_bswap16((uint16_t)~fold16(sum));
-}
-
-static uint16_t csum_update(uint16_t csum, const void *old_bytes, const void *new_bytes, uint32_t len)
-{
-	/* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') */
-	uint64_t sum = (uint16_t)~__builtin_bswap16(csum);
-	const uint8_t *o = old_bytes, *n = new_bytes;
-	for (uint32_t i = 0; i + 1 < len; i += 2)
-		sum += (uint16_t)~rd16(o + i) + (uint32_t)rd16(n + i);
-	return csum_fold(fold16(sum));
-}
-
-static uint16_t l4_csum(const uint8_t *f, const struct serpens_hdrs *h)
-{
-	uint8_t proto = h->flow.proto;
-	if (!h->l4_off || (proto != 6 && proto != 17 && proto != 1 && proto != 58))
-		return 0;
-	uint32_t l4len = h->l3_off + h->l3_len - h->l4_off;
-	uint32_t csum_at = proto == 6 ? 16 : proto == 17 ? 6 : 2;
-	const uint8_t *ip = f + h->l3_off, *l4 = f + h->l4_off;
-	uint32_t sum = 0;
-
-	if (l4len < csum_at + 2)
-		return 0;
-	if (proto != 1) { /* pseudo-header: RFC 793 §3.1, RFC 768, RFC 8200 §8.1 */
-		sum = h->family == 4 ? csum_partial(ip + 12, 8, 0) : csum_partial(ip + 8, 32, 0);
-		sum = fold16((uint64_t)sum + proto + (l4len >> 16) + (l4len & 0xFFFF));
-	}
-	sum = csum_partial(l4, csum_at, sum);
-	sum = csum_partial(l4 + csum_at + 2, l4len - csum_at - 2, sum);
-	uint16_t c = csum_fold(sum);
-	if (proto == 17 && c == 0)
-		c = 0xFFFF; /* RFC 768: a computed zero is sent as all ones */
-	return c;
-}
-
-/* ---- hash ------------------------------------------------------------------------------- */
-
-uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed)
-{
-	const uint8_t *p = key;
-	uint64_t c = seed;
-	while (len >= 8) {
-		uint64_t w;
-		memcpy(&w, p, 8);
-		c = _mm_crc32_u64(c, w);
-		p += 8;
-		len -= 8;
-	}
-	uint32_t c32 = (uint32_t)c;
-	while (len--)
-		c32 = _mm_crc32_u8(c32, *p++);
-	/* CRC32-C alone mixes low bits poorly for `% n`: finish with a multiply-xorshift. */
-	c32 ^= c32 >> 16;
-	c32 *= 0x45d9f3bu;
-	c32 ^= c32 >> 16;
-	return c32;
-}
-
 /* ---- log and counters ------------------------------------------------------------------- */
 
-static struct serpens_nf_slot *slot_of(struct serpens_ctx *ctx)
+static struct serpens_nf_env *env_of(struct serpens_ctx *ctx)
 {
-	return (struct serpens_nf_slot *)((char *)ctx - offsetof(struct serpens_nf_slot, ctx));
+	return (struct serpens_nf_env *)((char *)ctx - offsetof(struct serpens_nf_env, ctx));
 }
 
 static void nf_log(struct serpens_ctx *ctx, int level, const char *fmt, ...)
 {
 	static const char *const names[] = {"ERR", "WARN", "INFO", "DEBUG"};
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	uint64_t now = serpens_now_ns();
 	uint64_t refill = (now - s->log_last_ns) / 100000000ull; /* one line per 100 ms */
 
@@ -390,7 +138,7 @@ static void nf_log(struct serpens_ctx *ctx, int level, const char *fmt, ...)
 
 static int counter_register(struct serpens_ctx *ctx, const char *name)
 {
-	struct serpens_nf_counters *c = slot_of(ctx)->counters;
+	struct serpens_nf_counters *c = env_of(ctx)->counters;
 	size_t len = name ? strnlen(name, SERPENS_COUNTER_NAME) : 0;
 
 	if (len == 0 || len >= SERPENS_COUNTER_NAME)
@@ -412,7 +160,7 @@ static uint32_t state_backend = SERPENS_STATE_LOCAL;
 
 void serpens_state_set_backend(uint32_t backend) { state_backend = backend; }
 
-static int is_remote(const struct serpens_nf_slot *s, int table)
+static int is_remote(const struct serpens_nf_env *s, int table)
 {
 	return (s->remote_mask >> table) & 1;
 }
@@ -422,10 +170,10 @@ void serpens_state_set_dir(const char *dir)
 	snprintf(state_dir, sizeof(state_dir), "%s", dir);
 }
 
-void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
+void serpens_nf_env_close_tables(struct serpens_nf_env *s)
 {
-	serpens_nf_slot_merge(s, 0, 1); /* nothing an instance counted is lost at stop */
-	serpens_nf_slot_release(s, 0);  /* and nothing it held stays out of the pools */
+	serpens_nf_env_merge(s, 0, 1); /* nothing an instance counted is lost at stop */
+	serpens_nf_env_release(s, 0);  /* and nothing it held stays out of the pools */
 	for (uint32_t i = 0; i < s->ntables; i++) {
 		serpens_table_close(&s->tables[i]);
 		serpens_table_close(&s->replicas[i]);
@@ -436,17 +184,17 @@ void serpens_nf_slot_close_tables(struct serpens_nf_slot *s)
 	s->ntables = 0;
 }
 
-static int is_eventual(const struct serpens_nf_slot *s, int table)
+static int is_eventual(const struct serpens_nf_env *s, int table)
 {
 	return s->replicas[table].hdr != NULL && (s->tables[table].flags & SERPENS_EVENTUAL);
 }
 
-static int is_release(const struct serpens_nf_slot *s, int table)
+static int is_release(const struct serpens_nf_env *s, int table)
 {
 	return s->replicas[table].hdr != NULL && (s->tables[table].flags & SERPENS_RELEASE);
 }
 
-static int has_op(const struct serpens_nf_slot *s, size_t end)
+static int has_op(const struct serpens_nf_env *s, size_t end)
 {
 	return s->ops && s->ops->size >= end;
 }
@@ -472,7 +220,7 @@ static void add_words(void *into, const void *from, uint32_t size)
 }
 
 /* This instance's share of key, split off the pool on first use; NULL if no pool. */
-static void *release_share(struct serpens_nf_slot *s, int table, const void *key)
+static void *release_share(struct serpens_nf_env *s, int table, const void *key)
 {
 	struct serpens_table *pool = &s->tables[table], *shares = &s->replicas[table];
 	uint32_t size = pool->hdr->value_size;
@@ -494,7 +242,7 @@ static void *release_share(struct serpens_nf_slot *s, int table, const void *key
 	return share;
 }
 
-static void give_back(struct serpens_nf_slot *s, int table)
+static void give_back(struct serpens_nf_env *s, int table)
 {
 	struct serpens_table *pool = &s->tables[table], *shares = &s->replicas[table];
 	uint32_t size = pool->hdr->value_size;
@@ -520,13 +268,13 @@ static void give_back(struct serpens_nf_slot *s, int table)
 
 /* update (paper §III-D2): give our shares back and ask every instance for theirs; each splits
  * a fresh share off the pool at its next use, so what is left is spread again. */
-static void rebalance(struct serpens_nf_slot *s, int table)
+static void rebalance(struct serpens_nf_env *s, int table)
 {
 	give_back(s, table);
 	s->seen_epoch[table] = __atomic_add_fetch(&s->tables[table].hdr->epoch, 1, __ATOMIC_ACQ_REL);
 }
 
-void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only)
+void serpens_nf_env_release(struct serpens_nf_env *s, int answer_only)
 {
 	for (uint32_t i = 0; i < s->ntables; i++) {
 		if (!is_release(s, (int)i))
@@ -542,7 +290,7 @@ void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only)
 /* The table an NF's get/put act on: its replica for eventual tables. */
 static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	if ((unsigned)table >= s->ntables)
 		return NULL;
 	return is_eventual(s, table) ? &s->replicas[table] : &s->tables[table];
@@ -550,7 +298,7 @@ static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
 
 static struct serpens_table *shared_table_of(struct serpens_ctx *ctx, int table)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	return (unsigned)table < s->ntables ? &s->tables[table] : NULL;
 }
 
@@ -563,7 +311,7 @@ static void merge_words(void *into, const void *from, uint32_t size)
 			__atomic_fetch_add(&dst[w], src[w], __ATOMIC_RELAXED);
 }
 
-static void merge_table(struct serpens_nf_slot *s, int table)
+static void merge_table(struct serpens_nf_env *s, int table)
 {
 	struct serpens_table *shared = &s->tables[table], *rep = &s->replicas[table];
 	uint32_t size = shared->hdr->value_size;
@@ -584,7 +332,7 @@ static void merge_table(struct serpens_nf_slot *s, int table)
 	}
 }
 
-uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int force)
+uint64_t serpens_nf_env_merge(struct serpens_nf_env *s, uint64_t now_ns, int force)
 {
 	uint64_t next = UINT64_MAX;
 	if (!force && now_ns < s->next_merge_ns)
@@ -605,7 +353,7 @@ uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int f
 	return next;
 }
 
-static int open_replica(struct serpens_nf_slot *s, uint32_t i, const char *name, uint32_t flags,
+static int open_replica(struct serpens_nf_env *s, uint32_t i, const char *name, uint32_t flags,
 			uint32_t ks, uint32_t vs, uint32_t cap, char *err, size_t errlen)
 {
 	char rname[SERPENS_TABLE_NAME];
@@ -634,7 +382,7 @@ static int open_replica(struct serpens_nf_slot *s, uint32_t i, const char *name,
 static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flags,
 			uint32_t key_size, uint32_t value_size, uint32_t capacity)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	char err[200];
 
 	for (uint32_t i = 0; i < s->ntables; i++)
@@ -679,24 +427,24 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 
 static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return serpens_remote_get(&slot_of(ctx)->remote[table], key);
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return serpens_remote_get(&env_of(ctx)->remote[table], key);
 	struct serpens_table *t = table_of(ctx, table);
-	if (t && is_release(slot_of(ctx), table))
-		return release_share(slot_of(ctx), table, key);
+	if (t && is_release(env_of(ctx), table))
+		return release_share(env_of(ctx), table, key);
 	return t ? serpens_table_get(t, key) : NULL;
 }
 
 static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *const *keys,
 			       uint32_t n, void **values)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return serpens_remote_get_bulk(&slot_of(ctx)->remote[table], keys, n, values);
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return serpens_remote_get_bulk(&env_of(ctx)->remote[table], keys, n, values);
 	struct serpens_table *t = table_of(ctx, table);
 	uint32_t found = 0;
-	if (!t || is_release(slot_of(ctx), table)) {
+	if (!t || is_release(env_of(ctx), table)) {
 		for (uint32_t i = 0; i < n && i < SERPENS_BURST; i++) {
-			values[i] = t ? release_share(slot_of(ctx), table, keys[i]) : NULL;
+			values[i] = t ? release_share(env_of(ctx), table, keys[i]) : NULL;
 			found += values[i] != NULL;
 		}
 		return found;
@@ -705,7 +453,7 @@ static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *c
 }
 
 /* In init(): create key's pool if it does not exist. Later: overwrite this instance's share. */
-static int release_put(struct serpens_nf_slot *s, int table, const void *key, const void *value,
+static int release_put(struct serpens_nf_env *s, int table, const void *key, const void *value,
 		       void **stored)
 {
 	struct serpens_table *pool = &s->tables[table];
@@ -733,13 +481,13 @@ static int release_put(struct serpens_nf_slot *s, int table, const void *key, co
 static int put_state(struct serpens_ctx *ctx, int table, const void *key, const void *value,
 		     void **stored)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return value ? serpens_remote_put(&slot_of(ctx)->remote[table], key, value, stored)
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return value ? serpens_remote_put(&env_of(ctx)->remote[table], key, value, stored)
 			     : SERPENS_EINVAL;
 	struct serpens_table *t = table_of(ctx, table);
 	if (!t || !value)
 		return SERPENS_EINVAL;
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	if (!(t->flags & SERPENS_WRITE) && !s->in_init)
 		return SERPENS_EPERM; /* read state is filled in init(), then only read */
 	if (is_release(s, table))
@@ -749,10 +497,10 @@ static int put_state(struct serpens_ctx *ctx, int table, const void *key, const 
 
 static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return serpens_remote_delete(&slot_of(ctx)->remote[table], key);
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return serpens_remote_delete(&env_of(ctx)->remote[table], key);
 	struct serpens_table *t = table_of(ctx, table);
-	if (t && !(t->flags & SERPENS_WRITE) && !slot_of(ctx)->in_init)
+	if (t && !(t->flags & SERPENS_WRITE) && !env_of(ctx)->in_init)
 		return SERPENS_EPERM;
 	return t ? serpens_table_delete(t, key) : SERPENS_EINVAL;
 }
@@ -760,15 +508,15 @@ static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 static int state_fetch_add(struct serpens_ctx *ctx, int table, const void *key, uint64_t delta,
 			   uint64_t *before)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(slot_of(ctx), table))
-		return serpens_remote_fetch_add(&slot_of(ctx)->remote[table], key, delta, before);
+	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
+		return serpens_remote_fetch_add(&env_of(ctx)->remote[table], key, delta, before);
 	struct serpens_table *t = shared_table_of(ctx, table);
 	return t ? serpens_table_fetch_add(t, key, delta, before) : SERPENS_EINVAL;
 }
 
 static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint64_t period_ns)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	if ((unsigned)table < s->ntables && is_remote(s, table))
 		return 0; /* Redis baselines keep no replicas: nothing to merge */
 	if ((unsigned)table >= s->ntables || !(is_eventual(s, table) || is_release(s, table)) ||
@@ -783,7 +531,7 @@ static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint
 
 static int state_trigger(struct serpens_ctx *ctx, int table, const void *key)
 {
-	struct serpens_nf_slot *s = slot_of(ctx);
+	struct serpens_nf_env *s = env_of(ctx);
 	if ((unsigned)table >= s->ntables)
 		return SERPENS_EINVAL;
 	if (is_remote(s, table))
@@ -807,10 +555,10 @@ const struct serpens_api serpens_api_v1 = {
 	.pkt_append = pkt_append,
 	.pkt_trim = pkt_trim,
 	.parse = serpens_parse,
-	.csum_partial = csum_partial,
-	.csum_fold = csum_fold,
-	.csum_update = csum_update,
-	.l4_csum = l4_csum,
+	.csum_partial = serpens_csum_partial,
+	.csum_fold = serpens_csum_fold,
+	.csum_update = serpens_csum_update,
+	.l4_csum = serpens_l4_csum,
 	.hash = serpens_hash_crc,
 	.now_ns = serpens_now_ns,
 	.log = nf_log,

@@ -16,8 +16,9 @@ void serpens_clock_init(void);
 uint64_t serpens_now_ns(void);
 uint64_t serpens_cycles_to_ns(uint64_t cycles);
 
-/* Per-step runtime bookkeeping behind an NF's serpens_ctx (found with container_of). */
-struct serpens_nf_slot {
+/* An NF's environment in the runtime, one per step: the bookkeeping behind its serpens_ctx
+ * (found with container_of). */
+struct serpens_nf_env {
 	struct serpens_ctx ctx;
 	const struct serpens_nf_ops *ops;
 	struct serpens_nf_counters *counters; /* in the shared control block */
@@ -59,18 +60,14 @@ void serpens_state_set_backend(uint32_t backend);
 
 /* Where state tables live (DataplaneConfig.state_dir); set once per process. */
 void serpens_state_set_dir(const char *dir);
-void serpens_nf_slot_close_tables(struct serpens_nf_slot *s);
+void serpens_nf_env_close_tables(struct serpens_nf_env *s);
 /* Merge the replicas of eventual tables into the shared tables when due (or now, if force);
  * returns when the next merge is due (UINT64_MAX: no eventual table). */
-uint64_t serpens_nf_slot_merge(struct serpens_nf_slot *s, uint64_t now_ns, int force);
+uint64_t serpens_nf_env_merge(struct serpens_nf_env *s, uint64_t now_ns, int force);
 /* Release tables: give every share back to its pool, or (answer_only) only those whose pool
  * asked for them since last time. Called per burst (answer_only), before sleep and at stop. */
-void serpens_nf_slot_release(struct serpens_nf_slot *s, int answer_only);
+void serpens_nf_env_release(struct serpens_nf_env *s, int answer_only);
 
 extern const struct serpens_api serpens_api_v1;
-
-/* The packet helpers work on rte_mbufs; everything else is plain C (exported for tests). */
-int serpens_parse(const uint8_t *frame, uint32_t len, struct serpens_hdrs *h);
-uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed);
 
 #endif

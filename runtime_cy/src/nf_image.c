@@ -168,10 +168,10 @@ static int check_load(struct elf_view *v, unsigned int i)
 	    ph->p_filesz > v->len - ph->p_offset)
 		return refuse(v, "PT_LOAD at 0x%llx: file range outside the file",
 			      (unsigned long long)ph->p_vaddr);
-	if (ph->p_vaddr >= SERPENS_NF_SLOT_SIZE || ph->p_memsz > SERPENS_NF_SLOT_SIZE - ph->p_vaddr)
-		return refuse(v, "PT_LOAD at 0x%llx (0x%llx bytes) does not fit a slot (%llu MiB)",
+	if (ph->p_vaddr >= SERPENS_NF_AREA_SIZE || ph->p_memsz > SERPENS_NF_AREA_SIZE - ph->p_vaddr)
+		return refuse(v, "PT_LOAD at 0x%llx (0x%llx bytes) does not fit an area (%llu MiB)",
 			      (unsigned long long)ph->p_vaddr, (unsigned long long)ph->p_memsz,
-			      SERPENS_NF_SLOT_SIZE >> 20);
+			      SERPENS_NF_AREA_SIZE >> 20);
 	if ((ph->p_flags & PF_W) && (ph->p_flags & PF_X))
 		return refuse(v, "writable and executable segment at 0x%llx is not allowed",
 			      (unsigned long long)ph->p_vaddr);
@@ -581,10 +581,10 @@ static int compute_layout(struct elf_view *v)
 			v->relro_len = PAGE_DOWN(r->p_vaddr + r->p_memsz) - v->text_len;
 	}
 	v->data_len = PAGE_UP(rw->p_vaddr + rw->p_memsz) - v->text_len - v->relro_len;
-	if (v->text_len + v->relro_len + v->data_len > SERPENS_NF_SLOT_SIZE)
-		return refuse(v, "image needs %llu bytes, more than a slot (%llu)",
+	if (v->text_len + v->relro_len + v->data_len > SERPENS_NF_AREA_SIZE)
+		return refuse(v, "image needs %llu bytes, more than an area (%llu)",
 			      (unsigned long long)(v->text_len + v->relro_len + v->data_len),
-			      SERPENS_NF_SLOT_SIZE);
+			      SERPENS_NF_AREA_SIZE);
 	if (v->entry_off >= v->text_len)
 		return refuse(v, "nf_entry at 0x%llx is not in text", (unsigned long long)v->entry_off);
 	return 0;
@@ -744,45 +744,45 @@ int serpens_region_reserve(void)
 	return 0;
 }
 
-/* A layout from outside must stay inside one slot of the region: MAP_FIXED replaces anything. */
+/* A layout from outside must stay inside one area of the region: MAP_FIXED replaces anything. */
 static int layout_ok(const struct serpens_image_layout *l)
 {
 	uint64_t total = l->text_len + l->relro_len + l->data_len;
 
 	if (l->base < SERPENS_NF_REGION_BASE ||
 	    l->base - SERPENS_NF_REGION_BASE >= SERPENS_NF_REGION_SIZE ||
-	    (l->base - SERPENS_NF_REGION_BASE) % SERPENS_NF_SLOT_SIZE)
+	    (l->base - SERPENS_NF_REGION_BASE) % SERPENS_NF_AREA_SIZE)
 		return 0;
 	if ((l->text_len | l->relro_len | l->data_len) & (PAGE - 1))
 		return 0;
-	if (l->text_len > SERPENS_NF_SLOT_SIZE || l->relro_len > SERPENS_NF_SLOT_SIZE ||
-	    l->data_len > SERPENS_NF_SLOT_SIZE || total > SERPENS_NF_SLOT_SIZE || total == 0)
+	if (l->text_len > SERPENS_NF_AREA_SIZE || l->relro_len > SERPENS_NF_AREA_SIZE ||
+	    l->data_len > SERPENS_NF_AREA_SIZE || total > SERPENS_NF_AREA_SIZE || total == 0)
 		return 0;
 	return l->entry_off < l->text_len;
 }
 
 /*
- * Slots this process has mapped and unmapped again. Stopping an NF punches a hole in the
+ * Areas this process has mapped and unmapped again. Stopping an NF punches a hole in the
  * reservation (munmap) instead of mapping PROT_NONE back over it: in this nested VM an mmap that
- * replaces a mapping costs twice one into a hole (~4.5 vs ~2 us). The rest of the slot stays
- * reserved, which keeps the page table alive for the next start. A punched slot is mapped with
- * MAP_FIXED_NOREPLACE so that nothing that moved into the hole is ever clobbered; a slot still
+ * replaces a mapping costs twice one into a hole (~4.5 vs ~2 us). The rest of the area stays
+ * reserved, which keeps the page table alive for the next start. A punched area is mapped with
+ * MAP_FIXED_NOREPLACE so that nothing that moved into the hole is ever clobbered; an area still
  * under the reservation is replaced with MAP_FIXED, as the reservation is ours.
  */
-static uint64_t punched[SERPENS_NF_SLOTS / 64];
+static uint64_t punched[SERPENS_NF_AREAS / 64];
 
 #define SMALL_DATA (16u * PAGE) /* .data+.bss populated at map time up to this size */
 
-static uint32_t slot_of(uint64_t base)
+static uint32_t area_of(uint64_t base)
 {
-	return (uint32_t)((base - SERPENS_NF_REGION_BASE) / SERPENS_NF_SLOT_SIZE);
+	return (uint32_t)((base - SERPENS_NF_REGION_BASE) / SERPENS_NF_AREA_SIZE);
 }
 
 static int map_piece(int fd, uint64_t addr, uint64_t len, uint64_t off, int prot, int flags)
 {
 	void *want = (void *)(uintptr_t)addr;
-	uint32_t slot = slot_of(addr);
-	int fixed = punched[slot / 64] >> (slot % 64) & 1 ? MAP_FIXED_NOREPLACE : MAP_FIXED;
+	uint32_t area = area_of(addr);
+	int fixed = punched[area / 64] >> (area % 64) & 1 ? MAP_FIXED_NOREPLACE : MAP_FIXED;
 
 	if (len == 0)
 		return 0;
@@ -820,13 +820,13 @@ int serpens_image_map(int memfd, const struct serpens_image_layout *l, int popul
 int serpens_image_unmap(const struct serpens_image_layout *l)
 {
 	uint64_t total = l->text_len + l->relro_len + l->data_len;
-	uint32_t slot;
+	uint32_t area;
 
 	if (!layout_ok(l))
 		return -EINVAL;
 	if (munmap((void *)(uintptr_t)l->base, total) != 0)
 		return -errno;
-	slot = slot_of(l->base);
-	punched[slot / 64] |= 1ull << (slot % 64);
+	area = area_of(l->base);
+	punched[area / 64] |= 1ull << (area % 64);
 	return 0;
 }

@@ -50,7 +50,8 @@
 
 enum serpens_cmd_kind { SERPENS_CMD_START = 1, SERPENS_CMD_STOP = 2, SERPENS_CMD_EXIT = 3 };
 
-/* How a start loads the NFs: Serpens maps images; the others exist for baselines. */
+/* How a start loads the NFs (loader.h): Serpens maps images; the others are benchmark
+ * baselines (bench/native/loaders.c). */
 enum serpens_load_mode {
 	SERPENS_LOAD_MAP = 0,    /* three mmaps of the prepared memfd (the real thing) */
 	SERPENS_LOAD_DLOPEN = 1, /* dlopen() the .so at `dl_path` (SOCK-style baseline) */

@@ -6,7 +6,6 @@
  * STOP: fini, unmap, back to idle. No allocation, lock, syscall or Python on the packet path.
  */
 #define _GNU_SOURCE /* REG_RIP, siginfo's SIGSYS fields */
-#include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,19 +21,14 @@
 #include <rte_ring.h>
 
 #include "chainer.h"
-#include "nf_image.h"
+#include "loader.h"
 #include "runtime.h"
-
-typedef const struct serpens_nf_ops *(*nf_entry_fn)(void);
 
 struct instance {
 	struct serpens_chain chain;
 	struct rte_ring *rx, *tx;
-	uint16_t nimages;
-	uint32_t load_mode;
-	struct serpens_image_layout images[SERPENS_MAX_IMAGES];
-	void *dl[SERPENS_MAX_IMAGES];
-	nf_entry_fn entries[SERPENS_MAX_IMAGES];
+	const struct serpens_loader *loader; /* of the last start (loader.h) */
+	struct serpens_nf_code code;
 	int first_burst_done;
 };
 
@@ -178,57 +172,10 @@ static void close_fds(struct runtime *rt)
 	rt->nfds = 0;
 }
 
-static void unload_images(struct instance *in)
+static void unload_code(struct instance *in)
 {
-	for (uint16_t i = 0; i < in->nimages; i++) {
-		if (in->load_mode == SERPENS_LOAD_MAP)
-			serpens_image_unmap(&in->images[i]);
-		else if (in->dl[i] && in->load_mode == SERPENS_LOAD_DLOPEN)
-			dlclose(in->dl[i]);
-		in->dl[i] = NULL;
-	}
-	in->nimages = 0;
-}
-
-static int load_images(struct runtime *rt, char *err, size_t errlen)
-{
-	const struct serpens_cmd *cmd = &rt->cmd;
-	struct instance *in = &rt->inst;
-
-	in->load_mode = cmd->load_mode;
-	in->nimages = 0;
-	if (cmd->load_mode == SERPENS_LOAD_MAP && rt->nfds != cmd->nimages) {
-		snprintf(err, errlen, "%u images but %d descriptors", cmd->nimages, rt->nfds);
-		return -EBADMSG;
-	}
-	for (uint16_t i = 0; i < cmd->nimages; i++) {
-		int rc = 0;
-		in->images[i] = cmd->images[i];
-		if (cmd->load_mode == SERPENS_LOAD_MAP) {
-			rc = serpens_image_map(rt->fds[i], &in->images[i], cmd->populate);
-			in->entries[i] = (nf_entry_fn)(uintptr_t)(in->images[i].base + in->images[i].entry_off);
-			if (rc)
-				snprintf(err, errlen, "mapping image %u at 0x%llx: %s", i,
-					 (unsigned long long)in->images[i].base, strerror(-rc));
-		} else {
-			char path[sizeof(cmd->dl_path[i]) + 1];
-			memcpy(path, cmd->dl_path[i], sizeof(cmd->dl_path[i]));
-			path[sizeof(cmd->dl_path[i])] = 0;
-			in->dl[i] = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-			void *sym = in->dl[i] ? dlsym(in->dl[i], "nf_entry") : NULL;
-			in->entries[i] = (nf_entry_fn)sym;
-			if (!sym) {
-				snprintf(err, errlen, "dlopen %s: %s", path, dlerror());
-				rc = -ENOENT;
-			}
-		}
-		if (rc) {
-			unload_images(in);
-			return rc;
-		}
-		in->nimages = i + 1;
-	}
-	return 0;
+	if (in->loader && in->loader->unload)
+		in->loader->unload(&in->code);
 }
 
 static struct rte_ring *find_ring(const char *name, uint64_t addr)
@@ -239,6 +186,26 @@ static struct rte_ring *find_ring(const char *name, uint64_t addr)
 	return rte_ring_lookup(name);
 }
 
+static void run_instance(struct runtime *rt, int detached);
+
+/* The instance of the last start, run by a loader elsewhere (loader.h run_elsewhere: a forked
+ * child of this process) until its ring stays empty, then ended. */
+static void run_detached(void *arg)
+{
+	struct runtime *rt = arg;
+	struct instance *in = &rt->inst;
+	char err[200];
+
+	in->first_burst_done = 0;
+	if (serpens_chain_init(&in->chain, &rt->cmd, in->code.entries, rt->ctl, err,
+			       sizeof(err)) == 0) {
+		run_instance(rt, 1);
+		serpens_chain_fini(&in->chain);
+	}
+	__atomic_add_fetch(&rt->ctl->forked_done, 1, __ATOMIC_RELEASE);
+}
+
+/* 0: the instance runs in this process; 1: its loader runs it elsewhere; or -errno. */
 static int start_instance(struct runtime *rt)
 {
 	const struct serpens_cmd *cmd = &rt->cmd;
@@ -250,9 +217,17 @@ static int start_instance(struct runtime *rt)
 	in->rx = find_ring(cmd->rx_ring, cmd->rx_ring_addr);
 	in->tx = find_ring(cmd->tx_ring, cmd->tx_ring_addr);
 	if (!in->rx || !in->tx) {
+		close_fds(rt);
 		snprintf(err, sizeof(err), "no ring named '%.32s' or '%.32s'", cmd->rx_ring, cmd->tx_ring);
 		set_error(rt, -ENOENT, err);
 		return -ENOENT;
+	}
+	in->loader = serpens_loader_of(cmd->load_mode);
+	if (!in->loader) {
+		close_fds(rt);
+		snprintf(err, sizeof(err), "no loader for load mode %u", cmd->load_mode);
+		set_error(rt, -EINVAL, err);
+		return -EINVAL;
 	}
 	serpens_state_set_backend(cmd->state_backend);
 	if (cmd->state_backend != SERPENS_STATE_LOCAL &&
@@ -262,13 +237,17 @@ static int start_instance(struct runtime *rt)
 		set_error(rt, rc, err);
 		return rc;
 	}
-	rc = load_images(rt, err, sizeof(err));
+	rc = in->loader->load(&in->code, cmd, rt->fds, rt->nfds, err, sizeof(err));
 	close_fds(rt); /* the mappings keep the memfds alive */
-	if (rc == 0) {
-		rc = serpens_chain_init(&in->chain, cmd, (const nf_entry_fn *)in->entries, rt->ctl,
-					err, sizeof(err));
+	if (rc == 0 && in->loader->run_elsewhere) {
+		rc = in->loader->run_elsewhere(run_detached, rt);
+		if (rc == 0)
+			return 1;
+		snprintf(err, sizeof(err), "%s", strerror(-rc));
+	} else if (rc == 0) {
+		rc = serpens_chain_init(&in->chain, cmd, in->code.entries, rt->ctl, err, sizeof(err));
 		if (rc)
-			unload_images(in);
+			unload_code(in);
 	}
 	if (rc) {
 		set_error(rt, rc, err);
@@ -287,7 +266,7 @@ static void stop_instance(struct runtime *rt)
 	serpens_chain_fini(&rt->inst.chain);
 	/* fini merged and gave everything back: that answers any merge request left */
 	__atomic_store_n(&rt->ctl->merge_done, req, __ATOMIC_RELEASE);
-	unload_images(&rt->inst);
+	unload_code(&rt->inst);
 	rt->ctl->instance_id = 0;
 }
 
@@ -370,15 +349,16 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 	}
 }
 
-/* Poll until a command is pending (or, for a forked child, until idle). */
-static void run_instance(struct runtime *rt, int forked_child)
+/* Poll until a command is pending, or (detached: a process of its own, see run_detached) until
+ * idle. */
+static void run_instance(struct runtime *rt, int detached)
 {
 	struct instance *in = &rt->inst;
 	struct serpens_pool_ctl *ctl = rt->ctl;
 	uint64_t idle_since = 0;
 
 	for (;;) {
-		if (!forked_child && pending_command(rt))
+		if (!detached && pending_command(rt))
 			return;
 		if (pending_merge(rt)) { /* the agent wants the tables whole (a state read) */
 			uint32_t req = __atomic_load_n(&ctl->merge_req, __ATOMIC_ACQUIRE);
@@ -412,7 +392,7 @@ static void run_instance(struct runtime *rt, int forked_child)
 		if (!idle_since) {
 			idle_since = now;
 		} else if (now - idle_since > rt->idle_cycles) {
-			if (forked_child)
+			if (detached)
 				return;
 			/* Asleep, it can neither merge on time nor answer its pools: merge now and
 			 * give back what it holds (state tables). */
@@ -428,49 +408,6 @@ static void run_instance(struct runtime *rt, int forked_child)
 			serpens_pool_wait(ctl);
 		}
 	}
-}
-
-/* SAND-style baseline: the NFs stay loaded in this (zygote) process; a start forks a child that
- * runs the instance. The child only touches rings and the shared control block. */
-static int fork_instance(struct runtime *rt)
-{
-	char err[200] = "";
-	pid_t pid = fork();
-	if (pid < 0)
-		return -errno;
-	if (pid > 0)
-		return 0;
-	struct instance *in = &rt->inst;
-	if (serpens_chain_init(&in->chain, &rt->cmd, (const nf_entry_fn *)in->entries, rt->ctl, err,
-			       sizeof(err)) == 0) {
-		run_instance(rt, 1);
-		serpens_chain_fini(&in->chain);
-	}
-	__atomic_add_fetch(&rt->ctl->forked_done, 1, __ATOMIC_RELEASE);
-	_exit(0);
-}
-
-static int start_forked(struct runtime *rt)
-{
-	struct instance *in = &rt->inst;
-	char err[200] = "";
-	int rc = 0;
-
-	rt->ctl->t_cmd_cycles = rte_rdtsc();
-	in->rx = find_ring(rt->cmd.rx_ring, rt->cmd.rx_ring_addr);
-	in->tx = find_ring(rt->cmd.tx_ring, rt->cmd.tx_ring_addr);
-	if (!in->rx || !in->tx)
-		rc = -ENOENT;
-	if (!rc && in->nimages == 0) { /* first start: pre-load (kept for later forks) */
-		rc = load_images(rt, err, sizeof(err));
-		in->load_mode = SERPENS_LOAD_FORK;
-	}
-	close_fds(rt);
-	if (!rc)
-		rc = fork_instance(rt);
-	if (rc)
-		set_error(rt, rc, err[0] ? err : strerror(-rc));
-	return rc;
 }
 
 static int handle_command(struct runtime *rt)
@@ -490,11 +427,10 @@ static int handle_command(struct runtime *rt)
 			close_fds(rt);
 			set_error(rt, -EBUSY, "an instance is already running");
 			rc = -EBUSY;
-		} else if (rt->cmd.load_mode == SERPENS_LOAD_FORK) {
-			rc = start_forked(rt);
 		} else {
 			rc = start_instance(rt);
 			rt->running = rc == 0;
+			rc = rc > 0 ? 0 : rc; /* (1: it runs elsewhere, this process stays idle) */
 			if (rt->running)
 				__atomic_store_n(&rt->ctl->state, SERPENS_POOL_RUNNING, __ATOMIC_RELEASE);
 		}
@@ -533,7 +469,6 @@ int serpens_runtime_main(const struct serpens_runtime_env *env)
 	rt.env = env;
 	rt.ctl = env->ctl;
 	rt.idle_cycles = rte_get_tsc_hz() / 1000000 * env->idle_us;
-	signal(SIGCHLD, SIG_IGN); /* forked baseline children reap themselves */
 	rt.ctl->pid = getpid();
 	catch_fatal_signals(rt.ctl);
 	__atomic_store_n(&rt.ctl->state, SERPENS_POOL_IDLE, __ATOMIC_RELEASE);

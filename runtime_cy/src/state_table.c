@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "nf_api.h"
+#include "pkt.h"
 #include "serpens/nf.h"
 #include "state_table.h"
 

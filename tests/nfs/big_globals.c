@@ -1,6 +1,6 @@
 /*
  * Accepted: static tables of pointers to the NF's own static data. Each pointer is an
- * R_X86_64_RELATIVE relocation that the image builder applies for the slot address, like the
+ * R_X86_64_RELATIVE relocation that the image builder applies for the area address, like the
  * `name` pointer of the ops struct. The arrays are large enough to give the image .data and
  * .bss pages of their own.
  */

@@ -1,0 +1,397 @@
+# The router's Python face (router.h; declarations in router_decl.pxd). Included by
+# runtime_cy/_dataplane.pyx: the router runs in the agent's DPDK process, on that one EAL.
+
+ROUTER_MAX_INSTANCES = SERPENS_ROUTER_MAX_INSTANCES
+ROUTER_MAX_SFCS = SERPENS_ROUTER_MAX_SFCS
+LAT_REC_FORMAT = "<QQII"  # serpens_lat_rec: rx_tsc, tx_tsc, flow, seq
+
+
+cdef class Router:
+    """The router of router/router.h. Ports are DPDK port ids; SFCs and instances are the
+    router's small integers (an instance's index). Configure SFCs, rules and tags before traffic for them flows."""
+    cdef serpens_router *r
+    cdef object refs
+    cdef int lcore
+    cdef bint on_thread  # run() is running it on some thread
+
+    def __cinit__(self, in_ports, out_port=None, uint32_t wake_batch=128, double wake_us=50,
+                  double drain_us=100, double stall_us=2000, double hold_ms=200):
+        """stall_us: the longest one instance or hold queue may stop the node's RX before
+        its packets are dropped instead; hold_ms: the longest a packet waits for an instance
+        (router.h "Containment")."""
+        self.r = <serpens_router *>calloc(1, sizeof(serpens_router))
+        if self.r == NULL:
+            raise MemoryError()
+        for i in range(SERPENS_ROUTER_MAX_INSTANCES):
+            self.r.inst[i].pidfd = -1
+        self.r.stall_cycles = <uint64_t>(rte_get_tsc_hz() * stall_us / 1e6)
+        self.r.hold_cycles = <uint64_t>(rte_get_tsc_hz() * hold_ms / 1e3)
+        self.r.wake_batch = wake_batch
+        self.r.wake_cycles = <uint64_t>(rte_get_tsc_hz() * wake_us / 1e6)
+        self.r.drain_cycles = <uint64_t>(rte_get_tsc_hz() * drain_us / 1e6)
+        self.r.default_sfc = -1
+        self.refs = {}
+        self.lcore = -1
+        for port in ([in_ports] if isinstance(in_ports, int) else in_ports):
+            self.r.ports[self._port(port)].input = 1
+        if out_port is not None:  # the one-SFC node: everything goes to SFC 0
+            self.r.default_sfc = self.add_sfc(out_port)
+
+    def __dealloc__(self):
+        if self.lcore >= 0:
+            self.r.stop = 1
+            rte_eal_wait_lcore(self.lcore)
+        free(self.r.log)
+        free(self.r)
+
+    cdef int _port(self, uint16_t port) except -1:
+        """The router's index of a DPDK port (added on first use)."""
+        for i in range(self.r.nports):
+            if self.r.ports[i].id == port:
+                return i
+        if self.r.nports == SERPENS_ROUTER_MAX_PORTS:
+            raise ValueError(f"router: at most {SERPENS_ROUTER_MAX_PORTS} ports")
+        i = self.r.nports
+        self.r.ports[i].id = port
+        serpens_fence()
+        self.r.nports += 1
+        return i
+
+    # ---- configuration ----------------------------------------------------------------------
+
+    def add_sfc(self, out_port=None, next_sfc=None):
+        """A new SFC; its OUT packets go to DPDK port `out_port` or, chained, into SFC
+        `next_sfc` (local-proxy mode: the hop between NFs passes the router). Returns its id."""
+        cdef serpens_router_sfc *s
+        if (out_port is None) == (next_sfc is None):
+            raise ValueError("an SFC leaves by exactly one of out_port, next_sfc")
+        for sfc in range(SERPENS_ROUTER_MAX_SFCS):
+            s = &self.r.sfcs[sfc]
+            if s.used:
+                continue
+            if next_sfc is not None:
+                if not (0 <= next_sfc < SERPENS_ROUTER_MAX_SFCS and self.r.sfcs[next_sfc].used):
+                    raise ValueError(f"next SFC {next_sfc} does not exist")
+                s.next, s.out_port = next_sfc, 0  # chains point back only: no cycle
+            else:
+                s.next, s.out_port = -1, self._port(out_port)
+            s.rx = s.out = s.dropped = s.new_flows = s.moved_flows = s.rebalanced_flows = 0
+            s.notify_fd = -1
+            serpens_fence()
+            s.used = 1
+            return sfc
+        raise ValueError(f"router: at most {SERPENS_ROUTER_MAX_SFCS} SFCs")
+
+    def remove_sfc(self, int sfc):
+        """Forget SFC `sfc`. The caller first unroutes it (rules, tag, default), waits for
+        quiesce(), and retires its instances; what is still held for it is refused here."""
+        self._check_sfc(sfc)
+        s = &self.r.sfcs[sfc]
+        for i in range(SERPENS_ROUTER_MAX_INSTANCES):
+            if self.r.inst[i].state != SERPENS_INST_EMPTY and self.r.inst[i].sfc == sfc:
+                raise ValueError(f"SFC {sfc} still has an instance at index {i}")
+        if s.nheld:
+            raise ValueError(f"SFC {sfc} still holds {s.nheld} packets")
+        for k in range(SERPENS_ROUTER_MAX_SFCS):
+            if self.r.sfcs[k].used and k != sfc and self.r.sfcs[k].next == sfc:
+                raise ValueError(f"SFC {k} is chained into SFC {sfc}")
+        for i in range(self.r.nrules):
+            if self.r.rules[i].sfc == sfc:
+                raise ValueError(f"match rule {i} still routes to SFC {sfc}")
+        if self.r.default_sfc == sfc:
+            self.r.default_sfc = -1
+        for vlan in range(SERPENS_VLAN_IDS):
+            if self.r.tag_sfc[vlan] == sfc + 1:
+                self.r.tag_sfc[vlan] = 0
+        serpens_fence()
+        s.notify_fd = -1
+        s.used = 0
+
+    def quiesce(self, double timeout=1.0):
+        """Wait until the router began two more iterations (a routing change made before the
+        call is then seen by every packet it routes). False if it is not running or slow."""
+        cdef uint64_t start = serpens_load_u64(&self.r.loops)
+        if self.lcore < 0:
+            return False
+        deadline = time.monotonic() + timeout
+        while serpens_load_u64(&self.r.loops) < start + 2:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0001)
+        return True
+
+    def held(self, int sfc):
+        """Packets of `sfc` waiting in its hold queue."""
+        self._check_sfc(sfc)
+        return serpens_load_u32(&self.r.sfcs[sfc].nheld)
+
+    def set_default_sfc(self, int sfc):
+        """Packets no tag and no rule classify go to `sfc` (-1: counted as unmatched, freed)."""
+        if sfc >= 0:
+            self._check_sfc(sfc)
+        self.r.default_sfc = sfc
+
+    def set_tag(self, int vlan, int sfc):
+        """Packets whose outer VLAN ID is `vlan` belong to `sfc` (-1: forget the tag)."""
+        if not 0 < vlan < 4095:
+            raise ValueError(f"VLAN ID 1..4094, got {vlan}")
+        if sfc >= 0:
+            self._check_sfc(sfc)
+        self.r.tag_sfc[vlan] = sfc + 1
+
+    def set_rules(self, rules):
+        """The match table, first match wins: dicts with `sfc` and optional `src`, `dst`
+        (IPv4 prefixes), `proto` (number), `sport`, `dport` ((lo, hi)), `in_port` (DPDK port)."""
+        import ipaddress
+        if len(rules) > SERPENS_ROUTER_MAX_RULES:
+            raise ValueError(f"at most {SERPENS_ROUTER_MAX_RULES} match rules")
+        cdef serpens_match_rule table[SERPENS_ROUTER_MAX_RULES]
+        cdef serpens_match_rule *m
+        memset(table, 0, sizeof(table))
+        for i, rule in enumerate(rules):
+            m = &table[i]
+            self._check_sfc(rule["sfc"])
+            m.sfc = rule["sfc"]
+            for field in ("src", "dst"):
+                net = ipaddress.IPv4Network(rule.get(field, "0.0.0.0/0"), strict=False)
+                addr = int(net.network_address).to_bytes(4, "big")
+                mask = int(net.netmask).to_bytes(4, "big")
+                if field == "src":
+                    m.src, m.src_mask = int.from_bytes(addr, "little"), int.from_bytes(mask, "little")
+                else:
+                    m.dst, m.dst_mask = int.from_bytes(addr, "little"), int.from_bytes(mask, "little")
+            m.proto = rule.get("proto", 0)
+            m.sport_lo, m.sport_hi = rule.get("sport", (0, 65535))
+            m.dport_lo, m.dport_hi = rule.get("dport", (0, 65535))
+            m.in_port = self._port(rule["in_port"]) if rule.get("in_port") is not None else -1
+        self.r.nrules = 0
+        serpens_fence()
+        memcpy(self.r.rules, table, sizeof(table))
+        serpens_fence()
+        self.r.nrules = len(rules)
+
+    def _check_sfc(self, int sfc):
+        if not (0 <= sfc < SERPENS_ROUTER_MAX_SFCS and self.r.sfcs[sfc].used):
+            raise ValueError(f"SFC {sfc} does not exist")
+
+    def pace(self, uint16_t port, double pps, uint32_t depth=4096):
+        """Emulate a NIC fed at `pps` on an input port whose source never runs dry (e.g.
+        net_pcap infinite_rx): arrivals are stamped with their scheduled time, and more than
+        `depth` arrivals waiting are lost (counted as `missed`). pps 0: unpaced."""
+        cdef serpens_router_port *p = &self.r.ports[self._port(port)]
+        p.pace_cycles = 0
+        serpens_fence()
+        if pps > 0:
+            p.pace_depth = depth
+            p.pace_next = <double>rte_rdtsc()
+            serpens_fence()
+            p.pace_cycles = rte_get_tsc_hz() / pps
+
+    # ---- latency log ------------------------------------------------------------------------
+
+    def log_start(self, uint64_t capacity):
+        """Record (rx_tsc, tx_tsc, flow, seq) of each of the next `capacity` packets sent."""
+        self.r.log_on = 0
+        serpens_fence()
+        free(self.r.log)
+        self.r.log = <serpens_lat_rec *>malloc(capacity * sizeof(serpens_lat_rec))
+        if self.r.log == NULL:
+            raise MemoryError()
+        # touched now: page faults while the router records would show up as latency
+        memset(self.r.log, 0, capacity * sizeof(serpens_lat_rec))
+        self.r.log_cap, self.r.log_n = capacity, 0
+        serpens_fence()
+        self.r.log_on = 1
+
+    def log_take(self):
+        """Stop recording; the records as bytes (LAT_REC_FORMAT each)."""
+        self.r.log_on = 0
+        serpens_fence()
+        n = serpens_load_u64(&self.r.log_n)
+        return PyBytes_FromStringAndSize(<char *>self.r.log, n * sizeof(serpens_lat_rec))
+
+    # ---- instances --------------------------------------------------------------------------
+
+    def reserve_index(self):
+        """An instance index for set_instance(), kept from other callers until then (or until
+        release_index())."""
+        for i in range(SERPENS_ROUTER_MAX_INSTANCES):
+            if self.r.inst[i].state == SERPENS_INST_EMPTY and i not in self.refs:
+                self.refs[i] = None
+                return i
+        raise ValueError(f"router: all {SERPENS_ROUTER_MAX_INSTANCES} instance indexes in use")
+
+    def release_index(self, int i):
+        """Give back a reserved index that set_instance() never filled."""
+        if self.r.inst[i].state == SERPENS_INST_EMPTY and self.refs.get(i, 0) is None:
+            del self.refs[i]
+
+    def set_instance(self, int i, Ring rx, Ring tx, PoolCtl ctl, int efd, int sfc=0,
+                     int pidfd=-1, int pid=0, double budget_ms=0):
+        """Index i now holds a running instance of `sfc` that takes new flows; with `pidfd`,
+        `pid` and `budget_ms`, the watchdog kills it when one batch takes longer."""
+        if not 0 <= i < SERPENS_ROUTER_MAX_INSTANCES:
+            raise IndexError(i)
+        self._check_sfc(sfc)
+        inst = &self.r.inst[i]
+        if inst.state != SERPENS_INST_EMPTY:
+            raise ValueError(f"router instance index {i} is in use")
+        self.refs[i] = (rx, tx, ctl)  # the rings and control block outlive their use here
+        inst.rx, inst.tx, inst.ctl, inst.efd, inst.sfc = rx.r, tx.r, ctl.c, efd, sfc
+        inst.pidfd, inst.pid = pidfd, pid
+        inst.budget_cycles = <uint64_t>(rte_get_tsc_hz() * budget_ms / 1e3)
+        inst.budget_ns = <uint64_t>(budget_ms * 1e6)
+        inst.suspect_batch = inst.suspect_cpu_ns = inst.crash_seen_tsc = 0
+        inst.last_return_tsc = rte_rdtsc()
+        inst.shedding = inst.watchdog_fired = 0
+        inst.stall_since = inst.dropped = 0
+        inst.waiting = inst.npending = 0
+        inst.enqueued = inst.returned = inst.wakeups = 0
+        inst.drained = 0
+        # a barrier of the index's previous instance (a rebalance it took part in) means
+        # nothing for this one, whose counters start at 0: it would hold the SFC forever
+        inst.barrier_on = 0
+        inst.barrier = 0
+        serpens_fence()
+        inst.state = SERPENS_INST_ACTIVE
+
+    def rebalance(self, int sfc, int to):
+        """Move a share of `sfc`'s flows to its new instance at index `to`, in order, with no
+        packet of a flow at two instances at once (router.h)."""
+        self._check_sfc(sfc)
+        if self.r.inst[to].state != SERPENS_INST_ACTIVE or self.r.inst[to].sfc != sfc:
+            raise ValueError(f"index {to} is not an active instance of SFC {sfc}")
+        self.r.sfcs[sfc].rebalance_to = to + 1
+        serpens_fence()
+        self.r.requests = 1
+
+    def drain_instance(self, int i):
+        """Give instance i no new flows; its flows move once it has drained (drained(i)). Only
+        an active instance drains (the router may have reaped a crashed one meanwhile)."""
+        self.r.inst[i].drained = 0
+        serpens_fence()
+        serpens_cas_u32(&self.r.inst[i].state, SERPENS_INST_ACTIVE, SERPENS_INST_DRAINING)
+
+    def drained(self, int i):
+        return self.r.inst[i].state == SERPENS_INST_DRAINING and self.r.inst[i].drained == 1
+
+    def clear_instance(self, int i, double timeout=2.0):
+        """Forget instance i once its process stopped or died: the router forwards what it
+        finished and frees (counting them as dropped) the packets still queued for it or
+        lost in its last batch (router.h "Containment"). Its rings may be freed after this
+        returns True; False (the router did not answer in `timeout`) leaves the index taken."""
+        cdef serpens_router_instance *inst = &self.r.inst[i]
+        if inst.state == SERPENS_INST_EMPTY:
+            self.refs.pop(i, None)
+            return True
+        serpens_fence()
+        # (the router may have reaped it already: then it stays REAPED)
+        if not serpens_cas_u32(&inst.state, SERPENS_INST_ACTIVE, SERPENS_INST_DEAD):
+            serpens_cas_u32(&inst.state, SERPENS_INST_DRAINING, SERPENS_INST_DEAD)
+        serpens_fence()
+        if self.lcore < 0 and not self.on_thread:
+            serpens_router_reap(self.r, i)  # nobody else runs the router
+        deadline = time.monotonic() + timeout
+        while serpens_load_u32(&inst.state) != SERPENS_INST_REAPED:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0001)
+        inst.pidfd = -1
+        inst.state = SERPENS_INST_EMPTY
+        serpens_fence()
+        self.refs.pop(i, None)
+        return True
+
+    def reaped(self, int i):
+        """The router let go of instance i by itself: its process recorded a fatal signal."""
+        return serpens_load_u32(&self.r.inst[i].state) == SERPENS_INST_REAPED
+
+    def watchdog_fired(self, int i):
+        """TSC when the watchdog killed instance i (stuck in one batch); 0: it did
+        not."""
+        if not serpens_load_u32(&self.r.inst[i].watchdog_fired):
+            return 0
+        return self.r.inst[i].watchdog_tsc
+
+    def set_drop_all(self, int sfc, bint drop):
+        """Drop `sfc`'s packets instead of holding them for an instance (a failed SFC)."""
+        self._check_sfc(sfc)
+        self.r.sfcs[sfc].drop_all = drop
+        serpens_fence()
+
+    def run(self):
+        """Run on the calling thread until stop() (nogil)."""
+        self._prepare()
+        self.on_thread = True
+        try:
+            with nogil:
+                serpens_router_run(self.r)
+        finally:
+            self.on_thread = False
+
+    def _prepare(self):
+        if label_off < 0 or meta_off < 0:
+            raise RuntimeError("register_label_field() first (the agent's dataplane does)")
+        self.r.label_off, self.r.meta_off = label_off, meta_off
+        self.r.stop = 0
+
+    def launch(self, unsigned lcore):
+        """Run on EAL worker lcore `lcore` (DESIGN §3: the router owns a core); stop() ends it."""
+        self._prepare()
+        rc = rte_eal_remote_launch(serpens_router_lcore_main, self.r, lcore)
+        if rc:
+            raise OSError(-rc, f"launching the router on lcore {lcore}: "
+                               f"{strerror(-rc).decode()}")
+        self.lcore = lcore
+
+    def stop(self):
+        self.r.stop = 1
+        serpens_fence()
+        if self.lcore >= 0:
+            with nogil:
+                rte_eal_wait_lcore(self.lcore)
+            self.lcore = -1
+
+    def set_notify_fd(self, int fd, int sfc=0):
+        """An eventfd the router writes when packets of `sfc` wait and it has no instance."""
+        self._check_sfc(sfc)
+        self.r.sfcs[sfc].notify_fd = fd
+
+    def take_instance_request(self, int sfc=0):
+        """True once per episode of packets of `sfc` waiting with no instance running."""
+        serpens_fence()
+        if self.r.sfcs[sfc].wants_instance:
+            self.r.sfcs[sfc].wants_instance = 0
+            return True
+        return False
+
+    def activity(self, int i):
+        """Packets given to instance i so far (the instance manager's idle clock)."""
+        return self.r.inst[i].enqueued
+
+    def stats(self):
+        r = self.r
+        per = {i: {"sfc": r.inst[i].sfc, "enqueued": r.inst[i].enqueued,
+                   "returned": r.inst[i].returned, "wakeups": r.inst[i].wakeups,
+                   "dropped": r.inst[i].dropped,
+                   "state": r.inst[i].state}
+               for i in range(SERPENS_ROUTER_MAX_INSTANCES) if r.inst[i].state}
+        ports = {r.ports[i].id: {"rx": r.ports[i].rx, "tx": r.ports[i].tx,
+                                 "tx_failed": r.ports[i].tx_failed,
+                                 "unmatched": r.ports[i].unmatched, "missed": r.ports[i].missed,
+                                 "rx_empty": r.ports[i].rx_empty}
+                 for i in range(r.nports)}
+        sfcs = {k: {"rx": r.sfcs[k].rx, "out": r.sfcs[k].out, "dropped": r.sfcs[k].dropped,
+                    "drops": {"instance_died": r.sfcs[k].drop_died,
+                              "instance_stuck": r.sfcs[k].drop_stuck,
+                              "no_instance": r.sfcs[k].drop_hold,
+                              "sfc_failed": r.sfcs[k].drop_failed},
+                    "new_flows": r.sfcs[k].new_flows, "moved_flows": r.sfcs[k].moved_flows,
+                    "rebalanced_flows": r.sfcs[k].rebalanced_flows, "held": r.sfcs[k].nheld,
+                    "moving": r.sfcs[k].moving}
+                for k in range(SERPENS_ROUTER_MAX_SFCS) if r.sfcs[k].used}
+        return {"rx": r.rx, "tx": r.tx, "dropped": r.dropped, "tx_failed": r.tx_failed,
+                "sleeps": r.sleeps, "pending": r.npending, "held": r.nheld,
+                "new_flows": sum(s["new_flows"] for s in sfcs.values()),
+                "moved_flows": sum(s["moved_flows"] for s in sfcs.values()),
+                "ports": ports, "sfcs": sfcs, "instances": per}

@@ -1,0 +1,202 @@
+# A pool process: its control block (pool_ctl.h), its commands, its main loop
+# (included by _dataplane.pyx).
+
+cdef class PoolCtl:
+    """The shared control block of one pool process (pool_ctl.h), mapped from its memfd."""
+    cdef serpens_pool_ctl *c
+
+    def __cinit__(self, int fd):
+        cdef void *p = mmap(NULL, sizeof(serpens_pool_ctl), PROT_READ | PROT_WRITE,
+                            MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, "mapping the pool control block")
+        self.c = <serpens_pool_ctl *>p
+
+    def __dealloc__(self):
+        if self.c != NULL:
+            munmap(self.c, sizeof(serpens_pool_ctl))
+
+    def bump_cmd_seq(self):
+        self.c.wake_cycles = rte_rdtsc()
+        return serpens_inc_u32(&self.c.cmd_seq)
+
+    def request_merge(self):
+        """Ask the running instance to merge its state now; the request's number (done
+        once merge_done reaches it). Wake it with wake_if_sleeping() afterwards."""
+        return serpens_inc_u32(&self.c.merge_req)
+
+    @property
+    def merge_done(self): return serpens_load_u32(&self.c.merge_done)
+    @property
+    def cmd_seq(self): return self.c.cmd_seq
+    @property
+    def ack_seq(self): return serpens_load_u32(&self.c.ack_seq)
+    @property
+    def state(self): return self.c.state
+    @property
+    def sleeping(self):
+        serpens_fence()
+        return self.c.sleeping != 0
+    @property
+    def own_cpu(self): return bool(self.c.own_cpu)
+    @own_cpu.setter
+    def own_cpu(self, bint alone):
+        """The agent placed the process alone on a CPU (it may spin waiting for ring room)."""
+        self.c.own_cpu = alone
+    @property
+    def last_error(self): return self.c.last_error
+    @property
+    def error(self): return self.c.error.decode(errors="replace")
+    @property
+    def pid(self): return self.c.pid
+    @property
+    def instance_id(self): return self.c.instance_id
+
+    def stats(self):
+        return {"rx_pkts": self.c.rx_pkts, "tx_pkts": self.c.tx_pkts,
+                "drop_pkts": self.c.drop_pkts, "bad_labels": self.c.bad_labels,
+                "bad_mbufs": self.c.bad_mbufs,
+                "batches": self.c.batches, "wakeups": self.c.wakeups,
+                "forked_done": self.c.forked_done}
+
+    def timing_cycles(self):
+        """(wake, command read, NFs ready, first burst out) TSC stamps of the last start."""
+        return (self.c.wake_cycles, self.c.t_cmd_cycles, self.c.t_ready_cycles,
+                self.c.t_burst_cycles)
+
+    def reset_timing(self):
+        self.c.t_cmd_cycles = self.c.t_ready_cycles = self.c.t_burst_cycles = 0
+
+    def burst_done(self):
+        return self.c.t_burst_cycles != 0
+
+    def nf_counters(self, int nsteps):
+        """Per step: {"in": n, "dropped": n, "counters": {name: value}}."""
+        out = []
+        for s in range(min(nsteps, SERPENS_MAX_STEPS)):
+            nf = &self.c.nf[s]
+            named = {nf.names[k].decode(errors="replace"): nf.values[k]
+                     for k in range(min(nf.n, SERPENS_MAX_COUNTERS))}
+            out.append({"in": nf.in_pkts, "dropped": nf.dropped, "counters": named})
+        return out
+
+    def crash(self):
+        """How the process died, as its fatal-signal handler recorded it (runtime.c), or
+        None: {"signo", "code", "step" (-1: outside any NF), "syscall", "addr", "ip"}."""
+        if not serpens_load_u32(&self.c.crash.signo):
+            return None
+        cr = &self.c.crash
+        return {"signo": cr.signo, "code": cr.code, "step": cr.step, "syscall": cr.syscall,
+                "addr": cr.addr, "ip": cr.ip, "tsc": cr.tsc}
+
+    def first_batch_cycles(self):
+        """TSC when the running (or last) instance began its first batch; 0: not yet."""
+        return self.c.t_batch_cycles
+
+    def current_step(self):
+        """The step whose NF runs now (-1: none): a stuck or killed instance's culprit."""
+        return self.c.cur_step
+
+
+def free_lost_batch(PoolCtl ctl, Ring rx, Ring tx):
+    """Free the packets of the last batch an instance's dead process took from `rx` and never
+    gave to `tx` (lost_batch.h); returns how many. For ring owners without a router."""
+    return serpens_free_lost_batch(ctl.c, rx.r, tx.r)
+
+
+def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring="",
+                  str tx_ring="", uint64_t rx_ring_addr=0, uint64_t tx_ring_addr=0, images=(),
+                  steps=(), bytes config=b"",
+                  int load_mode=SERPENS_LOAD_MAP, bint populate=False, dl_paths=(),
+                  uint32_t state_backend=0, uint32_t redis_port=6379):
+    """Pack a serpens_cmd. images: [(base, text_len, relro_len, data_len, entry_off)];
+    steps: [(kind, image, [next labels], config_off, config_len, name)]. Only the bytes in use
+    are sent: the message stops at the end of `config`."""
+    cdef size_t head = serpens_cmd_head()
+    if len(images) > SERPENS_MAX_IMAGES or len(steps) > SERPENS_MAX_STEPS:
+        raise ValueError("too many images or steps")
+    if len(config) > SERPENS_CONFIG_MAX:
+        raise ValueError(f"NF configuration is {len(config)} bytes, at most {SERPENS_CONFIG_MAX}")
+    if len(rx_ring) >= 32 or len(tx_ring) >= 32:
+        raise ValueError("ring names are at most 31 characters")
+    cdef serpens_cmd *c = <serpens_cmd *>malloc(head + len(config))
+    if c == NULL:
+        raise MemoryError()
+    try:
+        return _fill_command(c, head, kind, seq, instance_id, rx_ring, tx_ring, rx_ring_addr,
+                             tx_ring_addr, images, steps, config, load_mode, populate,
+                             dl_paths, state_backend, redis_port)
+    finally:
+        free(c)
+
+
+cdef bytes _fill_command(serpens_cmd *c, size_t head, int kind, uint32_t seq,
+                         uint32_t instance_id, str rx_ring, str tx_ring, uint64_t rx_ring_addr,
+                         uint64_t tx_ring_addr, images, steps, bytes config, int load_mode,
+                         bint populate, dl_paths, uint32_t state_backend, uint32_t redis_port):
+    cdef serpens_cmd *cmd = c
+    memset(cmd, 0, head)
+    cmd[0].magic = SERPENS_CMD_MAGIC
+    cmd[0].kind = kind
+    cmd[0].seq = seq
+    cmd[0].instance_id = instance_id
+    cmd[0].load_mode = load_mode
+    cmd[0].populate = populate
+    cmd[0].state_backend = state_backend
+    cmd[0].redis_port = redis_port
+    cmd[0].nsteps = len(steps)
+    cmd[0].nimages = len(images)
+    cmd[0].config_len = len(config)
+    strncpy(cmd[0].rx_ring, rx_ring.encode(), 31)
+    strncpy(cmd[0].tx_ring, tx_ring.encode(), 31)
+    cmd[0].rx_ring_addr = rx_ring_addr
+    cmd[0].tx_ring_addr = tx_ring_addr
+    for i, (base, text_len, relro_len, data_len, entry_off) in enumerate(images):
+        cmd[0].images[i].base = base
+        cmd[0].images[i].text_len = text_len
+        cmd[0].images[i].relro_len = relro_len
+        cmd[0].images[i].data_len = data_len
+        cmd[0].images[i].entry_off = entry_off
+    for i, path in enumerate(dl_paths):
+        p = path.encode()
+        if len(p) >= 108:
+            raise ValueError(f"path too long: {path}")
+        strncpy(cmd[0].dl_path[i], p, 107)
+    for i, (skind, image, nexts, coff, clen, name) in enumerate(steps):
+        if not 1 <= len(nexts) <= SERPENS_MAX_PORTS:
+            raise ValueError(f"step {i}: 1..{SERPENS_MAX_PORTS} ports")
+        cmd[0].steps[i].kind = skind
+        cmd[0].steps[i].image = image
+        cmd[0].steps[i].nports = len(nexts)
+        for k, label in enumerate(nexts):
+            cmd[0].steps[i].next[k] = label
+        cmd[0].steps[i].config_off = coff
+        cmd[0].steps[i].config_len = clen
+        if len(name.encode()) > 47:
+            raise ValueError(f"step {i}: name {name!r} is longer than 47 bytes")
+        strncpy(cmd[0].steps[i].name, name.encode(), 47)
+    if config:
+        memcpy(cmd[0].config, PyBytes_AS_STRING(config), len(config))
+    return PyBytes_FromStringAndSize(<char *>cmd, head + len(config))
+
+
+def run_pool_process(int ctl_fd, int sock, int efd, uint32_t idle_us=200):
+    """A pool process's life after EAL init: returns when told to exit."""
+    cdef serpens_runtime_env env
+    ctl = PoolCtl(ctl_fd)
+    env.ctl = (<PoolCtl>ctl).c
+    env.sock = sock
+    env.efd = efd
+    env.label_off = label_off
+    env.idle_us = idle_us
+    cdef int rc
+    with nogil:
+        rc = serpens_runtime_main(&env)
+    if rc:
+        raise OSError(-rc, f"pool process: {strerror(-rc).decode()}")
+
+
+def wake_if_sleeping(PoolCtl ctl, int efd):
+    """Producer side of the sleep handshake (pool_ctl.h): call after enqueueing. True if this
+    call wrote the eventfd (at most once per sleep)."""
+    return serpens_pool_wake(ctl.c, efd) == 1
