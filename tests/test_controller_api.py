@@ -223,7 +223,7 @@ def test_dead_etcd_gives_unavailable_quickly():
     etcd = start_etcd()
     controller = None
     try:
-        controller = Controller(etcd.endpoint, etcd_timeout=2.0)
+        controller = Controller(etcd.endpoint, etcd_timeout=1.0)
         assert list(controller.stub.ListSFCs(pb.ListSFCsRequest(), timeout=5).sfcs) == []
         etcd.kill()
         for call, request in ((controller.stub.ListSFCs, pb.ListSFCsRequest()),
@@ -231,7 +231,7 @@ def test_dead_etcd_gives_unavailable_quickly():
             start = time.monotonic()
             e = rpc_error(call, request)
             assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
-            assert time.monotonic() - start < 4.0
+            assert time.monotonic() - start < 2.0  # the --etcd-timeout, and little more
             assert "store is unavailable" in e.details()
         etcd.start()  # and it recovers once etcd is back
         deadline = time.monotonic() + 10
