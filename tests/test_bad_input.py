@@ -13,14 +13,14 @@ import time
 import grpc
 import pytest
 
-from etcd_fixture import client_identity, etcd  # noqa: F401 (etcd: a fixture)
 from serpens.common.limits import LIMITS
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from test_controller_api import FW_MON_NAT, Controller, sfc_spec
+from support.cluster import FW_MON_NAT, Controller, sfc_spec
+from support.etcd import client_identity
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
 PREFIX = "/serpens/v1/"
 BOMB = ("apiVersion: serpens/v1\nkind: SFC\nmetadata: {name: bomb}\nspec:\n"

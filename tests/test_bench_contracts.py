@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.dataplane
+
 
 def test_startup_bench_json_contract():
     out = subprocess.run(

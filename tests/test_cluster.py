@@ -7,79 +7,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 
 import grpc
 import pytest
 
-from etcd_fixture import (client_identity, etcd, free_port,  # noqa: F401 (etcd: a fixture)
-                          secure_channel, serpensctl_config, tls_args)
-from serpens.cli.cluster import local_node
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
-from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
-from test_controller_api import BIN, FW_MON_NAT, ROOT, Controller, check_health_and_reflection
+from support.cluster import (BIN, FW_MON_NAT, NODE, ROOT, Agent, Controller,
+                             check_health_and_reflection, status, wait_until)
+from support.etcd import serpensctl_config
 
-pytestmark = pytest.mark.timeout(120)
-
-NODE = local_node("local", 5000, pool=2)  # slow enough to leave the CPUs to the rest
-
-
-class Agent:
-    """`serpens-agent` in a subprocess; ready once its Agent service answers."""
-
-    def __init__(self, etcd_endpoint, node_path, host="127.0.0.1", netns=""):
-        """`netns`: run it in that network namespace, serving on `host` there."""
-        self.address = f"{host}:{free_port()}"
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            (["ip", "netns", "exec", netns] if netns else []) +
-            [os.path.join(BIN, "serpens-agent"), "--node", node_path, "--etcd", etcd_endpoint,
-             "--listen", self.address, "--report-s", "0.2", "--ttl", "2",
-             *tls_args("serpens-agent", "agent", (host,))],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-        # the Agent service answers only the controller's identity
-        self.channel = secure_channel(self.address, client_identity())
-        self.stub = serpens_pb2_grpc.AgentStub(self.channel)
-        wait_until(lambda: self._answers(), 60, self.output)
-
-    def _answers(self):
-        assert self.proc.poll() is None, self.output()
-        try:
-            self.stub.GetNode(pb.GetNodeRequest(), timeout=0.5)
-            return True
-        except grpc.RpcError:
-            return False
-
-    def sfcs(self) -> dict:
-        return {s.name: s for s in self.stub.GetNode(pb.GetNodeRequest(), timeout=5).sfcs}
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        self.channel.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR2)  # its threads' stacks into the output
-            time.sleep(1)
-            self.proc.kill()
-            return self.proc.wait()
-
-
-def wait_until(predicate, timeout, explain=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        assert time.monotonic() < deadline, explain()
-        time.sleep(0.05)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +63,6 @@ def test_a_lost_node_s_sfcs_move_to_a_live_node(cluster, etcd, tmp_path):
 
 def test_the_agent_serves_health_and_reflection(cluster):
     check_health_and_reflection(cluster[1].channel, "serpens.v1.Agent")
-
-
-def status(stub, name):
-    return stub.GetSFC(pb.GetSFCRequest(name=name), timeout=5).status
 
 
 def test_applied_sfc_runs_on_the_node_scales_and_goes(cluster):

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.dataplane
+
 
 def scenario(kind: str, seconds: float = 2.0, restarts: int = 5, window_s: float = 60.0,
              pps: float = 50_000) -> dict:

@@ -11,14 +11,14 @@ import tempfile
 import grpc
 import pytest
 
-from etcd_fixture import start_etcd
 from serpens.cli.cluster import local_node
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from test_cluster import Agent, status, wait_until
-from test_controller_api import FW_MON_NAT, Controller
+from support.cluster import Agent, status, wait_until
+from support.cluster import FW_MON_NAT, Controller
+from support.etcd import start_etcd
 
-pytestmark = [pytest.mark.timeout(180),
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: root")]
 
 

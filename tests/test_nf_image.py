@@ -23,6 +23,8 @@ from serpens.runtime_cy.builder import (
     verify_nf,
 )
 
+pytestmark = pytest.mark.unit
+
 NFS = Path(__file__).parent / "nfs"
 PAGE = 4096
 ALL_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL

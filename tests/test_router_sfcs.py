@@ -5,26 +5,21 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Dot1Q, Ether
+from scapy.layers.l2 import Ether
 
 from serpens.agent.instance_manager import InstanceManager
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from router_site import Wire
-from test_chainer import trace
+from support.packets import eth, trace, udp
+from support.sites import Wire
+
+pytestmark = pytest.mark.dataplane
 
 
 def mark(build, nf_id):
     return compile_sfc(NF(build("mark.c", copy=10 + nf_id), config=bytes([nf_id, 0]),
                           name=f"mark{nf_id}"))
-
-
-def udp(dport=80, src="10.0.0.1", vlan=None, sport=1234, seq=0):
-    """A frame for `mark`: 32 bytes of UDP payload, a sequence number at bytes 16..19."""
-    l2 = Ether() / Dot1Q(vlan=vlan) if vlan else Ether()
-    payload = bytes(16) + struct.pack("<I", seq) + bytes(12)
-    return bytes(l2 / IP(src=src, dst="10.9.9.9") / UDP(sport=sport, dport=dport) / payload)
 
 
 @pytest.fixture
@@ -70,7 +65,7 @@ def test_tag_then_rules_then_default_pick_the_sfc(build, wires, running):
             udp(dport=80)]                                   # rule 3
     to_b = [udp(dport=80, src="10.1.2.3"),                   # rule 2
             udp(dport=443),                                  # the default
-            bytes(Ether() / IP(dst="10.9.9.9") / TCP(dport=53) / bytes(32))]  # default
+            bytes(eth() / IP(dst="10.9.9.9") / TCP(dport=53) / bytes(32))]  # default
     src.send(to_a + to_b)
     assert [trace(d) for d in out_a.receive(4)] == [[1]] * 4
     assert [trace(d) for d in out_b.receive(2)] == [[2]] * 2
