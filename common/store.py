@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-Everything the controller keeps (specs, nodes, placements, routes, the leader key) lives in
-etcd under `/serpens/v1/`. etcd stamps every write with a cluster-wide, increasing *revision*;
+Everything the control plane keeps (NFs, SFCs and their status, nodes, the leader key: see
+common/keys.py) lives in etcd under `/serpens/v1/`. etcd stamps every write with a cluster-wide, increasing *revision*;
 each key carries the revision that created it and the one that last modified it
 (`mod_revision`). This module builds on those numbers alone:
 
@@ -132,6 +132,14 @@ class Event(NamedTuple):
     value: bytes | None       # None for DELETE and RESET
     mod_revision: int         # RESET: the revision the listing was read at
     items: dict[str, Item] | None = None  # RESET only: the whole range, replacing any cache
+    create_revision: int = 0  # PUT: the key's create revision (a deleted and re-created
+                              # key has a new one)
+
+    def item(self) -> Item:
+        """A PUT's value as list() and get() give it."""
+        item = Item(self.value, self.mod_revision)
+        item.create_revision = self.create_revision
+        return item
 
 
 class Leader(NamedTuple):
@@ -412,7 +420,8 @@ class Watch:
                         self.revision = ev.kv.mod_revision + 1
                         delay = _BACKOFF_FIRST
                         yield Event(PUT if ev.kind == "PUT" else DELETE, _key_text(ev.kv.key),
-                                    ev.kv.value if ev.kind == "PUT" else None, ev.kv.mod_revision)
+                                    ev.kv.value if ev.kind == "PUT" else None, ev.kv.mod_revision,
+                                    create_revision=ev.kv.create_revision)
                 except aetcd.RevisionCompactedError:
                     compacted = True
                 except Exception as e:  # noqa: BLE001 - aetcd re-raises whatever broke the stream

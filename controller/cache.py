@@ -64,6 +64,11 @@ class Cache:
                     lambda: self.revision >= self.written or not self.usable), _CATCH_UP_S)
         return self.usable and self.revision >= self.written
 
+    async def wait_ready(self) -> None:
+        """Until reads may use the copy (synced, watch connected, our writes arrived)."""
+        while not await self.ready():
+            await asyncio.sleep(0.05)
+
     def subscribe(self, depth: int = 10000) -> asyncio.Queue:
         """A queue of every Event from now on. A subscriber `depth` events behind gets one
         RESET instead of what it missed (it lists again)."""
@@ -101,7 +106,7 @@ class Cache:
                     self._watch = watch
                     async for ev in watch:
                         if ev.type == PUT:
-                            self.items[ev.key] = Item(ev.value, ev.mod_revision)
+                            self.items[ev.key] = ev.item()
                         elif ev.type == DELETE:
                             self.items.pop(ev.key, None)
                         elif ev.type == RESET:

@@ -8,7 +8,8 @@ import pytest
 
 from etcd_fixture import PartitionProxy, client_identity, etcd, free_port, tls_args  # noqa: F401 (etcd: a fixture)
 from serpens.agent.node import Node
-from serpens.agent.registration import NODES_PREFIX, Registration, node_key
+from serpens.agent.registration import Registration
+from serpens.common.keys import Keys
 from serpens.common.node_spec import parse_node
 from serpens.common.store import Store
 
@@ -17,6 +18,8 @@ from router_site import Wire
 from test_router_sfcs import udp
 
 pytestmark = pytest.mark.timeout(60)
+
+NODES_PREFIX, node_key = Keys().nodes, Keys().node
 
 
 @pytest.fixture
