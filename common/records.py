@@ -24,6 +24,7 @@ class MalformedRecord(ValueError):
 
 _NUMBER = (int, float)
 _REQUIRED = object()
+_WHAT = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
 
 
 def _object(value: bytes | str) -> dict:
@@ -43,8 +44,7 @@ def _field(record: dict, name: str, types, where: str = "", default=_REQUIRED):
     value = record.get(name)
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in
                                         (types if isinstance(types, tuple) else (types,))):
-        raise MalformedRecord(f"{where}{name}: missing or not a "
-                              f"{getattr(types, '__name__', 'number')}")
+        raise MalformedRecord(f"{where}{name}: missing or not {_WHAT.get(types, 'a number')}")
     return value
 
 
