@@ -1,4 +1,5 @@
-"""A watch-fed copy of the controller's key range, so API reads cost no etcd round trip.
+"""A watch-fed copy of the controller's key range, so API reads and the reconciler cost no
+etcd round trip; one per controller process, shared by both (controller/main.py).
 
 Like a Kubernetes informer: list once, then apply every watch event in revision order
 (a RESET after compaction replaces the copy). Reads use it only while it can be trusted:
@@ -8,7 +9,9 @@ Like a Kubernetes informer: list once, then apply every watch event in revision 
 * read-your-writes: a write made through this controller returns its revision, and reads
   wait (briefly) until the copy has caught up with the newest such revision.
 
-Writes never go through the cache: they stay transactions on etcd (api.py).
+Writes never go through the cache: they stay transactions on etcd (api.py, reconciler.py),
+and both tell it their revision (wrote()). Subscribers (the API's Watch stream, the
+reconciler's work queue) get every event after the copy has applied it.
 """
 from __future__ import annotations
 
