@@ -1,10 +1,10 @@
 """The agent's record in etcd: its node, bound to a lease, with the load it reports (DESIGN §4).
 
-The record `/serpens/v1/nodes/<name>` (common/records.py's NodeRecord) holds the node's ports, pool size and CPUs and,
-refreshed every `report_s`, its load: per SFC the packet rate in and out over the last period
-and the running instances, per port the rates. The key is put with the agent's lease, so a
-dead or cut-off agent's node disappears within the lease TTL: that is how the controller
-notices agent loss. Losing etcd never touches the data plane: the loop keeps retrying, and on
+The record `/serpens/v1/nodes/<name>` (common/records.py's NodeRecord) holds the node's
+ports, pool size and CPUs and, refreshed every `report_s`, its load: per SFC the packet rate
+in and out over the last period and the running instances, per port the rates. The key is
+put with the agent's lease, so a dead or cut-off agent's node disappears within the lease
+TTL: that is how the controller notices agent loss. Losing etcd never touches the data plane: the loop keeps retrying, and on
 a lost lease it takes a new one and writes the record again.
 """
 from __future__ import annotations

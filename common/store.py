@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 Everything the control plane keeps (NFs, SFCs and their status, nodes, the leader key: see
-common/keys.py) lives in etcd under `/serpens/v1/`. etcd stamps every write with a cluster-wide, increasing *revision*;
-each key carries the revision that created it and the one that last modified it
-(`mod_revision`). This module builds on those numbers alone:
+common/keys.py) lives in etcd under `/serpens/v1/`. etcd stamps every write with a
+cluster-wide, increasing *revision*; each key carries the revision that created it and the
+one that last modified it (`mod_revision`). This module builds on those numbers alone:
 
 * Optimistic concurrency. Writes are transactions comparing the key's `mod_revision` with the
   one the caller read (`put_if`, `delete_if`; 0 means "only if absent"). A mismatch raises
