@@ -328,6 +328,10 @@ def test_serpensctl_state_reset_drops_a_table_and_the_nf_counts_from_zero(cluste
     controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
     wait_until(lambda: agent.sfcs().get("fw-mon-nat") and agent.sfcs()["fw-mon-nat"].out,
                60, controller.output)
+    # state calls go through the controller: its status must say where the SFC runs (the
+    # agent may pass packets a moment before its RunSFC reply has been recorded)
+    wait_until(lambda: status(controller.stub, "fw-mon-nat").phase == "Running", 30,
+               controller.output)
     ctl = [os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
            "--server", controller.address, "state", "reset", "fw-mon-nat", "mon"]
     before = wait_until(lambda: (n := mon_packets(controller.stub)) > 5000 and n, 30,
