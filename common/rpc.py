@@ -143,12 +143,7 @@ class Stubs:
             self._open[address] = (ch, self._stub_class(ch))
         return self._open[address][1]
 
-    async def drop(self, address: str) -> None:
-        """Close the channel to `address` (its node is gone); the next call opens another."""
-        opened = self._open.pop(address, None)
-        if opened is not None:
-            await opened[0].close()
-
     async def close(self) -> None:
-        for address in list(self._open):
-            await self.drop(address)
+        opened, self._open = self._open, {}
+        for ch, _ in opened.values():
+            await ch.close()

@@ -480,12 +480,13 @@ class Reconciler:
     async def _stop_strays(self, name: str, keep: str | None) -> bool:
         """Stop `name` on every live node but `keep` that runs it."""
         ok = True
-        for node, view in sorted(self.nodes.views.items()):
-            if node == keep or name not in view:
-                continue
+        running = [(node, self.nodes.records[node].address)
+                   for node, view in sorted(self.nodes.views.items())
+                   if node != keep and name in view]
+        for node, address in running:
             try:
-                await self.agents[self.nodes.records[node].address].StopSFC(
-                    pb.StopSFCRequest(name=name), timeout=_CALL_TIMEOUT)
+                await self.agents[address].StopSFC(pb.StopSFCRequest(name=name),
+                                                   timeout=_CALL_TIMEOUT)
                 log.info("sfc %s stopped on node %s", name, node)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
