@@ -128,6 +128,14 @@ def status(stub, name):
     return stub.GetSFC(pb.GetSFCRequest(name=name), timeout=5).status
 
 
+def flowing(controller, agent, name):
+    """Until the node passes the SFC's packets and the controller says it runs there: state
+    calls go through the controller, and the agent passes packets a moment before its
+    RunSFC reply is recorded."""
+    wait_until(lambda: (s := agent.sfcs().get(name)) and s.out, 60, controller.output)
+    wait_until(lambda: status(controller.stub, name).phase == "Running", 30, controller.output)
+
+
 def test_applied_sfc_runs_on_the_node_scales_and_goes(cluster):
     controller, agent = cluster
     stub = controller.stub
@@ -246,8 +254,7 @@ def test_state_of_a_running_nf_is_read_and_changes_are_watched(cluster):
     reader.start()
     try:
         controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
-        wait_until(lambda: agent.sfcs().get("fw-mon-nat") and agent.sfcs()["fw-mon-nat"].out,
-                   60, controller.output)
+        flowing(controller, agent, "fw-mon-nat")
         merged = agent.stub.MergeState(pb.MergeStateRequest(sfc="fw-mon-nat"), timeout=10)
         assert merged.node == "local" and merged.instances >= 1
         e = pytest.raises(grpc.RpcError, agent.stub.MergeState,
@@ -291,8 +298,7 @@ def mon_packets(stub) -> int:
 def test_a_snapshot_of_an_nf_s_state_is_restored_while_traffic_flows(cluster, tmp_path):
     controller, agent = cluster
     controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
-    wait_until(lambda: agent.sfcs().get("fw-mon-nat") and agent.sfcs()["fw-mon-nat"].out,
-               60, controller.output)
+    flowing(controller, agent, "fw-mon-nat")
     ctl = [os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
            "--server", controller.address, "state"]
     snap_file = tmp_path / "mon.snap"
@@ -328,12 +334,7 @@ def test_a_snapshot_of_an_nf_s_state_is_restored_while_traffic_flows(cluster, tm
 def test_serpensctl_state_reset_drops_a_table_and_the_nf_counts_from_zero(cluster):
     controller, agent = cluster
     controller.stub.ApplySFC(pb.ApplySFCRequest(spec=FW_MON_NAT), timeout=10)
-    wait_until(lambda: agent.sfcs().get("fw-mon-nat") and agent.sfcs()["fw-mon-nat"].out,
-               60, controller.output)
-    # state calls go through the controller: its status must say where the SFC runs (the
-    # agent may pass packets a moment before its RunSFC reply has been recorded)
-    wait_until(lambda: status(controller.stub, "fw-mon-nat").phase == "Running", 30,
-               controller.output)
+    flowing(controller, agent, "fw-mon-nat")
     ctl = [os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
            "--server", controller.address, "state", "reset", "fw-mon-nat", "mon"]
     before = wait_until(lambda: (n := mon_packets(controller.stub)) > 5000 and n, 30,
