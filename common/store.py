@@ -126,14 +126,18 @@ def _item(kv) -> Item:
     return item
 
 
-class Event(NamedTuple):
+class _Event(NamedTuple):
     type: str                 # PUT, DELETE or RESET
     key: str                  # RESET: the start of the watched range
     value: bytes | None       # None for DELETE and RESET
     mod_revision: int         # RESET: the revision the listing was read at
     items: dict[str, Item] | None = None  # RESET only: the whole range, replacing any cache
-    create_revision: int = 0  # PUT: the key's create revision (a deleted and re-created
-                              # key has a new one)
+
+
+class Event(_Event):
+    """A watched change, equal to the plain tuple; a PUT's `create_revision` is the key's
+    create revision (a deleted and re-created key has a new one), else 0."""
+    create_revision: int = 0
 
     def item(self) -> Item:
         """A PUT's value as list() and get() give it."""
@@ -419,9 +423,12 @@ class Watch:
                         # them before any error, so a break never falls inside a revision.
                         self.revision = ev.kv.mod_revision + 1
                         delay = _BACKOFF_FIRST
-                        yield Event(PUT if ev.kind == "PUT" else DELETE, _key_text(ev.kv.key),
-                                    ev.kv.value if ev.kind == "PUT" else None, ev.kv.mod_revision,
-                                    create_revision=ev.kv.create_revision)
+                        event = Event(PUT if ev.kind == "PUT" else DELETE,
+                                      _key_text(ev.kv.key),
+                                      ev.kv.value if ev.kind == "PUT" else None,
+                                      ev.kv.mod_revision)
+                        event.create_revision = ev.kv.create_revision
+                        yield event
                 except aetcd.RevisionCompactedError:
                     compacted = True
                 except Exception as e:  # noqa: BLE001 - aetcd re-raises whatever broke the stream
