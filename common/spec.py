@@ -37,18 +37,17 @@ it exists. A spec sent to the controller cannot use `source:` (a path on the cli
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from serpens.runtime_cy.constants import MAX_PORTS  # an NF's output ports
 
 from .documents import SpecError, load_document
 from .limits import LIMITS
+from .names import NF_NAME as _NF_NAME
+from .names import SFC_NAME as _SFC_NAME
 
 API_VERSION = "serpens/v1"
 STOCK_NFS = ("fw", "nat", "mon", "ids", "vpn")
-_SFC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
-_NF_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,21}$")
 _ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
 
 

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from serpens.agent.node import Node
-from serpens.agent.registration import NODES_PREFIX, Registration, node_key
+from serpens.agent.registration import Registration
+from serpens.common.keys import Keys
 from serpens.common.node_spec import parse_node
 from serpens.common.store import Store
 
@@ -17,6 +18,8 @@ from support.packets import udp
 from support.sites import Wire
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
+
+NODES_PREFIX, node_key = Keys().nodes, Keys().node
 
 
 @pytest.fixture
