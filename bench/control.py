@@ -29,10 +29,10 @@ import time
 
 import grpc
 
-from serpens.common.keys import Keys
 from serpens.cli.cluster import (ROOT, api_healthy, etcd_argv, etcd_healthy, local_node,
                                  make_pki, start_detached)
 from serpens.cli.config import Target
+from serpens.common.keys import Keys
 from serpens.common.pki import Identity
 from serpens.common.rpc import MESSAGE_OPTIONS, channel_credentials
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
