@@ -46,15 +46,16 @@ def _bench(*args, timeout=300):
 
 
 def test_sfc_bench_json_contract():
-    r = _bench("sfc", "--seconds", "0.1", "--flows", "1000")
+    r = _bench("sfc", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000")
     assert r["sfc_mpps"] > 0 and r["null_sfc_mpps"] > 0 and r["testpmd_mpps"] > 0
     assert 0 < r["latency_us"]["p50"] <= r["latency_us"]["p99"]
     assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
+    assert r["params"]["warmup"] == 0.05
 
 
 def test_chain_bench_json_contract():
-    r = _bench("chain", "--seconds", "0.1", "--flows", "1000", "--lengths", "1,2")
+    r = _bench("chain", "--seconds", "0.05", "--flows", "1000", "--lengths", "1,2")
     for n in ("1", "2"):
         for mode in ("serpens", "local_proxy", "global_proxy"):
             assert r[n][mode]["mpps"] > 0 and r[n][mode]["p50_us"] > 0, (n, mode)
