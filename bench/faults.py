@@ -12,7 +12,7 @@ other, a forwarding NF, gets none: its packets must wait boundedly and be droppe
 the node).
 
 `python -m serpens.bench.faults serve PPS` runs scenarios one after another on one DPDK
-primary and pool (Bed), a fresh node each, as the tests do (see serve()).
+primary (Bed), a fresh node and pool each, as the tests do (see serve()).
 
 Figures (`serpensctl bench faults`: the `null` kind, crashing in a loop for 10 s):
 - healthy_kept: the healthy SFC's output rate beside the faulty one / alone;
@@ -114,13 +114,12 @@ def _p(values: list) -> dict | None:
 
 
 class Bed:
-    """What scenarios share: the paced capture, a DPDK primary with the node's ports and its
-    pool of processes. Each scenario runs its own Node (router, SFCs) on them, so several run
-    one after another in one process without booting DPDK, the pool or gcc again."""
+    """What scenarios share: the paced capture, and a DPDK primary with the node's ports.
+    Each scenario runs its own Node (router, SFCs, pool of processes) on them, so several run
+    one after another in one process without booting DPDK or compiling the NFs again."""
 
     def __init__(self, pps: float = 100_000):
         from serpens.agent.node import open_ports, start_dataplane
-        from serpens.agent.process_pool import ProcessPool
         from serpens.common.node_spec import parse_node
         from serpens.runtime_cy.builder import AreaAllocator
 
@@ -128,38 +127,24 @@ class Bed:
         pcap = os.path.join(self.tmp.name, "traffic.pcap")
         write_pcap(pcap, traffic())
         self.spec = parse_node(node_spec(pcap, os.path.join(self.tmp.name, "state"), pps))
-        self.dataplane = self.pool = None
+        self.dataplane = None
         self.ports: dict[str, int] = {}
         self.areas = AreaAllocator()
         self.runs = 0
         try:
             self.dataplane = start_dataplane(self.spec)
             open_ports(self.spec, self.dataplane, self.ports)
-            self.pool = ProcessPool(self.dataplane, self.spec.pool).start()
         except BaseException:
             self.close()
             raise
 
-    def scenario(self, timeout: float = 30.0) -> Scenario:
-        """A new scenario, once every pool process is booted and idle (a past scenario's
-        crashed or killed processes replaced), as on a freshly started node."""
-        from serpens.runtime_cy import _dataplane as dp
-
-        deadline = time.monotonic() + timeout
-        while sum(1 for p in self.pool.processes() if not (p.dead or p.doomed)
-                  and p.instance_id == 0 and p.ctl.state == dp.POOL_IDLE) < self.pool.size:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the pool has not got its {self.pool.size} processes idle "
-                                   f"after {timeout:g} s")
-            time.sleep(0.01)
+    def scenario(self) -> Scenario:
         self.runs += 1
         return Scenario(self, os.path.join(self.tmp.name, f"escaped-{self.runs}"))
 
     def close(self):
         from serpens.runtime_cy import _dataplane as dp
 
-        if self.pool is not None:
-            self.pool.close()
         for port in self.ports.values():
             dp.port_close(port)
         if self.dataplane is not None:
@@ -169,7 +154,7 @@ class Bed:
 
 class Scenario:
     """One node running `healthy`, then `faulty` beside it (see the module's text), on a
-    Bed's DPDK primary, ports and pool; its state directory starts empty."""
+    Bed's DPDK primary and ports, with a pool of its own and an empty state directory."""
 
     def __init__(self, bed: Bed, escape: str):
         from serpens.agent.node import Node
@@ -179,9 +164,13 @@ class Scenario:
         self.dp, self.parse_sfc, self.escape = dp, parse_sfc, escape
         shutil.rmtree(bed.dataplane.config.state_dir, ignore_errors=True)  # a past scenario's
         os.makedirs(bed.dataplane.config.state_dir, mode=0o700, exist_ok=True)
-        self.node = Node(bed.spec, [parse_sfc(HEALTHY)], dataplane=bed.dataplane, pool=bed.pool,
+        self.node = Node(bed.spec, [parse_sfc(HEALTHY)], dataplane=bed.dataplane,
                          ports=bed.ports, areas=bed.areas).start()
-        self.node.scale("healthy", 1)
+        try:
+            self.node.scale("healthy", 1)
+        except BaseException:
+            self.node.close()  # (its router holds the router's lcore)
+            raise
         # TSC stamps -> time.monotonic()
         self.hz, self.tsc0, self.mono0 = dp.tsc_hz(), dp.rdtsc(), time.monotonic()
 
@@ -393,7 +382,7 @@ SERVED = "scenario: "  # marks serve()'s answers among whatever else reaches std
 
 
 def serve(pps: float):
-    """Scenarios one after another on one Bed (the tests' way: no DPDK, pool or gcc boot per
+    """Scenarios one after another on one Bed (the tests' way: no DPDK boot or NF compile per
     scenario): each stdin line is a JSON object of Scenario.run()'s arguments; each answer
     is one stdout line, SERVED + JSON: the result, or {"error": traceback}. Ends at EOF."""
     import traceback

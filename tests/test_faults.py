@@ -1,9 +1,9 @@
 """Fault injection (issue 11): real NFs that misbehave beside FW->MON->NAT on one node under
 paced traffic, through bench/faults.py, the same code `serpensctl bench faults` runs. The
-scenarios run one after another in one server process (a node is a DPDK primary): a fresh
-node each, on one DPDK primary and pool of processes (tests/support/fault_scenarios.py). The
+scenarios run one after another in one server process (DPDK's primary is once per process):
+a fresh node and pool each, on one DPDK primary (tests/support/fault_scenarios.py). The
 healthy SFC must keep its packets, the faulty one's status must name the fault, and the node
-and the pool must live on (the next scenario and the server's clean exit show it)."""
+must live on and close cleanly (and the primary serve the next scenario)."""
 import pytest
 
 from support.fault_scenarios import ScenarioServer
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.dataplane
 def server():
     s = ScenarioServer(pps=50_000)
     yield s
-    code = s.close()
-    assert code in (None, 0), s.errors()
+    code, errors = s.close()
+    assert code in (None, 0), errors
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""`python -m serpens.bench.faults serve` for tests: one DPDK primary and pool that run fault
-scenarios one after another (a fresh node each), so a scenario costs its traffic phases, not
-a DPDK, pool and gcc boot. A server that died or hung is replaced at the next scenario."""
+"""`python -m serpens.bench.faults serve` for tests: one DPDK primary that runs fault scenarios
+one after another (a fresh node and pool each), so a scenario costs its traffic phases, not a
+DPDK boot and NF compiles. A server that died or hung is replaced at the next scenario."""
 from __future__ import annotations
 
 import json
@@ -68,8 +68,9 @@ class ScenarioServer:
         assert "error" not in result, f"{result.get('error')}\n{self.errors(since)}"
         return result
 
-    def close(self) -> int | None:
-        """Let the server close its node and exit: its exit status (None if never started)."""
+    def close(self) -> tuple[int | None, str]:
+        """Let the server close its primary and exit: its exit status (None if never
+        started) and what it wrote to stderr."""
         code = None
         if self.proc is not None:
             self.proc.stdin.close()
@@ -78,4 +79,6 @@ class ScenarioServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 code = self.proc.wait()
-        return code
+        errors = self.errors()
+        os.unlink(self.stderr_path)
+        return code, errors
