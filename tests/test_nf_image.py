@@ -19,8 +19,8 @@ import pytest
 from serpens.runtime_cy import _image
 from serpens.runtime_cy.builder import (
     NF_CACHE_ENV, NF_CFLAGS, NF_LDFLAGS, NF_MEM_SOURCE, NF_REGION_BASE, NF_AREA_SIZE, NF_AREAS,
-    NFBuildError, NFImage, NFRefusedError, AreaAllocator, build_nf, compile_nf, prepare_image, area_base,
-    verify_nf,
+    NFBuildError, NFImage, NFRefusedError, AreaAllocator, build_nf, compile_nf, prepare_image,
+    area_base, verify_nf,
 )
 
 pytestmark = pytest.mark.unit
