@@ -26,7 +26,7 @@ def test_startup_bench_json_contract():
 def test_state_bench_json_contract():
     out = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state", "--json",
-         "--seconds", "0.2", "--flows", "500", "--entries", "4096"],
+         "--seconds", "0.1", "--flows", "500", "--entries", "4096"],
         capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
