@@ -73,7 +73,7 @@ def test_scale_bench_json_contract():
 
 def test_control_bench_json_contract():
     r = _bench("control", "--applies", "2", "--scales", "2", "--nfs", "20", "--sfcs", "5",
-               "--api-seconds", "0.5", "--clients", "4")
+               "--api-seconds", "0.25", "--clients", "4")
     for key in ("apply_to_traffic_ms", "scale_ms"):
         assert 0 < r[key]["p50"] <= r[key]["p99"], key
     assert 0 < r["failover_s"] < 30 and r["traffic_kept"] is True
