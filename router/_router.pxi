@@ -76,6 +76,8 @@ cdef class Router:
             else:
                 s.next, s.out_port = -1, self._port(out_port)
             s.rx = s.out = s.dropped = s.new_flows = s.moved_flows = s.rebalanced_flows = 0
+            s.drop_died = s.drop_stuck = s.drop_hold = s.drop_failed = 0  # not the last user's
+            s.drop_all = 0
             s.notify_fd = -1
             serpens_fence()
             s.used = 1

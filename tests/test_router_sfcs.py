@@ -143,3 +143,27 @@ def test_latency_log_records_each_packet_sent_in_flow_order(build, wires, runnin
         assert seq > last.get(flow, 0)
         last[flow] = seq
     assert len(last) == 4
+
+
+def test_an_sfc_added_in_a_freed_place_starts_with_no_drops_and_not_failed(wires, running):
+    src, out_a, _ = wires
+    router = dp.Router(src.port)
+    a = router.add_sfc(out_a.port)
+    router.set_default_sfc(a)
+    router.set_drop_all(a, True)  # failed: its packets are dropped at once
+    running(router, [])
+    src.send([udp(dport=80)] * 5)
+    deadline = time.monotonic() + 5
+    while router.stats()["sfcs"][a]["drops"]["sfc_failed"] < 5:
+        assert time.monotonic() < deadline, router.stats()
+        time.sleep(0.001)
+    router.remove_sfc(a)
+    b = router.add_sfc(out_a.port)
+    assert b == a  # the freed place
+    assert set(router.stats()["sfcs"][b]["drops"].values()) == {0}
+    router.set_default_sfc(b)
+    src.send([udp(dport=80)])
+    while router.stats()["sfcs"][b]["rx"] < 1:
+        assert time.monotonic() < deadline, router.stats()
+        time.sleep(0.001)
+    assert router.stats()["sfcs"][b]["drops"]["sfc_failed"] == 0  # held, not failed
