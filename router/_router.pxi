@@ -6,6 +6,34 @@ ROUTER_MAX_SFCS = SERPENS_ROUTER_MAX_SFCS
 LAT_REC_FORMAT = "<QQII"  # serpens_lat_rec: rx_tsc, tx_tsc, flow, seq
 
 
+cdef int match_rules(rules, serpens_match_rule *table, int cap, port_index,
+                     check_sfc) except -1:
+    """Fill `table` (cap entries, zeroed first) from match rule dicts (Router.set_rules):
+    the router's and the gateway's one parser of them."""
+    import ipaddress
+    if len(rules) > cap:
+        raise ValueError(f"at most {cap} match rules")
+    cdef serpens_match_rule *m
+    memset(table, 0, cap * sizeof(serpens_match_rule))
+    for i, rule in enumerate(rules):
+        m = &table[i]
+        check_sfc(rule["sfc"])
+        m.sfc = rule["sfc"]
+        for field in ("src", "dst"):
+            net = ipaddress.IPv4Network(rule.get(field, "0.0.0.0/0"), strict=False)
+            addr = int.from_bytes(int(net.network_address).to_bytes(4, "big"), "little")
+            mask = int.from_bytes(int(net.netmask).to_bytes(4, "big"), "little")
+            if field == "src":
+                m.src, m.src_mask = addr, mask
+            else:
+                m.dst, m.dst_mask = addr, mask
+        m.proto = rule.get("proto", 0)
+        m.sport_lo, m.sport_hi = rule.get("sport", (0, 65535))
+        m.dport_lo, m.dport_hi = rule.get("dport", (0, 65535))
+        m.in_port = port_index(rule["in_port"]) if rule.get("in_port") is not None else -1
+    return 0
+
+
 cdef class Router:
     """The router of router/router.h. Ports are DPDK port ids; SFCs and instances are the
     router's small integers (an instance's index). Configure SFCs, rules and tags before traffic for them flows."""
@@ -142,33 +170,16 @@ cdef class Router:
     def set_rules(self, rules):
         """The match table, first match wins: dicts with `sfc` and optional `src`, `dst`
         (IPv4 prefixes), `proto` (number), `sport`, `dport` ((lo, hi)), `in_port` (DPDK port)."""
-        import ipaddress
-        if len(rules) > SERPENS_ROUTER_MAX_RULES:
-            raise ValueError(f"at most {SERPENS_ROUTER_MAX_RULES} match rules")
         cdef serpens_match_rule table[SERPENS_ROUTER_MAX_RULES]
-        cdef serpens_match_rule *m
-        memset(table, 0, sizeof(table))
-        for i, rule in enumerate(rules):
-            m = &table[i]
-            self._check_sfc(rule["sfc"])
-            m.sfc = rule["sfc"]
-            for field in ("src", "dst"):
-                net = ipaddress.IPv4Network(rule.get(field, "0.0.0.0/0"), strict=False)
-                addr = int(net.network_address).to_bytes(4, "big")
-                mask = int(net.netmask).to_bytes(4, "big")
-                if field == "src":
-                    m.src, m.src_mask = int.from_bytes(addr, "little"), int.from_bytes(mask, "little")
-                else:
-                    m.dst, m.dst_mask = int.from_bytes(addr, "little"), int.from_bytes(mask, "little")
-            m.proto = rule.get("proto", 0)
-            m.sport_lo, m.sport_hi = rule.get("sport", (0, 65535))
-            m.dport_lo, m.dport_hi = rule.get("dport", (0, 65535))
-            m.in_port = self._port(rule["in_port"]) if rule.get("in_port") is not None else -1
+        match_rules(rules, table, SERPENS_ROUTER_MAX_RULES, self._port_index, self._check_sfc)
         self.r.nrules = 0
         serpens_fence()
         memcpy(self.r.rules, table, sizeof(table))
         serpens_fence()
         self.r.nrules = len(rules)
+
+    def _port_index(self, port):
+        return self._port(port)
 
     def _check_sfc(self, int sfc):
         if not (0 <= sfc < SERPENS_ROUTER_MAX_SFCS and self.r.sfcs[sfc].used):

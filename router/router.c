@@ -28,56 +28,12 @@
 
 /* ---- classification ------------------------------------------------------------------------ */
 
-static uint32_t flow_hash(const uint8_t *f, uint32_t len, const struct serpens_hdrs *h, int parsed)
-{
-	uint32_t hash;
-	if (parsed == SERPENS_PARSE_NON_IP || !h->family) {
-		hash = serpens_hash_crc(f, len < 14 ? len : 14, 7);
-	} else {
-		/* Symmetric: a flow and its reverse hash alike. */
-		uint32_t n = h->family == 4 ? 4 : 16;
-		uint32_t a = serpens_hash_crc(h->flow.src, n, h->flow.sport);
-		uint32_t b = serpens_hash_crc(h->flow.dst, n, h->flow.dport);
-		hash = (a ^ b) * 0x9E3779B1u + h->flow.proto;
-	}
-	return hash ? hash : 1;
-}
-
-static int rule_matches(const struct serpens_match_rule *m, uint32_t port,
-			const struct serpens_hdrs *h)
-{
-	uint32_t src, dst;
-	if (m->in_port >= 0 && (uint32_t)m->in_port != port)
-		return 0;
-	if (h->family != 4)  /* rules are IPv4; an all-wildcard rule takes anything */
-		return !m->src_mask && !m->dst_mask && !m->proto && m->sport_lo == 0 &&
-		       m->sport_hi == 0xFFFF && m->dport_lo == 0 && m->dport_hi == 0xFFFF;
-	memcpy(&src, h->flow.src, 4);
-	memcpy(&dst, h->flow.dst, 4);
-	uint16_t sport = rte_be_to_cpu_16(h->flow.sport), dport = rte_be_to_cpu_16(h->flow.dport);
-	return (src & m->src_mask) == m->src && (dst & m->dst_mask) == m->dst &&
-	       (!m->proto || m->proto == h->flow.proto) && sport >= m->sport_lo &&
-	       sport <= m->sport_hi && dport >= m->dport_lo && dport <= m->dport_hi;
-}
-
 /* The SFC of a packet received on ports[port] (-1: none); sets its flow hash. */
 static int classify(const struct serpens_router *r, uint32_t port, struct rte_mbuf *m,
 		    uint32_t *hash)
 {
-	const uint8_t *f = rte_pktmbuf_mtod(m, const uint8_t *);
-	struct serpens_hdrs h;
-	int parsed = serpens_parse(f, m->data_len, &h);
-
-	*hash = flow_hash(f, m->data_len, &h, parsed);
-	if (m->data_len >= 16 && f[12] == 0x81 && f[13] == 0x00) {
-		uint32_t tagged = r->tag_sfc[((f[14] & 0x0F) << 8) | f[15]];
-		if (tagged)
-			return (int)tagged - 1;
-	}
-	for (uint32_t i = 0; i < r->nrules; i++)
-		if (rule_matches(&r->rules[i], port, &h))
-			return r->rules[i].sfc;
-	return r->default_sfc;
+	const struct serpens_match_tables t = {r->rules, r->nrules, r->default_sfc, r->tag_sfc};
+	return serpens_classify(&t, port, rte_pktmbuf_mtod(m, const uint8_t *), m->data_len, hash);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */

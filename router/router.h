@@ -83,7 +83,9 @@
 #include <rte_mbuf.h>
 #include <rte_ring.h>
 
+#include "classify.h"
 #include "pool_ctl.h"
+#include "vxlan.h"
 
 #define SERPENS_ROUTER_MAX_INSTANCES 64
 #define SERPENS_ROUTER_MAX_SFCS 16
@@ -93,7 +95,6 @@
 #define SERPENS_FLOW_WAYS 8
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
 #define SERPENS_NO_MOVE 0
-#define SERPENS_VLAN_IDS 4096 /* 12-bit VLAN IDs: tag_sfc[] */
 
 enum serpens_instance_state {
 	SERPENS_INST_EMPTY = 0,
@@ -166,15 +167,6 @@ struct serpens_router_sfc {
 	uint64_t drop_stuck;         /* its instance took nothing for stall_cycles */
 	uint64_t drop_hold;          /* waited for an instance longer or beyond the hold queue */
 	uint64_t drop_failed;        /* the SFC is failed (drop_all) */
-};
-
-/* First match wins. Addresses and masks in network order; ports in host order, inclusive. */
-struct serpens_match_rule {
-	uint32_t src, src_mask, dst, dst_mask;
-	uint16_t sport_lo, sport_hi, dport_lo, dport_hi;
-	uint8_t proto;               /* 0: any */
-	int8_t in_port;              /* index into ports[], -1: any */
-	uint16_t sfc;
 };
 
 struct serpens_router_port {

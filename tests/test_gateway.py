@@ -1,0 +1,276 @@
+"""The gateway's packet loop (gateway/gateway.h) and VXLAN (runtime_cy/src/vxlan.h): frames an
+independent decoder (scapy) reads as RFC 7348 VXLAN, flow-affine server choice under route
+changes, and frames from the underlay decapsulated, answered or counted and dropped."""
+import collections
+import random
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
+
+from serpens.runtime_cy import _dataplane as dp
+
+from support.packets import eth, flow_frame
+from support.sites import Wire
+
+pytestmark = pytest.mark.dataplane
+
+GW_IP, GW_MAC = "192.168.50.1", "02:00:00:00:50:01"
+SERVERS = {"192.168.50.11": "02:00:00:00:50:11", "192.168.50.12": "02:00:00:00:50:12",
+           "192.168.50.13": "02:00:00:00:50:13"}
+TAG, VNI = 0xABCDE, 7
+
+
+class GatewaySite:
+    """A gateway on three ring-backed ports (outside in, outside out, underlay), driven by
+    poll() from the test's thread: each test sees exactly what one pass did."""
+
+    def __init__(self, dataplane, name, mtu=1500):
+        self.outside = Wire(dataplane, f"{name}o")
+        self.egress = Wire(dataplane, f"{name}e")
+        self.underlay = Wire(dataplane, f"{name}u")
+        self.gw = dp.Gateway(self.outside.port, self.underlay.port, self.egress.port,
+                             GW_IP, GW_MAC, mtu=mtu)
+
+    def pump(self):
+        while self.gw.poll():
+            pass
+
+    def through(self, wire, frames):
+        """Frames in on `wire`; (what left on the underlay, what left on the egress)."""
+        for i in range(0, len(frames), 256):
+            wire.send(frames[i:i + 256])
+            self.pump()
+        return ([d for _, d in dp.pull(self.underlay.sent, 512)],
+                [d for _, d in dp.pull(self.egress.sent, 512)])
+
+    def encap(self, frames):
+        out = []
+        for i in range(0, len(frames), 256):
+            out += self.through(self.outside, frames[i:i + 256])[0]
+        return out
+
+    def close(self):
+        for w in (self.outside, self.egress, self.underlay):
+            w.close()
+
+
+@pytest.fixture
+def site(dataplane, request):
+    s = GatewaySite(dataplane, f"g{abs(hash(request.node.name)) % 10**5}")
+    yield s
+    s.close()
+
+
+def one_sfc(site, servers):
+    for ip in SERVERS:
+        site.gw.set_server(ip, SERVERS[ip])
+    sfc = site.gw.add_sfc(TAG, VNI)
+    site.gw.set_route(sfc, servers)
+    site.gw.set_default_sfc(sfc)
+    return sfc
+
+
+def server_of(frame):
+    return Ether(frame)[IP].dst
+
+
+def inner_flow(frame):
+    return Ether(frame)[VXLAN].payload[UDP].sport - 1000
+
+
+def test_frames_are_rfc7348_vxlan_with_the_sfc_tag(site):
+    one_sfc(site, {"192.168.50.11": 1})
+    frames = [flow_frame(f, 0) for f in range(64)]
+    out = site.encap(frames)
+    assert len(out) == 64
+    for sent, wire in zip(frames, out):
+        p = Ether(wire)
+        assert (p.src, p.dst) == (GW_MAC, SERVERS["192.168.50.11"])
+        ip, udp, vx = p[IP], p[UDP], p[VXLAN]
+        assert (ip.src, ip.dst, ip.ihl, ip.flags.DF, ip.len) == \
+            (GW_IP, "192.168.50.11", 5, True, len(sent) + 36)
+        recomputed = IP(bytes(ip))
+        del recomputed.chksum
+        assert IP(bytes(recomputed)).chksum == ip.chksum, "outer IPv4 checksum wrong"
+        assert udp.dport == 4789 and udp.chksum == 0 and udp.len == len(sent) + 16
+        assert 49152 <= udp.sport <= 65535
+        assert udp.sport == dp.vxlan_sport(dp.flow_hash(sent))
+        assert vx.flags == 0x08 and vx.vni == VNI and vx.reserved1 == TAG and vx.reserved2 == 0
+        assert bytes(vx.payload) == sent
+    assert len({Ether(w)[UDP].sport for w in out}) > 48  # the flows' entropy shows
+
+
+def test_outer_source_port_is_the_same_for_a_flow_and_its_reverse(site):
+    one_sfc(site, {"192.168.50.11": 1})
+    there = bytes(eth() / IP(src="10.1.1.1", dst="10.2.2.2") / UDP(sport=5000, dport=53))
+    back = bytes(eth() / IP(src="10.2.2.2", dst="10.1.1.1") / UDP(sport=53, dport=5000))
+    a, b = site.encap([there, back])
+    assert Ether(a)[UDP].sport == Ether(b)[UDP].sport
+    assert server_of(a) == server_of(b)
+
+
+def test_classification_has_the_routers_semantics(site):
+    for ip in SERVERS:
+        site.gw.set_server(ip, SERVERS[ip])
+    tagged, dns, default = (site.gw.add_sfc(t) for t in (101, 102, 103))
+    for sfc in (tagged, dns, default):
+        site.gw.set_route(sfc, {"192.168.50.11": 1})
+    site.gw.set_tag(42, tagged)
+    site.gw.set_rules([{"sfc": dns, "proto": 17, "dport": (53, 53)}])
+    site.gw.set_default_sfc(default)
+    frames = [
+        bytes(eth() / Dot1Q(vlan=42) / IP(src="1.1.1.1", dst="2.2.2.2") / UDP(dport=53)),
+        bytes(eth() / IP(src="1.1.1.1", dst="2.2.2.2") / UDP(dport=53)),
+        bytes(eth() / IP(src="1.1.1.1", dst="2.2.2.2") / UDP(dport=80)),
+        bytes(eth() / IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(dport=53)),
+    ]
+    tags = [Ether(w)[VXLAN].reserved1 for w in site.encap(frames)]
+    assert tags == [101, 102, 103, 103]  # IPv4 rules do not take IPv6 frames (the router's)
+    site.gw.set_default_sfc(-1)
+    assert site.encap(frames[3:]) == []
+    assert site.gw.stats()["drops"]["unmatched"] == 1
+
+
+def test_a_flow_keeps_its_server_when_a_server_is_added(site):
+    sfc = one_sfc(site, {"192.168.50.11": 1, "192.168.50.12": 1})
+    old = {inner_flow(w): server_of(w) for w in site.encap([flow_frame(f, 0) for f in range(400)])}
+    assert set(old.values()) == {"192.168.50.11", "192.168.50.12"}
+    site.gw.set_route(sfc, {"192.168.50.11": 1, "192.168.50.12": 1, "192.168.50.13": 2})
+    again = {inner_flow(w): server_of(w)
+             for w in site.encap([flow_frame(f, 1) for f in range(400)])}
+    assert again == old, "a live flow changed server when a server was added"
+    new = collections.Counter(server_of(w) for w in
+                              site.encap([flow_frame(f, 0) for f in range(400, 1400)]))
+    # new flows follow the new weights 1:1:2
+    assert 0.40 < new["192.168.50.13"] / 1000 < 0.60, new
+    assert 0.15 < new["192.168.50.11"] / 1000 < 0.35, new
+    assert site.gw.stats()["sfcs"][sfc]["moved_flows"] == 0
+
+
+def test_removing_a_server_moves_only_its_flows(site):
+    sfc = one_sfc(site, {ip: 1 for ip in SERVERS})
+    old = {inner_flow(w): server_of(w) for w in site.encap([flow_frame(f, 0) for f in range(600)])}
+    gone = "192.168.50.12"
+    assert gone in old.values()
+    site.gw.set_route(sfc, {"192.168.50.11": 1, "192.168.50.13": 1})
+    now = {inner_flow(w): server_of(w) for w in site.encap([flow_frame(f, 1) for f in range(600)])}
+    for flow, server in old.items():
+        if server == gone:
+            assert now[flow] != gone
+        else:
+            assert now[flow] == server, f"flow {flow} moved off a server that stayed"
+    moved = sum(1 for s in old.values() if s == gone)
+    assert site.gw.stats()["sfcs"][sfc]["moved_flows"] == moved
+    site.gw.set_route(sfc, {})
+    assert site.encap([flow_frame(0, 2)]) == []
+    assert site.gw.stats()["sfcs"][sfc]["drops"]["no_server"] == 1
+
+
+def test_maglev_shares_follow_weights_and_a_change_moves_few_slots():
+    table = dp.maglev_table({"a": (0, 1), "b": (1, 3)})
+    share = collections.Counter(table)
+    assert abs(share[1] / len(table) - 0.75) < 0.02 and None not in share
+    grown = dp.maglev_table({"a": (0, 1), "b": (1, 3), "c": (2, 4)})
+    kept = sum(1 for x, y in zip(table, grown) if x == y)
+    assert kept / len(table) > 0.40  # half of the slots go to c; most of the rest stay
+    assert dp.maglev_table({}) == [None] * dp.GW_MAGLEV
+
+
+def vxlan_to_gateway(inner, tag=TAG, **outer):
+    ip = dict(src="192.168.50.11", dst=GW_IP, flags="DF")
+    ip.update(outer.pop("ip", {}))
+    return bytes(Ether(src=SERVERS["192.168.50.11"], dst=GW_MAC) / IP(**ip)
+                 / UDP(sport=50000, dport=4789, chksum=0)
+                 / VXLAN(flags=0x08, vni=VNI, reserved1=tag, **outer) / inner)
+
+
+def test_frames_from_servers_are_decapsulated_to_the_egress(site):
+    one_sfc(site, {"192.168.50.11": 1})
+    inner = [flow_frame(f, 9) for f in range(40)]
+    under, out = site.through(site.underlay, [vxlan_to_gateway(x) for x in inner])
+    assert under == [] and out == inner
+    assert site.gw.stats()["sfcs"][0]["back"] == 40
+
+
+def test_arp_for_the_underlay_address_is_answered(site):
+    one_sfc(site, {"192.168.50.11": 1})
+    ask = bytes(Ether(src=SERVERS["192.168.50.12"], dst="ff:ff:ff:ff:ff:ff")
+                / ARP(op=1, hwsrc=SERVERS["192.168.50.12"], psrc="192.168.50.12",
+                      pdst=GW_IP))
+    other = bytes(Ether(src=SERVERS["192.168.50.12"], dst="ff:ff:ff:ff:ff:ff")
+                  / ARP(op=1, hwsrc=SERVERS["192.168.50.12"], psrc="192.168.50.12",
+                        pdst="192.168.50.99"))
+    under, out = site.through(site.underlay, [ask, other])
+    assert out == [] and len(under) == 1
+    reply = Ether(under[0])
+    assert (reply.dst, reply.src) == (SERVERS["192.168.50.12"], GW_MAC)
+    assert (reply[ARP].op, reply[ARP].hwsrc, reply[ARP].psrc, reply[ARP].hwdst,
+            reply[ARP].pdst) == (2, GW_MAC, GW_IP, SERVERS["192.168.50.12"], "192.168.50.12")
+    st = site.gw.stats()
+    assert st["arp_replies"] == 1 and st["drops"]["not_ours"] == 1
+
+
+def test_bad_frames_from_the_underlay_are_counted_by_reason(site):
+    one_sfc(site, {"192.168.50.11": 1})
+    good = vxlan_to_gateway(flow_frame(1, 1))
+    bad_csum = bytearray(good)
+    bad_csum[24] ^= 0xFF  # outer IPv4 checksum
+    no_i_flag = vxlan_to_gateway(flow_frame(1, 1))
+    no_i_flag = no_i_flag[:42] + b"\x00" + no_i_flag[43:]
+    udp_len = bytearray(good)
+    udp_len[39] ^= 1
+    frames = {
+        "unknown_tag": [vxlan_to_gateway(flow_frame(1, 1), tag=TAG + 1)],
+        "bad_outer": [bytes(bad_csum), no_i_flag, bytes(udp_len), good[:48],
+                      vxlan_to_gateway(b"\x00" * 10),
+                      vxlan_to_gateway(flow_frame(1, 1), ip={"frag": 5, "flags": 0})],
+        "over_mtu": [vxlan_to_gateway(flow_frame(1, 1) + bytes(1500))],
+        "not_ours": [vxlan_to_gateway(flow_frame(1, 1), ip={"dst": "192.168.50.77"}),
+                     bytes(eth() / IP(dst=GW_IP) / UDP(dport=4790)), b"\x01\x02"],
+    }
+    under, out = site.through(site.underlay, [f for fs in frames.values() for f in fs])
+    assert under == [] and out == []
+    drops = site.gw.stats()["drops"]
+    for reason, fs in frames.items():
+        assert drops[reason] == len(fs), (reason, drops)
+
+
+def test_encapsulation_beyond_the_mtu_is_counted_not_truncated(dataplane):
+    s = GatewaySite(dataplane, "gmtu", mtu=300)
+    try:
+        sfc = one_sfc(s, {"192.168.50.11": 1})
+        base = flow_frame(1, 1)
+        fits = base + bytes(300 - 36 - len(base))
+        out = s.encap([fits, fits + b"\x00"])
+        assert len(out) == 1 and len(out[0]) == 300 + 14
+        assert s.gw.stats()["sfcs"][sfc]["drops"]["over_mtu"] == 1
+    finally:
+        s.close()
+
+
+def test_fuzzed_frames_crash_nothing_and_are_all_accounted_for(site):
+    one_sfc(site, {"192.168.50.11": 1})
+    rnd = random.Random(13)
+    good = vxlan_to_gateway(flow_frame(3, 3))
+    frames = []
+    for _ in range(3000):
+        f = bytearray(good)
+        for _ in range(rnd.randint(1, 6)):
+            f[rnd.randrange(len(f) if rnd.random() < 0.3 else 52)] = rnd.randrange(256)
+        if rnd.random() < 0.3:
+            f = f[:rnd.randrange(1, len(f))]
+        frames.append(bytes(f))
+    before = site.gw.stats()
+    under, out = site.through(site.underlay, frames)
+    st = site.gw.stats()
+    dropped = sum(st["drops"].values()) - sum(before["drops"].values())
+    assert len(out) + len(under) + dropped == len(frames)
+    assert all(len(d) <= len(good) - 50 for d in out)
+    # and from the outside: random bytes are encapsulated or counted, nothing else
+    junk = [bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 120))) for _ in range(500)]
+    wrapped = site.encap(junk)
+    st2 = site.gw.stats()
+    assert len(wrapped) + st2["drops"]["unmatched"] - st["drops"]["unmatched"] == 500
