@@ -2,22 +2,7 @@
 # fields the control side reads or writes are listed.
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from router_decl cimport serpens_match_rule, SERPENS_VLAN_IDS
-
-
-cdef extern from "vxlan.h" nogil:
-    enum:
-        SERPENS_VXLAN_OVERHEAD
-        SERPENS_VXLAN_IP_OVERHEAD
-        SERPENS_VXLAN_MAX_TAG
-
-    struct serpens_underlay:
-        uint32_t ip
-        uint8_t mac[6]
-        uint16_t mtu
-        uint16_t ip_id
-
-    uint16_t serpens_vxlan_sport(uint32_t hash)
+from router_decl cimport serpens_match_rule, serpens_underlay, SERPENS_VLAN_IDS
 
 
 cdef extern from "classify.h" nogil:

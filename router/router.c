@@ -28,12 +28,54 @@
 
 /* ---- classification ------------------------------------------------------------------------ */
 
+static void flush(struct serpens_router *r, struct serpens_router_port *p);
+
 /* The SFC of a packet received on ports[port] (-1: none); sets its flow hash. */
 static int classify(const struct serpens_router *r, uint32_t port, struct rte_mbuf *m,
 		    uint32_t *hash)
 {
 	const struct serpens_match_tables t = {r->rules, r->nrules, r->default_sfc, r->tag_sfc};
 	return serpens_classify(&t, port, rte_pktmbuf_mtod(m, const uint8_t *), m->data_len, hash);
+}
+
+/* The SFC of a frame from the underlay (-1: none: answered, or counted and freed); the frame
+ * is the inner one after, and its flow hash set. */
+static int from_underlay(struct serpens_router *r, struct rte_mbuf *m, uint32_t *hash)
+{
+	uint32_t tag = 0, vni = 0;
+	switch (serpens_underlay_rx(m, &r->underlay, &tag, &vni)) {
+	case SERPENS_UNDERLAY_VXLAN:
+		for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS; sfc++) {
+			const struct serpens_router_sfc *s = &r->sfcs[sfc];
+			if (s->used && s->vx_on && s->vx_tag == tag) {
+				r->vx_rx++;
+				*hash = serpens_frame_flow_hash(rte_pktmbuf_mtod(m, const uint8_t *),
+								m->data_len);
+				return sfc;
+			}
+		}
+		r->vx_unknown_tag++;
+		break;
+	case SERPENS_UNDERLAY_ARP: {
+		struct serpens_router_port *p = &r->ports[r->underlay_port];
+		r->vx_arp++;
+		p->out[p->nout++] = m;
+		if (p->nout == SERPENS_BURST)
+			flush(r, p);
+		return -1;
+	}
+	case SERPENS_UNDERLAY_BAD_OUTER:
+		r->vx_bad_outer++;
+		break;
+	case SERPENS_UNDERLAY_OVER_MTU:
+		r->vx_over_mtu++;
+		break;
+	default:
+		r->vx_not_ours++;
+		break;
+	}
+	rte_pktmbuf_free(m);
+	return -1;
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
@@ -455,7 +497,14 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 			struct rte_mbuf *m = pkts[k];
 			struct serpens_rx_meta *meta = META(r, m);
 			uint32_t hash;
-			int sfc = classify(r, port, m, &hash);
+			int sfc;
+			if (r->underlay.ip && port == r->underlay_port) {
+				sfc = from_underlay(r, m, &hash);
+				if (sfc < 0)
+					continue; /* counted (or answered) there */
+			} else {
+				sfc = classify(r, port, m, &hash);
+			}
 			if (sfc < 0 || !r->sfcs[sfc].used) {
 				rte_pktmbuf_free(m);
 				p->unmatched++;
@@ -538,6 +587,12 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 		} else if (s->next >= 0) {
 			LABEL(r, m) = (uint16_t)s->next;
 			fwd[nfwd++] = m;
+		} else if (s->to_gateway &&
+			   serpens_vxlan_encap(m, &r->underlay, r->gw_ip, r->gw_mac, s->vx_tag,
+					       s->vx_vni, META(r, m)->flow) != SERPENS_ENCAP_OK) {
+			rte_pktmbuf_free(m);
+			s->drop_mtu++;
+			r->dropped++;
 		} else {
 			p->out[p->nout++] = m;
 			if (p->nout == SERPENS_BURST)
