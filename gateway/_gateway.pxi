@@ -193,10 +193,14 @@ cdef class Gateway:
             s.table[idle][c] = SERPENS_GW_NO_SERVER if server is None else server
         for i in w:
             mask |= (<uint64_t>1) << i
+        # Servers joining are live before the table names them, servers leaving stay live
+        # until it no longer does: no new flow meets a server outside the mask.
         serpens_fence()
-        s.servers = mask  # pins to servers left out are dropped before the new table shows
+        s.servers = s.servers | mask
         serpens_fence()
         s.table_live = idle
+        serpens_fence()
+        s.servers = mask  # pins to the servers left out move on their next packet
         serpens_fence()
 
     def route_table(self, int sfc):

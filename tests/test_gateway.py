@@ -416,3 +416,130 @@ def test_the_router_counts_and_drops_bad_vxlan_and_keeps_forwarding(dataplane, p
         assert st["rx"] == len(fuzz) + sum(map(len, bad.values())) + 1 + 10
     finally:
         ov.close()
+
+
+# ---- one SFC on two servers: gateway -> switch -> routers -> switch -> gateway --------------
+
+NODES = {"192.168.50.31": "02:00:00:00:50:31", "192.168.50.32": "02:00:00:00:50:32"}
+
+
+class Switch:
+    """The underlay between the gateway and the nodes: a learning-free L2 switch over rings
+    (by destination MAC, broadcast to every node), run on a thread (test plumbing only)."""
+
+    def __init__(self, dataplane, gw_wire, nodes):
+        self.mempool, self.gw_wire, self.nodes = dataplane.mempool, gw_wire, nodes
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _put(self, ring, frames):
+        while frames and dp.push(ring, self.mempool, frames) == 0:
+            time.sleep(0.0002)
+
+    def _run(self):
+        while not self.stop:
+            moved = 0
+            frames = [d for _, d in dp.pull(self.gw_wire.sent, 256)]
+            for mac, (rx, _) in self.nodes.items():
+                self._put(rx, [d for d in frames if d[:6] in (mac, b"\xff" * 6)])
+            moved += len(frames)
+            for _, tx in self.nodes.values():
+                back = [d for _, d in dp.pull(tx, 256)]
+                self._put(self.gw_wire.inject, back)
+                moved += len(back)
+            if not moved:
+                time.sleep(0.0002)
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+
+
+class TwoServers:
+    def __init__(self, dataplane, pool, sfc, name):
+        self.site = GatewaySite(dataplane, name)
+        gw = self.site.gw
+        self.gw_sfc = gw.add_sfc(TAG, VNI)
+        gw.set_default_sfc(self.gw_sfc)
+        self.routers, self.managers, self.ports, self.threads, rings = [], [], [], [], {}
+        for k, (ip, mac) in enumerate(NODES.items()):
+            gw.set_server(ip, mac)
+            rx, tx = dp.Ring(f"{name}n{k}rx", 4096), dp.Ring(f"{name}n{k}tx", 4096)
+            rings[bytes.fromhex(mac.replace(":", ""))] = (rx, tx)
+            port = dp.port_from_rings(f"net_ring_{name}n{k}", rx, tx, dataplane.mempool)
+            router = dp.Router(port)
+            rsfc = router.add_sfc(out_port=port)
+            router.set_underlay(port, ip, mac)
+            router.set_gateway(GW_IP, GW_MAC)
+            router.set_sfc_vxlan(rsfc, TAG, VNI, to_gateway=True)
+            if k == 0:
+                router.launch(dataplane.config.router_lcore)
+            else:  # one router lcore per process: the second node's router runs on a thread
+                t = threading.Thread(target=router.run, daemon=True)
+                t.start()
+                self.threads.append((router, t))
+            manager = InstanceManager(pool, router, sfc, sfc_id=rsfc).start()
+            manager.scale(1)
+            self.routers.append(router)
+            self.managers.append(manager)
+            self.ports.append(port)
+        self.switch = Switch(dataplane, self.site.underlay, rings)
+        self.gw_thread = threading.Thread(target=gw.run, daemon=True)
+        self.gw_thread.start()
+
+    def node_rx(self):
+        return [r.stats()["vxlan"]["rx"] for r in self.routers]
+
+    def close(self):
+        self.site.gw.stop()
+        self.gw_thread.join()
+        self.switch.close()
+        for m in self.managers:
+            m.close()
+        for r in self.routers:
+            r.stop()
+        for _, t in self.threads:
+            t.join()
+        for p in self.ports:
+            dp.port_close(p)
+        self.site.close()
+
+
+def test_an_sfc_on_two_servers_keeps_flows_in_order_and_a_new_server_takes_only_new_flows(
+        dataplane, pool, build):
+    old = [udp(src=f"10.0.4.{f + 1}", sport=3000 + f, seq=s) for s in range(30) for f in range(16)]
+    new = [udp(src=f"10.0.5.{f + 1}", sport=5000 + f, seq=s) for s in range(30) for f in range(64)]
+    direct = Site(dataplane, pool, mark_sfc(build), "gw2direct")
+    try:
+        direct.manager.scale(1)
+        direct.send(old + new)
+        expected = per_flow(direct.receive(len(old + new)))
+    finally:
+        direct.close()
+    two = TwoServers(dataplane, pool, mark_sfc(build), "gw2")
+    try:
+        first, second = NODES
+        egress = two.site.egress
+        two.site.gw.set_route(two.gw_sfc, {first: 1})
+        two.site.outside.send(old[:len(old) // 2])
+        got = egress.receive(len(old) // 2, router=two.routers[0])
+        assert two.node_rx() == [len(old) // 2, 0]
+        two.site.gw.set_route(two.gw_sfc, {first: 1, second: 1})  # a server joins
+        two.site.outside.send(old[len(old) // 2:])
+        got += egress.receive(len(old) - len(old) // 2, router=two.routers[0])
+        assert two.node_rx() == [len(old), 0], "a live flow moved to the new server"
+        two.site.outside.send(new)
+        got += egress.receive(len(new), router=two.routers[1])
+        assert per_flow(got) == expected  # per flow, in order, byte for byte
+        rx = two.node_rx()
+        assert rx[1] > 0.25 * len(new) and rx[0] > len(old), rx  # new flows spread 1:1
+        two.site.gw.set_route(two.gw_sfc, {second: 1})  # the first server leaves
+        before = two.node_rx()
+        two.site.outside.send([udp(src=f"10.0.5.{f + 1}", sport=5000 + f, seq=99)
+                               for f in range(64)])
+        egress.receive(64, router=two.routers[1])
+        after = two.node_rx()
+        assert after[0] == before[0] and after[1] - before[1] == 64
+    finally:
+        two.close()
