@@ -19,14 +19,21 @@ cdef int match_rules(rules, serpens_match_rule *table, int cap, port_index,
         m = &table[i]
         check_sfc(rule["sfc"])
         m.sfc = rule["sfc"]
-        for field in ("src", "dst"):
-            net = ipaddress.IPv4Network(rule.get(field, "0.0.0.0/0"), strict=False)
-            addr = int.from_bytes(int(net.network_address).to_bytes(4, "big"), "little")
-            mask = int.from_bytes(int(net.netmask).to_bytes(4, "big"), "little")
+        nets = {f: ipaddress.ip_network(rule[f], strict=False)
+                for f in ("src", "dst") if rule.get(f) is not None}
+        families = {net.version for net in nets.values()}
+        if len(families) > 1:
+            raise ValueError(f"match rule {i}: src and dst of different IP versions")
+        m.family = families.pop() if families else 0
+        for field, net in nets.items():
+            addr = net.network_address.packed
+            mask = net.netmask.packed
             if field == "src":
-                m.src, m.src_mask = addr, mask
+                memcpy(m.src, <const char *>addr, len(addr))
+                memcpy(m.src_mask, <const char *>mask, len(mask))
             else:
-                m.dst, m.dst_mask = addr, mask
+                memcpy(m.dst, <const char *>addr, len(addr))
+                memcpy(m.dst_mask, <const char *>mask, len(mask))
         m.proto = rule.get("proto", 0)
         m.sport_lo, m.sport_hi = rule.get("sport", (0, 65535))
         m.dport_lo, m.dport_hi = rule.get("dport", (0, 65535))
@@ -171,7 +178,7 @@ cdef class Router:
 
     def set_rules(self, rules):
         """The match table, first match wins: dicts with `sfc` and optional `src`, `dst`
-        (IPv4 prefixes), `proto` (number), `sport`, `dport` ((lo, hi)), `in_port` (DPDK port)."""
+        (IPv4 or IPv6 prefixes, one version per rule), `proto` (number), `sport`, `dport` ((lo, hi)), `in_port` (DPDK port)."""
         cdef serpens_match_rule table[SERPENS_ROUTER_MAX_RULES]
         match_rules(rules, table, SERPENS_ROUTER_MAX_RULES, self._port_index, self._check_sfc)
         self.r.nrules = 0

@@ -2,8 +2,7 @@
  * Which SFC a frame belongs to, and its flow hash: one home for the match semantics the router
  * and the gateway share (router.h "Theory of operation"). A VLAN ID mapped to an SFC (an SFC
  * tag an upstream hop put on the frame) wins, else the first matching rule, else the default
- * SFC. Rules are IPv4 prefixes, protocol and port ranges; an IPv6 frame matches only an
- * all-wildcard rule (an in_port restriction still applies). The flow hash is symmetric (a flow
+ * SFC. Rules are IPv4 or IPv6 prefixes, protocol and port ranges (struct serpens_match_rule). The flow hash is symmetric (a flow
  * and its reverse hash alike) over the 5-tuple, or over the L2 header for non-IP frames.
  */
 #ifndef SERPENS_CLASSIFY_H
@@ -18,10 +17,14 @@
 
 #define SERPENS_VLAN_IDS 4096 /* 12-bit VLAN IDs: tag_sfc[] */
 
-/* First match wins. Addresses and masks in network order; ports in host order, inclusive. */
+/* First match wins. A rule with addresses is of their family (4 or 6) and takes only frames of
+ * it; one without (family 0) takes IPv4 and IPv6 frames alike, and a non-IP frame only if it
+ * asks for no protocol and no ports. Addresses and masks in network order (IPv4: the first 4
+ * bytes, like serpens_flow); ports in host order, inclusive. */
 struct serpens_match_rule {
-	uint32_t src, src_mask, dst, dst_mask;
+	uint8_t src[16], src_mask[16], dst[16], dst_mask[16];
 	uint16_t sport_lo, sport_hi, dport_lo, dport_hi;
+	uint8_t family;              /* 4, 6, or 0: any */
 	uint8_t proto;               /* 0: any */
 	int8_t in_port;              /* index into the caller's ports[], -1: any */
 	uint16_t sfc;
@@ -58,19 +61,29 @@ static inline uint32_t serpens_frame_flow_hash(const uint8_t *f, uint32_t len)
 	return serpens_flow_hash(f, len, &h, parsed);
 }
 
+static inline int serpens_prefix_matches(const uint8_t *addr, const uint8_t *net,
+					 const uint8_t *mask, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if ((addr[i] & mask[i]) != net[i])
+			return 0;
+	return 1;
+}
+
 static inline int serpens_rule_matches(const struct serpens_match_rule *m, uint32_t port,
 				       const struct serpens_hdrs *h)
 {
-	uint32_t src, dst;
 	if (m->in_port >= 0 && (uint32_t)m->in_port != port)
 		return 0;
-	if (h->family != 4)  /* rules are IPv4; an all-wildcard rule takes anything */
-		return !m->src_mask && !m->dst_mask && !m->proto && m->sport_lo == 0 &&
-		       m->sport_hi == 0xFFFF && m->dport_lo == 0 && m->dport_hi == 0xFFFF;
-	memcpy(&src, h->flow.src, 4);
-	memcpy(&dst, h->flow.dst, 4);
+	if (h->family != 4 && h->family != 6) /* not IP: only a rule asking nothing of L3/L4 */
+		return !m->family && !m->proto && m->sport_lo == 0 && m->sport_hi == 0xFFFF &&
+		       m->dport_lo == 0 && m->dport_hi == 0xFFFF;
+	if (m->family && m->family != h->family)
+		return 0;
+	uint32_t n = h->family == 4 ? 4 : 16;
 	uint16_t sport = rte_be_to_cpu_16(h->flow.sport), dport = rte_be_to_cpu_16(h->flow.dport);
-	return (src & m->src_mask) == m->src && (dst & m->dst_mask) == m->dst &&
+	return serpens_prefix_matches(h->flow.src, m->src, m->src_mask, n) &&
+	       serpens_prefix_matches(h->flow.dst, m->dst, m->dst_mask, n) &&
 	       (!m->proto || m->proto == h->flow.proto) && sport >= m->sport_lo &&
 	       sport <= m->sport_hi && dport >= m->dport_lo && dport <= m->dport_hi;
 }

@@ -79,9 +79,12 @@ cdef extern from "router.h" nogil:
         uint8_t vx_on, to_gateway
 
     struct serpens_match_rule:
-        uint32_t src, src_mask, dst, dst_mask
+        uint8_t src[16]
+        uint8_t src_mask[16]
+        uint8_t dst[16]
+        uint8_t dst_mask[16]
         uint16_t sport_lo, sport_hi, dport_lo, dport_hi
-        uint8_t proto
+        uint8_t family, proto
         int8_t in_port
         uint16_t sfc
 

@@ -116,26 +116,33 @@ def test_outer_source_port_is_the_same_for_a_flow_and_its_reverse(site):
     assert server_of(a) == server_of(b)
 
 
-def test_classification_has_the_routers_semantics(site):
+def test_classification_has_the_routers_semantics_for_ipv4_and_ipv6(site):
     for ip in SERVERS:
         site.gw.set_server(ip, SERVERS[ip])
-    tagged, dns, default = (site.gw.add_sfc(t) for t in (101, 102, 103))
-    for sfc in (tagged, dns, default):
+    tagged, v6net, dns, default = (site.gw.add_sfc(t) for t in (101, 102, 103, 104))
+    for sfc in (tagged, v6net, dns, default):
         site.gw.set_route(sfc, {"192.168.50.11": 1})
     site.gw.set_tag(42, tagged)
-    site.gw.set_rules([{"sfc": dns, "proto": 17, "dport": (53, 53)}])
+    site.gw.set_rules([{"sfc": v6net, "dst": "2001:db8:77::/48"},
+                       {"sfc": dns, "proto": 17, "dport": (53, 53)}])
     site.gw.set_default_sfc(default)
+    v4 = IP(src="1.1.1.1", dst="2.2.2.2")
     frames = [
-        bytes(eth() / Dot1Q(vlan=42) / IP(src="1.1.1.1", dst="2.2.2.2") / UDP(dport=53)),
-        bytes(eth() / IP(src="1.1.1.1", dst="2.2.2.2") / UDP(dport=53)),
-        bytes(eth() / IP(src="1.1.1.1", dst="2.2.2.2") / UDP(dport=80)),
-        bytes(eth() / IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(dport=53)),
+        bytes(eth() / Dot1Q(vlan=42) / v4 / UDP(dport=53)),                          # tag wins
+        bytes(eth() / v4 / UDP(dport=53)),
+        bytes(eth() / v4 / UDP(dport=80)),
+        bytes(eth() / IPv6(src="2001:db8::1", dst="2001:db8:77::2") / UDP(dport=53)),  # first
+        bytes(eth() / IPv6(src="2001:db8::1", dst="2001:db8:78::2") / UDP(dport=53)),
+        bytes(eth() / IPv6(src="2001:db8::1", dst="2001:db8:78::2") / UDP(dport=80)),
+        bytes(eth(type=0x88B5) / bytes(50)),                                          # not IP
     ]
     tags = [Ether(w)[VXLAN].reserved1 for w in site.encap(frames)]
-    assert tags == [101, 102, 103, 103]  # IPv4 rules do not take IPv6 frames (the router's)
+    assert tags == [101, 103, 104, 102, 103, 104, 104]
+    with pytest.raises(ValueError, match="different IP versions"):
+        site.gw.set_rules([{"sfc": dns, "src": "10.0.0.0/8", "dst": "2001:db8::/32"}])
     site.gw.set_default_sfc(-1)
-    assert site.encap(frames[3:]) == []
-    assert site.gw.stats()["drops"]["unmatched"] == 1
+    assert site.encap(frames[5:]) == []
+    assert site.gw.stats()["drops"]["unmatched"] == 2
 
 
 def test_a_flow_keeps_its_server_when_a_server_is_added(site):
