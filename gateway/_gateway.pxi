@@ -62,6 +62,7 @@ cdef class Gateway:
     cdef object server_ids  # underlay address -> server index
     cdef object weights     # SFC -> {server index: weight}
     cdef bint running
+    cdef int lcore
 
     def __cinit__(self, in_ports, uint16_t underlay_port, uint16_t egress_port, str underlay_ip,
                   str underlay_mac, uint32_t mtu=1500, double idle_s=30.0):
@@ -73,6 +74,7 @@ cdef class Gateway:
         if self.g == NULL:
             raise MemoryError()
         self.server_ids, self.weights = {}, {}
+        self.lcore = -1
         self.g.default_sfc = -1
         self.g.underlay_port = self.g.egress_port = -1
         self.g.idle_cycles = <uint64_t>(rte_get_tsc_hz() * idle_s)
@@ -88,6 +90,9 @@ cdef class Gateway:
         self.g.underlay_port = self._port(underlay_port)
 
     def __dealloc__(self):
+        if self.lcore >= 0:
+            self.g.stop = 1
+            rte_eal_wait_lcore(self.lcore)
         free(self.g)
 
     cdef int _port(self, uint16_t port) except -1:
@@ -126,7 +131,7 @@ cdef class Gateway:
         serpens_fence()
         sv.ip = _ipv4_be(key)
         memcpy(sv.mac, <const char *>raw, 6)
-        sv.tx = sv.rx = 0
+        sv.tx = 0
         serpens_fence()
         sv.used = 1
         self.server_ids[key] = i
@@ -144,7 +149,8 @@ cdef class Gateway:
         serpens_fence()
 
     def add_sfc(self, uint32_t tag, uint32_t vni=0):
-        """A new SFC carried with VXLAN tag `tag` and VNI `vni` (24 bits each); its id."""
+        """A new SFC carried with VXLAN tag `tag` and VNI `vni` (24 bits each); its id. Frames
+        back from the servers must carry both."""
         cdef serpens_gw_sfc *s
         if tag > SERPENS_VXLAN_MAX_TAG or vni > SERPENS_VXLAN_MAX_TAG:
             raise ValueError("SFC tag and VNI are 24-bit numbers")
@@ -249,6 +255,15 @@ cdef class Gateway:
         finally:
             self.running = False
 
+    def launch(self, unsigned lcore):
+        """Run on EAL worker lcore `lcore` (the gateway's own DPDK process); stop() ends it."""
+        self.g.stop = 0
+        rc = rte_eal_remote_launch(serpens_gateway_lcore_main, self.g, lcore)
+        if rc:
+            raise OSError(-rc, f"launching the gateway on lcore {lcore}: "
+                               f"{strerror(-rc).decode()}")
+        self.lcore = lcore
+
     def poll(self):
         """One iteration on the calling thread (tests); the frames handled."""
         return serpens_gateway_poll(self.g)
@@ -256,6 +271,10 @@ cdef class Gateway:
     def stop(self):
         self.g.stop = 1
         serpens_fence()
+        if self.lcore >= 0:
+            with nogil:
+                rte_eal_wait_lcore(self.lcore)
+            self.lcore = -1
 
     def quiesce(self, double timeout=1.0):
         """Wait until the loop began two more iterations (a change made before is in effect)."""

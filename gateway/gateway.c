@@ -138,11 +138,11 @@ static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mb
 	}
 }
 
-/* The SFC whose VXLAN tag is `tag` (-1: none). */
-static int sfc_of_tag(const struct serpens_gateway *g, uint32_t tag)
+/* The SFC whose VXLAN tag and VNI these are (-1: none: another tenant's tag is unknown). */
+static int sfc_of_tag(const struct serpens_gateway *g, uint32_t tag, uint32_t vni)
 {
 	for (int i = 0; i < SERPENS_GW_MAX_SFCS; i++)
-		if (g->sfcs[i].used && g->sfcs[i].tag == tag)
+		if (g->sfcs[i].used && g->sfcs[i].tag == tag && g->sfcs[i].vni == vni)
 			return i;
 	return -1;
 }
@@ -160,7 +160,7 @@ static void from_underlay(struct serpens_gateway *g, struct rte_mbuf **pkts, uin
 		int sfc;
 		switch (serpens_underlay_rx(m, &g->underlay, &tag, &vni)) {
 		case SERPENS_UNDERLAY_VXLAN:
-			sfc = sfc_of_tag(g, tag);
+			sfc = sfc_of_tag(g, tag, vni);
 			if (sfc < 0) {
 				g->unknown_tag++;
 				break;
@@ -223,6 +223,11 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 		if (g->ports[i].nout)
 			flush(g, &g->ports[i]);
 	return work;
+}
+
+int serpens_gateway_lcore_main(void *arg)
+{
+	return serpens_gateway_run(arg);
 }
 
 int serpens_gateway_run(struct serpens_gateway *g)

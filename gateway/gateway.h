@@ -13,7 +13,7 @@
  * only its flows. Then the frame is VXLAN-encapsulated in place (runtime_cy/src/vxlan.h: the
  * SFC's tag and VNI, outer source port from the flow hash) and sent on the underlay port.
  *
- * From the underlay port: VXLAN for the gateway's address whose tag is an SFC's is
+ * From the underlay port: VXLAN for the gateway's address whose tag and VNI are an SFC's is
  * decapsulated and leaves on the egress port; ARP requests for its address are answered on the
  * underlay; everything else is counted by reason and freed. Neighbours (the servers' MACs)
  * are pushed by the control side: the gateway resolves nothing itself.
@@ -48,7 +48,7 @@ struct serpens_gw_server {
 	volatile uint32_t used;
 	uint32_t ip;                 /* underlay address, network order */
 	uint8_t mac[6];              /* its MAC on the underlay (pushed, not resolved) */
-	uint64_t tx, rx;             /* gateway thread: frames sent to it, come back from it */
+	uint64_t tx;                 /* gateway thread: frames sent to it */
 };
 
 struct serpens_gw_sfc {
@@ -94,7 +94,7 @@ struct serpens_gateway {
 	uint64_t not_ours;           /* underlay frames neither VXLAN nor ARP for us */
 	uint64_t bad_outer;          /* VXLAN for us with a malformed outer header */
 	uint64_t over_mtu;           /* VXLAN for us larger than the MTU */
-	uint64_t unknown_tag;        /* VXLAN for us whose tag is no SFC's */
+	uint64_t unknown_tag;        /* VXLAN for us whose tag and VNI are no SFC's */
 	uint64_t unmatched;          /* from the outside, no SFC takes it */
 	uint32_t next_port;
 	struct serpens_gw_flow_bucket {
@@ -106,6 +106,8 @@ struct serpens_gateway {
 
 /* Run until g->stop; returns 0. */
 int serpens_gateway_run(struct serpens_gateway *g);
+/* The same as an lcore function (rte_eal_remote_launch): arg is the gateway. */
+int serpens_gateway_lcore_main(void *arg);
 /* One loop iteration (RX from one port + underlay, TX); returns the frames handled. */
 uint32_t serpens_gateway_poll(struct serpens_gateway *g);
 

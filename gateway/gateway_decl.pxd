@@ -22,7 +22,7 @@ cdef extern from "gateway.h" nogil:
         uint32_t used
         uint32_t ip
         uint8_t mac[6]
-        uint64_t tx, rx
+        uint64_t tx
 
     struct serpens_gw_sfc:
         uint32_t used, tag, vni
@@ -54,3 +54,4 @@ cdef extern from "gateway.h" nogil:
 
     int serpens_gateway_run(serpens_gateway *g)
     uint32_t serpens_gateway_poll(serpens_gateway *g)
+    int serpens_gateway_lcore_main(void *arg)

@@ -47,7 +47,7 @@ static int from_underlay(struct serpens_router *r, struct rte_mbuf *m, uint32_t 
 	case SERPENS_UNDERLAY_VXLAN:
 		for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS; sfc++) {
 			const struct serpens_router_sfc *s = &r->sfcs[sfc];
-			if (s->used && s->vx_on && s->vx_tag == tag) {
+			if (s->used && s->vx_on && s->vx_tag == tag && s->vx_vni == vni) {
 				r->vx_rx++;
 				*hash = serpens_frame_flow_hash(rte_pktmbuf_mtod(m, const uint8_t *),
 								m->data_len);

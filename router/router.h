@@ -63,7 +63,8 @@
  *
  * VXLAN (DESIGN §7, runtime_cy/src/vxlan.h). With an underlay set, frames on the underlay port
  * are the overlay's only: VXLAN to the node's underlay address is decapsulated and its SFC tag
- * (the 24 reserved bits) names the SFC (`vx_tag` of an SFC with `vx_on`); the inner frame then
+ * (the 24 reserved bits) with its VNI names the SFC (`vx_tag`, `vx_vni` of an SFC with
+ * `vx_on`; another tenant's VNI makes the tag unknown); the inner frame then
  * goes the way of any classified packet, flow hash and all. ARP requests for the underlay
  * address are answered. Unknown tags, malformed outer headers, frames over the underlay MTU
  * and frames not for us are counted by reason and freed. An SFC whose output is the gateway

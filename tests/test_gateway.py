@@ -190,12 +190,12 @@ def test_maglev_shares_follow_weights_and_a_change_moves_few_slots():
     assert dp.maglev_table({}) == [None] * dp.GW_MAGLEV
 
 
-def vxlan_to_gateway(inner, tag=TAG, **outer):
-    ip = dict(src="192.168.50.11", dst=GW_IP, flags="DF")
-    ip.update(outer.pop("ip", {}))
-    return bytes(Ether(src=SERVERS["192.168.50.11"], dst=GW_MAC) / IP(**ip)
+def vxlan_to_gateway(inner, tag=TAG, vni=VNI, ip=None):
+    fields = dict(src="192.168.50.11", dst=GW_IP, flags="DF")
+    fields.update(ip or {})
+    return bytes(Ether(src=SERVERS["192.168.50.11"], dst=GW_MAC) / IP(**fields)
                  / UDP(sport=50000, dport=4789, chksum=0)
-                 / VXLAN(flags=0x08, vni=VNI, reserved1=tag, **outer) / inner)
+                 / VXLAN(flags=0x08, vni=vni, reserved1=tag) / inner)
 
 
 def test_frames_from_servers_are_decapsulated_to_the_egress(site):
@@ -234,7 +234,8 @@ def test_bad_frames_from_the_underlay_are_counted_by_reason(site):
     udp_len = bytearray(good)
     udp_len[39] ^= 1
     frames = {
-        "unknown_tag": [vxlan_to_gateway(flow_frame(1, 1), tag=TAG + 1)],
+        "unknown_tag": [vxlan_to_gateway(flow_frame(1, 1), tag=TAG + 1),
+                        vxlan_to_gateway(flow_frame(1, 1), vni=VNI + 1)],  # another tenant
         "bad_outer": [bytes(bad_csum), no_i_flag, bytes(udp_len), good[:48],
                       vxlan_to_gateway(b"\x00" * 10),
                       vxlan_to_gateway(flow_frame(1, 1), ip={"frag": 5, "flags": 0})],
@@ -376,18 +377,18 @@ def test_an_sfc_behind_the_gateway_gives_what_it_gives_on_a_node(dataplane, pool
 def test_the_router_counts_and_drops_bad_vxlan_and_keeps_forwarding(dataplane, pool, build):
     ov = Overlay(dataplane, pool, mark_sfc(build), "gwbad", instances=1)
     try:
-        def to_node(inner, tag=TAG, **ip):
+        def to_node(inner, tag=TAG, vni=VNI, **ip):
             fields = dict(src=GW_IP, dst=NODE_IP, flags="DF")
             fields.update(ip)
             return bytes(Ether(src=GW_MAC, dst=NODE_MAC) / IP(**fields)
                          / UDP(sport=50001, dport=4789, chksum=0)
-                         / VXLAN(flags=0x08, vni=VNI, reserved1=tag) / inner)
+                         / VXLAN(flags=0x08, vni=vni, reserved1=tag) / inner)
         good = to_node(udp(seq=1))
         bad_csum = bytearray(good)
         bad_csum[24] ^= 0x55
         ask = bytes(Ether(src=GW_MAC, dst="ff:ff:ff:ff:ff:ff")
                     / ARP(op=1, hwsrc=GW_MAC, psrc=GW_IP, pdst=NODE_IP))
-        bad = {"unknown_tag": [to_node(udp(seq=1), tag=TAG + 5)],
+        bad = {"unknown_tag": [to_node(udp(seq=1), tag=TAG + 5), to_node(udp(seq=1), vni=0)],
                "bad_outer": [bytes(bad_csum), good[:46], to_node(b"\x00" * 8)],
                "over_mtu": [to_node(udp(seq=1) + bytes(1480))],
                "not_ours": [to_node(udp(seq=1), dst="192.168.50.99"), b"\x00" * 20]}
