@@ -2,12 +2,17 @@
 with a unique file prefix, a small process pool of real DPDK secondaries, and a real etcd per
 module (`etcd`, tests/support/etcd.py). Helpers that tests import live in tests/support/.
 
-Every test belongs to one layer, named by a module-level `pytestmark` (registered in
+Compiled NFs are shared by the session's processes through a cache directory (removed at
+exit). Every test belongs to one layer, named by a module-level `pytestmark` (registered in
 pyproject.toml): unit, dataplane, cluster or multinode; `pytest -m unit` runs one alone."""
+import atexit
 import os
 import shutil
+import tempfile
 
 import pytest
+
+from serpens.runtime_cy.builder import NF_CACHE_ENV
 
 from support.etcd import etcd  # noqa: F401 (a fixture, for every module)
 from support.nfs import nf_source
@@ -17,6 +22,12 @@ LAYERS = ("unit", "dataplane", "cluster", "multinode")
 
 # No test frame may send scapy to the host's network for an address.
 forbid_address_resolution()
+
+# The session's processes (agents, nodes, benchmarks in subprocesses) share compiled NFs: each
+# source is compiled once per session, not once per process (runtime_cy/builder.py).
+_nf_cache = tempfile.mkdtemp(prefix="serpens-test-nf-cache-")
+atexit.register(shutil.rmtree, _nf_cache, True)
+os.environ[NF_CACHE_ENV] = _nf_cache
 
 
 def pytest_collection_modifyitems(items):
