@@ -31,12 +31,12 @@ class GatewaySite:
     """A gateway on three ring-backed ports (outside in, outside out, underlay), driven by
     poll() from the test's thread: each test sees exactly what one pass did."""
 
-    def __init__(self, dataplane, name, mtu=1500):
+    def __init__(self, dataplane, name, mtu=1500, idle_s=30.0):
         self.outside = Wire(dataplane, f"{name}o")
         self.egress = Wire(dataplane, f"{name}e")
         self.underlay = Wire(dataplane, f"{name}u")
         self.gw = dp.Gateway(self.outside.port, self.underlay.port, self.egress.port,
-                             GW_IP, GW_MAC, mtu=mtu)
+                             GW_IP, GW_MAC, mtu=mtu, idle_s=idle_s)
 
     def pump(self):
         while self.gw.poll():
@@ -551,3 +551,41 @@ def test_an_sfc_on_two_servers_keeps_flows_in_order_and_a_new_server_takes_only_
         assert after[0] == before[0] and after[1] - before[1] == 64
     finally:
         two.close()
+
+
+# ---- the flow table's bounds ---------------------------------------------------------------
+
+def test_an_idle_flow_is_forgotten_and_then_follows_the_route(dataplane):
+    s = GatewaySite(dataplane, "gidle", idle_s=0.05)
+    try:
+        sfc = one_sfc(s, {"192.168.50.11": 1})
+        frames = [flow_frame(f, 0) for f in range(50)]
+        assert {server_of(w) for w in s.encap(frames)} == {"192.168.50.11"}
+        s.gw.set_route(sfc, {"192.168.50.11": 1, "192.168.50.12": 100})
+        assert {server_of(w) for w in s.encap(frames)} == {"192.168.50.11"}  # pinned
+        time.sleep(0.2)  # idle past idle_s: the pins are gone
+        again = collections.Counter(server_of(w) for w in s.encap(frames))
+        assert again["192.168.50.12"] > 40, again
+        assert s.gw.stats()["sfcs"][sfc]["new_flows"] == 100
+    finally:
+        s.close()
+
+
+def test_a_flow_whose_bucket_is_full_is_sent_unpinned_and_counted(site):
+    sfc = one_sfc(site, {"192.168.50.11": 1, "192.168.50.12": 1})
+    template = bytearray(flow_frame(0, 0))
+    buckets = collections.defaultdict(list)
+    for n in range(60000):  # flows differing in their source address (bytes 26..29)
+        template[26:30] = (0x0A000000 + n).to_bytes(4, "big")
+        key = ((dp.flow_hash(bytes(template)) + sfc * 0x85EBCA6B) & 0xFFFFFFFF) | 1
+        bucket = buckets[(key >> 1) % 8192]
+        bucket.append(bytes(template))
+        if len(bucket) == 9:
+            break
+    assert len(bucket) == 9
+    first = [server_of(w) for w in site.encap(bucket)]
+    st = site.gw.stats()["sfcs"][sfc]
+    assert (st["new_flows"], st["flow_full"]) == (8, 1)
+    # the ninth still goes where the table sends it, and the eight stay pinned
+    assert [server_of(w) for w in site.encap(bucket)] == first
+    assert site.gw.stats()["sfcs"][sfc]["flow_full"] == 2
