@@ -29,8 +29,9 @@ The text is bounded before it is parsed (common/documents.py: size, no YAML anch
 aliases, nesting depth) and a key this version does not know is refused by name at every
 level (`spec.scale.foo: unknown key`), so nothing is stored that was not validated.
 `match` rules (first match wins, over every SFC of a node in spec order) take `src`, `dst`
-(IPv4 prefixes), `proto` (tcp, udp, icmp or a number), `sport`, `dport` (a port or lo-hi) and
-`port` (the node port it arrives on); port names are checked against the node (agent/node.py).
+(IPv4 or IPv6 prefixes, one version per rule; a rule without addresses takes both), `proto`
+(tcp, udp, icmp or a number), `sport`, `dport` (a port or lo-hi) and `port` (the node port it
+arrives on); port names are checked against the node (agent/node.py).
 `nf: NAME` names an NF deployed through the controller's DeployNF; the controller checks that
 it exists. A spec sent to the controller cannot use `source:` (a path on the client).
 """
@@ -240,10 +241,12 @@ def _parse_match(raw) -> tuple:
         for key in ("src", "dst"):
             if key in rule:
                 try:
-                    out[key] = str(ipaddress.IPv4Network(str(rule[key]), strict=False))
+                    out[key] = str(ipaddress.ip_network(str(rule[key]), strict=False))
                 except ValueError:
-                    raise SpecError(f"{where}.{key}", f"an IPv4 prefix, got {rule[key]!r}") \
-                        from None
+                    raise SpecError(f"{where}.{key}", f"an IPv4 or IPv6 prefix, got "
+                                                      f"{rule[key]!r}") from None
+        if len({ipaddress.ip_network(out[k]).version for k in ("src", "dst") if k in out}) > 1:
+            raise SpecError(f"{where}.dst", "the same IP version as src")
         if "proto" in rule:
             p = _PROTOS.get(rule["proto"], rule["proto"])
             if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 256:
