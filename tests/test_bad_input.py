@@ -56,6 +56,8 @@ BAD_SPECS = [  # (spec text, the field its refusal names)
     (document({"nfs": {"m": {"stock": "mon", "image": "x"}}, "chain": ["m"]}),
      "spec.nfs.m.image"),
     (document(dict(MON, match=[{"dst": "10.0.0.0/8", "vlan": 3}])), "spec.match[0].vlan"),
+    (document(dict(MON, match=[{"src": "10.0.0.0/8", "dst": "2001:db8::/32"}])),
+     "spec.match[0].dst"),  # one IP version per rule
     (document({"nfs": {"m": {"stock": "mon"}, "n": {"stock": "mon"}},
                "chain": [{"distribute": ["m", "n"], "weights": [1, 2]}]}),
      "spec.chain[0].weights"),
