@@ -180,10 +180,13 @@ class Scenario:
     def close(self):
         self.node.close()
 
-    def _healthy(self) -> tuple[float, int, int, int]:
+    def _healthy(self) -> tuple[float, int, int, int, int]:
+        """(time, the healthy SFC's packets in, lan port out, wan RX missed, the healthy SFC's
+        packets lost: dropped by its NFs or by the router for any reason)."""
         st = self.node.stats()
-        return (time.monotonic(), st["sfcs"]["healthy"]["rx"], st["ports"]["lan"]["tx"],
-                st["ports"]["wan"]["missed"])
+        h = st["sfcs"]["healthy"]
+        return (time.monotonic(), h["rx"], st["ports"]["lan"]["tx"],
+                st["ports"]["wan"]["missed"], h["dropped"] + sum(h["drops"].values()))
 
     def run(self, kind: str, seconds: float, restarts: int = 5, window_s: float = 60.0,
             settle: float = 1.0, alone_s: float | None = None) -> dict:
@@ -254,7 +257,9 @@ class Scenario:
             "kind": kind,
             "healthy_kept": round(rate / base_rate, 4) if base_rate else None,
             "healthy_out_pps": {"alone": round(base_rate), "beside_faulty": round(rate)},
-            "healthy_forwarded": round((d[2] - c[2]) / max(1, d[1] - c[1]), 4),
+            # of what it received meanwhile, what it did not lose (packets still on their way
+            # at the end are not lost)
+            "healthy_forwarded": round(1 - (d[4] - c[4]) / max(1, d[1] - c[1]), 4),
             "missed": {"alone": b[3] - a[3], "beside_faulty": d[3] - c[3]},
             "crashes": faulty["crashes"], "phases_seen": sorted(phases),
             "phase": faulty["phase"], "message": faulty["message"],
