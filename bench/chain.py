@@ -33,9 +33,9 @@ from .state import NF_CONFIGS
 MODES = ("serpens", "local_proxy", "global_proxy")
 # Each mode's best settings on this machine (docs/baselines.md has the measurements).
 SETTINGS = {
-    "serpens": {"idle_us": 0, "ring_size": 256},
-    "local_proxy": {"idle_us": 0, "ring_size": 256},
-    "global_proxy": {"idle_us": 0, "ring_size": 256},
+    "serpens": {"idle_us": 50, "ring_size": 256},
+    "local_proxy": {"idle_us": 200, "ring_size": 1024},
+    "global_proxy": {"idle_us": 200, "ring_size": 1024},
 }
 
 
@@ -151,7 +151,7 @@ def run(args) -> dict:
                 rig.start(hops(mode, n, fw_images), ring_size=settings[mode]["ring_size"])
                 try:
                     mpps = max(rig.run_at(0, args.seconds)["mpps"] for _ in range(2))
-                    load = mpps * 1e6 / 2
+                    load = max(mpps * 1e6 / 2, 1e4)  # (a run the host stalled may carry ~0)
                     lat = rig.run_at(load, args.seconds, log=int(load * args.seconds * 1.5))
                 finally:
                     rig.stop()
