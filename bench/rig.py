@@ -187,9 +187,17 @@ class Rig:
             self.stop()
 
     def _counts(self):
-        st = self.router.stats()
+        """The router's counters and when they were read. This thread shares its CPU with
+        the instances: a read it was preempted in the middle of (the time is then off by a
+        time slice or more) is read again."""
+        for _ in range(100):
+            t0 = time.perf_counter()
+            st = self.router.stats()
+            t1 = time.perf_counter()
+            if t1 - t0 < 200e-6:
+                break
         return (st["ports"][self.src]["rx"], st["ports"][self.src]["missed"],
-                st["ports"][self.sink]["tx"], st["dropped"], time.perf_counter())
+                st["ports"][self.sink]["tx"], st["dropped"], (t0 + t1) / 2)
 
     def run_at(self, pps: float, seconds: float, warmup: float = 0.3, log: int = 0) -> dict:
         """Offer `pps` (0: as fast as the router takes packets) for warmup + seconds; rates

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE /* REG_RIP, siginfo's SIGSYS fields */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -432,8 +433,9 @@ static void run_instance(struct runtime *rt, int detached)
 			idle_since = 0;
 		} else {
 			/* Nothing to do: let another instance sharing this core run now rather than
-			 * at the end of our time slice (milliseconds). */
-			serpens_pool_wait(ctl);
+			 * at the end of our time slice (milliseconds); alone on the core this returns
+			 * at once, and polls the ring no harder than the router's line can bear. */
+			sched_yield();
 		}
 	}
 }
