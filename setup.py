@@ -42,7 +42,7 @@ def dpdk_static_link_args():
 
 
 COMMON_CFLAGS = ["-O2", "-g", "-Wall", "-Wno-unused-function", "-std=gnu11"]
-INCLUDES = ["runtime_cy/include", "runtime_cy/src", "router", "bench/native"]
+INCLUDES = ["runtime_cy/include", "runtime_cy/src", "router", "gateway", "bench/native"]
 
 extensions = [
     Extension(
@@ -67,6 +67,7 @@ extensions = [
             "runtime_cy/src/replay.c",
             "runtime_cy/src/sandbox.c",
             "router/router.c",
+            "gateway/gateway.c",
             # the benchmarks' native parts: the same EAL, so the same extension
             "bench/native/driver.c",
             "bench/native/loaders.c",
@@ -83,6 +84,6 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
-        include_path=["runtime_cy", "router", "bench/native"],
+        include_path=["runtime_cy", "router", "gateway", "bench/native"],
     )
 )

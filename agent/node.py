@@ -69,6 +69,25 @@ def check_references(node: NodeSpec, sfcs: list[SFCSpec]):
                         f"only one SFC may take unmatched packets, and {defaults[0]} does")
 
 
+def start_dataplane(node: NodeSpec) -> Dataplane:
+    """The DPDK primary `node` asks for: its ports' devices, CPUs and state directory."""
+    return Dataplane(DataplaneConfig(
+        file_prefix=f"serpens-node-{node.name}-{os.getpid()}",
+        vdevs=tuple(node.ports.values()), cpus=node.cpus,
+        router_cpus=str(node.router_cpu), state_dir=node.state_dir)).start()
+
+
+def open_ports(node: NodeSpec, dataplane: Dataplane, into: dict) -> dict:
+    """Open `node`'s ports in `dataplane` into `into` (name -> DPDK port id), each as soon as
+    it is open (so a caller can close those when a later one fails: SpecError naming it)."""
+    for name in node.ports:
+        try:
+            into[name] = dp.port_open(node.device_name(name), dataplane.mempool)
+        except OSError as e:
+            raise SpecError(f"spec.ports.{name}", str(e)) from None
+    return into
+
+
 @dataclass
 class _Running:
     """One SFC on this node: its spec, images, router SFC id and instance manager."""
@@ -126,18 +145,10 @@ class Node:
     def _start(self):
         node = self.spec
         if self.dataplane is None:
-            self.dataplane = Dataplane(DataplaneConfig(
-                file_prefix=f"serpens-node-{node.name}-{os.getpid()}",
-                vdevs=tuple(node.ports.values()), cpus=node.cpus,
-                router_cpus=str(node.router_cpu), state_dir=node.state_dir)).start()
+            self.dataplane = start_dataplane(node)
         if self.ports is None:
             self.ports = {}
-            for name in node.ports:
-                try:
-                    self.ports[name] = dp.port_open(node.device_name(name),
-                                                    self.dataplane.mempool)
-                except OSError as e:
-                    raise SpecError(f"spec.ports.{name}", str(e)) from None
+            open_ports(node, self.dataplane, self.ports)
         if self.pool is None:
             self.pool = ProcessPool(self.dataplane, node.pool).start()
         self.router = dp.Router([self.ports[p] for p in node.input], wake_us=node.wake_us,

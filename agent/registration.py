@@ -1,43 +1,40 @@
 """The agent's record in etcd: its node, bound to a lease, with the load it reports (DESIGN §4).
 
-The record `/serpens/v1/nodes/<name>` (JSON) holds the node's ports, pool size and CPUs and,
-refreshed every `report_s`, its load: per SFC the packet rate in and out over the last period
-and the running instances, per port the rates. The key is put with the agent's lease, so a
-dead or cut-off agent's node disappears within the lease TTL: that is how the controller
-notices agent loss. Losing etcd never touches the data plane: the loop keeps retrying, and on
+The record `/serpens/v1/nodes/<name>` (common/records.py's NodeRecord) holds the node's
+ports, pool size and CPUs and, refreshed every `report_s`, its load: per SFC the packet rate
+in and out over the last period and the running instances, per port the rates. The key is
+put with the agent's lease, so a dead or cut-off agent's node disappears within the lease
+TTL: that is how the controller notices agent loss. Losing etcd never touches the data plane: the loop keeps retrying, and on
 a lost lease it takes a new one and writes the record again.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
 
+from serpens.common.keys import Keys
+from serpens.common.records import NodeLoad, NodeRecord, PortLoad, SFCLoad
 from serpens.common.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-NODES_PREFIX = "/serpens/v1/nodes/"
+KEYS = Keys()
 
 
-def node_key(name: str) -> str:
-    return NODES_PREFIX + name
-
-
-def load_report(prev: dict | None, now: dict, seconds: float) -> dict:
+def load_report(prev: dict | None, now: dict, seconds: float) -> NodeLoad:
     """Rates (packets/s) from two Node.stats() snapshots `seconds` apart."""
     def rate(cur, old, key):
         return round((cur[key] - (old or {}).get(key, cur[key])) / seconds, 1) if seconds else 0
     prev = prev or {"ports": {}, "sfcs": {}}
-    sfcs = {name: {"in_pps": rate(c, prev["sfcs"].get(name), "rx"),
-                   "out_pps": rate(c, prev["sfcs"].get(name), "out"),
-                   "instances": c["instances"]} for name, c in now["sfcs"].items()}
-    ports = {name: {"rx_pps": rate(c, prev["ports"].get(name), "rx"),
-                    "tx_pps": rate(c, prev["ports"].get(name), "tx")}
+    sfcs = {name: SFCLoad(in_pps=rate(c, prev["sfcs"].get(name), "rx"),
+                          out_pps=rate(c, prev["sfcs"].get(name), "out"),
+                          instances=c["instances"]) for name, c in now["sfcs"].items()}
+    ports = {name: PortLoad(rx_pps=rate(c, prev["ports"].get(name), "rx"),
+                            tx_pps=rate(c, prev["ports"].get(name), "tx"))
              for name, c in now["ports"].items()}
-    return {"sfcs": sfcs, "ports": ports}
+    return NodeLoad(sfcs=sfcs, ports=ports)
 
 
 class Registration:
@@ -52,18 +49,17 @@ class Registration:
         self.reports = 0
         self._task = None
 
-    def record(self, load: dict) -> str:
-        return json.dumps({
-            "name": self.node.name, "address": self.address,
-            "ports": sorted(self.node.ports), "input": list(self.node.input),
-            "pool": self.node.pool, "cpus": self.node.cpus, "reported_at": time.time(),
-            "load": load}, sort_keys=True)
+    def record(self, load: NodeLoad) -> str:
+        return NodeRecord(name=self.node.name, address=self.address,
+                          ports=tuple(sorted(self.node.ports)), input=tuple(self.node.input),
+                          pool=self.node.pool, cpus=self.node.cpus, reported_at=time.time(),
+                          load=load).encode()
 
     async def start(self) -> Registration:
         """Register now (raises StoreUnavailable if etcd cannot be reached), then report."""
         self.lease = await self.store.grant(self.ttl)
         snapshot, at = self.stats(), time.monotonic()
-        await self.store.put(node_key(self.node.name), self.record(load_report(None, snapshot, 0)),
+        await self.store.put(KEYS.node(self.node.name), self.record(load_report(None, snapshot, 0)),
                              lease=self.lease)
         self._task = asyncio.get_running_loop().create_task(self._report(snapshot, at))
         return self
@@ -78,7 +74,7 @@ class Registration:
                 if self.lease.lost.is_set():  # expired while etcd was away: register again
                     log.warning("node %s: lease lost, registering again", self.node.name)
                     self.lease = await self.store.grant(self.ttl)
-                await self.store.put(node_key(self.node.name), self.record(load),
+                await self.store.put(KEYS.node(self.node.name), self.record(load),
                                      lease=self.lease)
                 self.reports += 1
             except StoreError as e:  # etcd away: traffic goes on, the next report retries

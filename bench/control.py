@@ -32,6 +32,7 @@ import grpc
 from serpens.cli.cluster import (ROOT, api_healthy, etcd_argv, etcd_healthy, local_node,
                                  make_pki, start_detached)
 from serpens.cli.config import Target
+from serpens.common.keys import Keys
 from serpens.common.pki import Identity
 from serpens.common.rpc import MESSAGE_OPTIONS, channel_credentials
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
@@ -227,7 +228,7 @@ def _leader(cl: _Cluster, etcd: str) -> str | None:
     async def get():
         from serpens.common.store import Store
         async with await Store.connect(etcd, timeout=2, identity=cl.ids["controller"]) as store:
-            item = await store.get("/serpens/v1/leader")
+            item = await store.get(Keys().leader)
             return item.value.decode() if item else None
     return asyncio.run(get())
 

@@ -11,6 +11,9 @@ process is SIGKILLed 20 times), `starve` (the healthy SFC holds every pool proce
 other, a forwarding NF, gets none: its packets must wait boundedly and be dropped, not stop
 the node).
 
+`python -m serpens.bench.faults serve PPS` runs scenarios one after another on one DPDK
+primary (Bed), a fresh node and pool each, as the tests do (see serve()).
+
 Figures (`serpensctl bench faults`: the `null` kind, crashing in a loop for 10 s):
 - healthy_kept: the healthy SFC's output rate beside the faulty one / alone;
 - detect_ms: p50 from a crash (the fault's TSC stamp from the pool process's signal handler,
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,22 +113,64 @@ def _p(values: list) -> dict | None:
     return {k: round(v, 3) for k, v in percentiles(values, 50, 99).items()} if values else None
 
 
-class Scenario:
-    """One node running `healthy`, then `faulty` beside it (see the module's text)."""
+class Bed:
+    """What scenarios share: the paced capture, and a DPDK primary with the node's ports.
+    Each scenario runs its own Node (router, SFCs, pool of processes) on them, so several run
+    one after another in one process without booting DPDK or compiling the NFs again."""
 
     def __init__(self, pps: float = 100_000):
-        from serpens.agent.node import Node
+        from serpens.agent.node import open_ports, start_dataplane
         from serpens.common.node_spec import parse_node
-        from serpens.common.spec import parse_sfc
-        from serpens.runtime_cy import _dataplane as dp
+        from serpens.runtime_cy.builder import AreaAllocator
 
-        self.dp, self.parse_sfc = dp, parse_sfc
         self.tmp = tempfile.TemporaryDirectory(prefix="serpens-faults-", dir="/dev/shm")
         pcap = os.path.join(self.tmp.name, "traffic.pcap")
         write_pcap(pcap, traffic())
-        self.node = Node(parse_node(node_spec(pcap, os.path.join(self.tmp.name, "state"), pps)),
-                         [parse_sfc(HEALTHY)]).start()
-        self.node.scale("healthy", 1)
+        self.spec = parse_node(node_spec(pcap, os.path.join(self.tmp.name, "state"), pps))
+        self.dataplane = None
+        self.ports: dict[str, int] = {}
+        self.areas = AreaAllocator()
+        self.runs = 0
+        try:
+            self.dataplane = start_dataplane(self.spec)
+            open_ports(self.spec, self.dataplane, self.ports)
+        except BaseException:
+            self.close()
+            raise
+
+    def scenario(self) -> Scenario:
+        self.runs += 1
+        return Scenario(self, os.path.join(self.tmp.name, f"escaped-{self.runs}"))
+
+    def close(self):
+        from serpens.runtime_cy import _dataplane as dp
+
+        for port in self.ports.values():
+            dp.port_close(port)
+        if self.dataplane is not None:
+            self.dataplane.close()
+        self.tmp.cleanup()
+
+
+class Scenario:
+    """One node running `healthy`, then `faulty` beside it (see the module's text), on a
+    Bed's DPDK primary and ports, with a pool of its own and an empty state directory."""
+
+    def __init__(self, bed: Bed, escape: str):
+        from serpens.agent.node import Node
+        from serpens.common.spec import parse_sfc
+        from serpens.runtime_cy import _dataplane as dp
+
+        self.dp, self.parse_sfc, self.escape = dp, parse_sfc, escape
+        shutil.rmtree(bed.dataplane.config.state_dir, ignore_errors=True)  # a past scenario's
+        os.makedirs(bed.dataplane.config.state_dir, mode=0o700, exist_ok=True)
+        self.node = Node(bed.spec, [parse_sfc(HEALTHY)], dataplane=bed.dataplane,
+                         ports=bed.ports, areas=bed.areas).start()
+        try:
+            self.node.scale("healthy", 1)
+        except BaseException:
+            self.node.close()  # (its router holds the router's lcore)
+            raise
         # TSC stamps -> time.monotonic()
         self.hz, self.tsc0, self.mono0 = dp.tsc_hz(), dp.rdtsc(), time.monotonic()
 
@@ -133,7 +179,6 @@ class Scenario:
 
     def close(self):
         self.node.close()
-        self.tmp.cleanup()
 
     def _healthy(self) -> tuple[float, int, int, int]:
         st = self.node.stats()
@@ -141,12 +186,19 @@ class Scenario:
                 st["ports"]["wan"]["missed"])
 
     def run(self, kind: str, seconds: float, restarts: int = 5, window_s: float = 60.0,
-            settle: float = 1.0) -> dict:
-        escape = os.path.join(self.tmp.name, "escaped")  # the syscall NF's target
+            settle: float = 1.0, alone_s: float | None = None) -> dict:
+        """The healthy SFC alone for `alone_s` (default: `seconds`) once its packets leave
+        and `settle` more seconds passed, then beside the faulty one for `seconds`."""
+        escape = self.escape  # the syscall NF's target
         config = KINDS[kind].encode() + (escape.encode() + b"\0" if kind == "syscall" else b"")
+        deadline = time.monotonic() + 10
+        while self._healthy()[2] == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the healthy SFC sent nothing in 10 s")
+            time.sleep(0.01)
         time.sleep(settle)
         a = self._healthy()
-        time.sleep(seconds)
+        time.sleep(seconds if alone_s is None else alone_s)
         b = self._healthy()
         if kind == "starve":  # the healthy SFC takes every pool process
             self.node.scale("healthy", self.node.spec.pool)
@@ -323,16 +375,48 @@ def print_table(r: dict):
     print(f"  sandbox on {r['sandbox']['sandbox_mpps']} Mpps, off {r['sandbox']['bare_mpps']} Mpps")
 
 
+SERVED = "scenario: "  # marks serve()'s answers among whatever else reaches stdout
+
+
+def serve(pps: float):
+    """Scenarios one after another on one Bed (the tests' way: no DPDK boot or NF compile per
+    scenario): each stdin line is a JSON object of Scenario.run()'s arguments; each answer
+    is one stdout line, SERVED + JSON: the result, or {"error": traceback}. Ends at EOF."""
+    import traceback
+
+    bed = Bed(pps)
+    try:
+        for line in sys.stdin:
+            try:
+                sc = bed.scenario()
+                try:
+                    result = sc.run(**json.loads(line))
+                finally:
+                    sc.close()
+            except Exception:
+                result = {"error": traceback.format_exc()}
+            sys.stdout.write(SERVED + json.dumps(result) + "\n")
+            sys.stdout.flush()
+    finally:
+        bed.close()
+
+
 if __name__ == "__main__":  # the parts run in their own processes (see _child)
     part, *rest = sys.argv[1:]
     if part == "scenario":
         kind, seconds, pps, restarts, window = rest
-        sc = Scenario(float(pps))
+        bed = Bed(float(pps))
         try:
-            result = sc.run(kind, float(seconds), int(restarts), float(window))
+            sc = bed.scenario()
+            try:
+                result = sc.run(kind, float(seconds), int(restarts), float(window))
+            finally:
+                sc.close()
         finally:
-            sc.close()
+            bed.close()
         result["stalls"] = cpu_stalls()  # the machine's, with the node gone (TSC known)
+        print(json.dumps(result))
+    elif part == "serve":
+        serve(float(rest[0]))
     else:
-        result = sandbox_cost(float(rest[0]))
-    print(json.dumps(result))
+        print(json.dumps(sandbox_cost(float(rest[0]))))

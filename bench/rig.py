@@ -54,7 +54,8 @@ def keep_off_router_cpu():
 
 class Rig:
     def __init__(self, name: str, frames: list[bytes], pool_size: int = 1, idle_us: int = 200,
-                 mbufs: int = 32767):
+                 mbufs: int = 32767, warmup: float = 0.3):
+        self.warmup = warmup  # run_at's, unless it is given one
         # State tables are shared-memory files: on hugetlbfs (2 MiB pages: no TLB misses on
         # random flow lookups) when mounted, else tmpfs (on a disk, writeback would stall NFs).
         base = "/dev/hugepages" if os.path.ismount("/dev/hugepages") else "/dev/shm"
@@ -199,11 +200,12 @@ class Rig:
         return (st["ports"][self.src]["rx"], st["ports"][self.src]["missed"],
                 st["ports"][self.sink]["tx"], st["dropped"], (t0 + t1) / 2)
 
-    def run_at(self, pps: float, seconds: float, warmup: float = 0.3, log: int = 0) -> dict:
+    def run_at(self, pps: float, seconds: float, warmup: float | None = None,
+               log: int = 0) -> dict:
         """Offer `pps` (0: as fast as the router takes packets) for warmup + seconds; rates
         and loss over the measured part, latency (us) if `log` records were kept."""
         self.router.pace(self.src, pps)
-        time.sleep(warmup)
+        time.sleep(self.warmup if warmup is None else warmup)
         if log:
             self.router.log_start(log)
         rx0, miss0, tx0, drop0, t0 = self._counts()

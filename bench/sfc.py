@@ -33,6 +33,8 @@ LOSS_LIMIT = 0.001
 
 def add_arguments(p):
     p.add_argument("--seconds", type=float, default=0.5, help="measuring time per trial")
+    p.add_argument("--warmup", type=float, default=0.3,
+                   help="seconds at a trial's rate before it is measured")
     p.add_argument("--flows", type=int, default=10000)
 
 
@@ -91,7 +93,7 @@ def run(args) -> dict:
     sfc = compile_sfc(chain(*[NF(images[n], config=NF_CONFIGS[n](), name=n)
                               for n in ("fw", "mon", "nat")]))
     null_sfc = compile_sfc(NF(images["null"], name="null"))
-    rig = Rig("sfc", frames)
+    rig = Rig("sfc", frames, warmup=args.warmup)
     try:
         stalls = cpu_stalls()
         fmn = measure(rig, sfc, args.seconds, latency_mpps=0)
@@ -109,6 +111,7 @@ def run(args) -> dict:
                                file_prefix=f"serpens-bench-testpmd-{os.getpid()}")
     return {"machine": dict(machine(), stalls=stalls),
             "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
+                       "warmup": args.warmup,
                        "loss_limit": LOSS_LIMIT, "sfc": "fw->mon->nat",
                        "cores": "router cpu 1, instance cpu 0; testpmd one forwarding core",
                        "ports": "net_pcap infinite_rx -> net_null"},

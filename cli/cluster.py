@@ -379,6 +379,7 @@ def _apply(api: config.Target, path: str) -> str:
 
 def _flowing(api: config.Target, name: str):
     """A probe: the SFC runs and its node reports packets leaving it."""
+    from serpens.cli.status import node_records
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     stub = _stub(api)
 
@@ -389,9 +390,9 @@ def _flowing(api: config.Target, name: str):
                 raise StartError(f"sfc {name} failed: {sfc.status.message}")
             if sfc.status.phase != "Running":
                 return False
-            for node in stub.ListNodes(pb.ListNodesRequest(), timeout=2).nodes:
-                load = json.loads(node.record_json).get("load", {}).get("sfcs", {})
-                if load.get(name, {}).get("out_pps", 0) > 0:
+            nodes = stub.ListNodes(pb.ListNodesRequest(), timeout=2).nodes
+            for record in node_records(nodes).values():
+                if (load := record.load.sfcs.get(name)) and load.out_pps > 0:
                     return name
         except grpc.RpcError:
             pass

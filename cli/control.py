@@ -257,8 +257,8 @@ def _when(ts) -> str:
 
 def _describe(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
-    nodes = {n.name: json.loads(n.record_json)
-             for n in stub.ListNodes(pb.ListNodesRequest(), timeout=args.timeout).nodes}
+    from serpens.cli.status import node_records
+    nodes = {n.name: n for n in stub.ListNodes(pb.ListNodesRequest(), timeout=args.timeout).nodes}
     if args.kind == "nf":
         nf = stub.GetNF(pb.GetNFRequest(name=args.name), timeout=args.timeout)
         users = [s.name for s in stub.ListSFCs(pb.ListSFCsRequest(), timeout=args.timeout).sfcs
@@ -271,7 +271,8 @@ def _describe(stub, args) -> int:
     elif args.kind == "sfc":
         sfc = stub.GetSFC(pb.GetSFCRequest(name=args.name), timeout=args.timeout)
         st, sc = sfc.status, sfc.scale
-        load = nodes.get(st.node, {}).get("load", {}).get("sfcs", {}).get(sfc.name, {})
+        where = node_records([nodes[st.node]]) if st.node in nodes else {}
+        load = where[st.node].load.sfcs.get(sfc.name) if where else None
         auto = f", autoscaled at {sc.target_pps:g} packets/s each" if sc.target_pps else ""
         _fields([("Name", sfc.name), ("Generation", sfc.generation),
                  ("Revision", sfc.revision), ("Phase", st.phase),
@@ -279,8 +280,8 @@ def _describe(stub, args) -> int:
                  ("Running generation", st.generation or "-"),
                  ("Instances", f"{st.instances} running, {sc.replicas} wanted "
                                f"(min {sc.min_replicas}, max {sc.max_replicas}{auto})"),
-                 ("Rate", f"{load.get('in_pps', 0):g} packets/s in, "
-                          f"{load.get('out_pps', 0):g} out" if load else "-"),
+                 ("Rate", f"{load.in_pps:g} packets/s in, {load.out_pps:g} out"
+                  if load else "-"),
                  ("Deployed NFs", ", ".join(sfc.nfs) or "-"),
                  ("Created", _when(sfc.created)), ("Updated", _when(sfc.updated))])
         print(f"Spec:\n{_indent(sfc.spec)}")
@@ -288,7 +289,7 @@ def _describe(stub, args) -> int:
         if args.name not in nodes:
             print(f"serpensctl: NOT_FOUND: name: no node named {args.name!r}", file=sys.stderr)
             return EXIT_FAILED
-        print(yaml.safe_dump(nodes[args.name], sort_keys=True), end="")
+        print(yaml.safe_dump(json.loads(nodes[args.name].record_json), sort_keys=True), end="")
     return 0
 
 

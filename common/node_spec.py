@@ -30,9 +30,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .names import NODE_NAME
 from .spec import SpecError, parse_document, read_file
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 _PCI = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 _DEVICE = re.compile(r"^net_[a-z_]+[0-9a-z_]*$")
@@ -66,7 +66,7 @@ def load_node(path: str) -> NodeSpec:
 
 
 def parse_node(text: str) -> NodeSpec:
-    name, body, _ = parse_document(text, "Node", _NAME, "1-32 characters of a-z, 0-9 and '-'",
+    name, body, _ = parse_document(text, "Node", NODE_NAME, "1-32 characters of a-z, 0-9 and '-'",
                                 {"ports", "input", "output", "pool", "warm_s", "wake_us",
                                  "cpus", "router_cpu", "state_dir", "pace", "stall_us",
                                  "hold_ms"})

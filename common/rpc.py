@@ -127,3 +127,23 @@ def channel(address: str, identity: Identity | None = None) -> grpc.aio.Channel:
     if identity is None:
         return grpc.aio.insecure_channel(address, options=options)
     return grpc.aio.secure_channel(address, channel_credentials(identity), options=options)
+
+
+class Stubs:
+    """One channel per address, kept open, and a stub of `stub_class` on it (e.g. the
+    controller's AgentStub per agent): `stubs[address].RunSFC(...)`; close() ends them."""
+
+    def __init__(self, stub_class):
+        self._stub_class = stub_class
+        self._open: dict[str, tuple[grpc.aio.Channel, object]] = {}
+
+    def __getitem__(self, address: str):
+        if address not in self._open:
+            ch = channel(address)
+            self._open[address] = (ch, self._stub_class(ch))
+        return self._open[address][1]
+
+    async def close(self) -> None:
+        opened, self._open = self._open, {}
+        for ch, _ in opened.values():
+            await ch.close()

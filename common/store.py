@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-Everything the controller keeps (specs, nodes, placements, routes, the leader key) lives in
-etcd under `/serpens/v1/`. etcd stamps every write with a cluster-wide, increasing *revision*;
-each key carries the revision that created it and the one that last modified it
-(`mod_revision`). This module builds on those numbers alone:
+Everything the control plane keeps (NFs, SFCs and their status, nodes, the leader key: see
+common/keys.py) lives in etcd under `/serpens/v1/`. etcd stamps every write with a
+cluster-wide, increasing *revision*; each key carries the revision that created it and the
+one that last modified it (`mod_revision`). This module builds on those numbers alone:
 
 * Optimistic concurrency. Writes are transactions comparing the key's `mod_revision` with the
   one the caller read (`put_if`, `delete_if`; 0 means "only if absent"). A mismatch raises
@@ -126,12 +126,24 @@ def _item(kv) -> Item:
     return item
 
 
-class Event(NamedTuple):
+class _Event(NamedTuple):
     type: str                 # PUT, DELETE or RESET
     key: str                  # RESET: the start of the watched range
     value: bytes | None       # None for DELETE and RESET
     mod_revision: int         # RESET: the revision the listing was read at
     items: dict[str, Item] | None = None  # RESET only: the whole range, replacing any cache
+
+
+class Event(_Event):
+    """A watched change, equal to the plain tuple; a PUT's `create_revision` is the key's
+    create revision (a deleted and re-created key has a new one), else 0."""
+    create_revision: int = 0
+
+    def item(self) -> Item:
+        """A PUT's value as list() and get() give it."""
+        item = Item(self.value, self.mod_revision)
+        item.create_revision = self.create_revision
+        return item
 
 
 class Leader(NamedTuple):
@@ -411,8 +423,12 @@ class Watch:
                         # them before any error, so a break never falls inside a revision.
                         self.revision = ev.kv.mod_revision + 1
                         delay = _BACKOFF_FIRST
-                        yield Event(PUT if ev.kind == "PUT" else DELETE, _key_text(ev.kv.key),
-                                    ev.kv.value if ev.kind == "PUT" else None, ev.kv.mod_revision)
+                        event = Event(PUT if ev.kind == "PUT" else DELETE,
+                                      _key_text(ev.kv.key),
+                                      ev.kv.value if ev.kind == "PUT" else None,
+                                      ev.kv.mod_revision)
+                        event.create_revision = ev.kv.create_revision
+                        yield event
                 except aetcd.RevisionCompactedError:
                     compacted = True
                 except Exception as e:  # noqa: BLE001 - aetcd re-raises whatever broke the stream

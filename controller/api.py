@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 Each NF and SFC is one JSON record under the store's prefix (`/serpens/v1/nfs/<name>`,
-`/serpens/v1/sfcs/<name>`; nodes register under `nodes/`). An SFC's record holds what the
-user asked for (spec, generation: bumped when the spec changes, scale); what runs is the
-reconciler's, under `status/<name>` (controller/reconciler.py), merged into replies here. Nothing is written before the
+`/serpens/v1/sfcs/<name>`; nodes register under `nodes/`: common/keys.py), typed and encoded
+by common/records.py. An SFC's record holds what the user asked for (spec, generation: bumped
+when the spec changes, scale); what runs is the reconciler's, under `status/<name>`
+(controller/reconciler.py), merged into replies here. Nothing is written before the
 request is validated in full: an NF's source is compiled and verified against the NF ABI
 exactly as an agent will (runtime_cy.builder), an SFC spec is parsed by common/spec.py and
 every `nf: NAME` it names must be deployed. Writes are etcd transactions comparing the
@@ -19,13 +20,14 @@ deserializer (request_limits.py), then the spec's size, YAML anchors and nesting
 once, in a worker thread: this event loop also refreshes the leader's lease (store.py), and a
 10 MB spec parsed on it (about a minute of pure-Python YAML) once cost the controller its
 lease. A record under the prefix that is not JSON, or not the shape written here, is skipped
-and reported (records.py): listed as a Failed SFC, replaced by an apply, removed by a delete.
+and reported (common/records.py): listed as a Failed SFC, replaced by an apply, removed by a
+delete.
 
 Errors map to status codes with a message naming the field (SpecError's path) or carrying the
 compiler's/verifier's text; a store that does not answer within its timeout is UNAVAILABLE.
 
 Known gap: DeleteNF checks the SFCs and then deletes, in two steps, so an SFC applied between
-the two can name a just-deleted NF; the reconciler (to come) must tolerate a missing NF.
+the two can name a just-deleted NF; the reconciler then keeps that SFC Pending, saying so.
 """
 from __future__ import annotations
 
@@ -36,24 +38,25 @@ import json
 import logging
 import re
 import time
+from dataclasses import replace
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from serpens.common.documents import check_size
+from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.limits import LIMITS
+from serpens.common.names import NF_NAME
+from serpens.common.records import (MalformedRecord, NFRecord, NodeRecord, Reported,
+                                    ScaleRecord, SFCRecord, SFCStatus, decode)
+from serpens.common.rpc import Stubs
 from serpens.common.spec import SpecError, parse_scale, parse_sfc
 from serpens.common.store import Conflict, Store, StoreError, StoreUnavailable
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
-from .records import MalformedRecord, Reported, decode, status_message
-
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "/serpens/v1/"
-_NF_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,21}$")
-_SFC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
 _CAS_ATTEMPTS = 5              # read-modify-write retries without an expected_revision
 
 
@@ -109,23 +112,23 @@ def _build_nf(name: str, source: str) -> int:
     return len(so)
 
 
-def _scale_bounds(request, old: dict) -> tuple[int, int]:
+def _scale_bounds(request, old: SFCRecord) -> tuple[int, int]:
     """[min, max] a Scale request leaves: explicit bounds, else the stored ones. An SFC whose
     spec declares `scale` keeps replicas and both bounds inside the spec's [min, max]; one
     without has its stored bounds widened to the replicas asked for (up to LIMITS.replicas,
     checked before)."""
-    stored = old["scale"]
+    stored = old.scale
     try:
-        policy = parse_scale((old["doc"].get("spec") or {}).get("scale"))
+        policy = parse_scale((old.doc.get("spec") or {}).get("scale"))
     except SpecError:
         policy = None  # stored by an older version: its bounds as stored
     explicit_lo, explicit_hi = request.HasField("min_replicas"), request.HasField("max_replicas")
     if policy is None:
-        lo = request.min_replicas if explicit_lo else min(stored["min"], request.replicas)
-        hi = request.max_replicas if explicit_hi else max(stored["max"], request.replicas)
+        lo = request.min_replicas if explicit_lo else min(stored.min, request.replicas)
+        hi = request.max_replicas if explicit_hi else max(stored.max, request.replicas)
     else:
-        lo = request.min_replicas if explicit_lo else stored["min"]
-        hi = request.max_replicas if explicit_hi else stored["max"]
+        lo = request.min_replicas if explicit_lo else stored.min
+        hi = request.max_replicas if explicit_hi else stored.max
         for field, value in (("min_replicas", lo), ("max_replicas", hi),
                              ("replicas", request.replicas)):
             if not policy.min <= value <= policy.max:
@@ -139,48 +142,38 @@ def _scale_bounds(request, old: dict) -> tuple[int, int]:
     return lo, hi
 
 
-def _scale_for(spec, old: dict | None) -> dict:
+def _scale_for(spec, old: ScaleRecord | None) -> ScaleRecord:
     """The SFC's scale record: the spec's policy bounds (if any) over the current replicas;
     `target_pps` (autoscaling) goes along for the reconciler."""
-    scale = dict(old) if old else {"replicas": 1, "min": 1, "max": 1}
+    scale = old or ScaleRecord(replicas=1, min=1, max=1)
     policy = spec.scale
     if policy is None:
-        scale.pop("target_pps", None)
-        return scale
-    scale.update(min=policy.min, max=policy.max,
-                 replicas=min(max(scale["replicas"], policy.min), policy.max))
-    if policy.target_pps:
-        scale["target_pps"] = policy.target_pps
-    else:
-        scale.pop("target_pps", None)
-    return scale
+        return replace(scale, target_pps=None)
+    return replace(scale, min=policy.min, max=policy.max,
+                   replicas=min(max(scale.replicas, policy.min), policy.max),
+                   target_pps=policy.target_pps or None)
 
 
 class SerpensServicer(pb_grpc.SerpensServicer):
-    def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX, build_concurrency: int = 2):
-        if not prefix.endswith("/"):
-            raise ValueError("prefix: must end with '/'")
-        self.store, self.prefix = store, prefix
-        self.nfs_prefix, self.sfcs_prefix = prefix + "nfs/", prefix + "sfcs/"
-        self.nodes_prefix, self.status_prefix = prefix + "nodes/", prefix + "status/"
-        self.cache = None          # set by start_cache(); reads go to etcd until then
-        self._agents: dict = {}    # address -> AgentStub (ReadState)
+    def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX, build_concurrency: int = 2,
+                 cache=None):
+        """`cache`: a started controller/cache.py Cache of `prefix` to serve reads from
+        (None: every read goes to etcd)."""
+        self.store, self.keys = store, Keys(prefix)
+        self.nfs_prefix, self.sfcs_prefix = self.keys.nfs, self.keys.sfcs
+        self.nodes_prefix, self.status_prefix = self.keys.nodes, self.keys.statuses
+        self.cache = cache
+        self._agents = Stubs(pb_grpc.AgentStub)   # ReadState and the other state calls
         self._messages: dict = {}
         self._reported = Reported()   # malformed records, logged once per revision
         # Compiles are a gcc process each; do not run more at once than there are CPUs.
         self._builds = asyncio.Semaphore(build_concurrency)
 
-    def start_cache(self):
-        """Serve reads from a watch-fed copy of the prefix (needs the running event loop)."""
-        from .cache import Cache
-        self.cache = Cache(self.store, self.prefix).start()
-        return self.cache
-
     # -- NFs --------------------------------------------------------------------------------
 
     @_handler
     async def DeployNF(self, request, context):
-        _check_name(request.name, _NF_NAME, "NF")
+        _check_name(request.name, NF_NAME, "NF")
         _check_size(request.source, "source", LIMITS.nf_source_bytes)
         if not request.source.strip():
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "source: the NF's C source is empty")
@@ -194,13 +187,13 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                              f"source: refused by the NF verifier: {e}") from None
         key = self.nfs_prefix + request.name
-        record = {"name": request.name, "description": request.description,
-                  "source": request.source, "image_size": image_size,
-                  "source_sha256": hashlib.sha256(request.source.encode()).hexdigest()}
 
-        def update(old: dict | None) -> dict:
+        def update(old: NFRecord | None) -> NFRecord:
             now = time.time()
-            return {**record, "created": old["created"] if old else now, "updated": now}
+            return NFRecord(name=request.name, description=request.description,
+                            source=request.source, image_size=image_size,
+                            source_sha256=hashlib.sha256(request.source.encode()).hexdigest(),
+                            created=old.created if old else now, updated=now)
         value, revision = await self._write(key, update, request.expected_revision,
                                             replace=True)
         return self._nf(value, revision)
@@ -229,7 +222,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         items, _ = await self.store.list(self.sfcs_prefix)
         records = [r for key, it in items.items()
                    if (r := self._record(key, it, "sfc")) is not None]
-        users = sorted(r["name"] for r in records if request.name in r["nfs"])
+        users = sorted(r.name for r in records if request.name in r.nfs)
         if users:
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
                          f"name: NF {request.name!r} is used by SFC {', '.join(users)}; "
@@ -238,12 +231,11 @@ class SerpensServicer(pb_grpc.SerpensServicer):
             self.nfs_prefix, request.name, "NF", request.expected_revision))
 
     @staticmethod
-    def _nf(value: dict, revision: int, with_source: bool = True) -> pb.NF:
-        return pb.NF(name=value["name"], description=value["description"],
-                     source=value["source"] if with_source else "",
-                     source_sha256=value["source_sha256"], image_size=value["image_size"],
-                     revision=revision, created=_ts(value["created"]),
-                     updated=_ts(value["updated"]))
+    def _nf(value: NFRecord, revision: int, with_source: bool = True) -> pb.NF:
+        return pb.NF(name=value.name, description=value.description,
+                     source=value.source if with_source else "",
+                     source_sha256=value.source_sha256, image_size=value.image_size,
+                     revision=revision, created=_ts(value.created), updated=_ts(value.updated))
 
     # -- SFCs -------------------------------------------------------------------------------
 
@@ -264,13 +256,13 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                                  f"spec.nfs.{nf_name}.nf: no deployed NF named {target!r}")
         doc = spec.document
 
-        def update(old: dict | None) -> dict:
+        def update(old: SFCRecord | None) -> SFCRecord:
             now = time.time()
-            generation = 1 if old is None else old["generation"] + (old["doc"] != doc)
-            return {"name": spec.name, "spec": request.spec, "doc": doc,
-                    "nfs": sorted(set(deployed.values())), "generation": generation,
-                    "scale": _scale_for(spec, old["scale"] if old else None),
-                    "created": old["created"] if old else now, "updated": now}
+            generation = 1 if old is None else old.generation + (old.doc != doc)
+            return SFCRecord(name=spec.name, spec=request.spec, doc=doc,
+                             nfs=tuple(sorted(set(deployed.values()))), generation=generation,
+                             scale=_scale_for(spec, old.scale if old else None),
+                             created=old.created if old else now, updated=now)
         value, revision = await self._write(self.sfcs_prefix + spec.name, update,
                                             request.expected_revision, replace=True)
         return self._sfc(value, revision, await self._status(spec.name))
@@ -298,7 +290,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         (phase Failed) instead of failing the whole reply."""
         key = self.sfcs_prefix + name
         try:
-            return self._sfc(decode(item.value, "sfc", name), item.mod_revision, status)
+            return self._sfc(SFCRecord.decode(item.value, name), item.mod_revision, status)
         except MalformedRecord as e:
             self._reported(key, item.mod_revision, e)
             return pb.SFC(name=name, revision=item.mod_revision, status=pb.SFCStatus(
@@ -323,34 +315,34 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                              f"got {value}")
         await self._get(self.sfcs_prefix, request.sfc, "SFC", field="sfc")
 
-        def update(old: dict | None) -> dict:
+        def update(old: SFCRecord | None) -> SFCRecord:
             if old is None:  # deleted since the check above
                 raise _Abort(grpc.StatusCode.NOT_FOUND, f"sfc: no SFC named {request.sfc!r}")
             lo, hi = _scale_bounds(request, old)
-            return {**old, "scale": dict(old["scale"], replicas=request.replicas, min=lo,
-                                         max=hi, changed_at=time.time()),
-                    "updated": time.time()}
+            now = time.time()
+            return replace(old, scale=replace(old.scale, replicas=request.replicas, min=lo,
+                                              max=hi, changed_at=now), updated=now)
         value, revision = await self._write(self.sfcs_prefix + request.sfc, update, 0)
         return self._sfc(value, revision, await self._status(request.sfc))
 
     @staticmethod
-    def _sfc(value: dict, revision: int, status=None) -> pb.SFC:
+    def _sfc(value: SFCRecord, revision: int, status=None) -> pb.SFC:
         """The record, with the reconciler's status record (an Item, or None: not yet)."""
-        scale = value["scale"]
+        scale = value.scale
         if status is None:
             status = pb.SFCStatus(phase="Pending", message="not placed yet")
         else:
             try:
-                status = status_message(decode(status.value, "status"))
+                status = SFCStatus.decode(status.value).to_message()
             except MalformedRecord as e:
                 status = pb.SFCStatus(phase="Unknown", message=f"malformed status record: {e}")
-        return pb.SFC(name=value["name"], spec=value["spec"],
-                      spec_json=json.dumps(value["doc"], sort_keys=True), nfs=value["nfs"],
-                      scale=pb.ScaleSpec(replicas=scale["replicas"], min_replicas=scale["min"],
-                                         target_pps=scale.get("target_pps", 0),
-                                         max_replicas=scale["max"]),
-                      status=status, revision=revision, generation=value["generation"],
-                      created=_ts(value["created"]), updated=_ts(value["updated"]))
+        return pb.SFC(name=value.name, spec=value.spec,
+                      spec_json=json.dumps(value.doc, sort_keys=True), nfs=value.nfs,
+                      scale=pb.ScaleSpec(replicas=scale.replicas, min_replicas=scale.min,
+                                         target_pps=scale.target_pps or 0,
+                                         max_replicas=scale.max),
+                      status=status, revision=revision, generation=value.generation,
+                      created=_ts(value.created), updated=_ts(value.updated))
 
     # -- nodes ------------------------------------------------------------------------------
 
@@ -385,15 +377,16 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         DATA_LOSS, else UNAVAILABLE."""
         await self._read(self.sfcs_prefix, sfc, "SFC")
         item = await self._read(self.status_prefix, sfc, None)
-        status = self._record(self.status_prefix + sfc, item, "status") if item else None
-        node = (status or {}).get("node") or ""
+        status: SFCStatus | None = \
+            self._record(self.status_prefix + sfc, item, "status") if item else None
+        node = status.node if status else ""
         item = await self._read(self.nodes_prefix, node, None) if node else None
-        record = self._record(self.nodes_prefix + node, item, "node") if item else None
-        address = (record or {}).get("address")
-        if not isinstance(address, str) or status.get("phase") not in ("Running", "Degraded"):
+        record: NodeRecord | None = \
+            self._record(self.nodes_prefix + node, item, "node") if item else None
+        if record is None or status.phase not in ("Running", "Degraded"):
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"sfc: {sfc} runs on no node now")
         try:
-            return await getattr(self._agent(address), method)(request, timeout=timeout)
+            return await getattr(self._agents[record.address], method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code() if e.code() in (grpc.StatusCode.NOT_FOUND,
                                             grpc.StatusCode.INVALID_ARGUMENT,
@@ -402,12 +395,6 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                                             grpc.StatusCode.FAILED_PRECONDITION) \
                 else grpc.StatusCode.UNAVAILABLE
             raise _Abort(code, f"node {node}: {e.details()}") from None
-
-    def _agent(self, address: str):
-        if address not in self._agents:
-            from serpens.common import rpc
-            self._agents[address] = pb_grpc.AgentStub(rpc.channel(address))
-        return self._agents[address]
 
     async def Watch(self, request, context):
         """Not _handler-wrapped: an async generator (a stream)."""
@@ -430,8 +417,8 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                 body = ""
                 if ev.value is not None:
                     try:
-                        record = decode(ev.value, kind)
-                        record.pop("source", None)
+                        record = decode(kind, ev.value).to_dict()
+                        record.pop("source", None)  # an NF's: large, and read by GetNF
                     except MalformedRecord as e:
                         record = {"malformed": str(e)}
                     body = json.dumps(record, sort_keys=True)
@@ -469,11 +456,11 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     # -- records ----------------------------------------------------------------------------
 
-    def _record(self, key: str, item, kind: str, abort: bool = False) -> dict | None:
-        """The record stored as `item`, or None if malformed (reported; with `abort`,
-        FAILED_PRECONDITION instead)."""
+    def _record(self, key: str, item, kind: str, abort: bool = False):
+        """The record stored as `item` (common/records.py), or None if malformed (reported;
+        with `abort`, FAILED_PRECONDITION instead)."""
         try:
-            return decode(item.value, kind, key.rpartition("/")[2])
+            return decode(kind, item.value, self.keys.split(key)[1])
         except MalformedRecord as e:
             self._reported(key, item.mod_revision, e)
             if abort:
@@ -491,7 +478,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         return record, item.mod_revision
 
     async def _write(self, key: str, update, expected: int,
-                     replace: bool = False) -> tuple[dict, int]:
+                     replace: bool = False) -> tuple[NFRecord | SFCRecord, int]:
         """put_if(update(current)) comparing the revision read (or `expected`, if given)."""
         for _ in range(_CAS_ATTEMPTS):
             item = await self.store.get(key)
@@ -505,7 +492,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
             old = self._record(key, item, kind, abort=not replace) if item else None
             value = update(old)
             try:
-                revision = await self.store.put_if(key, json.dumps(value), current)
+                revision = await self.store.put_if(key, value.encode(), current)
                 if self.cache is not None:
                     self.cache.wrote(revision)
                 return value, revision

@@ -1,4 +1,5 @@
-"""A watch-fed copy of the controller's key range, so API reads cost no etcd round trip.
+"""A watch-fed copy of the controller's key range, so API reads and the reconciler cost no
+etcd round trip; one per controller process, shared by both (controller/main.py).
 
 Like a Kubernetes informer: list once, then apply every watch event in revision order
 (a RESET after compaction replaces the copy). Reads use it only while it can be trusted:
@@ -8,7 +9,9 @@ Like a Kubernetes informer: list once, then apply every watch event in revision 
 * read-your-writes: a write made through this controller returns its revision, and reads
   wait (briefly) until the copy has caught up with the newest such revision.
 
-Writes never go through the cache: they stay transactions on etcd (api.py).
+Writes never go through the cache: they stay transactions on etcd (api.py, reconciler.py),
+and both tell it their revision (wrote()). Subscribers (the API's Watch stream, the
+reconciler's work queue) get every event after the copy has applied it.
 """
 from __future__ import annotations
 
@@ -64,6 +67,11 @@ class Cache:
                     lambda: self.revision >= self.written or not self.usable), _CATCH_UP_S)
         return self.usable and self.revision >= self.written
 
+    async def wait_ready(self) -> None:
+        """Until reads may use the copy (synced, watch connected, our writes arrived)."""
+        while not await self.ready():
+            await asyncio.sleep(0.05)
+
     def subscribe(self, depth: int = 10000) -> asyncio.Queue:
         """A queue of every Event from now on. A subscriber `depth` events behind gets one
         RESET instead of what it missed (it lists again)."""
@@ -101,7 +109,7 @@ class Cache:
                     self._watch = watch
                     async for ev in watch:
                         if ev.type == PUT:
-                            self.items[ev.key] = Item(ev.value, ev.mod_revision)
+                            self.items[ev.key] = ev.item()
                         elif ev.type == DELETE:
                             self.items.pop(ev.key, None)
                         elif ev.type == RESET:

@@ -6,7 +6,9 @@ reconcile the nodes with it while this replica leads (controller/reconciler.py).
     serpens-controller --insecure --etcd http://127.0.0.1:2379 --listen 127.0.0.1:50051
 
 Every replica serves the API (it only reads and writes etcd); one at a time leads and drives
-the agents, and a standby takes over within the leader lease's TTL when it dies.
+the agents, and a standby takes over within the leader lease's TTL when it dies. Both read
+one watch-fed copy of the prefix (controller/cache.py); the leader reconciles up to
+--workers SFCs at once.
 
 `create_server()` is kept apart from `serve()` so tests can bind port 0 in-process; SIGTERM
 and SIGINT stop the server gracefully. Exit codes: 0 stopped, 1 etcd or the address failed,
@@ -28,9 +30,11 @@ from dataclasses import dataclass
 import grpc
 
 from serpens.common import rpc, tls_flags
+from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.pki import Identity
 from serpens.common.store import Store, StoreError
-from serpens.controller.api import DEFAULT_PREFIX, SerpensServicer
+from serpens.controller.api import SerpensServicer
+from serpens.controller.cache import Cache
 from serpens.controller.reconciler import Reconciler
 from serpens.controller.request_limits import RequestSizeLimit
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
@@ -49,14 +53,16 @@ class Settings:
     name: str = ""                 # this replica in the election (default host:pid)
     leader_ttl: int = 2            # seconds a dead leader holds the lead
     resync_s: float = 2.0          # reconcile at least this often
+    workers: int = 8               # SFCs reconciled at once
     identity: Identity | None = None  # mTLS certificate (None: plain text on loopback)
 
 
 async def create_server(store: Store, listen: str, prefix: str = DEFAULT_PREFIX,
-                        identity: Identity | None = None) -> tuple[grpc.aio.Server, int]:
-    """A not yet started server with Serpens, health (SERVING) and reflection; its port."""
-    servicer = SerpensServicer(store, prefix)
-    servicer.start_cache()
+                        identity: Identity | None = None,
+                        cache: Cache | None = None) -> tuple[grpc.aio.Server, int]:
+    """A not yet started server with Serpens, health (SERVING) and reflection; its port.
+    Reads are served from `cache` (a started Cache of `prefix`; None: a new one)."""
+    servicer = SerpensServicer(store, prefix, cache=cache or Cache(store, prefix).start())
     return await rpc.create_server(listen, [(serpens_pb2_grpc.add_SerpensServicer_to_server,
                                              servicer, SERVICE_NAME)], identity,
                                    interceptors=(RequestSizeLimit(SERVICE_NAME),))
@@ -71,11 +77,13 @@ async def serve(settings: Settings) -> int:
         log.error("etcd %s: %s", ",".join(settings.etcd), e)
         return 1
     async with store:
+        cache = Cache(store, settings.prefix).start()
         try:
             server, port = await create_server(store, settings.listen, settings.prefix,
-                                               settings.identity)
+                                               settings.identity, cache)
         except (OSError, RuntimeError) as e:
             log.error("%s", e)
+            await cache.close()
             return 1
         await server.start()
         host = settings.listen.rpartition(":")[0]
@@ -86,11 +94,13 @@ async def serve(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         name = settings.name or f"{socket.gethostname()}:{os.getpid()}"
-        reconciler = Reconciler(store, settings.prefix, name, ttl=settings.leader_ttl,
-                                resync_s=settings.resync_s)
+        reconciler = Reconciler(store, cache, Keys(settings.prefix), name,
+                                ttl=settings.leader_ttl, resync_s=settings.resync_s,
+                                workers=settings.workers)
         await reconciler.run(stop)
         log.info("stopping (grace %.1fs)", settings.grace)
         await server.stop(settings.grace)
+        await cache.close()
     return 0
 
 
@@ -107,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--leader-ttl", type=int, default=2,
                     help="seconds before a dead leader is replaced (default 2)")
     ap.add_argument("--resync-s", type=float, default=2.0,
-                    help="reconcile at least this often (default 2)")
+                    help="reconcile every SFC and ask every agent at least this often "
+                         "(default 2)")
+    ap.add_argument("--workers", type=int, default=8,
+                    help="SFCs reconciled at once: a hanging agent call holds one "
+                         "(default 8)")
     ap.add_argument("--log-level", default="INFO")
     tls_flags.add_arguments(ap)
     return ap
@@ -126,11 +140,14 @@ def main(argv=None) -> int:
         ap.error(f"--etcd: {e}")
     if not args.prefix.endswith("/"):
         ap.error("--prefix: must end with '/'")
+    if args.workers < 1:
+        ap.error("--workers: at least 1")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(etcd=etcd, listen=args.listen, prefix=args.prefix,
                         etcd_timeout=args.etcd_timeout, name=args.identity,
-                        leader_ttl=args.leader_ttl, resync_s=args.resync_s, identity=identity)
+                        leader_ttl=args.leader_ttl, resync_s=args.resync_s,
+                        workers=args.workers, identity=identity)
     try:
         import uvloop
         loop_factory = uvloop.new_event_loop

@@ -4,54 +4,72 @@ Theory of operation
 -------------------
 Several controllers may run; one leads. Each campaigns in the store's election
 (`<prefix>leader`, bound to a lease of `ttl` seconds); the winner's term is the election key's
-create revision, and every status it writes is fenced with it (Election.put_fenced), so a
+create revision, and every write it makes is fenced with it (Election.put_fenced), so a
 deposed leader (paused, cut off) cannot overwrite its successor. A killed leader's lease
 expires within `ttl` and a standby takes over; a stopped one resigns at once.
 
-The leader watches the whole prefix and reconciles on every change, and every `resync_s`
-anyway (agents' counters move without etcd events). A pass is idempotent:
+The leader reconciles each SFC on its own: a work queue keyed by SFC name
+(controller/workqueue.py) and `workers` tasks taking keys from it. Keys come from
 
-* Desired state: the SFC records (`sfcs/<name>`: spec text, generation, replicas).
-* Observed state: the registered nodes (`nodes/<name>`, leased by their agents) and what each
-  node's agent says it runs (Agent.GetNode).
-* Each SFC stays on the node that runs it; an SFC without a live node goes to the node
-  running the fewest SFCs. A node that cannot run it beside its other SFCs (a second SFC
-  taking unmatched packets, a taken tag: FAILED_PRECONDITION) is skipped for the next; if
-  none can, it stays Pending (and an older generation keeps running where it runs). The agent is told to run the spec's generation (RunSFC, with the
-  C source of the deployed NFs it names) and the desired replicas (ScaleSFC); SFCs a node
-  runs that are deleted or placed elsewhere are stopped (StopSFC).
+* the controller's watch-fed copy of etcd (controller/cache.py, shared with the API): an
+  SFC's record changed, a deployed NF it names changed, a node came or went;
+* the nodes' view (controller/nodes.py): each agent is asked what it runs (Agent.GetNode)
+  every `resync_s`, each node on its own; an SFC whose state there changed is queued;
+* a resync every `resync_s` that queues every SFC (agents' counters move without etcd
+  events, and drift gets fixed), except those waiting out a back-off.
+
+A key is never processed by two workers at once; an SFC whose reconcile fails (an agent that
+does not answer, a conflict, etcd away) is retried with its own exponential back-off, so a
+slow or failing SFC delays only itself: an agent call that hangs holds one worker until its
+deadline, never the others. Reconciling an SFC is idempotent:
+
+* Desired state: its record (`sfcs/<name>`: spec text, generation, scale).
+* Observed state: the live nodes (registered, and their last GetNode answered) and what each
+  runs.
+* It stays on the node that runs it; without a live node it goes to the node running the
+  fewest SFCs (counting those placed there and not yet running). A node that cannot run it
+  beside its other SFCs (a second SFC taking unmatched packets, a taken tag:
+  FAILED_PRECONDITION) is skipped for the next; if none can, it stays Pending (and an older
+  generation keeps running where it runs). The agent is told to run the spec's generation
+  (RunSFC, with the C source of the deployed NFs it names) and the desired replicas
+  (ScaleSFC); copies on other nodes, or of a deleted SFC, are stopped (StopSFC).
 * Autoscaling: an SFC whose spec sets `scale.target_pps` gets replicas = its reported input
   rate / target_pps (rounded up, within [min, max], and no more than the node's pool
   processes the other SFCs there leave), written to its record like a Scale call: scale-out
   at once, scale-in only 10 s after the last change and with 20% room to spare.
 * The outcome goes to `status/<name>` (phase Pending, Running, Degraded or Failed, node,
   generation, instances), written only when it changed; Degraded and Failed with the agent's
-  message when the SFC's instances crash (agent/faults.py). An agent refusing a spec (INVALID_ARGUMENT: the
-  field or the compiler's text) marks it Failed until the spec changes; an agent that does
-  not answer leaves it Pending and the pass is retried with back-off.
+  message when the SFC's instances crash (agent/faults.py). An agent refusing a spec
+  (INVALID_ARGUMENT: the field or the compiler's text) marks it Failed until the spec
+  changes; an agent that does not answer leaves it Pending, retried with back-off.
 
-A node lost (its lease expired) takes its SFCs with it: they are placed again on the nodes
-left. Losing the controller or etcd stops no traffic: agents keep running what they run.
+A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
+placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
+running what they run.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 
 import grpc
 
-from serpens.common import rpc
-from serpens.common.store import (DELETE, Conflict, Election, NotLeader, Store, StoreError,
-                                  StoreUnavailable)
+from serpens.common.keys import Keys
+from serpens.common.records import (MalformedRecord, NFRecord, NodeRecord, Reported,
+                                    SFCRecord, SFCStatus, decode)
+from serpens.common.rpc import Stubs
+from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Item, NotLeader,
+                                  Store, StoreError, StoreUnavailable)
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
-from .records import MalformedRecord, Reported, decode
+from .cache import Cache
+from .nodes import Nodes
+from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -59,40 +77,30 @@ _RUN_TIMEOUT = 120.0     # RunSFC compiles NFs (about a second each when not cac
 _CALL_TIMEOUT = 5.0
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
 
-
 _SCALE_IN_AFTER_S = 10.0  # autoscaling: no scale-in sooner than this after a change
 _SCALE_IN_SLACK = 0.8    # ... nor unless the fewer instances would stay under 80% of target
 
 
-@dataclass
-class _Pass:
-    """What one reconcile pass saw."""
-    sfcs: dict           # name -> record
-    revisions: dict      # name -> the record's mod_revision
-    incarnations: dict   # name -> the record's create_revision
-    status: dict         # name -> (record, mod_revision)
-    views: dict          # node name -> {sfc name: pb.AgentSFC} (live nodes that answered)
-    addresses: dict      # node name -> agent address
-    loads: dict          # node name -> {sfc name: {"in_pps", "out_pps", "instances"}}
-    pools: dict          # node name -> pool processes (instances it can run at once)
-    malformed: dict      # SFC name -> why its record cannot be read (skipped)
-
-
 class Reconciler:
-    def __init__(self, store: Store, prefix: str, identity: str, *, ttl: int = 2,
-                 resync_s: float = 2.0):
-        self.store, self.prefix, self.identity = store, prefix, identity
-        self.ttl, self.resync_s = ttl, resync_s
-        self.sfcs_prefix, self.nodes_prefix = prefix + "sfcs/", prefix + "nodes/"
-        self.nfs_prefix, self.status_prefix = prefix + "nfs/", prefix + "status/"
+    def __init__(self, store: Store, cache: Cache, keys: Keys, identity: str, *,
+                 ttl: int = 2, resync_s: float = 2.0, workers: int = 8):
+        if workers < 1:
+            raise ValueError("workers: at least 1")
+        self.store, self.cache, self.keys, self.identity = store, cache, keys, identity
+        self.ttl, self.resync_s, self.workers = ttl, resync_s, workers
         self.election: Election | None = None
         self.leading = asyncio.Event()      # set while this controller leads
-        self.passes = 0
-        self._agents: dict[str, tuple[grpc.aio.Channel, pb_grpc.AgentStub]] = {}
+        self.agents = Stubs(pb_grpc.AgentStub)
+        self.queue: WorkQueue | None = None  # the term's; None while not leading
+        self.nodes: Nodes | None = None
+        self._placement: dict[str, str] = {}  # sfc -> node it was last placed on (this term)
         # (sfc, spec text) -> why a node refused it (a deleted and re-applied SFC starts at
         # generation 1 again, so the text, not the generation, says "the same spec")
         self._failed: dict[tuple[str, str], str] = {}
         self._reported = Reported()   # malformed records, logged once per revision
+        self._decoded: dict[str, tuple[int, object]] = {}  # key -> (revision, record|error)
+        self._deposed: NotLeader | None = None  # a worker's write found the term over
+        self._deposed_event = asyncio.Event()
 
     # ---- leadership -----------------------------------------------------------------------
 
@@ -100,8 +108,7 @@ class Reconciler:
         """Campaign, lead until the term ends, campaign again; until `stop` is set."""
         backoff = _BACKOFF_FIRST
         while not stop.is_set():
-            self.election = Election(self.store, self.prefix + "leader", self.identity,
-                                     self.ttl)
+            self.election = Election(self.store, self.keys.leader, self.identity, self.ttl)
             try:
                 if not await _until(self.election.campaign(), stop):
                     break
@@ -126,198 +133,273 @@ class Reconciler:
         await self.close()
 
     async def close(self):
-        for channel, _ in self._agents.values():
-            await channel.close()
-        self._agents.clear()
+        await self.agents.close()
 
     async def _lead(self, stop: asyncio.Event):
-        dirty = asyncio.Event()
-        dirty.set()
-        _, revision = await self.store.list(self.prefix + "leader")
-        watcher = asyncio.get_running_loop().create_task(self._watch(revision + 1, dirty))
         lost = self.election.lease.lost
-        backoff = _BACKOFF_FIRST
+        events = self.cache.subscribe()
+        self.queue = WorkQueue(_BACKOFF_FIRST, _BACKOFF_MAX)
+        self.nodes = Nodes(self.agents, self._nodes_changed, period=self.resync_s,
+                           timeout=_CALL_TIMEOUT)
+        self._placement, self._deposed = {}, None
+        self._deposed_event.clear()
+        workers: list[asyncio.Task] = []
         try:
+            if not await _until(self.cache.wait_ready(), stop, lost):
+                return
+            self.nodes.update(self._node_records())
+            if not await _until(self.nodes.polled(), stop, lost):
+                return
+            self._queue_all(resync=False)
+            loop = asyncio.get_running_loop()
+            workers = [loop.create_task(self._work(), name=f"reconcile-{i}")
+                       for i in range(self.workers)]
+            resync_at = loop.time() + self.resync_s
             while not stop.is_set() and not lost.is_set():
-                if watcher.done():
-                    watcher.result()  # raises the watch's error: lead again from scratch
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(_first_of(dirty.wait(), lost.wait(), stop.wait()),
-                                           self.resync_s)
-                if stop.is_set() or lost.is_set():
-                    break
-                dirty.clear()
-                if await self.reconcile():
-                    backoff = _BACKOFF_FIRST
-                else:  # something to retry: again soon, then less and less often
-                    await _sleep_unless(stop, backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
-                    dirty.set()
+                if self._deposed is not None:
+                    raise self._deposed
+                for task in workers:
+                    if task.done():
+                        task.result()  # a worker's bug: lead again from scratch
+                getter = asyncio.ensure_future(events.get())
+                await _first_of(getter, lost.wait(), stop.wait(), self._deposed_event.wait(),
+                                timeout=max(0.0, resync_at - loop.time()))
+                if getter.done():
+                    self._on_event(getter.result())
+                    while not events.empty():
+                        self._on_event(events.get_nowait())
+                if loop.time() >= resync_at:
+                    self.nodes.update(self._node_records())
+                    self._queue_all(resync=True)
+                    resync_at = loop.time() + self.resync_s
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StoreError):
-                await watcher
+            self.cache.unsubscribe(events)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self.nodes.close()
+            self.queue.close()
+            self.queue = self.nodes = None
 
-    async def _watch(self, revision: int, dirty: asyncio.Event):
-        ignore = (self.status_prefix, self.prefix + "leader")
-        async with self.store.watch(self.prefix, revision) as events:
-            async for ev in events:
-                if not ev.key.startswith(ignore):
-                    dirty.set()
-                elif ev.key == self.prefix + "leader" and ev.type == DELETE:
-                    dirty.set()  # our term may be over: the next write will tell
+    def _on_event(self, ev):
+        if ev.type == RESET:  # a re-list: anything may have changed
+            self._decoded.clear()
+            self.nodes.update(self._node_records())
+            self._queue_all(resync=False)
+            return
+        if ev.type == DELETE:
+            self._decoded.pop(ev.key, None)
+            self._reported.forget(ev.key)
+        where = self.keys.split(ev.key)
+        if where is None:
+            return  # the leader key (lease.lost tells when the term ends), or a stray key
+        kind, name = where
+        if kind == "sfc":
+            self.queue.add(name)
+        elif kind == "nf":  # an SFC waiting for its NF, or naming one that was deleted
+            for sfc, record in self._records("sfc", self.keys.sfcs).items():
+                if name in record.nfs:
+                    self.queue.add(sfc)
+        elif kind == "node":
+            record = self._record("node", ev.key, self.cache.get(ev.key)) if ev.type == PUT \
+                else None
+            if record is None:
+                self.nodes.remove(name)
+                return
+            self.nodes.put(record)
+            for sfc in record.load.sfcs:  # its load report moves the autoscaled ones
+                sfc_record = self._record("sfc", self.keys.sfc(sfc),
+                                          self.cache.get(self.keys.sfc(sfc)))
+                if sfc_record is not None and sfc_record.scale.target_pps:
+                    self.queue.add(sfc)
+        # status: this leader's own writes
 
-    # ---- one pass -------------------------------------------------------------------------
+    def _nodes_changed(self, names: set[str] | None):
+        if self.queue is None:
+            return
+        if names is None:
+            self._queue_all(resync=False)
+        else:
+            for name in names:
+                self.queue.add(name)
 
-    async def reconcile(self) -> bool:
-        """One pass over every SFC; False if something is left to retry."""
-        self.passes += 1
-        state = await self._observe()
-        ok = True
-        placed: dict[str, str] = {}   # sfc -> node, as decided in this pass
-        for name, record in sorted(state.sfcs.items()):
-            ok &= await self._autoscale(name, record, state)
-            refused: dict[str, str] = {}  # node -> why it cannot run it beside its SFCs
-            node = self._place(name, state, placed)
-            while node is not None:
-                try:
-                    status, done = await self._converge(name, record, node, state)
-                    break
-                except _Refused as e:
-                    refused[node] = str(e)
-                    if name in state.views[node]:  # an update its node cannot take: stay
-                        node = None
-                        break
-                    node = self._place(name, state, placed, exclude=refused)
-            if node is None:
-                status, done = self._unplaced(name, refused, state)
-                node = status["node"] or None  # an older generation still running stays
-            if node is not None:
-                placed[name] = node
-            ok &= done
-            ok &= await self._write_status(name, status, state)
-        for name, why in sorted(state.malformed.items()):
-            # Skipped, not stopped: a copy a node runs keeps running until the record is
-            # written again or deleted.
-            keep = next((n for n, view in sorted(state.views.items()) if name in view), "")
-            if keep:
-                placed[name] = keep
-            ok &= await self._write_status(name, {
-                "phase": "Failed", "message": f"malformed record {self.sfcs_prefix}{name} "
-                f"skipped: {why}; apply the SFC again or delete it", "node": keep,
-                "generation": 0, "instances": 0}, state)
-        ok &= await self._stop_strays(state, placed)
-        for key in [k for k in self._failed if k[0] not in state.sfcs]:
-            del self._failed[key]
-        for name, (_, revision) in state.status.items():
-            if name not in state.sfcs and name not in state.malformed:  # the SFC was deleted: so goes its status
-                with contextlib.suppress(Conflict):
-                    await self.election.delete_fenced(self.status_prefix + name, revision)
-        return ok
+    def _queue_all(self, resync: bool):
+        """Queue every SFC there is a trace of: a record, a status, a copy on a node. A
+        resync leaves the keys waiting out a back-off to their retry."""
+        names = {k[len(self.keys.sfcs):] for k in self.cache.list(self.keys.sfcs)}
+        names |= {k[len(self.keys.statuses):] for k in self.cache.list(self.keys.statuses)}
+        for view in self.nodes.views.values():
+            names |= set(view)
+        for name in sorted(names):
+            if not (resync and self.queue.backing_off(name)):
+                self.queue.add(name)
 
-    def _decoded(self, items: dict, prefix: str, kind: str, malformed: dict | None = None):
-        """{name: (record, Item)} of the records under `prefix` that decode; the others are
-        logged (once per revision) and, given `malformed`, put there as name -> why."""
-        out = {}
-        for key, item in items.items():
-            name = key[len(prefix):]
+    async def _work(self):
+        """One worker: take an SFC, reconcile it, forget its back-off or retry it."""
+        while True:
+            name = await self.queue.get()
             try:
-                out[name] = decode(item.value, kind, name), item
+                ok = await self.reconcile(name)
+            except NotLeader as e:
+                self._deposed = e  # the term is over: _lead campaigns again
+                self._deposed_event.set()
+                self.queue.done(name)
+                return
+            except StoreError as e:
+                log.warning("sfc %s: %s; retrying", name, e)
+                ok = False
+            except Exception:  # noqa: BLE001 - a bug costs this SFC a retry, not the others
+                log.exception("sfc %s: reconcile failed; retrying", name)
+                ok = False
+            self.queue.done(name)
+            if ok:
+                self.queue.forget(name)
+            else:
+                self.queue.retry(name)
+
+    # ---- records, from the cache ----------------------------------------------------------
+
+    def _record(self, kind: str, key: str, item: Item | None):
+        """The decoded record of `kind` stored as `item` under `key` (decoded once per
+        revision), or None if absent or malformed (reported once per revision)."""
+        try:
+            return self._decode(kind, key, item)
+        except MalformedRecord:
+            return None
+
+    def _decode(self, kind: str, key: str, item: Item | None):
+        """As _record, but raising MalformedRecord."""
+        if item is None:
+            return None
+        hit = self._decoded.get(key)
+        if hit is None or hit[0] != item.mod_revision:
+            try:
+                record = decode(kind, item.value, self.keys.split(key)[1])
             except MalformedRecord as e:
                 self._reported(key, item.mod_revision, e)
-                if malformed is not None:
-                    malformed[name] = str(e)
-        return out
+                record = e
+            hit = self._decoded[key] = (item.mod_revision, record)
+        if isinstance(hit[1], MalformedRecord):
+            raise hit[1]
+        return hit[1]
 
-    async def _observe(self) -> _Pass:
-        sfc_items, _ = await self.store.list(self.sfcs_prefix)
-        status_items, _ = await self.store.list(self.status_prefix)
-        node_items, _ = await self.store.list(self.nodes_prefix)
-        self._reported.forget_except({*sfc_items, *status_items, *node_items})
-        malformed: dict[str, str] = {}
-        sfcs = self._decoded(sfc_items, self.sfcs_prefix, "sfc", malformed)
+    def _records(self, kind: str, prefix: str) -> dict:
+        return {key[len(prefix):]: record for key, item in self.cache.list(prefix).items()
+                if (record := self._record(kind, key, item)) is not None}
+
+    def _node_records(self) -> dict[str, NodeRecord]:
+        return self._records("node", self.keys.nodes)
+
+    # ---- one SFC --------------------------------------------------------------------------
+
+    async def reconcile(self, name: str) -> bool:
+        """Bring SFC `name` where its record says; False if something is left to retry."""
+        if not await self.cache.ready():
+            raise StoreUnavailable("the controller's copy of etcd is not in sync")
+        key, status_key = self.keys.sfc(name), self.keys.status(name)
+        item, status_item = self.cache.get(key), self.cache.get(status_key)
         # A malformed status is as good as none: the next write replaces it.
-        status = {name: ({}, item.mod_revision) for name, item in
-                  ((k[len(self.status_prefix):], it) for k, it in status_items.items())}
-        status.update({name: (record, item.mod_revision) for name, (record, item)
-                       in self._decoded(status_items, self.status_prefix, "status").items()})
-        nodes = self._decoded(node_items, self.nodes_prefix, "node")
-        addresses = {name: r.get("address") for name, (r, _) in nodes.items()}
-        addresses = {name: a for name, a in addresses.items()
-                     if a and isinstance(a, str)}  # not an agent's record
-        loads = {name: _dict(_dict(r.get("load")).get("sfcs")) for name, (r, _) in nodes.items()}
-        pools = {name: r.get("pool") if isinstance(r.get("pool"), int) else 0
-                 for name, (r, _) in nodes.items()}
-        names = sorted(addresses)
-        replies = await asyncio.gather(*(self._get_node(addresses[n]) for n in names),
-                                       return_exceptions=True)
-        views = {}
-        for name, reply in zip(names, replies):
-            if isinstance(reply, grpc.aio.AioRpcError):
-                log.warning("node %s (%s) does not answer: %s", name, addresses[name],
-                            reply.details())
-            elif isinstance(reply, BaseException):
-                raise reply
-            else:
-                views[name] = {s.name: s for s in reply.sfcs}
-        return _Pass(
-            sfcs={name: record for name, (record, _) in sfcs.items()},
-            revisions={name: item.mod_revision for name, (_, item) in sfcs.items()},
-            incarnations={name: item.create_revision for name, (_, item) in sfcs.items()},
-            loads=loads, pools=pools, status=status, views=views, addresses=addresses,
-            malformed=malformed)
+        status = self._record("status", status_key, status_item)
+        if item is None:
+            return await self._gone(name, status_item)
+        try:
+            record = self._decode("sfc", key, item)
+        except MalformedRecord as e:
+            return await self._malformed(name, e, status, status_item)
+        record, ok = await self._autoscale(record, item, status)
+        refused: dict[str, str] = {}  # node -> why it cannot run it beside its SFCs
+        node = self._place(name, status)
+        while node is not None:
+            try:
+                new, done = await self._converge(record, item, node)
+                break
+            except _Refused as e:
+                refused[node] = str(e)
+                if name in self.nodes.views.get(node, {}):  # an update it cannot take: stay
+                    node = None
+                    break
+                node = self._place(name, status, exclude=refused)
+        if node is None:
+            new, done = self._unplaced(name, refused)
+            node = new.node or None  # an older generation still running stays
+        if node is None:
+            self._placement.pop(name, None)
+        else:
+            self._placement[name] = node
+        ok &= done
+        ok &= await self._stop_strays(name, node)
+        return await self._write_status(name, new, status, status_item) and ok
 
-    async def _autoscale(self, name: str, record: dict, state: _Pass) -> bool:
-        """Set the record's replicas from the reported load when its spec asks for it
+    async def _gone(self, name: str, status_item: Item | None) -> bool:
+        """The SFC was deleted: stopped wherever it runs, and its status goes."""
+        self._placement.pop(name, None)
+        for k in [k for k in self._failed if k[0] == name]:
+            del self._failed[k]
+        ok = await self._stop_strays(name, None)
+        if status_item is not None:
+            with contextlib.suppress(Conflict):
+                self.cache.wrote(await self.election.delete_fenced(
+                    self.keys.status(name), status_item.mod_revision))
+        return ok
+
+    async def _malformed(self, name: str, why: MalformedRecord, status, status_item) -> bool:
+        """Skipped, not stopped: a copy a node runs keeps running until the record is
+        written again or deleted."""
+        keep = next((n for n, view in sorted(self.nodes.views.items()) if name in view), "")
+        ok = await self._stop_strays(name, keep or None)
+        new = SFCStatus("Failed", f"malformed record {self.keys.sfc(name)} skipped: {why}; "
+                        "apply the SFC again or delete it", node=keep)
+        return await self._write_status(name, new, status, status_item) and ok
+
+    async def _autoscale(self, record: SFCRecord, item: Item,
+                         status: SFCStatus | None) -> tuple[SFCRecord, bool]:
+        """The record, with replicas set from the reported load when its spec asks for it
         (scale.target_pps): out at once, in only after a quiet while with room to spare."""
-        scale = record["scale"]
-        target = scale.get("target_pps")
-        node = state.status.get(name, ({}, 0))[0].get("node")
-        load = state.loads.get(node, {}).get(name)
-        if not isinstance(target, (int, float)) or target <= 0 or not isinstance(load, dict) \
-                or not isinstance(load.get("in_pps"), (int, float)):
-            return True
-        in_pps, replicas = load["in_pps"], scale["replicas"]
-        want = min(max(math.ceil(in_pps / target), scale["min"]), scale["max"])
-        free = self._free_processes(node, name, state)
-        room = None if free is None else max(free, replicas, scale["min"])
+        name, scale = record.name, record.scale
+        node = status.node if status else ""
+        node_record = self.nodes.records.get(node)
+        load = node_record.load.sfcs.get(name) if node_record else None
+        if not scale.target_pps or scale.target_pps <= 0 or load is None:
+            return record, True
+        in_pps, replicas = load.in_pps, scale.replicas
+        want = min(max(math.ceil(in_pps / scale.target_pps), scale.min), scale.max)
+        free = self._free_processes(node, name)
+        room = None if free is None else max(free, replicas, scale.min)
         if room is not None and want > room:
             log.info("autoscaling sfc %s: %d replicas wanted, node %s has pool processes "
                      "for %d", name, want, node, room)
             want = room
         if want < replicas:
-            recent = time.time() - scale.get("changed_at", 0) < _SCALE_IN_AFTER_S
-            if recent or in_pps > _SCALE_IN_SLACK * target * want:
-                return True
+            recent = time.time() - scale.changed_at < _SCALE_IN_AFTER_S
+            if recent or in_pps > _SCALE_IN_SLACK * scale.target_pps * want:
+                return record, True
         if want == replicas:
-            return True
+            return record, True
         log.info("autoscaling sfc %s: %d -> %d replicas (%.0f pps in, target %.0f each)",
-                 name, replicas, want, in_pps, target)
-        record["scale"] = dict(scale, replicas=want, changed_at=time.time())
+                 name, replicas, want, in_pps, scale.target_pps)
+        scaled = replace(record, scale=replace(scale, replicas=want, changed_at=time.time()))
         try:
-            await self.election.put_fenced(self.sfcs_prefix + name, json.dumps(record),
-                                           state.revisions[name])
+            self.cache.wrote(await self.election.put_fenced(
+                self.keys.sfc(name), scaled.encode(), item.mod_revision))
         except Conflict:
-            record["scale"] = scale  # changed meanwhile (an apply, a Scale): next pass
-            return False
-        return True
+            return record, False  # changed meanwhile (an apply, a Scale): again after it
+        return scaled, True
 
-    @staticmethod
-    def _free_processes(node: str, name: str, state: _Pass) -> int | None:
+    def _free_processes(self, node: str, name: str) -> int | None:
         """Pool processes of `node` the other SFCs there leave to `name` (None: unknown)."""
-        pool, view = state.pools.get(node), state.views.get(node)
-        if not pool or view is None:
+        record, view = self.nodes.records.get(node), self.nodes.views.get(node)
+        if record is None or not record.pool or view is None:
             return None
-        return max(0, pool - sum(max(s.replicas, s.instances) for other, s in view.items()
-                                 if other != name))
+        return max(0, record.pool - sum(max(s.replicas, s.instances)
+                                        for other, s in view.items() if other != name))
 
-    def _place(self, name: str, state: _Pass, placed: dict, exclude=()) -> str | None:
+    def _place(self, name: str, status: SFCStatus | None, exclude=()) -> str | None:
         """Where `name` was placed if that node lives, else a node that runs it, else the
-        live node running the fewest SFCs; never a node in `exclude`."""
-        live = {node: view for node, view in state.views.items() if node not in exclude}
-        current = state.status.get(name, ({}, 0))[0].get("node")
-        if current in live:
-            return current
+        live node running (or given) the fewest SFCs; never a node in `exclude`."""
+        live = {node: view for node, view in self.nodes.views.items() if node not in exclude}
+        for current in (self._placement.get(name), status.node if status else None):
+            if current in live:
+                return current
         for node, view in sorted(live.items()):
             if name in view:
                 return node
@@ -325,115 +407,105 @@ class Reconciler:
             return None
 
         def load(node):
-            others = set(live[node]) | {s for s, n in placed.items() if n == node}
+            others = set(live[node]) | {s for s, n in self._placement.items() if n == node}
             return len(others - {name}), node
         return min(live, key=load)
 
-    @staticmethod
-    def _unplaced(name: str, refused: dict, state: _Pass) -> tuple[dict, bool]:
+    def _unplaced(self, name: str, refused: dict) -> tuple[SFCStatus, bool]:
         """(status, done) of an SFC no node takes now: Pending, kept where an older
         generation of it runs (if anywhere), retried."""
-        keep = next((node for node, view in sorted(state.views.items()) if name in view), "")
-        message = "no node is registered" if not state.views else \
+        views = self.nodes.views
+        keep = next((node for node, view in sorted(views.items()) if name in view), "")
+        message = "no node is registered" if not views else \
             "no node can run it beside the SFCs it runs: " + \
             "; ".join(f"{node}: {why}" for node, why in sorted(refused.items()))
-        return {"phase": "Pending", "message": message, "node": keep, "generation": 0,
-                "instances": 0}, False
+        return SFCStatus("Pending", message, node=keep), False
 
-    async def _converge(self, name: str, record: dict, node: str, state: _Pass):
+    async def _converge(self, record: SFCRecord, item: Item,
+                        node: str) -> tuple[SFCStatus, bool]:
         """Bring `node` to the record; (status, done)."""
-        generation, replicas = record["generation"], record["scale"]["replicas"]
-        incarnation = state.incarnations.get(name, 0)
-        running = state.views[node].get(name)
+        name, generation, replicas = record.name, record.generation, record.scale.replicas
+        incarnation = item.create_revision
+        running = self.nodes.views[node].get(name)
         if running is not None and running.incarnation != incarnation:
             running = None  # a copy of an SFC deleted since: replace it
-        status = {"phase": "Running", "message": "", "node": node, "generation": generation,
-                  "instances": 0}
-        failed = self._failed.get((name, record["spec"]))
+        status = SFCStatus("Running", node=node, generation=generation)
+        failed = self._failed.get((name, record.spec))
         if failed is not None and (running is None or running.generation != generation):
-            return dict(status, phase="Failed", message=failed), True
-        stub = self._agent(state.addresses[node])
+            return replace(status, phase="Failed", message=failed), True
+        stub = self.agents[self.nodes.records[node].address]
         try:
             if running is None or running.generation != generation:
-                sources = await self._sources(record["nfs"])
+                sources = self._sources(record.nfs)
                 running = await stub.RunSFC(pb.RunSFCRequest(
-                    spec=record["spec"], nf_sources=sources, generation=generation,
-                    replicas=replicas, incarnation=incarnation),
-                    timeout=_RUN_TIMEOUT)
+                    spec=record.spec, nf_sources=sources, generation=generation,
+                    replicas=replicas, incarnation=incarnation), timeout=_RUN_TIMEOUT)
+                self.nodes.ran(node, name, running)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas:
                 running = await stub.ScaleSFC(pb.ScaleSFCRequest(name=name, replicas=replicas),
                                               timeout=_CALL_TIMEOUT)
+                self.nodes.ran(node, name, running)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 log.info("node %s cannot run sfc %s now: %s", node, name, e.details())
                 raise _Refused(e.details()) from None
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 log.warning("node %s refused sfc %s: %s", node, name, e.details())
-                reason = self._failed[name, record["spec"]] = f"node {node}: {e.details()}"
-                return dict(status, phase="Failed", message=reason), True
-            return dict(status, phase="Pending",
-                        message=f"node {node}: {e.code().name}: {e.details()}"), False
+                reason = self._failed[name, record.spec] = f"node {node}: {e.details()}"
+                return replace(status, phase="Failed", message=reason), True
+            return replace(status, phase="Pending",
+                           message=f"node {node}: {e.code().name}: {e.details()}"), False
         except _MissingNF as e:
-            return dict(status, phase="Pending", message=str(e)), False
+            return replace(status, phase="Pending", message=str(e)), False
         if running.phase in ("Degraded", "Failed") and running.generation == generation:
             # its instances crash: the agent says which NF, how, and what it does about it
-            status = dict(status, phase=running.phase, message=f"node {node}: {running.message}")
-        return dict(status, instances=running.instances), True
+            status = replace(status, phase=running.phase, message=f"node {node}: {running.message}")
+        return replace(status, instances=running.instances), True
 
-    async def _sources(self, names: list[str]) -> dict:
+    def _sources(self, names: tuple[str, ...]) -> dict[str, str]:
         sources = {}
         for nf in names:
-            item = await self.store.get(self.nfs_prefix + nf)
-            if item is None:  # deleted after the SFC named it (api.py's known gap)
-                raise _MissingNF(f"spec.nfs: deployed NF {nf!r} no longer exists")
+            key = self.keys.nf(nf)
             try:
-                sources[nf] = decode(item.value, "nf", nf)["source"]
+                record: NFRecord | None = self._decode("nf", key, self.cache.get(key))
             except MalformedRecord as e:
-                self._reported(self.nfs_prefix + nf, item.mod_revision, e)
                 raise _MissingNF(f"spec.nfs: the record of deployed NF {nf!r} is "
                                  f"malformed: {e}") from None
+            if record is None:  # deleted after the SFC named it (api.py's DeleteNF race)
+                raise _MissingNF(f"spec.nfs: deployed NF {nf!r} no longer exists")
+            sources[nf] = record.source
         return sources
 
-    async def _stop_strays(self, state: _Pass, placed: dict) -> bool:
+    async def _stop_strays(self, name: str, keep: str | None) -> bool:
+        """Stop `name` on every live node but `keep` that runs it."""
         ok = True
-        for node, view in state.views.items():
-            for name in view:
-                if placed.get(name) == node:
+        running = [(node, self.nodes.records[node].address)
+                   for node, view in sorted(self.nodes.views.items())
+                   if node != keep and name in view]
+        for node, address in running:
+            try:
+                await self.agents[address].StopSFC(pb.StopSFCRequest(name=name),
+                                                   timeout=_CALL_TIMEOUT)
+                log.info("sfc %s stopped on node %s", name, node)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    log.warning("stopping sfc %s on node %s: %s", name, node, e.details())
+                    ok = False
                     continue
-                try:
-                    await self._agent(state.addresses[node]).StopSFC(
-                        pb.StopSFCRequest(name=name), timeout=_CALL_TIMEOUT)
-                    log.info("sfc %s stopped on node %s", name, node)
-                except grpc.aio.AioRpcError as e:
-                    if e.code() != grpc.StatusCode.NOT_FOUND:
-                        log.warning("stopping sfc %s on node %s: %s", name, node, e.details())
-                        ok = False
+            self.nodes.ran(node, name, None)
         return ok
 
-    async def _write_status(self, name: str, status: dict, state: _Pass) -> bool:
-        old, revision = state.status.get(name, (None, 0))
-        if old == status:
+    async def _write_status(self, name: str, new: SFCStatus, old: SFCStatus | None,
+                            item: Item | None) -> bool:
+        if old == new:
             return True
         try:
-            await self.election.put_fenced(self.status_prefix + name, json.dumps(status),
-                                           revision)
+            self.cache.wrote(await self.election.put_fenced(
+                self.keys.status(name), new.encode(), item.mod_revision if item else 0))
         except Conflict:
             return False  # written meanwhile (by our previous term?): look again
         return True
-
-    async def _get_node(self, address: str) -> pb.NodeStatus:
-        return await self._agent(address).GetNode(pb.GetNodeRequest(), timeout=_CALL_TIMEOUT)
-
-    def _agent(self, address: str) -> pb_grpc.AgentStub:
-        if address not in self._agents:
-            channel = rpc.channel(address)
-            self._agents[address] = (channel, pb_grpc.AgentStub(channel))
-        return self._agents[address][1]
-
-
-def _dict(value) -> dict:
-    return value if isinstance(value, dict) else {}
 
 
 class _MissingNF(Exception):
@@ -444,13 +516,16 @@ class _Refused(Exception):
     """The node cannot run the SFC beside those it runs (a second default, a taken tag)."""
 
 
-async def _until(coro, stop: asyncio.Event) -> bool:
-    """Run `coro` unless `stop` comes first (then cancel it); True if it finished."""
+async def _until(coro, *events: asyncio.Event) -> bool:
+    """Run `coro` unless one of `events` comes first (then cancel it); True if it finished."""
     task = asyncio.ensure_future(coro)
-    stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if task in done:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait({task, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+    if task.done():
         task.result()
         return True
     task.cancel()
@@ -459,10 +534,11 @@ async def _until(coro, stop: asyncio.Event) -> bool:
     return False
 
 
-async def _first_of(*aws):
+async def _first_of(*aws, timeout: float | None = None):
+    """Until one of `aws` is done or `timeout` passes; the others are cancelled."""
     tasks = [asyncio.ensure_future(a) for a in aws]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in tasks:
             if not t.done():

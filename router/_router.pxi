@@ -6,6 +6,41 @@ ROUTER_MAX_SFCS = SERPENS_ROUTER_MAX_SFCS
 LAT_REC_FORMAT = "<QQII"  # serpens_lat_rec: rx_tsc, tx_tsc, flow, seq
 
 
+cdef int match_rules(rules, serpens_match_rule *table, int cap, port_index,
+                     check_sfc) except -1:
+    """Fill `table` (cap entries, zeroed first) from match rule dicts (Router.set_rules):
+    the router's and the gateway's one parser of them."""
+    import ipaddress
+    if len(rules) > cap:
+        raise ValueError(f"at most {cap} match rules")
+    cdef serpens_match_rule *m
+    memset(table, 0, cap * sizeof(serpens_match_rule))
+    for i, rule in enumerate(rules):
+        m = &table[i]
+        check_sfc(rule["sfc"])
+        m.sfc = rule["sfc"]
+        nets = {f: ipaddress.ip_network(rule[f], strict=False)
+                for f in ("src", "dst") if rule.get(f) is not None}
+        families = {net.version for net in nets.values()}
+        if len(families) > 1:
+            raise ValueError(f"match rule {i}: src and dst of different IP versions")
+        m.family = families.pop() if families else 0
+        for field, net in nets.items():
+            addr = net.network_address.packed
+            mask = net.netmask.packed
+            if field == "src":
+                memcpy(m.src, <const char *>addr, len(addr))
+                memcpy(m.src_mask, <const char *>mask, len(mask))
+            else:
+                memcpy(m.dst, <const char *>addr, len(addr))
+                memcpy(m.dst_mask, <const char *>mask, len(mask))
+        m.proto = rule.get("proto", 0)
+        m.sport_lo, m.sport_hi = rule.get("sport", (0, 65535))
+        m.dport_lo, m.dport_hi = rule.get("dport", (0, 65535))
+        m.in_port = port_index(rule["in_port"]) if rule.get("in_port") is not None else -1
+    return 0
+
+
 cdef class Router:
     """The router of router/router.h. Ports are DPDK port ids; SFCs and instances are the
     router's small integers (an instance's index). Configure SFCs, rules and tags before traffic for them flows."""
@@ -76,6 +111,9 @@ cdef class Router:
             else:
                 s.next, s.out_port = -1, self._port(out_port)
             s.rx = s.out = s.dropped = s.new_flows = s.moved_flows = s.rebalanced_flows = 0
+            s.drop_died = s.drop_stuck = s.drop_hold = s.drop_failed = 0  # not the last user's
+            s.drop_all = 0
+            s.drop_mtu = s.vx_on = s.to_gateway = 0
             s.notify_fd = -1
             serpens_fence()
             s.used = 1
@@ -103,6 +141,7 @@ cdef class Router:
         for vlan in range(SERPENS_VLAN_IDS):
             if self.r.tag_sfc[vlan] == sfc + 1:
                 self.r.tag_sfc[vlan] = 0
+        s.vx_on = 0
         serpens_fence()
         s.notify_fd = -1
         s.used = 0
@@ -141,34 +180,74 @@ cdef class Router:
 
     def set_rules(self, rules):
         """The match table, first match wins: dicts with `sfc` and optional `src`, `dst`
-        (IPv4 prefixes), `proto` (number), `sport`, `dport` ((lo, hi)), `in_port` (DPDK port)."""
-        import ipaddress
-        if len(rules) > SERPENS_ROUTER_MAX_RULES:
-            raise ValueError(f"at most {SERPENS_ROUTER_MAX_RULES} match rules")
+        (IPv4 or IPv6 prefixes, one version per rule), `proto` (number), `sport`, `dport` ((lo, hi)), `in_port` (DPDK port)."""
         cdef serpens_match_rule table[SERPENS_ROUTER_MAX_RULES]
-        cdef serpens_match_rule *m
-        memset(table, 0, sizeof(table))
-        for i, rule in enumerate(rules):
-            m = &table[i]
-            self._check_sfc(rule["sfc"])
-            m.sfc = rule["sfc"]
-            for field in ("src", "dst"):
-                net = ipaddress.IPv4Network(rule.get(field, "0.0.0.0/0"), strict=False)
-                addr = int(net.network_address).to_bytes(4, "big")
-                mask = int(net.netmask).to_bytes(4, "big")
-                if field == "src":
-                    m.src, m.src_mask = int.from_bytes(addr, "little"), int.from_bytes(mask, "little")
-                else:
-                    m.dst, m.dst_mask = int.from_bytes(addr, "little"), int.from_bytes(mask, "little")
-            m.proto = rule.get("proto", 0)
-            m.sport_lo, m.sport_hi = rule.get("sport", (0, 65535))
-            m.dport_lo, m.dport_hi = rule.get("dport", (0, 65535))
-            m.in_port = self._port(rule["in_port"]) if rule.get("in_port") is not None else -1
+        match_rules(rules, table, SERPENS_ROUTER_MAX_RULES, self._port_index, self._check_sfc)
         self.r.nrules = 0
         serpens_fence()
         memcpy(self.r.rules, table, sizeof(table))
         serpens_fence()
         self.r.nrules = len(rules)
+
+    def _port_index(self, port):
+        return self._port(port)
+
+    # ---- VXLAN (router.h) -------------------------------------------------------------------
+
+    def set_underlay(self, uint16_t port, str ip, str mac, uint32_t mtu=1500):
+        """DPDK port `port` is the node's underlay (overlay frames only), where the node is
+        `ip` / `mac`; mtu bounds outer IPv4 packets (inner frames up to mtu - 36 bytes)."""
+        import ipaddress
+        if not SERPENS_VXLAN_IP_OVERHEAD + 14 < mtu <= 9216:
+            raise ValueError(f"underlay MTU {mtu}: must be 51..9216")
+        raw = bytes.fromhex(mac.replace(":", ""))
+        if len(raw) != 6:
+            raise ValueError(f"underlay MAC {mac!r}")
+        i = self._port(port)
+        self.r.ports[i].input = 1
+        self.r.underlay.ip = 0
+        serpens_fence()
+        self.r.underlay_port = i
+        memcpy(self.r.underlay.mac, <const char *>raw, 6)
+        self.r.underlay.mtu = mtu
+        serpens_fence()
+        self.r.underlay.ip = int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
+
+    def set_gateway(self, str ip, str mac):
+        """Where SFCs whose output is the gateway send their packets (pushed, not resolved)."""
+        import ipaddress
+        raw = bytes.fromhex(mac.replace(":", ""))
+        if len(raw) != 6:
+            raise ValueError(f"gateway MAC {mac!r}")
+        memcpy(self.r.gw_mac, <const char *>raw, 6)
+        self.r.gw_ip = int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
+        serpens_fence()
+
+    def set_sfc_vxlan(self, int sfc, uint32_t tag, uint32_t vni=0, bint to_gateway=False):
+        """Underlay frames carrying SFC tag `tag` are `sfc`'s; with to_gateway its OUT packets
+        go back to the gateway encapsulated (tag, vni) on the underlay port."""
+        self._check_sfc(sfc)
+        s = &self.r.sfcs[sfc]
+        if tag > SERPENS_VXLAN_MAX_TAG or vni > SERPENS_VXLAN_MAX_TAG:
+            raise ValueError("SFC tag and VNI are 24-bit numbers")
+        for k in range(SERPENS_ROUTER_MAX_SFCS):
+            if k != sfc and self.r.sfcs[k].used and self.r.sfcs[k].vx_on and \
+                    self.r.sfcs[k].vx_tag == tag:
+                raise ValueError(f"SFC tag {tag} is SFC {k}'s already")
+        if to_gateway:
+            if not self.r.underlay.ip or not self.r.gw_ip:
+                raise ValueError("set_underlay() and set_gateway() before an SFC's output "
+                                 "can be the gateway")
+            if s.next >= 0:
+                raise ValueError(f"SFC {sfc} is chained into SFC {s.next}: its output is that")
+        s.vx_on = 0
+        serpens_fence()
+        s.vx_tag, s.vx_vni = tag, vni
+        if to_gateway:
+            s.out_port = self.r.underlay_port
+        s.to_gateway = to_gateway
+        serpens_fence()
+        s.vx_on = 1
 
     def _check_sfc(self, int sfc):
         if not (0 <= sfc < SERPENS_ROUTER_MAX_SFCS and self.r.sfcs[sfc].used):
@@ -385,7 +464,8 @@ cdef class Router:
                     "drops": {"instance_died": r.sfcs[k].drop_died,
                               "instance_stuck": r.sfcs[k].drop_stuck,
                               "no_instance": r.sfcs[k].drop_hold,
-                              "sfc_failed": r.sfcs[k].drop_failed},
+                              "sfc_failed": r.sfcs[k].drop_failed,
+                              "over_mtu": r.sfcs[k].drop_mtu},
                     "new_flows": r.sfcs[k].new_flows, "moved_flows": r.sfcs[k].moved_flows,
                     "rebalanced_flows": r.sfcs[k].rebalanced_flows, "held": r.sfcs[k].nheld,
                     "moving": r.sfcs[k].moving}
@@ -394,4 +474,8 @@ cdef class Router:
                 "sleeps": r.sleeps, "pending": r.npending, "held": r.nheld,
                 "new_flows": sum(s["new_flows"] for s in sfcs.values()),
                 "moved_flows": sum(s["moved_flows"] for s in sfcs.values()),
-                "ports": ports, "sfcs": sfcs, "instances": per}
+                "ports": ports, "sfcs": sfcs, "instances": per,
+                "vxlan": {"rx": r.vx_rx, "arp_replies": r.vx_arp,
+                          "drops": {"not_ours": r.vx_not_ours, "bad_outer": r.vx_bad_outer,
+                                    "over_mtu": r.vx_over_mtu,
+                                    "unknown_tag": r.vx_unknown_tag}}}

@@ -28,56 +28,54 @@
 
 /* ---- classification ------------------------------------------------------------------------ */
 
-static uint32_t flow_hash(const uint8_t *f, uint32_t len, const struct serpens_hdrs *h, int parsed)
-{
-	uint32_t hash;
-	if (parsed == SERPENS_PARSE_NON_IP || !h->family) {
-		hash = serpens_hash_crc(f, len < 14 ? len : 14, 7);
-	} else {
-		/* Symmetric: a flow and its reverse hash alike. */
-		uint32_t n = h->family == 4 ? 4 : 16;
-		uint32_t a = serpens_hash_crc(h->flow.src, n, h->flow.sport);
-		uint32_t b = serpens_hash_crc(h->flow.dst, n, h->flow.dport);
-		hash = (a ^ b) * 0x9E3779B1u + h->flow.proto;
-	}
-	return hash ? hash : 1;
-}
-
-static int rule_matches(const struct serpens_match_rule *m, uint32_t port,
-			const struct serpens_hdrs *h)
-{
-	uint32_t src, dst;
-	if (m->in_port >= 0 && (uint32_t)m->in_port != port)
-		return 0;
-	if (h->family != 4)  /* rules are IPv4; an all-wildcard rule takes anything */
-		return !m->src_mask && !m->dst_mask && !m->proto && m->sport_lo == 0 &&
-		       m->sport_hi == 0xFFFF && m->dport_lo == 0 && m->dport_hi == 0xFFFF;
-	memcpy(&src, h->flow.src, 4);
-	memcpy(&dst, h->flow.dst, 4);
-	uint16_t sport = rte_be_to_cpu_16(h->flow.sport), dport = rte_be_to_cpu_16(h->flow.dport);
-	return (src & m->src_mask) == m->src && (dst & m->dst_mask) == m->dst &&
-	       (!m->proto || m->proto == h->flow.proto) && sport >= m->sport_lo &&
-	       sport <= m->sport_hi && dport >= m->dport_lo && dport <= m->dport_hi;
-}
+static void flush(struct serpens_router *r, struct serpens_router_port *p);
 
 /* The SFC of a packet received on ports[port] (-1: none); sets its flow hash. */
 static int classify(const struct serpens_router *r, uint32_t port, struct rte_mbuf *m,
 		    uint32_t *hash)
 {
-	const uint8_t *f = rte_pktmbuf_mtod(m, const uint8_t *);
-	struct serpens_hdrs h;
-	int parsed = serpens_parse(f, m->data_len, &h);
+	const struct serpens_match_tables t = {r->rules, r->nrules, r->default_sfc, r->tag_sfc};
+	return serpens_classify(&t, port, rte_pktmbuf_mtod(m, const uint8_t *), m->data_len, hash);
+}
 
-	*hash = flow_hash(f, m->data_len, &h, parsed);
-	if (m->data_len >= 16 && f[12] == 0x81 && f[13] == 0x00) {
-		uint32_t tagged = r->tag_sfc[((f[14] & 0x0F) << 8) | f[15]];
-		if (tagged)
-			return (int)tagged - 1;
+/* The SFC of a frame from the underlay (-1: none: answered, or counted and freed); the frame
+ * is the inner one after, and its flow hash set. */
+static int from_underlay(struct serpens_router *r, struct rte_mbuf *m, uint32_t *hash)
+{
+	uint32_t tag = 0, vni = 0;
+	switch (serpens_underlay_rx(m, &r->underlay, &tag, &vni)) {
+	case SERPENS_UNDERLAY_VXLAN:
+		for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS; sfc++) {
+			const struct serpens_router_sfc *s = &r->sfcs[sfc];
+			if (s->used && s->vx_on && s->vx_tag == tag && s->vx_vni == vni) {
+				r->vx_rx++;
+				*hash = serpens_frame_flow_hash(rte_pktmbuf_mtod(m, const uint8_t *),
+								m->data_len);
+				return sfc;
+			}
+		}
+		r->vx_unknown_tag++;
+		break;
+	case SERPENS_UNDERLAY_ARP: {
+		struct serpens_router_port *p = &r->ports[r->underlay_port];
+		r->vx_arp++;
+		p->out[p->nout++] = m;
+		if (p->nout == SERPENS_BURST)
+			flush(r, p);
+		return -1;
 	}
-	for (uint32_t i = 0; i < r->nrules; i++)
-		if (rule_matches(&r->rules[i], port, &h))
-			return r->rules[i].sfc;
-	return r->default_sfc;
+	case SERPENS_UNDERLAY_BAD_OUTER:
+		r->vx_bad_outer++;
+		break;
+	case SERPENS_UNDERLAY_OVER_MTU:
+		r->vx_over_mtu++;
+		break;
+	default:
+		r->vx_not_ours++;
+		break;
+	}
+	rte_pktmbuf_free(m);
+	return -1;
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
@@ -499,7 +497,14 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 			struct rte_mbuf *m = pkts[k];
 			struct serpens_rx_meta *meta = META(r, m);
 			uint32_t hash;
-			int sfc = classify(r, port, m, &hash);
+			int sfc;
+			if (r->underlay.ip && port == r->underlay_port) {
+				sfc = from_underlay(r, m, &hash);
+				if (sfc < 0)
+					continue; /* counted (or answered) there */
+			} else {
+				sfc = classify(r, port, m, &hash);
+			}
 			if (sfc < 0 || !r->sfcs[sfc].used) {
 				rte_pktmbuf_free(m);
 				p->unmatched++;
@@ -582,6 +587,12 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 		} else if (s->next >= 0) {
 			LABEL(r, m) = (uint16_t)s->next;
 			fwd[nfwd++] = m;
+		} else if (s->to_gateway &&
+			   serpens_vxlan_encap(m, &r->underlay, r->gw_ip, r->gw_mac, s->vx_tag,
+					       s->vx_vni, META(r, m)->flow) != SERPENS_ENCAP_OK) {
+			rte_pktmbuf_free(m);
+			s->drop_mtu++;
+			r->dropped++;
 		} else {
 			p->out[p->nout++] = m;
 			if (p->nout == SERPENS_BURST)

@@ -61,6 +61,17 @@
  *   forged) and reaped by the router itself a watchdog period later, which then writes the
  *   SFC's notify_fd.
  *
+ * VXLAN (DESIGN §7, runtime_cy/src/vxlan.h). With an underlay set, frames on the underlay port
+ * are the overlay's only: VXLAN to the node's underlay address is decapsulated and its SFC tag
+ * (the 24 reserved bits) with its VNI names the SFC (`vx_tag`, `vx_vni` of an SFC with
+ * `vx_on`; another tenant's VNI makes the tag unknown); the inner frame then
+ * goes the way of any classified packet, flow hash and all. ARP requests for the underlay
+ * address are answered. Unknown tags, malformed outer headers, frames over the underlay MTU
+ * and frames not for us are counted by reason and freed. An SFC whose output is the gateway
+ * (`to_gateway`) has its OUT packets encapsulated with its tag toward the gateway (outer
+ * source port from the packet's flow hash) and sent on the underlay port; one the MTU cannot
+ * carry is counted (`drop_mtu`), never truncated.
+ *
  * Every received packet carries metadata in an mbuf dynfield (`serpens_rx_meta`): its arrival
  * time, flow hash and a receive sequence number. When a latency log is armed, the router
  * records them with the transmit time of every packet it sends: benchmarks read latency and
@@ -83,7 +94,9 @@
 #include <rte_mbuf.h>
 #include <rte_ring.h>
 
+#include "classify.h"
 #include "pool_ctl.h"
+#include "vxlan.h"
 
 #define SERPENS_ROUTER_MAX_INSTANCES 64
 #define SERPENS_ROUTER_MAX_SFCS 16
@@ -93,7 +106,6 @@
 #define SERPENS_FLOW_WAYS 8
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
 #define SERPENS_NO_MOVE 0
-#define SERPENS_VLAN_IDS 4096 /* 12-bit VLAN IDs: tag_sfc[] */
 
 enum serpens_instance_state {
 	SERPENS_INST_EMPTY = 0,
@@ -166,15 +178,11 @@ struct serpens_router_sfc {
 	uint64_t drop_stuck;         /* its instance took nothing for stall_cycles */
 	uint64_t drop_hold;          /* waited for an instance longer or beyond the hold queue */
 	uint64_t drop_failed;        /* the SFC is failed (drop_all) */
-};
-
-/* First match wins. Addresses and masks in network order; ports in host order, inclusive. */
-struct serpens_match_rule {
-	uint32_t src, src_mask, dst, dst_mask;
-	uint16_t sport_lo, sport_hi, dport_lo, dport_hi;
-	uint8_t proto;               /* 0: any */
-	int8_t in_port;              /* index into ports[], -1: any */
-	uint16_t sfc;
+	uint64_t drop_mtu;           /* OUT to the gateway, beyond the underlay MTU (or headroom) */
+	/* VXLAN (control side) */
+	uint32_t vx_tag, vx_vni;     /* its SFC tag and VNI on the underlay */
+	uint8_t vx_on;               /* underlay frames tagged vx_tag are its */
+	uint8_t to_gateway;          /* OUT packets go back to the gateway, encapsulated */
 };
 
 struct serpens_router_port {
@@ -209,6 +217,12 @@ struct serpens_router {
 	uint8_t tag_sfc[SERPENS_VLAN_IDS]; /* VLAN ID -> SFC + 1 (0: not a tag) */
 	struct serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS];
 	struct serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES];
+	/* VXLAN: underlay.ip 0 = no underlay */
+	struct serpens_underlay underlay;
+	uint32_t underlay_port;   /* index into ports[] */
+	uint32_t gw_ip;           /* the gateway's underlay address (network order) and MAC */
+	uint8_t gw_mac[6];
+	uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag;
 	/* latency log (benchmarks): armed by setting log, log_cap, then log_on */
 	volatile uint32_t log_on;
 	struct serpens_lat_rec *log;

@@ -7,6 +7,21 @@ from includes.core cimport serpens_pool_ctl
 from includes.dpdk cimport rte_ring
 
 
+cdef extern from "vxlan.h" nogil:
+    enum:
+        SERPENS_VXLAN_OVERHEAD
+        SERPENS_VXLAN_IP_OVERHEAD
+        SERPENS_VXLAN_MAX_TAG
+
+    struct serpens_underlay:
+        uint32_t ip
+        uint8_t mac[6]
+        uint16_t mtu
+        uint16_t ip_id
+
+    uint16_t serpens_vxlan_sport(uint32_t hash)
+
+
 cdef extern from "router.h" nogil:
     enum:
         SERPENS_ROUTER_MAX_INSTANCES
@@ -59,12 +74,17 @@ cdef extern from "router.h" nogil:
         int32_t rebalance_to
         uint32_t drop_all, nheld, moving, hold_shedding
         uint64_t rx, out, dropped, new_flows, moved_flows, rebalanced_flows
-        uint64_t drop_died, drop_stuck, drop_hold, drop_failed
+        uint64_t drop_died, drop_stuck, drop_hold, drop_failed, drop_mtu
+        uint32_t vx_tag, vx_vni
+        uint8_t vx_on, to_gateway
 
     struct serpens_match_rule:
-        uint32_t src, src_mask, dst, dst_mask
+        uint8_t src[16]
+        uint8_t src_mask[16]
+        uint8_t dst[16]
+        uint8_t dst_mask[16]
         uint16_t sport_lo, sport_hi, dport_lo, dport_hi
-        uint8_t proto
+        uint8_t family, proto
         int8_t in_port
         uint16_t sfc
 
@@ -87,6 +107,10 @@ cdef extern from "router.h" nogil:
         uint8_t tag_sfc[SERPENS_VLAN_IDS]
         serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS]
         serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES]
+        serpens_underlay underlay
+        uint32_t underlay_port, gw_ip
+        uint8_t gw_mac[6]
+        uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag
         uint32_t log_on
         serpens_lat_rec *log
         uint64_t log_cap, log_n

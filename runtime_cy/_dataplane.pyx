@@ -18,6 +18,7 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mun
 from includes.core cimport *
 from includes.dpdk cimport *
 from router_decl cimport *
+from gateway_decl cimport *
 
 LABEL_OUT = SERPENS_LABEL_OUT
 LABEL_DROP = SERPENS_LABEL_DROP
@@ -55,4 +56,5 @@ include "dp/ports.pxi"
 include "dp/replay.pxi"
 include "dp/sandbox.pxi"
 include "_router.pxi"  # router/
+include "_gateway.pxi"  # gateway/
 include "_bench.pxi"   # bench/native/: the benchmarks' driver and baseline loaders

@@ -7,9 +7,13 @@ src/nf_image.c, which names the offending symbol, relocation or feature.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import re
+import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -193,13 +197,59 @@ _compiled: OrderedDict[tuple, bytes] = OrderedDict()
 _compiled_lock = threading.Lock()
 _COMPILED_MAX = 64
 
+# Opt-in, for processes of one user that build the same NFs (a test session's agents and
+# benchmarks): a directory (ours, mode 0700) of compiled objects shared between processes,
+# filed by the digest of the source and of the toolchain (compiler, flags, NF headers, mem.c).
+# An object read from it is verified like any build (prepare_image). Failures are not kept.
+NF_CACHE_ENV = "SERPENS_NF_CACHE_DIR"
+
+
+@functools.cache
+def _toolchain_digest(cc: str) -> bytes:
+    h = hashlib.sha256(repr((cc, NF_CFLAGS, NF_LDFLAGS, _MEM_CFLAGS)).encode())
+    compiler = shutil.which(cc)
+    if compiler:
+        st = os.stat(compiler)
+        h.update(f"{os.path.realpath(compiler)} {st.st_size} {st.st_mtime_ns}".encode())
+    for path in sorted([*NF_INCLUDE.rglob("*.h"), NF_MEM_SOURCE]):
+        h.update(str(path.relative_to(_PKG)).encode() + b"\0" + path.read_bytes())
+    return h.digest()
+
+
+def _shared_cache_path(source_digest: bytes, cc: str) -> Path | None:
+    directory = os.environ.get(NF_CACHE_ENV)
+    if not directory:
+        return None
+    try:
+        st = os.stat(directory)
+    except OSError as e:
+        raise NFBuildError(f"{NF_CACHE_ENV}={directory}: {e.strerror}", "") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise NFBuildError(f"{NF_CACHE_ENV}={directory} must be a directory of this user's "
+                           "that only it can use (mode 0700)", "")
+    key = hashlib.sha256(source_digest + _toolchain_digest(cc)).hexdigest()
+    return Path(directory, f"{key}.so")
+
+
+def _keep_shared(path: Path, so: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(so)
+        os.replace(tmp, path)  # whole or not at all, whoever reads it meanwhile
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
 
 def compile_nf(source: str | bytes, *, name: str = "nf") -> bytes:
     """Compile and link one NF source file; return the shared object's bytes.
 
     The file is compiled as `<name>.c` in a temporary directory (so diagnostics read
     "<name>.c:12:5: error: ..."). Raises NFBuildError with the compiler/linker output.
-    Results are remembered (a few dozen), so the same source is compiled once per process.
+    Results are remembered (a few dozen), so the same source is compiled once per process,
+    and with SERPENS_NF_CACHE_DIR set once per cache directory (NF_CACHE_ENV).
     """
     if not _NAME_RE.match(name):
         raise ValueError(f"bad NF name {name!r} (letters, digits, '_', '.', '-'; max 64)")
@@ -210,7 +260,13 @@ def compile_nf(source: str | bytes, *, name: str = "nf") -> bytes:
         if key in _compiled:
             _compiled.move_to_end(key)
             return _compiled[key]
-    so = _compile(source, name)
+    shared = _shared_cache_path(*key)
+    if shared is not None and shared.is_file():
+        so = shared.read_bytes()
+    else:
+        so = _compile(source, name)
+        if shared is not None:
+            _keep_shared(shared, so)
     with _compiled_lock:
         _compiled[key] = so
         while len(_compiled) > _COMPILED_MAX:

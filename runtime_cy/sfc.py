@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from . import _dataplane as dp
-
-LABEL_OUT = dp.LABEL_OUT
-LABEL_DROP = dp.LABEL_DROP
+# The chainer's numbers, from the DPDK-free copy of its headers: the controller compiles SFCs
+# to check them and must not load the DPDK extension (DESIGN §2).
+from .constants import (CONFIG_MAX, LABEL_DROP, LABEL_OUT, MAX_IMAGES, MAX_PORTS, MAX_STEPS,
+                        STEP_HASH, STEP_NF)
 
 
 class SFCError(ValueError):
@@ -58,22 +58,23 @@ class Aggregate:
     item: object
 
 
-Node = Union[NF, Chain, Distribute, Aggregate, None]
+# What an SFC is built from: an NF, a combinator of them, or None (a branch that skips ahead).
+SFCExpr = Union[NF, Chain, Distribute, Aggregate, None]
 
 
-def chain(*items: Node) -> Chain:
+def chain(*items: SFCExpr) -> Chain:
     return Chain(tuple(items))
 
 
-def distribute(*branches: Node, selector: str = "port") -> Distribute:
+def distribute(*branches: SFCExpr, selector: str = "port") -> Distribute:
     if selector not in ("port", "hash"):
         raise SFCError(f"distribute: selector must be 'port' or 'hash', not {selector!r}")
-    if not 2 <= len(branches) <= dp.MAX_PORTS:
-        raise SFCError(f"distribute: 2..{dp.MAX_PORTS} branches, got {len(branches)}")
+    if not 2 <= len(branches) <= MAX_PORTS:
+        raise SFCError(f"distribute: 2..{MAX_PORTS} branches, got {len(branches)}")
     return Distribute(tuple(branches), selector)
 
 
-def aggregate(item: Node) -> Aggregate:
+def aggregate(item: SFCExpr) -> Aggregate:
     return Aggregate(item)
 
 
@@ -106,12 +107,12 @@ class _Compiler:
         self.image_index = {}
 
     def new_step(self, kind, nports, name, image=0, config=b""):
-        if len(self.out.steps) >= dp.MAX_STEPS:
-            raise SFCError(f"an SFC has at most {dp.MAX_STEPS} steps")
+        if len(self.out.steps) >= MAX_STEPS:
+            raise SFCError(f"an SFC has at most {MAX_STEPS} steps")
         off = len(self.config)
         self.config += config
-        if len(self.config) > dp.CONFIG_MAX:
-            raise SFCError(f"NF configurations exceed {dp.CONFIG_MAX} bytes in total")
+        if len(self.config) > CONFIG_MAX:
+            raise SFCError(f"NF configurations exceed {CONFIG_MAX} bytes in total")
         self.out.steps.append(Step(kind, image, [LABEL_DROP] * nports, off, len(config), name))
         return len(self.out.steps) - 1
 
@@ -119,47 +120,47 @@ class _Compiler:
         for step, port in exits:
             self.out.steps[step].next[port] = label
 
-    def emit(self, node, exits):
-        """Emit `node` reached from `exits` [(step, port)]; return its own dangling exits."""
-        if node is None:
+    def emit(self, expr, exits):
+        """Emit `expr` reached from `exits` [(step, port)]; return its own dangling exits."""
+        if expr is None:
             return exits
-        if isinstance(node, NF):
-            return self.emit_nf(node, exits)
-        if isinstance(node, Aggregate):
-            return self.emit(node.item, exits)
-        if isinstance(node, Chain):
-            for item in node.items:
+        if isinstance(expr, NF):
+            return self.emit_nf(expr, exits)
+        if isinstance(expr, Aggregate):
+            return self.emit(expr.item, exits)
+        if isinstance(expr, Chain):
+            for item in expr.items:
                 exits = self.emit(item, exits)
             return exits
-        if isinstance(node, Distribute):
-            return self.emit_distribute(node, exits)
-        raise SFCError(f"not an SFC element: {node!r}")
+        if isinstance(expr, Distribute):
+            return self.emit_distribute(expr, exits)
+        raise SFCError(f"not an SFC element: {expr!r}")
 
     def emit_nf(self, nf, exits):
-        if not 1 <= nf.ports <= dp.MAX_PORTS:
-            raise SFCError(f"NF {nf.name}: 1..{dp.MAX_PORTS} ports")
+        if not 1 <= nf.ports <= MAX_PORTS:
+            raise SFCError(f"NF {nf.name}: 1..{MAX_PORTS} ports")
         # An image's .data/.bss are its globals: two steps sharing one image would share them.
         key = id(nf.image)
         if key in self.image_index:
             raise SFCError(f"NF {nf.name}: its image is already used by step "
                            f"{self.image_index[key]}; each step needs its own image (prepare "
                            "one per occurrence, in its own area)")
-        if len(self.out.images) >= dp.MAX_IMAGES:
-            raise SFCError(f"an SFC uses at most {dp.MAX_IMAGES} NF images")
+        if len(self.out.images) >= MAX_IMAGES:
+            raise SFCError(f"an SFC uses at most {MAX_IMAGES} NF images")
         self.image_index[key] = len(self.out.steps)
         self.out.images.append(nf.image)
-        step = self.new_step(dp.STEP_NF, nf.ports, nf.name, len(self.out.images) - 1, nf.config)
+        step = self.new_step(STEP_NF, nf.ports, nf.name, len(self.out.images) - 1, nf.config)
         self.wire(exits, step)
         return [(step, p) for p in range(nf.ports)]
 
     def emit_distribute(self, d, exits):
         n = len(d.branches)
         if d.selector == "hash":
-            sel = self.new_step(dp.STEP_HASH, n, "hash")
+            sel = self.new_step(STEP_HASH, n, "hash")
             self.wire(exits, sel)
         else:
             steps = {s for s, _ in exits}
-            if len(steps) != 1 or self.out.steps[next(iter(steps))].kind != dp.STEP_NF:
+            if len(steps) != 1 or self.out.steps[next(iter(steps))].kind != STEP_NF:
                 raise SFCError("distribute(selector='port') must follow a single NF, whose "
                                "output ports choose the branch")
             sel = next(iter(steps))
@@ -171,10 +172,10 @@ class _Compiler:
         return joined
 
 
-def compile_sfc(node: Node) -> CompiledSFC:
+def compile_sfc(expr: SFCExpr) -> CompiledSFC:
     """Compile an SFC expression (or a single NF) into steps; dangling exits go OUT."""
     c = _Compiler()
-    exits = c.emit(node, [])
+    exits = c.emit(expr, [])
     for step, port in exits:
         c.out.steps[step].next[port] = LABEL_OUT
     c.out.config = bytes(c.config)

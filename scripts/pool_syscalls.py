@@ -17,7 +17,6 @@ import time
 
 from serpens import nfs
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
-from serpens.agent.harness import PacketHarness
 from serpens.agent.process_pool import ProcessPool, merge_state
 from serpens.bench.baselines import RedisServer, RedisState
 from serpens.runtime_cy import _dataplane as dp
@@ -27,6 +26,7 @@ from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench.common import udp_frame  # noqa: E402
 from bench.state import NF_CONFIGS  # noqa: E402
+from tests.support.harness import PacketHarness  # noqa: E402 (test helper: a harness playing router)
 
 
 def frames(n):

@@ -1,16 +1,41 @@
 """Shared fixtures: one DPDK primary per test session (the EAL initialises once per process)
-with a unique file prefix, and a small process pool of real DPDK secondaries."""
+with a unique file prefix, a small process pool of real DPDK secondaries, and a real etcd per
+module (`etcd`, tests/support/etcd.py). Helpers that tests import live in tests/support/.
+
+Compiled NFs are shared by the session's processes through a cache directory (removed at
+exit). Every test belongs to one layer, named by a module-level `pytestmark` (registered in
+pyproject.toml): unit, dataplane, cluster or multinode; `pytest -m unit` runs one alone."""
+import atexit
 import os
 import shutil
+import tempfile
 
 import pytest
 
-NFS_DIR = os.path.join(os.path.dirname(__file__), "nfs")
+from serpens.runtime_cy.builder import NF_CACHE_ENV
+
+from support.etcd import etcd  # noqa: F401 (a fixture, for every module)
+from support.nfs import nf_source
+from support.packets import forbid_address_resolution
+
+LAYERS = ("unit", "dataplane", "cluster", "multinode")
+
+# No test frame may send scapy to the host's network for an address.
+forbid_address_resolution()
+
+# The session's processes (agents, nodes, benchmarks in subprocesses) share compiled NFs: each
+# source is compiled once per session, not once per process (runtime_cy/builder.py).
+_nf_cache = tempfile.mkdtemp(prefix="serpens-test-nf-cache-")
+atexit.register(shutil.rmtree, _nf_cache, True)
+os.environ[NF_CACHE_ENV] = _nf_cache
 
 
-def nf_source(name: str) -> str:
-    with open(os.path.join(NFS_DIR, name)) as f:
-        return f.read()
+def pytest_collection_modifyitems(items):
+    for item in items:
+        layers = [m.name for m in item.iter_markers() if m.name in LAYERS]
+        if len(layers) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: marked {layers or 'with no layer'}; give "
+                                    f"its module one of {', '.join(LAYERS)} (pytestmark)")
 
 
 @pytest.fixture(scope="session")

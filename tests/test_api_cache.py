@@ -6,11 +6,12 @@ import time
 
 import pytest
 
-from etcd_fixture import client_identity, start_etcd
 from serpens.common.store import Store
 from serpens.controller.cache import Cache
 
-pytestmark = pytest.mark.timeout(60)
+from support.etcd import client_identity, start_etcd
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
 
 async def until(predicate, timeout=10.0):

@@ -16,8 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from etcd_fixture import (client_identity, etcd, free_port, identity, pki,  # noqa: F401
-                          secure_channel, start_etcd)
 from serpens.cli import config
 from serpens.common import rpc
 from serpens.common.auth import METHOD_ROLES
@@ -25,10 +23,11 @@ from serpens.common.pki import CA, Identity
 from serpens.common.store import Store, StoreUnavailable
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
-from test_cluster import NODE, Agent
-from test_controller_api import BIN, FW_MON_NAT, Controller
 
-pytestmark = pytest.mark.timeout(60)
+from support.cluster import BIN, FW_MON_NAT, NODE, Agent, Controller
+from support.etcd import client_identity, free_port, identity, pki, secure_channel, start_etcd
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
 
 def test_every_rpc_of_the_proto_has_a_row_and_every_row_an_rpc():

@@ -13,14 +13,14 @@ import time
 import grpc
 import pytest
 
-from etcd_fixture import client_identity, etcd  # noqa: F401 (etcd: a fixture)
 from serpens.common.limits import LIMITS
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from test_controller_api import FW_MON_NAT, Controller, sfc_spec
+from support.cluster import FW_MON_NAT, Controller, sfc_spec
+from support.etcd import client_identity
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
 PREFIX = "/serpens/v1/"
 BOMB = ("apiVersion: serpens/v1\nkind: SFC\nmetadata: {name: bomb}\nspec:\n"
@@ -56,6 +56,8 @@ BAD_SPECS = [  # (spec text, the field its refusal names)
     (document({"nfs": {"m": {"stock": "mon", "image": "x"}}, "chain": ["m"]}),
      "spec.nfs.m.image"),
     (document(dict(MON, match=[{"dst": "10.0.0.0/8", "vlan": 3}])), "spec.match[0].vlan"),
+    (document(dict(MON, match=[{"src": "10.0.0.0/8", "dst": "2001:db8::/32"}])),
+     "spec.match[0].dst"),  # one IP version per rule
     (document({"nfs": {"m": {"stock": "mon"}, "n": {"stock": "mon"}},
                "chain": [{"distribute": ["m", "n"], "weights": [1, 2]}]}),
      "spec.chain[0].weights"),

@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.dataplane
+
 
 def test_startup_bench_json_contract():
     out = subprocess.run(
@@ -22,7 +26,7 @@ def test_startup_bench_json_contract():
 def test_state_bench_json_contract():
     out = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state", "--json",
-         "--seconds", "0.2", "--flows", "500", "--entries", "4096"],
+         "--seconds", "0.1", "--flows", "500", "--entries", "4096"],
         capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -49,15 +53,16 @@ def _bench(*args, timeout=300):
 
 
 def test_sfc_bench_json_contract():
-    r = _bench("sfc", "--seconds", "0.1", "--flows", "1000")
+    r = _bench("sfc", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000")
     assert r["sfc_mpps"] > 0 and r["null_sfc_mpps"] > 0 and r["testpmd_mpps"] > 0
     assert 0 < r["latency_us"]["p50"] <= r["latency_us"]["p99"]
     assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
+    assert r["params"]["warmup"] == 0.05
 
 
 def test_chain_bench_json_contract():
-    r = _bench("chain", "--seconds", "0.1", "--flows", "1000", "--lengths", "1,2",
+    r = _bench("chain", "--seconds", "0.05", "--flows", "1000", "--lengths", "1,2",
                "--check-frames", "500")
     for n in ("1", "2"):
         out = r[n]["serpens"]["output"]
@@ -116,7 +121,7 @@ def test_scale_bench_json_contract():
 
 def test_control_bench_json_contract():
     r = _bench("control", "--applies", "2", "--scales", "2", "--nfs", "20", "--sfcs", "5",
-               "--api-seconds", "0.5", "--clients", "4")
+               "--api-seconds", "0.25", "--clients", "4")
     for key in ("apply_to_traffic_ms", "scale_ms"):
         assert 0 < r[key]["p50"] <= r[key]["p99"], key
     assert 0 < r["failover_s"] < 30 and r["traffic_kept"] is True

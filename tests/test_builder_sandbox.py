@@ -9,11 +9,12 @@ from serpens.runtime_cy import builder
 from serpens.runtime_cy.builder import NFBuildError, compile_nf
 from serpens.runtime_cy.compiler_jail import landlock_abi
 
-from conftest import nf_source
+from support.nfs import nf_source
 
 SECRET = "serpens-secret-line-7f3a9c"
 
-pytestmark = pytest.mark.skipif(landlock_abi() < 1, reason="kernel without Landlock")
+pytestmark = [pytest.mark.unit,
+              pytest.mark.skipif(landlock_abi() < 1, reason="kernel without Landlock")]
 
 
 @pytest.fixture

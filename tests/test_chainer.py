@@ -1,23 +1,19 @@
 """The chainer runs an SFC as function calls over a labelled batch (paper Fig. 6), checked
 packet by packet with the `mark` NF, which writes its id into each packet it sees."""
-import struct
-
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
-from serpens.agent.harness import PacketHarness
 from serpens.runtime_cy.sfc import NF, SFCError, aggregate, chain, compile_sfc, distribute
+
+from support.harness import PacketHarness
+from support.packets import eth, trace
+
+pytestmark = pytest.mark.dataplane
 
 
 def frame(sel: int, sport: int = 1234, src="10.0.0.1") -> bytes:
     payload = bytes(31) + bytes([sel])  # payload[0] = trace length, payload[31] = selector
-    return bytes(Ether() / IP(src=src, dst="10.9.9.9") / UDP(sport=sport, dport=80) / payload)
-
-
-def trace(data: bytes) -> list:
-    payload = bytes(Ether(data)[UDP].payload)
-    return list(payload[1:1 + payload[0]])
+    return bytes(eth() / IP(src=src, dst="10.9.9.9") / UDP(sport=sport, dport=80) / payload)
 
 
 def mark(build, nf_id, decide=False, ports=1):
@@ -86,7 +82,7 @@ def test_empty_sfc_forwards_everything(pool):
 
 def test_malformed_frames_are_dropped_and_counted(pool, build):
     sfc = compile_sfc(mark(build, 1))
-    bad = [b"\x00" * 10, bytes(Ether() / IP() / UDP() / b"short"), frame(0)[:40]]
+    bad = [b"\x00" * 10, bytes(eth() / IP() / UDP() / b"short"), frame(0)[:40]]
     with PacketHarness(pool, sfc) as h:
         results = h.run(bad + [frame(0)])
         counters = h.nf_counters()[0]["counters"]

@@ -15,7 +15,9 @@ from serpens.common.limits import LIMITS, InputLimits
 from serpens.common.node_spec import parse_node
 from serpens.common.spec import SpecError, parse_sfc
 
-from test_node import NODE
+from support.node_specs import NODE
+
+pytestmark = pytest.mark.unit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MON = "apiVersion: serpens/v1\nkind: SFC\nmetadata: {name: m}\nspec:\n  nfs: {m: {stock: mon}}\n"

@@ -2,12 +2,15 @@
 import struct
 import time
 
+import pytest
 
 from serpens.agent.state_manager import StateManager
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from router_site import Site
-from test_router import decode, frame
+from support.packets import flow_decode, flow_frame
+from support.sites import Site
+
+pytestmark = pytest.mark.dataplane
 
 
 def wait_for(cond, timeout=10.0):
@@ -22,11 +25,11 @@ def test_start_on_demand_scale_to_zero_and_state_kept(dataplane, pool, build):
     site = Site(dataplane, pool, sfc, "imzero", warm_s=0.2)
     try:
         assert site.manager.count() == 0
-        site.send([frame(f, 0) for f in range(8)] * 4)
+        site.send([flow_frame(f, 0) for f in range(8)] * 4)
         assert len(site.receive(32)) == 32          # nothing lost while the instance started
         assert site.manager.starts == 1
         wait_for(lambda: site.manager.count() == 0)  # warm period over: scaled to zero
-        site.send([frame(f, 1) for f in range(8)] * 4)
+        site.send([flow_frame(f, 1) for f in range(8)] * 4)
         assert len(site.receive(32)) == 32
         assert site.manager.starts == 2
     finally:
@@ -40,10 +43,10 @@ def test_scale_out_and_in_keeps_flows_whole(dataplane, pool, build):
     try:
         site.manager.scale(2)
         for seq in range(10):
-            site.send([frame(f, seq) for f in range(32)])
+            site.send([flow_frame(f, seq) for f in range(32)])
             if seq == 5:
                 site.manager.scale(1)
-        out = [decode(d) for d in site.receive(320)]
+        out = [flow_decode(d) for d in site.receive(320)]
     finally:
         site.close()
     last = {}

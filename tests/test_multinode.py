@@ -11,14 +11,14 @@ import tempfile
 import grpc
 import pytest
 
-from etcd_fixture import start_etcd
 from serpens.cli.cluster import local_node
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from test_cluster import Agent, status, wait_until
-from test_controller_api import FW_MON_NAT, Controller
+from support.cluster import Agent, status, wait_until
+from support.cluster import FW_MON_NAT, Controller
+from support.etcd import start_etcd
 
-pytestmark = [pytest.mark.timeout(180),
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: root")]
 
 
@@ -105,9 +105,12 @@ def cluster(servers, tmp_path_factory):
 
 def test_nodes_register_from_their_own_servers(cluster, servers):
     controller, _ = cluster
-    nodes = controller.stub.ListNodes(pb.ListNodesRequest(), timeout=5).nodes
-    addresses = {n.name: json.loads(n.record_json)["address"].rpartition(":")[0] for n in nodes}
-    assert addresses == servers.address
+
+    def addresses():  # an agent serves a moment before its registration is in etcd
+        nodes = controller.stub.ListNodes(pb.ListNodesRequest(), timeout=5).nodes
+        return {n.name: json.loads(n.record_json)["address"].rpartition(":")[0] for n in nodes}
+    wait_until(lambda: len(addresses()) == len(servers.address), 10, controller.output)
+    assert addresses() == servers.address
 
 
 def test_sfcs_spread_over_servers_and_move_off_a_cut_server_where_they_fit(cluster, servers):

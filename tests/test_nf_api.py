@@ -6,9 +6,13 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from serpens.agent.harness import PacketHarness
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
+
+from support.harness import PacketHarness
+from support.packets import eth
+
+pytestmark = pytest.mark.dataplane
 
 OK, NON_IP, TRUNCATED, BAD, FRAGMENT = range(5)
 
@@ -18,14 +22,14 @@ def b(pkt):
 
 
 @pytest.mark.parametrize("pkt,result,family,l4", [
-    (Ether() / IP() / TCP() / b"data", OK, 4, 34),
-    (Ether() / Dot1Q(vlan=5) / IP(options=b"\x01\x01\x01\x01") / UDP(), OK, 4, 42),
-    (Ether() / IPv6() / IPv6ExtHdrHopByHop() / UDP() / b"x", OK, 6, 62),
-    (Ether() / IPv6() / ICMPv6EchoRequest(id=7), OK, 6, 54),
-    (Ether() / IP(flags="MF") / UDP(), OK, 4, 34),
-    (Ether() / IP(frag=10) / UDP(), FRAGMENT, 4, 0),
-    (Ether() / IPv6() / IPv6ExtHdrFragment(offset=3) / UDP(), FRAGMENT, 6, 0),
-    (Ether() / ARP(), NON_IP, 0, 0),
+    (eth() / IP() / TCP() / b"data", OK, 4, 34),
+    (eth() / Dot1Q(vlan=5) / IP(options=b"\x01\x01\x01\x01") / UDP(), OK, 4, 42),
+    (eth() / IPv6() / IPv6ExtHdrHopByHop() / UDP() / b"x", OK, 6, 62),
+    (eth() / IPv6() / ICMPv6EchoRequest(id=7), OK, 6, 54),
+    (eth() / IP(flags="MF") / UDP(), OK, 4, 34),
+    (eth() / IP(frag=10) / UDP(), FRAGMENT, 4, 0),
+    (eth() / IPv6() / IPv6ExtHdrFragment(offset=3) / UDP(), FRAGMENT, 6, 0),
+    (eth() / ARP(), NON_IP, 0, 0),
 ])
 def test_parse(pkt, result, family, l4):
     r, h = dp.parse(b(pkt))
@@ -35,22 +39,22 @@ def test_parse(pkt, result, family, l4):
 
 
 def test_parse_refuses_bad_headers():
-    good = b(Ether() / IP() / TCP())
+    good = b(eth() / IP() / TCP())
     assert dp.parse(good[:20])[0] == TRUNCATED
     assert dp.parse(good[:14 + 20 + 10])[0] == TRUNCATED      # TCP header cut
     ihl3 = good[:14] + bytes([0x43]) + good[15:]
     assert dp.parse(ihl3)[0] == BAD
     v5 = good[:14] + bytes([0x55]) + good[15:]
     assert dp.parse(v5)[0] == BAD
-    too_long = b(Ether() / IP(len=500) / TCP())
+    too_long = b(eth() / IP(len=500) / TCP())
     assert dp.parse(too_long)[0] == TRUNCATED
     assert dp.parse(b"")[0] == TRUNCATED
 
 
 def test_parse_never_reads_past_the_frame():
     rng = random.Random(7)
-    base = [b(Ether() / IP() / TCP() / (b"x" * 20)), b(Ether() / IPv6() / IPv6ExtHdrHopByHop() / UDP()),
-            b(Ether() / Dot1Q() / Dot1Q() / IP() / ICMP())]
+    base = [b(eth() / IP() / TCP() / (b"x" * 20)), b(eth() / IPv6() / IPv6ExtHdrHopByHop() / UDP()),
+            b(eth() / Dot1Q() / Dot1Q() / IP() / ICMP())]
     for _ in range(3000):
         f = bytearray(rng.choice(base))
         for _ in range(rng.randint(1, 4)):
@@ -76,8 +80,8 @@ def valid(frame: bytes) -> bool:
 
 
 def test_incremental_checksum_update(pool, build):
-    pkts = [Ether() / IP(src="10.1.2.3", dst="8.8.8.8") / TCP(sport=5555, dport=80) / b"hello",
-            Ether() / IP(src="172.16.0.9", dst="1.1.1.1", options=b"\x01" * 4) / UDP(sport=9, dport=53) / (b"q" * 33)]
+    pkts = [eth() / IP(src="10.1.2.3", dst="8.8.8.8") / TCP(sport=5555, dport=80) / b"hello",
+            eth() / IP(src="172.16.0.9", dst="1.1.1.1", options=b"\x01" * 4) / UDP(sport=9, dport=53) / (b"q" * 33)]
     with PacketHarness(pool, compile_sfc(NF(build("csum.c"), config=b"\x00"))) as h:
         results = h.run([b(p) for p in pkts])
     for r in results:
@@ -88,9 +92,9 @@ def test_incremental_checksum_update(pool, build):
 
 
 def test_full_checksums(pool, build):
-    pkts = [Ether() / IP() / TCP() / b"odd", Ether() / IP() / UDP() / (b"x" * 100),
-            Ether() / IP() / ICMP() / b"ping", Ether() / IPv6() / UDP() / b"v6",
-            Ether() / IPv6() / ICMPv6EchoRequest() / b"echo"]
+    pkts = [eth() / IP() / TCP() / b"odd", eth() / IP() / UDP() / (b"x" * 100),
+            eth() / IP() / ICMP() / b"ping", eth() / IPv6() / UDP() / b"v6",
+            eth() / IPv6() / ICMPv6EchoRequest() / b"echo"]
     corrupted = []
     for p in pkts:
         f = bytearray(b(p))

@@ -12,13 +12,17 @@ import struct
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.l2 import ARP
 
-from serpens.agent.harness import NFHarness, PacketHarness
 from serpens.agent.process_pool import PoolError
 from serpens.nfs import fw
 from serpens.nfs.fw import ConfigError, encode_config
 from serpens.runtime_cy.sfc import NF, compile_sfc
+
+from support.harness import NFHarness, PacketHarness
+from support.packets import BROADCAST, eth
+
+pytestmark = pytest.mark.dataplane
 
 _nets = itertools.count(1)
 
@@ -30,31 +34,31 @@ def fresh_net() -> str:
 
 
 def tcp(src="10.0.0.1", dst="10.9.9.9", sport=1234, dport=80, **kw):
-    return bytes(Ether() / IP(src=src, dst=dst, **kw) / TCP(sport=sport, dport=dport) / b"data")
+    return bytes(eth() / IP(src=src, dst=dst, **kw) / TCP(sport=sport, dport=dport) / b"data")
 
 
 def udp(src="10.0.0.1", dst="10.9.9.9", sport=1234, dport=53, **kw):
-    return bytes(Ether() / IP(src=src, dst=dst, **kw) / UDP(sport=sport, dport=dport) / b"q")
+    return bytes(eth() / IP(src=src, dst=dst, **kw) / UDP(sport=sport, dport=dport) / b"q")
 
 
 def tcp6(src="2001:db8::1", dst="2001:db8:ffff::9", sport=1234, dport=80):
-    return bytes(Ether() / IPv6(src=src, dst=dst) / TCP(sport=sport, dport=dport))
+    return bytes(eth() / IPv6(src=src, dst=dst) / TCP(sport=sport, dport=dport))
 
 
 def udp6(src="2001:db8::1", dst="2001:db8:ffff::9", sport=1234, dport=53):
-    return bytes(Ether() / IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport))
+    return bytes(eth() / IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport))
 
 
 def icmp(src="10.0.0.1", dst="10.9.9.9"):
-    return bytes(Ether() / IP(src=src, dst=dst) / ICMP(id=7))
+    return bytes(eth() / IP(src=src, dst=dst) / ICMP(id=7))
 
 
 def icmp6(src="2001:db8::1", dst="2001:db8::2"):
-    return bytes(Ether() / IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=7))
+    return bytes(eth() / IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=7))
 
 
 def arp():
-    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.9"))
+    return bytes(eth(dst=BROADCAST) / ARP(pdst="10.0.0.9"))
 
 
 class FW(NFHarness):
@@ -170,7 +174,7 @@ def test_port_ranges(pool, build_stock):
 
 
 def test_protocols(pool, build_stock):
-    gre = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", proto=47) / (b"\x00" * 8))
+    gre = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2", proto=47) / (b"\x00" * 8))
     frames = [tcp(), udp(), icmp(), icmp6(), gre]
     cases = {"tcp": ["out", "drop", "drop", "drop", "drop"],
              "udp": ["drop", "out", "drop", "drop", "drop"],
@@ -191,9 +195,9 @@ def test_non_ip_follows_the_default_not_the_rules(pool, build_stock):
 
 
 def test_non_first_fragments_match_only_rules_without_ports(pool, build_stock):
-    frag4 = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", proto=17, frag=10) / (b"x" * 16))
+    frag4 = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2", proto=17, frag=10) / (b"x" * 16))
     first4 = udp(src="10.0.0.1", dst="10.0.0.2", flags="MF")
-    frag6 = bytes(Ether() / IPv6(src="2001:db8::1") / IPv6ExtHdrFragment(nh=17, offset=3) /
+    frag6 = bytes(eth() / IPv6(src="2001:db8::1") / IPv6ExtHdrFragment(nh=17, offset=3) /
                   (b"x" * 16))
     by_port = {"rules": [{"action": "allow", "proto": "udp", "dport": 53}], "default": "deny"}
     assert verdicts(pool, build_stock, by_port, [frag4, first4, frag6]) == ["drop", "out", "drop"]
@@ -214,8 +218,8 @@ def test_malformed_frames_are_dropped_and_counted(pool, build_stock):
            good[:14 + 20 + 10],                            # TCP header cut
            good[:14] + bytes([0x43]) + good[15:],          # IHL 3
            good[:14] + bytes([0x55]) + good[15:],          # version 5
-           bytes(Ether() / IP(len=500) / TCP()),           # IP length beyond the frame
-           bytes(Ether() / IPv6(plen=300) / UDP())]        # IPv6 payload beyond the frame
+           bytes(eth() / IP(len=500) / TCP()),           # IP length beyond the frame
+           bytes(eth() / IPv6(plen=300) / UDP())]        # IPv6 payload beyond the frame
     cfg = {"rules": [{"action": "allow"}], "default": "allow"}   # malformed beats any allow
     with FW(pool, build_stock, cfg) as f:
         assert f.run(bad + [good]) == ["drop"] * len(bad) + ["out"]

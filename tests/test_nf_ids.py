@@ -24,12 +24,16 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Ether
 
 from serpens import nfs
-from serpens.agent.harness import PacketHarness
 from serpens.agent.process_pool import PoolError
 from serpens.nfs import ids
 from serpens.nfs.ids import ConfigError, encode_config
 from serpens.runtime_cy.builder import NF_INCLUDE
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc, distribute
+
+from support.harness import PacketHarness
+from support.packets import BROADCAST, eth
+
+pytestmark = pytest.mark.dataplane
 
 ALPHABET = b"ehirsx"  # small: patterns overlap, nest and are prefixes/suffixes of each other
 BODY_ALPHABET = ALPHABET + b"abcdfgjklmnopqtuvw"  # payloads: about half of them match
@@ -49,7 +53,7 @@ def naive_match(payload: bytes, patterns) -> bool:
 
 def udp_frame(body: bytes, sport=1234) -> bytes:
     """UDP with a 32-byte zero trace area first (for mark.c), then `body`."""
-    return bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(sport=sport, dport=80)
+    return bytes(eth() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(sport=sport, dport=80)
                  / (bytes(32) + body))
 
 
@@ -141,17 +145,17 @@ def test_patterns_spanning_the_payload_edges(pool, build_stock, nf_name):
     cfg = {"patterns": ["GET /admin", "\x00\x00\x00", b"\xff\xfe", "tail!"], "action": "drop"}
     ip = IP(src="10.0.0.1", dst="10.9.9.9")
     cases = [
-        (Ether() / ip / TCP(dport=80) / b"GET /admin HTTP/1.0", True),
-        (Ether() / ip / TCP(dport=80) / b"GET /admi", False),
-        (Ether() / ip / UDP() / b"..tail!", True),
-        (Ether() / ip / UDP() / b"\x00\x00", False),
-        (Ether() / ip / UDP() / b"x\xff\xfe", True),
-        (Ether() / IPv6() / UDP() / b"xx\xff\xfeyy", True),
-        (Ether() / IP(src="0.0.0.0", dst="0.0.0.0") / UDP(sport=0, dport=0) / b"clean", False),
-        (Ether() / ip / UDP() / b"", False),
+        (eth() / ip / TCP(dport=80) / b"GET /admin HTTP/1.0", True),
+        (eth() / ip / TCP(dport=80) / b"GET /admi", False),
+        (eth() / ip / UDP() / b"..tail!", True),
+        (eth() / ip / UDP() / b"\x00\x00", False),
+        (eth() / ip / UDP() / b"x\xff\xfe", True),
+        (eth() / IPv6() / UDP() / b"xx\xff\xfeyy", True),
+        (eth() / IP(src="0.0.0.0", dst="0.0.0.0") / UDP(sport=0, dport=0) / b"clean", False),
+        (eth() / ip / UDP() / b"", False),
     ]
     frames = [bytes(p) for p, _ in cases]
-    frames.append(bytes(Ether() / ip / UDP() / b"ok") + b"tail!")  # Ethernet padding: ignored
+    frames.append(bytes(eth() / ip / UDP() / b"ok") + b"tail!")  # Ethernet padding: ignored
     with PacketHarness(pool, compile_sfc(ids_nf(build_stock, cfg, nf_name, ports=1))) as h:
         results = h.run(frames)
         c = counters_of(h, nf_name)
@@ -163,17 +167,17 @@ def test_patterns_spanning_the_payload_edges(pool, build_stock, nf_name):
 def test_malformed_uninspected_and_fragments(pool, build, build_stock, nf_name):
     """Per the manual: malformed frames are suspicious (port 1 / dropped), non-IP frames pass
     uninspected, non-first fragments have their IP payload scanned."""
-    good = bytes(Ether() / IP() / TCP() / b"harmless")
+    good = bytes(eth() / IP() / TCP() / b"harmless")
     frames = {
         "truncated": b"\x00" * 10,
         "cut_tcp": good[:14 + 20 + 10],
         "bad_ihl": good[:14] + bytes([0x43]) + good[15:],
-        "ip_len_past_frame": bytes(Ether() / IP(len=500) / UDP() / b"x"),
-        "arp": bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.9")),
-        "frag4_evil": bytes(Ether() / IP(frag=10, proto=17) / b"...evil..."),
-        "frag4_clean": bytes(Ether() / IP(frag=10, proto=17) / b"...good..."),
-        "frag6_evil": bytes(Ether() / IPv6() / IPv6ExtHdrFragment(offset=3, nh=17) / b"evil"),
-        "first_frag_evil": bytes(Ether() / IP(flags="MF") / UDP() / b"evil"),
+        "ip_len_past_frame": bytes(eth() / IP(len=500) / UDP() / b"x"),
+        "arp": bytes(eth(dst=BROADCAST) / ARP(pdst="10.0.0.9")),
+        "frag4_evil": bytes(eth() / IP(frag=10, proto=17) / b"...evil..."),
+        "frag4_clean": bytes(eth() / IP(frag=10, proto=17) / b"...good..."),
+        "frag6_evil": bytes(eth() / IPv6() / IPv6ExtHdrFragment(offset=3, nh=17) / b"evil"),
+        "first_frag_evil": bytes(eth() / IP(flags="MF") / UDP() / b"evil"),
         "clean": good,
     }
     suspicious = {"truncated", "cut_tcp", "bad_ihl", "ip_len_past_frame", "frag4_evil",

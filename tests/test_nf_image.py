@@ -18,10 +18,12 @@ import pytest
 
 from serpens.runtime_cy import _image
 from serpens.runtime_cy.builder import (
-    NF_CFLAGS, NF_LDFLAGS, NF_MEM_SOURCE, NF_REGION_BASE, NF_AREA_SIZE, NF_AREAS, NFBuildError,
-    NFImage, NFRefusedError, AreaAllocator, build_nf, compile_nf, prepare_image, area_base,
-    verify_nf,
+    NF_CACHE_ENV, NF_CFLAGS, NF_LDFLAGS, NF_MEM_SOURCE, NF_REGION_BASE, NF_AREA_SIZE, NF_AREAS,
+    NFBuildError, NFImage, NFRefusedError, AreaAllocator, build_nf, compile_nf, prepare_image,
+    area_base, verify_nf,
 )
+
+pytestmark = pytest.mark.unit
 
 NFS = Path(__file__).parent / "nfs"
 PAGE = 4096
@@ -179,6 +181,56 @@ def test_fuzz_truncated_and_corrupted(pass_so, big_so):
         fd, layout = _image.prepare(so, area_base(1))  # must not crash either
         os.close(fd)
     assert accepted < len(cases)
+
+
+# -- compiled objects shared between processes (SERPENS_NF_CACHE_DIR) ---------------------------
+
+_COMPILE_STDIN = ("import sys; from serpens.runtime_cy.builder import compile_nf; "
+                  "sys.stdout.buffer.write(compile_nf(sys.stdin.read(), name='pass'))")
+
+
+def test_processes_share_compiled_nfs_through_the_cache_directory(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    src = source("pass") + f"/* {tmp_path}: a source no process compiled yet */\n"
+
+    def compile_in_a_new_process():
+        return subprocess.run([sys.executable, "-c", _COMPILE_STDIN], input=src.encode(),
+                              env={**os.environ, NF_CACHE_ENV: str(cache)},
+                              capture_output=True, check=True).stdout
+
+    first = compile_in_a_new_process()
+    assert first[:4] == b"\x7fELF"
+    [kept] = cache.glob("*.so")
+    assert kept.read_bytes() == first and not list(cache.glob(".*"))  # no temporary left
+    # the next process takes the object from there (shown by another one put in its place)
+    other = compile_nf(source("big_globals"), name="big_globals")
+    kept.write_bytes(other)
+    assert compile_in_a_new_process() == other
+
+
+def test_a_failed_build_is_not_kept(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    monkeypatch.setenv(NF_CACHE_ENV, str(cache))
+    for _ in range(2):  # compiled (and refused) each time
+        with pytest.raises(NFBuildError, match=r"bad_syntax\.c:\d+"):
+            compile_nf(source("bad_syntax") + f"/* {tmp_path} */\n", name="bad_syntax")
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o770], ids=["0755", "0770"])
+def test_a_cache_directory_others_can_use_is_refused(tmp_path, monkeypatch, mode):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(mode)
+    monkeypatch.setenv(NF_CACHE_ENV, str(cache))
+    with pytest.raises(NFBuildError, match=r"SERPENS_NF_CACHE_DIR=.*mode 0700"):
+        compile_nf(source("pass") + f"/* {tmp_path} */\n", name="pass")
+    monkeypatch.setenv(NF_CACHE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(NFBuildError, match=r"SERPENS_NF_CACHE_DIR=.*missing: No such file"):
+        compile_nf(source("pass") + f"/* {tmp_path} */\n", name="pass")
+    assert list(cache.iterdir()) == []
 
 
 # -- images ------------------------------------------------------------------------------------

@@ -15,12 +15,16 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from serpens.agent.harness import NFHarness
 from serpens.agent.process_pool import PoolError
 from serpens.agent.state_manager import StateManager
 from serpens.nfs import mon
 from serpens.nfs.mon import ConfigError, encode_config, read_flows, read_hosts
 from serpens.runtime_cy.sfc import NF
+
+from support.harness import NFHarness
+from support.packets import eth
+
+pytestmark = pytest.mark.dataplane
 
 _names = itertools.count(1)
 
@@ -30,11 +34,6 @@ def fresh_name(what="mon") -> str:
 
 
 # ---- packets and what MON should count for them --------------------------------------------
-
-
-def eth(**kw):
-    """Explicit addresses: scapy would otherwise resolve the destination (ARP/ND on the wire)."""
-    return Ether(src="02:00:00:00:00:01", dst=kw.pop("dst", "02:00:00:00:00:02"), **kw)
 
 
 def tcp(src="10.0.0.1", dst="10.9.9.9", sport=1234, dport=80, payload=b"data"):

@@ -20,24 +20,22 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from serpens.agent.harness import NFHarness, PacketHarness
 from serpens.agent.state_manager import StateManager
 from serpens.nfs import nat, source_path
 from serpens.nfs.nat import ConfigError, decode_config, encode_config
 from serpens.runtime_cy.builder import NF_INCLUDE
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
+from support.harness import NFHarness, PacketHarness
+from support.packets import BROADCAST, eth
+
+pytestmark = pytest.mark.dataplane
+
 INTERNAL = "10.0.0.0/8"
 EXT = "192.0.2.1"
 EXT2 = "192.0.2.2"
 REMOTE = "198.51.100.7"
-MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
 _ids = itertools.count()
-
-
-def eth():
-    """Ethernet with both addresses set: scapy would otherwise ARP for them."""
-    return Ether(src=MAC_A, dst=MAC_B)
 
 
 def nat_name(tag: str) -> str:
@@ -329,7 +327,7 @@ def test_unknown_inbound_is_dropped_and_counted(pool, build_stock):
 
 
 def test_passthrough_malformed_and_unsupported(pool, build_stock):
-    arp = bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.9"))
+    arp = bytes(eth(dst=BROADCAST) / ARP(pdst="10.0.0.9"))
     outside = tcp(src="172.16.0.1", dst=REMOTE)
     v6 = bytes(eth() / IPv6(src="fd00::1", dst="2001:db8::1") / UDP())
     truncated = tcp()[:14 + 12]

@@ -12,7 +12,6 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from serpens.agent.harness import PacketHarness
 from serpens.nfs import source_path
 from serpens.nfs.vpn import CONFIG_LEN, SEQ_TABLE, ConfigError, encode_config
 from serpens.runtime_cy import _dataplane as dp
@@ -20,6 +19,11 @@ from serpens.runtime_cy.builder import NF_CFLAGS, NF_INCLUDE
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from scapy.layers.ipsec import ESP, IPSecIntegrityError, SecurityAssociation
+
+from support.harness import PacketHarness
+from support.packets import eth
+
+pytestmark = pytest.mark.dataplane
 
 try:  # scapy's ESP AES-GCM runs on the cryptography package
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -171,7 +175,7 @@ def test_init_revalidates_the_bytes(pool, build_stock, mangle):
     sfc = compile_sfc(NF(build_stock("vpn"), config=bad, name=STEP))
     with pytest.raises(Exception):
         with PacketHarness(pool, sfc) as h:
-            h.run([bytes(Ether() / IP() / UDP())])
+            h.run([bytes(eth() / IP() / UDP())])
 
 
 # ---- AES-GCM known answers (the NF's own code, compiled for the host) --------------------
@@ -291,9 +295,9 @@ def test_vlan_ethernet_padding_and_ipv6_inner(pool, build_stock, seq_table):
     v6 = IPv6(bytes(IPv6(src="2001:db8::1", dst="2001:db8::2", tc=0x28) / UDP(sport=5, dport=6) /
                     bytes(range(200))))
     frames = [
-        bytes(Ether() / v4) + bytes(20),                  # Ethernet padding after the IP packet
-        bytes(Ether() / Dot1Q(vlan=42) / v4),             # VLAN tag kept
-        bytes(Ether() / v6),
+        bytes(eth() / v4) + bytes(20),                  # Ethernet padding after the IP packet
+        bytes(eth() / Dot1Q(vlan=42) / v4),             # VLAN tag kept
+        bytes(eth() / v6),
     ]
     with PacketHarness(pool, compile_sfc(vpn_nf(build_stock, SPI_V6))) as h:
         results = h.run(frames)
@@ -317,7 +321,7 @@ def test_vlan_ethernet_padding_and_ipv6_inner(pool, build_stock, seq_table):
 
 def test_sequence_numbers_rise_across_batches(pool, build_stock, seq_table):
     set_seq(seq_table, SPI_BATCHES, 0)
-    frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"hello")
+    frame = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"hello")
     seqs = []
     with PacketHarness(pool, compile_sfc(vpn_nf(build_stock, SPI_BATCHES))) as h:
         for n in (1, 5, 31, 32, 33, 100, 7):
@@ -334,7 +338,7 @@ def test_sequence_numbers_rise_across_batches(pool, build_stock, seq_table):
 def test_two_instances_never_share_a_sequence_number(pool, build_stock, seq_table):
     set_seq(seq_table, SPI_TWO, 0)
     n = 3000
-    frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=i & 0xFFFF) /
+    frames = [bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=i & 0xFFFF) /
                     bytes(i % 50)) for i in range(n)]
     out = {}
     errors = []
@@ -377,7 +381,7 @@ def test_two_instances_never_share_a_sequence_number(pool, build_stock, seq_tabl
 
 def test_sequence_numbers_never_wrap(pool, build_stock, seq_table):
     set_seq(seq_table, SPI_EXHAUST, 2**32 - 4)
-    frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"last")
+    frame = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"last")
     with PacketHarness(pool, compile_sfc(vpn_nf(build_stock, SPI_EXHAUST))) as h:
         first = h.run([frame] * 10)
         second = h.run([frame] * 5)
@@ -393,18 +397,18 @@ def test_sequence_numbers_never_wrap(pool, build_stock, seq_table):
 
 def test_non_ip_malformed_and_too_big_are_dropped_and_counted(pool, build_stock, seq_table):
     set_seq(seq_table, SPI_MISC, 0)
-    good = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"ok")
+    good = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"ok")
     bad_ip = bytearray(good)
     bad_ip[14] = 0x43  # IHL 3
-    truncated = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / bytes(100))[:60]
+    truncated = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / bytes(100))[:60]
     frames = [
-        bytes(Ether() / ARP()),                   # non-IP
+        bytes(eth() / ARP()),                   # non-IP
         b"\x00" * 10,                             # not even Ethernet
         bytes(bad_ip),                            # bad IP header
         truncated,                                # IP total length past the frame
         good,
-        bytes(Ether() / IP() / UDP() / bytes(2040 - 42)),  # no tailroom for the trailer
-        bytes(Ether() / IP() / UDP() / bytes(1958)),       # just fits (2000 + 56 bytes)
+        bytes(eth() / IP() / UDP() / bytes(2040 - 42)),  # no tailroom for the trailer
+        bytes(eth() / IP() / UDP() / bytes(1958)),       # just fits (2000 + 56 bytes)
         good,
     ]
     with PacketHarness(pool, compile_sfc(vpn_nf(build_stock, SPI_MISC))) as h:
@@ -422,7 +426,7 @@ def test_non_ip_malformed_and_too_big_are_dropped_and_counted(pool, build_stock,
 @needs_crypto
 def test_wrong_key_does_not_decrypt(pool, build_stock, seq_table):
     set_seq(seq_table, SPI_MISC, 0)
-    frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"secret")
+    frame = bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"secret")
     with PacketHarness(pool, compile_sfc(vpn_nf(build_stock, SPI_MISC))) as h:
         (r,) = h.run([frame])
     assert b"secret" not in r.data

@@ -8,40 +8,14 @@ import pytest
 
 from serpens.agent.node import Node, check_references
 from serpens.common.node_spec import parse_node
-from serpens.common.spec import SpecError, parse_sfc
+from serpens.common.spec import SpecError
 
-from test_chainer import trace
-from router_site import Wire
-from test_router_sfcs import udp
+from support.node_specs import NODE, sfc
+from support.packets import trace
+from support.packets import udp
+from support.sites import Wire
 
-MARK = os.path.join(os.path.dirname(__file__), "nfs", "mark.c")
-
-NODE = """
-apiVersion: serpens/v1
-kind: Node
-metadata: {name: edge-1}
-spec:
-  ports:
-    wan: net_ring_wan
-    lan: net_ring_lan
-    dmz: net_ring_dmz
-  input: [wan]
-  output: lan
-  pool: 2
-"""
-
-
-def sfc(name, mark_id, extra=""):
-    return parse_sfc(f"""
-apiVersion: serpens/v1
-kind: SFC
-metadata: {{name: {name}}}
-spec:
-  nfs:
-    mark: {{source: {MARK}, config_hex: "{mark_id:02x}00"}}
-  chain: [mark]
-{extra}""")
-
+pytestmark = pytest.mark.dataplane
 
 @pytest.mark.parametrize("old, new, field", [
     ("wan: net_ring_wan", "wan: foo0", "spec.ports.wan"),

@@ -15,6 +15,8 @@ from serpens.agent.instance_manager import InstanceManager
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
+pytestmark = pytest.mark.dataplane
+
 DPORT = 47001  # our test traffic; the kernel may send its own frames on the veth too
 
 

@@ -6,17 +6,20 @@ import time
 
 import pytest
 
-from etcd_fixture import PartitionProxy, client_identity, etcd, free_port, tls_args  # noqa: F401 (etcd: a fixture)
 from serpens.agent.node import Node
-from serpens.agent.registration import NODES_PREFIX, Registration, node_key
+from serpens.agent.registration import Registration
+from serpens.common.keys import Keys
 from serpens.common.node_spec import parse_node
 from serpens.common.store import Store
 
-from test_node import NODE, sfc
-from router_site import Wire
-from test_router_sfcs import udp
+from support.etcd import PartitionProxy, client_identity, free_port, tls_args
+from support.node_specs import NODE, sfc
+from support.packets import udp
+from support.sites import Wire
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
+
+NODES_PREFIX, node_key = Keys().nodes, Keys().node
 
 
 @pytest.fixture

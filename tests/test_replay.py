@@ -9,19 +9,23 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
 
-from serpens.agent.harness import PacketHarness
 from serpens.agent.sfc_builder import build_sfc
 from serpens.common.spec import SpecError, load_sfc, parse_sfc
+
+from support.harness import PacketHarness
+from support.packets import eth
+
+pytestmark = pytest.mark.dataplane
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "fw-mon-nat.yaml")
 SERPENSCTL = os.path.join(os.path.dirname(sys.executable), "serpensctl")
 
 
 def traffic():
-    pkts = [Ether() / IP(src=f"10.0.0.{i % 20 + 1}", dst="8.8.8.8") / UDP(sport=1000 + i % 20, dport=53)
+    pkts = [eth() / IP(src=f"10.0.0.{i % 20 + 1}", dst="8.8.8.8") / UDP(sport=1000 + i % 20, dport=53)
             / b"query" for i in range(200)]
-    pkts += [Ether() / IP(src="10.0.0.1", dst="1.2.3.4") / TCP(dport=23)] * 5      # denied
-    pkts += [Ether() / IP(src="192.0.2.1", dst="9.9.9.9") / UDP()] * 3             # not ours
+    pkts += [eth() / IP(src="10.0.0.1", dst="1.2.3.4") / TCP(dport=23)] * 5      # denied
+    pkts += [eth() / IP(src="192.0.2.1", dst="9.9.9.9") / UDP()] * 3             # not ours
     return [bytes(p) for p in pkts]
 
 

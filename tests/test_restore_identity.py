@@ -17,11 +17,11 @@ from serpens.common.spec import parse_sfc
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
-from router_site import Wire
-from test_node import NODE
-from test_router_sfcs import udp
+from support.node_specs import NODE
+from support.packets import udp
+from support.sites import Wire
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.dataplane, pytest.mark.timeout(60)]
 
 MON_NAT = """
 apiVersion: serpens/v1

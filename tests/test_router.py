@@ -6,23 +6,13 @@ import threading
 import time
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from router_site import Site
+from support.packets import flow_decode, flow_frame
+from support.sites import Site
 
-
-def frame(flow: int, seq: int) -> bytes:
-    return bytes(Ether() / IP(src=f"10.0.{flow // 256}.{flow % 256}", dst="10.9.9.9")
-                 / UDP(sport=1000 + flow, dport=80) / struct.pack("<II", 0, seq))
-
-
-def decode(data: bytes):
-    p = Ether(data)
-    inst, seq = struct.unpack("<II", bytes(p[UDP].payload)[:8])
-    return p[UDP].sport - 1000, inst, seq
+pytestmark = pytest.mark.dataplane
 
 
 @pytest.fixture
@@ -36,9 +26,9 @@ def node(dataplane, pool, build, request):
 def test_flows_stay_on_one_instance_and_both_are_used(node):
     node.manager.scale(2)
     ids = node.instance_ids()
-    frames = [frame(f, s) for s in range(20) for f in range(64)]
+    frames = [flow_frame(f, s) for s in range(20) for f in range(64)]
     node.send(frames)
-    out = [decode(d) for d in node.receive(len(frames))]
+    out = [flow_decode(d) for d in node.receive(len(frames))]
     owner, last = {}, {}
     for flow, inst, seq in out:
         assert owner.setdefault(flow, inst) == inst, f"flow {flow} on two instances"
@@ -51,16 +41,16 @@ def test_flows_stay_on_one_instance_and_both_are_used(node):
 def test_scale_in_moves_flows_without_loss_or_reordering(node):
     node.manager.scale(2)
     ids = node.instance_ids()
-    node.send([frame(f, 0) for f in range(64)])
-    first = {flow: inst for flow, inst, _ in map(decode, node.receive(64))}
+    node.send([flow_frame(f, 0) for f in range(64)])
+    first = {flow: inst for flow, inst, _ in map(flow_decode, node.receive(64))}
     assert ids[1] in first.values()
-    sender = threading.Thread(target=node.send, args=([frame(f, s) for s in range(1, 30)
+    sender = threading.Thread(target=node.send, args=([flow_frame(f, s) for s in range(1, 30)
                                                        for f in range(64)],))
     sender.start()
     node.manager.scale(1)  # retires instance 1 while traffic flows
     sender.join()
-    node.send([frame(f, s) for s in range(30, 40) for f in range(64)])  # after the drain
-    out = [decode(d) for d in node.receive(64 * 39)]
+    node.send([flow_frame(f, s) for s in range(30, 40) for f in range(64)])  # after the drain
+    out = [flow_decode(d) for d in node.receive(64 * 39)]
     last = {}
     for flow, inst, seq in out:
         assert seq == last.get(flow, 0) + 1, f"flow {flow}: lost or reordered at {seq}"
@@ -75,7 +65,7 @@ def test_router_wakes_a_sleeping_instance_once_per_sleep(node):
     node.manager.scale(1)
     (index, s), = node.manager.instances.items()
     proc = s.proc
-    node.send([frame(0, 0)])
+    node.send([flow_frame(0, 0)])
     node.receive(1)
     deadline = time.monotonic() + 5
     while not proc.ctl.sleeping:
@@ -88,7 +78,7 @@ def test_router_wakes_a_sleeping_instance_once_per_sleep(node):
     try:
         before = node.router.stats()["instances"][index]
         for seq in range(1, 9):
-            node.send([frame(f, seq) for f in range(32)])
+            node.send([flow_frame(f, seq) for f in range(32)])
             time.sleep(0.005)  # past the router's wake timer: it calls wake() for each
         after = node.router.stats()["instances"][index]
         assert after["enqueued"] - before["enqueued"] == 8 * 32
@@ -112,15 +102,15 @@ def test_idle_router_uses_almost_no_cpu(node):
 
 def test_scale_out_moves_a_share_of_flows_in_order(node):
     node.manager.scale(1)
-    node.send([frame(f, 0) for f in range(64)])
-    path = {flow: [inst] for flow, inst, _ in map(decode, node.receive(64))}
-    sender = threading.Thread(target=node.send, args=([frame(f, s) for s in range(1, 30)
+    node.send([flow_frame(f, 0) for f in range(64)])
+    path = {flow: [inst] for flow, inst, _ in map(flow_decode, node.receive(64))}
+    sender = threading.Thread(target=node.send, args=([flow_frame(f, s) for s in range(1, 30)
                                                        for f in range(64)],))
     sender.start()
     node.manager.scale(2)  # the new instance takes a share of the running flows
     sender.join()
-    node.send([frame(f, s) for s in range(30, 40) for f in range(64)])
-    out = [decode(d) for d in node.receive(64 * 39)]
+    node.send([flow_frame(f, s) for s in range(30, 40) for f in range(64)])
+    out = [flow_decode(d) for d in node.receive(64 * 39)]
     ids = node.instance_ids()
     last = {}
     for flow, inst, seq in out:

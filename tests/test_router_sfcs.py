@@ -5,26 +5,21 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Dot1Q, Ether
+from scapy.layers.l2 import Ether
 
 from serpens.agent.instance_manager import InstanceManager
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from router_site import Wire
-from test_chainer import trace
+from support.packets import eth, trace, udp
+from support.sites import Wire
+
+pytestmark = pytest.mark.dataplane
 
 
 def mark(build, nf_id):
     return compile_sfc(NF(build("mark.c", copy=10 + nf_id), config=bytes([nf_id, 0]),
                           name=f"mark{nf_id}"))
-
-
-def udp(dport=80, src="10.0.0.1", vlan=None, sport=1234, seq=0):
-    """A frame for `mark`: 32 bytes of UDP payload, a sequence number at bytes 16..19."""
-    l2 = Ether() / Dot1Q(vlan=vlan) if vlan else Ether()
-    payload = bytes(16) + struct.pack("<I", seq) + bytes(12)
-    return bytes(l2 / IP(src=src, dst="10.9.9.9") / UDP(sport=sport, dport=dport) / payload)
 
 
 @pytest.fixture
@@ -70,7 +65,7 @@ def test_tag_then_rules_then_default_pick_the_sfc(build, wires, running):
             udp(dport=80)]                                   # rule 3
     to_b = [udp(dport=80, src="10.1.2.3"),                   # rule 2
             udp(dport=443),                                  # the default
-            bytes(Ether() / IP(dst="10.9.9.9") / TCP(dport=53) / bytes(32))]  # default
+            bytes(eth() / IP(dst="10.9.9.9") / TCP(dport=53) / bytes(32))]  # default
     src.send(to_a + to_b)
     assert [trace(d) for d in out_a.receive(4)] == [[1]] * 4
     assert [trace(d) for d in out_b.receive(2)] == [[2]] * 2
@@ -148,3 +143,27 @@ def test_latency_log_records_each_packet_sent_in_flow_order(build, wires, runnin
         assert seq > last.get(flow, 0)
         last[flow] = seq
     assert len(last) == 4
+
+
+def test_an_sfc_added_in_a_freed_place_starts_with_no_drops_and_not_failed(wires, running):
+    src, out_a, _ = wires
+    router = dp.Router(src.port)
+    a = router.add_sfc(out_a.port)
+    router.set_default_sfc(a)
+    router.set_drop_all(a, True)  # failed: its packets are dropped at once
+    running(router, [])
+    src.send([udp(dport=80)] * 5)
+    deadline = time.monotonic() + 5
+    while router.stats()["sfcs"][a]["drops"]["sfc_failed"] < 5:
+        assert time.monotonic() < deadline, router.stats()
+        time.sleep(0.001)
+    router.remove_sfc(a)
+    b = router.add_sfc(out_a.port)
+    assert b == a  # the freed place
+    assert set(router.stats()["sfcs"][b]["drops"].values()) == {0}
+    router.set_default_sfc(b)
+    src.send([udp(dport=80)])
+    while router.stats()["sfcs"][b]["rx"] < 1:
+        assert time.monotonic() < deadline, router.stats()
+        time.sleep(0.001)
+    assert router.stats()["sfcs"][b]["drops"]["sfc_failed"] == 0  # held, not failed

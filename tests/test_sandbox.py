@@ -7,15 +7,18 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
-from serpens.agent.harness import PacketHarness
 from serpens.agent.process_pool import ProcessPool
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
+from support.harness import PacketHarness
+from support.packets import eth
+
+pytestmark = pytest.mark.dataplane
+
 
 def udp(payload: bytes) -> bytes:
-    return bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=53) / payload)
+    return bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=53) / payload)
 
 
 def status(pid: int, tid: int | None = None) -> dict:

@@ -9,13 +9,16 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
-from serpens.agent.harness import PacketHarness
 from serpens.agent.state_manager import StateError, StateManager
 from serpens.bench.baselines import RedisState
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
+
+from support.harness import PacketHarness
+from support.packets import eth
+
+pytestmark = pytest.mark.dataplane
 
 PF = dp.PER_FLOW | dp.READ | dp.WRITE
 
@@ -171,7 +174,7 @@ def test_all_of_an_nf_s_tables_are_read_and_replaced_whole(fs, tmp_path):
 
 
 def udp(sport):
-    return bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=53) / b"x")
+    return bytes(eth() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=53) / b"x")
 
 
 def test_state_outlives_instances_and_is_shared(pool, build, dataplane):
@@ -229,7 +232,7 @@ def host_counts(state_dir, nf):
 
 
 def src(ip_last, sport=1):
-    return bytes(Ether() / IP(src=f"10.1.0.{ip_last}", dst="10.0.0.2") / UDP(sport=sport) / b"x")
+    return bytes(eth() / IP(src=f"10.1.0.{ip_last}", dst="10.0.0.2") / UDP(sport=sport) / b"x")
 
 
 def test_eventual_replicas_merge_to_exact_totals(pool, build, dataplane):

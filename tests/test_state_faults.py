@@ -19,13 +19,13 @@ import tempfile
 import grpc
 import pytest
 
-from etcd_fixture import free_port
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.runtime_cy import _dataplane as dp
 
-from test_cluster import Agent, wait_until
+from support.cluster import Agent, wait_until
+from support.etcd import free_port
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 PF = dp.PER_FLOW | dp.READ | dp.WRITE
 HUGE = 2 << 20

@@ -1,4 +1,4 @@
-"""serpens.common.store against a real etcd 3.4 (tests/etcd_fixture.py): revisions and
+"""serpens.common.store against a real etcd 3.4 (tests/support/etcd.py): revisions and
 conditional writes, watches that resume across an etcd restart and re-list after compaction,
 lease expiry, leader election with fencing, and bounded failure when etcd is unreachable.
 
@@ -11,11 +11,12 @@ import socket
 
 import pytest
 
-from etcd_fixture import PartitionProxy, client_identity, etcd, free_port, start_etcd  # noqa: F401 (etcd: a fixture)
 from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Event, Leader,
                                   LeaseLost, NotLeader, Store, StoreUnavailable)
 
-pytestmark = pytest.mark.timeout(30)
+from support.etcd import PartitionProxy, client_identity, free_port, start_etcd
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(30)]
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ __all__ = ["ConfigError", "encode_config", "pack", "MAGIC", "MAX_PATTERNS", "MAX
 MAGIC = 0x31444953  # "SID1" little-endian
 MAX_PATTERNS = 10000
 MAX_PATTERN_LEN = 255
-from serpens.runtime_cy._dataplane import CONFIG_MAX  # bytes of NF config one SFC carries
 from serpens.nfs import ConfigError
+from serpens.runtime_cy.constants import CONFIG_MAX  # bytes of NF config one SFC carries
 ACTIONS = {"alert": 0, "drop": 1}
 _FIELDS = {"patterns", "action"}
 _HDR = struct.Struct("<IBBH")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from .process_pool import PoolProcess, ProcessPool
+from serpens.agent.process_pool import PoolProcess, ProcessPool
 
 _names = itertools.count()
 

@@ -1,0 +1,282 @@
+"""The records Serpens keeps in etcd (keys in common/keys.py), typed, each with the one JSON
+encoder and decoder that every reader and writer uses (the controller's API and reconciler,
+the agent's registration, serpensctl).
+
+Anything may be written under the key prefix (an operator's etcdctl, a bug, a restored
+backup): a value that is not JSON, or not the shape this version writes, must cost one
+record, not the reconciler's loop nor `get sfc` for every other record. `decode()` raises
+MalformedRecord saying what is wrong; callers skip the record and report it (the SFC's
+status; the log once per key revision, `Reported`). Fields a record carries that this
+version does not know (a newer writer's) are ignored.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+class MalformedRecord(ValueError):
+    """A stored value this version cannot use; str() says why."""
+
+
+_NUMBER = (int, float)
+_REQUIRED = object()
+_WHAT = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
+
+
+def _object(value: bytes | str) -> dict:
+    try:
+        record = json.loads(value)
+    except (ValueError, RecursionError) as e:
+        raise MalformedRecord(f"not JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(record, dict):
+        raise MalformedRecord(f"a JSON {type(record).__name__}, not an object")
+    return record
+
+
+def _field(record: dict, name: str, types, where: str = "", default=_REQUIRED):
+    """record[name], checked to be of `types` (bool is no number); `default` if absent."""
+    if name not in record and default is not _REQUIRED:
+        return default
+    value = record.get(name)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in
+                                        (types if isinstance(types, tuple) else (types,))):
+        raise MalformedRecord(f"{where}{name}: missing or not {_WHAT.get(types, 'a number')}")
+    return value
+
+
+def _names(record: dict, name: str, where: str = "", default=_REQUIRED) -> tuple[str, ...]:
+    value = _field(record, name, list, where, default)
+    if not all(isinstance(n, str) for n in value):
+        raise MalformedRecord(f"{where}{name}: not a list of names")
+    return tuple(value)
+
+
+def _check_name(record: dict, name: str | None, required: bool = True) -> str:
+    """The record's own name, which must be the one its key gives (when given); a record
+    that need not carry it (`required` False) takes the key's."""
+    if required or "name" in record or name is None:
+        own = _field(record, "name", str)
+    else:
+        own = name
+    if name is not None and own != name:
+        raise MalformedRecord(f"name: {own!r} under the key of {name!r}")
+    return own
+
+
+def _encode(fields: dict) -> str:
+    return json.dumps(fields, sort_keys=True)
+
+
+# -- NFs --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NFRecord:
+    """`nfs/<name>`: an NF deployed through the API, compiled and verified when deployed."""
+    name: str
+    description: str
+    source: str                 # the C source, sent to agents with RunSFC
+    source_sha256: str
+    image_size: int             # bytes of the verified shared object
+    created: float
+    updated: float
+
+    @classmethod
+    def decode(cls, value: bytes | str, name: str | None = None) -> NFRecord:
+        r = _object(value)
+        return cls(name=_check_name(r, name), description=_field(r, "description", str),
+                   source=_field(r, "source", str),
+                   source_sha256=_field(r, "source_sha256", str),
+                   image_size=_field(r, "image_size", int),
+                   created=_field(r, "created", _NUMBER), updated=_field(r, "updated", _NUMBER))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def encode(self) -> str:
+        return _encode(self.to_dict())
+
+
+# -- SFCs -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScaleRecord:
+    replicas: int               # instances the node is asked to run
+    min: int
+    max: int
+    target_pps: float | None = None  # autoscaled: packets/s one instance should take
+    changed_at: float = 0.0     # when replicas last changed (the autoscaler's scale-in wait)
+
+    @classmethod
+    def decode(cls, r: dict) -> ScaleRecord:
+        target = r.get("target_pps")
+        if target is not None:
+            target = _field(r, "target_pps", _NUMBER, "scale.")
+        return cls(replicas=_field(r, "replicas", int, "scale."),
+                   min=_field(r, "min", int, "scale."), max=_field(r, "max", int, "scale."),
+                   target_pps=target,
+                   changed_at=_field(r, "changed_at", _NUMBER, "scale.", 0.0))
+
+    def to_dict(self) -> dict:
+        out = {"replicas": self.replicas, "min": self.min, "max": self.max}
+        if self.target_pps is not None:
+            out["target_pps"] = self.target_pps
+        if self.changed_at:
+            out["changed_at"] = self.changed_at
+        return out
+
+
+@dataclass(frozen=True)
+class SFCRecord:
+    """`sfcs/<name>`: what the user asked for. `generation` is bumped when the spec's
+    document changes (not on a scale); what runs is the SFCStatus."""
+    name: str
+    spec: str                   # the text as applied (YAML or JSON)
+    doc: dict                   # the same, parsed
+    nfs: tuple[str, ...]        # the deployed NFs it names (nf: NAME)
+    generation: int
+    scale: ScaleRecord
+    created: float
+    updated: float
+
+    @classmethod
+    def decode(cls, value: bytes | str, name: str | None = None) -> SFCRecord:
+        r = _object(value)
+        own = _check_name(r, name)
+        return cls(name=own, spec=_field(r, "spec", str), doc=_field(r, "doc", dict),
+                   nfs=_names(r, "nfs"), generation=_field(r, "generation", int),
+                   scale=ScaleRecord.decode(_field(r, "scale", dict)),
+                   created=_field(r, "created", _NUMBER), updated=_field(r, "updated", _NUMBER))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "spec": self.spec, "doc": self.doc, "nfs": list(self.nfs),
+                "generation": self.generation, "scale": self.scale.to_dict(),
+                "created": self.created, "updated": self.updated}
+
+    def encode(self) -> str:
+        return _encode(self.to_dict())
+
+
+@dataclass(frozen=True)
+class SFCStatus:
+    """`status/<name>`: the leading controller's word on an SFC (phase Pending, Running,
+    Degraded or Failed; where it runs, which generation, how many instances)."""
+    phase: str
+    message: str = ""
+    node: str = ""
+    generation: int = 0
+    instances: int = 0
+
+    @classmethod
+    def decode(cls, value: bytes | str, name: str | None = None) -> SFCStatus:
+        r = _object(value)
+        return cls(phase=_field(r, "phase", str, default=""),
+                   message=_field(r, "message", str, default=""),
+                   node=_field(r, "node", str, default=""),
+                   generation=_field(r, "generation", int, default=0),
+                   instances=_field(r, "instances", int, default=0))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def encode(self) -> str:
+        return _encode(self.to_dict())
+
+    def to_message(self):
+        from serpens.proto.serpens.v1 import serpens_pb2 as pb
+        return pb.SFCStatus(**self.to_dict())
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SFCLoad:
+    in_pps: float = 0.0         # packets/s over the agent's last report period
+    out_pps: float = 0.0
+    instances: int = 0
+
+
+@dataclass(frozen=True)
+class PortLoad:
+    rx_pps: float = 0.0
+    tx_pps: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    sfcs: dict[str, SFCLoad] = field(default_factory=dict)
+    ports: dict[str, PortLoad] = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, r: dict) -> NodeLoad:
+        def table(kind, where, fields):
+            rows = _field(r, where, dict, "load.", {})
+            out = {}
+            for name, row in rows.items():
+                if not isinstance(row, dict):
+                    raise MalformedRecord(f"load.{where}.{name}: not an object")
+                out[name] = kind(**{f: _field(row, f, types, f"load.{where}.{name}.", 0)
+                                    for f, types in fields.items()})
+            return out
+        return cls(sfcs=table(SFCLoad, "sfcs", {"in_pps": _NUMBER, "out_pps": _NUMBER,
+                                                "instances": int}),
+                   ports=table(PortLoad, "ports", {"rx_pps": _NUMBER, "tx_pps": _NUMBER}))
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """`nodes/<name>`: an agent's node, put under the agent's lease (gone when it dies) and
+    refreshed with its load every report period."""
+    name: str
+    address: str                # the Agent service's host:port
+    ports: tuple[str, ...] = ()
+    input: tuple[str, ...] = ()
+    pool: int = 0               # pool processes: instances it can run at once
+    cpus: str = ""
+    reported_at: float = 0.0
+    load: NodeLoad = field(default_factory=NodeLoad)
+
+    @classmethod
+    def decode(cls, value: bytes | str, name: str | None = None) -> NodeRecord:
+        r = _object(value)
+        return cls(name=_check_name(r, name, required=False), address=_field(r, "address", str),
+                   ports=_names(r, "ports", default=[]), input=_names(r, "input", default=[]),
+                   pool=_field(r, "pool", int, default=0), cpus=_field(r, "cpus", str, default=""),
+                   reported_at=_field(r, "reported_at", _NUMBER, default=0.0),
+                   load=NodeLoad.decode(_field(r, "load", dict, default={})))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["ports"], out["input"] = list(self.ports), list(self.input)
+        return out
+
+    def encode(self) -> str:
+        return _encode(self.to_dict())
+
+
+RECORDS = {"nf": NFRecord, "sfc": SFCRecord, "status": SFCStatus, "node": NodeRecord}
+
+
+def decode(kind: str, value: bytes | str, name: str | None = None):
+    """The record of `kind` ("nf", "sfc", "status", "node") stored as `value` under the key
+    of `name` (None: not checked); MalformedRecord if it is not that shape."""
+    return RECORDS[kind].decode(value, name)
+
+
+class Reported:
+    """Logs each malformed key once per revision (a reconcile every few seconds, or every
+    List, would repeat it)."""
+
+    def __init__(self):
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, key: str, revision: int, error: MalformedRecord) -> None:
+        if self._seen.get(key) != revision:
+            self._seen[key] = revision
+            log.warning("skipping malformed record %s (revision %d): %s", key, revision, error)
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)

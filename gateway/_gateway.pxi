@@ -1,0 +1,309 @@
+# The gateway's Python face (gateway/gateway.h; declarations in gateway_decl.pxd). Included by
+# runtime_cy/_dataplane.pyx: the gateway's packet loop runs on this one EAL, as the router does.
+import hashlib
+import ipaddress
+
+GW_MAX_SERVERS = SERPENS_GW_MAX_SERVERS
+GW_MAGLEV = SERPENS_GW_MAGLEV
+VXLAN_OVERHEAD = SERPENS_VXLAN_OVERHEAD
+
+
+def maglev_table(weights, int size=SERPENS_GW_MAGLEV):
+    """Maglev's lookup table (Eisenbud et al., NSDI'16) with weights: {name: (slot value,
+    weight)} -> list of `size` slot values (None: no server). Each server walks its own
+    permutation of the slots (offset and skip from a hash of its name, so the table depends
+    only on names and weights, not on the order servers came in) and takes `weight` free
+    slots per round: its share of the table follows its weight, and a change of one server
+    moves few slots of the others."""
+    live = sorted((name, value, w) for name, (value, w) in weights.items() if w > 0)
+    table = [None] * size
+    if not live:
+        return table
+    perm = []
+    for name, value, w in live:
+        d = hashlib.blake2b(str(name).encode(), digest_size=16).digest()
+        offset = int.from_bytes(d[:8], "little") % size
+        skip = int.from_bytes(d[8:], "little") % (size - 1) + 1
+        perm.append([offset, skip, 0, value, w])
+    filled = 0
+    while True:
+        for p in perm:
+            for _ in range(p[4]):
+                while True:
+                    c = (p[0] + p[2] * p[1]) % size
+                    p[2] += 1
+                    if table[c] is None:
+                        break
+                table[c] = p[3]
+                filled += 1
+                if filled == size:
+                    return table
+
+
+def flow_hash(bytes frame):
+    """The flow hash the router and the gateway compute for a frame (router/classify.h)."""
+    return serpens_frame_flow_hash(<const uint8_t *>PyBytes_AS_STRING(frame), len(frame))
+
+
+def vxlan_sport(uint32_t hash):
+    """The outer UDP source port of a flow with this hash (runtime_cy/src/vxlan.h)."""
+    return serpens_vxlan_sport(hash)
+
+
+cdef uint32_t _ipv4_be(str ip) except? 0:
+    return int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
+
+
+cdef class Gateway:
+    """The gateway of gateway/gateway.h. Ports are DPDK port ids; servers and SFCs are the
+    gateway's small integers. Configure before traffic for them flows; routes (an SFC's
+    servers and weights) may change while it runs."""
+    cdef serpens_gateway *g
+    cdef object server_ids  # underlay address -> server index
+    cdef object weights     # SFC -> {server index: weight}
+    cdef bint running
+    cdef int lcore
+
+    def __cinit__(self, in_ports, uint16_t underlay_port, uint16_t egress_port, str underlay_ip,
+                  str underlay_mac, uint32_t mtu=1500, double idle_s=30.0):
+        """in_ports face the outside; frames back from the servers leave on egress_port;
+        mtu bounds the outer IPv4 packet (an inner frame of up to mtu - 36 bytes fits)."""
+        if not SERPENS_VXLAN_IP_OVERHEAD + 14 < mtu <= 9216:
+            raise ValueError(f"underlay MTU {mtu}: must be 51..9216")
+        self.g = <serpens_gateway *>calloc(1, sizeof(serpens_gateway))
+        if self.g == NULL:
+            raise MemoryError()
+        self.server_ids, self.weights = {}, {}
+        self.lcore = -1
+        self.g.default_sfc = -1
+        self.g.underlay_port = self.g.egress_port = -1
+        self.g.idle_cycles = <uint64_t>(rte_get_tsc_hz() * idle_s)
+        self.g.underlay.ip = _ipv4_be(underlay_ip)
+        mac = bytes.fromhex(underlay_mac.replace(":", ""))
+        if len(mac) != 6:
+            raise ValueError(f"underlay MAC {underlay_mac!r}")
+        memcpy(self.g.underlay.mac, <const char *>mac, 6)
+        self.g.underlay.mtu = mtu
+        for port in ([in_ports] if isinstance(in_ports, int) else in_ports):
+            self.g.ports[self._port(port)].ingress = 1
+        self.g.egress_port = self._port(egress_port)
+        self.g.underlay_port = self._port(underlay_port)
+
+    def __dealloc__(self):
+        if self.lcore >= 0:
+            self.g.stop = 1
+            rte_eal_wait_lcore(self.lcore)
+        free(self.g)
+
+    cdef int _port(self, uint16_t port) except -1:
+        for i in range(self.g.nports):
+            if self.g.ports[i].id == port:
+                return i
+        if self.g.nports == SERPENS_GW_MAX_PORTS:
+            raise ValueError(f"gateway: at most {SERPENS_GW_MAX_PORTS} ports")
+        i = self.g.nports
+        self.g.ports[i].id = port
+        serpens_fence()
+        self.g.nports += 1
+        return i
+
+    def _port_index(self, port):
+        return self._port(port)
+
+    # ---- servers and SFCs ------------------------------------------------------------------
+
+    def set_server(self, str ip, str mac):
+        """A server on the underlay (its address and its MAC there); returns its index."""
+        cdef serpens_gw_server *sv
+        key = str(ipaddress.IPv4Address(ip))
+        raw = bytes.fromhex(mac.replace(":", ""))
+        if len(raw) != 6:
+            raise ValueError(f"server {ip}: MAC {mac!r}")
+        i = self.server_ids.get(key)
+        if i is None:
+            free_ids = [k for k in range(SERPENS_GW_MAX_SERVERS)
+                        if k not in self.server_ids.values()]
+            if not free_ids:
+                raise ValueError(f"gateway: at most {SERPENS_GW_MAX_SERVERS} servers")
+            i = free_ids[0]
+        sv = &self.g.servers[i]
+        sv.used = 0
+        serpens_fence()
+        sv.ip = _ipv4_be(key)
+        memcpy(sv.mac, <const char *>raw, 6)
+        sv.tx = 0
+        serpens_fence()
+        sv.used = 1
+        self.server_ids[key] = i
+        return i
+
+    def remove_server(self, str ip):
+        """Forget a server: its flows move to the others (the rest stay where they are)."""
+        key = str(ipaddress.IPv4Address(ip))
+        i = self.server_ids.pop(key)
+        for sfc, w in self.weights.items():
+            if i in w:
+                del w[i]
+                self._publish(sfc)
+        self.g.servers[i].used = 0
+        serpens_fence()
+
+    def add_sfc(self, uint32_t tag, uint32_t vni=0):
+        """A new SFC carried with VXLAN tag `tag` and VNI `vni` (24 bits each); its id. Frames
+        back from the servers must carry both."""
+        cdef serpens_gw_sfc *s
+        if tag > SERPENS_VXLAN_MAX_TAG or vni > SERPENS_VXLAN_MAX_TAG:
+            raise ValueError("SFC tag and VNI are 24-bit numbers")
+        for k in range(SERPENS_GW_MAX_SFCS):
+            if self.g.sfcs[k].used and self.g.sfcs[k].tag == tag:
+                raise ValueError(f"SFC tag {tag} is SFC {k}'s already")
+        for k in range(SERPENS_GW_MAX_SFCS):
+            s = &self.g.sfcs[k]
+            if s.used:
+                continue
+            memset(s, 0, sizeof(serpens_gw_sfc))
+            memset(s.table, SERPENS_GW_NO_SERVER, sizeof(s.table))
+            s.tag, s.vni = tag, vni
+            self.weights[k] = {}
+            serpens_fence()
+            s.used = 1
+            return k
+        raise ValueError(f"gateway: at most {SERPENS_GW_MAX_SFCS} SFCs")
+
+    def set_route(self, int sfc, servers):
+        """The servers of `sfc`: {underlay address: weight (its instance count)}. Live flows
+        keep their server while it stays in the route; new flows follow the new weights."""
+        self._check_sfc(sfc)
+        w = {}
+        for ip, weight in servers.items():
+            key = str(ipaddress.IPv4Address(ip))
+            if key not in self.server_ids:
+                raise ValueError(f"server {ip} is unknown: set_server() first")
+            if not 0 <= weight <= 1000:
+                raise ValueError(f"server {ip}: weight {weight} outside 0..1000")
+            if weight:
+                w[self.server_ids[key]] = weight
+        self.weights[sfc] = w
+        self._publish(sfc)
+
+    cdef _publish(self, int sfc):
+        """Build the SFC's Maglev table into its idle half, then switch halves."""
+        cdef serpens_gw_sfc *s = &self.g.sfcs[sfc]
+        cdef uint32_t idle
+        cdef uint64_t mask = 0
+        names = {ip: i for ip, i in self.server_ids.items()}
+        w = self.weights[sfc]
+        table = maglev_table({ip: (i, w[i]) for ip, i in names.items() if i in w})
+        idle = (s.table_live + 1) & 1
+        for c, server in enumerate(table):
+            s.table[idle][c] = SERPENS_GW_NO_SERVER if server is None else server
+        for i in w:
+            mask |= (<uint64_t>1) << i
+        # Servers joining are live before the table names them, servers leaving stay live
+        # until it no longer does: no new flow meets a server outside the mask.
+        serpens_fence()
+        s.servers = s.servers | mask
+        serpens_fence()
+        s.table_live = idle
+        serpens_fence()
+        s.servers = mask  # pins to the servers left out move on their next packet
+        serpens_fence()
+
+    def route_table(self, int sfc):
+        """The live Maglev table of `sfc` (server indexes, None: none)."""
+        self._check_sfc(sfc)
+        cdef serpens_gw_sfc *s = &self.g.sfcs[sfc]
+        return [None if s.table[s.table_live][c] == SERPENS_GW_NO_SERVER
+                else s.table[s.table_live][c] for c in range(SERPENS_GW_MAGLEV)]
+
+    def _check_sfc(self, int sfc):
+        if not (0 <= sfc < SERPENS_GW_MAX_SFCS and self.g.sfcs[sfc].used):
+            raise ValueError(f"SFC {sfc} does not exist")
+
+    # ---- classification (the router's semantics and parser) --------------------------------
+
+    def set_default_sfc(self, int sfc):
+        if sfc >= 0:
+            self._check_sfc(sfc)
+        self.g.default_sfc = sfc
+
+    def set_tag(self, int vlan, int sfc):
+        if not 0 < vlan < 4095:
+            raise ValueError(f"VLAN ID 1..4094, got {vlan}")
+        if sfc >= 0:
+            self._check_sfc(sfc)
+        self.g.tag_sfc[vlan] = sfc + 1
+
+    def set_rules(self, rules):
+        cdef serpens_match_rule table[SERPENS_GW_MAX_RULES]
+        match_rules(rules, table, SERPENS_GW_MAX_RULES, self._port_index, self._check_sfc)
+        self.g.nrules = 0
+        serpens_fence()
+        memcpy(self.g.rules, table, sizeof(table))
+        serpens_fence()
+        self.g.nrules = len(rules)
+
+    # ---- running ---------------------------------------------------------------------------
+
+    def run(self):
+        """Run on the calling thread until stop() (nogil)."""
+        self.g.stop = 0
+        self.running = True
+        try:
+            with nogil:
+                serpens_gateway_run(self.g)
+        finally:
+            self.running = False
+
+    def launch(self, unsigned lcore):
+        """Run on EAL worker lcore `lcore` (the gateway's own DPDK process); stop() ends it."""
+        self.g.stop = 0
+        rc = rte_eal_remote_launch(serpens_gateway_lcore_main, self.g, lcore)
+        if rc:
+            raise OSError(-rc, f"launching the gateway on lcore {lcore}: "
+                               f"{strerror(-rc).decode()}")
+        self.lcore = lcore
+
+    def poll(self):
+        """One iteration on the calling thread (tests); the frames handled."""
+        return serpens_gateway_poll(self.g)
+
+    def stop(self):
+        self.g.stop = 1
+        serpens_fence()
+        if self.lcore >= 0:
+            with nogil:
+                rte_eal_wait_lcore(self.lcore)
+            self.lcore = -1
+
+    def quiesce(self, double timeout=1.0):
+        """Wait until the loop began two more iterations (a change made before is in effect)."""
+        cdef uint64_t start = serpens_load_u64(&self.g.loops)
+        deadline = time.monotonic() + timeout
+        while serpens_load_u64(&self.g.loops) < start + 2:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0001)
+        return True
+
+    def stats(self):
+        g = self.g
+        servers = {ip: {"index": i, "tx": g.servers[i].tx}
+                   for ip, i in self.server_ids.items()}
+        sfcs = {k: {"tag": g.sfcs[k].tag, "rx": g.sfcs[k].rx, "tx": g.sfcs[k].tx,
+                    "back": g.sfcs[k].back, "new_flows": g.sfcs[k].new_flows,
+                    "moved_flows": g.sfcs[k].moved_flows,
+                    "drops": {"no_server": g.sfcs[k].no_server,
+                              "over_mtu": g.sfcs[k].over_mtu, "no_room": g.sfcs[k].no_room},
+                    "flow_full": g.sfcs[k].flow_full}
+                for k in range(SERPENS_GW_MAX_SFCS) if g.sfcs[k].used}
+        ports = {g.ports[i].id: {"rx": g.ports[i].rx, "tx": g.ports[i].tx,
+                                 "tx_failed": g.ports[i].tx_failed,
+                                 "unmatched": g.ports[i].unmatched}
+                 for i in range(g.nports)}
+        return {"rx": g.rx, "tx": g.tx, "tx_failed": g.tx_failed, "sleeps": g.sleeps,
+                "arp_replies": g.arp_replies,
+                "drops": {"unmatched": g.unmatched, "not_ours": g.not_ours,
+                          "bad_outer": g.bad_outer, "over_mtu": g.over_mtu,
+                          "unknown_tag": g.unknown_tag},
+                "servers": servers, "sfcs": sfcs, "ports": ports}

@@ -1,0 +1,114 @@
+/*
+ * The gateway's packet loop (paper §IV-B1, DESIGN §7 "Gateway"): frames from the outside to
+ * the servers that run their SFC, over VXLAN, and the servers' results back out.
+ *
+ * Theory of operation. Each loop: RX a burst (32) from the next ingress port; classify each
+ * frame to an SFC with the router's match semantics (router/classify.h: VLAN tag, rules,
+ * default; a frame no SFC takes is counted `unmatched` and freed); find its flow (the same
+ * symmetric flow hash, keyed with the SFC) in the flow table: a live entry names the server the
+ * flow is pinned to, as long as that server still serves the SFC; otherwise the SFC's Maglev
+ * table (built by the control side from the servers' weights, i.e. their instance counts)
+ * picks one and the flow is pinned to it. So a live flow keeps its server when servers are
+ * added or weights change (only new flows follow the new table), and removing a server moves
+ * only its flows. Then the frame is VXLAN-encapsulated in place (runtime_cy/src/vxlan.h: the
+ * SFC's tag and VNI, outer source port from the flow hash) and sent on the underlay port.
+ *
+ * From the underlay port: VXLAN for the gateway's address whose tag and VNI are an SFC's is
+ * decapsulated and leaves on the egress port; ARP requests for its address are answered on the
+ * underlay; everything else is counted by reason and freed. Neighbours (the servers' MACs)
+ * are pushed by the control side: the gateway resolves nothing itself.
+ *
+ * The flow table is bounded (SERPENS_GW_FLOW_BUCKETS x SERPENS_GW_FLOW_WAYS); an entry unused
+ * for `idle_cycles` is free again. A flow whose bucket holds only live entries is sent by the
+ * Maglev table alone, unpinned, and counted (`flow_full`): while the table does not change it
+ * still reaches the same server.
+ *
+ * Writers: the control side writes the configuration (ports, underlay, servers, SFCs, rules,
+ * tags) and `stop`; a server or an SFC is switched by writing its fields first and its `used`
+ * (or an SFC's `table_live`) last. The gateway thread writes everything else.
+ */
+#ifndef SERPENS_GATEWAY_H
+#define SERPENS_GATEWAY_H
+
+#include <stdint.h>
+
+#include "classify.h"
+#include "vxlan.h"
+
+#define SERPENS_GW_MAX_PORTS 8
+#define SERPENS_GW_MAX_SFCS 16
+#define SERPENS_GW_MAX_RULES 64
+#define SERPENS_GW_MAX_SERVERS 64  /* one bit each in an SFC's `servers` mask */
+#define SERPENS_GW_MAGLEV 2039     /* Maglev table size: prime, >> servers */
+#define SERPENS_GW_FLOW_WAYS 8
+#define SERPENS_GW_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows */
+#define SERPENS_GW_NO_SERVER 0xFF
+
+struct serpens_gw_server {
+	volatile uint32_t used;
+	uint32_t ip;                 /* underlay address, network order */
+	uint8_t mac[6];              /* its MAC on the underlay (pushed, not resolved) */
+	uint64_t tx;                 /* gateway thread: frames sent to it */
+};
+
+struct serpens_gw_sfc {
+	volatile uint32_t used;
+	uint32_t tag;                /* SFC tag in the VXLAN reserved bits (24 bits) */
+	uint32_t vni;                /* 24 bits, the tenant (0 by default) */
+	volatile uint64_t servers;   /* bitmask of the servers serving it */
+	volatile uint32_t table_live; /* which of table[] is in use */
+	uint8_t table[2][SERPENS_GW_MAGLEV]; /* Maglev: slot -> server (NO_SERVER: none) */
+	/* gateway thread */
+	uint64_t rx, tx, back, new_flows, moved_flows;
+	uint64_t no_server;          /* dropped: no server serves it */
+	uint64_t over_mtu;           /* dropped: the encapsulated frame would exceed the MTU */
+	uint64_t no_room;            /* dropped: no headroom for the outer header */
+	uint64_t flow_full;          /* sent unpinned: its flow's bucket was full of live flows */
+};
+
+struct serpens_gw_port {
+	uint16_t id;                 /* DPDK port id */
+	uint8_t ingress;             /* frames from the outside arrive here */
+	uint32_t nout;
+	struct rte_mbuf *out[SERPENS_BURST];
+	uint64_t rx, tx, tx_failed, unmatched;
+};
+
+struct serpens_gateway {
+	volatile uint32_t stop;
+	volatile uint64_t loops;     /* iterations: two more = a control change is in effect */
+	uint64_t idle_cycles;        /* a flow unused this long is forgotten */
+	uint32_t nports, nrules;
+	int32_t default_sfc;
+	int32_t underlay_port;       /* index into ports[] (-1: none yet) */
+	int32_t egress_port;         /* index into ports[]: decapsulated frames leave here */
+	struct serpens_underlay underlay;
+	struct serpens_gw_port ports[SERPENS_GW_MAX_PORTS];
+	struct serpens_match_rule rules[SERPENS_GW_MAX_RULES];
+	uint8_t tag_sfc[SERPENS_VLAN_IDS];
+	struct serpens_gw_server servers[SERPENS_GW_MAX_SERVERS];
+	struct serpens_gw_sfc sfcs[SERPENS_GW_MAX_SFCS];
+	/* gateway thread: counters by reason */
+	uint64_t rx, tx, tx_failed, sleeps;
+	uint64_t arp_replies;
+	uint64_t not_ours;           /* underlay frames neither VXLAN nor ARP for us */
+	uint64_t bad_outer;          /* VXLAN for us with a malformed outer header */
+	uint64_t over_mtu;           /* VXLAN for us larger than the MTU */
+	uint64_t unknown_tag;        /* VXLAN for us whose tag and VNI are no SFC's */
+	uint64_t unmatched;          /* from the outside, no SFC takes it */
+	uint32_t next_port;
+	struct serpens_gw_flow_bucket {
+		uint32_t key[SERPENS_GW_FLOW_WAYS];  /* 0: empty */
+		uint32_t used[SERPENS_GW_FLOW_WAYS]; /* last use, TSC >> 16 */
+		uint8_t server[SERPENS_GW_FLOW_WAYS];
+	} flows[SERPENS_GW_FLOW_BUCKETS];
+};
+
+/* Run until g->stop; returns 0. */
+int serpens_gateway_run(struct serpens_gateway *g);
+/* The same as an lcore function (rte_eal_remote_launch): arg is the gateway. */
+int serpens_gateway_lcore_main(void *arg);
+/* One loop iteration (RX from one port + underlay, TX); returns the frames handled. */
+uint32_t serpens_gateway_poll(struct serpens_gateway *g);
+
+#endif

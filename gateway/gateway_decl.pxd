@@ -1,0 +1,57 @@
+# gateway.h declared to Cython (the router's shared types come from router_decl.pxd); only the
+# fields the control side reads or writes are listed.
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from router_decl cimport serpens_match_rule, serpens_underlay, SERPENS_VLAN_IDS
+
+
+cdef extern from "classify.h" nogil:
+    uint32_t serpens_frame_flow_hash(const uint8_t *f, uint32_t len)
+
+
+cdef extern from "gateway.h" nogil:
+    enum:
+        SERPENS_GW_MAX_PORTS
+        SERPENS_GW_MAX_SFCS
+        SERPENS_GW_MAX_RULES
+        SERPENS_GW_MAX_SERVERS
+        SERPENS_GW_MAGLEV
+        SERPENS_GW_NO_SERVER
+
+    struct serpens_gw_server:
+        uint32_t used
+        uint32_t ip
+        uint8_t mac[6]
+        uint64_t tx
+
+    struct serpens_gw_sfc:
+        uint32_t used, tag, vni
+        uint64_t servers
+        uint32_t table_live
+        uint8_t table[2][SERPENS_GW_MAGLEV]
+        uint64_t rx, tx, back, new_flows, moved_flows
+        uint64_t no_server, over_mtu, no_room, flow_full
+
+    struct serpens_gw_port:
+        uint16_t id
+        uint8_t ingress
+        uint64_t rx, tx, tx_failed, unmatched
+
+    struct serpens_gateway:
+        uint32_t stop
+        uint64_t loops
+        uint64_t idle_cycles
+        uint32_t nports, nrules
+        int32_t default_sfc, underlay_port, egress_port
+        serpens_underlay underlay
+        serpens_gw_port ports[SERPENS_GW_MAX_PORTS]
+        serpens_match_rule rules[SERPENS_GW_MAX_RULES]
+        uint8_t tag_sfc[SERPENS_VLAN_IDS]
+        serpens_gw_server servers[SERPENS_GW_MAX_SERVERS]
+        serpens_gw_sfc sfcs[SERPENS_GW_MAX_SFCS]
+        uint64_t rx, tx, tx_failed, sleeps
+        uint64_t arp_replies, not_ours, bad_outer, over_mtu, unknown_tag, unmatched
+
+    int serpens_gateway_run(serpens_gateway *g)
+    uint32_t serpens_gateway_poll(serpens_gateway *g)
+    int serpens_gateway_lcore_main(void *arg)
