@@ -62,7 +62,7 @@ extensions = [
             "runtime_cy/src/loader.c",
             "runtime_cy/src/runtime.c",
             "runtime_cy/src/state_table.c",
-            "runtime_cy/src/remote_state.c",
+            "runtime_cy/src/state_backend.c",
             "runtime_cy/src/ports.c",
             "runtime_cy/src/replay.c",
             "runtime_cy/src/sandbox.c",
@@ -71,6 +71,8 @@ extensions = [
             # the benchmarks' native parts: the same EAL, so the same extension
             "bench/native/driver.c",
             "bench/native/loaders.c",
+            "bench/native/redis_state.c",
+            "bench/native/proxy.c",
         ],
         include_dirs=INCLUDES,
         extra_compile_args=COMMON_CFLAGS + dpdk_cflags(),

@@ -13,6 +13,7 @@ import glob
 import logging
 import os
 import shutil
+import time
 import threading
 from dataclasses import dataclass, field
 
@@ -77,10 +78,17 @@ def cpu_set(spec: str) -> set[int]:
     return cpus
 
 
-def remove_stale_files(prefix: str, hugepage_dir: str = "/dev/hugepages") -> bool:
-    """Remove DPDK files of `prefix` if no live primary holds them; True if removed."""
+def remove_stale_files(prefix: str, hugepage_dir: str = "/dev/hugepages",
+                       min_age: float = 0.0) -> bool:
+    """Remove DPDK files of `prefix` if no live primary holds them and they are `min_age`
+    seconds old; True if removed."""
     run_dir = os.path.join(RUNTIME_ROOT, prefix)
     config = os.path.join(run_dir, "config")
+    try:  # a primary may be starting in it (EAL makes the directory, then locks its config)
+        if min_age and time.time() - os.stat(run_dir).st_mtime < min_age:
+            return False
+    except FileNotFoundError:
+        pass
     if os.path.exists(config):
         with open(config, "rb+") as f:
             try:
@@ -97,9 +105,10 @@ def remove_stale_files(prefix: str, hugepage_dir: str = "/dev/hugepages") -> boo
 
 
 def remove_stale_prefixes(pattern: str = "serpens-*", hugepage_dir: str = "/dev/hugepages"):
-    """Remove what dead primaries of any matching prefix left behind."""
+    """Remove what dead primaries of any matching prefix left behind (not what a primary of
+    another process is starting in: a minute old at least)."""
     for run_dir in glob.glob(os.path.join(RUNTIME_ROOT, pattern)):
-        remove_stale_files(os.path.basename(run_dir), hugepage_dir)
+        remove_stale_files(os.path.basename(run_dir), hugepage_dir, min_age=60)
 
 
 class Dataplane:

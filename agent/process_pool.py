@@ -136,7 +136,7 @@ class ProcessPool:
         self.boot_timeout = boot_timeout
         self.on_crash = on_crash
         # False: NFs run unconfined (benchmarks measuring its cost); "network": sandboxed, but
-        # with an AF_INET client allowed (the Redis state baseline)
+        # with a Unix socket client allowed (the Redis state baseline)
         self.sandbox = sandbox
         self._lcores = itertools.count(first_lcore)
         self._free_lcores: list[int] = []

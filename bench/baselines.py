@@ -1,9 +1,16 @@
 """The baselines' ways of starting an instance in the agent's process pool
 (agent.process_pool.InstanceStart): NFs loaded as other systems load them (the C loaders of
-bench/native/loaders.c) or state kept in Redis. Pass one as `how` to ProcessPool.start_instance.
+bench/native/loaders.c) or state kept in Redis (bench/native/redis_state.c, and the Redis
+server it talks to). Pass one as `how` to ProcessPool.start_instance.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from dataclasses import dataclass
 
 from serpens.agent.process_pool import InstanceStart
@@ -32,12 +39,50 @@ class Fork(InstanceStart):
 
 @dataclass(frozen=True)
 class RedisState(InstanceStart):
-    """Images mapped as Serpens maps them, NF state in the Redis on `port`: every table
-    (dp.STATE_REDIS, Fission-style) or the global ones only (dp.STATE_REDIS_GLOBAL,
-    SNF-style). The pool must allow an AF_INET client (ProcessPool sandbox="network")."""
+    """Images mapped as Serpens maps them, NF state in the Redis listening on Unix socket
+    `socket` (bench/native/redis_state.h): every table (dp.STATE_REDIS, Fission-style) or the
+    global ones only (dp.STATE_REDIS_GLOBAL, SNF-style). The pool must allow a Unix socket
+    client (ProcessPool sandbox="network")."""
     backend: int
-    port: int
+    socket: str
 
     def command(self, sfc):
         fds, fields = super().command(sfc)
-        return fds, {**fields, "state_backend": self.backend, "redis_port": self.port}
+        return fds, {**fields, "state_backend": self.backend, "state_arg": self.socket}
+
+
+class RedisServer:
+    """A private redis-server for the state baselines: a Unix socket only (no TCP: the
+    cheapest way to a local store), no persistence, on CPU `cpu` (None: wherever the kernel
+    puts it). `socket` is its path."""
+
+    def __init__(self, cpu: int | None = None):
+        self.cpu = cpu
+        self.dir = self.proc = None
+
+    def __enter__(self):
+        self.dir = tempfile.mkdtemp(prefix="serpens-redis-")
+        self.socket = os.path.join(self.dir, "redis.sock")
+        pin = (lambda: os.sched_setaffinity(0, {self.cpu})) if self.cpu is not None else None
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", self.socket, "--unixsocketperm",
+             "700", "--save", "", "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(self.socket)
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.__exit__()
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

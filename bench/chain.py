@@ -1,102 +1,183 @@
 """chain: chains of 1, 2, 4 and 8 firewalls, Serpens function calls vs two proxy designs.
 
-All NF instances share one core (CPU 0); the router has the other (bench/rig.py: net_pcap
-infinite_rx source, net_null sink, 64-byte UDP packets over 10k flows). The same FW binary and
-configuration run in every mode:
+All NF instances share one core (CPU 0), as the paper puts all NFs of an SFC on one core; the
+router has the other (bench/rig.py: net_pcap infinite_rx source, net_null sink, 64-byte UDP
+packets over 10k flows). The same FW binary and configuration run in every mode:
 - serpens:      one instance runs the whole chain, NF to NF by function calls (paper Fig. 6);
 - local_proxy:  each FW its own instance; between NFs the packet goes back through the node's
                 router to the next instance (SAND-style local bus);
-- global_proxy: as local_proxy, with an extra proxy process hop between NFs (an instance
-                running an empty NF; Fission-style: function calls pass a router process).
-Instances poll an empty ring for `--idle-us` (default 0) before sleeping on their eventfd (the
-router wakes them), so processes sharing the core hand it over instead of spinning; 0 is the
-best setting for the proxy modes here (20 and 200 us were slower), and every mode runs with it. Figures: `mpps` is the
-unpaced throughput (the source never runs dry; the router back-pressures), `p50_us` the median
-latency at half of that mode's own throughput.
+- global_proxy: as local_proxy, and between NFs the packets also pass a proxy service, a
+                separate polling process on the router's CPU (Fission-style: function calls
+                pass the platform's router; bench/proxy.py).
+Each mode runs with its own best settings, chosen by measurement (docs/baselines.md) and stated
+in `params.modes`: how long an instance polls an empty ring before it sleeps on its eventfd
+(`idle_us`; while it polls it yields its shared core) and the instances' ring size. Before
+the figures, each mode carries a fixed finite input (`--check-frames` frames, some of which
+the FW drops): its output must equal Serpens' (count, bytes, digest) or the run fails.
+Figures: `mpps` is the unpaced throughput (the source never runs dry; the router
+back-pressures), `p50_us` the median latency at half of that mode's own throughput.
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from serpens import nfs
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import cpu_stalls, machine
-from .rig import Rig, flow_frames
-from .sfc import NULL_NF
+from .common import cpu_stalls, machine, tcp_frame, udp_frame
+from .rig import PROXY, Rig, flow_frames
 from .state import NF_CONFIGS
 
 MODES = ("serpens", "local_proxy", "global_proxy")
+# Each mode's best settings on this machine (docs/baselines.md has the measurements).
+SETTINGS = {
+    "serpens": {"idle_us": 50, "ring_size": 256},
+    "local_proxy": {"idle_us": 200, "ring_size": 1024},
+    "global_proxy": {"idle_us": 200, "ring_size": 1024},
+}
 
 
 def add_arguments(p):
     p.add_argument("--seconds", type=float, default=1.0, help="measuring time per run")
     p.add_argument("--flows", type=int, default=10000)
     p.add_argument("--lengths", default="1,2,4,8", help="chain lengths (comma-separated)")
-    p.add_argument("--idle-us", type=int, default=0,
-                   help="how long an instance polls an empty ring before sleeping")
+    p.add_argument("--modes", default=",".join(MODES), help="modes to run (comma-separated)")
+    p.add_argument("--idle-us", type=int, default=None,
+                   help="how long an instance polls an empty ring before sleeping, in every "
+                        "mode (default: each mode's own best)")
+    p.add_argument("--ring-size", type=int, default=None,
+                   help="the instances' ring size in every mode (default: each mode's best)")
+    p.add_argument("--check-frames", type=int, default=2000,
+                   help="frames of the finite input every mode's output is compared on")
 
 
-def hops(mode: str, n: int, fw_images, null_image) -> list:
-    """The router SFCs of one run: a single SFC, or one per hop (chained by the router)."""
+def hops(mode: str, n: int, fw_images, fw_config: bytes | None = None) -> list:
+    """The router SFCs of one run: a single SFC, or one per hop (chained by the router; PROXY
+    hops pass the global proxy)."""
     tag = uuid.uuid4().hex[:6]  # fresh state per run
-    fws = [NF(fw_images[k], config=NF_CONFIGS["fw"](), name=f"fw{k}-{tag}") for k in range(n)]
+    config = NF_CONFIGS["fw"]() if fw_config is None else fw_config
+    fws = [NF(fw_images[k], config=config, name=f"fw{k}-{tag}") for k in range(n)]
     if mode == "serpens":
         return [compile_sfc(chain(*fws) if n > 1 else fws[0])]
     out = []
     for k, fw in enumerate(fws):
         if k and mode == "global_proxy":
-            out.append(compile_sfc(NF(null_image, name=f"proxy{k}-{tag}")))
+            out.append(PROXY)
         out.append(compile_sfc(fw))
     return out
 
 
+def check_frames(count: int) -> list[bytes]:
+    """A finite input the FW passes in part: UDP from 10/8 (allowed), from 192.0.2/24 and TCP
+    to port 22 (denied)."""
+    frames = []
+    for i in range(count):
+        kind = i % 8
+        if kind == 6:
+            frames.append(udp_frame(f"192.0.2.{i % 250 + 1}", "198.51.100.7", 1024 + i, 53,
+                                    payload=i.to_bytes(4, "big")))
+        elif kind == 7:
+            frames.append(tcp_frame(f"10.9.{i // 256 % 256}.{i % 256}", "198.51.100.7",
+                                    2000 + i % 30000, 22))
+        else:
+            frames.append(udp_frame(f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}",
+                                    "198.51.100.7", 1024 + i % 50000, 53,
+                                    payload=i.to_bytes(4, "big")))
+    return frames
+
+
+def summary(frames: list[bytes]) -> dict:
+    """Count, bytes and a digest of an output, in order."""
+    h = hashlib.sha256()
+    for f in frames:
+        h.update(len(f).to_bytes(4, "little") + f)
+    return {"packets": len(frames), "bytes": sum(map(len, frames)), "digest": h.hexdigest()[:16]}
+
+
+def check_equivalence(rig: Rig, n: int, fw_images, modes, frames, settings,
+                      baseline_fw_config: bytes | None = None) -> dict:
+    """Every mode's output for `frames` through a chain of n FWs: {mode: summary}. Raises if
+    a baseline's differs from Serpens' (its figures would compare different work).
+    `baseline_fw_config` configures the baselines' FWs otherwise (tests: a differing output
+    must fail the run)."""
+    outputs = {}
+    for mode in modes:
+        config = baseline_fw_config if mode != "serpens" else None
+        rig.use_idle_us(settings[mode]["idle_us"])
+        outputs[mode] = summary(rig.output(hops(mode, n, fw_images, config), frames,
+                                           ring_size=settings[mode]["ring_size"]))
+    ref = outputs.get("serpens")
+    for mode, out in outputs.items():
+        if ref is not None and out != ref:
+            raise RuntimeError(f"bench chain: {n} FWs in {mode} sent out {out}, Serpens "
+                               f"{ref}: the modes do not do the same work")
+    return outputs
+
+
+def mode_settings(args) -> dict:
+    settings = {m: dict(SETTINGS[m]) for m in MODES}
+    for s in settings.values():
+        if args.idle_us is not None:
+            s["idle_us"] = args.idle_us
+        if args.ring_size is not None:
+            s["ring_size"] = args.ring_size
+    return settings
+
+
 def run(args) -> dict:
     lengths = [int(x) for x in args.lengths.split(",")]
+    modes = [m for m in MODES if m in args.modes.split(",")]
+    settings = mode_settings(args)
     areas = AreaAllocator()
     fw_src = nfs.source("fw")
     fw_images = [build_nf(fw_src, areas.allocate(), f"fw{k}") for k in range(max(lengths))]
-    with open(NULL_NF) as f:
-        null_image = build_nf(f.read(), areas.allocate(), "null")
-    rig = Rig("chain", flow_frames(args.flows), pool_size=2 * max(lengths) - 1,
-              idle_us=args.idle_us)
+    rig = Rig("chain", flow_frames(args.flows), pool_size=max(lengths),
+              idle_us=settings[modes[0]]["idle_us"])
     result = {"machine": dict(machine(), stalls=cpu_stalls()),
               "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
-                         "idle_us": args.idle_us, "ring_size": 256,
-                         "cores": "router cpu 1, every instance cpu 0",
+                         "modes": {m: settings[m] for m in modes},
+                         "cores": "router cpu 1, every instance cpu 0, global proxy cpu 1",
+                         "check_frames": args.check_frames,
                          "p50_at": "half of each mode's throughput"}}
     try:
+        frames = check_frames(args.check_frames)
         for n in lengths:
             row = {}
-            for mode in MODES:
-                rig.start(hops(mode, n, fw_images, null_image), ring_size=256)
+            outputs = check_equivalence(rig, n, fw_images, modes, frames, settings)
+            for mode in modes:
+                rig.use_idle_us(settings[mode]["idle_us"])
+                rig.start(hops(mode, n, fw_images), ring_size=settings[mode]["ring_size"])
                 try:
                     mpps = max(rig.run_at(0, args.seconds)["mpps"] for _ in range(2))
-                    load = mpps * 1e6 / 2
+                    load = max(mpps * 1e6 / 2, 1e4)  # (a run the host stalled may carry ~0)
                     lat = rig.run_at(load, args.seconds, log=int(load * args.seconds * 1.5))
                 finally:
                     rig.stop()
                 row[mode] = {"mpps": round(mpps, 3), "p50_us": lat["latency_us"]["p50"],
-                             "p99_us": lat["latency_us"]["p99"]}
-            row["serpens_vs_local_proxy"] = round(row["serpens"]["mpps"] /
-                                                  max(row["local_proxy"]["mpps"], 1e-9), 2)
-            row["serpens_vs_global_proxy"] = round(row["serpens"]["mpps"] /
-                                                   max(row["global_proxy"]["mpps"], 1e-9), 2)
+                             "p99_us": lat["latency_us"]["p99"], "output": outputs[mode]}
+            for base in ("local_proxy", "global_proxy"):
+                if "serpens" in row and base in row:
+                    row[f"serpens_vs_{base}"] = round(row["serpens"]["mpps"] /
+                                                      max(row[base]["mpps"], 1e-9), 2)
             result[str(n)] = row
     finally:
         rig.close()
-        for image in fw_images + [null_image]:
+        for image in fw_images:
             image.close()
     return result
 
 
 def print_table(r: dict):
     print(f"FW chains on one core, {r['machine']['cpu']}, {r['params']['flows']} flows, 64 B")
-    print(f"{'NFs':>4}" + "".join(f"{m + ' Mpps':>19}{'p50 us':>8}" for m in MODES)
+    modes = list(r["params"]["modes"])
+    print(f"{'NFs':>4}" + "".join(f"{m + ' Mpps':>19}{'p50 us':>8}" for m in modes)
           + f"{'vs local':>10}{'vs global':>10}")
     for key in sorted((k for k in r if k.isdigit()), key=int):
         row = r[key]
         print(f"{key:>4}" + "".join(f"{row[m]['mpps']:>19.3f}{row[m]['p50_us']:>8}"
-                                    for m in MODES)
-              + f"{row['serpens_vs_local_proxy']:>9.2f}x{row['serpens_vs_global_proxy']:>9.2f}x")
+                                    for m in modes)
+              + "".join(f"{row[k]:>9.2f}x" if k in row else f"{'-':>10}"
+                        for k in ("serpens_vs_local_proxy", "serpens_vs_global_proxy")))
+    print("every mode's output equals Serpens' on", r["params"]["check_frames"], "frames")

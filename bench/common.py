@@ -79,5 +79,18 @@ def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes = b"",
     return eth + ip + udp
 
 
+def tcp_frame(src: str, dst: str, sport: int, dport: int, size: int = 64) -> bytes:
+    """An Ethernet/IPv4/TCP SYN with valid checksums, padded to `size` bytes (no FCS)."""
+    s = bytes(int(x) for x in src.split("."))
+    d = bytes(int(x) for x in dst.split("."))
+    payload = b"\0" * max(0, size - 54)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0) + payload
+    pseudo = s + d + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, s, d)
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    return b"\x02\0\0\0\0\x02" + b"\x02\0\0\0\0\x01" + b"\x08\x00" + ip + tcp
+
+
 def bench_dataplane(name: str) -> Dataplane:
     return Dataplane(DataplaneConfig(file_prefix=f"serpens-bench-{name}-{os.getpid()}")).start()

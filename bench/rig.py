@@ -20,8 +20,10 @@ from serpens.agent.process_pool import ProcessPool
 from serpens.runtime_cy import _dataplane as dp
 
 from .common import percentiles, udp_frame
+from .proxy import ProxyService
 
 ROUTER_CPU, INSTANCE_CPU = 1, 0
+PROXY = "proxy"  # a hop of Rig.start() through the global proxy
 
 
 def flow_frames(flows: int, size: int = 64) -> list[bytes]:
@@ -68,37 +70,65 @@ class Rig:
             router_cpus=str(ROUTER_CPU % (os.cpu_count() or 1)),
             vdevs=(f"net_pcap_{name},rx_pcap={self.pcap},infinite_rx=1",
                    f"net_null_{name},no-rx=1"))).start()
-        self.pool = ProcessPool(self.dataplane, pool_size, idle_us=idle_us).start()
-        for proc in self.pool.processes():
-            self.pool.pin(proc, INSTANCE_CPU)
+        self.pools = {idle_us: self._pool(pool_size, idle_us)}
+        self.pool = self.pools[idle_us]
         os.sched_setaffinity(0, {INSTANCE_CPU})
         mp = self.dataplane.mempool
         self.src = dp.port_open(f"net_pcap_{name}", mp)
         self.sink = dp.port_open(f"net_null_{name}", mp)
-        self.router = self.managers = None
+        self.router = self.managers = self.proxy = None
+        self.wire = None
 
-    def start(self, sfcs, warm_s: float = 600.0, instances: int = 1, ring_size: int = 1024):
-        """Route the source into `sfcs` (CompiledSFCs), a chain of router SFCs when there are
-        several (each hop passes the router); `instances` of each, started now."""
-        self.router = dp.Router(self.src)
+    def _pool(self, size: int, idle_us: int) -> ProcessPool:
+        pool = ProcessPool(self.dataplane, size, idle_us=idle_us).start()
+        for proc in pool.processes():
+            pool.pin(proc, INSTANCE_CPU)
+        return pool
+
+    def use_idle_us(self, idle_us: int):
+        """Instances started from now on poll an empty ring for `idle_us` before they sleep
+        (a pool of the same size made with that setting, kept for later runs)."""
+        if idle_us not in self.pools:
+            self.pools[idle_us] = self._pool(self.pool.size, idle_us)
+        self.pool = self.pools[idle_us]
+
+    def start(self, sfcs, warm_s: float = 600.0, instances: int = 1, ring_size: int = 1024,
+              ports: tuple | None = None):
+        """Route the source into `sfcs`, a chain of router SFCs when there are several (each
+        hop passes the router): CompiledSFCs, `instances` of each started now, or PROXY for a
+        hop through the global proxy process (bench/proxy.py) on the router's CPU. `ports`:
+        (source, sink) other than the rig's (a finite input: output())."""
+        src, sink = ports or (self.src, self.sink)
+        self.router = dp.Router(src)
         nxt = None
         ids = []
         for sfc in reversed(sfcs):
-            nxt = self.router.add_sfc(self.sink) if nxt is None else self.router.add_sfc(
+            nxt = self.router.add_sfc(sink) if nxt is None else self.router.add_sfc(
                 next_sfc=nxt)
             ids.append(nxt)
         ids.reverse()
         self.router.set_default_sfc(ids[0])
-        self.router.pace(self.src, 1)  # held back until measured
-        self.managers = [InstanceManager(self.pool, self.router, sfc, sfc_id=sid, warm_s=warm_s,
-                                         ring_size=ring_size)
-                         for sid, sfc in zip(ids, sfcs)]
+        self.router.pace(src, 1)  # held back until measured
+        self.managers = []  # those started: stop() closes them
         self.router.launch(self.dataplane.config.router_lcore)
-        for m in self.managers:
-            m.start()
-            m.scale(instances)
-            for s in m.instances.values():
-                self.pool.pin(s.proc, INSTANCE_CPU)
+        try:
+            proxied = [sid for sid, sfc in zip(ids, sfcs) if sfc is PROXY]
+            if proxied:
+                self.proxy = ProxyService(self.dataplane, self.router, proxied, ROUTER_CPU,
+                                          ring_size=ring_size)
+            for sid, sfc in zip(ids, sfcs):
+                if sfc is PROXY:
+                    continue
+                m = InstanceManager(self.pool, self.router, sfc, sfc_id=sid, warm_s=warm_s,
+                                    ring_size=ring_size)
+                m.start()
+                self.managers.append(m)
+                m.scale(instances)
+                for s in m.instances.values():
+                    self.pool.pin(s.proc, INSTANCE_CPU)
+        except BaseException:
+            self.stop()
+            raise
         keep_off_router_cpu()
         return self
 
@@ -106,22 +136,69 @@ class Rig:
         if self.router is not None:
             for m in self.managers:
                 m.close()
+            if self.proxy is not None:
+                self.proxy.close()
+                self.proxy = None
             self.router.stop()
             self.router = self.managers = None
 
     def close(self):
         self.stop()
-        self.pool.close()
+        for pool in self.pools.values():
+            pool.close()
+        if self.wire is not None:
+            dp.port_close(self.wire_port)
+            for ring in self.wire:
+                ring.free()
         self.dataplane.close()
         self.tmp.cleanup()
         self.state.cleanup()
 
     # ---- measurements -----------------------------------------------------------------------
 
+    def output(self, sfcs, frames: list[bytes], timeout: float = 20.0, **start_kw) -> list[bytes]:
+        """The frames `sfcs` (as start() takes them) send out for the finite input `frames`,
+        in order: what benchmarks compare between Serpens and a baseline."""
+        if self.wire is None:  # a ring-backed port: frames pushed in, frames sent read back
+            self.wire = (dp.Ring(f"rig_in{os.getpid()}", 4096),
+                         dp.Ring(f"rig_out{os.getpid()}", 4096))
+            self.wire_port = dp.port_from_rings(f"net_ring_rig{os.getpid()}", *self.wire,
+                                                self.dataplane.mempool)
+        inject, sent = self.wire
+        self.start(sfcs, ports=(self.wire_port, self.wire_port), **start_kw)
+        out = []
+        try:
+            self.router.pace(self.wire_port, 0)
+            deadline = time.monotonic() + timeout
+            pushed = 0
+            while True:
+                if pushed < len(frames):
+                    pushed += dp.push(inject, self.dataplane.mempool,
+                                      frames[pushed:pushed + 256])
+                out += [data for _, data in dp.pull(sent)]
+                st = self.router.stats()
+                if (pushed == len(frames) and st["ports"][self.wire_port]["rx"] == pushed
+                        and len(out) + st["dropped"] == pushed):
+                    return out + [data for _, data in dp.pull(sent)]
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{len(out)} of {len(frames)} frames came out "
+                                       f"({st['dropped']} dropped) in {timeout} s")
+                time.sleep(0.0005)
+        finally:
+            self.stop()
+
     def _counts(self):
-        st = self.router.stats()
+        """The router's counters and when they were read. This thread shares its CPU with
+        the instances: a read it was preempted in the middle of (the time is then off by a
+        time slice or more) is read again."""
+        for _ in range(100):
+            t0 = time.perf_counter()
+            st = self.router.stats()
+            t1 = time.perf_counter()
+            if t1 - t0 < 200e-6:
+                break
         return (st["ports"][self.src]["rx"], st["ports"][self.src]["missed"],
-                st["ports"][self.sink]["tx"], st["dropped"], time.perf_counter())
+                st["ports"][self.sink]["tx"], st["dropped"], (t0 + t1) / 2)
 
     def run_at(self, pps: float, seconds: float, warmup: float | None = None,
                log: int = 0) -> dict:

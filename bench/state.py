@@ -2,21 +2,25 @@
 
 Each NF runs in one instance pinned to one core; a traffic driver on the other core keeps
 its ring full with the same traffic (64-byte UDP frames over 10k flows). The same NF binary
-runs three times, only its state backend changes (runtime_cy/src/remote_state.h):
+runs three times, only its state backend changes (runtime_cy/src/state_backend.h):
 - serpens: state tables in shared memory (the state manager);
 - redis:   every table in a local Redis server, one pipelined round trip per batch
-           (Fission-style: a FaaS platform keeps function state in a remote store);
+           (Fission-style: a FaaS platform keeps function state in a remote store;
+           bench/native/redis_state.h);
 - snf:     per-flow tables local, global tables in Redis (SNF-style).
+Redis gets the core budget Serpens has: it listens on a Unix socket and is pinned to the NF's
+core (`params.cores`). Before the figures each backend carries a finite input
+(check_frames()) whose output must equal Serpens' (`<backend>_output`), and a baseline whose
+Redis connection failed fails the run (check_backend()): no figures of an NF without state.
 get_ns / put_ns: cost per access of batched (32) lookups / overwrites in a 1M-entry table of
 5-tuple keys, random order.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
-import socket
-import subprocess
 import time
 import uuid
 
@@ -27,7 +31,7 @@ from serpens.runtime_cy.builder import build_nf
 from serpens import nfs
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from .baselines import RedisState
+from .baselines import RedisServer, RedisState
 from .common import machine, udp_frame
 
 REWRITES = {"nat"}  # NFs that change packets: the driver restores each frame
@@ -64,27 +68,53 @@ def traffic(flows: int) -> list[bytes]:
     return frames
 
 
-class RedisServer:
-    def __enter__(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
+def check_frames(flows: int = 200, rounds: int = 3) -> list[bytes]:
+    """A finite input whose output depends on state: several packets per flow (created, then
+    found), flows the FW denies, sources NAT maps (10/8) and one it leaves alone."""
+    frames = []
+    for r in range(rounds):
+        for i in range(flows):
+            src = f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}" if i % 10 else \
+                f"192.0.2.{i % 250 + 1}"
+            frames.append(udp_frame(src, "198.51.100.7", 1024 + i, 53,
+                                    payload=bytes([r, i % 256])))
+    return frames
 
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(10)
+
+def output_summary(pool, proc, sfc, how, rx, tx, mempool, frames, timeout=20.0) -> dict:
+    """Run `frames` through `sfc` started in `proc` (rings rx, tx) as `how` says: count,
+    bytes and a digest of what comes out (verdict and frame, in order: one instance keeps
+    the order)."""
+    results, sent = [], 0
+    pool.start_instance(sfc, rx, tx, process=proc, how=how)
+    try:
+        deadline = time.monotonic() + timeout
+        while len(results) < len(frames):
+            room = 1023 - (sent - len(results))  # never more in flight than a ring holds
+            if sent < len(frames) and room > 0:
+                sent += dp.push(rx, mempool, frames[sent:sent + min(room, 256)])
+                proc.wake()
+            got = dp.pull(tx)
+            results += got
+            if not got:
+                if proc.dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"bench state: {len(results)} of {len(frames)} frames "
+                                       f"came back")
+                time.sleep(0)
+    finally:
+        pool.stop_instance(proc)
+    out = [data for label, data in results if label == dp.LABEL_OUT]
+    digest = hashlib.sha256()
+    for label, data in results:
+        digest.update(label.to_bytes(2, "little") + len(data).to_bytes(4, "little") + data)
+    return {"packets": len(out), "bytes": sum(map(len, out)), "digest": digest.hexdigest()[:16]}
+
+
+def check_backend(proc, nf: str, backend: str):
+    """A baseline whose state store went away ran without state: its figures mean nothing."""
+    error = proc.ctl.state_error
+    if error:
+        raise RuntimeError(f"bench state: {nf} with state in {backend}: {error}")
 
 
 def measure_table(entries: int, state_dir: str) -> dict:
@@ -106,16 +136,21 @@ def run(args) -> dict:
     config = DataplaneConfig(file_prefix=f"serpens-bench-state-{os.getpid()}",
                              state_dir=state_dir)
     frames = traffic(args.flows)
+    nf_cpu = 1 % os.cpu_count()
     result = {"machine": machine(),
               "params": {"seconds": args.seconds, "flows": args.flows, "frame_bytes": 64,
                          "table_entries": args.entries, "batch": 32,
-                         "cores": "driver on cpu 0, instance on cpu 1, redis unpinned"}}
+                         "cores": f"driver on cpu 0; the instance and redis-server on cpu "
+                                  f"{nf_cpu} (the NF and its state store share one core, as "
+                                  f"Serpens' instance and its tables do)",
+                         "redis": f"unix socket, pinned to cpu {nf_cpu}",
+                         "check_frames": len(check_frames())}}
     os.sched_setaffinity(0, {0})
     try:
         with Dataplane(config) as dpl, ProcessPool(dpl, 1, first_lcore=2, sandbox="network") as pool, \
-                RedisServer() as redis:
+                RedisServer(cpu=nf_cpu) as redis:
             proc = pool.processes()[0]
-            pool.pin(proc, 1 % os.cpu_count())
+            pool.pin(proc, nf_cpu)
             rx, tx = dp.Ring("bstate_rx", 1024), dp.Ring("bstate_tx", 1024)
             area = 1
             for name, make_config in NF_CONFIGS.items():
@@ -123,17 +158,31 @@ def run(args) -> dict:
                 area += 1
                 figures = {}
                 for backend, code in BACKENDS.items():
+                    how = RedisState(code, redis.socket) if code != dp.STATE_LOCAL else MAPPED
+                    # the same finite input first: the same packets out as Serpens, or no figures
                     step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"  # fresh state each run
                     sfc = compile_sfc(NF(image, config=make_config(), name=step))
-                    how = RedisState(code, redis.port) if code != dp.STATE_LOCAL else MAPPED
+                    out = output_summary(pool, proc, sfc, how, rx, tx, dpl.mempool,
+                                         check_frames())
+                    check_backend(proc, name, backend)
+                    if out != figures.get("serpens_output", out):
+                        raise RuntimeError(f"bench state: {name} with state in {backend} sent "
+                                           f"out {out}, Serpens {figures['serpens_output']}")
+                    step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
+                    sfc = compile_sfc(NF(image, config=make_config(), name=step))
                     pool.start_instance(sfc, rx, tx, process=proc, how=how)
                     try:
                         r = dp.drive(rx, tx, dpl.mempool, frames, args.seconds, proc.ctl,
                                      proc.efd, rewrite=name in REWRITES)
                     finally:
                         pool.stop_instance(proc)
+                    check_backend(proc, name, backend)
                     figures[f"{backend}_mpps"] = round(r["mpps"], 3)
                     figures[f"{backend}_out_ratio"] = round(r["out"] / max(1, r["packets"]), 3)
+                    figures[f"{backend}_output"] = out
+                for backend in ("redis", "snf"):
+                    figures[f"serpens_vs_{backend}"] = round(
+                        figures["serpens_mpps"] / max(figures[f"{backend}_mpps"], 1e-9), 1)
                 image.close()
                 result[name] = figures
             rx.free()

@@ -25,7 +25,7 @@ def parse_args(argv):
     ap.add_argument("--no-sandbox", dest="sandbox", action="store_false",
                     help="run NFs without the sandbox (benchmarks comparing its cost)")
     ap.add_argument("--sandbox-network", action="store_true",
-                    help="allow an AF_INET client in the sandbox (the Redis state baseline)")
+                    help="allow a Unix socket client in the sandbox (the Redis state baseline)")
     ap.add_argument("eal", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     if args.eal and args.eal[0] == "--":

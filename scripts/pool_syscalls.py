@@ -1,11 +1,11 @@
 """Measure the system calls a pool process makes after it would enter the sandbox.
 
-    .venv/bin/python scripts/pool_syscalls.py [--redis-port N]
+    .venv/bin/python scripts/pool_syscalls.py [--redis]
 
 Boots a pool process without the sandbox, attaches `strace -f -c` to it (all its threads, DPDK's
 included) and drives it through FW->MON->NAT: packets, idle sleep and wake-up, a merge
 request, stop, a second start that attaches to the existing state tables, and exit. With
---redis-port (a running Redis), one more start with Redis state. Prints strace's summary: the
+--redis, one more start with its state in a Redis server started for it. Prints strace's summary: the
 seccomp allow-list in runtime_cy/src/sandbox.c must cover every call it names.
 """
 import argparse
@@ -18,7 +18,7 @@ import time
 from serpens import nfs
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.agent.process_pool import ProcessPool, merge_state
-from serpens.bench.baselines import RedisState
+from serpens.bench.baselines import RedisServer, RedisState
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
@@ -46,7 +46,7 @@ def drive(pool, sfc, **kw):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--redis-port", type=int, default=0)
+    ap.add_argument("--redis", action="store_true")
     ap.add_argument("--full", action="store_true", help="every call, not a summary")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="serpens-syscalls-")
@@ -68,8 +68,9 @@ def main():
         big.free()
         drive(pool, sfc)
         drive(pool, sfc)  # the tables exist now: attach instead of create
-        if args.redis_port:
-            drive(pool, sfc, how=RedisState(dp.STATE_REDIS, args.redis_port))
+        if args.redis:
+            with RedisServer() as redis:
+                drive(pool, sfc, how=RedisState(dp.STATE_REDIS, redis.socket))
         pool.close()  # EXIT: the process returns to Python and exits
         strace.wait(10)
     with open(out) as f:

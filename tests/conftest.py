@@ -102,26 +102,10 @@ def build_stock(areas):
 
 
 @pytest.fixture(scope="session")
-def redis_port():
-    """A private redis-server on loopback (the Fission/SNF-style baselines keep state there)."""
-    import socket
-    import subprocess
-    import time
+def redis_server():
+    """A private redis-server on a Unix socket (the Fission/SNF-style baselines keep state
+    there)."""
+    from serpens.bench.baselines import RedisServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-    yield port
-    proc.terminate()
-    proc.wait(10)
+    with RedisServer() as server:
+        yield server

@@ -34,7 +34,14 @@ def test_state_bench_json_contract():
         for key in ("serpens_mpps", "redis_mpps", "snf_mpps"):
             assert result[nf][key] > 0, (nf, key)
         assert result[nf]["serpens_out_ratio"] > 0.99  # the traffic passes every NF
+        # every backend sent out what Serpens did for the same finite input (the bench fails
+        # otherwise: this checks that it compared them)
+        out = result[nf]["serpens_output"]
+        assert 0 < out["packets"] <= result["params"]["check_frames"], nf
+        assert result[nf]["redis_output"] == out and result[nf]["snf_output"] == out, nf
+        assert result[nf]["serpens_vs_redis"] > 0 and result[nf]["serpens_vs_snf"] > 0
     assert result["get_ns"] > 0 and result["put_ns"] > 0
+    assert "pinned to cpu" in result["params"]["redis"] and "unix socket" in result["params"]["redis"]
 
 
 def _bench(*args, timeout=300):
@@ -55,11 +62,52 @@ def test_sfc_bench_json_contract():
 
 
 def test_chain_bench_json_contract():
-    r = _bench("chain", "--seconds", "0.05", "--flows", "1000", "--lengths", "1,2")
+    r = _bench("chain", "--seconds", "0.05", "--flows", "1000", "--lengths", "1,2",
+               "--check-frames", "500")
     for n in ("1", "2"):
+        out = r[n]["serpens"]["output"]
+        assert 0 < out["packets"] < 500  # the FW passes some of the input, not all
         for mode in ("serpens", "local_proxy", "global_proxy"):
             assert r[n][mode]["mpps"] > 0 and r[n][mode]["p50_us"] > 0, (n, mode)
-    assert r["2"]["serpens_vs_local_proxy"] > 0
+            assert r[n][mode]["output"] == out, (n, mode)  # the same packets out
+        for base in ("local_proxy", "global_proxy"):
+            assert set(r["params"]["modes"][base]) == {"idle_us", "ring_size"}
+    assert r["2"]["serpens_vs_local_proxy"] > 0 and r["2"]["serpens_vs_global_proxy"] > 0
+
+
+def test_chain_bench_fails_when_a_baseline_sends_out_other_packets():
+    """The equivalence check of bench chain is real: baselines whose FWs run another
+    configuration (dropping everything) fail the run instead of reporting figures."""
+    script = """
+import sys
+from serpens import nfs
+from serpens.bench import chain
+from serpens.bench.rig import Rig, flow_frames
+from serpens.runtime_cy.builder import AreaAllocator, build_nf
+
+areas = AreaAllocator()
+fws = [build_nf(nfs.source("fw"), areas.allocate(), f"fw{k}") for k in range(2)]
+from serpens.nfs import fw as fw_nf
+deny_all = fw_nf.encode_config({"rules": [], "default": "deny"})
+rig = Rig("chain-check", flow_frames(100), pool_size=2, idle_us=0)
+try:
+    settings = {m: {"idle_us": 0, "ring_size": 256} for m in chain.MODES}
+    same = chain.check_equivalence(rig, 2, fws, chain.MODES, chain.check_frames(100), settings)
+    print("same", same["global_proxy"]["packets"])
+    chain.check_equivalence(rig, 2, fws, chain.MODES, chain.check_frames(100), settings,
+                            baseline_fw_config=deny_all)
+except RuntimeError as e:
+    print("refused:", e)
+finally:
+    rig.close()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("same ") and int(lines[0].split()[1]) > 0
+    assert lines[-1].startswith("refused: bench chain: 2 FWs in local_proxy sent out "
+                                "{'packets': 0"), lines
 
 
 def test_scale_bench_json_contract():

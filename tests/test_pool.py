@@ -109,11 +109,17 @@ def eventfd_count(fd: int) -> int:
         return next(int(line.split()[1], 16) for line in f if line.startswith("eventfd-count:"))
 
 
+def stop_process(pid: int):
+    """SIGSTOP pid and wait until it is stopped (the signal lands asynchronously)."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T")
+
+
 def test_a_sleep_is_woken_once_however_often_producers_call(pool, build):
     with PacketHarness(pool, compile_sfc(NF(build("pass.c")))) as h:
         h.run([udp(b"a")])
         wait_for(lambda: h.process.ctl.sleeping)
-        os.kill(h.process.pid, signal.SIGSTOP)  # it stays in this one sleep
+        stop_process(h.process.pid)  # it stays in this one sleep
         try:
             assert sum(h.process.wake() for _ in range(1000)) == 1
             assert eventfd_count(h.process.efd) == 1

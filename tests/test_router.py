@@ -72,6 +72,9 @@ def test_router_wakes_a_sleeping_instance_once_per_sleep(node):
         assert time.monotonic() < deadline
         time.sleep(0.001)
     os.kill(proc.pid, signal.SIGSTOP)  # it stays in this one sleep while packets wait
+    while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
     try:
         before = node.router.stats()["instances"][index]
         for seq in range(1, 9):

@@ -302,19 +302,19 @@ def test_release_rebalances_between_instances(pool, build, dataplane):
     assert pool_value(dataplane.config.state_dir, "budget-two") == 0
 
 
-def test_redis_backend_runs_the_same_nf(dataplane, build, redis_port):
+def test_redis_backend_runs_the_same_nf(dataplane, build, redis_server):
     """The baselines' backend: the same NF binary keeps its state in Redis (in a pool whose
     sandbox lets it reach the network: node pools never do)."""
     import redis
     from serpens.agent.process_pool import ProcessPool
 
-    r = redis.Redis(port=redis_port)
+    r = redis.Redis(unix_socket_path=redis_server.socket)
     frames = [udp(2000 + i % 7) for i in range(70)]
     sfc = compile_sfc(NF(build("stateful.c", copy=6), name="stateful-redis"))
     with ProcessPool(dataplane, 1, sandbox="network") as pool:
         h = PacketHarness(pool, sfc)
         h.process = pool.start_instance(sfc, h.rx, h.tx,
-                                        how=RedisState(dp.STATE_REDIS, redis_port))
+                                        how=RedisState(dp.STATE_REDIS, redis_server.socket))
         try:
             assert all(res.verdict == "out" for res in h.run(frames))
             counters = h.nf_counters()[0]["counters"]
@@ -325,6 +325,34 @@ def test_redis_backend_runs_the_same_nf(dataplane, build, redis_port):
     assert len(flows) == 7
     assert sorted(struct.unpack("<Q", r.get(k))[0] for k in flows) == [10] * 7
     assert int(r.get(b"stateful-redis/total/" + struct.pack("<I", 0x616c6c) + b"#")) == 70
+
+
+def test_a_redis_baseline_that_loses_its_store_says_so(dataplane, build):
+    """A baseline whose Redis went away runs on without state: the control block says why,
+    and the benchmark refuses its figures (bench/state.py check_backend)."""
+    from serpens.agent.process_pool import PoolError, ProcessPool
+    from serpens.bench.baselines import RedisServer
+    from serpens.bench.state import check_backend
+
+    sfc = compile_sfc(NF(build("stateful.c", copy=7), name="stateful-lost"))
+    with ProcessPool(dataplane, 1, sandbox="network") as pool:
+        h = PacketHarness(pool, sfc)
+        with pytest.raises(PoolError, match="redis at '/nonexistent/redis.sock'"):
+            pool.start_instance(sfc, h.rx, h.tx,
+                                how=RedisState(dp.STATE_REDIS, "/nonexistent/redis.sock"))
+        with RedisServer() as redis:
+            h.process = pool.start_instance(sfc, h.rx, h.tx,
+                                            how=RedisState(dp.STATE_REDIS, redis.socket))
+            h.run([udp(2000 + i % 7) for i in range(70)])
+            assert h.process.ctl.state_error == ""
+            check_backend(h.process, "stateful", "redis")
+        try:  # the server is gone now
+            h.run([udp(3000 + i) for i in range(40)])
+            assert "redis at" in h.process.ctl.state_error
+            with pytest.raises(RuntimeError, match="stateful with state in redis: redis at"):
+                check_backend(h.process, "stateful", "redis")
+        finally:
+            h.close()
 
 
 def test_release_timer_rebalances_a_busy_instance(pool, build, dataplane):

@@ -202,8 +202,14 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 	}
 
 	if (n) {
-		api->get_state_bulk(ctx, t_flows, fkeys, n, fvals);
-		api->get_state_bulk(ctx, t_hosts, hkeys, n, hvals);
+		/* independent lookups: one call (one round trip where state is remote) */
+		struct serpens_lookup l[2] = {{t_flows, n, fkeys, fvals}, {t_hosts, n, hkeys, hvals}};
+		if (API_HAS(api, get_state_multi) && api->get_state_multi) {
+			api->get_state_multi(ctx, l, 2);
+		} else {
+			api->get_state_bulk(ctx, t_flows, fkeys, n, fvals);
+			api->get_state_bulk(ctx, t_hosts, hkeys, n, hvals);
+		}
 		for (uint32_t j = 0; j < n; j++) {
 			int rc = count(ctx, t_flows, fkeys[j], fvals[j], flen[j]);
 			new_flows += rc > 0;

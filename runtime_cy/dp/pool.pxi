@@ -44,6 +44,11 @@ cdef class PoolCtl:
         """The agent placed the process alone on a CPU (it may spin waiting for ring room)."""
         self.c.own_cpu = alone
     @property
+    def state_error(self):
+        """Why the instance's state backend stopped serving state ("": it did not)."""
+        serpens_fence()
+        return self.c.state_error.decode(errors="replace")
+    @property
     def last_error(self): return self.c.last_error
     @property
     def error(self): return self.c.error.decode(errors="replace")
@@ -108,7 +113,7 @@ def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring
                   str tx_ring="", uint64_t rx_ring_addr=0, uint64_t tx_ring_addr=0, images=(),
                   steps=(), bytes config=b"",
                   int load_mode=SERPENS_LOAD_MAP, bint populate=False, dl_paths=(),
-                  uint32_t state_backend=0, uint32_t redis_port=6379):
+                  uint32_t state_backend=SERPENS_STATE_LOCAL, str state_arg=""):
     """Pack a serpens_cmd. images: [(base, text_len, relro_len, data_len, entry_off)];
     steps: [(kind, image, [next labels], config_off, config_len, name)]. Only the bytes in use
     are sent: the message stops at the end of `config`."""
@@ -119,13 +124,15 @@ def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring
         raise ValueError(f"NF configuration is {len(config)} bytes, at most {SERPENS_CONFIG_MAX}")
     if len(rx_ring) >= 32 or len(tx_ring) >= 32:
         raise ValueError("ring names are at most 31 characters")
+    if len(state_arg.encode()) >= SERPENS_STATE_ARG:
+        raise ValueError(f"state_arg is at most {SERPENS_STATE_ARG - 1} bytes")
     cdef serpens_cmd *c = <serpens_cmd *>malloc(head + len(config))
     if c == NULL:
         raise MemoryError()
     try:
         return _fill_command(c, head, kind, seq, instance_id, rx_ring, tx_ring, rx_ring_addr,
                              tx_ring_addr, images, steps, config, load_mode, populate,
-                             dl_paths, state_backend, redis_port)
+                             dl_paths, state_backend, state_arg)
     finally:
         free(c)
 
@@ -133,7 +140,7 @@ def build_command(*, int kind, uint32_t seq, uint32_t instance_id=0, str rx_ring
 cdef bytes _fill_command(serpens_cmd *c, size_t head, int kind, uint32_t seq,
                          uint32_t instance_id, str rx_ring, str tx_ring, uint64_t rx_ring_addr,
                          uint64_t tx_ring_addr, images, steps, bytes config, int load_mode,
-                         bint populate, dl_paths, uint32_t state_backend, uint32_t redis_port):
+                         bint populate, dl_paths, uint32_t state_backend, str state_arg):
     cdef serpens_cmd *cmd = c
     memset(cmd, 0, head)
     cmd[0].magic = SERPENS_CMD_MAGIC
@@ -143,12 +150,12 @@ cdef bytes _fill_command(serpens_cmd *c, size_t head, int kind, uint32_t seq,
     cmd[0].load_mode = load_mode
     cmd[0].populate = populate
     cmd[0].state_backend = state_backend
-    cmd[0].redis_port = redis_port
     cmd[0].nsteps = len(steps)
     cmd[0].nimages = len(images)
     cmd[0].config_len = len(config)
     strncpy(cmd[0].rx_ring, rx_ring.encode(), 31)
     strncpy(cmd[0].tx_ring, tx_ring.encode(), 31)
+    strncpy(cmd[0].state_arg, state_arg.encode(), SERPENS_STATE_ARG - 1)
     cmd[0].rx_ring_addr = rx_ring_addr
     cmd[0].tx_ring_addr = tx_ring_addr
     for i, (base, text_len, relro_len, data_len, entry_off) in enumerate(images):

@@ -23,6 +23,11 @@ cdef extern from "serpens/nf.h" nogil:
 
 from includes.nf_image cimport serpens_image_layout, serpens_region_reserve
 
+cdef extern from "state_backend.h" nogil:
+    enum:
+        SERPENS_STATE_ARG
+    int SERPENS_STATE_LOCAL
+
 cdef extern from "pool_ctl.h" nogil:
     enum:
         SERPENS_MAX_STEPS
@@ -52,7 +57,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t load_mode
         uint32_t populate
         uint32_t state_backend
-        uint32_t redis_port
+        uint32_t pad
         uint16_t nsteps
         uint16_t nimages
         uint32_t config_len
@@ -62,6 +67,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t tx_ring_addr
         serpens_image_layout images[SERPENS_MAX_IMAGES]
         char dl_path[SERPENS_MAX_IMAGES][108]
+        char state_arg[SERPENS_STATE_ARG]
         serpens_step steps[SERPENS_MAX_STEPS]
         unsigned char config[1]  # SERPENS_CONFIG_MAX bytes in C
 
@@ -90,6 +96,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t pid
         uint32_t merge_done
         char error[200]
+        char state_error[128]
         uint64_t woken
         uint64_t rx_pkts
         uint64_t tx_pkts

@@ -46,6 +46,7 @@ static int check_steps(const struct serpens_cmd *cmd, char *err, size_t errlen)
 }
 
 int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
+		       const struct serpens_api *api,
 		       const struct serpens_nf_ops *(*const entries[])(void),
 		       struct serpens_pool_ctl *ctl, char *err, size_t errlen)
 {
@@ -67,7 +68,7 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 		nf->counters = &ctl->nf[s];
 		nf->name = st->name;
 		nf->log_tokens = 20;
-		nf->ctx.api = &serpens_api_v1;
+		nf->ctx.api = api;
 		nf->ctx.counters = ctl->nf[s].values;
 		nf->ctx.instance_id = cmd->instance_id;
 		nf->ctx.step = s;

@@ -22,9 +22,11 @@ struct serpens_chain {
 };
 
 /* Wire the steps of `cmd` to the NF ops found at each image's entry (already mapped or
- * loaded: `entries[image]` is its nf_entry), call every init() in order, and on a failure call
- * fini() of those already initialised. Returns 0 or a negative error with `err` filled. */
+ * loaded: `entries[image]` is its nf_entry), hand each NF the context table `api` (its state
+ * backend's, state_backend.h), call every init() in order, and on a failure call fini() of
+ * those already initialised. Returns 0 or a negative error with `err` filled. */
 int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
+		       const struct serpens_api *api,
 		       const struct serpens_nf_ops *(*const entries[])(void),
 		       struct serpens_pool_ctl *ctl, char *err, size_t errlen);
 

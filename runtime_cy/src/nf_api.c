@@ -95,15 +95,10 @@ static int pkt_trim(struct serpens_batch *b, uint32_t i, uint32_t n)
 
 /* ---- log and counters ------------------------------------------------------------------- */
 
-static struct serpens_nf_env *env_of(struct serpens_ctx *ctx)
-{
-	return (struct serpens_nf_env *)((char *)ctx - offsetof(struct serpens_nf_env, ctx));
-}
-
 static void nf_log(struct serpens_ctx *ctx, int level, const char *fmt, ...)
 {
 	static const char *const names[] = {"ERR", "WARN", "INFO", "DEBUG"};
-	struct serpens_nf_env *s = env_of(ctx);
+	struct serpens_nf_env *s = serpens_env_of(ctx);
 	uint64_t now = serpens_now_ns();
 	uint64_t refill = (now - s->log_last_ns) / 100000000ull; /* one line per 100 ms */
 
@@ -138,7 +133,7 @@ static void nf_log(struct serpens_ctx *ctx, int level, const char *fmt, ...)
 
 static int counter_register(struct serpens_ctx *ctx, const char *name)
 {
-	struct serpens_nf_counters *c = env_of(ctx)->counters;
+	struct serpens_nf_counters *c = serpens_env_of(ctx)->counters;
 	size_t len = name ? strnlen(name, SERPENS_COUNTER_NAME) : 0;
 
 	if (len == 0 || len >= SERPENS_COUNTER_NAME)
@@ -156,14 +151,6 @@ static int counter_register(struct serpens_ctx *ctx, const char *name)
 /* ---- state tables ----------------------------------------------------------------------- */
 
 static char state_dir[256] = "/dev/shm/serpens/state";
-static uint32_t state_backend = SERPENS_STATE_LOCAL;
-
-void serpens_state_set_backend(uint32_t backend) { state_backend = backend; }
-
-static int is_remote(const struct serpens_nf_env *s, int table)
-{
-	return (s->remote_mask >> table) & 1;
-}
 
 void serpens_state_set_dir(const char *dir)
 {
@@ -178,10 +165,8 @@ void serpens_nf_env_close_tables(struct serpens_nf_env *s)
 		serpens_table_close(&s->tables[i]);
 		serpens_table_close(&s->replicas[i]);
 	}
-	if (s->remote_mask)
-		serpens_remote_flush();
-	s->remote_mask = 0;
 	s->ntables = 0;
+	s->backend_priv = NULL;
 }
 
 static int is_eventual(const struct serpens_nf_env *s, int table)
@@ -290,7 +275,7 @@ void serpens_nf_env_release(struct serpens_nf_env *s, int answer_only)
 /* The table an NF's get/put act on: its replica for eventual tables. */
 static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
 {
-	struct serpens_nf_env *s = env_of(ctx);
+	struct serpens_nf_env *s = serpens_env_of(ctx);
 	if ((unsigned)table >= s->ntables)
 		return NULL;
 	return is_eventual(s, table) ? &s->replicas[table] : &s->tables[table];
@@ -298,7 +283,7 @@ static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
 
 static struct serpens_table *shared_table_of(struct serpens_ctx *ctx, int table)
 {
-	struct serpens_nf_env *s = env_of(ctx);
+	struct serpens_nf_env *s = serpens_env_of(ctx);
 	return (unsigned)table < s->ntables ? &s->tables[table] : NULL;
 }
 
@@ -379,10 +364,21 @@ static int open_replica(struct serpens_nf_env *s, uint32_t i, const char *name, 
 				  err, errlen);
 }
 
+int serpens_nf_env_table_id(struct serpens_nf_env *s, const char *name)
+{
+	for (uint32_t i = 0; i < s->ntables; i++)
+		if (strcmp(s->table_names[i], name) == 0)
+			return (int)i;
+	if (s->ntables >= SERPENS_MAX_TABLES)
+		return SERPENS_ENOMEM;
+	snprintf(s->table_names[s->ntables], sizeof(s->table_names[0]), "%s", name);
+	return (int)s->ntables++;
+}
+
 static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flags,
 			uint32_t key_size, uint32_t value_size, uint32_t capacity)
 {
-	struct serpens_nf_env *s = env_of(ctx);
+	struct serpens_nf_env *s = serpens_env_of(ctx);
 	char err[200];
 
 	for (uint32_t i = 0; i < s->ntables; i++)
@@ -397,17 +393,6 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 	}
 	uint32_t i = s->ntables;
 	snprintf(s->table_names[i], sizeof(s->table_names[i]), "%s", name);
-	if (state_backend == SERPENS_STATE_REDIS ||
-	    (state_backend == SERPENS_STATE_REDIS_GLOBAL && (flags & SERPENS_GLOBAL))) {
-		int rc = serpens_table_flags_valid(flags);
-		if (rc == 0)
-			rc = serpens_remote_table_init(&s->remote[i], s->name, name, flags, key_size,
-						       value_size);
-		if (rc)
-			return rc;
-		s->remote_mask |= 1u << i;
-		return (int)s->ntables++;
-	}
 	/* The namespace is the NF's name in the SFC: every instance of it shares the tables. */
 	int rc = serpens_table_open(&s->tables[i], state_dir, s->name, name, flags, key_size,
 				    value_size, capacity, err, sizeof(err));
@@ -427,29 +412,33 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 
 static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
-		return serpens_remote_get(&env_of(ctx)->remote[table], key);
 	struct serpens_table *t = table_of(ctx, table);
-	if (t && is_release(env_of(ctx), table))
-		return release_share(env_of(ctx), table, key);
+	if (t && is_release(serpens_env_of(ctx), table))
+		return release_share(serpens_env_of(ctx), table, key);
 	return t ? serpens_table_get(t, key) : NULL;
 }
 
 static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *const *keys,
 			       uint32_t n, void **values)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
-		return serpens_remote_get_bulk(&env_of(ctx)->remote[table], keys, n, values);
 	struct serpens_table *t = table_of(ctx, table);
 	uint32_t found = 0;
-	if (!t || is_release(env_of(ctx), table)) {
+	if (!t || is_release(serpens_env_of(ctx), table)) {
 		for (uint32_t i = 0; i < n && i < SERPENS_BURST; i++) {
-			values[i] = t ? release_share(env_of(ctx), table, keys[i]) : NULL;
+			values[i] = t ? release_share(serpens_env_of(ctx), table, keys[i]) : NULL;
 			found += values[i] != NULL;
 		}
 		return found;
 	}
 	return serpens_table_get_bulk(t, keys, n, values);
+}
+
+static uint32_t get_state_multi(struct serpens_ctx *ctx, struct serpens_lookup *l, uint32_t nl)
+{
+	uint32_t found = 0;
+	for (uint32_t q = 0; q < nl && q < 16; q++)
+		found += get_state_bulk(ctx, l[q].table, l[q].keys, l[q].n, l[q].values);
+	return found;
 }
 
 /* In init(): create key's pool if it does not exist. Later: overwrite this instance's share. */
@@ -481,13 +470,10 @@ static int release_put(struct serpens_nf_env *s, int table, const void *key, con
 static int put_state(struct serpens_ctx *ctx, int table, const void *key, const void *value,
 		     void **stored)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
-		return value ? serpens_remote_put(&env_of(ctx)->remote[table], key, value, stored)
-			     : SERPENS_EINVAL;
 	struct serpens_table *t = table_of(ctx, table);
 	if (!t || !value)
 		return SERPENS_EINVAL;
-	struct serpens_nf_env *s = env_of(ctx);
+	struct serpens_nf_env *s = serpens_env_of(ctx);
 	if (!(t->flags & SERPENS_WRITE) && !s->in_init)
 		return SERPENS_EPERM; /* read state is filled in init(), then only read */
 	if (is_release(s, table))
@@ -497,10 +483,8 @@ static int put_state(struct serpens_ctx *ctx, int table, const void *key, const 
 
 static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
-		return serpens_remote_delete(&env_of(ctx)->remote[table], key);
 	struct serpens_table *t = table_of(ctx, table);
-	if (t && !(t->flags & SERPENS_WRITE) && !env_of(ctx)->in_init)
+	if (t && !(t->flags & SERPENS_WRITE) && !serpens_env_of(ctx)->in_init)
 		return SERPENS_EPERM;
 	return t ? serpens_table_delete(t, key) : SERPENS_EINVAL;
 }
@@ -508,17 +492,13 @@ static int delete_state(struct serpens_ctx *ctx, int table, const void *key)
 static int state_fetch_add(struct serpens_ctx *ctx, int table, const void *key, uint64_t delta,
 			   uint64_t *before)
 {
-	if ((unsigned)table < SERPENS_MAX_TABLES && is_remote(env_of(ctx), table))
-		return serpens_remote_fetch_add(&env_of(ctx)->remote[table], key, delta, before);
 	struct serpens_table *t = shared_table_of(ctx, table);
 	return t ? serpens_table_fetch_add(t, key, delta, before) : SERPENS_EINVAL;
 }
 
 static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint64_t period_ns)
 {
-	struct serpens_nf_env *s = env_of(ctx);
-	if ((unsigned)table < s->ntables && is_remote(s, table))
-		return 0; /* Redis baselines keep no replicas: nothing to merge */
+	struct serpens_nf_env *s = serpens_env_of(ctx);
 	if ((unsigned)table >= s->ntables || !(is_eventual(s, table) || is_release(s, table)) ||
 	    key || period_ns < 1000000)
 		return SERPENS_EINVAL; /* periods below 1 ms would merge more than they count */
@@ -531,11 +511,9 @@ static int state_timer(struct serpens_ctx *ctx, int table, const void *key, uint
 
 static int state_trigger(struct serpens_ctx *ctx, int table, const void *key)
 {
-	struct serpens_nf_env *s = env_of(ctx);
+	struct serpens_nf_env *s = serpens_env_of(ctx);
 	if ((unsigned)table >= s->ntables)
 		return SERPENS_EINVAL;
-	if (is_remote(s, table))
-		return 0; /* no replicas or shares in the Redis baselines */
 	if (is_release(s, table)) {
 		rebalance(s, table);
 		return 0;
@@ -571,4 +549,5 @@ const struct serpens_api serpens_api_v1 = {
 	.state_fetch_add = state_fetch_add,
 	.timer = state_timer,
 	.trigger = state_trigger,
+	.get_state_multi = get_state_multi,
 };

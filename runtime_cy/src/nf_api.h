@@ -4,10 +4,10 @@
 #ifndef SERPENS_NF_API_H
 #define SERPENS_NF_API_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "pool_ctl.h"
-#include "remote_state.h"
 #include "state_table.h"
 #include "serpens/nf.h"
 
@@ -38,23 +38,24 @@ struct serpens_nf_env {
 	/* release tables: the pool epoch whose requests this instance has answered */
 	uint64_t seen_epoch[SERPENS_MAX_TABLES];
 	uint32_t nrelease;
-	/* benchmark baselines: tables whose state is in Redis (bit per table id) */
-	uint32_t remote_mask;
 	char table_names[SERPENS_MAX_TABLES][SERPENS_TABLE_NAME];
 	/* why the last create_table failed (a full state filesystem...), for init()'s error */
 	int32_t table_rc;
 	char table_error[160];
-	struct serpens_remote_table remote[SERPENS_MAX_TABLES];
+	/* a state backend other than the local one keeps its own per-NF data here (NULL when
+	 * the NF is set up; state_backend.h) */
+	void *backend_priv;
 };
 
-/* Where NFs' state lives: the state manager (the real thing), or Redis for the benchmark
- * baselines: every table (Fission-style) or only global tables (SNF-style). */
-enum serpens_state_backend {
-	SERPENS_STATE_LOCAL = 0,
-	SERPENS_STATE_REDIS = 1,
-	SERPENS_STATE_REDIS_GLOBAL = 2,
-};
-void serpens_state_set_backend(uint32_t backend);
+static inline struct serpens_nf_env *serpens_env_of(struct serpens_ctx *ctx)
+{
+	return (struct serpens_nf_env *)((char *)ctx - offsetof(struct serpens_nf_env, ctx));
+}
+
+/* For state backends that keep some of an NF's tables elsewhere: the id of its table `name`,
+ * a new id (no local table behind it) if it has none; SERPENS_ENOMEM when it has
+ * SERPENS_MAX_TABLES. */
+int serpens_nf_env_table_id(struct serpens_nf_env *s, const char *name);
 
 #define SERPENS_MERGE_PERIOD_NS 100000000ull /* eventual tables merge every 100 ms */
 

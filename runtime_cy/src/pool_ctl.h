@@ -41,6 +41,7 @@
 
 #include "nf_image.h"
 #include "serpens/nf.h"
+#include "state_backend.h"
 
 #define SERPENS_MAX_STEPS 16   /* NFs (and selectors) in one SFC */
 #define SERPENS_MAX_IMAGES 16
@@ -82,8 +83,8 @@ struct serpens_cmd {
 	uint32_t instance_id;
 	uint32_t load_mode;     /* serpens_load_mode */
 	uint32_t populate;      /* MAP_POPULATE the images */
-	uint32_t state_backend; /* serpens_state_backend: LOCAL, or Redis for baselines */
-	uint32_t redis_port;
+	uint32_t state_backend; /* state_backend.h: SERPENS_STATE_LOCAL, or a baseline's */
+	uint32_t pad;
 	uint16_t nsteps;
 	uint16_t nimages;       /* == number of fds in SCM_RIGHTS for LOAD_MAP */
 	uint32_t config_len;
@@ -95,6 +96,7 @@ struct serpens_cmd {
 	uint64_t tx_ring_addr;
 	struct serpens_image_layout images[SERPENS_MAX_IMAGES];
 	char dl_path[SERPENS_MAX_IMAGES][108]; /* LOAD_DLOPEN only */
+	char state_arg[SERPENS_STATE_ARG];     /* for the state backend (a baseline's socket) */
 	struct serpens_step steps[SERPENS_MAX_STEPS];
 	uint8_t config[SERPENS_CONFIG_MAX];
 };
@@ -136,6 +138,8 @@ struct serpens_pool_ctl {
 	volatile uint32_t merge_done; /* the merge_req last answered: eventual replicas merged,
 				       * release shares given back (all before it is in the tables) */
 	char error[200];            /* human-readable reason when last_error != 0 */
+	char state_error[128];      /* why the state backend stopped serving (empty: it did not):
+				     * a baseline that lost its store must not report figures */
 
 	/* ---- P: the producer of its packets (router or harness) ---- */
 	volatile uint64_t woken __attribute__((aligned(64))); /* the last sleep claimed (woken) */

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE /* REG_RIP, siginfo's SIGSYS fields */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,6 +27,7 @@
 
 struct instance {
 	struct serpens_chain chain;
+	const struct serpens_state_backend *state; /* chosen at start */
 	struct rte_ring *rx, *tx;
 	const struct serpens_loader *loader; /* of the last start (loader.h) */
 	struct serpens_nf_code code;
@@ -188,6 +190,35 @@ static struct rte_ring *find_ring(const char *name, uint64_t addr)
 
 static void run_instance(struct runtime *rt, int detached);
 
+/* The state backend the command names, attached (state_backend.h). */
+static int attach_state(struct runtime *rt, char *err, size_t errlen)
+{
+	const struct serpens_cmd *cmd = &rt->cmd;
+	const struct serpens_state_backend *b = serpens_state_backend_get(cmd->state_backend);
+	char arg[SERPENS_STATE_ARG];
+
+	rt->ctl->state_error[0] = 0;
+	rt->inst.state = NULL;
+	if (!b) {
+		snprintf(err, errlen, "no state backend %u in this build", cmd->state_backend);
+		return -ENOENT;
+	}
+	memcpy(arg, cmd->state_arg, sizeof(arg));
+	arg[sizeof(arg) - 1] = 0;
+	int rc = b->attach ? b->attach(arg, rt->ctl->state_error, sizeof(rt->ctl->state_error),
+				      err, errlen) : 0;
+	if (rc == 0)
+		rt->inst.state = b;
+	return rc;
+}
+
+/* The state backend's flush (state_backend.h; NULL for the local one). */
+static void state_flush(const struct instance *in)
+{
+	if (in->state && in->state->flush)
+		in->state->flush();
+}
+
 /* The instance of the last start, run by a loader elsewhere (loader.h run_elsewhere: a forked
  * child of this process) until its ring stays empty, then ended. */
 static void run_detached(void *arg)
@@ -197,10 +228,11 @@ static void run_detached(void *arg)
 	char err[200];
 
 	in->first_burst_done = 0;
-	if (serpens_chain_init(&in->chain, &rt->cmd, in->code.entries, rt->ctl, err,
-			       sizeof(err)) == 0) {
+	if (serpens_chain_init(&in->chain, &rt->cmd, in->state->api, in->code.entries, rt->ctl,
+			       err, sizeof(err)) == 0) {
 		run_instance(rt, 1);
 		serpens_chain_fini(&in->chain);
+		state_flush(in);
 	}
 	__atomic_add_fetch(&rt->ctl->forked_done, 1, __ATOMIC_RELEASE);
 }
@@ -229,11 +261,8 @@ static int start_instance(struct runtime *rt)
 		set_error(rt, -EINVAL, err);
 		return -EINVAL;
 	}
-	serpens_state_set_backend(cmd->state_backend);
-	if (cmd->state_backend != SERPENS_STATE_LOCAL &&
-	    (rc = serpens_remote_connect((uint16_t)cmd->redis_port)) != 0) {
+	if ((rc = attach_state(rt, err, sizeof(err))) != 0) {
 		close_fds(rt);
-		snprintf(err, sizeof(err), "redis on port %u: %s", cmd->redis_port, strerror(-rc));
 		set_error(rt, rc, err);
 		return rc;
 	}
@@ -245,7 +274,8 @@ static int start_instance(struct runtime *rt)
 			return 1;
 		snprintf(err, sizeof(err), "%s", strerror(-rc));
 	} else if (rc == 0) {
-		rc = serpens_chain_init(&in->chain, cmd, in->code.entries, rt->ctl, err, sizeof(err));
+		rc = serpens_chain_init(&in->chain, cmd, in->state->api, in->code.entries, rt->ctl,
+					err, sizeof(err));
 		if (rc)
 			unload_code(in);
 	}
@@ -264,6 +294,7 @@ static void stop_instance(struct runtime *rt)
 {
 	uint32_t req = __atomic_load_n(&rt->ctl->merge_req, __ATOMIC_ACQUIRE);
 	serpens_chain_fini(&rt->inst.chain);
+	state_flush(&rt->inst); /* what fini() wrote too */
 	/* fini merged and gave everything back: that answers any merge request left */
 	__atomic_store_n(&rt->ctl->merge_done, req, __ATOMIC_RELEASE);
 	unload_code(&rt->inst);
@@ -304,8 +335,8 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 	}
 	in->chain.bad_labels = 0;
 	serpens_chain_run(&in->chain, &b);
-	if (serpens_remote_enabled())
-		serpens_remote_batch_end();
+	if (in->state->batch_end)
+		in->state->batch_end();
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i]; /* not b.pkt[]: the NF could rewrite that */
 		/* The NF had the mbuf in hand: the router frees or sends what leaves here, so a
@@ -364,8 +395,7 @@ static void run_instance(struct runtime *rt, int detached)
 			uint32_t req = __atomic_load_n(&ctl->merge_req, __ATOMIC_ACQUIRE);
 			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
 			serpens_chain_release(&in->chain, 0);
-			if (serpens_remote_enabled())
-				serpens_remote_flush();
+			state_flush(in);
 			__atomic_store_n(&ctl->merge_done, req, __ATOMIC_RELEASE);
 		}
 		/* inflight_n first, then the dequeue (all or nothing): a process killed at any
@@ -398,14 +428,14 @@ static void run_instance(struct runtime *rt, int detached)
 			 * give back what it holds (state tables). */
 			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
 			serpens_chain_release(&in->chain, 0);
-			if (serpens_remote_enabled())
-				serpens_remote_flush();
+			state_flush(in);
 			sleep_until_woken(rt, in->rx);
 			idle_since = 0;
 		} else {
 			/* Nothing to do: let another instance sharing this core run now rather than
-			 * at the end of our time slice (milliseconds). */
-			serpens_pool_wait(ctl);
+			 * at the end of our time slice (milliseconds); alone on the core this returns
+			 * at once, and polls the ring no harder than the router's line can bear. */
+			sched_yield();
 		}
 	}
 }

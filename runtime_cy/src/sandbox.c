@@ -71,10 +71,11 @@ static const struct allowed allowed[] = {
 	ANY(SYS_exit), ANY(SYS_exit_group),
 };
 
-/* Only with SERPENS_SANDBOX_NET: the Redis state backend of the benchmarks' baselines, an
- * AF_INET stream to Redis. Never for a node's pool: an NF could reach the network. */
+/* Only with SERPENS_SANDBOX_NET: the Redis state backend of the benchmarks' baselines
+ * (bench/native/redis_state.h), a stream to Redis' Unix socket. Never for a node's pool: an
+ * NF could reach other local services. */
 static const struct allowed allowed_net[] = {
-	ARG_IS(SYS_socket, 0, AF_INET), ANY(SYS_connect), ANY(SYS_setsockopt), ANY(SYS_sendto),
+	ARG_IS(SYS_socket, 0, AF_UNIX), ANY(SYS_connect), ANY(SYS_setsockopt), ANY(SYS_sendto),
 	ANY(SYS_recvfrom),
 };
 

@@ -16,7 +16,7 @@
 #include <stddef.h>
 
 /* Enter the sandbox. 0, or -errno with a message in err. Not reversible. */
-#define SERPENS_SANDBOX_NET 1 /* also allow an AF_INET client (the Redis baseline) */
+#define SERPENS_SANDBOX_NET 1 /* also allow a Unix socket client (the Redis baseline) */
 
 int serpens_sandbox_enter(int flags, char *err, size_t errlen);
 

@@ -46,7 +46,7 @@
 #include <stdint.h>
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 1 /* 1: state tables */
+#define SERPENS_ABI_MINOR 2 /* 1: state tables; 2: get_state_multi */
 
 #define SERPENS_BURST 32          /* packets per batch, at most */
 #define SERPENS_MAX_PORTS 8       /* output ports of one NF */
@@ -102,6 +102,14 @@ struct serpens_flow {
 	uint8_t pad[2];
 };
 _Static_assert(sizeof(struct serpens_flow) == 40, "flow key is 40 bytes");
+
+/* One lookup of get_state_multi: n (<= SERPENS_BURST) keys in one table, as get_state_bulk. */
+struct serpens_lookup {
+	int table;
+	uint32_t n;
+	const void *const *keys;
+	void **values; /* out: the value for keys[i], or NULL */
+};
 
 struct serpens_hdrs {
 	uint16_t ethertype;   /* after VLAN tags, host order */
@@ -231,6 +239,14 @@ struct serpens_api {
 	 *   nothing;
 	 * - timer(table, NULL, period) rebalances every period as trigger does: the update of
 	 *   paper §III-D2 is this give-back-and-split, with the NF's merge and split. */
+
+	/* ---- ABI minor 2 ------------------------------------------------------------------------
+	 * Several get_state_bulk whose keys do not depend on each other's answers (a flow's and
+	 * its host's entries), in one call: the same as calling get_state_bulk for each in turn,
+	 * except that a state store across a socket (the benchmarks' Redis baselines) answers them
+	 * in one round trip. At most 16 lookups. Returns how many keys were found in all. */
+	uint32_t (*get_state_multi)(struct serpens_ctx *ctx, struct serpens_lookup *lookups,
+				    uint32_t nlookups);
 };
 
 /* Table flags. */
