@@ -161,6 +161,11 @@ def run(args) -> dict:
                 if "serpens" in row and base in row:
                     row[f"serpens_vs_{base}"] = round(row["serpens"]["mpps"] /
                                                       max(row[base]["mpps"], 1e-9), 2)
+            for mode in modes:  # what the hand-off costs each design as the chain grows
+                one = result.get("1", {}).get(mode)
+                if one and n > 1:
+                    row[mode]["vs_own_chain_of_1"] = round(row[mode]["mpps"] /
+                                                           max(one["mpps"], 1e-9), 2)
             result[str(n)] = row
     finally:
         rig.close()

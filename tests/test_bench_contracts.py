@@ -73,6 +73,9 @@ def test_chain_bench_json_contract():
         for base in ("local_proxy", "global_proxy"):
             assert set(r["params"]["modes"][base]) == {"idle_us", "ring_size"}
     assert r["2"]["serpens_vs_local_proxy"] > 0 and r["2"]["serpens_vs_global_proxy"] > 0
+    for mode in ("serpens", "local_proxy", "global_proxy"):
+        assert r["2"][mode]["vs_own_chain_of_1"] == round(
+            r["2"][mode]["mpps"] / r["1"][mode]["mpps"], 2), mode
 
 
 def test_chain_bench_fails_when_a_baseline_sends_out_other_packets():
