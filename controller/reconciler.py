@@ -16,21 +16,26 @@ The leader reconciles each SFC on its own: a work queue keyed by SFC name
 * the nodes' view (controller/nodes.py): each agent is asked what it runs (Agent.GetNode)
   every `resync_s`, each node on its own; an SFC whose state there changed is queued;
 * a resync every `resync_s` that queues every SFC (agents' counters move without etcd
-  events, and drift gets fixed), except those waiting out a back-off.
+  events, and drift gets fixed), except those being processed or waiting out a back-off.
 
 A key is never processed by two workers at once; an SFC whose reconcile fails (an agent that
-does not answer, a conflict, etcd away) is retried with its own exponential back-off, so a
-slow or failing SFC delays only itself: an agent call that hangs holds one worker until its
-deadline, never the others. Reconciling an SFC is idempotent:
+does not answer, a conflict, etcd away) is retried with its own exponential back-off, which
+it always waits out. An agent call that hangs holds its worker until its deadline, so a
+node gets at most _RUNS_PER_NODE RunSFC calls at once (an SFC counts as its load from the
+moment the call is sent); a busy node is skipped, and a node whose RunSFC times out or fails
+to answer is suspect for _SUSPECT_S (the SFC is placed elsewhere at once, new ones avoid it).
+A node that leaves has its calls cancelled (nodes.py closes its channel). A hung node thus
+holds at most _RUNS_PER_NODE of the `workers`. Reconciling an SFC is idempotent:
 
 * Desired state: its record (`sfcs/<name>`: spec text, generation, scale).
 * Observed state: the live nodes (registered, and their last GetNode answered) and what each
   runs.
 * It stays on the node that runs it; without a live node it goes to the node running the
-  fewest SFCs (counting those placed there and not yet running). A node that cannot run it
-  beside its other SFCs (a second SFC taking unmatched packets, a taken tag:
-  FAILED_PRECONDITION) is skipped for the next; if none can, it stays Pending (and an older
-  generation keeps running where it runs). The agent is told to run the spec's generation
+  fewest SFCs (counting those placed there and not yet running), preferring nodes neither
+  busy nor suspect. A node that cannot run it beside its other SFCs (a second SFC taking
+  unmatched packets, a taken tag: FAILED_PRECONDITION), a busy one, or one whose RunSFC timed
+  out is skipped for the next; if none can, it stays Pending (and an older generation keeps
+  running where it runs). The agent is told to run the spec's generation
   (RunSFC, with the C source of the deployed NFs it names) and the desired replicas
   (ScaleSFC); copies on other nodes, or of a deleted SFC, are stopped (StopSFC).
 * Autoscaling: an SFC whose spec sets `scale.target_pps` gets replicas = its reported input
@@ -41,7 +46,8 @@ deadline, never the others. Reconciling an SFC is idempotent:
   generation, instances), written only when it changed; Degraded and Failed with the agent's
   message when the SFC's instances crash (agent/faults.py). An agent refusing a spec
   (INVALID_ARGUMENT: the field or the compiler's text) marks it Failed until the spec
-  changes; an agent that does not answer leaves it Pending, retried with back-off.
+  changes; an agent that does not answer leaves it Pending (or placed elsewhere), retried
+  with back-off.
 
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
 placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
