@@ -137,6 +137,10 @@ class Nodes:
         try:
             reply = await self.agents[record.address].GetNode(pb.GetNodeRequest(),
                                                               timeout=self.timeout)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            return  # its channel was closed under it (the node left, or another poll failed)
         except grpc.aio.AioRpcError as e:
             if name in self.views:
                 log.warning("node %s (%s) does not answer: %s", name, record.address,

@@ -265,6 +265,12 @@ class Reconciler:
             except StoreError as e:
                 log.warning("sfc %s: %s; retrying", name, e)
                 ok = False
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise  # the term is over
+                # an agent call cancelled under it: its node left (nodes.py closed its channel)
+                log.warning("sfc %s: a call to a node that left was cancelled; retrying", name)
+                ok = False
             except Exception:  # noqa: BLE001 - a bug costs this SFC a retry, not the others
                 log.exception("sfc %s: reconcile failed; retrying", name)
                 ok = False
