@@ -242,14 +242,16 @@ class Reconciler:
 
     def _queue_all(self, resync: bool):
         """Queue every SFC there is a trace of: a record, a status, a copy on a node. A
-        resync leaves the keys being processed alone (their worker sees the same state)."""
+        resync leaves alone the keys being processed (their worker sees the same state) and
+        those waiting out a back-off."""
         names = {k[len(self.keys.sfcs):] for k in self.cache.list(self.keys.sfcs)}
         names |= {k[len(self.keys.statuses):] for k in self.cache.list(self.keys.statuses)}
         for view in self.nodes.views.values():
             names |= set(view)
         for name in sorted(names):
-            if not (resync and name in self.queue.processing):
-                self.queue.add(name)  # (one waiting out a back-off stays waiting)
+            if not (resync and (name in self.queue.processing or
+                                self.queue.backing_off(name))):
+                self.queue.add(name)
 
     async def _work(self):
         """One worker: take an SFC, reconcile it, forget its back-off or retry it."""
@@ -264,12 +266,6 @@ class Reconciler:
                 return
             except StoreError as e:
                 log.warning("sfc %s: %s; retrying", name, e)
-                ok = False
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():
-                    raise  # the term is over
-                # an agent call cancelled under it: its node left (nodes.py closed its channel)
-                log.warning("sfc %s: a call to a node that left was cancelled; retrying", name)
                 ok = False
             except Exception:  # noqa: BLE001 - a bug costs this SFC a retry, not the others
                 log.exception("sfc %s: reconcile failed; retrying", name)
@@ -479,8 +475,8 @@ class Reconciler:
                 self.nodes.ran(node, name, running)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas:
-                running = await stub.ScaleSFC(pb.ScaleSFCRequest(name=name, replicas=replicas),
-                                              timeout=_CALL_TIMEOUT)
+                running = await _agent_call(stub.ScaleSFC(
+                    pb.ScaleSFCRequest(name=name, replicas=replicas), timeout=_CALL_TIMEOUT))
                 self.nodes.ran(node, name, running)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -510,11 +506,7 @@ class Reconciler:
             raise _Refused(f"busy: {in_flight} RunSFC calls in flight")
         self._runs[node] = in_flight + 1
         try:
-            return await stub.RunSFC(request, timeout=self.run_timeout)
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
-                raise  # this worker is being stopped
-            why = "the node left; its call was cancelled"
+            return await _agent_call(stub.RunSFC(request, timeout=self.run_timeout))
         except grpc.aio.AioRpcError as e:
             if e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED,
                                 grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
@@ -552,8 +544,8 @@ class Reconciler:
                    if node != keep and name in view]
         for node, address in running:
             try:
-                await self.agents[address].StopSFC(pb.StopSFCRequest(name=name),
-                                                   timeout=_CALL_TIMEOUT)
+                await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(name=name),
+                                                               timeout=_CALL_TIMEOUT))
                 log.info("sfc %s stopped on node %s", name, node)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
@@ -582,6 +574,19 @@ class _MissingNF(Exception):
 class _Refused(Exception):
     """The node cannot run the SFC now: not beside those it runs (a second default, a taken
     tag), too many calls in flight, or its RunSFC timed out or failed to reach it."""
+
+
+async def _agent_call(call):
+    """Await an agent call; one cancelled under it (its node left: nodes.py closed the
+    channel) fails like any call, with CANCELLED, unless this task is being cancelled."""
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():
+            raise
+        raise grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(),
+                                   grpc.aio.Metadata(),
+                                   "the node left; its call was cancelled") from None
 
 
 async def _until(coro, *events: asyncio.Event) -> bool:

@@ -5,10 +5,11 @@
 * a key is never processed by two workers at once: added while a worker has it, it is marked
   dirty and queued again when that worker calls done(), so the change is not missed;
 * per-key back-off: retry(key) adds it again after first * 2^failures seconds (capped), and
-  forget(key) resets that count once it succeeds; one failing key never slows another. A
-  failing key always waits its back-off: an add() meanwhile (a resync, an event, also one made
-  while the failing attempt was still processed) is folded into the scheduled retry, so a
-  failure slower than the resync period is not retried at once, forever.
+  forget(key) resets that count once it succeeds; one failing key never slows another. An
+  add() made while the failing attempt was processed (a resync, a change the attempt itself
+  caused) is folded into the scheduled retry, so a failure slower than the resync period is
+  not retried at once, forever; callers leave keys waiting out a back-off out of a resync
+  (backing_off()). A change after the failure (an add() during the back-off) runs at once.
 
 Single event loop, no locks: every method but get() is synchronous.
 """
@@ -31,7 +32,7 @@ class WorkQueue:
         self._waiters: deque[asyncio.Future] = deque()
 
     def add(self, key: str) -> None:
-        if key in self._dirty or key in self._delayed:  # waiting out a back-off: it comes then
+        if key in self._dirty:
             return
         self._dirty.add(key)
         if key not in self._processing:
