@@ -19,8 +19,8 @@ The leader reconciles each SFC on its own: a work queue keyed by SFC name
   events, and drift gets fixed), except those being processed or waiting out a back-off.
 
 A key is never processed by two workers at once; an SFC whose reconcile fails (an agent that
-does not answer, a conflict, etcd away) is retried with its own exponential back-off, which
-it always waits out. An agent call that hangs holds its worker until its deadline, so a
+does not answer, a conflict, etcd away) is retried with its own exponential back-off (an add
+made while the failing attempt ran waits for it too). An agent call that hangs holds its worker until its deadline, so a
 node gets at most _RUNS_PER_NODE RunSFC calls at once (an SFC counts as its load from the
 moment the call is sent); a busy node is skipped, and a node whose RunSFC times out or fails
 to answer is suspect for _SUSPECT_S (the SFC is placed elsewhere at once, new ones avoid it).
