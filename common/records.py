@@ -7,13 +7,20 @@ backup): a value that is not JSON, or not the shape this version writes, must co
 record, not the reconciler's loop nor `get sfc` for every other record. `decode()` raises
 MalformedRecord saying what is wrong; callers skip the record and report it (the SFC's
 status; the log once per key revision, `Reported`). Fields a record carries that this
-version does not know (a newer writer's) are ignored.
+version does not know (a newer writer's) are ignored. Well-formed JSON can still hold what
+no writer writes and a reader cannot carry (a count of -1 or 2**70, NaN, a name that is no
+key or file name): numbers are checked against their protobuf types' ranges (int64, uint32)
+and floats must be finite, names must match common/names.py.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from dataclasses import asdict, dataclass, field
+
+from serpens.common.names import NF_NAME, NODE_NAME, SFC_NAME
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,9 @@ class MalformedRecord(ValueError):
 
 _NUMBER = (int, float)
 _REQUIRED = object()
+_INT64 = (-(1 << 63), (1 << 63) - 1)   # the protobuf types the records are served as
+_COUNT = (0, (1 << 63) - 1)            # int64, never negative (generations, sizes)
+_UINT32 = (0, (1 << 32) - 1)           # replicas, instances, pool processes
 _WHAT = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
 
 
@@ -37,14 +47,22 @@ def _object(value: bytes | str) -> dict:
     return record
 
 
-def _field(record: dict, name: str, types, where: str = "", default=_REQUIRED):
-    """record[name], checked to be of `types` (bool is no number); `default` if absent."""
+def _field(record: dict, name: str, types, where: str = "", default=_REQUIRED,
+           bounds: tuple | None = None):
+    """record[name], checked to be of `types` (bool is no number); `default` if absent.
+    A number must be finite and within `bounds` (lo, hi), or int64 for an integer."""
     if name not in record and default is not _REQUIRED:
         return default
     value = record.get(name)
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in
                                         (types if isinstance(types, tuple) else (types,))):
         raise MalformedRecord(f"{where}{name}: missing or not {_WHAT.get(types, 'a number')}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MalformedRecord(f"{where}{name}: {value} is not a finite number")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = bounds or (_INT64 if isinstance(value, int) else (-math.inf, math.inf))
+        if not lo <= value <= hi:
+            raise MalformedRecord(f"{where}{name}: {value} is out of range [{lo}, {hi}]")
     return value
 
 
@@ -55,15 +73,18 @@ def _names(record: dict, name: str, where: str = "", default=_REQUIRED) -> tuple
     return tuple(value)
 
 
-def _check_name(record: dict, name: str | None, required: bool = True) -> str:
-    """The record's own name, which must be the one its key gives (when given); a record
-    that need not carry it (`required` False) takes the key's."""
+def _check_name(record: dict, name: str | None, pattern: re.Pattern,
+                required: bool = True) -> str:
+    """The record's own name, which must be the one its key gives (when given) and match
+    `pattern`; a record that need not carry it (`required` False) takes the key's."""
     if required or "name" in record or name is None:
         own = _field(record, "name", str)
     else:
         own = name
     if name is not None and own != name:
         raise MalformedRecord(f"name: {own!r} under the key of {name!r}")
+    if not pattern.match(own):
+        raise MalformedRecord(f"name: {own[:64]!r} is not a valid name ({pattern.pattern})")
     return own
 
 
@@ -87,10 +108,11 @@ class NFRecord:
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> NFRecord:
         r = _object(value)
-        return cls(name=_check_name(r, name), description=_field(r, "description", str),
+        return cls(name=_check_name(r, name, NF_NAME),
+                   description=_field(r, "description", str),
                    source=_field(r, "source", str),
                    source_sha256=_field(r, "source_sha256", str),
-                   image_size=_field(r, "image_size", int),
+                   image_size=_field(r, "image_size", int, bounds=_COUNT),
                    created=_field(r, "created", _NUMBER), updated=_field(r, "updated", _NUMBER))
 
     def to_dict(self) -> dict:
@@ -115,9 +137,11 @@ class ScaleRecord:
         target = r.get("target_pps")
         if target is not None:
             target = _field(r, "target_pps", _NUMBER, "scale.")
-        return cls(replicas=_field(r, "replicas", int, "scale."),
-                   min=_field(r, "min", int, "scale."), max=_field(r, "max", int, "scale."),
-                   target_pps=target,
+        lo, hi = (_field(r, f, int, "scale.", bounds=_UINT32) for f in ("min", "max"))
+        if lo > hi:
+            raise MalformedRecord(f"scale: min {lo} > max {hi}")
+        return cls(replicas=_field(r, "replicas", int, "scale.", bounds=_UINT32),
+                   min=lo, max=hi, target_pps=target,
                    changed_at=_field(r, "changed_at", _NUMBER, "scale.", 0.0))
 
     def to_dict(self) -> dict:
@@ -145,9 +169,13 @@ class SFCRecord:
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> SFCRecord:
         r = _object(value)
-        own = _check_name(r, name)
+        own = _check_name(r, name, SFC_NAME)
+        nfs = _names(r, "nfs")
+        bad = next((nf for nf in nfs if not NF_NAME.match(nf)), None)
+        if bad is not None:
+            raise MalformedRecord(f"nfs: {bad[:64]!r} is not a valid NF name")
         return cls(name=own, spec=_field(r, "spec", str), doc=_field(r, "doc", dict),
-                   nfs=_names(r, "nfs"), generation=_field(r, "generation", int),
+                   nfs=nfs, generation=_field(r, "generation", int, bounds=_COUNT),
                    scale=ScaleRecord.decode(_field(r, "scale", dict)),
                    created=_field(r, "created", _NUMBER), updated=_field(r, "updated", _NUMBER))
 
@@ -176,8 +204,8 @@ class SFCStatus:
         return cls(phase=_field(r, "phase", str, default=""),
                    message=_field(r, "message", str, default=""),
                    node=_field(r, "node", str, default=""),
-                   generation=_field(r, "generation", int, default=0),
-                   instances=_field(r, "instances", int, default=0))
+                   generation=_field(r, "generation", int, default=0, bounds=_COUNT),
+                   instances=_field(r, "instances", int, default=0, bounds=_UINT32))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -218,7 +246,9 @@ class NodeLoad:
             for name, row in rows.items():
                 if not isinstance(row, dict):
                     raise MalformedRecord(f"load.{where}.{name}: not an object")
-                out[name] = kind(**{f: _field(row, f, types, f"load.{where}.{name}.", 0)
+                out[name] = kind(**{f: _field(row, f, types, f"load.{where}.{name}.", 0,
+                                              bounds=(0, _UINT32[1] if types is int
+                                                      else math.inf))
                                     for f, types in fields.items()})
             return out
         return cls(sfcs=table(SFCLoad, "sfcs", {"in_pps": _NUMBER, "out_pps": _NUMBER,
@@ -242,9 +272,13 @@ class NodeRecord:
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> NodeRecord:
         r = _object(value)
-        return cls(name=_check_name(r, name, required=False), address=_field(r, "address", str),
+        address = _field(r, "address", str)
+        if not address:
+            raise MalformedRecord("address: empty (the agent's host:port)")
+        return cls(name=_check_name(r, name, NODE_NAME, required=False), address=address,
                    ports=_names(r, "ports", default=[]), input=_names(r, "input", default=[]),
-                   pool=_field(r, "pool", int, default=0), cpus=_field(r, "cpus", str, default=""),
+                   pool=_field(r, "pool", int, default=0, bounds=_UINT32),
+                   cpus=_field(r, "cpus", str, default=""),
                    reported_at=_field(r, "reported_at", _NUMBER, default=0.0),
                    load=NodeLoad.decode(_field(r, "load", dict, default={})))
 

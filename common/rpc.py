@@ -12,6 +12,7 @@ certificate; `set_client_identity` gives the process's default (the controller c
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import grpc
@@ -136,6 +137,7 @@ class Stubs:
     def __init__(self, stub_class):
         self._stub_class = stub_class
         self._open: dict[str, tuple[grpc.aio.Channel, object]] = {}
+        self._closing: set[asyncio.Task] = set()
 
     def __getitem__(self, address: str):
         if address not in self._open:
@@ -143,7 +145,17 @@ class Stubs:
             self._open[address] = (ch, self._stub_class(ch))
         return self._open[address][1]
 
+    def drop(self, address: str) -> None:
+        """Close the channel to `address` (a peer that left), cancelling its calls in flight
+        (their callers see asyncio.CancelledError); a later stubs[address] opens a new one."""
+        opened = self._open.pop(address, None)
+        if opened is not None:
+            task = asyncio.get_running_loop().create_task(opened[0].close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
         opened, self._open = self._open, {}
         for ch, _ in opened.values():
             await ch.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)

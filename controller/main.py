@@ -54,6 +54,7 @@ class Settings:
     leader_ttl: int = 2            # seconds a dead leader holds the lead
     resync_s: float = 2.0          # reconcile at least this often
     workers: int = 8               # SFCs reconciled at once
+    run_timeout_s: float = 120.0   # deadline of an agent's RunSFC
     identity: Identity | None = None  # mTLS certificate (None: plain text on loopback)
 
 
@@ -96,7 +97,8 @@ async def serve(settings: Settings) -> int:
         name = settings.name or f"{socket.gethostname()}:{os.getpid()}"
         reconciler = Reconciler(store, cache, Keys(settings.prefix), name,
                                 ttl=settings.leader_ttl, resync_s=settings.resync_s,
-                                workers=settings.workers)
+                                workers=settings.workers,
+                                run_timeout=settings.run_timeout_s)
         await reconciler.run(stop)
         log.info("stopping (grace %.1fs)", settings.grace)
         await server.stop(settings.grace)
@@ -120,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reconcile every SFC and ask every agent at least this often "
                          "(default 2)")
     ap.add_argument("--workers", type=int, default=8,
-                    help="SFCs reconciled at once: a hanging agent call holds one "
-                         "(default 8)")
+                    help="SFCs reconciled at once, one at a time per SFC (default 8)")
+    ap.add_argument("--run-timeout-s", type=float, default=120.0,
+                    help="deadline of an agent's RunSFC (it compiles NFs); a node whose "
+                         "call times out gets no new SFC for a while (default 120)")
     ap.add_argument("--log-level", default="INFO")
     tls_flags.add_arguments(ap)
     return ap
@@ -142,12 +146,15 @@ def main(argv=None) -> int:
         ap.error("--prefix: must end with '/'")
     if args.workers < 1:
         ap.error("--workers: at least 1")
+    if not args.run_timeout_s > 0:
+        ap.error("--run-timeout-s: must be > 0")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(etcd=etcd, listen=args.listen, prefix=args.prefix,
                         etcd_timeout=args.etcd_timeout, name=args.identity,
                         leader_ttl=args.leader_ttl, resync_s=args.resync_s,
-                        workers=args.workers, identity=identity)
+                        workers=args.workers, run_timeout_s=args.run_timeout_s,
+                        identity=identity)
     try:
         import uvloop
         loop_factory = uvloop.new_event_loop

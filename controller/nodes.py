@@ -10,6 +10,10 @@ when a node comes or goes), for the reconciler to queue them. Only what a placem
 reads counts as a change (generation, incarnation, replicas, instances, phase, message),
 not the packet counters.
 
+A node that leaves (unregistered, a new address, or its GetNode failing) has its channel
+closed: the calls in flight to it (a RunSFC that hangs) are cancelled, their SFCs placed
+again. A registered node that never answers is logged once per address.
+
 Workers record what their own calls changed (ran()): a poll sent before such a call
 answers with the node as it was, and must not undo what the worker saw (the SFC would look
 not yet run and be run again).
@@ -44,6 +48,7 @@ class Nodes:
         self._touched: dict[tuple[str, str], float] = {}     # (node, sfc) -> loop time
         self._pollers: dict[str, asyncio.Task] = {}
         self._polled: dict[str, asyncio.Event] = {}         # set once it was asked
+        self._silent: set[tuple[str, str]] = set()          # (node, address) logged silent
 
     def update(self, records: dict[str, NodeRecord]) -> None:
         """The registered nodes are now `records` (name -> record)."""
@@ -53,6 +58,8 @@ class Nodes:
             old = self.records.get(name)
             self.records[name] = record
             if old is None or old.address != record.address:
+                if old is not None:
+                    self.agents.drop(old.address)
                 self._drop_view(name)
                 self._restart(name)
 
@@ -102,8 +109,9 @@ class Nodes:
         task = self._pollers.pop(name, None)
         if task is not None:
             task.cancel()
-        del self.records[name]
+        self.agents.drop(self.records.pop(name).address)
         self._polled.pop(name, None)
+        self._silent = {k for k in self._silent if k[0] != name}
         self._drop_view(name)
 
     def _drop_view(self, name: str) -> None:
@@ -129,12 +137,22 @@ class Nodes:
         try:
             reply = await self.agents[record.address].GetNode(pb.GetNodeRequest(),
                                                               timeout=self.timeout)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            return  # its channel was closed under it (the node left, or another poll failed)
         except grpc.aio.AioRpcError as e:
             if name in self.views:
                 log.warning("node %s (%s) does not answer: %s", name, record.address,
                             e.details())
                 self._drop_view(name)
+                self.agents.drop(record.address)  # cancels its calls in flight
+            elif (name, record.address) not in self._silent:
+                self._silent.add((name, record.address))
+                log.warning("node %s is registered at %r but does not answer: %s: %s",
+                            name, record.address, e.code().name, e.details())
             return
+        self._silent.discard((name, record.address))
         new = {s.name: s for s in reply.sfcs}
         old = self.views.get(name)
         for (node, sfc), at in list(self._touched.items()):

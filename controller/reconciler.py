@@ -16,21 +16,26 @@ The leader reconciles each SFC on its own: a work queue keyed by SFC name
 * the nodes' view (controller/nodes.py): each agent is asked what it runs (Agent.GetNode)
   every `resync_s`, each node on its own; an SFC whose state there changed is queued;
 * a resync every `resync_s` that queues every SFC (agents' counters move without etcd
-  events, and drift gets fixed), except those waiting out a back-off.
+  events, and drift gets fixed), except those being processed or waiting out a back-off.
 
 A key is never processed by two workers at once; an SFC whose reconcile fails (an agent that
-does not answer, a conflict, etcd away) is retried with its own exponential back-off, so a
-slow or failing SFC delays only itself: an agent call that hangs holds one worker until its
-deadline, never the others. Reconciling an SFC is idempotent:
+does not answer, a conflict, etcd away) is retried with its own exponential back-off (an add
+made while the failing attempt ran waits for it too). An agent call that hangs holds its worker until its deadline, so a
+node gets at most _RUNS_PER_NODE RunSFC calls at once (an SFC counts as its load from the
+moment the call is sent); a busy node is skipped, and a node whose RunSFC times out or fails
+to answer is suspect for _SUSPECT_S (the SFC is placed elsewhere at once, new ones avoid it).
+A node that leaves has its calls cancelled (nodes.py closes its channel). A hung node thus
+holds at most _RUNS_PER_NODE of the `workers`. Reconciling an SFC is idempotent:
 
 * Desired state: its record (`sfcs/<name>`: spec text, generation, scale).
 * Observed state: the live nodes (registered, and their last GetNode answered) and what each
   runs.
 * It stays on the node that runs it; without a live node it goes to the node running the
-  fewest SFCs (counting those placed there and not yet running). A node that cannot run it
-  beside its other SFCs (a second SFC taking unmatched packets, a taken tag:
-  FAILED_PRECONDITION) is skipped for the next; if none can, it stays Pending (and an older
-  generation keeps running where it runs). The agent is told to run the spec's generation
+  fewest SFCs (counting those placed there and not yet running), preferring nodes neither
+  busy nor suspect. A node that cannot run it beside its other SFCs (a second SFC taking
+  unmatched packets, a taken tag: FAILED_PRECONDITION), a busy one, or one whose RunSFC timed
+  out is skipped for the next; if none can, it stays Pending (and an older generation keeps
+  running where it runs). The agent is told to run the spec's generation
   (RunSFC, with the C source of the deployed NFs it names) and the desired replicas
   (ScaleSFC); copies on other nodes, or of a deleted SFC, are stopped (StopSFC).
 * Autoscaling: an SFC whose spec sets `scale.target_pps` gets replicas = its reported input
@@ -41,7 +46,8 @@ deadline, never the others. Reconciling an SFC is idempotent:
   generation, instances), written only when it changed; Degraded and Failed with the agent's
   message when the SFC's instances crash (agent/faults.py). An agent refusing a spec
   (INVALID_ARGUMENT: the field or the compiler's text) marks it Failed until the spec
-  changes; an agent that does not answer leaves it Pending, retried with back-off.
+  changes; an agent that does not answer leaves it Pending (or placed elsewhere), retried
+  with back-off.
 
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
 placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
@@ -75,6 +81,9 @@ log = logging.getLogger(__name__)
 
 _RUN_TIMEOUT = 120.0     # RunSFC compiles NFs (about a second each when not cached)
 _CALL_TIMEOUT = 5.0
+_RUNS_PER_NODE = 2       # RunSFC calls in flight to one node; more wait (back-off) or go elsewhere
+_SUSPECT_S = 30.0        # a node whose RunSFC timed out or failed gets no new SFC this long
+                         # while another node can take it
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
 
 _SCALE_IN_AFTER_S = 10.0  # autoscaling: no scale-in sooner than this after a change
@@ -83,20 +92,28 @@ _SCALE_IN_SLACK = 0.8    # ... nor unless the fewer instances would stay under 8
 
 class Reconciler:
     def __init__(self, store: Store, cache: Cache, keys: Keys, identity: str, *,
-                 ttl: int = 2, resync_s: float = 2.0, workers: int = 8):
+                 ttl: int = 2, resync_s: float = 2.0, workers: int = 8,
+                 run_timeout: float = _RUN_TIMEOUT):
         if workers < 1:
             raise ValueError("workers: at least 1")
+        if not run_timeout > 0:
+            raise ValueError("run_timeout: must be > 0")
         self.store, self.cache, self.keys, self.identity = store, cache, keys, identity
         self.ttl, self.resync_s, self.workers = ttl, resync_s, workers
+        self.run_timeout = run_timeout
         self.election: Election | None = None
         self.leading = asyncio.Event()      # set while this controller leads
         self.agents = Stubs(pb_grpc.AgentStub)
         self.queue: WorkQueue | None = None  # the term's; None while not leading
         self.nodes: Nodes | None = None
-        self._placement: dict[str, str] = {}  # sfc -> node it was last placed on (this term)
-        # (sfc, spec text) -> why a node refused it (a deleted and re-applied SFC starts at
-        # generation 1 again, so the text, not the generation, says "the same spec")
-        self._failed: dict[tuple[str, str], str] = {}
+        # sfc -> node it was last placed on (this term), set before RunSFC is sent: a node
+        # with calls in flight counts them as load
+        self._placement: dict[str, str] = {}
+        self._runs: dict[str, int] = {}          # node -> RunSFC calls in flight
+        self._suspect: dict[str, float] = {}     # node -> loop time until it is avoided
+        # sfc -> (spec text, why a node refused it), the last refused spec only (a deleted
+        # and re-applied SFC starts at generation 1 again, so the text says "the same spec")
+        self._failed: dict[str, tuple[str, str]] = {}
         self._reported = Reported()   # malformed records, logged once per revision
         self._decoded: dict[str, tuple[int, object]] = {}  # key -> (revision, record|error)
         self._deposed: NotLeader | None = None  # a worker's write found the term over
@@ -141,7 +158,7 @@ class Reconciler:
         self.queue = WorkQueue(_BACKOFF_FIRST, _BACKOFF_MAX)
         self.nodes = Nodes(self.agents, self._nodes_changed, period=self.resync_s,
                            timeout=_CALL_TIMEOUT)
-        self._placement, self._deposed = {}, None
+        self._placement, self._runs, self._suspect, self._deposed = {}, {}, {}, None
         self._deposed_event.clear()
         workers: list[asyncio.Task] = []
         try:
@@ -225,13 +242,15 @@ class Reconciler:
 
     def _queue_all(self, resync: bool):
         """Queue every SFC there is a trace of: a record, a status, a copy on a node. A
-        resync leaves the keys waiting out a back-off to their retry."""
+        resync leaves alone the keys being processed (their worker sees the same state) and
+        those waiting out a back-off."""
         names = {k[len(self.keys.sfcs):] for k in self.cache.list(self.keys.sfcs)}
         names |= {k[len(self.keys.statuses):] for k in self.cache.list(self.keys.statuses)}
         for view in self.nodes.views.values():
             names |= set(view)
         for name in sorted(names):
-            if not (resync and self.queue.backing_off(name)):
+            if not (resync and (name in self.queue.processing or
+                                self.queue.backing_off(name))):
                 self.queue.add(name)
 
     async def _work(self):
@@ -251,11 +270,11 @@ class Reconciler:
             except Exception:  # noqa: BLE001 - a bug costs this SFC a retry, not the others
                 log.exception("sfc %s: reconcile failed; retrying", name)
                 ok = False
-            self.queue.done(name)
             if ok:
                 self.queue.forget(name)
             else:
-                self.queue.retry(name)
+                self.queue.retry(name)  # before done(): a re-add meanwhile waits the back-off
+            self.queue.done(name)
 
     # ---- records, from the cache ----------------------------------------------------------
 
@@ -310,10 +329,11 @@ class Reconciler:
         refused: dict[str, str] = {}  # node -> why it cannot run it beside its SFCs
         node = self._place(name, status)
         while node is not None:
+            self._placement[name] = node  # its load from now on, the call in flight included
             try:
                 new, done = await self._converge(record, item, node)
                 break
-            except _Refused as e:
+            except _Refused as e:  # cannot take it, busy, or failed to answer: the next one
                 refused[node] = str(e)
                 if name in self.nodes.views.get(node, {}):  # an update it cannot take: stay
                     node = None
@@ -333,8 +353,7 @@ class Reconciler:
     async def _gone(self, name: str, status_item: Item | None) -> bool:
         """The SFC was deleted: stopped wherever it runs, and its status goes."""
         self._placement.pop(name, None)
-        for k in [k for k in self._failed if k[0] == name]:
-            del self._failed[k]
+        self._failed.pop(name, None)
         ok = await self._stop_strays(name, None)
         if status_item is not None:
             with contextlib.suppress(Conflict):
@@ -394,11 +413,13 @@ class Reconciler:
                                         for other, s in view.items() if other != name))
 
     def _place(self, name: str, status: SFCStatus | None, exclude=()) -> str | None:
-        """Where `name` was placed if that node lives, else a node that runs it, else the
-        live node running (or given) the fewest SFCs; never a node in `exclude`."""
+        """Where `name` was placed if that node lives (and, unless it runs `name` there,
+        is neither busy nor suspect), else a node that runs it, else the live node running
+        (or given) the fewest SFCs, preferring nodes neither busy nor suspect; never a node
+        in `exclude`."""
         live = {node: view for node, view in self.nodes.views.items() if node not in exclude}
         for current in (self._placement.get(name), status.node if status else None):
-            if current in live:
+            if current in live and (name in live[current] or self._usable(current)):
                 return current
         for node, view in sorted(live.items()):
             if name in view:
@@ -408,8 +429,18 @@ class Reconciler:
 
         def load(node):
             others = set(live[node]) | {s for s, n in self._placement.items() if n == node}
-            return len(others - {name}), node
+            return not self._usable(node), len(others - {name}), node
         return min(live, key=load)
+
+    def _usable(self, node: str) -> bool:
+        """Free for one more RunSFC, and not suspect (its last one timed out or failed)."""
+        if self._runs.get(node, 0) >= _RUNS_PER_NODE:
+            return False
+        until = self._suspect.get(node)
+        if until is not None and until <= asyncio.get_running_loop().time():
+            del self._suspect[node]
+            until = None
+        return until is None
 
     def _unplaced(self, name: str, refused: dict) -> tuple[SFCStatus, bool]:
         """(status, done) of an SFC no node takes now: Pending, kept where an older
@@ -417,7 +448,7 @@ class Reconciler:
         views = self.nodes.views
         keep = next((node for node, view in sorted(views.items()) if name in view), "")
         message = "no node is registered" if not views else \
-            "no node can run it beside the SFCs it runs: " + \
+            "no node can take it now: " + \
             "; ".join(f"{node}: {why}" for node, why in sorted(refused.items()))
         return SFCStatus("Pending", message, node=keep), False
 
@@ -430,21 +461,22 @@ class Reconciler:
         if running is not None and running.incarnation != incarnation:
             running = None  # a copy of an SFC deleted since: replace it
         status = SFCStatus("Running", node=node, generation=generation)
-        failed = self._failed.get((name, record.spec))
-        if failed is not None and (running is None or running.generation != generation):
-            return replace(status, phase="Failed", message=failed), True
+        failed = self._failed.get(name)
+        if failed is not None and failed[0] == record.spec and \
+                (running is None or running.generation != generation):
+            return replace(status, phase="Failed", message=failed[1]), True
         stub = self.agents[self.nodes.records[node].address]
         try:
             if running is None or running.generation != generation:
                 sources = self._sources(record.nfs)
-                running = await stub.RunSFC(pb.RunSFCRequest(
+                running = await self._run(node, stub, pb.RunSFCRequest(
                     spec=record.spec, nf_sources=sources, generation=generation,
-                    replicas=replicas, incarnation=incarnation), timeout=_RUN_TIMEOUT)
+                    replicas=replicas, incarnation=incarnation))
                 self.nodes.ran(node, name, running)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas:
-                running = await stub.ScaleSFC(pb.ScaleSFCRequest(name=name, replicas=replicas),
-                                              timeout=_CALL_TIMEOUT)
+                running = await _agent_call(stub.ScaleSFC(
+                    pb.ScaleSFCRequest(name=name, replicas=replicas), timeout=_CALL_TIMEOUT))
                 self.nodes.ran(node, name, running)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -452,7 +484,8 @@ class Reconciler:
                 raise _Refused(e.details()) from None
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 log.warning("node %s refused sfc %s: %s", node, name, e.details())
-                reason = self._failed[name, record.spec] = f"node {node}: {e.details()}"
+                reason = f"node {node}: {e.details()}"
+                self._failed[name] = (record.spec, reason)
                 return replace(status, phase="Failed", message=reason), True
             return replace(status, phase="Pending",
                            message=f"node {node}: {e.code().name}: {e.details()}"), False
@@ -462,6 +495,32 @@ class Reconciler:
             # its instances crash: the agent says which NF, how, and what it does about it
             status = replace(status, phase=running.phase, message=f"node {node}: {running.message}")
         return replace(status, instances=running.instances), True
+
+    async def _run(self, node: str, stub, request: pb.RunSFCRequest) -> pb.AgentSFC:
+        """RunSFC on `node`, at most _RUNS_PER_NODE at once (else _Refused: busy). A call
+        that times out, finds the node down or is cancelled (the node left: nodes.py closes
+        its channel) makes the node suspect and raises _Refused, for the SFC to be placed
+        elsewhere; a call in flight is no worker's reason to wait for the next one."""
+        in_flight = self._runs.get(node, 0)
+        if in_flight >= _RUNS_PER_NODE:
+            raise _Refused(f"busy: {in_flight} RunSFC calls in flight")
+        self._runs[node] = in_flight + 1
+        try:
+            return await _agent_call(stub.RunSFC(request, timeout=self.run_timeout))
+        except grpc.aio.AioRpcError as e:
+            if e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise
+            why = f"{e.code().name}: {e.details()}"
+        finally:
+            left = self._runs.get(node, 1) - 1
+            if left > 0:
+                self._runs[node] = left
+            else:
+                self._runs.pop(node, None)
+        log.warning("node %s: RunSFC failed (%s); avoided for %.0f s", node, why, _SUSPECT_S)
+        self._suspect[node] = asyncio.get_running_loop().time() + _SUSPECT_S
+        raise _Refused(why)
 
     def _sources(self, names: tuple[str, ...]) -> dict[str, str]:
         sources = {}
@@ -485,8 +544,8 @@ class Reconciler:
                    if node != keep and name in view]
         for node, address in running:
             try:
-                await self.agents[address].StopSFC(pb.StopSFCRequest(name=name),
-                                                   timeout=_CALL_TIMEOUT)
+                await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(name=name),
+                                                               timeout=_CALL_TIMEOUT))
                 log.info("sfc %s stopped on node %s", name, node)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
@@ -513,7 +572,21 @@ class _MissingNF(Exception):
 
 
 class _Refused(Exception):
-    """The node cannot run the SFC beside those it runs (a second default, a taken tag)."""
+    """The node cannot run the SFC now: not beside those it runs (a second default, a taken
+    tag), too many calls in flight, or its RunSFC timed out or failed to reach it."""
+
+
+async def _agent_call(call):
+    """Await an agent call; one cancelled under it (its node left: nodes.py closed the
+    channel) fails like any call, with CANCELLED, unless this task is being cancelled."""
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():
+            raise
+        raise grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(),
+                                   grpc.aio.Metadata(),
+                                   "the node left; its call was cancelled") from None
 
 
 async def _until(coro, *events: asyncio.Event) -> bool:

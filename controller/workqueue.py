@@ -5,7 +5,11 @@
 * a key is never processed by two workers at once: added while a worker has it, it is marked
   dirty and queued again when that worker calls done(), so the change is not missed;
 * per-key back-off: retry(key) adds it again after first * 2^failures seconds (capped), and
-  forget(key) resets that count once it succeeds; one failing key never slows another.
+  forget(key) resets that count once it succeeds; one failing key never slows another. An
+  add() made while the failing attempt was processed (a resync, a change the attempt itself
+  caused) is folded into the scheduled retry, so a failure slower than the resync period is
+  not retried at once, forever; callers leave keys waiting out a back-off out of a resync
+  (backing_off()). A change after the failure (an add() during the back-off) runs at once.
 
 Single event loop, no locks: every method but get() is synchronous.
 """
@@ -50,10 +54,15 @@ class WorkQueue:
         self._delayed[key] = loop.call_at(when, self._due, key)
 
     def retry(self, key: str) -> float:
-        """The key failed: add it again after its back-off, which doubles; the delay."""
+        """The key failed: add it again after its back-off, which doubles; the delay. Call
+        it before done(key): an add() made while the key was processed waits too."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
         delay = min(self.backoff_first * 2 ** min(failures, 32), self.backoff_max)
+        if key in self._dirty:  # added meanwhile: that add is this retry, after the delay
+            self._dirty.discard(key)
+            if key in self._ready:
+                self._ready.remove(key)
         self.add_after(key, delay)
         return delay
 

@@ -204,3 +204,60 @@ def test_malformed_records_in_etcd_are_skipped_and_reported(controller, etcd):
     stub.DeleteSFC(pb.DeleteSFCRequest(name="garbage"), timeout=5)
     names = {s.name for s in stub.ListSFCs(pb.ListSFCsRequest(), timeout=5).sfcs}
     assert "garbage" not in names and {"good", "shape"} <= names
+
+
+def test_decodable_records_out_of_range_are_skipped_and_reported(controller, etcd):
+    """Valid JSON of the right shape holding what no reader can serve (a negative count, an
+    int64 overflow, NaN, a name that is no valid name) costs its own SFC only: GetSFC and
+    ListSFCs answer for the others, the reconciler runs on without a traceback."""
+    stub = controller.stub
+    stub.ApplySFC(pb.ApplySFCRequest(spec=sfc_spec("fine", {"m": {"stock": "mon"}}, ["m"])),
+                  timeout=10)
+
+    async def read(key):
+        async with await Store.connect(etcd.endpoint, timeout=2.0,
+                                       identity=client_identity()) as store:
+            return json.loads((await store.get(PREFIX + key)).value)
+    good = asyncio.run(read("sfcs/fine"))
+    bad = {"negrep": dict(good, scale=dict(good["scale"], replicas=-1)),
+           "biggen": dict(good, generation=2 ** 70),
+           "nanscale": dict(good, scale=dict(good["scale"], target_pps=float("nan"))),
+           "minmax": dict(good, scale=dict(good["scale"], min=3, max=2)),
+           "BadName": good}
+
+    async def write():
+        async with await Store.connect(etcd.endpoint, timeout=2.0,
+                                       identity=client_identity()) as store:
+            for name, record in bad.items():
+                await store.put(f"{PREFIX}sfcs/{name}", json.dumps(dict(record, name=name)))
+            # a node nobody answers at: logged, once
+            await store.put(f"{PREFIX}nodes/silent", json.dumps({"address": "127.0.0.1:1"}))
+            # a status no API message can carry is as good as none
+            await store.put(f"{PREFIX}status/fine", json.dumps(
+                {"phase": "Running", "generation": 2 ** 70}))
+    asyncio.run(write())
+    time.sleep(2.5)  # several reconcile passes (resync every 0.5 s)
+    listed = {s.name: s for s in stub.ListSFCs(pb.ListSFCsRequest(), timeout=5).sfcs}
+    assert listed["fine"].spec and listed["fine"].generation == 1
+    for name in bad:
+        assert listed[name].status.phase == "Failed", (name, listed[name])
+        assert f"malformed record {PREFIX}sfcs/{name}" in listed[name].status.message
+        got = stub.GetSFC(pb.GetSFCRequest(name=name), timeout=5)
+        assert got.status.phase == "Failed", name
+    assert "nan is not a finite number" in listed["nanscale"].status.message
+    assert "is out of range" in listed["biggen"].status.message
+    assert "not a valid name" in listed["BadName"].status.message
+    assert stub.GetSFC(pb.GetSFCRequest(name="fine"), timeout=5).name == "fine"
+    log = controller.output()
+    assert "reconcile failed" not in log and "Traceback" not in log, log[-3000:]
+    assert log.count("node silent is registered at '127.0.0.1:1' but does not answer") == 1
+    for name in bad:
+        stub.DeleteSFC(pb.DeleteSFCRequest(name=name), timeout=5)
+    stub.DeleteSFC(pb.DeleteSFCRequest(name="fine"), timeout=5)
+
+    async def forget_node():
+        async with await Store.connect(etcd.endpoint, timeout=2.0,
+                                       identity=client_identity()) as store:
+            item = await store.get(f"{PREFIX}nodes/silent")
+            await store.delete_if(f"{PREFIX}nodes/silent", item.mod_revision)
+    asyncio.run(forget_node())

@@ -120,9 +120,11 @@ def test_an_sfc_whose_agent_call_hangs_delays_no_other_sfc(cluster):
     controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="quick"), timeout=5)
     wait_until(lambda: "quick" not in agent.sfcs(), 10, controller.output)
 
-    # once the call ends (released here), that SFC's worker goes on with it
+    # once the call fails (released here), that SFC's worker places it on the other node:
+    # a node whose RunSFC fails is avoided for a while
     hung.release.set()
-    st = wait_until(lambda: "released" in (s := status(controller.stub, "hung")).message and s,
-                    10, controller.output)
-    assert st.phase == "Pending" and HUNG_NODE in st.message, st
+    st = wait_until(lambda: (s := status(controller.stub, "hung")).phase == "Running" and s,
+                    BOUND_S, controller.output)
+    assert st.node == "local" and hung.calls == 1, (st, hung.calls)
     controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="hung"), timeout=5)
+    wait_until(lambda: "hung" not in agent.sfcs(), 10, controller.output)

@@ -57,6 +57,60 @@ def test_a_malformed_sfc_record_is_refused_naming_what_is_wrong(value, error):
     assert error in str(e.value)
 
 
+def _sfc_with(**fields):
+    return json.dumps({**SFC.to_dict(), **fields})
+
+
+def _scale_with(**fields):
+    return _sfc_with(scale={**SFC.scale.to_dict(), **fields})
+
+
+@pytest.mark.parametrize("value, error", [
+    (_scale_with(replicas=-1), "scale.replicas: -1 is out of range"),
+    (_scale_with(max=2 ** 32), "scale.max: 4294967296 is out of range"),
+    (_scale_with(min=5, max=4), "scale: min 5 > max 4"),
+    (_scale_with(target_pps=float("nan")), "scale.target_pps: nan is not a finite number"),
+    (_scale_with(changed_at=float("inf")), "scale.changed_at: inf is not a finite number"),
+    (_sfc_with(generation=2 ** 70), "generation: 1180591620717411303424 is out of range"),
+    (_sfc_with(generation=-3), "generation: -3 is out of range"),
+    (_sfc_with(created=float("-inf")), "created: -inf is not a finite number"),
+    (_sfc_with(nfs=["Bad NF"]), "nfs: 'Bad NF' is not a valid NF name"),
+])
+def test_a_decodable_sfc_record_out_of_range_is_refused(value, error):
+    """JSON a hand-written record can hold but no reader can serve (a protobuf int64 or
+    uint32, a finite float) is refused like any malformed record."""
+    with pytest.raises(MalformedRecord) as e:
+        SFCRecord.decode(value, "edge")
+    assert error in str(e.value)
+
+
+def test_a_record_whose_name_is_no_valid_name_is_refused():
+    with pytest.raises(MalformedRecord, match="name: 'BadName' is not a valid name"):
+        SFCRecord.decode(_sfc_with(name="BadName"), "BadName")
+    nf = json.dumps({"name": "x/y", "description": "", "source": "", "source_sha256": "",
+                     "image_size": 1, "created": 0, "updated": 0})
+    with pytest.raises(MalformedRecord, match="not a valid name"):
+        NFRecord.decode(nf, "x/y")
+    with pytest.raises(MalformedRecord, match="not a valid name"):
+        NodeRecord.decode(b'{"address": "x"}', "UPPER")
+
+
+def test_status_and_node_numbers_are_checked_too():
+    for value in (b'{"phase": "Running", "generation": -1}',
+                  b'{"phase": "Running", "instances": 4294967296}'):
+        with pytest.raises(MalformedRecord, match="out of range"):
+            SFCStatus.decode(value)
+    for value, error in ((b'{"address": "x", "pool": -2}', "pool: -2 is out of range"),
+                         (b'{"address": ""}', "address: empty"),
+                         (b'{"address": "x", "load": {"sfcs": {"e": {"in_pps": NaN}}}}',
+                          "load.sfcs.e.in_pps: nan is not a finite number"),
+                         (b'{"address": "x", "load": {"ports": {"p": {"rx_pps": -1}}}}',
+                          "load.ports.p.rx_pps: -1 is out of range")):
+        with pytest.raises(MalformedRecord) as e:
+            NodeRecord.decode(value, "a")
+        assert error in str(e.value), value
+
+
 def test_node_records_need_only_an_address_and_are_checked_where_they_say_more():
     assert NodeRecord.decode(b'{"address": "10.0.0.1:7"}', "a") == \
         NodeRecord(name="a", address="10.0.0.1:7")

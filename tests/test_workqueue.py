@@ -117,6 +117,24 @@ def test_a_failed_key_waits_out_its_back_off_while_others_go_on():
     run(scenario())
 
 
+def test_a_key_added_while_its_failing_attempt_runs_still_waits_its_back_off():
+    """A failure slower than the resync: the resync's add() lands while the key is processed;
+    the retry must still wait its back-off, not run again as soon as done() is called."""
+    async def scenario():
+        q = WorkQueue(backoff_first=0.3, backoff_max=1.0)
+        q.add("slow")
+        assert await q.get() == "slow"
+        q.add("slow")            # a resync or event while the attempt runs
+        q.retry("slow")          # the attempt failed
+        q.done("slow")
+        assert q.backing_off("slow") and len(q) == 0
+        assert await nothing_ready(q, 0.15)  # not at once
+        assert await asyncio.wait_for(q.get(), 2) == "slow"  # after the back-off
+        q.done("slow")
+        assert await nothing_ready(q, 0.05)  # and once only
+    run(scenario())
+
+
 def test_an_earlier_retry_stands_and_close_cancels_retries():
     async def scenario():
         q = WorkQueue()
