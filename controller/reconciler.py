@@ -111,6 +111,9 @@ class Reconciler:
         self._placement: dict[str, str] = {}
         self._runs: dict[str, int] = {}          # node -> RunSFC calls in flight
         self._suspect: dict[str, float] = {}     # node -> loop time until it is avoided
+        # SFCs left Pending for want of a node (busy ones included): queued again whenever a
+        # RunSFC call ends, rather than only after their back-off
+        self._unplaced_names: set[str] = set()
         # sfc -> (spec text, why a node refused it), the last refused spec only (a deleted
         # and re-applied SFC starts at generation 1 again, so the text says "the same spec")
         self._failed: dict[str, tuple[str, str]] = {}
@@ -159,6 +162,7 @@ class Reconciler:
         self.nodes = Nodes(self.agents, self._nodes_changed, period=self.resync_s,
                            timeout=_CALL_TIMEOUT)
         self._placement, self._runs, self._suspect, self._deposed = {}, {}, {}, None
+        self._unplaced_names = set()
         self._deposed_event.clear()
         workers: list[asyncio.Task] = []
         try:
@@ -339,7 +343,9 @@ class Reconciler:
                     node = None
                     break
                 node = self._place(name, status, exclude=refused)
+        self._unplaced_names.discard(name)
         if node is None:
+            self._unplaced_names.add(name)
             new, done = self._unplaced(name, refused)
             node = new.node or None  # an older generation still running stays
         if node is None:
@@ -354,6 +360,7 @@ class Reconciler:
         """The SFC was deleted: stopped wherever it runs, and its status goes."""
         self._placement.pop(name, None)
         self._failed.pop(name, None)
+        self._unplaced_names.discard(name)
         ok = await self._stop_strays(name, None)
         if status_item is not None:
             with contextlib.suppress(Conflict):
@@ -518,6 +525,8 @@ class Reconciler:
                 self._runs[node] = left
             else:
                 self._runs.pop(node, None)
+            for waiting in self._unplaced_names:  # room for one more call: try them now
+                self.queue.add(waiting)
         log.warning("node %s: RunSFC failed (%s); avoided for %.0f s", node, why, _SUSPECT_S)
         self._suspect[node] = asyncio.get_running_loop().time() + _SUSPECT_S
         raise _Refused(why)
