@@ -138,6 +138,9 @@ def run(args) -> dict:
     result = {"machine": dict(machine(), stalls=cpu_stalls()),
               "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                          "modes": {m: settings[m] for m in modes},
+                         # (kept from before per-mode settings: the first mode's, Serpens')
+                         "idle_us": settings[modes[0]]["idle_us"],
+                         "ring_size": settings[modes[0]]["ring_size"],
                          "cores": "router cpu 1, every instance cpu 0, global proxy cpu 1",
                          "check_frames": args.check_frames,
                          "p50_at": "half of each mode's throughput"}}
