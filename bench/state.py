@@ -42,11 +42,11 @@ def _nf(name):
     return importlib.import_module(f"serpens.nfs.{name}")
 
 
+FW_RULES = {"rules": [{"action": "deny", "proto": "tcp", "dport": p} for p in range(20, 30)]
+                    + [{"action": "allow", "src": "10.0.0.0/8", "proto": "udp"}],
+            "default": "deny"}
 NF_CONFIGS = {
-    "fw": lambda: _nf("fw").encode_config({
-        "rules": [{"action": "deny", "proto": "tcp", "dport": p} for p in range(20, 30)]
-        + [{"action": "allow", "src": "10.0.0.0/8", "proto": "udp"}],
-        "default": "deny"}),
+    "fw": lambda: _nf("fw").encode_config(FW_RULES),
     "mon": lambda: _nf("mon").encode_config({"host_capacity": 16384}),  # > the 10k hosts
     "nat": lambda: _nf("nat").encode_config({"internal": "10.0.0.0/8",
                                       "external_ips": ["203.0.113.1", "203.0.113.2"],
