@@ -33,7 +33,7 @@ from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
 from serpens.nfs import fw as fw_nf
 
-from .common import cpu_stalls, machine, tcp_frame, udp_frame
+from .common import BenchError, cpu_stalls, machine, tcp_frame, udp_frame
 from .rig import PROXY, Rig, flow_frames
 from .state import FW_RULES
 
@@ -139,7 +139,7 @@ def check_equivalence(rig: Rig, n: int, fw_images, modes, frames, settings,
         if mode == "global_proxy":  # the proxy passed on what each next hop took in
             forwarded = rig.last_work.get("proxy_forwarded", [])
             if forwarded != out["hop_in"][1:]:
-                raise RuntimeError(f"bench chain: the global proxy passed on {forwarded} "
+                raise BenchError(f"bench chain: the global proxy passed on {forwarded} "
                                    f"packets per hop, its next hops took in "
                                    f"{out['hop_in'][1:]}")
         outputs[mode] = out
@@ -149,10 +149,10 @@ def check_equivalence(rig: Rig, n: int, fw_images, modes, frames, settings,
             continue
         sent, ref_sent = ({k: o[k] for k in ("packets", "bytes", "digest")} for o in (out, ref))
         if sent != ref_sent:
-            raise RuntimeError(f"bench chain: {n} FWs in {mode} sent out {sent}, Serpens "
+            raise BenchError(f"bench chain: {n} FWs in {mode} sent out {sent}, Serpens "
                                f"{ref_sent}: the modes do not do the same work")
         if out != ref:
-            raise RuntimeError(f"bench chain: {n} FWs in {mode}: its FWs took in "
+            raise BenchError(f"bench chain: {n} FWs in {mode}: its FWs took in "
                                f"{out['hop_in']} and dropped {out['hop_dropped']}, Serpens' "
                                f"{ref['hop_in']} and {ref['hop_dropped']}: the modes do not "
                                f"do the same work")
@@ -202,7 +202,7 @@ def run(args) -> dict:
                 finally:
                     rig.stop()
                 if mpps <= 0:  # a figure of 0 compares nothing: the mode did not run
-                    raise RuntimeError(f"bench chain: {n} FWs in {mode} carried no packets "
+                    raise BenchError(f"bench chain: {n} FWs in {mode} carried no packets "
                                        f"while measured")
                 row[mode] = {"mpps": round(mpps, 3), "p50_us": lat["latency_us"]["p50"],
                              "p99_us": lat["latency_us"]["p99"], "output": outputs[mode]}

@@ -39,9 +39,69 @@ def test_state_bench_json_contract():
         out = result[nf]["serpens_output"]
         assert 0 < out["packets"] <= result["params"]["check_frames"], nf
         assert result[nf]["redis_output"] == out and result[nf]["snf_output"] == out, nf
+        # and counted the same: what its state made the NF do, not only the packets out
+        counted = result[nf]["serpens_counters"]
+        assert result[nf]["redis_counters"] == counted == result[nf]["snf_counters"], nf
         assert result[nf]["serpens_vs_redis"] > 0 and result[nf]["serpens_vs_snf"] > 0
     assert result["get_ns"] > 0 and result["put_ns"] > 0
+    assert result["fw"]["serpens_counters"]["cache_hits"] > 0  # later rounds hit the cache
+    assert result["mon"]["serpens_counters"]["new_flows"] > 0
+    assert result["nat"]["serpens_counters"]["translated_out"] > 0
     assert "pinned to cpu" in result["params"]["redis"] and "unix socket" in result["params"]["redis"]
+
+
+def test_state_bench_fails_when_redis_loses_writes():
+    """A Redis baseline whose server dies fails the run; one whose store loses its writes (flushed between batches of the check
+    input) sends out the FW's packets unchanged (its state is a verdict cache) but counts
+    fewer cache hits: the run fails naming the NF and the counter."""
+    script = """
+import argparse, socket
+from serpens.bench import state
+
+def flush(redis):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(redis.socket)
+        s.sendall(b"*1\\r\\n$8\\r\\nFLUSHALL\\r\\n")
+        assert s.recv(64).startswith(b"+OK")
+
+def kill(redis):
+    redis.proc.kill()
+    redis.proc.wait()
+
+args = argparse.Namespace(seconds=0.05, flows=500, entries=4096)
+try:
+    state.run(args, lose_state={"kill": kill, "flush": flush}[sys.argv[1]])
+    print("passed")
+except state.BenchError as e:
+    print("refused:", e)
+"""
+    last = []
+    for lose in ("kill", "flush"):  # one DPDK primary per process
+        out = subprocess.run([sys.executable, "-c", "import sys" + script, lose],
+                             capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stderr[-3000:]
+        last.append(out.stdout.strip().splitlines()[-1])
+    killed, flushed = last
+    assert killed.startswith("refused: bench state: fw with state in redis: redis at "), killed
+    assert flushed.startswith("refused: bench state: fw with state in redis counted "
+                              "cache_hits = "), flushed
+
+
+def test_bench_prints_a_lost_redis_as_one_line(tmp_path):
+    """A state store the run cannot use ends `serpensctl bench state` with one line on stderr
+    and exit status 1, no traceback (here: a redis-server that exits at once)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "redis-server").write_text("#!/bin/sh\nexit 1\n")
+    (bindir / "redis-server").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '')}")
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state",
+         "--seconds", "0.05", "--flows", "100", "--entries", "1024"],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("serpensctl: "), out.stderr
 
 
 def _bench(*args, timeout=300):
