@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from serpens.agent.process_pool import InstanceStart
 from serpens.runtime_cy import _dataplane as dp
 
+from .common import BenchError
+
 
 @dataclass(frozen=True)
 class Dlopen(InstanceStart):
@@ -64,10 +66,16 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="serpens-redis-")
         self.socket = os.path.join(self.dir, "redis.sock")
         pin = (lambda: os.sched_setaffinity(0, {self.cpu})) if self.cpu is not None else None
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", self.socket, "--unixsocketperm",
-             "700", "--save", "", "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin)
+        try:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", "0", "--unixsocket", self.socket,
+                 "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir",
+                 self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                preexec_fn=pin)
+        except OSError as e:
+            self.__exit__()
+            raise BenchError(f"cannot run redis-server (the Redis baselines need it): "
+                             f"{e.strerror}") from None
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -77,7 +85,7 @@ class RedisServer:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.__exit__()
-                    raise RuntimeError("redis-server did not start") from None
+                    raise BenchError("redis-server did not start") from None
                 time.sleep(0.02)
 
     def __exit__(self, *exc):

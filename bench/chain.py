@@ -2,7 +2,8 @@
 
 All NF instances share one core (CPU 0), as the paper puts all NFs of an SFC on one core; the
 router has the other (bench/rig.py: net_pcap infinite_rx source, net_null sink, 64-byte UDP
-packets over 10k flows). The same FW binary and configuration run in every mode:
+packets over 10k flows). The same FW binary and configurations run in every mode
+(hop k's FW also denies UDP port 100+k, so each hop does work of its own):
 - serpens:      one instance runs the whole chain, NF to NF by function calls (paper Fig. 6);
 - local_proxy:  each FW its own instance; between NFs the packet goes back through the node's
                 router to the next instance (SAND-style local bus);
@@ -13,7 +14,11 @@ Each mode runs with its own best settings, chosen by measurement (docs/baselines
 in `params.modes`: how long an instance polls an empty ring before it sleeps on its eventfd
 (`idle_us`; while it polls it yields its shared core) and the instances' ring size. Before
 the figures, each mode carries a fixed finite input (`--check-frames` frames, some of which
-the FW drops): its output must equal Serpens' (count, bytes, digest) or the run fails.
+the FW drops): its output must equal Serpens' (count, bytes, digest), and so must the work
+of each hop (the packets each FW took in and dropped, and for global_proxy the packets the
+proxy passed on between hops), or the run fails. At 1 NF the three modes do the same work
+(one instance, no hand-off): serpens_vs_* is given from 2 NFs on. A mode that carried nothing
+while measured fails the run.
 Figures: `mpps` is the unpaced throughput (the source never runs dry; the router
 back-pressures), `p50_us` the median latency at half of that mode's own throughput.
 """
@@ -26,9 +31,15 @@ from serpens import nfs
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import cpu_stalls, machine, tcp_frame, udp_frame
+from serpens.nfs import fw as fw_nf
+
+from .common import BenchError, cpu_stalls, machine, tcp_frame, udp_frame
 from .rig import PROXY, Rig, flow_frames
-from .state import NF_CONFIGS
+from .state import FW_RULES
+
+# Hop k's FW also denies UDP to port HOP_DPORT + k: n hops drop what n-1 pass, so a mode that
+# skipped a hop sends out other packets (every hop alike would be FW twice = FW once).
+HOP_DPORT = 100
 
 MODES = ("serpens", "local_proxy", "global_proxy")
 # Each mode's best settings on this machine (docs/baselines.md has the measurements).
@@ -53,12 +64,18 @@ def add_arguments(p):
                    help="frames of the finite input every mode's output is compared on")
 
 
+def hop_config(k: int) -> bytes:
+    """Hop k's FW: the benchmark firewall (bench/state.py) that also denies UDP port 100+k."""
+    rules = [{"action": "deny", "proto": "udp", "dport": HOP_DPORT + k}] + FW_RULES["rules"]
+    return fw_nf.encode_config(dict(FW_RULES, rules=rules))
+
+
 def hops(mode: str, n: int, fw_images, fw_config: bytes | None = None) -> list:
     """The router SFCs of one run: a single SFC, or one per hop (chained by the router; PROXY
-    hops pass the global proxy)."""
+    hops pass the global proxy). `fw_config`: every FW's, instead of hop_config(k)."""
     tag = uuid.uuid4().hex[:6]  # fresh state per run
-    config = NF_CONFIGS["fw"]() if fw_config is None else fw_config
-    fws = [NF(fw_images[k], config=config, name=f"fw{k}-{tag}") for k in range(n)]
+    fws = [NF(fw_images[k], config=hop_config(k) if fw_config is None else fw_config,
+              name=f"fw{k}-{tag}") for k in range(n)]
     if mode == "serpens":
         return [compile_sfc(chain(*fws) if n > 1 else fws[0])]
     out = []
@@ -69,13 +86,17 @@ def hops(mode: str, n: int, fw_images, fw_config: bytes | None = None) -> list:
     return out
 
 
-def check_frames(count: int) -> list[bytes]:
+def check_frames(count: int, hops_max: int = 8) -> list[bytes]:
     """A finite input the FW passes in part: UDP from 10/8 (allowed), from 192.0.2/24 and TCP
-    to port 22 (denied)."""
+    to port 22 (denied), UDP to port 100+k for each hop k < hops_max (denied by hop k)."""
     frames = []
     for i in range(count):
         kind = i % 8
-        if kind == 6:
+        if kind == 5:
+            frames.append(udp_frame(f"10.8.{i // 256 % 256}.{i % 256}", "198.51.100.7",
+                                    1024 + i % 50000, HOP_DPORT + i // 8 % hops_max,
+                                    payload=i.to_bytes(4, "big")))
+        elif kind == 6:
             frames.append(udp_frame(f"192.0.2.{i % 250 + 1}", "198.51.100.7", 1024 + i, 53,
                                     payload=i.to_bytes(4, "big")))
         elif kind == 7:
@@ -97,22 +118,44 @@ def summary(frames: list[bytes]) -> dict:
 
 
 def check_equivalence(rig: Rig, n: int, fw_images, modes, frames, settings,
-                      baseline_fw_config: bytes | None = None) -> dict:
-    """Every mode's output for `frames` through a chain of n FWs: {mode: summary}. Raises if
-    a baseline's differs from Serpens' (its figures would compare different work).
-    `baseline_fw_config` configures the baselines' FWs otherwise (tests: a differing output
-    must fail the run)."""
+                      baseline_fw_config: bytes | None = None,
+                      baseline_length: int | None = None) -> dict:
+    """Every mode's output for `frames` through a chain of n FWs: {mode: summary with
+    "hop_in" and "hop_dropped", per FW}. Raises if a baseline's output or any hop's work
+    differs from Serpens' (its figures would compare different work). Tests make baselines
+    differ: `baseline_fw_config` configures all their FWs, `baseline_length` runs them with
+    that many hops (one that skips hops)."""
     outputs = {}
     for mode in modes:
-        config = baseline_fw_config if mode != "serpens" else None
+        base = mode != "serpens"
+        length = baseline_length if base and baseline_length else n
         rig.use_idle_us(settings[mode]["idle_us"])
-        outputs[mode] = summary(rig.output(hops(mode, n, fw_images, config), frames,
-                                           ring_size=settings[mode]["ring_size"]))
+        out = summary(rig.output(hops(mode, length, fw_images,
+                                      baseline_fw_config if base else None), frames,
+                                 ring_size=settings[mode]["ring_size"]))
+        steps = rig.last_work.get("steps", [])
+        out["hop_in"] = [s["in"] for s in steps]
+        out["hop_dropped"] = [s["dropped"] for s in steps]
+        if mode == "global_proxy":  # the proxy passed on what each next hop took in
+            forwarded = rig.last_work.get("proxy_forwarded", [])
+            if forwarded != out["hop_in"][1:]:
+                raise BenchError(f"bench chain: the global proxy passed on {forwarded} "
+                                   f"packets per hop, its next hops took in "
+                                   f"{out['hop_in'][1:]}")
+        outputs[mode] = out
     ref = outputs.get("serpens")
     for mode, out in outputs.items():
-        if ref is not None and out != ref:
-            raise RuntimeError(f"bench chain: {n} FWs in {mode} sent out {out}, Serpens "
-                               f"{ref}: the modes do not do the same work")
+        if ref is None:
+            continue
+        sent, ref_sent = ({k: o[k] for k in ("packets", "bytes", "digest")} for o in (out, ref))
+        if sent != ref_sent:
+            raise BenchError(f"bench chain: {n} FWs in {mode} sent out {sent}, Serpens "
+                               f"{ref_sent}: the modes do not do the same work")
+        if out != ref:
+            raise BenchError(f"bench chain: {n} FWs in {mode}: its FWs took in "
+                               f"{out['hop_in']} and dropped {out['hop_dropped']}, Serpens' "
+                               f"{ref['hop_in']} and {ref['hop_dropped']}: the modes do not "
+                               f"do the same work")
     return outputs
 
 
@@ -143,9 +186,12 @@ def run(args) -> dict:
                          "ring_size": settings[modes[0]]["ring_size"],
                          "cores": "router cpu 1, every instance cpu 0, global proxy cpu 1",
                          "check_frames": args.check_frames,
+                         "hop_configs": f"hop k's FW also denies UDP port {HOP_DPORT}+k",
+                         "length_1": "one NF: the three modes do the same work (one instance, "
+                                     "no hand-off), so serpens_vs_* starts at 2 NFs",
                          "p50_at": "half of each mode's throughput"}}
     try:
-        frames = check_frames(args.check_frames)
+        frames = check_frames(args.check_frames, max(lengths))
         for n in lengths:
             row = {}
             outputs = check_equivalence(rig, n, fw_images, modes, frames, settings)
@@ -158,10 +204,13 @@ def run(args) -> dict:
                     lat = rig.run_at(load, args.seconds, log=int(load * args.seconds * 1.5))
                 finally:
                     rig.stop()
+                if mpps <= 0:  # a figure of 0 compares nothing: the mode did not run
+                    raise BenchError(f"bench chain: {n} FWs in {mode} carried no packets "
+                                       f"while measured")
                 row[mode] = {"mpps": round(mpps, 3), "p50_us": lat["latency_us"]["p50"],
                              "p99_us": lat["latency_us"]["p99"], "output": outputs[mode]}
             for base in ("local_proxy", "global_proxy"):
-                if "serpens" in row and base in row:
+                if "serpens" in row and base in row and n > 1:
                     row[f"serpens_vs_{base}"] = round(row["serpens"]["mpps"] /
                                                       max(row[base]["mpps"], 1e-9), 2)
             for mode in modes:  # what the hand-off costs each design as the chain grows

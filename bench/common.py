@@ -8,6 +8,11 @@ import struct
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 
 
+class BenchError(RuntimeError):
+    """A run that must report no figures (a baseline doing other work than Serpens, a state
+    store gone): `serpensctl bench` prints the message alone, without a traceback."""
+
+
 def machine() -> dict:
     model = platform.processor()
     try:

@@ -27,6 +27,8 @@ class ProxyService:
         """Serve router SFCs `sfc_ids` (one per hop) from a new process pinned to `cpu`."""
         self.router = router
         self.hops = []  # (slot, rx, tx)
+        self.forwarded = None  # packets passed on per hop, reported by the process at its end
+        self._report = None
         ctl_fd = os.memfd_create("serpens-bench-proxy", os.MFD_CLOEXEC)
         os.ftruncate(ctl_fd, dp.CTL_SIZE)
         self.ctl = dp.PoolCtl(ctl_fd)  # the router reads it as an instance's (never asleep)
@@ -40,10 +42,15 @@ class ProxyService:
                 router.set_instance(slot, rx, tx, self.ctl, self.efd, sid)
                 self.hops.append((slot, rx, tx))
             rings = ",".join(f"{rx.name}:{tx.name}" for _, rx, tx in self.hops)
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "serpens.bench.proxy_main", "--ctl-fd", str(ctl_fd),
-                 "--rings", rings, "--"] + dataplane.config.secondary_eal_args(PROXY_LCORE),
-                pass_fds=(ctl_fd,), close_fds=True)
+            self._report, report_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "serpens.bench.proxy_main", "--ctl-fd", str(ctl_fd),
+                     "--report-fd", str(report_w), "--rings", rings, "--"]
+                    + dataplane.config.secondary_eal_args(PROXY_LCORE),
+                    pass_fds=(ctl_fd, report_w), close_fds=True)
+            finally:
+                os.close(report_w)
             os.sched_setaffinity(self.proc.pid, {cpu})
             set_time_slice(self.proc.pid, slice_us)  # it shares the CPU with the router
             deadline = time.monotonic() + 20
@@ -58,6 +65,17 @@ class ProxyService:
         finally:
             os.close(ctl_fd)
 
+    def _read_report(self, hops: int) -> list[int] | None:
+        """The per-hop counts the process wrote as it ended (None: it wrote none)."""
+        data = b""
+        while chunk := os.read(self._report, 4096):
+            data += chunk
+        try:
+            counts = [int(x) for x in data.decode().split(",")]
+        except ValueError:
+            return None
+        return counts if len(counts) == hops else None
+
     def close(self):
         proc = getattr(self, "proc", None)
         if proc is not None:
@@ -68,6 +86,10 @@ class ProxyService:
                 proc.kill()
                 proc.wait()
             self.proc = None
+            self.forwarded = self._read_report(len(self.hops))
+        if self._report is not None:
+            os.close(self._report)
+            self._report = None
         for slot, rx, tx in self.hops:
             if self.router.clear_instance(slot):
                 rx.free()

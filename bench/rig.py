@@ -158,7 +158,10 @@ class Rig:
 
     def output(self, sfcs, frames: list[bytes], timeout: float = 20.0, **start_kw) -> list[bytes]:
         """The frames `sfcs` (as start() takes them) send out for the finite input `frames`,
-        in order: what benchmarks compare between Serpens and a baseline."""
+        in order: what benchmarks compare between Serpens and a baseline. Afterwards
+        `last_work` holds what each hop did: "steps" (_step_counts()) and, with PROXY hops,
+        "proxy_forwarded" (packets the global proxy passed on, per proxied hop)."""
+        self.last_work = {}
         if self.wire is None:  # a ring-backed port: frames pushed in, frames sent read back
             self.wire = (dp.Ring(f"rig_in{os.getpid()}", 4096),
                          dp.Ring(f"rig_out{os.getpid()}", 4096))
@@ -179,13 +182,27 @@ class Rig:
                 st = self.router.stats()
                 if (pushed == len(frames) and st["ports"][self.wire_port]["rx"] == pushed
                         and len(out) + st["dropped"] == pushed):
+                    self.last_work = {"steps": self._step_counts()}
                     return out + [data for _, data in dp.pull(sent)]
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{len(out)} of {len(frames)} frames came out "
                                        f"({st['dropped']} dropped) in {timeout} s")
                 time.sleep(0.0005)
         finally:
+            proxy = self.proxy
             self.stop()
+            if proxy is not None:
+                self.last_work["proxy_forwarded"] = proxy.forwarded
+
+    def _step_counts(self) -> list[dict]:
+        """Per NF step of the running hops, in chain order: what it took in and dropped
+        (each instance's own counters, pool_ctl.h): the work each hop did."""
+        steps = []
+        for m in self.managers:
+            for s in m.instances.values():
+                for c in s.proc.ctl.nf_counters(len(m.sfc.steps)):
+                    steps.append({"in": c["in"], "dropped": c["dropped"]})
+        return steps
 
     def _counts(self):
         """The router's counters and when they were read. This thread shares its CPU with

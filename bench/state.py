@@ -10,8 +10,11 @@ runs three times, only its state backend changes (runtime_cy/src/state_backend.h
 - snf:     per-flow tables local, global tables in Redis (SNF-style).
 Redis gets the core budget Serpens has: it listens on a Unix socket and is pinned to the NF's
 core (`params.cores`). Before the figures each backend carries a finite input
-(check_frames()) whose output must equal Serpens' (`<backend>_output`), and a baseline whose
-Redis connection failed fails the run (check_backend()): no figures of an NF without state.
+(check_frames()) whose output must equal Serpens' (`<backend>_output`), and so must the NF's
+named counters (`<backend>_counters`: FW cache hits, MON new flows/hosts, NAT translations),
+as FW's state is a verdict cache and MON forwards everything: only the counters show a store
+that lost writes (check_same_work()). A baseline whose Redis connection failed, or a backend
+that carried nothing while measured, fails the run (check_backend()).
 get_ns / put_ns: cost per access of batched (32) lookups / overwrites in a 1M-entry table of
 5-tuple keys, random order.
 """
@@ -32,7 +35,7 @@ from serpens import nfs
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .baselines import RedisServer, RedisState
-from .common import machine, udp_frame
+from .common import BenchError, machine, udp_frame
 
 REWRITES = {"nat"}  # NFs that change packets: the driver restores each frame
 BACKENDS = {"serpens": dp.STATE_LOCAL, "redis": dp.STATE_REDIS, "snf": dp.STATE_REDIS_GLOBAL}
@@ -42,11 +45,11 @@ def _nf(name):
     return importlib.import_module(f"serpens.nfs.{name}")
 
 
+FW_RULES = {"rules": [{"action": "deny", "proto": "tcp", "dport": p} for p in range(20, 30)]
+                    + [{"action": "allow", "src": "10.0.0.0/8", "proto": "udp"}],
+            "default": "deny"}
 NF_CONFIGS = {
-    "fw": lambda: _nf("fw").encode_config({
-        "rules": [{"action": "deny", "proto": "tcp", "dport": p} for p in range(20, 30)]
-        + [{"action": "allow", "src": "10.0.0.0/8", "proto": "udp"}],
-        "default": "deny"}),
+    "fw": lambda: _nf("fw").encode_config(FW_RULES),
     "mon": lambda: _nf("mon").encode_config({"host_capacity": 16384}),  # > the 10k hosts
     "nat": lambda: _nf("nat").encode_config({"internal": "10.0.0.0/8",
                                       "external_ips": ["203.0.113.1", "203.0.113.2"],
@@ -81,16 +84,23 @@ def check_frames(flows: int = 200, rounds: int = 3) -> list[bytes]:
     return frames
 
 
-def output_summary(pool, proc, sfc, how, rx, tx, mempool, frames, timeout=20.0) -> dict:
+def output_summary(pool, proc, sfc, how, rx, tx, mempool, frames, timeout=20.0,
+                   between=None) -> tuple[dict, dict]:
     """Run `frames` through `sfc` started in `proc` (rings rx, tx) as `how` says: count,
     bytes and a digest of what comes out (verdict and frame, in order: one instance keeps
-    the order)."""
+    the order), and the NF's named counters (what its state made it do). `between`: a test
+    hook, called whenever every frame sent so far came back, before more go in."""
     results, sent = [], 0
     pool.start_instance(sfc, rx, tx, process=proc, how=how)
     try:
         deadline = time.monotonic() + timeout
         while len(results) < len(frames):
             room = 1023 - (sent - len(results))  # never more in flight than a ring holds
+            if between is not None:
+                if sent > len(results):
+                    room = 0
+                elif sent:
+                    between()
             if sent < len(frames) and room > 0:
                 sent += dp.push(rx, mempool, frames[sent:sent + min(room, 256)])
                 proc.wake()
@@ -98,23 +108,41 @@ def output_summary(pool, proc, sfc, how, rx, tx, mempool, frames, timeout=20.0) 
             results += got
             if not got:
                 if proc.dead or time.monotonic() > deadline:
-                    raise RuntimeError(f"bench state: {len(results)} of {len(frames)} frames "
+                    raise BenchError(f"bench state: {len(results)} of {len(frames)} frames "
                                        f"came back")
                 time.sleep(0)
+        counters = proc.ctl.nf_counters(1)[0]["counters"]
     finally:
         pool.stop_instance(proc)
     out = [data for label, data in results if label == dp.LABEL_OUT]
     digest = hashlib.sha256()
     for label, data in results:
         digest.update(label.to_bytes(2, "little") + len(data).to_bytes(4, "little") + data)
-    return {"packets": len(out), "bytes": sum(map(len, out)), "digest": digest.hexdigest()[:16]}
+    return ({"packets": len(out), "bytes": sum(map(len, out)), "digest": digest.hexdigest()[:16]},
+            counters)
 
 
 def check_backend(proc, nf: str, backend: str):
     """A baseline whose state store went away ran without state: its figures mean nothing."""
     error = proc.ctl.state_error
     if error:
-        raise RuntimeError(f"bench state: {nf} with state in {backend}: {error}")
+        raise BenchError(f"bench state: {nf} with state in {backend}: {error}")
+
+
+def check_same_work(nf: str, backend: str, out: dict, counters: dict, figures: dict):
+    """A baseline must send out what Serpens did for the check input, and its NF must count
+    the same (FW cache hits, MON new flows and hosts, NAT translations): a state store that
+    lost writes changes what the NF counts even where the packets stay the same."""
+    ref = figures.get("serpens_output", out)
+    if out != ref:
+        raise BenchError(f"bench state: {nf} with state in {backend} sent out {out}, "
+                           f"Serpens {ref}")
+    ref = figures.get("serpens_counters", counters)
+    for name in sorted(set(ref) | set(counters)):
+        if counters.get(name) != ref.get(name):
+            raise BenchError(f"bench state: {nf} with state in {backend} counted {name} = "
+                               f"{counters.get(name)}, Serpens {ref.get(name)}: the state "
+                               f"store lost or changed state")
 
 
 def measure_table(entries: int, state_dir: str) -> dict:
@@ -131,7 +159,9 @@ def measure_table(entries: int, state_dir: str) -> dict:
     return {"get_ns": round(get_ns, 1), "put_ns": round(put_ns, 1)}
 
 
-def run(args) -> dict:
+def run(args, lose_state=None) -> dict:
+    """`lose_state(redis)`: a test hook the Redis baselines call between batches of the check
+    input (e.g. flushing the db: a store that loses writes must fail the run)."""
     state_dir = f"/dev/shm/serpens-bench-state-{os.getpid()}"
     config = DataplaneConfig(file_prefix=f"serpens-bench-state-{os.getpid()}",
                              state_dir=state_dir)
@@ -162,12 +192,12 @@ def run(args) -> dict:
                     # the same finite input first: the same packets out as Serpens, or no figures
                     step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"  # fresh state each run
                     sfc = compile_sfc(NF(image, config=make_config(), name=step))
-                    out = output_summary(pool, proc, sfc, how, rx, tx, dpl.mempool,
-                                         check_frames())
+                    between = (lambda: lose_state(redis)) if lose_state and code != \
+                        dp.STATE_LOCAL else None
+                    out, counters = output_summary(pool, proc, sfc, how, rx, tx, dpl.mempool,
+                                                   check_frames(), between=between)
                     check_backend(proc, name, backend)
-                    if out != figures.get("serpens_output", out):
-                        raise RuntimeError(f"bench state: {name} with state in {backend} sent "
-                                           f"out {out}, Serpens {figures['serpens_output']}")
+                    check_same_work(name, backend, out, counters, figures)
                     step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
                     sfc = compile_sfc(NF(image, config=make_config(), name=step))
                     pool.start_instance(sfc, rx, tx, process=proc, how=how)
@@ -177,9 +207,14 @@ def run(args) -> dict:
                     finally:
                         pool.stop_instance(proc)
                     check_backend(proc, name, backend)
+                    if not r["packets"] or not r["out"]:  # a 0 would compare nothing
+                        raise BenchError(f"bench state: {name} with state in {backend} "
+                                           f"carried {r['packets']} packets, sent out "
+                                           f"{r['out']} while measured")
                     figures[f"{backend}_mpps"] = round(r["mpps"], 3)
                     figures[f"{backend}_out_ratio"] = round(r["out"] / max(1, r["packets"]), 3)
                     figures[f"{backend}_output"] = out
+                    figures[f"{backend}_counters"] = counters
                 for backend in ("redis", "snf"):
                     figures[f"serpens_vs_{backend}"] = round(
                         figures["serpens_mpps"] / max(figures[f"{backend}_mpps"], 1e-9), 1)

@@ -20,8 +20,14 @@ from serpens.cli import status as status_cmd
 
 
 def _bench(args) -> int:
+    from serpens.bench.common import BenchError
+
     module = importlib.import_module(CASES[args.case])
-    result = module.run(args)
+    try:
+        result = module.run(args)
+    except BenchError as e:  # no figures, for a reason the message gives in full
+        print(f"serpensctl: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

@@ -39,9 +39,69 @@ def test_state_bench_json_contract():
         out = result[nf]["serpens_output"]
         assert 0 < out["packets"] <= result["params"]["check_frames"], nf
         assert result[nf]["redis_output"] == out and result[nf]["snf_output"] == out, nf
+        # and counted the same: what its state made the NF do, not only the packets out
+        counted = result[nf]["serpens_counters"]
+        assert result[nf]["redis_counters"] == counted == result[nf]["snf_counters"], nf
         assert result[nf]["serpens_vs_redis"] > 0 and result[nf]["serpens_vs_snf"] > 0
     assert result["get_ns"] > 0 and result["put_ns"] > 0
+    assert result["fw"]["serpens_counters"]["cache_hits"] > 0  # later rounds hit the cache
+    assert result["mon"]["serpens_counters"]["new_flows"] > 0
+    assert result["nat"]["serpens_counters"]["translated_out"] > 0
     assert "pinned to cpu" in result["params"]["redis"] and "unix socket" in result["params"]["redis"]
+
+
+def test_state_bench_fails_when_redis_loses_writes():
+    """A Redis baseline whose server dies fails the run; one whose store loses its writes (flushed between batches of the check
+    input) sends out the FW's packets unchanged (its state is a verdict cache) but counts
+    fewer cache hits: the run fails naming the NF and the counter."""
+    script = """
+import argparse, socket
+from serpens.bench import state
+
+def flush(redis):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(redis.socket)
+        s.sendall(b"*1\\r\\n$8\\r\\nFLUSHALL\\r\\n")
+        assert s.recv(64).startswith(b"+OK")
+
+def kill(redis):
+    redis.proc.kill()
+    redis.proc.wait()
+
+args = argparse.Namespace(seconds=0.05, flows=500, entries=4096)
+try:
+    state.run(args, lose_state={"kill": kill, "flush": flush}[sys.argv[1]])
+    print("passed")
+except state.BenchError as e:
+    print("refused:", e)
+"""
+    last = []
+    for lose in ("kill", "flush"):  # one DPDK primary per process
+        out = subprocess.run([sys.executable, "-c", "import sys" + script, lose],
+                             capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stderr[-3000:]
+        last.append(out.stdout.strip().splitlines()[-1])
+    killed, flushed = last
+    assert killed.startswith("refused: bench state: fw with state in redis: redis at "), killed
+    assert flushed.startswith("refused: bench state: fw with state in redis counted "
+                              "cache_hits = "), flushed
+
+
+def test_bench_prints_a_lost_redis_as_one_line(tmp_path):
+    """A state store the run cannot use ends `serpensctl bench state` with one line on stderr
+    and exit status 1, no traceback (here: a redis-server that exits at once)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "redis-server").write_text("#!/bin/sh\nexit 1\n")
+    (bindir / "redis-server").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '')}")
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state",
+         "--seconds", "0.05", "--flows", "100", "--entries", "1024"],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("serpensctl: "), out.stderr
 
 
 def _bench(*args, timeout=300):
@@ -67,12 +127,19 @@ def test_chain_bench_json_contract():
     for n in ("1", "2"):
         out = r[n]["serpens"]["output"]
         assert 0 < out["packets"] < 500  # the FW passes some of the input, not all
+        # every FW did work of its own (hop k denies port 100+k): each hop dropped some
+        assert len(out["hop_in"]) == int(n) and all(d > 0 for d in out["hop_dropped"]), out
+        assert out["hop_in"][0] == 500 and out["packets"] == out["hop_in"][-1] - out[
+            "hop_dropped"][-1]
         for mode in ("serpens", "local_proxy", "global_proxy"):
             assert r[n][mode]["mpps"] > 0 and r[n][mode]["p50_us"] > 0, (n, mode)
-            assert r[n][mode]["output"] == out, (n, mode)  # the same packets out
+            assert r[n][mode]["output"] == out, (n, mode)  # the same packets out, hop by hop
         for base in ("local_proxy", "global_proxy"):
             assert set(r["params"]["modes"][base]) == {"idle_us", "ring_size"}
     assert r["2"]["serpens_vs_local_proxy"] > 0 and r["2"]["serpens_vs_global_proxy"] > 0
+    # at one NF the modes do the same work: no comparison is presented, the JSON says why
+    assert "serpens_vs_local_proxy" not in r["1"] and "same work" in r["params"]["length_1"]
+    assert r["2"]["serpens"]["output"]["packets"] < r["1"]["serpens"]["output"]["packets"]
     for mode in ("serpens", "local_proxy", "global_proxy"):
         assert r["2"][mode]["vs_own_chain_of_1"] == round(
             r["2"][mode]["mpps"] / r["1"][mode]["mpps"], 2), mode
@@ -111,6 +178,38 @@ finally:
     assert lines[0].startswith("same ") and int(lines[0].split()[1]) > 0
     assert lines[-1].startswith("refused: bench chain: 2 FWs in local_proxy sent out "
                                 "{'packets': 0"), lines
+
+
+def test_chain_bench_fails_when_a_baseline_skips_hops():
+    """A proxy mode that ran only the first of 4 hops fails the run: each hop has a rule of
+    its own, so 1 hop sends out packets 4 do not."""
+    script = """
+from serpens import nfs
+from serpens.bench import chain
+from serpens.bench.rig import Rig, flow_frames
+from serpens.runtime_cy.builder import AreaAllocator, build_nf
+
+areas = AreaAllocator()
+fws = [build_nf(nfs.source("fw"), areas.allocate(), f"fw{k}") for k in range(4)]
+rig = Rig("chain-skip", flow_frames(100), pool_size=4, idle_us=0)
+settings = {m: {"idle_us": 0, "ring_size": 256} for m in chain.MODES}
+try:
+    for mode in ("local_proxy", "global_proxy"):
+        try:
+            chain.check_equivalence(rig, 4, fws, ("serpens", mode), chain.check_frames(200, 4),
+                                    settings, baseline_length=1)
+            print("passed", mode)
+        except RuntimeError as e:
+            print("refused:", e)
+finally:
+    rig.close()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()[-2:]
+    for line, mode in zip(lines, ("local_proxy", "global_proxy")):
+        assert line.startswith(f"refused: bench chain: 4 FWs in {mode} sent out "), lines
 
 
 def test_scale_bench_json_contract():

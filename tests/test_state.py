@@ -1,6 +1,7 @@
 """State tables: shared memory files that outlive instances (paper §III-B, Fig. 8)."""
 import errno
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -395,3 +396,101 @@ def test_racing_deletes_count_once(state_dir):
                               text=True) for _ in range(2)]
     deleted = [int(p.communicate(timeout=60)[0]) for p in procs]
     assert sum(deleted) == 20000 and len(t) == 0
+
+
+class ScriptedRedis:
+    """A Unix-socket server that answers the Redis backend's commands as Redis would, but
+    MGET and SET with the replies a test gives: what a broken or hostile store sends."""
+
+    def __init__(self, path, mget_element=b"$-1\r\n", set_reply=b"+OK\r\n"):
+        import socket
+        import threading
+
+        self.path, self.mget_element, self.set_reply = path, mget_element, set_reply
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                buf = b""
+                while chunk := conn.recv(65536):
+                    buf += chunk
+                    replies, buf = self._answer(buf)
+                    conn.sendall(replies)
+
+    def _answer(self, buf):
+        """Replies to every whole command in buf, and what is left of it."""
+        out = b""
+        while True:
+            args, rest = self._command(buf)
+            if args is None:
+                return out, buf
+            buf, name = rest, args[0].upper()
+            if name == b"MGET":
+                out += b"*%d\r\n" % (len(args) - 1) + self.mget_element * (len(args) - 1)
+            elif name == b"SET":
+                out += self.set_reply
+            else:  # INCRBY, DEL
+                out += b":1\r\n"
+
+    @staticmethod
+    def _command(buf):
+        if not buf.startswith(b"*") or b"\r\n" not in buf:
+            return None, buf
+        head, rest = buf.split(b"\r\n", 1)
+        args = []
+        for _ in range(int(head[1:])):
+            if b"\r\n" not in rest:
+                return None, buf
+            size, rest = rest.split(b"\r\n", 1)
+            n = int(size[1:])
+            if len(rest) < n + 2:
+                return None, buf
+            args.append(rest[:n])
+            rest = rest[n + 2:]
+        return args, rest
+
+    def close(self):
+        import socket
+
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("mget_element,set_reply,why", [
+    (b":5\r\n", b"+OK\r\n", "an MGET element not a bulk string"),
+    (b"$1x\r\n", b"+OK\r\n", "a reply with a malformed number"),
+    (b"$" + b"1" * 19 + b"\r\n", b"+OK\r\n", "a reply with a malformed number"),
+    (b"$-2\r\n", b"+OK\r\n", "a reply with a negative length"),
+    (b"$-1\r\n", b"*1\r\n" * 10 + b"+OK\r\n", "a reply nested too deep"),
+])
+def test_a_redis_baseline_refuses_malformed_replies(dataplane, build, tmp_path, mget_element,
+                                                    set_reply, why):
+    """The Redis backend reads its store's replies strictly: a reply it cannot trust stops
+    the state (the bench then fails the run) instead of being read as a value or a miss."""
+    from serpens.agent.process_pool import ProcessPool
+
+    sock_dir = tempfile.mkdtemp(prefix="sr-")  # short: the error quoting it has 128 bytes
+    server = ScriptedRedis(os.path.join(sock_dir, "s"), mget_element, set_reply)
+    sfc = compile_sfc(NF(build("stateful.c", copy=8), name="stateful-scripted"))
+    try:
+        with ProcessPool(dataplane, 1, sandbox="network") as pool:
+            h = PacketHarness(pool, sfc)
+            h.process = pool.start_instance(sfc, h.rx, h.tx,
+                                            how=RedisState(dp.STATE_REDIS, server.path))
+            try:
+                h.run([udp(4000 + i % 7) for i in range(70)])
+                assert why in h.process.ctl.state_error
+            finally:
+                h.close()
+    finally:
+        server.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -167,8 +167,38 @@ static int fill(void)
 	return 0;
 }
 
+#define MAX_DIGITS 18  /* any count or value Redis sends this baseline; no overflow of v */
+#define MAX_NESTING 4  /* the replies skipped are flat, or arrays of flat ones */
+
+/* The number of a reply line between s and e (exclusive): digits only, at most MAX_DIGITS;
+ * negative only where `neg_ok` (integers), else -1 only (nil). -1 on anything else, failed. */
+static int parse_num(const char *s, const char *e, int neg_ok, long long *num)
+{
+	int neg = s < e && *s == '-';
+	long long v = 0;
+	s += neg;
+	if (s == e || e - s > MAX_DIGITS) {
+		fail("a reply with a malformed number", 0);
+		return -1;
+	}
+	for (; s < e; s++) {
+		if (*s < '0' || *s > '9') {
+			fail("a reply with a malformed number", 0);
+			return -1;
+		}
+		v = v * 10 + (*s - '0');
+	}
+	if (neg && !neg_ok && v != 1) {
+		fail("a reply with a negative length", 0);
+		return -1;
+	}
+	*num = neg ? -v : v;
+	return 0;
+}
+
 /* One reply: its type byte; for bulk strings the data (num = length, -1 for nil); for
- * integers the value in *num; for arrays the count in *num (the elements follow). */
+ * integers the value in *num; for arrays the count in *num (the elements follow); simple
+ * strings are skipped (num = 0). */
 static int read_reply(char *type, char **data, long long *num)
 {
 	char *s, *e;
@@ -182,14 +212,22 @@ static int read_reply(char *type, char **data, long long *num)
 	}
 	*type = s[0];
 	*data = NULL;
-	long long v = 0;
-	int neg = s[1] == '-';
-	for (char *p = s + 1 + neg; p < e - 1; p++)
-		v = v * 10 + (*p - '0');
-	*num = neg ? -v : v;
+	*num = 0;
 	in_pos = (size_t)(e + 1 - in);
-	if (*type == '-') {
+	switch (*type) {
+	case '+':
+		return 0;
+	case '-':
 		fail("an error reply", 0);
+		return -1;
+	case '$':
+	case '*':
+	case ':':
+		if (parse_num(s + 1, e - 1, *type == ':', num))
+			return -1;
+		break;
+	default:
+		fail("a reply of an unknown type", 0);
 		return -1;
 	}
 	if (*type != '$' || *num < 0)
@@ -206,17 +244,23 @@ static int read_reply(char *type, char **data, long long *num)
 	return 0;
 }
 
-static int skip_reply(void)
+static int skip_nested(int depth)
 {
 	char type, *data;
 	long long num;
 	if (read_reply(&type, &data, &num))
 		return -1;
+	if (type == '*' && num > 0 && depth >= MAX_NESTING) {
+		fail("a reply nested too deep", 0);
+		return -1;
+	}
 	for (long long i = 0; type == '*' && i < num; i++)
-		if (skip_reply())
+		if (skip_nested(depth + 1))
 			return -1;
 	return 0;
 }
+
+static int skip_reply(void) { return skip_nested(0); }
 
 /* Send everything queued and consume the replies owed to earlier writes; the replies of the
  * commands queued last are next in the input. */
@@ -426,7 +470,11 @@ static uint32_t get_multi(struct serpens_ctx *ctx, struct serpens_lookup *l, uin
 			for (uint32_t m = 0; m < nmiss[q]; m++) {
 				if (read_reply(&type, &data, &num))
 					break;
-				if (type != '$' || num < 0)
+				if (type != '$') {
+					fail("an MGET element not a bulk string", 0);
+					break;
+				}
+				if (num < 0)
 					continue; /* nil: no such key */
 				if (num != t->value_size) {
 					fail("a value of the wrong size", 0);
