@@ -17,6 +17,7 @@ import time
 from serpens.common.keys import Keys
 from serpens.common.records import NodeLoad, NodeRecord, PortLoad, SFCLoad
 from serpens.common.store import Store, StoreError
+from serpens.common.tasks import cancel_until_done
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Registration:
         self.lease = None
         self.reports = 0
         self._task = None
+        self._closed = False
 
     def record(self, load: NodeLoad) -> str:
         return NodeRecord(name=self.node.name, address=self.address,
@@ -65,7 +67,7 @@ class Registration:
         return self
 
     async def _report(self, snapshot, at):
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.report_s)
             now, t = self.stats(), time.monotonic()
             load = load_report(snapshot, now, t - at)
@@ -82,12 +84,9 @@ class Registration:
 
     async def close(self):
         """Deregister: the record goes at once (a crash leaves it to the lease TTL)."""
+        self._closed = True
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_until_done(self._task)
         if self.lease is not None:
             try:
                 await self.lease.revoke()

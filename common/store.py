@@ -56,6 +56,7 @@ from aetcd.utils import prefix_range_end
 
 from serpens.common.pki import Identity
 from serpens.common.rpc import channel_credentials
+from serpens.common.tasks import cancel_until_done
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,8 @@ class Store:
         leases = list(self._leases)
         for lease in leases:
             lease._stop()
-        await asyncio.gather(*(lease._task for lease in leases), return_exceptions=True)
+        for lease in leases:
+            await cancel_until_done(lease._task)
         await self._client.close()
         await asyncio.gather(*self._closing, return_exceptions=True)
 
@@ -465,7 +467,7 @@ class Lease:
     async def _keep_alive(self, expires: float) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            while not self.lost.is_set():  # (set by _stop)
                 # A third of the TTL leaves room for two failed refreshes before expiry.
                 await asyncio.sleep(self.ttl / 3)
                 sent = loop.time()

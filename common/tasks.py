@@ -1,0 +1,16 @@
+"""Stopping asyncio tasks for sure."""
+from __future__ import annotations
+
+import asyncio
+
+
+async def cancel_until_done(task: asyncio.Task, retry_s: float = 0.5) -> None:
+    """Cancel `task` and wait until it ends, cancelling again while it runs on: Python 3.11's
+    asyncio.wait_for (inside every store call) can swallow a cancellation that lands as the
+    awaited call completes, and a loop around it would carry on forever (an agent that never
+    exits on SIGTERM was one). Its exception, if any, is retrieved and dropped."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=retry_s)
+    if not task.cancelled():
+        task.exception()
