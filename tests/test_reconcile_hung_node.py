@@ -144,7 +144,7 @@ NAMES = [f"s{i:02d}" for i in range(N)]
 
 
 def test_more_sfcs_than_workers_run_beside_a_node_that_hangs_every_run(etcd, nodes):
-    run_timeout = 12.0
+    run_timeout = 8.0
     hung = nodes(FakeAgent("a-hung", hang=True)).agent  # sorts first: wins load ties
     fast = nodes(FakeAgent("b-fast")).agent
     controller = controller_with(etcd, "--run-timeout-s", str(run_timeout))
@@ -189,9 +189,9 @@ def test_a_node_that_leaves_has_its_calls_cancelled_and_its_sfcs_placed_again(et
 
 
 def test_a_failure_slower_than_the_resync_still_waits_its_back_off(etcd, nodes):
-    """Each RunSFC fails after 1 s; the resync (every 0.5 s) re-adds the SFC meanwhile. The
+    """Each RunSFC fails after 0.6 s; the resync (every 0.5 s) re-adds the SFC meanwhile. The
     next attempt must still come only after its back-off (0.2 s, doubling), not at once."""
-    slow = nodes(FakeAgent("a-slow", fail_after=1.0)).agent
+    slow = nodes(FakeAgent("a-slow", fail_after=0.6)).agent
     controller = controller_with(etcd)
     try:
         apply_all(controller, ["s00"])
@@ -199,7 +199,7 @@ def test_a_failure_slower_than_the_resync_still_waits_its_back_off(etcd, nodes):
         gaps = [b - a for a, b in zip(slow.calls, slow.calls[1:])]
         for i, gap in enumerate(gaps[:4]):
             backoff = 0.2 * 2 ** i  # controller/reconciler.py's _BACKOFF_FIRST, doubling
-            assert gap >= 1.0 + 0.95 * backoff, (i, gaps)
+            assert gap >= 0.6 + 0.95 * backoff, (i, gaps)
         assert status(controller.stub, "s00").phase == "Pending"
     finally:
         controller.stop()
