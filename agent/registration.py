@@ -27,7 +27,11 @@ KEYS = Keys()
 def load_report(prev: dict | None, now: dict, seconds: float) -> NodeLoad:
     """Rates (packets/s) from two Node.stats() snapshots `seconds` apart."""
     def rate(cur, old, key):
-        return round((cur[key] - (old or {}).get(key, cur[key])) / seconds, 1) if seconds else 0
+        if not seconds:
+            return 0
+        before = (old or {}).get(key, cur[key])
+        # a counter that went back was reset (the SFC applied again): it counts from zero
+        return round((cur[key] - before if cur[key] >= before else cur[key]) / seconds, 1)
     prev = prev or {"ports": {}, "sfcs": {}}
     sfcs = {name: SFCLoad(in_pps=rate(c, prev["sfcs"].get(name), "rx"),
                           out_pps=rate(c, prev["sfcs"].get(name), "out"),

@@ -38,6 +38,8 @@ def _summary(s: pb.AgentSFC) -> tuple:
     return s.generation, s.incarnation, s.replicas, s.instances, s.phase, s.message
 
 
+DROP_AFTER_MISSES = 2  # GetNode failures in a row before a node is dropped as silent
+
 class Nodes:
     def __init__(self, agents: Stubs, changed: Callable[[set[str] | None], None], *,
                  period: float, timeout: float):
@@ -49,6 +51,7 @@ class Nodes:
         self._pollers: dict[str, asyncio.Task] = {}
         self._polled: dict[str, asyncio.Event] = {}         # set once it was asked
         self._silent: set[tuple[str, str]] = set()          # (node, address) logged silent
+        self._misses: dict[str, int] = {}                   # node -> GetNode failed in a row
 
     def update(self, records: dict[str, NodeRecord]) -> None:
         """The registered nodes are now `records` (name -> record)."""
@@ -112,6 +115,7 @@ class Nodes:
         self.agents.drop(self.records.pop(name).address)
         self._polled.pop(name, None)
         self._silent = {k for k in self._silent if k[0] != name}
+        self._misses.pop(name, None)
         self._drop_view(name)
 
     def _drop_view(self, name: str) -> None:
@@ -142,6 +146,9 @@ class Nodes:
                 raise
             return  # its channel was closed under it (the node left, or another poll failed)
         except grpc.aio.AioRpcError as e:
+            misses = self._misses[name] = self._misses.get(name, 0) + 1
+            if name in self.views and misses < DROP_AFTER_MISSES:
+                return  # one slow or lost answer is no verdict (its lease says whether it lives)
             if name in self.views:
                 log.warning("node %s (%s) does not answer: %s", name, record.address,
                             e.details())
@@ -153,6 +160,7 @@ class Nodes:
                             name, record.address, e.code().name, e.details())
             return
         self._silent.discard((name, record.address))
+        self._misses.pop(name, None)
         new = {s.name: s for s in reply.sfcs}
         old = self.views.get(name)
         for (node, sfc), at in list(self._touched.items()):

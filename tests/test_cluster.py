@@ -278,7 +278,7 @@ def test_serpensctl_state_reset_drops_a_table_and_the_nf_counts_from_zero(cluste
                         controller.output)
     reset = subprocess.run(ctl + ["--table", "flows"], capture_output=True, text=True,
                            timeout=60)
-    assert reset.returncode == 0, reset.stderr
+    assert reset.returncode == 0, (reset.stderr, controller.output()[-3000:])
     assert reset.stdout.strip() == "fw-mon-nat.mon on local: deleted flows"
     assert mon_packets(controller.stub) < before - 2000  # counting again from zero
     wait_until(lambda: mon_packets(controller.stub) > 0, 10, controller.output)  # traffic on

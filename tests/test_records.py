@@ -143,3 +143,18 @@ def test_keys_build_and_split_every_record_key():
         [("sfc", "a"), ("status", "a"), ("node", "n"), ("nf", "f"), None]
     with pytest.raises(ValueError):
         Keys("/no-slash")
+
+
+def test_a_load_report_after_a_counter_reset_is_a_valid_record():
+    """An SFC applied again counts from zero: its rate is never negative (a negative one
+    made the node record malformed and the node look gone)."""
+    from serpens.agent.registration import load_report
+    before = {"ports": {"lan": {"rx": 900, "tx": 900}},
+              "sfcs": {"s": {"rx": 1000, "out": 1000, "instances": 1}}}
+    after = {"ports": {"lan": {"rx": 1000, "tx": 1000}},
+             "sfcs": {"s": {"rx": 50, "out": 40, "instances": 1}}}
+    load = load_report(before, after, 1.0)
+    assert (load.sfcs["s"].in_pps, load.sfcs["s"].out_pps) == (50, 40)
+    record = NodeRecord(name="n", address="h:1", ports=("lan",), pool=1, reported_at=1.0,
+                        load=load)
+    assert NodeRecord.decode(record.encode(), "n").load == load
