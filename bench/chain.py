@@ -52,6 +52,8 @@ SETTINGS = {
 
 def add_arguments(p):
     p.add_argument("--seconds", type=float, default=1.0, help="measuring time per run")
+    p.add_argument("--warmup", type=float, default=0.3,
+                   help="seconds at a run's rate before it is measured")
     p.add_argument("--flows", type=int, default=10000)
     p.add_argument("--lengths", default="1,2,4,8", help="chain lengths (comma-separated)")
     p.add_argument("--modes", default=",".join(MODES), help="modes to run (comma-separated)")
@@ -176,10 +178,10 @@ def run(args) -> dict:
     areas = AreaAllocator()
     fw_src = nfs.source("fw")
     fw_images = [build_nf(fw_src, areas.allocate(), f"fw{k}") for k in range(max(lengths))]
-    rig = Rig("chain", flow_frames(args.flows), pool_size=max(lengths),
+    rig = Rig("chain", flow_frames(args.flows), pool_size=max(lengths), warmup=args.warmup,
               idle_us=settings[modes[0]]["idle_us"])
     result = {"machine": dict(machine(), stalls=cpu_stalls()),
-              "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
+              "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds, "warmup": args.warmup,
                          "modes": {m: settings[m] for m in modes},
                          # (kept from before per-mode settings: the first mode's, Serpens')
                          "idle_us": settings[modes[0]]["idle_us"],

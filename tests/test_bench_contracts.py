@@ -122,7 +122,8 @@ def test_sfc_bench_json_contract():
 
 
 def test_chain_bench_json_contract():
-    r = _bench("chain", "--seconds", "0.05", "--flows", "1000", "--lengths", "1,2",
+    r = _bench("chain", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000",
+               "--lengths", "1,2",
                "--check-frames", "500")
     for n in ("1", "2"):
         out = r[n]["serpens"]["output"]
