@@ -138,12 +138,20 @@ static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mb
 	}
 }
 
-/* The SFC whose VXLAN tag and VNI these are (-1: none: another tenant's tag is unknown). */
-static int sfc_of_tag(const struct serpens_gateway *g, uint32_t tag, uint32_t vni)
+static int tag_is(const struct serpens_gw_sfc *s, uint32_t tag, uint32_t vni)
 {
+	return s->used && s->tag == tag && s->vni == vni;
+}
+
+/* The SFC whose VXLAN tag and VNI these are (-1: none: another tenant's tag is unknown). The
+ * last one found is tried first: frames of one SFC come back in runs. */
+static int sfc_of_tag(struct serpens_gateway *g, uint32_t tag, uint32_t vni)
+{
+	if (tag_is(&g->sfcs[g->last_tag_sfc], tag, vni))
+		return g->last_tag_sfc;
 	for (int i = 0; i < SERPENS_GW_MAX_SFCS; i++)
-		if (g->sfcs[i].used && g->sfcs[i].tag == tag && g->sfcs[i].vni == vni)
-			return i;
+		if (tag_is(&g->sfcs[i], tag, vni))
+			return g->last_tag_sfc = i;
 	return -1;
 }
 

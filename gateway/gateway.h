@@ -95,6 +95,7 @@ struct serpens_gateway {
 	uint64_t bad_outer;          /* VXLAN for us with a malformed outer header */
 	uint64_t over_mtu;           /* VXLAN for us larger than the MTU */
 	uint64_t unknown_tag;        /* VXLAN for us whose tag and VNI are no SFC's */
+	int32_t last_tag_sfc;        /* the SFC of the last VXLAN frame back (tried first) */
 	uint64_t unmatched;          /* from the outside, no SFC takes it */
 	uint32_t next_port;
 	struct serpens_gw_flow_bucket {

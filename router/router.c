@@ -38,21 +38,37 @@ static int classify(const struct serpens_router *r, uint32_t port, struct rte_mb
 	return serpens_classify(&t, port, rte_pktmbuf_mtod(m, const uint8_t *), m->data_len, hash);
 }
 
+static int vxlan_is(const struct serpens_router_sfc *s, uint32_t tag, uint32_t vni)
+{
+	return s->used && s->vx_on && s->vx_tag == tag && s->vx_vni == vni;
+}
+
+/* The SFC whose VXLAN tag and VNI these are (-1: none). The last one found is tried first:
+ * frames of one SFC come in runs, and the scan would touch every SFC's line per frame. */
+static int sfc_of_vxlan(struct serpens_router *r, uint32_t tag, uint32_t vni)
+{
+	if (vxlan_is(&r->sfcs[r->vx_last], tag, vni))
+		return r->vx_last;
+	for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS; sfc++)
+		if (vxlan_is(&r->sfcs[sfc], tag, vni))
+			return r->vx_last = sfc;
+	return -1;
+}
+
 /* The SFC of a frame from the underlay (-1: none: answered, or counted and freed); the frame
  * is the inner one after, and its flow hash set. */
 static int from_underlay(struct serpens_router *r, struct rte_mbuf *m, uint32_t *hash)
 {
 	uint32_t tag = 0, vni = 0;
+	int sfc;
 	switch (serpens_underlay_rx(m, &r->underlay, &tag, &vni)) {
 	case SERPENS_UNDERLAY_VXLAN:
-		for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS; sfc++) {
-			const struct serpens_router_sfc *s = &r->sfcs[sfc];
-			if (s->used && s->vx_on && s->vx_tag == tag && s->vx_vni == vni) {
-				r->vx_rx++;
-				*hash = serpens_frame_flow_hash(rte_pktmbuf_mtod(m, const uint8_t *),
-								m->data_len);
-				return sfc;
-			}
+		sfc = sfc_of_vxlan(r, tag, vni);
+		if (sfc >= 0) {
+			r->vx_rx++;
+			*hash = serpens_frame_flow_hash(rte_pktmbuf_mtod(m, const uint8_t *),
+							m->data_len);
+			return sfc;
 		}
 		r->vx_unknown_tag++;
 		break;

@@ -223,6 +223,7 @@ struct serpens_router {
 	uint32_t gw_ip;           /* the gateway's underlay address (network order) and MAC */
 	uint8_t gw_mac[6];
 	uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag;
+	int32_t vx_last;             /* the SFC of the last VXLAN frame taken (tried first) */
 	/* latency log (benchmarks): armed by setting log, log_cap, then log_on */
 	volatile uint32_t log_on;
 	struct serpens_lat_rec *log;
