@@ -38,6 +38,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Serpens/GetSFC": VIEWER,
     "/serpens.v1.Serpens/ListSFCs": VIEWER,
     "/serpens.v1.Serpens/ListNodes": VIEWER,
+    "/serpens.v1.Serpens/ListGateways": VIEWER,
     "/serpens.v1.Serpens/ReadState": VIEWER,
     "/serpens.v1.Serpens/Watch": VIEWER,
     "/serpens.v1.Serpens/ApplySFC": OPERATOR,
@@ -58,6 +59,9 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Agent/SnapshotState": CONTROLLER,
     "/serpens.v1.Agent/RestoreState": CONTROLLER,
     "/serpens.v1.Agent/ResetState": CONTROLLER,
+    # serpens.v1.Gateway: only the controller pushes routes and reads counters
+    "/serpens.v1.Gateway/SetRoutes": CONTROLLER,
+    "/serpens.v1.Gateway/GetGateway": CONTROLLER,
     # health and reflection: any authenticated peer
     "/grpc.health.v1.Health/Check": ANY,
     "/grpc.health.v1.Health/Watch": ANY,

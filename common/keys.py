@@ -5,6 +5,9 @@ spells a key prefix.
     /serpens/v1/sfcs/<name>      an SFC's desired state (API, and the autoscaler)
     /serpens/v1/status/<name>    what the leading controller made of it (controller/reconciler.py)
     /serpens/v1/nodes/<name>     an agent's node, under the agent's lease (agent/registration.py)
+    /serpens/v1/gateways/<name>  a gateway, under the gateway's lease (gateway/main.py)
+    /serpens/v1/routes/<sfc>     an SFC's route through the gateway: tag, servers, weights
+                                 (the leader's, fenced; controller/routes.py)
     /serpens/v1/leader           the controllers' election key (common/store.py, Election)
 
 The root is configurable (`serpens-controller --prefix`) so that several clusters, or tests,
@@ -42,6 +45,14 @@ class Keys:
         return self.root + "nodes/"
 
     @property
+    def gateways(self) -> str:
+        return self.root + "gateways/"
+
+    @property
+    def routes(self) -> str:
+        return self.root + "routes/"
+
+    @property
     def leader(self) -> str:
         return self.root + "leader"
 
@@ -57,11 +68,18 @@ class Keys:
     def node(self, name: str) -> str:
         return self.nodes + name
 
+    def gateway(self, name: str) -> str:
+        return self.gateways + name
+
+    def route(self, sfc: str) -> str:
+        return self.routes + sfc
+
     def split(self, key: str) -> tuple[str, str] | None:
-        """("nf" | "sfc" | "status" | "node", name) of a record's key; None for any other
-        key (the leader's, or one written by hand)."""
+        """("nf" | "sfc" | "status" | "node" | "gateway" | "route", name) of a record's key;
+        None for any other key (the leader's, or one written by hand)."""
         for kind, prefix in (("nf", self.nfs), ("sfc", self.sfcs),
-                             ("status", self.statuses), ("node", self.nodes)):
+                             ("status", self.statuses), ("node", self.nodes),
+                             ("gateway", self.gateways), ("route", self.routes)):
             if key.startswith(prefix):
                 return kind, key[len(prefix):]
         return None

@@ -19,6 +19,8 @@
       router_cpu: 1                  # the router's own CPU
       state_dir: /dev/shm/serpens/state
       pace: {wan: 1000000}           # input ports replaying a capture forever: packets/s
+      underlay:                      # optional: the port facing the gateway and other
+        {port: fabric, ip: 10.10.0.2, mtu: 1500}   # servers (VXLAN only; not an input)
 
 `pace` makes an input port that never runs dry (net_pcap with infinite_rx=1) arrive at a
 steady rate, as a NIC would see traffic; without it such a port floods the router.
@@ -26,6 +28,7 @@ Validated in full; errors are SpecError naming the field (e.g. `spec.ports.wan`)
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,6 +41,13 @@ _PCI = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 _DEVICE = re.compile(r"^net_[a-z_]+[0-9a-z_]*$")
 _CPUS = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
 MAX_PORTS = 8
+
+
+@dataclass(frozen=True)
+class NodeUnderlay:
+    port: str                 # a port of spec.ports, not an input: VXLAN frames only
+    ip: str                   # the node's IPv4 address there
+    mtu: int = 1500           # outer IPv4 packets at most this (inner IP packets mtu - 50)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class NodeSpec:
     pace: dict = field(default_factory=dict)   # input port name -> packets/s
     stall_us: float = 2000.0  # longest RX stall one SFC causes before it sheds (router.h)
     hold_ms: float = 200.0    # longest a packet waits for an instance to start
+    underlay: NodeUnderlay | None = None  # the VXLAN port, address and MTU (DESIGN §7)
 
     def device_name(self, port: str) -> str:
         """The DPDK name of a port ("net_pcap0", or the PCI address)."""
@@ -69,14 +80,17 @@ def parse_node(text: str) -> NodeSpec:
     name, body, _ = parse_document(text, "Node", NODE_NAME, "1-32 characters of a-z, 0-9 and '-'",
                                 {"ports", "input", "output", "pool", "warm_s", "wake_us",
                                  "cpus", "router_cpu", "state_dir", "pace", "stall_us",
-                                 "hold_ms"})
+                                 "hold_ms", "underlay"})
     ports = _ports(body.get("ports"))
-    inputs = body.get("input", list(ports))
+    underlay = _underlay(body.get("underlay"), ports)
+    inputs = body.get("input", [p for p in ports if not underlay or p != underlay.port])
     if not isinstance(inputs, list) or not inputs:
         raise SpecError("spec.input", "a list of port names, at least one")
     for i, p in enumerate(inputs):
         if p not in ports:
             raise SpecError(f"spec.input[{i}]", f"no port named {p!r} in spec.ports")
+        if underlay and p == underlay.port:
+            raise SpecError(f"spec.input[{i}]", f"{p!r} is the underlay port (VXLAN only)")
     output = body.get("output")
     if output is not None and output not in ports:
         raise SpecError("spec.output", f"no port named {output!r} in spec.ports")
@@ -101,7 +115,31 @@ def parse_node(text: str) -> NodeSpec:
     return NodeSpec(name, ports, tuple(inputs), output, pool, float(warm_s), float(wake_us),
                     cpus, router_cpu, state_dir, {p: float(v) for p, v in pace.items()},
                     float(_number(body, "stall_us", 2000.0, (int, float), 10, 1e6)),
-                    float(_number(body, "hold_ms", 200.0, (int, float), 1, 60000)))
+                    float(_number(body, "hold_ms", 200.0, (int, float), 1, 60000)),
+                    underlay)
+
+
+def _underlay(raw, ports: dict) -> NodeUnderlay | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpecError("spec.underlay", "a mapping: {port: NAME, ip: A.B.C.D, mtu: 1500}")
+    unknown = sorted(set(raw) - {"port", "ip", "mtu"})
+    if unknown:
+        raise SpecError(f"spec.underlay.{unknown[0]}", "unknown key (known: ip, mtu, port)")
+    port = raw.get("port")
+    if port not in ports:
+        raise SpecError("spec.underlay.port", f"no port named {port!r} in spec.ports")
+    try:
+        ip = ipaddress.IPv4Address(raw.get("ip"))
+    except ValueError:
+        raise SpecError("spec.underlay.ip", f"an IPv4 address, got {raw.get('ip')!r}") from None
+    if ip.is_multicast or ip.is_unspecified or int(ip) == 0xFFFFFFFF:
+        raise SpecError("spec.underlay.ip", f"a unicast address, got {ip}")
+    mtu = raw.get("mtu", 1500)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 9216:
+        raise SpecError("spec.underlay.mtu", f"bytes 68..9216, got {mtu!r}")
+    return NodeUnderlay(port, str(ip), mtu)
 
 
 def _ports(raw) -> dict:

@@ -14,11 +14,13 @@ and floats must be finite, names must match common/names.py.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
 import re
 from dataclasses import asdict, dataclass, field
+
 
 from serpens.common.names import NF_NAME, NODE_NAME, SFC_NAME
 
@@ -197,18 +199,30 @@ class SFCStatus:
     node: str = ""
     generation: int = 0
     instances: int = 0
+    # served by several servers: node -> its instances there (`node` the first); else empty
+    nodes: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> SFCStatus:
         r = _object(value)
+        nodes = _field(r, "nodes", dict, default={})
+        for node, count in nodes.items():
+            if not NODE_NAME.match(node):
+                raise MalformedRecord(f"nodes: {node[:64]!r} is not a node name")
+            _field(nodes, node, int, "nodes.", bounds=_UINT32)
         return cls(phase=_field(r, "phase", str, default=""),
                    message=_field(r, "message", str, default=""),
                    node=_field(r, "node", str, default=""),
                    generation=_field(r, "generation", int, default=0, bounds=_COUNT),
-                   instances=_field(r, "instances", int, default=0, bounds=_UINT32))
+                   instances=_field(r, "instances", int, default=0, bounds=_UINT32),
+                   nodes=tuple(sorted(nodes.items())))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["nodes"] = dict(self.nodes)
+        if not self.nodes:
+            del out["nodes"]
+        return out
 
     def encode(self) -> str:
         return _encode(self.to_dict())
@@ -268,6 +282,7 @@ class NodeRecord:
     cpus: str = ""
     reported_at: float = 0.0
     load: NodeLoad = field(default_factory=NodeLoad)
+    underlay: Underlay | None = None   # the node's VXLAN address (Node spec.underlay)
 
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> NodeRecord:
@@ -275,27 +290,171 @@ class NodeRecord:
         address = _field(r, "address", str)
         if not address:
             raise MalformedRecord("address: empty (the agent's host:port)")
+        underlay = _field(r, "underlay", dict, default=None)
         return cls(name=_check_name(r, name, NODE_NAME, required=False), address=address,
                    ports=_names(r, "ports", default=[]), input=_names(r, "input", default=[]),
                    pool=_field(r, "pool", int, default=0, bounds=_UINT32),
                    cpus=_field(r, "cpus", str, default=""),
                    reported_at=_field(r, "reported_at", _NUMBER, default=0.0),
-                   load=NodeLoad.decode(_field(r, "load", dict, default={})))
+                   load=NodeLoad.decode(_field(r, "load", dict, default={})),
+                   underlay=None if underlay is None else Underlay.decode(underlay))
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["ports"], out["input"] = list(self.ports), list(self.input)
+        if self.underlay is None:
+            del out["underlay"]
         return out
 
     def encode(self) -> str:
         return _encode(self.to_dict())
 
 
-RECORDS = {"nf": NFRecord, "sfc": SFCRecord, "status": SFCStatus, "node": NodeRecord}
+# -- gateways and routes (DESIGN §7) ----------------------------------------------------------
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_TAG = (1, (1 << 24) - 1)      # a VXLAN SFC tag (24 bits; 0 is "none")
+_VNI = (0, (1 << 24) - 1)
+
+
+def _ipv4(r: dict, name: str, where: str = "") -> str:
+    value = _field(r, name, str, where)
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise MalformedRecord(f"{where}{name}: {value[:64]!r} is not an IPv4 address") from None
+
+
+def _mac(r: dict, name: str, where: str = "") -> str:
+    value = _field(r, name, str, where)
+    if not _MAC.match(value):
+        raise MalformedRecord(f"{where}{name}: {value[:64]!r} is not a MAC (aa:bb:cc:dd:ee:ff)")
+    return value
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """A server's or gateway's address on the underlay network (VXLAN)."""
+    ip: str
+    mac: str                    # lower-case aa:bb:cc:dd:ee:ff
+    mtu: int = 1500
+
+    @classmethod
+    def decode(cls, r: dict, where: str = "underlay.") -> Underlay:
+        return cls(ip=_ipv4(r, "ip", where), mac=_mac(r, "mac", where),
+                   mtu=_field(r, "mtu", int, where, 1500, bounds=(51, 9216)))
+
+
+@dataclass(frozen=True)
+class GatewayRecord:
+    """`gateways/<name>`: a gateway, put under its lease (gone when it dies)."""
+    name: str
+    address: str                # the Gateway service's host:port
+    underlay: Underlay
+    ingress: tuple[str, ...] = ()   # its ingress port names (spec.match `port` names these)
+    term: int = 0               # the route term it last applied (0: none yet)
+    reported_at: float = 0.0
+
+    @classmethod
+    def decode(cls, value: bytes | str, name: str | None = None) -> GatewayRecord:
+        r = _object(value)
+        address = _field(r, "address", str)
+        if not address:
+            raise MalformedRecord("address: empty (the gateway's host:port)")
+        return cls(name=_check_name(r, name, NODE_NAME, required=False), address=address,
+                   underlay=Underlay.decode(_field(r, "underlay", dict)),
+                   ingress=_names(r, "ingress", default=[]),
+                   term=_field(r, "term", int, default=0, bounds=_COUNT),
+                   reported_at=_field(r, "reported_at", _NUMBER, default=0.0))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["ingress"] = list(self.ingress)
+        return out
+
+    def encode(self) -> str:
+        return _encode(self.to_dict())
+
+
+@dataclass(frozen=True)
+class RouteServer:
+    node: str
+    ip: str
+    mac: str
+    weight: int                 # its instances of the SFC (at least 1)
+
+
+@dataclass(frozen=True)
+class RouteRecord:
+    """`routes/<sfc>`: how the gateway reaches an SFC (the leader's, fenced): its tag (unique
+    in the cluster, kept for the SFC's life), VNI, classification (spec match and VLAN tag, as
+    the router's) and the servers serving it, weighted by their instances."""
+    sfc: str
+    tag: int
+    vni: int = 0
+    match: tuple = ()           # spec.match rules (dicts), as in the spec
+    vlan: int = 0               # spec.tag (0: none)
+    servers: tuple[RouteServer, ...] = ()
+
+    @classmethod
+    def decode(cls, value: bytes | str, name: str | None = None) -> RouteRecord:
+        r = _object(value)
+        sfc = _field(r, "sfc", str)
+        if name is not None and sfc != name:
+            raise MalformedRecord(f"sfc: {sfc!r} under the key of {name!r}")
+        if not SFC_NAME.match(sfc):
+            raise MalformedRecord(f"sfc: {sfc[:64]!r} is not a valid SFC name")
+        match = _field(r, "match", list, default=[])
+        if not all(isinstance(rule, dict) for rule in match):
+            raise MalformedRecord("match: not a list of rules")
+        servers = []
+        for i, row in enumerate(_field(r, "servers", list, default=[])):
+            where = f"servers[{i}]."
+            if not isinstance(row, dict):
+                raise MalformedRecord(f"servers[{i}]: not an object")
+            node = _field(row, "node", str, where)
+            if not NODE_NAME.match(node):
+                raise MalformedRecord(f"{where}node: {node[:64]!r} is not a node name")
+            servers.append(RouteServer(node, _ipv4(row, "ip", where), _mac(row, "mac", where),
+                                       _field(row, "weight", int, where, bounds=(1, 1 << 16))))
+        return cls(sfc=sfc, tag=_field(r, "tag", int, bounds=_TAG),
+                   vni=_field(r, "vni", int, default=0, bounds=_VNI), match=tuple(match),
+                   vlan=_field(r, "vlan", int, default=0, bounds=(0, 4095)),
+                   servers=tuple(servers))
+
+    def to_dict(self) -> dict:
+        return {"sfc": self.sfc, "tag": self.tag, "vni": self.vni, "match": list(self.match),
+                "vlan": self.vlan, "servers": [asdict(s) for s in self.servers]}
+
+    def encode(self) -> str:
+        return _encode(self.to_dict())
+
+    def to_message(self):
+        from serpens.proto.serpens.v1 import serpens_pb2 as pb
+        return pb.Route(sfc=self.sfc, tag=self.tag, vni=self.vni,
+                        match_json=json.dumps(list(self.match), sort_keys=True),
+                        vlan=self.vlan,
+                        servers=[pb.RouteServer(**asdict(s)) for s in self.servers])
+
+    @classmethod
+    def from_message(cls, m) -> RouteRecord:
+        """A pushed Route, checked as a stored one (MalformedRecord names the field)."""
+        try:
+            match = json.loads(m.match_json or "[]")
+        except ValueError as e:
+            raise MalformedRecord(f"match_json: not JSON ({e})") from None
+        return cls.decode(json.dumps({"sfc": m.sfc, "tag": m.tag, "vni": m.vni,
+                                      "match": match, "vlan": m.vlan,
+                                      "servers": [{"node": s.node, "ip": s.ip, "mac": s.mac,
+                                                   "weight": s.weight} for s in m.servers]}))
+
+
+RECORDS = {"nf": NFRecord, "sfc": SFCRecord, "status": SFCStatus, "node": NodeRecord,
+           "gateway": GatewayRecord, "route": RouteRecord}
 
 
 def decode(kind: str, value: bytes | str, name: str | None = None):
-    """The record of `kind` ("nf", "sfc", "status", "node") stored as `value` under the key
+    """The record of `kind` ("nf", "sfc", "status", "node", "gateway", "route") stored as `value` under the key
     of `name` (None: not checked); MalformedRecord if it is not that shape."""
     return RECORDS[kind].decode(value, name)
 

@@ -14,7 +14,11 @@
       match:                         # optional: which packets a node gives this SFC
         - {dst: 198.51.100.0/24, proto: udp, dport: 53-53, port: wan}
       tag: 100                       # optional: packets with this outer VLAN ID (an SFC tag)
-      output: lan                    # optional: the node port its packets leave by
+      output: lan                    # optional: the node port its packets leave by, or
+                                     # `gateway`: back to the gateway over VXLAN
+      vni: 0                         # optional: the tenant's VXLAN VNI (0..2^24-1, default 0)
+      placement: {spread: 2}         # optional: serve it from up to 2 servers through the
+                                     # gateway (replicas split among them; DESIGN §7)
       scale:                         # optional: instances kept in [min, max]; with
         {min: 1, max: 4, target_pps: 2000000, warm_s: 30}  # target_pps: autoscaled
       faults:                        # optional: an instance inside one batch over batch_ms
@@ -72,6 +76,8 @@ class SFCSpec:
     output: str | None = None                  # node port name (None: the node's default)
     scale: "ScalePolicy | None" = None         # spec.scale (None: replicas as scaled)
     faults: "FaultPolicy" = None               # spec.faults (watchdog, crash limits)
+    vni: int = 0                               # the tenant's VXLAN network identifier
+    spread: int = 1                            # spec.placement.spread: servers at most
     # The whole document as parsed (plain data), for whoever stores it (the controller).
     document: dict | None = field(default=None, compare=False, repr=False)
 
@@ -141,7 +147,7 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     name, body, doc = parse_document(
         text, "SFC", _SFC_NAME, "1-24 characters of a-z, 0-9 and '-', starting and ending "
         "with a letter or digit", {"nfs", "chain", "match", "tag", "output", "scale",
-                                   "faults"})
+                                   "faults", "vni", "placement"})
     nfs = _parse_nfs(body.get("nfs"), base_dir, allow_source, allow_deployed)
     used: set = set()
     chain = _check_chain(body.get("chain"), "spec.chain", nfs, used)
@@ -155,9 +161,32 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     output = body.get("output")
     if output is not None and (not isinstance(output, str) or not output):
         raise SpecError("spec.output", "the name of a node port")
+    vni = body.get("vni", 0)
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni < 1 << 24:
+        raise SpecError("spec.vni", f"a VXLAN network identifier 0..16777215, got {vni!r}")
     return SFCSpec(name, nfs, chain, _parse_match(body.get("match")), tag, output,
                    parse_scale(body.get("scale")), faults=_parse_faults(body.get("faults")),
-                   document=doc)
+                   vni=vni, spread=_parse_placement(body.get("placement")), document=doc)
+
+
+OUTPUT_GATEWAY = "gateway"   # spec.output: back to the gateway, over VXLAN
+MAX_SPREAD = 64              # the gateway's servers per SFC (gateway.h)
+
+
+def _parse_placement(raw) -> int:
+    """`spec.placement`: {spread: N}, the most servers the SFC's replicas are split among
+    (through the gateway); 1 (the default) keeps it on one node unless that node's pool
+    cannot hold the replicas asked for."""
+    if raw is None:
+        return 1
+    if not isinstance(raw, dict):
+        raise SpecError("spec.placement", "a mapping such as {spread: 2}")
+    _refuse_unknown(raw, "spec.placement", ("spread",))
+    spread = raw.get("spread", 1)
+    if isinstance(spread, bool) or not isinstance(spread, int) or \
+            not 1 <= spread <= MAX_SPREAD:
+        raise SpecError("spec.placement.spread", f"servers 1..{MAX_SPREAD}, got {spread!r}")
+    return spread
 
 
 @dataclass(frozen=True)

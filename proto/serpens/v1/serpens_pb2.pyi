@@ -208,18 +208,27 @@ class ScaleSpec(_message.Message):
     def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_pps: _Optional[float] = ...) -> None: ...
 
 class SFCStatus(_message.Message):
-    __slots__ = ("phase", "message", "node", "generation", "instances")
+    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes")
+    class NodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     PHASE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     phase: str
     message: str
     node: str
     generation: int
     instances: int
-    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ...) -> None: ...
+    nodes: _containers.ScalarMap[str, int]
+    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SFC(_message.Message):
     __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation")
@@ -315,6 +324,26 @@ class ListNodesResponse(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
+class GatewayInfo(_message.Message):
+    __slots__ = ("name", "record_json", "revision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    record_json: str
+    revision: int
+    def __init__(self, name: _Optional[str] = ..., record_json: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ListGatewaysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListGatewaysResponse(_message.Message):
+    __slots__ = ("gateways",)
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    gateways: _containers.RepeatedCompositeFieldContainer[GatewayInfo]
+    def __init__(self, gateways: _Optional[_Iterable[_Union[GatewayInfo, _Mapping]]] = ...) -> None: ...
+
 class MergeStateRequest(_message.Message):
     __slots__ = ("sfc",)
     SFC_FIELD_NUMBER: _ClassVar[int]
@@ -330,7 +359,7 @@ class MergeStateResponse(_message.Message):
     def __init__(self, node: _Optional[str] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class RunSFCRequest(_message.Message):
-    __slots__ = ("spec", "nf_sources", "generation", "replicas", "incarnation")
+    __slots__ = ("spec", "nf_sources", "generation", "replicas", "incarnation", "vxlan")
     class NfSourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -343,12 +372,26 @@ class RunSFCRequest(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_FIELD_NUMBER: _ClassVar[int]
     spec: str
     nf_sources: _containers.ScalarMap[str, str]
     generation: int
     replicas: int
     incarnation: int
-    def __init__(self, spec: _Optional[str] = ..., nf_sources: _Optional[_Mapping[str, str]] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    vxlan: VxlanRoute
+    def __init__(self, spec: _Optional[str] = ..., nf_sources: _Optional[_Mapping[str, str]] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., incarnation: _Optional[int] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ...) -> None: ...
+
+class VxlanRoute(_message.Message):
+    __slots__ = ("tag", "vni", "gateway_ip", "gateway_mac")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_IP_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_MAC_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    vni: int
+    gateway_ip: str
+    gateway_mac: str
+    def __init__(self, tag: _Optional[int] = ..., vni: _Optional[int] = ..., gateway_ip: _Optional[str] = ..., gateway_mac: _Optional[str] = ...) -> None: ...
 
 class AgentSFC(_message.Message):
     __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops")
@@ -457,3 +500,124 @@ class ResetStateResponse(_message.Message):
     node: str
     tables: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RouteServer(_message.Message):
+    __slots__ = ("node", "ip", "mac", "weight")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    ip: str
+    mac: str
+    weight: int
+    def __init__(self, node: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("sfc", "tag", "vni", "match_json", "vlan", "servers")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    MATCH_JSON_FIELD_NUMBER: _ClassVar[int]
+    VLAN_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    tag: int
+    vni: int
+    match_json: str
+    vlan: int
+    servers: _containers.RepeatedCompositeFieldContainer[RouteServer]
+    def __init__(self, sfc: _Optional[str] = ..., tag: _Optional[int] = ..., vni: _Optional[int] = ..., match_json: _Optional[str] = ..., vlan: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[RouteServer, _Mapping]]] = ...) -> None: ...
+
+class SetRoutesRequest(_message.Message):
+    __slots__ = ("routes", "term")
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    term: int
+    def __init__(self, routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., term: _Optional[int] = ...) -> None: ...
+
+class SetRoutesResponse(_message.Message):
+    __slots__ = ("term", "routes")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    routes: int
+    def __init__(self, term: _Optional[int] = ..., routes: _Optional[int] = ...) -> None: ...
+
+class GetGatewayRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GatewaySFC(_message.Message):
+    __slots__ = ("tag", "rx", "tx", "back", "new_flows", "moved_flows", "drops", "servers", "flow_full")
+    class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ServersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    RX_FIELD_NUMBER: _ClassVar[int]
+    TX_FIELD_NUMBER: _ClassVar[int]
+    BACK_FIELD_NUMBER: _ClassVar[int]
+    NEW_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_FULL_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    rx: int
+    tx: int
+    back: int
+    new_flows: int
+    moved_flows: int
+    drops: _containers.ScalarMap[str, int]
+    servers: _containers.ScalarMap[str, int]
+    flow_full: int
+    def __init__(self, tag: _Optional[int] = ..., rx: _Optional[int] = ..., tx: _Optional[int] = ..., back: _Optional[int] = ..., new_flows: _Optional[int] = ..., moved_flows: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., servers: _Optional[_Mapping[str, int]] = ..., flow_full: _Optional[int] = ...) -> None: ...
+
+class GatewayStatus(_message.Message):
+    __slots__ = ("name", "term", "sfcs", "ports", "drops", "arp_replies")
+    class SfcsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: GatewaySFC
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[GatewaySFC, _Mapping]] = ...) -> None: ...
+    class PortsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: PortCounters
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[PortCounters, _Mapping]] = ...) -> None: ...
+    class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    SFCS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    ARP_REPLIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    term: int
+    sfcs: _containers.MessageMap[str, GatewaySFC]
+    ports: _containers.MessageMap[str, PortCounters]
+    drops: _containers.ScalarMap[str, int]
+    arp_replies: int
+    def __init__(self, name: _Optional[str] = ..., term: _Optional[int] = ..., sfcs: _Optional[_Mapping[str, GatewaySFC]] = ..., ports: _Optional[_Mapping[str, PortCounters]] = ..., drops: _Optional[_Mapping[str, int]] = ..., arp_replies: _Optional[int] = ...) -> None: ...

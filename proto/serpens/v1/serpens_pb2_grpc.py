@@ -109,6 +109,11 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
                 _registered_method=True)
+        self.ListGateways = channel.unary_unary(
+                '/serpens.v1.Serpens/ListGateways',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ListGatewaysRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ListGatewaysResponse.FromString,
+                _registered_method=True)
 
 
 class SerpensServicer:
@@ -223,6 +228,14 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGateways(self, request, context):
+        """The gateways that registered (leased keys under /serpens/v1/gateways/), with the route
+        term each was last given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SerpensServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -300,6 +313,11 @@ def add_SerpensServicer_to_server(servicer, server):
                     servicer.ResetState,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.SerializeToString,
+            ),
+            'ListGateways': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGateways,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ListGatewaysRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ListGatewaysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -707,6 +725,33 @@ class Serpens:
             '/serpens.v1.Serpens/ResetState',
             serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGateways(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/ListGateways',
+            serpens_dot_v1_dot_serpens__pb2.ListGatewaysRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ListGatewaysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1151,6 +1196,134 @@ class Agent:
             '/serpens.v1.Agent/ResetState',
             serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class GatewayStub:
+    """The gateway's service (DESIGN §7), called by the controller's leader: the full route set,
+    pushed whenever it changes and whenever a gateway (re)registers. Routes are replaced as a
+    whole (idempotent); a push of an older leader term than the gateway has seen is refused
+    with ABORTED (a deposed leader's late push). INVALID_ARGUMENT names the route and field.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetRoutes = channel.unary_unary(
+                '/serpens.v1.Gateway/SetRoutes',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.SetRoutesRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.SetRoutesResponse.FromString,
+                _registered_method=True)
+        self.GetGateway = channel.unary_unary(
+                '/serpens.v1.Gateway/GetGateway',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.GatewayStatus.FromString,
+                _registered_method=True)
+
+
+class GatewayServicer:
+    """The gateway's service (DESIGN §7), called by the controller's leader: the full route set,
+    pushed whenever it changes and whenever a gateway (re)registers. Routes are replaced as a
+    whole (idempotent); a push of an older leader term than the gateway has seen is refused
+    with ABORTED (a deposed leader's late push). INVALID_ARGUMENT names the route and field.
+    """
+
+    def SetRoutes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGateway(self, request, context):
+        """Its ports, SFCs (routes, per-server frames) and counters by reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GatewayServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRoutes,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.SetRoutesRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.SetRoutesResponse.SerializeToString,
+            ),
+            'GetGateway': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGateway,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.GatewayStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'serpens.v1.Gateway', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('serpens.v1.Gateway', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Gateway:
+    """The gateway's service (DESIGN §7), called by the controller's leader: the full route set,
+    pushed whenever it changes and whenever a gateway (re)registers. Routes are replaced as a
+    whole (idempotent); a push of an older leader term than the gateway has seen is refused
+    with ABORTED (a deposed leader's late push). INVALID_ARGUMENT names the route and field.
+    """
+
+    @staticmethod
+    def SetRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Gateway/SetRoutes',
+            serpens_dot_v1_dot_serpens__pb2.SetRoutesRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.SetRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGateway(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Gateway/GetGateway',
+            serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.GatewayStatus.FromString,
             options,
             channel_credentials,
             insecure,
