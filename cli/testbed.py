@@ -11,6 +11,9 @@ IPv6 is off on the underlay links, so no router solicitations or MLD reports rea
 path. The af_packet port thus sees the overlay only (its counters are exact), and nobody
 needs ARP: the controller pushes MACs (DESIGN §7).
 
+A member may also have `outside` links (eth2, eth3, ...: a veth whose host end `sp<tag><m>o<k>`
+is on no bridge): a test sends a gateway's traffic in and reads it back there.
+
 Names derive from a short tag (`tag_for(directory)` for a cluster dir, a PID for a test) and
 fit IFNAMSIZ; `to_dict()` is the whole plan, written to the cluster's state file *before*
 anything is made, so `remove()` from `Testbed.from_dict()` undoes exactly it, even after a
@@ -81,7 +84,8 @@ class Testbed:
     __test__ = False  # not a pytest class, despite its name
 
     def __init__(self, tag: str, members: list[str], control_net: str = "",
-                 underlay_net: str = "", mtu: int = 1500):
+                 underlay_net: str = "", mtu: int = 1500, outside: dict | None = None):
+        """`outside`: {member: k} gives it k more links (eth2..), on no bridge."""
         if not 1 <= len(tag) <= 6 or not tag.isalnum():
             raise TestbedError(f"tag: 1-6 letters or digits, got {tag!r}")
         if not members or len(members) > MAX_MEMBERS or len(set(members)) != len(members):
@@ -91,7 +95,10 @@ class Testbed:
                 raise TestbedError(f"member {m!r}: 1-4 letters or digits")
         if not control_net or not underlay_net:
             control_net, underlay_net = pick_networks(tag)
-        self.tag, self.members, self.mtu = tag, list(members), mtu
+        outside = dict(outside or {})
+        if any(m not in members or not 0 <= k <= 4 for m, k in outside.items()):
+            raise TestbedError(f"outside: {{member: 0..4 links}}, got {outside!r}")
+        self.tag, self.members, self.mtu, self.outside = tag, list(members), mtu, outside
         self.control_net, self.underlay_net = control_net, underlay_net
         ctl = ipaddress.ip_network(control_net)
         ul = ipaddress.ip_network(underlay_net)
@@ -101,18 +108,20 @@ class Testbed:
         self.address = {m: str(ctl[2 + i]) for i, m in enumerate(members)}   # eth0
         self.underlay = {m: str(ul[2 + i]) for i, m in enumerate(members)}   # DPDK on eth1
         # the host ends of each member's veths, on the bridges
-        self.links = {m: {"control": f"sp{tag}{m}c", "underlay": f"sp{tag}{m}u"}
+        self.links = {m: {"control": f"sp{tag}{m}c", "underlay": f"sp{tag}{m}u",
+                          **{f"eth{2 + k}": f"sp{tag}{m}o{k}" for k in range(outside.get(m, 0))}}
                       for m in members}
 
     # ---- the plan, as recorded in a state file ----------------------------------------
 
     def to_dict(self) -> dict:
         return {"tag": self.tag, "members": self.members, "control_net": self.control_net,
-                "underlay_net": self.underlay_net, "mtu": self.mtu}
+                "underlay_net": self.underlay_net, "mtu": self.mtu, "outside": self.outside}
 
     @classmethod
     def from_dict(cls, d: dict) -> Testbed:
-        return cls(d["tag"], d["members"], d["control_net"], d["underlay_net"], d["mtu"])
+        return cls(d["tag"], d["members"], d["control_net"], d["underlay_net"], d["mtu"],
+                   d.get("outside"))
 
     def netns_exec(self, member: str) -> list[str]:
         """The argv prefix that runs a program in `member`'s namespace (it execs: the PID
@@ -153,12 +162,14 @@ class Testbed:
         ip("netns", "add", ns)
         # IPv6 off in the namespace before its links arrive: no stray frames on the underlay
         _sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        for kind, inner in (("control", CONTROL), ("underlay", UNDERLAY)):
-            host = self.links[m][kind]
+        for kind, host in self.links[m].items():
+            inner = {"control": CONTROL, "underlay": UNDERLAY}.get(kind, kind)
             ip("link", "add", host, "mtu", str(self.mtu), "type", "veth", "peer", "name", inner,
                "mtu", str(self.mtu), "netns", ns)
             _no_ipv6(host)
-            ip("link", "set", host, "master", self.bridges[kind], "up")
+            if kind in self.bridges:
+                ip("link", "set", host, "master", self.bridges[kind])
+            ip("link", "set", host, "up")
             ip("link", "set", inner, "up", ns=ns)
         ip("addr", "add", f"{self.address[m]}/24", "dev", CONTROL, ns=ns)
         ip("link", "set", "lo", "up", ns=ns)
@@ -184,13 +195,14 @@ class Testbed:
     # ---- faults -----------------------------------------------------------------------
 
     def cut(self, member: str):
-        """A partition: both of `member`'s links go down at the bridges (not a signal)."""
-        for link in self.links[member].values():
-            ip("link", "set", link, "down")
+        """A partition: `member`'s control and underlay links go down at the bridges (not a
+        signal)."""
+        for kind in self.bridges:
+            ip("link", "set", self.links[member][kind], "down")
 
     def mend(self, member: str):
-        for link in self.links[member].values():
-            ip("link", "set", link, "up")
+        for kind in self.bridges:
+            ip("link", "set", self.links[member][kind], "up")
 
 
 def _namespaces() -> list[str]:
