@@ -274,7 +274,8 @@ def _write_configs(state: dict, args):
             f.write(multi.server_node(s, bed.underlay[s], pool=2, mtu=bed.mtu,
                                       state_dir=os.path.join(state["state_root"], s)))
     with open(os.path.join(directory, "gateway.yaml"), "w") as f:
-        f.write(multi.gateway_config(bed.underlay[multi.GATEWAY], state["pps"], mtu=bed.mtu))
+        f.write(multi.gateway_config(bed.underlay[multi.GATEWAY], multi.replayed(),
+                                     state["pps"], mtu=bed.mtu))
 
 
 def _node_path(state: dict, server: str) -> str:

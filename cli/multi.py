@@ -56,24 +56,29 @@ spec:
 """
 
 
-def gateway_config(underlay_ip: str, pps: float, capture: str = "", mtu: int = 1500,
-                   egress: str = "net_null_out,no-rx=1") -> str:
-    """The gateway's config: `capture` replayed forever at `pps` packets/s into ingress port
-    wan, the underlay on eth1, `egress` (a DPDK device string) for frames back."""
-    capture = capture or os.path.join(EXAMPLES, "traffic.pcap")
+def replayed(capture: str = "") -> str:
+    """An ingress device replaying `capture` (default examples/traffic.pcap) forever."""
+    return f"net_pcap_wan,rx_pcap={capture or os.path.join(EXAMPLES, 'traffic.pcap')},infinite_rx=1"
+
+
+def gateway_config(underlay_ip: str, ingress: str, pps: float | None = None,
+                   egress: str = "net_null_out,no-rx=1", mtu: int = 1500) -> str:
+    """The gateway's config: `ingress` (a DPDK device string) as port wan, paced at `pps`
+    packets/s if given (a replayed capture), the underlay on eth1, `egress` as port out (frames
+    back from the servers leave there)."""
+    pace = f"  pace: {{wan: {pps:g}}}\n" if pps else ""
     return f"""apiVersion: serpens/v1
 kind: Gateway
 metadata: {{name: {GATEWAY}}}
 spec:
   ports:
-    wan: net_pcap_wan,rx_pcap={capture},infinite_rx=1
+    wan: {ingress}
     out: {egress}
     fabric: net_af_packet_fabric,iface={UNDERLAY}
   ingress: [wan]
   egress: out
   underlay: {{port: fabric, ip: {underlay_ip}, mtu: {mtu}}}
-  pace: {{wan: {pps:g}}}
-"""
+""" + pace
 
 
 def spread_sfc(servers: int, path: str = SPREAD_SFC) -> str:

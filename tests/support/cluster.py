@@ -1,6 +1,7 @@
-"""The control plane's programs as subprocesses for tests: `serpens-controller` (Controller)
-and `serpens-agent` (Agent), each on a free loopback port with the test CA's certificates, and
-the waits and checks the tests share."""
+"""The control plane's programs as subprocesses for tests: `serpens-controller` (Controller),
+`serpens-agent` (Agent) and `serpens-gateway` (Gateway), each on a free port (loopback, or an
+address in a network namespace) with the test CA's certificates, and the waits and checks
+the tests share."""
 import json
 import os
 import signal
@@ -117,6 +118,56 @@ class Agent:
         except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGUSR2)  # its threads' stacks into the output
             time.sleep(1)
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class Gateway:
+    """`serpens-gateway` in a subprocess (in network namespace `netns` if given, serving on
+    `host` there); ready once its Gateway service answers the controller's identity."""
+
+    def __init__(self, etcd_endpoint, config_path, host="127.0.0.1", netns="", ttl=2):
+        self.address = f"{host}:{free_port()}"
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            (["ip", "netns", "exec", netns] if netns else []) +
+            [os.path.join(BIN, "serpens-gateway"), "--config", config_path,
+             "--etcd", etcd_endpoint, "--listen", self.address, "--ttl", str(ttl),
+             *tls_args("serpens-gateway", "agent", (host,))],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        self.channel = secure_channel(self.address, client_identity())
+        self.stub = serpens_pb2_grpc.GatewayStub(self.channel)
+        wait_until(lambda: self._answers(), 60, self.output)
+
+    def _answers(self):
+        assert self.proc.poll() is None, self.output()
+        try:
+            self.status(timeout=0.5)
+            return True
+        except grpc.RpcError:
+            return False
+
+    def status(self, timeout=5):
+        return self.stub.GetGateway(pb.GetGatewayRequest(), timeout=timeout)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def kill(self):
+        """SIGKILL (a crash: no deregistration; its record goes with its lease)."""
+        self.channel.close()
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        self.channel.close()
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
 
