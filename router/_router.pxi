@@ -257,14 +257,7 @@ cdef class Router:
         """Emulate a NIC fed at `pps` on an input port whose source never runs dry (e.g.
         net_pcap infinite_rx): arrivals are stamped with their scheduled time, and more than
         `depth` arrivals waiting are lost (counted as `missed`). pps 0: unpaced."""
-        cdef serpens_router_port *p = &self.r.ports[self._port(port)]
-        p.pace_cycles = 0
-        serpens_fence()
-        if pps > 0:
-            p.pace_depth = depth
-            p.pace_next = <double>rte_rdtsc()
-            serpens_fence()
-            p.pace_cycles = rte_get_tsc_hz() / pps
+        serpens_pace_set(&self.r.ports[self._port(port)].pace, pps, depth)
 
     # ---- latency log ------------------------------------------------------------------------
 
@@ -457,8 +450,8 @@ cdef class Router:
                for i in range(SERPENS_ROUTER_MAX_INSTANCES) if r.inst[i].state}
         ports = {r.ports[i].id: {"rx": r.ports[i].rx, "tx": r.ports[i].tx,
                                  "tx_failed": r.ports[i].tx_failed,
-                                 "unmatched": r.ports[i].unmatched, "missed": r.ports[i].missed,
-                                 "rx_empty": r.ports[i].rx_empty}
+                                 "unmatched": r.ports[i].unmatched, "missed": r.ports[i].pace.missed,
+                                 "rx_empty": r.ports[i].pace.rx_empty}
                  for i in range(r.nports)}
         sfcs = {k: {"rx": r.sfcs[k].rx, "out": r.sfcs[k].out, "dropped": r.sfcs[k].dropped,
                     "drops": {"instance_died": r.sfcs[k].drop_died,

@@ -14,6 +14,16 @@ def port_close(uint16_t port):
     serpens_port_close(port)
 
 
+def port_mac(uint16_t port):
+    """The port's MAC address, "aa:bb:cc:dd:ee:ff" (what a VXLAN underlay port answers ARP
+    with and peers address)."""
+    cdef rte_ether_addr mac
+    rc = rte_eth_macaddr_get(port, &mac)
+    if rc < 0:
+        raise OSError(-rc, f"port {port}: no MAC address: {strerror(-rc).decode()}")
+    return ":".join(f"{mac.addr_bytes[i]:02x}" for i in range(6))
+
+
 def port_from_rings(str name, Ring rx, Ring tx, Mempool pool):
     """A started DPDK port whose RX reads `rx` and whose TX writes `tx` (tests, local
     traffic); returns its id."""
