@@ -17,48 +17,13 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from support.packets import eth, flow_frame, trace, udp
-from support.sites import Site, Wire
+from support.sites import GW_IP, GW_MAC, GatewaySite, Site, Wire
 
 pytestmark = pytest.mark.dataplane
 
-GW_IP, GW_MAC = "192.168.50.1", "02:00:00:00:50:01"
 SERVERS = {"192.168.50.11": "02:00:00:00:50:11", "192.168.50.12": "02:00:00:00:50:12",
            "192.168.50.13": "02:00:00:00:50:13"}
 TAG, VNI = 0xABCDE, 7
-
-
-class GatewaySite:
-    """A gateway on three ring-backed ports (outside in, outside out, underlay), driven by
-    poll() from the test's thread: each test sees exactly what one pass did."""
-
-    def __init__(self, dataplane, name, mtu=1500, idle_s=30.0):
-        self.outside = Wire(dataplane, f"{name}o")
-        self.egress = Wire(dataplane, f"{name}e")
-        self.underlay = Wire(dataplane, f"{name}u")
-        self.gw = dp.Gateway(self.outside.port, self.underlay.port, self.egress.port,
-                             GW_IP, GW_MAC, mtu=mtu, idle_s=idle_s)
-
-    def pump(self):
-        while self.gw.poll():
-            pass
-
-    def through(self, wire, frames):
-        """Frames in on `wire`; (what left on the underlay, what left on the egress)."""
-        for i in range(0, len(frames), 256):
-            wire.send(frames[i:i + 256])
-            self.pump()
-        return ([d for _, d in dp.pull(self.underlay.sent, 512)],
-                [d for _, d in dp.pull(self.egress.sent, 512)])
-
-    def encap(self, frames):
-        out = []
-        for i in range(0, len(frames), 256):
-            out += self.through(self.outside, frames[i:i + 256])[0]
-        return out
-
-    def close(self):
-        for w in (self.outside, self.egress, self.underlay):
-            w.close()
 
 
 @pytest.fixture
