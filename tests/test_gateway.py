@@ -554,3 +554,20 @@ def test_a_flow_whose_bucket_is_full_is_sent_unpinned_and_counted(site):
     # the ninth still goes where the table sends it, and the eight stay pinned
     assert [server_of(w) for w in site.encap(bucket)] == first
     assert site.gw.stats()["sfcs"][sfc]["flow_full"] == 2
+
+
+def test_a_paced_ingress_port_delivers_only_the_arrivals_due(site):
+    one_sfc(site, {"192.168.50.11": 1})
+    site.outside.send([flow_frame(f, 0) for f in range(40)])
+    site.gw.pace(site.outside.port, 0.5)  # one arrival now, the next in 2 s
+    site.pump()
+    assert len(dp.pull(site.underlay.sent, 64)) == 1
+    site.gw.pace(site.outside.port, 1e6, 4)  # a 4-deep RX ring fed at 1 Mpps
+    time.sleep(0.01)
+    assert site.gw.poll() == 4  # at most its depth waited; the rest was lost
+    assert site.gw.stats()["ports"][site.outside.port]["missed"] > 1000
+    site.gw.pace(site.outside.port, 0)
+    site.pump()
+    assert len(dp.pull(site.underlay.sent, 64)) == 39
+    with pytest.raises(ValueError, match="not an ingress port"):
+        site.gw.pace(site.underlay.port, 1000)
