@@ -1,20 +1,21 @@
 """The agent's record in etcd: its node, bound to a lease, with the load it reports (DESIGN §4).
 
 The record `/serpens/v1/nodes/<name>` (common/records.py's NodeRecord) holds the node's
-ports, pool size and CPUs and, refreshed every `report_s`, its load: per SFC the packet rate
-in and out over the last period and the running instances, per port the rates. The key is
-kept under the agent's lease by common/lease_record.py, so a dead or cut-off agent's node
-disappears within the lease TTL: that is how the controller notices agent loss. Losing etcd
-never touches the data plane.
+ports, pool size, CPUs, underlay address (where VXLAN frames reach it) and, refreshed every
+`report_s`, its load: per SFC the packet rate in and out over the last period and the running
+instances, per port the rates. The key is kept under the agent's lease by
+common/lease_record.py, so a dead or cut-off agent's node disappears within the lease TTL:
+that is how the controller notices agent loss. Losing etcd never touches the data plane.
 """
 from __future__ import annotations
 
+import functools
 import socket
 import time
 
 from serpens.common.keys import Keys
 from serpens.common.lease_record import LeasedRecord
-from serpens.common.records import NodeLoad, NodeRecord, PortLoad, SFCLoad
+from serpens.common.records import NodeLoad, NodeRecord, PortLoad, SFCLoad, Underlay
 from serpens.common.store import Store
 
 KEYS = Keys()
@@ -61,7 +62,16 @@ class Registration:
         return NodeRecord(name=self.node.name, address=self.address,
                           ports=tuple(sorted(self.node.ports)), input=tuple(self.node.input),
                           pool=self.node.pool, cpus=self.node.cpus, reported_at=time.time(),
-                          load=load).encode()
+                          load=load, underlay=self.underlay).encode()
+
+    @functools.cached_property
+    def underlay(self) -> Underlay | None:
+        """The node's underlay address (spec.underlay) with its port's MAC (Node.stats():
+        known once the port is open, as it is before the node registers)."""
+        if self.node.underlay is None:
+            return None
+        u = self.stats()["underlay"]
+        return Underlay(ip=u["ip"], mac=u["mac"], mtu=u["mtu"])
 
     def _next_record(self) -> str:
         """The record with the load since the last one (none yet: zero rates)."""

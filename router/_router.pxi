@@ -249,6 +249,13 @@ cdef class Router:
         serpens_fence()
         s.vx_on = 1
 
+    def clear_sfc_vxlan(self, int sfc):
+        """Underlay frames no longer go to `sfc` (unrouting it before its removal: its tag is
+        unknown from now on); its OUT packets still leave as before."""
+        self._check_sfc(sfc)
+        self.r.sfcs[sfc].vx_on = 0
+        serpens_fence()
+
     def _check_sfc(self, int sfc):
         if not (0 <= sfc < SERPENS_ROUTER_MAX_SFCS and self.r.sfcs[sfc].used):
             raise ValueError(f"SFC {sfc} does not exist")

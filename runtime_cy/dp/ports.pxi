@@ -15,13 +15,12 @@ def port_close(uint16_t port):
 
 
 def port_mac(uint16_t port):
-    """The port's MAC address, "aa:bb:cc:dd:ee:ff" (what a VXLAN underlay port answers ARP
-    with and peers address)."""
+    """DPDK port `port`'s own MAC address, "aa:bb:cc:dd:ee:ff"."""
     cdef rte_ether_addr mac
     rc = rte_eth_macaddr_get(port, &mac)
     if rc < 0:
         raise OSError(-rc, f"port {port}: no MAC address: {strerror(-rc).decode()}")
-    return ":".join(f"{mac.addr_bytes[i]:02x}" for i in range(6))
+    return ":".join(f"{b:02x}" for b in mac.addr_bytes[:6])
 
 
 def port_from_rings(str name, Ring rx, Ring tx, Mempool pool):

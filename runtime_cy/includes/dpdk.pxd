@@ -1,5 +1,5 @@
 # DPDK 22.11 declarations used by the dataplane extension (declarations only).
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
 
 cdef extern from "rte_eal.h" nogil:
     int rte_eal_init(int argc, char **argv)
@@ -87,10 +87,9 @@ cdef extern from "rte_dev.h" nogil:
     int rte_dev_remove(void *dev)
 
 cdef extern from "rte_ethdev.h" nogil:
-    struct rte_ether_addr:
-        uint8_t addr_bytes[6]
-
     int rte_eth_dev_get_port_by_name(const char *name, uint16_t *port_id)
+    struct rte_ether_addr:
+        unsigned char addr_bytes[6]
     int rte_eth_macaddr_get(uint16_t port_id, rte_ether_addr *mac_addr)
 
 cdef extern from "rte_eth_ring.h" nogil:

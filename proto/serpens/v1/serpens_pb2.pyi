@@ -467,7 +467,7 @@ class PortCounters(_message.Message):
     def __init__(self, rx: _Optional[int] = ..., tx: _Optional[int] = ..., tx_failed: _Optional[int] = ..., unmatched: _Optional[int] = ..., missed: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "sfcs", "ports")
+    __slots__ = ("name", "sfcs", "ports", "vxlan_rx", "arp_replies", "vxlan_drops")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -475,13 +475,26 @@ class NodeStatus(_message.Message):
         key: str
         value: PortCounters
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[PortCounters, _Mapping]] = ...) -> None: ...
+    class VxlanDropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     SFCS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_RX_FIELD_NUMBER: _ClassVar[int]
+    ARP_REPLIES_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_DROPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     sfcs: _containers.RepeatedCompositeFieldContainer[AgentSFC]
     ports: _containers.MessageMap[str, PortCounters]
-    def __init__(self, name: _Optional[str] = ..., sfcs: _Optional[_Iterable[_Union[AgentSFC, _Mapping]]] = ..., ports: _Optional[_Mapping[str, PortCounters]] = ...) -> None: ...
+    vxlan_rx: int
+    arp_replies: int
+    vxlan_drops: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., sfcs: _Optional[_Iterable[_Union[AgentSFC, _Mapping]]] = ..., ports: _Optional[_Mapping[str, PortCounters]] = ..., vxlan_rx: _Optional[int] = ..., arp_replies: _Optional[int] = ..., vxlan_drops: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ResetStateRequest(_message.Message):
     __slots__ = ("sfc", "nf", "table")
