@@ -49,6 +49,22 @@ holds at most _RUNS_PER_NODE of the `workers`. Reconciling an SFC is idempotent:
   changes; an agent that does not answer leaves it Pending (or placed elsewhere), retried
   with back-off.
 
+Routed SFCs (DESIGN §7: served through the gateway over VXLAN). Once a gateway is registered
+(`gateways/<name>`) and a live node has an underlay address, an SFC to be run (or one whose
+spec says `placement: {spread: N}`, N > 1) is *routed*, for its life: the term's Routes
+(controller/routes.py) gives it a tag, stored in its route record (`routes/<name>`) before
+any node is told. Its replicas are split over live underlay nodes (controller/placement.py:
+up to `spread` nodes; with spread 1 one node, the rest spilling over only when that node's
+free pool processes cannot hold them), preferring the nodes that serve it, then the least
+loaded; each node gets RunSFC with its share and `vxlan` (the tag, spec.vni, and the first
+gateway's underlay address for the way back), all nodes at once; a node that refuses is left
+out and the rest placed again. Its route record then lists the nodes that run it, weighted by
+their replicas, and every change is pushed to the gateways (routes.py) before copies on other
+nodes are stopped. Its status: node the first server, `nodes` each one's instances (when
+several), instances their sum, phase the worst of theirs; autoscaling sums their input
+rates. Deleting the SFC deletes its route (freeing its tag) before stopping it. Without a
+gateway or underlay nodes everything is as above: one node, its own ports.
+
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
 placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
 running what they run.
@@ -436,11 +452,13 @@ class Reconciler:
     async def _routed_spec(self, record: SFCRecord, item: Item) -> SFCSpec | None:
         """The parsed spec of an SFC served through the gateway, None for one served as
         before (on one node, from its ports). An SFC is routed once it has a route (for its
-        life: its tag is in the route record and on its nodes), or when a gateway is
-        registered and a live node has an underlay address."""
+        life: its tag is in the route record and on its nodes); it gets one when a gateway
+        is registered and a live node has an underlay address, and it is to be run (not
+        running its generation yet), or its spec spreads it over several nodes. (One that
+        runs before a gateway registers is left as it runs: routing it would restart it.)"""
         name = record.name
-        if name not in self.routes.records and \
-                not (self._gateway_records() and self._underlay_nodes()):
+        routed = name in self.routes.records
+        if not routed and not (self._gateway_records() and self._underlay_nodes()):
             return None
         key = (item.create_revision, record.generation)
         hit = self._specs.get(name)
@@ -451,7 +469,12 @@ class Reconciler:
                 log.warning("sfc %s: its spec does not parse (%s); not routed", name, e)
                 spec = None
             hit = self._specs[name] = (key, spec)
-        return hit[1]
+        spec = hit[1]
+        if not routed and spec is not None and spec.spread == 1 and any(
+                (s := view.get(name)) is not None and s.generation == record.generation and
+                s.incarnation == item.create_revision for view in self.nodes.views.values()):
+            return None
+        return spec
 
     def _shares(self, name: str, replicas: int, spread: int, status: SFCStatus | None,
                 exclude) -> dict[str, int]:

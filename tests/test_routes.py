@@ -12,12 +12,14 @@ import json
 import threading
 import time
 from concurrent import futures
+from dataclasses import replace
 
 import grpc
 import pytest
 
 from serpens.common.keys import Keys
-from serpens.common.records import GatewayRecord, NodeRecord, RouteRecord, Underlay
+from serpens.common.records import (GatewayRecord, NodeLoad, NodeRecord, RouteRecord,
+                                    SFCLoad, Underlay)
 from serpens.common.rpc import server_credentials
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
@@ -129,15 +131,22 @@ def world(etcd):
     """Nodes n1 and n2 (underlay 192.0.2.11/12), gateway gw1, and a way to register a
     gateway again; everything removed from the session's etcd afterwards."""
     keys, servers = Keys(), []
-    agents = {}
+    agents, records = {}, {}
     for i, name in enumerate(("n1", "n2")):
         agent = agents[name] = FakeAgent(name)
         server, address = _serve(pb_grpc.add_AgentServicer_to_server, agent,
                                  "serpens-agent", "agent")
         servers.append(server)
-        record = NodeRecord(name=name, address=address, pool=8,
-                            underlay=Underlay(f"192.0.2.{11 + i}", f"02:00:00:00:00:{11 + i}"))
-        etcd_call(etcd, lambda store, k=keys.node(name), v=record.encode(): store.put(k, v))
+        records[name] = NodeRecord(name=name, address=address, pool=8, underlay=Underlay(
+            f"192.0.2.{11 + i}", f"02:00:00:00:00:{11 + i}"))
+        etcd_call(etcd, lambda store, k=keys.node(name), v=records[name].encode():
+                  store.put(k, v))
+
+    def report(name, **load):
+        """Node `name` reports SFC input rates (sfc -> packets/s), as its agent would."""
+        record = replace(records[name], load=NodeLoad(
+            sfcs={sfc: SFCLoad(in_pps=pps) for sfc, pps in load.items()}))
+        etcd_call(etcd, lambda store: store.put(keys.node(name), record.encode()))
 
     def gateway():
         """A new gateway process: registered afresh (a new key) at a new address."""
@@ -151,7 +160,7 @@ def world(etcd):
         etcd_call(etcd, lambda store: store.put(keys.gateway("gw1"), record.encode()))
         return fake
     try:
-        yield agents, gateway
+        yield agents, gateway, report
     finally:
         async def forget(store):
             for prefix in (keys.sfcs, keys.statuses, keys.routes, keys.nodes, keys.gateways):
@@ -172,7 +181,7 @@ def weights(route: RouteRecord | None) -> dict[str, int]:
 
 
 def test_an_sfc_spread_over_two_nodes_is_routed_through_the_gateway(etcd, world):
-    agents, register_gateway = world
+    agents, register_gateway, _ = world
     gw = register_gateway()
     controller = Controller(etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"],
                             log_level="info")
@@ -257,7 +266,7 @@ def test_an_sfc_spread_over_two_nodes_is_routed_through_the_gateway(etcd, world)
 
 
 def test_serpensctl_shows_gateways_nodes_of_an_sfc_and_its_route(etcd, world):
-    agents, register_gateway = world
+    agents, register_gateway, _ = world
     register_gateway()
     controller = Controller(etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"])
     try:
@@ -286,3 +295,42 @@ def test_serpensctl_shows_gateways_nodes_of_an_sfc_and_its_route(etcd, world):
     finally:
         controller.stop()
 
+
+
+def test_one_node_spills_over_only_when_its_pool_is_full_and_autoscaling_sums_servers(
+        etcd, world):
+    agents, register_gateway, report = world
+    gw = register_gateway()
+    controller = Controller(etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"],
+                            log_level="info")
+    try:
+        # spread 1: 8 replicas fit the first node's pool (8 processes)
+        apply(controller, "big", 8, spread=1)
+        wait_until(lambda: sorted(weights(gw.routes().get("big")).values()) == [8], 10,
+                   controller.output)
+        first = next(iter(weights(gw.routes()["big"])))
+        other = ({"n1", "n2"} - {first}).pop()
+        assert "big" not in agents[other].runs
+        # 11 do not: the first keeps 8, the other node serves the 3 left
+        controller.stub.Scale(pb.ScaleRequest(sfc="big", replicas=11), timeout=5)
+        wait_until(lambda: weights(gw.routes().get("big")) == {first: 8, other: 3}, 10,
+                   controller.output)
+        st = wait_until(lambda: (s := status(controller.stub, "big")).instances == 11 and s,
+                        10, controller.output)
+        assert st.node == first and dict(st.nodes) == {first: 8, other: 3}, st
+        controller.stub.DeleteSFC(pb.DeleteSFCRequest(name="big"), timeout=5)
+        wait_until(lambda: "big" not in gw.routes(), 10, controller.output)
+
+        # autoscaling a spread SFC: its servers' input rates add up (3 x 1000 + 2 x 1000
+        # packets/s at 1000 each: 5 replicas, where one server's rate alone would say 3)
+        controller.stub.ApplySFC(pb.ApplySFCRequest(spec=spec("auto", 2).replace(
+            '"min": 1, "max": 16', '"min": 2, "max": 16, "target_pps": 1000')), timeout=10)
+        wait_until(lambda: len(status(controller.stub, "auto").nodes) == 2, 10,
+                   controller.output)
+        report("n1", auto=3000.0)
+        report("n2", auto=2000.0)
+        wait_until(lambda: sum(weights(gw.routes().get("auto")).values()) == 5, 10,
+                   controller.output)
+        assert "-> 5 replicas (5000 pps in" in controller.output(), controller.output()
+    finally:
+        controller.stop()
