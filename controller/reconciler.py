@@ -200,7 +200,9 @@ class Reconciler:
                 return
             self.nodes.update(self._node_records())
             self.routes.load(self._records("route", self.keys.routes))
-            self.routes.gateways(self._gateway_records())
+            registered = self._gateway_records()
+            self._gateway_names = set(registered)
+            self.routes.gateways(registered)  # each gets this term's routes at once
             if not await _until(self.nodes.polled(), stop, lost):
                 return
             self._queue_all(resync=False)

@@ -332,5 +332,14 @@ def test_one_node_spills_over_only_when_its_pool_is_full_and_autoscaling_sums_se
         wait_until(lambda: sum(weights(gw.routes().get("auto")).values()) == 5, 10,
                    controller.output)
         assert "-> 5 replicas (5000 pps in" in controller.output(), controller.output()
+
+        # a new leader (the controller restarted) pushes the stored routes with its term
+        before = gw.routes()
+        old_term = gw.pushes[-1][1]
+        controller.stop()
+        controller = Controller(etcd.endpoint, args=["--identity", "c2", "--resync-s", "0.5"],
+                                log_level="info")
+        wait_until(lambda: gw.pushes[-1][1] > old_term, 10, controller.output)
+        assert gw.routes() == before
     finally:
         controller.stop()
