@@ -231,7 +231,7 @@ class SFCStatus(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SFC(_message.Message):
-    __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation")
+    __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation", "route")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +242,7 @@ class SFC(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: str
     spec_json: str
@@ -252,7 +253,8 @@ class SFC(_message.Message):
     created: _timestamp_pb2.Timestamp
     updated: _timestamp_pb2.Timestamp
     generation: int
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., spec_json: _Optional[str] = ..., nfs: _Optional[_Iterable[str]] = ..., scale: _Optional[_Union[ScaleSpec, _Mapping]] = ..., status: _Optional[_Union[SFCStatus, _Mapping]] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    route: Route
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., spec_json: _Optional[str] = ..., nfs: _Optional[_Iterable[str]] = ..., scale: _Optional[_Union[ScaleSpec, _Mapping]] = ..., status: _Optional[_Union[SFCStatus, _Mapping]] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., route: _Optional[_Union[Route, _Mapping]] = ...) -> None: ...
 
 class ApplySFCRequest(_message.Message):
     __slots__ = ("spec", "expected_revision")
