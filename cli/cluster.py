@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a gateway and N servers, each in its own network namespace, the "
                          "SFC served by all of them over VXLAN (default: one node, no "
                          "gateway)")
-    up.add_argument("--pps", type=float, default=10000,
+    up.add_argument("--pps", type=float, default=5000,
                     help="with --servers: the rate the gateway replays the capture at "
-                         "(packets/s, default %(default)g)")
+                         "(packets/s, default %(default)g: every process shares this "
+                         "machine's CPUs)")
     up.add_argument("--timeout", type=float, default=120.0,
                     help="seconds to wait for each step (default %(default)s)")
     sub.add_parser("down", help="stop what `serpens up` started")
@@ -171,7 +172,7 @@ def up(args, state_path: str) -> int:
         if args.servers:
             _step(f"namespaces {', '.join(bed.members)}, bridges {', '.join(bed.bridges.values())}",
                   lambda: _make_testbed(bed), args.timeout)
-            _write_configs(state, args)
+            _write_configs(state)
         started = components(state)
         for name, _, _ in started[:2]:   # etcd, the controller
             _step(name, lambda: _start_component(state, state_path, name), args.timeout)
@@ -186,9 +187,8 @@ def up(args, state_path: str) -> int:
             names.append(_step(f"apply {os.path.basename(path)}",
                                lambda: _apply(admin, path, args.servers), args.timeout))
         for name in names:
-            _step(f"sfc {name}: " + (f"placed on {args.servers} servers, packets back at the "
-                                     "gateway" if args.servers else
-                                     "placed, instances started, packets out"),
+            _step(f"sfc {name}: " + ("placed, packets through the gateway" if args.servers
+                                     else "placed, instances started, packets out"),
                   lambda: _flowing_probe(state, name), args.timeout)
     except StartError as e:
         print(f"serpens: {e}", file=sys.stderr)
@@ -264,7 +264,7 @@ def _remove_testbed(state: dict, verbose: bool = False):
         shutil.rmtree(state["state_root"], ignore_errors=True)
 
 
-def _write_configs(state: dict, args):
+def _write_configs(state: dict):
     """The servers' Node configs and the gateway's config, in <dir>/."""
     bed = _testbed(state)
     directory = os.path.dirname(state["pki"]["dir"])
@@ -352,7 +352,7 @@ def make_pki(directory: str, api: str, agent: str, state: dict | None = None) ->
            "admin": issue("admin", "admin")}
     if state and state.get("servers"):
         pki["etcd"] = issue("etcd", "etcd", state["etcd_host"])
-        pki["gateway"] = issue("serpens-gateway", "agent", state["gateway"])
+        pki["gateway"] = issue("serpens-gateway", "gateway", state["gateway"])
         for s, address in state["agents"].items():
             pki[f"agent-{s}"] = issue(f"serpens-agent-{s}", "agent", address)
     else:

@@ -9,8 +9,9 @@ each in its own network namespace of a cli/testbed.py testbed, and the SFC sprea
   eth1 as its underlay, a null egress (decapsulated frames back from the servers leave there).
 - The SFC: examples/fw-mon-nat-spread.yaml (FW -> MON -> NAT, `output: gateway`) with
   `placement.spread` and `scale` set to N: one replica on each server.
-Readiness: each server's node registered, the gateway serving, and for the SFC: running on
-N nodes and its packets back at the gateway's egress (GetGateway, with the controller's
+Readiness: each server's node registered, the gateway serving and registered, and for each
+SFC: running on as many servers as it spreads over and its packets back at the gateway's
+egress (to its servers, if its output is not the gateway) (GetGateway, with the controller's
 certificate: the Gateway service answers only that role).
 """
 from __future__ import annotations
@@ -134,8 +135,9 @@ def gateway_status(gateway):
 
 
 def spread_flowing(api, gateway, name: str, servers: int, error):
-    """A probe: SFC `name` runs on `servers` nodes and its packets come back to the gateway's
-    egress; `error(message)` is raised when the SFC failed."""
+    """A probe: SFC `name` runs on as many of the `servers` as its spec spreads it over, and
+    the gateway sends it packets and, with `output: gateway`, gets them back; `error(message)`
+    is raised when the SFC failed."""
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
@@ -148,12 +150,32 @@ def spread_flowing(api, gateway, name: str, servers: int, error):
             return False
         if sfc.status.phase == "Failed":
             raise error(f"sfc {name} failed: {sfc.status.message}")
-        if sfc.status.phase != "Running" or len(sfc.status.nodes) < servers:
+        spec = json.loads(sfc.spec_json or "{}").get("spec", {})
+        spread = min(servers, (spec.get("placement") or {}).get("spread", 1))
+        placed = len(sfc.status.nodes) or int(bool(sfc.status.node))  # nodes: when several
+        if sfc.status.phase != "Running" or placed < spread:
             return False
         status = gateway_status(gateway)
-        back = status and status.sfcs.get(name)
-        return name if back and back.back > 0 else False
+        seen = status and status.sfcs.get(name)
+        if not seen or (seen.back if spec.get("output") == "gateway" else seen.tx) == 0:
+            return False
+        return name if _reported_in(api, name) else False   # status then shows its rates
     return probe
+
+
+def _reported_in(api, name: str) -> bool:
+    """A node has reported packets into SFC `name` (agents report every second or so)."""
+    from serpens.cli.status import node_records
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    from serpens.proto.serpens.v1 import serpens_pb2_grpc
+    try:
+        with api.channel() as channel:
+            nodes = serpens_pb2_grpc.SerpensStub(channel).ListNodes(pb.ListNodesRequest(),
+                                                                    timeout=2).nodes
+    except grpc.RpcError:
+        return False
+    return any((load := r.load.sfcs.get(name)) and load.in_pps > 0
+               for r in node_records(nodes).values())
 
 
 def show_gateway(gateway) -> None:
@@ -165,7 +187,10 @@ def show_gateway(gateway) -> None:
     drops = {k: v for k, v in status.drops.items() if v}
     print(f"\nGATEWAY {status.name} (term {status.term})"
           + (f"  drops {dict(sorted(drops.items()))}" if drops else ""))
-    print(f"  {'SFC':<16} {'TAG':>5} {'FROM OUTSIDE':>13} {'TO SERVERS':>11} {'BACK':>11}  SERVERS")
+    print(f"  {'SFC':<16} {'TAG':>5} {'FROM OUTSIDE':>13} {'TO SERVERS':>11} {'BACK':>11}  "
+          "SERVERS (node:weight)  DROPS")
     for name, sfc in sorted(status.sfcs.items()):
         servers = ",".join(f"{n}:{w}" for n, w in sorted(sfc.servers.items()))
-        print(f"  {name:<16} {sfc.tag:>5} {sfc.rx:>13} {sfc.tx:>11} {sfc.back:>11}  {servers}")
+        drops = " ".join(f"{k} {v}" for k, v in sorted(sfc.drops.items()) if v) or "-"
+        print(f"  {name:<16} {sfc.tag:>5} {sfc.rx:>13} {sfc.tx:>11} {sfc.back:>11}  "
+              f"{servers:<21}  {drops}")

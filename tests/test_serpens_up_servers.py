@@ -1,8 +1,10 @@
 """`serpens up --servers N` / `serpens down`: a gateway and N servers in network namespaces,
-traffic back at the gateway, and nothing left behind afterwards, also after an `up` that
-died half-way (its testbed's plan is in cluster.json before anything is made)."""
+traffic back at the gateway, a gateway that died started again by the next `up`, and nothing
+left behind afterwards, also after an `up` that died half-way (its testbed's plan is in
+cluster.json before anything is made)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -60,7 +62,7 @@ def test_up_with_servers_serves_the_sfc_through_the_gateway_and_down_removes_all
         r = serpens(directory, "up", "--servers", "2", "--pps", "2000", "--timeout", "90",
                     "--etcd-port", str(etcd_port), "--api", f"127.0.0.1:{free_port()}")
         assert r.returncode == 0, r.stdout + r.stderr + _logs(directory)
-        assert "packets back at the gateway ... ok" in r.stdout
+        assert "sfc fw-mon-nat: placed, packets through the gateway ... ok" in r.stdout
         state = json.loads((directory / "cluster.json").read_text())
         assert set(state["processes"]) == {"etcd", "controller", "gateway", "agent-s1",
                                            "agent-s2"}
@@ -68,12 +70,29 @@ def test_up_with_servers_serves_the_sfc_through_the_gateway_and_down_removes_all
         # the status shows the SFC on both servers and the gateway's counters
         assert "GATEWAY gw" in r.stdout and "s1:1" in r.stdout and "s2:1" in r.stdout
         pids = [p["pid"] for p in state["processes"].values()]
+        # a gateway that dies is started again by the next `up`, traffic back through it
+        os.kill(state["processes"]["gateway"]["pid"], signal.SIGKILL)
+        r = serpens(directory, "up", "--servers", "2")
+        assert r.returncode == 0, r.stdout + r.stderr + _logs(directory)
+        assert "gateway: restarting ... ok" in r.stdout and "agent-s1 (pid" in r.stdout
+        assert "sfc fw-mon-nat: packets out ... ok" in r.stdout
+        pids.append(json.loads((directory / "cluster.json").read_text())
+                    ["processes"]["gateway"]["pid"])
     finally:
         r = serpens(directory, "down")
     assert r.returncode == 0, r.stdout + r.stderr
     assert leftovers(bed) == [] and not directory.exists()
-    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert not any(running(pid) for pid in pids)
     assert not os.path.exists(state["state_root"])
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan waits for PID 1 to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _logs(directory) -> str:

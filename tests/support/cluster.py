@@ -77,7 +77,26 @@ class Controller:
         return self.proc.returncode
 
 
-class Agent:
+class _Served:
+    """A served program in a subprocess (self.proc, self.log, self.channel)."""
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.channel.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR2)  # its threads' stacks into the output
+            time.sleep(1)
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class Agent(_Served):
     """`serpens-agent` in a subprocess; ready once its Agent service answers."""
 
     def __init__(self, etcd_endpoint, node_path, host="127.0.0.1", netns=""):
@@ -106,34 +125,19 @@ class Agent:
     def sfcs(self) -> dict:
         return {s.name: s for s in self.stub.GetNode(pb.GetNodeRequest(), timeout=5).sfcs}
 
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
 
-    def stop(self):
-        self.channel.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR2)  # its threads' stacks into the output
-            time.sleep(1)
-            self.proc.kill()
-            return self.proc.wait()
+class Gateway(_Served):
+    """`serpens-gateway` in a subprocess; ready once its Gateway service answers."""
 
-
-class Gateway:
-    """`serpens-gateway` in a subprocess (in network namespace `netns` if given, serving on
-    `host` there); ready once its Gateway service answers the controller's identity."""
-
-    def __init__(self, etcd_endpoint, config_path, host="127.0.0.1", netns="", ttl=2):
+    def __init__(self, etcd_endpoint, config_path, args=(), host="127.0.0.1", netns=""):
+        """`netns`: run it in that network namespace, serving on `host` there."""
         self.address = f"{host}:{free_port()}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             (["ip", "netns", "exec", netns] if netns else []) +
             [os.path.join(BIN, "serpens-gateway"), "--config", config_path,
-             "--etcd", etcd_endpoint, "--listen", self.address, "--ttl", str(ttl),
-             *tls_args("serpens-gateway", "agent", (host,))],
+             "--etcd", etcd_endpoint, "--listen", self.address, "--report-s", "0.2",
+             "--ttl", "2", *tls_args("serpens-gateway", "gateway", (host,)), *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         self.channel = secure_channel(self.address, client_identity())
         self.stub = serpens_pb2_grpc.GatewayStub(self.channel)
@@ -150,26 +154,11 @@ class Gateway:
     def status(self, timeout=5):
         return self.stub.GetGateway(pb.GetGatewayRequest(), timeout=timeout)
 
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
     def kill(self):
         """SIGKILL (a crash: no deregistration; its record goes with its lease)."""
         self.channel.close()
         self.proc.kill()
         self.proc.wait()
-
-    def stop(self):
-        self.channel.close()
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
 
 
 def wait_until(predicate, timeout, explain=lambda: ""):
