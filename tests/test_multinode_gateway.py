@@ -7,7 +7,7 @@ and reads its egress through two more veths, and taps the gateway's underlay vet
 Checked: frames on the underlay are RFC 7348 VXLAN as an independent decoder (scapy) reads
 them; FW -> MON -> NAT on three servers gives, per flow and in order, what it gives on one
 node (`serpensctl replay` of the same frames); adding a server moves no flow, removing one
-moves only its flows; a route change reaches the gateway within 200 ms of the controller's
+(from the placement, or killed -9) moves only its flows; a route change reaches the gateway within 200 ms of the controller's
 decision; a gateway killed -9 and started again gets its routes back and traffic flows;
 unknown tags, bad outer headers and fuzzed VXLAN headers sent over the bridge are counted and
 dropped by the gateway and the servers, and nothing crashes."""
@@ -277,6 +277,32 @@ def test_adding_a_server_moves_no_flow_and_removing_one_moves_only_its_flows(clu
     again = servers_of(c, under)
     assert all(again[f] == after[f] for f in flows), "an existing flow moved to the new server"
     assert gone in {again[f] for f in new_flows}  # new flows follow the new weights
+
+
+def test_a_server_that_dies_takes_only_its_flows_with_it(cluster):
+    c = cluster
+    flows = range(600, 696)
+    under, out = through(c, frames(flows, 2))
+    assert len(out) == 2 * len(flows)
+    before = servers_of(c, under)
+    dead = before[flows[0]]
+    c.agents[dead].proc.kill()                 # kill -9: its lease ends, its node goes
+    c.agents[dead].proc.wait()
+    wait_until(lambda: (r := route(c)) and set(r[1]) == set(SERVERS) - {dead}, 30,
+               lambda: c.controller.output()[-4000:])
+    under, out = through(c, frames(flows, 2, first_seq=2))
+    assert len(out) == 2 * len(flows)
+    after = servers_of(c, under)
+    assert all(after[f] == before[f] for f in flows if before[f] != dead)
+    assert all(after[f] != dead for f in flows)
+    moved = c.gateway.status().sfcs[SFC].moved_flows
+    assert moved >= sum(before[f] == dead for f in flows)
+    # the server comes back (a new agent on the same node config): the SFC spreads again
+    c.agents[dead].stop()
+    c.agents[dead] = Agent(c.etcd.endpoint, str(c.files / f"{dead}.yaml"),
+                           host=c.bed.address[dead], netns=c.bed.ns[dead])
+    wait_until(lambda: (r := route(c)) and set(r[1]) == set(SERVERS), 60,
+               lambda: c.controller.output()[-4000:])
 
 
 def test_a_route_change_reaches_the_gateway_within_200_ms_of_the_decision(cluster):
