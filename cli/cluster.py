@@ -271,7 +271,7 @@ def _write_configs(state: dict):
     os.makedirs(os.path.join(directory, "nodes"), exist_ok=True)
     for s in state["agents"]:
         with open(_node_path(state, s), "w") as f:
-            f.write(multi.server_node(s, bed.underlay[s], pool=2, mtu=bed.mtu,
+            f.write(multi.server_node(s, bed.underlay[s], pool=multi.SERVER_POOL, mtu=bed.mtu,
                                       state_dir=os.path.join(state["state_root"], s)))
     with open(os.path.join(directory, "gateway.yaml"), "w") as f:
         f.write(multi.gateway_config(bed.underlay[multi.GATEWAY], multi.replayed(),

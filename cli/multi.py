@@ -29,6 +29,7 @@ SPREAD_SFC = os.path.join(EXAMPLES, "fw-mon-nat-spread.yaml")
 GATEWAY = "gw"                # the gateway's member name in the testbed and its metadata.name
 AGENT_PORT, GATEWAY_PORT = 50061, 50071   # in each member's namespace, on its eth0
 MAX_SERVERS = 16
+SERVER_POOL = 2               # pool processes of each server: instances it runs at once
 
 
 def server_names(n: int) -> list[str]:
@@ -83,13 +84,13 @@ spec:
 
 
 def spread_sfc(servers: int, path: str = SPREAD_SFC) -> str:
-    """The spread example with placement.spread and scale set to `servers` (as JSON, which
-    the API takes as well as YAML)."""
+    """The spread example with placement.spread set to `servers` and one replica on each,
+    scalable up to every server's pool (as JSON, which the API takes as well as YAML)."""
     import yaml
     with open(path) as f:
         doc = yaml.safe_load(f)
     doc["spec"]["placement"] = {"spread": servers}
-    doc["spec"]["scale"] = {"min": servers, "max": servers}
+    doc["spec"]["scale"] = {"min": servers, "max": servers * SERVER_POOL}
     return json.dumps(doc)
 
 
