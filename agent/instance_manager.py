@@ -70,6 +70,8 @@ class InstanceManager:
         router.set_notify_fd(self._wake_fd, sfc_id)
         self.instances: dict[int, _Instance] = {}
         self.starts = self.stops = 0
+        self.starting = 0  # instances being started now (metrics)
+        self.counts = _Counts(len(sfc.steps))  # NF counters and wake-ups, for metrics
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._control, name="instance-manager",
@@ -148,6 +150,13 @@ class InstanceManager:
     # ---- internals ------------------------------------------------------------------------
 
     def _add(self) -> int:
+        self.starting += 1
+        try:
+            return self._start_one()
+        finally:
+            self.starting -= 1
+
+    def _start_one(self) -> int:
         i = self.router.reserve_index()
         rx = dp.Ring(f"im{self._tag}_{i}_rx{self.starts}", self.ring_size)
         tx = dp.Ring(f"im{self._tag}_{i}_tx{self.starts}", self.ring_size)
@@ -170,6 +179,7 @@ class InstanceManager:
                                       time.monotonic())
         proc.on_death = self._on_death
         self.started.append(proc)
+        self.counts.add(i, proc)
         if proc.dead:  # died before it was ours to watch
             self._on_death(proc)
         self.starts += 1
@@ -177,6 +187,7 @@ class InstanceManager:
 
     def _forget(self, i: int, s: _Instance):
         """The router lets go of instance i (stopped or dead); then its rings go."""
+        self.counts.retire(i)  # its process is done with packets: its counters are final
         if self.router.clear_instance(i):
             s.rx.free()
             s.tx.free()
@@ -235,6 +246,7 @@ class InstanceManager:
                 break  # stuck: stop it anyway; the router forgets what it still held
             time.sleep(0.0002)
         s.proc.on_death = None
+        self.counts.retire(i)  # drained: final (before the process may serve another SFC)
         if not s.proc.dead and not self.router.reaped(i):  # (reaped: it crashed)
             try:
                 self.pool.stop_instance(s.proc)
@@ -296,3 +308,46 @@ class InstanceManager:
         except PoolError as e:  # e.g. its state filesystem is full
             self.start_problem, self.start_failed = f"instances cannot start: {e}", True
             log.warning("sfc %d: %s", self.sfc_id, self.start_problem)
+
+
+class _Counts:
+    """An SFC's NF counters and instance wake-ups summed over its instances, past and present,
+    for metrics: a running instance's are read from its process's control block (the chainer
+    zeroes them when the instance starts), a retired one's are added to the totals when it
+    is done with packets. Its own small lock: reading never waits for a drain."""
+
+    def __init__(self, nsteps: int):
+        self.nsteps = nsteps
+        self._live: dict[int, tuple[PoolProcess, int]] = {}   # index -> (process, wakes then)
+        self._nf = [{"in": 0, "dropped": 0, "counters": {}} for _ in range(nsteps)]
+        self._wakes = 0
+        self._lock = threading.Lock()
+
+    def add(self, i: int, proc: PoolProcess) -> None:
+        with self._lock:
+            self._live[i] = (proc, proc.ctl.stats()["wakeups"])
+
+    def retire(self, i: int) -> None:
+        with self._lock:
+            got = self._live.pop(i, None)
+            if got is not None:
+                self._sum_into(self._nf, got)
+                self._wakes += got[0].ctl.stats()["wakeups"] - got[1]
+
+    def _sum_into(self, into: list, live: tuple[PoolProcess, int]) -> None:
+        for total, c in zip(into, live[0].ctl.nf_counters(self.nsteps)):
+            total["in"] += c["in"]
+            total["dropped"] += c["dropped"]
+            for name, value in c["counters"].items():
+                total["counters"][name] = total["counters"].get(name, 0) + value
+
+    def snapshot(self) -> tuple[list[dict], int]:
+        """([per step {"in", "dropped", "counters": {name: n}}], wake-ups), all instances."""
+        with self._lock:
+            nf = [{"in": t["in"], "dropped": t["dropped"], "counters": dict(t["counters"])}
+                  for t in self._nf]
+            wakes = self._wakes
+            for live in self._live.values():
+                self._sum_into(nf, live)
+                wakes += live[0].ctl.stats()["wakeups"] - live[1]
+        return nf, wakes

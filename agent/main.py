@@ -23,11 +23,12 @@ import logging
 import signal
 import sys
 
-from serpens.common import rpc, tls_flags
+from serpens.common import metrics, rpc, tls_flags
 from serpens.common.lease_record import registered_until
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
+from .metrics import NodeCollector, start_latency
 from .node import Node, start_from_files
 from .registration import Registration
 from .service import AgentServicer
@@ -47,9 +48,11 @@ def parse_args(argv=None):
     ap.add_argument("--advertise", default="",
                     help="address the controller calls (default: --listen, or this host's "
                          "name and the port bound when listening on all addresses)")
+    metrics.add_argument(ap, 9461)
     tls_flags.add_arguments(ap)
     args = ap.parse_args(argv)
     tls_flags.resolve(ap, args, args.listen)
+    metrics.check_flag(ap, args.metrics, args.identity)
     return args
 
 
@@ -86,6 +89,14 @@ def main(argv=None) -> int:
         except OSError as e:
             log.error("--listen %s", e)
             return 1
+        try:
+            scraped = metrics.serve(args.metrics, NodeCollector(node), args.identity)
+        except OSError as e:
+            log.error("--metrics %s: %s", args.metrics, e)
+            await server.stop(None)
+            return 1
+        if scraped is not None:
+            start_latency(node)
         await server.start()
         address = rpc.advertised(args.listen, port, args.advertise)
         log.info("node %s: Agent service on %s", node.spec.name, address)
@@ -93,6 +104,8 @@ def main(argv=None) -> int:
         loop.run_in_executor(None, warm_compile_cache)
         await register_until_stopped(args, node, address, stop)
         await server.stop(1.0)
+        if scraped is not None:
+            scraped.close()
         return 0
 
     try:

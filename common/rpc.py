@@ -92,17 +92,19 @@ def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
 
 
 async def create_server(listen: str, services: list, identity: Identity | None = None,
-                        interceptors: tuple = ()) -> tuple[grpc.aio.Server, int]:
+                        interceptors: tuple = (), outer: tuple = ()) -> tuple[grpc.aio.Server, int]:
     """A not yet started server; `services` are (add_XServicer_to_server, servicer, name);
-    `interceptors` run after authorization. Returns it and the port bound (OSError if
+    `interceptors` run after authorization, `outer` before it (metrics: refusals count too).
+    Returns it and the port bound (OSError if
     `listen` cannot be bound, InsecureRefused if `identity` is None and `listen` is not
     loopback)."""
     if identity is None:
         check_insecure(listen)
-        server = grpc.aio.server(options=MESSAGE_OPTIONS, interceptors=list(interceptors))
+        server = grpc.aio.server(options=MESSAGE_OPTIONS,
+                                 interceptors=[*outer, *interceptors])
     else:
         server = grpc.aio.server(options=MESSAGE_OPTIONS,
-                                 interceptors=[AuthInterceptor(), *interceptors])
+                                 interceptors=[*outer, AuthInterceptor(), *interceptors])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [name for _, _, name in services]

@@ -42,6 +42,7 @@ the certificate's CN is the etcd user).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -177,6 +178,16 @@ def _permanent(e: BaseException) -> StoreError | None:
     return StoreError(str(e))
 
 
+def _error_kind(e: BaseException) -> str:
+    """A failed etcd attempt's kind, for metrics: "timeout", the gRPC status code's name,
+    or the aetcd error's class name (bounded: aetcd's few classes)."""
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, grpc.aio.AioRpcError):
+        return e.code().name
+    return type(e).__name__
+
+
 class _TLSClient(aetcd.Client):
     """aetcd.Client over TLS: its connect() with a secure channel instead of a plain one."""
 
@@ -218,6 +229,7 @@ class Store:
         if not endpoints:
             raise ValueError("endpoints: at least one host:port is required")
         self.endpoints, self.timeout, self.attempt_timeout = endpoints, timeout, attempt_timeout
+        self.errors: collections.Counter = collections.Counter()  # failed attempts, by kind
         self._credentials = None
         if identity is not None:
             self._credentials = channel_credentials(identity)
@@ -295,6 +307,7 @@ class Store:
             try:
                 return await asyncio.wait_for(request(client), min(self.attempt_timeout, left))
             except (TimeoutError, aetcd.ClientError, grpc.aio.AioRpcError) as e:
+                self.errors[_error_kind(e)] += 1
                 if (permanent := _permanent(e)) is not None:
                     raise permanent from e
                 error = e

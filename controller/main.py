@@ -29,12 +29,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from serpens.common import rpc, tls_flags
+from serpens.common import metrics, rpc, tls_flags
+from serpens.common.grpc_metrics import RequestMetrics
 from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.pki import Identity
 from serpens.common.store import Store, StoreError
 from serpens.controller.api import SerpensServicer
 from serpens.controller.cache import Cache
+from serpens.controller.metrics import ControllerCollector
 from serpens.controller.reconciler import Reconciler
 from serpens.controller.request_limits import RequestSizeLimit
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
@@ -56,17 +58,20 @@ class Settings:
     workers: int = 8               # SFCs reconciled at once
     run_timeout_s: float = 120.0   # deadline of an agent's RunSFC
     identity: Identity | None = None  # mTLS certificate (None: plain text on loopback)
+    metrics: str = ""              # HOST:PORT of /metrics ("": none)
 
 
 async def create_server(store: Store, listen: str, prefix: str = DEFAULT_PREFIX,
-                        identity: Identity | None = None,
-                        cache: Cache | None = None) -> tuple[grpc.aio.Server, int]:
+                        identity: Identity | None = None, cache: Cache | None = None,
+                        requests: RequestMetrics | None = None) -> tuple[grpc.aio.Server, int]:
     """A not yet started server with Serpens, health (SERVING) and reflection; its port.
-    Reads are served from `cache` (a started Cache of `prefix`; None: a new one)."""
+    Reads are served from `cache` (a started Cache of `prefix`; None: a new one); `requests`
+    counts the calls (metrics)."""
     servicer = SerpensServicer(store, prefix, cache=cache or Cache(store, prefix).start())
     return await rpc.create_server(listen, [(serpens_pb2_grpc.add_SerpensServicer_to_server,
                                              servicer, SERVICE_NAME)], identity,
-                                   interceptors=(RequestSizeLimit(SERVICE_NAME),))
+                                   interceptors=(RequestSizeLimit(SERVICE_NAME),),
+                                   outer=(requests,) if requests else ())
 
 
 async def serve(settings: Settings) -> int:
@@ -79,9 +84,12 @@ async def serve(settings: Settings) -> int:
         return 1
     async with store:
         cache = Cache(store, settings.prefix).start()
+        requests = RequestMetrics()
+        collector = ControllerCollector(requests, store)
         try:
             server, port = await create_server(store, settings.listen, settings.prefix,
-                                               settings.identity, cache)
+                                               settings.identity, cache, requests)
+            scraped = metrics.serve(settings.metrics, collector, settings.identity)
         except (OSError, RuntimeError) as e:
             log.error("%s", e)
             await cache.close()
@@ -99,7 +107,10 @@ async def serve(settings: Settings) -> int:
                                 ttl=settings.leader_ttl, resync_s=settings.resync_s,
                                 workers=settings.workers,
                                 run_timeout=settings.run_timeout_s)
+        collector.reconciler = reconciler
         await reconciler.run(stop)
+        if scraped is not None:
+            scraped.close()
         log.info("stopping (grace %.1fs)", settings.grace)
         await server.stop(settings.grace)
         await cache.close()
@@ -127,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deadline of an agent's RunSFC (it compiles NFs); a node whose "
                          "call times out gets no new SFC for a while (default 120)")
     ap.add_argument("--log-level", default="INFO")
+    metrics.add_argument(ap, 9451)
     tls_flags.add_arguments(ap)
     return ap
 
@@ -142,6 +154,7 @@ def main(argv=None) -> int:
                      for u in args.etcd.split(",") if u)
     except argparse.ArgumentTypeError as e:
         ap.error(f"--etcd: {e}")
+    metrics.check_flag(ap, args.metrics, identity)
     if not args.prefix.endswith("/"):
         ap.error("--prefix: must end with '/'")
     if args.workers < 1:
@@ -154,7 +167,7 @@ def main(argv=None) -> int:
                         etcd_timeout=args.etcd_timeout, name=args.identity,
                         leader_ttl=args.leader_ttl, resync_s=args.resync_s,
                         workers=args.workers, run_timeout_s=args.run_timeout_s,
-                        identity=identity)
+                        identity=identity, metrics=args.metrics)
     try:
         import uvloop
         loop_factory = uvloop.new_event_loop

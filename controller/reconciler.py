@@ -72,6 +72,7 @@ running what they run.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -79,6 +80,7 @@ import time
 from dataclasses import replace
 
 import grpc
+from prometheus_client import Histogram
 
 from serpens.common.keys import Keys
 from serpens.common.records import (GatewayRecord, MalformedRecord, NFRecord, NodeRecord,
@@ -105,6 +107,8 @@ _RUNS_PER_NODE = 2       # RunSFC calls in flight to one node; more wait (back-o
 _SUSPECT_S = 30.0        # a node whose RunSFC timed out or failed gets no new SFC this long
                          # while another node can take it
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
+# a pass is a cache read, or RunSFC calls that compile NFs (seconds)
+_PASS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 120.0)
 
 _SCALE_IN_AFTER_S = 10.0  # autoscaling: no scale-in sooner than this after a change
 _SCALE_IN_SLACK = 0.8    # ... nor unless the fewer instances would stay under 80% of target
@@ -123,6 +127,11 @@ class Reconciler:
         self.run_timeout = run_timeout
         self.election: Election | None = None
         self.leading = asyncio.Event()      # set while this controller leads
+        self.passes = collections.Counter()  # reconcile passes by result (metrics)
+        self.pass_seconds = Histogram("serpens_controller_reconcile_seconds",
+                                      "Duration of one SFC's reconcile pass",
+                                      buckets=_PASS_BUCKETS, registry=None)
+        self.pushes_before = 0              # route pushes of past terms (metrics)
         self.agents = Stubs(pb_grpc.AgentStub)
         self.queue: WorkQueue | None = None  # the term's; None while not leading
         self.nodes: Nodes | None = None
@@ -183,6 +192,11 @@ class Reconciler:
     async def close(self):
         await self.agents.close()
 
+    def route_pushes(self) -> int:
+        """Route sets pushed to gateways (accepted), this process's terms together."""
+        routes = self.routes
+        return self.pushes_before + (routes.pushes if routes is not None else 0)
+
     async def _lead(self, stop: asyncio.Event):
         lost = self.election.lease.lost
         events = self.cache.subscribe()
@@ -235,6 +249,7 @@ class Reconciler:
             await self.nodes.close()
             await self.routes.close()
             self.queue.close()
+            self.pushes_before += self.routes.pushes
             self.queue = self.nodes = self.routes = None
 
     def _on_event(self, ev):
@@ -304,8 +319,10 @@ class Reconciler:
         """One worker: take an SFC, reconcile it, forget its back-off or retry it."""
         while True:
             name = await self.queue.get()
+            started, result = time.perf_counter(), "error"
             try:
                 ok = await self.reconcile(name)
+                result = "done" if ok else "retry"
             except NotLeader as e:
                 self._deposed = e  # the term is over: _lead campaigns again
                 self._deposed_event.set()
@@ -317,6 +334,9 @@ class Reconciler:
             except Exception:  # noqa: BLE001 - a bug costs this SFC a retry, not the others
                 log.exception("sfc %s: reconcile failed; retrying", name)
                 ok = False
+            finally:
+                self.passes[result] += 1
+                self.pass_seconds.observe(time.perf_counter() - started)
             if ok:
                 self.queue.forget(name)
             else:

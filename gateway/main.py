@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 
-from serpens.common import rpc, tls_flags
+from serpens.common import metrics, rpc, tls_flags
 from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.lease_record import LeasedRecord, registered_until
 from serpens.common.records import GatewayRecord, Underlay
@@ -37,6 +37,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.primary import Dataplane, DataplaneConfig
 
 from .config import GatewayConfig, load_gateway
+from .metrics import GatewayCollector
 from .routes import GatewayRoutes
 from .service import GatewayServicer
 
@@ -56,6 +57,7 @@ def parse_args(argv=None):
     ap.add_argument("--advertise", default="",
                     help="address the controller calls (default: --listen, or this host's "
                          "name and the port bound when listening on all addresses)")
+    metrics.add_argument(ap, 9471)
     tls_flags.add_arguments(ap)
     args = ap.parse_args(argv)
     if not args.prefix.endswith("/"):
@@ -63,6 +65,7 @@ def parse_args(argv=None):
     if args.ttl < 1 or args.report_s <= 0 or args.report_s >= args.ttl:
         ap.error("--ttl, --report-s: a TTL of 1 s or more, refreshed more often than it")
     tls_flags.resolve(ap, args, args.listen)
+    metrics.check_flag(ap, args.metrics, args.identity)
     return args
 
 
@@ -157,6 +160,13 @@ def main(argv=None) -> int:
         except OSError as e:
             log.error("--listen %s", e)
             return 1
+        try:
+            scraped = metrics.serve(args.metrics, GatewayCollector(config.name, servicer,
+                                                                   path.ports), args.identity)
+        except OSError as e:
+            log.error("--metrics %s: %s", args.metrics, e)
+            await server.stop(None)
+            return 1
         await server.start()
         address = rpc.advertised(args.listen, port, args.advertise)
         log.info("gateway %s: Gateway service on %s", config.name, address)
@@ -175,6 +185,8 @@ def main(argv=None) -> int:
             register, f"gateway {config.name}")
         kept.clear()
         await server.stop(1.0)
+        if scraped is not None:
+            scraped.close()
         return 0
 
     try:

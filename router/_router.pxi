@@ -3,6 +3,7 @@
 
 ROUTER_MAX_INSTANCES = SERPENS_ROUTER_MAX_INSTANCES
 ROUTER_MAX_SFCS = SERPENS_ROUTER_MAX_SFCS
+LAT_BUCKETS = SERPENS_LAT_BUCKETS
 LAT_REC_FORMAT = "<QQII"  # serpens_lat_rec: rx_tsc, tx_tsc, flow, seq
 
 
@@ -289,6 +290,36 @@ cdef class Router:
         n = serpens_load_u64(&self.r.log_n)
         return PyBytes_FromStringAndSize(<char *>self.r.log, n * sizeof(serpens_lat_rec))
 
+    # ---- sampled latency (metrics) -----------------------------------------------------------
+
+    def latency_start(self, bounds_s):
+        """Sample RX-to-TX latency from now on (router.h lat_on): one packet per burst sent,
+        into a histogram with these upper bounds (seconds, ascending, at most
+        LAT_BUCKETS). Counting starts from zero."""
+        bounds = sorted(float(b) for b in bounds_s)
+        if not 0 < len(bounds) <= SERPENS_LAT_BUCKETS:
+            raise ValueError(f"1..{SERPENS_LAT_BUCKETS} latency bounds, got {len(bounds)}")
+        self.r.lat_on = 0
+        serpens_fence()
+        hz = rte_get_tsc_hz()
+        for i, b in enumerate(bounds):
+            self.r.lat_bounds[i] = <uint64_t>(b * hz)
+        self.r.lat_nbounds = len(bounds)
+        memset(self.r.lat_counts, 0, sizeof(self.r.lat_counts))
+        self.r.lat_sum = 0
+        serpens_fence()
+        self.r.lat_on = 1
+
+    def latency(self):
+        """(bounds in seconds, counts per bucket (the last: above every bound), sum in
+        seconds) of the samples so far; None when sampling is off."""
+        if not self.r.lat_on:
+            return None
+        hz = float(rte_get_tsc_hz())
+        n = self.r.lat_nbounds
+        return ([self.r.lat_bounds[i] / hz for i in range(n)],
+                [self.r.lat_counts[i] for i in range(n + 1)], self.r.lat_sum / hz)
+
     # ---- instances --------------------------------------------------------------------------
 
     def reserve_index(self):
@@ -471,7 +502,7 @@ cdef class Router:
                     "moving": r.sfcs[k].moving}
                 for k in range(SERPENS_ROUTER_MAX_SFCS) if r.sfcs[k].used}
         return {"rx": r.rx, "tx": r.tx, "dropped": r.dropped, "tx_failed": r.tx_failed,
-                "sleeps": r.sleeps, "pending": r.npending, "held": r.nheld,
+                "sleeps": r.sleeps, "busy_s": r.busy_cycles / float(rte_get_tsc_hz()), "pending": r.npending, "held": r.nheld,
                 "new_flows": sum(s["new_flows"] for s in sfcs.values()),
                 "moved_flows": sum(s["moved_flows"] for s in sfcs.values()),
                 "ports": ports, "sfcs": sfcs, "instances": per,

@@ -537,12 +537,26 @@ static void log_sent(struct serpens_router *r, struct rte_mbuf **pkts, uint32_t 
 	__atomic_store_n(&r->log_n, at, __ATOMIC_RELEASE);
 }
 
+/* One latency sample: the first packet of a burst (bounded cost per burst, none per packet). */
+static void lat_sample(struct serpens_router *r, const struct rte_mbuf *m, uint64_t now)
+{
+	int64_t d = (int64_t)(now - META(r, m)->rx_tsc);
+	uint64_t c = d > 0 ? (uint64_t)d : 0;
+	uint32_t b = 0;
+	while (b < r->lat_nbounds && c > r->lat_bounds[b])
+		b++;
+	r->lat_counts[b]++;
+	r->lat_sum += c;
+}
+
 static void flush(struct serpens_router *r, struct serpens_router_port *p)
 {
 	uint16_t sent = 0;
 	uint64_t now = rte_rdtsc();
 	if (r->log_on)
 		log_sent(r, p->out, p->nout, now);
+	if (r->lat_on)
+		lat_sample(r, p->out[0], now);
 	for (int tries = 0; sent < p->nout && tries < 64; tries++)
 		sent += rte_eth_tx_burst(p->id, 0, p->out + sent, (uint16_t)(p->nout - sent));
 	if (sent < p->nout) {
@@ -776,13 +790,17 @@ static void flush_due(struct serpens_router *r, uint64_t now, int idle)
 
 int serpens_router_run(struct serpens_router *r)
 {
-	uint32_t idle = 0, sleep_us = MIN_SLEEP_US;
+	uint32_t idle = 0, sleep_us = MIN_SLEEP_US, worked = 0;
+	uint64_t prev = rte_rdtsc();
 
 	for (uint32_t i = 0; i < r->nports; i++)
 		r->ports[i].last_flush = rte_rdtsc();
 	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now = rte_rdtsc();
 		uint32_t work = 0;
+		if (worked) /* the previous iteration did work: its time was busy */
+			r->busy_cycles += now - prev;
+		prev = now;
 		__atomic_store_n(&r->loops, r->loops + 1, __ATOMIC_RELEASE);
 		if (__atomic_load_n(&r->requests, __ATOMIC_ACQUIRE)) {
 			__atomic_store_n(&r->requests, 0, __ATOMIC_SEQ_CST);
@@ -803,6 +821,7 @@ int serpens_router_run(struct serpens_router *r)
 			work += receive(r, now);
 		work += drain(r, now);
 		flush_due(r, now, 0);
+		worked = work != 0;
 		if (work) {
 			idle = 0;
 			sleep_us = MIN_SLEEP_US;

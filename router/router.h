@@ -105,6 +105,7 @@
 #define SERPENS_FLOW_WAYS 8
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
 #define SERPENS_NO_MOVE 0
+#define SERPENS_LAT_BUCKETS 16 /* bounds of the sampled latency histogram */
 
 enum serpens_instance_state {
 	SERPENS_INST_EMPTY = 0,
@@ -225,6 +226,15 @@ struct serpens_router {
 	struct serpens_lat_rec *log;
 	uint64_t log_cap;
 	volatile uint64_t log_n;
+	/* sampled RX-to-TX latency (metrics): with lat_on, the first packet of every burst a
+	 * port sends adds its latency to this histogram (one branch per burst when off). The
+	 * control side sets the bounds (TSC cycles, ascending) before lat_on; the router thread
+	 * alone writes the counts, which a reader takes as they are (cumulative, monotonic). */
+	volatile uint32_t lat_on;
+	uint32_t lat_nbounds;
+	uint64_t lat_bounds[SERPENS_LAT_BUCKETS];
+	uint64_t lat_counts[SERPENS_LAT_BUCKETS + 1]; /* [lat_nbounds]: above every bound */
+	uint64_t lat_sum;         /* cycles */
 	/* router thread */
 	uint32_t next_port;       /* input port polled next */
 	uint32_t npending;        /* sum of the instances' pending: no RX while > 0 */
@@ -235,6 +245,7 @@ struct serpens_router {
 	uint64_t next_watchdog;   /* TSC of the next watchdog pass */
 	uint32_t seq;
 	uint64_t rx, tx, dropped, tx_failed, sleeps;
+	uint64_t busy_cycles;      /* time in loop iterations that did work (busy fraction) */
 	volatile uint64_t loops;  /* iterations: two more = a control change is in effect */
 	struct serpens_flow_bucket {
 		uint32_t hash[SERPENS_FLOW_WAYS]; /* 0: empty */

@@ -36,6 +36,7 @@ cdef extern from "router.h" nogil:
         SERPENS_ROUTER_MAX_PORTS
         SERPENS_ROUTER_MAX_RULES
         SERPENS_VLAN_IDS
+        SERPENS_LAT_BUCKETS
 
     enum serpens_instance_state:
         SERPENS_INST_EMPTY
@@ -120,8 +121,12 @@ cdef extern from "router.h" nogil:
         uint32_t log_on
         serpens_lat_rec *log
         uint64_t log_cap, log_n
+        uint32_t lat_on, lat_nbounds
+        uint64_t lat_bounds[SERPENS_LAT_BUCKETS]
+        uint64_t lat_counts[SERPENS_LAT_BUCKETS + 1]
+        uint64_t lat_sum
         uint32_t npending, nheld, nstalled
-        uint64_t rx, tx, dropped, tx_failed, sleeps, loops
+        uint64_t rx, tx, dropped, tx_failed, sleeps, loops, busy_cycles
 
     int serpens_router_run(serpens_router *r)
     void serpens_router_reap(serpens_router *r, int i)

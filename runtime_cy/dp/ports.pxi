@@ -23,6 +23,19 @@ def port_mac(uint16_t port):
     return ":".join(f"{b:02x}" for b in mac.addr_bytes[:6])
 
 
+def port_stats(uint16_t port):
+    """The device's own counters of port `port` (rte_eth_stats): packets and bytes in and out,
+    `missed` (dropped by the NIC: no room in its RX queue), `errors` (bad frames received),
+    `tx_errors`, `rx_nombuf` (no mbuf to receive into)."""
+    cdef rte_eth_stats st
+    rc = rte_eth_stats_get(port, &st)
+    if rc < 0:
+        raise OSError(-rc, f"port {port}: no statistics: {strerror(-rc).decode()}")
+    return {"ipackets": st.ipackets, "opackets": st.opackets, "ibytes": st.ibytes,
+            "obytes": st.obytes, "missed": st.imissed, "errors": st.ierrors,
+            "tx_errors": st.oerrors, "rx_nombuf": st.rx_nombuf}
+
+
 def port_from_rings(str name, Ring rx, Ring tx, Mempool pool):
     """A started DPDK port whose RX reads `rx` and whose TX writes `tx` (tests, local
     traffic); returns its id."""

@@ -91,6 +91,9 @@ cdef extern from "rte_ethdev.h" nogil:
     struct rte_ether_addr:
         unsigned char addr_bytes[6]
     int rte_eth_macaddr_get(uint16_t port_id, rte_ether_addr *mac_addr)
+    struct rte_eth_stats:
+        uint64_t ipackets, opackets, ibytes, obytes, imissed, ierrors, oerrors, rx_nombuf
+    int rte_eth_stats_get(uint16_t port_id, rte_eth_stats *stats)
 
 cdef extern from "rte_eth_ring.h" nogil:
     int rte_eth_from_rings(const char *name, rte_ring * const rx_queues[], unsigned nb_rx_queues,

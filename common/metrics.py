@@ -1,0 +1,96 @@
+"""Prometheus metrics of serpens-agent, serpens-controller and serpens-gateway over HTTP(S)
+(docs/observability.md).
+
+    serpens-agent ... --metrics 0.0.0.0:9461      # https://HOST:9461/metrics
+
+Each process serves one registry of its own (never prometheus_client's global one) holding
+its component's collector: a Collector whose collect() reads the counters the component
+already keeps (the router's and NFs' in shared memory, the reconciler's) when Prometheus
+scrapes, so the packet path pays nothing for being observed.
+
+Security follows the gRPC servers (common/rpc.py): with the process's identity the endpoint
+is HTTPS and requires a client certificate signed by the cluster CA (any role: metrics are
+read-only); without one (--insecure) it is plain HTTP and only on a loopback address.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from serpens.common.pki import Identity
+from serpens.common.rpc import check_insecure
+
+log = logging.getLogger(__name__)
+
+
+def add_argument(ap: argparse.ArgumentParser, default_port: int) -> None:
+    ap.add_argument("--metrics", default="", metavar="HOST:PORT",
+                    help="serve Prometheus metrics at https://HOST:PORT/metrics (plain http "
+                         "with --insecure, loopback only); e.g. 0.0.0.0:%d. Default: off"
+                    % default_port)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """"host:port" or "[v6]:port" -> (host, port); ValueError naming what is wrong."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{listen}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_flag(ap: argparse.ArgumentParser, listen: str, identity: Identity | None) -> None:
+    """ap.error() for a --metrics `listen` the process cannot serve with `identity`."""
+    if not listen:
+        return
+    try:
+        split_listen(listen)
+        if identity is None:
+            check_insecure(listen)
+    except (ValueError, OSError) as e:
+        ap.error(f"--metrics: {e}")
+
+
+class MetricsServer:
+    """The /metrics endpoint of one process, serving `collector` on its own thread."""
+
+    def __init__(self, listen: str, collector, identity: Identity | None):
+        """OSError if `listen` cannot be bound; InsecureRefused for plain text off
+        loopback."""
+        host, port = split_listen(listen)
+        if identity is None:
+            check_insecure(listen)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        tls = {} if identity is None else dict(
+            certfile=identity.cert, keyfile=identity.key, client_cafile=identity.ca,
+            client_auth_required=True, tls_min_version=ssl.TLSVersion.TLSv1_2)
+        self.server, self.thread = start_http_server(port, host, self.registry, **tls)
+        self.port = self.server.server_port
+        self.url = f"{'http' if identity is None else 'https'}://{listen.rpartition(':')[0]}:" \
+                   f"{self.port}/metrics"
+        log.info("metrics on %s", self.url)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def serve(listen: str, collector, identity: Identity | None) -> MetricsServer | None:
+    """A MetricsServer when `listen` is given (None: metrics off)."""
+    return MetricsServer(listen, collector, identity) if listen else None
+
+
+# ---- helpers for collectors --------------------------------------------------------------
+
+def counter(name: str, doc: str, labels: tuple[str, ...]) -> CounterMetricFamily:
+    """A counter family; `name` without `_total` (prometheus_client adds it on exposition)."""
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def gauge(name: str, doc: str, labels: tuple[str, ...]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
