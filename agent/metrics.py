@@ -48,6 +48,35 @@ def table_header(path: str) -> dict | None:
     return {"entries": count, "capacity": capacity, "bytes": size}
 
 
+# Every family this collector exports: name (counters without _total) -> (type, labels).
+# tests/test_metrics_scrape.py checks a real agent's scrape against it, and the dashboard's
+# test (tests/test_grafana_dashboard.py) every expression's metrics.
+_N, _S, _F = ("node",), ("node", "sfc"), ("node", "sfc", "nf")
+FAMILIES = {
+    **{f"serpens_port_{k}": ("counter", ("node", "port")) for k in (
+        "rx_packets", "tx_packets", "tx_failed_packets", "unmatched_packets",
+        "missed_packets", "errors")},
+    **{f"serpens_sfc_{k}": ("counter", _S) for k in (
+        "rx_packets", "tx_packets", "new_flows", "moved_flows", "instance_crashes")},
+    "serpens_sfc_drops": ("counter", _S + ("reason",)),
+    **{f"serpens_nf_{k}": ("counter", _F) for k in ("rx_packets", "tx_packets", "drops")},
+    "serpens_nf_counter": ("counter", _F + ("counter",)),
+    "serpens_instances": ("gauge", _S + ("phase",)),
+    "serpens_instance_starts": ("counter", _S),
+    "serpens_instance_wakes": ("counter", _S),
+    "serpens_pool_processes_free": ("gauge", _N),
+    "serpens_pool_processes": ("gauge", _N),
+    "serpens_router_busy_seconds": ("counter", _N),
+    "serpens_router_sleeps": ("counter", _N),
+    "serpens_latency_seconds": ("histogram", _N),
+    "serpens_vxlan_rx_packets": ("counter", _N),
+    "serpens_vxlan_arp_replies": ("counter", _N),
+    "serpens_vxlan_drops": ("counter", _N + ("reason",)),
+    **{f"serpens_state_{k}": ("gauge", _F + ("table",)) for k in (
+        "entries", "capacity_entries", "bytes")},
+}
+
+
 class NodeCollector:
     """prometheus_client Collector of one Node."""
 

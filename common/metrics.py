@@ -18,7 +18,7 @@ import argparse
 import logging
 import ssl
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from serpens.common.pki import Identity
@@ -63,6 +63,7 @@ class MetricsServer:
         host, port = split_listen(listen)
         if identity is None:
             check_insecure(listen)
+        disable_created_metrics()   # no *_created series: they double what is stored
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         tls = {} if identity is None else dict(

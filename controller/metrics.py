@@ -10,6 +10,19 @@ from serpens.common.store import Store
 from .reconciler import Reconciler
 
 
+# Every family exported: name (counters without _total) -> (type, labels); checked against
+# a real controller's scrape (tests/test_metrics_scrape.py) and by the dashboard's test.
+FAMILIES = {
+    "serpens_grpc_server_handled": ("counter", ("method", "code")),
+    "serpens_grpc_server_handling_seconds": ("histogram", ("method",)),
+    "serpens_controller_etcd_errors": ("counter", ("kind",)),
+    "serpens_controller_leader": ("gauge", ()),
+    "serpens_controller_reconcile_passes": ("counter", ("result",)),
+    "serpens_controller_reconcile_seconds": ("histogram", ()),
+    "serpens_controller_route_pushes": ("counter", ()),
+}
+
+
 class ControllerCollector:
     def __init__(self, requests: RequestMetrics, store: Store):
         self.requests, self.store = requests, store

@@ -9,6 +9,22 @@ from serpens.runtime_cy import _dataplane as dp
 from .service import GatewayServicer
 
 
+# Every family exported: name (counters without _total) -> (type, labels); checked against
+# a real gateway's scrape (tests/test_metrics_scrape.py) and by the dashboard's test.
+FAMILIES = {
+    **{f"serpens_gateway_port_{k}": ("counter", ("gateway", "port")) for k in (
+        "rx_packets", "tx_packets", "tx_failed_packets", "unmatched_packets",
+        "missed_packets", "errors")},
+    **{f"serpens_gateway_sfc_{k}": ("counter", ("gateway", "sfc")) for k in (
+        "rx_packets", "tx_packets", "back_packets", "new_flows", "moved_flows",
+        "unpinned_packets")},
+    "serpens_gateway_sfc_drops": ("counter", ("gateway", "sfc", "reason")),
+    "serpens_gateway_drops": ("counter", ("gateway", "reason")),
+    "serpens_gateway_arp_replies": ("counter", ("gateway",)),
+    "serpens_gateway_server_tx_packets": ("counter", ("gateway", "node", "server")),
+}
+
+
 class GatewayCollector:
     def __init__(self, name: str, servicer: GatewayServicer, ports: dict[str, int]):
         """`ports`: port name -> DPDK port id."""

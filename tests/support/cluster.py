@@ -99,15 +99,16 @@ class _Served:
 class Agent(_Served):
     """`serpens-agent` in a subprocess; ready once its Agent service answers."""
 
-    def __init__(self, etcd_endpoint, node_path, host="127.0.0.1", netns=""):
-        """`netns`: run it in that network namespace, serving on `host` there."""
+    def __init__(self, etcd_endpoint, node_path, host="127.0.0.1", netns="", args=()):
+        """`netns`: run it in that network namespace, serving on `host` there; `args`: more
+        flags."""
         self.address = f"{host}:{free_port()}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             (["ip", "netns", "exec", netns] if netns else []) +
             [os.path.join(BIN, "serpens-agent"), "--node", node_path, "--etcd", etcd_endpoint,
              "--listen", self.address, "--report-s", "0.2", "--ttl", "2",
-             *tls_args("serpens-agent", "agent", (host,))],
+             *tls_args("serpens-agent", "agent", (host,)), *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         # the Agent service answers only the controller's identity
         self.channel = secure_channel(self.address, client_identity())
