@@ -195,17 +195,16 @@ class NodeCollector:
         return nf_in, nf_out, nf_drop, named, instances, starts, wakes, free, total
 
     def _router(self, name):
-        router = self.node.router
-        if router is None:
+        st = self.node.router_metrics()
+        if st is None:
             return ()
-        st = router.stats()
         busy = counter("serpens_router_busy_seconds", "Time the router spent on loop "
                        "iterations that moved packets (rate = its busy fraction)", ("node",))
         busy.add_metric([name], st["busy_s"])
         sleeps = counter("serpens_router_sleeps", "Times the idle router slept", ("node",))
         sleeps.add_metric([name], st["sleeps"])
         families = [busy, sleeps]
-        sampled = router.latency()
+        sampled = st["latency"]
         if sampled is not None:
             _, counts, total = sampled   # bounds: LATENCY_BOUNDS (start_latency)
             buckets, running = [], 0

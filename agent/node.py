@@ -387,6 +387,16 @@ class Node:
                 "underlay": None if underlay is None or self.underlay_mac is None else
                 {"ip": underlay.ip, "mac": self.underlay_mac, "mtu": underlay.mtu}}
 
+    def router_metrics(self) -> dict | None:
+        """The router's busy time, sleeps and sampled latency (agent/metrics.py), None when
+        it does not run; under the lock close() takes, so the router outlives the read."""
+        with self._router_lock:
+            if self.router is None:
+                return None
+            st = self.router.stats()
+            return {"busy_s": st["busy_s"], "sleeps": st["sleeps"],
+                    "latency": self.router.latency()}
+
     def close(self):
         with self._lock:
             for entry in self.running.values():

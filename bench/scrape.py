@@ -44,6 +44,11 @@ class RigNode:
     def state(self):
         return StateManager(self.rig.dataplane.config.state_dir)
 
+    def router_metrics(self) -> dict:
+        st = self.rig.router.stats()
+        return {"busy_s": st["busy_s"], "sleeps": st["sleeps"],
+                "latency": self.rig.router.latency()}
+
     def stats(self) -> dict:
         st = self.rig.router.stats()
         by_id = {v: k for k, v in self.ports.items()}

@@ -64,6 +64,22 @@ def test_scraped_counters_equal_the_replayed_capture_s(dataplane, pool, areas, t
             assert value(after, "serpens_instances", node="edge-1", sfc=name,
                          phase="running") == 0
             assert value(after, "serpens_instance_starts", node="edge-1", sfc=name) >= 1
+
+            # the capture again: a new instance starts for it (its NF counters from zero);
+            # the totals are both instances' (the same flows: NAT's mappings now exist)
+            wires["wan"].send(frames)
+            wires["lan"].receive(replayed["router"]["out"])
+            again = wait_until(lambda: (g := scrape(url)) and value(
+                g, "serpens_sfc_rx_packets", node="edge-1", sfc=name) == 2 * len(frames) and g,
+                10)
+            labels = {"node": "edge-1", "sfc": name}
+            assert value(again, "serpens_sfc_tx_packets", **labels) == 2 * replayed["router"]["out"]
+            for nf in replayed["nfs"]:
+                at = dict(labels, nf=nf["name"])
+                assert value(again, "serpens_nf_rx_packets", **at) == 2 * nf["in"], nf
+                assert value(again, "serpens_nf_drops", **at) == 2 * nf["dropped"], nf
+            assert value(again, "serpens_nf_counter", nf="fw", counter="denied", **labels) == 16
+            assert value(again, "serpens_instance_starts", **labels) == 2
     finally:
         if server is not None:
             server.close()
