@@ -96,11 +96,10 @@ static void transmit(struct serpens_gateway *g, struct serpens_gw_port *p, struc
 		flush(g, p);
 }
 
-/* Frames from the outside: classify, pick the server, encapsulate, to the underlay. */
+/* Frames from the outside: classify, pick the server, encapsulate, to its underlay port. */
 static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mbuf **pkts,
 			 uint32_t n, uint32_t now)
 {
-	struct serpens_gw_port *under = &g->ports[g->underlay_port];
 	const struct serpens_match_tables t = {g->rules, g->nrules, g->default_sfc, g->tag_sfc};
 
 	for (uint32_t k = 0; k < n; k++) {
@@ -134,7 +133,7 @@ static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mb
 		}
 		s->tx++;
 		sv->tx++;
-		transmit(g, under, m);
+		transmit(g, &g->ports[sv->port], m);
 	}
 }
 
@@ -155,11 +154,12 @@ static int sfc_of_tag(struct serpens_gateway *g, uint32_t tag, uint32_t vni)
 	return -1;
 }
 
-/* Frames from the underlay: VXLAN back from the servers out of the egress port, ARP answered,
- * the rest counted by reason. */
-static void from_underlay(struct serpens_gateway *g, struct rte_mbuf **pkts, uint32_t n)
+/* Frames from underlay port `port`: VXLAN back from the servers out of the egress port, ARP
+ * answered there, the rest counted by reason. */
+static void from_underlay(struct serpens_gateway *g, uint32_t port, struct rte_mbuf **pkts,
+			  uint32_t n)
 {
-	struct serpens_gw_port *under = &g->ports[g->underlay_port];
+	struct serpens_gw_port *under = &g->ports[port];
 	struct serpens_gw_port *egress = &g->ports[g->egress_port];
 
 	for (uint32_t k = 0; k < n; k++) {
@@ -203,20 +203,25 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 	__atomic_store_n(&g->loops, g->loops + 1, __ATOMIC_RELEASE);
 	if (g->underlay_port < 0 || g->egress_port < 0)
 		return 0;
-	/* the underlay every time: what servers return must not wait behind the outside */
-	struct serpens_gw_port *under = &g->ports[g->underlay_port];
-	uint16_t n = rte_eth_rx_burst(under->id, 0, pkts, SERPENS_BURST);
-	if (n) {
-		under->rx += n;
-		g->rx += n;
-		from_underlay(g, pkts, n);
-		work += n;
+	/* the underlay ports every time: what servers return must not wait behind the outside */
+	uint16_t n;
+	for (uint32_t i = 0; i < g->nports; i++) {
+		struct serpens_gw_port *under = &g->ports[i];
+		if (!under->underlay)
+			continue;
+		n = rte_eth_rx_burst(under->id, 0, pkts, SERPENS_BURST);
+		if (n) {
+			under->rx += n;
+			g->rx += n;
+			from_underlay(g, i, pkts, n);
+			work += n;
+		}
 	}
 	for (uint32_t tries = 0; tries < g->nports; tries++) {
 		uint32_t port = g->next_port;
 		g->next_port = port + 1 == g->nports ? 0 : port + 1;
 		struct serpens_gw_port *p = &g->ports[port];
-		if (!p->ingress || (int32_t)port == g->underlay_port)
+		if (!p->ingress || p->underlay)
 			continue;
 		n = rte_eth_rx_burst(p->id, 0, pkts, SERPENS_BURST);
 		if (!n)
