@@ -71,27 +71,46 @@ def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None) ->
     """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate)."""
     rig.start([sfc])
     try:
-        rate, trial = max_rate(rig, seconds)
-        out = {"mpps": round(rate, 3), "loss": trial["loss"] if trial else None}
-        if latency_mpps is not None:  # the run with the median p99 of three
-            load = (latency_mpps or 0.8 * rate) * 1e6
-            runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))
-                           for _ in range(3)), key=lambda r: r["latency_us"]["p99"])
-            out["latency_us"] = runs[1]["latency_us"]
-            out["latency_loss"] = runs[1]["loss"]
-        return out
+        return measure_started(rig, seconds, latency_mpps)
     finally:
         rig.stop()
 
 
-def run(args) -> dict:
-    frames = flow_frames(args.flows)
+def measure_started(rig, seconds: float, latency_mpps: float | None = None) -> dict:
+    """measure() on a rig carrying its SFC already: anything with run_at() as Rig has."""
+    rate, trial = max_rate(rig, seconds)
+    out = {"mpps": round(rate, 3), "loss": trial["loss"] if trial else None}
+    if latency_mpps is not None:  # the run with the median p99 of three
+        load = (latency_mpps or 0.8 * rate) * 1e6
+        runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))
+                       for _ in range(3)), key=lambda r: r["latency_us"]["p99"])
+        out["latency_us"] = runs[1]["latency_us"]
+        out["latency_loss"] = runs[1]["loss"]
+        out["latency_mpps"] = round(load / 1e6, 3)
+    return out
+
+
+def build_images(null: bool = False) -> dict:
+    """The benchmark's FW, MON and NAT images (and the empty NF's): close them after use."""
     areas = AreaAllocator()
     images = {name: build_nf(nfs.source(name), areas.allocate(), name) for name in NF_CONFIGS}
-    with open(NULL_NF) as f:
-        images["null"] = build_nf(f.read(), areas.allocate(), "null")
-    sfc = compile_sfc(chain(*[NF(images[n], config=NF_CONFIGS[n](), name=n)
-                              for n in ("fw", "mon", "nat")]))
+    if null:
+        with open(NULL_NF) as f:
+            images["null"] = build_nf(f.read(), areas.allocate(), "null")
+    return images
+
+
+def fw_mon_nat(images: dict | None = None):
+    """The benchmark SFC, FW->MON->NAT with the benchmark configs; (compiled SFC, images)."""
+    images = images or build_images()
+    return compile_sfc(chain(*[NF(images[n], config=NF_CONFIGS[n](), name=n)
+                               for n in ("fw", "mon", "nat")])), list(images.values())
+
+
+def run(args) -> dict:
+    frames = flow_frames(args.flows)
+    images = build_images(null=True)
+    sfc, _ = fw_mon_nat(images)
     null_sfc = compile_sfc(NF(images["null"], name="null"))
     rig = Rig("sfc", frames, warmup=args.warmup)
     try:
