@@ -134,7 +134,8 @@ def run(args) -> dict:
     rig = Rig("mnsingle", flow_frames(args.flows), warmup=args.warmup)
     try:
         stalls = cpu_stalls()
-        single = measure(rig, sfc, args.seconds, latency_mpps=m["latency_mpps"])
+        single = measure(rig, sfc, args.seconds, latency_mpps=m["latency_mpps"],
+                         loss_key="lost")
     finally:
         rig.close()
         for image in images:

@@ -181,8 +181,9 @@ class Multi:
         self.driver.pace(1)  # idle between runs
         dt = t1 - t0
         arrived, out = (s1 - s0) + (m1 - m0), r1 - r0
+        lost = max(0, arrived - out) / arrived if arrived else 0.0
         res = {"offered_mpps": arrived / dt / 1e6, "mpps": out / dt / 1e6,
-               "loss": max(0, arrived - out) / arrived if arrived else 0.0}
+               "loss": lost, "lost": lost}  # whatever did not come back, wherever lost
         if log:
             res["latency_us"] = latency_us(recs, (0.5, 50, 99, 99.9))
         return res
@@ -215,7 +216,7 @@ def run(spec: dict) -> dict:
         servers.wait_ready()
         multi = Multi(dataplane, spec, frames, under)
         multi.connected()
-        out["multi"] = measure_started(multi, spec["seconds"], latency_mpps=0)
+        out["multi"] = measure_started(multi, spec["seconds"], latency_mpps=0, loss_key="lost")
         st = multi.gw.stats()
         out["gateway"] = {"servers": {ip: s["tx"] for ip, s in st["servers"].items()},
                           "tx_failed": st["tx_failed"], "drops": st["drops"]}

@@ -242,6 +242,8 @@ class Rig:
         arrived = (rx1 - rx0) + (miss1 - miss0)
         out = {"offered_mpps": arrived / dt / 1e6, "mpps": (tx1 - tx0) / dt / 1e6,
                "loss": (miss1 - miss0) / arrived if arrived else 0.0,
+               # what did not come out: lost at the input or dropped in the node
+               "lost": (miss1 - miss0 + drop1 - drop0) / arrived if arrived else 0.0,
                "nf_dropped": drop1 - drop0}
         if log:
             out["latency_us"] = latency_us(recs, (0.5, 50, 99, 99.9))

@@ -38,28 +38,32 @@ def add_arguments(p):
     p.add_argument("--flows", type=int, default=10000)
 
 
-def passes(rig: Rig, mpps: float, seconds: float, tries: int = 3) -> dict | None:
+def passes(rig: Rig, mpps: float, seconds: float, tries: int = 3,
+           loss_key: str = "loss") -> dict | None:
     """A trial at `mpps` losing under LOSS_LIMIT, of up to `tries` (this VM's host stalls a
-    vCPU for milliseconds now and then, which no rate survives): the passing trial or None."""
+    vCPU for milliseconds now and then, which no rate survives): the passing trial or None.
+    loss_key: the trial's figure judged ("loss": arrivals the input lost; "lost": every
+    packet that did not come out, wherever it was dropped)."""
     for _ in range(tries):
         trial = rig.run_at(mpps * 1e6, seconds)
-        if trial["loss"] < LOSS_LIMIT:
+        if trial[loss_key] < LOSS_LIMIT:
             return trial
     return None
 
 
-def max_rate(rig: Rig, seconds: float, steps: int = 6) -> tuple[float, dict]:
+def max_rate(rig: Rig, seconds: float, steps: int = 6,
+             loss_key: str = "loss") -> tuple[float, dict]:
     """Highest offered rate (Mpps) with loss under LOSS_LIMIT: a binary search below the
     unpaced capacity (RFC 2544 style)."""
     capacity = max(rig.run_at(0, seconds)["mpps"] for _ in range(2))
     best, best_trial = 0.0, None
     lo, hi = 0.0, capacity
-    trial = passes(rig, hi, seconds)
+    trial = passes(rig, hi, seconds, loss_key=loss_key)
     if trial:
         return hi, trial
     for _ in range(steps):
         mid = (lo + hi) / 2
-        trial = passes(rig, mid, seconds)
+        trial = passes(rig, mid, seconds, loss_key=loss_key)
         if trial:
             lo, best, best_trial = mid, mid, trial
         else:
@@ -67,25 +71,28 @@ def max_rate(rig: Rig, seconds: float, steps: int = 6) -> tuple[float, dict]:
     return best, best_trial
 
 
-def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None) -> dict:
+def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
+            loss_key: str = "loss") -> dict:
     """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate)."""
     rig.start([sfc])
     try:
-        return measure_started(rig, seconds, latency_mpps)
+        return measure_started(rig, seconds, latency_mpps, loss_key)
     finally:
         rig.stop()
 
 
-def measure_started(rig, seconds: float, latency_mpps: float | None = None) -> dict:
+def measure_started(rig, seconds: float, latency_mpps: float | None = None,
+                    loss_key: str = "loss") -> dict:
     """measure() on a rig carrying its SFC already: anything with run_at() as Rig has."""
-    rate, trial = max_rate(rig, seconds)
-    out = {"mpps": round(rate, 3), "loss": trial["loss"] if trial else None}
-    if latency_mpps is not None:  # the run with the median p99 of three
+    rate, trial = max_rate(rig, seconds, loss_key=loss_key)
+    out = {"mpps": round(rate, 3), "loss": trial[loss_key] if trial else None}
+    if latency_mpps is not None and (latency_mpps or rate):  # the median p99 of three runs
         load = (latency_mpps or 0.8 * rate) * 1e6
         runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))
-                       for _ in range(3)), key=lambda r: r["latency_us"]["p99"])
+                       for _ in range(3)),
+                      key=lambda r: r["latency_us"]["p99"] or float("inf"))  # None: nothing out
         out["latency_us"] = runs[1]["latency_us"]
-        out["latency_loss"] = runs[1]["loss"]
+        out["latency_loss"] = runs[1][loss_key]
         out["latency_mpps"] = round(load / 1e6, 3)
     return out
 
