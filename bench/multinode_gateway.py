@@ -75,6 +75,8 @@ def gateway_alone(dataplane, spec: dict, runs: int = 3) -> float:
         st = gw.stats()
     finally:
         gw.stop()
+        for port in (src, sink, *under):
+            dp.port_close(port)
     if not all(st["servers"][s["ip"]]["tx"] for s in spec["servers"]):
         raise RuntimeError(f"gateway alone: a server got nothing: {st['servers']}")
     return statistics.median(rates)
@@ -111,6 +113,34 @@ class Servers:
                 p.kill()
                 p.wait()
         return out
+
+
+def cpu_seconds(pids) -> float:
+    """CPU time (user + system) used so far by processes `pids` and all their descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass  # gone meanwhile
+    return total / tick
+
+
+def idle_cpu_percent(pids, seconds: float = 1.0) -> float:
+    """CPU used by an idle testbed (% of one CPU): what its sleeping loops cost."""
+    c0, t0 = cpu_seconds(pids), time.monotonic()
+    time.sleep(seconds)
+    return round(100 * (cpu_seconds(pids) - c0) / (time.monotonic() - t0), 1)
 
 
 def _json_line(p, timeout: float) -> dict:
@@ -190,6 +220,9 @@ class Multi:
 
     def close(self):
         self.driver.stop()
+        dp.port_close(self.outside)
+        for ring in (self.inject, self.sent):
+            ring.free()
 
 
 def run(spec: dict) -> dict:
@@ -216,6 +249,9 @@ def run(spec: dict) -> dict:
         servers.wait_ready()
         multi = Multi(dataplane, spec, frames, under)
         multi.connected()
+        time.sleep(0.5)  # instances poll idle_us, then sleep; the loops back off
+        out["idle_cpu_percent"] = idle_cpu_percent(
+            [os.getpid()] + [p.pid for p in servers.procs.values()])
         out["multi"] = measure_started(multi, spec["seconds"], latency_mpps=0, loss_key="lost")
         st = multi.gw.stats()
         out["gateway"] = {"servers": {ip: s["tx"] for ip, s in st["servers"].items()},
@@ -223,6 +259,10 @@ def run(spec: dict) -> dict:
     finally:
         if multi is not None:
             multi.close()
+        # memif: this end closes first, while its peers live (a peer hanging up during the
+        # EAL's cleanup races the memif control thread: seen crash there)
+        for port in under:
+            dp.port_close(port)
         out["servers"] = servers.stop()
         dataplane.close()
     return out

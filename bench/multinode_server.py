@@ -32,6 +32,8 @@ def serve(spec: dict):
         st = router.stats()
         print(json.dumps({k: st[k] for k in ("rx", "tx", "dropped", "tx_failed", "sleeps",
                                              "vxlan")}), flush=True)
+        rig.stop()
+        dp.port_close(port)
     finally:
         rig.close()
         for image in images:
