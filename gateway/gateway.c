@@ -12,6 +12,7 @@
 #define IDLE_POLLS 256
 #define MAX_SLEEP_US 3200
 #define MIN_SLEEP_US 100
+#define SHARED_QUANTUM_US 50 /* busy this long, the loop yields (router.c) */
 
 static uint32_t coarse_now(uint64_t tsc)
 {
@@ -246,13 +247,24 @@ int serpens_gateway_lcore_main(void *arg)
 int serpens_gateway_run(struct serpens_gateway *g)
 {
 	uint32_t idle = 0, sleep_us = MIN_SLEEP_US;
+	uint64_t busy_since = 0, quantum = rte_get_tsc_hz() / 1000000 * SHARED_QUANTUM_US;
 
 	while (!__atomic_load_n(&g->stop, __ATOMIC_ACQUIRE)) {
 		if (serpens_gateway_poll(g)) {
 			idle = 0;
 			sleep_us = MIN_SLEEP_US;
+			/* busy for a quantum: a loop sharing this core (a router, on one host) runs
+			 * now, not when the scheduler preempts us milliseconds later */
+			uint64_t now = rte_rdtsc();
+			if (!busy_since) {
+				busy_since = now;
+			} else if (now - busy_since > quantum) {
+				sched_yield();
+				busy_since = 0;
+			}
 			continue;
 		}
+		busy_since = 0;
 		if (++idle < IDLE_POLLS) {
 			sched_yield();
 			continue;
