@@ -38,6 +38,7 @@ from .sfc import fw_mon_nat, measure
 UNDERLAYS = ("memif", "af_packet")
 GATEWAY = {"ip": "192.168.77.1", "mac": "02:00:00:00:77:01"}
 TAG = 0x51
+REPLICAS = 2  # the SFC's instances: one per server, or both on the one node
 
 
 def add_arguments(p):
@@ -133,11 +134,11 @@ def run(args) -> dict:
     # the same SFC on one node, no gateway; latency at the load multi's was measured at (no
     # rate passed on the servers: at 80% of single's own)
     sfc, images = fw_mon_nat()
-    rig = Rig("mnsingle", flow_frames(args.flows), warmup=args.warmup)
+    rig = Rig("mnsingle", flow_frames(args.flows), pool_size=REPLICAS, warmup=args.warmup)
     try:
         stalls = cpu_stalls()
         single = measure(rig, sfc, args.seconds, latency_mpps=m.get("latency_mpps", 0),
-                         loss_key="lost")
+                         loss_key="lost", instances=REPLICAS)
     finally:
         rig.close()
         for image in images:
@@ -146,6 +147,7 @@ def run(args) -> dict:
     return {"machine": dict(machine(), stalls=stalls),
             "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                        "warmup": args.warmup, "sfc": "fw->mon->nat", "servers": 2,
+                       "replicas": REPLICAS,
                        "loss_limit": 0.001, "underlay": args.underlay,
                        "gateway_mpps": "unpaced throughput of the gateway loop alone "
                                        "(net_pcap source, 2 servers on net_null ports)",

@@ -72,9 +72,9 @@ def max_rate(rig: Rig, seconds: float, steps: int = 6,
 
 
 def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
-            loss_key: str = "loss") -> dict:
+            loss_key: str = "loss", instances: int = 1) -> dict:
     """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate)."""
-    rig.start([sfc])
+    rig.start([sfc], instances=instances)
     try:
         return measure_started(rig, seconds, latency_mpps, loss_key)
     finally:

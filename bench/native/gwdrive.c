@@ -11,6 +11,7 @@
 #define IDLE_POLLS 256
 #define MAX_SLEEP_US 3200
 #define MIN_SLEEP_US 100
+#define SHARED_QUANTUM_US 50
 #define MAX_GEN 64  /* arrivals written per pass: enough to catch up after a preemption */
 
 /* Arrivals due now that the emulated RX ring has room for; the rest beyond it are lost. */
@@ -89,6 +90,7 @@ int serpens_gwdrive_lcore_main(void *arg)
 {
 	struct serpens_gwdrive *d = arg;
 	uint32_t idle = 0, sleep_us = MIN_SLEEP_US;
+	uint64_t busy_since = 0, quantum = rte_get_tsc_hz() / 1000000 * SHARED_QUANTUM_US;
 
 	while (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now = rte_rdtsc();
@@ -104,12 +106,17 @@ int serpens_gwdrive_lcore_main(void *arg)
 		if (work) {
 			idle = 0;
 			sleep_us = MIN_SLEEP_US;
-			/* keeping up (a partial burst): the servers' routers sharing this core run
-			 * now, not when the scheduler preempts us milliseconds later */
-			if (work < SERPENS_BURST)
+			/* busy for a quantum: the servers' routers sharing this core run now, not
+			 * when the scheduler preempts us milliseconds later (as router.c) */
+			if (!busy_since) {
+				busy_since = now;
+			} else if (now - busy_since > quantum) {
 				sched_yield();
+				busy_since = 0;
+			}
 			continue;
 		}
+		busy_since = 0;
 		if (++idle < IDLE_POLLS) {
 			sched_yield(); /* the servers' routers share this core */
 			continue;
