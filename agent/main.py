@@ -21,11 +21,11 @@ import asyncio
 import faulthandler
 import logging
 import signal
-import socket
 import sys
 
 from serpens.common import rpc, tls_flags
-from serpens.common.store import Store, StoreError
+from serpens.common.lease_record import registered_until
+from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
 from .node import Node, start_from_files
@@ -49,45 +49,16 @@ def parse_args(argv=None):
                          "name and the port bound when listening on all addresses)")
     tls_flags.add_arguments(ap)
     args = ap.parse_args(argv)
-    args.identity = tls_flags.identity(ap, args)
-    if args.identity is None and not rpc.is_loopback(args.listen):
-        ap.error(f"--insecure: plain text is served only on loopback, not on {args.listen}")
-    try:
-        args.etcd_endpoints = [tls_flags.etcd_endpoint(e.strip(), args.identity is not None)
-                               for e in args.etcd.split(",") if e.strip()]
-    except argparse.ArgumentTypeError as e:
-        ap.error(f"--etcd: {e}")
+    tls_flags.resolve(ap, args, args.listen)
     return args
 
 
-def advertised(args, port: int) -> str:
-    if args.advertise:
-        return args.advertise
-    host = args.listen.rpartition(":")[0]
-    if host in ("", "0.0.0.0", "[::]"):
-        host = socket.gethostname()
-    return f"{host}:{port}"
-
-
 async def register_until_stopped(args, node: Node, address: str, stop: asyncio.Event):
-    reg = None
-    while not stop.is_set():
-        try:
-            store = await Store.connect(args.etcd_endpoints, timeout=3, identity=args.identity)
-            try:
-                reg = await Registration(store, node.spec, node.stats, ttl=args.ttl,
-                                         report_s=args.report_s, address=address).start()
-                log.info("node %s registered in etcd (%s)", node.spec.name, args.etcd)
-                await stop.wait()
-                await reg.close()
-            finally:
-                await store.close()
-        except StoreError as e:
-            log.warning("etcd unavailable (%s); traffic goes on, retrying", e)
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
+    await registered_until(
+        stop, lambda: Store.connect(args.etcd_endpoints, timeout=3, identity=args.identity),
+        lambda store: Registration(store, node.spec, node.stats, ttl=args.ttl,
+                                   report_s=args.report_s, address=address).start(),
+        f"node {node.spec.name}")
 
 
 def main(argv=None) -> int:
@@ -116,7 +87,7 @@ def main(argv=None) -> int:
             log.error("--listen %s", e)
             return 1
         await server.start()
-        address = advertised(args, port)
+        address = rpc.advertised(args.listen, port, args.advertise)
         log.info("node %s: Agent service on %s", node.spec.name, address)
         # stock NFs compiled now, while nothing waits: the first SFC applied starts sooner
         loop.run_in_executor(None, warm_compile_cache)

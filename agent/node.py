@@ -7,6 +7,12 @@ its SFC tag, and at most one SFC without either as the default for everything el
 gets an instance manager: instances start when its packets arrive, stop after `warm_s` idle,
 and `scale(sfc, n)` runs n of them. Cross-references (ports, tags, defaults) are checked before
 anything starts; errors are SpecError naming the SFC and field.
+
+A node with `spec.underlay` is a server behind the gateway (DESIGN §7): the router takes VXLAN
+frames addressed to the underlay address on that port, and an SFC applied with a VXLAN route
+(agent/vxlan.py) gets the frames carrying its tag; with `output: gateway` its packets go back to
+the gateway encapsulated on the underlay port. The gateway's address is the node's (the last
+route given sets it).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from serpens.common.node_spec import NodeSpec
-from serpens.common.spec import SFCSpec, SpecError
+from serpens.common.spec import OUTPUT_GATEWAY, SFCSpec, SpecError
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import AreaAllocator
 
@@ -26,6 +32,7 @@ from .instance_manager import InstanceManager
 from .process_pool import ProcessPool
 from .sfc_builder import build_sfc
 from .state_manager import StateManager
+from .vxlan import VxlanRoute
 
 
 class StaleSpec(Exception):
@@ -42,18 +49,41 @@ class SFCConflict(SpecError):
     taken): another node, or the same one later, may take it."""
 
 
-def check_references(node: NodeSpec, sfcs: list[SFCSpec]):
-    """The SFCs fit the node: known ports, an output for each, distinct tags, one default."""
-    names, tags, defaults = set(), {}, []
+def check_references(node: NodeSpec, sfcs: list[SFCSpec],
+                     vxlan: dict[str, VxlanRoute] | None = None):
+    """The SFCs fit the node: known ports, an output for each, distinct tags, one default;
+    `vxlan` (SFC name -> its route) needs the node's underlay, one tag per SFC."""
+    names, tags, defaults, vx_tags = set(), {}, [], {}
+    vxlan = vxlan or {}
+    underlay = node.underlay.port if node.underlay else None
     for spec in sfcs:
         where = f"sfc {spec.name}: spec"
         if spec.name in names:
             raise SpecError(f"sfc {spec.name}: metadata.name", "two SFCs of that name")
         names.add(spec.name)
-        if spec.output is not None and spec.output not in node.ports:
+        route = vxlan.get(spec.name)
+        if spec.output == OUTPUT_GATEWAY:
+            if underlay is None:
+                raise SpecError(f"{where}.output", f"the gateway is reached over VXLAN, and "
+                                f"node {node.name} has no underlay (spec.underlay)")
+            if route is None:
+                raise SpecError(f"{where}.output", "the gateway is reached over VXLAN, and "
+                                "the SFC comes with no VXLAN route (RunSFCRequest.vxlan)")
+        elif spec.output is not None and spec.output not in node.ports:
             raise SpecError(f"{where}.output", f"node {node.name} has no port {spec.output!r}")
-        if spec.output is None and node.output is None:
+        elif spec.output is None and node.output is None:
             raise SpecError(f"{where}.output", f"node {node.name} has no default output port")
+        elif (spec.output or node.output) == underlay:
+            raise SpecError(f"{where}.output", f"{underlay!r} is node {node.name}'s underlay "
+                            "port (VXLAN only; output: gateway sends there encapsulated)")
+        if route is not None:
+            if underlay is None:
+                raise SpecError(f"sfc {spec.name}: vxlan",
+                                f"node {node.name} has no underlay (spec.underlay)")
+            if route.tag in vx_tags:
+                raise SFCConflict(f"sfc {spec.name}: vxlan.tag",
+                                  f"SFC {vx_tags[route.tag]} has VXLAN tag {route.tag}")
+            vx_tags[route.tag] = spec.name
         for i, rule in enumerate(spec.match):
             if "port" in rule and rule["port"] not in node.input:
                 raise SpecError(f"{where}.match[{i}].port",
@@ -98,10 +128,12 @@ class _Running:
     generation: int = 0
     incarnation: int = 0     # the SFC record's create revision (RunSFCRequest)
     replicas: int = 0        # instances last asked for (traffic also starts and stops them)
+    vxlan: VxlanRoute | None = None   # its tag on the underlay (None: local traffic only)
 
 
-def _same_routing(a: SFCSpec, b: SFCSpec) -> bool:
-    return (a.match, a.tag, a.output) == (b.match, b.tag, b.output)
+def _same_routing(old: _Running, spec: SFCSpec, vxlan: VxlanRoute | None) -> bool:
+    a = old.spec
+    return (a.match, a.tag, a.output, old.vxlan) == (spec.match, spec.tag, spec.output, vxlan)
 
 
 class Node:
@@ -119,6 +151,8 @@ class Node:
         self.areas = areas or AreaAllocator()
         self.running: dict[str, _Running] = {}   # in routing order (rules: first match wins)
         self.router = None
+        self.underlay_mac = None   # the underlay port's own MAC, once open
+        self.gateway = None        # (ip, mac) the router sends `output: gateway` packets to
         self._lock = threading.RLock()
         self._router_lock = threading.Lock()  # stats() vs close()
 
@@ -155,6 +189,11 @@ class Node:
                                 stall_us=node.stall_us, hold_ms=node.hold_ms)
         for name, pps in node.pace.items():
             self.router.pace(self.ports[name], pps)
+        if node.underlay is not None:
+            port = self.ports[node.underlay.port]
+            self.underlay_mac = dp.port_mac(port)
+            self.router.set_underlay(port, node.underlay.ip, self.underlay_mac,
+                                     node.underlay.mtu)
         self.router.launch(self.dataplane.config.router_lcore)
         for spec in self.initial:
             self.apply_sfc(spec)
@@ -162,13 +201,17 @@ class Node:
     # ---- SFCs -----------------------------------------------------------------------------
 
     def apply_sfc(self, spec: SFCSpec, deployed: dict | None = None,
-                  replicas: int | None = None, generation: int = 0, incarnation: int = 0):
+                  replicas: int | None = None, generation: int = 0, incarnation: int = 0,
+                  vxlan=None):
         """Run `spec` (new, or replacing the SFC of that name); `deployed` maps deployed NF
-        names to their source; `replicas` instances now (None: on demand). A replacement
-        with the same match, tag and output keeps the SFC's routing and flows: its old
-        instances drain, packets wait in the router's hold queue, the new ones take over;
-        otherwise the old SFC is removed first. Raises SpecError (nothing changed) for a
-        spec that does not fit the node, NFBuildError/NFRefusedError for its NFs."""
+        names to their source; `replicas` instances now (None: on demand); `vxlan` its
+        route on the underlay (anything with VxlanRoute's fields; None or tag 0: none). A
+        replacement with the same match, tag, output and VXLAN route keeps the SFC's routing
+        and flows: its old instances drain, packets wait in the router's hold queue, the new
+        ones take over; otherwise the old SFC is removed first. Raises SpecError (nothing
+        changed) for a spec or route that does not fit the node, NFBuildError/
+        NFRefusedError for its NFs."""
+        vxlan = VxlanRoute.of(vxlan)
         with self._lock:
             old = self.running.get(spec.name)
             if old is not None and (incarnation, generation) < (old.incarnation,
@@ -176,10 +219,14 @@ class Node:
                 raise StaleSpec(f"node {self.spec.name} runs {spec.name} generation "
                                 f"{old.generation} (incarnation {old.incarnation}), newer "
                                 f"than {generation} ({incarnation})")
-            check_references(self.spec, [s for s in self.sfcs if s.name != spec.name] + [spec])
+            others = [r for r in self.running.values() if r.spec.name != spec.name]
+            check_references(self.spec, [r.spec for r in others] + [spec],
+                             {r.spec.name: r.vxlan for r in others if r.vxlan} |
+                             ({spec.name: vxlan} if vxlan else {}))
             built = build_sfc(spec, self.areas, deployed)
+            manager = added = None
             try:
-                in_place = old is not None and _same_routing(old.spec, spec)
+                in_place = old is not None and _same_routing(old, spec, vxlan)
                 if in_place:
                     count = old.manager.count()
                     old.manager.close()
@@ -189,7 +236,7 @@ class Node:
                     if old is not None:
                         self.remove_sfc(spec.name)
                     count = 0
-                    sfc_id = self.router.add_sfc(self.ports[spec.output or self.spec.output])
+                    sfc_id = added = self.router.add_sfc(self._out_port(spec))
                 warm_s = spec.scale.warm_s if spec.scale and spec.scale.warm_s else \
                     self.spec.warm_s
                 faults = spec.faults
@@ -198,12 +245,21 @@ class Node:
                     budget_ms=faults.batch_ms,
                     crashes=CrashPolicy(max_restarts=faults.restarts,
                                         window_s=faults.window_s)).start()
+                if vxlan is not None:
+                    self._set_gateway(vxlan)
+                    if not in_place:  # underlay frames with its tag are its from now on
+                        self.router.set_sfc_vxlan(sfc_id, vxlan.tag, vxlan.vni,
+                                                  to_gateway=spec.output == OUTPUT_GATEWAY)
             except BaseException:
+                if manager is not None:
+                    manager.close()
+                if added is not None:
+                    self.router.remove_sfc(added)
                 built.close(self.areas)
                 raise
             self.running[spec.name] = entry = _Running(
                 spec, built, sfc_id, manager, generation=generation, replicas=replicas or 0,
-                incarnation=incarnation)
+                incarnation=incarnation, vxlan=vxlan)
             if not in_place:
                 self._route()
             want = replicas if replicas is not None else count
@@ -211,12 +267,26 @@ class Node:
                 manager.scale(want)
             return entry
 
+    def _out_port(self, spec: SFCSpec) -> int:
+        """The DPDK port `spec`'s packets leave by (`output: gateway`: the underlay port)."""
+        if spec.output == OUTPUT_GATEWAY:
+            return self.ports[self.spec.underlay.port]
+        return self.ports[spec.output or self.spec.output]
+
+    def _set_gateway(self, vxlan: VxlanRoute):
+        """The node's gateway is the last route's: a new address replaces the old one."""
+        if self.gateway != (vxlan.gateway_ip, vxlan.gateway_mac):
+            self.router.set_gateway(vxlan.gateway_ip, vxlan.gateway_mac)
+            self.gateway = (vxlan.gateway_ip, vxlan.gateway_mac)
+
     def remove_sfc(self, name: str, timeout: float = 5.0):
         """Stop routing to SFC `name`, let its held packets through, retire its instances
         and forget it. Its state stays in the state manager's files."""
         with self._lock:
             entry = self.running.pop(name)
             self._route()
+            if entry.vxlan is not None:
+                self.router.clear_sfc_vxlan(entry.sfc_id)
             self.router.quiesce()
             deadline = time.monotonic() + timeout
             while self.router.held(entry.sfc_id) and time.monotonic() < deadline:
@@ -300,7 +370,7 @@ class Node:
         node's lock, which a snapshot holds for as long as it copies tables: load reports
         and GetNode must not wait for it."""
         with self._router_lock:
-            st = self.router.stats() if self.router else {"ports": {}, "sfcs": {}}
+            st = self.router.stats() if self.router else {"ports": {}, "sfcs": {}, "vxlan": {}}
         running = list(self.running.items())
         by_id = {v: k for k, v in (self.ports or {}).items()}
         ports = {by_id[pid]: c for pid, c in st["ports"].items() if pid in by_id}
@@ -312,7 +382,10 @@ class Node:
                                   generation=r.generation, replicas=r.replicas,
                                   incarnation=r.incarnation, phase=phase, message=message,
                                   crashes=r.manager.crashes.total)
-        return {"node": self.spec.name, "ports": ports, "sfcs": sfcs}
+        underlay = self.spec.underlay
+        return {"node": self.spec.name, "ports": ports, "sfcs": sfcs, "vxlan": st["vxlan"],
+                "underlay": None if underlay is None or self.underlay_mac is None else
+                {"ip": underlay.ip, "mac": self.underlay_mac, "mtu": underlay.mtu}}
 
     def close(self):
         with self._lock:

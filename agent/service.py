@@ -85,7 +85,8 @@ class AgentServicer(pb_grpc.AgentServicer):
         spec = parse_sfc(request.spec, allow_source=False)
         await asyncio.to_thread(self.node.apply_sfc, spec, dict(request.nf_sources),
                                 request.replicas or None, request.generation,
-                                request.incarnation)
+                                request.incarnation,
+                                vxlan=request.vxlan if request.HasField("vxlan") else None)
         log.info("running sfc %s generation %d", spec.name, request.generation)
         return self._sfc(spec.name)
 
@@ -183,11 +184,14 @@ class AgentServicer(pb_grpc.AgentServicer):
     @_handler
     async def GetNode(self, request, context):
         st = self.node.stats()
+        vxlan = st["vxlan"]
         return pb.NodeStatus(
             name=st["node"], sfcs=[self._sfc(name) for name in st["sfcs"]],
             ports={name: pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
                                          unmatched=c["unmatched"], missed=c["missed"])
-                   for name, c in st["ports"].items()})
+                   for name, c in st["ports"].items()},
+            vxlan_rx=vxlan.get("rx", 0), arp_replies=vxlan.get("arp_replies", 0),
+            vxlan_drops=vxlan.get("drops", {}))
 
 
 def _check_same_code(request, code: str, code_sha256: str):

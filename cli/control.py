@@ -2,8 +2,8 @@
 gRPC API (proto/serpens/v1/serpens.proto).
 
     serpensctl [--context NAME] apply -f FILE [--wait]   # kind SFC or NF; `---` separates several
-    serpensctl get nfs|sfcs|nodes [NAME] [-o table|json|yaml]
-    serpensctl describe nf|sfc|node NAME
+    serpensctl get nfs|sfcs|nodes|gateways [NAME] [-o table|json|yaml]
+    serpensctl describe nf|sfc|node NAME       # an SFC's: per-node instances, its route
     serpensctl state dump SFC NF [--table T] [--limit N] [--no-merge] [-o table|json]
     serpensctl state snapshot SFC NF -f FILE    # a consistent copy of all the NF's tables
     serpensctl state restore SFC NF -f FILE [--force]  # make a snapshot the NF's state
@@ -33,7 +33,7 @@ import yaml
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 _KINDS = {"nf": "nfs", "nfs": "nfs", "sfc": "sfcs", "sfcs": "sfcs", "node": "nodes",
-          "nodes": "nodes"}
+          "nodes": "nodes", "gateway": "gateways", "gateways": "gateways"}
 
 
 class _UsageError(Exception):
@@ -47,7 +47,7 @@ def register(sub) -> None:
                    help="wait until every SFC applied runs (or failed), showing progress")
     p.add_argument("--wait-timeout", type=float, default=120.0)
     p.set_defaults(func=_run(_apply))
-    p = sub.add_parser("get", help="show NFs, SFCs or nodes")
+    p = sub.add_parser("get", help="show NFs, SFCs, nodes or gateways")
     p.add_argument("kind", choices=sorted(_KINDS))
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
@@ -207,12 +207,14 @@ def _get(stub, args) -> int:
 
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     kind = _KINDS[args.kind]
-    if kind == "nodes":
-        items = list(stub.ListNodes(pb.ListNodesRequest(), timeout=args.timeout).nodes)
+    if kind in ("nodes", "gateways"):
+        items = list(stub.ListNodes(pb.ListNodesRequest(), timeout=args.timeout).nodes
+                     if kind == "nodes" else
+                     stub.ListGateways(pb.ListGatewaysRequest(), timeout=args.timeout).gateways)
         if args.name:
             items = [n for n in items if n.name == args.name]
             if not items:
-                print(f"serpensctl: NOT_FOUND: name: no node named {args.name!r}",
+                print(f"serpensctl: NOT_FOUND: name: no {kind[:-1]} named {args.name!r}",
                       file=sys.stderr)
                 return EXIT_FAILED
     elif args.name:
@@ -239,16 +241,37 @@ def _print_table(kind: str, items) -> None:
         rows += [(m.name, str(m.revision), f"{m.image_size} B", m.source_sha256[:12],
                   _when(m.updated), m.description) for m in items]
     elif kind == "sfcs":
-        rows = [("NAME", "REVISION", "REPLICAS", "MIN-MAX", "NFS", "PHASE", "UPDATED")]
+        rows = [("NAME", "REVISION", "REPLICAS", "MIN-MAX", "NFS", "PHASE", "NODE", "UPDATED")]
         rows += [(m.name, str(m.revision), str(m.scale.replicas),
                   f"{m.scale.min_replicas}-{m.scale.max_replicas}", ",".join(m.nfs) or "-",
-                  m.status.phase, _when(m.updated)) for m in items]
+                  m.status.phase, sfc_nodes(m.status) or "-", _when(m.updated)) for m in items]
+    elif kind == "gateways":
+        rows = [("NAME", "ADDRESS", "UNDERLAY", "TERM", "AGE")]
+        rows += [_gateway_row(m) for m in items]
     else:
         rows = [("NAME", "REVISION", "RECORD")]
         rows += [(m.name, str(m.revision), m.record_json) for m in items]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def sfc_nodes(status) -> str:
+    """Where an SFC runs: its node, or its nodes ("a,b") when several serve it."""
+    return ",".join(sorted(status.nodes)) if status.nodes else status.node
+
+
+def _gateway_row(m) -> tuple:
+    import time
+
+    from serpens.common.records import GatewayRecord, MalformedRecord
+    try:
+        g = GatewayRecord.decode(m.record_json, m.name)
+    except MalformedRecord as e:
+        return (m.name, f"(malformed record: {e})", "-", "-", "-")
+    age = f"{max(0.0, time.time() - g.reported_at):.0f}s" if g.reported_at else "-"
+    return (g.name, g.address, f"{g.underlay.ip} {g.underlay.mac} mtu {g.underlay.mtu}",
+            str(g.term or "-"), age)
 
 
 def _when(ts) -> str:
@@ -258,6 +281,7 @@ def _when(ts) -> str:
 def _describe(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     from serpens.cli.status import node_records
+    from serpens.common.records import SFCLoad
     nodes = {n.name: n for n in stub.ListNodes(pb.ListNodesRequest(), timeout=args.timeout).nodes}
     if args.kind == "nf":
         nf = stub.GetNF(pb.GetNFRequest(name=args.name), timeout=args.timeout)
@@ -274,15 +298,23 @@ def _describe(stub, args) -> int:
         where = node_records([nodes[st.node]]) if st.node in nodes else {}
         load = where[st.node].load.sfcs.get(sfc.name) if where else None
         auto = f", autoscaled at {sc.target_pps:g} packets/s each" if sc.target_pps else ""
+        served = sorted(st.nodes.items()) if st.nodes else []
+        if served:  # several nodes serve it: the sum of their rates
+            records = node_records([nodes[n] for n, _ in served if n in nodes])
+            rates = [r.load.sfcs[sfc.name] for r in records.values() if sfc.name in r.load.sfcs]
+            load = SFCLoad(in_pps=sum(r.in_pps for r in rates),
+                           out_pps=sum(r.out_pps for r in rates)) if rates else None
         _fields([("Name", sfc.name), ("Generation", sfc.generation),
                  ("Revision", sfc.revision), ("Phase", st.phase),
-                 ("Message", st.message or "-"), ("Node", st.node or "-"),
+                 ("Message", st.message or "-"), ("Node", sfc_nodes(st) or "-"),
                  ("Running generation", st.generation or "-"),
                  ("Instances", f"{st.instances} running, {sc.replicas} wanted "
-                               f"(min {sc.min_replicas}, max {sc.max_replicas}{auto})"),
+                               f"(min {sc.min_replicas}, max {sc.max_replicas}{auto})"
+                  + (" = " + ", ".join(f"{n} {i}" for n, i in served) if served else "")),
                  ("Rate", f"{load.in_pps:g} packets/s in, {load.out_pps:g} out"
                   if load else "-"),
                  ("Deployed NFs", ", ".join(sfc.nfs) or "-"),
+                 ("Route", _route(sfc.route) if sfc.HasField("route") else "-"),
                  ("Created", _when(sfc.created)), ("Updated", _when(sfc.updated))])
         print(f"Spec:\n{_indent(sfc.spec)}")
     else:
@@ -291,6 +323,13 @@ def _describe(stub, args) -> int:
             return EXIT_FAILED
         print(yaml.safe_dump(json.loads(nodes[args.name].record_json), sort_keys=True), end="")
     return 0
+
+
+def _route(route) -> str:
+    """An SFC's route through the gateway: tag, VNI, and its servers with their weights."""
+    servers = ", ".join(f"{s.node} {s.ip} weight {s.weight}" for s in route.servers)
+    return f"tag {route.tag}, vni {route.vni}" + (f", vlan {route.vlan}" if route.vlan else "") \
+        + f"; servers: {servers or 'none yet'}"
 
 
 def _state(stub, args) -> int:

@@ -44,12 +44,16 @@ def snapshot(api, timeout: float = 5.0) -> dict:
     records = node_records(nodes)
     loads = {(node, name): load for node, rec in records.items()
              for name, load in rec.load.sfcs.items()}
+    from serpens.cli.control import sfc_nodes
+
+    def rate(s, k):  # an SFC served by several nodes: the sum of theirs
+        where = s.status.nodes or [s.status.node]
+        return sum(getattr(loads.get((node, s.name)), k, 0) for node in where)
     return {
-        "sfcs": [{"name": s.name, "phase": s.status.phase, "node": s.status.node,
+        "sfcs": [{"name": s.name, "phase": s.status.phase, "node": sfc_nodes(s.status),
                   "generation": s.generation, "replicas": s.scale.replicas,
                   "instances": s.status.instances, "message": s.status.message,
-                  **{k: getattr(loads.get((s.status.node, s.name)), k, 0)
-                     for k in ("in_pps", "out_pps")}} for s in sfcs],
+                  **{k: rate(s, k) for k in ("in_pps", "out_pps")}} for s in sfcs],
         "nodes": [{"name": name, "address": rec.address, "sfcs": sorted(rec.load.sfcs),
                    "ports": {port: asdict(load) for port, load in rec.load.ports.items()}}
                   for name, rec in sorted(records.items())]}

@@ -81,8 +81,8 @@ def parse_node(text: str) -> NodeSpec:
                                 {"ports", "input", "output", "pool", "warm_s", "wake_us",
                                  "cpus", "router_cpu", "state_dir", "pace", "stall_us",
                                  "hold_ms", "underlay"})
-    ports = _ports(body.get("ports"))
-    underlay = _underlay(body.get("underlay"), ports)
+    ports = parse_ports(body.get("ports"))
+    underlay = parse_underlay(body.get("underlay"), ports)
     inputs = body.get("input", [p for p in ports if not underlay or p != underlay.port])
     if not isinstance(inputs, list) or not inputs:
         raise SpecError("spec.input", "a list of port names, at least one")
@@ -94,17 +94,24 @@ def parse_node(text: str) -> NodeSpec:
     output = body.get("output")
     if output is not None and output not in ports:
         raise SpecError("spec.output", f"no port named {output!r} in spec.ports")
-    pool = _number(body, "pool", 4, int, 1, 64)
-    warm_s = _number(body, "warm_s", 30.0, (int, float), 0.01, 86400)
-    wake_us = _number(body, "wake_us", 50.0, (int, float), 1, 100000)
-    cpus = str(body.get("cpus", "0-1"))
-    if not _CPUS.match(cpus):
-        raise SpecError("spec.cpus", f"a CPU list such as 0-3 or 0,2, got {cpus!r}")
-    router_cpu = _number(body, "router_cpu", 1, int, 0, 4095)
+    pool = parse_number(body, "pool", 4, int, 1, 64)
+    warm_s = parse_number(body, "warm_s", 30.0, (int, float), 0.01, 86400)
+    wake_us = parse_number(body, "wake_us", 50.0, (int, float), 1, 100000)
+    cpus = parse_cpus(body)
+    router_cpu = parse_number(body, "router_cpu", 1, int, 0, 4095)
     state_dir = body.get("state_dir", "/dev/shm/serpens/state")
     if not isinstance(state_dir, str) or not os.path.isabs(state_dir):
         raise SpecError("spec.state_dir", "an absolute path (tmpfs or hugetlbfs)")
-    pace = body.get("pace", {})
+    pace = parse_pace(body.get("pace", {}), inputs)
+    return NodeSpec(name, ports, tuple(inputs), output, pool, float(warm_s), float(wake_us),
+                    cpus, router_cpu, state_dir, pace,
+                    float(parse_number(body, "stall_us", 2000.0, (int, float), 10, 1e6)),
+                    float(parse_number(body, "hold_ms", 200.0, (int, float), 1, 60000)),
+                    underlay)
+
+
+def parse_pace(pace, inputs) -> dict:
+    """spec.pace: input port name -> packets/s (Node's and Gateway's)."""
     if not isinstance(pace, dict):
         raise SpecError("spec.pace", "a mapping of input port names to packets per second")
     for port, pps in pace.items():
@@ -112,14 +119,17 @@ def parse_node(text: str) -> NodeSpec:
             raise SpecError(f"spec.pace.{port}", "not an input port")
         if isinstance(pps, bool) or not isinstance(pps, (int, float)) or not 1 <= pps <= 1e9:
             raise SpecError(f"spec.pace.{port}", f"packets per second 1..1e9, got {pps!r}")
-    return NodeSpec(name, ports, tuple(inputs), output, pool, float(warm_s), float(wake_us),
-                    cpus, router_cpu, state_dir, {p: float(v) for p, v in pace.items()},
-                    float(_number(body, "stall_us", 2000.0, (int, float), 10, 1e6)),
-                    float(_number(body, "hold_ms", 200.0, (int, float), 1, 60000)),
-                    underlay)
+    return {p: float(v) for p, v in pace.items()}
 
 
-def _underlay(raw, ports: dict) -> NodeUnderlay | None:
+def parse_cpus(body) -> str:
+    cpus = str(body.get("cpus", "0-1"))
+    if not _CPUS.match(cpus):
+        raise SpecError("spec.cpus", f"a CPU list such as 0-3 or 0,2, got {cpus!r}")
+    return cpus
+
+
+def parse_underlay(raw, ports: dict) -> NodeUnderlay | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -142,7 +152,7 @@ def _underlay(raw, ports: dict) -> NodeUnderlay | None:
     return NodeUnderlay(port, str(ip), mtu)
 
 
-def _ports(raw) -> dict:
+def parse_ports(raw) -> dict:
     if not isinstance(raw, dict) or not raw:
         raise SpecError("spec.ports", "a mapping of port names to DPDK device strings")
     if len(raw) > MAX_PORTS:
@@ -165,7 +175,7 @@ def _ports(raw) -> dict:
     return out
 
 
-def _number(body, key, default, types, lo, hi):
+def parse_number(body, key, default, types, lo, hi):
     v = body.get(key, default)
     if isinstance(v, bool) or not isinstance(v, types) or not lo <= v <= hi:
         raise SpecError(f"spec.{key}", f"a number {lo}..{hi}, got {v!r}")

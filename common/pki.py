@@ -3,7 +3,8 @@
 Identity scheme (common/auth.py reads it back): a certificate's subject **CN is the
 identity's name** (a user, `serpens-controller`, a node) and its **O (organization) is its
 role**: `viewer`, `operator`, `admin`, `controller` (the controller's identity, the only one
-the Agent service accepts), `agent` (an agent's identity) or `etcd` (etcd's server). Only the
+the Agent and Gateway services accept), `agent` (an agent's identity), `gateway` (a
+gateway's) or `etcd` (etcd's server). Only the
 cluster CA signs certificates, so a role is as trustworthy as the CA key (keep ca.key on the
 machine that issues certificates, mode 0600).
 
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-ROLES = ("viewer", "operator", "admin", "controller", "agent", "etcd")
+ROLES = ("viewer", "operator", "admin", "controller", "agent", "gateway", "etcd")
 CA_DAYS, CERT_DAYS = 3650, 825
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +35,17 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 def service_name(short: str) -> str:
     """"Serpens" -> "serpens.v1.Serpens"."""
     return serpens_pb2.DESCRIPTOR.services_by_name[short].full_name
+
+
+def advertised(listen: str, port: int, advertise: str = "") -> str:
+    """The address peers call a server listening on `listen` (bound to `port`) at:
+    `advertise` if given, else the listen host, or this host's name for all addresses."""
+    if advertise:
+        return advertise
+    host = listen.rpartition(":")[0]
+    if host in ("", "0.0.0.0", "[::]"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 class InsecureRefused(OSError):

@@ -1,4 +1,5 @@
-"""The security flags serpens-controller and serpens-agent share, and what they mean.
+"""The security flags serpens-controller, serpens-agent and serpens-gateway share, and what
+they mean.
 
     --ca FILE --cert FILE --key FILE   # mTLS everywhere: served API, calls out, etcd
     --insecure                          # plain text everywhere; serving only on loopback
@@ -14,6 +15,7 @@ import argparse
 import os
 
 from serpens.common.pki import Identity
+from serpens.common.rpc import is_loopback
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -59,3 +61,17 @@ def etcd_endpoint(url: str, tls: bool) -> str:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{url}: expected https://HOST:PORT")
     return f"{host}:{port}"
+
+
+def resolve(ap: argparse.ArgumentParser, args, listen: str) -> None:
+    """A served process's flags made whole (ap.error() on a contradiction): args.identity
+    (None with --insecure, which serves only on loopback) and args.etcd_endpoints from the
+    comma-separated --etcd."""
+    args.identity = identity(ap, args)
+    if args.identity is None and not is_loopback(listen):
+        ap.error(f"--insecure: plain text is served only on loopback, not on {listen}")
+    try:
+        args.etcd_endpoints = [etcd_endpoint(e.strip(), args.identity is not None)
+                               for e in args.etcd.split(",") if e.strip()]
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"--etcd: {e}")

@@ -162,6 +162,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         self.store, self.keys = store, Keys(prefix)
         self.nfs_prefix, self.sfcs_prefix = self.keys.nfs, self.keys.sfcs
         self.nodes_prefix, self.status_prefix = self.keys.nodes, self.keys.statuses
+        self.gateways_prefix, self.routes_prefix = self.keys.gateways, self.keys.routes
         self.cache = cache
         self._agents = Stubs(pb_grpc.AgentStub)   # ReadState and the other state calls
         self._messages: dict = {}
@@ -271,26 +272,34 @@ class SerpensServicer(pb_grpc.SerpensServicer):
     async def GetSFC(self, request, context):
         item = await self._read(self.sfcs_prefix, request.name, "SFC")
         status = await self._read(self.status_prefix, request.name, None)
-        return self._sfc_memo(request.name, item, status)
+        route = await self._read(self.routes_prefix, request.name, None)
+        return self._sfc_memo(request.name, item, status, route)
 
     @_handler
     async def ListSFCs(self, request, context):
         items = await self._read_list(self.sfcs_prefix)
         status = await self._read_list(self.status_prefix)
+        routes = await self._read_list(self.routes_prefix)
         return pb.ListSFCsResponse(sfcs=[
-            self._sfc_memo(name, it, status.get(self.status_prefix + name))
+            self._sfc_memo(name, it, status.get(self.status_prefix + name),
+                           routes.get(self.routes_prefix + name))
             for name, it in ((k[len(self.sfcs_prefix):], it) for k, it in sorted(items.items()))])
 
-    def _sfc_memo(self, name: str, item, status) -> pb.SFC:
-        return self._memo(("sfc", name), (item.mod_revision, status and status.mod_revision),
-                          lambda: self._sfc_or_malformed(name, item, status))
+    def _sfc_memo(self, name: str, item, status, route=None) -> pb.SFC:
+        return self._memo(("sfc", name), (item.mod_revision, status and status.mod_revision,
+                                          route and route.mod_revision),
+                          lambda: self._sfc_or_malformed(name, item, status, route))
 
-    def _sfc_or_malformed(self, name: str, item, status) -> pb.SFC:
-        """The SFC's message; for a record this controller cannot read, one that says so
-        (phase Failed) instead of failing the whole reply."""
+    def _sfc_or_malformed(self, name: str, item, status, route=None) -> pb.SFC:
+        """The SFC's message (with its route, when it has one); for a record this controller
+        cannot read, one that says so (phase Failed) instead of failing the whole reply."""
         key = self.sfcs_prefix + name
         try:
-            return self._sfc(SFCRecord.decode(item.value, name), item.mod_revision, status)
+            sfc = self._sfc(SFCRecord.decode(item.value, name), item.mod_revision, status)
+            route = route and self._record(self.routes_prefix + name, route, "route")
+            if route is not None:
+                sfc.route.CopyFrom(route.to_message())
+            return sfc
         except MalformedRecord as e:
             self._reported(key, item.mod_revision, e)
             return pb.SFC(name=name, revision=item.mod_revision, status=pb.SFCStatus(
@@ -352,6 +361,13 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         return pb.ListNodesResponse(nodes=[
             pb.Node(name=key[len(self.nodes_prefix):], record_json=it.value.decode(),
                     revision=it.mod_revision) for key, it in sorted(items.items())])
+
+    @_handler
+    async def ListGateways(self, request, context):
+        items = await self._read_list(self.gateways_prefix)
+        return pb.ListGatewaysResponse(gateways=[
+            pb.GatewayInfo(name=key[len(self.gateways_prefix):], record_json=it.value.decode(),
+                           revision=it.mod_revision) for key, it in sorted(items.items())])
 
     # -- state and events -------------------------------------------------------------------
 

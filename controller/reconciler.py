@@ -49,6 +49,22 @@ holds at most _RUNS_PER_NODE of the `workers`. Reconciling an SFC is idempotent:
   changes; an agent that does not answer leaves it Pending (or placed elsewhere), retried
   with back-off.
 
+Routed SFCs (DESIGN §7: served through the gateway over VXLAN). Once a gateway is registered
+(`gateways/<name>`) and a live node has an underlay address, an SFC to be run (or one whose
+spec says `placement: {spread: N}`, N > 1) is *routed*, for its life: the term's Routes
+(controller/routes.py) gives it a tag, stored in its route record (`routes/<name>`) before
+any node is told. Its replicas are split over live underlay nodes (controller/placement.py:
+up to `spread` nodes; with spread 1 one node, the rest spilling over only when that node's
+free pool processes cannot hold them), preferring the nodes that serve it, then the least
+loaded; each node gets RunSFC with its share and `vxlan` (the tag, spec.vni, and the first
+gateway's underlay address for the way back), all nodes at once; a node that refuses is left
+out and the rest placed again. Its route record then lists the nodes that run it, weighted by
+their replicas, and every change is pushed to the gateways (routes.py) before copies on other
+nodes are stopped. Its status: node the first server, `nodes` each one's instances (when
+several), instances their sum, phase the worst of theirs; autoscaling sums their input
+rates. Deleting the SFC deletes its route (freeing its tag) before stopping it. Without a
+gateway or underlay nodes everything is as above: one node, its own ports.
+
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
 placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
 running what they run.
@@ -65,16 +81,20 @@ from dataclasses import replace
 import grpc
 
 from serpens.common.keys import Keys
-from serpens.common.records import (MalformedRecord, NFRecord, NodeRecord, Reported,
-                                    SFCRecord, SFCStatus, decode)
+from serpens.common.records import (GatewayRecord, MalformedRecord, NFRecord, NodeRecord,
+                                    Reported, RouteRecord, RouteServer, SFCRecord, SFCStatus,
+                                    decode)
 from serpens.common.rpc import Stubs
+from serpens.common.spec import SFCSpec, SpecError, parse_sfc
 from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Item, NotLeader,
                                   Store, StoreError, StoreUnavailable)
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
+from . import placement
 from .cache import Cache
 from .nodes import Nodes
+from .routes import Routes
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -106,9 +126,17 @@ class Reconciler:
         self.agents = Stubs(pb_grpc.AgentStub)
         self.queue: WorkQueue | None = None  # the term's; None while not leading
         self.nodes: Nodes | None = None
+        self.routes: Routes | None = None   # the term's routes through the gateway
         # sfc -> node it was last placed on (this term), set before RunSFC is sent: a node
         # with calls in flight counts them as load
         self._placement: dict[str, str] = {}
+        self._spread: dict[str, tuple[str, ...]] = {}  # routed sfc -> the nodes serving it
+        self._gateway_names: set[str] = set()
+        # routed sfc -> nodes that ran it before it was routed (run again with its tag)
+        self._unrouted: dict[str, set[str]] = {}
+        # sfc -> ((incarnation, generation), its parsed spec or None): routed SFCs' spec.vni,
+        # match, tag and placement, parsed once per generation
+        self._specs: dict[str, tuple[tuple[int, int], SFCSpec | None]] = {}
         self._runs: dict[str, int] = {}          # node -> RunSFC calls in flight
         self._suspect: dict[str, float] = {}     # node -> loop time until it is avoided
         # SFCs left Pending for want of a node (busy ones included): queued again whenever a
@@ -162,6 +190,8 @@ class Reconciler:
         self.nodes = Nodes(self.agents, self._nodes_changed, period=self.resync_s,
                            timeout=_CALL_TIMEOUT)
         self._placement, self._runs, self._suspect, self._deposed = {}, {}, {}, None
+        self._spread, self._gateway_names, self._unrouted = {}, set(), {}
+        self.routes = Routes(self.election, self.keys, self.cache)
         self._unplaced_names = set()
         self._deposed_event.clear()
         workers: list[asyncio.Task] = []
@@ -169,6 +199,10 @@ class Reconciler:
             if not await _until(self.cache.wait_ready(), stop, lost):
                 return
             self.nodes.update(self._node_records())
+            self.routes.load(self._records("route", self.keys.routes))
+            registered = self._gateway_records()
+            self._gateway_names = set(registered)
+            self.routes.gateways(registered)  # each gets this term's routes at once
             if not await _until(self.nodes.polled(), stop, lost):
                 return
             self._queue_all(resync=False)
@@ -199,13 +233,15 @@ class Reconciler:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self.nodes.close()
+            await self.routes.close()
             self.queue.close()
-            self.queue = self.nodes = None
+            self.queue = self.nodes = self.routes = None
 
     def _on_event(self, ev):
         if ev.type == RESET:  # a re-list: anything may have changed
             self._decoded.clear()
             self.nodes.update(self._node_records())
+            self.routes.gateways(self._gateway_records())
             self._queue_all(resync=False)
             return
         if ev.type == DELETE:
@@ -217,6 +253,12 @@ class Reconciler:
         kind, name = where
         if kind == "sfc":
             self.queue.add(name)
+        elif kind == "gateway":  # pushed to when it comes (again) or reports an older term
+            registered = self._gateway_records()
+            self.routes.gateways(registered)
+            if set(registered) != self._gateway_names:  # SFCs may be routed now
+                self._gateway_names = set(registered)
+                self._queue_all(resync=False)
         elif kind == "nf":  # an SFC waiting for its NF, or naming one that was deleted
             for sfc, record in self._records("sfc", self.keys.sfcs).items():
                 if name in record.nfs:
@@ -250,6 +292,7 @@ class Reconciler:
         those waiting out a back-off."""
         names = {k[len(self.keys.sfcs):] for k in self.cache.list(self.keys.sfcs)}
         names |= {k[len(self.keys.statuses):] for k in self.cache.list(self.keys.statuses)}
+        names |= {k[len(self.keys.routes):] for k in self.cache.list(self.keys.routes)}
         for view in self.nodes.views.values():
             names |= set(view)
         for name in sorted(names):
@@ -313,6 +356,14 @@ class Reconciler:
     def _node_records(self) -> dict[str, NodeRecord]:
         return self._records("node", self.keys.nodes)
 
+    def _gateway_records(self) -> dict[str, tuple[GatewayRecord, int]]:
+        """name -> (record, its key's create revision: a new one is a gateway registered
+        again)."""
+        prefix = self.keys.gateways
+        return {key[len(prefix):]: (record, item.create_revision)
+                for key, item in self.cache.list(prefix).items()
+                if (record := self._record("gateway", key, item)) is not None}
+
     # ---- one SFC --------------------------------------------------------------------------
 
     async def reconcile(self, name: str) -> bool:
@@ -330,6 +381,9 @@ class Reconciler:
         except MalformedRecord as e:
             return await self._malformed(name, e, status, status_item)
         record, ok = await self._autoscale(record, item, status)
+        spec = await self._routed_spec(record, item)
+        if spec is not None:
+            return await self._reconcile_routed(record, item, spec, status, status_item) and ok
         refused: dict[str, str] = {}  # node -> why it cannot run it beside its SFCs
         node = self._place(name, status)
         while node is not None:
@@ -353,15 +407,22 @@ class Reconciler:
         else:
             self._placement[name] = node
         ok &= done
-        ok &= await self._stop_strays(name, node)
+        ok &= await self._stop_strays(name, {node} if node else ())
         return await self._write_status(name, new, status, status_item) and ok
 
     async def _gone(self, name: str, status_item: Item | None) -> bool:
         """The SFC was deleted: stopped wherever it runs, and its status goes."""
         self._placement.pop(name, None)
+        self._spread.pop(name, None)
+        self._specs.pop(name, None)
+        self._unrouted.pop(name, None)
         self._failed.pop(name, None)
         self._unplaced_names.discard(name)
-        ok = await self._stop_strays(name, None)
+        route_item = self.cache.get(self.keys.route(name))
+        # the gateway stops sending it frames before its servers stop
+        await self.routes.delete(name, route_item.mod_revision if route_item else 0,
+                                 asyncio.get_running_loop().time())
+        ok = await self._stop_strays(name, ())
         if status_item is not None:
             with contextlib.suppress(Conflict):
                 self.cache.wrote(await self.election.delete_fenced(
@@ -372,10 +433,159 @@ class Reconciler:
         """Skipped, not stopped: a copy a node runs keeps running until the record is
         written again or deleted."""
         keep = next((n for n, view in sorted(self.nodes.views.items()) if name in view), "")
-        ok = await self._stop_strays(name, keep or None)
+        ok = await self._stop_strays(name, {keep} if keep else ())
         new = SFCStatus("Failed", f"malformed record {self.keys.sfc(name)} skipped: {why}; "
                         "apply the SFC again or delete it", node=keep)
         return await self._write_status(name, new, status, status_item) and ok
+
+    # ---- routed SFCs: served through the gateway, over one or several nodes --------------
+
+    def _gateway(self) -> GatewayRecord | None:
+        """The gateway whose underlay address routed SFCs send their packets back to (the
+        first registered, by name)."""
+        registered = self._gateway_records()
+        return registered[min(registered)][0] if registered else None
+
+    def _underlay_nodes(self) -> list[str]:
+        """Live nodes with an underlay address (a routed SFC runs only there)."""
+        return sorted(node for node in self.nodes.views
+                      if (r := self.nodes.records.get(node)) is not None and r.underlay)
+
+    async def _routed_spec(self, record: SFCRecord, item: Item) -> SFCSpec | None:
+        """The parsed spec of an SFC served through the gateway, None for one served as
+        before (on one node, from its ports). An SFC is routed once it has a route (for its
+        life: its tag is in the route record and on its nodes); it gets one when a gateway
+        is registered and a live node has an underlay address, and it is to be run (not
+        running its generation yet), or its spec spreads it over several nodes. (One that
+        runs before a gateway registers is left as it runs: routing it would restart it.)"""
+        name = record.name
+        routed = name in self.routes.records
+        if not routed and not (self._gateway_records() and self._underlay_nodes()):
+            return None
+        key = (item.create_revision, record.generation)
+        hit = self._specs.get(name)
+        if hit is None or hit[0] != key:
+            try:  # off the event loop, as the API parses it (the lease shares the loop)
+                spec = await asyncio.to_thread(parse_sfc, record.spec, allow_source=False)
+            except SpecError as e:  # the API checked it: a record written by other means
+                log.warning("sfc %s: its spec does not parse (%s); not routed", name, e)
+                spec = None
+            hit = self._specs[name] = (key, spec)
+        spec = hit[1]
+        if not routed and spec is not None and spec.spread == 1 and any(
+                (s := view.get(name)) is not None and s.generation == record.generation and
+                s.incarnation == item.create_revision for view in self.nodes.views.values()):
+            return None
+        return spec
+
+    def _shares(self, name: str, replicas: int, spread: int, status: SFCStatus | None,
+                exclude) -> dict[str, int]:
+        """node -> replicas of a routed SFC (placement.py): over live underlay nodes not in
+        `exclude`, those serving it first (the first of them first), then the least loaded,
+        preferring nodes neither busy nor suspect."""
+        live = [n for n in self._underlay_nodes() if n not in exclude]
+        views = self.nodes.views
+        first = status.node if status else ""
+        serving = set(self._spread.get(name, ())) | {n for n in live if name in views[n]}
+        if status:
+            serving |= {n for n, _ in status.nodes} | {first}
+
+        def rank(node):
+            return (node != first or node not in serving, node not in serving,
+                    not (name in views[node] or self._usable(node)), self._load(node, name),
+                    node)
+        ordered = sorted(live, key=rank)
+        return placement.split(replicas, [(n, self._free_processes(n, name)) for n in ordered],
+                               spread)
+
+    async def _reconcile_routed(self, record: SFCRecord, item: Item, spec: SFCSpec,
+                                status: SFCStatus | None, status_item: Item | None) -> bool:
+        """Run the SFC on the nodes its placement gives (each its share of the replicas,
+        with its VXLAN tag and the gateway's address), write its route (servers: the nodes
+        that run it, weighted by their replicas), stop it elsewhere, and write its status."""
+        name = record.name
+        loop = asyncio.get_running_loop()
+        route_item = self.cache.get(self.keys.route(name))
+        revision = route_item.mod_revision if route_item else 0
+        rules = (record.doc.get("spec") or {}).get("match") or []  # as in the spec
+        if name not in self.routes.records:  # routed from now: copies running unrouted run again
+            self._unrouted[name] = {n for n, view in self.nodes.views.items() if name in view}
+        route = RouteRecord(sfc=name, tag=self.routes.tag(name), vni=spec.vni,
+                            match=tuple(rules), vlan=spec.tag or 0)
+        try:
+            if name not in self.routes.records:  # the tag is stored before any node knows it
+                revision = await self.routes.put(route, revision, loop.time())
+        except Conflict:
+            return False  # written meanwhile: again with what is stored now
+        gateway = self._gateway()
+        vxlan = None if gateway is None else pb.VxlanRoute(
+            tag=route.tag, vni=spec.vni, gateway_ip=gateway.underlay.ip,
+            gateway_mac=gateway.underlay.mac)
+        refused: dict[str, str] = {}   # node -> why it cannot run it now
+        outcome: dict[str, tuple[SFCStatus, bool]] = {}
+        asked: dict[str, int] = {}     # node -> replicas it was brought to
+        shares: dict[str, int] = {}
+        unrouted = self._unrouted.get(name, set())
+        while True:  # until no node refuses (then placed again without it)
+            shares = self._shares(name, record.scale.replicas, spec.spread, status, refused)
+            if not shares:
+                break
+            self._placement[name], self._spread[name] = next(iter(shares)), tuple(shares)
+            todo = {node: n for node, n in shares.items() if asked.get(node) != n}
+            results = await asyncio.gather(*(
+                self._converge(record, item, node, n, routed=True, vxlan=vxlan,
+                               rerun=node in unrouted)
+                for node, n in todo.items()), return_exceptions=True)
+            again = False
+            for (node, n), result in zip(todo.items(), results):
+                if isinstance(result, _Refused):
+                    refused[node] = str(result)
+                    again = True
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    outcome[node], asked[node] = result, n
+                    if result[0].phase in ("Running", "Degraded"):
+                        unrouted.discard(node)
+            if not again:
+                break
+        if not unrouted:
+            self._unrouted.pop(name, None)
+        outcome = {node: outcome[node] for node in shares if node in outcome}
+        decided_at = loop.time()
+        # nodes refusing an update of what they run keep running it (as on one node)
+        keep = set(shares) | {n for n in refused if name in self.nodes.views.get(n, {})}
+        underlay = {n: self.nodes.records[n].underlay for n in outcome}
+        route = replace(route, servers=tuple(
+            RouteServer(node, underlay[node].ip, underlay[node].mac, max(1, shares[node]))
+            for node, (st, _) in sorted(outcome.items())
+            if st.phase in ("Running", "Degraded")))
+        try:
+            await self.routes.put(route, revision, decided_at)
+        except Conflict:
+            return False
+        ok = await self._stop_strays(name, keep)
+        self._unplaced_names.discard(name)
+        if not outcome:
+            self._unplaced_names.add(name)
+            self._placement.pop(name, None)
+            self._spread.pop(name, None)
+            new, _ = self._unplaced(name, refused)
+            if not self._underlay_nodes():
+                new = replace(new, message="served through the gateway, and no live node "
+                                           "has an underlay address")
+            await self._write_status(name, new, status, status_item)
+            return False
+        statuses = [st for st, _ in outcome.values()]
+        nodes = sorted(outcome)
+        new = SFCStatus(
+            placement.worst_phase(st.phase for st in statuses),
+            "; ".join(st.message for st in statuses if st.message),
+            node=next(iter(outcome)), generation=min(st.generation for st in statuses),
+            instances=sum(st.instances for st in statuses),
+            nodes=tuple((n, outcome[n][0].instances) for n in nodes) if len(nodes) > 1 else ())
+        done = all(d for _, d in outcome.values())
+        return await self._write_status(name, new, status, status_item) and ok and done
 
     async def _autoscale(self, record: SFCRecord, item: Item,
                          status: SFCStatus | None) -> tuple[SFCRecord, bool]:
@@ -383,13 +593,16 @@ class Reconciler:
         (scale.target_pps): out at once, in only after a quiet while with room to spare."""
         name, scale = record.name, record.scale
         node = status.node if status else ""
-        node_record = self.nodes.records.get(node)
-        load = node_record.load.sfcs.get(name) if node_record else None
-        if not scale.target_pps or scale.target_pps <= 0 or load is None:
+        # a routed SFC served by several nodes: the sum of their loads
+        nodes = [n for n, _ in status.nodes] if status and status.nodes else [node]
+        loads = [load for n in nodes if (r := self.nodes.records.get(n)) is not None
+                 and (load := r.load.sfcs.get(name)) is not None]
+        if not scale.target_pps or scale.target_pps <= 0 or not loads:
             return record, True
-        in_pps, replicas = load.in_pps, scale.replicas
+        in_pps, replicas = sum(load.in_pps for load in loads), scale.replicas
         want = min(max(math.ceil(in_pps / scale.target_pps), scale.min), scale.max)
-        free = self._free_processes(node, name)
+        # a routed SFC spills over to other nodes (placement.py): no one node's room bounds it
+        free = None if name in self.routes.records else self._free_processes(node, name)
         room = None if free is None else max(free, replicas, scale.min)
         if room is not None and want > room:
             log.info("autoscaling sfc %s: %d replicas wanted, node %s has pool processes "
@@ -435,9 +648,15 @@ class Reconciler:
             return None
 
         def load(node):
-            others = set(live[node]) | {s for s, n in self._placement.items() if n == node}
-            return not self._usable(node), len(others - {name}), node
+            return not self._usable(node), self._load(node, name), node
         return min(live, key=load)
+
+    def _load(self, node: str, name: str) -> int:
+        """SFCs other than `name` that `node` runs or was given (and not yet runs)."""
+        others = set(self.nodes.views.get(node, ())) | \
+            {s for s, n in self._placement.items() if n == node} | \
+            {s for s, nodes in self._spread.items() if node in nodes}
+        return len(others - {name})
 
     def _usable(self, node: str) -> bool:
         """Free for one more RunSFC, and not suspect (its last one timed out or failed)."""
@@ -459,10 +678,15 @@ class Reconciler:
             "; ".join(f"{node}: {why}" for node, why in sorted(refused.items()))
         return SFCStatus("Pending", message, node=keep), False
 
-    async def _converge(self, record: SFCRecord, item: Item,
-                        node: str) -> tuple[SFCStatus, bool]:
-        """Bring `node` to the record; (status, done)."""
-        name, generation, replicas = record.name, record.generation, record.scale.replicas
+    async def _converge(self, record: SFCRecord, item: Item, node: str,
+                        replicas: int | None = None, routed: bool = False,
+                        vxlan: pb.VxlanRoute | None = None,
+                        rerun: bool = False) -> tuple[SFCStatus, bool]:
+        """Bring `node` to the record (`replicas` there: default the record's); (status,
+        done). A routed SFC is run with `vxlan` (None: no gateway to give it, so it is not
+        run), and run again even at the same generation with `rerun` (it was not routed)."""
+        name, generation = record.name, record.generation
+        replicas = record.scale.replicas if replicas is None else replicas
         incarnation = item.create_revision
         running = self.nodes.views[node].get(name)
         if running is not None and running.incarnation != incarnation:
@@ -474,11 +698,14 @@ class Reconciler:
             return replace(status, phase="Failed", message=failed[1]), True
         stub = self.agents[self.nodes.records[node].address]
         try:
-            if running is None or running.generation != generation:
+            if running is None or running.generation != generation or rerun:
+                if routed and vxlan is None:
+                    return replace(status, phase="Pending", message="served through the "
+                                   "gateway, and no gateway is registered"), False
                 sources = self._sources(record.nfs)
                 running = await self._run(node, stub, pb.RunSFCRequest(
                     spec=record.spec, nf_sources=sources, generation=generation,
-                    replicas=replicas, incarnation=incarnation))
+                    replicas=replicas, incarnation=incarnation, vxlan=vxlan))
                 self.nodes.ran(node, name, running)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas:
@@ -545,12 +772,12 @@ class Reconciler:
             sources[nf] = record.source
         return sources
 
-    async def _stop_strays(self, name: str, keep: str | None) -> bool:
-        """Stop `name` on every live node but `keep` that runs it."""
+    async def _stop_strays(self, name: str, keep) -> bool:
+        """Stop `name` on every live node not in `keep` that runs it."""
         ok = True
         running = [(node, self.nodes.records[node].address)
                    for node, view in sorted(self.nodes.views.items())
-                   if node != keep and name in view]
+                   if node not in keep and name in view]
         for node, address in running:
             try:
                 await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(name=name),

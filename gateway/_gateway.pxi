@@ -231,6 +231,24 @@ cdef class Gateway:
         if not (0 <= sfc < SERPENS_GW_MAX_SFCS and self.g.sfcs[sfc].used):
             raise ValueError(f"SFC {sfc} does not exist")
 
+    def remove_sfc(self, int sfc):
+        """Forget SFC `sfc` (its slot is free again). The caller first unroutes it (rules, tag,
+        default) and waits for quiesce(), as for the router: no frame of it is then in
+        flight; a rule still naming it is refused here, its tags and default are cleared."""
+        self._check_sfc(sfc)
+        for i in range(self.g.nrules):
+            if self.g.rules[i].sfc == sfc:
+                raise ValueError(f"match rule {i} still routes to SFC {sfc}")
+        if self.g.default_sfc == sfc:
+            self.g.default_sfc = -1
+        for vlan in range(SERPENS_VLAN_IDS):
+            if self.g.tag_sfc[vlan] == sfc + 1:
+                self.g.tag_sfc[vlan] = 0
+        serpens_fence()
+        self.g.sfcs[sfc].used = 0  # frames back with its tag are unknown_tag from now on
+        serpens_fence()
+        del self.weights[sfc]
+
     # ---- classification (the router's semantics and parser) --------------------------------
 
     def set_default_sfc(self, int sfc):
@@ -253,6 +271,15 @@ cdef class Gateway:
         memcpy(self.g.rules, table, sizeof(table))
         serpens_fence()
         self.g.nrules = len(rules)
+
+    def pace(self, uint16_t port, double pps, uint32_t depth=4096):
+        """Feed ingress port `port` at `pps` from a source that never runs dry (a replayed
+        capture, net_pcap infinite_rx); more than `depth` arrivals waiting are lost (counted
+        as the port's `missed`). pps 0: unpaced. router/pace.h, as Router.pace."""
+        i = self._port(port)
+        if not self.g.ports[i].ingress:
+            raise ValueError(f"port {port} is not an ingress port")
+        serpens_pace_set(&self.g.ports[i].pace, pps, depth)
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -288,8 +315,11 @@ cdef class Gateway:
             self.lcore = -1
 
     def quiesce(self, double timeout=1.0):
-        """Wait until the loop began two more iterations (a change made before is in effect)."""
+        """Wait until the loop began two more iterations (a change made before is in effect).
+        Not running (neither launched nor run()): nothing is in flight, True at once."""
         cdef uint64_t start = serpens_load_u64(&self.g.loops)
+        if self.lcore < 0 and not self.running:
+            return True
         deadline = time.monotonic() + timeout
         while serpens_load_u64(&self.g.loops) < start + 2:
             if time.monotonic() > deadline:
@@ -311,7 +341,9 @@ cdef class Gateway:
                 for k in range(SERPENS_GW_MAX_SFCS) if g.sfcs[k].used}
         ports = {g.ports[i].id: {"rx": g.ports[i].rx, "tx": g.ports[i].tx,
                                  "tx_failed": g.ports[i].tx_failed,
-                                 "unmatched": g.ports[i].unmatched}
+                                 "unmatched": g.ports[i].unmatched,
+                                 "missed": g.ports[i].pace.missed,
+                                 "rx_empty": g.ports[i].pace.rx_empty}
                  for i in range(g.nports)}
         return {"rx": g.rx, "tx": g.tx, "tx_failed": g.tx_failed, "sleeps": g.sleeps,
                 "arp_replies": g.arp_replies,

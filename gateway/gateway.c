@@ -199,7 +199,8 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 {
 	struct rte_mbuf *pkts[SERPENS_BURST];
 	uint32_t work = 0;
-	uint32_t now = coarse_now(rte_rdtsc());
+	uint64_t tsc = rte_rdtsc();
+	uint32_t now = coarse_now(tsc);
 
 	__atomic_store_n(&g->loops, g->loops + 1, __ATOMIC_RELEASE);
 	if (g->underlay_port < 0 || g->egress_port < 0)
@@ -224,7 +225,11 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 		struct serpens_gw_port *p = &g->ports[port];
 		if (!p->ingress || p->underlay)
 			continue;
-		n = rte_eth_rx_burst(p->id, 0, pkts, SERPENS_BURST);
+		uint32_t quota = serpens_pace_quota(&p->pace, tsc, SERPENS_BURST);
+		if (!quota)
+			continue;
+		n = rte_eth_rx_burst(p->id, 0, pkts, (uint16_t)quota);
+		serpens_pace_received(&p->pace, n);
 		if (!n)
 			continue;
 		p->rx += n;
@@ -269,8 +274,16 @@ int serpens_gateway_run(struct serpens_gateway *g)
 			sched_yield();
 			continue;
 		}
-		/* idle: back off, so an idle gateway costs almost nothing */
-		struct timespec ts = {0, (long)sleep_us * 1000};
+		/* idle: back off, so an idle gateway costs almost nothing; a paced port's next
+		 * arrival bounds the sleep (one due sooner than a sleep can be timed: spin) */
+		uint64_t us = sleep_us, now = rte_rdtsc();
+		for (uint32_t i = 0; i < g->nports; i++)
+			us = serpens_pace_sleep_us(&g->ports[i].pace, now, us);
+		if (us < MIN_SLEEP_US) {
+			sched_yield();
+			continue;
+		}
+		struct timespec ts = {0, (long)us * 1000};
 		nanosleep(&ts, NULL);
 		g->sleeps++;
 		if (sleep_us < MAX_SLEEP_US)

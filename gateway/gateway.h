@@ -25,6 +25,8 @@
  * Maglev table alone, unpinned, and counted (`flow_full`): while the table does not change it
  * still reaches the same server.
  *
+ * An ingress port may be paced (router/pace.h) to replay a capture at a given rate.
+ *
  * Writers: the control side writes the configuration (ports, underlay, servers, SFCs, rules,
  * tags) and `stop`; a server or an SFC is switched by writing its fields first and its `used`
  * (or an SFC's `table_live`) last. The gateway thread writes everything else.
@@ -35,6 +37,7 @@
 #include <stdint.h>
 
 #include "classify.h"
+#include "pace.h"
 #include "vxlan.h"
 
 #define SERPENS_GW_MAX_PORTS 8
@@ -73,6 +76,7 @@ struct serpens_gw_port {
 	uint16_t id;                 /* DPDK port id */
 	uint8_t ingress;             /* frames from the outside arrive here */
 	uint8_t underlay;            /* an underlay port (servers behind it) */
+	struct serpens_pace pace;    /* ingress pacing (replayed captures; off unless set) */
 	uint32_t nout;
 	struct rte_mbuf *out[SERPENS_BURST];
 	uint64_t rx, tx, tx_failed, unmatched;

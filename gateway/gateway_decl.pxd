@@ -2,7 +2,7 @@
 # fields the control side reads or writes are listed.
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from router_decl cimport serpens_match_rule, serpens_underlay, SERPENS_VLAN_IDS
+from router_decl cimport serpens_match_rule, serpens_pace, serpens_underlay, SERPENS_VLAN_IDS
 
 
 cdef extern from "classify.h" nogil:
@@ -36,6 +36,7 @@ cdef extern from "gateway.h" nogil:
     struct serpens_gw_port:
         uint16_t id
         uint8_t ingress, underlay
+        serpens_pace pace
         uint64_t rx, tx, tx_failed, unmatched
 
     struct serpens_gateway:

@@ -249,6 +249,13 @@ cdef class Router:
         serpens_fence()
         s.vx_on = 1
 
+    def clear_sfc_vxlan(self, int sfc):
+        """Underlay frames no longer go to `sfc` (unrouting it before its removal: its tag is
+        unknown from now on); its OUT packets still leave as before."""
+        self._check_sfc(sfc)
+        self.r.sfcs[sfc].vx_on = 0
+        serpens_fence()
+
     def _check_sfc(self, int sfc):
         if not (0 <= sfc < SERPENS_ROUTER_MAX_SFCS and self.r.sfcs[sfc].used):
             raise ValueError(f"SFC {sfc} does not exist")
@@ -257,14 +264,7 @@ cdef class Router:
         """Emulate a NIC fed at `pps` on an input port whose source never runs dry (e.g.
         net_pcap infinite_rx): arrivals are stamped with their scheduled time, and more than
         `depth` arrivals waiting are lost (counted as `missed`). pps 0: unpaced."""
-        cdef serpens_router_port *p = &self.r.ports[self._port(port)]
-        p.pace_cycles = 0
-        serpens_fence()
-        if pps > 0:
-            p.pace_depth = depth
-            p.pace_next = <double>rte_rdtsc()
-            serpens_fence()
-            p.pace_cycles = rte_get_tsc_hz() / pps
+        serpens_pace_set(&self.r.ports[self._port(port)].pace, pps, depth)
 
     # ---- latency log ------------------------------------------------------------------------
 
@@ -457,8 +457,8 @@ cdef class Router:
                for i in range(SERPENS_ROUTER_MAX_INSTANCES) if r.inst[i].state}
         ports = {r.ports[i].id: {"rx": r.ports[i].rx, "tx": r.ports[i].tx,
                                  "tx_failed": r.ports[i].tx_failed,
-                                 "unmatched": r.ports[i].unmatched, "missed": r.ports[i].missed,
-                                 "rx_empty": r.ports[i].rx_empty}
+                                 "unmatched": r.ports[i].unmatched, "missed": r.ports[i].pace.missed,
+                                 "rx_empty": r.ports[i].pace.rx_empty}
                  for i in range(r.nports)}
         sfcs = {k: {"rx": r.sfcs[k].rx, "out": r.sfcs[k].out, "dropped": r.sfcs[k].dropped,
                     "drops": {"instance_died": r.sfcs[k].drop_died,

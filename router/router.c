@@ -457,23 +457,6 @@ static uint32_t place(struct serpens_router *r, struct rte_mbuf **pkts, uint32_t
 	return n;
 }
 
-/* How many packets a paced port may deliver now (arrivals so far, bounded by its depth). */
-static uint32_t paced_quota(struct serpens_router_port *p, uint64_t now)
-{
-	if (!p->pace_cycles)
-		return SERPENS_BURST;
-	if ((double)now < p->pace_next)
-		return 0;
-	double due = ((double)now - p->pace_next) / p->pace_cycles + 1;
-	if (due > p->pace_depth) { /* the emulated RX ring overflowed */
-		uint64_t lost = (uint64_t)(due - p->pace_depth);
-		p->missed += lost;
-		p->pace_next += lost * p->pace_cycles;
-		due = p->pace_depth;
-	}
-	return due < SERPENS_BURST ? (uint32_t)due : SERPENS_BURST;
-}
-
 static uint32_t receive(struct serpens_router *r, uint64_t now)
 {
 	struct rte_mbuf *pkts[SERPENS_BURST];
@@ -498,12 +481,12 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 		struct serpens_router_port *p = &r->ports[port];
 		if (!p->input)
 			continue;
-		uint32_t quota = paced_quota(p, now);
+		uint32_t quota = serpens_pace_quota(&p->pace, now, SERPENS_BURST);
 		if (!quota)
 			continue;
 		uint16_t n = rte_eth_rx_burst(p->id, 0, pkts, (uint16_t)quota);
 		if (!n) {
-			p->rx_empty += p->pace_cycles != 0; /* a paced source ran dry (mbufs?) */
+			serpens_pace_received(&p->pace, 0);
 			continue;
 		}
 		p->rx += n;
@@ -527,15 +510,13 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 				p->unmatched++;
 				continue;
 			}
-			meta->rx_tsc = p->pace_cycles ? (uint64_t)(p->pace_next + k * p->pace_cycles)
-						      : now;
+			meta->rx_tsc = serpens_pace_arrival(&p->pace, k, now);
 			meta->flow = hash;
 			meta->seq = ++r->seq;
 			LABEL(r, m) = (uint16_t)sfc; /* the SFC, until an NF sets the verdict */
 			pkts[keep++] = m;
 		}
-		if (p->pace_cycles)
-			p->pace_next += n * p->pace_cycles;
+		serpens_pace_received(&p->pace, n);
 		return place(r, pkts, keep, now) + (n - keep);
 	}
 	return 0;
@@ -849,14 +830,8 @@ int serpens_router_run(struct serpens_router *r)
 		 * nothing. A paced port's next arrival bounds the sleep; one due sooner than a
 		 * sleep can be timed (timer slack and wake-up, ~60 us here) is waited for spinning. */
 		uint64_t us = sleep_us;
-		for (uint32_t i = 0; i < r->nports; i++) {
-			const struct serpens_router_port *p = &r->ports[i];
-			if (p->pace_cycles) {
-				double wait = (p->pace_next - (double)now) * 1e6 / rte_get_tsc_hz();
-				if (wait < (double)us)
-					us = wait > 0 ? (uint64_t)wait : 0;
-			}
-		}
+		for (uint32_t i = 0; i < r->nports; i++)
+			us = serpens_pace_sleep_us(&r->ports[i].pace, now, us);
 		if (us < MIN_SLEEP_US) {
 			sched_yield();
 			continue;

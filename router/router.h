@@ -78,9 +78,7 @@
  * per-flow order at the point packets leave the node.
  *
  * Pacing (benchmarks): an input port may be paced to emulate a NIC fed at a constant rate
- * from a source that never runs dry (net_pcap infinite_rx): packet k arrives at t0 + k/rate,
- * is stamped with that arrival time (so back-pressure shows up as latency), and arrivals
- * beyond `depth` not yet received are lost like a NIC's RX ring overflowing (`missed`).
+ * (pace.h, shared with the gateway); each packet is stamped with its scheduled arrival.
  *
  * Writers: the control side (Python) writes `stop`, the configuration (SFCs, rules, tags,
  * ports) before the router runs or while an SFC has no instance, and the instances'
@@ -95,6 +93,7 @@
 #include <rte_ring.h>
 
 #include "classify.h"
+#include "pace.h"
 #include "pool_ctl.h"
 #include "vxlan.h"
 
@@ -188,15 +187,12 @@ struct serpens_router_sfc {
 struct serpens_router_port {
 	uint16_t id;                 /* DPDK port id */
 	uint8_t input;               /* the router receives from it */
-	/* pacing (0: off) */
-	double pace_cycles;          /* cycles between arrivals */
-	double pace_next;            /* scheduled arrival of the next packet */
-	uint32_t pace_depth;
+	struct serpens_pace pace;    /* pacing (benchmarks; off unless set) */
 	/* router thread */
 	uint32_t nout;
 	uint64_t last_flush;
 	struct rte_mbuf *out[SERPENS_BURST];
-	uint64_t rx, tx, tx_failed, unmatched, missed, rx_empty;
+	uint64_t rx, tx, tx_failed, unmatched;
 };
 
 /* Metadata stays valid within a process: mbufs' dynfield offset and the TSC. */

@@ -22,6 +22,13 @@ cdef extern from "vxlan.h" nogil:
     uint16_t serpens_vxlan_sport(uint32_t hash)
 
 
+cdef extern from "pace.h" nogil:
+    struct serpens_pace:
+        uint64_t missed, rx_empty
+
+    void serpens_pace_set(serpens_pace *p, double pps, uint32_t depth)
+
+
 cdef extern from "router.h" nogil:
     enum:
         SERPENS_ROUTER_MAX_INSTANCES
@@ -91,9 +98,8 @@ cdef extern from "router.h" nogil:
     struct serpens_router_port:
         uint16_t id
         uint8_t input
-        double pace_cycles, pace_next
-        uint32_t pace_depth
-        uint64_t rx, tx, tx_failed, unmatched, missed, rx_empty
+        serpens_pace pace
+        uint64_t rx, tx, tx_failed, unmatched
 
     struct serpens_router:
         uint32_t stop, requests

@@ -17,48 +17,13 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from support.packets import eth, flow_frame, trace, udp
-from support.sites import Site, Wire
+from support.sites import GW_IP, GW_MAC, GatewaySite, Site, Wire
 
 pytestmark = pytest.mark.dataplane
 
-GW_IP, GW_MAC = "192.168.50.1", "02:00:00:00:50:01"
 SERVERS = {"192.168.50.11": "02:00:00:00:50:11", "192.168.50.12": "02:00:00:00:50:12",
            "192.168.50.13": "02:00:00:00:50:13"}
 TAG, VNI = 0xABCDE, 7
-
-
-class GatewaySite:
-    """A gateway on three ring-backed ports (outside in, outside out, underlay), driven by
-    poll() from the test's thread: each test sees exactly what one pass did."""
-
-    def __init__(self, dataplane, name, mtu=1500, idle_s=30.0):
-        self.outside = Wire(dataplane, f"{name}o")
-        self.egress = Wire(dataplane, f"{name}e")
-        self.underlay = Wire(dataplane, f"{name}u")
-        self.gw = dp.Gateway(self.outside.port, self.underlay.port, self.egress.port,
-                             GW_IP, GW_MAC, mtu=mtu, idle_s=idle_s)
-
-    def pump(self):
-        while self.gw.poll():
-            pass
-
-    def through(self, wire, frames):
-        """Frames in on `wire`; (what left on the underlay, what left on the egress)."""
-        for i in range(0, len(frames), 256):
-            wire.send(frames[i:i + 256])
-            self.pump()
-        return ([d for _, d in dp.pull(self.underlay.sent, 512)],
-                [d for _, d in dp.pull(self.egress.sent, 512)])
-
-    def encap(self, frames):
-        out = []
-        for i in range(0, len(frames), 256):
-            out += self.through(self.outside, frames[i:i + 256])[0]
-        return out
-
-    def close(self):
-        for w in (self.outside, self.egress, self.underlay):
-            w.close()
 
 
 @pytest.fixture
@@ -625,3 +590,20 @@ def test_a_flow_whose_bucket_is_full_is_sent_unpinned_and_counted(site):
     # the ninth still goes where the table sends it, and the eight stay pinned
     assert [server_of(w) for w in site.encap(bucket)] == first
     assert site.gw.stats()["sfcs"][sfc]["flow_full"] == 2
+
+
+def test_a_paced_ingress_port_delivers_only_the_arrivals_due(site):
+    one_sfc(site, {"192.168.50.11": 1})
+    site.outside.send([flow_frame(f, 0) for f in range(40)])
+    site.gw.pace(site.outside.port, 0.5)  # one arrival now, the next in 2 s
+    site.pump()
+    assert len(dp.pull(site.underlay.sent, 64)) == 1
+    site.gw.pace(site.outside.port, 1e6, 4)  # a 4-deep RX ring fed at 1 Mpps
+    time.sleep(0.01)
+    assert site.gw.poll() == 4  # at most its depth waited; the rest was lost
+    assert site.gw.stats()["ports"][site.outside.port]["missed"] > 1000
+    site.gw.pace(site.outside.port, 0)
+    site.pump()
+    assert len(dp.pull(site.underlay.sent, 64)) == 39
+    with pytest.raises(ValueError, match="not an ingress port"):
+        site.gw.pace(site.underlay.port, 1000)

@@ -14,6 +14,7 @@ from serpens.common.documents import load_document
 from serpens.common.limits import LIMITS, InputLimits
 from serpens.common.node_spec import parse_node
 from serpens.common.spec import SpecError, parse_sfc
+from serpens.gateway.config import parse_gateway
 
 from support.node_specs import NODE
 
@@ -108,6 +109,9 @@ def test_node_configs_refuse_unknown_keys_and_anchors():
     assert e.value.field == "spec.pool"
 
 
+PARSERS = {"SFC": parse_sfc, "Node": parse_node, "Gateway": parse_gateway}
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml"))))
 def test_every_example_still_loads(path):
     with open(path) as f:
@@ -116,9 +120,9 @@ def test_every_example_still_loads(path):
         text = json.dumps(doc)
         if doc["kind"] == "SFC":
             assert parse_sfc(text, base_dir=os.path.dirname(path)).name == doc["metadata"]["name"]
-        elif doc["kind"] == "Node":
-            assert parse_node(text).name == doc["metadata"]["name"]
+        elif doc["kind"] in PARSERS:
+            assert PARSERS[doc["kind"]](text).name == doc["metadata"]["name"]
     if len(docs) == 1:  # as written (YAML), too
         with open(path) as f:
             text = f.read()
-        assert (parse_sfc(text) if docs[0]["kind"] == "SFC" else parse_node(text)).name
+        assert PARSERS[docs[0]["kind"]](text).name

@@ -14,6 +14,15 @@ def port_close(uint16_t port):
     serpens_port_close(port)
 
 
+def port_mac(uint16_t port):
+    """DPDK port `port`'s own MAC address, "aa:bb:cc:dd:ee:ff"."""
+    cdef rte_ether_addr mac
+    rc = rte_eth_macaddr_get(port, &mac)
+    if rc < 0:
+        raise OSError(-rc, f"port {port}: no MAC address: {strerror(-rc).decode()}")
+    return ":".join(f"{b:02x}" for b in mac.addr_bytes[:6])
+
+
 def port_from_rings(str name, Ring rx, Ring tx, Mempool pool):
     """A started DPDK port whose RX reads `rx` and whose TX writes `tx` (tests, local
     traffic); returns its id."""

@@ -88,6 +88,9 @@ cdef extern from "rte_dev.h" nogil:
 
 cdef extern from "rte_ethdev.h" nogil:
     int rte_eth_dev_get_port_by_name(const char *name, uint16_t *port_id)
+    struct rte_ether_addr:
+        unsigned char addr_bytes[6]
+    int rte_eth_macaddr_get(uint16_t port_id, rte_ether_addr *mac_addr)
 
 cdef extern from "rte_eth_ring.h" nogil:
     int rte_eth_from_rings(const char *name, rte_ring * const rx_queues[], unsigned nb_rx_queues,

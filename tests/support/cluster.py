@@ -1,6 +1,6 @@
-"""The control plane's programs as subprocesses for tests: `serpens-controller` (Controller)
-and `serpens-agent` (Agent), each on a free loopback port with the test CA's certificates, and
-the waits and checks the tests share."""
+"""The control plane's programs as subprocesses for tests: `serpens-controller` (Controller),
+`serpens-agent` (Agent) and `serpens-gateway` (Gateway), each on a free loopback port with the
+test CA's certificates, and the waits and checks the tests share."""
 import json
 import os
 import signal
@@ -76,7 +76,26 @@ class Controller:
         return self.proc.returncode
 
 
-class Agent:
+class _Served:
+    """A served program in a subprocess (self.proc, self.log, self.channel)."""
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.channel.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR2)  # its threads' stacks into the output
+            time.sleep(1)
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class Agent(_Served):
     """`serpens-agent` in a subprocess; ready once its Agent service answers."""
 
     def __init__(self, etcd_endpoint, node_path, host="127.0.0.1", netns=""):
@@ -105,20 +124,29 @@ class Agent:
     def sfcs(self) -> dict:
         return {s.name: s for s in self.stub.GetNode(pb.GetNodeRequest(), timeout=5).sfcs}
 
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
 
-    def stop(self):
-        self.channel.close()
-        self.proc.send_signal(signal.SIGTERM)
+class Gateway(_Served):
+    """`serpens-gateway` in a subprocess; ready once its Gateway service answers."""
+
+    def __init__(self, etcd_endpoint, config_path, args=()):
+        self.address = f"127.0.0.1:{free_port()}"
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "serpens-gateway"), "--config", config_path,
+             "--etcd", etcd_endpoint, "--listen", self.address, "--report-s", "0.2",
+             "--ttl", "2", *tls_args("serpens-gateway", "gateway"), *args],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        self.channel = secure_channel(self.address, client_identity())
+        self.stub = serpens_pb2_grpc.GatewayStub(self.channel)
+        wait_until(lambda: self._answers(), 60, self.output)
+
+    def _answers(self):
+        assert self.proc.poll() is None, self.output()
         try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR2)  # its threads' stacks into the output
-            time.sleep(1)
-            self.proc.kill()
-            return self.proc.wait()
+            self.stub.GetGateway(pb.GetGatewayRequest(), timeout=0.5)
+            return True
+        except grpc.RpcError:
+            return False
 
 
 def wait_until(predicate, timeout, explain=lambda: ""):

@@ -1,10 +1,13 @@
 """Test nodes made of ring-backed DPDK ports: a Wire is one port (frames pushed on it arrive at
 the router, what the router sends on it can be read back); a Site is a one-SFC node on one
-wire with the router on its lcore and an instance manager."""
+wire with the router on its lcore and an instance manager; a GatewaySite is a gateway on
+wires, polled by the test."""
 import time
 
 from serpens.agent.instance_manager import InstanceManager
 from serpens.runtime_cy import _dataplane as dp
+
+GW_IP, GW_MAC = "192.168.50.1", "02:00:00:00:50:01"
 
 
 class Wire:
@@ -54,3 +57,40 @@ class Site:
     def close(self):
         self.manager.close()
         self.router.stop()
+
+
+class GatewaySite:
+    """A gateway on ring-backed ports (`ingress` outside ports in, the first of them
+    `outside`; outside out; underlay), driven by poll() from the test's thread: each test
+    sees exactly what one pass did."""
+
+    def __init__(self, dataplane, name, mtu=1500, idle_s=30.0, ingress=1):
+        self.ins = [Wire(dataplane, f"{name}o{k or ''}") for k in range(ingress)]
+        self.outside = self.ins[0]
+        self.egress = Wire(dataplane, f"{name}e")
+        self.underlay = Wire(dataplane, f"{name}u")
+        self.gw = dp.Gateway([w.port for w in self.ins], self.underlay.port, self.egress.port,
+                             GW_IP, GW_MAC, mtu=mtu, idle_s=idle_s)
+
+    def pump(self):
+        while self.gw.poll():
+            pass
+
+    def through(self, wire, frames):
+        """Frames in on `wire`; (what left on the underlay, what left on the egress)."""
+        for i in range(0, len(frames), 256):
+            wire.send(frames[i:i + 256])
+            self.pump()
+        return ([d for _, d in dp.pull(self.underlay.sent, 512)],
+                [d for _, d in dp.pull(self.egress.sent, 512)])
+
+    def encap(self, frames, wire=None):
+        """What `frames` in on `wire` (default: outside) became on the underlay."""
+        out = []
+        for i in range(0, len(frames), 256):
+            out += self.through(wire or self.outside, frames[i:i + 256])[0]
+        return out
+
+    def close(self):
+        for w in (*self.ins, self.egress, self.underlay):
+            w.close()

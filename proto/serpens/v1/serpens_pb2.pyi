@@ -231,7 +231,7 @@ class SFCStatus(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SFC(_message.Message):
-    __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation")
+    __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation", "route")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +242,7 @@ class SFC(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: str
     spec_json: str
@@ -252,7 +253,8 @@ class SFC(_message.Message):
     created: _timestamp_pb2.Timestamp
     updated: _timestamp_pb2.Timestamp
     generation: int
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., spec_json: _Optional[str] = ..., nfs: _Optional[_Iterable[str]] = ..., scale: _Optional[_Union[ScaleSpec, _Mapping]] = ..., status: _Optional[_Union[SFCStatus, _Mapping]] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    route: Route
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., spec_json: _Optional[str] = ..., nfs: _Optional[_Iterable[str]] = ..., scale: _Optional[_Union[ScaleSpec, _Mapping]] = ..., status: _Optional[_Union[SFCStatus, _Mapping]] = ..., revision: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., route: _Optional[_Union[Route, _Mapping]] = ...) -> None: ...
 
 class ApplySFCRequest(_message.Message):
     __slots__ = ("spec", "expected_revision")
@@ -467,7 +469,7 @@ class PortCounters(_message.Message):
     def __init__(self, rx: _Optional[int] = ..., tx: _Optional[int] = ..., tx_failed: _Optional[int] = ..., unmatched: _Optional[int] = ..., missed: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "sfcs", "ports")
+    __slots__ = ("name", "sfcs", "ports", "vxlan_rx", "arp_replies", "vxlan_drops")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -475,13 +477,26 @@ class NodeStatus(_message.Message):
         key: str
         value: PortCounters
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[PortCounters, _Mapping]] = ...) -> None: ...
+    class VxlanDropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     SFCS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_RX_FIELD_NUMBER: _ClassVar[int]
+    ARP_REPLIES_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_DROPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     sfcs: _containers.RepeatedCompositeFieldContainer[AgentSFC]
     ports: _containers.MessageMap[str, PortCounters]
-    def __init__(self, name: _Optional[str] = ..., sfcs: _Optional[_Iterable[_Union[AgentSFC, _Mapping]]] = ..., ports: _Optional[_Mapping[str, PortCounters]] = ...) -> None: ...
+    vxlan_rx: int
+    arp_replies: int
+    vxlan_drops: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., sfcs: _Optional[_Iterable[_Union[AgentSFC, _Mapping]]] = ..., ports: _Optional[_Mapping[str, PortCounters]] = ..., vxlan_rx: _Optional[int] = ..., arp_replies: _Optional[int] = ..., vxlan_drops: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ResetStateRequest(_message.Message):
     __slots__ = ("sfc", "nf", "table")

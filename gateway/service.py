@@ -1,0 +1,97 @@
+"""The Gateway gRPC service (proto/serpens/v1/serpens.proto), called by the controller's leader.
+
+SetRoutes replaces the route set as a whole (gateway/routes.py) and is fenced by the leader's
+term (its election revision): a push of a term older than the newest applied is a deposed
+leader's late push, refused ABORTED; the same term again (the leader's next push) and newer
+terms are applied. A route the gateway cannot take is INVALID_ARGUMENT naming
+`routes[i].field`, and nothing changes. GetGateway reads the packet loop's counters.
+
+Pushes are applied one at a time, off the event loop (applying may wait for the packet loop
+to quiesce), the term check and the apply under one lock: a push whose caller gave up (its
+deadline passed) still completes before the next one starts. Counters are read under the
+same lock, so they never see a half-applied set.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Callable
+
+import grpc
+
+from serpens.common.records import MalformedRecord, RouteRecord
+from serpens.proto.serpens.v1 import serpens_pb2 as pb
+from serpens.proto.serpens.v1 import serpens_pb2_grpc
+
+from .routes import GatewayRoutes, RouteSetError
+
+log = logging.getLogger(__name__)
+
+
+class StaleTerm(Exception):
+    """A push of an older leader term than the routes in effect."""
+
+
+class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
+    """`routes` applies to the gateway's dp.Gateway; `port_names`: DPDK port id -> name;
+    `on_applied()` runs after each applied push (the record's term is refreshed)."""
+
+    def __init__(self, name: str, routes: GatewayRoutes, port_names: dict[int, str],
+                 on_applied: Callable[[], None] = lambda: None):
+        self.name, self.routes, self.port_names = name, routes, dict(port_names)
+        self.on_applied = on_applied
+        self.term = 0
+        self._lock = threading.Lock()
+
+    async def SetRoutes(self, request, context: grpc.aio.ServicerContext):
+        routes = []
+        for i, m in enumerate(request.routes):
+            try:
+                routes.append(RouteRecord.from_message(m))
+            except MalformedRecord as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"routes[{i}].{e}")
+        try:
+            await asyncio.to_thread(self._apply, request.term, routes)
+        except StaleTerm as e:
+            await context.abort(grpc.StatusCode.ABORTED, str(e))
+        except RouteSetError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self.on_applied()
+        return pb.SetRoutesResponse(term=request.term, routes=len(routes))
+
+    def _apply(self, term: int, routes: list[RouteRecord]) -> None:
+        with self._lock:
+            if term < self.term:
+                raise StaleTerm(f"term {term}: routes of term {self.term} are in effect (a "
+                                "deposed leader's push)")
+            changed = routes != list(self.routes.routes)
+            self.routes.apply(routes)
+            if changed or term != self.term:
+                log.info("term %d: %d routes in effect", term, len(routes))
+            self.term = term
+
+    async def GetGateway(self, request, context: grpc.aio.ServicerContext):
+        with self._lock:
+            return self.status()
+
+    def status(self) -> pb.GatewayStatus:
+        stats = self.routes.gw.stats()
+        sfcs = {}
+        for name, sfc in self.routes.sfcs.items():
+            c = stats["sfcs"][sfc.id]
+            nodes = {}
+            for ip, weight in self.routes.weights[name].items():
+                node = self.routes.nodes[name][ip]
+                nodes[node] = nodes.get(node, 0) + weight
+            sfcs[name] = pb.GatewaySFC(tag=c["tag"], rx=c["rx"], tx=c["tx"], back=c["back"],
+                                       new_flows=c["new_flows"], moved_flows=c["moved_flows"],
+                                       drops=c["drops"], servers=nodes,
+                                       flow_full=c["flow_full"])
+        ports = {self.port_names.get(port, str(port)):
+                 pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
+                                 unmatched=c["unmatched"], missed=c["missed"])
+                 for port, c in stats["ports"].items()}
+        return pb.GatewayStatus(name=self.name, term=self.term, sfcs=sfcs, ports=ports,
+                                drops=stats["drops"], arp_replies=stats["arp_replies"])
+

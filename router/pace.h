@@ -1,0 +1,87 @@
+/*
+ * Pacing an input port (benchmarks), shared by the router and the gateway: the port emulates
+ * a NIC fed at a constant rate from a source that never runs dry (net_pcap infinite_rx).
+ * Packet k arrives at t0 + k/rate; the loop may receive only the arrivals due so far, and
+ * arrivals beyond `depth` not yet received are lost like a NIC's RX ring overflowing
+ * (`missed`). The router stamps each packet with its scheduled arrival, so back-pressure shows
+ * up as latency.
+ *
+ * Writers: the control side switches pacing with serpens_pace_set (cycles last, so the loop
+ * never sees a half-set pace); the loop thread writes everything else.
+ */
+#ifndef SERPENS_PACE_H
+#define SERPENS_PACE_H
+
+#include <stdint.h>
+
+#include <rte_cycles.h>
+
+struct serpens_pace {
+	volatile double cycles;      /* cycles between arrivals (0: not paced) */
+	double next;                 /* scheduled arrival of the next packet */
+	uint32_t depth;              /* arrivals that may wait (the emulated RX ring) */
+	uint64_t missed;             /* arrivals lost beyond depth */
+	uint64_t rx_empty;           /* a paced receive found nothing (the source ran dry) */
+};
+
+/* Control side: pace at `pps` (0: stop pacing), at most `depth` arrivals waiting. */
+static inline void serpens_pace_set(struct serpens_pace *p, double pps, uint32_t depth)
+{
+	p->cycles = 0;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (pps > 0) {
+		p->depth = depth;
+		p->next = (double)rte_rdtsc();
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		p->cycles = (double)rte_get_tsc_hz() / pps;
+	}
+}
+
+/* How many packets the port may deliver now (arrivals so far, bounded by its depth and by
+ * `burst`); counts the arrivals lost to overflow. */
+static inline uint32_t serpens_pace_quota(struct serpens_pace *p, uint64_t now, uint32_t burst)
+{
+	if (!p->cycles)
+		return burst;
+	if ((double)now < p->next)
+		return 0;
+	double due = ((double)now - p->next) / p->cycles + 1;
+	if (due > p->depth) { /* the emulated RX ring overflowed */
+		uint64_t lost = (uint64_t)(due - p->depth);
+		p->missed += lost;
+		p->next += lost * p->cycles;
+		due = p->depth;
+	}
+	return due < burst ? (uint32_t)due : burst;
+}
+
+/* The arrival time of the k-th packet of the burst being received (unpaced: now). */
+static inline uint64_t serpens_pace_arrival(const struct serpens_pace *p, uint32_t k,
+					    uint64_t now)
+{
+	return p->cycles ? (uint64_t)(p->next + k * p->cycles) : now;
+}
+
+/* After receiving n packets (when n is 0 a paced source ran dry: mbufs?). */
+static inline void serpens_pace_received(struct serpens_pace *p, uint32_t n)
+{
+	if (!p->cycles)
+		return;
+	if (!n)
+		p->rx_empty++;
+	p->next += n * p->cycles;
+}
+
+/* The loop's idle sleep of `us` microseconds, bounded by the port's next arrival. */
+static inline uint64_t serpens_pace_sleep_us(const struct serpens_pace *p, uint64_t now,
+					     uint64_t us)
+{
+	if (!p->cycles)
+		return us;
+	double wait = (p->next - (double)now) * 1e6 / rte_get_tsc_hz();
+	if (wait < (double)us)
+		us = wait > 0 ? (uint64_t)wait : 0;
+	return us;
+}
+
+#endif
