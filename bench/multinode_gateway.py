@@ -163,7 +163,9 @@ class Multi:
         mp = dataplane.mempool
         self.warmup = spec["warmup"]
         tag = os.getpid()
-        self.inject, self.sent = dp.Ring(f"mn_in{tag}", 4096), dp.Ring(f"mn_out{tag}", 4096)
+        # the input's buffer is the driver's pace depth (4096, as a paced router port's); its
+        # ring to the gateway only holds a few bursts
+        self.inject, self.sent = dp.Ring(f"mn_in{tag}", 256), dp.Ring(f"mn_out{tag}", 4096)
         self.outside = dp.port_from_rings(f"net_ring_mn{tag}", self.inject, self.sent, mp)
         self.under = under
         self.gw = dp.Gateway(self.outside, self.under[0], self.outside, spec["gateway_ip"],

@@ -82,6 +82,7 @@ cdef class GatewayDriver:
     cdef Gateway gw
     cdef object keep
     cdef int lcore
+    cdef uint32_t depth
 
     def __cinit__(self, Gateway gw, Ring ingress, Ring egress, Mempool pool, frames,
                   uint32_t stamp_off=42, uint32_t depth=4096):
@@ -111,7 +112,7 @@ cdef class GatewayDriver:
         self.d.off = &ob[0]
         self.d.nframes = len(frames)
         self.d.stamp_off = stamp_off
-        self.d.depth = depth
+        self.depth = depth
 
     def __dealloc__(self):
         if self.lcore >= 0:
@@ -137,13 +138,11 @@ cdef class GatewayDriver:
 
     def pace(self, double pps):
         """Offer `pps` (0: unpaced, as much as the ingress ring takes)."""
-        self.d.pace_cycles_req = rte_get_tsc_hz() / pps if pps > 0 else 0
-        serpens_fence()
-        self.d.pace_gen += 1
+        serpens_pace_set(&self.d.pace, pps, self.depth)
 
     def counts(self):
         """(sent, missed, received): frames into the gateway, arrivals lost, frames out."""
-        return (serpens_load_u64(&self.d.sent), serpens_load_u64(&self.d.missed),
+        return (serpens_load_u64(&self.d.sent), serpens_load_u64(&self.d.pace.missed),
                 serpens_load_u64(&self.d.received))
 
     def log_start(self, uint64_t capacity):

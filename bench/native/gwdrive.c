@@ -12,34 +12,13 @@
 #define MAX_SLEEP_US 3200
 #define MIN_SLEEP_US 100
 #define SHARED_QUANTUM_US 50
-#define MAX_GEN 64  /* arrivals written per pass: enough to catch up after a preemption */
-
-/* Arrivals due now that the emulated RX ring has room for; the rest beyond it are lost. */
-static uint32_t due(struct serpens_gwdrive *d, uint64_t now)
-{
-	uint32_t room = rte_ring_free_count(d->in);
-	uint32_t queued = rte_ring_count(d->in);
-	if (!d->pace_cycles)
-		return room < MAX_GEN ? room : MAX_GEN;
-	if ((double)now < d->pace_next)
-		return 0;
-	double n = ((double)now - d->pace_next) / d->pace_cycles + 1;
-	double limit = d->depth > queued ? d->depth - queued : 0;
-	if (n > limit) { /* the NIC's ring overflowed */
-		uint64_t lost = (uint64_t)(n - limit);
-		d->missed += lost;
-		d->pace_next += lost * d->pace_cycles;
-		n = limit;
-	}
-	if (n > room)
-		n = room;
-	return n < MAX_GEN ? (uint32_t)n : MAX_GEN;
-}
+#define MAX_GEN 64  /* arrivals written per pass: catching up after a preemption */
 
 static uint32_t generate(struct serpens_gwdrive *d, uint64_t now)
 {
 	struct rte_mbuf *m[MAX_GEN];
-	uint32_t n = due(d, now);
+	uint32_t room = rte_ring_free_count(d->in);
+	uint32_t n = serpens_pace_quota(&d->pace, now, room < MAX_GEN ? room : MAX_GEN);
 	if (!n || rte_pktmbuf_alloc_bulk(d->mp, m, n))
 		return 0;
 	for (uint32_t k = 0; k < n; k++) {
@@ -48,13 +27,12 @@ static uint32_t generate(struct serpens_gwdrive *d, uint64_t now)
 		uint8_t *p = rte_pktmbuf_mtod(m[k], uint8_t *);
 		memcpy(p, d->frames + d->off[f], d->len[f]);
 		m[k]->data_len = m[k]->pkt_len = d->len[f];
-		uint64_t at = d->pace_cycles ? (uint64_t)(d->pace_next + k * d->pace_cycles) : now;
+		uint64_t at = serpens_pace_arrival(&d->pace, k, now);
 		uint32_t seq = d->seq++;
 		memcpy(p + d->stamp_off, &at, sizeof(at));
 		memcpy(p + d->stamp_off + sizeof(at), &seq, sizeof(seq));
 	}
-	if (d->pace_cycles)
-		d->pace_next += n * d->pace_cycles;
+	serpens_pace_received(&d->pace, n);
 	/* room was checked and this thread is the ring's only producer */
 	rte_ring_enqueue_burst(d->in, (void **)m, n, NULL);
 	d->sent += n;
@@ -94,12 +72,6 @@ int serpens_gwdrive_lcore_main(void *arg)
 
 	while (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now = rte_rdtsc();
-		uint32_t gen = __atomic_load_n(&d->pace_gen, __ATOMIC_ACQUIRE);
-		if (gen != d->pace_gen_seen) {
-			d->pace_gen_seen = gen;
-			d->pace_cycles = d->pace_cycles_req;
-			d->pace_next = (double)now;
-		}
 		uint32_t work = generate(d, now);
 		work += serpens_gateway_poll(d->g);
 		work += take_output(d);
@@ -121,12 +93,7 @@ int serpens_gwdrive_lcore_main(void *arg)
 			sched_yield(); /* the servers' routers share this core */
 			continue;
 		}
-		uint64_t us = sleep_us;
-		if (d->pace_cycles) {
-			double wait = (d->pace_next - (double)now) * 1e6 / rte_get_tsc_hz();
-			if (wait < (double)us)
-				us = wait > 0 ? (uint64_t)wait : 0;
-		}
+		uint64_t us = serpens_pace_sleep_us(&d->pace, now, sleep_us);
 		if (us < MIN_SLEEP_US) {
 			sched_yield();
 			continue;

@@ -1,11 +1,11 @@
 /*
  * Traffic for the gateway (benchmarks, `serpensctl bench multinode`): one loop on the gateway's
  * core plays the outside world around the gateway's own packet loop (serpens_gateway_poll).
- * Each pass: frames that arrived by now (paced: arrival k at t0 + k * pace_cycles, like
- * router.h "Pacing"; unpaced: as many as the ingress ring takes) are written into fresh mbufs,
- * each stamped in its payload with its arrival time and a sequence number, and put on the
- * ring the gateway's ingress port reads (an NIC's RX ring of `depth` packets: arrivals beyond
- * it are lost, `missed`); then one gateway poll; then what the gateway sent out of its egress
+ * Each pass: frames that arrived by now (paced as the router's and the gateway's input ports,
+ * router/pace.h: an NIC's RX ring of `depth` arrivals, those beyond it lost, `missed`;
+ * unpaced: as many as the ingress ring takes) are written into fresh mbufs, each stamped in its
+ * payload with its arrival time and a sequence number, and put on the ring the gateway's
+ * ingress port reads; then one gateway poll; then what the gateway sent out of its egress
  * port (the frames back from the servers) is taken from that port's TX ring, its stamp read
  * into the latency log, and freed. The stamp travels in the packet, so latency is measured
  * from the arrival at the gateway to the departure after the SFC on another server (another
@@ -21,6 +21,7 @@
 #include <rte_ring.h>
 
 #include "gateway.h"
+#include "pace.h"
 #include "router.h"
 
 struct serpens_gwdrive {
@@ -34,20 +35,15 @@ struct serpens_gwdrive {
 	const uint32_t *off;          /* where frame i starts */
 	uint32_t nframes;
 	uint32_t stamp_off;           /* byte offset of the stamp (u64 arrival TSC, u32 seq) */
-	uint32_t depth;               /* the emulated RX ring: arrived, not yet taken */
-	/* pacing (control): set pace_cycles_req (0: unpaced), then bump pace_gen */
-	volatile double pace_cycles_req;
-	volatile uint32_t pace_gen;
+	struct serpens_pace pace;     /* control: serpens_pace_set */
 	/* latency log (control): log, log_cap, then log_on */
 	volatile uint32_t log_on;
 	struct serpens_lat_rec *log;
 	uint64_t log_cap;
 	volatile uint64_t log_n;
 	/* driver thread */
-	uint32_t pace_gen_seen;
-	double pace_cycles, pace_next;
 	uint32_t next_frame, seq;
-	volatile uint64_t sent, missed, received, sleeps;
+	volatile uint64_t sent, received, sleeps;
 };
 
 /* Run until d->stop (rte_eal_remote_launch: arg is the driver); returns 0. */
