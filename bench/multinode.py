@@ -157,6 +157,8 @@ def run(args) -> dict:
             "gateway_mpps": multi["gateway_mpps"], "encap_ns": multi["encap_ns"],
             "multi_mpps": m["mpps"], "single_mpps": single["mpps"],
             "ratio": round(m["mpps"] / single["mpps"], 3) if single["mpps"] else None,
+            # unpaced (the source never runs dry): what each carries losing what it must
+            "capacity_mpps": {"multi": m["capacity_mpps"], "single": single["capacity_mpps"]},
             "latency_us": {k: {p: r["latency_us"][p] for p in lat} if "latency_us" in r
                            else None for k, r in (("multi", m), ("single", single))},
             "multi_detail": {"gateway": multi["gateway"], "servers": multi["servers"],
@@ -170,9 +172,10 @@ def print_table(r: dict):
           f"node, {p['flows']} flows, 64 B packets, on {r['machine']['cpu']} "
           f"({r['machine']['cores']} cores)")
     print(f"gateway alone {r['gateway_mpps']:.3f} Mpps (unpaced), encap {r['encap_ns']} ns")
-    print(f"{'':>8}{'Mpps':>9}{'p50 us':>9}{'p99 us':>9}   (latency at "
+    print(f"{'':>8}{'Mpps':>9}{'unpaced':>9}{'p50 us':>9}{'p99 us':>9}   (latency at "
           f"{p['latency_load_mpps']} Mpps)")
     for k in ("multi", "single"):
         lat = r["latency_us"][k] or {"p50": "-", "p99": "-"}
-        print(f"{k:>8}{r[k + '_mpps']:>9.3f}{lat['p50']:>9}{lat['p99']:>9}")
+        print(f"{k:>8}{r[k + '_mpps']:>9.3f}{r['capacity_mpps'][k]:>9.3f}{lat['p50']:>9}"
+              f"{lat['p99']:>9}")
     print(f"ratio multi/single {r['ratio']}")

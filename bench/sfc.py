@@ -52,15 +52,15 @@ def passes(rig: Rig, mpps: float, seconds: float, tries: int = 3,
 
 
 def max_rate(rig: Rig, seconds: float, steps: int = 6,
-             loss_key: str = "loss") -> tuple[float, dict]:
+             loss_key: str = "loss") -> tuple[float, dict, float]:
     """Highest offered rate (Mpps) with loss under LOSS_LIMIT: a binary search below the
-    unpaced capacity (RFC 2544 style)."""
+    unpaced capacity (RFC 2544 style); (rate, its trial, the unpaced capacity)."""
     capacity = max(rig.run_at(0, seconds)["mpps"] for _ in range(2))
     best, best_trial = 0.0, None
     lo, hi = 0.0, capacity
     trial = passes(rig, hi, seconds, loss_key=loss_key)
     if trial:
-        return hi, trial
+        return hi, trial, capacity
     for _ in range(steps):
         mid = (lo + hi) / 2
         trial = passes(rig, mid, seconds, loss_key=loss_key)
@@ -68,7 +68,7 @@ def max_rate(rig: Rig, seconds: float, steps: int = 6,
             lo, best, best_trial = mid, mid, trial
         else:
             hi = mid
-    return best, best_trial
+    return best, best_trial, capacity
 
 
 def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
@@ -84,8 +84,9 @@ def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
 def measure_started(rig, seconds: float, latency_mpps: float | None = None,
                     loss_key: str = "loss") -> dict:
     """measure() on a rig carrying its SFC already: anything with run_at() as Rig has."""
-    rate, trial = max_rate(rig, seconds, loss_key=loss_key)
-    out = {"mpps": round(rate, 3), "loss": trial[loss_key] if trial else None}
+    rate, trial, capacity = max_rate(rig, seconds, loss_key=loss_key)
+    out = {"mpps": round(rate, 3), "loss": trial[loss_key] if trial else None,
+           "capacity_mpps": round(capacity, 3)}
     if latency_mpps is not None and (latency_mpps or rate):  # the median p99 of three runs
         load = (latency_mpps or 0.8 * rate) * 1e6
         runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))

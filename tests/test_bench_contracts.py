@@ -241,6 +241,8 @@ def test_multinode_bench_json_contract():
     assert r["gateway_mpps"] > 0 and r["encap_ns"] > 0
     assert r["multi_mpps"] > 0 and r["single_mpps"] > 0
     assert r["ratio"] == round(r["multi_mpps"] / r["single_mpps"], 3)
+    assert r["capacity_mpps"]["multi"] >= r["multi_mpps"] * 0.99
+    assert r["capacity_mpps"]["single"] > 0
     for k in ("multi", "single"):
         lat = r["latency_us"][k]
         assert 0 < lat["p50"] <= lat["p99"], k
