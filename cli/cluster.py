@@ -1,6 +1,7 @@
 """serpens up / down: a whole Serpens cluster on this machine (etcd, a controller, an agent).
 
     serpens up       # start everything, apply examples/fw-mon-nat.yaml, show it running
+    serpens up --servers 3   # a gateway and 3 servers in network namespaces, VXLAN between
     serpens status   # what runs and how fast (serpensctl status)
     serpens down     # stop everything `up` started
     serpens cert issue alice --role viewer   # a user certificate and a serpensctl context
@@ -20,6 +21,15 @@ certificate of that CA (--client-cert-auth). serpensctl's config (--config, defa
 $SERPENS_CONFIG or ~/.serpens/config; cli/config.py) gets a context `local` with the admin
 certificate and becomes current; `down` removes that context again.
 
+Several servers (`--servers N`, cli/multi.py): a bridge pair and a network namespace per
+server and one for the gateway (cli/testbed.py), `serpens-gateway` replaying the capture into
+its ingress, N agents with underlay ports, and examples/fw-mon-nat-spread.yaml served by all
+N through the gateway over VXLAN; `up` waits until its packets come back to the gateway.
+etcd then also listens on the host's bridge address (the namespaces cannot reach the host's
+loopback) and every server and the gateway get a certificate for their own address. The
+testbed's plan is in cluster.json before any of it is made, so `down` removes exactly it,
+also after `up` crashed half-way.
+
 Recovery: `up` on a cluster that is up checks each process by PID and health and restarts
 only the ones that died (same command line, same certificates, etcd's data kept); the others
 keep running.
@@ -38,13 +48,13 @@ import time
 
 import grpc
 
-from serpens.cli import config
+from serpens.cli import config, multi
+from serpens.cli.testbed import Testbed, TestbedError, tag_for
 from serpens.common.pki import CA, Identity, write_private
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 BIN = os.path.dirname(sys.executable)
-ORDER = ("agent", "controller", "etcd")      # the order `down` stops them in
 CONTEXT = "local"                           # the serpensctl context `up` writes
 
 
@@ -88,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--etcd-port", type=int, default=22379, help="etcd client port")
     up.add_argument("--api", default="127.0.0.1:50051", help="the controller's gRPC address")
     up.add_argument("--agent", default="127.0.0.1:50061", help="the agent's gRPC address")
+    up.add_argument("--servers", type=int, default=0, metavar="N",
+                    help="a gateway and N servers, each in its own network namespace, the "
+                         "SFC served by all of them over VXLAN (default: one node, no "
+                         "gateway)")
+    up.add_argument("--pps", type=float, default=5000,
+                    help="with --servers: the rate the gateway replays the capture at "
+                         "(packets/s, default %(default)g: every process shares this "
+                         "machine's CPUs)")
     up.add_argument("--timeout", type=float, default=120.0,
                     help="seconds to wait for each step (default %(default)s)")
     sub.add_parser("down", help="stop what `serpens up` started")
@@ -116,6 +134,10 @@ def main(argv=None) -> int:
         return _status(state)
     if args.command == "cert":
         return issue_cert(args, state_path)
+    if not 0 <= args.servers <= multi.MAX_SERVERS:
+        print(f"serpens: --servers: 1..{multi.MAX_SERVERS} (0: one node without a gateway)",
+              file=sys.stderr)
+        return 2
     return up(args, state_path)
 
 
@@ -124,41 +146,145 @@ def main(argv=None) -> int:
 def up(args, state_path: str) -> int:
     state = _read_state(state_path)
     if state and any(_alive(p) for p in state["processes"].values()):
+        if state.get("servers", 0) != args.servers:
+            print(f"serpens: the cluster in {args.dir} is up with "
+                  f"{state.get('servers') or 'one node and no gateway'}"
+                  f"{' servers' if state.get('servers') else ''}; `serpens down` first",
+                  file=sys.stderr)
+            return 2
         return recover(state, state_path, args.timeout)
+    if state:  # what a crashed `up` left: its testbed and the servers' state
+        _remove_testbed(state)
     shutil.rmtree(args.dir, ignore_errors=True)
     os.makedirs(args.dir)
-    pki = _step("CA and certificates", lambda: make_pki(os.path.join(args.dir, "pki"),
-                                                        args.api, args.agent), args.timeout)
     state = {"api": args.api, "etcd": f"127.0.0.1:{args.etcd_port}", "agent": args.agent,
-             "pki": pki, "config": os.path.abspath(args.config), "processes": {}}
+             "node": os.path.abspath(args.node), "servers": args.servers,
+             "config": os.path.abspath(args.config), "processes": {}}
+    if args.servers:
+        bed = _plan_servers(state, args)
+        _write_state(state_path, state)  # the plan first: `down` can remove what follows
+    pki = _step("CA and certificates", lambda: make_pki(
+        os.path.join(args.dir, "pki"), args.api, args.agent, state), args.timeout)
+    state["pki"] = pki
+    _write_state(state_path, state)
     admin = _target(state)
-    sfcs = args.sfc or [os.path.join(EXAMPLES, "fw-mon-nat.yaml")]
     try:
-        for name, _, _ in COMPONENTS:
-            _step(name, lambda: _start_component(state, state_path, name, args), args.timeout)
+        if args.servers:
+            _step(f"namespaces {', '.join(bed.members)}, bridges {', '.join(bed.bridges.values())}",
+                  lambda: _make_testbed(bed), args.timeout)
+            _write_configs(state)
+        started = components(state)
+        for name, _, _ in started[:2]:   # etcd, the controller
+            _step(name, lambda: _start_component(state, state_path, name), args.timeout)
+        rest = [name for name, _, _ in started[2:]]  # agents (and the gateway): together
+        _step(", ".join(rest), lambda: _all_of(
+            [_start_component(state, state_path, name) for name in rest]), args.timeout)
         config.set_context(state["config"], {
             "name": CONTEXT, "server": args.api, "ca": pki["ca"],
             "cert": pki["admin"]["cert"], "key": pki["admin"]["key"]})
         names = []
-        for path in sfcs:
+        for path in _sfc_paths(args):
             names.append(_step(f"apply {os.path.basename(path)}",
-                               lambda: _apply(admin, path), args.timeout))
+                               lambda: _apply(admin, path, args.servers), args.timeout))
         for name in names:
-            _step(f"sfc {name}: placed, instances started, packets out",
-                  lambda: _flowing(admin, name), args.timeout)
+            _step(f"sfc {name}: " + ("placed, packets through the gateway" if args.servers
+                                     else "placed, instances started, packets out"),
+                  lambda: _flowing_probe(state, name), args.timeout)
     except StartError as e:
         print(f"serpens: {e}", file=sys.stderr)
         print("serpens: stopping what started (logs kept in "
               f"{args.dir})", file=sys.stderr)
         _stop_all(state)
+        _remove_testbed(state)
         return 1
     bin_dir = "" if shutil.which("serpens") == os.path.join(BIN, "serpens") else BIN + "/"
     print(f"\nA local Serpens cluster is up (logs, PIDs and certificates in {args.dir};"
           f" serpensctl context {CONTEXT!r} in {state['config']}). Try:")
     print(f"  {bin_dir}serpensctl top")
-    print(f"  {bin_dir}serpensctl scale {names[0]} --replicas 2")
+    if args.servers:
+        print(f"  {bin_dir}serpensctl describe sfc {names[0]}   # its servers and route")
+        print(f"  {bin_dir}serpensctl get gateways")
+    else:
+        print(f"  {bin_dir}serpensctl scale {names[0]} --replicas 2")
     print(f"  {bin_dir}serpens down      # stops it\n")
     return _status(state)
+
+
+def _sfc_paths(args) -> list[str]:
+    if args.sfc:
+        return args.sfc
+    return [multi.SPREAD_SFC if args.servers else os.path.join(EXAMPLES, "fw-mon-nat.yaml")]
+
+
+def _all_of(probes):
+    """One probe for several: ready once each is (each polled until it is)."""
+    pending = list(probes)
+
+    def probe():
+        pending[:] = [p for p in pending if not p()]
+        return not pending
+    return probe
+
+
+# ---- several servers ---------------------------------------------------------------------
+
+def _plan_servers(state: dict, args) -> Testbed:
+    """The testbed and every address of a --servers cluster, into `state` (nothing made)."""
+    tag = tag_for(args.dir)
+    bed = multi.testbed(tag, args.servers)
+    port = args.etcd_port
+    state.update({
+        "testbed": bed.to_dict(),
+        "etcd_host": f"{bed.host}:{port}",        # etcd as the namespaces reach it
+        "gateway": f"{bed.address[multi.GATEWAY]}:{multi.GATEWAY_PORT}",
+        "agents": {s: f"{bed.address[s]}:{multi.AGENT_PORT}" for s in bed.members[1:]},
+        "state_root": f"/dev/shm/serpens-{tag}",  # the servers' NF state (tmpfs)
+        "pps": args.pps})
+    return bed
+
+
+def _testbed(state: dict) -> Testbed | None:
+    return Testbed.from_dict(state["testbed"]) if state.get("testbed") else None
+
+
+def _make_testbed(bed: Testbed):
+    try:
+        bed.create()
+    except TestbedError as e:
+        raise StartError(str(e)) from None
+
+
+def _remove_testbed(state: dict, verbose: bool = False):
+    bed = _testbed(state)
+    if bed is not None:
+        removed = bed.remove()
+        if verbose and removed:
+            print(f"  removed {', '.join(removed)}")
+    if state.get("state_root"):
+        shutil.rmtree(state["state_root"], ignore_errors=True)
+
+
+def _write_configs(state: dict):
+    """The servers' Node configs and the gateway's config, in <dir>/."""
+    bed = _testbed(state)
+    directory = os.path.dirname(state["pki"]["dir"])
+    os.makedirs(os.path.join(directory, "nodes"), exist_ok=True)
+    for s in state["agents"]:
+        with open(_node_path(state, s), "w") as f:
+            f.write(multi.server_node(s, bed.underlay[s], pool=multi.SERVER_POOL, mtu=bed.mtu,
+                                      state_dir=os.path.join(state["state_root"], s)))
+    with open(os.path.join(directory, "gateway.yaml"), "w") as f:
+        f.write(multi.gateway_config(bed.underlay[multi.GATEWAY], multi.replayed(),
+                                     state["pps"], mtu=bed.mtu))
+
+
+def _node_path(state: dict, server: str) -> str:
+    return os.path.join(os.path.dirname(state["pki"]["dir"]), "nodes", f"{server}.yaml")
+
+
+def _gateway_target(state: dict) -> config.Target:
+    """The gateway as the controller calls it (the Gateway service answers only that role)."""
+    return config.Target(state["gateway"], identity(state, "controller"))
 
 
 def _step(what: str, run, timeout: float):
@@ -184,7 +310,7 @@ def _start(state, state_path, name, argv, ready):
     """Start `name` detached, record its PID; a probe: ready() once it is, StartError if it
     exited."""
     proc = start_detached(argv, os.path.join(os.path.dirname(state_path), f"{name}.log"))
-    state["processes"][name] = {"pid": proc.pid, "argv0": argv[0], "argv": argv}
+    state["processes"][name] = {"pid": proc.pid, "argv0": _program(argv), "argv": argv}
     _write_state(state_path, state)
 
     def probe():
@@ -192,6 +318,11 @@ def _start(state, state_path, name, argv, ready):
             raise StartError(f"{name} exited with {proc.returncode}:\n{_tail(proc.log_path)}")
         return ready()
     return probe
+
+
+def _program(argv: list[str]) -> str:
+    """The program an argv runs: `ip netns exec NS prog ...` execs prog (same PID)."""
+    return argv[4] if argv[:3] == ["ip", "netns", "exec"] else argv[0]
 
 
 def start_detached(argv: list[str], log_path: str) -> subprocess.Popen:
@@ -205,20 +336,29 @@ def start_detached(argv: list[str], log_path: str) -> subprocess.Popen:
 
 # ---- certificates and components -------------------------------------------------------
 
-def make_pki(directory: str, api: str, agent: str) -> dict:
-    """The cluster CA and every identity `up` needs, as paths (kept in cluster.json)."""
+def make_pki(directory: str, api: str, agent: str, state: dict | None = None) -> dict:
+    """The cluster CA and every identity `up` needs, as paths (kept in cluster.json); with
+    several servers (`state` planned by _plan_servers) one per server and the gateway, each
+    valid for its own address, and etcd's for the host's bridge address too."""
     ca = CA.create(directory)
     local = ("127.0.0.1", "localhost", "::1")
 
-    def issue(name, role, address=""):
-        host = address.rpartition(":")[0].strip("[]")
-        hosts = (*local, host) if host and host not in ("0.0.0.0", "::") else local
-        i = ca.issue(name, role, hosts)
+    def issue(name, role, *addresses):
+        hosts = [a.rpartition(":")[0].strip("[]") for a in addresses]
+        i = ca.issue(name, role, (*local, *(h for h in hosts if h and h not in ("0.0.0.0", "::"))))
         return {"cert": i.cert, "key": i.key}
-    return {"dir": directory, "ca": ca.cert_path,
-            "controller": issue("serpens-controller", "controller", api),
-            "agent": issue("serpens-agent", "agent", agent),
-            "etcd": issue("etcd", "etcd"), "admin": issue("admin", "admin")}
+    pki = {"dir": directory, "ca": ca.cert_path,
+           "controller": issue("serpens-controller", "controller", api),
+           "admin": issue("admin", "admin")}
+    if state and state.get("servers"):
+        pki["etcd"] = issue("etcd", "etcd", state["etcd_host"])
+        pki["gateway"] = issue("serpens-gateway", "gateway", state["gateway"])
+        for s, address in state["agents"].items():
+            pki[f"agent-{s}"] = issue(f"serpens-agent-{s}", "agent", address)
+    else:
+        pki["etcd"] = issue("etcd", "etcd")
+        pki["agent"] = issue("serpens-agent", "agent", agent)
+    return pki
 
 
 def identity(state: dict, name: str) -> Identity:
@@ -235,36 +375,62 @@ def _tls_args(state: dict, name: str) -> list[str]:
     return ["--ca", i.ca, "--cert", i.cert, "--key", i.key]
 
 
-def _etcd_cmd(state, args):
+def _etcd_cmd(state):
     port = int(state["etcd"].rpartition(":")[2])
+    hosts = ["127.0.0.1"] + ([state["etcd_host"].rpartition(":")[0]]
+                             if state.get("etcd_host") else [])
     return etcd_argv(os.path.join(os.path.dirname(state["pki"]["dir"]), "etcd"), port,
-                     identity(state, "etcd"))
+                     identity(state, "etcd"), hosts)
 
 
-def _controller_cmd(state, args):
+def _controller_cmd(state):
     return [os.path.join(BIN, "serpens-controller"), "--etcd", f"https://{state['etcd']}",
             "--listen", state["api"], "--identity", "local", *_tls_args(state, "controller")]
 
 
-def _agent_cmd(state, args):
-    return [os.path.join(BIN, "serpens-agent"), "--node", os.path.abspath(args.node),
+def _agent_cmd(state):
+    return [os.path.join(BIN, "serpens-agent"), "--node", state["node"],
             "--etcd", f"https://{state['etcd']}", "--listen", state["agent"],
             *_tls_args(state, "agent")]
 
 
-# name, command line (on first start; recovery reuses the recorded one), readiness probe
-COMPONENTS = (
-    ("etcd", _etcd_cmd, lambda state: etcd_healthy(state["etcd"], identity(state, "admin"))),
-    ("controller", _controller_cmd, lambda state: api_healthy(_target(state))),
-    ("agent", _agent_cmd, lambda state: _registered(_target(state))),
-)
+def _server_cmd(state, server):
+    """A server's agent, in its namespace, reaching etcd at the host's bridge address."""
+    return [*_testbed(state).netns_exec(server), os.path.join(BIN, "serpens-agent"),
+            "--node", _node_path(state, server), "--etcd", f"https://{state['etcd_host']}",
+            "--listen", state["agents"][server], *_tls_args(state, f"agent-{server}")]
 
 
-def _start_component(state, state_path, name, args=None):
-    _, command, ready = next(c for c in COMPONENTS if c[0] == name)
+def _gateway_cmd(state):
+    directory = os.path.dirname(state["pki"]["dir"])
+    return [*_testbed(state).netns_exec(multi.GATEWAY), os.path.join(BIN, "serpens-gateway"),
+            "--config", os.path.join(directory, "gateway.yaml"),
+            "--etcd", f"https://{state['etcd_host']}", "--listen", state["gateway"],
+            *_tls_args(state, "gateway")]
+
+
+def components(state: dict) -> list:
+    """(name, command line on first start, readiness) of each process, in start order
+    (recovery reuses the recorded command line; `down` stops them in reverse)."""
+    admin = _target(state)
+    listed = [("etcd", _etcd_cmd, lambda: etcd_healthy(state["etcd"], identity(state, "admin"))),
+              ("controller", _controller_cmd, lambda: api_healthy(admin))]
+    if not state.get("servers"):
+        return listed + [("agent", _agent_cmd, lambda: _registered(admin))]
+    listed.append(("gateway", _gateway_cmd,
+                   lambda: multi.gateway_status(_gateway_target(state)) is not None
+                   and multi.gateway_registered(admin)))
+    for s in state["agents"]:
+        listed.append((f"agent-{s}", lambda state, s=s: _server_cmd(state, s),
+                       lambda s=s: multi.node_registered(admin, s)))
+    return listed
+
+
+def _start_component(state, state_path, name):
+    _, command, ready = next(c for c in components(state) if c[0] == name)
     recorded = state["processes"].get(name, {}).get("argv")
-    argv = recorded or command(state, args)
-    return _start(state, state_path, name, argv, lambda: ready(state))
+    argv = recorded or command(state)
+    return _start(state, state_path, name, argv, ready)
 
 
 def recover(state: dict, state_path: str, timeout: float) -> int:
@@ -272,14 +438,19 @@ def recover(state: dict, state_path: str, timeout: float) -> int:
     answering; keep the others."""
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     print(f"serpens: a local cluster is up ({state_path}); checking its components")
+    bed = _testbed(state)
+    if bed is not None and not bed.exists():
+        print(f"  its namespaces or bridges ({bed.tag}) are gone; run `serpens down` and "
+              "`serpens up` again", file=sys.stderr)
+        return 1
     restarted = False
     try:
-        for name, _, ready in COMPONENTS:
+        for name, _, ready in components(state):
             proc = state["processes"].get(name)
             if proc is None:
                 print(f"  {name}: never started; run `serpens down` and `serpens up`")
                 return 1
-            if _alive(proc) and _healthy_within(lambda: ready(state), 5.0):
+            if _alive(proc) and _healthy_within(ready, 5.0):
                 print(f"  {name} (pid {proc['pid']}): running")
                 continue
             if _alive(proc):
@@ -290,7 +461,7 @@ def recover(state: dict, state_path: str, timeout: float) -> int:
             restarted = True
         if restarted:
             for sfc in _stub(_target(state)).ListSFCs(pb.ListSFCsRequest(), timeout=5).sfcs:
-                _step(f"sfc {sfc.name}: packets out", lambda: _flowing(_target(state), sfc.name),
+                _step(f"sfc {sfc.name}: packets out", lambda: _flowing_probe(state, sfc.name),
                       timeout)
     except grpc.RpcError as e:
         print(f"serpens: the controller: {e.code().name}: {e.details()}", file=sys.stderr)
@@ -310,11 +481,12 @@ def _healthy_within(probe, seconds: float) -> bool:
     return True
 
 
-def etcd_argv(data_dir: str, client_port: int, tls: Identity | None = None) -> list[str]:
-    """A one-member etcd on loopback: clients on `client_port`, peers on the next port.
-    With `tls` (etcd's server identity) clients speak TLS and must present a certificate of
-    the same CA (--client-cert-auth)."""
-    client = f"{'https' if tls else 'http'}://127.0.0.1:{client_port}"
+def etcd_argv(data_dir: str, client_port: int, tls: Identity | None = None,
+              hosts: list[str] = ("127.0.0.1",)) -> list[str]:
+    """A one-member etcd: clients on `client_port` of each of `hosts` (loopback by default),
+    peers on the next port of loopback. With `tls` (etcd's server identity) clients speak
+    TLS and must present a certificate of the same CA (--client-cert-auth)."""
+    client = ",".join(f"{'https' if tls else 'http'}://{h}:{client_port}" for h in hosts)
     peer = f"http://127.0.0.1:{client_port + 1}"
     argv = [shutil.which("etcd") or "/usr/bin/etcd", "--name", "serpens-local",
             "--data-dir", data_dir, "--listen-client-urls", client,
@@ -367,10 +539,14 @@ def _registered(api: config.Target) -> bool:
         return False
 
 
-def _apply(api: config.Target, path: str) -> str:
+def _apply(api: config.Target, path: str, servers: int = 0) -> str:
+    """Apply the SFC in `path`; the spread example is spread over (and scaled to) `servers`."""
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
-    with open(path) as f:
-        text = f.read()
+    if servers and path == multi.SPREAD_SFC:
+        text = multi.spread_sfc(servers)
+    else:
+        with open(path) as f:
+            text = f.read()
     try:
         return _stub(api).ApplySFC(pb.ApplySFCRequest(spec=text), timeout=30).name
     except grpc.RpcError as e:
@@ -400,9 +576,19 @@ def _flowing(api: config.Target, name: str):
     return probe
 
 
+def _flowing_probe(state: dict, name: str):
+    if state.get("servers"):
+        return multi.spread_flowing(_target(state), _gateway_target(state), name,
+                                    state["servers"], StartError)
+    return _flowing(_target(state), name)
+
+
 def _status(state: dict) -> int:
     from serpens.cli import status
-    return status.show(_target(state))
+    code = status.show(_target(state))
+    if state.get("servers"):
+        multi.show_gateway(_gateway_target(state))
+    return code
 
 
 # ---- cert -------------------------------------------------------------------------------
@@ -437,6 +623,7 @@ def down(directory: str, state_path: str) -> int:
         print(f"serpens: no local cluster is up ({state_path} does not exist)")
         return 0
     _stop_all(state, verbose=True)
+    _remove_testbed(state, verbose=True)
     shutil.rmtree(directory, ignore_errors=True)
     _forget_context(state)
     print("serpens: the local cluster is down")
@@ -464,7 +651,7 @@ def _forget_context(state: dict):
 
 
 def _stop_all(state: dict, verbose: bool = False):
-    for name in ORDER:
+    for name in reversed(list(state["processes"])):  # recorded in start order
         proc = state["processes"].get(name)
         if proc is None or not _alive(proc):
             continue

@@ -5,6 +5,7 @@ MAC; a RunSFC over mTLS with a VXLAN route makes the frames the test sends as th
 the other side of the veth) come back encapsulated with the SFC's tag and VNI, and the router
 answers ARP for its underlay address."""
 import asyncio
+import ipaddress
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
+from serpens.cli.testbed import Testbed
 from serpens.common.keys import Keys
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
@@ -24,7 +26,6 @@ from support.cluster import Agent, wait_until
 from support.etcd import client_identity, start_etcd
 from support.node_specs import MARK
 from support.packets import trace, udp
-from test_multinode import Servers
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120),
               pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: root")]
@@ -51,7 +52,7 @@ spec:
   ports:
     wan: net_null_wan,no-rx=1
     lan: net_null_lan,no-rx=1
-    fabric: net_af_packet_ul,iface=eth0
+    fabric: net_af_packet_ul,iface=eth1
   output: lan
   pool: 1
   state_dir: {state_dir}
@@ -87,19 +88,22 @@ def frames(sock, wanted, want: int, timeout: float = 10.0) -> list[Ether]:
 
 
 def test_an_agent_in_a_namespace_serves_its_underlay_over_af_packet(tmp_path):
-    servers = Servers(["u"])
+    bed = Testbed(f"u{os.getpid() % 10000}", ["u"])
     etcd = agent = None
     state = tempfile.TemporaryDirectory(prefix="serpens-underlay-", dir="/dev/shm")
     try:
-        servers.create()
-        node_ip, gw_ip, gw_mac = servers.address["u"], servers.host, mac_of(servers.bridge)
-        etcd = start_etcd(host=servers.host)
+        bed.create()
+        # the test plays the gateway from the underlay bridge, at an address nobody has
+        bridge = bed.bridges["underlay"]
+        node_ip, gw_mac = bed.underlay["u"], mac_of(bridge)
+        gw_ip = str(ipaddress.ip_network(bed.underlay_net)[1])
+        etcd = start_etcd(host=bed.host)
         path = tmp_path / "node.yaml"
         path.write_text(node_config(node_ip, state.name))
-        agent = Agent(etcd.endpoint, str(path), host=node_ip, netns=servers.ns["u"])
+        agent = Agent(etcd.endpoint, str(path), host=bed.address["u"], netns=bed.ns["u"])
         record = wait_until(lambda: node_record(etcd), 10, agent.output)
         veth_mac = json.loads(
-            os.popen(f"ip -n {servers.ns['u']} -j link show eth0").read())[0]["address"]
+            os.popen(f"ip -n {bed.ns['u']} -j link show eth1").read())[0]["address"]
         assert record["underlay"] == {"ip": node_ip, "mac": veth_mac, "mtu": 1500}
 
         reply = agent.stub.RunSFC(pb.RunSFCRequest(
@@ -110,13 +114,12 @@ def test_an_agent_in_a_namespace_serves_its_underlay_over_af_packet(tmp_path):
 
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
         try:
-            sock.bind((servers.bridge, 0))
+            sock.bind((bridge, 0))
             sock.settimeout(0.2)
             ask = Ether(src=gw_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
                 op=1, hwsrc=gw_mac, psrc=gw_ip, pdst=node_ip)
             sock.send(bytes(ask))
-            # (the namespace's kernel answers too, for eth0's address: the router's count
-            # says it answered)
+            # (the namespace's kernel does not have the underlay address: the router answers)
             answer = frames(sock, lambda p: ARP in p and p[ARP].op == 2
                             and p[ARP].psrc == node_ip, 1)
             assert answer and answer[0][ARP].hwsrc == veth_mac, agent.output()
@@ -144,5 +147,5 @@ def test_an_agent_in_a_namespace_serves_its_underlay_over_af_packet(tmp_path):
             agent.stop()
         if etcd is not None:
             etcd.destroy()
-        servers.remove()
+        bed.remove()
         state.cleanup()

@@ -2,16 +2,17 @@
 controller by a bridge, with its own DPDK node and state directory. SFCs spread over the
 nodes; cutting one server's link (a partition, not a signal) loses its lease, and its SFC
 moves to the other once it fits there (until then it is Pending, saying why); when the link
-comes back the server registers again and the copy it kept running is stopped. The test makes the bridge, namespaces and veth pairs and removes them."""
+comes back the server registers again and the copy it kept running is stopped. The
+testbed (cli/testbed.py: bridges, namespaces, veth pairs) is made and removed by the test."""
 import json
 import os
-import subprocess
 import tempfile
 
 import grpc
 import pytest
 
 from serpens.cli.cluster import local_node
+from serpens.cli.testbed import Testbed
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
 from support.cluster import Agent, status, wait_until
@@ -22,55 +23,9 @@ pytestmark = [pytest.mark.multinode, pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: root")]
 
 
-def ip(*args, ns=""):
-    subprocess.run(["ip", *(["-n", ns] if ns else []), *args], check=True,
-                   capture_output=True, text=True)
-
-
-class Servers:
-    """A bridge with the test's address and one namespace per server, each behind a veth."""
-
-    def __init__(self, names):
-        tag = os.getpid() % 10000
-        self.net = f"10.{200 + tag % 50}.{tag // 50 % 250}"
-        self.bridge = f"spbr{tag}"
-        self.ns = {name: f"sp{tag}{name}" for name in names}
-        self.link = {name: f"sp{tag}{name}h" for name in names}  # the bridge's end
-        self.address = {name: f"{self.net}.{2 + i}" for i, name in enumerate(names)}
-
-    def create(self):
-        ip("link", "add", self.bridge, "type", "bridge")
-        ip("addr", "add", f"{self.net}.1/24", "dev", self.bridge)
-        ip("link", "set", self.bridge, "up")
-        for name in self.ns:
-            ns, host = self.ns[name], self.link[name]
-            ip("netns", "add", ns)
-            ip("link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            ip("link", "set", host, "master", self.bridge, "up")
-            ip("addr", "add", f"{self.address[name]}/24", "dev", "eth0", ns=ns)
-            ip("link", "set", "eth0", "up", ns=ns)
-            ip("link", "set", "lo", "up", ns=ns)
-
-    @property
-    def host(self) -> str:
-        return f"{self.net}.1"
-
-    def cut(self, name):
-        ip("link", "set", self.link[name], "down")
-
-    def mend(self, name):
-        ip("link", "set", self.link[name], "up")
-
-    def remove(self):
-        for name in self.ns:
-            subprocess.run(["ip", "link", "del", self.link[name]], capture_output=True)
-            subprocess.run(["ip", "netns", "del", self.ns[name]], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def servers():
-    s = Servers(["a", "b"])
+    s = Testbed(str(os.getpid() % 100000), ["a", "b"])
     try:
         s.create()
         yield s

@@ -1,6 +1,7 @@
 """The control plane's programs as subprocesses for tests: `serpens-controller` (Controller),
-`serpens-agent` (Agent) and `serpens-gateway` (Gateway), each on a free loopback port with the
-test CA's certificates, and the waits and checks the tests share."""
+`serpens-agent` (Agent) and `serpens-gateway` (Gateway), each on a free port (loopback, or an
+address in a network namespace) with the test CA's certificates, and the waits and checks
+the tests share."""
 import json
 import os
 import signal
@@ -128,13 +129,15 @@ class Agent(_Served):
 class Gateway(_Served):
     """`serpens-gateway` in a subprocess; ready once its Gateway service answers."""
 
-    def __init__(self, etcd_endpoint, config_path, args=()):
-        self.address = f"127.0.0.1:{free_port()}"
+    def __init__(self, etcd_endpoint, config_path, args=(), host="127.0.0.1", netns=""):
+        """`netns`: run it in that network namespace, serving on `host` there."""
+        self.address = f"{host}:{free_port()}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
+            (["ip", "netns", "exec", netns] if netns else []) +
             [os.path.join(BIN, "serpens-gateway"), "--config", config_path,
              "--etcd", etcd_endpoint, "--listen", self.address, "--report-s", "0.2",
-             "--ttl", "2", *tls_args("serpens-gateway", "gateway"), *args],
+             "--ttl", "2", *tls_args("serpens-gateway", "gateway", (host,)), *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         self.channel = secure_channel(self.address, client_identity())
         self.stub = serpens_pb2_grpc.GatewayStub(self.channel)
@@ -143,10 +146,19 @@ class Gateway(_Served):
     def _answers(self):
         assert self.proc.poll() is None, self.output()
         try:
-            self.stub.GetGateway(pb.GetGatewayRequest(), timeout=0.5)
+            self.status(timeout=0.5)
             return True
         except grpc.RpcError:
             return False
+
+    def status(self, timeout=5):
+        return self.stub.GetGateway(pb.GetGatewayRequest(), timeout=timeout)
+
+    def kill(self):
+        """SIGKILL (a crash: no deregistration; its record goes with its lease)."""
+        self.channel.close()
+        self.proc.kill()
+        self.proc.wait()
 
 
 def wait_until(predicate, timeout, explain=lambda: ""):
