@@ -16,8 +16,7 @@ from .sfc import fw_mon_nat
 
 
 def serve(spec: dict):
-    rig = Rig(f"mn{spec['name']}", None, vdevs=(spec["underlay"],),
-              idle_us=spec.get("idle_us", 200))
+    rig = Rig(f"mn{spec['name']}", None, vdevs=(spec["underlay"],))  # the single node's settings
     images = []
     try:
         port = dp.port_open(spec["underlay"].split(",", 1)[0], rig.dataplane.mempool)
