@@ -153,7 +153,7 @@ def run(args) -> dict:
                                        "(net_pcap source, 2 servers on net_null ports)",
                        "latency_load_mpps": m.get("latency_mpps"),
                        "cores": "gateway loop and both routers cpu 1, both instances cpu 0; "
-                                "single: router cpu 1, instance cpu 0"},
+                                "single: router cpu 1, both instances cpu 0"},
             "gateway_mpps": multi["gateway_mpps"], "encap_ns": multi["encap_ns"],
             "multi_mpps": m["mpps"], "single_mpps": single["mpps"],
             "ratio": round(m["mpps"] / single["mpps"], 3) if single["mpps"] else None,
