@@ -73,6 +73,7 @@ extensions = [
             "bench/native/loaders.c",
             "bench/native/redis_state.c",
             "bench/native/proxy.c",
+            "bench/native/gwdrive.c",
         ],
         include_dirs=INCLUDES,
         extra_compile_args=COMMON_CFLAGS + dpdk_cflags(),

@@ -8,4 +8,5 @@ CASES = {
     "scale": "serpens.bench.scale",
     "control": "serpens.bench.control",
     "faults": "serpens.bench.faults",
+    "multinode": "serpens.bench.multinode",
 }

@@ -53,30 +53,37 @@ def keep_off_router_cpu():
 
 
 class Rig:
-    def __init__(self, name: str, frames: list[bytes], pool_size: int = 1, idle_us: int = 200,
-                 mbufs: int = 32767, warmup: float = 0.3):
+    def __init__(self, name: str, frames: list[bytes] | None, pool_size: int = 1,
+                 idle_us: int = 200, mbufs: int = 32767, warmup: float = 0.3,
+                 vdevs: tuple = ()):
+        """frames: what the net_pcap source replays (None: no source and sink, only `vdevs`,
+        opened by the caller: a server whose router takes its traffic from an underlay)."""
         self.warmup = warmup  # run_at's, unless it is given one
         # State tables are shared-memory files: on hugetlbfs (2 MiB pages: no TLB misses on
         # random flow lookups) when mounted, else tmpfs (on a disk, writeback would stall NFs).
         base = "/dev/hugepages" if os.path.ismount("/dev/hugepages") else "/dev/shm"
         self.state = tempfile.TemporaryDirectory(prefix=f"serpens-bench-{name}-", dir=base)
         self.tmp = tempfile.TemporaryDirectory(prefix=f"serpens-bench-{name}-", dir="/dev/shm")
-        self.pcap = os.path.join(self.tmp.name, "traffic.pcap")
-        write_pcap(self.pcap, frames)
+        if frames is not None:
+            self.pcap = os.path.join(self.tmp.name, "traffic.pcap")
+            write_pcap(self.pcap, frames)
+            vdevs = (f"net_pcap_{name},rx_pcap={self.pcap},infinite_rx=1",
+                     f"net_null_{name},no-rx=1") + tuple(vdevs)
         cpus = "0-1" if (os.cpu_count() or 1) > 1 else "0"
         self.dataplane = Dataplane(DataplaneConfig(
             file_prefix=f"serpens-bench-{name}-{os.getpid()}", mbufs=mbufs,
             state_dir=self.state.name, cpus=cpus,
-            router_cpus=str(ROUTER_CPU % (os.cpu_count() or 1)),
-            vdevs=(f"net_pcap_{name},rx_pcap={self.pcap},infinite_rx=1",
-                   f"net_null_{name},no-rx=1"))).start()
+            router_cpus=str(ROUTER_CPU % (os.cpu_count() or 1)), vdevs=vdevs)).start()
         self.pools = {idle_us: self._pool(pool_size, idle_us)}
         self.pool = self.pools[idle_us]
         os.sched_setaffinity(0, {INSTANCE_CPU})
         mp = self.dataplane.mempool
-        self.src = dp.port_open(f"net_pcap_{name}", mp)
-        self.sink = dp.port_open(f"net_null_{name}", mp)
+        self.src = self.sink = None
+        if frames is not None:
+            self.src = dp.port_open(f"net_pcap_{name}", mp)
+            self.sink = dp.port_open(f"net_null_{name}", mp)
         self.router = self.managers = self.proxy = None
+        self.sfc_ids = []
         self.wire = None
 
     def _pool(self, size: int, idle_us: int) -> ProcessPool:
@@ -107,6 +114,7 @@ class Rig:
                 next_sfc=nxt)
             ids.append(nxt)
         ids.reverse()
+        self.sfc_ids = ids
         self.router.set_default_sfc(ids[0])
         self.router.pace(src, 1)  # held back until measured
         self.managers = []  # those started: stop() closes them
@@ -234,6 +242,8 @@ class Rig:
         arrived = (rx1 - rx0) + (miss1 - miss0)
         out = {"offered_mpps": arrived / dt / 1e6, "mpps": (tx1 - tx0) / dt / 1e6,
                "loss": (miss1 - miss0) / arrived if arrived else 0.0,
+               # what did not come out: lost at the input or dropped in the node
+               "lost": (miss1 - miss0 + drop1 - drop0) / arrived if arrived else 0.0,
                "nf_dropped": drop1 - drop0}
         if log:
             out["latency_us"] = latency_us(recs, (0.5, 50, 99, 99.9))

@@ -42,69 +42,96 @@ def add_arguments(p):
     p.add_argument("--flows", type=int, default=10000)
 
 
-def passes(rig: Rig, mpps: float, seconds: float, tries: int = 3) -> dict | None:
+def passes(rig: Rig, mpps: float, seconds: float, tries: int = 3,
+           loss_key: str = "loss") -> dict | None:
     """A trial at `mpps` losing under LOSS_LIMIT, of up to `tries` (this VM's host stalls a
-    vCPU for milliseconds now and then, which no rate survives): the passing trial or None."""
+    vCPU for milliseconds now and then, which no rate survives): the passing trial or None.
+    loss_key: the trial's figure judged ("loss": arrivals the input lost; "lost": every
+    packet that did not come out, wherever it was dropped)."""
     for _ in range(tries):
         trial = rig.run_at(mpps * 1e6, seconds)
-        if trial["loss"] < LOSS_LIMIT:
+        if trial[loss_key] < LOSS_LIMIT:
             return trial
     return None
 
 
-def max_rate(rig: Rig, seconds: float, steps: int = 6) -> tuple[float, dict]:
+def max_rate(rig: Rig, seconds: float, steps: int = 6,
+             loss_key: str = "loss") -> tuple[float, dict, float]:
     """Highest offered rate (Mpps) with loss under LOSS_LIMIT: a binary search below the
-    unpaced capacity (RFC 2544 style)."""
+    unpaced capacity (RFC 2544 style); (rate, its trial, the unpaced capacity)."""
     capacity = max(rig.run_at(0, seconds)["mpps"] for _ in range(2))
     best, best_trial = 0.0, None
     lo, hi = 0.0, capacity
-    trial = passes(rig, hi, seconds)
+    trial = passes(rig, hi, seconds, loss_key=loss_key)
     if trial:
-        return hi, trial
+        return hi, trial, capacity
     for _ in range(steps):
         mid = (lo + hi) / 2
-        trial = passes(rig, mid, seconds)
+        trial = passes(rig, mid, seconds, loss_key=loss_key)
         if trial:
             lo, best, best_trial = mid, mid, trial
         else:
             hi = mid
-    return best, best_trial
+    return best, best_trial, capacity
 
 
 def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
-            scraped: bool = False) -> dict:
+            loss_key: str = "loss", instances: int = 1, scraped: bool = False) -> dict:
     """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate); with
     `scraped`, the max rate again under a 1 Hz metrics scraper ("mpps_scraped")."""
-    rig.start([sfc])
+    rig.start([sfc], instances=instances)
     try:
-        rate, trial = max_rate(rig, seconds)
-        out = {"mpps": round(rate, 3), "loss": trial["loss"] if trial else None}
+        out = measure_started(rig, seconds, latency_mpps, loss_key)
         if scraped:
             scraper = Scraper(RigNode(rig, "fw-mon-nat"), period=1.0)
             try:
-                out["mpps_scraped"] = round(max_rate(rig, seconds)[0], 3)
+                out["mpps_scraped"] = round(max_rate(rig, seconds, loss_key=loss_key)[0], 3)
                 out["scrapes"] = scraper.scrapes
             finally:
                 scraper.close()
-        if latency_mpps is not None:  # the run with the median p99 of three
-            load = (latency_mpps or 0.8 * rate) * 1e6
-            runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))
-                           for _ in range(3)), key=lambda r: r["latency_us"]["p99"])
-            out["latency_us"] = runs[1]["latency_us"]
-            out["latency_loss"] = runs[1]["loss"]
         return out
     finally:
         rig.stop()
 
 
-def run(args) -> dict:
-    frames = flow_frames(args.flows)
+def measure_started(rig, seconds: float, latency_mpps: float | None = None,
+                    loss_key: str = "loss") -> dict:
+    """measure() on a rig carrying its SFC already: anything with run_at() as Rig has."""
+    rate, trial, capacity = max_rate(rig, seconds, loss_key=loss_key)
+    out = {"mpps": round(rate, 3), "loss": trial[loss_key] if trial else None,
+           "capacity_mpps": round(capacity, 3)}
+    if latency_mpps is not None and (latency_mpps or rate):  # the median p99 of three runs
+        load = (latency_mpps or 0.8 * rate) * 1e6
+        runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))
+                       for _ in range(3)),
+                      key=lambda r: r["latency_us"]["p99"] or float("inf"))  # None: nothing out
+        out["latency_us"] = runs[1]["latency_us"]
+        out["latency_loss"] = runs[1][loss_key]
+        out["latency_mpps"] = round(load / 1e6, 3)
+    return out
+
+
+def build_images(null: bool = False) -> dict:
+    """The benchmark's FW, MON and NAT images (and the empty NF's): close them after use."""
     areas = AreaAllocator()
     images = {name: build_nf(nfs.source(name), areas.allocate(), name) for name in NF_CONFIGS}
-    with open(NULL_NF) as f:
-        images["null"] = build_nf(f.read(), areas.allocate(), "null")
-    sfc = compile_sfc(chain(*[NF(images[n], config=NF_CONFIGS[n](), name=n)
-                              for n in ("fw", "mon", "nat")]))
+    if null:
+        with open(NULL_NF) as f:
+            images["null"] = build_nf(f.read(), areas.allocate(), "null")
+    return images
+
+
+def fw_mon_nat(images: dict | None = None):
+    """The benchmark SFC, FW->MON->NAT with the benchmark configs; (compiled SFC, images)."""
+    images = images or build_images()
+    return compile_sfc(chain(*[NF(images[n], config=NF_CONFIGS[n](), name=n)
+                               for n in ("fw", "mon", "nat")])), list(images.values())
+
+
+def run(args) -> dict:
+    frames = flow_frames(args.flows)
+    images = build_images(null=True)
+    sfc, _ = fw_mon_nat(images)
     null_sfc = compile_sfc(NF(images["null"], name="null"))
     rig = Rig("sfc", frames, warmup=args.warmup)
     try:

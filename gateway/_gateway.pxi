@@ -87,7 +87,7 @@ cdef class Gateway:
         for port in ([in_ports] if isinstance(in_ports, int) else in_ports):
             self.g.ports[self._port(port)].ingress = 1
         self.g.egress_port = self._port(egress_port)
-        self.g.underlay_port = self._port(underlay_port)
+        self.g.underlay_port = self._underlay_port(underlay_port)
 
     def __dealloc__(self):
         if self.lcore >= 0:
@@ -107,18 +107,28 @@ cdef class Gateway:
         self.g.nports += 1
         return i
 
+    cdef int _underlay_port(self, uint16_t port) except -1:
+        i = self._port(port)
+        if self.g.ports[i].ingress:
+            raise ValueError(f"port {port} is an ingress port, not an underlay port")
+        self.g.ports[i].underlay = 1
+        return i
+
     def _port_index(self, port):
         return self._port(port)
 
     # ---- servers and SFCs ------------------------------------------------------------------
 
-    def set_server(self, str ip, str mac):
-        """A server on the underlay (its address and its MAC there); returns its index."""
+    def set_server(self, str ip, str mac, port=None):
+        """A server on the underlay (its address and its MAC there), reached on DPDK port
+        `port` (default: the gateway's underlay port; another becomes an underlay port too:
+        one point-to-point link per server); returns its index."""
         cdef serpens_gw_server *sv
         key = str(ipaddress.IPv4Address(ip))
         raw = bytes.fromhex(mac.replace(":", ""))
         if len(raw) != 6:
             raise ValueError(f"server {ip}: MAC {mac!r}")
+        under = self.g.underlay_port if port is None else self._underlay_port(port)
         i = self.server_ids.get(key)
         if i is None:
             free_ids = [k for k in range(SERPENS_GW_MAX_SERVERS)
@@ -131,6 +141,7 @@ cdef class Gateway:
         serpens_fence()
         sv.ip = _ipv4_be(key)
         memcpy(sv.mac, <const char *>raw, 6)
+        sv.port = under
         sv.tx = 0
         serpens_fence()
         sv.used = 1
@@ -318,7 +329,8 @@ cdef class Gateway:
 
     def stats(self):
         g = self.g
-        servers = {ip: {"index": i, "tx": g.servers[i].tx}
+        servers = {ip: {"index": i, "tx": g.servers[i].tx,
+                        "port": g.ports[g.servers[i].port].id}
                    for ip, i in self.server_ids.items()}
         sfcs = {k: {"tag": g.sfcs[k].tag, "rx": g.sfcs[k].rx, "tx": g.sfcs[k].tx,
                     "back": g.sfcs[k].back, "new_flows": g.sfcs[k].new_flows,

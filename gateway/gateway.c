@@ -12,6 +12,7 @@
 #define IDLE_POLLS 256
 #define MAX_SLEEP_US 3200
 #define MIN_SLEEP_US 100
+#define SHARED_QUANTUM_US 50 /* busy this long, the loop yields (router.c) */
 
 static uint32_t coarse_now(uint64_t tsc)
 {
@@ -96,11 +97,10 @@ static void transmit(struct serpens_gateway *g, struct serpens_gw_port *p, struc
 		flush(g, p);
 }
 
-/* Frames from the outside: classify, pick the server, encapsulate, to the underlay. */
+/* Frames from the outside: classify, pick the server, encapsulate, to its underlay port. */
 static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mbuf **pkts,
 			 uint32_t n, uint32_t now)
 {
-	struct serpens_gw_port *under = &g->ports[g->underlay_port];
 	const struct serpens_match_tables t = {g->rules, g->nrules, g->default_sfc, g->tag_sfc};
 
 	for (uint32_t k = 0; k < n; k++) {
@@ -134,7 +134,7 @@ static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mb
 		}
 		s->tx++;
 		sv->tx++;
-		transmit(g, under, m);
+		transmit(g, &g->ports[sv->port], m);
 	}
 }
 
@@ -155,11 +155,12 @@ static int sfc_of_tag(struct serpens_gateway *g, uint32_t tag, uint32_t vni)
 	return -1;
 }
 
-/* Frames from the underlay: VXLAN back from the servers out of the egress port, ARP answered,
- * the rest counted by reason. */
-static void from_underlay(struct serpens_gateway *g, struct rte_mbuf **pkts, uint32_t n)
+/* Frames from underlay port `port`: VXLAN back from the servers out of the egress port, ARP
+ * answered there, the rest counted by reason. */
+static void from_underlay(struct serpens_gateway *g, uint32_t port, struct rte_mbuf **pkts,
+			  uint32_t n)
 {
-	struct serpens_gw_port *under = &g->ports[g->underlay_port];
+	struct serpens_gw_port *under = &g->ports[port];
 	struct serpens_gw_port *egress = &g->ports[g->egress_port];
 
 	for (uint32_t k = 0; k < n; k++) {
@@ -204,20 +205,25 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 	__atomic_store_n(&g->loops, g->loops + 1, __ATOMIC_RELEASE);
 	if (g->underlay_port < 0 || g->egress_port < 0)
 		return 0;
-	/* the underlay every time: what servers return must not wait behind the outside */
-	struct serpens_gw_port *under = &g->ports[g->underlay_port];
-	uint16_t n = rte_eth_rx_burst(under->id, 0, pkts, SERPENS_BURST);
-	if (n) {
-		under->rx += n;
-		g->rx += n;
-		from_underlay(g, pkts, n);
-		work += n;
+	/* the underlay ports every time: what servers return must not wait behind the outside */
+	uint16_t n;
+	for (uint32_t i = 0; i < g->nports; i++) {
+		struct serpens_gw_port *under = &g->ports[i];
+		if (!under->underlay)
+			continue;
+		n = rte_eth_rx_burst(under->id, 0, pkts, SERPENS_BURST);
+		if (n) {
+			under->rx += n;
+			g->rx += n;
+			from_underlay(g, i, pkts, n);
+			work += n;
+		}
 	}
 	for (uint32_t tries = 0; tries < g->nports; tries++) {
 		uint32_t port = g->next_port;
 		g->next_port = port + 1 == g->nports ? 0 : port + 1;
 		struct serpens_gw_port *p = &g->ports[port];
-		if (!p->ingress || (int32_t)port == g->underlay_port)
+		if (!p->ingress || p->underlay)
 			continue;
 		uint32_t quota = serpens_pace_quota(&p->pace, tsc, SERPENS_BURST);
 		if (!quota)
@@ -246,13 +252,24 @@ int serpens_gateway_lcore_main(void *arg)
 int serpens_gateway_run(struct serpens_gateway *g)
 {
 	uint32_t idle = 0, sleep_us = MIN_SLEEP_US;
+	uint64_t busy_since = 0, quantum = rte_get_tsc_hz() / 1000000 * SHARED_QUANTUM_US;
 
 	while (!__atomic_load_n(&g->stop, __ATOMIC_ACQUIRE)) {
 		if (serpens_gateway_poll(g)) {
 			idle = 0;
 			sleep_us = MIN_SLEEP_US;
+			/* busy for a quantum: a loop sharing this core (a router, on one host) runs
+			 * now, not when the scheduler preempts us milliseconds later */
+			uint64_t now = rte_rdtsc();
+			if (!busy_since) {
+				busy_since = now;
+			} else if (now - busy_since > quantum) {
+				sched_yield();
+				busy_since = 0;
+			}
 			continue;
 		}
+		busy_since = 0;
 		if (++idle < IDLE_POLLS) {
 			sched_yield();
 			continue;

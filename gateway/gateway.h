@@ -11,12 +11,14 @@
  * picks one and the flow is pinned to it. So a live flow keeps its server when servers are
  * added or weights change (only new flows follow the new table), and removing a server moves
  * only its flows. Then the frame is VXLAN-encapsulated in place (runtime_cy/src/vxlan.h: the
- * SFC's tag and VNI, outer source port from the flow hash) and sent on the underlay port.
+ * SFC's tag and VNI, outer source port from the flow hash) and sent on the server's underlay
+ * port: the gateway's underlay port, or one of its own when the server has one (point-to-point
+ * links such as memif between containers on one host: one port per server).
  *
- * From the underlay port: VXLAN for the gateway's address whose tag and VNI are an SFC's is
+ * From every underlay port: VXLAN for the gateway's address whose tag and VNI are an SFC's is
  * decapsulated and leaves on the egress port; ARP requests for its address are answered on the
- * underlay; everything else is counted by reason and freed. Neighbours (the servers' MACs)
- * are pushed by the control side: the gateway resolves nothing itself.
+ * port they came on; everything else is counted by reason and freed. Neighbours (the servers'
+ * MACs) are pushed by the control side: the gateway resolves nothing itself.
  *
  * The flow table is bounded (SERPENS_GW_FLOW_BUCKETS x SERPENS_GW_FLOW_WAYS); an entry unused
  * for `idle_cycles` is free again. A flow whose bucket holds only live entries is sent by the
@@ -51,6 +53,7 @@ struct serpens_gw_server {
 	volatile uint32_t used;
 	uint32_t ip;                 /* underlay address, network order */
 	uint8_t mac[6];              /* its MAC on the underlay (pushed, not resolved) */
+	uint32_t port;               /* index into ports[]: the underlay port it is reached on */
 	uint64_t tx;                 /* gateway thread: frames sent to it */
 };
 
@@ -72,6 +75,7 @@ struct serpens_gw_sfc {
 struct serpens_gw_port {
 	uint16_t id;                 /* DPDK port id */
 	uint8_t ingress;             /* frames from the outside arrive here */
+	uint8_t underlay;            /* an underlay port (servers behind it) */
 	struct serpens_pace pace;    /* ingress pacing (replayed captures; off unless set) */
 	uint32_t nout;
 	struct rte_mbuf *out[SERPENS_BURST];
@@ -84,7 +88,7 @@ struct serpens_gateway {
 	uint64_t idle_cycles;        /* a flow unused this long is forgotten */
 	uint32_t nports, nrules;
 	int32_t default_sfc;
-	int32_t underlay_port;       /* index into ports[] (-1: none yet) */
+	int32_t underlay_port;       /* index into ports[]: servers' default (-1: none yet) */
 	int32_t egress_port;         /* index into ports[]: decapsulated frames leave here */
 	struct serpens_underlay underlay;
 	struct serpens_gw_port ports[SERPENS_GW_MAX_PORTS];

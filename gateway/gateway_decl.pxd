@@ -22,6 +22,7 @@ cdef extern from "gateway.h" nogil:
         uint32_t used
         uint32_t ip
         uint8_t mac[6]
+        uint32_t port
         uint64_t tx
 
     struct serpens_gw_sfc:
@@ -34,7 +35,7 @@ cdef extern from "gateway.h" nogil:
 
     struct serpens_gw_port:
         uint16_t id
-        uint8_t ingress
+        uint8_t ingress, underlay
         serpens_pace pace
         uint64_t rx, tx, tx_failed, unmatched
 

@@ -40,7 +40,7 @@ build_inputs_hash() {
   { cat pyproject.toml setup.py
     find runtime_cy \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -path '*/src/*' \
          -o -path '*/include/*' -o -path '*/nf_support/*' \) -type f | sort | xargs cat
-    find router bench/native -type f \( -name '*.c' -o -name '*.h' -o -name '*.pxd' \
+    find router gateway bench/native -type f \( -name '*.c' -o -name '*.h' -o -name '*.pxd' \
          -o -name '*.pxi' \) | sort | xargs cat; } | sha256sum | cut -d' ' -f1
 }
 

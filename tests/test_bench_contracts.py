@@ -231,3 +231,28 @@ def test_control_bench_json_contract():
     assert 0 < r["failover_s"] < 30 and r["traffic_kept"] is True
     assert r["api_rps"] > 0 and r["etcd_get_rps"] > 0
     assert len(r["samples"]["apply_to_traffic_ms"]) == 2 and r["params"]["nfs"] == 20
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: root")
+def test_multinode_bench_json_contract():
+    """A short run: every key, figures non-zero, and the frames really crossed the underlay:
+    both servers decapsulated VXLAN from the gateway and the gateway sent to both."""
+    r = _bench("multinode", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000",
+               timeout=600)
+    assert r["gateway_mpps"] > 0 and r["encap_ns"] > 0
+    assert r["multi_mpps"] > 0 and r["single_mpps"] > 0
+    assert r["ratio"] == round(r["multi_mpps"] / r["single_mpps"], 3)
+    assert r["capacity_mpps"]["multi"] >= r["multi_mpps"] * 0.99
+    assert r["capacity_mpps"]["single"] > 0
+    for k in ("multi", "single"):
+        lat = r["latency_us"][k]
+        assert 0 < lat["p50"] <= lat["p99"], k
+    assert r["params"]["underlay"] == "memif" and r["params"]["servers"] == 2
+    assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
+    assert r["machine"]["cores"] >= 1 and set(r["machine"]["stalls"]) >= {"cpu0"}
+    detail = r["multi_detail"]
+    assert len(detail["gateway"]["servers"]) == 2
+    assert all(sent > 0 for sent in detail["gateway"]["servers"].values())
+    for name, st in detail["servers"].items():
+        assert st["vxlan"]["rx"] > 0 and st["tx"] > 0, name
+        assert st["vxlan"]["drops"]["bad_outer"] == 0 and st["vxlan"]["drops"]["unknown_tag"] == 0

@@ -189,6 +189,42 @@ def test_arp_for_the_underlay_address_is_answered(site):
     assert st["arp_replies"] == 1 and st["drops"]["not_ours"] == 1
 
 
+def test_a_server_on_a_port_of_its_own_is_reached_and_answered_there(site, dataplane):
+    """Point-to-point underlay links (memif between containers): one port per server. Frames
+    for a server leave on its port; what it sends back on that port, VXLAN or ARP, is taken
+    there; the other servers stay on the gateway's underlay port."""
+    own = Wire(dataplane, f"{site.underlay.port}x")
+    try:
+        sfc = one_sfc(site, {"192.168.50.11": 1, "192.168.50.12": 1})
+        site.gw.set_server("192.168.50.12", SERVERS["192.168.50.12"], port=own.port)
+        frames = [flow_frame(f, 0) for f in range(200)]
+        for i in range(0, len(frames), 100):
+            site.outside.send(frames[i:i + 100])
+            site.pump()
+        shared = [d for _, d in dp.pull(site.underlay.sent, 512)]
+        private = [d for _, d in dp.pull(own.sent, 512)]
+        assert {server_of(w) for w in shared} == {"192.168.50.11"}
+        assert {server_of(w) for w in private} == {"192.168.50.12"}
+        assert len(shared) + len(private) == 200 and len(private) > 40
+        st = site.gw.stats()["servers"]
+        assert (st["192.168.50.11"]["port"], st["192.168.50.12"]["port"]) == \
+            (site.underlay.port, own.port)
+        ask = bytes(Ether(src=SERVERS["192.168.50.12"], dst="ff:ff:ff:ff:ff:ff")
+                    / ARP(op=1, hwsrc=SERVERS["192.168.50.12"], psrc="192.168.50.12",
+                          pdst=GW_IP))
+        own.send([vxlan_to_gateway(flow_frame(3, 1), ip={"src": "192.168.50.12"}), ask])
+        site.pump()
+        assert len(dp.pull(site.egress.sent, 8)) == 1
+        reply = [Ether(d) for _, d in dp.pull(own.sent, 8)]
+        assert [r[ARP].op for r in reply] == [2] and not dp.pull(site.underlay.sent, 8)
+        assert site.gw.stats()["sfcs"][sfc]["back"] == 1
+        with pytest.raises(ValueError, match="ingress"):
+            site.gw.set_server("192.168.50.13", SERVERS["192.168.50.13"],
+                               port=site.outside.port)
+    finally:
+        own.close()
+
+
 def test_bad_frames_from_the_underlay_are_counted_by_reason(site):
     one_sfc(site, {"192.168.50.11": 1})
     good = vxlan_to_gateway(flow_frame(1, 1))

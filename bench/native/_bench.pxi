@@ -4,6 +4,7 @@
 # the extension loads), and the global proxy's loop.
 from driver_decl cimport *
 from baselines_decl cimport *
+from gwdrive_decl cimport *
 
 LOAD_DLOPEN = SERPENS_LOAD_DLOPEN  # SOCK-style: dlopen() the NF's .so (build_command dl_paths)
 LOAD_FORK = SERPENS_LOAD_FORK      # SAND-style: a zygote forks a child per start
@@ -59,3 +60,106 @@ def bench_proxy(PoolCtl ctl, rx_names, tx_names, int label_offset):
     ctl.c.state = SERPENS_POOL_EXITED
     serpens_fence()
     return [fwd[h] for h in range(n)]
+
+
+def encap_ns(Mempool pool, bytes frame, uint32_t iters=20000):
+    """Nanoseconds per VXLAN encapsulation of `frame` (gwdrive.h serpens_encap_cycles)."""
+    cdef double cycles
+    cdef const uint8_t *f = <const uint8_t *>PyBytes_AS_STRING(frame)
+    cdef uint16_t n = len(frame)
+    with nogil:
+        cycles = serpens_encap_cycles(pool.mp, f, n, iters)
+    if not cycles:
+        raise MemoryError("encap_ns: no mbufs")
+    return cycles * 1e9 / rte_get_tsc_hz()
+
+
+cdef class GatewayDriver:
+    """The outside world around a Gateway on its lcore (bench/native/gwdrive.h): paced traffic
+    into `ingress` (a Ring the gateway's ingress port reads), stamped; what the gateway sends
+    out through `egress` (the Ring its egress port writes) is counted and its latency logged."""
+    cdef serpens_gwdrive d
+    cdef Gateway gw
+    cdef object keep
+    cdef int lcore
+    cdef uint32_t depth
+
+    def __cinit__(self, Gateway gw, Ring ingress, Ring egress, Mempool pool, frames,
+                  uint32_t stamp_off=42, uint32_t depth=4096):
+        self.lcore = -1
+        for f in frames:
+            if len(f) < stamp_off + 12:
+                raise ValueError(f"frames need {stamp_off + 12} bytes for the stamp")
+        blob = b"".join(frames)
+        lens = array.array("H", [len(f) for f in frames])
+        offs = array.array("I", [0] * len(frames))
+        at = 0
+        for i, f in enumerate(frames):
+            offs[i] = at
+            at += len(f)
+        self.keep = (blob, lens, offs, gw)
+        cdef const unsigned char[:] fb = blob
+        cdef const uint16_t[:] lb = lens
+        cdef const uint32_t[:] ob = offs
+        memset(&self.d, 0, sizeof(self.d))
+        self.gw = gw
+        self.d.g = gw.g
+        self.d.in_ = ingress.r
+        self.d.out = egress.r
+        self.d.mp = pool.mp
+        self.d.frames = &fb[0]
+        self.d.len = &lb[0]
+        self.d.off = &ob[0]
+        self.d.nframes = len(frames)
+        self.d.stamp_off = stamp_off
+        self.depth = depth
+
+    def __dealloc__(self):
+        if self.lcore >= 0:
+            self.d.stop = 1
+            rte_eal_wait_lcore(self.lcore)
+        free(self.d.log)
+
+    def launch(self, unsigned lcore):
+        self.pace(1)  # held back until told
+        self.d.stop = 0
+        rc = rte_eal_remote_launch(serpens_gwdrive_lcore_main, &self.d, lcore)
+        if rc:
+            raise OSError(-rc, f"launching the gateway driver on lcore {lcore}")
+        self.lcore = lcore
+
+    def stop(self):
+        self.d.stop = 1
+        serpens_fence()
+        if self.lcore >= 0:
+            with nogil:
+                rte_eal_wait_lcore(self.lcore)
+            self.lcore = -1
+
+    def pace(self, double pps):
+        """Offer `pps` (0: unpaced, as much as the ingress ring takes)."""
+        serpens_pace_set(&self.d.pace, pps, self.depth)
+
+    def counts(self):
+        """(sent, missed, received): frames into the gateway, arrivals lost, frames out."""
+        return (serpens_load_u64(&self.d.sent), serpens_load_u64(&self.d.pace.missed),
+                serpens_load_u64(&self.d.received))
+
+    def log_start(self, uint64_t capacity):
+        self.d.log_on = 0
+        serpens_fence()
+        free(self.d.log)
+        self.d.log = <serpens_lat_rec *>malloc(capacity * sizeof(serpens_lat_rec))
+        if self.d.log == NULL:
+            raise MemoryError()
+        memset(self.d.log, 0, capacity * sizeof(serpens_lat_rec))
+        self.d.log_cap, self.d.log_n = capacity, 0
+        serpens_fence()
+        self.d.log_on = 1
+
+    def log_take(self):
+        """Stop recording; the records (LAT_REC_FORMAT each)."""
+        self.d.log_on = 0
+        serpens_fence()
+        n = serpens_load_u64(&self.d.log_n)
+        return PyBytes_FromStringAndSize(<char *>self.d.log, n * sizeof(serpens_lat_rec))
