@@ -112,7 +112,7 @@ def test_https_refuses_a_client_without_a_cluster_certificate(cluster):
         assert scrape(url)   # with one, it answers
 
 
-def test_plain_http_only_on_loopback(etcd, tmp_path):
+def test_plain_http_only_on_loopback():
     for prog, extra in (("serpens-controller", []), ("serpens-agent", ["--node", "x.yaml"]),
                         ("serpens-gateway", ["--config", "x.yaml"])):
         out = subprocess.run([os.path.join(BIN, prog), "--insecure", *extra,
