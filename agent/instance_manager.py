@@ -32,6 +32,7 @@ from serpens.runtime_cy import _dataplane as dp
 
 from .faults import DEGRADED, FAILED, RUNNING, CrashPolicy, describe_death
 from .process_pool import PoolError, PoolExhausted, PoolProcess, ProcessPool, merge_state
+from .usage import BusyCycles
 
 log = logging.getLogger(__name__)
 _names = itertools.count()
@@ -70,6 +71,7 @@ class InstanceManager:
         router.set_notify_fd(self._wake_fd, sfc_id)
         self.instances: dict[int, _Instance] = {}
         self.starts = self.stops = 0
+        self.busy = BusyCycles()  # its instances' CPU time (usage metering)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._control, name="instance-manager",
@@ -164,6 +166,7 @@ class InstanceManager:
             if isinstance(e, PoolError):
                 raise
             raise PoolError(f"the pool process died while starting ({e})") from e
+        self.busy.begin(i, proc.ctl)  # (before the router gives it packets)
         self.router.set_instance(i, rx, tx, proc.ctl, efd, self.sfc_id, pidfd=pidfd,
                                  pid=proc.pid, budget_ms=self.budget_ms)
         self.instances[i] = _Instance(proc, rx, tx, pidfd, efd, self.router.activity(i),
@@ -215,6 +218,7 @@ class InstanceManager:
                                s.proc.ctl.current_step(), [st.name for st in self.sfc.steps],
                                self.budget_ms if watchdog_tsc else None, watchdog_tsc,
                                s.proc.pid)
+        self.busy.end(i)  # (a dead process runs nothing more: its figure is final)
         self._forget(i, s)
         if not s.proc.dead:  # reaped on its crash record: it is still exiting
             self.pool.replace_doomed(s.proc)
@@ -235,12 +239,14 @@ class InstanceManager:
                 break  # stuck: stop it anyway; the router forgets what it still held
             time.sleep(0.0002)
         s.proc.on_death = None
+        final = None  # (dead, crashed or killed: its control block's figure is final)
         if not s.proc.dead and not self.router.reaped(i):  # (reaped: it crashed)
             try:
-                self.pool.stop_instance(s.proc)
+                final = self.pool.stop_instance(s.proc)
             except PoolError as e:  # stuck in an NF: the process goes, the pool refills
                 log.warning("sfc %d: stopping instance %d: %s; killing it", self.sfc_id, i, e)
                 s.proc.proc.kill()
+        self.busy.end(i, final)
         self._forget(i, s)
         self.stops += 1
 
