@@ -43,6 +43,10 @@ def parse_args(argv=None):
     ap.add_argument("--etcd", default="127.0.0.1:2379", help="etcd endpoints, comma-separated")
     ap.add_argument("--ttl", type=int, default=5, help="lease TTL of the node's record (s)")
     ap.add_argument("--report-s", type=float, default=1.0, help="load report period (s)")
+    ap.add_argument("--usage-file", default=None,
+                    help="where per-SFC usage totals are kept across restarts (default: "
+                         ".usage-<node>.json in the node's state_dir; a disk path keeps them "
+                         "across reboots too)")
     ap.add_argument("--listen", default="127.0.0.1:50061",
                     help="address of the Agent gRPC service (default %(default)s)")
     ap.add_argument("--advertise", default="",
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: where is it stuck?
     args = parse_args(argv)
     # usage is sampled (and its totals written) once per load report period
-    node, code = start_from_files("serpens-agent", args.node, args.sfc, usage_s=args.report_s)
+    node, code = start_from_files("serpens-agent", args.node, args.sfc, usage_s=args.report_s,
+                                  usage_path=args.usage_file)
     if node is None:
         return code
     try:

@@ -121,6 +121,7 @@ class UsageMeter:
         self._stop = threading.Event()
         self._thread = None
         self.samples = 0
+        self._write_error = ""   # the last write's failure (logged once until one succeeds)
         self._load()
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -247,11 +248,17 @@ class UsageMeter:
                 _write_file(tmp, data)
             os.replace(tmp, self.path)
         except OSError as e:
-            log.warning("usage: writing %s: %s (totals kept in memory)", self.path, e)
+            if str(e) != self._write_error:  # (a full filesystem: once, not every period)
+                log.warning("usage: writing %s: %s (totals kept in memory)", self.path, e)
+                self._write_error = str(e)
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+            return
+        if self._write_error:
+            log.info("usage: %s written again", self.path)
+            self._write_error = ""
 
     def _load(self):
         try:

@@ -63,7 +63,9 @@ def fill(fs: str, leave: int = 0) -> str:
 
 
 def files(folder: str) -> list[str]:
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    """What is in `folder`, but the agent's usage totals (agent/usage.py) kept there."""
+    return sorted(f for f in os.listdir(folder) if not f.startswith(".usage-")) \
+        if os.path.isdir(folder) else []
 
 
 # ---- the state table code alone ------------------------------------------------------------
