@@ -403,21 +403,21 @@ class Node:
         """Per SFC (running now, or run since the node started): packets and bytes its
         instances processed and their CPU time (s) since the node started (never
         decreasing), and its tables' bytes now (running SFCs; 0 for those gone)."""
-        hz = dp.tsc_hz()
         with self._usage_lock:
             with self._router_lock:
                 sfcs = self.router.stats()["sfcs"] if self.router else {}
-            out = {name: {"packets": c[0], "bytes": c[1], "cpu_seconds": c[2] / hz,
-                          "state_bytes": 0} for name, c in self._carried.items()}
+            counted = {name: list(c) for name, c in self._carried.items()}
             running = list(self.running.items()) + list(self._leaving.items())
             for name, r in running:
-                u = out.setdefault(name, {"packets": 0, "bytes": 0, "cpu_seconds": 0.0,
-                                          "state_bytes": 0})
+                c = counted.setdefault(name, [0, 0, 0])
                 st = sfcs.get(r.sfc_id)
                 if st is not None:
-                    u["packets"] += st["out"] + st["dropped"]
-                    u["bytes"] += st["bytes"]
-                u["cpu_seconds"] += r.manager.busy.cycles() / hz
+                    c[0] += st["out"] + st["dropped"]
+                    c[1] += st["bytes"]
+                c[2] += r.manager.busy.cycles()
+        hz = dp.tsc_hz()  # (cycles summed first: a float sum could seem to go back)
+        out = {name: {"packets": c[0], "bytes": c[1], "cpu_seconds": c[2] / hz,
+                      "state_bytes": 0} for name, c in counted.items()}
         state_dir = self.dataplane.config.state_dir if self.dataplane else None
         for name, r in running:
             if state_dir:
