@@ -28,7 +28,6 @@ from serpens.runtime_cy import _dataplane as dp
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("packets", "bytes", "cpu_seconds", "state_byte_seconds")
 BUCKET_S = 60                   # history granularity: `--since` counts from whole minutes
 RETENTION_S = 24 * 3600         # history kept (and the furthest back --since may reach)
 MAX_SFCS = 1024                 # SFC names with totals kept (the least recently used go)
@@ -209,9 +208,10 @@ class UsageMeter:
                 rows = {n: _as_dict(v) for n, v in self._totals.items()}
                 start = None
             else:
-                if since > now + 1:
+                # (a minute of leeway both ways: the caller's clock is another machine's)
+                if since > now + 60:
                     raise ValueError("since: in the future")
-                if since < now - self.retention_s:
+                if since < now - self.retention_s - 60:
                     raise ValueError(f"since: at most {self.retention_s / 3600:g} h back "
                                      "(the per-minute history kept)")
                 start = since // BUCKET_S * BUCKET_S

@@ -17,7 +17,7 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc
 from serpens.runtime_cy.primary import remove_stale_files
 
 from support.cluster import BIN, FW_MON_NAT, Agent, Controller, status, wait_until
-from support.etcd import client_identity, identity, secure_channel, serpensctl_config
+from support.etcd import identity, secure_channel, serpensctl_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
