@@ -171,3 +171,21 @@ def test_totals_go_on_across_a_replaced_sfc_a_removed_one_and_a_new_node(
         assert node.usage()[name]["packets"] == 115
         since = node.meter.usage(name, time.time() - 120)[0][name]
         assert since["packets"] == 115  # all of it within the last two minutes
+
+
+def test_totals_are_kept_on_a_hugetlbfs_state_directory(tmp_path):
+    """hugetlbfs has no write(): the file goes through a mapping, a huge page long, and
+    reads back the same."""
+    from serpens.agent.usage import UsageMeter
+
+    from support.mounts import small_fs
+
+    counters = {"a": {"packets": 7, "bytes": 448, "cpu_seconds": 0.5, "state_bytes": 0}}
+    with small_fs("hugetlbfs", "8M") as fs:
+        path = os.path.join(fs, ".usage-n.json")
+        meter = UsageMeter(lambda: counters, path, period_s=0)
+        meter.sample()
+        assert os.path.getsize(path) == 2 << 20 and os.listdir(fs) == [".usage-n.json"]
+        again = UsageMeter(dict, path, period_s=0)
+        assert again.usage()[0] == meter.usage()[0] == {
+            "a": {"packets": 7, "bytes": 448, "cpu_seconds": 0.5, "state_byte_seconds": 0.0}}
