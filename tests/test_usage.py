@@ -189,3 +189,40 @@ def test_totals_are_kept_on_a_hugetlbfs_state_directory(tmp_path):
         again = UsageMeter(dict, path, period_s=0)
         assert again.usage()[0] == meter.usage()[0] == {
             "a": {"packets": 7, "bytes": 448, "cpu_seconds": 0.5, "state_byte_seconds": 0.0}}
+
+
+def test_cpu_seconds_hold_an_nf_s_work_and_stay_after_its_instance_crashed(
+        dataplane, pool, areas, wires, tmp_path):
+    """The `crash` test NF spins 2 ms per 'S' frame: 20 of them are at least 40 ms of the
+    instance's time, and no more than the time that passed. A 'K' frame kills the instance:
+    what it used stays, and the frame it died with is not billed."""
+    from support.packets import eth as frame_eth
+    crash = os.path.join(os.path.dirname(__file__), "nfs", "crash.c")
+    name = f"cpu-{os.getpid() % 10**5}"
+    spec = parse_sfc(f"""
+apiVersion: serpens/v1
+kind: SFC
+metadata: {{name: {name}}}
+spec:
+  nfs:
+    crash: {{source: {crash}}}
+  chain: [crash]
+  faults: {{batch_ms: 500}}
+""")
+
+    def cmd(c, i=0):
+        return bytes(frame_eth() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(sport=1000 + i)
+                     / (c + b"..."))
+
+    with node_with(dataplane, pool, areas, wires, [spec], tmp_path / "usage.json") as node:
+        node.scale(name, 1)
+        t0 = time.monotonic()
+        wires["wan"].send([cmd(b"S", i) for i in range(20)])
+        wait_until(lambda: node.usage_counters()[name]["packets"] == 20, 10)
+        wall = time.monotonic() - t0
+        cpu = node.usage_counters()[name]["cpu_seconds"]
+        assert 20 * 0.002 * 0.99 <= cpu <= wall  # (1%: the NF's clock and the TSC's rate)
+        wires["wan"].send([cmd(b"K")])
+        wait_until(lambda: node.stats()["sfcs"][name]["crashes"] == 1, 10)
+        after = node.usage_counters()[name]
+        assert after["cpu_seconds"] >= cpu and after["packets"] == 20
