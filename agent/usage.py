@@ -121,6 +121,7 @@ class UsageMeter:
         self._thread = None
         self.samples = 0
         self._write_error = ""   # the last write's failure (logged once until one succeeds)
+        self._written_at = None  # wall time of the last write (None: none yet)
         self._load()
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -137,7 +138,7 @@ class UsageMeter:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
-        self.sample()
+        self.sample(write=True)
 
     def _run(self):
         while not self._stop.wait(self.period_s):
@@ -148,14 +149,16 @@ class UsageMeter:
 
     # ---- sampling -------------------------------------------------------------------------
 
-    def sample(self):
-        """Add what every SFC used since the last sample; write the totals."""
+    def sample(self, write: bool = False):
+        """Add what every SFC used since the last sample; write the totals if they changed
+        (or `write`, or a minute passed: the last-seen times move on)."""
         raw = self.counters()
         now, mono = self.clock(), time.monotonic()
         with self._lock:
             dt = 0.0 if self._prev_t is None else mono - self._prev_t
             self._prev_t = mono
             bucket = self._buckets.setdefault(int(now // BUCKET_S * BUCKET_S), {})
+            changed = write or self._written_at is None or now - self._written_at >= BUCKET_S
             for name, c in raw.items():
                 prev = self._prev.get(name)
                 delta = [self._grew(c, prev, "packets"), self._grew(c, prev, "bytes"),
@@ -167,13 +170,17 @@ class UsageMeter:
                 if any(delta):
                     _add(self._totals.setdefault(name, _zero()), delta)
                     _add(bucket.setdefault(name, _zero()), delta)
+                    changed = True
             self._running = set(raw)
             for name in set(self._prev) - set(raw):  # gone from the node: no state billed
                 self._prev[name] = dict(self._prev[name], state_bytes=0)
             self._prune(now)
-            doc = self._document(now)
+            doc = self._document(now) if changed else None
+            if changed:
+                self._written_at = now
             self.samples += 1
-        self._write(doc)
+        if doc is not None:
+            self._write(doc)
 
     @staticmethod
     def _grew(now: dict, prev: dict | None, key: str):

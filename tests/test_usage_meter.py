@@ -137,3 +137,22 @@ def test_an_instance_s_cpu_figure_never_goes_back_nor_beyond_its_wall_time():
     other.begin(1, FakeCtl())
     other.end(1, 500)
     assert other.cycles() == 500
+
+
+def test_nothing_new_is_not_written_again_until_a_minute_passed(tmp_path):
+    path = tmp_path / "u.json"
+    c, clock = Counters(), Clock()
+    m = UsageMeter(c, str(path), period_s=0, clock=clock)
+    c.set("a", 1, 64)
+    m.sample()
+    first = os.stat(path).st_ino  # (each write renames a new file over it)
+    clock.t += 1
+    m.sample()
+    assert os.stat(path).st_ino == first
+    c.set("a", 2, 128)
+    m.sample()
+    assert os.stat(path).st_ino != first
+    second = os.stat(path).st_ino
+    clock.t += 60
+    m.sample()
+    assert os.stat(path).st_ino != second
