@@ -110,7 +110,8 @@ class UsageMeter:
                  retention_s: float = RETENTION_S):
         self.counters, self.path, self.period_s = counters, path, period_s
         self.clock, self.retention_s = clock, retention_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # the figures (sample() vs usage())
+        self._sampling = threading.Lock()      # one sample at a time, each written in turn
         self._totals: dict[str, list] = {}
         self._last_seen: dict[str, float] = {}      # wall time an SFC last ran here
         self._buckets: dict[int, dict[str, list]] = {}  # minute start -> SFC -> usage
@@ -152,6 +153,10 @@ class UsageMeter:
     def sample(self, write: bool = False):
         """Add what every SFC used since the last sample; write the totals if they changed
         (or `write`, or a minute passed: the last-seen times move on)."""
+        with self._sampling:  # (an older reading applied after a newer one would look reset)
+            self._sample(write)
+
+    def _sample(self, write: bool):
         raw = self.counters()
         now, mono = self.clock(), time.monotonic()
         with self._lock:
