@@ -32,6 +32,7 @@ from serpens.runtime_cy import _dataplane as dp
 
 from .faults import DEGRADED, FAILED, RUNNING, CrashPolicy, describe_death
 from .process_pool import PoolError, PoolExhausted, PoolProcess, ProcessPool, merge_state
+from .usage import BusyCycles
 
 log = logging.getLogger(__name__)
 _names = itertools.count()
@@ -72,6 +73,7 @@ class InstanceManager:
         self.starts = self.stops = 0
         self.starting = 0  # instances being started now (metrics)
         self.counts = _Counts(len(sfc.steps))  # NF counters and wake-ups, for metrics
+        self.busy = BusyCycles()  # its instances' CPU time (usage metering)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._control, name="instance-manager",
@@ -173,6 +175,7 @@ class InstanceManager:
             if isinstance(e, PoolError):
                 raise
             raise PoolError(f"the pool process died while starting ({e})") from e
+        self.busy.begin(i, proc.ctl)  # (before the router gives it packets)
         self.router.set_instance(i, rx, tx, proc.ctl, efd, self.sfc_id, pidfd=pidfd,
                                  pid=proc.pid, budget_ms=self.budget_ms)
         self.instances[i] = _Instance(proc, rx, tx, pidfd, efd, self.router.activity(i),
@@ -226,6 +229,7 @@ class InstanceManager:
                                s.proc.ctl.current_step(), [st.name for st in self.sfc.steps],
                                self.budget_ms if watchdog_tsc else None, watchdog_tsc,
                                s.proc.pid)
+        self.busy.end(i)  # (a dead process runs nothing more: its figure is final)
         self._forget(i, s)
         if not s.proc.dead:  # reaped on its crash record: it is still exiting
             self.pool.replace_doomed(s.proc)
@@ -247,12 +251,14 @@ class InstanceManager:
             time.sleep(0.0002)
         s.proc.on_death = None
         self.counts.retire(i)  # drained: final (before the process may serve another SFC)
+        final = None  # (dead, crashed or killed: its control block's figure is final)
         if not s.proc.dead and not self.router.reaped(i):  # (reaped: it crashed)
             try:
-                self.pool.stop_instance(s.proc)
+                final = self.pool.stop_instance(s.proc)
             except PoolError as e:  # stuck in an NF: the process goes, the pool refills
                 log.warning("sfc %d: stopping instance %d: %s; killing it", self.sfc_id, i, e)
                 s.proc.proc.kill()
+        self.busy.end(i, final)
         self._forget(i, s)
         self.stops += 1
 

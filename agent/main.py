@@ -1,6 +1,7 @@
 """serpens-agent: one server's agent (DESIGN §1): runs the node's data plane from its Node config,
 serves the Agent gRPC service the controller drives it with, registers the node in etcd with a
-lease (its record carries the service's address) and reports its load there.
+lease (its record carries the service's address) and reports its load there. It meters each
+SFC's usage (agent/usage.py), totals kept in the state directory across restarts.
 
     serpens-agent --node node.yaml --etcd https://10.0.0.1:2379 --listen 0.0.0.0:50061 \
         --ca ca.crt --cert node1.crt --key node1.key
@@ -43,6 +44,10 @@ def parse_args(argv=None):
     ap.add_argument("--etcd", default="127.0.0.1:2379", help="etcd endpoints, comma-separated")
     ap.add_argument("--ttl", type=int, default=5, help="lease TTL of the node's record (s)")
     ap.add_argument("--report-s", type=float, default=1.0, help="load report period (s)")
+    ap.add_argument("--usage-file", default=None,
+                    help="where per-SFC usage totals are kept across restarts (default: "
+                         ".usage-<node>.json in the node's state_dir; a disk path keeps them "
+                         "across reboots too)")
     ap.add_argument("--listen", default="127.0.0.1:50061",
                     help="address of the Agent gRPC service (default %(default)s)")
     ap.add_argument("--advertise", default="",
@@ -68,7 +73,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: where is it stuck?
     args = parse_args(argv)
-    node, code = start_from_files("serpens-agent", args.node, args.sfc)
+    # usage is sampled (and its totals written) once per load report period
+    node, code = start_from_files("serpens-agent", args.node, args.sfc, usage_s=args.report_s,
+                                  usage_path=args.usage_file)
     if node is None:
         return code
     try:

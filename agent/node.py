@@ -13,6 +13,12 @@ frames addressed to the underlay address on that port, and an SFC applied with a
 (agent/vxlan.py) gets the frames carrying its tag; with `output: gateway` its packets go back to
 the gateway encapsulated on the underlay port. The gateway's address is the node's (the last
 route given sets it).
+
+Usage metering (agent/usage.py): the node keeps per-SFC counters for its lifetime
+(usage_counters(): packets and bytes its instances processed, their CPU time, its tables' bytes)
+that never go back while it runs, whatever is applied, replaced or removed meanwhile: what a
+removed SFC slot or a replaced instance manager counted is carried over under its name. Its
+UsageMeter samples them every `usage_s` into totals persisted in the state directory.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from .instance_manager import InstanceManager
 from .process_pool import ProcessPool
 from .sfc_builder import build_sfc
 from .state_manager import StateManager
+from .usage import UsageMeter, table_bytes
 from .vxlan import VxlanRoute
 
 
@@ -139,10 +146,13 @@ def _same_routing(old: _Running, spec: SFCSpec, vxlan: VxlanRoute | None) -> boo
 class Node:
     def __init__(self, node: NodeSpec, sfcs: list[SFCSpec], *, dataplane: Dataplane = None,
                  pool: ProcessPool = None, ports: dict | None = None,
-                 areas: AreaAllocator | None = None):
+                 areas: AreaAllocator | None = None, usage_s: float = 1.0,
+                 usage_path: str | None = None):
         """`dataplane`, `pool`, `ports` (name -> DPDK port id) and `areas` (the image area
         allocator of whoever else uses that pool) may be given (tests); otherwise the node
-        makes its own. `sfcs` start with the node; apply_sfc()/remove_sfc() change them."""
+        makes its own. `sfcs` start with the node; apply_sfc()/remove_sfc() change them.
+        Usage is sampled every `usage_s` (0: only when meter.sample() is called) and kept in
+        `usage_path` (default: `.usage-<node>.json` in the state directory)."""
         check_references(node, sfcs)
         self.spec, self.initial = node, sfcs
         self.dataplane, self.pool, self.ports = dataplane, pool, ports
@@ -155,6 +165,10 @@ class Node:
         self.gateway = None        # (ip, mac) the router sends `output: gateway` packets to
         self._lock = threading.RLock()
         self._router_lock = threading.Lock()  # stats() vs close()
+        self.usage_s, self.usage_path, self.meter = usage_s, usage_path, None
+        self._usage_lock = threading.Lock()   # usage_counters() vs SFCs coming and going
+        self._carried: dict[str, list] = {}   # SFC -> [packets, bytes, busy cycles] of the past
+        self._leaving: dict[str, _Running] = {}  # being removed: still counted as running
 
     @property
     def sfcs(self) -> list[SFCSpec]:
@@ -195,6 +209,9 @@ class Node:
             self.router.set_underlay(port, node.underlay.ip, self.underlay_mac,
                                      node.underlay.mtu)
         self.router.launch(self.dataplane.config.router_lcore)
+        self.meter = UsageMeter(self.usage_counters, self.usage_path or os.path.join(
+            self.dataplane.config.state_dir, f".usage-{node.name}.json"),
+            period_s=self.usage_s).start()
         for spec in self.initial:
             self.apply_sfc(spec)
 
@@ -257,9 +274,12 @@ class Node:
                     self.router.remove_sfc(added)
                 built.close(self.areas)
                 raise
-            self.running[spec.name] = entry = _Running(
-                spec, built, sfc_id, manager, generation=generation, replicas=replicas or 0,
-                incarnation=incarnation, vxlan=vxlan)
+            entry = _Running(spec, built, sfc_id, manager, generation=generation,
+                             replicas=replicas or 0, incarnation=incarnation, vxlan=vxlan)
+            with self._usage_lock:
+                if in_place:  # the router's counters go on; the old manager's CPU is past
+                    self._carry(spec.name, busy=old.manager.busy.cycles())
+                self.running[spec.name] = entry
             if not in_place:
                 self._route()
             want = replicas if replicas is not None else count
@@ -283,7 +303,8 @@ class Node:
         """Stop routing to SFC `name`, let its held packets through, retire its instances
         and forget it. Its state stays in the state manager's files."""
         with self._lock:
-            entry = self.running.pop(name)
+            with self._usage_lock:
+                entry = self._leaving[name] = self.running.pop(name)
             self._route()
             if entry.vxlan is not None:
                 self.router.clear_sfc_vxlan(entry.sfc_id)
@@ -294,6 +315,9 @@ class Node:
             entry.manager.close()
             if self.router.held(entry.sfc_id):  # no pool process to take them: say so
                 raise RuntimeError(f"sfc {name}: packets still held after {timeout}s")
+            with self._usage_lock:
+                self._carry_all(name, entry)
+                del self._leaving[name]
             self.router.remove_sfc(entry.sfc_id)
             entry.built.close(self.areas)
 
@@ -361,6 +385,52 @@ class Node:
             with entry.manager.paused():
                 return self.state.drop(entry.spec.state_namespace(nf), table or None)
 
+    # ---- usage ----------------------------------------------------------------------------
+
+    def _carry(self, name: str, packets: int = 0, nbytes: int = 0, busy: int = 0):
+        c = self._carried.setdefault(name, [0, 0, 0])
+        c[0] += packets
+        c[1] += nbytes
+        c[2] += busy
+
+    def _carry_all(self, name: str, entry: _Running):
+        """Keep what `entry` counted (its instances are gone, its router slot is going)."""
+        st = self.router.stats()["sfcs"].get(entry.sfc_id) if self.router else None
+        self._carry(name, *((st["out"] + st["dropped"], st["bytes"]) if st else (0, 0)),
+                    busy=entry.manager.busy.cycles())
+
+    def usage_counters(self) -> dict[str, dict]:
+        """Per SFC (running now, or run since the node started): packets and bytes its
+        instances processed and their CPU time (s) since the node started (never
+        decreasing), and its tables' bytes now (running SFCs; 0 for those gone)."""
+        with self._usage_lock:
+            with self._router_lock:
+                sfcs = self.router.stats()["sfcs"] if self.router else {}
+            counted = {name: list(c) for name, c in self._carried.items()}
+            running = list(self.running.items()) + list(self._leaving.items())
+            for name, r in running:
+                c = counted.setdefault(name, [0, 0, 0])
+                st = sfcs.get(r.sfc_id)
+                if st is not None:
+                    c[0] += st["out"] + st["dropped"]
+                    c[1] += st["bytes"]
+                c[2] += r.manager.busy.cycles()
+        hz = dp.tsc_hz()  # (cycles summed first: a float sum could seem to go back)
+        out = {name: {"packets": c[0], "bytes": c[1], "cpu_seconds": c[2] / hz,
+                      "state_bytes": 0} for name, c in counted.items()}
+        state_dir = self.dataplane.config.state_dir if self.dataplane else None
+        for name, r in running:
+            if state_dir:
+                out[name]["state_bytes"] += table_bytes(
+                    state_dir, [r.spec.state_namespace(nf) for nf in r.spec.nfs])
+        return out
+
+    def usage(self, since: float | None = None) -> dict[str, dict]:
+        """Per SFC {packets, bytes, cpu_seconds, state_byte_seconds}: the totals (kept across
+        agent restarts), or those since Unix time `since` (from its minute on; at most 24 h
+        back). As of the last sample (every usage_s)."""
+        return self.meter.usage(since=since)[0] if self.meter else {}
+
     @property
     def state(self) -> StateManager:
         return StateManager(self.dataplane.config.state_dir)
@@ -401,13 +471,18 @@ class Node:
         with self._lock:
             for entry in self.running.values():
                 entry.manager.close()
-            with self._router_lock:
-                if self.router is not None:
-                    self.router.stop()
-                    self.router = None
-            for entry in self.running.values():
+            with self._usage_lock:  # what they counted stays for the meter's last sample
+                for name, entry in self.running.items():
+                    self._carry_all(name, entry)
+                with self._router_lock:
+                    if self.router is not None:
+                        self.router.stop()
+                        self.router = None
+                running, self.running = self.running, {}
+            for entry in running.values():
                 entry.built.close(self.areas)
-            self.running.clear()
+            if self.meter is not None:
+                self.meter.close()  # a last sample, written
         if self._own_pool and self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -426,15 +501,16 @@ class Node:
         self.close()
 
 
-def start_from_files(prog: str, node_path: str, sfc_paths: list[str]):
-    """For command lines: load, check and start a node from its spec files. Returns
-    (node, 0), or (None, exit code) after printing why: 2 a bad spec, 1 a failed start."""
+def start_from_files(prog: str, node_path: str, sfc_paths: list[str], **options):
+    """For command lines: load, check and start a node from its spec files (`options`:
+    Node's keyword arguments). Returns (node, 0), or (None, exit code) after printing why: 2 a
+    bad spec, 1 a failed start."""
     import sys
     from serpens.common.node_spec import load_node
     from serpens.common.spec import load_sfc
 
     try:
-        node = Node(load_node(node_path), [load_sfc(p) for p in sfc_paths])
+        node = Node(load_node(node_path), [load_sfc(p) for p in sfc_paths], **options)
     except SpecError as e:
         print(f"{prog}: invalid spec: {e}", file=sys.stderr)
         return None, 2

@@ -287,14 +287,18 @@ class ProcessPool:
         self.update_cpu_sharing()
         return p
 
-    def stop_instance(self, p: PoolProcess, timeout: float = 5.0):
+    def stop_instance(self, p: PoolProcess, timeout: float = 5.0) -> int:
+        """Stop p's instance; returns the TSC cycles it spent on batches (its CPU time, for
+        usage metering), read before p is free to run another instance."""
         if p.dead:
-            return
+            return p.ctl.busy_cycles
         self._command(p, dp.CMD_STOP, timeout=timeout)
+        busy = p.ctl.busy_cycles
         p.instance_id = 0
         p.rings = ()
         p.on_death = None
         self.update_cpu_sharing()
+        return busy
 
     def pin(self, p: PoolProcess, cpu: int):
         """Run process p on CPU `cpu` only (then update_cpu_sharing)."""

@@ -182,6 +182,16 @@ class AgentServicer(pb_grpc.AgentServicer):
         return pb.ResetStateResponse(node=self.node.spec.name, tables=gone)
 
     @_handler
+    async def GetUsage(self, request, context):
+        since = request.since.ToSeconds() + request.since.nanos / 1e9 \
+            if request.HasField("since") else None
+        try:
+            rows, start = self.node.meter.usage(request.sfc or None, since)
+        except ValueError as e:  # names `since`
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return usage_response(rows, start, node=self.node.spec.name)
+
+    @_handler
     async def GetNode(self, request, context):
         st = self.node.stats()
         vxlan = st["vxlan"]
@@ -192,6 +202,21 @@ class AgentServicer(pb_grpc.AgentServicer):
                    for name, c in st["ports"].items()},
             vxlan_rx=vxlan.get("rx", 0), arp_replies=vxlan.get("arp_replies", 0),
             vxlan_drops=vxlan.get("drops", {}))
+
+
+def usage_message(u: dict) -> pb.Usage:
+    return pb.Usage(packets=u["packets"], bytes=u["bytes"], cpu_seconds=u["cpu_seconds"],
+                    state_byte_seconds=u["state_byte_seconds"])
+
+
+def usage_response(rows: dict, start: float | None, node: str = "") -> pb.GetUsageResponse:
+    """A GetUsageResponse of UsageMeter.usage()'s figures."""
+    reply = pb.GetUsageResponse(node=node, sfcs=[
+        pb.SFCUsage(sfc=name, total=usage_message(u)) for name, u in sorted(rows.items())])
+    reply.read_at.GetCurrentTime()
+    if start is not None:
+        reply.since.FromSeconds(int(start))
+    return reply
 
 
 def _check_same_code(request, code: str, code_sha256: str):

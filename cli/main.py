@@ -17,6 +17,7 @@ from serpens.cli import config
 from serpens.cli import control as control_cmd
 from serpens.cli import node as node_cmd
 from serpens.cli import status as status_cmd
+from serpens.cli import usage as usage_cmd
 
 
 def _bench(args) -> int:
@@ -94,6 +95,7 @@ def build_parser():
     node_cmd.register(sub)
     control_cmd.register(sub)
     status_cmd.register(sub)
+    usage_cmd.register(sub)
     bench = sub.add_parser("bench", help="run a benchmark against its baselines")
     cases = bench.add_subparsers(dest="case", required=True)
     for name, module_name in CASES.items():
@@ -114,7 +116,7 @@ def _exit_on_sigterm(signum, frame):
 def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
-    if args.command in ("get", "describe", "status", "top", "state", "watch"):
+    if args.command in ("get", "describe", "status", "top", "state", "watch", "usage"):
         # `serpensctl get ... | head` ends quietly (commands running a DPDK primary keep the
         # default, so that they still clean up when their reader goes)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -41,6 +41,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Serpens/ListGateways": VIEWER,
     "/serpens.v1.Serpens/ReadState": VIEWER,
     "/serpens.v1.Serpens/Watch": VIEWER,
+    "/serpens.v1.Serpens/GetUsage": VIEWER,
     "/serpens.v1.Serpens/ApplySFC": OPERATOR,
     "/serpens.v1.Serpens/DeleteSFC": OPERATOR,
     "/serpens.v1.Serpens/Scale": OPERATOR,
@@ -59,6 +60,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Agent/SnapshotState": CONTROLLER,
     "/serpens.v1.Agent/RestoreState": CONTROLLER,
     "/serpens.v1.Agent/ResetState": CONTROLLER,
+    "/serpens.v1.Agent/GetUsage": CONTROLLER,
     # serpens.v1.Gateway: only the controller pushes routes and reads counters
     "/serpens.v1.Gateway/SetRoutes": CONTROLLER,
     "/serpens.v1.Gateway/GetGateway": CONTROLLER,

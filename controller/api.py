@@ -46,7 +46,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from serpens.common.documents import check_size
 from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.limits import LIMITS
-from serpens.common.names import NF_NAME
+from serpens.common.names import NF_NAME, SFC_NAME
 from serpens.common.records import (MalformedRecord, NFRecord, NodeRecord, Reported,
                                     ScaleRecord, SFCRecord, SFCStatus, decode)
 from serpens.common.rpc import Stubs
@@ -58,6 +58,8 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 _CAS_ATTEMPTS = 5              # read-modify-write retries without an expected_revision
+_USAGE_HISTORY_S = 24 * 3600   # how far back agents keep usage (agent/usage.py RETENTION_S)
+_USAGE_FIELDS = ("packets", "bytes", "cpu_seconds", "state_byte_seconds")
 
 
 class _Abort(Exception):
@@ -411,6 +413,59 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                                             grpc.StatusCode.FAILED_PRECONDITION) \
                 else grpc.StatusCode.UNAVAILABLE
             raise _Abort(code, f"node {node}: {e.details()}") from None
+
+    # -- usage ------------------------------------------------------------------------------
+
+    @_handler
+    async def GetUsage(self, request, context):
+        """Agent.GetUsage on every registered node, at once, summed per SFC: usage stays
+        with the node that metered it, so nodes that ran an SFC before it moved count too."""
+        if request.sfc and not SFC_NAME.match(request.sfc):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"sfc: not an SFC name: {request.sfc!r}")
+        if request.HasField("since"):
+            since = request.since.ToSeconds()
+            if since > time.time() + 60:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "since: in the future")
+            if since < time.time() - _USAGE_HISTORY_S:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             "since: at most 24 h back (the agents' per-minute history)")
+        nodes = {}
+        for key, item in (await self._read_list(self.nodes_prefix)).items():
+            record = self._record(key, item, "node")
+            if record is not None:
+                nodes[record.name] = record.address
+        names = sorted(nodes)
+        replies = await asyncio.gather(
+            *(self._agents[nodes[n]].GetUsage(request, timeout=10) for n in names),
+            return_exceptions=True)
+        reply = pb.GetUsageResponse()
+        rows: dict[str, pb.SFCUsage] = {}
+        for name, got in zip(names, replies):
+            if isinstance(got, grpc.aio.AioRpcError):
+                reply.unreachable.append(f"{name}: {got.code().name}: {got.details()}")
+                continue
+            if isinstance(got, BaseException):
+                reply.unreachable.append(f"{name}: {got!r}")
+                continue
+            if got.HasField("since") and not reply.HasField("since"):
+                reply.since.CopyFrom(got.since)
+            for s in got.sfcs:
+                row = rows.setdefault(s.sfc, pb.SFCUsage(sfc=s.sfc))
+                row.nodes[name].CopyFrom(s.total)
+                for f in _USAGE_FIELDS:
+                    setattr(row.total, f, getattr(row.total, f) + getattr(s.total, f))
+        if request.sfc and not rows:
+            if await self._read(self.sfcs_prefix, request.sfc, None) is not None:
+                rows[request.sfc] = pb.SFCUsage(sfc=request.sfc, total=pb.Usage())  # none yet
+            elif not reply.unreachable:
+                raise _Abort(grpc.StatusCode.NOT_FOUND, f"sfc: no SFC named {request.sfc!r}, "
+                             "and no node reports usage of one")
+        if request.HasField("since") and not reply.HasField("since"):
+            reply.since.FromSeconds(request.since.ToSeconds() // 60 * 60)
+        reply.sfcs.extend(rows[n] for n in sorted(rows))
+        reply.read_at.GetCurrentTime()
+        return reply
 
     async def Watch(self, request, context):
         """Not _handler-wrapped: an async generator (a stream)."""

@@ -112,6 +112,7 @@ cdef class Router:
             else:
                 s.next, s.out_port = -1, self._port(out_port)
             s.rx = s.out = s.dropped = s.new_flows = s.moved_flows = s.rebalanced_flows = 0
+            s.bytes = 0
             s.drop_died = s.drop_stuck = s.drop_hold = s.drop_failed = 0  # not the last user's
             s.drop_all = 0
             s.drop_mtu = s.vx_on = s.to_gateway = 0
@@ -492,6 +493,7 @@ cdef class Router:
                                  "rx_empty": r.ports[i].pace.rx_empty}
                  for i in range(r.nports)}
         sfcs = {k: {"rx": r.sfcs[k].rx, "out": r.sfcs[k].out, "dropped": r.sfcs[k].dropped,
+                    "bytes": r.sfcs[k].bytes,
                     "drops": {"instance_died": r.sfcs[k].drop_died,
                               "instance_stuck": r.sfcs[k].drop_stuck,
                               "no_instance": r.sfcs[k].drop_hold,

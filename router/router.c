@@ -590,10 +590,12 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 {
 	struct rte_mbuf *drop[SERPENS_BURST], *fwd[SERPENS_BURST];
 	uint32_t ndrop = 0, nfwd = 0;
+	uint64_t bytes = 0;
 	struct serpens_router_port *p = &r->ports[s->out_port];
 
 	for (uint32_t k = 0; k < n; k++) {
 		struct rte_mbuf *m = pkts[k];
+		bytes += m->pkt_len; /* before an encapsulation below */
 		if (LABEL(r, m) != SERPENS_LABEL_OUT) {
 			drop[ndrop++] = m;
 		} else if (s->next >= 0) {
@@ -614,6 +616,7 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 	rte_pktmbuf_free_bulk(drop, ndrop);
 	s->dropped += ndrop;
 	s->out += n - ndrop;
+	s->bytes += bytes;
 	r->dropped += ndrop;
 	if (nfwd) {
 		/* room_in() left room for a burst in the next SFC's hold queue; what a reaped

@@ -173,6 +173,8 @@ struct serpens_router_sfc {
 	uint32_t moving;             /* a rebalance waits for its barriers */
 	uint32_t hold_shedding;      /* its full hold queue stalled RX too long: drop instead */
 	uint64_t rx, out, dropped, new_flows, moved_flows, rebalanced_flows;
+	uint64_t bytes;              /* of the packets its instances returned (out + dropped):
+				      * usage metering, frames as the chain left them */
 	/* dropped by the router, by reason (`dropped` above: NF verdicts) */
 	uint64_t drop_died;          /* queued for or held by an instance that died */
 	uint64_t drop_stuck;         /* its instance took nothing for stall_cycles */

@@ -82,6 +82,7 @@ cdef extern from "router.h" nogil:
         int32_t rebalance_to
         uint32_t drop_all, nheld, moving, hold_shedding
         uint64_t rx, out, dropped, new_flows, moved_flows, rebalanced_flows
+        uint64_t bytes
         uint64_t drop_died, drop_stuck, drop_hold, drop_failed, drop_mtu
         uint32_t vx_tag, vx_vni
         uint8_t vx_on, to_gateway

@@ -10,7 +10,8 @@ node (`serpensctl replay` of the same frames); adding a server moves no flow, re
 (from the placement, or killed -9) moves only its flows; a route change reaches the gateway within 200 ms of the controller's
 decision; a gateway killed -9 and started again gets its routes back and traffic flows;
 unknown tags, bad outer headers and fuzzed VXLAN headers sent over the bridge are counted and
-dropped by the gateway and the servers, and nothing crashes."""
+dropped by the gateway and the servers, and nothing crashes; the SFC's usage is the sum of what
+its servers metered, to the packet."""
 import collections
 import json
 import os
@@ -250,6 +251,33 @@ def test_three_servers_give_per_flow_what_one_node_gives(cluster, tmp_path):
         assert [b for _, b in have] == [b for _, b in want], f"flow {flow}: contents"
         pairs = {pair for pair, _ in have}
         assert len(pairs) == 1 and next(iter(pairs))[0] in NAT_EXTERNAL  # one mapping a flow
+
+
+def test_usage_of_the_sfc_is_the_sum_of_its_servers_to_the_packet(cluster):
+    """Serpens.GetUsage (issue 16): each server meters what it processed; the API sums them,
+    exactly the frames sent, with the bytes that came back out."""
+    c = cluster
+
+    def usage():
+        reply = c.controller.stub.GetUsage(pb.GetUsageRequest(sfc=SFC), timeout=10)
+        assert not reply.unreachable, reply.unreachable
+        (row,) = reply.sfcs
+        return row
+
+    before = usage()
+    sent = frames(range(400, 460), 3)
+    under, out = through(c, sent)
+    assert len(out) == len(sent)
+    served = set(servers_of(c, under).values())
+    packets, nbytes = before.total.packets + len(sent), before.total.bytes + sum(map(len, out))
+    after = wait_until(lambda: (u := usage()).total.packets >= packets and u, 10,
+                       lambda: str(usage()))
+    assert (after.total.packets, after.total.bytes) == (packets, nbytes)
+    assert sum(u.packets for u in after.nodes.values()) == after.total.packets
+    grew = {n for n, u in after.nodes.items()
+            if u.packets > (before.nodes[n].packets if n in before.nodes else 0)}
+    assert grew == served and len(served) >= 2
+    assert all(after.nodes[n].cpu_seconds > 0 for n in served)
 
 
 def test_adding_a_server_moves_no_flow_and_removing_one_moves_only_its_flows(cluster):

@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import tempfile
 
 import grpc
 import pytest
@@ -23,29 +21,13 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.runtime_cy import _dataplane as dp
 
 from support.cluster import Agent, wait_until
+from support.mounts import small_fs
 from support.etcd import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 PF = dp.PER_FLOW | dp.READ | dp.WRITE
 HUGE = 2 << 20
-
-
-@contextlib.contextmanager
-def small_fs(fstype: str, size: str):
-    """A fresh `fstype` mount of `size` on a temporary folder, unmounted on leaving."""
-    path = tempfile.mkdtemp(prefix=f"serpens-{fstype}-")
-    opts = f"size={size}" + (",pagesize=2M" if fstype == "hugetlbfs" else "")
-    done = subprocess.run(["mount", "-t", fstype, "-o", opts, f"serpens-{fstype}", path],
-                          capture_output=True, text=True)
-    if done.returncode:
-        os.rmdir(path)
-        pytest.skip(f"cannot mount a {fstype}: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", path], check=True)
-        os.rmdir(path)
 
 
 def fill(fs: str, leave: int = 0) -> str:
@@ -63,7 +45,9 @@ def fill(fs: str, leave: int = 0) -> str:
 
 
 def files(folder: str) -> list[str]:
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    """What is in `folder`, but the agent's usage totals (agent/usage.py) kept there."""
+    return sorted(f for f in os.listdir(folder) if not f.startswith(".usage-")) \
+        if os.path.isdir(folder) else []
 
 
 # ---- the state table code alone ------------------------------------------------------------

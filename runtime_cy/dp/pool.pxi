@@ -56,6 +56,11 @@ cdef class PoolCtl:
     def pid(self): return self.c.pid
     @property
     def instance_id(self): return self.c.instance_id
+    @property
+    def busy_cycles(self):
+        """TSC cycles the running (or last) instance spent on batches since its start
+        (usage metering; written by the instance, so only as honest as its NFs)."""
+        return self.c.busy_cycles
 
     def stats(self):
         return {"rx_pkts": self.c.rx_pkts, "tx_pkts": self.c.tx_pkts,

@@ -110,6 +110,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t t_ready_cycles
         uint64_t t_burst_cycles
         uint64_t t_batch_cycles
+        uint64_t busy_cycles
         uint32_t inflight_n
         int32_t cur_step
         uint64_t batch_tsc

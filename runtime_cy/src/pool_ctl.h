@@ -157,6 +157,9 @@ struct serpens_pool_ctl {
 	uint64_t t_ready_cycles;   /* TSC when the NFs were mapped and initialised */
 	uint64_t t_burst_cycles;   /* TSC when the first burst was handed to the TX ring */
 	uint64_t t_batch_cycles;   /* TSC when the instance began its first batch */
+	uint64_t busy_cycles;      /* TSC cycles the instance spent on batches (its chain and
+				    * per-batch state work, not waits for ring room): the SFC's
+				    * CPU time for usage metering; 0 at each start */
 
 	/* ---- R: the batch in flight (mbuf pointers; valid in every DPDK process) ----
 	 * inflight_n is set before the batch is dequeued (into inflight[]) and cleared once all

@@ -9,6 +9,57 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GetUsageRequest(_message.Message):
+    __slots__ = ("sfc", "since")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, sfc: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("packets", "bytes", "cpu_seconds", "state_byte_seconds")
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    packets: int
+    bytes: int
+    cpu_seconds: float
+    state_byte_seconds: float
+    def __init__(self, packets: _Optional[int] = ..., bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., state_byte_seconds: _Optional[float] = ...) -> None: ...
+
+class SFCUsage(_message.Message):
+    __slots__ = ("sfc", "total", "nodes")
+    class NodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Usage
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    total: Usage
+    nodes: _containers.MessageMap[str, Usage]
+    def __init__(self, sfc: _Optional[str] = ..., total: _Optional[_Union[Usage, _Mapping]] = ..., nodes: _Optional[_Mapping[str, Usage]] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("sfcs", "since", "read_at", "unreachable", "node")
+    SFCS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    READ_AT_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    sfcs: _containers.RepeatedCompositeFieldContainer[SFCUsage]
+    since: _timestamp_pb2.Timestamp
+    read_at: _timestamp_pb2.Timestamp
+    unreachable: _containers.RepeatedScalarFieldContainer[str]
+    node: str
+    def __init__(self, sfcs: _Optional[_Iterable[_Union[SFCUsage, _Mapping]]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unreachable: _Optional[_Iterable[str]] = ..., node: _Optional[str] = ...) -> None: ...
+
 class ReadStateRequest(_message.Message):
     __slots__ = ("sfc", "nf", "table", "limit", "merge")
     SFC_FIELD_NUMBER: _ClassVar[int]

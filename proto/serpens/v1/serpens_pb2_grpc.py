@@ -114,6 +114,11 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.ListGatewaysRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ListGatewaysResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/serpens.v1.Serpens/GetUsage',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class SerpensServicer:
@@ -236,6 +241,18 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """What SFCs used (paper §VI, Billing): packets and bytes their instances processed, the
+        instances' CPU time and state byte-seconds, summed over every node that reports them
+        (an SFC spread over several servers, or moved). Totals survive agent restarts; `since`
+        counts from that minute on (at most 24 h back). A node that does not answer is listed in
+        `unreachable` and its figures are missing. INVALID_ARGUMENT names `sfc` or `since`;
+        NOT_FOUND for an SFC that neither exists nor has usage on any node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SerpensServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -318,6 +335,11 @@ def add_SerpensServicer_to_server(servicer, server):
                     servicer.ListGateways,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.ListGatewaysRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ListGatewaysResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -762,6 +784,33 @@ class Serpens:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/GetUsage',
+            serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentStub:
     """The per-server agent's service, called by the controller's leader (DESIGN §4). The agent
@@ -823,6 +872,11 @@ class AgentStub:
                 '/serpens.v1.Agent/ResetState',
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/serpens.v1.Agent/GetUsage',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
 
 
@@ -897,6 +951,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """This node's usage per SFC (as Serpens.GetUsage; SFCUsage.nodes empty): its totals, kept
+        across agent restarts, as of its last sample (one per load report period).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -944,6 +1006,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ResetState,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1196,6 +1263,33 @@ class Agent:
             '/serpens.v1.Agent/ResetState',
             serpens_dot_v1_dot_serpens__pb2.ResetStateRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.ResetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Agent/GetUsage',
+            serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
