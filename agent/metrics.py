@@ -74,6 +74,8 @@ FAMILIES = {
     "serpens_vxlan_drops": ("counter", _N + ("reason",)),
     **{f"serpens_state_{k}": ("gauge", _F + ("table",)) for k in (
         "entries", "capacity_entries", "bytes")},
+    **{f"serpens_usage_{k}": ("counter", _S) for k in (
+        "packets", "bytes", "cpu_seconds", "state_byte_seconds")},
 }
 
 
@@ -96,6 +98,20 @@ class NodeCollector:
         yield from self._router(name)
         yield from self._vxlan(name, st["vxlan"])
         yield from self._state(name)
+        yield from self._usage(name)
+
+    def _usage(self, name):
+        """The usage meter's totals (agent/usage.py: kept across agent restarts, as of its
+        last sample), what `serpensctl usage` bills."""
+        families = {k: counter(f"serpens_usage_{k}", help_, ("node", "sfc")) for k, help_ in (
+            ("packets", "Packets an SFC's instances processed (billed)"),
+            ("bytes", "Bytes of the packets an SFC's instances processed (billed)"),
+            ("cpu_seconds", "CPU time of an SFC's instances inside batches with packets"),
+            ("state_byte_seconds", "An SFC's state table bytes integrated over time"))}
+        for sfc, totals in sorted(self.node.usage().items()):
+            for k, family in families.items():
+                family.add_metric([name, sfc], totals.get(k, 0))
+        return families.values()
 
     def _ports(self, name, ports):
         rx = counter("serpens_port_rx_packets", "Packets the router received on a port",

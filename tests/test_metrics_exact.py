@@ -80,6 +80,14 @@ def test_scraped_counters_equal_the_replayed_capture_s(dataplane, pool, areas, t
                 assert value(again, "serpens_nf_drops", **at) == 2 * nf["dropped"], nf
             assert value(again, "serpens_nf_counter", nf="fw", counter="denied", **labels) == 16
             assert value(again, "serpens_instance_starts", **labels) == 2
+            # usage (what is billed: packets the instances processed) as of a meter sample
+            node.meter.sample()
+            billed = scrape(url)
+            router = replayed["router"]
+            assert value(billed, "serpens_usage_packets", **labels) == \
+                2 * (router["out"] + router["dropped"])
+            assert value(billed, "serpens_usage_bytes", **labels) > 0
+            assert value(billed, "serpens_usage_cpu_seconds", **labels) > 0
     finally:
         if server is not None:
             server.close()
