@@ -44,6 +44,9 @@ class RigNode:
     def state(self):
         return StateManager(self.rig.dataplane.config.state_dir)
 
+    def usage(self) -> dict:
+        return {}   # a rig keeps no usage meter (agent/usage.py): nothing billed
+
     def router_metrics(self) -> dict:
         st = self.rig.router.stats()
         return {"busy_s": st["busy_s"], "sleeps": st["sleeps"],
@@ -67,18 +70,24 @@ class Scraper:
         start_latency(node)
         self.url = f"http://127.0.0.1:{self.server.port}/metrics"
         self.period, self.scrapes, self.bytes = period, 0, 0
+        self.error: Exception | None = None   # a failed scrape ends the thread: close() raises
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
         self._thread.start()
 
     def _run(self):
-        while not self._stop.is_set():
-            with urllib.request.urlopen(self.url, timeout=5) as reply:
-                self.bytes += len(reply.read())
-            self.scrapes += 1
-            self._stop.wait(self.period)
+        try:
+            while not self._stop.is_set():
+                with urllib.request.urlopen(self.url, timeout=5) as reply:
+                    self.bytes += len(reply.read())
+                self.scrapes += 1
+                self._stop.wait(self.period)
+        except Exception as e:  # noqa: BLE001 - reported by close(), not lost with the thread
+            self.error = e
 
     def close(self):
         self._stop.set()
         self._thread.join(10)
         self.server.close()
+        if self.error is not None:
+            raise RuntimeError(f"scraping {self.url} failed: {self.error}") from self.error
