@@ -100,13 +100,13 @@ class FakeGateway(pb_grpc.GatewayServicer):
         self.refused = 0
         self.invalid = 0
         self.down = False
-        self.calls = 0
+        self.failed = 0    # calls refused while down
 
     def SetRoutes(self, request, context):
         now = time.monotonic()
         with self.lock:
-            self.calls += 1
             if self.down:
+                self.failed += 1
                 context.abort(grpc.StatusCode.UNAVAILABLE, "down (a test's)")
             routes = [RouteRecord.from_message(r) for r in request.routes]
             try:
