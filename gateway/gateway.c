@@ -101,7 +101,9 @@ static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mb
 			 uint32_t n, uint32_t now)
 {
 	struct serpens_gw_port *under = &g->ports[g->underlay_port];
-	const struct serpens_match_tables t = {g->rules, g->nrules, g->default_sfc, g->tag_sfc};
+	const uint32_t live = serpens_rules_live(&g->rules_live);
+	const struct serpens_match_tables t = {g->rules[live], g->nrules[live], g->default_sfc,
+					       g->tag_sfc};
 
 	for (uint32_t k = 0; k < n; k++) {
 		struct rte_mbuf *m = pkts[k];
