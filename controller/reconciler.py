@@ -63,7 +63,16 @@ their replicas, and every change is pushed to the gateways (routes.py) before co
 nodes are stopped. Its status: node the first server, `nodes` each one's instances (when
 several), instances their sum, phase the worst of theirs; autoscaling sums their input
 rates. Deleting the SFC deletes its route (freeing its tag) before stopping it. Without a
-gateway or underlay nodes everything is as above: one node, its own ports.
+gateway or underlay nodes everything is as above: one node, its own ports; an SFC whose
+spec says `output: gateway` then waits Pending (no agent is asked) until both are there.
+
+The route set stays one the gateway can hold (common/route_set.py: at most 16 SFCs and 64
+match rules, one default, distinct VLAN tags, rule ports among the gateways' ingress ports):
+an SFC whose route would break it stays Pending, naming why, and out of the pushed set (the
+check and the claim are one step, routes.py `admit`). The route carries spec.match as the
+parser normalises it. Servers lost or leaving go from the route before RunSFC is sent to new
+nodes (a compile takes seconds); a node whose reported VXLAN route differs from the one
+wanted (a new gateway address) gets RunSFC again, which only sets its gateway.
 
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
 placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep

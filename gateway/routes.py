@@ -6,9 +6,11 @@ VNI, classification and weighted servers). `GatewayRoutes.apply` checks the whol
 differs from the set in effect, so pushing the same set again touches nothing on the data
 path, and a change moves no flow it need not move:
 
-  1. servers new (or with a new MAC) are set;
+  1. servers new (or with a new MAC) are set (when the old and the new together exceed the
+     gateway's 64, the old leave first: their flows move to the servers left);
   2. SFCs leaving (absent, or with another tag or VNI) are unrouted, the loop quiesced, and
-     they are removed (dp.Gateway.remove_sfc's discipline);
+     they are removed (dp.Gateway.remove_sfc's discipline; a loop that does not quiesce
+     leaves them unrouted, not freed, and the push fails, to be retried);
   3. SFCs new are added; every SFC whose servers or weights changed gets its route (Maglev
      table) republished: live flows keep their server while it stays;
   4. the classification (rules in route order, VLAN tags, the default) is set if it changed;
