@@ -59,7 +59,7 @@ class Routes:
         self.records: dict[str, RouteRecord] = {}     # sfc -> its route (this term's copy)
         self._claimed: dict[str, int] = {}           # sfc -> tag chosen, record not yet written
         self._admitted: dict[str, RouteRecord] = {}  # sfc -> route admitted, not yet written
-        self.ingress: frozenset[str] = frozenset()   # the registered gateways' ingress ports
+        self.ingress: frozenset[str] | None = None  # the registered gateways' ingress ports
         self._stubs = Stubs(pb_grpc.GatewayStub)
         self._pushers: dict[str, _Pusher] = {}
         self.pushes = 0                               # successful pushes (for tests and logs)
@@ -151,7 +151,9 @@ class Routes:
         one (or one registered again: a new key, a new address) gets a pusher that pushes
         at once; one reporting a term older than the leader's is pushed again."""
         term = self.election.leader_revision
-        self.ingress = frozenset(p for record, _ in registered.values() for p in record.ingress)
+        # rule ports are checked against the gateways there are (none: nothing to check)
+        self.ingress = frozenset(p for record, _ in registered.values()
+                                 for p in record.ingress) if registered else None
         for name in [n for n in self._pushers if n not in registered]:
             self._pushers.pop(name).close()
         loop = asyncio.get_running_loop()
