@@ -91,7 +91,8 @@ def check_references(node: NodeSpec, sfcs: list[SFCSpec],
                 raise SFCConflict(f"sfc {spec.name}: vxlan.tag",
                                   f"SFC {vx_tags[route.tag]} has VXLAN tag {route.tag}")
             vx_tags[route.tag] = spec.name
-        for i, rule in enumerate(spec.match):
+        # a routed SFC's rules are the gateway's (its packets come here by tag)
+        for i, rule in enumerate(spec.match if route is None else ()):
             if "port" in rule and rule["port"] not in node.input:
                 raise SpecError(f"{where}.match[{i}].port",
                                 f"not an input port of node {node.name}: {rule['port']!r}")
@@ -139,8 +140,14 @@ class _Running:
 
 
 def _same_routing(old: _Running, spec: SFCSpec, vxlan: VxlanRoute | None) -> bool:
+    """Routed alike: the gateway's address is no part of it (set_gateway changes it)."""
     a = old.spec
-    return (a.match, a.tag, a.output, old.vxlan) == (spec.match, spec.tag, spec.output, vxlan)
+    return (a.match, a.tag, a.output, _tagged(old.vxlan)) == \
+        (spec.match, spec.tag, spec.output, _tagged(vxlan))
+
+
+def _tagged(vxlan: VxlanRoute | None):
+    return None if vxlan is None else (vxlan.tag, vxlan.vni)
 
 
 class Node:
@@ -236,6 +243,17 @@ class Node:
                 raise StaleSpec(f"node {self.spec.name} runs {spec.name} generation "
                                 f"{old.generation} (incarnation {old.incarnation}), newer "
                                 f"than {generation} ({incarnation})")
+            if old is not None and (incarnation, generation) == (old.incarnation,
+                                                                 old.generation) and \
+                    old.vxlan is not None and vxlan is not None and \
+                    _tagged(old.vxlan) == _tagged(vxlan) and old.spec == spec:
+                # only the gateway's address changed: the SFC keeps its flows and instances
+                self._set_gateway(vxlan)
+                old.vxlan = vxlan
+                if replicas is not None and replicas != old.replicas:
+                    old.manager.scale(replicas)
+                    old.replicas = replicas
+                return old
             others = [r for r in self.running.values() if r.spec.name != spec.name]
             check_references(self.spec, [r.spec for r in others] + [spec],
                              {r.spec.name: r.vxlan for r in others if r.vxlan} |
@@ -326,7 +344,7 @@ class Node:
         rules, default, tags = [], -1, {}
         for entry in self.running.values():
             spec = entry.spec
-            for rule in spec.match:
+            for rule in spec.match if entry.vxlan is None else ():  # routed: the gateway's
                 rule = dict(rule, sfc=entry.sfc_id)
                 if "port" in rule:
                     rule["in_port"] = self.ports[rule.pop("port")]

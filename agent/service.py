@@ -68,6 +68,13 @@ def _handler(method):
     return wrapper
 
 
+def _vxlan(entry) -> pb.VxlanRoute | None:
+    """The VXLAN route the SFC runs with (None: local only), as RunSFC gave it."""
+    v = entry.vxlan if entry is not None else None
+    return None if v is None else pb.VxlanRoute(tag=v.tag, vni=v.vni, gateway_ip=v.gateway_ip,
+                                                gateway_mac=v.gateway_mac)
+
+
 class AgentServicer(pb_grpc.AgentServicer):
     def __init__(self, node):
         self.node = node
@@ -78,7 +85,8 @@ class AgentServicer(pb_grpc.AgentServicer):
                            replicas=c["replicas"],
                            instances=c["instances"], rx=c["rx"], out=c["out"],
                            dropped=c["dropped"], held=c["held"], phase=c["phase"],
-                           message=c["message"], crashes=c["crashes"], drops=c["drops"])
+                           message=c["message"], crashes=c["crashes"], drops=c["drops"],
+                           vxlan=_vxlan(self.node.running.get(name)))
 
     @_handler
     async def RunSFC(self, request, context):

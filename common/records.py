@@ -443,6 +443,8 @@ class RouteRecord:
             match = json.loads(m.match_json or "[]")
         except ValueError as e:
             raise MalformedRecord(f"match_json: not JSON ({e})") from None
+        except RecursionError:
+            raise MalformedRecord("match_json: nested too deeply") from None
         return cls.decode(json.dumps({"sfc": m.sfc, "tag": m.tag, "vni": m.vni,
                                       "match": match, "vlan": m.vlan,
                                       "servers": [{"node": s.node, "ip": s.ip, "mac": s.mac,

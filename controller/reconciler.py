@@ -63,7 +63,16 @@ their replicas, and every change is pushed to the gateways (routes.py) before co
 nodes are stopped. Its status: node the first server, `nodes` each one's instances (when
 several), instances their sum, phase the worst of theirs; autoscaling sums their input
 rates. Deleting the SFC deletes its route (freeing its tag) before stopping it. Without a
-gateway or underlay nodes everything is as above: one node, its own ports.
+gateway or underlay nodes everything is as above: one node, its own ports; an SFC whose
+spec says `output: gateway` then waits Pending (no agent is asked) until both are there.
+
+The route set stays one the gateway can hold (common/route_set.py: at most 16 SFCs and 64
+match rules, one default, distinct VLAN tags, rule ports among the gateways' ingress ports):
+an SFC whose route would break it stays Pending, naming why, and out of the pushed set (the
+check and the claim are one step, routes.py `admit`). The route carries spec.match as the
+parser normalises it. Servers lost or leaving go from the route before RunSFC is sent to new
+nodes (a compile takes seconds); a node whose reported VXLAN route differs from the one
+wanted (a new gateway address) gets RunSFC again, which only sets its gateway.
 
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
 placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
@@ -87,7 +96,7 @@ from serpens.common.records import (GatewayRecord, MalformedRecord, NFRecord, No
                                     Reported, RouteRecord, RouteServer, SFCRecord, SFCStatus,
                                     decode)
 from serpens.common.rpc import Stubs
-from serpens.common.spec import SFCSpec, SpecError, parse_sfc
+from serpens.common.spec import OUTPUT_GATEWAY, SFCSpec, SpecError, parse_sfc
 from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Item, NotLeader,
                                   Store, StoreError, StoreUnavailable)
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
@@ -404,6 +413,12 @@ class Reconciler:
         spec = await self._routed_spec(record, item)
         if spec is not None:
             return await self._reconcile_routed(record, item, spec, status, status_item) and ok
+        if (record.doc.get("spec") or {}).get("output") == OUTPUT_GATEWAY:
+            # no node could run it yet (agents refuse it without a VXLAN route): it waits,
+            # and runs when a gateway and an underlay node are there (their events queue it)
+            return await self._waiting(name, "waiting for a gateway and a node with an "
+                                             "underlay (spec.output: gateway)",
+                                       status, status_item) and False
         refused: dict[str, str] = {}  # node -> why it cannot run it beside its SFCs
         node = self._place(name, status)
         while node is not None:
@@ -448,6 +463,14 @@ class Reconciler:
                 self.cache.wrote(await self.election.delete_fenced(
                     self.keys.status(name), status_item.mod_revision))
         return ok
+
+    async def _waiting(self, name: str, why: str, status, status_item) -> bool:
+        """Pending for `why`, no agent called: a copy of an older generation keeps running
+        where it runs."""
+        self._unplaced_names.discard(name)
+        keep = next((n for n, view in sorted(self.nodes.views.items()) if name in view), "")
+        return await self._write_status(name, SFCStatus("Pending", why, node=keep), status,
+                                        status_item)
 
     async def _malformed(self, name: str, why: MalformedRecord, status, status_item) -> bool:
         """Skipped, not stopped: a copy a node runs keeps running until the record is
@@ -527,11 +550,16 @@ class Reconciler:
         loop = asyncio.get_running_loop()
         route_item = self.cache.get(self.keys.route(name))
         revision = route_item.mod_revision if route_item else 0
-        rules = (record.doc.get("spec") or {}).get("match") or []  # as in the spec
+        # spec.match as the spec parser normalised it (proto numbers, [lo, hi] port ranges)
+        rules = tuple({k: list(v) if isinstance(v, tuple) else v for k, v in rule.items()}
+                      for rule in spec.match)
+        route = RouteRecord(sfc=name, tag=self.routes.tag(name), vni=spec.vni,
+                            match=rules, vlan=spec.tag or 0)
+        why = self.routes.admit(route)
+        if why is not None:  # never a set the gateway must refuse whole: this one waits
+            return await self._waiting(name, why, status, status_item) and False
         if name not in self.routes.records:  # routed from now: copies running unrouted run again
             self._unrouted[name] = {n for n, view in self.nodes.views.items() if name in view}
-        route = RouteRecord(sfc=name, tag=self.routes.tag(name), vni=spec.vni,
-                            match=tuple(rules), vlan=spec.tag or 0)
         try:
             if name not in self.routes.records:  # the tag is stored before any node knows it
                 revision = await self.routes.put(route, revision, loop.time())
@@ -552,6 +580,18 @@ class Reconciler:
                 break
             self._placement[name], self._spread[name] = next(iter(shares)), tuple(shares)
             todo = {node: n for node, n in shares.items() if asked.get(node) != n}
+            # servers lost or leaving it go from the route before new ones are run (a
+            # RunSFC may take a compile's time)
+            current = self.routes.records.get(name)
+            if current is not None:
+                staying = tuple(s for s in current.servers
+                                if s.node in shares and s.node in self.nodes.views)
+                if staying != current.servers:
+                    try:
+                        revision = await self.routes.put(replace(current, servers=staying),
+                                                         revision, loop.time())
+                    except Conflict:
+                        return False
             results = await asyncio.gather(*(
                 self._converge(record, item, node, n, routed=True, vxlan=vxlan,
                                rerun=node in unrouted)
@@ -571,7 +611,9 @@ class Reconciler:
                 break
         if not unrouted:
             self._unrouted.pop(name, None)
-        outcome = {node: outcome[node] for node in shares if node in outcome}
+        # a node may have left while the others' calls were in flight
+        outcome = {node: outcome[node] for node in shares
+                   if node in outcome and node in self.nodes.records}
         decided_at = loop.time()
         # nodes refusing an update of what they run keep running it (as on one node)
         keep = set(shares) | {n for n in refused if name in self.nodes.views.get(n, {})}
@@ -718,6 +760,9 @@ class Reconciler:
             return replace(status, phase="Failed", message=failed[1]), True
         stub = self.agents[self.nodes.records[node].address]
         try:
+            if running is not None and vxlan is not None and \
+                    running.HasField("vxlan") and running.vxlan != vxlan:
+                rerun = True  # e.g. the gateway's address changed: the agent updates it
             if running is None or running.generation != generation or rerun:
                 if routed and vxlan is None:
                     return replace(status, phase="Pending", message="served through the "

@@ -13,7 +13,8 @@ term); this object keeps the term's copy of them, which is what gets pushed.
   or a gateway that (re)registers or reports a term older than the leader's, wakes it; it
   sends the whole current set (sorted by tag) with the term (SetRoutes), so changes made
   while a push is in flight coalesce into the next one (latest set wins; nothing queues).
-  A failed push is retried with back-off; ABORTED (the gateway has seen a newer term: this
+  A failed push is retried with back-off (cut short, and reset, by a change or a
+  registration); ABORTED (the gateway has seen a newer term: this
   leader is deposed) and INVALID_ARGUMENT (retrying cannot help) are not retried until the
   next change. The task ends when the gateway leaves or the term ends (its calls cancelled).
   The log says how long each push took from the decision that made it.
@@ -27,6 +28,7 @@ import logging
 import grpc
 
 from serpens.common.records import GatewayRecord, RouteRecord
+from serpens.common.route_set import RouteSet, RouteSetError
 from serpens.common.rpc import Stubs
 from serpens.common.store import Conflict, Election
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
@@ -56,6 +58,8 @@ class Routes:
         self.election, self.keys, self.cache = election, keys, cache
         self.records: dict[str, RouteRecord] = {}     # sfc -> its route (this term's copy)
         self._claimed: dict[str, int] = {}           # sfc -> tag chosen, record not yet written
+        self._admitted: dict[str, RouteRecord] = {}  # sfc -> route admitted, not yet written
+        self.ingress: frozenset[str] | None = None  # the registered gateways' ingress ports
         self._stubs = Stubs(pb_grpc.GatewayStub)
         self._pushers: dict[str, _Pusher] = {}
         self.pushes = 0                               # successful pushes (for tests and logs)
@@ -77,6 +81,34 @@ class Routes:
                 {r.tag for r in self.records.values()} | set(self._claimed.values()))
         return self._claimed[sfc]
 
+    def admit(self, route: RouteRecord) -> str | None:
+        """Why the gateway could not hold `route` beside the others (None: it fits, and it
+        is counted as theirs from now, with no await between: two workers never admit two
+        routes that fit only one at a time). common/route_set.py's limits, and its rules'
+        `port` must be an ingress port of a registered gateway."""
+        others = {**self.records, **self._admitted}
+        others.pop(route.sfc, None)
+        fitting = self._fit(others.values())
+        try:
+            fitting.add(route, f"sfc {route.sfc}: route")
+        except RouteSetError as e:
+            self._admitted.pop(route.sfc, None)
+            return f"the gateway cannot take it beside the {len(fitting.names)} SFCs it " \
+                   f"serves: {e}"
+        self._admitted[route.sfc] = route
+        return None
+
+    def _fit(self, routes, why: dict | None = None) -> RouteSet:
+        """The routes (by tag) the gateway can hold together; `why` gets the others'."""
+        fitting = RouteSet(self.ingress)
+        for r in sorted(routes, key=lambda r: r.tag):
+            try:
+                fitting.add(r, f"sfc {r.sfc}: route")
+            except RouteSetError as e:
+                if why is not None:
+                    why[r.sfc] = str(e)
+        return fitting
+
     async def put(self, record: RouteRecord, expected: int, decided_at: float) -> int:
         """Write the SFC's route (fenced, compared with `expected` mod revision) if it
         changed; its revision (`expected` when unchanged). Conflict/NotLeader propagate."""
@@ -87,6 +119,7 @@ class Routes:
         self.cache.wrote(revision)
         self.records[record.sfc] = record
         self._claimed.pop(record.sfc, None)
+        self._admitted.pop(record.sfc, None)
         self._changed(decided_at)
         return revision
 
@@ -97,11 +130,19 @@ class Routes:
                 self.cache.wrote(await self.election.delete_fenced(self.keys.route(sfc),
                                                                    expected))
         self._claimed.pop(sfc, None)
+        self._admitted.pop(sfc, None)
         if self.records.pop(sfc, None) is not None:
             self._changed(decided_at)
 
     def messages(self) -> list:
-        return [r.to_message() for r in sorted(self.records.values(), key=lambda r: r.tag)]
+        """The route set to push, by tag: never one the gateway must refuse whole (a stored
+        route that does not fit, e.g. written before its limits were checked, is left out)."""
+        why: dict[str, str] = {}
+        fitting = self._fit(self.records.values(), why)
+        for sfc, reason in sorted(why.items()):
+            log.warning("route of sfc %s left out of the pushed set: %s", sfc, reason)
+        return [r.to_message() for r in sorted(self.records.values(), key=lambda r: r.tag)
+                if r.sfc in fitting.names]
 
     # -- gateways ---------------------------------------------------------------------------
 
@@ -110,6 +151,9 @@ class Routes:
         one (or one registered again: a new key, a new address) gets a pusher that pushes
         at once; one reporting a term older than the leader's is pushed again."""
         term = self.election.leader_revision
+        # rule ports are checked against the gateways there are (none: nothing to check)
+        self.ingress = frozenset(p for record, _ in registered.values()
+                                 for p in record.ingress) if registered else None
         for name in [n for n in self._pushers if n not in registered]:
             self._pushers.pop(name).close()
         loop = asyncio.get_running_loop()
@@ -190,8 +234,11 @@ class _Pusher:
                             self.name, self.address, code.name, e.details(), backoff)
                 if since is not None:
                     self.pending_since = min(since, self.pending_since or since)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                # a change or a registration (wake) cuts the back-off short and resets it
+                woken = False
+                with contextlib.suppress(asyncio.TimeoutError):
+                    woken = await asyncio.wait_for(self._wake.wait(), backoff)
+                backoff = _BACKOFF_FIRST if woken else min(backoff * 2, _BACKOFF_MAX)
                 self._wake.set()
                 continue
             backoff = _BACKOFF_FIRST

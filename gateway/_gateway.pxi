@@ -236,8 +236,9 @@ cdef class Gateway:
         default) and waits for quiesce(), as for the router: no frame of it is then in
         flight; a rule still naming it is refused here, its tags and default are cleared."""
         self._check_sfc(sfc)
-        for i in range(self.g.nrules):
-            if self.g.rules[i].sfc == sfc:
+        live = self.g.rules_live & 1
+        for i in range(self.g.nrules[live]):
+            if self.g.rules[live][i].sfc == sfc:
                 raise ValueError(f"match rule {i} still routes to SFC {sfc}")
         if self.g.default_sfc == sfc:
             self.g.default_sfc = -1
@@ -265,12 +266,17 @@ cdef class Gateway:
 
     def set_rules(self, rules):
         cdef serpens_match_rule table[SERPENS_GW_MAX_RULES]
+        cdef uint32_t idle
         match_rules(rules, table, SERPENS_GW_MAX_RULES, self._port_index, self._check_sfc)
-        self.g.nrules = 0
+        # into the idle table, then one switch (router/classify.h): no frame meets an empty
+        # table; once the loop came round the old one is idle and free for the next change
+        idle = (self.g.rules_live + 1) & 1
+        memcpy(self.g.rules[idle], table, sizeof(table))
+        self.g.nrules[idle] = len(rules)
         serpens_fence()
-        memcpy(self.g.rules, table, sizeof(table))
+        self.g.rules_live = idle
         serpens_fence()
-        self.g.nrules = len(rules)
+        self.quiesce()
 
     def pace(self, uint16_t port, double pps, uint32_t depth=4096):
         """Feed ingress port `port` at `pps` from a source that never runs dry (a replayed

@@ -62,7 +62,7 @@ def parse_gateway(text: str) -> GatewayConfig:
         raise SpecError("spec.underlay", "required: {port: NAME, ip: A.B.C.D, mtu: 1500}")
     underlay = parse_underlay(body["underlay"], ports)
     egress = body.get("egress")
-    if egress not in ports:
+    if not isinstance(egress, str) or egress not in ports:
         raise SpecError("spec.egress", f"no port named {egress!r} in spec.ports")
     if egress == underlay.port:
         raise SpecError("spec.egress", f"{egress!r} is the underlay port (VXLAN only)")
@@ -70,15 +70,29 @@ def parse_gateway(text: str) -> GatewayConfig:
     if not isinstance(ingress, list) or not ingress:
         raise SpecError("spec.ingress", "a list of port names, at least one")
     for i, p in enumerate(ingress):
-        if p not in ports:
+        if not isinstance(p, str) or p not in ports:
             raise SpecError(f"spec.ingress[{i}]", f"no port named {p!r} in spec.ports")
         if p == underlay.port:
             raise SpecError(f"spec.ingress[{i}]", f"{p!r} is the underlay port (VXLAN only)")
+        if p == egress:
+            raise SpecError(f"spec.ingress[{i}]", f"{p!r} is the egress port")
         if p in ingress[:i]:
             raise SpecError(f"spec.ingress[{i}]", f"{p!r} is listed twice")
+    cpus = parse_cpus(body)
+    gateway_cpu = parse_number(body, "gateway_cpu", 1, int, 0, 4095)
+    if gateway_cpu not in _cpu_set(cpus):
+        raise SpecError("spec.gateway_cpu", f"CPU {gateway_cpu} is not in spec.cpus ({cpus})")
     return GatewayConfig(
         name=name, ports=ports, ingress=tuple(ingress), egress=egress, underlay=underlay,
-        cpus=parse_cpus(body),
-        gateway_cpu=parse_number(body, "gateway_cpu", 1, int, 0, 4095),
+        cpus=cpus, gateway_cpu=gateway_cpu,
         idle_s=float(parse_number(body, "idle_s", 30.0, (int, float), 0.01, 86400)),
         pace=parse_pace(body.get("pace", {}), ingress))
+
+
+def _cpu_set(cpus: str) -> set[int]:
+    """The CPUs of a list such as 0-3,6 (parse_cpus checked its form)."""
+    out = set()
+    for part in cpus.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out

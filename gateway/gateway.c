@@ -101,7 +101,9 @@ static void transmit(struct serpens_gateway *g, struct serpens_gw_port *p, struc
 static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mbuf **pkts,
 			 uint32_t n, uint32_t now)
 {
-	const struct serpens_match_tables t = {g->rules, g->nrules, g->default_sfc, g->tag_sfc};
+	const uint32_t live = serpens_rules_live(&g->rules_live);
+	const struct serpens_match_tables t = {g->rules[live], g->nrules[live], g->default_sfc,
+					       g->tag_sfc};
 
 	for (uint32_t k = 0; k < n; k++) {
 		struct rte_mbuf *m = pkts[k];

@@ -86,13 +86,16 @@ struct serpens_gateway {
 	volatile uint32_t stop;
 	volatile uint64_t loops;     /* iterations: two more = a control change is in effect */
 	uint64_t idle_cycles;        /* a flow unused this long is forgotten */
-	uint32_t nports, nrules;
+	uint32_t nports;
 	int32_t default_sfc;
 	int32_t underlay_port;       /* index into ports[]: servers' default (-1: none yet) */
 	int32_t egress_port;         /* index into ports[]: decapsulated frames leave here */
 	struct serpens_underlay underlay;
 	struct serpens_gw_port ports[SERPENS_GW_MAX_PORTS];
-	struct serpens_match_rule rules[SERPENS_GW_MAX_RULES];
+	/* match rules, double-buffered (classify.h): rules[rules_live] is the table in effect */
+	volatile uint32_t rules_live;
+	uint32_t nrules[2];
+	struct serpens_match_rule rules[2][SERPENS_GW_MAX_RULES];
 	uint8_t tag_sfc[SERPENS_VLAN_IDS];
 	struct serpens_gw_server servers[SERPENS_GW_MAX_SERVERS];
 	struct serpens_gw_sfc sfcs[SERPENS_GW_MAX_SFCS];

@@ -43,11 +43,13 @@ cdef extern from "gateway.h" nogil:
         uint32_t stop
         uint64_t loops
         uint64_t idle_cycles
-        uint32_t nports, nrules
+        uint32_t nports
         int32_t default_sfc, underlay_port, egress_port
         serpens_underlay underlay
         serpens_gw_port ports[SERPENS_GW_MAX_PORTS]
-        serpens_match_rule rules[SERPENS_GW_MAX_RULES]
+        uint32_t rules_live
+        uint32_t nrules[2]
+        serpens_match_rule rules[2][SERPENS_GW_MAX_RULES]
         uint8_t tag_sfc[SERPENS_VLAN_IDS]
         serpens_gw_server servers[SERPENS_GW_MAX_SERVERS]
         serpens_gw_sfc sfcs[SERPENS_GW_MAX_SFCS]

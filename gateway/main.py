@@ -150,7 +150,8 @@ def main(argv=None) -> int:
             loop.add_signal_handler(sig, stop.set)
         kept: list[LeasedRecord] = []
         servicer = GatewayServicer(
-            config.name, GatewayRoutes(path.gateway, {p: path.ports[p] for p in config.ingress}),
+            config.name, GatewayRoutes(path.gateway, {p: path.ports[p] for p in config.ingress},
+                                       config.underlay.ip),
             {port: name for name, port in path.ports.items()},
             on_applied=lambda: [k.refresh() for k in kept])
         try:

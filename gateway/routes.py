@@ -6,9 +6,11 @@ VNI, classification and weighted servers). `GatewayRoutes.apply` checks the whol
 differs from the set in effect, so pushing the same set again touches nothing on the data
 path, and a change moves no flow it need not move:
 
-  1. servers new (or with a new MAC) are set;
+  1. servers new (or with a new MAC) are set (when the old and the new together exceed the
+     gateway's 64, the old leave first: their flows move to the servers left);
   2. SFCs leaving (absent, or with another tag or VNI) are unrouted, the loop quiesced, and
-     they are removed (dp.Gateway.remove_sfc's discipline);
+     they are removed (dp.Gateway.remove_sfc's discipline; a loop that does not quiesce
+     leaves them unrouted, not freed, and the push fails, to be retried);
   3. SFCs new are added; every SFC whose servers or weights changed gets its route (Maglev
      table) republished: live flows keep their server while it stays;
   4. the classification (rules in route order, VLAN tags, the default) is set if it changed;
@@ -21,23 +23,17 @@ this gateway; a rule naming a port it lacks never matches (it is left out).
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 
 from serpens.common.records import RouteRecord
+from serpens.common.route_set import (MAX_RULES, MAX_SFCS, RouteSet,  # noqa: F401
+                                      RouteSetError)
 
-MAX_SFCS = 16      # gateway.h SERPENS_GW_MAX_SFCS
-MAX_RULES = 64     # SERPENS_GW_MAX_RULES
+log = logging.getLogger(__name__)
+
 MAX_SERVERS = 64   # SERPENS_GW_MAX_SERVERS
 MAX_WEIGHT = 1000  # dp.Gateway.set_route
-_RULE_KEYS = ("src", "dst", "proto", "sport", "dport", "port")
-
-
-class RouteSetError(ValueError):
-    """A route set refused whole; `field` names the offending route's field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -49,11 +45,13 @@ class _SFC:
 
 class GatewayRoutes:
     """The route set in effect on `gateway` (a dp.Gateway). `ingress`: ingress port name ->
-    DPDK port id (what match rules' `port` names). Not thread-safe: one caller at a time."""
+    DPDK port id (what match rules' `port` names); `own_ip`: the gateway's underlay address
+    (no server may have it). Not thread-safe: one caller at a time."""
 
-    def __init__(self, gateway, ingress: dict[str, int]):
+    def __init__(self, gateway, ingress: dict[str, int], own_ip: str | None = None):
         self.gw = gateway
         self.ingress = dict(ingress)
+        self.own_ip = None if own_ip is None else ipaddress.IPv4Address(own_ip)
         self.sfcs: dict[str, _SFC] = {}
         self.weights: dict[str, dict[str, int]] = {}   # SFC -> {server ip: weight}
         self.servers: dict[str, str] = {}              # server ip -> MAC
@@ -70,34 +68,19 @@ class GatewayRoutes:
         if len(routes) > MAX_SFCS:
             raise RouteSetError("routes", f"{len(routes)} routes; the gateway holds at most "
                                           f"{MAX_SFCS} SFCs")
-        names, tags, vlans, default, macs = {}, {}, {}, None, {}
-        nrules = 0
+        accepted, macs = RouteSet(), {}
         for i, r in enumerate(routes):
             at = f"routes[{i}]"
-            if r.sfc in names:
-                raise RouteSetError(f"{at}.sfc", f"{r.sfc!r} is routes[{names[r.sfc]}] too")
-            names[r.sfc] = i
-            if r.tag in tags:
-                raise RouteSetError(f"{at}.tag", f"tag {r.tag} is routes[{tags[r.tag]}]'s too")
-            tags[r.tag] = i
-            if r.vlan:
-                if not 0 < r.vlan < 4095:
-                    raise RouteSetError(f"{at}.vlan", f"a VLAN ID 1..4094, got {r.vlan}")
-                if r.vlan in vlans:
-                    raise RouteSetError(f"{at}.vlan",
-                                        f"VLAN {r.vlan} is routes[{vlans[r.vlan]}]'s too")
-                vlans[r.vlan] = i
-            if not r.match and not r.vlan:
-                if default is not None:
-                    raise RouteSetError(f"{at}.match", f"only one SFC may take unmatched "
-                                                       f"frames, and routes[{default}] does")
-                default = i
-            for j, rule in enumerate(r.match):
-                _check_rule(rule, f"{at}.match[{j}]")
-            nrules += len(r.match)
+            accepted.add(r, at)
             seen = set()
             for j, s in enumerate(r.servers):
                 where = f"{at}.servers[{j}]"
+                ip = ipaddress.IPv4Address(s.ip)
+                if ip.is_multicast or ip.is_unspecified or int(ip) == 0xFFFFFFFF or \
+                        (self.own_ip is not None and ip == self.own_ip):
+                    raise RouteSetError(f"{where}.ip", f"a server's unicast underlay address, "
+                                        f"got {ip}" + (" (the gateway's own)"
+                                                       if ip == self.own_ip else ""))
                 if s.ip in seen:
                     raise RouteSetError(f"{where}.ip", f"{s.ip} is listed twice")
                 seen.add(s.ip)
@@ -106,13 +89,11 @@ class GatewayRoutes:
                 if macs.setdefault(s.ip, (s.mac, where))[0] != s.mac:
                     raise RouteSetError(f"{where}.mac", f"{s.ip} is {macs[s.ip][0]} in "
                                                         f"{macs[s.ip][1]}")
-        if nrules > MAX_RULES:
-            raise RouteSetError("routes", f"{nrules} match rules; the gateway holds at most "
-                                          f"{MAX_RULES}")
-        if len(macs) > MAX_SERVERS or len(set(macs) | set(self.servers)) > MAX_SERVERS:
-            raise RouteSetError("routes", f"{len(macs)} servers, {len(self.servers)} in "
-                                          f"effect: the gateway holds at most {MAX_SERVERS} "
-                                          "at once")
+        # servers leaving are removed before new ones are set (apply), so only the new set
+        # counts
+        if len(macs) > MAX_SERVERS:
+            raise RouteSetError("routes", f"{len(macs)} servers: the gateway holds at most "
+                                          f"{MAX_SERVERS}")
 
     # ---- applying ---------------------------------------------------------------------------
 
@@ -123,6 +104,10 @@ class GatewayRoutes:
         self.check(routes)
         wanted = {r.sfc: r for r in routes}
         servers = {s.ip: s.mac for r in routes for s in r.servers}
+        if len(set(servers) | set(self.servers)) > MAX_SERVERS:
+            # no room for the new beside the old: the old go first (their flows move to the
+            # servers left; routes get the new ones below)
+            self._remove_servers(servers)
         for ip, mac in servers.items():
             if self.servers.get(ip) != mac:
                 self.gw.set_server(ip, mac)
@@ -135,7 +120,11 @@ class GatewayRoutes:
             self._classify([r for r in self._rules if r["sfc"] not in gone],
                            {v: s for v, s in self._tags.items() if s not in gone},
                            -1 if self._default in gone else self._default)
-            self.gw.quiesce()
+            if not self.gw.quiesce():
+                # the loop may still hold frames of these SFCs: freeing their slots now could
+                # hand them to another SFC. They stay (unrouted) until the next push.
+                raise RuntimeError("the gateway loop did not quiesce: SFCs "
+                                   f"{', '.join(sorted(leaving))} not removed yet")
             for name in leaving:
                 self.gw.remove_sfc(self.sfcs.pop(name).id)
                 del self.weights[name]
@@ -148,10 +137,16 @@ class GatewayRoutes:
                 self.weights[r.sfc] = weights
         self.nodes = {r.sfc: {s.ip: s.node for s in r.servers} for r in routes}
         self._classify(*self._classification(routes))
-        for ip in [ip for ip in self.servers if ip not in servers]:
+        self._remove_servers(servers)
+        self.routes = routes
+
+    def _remove_servers(self, keep) -> None:
+        """Remove the servers not in `keep` (their flows move to the others)."""
+        for ip in [ip for ip in self.servers if ip not in keep]:
             self.gw.remove_server(ip)
             del self.servers[ip]
-        self.routes = routes
+            for weights in self.weights.values():
+                weights.pop(ip, None)
 
     def _classification(self, routes):
         rules, tags, default = [], {}, -1
@@ -185,38 +180,3 @@ class GatewayRoutes:
         if default != self._default:
             self.gw.set_default_sfc(default)
             self._default = default
-
-
-def _check_rule(rule, where: str) -> None:
-    """A rule as common/spec.py normalises spec.match (src/dst prefixes, proto number,
-    sport/dport [lo, hi], port name), as stored in a route record."""
-    if not isinstance(rule, dict):
-        raise RouteSetError(where, "a mapping of " + ", ".join(_RULE_KEYS))
-    for key in rule:
-        if key not in _RULE_KEYS:
-            raise RouteSetError(f"{where}.{key}", "unknown key (known: "
-                                                  f"{', '.join(sorted(_RULE_KEYS))})")
-    versions = {}
-    for key in ("src", "dst"):
-        if key in rule:
-            try:
-                versions[key] = ipaddress.ip_network(str(rule[key]), strict=False).version
-            except ValueError:
-                raise RouteSetError(f"{where}.{key}", f"an IPv4 or IPv6 prefix, got "
-                                                      f"{rule[key]!r}") from None
-    if len(set(versions.values())) > 1:
-        raise RouteSetError(f"{where}.dst", "the same IP version as src")
-    if "proto" in rule:
-        p = rule["proto"]
-        if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 256:
-            raise RouteSetError(f"{where}.proto", f"a protocol number 1..255, got {p!r}")
-    for key in ("sport", "dport"):
-        if key in rule:
-            v = rule[key]
-            if not (isinstance(v, (list, tuple)) and len(v) == 2
-                    and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-                    and 0 <= v[0] <= v[1] <= 65535):
-                raise RouteSetError(f"{where}.{key}", f"a port range [lo, hi] in 0..65535, "
-                                                      f"got {v!r}")
-    if "port" in rule and (not isinstance(rule["port"], str) or not rule["port"]):
-        raise RouteSetError(f"{where}.port", "the name of an ingress port")

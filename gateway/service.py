@@ -57,6 +57,9 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
             await context.abort(grpc.StatusCode.ABORTED, str(e))
         except RouteSetError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except RuntimeError as e:  # the loop did not quiesce: the pusher tries again
+            log.warning("term %d: %s", request.term, e)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         self.on_applied()
         return pb.SetRoutesResponse(term=request.term, routes=len(routes))
 

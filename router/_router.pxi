@@ -135,8 +135,9 @@ cdef class Router:
         for k in range(SERPENS_ROUTER_MAX_SFCS):
             if self.r.sfcs[k].used and k != sfc and self.r.sfcs[k].next == sfc:
                 raise ValueError(f"SFC {k} is chained into SFC {sfc}")
-        for i in range(self.r.nrules):
-            if self.r.rules[i].sfc == sfc:
+        live = self.r.rules_live & 1
+        for i in range(self.r.nrules[live]):
+            if self.r.rules[live][i].sfc == sfc:
                 raise ValueError(f"match rule {i} still routes to SFC {sfc}")
         if self.r.default_sfc == sfc:
             self.r.default_sfc = -1
@@ -184,12 +185,17 @@ cdef class Router:
         """The match table, first match wins: dicts with `sfc` and optional `src`, `dst`
         (IPv4 or IPv6 prefixes, one version per rule), `proto` (number), `sport`, `dport` ((lo, hi)), `in_port` (DPDK port)."""
         cdef serpens_match_rule table[SERPENS_ROUTER_MAX_RULES]
+        cdef uint32_t idle
         match_rules(rules, table, SERPENS_ROUTER_MAX_RULES, self._port_index, self._check_sfc)
-        self.r.nrules = 0
+        # into the idle table, then one switch (classify.h): no frame meets an empty table;
+        # once the loop came round the old one is idle and free for the next change
+        idle = (self.r.rules_live + 1) & 1
+        memcpy(self.r.rules[idle], table, sizeof(table))
+        self.r.nrules[idle] = len(rules)
         serpens_fence()
-        memcpy(self.r.rules, table, sizeof(table))
+        self.r.rules_live = idle
         serpens_fence()
-        self.r.nrules = len(rules)
+        self.quiesce()
 
     def _port_index(self, port):
         return self._port(port)
@@ -221,9 +227,13 @@ cdef class Router:
         raw = bytes.fromhex(mac.replace(":", ""))
         if len(raw) != 6:
             raise ValueError(f"gateway MAC {mac!r}")
-        memcpy(self.r.gw_mac, <const char *>raw, 6)
-        self.r.gw_ip = int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
+        cdef uint32_t idle = (self.r.gw_live + 1) & 1
+        memcpy(self.r.gw[idle].mac, <const char *>raw, 6)
+        self.r.gw[idle].ip = int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
         serpens_fence()
+        self.r.gw_live = idle  # address and MAC change together (router.h)
+        serpens_fence()
+        self.quiesce()
 
     def set_sfc_vxlan(self, int sfc, uint32_t tag, uint32_t vni=0, bint to_gateway=False):
         """Underlay frames carrying SFC tag `tag` are `sfc`'s; with to_gateway its OUT packets
@@ -237,7 +247,7 @@ cdef class Router:
                     self.r.sfcs[k].vx_tag == tag:
                 raise ValueError(f"SFC tag {tag} is SFC {k}'s already")
         if to_gateway:
-            if not self.r.underlay.ip or not self.r.gw_ip:
+            if not self.r.underlay.ip or not self.r.gw[self.r.gw_live & 1].ip:
                 raise ValueError("set_underlay() and set_gateway() before an SFC's output "
                                  "can be the gateway")
             if s.next >= 0:

@@ -30,7 +30,10 @@ struct serpens_match_rule {
 	uint16_t sfc;
 };
 
-/* The tables classification reads (fields of the router or the gateway). */
+/* The tables classification reads (fields of the router or the gateway). Their rules are
+ * double-buffered (rules[2][], nrules[2], rules_live): the control side writes the idle table,
+ * then switches rules_live with one store and waits for the loop to come round before writing
+ * again, so a frame meets the old rules or the new, never none or a mix. */
 struct serpens_match_tables {
 	const struct serpens_match_rule *rules;
 	uint32_t nrules;
@@ -105,6 +108,12 @@ static inline int serpens_classify(const struct serpens_match_tables *t, uint32_
 		if (serpens_rule_matches(&t->rules[i], port, &h))
 			return t->rules[i].sfc;
 	return t->default_sfc;
+}
+
+/* The live half of a double-buffered rule table (`live`: its rules_live field). */
+static inline uint32_t serpens_rules_live(const volatile uint32_t *live)
+{
+	return __atomic_load_n(live, __ATOMIC_ACQUIRE) & 1;
 }
 
 #endif

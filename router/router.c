@@ -35,7 +35,9 @@ static void flush(struct serpens_router *r, struct serpens_router_port *p);
 static int classify(const struct serpens_router *r, uint32_t port, struct rte_mbuf *m,
 		    uint32_t *hash)
 {
-	const struct serpens_match_tables t = {r->rules, r->nrules, r->default_sfc, r->tag_sfc};
+	const uint32_t live = serpens_rules_live(&r->rules_live);
+	const struct serpens_match_tables t = {r->rules[live], r->nrules[live], r->default_sfc,
+					       r->tag_sfc};
 	return serpens_classify(&t, port, rte_pktmbuf_mtod(m, const uint8_t *), m->data_len, hash);
 }
 
@@ -602,7 +604,8 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 			LABEL(r, m) = (uint16_t)s->next;
 			fwd[nfwd++] = m;
 		} else if (s->to_gateway &&
-			   serpens_vxlan_encap(m, &r->underlay, r->gw_ip, r->gw_mac, s->vx_tag,
+			   serpens_vxlan_encap(m, &r->underlay, r->gw[serpens_rules_live(&r->gw_live)].ip,
+					       r->gw[serpens_rules_live(&r->gw_live)].mac, s->vx_tag,
 					       s->vx_vni, META(r, m)->flow) != SERPENS_ENCAP_OK) {
 			rte_pktmbuf_free(m);
 			s->drop_mtu++;

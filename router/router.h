@@ -199,6 +199,11 @@ struct serpens_router_port {
 };
 
 /* Metadata stays valid within a process: mbufs' dynfield offset and the TSC. */
+struct serpens_gw_addr {
+	uint32_t ip;
+	uint8_t mac[6];
+};
+
 struct serpens_router {
 	volatile uint32_t stop;
 	volatile uint32_t requests; /* control: some SFC's rebalance_to is set */
@@ -209,18 +214,23 @@ struct serpens_router {
 	uint64_t drain_cycles;    /* TX flush period */
 	uint64_t stall_cycles;    /* longest RX stall one instance or hold queue may cause */
 	uint64_t hold_cycles;     /* longest a packet waits in a hold queue */
-	uint32_t nports, nrules;
+	uint32_t nports;
 	int32_t default_sfc;      /* unmatched packets go here (-1: counted and freed) */
 	struct serpens_router_port ports[SERPENS_ROUTER_MAX_PORTS];
-	struct serpens_match_rule rules[SERPENS_ROUTER_MAX_RULES];
+	/* match rules, double-buffered (classify.h): rules[rules_live] is the table in effect */
+	volatile uint32_t rules_live;
+	uint32_t nrules[2];
+	struct serpens_match_rule rules[2][SERPENS_ROUTER_MAX_RULES];
 	uint8_t tag_sfc[SERPENS_VLAN_IDS]; /* VLAN ID -> SFC + 1 (0: not a tag) */
 	struct serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS];
 	struct serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES];
 	/* VXLAN: underlay.ip 0 = no underlay */
 	struct serpens_underlay underlay;
 	uint32_t underlay_port;   /* index into ports[] */
-	uint32_t gw_ip;           /* the gateway's underlay address (network order) and MAC */
-	uint8_t gw_mac[6];
+	/* the gateway's underlay address (network order) and MAC, double-buffered as the rules:
+	 * gw[gw_live] is in effect (a packet never meets one's address with the other's MAC) */
+	volatile uint32_t gw_live;
+	struct serpens_gw_addr gw[2];
 	uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag;
 	int32_t vx_last;             /* the SFC of the last VXLAN frame taken (tried first) */
 	/* latency log (benchmarks): armed by setting log, log_cap, then log_on */

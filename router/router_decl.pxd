@@ -103,21 +103,28 @@ cdef extern from "router.h" nogil:
         serpens_pace pace
         uint64_t rx, tx, tx_failed, unmatched
 
+    struct serpens_gw_addr:
+        uint32_t ip
+        uint8_t mac[6]
+
     struct serpens_router:
         uint32_t stop, requests
         int label_off, meta_off
         uint32_t wake_batch
         uint64_t wake_cycles, drain_cycles, stall_cycles, hold_cycles
-        uint32_t nports, nrules
+        uint32_t nports
         int32_t default_sfc
         serpens_router_port ports[SERPENS_ROUTER_MAX_PORTS]
-        serpens_match_rule rules[SERPENS_ROUTER_MAX_RULES]
+        uint32_t rules_live
+        uint32_t nrules[2]
+        serpens_match_rule rules[2][SERPENS_ROUTER_MAX_RULES]
         uint8_t tag_sfc[SERPENS_VLAN_IDS]
         serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS]
         serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES]
         serpens_underlay underlay
-        uint32_t underlay_port, gw_ip
-        uint8_t gw_mac[6]
+        uint32_t underlay_port
+        uint32_t gw_live
+        serpens_gw_addr gw[2]
         uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag
         uint32_t log_on
         serpens_lat_rec *log

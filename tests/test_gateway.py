@@ -607,3 +607,33 @@ def test_a_paced_ingress_port_delivers_only_the_arrivals_due(site):
     assert len(dp.pull(site.underlay.sent, 64)) == 39
     with pytest.raises(ValueError, match="not an ingress port"):
         site.gw.pace(site.underlay.port, 1000)
+
+
+def test_a_rules_rewrite_never_lets_frames_fall_to_the_default(site):
+    """The rules are switched whole (router/classify.h): while the loop runs and they are
+    written again and again, no frame a rule takes meets an empty table."""
+    gw = site.gw
+    for ip in SERVERS:
+        gw.set_server(ip, SERVERS[ip])
+    ruled, default = gw.add_sfc(1), gw.add_sfc(2)
+    gw.set_route(ruled, {"192.168.50.11": 1})
+    gw.set_route(default, {"192.168.50.12": 1})
+    rules = [{"dport": (1000 + k, 1000 + k), "sfc": ruled} for k in range(63)] + \
+        [{"sfc": ruled}]  # the last takes every frame
+    gw.set_rules(rules)
+    gw.set_default_sfc(default)
+    frames = [flow_frame(f, 0) for f in range(256)]
+    loop = threading.Thread(target=gw.run)
+    loop.start()
+    try:
+        for _ in range(100):
+            site.outside.send(frames)
+            for _ in range(10):
+                gw.set_rules(rules)
+            dp.pull(site.underlay.sent, 4096)
+    finally:
+        gw.stop()
+        loop.join()
+    stats = gw.stats()["sfcs"]
+    assert stats[ruled]["rx"] > 0
+    assert stats[default]["rx"] == 0, "frames fell to the default during a rewrite"

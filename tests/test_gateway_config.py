@@ -57,3 +57,15 @@ def test_a_bad_required_field_is_named(old, new, field):
     with pytest.raises(SpecError) as e:
         parse_gateway(GW.replace(old, new))
     assert e.value.field == field, str(e.value)
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("egress: out", "egress: [out]", "spec.egress"),
+    ("egress: out", "egress: out\n  ingress: [[wan]]", "spec.ingress[0]"),
+    ("egress: out", "egress: out\n  ingress: [wan, out]", "spec.ingress[1]"),
+    ("egress: out", "egress: out\n  cpus: '0'\n  gateway_cpu: 3", "spec.gateway_cpu"),
+])
+def test_a_bad_list_item_egress_or_cpu_is_named(old, new, field):
+    with pytest.raises(SpecError) as e:
+        parse_gateway(GW.replace(old, new))
+    assert e.value.field == field, str(e.value)

@@ -184,3 +184,38 @@ def test_a_bad_set_is_refused_whole_naming_the_field(site, bad, field):
     out = site.encap([DNS, WEB])
     assert [(Ether(w)[VXLAN].reserved1, Ether(w)[IP].dst) for w in out] == \
         [(81, S1.ip), (82, S2.ip)]
+
+
+def servers(prefix, n=64):
+    return tuple(RouteServer(f"n{k}", f"192.168.{prefix}.{k + 1}", f"02:00:00:00:{prefix:02x}:{k:02x}",
+                             1) for k in range(n))
+
+
+def test_a_full_set_of_servers_can_be_replaced_by_another(site):
+    site.routes.apply([route("dns", 81, [{"dport": [53, 53]}], servers=servers(61))])
+    site.routes.apply([route("dns", 81, [{"dport": [53, 53]}], servers=servers(62))])
+    assert set(site.routes.servers) == {s.ip for s in servers(62)}
+    assert {Ether(w)[IP].dst for w in site.encap([DNS])} <= set(site.routes.servers)
+
+
+@pytest.mark.parametrize("ip", ["255.255.255.255", "224.0.0.5", "0.0.0.0", "192.168.60.1"])
+def test_a_server_address_no_server_can_have_is_refused(site, ip):
+    routes = GatewayRoutes(site.rec, {}, own_ip="192.168.60.1")  # the gateway's underlay
+    with pytest.raises(RouteSetError) as e:
+        routes.apply([route("x", 71, servers=(RouteServer("n", ip, S1.mac, 1),))])
+    assert e.value.field == "routes[0].servers[0].ip", str(e.value)
+    assert site.rec.calls == []
+
+
+def test_sfcs_are_not_freed_while_the_loop_may_still_use_them(site):
+    site.routes.apply([route("dns", 81, [{"dport": [53, 53]}]), route("rest", 82)])
+    dns = site.routes.sfcs["dns"].id
+    site.rec.quiesce = lambda timeout=1.0: False   # the loop did not come round
+    with pytest.raises(RuntimeError, match="did not quiesce"):
+        site.routes.apply([route("rest", 82)])
+    assert not [c for c in site.rec.calls if c[0] == "remove_sfc"]
+    assert site.routes.sfcs["dns"].id == dns  # kept, unrouted: removed by the next push
+    del site.rec.quiesce
+    site.routes.apply([route("rest", 82)])
+    assert ("remove_sfc", dns) in site.rec.calls and "dns" not in site.routes.sfcs
+    assert [Ether(w)[VXLAN].reserved1 for w in site.encap([DNS])] == [82]

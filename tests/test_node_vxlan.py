@@ -250,3 +250,36 @@ def test_run_sfc_over_grpc_passes_the_vxlan_route(site):
         finally:
             await server.stop(None)
     asyncio.run(serve())
+
+
+def test_a_new_gateway_address_changes_only_the_gateway(site):
+    node, wires = site
+    node.apply_sfc(sfc("back", 2, BACK), vxlan=route(300, vni=3), generation=1,
+                   incarnation=1, replicas=1)
+    entry = node.running["back"]
+    first, manager = node.sfc_ids["back"], entry.manager
+    moved = ("192.168.60.9", "02:00:00:00:60:09")
+    node.apply_sfc(sfc("back", 2, BACK), vxlan=route(300, vni=3, gateway=moved),
+                   generation=1, incarnation=1, replicas=1)
+    assert node.running["back"] is entry and entry.manager is manager  # instances kept
+    assert node.sfc_ids["back"] == first
+    assert AgentServicer(node)._sfc("back").vxlan == route(300, vni=3, gateway=moved)
+    wires["fabric"].send([to_node(node, udp(dport=53), 300, vni=3)])
+    out = wires["fabric"].receive(1, router=node.router)
+    assert trace(decode_to_gateway(node, out[0], 300, 3, gateway=moved)) == [2]
+
+
+def test_a_routed_sfcs_match_rules_are_the_gateways(site):
+    """Its packets come by tag: rules naming the gateway's ingress ports are not the node's
+    to check or install."""
+    node, wires = site
+    at_gateway = "  output: gateway\n  match: [{port: gw-in, dport: 53}]"
+    with pytest.raises(SpecError) as e:
+        check_references(node.spec, [sfc("a", 1, at_gateway)], {})
+    assert e.value.field == "sfc a: spec.output"
+    check_references(node.spec, [sfc("a", 1, at_gateway.replace("gateway\n", "dmz\n"))],
+                     {"a": VxlanRoute.of(route(7))})
+    node.apply_sfc(sfc("a", 5, at_gateway), vxlan=route(7))
+    wires["fabric"].send([to_node(node, udp(dport=53), 7)])
+    out = wires["fabric"].receive(1, router=node.router)
+    assert trace(decode_to_gateway(node, out[0], 7, 0)) == [5]

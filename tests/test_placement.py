@@ -90,13 +90,15 @@ def test_tags_are_claimed_without_a_gap_kept_and_freed_with_the_sfc():
 
     async def go():
         routes = Routes(_Election(), Keys(), _Cache())
-        routes.load({"old": RouteRecord("old", 1), "other": RouteRecord("other", 3)})
+        # (distinct VLAN tags: a set of defaults only, the gateway could hold just one)
+        routes.load({"old": RouteRecord("old", 1, vlan=1),
+                     "other": RouteRecord("other", 3, vlan=3)})
         assert routes.tag("old") == 1          # an SFC keeps the tag of its record
 
         # many workers at once, each claiming then writing (an await between): all differ
         async def place(sfc):
             tag = routes.tag(sfc)
-            await routes.put(RouteRecord(sfc, tag), 0, 0.0)
+            await routes.put(RouteRecord(sfc, tag, vlan=tag), 0, 0.0)
             return tag
         tags = await asyncio.gather(*(place(f"s{i}") for i in range(6)))
         assert sorted(tags) == [2, 4, 5, 6, 7, 8]
@@ -109,5 +111,32 @@ def test_tags_are_claimed_without_a_gap_kept_and_freed_with_the_sfc():
         assert claimed == 9 and routes.tag("third") == 10
         await routes.delete("another", 0, 0.0)  # dropped before it was written: freed too
         assert routes.tag("fourth") == 9
+        await routes.close()
+    asyncio.run(go())
+
+
+def test_a_route_is_admitted_only_if_the_gateway_can_hold_it_beside_the_others():
+    from serpens.common.keys import Keys
+    from serpens.common.route_set import MAX_RULES
+
+    async def go():
+        routes = Routes(_Election(), Keys(), _Cache())
+        routes.ingress = frozenset({"wan"})
+        routes.load({"web": RouteRecord("web", 1)})            # the default
+        assert "only one SFC may take unmatched" in routes.admit(RouteRecord("dns", 2))
+        assert routes.admit(RouteRecord("dns", 2, match=({"port": "wan"},))) is None
+        # admitted, not yet written: it counts (two workers never both fit the last room)
+        assert routes.admit(RouteRecord("x", 3, vlan=5)) is None
+        assert "VLAN 5" in routes.admit(RouteRecord("y", 4, vlan=5))
+        assert "'lan' is no gateway's ingress port" in routes.admit(
+            RouteRecord("z", 5, match=({"port": "lan"},)))
+        many = tuple({"dport": [k, k]} for k in range(MAX_RULES))
+        assert "match rules" in routes.admit(RouteRecord("big", 6, match=many))
+        for k in range(7, 30):
+            routes.admit(RouteRecord(f"s{k}", k, vlan=k))
+        assert len(routes._admitted) + len(routes.records) == 16  # gateway.h's SFCs at most
+        # a stored set the gateway could not hold is never pushed whole
+        routes.load({"a": RouteRecord("a", 1), "b": RouteRecord("b", 2)})
+        assert [m.sfc for m in routes.messages()] == ["a"]
         await routes.close()
     asyncio.run(go())

@@ -21,6 +21,7 @@ from serpens.common.keys import Keys
 from serpens.common.records import (GatewayRecord, NodeLoad, NodeRecord, RouteRecord,
                                     SFCLoad, Underlay)
 from serpens.common.rpc import server_credentials
+from serpens.gateway.routes import GatewayRoutes, RouteSetError
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
@@ -66,7 +67,8 @@ class FakeAgent(pb_grpc.AgentServicer):
         name = json.loads(request.spec)["metadata"]["name"]
         s = pb.AgentSFC(name=name, generation=request.generation, replicas=request.replicas,
                         incarnation=request.incarnation, instances=request.replicas,
-                        phase="Running")
+                        phase="Running",
+                        vxlan=request.vxlan if request.HasField("vxlan") else None)
         with self.lock:
             self.runs[name], self.requests[name] = s, request
             self.answered[name] = time.monotonic()
@@ -88,24 +90,36 @@ class FakeAgent(pb_grpc.AgentServicer):
 
 class FakeGateway(pb_grpc.GatewayServicer):
     """Keeps every route set pushed (with its arrival time); refuses a term older than the
-    newest it has applied with ABORTED, as the real gateway does."""
+    newest it has applied with ABORTED, and a set it could not hold with INVALID_ARGUMENT
+    (the real gateway's check), as the real gateway does; UNAVAILABLE while `down`."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.term = 0
         self.pushes: list[tuple[float, int, list[RouteRecord]]] = []  # (time, term, routes)
         self.refused = 0
+        self.invalid = 0
+        self.down = False
+        self.failed = 0    # calls refused while down
 
     def SetRoutes(self, request, context):
         now = time.monotonic()
         with self.lock:
+            if self.down:
+                self.failed += 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "down (a test's)")
+            routes = [RouteRecord.from_message(r) for r in request.routes]
+            try:
+                GatewayRoutes(None, {"in0": 0}, GATEWAY_UNDERLAY.ip).check(routes)
+            except RouteSetError as e:
+                self.invalid += 1
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             if request.term < self.term:
                 self.refused += 1
                 context.abort(grpc.StatusCode.ABORTED,
                               f"term: {request.term} is older than {self.term}")
             self.term = request.term
-            self.pushes.append((now, request.term,
-                                [RouteRecord.from_message(r) for r in request.routes]))
+            self.pushes.append((now, request.term, routes))
         return pb.SetRoutesResponse(term=request.term, routes=len(request.routes))
 
     def routes(self) -> dict[str, RouteRecord]:

@@ -134,3 +134,10 @@ def test_a_node_underlay_is_a_port_that_is_no_input():
         with pytest.raises(SpecError, match=field.replace(".", r"\.") if "[" not in field
                            else field):
             parse_node(NODE + extra)
+
+
+def test_a_pushed_route_nested_too_deeply_is_refused_naming_the_field():
+    message = ROUTE.to_message()
+    message.match_json = "[" * 100000 + "]" * 100000
+    with pytest.raises(MalformedRecord, match="match_json"):
+        RouteRecord.from_message(message)
