@@ -134,4 +134,4 @@ class Observation:
     def close(self):
         """Disarm every instance: none keeps a capture point on."""
         for a in self.armed.values():
-            a.ctl.observe_off()
+            a.ctl.observe_off(a.gen)  # (only ours: a late close leaves a newer one alone)

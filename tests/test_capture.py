@@ -68,8 +68,10 @@ def test_a_capture_at_an_nf_output_equals_what_it_emitted_and_a_replay(tmp_path,
     write_pcapng(str(out), [CapturedFrame(r.data, r.orig_len, 1_000_000 * k,
                                           f"nf=nat verdict=out instance={r.instance}")
                             for k, r in enumerate(records)])
-    captured = [bytes(p) for p in rdpcap(str(out))]
+    read = rdpcap(str(out))
+    captured = [bytes(p) for p in read]
     assert captured == emitted
+    assert all(p.comments == [b"nf=nat verdict=out instance=7"] for p in read)
 
     # The same capture replayed offline gives the same frames (NAT is the chain's last NF).
     wrpcap(str(tmp_path / "in.pcap"), [Ether(f) for f in frames])
@@ -89,6 +91,12 @@ def test_a_capture_at_an_nf_input_sees_what_the_previous_nf_passed(pool, fw_mon_
         h.run(frames)
         records = obs.poll()
         obs.close()
+        later = observe(h, nf="mon", at="in")
+        later.poll()
+        obs.close()  # a late close of an earlier capture leaves the newer one armed
+        assert h.process.ctl.observing == later.armed[7].gen
+        later.close()
+        assert h.process.ctl.observing == 0
     assert [r.data for r in records] == frames[:100]  # the denied five never reach mon
     assert {r.label for r in records} != {dp.LABEL_DROP}
 

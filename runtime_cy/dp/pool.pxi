@@ -117,9 +117,10 @@ cdef class PoolCtl:
         serpens_store_u64(&o.tail, serpens_load_u64(&o.head))
         serpens_store_u32(&o.on, gen)
 
-    def observe_off(self):
-        """Disarm: from the next burst on the instance runs the plain chainer again."""
-        serpens_store_u32(&self.c.obs.on, 0)
+    def observe_off(self, uint32_t gen):
+        """Disarm arming `gen` (if still armed: a later arming is left alone): from the next
+        burst on the instance runs the plain chainer again."""
+        serpens_cas_u32(&self.c.obs.on, gen, 0)
 
     @property
     def observing(self): return serpens_load_u32(&self.c.obs.on)
