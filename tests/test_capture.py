@@ -26,8 +26,8 @@ SERPENSCTL = os.path.join(os.path.dirname(sys.executable), "serpensctl")
 
 
 def traffic(n=1000, denied=0):
-    pkts = [eth() / IP(src=f"10.0.0.{i % 50 + 1}", dst="8.8.8.8") / UDP(sport=1000 + i % 50, dport=53)
-            / b"query" for i in range(n)]
+    pkts = [eth() / IP(src=f"10.0.0.{i % 50 + 1}", dst="8.8.8.8")
+            / UDP(sport=1000 + i % 50, dport=53) / b"query" for i in range(n)]
     pkts += [eth() / IP(src="10.0.0.1", dst="1.2.3.4") / TCP(dport=23)] * denied
     return [bytes(p) for p in pkts]
 
