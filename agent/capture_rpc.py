@@ -67,11 +67,12 @@ async def stream(obs: Observation, node_name: str, request):
             records = obs.poll()
             events = []
             for r in records:
-                if r.kind == REC_PKT and packets < count:
+                full = packets >= count or nbytes >= max_bytes  # (steps of those taken go on)
+                if r.kind == REC_PKT and not full:
                     packets += 1
                     nbytes += len(r.data)
                     events.append(pb.CaptureEvent(packet=packet(r, obs.nf_name(r.step))))
-                elif r.kind == REC_TRACE_PKT and packets < count:
+                elif r.kind == REC_TRACE_PKT and not full:
                     packets += 1
                     t = pb.TracedPacket(packet=packet(r, ""))
                     t.packet.at, t.packet.verdict = "in", ""

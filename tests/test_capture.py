@@ -166,3 +166,46 @@ def test_bad_settings_are_refused_naming_the_field(pool, fw_mon_nat):
         Observation(dict, steps, at="middle")
     with pytest.raises(ValueError, match="^snaplen: "):
         Observation(dict, steps, snaplen=0)
+
+
+
+async def _stream_while_sending(h, frames, request):
+    """Agent.Capture's stream of `request` over `h`'s instance, `frames` sent once armed."""
+    import asyncio
+
+    from serpens.agent.capture_rpc import stream
+    obs = observe(h, at="out")
+    obs.poll()  # armed before the frames go in
+    sender = asyncio.create_task(asyncio.to_thread(h.run, frames))
+    packets, summary = [], None
+    async for e in stream(obs, "n1", request):
+        if e.HasField("packet"):
+            packets.append(e.packet)
+        else:
+            summary = e.summary
+    await sender
+    return packets, summary
+
+
+@pytest.mark.parametrize("bounds,stopped,n", [
+    (dict(count=100, seconds=30), "count", 100),
+    (dict(count=1000, max_bytes=47 * 50, seconds=30), "bytes", 50),
+    (dict(count=1000, seconds=1), "seconds", 300)])
+def test_the_stream_stops_on_count_bytes_or_seconds_and_disarms(pool, fw_mon_nat, bounds,
+                                                                stopped, n):
+    import asyncio
+
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+
+    built = fw_mon_nat("bounds")
+    frames = traffic(300)
+    assert {len(f) for f in frames} == {47}
+    with PacketHarness(pool, built.compiled) as h:
+        packets, summary = asyncio.run(_stream_while_sending(h, frames,
+                                                             pb.CaptureRequest(**bounds)))
+        assert h.process.ctl.observing == 0  # disarmed when the stream ended
+        emitted = [r.data for r in h.run(frames[:5])]  # (and packets go on)
+    assert (summary.stopped, summary.packets, len(packets), summary.lost) == (stopped, n, n, 0)
+    assert summary.bytes == 47 * n and len(emitted) == 5
+    assert all((p.node, p.verdict, p.at, p.orig_len) == ("n1", "out", "out", 47)
+               for p in packets)
