@@ -120,7 +120,9 @@ class Observation:
                 r.instance = key
                 out.append(r)
         for key in set(self.armed) - set(now):  # stopped meanwhile: its records went with it
-            self.lost_gone += self._lost(self.armed.pop(key))
+            a = self.armed.pop(key)
+            a.ctl.observe_off(a.gen)  # (its pool process may run another SFC next)
+            self.lost_gone += self._lost(a)
         return out
 
     @staticmethod
