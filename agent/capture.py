@@ -18,7 +18,11 @@ from serpens.runtime_cy import _dataplane as dp
 
 REC = struct.Struct("<IHhIHBBIIQII")  # struct serpens_obs_rec (pool_ctl.h)
 REC_PAD, REC_PKT, REC_TRACE_PKT, REC_TRACE_STEP = 0, 1, 2, 3
-WHY = {0: "", 1: "verdict", 2: "bad_label", 3: "bad_mbuf", 4: "segments"}
+WHY = {0: "", 1: "verdict", 2: "bad_label", 3: "bad_mbuf", 4: "segments",
+       # the router's, named as its drop counters (Router.stats())
+       5: "instance_stuck", 6: "no_instance", 7: "sfc_failed", 8: "over_mtu",
+       9: "instance_died"}
+ROUTER = -1  # the instance key of the router's own drops (an ObsRing)
 AT = {"in": dp.AT_IN, "out": dp.AT_OUT, "drop": dp.AT_DROP}
 DEFAULT_SNAPLEN = 2048  # bytes of a frame copied at most (a jumbo frame is cut, orig_len kept)
 _generations = itertools.count(1)  # one per arming in this agent: never 0, never reused
@@ -81,6 +85,7 @@ class Observation:
     at: str = "out"
     snaplen: int = DEFAULT_SNAPLEN
     trace: int = 0  # > 0: trace this many packets (per instance arming) instead of capturing
+    on_close: Callable | None = None  # after every source is disarmed (e.g. let go of one)
     armed: dict = field(default_factory=dict)
     lost_gone: int = 0  # copies lost by instances that stopped meanwhile
 
@@ -137,3 +142,6 @@ class Observation:
         """Disarm every instance: none keeps a capture point on."""
         for a in self.armed.values():
             a.ctl.observe_off(a.gen)  # (only ours: a late close leaves a newer one alone)
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None

@@ -9,8 +9,8 @@ import time
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.runtime_cy import _dataplane as dp
 
-from .capture import (DEFAULT_SNAPLEN, REC_PKT, REC_TRACE_PKT, REC_TRACE_STEP, Observation,
-                      verdict)
+from .capture import (DEFAULT_SNAPLEN, REC_PKT, REC_TRACE_PKT, REC_TRACE_STEP, ROUTER,
+                      Observation, verdict)
 
 POLL_S = 0.01           # how often the rings are drained (each holds 1 MiB of records)
 DEFAULT_COUNT = 1000
@@ -40,11 +40,21 @@ def observation(node, request, busy: set) -> Observation:
     steps = [s.name for s in entry.built.compiled.steps]
     count = request.count or DEFAULT_COUNT
 
+    ring = None  # the SFC's own drops include the router's (before or after its instances)
+
     def instances():  # dict() of a dict is one C call: a consistent copy under the GIL
-        return {i: s.proc.ctl for i, s in dict(manager.instances).items()}
-    return Observation(instances, steps, nf=request.nf, at=request.at or "out",
-                       snaplen=request.snaplen or DEFAULT_SNAPLEN,
-                       trace=count if request.trace else 0)
+        now = {i: s.proc.ctl for i, s in dict(manager.instances).items()}
+        if ring is not None:
+            now[ROUTER] = ring
+        return now
+    obs = Observation(instances, steps, nf=request.nf, at=request.at or "out",
+                      snaplen=request.snaplen or DEFAULT_SNAPLEN,
+                      trace=count if request.trace else 0)
+    if obs.at == "drop" and not obs.nf and not obs.trace and node.router is not None:
+        ring = dp.ObsRing()
+        node.router.set_drop_capture(entry.sfc_id, ring)
+        obs.on_close = lambda: node.router.set_drop_capture(entry.sfc_id, None)
+    return obs
 
 
 async def stream(obs: Observation, node_name: str, request):
@@ -59,9 +69,10 @@ async def stream(obs: Observation, node_name: str, request):
     traced: dict = {}  # (instance, pkt) -> TracedPacket
 
     def packet(r, nf: str) -> pb.CapturedPacket:
+        router = r.instance == ROUTER
         return pb.CapturedPacket(data=r.data, orig_len=r.orig_len, time_ns=time.time_ns(),
-                                 node=node_name, instance=r.instance, nf=nf,
-                                 verdict=verdict(r.label), reason=r.why, at=at)
+                                 node=node_name, instance=0 if router else r.instance, nf=nf,
+                                 verdict=verdict(r.label), reason=r.why, at=at, router=router)
     try:
         while not stopped:
             records = obs.poll()

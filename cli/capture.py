@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def _comment(p) -> str:
-    words = [f"node={p.node}", f"instance={p.instance}", f"at={p.at}"]
+    words = [f"node={p.node}", f"instance={'router' if p.router else p.instance}", f"at={p.at}"]
     if p.nf:
         words.append(f"nf={p.nf}")
     words.append(f"verdict={p.verdict}")

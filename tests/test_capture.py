@@ -209,3 +209,34 @@ def test_the_stream_stops_on_count_bytes_or_seconds_and_disarms(pool, fw_mon_nat
     assert summary.bytes == 47 * n and len(emitted) == 5
     assert all((p.node, p.verdict, p.at, p.orig_len) == ("n1", "out", "out", 47)
                for p in packets)
+
+
+def test_the_sfc_s_drops_include_the_router_s_with_their_reason(dataplane, pool, build):
+    import time
+
+    from serpens.agent.capture import ROUTER
+    from serpens.runtime_cy.sfc import NF, compile_sfc
+
+    from support.sites import Site
+
+    site = Site(dataplane, pool, compile_sfc(NF(build("tag.c"))), f"cap{os.getpid() % 10**5}")
+    ring = dp.ObsRing()
+    try:
+        site.router.set_drop_all(0, True)  # a failed SFC: the router drops its packets
+        site.router.set_drop_capture(0, ring)
+        obs = Observation(lambda: {ROUTER: ring}, ["tag"], at="drop")
+        obs.poll()
+        frames = traffic(40)
+        site.send(frames)
+        records, deadline = [], time.monotonic() + 10
+        while len(records) < 40 and time.monotonic() < deadline:
+            records += obs.poll()
+            time.sleep(0.01)
+        obs.close()
+        site.router.set_drop_capture(0, None)
+        assert [r.data for r in records] == frames
+        assert all((r.why, r.label, r.instance) == ("sfc_failed", dp.LABEL_DROP, ROUTER)
+                   for r in records)
+        assert site.router.stats()["sfcs"][0]["drops"]["sfc_failed"] == 40
+    finally:
+        site.close()

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include <rte_cycles.h>
+#include <rte_mbuf.h>
 
 #include "observe.h"
 
@@ -173,4 +174,26 @@ void serpens_obs_end(struct serpens_observer *ob, const struct serpens_batch *b)
 	}
 	settle_pending(ob, b); /* (a step that saw none of its packets again: nothing left) */
 	__atomic_store_n(&ob->o->head, ob->head, __ATOMIC_RELEASE);
+}
+
+void serpens_obs_router_drops(struct serpens_obs *o, struct rte_mbuf *const *m, uint32_t n,
+			      uint8_t why)
+{
+	uint32_t gen = __atomic_load_n(&o->on, __ATOMIC_ACQUIRE);
+	if (!gen || !(o->flags & SERPENS_OBS_CAPTURE) || o->at != SERPENS_AT_DROP)
+		return;
+	struct serpens_observer ob = {.o = o, .gen = gen, .at = o->at, .snaplen = o->snaplen,
+				      .step = -1, .head = o->head,
+				      .limit = __atomic_load_n(&o->tail, __ATOMIC_ACQUIRE) +
+					       SERPENS_OBS_RING};
+	struct serpens_batch b; /* one packet at a time through record() */
+	b.labels[0] = SERPENS_LABEL_DROP;
+	for (uint32_t k = 0; k < n; k++) {
+		b.data[0] = rte_pktmbuf_mtod(m[k], uint8_t *);
+		b.len[0] = rte_pktmbuf_data_len(m[k]);
+		struct serpens_obs_rec *r = record(&ob, SERPENS_REC_PKT, -1, &b, 0, ob.snaplen);
+		if (r)
+			r->why = why;
+	}
+	__atomic_store_n(&o->head, ob.head, __ATOMIC_RELEASE);
 }

@@ -40,4 +40,18 @@ void serpens_obs_after(struct serpens_observer *ob, uint16_t s, const struct ser
  * capture point, then publish every record of the burst. */
 void serpens_obs_end(struct serpens_observer *ob, const struct serpens_batch *b);
 
+/* The router's drops (router.c): copies of packets it is about to free for reason `why`, into
+ * the ring of the SFC's drop capture if one is armed. Its callers are the rare drop paths,
+ * behind serpens_obs_dropping()'s NULL test. */
+struct rte_mbuf;
+void serpens_obs_router_drops(struct serpens_obs *o, struct rte_mbuf *const *m, uint32_t n,
+			      uint8_t why);
+
+static inline void serpens_obs_dropping(struct serpens_obs *o, struct rte_mbuf *const *m,
+					uint32_t n, uint8_t why)
+{
+	if (__builtin_expect(o != NULL, 0) && n)
+		serpens_obs_router_drops(o, m, n, why);
+}
+
 #endif

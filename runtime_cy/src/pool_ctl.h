@@ -136,6 +136,12 @@ enum serpens_drop_why {
 	SERPENS_WHY_BAD_LABEL = 2, /* the NF gave a label that does not lead forward */
 	SERPENS_WHY_BAD_MBUF = 3,  /* the NF left its mbuf broken */
 	SERPENS_WHY_SEGMENTS = 4,  /* a chained (multi-segment) mbuf: refused before the SFC */
+	/* the router's (router.h, its drop_* counters) */
+	SERPENS_WHY_STUCK = 5,     /* its instance took nothing for too long */
+	SERPENS_WHY_HOLD = 6,      /* waited for an instance too long, or beyond the hold queue */
+	SERPENS_WHY_FAILED = 7,    /* the SFC is failed */
+	SERPENS_WHY_MTU = 8,       /* too big for the underlay back to the gateway */
+	SERPENS_WHY_DIED = 9,      /* queued for an instance that died */
 };
 
 struct serpens_obs_rec {

@@ -30,7 +30,7 @@ class CaptureRequest(_message.Message):
     def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., at: _Optional[str] = ..., count: _Optional[int] = ..., seconds: _Optional[float] = ..., max_bytes: _Optional[int] = ..., snaplen: _Optional[int] = ..., trace: _Optional[bool] = ...) -> None: ...
 
 class CapturedPacket(_message.Message):
-    __slots__ = ("data", "orig_len", "time_ns", "node", "instance", "nf", "verdict", "reason", "at")
+    __slots__ = ("data", "orig_len", "time_ns", "node", "instance", "nf", "verdict", "reason", "at", "router")
     DATA_FIELD_NUMBER: _ClassVar[int]
     ORIG_LEN_FIELD_NUMBER: _ClassVar[int]
     TIME_NS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class CapturedPacket(_message.Message):
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     orig_len: int
     time_ns: int
@@ -49,7 +50,8 @@ class CapturedPacket(_message.Message):
     verdict: str
     reason: str
     at: str
-    def __init__(self, data: _Optional[bytes] = ..., orig_len: _Optional[int] = ..., time_ns: _Optional[int] = ..., node: _Optional[str] = ..., instance: _Optional[int] = ..., nf: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[str] = ...) -> None: ...
+    router: bool
+    def __init__(self, data: _Optional[bytes] = ..., orig_len: _Optional[int] = ..., time_ns: _Optional[int] = ..., node: _Optional[str] = ..., instance: _Optional[int] = ..., nf: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[str] = ..., router: _Optional[bool] = ...) -> None: ...
 
 class TraceStep(_message.Message):
     __slots__ = ("nf", "label", "reason", "call_ns", "batch")
