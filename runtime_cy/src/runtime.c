@@ -304,7 +304,11 @@ static void stop_instance(struct runtime *rt)
 
 /* ---- packets ---------------------------------------------------------------------------- */
 
-static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
+/* One body, two specializations (as the chainer's): with ob == NULL (constant) nothing of
+ * capture or trace is left in it; process_burst() picks one per burst. */
+static inline __attribute__((always_inline)) void
+run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_observer *ob,
+	  uint32_t obs_gen)
 {
 	struct serpens_pool_ctl *ctl = rt->ctl;
 	struct serpens_batch b;
@@ -335,11 +339,7 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		single |= (uint32_t)(m->nb_segs == 1) << i;
 	}
 	in->chain.bad_labels = 0;
-	/* Capture or trace armed: the one branch per burst they cost while off. */
-	uint32_t obs_gen = __atomic_load_n(&ctl->obs.on, __ATOMIC_ACQUIRE);
-	struct serpens_observer *ob = NULL;
-	if (unlikely(obs_gen)) {
-		ob = &rt->observer;
+	if (ob) {
 		serpens_obs_begin(ob, &ctl->obs, obs_gen, &b);
 		serpens_chain_run_observed(&in->chain, &b, ob);
 	} else {
@@ -365,7 +365,7 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		*RTE_MBUF_DYNFIELD(m, off, uint16_t *) = b.labels[i];
 		out += b.labels[i] == SERPENS_LABEL_OUT;
 	}
-	if (unlikely(ob != NULL)) { /* what leaves the SFC, as it leaves */
+	if (ob) { /* what leaves the SFC, as it leaves */
 		for (uint32_t i = 0; i < n; i++) {
 			struct rte_mbuf *m = ctl->inflight[i];
 			uint32_t room = m->data_off < m->buf_len ? m->buf_len - m->data_off : 0;
@@ -397,6 +397,16 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		in->first_burst_done = 1;
 		ctl->t_burst_cycles = rte_rdtsc();
 	}
+}
+
+static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
+{
+	/* Capture or trace armed? The one load and branch per burst they cost while off. */
+	uint32_t obs_gen = __atomic_load_n(&rt->ctl->obs.on, __ATOMIC_ACQUIRE);
+	if (unlikely(obs_gen))
+		run_burst(rt, in, n, &rt->observer, obs_gen);
+	else
+		run_burst(rt, in, n, NULL, 0);
 }
 
 /* Poll until a command is pending, or (detached: a process of its own, see run_detached) until
