@@ -59,6 +59,7 @@ extensions = [
             "runtime_cy/src/nf_api.c",
             "runtime_cy/src/pkt.c",
             "runtime_cy/src/chainer.c",
+            "runtime_cy/src/observe.c",
             "runtime_cy/src/loader.c",
             "runtime_cy/src/runtime.c",
             "runtime_cy/src/state_table.c",

@@ -264,6 +264,8 @@ class ProcessPool:
             os.setpriority(os.PRIO_PROCESS, p.pid, 0)  # booted nice (see _spawn)
         except ProcessLookupError:
             pass  # died meanwhile: the command below says so
+        # a capture or trace armed for the process's previous instance does not carry over
+        p.ctl.observe_off(p.ctl.observing)
         images = [img.layout for img in sfc.images]
         fds, fields = how.command(sfc)
         try:

@@ -23,6 +23,7 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
+from . import capture_rpc
 from .node import NoSuchSFC, SFCConflict, StaleSpec
 from .process_pool import PoolError
 from .state_manager import (BrokenTable, StateError, StateFilesystemFull, StateManager,
@@ -78,6 +79,7 @@ def _vxlan(entry) -> pb.VxlanRoute | None:
 class AgentServicer(pb_grpc.AgentServicer):
     def __init__(self, node):
         self.node = node
+        self._observed: set[str] = set()  # SFCs with a capture or trace running
 
     def _sfc(self, name: str) -> pb.AgentSFC:
         c = self.node.stats()["sfcs"][name]
@@ -188,6 +190,23 @@ class AgentServicer(pb_grpc.AgentServicer):
         log.info("reset the state of %s/%s: %s", request.sfc, request.nf,
                  ", ".join(gone) or "no tables")
         return pb.ResetStateResponse(node=self.node.spec.name, tables=gone)
+
+    async def Capture(self, request, context):
+        try:
+            obs = capture_rpc.observation(self.node, request, self._observed)
+        except LookupError as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except capture_rpc.CaptureBusy as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self._observed.add(request.sfc)
+        try:  # (cancelled when the client goes away: the stream's finally disarms)
+            async for event in capture_rpc.stream(obs, self.node.spec.name, request):
+                yield event
+        finally:
+            obs.close()  # (again: the stream may not have run its own finally yet)
+            self._observed.discard(request.sfc)
 
     @_handler
     async def GetUsage(self, request, context):

@@ -48,6 +48,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Serpens/SnapshotState": OPERATOR,
     "/serpens.v1.Serpens/RestoreState": OPERATOR,
     "/serpens.v1.Serpens/ResetState": OPERATOR,
+    "/serpens.v1.Serpens/Capture": OPERATOR,
     "/serpens.v1.Serpens/DeployNF": ADMIN,
     "/serpens.v1.Serpens/DeleteNF": ADMIN,
     # serpens.v1.Agent: only the controller drives agents
@@ -61,6 +62,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Agent/RestoreState": CONTROLLER,
     "/serpens.v1.Agent/ResetState": CONTROLLER,
     "/serpens.v1.Agent/GetUsage": CONTROLLER,
+    "/serpens.v1.Agent/Capture": CONTROLLER,
     # serpens.v1.Gateway: only the controller pushes routes and reads counters
     "/serpens.v1.Gateway/SetRoutes": CONTROLLER,
     "/serpens.v1.Gateway/GetGateway": CONTROLLER,

@@ -389,10 +389,8 @@ class SerpensServicer(pb_grpc.SerpensServicer):
     async def ResetState(self, request, context):
         return await self._on_node(request.sfc, "ResetState", request, timeout=60)
 
-    async def _on_node(self, sfc: str, method: str, request, timeout: float):
-        """Agent.`method`(request) on the node running SFC `sfc`: FAILED_PRECONDITION if it
-        runs nowhere now, the agent's NOT_FOUND/INVALID_ARGUMENT/RESOURCE_EXHAUSTED/
-        DATA_LOSS, else UNAVAILABLE."""
+    async def _node_of(self, sfc: str) -> tuple[str, NodeRecord]:
+        """The node running SFC `sfc` now and its record; FAILED_PRECONDITION if none."""
         await self._read(self.sfcs_prefix, sfc, "SFC")
         item = await self._read(self.status_prefix, sfc, None)
         status: SFCStatus | None = \
@@ -403,6 +401,36 @@ class SerpensServicer(pb_grpc.SerpensServicer):
             self._record(self.nodes_prefix + node, item, "node") if item else None
         if record is None or status.phase not in ("Running", "Degraded"):
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"sfc: {sfc} runs on no node now")
+        return node, record
+
+    async def Capture(self, request, context):
+        """Agent.Capture on the node running the SFC, relayed event by event; cancelled with
+        the client (the agent's stream ends, and its capture points go off)."""
+        try:
+            node, record = await self._node_of(request.sfc)
+        except _Abort as e:
+            await context.abort(e.code, e.message)
+        except StoreError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store: {e}")
+        call = self._agents[record.address].Capture(
+            request, timeout=(request.seconds or 60.0) + 30)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as e:
+            code = e.code() if e.code() in (grpc.StatusCode.NOT_FOUND,
+                                            grpc.StatusCode.INVALID_ARGUMENT,
+                                            grpc.StatusCode.FAILED_PRECONDITION) \
+                else grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, f"node {node}: {e.details()}")
+        finally:
+            call.cancel()
+
+    async def _on_node(self, sfc: str, method: str, request, timeout: float):
+        """Agent.`method`(request) on the node running SFC `sfc`: FAILED_PRECONDITION if it
+        runs nowhere now, the agent's NOT_FOUND/INVALID_ARGUMENT/RESOURCE_EXHAUSTED/
+        DATA_LOSS, else UNAVAILABLE."""
+        node, record = await self._node_of(sfc)
         try:
             return await getattr(self._agents[record.address], method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:

@@ -434,6 +434,22 @@ cdef class Router:
             return 0
         return self.r.inst[i].watchdog_tsc
 
+    def set_drop_capture(self, int sfc, ObsRing ring=None):
+        """Copy the packets the router drops for `sfc` into `ring` while a drop capture is
+        armed on it; None stops (the router is quiesced first: the ring may then go)."""
+        if not 0 <= sfc < SERPENS_ROUTER_MAX_SFCS:
+            raise ValueError(f"SFC {sfc} does not exist")
+        if ring is None:
+            self.r.sfcs[sfc].obs = NULL
+            serpens_fence()
+            self.quiesce()
+            self.refs.pop(("obs", sfc), None)
+            return
+        self._check_sfc(sfc)
+        self.refs[("obs", sfc)] = ring  # alive while the router may write to it
+        self.r.sfcs[sfc].obs = ring.o
+        serpens_fence()
+
     def set_drop_all(self, int sfc, bint drop):
         """Drop `sfc`'s packets instead of holding them for an instance (a failed SFC)."""
         self._check_sfc(sfc)

@@ -264,6 +264,7 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 		in->oldest_tsc = now;
 	in->waiting += q;
 	if (q < n && in->shedding) { /* stuck before: no back-pressure for it now */
+		serpens_obs_dropping(r->sfcs[in->sfc].obs, pkts + q, n - q, SERPENS_WHY_STUCK);
 		rte_pktmbuf_free_bulk(pkts + q, n - q);
 		in->dropped += n - q;
 		r->sfcs[in->sfc].drop_stuck += n - q;
@@ -275,6 +276,8 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 		uint32_t room = 2 * SERPENS_BURST - in->npending, keep = n - q < room ? n - q : room;
 		memcpy(in->pending + in->npending, pkts + q, sizeof(pkts[0]) * keep);
 		if (keep < n - q) {
+			serpens_obs_dropping(r->sfcs[in->sfc].obs, pkts + q + keep, n - q - keep,
+					     SERPENS_WHY_STUCK);
 			rte_pktmbuf_free_bulk(pkts + q + keep, n - q - keep);
 			in->dropped += n - q - keep;
 			r->sfcs[in->sfc].drop_stuck += n - q - keep;
@@ -295,6 +298,7 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 /* Drop what waits for instance `in` beyond its ring (it took nothing for stall_cycles). */
 static void shed(struct serpens_router *r, struct serpens_router_instance *in)
 {
+	serpens_obs_dropping(r->sfcs[in->sfc].obs, in->pending, in->npending, SERPENS_WHY_STUCK);
 	rte_pktmbuf_free_bulk(in->pending, in->npending);
 	in->dropped += in->npending;
 	r->sfcs[in->sfc].drop_stuck += in->npending;
@@ -355,6 +359,7 @@ static uint32_t route(struct serpens_router *r, int sfc, struct rte_mbuf **pkts,
 	uint32_t k = 0;
 
 	if (s->drop_all) { /* failed: nothing to wait for */
+		serpens_obs_dropping(s->obs, pkts, n, SERPENS_WHY_FAILED);
 		rte_pktmbuf_free_bulk(pkts, n);
 		s->rx += n;
 		s->drop_failed += n;
@@ -365,6 +370,7 @@ static uint32_t route(struct serpens_router *r, int sfc, struct rte_mbuf **pkts,
 		int i = s->nheld && !from_hold ? -1 : dispatch(r, sfc, META(r, pkts[k])->flow, coarse);
 		if (i < 0) {
 			if (s->nheld == SERPENS_ROUTER_HOLD && s->hold_shedding) {
+				serpens_obs_dropping(s->obs, pkts + k, 1, SERPENS_WHY_HOLD);
 				rte_pktmbuf_free(pkts[k]);
 				s->drop_hold++;
 				r->dropped++;
@@ -425,6 +431,7 @@ static void expire_held(struct serpens_router *r, uint64_t now)
 			n++;
 		if (!n)
 			continue;
+		serpens_obs_dropping(s->obs, s->held, n, SERPENS_WHY_HOLD);
 		rte_pktmbuf_free_bulk(s->held, n);
 		memmove(s->held, s->held + n, sizeof(s->held[0]) * (s->nheld - n));
 		s->nheld -= n;
@@ -607,6 +614,7 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 			   serpens_vxlan_encap(m, &r->underlay, r->gw[serpens_rules_live(&r->gw_live)].ip,
 					       r->gw[serpens_rules_live(&r->gw_live)].mac, s->vx_tag,
 					       s->vx_vni, META(r, m)->flow) != SERPENS_ENCAP_OK) {
+			serpens_obs_dropping(s->obs, &m, 1, SERPENS_WHY_MTU);
 			rte_pktmbuf_free(m);
 			s->drop_mtu++;
 			r->dropped++;
@@ -625,6 +633,7 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 		/* room_in() left room for a burst in the next SFC's hold queue; what a reaped
 		 * instance returns may find none */
 		uint32_t took = route(r, s->next, fwd, nfwd, now, 0);
+		serpens_obs_dropping(r->sfcs[s->next].obs, fwd + took, nfwd - took, SERPENS_WHY_HOLD);
 		rte_pktmbuf_free_bulk(fwd + took, nfwd - took);
 		r->sfcs[s->next].drop_hold += nfwd - took;
 		r->dropped += nfwd - took;
@@ -635,6 +644,7 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 static void free_counted(struct serpens_router *r, struct serpens_router_instance *in,
 			 struct rte_mbuf **pkts, uint32_t n)
 {
+	serpens_obs_dropping(r->sfcs[in->sfc].obs, pkts, n, SERPENS_WHY_DIED);
 	rte_pktmbuf_free_bulk(pkts, n);
 	in->dropped += n;
 	r->sfcs[in->sfc].drop_died += n;

@@ -94,6 +94,7 @@
 
 #include "classify.h"
 #include "pace.h"
+#include "observe.h"
 #include "pool_ctl.h"
 #include "vxlan.h"
 
@@ -185,6 +186,9 @@ struct serpens_router_sfc {
 	uint32_t vx_tag, vx_vni;     /* its SFC tag and VNI on the underlay */
 	uint8_t vx_on;               /* underlay frames tagged vx_tag are its */
 	uint8_t to_gateway;          /* OUT packets go back to the gateway, encapsulated */
+	/* control: the ring of a capture of its drops (observe.h), NULL: none; cleared, then the
+	 * router quiesced, before the ring is freed */
+	struct serpens_obs *volatile obs;
 };
 
 struct serpens_router_port {

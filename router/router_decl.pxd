@@ -3,7 +3,7 @@
 # here; only the fields the control side reads or writes are listed.
 from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from includes.core cimport serpens_pool_ctl
+from includes.core cimport serpens_obs, serpens_pool_ctl
 from includes.dpdk cimport rte_ring
 
 
@@ -86,6 +86,7 @@ cdef extern from "router.h" nogil:
         uint64_t drop_died, drop_stuck, drop_hold, drop_failed, drop_mtu
         uint32_t vx_tag, vx_vni
         uint8_t vx_on, to_gateway
+        serpens_obs *obs
 
     struct serpens_match_rule:
         uint8_t src[16]

@@ -103,9 +103,107 @@ cdef class PoolCtl:
         """TSC when the running (or last) instance began its first batch; 0: not yet."""
         return self.c.t_batch_cycles
 
+    def observe(self, uint32_t gen, *, bint capture=False, int step=-1, int at=0,
+                uint32_t snaplen=0, uint32_t trace=0):
+        """Arm capture or trace as generation `gen` (obs_arm)."""
+        obs_arm(&self.c.obs, gen, capture, step, at, snaplen, trace)
+
+    def observe_off(self, uint32_t gen):
+        """Disarm arming `gen` if still armed (a later one is left alone)."""
+        serpens_cas_u32(&self.c.obs.on, gen, 0)
+
+    @property
+    def observing(self): return serpens_load_u32(&self.c.obs.on)
+
+    @property
+    def observe_lost(self):
+        """Records lost to a full ring since the process began (packets were not)."""
+        return serpens_load_u64(&self.c.obs.lost)
+
+    def take_observed(self):
+        """The records published since the last take, consumed (obs_take)."""
+        return obs_take(&self.c.obs)
+
     def current_step(self):
         """The step whose NF runs now (-1: none): a stuck or killed instance's culprit."""
         return self.c.cur_step
+
+
+AT_IN, AT_OUT, AT_DROP = SERPENS_AT_IN, SERPENS_AT_OUT, SERPENS_AT_DROP
+OBS_RING = SERPENS_OBS_RING
+
+
+cdef obs_arm(serpens_obs *o, uint32_t gen, bint capture, int step, int at, uint32_t snaplen,
+             uint32_t trace):
+    """Arm capture (at step `step`, -1: the SFC; `at` AT_IN/OUT/DROP, `snaplen` bytes) and/or
+    trace (the next `trace` packets) as generation `gen` (not 0); records of earlier armings
+    still in the ring are skipped (pool_ctl.h "Capture and trace")."""
+    if gen == 0:
+        raise ValueError("gen: an arming's generation is not 0")
+    if at not in (SERPENS_AT_IN, SERPENS_AT_OUT, SERPENS_AT_DROP):
+        raise ValueError(f"at: {at}")
+    serpens_store_u32(&o.on, 0)
+    o.flags = (SERPENS_OBS_CAPTURE if capture else 0) | (SERPENS_OBS_TRACE if trace else 0)
+    o.step = step
+    o.at = at
+    o.snaplen = snaplen
+    o.trace_max = trace
+    serpens_store_u64(&o.tail, serpens_load_u64(&o.head))
+    serpens_store_u32(&o.on, gen)
+
+
+cdef bytes obs_take(serpens_obs *o):
+    """The records published since the last take, consumed (at most the ring's size): bytes
+    for serpens.agent.capture.parse_records()."""
+    cdef uint64_t tail = o.tail
+    cdef uint64_t head = serpens_load_u64(&o.head)
+    cdef uint64_t n = head - tail
+    cdef uint64_t pos, first
+    if n > SERPENS_OBS_RING:  # cannot happen with a sane producer; drop it all
+        serpens_store_u64(&o.tail, head)
+        return b""
+    out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char *dst = PyBytes_AS_STRING(out)
+    pos = tail & (SERPENS_OBS_RING - 1)
+    first = min(n, SERPENS_OBS_RING - pos)
+    memcpy(dst, <char *>o.ring + pos, first)
+    memcpy(dst + first, <char *>o.ring, n - first)
+    serpens_store_u64(&o.tail, head)
+    return out
+
+
+cdef class ObsRing:
+    """A capture record ring outside any pool process: the router's drops of one SFC
+    (Router.set_drop_capture). The same interface as a PoolCtl's for agent/capture.py."""
+    cdef serpens_obs *o
+
+    def __cinit__(self):
+        # anonymous memory: zero, page aligned, touched only as records are written
+        cdef void *p = mmap(NULL, sizeof(serpens_obs), PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, "mapping a capture ring")
+        self.o = <serpens_obs *>p
+
+    def __dealloc__(self):
+        if self.o != NULL:
+            munmap(self.o, sizeof(serpens_obs))
+
+    def observe(self, uint32_t gen, *, bint capture=False, int step=-1, int at=0,
+                uint32_t snaplen=0, uint32_t trace=0):
+        obs_arm(self.o, gen, capture, step, at, snaplen, trace)
+
+    def observe_off(self, uint32_t gen):
+        serpens_cas_u32(&self.o.on, gen, 0)
+
+    @property
+    def observing(self): return serpens_load_u32(&self.o.on)
+
+    @property
+    def observe_lost(self): return serpens_load_u64(&self.o.lost)
+
+    def take_observed(self):
+        return obs_take(self.o)
 
 
 def free_lost_batch(PoolCtl ctl, Ring rx, Ring tx):

@@ -83,6 +83,23 @@ cdef extern from "pool_ctl.h" nogil:
         int32_t code, step, syscall
         uint64_t addr, ip, tsc
 
+    enum:
+        SERPENS_OBS_RING
+    int SERPENS_OBS_CAPTURE, SERPENS_OBS_TRACE
+    int SERPENS_AT_IN, SERPENS_AT_OUT, SERPENS_AT_DROP
+
+    struct serpens_obs:
+        uint32_t on
+        uint32_t flags
+        int32_t step
+        uint32_t at
+        uint32_t snaplen
+        uint32_t trace_max
+        uint64_t tail
+        uint64_t head
+        uint64_t lost
+        unsigned char ring[1]  # SERPENS_OBS_RING bytes in C
+
     struct serpens_pool_ctl:
         uint32_t cmd_seq
         uint32_t merge_req
@@ -117,6 +134,7 @@ cdef extern from "pool_ctl.h" nogil:
         void *inflight[SERPENS_BURST]
         serpens_crash crash
         serpens_nf_counters nf[SERPENS_MAX_STEPS]
+        serpens_obs obs
 
     int serpens_pool_wake(serpens_pool_ctl *ctl, int efd)
 

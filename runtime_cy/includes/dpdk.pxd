@@ -76,6 +76,8 @@ cdef extern from "dp_inline.h" nogil:
     int serpens_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired)
     uint32_t serpens_load_u32(const uint32_t *p)
     uint64_t serpens_load_u64(const uint64_t *p)
+    void serpens_store_u32(uint32_t *p, uint32_t v)
+    void serpens_store_u64(uint64_t *p, uint64_t v)
 
 cdef extern from "rte_launch.h" nogil:
     ctypedef int (*lcore_function_t)(void *)

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <rte_cycles.h>
+
 #include "chainer.h"
 #include "pkt.h"
 
@@ -130,7 +132,10 @@ static void select_by_hash(struct serpens_chain *c, uint16_t s, struct serpens_b
 	}
 }
 
-void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b)
+/* One body, two functions: with ob == NULL (constant) the compiler drops every hook, so the
+ * chainer of unobserved bursts is exactly the one without capture or trace. */
+static inline __attribute__((always_inline)) void
+chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_observer *ob)
 {
 	if (c->nsteps == 0) { /* the empty SFC forwards everything */
 		for (uint32_t i = 0; i < b->n; i++)
@@ -152,14 +157,21 @@ void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b)
 		if (count == 0)
 			continue;
 		b->count = count;
+		if (ob)
+			serpens_obs_before(ob, s, b);
 		if (c->step[s].kind == SERPENS_STEP_HASH) {
 			select_by_hash(c, s, b);
+			if (ob)
+				serpens_obs_after(ob, s, b, 0, 0);
 			continue;
 		}
 		nf->counters->in_pkts += count;
+		uint64_t t0 = ob && (ob->traced) ? rte_rdtsc() : 0;
 		*c->cur_step = s;
 		nf->ops->process(&nf->ctx, b);
 		*c->cur_step = -1;
+		uint64_t cycles = t0 ? rte_rdtsc() - t0 : 0;
+		uint32_t bad = 0;
 
 		/* An NF may only send a packet forward, out, or to the drop. */
 		for (uint32_t k = 0; k < count; k++) {
@@ -171,9 +183,24 @@ void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b)
 				b->labels[i] = SERPENS_LABEL_DROP;
 				nf->counters->dropped++;
 				c->bad_labels++;
+				if (ob)
+					bad |= 1u << i;
 			}
 		}
+		if (ob)
+			serpens_obs_after(ob, s, b, cycles, bad);
 	}
+}
+
+void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b)
+{
+	chain_run(c, b, NULL);
+}
+
+void serpens_chain_run_observed(struct serpens_chain *c, struct serpens_batch *b,
+				struct serpens_observer *ob)
+{
+	chain_run(c, b, ob);
 }
 
 void serpens_chain_fini(struct serpens_chain *c)

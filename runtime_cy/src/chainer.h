@@ -8,6 +8,7 @@
 #define SERPENS_CHAINER_H
 
 #include "nf_api.h"
+#include "observe.h"
 #include "pool_ctl.h"
 
 struct serpens_chain {
@@ -33,6 +34,9 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 /* Run the SFC over b (b->n, data, len, pkt set; labels 0 = the first step, or DROP for
  * packets the runtime refused). Leaves every label OUT or DROP. */
 void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b);
+/* The same, calling the observer's hooks around each step (capture and trace: observe.h). */
+void serpens_chain_run_observed(struct serpens_chain *c, struct serpens_batch *b,
+				struct serpens_observer *ob);
 
 void serpens_chain_fini(struct serpens_chain *c);
 

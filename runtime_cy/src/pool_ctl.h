@@ -117,6 +117,65 @@ struct serpens_nf_counters {
 	uint64_t dropped;                                     /* R: packets it dropped */
 };
 
+/* ---- Capture and trace (observe.h; docs/observability.md "Capture and trace") ----
+ * The agent arms an observation by writing the settings and then `on` (a new generation,
+ * never 0); the runtime loads `on` once per burst (the only cost while off) and, when set,
+ * runs that burst through the observing chainer, which appends records to `ring`: a
+ * single-producer (R: head) single-consumer (A: tail) byte ring in this shared block.
+ * Records never wrap (a PAD record fills the end) and carry their generation, so records of
+ * an earlier arming are skipped. A full ring loses records (counted in `lost`), never
+ * packets. Pages of the ring are touched only once a capture writes there. */
+#define SERPENS_OBS_RING (1u << 20) /* bytes; a power of two */
+enum { SERPENS_OBS_CAPTURE = 1, SERPENS_OBS_TRACE = 2 };
+enum { SERPENS_AT_IN = 0, SERPENS_AT_OUT = 1, SERPENS_AT_DROP = 2 };
+enum { SERPENS_REC_PAD = 0, SERPENS_REC_PKT = 1, SERPENS_REC_TRACE_PKT = 2,
+       SERPENS_REC_TRACE_STEP = 3 };
+enum serpens_drop_why {
+	SERPENS_WHY_NONE = 0,
+	SERPENS_WHY_VERDICT = 1,   /* the NF dropped it */
+	SERPENS_WHY_BAD_LABEL = 2, /* the NF gave a label that does not lead forward */
+	SERPENS_WHY_BAD_MBUF = 3,  /* the NF left its mbuf broken */
+	SERPENS_WHY_SEGMENTS = 4,  /* a chained (multi-segment) mbuf: refused before the SFC */
+	/* the router's (router.h, its drop_* counters) */
+	SERPENS_WHY_STUCK = 5,     /* its instance took nothing for too long */
+	SERPENS_WHY_HOLD = 6,      /* waited for an instance too long, or beyond the hold queue */
+	SERPENS_WHY_FAILED = 7,    /* the SFC is failed */
+	SERPENS_WHY_MTU = 8,       /* too big for the underlay back to the gateway */
+	SERPENS_WHY_DIED = 9,      /* queued for an instance that died */
+};
+
+struct serpens_obs_rec {
+	uint32_t size;     /* of the record, header included, a multiple of 8 */
+	uint16_t kind;     /* SERPENS_REC_* (PAD: only size and kind are valid) */
+	int16_t step;      /* the NF's step; -1: the SFC's own in/out, or the runtime's drop */
+	uint32_t gen;      /* the arming it belongs to */
+	uint16_t label;    /* verdict or label the step set (OUT, DROP, or the next step) */
+	uint8_t why;       /* drops: serpens_drop_why */
+	uint8_t at;        /* PKT: SERPENS_AT_* of the capture point */
+	uint32_t pkt;      /* TRACE_*: the traced packet's number in this arming and instance */
+	uint32_t orig_len; /* PKT, TRACE_PKT: the frame's length (caplen bytes follow) */
+	uint64_t tsc;      /* PKT, TRACE_PKT: when; TRACE_STEP: cycles of the NF's call */
+	uint32_t batch;    /* TRACE_STEP: packets in that call */
+	uint32_t caplen;   /* bytes of the frame that follow */
+};
+
+struct serpens_obs {
+	/* ---- A ---- */
+	volatile uint32_t on; /* the arming's generation; 0: nothing armed */
+	uint32_t flags;       /* SERPENS_OBS_CAPTURE | SERPENS_OBS_TRACE */
+	int32_t step;         /* the capture point's step; -1: the whole SFC */
+	uint32_t at;          /* SERPENS_AT_* */
+	uint32_t snaplen;     /* bytes copied per packet at most */
+	uint32_t trace_max;   /* packets to trace per arming (from the first burst on) */
+	volatile uint64_t tail __attribute__((aligned(64))); /* bytes consumed */
+	/* ---- R ---- */
+	volatile uint64_t head __attribute__((aligned(64))); /* bytes published */
+	volatile uint64_t lost;  /* records lost to a full ring (packets went on) */
+	uint32_t traced;         /* packets traced in arming traced_gen */
+	uint32_t traced_gen;
+	uint8_t ring[SERPENS_OBS_RING] __attribute__((aligned(64)));
+};
+
 struct serpens_pool_ctl {
 	/* ---- A ---- */
 	volatile uint32_t cmd_seq;  /* bumped after a command is queued on the socket */
@@ -184,6 +243,9 @@ struct serpens_pool_ctl {
 
 	/* ---- R: per-NF counters of the running instance, by step ---- */
 	struct serpens_nf_counters nf[SERPENS_MAX_STEPS] __attribute__((aligned(64)));
+
+	/* ---- A and R: capture and trace (above) ---- */
+	struct serpens_obs obs __attribute__((aligned(64)));
 };
 
 /* A command is one SEQPACKET message of up to ~1 MiB: the agent raises its socket's send

@@ -44,6 +44,7 @@ struct runtime {
 	int running;
 	uint64_t idle_cycles;
 	uint64_t sleeps; /* numbers this process's sleeps (pool_ctl.h): the last one's */
+	struct serpens_observer observer; /* of the burst in hand while capture or trace is on */
 };
 
 static void set_error(struct runtime *rt, int rc, const char *msg)
@@ -304,7 +305,11 @@ static void stop_instance(struct runtime *rt)
 
 /* ---- packets ---------------------------------------------------------------------------- */
 
-static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
+/* One body, two specializations (as the chainer's): with ob == NULL (constant) nothing of
+ * capture or trace is left in it; process_burst() picks one per burst. */
+static inline __attribute__((always_inline)) void
+run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_observer *ob,
+	  uint32_t obs_gen)
 {
 	struct serpens_pool_ctl *ctl = rt->ctl;
 	struct serpens_batch b;
@@ -336,7 +341,12 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		single |= (uint32_t)(m->nb_segs == 1) << i;
 	}
 	in->chain.bad_labels = 0;
-	serpens_chain_run(&in->chain, &b);
+	if (ob) {
+		serpens_obs_begin(ob, &ctl->obs, obs_gen, &b);
+		serpens_chain_run_observed(&in->chain, &b, ob);
+	} else {
+		serpens_chain_run(&in->chain, &b);
+	}
 	if (in->state->batch_end)
 		in->state->batch_end();
 	for (uint32_t i = 0; i < n; i++) {
@@ -356,6 +366,15 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		}
 		*RTE_MBUF_DYNFIELD(m, off, uint16_t *) = b.labels[i];
 		out += b.labels[i] == SERPENS_LABEL_OUT;
+	}
+	if (ob) { /* what leaves the SFC, as it leaves */
+		for (uint32_t i = 0; i < n; i++) {
+			struct rte_mbuf *m = ctl->inflight[i];
+			uint32_t room = m->data_off < m->buf_len ? m->buf_len - m->data_off : 0;
+			b.data[i] = rte_pktmbuf_mtod(m, uint8_t *);
+			b.len[i] = m->data_len < room ? m->data_len : room; /* (a broken one) */
+		}
+		serpens_obs_end(ob, &b);
 	}
 	ctl->rx_pkts += n;
 	ctl->tx_pkts += out;
@@ -381,6 +400,16 @@ static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 		in->first_burst_done = 1;
 		ctl->t_burst_cycles = rte_rdtsc();
 	}
+}
+
+static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
+{
+	/* Capture or trace armed? The one load and branch per burst they cost while off. */
+	uint32_t obs_gen = __atomic_load_n(&rt->ctl->obs.on, __ATOMIC_ACQUIRE);
+	if (unlikely(obs_gen))
+		run_burst(rt, in, n, &rt->observer, obs_gen);
+	else
+		run_burst(rt, in, n, NULL, 0);
 }
 
 /* Poll until a command is pending, or (detached: a process of its own, see run_detached) until

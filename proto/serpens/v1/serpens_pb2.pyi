@@ -60,6 +60,96 @@ class GetUsageResponse(_message.Message):
     node: str
     def __init__(self, sfcs: _Optional[_Iterable[_Union[SFCUsage, _Mapping]]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unreachable: _Optional[_Iterable[str]] = ..., node: _Optional[str] = ...) -> None: ...
 
+class CaptureRequest(_message.Message):
+    __slots__ = ("sfc", "nf", "at", "count", "seconds", "max_bytes", "snaplen", "trace")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SNAPLEN_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    nf: str
+    at: str
+    count: int
+    seconds: float
+    max_bytes: int
+    snaplen: int
+    trace: bool
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., at: _Optional[str] = ..., count: _Optional[int] = ..., seconds: _Optional[float] = ..., max_bytes: _Optional[int] = ..., snaplen: _Optional[int] = ..., trace: _Optional[bool] = ...) -> None: ...
+
+class CapturedPacket(_message.Message):
+    __slots__ = ("data", "orig_len", "time_ns", "node", "instance", "nf", "verdict", "reason", "at", "router")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ORIG_LEN_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    orig_len: int
+    time_ns: int
+    node: str
+    instance: int
+    nf: str
+    verdict: str
+    reason: str
+    at: str
+    router: bool
+    def __init__(self, data: _Optional[bytes] = ..., orig_len: _Optional[int] = ..., time_ns: _Optional[int] = ..., node: _Optional[str] = ..., instance: _Optional[int] = ..., nf: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[str] = ..., router: _Optional[bool] = ...) -> None: ...
+
+class TraceStep(_message.Message):
+    __slots__ = ("nf", "label", "reason", "call_ns", "batch")
+    NF_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CALL_NS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    nf: str
+    label: str
+    reason: str
+    call_ns: int
+    batch: int
+    def __init__(self, nf: _Optional[str] = ..., label: _Optional[str] = ..., reason: _Optional[str] = ..., call_ns: _Optional[int] = ..., batch: _Optional[int] = ...) -> None: ...
+
+class TracedPacket(_message.Message):
+    __slots__ = ("packet", "steps")
+    PACKET_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    packet: CapturedPacket
+    steps: _containers.RepeatedCompositeFieldContainer[TraceStep]
+    def __init__(self, packet: _Optional[_Union[CapturedPacket, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[TraceStep, _Mapping]]] = ...) -> None: ...
+
+class CaptureSummary(_message.Message):
+    __slots__ = ("packets", "bytes", "lost", "stopped", "node")
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    packets: int
+    bytes: int
+    lost: int
+    stopped: str
+    node: str
+    def __init__(self, packets: _Optional[int] = ..., bytes: _Optional[int] = ..., lost: _Optional[int] = ..., stopped: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class CaptureEvent(_message.Message):
+    __slots__ = ("packet", "trace", "summary")
+    PACKET_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    packet: CapturedPacket
+    trace: TracedPacket
+    summary: CaptureSummary
+    def __init__(self, packet: _Optional[_Union[CapturedPacket, _Mapping]] = ..., trace: _Optional[_Union[TracedPacket, _Mapping]] = ..., summary: _Optional[_Union[CaptureSummary, _Mapping]] = ...) -> None: ...
+
 class ReadStateRequest(_message.Message):
     __slots__ = ("sfc", "nf", "table", "limit", "merge")
     SFC_FIELD_NUMBER: _ClassVar[int]

@@ -119,6 +119,11 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.Capture = channel.unary_stream(
+                '/serpens.v1.Serpens/Capture',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.CaptureRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.CaptureEvent.FromString,
+                _registered_method=True)
 
 
 class SerpensServicer:
@@ -253,6 +258,16 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Capture(self, request, context):
+        """Packets passing a point of an SFC (an NF's input, output or drops, or the SFC's own),
+        copied up to snaplen bytes, or (trace > 0) the next packets' path through the chain, on
+        the node running the SFC. Ends on count, bytes or seconds, or when the client goes away;
+        the last event is the summary. An operator's action (packets carry user data).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SerpensServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -340,6 +355,11 @@ def add_SerpensServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'Capture': grpc.unary_stream_rpc_method_handler(
+                    servicer.Capture,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.CaptureRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.CaptureEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -811,6 +831,33 @@ class Serpens:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Capture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/serpens.v1.Serpens/Capture',
+            serpens_dot_v1_dot_serpens__pb2.CaptureRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.CaptureEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AgentStub:
     """The per-server agent's service, called by the controller's leader (DESIGN §4). The agent
@@ -877,6 +924,11 @@ class AgentStub:
                 '/serpens.v1.Agent/GetUsage',
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.Capture = channel.unary_stream(
+                '/serpens.v1.Agent/Capture',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.CaptureRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.CaptureEvent.FromString,
                 _registered_method=True)
 
 
@@ -959,6 +1011,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Capture(self, request, context):
+        """As Serpens.Capture, on this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1011,6 +1070,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'Capture': grpc.unary_stream_rpc_method_handler(
+                    servicer.Capture,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.CaptureRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.CaptureEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1290,6 +1354,33 @@ class Agent:
             '/serpens.v1.Agent/GetUsage',
             serpens_dot_v1_dot_serpens__pb2.GetUsageRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Capture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/serpens.v1.Agent/Capture',
+            serpens_dot_v1_dot_serpens__pb2.CaptureRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.CaptureEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,108 @@
+"""`serpensctl capture` and `serpensctl trace` (docs/observability.md "Capture and trace"):
+Serpens.Capture streamed into a pcapng file (one comment per packet: node, instance, NF,
+verdict, reason) or printed as each traced packet's path through the chain."""
+from __future__ import annotations
+
+import json
+import sys
+
+from serpens.common.pcapng import CapturedFrame, PcapngWriter
+
+from .control import _run, _UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("capture", help="write the packets passing a point of an SFC to pcapng")
+    p.add_argument("sfc")
+    p.add_argument("--nf", default="", help="the NF (name in the SFC spec); default: the SFC")
+    p.add_argument("--at", choices=("in", "out", "drop"), default="out")
+    p.add_argument("-c", "--count", type=int, default=1000, help="stop after this many packets")
+    p.add_argument("--seconds", type=float, default=60.0, help="stop after this long")
+    p.add_argument("--max-bytes", type=int, default=64 << 20, help="stop after this many bytes")
+    p.add_argument("-s", "--snaplen", type=int, default=2048, help="bytes kept per packet")
+    p.add_argument("-w", "--write", required=True, help="the pcapng file to write ('-': stdout)")
+    p.set_defaults(func=_run(_capture))
+    p = sub.add_parser("trace", help="the next packets' path through an SFC's chain")
+    p.add_argument("sfc")
+    p.add_argument("-c", "--count", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=_run(_trace))
+
+
+def _comment(p) -> str:
+    words = [f"node={p.node}", f"instance={'router' if p.router else p.instance}", f"at={p.at}"]
+    if p.nf:
+        words.append(f"nf={p.nf}")
+    words.append(f"verdict={p.verdict}")
+    if p.reason:
+        words.append(f"reason={p.reason}")
+    return " ".join(words)
+
+
+def _check(args):
+    if args.count <= 0:
+        raise _UsageError(f"--count: a positive number, got {args.count}")
+    if args.seconds <= 0:
+        raise _UsageError(f"--seconds: a positive number, got {args.seconds}")
+
+
+def _capture(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    _check(args)
+    request = pb.CaptureRequest(sfc=args.sfc, nf=args.nf, at=args.at, count=args.count,
+                                seconds=args.seconds, max_bytes=args.max_bytes,
+                                snaplen=args.snaplen)
+    out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
+    summary = None
+    try:
+        w = PcapngWriter(out, args.snaplen)
+        for ev in stub.Capture(request):
+            if ev.HasField("packet"):
+                p = ev.packet
+                w.write(CapturedFrame(p.data, p.orig_len, p.time_ns, _comment(p)))
+            elif ev.HasField("summary"):
+                summary = ev.summary
+        out.flush()
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    if summary is not None:
+        print(f"{summary.packets} packets ({summary.bytes} bytes) from node {summary.node}, "
+              f"stopped on {summary.stopped}; {summary.lost} copies lost to full rings",
+              file=sys.stderr)
+    return 0
+
+
+def _trace(stub, args) -> int:
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    _check(args)
+    request = pb.CaptureRequest(sfc=args.sfc, count=args.count, seconds=args.seconds,
+                                trace=True, snaplen=128)
+    n = 0
+    for ev in stub.Capture(request):
+        if not ev.HasField("trace"):
+            continue
+        t, n = ev.trace, n + 1
+        steps = [{"nf": s.nf, "label": s.label, "reason": s.reason,
+                  "call_ns": s.call_ns, "batch": s.batch} for s in t.steps]
+        if args.output == "json":
+            print(json.dumps({"packet": n, "node": t.packet.node, "instance": t.packet.instance,
+                              "len": t.packet.orig_len, "summary": _describe(t.packet.data),
+                              "steps": steps}), flush=True)
+            continue
+        print(f"packet {n}: {t.packet.orig_len} bytes on node {t.packet.node} instance "
+              f"{t.packet.instance}: {_describe(t.packet.data)}")
+        for s in steps:
+            why = f" ({s['reason']})" if s["reason"] else ""
+            print(f"  {s['nf'] or '(selector)':<16} -> {s['label']}{why}  "
+                  f"{s['call_ns']} ns for a batch of {s['batch']}")
+    return 0
+
+
+def _describe(frame: bytes) -> str:
+    try:
+        from scapy.layers.l2 import Ether
+        return Ether(frame).summary()
+    except Exception:  # scapy is optional for the CLI: the length is enough then
+        return f"{len(frame)} bytes"
