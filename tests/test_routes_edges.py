@@ -61,7 +61,9 @@ def test_an_sfc_the_gateway_cannot_hold_waits_and_the_others_keep_moving(etcd, w
                 ("rest2", None, "only one SFC may take unmatched frames"),
                 ("typo", [{"port": "wan9"}], "'wan9' is no gateway's ingress port")]:
             c.stub.ApplySFC(pb.ApplySFCRequest(spec=sfc(name, match)), timeout=10)
-            st = wait_until(lambda: (s := status(c.stub, name)).message and s, 20, c.output)
+            # (before the reconciler's word the API shows "not placed yet")
+            st = wait_until(lambda: (s := status(c.stub, name)).message not in
+                            ("", "not placed yet") and s, 20, c.output)
             assert st.phase == "Pending" and why in st.message, st
             assert stored_route(etcd, name) is None
         c.stub.Scale(pb.ScaleRequest(sfc="web", replicas=6), timeout=5)
