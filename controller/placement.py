@@ -6,10 +6,14 @@ serving the SFC first, then the least loaded) with the pool processes each has f
 (None: unknown, as good as enough), and returns node -> replicas there:
 
 * spread N > 1: the first min(N, candidates, replicas) nodes, the replicas divided as evenly
-  as they go (the first nodes take the remainder), each at least 1;
+  as they go (the first nodes take the remainder), each at least 1 and at most what its free
+  processes hold;
 * spread 1: all on the first node, unless its free processes cannot hold them: then it takes
-  what it holds and the rest go to the next nodes (each what it holds); what no node holds
-  stays on the first (its agent starts what it can, as a single node asked for too much).
+  what it holds and the rest go to the next nodes (each what it holds).
+
+What no node holds is asked of none (an agent asked for more than its pool holds refuses
+the scale-out, UNAVAILABLE): the shares then add up to fewer than `replicas`, and the SFC is
+Degraded with fewer instances than asked.
 
 Every node placed gets at least one replica (a route server's weight is at least 1), so an
 SFC scaled to zero replicas is placed on one node with 0 (its instances start on the first
@@ -32,12 +36,12 @@ def split(replicas: int, candidates: list[tuple[str, int | None]],
     if spread > 1:
         count = min(spread, len(candidates), replicas)
         each, extra = divmod(replicas, count)
-        return {node: each + (1 if i < extra else 0)
-                for i, (node, _) in enumerate(candidates[:count])}
+        return {node: _capped(each + (1 if i < extra else 0), free)
+                for i, (node, free) in enumerate(candidates[:count])}
     first, free = candidates[0]
     if free is None or free >= replicas:
         return {first: replicas}
-    shares = {first: max(free, 1)}
+    shares = {first: _capped(replicas, free)}
     left = replicas - shares[first]
     for node, free in candidates[1:]:
         if left == 0:
@@ -46,8 +50,12 @@ def split(replicas: int, candidates: list[tuple[str, int | None]],
         if take > 0:
             shares[node] = take
             left -= take
-    shares[first] += left  # no node holds them: the first is asked for the rest
     return shares
+
+
+def _capped(share: int, free: int | None) -> int:
+    """A node's share, no more than its free processes hold (at least 1: it is placed)."""
+    return share if free is None else max(1, min(share, free))
 
 
 def weights(shares: dict[str, int]) -> dict[str, int]:

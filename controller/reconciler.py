@@ -58,7 +58,13 @@ up to `spread` nodes; with spread 1 one node, the rest spilling over only when t
 free pool processes cannot hold them), preferring the nodes that serve it, then the least
 loaded; each node gets RunSFC with its share and `vxlan` (the tag, spec.vni, and the first
 gateway's underlay address for the way back), all nodes at once; a node that refuses is left
-out and the rest placed again. Its route record then lists the nodes that run it, weighted by
+out and the rest placed again (a node that runs a copy, though, stays in the route whatever
+a later RunSFC/ScaleSFC answers: a route never goes to no servers while a node runs it). No
+node is asked for more replicas than its pool holds beside the other SFCs there; an agent
+answering UNAVAILABLE "process pool: ..." (no free process) runs the SFC short of instances
+(the node is not suspect). An SFC running on fewer instances than asked is Degraded, saying
+so, not Pending; a node whose pool has room again is asked (ScaleSFC) to start the missing
+ones. Its route record then lists the nodes that run it, weighted by
 their replicas, and every change is pushed to the gateways (routes.py) before copies on other
 nodes are stopped. Its status: node the first server, `nodes` each one's instances (when
 several), instances their sum, phase the worst of theirs; autoscaling sums their input
@@ -584,8 +590,8 @@ class Reconciler:
             # RunSFC may take a compile's time)
             current = self.routes.records.get(name)
             if current is not None:
-                staying = tuple(s for s in current.servers
-                                if s.node in shares and s.node in self.nodes.views)
+                staying = tuple(s for s in current.servers if s.node in self.nodes.views and
+                                (s.node in shares or s.node in refused))
                 if staying != current.servers:
                     try:
                         revision = await self.routes.put(replace(current, servers=staying),
@@ -614,12 +620,25 @@ class Reconciler:
         # a node may have left while the others' calls were in flight
         outcome = {node: outcome[node] for node in shares
                    if node in outcome and node in self.nodes.records}
+        weight = {node: max(1, shares[node]) for node in outcome}
         decided_at = loop.time()
-        # nodes refusing an update of what they run keep running it (as on one node)
-        keep = set(shares) | {n for n in refused if name in self.nodes.views.get(n, {})}
+        # nodes refusing an update of what they run keep running it (as on one node), and
+        # serving it: a route never loses a node that runs a copy
+        keep = set(shares)
+        for node, why in refused.items():
+            copy = self.nodes.views.get(node, {}).get(name)
+            if copy is None or copy.incarnation != item.create_revision or \
+                    node not in self.nodes.records:
+                continue
+            keep.add(node)
+            if node not in outcome:
+                outcome[node] = (SFCStatus("Degraded", f"node {node}: {why}", node=node,
+                                           generation=copy.generation,
+                                           instances=copy.instances), False)
+                weight[node] = max(1, copy.instances)
         underlay = {n: self.nodes.records[n].underlay for n in outcome}
         route = replace(route, servers=tuple(
-            RouteServer(node, underlay[node].ip, underlay[node].mac, max(1, shares[node]))
+            RouteServer(node, underlay[node].ip, underlay[node].mac, weight[node])
             for node, (st, _) in sorted(outcome.items())
             if st.phase in ("Running", "Degraded")))
         try:
@@ -640,11 +659,20 @@ class Reconciler:
             return False
         statuses = [st for st, _ in outcome.values()]
         nodes = sorted(outcome)
+        phase = placement.worst_phase(st.phase for st in statuses)
+        messages = [st.message for st in statuses if st.message]
+        instances, asked = sum(st.instances for st in statuses), record.scale.replicas
+        if instances < asked and phase in ("Running", "Degraded"):
+            # it runs, on fewer instances than asked (the pools hold no more, or a node
+            # refused): said so, not hidden behind Running
+            phase = "Degraded"
+            if shares and sum(shares.values()) < asked:
+                messages.insert(0, f"{sum(shares.values())} of {asked} replicas placed: the "
+                                   f"pools of {', '.join(sorted(shares))} hold no more")
         new = SFCStatus(
-            placement.worst_phase(st.phase for st in statuses),
-            "; ".join(st.message for st in statuses if st.message),
+            phase, "; ".join(messages),
             node=next(iter(outcome)), generation=min(st.generation for st in statuses),
-            instances=sum(st.instances for st in statuses),
+            instances=instances,
             nodes=tuple((n, outcome[n][0].instances) for n in nodes) if len(nodes) > 1 else ())
         done = all(d for _, d in outcome.values())
         return await self._write_status(name, new, status, status_item) and ok and done
@@ -693,6 +721,14 @@ class Reconciler:
             return None
         return max(0, record.pool - sum(max(s.replicas, s.instances)
                                         for other, s in view.items() if other != name))
+
+    def _room_now(self, node: str, name: str, running: pb.AgentSFC) -> bool:
+        """`running` is short of instances for want of pool processes, and `node`'s pool now
+        has them (another SFC left): a ScaleSFC starts them (the agent does not by itself)."""
+        if running.phase != "Running" or running.instances >= running.replicas:
+            return False  # (a crashing SFC restarts its instances with its own back-off)
+        free = self._free_processes(node, name)
+        return free is not None and free >= running.replicas
 
     def _place(self, name: str, status: SFCStatus | None, exclude=()) -> str | None:
         """Where `name` was placed if that node lives (and, unless it runs `name` there,
@@ -773,7 +809,7 @@ class Reconciler:
                     replicas=replicas, incarnation=incarnation, vxlan=vxlan))
                 self.nodes.ran(node, name, running)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
-            elif running.replicas != replicas:
+            elif running.replicas != replicas or self._room_now(node, name, running):
                 running = await _agent_call(stub.ScaleSFC(
                     pb.ScaleSFCRequest(name=name, replicas=replicas), timeout=_CALL_TIMEOUT))
                 self.nodes.ran(node, name, running)
@@ -786,13 +822,25 @@ class Reconciler:
                 reason = f"node {node}: {e.details()}"
                 self._failed[name] = (record.spec, reason)
                 return replace(status, phase="Failed", message=reason), True
-            return replace(status, phase="Pending",
-                           message=f"node {node}: {e.code().name}: {e.details()}"), False
+            message = f"node {node}: {e.code().name}: {e.details()}"
+            if _pool_busy(e):  # the agent runs it (or keeps what it ran) with fewer instances
+                have = running.instances if running is not None else 0
+                return replace(status, phase="Degraded", instances=have, message=(
+                    f"node {node}: {have} of {replicas} instances: no free pool process "
+                    f"({e.details()})")), False
+            if running is not None:  # what runs there keeps running (and serving)
+                return replace(status, phase="Degraded", generation=running.generation,
+                               instances=running.instances, message=message), False
+            return replace(status, phase="Pending", message=message), False
         except _MissingNF as e:
             return replace(status, phase="Pending", message=str(e)), False
         if running.phase in ("Degraded", "Failed") and running.generation == generation:
             # its instances crash: the agent says which NF, how, and what it does about it
             status = replace(status, phase=running.phase, message=f"node {node}: {running.message}")
+        elif running.instances < running.replicas:  # instances the pool could not start
+            status = replace(status, phase="Degraded", message=(
+                f"node {node}: {running.instances} of {running.replicas} instances: "
+                f"{running.message or 'no free pool process'}"))
         return replace(status, instances=running.instances), True
 
     async def _run(self, node: str, stub, request: pb.RunSFCRequest) -> pb.AgentSFC:
@@ -808,7 +856,8 @@ class Reconciler:
             return await _agent_call(stub.RunSFC(request, timeout=self.run_timeout))
         except grpc.aio.AioRpcError as e:
             if e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED,
-                                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or \
+                    _pool_busy(e):
                 raise
             why = f"{e.code().name}: {e.details()}"
         finally:
@@ -866,6 +915,13 @@ class Reconciler:
         except Conflict:
             return False  # written meanwhile (by our previous term?): look again
         return True
+
+
+def _pool_busy(e: grpc.aio.AioRpcError) -> bool:
+    """The agent answered that no pool process is free (agent/service.py): it runs the SFC
+    (or keeps what it ran) with fewer instances; the node is up."""
+    return e.code() == grpc.StatusCode.UNAVAILABLE and \
+        (e.details() or "").startswith("process pool:")
 
 
 class _MissingNF(Exception):

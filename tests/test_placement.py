@@ -25,13 +25,21 @@ def test_spread_divides_replicas_evenly_over_the_first_nodes():
     assert list(split(3, [("z", None), ("a", None)], 2)) == ["z", "a"]  # the order given
 
 
+def test_spread_asks_no_node_for_more_than_its_pool_holds():
+    # the one node left of a spread SFC keeps what its pool holds (never more than asked,
+    # never less than one: it is placed), however many replicas the record asks for
+    assert split(2, [("a", 1)], 2) == {"a": 1}
+    assert split(6, [("a", 1), ("b", 5)], 2) == {"a": 1, "b": 3}
+    assert split(4, [("a", 0), ("b", None)], 2) == {"a": 1, "b": 2}
+
+
 def test_spread_one_stays_on_the_first_node_while_its_pool_holds_the_replicas():
     assert split(3, [("a", 3), ("b", 8)], 1) == {"a": 3}
     assert split(3, [("a", None), ("b", 8)], 1) == {"a": 3}    # unknown: as good as enough
     assert split(5, [("a", 2), ("b", 2), ("c", 9)], 1) == {"a": 2, "b": 2, "c": 1}
     assert split(5, [("a", 2), ("b", 0), ("c", 9)], 1) == {"a": 2, "c": 3}   # b has no room
-    # what no node holds stays on the first
-    assert split(6, [("a", 2), ("b", 1)], 1) == {"a": 5, "b": 1}
+    # what no node holds is asked of none (the SFC runs Degraded with fewer instances)
+    assert split(6, [("a", 2), ("b", 1)], 1) == {"a": 2, "b": 1}
     # a full first node still serves one
     assert split(3, [("a", 0), ("b", 5)], 1) == {"a": 1, "b": 2}
 

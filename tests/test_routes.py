@@ -50,10 +50,13 @@ def apply(controller, name, replicas, spread=2):
 
 
 class FakeAgent(pb_grpc.AgentServicer):
-    """Runs what it is told at once, remembering each RunSFC request and when it answered."""
+    """Runs what it is told at once, remembering each RunSFC request and when it answered.
+    With `pool` set, it starts no more instances than that many processes hold, as the real
+    agent does: what it can, and UNAVAILABLE ("process pool: ...") for the rest."""
 
     def __init__(self, name):
         self.name = name
+        self.pool: int | None = None   # pool processes (None: as many as asked)
         self.lock = threading.Lock()
         self.runs: dict[str, pb.AgentSFC] = {}
         self.requests: dict[str, pb.RunSFCRequest] = {}
@@ -72,14 +75,32 @@ class FakeAgent(pb_grpc.AgentServicer):
         with self.lock:
             self.runs[name], self.requests[name] = s, request
             self.answered[name] = time.monotonic()
+            room = self._room(name)
+            if room < s.instances:  # the real agent keeps the SFC, short of instances
+                s.instances = room
+                self._busy(context)
         return s
 
     def ScaleSFC(self, request, context):
         with self.lock:
             s = self.runs[request.name]
-            s.replicas = s.instances = request.replicas
             self.answered[request.name] = time.monotonic()
+            room = self._room(request.name)
+            if room < request.replicas:  # as many as fit start; its replicas stay
+                s.instances = max(s.instances, room)
+                self._busy(context)
+            s.replicas = s.instances = request.replicas
             return s
+
+    def _room(self, name) -> int:
+        """Pool processes the other SFCs leave to `name` (under the lock)."""
+        if self.pool is None:
+            return 1 << 30
+        return max(0, self.pool - sum(s.instances for n, s in self.runs.items() if n != name))
+
+    def _busy(self, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE,
+                      f"process pool: all {self.pool} pool processes are busy")
 
     def StopSFC(self, request, context):
         with self.lock:

@@ -10,6 +10,7 @@ a node leaving while another's RunSFC is in flight breaks nothing; a push failin
 back-off goes at once when a change comes."""
 import json
 import time
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -120,7 +121,9 @@ def test_output_gateway_waits_pending_for_a_gateway(etcd, monkeypatch, request):
     c = controller(etcd)
     try:
         c.stub.ApplySFC(pb.ApplySFCRequest(spec=spec("web", 1)), timeout=10)
-        st = wait_until(lambda: (s := status(c.stub, "web")).message and s, 20, c.output)
+        # (before the reconciler's word the API shows "not placed yet")
+        st = wait_until(lambda: (s := status(c.stub, "web")).message not in
+                        ("", "not placed yet") and s, 20, c.output)
         assert st.phase == "Pending" and "waiting for a gateway" in st.message, st
         time.sleep(1.5)  # resyncs: still waiting, and no agent was asked
         assert status(c.stub, "web").phase == "Pending"
@@ -213,5 +216,72 @@ def test_a_push_backing_off_goes_at_once_when_a_change_comes(etcd, world):
         wait_until(lambda: weights(gw.routes().get("web")) == {"n1": 3, "n2": 3}, 20,
                    c.output)
         assert time.monotonic() - changed < 2.0, "the change waited out the back-off"
+    finally:
+        c.stop()
+
+
+def _pools(etcd, agents, size):
+    """Every node's pool holds `size` processes (its record says so, its agent keeps to it)."""
+    for name, agent in agents.items():
+        agent.pool = size
+        item = etcd_call(etcd, lambda s, k=KEYS.node(name): s.get(k))
+        record = replace(NodeRecord.decode(item.value, name), pool=size)
+        etcd_call(etcd, lambda s, k=KEYS.node(name), v=record.encode(): s.put(k, v))
+
+
+def test_a_spread_sfc_keeps_serving_from_the_node_left_when_its_pool_is_full(etcd, world):
+    """Losing a server of a spread SFC whose pools are full: the node left keeps its copy in
+    the route (never 'no servers' while a node runs it), is asked for no more than its pool
+    holds, and the SFC is Degraded saying so, not Pending."""
+    agents, register_gateway, _ = world
+    gw = register_gateway()
+    _pools(etcd, agents, 2)
+    c = controller(etcd)
+    try:
+        apply(c, "fw", 4)  # spread 2: two on each node, both pools full
+        wait_until(lambda: weights(gw.routes().get("fw")) == {"n1": 2, "n2": 2}, 20,
+                   c.output)
+        assert status(c.stub, "fw").phase == "Running"
+        seen = len(gw.pushes)
+        etcd_call(etcd, lambda s: _delete(s, KEYS.node("n2")))  # its lease expired
+        st = wait_until(lambda: (s := status(c.stub, "fw")).phase == "Degraded" and s, 20,
+                        c.output)
+        assert st.instances == 2 and "2 of 4 replicas placed" in st.message, st
+        time.sleep(1.5)  # a few passes (resync 0.5 s): n1 serves it throughout
+        assert weights(gw.routes().get("fw")) == {"n1": 2}
+        assert weights(stored_route(etcd, "fw")) == {"n1": 2}
+        assert all(weights({r.sfc: r for r in routes}.get("fw"))
+                   for _, _, routes in gw.pushes[seen:]), "fw's route went to no servers"
+        assert agents["n1"].runs["fw"].replicas == 2  # never asked for more than it holds
+        assert status(c.stub, "fw").phase == "Degraded"
+    finally:
+        c.stop()
+
+
+def test_an_sfc_the_full_pools_cannot_start_is_degraded_saying_so(etcd, world):
+    """An agent whose pool has no free process runs a new SFC with no instance and answers
+    UNAVAILABLE: the SFC is Degraded naming the shortfall (not Running 0/1, not Pending),
+    and the node is not shunned as if it had not answered."""
+    agents, register_gateway, _ = world
+    gw = register_gateway()
+    _pools(etcd, agents, 1)
+    c = controller(etcd)
+    try:
+        apply(c, "fw", 2)  # one on each node: both pools full
+        wait_until(lambda: weights(gw.routes().get("fw")) == {"n1": 1, "n2": 1}, 20,
+                   c.output)
+        apply(c, "late", 1, spread=1)
+        st = wait_until(lambda: (s := status(c.stub, "late")).phase not in ("", "Pending")
+                        and s, 20, c.output)
+        assert st.phase == "Degraded" and st.instances == 0, st
+        assert "0 of 1 instances" in st.message and "no free pool process" in st.message, st
+        time.sleep(1.5)  # later passes (the agent now reports it, 0 instances) say so too
+        st = status(c.stub, "late")
+        assert st.phase == "Degraded" and "0 of 1 instances" in st.message, st
+        assert "avoided for" not in c.output(), "a busy pool made a node suspect"
+        c.stub.DeleteSFC(pb.DeleteSFCRequest(name="fw"), timeout=10)  # room: it starts
+        st = wait_until(lambda: (s := status(c.stub, "late")).phase == "Running" and s, 20,
+                        c.output)
+        assert st.instances == 1, st
     finally:
         c.stop()
