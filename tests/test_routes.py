@@ -57,6 +57,7 @@ class FakeAgent(pb_grpc.AgentServicer):
     def __init__(self, name):
         self.name = name
         self.pool: int | None = None   # pool processes (None: as many as asked)
+        self.refuse_runs = False       # RunSFC answers UNAVAILABLE (as a node cut off)
         self.lock = threading.Lock()
         self.runs: dict[str, pb.AgentSFC] = {}
         self.requests: dict[str, pb.RunSFCRequest] = {}
@@ -67,6 +68,8 @@ class FakeAgent(pb_grpc.AgentServicer):
             return pb.NodeStatus(name=self.name, sfcs=list(self.runs.values()))
 
     def RunSFC(self, request, context):
+        if self.refuse_runs:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "unreachable (a test's)")
         name = json.loads(request.spec)["metadata"]["name"]
         s = pb.AgentSFC(name=name, generation=request.generation, replicas=request.replicas,
                         incarnation=request.incarnation, instances=request.replicas,

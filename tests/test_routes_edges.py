@@ -285,3 +285,30 @@ def test_an_sfc_the_full_pools_cannot_start_is_degraded_saying_so(etcd, world):
         assert st.instances == 1, st
     finally:
         c.stop()
+
+
+def test_a_node_failing_an_update_keeps_serving_what_it_runs(etcd, world):
+    """A new generation that one server fails to run (its RunSFC UNAVAILABLE): the copy it
+    runs stays in the route (Degraded, naming why) while the other server runs the new one."""
+    agents, register_gateway, _ = world
+    gw = register_gateway()
+    c = controller(etcd)
+    try:
+        apply(c, "fw", 2)
+        wait_until(lambda: weights(gw.routes().get("fw")) == {"n1": 1, "n2": 1}, 20,
+                   c.output)
+        old = agents["n2"].runs["fw"].generation
+        agents["n2"].refuse_runs = True
+        seen = len(gw.pushes)
+        c.stub.ApplySFC(pb.ApplySFCRequest(spec=spec("fw").replace('"max": 16', '"max": 15')),
+                        timeout=10)
+        st = wait_until(lambda: (s := status(c.stub, "fw")).phase == "Degraded" and s, 20,
+                        c.output)
+        assert "node n2: UNAVAILABLE" in st.message, st
+        assert agents["n1"].runs["fw"].generation > old == agents["n2"].runs["fw"].generation
+        time.sleep(1.5)  # more passes: n2 keeps serving its copy
+        assert "n2" in weights(stored_route(etcd, "fw"))
+        assert all("n2" in weights({r.sfc: r for r in routes}.get("fw"))
+                   for _, _, routes in gw.pushes[seen:]), "n2 left the route"
+    finally:
+        c.stop()
