@@ -60,6 +60,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 BIN = os.path.dirname(sys.executable)
 CONTEXT = "local"                           # the serpensctl context `up` writes
+METRICS_BASE = 9451  # `up --metrics`: controller 9451, agents 9461, gateway 9471 (their defaults)
 
 
 class StartError(Exception):
@@ -112,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "machine's CPUs)")
     up.add_argument("--timeout", type=float, default=120.0,
                     help="seconds to wait for each step (default %(default)s)")
+    up.add_argument("--metrics", type=int, nargs="?", const=METRICS_BASE, default=0,
+                    metavar="PORT",
+                    help="every component serves Prometheus metrics over HTTPS (client "
+                         "certificate of the cluster CA): the controller on PORT, the agents "
+                         "on PORT+10, the gateway on PORT+20 (default PORT %d)" % METRICS_BASE)
     sub.add_parser("down", help="stop what `serpens up` started")
     sub.add_parser("status", help="the cluster's SFCs and nodes (serpensctl status)")
     cert = sub.add_parser("cert", help="certificates of the local cluster's CA")
@@ -167,6 +173,8 @@ def up(args, state_path: str) -> int:
     if args.servers:
         bed = _plan_servers(state, args)
         _write_state(state_path, state)  # the plan first: `down` can remove what follows
+    if args.metrics:
+        state["metrics"] = plan_metrics(state, args.metrics)
     pki = _step("CA and certificates", lambda: make_pki(
         os.path.join(args.dir, "pki"), args.api, args.agent, state), args.timeout)
     state["pki"] = pki
@@ -212,7 +220,39 @@ def up(args, state_path: str) -> int:
     else:
         print(f"  {bin_dir}serpensctl scale {names[0]} --replicas 2")
     print(f"  {bin_dir}serpens down      # stops it\n")
+    if state.get("metrics"):
+        show_metrics(state)
     return _status(state)
+
+
+def plan_metrics(state: dict, base: int) -> dict:
+    """component -> HOST:PORT of its /metrics: each on the address it serves gRPC on (its
+    certificate names that address), the controller at `base`, agents +10, the gateway +20."""
+    def at(address: str, port: int) -> str:
+        return f"{address.rpartition(':')[0]}:{port}"
+    plan = {"controller": at(state["api"], base)}
+    if state.get("servers"):
+        plan["gateway"] = at(state["gateway"], base + 20)
+        plan.update({f"agent-{s}": at(a, base + 10) for s, a in state["agents"].items()})
+    else:
+        plan["agent"] = at(state["agent"], base + 10)
+    return plan
+
+
+def _metrics_args(state: dict, name: str) -> list[str]:
+    listen = state.get("metrics", {}).get(name)
+    return ["--metrics", listen] if listen else []
+
+
+def show_metrics(state: dict):
+    """Where the metrics are and how to read them (HTTPS, a client certificate of the CA)."""
+    admin = state["pki"]["admin"]
+    print("Prometheus metrics (HTTPS; any certificate of the cluster CA, e.g. admin's):")
+    for name, listen in state["metrics"].items():
+        print(f"  {name:<12} https://{listen}/metrics")
+    first = next(iter(state["metrics"].values()))
+    print(f"  curl --cacert {state['pki']['ca']} --cert {admin['cert']} --key {admin['key']} "
+          f"https://{first}/metrics\n")
 
 
 def _sfc_paths(args) -> list[str]:
@@ -429,20 +469,22 @@ def _etcd_cmd(state):
 
 def _controller_cmd(state):
     return [os.path.join(BIN, "serpens-controller"), "--etcd", f"https://{state['etcd']}",
-            "--listen", state["api"], "--identity", "local", *_tls_args(state, "controller")]
+            "--listen", state["api"], "--identity", "local", *_tls_args(state, "controller"),
+            *_metrics_args(state, "controller")]
 
 
 def _agent_cmd(state):
     return [os.path.join(BIN, "serpens-agent"), "--node", state["node"],
             "--etcd", f"https://{state['etcd']}", "--listen", state["agent"],
-            *_tls_args(state, "agent")]
+            *_tls_args(state, "agent"), *_metrics_args(state, "agent")]
 
 
 def _server_cmd(state, server):
     """A server's agent, in its namespace, reaching etcd at the host's bridge address."""
     return [*_testbed(state).netns_exec(server), os.path.join(BIN, "serpens-agent"),
             "--node", _node_path(state, server), "--etcd", f"https://{state['etcd_host']}",
-            "--listen", state["agents"][server], *_tls_args(state, f"agent-{server}")]
+            "--listen", state["agents"][server], *_tls_args(state, f"agent-{server}"),
+            *_metrics_args(state, f"agent-{server}")]
 
 
 def _gateway_cmd(state):
@@ -450,7 +492,7 @@ def _gateway_cmd(state):
     return [*_testbed(state).netns_exec(multi.GATEWAY), os.path.join(BIN, "serpens-gateway"),
             "--config", os.path.join(directory, "gateway.yaml"),
             "--etcd", f"https://{state['etcd_host']}", "--listen", state["gateway"],
-            *_tls_args(state, "gateway")]
+            *_tls_args(state, "gateway"), *_metrics_args(state, "gateway")]
 
 
 def components(state: dict) -> list:
