@@ -340,7 +340,11 @@ def _step(what: str, run, timeout: float, explain=None):
     deadline = t0 + timeout
     result = run()
     while callable(result):   # a readiness probe: poll it
-        got = result()
+        try:
+            got = result()
+        except StartError:
+            print(" failed")
+            raise
         if got:
             result = got
             break

@@ -17,6 +17,7 @@ from serpens.cli.cluster import local_node
 from serpens.common.names import node_file_prefix
 
 from support.etcd import free_port
+from support.mounts import small_fs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -84,3 +85,26 @@ def test_up_with_metrics_serves_them_and_down_cleans_a_killed_agent(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "hugepage files of agent" in r.stdout, r.stdout
     assert glob.glob(f"/dev/hugepages/{prefix}map_*") == [] and not directory.exists()
+
+
+def test_up_whose_instances_cannot_start_says_why(tmp_path):
+    """The node's state directory is a full filesystem: the SFC's instances cannot start.
+    `up` gives up (the SFC Failed, or its time-out) and prints the SFC's status message, not
+    only that it was not ready; and the agent tried a bounded number of starts."""
+    directory = tmp_path / "cluster"
+    node = tmp_path / "node.yaml"
+    with small_fs("tmpfs", "64k") as fs:
+        node.write_text(local_node("upfull", pps=2000, pool=2, state_dir=fs))
+        try:
+            r = serpens(directory, "up", "--node", str(node), "--etcd-port", str(free_port()),
+                        "--api", f"127.0.0.1:{free_port()}",
+                        "--agent", f"127.0.0.1:{free_port()}", "--timeout", "30")
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "state filesystem full (ENOSPC)" in r.stderr, r.stdout + r.stderr
+            log = (directory / "agent.log").read_text()
+            tries = log.count("instance_manager: sfc 0: instances cannot start")
+            # one line per back-off step, at most restarts+1 = 6 per run of the SFC (the
+            # controller may run it again); without back-off, thousands a second
+            assert 1 <= tries <= 30 and "7 failed start(s)" not in log, log[-3000:]
+        finally:
+            serpens(directory, "down")
