@@ -12,6 +12,10 @@ crash loop:
   in the window (`first_backoff_s` .. `max_backoff_s`); its packets wait (bounded) meanwhile.
 * Failed: more than `max_restarts` crashes in the window; no instance starts again and its
   packets are dropped and counted (`sfc_failed`) until the SFC is applied again.
+
+An instance that cannot start (its NF's init() fails, e.g. its state table does not fit on
+a full state filesystem) counts like a crash: retrying at once would only fail again, as
+fast as the node can (thousands of attempts and log lines a second).
 """
 from __future__ import annotations
 
@@ -54,8 +58,11 @@ class Fault:
     at: float          # time.monotonic() it was found dead
     tsc: int = 0       # TSC of the fault or kill when known (benchmarks: detection time)
     pid: int = 0
+    start: bool = False  # not a death: an instance could not start (`detail` says why)
 
     def describe(self) -> str:
+        if self.start:
+            return f"instances cannot start: {self.detail}"
         where = f"NF {self.nf!r}" if self.nf else "the runtime (outside any NF)"
         what = self.signal or "exited"
         return f"{where}: {what}" + (f" {self.detail}" if self.detail else "")
@@ -91,6 +98,11 @@ def describe_death(returncode: int | None, crash: dict | None, step: int, step_n
     return Fault(nf, "", f"with status {returncode}", now, 0, pid)
 
 
+def start_failure(reason: str, pid: int = 0) -> Fault:
+    """A Fault for an instance whose start failed with `reason` while its process lived."""
+    return Fault("", "", reason, time.monotonic(), 0, pid, start=True)
+
+
 class CrashPolicy:
     """Crash history of one SFC on one node; thread-safe use is the caller's."""
 
@@ -101,12 +113,16 @@ class CrashPolicy:
         self.crashes: deque[Fault] = deque()   # within the window
         self.log: deque[Fault] = deque(maxlen=1024)  # every one (the latest 1024)
         self.backoffs: deque[float] = deque(maxlen=1024)  # the wait set after each (s)
-        self.total = 0
+        self.total = 0          # crashes (deaths) ever
+        self.failed_starts = 0  # starts that failed with the process alive, ever
         self.failed = False
         self.not_before = 0.0  # no instance starts before this (time.monotonic())
 
     def record(self, fault: Fault):
-        self.total += 1
+        if fault.start:
+            self.failed_starts += 1
+        else:
+            self.total += 1
         self.crashes.append(fault)
         self.log.append(fault)
         self._forget(fault.at)
@@ -126,7 +142,8 @@ class CrashPolicy:
         self._forget(now)
         if self.failed:
             last = self.crashes[-1] if self.crashes else None
-            return FAILED, (f"{last.describe() if last else 'crashed'}; crashed "
+            did = "failed to start" if last and last.start else "crashed"
+            return FAILED, (f"{last.describe() if last else 'crashed'}; {did} "
                             f"{self.max_restarts + 1} times within {self.window_s:g} s: "
                             f"no more restarts, its packets are dropped until it is "
                             f"applied again")
@@ -135,7 +152,8 @@ class CrashPolicy:
         last = self.crashes[-1]
         wait = max(0.0, self.not_before - now)
         again = f"restarting in {wait * 1e3:.0f} ms" if wait else "restarting"
-        return DEGRADED, (f"{last.describe()}; {len(self.crashes)} crash(es) in the last "
+        what = "failed start(s)" if last.start else "crash(es)"
+        return DEGRADED, (f"{last.describe()}; {len(self.crashes)} {what} in the last "
                           f"{self.window_s:g} s, {again}")
 
     def _forget(self, now: float):

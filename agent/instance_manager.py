@@ -13,8 +13,9 @@ Faults (DESIGN §8). The router's watchdog kills an instance stuck in one batch 
 `budget_ms`. A pool process that dies tells us at once (PoolProcess.on_death): the router lets
 go of its instance (counting what it held as dropped), the death is described (agent/faults.py:
 the NF, the signal, the address) and recorded, and instances start again after a back-off;
-after too many crashes the SFC is Failed and the router drops its packets. `health()` says
-which.
+after too many crashes the SFC is Failed and the router drops its packets. A start that
+fails (an NF's init() refused, its state filesystem full) counts as a crash: the same
+back-off, Degraded then Failed, one log line per attempt. `health()` says which.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 from serpens.runtime_cy import _dataplane as dp
 
-from .faults import DEGRADED, FAILED, RUNNING, CrashPolicy, describe_death
+from .faults import DEGRADED, FAILED, RUNNING, CrashPolicy, describe_death, start_failure
 from .process_pool import PoolError, PoolExhausted, PoolProcess, ProcessPool, merge_state
 from .usage import BusyCycles
 
@@ -60,7 +61,7 @@ class InstanceManager:
         self.budget_ms = budget_ms
         self.crashes = crashes or CrashPolicy()
         self.started: collections.deque = collections.deque(maxlen=256)  # processes, in order
-        self.start_problem, self.start_failed = "", False  # why the last start did not happen
+        self.start_problem = ""  # why packets wait for an instance (no free pool process)
         self.wanted = 0   # instances last asked for by scale()
         self.restore = 0  # of those, lost to crashes and not started again yet
         router.set_drop_all(sfc_id, False)  # a failed predecessor's verdict is not ours
@@ -102,7 +103,7 @@ class InstanceManager:
         node stats (GetNode, load reports) must not wait for a drain."""
         phase, message = self.crashes.phase()
         if phase == RUNNING and self.start_problem:
-            return (DEGRADED if self.start_failed else RUNNING), self.start_problem
+            return RUNNING, self.start_problem
         if phase == DEGRADED and self.start_problem:  # why "restarting" takes a while
             return phase, f"{message}; {self.start_problem}"
         return phase, message
@@ -171,10 +172,11 @@ class InstanceManager:
             rx.free()
             tx.free()
             self.router.release_index(i)
-            self._failed_start(getattr(e, "process", None))
-            if isinstance(e, PoolError):
-                raise
-            raise PoolError(f"the pool process died while starting ({e})") from e
+            if not isinstance(e, PoolError):
+                e = PoolError(f"the pool process died while starting ({e})")
+            if not isinstance(e, PoolExhausted):  # (no process free: its packets wait)
+                self._failed_start(getattr(e, "process", None), str(e))
+            raise e
         self.busy.begin(i, proc.ctl)  # (before the router gives it packets)
         self.router.set_instance(i, rx, tx, proc.ctl, efd, self.sfc_id, pidfd=pidfd,
                                  pid=proc.pid, budget_ms=self.budget_ms)
@@ -199,17 +201,21 @@ class InstanceManager:
         else:  # the router did not answer: leaking rings and fds beats freeing them under it
             log.error("sfc %d: router instance %d not released; its rings stay", self.sfc_id, i)
 
-    def _failed_start(self, proc: PoolProcess | None):
-        """A start failed: if its process died in it (an NF's init() that faults), that is
-        a crash like any other: back-off, and Failed when it repeats."""
-        if proc is None or not (proc.dead or proc.ctl.crash() is not None):
-            return
-        fault = describe_death(proc.returncode, proc.ctl.crash(), proc.ctl.current_step(),
-                               [st.name for st in self.sfc.steps], None, 0, proc.pid)
-        if not proc.dead:
-            self.pool.replace_doomed(proc)
+    def _failed_start(self, proc: PoolProcess | None, reason: str):
+        """A start failed: a crash like any other (back-off, Failed when it repeats), whether
+        its process died in it (an NF's init() that faults) or refused it and lives on (an
+        init() that fails, a state table with no room); one log line per attempt."""
+        if proc is not None and (proc.dead or proc.ctl.crash() is not None):
+            fault = describe_death(proc.returncode, proc.ctl.crash(), proc.ctl.current_step(),
+                                   [st.name for st in self.sfc.steps], None, 0, proc.pid)
+            if not proc.dead:
+                self.pool.replace_doomed(proc)
+        else:
+            fault = start_failure(reason, proc.pid if proc is not None else 0)
         self.crashes.record(fault)
-        if self.crashes.failed:
+        phase, message = self.crashes.phase()
+        log.warning("sfc %d: %s", self.sfc_id, message)
+        if phase == FAILED:
             self.router.set_drop_all(self.sfc_id, True)
 
     def _on_death(self, proc: PoolProcess):
@@ -306,14 +312,12 @@ class InstanceManager:
                     with contextlib.suppress(ValueError):  # (reaped meanwhile)
                         self.router.rebalance(self.sfc_id, i)
             if missing:
-                self.start_problem, self.start_failed = "", False
+                self.start_problem = ""
         except PoolExhausted as e:  # its packets wait (bounded), then are dropped
-            self.start_problem, self.start_failed = (
-                f"no instance: {e}; its packets wait up to the node's hold_ms, "
-                "then are dropped (no_instance)"), False
-        except PoolError as e:  # e.g. its state filesystem is full
-            self.start_problem, self.start_failed = f"instances cannot start: {e}", True
-            log.warning("sfc %d: %s", self.sfc_id, self.start_problem)
+            self.start_problem = (f"no instance: {e}; its packets wait up to the node's "
+                                  "hold_ms, then are dropped (no_instance)")
+        except PoolError:  # e.g. its state filesystem is full: recorded, backing off
+            self.start_problem = ""
 
 
 class _Counts:

@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from serpens.common.names import node_file_prefix
 from serpens.common.node_spec import NodeSpec
 from serpens.common.spec import OUTPUT_GATEWAY, SFCSpec, SpecError
 from serpens.runtime_cy import _dataplane as dp
@@ -110,7 +111,7 @@ def check_references(node: NodeSpec, sfcs: list[SFCSpec],
 def start_dataplane(node: NodeSpec) -> Dataplane:
     """The DPDK primary `node` asks for: its ports' devices, CPUs and state directory."""
     return Dataplane(DataplaneConfig(
-        file_prefix=f"serpens-node-{node.name}-{os.getpid()}",
+        file_prefix=node_file_prefix(node.name, os.getpid()),
         vdevs=tuple(node.ports.values()), cpus=node.cpus,
         router_cpus=str(node.router_cpu), state_dir=node.state_dir)).start()
 

@@ -54,16 +54,24 @@ def _capture(stub, args) -> int:
                                 seconds=args.seconds, max_bytes=args.max_bytes,
                                 snaplen=args.snaplen)
     out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
-    summary = None
+    summary, written = None, 0
+    stream = stub.Capture(request)
     try:
         w = PcapngWriter(out, args.snaplen)
-        for ev in stub.Capture(request):
+        for ev in stream:
             if ev.HasField("packet"):
                 p = ev.packet
                 w.write(CapturedFrame(p.data, p.orig_len, p.time_ns, _comment(p)))
+                written += 1
             elif ev.HasField("summary"):
                 summary = ev.summary
         out.flush()
+    except KeyboardInterrupt:  # Ctrl-C: what was written is a whole file; say so, as tcpdump
+        stream.cancel()        # (the node stops copying once the call is gone)
+        out.flush()
+        where = "stdout" if args.write == "-" else args.write
+        print(f"\ninterrupted: {written} packets written to {where}", file=sys.stderr)
+        return 130
     finally:
         if out is not sys.stdout.buffer:
             out.close()
@@ -101,7 +109,10 @@ def _trace(stub, args) -> int:
 
 
 def _describe(frame: bytes) -> str:
+    """One line, as scapy sums a frame up: "Ether / IP / UDP 10.0.0.1:1234 > ..."."""
     try:
+        import scapy.layers.inet  # noqa: F401 - binds IP, UDP, TCP, ICMP to Ether: decoded
+        import scapy.layers.inet6  # noqa: F401
         from scapy.layers.l2 import Ether
         return Ether(frame).summary()
     except Exception:  # scapy is optional for the CLI: the length is enough then

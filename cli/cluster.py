@@ -11,7 +11,9 @@
 null device out), each detached with its log in --dir, waits for each to answer, applies the
 SFC through the controller's API like any client would, and waits until its packets leave
 the node. The processes' PIDs go to <dir>/cluster.json; `down` stops exactly those (after
-checking each PID still runs the program it started) and removes --dir.
+checking each PID still runs the program it started) and removes --dir, and the DPDK files
+(hugepages, runtime directory) of any agent or gateway that died without removing them
+(kill -9): each one's DPDK file prefix is recorded beside its PID.
 
 Security: `up` makes a cluster CA and certificates in <dir>/pki (common/pki.py; all files
 0600): `serpens-controller` (role controller: serves the API, calls the agent, etcd client),
@@ -50,12 +52,15 @@ import grpc
 
 from serpens.cli import config, multi
 from serpens.cli.testbed import Testbed, TestbedError, tag_for
+from serpens.common.names import gateway_file_prefix, node_file_prefix
+from serpens.common.node_spec import load_node
 from serpens.common.pki import CA, Identity, write_private
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 BIN = os.path.dirname(sys.executable)
 CONTEXT = "local"                           # the serpensctl context `up` writes
+METRICS_BASE = 9451  # `up --metrics`: controller 9451, agents 9461, gateway 9471 (their defaults)
 
 
 class StartError(Exception):
@@ -108,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "machine's CPUs)")
     up.add_argument("--timeout", type=float, default=120.0,
                     help="seconds to wait for each step (default %(default)s)")
+    up.add_argument("--metrics", type=int, nargs="?", const=METRICS_BASE, default=0,
+                    metavar="PORT",
+                    help="every component serves Prometheus metrics over HTTPS (client "
+                         "certificate of the cluster CA): the controller on PORT, the agents "
+                         "on PORT+10, the gateway on PORT+20 (default PORT %d)" % METRICS_BASE)
     sub.add_parser("down", help="stop what `serpens up` started")
     sub.add_parser("status", help="the cluster's SFCs and nodes (serpensctl status)")
     cert = sub.add_parser("cert", help="certificates of the local cluster's CA")
@@ -163,6 +173,8 @@ def up(args, state_path: str) -> int:
     if args.servers:
         bed = _plan_servers(state, args)
         _write_state(state_path, state)  # the plan first: `down` can remove what follows
+    if args.metrics:
+        state["metrics"] = plan_metrics(state, args.metrics)
     pki = _step("CA and certificates", lambda: make_pki(
         os.path.join(args.dir, "pki"), args.api, args.agent, state), args.timeout)
     state["pki"] = pki
@@ -189,7 +201,8 @@ def up(args, state_path: str) -> int:
         for name in names:
             _step(f"sfc {name}: " + ("placed, packets through the gateway" if args.servers
                                      else "placed, instances started, packets out"),
-                  lambda: _flowing_probe(state, name), args.timeout)
+                  lambda: _flowing_probe(state, name), args.timeout,
+                  lambda: sfc_status(admin, name))
     except StartError as e:
         print(f"serpens: {e}", file=sys.stderr)
         print("serpens: stopping what started (logs kept in "
@@ -207,7 +220,39 @@ def up(args, state_path: str) -> int:
     else:
         print(f"  {bin_dir}serpensctl scale {names[0]} --replicas 2")
     print(f"  {bin_dir}serpens down      # stops it\n")
+    if state.get("metrics"):
+        show_metrics(state)
     return _status(state)
+
+
+def plan_metrics(state: dict, base: int) -> dict:
+    """component -> HOST:PORT of its /metrics: each on the address it serves gRPC on (its
+    certificate names that address), the controller at `base`, agents +10, the gateway +20."""
+    def at(address: str, port: int) -> str:
+        return f"{address.rpartition(':')[0]}:{port}"
+    plan = {"controller": at(state["api"], base)}
+    if state.get("servers"):
+        plan["gateway"] = at(state["gateway"], base + 20)
+        plan.update({f"agent-{s}": at(a, base + 10) for s, a in state["agents"].items()})
+    else:
+        plan["agent"] = at(state["agent"], base + 10)
+    return plan
+
+
+def _metrics_args(state: dict, name: str) -> list[str]:
+    listen = state.get("metrics", {}).get(name)
+    return ["--metrics", listen] if listen else []
+
+
+def show_metrics(state: dict):
+    """Where the metrics are and how to read them (HTTPS, a client certificate of the CA)."""
+    admin = state["pki"]["admin"]
+    print("Prometheus metrics (HTTPS; any certificate of the cluster CA, e.g. admin's):")
+    for name, listen in state["metrics"].items():
+        print(f"  {name:<12} https://{listen}/metrics")
+    first = next(iter(state["metrics"].values()))
+    print(f"  curl --cacert {state['pki']['ca']} --cert {admin['cert']} --key {admin['key']} "
+          f"https://{first}/metrics\n")
 
 
 def _sfc_paths(args) -> list[str]:
@@ -287,20 +332,27 @@ def _gateway_target(state: dict) -> config.Target:
     return config.Target(state["gateway"], identity(state, "controller"))
 
 
-def _step(what: str, run, timeout: float):
-    """Run one start-up step, showing progress while it takes time."""
+def _step(what: str, run, timeout: float, explain=None):
+    """Run one start-up step, showing progress while it takes time; on a time-out,
+    `explain()` (if given) says what it waited for is doing."""
     print(f"  {what} ...", end="", flush=True)
     t0 = time.monotonic()
     deadline = t0 + timeout
     result = run()
     while callable(result):   # a readiness probe: poll it
-        got = result()
+        try:
+            got = result()
+        except StartError:
+            print(" failed")
+            raise
         if got:
             result = got
             break
         if time.monotonic() > deadline:
             print(" timed out")
-            raise StartError(f"{what}: not ready within {timeout:.0f} s")
+            why = explain() if explain else ""
+            raise StartError(f"{what}: not ready within {timeout:.0f} s"
+                             + (f"\n  {why}" if why else ""))
         time.sleep(0.1)
     print(f" ok ({time.monotonic() - t0:.1f} s)")
     return result
@@ -310,7 +362,8 @@ def _start(state, state_path, name, argv, ready):
     """Start `name` detached, record its PID; a probe: ready() once it is, StartError if it
     exited."""
     proc = start_detached(argv, os.path.join(os.path.dirname(state_path), f"{name}.log"))
-    state["processes"][name] = {"pid": proc.pid, "argv0": _program(argv), "argv": argv}
+    state["processes"][name] = {"pid": proc.pid, "argv0": _program(argv), "argv": argv,
+                                "file_prefix": _file_prefix(state, name, proc.pid)}
     _write_state(state_path, state)
 
     def probe():
@@ -318,6 +371,41 @@ def _start(state, state_path, name, argv, ready):
             raise StartError(f"{name} exited with {proc.returncode}:\n{_tail(proc.log_path)}")
         return ready()
     return probe
+
+
+def _file_prefix(state: dict, name: str, pid: int) -> str:
+    """The DPDK file prefix component `name` runs with as `pid` ("" if it runs no DPDK):
+    `down` removes its files if it died without doing so."""
+    try:
+        if name == "agent":
+            return node_file_prefix(load_node(state["node"]).name, pid)
+        if name.startswith("agent-"):
+            return node_file_prefix(load_node(_node_path(state, name[6:])).name, pid)
+    except Exception:  # noqa: BLE001 - a node file it cannot read: it will not start either
+        return ""
+    return gateway_file_prefix(multi.GATEWAY, pid) if name == "gateway" else ""
+
+
+def remove_dead_dpdk_files(state: dict, verbose: bool = False) -> list[str]:
+    """Remove the hugepage files and DPDK runtime directory of every recorded process that
+    is dead (killed before it could remove them); returns the prefixes cleaned. A live
+    primary holds a lock on its files, so nothing of a running process goes."""
+    import glob
+    from serpens.runtime_cy.primary import RUNTIME_ROOT, remove_stale_files
+    cleaned = []
+    for name, proc in state["processes"].items():
+        prefix = proc.get("file_prefix") or _file_prefix(state, name, proc["pid"])
+        if not prefix or _alive(proc):
+            continue
+        left = glob.glob(f"/dev/hugepages/{prefix}map_*")
+        if not left and not os.path.isdir(os.path.join(RUNTIME_ROOT, prefix)):
+            continue
+        if remove_stale_files(prefix):
+            cleaned.append(prefix)
+            if verbose:
+                print(f"  removed {len(left)} hugepage files of {name} "
+                      f"(pid {proc['pid']}, dead)")
+    return cleaned
 
 
 def _program(argv: list[str]) -> str:
@@ -385,20 +473,22 @@ def _etcd_cmd(state):
 
 def _controller_cmd(state):
     return [os.path.join(BIN, "serpens-controller"), "--etcd", f"https://{state['etcd']}",
-            "--listen", state["api"], "--identity", "local", *_tls_args(state, "controller")]
+            "--listen", state["api"], "--identity", "local", *_tls_args(state, "controller"),
+            *_metrics_args(state, "controller")]
 
 
 def _agent_cmd(state):
     return [os.path.join(BIN, "serpens-agent"), "--node", state["node"],
             "--etcd", f"https://{state['etcd']}", "--listen", state["agent"],
-            *_tls_args(state, "agent")]
+            *_tls_args(state, "agent"), *_metrics_args(state, "agent")]
 
 
 def _server_cmd(state, server):
     """A server's agent, in its namespace, reaching etcd at the host's bridge address."""
     return [*_testbed(state).netns_exec(server), os.path.join(BIN, "serpens-agent"),
             "--node", _node_path(state, server), "--etcd", f"https://{state['etcd_host']}",
-            "--listen", state["agents"][server], *_tls_args(state, f"agent-{server}")]
+            "--listen", state["agents"][server], *_tls_args(state, f"agent-{server}"),
+            *_metrics_args(state, f"agent-{server}")]
 
 
 def _gateway_cmd(state):
@@ -406,7 +496,7 @@ def _gateway_cmd(state):
     return [*_testbed(state).netns_exec(multi.GATEWAY), os.path.join(BIN, "serpens-gateway"),
             "--config", os.path.join(directory, "gateway.yaml"),
             "--etcd", f"https://{state['etcd_host']}", "--listen", state["gateway"],
-            *_tls_args(state, "gateway")]
+            *_tls_args(state, "gateway"), *_metrics_args(state, "gateway")]
 
 
 def components(state: dict) -> list:
@@ -456,13 +546,14 @@ def recover(state: dict, state_path: str, timeout: float) -> int:
             if _alive(proc):
                 print(f"  {name} (pid {proc['pid']}): not answering; stopping it")
                 _stop(proc)
+            remove_dead_dpdk_files({**state, "processes": {name: proc}})
             _step(f"{name}: restarting", lambda: _start_component(state, state_path, name),
                   timeout)
             restarted = True
         if restarted:
             for sfc in _stub(_target(state)).ListSFCs(pb.ListSFCsRequest(), timeout=5).sfcs:
                 _step(f"sfc {sfc.name}: packets out", lambda: _flowing_probe(state, sfc.name),
-                      timeout)
+                      timeout, lambda: sfc_status(_target(state), sfc.name))
     except grpc.RpcError as e:
         print(f"serpens: the controller: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
@@ -576,6 +667,17 @@ def _flowing(api: config.Target, name: str):
     return probe
 
 
+def sfc_status(api: config.Target, name: str) -> str:
+    """SFC `name`'s phase and status message as the controller has them (why it does not
+    run yet: e.g. its instances cannot start); "" if the controller does not answer."""
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    try:
+        st = _stub(api).GetSFC(pb.GetSFCRequest(name=name), timeout=5).status
+    except grpc.RpcError:
+        return ""
+    return f"sfc {name}: {st.phase or 'Pending'}" + (f": {st.message}" if st.message else "")
+
+
 def _flowing_probe(state: dict, name: str):
     if state.get("servers"):
         return multi.spread_flowing(_target(state), _gateway_target(state), name,
@@ -623,6 +725,7 @@ def down(directory: str, state_path: str) -> int:
         print(f"serpens: no local cluster is up ({state_path} does not exist)")
         return 0
     _stop_all(state, verbose=True)
+    remove_dead_dpdk_files(state, verbose=True)
     _remove_testbed(state, verbose=True)
     shutil.rmtree(directory, ignore_errors=True)
     _forget_context(state)

@@ -246,7 +246,7 @@ def _print_table(kind: str, items) -> None:
                   f"{m.scale.min_replicas}-{m.scale.max_replicas}", ",".join(m.nfs) or "-",
                   m.status.phase, sfc_nodes(m.status) or "-", _when(m.updated)) for m in items]
     elif kind == "gateways":
-        rows = [("NAME", "ADDRESS", "UNDERLAY", "TERM", "AGE")]
+        rows = [("NAME", "ADDRESS", "UNDERLAY", "TERM", "LAST REPORT")]
         rows += [_gateway_row(m) for m in items]
     else:
         rows = [("NAME", "REVISION", "RECORD")]
@@ -269,7 +269,8 @@ def _gateway_row(m) -> tuple:
         g = GatewayRecord.decode(m.record_json, m.name)
     except MalformedRecord as e:
         return (m.name, f"(malformed record: {e})", "-", "-", "-")
-    age = f"{max(0.0, time.time() - g.reported_at):.0f}s" if g.reported_at else "-"
+    # (the record says when it last reported, not when it registered: labelled as such)
+    age = f"{max(0.0, time.time() - g.reported_at):.0f}s ago" if g.reported_at else "-"
     return (g.name, g.address, f"{g.underlay.ip} {g.underlay.mac} mtu {g.underlay.mtu}",
             str(g.term or "-"), age)
 

@@ -187,7 +187,8 @@ def show_gateway(gateway) -> None:
         return
     drops = {k: v for k, v in status.drops.items() if v}
     print(f"\nGATEWAY {status.name} (term {status.term})"
-          + (f"  drops {dict(sorted(drops.items()))}" if drops else ""))
+          + ("  drops " + " ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+             if drops else ""))
     print(f"  {'SFC':<16} {'TAG':>5} {'FROM OUTSIDE':>13} {'TO SERVERS':>11} {'BACK':>11}  "
           "SERVERS (node:weight)  DROPS")
     for name, sfc in sorted(status.sfcs.items()):

@@ -11,3 +11,14 @@ import re
 SFC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
 NF_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,21}$")
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+
+
+def node_file_prefix(node: str, pid: int) -> str:
+    """The DPDK --file-prefix of node `node`'s agent running as `pid` (its hugepage files are
+    /dev/hugepages/<prefix>map_*): unique per process, known to whoever knows both."""
+    return f"serpens-node-{node}-{pid}"
+
+
+def gateway_file_prefix(gateway: str, pid: int) -> str:
+    """The DPDK --file-prefix of gateway `gateway`'s process `pid`."""
+    return f"serpens-gw-{gateway}-{pid}"

@@ -29,6 +29,7 @@ import time
 from serpens.common import metrics, rpc, tls_flags
 from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.lease_record import LeasedRecord, registered_until
+from serpens.common.names import gateway_file_prefix
 from serpens.common.records import GatewayRecord, Underlay
 from serpens.common.spec import SpecError
 from serpens.common.store import Store
@@ -78,7 +79,7 @@ class DataPath:
         self.ports: dict[str, int] = {}
         self.gateway = None
         self.dataplane = Dataplane(DataplaneConfig(
-            file_prefix=f"serpens-gw-{config.name}-{os.getpid()}", program="serpens-gateway",
+            file_prefix=gateway_file_prefix(config.name, os.getpid()), program="serpens-gateway",
             vdevs=tuple(config.ports.values()), cpus=config.cpus,
             router_cpus=str(config.gateway_cpu))).start()
         try:

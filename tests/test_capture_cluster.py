@@ -2,6 +2,8 @@
 the node replaying traffic into fw->mon->nat; Serpens.Capture relays Agent.Capture."""
 import json
 import os
+import re
+import signal
 import subprocess
 
 import grpc
@@ -64,6 +66,26 @@ def test_serpensctl_trace_names_each_nf_in_chain_order(running):
         assert names == ["fw", "mon", "nat"][:len(names)] and names
         assert t["steps"][-1]["label"] in ("out", "drop")
         assert all(s["batch"] >= 1 and s["call_ns"] > 0 for s in t["steps"])
+        assert t["summary"].startswith("Ether / IP / UDP "), t["summary"]  # decoded, not Raw
+
+
+def test_ctrl_c_on_capture_leaves_a_whole_file_and_says_what_it_holds(running, tmp_path):
+    controller, _ = running
+    out = tmp_path / "interrupted.pcapng"
+    proc = subprocess.Popen([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
+                             "--server", controller.address, "capture", "fw-mon-nat",
+                             "-c", "1000000", "--seconds", "60", "-w", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: out.exists() and out.stat().st_size > 4096, 30)  # packets came
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    written = int(re.search(r"interrupted: (\d+) packets written to (\S+)", err).group(1))
+    assert written > 0 and len(rdpcap(str(out))) == written, err
 
 
 def test_bad_requests_name_the_field_and_a_client_that_goes_away_frees_the_sfc(running):

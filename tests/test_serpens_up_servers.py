@@ -2,6 +2,7 @@
 traffic back at the gateway, a gateway that died started again by the next `up`, and nothing
 left behind afterwards, also after an `up` that died half-way (its testbed's plan is in
 cluster.json before anything is made)."""
+import glob
 import json
 import os
 import signal
@@ -71,11 +72,15 @@ def test_up_with_servers_serves_the_sfc_through_the_gateway_and_down_removes_all
         assert "GATEWAY gw" in r.stdout and "s1:1" in r.stdout and "s2:1" in r.stdout
         pids = [p["pid"] for p in state["processes"].values()]
         # a gateway that dies is started again by the next `up`, traffic back through it
+        killed = state["processes"]["gateway"]["file_prefix"]
+        assert killed == f"serpens-gw-gw-{state['processes']['gateway']['pid']}"
+        assert glob.glob(f"/dev/hugepages/{killed}map_*")
         os.kill(state["processes"]["gateway"]["pid"], signal.SIGKILL)
         r = serpens(directory, "up", "--servers", "2")
         assert r.returncode == 0, r.stdout + r.stderr + _logs(directory)
         assert "gateway: restarting ... ok" in r.stdout and "agent-s1 (pid" in r.stdout
         assert "sfc fw-mon-nat: packets out ... ok" in r.stdout
+        assert glob.glob(f"/dev/hugepages/{killed}map_*") == []  # what SIGKILL left: gone
         pids.append(json.loads((directory / "cluster.json").read_text())
                     ["processes"]["gateway"]["pid"])
     finally:

@@ -39,11 +39,12 @@ class Wire:
 
 
 class Site:
-    def __init__(self, dataplane, pool, sfc, name, warm_s=60.0):
+    def __init__(self, dataplane, pool, sfc, name, warm_s=60.0, crashes=None):
         self.wire = Wire(dataplane, name)
         self.router = dp.Router(self.wire.port, self.wire.port)
         self.router.launch(dataplane.config.router_lcore)
-        self.manager = InstanceManager(pool, self.router, sfc, warm_s=warm_s).start()
+        self.manager = InstanceManager(pool, self.router, sfc, warm_s=warm_s,
+                                       crashes=crashes).start()
 
     def instance_ids(self):
         return {i: s.proc.instance_id for i, s in self.manager.instances.items()}
