@@ -322,7 +322,7 @@ def test_serpensctl_shows_gateways_nodes_of_an_sfc_and_its_route(etcd, world):
             assert r.returncode == 0, r.stderr
             return r.stdout
         out = ctl("get", "gateways")
-        assert out.splitlines()[0].split() == ["NAME", "ADDRESS", "UNDERLAY", "TERM", "AGE"]
+        assert out.splitlines()[0].split() == ["NAME", "ADDRESS", "UNDERLAY", "TERM", "LAST", "REPORT"]
         assert "gw1" in out and "192.0.2.1 02:00:00:00:00:01 mtu 1500" in out
         row = next(line.split() for line in ctl("get", "sfcs").splitlines()[1:]
                    if line.startswith("web "))
