@@ -532,7 +532,12 @@ static void log_sent(struct serpens_router *r, struct rte_mbuf **pkts, uint32_t 
 	for (uint32_t k = 0; k < n && at < r->log_cap; k++, at++) {
 		const struct serpens_rx_meta *meta = META(r, pkts[k]);
 		struct serpens_lat_rec *rec = &r->log[at];
-		rec->rx_tsc = meta->rx_tsc;
+		uint32_t off = r->log_stamp_off;
+		if (off && rte_pktmbuf_data_len(pkts[k]) >= off + sizeof(uint64_t))
+			memcpy(&rec->rx_tsc, rte_pktmbuf_mtod(pkts[k], const uint8_t *) + off,
+			       sizeof(uint64_t));
+		else
+			rec->rx_tsc = meta->rx_tsc;
 		rec->tx_tsc = now;
 		rec->flow = meta->flow;
 		rec->seq = meta->seq;
