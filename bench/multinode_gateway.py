@@ -1,6 +1,6 @@
 """The gateway side of `bench multinode` (python -m serpens.bench.multinode_gateway SPEC_JSON),
-run in the gateway's network namespace as its own DPDK primary (gateway loop on CPU 1, this
-thread on CPU 0). Two parts, one after the other:
+run in the gateway's network namespace as its own DPDK primary (gateway loop on
+spec["gateway_cpu"], this thread on CPU 0). Two parts, one after the other:
 - gateway alone: the production loop (serpens_gateway_run) on its core, frames from a net_pcap
   source replaying the traffic endlessly (a NIC's RX copy per frame), classified, pinned to
   one of two servers by the flow table, VXLAN-encapsulated and sent to two net_null ports
@@ -9,9 +9,11 @@ thread on CPU 0). Two parts, one after the other:
 - through two servers: each server (bench/multinode_server.py, its own DPDK primary in its
   own namespace) is reached on an underlay port of its own (memif, or af_packet on a veth
   pair); traffic comes from bench/native/gwdrive.h, which plays the outside world around the
-  gateway's poll on the gateway's core (paced arrivals stamped in their payload, the frames
-  back from the servers taken off the egress port and their latency logged), and the same
-  loss-limited search as `bench sfc` (bench/sfc.py measure_started) gives multi's figures.
+  gateway's poll on the gateway's core (paced arrivals stamped in their payload), and the
+  same loss-limited search as `bench sfc` (bench/sfc.py measure_started) gives multi's
+  figures twice: first with the SFC's output leaving each server on its own port (the
+  servers count it and log its latency from the stamp), then with the servers sending it
+  back to the gateway (the driver takes it off the egress port and logs its latency).
 Prints one JSON line at the end."""
 from __future__ import annotations
 
