@@ -42,7 +42,7 @@ UNDERLAYS = ("memif", "af_packet")
 GATEWAY = {"ip": "192.168.77.1", "mac": "02:00:00:00:77:01"}
 TAG = 0x51
 REPLICAS = 2  # the SFC's instances: one per server, or both on the one node
-GATEWAY_CPU = 1  # chosen by measurement (docs/baselines.md "Several servers")
+GATEWAY_CPU = 1  # chosen by measurement (docs/baselines.md "Several servers": cores)
 
 
 def add_arguments(p):
