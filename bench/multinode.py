@@ -3,25 +3,28 @@
 Three DPDK processes, each in its own network namespace: the gateway
 (bench/multinode_gateway.py) and two servers (bench/multinode_server.py), each server a node
 whose router takes VXLAN from the gateway on its underlay port and sends FW->MON->NAT's output
-back to it encapsulated. The underlay is real VXLAN frames between the processes, one
-point-to-point link per server: memif by default (shared-memory rings between containers on
-one host, the socket on the shared filesystem) or `--underlay af_packet` (a veth pair per
-server, DPDK's af_packet PMD: a syscall per TX burst). Cores as in `bench sfc`: packet-moving
-infrastructure (the gateway's loop, both routers) on CPU 1, both NF instances on CPU 0: on
-this 2-CPU machine the servers share cores, so the figure of merit is the overhead of the
-gateway and the VXLAN hop, not scaling. Figures:
+out of its own port (multi), or back to the gateway encapsulated (multi_return). The underlay
+is real VXLAN frames between the processes, one point-to-point link per server: memif by
+default (shared-memory rings between containers on one host, the socket on the shared
+filesystem) or `--underlay af_packet` (a veth pair per server, DPDK's af_packet PMD: a
+syscall per TX burst). Cores as in `bench sfc`: both routers on CPU 1, both NF instances on
+CPU 0, the gateway's loop on --gateway-cpu (1 by default: chosen by measurement,
+docs/baselines.md): on this 2-CPU machine the servers share cores, so the figure of merit is
+the overhead of the gateway and the VXLAN hop, not scaling. Figures:
 - gateway_mpps: the gateway's loop alone on its core (classify + flow table + encap, two
   servers behind two net_null ports, a net_pcap source replaying endlessly): unpaced
   throughput (the source never runs dry), the median of three runs;
 - encap_ns: one VXLAN encapsulation alone, per packet;
-- multi_mpps: the highest load offered at the gateway that comes back from the servers out
-  of the gateway's egress with under 0.1% loss (bench sfc's search); latency_us.multi from
-  each frame's arrival at the gateway (stamped in its payload) to its departure, at 80% of
-  multi_mpps;
+- multi_mpps: the highest load offered at the gateway that leaves the servers' own output
+  ports with under 0.1% loss (bench sfc's search); latency_us.multi from each frame's
+  arrival at the gateway (stamped in its payload) to its departure from a server (the
+  server's router reads the stamp), at 80% of multi_mpps;
+- multi_return_mpps: the same with the output back through the gateway (`output: gateway`),
+  out of its egress port; latency at 80% of its own rate;
 - single_mpps: bench sfc's figure for the same SFC on one node without a gateway (router on
   CPU 1, instance on CPU 0, net_pcap -> net_null); latency_us.single at the load multi's
   latency was measured at;
-- ratio = multi_mpps / single_mpps (goal >= 0.7).
+- ratio = multi_mpps / single_mpps (goal >= 0.7); return_ratio likewise for multi_return.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ UNDERLAYS = ("memif", "af_packet")
 GATEWAY = {"ip": "192.168.77.1", "mac": "02:00:00:00:77:01"}
 TAG = 0x51
 REPLICAS = 2  # the SFC's instances: one per server, or both on the one node
+GATEWAY_CPU = 1  # chosen by measurement (docs/baselines.md "Several servers": cores)
 
 
 def add_arguments(p):
@@ -48,6 +52,9 @@ def add_arguments(p):
     p.add_argument("--flows", type=int, default=10000)
     p.add_argument("--underlay", choices=UNDERLAYS, default="memif",
                    help="the link between the gateway and each server")
+    p.add_argument("--gateway-cpu", type=int, choices=(0, 1), default=GATEWAY_CPU,
+                   help="the gateway loop's (and its traffic driver's) CPU: 0 with the NF "
+                        "instances, 1 with the servers' routers")
 
 
 def _ip(*args, ns: str | None = None):
@@ -109,7 +116,7 @@ def run_multi(args, directory: str) -> dict:
                                                "server_vdev")} for s in bed.servers],
                 "gateway_ip": GATEWAY["ip"], "gateway_mac": GATEWAY["mac"], "tag": TAG,
                 "flows": args.flows, "seconds": args.seconds, "warmup": args.warmup,
-                "dir": directory}
+                "dir": directory, "gateway_cpu": args.gateway_cpu}
         p = subprocess.run(["ip", "netns", "exec", bed.gw_ns, sys.executable, "-m",
                             "serpens.bench.multinode_gateway", json.dumps(spec)],
                            capture_output=True, text=True, timeout=1800)
@@ -128,7 +135,7 @@ def run(args) -> dict:
         raise BenchError("bench multinode makes network namespaces: run it as root")
     with tempfile.TemporaryDirectory(prefix="serpens-bench-mn-", dir="/dev/shm") as directory:
         multi = run_multi(args, directory)
-    m = multi["multi"]
+    m, mr = multi["multi"], multi["multi_return"]
     if not all(st["tx"] for st in multi["servers"].values()):
         raise BenchError(f"bench multinode: nothing came back through a server: {multi}")
     # the same SFC on one node, no gateway; latency at the load multi's was measured at (no
@@ -152,18 +159,29 @@ def run(args) -> dict:
                        "gateway_mpps": "unpaced throughput of the gateway loop alone "
                                        "(net_pcap source, 2 servers on net_null ports)",
                        "latency_load_mpps": m.get("latency_mpps"),
-                       "cores": "gateway loop and both routers cpu 1, both instances cpu 0; "
-                                "single: router cpu 1, both instances cpu 0"},
+                       "output": "multi: each server's own output port (net_null, as "
+                                 "single's sink); multi_return: back through the gateway",
+                       "cores": f"multi: gateway loop and traffic driver cpu "
+                                f"{args.gateway_cpu}, both routers cpu 1, both instances "
+                                f"cpu 0; single: router cpu 1, both instances cpu 0",
+                       "gateway_cpu": args.gateway_cpu},
             "gateway_mpps": multi["gateway_mpps"], "encap_ns": multi["encap_ns"],
             "multi_mpps": m["mpps"], "single_mpps": single["mpps"],
             "ratio": round(m["mpps"] / single["mpps"], 3) if single["mpps"] else None,
+            # the SFC's output back through the gateway (`output: gateway`)
+            "multi_return_mpps": mr["mpps"],
+            "return_ratio": round(mr["mpps"] / single["mpps"], 3) if single["mpps"] else None,
             # unpaced (the source never runs dry): what each carries losing what it must
-            "capacity_mpps": {"multi": m["capacity_mpps"], "single": single["capacity_mpps"]},
+            "capacity_mpps": {"multi": m["capacity_mpps"], "multi_return": mr["capacity_mpps"],
+                              "single": single["capacity_mpps"]},
             "latency_us": {k: {p: r["latency_us"][p] for p in lat} if "latency_us" in r
-                           else None for k, r in (("multi", m), ("single", single))},
+                           else None
+                           for k, r in (("multi", m), ("multi_return", mr), ("single", single))},
             "multi_detail": {"gateway": multi["gateway"], "servers": multi["servers"],
                              "idle_cpu_percent": multi["idle_cpu_percent"],
-                             "loss": m["loss"], "latency_loss": m.get("latency_loss")}}
+                             "loss": m["loss"], "latency_loss": m.get("latency_loss"),
+                             "return_loss": mr["loss"],
+                             "return_latency_mpps": mr.get("latency_mpps")}}
 
 
 def print_table(r: dict):
@@ -172,10 +190,12 @@ def print_table(r: dict):
           f"node, {p['flows']} flows, 64 B packets, on {r['machine']['cpu']} "
           f"({r['machine']['cores']} cores)")
     print(f"gateway alone {r['gateway_mpps']:.3f} Mpps (unpaced), encap {r['encap_ns']} ns")
-    print(f"{'':>8}{'Mpps':>9}{'unpaced':>9}{'p50 us':>9}{'p99 us':>9}   (latency at "
+    print(f"{'':>13}{'Mpps':>9}{'unpaced':>9}{'p50 us':>9}{'p99 us':>9}   (latency at "
           f"{p['latency_load_mpps']} Mpps)")
-    for k in ("multi", "single"):
+    for k in ("multi", "multi_return", "single"):
         lat = r["latency_us"][k] or {"p50": "-", "p99": "-"}
-        print(f"{k:>8}{r[k + '_mpps']:>9.3f}{r['capacity_mpps'][k]:>9.3f}{lat['p50']:>9}"
+        print(f"{k:>13}{r[k + '_mpps']:>9.3f}{r['capacity_mpps'][k]:>9.3f}{lat['p50']:>9}"
               f"{lat['p99']:>9}")
-    print(f"ratio multi/single {r['ratio']}")
+    print(f"ratio multi/single {r['ratio']} (output back through the gateway: "
+          f"{r['return_ratio']}); multi_return latency at "
+          f"{r['multi_detail']['return_latency_mpps']} Mpps")

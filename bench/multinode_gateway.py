@@ -1,6 +1,6 @@
 """The gateway side of `bench multinode` (python -m serpens.bench.multinode_gateway SPEC_JSON),
-run in the gateway's network namespace as its own DPDK primary (gateway loop on CPU 1, this
-thread on CPU 0). Two parts, one after the other:
+run in the gateway's network namespace as its own DPDK primary (gateway loop on
+spec["gateway_cpu"], this thread on CPU 0). Two parts, one after the other:
 - gateway alone: the production loop (serpens_gateway_run) on its core, frames from a net_pcap
   source replaying the traffic endlessly (a NIC's RX copy per frame), classified, pinned to
   one of two servers by the flow table, VXLAN-encapsulated and sent to two net_null ports
@@ -9,9 +9,11 @@ thread on CPU 0). Two parts, one after the other:
 - through two servers: each server (bench/multinode_server.py, its own DPDK primary in its
   own namespace) is reached on an underlay port of its own (memif, or af_packet on a veth
   pair); traffic comes from bench/native/gwdrive.h, which plays the outside world around the
-  gateway's poll on the gateway's core (paced arrivals stamped in their payload, the frames
-  back from the servers taken off the egress port and their latency logged), and the same
-  loss-limited search as `bench sfc` (bench/sfc.py measure_started) gives multi's figures.
+  gateway's poll on the gateway's core (paced arrivals stamped in their payload), and the
+  same loss-limited search as `bench sfc` (bench/sfc.py measure_started) gives multi's
+  figures twice: first with the SFC's output leaving each server on its own port (the
+  servers count it and log its latency from the stamp), then with the servers sending it
+  back to the gateway (the driver takes it off the egress port and logs its latency).
 Prints one JSON line at the end."""
 from __future__ import annotations
 
@@ -90,7 +92,8 @@ class Servers:
         for s in spec["servers"]:
             conf = dict(s, underlay=s["server_vdev"], gateway_ip=spec["gateway_ip"],
                         gateway_mac=spec["gateway_mac"], tag=spec["tag"],
-                        vni=spec.get("vni", 0), mtu=spec.get("mtu", 1500))
+                        vni=spec.get("vni", 0), mtu=spec.get("mtu", 1500),
+                        stamp_off=STAMP_OFF)
             self.procs[s["name"]] = subprocess.Popen(
                 ["ip", "netns", "exec", s["ns"], sys.executable, "-m",
                  "serpens.bench.multinode_server", json.dumps(conf)],
@@ -101,6 +104,13 @@ class Servers:
             line = _json_line(p, READY_TIMEOUT_S)
             if line.get("ready") != name:
                 raise RuntimeError(f"server {name} did not start (exit {p.poll()})")
+
+    def ask(self, cmd: str) -> dict:
+        """Each server's answer to `cmd` (bench/multinode_server.py), by name."""
+        for p in self.procs.values():
+            p.stdin.write(cmd + "\n")
+            p.stdin.flush()
+        return {name: _json_line(p, 30.0) for name, p in self.procs.items()}
 
     def stop(self) -> dict:
         out = {}
@@ -157,11 +167,16 @@ def _json_line(p, timeout: float) -> dict:
 
 class Multi:
     """The gateway and the servers as `bench sfc` sees a rig: run_at(pps, seconds) offers a
-    paced load at the gateway (0: unpaced) and gives rates, loss and latency at its exit."""
+    paced load at the gateway (0: unpaced) and gives rates, loss and latency where packets
+    leave: each server's own output port (`servers`: the servers' control, bench/
+    multinode_server.py), or after `to_gateway()` the gateway's egress, the servers' output
+    coming back through it."""
 
-    def __init__(self, dataplane, spec: dict, frames: list[bytes], under: list[int]):
+    def __init__(self, dataplane, spec: dict, frames: list[bytes], under: list[int],
+                 servers: Servers):
         mp = dataplane.mempool
         self.warmup = spec["warmup"]
+        self.servers, self.local = servers, True
         tag = os.getpid()
         # the input's buffer is the driver's pace depth (4096, as a paced router port's); its
         # ring to the gateway only holds a few bursts
@@ -176,18 +191,30 @@ class Multi:
         self.driver.launch(dataplane.config.router_lcore)
         keep_off_router_cpu()
 
+    def to_gateway(self):
+        """The servers send the SFC's output back to the gateway from now on."""
+        self.servers.ask("return")
+        self.local = False
+        self.connected()
+
+    def _through_all(self) -> bool:
+        if self.local:
+            return all(c["tx"] for c in self.servers.ask("counts").values())
+        st = self.gw.stats()
+        return bool(st["sfcs"]) and all(st["ports"][u]["rx"] for u in self.under)
+
     def connected(self, timeout: float = 30.0):
-        """Frames come back through every server (memif links connect in the background)."""
+        """Frames come out of every server (memif links connect in the background)."""
         self.driver.pace(100e3)
         deadline = time.monotonic() + timeout
+        st = None
         try:
             while time.monotonic() < deadline:
-                st = self.gw.stats()
-                if st["sfcs"] and all(p["rx"] for p in
-                                      (st["ports"][u] for u in self.under)):
+                if self._through_all():
                     return
+                st = self.gw.stats()
                 time.sleep(0.05)
-            raise RuntimeError(f"no frames back from every server in {timeout} s: {st}")
+            raise RuntimeError(f"no frames out of every server in {timeout} s: {st}")
         finally:
             self.driver.pace(1)
 
@@ -202,6 +229,8 @@ class Multi:
 
     def run_at(self, pps: float, seconds: float, warmup: float | None = None,
                log: int = 0) -> dict:
+        if self.local:
+            return self._run_local(pps, seconds, warmup, log)
         self.driver.pace(pps)
         time.sleep(self.warmup if warmup is None else warmup)
         if log:
@@ -216,6 +245,31 @@ class Multi:
         lost = max(0, arrived - out) / arrived if arrived else 0.0
         res = {"offered_mpps": arrived / dt / 1e6, "mpps": out / dt / 1e6,
                "loss": lost, "lost": lost}  # whatever did not come back, wherever lost
+        if log:
+            res["latency_us"] = latency_us(recs, (0.5, 50, 99, 99.9))
+        return res
+
+    def _run_local(self, pps: float, seconds: float, warmup: float | None, log: int) -> dict:
+        """run_at() with the output on the servers' own ports. Each side's counts are read
+        with their own time (one clock: CLOCK_MONOTONIC is not per namespace), so rates are
+        over each one's window: arrivals at the driver, departures per server, summed."""
+        self.driver.pace(pps)
+        time.sleep(self.warmup if warmup is None else warmup)
+        if log:
+            self.servers.ask(f"log {log}")
+        s0, m0, _, t0 = self._counts()
+        c0 = self.servers.ask("counts")
+        time.sleep(seconds)
+        s1, m1, _, t1 = self._counts()
+        c1 = self.servers.ask("counts")
+        recs = b"".join(bytes.fromhex(r["recs"]) for r in self.servers.ask("take").values()) \
+            if log else b""
+        self.driver.pace(1)  # idle between runs
+        arrived_pps = ((s1 - s0) + (m1 - m0)) / (t1 - t0)
+        out_pps = sum((c1[n]["tx"] - c0[n]["tx"]) / (c1[n]["t"] - c0[n]["t"]) for n in c0)
+        lost = max(0.0, 1 - out_pps / arrived_pps) if arrived_pps else 0.0
+        res = {"offered_mpps": arrived_pps / 1e6, "mpps": out_pps / 1e6, "loss": lost,
+               "lost": lost}  # whatever did not come out, wherever lost
         if log:
             res["latency_us"] = latency_us(recs, (0.5, 50, 99, 99.9))
         return res
@@ -237,7 +291,8 @@ def run(spec: dict) -> dict:
              *(s["gw_vdev"] for s in spec["servers"]))
     dataplane = Dataplane(DataplaneConfig(
         file_prefix=f"serpens-bench-mngw-{os.getpid()}", mbufs=32767, cpus="0-1",
-        router_cpus=str(ROUTER_CPU), state_dir=tmp, vdevs=vdevs)).start()
+        router_cpus=str(spec.get("gateway_cpu", ROUTER_CPU)), state_dir=tmp,
+        vdevs=vdevs)).start()
     os.sched_setaffinity(0, {INSTANCE_CPU})
     out = {"encap_ns": round(statistics.median(
         dp.encap_ns(dataplane.mempool, frames[0]) for _ in range(5)), 2)}
@@ -249,12 +304,15 @@ def run(spec: dict) -> dict:
     multi = None
     try:
         servers.wait_ready()
-        multi = Multi(dataplane, spec, frames, under)
+        multi = Multi(dataplane, spec, frames, under, servers)
         multi.connected()
         time.sleep(0.5)  # instances poll idle_us, then sleep; the loops back off
         out["idle_cpu_percent"] = idle_cpu_percent(
             [os.getpid()] + [p.pid for p in servers.procs.values()])
         out["multi"] = measure_started(multi, spec["seconds"], latency_mpps=0, loss_key="lost")
+        multi.to_gateway()
+        out["multi_return"] = measure_started(multi, spec["seconds"], latency_mpps=0,
+                                              loss_key="lost")
         st = multi.gw.stats()
         out["gateway"] = {"servers": {ip: s["tx"] for ip, s in st["servers"].items()},
                           "tx_failed": st["tx_failed"], "drops": st["drops"]}

@@ -280,10 +280,13 @@ cdef class Router:
 
     # ---- latency log ------------------------------------------------------------------------
 
-    def log_start(self, uint64_t capacity):
-        """Record (rx_tsc, tx_tsc, flow, seq) of each of the next `capacity` packets sent."""
+    def log_start(self, uint64_t capacity, uint32_t stamp_off=0):
+        """Record (rx_tsc, tx_tsc, flow, seq) of each of the next `capacity` packets sent;
+        stamp_off: rx_tsc is the u64 a source upstream wrote at this offset of each frame
+        (a frame too short for it: the router's own arrival stamp)."""
         self.r.log_on = 0
         serpens_fence()
+        self.r.log_stamp_off = stamp_off
         free(self.r.log)
         self.r.log = <serpens_lat_rec *>malloc(capacity * sizeof(serpens_lat_rec))
         if self.r.log == NULL:

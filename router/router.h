@@ -242,6 +242,10 @@ struct serpens_router {
 	struct serpens_lat_rec *log;
 	uint64_t log_cap;
 	volatile uint64_t log_n;
+	/* 0: a record's rx_tsc is the router's arrival stamp; else the arrival time is the u64
+	 * at this offset of the frame sent (a benchmark's source stamped it upstream, on another
+	 * process of this host: one TSC), for latency across the gateway and the VXLAN hop */
+	uint32_t log_stamp_off;
 	/* sampled RX-to-TX latency (metrics): with lat_on, the first packet of every burst a
 	 * port sends adds its latency to this histogram (one branch per burst when off). The
 	 * control side sets the bounds (TSC cycles, ascending) before lat_on; the router thread

@@ -130,6 +130,7 @@ cdef extern from "router.h" nogil:
         uint32_t log_on
         serpens_lat_rec *log
         uint64_t log_cap, log_n
+        uint32_t log_stamp_off
         uint32_t lat_on, lat_nbounds
         uint64_t lat_bounds[SERPENS_LAT_BUCKETS]
         uint64_t lat_counts[SERPENS_LAT_BUCKETS + 1]

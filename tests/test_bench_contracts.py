@@ -244,15 +244,21 @@ def test_multinode_bench_json_contract():
     assert r["ratio"] == round(r["multi_mpps"] / r["single_mpps"], 3)
     assert r["capacity_mpps"]["multi"] >= r["multi_mpps"] * 0.99
     assert r["capacity_mpps"]["single"] > 0
-    for k in ("multi", "single"):
+    # the SFC's output back through the gateway, measured in the same run
+    assert r["multi_return_mpps"] > 0
+    assert r["return_ratio"] == round(r["multi_return_mpps"] / r["single_mpps"], 3)
+    assert r["capacity_mpps"]["multi_return"] >= r["multi_return_mpps"] * 0.99
+    for k in ("multi", "multi_return", "single"):
         lat = r["latency_us"][k]
         assert 0 < lat["p50"] <= lat["p99"], k
     assert r["params"]["underlay"] == "memif" and r["params"]["servers"] == 2
+    assert r["params"]["gateway_cpu"] in (0, 1)
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
     assert r["machine"]["cores"] >= 1 and set(r["machine"]["stalls"]) >= {"cpu0"}
     detail = r["multi_detail"]
     assert len(detail["gateway"]["servers"]) == 2
     assert all(sent > 0 for sent in detail["gateway"]["servers"].values())
     for name, st in detail["servers"].items():
-        assert st["vxlan"]["rx"] > 0 and st["tx"] > 0, name
+        # out of its own port (multi), then back to the gateway (multi_return)
+        assert st["vxlan"]["rx"] > 0 and 0 < st["local_tx"] < st["tx"], name
         assert st["vxlan"]["drops"]["bad_outer"] == 0 and st["vxlan"]["drops"]["unknown_tag"] == 0

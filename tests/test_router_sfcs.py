@@ -145,6 +145,30 @@ def test_latency_log_records_each_packet_sent_in_flow_order(build, wires, runnin
     assert len(last) == 4
 
 
+def test_latency_log_takes_the_arrival_stamped_upstream_in_the_frame(build, wires, running):
+    """log_start(stamp_off=): a record's arrival is the u64 a source upstream wrote in the
+    frame (bench multinode's servers: stamped by the gateway's traffic driver), not the
+    router's own RX time; a frame too short for the stamp keeps the router's."""
+    src, out, _ = wires
+    router = dp.Router(src.port, out.port)
+    running(router, [(0, mark(build, 1))])
+    off = 42 + 20  # bytes 20..27 of mark's 32-byte UDP payload: mark leaves them alone
+    stamps = [0x1234_5678_0000 + 7 * i for i in range(50)]
+    frames = [bytearray(udp(sport=3000 + i % 4, seq=i)) for i in range(50)]
+    for f, stamp in zip(frames, stamps):
+        f[off:off + 8] = struct.pack("<Q", stamp)
+    router.log_start(1000, stamp_off=off)
+    src.send([bytes(f) for f in frames])
+    out.receive(50)
+    recs = list(struct.iter_unpack(dp.LAT_REC_FORMAT, router.log_take()))
+    assert sorted(rx for rx, _, _, _ in recs) == stamps
+    router.log_start(10, stamp_off=4096)  # beyond every frame: the router's own arrival
+    src.send([bytes(frames[0])])
+    out.receive(1)
+    [(rx, tx, _, _)] = struct.iter_unpack(dp.LAT_REC_FORMAT, router.log_take())
+    assert 0 < (tx - rx) / dp.tsc_hz() < 1.0
+
+
 def test_an_sfc_added_in_a_freed_place_starts_with_no_drops_and_not_failed(wires, running):
     src, out_a, _ = wires
     router = dp.Router(src.port)
