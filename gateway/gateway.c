@@ -11,8 +11,6 @@
 #include "gateway.h"
 
 #define IDLE_POLLS 256
-#define MAX_SLEEP_US 3200
-#define MIN_SLEEP_US 100
 #define SHARED_QUANTUM_US 50 /* busy this long, the loop yields (router.c) */
 
 static uint32_t coarse_now(uint64_t tsc)
@@ -281,13 +279,13 @@ int serpens_gateway_lcore_main(void *arg)
 
 int serpens_gateway_run(struct serpens_gateway *g)
 {
-	uint32_t idle = 0, sleep_us = MIN_SLEEP_US;
+	uint32_t idle = 0, sleep_us = SERPENS_IDLE_MIN_US;
 	uint64_t busy_since = 0, quantum = rte_get_tsc_hz() / 1000000 * SHARED_QUANTUM_US;
 
 	while (!__atomic_load_n(&g->stop, __ATOMIC_ACQUIRE)) {
 		if (serpens_gateway_poll(g)) {
 			idle = 0;
-			sleep_us = MIN_SLEEP_US;
+			sleep_us = SERPENS_IDLE_MIN_US;
 			/* busy for a quantum: a loop sharing this core (a router, on one host) runs
 			 * now, not when the scheduler preempts us milliseconds later */
 			uint64_t now = rte_rdtsc();
@@ -309,15 +307,7 @@ int serpens_gateway_run(struct serpens_gateway *g)
 		uint64_t us = sleep_us, now = rte_rdtsc();
 		for (uint32_t i = 0; i < g->nports; i++)
 			us = serpens_pace_sleep_us(&g->ports[i].pace, now, us);
-		if (us < MIN_SLEEP_US) {
-			sched_yield();
-			continue;
-		}
-		struct timespec ts = {0, (long)us * 1000};
-		nanosleep(&ts, NULL);
-		g->sleeps++;
-		if (sleep_us < MAX_SLEEP_US)
-			sleep_us *= 2;
+		g->sleeps += serpens_idle_sleep(us, &sleep_us);
 	}
 	return 0;
 }

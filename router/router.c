@@ -20,8 +20,6 @@
 #include "router.h"
 
 #define IDLE_POLLS 256          /* empty polls before the router starts sleeping */
-#define MAX_SLEEP_US 3200 /* a wake-up costs ~30 us of CPU in a nested VM: <1% idle */
-#define MIN_SLEEP_US 100  /* shorter sleeps oversleep: spin instead */
 #define SHARED_QUANTUM_US 50 /* busy this long, the loop yields (a process switch ~1.4 us) */
 #define WATCHDOG_US 1000  /* how often batches are checked against their budget */
 
@@ -831,7 +829,7 @@ static void flush_due(struct serpens_router *r, uint64_t now, int idle)
 
 int serpens_router_run(struct serpens_router *r)
 {
-	uint32_t idle = 0, sleep_us = MIN_SLEEP_US, worked = 0;
+	uint32_t idle = 0, sleep_us = SERPENS_IDLE_MIN_US, worked = 0;
 	uint64_t prev = rte_rdtsc();
 	uint64_t busy_since = 0, quantum = rte_get_tsc_hz() / 1000000 * SHARED_QUANTUM_US;
 
@@ -866,7 +864,7 @@ int serpens_router_run(struct serpens_router *r)
 		worked = work != 0;
 		if (work) {
 			idle = 0;
-			sleep_us = MIN_SLEEP_US;
+			sleep_us = SERPENS_IDLE_MIN_US;
 			/* busy for a quantum: a loop sharing this core (another node's router or a
 			 * gateway, on one host) runs now, not when the scheduler preempts us
 			 * milliseconds later (alone on the core, a yield returns at once) */
@@ -888,21 +886,12 @@ int serpens_router_run(struct serpens_router *r)
 			sched_yield();
 			continue;
 		}
-		/* Idle: back off (doubling up to MAX_SLEEP_US), so an idle node costs almost
-		 * nothing. A paced port's next arrival bounds the sleep; one due sooner than a
-		 * sleep can be timed (timer slack and wake-up, ~60 us here) is waited for spinning. */
+		/* Idle: back off (router/pace.h serpens_idle_sleep), so an idle node costs almost
+		 * nothing; a paced port's next arrival bounds the sleep. */
 		uint64_t us = sleep_us;
 		for (uint32_t i = 0; i < r->nports; i++)
 			us = serpens_pace_sleep_us(&r->ports[i].pace, now, us);
-		if (us < MIN_SLEEP_US) {
-			sched_yield();
-			continue;
-		}
-		struct timespec ts = {0, (long)us * 1000};
-		nanosleep(&ts, NULL);
-		r->sleeps++;
-		if (sleep_us < MAX_SLEEP_US)
-			sleep_us *= 2;
+		r->sleeps += serpens_idle_sleep(us, &sleep_us);
 	}
 	flush_due(r, rte_rdtsc(), 1);
 	return 0;

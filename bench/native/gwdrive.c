@@ -9,8 +9,6 @@
 #include "gwdrive.h"
 
 #define IDLE_POLLS 256
-#define MAX_SLEEP_US 3200
-#define MIN_SLEEP_US 100
 #define SHARED_QUANTUM_US 50
 #define MAX_GEN 64  /* arrivals written per pass: catching up after a preemption */
 
@@ -67,7 +65,7 @@ static uint32_t take_output(struct serpens_gwdrive *d)
 int serpens_gwdrive_lcore_main(void *arg)
 {
 	struct serpens_gwdrive *d = arg;
-	uint32_t idle = 0, sleep_us = MIN_SLEEP_US;
+	uint32_t idle = 0, sleep_us = SERPENS_IDLE_MIN_US;
 	uint64_t busy_since = 0, quantum = rte_get_tsc_hz() / 1000000 * SHARED_QUANTUM_US;
 
 	while (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
@@ -77,7 +75,7 @@ int serpens_gwdrive_lcore_main(void *arg)
 		work += take_output(d);
 		if (work) {
 			idle = 0;
-			sleep_us = MIN_SLEEP_US;
+			sleep_us = SERPENS_IDLE_MIN_US;
 			/* busy for a quantum: the servers' routers sharing this core run now, not
 			 * when the scheduler preempts us milliseconds later (as router.c) */
 			if (!busy_since) {
@@ -94,15 +92,7 @@ int serpens_gwdrive_lcore_main(void *arg)
 			continue;
 		}
 		uint64_t us = serpens_pace_sleep_us(&d->pace, now, sleep_us);
-		if (us < MIN_SLEEP_US) {
-			sched_yield();
-			continue;
-		}
-		struct timespec ts = {0, (long)us * 1000};
-		nanosleep(&ts, NULL);
-		d->sleeps++;
-		if (sleep_us < MAX_SLEEP_US)
-			sleep_us *= 2;
+		d->sleeps += serpens_idle_sleep(us, &sleep_us);
 	}
 	return 0;
 }
