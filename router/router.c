@@ -30,14 +30,19 @@
 
 static void flush(struct serpens_router *r, struct serpens_router_port *p);
 
-/* The SFC of a packet received on ports[port] (-1: none); sets its flow hash. */
-static int classify(const struct serpens_router *r, uint32_t port, struct rte_mbuf *m,
-		    uint32_t *hash)
+/* The match tables in effect, read once per burst (a rules change switches them whole). */
+static struct serpens_match_tables match_tables(const struct serpens_router *r)
 {
 	const uint32_t live = serpens_rules_live(&r->rules_live);
-	const struct serpens_match_tables t = {r->rules[live], r->nrules[live], r->default_sfc,
-					       r->tag_sfc};
-	return serpens_classify(&t, port, rte_pktmbuf_mtod(m, const uint8_t *), m->data_len, hash);
+	return (struct serpens_match_tables){r->rules[live], r->nrules[live], r->default_sfc,
+					     r->tag_sfc};
+}
+
+/* The SFC of a packet received on ports[port] (-1: none); sets its flow hash. */
+static int classify(const struct serpens_match_tables *t, uint32_t port, struct rte_mbuf *m,
+		    uint32_t *hash)
+{
+	return serpens_classify(t, port, rte_pktmbuf_mtod(m, const uint8_t *), m->data_len, hash);
 }
 
 static int vxlan_is(const struct serpens_router_sfc *s, uint32_t tag, uint32_t vni)
@@ -518,6 +523,7 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 		p->rx += n;
 		r->rx += n;
 		/* classify, stamp, and compact out what no SFC takes */
+		const struct serpens_match_tables tables = match_tables(r);
 		uint32_t keep = 0;
 		for (uint32_t k = 0; k < n; k++) {
 			struct rte_mbuf *m = pkts[k];
@@ -529,7 +535,7 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 				if (sfc < 0)
 					continue; /* counted (or answered) there */
 			} else {
-				sfc = classify(r, port, m, &hash);
+				sfc = classify(&tables, port, m, &hash);
 			}
 			if (sfc < 0 || !r->sfcs[sfc].used) {
 				rte_pktmbuf_free(m);
@@ -622,6 +628,9 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 	struct rte_mbuf *drop[SERPENS_BURST], *fwd[SERPENS_BURST];
 	uint32_t ndrop = 0, nfwd = 0;
 	uint64_t bytes = 0;
+	/* the gateway's address and MAC, one pair for the whole burst (never one's IP with the
+	 * other's MAC across a switch) */
+	const struct serpens_gw_addr *gw = &r->gw[serpens_rules_live(&r->gw_live)];
 	struct serpens_router_port *p = &r->ports[s->out_port];
 
 	for (uint32_t k = 0; k < n; k++) {
@@ -633,8 +642,7 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 			LABEL(r, m) = (uint16_t)s->next;
 			fwd[nfwd++] = m;
 		} else if (s->to_gateway &&
-			   serpens_vxlan_encap(m, &r->underlay, r->gw[serpens_rules_live(&r->gw_live)].ip,
-					       r->gw[serpens_rules_live(&r->gw_live)].mac, s->vx_tag,
+			   serpens_vxlan_encap(m, &r->underlay, gw->ip, gw->mac, s->vx_tag,
 					       s->vx_vni, META(r, m)->flow) != SERPENS_ENCAP_OK) {
 			serpens_obs_dropping(s->obs, &m, 1, SERPENS_WHY_MTU);
 			rte_pktmbuf_free(m);
