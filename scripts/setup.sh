@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(dpdk dpdk-dev libdpdk-dev build-essential pkg-config python3-venv python3-dev
-              libpcap-dev libnuma-dev etcd-server etcd-client redis-server iproute2)
+              libpcap-dev libnuma-dev etcd-server etcd-client redis-server iproute2
+              openssh-server)   # openssh-server: deploy/testbed.sh's namespace hosts
 HUGEPAGES_2M=${SERPENS_HUGEPAGES:-1024}   # 2 GiB of 2 MiB pages (at least 1 GiB is required)
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -53,7 +54,7 @@ setup_venv() {
   fi
   log "building the project into .venv (log: .venv/build.log)"
   if ! { .venv/bin/pip install -q --upgrade pip setuptools wheel 'cython>=3.0' &&
-         .venv/bin/pip install -q --no-build-isolation -e '.[test]'; } > .venv/build.log 2>&1; then
+         .venv/bin/pip install -q --no-build-isolation -e '.[test,deploy]'; } > .venv/build.log 2>&1; then
     tail -40 .venv/build.log >&2
     exit 1
   fi
