@@ -28,6 +28,7 @@ import sys
 import time
 
 MARK = "serpens-supervise"
+GAVE_UP = 4                   # the supervisor's exit status after its start limit
 
 
 def _read(path: str) -> str:
@@ -96,6 +97,8 @@ def start(args) -> str:
                                 start_new_session=True, cwd="/")
     deadline = time.monotonic() + 10
     while supervisor_pid(pidfile) != proc.pid:   # it writes its pid file first thing
+        if proc.poll() in (0, GAVE_UP):   # ran, and already done (or gave up: see the log)
+            break
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"serpens-supervise: the supervisor of {pidfile} did not start "
                              f"(see {args.log})")
@@ -127,7 +130,7 @@ def run(args) -> int:
             starts = [t for t in starts if now - t < args.interval_s] + [now]
             if len(starts) > args.burst:
                 _log(f"{len(starts) - 1} starts in {args.interval_s:g} s: giving up")
-                code = 1
+                code = GAVE_UP
                 break
             with open(args.log, "ab") as log:
                 child = subprocess.Popen(args.argv, stdin=subprocess.DEVNULL, stdout=log,

@@ -4,7 +4,7 @@ module (`etcd`, tests/support/etcd.py). Helpers that tests import live in tests/
 
 Compiled NFs are shared by the session's processes through a cache directory (removed at
 exit). Every test belongs to one layer, named by a module-level `pytestmark` (registered in
-pyproject.toml): unit, dataplane, cluster or multinode; `pytest -m unit` runs one alone."""
+pyproject.toml): unit, dataplane, cluster, multinode or deploy; `pytest -m unit` runs one alone."""
 import atexit
 import os
 import shutil
@@ -18,7 +18,7 @@ from support.etcd import etcd  # noqa: F401 (a fixture, for every module)
 from support.nfs import nf_source
 from support.packets import forbid_address_resolution
 
-LAYERS = ("unit", "dataplane", "cluster", "multinode")
+LAYERS = ("unit", "dataplane", "cluster", "multinode", "deploy")
 
 # No test frame may send scapy to the host's network for an address.
 forbid_address_resolution()

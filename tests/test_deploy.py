@@ -1,37 +1,131 @@
-"""The systemd units of deploy/systemd (PID 1 here is not systemd, so they are checked, not
-started): systemd-analyze verify finds nothing but the absent install path, and each unit
-restarts on failure and gives its program the TLS files."""
-import configparser
+"""deploy/ end to end on the namespace testbed (deploy/testbed.sh; root): site.yml succeeds
+over SSH into three namespace hosts (each its own sshd and hostname), a second run reports
+changed=0 on every host, the deployed controller lists every agent through the serpensctl
+context the playbook wrote, fw-mon-nat applied through it processes packets (their count
+rises), and `down` (teardown.yml, then the testbed) leaves no process (by the PIDs recorded:
+sshds, supervisors, their programs), namespace, bridge, mount, hugepage file or context.
+`pytest -m deploy` runs it alone."""
+import glob
+import json
 import os
-import shutil
+import re
 import subprocess
+import sys
+import time
 
 import pytest
 
-pytestmark = pytest.mark.unit
+from serpens.common.names import node_file_prefix
 
-UNITS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "deploy", "systemd")
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTBED = os.path.join(ROOT, "deploy", "testbed.sh")
+BIN = os.path.dirname(sys.executable)
+AGENTS = ["n2", "n3"]                    # deploy/inventory/testbed.yml's group agent
 
 
-@pytest.mark.parametrize("unit, program, cert", [
-    ("serpens-controller.service", "serpens-controller", "serpens-controller"),
-    ("serpens-agent.service", "serpens-agent", "serpens-agent")])
-def test_unit_restarts_on_failure_with_tls_files(unit, program, cert):
-    path = os.path.join(UNITS, unit)
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str
-    parser.read(path)
-    service = parser["Service"]
-    assert service["Restart"] == "on-failure"
-    assert parser["Install"]["WantedBy"] == "multi-user.target"
-    start = service["ExecStart"].replace("\\\n", " ")
-    assert f"/.venv/bin/{program}" in start and "--insecure" not in start
-    for flag, file in (("--ca", "ca.crt"), ("--cert", f"{cert}.crt"), ("--key", f"{cert}.key")):
-        assert f"{flag} /etc/serpens/pki/{file}" in " ".join(start.split())
-    if shutil.which("systemd-analyze"):
-        r = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True,
-                           timeout=60)
-        problems = [line for line in (r.stdout + r.stderr).splitlines()
-                    if line and "is not executable" not in line]
-        assert problems == []
+def run_testbed(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([TESTBED, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def recap(output: str) -> dict:
+    """PLAY RECAP's counts per host: {host: {"ok": n, "changed": n, ...}}."""
+    hosts = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        m = re.match(r"^(\S+)\s+:\s+(.*)$", line)
+        if m:
+            hosts[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
+    return hosts
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_deploy_testbed(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the testbed needs root (namespaces, bridges, sshd)")
+    directory, config = str(tmp_path / "tb"), str(tmp_path / "serpens-config")
+    where = ["--dir", directory, "--config", config]
+    state, pids, prefixes = {}, {}, []
+    try:
+        up = run_testbed("up", *where, "--timeout", "120")
+        assert up.returncode == 0, up.stdout[-6000:] + up.stderr[-3000:]
+        with open(os.path.join(directory, "testbed.json")) as f:
+            state = json.load(f)
+        first = recap(up.stdout)
+        assert set(first) == {"n1", "n2", "n3", "localhost"}
+        assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in first.values()), first
+        # every program the playbook started, by the pid files of its supervisor
+        for path in glob.glob(os.path.join(directory, "hosts", "*", "run", "serpens", "*.pid")):
+            with open(path) as f:
+                pids[path] = int(f.read())
+            with open(path + ".child") as f:
+                pids[path + ".child"] = int(f.read())
+        names = {os.path.relpath(p, directory) for p in pids if p.endswith(".pid")}
+        assert names == {f"hosts/{h}/run/serpens/serpens-{c}.pid" for h, c in [
+            ("n1", "etcd"), ("n2", "etcd"), ("n3", "etcd"), ("n1", "controller"),
+            ("n2", "controller"), ("n1", "gateway"), ("n2", "agent"), ("n3", "agent")]}
+        assert all(alive(p) for p in pids.values()), pids
+        prefixes = [node_file_prefix(h, pids[os.path.join(
+            directory, "hosts", h, "run", "serpens", "serpens-agent.pid.child")]) for h in AGENTS]
+        # each host is its own machine as far as SSH shows: its address, its hostname
+        for host, sshd in state["sshd"].items():
+            assert alive(sshd["pid"])
+            r = subprocess.run(
+                ["ssh", "-i", os.path.join(directory, "ssh", "id_ed25519"), "-o",
+                 f"UserKnownHostsFile={directory}/ssh/known_hosts", "-o", "BatchMode=yes",
+                 f"root@{_address(state, host)}", "hostname"],
+                capture_output=True, text=True, timeout=60)
+            assert r.stdout.strip() == f"sp{state['tag']}{host}", r.stderr
+
+        again = run_testbed("play", "site.yml", *where)
+        assert again.returncode == 0, again.stdout[-6000:]
+        second = recap(again.stdout)
+        assert set(second) == set(first)
+        assert {h: c["changed"] for h, c in second.items()} == {h: 0 for h in second}
+
+        ctl = [os.path.join(BIN, "serpensctl"), "--config", config, "--context",
+               state["context"]]
+        nodes = json.loads(subprocess.run([*ctl, "get", "nodes", "-o", "json"], check=True,
+                                          capture_output=True, text=True, timeout=60).stdout)
+        assert sorted(n["name"] for n in nodes) == AGENTS
+
+        def processed() -> int:
+            out = subprocess.run([*ctl, "usage", "fw-mon-nat", "-o", "json"], check=True,
+                                 capture_output=True, text=True, timeout=60).stdout
+            return json.loads(out)["sfcs"][0]["packets"]
+        before = processed()
+        time.sleep(3)
+        after = processed()
+        assert 0 < before < after, (before, after)
+    finally:
+        if os.path.exists(os.path.join(directory, "testbed.json")):
+            down = run_testbed("down", *where, "--quiet")
+            assert down.returncode == 0, down.stdout[-6000:] + down.stderr[-3000:]
+    # nothing left: processes, namespaces, bridges, mounts, hugepage files, files, context
+    left = {p: pid for p, pid in pids.items() if alive(pid)}
+    left.update({f"sshd {h}": s["pid"] for h, s in state.get("sshd", {}).items()
+                 if alive(s["pid"])})
+    assert left == {}
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                text=True).stdout
+    assert not any(ns in namespaces for ns in state.get("namespaces", []))
+    assert not [b for b in state.get("bridges", []) if os.path.exists(f"/sys/class/net/{b}")]
+    with open("/proc/mounts") as f:
+        mounts = f.read()
+    assert directory not in mounts and not any(
+        f"/run/netns/{ns} " in mounts for ns in state.get("namespaces", []))
+    assert [f for p in prefixes for f in glob.glob(f"/dev/hugepages/{p}map_*")] == []
+    assert not os.path.exists(directory)
+    assert not os.path.exists(config)          # its only context was the testbed's
+
+
+def _address(state: dict, host: str) -> str:
+    from serpens.cli.testbed import Testbed
+    return Testbed.from_dict(state["testbed"]).address[host]
