@@ -52,7 +52,7 @@ def test_deploy_testbed(tmp_path):
         pytest.skip("the testbed needs root (namespaces, bridges, sshd)")
     directory, config = str(tmp_path / "tb"), str(tmp_path / "serpens-config")
     where = ["--dir", directory, "--config", config]
-    state, pids, prefixes = {}, {}, []
+    state, pids, prefixes, down = {}, {}, [], None
     try:
         up = run_testbed("up", *where, "--timeout", "120")
         assert up.returncode == 0, up.stdout[-6000:] + up.stderr[-3000:]
@@ -60,7 +60,8 @@ def test_deploy_testbed(tmp_path):
             state = json.load(f)
         first = recap(up.stdout)
         assert set(first) == {"n1", "n2", "n3", "localhost"}
-        assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in first.values()), first
+        assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in first.values()), (
+            first, up.stdout[-4000:])
         # every program the playbook started, by the pid files of its supervisor
         for path in glob.glob(os.path.join(directory, "hosts", "*", "run", "serpens", "*.pid")):
             with open(path) as f:
@@ -107,7 +108,7 @@ def test_deploy_testbed(tmp_path):
     finally:
         if os.path.exists(os.path.join(directory, "testbed.json")):
             down = run_testbed("down", *where, "--quiet")
-            assert down.returncode == 0, down.stdout[-6000:] + down.stderr[-3000:]
+    assert down is None or down.returncode == 0, down.stdout[-6000:] + down.stderr[-3000:]
     # nothing left: processes, namespaces, bridges, mounts, hugepage files, files, context
     left = {p: pid for p, pid in pids.items() if alive(pid)}
     left.update({f"sshd {h}": s["pid"] for h, s in state.get("sshd", {}).items()

@@ -1,8 +1,10 @@
 #!/usr/bin/python
-"""Ansible module: a certificate of the cluster CA (common/pki.py), made only when missing or
-no longer right (another role, other addresses, signed by another CA, expiring within 30
+"""Ansible module: certificates of the cluster CA (common/pki.py), each made only when missing
+or no longer right (another role, other addresses, signed by another CA, expiring within 30
 days): a second run changes nothing. The CA itself is made on first use. Runs on the control
-host with the python that has Serpens (ansible_playbook_python: the project's venv)."""
+host with the python that has Serpens (ansible_playbook_python: the project's venv). Returns
+`pem`: {file: {"crt": ..., "key": ...}} for the certs asked for, and `ca`: the CA's certificate
+(PEM), for serpens_files to put on a host in one call."""
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -10,9 +12,13 @@ module: serpens_cert
 short_description: Issue a certificate of the Serpens cluster CA, idempotently
 options:
   ca_dir: {description: the CA's directory (ca.crt, ca.key; made if absent), required: true, type: path}
-  name: {description: the certificate's CN and file name, required: true, type: str}
-  role: {description: its role (O), one of common/pki.py ROLES, required: true, type: str}
-  hosts: {description: subject alternative names (addresses, DNS names), type: list, elements: str, default: []}
+  certs:
+    description: the certificates, each {file, role (O, one of common/pki.py ROLES)}; its CN and file name are file-suffix (file without a suffix)
+    type: list
+    elements: dict
+    default: []
+  suffix: {description: appended to each name (the host's), type: str, default: ""}
+  hosts: {description: every certificate's subject alternative names, type: list, elements: str, default: []}
   state: {description: present, or absent (removes the whole CA directory), type: str, default: present, choices: [present, absent]}
 """
 
@@ -47,8 +53,8 @@ def _current(path: str, ca, role: str, hosts: list[str]) -> bool:
 def main():
     module = AnsibleModule(argument_spec={
         "ca_dir": {"type": "path", "required": True},
-        "name": {"type": "str", "required": True},
-        "role": {"type": "str", "required": True},
+        "certs": {"type": "list", "elements": "dict", "default": []},
+        "suffix": {"type": "str", "default": ""},
         "hosts": {"type": "list", "elements": "str", "default": []},
         "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
     }, supports_check_mode=True)
@@ -61,11 +67,12 @@ def main():
     try:
         from serpens.common.pki import CA, ROLES
     except ImportError as e:
-        module.fail_json(msg=f"serpens is not importable by {module._name}'s python ({e}): "
-                             "run ansible-playbook from the project's venv")
-    if p["role"] not in ROLES:
-        module.fail_json(msg=f"role: one of {', '.join(ROLES)}, got {p['role']!r}")
-    hosts = list(dict.fromkeys(p["hosts"]))
+        module.fail_json(msg=f"serpens is not importable by this python ({e}): run "
+                             "ansible-playbook from the project's venv")
+    for i, c in enumerate(p["certs"]):
+        if not isinstance(c.get("file"), str) or c.get("role") not in ROLES:
+            module.fail_json(msg=f"certs[{i}]: a file and a role (one of {', '.join(ROLES)}), "
+                                 f"got {c!r}")
     changed = False
     if not os.path.exists(os.path.join(p["ca_dir"], "ca.crt")):
         if module.check_mode:
@@ -73,13 +80,24 @@ def main():
         CA.create(p["ca_dir"])
         changed = True
     ca = CA(p["ca_dir"])
-    cert = os.path.join(p["ca_dir"], f"{p['name']}.crt")
-    if not _current(cert, ca, p["role"], hosts):
-        if not module.check_mode:
-            ca.issue(p["name"], p["role"], hosts)
-        changed = True
-    module.exit_json(changed=changed, ca=ca.cert_path, cert=cert,
-                     key=os.path.join(p["ca_dir"], f"{p['name']}.key"))
+    pem = {}
+    hosts = list(dict.fromkeys(p["hosts"]))
+    for c in p["certs"]:
+        name = f"{c['file']}-{p['suffix']}" if p["suffix"] else c["file"]
+        cert = os.path.join(p["ca_dir"], f"{name}.crt")
+        if not _current(cert, ca, c["role"], hosts):
+            changed = True
+            if module.check_mode:
+                continue
+            ca.issue(name, c["role"], hosts)
+        pem[c["file"]] = {kind: _text(os.path.join(p["ca_dir"], f"{name}.{kind}"))
+                          for kind in ("crt", "key")}
+    module.exit_json(changed=changed, ca=_text(ca.cert_path), pem=pem)
+
+
+def _text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 if __name__ == "__main__":
