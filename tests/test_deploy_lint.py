@@ -77,3 +77,43 @@ def test_unit_restarts_on_failure_with_tls_files(tmp_path, name, user, memlock):
                     if line and "is not executable" not in line
                     and "No such file or directory" not in line]
         assert problems == []
+
+
+def _inventory_host(inventory: str, host: str) -> dict:
+    r = subprocess.run([os.path.join(BIN, "ansible-inventory"), "-i", inventory, "--host", host],
+                       capture_output=True, text=True, cwd=DEPLOY, env=ENV, timeout=120,
+                       check=True)
+    return __import__("json").loads(r.stdout)
+
+
+def _render_config(role: str, template: str, hostvars: dict, host: str) -> str:
+    import json
+
+    import yaml
+    with open(os.path.join(DEPLOY, "roles", role, "defaults", "main.yml")) as f:
+        defaults = yaml.safe_load(f)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(
+        os.path.join(DEPLOY, "roles", role, "templates")), trim_blocks=True)
+    env.filters["to_json"] = json.dumps
+    names = {"serpens_node_name": host, "serpens_gateway_name": host}
+    values = {**defaults, **{k: v for k, v in names.items() if k in defaults}, **hostvars,
+              "serpens_nf_state_dir": "/dev/shm/serpens/state",
+              "ansible_managed": "Ansible managed", "inventory_hostname": host}
+    return env.get_template(template).render(**values)
+
+
+@pytest.mark.parametrize("host", ["srv3", "srv4"])
+def test_example_inventory_renders_valid_node_configs(host):
+    """The commented real-server inventory gives each agent a Node config its parser takes."""
+    from serpens.common.node_spec import parse_node
+    hostvars = _inventory_host(os.path.join(DEPLOY, "inventory", "servers.example.yml"), host)
+    node = parse_node(_render_config("agent", "node.yaml.j2", hostvars, host))
+    assert node.name == host and node.pool == 8 and node.cpus == hostvars["serpens_cpus"]
+    assert node.underlay.ip == hostvars["serpens_underlay"]["ip"]
+
+
+def test_example_inventory_renders_a_valid_gateway_config():
+    from serpens.gateway.config import parse_gateway
+    hostvars = _inventory_host(os.path.join(DEPLOY, "inventory", "servers.example.yml"), "srv1")
+    gateway = parse_gateway(_render_config("gateway", "gateway.yaml.j2", hostvars, "srv1"))
+    assert gateway.name == "srv1" and gateway.egress == "out"
