@@ -32,10 +32,11 @@ def run_testbed(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
 def recap(output: str) -> dict:
     """PLAY RECAP's counts per host: {host: {"ok": n, "changed": n, ...}}."""
     hosts = {}
-    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
-        m = re.match(r"^(\S+)\s+:\s+(.*)$", line)
-        if m:
-            hosts[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines()[1:]:
+        m = re.match(r"^(\S+)\s+:\s+(ok=.*)$", line)
+        if not m:
+            break                        # the recap ends at its first other line
+        hosts[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
     return hosts
 
 
