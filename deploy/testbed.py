@@ -222,14 +222,73 @@ def play(state: dict, playbook: str, stream: bool = True) -> str:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=DEPLOY)
     out = []
-    for line in proc.stdout:
-        out.append(line)
-        if stream:
-            print(line, end="", flush=True)
-    if proc.wait():
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if stream:
+                print(line, end="", flush=True)
+    finally:
+        proc.wait()
+        close_masters(state)
+    if proc.returncode:
         raise Failed(f"ansible-playbook {playbook}: exit {proc.returncode}"
                      + ("" if stream else "\n" + "".join(out[-60:])))
     return "".join(out)
+
+
+def close_masters(state: dict):
+    """End ansible's SSH connection masters (ControlPersist): left to time out, they could
+    outlive `down`, and their sshd sessions in the namespaces with them."""
+    for socket_path in glob.glob(os.path.join(_ssh_dir(state), "cp", "*")):
+        subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "testbed"],
+                       capture_output=True, timeout=30)
+
+
+def in_namespace(ns: str) -> list[int]:
+    """PIDs of every process in network namespace `ns` (by its inode)."""
+    try:
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def sweep(state: dict) -> list[str]:
+    """Stop whatever still runs in the testbed's namespaces (an sshd session whose client
+    is gone, a program teardown.yml could not stop): the namespaces are the testbed's, so
+    is everything in them. Returns what it stopped."""
+    swept = []
+    for ns in state["namespaces"]:
+        pids = [p for p in in_namespace(ns) if _running(p)]
+        swept += [f"pid {p} in {ns}" for p in pids]
+        for sig in (15, 9):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 5
+            while (pids := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not pids:
+                break
+    return swept
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def serpensctl(state: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -347,7 +406,7 @@ def down(args) -> int:
                  "serpens-supervise stop", check=False)
         if r.stdout.strip() == "stopped":
             print(f"  stopped the supervised process of {pidfile}")
-    for stopped in stop_sshds(state):
+    for stopped in stop_sshds(state) + sweep(state):
         print(f"  stopped {stopped}")
     removed = Testbed.from_dict(state["testbed"]).remove()
     if removed:

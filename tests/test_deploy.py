@@ -53,7 +53,7 @@ def test_deploy_testbed(tmp_path):
         pytest.skip("the testbed needs root (namespaces, bridges, sshd)")
     directory, config = str(tmp_path / "tb"), str(tmp_path / "serpens-config")
     where = ["--dir", directory, "--config", config]
-    state, pids, prefixes, down = {}, {}, [], None
+    state, pids, prefixes, down, namespaces = {}, {}, [], None, set()
     try:
         up = run_testbed("up", *where, "--timeout", "120")
         assert up.returncode == 0, up.stdout[-6000:] + up.stderr[-3000:]
@@ -74,6 +74,7 @@ def test_deploy_testbed(tmp_path):
             ("n1", "etcd"), ("n2", "etcd"), ("n3", "etcd"), ("n1", "controller"),
             ("n2", "controller"), ("n1", "gateway"), ("n2", "agent"), ("n3", "agent")]}
         assert all(alive(p) for p in pids.values()), pids
+        namespaces = {os.stat(f"/run/netns/{ns}").st_ino for ns in state["namespaces"]}
         prefixes = [node_file_prefix(h, pids[os.path.join(
             directory, "hosts", h, "run", "serpens", "serpens-agent.pid.child")]) for h in AGENTS]
         # each host is its own machine as far as SSH shows: its address, its hostname
@@ -115,15 +116,16 @@ def test_deploy_testbed(tmp_path):
     left.update({f"sshd {h}": s["pid"] for h, s in state.get("sshd", {}).items()
                  if alive(s["pid"])})
     assert left == {}
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                text=True).stdout
-    assert not any(ns in namespaces for ns in state.get("namespaces", []))
+    assert [pid for pid in _pids() if _netns(pid) in namespaces] == []   # nothing in them
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(ns in listed for ns in state.get("namespaces", []))
     assert not [b for b in state.get("bridges", []) if os.path.exists(f"/sys/class/net/{b}")]
     with open("/proc/mounts") as f:
         mounts = f.read()
     assert directory not in mounts and not any(
         f"/run/netns/{ns} " in mounts for ns in state.get("namespaces", []))
-    assert [f for p in prefixes for f in glob.glob(f"/dev/hugepages/{p}map_*")] == []
+    assert [f for p in prefixes for f in glob.glob(f"/dev/hugepages/{p}map_*")
+            + glob.glob(f"/var/run/dpdk/{p}")] == []
     assert not os.path.exists(directory)
     assert not os.path.exists(config)          # its only context was the testbed's
 
@@ -131,3 +133,14 @@ def test_deploy_testbed(tmp_path):
 def _address(state: dict, host: str) -> str:
     from serpens.cli.testbed import Testbed
     return Testbed.from_dict(state["testbed"]).address[host]
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _netns(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return 0
