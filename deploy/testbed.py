@@ -13,8 +13,9 @@ serpensctl context `deploy-<tag>` to --config (default $SERPENS_CONFIG or ~/.ser
 then applies examples/fw-mon-nat.yaml through the deployed controller and shows the packets
 it processed rising (`serpensctl usage`). The plan (names, addresses, sshd PIDs)
 is in DIR/testbed.json before anything is made: `down` removes exactly that, also after `up`
-failed half-way; it stops only the PIDs recorded there (each checked to still run sshd with
-its config) and, should teardown.yml fail, the supervised processes by their pid files.
+failed half-way; it stops the PIDs recorded there (each checked to still run sshd with its
+config), should teardown.yml fail the supervised processes by their pid files, and last
+whatever still runs in the testbed's own namespaces (nothing else is touched).
 Names carry a tag derived from DIR, so testbeds, `serpens up` and tests never collide.
 Exit codes: 0 done, 1 a step failed (its output is shown), 2 bad usage.
 """
