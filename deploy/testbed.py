@@ -284,6 +284,23 @@ def sweep(state: dict) -> list[str]:
     return swept
 
 
+def remove_dead_dpdk_files() -> list[str]:
+    """The DPDK files (runtime directory, hugepages) of the testbed's agents and gateway
+    that died without removing them (killed, then restarted under a new PID): prefixes
+    serpens-node-<host>-<pid> and serpens-gw-<host>-<pid> that no live process holds (the
+    EAL's lock) and that are older than a start-up."""
+    from serpens.common.names import gateway_file_prefix, node_file_prefix
+    from serpens.runtime_cy.primary import RUNTIME_ROOT, remove_stale_files
+    removed = []
+    for host in HOSTS:
+        for pattern in (node_file_prefix(host, 0)[:-1], gateway_file_prefix(host, 0)[:-1]):
+            for path in glob.glob(os.path.join(RUNTIME_ROOT, pattern + "[0-9]*")):
+                prefix = os.path.basename(path)
+                if remove_stale_files(prefix, min_age=10):
+                    removed.append(prefix)
+    return removed
+
+
 def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -409,6 +426,8 @@ def down(args) -> int:
             print(f"  stopped the supervised process of {pidfile}")
     for stopped in stop_sshds(state) + sweep(state):
         print(f"  stopped {stopped}")
+    for prefix in remove_dead_dpdk_files():
+        print(f"  removed the DPDK files of {prefix} (its process was killed)")
     removed = Testbed.from_dict(state["testbed"]).remove()
     if removed:
         print(f"  removed {', '.join(removed)}")

@@ -107,6 +107,21 @@ def test_deploy_testbed(tmp_path):
         time.sleep(3)
         after = processed()
         assert 0 < before < after, (before, after)
+
+        # an agent that dies is restarted by its supervisor (a new PID, the same supervisor)
+        # and registers again
+        n3 = os.path.join(directory, "hosts", "n3", "run", "serpens", "serpens-agent.pid")
+        killed, since = pids[n3 + ".child"], time.time()
+        os.kill(killed, 9)
+        deadline = time.monotonic() + 60
+        while _read_pid(n3 + ".child") in (0, killed) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids[n3 + ".restarted"] = _read_pid(n3 + ".child")
+        assert pids[n3 + ".restarted"] not in (0, killed) and alive(pids[n3])
+        prefixes.append(node_file_prefix("n3", pids[n3 + ".restarted"]))
+        while time.monotonic() < deadline and not _reported_since(ctl, "n3", since):
+            time.sleep(0.5)
+        assert _reported_since(ctl, "n3", since)
     finally:
         if os.path.exists(os.path.join(directory, "testbed.json")):
             down = run_testbed("down", *where, "--quiet")
@@ -144,3 +159,23 @@ def _netns(pid: int) -> int:
         return os.stat(f"/proc/{pid}/ns/net").st_ino
     except OSError:
         return 0
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def _reported_since(ctl: list[str], node: str, since: float) -> bool:
+    """Node `node` is listed with a record its agent wrote after `since` (a killed agent's
+    record is never refreshed: a live one registered again)."""
+    r = subprocess.run([*ctl, "get", "nodes", "-o", "json"], capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode:
+        return False
+    return any(n["name"] == node and json.loads(n["record_json"])["reported_at"] > since
+               for n in json.loads(r.stdout))
