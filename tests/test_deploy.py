@@ -2,7 +2,8 @@
 over SSH into three namespace hosts (each its own sshd and hostname), a second run reports
 changed=0 on every host, the deployed controller lists every agent through the serpensctl
 context the playbook wrote, fw-mon-nat applied through it processes packets (their count
-rises), and `down` (teardown.yml, then the testbed) leaves no process (by the PIDs recorded:
+rises), an agent killed with SIGKILL is restarted by its supervisor and reports again, and
+`down` (teardown.yml, then the testbed) leaves no process (by the PIDs recorded:
 sshds, supervisors, their programs), namespace, bridge, mount, hugepage file or context.
 `pytest -m deploy` runs it alone."""
 import glob
