@@ -262,3 +262,49 @@ def test_multinode_bench_json_contract():
         # out of its own port (multi), then back to the gateway (multi_return)
         assert st["vxlan"]["rx"] > 0 and 0 < st["local_tx"] < st["tx"], name
         assert st["vxlan"]["drops"]["bad_outer"] == 0 and st["vxlan"]["drops"]["unknown_tag"] == 0
+
+
+def test_e2e_bench_json_contract():
+    """`bench e2e`: every platform measured in one run, after its output and each NF's work
+    for the check input equalled Serpens' (FW -> MON -> NAT as three instances: each NF's
+    packets in, dropped and named counters)."""
+    r = _bench("e2e", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000",
+               "--check-flows", "50", timeout=600)
+    ref = r["serpens"]["output"]
+    assert 0 < ref["packets"] < r["params"]["check_frames"] == 150  # the FW denies some
+    assert len(ref["nf_in"]) == 3 and ref["nf_in"][0] == 150
+    assert ref["nf_counters"][0]["cache_hits"] > 0 and ref["nf_counters"][1]["new_flows"] > 0
+    assert ref["nf_counters"][2]["translated_out"] == ref["packets"]
+    for p in ("serpens", "fission_like", "snf_like", "sand_like"):
+        row = r[p]
+        assert row["mpps"] > 0, p
+        lat = row["latency_us"]
+        assert 0 < lat["p50"] <= lat["p99"] and lat["mean"] > 0, p
+        assert row["output"] == ref, p  # the same packets out and the same work, NF by NF
+        assert set(r["params"]["platforms"][p]) >= {"idle_us", "ring_size", "design"}, p
+        if p != "serpens":
+            assert row["speedup"] == round(r["serpens"]["mpps"] / row["mpps"], 2), p
+            assert row["latency_reduction"] < 1, p
+    assert "speedup" not in r["serpens"]
+    assert r["params"]["loss_limit"] == 0.001 and "cpu0" in r["machine"]["stalls"]
+
+
+def test_e2e_bench_fails_when_a_baseline_does_less():
+    """A baseline that skips an NF (here MON, which forwards every packet unchanged, so the
+    packets out stay the same) fails the run before any figure: its NFs' work differs."""
+    script = """
+import argparse
+from serpens.bench import e2e
+args = argparse.Namespace(seconds=0.05, warmup=0.05, flows=500, platforms="fission_like",
+                          idle_us=None, ring_size=None, check_flows=30)
+try:
+    e2e.run(args, baseline_nfs=("fw", "nat"))
+    print("passed")
+except e2e.BenchError as e:
+    print("refused:", e)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("refused: bench e2e: fission_like's NFs took in [90, 81]"), last
