@@ -54,7 +54,7 @@ SETTINGS = {
     "serpens": {"idle_us": 50, "ring_size": 256, "sandbox": True},
     "fission_like": {"idle_us": 200, "ring_size": 1024, "sandbox": "network"},
     "snf_like": {"idle_us": 200, "ring_size": 1024, "sandbox": "network"},
-    "sand_like": {"idle_us": 1000, "ring_size": 1024, "sandbox": False},
+    "sand_like": {"idle_us": 20000, "ring_size": 1024, "sandbox": False},
 }
 DESIGNS = {
     "serpens": "one SFC, NF to NF by function calls, state in shared memory",
