@@ -40,6 +40,7 @@ from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 from .baselines import ForkRedis, RedisServer, RedisState
 from .chain import summary
 from .common import BenchError, cpu_stalls, machine
+from .forked import ForkedHop
 from .rig import INSTANCE_CPU, PROXY, Hop, Rig, flow_frames
 from .sfc import LOSS_LIMIT, build_images, measure_started
 from .state import NF_CONFIGS, check_frames
@@ -174,6 +175,7 @@ def measure_platform(rig: Rig, plats: _Platforms, platform: str, settings: dict,
     try:
         m = measure_started(rig, seconds, latency_mpps=0, loss_key="lost")
         _check_hops(rig, platform)
+        forks = [h.forks for h in rig.managers if isinstance(h, ForkedHop)]
     finally:
         rig.stop()
     if not m["mpps"] or "latency_us" not in m:  # a 0 compares nothing: it did not run
@@ -183,6 +185,8 @@ def measure_platform(rig: Rig, plats: _Platforms, platform: str, settings: dict,
     out = {"mpps": m["mpps"], "latency_us": {"p50": lat["p50"], "p99": lat["p99"],
                                              "mean": lat["mean"]},
            "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"]}
+    if forks:  # children forked per NF while measured (a child ends when its ring idles)
+        out["forks"] = forks
     # the search's own extra figures (trials, spread), whatever sfc.py reports
     out.update({k: v for k, v in m.items() if k.startswith("mpps_")})
     return out
