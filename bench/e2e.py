@@ -130,11 +130,14 @@ def _check_hops(rig: Rig, platform: str):
         raise BenchError(f"bench e2e: {platform}: {'; '.join(errors)}")
 
 
-def check_equivalence(rig: Rig, platforms, plats: _Platforms, frames, settings) -> dict:
+def check_equivalence(rig: Rig, platforms, plats: _Platforms, frames, settings,
+                      check_forks: dict | None = None) -> dict:
     """Every platform's output for `frames` and each NF's work: {platform: summary with
     "nf_in", "nf_dropped", "nf_counters"}. Raises BenchError where a baseline's differ from
-    Serpens' (its figures would compare different work)."""
+    Serpens' (its figures would compare different work). `check_forks` gets the children a
+    forked platform forked per NF for the input."""
     outputs = {}
+    check_forks = {} if check_forks is None else check_forks
     for platform in platforms:
         _use(rig, settings[platform])
         # (instances started first: one started by the check's first packets may take longer
@@ -150,6 +153,8 @@ def check_equivalence(rig: Rig, platforms, plats: _Platforms, frames, settings) 
             if forwarded != out["nf_in"][1:]:
                 raise BenchError(f"bench e2e: {platform}'s global proxy passed on {forwarded} "
                                  f"packets per hop, its next NFs took in {out['nf_in'][1:]}")
+        if "forks" in rig.last_work:
+            check_forks[platform] = rig.last_work["forks"]
         for p in rig.pool.processes():
             if p.ctl.state_error:
                 raise BenchError(f"bench e2e: {platform}: {p.ctl.state_error}")

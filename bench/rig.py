@@ -191,8 +191,9 @@ class Rig:
     def output(self, sfcs, frames: list[bytes], timeout: float = 20.0, **start_kw) -> list[bytes]:
         """The frames `sfcs` (as start() takes them) send out for the finite input `frames`,
         in order: what benchmarks compare between Serpens and a baseline. Afterwards
-        `last_work` holds what each hop did: "steps" (_step_counts()) and, with PROXY hops,
-        "proxy_forwarded" (packets the global proxy passed on, per proxied hop)."""
+        `last_work` holds what each hop did: "steps" (_step_counts()), with PROXY hops
+        "proxy_forwarded" (packets the global proxy passed on, per proxied hop), with forked
+        hops "forks" (children forked, per hop)."""
         self.last_work = {}
         if self.wire is None:  # a ring-backed port: frames pushed in, frames sent read back
             self.wire = (dp.Ring(f"rig_in{os.getpid()}", 4096),
@@ -222,13 +223,16 @@ class Rig:
                 time.sleep(0.0005)
         finally:
             proxy = self.proxy
+            forks = [m.forks for m in self.managers or () if isinstance(m, ForkedHop)]
+            if forks:  # children forked per hop for this input
+                self.last_work["forks"] = forks
             self.stop()
             if proxy is not None:
                 self.last_work["proxy_forwarded"] = proxy.forwarded
 
     def _step_counts(self) -> list[dict]:
-        """Per NF step of the running hops, in chain order: what it took in and dropped
-        (each instance's own counters, pool_ctl.h): the work each hop did."""
+        """Per NF step of the running hops, in chain order: what it took in and dropped and
+        its named counters (each instance's own, pool_ctl.h): the work each hop did."""
         steps = []
         for m in self.managers:
             if isinstance(m, ForkedHop):

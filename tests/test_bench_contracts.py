@@ -308,3 +308,36 @@ except e2e.BenchError as e:
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("refused: bench e2e: fission_like's NFs took in [90, 81]"), last
+
+
+def test_e2e_forked_children_add_up_to_serpens_work():
+    """sand_like's children end when their ring idles (here after 1 us) and the next packets
+    fork another: over many forks per NF, the NFs' counters summed over the children must
+    still equal Serpens' one instance's, or the check refuses the run."""
+    script = """
+from serpens.bench import e2e
+from serpens.bench.baselines import RedisServer
+from serpens.bench.rig import Rig, flow_frames
+from serpens.bench.sfc import build_images
+from serpens.bench.state import check_frames
+images = build_images()
+settings = {p: dict(s) for p, s in e2e.SETTINGS.items()}
+settings["sand_like"]["idle_us"] = 1
+forks = {}
+with RedisServer(cpu=0) as redis:
+    plats = e2e._Platforms(images, redis.socket)
+    rig = Rig("e2e-forks", flow_frames(100), pool_size=3)
+    try:
+        out = e2e.check_equivalence(rig, ["serpens", "sand_like"], plats, check_frames(400),
+                                    settings, forks)
+    finally:
+        rig.close()
+        plats.close()
+print(forks["sand_like"], out["sand_like"]["nf_in"], out["sand_like"]["packets"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    forks, nf_in, packets = out.stdout.strip().splitlines()[-1].split("] ")
+    assert max(int(x) for x in forks.strip("[").split(",")) > 1, out.stdout  # it forked again
+    assert nf_in == "[1200, 1080, 1080" and packets == "1080", out.stdout
