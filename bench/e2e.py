@@ -25,6 +25,8 @@ Figures per platform: `mpps`, the highest offered rate with under 0.1% of the pa
 anywhere (sfc.measure_started, loss_key "lost": a baseline's internal queues count too), and
 `latency_us` {p50, p99, mean} at 80% of that platform's own `mpps`; per baseline `speedup`
 (Serpens' mpps over its) and `latency_reduction` (1 - Serpens' mean latency over its).
+With --gateway (root), `serpens_gateway`: Serpens again, the SFC on one server behind the
+gateway (bench multinode's testbed), not compared with the baselines.
 """
 from __future__ import annotations
 
@@ -79,6 +81,9 @@ def add_arguments(p):
                    help="idle_us of every platform (default: each platform's own)")
     p.add_argument("--ring-size", type=int, default=None,
                    help="instance ring size of every platform (default: each platform's own)")
+    p.add_argument("--gateway", action="store_true",
+                   help="also serpens_gateway: the SFC on one server behind the gateway "
+                        "(bench multinode's testbed, memif underlay; needs root)")
     p.add_argument("--check-flows", type=int, default=300,
                    help="flows of the finite input (3 packets each) every platform is "
                         "compared on")
@@ -197,6 +202,28 @@ def measure_platform(rig: Rig, plats: _Platforms, platform: str, settings: dict,
     return out
 
 
+def measure_gateway(args) -> dict:
+    """Serpens through the gateway: bench multinode's gateway and one server (network
+    namespaces, VXLAN over memif), the SFC's output leaving the server's own port; the
+    same search and latency at 80% (from each frame's arrival at the gateway)."""
+    from types import SimpleNamespace
+
+    from .multinode import GATEWAY_CPU, run_multi
+    if os.geteuid() != 0:
+        raise BenchError("bench e2e --gateway makes network namespaces: run it as root")
+    margs = SimpleNamespace(underlay="memif", flows=args.flows, seconds=args.seconds,
+                            warmup=args.warmup, gateway_cpu=GATEWAY_CPU)
+    with tempfile.TemporaryDirectory(prefix="serpens-bench-e2e-gw-", dir="/dev/shm") as d:
+        m = run_multi(margs, d, names=("a",), multi_only=True)["multi"]
+    if not m["mpps"] or "latency_us" not in m:
+        raise BenchError(f"bench e2e: serpens_gateway carried nothing under "
+                         f"{LOSS_LIMIT:.1%} loss")
+    lat = m["latency_us"]
+    return {"mpps": m["mpps"], "latency_us": {"p50": lat["p50"], "p99": lat["p99"],
+                                              "mean": lat["mean"]},
+            "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"]}
+
+
 def platform_settings(args) -> dict:
     settings = {p: dict(SETTINGS[p]) for p in PLATFORMS}
     for s in settings.values():
@@ -251,6 +278,12 @@ def run(args, baseline_nfs=NFS) -> dict:
             plats.close()
         for image in images.values():
             image.close()
+    if args.gateway:
+        result["serpens_gateway"] = measure_gateway(args)
+        result["params"]["serpens_gateway"] = (
+            "FW->MON->NAT on one server (1 instance, the engine's default settings) behind "
+            "the gateway, VXLAN over memif (bench multinode's testbed, gateway loop cpu 1): "
+            "a second Serpens figure, not compared")
     ref = result["serpens"]
     for base in platforms[1:]:
         row = result[base]
@@ -265,7 +298,7 @@ def print_table(r: dict):
           f"{r['params']['flows']} flows, 64 B; latency at 80% of each platform's max")
     print(f"{'platform':<14}{'Mpps':>9}{'p50 us':>9}{'p99 us':>9}{'mean us':>9}"
           f"{'speedup':>9}{'lat. red.':>10}")
-    for p in PLATFORMS:
+    for p in PLATFORMS + ("serpens_gateway",):
         if p not in r:
             continue
         row, lat = r[p], r[p]["latency_us"]

@@ -296,7 +296,7 @@ def test_e2e_bench_fails_when_a_baseline_does_less():
 import argparse
 from serpens.bench import e2e
 args = argparse.Namespace(seconds=0.05, warmup=0.05, flows=500, platforms="fission_like",
-                          idle_us=None, ring_size=None, check_flows=30)
+                          idle_us=None, ring_size=None, check_flows=30, gateway=False)
 try:
     e2e.run(args, baseline_nfs=("fw", "nat"))
     print("passed")
@@ -341,3 +341,15 @@ print(forks["sand_like"], out["sand_like"]["nf_in"], out["sand_like"]["packets"]
     forks, nf_in, packets = out.stdout.strip().splitlines()[-1].split("] ")
     assert max(int(x) for x in forks.strip("[").split(",")) > 1, out.stdout  # it forked again
     assert nf_in == "[1200, 1080, 1080" and packets == "1080", out.stdout
+
+
+def test_e2e_bench_through_the_gateway():
+    """`--gateway`: Serpens also through the gateway and one server (bench multinode's
+    testbed), in the same run; `--platforms serpens` runs no baseline."""
+    r = _bench("e2e", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000",
+               "--check-flows", "30", "--platforms", "serpens", "--gateway", timeout=600)
+    gw = r["serpens_gateway"]
+    assert gw["mpps"] > 0 and 0 < gw["latency_us"]["p50"] <= gw["latency_us"]["p99"]
+    assert gw["latency_us"]["mean"] > 0 and "speedup" not in gw
+    assert not any(p in r for p in ("fission_like", "snf_like", "sand_like"))
+    assert "memif" in r["params"]["serpens_gateway"]
