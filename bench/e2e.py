@@ -54,7 +54,7 @@ BASELINES = PLATFORMS[1:]
 # idle_us: how long an instance polls an empty ring before it sleeps (a forked SAND child:
 # before it ends); sandbox: the pool's (Redis clients need a socket, the fork zygote fork()).
 SETTINGS = {
-    "serpens": {"idle_us": 50, "ring_size": 256, "sandbox": True},
+    "serpens": {"idle_us": 50, "ring_size": 4096, "sandbox": True},
     "fission_like": {"idle_us": 200, "ring_size": 1024, "sandbox": "network"},
     "snf_like": {"idle_us": 200, "ring_size": 1024, "sandbox": "network"},
     "sand_like": {"idle_us": 20000, "ring_size": 1024, "sandbox": False},
@@ -81,6 +81,8 @@ def add_arguments(p):
                    help="idle_us of every platform (default: each platform's own)")
     p.add_argument("--ring-size", type=int, default=None,
                    help="instance ring size of every platform (default: each platform's own)")
+    p.add_argument("--redis-cpu", type=int, default=INSTANCE_CPU,
+                   help="the CPU redis-server is pinned to (default: the NFs')")
     p.add_argument("--gateway", action="store_true",
                    help="also serpens_gateway: the SFC on one server behind the gateway "
                         "(bench multinode's testbed, memif underlay; needs root)")
@@ -244,6 +246,7 @@ def run(args, baseline_nfs=NFS) -> dict:
                          f"(known: {', '.join(PLATFORMS)})")
     platforms = [p for p in PLATFORMS if p == "serpens" or p in wanted]
     settings = platform_settings(args)
+    redis_cpu = getattr(args, "redis_cpu", INSTANCE_CPU) % (os.cpu_count() or 1)
     images = build_images()
     result = {"machine": machine(),
               "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
@@ -254,13 +257,13 @@ def run(args, baseline_nfs=NFS) -> dict:
                                        for p in platforms},
                          "cores": "router cpu 1 (and the global proxy, sharing it), every NF "
                                   f"instance cpu {INSTANCE_CPU}, redis-server cpu "
-                                  f"{INSTANCE_CPU} (the NFs' core)",
-                         "redis": f"unix socket, pinned to cpu {INSTANCE_CPU}",
+                                  f"{redis_cpu}",
+                         "redis": f"unix socket, pinned to cpu {redis_cpu}",
                          "instances": "started on demand by the first packets (warm after)",
                          "check_frames": 3 * args.check_flows}}
     rig = plats = None
     try:
-        with RedisServer(cpu=INSTANCE_CPU) as redis:
+        with RedisServer(cpu=redis_cpu) as redis:
             plats = _Platforms(images, redis.socket, baseline_nfs)
             rig = Rig("e2e", flow_frames(args.flows), pool_size=len(NFS), warmup=args.warmup,
                       idle_us=settings["serpens"]["idle_us"])
