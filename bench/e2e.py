@@ -138,11 +138,12 @@ def _check_hops(rig: Rig, platform: str):
 
 
 def check_equivalence(rig: Rig, platforms, plats: _Platforms, frames, settings,
-                      check_forks: dict | None = None) -> dict:
+                      check_forks: dict | None = None, gap_s: float = 0.0) -> dict:
     """Every platform's output for `frames` and each NF's work: {platform: summary with
     "nf_in", "nf_dropped", "nf_counters"}. Raises BenchError where a baseline's differ from
     Serpens' (its figures would compare different work). `check_forks` gets the children a
-    forked platform forked per NF for the input."""
+    forked platform forked per NF for the input; `gap_s`: a pause after each 256 frames of
+    it (Rig.output)."""
     outputs = {}
     check_forks = {} if check_forks is None else check_forks
     for platform in platforms:
@@ -150,7 +151,8 @@ def check_equivalence(rig: Rig, platforms, plats: _Platforms, frames, settings,
         # (instances started first: one started by the check's first packets may take longer
         # than the router holds packets for it, and the check would compare those drops)
         out = summary(rig.output(plats.hops(platform), frames,
-                                 ring_size=settings[platform]["ring_size"], instances=1))
+                                 ring_size=settings[platform]["ring_size"], instances=1,
+                                 gap_s=gap_s))
         steps = rig.last_work.get("steps", [])
         out["nf_in"] = [s["in"] for s in steps]
         out["nf_dropped"] = [s["dropped"] for s in steps]

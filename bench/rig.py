@@ -188,12 +188,14 @@ class Rig:
 
     # ---- measurements -----------------------------------------------------------------------
 
-    def output(self, sfcs, frames: list[bytes], timeout: float = 20.0, **start_kw) -> list[bytes]:
+    def output(self, sfcs, frames: list[bytes], timeout: float = 20.0, gap_s: float = 0.0,
+               **start_kw) -> list[bytes]:
         """The frames `sfcs` (as start() takes them) send out for the finite input `frames`,
         in order: what benchmarks compare between Serpens and a baseline. Afterwards
         `last_work` holds what each hop did: "steps" (_step_counts()), with PROXY hops
         "proxy_forwarded" (packets the global proxy passed on, per proxied hop), with forked
-        hops "forks" (children forked, per hop)."""
+        hops "forks" (children forked, per hop). `gap_s`: a pause after each 256 frames put
+        in (an input arriving in bursts)."""
         self.last_work = {}
         if self.wire is None:  # a ring-backed port: frames pushed in, frames sent read back
             self.wire = (dp.Ring(f"rig_in{os.getpid()}", 4096),
@@ -211,6 +213,8 @@ class Rig:
                 if pushed < len(frames):
                     pushed += dp.push(inject, self.dataplane.mempool,
                                       frames[pushed:pushed + 256])
+                    if gap_s:
+                        time.sleep(gap_s)
                 out += [data for _, data in dp.pull(sent)]
                 st = self.router.stats()
                 if (pushed == len(frames) and st["ports"][self.wire_port]["rx"] == pushed

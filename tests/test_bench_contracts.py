@@ -313,7 +313,10 @@ except e2e.BenchError as e:
 def test_e2e_forked_children_add_up_to_serpens_work():
     """sand_like's children end when their ring idles (here after 1 us) and the next packets
     fork another: over many forks per NF, the NFs' counters summed over the children must
-    still equal Serpens' one instance's, or the check refuses the run."""
+    still equal Serpens' one instance's, or the check refuses the run. (The input comes in
+    bursts of 256 frames 20 ms apart, so each burst finds its children ended; 900 frames fit
+    in a hop's 1024-slot ring, so none waits in the router while a child is forked, where
+    the router would shed them after its stall_us.)"""
     script = """
 from serpens.bench import e2e
 from serpens.bench.baselines import RedisServer
@@ -328,8 +331,8 @@ with RedisServer(cpu=0) as redis:
     plats = e2e._Platforms(images, redis.socket)
     rig = Rig("e2e-forks", flow_frames(100), pool_size=3)
     try:
-        out = e2e.check_equivalence(rig, ["serpens", "sand_like"], plats, check_frames(400),
-                                    settings, forks)
+        out = e2e.check_equivalence(rig, ["serpens", "sand_like"], plats, check_frames(300),
+                                    settings, forks, gap_s=0.02)
     finally:
         rig.close()
         plats.close()
@@ -340,7 +343,7 @@ print(forks["sand_like"], out["sand_like"]["nf_in"], out["sand_like"]["packets"]
     assert out.returncode == 0, out.stderr[-3000:]
     forks, nf_in, packets = out.stdout.strip().splitlines()[-1].split("] ")
     assert max(int(x) for x in forks.strip("[").split(",")) > 1, out.stdout  # it forked again
-    assert nf_in == "[1200, 1080, 1080" and packets == "1080", out.stdout
+    assert nf_in == "[900, 810, 810" and packets == "810", out.stdout
 
 
 def test_e2e_bench_through_the_gateway():
