@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from serpens.runtime_cy import _dataplane as dp
 
 from .faults import DEGRADED, FAILED, RUNNING, CrashPolicy, describe_death, start_failure
-from .process_pool import PoolError, PoolExhausted, PoolProcess, ProcessPool, merge_state
+from .process_pool import (MAPPED, InstanceStart, PoolError, PoolExhausted, PoolProcess,
+                           ProcessPool, merge_state)
 from .usage import BusyCycles
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,12 @@ class InstanceManager:
     def __init__(self, pool: ProcessPool, router: dp.Router, sfc, *, sfc_id: int = 0,
                  warm_s: float = 30.0, max_instances: int = 16, check_s: float = 0.05,
                  ring_size: int = 1024, budget_ms: float = 10.0,
-                 crashes: CrashPolicy | None = None):
+                 crashes: CrashPolicy | None = None, how: InstanceStart = MAPPED):
         """Runs instances of `sfc` (a CompiledSFC) for the router's SFC `sfc_id`; an
-        instance inside one batch longer than `budget_ms` is killed (0: never)."""
+        instance inside one batch longer than `budget_ms` is killed (0: never). `how`: how
+        each instance starts (the engine's images and tables; benchmarks pass a baseline's)."""
         self.pool, self.router, self.sfc, self.sfc_id = pool, router, sfc, sfc_id
+        self.how = how
         self.budget_ms = budget_ms
         self.crashes = crashes or CrashPolicy()
         self.started: collections.deque = collections.deque(maxlen=256)  # processes, in order
@@ -164,7 +167,7 @@ class InstanceManager:
         rx = dp.Ring(f"im{self._tag}_{i}_rx{self.starts}", self.ring_size)
         tx = dp.Ring(f"im{self._tag}_{i}_tx{self.starts}", self.ring_size)
         try:
-            proc = self.pool.start_instance(self.sfc, rx, tx)
+            proc = self.pool.start_instance(self.sfc, rx, tx, how=self.how)
             # ours: the pool closes its own when the process dies, the router may still
             # write to these until clear_instance() (OSError: it died just now)
             pidfd, efd = os.dup(proc.pidfd), os.dup(proc.efd)

@@ -9,4 +9,5 @@ CASES = {
     "control": "serpens.bench.control",
     "faults": "serpens.bench.faults",
     "multinode": "serpens.bench.multinode",
+    "e2e": "serpens.bench.e2e",
 }

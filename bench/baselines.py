@@ -40,6 +40,20 @@ class Fork(InstanceStart):
 
 
 @dataclass(frozen=True)
+class ForkRedis(Fork):
+    """Fork, with the NF's state in the Redis at Unix socket `socket` (`backend`, as
+    RedisState's): SAND keeps no state of its own, so a forked child that ends (its ring
+    idled) leaves its NF's state where the next child finds it. The pool must be unsandboxed
+    (sandbox=False: the zygote forks)."""
+    backend: int
+    socket: str
+
+    def command(self, sfc):
+        fds, fields = super().command(sfc)
+        return fds, {**fields, "state_backend": self.backend, "state_arg": self.socket}
+
+
+@dataclass(frozen=True)
 class RedisState(InstanceStart):
     """Images mapped as Serpens maps them, NF state in the Redis listening on Unix socket
     `socket` (bench/native/redis_state.h): every table (dp.STATE_REDIS, Fission-style) or the

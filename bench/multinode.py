@@ -107,16 +107,17 @@ class Testbed:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def run_multi(args, directory: str) -> dict:
-    """The gateway process (which starts the servers): its JSON result."""
-    bed = Testbed(args.underlay, directory)
+def run_multi(args, directory: str, names=("a", "b"), multi_only: bool = False) -> dict:
+    """The gateway process (which starts the servers `names`): its JSON result; with
+    `multi_only` only `multi` (no gateway_mpps, no multi_return)."""
+    bed = Testbed(args.underlay, directory, names)
     try:
         bed.create()
         spec = {"servers": [{k: s[k] for k in ("name", "ns", "ip", "mac", "gw_vdev",
                                                "server_vdev")} for s in bed.servers],
                 "gateway_ip": GATEWAY["ip"], "gateway_mac": GATEWAY["mac"], "tag": TAG,
                 "flows": args.flows, "seconds": args.seconds, "warmup": args.warmup,
-                "dir": directory, "gateway_cpu": args.gateway_cpu}
+                "dir": directory, "gateway_cpu": args.gateway_cpu, "multi_only": multi_only}
         p = subprocess.run(["ip", "netns", "exec", bed.gw_ns, sys.executable, "-m",
                             "serpens.bench.multinode_gateway", json.dumps(spec)],
                            capture_output=True, text=True, timeout=1800)

@@ -13,17 +13,31 @@ import os
 import struct
 import tempfile
 import time
+from dataclasses import dataclass
 
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.agent.instance_manager import InstanceManager
 from serpens.agent.process_pool import ProcessPool
 from serpens.runtime_cy import _dataplane as dp
 
+from serpens.agent.process_pool import MAPPED, InstanceStart
+
 from .common import percentiles, udp_frame
+from .forked import ForkedHop
 from .proxy import ProxyService
 
 ROUTER_CPU, INSTANCE_CPU = 1, 0
 PROXY = "proxy"  # a hop of Rig.start() through the global proxy
+
+
+@dataclass(frozen=True)
+class Hop:
+    """A hop of Rig.start() whose instances start as `how` says (a baseline's loader or state
+    backend, bench/baselines.py); `forked`: served by children forked on demand from a pool
+    process (bench/forked.py; `how` is then a Fork)."""
+    sfc: object
+    how: InstanceStart = MAPPED
+    forked: bool = False
 
 
 def flow_frames(flows: int, size: int = 64) -> list[bytes]:
@@ -55,7 +69,7 @@ def keep_off_router_cpu():
 class Rig:
     def __init__(self, name: str, frames: list[bytes] | None, pool_size: int = 1,
                  idle_us: int = 200, mbufs: int = 32767, warmup: float = 0.3,
-                 vdevs: tuple = ()):
+                 vdevs: tuple = (), sandbox: bool | str = True):
         """frames: what the net_pcap source replays (None: no source and sink, only `vdevs`,
         opened by the caller: a server whose router takes its traffic from an underlay)."""
         self.warmup = warmup  # run_at's, unless it is given one
@@ -74,8 +88,8 @@ class Rig:
             file_prefix=f"serpens-bench-{name}-{os.getpid()}", mbufs=mbufs,
             state_dir=self.state.name, cpus=cpus,
             router_cpus=str(ROUTER_CPU % (os.cpu_count() or 1)), vdevs=vdevs)).start()
-        self.pools = {idle_us: self._pool(pool_size, idle_us)}
-        self.pool = self.pools[idle_us]
+        self.pools = {(idle_us, sandbox): self._pool(pool_size, idle_us, sandbox)}
+        self.pool = self.pools[idle_us, sandbox]
         os.sched_setaffinity(0, {INSTANCE_CPU})
         mp = self.dataplane.mempool
         self.src = self.sink = None
@@ -86,24 +100,27 @@ class Rig:
         self.sfc_ids = []
         self.wire = None
 
-    def _pool(self, size: int, idle_us: int) -> ProcessPool:
-        pool = ProcessPool(self.dataplane, size, idle_us=idle_us).start()
+    def _pool(self, size: int, idle_us: int, sandbox: bool | str = True) -> ProcessPool:
+        pool = ProcessPool(self.dataplane, size, idle_us=idle_us, sandbox=sandbox).start()
         for proc in pool.processes():
             pool.pin(proc, INSTANCE_CPU)
         return pool
 
-    def use_idle_us(self, idle_us: int):
-        """Instances started from now on poll an empty ring for `idle_us` before they sleep
-        (a pool of the same size made with that setting, kept for later runs)."""
-        if idle_us not in self.pools:
-            self.pools[idle_us] = self._pool(self.pool.size, idle_us)
-        self.pool = self.pools[idle_us]
+    def use_idle_us(self, idle_us: int, sandbox: bool | str = True):
+        """Instances started from now on poll an empty ring for `idle_us` before they sleep,
+        in pool processes sandboxed as `sandbox` says (ProcessPool's; "network" lets a
+        Redis baseline reach its store, False lets a fork baseline fork): a pool of the same
+        size made with those settings, kept for later runs."""
+        if (idle_us, sandbox) not in self.pools:
+            self.pools[idle_us, sandbox] = self._pool(self.pool.size, idle_us, sandbox)
+        self.pool = self.pools[idle_us, sandbox]
 
     def start(self, sfcs, warm_s: float = 600.0, instances: int = 1, ring_size: int = 1024,
               ports: tuple | None = None):
         """Route the source into `sfcs`, a chain of router SFCs when there are several (each
         hop passes the router): CompiledSFCs, `instances` of each started now, or PROXY for a
-        hop through the global proxy process (bench/proxy.py) on the router's CPU. `ports`:
+        hop through the global proxy process (bench/proxy.py) on the router's CPU, or Hops
+        (a baseline's instances; forked hops take pool processes in hop order). `ports`:
         (source, sink) other than the rig's (a finite input: output())."""
         src, sink = ports or (self.src, self.sink)
         self.router = dp.Router(src)
@@ -124,11 +141,18 @@ class Rig:
             if proxied:
                 self.proxy = ProxyService(self.dataplane, self.router, proxied, ROUTER_CPU,
                                           ring_size=ring_size)
+            zygotes = iter(self.pool.processes())
             for sid, sfc in zip(ids, sfcs):
                 if sfc is PROXY:
                     continue
-                m = InstanceManager(self.pool, self.router, sfc, sfc_id=sid, warm_s=warm_s,
-                                    ring_size=ring_size)
+                hop = sfc if isinstance(sfc, Hop) else Hop(sfc)
+                if hop.forked:
+                    self.managers.append(ForkedHop(self.pool, next(zygotes), self.router,
+                                                   hop.sfc, sid, hop.how,
+                                                   ring_size=ring_size))
+                    continue
+                m = InstanceManager(self.pool, self.router, hop.sfc, sfc_id=sid,
+                                    warm_s=warm_s, ring_size=ring_size, how=hop.how)
                 m.start()
                 self.managers.append(m)
                 m.scale(instances)
@@ -164,11 +188,14 @@ class Rig:
 
     # ---- measurements -----------------------------------------------------------------------
 
-    def output(self, sfcs, frames: list[bytes], timeout: float = 20.0, **start_kw) -> list[bytes]:
+    def output(self, sfcs, frames: list[bytes], timeout: float = 20.0, gap_s: float = 0.0,
+               **start_kw) -> list[bytes]:
         """The frames `sfcs` (as start() takes them) send out for the finite input `frames`,
         in order: what benchmarks compare between Serpens and a baseline. Afterwards
-        `last_work` holds what each hop did: "steps" (_step_counts()) and, with PROXY hops,
-        "proxy_forwarded" (packets the global proxy passed on, per proxied hop)."""
+        `last_work` holds what each hop did: "steps" (_step_counts()), with PROXY hops
+        "proxy_forwarded" (packets the global proxy passed on, per proxied hop), with forked
+        hops "forks" (children forked, per hop). `gap_s`: a pause after each 256 frames put
+        in (an input arriving in bursts)."""
         self.last_work = {}
         if self.wire is None:  # a ring-backed port: frames pushed in, frames sent read back
             self.wire = (dp.Ring(f"rig_in{os.getpid()}", 4096),
@@ -186,6 +213,8 @@ class Rig:
                 if pushed < len(frames):
                     pushed += dp.push(inject, self.dataplane.mempool,
                                       frames[pushed:pushed + 256])
+                    if gap_s:
+                        time.sleep(gap_s)
                 out += [data for _, data in dp.pull(sent)]
                 st = self.router.stats()
                 if (pushed == len(frames) and st["ports"][self.wire_port]["rx"] == pushed
@@ -198,19 +227,38 @@ class Rig:
                 time.sleep(0.0005)
         finally:
             proxy = self.proxy
+            forks = [m.forks for m in self.managers or () if isinstance(m, ForkedHop)]
+            if forks:  # children forked per hop for this input
+                self.last_work["forks"] = forks
             self.stop()
             if proxy is not None:
                 self.last_work["proxy_forwarded"] = proxy.forwarded
 
     def _step_counts(self) -> list[dict]:
-        """Per NF step of the running hops, in chain order: what it took in and dropped
-        (each instance's own counters, pool_ctl.h): the work each hop did."""
+        """Per NF step of the running hops, in chain order: what it took in and dropped and
+        its named counters (each instance's own, pool_ctl.h): the work each hop did."""
         steps = []
         for m in self.managers:
+            if isinstance(m, ForkedHop):
+                steps += m.step_counts()
+                continue
             for s in m.instances.values():
-                for c in s.proc.ctl.nf_counters(len(m.sfc.steps)):
-                    steps.append({"in": c["in"], "dropped": c["dropped"]})
+                steps += s.proc.ctl.nf_counters(len(m.sfc.steps))
         return steps
+
+    def hop_errors(self) -> list[str]:
+        """Why hops of the running SFCs carry nothing: a fork that failed, a state store a
+        baseline lost (its instances' state_error)."""
+        errors = []
+        for m in self.managers or ():
+            if isinstance(m, ForkedHop):
+                procs = [m.proc]
+                if m.error:
+                    errors.append(m.error)
+            else:
+                procs = [s.proc for s in m.instances.values()]
+            errors += [p.ctl.state_error for p in procs if p.ctl.state_error]
+        return errors
 
     def _counts(self):
         """The router's counters and when they were read. This thread shares its CPU with
@@ -253,4 +301,6 @@ class Rig:
 def latency_us(recs: bytes, points=(50, 99)) -> dict:
     hz = dp.tsc_hz() / 1e6
     lat = [(tx - rx) / hz for rx, tx, _, _ in struct.iter_unpack(dp.LAT_REC_FORMAT, recs)]
-    return {k.replace(".", "_"): v for k, v in percentiles(lat, *points).items()}
+    out = {k.replace(".", "_"): v for k, v in percentiles(lat, *points).items()}
+    out["mean"] = round(sum(lat) / len(lat), 2) if lat else None
+    return out

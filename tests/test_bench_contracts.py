@@ -262,3 +262,97 @@ def test_multinode_bench_json_contract():
         # out of its own port (multi), then back to the gateway (multi_return)
         assert st["vxlan"]["rx"] > 0 and 0 < st["local_tx"] < st["tx"], name
         assert st["vxlan"]["drops"]["bad_outer"] == 0 and st["vxlan"]["drops"]["unknown_tag"] == 0
+
+
+def test_e2e_bench_json_contract():
+    """`bench e2e`: every platform measured in one run, after its output and each NF's work
+    for the check input equalled Serpens' (FW -> MON -> NAT as three instances: each NF's
+    packets in, dropped and named counters)."""
+    r = _bench("e2e", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000",
+               "--check-flows", "50", timeout=600)
+    ref = r["serpens"]["output"]
+    assert 0 < ref["packets"] < r["params"]["check_frames"] == 150  # the FW denies some
+    assert len(ref["nf_in"]) == 3 and ref["nf_in"][0] == 150
+    assert ref["nf_counters"][0]["cache_hits"] > 0 and ref["nf_counters"][1]["new_flows"] > 0
+    assert ref["nf_counters"][2]["translated_out"] == ref["packets"]
+    for p in ("serpens", "fission_like", "snf_like", "sand_like"):
+        row = r[p]
+        assert row["mpps"] > 0, p
+        lat = row["latency_us"]
+        assert 0 < lat["p50"] <= lat["p99"] and lat["mean"] > 0, p
+        assert row["output"] == ref, p  # the same packets out and the same work, NF by NF
+        assert set(r["params"]["platforms"][p]) >= {"idle_us", "ring_size", "design"}, p
+        if p != "serpens":
+            assert row["speedup"] == round(r["serpens"]["mpps"] / row["mpps"], 2), p
+            assert row["latency_reduction"] < 1, p
+    assert "speedup" not in r["serpens"]
+    assert r["params"]["loss_limit"] == 0.001 and "cpu0" in r["machine"]["stalls"]
+
+
+def test_e2e_bench_fails_when_a_baseline_does_less():
+    """A baseline that skips an NF (here MON, which forwards every packet unchanged, so the
+    packets out stay the same) fails the run before any figure: its NFs' work differs."""
+    script = """
+import argparse
+from serpens.bench import e2e
+args = argparse.Namespace(seconds=0.05, warmup=0.05, flows=500, platforms="fission_like",
+                          idle_us=None, ring_size=None, check_flows=30, gateway=False)
+try:
+    e2e.run(args, baseline_nfs=("fw", "nat"))
+    print("passed")
+except e2e.BenchError as e:
+    print("refused:", e)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("refused: bench e2e: fission_like's NFs took in [90, 81]"), last
+
+
+def test_e2e_forked_children_add_up_to_serpens_work():
+    """sand_like's children end when their ring idles (here after 1 us) and the next packets
+    fork another: over many forks per NF, the NFs' counters summed over the children must
+    still equal Serpens' one instance's, or the check refuses the run. (The input comes in
+    bursts of 256 frames 20 ms apart, so each burst finds its children ended; 900 frames fit
+    in a hop's 1024-slot ring, so none waits in the router while a child is forked, where
+    the router would shed them after its stall_us.)"""
+    script = """
+from serpens.bench import e2e
+from serpens.bench.baselines import RedisServer
+from serpens.bench.rig import Rig, flow_frames
+from serpens.bench.sfc import build_images
+from serpens.bench.state import check_frames
+images = build_images()
+settings = {p: dict(s) for p, s in e2e.SETTINGS.items()}
+settings["sand_like"]["idle_us"] = 1
+forks = {}
+with RedisServer(cpu=0) as redis:
+    plats = e2e._Platforms(images, redis.socket)
+    rig = Rig("e2e-forks", flow_frames(100), pool_size=3)
+    try:
+        out = e2e.check_equivalence(rig, ["serpens", "sand_like"], plats, check_frames(300),
+                                    settings, forks, gap_s=0.02)
+    finally:
+        rig.close()
+        plats.close()
+print(forks["sand_like"], out["sand_like"]["nf_in"], out["sand_like"]["packets"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    forks, nf_in, packets = out.stdout.strip().splitlines()[-1].split("] ")
+    assert max(int(x) for x in forks.strip("[").split(",")) > 1, out.stdout  # it forked again
+    assert nf_in == "[900, 810, 810" and packets == "810", out.stdout
+
+
+def test_e2e_bench_through_the_gateway():
+    """`--gateway`: Serpens also through the gateway and one server (bench multinode's
+    testbed), in the same run; `--platforms serpens` runs no baseline."""
+    r = _bench("e2e", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000",
+               "--check-flows", "30", "--platforms", "serpens", "--gateway", timeout=600)
+    gw = r["serpens_gateway"]
+    assert gw["mpps"] > 0 and 0 < gw["latency_us"]["p50"] <= gw["latency_us"]["p99"]
+    assert gw["latency_us"]["mean"] > 0 and "speedup" not in gw
+    assert not any(p in r for p in ("fission_like", "snf_like", "sand_like"))
+    assert "memif" in r["params"]["serpens_gateway"]
