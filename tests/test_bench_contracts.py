@@ -26,11 +26,13 @@ def test_startup_bench_json_contract():
 def test_state_bench_json_contract():
     out = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state", "--json",
-         "--seconds", "0.1", "--flows", "500", "--entries", "4096"],
-        capture_output=True, text=True, timeout=240)
+         "--seconds", "0.1", "--flows", "500", "--entries", "4096", "--search-seconds", "0.05",
+         "--warmup", "0.05"],
+        capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    for nf in ("fw", "mon", "nat"):
+    assert result["params"]["nfs"] == ["fw", "mon", "nat", "ids", "vpn"]
+    for nf in ("fw", "mon", "nat", "ids", "vpn"):
         for key in ("serpens_mpps", "redis_mpps", "snf_mpps"):
             assert result[nf][key] > 0, (nf, key)
         assert result[nf]["serpens_out_ratio"] > 0.99  # the traffic passes every NF
@@ -43,11 +45,30 @@ def test_state_bench_json_contract():
         counted = result[nf]["serpens_counters"]
         assert result[nf]["redis_counters"] == counted == result[nf]["snf_counters"], nf
         assert result[nf]["serpens_vs_redis"] > 0 and result[nf]["serpens_vs_snf"] > 0
+        # latency per backend at 80% of that backend's own routed maximum (Fig. 12b)
+        for backend in ("serpens", "redis", "snf"):
+            lat = result[nf]["latency_us"][backend]
+            assert 0 < lat["p50"] <= lat["p99"] and lat["mean"] > 0, (nf, backend)
+            routed = result[nf]["routed_mpps"][backend]
+            assert routed > 0, (nf, backend)
+            assert abs(result[nf]["latency_at_mpps"][backend] - 0.8 * routed) <= 0.002
+        assert result[nf]["latency_reduction_vs_redis"] < 1
     assert result["get_ns"] > 0 and result["put_ns"] > 0
     assert result["fw"]["serpens_counters"]["cache_hits"] > 0  # later rounds hit the cache
     assert result["mon"]["serpens_counters"]["new_flows"] > 0
     assert result["nat"]["serpens_counters"]["translated_out"] > 0
+    # the IDS found the one pattern the check input holds; the VPN encrypted every packet
+    assert result["ids"]["serpens_counters"]["matches"] == 1
+    assert result["ids"]["serpens_counters"]["scanned"] == result["params"]["check_frames"]
+    assert result["vpn"]["serpens_counters"]["encrypted"] == result["params"]["check_frames"]
     assert "pinned to cpu" in result["params"]["redis"] and "unix socket" in result["params"]["redis"]
+
+
+def test_state_bench_refuses_an_unknown_nf():
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state",
+         "--nfs", "fw,dpi"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--nfs: unknown NF dpi" in out.stderr + out.stdout
 
 
 def test_state_bench_fails_when_redis_loses_writes():
@@ -68,7 +89,8 @@ def kill(redis):
     redis.proc.kill()
     redis.proc.wait()
 
-args = argparse.Namespace(seconds=0.05, flows=500, entries=4096)
+args = argparse.Namespace(seconds=0.05, flows=500, entries=4096, nfs="fw",
+                          search_seconds=0.05, warmup=0.05)
 try:
     state.run(args, lose_state={"kill": kill, "flush": flush}[sys.argv[1]])
     print("passed")
