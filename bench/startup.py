@@ -14,7 +14,7 @@ wake-up and NF; they differ only in how the NF gets into the process (paper §II
 each method spends on n starts (request to first burst; every CPU the starts ran on: the pool
 processes' own, from /proc/<pid>/schedstat, and that of processes they or we reaped: forked
 children, retired spawned processes) and the memory n deployed instances hold:
-- map:    n sealed images in shared memory (the memfds' pages: /proc/meminfo Shmem);
+- map:    n sealed images in shared memory (the pages the memfds hold);
 - dlopen: n copies of the NF's .so in a tmpfs, as a SOCK-style node keeps them to dlopen;
 - fork:   n zygote processes with the NF loaded (SAND keeps one per function), their private
           memory (USS from smaps_rollup: Private_Clean + Private_Dirty);
@@ -261,7 +261,7 @@ def sweep(args, so: bytes, so_path: str, sfc, pool, mempool) -> dict:
                       "process_max": args.process_max,
                       "cpu": "pool processes' schedstat + reaped children (forks, retired "
                              "spawns); cumulative over n starts, request to first burst",
-                      "memory": "map: Shmem of n images; dlopen: n .so copies in tmpfs; "
+                      "memory": "map: pages of n images' memfds; dlopen: of n .so copies in tmpfs; "
                                 "fork: USS of n zygotes with the NF loaded; spawn: USS of n "
                                 "runtime processes that ran an instance"}}
     b = _Bench(pool, sfc, mempool)
@@ -279,7 +279,7 @@ def sweep(args, so: bytes, so_path: str, sfc, pool, mempool) -> dict:
         # memory held by n deployed instances
         mem = {"map": [], "dlopen": [], "fork": [], "spawn": []}
         for n in counts:
-            mem["map"].append({"n": n, "kb": round(measure_deploy_kb(so, n) * n)})
+            mem["map"].append({"n": n, "kb": images_kb(so, n)})
             mem["dlopen"].append({"n": n, "kb": tmpfs_copies_kb(so, n)})
         for n in [c for c in counts if c <= args.process_max]:
             mem["fork"].append({"n": n, "kb": processes_kb(b, pool, n, Fork(so_path))})
@@ -290,14 +290,27 @@ def sweep(args, so: bytes, so_path: str, sfc, pool, mempool) -> dict:
     return out
 
 
+def images_kb(so: bytes, n: int) -> int:
+    """Memory n deployed Serpens NFs take: the pages their sealed memfds hold (st_blocks:
+    exact, where /proc/meminfo's Shmem lags by per-CPU batches)."""
+    images = [builder.prepare_image(so, area, f"acl{area}") for area in range(n)]
+    try:
+        return sum(os.fstat(img.fd).st_blocks for img in images) * 512 // 1024
+    finally:
+        for img in images:
+            img.close()
+
+
 def tmpfs_copies_kb(so: bytes, n: int) -> int:
-    """Shared memory n copies of the .so take in a tmpfs (a SOCK-style node's deployed NFs)."""
-    before = _shmem_kb()
+    """Memory n copies of the .so take in a tmpfs (a SOCK-style node's deployed NFs)."""
     with tempfile.TemporaryDirectory(prefix="serpens-sweep-", dir="/dev/shm") as d:
+        total = 0
         for i in range(n):
-            with open(os.path.join(d, f"nf{i}.so"), "wb") as f:
+            path = os.path.join(d, f"nf{i}.so")
+            with open(path, "wb") as f:
                 f.write(so)
-        return _shmem_kb() - before
+            total += os.stat(path).st_blocks
+        return total * 512 // 1024
 
 
 def processes_kb(b: "_Bench", pool, n: int, fork) -> int:

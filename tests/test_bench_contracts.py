@@ -23,6 +23,32 @@ def test_startup_bench_json_contract():
     assert result["machine"]["cores"] >= 1 and result["params"]["starts"] == 5
 
 
+def test_startup_sweep_json_contract():
+    """--sweep: CPU time and memory against the instance count, per method (Fig. 11)."""
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "startup",
+         "--json", "--starts", "3", "--spawn-starts", "1", "--deploy-nfs", "10", "--sweep",
+         "--max", "20", "--spawn-max", "2", "--process-max", "2"],
+        capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    sweep = json.loads(out.stdout.strip().splitlines()[-1])["sweep"]
+    assert sweep["counts"] == [1, 2, 5, 10, 20]
+    for method, top in (("map", 20), ("dlopen", 20), ("fork", 20), ("spawn", 2)):
+        series = sweep["cpu_ms"][method]
+        assert [p["n"] for p in series] == [n for n in sweep["counts"] if n <= top], method
+        cpu = [p["cpu_ms"] for p in series]
+        assert cpu[0] > 0 and cpu == sorted(cpu), method  # cumulative: never decreasing
+    for method, top in (("map", 20), ("dlopen", 20), ("fork", 2), ("spawn", 2)):
+        series = sweep["memory_kb"][method]
+        assert [p["n"] for p in series] == [n for n in sweep["counts"] if n <= top], method
+        assert all(p["kb"] > 0 for p in series), method
+    # n images hold n times one image's pages: a deployed NF costs the same whatever n is
+    one = sweep["memory_kb"]["map"][0]["kb"]
+    assert sweep["memory_kb"]["map"][-1]["kb"] == 20 * one
+    # a process per instance costs far more than an image
+    assert sweep["memory_kb"]["spawn"][0]["kb"] > 10 * one
+
+
 def test_state_bench_json_contract():
     out = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state", "--json",
