@@ -102,11 +102,12 @@ def plot_fig11(r: dict, out: str) -> dict:
     sw = r["sweep"]
     fig, (a, b) = _axes("Fig. 11: resource overhead of startup methods",
                         ["(a) CPU time of n starts", "(b) memory of n deployed instances"])
-    for key, label in STARTUP_METHODS:
+    for (key, label), marker, dash in zip(STARTUP_METHODS, "osD^", ("-", "--", "-", "--")):
+        style = {"marker": marker, "linestyle": dash, "label": label, "fillstyle": "none"}
         cpu = sw["cpu_ms"].get(key, [])
-        a.plot([p["n"] for p in cpu], [p["cpu_ms"] for p in cpu], marker="o", label=label)
-        mem = sw["memory_kb"].get(key, [])
-        b.plot([p["n"] for p in mem], [p["kb"] / 1024 for p in mem], marker="o", label=label)
+        a.plot([p["n"] for p in cpu], [p["cpu_ms"] for p in cpu], **style)
+        mem = sw["memory_kb"].get(key, [])  # (equal series overlap: dashes show both)
+        b.plot([p["n"] for p in mem], [p["kb"] / 1024 for p in mem], **style)
     for ax, ylabel in ((a, "CPU time (ms)"), (b, "memory (MiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -48,9 +48,9 @@ def add_arguments(p):
     p.add_argument("--sweep", action="store_true",
                    help="CPU time and memory against the instance count (Fig. 11a/b)")
     p.add_argument("--max", type=int, default=1000,
-                   help="largest instance count of --sweep (default 1000: about 2 minutes "
-                        "on 2 vCPUs, most of it spawn's 100 starts and the processes of "
-                        "fork's and spawn's memory series)")
+                   help="largest instance count of --sweep (default 1000: under a minute "
+                        "on 2 vCPUs, the whole `bench startup --sweep` 45 s; most of it "
+                        "spawn's 100 starts and the processes of the memory series)")
     p.add_argument("--spawn-max", type=int, default=100,
                    help="largest count of the spawn CPU series (default 100)")
     p.add_argument("--process-max", type=int, default=32,

@@ -356,3 +356,21 @@ except e2e.BenchError as e:
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("refused: bench e2e: fission_like's NFs took in [90, 81]"), last
+
+
+def test_efficiency_bench_json_contract():
+    """100 SFCs asked for, the router's limit run; Serpens' core-seconds measured, the
+    allocations computed from the same trace."""
+    r = _bench("efficiency", "--sfcs", "100", "--seconds", "3", "--speedup", "10",
+               "--peak-kpps", "50")
+    p = r["params"]
+    assert p["sfcs_requested"] == 100 and p["sfcs"] == p["router_sfc_limit"] == 16
+    assert r["packets"]["out"] > 0.5 * r["packets"]["sent"] > 0
+    assert r["instance_starts"] >= 1 and r["capacity_mpps"] > 0
+    cs = r["core_seconds"]
+    assert cs["serpens"] > 0 and cs["demand"] > 0
+    # static holds every SFC's peak all along, minute-level each minute's: never less
+    assert cs["static"] >= cs["minute"] >= cs["demand"] * 0.99
+    for k in ("serpens", "static", "minute"):
+        assert r["utilisation"][k] == round(cs["demand"] / cs[k], 3)
+    assert 0 < r["trace"]["under_40pct"] < 1
