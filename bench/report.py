@@ -275,7 +275,8 @@ TITLES = {"fig1b": "Fig. 1b: resource utilisation by scaling granularity",
 
 def _machine(r: dict) -> str:
     m = r.get("machine", {})
-    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, kernel {m.get('kernel', '?')}"
+    load = f", load average {m['loadavg_1m']} when it began" if "loadavg_1m" in m else ""
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, kernel {m.get('kernel', '?')}{load}"
 
 
 def write_page(out: str, done: dict, skipped: list[str], source: str):
