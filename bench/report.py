@@ -138,6 +138,7 @@ def plot_fig13(r: dict, out: str) -> dict:
         a.plot(xs, [r[str(n)][key]["mpps"] for n in xs], marker="o", label=label)
         b.plot(xs, [r[str(n)][key]["p50_us"] for n in xs], marker="o", label=label)
     for ax, ylabel in ((a, "Mpps"), (b, "p50 latency (us)")):
+        ax.set_xticks([int(n) for n in lengths])
         ax.set_xlabel("SFC length (NFs)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
