@@ -372,5 +372,5 @@ def test_efficiency_bench_json_contract():
     # static holds every SFC's peak all along, minute-level each minute's: never less
     assert cs["static"] >= cs["minute"] >= cs["demand"] * 0.99
     for k in ("serpens", "static", "minute"):
-        assert r["utilisation"][k] == round(cs["demand"] / cs[k], 3)
+        assert r["utilisation"][k] == pytest.approx(cs["demand"] / cs[k], abs=0.01)
     assert 0 < r["trace"]["under_40pct"] < 1
