@@ -193,7 +193,10 @@ def routed_latency(rig: Rig, sfc, how, redis: RedisServer, nf: str, backend: str
     redis.pin(INSTANCE_CPU)
     rig.start([Hop(sfc, how)])
     try:
-        m = measure_started(rig, seconds, latency_mpps=0, loss_key="lost")
+        for _ in range(3):  # a search or latency run the machine starved throughout: again
+            m = measure_started(rig, seconds, latency_mpps=0, loss_key="lost")
+            if m["mpps"] and m.get("latency_us", {}).get("mean") is not None:
+                break
         errors = rig.hop_errors()
     finally:
         rig.stop()
@@ -254,15 +257,18 @@ def run(args, lose_state=None) -> dict:
                                                    check_frames(), between=between)
                     check_backend(proc, name, backend)
                     check_same_work(name, backend, out, counters, figures)
-                    step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
-                    sfc = compile_sfc(NF(image, config=make_config(), name=step))
-                    pool.start_instance(sfc, rx, tx, process=proc, how=how)
-                    try:
-                        r = dp.drive(rx, tx, mempool, frames, args.seconds, proc.ctl,
-                                     proc.efd, rewrite=name in REWRITES)
-                    finally:
-                        pool.stop_instance(proc)
-                    check_backend(proc, name, backend)
+                    for _ in range(3):  # a run the machine starved of CPU throughout: again
+                        step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
+                        sfc = compile_sfc(NF(image, config=make_config(), name=step))
+                        pool.start_instance(sfc, rx, tx, process=proc, how=how)
+                        try:
+                            r = dp.drive(rx, tx, mempool, frames, args.seconds, proc.ctl,
+                                         proc.efd, rewrite=name in REWRITES)
+                        finally:
+                            pool.stop_instance(proc)
+                        check_backend(proc, name, backend)
+                        if r["packets"]:
+                            break
                     if not r["packets"] or not r["out"]:  # a 0 would compare nothing
                         raise BenchError(f"bench state: {name} with state in {backend} "
                                            f"carried {r['packets']} packets, sent out "
