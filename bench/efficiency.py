@@ -188,7 +188,7 @@ def run(args) -> dict:
     from .sfc import build_images
     images = build_images()
     rig = Rig("efficiency", flow_frames(16), pool_size=n)
-    wire = None
+    wire = port = None
     try:
         steps_nf = [NF(images[nf], config=NF_CONFIGS[nf](), name=nf) for nf in ("fw", "mon", "nat")]
         cap_sfc = compile_sfc(chain(*steps_nf))
@@ -229,8 +229,9 @@ def run(args) -> dict:
         if not out_pkts:
             raise BenchError("bench efficiency: no packet came out of the node")
     finally:
-        if wire is not None:
+        if port is not None:
             dp.port_close(port)
+        if wire is not None:
             for ring in wire:
                 ring.free()
         rig.close()
