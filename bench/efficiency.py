@@ -192,7 +192,12 @@ def run(args) -> dict:
     try:
         steps_nf = [NF(images[nf], config=NF_CONFIGS[nf](), name=nf) for nf in ("fw", "mon", "nat")]
         cap_sfc = compile_sfc(chain(*steps_nf))
-        cap_pps = capacity(rig, cap_sfc, [f for fr in frames for f in fr])
+        for _ in range(3):  # a run the machine starved of CPU throughout: again
+            cap_pps = capacity(rig, cap_sfc, [f for fr in frames for f in fr])
+            if cap_pps:
+                break
+        else:
+            raise BenchError("bench efficiency: the SFC carried nothing on its own core")
         # (deep: the pacer shares a CPU and may push several ticks at once after a stall)
         wire = (dp.Ring(f"eff_in{os.getpid()}", 16384), dp.Ring(f"eff_out{os.getpid()}", 16))
         port = dp.port_from_rings(f"net_ring_eff{os.getpid()}", *wire, rig.dataplane.mempool)

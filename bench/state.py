@@ -183,6 +183,17 @@ def measure_table(entries: int, state_dir: str) -> dict:
     return {"get_ns": round(get_ns, 1), "put_ns": round(put_ns, 1)}
 
 
+def idle_process(pool, timeout: float = 20.0):
+    """The pool's process ready for an instance (the pool replaces one that died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in pool.processes():
+            if not p.dead and p.instance_id == 0 and p.ctl.state == dp.POOL_IDLE:
+                return p
+        time.sleep(0.01)
+    raise BenchError(f"bench state: no pool process ready within {timeout} s")
+
+
 def routed_latency(rig: Rig, sfc, how, redis: RedisServer, nf: str, backend: str,
                    seconds: float) -> dict:
     """`sfc` behind the rig's router, its instances started as `how` says and Redis on the
@@ -237,7 +248,6 @@ def run(args, lose_state=None) -> dict:
     try:
         with RedisServer(cpu=nf_cpu) as redis:
             pool, mempool = rig.pool, rig.dataplane.mempool
-            proc = pool.processes()[0]
             rx, tx = dp.Ring("bstate_rx", 1024), dp.Ring("bstate_tx", 1024)
             area = 1
             for name in names:
@@ -246,6 +256,8 @@ def run(args, lose_state=None) -> dict:
                 area += 1
                 figures = {"latency_us": {}, "latency_at_mpps": {}, "routed_mpps": {}}
                 for backend, code in BACKENDS.items():
+                    # (the routed runs' watchdog may have killed the last one: its stand-in)
+                    proc = idle_process(pool)
                     pool.pin(proc, nf_cpu)
                     how = RedisState(code, redis.socket) if code != dp.STATE_LOCAL else MAPPED
                     # the same finite input first: the same packets out as Serpens, or no figures
