@@ -244,7 +244,8 @@ def run(args, lose_state=None) -> dict:
                                     "with under 0.1% of packets not coming out (routed_mpps)",
                          "check_frames": len(check_frames())}}
     # one DPDK primary per process: the rig's dataplane serves the driven runs too
-    rig = Rig("state", flow_frames(args.flows), warmup=args.warmup, sandbox="network")
+    rig = Rig("state", flow_frames(args.flows), warmup=args.warmup, sandbox="network",
+              mbufs=262143)  # (the router's input and the driver's loop at once)
     try:
         with RedisServer(cpu=nf_cpu) as redis:
             pool, mempool = rig.pool, rig.dataplane.mempool
@@ -278,6 +279,9 @@ def run(args, lose_state=None) -> dict:
                                          proc.efd, rewrite=name in REWRITES)
                         finally:
                             pool.stop_instance(proc)
+                            # the driver leaves its loop's mbufs in the rings: back to the pool
+                            dp.free_all(rx)
+                            dp.free_all(tx)
                         check_backend(proc, name, backend)
                         if r["packets"]:
                             break
