@@ -59,6 +59,9 @@ def add_arguments(p):
                    help="the SFCs' summed rate at its peak, kpps (default 100)")
     p.add_argument("--flows", type=int, default=64, help="flows per SFC")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--idle-us", type=int, default=200,
+                   help="how long an instance polls an empty ring before it sleeps (default "
+                        "200, the pool's: at a few kpps per SFC an instance then rarely sleeps)")
 
 
 def trace(sfcs: int, steps: int, seed: int) -> list[list[float]]:
@@ -187,7 +190,7 @@ def run(args) -> dict:
     frames = [sfc_frames(i + 1, args.flows) for i in range(n)]
     from .sfc import build_images
     images = build_images()
-    rig = Rig("efficiency", flow_frames(16), pool_size=n)
+    rig = Rig("efficiency", flow_frames(16), pool_size=n, idle_us=args.idle_us)
     wire = port = None
     try:
         steps_nf = [NF(images[nf], config=NF_CONFIGS[nf](), name=nf) for nf in ("fw", "mon", "nat")]
@@ -254,6 +257,7 @@ def run(args) -> dict:
                        "trace_seconds": steps, "peak_kpps": args.peak_kpps,
                        "flows_per_sfc": args.flows, "seed": args.seed,
                        "sfc": "fw->mon->nat", "warm_s": warm, "minute_window_trace_s": MINUTE,
+                       "idle_us": args.idle_us,
                        "cores": f"router and pacer cpu {ROUTER_CPU}, instances cpu "
                                 f"{INSTANCE_CPU}; pool of {n} processes"},
             "trace": trace_shape(rel),
