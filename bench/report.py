@@ -282,7 +282,10 @@ TITLES = {"fig1b": "Fig. 1b: resource utilisation by scaling granularity",
 NOTES = {  # what differs from the paper's setup, by design (docs/baselines.md has more)
     "fig1b": "The router takes at most 16 SFCs (SERPENS_ROUTER_MAX_SFCS): the 100 asked for "
              "run as 16. The trace plays faster than its own clock (`params.speedup`); "
-             "minute-level allocation uses 60-trace-second windows.",
+             "minute-level allocation uses 60-trace-second windows. Serpens' core-seconds "
+             "are measured (every CPU cycle its instances ran, wake-ups and idle polling "
+             "included; `core_seconds.serpens_metered` counts time inside batches only): at a "
+             "few kpps per SFC, waking instances costs more than their packets do.",
     "fig11": "Memory: a Serpens image and a Load-style .so hold the same bytes per NF (their "
              "lines overlap); Fork and Exec hold a process each.",
     "fig12": "The stock IDS keeps no per-flow state (the paper's IDS keeps per-flow connection "
