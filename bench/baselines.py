@@ -102,6 +102,16 @@ class RedisServer:
                     raise BenchError("redis-server did not start") from None
                 time.sleep(0.02)
 
+    def pin(self, cpu: int | None):
+        """Move the server (every thread of it) to CPU `cpu` (None: leave it)."""
+        if cpu is None:
+            return
+        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), {cpu})
+            except OSError:
+                pass  # the thread ended meanwhile
+
     def __exit__(self, *exc):
         if self.proc is not None:
             self.proc.terminate()

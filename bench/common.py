@@ -23,7 +23,9 @@ def machine() -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release()}
+    # the load when the run began: on a shared machine, what else was running
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def cpu_stalls(seconds: float = 1.0, cpus=(0, 1)) -> dict:

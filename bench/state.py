@@ -1,4 +1,5 @@
-"""state: FW, MON and NAT with state in Serpens' state manager vs in Redis (paper §V-B).
+"""state: FW, MON, NAT, IDS and VPN with state in Serpens' state manager vs in Redis (paper
+§V-B, Fig. 12).
 
 Each NF runs in one instance pinned to one core; a traffic driver on the other core keeps
 its ring full with the same traffic (64-byte UDP frames over 10k flows). The same NF binary
@@ -15,6 +16,14 @@ named counters (`<backend>_counters`: FW cache hits, MON new flows/hosts, NAT tr
 as FW's state is a verdict cache and MON forwards everything: only the counters show a store
 that lost writes (check_same_work()). A baseline whose Redis connection failed, or a backend
 that carried nothing while measured, fails the run (check_backend()).
+Latency (Fig. 12b): each NF and backend again behind the node's router (bench/rig.py: a paced
+net_pcap source, router on CPU 1, the instance and redis-server on CPU 0), its loss-limited
+maximum searched by sfc.measure_started() and `latency_us` {p50, p99, mean} measured at 80%
+of that backend's own maximum (`routed_mpps`, `latency_at_mpps`).
+IDS and VPN are the stock NFs (nfs/ids, nfs/vpn). What state they touch per packet decides
+what Redis costs them: the IDS reads its automaton (a global read-only table) once, at
+init, and nothing per packet; the VPN takes a block of ESP sequence numbers from a global
+counter once per batch (state_fetch_add: one Redis round trip per batch).
 get_ns / put_ns: cost per access of batched (32) lookups / overwrites in a 1M-entry table of
 5-tuple keys, random order.
 """
@@ -23,12 +32,10 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 import time
 import uuid
 
-from serpens.agent.dataplane import Dataplane, DataplaneConfig
-from serpens.agent.process_pool import MAPPED, ProcessPool
+from serpens.agent.process_pool import MAPPED
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import build_nf
 from serpens import nfs
@@ -36,8 +43,9 @@ from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .baselines import RedisServer, RedisState
 from .common import BenchError, machine, udp_frame
+from .rig import INSTANCE_CPU, ROUTER_CPU, Hop, Rig, flow_frames
 
-REWRITES = {"nat"}  # NFs that change packets: the driver restores each frame
+REWRITES = {"nat", "vpn"}  # NFs that change packets: the driver restores each frame
 BACKENDS = {"serpens": dp.STATE_LOCAL, "redis": dp.STATE_REDIS, "snf": dp.STATE_REDIS_GLOBAL}
 
 def _nf(name):
@@ -55,6 +63,16 @@ NF_CONFIGS = {
                                       "external_ips": ["203.0.113.1", "203.0.113.2"],
                                       "port_range": "1024-65535", "idle_timeout": 300}),
 }
+# Patterns the benchmark traffic never holds (as in a real IDS, almost every packet is
+# scanned to its end) and one the check input's third round does (bytes 2, 7, 0: a match).
+IDS_CONFIG = {"patterns": ["/etc/passwd", "cmd.exe", b"\x90\x90\x90\x90", "GET /admin",
+                           "SELECT * FROM", "<script>", bytes([2, 7, 0])], "action": "alert"}
+VPN_CONFIG = {"spi": 0x1000, "key": "00112233445566778899aabbccddeeff01020304",
+              "tunnel_src": "192.0.2.1", "tunnel_dst": "198.51.100.1"}
+# Every NF the state benchmark runs: the SFC benchmarks' three and the stock IDS and VPN.
+STATE_NF_CONFIGS = {**NF_CONFIGS,
+                    "ids": lambda: _nf("ids").encode_config(IDS_CONFIG),
+                    "vpn": lambda: _nf("vpn").encode_config(VPN_CONFIG)}
 
 
 def add_arguments(p):
@@ -62,6 +80,12 @@ def add_arguments(p):
     p.add_argument("--flows", type=int, default=10000)
     p.add_argument("--entries", type=int, default=1 << 20,
                    help="entries of the table get_ns/put_ns are measured on")
+    p.add_argument("--search-seconds", type=float, default=0.5,
+                   help="measuring time per trial of the routed max-rate search and latency")
+    p.add_argument("--warmup", type=float, default=0.3,
+                   help="seconds at a routed trial's rate before it is measured")
+    p.add_argument("--nfs", default=",".join(STATE_NF_CONFIGS),
+                   help="NFs to run, comma-separated (default: all)")
 
 
 def traffic(flows: int) -> list[bytes]:
@@ -159,54 +183,108 @@ def measure_table(entries: int, state_dir: str) -> dict:
     return {"get_ns": round(get_ns, 1), "put_ns": round(put_ns, 1)}
 
 
+def idle_process(pool, timeout: float = 20.0):
+    """The pool's process ready for an instance (the pool replaces one that died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in pool.processes():
+            if not p.dead and p.instance_id == 0 and p.ctl.state == dp.POOL_IDLE:
+                return p
+        time.sleep(0.01)
+    raise BenchError(f"bench state: no pool process ready within {timeout} s")
+
+
+def routed_latency(rig: Rig, sfc, how, redis: RedisServer, nf: str, backend: str,
+                   seconds: float) -> dict:
+    """`sfc` behind the rig's router, its instances started as `how` says and Redis on the
+    instances' CPU: the loss-limited max rate and latency at 80% of it (measure_started).
+    Loss counts every packet that did not come out: an instance slower than the offered
+    rate fills its ring and the router drops there, not at the input."""
+    from .sfc import measure_started  # (sfc imports this module's NF configs)
+    redis.pin(INSTANCE_CPU)
+    rig.start([Hop(sfc, how)])
+    try:
+        for _ in range(3):  # a search or latency run the machine starved throughout: again
+            m = measure_started(rig, seconds, latency_mpps=0, loss_key="lost")
+            if m["mpps"] and m.get("latency_us", {}).get("mean") is not None:
+                break
+        errors = rig.hop_errors()
+    finally:
+        rig.stop()
+        redis.pin(redis.cpu)
+    if errors:
+        raise BenchError(f"bench state: {nf} with state in {backend}, routed: {errors[0]}")
+    if not m["mpps"] or "latency_us" not in m or m["latency_us"]["mean"] is None:
+        raise BenchError(f"bench state: {nf} with state in {backend} carried nothing behind "
+                         f"the router (max {m['mpps']} Mpps)")
+    return m
+
+
 def run(args, lose_state=None) -> dict:
     """`lose_state(redis)`: a test hook the Redis baselines call between batches of the check
     input (e.g. flushing the db: a store that loses writes must fail the run)."""
-    state_dir = f"/dev/shm/serpens-bench-state-{os.getpid()}"
-    config = DataplaneConfig(file_prefix=f"serpens-bench-state-{os.getpid()}",
-                             state_dir=state_dir)
+    names = [n for n in args.nfs.split(",") if n]
+    unknown = [n for n in names if n not in STATE_NF_CONFIGS]
+    if unknown or not names:
+        raise BenchError(f"bench state: --nfs: unknown NF {unknown[0] if unknown else '(none)'}"
+                         f" (known: {', '.join(STATE_NF_CONFIGS)})")
     frames = traffic(args.flows)
-    nf_cpu = 1 % os.cpu_count()
+    nf_cpu = ROUTER_CPU % (os.cpu_count() or 1)
     result = {"machine": machine(),
               "params": {"seconds": args.seconds, "flows": args.flows, "frame_bytes": 64,
-                         "table_entries": args.entries, "batch": 32,
+                         "table_entries": args.entries, "batch": 32, "nfs": names,
+                         "search_seconds": args.search_seconds, "warmup": args.warmup,
                          "cores": f"driver on cpu 0; the instance and redis-server on cpu "
                                   f"{nf_cpu} (the NF and its state store share one core, as "
-                                  f"Serpens' instance and its tables do)",
+                                  f"Serpens' instance and its tables do); routed (latency): "
+                                  f"router on cpu {nf_cpu}, instance and redis-server on cpu "
+                                  f"{INSTANCE_CPU}",
                          "redis": f"unix socket, pinned to cpu {nf_cpu}",
+                         "latency": "at 80% of each backend's own max rate behind the router "
+                                    "with under 0.1% of packets not coming out (routed_mpps)",
                          "check_frames": len(check_frames())}}
-    os.sched_setaffinity(0, {0})
+    # one DPDK primary per process: the rig's dataplane serves the driven runs too
+    rig = Rig("state", flow_frames(args.flows), warmup=args.warmup, sandbox="network",
+              mbufs=262143)  # (the router's input and the driver's loop at once)
     try:
-        with Dataplane(config) as dpl, ProcessPool(dpl, 1, first_lcore=2, sandbox="network") as pool, \
-                RedisServer(cpu=nf_cpu) as redis:
-            proc = pool.processes()[0]
-            pool.pin(proc, nf_cpu)
+        with RedisServer(cpu=nf_cpu) as redis:
+            pool, mempool = rig.pool, rig.dataplane.mempool
             rx, tx = dp.Ring("bstate_rx", 1024), dp.Ring("bstate_tx", 1024)
             area = 1
-            for name, make_config in NF_CONFIGS.items():
+            for name in names:
+                make_config = STATE_NF_CONFIGS[name]
                 image = build_nf(nfs.source(name), area, name)
                 area += 1
-                figures = {}
+                figures = {"latency_us": {}, "latency_at_mpps": {}, "routed_mpps": {}}
                 for backend, code in BACKENDS.items():
+                    # (the routed runs' watchdog may have killed the last one: its stand-in)
+                    proc = idle_process(pool)
+                    pool.pin(proc, nf_cpu)
                     how = RedisState(code, redis.socket) if code != dp.STATE_LOCAL else MAPPED
                     # the same finite input first: the same packets out as Serpens, or no figures
                     step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"  # fresh state each run
                     sfc = compile_sfc(NF(image, config=make_config(), name=step))
                     between = (lambda: lose_state(redis)) if lose_state and code != \
                         dp.STATE_LOCAL else None
-                    out, counters = output_summary(pool, proc, sfc, how, rx, tx, dpl.mempool,
+                    out, counters = output_summary(pool, proc, sfc, how, rx, tx, mempool,
                                                    check_frames(), between=between)
                     check_backend(proc, name, backend)
                     check_same_work(name, backend, out, counters, figures)
-                    step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
-                    sfc = compile_sfc(NF(image, config=make_config(), name=step))
-                    pool.start_instance(sfc, rx, tx, process=proc, how=how)
-                    try:
-                        r = dp.drive(rx, tx, dpl.mempool, frames, args.seconds, proc.ctl,
-                                     proc.efd, rewrite=name in REWRITES)
-                    finally:
-                        pool.stop_instance(proc)
-                    check_backend(proc, name, backend)
+                    for _ in range(3):  # a run the machine starved of CPU throughout: again
+                        step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
+                        sfc = compile_sfc(NF(image, config=make_config(), name=step))
+                        pool.start_instance(sfc, rx, tx, process=proc, how=how)
+                        try:
+                            r = dp.drive(rx, tx, mempool, frames, args.seconds, proc.ctl,
+                                         proc.efd, rewrite=name in REWRITES)
+                        finally:
+                            pool.stop_instance(proc)
+                            # the driver leaves its loop's mbufs in the rings: back to the pool
+                            dp.free_all(rx)
+                            dp.free_all(tx)
+                        check_backend(proc, name, backend)
+                        if r["packets"]:
+                            break
                     if not r["packets"] or not r["out"]:  # a 0 would compare nothing
                         raise BenchError(f"bench state: {name} with state in {backend} "
                                            f"carried {r['packets']} packets, sent out "
@@ -215,16 +293,27 @@ def run(args, lose_state=None) -> dict:
                     figures[f"{backend}_out_ratio"] = round(r["out"] / max(1, r["packets"]), 3)
                     figures[f"{backend}_output"] = out
                     figures[f"{backend}_counters"] = counters
+                    step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
+                    sfc = compile_sfc(NF(image, config=make_config(), name=step))
+                    m = routed_latency(rig, sfc, how, redis, name, backend, args.search_seconds)
+                    lat = m["latency_us"]
+                    figures["latency_us"][backend] = {"p50": lat["p50"], "p99": lat["p99"],
+                                                      "mean": lat["mean"]}
+                    figures["latency_at_mpps"][backend] = m["latency_mpps"]
+                    figures["routed_mpps"][backend] = m["mpps"]
                 for backend in ("redis", "snf"):
                     figures[f"serpens_vs_{backend}"] = round(
                         figures["serpens_mpps"] / max(figures[f"{backend}_mpps"], 1e-9), 1)
+                    figures[f"latency_reduction_vs_{backend}"] = round(
+                        1 - figures["latency_us"]["serpens"]["mean"]
+                        / figures["latency_us"][backend]["mean"], 3)
                 image.close()
                 result[name] = figures
             rx.free()
             tx.free()
-            result.update(measure_table(args.entries, state_dir))
+            result.update(measure_table(args.entries, rig.state.name))
     finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
+        rig.close()
     return result
 
 
@@ -232,10 +321,12 @@ def print_table(r: dict):
     print(f"NF state: Serpens shared memory vs Redis, on {r['machine']['cpu']} "
           f"({r['machine']['cores']} cores), {r['params']['flows']} flows, 64 B packets")
     print(f"{'nf':<6}{'serpens Mpps':>14}{'redis Mpps':>12}{'snf Mpps':>10}{'vs redis':>10}"
-          f"{'vs snf':>8}")
-    for name in NF_CONFIGS:
+          f"{'vs snf':>8}   mean latency us at 80% (serpens / redis / snf)")
+    for name in r["params"]["nfs"]:
         f = r[name]
+        lat = f["latency_us"]
         print(f"{name:<6}{f['serpens_mpps']:>14.3f}{f['redis_mpps']:>12.3f}{f['snf_mpps']:>10.3f}"
               f"{f['serpens_mpps'] / max(f['redis_mpps'], 1e-9):>9.1f}x"
-              f"{f['serpens_mpps'] / max(f['snf_mpps'], 1e-9):>7.1f}x")
+              f"{f['serpens_mpps'] / max(f['snf_mpps'], 1e-9):>7.1f}x"
+              f"   {lat['serpens']['mean']} / {lat['redis']['mean']} / {lat['snf']['mean']}")
     print(f"batched lookup in a 1M-entry table: get {r['get_ns']} ns, put {r['put_ns']} ns")

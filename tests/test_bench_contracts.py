@@ -23,14 +23,42 @@ def test_startup_bench_json_contract():
     assert result["machine"]["cores"] >= 1 and result["params"]["starts"] == 5
 
 
+def test_startup_sweep_json_contract():
+    """--sweep: CPU time and memory against the instance count, per method (Fig. 11)."""
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "startup",
+         "--json", "--starts", "3", "--spawn-starts", "1", "--deploy-nfs", "10", "--sweep",
+         "--max", "20", "--spawn-max", "2", "--process-max", "2"],
+        capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    sweep = json.loads(out.stdout.strip().splitlines()[-1])["sweep"]
+    assert sweep["counts"] == [1, 2, 5, 10, 20]
+    for method, top in (("map", 20), ("dlopen", 20), ("fork", 20), ("spawn", 2)):
+        series = sweep["cpu_ms"][method]
+        assert [p["n"] for p in series] == [n for n in sweep["counts"] if n <= top], method
+        cpu = [p["cpu_ms"] for p in series]
+        assert cpu[0] > 0 and cpu == sorted(cpu), method  # cumulative: never decreasing
+    for method, top in (("map", 20), ("dlopen", 20), ("fork", 2), ("spawn", 2)):
+        series = sweep["memory_kb"][method]
+        assert [p["n"] for p in series] == [n for n in sweep["counts"] if n <= top], method
+        assert all(p["kb"] > 0 for p in series), method
+    # n images hold n times one image's pages: a deployed NF costs the same whatever n is
+    one = sweep["memory_kb"]["map"][0]["kb"]
+    assert sweep["memory_kb"]["map"][-1]["kb"] == 20 * one
+    # a process per instance costs far more than an image
+    assert sweep["memory_kb"]["spawn"][0]["kb"] > 10 * one
+
+
 def test_state_bench_json_contract():
     out = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state", "--json",
-         "--seconds", "0.1", "--flows", "500", "--entries", "4096"],
-        capture_output=True, text=True, timeout=240)
+         "--seconds", "0.1", "--flows", "500", "--entries", "4096", "--search-seconds", "0.2",
+         "--warmup", "0.1"],  # (shorter trials: one packet lost is over 0.1%)
+        capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    for nf in ("fw", "mon", "nat"):
+    assert result["params"]["nfs"] == ["fw", "mon", "nat", "ids", "vpn"]
+    for nf in ("fw", "mon", "nat", "ids", "vpn"):
         for key in ("serpens_mpps", "redis_mpps", "snf_mpps"):
             assert result[nf][key] > 0, (nf, key)
         assert result[nf]["serpens_out_ratio"] > 0.99  # the traffic passes every NF
@@ -43,11 +71,30 @@ def test_state_bench_json_contract():
         counted = result[nf]["serpens_counters"]
         assert result[nf]["redis_counters"] == counted == result[nf]["snf_counters"], nf
         assert result[nf]["serpens_vs_redis"] > 0 and result[nf]["serpens_vs_snf"] > 0
+        # latency per backend at 80% of that backend's own routed maximum (Fig. 12b)
+        for backend in ("serpens", "redis", "snf"):
+            lat = result[nf]["latency_us"][backend]
+            assert 0 < lat["p50"] <= lat["p99"] and lat["mean"] > 0, (nf, backend)
+            routed = result[nf]["routed_mpps"][backend]
+            assert routed > 0, (nf, backend)
+            assert abs(result[nf]["latency_at_mpps"][backend] - 0.8 * routed) <= 0.002
+        assert result[nf]["latency_reduction_vs_redis"] < 1
     assert result["get_ns"] > 0 and result["put_ns"] > 0
     assert result["fw"]["serpens_counters"]["cache_hits"] > 0  # later rounds hit the cache
     assert result["mon"]["serpens_counters"]["new_flows"] > 0
     assert result["nat"]["serpens_counters"]["translated_out"] > 0
+    # the IDS found the one pattern the check input holds; the VPN encrypted every packet
+    assert result["ids"]["serpens_counters"]["matches"] == 1
+    assert result["ids"]["serpens_counters"]["scanned"] == result["params"]["check_frames"]
+    assert result["vpn"]["serpens_counters"]["encrypted"] == result["params"]["check_frames"]
     assert "pinned to cpu" in result["params"]["redis"] and "unix socket" in result["params"]["redis"]
+
+
+def test_state_bench_refuses_an_unknown_nf():
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state",
+         "--nfs", "fw,dpi"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--nfs: unknown NF dpi" in out.stderr + out.stdout
 
 
 def test_state_bench_fails_when_redis_loses_writes():
@@ -68,7 +115,8 @@ def kill(redis):
     redis.proc.kill()
     redis.proc.wait()
 
-args = argparse.Namespace(seconds=0.05, flows=500, entries=4096)
+args = argparse.Namespace(seconds=0.05, flows=500, entries=4096, nfs="fw",
+                          search_seconds=0.05, warmup=0.05)
 try:
     state.run(args, lose_state={"kill": kill, "flush": flush}[sys.argv[1]])
     print("passed")
@@ -356,3 +404,21 @@ def test_e2e_bench_through_the_gateway():
     assert gw["latency_us"]["mean"] > 0 and "speedup" not in gw
     assert not any(p in r for p in ("fission_like", "snf_like", "sand_like"))
     assert "memif" in r["params"]["serpens_gateway"]
+
+
+def test_efficiency_bench_json_contract():
+    """100 SFCs asked for, the router's limit run; Serpens' core-seconds measured, the
+    allocations computed from the same trace."""
+    r = _bench("efficiency", "--sfcs", "100", "--seconds", "3", "--speedup", "10",
+               "--peak-kpps", "50")
+    p = r["params"]
+    assert p["sfcs_requested"] == 100 and p["sfcs"] == p["router_sfc_limit"] == 16
+    assert r["packets"]["out"] > 0.5 * r["packets"]["sent"] > 0
+    assert r["instance_starts"] >= 1 and r["capacity_mpps"] > 0
+    cs = r["core_seconds"]
+    assert cs["serpens"] > 0 and cs["demand"] > 0
+    # static holds every SFC's peak all along, minute-level each minute's: never less
+    assert cs["static"] >= cs["minute"] >= cs["demand"] * 0.99
+    for k in ("serpens", "static", "minute"):
+        assert r["utilisation"][k] == pytest.approx(cs["demand"] / cs[k], abs=0.01)
+    assert 0 < r["trace"]["under_40pct"] < 1
