@@ -37,6 +37,7 @@ cdef extern from "router.h" nogil:
         SERPENS_ROUTER_MAX_RULES
         SERPENS_VLAN_IDS
         SERPENS_LAT_BUCKETS
+        SERPENS_STAGES
 
     enum serpens_instance_state:
         SERPENS_INST_EMPTY
@@ -137,6 +138,11 @@ cdef extern from "router.h" nogil:
         uint64_t lat_sum
         uint32_t npending, nheld, nstalled
         uint64_t rx, tx, dropped, tx_failed, sleeps, loops, busy_cycles
+        uint32_t stamp_on
+        uint64_t stamp_last
+        uint64_t stage_cycles[SERPENS_STAGES]
+
+    serpens_router *serpens_router_alloc()
 
     int serpens_router_run(serpens_router *r)
     void serpens_router_reap(serpens_router *r, int i)

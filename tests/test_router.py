@@ -38,6 +38,33 @@ def test_flows_stay_on_one_instance_and_both_are_used(node):
     assert node.router.stats()["new_flows"] == 64
 
 
+def test_new_flows_of_one_burst_spread_over_the_instances(node):
+    """64 new flows arriving in one RX burst (one ring enqueue, the router's burst is 64):
+    each new pin counts the packets already given to an instance in that burst, so the
+    flows alternate between the two idle instances instead of all going to the first."""
+    node.manager.scale(2)
+    ids = node.instance_ids()
+    node.send([flow_frame(f, 0) for f in range(64)])
+    owners = [inst for _, inst, _ in map(flow_decode, node.receive(64))]
+    per = {inst: owners.count(inst) for inst in ids.values()}
+    assert sorted(per.values()) == [32, 32], per
+
+
+def test_stage_stamps_account_the_loop(node):
+    """stamp_stages: cycles land in the stages the packets went through (none while off)."""
+    node.router.stamp_stages(False)
+    node.send([flow_frame(f, 0) for f in range(64)])
+    node.receive(64)
+    assert set(node.router.stage_cycles().values()) == {0}
+    node.router.stamp_stages(True)
+    node.send([flow_frame(f, s) for s in range(1, 11) for f in range(64)])
+    node.receive(640)
+    node.router.stamp_stages(False)
+    cycles = node.router.stage_cycles()
+    for stage in ("rx", "classify", "dispatch", "enqueue", "dequeue", "verdict", "tx"):
+        assert cycles[stage] > 0, (stage, cycles)
+
+
 def test_scale_in_moves_flows_without_loss_or_reordering(node):
     node.manager.scale(2)
     ids = node.instance_ids()
