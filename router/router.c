@@ -851,11 +851,13 @@ static uint32_t drain(struct serpens_router *r, uint64_t now)
 		}
 		stage(r, SERPENS_STAGE_LOOP);
 		uint32_t n = rte_ring_dequeue_burst(in->tx, (void **)pkts, BURST, NULL);
-		/* the mbufs come back from the instance's core: fetch both lines forward() reads
-		 * (length, verdict and metadata) for the whole burst before it touches the first */
+		/* The mbufs come back from the instance's core: fetch both header lines (length,
+		 * verdict and metadata: forward() reads them) for the whole burst before it touches
+		 * the first, for writing: once freed here, the port's next RX rewrites them (the
+		 * mempool cache hands them out again at once), and it should find them ours. */
 		for (uint32_t k = 0; k < n; k++) {
-			rte_prefetch0(pkts[k]);
-			rte_prefetch0((const char *)pkts[k] + RTE_CACHE_LINE_SIZE);
+			rte_prefetch0_write(pkts[k]);
+			rte_prefetch0_write((char *)pkts[k] + RTE_CACHE_LINE_SIZE);
 		}
 		stage(r, SERPENS_STAGE_DEQUEUE);
 		if (n) {
