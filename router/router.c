@@ -185,16 +185,14 @@ static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t n
 	struct serpens_router_sfc *s = &r->sfcs[sfc];
 	int way = -1, lru = -1;
 
-	for (int w = 0; w < SERPENS_FLOW_WAYS; w++) {
-		if (b->hash[w] == key) {
-			way = w;
-			break;
-		}
-		/* a free way, else the least recently used one */
-		if (lru < 0 || (b->hash[lru] != 0 &&
-				(b->hash[w] == 0 ||
-				 (uint16_t)(now - b->used[w]) > (uint16_t)(now - b->used[lru]))))
-			lru = w;
+	for (int w = 0; w < SERPENS_FLOW_WAYS; w++)
+		way = b->hash[w] == key ? w : way; /* no branch per way: keys are unique per bucket */
+	if (way < 0) { /* a new flow: a free way, else the least recently used one */
+		for (int w = 0; w < SERPENS_FLOW_WAYS; w++)
+			if (lru < 0 || (b->hash[lru] != 0 &&
+					(b->hash[w] == 0 ||
+					 (uint16_t)(now - b->used[w]) > (uint16_t)(now - b->used[lru]))))
+				lru = w;
 	}
 	if (way >= 0 && b->from[way] != SERPENS_NO_MOVE) { /* moved by a rebalance */
 		const struct serpens_router_instance *old = &r->inst[b->from[way] - 1];
