@@ -379,6 +379,8 @@ cdef class Router:
         # nothing for this one, whose counters start at 0: it would hold the SFC forever
         inst.barrier_on = 0
         inst.barrier = 0
+        if self.r.ninst <= i:  # the loop looks at slots below ninst only
+            self.r.ninst = i + 1
         serpens_fence()
         inst.state = SERPENS_INST_ACTIVE
 

@@ -145,7 +145,7 @@ static int least_loaded(struct serpens_router *r, int sfc, const uint32_t *assig
 {
 	int best = -1;
 	uint32_t load = UINT32_MAX;
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		if (in->state != SERPENS_INST_ACTIVE || in->sfc != sfc || doomed(in))
 			continue;
@@ -225,7 +225,7 @@ static void start_rebalance(struct serpens_router *r, int sfc, int to)
 {
 	struct serpens_router_sfc *s = &r->sfcs[sfc];
 	uint32_t n = 0;
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		if (in->state == SERPENS_INST_ACTIVE && in->sfc == sfc) {
 			n++;
@@ -255,13 +255,13 @@ static void start_rebalance(struct serpens_router *r, int sfc, int to)
 /* A rebalance is over once every old instance returned what it had before its barrier. */
 static int rebalance_done(struct serpens_router *r, int sfc)
 {
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		if (in->sfc == sfc && in->barrier_on && in->state != SERPENS_INST_EMPTY &&
 		    in->returned < in->barrier)
 			return 0;
 	}
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
+	for (int i = 0, end = (int)r->ninst; i < end; i++)
 		if (r->inst[i].sfc == sfc)
 			r->inst[i].barrier_on = 0;
 	r->sfcs[sfc].moving = 0;
@@ -357,7 +357,7 @@ static void shed(struct serpens_router *r, struct serpens_router_instance *in)
 static uint32_t flush_pending(struct serpens_router *r, uint64_t now)
 {
 	uint32_t moved = 0;
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES && r->npending; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end && r->npending; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		uint32_t n = in->npending;
 		if (!n)
@@ -647,7 +647,7 @@ static void flush(struct serpens_router *r, struct serpens_router_port *p)
 /* Room for a burst into SFC `sfc`: no instance of it has pending packets beyond one burst. */
 static int room_in(const struct serpens_router *r, int sfc)
 {
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
+	for (int i = 0, end = (int)r->ninst; i < end; i++)
 		if (r->inst[i].state != SERPENS_INST_EMPTY && r->inst[i].sfc == sfc &&
 		    r->inst[i].npending > BURST)
 			return 0;
@@ -780,7 +780,7 @@ static void kill_stuck(struct serpens_router_instance *in)
  * those stuck inside one batch longer than their budget (router.h). */
 static void watchdog(struct serpens_router *r, uint64_t now)
 {
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		uint32_t st = in->state;
 		if (st != SERPENS_INST_ACTIVE && st != SERPENS_INST_DRAINING)
@@ -828,7 +828,7 @@ static uint32_t drain(struct serpens_router *r, uint64_t now)
 	struct rte_mbuf *pkts[BURST];
 	uint32_t total = 0;
 
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		uint32_t st = in->state;
 		if (st == SERPENS_INST_EMPTY || st == SERPENS_INST_REAPED)

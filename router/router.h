@@ -164,8 +164,7 @@ struct serpens_router_instance {
 	uint32_t waiting;            /* enqueued since the last wake-up */
 	uint64_t oldest_tsc;         /* when the first of those was enqueued */
 	uint64_t enqueued, returned, wakeups;
-	uint32_t npending;           /* packets its full ring did not take yet */
-	struct rte_mbuf *pending[2 * SERPENS_ROUTER_BURST];
+	uint32_t npending;           /* packets its full ring did not take yet (pending[]) */
 	volatile uint32_t drained;   /* draining and empty: its flows have moved */
 	uint64_t barrier;            /* flows moving away wait until returned >= barrier */
 	uint32_t barrier_on;
@@ -176,6 +175,7 @@ struct serpens_router_instance {
 	uint64_t suspect_cpu_ns;     /* the process's CPU time when it became suspect */
 	uint64_t last_return_tsc;    /* it last returned packets (or began to hold some) */
 	uint64_t dropped;            /* packets dropped because of it (pending, ring, batch) */
+	struct rte_mbuf *pending[2 * SERPENS_ROUTER_BURST]; /* last: the loop reads the rest */
 };
 
 struct serpens_router_sfc {
@@ -246,6 +246,7 @@ struct serpens_router {
 	uint8_t tag_sfc[SERPENS_VLAN_IDS]; /* VLAN ID -> SFC + 1 (0: not a tag) */
 	struct serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS];
 	struct serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES];
+	volatile uint32_t ninst;  /* control: inst[] at and beyond this index were never used */
 	/* VXLAN: underlay.ip 0 = no underlay */
 	struct serpens_underlay underlay;
 	uint32_t underlay_port;   /* index into ports[] */

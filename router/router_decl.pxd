@@ -123,6 +123,7 @@ cdef extern from "router.h" nogil:
         uint8_t tag_sfc[SERPENS_VLAN_IDS]
         serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS]
         serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES]
+        uint32_t ninst
         serpens_underlay underlay
         uint32_t underlay_port
         uint32_t gw_live
