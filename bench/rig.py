@@ -23,11 +23,12 @@ from .common import percentiles, udp_frame
 from .proxy import ProxyService
 
 ROUTER_CPU, INSTANCE_CPU = 1, 0
-# Arrivals the emulated input queue holds (docs/dataplane.md "Benchmark support"): deep enough
-# that this VM's host pauses (2-6 ms, several a second) do not decide a loss-limited figure.
-# A NIC's RX ring is 4096, but here the queue only models arrival: at 10 Mpps 4096 packets
-# last 0.4 ms, and a paused router vCPU lost them whatever the rate (issue 18).
-INPUT_DEPTH = 32768
+# Arrivals the emulated input queue holds (docs/dataplane.md "The benchmarks' input queue"):
+# deep enough that this VM's host pauses (2-6 ms, several a second) do not decide a
+# loss-limited figure. A NIC's RX ring is 4096, but here the queue only models arrival: at
+# 10 Mpps 4096 packets last 0.4 ms, and a paused router vCPU lost them whatever the rate
+# (issue 18). 65536 hold 4 ms at 15 Mpps.
+INPUT_DEPTH = 65536
 PROXY = "proxy"  # a hop of Rig.start() through the global proxy
 
 
