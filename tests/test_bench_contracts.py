@@ -263,6 +263,8 @@ def test_multinode_bench_json_contract():
                timeout=600)
     assert r["gateway_mpps"] > 0 and r["encap_ns"] > 0
     assert r["multi_mpps"] > 0 and r["single_mpps"] > 0
+    for key in ("multi_mpps", "multi_return_mpps", "single_mpps"):  # medians of 3 searches
+        assert r[f"{key}_trials"]["median"] == r[key] and len(r[f"{key}_trials"]["values"]) == 3
     assert r["ratio"] == round(r["multi_mpps"] / r["single_mpps"], 3)
     assert r["capacity_mpps"]["multi"] >= r["multi_mpps"] * 0.99
     assert r["capacity_mpps"]["single"] > 0
