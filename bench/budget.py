@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .common import cpu_stalls, machine
@@ -100,7 +101,7 @@ def print_table(r: dict):
           f"on {r['machine']['cpu']}")
     sfcs = ("null", "fw_mon_nat")
     print(f"{'stage':>10}" + "".join(f"{s:>12}" for s in sfcs))
-    for stage in r["null"]["cycles_per_packet"]:
+    for stage in dp.STAGES:  # the loop's order
         print(f"{stage:>10}" + "".join(f"{r[s]['cycles_per_packet'][stage]:>12}" for s in sfcs))
     print(f"{'total':>10}" + "".join(f"{r[s]['total']:>12}" for s in sfcs))
     print(f"{'median':>10}" + "".join(f"{r[s]['median_total']:>12}" for s in sfcs)
