@@ -108,4 +108,6 @@ def print_table(r: dict):
           + "   (total, median window)")
     print(f"{'Mpps':>10}" + "".join(f"{r[s]['mpps']:>12}" for s in sfcs) + "   (stamps off)")
     print(f"{'stamped':>10}" + "".join(f"{r[s]['stamped_mpps']:>12}" for s in sfcs)
-          + "   (stamps on)")
+          + "   (stamps on, the window shown)")
+    print(f"{'clean':>10}" + "".join(f"{r[s]['clean_windows']:>9}/{r[s]['windows']:<2}"
+                                     for s in sfcs) + "   (windows that dropped nothing)")
