@@ -4,6 +4,7 @@ CASES = {
     "startup": "serpens.bench.startup",
     "state": "serpens.bench.state",
     "sfc": "serpens.bench.sfc",
+    "budget": "serpens.bench.budget",
     "chain": "serpens.bench.chain",
     "scale": "serpens.bench.scale",
     "control": "serpens.bench.control",

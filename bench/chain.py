@@ -20,7 +20,9 @@ proxy passed on between hops), or the run fails. At 1 NF the three modes do the 
 (one instance, no hand-off): serpens_vs_* is given from 2 NFs on. A mode that carried nothing
 while measured fails the run.
 Figures: `mpps` is the unpaced throughput (the source never runs dry; the router
-back-pressures), `p50_us` the median latency at half of that mode's own throughput.
+back-pressures), the median of `--runs` runs, all of them in `mpps_trials` ({values, median,
+min, max, spread}, as bench sfc's searched figures); `p50_us` the median latency at half of
+that mode's own throughput.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from serpens.nfs import fw as fw_nf
 
 from .common import BenchError, cpu_stalls, machine, tcp_frame, udp_frame
 from .rig import PROXY, Rig, flow_frames
+from .sfc import trials_summary
 from .state import FW_RULES
 
 # Hop k's FW also denies UDP to port HOP_DPORT + k: n hops drop what n-1 pass, so a mode that
@@ -64,6 +67,8 @@ def add_arguments(p):
                    help="the instances' ring size in every mode (default: each mode's best)")
     p.add_argument("--check-frames", type=int, default=2000,
                    help="frames of the finite input every mode's output is compared on")
+    p.add_argument("--runs", type=int, default=3,
+                   help="unpaced runs per mode and length (the figure: their median)")
 
 
 def hop_config(k: int) -> bytes:
@@ -182,6 +187,7 @@ def run(args) -> dict:
               idle_us=settings[modes[0]]["idle_us"])
     result = {"machine": dict(machine(), stalls=cpu_stalls()),
               "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds, "warmup": args.warmup,
+                         "runs": args.runs, "input_depth": rig.input_depth,
                          "modes": {m: settings[m] for m in modes},
                          # (kept from before per-mode settings: the first mode's, Serpens')
                          "idle_us": settings[modes[0]]["idle_us"],
@@ -201,7 +207,9 @@ def run(args) -> dict:
                 rig.use_idle_us(settings[mode]["idle_us"])
                 rig.start(hops(mode, n, fw_images), ring_size=settings[mode]["ring_size"])
                 try:
-                    mpps = max(rig.run_at(0, args.seconds)["mpps"] for _ in range(2))
+                    trials = trials_summary([rig.run_at(0, args.seconds)["mpps"]
+                                             for _ in range(max(1, args.runs))])
+                    mpps = trials["median"]
                     load = max(mpps * 1e6 / 2, 1e4)  # (a run the host stalled may carry ~0)
                     lat = rig.run_at(load, args.seconds, log=int(load * args.seconds * 1.5))
                 finally:
@@ -209,7 +217,8 @@ def run(args) -> dict:
                 if mpps <= 0:  # a figure of 0 compares nothing: the mode did not run
                     raise BenchError(f"bench chain: {n} FWs in {mode} carried no packets "
                                        f"while measured")
-                row[mode] = {"mpps": round(mpps, 3), "p50_us": lat["latency_us"]["p50"],
+                row[mode] = {"mpps": round(mpps, 3), "mpps_trials": trials,
+                             "p50_us": lat["latency_us"]["p50"],
                              "p99_us": lat["latency_us"]["p99"], "output": outputs[mode]}
             for base in ("local_proxy", "global_proxy"):
                 if "serpens" in row and base in row and n > 1:

@@ -168,9 +168,10 @@ def run(args) -> dict:
                        "gateway_cpu": args.gateway_cpu},
             "gateway_mpps": multi["gateway_mpps"], "encap_ns": multi["encap_ns"],
             "multi_mpps": m["mpps"], "single_mpps": single["mpps"],
+            "multi_mpps_trials": m["mpps_trials"], "single_mpps_trials": single["mpps_trials"],
             "ratio": round(m["mpps"] / single["mpps"], 3) if single["mpps"] else None,
             # the SFC's output back through the gateway (`output: gateway`)
-            "multi_return_mpps": mr["mpps"],
+            "multi_return_mpps": mr["mpps"], "multi_return_mpps_trials": mr["mpps_trials"],
             "return_ratio": round(mr["mpps"] / single["mpps"], 3) if single["mpps"] else None,
             # unpaced (the source never runs dry): what each carries losing what it must
             "capacity_mpps": {"multi": m["capacity_mpps"], "multi_return": mr["capacity_mpps"],

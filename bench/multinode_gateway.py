@@ -27,8 +27,8 @@ import time
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.runtime_cy import _dataplane as dp
 
-from .rig import INSTANCE_CPU, ROUTER_CPU, flow_frames, keep_off_router_cpu, latency_us, \
-    write_pcap
+from .rig import INPUT_DEPTH, INSTANCE_CPU, ROUTER_CPU, flow_frames, keep_off_router_cpu, \
+    latency_us, write_pcap
 from .sfc import measure_started
 
 STAMP_OFF = 42  # the UDP payload of the benchmark frames (bench/common.py udp_frame)
@@ -178,8 +178,8 @@ class Multi:
         self.warmup = spec["warmup"]
         self.servers, self.local = servers, True
         tag = os.getpid()
-        # the input's buffer is the driver's pace depth (4096, as a paced router port's); its
-        # ring to the gateway only holds a few bursts
+        # the input's buffer is the driver's pace depth (INPUT_DEPTH, as the rig's paced
+        # source: bench/rig.py); its ring to the gateway only holds a few bursts
         self.inject, self.sent = dp.Ring(f"mn_in{tag}", 256), dp.Ring(f"mn_out{tag}", 4096)
         self.outside = dp.port_from_rings(f"net_ring_mn{tag}", self.inject, self.sent, mp)
         self.under = under
@@ -187,7 +187,7 @@ class Multi:
                              spec["gateway_mac"], mtu=spec.get("mtu", 1500))
         _route(self.gw, spec, self.under)
         self.driver = dp.GatewayDriver(self.gw, self.inject, self.sent, mp, frames,
-                                       stamp_off=STAMP_OFF)
+                                       stamp_off=STAMP_OFF, depth=INPUT_DEPTH)
         self.driver.launch(dataplane.config.router_lcore)
         keep_off_router_cpu()
 

@@ -27,6 +27,12 @@ from .forked import ForkedHop
 from .proxy import ProxyService
 
 ROUTER_CPU, INSTANCE_CPU = 1, 0
+# Arrivals the emulated input queue holds (docs/dataplane.md "The benchmarks' input queue"):
+# deep enough that this VM's host pauses (2-6 ms, several a second) do not decide a
+# loss-limited figure. A NIC's RX ring is 4096, but here the queue only models arrival: at
+# 10 Mpps 4096 packets last 0.4 ms, and a paused router vCPU lost them whatever the rate
+# (issue 18). 65536 hold 4 ms at 15 Mpps.
+INPUT_DEPTH = 65536
 PROXY = "proxy"  # a hop of Rig.start() through the global proxy
 
 
@@ -69,10 +75,13 @@ def keep_off_router_cpu():
 class Rig:
     def __init__(self, name: str, frames: list[bytes] | None, pool_size: int = 1,
                  idle_us: int = 200, mbufs: int = 32767, warmup: float = 0.3,
-                 vdevs: tuple = (), sandbox: bool | str = True):
+                 vdevs: tuple = (), sandbox: bool | str = True,
+                 input_depth: int = INPUT_DEPTH):
         """frames: what the net_pcap source replays (None: no source and sink, only `vdevs`,
-        opened by the caller: a server whose router takes its traffic from an underlay)."""
+        opened by the caller: a server whose router takes its traffic from an underlay).
+        input_depth: arrivals the paced source's emulated input queue holds (INPUT_DEPTH)."""
         self.warmup = warmup  # run_at's, unless it is given one
+        self.input_depth = input_depth
         # State tables are shared-memory files: on hugetlbfs (2 MiB pages: no TLB misses on
         # random flow lookups) when mounted, else tmpfs (on a disk, writeback would stall NFs).
         base = "/dev/hugepages" if os.path.ismount("/dev/hugepages") else "/dev/shm"
@@ -277,7 +286,7 @@ class Rig:
                log: int = 0) -> dict:
         """Offer `pps` (0: as fast as the router takes packets) for warmup + seconds; rates
         and loss over the measured part, latency (us) if `log` records were kept."""
-        self.router.pace(self.src, pps)
+        self.router.pace(self.src, pps, self.input_depth)
         time.sleep(self.warmup if warmup is None else warmup)
         if log:
             self.router.log_start(log)

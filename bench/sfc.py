@@ -3,9 +3,11 @@
 One router core (CPU 1) and one instance core (CPU 0), 64-byte UDP packets over 10k flows from
 a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figures:
 - sfc_mpps: the highest offered rate the SFC carries with under 0.1% loss (a paced source
-  emulates a NIC: what the router cannot take in time overflows its 4096-packet RX ring and is
-  lost); a binary search below the unpaced capacity, a rate passing when one of three trials
-  does (the VM's host stalls vCPUs for milliseconds at random);
+  emulates arrivals: what the router cannot take in time overflows the emulated input queue,
+  Rig.input_depth deep, and is lost); a binary search below the unpaced capacity, a rate
+  passing when one of `TRIES` trials does; `--searches` independent searches, the figure
+  their median, all of them in sfc_mpps_trials ({values, median, min, max, spread}: every
+  searched figure X_mpps has its X_mpps_trials);
 - latency_us: p50/p99 from each packet's arrival to its transmission, at 80% of sfc_mpps
   (the median-p99 run of three);
 - null_sfc_mpps: the same search for an SFC of one empty NF (router + instance overhead);
@@ -16,10 +18,14 @@ a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figu
   router's latency sampling armed): what being observed costs (goal: within 2%);
 - testpmd_mpps: dpdk-testpmd io forwarding on one core over the same kind of ports (the best a
   plain DPDK app does with these ports: the ceiling for the router core).
+Time: a search is two unpaced runs (its capacity), then at most 1 + 2 * STEPS + 1 points of
+up to TRIES trials, each warmup + seconds (typically 8 runs: ~6.5 s at the defaults); the whole
+run (three figures of SEARCHES searches, latency, testpmd) takes about 1.5 minutes.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 
 from serpens import nfs
@@ -33,6 +39,9 @@ from .state import NF_CONFIGS
 
 NULL_NF = os.path.join(os.path.dirname(__file__), "nfs", "null.c")
 LOSS_LIMIT = 0.001
+SEARCHES = 3  # independent searches per figure: the figure is their median
+TRIES = 2     # trials per search point: it passes if one of them does
+STEPS = 5     # halvings per search: to capacity/64
 
 
 def add_arguments(p):
@@ -40,12 +49,14 @@ def add_arguments(p):
     p.add_argument("--warmup", type=float, default=0.3,
                    help="seconds at a trial's rate before it is measured")
     p.add_argument("--flows", type=int, default=10000)
+    p.add_argument("--searches", type=int, default=SEARCHES,
+                   help="independent loss-limited searches per figure (the figure: median)")
 
 
-def passes(rig: Rig, mpps: float, seconds: float, tries: int = 3,
+def passes(rig: Rig, mpps: float, seconds: float, tries: int = TRIES,
            loss_key: str = "loss") -> dict | None:
-    """A trial at `mpps` losing under LOSS_LIMIT, of up to `tries` (this VM's host stalls a
-    vCPU for milliseconds now and then, which no rate survives): the passing trial or None.
+    """A trial at `mpps` losing under LOSS_LIMIT, of up to `tries` (a host pause longer than
+    the emulated input queue holds loses packets at any rate): the passing trial or None.
     loss_key: the trial's figure judged ("loss": arrivals the input lost; "lost": every
     packet that did not come out, wherever it was dropped)."""
     for _ in range(tries):
@@ -55,37 +66,83 @@ def passes(rig: Rig, mpps: float, seconds: float, tries: int = 3,
     return None
 
 
-def max_rate(rig: Rig, seconds: float, steps: int = 6,
-             loss_key: str = "loss") -> tuple[float, dict, float]:
-    """Highest offered rate (Mpps) with loss under LOSS_LIMIT: a binary search below the
-    unpaced capacity (RFC 2544 style); (rate, its trial, the unpaced capacity)."""
-    capacity = max(rig.run_at(0, seconds)["mpps"] for _ in range(2))
-    best, best_trial = 0.0, None
-    lo, hi = 0.0, capacity
-    trial = passes(rig, hi, seconds, loss_key=loss_key)
+def capacity_mpps(rig, seconds: float) -> float:
+    """Unpaced throughput (the source never runs dry), the better of two runs."""
+    return max(rig.run_at(0, seconds)["mpps"] for _ in range(2))
+
+
+def search_once(rig, seconds: float, capacity: float, steps: int = STEPS,
+                loss_key: str = "loss", tries: int = TRIES) -> tuple[float, dict | None]:
+    """One binary search for the highest rate (Mpps) passing below `capacity` (RFC 2544
+    style): capacity itself, then its upper half (where the rate lies unless the input loses
+    packets at loads the SFC carries), then the lower half if nothing there passed.
+    (rate, its trial); (0, None) if nothing passed."""
+    trial = passes(rig, capacity, seconds, tries, loss_key)
     if trial:
-        return hi, trial, capacity
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        trial = passes(rig, mid, seconds, loss_key=loss_key)
-        if trial:
-            lo, best, best_trial = mid, mid, trial
-        else:
-            hi = mid
-    return best, best_trial, capacity
+        return capacity, trial
+    # the upper half's floor is assumed; the lower half (twice as wide) takes a step more
+    for lo, hi, halvings in ((capacity / 2, capacity, steps), (0.0, capacity / 2, steps + 1)):
+        best, best_trial = 0.0, None
+        for _ in range(halvings):
+            mid = (lo + hi) / 2
+            trial = passes(rig, mid, seconds, tries, loss_key)
+            if trial:
+                lo, best, best_trial = mid, mid, trial
+            else:
+                hi = mid
+        if best_trial is not None:
+            return best, best_trial
+    return 0.0, None
+
+
+def trials_summary(values: list[float]) -> dict:
+    """A searched figure's trials as the bench JSON gives them (DESIGN §5, X_mpps_trials)."""
+    values = [round(v, 3) for v in values]
+    lo, hi = min(values), max(values)
+    return {"values": values, "median": statistics.median_low(values), "min": lo, "max": hi,
+            "spread": round(hi / lo, 3) if lo else None}
+
+
+def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
+           searches: int = SEARCHES, tries: int = TRIES) -> dict:
+    """`searches` independent searches, each below its own capacity measurement (one the
+    host paused would cap every search): {"mpps": their median, "trial": the median
+    search's passing trial, "capacity": the highest capacity measured, "trials": the
+    trials_summary()}."""
+    found, capacity = [], 0.0
+    for _ in range(max(1, searches)):
+        cap = capacity_mpps(rig, seconds)
+        capacity = max(capacity, cap)
+        found.append(search_once(rig, seconds, cap, steps, loss_key, tries))
+    median = statistics.median_low([rate for rate, _ in found])
+    trial = next(t for rate, t in found if rate == median)
+    return {"mpps": median, "trial": trial, "capacity": capacity,
+            "trials": trials_summary([rate for rate, _ in found])}
+
+
+def max_rate(rig: Rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
+             searches: int = SEARCHES, tries: int = TRIES) -> tuple[float, dict, float]:
+    """Highest offered rate (Mpps) with loss under LOSS_LIMIT, the median of `searches`
+    binary searches below the unpaced capacity; (rate, its trial, the unpaced capacity).
+    search() gives every search's figure too."""
+    found = search(rig, seconds, steps, loss_key, searches, tries)
+    return found["mpps"], found["trial"], found["capacity"]
 
 
 def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
-            loss_key: str = "loss", instances: int = 1, scraped: bool = False) -> dict:
+            loss_key: str = "loss", instances: int = 1, scraped: bool = False,
+            searches: int = SEARCHES) -> dict:
     """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate); with
     `scraped`, the max rate again under a 1 Hz metrics scraper ("mpps_scraped")."""
     rig.start([sfc], instances=instances)
     try:
-        out = measure_started(rig, seconds, latency_mpps, loss_key)
+        out = measure_started(rig, seconds, latency_mpps, loss_key, searches=searches)
         if scraped:
             scraper = Scraper(RigNode(rig, "fw-mon-nat"), period=1.0)
             try:
-                out["mpps_scraped"] = round(max_rate(rig, seconds, loss_key=loss_key)[0], 3)
+                found = search(rig, seconds, loss_key=loss_key, searches=searches)
+                out["mpps_scraped"] = round(found["mpps"], 3)
+                out["mpps_scraped_trials"] = found["trials"]
                 out["scrapes"] = scraper.scrapes
             finally:
                 scraper.close()
@@ -95,11 +152,13 @@ def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
 
 
 def measure_started(rig, seconds: float, latency_mpps: float | None = None,
-                    loss_key: str = "loss") -> dict:
-    """measure() on a rig carrying its SFC already: anything with run_at() as Rig has."""
-    rate, trial, capacity = max_rate(rig, seconds, loss_key=loss_key)
+                    loss_key: str = "loss", searches: int = SEARCHES) -> dict:
+    """measure() on a rig carrying its SFC already: anything with run_at() as Rig has.
+    "mpps" is the median of `searches` searches, "mpps_trials" all of them."""
+    found = search(rig, seconds, loss_key=loss_key, searches=searches)
+    rate, trial = found["mpps"], found["trial"]
     out = {"mpps": round(rate, 3), "loss": trial[loss_key] if trial else None,
-           "capacity_mpps": round(capacity, 3)}
+           "capacity_mpps": round(found["capacity"], 3), "mpps_trials": found["trials"]}
     if latency_mpps is not None and (latency_mpps or rate):  # the median p99 of three runs
         load = (latency_mpps or 0.8 * rate) * 1e6
         runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))
@@ -136,9 +195,11 @@ def run(args) -> dict:
     rig = Rig("sfc", frames, warmup=args.warmup)
     try:
         stalls = cpu_stalls()
-        fmn = measure(rig, sfc, args.seconds, latency_mpps=0, scraped=True)
+        fmn = measure(rig, sfc, args.seconds, latency_mpps=0, scraped=True,
+                      searches=args.searches)
         # the same load through an empty SFC: the latency floor of router, instance and VM
-        null = measure(rig, null_sfc, args.seconds, latency_mpps=0.8 * fmn["mpps"] or None)
+        null = measure(rig, null_sfc, args.seconds, latency_mpps=0.8 * fmn["mpps"] or None,
+                       searches=args.searches)
     finally:
         rig.close()
         for image in images.values():
@@ -153,15 +214,20 @@ def run(args) -> dict:
             "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                        "warmup": args.warmup,
                        "loss_limit": LOSS_LIMIT, "sfc": "fw->mon->nat",
+                       "input_depth": rig.input_depth, "searches": args.searches,
+                       "tries_per_rate": TRIES,
                        "cores": "router cpu 1, instance cpu 0; testpmd one forwarding core",
                        "ports": "net_pcap infinite_rx -> net_null"},
            "sfc_mpps": fmn["mpps"], "sfc_loss": fmn["loss"],
+           "sfc_mpps_trials": fmn["mpps_trials"],
            "sfc_mpps_scraped": fmn["mpps_scraped"], "scrapes": fmn["scrapes"],
+           "sfc_mpps_scraped_trials": fmn["mpps_scraped_trials"],
            "scraped_vs_unscraped": round(fmn["mpps_scraped"] / fmn["mpps"], 3)
            if fmn["mpps"] else None,
            "latency_us": {"p50": fmn["latency_us"]["p50"], "p99": fmn["latency_us"]["p99"],
                           "p99_9": fmn["latency_us"]["p99_9"]},
-           "null_sfc_mpps": null["mpps"], "testpmd_mpps": round(testpmd["mpps"], 3),
+           "null_sfc_mpps": null["mpps"], "null_sfc_mpps_trials": null["mpps_trials"],
+           "testpmd_mpps": round(testpmd["mpps"], 3),
            "null_latency_us": {k: null["latency_us"][k] for k in ("p50", "p99", "p99_9")}
            if "latency_us" in null else None,
            "sfc_vs_null": round(fmn["mpps"] / null["mpps"], 3) if null["mpps"] else None}

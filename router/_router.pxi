@@ -5,6 +5,9 @@ ROUTER_MAX_INSTANCES = SERPENS_ROUTER_MAX_INSTANCES
 ROUTER_MAX_SFCS = SERPENS_ROUTER_MAX_SFCS
 LAT_BUCKETS = SERPENS_LAT_BUCKETS
 LAT_REC_FORMAT = "<QQII"  # serpens_lat_rec: rx_tsc, tx_tsc, flow, seq
+# router.h enum serpens_stage, in order
+STAGES = ("loop", "rx", "classify", "dispatch", "enqueue", "dequeue", "verdict", "tx", "free",
+          "idle")
 
 
 cdef int match_rules(rules, serpens_match_rule *table, int cap, port_index,
@@ -55,7 +58,7 @@ cdef class Router:
         """stall_us: the longest one instance or hold queue may stop the node's RX before
         its packets are dropped instead; hold_ms: the longest a packet waits for an instance
         (router.h "Containment")."""
-        self.r = <serpens_router *>calloc(1, sizeof(serpens_router))
+        self.r = serpens_router_alloc()  # zeroed, line-aligned (flow buckets)
         if self.r == NULL:
             raise MemoryError()
         for i in range(SERPENS_ROUTER_MAX_INSTANCES):
@@ -376,6 +379,8 @@ cdef class Router:
         # nothing for this one, whose counters start at 0: it would hold the SFC forever
         inst.barrier_on = 0
         inst.barrier = 0
+        if self.r.ninst <= i:  # the loop looks at slots below ninst only
+            self.r.ninst = i + 1
         serpens_fence()
         inst.state = SERPENS_INST_ACTIVE
 
@@ -508,6 +513,16 @@ cdef class Router:
     def activity(self, int i):
         """Packets given to instance i so far (the instance manager's idle clock)."""
         return self.r.inst[i].enqueued
+
+    def stamp_stages(self, bint on):
+        """Account the loop's TSC time to its stages (router.h serpens_stage; costs a TSC
+        read per stage): stage_cycles() reads the sums (cumulative while on)."""
+        self.r.stamp_last = 0
+        self.r.stamp_on = on
+
+    def stage_cycles(self):
+        """Cycles spent per stage of the loop while stamp_stages was on (names: STAGES)."""
+        return {name: self.r.stage_cycles[k] for k, name in enumerate(STAGES)}
 
     def stats(self):
         r = self.r

@@ -25,6 +25,28 @@
 
 #define META(r, m) RTE_MBUF_DYNFIELD((m), (r)->meta_off, struct serpens_rx_meta *)
 #define LABEL(r, m) (*RTE_MBUF_DYNFIELD((m), (r)->label_off, uint16_t *))
+#define BURST SERPENS_ROUTER_BURST
+
+struct serpens_router *serpens_router_alloc(void)
+{
+	struct serpens_router *r = aligned_alloc(64, sizeof(*r)); /* sizeof: a multiple of 64 */
+	if (r)
+		memset(r, 0, sizeof(*r));
+	return r;
+}
+
+/* ---- stage stamps (router.h; benchmarks) --------------------------------------------------- */
+
+/* The time since the last stamp was spent in `stage`. */
+static inline void stage(struct serpens_router *r, enum serpens_stage st)
+{
+	if (likely(!r->stamp_on))
+		return;
+	uint64_t t = rte_rdtsc();
+	if (r->stamp_last)
+		r->stage_cycles[st] += t - r->stamp_last;
+	r->stamp_last = t;
+}
 
 /* ---- classification ------------------------------------------------------------------------ */
 
@@ -116,15 +138,18 @@ static int usable(const struct serpens_router_instance *in, int sfc)
 	       (st == SERPENS_INST_ACTIVE || (st == SERPENS_INST_DRAINING && !in->drained));
 }
 
-static int least_loaded(struct serpens_router *r, int sfc)
+/* The SFC's active instance with the fewest packets queued, counting `assigned` (per
+ * instance: given to it in the burst being routed, not enqueued yet; NULL: none), or a
+ * burst's new flows would all go to one instance. */
+static int least_loaded(struct serpens_router *r, int sfc, const uint32_t *assigned)
 {
 	int best = -1;
 	uint32_t load = UINT32_MAX;
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		if (in->state != SERPENS_INST_ACTIVE || in->sfc != sfc || doomed(in))
 			continue;
-		uint32_t q = rte_ring_count(in->rx) + in->npending;
+		uint32_t q = rte_ring_count(in->rx) + in->npending + (assigned ? assigned[i] : 0);
 		if (q < load) {
 			load = q;
 			best = i;
@@ -145,23 +170,29 @@ static struct serpens_flow_bucket *flow_bucket(struct serpens_router *r, uint32_
 	return &r->flows[(key >> 1) % SERPENS_FLOW_BUCKETS];
 }
 
-static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t now)
+/* The bucket a packet of `sfc` with this flow hash will look up: dispatch() reads it a
+ * burst later, after the miss was served in the shadow of the other packets' work. */
+static inline void prefetch_bucket(struct serpens_router *r, int sfc, uint32_t flow)
+{
+	rte_prefetch0(flow_bucket(r, flow_key(sfc, flow)));
+}
+
+static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t now,
+		    const uint32_t *assigned)
 {
 	uint32_t key = flow_key(sfc, flow);
 	struct serpens_flow_bucket *b = flow_bucket(r, key);
 	struct serpens_router_sfc *s = &r->sfcs[sfc];
 	int way = -1, lru = -1;
 
-	for (int w = 0; w < SERPENS_FLOW_WAYS; w++) {
-		if (b->hash[w] == key) {
-			way = w;
-			break;
-		}
-		/* a free way, else the least recently used one */
-		if (lru < 0 || (b->hash[lru] != 0 &&
-				(b->hash[w] == 0 ||
-				 (uint16_t)(now - b->used[w]) > (uint16_t)(now - b->used[lru]))))
-			lru = w;
+	for (int w = 0; w < SERPENS_FLOW_WAYS; w++)
+		way = b->hash[w] == key ? w : way; /* no branch per way: keys are unique per bucket */
+	if (way < 0) { /* a new flow: a free way, else the least recently used one */
+		for (int w = 0; w < SERPENS_FLOW_WAYS; w++)
+			if (lru < 0 || (b->hash[lru] != 0 &&
+					(b->hash[w] == 0 ||
+					 (uint16_t)(now - b->used[w]) > (uint16_t)(now - b->used[lru]))))
+				lru = w;
 	}
 	if (way >= 0 && b->from[way] != SERPENS_NO_MOVE) { /* moved by a rebalance */
 		const struct serpens_router_instance *old = &r->inst[b->from[way] - 1];
@@ -173,7 +204,7 @@ static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t n
 		b->used[way] = now;
 		return b->inst[way];
 	}
-	int inst = least_loaded(r, sfc);
+	int inst = least_loaded(r, sfc, assigned);
 	if (inst < 0)
 		return -1;
 	if (way < 0) {
@@ -183,7 +214,7 @@ static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t n
 		s->moved_flows++;
 	}
 	b->hash[way] = key;
-	b->inst[way] = (uint16_t)inst;
+	b->inst[way] = (uint8_t)inst;
 	b->from[way] = SERPENS_NO_MOVE;
 	b->used[way] = now;
 	return inst;
@@ -194,7 +225,7 @@ static void start_rebalance(struct serpens_router *r, int sfc, int to)
 {
 	struct serpens_router_sfc *s = &r->sfcs[sfc];
 	uint32_t n = 0;
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		if (in->state == SERPENS_INST_ACTIVE && in->sfc == sfc) {
 			n++;
@@ -213,8 +244,8 @@ static void start_rebalance(struct serpens_router *r, int sfc, int to)
 			if (!b->hash[w] || i == to || r->inst[i].sfc != sfc ||
 			    r->inst[i].state != SERPENS_INST_ACTIVE || (b->hash[w] >> 13) % n)
 				continue;
-			b->from[w] = (uint16_t)(i + 1);
-			b->inst[w] = (uint16_t)to;
+			b->from[w] = (uint8_t)(i + 1);
+			b->inst[w] = (uint8_t)to;
 			s->rebalanced_flows++;
 		}
 	}
@@ -224,13 +255,13 @@ static void start_rebalance(struct serpens_router *r, int sfc, int to)
 /* A rebalance is over once every old instance returned what it had before its barrier. */
 static int rebalance_done(struct serpens_router *r, int sfc)
 {
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		if (in->sfc == sfc && in->barrier_on && in->state != SERPENS_INST_EMPTY &&
 		    in->returned < in->barrier)
 			return 0;
 	}
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
+	for (int i = 0, end = (int)r->ninst; i < end; i++)
 		if (r->inst[i].sfc == sfc)
 			r->inst[i].barrier_on = 0;
 	r->sfcs[sfc].moving = 0;
@@ -265,7 +296,7 @@ static void wake(struct serpens_router_instance *in)
 
 /* Enqueue for instance i; what its full ring does not take waits in `pending`, and the router
  * receives nothing more until it went in: the port's queue absorbs the burst (back-pressure),
- * and nothing is reordered or dropped here. Callers give at most SERPENS_BURST packets to an
+ * and nothing is reordered or dropped here. Callers give at most BURST packets to an
  * instance whose pending has room for them. */
 static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uint32_t n, uint64_t now)
 {
@@ -287,7 +318,7 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 	} else if (q < n) {
 		/* pending holds two bursts; callers leave room for one (room_in()), but what a
 		 * reaped instance returns into a chained SFC may find less: drop the excess */
-		uint32_t room = 2 * SERPENS_BURST - in->npending, keep = n - q < room ? n - q : room;
+		uint32_t room = 2 * BURST - in->npending, keep = n - q < room ? n - q : room;
 		memcpy(in->pending + in->npending, pkts + q, sizeof(pkts[0]) * keep);
 		if (keep < n - q) {
 			serpens_obs_dropping(r->sfcs[in->sfc].obs, pkts + q + keep, n - q - keep,
@@ -326,7 +357,7 @@ static void shed(struct serpens_router *r, struct serpens_router_instance *in)
 static uint32_t flush_pending(struct serpens_router *r, uint64_t now)
 {
 	uint32_t moved = 0;
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES && r->npending; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end && r->npending; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		uint32_t n = in->npending;
 		if (!n)
@@ -365,7 +396,7 @@ static void notify(struct serpens_router_sfc *s)
 static uint32_t route(struct serpens_router *r, int sfc, struct rte_mbuf **pkts, uint32_t n,
 		      uint64_t now, int from_hold)
 {
-	struct rte_mbuf *per[SERPENS_ROUTER_MAX_INSTANCES][SERPENS_BURST];
+	struct rte_mbuf *per[SERPENS_ROUTER_MAX_INSTANCES][BURST];
 	uint32_t count[SERPENS_ROUTER_MAX_INSTANCES] = {0};
 	uint64_t used = 0; /* instances with packets in this call (bitmask) */
 	struct serpens_router_sfc *s = &r->sfcs[sfc];
@@ -380,16 +411,11 @@ static uint32_t route(struct serpens_router *r, int sfc, struct rte_mbuf **pkts,
 		r->dropped += n;
 		return n;
 	}
-	/* the flow buckets of the burst first: the table is far larger than the caches, and a
-	 * miss per packet in dispatch() was the largest cost of a packet (gateway.c likewise) */
-	for (uint32_t j = 0; j < n; j++) {
-		const struct serpens_flow_bucket *b =
-			flow_bucket(r, flow_key(sfc, META(r, pkts[j])->flow));
-		rte_prefetch0(b);
-		rte_prefetch0((const char *)(b + 1) - 1); /* a bucket may straddle two lines */
-	}
+	/* (the flow buckets of the burst were prefetched where the packets were classified:
+	 * prefetch_bucket(); the table is far larger than the caches) */
 	for (; k < n; k++) {
-		int i = s->nheld && !from_hold ? -1 : dispatch(r, sfc, META(r, pkts[k])->flow, coarse);
+		int i = s->nheld && !from_hold ? -1 :
+			dispatch(r, sfc, META(r, pkts[k])->flow, coarse, count);
 		if (i < 0) {
 			if (s->nheld == SERPENS_ROUTER_HOLD && s->hold_shedding) {
 				serpens_obs_dropping(s->obs, pkts + k, 1, SERPENS_WHY_HOLD);
@@ -407,11 +433,13 @@ static uint32_t route(struct serpens_router *r, int sfc, struct rte_mbuf **pkts,
 		per[i][count[i]++] = pkts[k];
 		used |= 1ull << i;
 	}
+	stage(r, SERPENS_STAGE_DISPATCH);
 	while (used) {
 		int i = __builtin_ctzll(used);
 		used &= used - 1;
 		enqueue(r, i, per[i], count[i], now);
 	}
+	stage(r, SERPENS_STAGE_ENQUEUE);
 	s->rx += k;
 	if (s->nheld && !s->wants_instance) {
 		__atomic_store_n(&s->wants_instance, 1, __ATOMIC_RELEASE);
@@ -426,7 +454,7 @@ static uint32_t release_held(struct serpens_router *r, uint64_t now)
 	uint32_t moved = 0;
 	for (int sfc = 0; sfc < SERPENS_ROUTER_MAX_SFCS && r->nheld && !r->npending; sfc++) {
 		struct serpens_router_sfc *s = &r->sfcs[sfc];
-		if (!s->nheld || least_loaded(r, sfc) < 0 || (s->moving && !rebalance_done(r, sfc)))
+		if (!s->nheld || least_loaded(r, sfc, NULL) < 0 || (s->moving && !rebalance_done(r, sfc)))
 			continue;
 		uint32_t n = s->nheld < SERPENS_BURST ? s->nheld : SERPENS_BURST;
 		struct rte_mbuf *pkts[SERPENS_BURST];
@@ -490,7 +518,7 @@ static uint32_t place(struct serpens_router *r, struct rte_mbuf **pkts, uint32_t
 
 static uint32_t receive(struct serpens_router *r, uint64_t now)
 {
-	struct rte_mbuf *pkts[SERPENS_BURST];
+	struct rte_mbuf *pkts[BURST];
 
 	if (r->nstalled) {
 		uint32_t n = r->nstalled;
@@ -512,10 +540,12 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 		struct serpens_router_port *p = &r->ports[port];
 		if (!p->input)
 			continue;
-		uint32_t quota = serpens_pace_quota(&p->pace, now, SERPENS_BURST);
+		uint32_t quota = serpens_pace_quota(&p->pace, now, BURST);
 		if (!quota)
 			continue;
+		stage(r, SERPENS_STAGE_LOOP);
 		uint16_t n = rte_eth_rx_burst(p->id, 0, pkts, (uint16_t)quota);
+		stage(r, SERPENS_STAGE_RX);
 		if (!n) {
 			serpens_pace_received(&p->pace, 0);
 			continue;
@@ -546,9 +576,11 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 			meta->flow = hash;
 			meta->seq = ++r->seq;
 			LABEL(r, m) = (uint16_t)sfc; /* the SFC, until an NF sets the verdict */
+			prefetch_bucket(r, sfc, hash);
 			pkts[keep++] = m;
 		}
 		serpens_pace_received(&p->pace, n);
+		stage(r, SERPENS_STAGE_CLASSIFY);
 		return place(r, pkts, keep, now) + (n - keep);
 	}
 	return 0;
@@ -591,6 +623,7 @@ static void flush(struct serpens_router *r, struct serpens_router_port *p)
 {
 	uint16_t sent = 0;
 	uint64_t now = rte_rdtsc();
+	stage(r, SERPENS_STAGE_VERDICT); /* what led here: forwarding, or the loop's flush_due */
 	if (r->log_on)
 		log_sent(r, p->out, p->nout, now);
 	if (r->lat_on)
@@ -608,16 +641,17 @@ static void flush(struct serpens_router *r, struct serpens_router_port *p)
 	r->tx += sent;
 	p->nout = 0;
 	p->last_flush = now;
+	stage(r, SERPENS_STAGE_TX);
 }
 
 /* Room for a burst into SFC `sfc`: no instance of it has pending packets beyond one burst. */
 static int room_in(const struct serpens_router *r, int sfc)
 {
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++)
+	for (int i = 0, end = (int)r->ninst; i < end; i++)
 		if (r->inst[i].state != SERPENS_INST_EMPTY && r->inst[i].sfc == sfc &&
-		    r->inst[i].npending > SERPENS_BURST)
+		    r->inst[i].npending > BURST)
 			return 0;
-	return r->sfcs[sfc].nheld + SERPENS_BURST <= SERPENS_ROUTER_HOLD;
+	return r->sfcs[sfc].nheld + BURST <= SERPENS_ROUTER_HOLD;
 }
 
 /* Hand n packets an instance returned on: OUT to the SFC's next SFC or its output port, the
@@ -625,7 +659,7 @@ static int room_in(const struct serpens_router *r, int sfc)
 static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 			struct rte_mbuf **pkts, uint32_t n, uint64_t now)
 {
-	struct rte_mbuf *drop[SERPENS_BURST], *fwd[SERPENS_BURST];
+	struct rte_mbuf *drop[BURST], *fwd[BURST];
 	uint32_t ndrop = 0, nfwd = 0;
 	uint64_t bytes = 0;
 	/* the gateway's address and MAC, one pair for the whole burst (never one's IP with the
@@ -640,6 +674,7 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 			drop[ndrop++] = m;
 		} else if (s->next >= 0) {
 			LABEL(r, m) = (uint16_t)s->next;
+			prefetch_bucket(r, s->next, META(r, m)->flow);
 			fwd[nfwd++] = m;
 		} else if (s->to_gateway &&
 			   serpens_vxlan_encap(m, &r->underlay, gw->ip, gw->mac, s->vx_tag,
@@ -654,7 +689,9 @@ static uint32_t forward(struct serpens_router *r, struct serpens_router_sfc *s,
 				flush(r, p);
 		}
 	}
+	stage(r, SERPENS_STAGE_VERDICT);
 	rte_pktmbuf_free_bulk(drop, ndrop);
+	stage(r, SERPENS_STAGE_FREE);
 	s->dropped += ndrop;
 	s->out += n - ndrop;
 	s->bytes += bytes;
@@ -743,7 +780,7 @@ static void kill_stuck(struct serpens_router_instance *in)
  * those stuck inside one batch longer than their budget (router.h). */
 static void watchdog(struct serpens_router *r, uint64_t now)
 {
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		uint32_t st = in->state;
 		if (st != SERPENS_INST_ACTIVE && st != SERPENS_INST_DRAINING)
@@ -788,10 +825,10 @@ static void watchdog(struct serpens_router *r, uint64_t now)
 
 static uint32_t drain(struct serpens_router *r, uint64_t now)
 {
-	struct rte_mbuf *pkts[SERPENS_BURST];
+	struct rte_mbuf *pkts[BURST];
 	uint32_t total = 0;
 
-	for (int i = 0; i < SERPENS_ROUTER_MAX_INSTANCES; i++) {
+	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		uint32_t st = in->state;
 		if (st == SERPENS_INST_EMPTY || st == SERPENS_INST_REAPED)
@@ -810,7 +847,17 @@ static uint32_t drain(struct serpens_router *r, uint64_t now)
 			in->last_return_tsc = now; /* held up by us, not stuck */
 			continue;
 		}
-		uint32_t n = rte_ring_dequeue_burst(in->tx, (void **)pkts, SERPENS_BURST, NULL);
+		stage(r, SERPENS_STAGE_LOOP);
+		uint32_t n = rte_ring_dequeue_burst(in->tx, (void **)pkts, BURST, NULL);
+		/* The mbufs come back from the instance's core: fetch both header lines (length,
+		 * verdict and metadata: forward() reads them) for the whole burst before it touches
+		 * the first, for writing: once freed here, the port's next RX rewrites them (the
+		 * mempool cache hands them out again at once), and it should find them ours. */
+		for (uint32_t k = 0; k < n; k++) {
+			rte_prefetch0_write(pkts[k]);
+			rte_prefetch0_write((char *)pkts[k] + RTE_CACHE_LINE_SIZE);
+		}
+		stage(r, SERPENS_STAGE_DEQUEUE);
 		if (n) {
 			in->last_return_tsc = now;
 			forward(r, s, pkts, n, now);
@@ -830,8 +877,10 @@ static void flush_due(struct serpens_router *r, uint64_t now, int idle)
 {
 	for (uint32_t i = 0; i < r->nports; i++) {
 		struct serpens_router_port *p = &r->ports[i];
-		if (p->nout && (idle || now - p->last_flush > r->drain_cycles))
+		if (p->nout && (idle || now - p->last_flush > r->drain_cycles)) {
+			stage(r, SERPENS_STAGE_LOOP);
 			flush(r, p);
+		}
 	}
 }
 
@@ -846,6 +895,7 @@ int serpens_router_run(struct serpens_router *r)
 	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now = rte_rdtsc();
 		uint32_t work = 0;
+		stage(r, SERPENS_STAGE_LOOP);
 		if (worked) /* the previous iteration did work: its time was busy */
 			r->busy_cycles += now - prev;
 		prev = now;
@@ -882,16 +932,20 @@ int serpens_router_run(struct serpens_router *r)
 				/* this iteration's work is busy time, the yield is not */
 				r->busy_cycles += rte_rdtsc() - prev;
 				worked = 0;
+				stage(r, SERPENS_STAGE_LOOP);
 				sched_yield();
+				stage(r, SERPENS_STAGE_IDLE);
 				busy_since = 0;
 			}
 			continue;
 		}
 		busy_since = 0;
 		flush_due(r, now, 1);
+		stage(r, SERPENS_STAGE_LOOP);
 		if (++idle < IDLE_POLLS || r->npending) {
 			/* an instance sharing this core runs now, not at the end of our slice */
 			sched_yield();
+			stage(r, SERPENS_STAGE_IDLE);
 			continue;
 		}
 		/* Idle: back off (router/pace.h serpens_idle_sleep), so an idle node costs almost
@@ -900,6 +954,7 @@ int serpens_router_run(struct serpens_router *r)
 		for (uint32_t i = 0; i < r->nports; i++)
 			us = serpens_pace_sleep_us(&r->ports[i].pace, now, us);
 		r->sleeps += serpens_idle_sleep(us, &sleep_us);
+		stage(r, SERPENS_STAGE_IDLE);
 	}
 	flush_due(r, rte_rdtsc(), 1);
 	return 0;

@@ -107,6 +107,24 @@
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
 #define SERPENS_NO_MOVE 0
 #define SERPENS_LAT_BUCKETS 16 /* bounds of the sampled latency histogram */
+/* Packets per RX and per instance dequeue: twice an NF batch, so ring and port work (and the
+ * loop around them) are paid once per 64 packets (measured: docs/dataplane.md budget). */
+#define SERPENS_ROUTER_BURST 64
+
+/* Stages of the loop whose cycles `stamp_stages` accounts (docs/dataplane.md budget). */
+enum serpens_stage {
+	SERPENS_STAGE_LOOP,     /* loop bookkeeping: watchdog, timers, polling empty slots */
+	SERPENS_STAGE_RX,       /* rte_eth_rx_burst (net_pcap: a copy into a fresh mbuf) */
+	SERPENS_STAGE_CLASSIFY, /* match, flow hash, stamps, bucket prefetch */
+	SERPENS_STAGE_DISPATCH, /* flow table: the pinned instance, or a new pin */
+	SERPENS_STAGE_ENQUEUE,  /* instance RX rings, wake-ups, pending */
+	SERPENS_STAGE_DEQUEUE,  /* instance TX rings */
+	SERPENS_STAGE_VERDICT,  /* reading verdicts, buffering OUT packets per port */
+	SERPENS_STAGE_TX,       /* rte_eth_tx_burst (net_null: frees the mbufs) */
+	SERPENS_STAGE_FREE,     /* freeing dropped packets */
+	SERPENS_STAGE_IDLE,     /* yields and sleeps */
+	SERPENS_STAGES
+};
 
 enum serpens_instance_state {
 	SERPENS_INST_EMPTY = 0,
@@ -146,8 +164,7 @@ struct serpens_router_instance {
 	uint32_t waiting;            /* enqueued since the last wake-up */
 	uint64_t oldest_tsc;         /* when the first of those was enqueued */
 	uint64_t enqueued, returned, wakeups;
-	uint32_t npending;           /* packets its full ring did not take yet */
-	struct rte_mbuf *pending[2 * SERPENS_BURST];
+	uint32_t npending;           /* packets its full ring did not take yet (pending[]) */
 	volatile uint32_t drained;   /* draining and empty: its flows have moved */
 	uint64_t barrier;            /* flows moving away wait until returned >= barrier */
 	uint32_t barrier_on;
@@ -158,6 +175,7 @@ struct serpens_router_instance {
 	uint64_t suspect_cpu_ns;     /* the process's CPU time when it became suspect */
 	uint64_t last_return_tsc;    /* it last returned packets (or began to hold some) */
 	uint64_t dropped;            /* packets dropped because of it (pending, ring, batch) */
+	struct rte_mbuf *pending[2 * SERPENS_ROUTER_BURST]; /* last: the loop reads the rest */
 };
 
 struct serpens_router_sfc {
@@ -228,6 +246,7 @@ struct serpens_router {
 	uint8_t tag_sfc[SERPENS_VLAN_IDS]; /* VLAN ID -> SFC + 1 (0: not a tag) */
 	struct serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS];
 	struct serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES];
+	volatile uint32_t ninst;  /* control: inst[] at and beyond this index were never used */
 	/* VXLAN: underlay.ip 0 = no underlay */
 	struct serpens_underlay underlay;
 	uint32_t underlay_port;   /* index into ports[] */
@@ -261,19 +280,32 @@ struct serpens_router {
 	uint32_t nheld;           /* sum of the SFCs' held packets */
 	uint32_t nstalled;        /* a burst part no hold queue took yet (no RX while > 0) */
 	uint64_t stalled_since;
-	struct rte_mbuf *stalled[SERPENS_BURST];
+	struct rte_mbuf *stalled[SERPENS_ROUTER_BURST];
 	uint64_t next_watchdog;   /* TSC of the next watchdog pass */
 	uint32_t seq;
 	uint64_t rx, tx, dropped, tx_failed, sleeps;
 	uint64_t busy_cycles;      /* time in loop iterations that did work (busy fraction) */
 	volatile uint64_t loops;  /* iterations: two more = a control change is in effect */
+	/* stage stamps (benchmarks; off: one branch per stage): with stamp_on, the TSC time
+	 * between consecutive points of the loop is added to the stage that just ended */
+	volatile uint32_t stamp_on;
+	uint64_t stamp_last;         /* the last stamp (0: start over) */
+	uint64_t stage_cycles[SERPENS_STAGES];
+	/* One cache line per bucket (the router allocates itself line-aligned: router_alloc):
+	 * a lookup touches one line, which classification prefetches. */
 	struct serpens_flow_bucket {
 		uint32_t hash[SERPENS_FLOW_WAYS]; /* 0: empty */
-		uint16_t inst[SERPENS_FLOW_WAYS];
 		uint16_t used[SERPENS_FLOW_WAYS]; /* coarse last-use time, for LRU replacement */
-		uint16_t from[SERPENS_FLOW_WAYS]; /* moving from instance from - 1 (NO_MOVE: not) */
-	} flows[SERPENS_FLOW_BUCKETS];
+		uint8_t inst[SERPENS_FLOW_WAYS];
+		uint8_t from[SERPENS_FLOW_WAYS];  /* moving from instance from - 1 (NO_MOVE: not) */
+	} __attribute__((aligned(64))) flows[SERPENS_FLOW_BUCKETS];
 };
+
+_Static_assert(sizeof(struct serpens_flow_bucket) == 64, "a flow bucket is one cache line");
+_Static_assert(SERPENS_ROUTER_MAX_INSTANCES <= 255, "flow buckets keep instances in a byte");
+
+/* A zeroed router, aligned for its flow buckets; NULL: no memory. Freed with free(). */
+struct serpens_router *serpens_router_alloc(void);
 
 /* Run until r->stop; returns 0. */
 int serpens_router_run(struct serpens_router *r);

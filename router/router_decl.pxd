@@ -37,6 +37,7 @@ cdef extern from "router.h" nogil:
         SERPENS_ROUTER_MAX_RULES
         SERPENS_VLAN_IDS
         SERPENS_LAT_BUCKETS
+        SERPENS_STAGES
 
     enum serpens_instance_state:
         SERPENS_INST_EMPTY
@@ -122,6 +123,7 @@ cdef extern from "router.h" nogil:
         uint8_t tag_sfc[SERPENS_VLAN_IDS]
         serpens_router_sfc sfcs[SERPENS_ROUTER_MAX_SFCS]
         serpens_router_instance inst[SERPENS_ROUTER_MAX_INSTANCES]
+        uint32_t ninst
         serpens_underlay underlay
         uint32_t underlay_port
         uint32_t gw_live
@@ -137,6 +139,11 @@ cdef extern from "router.h" nogil:
         uint64_t lat_sum
         uint32_t npending, nheld, nstalled
         uint64_t rx, tx, dropped, tx_failed, sleeps, loops, busy_cycles
+        uint32_t stamp_on
+        uint64_t stamp_last
+        uint64_t stage_cycles[SERPENS_STAGES]
+
+    serpens_router *serpens_router_alloc()
 
     int serpens_router_run(serpens_router *r)
     void serpens_router_reap(serpens_router *r, int i)

@@ -167,7 +167,26 @@ def test_sfc_bench_json_contract():
     assert 0 < r["latency_us"]["p50"] <= r["latency_us"]["p99"]
     assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
-    assert r["params"]["warmup"] == 0.05
+    assert r["params"]["warmup"] == 0.05 and r["params"]["input_depth"] == 65536
+    # every searched figure: the median of its searches, all of them given
+    for key in ("sfc_mpps", "null_sfc_mpps", "sfc_mpps_scraped"):
+        t = r[f"{key}_trials"]
+        assert len(t["values"]) == r["params"]["searches"] == 3, key
+        assert t["median"] == r[key] == sorted(t["values"])[1], key
+        assert t["min"] == min(t["values"]) and t["max"] == max(t["values"]), key
+        assert t["spread"] == (round(t["max"] / t["min"], 3) if t["min"] else None), key
+
+
+def test_budget_bench_json_contract():
+    r = _bench("budget", "--seconds", "0.3", "--warmup", "0.1", "--flows", "1000")
+    for sfc in ("null", "fw_mon_nat"):
+        per = r[sfc]["cycles_per_packet"]
+        assert set(per) == {"loop", "rx", "classify", "dispatch", "enqueue", "dequeue",
+                            "verdict", "tx", "free", "idle"}
+        # packets went through every stage of their way (FW->MON->NAT drops none of these)
+        assert all(per[k] > 0 for k in ("rx", "classify", "dispatch", "dequeue", "tx")), per
+        assert abs(r[sfc]["total"] - sum(per.values())) < 1  # (each stage rounded)
+        assert r[sfc]["mpps"] > 0 and r[sfc]["stamped_mpps"] > 0 and r[sfc]["windows"] == 3
 
 
 def test_chain_bench_json_contract():
@@ -183,6 +202,9 @@ def test_chain_bench_json_contract():
             "hop_dropped"][-1]
         for mode in ("serpens", "local_proxy", "global_proxy"):
             assert r[n][mode]["mpps"] > 0 and r[n][mode]["p50_us"] > 0, (n, mode)
+            trials = r[n][mode]["mpps_trials"]  # the figure: the median of its runs
+            assert len(trials["values"]) == r["params"]["runs"] == 3
+            assert trials["median"] == r[n][mode]["mpps"] == sorted(trials["values"])[1]
             assert r[n][mode]["output"] == out, (n, mode)  # the same packets out, hop by hop
         for base in ("local_proxy", "global_proxy"):
             assert set(r["params"]["modes"][base]) == {"idle_us", "ring_size"}
@@ -289,6 +311,8 @@ def test_multinode_bench_json_contract():
                timeout=600)
     assert r["gateway_mpps"] > 0 and r["encap_ns"] > 0
     assert r["multi_mpps"] > 0 and r["single_mpps"] > 0
+    for key in ("multi_mpps", "multi_return_mpps", "single_mpps"):  # medians of 3 searches
+        assert r[f"{key}_trials"]["median"] == r[key] and len(r[f"{key}_trials"]["values"]) == 3
     assert r["ratio"] == round(r["multi_mpps"] / r["single_mpps"], 3)
     assert r["capacity_mpps"]["multi"] >= r["multi_mpps"] * 0.99
     assert r["capacity_mpps"]["single"] > 0

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from support.packets import flow_decode, flow_frame
@@ -36,6 +37,75 @@ def test_flows_stay_on_one_instance_and_both_are_used(node):
         last[flow] = seq
     assert set(owner.values()) == set(ids.values())
     assert node.router.stats()["new_flows"] == 64
+
+
+def test_new_flows_of_one_burst_spread_over_the_instances(node):
+    """64 new flows arriving in one RX burst (one ring enqueue, the router's burst is 64):
+    each new pin counts the packets already given to an instance in that burst, so the
+    flows alternate between the two idle instances instead of all going to the first."""
+    node.manager.scale(2)
+    ids = node.instance_ids()
+    node.send([flow_frame(f, 0) for f in range(64)])
+    owners = [inst for _, inst, _ in map(flow_decode, node.receive(64))]
+    per = {inst: owners.count(inst) for inst in ids.values()}
+    assert sorted(per.values()) == [32, 32], per
+
+
+def test_router_flow_hash_is_the_full_parse_hash_for_every_kind_of_frame(node):
+    """The router reads common frames (untagged IPv4 UDP/TCP) without the full parser
+    (classify.h serpens_parse_common): its flow hash of each frame must be the one the full
+    parse gives (dp.flow_hash), for the frames it reads straight and those it leaves to the
+    parser (options, fragments, tags, short headers, IPv6, other protocols)."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import ARP, Dot1Q
+    from support.packets import eth
+
+    udp = IP(src="10.1.2.3", dst="10.9.8.7") / UDP(sport=1234, dport=53) / b"payload!"
+    kinds = [
+        udp,
+        IP(src="10.1.2.4", dst="10.9.8.7") / TCP(sport=40000, dport=443) / (b"x" * 8),
+        IP(src="10.1.2.5", dst="10.9.8.7") / TCP(sport=40001, dport=443,
+                                                 options=[("MSS", 1460)]) / (b"x" * 8),
+        IP(src="10.1.2.6", dst="10.9.8.7", options=b"\x01\x01\x01\x00") / UDP(sport=5, dport=6)
+        / (b"x" * 8),
+        IP(src="10.1.2.7", dst="10.9.8.7", flags="MF") / UDP(sport=7, dport=8) / (b"x" * 8),
+        IP(src="10.1.2.8", dst="10.9.8.7", frag=3, proto=17) / (b"x" * 16),
+        IP(src="10.1.2.9", dst="10.9.8.7") / ICMP(id=77) / (b"x" * 8),
+        IP(src="10.1.2.10", dst="10.9.8.7", proto=47) / (b"x" * 16),
+        IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=9, dport=10) / (b"x" * 8),
+    ]
+    frames = [bytes(eth() / k) for k in kinds]
+    frames.append(bytes(eth() / Dot1Q(vlan=7) / udp))
+    frames.append(bytes(eth() / ARP(psrc="10.0.0.1", pdst="10.0.0.2")))
+    raw = bytearray(bytes(eth() / udp))
+    raw[14 + 2:14 + 4] = (20 + 4).to_bytes(2, "big")  # an IP length too short for UDP
+    frames.append(bytes(raw))
+    tcp = bytearray(bytes(eth() / kinds[1]))
+    tcp[14 + 20 + 12] = 0x30  # a TCP data offset under 20 bytes
+    frames.append(bytes(tcp))
+    node.router.log_start(len(frames))
+    node.send(frames)
+    node.receive(len(frames))
+    recs = list(struct.iter_unpack(dp.LAT_REC_FORMAT, node.router.log_take()))
+    got = {seq: flow for _, _, flow, seq in recs}
+    first = min(got)
+    assert [got[first + k] for k in range(len(frames))] == [dp.flow_hash(f) for f in frames]
+
+
+def test_stage_stamps_account_the_loop(node):
+    """stamp_stages: cycles land in the stages the packets went through (none while off)."""
+    node.router.stamp_stages(False)
+    node.send([flow_frame(f, 0) for f in range(64)])
+    node.receive(64)
+    assert set(node.router.stage_cycles().values()) == {0}
+    node.router.stamp_stages(True)
+    node.send([flow_frame(f, s) for s in range(1, 11) for f in range(64)])
+    node.receive(640)
+    node.router.stamp_stages(False)
+    cycles = node.router.stage_cycles()
+    for stage in ("rx", "classify", "dispatch", "enqueue", "dequeue", "verdict", "tx"):
+        assert cycles[stage] > 0, (stage, cycles)
 
 
 def test_scale_in_moves_flows_without_loss_or_reordering(node):
