@@ -27,6 +27,9 @@
  * update is valid for the whole datagram), but their later fragments are dropped: reassemble
  * before the NAT.
  *
+ * Headers are read with serpens_hdrs() (parsed once per packet for the whole SFC); a packet
+ * NAT rewrites has its parsed headers invalidated, so NFs after NAT see the translated ones.
+ *
  * Checksums: the IPv4 header checksum and the TCP/UDP checksum (pseudo-header address, and
  * the port) are updated incrementally (RFC 1624) with ctx->api->csum_update; a UDP checksum of
  * 0 (none) stays 0 and an updated UDP checksum that comes out 0 is sent as 0xFFFF (RFC 768);
@@ -478,11 +481,13 @@ static void sweep(struct serpens_ctx *ctx, uint64_t now)
 /* ---- rewriting ------------------------------------------------------------------------------ */
 
 /* Rewrite the source (outbound) or destination (inbound) address and port / ICMP identifier
- * to ip / port (network order), updating the checksums incrementally. */
-static void rewrite(struct serpens_ctx *ctx, uint8_t *f, const struct serpens_hdrs *h,
-		    int outbound, const uint8_t *ip, uint16_t port)
+ * of packet i to ip / port (network order), updating the checksums incrementally; its parsed
+ * headers are out of date afterwards (the NFs after NAT parse the translated packet). */
+static void rewrite(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i,
+		    const struct serpens_hdrs *h, int outbound, const uint8_t *ip, uint16_t port)
 {
 	const struct serpens_api *api = ctx->api;
+	uint8_t *f = b->data[i];
 	uint8_t *iph = f + h->l3_off, *l4 = f + h->l4_off;
 	uint8_t *addr = iph + (outbound ? 12 : 16);
 	uint8_t proto = h->flow.proto;
@@ -503,6 +508,7 @@ static void rewrite(struct serpens_ctx *ctx, uint8_t *f, const struct serpens_hd
 	}
 	memcpy(addr, ip, 4);
 	st16(pp, port);
+	serpens_hdrs_invalidate(b, i);
 }
 
 /* ---- packets ------------------------------------------------------------------------------- */
@@ -532,7 +538,7 @@ static void outbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t 
 		}
 		if (o) {
 			__atomic_store_n(&o->last_seen_ns, now, __ATOMIC_RELAXED);
-			rewrite(ctx, b->data[i], h, 1, o->ip, o->port);
+			rewrite(ctx, b, i, h, 1, o->ip, o->port);
 			serpens_count(ctx, c_tout, 1);
 			return;
 		}
@@ -564,7 +570,7 @@ static void outbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t 
 		serpens_count(ctx, c_full, 1);
 		return;
 	}
-	rewrite(ctx, b->data[i], h, 1, pk.ip, pk.port);
+	rewrite(ctx, b, i, h, 1, pk.ip, pk.port);
 	serpens_count(ctx, c_tout, 1);
 }
 
@@ -599,7 +605,7 @@ static void inbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i
 	if (adopt(ctx, o) < 0)
 		goto nomap;
 	__atomic_store_n(&o->last_seen_ns, b->now_ns, __ATOMIC_RELAXED);
-	rewrite(ctx, b->data[i], h, 0, f.src, f.sport);
+	rewrite(ctx, b, i, h, 0, f.src, f.sport);
 	serpens_count(ctx, c_tin, 1);
 	return;
 nomap:
@@ -610,10 +616,12 @@ nomap:
 /* Classify packet i: K_OUT or K_IN with its key filled in, or K_DONE (label and counters
  * already set). */
 static int classify(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i,
-		    struct serpens_hdrs *h, struct serpens_flow *fk, struct pair_key *pk)
+		    const struct serpens_hdrs **hp, struct serpens_flow *fk, struct pair_key *pk)
 {
-	int rc = ctx->api->parse(b->data[i], b->len[i], h);
+	const struct serpens_hdrs *h;
+	int rc = serpens_hdrs(ctx, b, i, &h); /* parsed once for the SFC */
 
+	*hp = h;
 	if (rc == SERPENS_PARSE_TRUNCATED || rc == SERPENS_PARSE_BAD_HEADER) {
 		serpens_drop(b, i);
 		serpens_count(ctx, c_malformed, 1);
@@ -669,7 +677,7 @@ static int classify(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i
 static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 {
 	const struct serpens_api *api = ctx->api;
-	struct serpens_hdrs h[SERPENS_BURST];
+	const struct serpens_hdrs *h[SERPENS_BURST];
 	struct serpens_flow fk[SERPENS_BURST];
 	struct pair_key pk[SERPENS_BURST];
 	const void *okeys[SERPENS_BURST], *ikeys[SERPENS_BURST];
@@ -702,9 +710,9 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 	for (uint32_t k = 0; k < count; k++) {
 		uint32_t i = b->idx[k];
 		if (kind[k] == K_OUT)
-			outbound(ctx, b, i, &h[k], &fk[k], ovals[slot[k]]);
+			outbound(ctx, b, i, h[k], &fk[k], ovals[slot[k]]);
 		else if (kind[k] == K_IN)
-			inbound(ctx, b, i, &h[k], &pk[k], ivals[slot[k]]);
+			inbound(ctx, b, i, h[k], &pk[k], ivals[slot[k]]);
 	}
 }
 
@@ -760,4 +768,4 @@ static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
 }
 
 SERPENS_NF(.name = "nat", .init = init, .process = process, .merge = pool_merge,
-	   .split = pool_split);
+	   .split = pool_split, .hdrs = SERPENS_HDRS_KEPT /* rewrite() invalidates */);

@@ -51,10 +51,12 @@ uint64_t serpens_now_ns(void)
 
 /* ---- packets ---------------------------------------------------------------------------- */
 
+/* The packet's start or length changed: its parsed headers (offsets, lengths) are stale. */
 static void pkt_sync(struct serpens_batch *b, uint32_t i, struct rte_mbuf *m)
 {
 	b->data[i] = rte_pktmbuf_mtod(m, uint8_t *);
 	b->len[i] = m->data_len;
+	b->parse[i] = SERPENS_PARSE_STALE;
 }
 
 static uint8_t *pkt_prepend(struct serpens_batch *b, uint32_t i, uint32_t n)
@@ -433,11 +435,26 @@ static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *c
 	return serpens_table_get_bulk(t, keys, n, values);
 }
 
+/* Every lookup's keys hashed and their slots prefetched before any is probed: a flow's and
+ * its host's misses overlap too. (Release tables split shares under a lock: one at a time.) */
 static uint32_t get_state_multi(struct serpens_ctx *ctx, struct serpens_lookup *l, uint32_t nl)
 {
-	uint32_t found = 0;
-	for (uint32_t q = 0; q < nl && q < 16; q++)
-		found += get_state_bulk(ctx, l[q].table, l[q].keys, l[q].n, l[q].values);
+	struct serpens_nf_env *s = serpens_env_of(ctx);
+	uint32_t hashes[16][SERPENS_BURST], n[16], found = 0;
+	struct serpens_table *t[16];
+
+	nl = nl < 16 ? nl : 16;
+	for (uint32_t q = 0; q < nl; q++) {
+		t[q] = table_of(ctx, l[q].table);
+		n[q] = l[q].n < SERPENS_BURST ? l[q].n : SERPENS_BURST;
+		if (t[q] && !is_release(s, l[q].table))
+			serpens_table_prefetch_bulk(t[q], l[q].keys, n[q], hashes[q]);
+		else
+			t[q] = NULL;
+	}
+	for (uint32_t q = 0; q < nl; q++)
+		found += t[q] ? serpens_table_probe_bulk(t[q], l[q].keys, n[q], hashes[q], l[q].values)
+			      : get_state_bulk(ctx, l[q].table, l[q].keys, n[q], l[q].values);
 	return found;
 }
 

@@ -23,6 +23,7 @@ struct serpens_nf_env {
 	const struct serpens_nf_ops *ops;
 	struct serpens_nf_counters *counters; /* in the shared control block */
 	const char *name;
+	uint32_t keeps_hdrs; /* ops->hdrs has SERPENS_HDRS_KEPT: its packets' parsed headers stay */
 	/* log rate limiter: token bucket in lines, refilled at 10/s up to 20 */
 	uint64_t log_last_ns;
 	uint32_t log_tokens;
