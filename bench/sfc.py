@@ -14,6 +14,9 @@ a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figu
 - sfc_mpps_scraped: sfc_mpps searched again in the same run (same router, instance and
   state) while the node's metrics are scraped once a second (agent/metrics.py over HTTP, the
   router's latency sampling armed): what being observed costs (goal: within 2%);
+- nf_cycles: TSC cycles per packet of each NF ({"fw": c, "mon": c, "nat": c}), counted by
+  the instance around each NF call of each batch (pool_ctl.h nf_cycles_on: armed only for
+  this run) over one unpaced run after the search (the instance saturated: full batches);
 - testpmd_mpps: dpdk-testpmd io forwarding on one core over the same kind of ports (the best a
   plain DPDK app does with these ports: the ceiling for the router core).
 """
@@ -75,13 +78,41 @@ def max_rate(rig: Rig, seconds: float, steps: int = 6,
     return best, best_trial, capacity
 
 
+def nf_cycles(rig: Rig, seconds: float) -> dict:
+    """{NF step name: TSC cycles per packet} of the rig's (first) SFC, counted by its
+    instances around each NF call (pool_ctl.h nf_cycles_on, armed for this one unpaced run of
+    `seconds`: the instances saturated, batches full)."""
+    m = rig.managers[0]
+    steps = m.sfc.steps
+    ctls = [s.proc.ctl for s in m.instances.values()]
+    for ctl in ctls:
+        ctl.nf_cycles_on = True
+    try:
+        before = [ctl.nf_cycles(len(steps)) for ctl in ctls]
+        rig.run_at(0, seconds)
+        after = [ctl.nf_cycles(len(steps)) for ctl in ctls]
+    finally:
+        for ctl in ctls:
+            ctl.nf_cycles_on = False
+    out = {}
+    for k, step in enumerate(steps):
+        cycles = sum(a[k][0] - b[k][0] for a, b in zip(after, before))
+        pkts = sum(a[k][1] - b[k][1] for a, b in zip(after, before))
+        out[step.name] = round(cycles / pkts, 1) if pkts else None
+    return out
+
+
 def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
-            loss_key: str = "loss", instances: int = 1, scraped: bool = False) -> dict:
+            loss_key: str = "loss", instances: int = 1, scraped: bool = False,
+            cycles: bool = False) -> dict:
     """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate); with
-    `scraped`, the max rate again under a 1 Hz metrics scraper ("mpps_scraped")."""
+    `scraped`, the max rate again under a 1 Hz metrics scraper ("mpps_scraped"); with
+    `cycles`, each NF's cycles per packet ("nf_cycles")."""
     rig.start([sfc], instances=instances)
     try:
         out = measure_started(rig, seconds, latency_mpps, loss_key)
+        if cycles:
+            out["nf_cycles"] = nf_cycles(rig, seconds)
         if scraped:
             scraper = Scraper(RigNode(rig, "fw-mon-nat"), period=1.0)
             try:
@@ -136,7 +167,7 @@ def run(args) -> dict:
     rig = Rig("sfc", frames, warmup=args.warmup)
     try:
         stalls = cpu_stalls()
-        fmn = measure(rig, sfc, args.seconds, latency_mpps=0, scraped=True)
+        fmn = measure(rig, sfc, args.seconds, latency_mpps=0, scraped=True, cycles=True)
         # the same load through an empty SFC: the latency floor of router, instance and VM
         null = measure(rig, null_sfc, args.seconds, latency_mpps=0.8 * fmn["mpps"] or None)
     finally:
@@ -161,6 +192,7 @@ def run(args) -> dict:
            if fmn["mpps"] else None,
            "latency_us": {"p50": fmn["latency_us"]["p50"], "p99": fmn["latency_us"]["p99"],
                           "p99_9": fmn["latency_us"]["p99_9"]},
+           "nf_cycles": fmn["nf_cycles"],
            "null_sfc_mpps": null["mpps"], "testpmd_mpps": round(testpmd["mpps"], 3),
            "null_latency_us": {k: null["latency_us"][k] for k in ("p50", "p99", "p99_9")}
            if "latency_us" in null else None,
@@ -179,3 +211,4 @@ def print_table(r: dict):
     if r["null_latency_us"]:
         print(f"{'':>40}{r['null_latency_us']['p50']:>9}{r['null_latency_us']['p99']:>9}"
               "   (null sfc at that load)")
+    print("cycles per packet per NF: " + ", ".join(f"{k} {v}" for k, v in r["nf_cycles"].items()))

@@ -120,6 +120,8 @@ def test_sfc_bench_json_contract():
     assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
     assert r["params"]["warmup"] == 0.05
+    assert set(r["nf_cycles"]) == {"fw", "mon", "nat"}  # counted by the instance, per NF
+    assert all(c > 0 for c in r["nf_cycles"].values())
 
 
 def test_chain_bench_json_contract():
