@@ -716,7 +716,8 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 		kind[k] = (uint8_t)classify(ctx, b, i, &h[k], &fk[k], &pk[k]);
 		if (kind[k] == K_OUT) {
 			slot[k] = (uint8_t)nout;
-			okeys[nout++] = &fk[k];
+			/* fk[k] has the bytes of the parsed flow: look that up, hashed once per SFC */
+			okeys[nout++] = &h[k]->flow;
 		} else if (kind[k] == K_IN) {
 			slot[k] = (uint8_t)nin;
 			ikeys[nin++] = &pk[k];

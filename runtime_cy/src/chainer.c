@@ -131,9 +131,11 @@ static void select_by_hash(struct serpens_chain *c, uint16_t s, struct serpens_b
 	for (uint32_t k = 0; k < b->count; k++) {
 		uint32_t i = b->idx[k];
 		uint32_t r = b->parse[i], port = 0;
-		if (r == SERPENS_PARSE_STALE) /* parsed once for the whole SFC (nf.h) */
+		if (r == SERPENS_PARSE_STALE) { /* parsed once for the whole SFC (nf.h) */
 			b->parse[i] = (uint8_t)(r = (uint32_t)serpens_parse(b->data[i], b->len[i],
 									     &b->hdrs[i]));
+			b->flow_hashed &= ~(1u << i);
+		}
 		if (r == SERPENS_PARSE_OK || r == SERPENS_PARSE_FRAGMENT) {
 			/* Fragments carry no ports: hash addresses only, for every packet of the flow
 			 * to agree whatever its fragmentation. */

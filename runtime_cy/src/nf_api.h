@@ -72,4 +72,8 @@ void serpens_nf_env_release(struct serpens_nf_env *s, int answer_only);
 
 extern const struct serpens_api serpens_api_v1;
 
+/* The batch the chainer runs now (NULL between batches): keys that are its packets' parsed
+ * flows are hashed once per packet (nf.h serpens_batch.flow_hash). */
+extern struct serpens_batch *serpens_nf_batch;
+
 #endif

@@ -109,16 +109,20 @@ void *serpens_table_get(const struct serpens_table *t, const void *key)
 	return i < 0 ? NULL : slot_value(t, (uint32_t)i);
 }
 
-/* Stage 1 of a bulk lookup: hash every key and prefetch its home slot: the line holding the
- * slot's start, and the next one only when the slot runs into it (a 64-byte slot on a 64-byte
- * boundary is one line, not two). Fewer lines in flight leave the core's fill buffers to the
- * lookups themselves: with every slot prefetched as two lines, 32 lookups asked for 64 lines
- * at once and the prefetches stalled (issue 18). */
-void serpens_table_prefetch_bulk(const struct serpens_table *t, const void *const *keys,
-				 uint32_t n, uint32_t *hashes)
+uint32_t serpens_table_hash(const struct serpens_table *t, const void *key)
+{
+	return key_hash(t, key);
+}
+
+/* Stage 1 of a bulk lookup (the keys hashed): prefetch each key's home slot: the line holding
+ * the slot's start, and the next one only when the slot runs into it (a 64-byte slot on a
+ * 64-byte boundary is one line, not two). Fewer lines in flight leave the core's fill buffers
+ * to the lookups themselves: with every slot prefetched as two lines, 32 lookups asked for 64
+ * lines at once and the prefetches stalled (issue 18). */
+void serpens_table_prefetch_bulk(const struct serpens_table *t, const uint32_t *hashes,
+				 uint32_t n)
 {
 	for (uint32_t k = 0; k < n; k++) {
-		hashes[k] = key_hash(t, keys[k]);
 		const uint8_t *slot = (const uint8_t *)slot_sig(t, hashes[k] & t->mask);
 		__builtin_prefetch(slot);
 		if (((uintptr_t)slot & 63) + t->slot_size > 64)
@@ -168,7 +172,9 @@ uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const
 
 	if (n > SERPENS_BURST)
 		n = SERPENS_BURST;
-	serpens_table_prefetch_bulk(t, keys, n, hashes);
+	for (uint32_t k = 0; k < n; k++)
+		hashes[k] = key_hash(t, keys[k]);
+	serpens_table_prefetch_bulk(t, hashes, n);
 	return serpens_table_probe_bulk(t, keys, n, hashes, values);
 }
 

@@ -124,6 +124,8 @@ struct serpens_hdrs {
  * it never read stale fields; pkt_prepend/pkt_adj/pkt_append/pkt_trim invalidate by
  * themselves. NFs that do not say they follow this rule (serpens_nf_ops.hdrs, below), among
  * them every NF built before minor 3, have all their packets invalidated after process().
+ * State lookups keyed by a packet's parsed flow (&h->flow itself, not a copy, as the key of
+ * get_state_bulk/get_state_multi) hash it once for the whole SFC too.
  */
 struct serpens_batch {
 	uint32_t n;                           /* packets in the whole batch */
@@ -137,6 +139,10 @@ struct serpens_batch {
 	/* ---- ABI minor 3: parse once per packet (see above; use serpens_hdrs()) ---- */
 	uint8_t parse[SERPENS_BURST];         /* serpens_parse_result of hdrs[i], or STALE */
 	struct serpens_hdrs hdrs[SERPENS_BURST];
+	/* the runtime's: bit i set = flow_hash[i] is the state-table hash of hdrs[i].flow, so a
+	 * packet's flow is hashed once for all the NFs that look it up (get_state_bulk) */
+	uint32_t flow_hashed;
+	uint32_t flow_hash[SERPENS_BURST];
 };
 
 /* ---- the context table ------------------------------------------------------------------- */
@@ -357,6 +363,7 @@ static inline int serpens_hdrs(const struct serpens_ctx *c, struct serpens_batch
 	if (r == SERPENS_PARSE_STALE) {
 		r = (uint32_t)c->api->parse(b->data[i], b->len[i], &b->hdrs[i]);
 		b->parse[i] = (uint8_t)r;
+		b->flow_hashed &= ~(1u << i); /* a new flow: its hash is not known */
 	}
 	*h = &b->hdrs[i];
 	return (int)r;
