@@ -723,10 +723,17 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 			ikeys[nin++] = &pk[k];
 		}
 	}
-	if (nout)
-		api->get_state_bulk(ctx, t_out, okeys, nout, ovals);
-	if (nin)
-		api->get_state_bulk(ctx, t_in, ikeys, nin, ivals);
+	if (nout && nin && api->size >= offsetof(struct serpens_api, get_state_multi) +
+					     sizeof(void *) && api->get_state_multi) {
+		/* both directions' lookups at once: their misses overlap */
+		struct serpens_lookup l[2] = {{t_out, nout, okeys, ovals}, {t_in, nin, ikeys, ivals}};
+		api->get_state_multi(ctx, l, 2);
+	} else {
+		if (nout)
+			api->get_state_bulk(ctx, t_out, okeys, nout, ovals);
+		if (nin)
+			api->get_state_bulk(ctx, t_in, ikeys, nin, ivals);
+	}
 	for (uint32_t k = 0; k < count; k++) {
 		uint32_t i = b->idx[k];
 		if (kind[k] == K_OUT)
