@@ -16,7 +16,8 @@ a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figu
   router's latency sampling armed): what being observed costs (goal: within 2%);
 - nf_cycles: TSC cycles per packet of each NF ({"fw": c, "mon": c, "nat": c}), counted by
   the instance around each NF call of each batch (pool_ctl.h nf_cycles_on: armed only for
-  this run) over one unpaced run after the search (the instance saturated: full batches);
+  this run) over one unpaced run after the search (the instance saturated: full batches),
+  the median of five parts of that run;
 - testpmd_mpps: dpdk-testpmd io forwarding on one core over the same kind of ports (the best a
   plain DPDK app does with these ports: the ceiling for the router core).
 """
@@ -78,27 +79,36 @@ def max_rate(rig: Rig, seconds: float, steps: int = 6,
     return best, best_trial, capacity
 
 
-def nf_cycles(rig: Rig, seconds: float) -> dict:
+def nf_cycles(rig: Rig, seconds: float, windows: int = 5) -> dict:
     """{NF step name: TSC cycles per packet} of the rig's (first) SFC, counted by its
-    instances around each NF call (pool_ctl.h nf_cycles_on, armed for this one unpaced run of
-    `seconds`: the instances saturated, batches full)."""
+    instances around each NF call (pool_ctl.h nf_cycles_on, armed only for this unpaced run
+    of `seconds`: the instances saturated, batches full); the median of `windows` equal parts
+    of the run, as a host's pause (cycles counted while the vCPU was away) lands in few."""
     m = rig.managers[0]
     steps = m.sfc.steps
     ctls = [s.proc.ctl for s in m.instances.values()]
+
+    def read():
+        return [ctl.nf_cycles(len(steps)) for ctl in ctls]
+
+    per_window = []
     for ctl in ctls:
         ctl.nf_cycles_on = True
     try:
-        before = [ctl.nf_cycles(len(steps)) for ctl in ctls]
-        rig.run_at(0, seconds)
-        after = [ctl.nf_cycles(len(steps)) for ctl in ctls]
+        for w in range(windows):
+            before = read()
+            rig.run_at(0, seconds / windows, warmup=None if w == 0 else 0.02)
+            after = read()
+            per_window.append([(sum(a[k][0] - b[k][0] for a, b in zip(after, before)),
+                                sum(a[k][1] - b[k][1] for a, b in zip(after, before)))
+                               for k in range(len(steps))])
     finally:
         for ctl in ctls:
             ctl.nf_cycles_on = False
     out = {}
     for k, step in enumerate(steps):
-        cycles = sum(a[k][0] - b[k][0] for a, b in zip(after, before))
-        pkts = sum(a[k][1] - b[k][1] for a, b in zip(after, before))
-        out[step.name] = round(cycles / pkts, 1) if pkts else None
+        rates = sorted(c / p for c, p in (w[k] for w in per_window) if p)
+        out[step.name] = round(rates[len(rates) // 2], 1) if rates else None
     return out
 
 
