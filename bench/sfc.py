@@ -16,6 +16,10 @@ a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figu
 - sfc_mpps_scraped: sfc_mpps searched again in the same run (same router, instance and
   state) while the node's metrics are scraped once a second (agent/metrics.py over HTTP, the
   router's latency sampling armed): what being observed costs (goal: within 2%);
+- nf_cycles: TSC cycles per packet of each NF ({"fw": c, "mon": c, "nat": c}), counted by
+  the instance around each NF call of each batch (pool_ctl.h nf_cycles_on: armed only for
+  this run) over one unpaced run after the search (the instance saturated: full batches),
+  the median of five parts of that run;
 - testpmd_mpps: dpdk-testpmd io forwarding on one core over the same kind of ports (the best a
   plain DPDK app does with these ports: the ceiling for the router core).
 Time: a search is two unpaced runs (its capacity), then at most 1 + 2 * STEPS + 1 points of
@@ -129,14 +133,50 @@ def max_rate(rig: Rig, seconds: float, steps: int = STEPS, loss_key: str = "loss
     return found["mpps"], found["trial"], found["capacity"]
 
 
+def nf_cycles(rig: Rig, seconds: float, windows: int = 5) -> dict:
+    """{NF step name: TSC cycles per packet} of the rig's (first) SFC, counted by its
+    instances around each NF call (pool_ctl.h nf_cycles_on, armed only for this unpaced run
+    of `seconds`: the instances saturated, batches full); the median of `windows` equal parts
+    of the run, as a host's pause (cycles counted while the vCPU was away) lands in few."""
+    m = rig.managers[0]
+    steps = m.sfc.steps
+    ctls = [s.proc.ctl for s in m.instances.values()]
+
+    def read():
+        return [ctl.nf_cycles(len(steps)) for ctl in ctls]
+
+    per_window = []
+    for ctl in ctls:
+        ctl.nf_cycles_on = True
+    try:
+        for w in range(windows):
+            before = read()
+            rig.run_at(0, seconds / windows, warmup=None if w == 0 else 0.02)
+            after = read()
+            per_window.append([(sum(a[k][0] - b[k][0] for a, b in zip(after, before)),
+                                sum(a[k][1] - b[k][1] for a, b in zip(after, before)))
+                               for k in range(len(steps))])
+    finally:
+        for ctl in ctls:
+            ctl.nf_cycles_on = False
+    out = {}
+    for k, step in enumerate(steps):
+        rates = sorted(c / p for c, p in (w[k] for w in per_window) if p)
+        out[step.name] = round(rates[len(rates) // 2], 1) if rates else None
+    return out
+
+
 def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
             loss_key: str = "loss", instances: int = 1, scraped: bool = False,
-            searches: int = SEARCHES) -> dict:
+            searches: int = SEARCHES, cycles: bool = False) -> dict:
     """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate); with
-    `scraped`, the max rate again under a 1 Hz metrics scraper ("mpps_scraped")."""
+    `scraped`, the max rate again under a 1 Hz metrics scraper ("mpps_scraped"); with
+    `cycles`, each NF's cycles per packet ("nf_cycles")."""
     rig.start([sfc], instances=instances)
     try:
         out = measure_started(rig, seconds, latency_mpps, loss_key, searches=searches)
+        if cycles:
+            out["nf_cycles"] = nf_cycles(rig, seconds)
         if scraped:
             scraper = Scraper(RigNode(rig, "fw-mon-nat"), period=1.0)
             try:
@@ -195,7 +235,7 @@ def run(args) -> dict:
     rig = Rig("sfc", frames, warmup=args.warmup)
     try:
         stalls = cpu_stalls()
-        fmn = measure(rig, sfc, args.seconds, latency_mpps=0, scraped=True,
+        fmn = measure(rig, sfc, args.seconds, latency_mpps=0, scraped=True, cycles=True,
                       searches=args.searches)
         # the same load through an empty SFC: the latency floor of router, instance and VM
         null = measure(rig, null_sfc, args.seconds, latency_mpps=0.8 * fmn["mpps"] or None,
@@ -226,6 +266,7 @@ def run(args) -> dict:
            if fmn["mpps"] else None,
            "latency_us": {"p50": fmn["latency_us"]["p50"], "p99": fmn["latency_us"]["p99"],
                           "p99_9": fmn["latency_us"]["p99_9"]},
+           "nf_cycles": fmn["nf_cycles"],
            "null_sfc_mpps": null["mpps"], "null_sfc_mpps_trials": null["mpps_trials"],
            "testpmd_mpps": round(testpmd["mpps"], 3),
            "null_latency_us": {k: null["latency_us"][k] for k in ("p50", "p99", "p99_9")}
@@ -245,3 +286,4 @@ def print_table(r: dict):
     if r["null_latency_us"]:
         print(f"{'':>40}{r['null_latency_us']['p50']:>9}{r['null_latency_us']['p99']:>9}"
               "   (null sfc at that load)")
+    print("cycles per packet per NF: " + ", ".join(f"{k} {v}" for k, v in r["nf_cycles"].items()))

@@ -175,6 +175,8 @@ def test_sfc_bench_json_contract():
         assert t["median"] == r[key] == sorted(t["values"])[1], key
         assert t["min"] == min(t["values"]) and t["max"] == max(t["values"]), key
         assert t["spread"] == (round(t["max"] / t["min"], 3) if t["min"] else None), key
+    assert set(r["nf_cycles"]) == {"fw", "mon", "nat"}  # counted by the instance, per NF
+    assert all(c > 0 for c in r["nf_cycles"].values())
 
 
 def test_budget_bench_json_contract():

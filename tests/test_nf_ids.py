@@ -463,6 +463,7 @@ void host_run(uint8_t *buf, const uint32_t *offs, const uint32_t *lens, uint32_t
 			b.labels[i] = ctx.next[0];
 			b.data[i] = buf + offs[base + i];
 			b.len[i] = lens[base + i];
+			b.parse[i] = SERPENS_PARSE_STALE; /* as the runtime does (nf.h, ABI 1.3) */
 		}
 		nf_entry()->process(&ctx, &b);
 		for (uint32_t i = 0; i < m; i++)

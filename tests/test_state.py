@@ -227,6 +227,27 @@ def test_batched_lookup_cost_is_measurable(state_dir):
     assert found == 4096 * 2 and ns > 0
 
 
+def test_bulk_lookups_answer_as_single_ones(state_dir):
+    """The staged bulk lookup (signatures, then keys, then probes) on a table at its load
+    factor with deleted slots: every answer of a batch, present, absent, repeated or deleted,
+    is the single lookup's."""
+    import random
+    rng = random.Random(18)
+    t = dp.StateTable(state_dir, "nf", "staged", PF, 40, 16, 3000)  # 4096 slots, 3/4 full
+    keys = [rng.randbytes(40) for _ in range(3000)]
+    for k in keys:
+        t.put(k, k[:16])
+    for k in keys[::7]:
+        t.delete(k)
+    probe = keys + [rng.randbytes(40) for _ in range(600)]
+    batches = 0
+    for _ in range(400):
+        batch = [rng.choice(probe) for _ in range(rng.randint(1, 32))]
+        assert t.get_bulk(batch) == [t.get(k) for k in batch]
+        batches += 1
+    assert batches == 400 and t.get_bulk([keys[1]]) == [keys[1][:16]]
+
+
 def host_counts(state_dir, nf):
     return {k: struct.unpack("<Q", v)[0]
             for k, v in StateManager(state_dir).open(nf, "hosts").items()}

@@ -10,4 +10,4 @@ static void process(struct serpens_ctx *c, struct serpens_batch *b)
 	(void)b;
 }
 
-SERPENS_NF(.name = "null", .process = process);
+SERPENS_NF(.name = "null", .process = process, .hdrs = SERPENS_HDRS_KEPT);

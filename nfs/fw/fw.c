@@ -41,6 +41,8 @@
  * "verdicts" left by an instance with a different cache_capacity) the NF logs a warning and
  * runs without a cache. cache_capacity 0 disables the cache.
  *
+ * Headers are read with serpens_hdrs(): parsed once per packet for the whole SFC.
+ *
  * Counters: allowed, denied (packets, whether decided by a rule, the default or the cache),
  * malformed (dropped as malformed; not counted in denied), cache_hits (verdicts taken from
  * the cache).
@@ -262,7 +264,6 @@ static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
 
 static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 {
-	struct serpens_hdrs h[SERPENS_BURST];
 	const void *keys[SERPENS_BURST];
 	void *values[SERPENS_BURST];
 	uint8_t pos[SERPENS_BURST]; /* key j belongs to packet idx[pos[j]] */
@@ -271,18 +272,19 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 
 	for (uint32_t k = 0; k < b->count; k++) {
 		uint32_t i = b->idx[k];
+		const struct serpens_hdrs *h;
 		uint8_t v;
-		switch (ctx->api->parse(b->data[i], b->len[i], &h[k])) {
+		switch (serpens_hdrs(ctx, b, i, &h)) { /* parsed once for the SFC */
 		case SERPENS_PARSE_OK:
 			if (table >= 0) {
-				keys[nkeys] = &h[k].flow;
+				keys[nkeys] = &h->flow;
 				pos[nkeys++] = (uint8_t)k;
 				continue; /* decided below */
 			}
-			v = evaluate(&h[k].flow, 0);
+			v = evaluate(&h->flow, 0);
 			break;
 		case SERPENS_PARSE_FRAGMENT:
-			v = evaluate(&h[k].flow, 1);
+			v = evaluate(&h->flow, 1);
 			break;
 		case SERPENS_PARSE_NON_IP:
 			v = default_action;
@@ -338,4 +340,5 @@ static void fini(struct serpens_ctx *ctx)
 	table = -1;
 }
 
-SERPENS_NF(.name = "fw", .init = init, .process = process, .fini = fini);
+SERPENS_NF(.name = "fw", .init = init, .process = process, .fini = fini,
+	   .hdrs = SERPENS_HDRS_KEPT /* never writes a packet */);

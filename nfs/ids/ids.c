@@ -569,16 +569,16 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 	for (uint32_t k = 0; k < b->count; k++) {
 		uint32_t i = b->idx[k];
 		const uint8_t *f = b->data[i];
-		struct serpens_hdrs h;
+		const struct serpens_hdrs *h;
 		uint32_t off, n;
-		switch (ctx->api->parse(f, b->len[i], &h)) {
+		switch (serpens_hdrs(ctx, b, i, &h)) { /* parsed once for the SFC */
 		case SERPENS_PARSE_OK:
-			off = h.payload_off;
-			n = h.payload_len;
+			off = h->payload_off;
+			n = h->payload_len;
 			break;
 		case SERPENS_PARSE_FRAGMENT: /* no L4 header: the bytes after the fixed IP header */
-			off = h.l3_off + (h.family == 4 ? (f[h.l3_off] & 0xFu) * 4u : 40u);
-			n = off < h.l3_off + h.l3_len ? h.l3_off + h.l3_len - off : 0;
+			off = h->l3_off + (h->family == 4 ? (f[h->l3_off] & 0xFu) * 4u : 40u);
+			n = off < h->l3_off + h->l3_len ? h->l3_off + h->l3_len - off : 0;
 			break;
 		case SERPENS_PARSE_NON_IP:
 			serpens_count(ctx, c_uninspected, 1);
@@ -610,4 +610,5 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 	serpens_count(ctx, action == ACTION_DROP ? c_dropped : c_alerts, matches);
 }
 
-SERPENS_NF(.name = "ids", .init = init, .process = process);
+SERPENS_NF(.name = "ids", .init = init, .process = process,
+	   .hdrs = SERPENS_HDRS_KEPT /* never writes a packet */);

@@ -160,7 +160,6 @@ static int count(struct serpens_ctx *ctx, int t, const void *key, void *v, uint3
 static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 {
 	const struct serpens_api *api = ctx->api;
-	struct serpens_hdrs h[SERPENS_BURST];
 	struct mon_host hosts[SERPENS_BURST];
 	const void *fkeys[SERPENS_BURST], *hkeys[SERPENS_BURST];
 	void *fvals[SERPENS_BURST], *hvals[SERPENS_BURST];
@@ -172,12 +171,11 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 	/* Every packet keeps the label the chainer gave it: port 0. */
 	for (uint32_t k = 0; k < b->count; k++) {
 		uint32_t i = b->idx[k];
+		const struct serpens_hdrs *h;
 		bytes += b->len[i];
-		memset(&h[n], 0, sizeof(h[n]));
-		switch (api->parse(b->data[i], b->len[i], &h[n])) {
+		switch (serpens_hdrs(ctx, b, i, &h)) { /* parsed once for the SFC */
 		case SERPENS_PARSE_FRAGMENT:
-			fragments++;
-			h[n].flow.sport = h[n].flow.dport = 0;
+			fragments++; /* (the parser leaves a fragment's ports 0) */
 			break;
 		case SERPENS_PARSE_OK:
 			break;
@@ -188,14 +186,14 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 			malformed++;
 			continue;
 		}
-		if (h[n].flow.family != 4 && h[n].flow.family != 6) {
+		if (h->flow.family != 4 && h->flow.family != 6) {
 			malformed++;
 			continue;
 		}
-		memset(&hosts[n], 0, sizeof(hosts[n]));
-		memcpy(hosts[n].addr, h[n].flow.src, 16);
-		hosts[n].family = h[n].flow.family;
-		fkeys[n] = &h[n].flow;
+		memcpy(hosts[n].addr, h->flow.src, 16);
+		hosts[n].family = h->flow.family;
+		hosts[n].pad[0] = hosts[n].pad[1] = hosts[n].pad[2] = 0;
+		fkeys[n] = &h->flow;
 		hkeys[n] = &hosts[n];
 		flen[n] = b->len[i];
 		n++;
@@ -237,4 +235,5 @@ static void fini(struct serpens_ctx *ctx)
 	t_flows = t_hosts = -1;
 }
 
-SERPENS_NF(.name = "mon", .init = init, .process = process, .fini = fini);
+SERPENS_NF(.name = "mon", .init = init, .process = process, .fini = fini,
+	   .hdrs = SERPENS_HDRS_KEPT /* never writes a packet */);

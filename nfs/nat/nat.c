@@ -27,8 +27,11 @@
  * update is valid for the whole datagram), but their later fragments are dropped: reassemble
  * before the NAT.
  *
+ * Headers are read with serpens_hdrs() (parsed once per packet for the whole SFC); a packet
+ * NAT rewrites has its parsed headers invalidated, so NFs after NAT see the translated ones.
+ *
  * Checksums: the IPv4 header checksum and the TCP/UDP checksum (pseudo-header address, and
- * the port) are updated incrementally (RFC 1624) with ctx->api->csum_update; a UDP checksum of
+ * the port) are updated incrementally (RFC 1624 eqn. 3, inline); a UDP checksum of
  * 0 (none) stays 0 and an updated UDP checksum that comes out 0 is sent as 0xFFFF (RFC 768);
  * the ICMP checksum has no pseudo-header: only the identifier change is folded in. A packet
  * whose checksums were valid leaves with valid checksums; invalid ones stay invalid (nothing
@@ -477,32 +480,54 @@ static void sweep(struct serpens_ctx *ctx, uint64_t now)
 
 /* ---- rewriting ------------------------------------------------------------------------------ */
 
+/* RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), inline: `delta` is the sum of ~m + m' over the
+ * changed 16-bit words. Words and checksum are loaded in host order: the one's complement sum
+ * is byte-order independent (RFC 1071 2.B), so no swaps are needed (the same result as
+ * api->csum_update, without its calls and loops). */
+static uint32_t csum_delta(const uint8_t *old, const uint8_t *new, uint32_t len)
+{
+	uint32_t d = 0;
+	for (uint32_t k = 0; k < len; k += 2)
+		d += (uint16_t)~ld16(old + k) + (uint32_t)ld16(new + k);
+	return d;
+}
+
+static uint16_t csum_apply(uint16_t c, uint32_t delta)
+{
+	uint32_t sum = (uint16_t)~c + delta;
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
 /* Rewrite the source (outbound) or destination (inbound) address and port / ICMP identifier
- * to ip / port (network order), updating the checksums incrementally. */
-static void rewrite(struct serpens_ctx *ctx, uint8_t *f, const struct serpens_hdrs *h,
+ * of packet i to ip / port (network order), updating the checksums incrementally; its parsed
+ * headers are out of date afterwards (the NFs after NAT parse the translated packet). */
+static void rewrite(struct serpens_batch *b, uint32_t i, const struct serpens_hdrs *h,
 		    int outbound, const uint8_t *ip, uint16_t port)
 {
-	const struct serpens_api *api = ctx->api;
+	uint8_t *f = b->data[i];
 	uint8_t *iph = f + h->l3_off, *l4 = f + h->l4_off;
 	uint8_t *addr = iph + (outbound ? 12 : 16);
 	uint8_t proto = h->flow.proto;
 	uint8_t *pp = proto == P_ICMP ? l4 + 4 : l4 + (outbound ? 0 : 2);
 	uint8_t *csum = l4 + (proto == P_TCP ? 16 : proto == P_UDP ? 6 : 2);
+	uint32_t d_addr = csum_delta(addr, ip, 4), d_port = csum_delta(pp, (const uint8_t *)&port, 2);
 	uint16_t c;
 
-	st16(iph + 10, api->csum_update(ld16(iph + 10), addr, ip, 4));
+	st16(iph + 10, csum_apply(ld16(iph + 10), d_addr));
 	c = ld16(csum);
 	if (proto == P_TCP || (proto == P_UDP && c != 0)) {
-		c = api->csum_update(c, addr, ip, 4); /* pseudo-header */
-		c = api->csum_update(c, pp, &port, 2);
+		c = csum_apply(c, d_addr + d_port); /* pseudo-header address, and the port */
 		if (proto == P_UDP && c == 0)
 			c = 0xFFFF;
 		st16(csum, c);
 	} else if (proto == P_ICMP) {
-		st16(csum, api->csum_update(c, pp, &port, 2));
+		st16(csum, csum_apply(c, d_port));
 	}
 	memcpy(addr, ip, 4);
 	st16(pp, port);
+	serpens_hdrs_invalidate(b, i);
 }
 
 /* ---- packets ------------------------------------------------------------------------------- */
@@ -532,7 +557,7 @@ static void outbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t 
 		}
 		if (o) {
 			__atomic_store_n(&o->last_seen_ns, now, __ATOMIC_RELAXED);
-			rewrite(ctx, b->data[i], h, 1, o->ip, o->port);
+			rewrite(b, i, h, 1, o->ip, o->port);
 			serpens_count(ctx, c_tout, 1);
 			return;
 		}
@@ -564,7 +589,7 @@ static void outbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t 
 		serpens_count(ctx, c_full, 1);
 		return;
 	}
-	rewrite(ctx, b->data[i], h, 1, pk.ip, pk.port);
+	rewrite(b, i, h, 1, pk.ip, pk.port);
 	serpens_count(ctx, c_tout, 1);
 }
 
@@ -599,7 +624,7 @@ static void inbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i
 	if (adopt(ctx, o) < 0)
 		goto nomap;
 	__atomic_store_n(&o->last_seen_ns, b->now_ns, __ATOMIC_RELAXED);
-	rewrite(ctx, b->data[i], h, 0, f.src, f.sport);
+	rewrite(b, i, h, 0, f.src, f.sport);
 	serpens_count(ctx, c_tin, 1);
 	return;
 nomap:
@@ -610,10 +635,12 @@ nomap:
 /* Classify packet i: K_OUT or K_IN with its key filled in, or K_DONE (label and counters
  * already set). */
 static int classify(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i,
-		    struct serpens_hdrs *h, struct serpens_flow *fk, struct pair_key *pk)
+		    const struct serpens_hdrs **hp, struct serpens_flow *fk, struct pair_key *pk)
 {
-	int rc = ctx->api->parse(b->data[i], b->len[i], h);
+	const struct serpens_hdrs *h;
+	int rc = serpens_hdrs(ctx, b, i, &h); /* parsed once for the SFC */
 
+	*hp = h;
 	if (rc == SERPENS_PARSE_TRUNCATED || rc == SERPENS_PARSE_BAD_HEADER) {
 		serpens_drop(b, i);
 		serpens_count(ctx, c_malformed, 1);
@@ -669,7 +696,7 @@ static int classify(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i
 static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 {
 	const struct serpens_api *api = ctx->api;
-	struct serpens_hdrs h[SERPENS_BURST];
+	const struct serpens_hdrs *h[SERPENS_BURST];
 	struct serpens_flow fk[SERPENS_BURST];
 	struct pair_key pk[SERPENS_BURST];
 	const void *okeys[SERPENS_BURST], *ikeys[SERPENS_BURST];
@@ -689,22 +716,30 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 		kind[k] = (uint8_t)classify(ctx, b, i, &h[k], &fk[k], &pk[k]);
 		if (kind[k] == K_OUT) {
 			slot[k] = (uint8_t)nout;
-			okeys[nout++] = &fk[k];
+			/* fk[k] has the bytes of the parsed flow: look that up, hashed once per SFC */
+			okeys[nout++] = &h[k]->flow;
 		} else if (kind[k] == K_IN) {
 			slot[k] = (uint8_t)nin;
 			ikeys[nin++] = &pk[k];
 		}
 	}
-	if (nout)
-		api->get_state_bulk(ctx, t_out, okeys, nout, ovals);
-	if (nin)
-		api->get_state_bulk(ctx, t_in, ikeys, nin, ivals);
+	if (nout && nin && api->size >= offsetof(struct serpens_api, get_state_multi) +
+					     sizeof(void *) && api->get_state_multi) {
+		/* both directions' lookups at once: their misses overlap */
+		struct serpens_lookup l[2] = {{t_out, nout, okeys, ovals}, {t_in, nin, ikeys, ivals}};
+		api->get_state_multi(ctx, l, 2);
+	} else {
+		if (nout)
+			api->get_state_bulk(ctx, t_out, okeys, nout, ovals);
+		if (nin)
+			api->get_state_bulk(ctx, t_in, ikeys, nin, ivals);
+	}
 	for (uint32_t k = 0; k < count; k++) {
 		uint32_t i = b->idx[k];
 		if (kind[k] == K_OUT)
-			outbound(ctx, b, i, &h[k], &fk[k], ovals[slot[k]]);
+			outbound(ctx, b, i, h[k], &fk[k], ovals[slot[k]]);
 		else if (kind[k] == K_IN)
-			inbound(ctx, b, i, &h[k], &pk[k], ivals[slot[k]]);
+			inbound(ctx, b, i, h[k], &pk[k], ivals[slot[k]]);
 	}
 }
 
@@ -760,4 +795,4 @@ static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
 }
 
 SERPENS_NF(.name = "nat", .init = init, .process = process, .merge = pool_merge,
-	   .split = pool_split);
+	   .split = pool_split, .hdrs = SERPENS_HDRS_KEPT /* rewrite() invalidates */);

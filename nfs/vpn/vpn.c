@@ -388,8 +388,9 @@ enum { GROWN = 0, DROP_NON_IP, DROP_TOO_BIG };
 static int grow(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i, struct pending *pk)
 {
 	const struct serpens_api *api = ctx->api;
-	struct serpens_hdrs h;
-	int r = api->parse(b->data[i], b->len[i], &h);
+	const struct serpens_hdrs *hp;
+	int r = serpens_hdrs(ctx, b, i, &hp); /* parsed once for the SFC */
+	struct serpens_hdrs h = *hp; /* (the packet changes below) */
 	if ((r != SERPENS_PARSE_OK && r != SERPENS_PARSE_FRAGMENT) || (h.family != 4 && h.family != 6) ||
 	    h.l3_off < 14 || h.l3_off + h.l3_len > b->len[i])
 		return DROP_NON_IP;
@@ -464,6 +465,7 @@ static void seal(const struct pending *pk, struct serpens_batch *b, uint32_t seq
 	memcpy(nonce, salt, 4);
 	memcpy(nonce + 4, esp + 8, 8);
 	gcm_seal(&gk, nonce, esp, 8, pt, ptlen, pt + ptlen);
+	serpens_hdrs_invalidate(b, pk->i); /* an ESP packet now (pkt_prepend invalidated too) */
 }
 
 static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
@@ -511,4 +513,5 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 	serpens_count(ctx, c_encrypted, sealed);
 }
 
-SERPENS_NF(.name = "vpn", .init = init, .process = process);
+SERPENS_NF(.name = "vpn", .init = init, .process = process,
+	   .hdrs = SERPENS_HDRS_KEPT /* seal() invalidates */);

@@ -80,6 +80,19 @@ cdef class PoolCtl:
     def burst_done(self):
         return self.c.t_burst_cycles != 0
 
+    @property
+    def nf_cycles_on(self): return bool(self.c.nf_cycles_on)
+    @nf_cycles_on.setter
+    def nf_cycles_on(self, bint on):
+        """Count each NF call's TSC cycles from the next burst on (benchmarks: nf_cycles())."""
+        self.c.nf_cycles_on = on
+
+    def nf_cycles(self, int nsteps):
+        """Per step: (TSC cycles of its process() calls, packets in them) counted while
+        nf_cycles_on, since the instance started."""
+        return [(self.c.nf[s].timed_cycles, self.c.nf[s].timed_pkts)
+                for s in range(min(nsteps, SERPENS_MAX_STEPS))]
+
     def nf_counters(self, int nsteps):
         """Per step: {"in": n, "dropped": n, "counters": {name: value}}."""
         out = []

@@ -77,6 +77,8 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t values[SERPENS_MAX_COUNTERS]
         uint64_t in_pkts
         uint64_t dropped
+        uint64_t timed_cycles
+        uint64_t timed_pkts
 
     struct serpens_crash:
         uint32_t signo
@@ -105,6 +107,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t merge_req
         uint64_t wake_cycles
         uint32_t own_cpu
+        uint32_t nf_cycles_on
         uint32_t state
         uint32_t ack_seq
         uint64_t sleeping

@@ -82,9 +82,18 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 		const struct serpens_nf_ops *ops = entries[st->image]();
 		if (!ops || ops->abi_major != SERPENS_ABI_MAJOR || !ops->process ||
 		    ops->size < offsetof(struct serpens_nf_ops, fini) + sizeof(ops->fini)) {
-			snprintf(err, errlen, "step %u (%s): nf_entry() gave no ops of ABI %d", s,
-				 st->name, SERPENS_ABI_MAJOR);
+			snprintf(err, errlen, "step %u (%s): nf_entry() gave no ops of ABI %d "
+				 "(built for %u.%u; rebuild it against this serpens/nf.h)", s,
+				 st->name, SERPENS_ABI_MAJOR, ops ? ops->abi_major : 0,
+				 ops ? ops->abi_minor : 0);
 			rc = -71; /* EPROTO */
+		} else if (ops->abi_minor > SERPENS_ABI_MINOR) {
+			/* built against a newer header: it may read batch fields this runtime
+			 * does not have */
+			snprintf(err, errlen, "step %u (%s): built for NF ABI %u.%u, this runtime "
+				 "has %d.%d", s, st->name, ops->abi_major, ops->abi_minor,
+				 SERPENS_ABI_MAJOR, SERPENS_ABI_MINOR);
+			rc = -71;
 		} else if (ops->init) {
 			nf->ops = ops; /* split/merge may run inside init */
 			nf->in_init = 1;
@@ -108,6 +117,9 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 			return rc;
 		}
 		nf->ops = ops;
+		nf->keeps_hdrs = ops->abi_minor >= 3 &&
+				 ops->size >= offsetof(struct serpens_nf_ops, hdrs) + sizeof(ops->hdrs) &&
+				 (ops->hdrs & SERPENS_HDRS_KEPT);
 		c->has_release |= nf->nrelease != 0;
 	}
 	return 0;
@@ -118,13 +130,16 @@ static void select_by_hash(struct serpens_chain *c, uint16_t s, struct serpens_b
 	const struct serpens_ctx *ctx = &c->nf[s].ctx;
 	for (uint32_t k = 0; k < b->count; k++) {
 		uint32_t i = b->idx[k];
-		struct serpens_hdrs h;
-		int r = serpens_parse(b->data[i], b->len[i], &h);
-		uint32_t port = 0;
+		uint32_t r = b->parse[i], port = 0;
+		if (r == SERPENS_PARSE_STALE) { /* parsed once for the whole SFC (nf.h) */
+			b->parse[i] = (uint8_t)(r = (uint32_t)serpens_parse(b->data[i], b->len[i],
+									     &b->hdrs[i]));
+			b->flow_hashed &= ~(1u << i);
+		}
 		if (r == SERPENS_PARSE_OK || r == SERPENS_PARSE_FRAGMENT) {
 			/* Fragments carry no ports: hash addresses only, for every packet of the flow
 			 * to agree whatever its fragmentation. */
-			struct serpens_flow key = h.flow;
+			struct serpens_flow key = b->hdrs[i].flow;
 			key.sport = key.dport = 0;
 			port = serpens_hash_crc(&key, sizeof(key), 0) % ctx->nports;
 		}
@@ -132,10 +147,12 @@ static void select_by_hash(struct serpens_chain *c, uint16_t s, struct serpens_b
 	}
 }
 
-/* One body, two functions: with ob == NULL (constant) the compiler drops every hook, so the
- * chainer of unobserved bursts is exactly the one without capture or trace. */
+/* One body, two functions: with ob == NULL and timed == 0 (constants) the compiler drops every
+ * hook, so the chainer of unobserved bursts is exactly the one without capture, trace or
+ * per-NF cycle counts. */
 static inline __attribute__((always_inline)) void
-chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_observer *ob)
+chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_observer *ob,
+	  int timed)
 {
 	if (c->nsteps == 0) { /* the empty SFC forwards everything */
 		for (uint32_t i = 0; i < b->n; i++)
@@ -166,12 +183,19 @@ chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_obser
 			continue;
 		}
 		nf->counters->in_pkts += count;
-		uint64_t t0 = ob && (ob->traced) ? rte_rdtsc() : 0;
+		uint64_t t0 = timed || (ob && ob->traced) ? rte_rdtsc() : 0;
 		*c->cur_step = s;
 		nf->ops->process(&nf->ctx, b);
 		*c->cur_step = -1;
 		uint64_t cycles = t0 ? rte_rdtsc() - t0 : 0;
 		uint32_t bad = 0;
+		if (timed) {
+			nf->counters->timed_cycles += cycles;
+			nf->counters->timed_pkts += count;
+		}
+		if (!nf->keeps_hdrs) /* it may have rewritten headers without saying so (nf.h) */
+			for (uint32_t k = 0; k < count; k++)
+				b->parse[b->idx[k]] = SERPENS_PARSE_STALE;
 
 		/* An NF may only send a packet forward, out, or to the drop. */
 		for (uint32_t k = 0; k < count; k++) {
@@ -194,13 +218,13 @@ chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_obser
 
 void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b)
 {
-	chain_run(c, b, NULL);
+	chain_run(c, b, NULL, 0);
 }
 
 void serpens_chain_run_observed(struct serpens_chain *c, struct serpens_batch *b,
-				struct serpens_observer *ob)
+				struct serpens_observer *ob, int timed)
 {
-	chain_run(c, b, ob);
+	chain_run(c, b, ob, timed);
 }
 
 void serpens_chain_fini(struct serpens_chain *c)

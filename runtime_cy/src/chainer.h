@@ -34,9 +34,11 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 /* Run the SFC over b (b->n, data, len, pkt set; labels 0 = the first step, or DROP for
  * packets the runtime refused). Leaves every label OUT or DROP. */
 void serpens_chain_run(struct serpens_chain *c, struct serpens_batch *b);
-/* The same, calling the observer's hooks around each step (capture and trace: observe.h). */
+/* The same, calling the observer's hooks around each step (capture and trace: observe.h; ob
+ * may be NULL) and, if timed, adding each NF call's TSC cycles and packets to its counters
+ * (timed_cycles, timed_pkts: pool_ctl.h nf_cycles_on). */
 void serpens_chain_run_observed(struct serpens_chain *c, struct serpens_batch *b,
-				struct serpens_observer *ob);
+				struct serpens_observer *ob, int timed);
 
 void serpens_chain_fini(struct serpens_chain *c);
 

@@ -51,10 +51,12 @@ uint64_t serpens_now_ns(void)
 
 /* ---- packets ---------------------------------------------------------------------------- */
 
+/* The packet's start or length changed: its parsed headers (offsets, lengths) are stale. */
 static void pkt_sync(struct serpens_batch *b, uint32_t i, struct rte_mbuf *m)
 {
 	b->data[i] = rte_pktmbuf_mtod(m, uint8_t *);
 	b->len[i] = m->data_len;
+	b->parse[i] = SERPENS_PARSE_STALE;
 }
 
 static uint8_t *pkt_prepend(struct serpens_batch *b, uint32_t i, uint32_t n)
@@ -418,6 +420,35 @@ static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 	return t ? serpens_table_get(t, key) : NULL;
 }
 
+struct serpens_batch *serpens_nf_batch;
+
+/* Each key's table hash; a key that is a packet's parsed flow in the running batch (an NF
+ * passed &h->flow from serpens_hdrs) is hashed once per packet, whichever NF asks first. */
+static void hash_keys(const struct serpens_table *t, const void *const *keys, uint32_t n,
+		      uint32_t *hashes)
+{
+	struct serpens_batch *b = serpens_nf_batch;
+	uintptr_t base = b ? (uintptr_t)&b->hdrs[0].flow : 0;
+
+	if (!b || t->key_size != sizeof(struct serpens_flow)) {
+		for (uint32_t k = 0; k < n; k++)
+			hashes[k] = serpens_table_hash(t, keys[k]);
+		return;
+	}
+	for (uint32_t k = 0; k < n; k++) {
+		uintptr_t off = (uintptr_t)keys[k] - base;
+		uint32_t i = (uint32_t)(off / sizeof(struct serpens_hdrs));
+		if (off >= sizeof(b->hdrs) || off % sizeof(struct serpens_hdrs)) {
+			hashes[k] = serpens_table_hash(t, keys[k]);
+		} else if (b->flow_hashed >> i & 1) {
+			hashes[k] = b->flow_hash[i];
+		} else {
+			hashes[k] = b->flow_hash[i] = serpens_table_hash(t, keys[k]);
+			b->flow_hashed |= 1u << i;
+		}
+	}
+}
+
 static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *const *keys,
 			       uint32_t n, void **values)
 {
@@ -430,14 +461,35 @@ static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *c
 		}
 		return found;
 	}
-	return serpens_table_get_bulk(t, keys, n, values);
+	uint32_t hashes[SERPENS_BURST];
+	n = n < SERPENS_BURST ? n : SERPENS_BURST;
+	hash_keys(t, keys, n, hashes);
+	serpens_table_prefetch_bulk(t, hashes, n);
+	return serpens_table_probe_bulk(t, keys, n, hashes, values);
 }
 
+/* Every lookup's keys hashed and their slots prefetched before any is probed: a flow's and
+ * its host's misses overlap too. (Release tables split shares under a lock: one at a time.) */
 static uint32_t get_state_multi(struct serpens_ctx *ctx, struct serpens_lookup *l, uint32_t nl)
 {
-	uint32_t found = 0;
-	for (uint32_t q = 0; q < nl && q < 16; q++)
-		found += get_state_bulk(ctx, l[q].table, l[q].keys, l[q].n, l[q].values);
+	struct serpens_nf_env *s = serpens_env_of(ctx);
+	uint32_t hashes[16][SERPENS_BURST], n[16], found = 0;
+	struct serpens_table *t[16];
+
+	nl = nl < 16 ? nl : 16;
+	for (uint32_t q = 0; q < nl; q++) {
+		t[q] = table_of(ctx, l[q].table);
+		n[q] = l[q].n < SERPENS_BURST ? l[q].n : SERPENS_BURST;
+		if (t[q] && !is_release(s, l[q].table)) {
+			hash_keys(t[q], l[q].keys, n[q], hashes[q]);
+			serpens_table_prefetch_bulk(t[q], hashes[q], n[q]);
+		} else {
+			t[q] = NULL;
+		}
+	}
+	for (uint32_t q = 0; q < nl; q++)
+		found += t[q] ? serpens_table_probe_bulk(t[q], l[q].keys, n[q], hashes[q], l[q].values)
+			      : get_state_bulk(ctx, l[q].table, l[q].keys, n[q], l[q].values);
 	return found;
 }
 

@@ -23,6 +23,7 @@ struct serpens_nf_env {
 	const struct serpens_nf_ops *ops;
 	struct serpens_nf_counters *counters; /* in the shared control block */
 	const char *name;
+	uint32_t keeps_hdrs; /* ops->hdrs has SERPENS_HDRS_KEPT: its packets' parsed headers stay */
 	/* log rate limiter: token bucket in lines, refilled at 10/s up to 20 */
 	uint64_t log_last_ns;
 	uint32_t log_tokens;
@@ -70,5 +71,9 @@ uint64_t serpens_nf_env_merge(struct serpens_nf_env *s, uint64_t now_ns, int for
 void serpens_nf_env_release(struct serpens_nf_env *s, int answer_only);
 
 extern const struct serpens_api serpens_api_v1;
+
+/* The batch the chainer runs now (NULL between batches): keys that are its packets' parsed
+ * flows are hashed once per packet (nf.h serpens_batch.flow_hash). */
+extern struct serpens_batch *serpens_nf_batch;
 
 #endif

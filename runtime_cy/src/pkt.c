@@ -253,8 +253,24 @@ uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed)
 		len -= 8;
 	}
 	uint32_t c32 = (uint32_t)c;
-	while (len--)
-		c32 = _mm_crc32_u8(c32, *p++);
+	/* The tail in 4- and 2-byte steps: crc32 of a little-endian word is crc32 of its bytes in
+	 * memory order, so the value is the byte loop's (a 20-byte key: one step, not four). */
+	if (len >= 4) {
+		uint32_t w;
+		memcpy(&w, p, 4);
+		c32 = _mm_crc32_u32(c32, w);
+		p += 4;
+		len -= 4;
+	}
+	if (len >= 2) {
+		uint16_t w;
+		memcpy(&w, p, 2);
+		c32 = _mm_crc32_u16(c32, w);
+		p += 2;
+		len -= 2;
+	}
+	if (len)
+		c32 = _mm_crc32_u8(c32, *p);
 	/* CRC32-C alone mixes low bits poorly for `% n`: finish with a multiply-xorshift. */
 	c32 ^= c32 >> 16;
 	c32 *= 0x45d9f3bu;

@@ -115,6 +115,9 @@ struct serpens_nf_counters {
 	uint64_t values[SERPENS_MAX_COUNTERS];                /* R (the NF) */
 	uint64_t in_pkts;                                     /* R: packets given to the NF */
 	uint64_t dropped;                                     /* R: packets it dropped */
+	/* R, while nf_cycles_on: TSC cycles of the NF's process() calls, and their packets */
+	uint64_t timed_cycles;
+	uint64_t timed_pkts;
 };
 
 /* ---- Capture and trace (observe.h; docs/observability.md "Capture and trace") ----
@@ -184,7 +187,9 @@ struct serpens_pool_ctl {
 	volatile uint32_t own_cpu;  /* 1: the agent placed this process alone on its CPU, so it
 				     * may spin while waiting for ring room; 0: it shares the CPU
 				     * (with instances or the router) and yields it instead */
-	uint8_t pad_a2[44];
+	volatile uint32_t nf_cycles_on; /* 1: count each NF call's TSC cycles (benchmarks;
+					 * per-NF timed_cycles/timed_pkts), loaded once per burst */
+	uint8_t pad_a2[40];
 
 	/* ---- R: lifecycle ---- */
 	volatile uint32_t state;    /* serpens_pool_state */

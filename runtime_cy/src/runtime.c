@@ -309,7 +309,7 @@ static void stop_instance(struct runtime *rt)
  * capture or trace is left in it; process_burst() picks one per burst. */
 static inline __attribute__((always_inline)) void
 run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_observer *ob,
-	  uint32_t obs_gen)
+	  uint32_t obs_gen, int timed)
 {
 	struct serpens_pool_ctl *ctl = rt->ctl;
 	struct serpens_batch b;
@@ -340,13 +340,19 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_ob
 		b.labels[i] = m->nb_segs == 1 ? 0 : SERPENS_LABEL_DROP;
 		single |= (uint32_t)(m->nb_segs == 1) << i;
 	}
+	/* Nothing parsed yet: the first NF that reads a packet's headers parses it (nf.h). */
+	memset(b.parse, SERPENS_PARSE_STALE, sizeof(b.parse));
+	b.flow_hashed = 0;
+	serpens_nf_batch = &b; /* whose flows' hashes the state lookups may reuse */
 	in->chain.bad_labels = 0;
-	if (ob) {
-		serpens_obs_begin(ob, &ctl->obs, obs_gen, &b);
-		serpens_chain_run_observed(&in->chain, &b, ob);
+	if (ob || timed) {
+		if (ob)
+			serpens_obs_begin(ob, &ctl->obs, obs_gen, &b);
+		serpens_chain_run_observed(&in->chain, &b, ob, timed);
 	} else {
 		serpens_chain_run(&in->chain, &b);
 	}
+	serpens_nf_batch = NULL;
 	if (in->state->batch_end)
 		in->state->batch_end();
 	for (uint32_t i = 0; i < n; i++) {
@@ -404,12 +410,13 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_ob
 
 static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
 {
-	/* Capture or trace armed? The one load and branch per burst they cost while off. */
+	/* Capture, trace or per-NF cycles armed? The one branch per burst they cost while off. */
 	uint32_t obs_gen = __atomic_load_n(&rt->ctl->obs.on, __ATOMIC_ACQUIRE);
-	if (unlikely(obs_gen))
-		run_burst(rt, in, n, &rt->observer, obs_gen);
+	uint32_t timed = rt->ctl->nf_cycles_on;
+	if (unlikely(obs_gen | timed))
+		run_burst(rt, in, n, obs_gen ? &rt->observer : NULL, obs_gen, timed != 0);
 	else
-		run_burst(rt, in, n, NULL, 0);
+		run_burst(rt, in, n, NULL, 0, 0);
 }
 
 /* Poll until a command is pending, or (detached: a process of its own, see run_detached) until

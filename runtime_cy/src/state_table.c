@@ -109,26 +109,73 @@ void *serpens_table_get(const struct serpens_table *t, const void *key)
 	return i < 0 ? NULL : slot_value(t, (uint32_t)i);
 }
 
+uint32_t serpens_table_hash(const struct serpens_table *t, const void *key)
+{
+	return key_hash(t, key);
+}
+
+/* Stage 1 of a bulk lookup (the keys hashed): prefetch each key's home slot: the line holding
+ * the slot's start, and the next one only when the slot runs into it (a 64-byte slot on a
+ * 64-byte boundary is one line, not two). Fewer lines in flight leave the core's fill buffers
+ * to the lookups themselves: with every slot prefetched as two lines, 32 lookups asked for 64
+ * lines at once and the prefetches stalled (issue 18). */
+void serpens_table_prefetch_bulk(const struct serpens_table *t, const uint32_t *hashes,
+				 uint32_t n)
+{
+	for (uint32_t k = 0; k < n; k++) {
+		const uint8_t *slot = (const uint8_t *)slot_sig(t, hashes[k] & t->mask);
+		__builtin_prefetch(slot);
+		if (((uintptr_t)slot & 63) + t->slot_size > 64)
+			__builtin_prefetch(slot + t->slot_size - 1);
+	}
+}
+
+/* Stages 2 and 3: every home slot's signature first (its line is on its way), deciding the
+ * misses (empty home slot) and the likely hits (signature matches) without touching a key;
+ * then the keys of the likely hits, and a full probe only for the rest (home slot taken by
+ * another key: linear probing goes on, usually in the same line). */
+uint32_t serpens_table_probe_bulk(const struct serpens_table *t, const void *const *keys,
+				  uint32_t n, const uint32_t *hashes, void **values)
+{
+	uint32_t found = 0, sig_hit = 0, probe = 0; /* bit k: key k's home slot has its sig / not */
+
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t s = __atomic_load_n(slot_sig(t, hashes[k] & t->mask), __ATOMIC_ACQUIRE);
+		values[k] = NULL;
+		sig_hit |= (uint32_t)(s == sig_of(hashes[k])) << k;
+		probe |= (uint32_t)(s != SIG_EMPTY && s != sig_of(hashes[k])) << k;
+	}
+	for (uint32_t m = sig_hit; m; m &= m - 1) {
+		uint32_t k = (uint32_t)__builtin_ctz(m), i = hashes[k] & t->mask;
+		if (key_equal(slot_key(t, i), keys[k], t->key_size)) {
+			values[k] = slot_value(t, i);
+			found++;
+		} else {
+			probe |= 1u << k; /* same signature, another key: look further */
+		}
+	}
+	for (uint32_t m = probe; m; m &= m - 1) {
+		uint32_t k = (uint32_t)__builtin_ctz(m);
+		int64_t i = find(t, keys[k], hashes[k]);
+		if (i >= 0) {
+			values[k] = slot_value(t, (uint32_t)i);
+			found++;
+		}
+	}
+	return found;
+}
+
 uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const *keys, uint32_t n,
 				void **values)
 {
-	uint32_t hashes[SERPENS_BURST], found = 0;
+	uint32_t hashes[SERPENS_BURST];
 
 	if (n > SERPENS_BURST)
 		n = SERPENS_BURST;
-	/* Hash all, prefetch every home slot, then probe: the misses overlap (DESIGN §6). */
-	for (uint32_t k = 0; k < n; k++) {
+	for (uint32_t k = 0; k < n; k++)
 		hashes[k] = key_hash(t, keys[k]);
-		const uint8_t *slot = (const uint8_t *)slot_sig(t, hashes[k] & t->mask);
-		__builtin_prefetch(slot);
-		__builtin_prefetch(slot + t->slot_size - 1); /* a slot may span two lines */
-	}
-	for (uint32_t k = 0; k < n; k++) {
-		int64_t i = find(t, keys[k], hashes[k]);
-		values[k] = i < 0 ? NULL : slot_value(t, (uint32_t)i);
-		found += i >= 0;
-	}
-	return found;
+	serpens_table_prefetch_bulk(t, hashes, n);
+	return serpens_table_probe_bulk(t, keys, n, hashes, values);
 }
 
 /* ---- update ----------------------------------------------------------------------------- */

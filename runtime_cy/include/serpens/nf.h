@@ -30,14 +30,14 @@
  *     {
  *         for (uint32_t k = 0; k < b->count; k++) {
  *             uint32_t i = b->idx[k];
- *             struct serpens_hdrs h;
- *             if (c->api->parse(b->data[i], b->len[i], &h) != SERPENS_PARSE_OK || h.family != 4) {
+ *             const struct serpens_hdrs *h;
+ *             if (serpens_hdrs(c, b, i, &h) != SERPENS_PARSE_OK || h->family != 4) {
  *                 serpens_drop(b, i);
  *                 serpens_count(c, dropped, 1);
  *             }
  *         }
  *     }
- *     SERPENS_NF(.name = "ipv4_only", .init = init, .process = process);
+ *     SERPENS_NF(.name = "ipv4_only", .init = init, .process = process, .hdrs = SERPENS_HDRS_KEPT);
  */
 #ifndef SERPENS_NF_H
 #define SERPENS_NF_H
@@ -46,7 +46,7 @@
 #include <stdint.h>
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 2 /* 1: state tables; 2: get_state_multi */
+#define SERPENS_ABI_MINOR 3 /* 1: state tables; 2: get_state_multi; 3: parse once */
 
 #define SERPENS_BURST 32          /* packets per batch, at most */
 #define SERPENS_MAX_PORTS 8       /* output ports of one NF */
@@ -56,24 +56,6 @@
 typedef uint16_t serpens_label_t;
 #define SERPENS_LABEL_OUT 0xFFFEu  /* leave the SFC: the router transmits it */
 #define SERPENS_LABEL_DROP 0xFFFFu /* the router frees it */
-
-/* ---- batches ----------------------------------------------------------------------------- */
-
-/*
- * One batch as an NF sees it. data[i]/len[i] describe packet i (Ethernet frame first); the
- * NF may rewrite bytes in place. Use api->pkt_prepend/pkt_adj/pkt_append/pkt_trim to change the
- * length: they keep data[i]/len[i] up to date. idx[0..count) lists the packets for this NF.
- */
-struct serpens_batch {
-	uint32_t n;                           /* packets in the whole batch */
-	uint32_t count;                       /* packets labelled for the NF being called */
-	uint64_t now_ns;                      /* monotonic time the batch was taken, ns */
-	uint8_t idx[SERPENS_BURST];           /* positions of this NF's packets */
-	serpens_label_t labels[SERPENS_BURST];
-	uint32_t len[SERPENS_BURST];
-	uint8_t *data[SERPENS_BURST];
-	void *pkt[SERPENS_BURST];             /* runtime's handle; opaque to NFs */
-};
 
 /* ---- parsed headers ---------------------------------------------------------------------- */
 
@@ -122,6 +104,45 @@ struct serpens_hdrs {
 	uint8_t flags;        /* SERPENS_HDR_* */
 	uint8_t pad[2];
 	struct serpens_flow flow;
+};
+
+/* ---- batches ----------------------------------------------------------------------------- */
+
+#define SERPENS_PARSE_STALE 0xFFu /* parse[i]: hdrs[i] not parsed yet, or out of date */
+
+/*
+ * One batch as an NF sees it. data[i]/len[i] describe packet i (Ethernet frame first); the
+ * NF may rewrite bytes in place. Use api->pkt_prepend/pkt_adj/pkt_append/pkt_trim to change the
+ * length: they keep data[i]/len[i] up to date. idx[0..count) lists the packets for this NF.
+ *
+ * Parsed once per packet for the whole SFC (ABI minor 3): hdrs[i] holds packet i's headers
+ * as api->parse found them and parse[i] the parse result, or SERPENS_PARSE_STALE when nobody
+ * has parsed the packet yet or its headers changed since. Read them with serpens_hdrs() (it
+ * parses on first use, so the first NF that wants headers parses and the NFs after it read
+ * the result); never write them. An NF that changes header bytes in place (addresses, ports,
+ * a tunnel's header) calls serpens_hdrs_invalidate(b, i) before it returns, so the NFs after
+ * it never read stale fields; pkt_prepend/pkt_adj/pkt_append/pkt_trim invalidate by
+ * themselves. NFs that do not say they follow this rule (serpens_nf_ops.hdrs, below), among
+ * them every NF built before minor 3, have all their packets invalidated after process().
+ * State lookups keyed by a packet's parsed flow (&h->flow itself, not a copy, as the key of
+ * get_state_bulk/get_state_multi) hash it once for the whole SFC too.
+ */
+struct serpens_batch {
+	uint32_t n;                           /* packets in the whole batch */
+	uint32_t count;                       /* packets labelled for the NF being called */
+	uint64_t now_ns;                      /* monotonic time the batch was taken, ns */
+	uint8_t idx[SERPENS_BURST];           /* positions of this NF's packets */
+	serpens_label_t labels[SERPENS_BURST];
+	uint32_t len[SERPENS_BURST];
+	uint8_t *data[SERPENS_BURST];
+	void *pkt[SERPENS_BURST];             /* runtime's handle; opaque to NFs */
+	/* ---- ABI minor 3: parse once per packet (see above; use serpens_hdrs()) ---- */
+	uint8_t parse[SERPENS_BURST];         /* serpens_parse_result of hdrs[i], or STALE */
+	struct serpens_hdrs hdrs[SERPENS_BURST];
+	/* the runtime's: bit i set = flow_hash[i] is the state-table hash of hdrs[i].flow, so a
+	 * packet's flow is hashed once for all the NFs that look it up (get_state_bulk) */
+	uint32_t flow_hashed;
+	uint32_t flow_hash[SERPENS_BURST];
 };
 
 /* ---- the context table ------------------------------------------------------------------- */
@@ -299,7 +320,14 @@ struct serpens_nf_ops {
 	/* ABI minor 1, optional: move part of a release table's pool into an (all-zero) share;
 	 * the pool is locked. NULL: move half of each uint64_t word, rounded up. */
 	void (*split)(struct serpens_ctx *ctx, int table, const void *key, void *pool, void *share);
+	/* ABI minor 3: SERPENS_HDRS_KEPT promises that the NF calls serpens_hdrs_invalidate()
+	 * for every packet whose header bytes it changes in place (or changes none): the parsed
+	 * headers of its packets then stay valid for the NFs after it. 0 (and any NF built
+	 * before minor 3): the chainer invalidates all of the NF's packets after process(). */
+	uint32_t hdrs;
 };
+
+#define SERPENS_HDRS_KEPT 0x1u
 
 #define SERPENS_NF(...)                                                                        \
 	static const struct serpens_nf_ops serpens_nf_ops__ = {                                     \
@@ -322,6 +350,30 @@ static inline void serpens_forward(const struct serpens_ctx *c, struct serpens_b
 static inline void serpens_drop(struct serpens_batch *b, uint32_t i)
 {
 	b->labels[i] = SERPENS_LABEL_DROP;
+}
+
+/* Packet i's parsed headers (*h) and parse result (serpens_parse_result), parsed at most once
+ * per packet for the whole SFC: the first call for a packet parses it into b->hdrs[i], the
+ * calls after it (this NF's or a later NF's) read what was parsed, until the packet's headers
+ * are invalidated. *h is the runtime's: read it, never write it (copy the flow to change it). */
+static inline int serpens_hdrs(const struct serpens_ctx *c, struct serpens_batch *b, uint32_t i,
+			       const struct serpens_hdrs **h)
+{
+	uint32_t r = b->parse[i];
+	if (r == SERPENS_PARSE_STALE) {
+		r = (uint32_t)c->api->parse(b->data[i], b->len[i], &b->hdrs[i]);
+		b->parse[i] = (uint8_t)r;
+		b->flow_hashed &= ~(1u << i); /* a new flow: its hash is not known */
+	}
+	*h = &b->hdrs[i];
+	return (int)r;
+}
+
+/* Packet i's header bytes changed in place (NAT's addresses and ports, a tunnel's outer
+ * header): the next serpens_hdrs() for it parses again. Call after the last change. */
+static inline void serpens_hdrs_invalidate(struct serpens_batch *b, uint32_t i)
+{
+	b->parse[i] = SERPENS_PARSE_STALE;
 }
 
 static inline void serpens_count(struct serpens_ctx *c, int id, uint64_t n)
