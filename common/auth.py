@@ -29,6 +29,8 @@ from serpens.common.pki import subject
 log = logging.getLogger(__name__)
 
 VIEWER, OPERATOR, ADMIN, CONTROLLER, ANY = "viewer", "operator", "admin", "controller", "any"
+AGENT = "agent"
+PEER = "peer"   # another node's agent, or the controller (the Peer service between agents)
 _RANK = {VIEWER: 1, OPERATOR: 2, ADMIN: 3}
 
 METHOD_ROLES: dict[str, str] = {
@@ -63,6 +65,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Agent/ResetState": CONTROLLER,
     "/serpens.v1.Agent/GetUsage": CONTROLLER,
     "/serpens.v1.Agent/Capture": CONTROLLER,
+    # serpens.v1.Peer: agents of other nodes (and the controller); each method a row: PEER
     # serpens.v1.Gateway: only the controller pushes routes and reads counters
     "/serpens.v1.Gateway/SetRoutes": CONTROLLER,
     "/serpens.v1.Gateway/GetGateway": CONTROLLER,
@@ -83,6 +86,8 @@ class Peer(NamedTuple):
 def allowed(role: str, required: str) -> bool:
     if required == ANY:
         return True
+    if required == PEER:
+        return role in (AGENT, CONTROLLER)
     if required == CONTROLLER:
         return role == CONTROLLER
     return _RANK.get(role, 0) >= _RANK[required]
@@ -111,7 +116,9 @@ def refusal(method: str, context) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.PERMISSION_DENIED, \
             f"{method}: not in the authorization table (common/auth.py), refused to everyone"
     if not allowed(who.role, required):
-        need = "the controller's identity" if required == CONTROLLER else f"role {required}"
+        need = {CONTROLLER: "the controller's identity",
+                PEER: "an agent's or the controller's identity"}.get(required,
+                                                                     f"role {required}")
         return grpc.StatusCode.PERMISSION_DENIED, \
             f"{method}: {who.name} has role {who.role or '(none)'}; needs {need}"
     return None

@@ -225,3 +225,9 @@ def test_contexts_file_and_a_user_certificate(tmp_path):
         config.resolve(path, context="b")
     for f in (alice.cert, alice.key, os.path.join(pki().dir, "ca.key")):
         assert oct(os.stat(f).st_mode & 0o777) == "0o600"
+
+
+def test_the_peer_role_is_an_agent_or_the_controller():
+    from serpens.common.auth import PEER, allowed
+    assert allowed("agent", PEER) and allowed("controller", PEER)
+    assert not any(allowed(role, PEER) for role in ("admin", "operator", "viewer", "gateway"))

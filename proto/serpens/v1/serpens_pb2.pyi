@@ -502,7 +502,7 @@ class MergeStateResponse(_message.Message):
     def __init__(self, node: _Optional[str] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class RunSFCRequest(_message.Message):
-    __slots__ = ("spec", "nf_sources", "generation", "replicas", "incarnation", "vxlan")
+    __slots__ = ("spec", "nf_sources", "generation", "replicas", "incarnation", "vxlan", "peers", "seed_from", "checkpoint_to", "restore_from", "restore_of")
     class NfSourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -516,13 +516,31 @@ class RunSFCRequest(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     VXLAN_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FROM_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_TO_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FROM_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_OF_FIELD_NUMBER: _ClassVar[int]
     spec: str
     nf_sources: _containers.ScalarMap[str, str]
     generation: int
     replicas: int
     incarnation: int
     vxlan: VxlanRoute
-    def __init__(self, spec: _Optional[str] = ..., nf_sources: _Optional[_Mapping[str, str]] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., incarnation: _Optional[int] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ...) -> None: ...
+    peers: _containers.RepeatedCompositeFieldContainer[PeerRef]
+    seed_from: PeerRef
+    checkpoint_to: PeerRef
+    restore_from: PeerRef
+    restore_of: str
+    def __init__(self, spec: _Optional[str] = ..., nf_sources: _Optional[_Mapping[str, str]] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., incarnation: _Optional[int] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[PeerRef, _Mapping]]] = ..., seed_from: _Optional[_Union[PeerRef, _Mapping]] = ..., checkpoint_to: _Optional[_Union[PeerRef, _Mapping]] = ..., restore_from: _Optional[_Union[PeerRef, _Mapping]] = ..., restore_of: _Optional[str] = ...) -> None: ...
+
+class PeerRef(_message.Message):
+    __slots__ = ("node", "address")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class VxlanRoute(_message.Message):
     __slots__ = ("tag", "vni", "gateway_ip", "gateway_mac")
@@ -576,10 +594,12 @@ class AgentSFC(_message.Message):
     def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ...) -> None: ...
 
 class StopSFCRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "return_to")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TO_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    return_to: PeerRef
+    def __init__(self, name: _Optional[str] = ..., return_to: _Optional[_Union[PeerRef, _Mapping]] = ...) -> None: ...
 
 class StopSFCResponse(_message.Message):
     __slots__ = ()

@@ -1392,6 +1392,44 @@ class Agent:
             _registered_method=True)
 
 
+class PeerStub:
+    """Agent to agent (issue 14, DESIGN §7 "State between servers"): state moving between the
+    nodes that serve one SFC. Served by every agent beside the Agent service (same port, same
+    mTLS); callable by the `agent` role (another node) and the controller.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+
+
+class PeerServicer:
+    """Agent to agent (issue 14, DESIGN §7 "State between servers"): state moving between the
+    nodes that serve one SFC. Served by every agent beside the Agent service (same port, same
+    mTLS); callable by the `agent` role (another node) and the controller.
+    """
+
+
+def add_PeerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'serpens.v1.Peer', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('serpens.v1.Peer', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Peer:
+    """Agent to agent (issue 14, DESIGN §7 "State between servers"): state moving between the
+    nodes that serve one SFC. Served by every agent beside the Agent service (same port, same
+    mTLS); callable by the `agent` role (another node) and the controller.
+    """
+
+
 class GatewayStub:
     """The gateway's service (DESIGN §7), called by the controller's leader: the full route set,
     pushed whenever it changes and whenever a gateway (re)registers. Routes are replaced as a
