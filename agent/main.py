@@ -31,8 +31,9 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
 from .metrics import NodeCollector, start_latency
 from .node import Node, start_from_files
+from .peer_state import DeltaSender, Receiver
 from .registration import Registration
-from .service import AgentServicer
+from .service import AgentServicer, PeerServicer
 
 log = logging.getLogger("serpens-agent")
 
@@ -53,9 +54,14 @@ def parse_args(argv=None):
     ap.add_argument("--advertise", default="",
                     help="address the controller calls (default: --listen, or this host's "
                          "name and the port bound when listening on all addresses)")
+    ap.add_argument("--delta-period-ms", type=int, default=100,
+                    help="how often eventual tables' deltas go to the SFC's other servers "
+                         "(ms, 10..60000; default %(default)s)")
     metrics.add_argument(ap, 9461)
     tls_flags.add_arguments(ap)
     args = ap.parse_args(argv)
+    if not 10 <= args.delta_period_ms <= 60000:
+        ap.error(f"--delta-period-ms: 10..60000, got {args.delta_period_ms}")
     tls_flags.resolve(ap, args, args.listen)
     metrics.check_flag(ap, args.metrics, args.identity)
     return args
@@ -89,10 +95,17 @@ def main(argv=None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # other nodes' agents are called with this agent's identity (role agent)
+        rpc.set_client_identity(args.identity)
+        peers = rpc.Stubs(serpens_pb2_grpc.PeerStub)
+        receiver = Receiver(node.dataplane.config.state_dir)
+        deltas = DeltaSender(node, args.delta_period_ms / 1000, peers)
         try:
             server, port = await rpc.create_server(args.listen, [
-                (serpens_pb2_grpc.add_AgentServicer_to_server, AgentServicer(node),
-                 rpc.service_name("Agent"))], args.identity)
+                (serpens_pb2_grpc.add_AgentServicer_to_server,
+                 AgentServicer(node, deltas, receiver, peers), rpc.service_name("Agent")),
+                (serpens_pb2_grpc.add_PeerServicer_to_server, PeerServicer(node, receiver),
+                 rpc.service_name("Peer"))], args.identity)
         except OSError as e:
             log.error("--listen %s", e)
             return 1
@@ -109,8 +122,11 @@ def main(argv=None) -> int:
         log.info("node %s: Agent service on %s", node.spec.name, address)
         # stock NFs compiled now, while nothing waits: the first SFC applied starts sooner
         loop.run_in_executor(None, warm_compile_cache)
+        pushing = asyncio.create_task(deltas.run(stop))
         await register_until_stopped(args, node, address, stop)
+        await pushing
         await server.stop(1.0)
+        await peers.close()
         if scraped is not None:
             scraped.close()
         return 0

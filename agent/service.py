@@ -23,7 +23,9 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
-from . import capture_rpc
+from serpens.common import rpc
+
+from . import capture_rpc, peer_state
 from .node import NoSuchSFC, SFCConflict, StaleSpec
 from .process_pool import PoolError
 from .state_manager import (BrokenTable, StateError, StateFilesystemFull, StateManager,
@@ -60,6 +62,8 @@ def _handler(method):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except BrokenTable as e:
             await context.abort(grpc.StatusCode.DATA_LOSS, f"{e} (serpensctl state reset)")
+        except peer_state.PeerStateError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"peer state: {e}")
         except StateError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot: {e}")
         except WrongCode as e:
@@ -77,8 +81,12 @@ def _vxlan(entry) -> pb.VxlanRoute | None:
 
 
 class AgentServicer(pb_grpc.AgentServicer):
-    def __init__(self, node):
+    def __init__(self, node, deltas: peer_state.DeltaSender | None = None,
+                 receiver: peer_state.Receiver | None = None, peers: rpc.Stubs | None = None):
+        """`deltas`/`receiver`/`peers` (PeerStub per address): state between servers
+        (agent/peer_state.py); None: this agent exchanges none."""
         self.node = node
+        self.deltas, self.receiver, self.peers = deltas, receiver, peers
         self._observed: set[str] = set()  # SFCs with a capture or trace running
 
     def _sfc(self, name: str) -> pb.AgentSFC:
@@ -88,26 +96,102 @@ class AgentServicer(pb_grpc.AgentServicer):
                            instances=c["instances"], rx=c["rx"], out=c["out"],
                            dropped=c["dropped"], held=c["held"], phase=c["phase"],
                            message=c["message"], crashes=c["crashes"], drops=c["drops"],
-                           vxlan=_vxlan(self.node.running.get(name)))
+                           vxlan=_vxlan(self.node.running.get(name)),
+                           peer_state=self.deltas.status(name) if self.deltas else "",
+                           deltas_pushed=self.deltas.pushed.get(name, 0) if self.deltas else 0,
+                           deltas_applied=self.receiver.applied.get(name, 0)
+                           if self.receiver else 0)
 
     @_handler
     async def RunSFC(self, request, context):
         spec = parse_sfc(request.spec, allow_source=False)
+        seed = request.seed_from if request.HasField("seed_from") else None
+        if seed is not None and seed.address and seed.node != self.node.spec.name and \
+                spec.name not in self.node.running:
+            await self._seed(spec, seed, context)
         await asyncio.to_thread(self.node.apply_sfc, spec, dict(request.nf_sources),
                                 request.replicas or None, request.generation,
                                 request.incarnation,
                                 vxlan=request.vxlan if request.HasField("vxlan") else None)
+        if self.deltas is not None:
+            self.deltas.set_peers(spec.name, request.peers)
         log.info("running sfc %s generation %d", spec.name, request.generation)
         return self._sfc(spec.name)
+
+    async def _seed(self, spec, seed, context):
+        """Before the SFC's first instance here: its tables from `seed` (Peer.Seed)."""
+        if self.peers is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "seed_from: this agent exchanges no state with peers")
+        try:
+            reply = await self.peers[seed.address].Seed(
+                pb.SeedRequest(sfc=spec.name, node=self.node.spec.name), timeout=10)
+        except grpc.RpcError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"seed_from: node {seed.node} ({seed.address}): "
+                                f"{e.code().name} {e.details()}")
+        nfs = await asyncio.to_thread(peer_state.inflate, reply.nfs)
+        unknown = [nf for nf, _ in nfs if nf not in spec.nfs]
+        if unknown:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"seed_from: node {seed.node} sent tables of NFs the SFC "
+                                f"does not have: {unknown}")
+        state = self.node.state
+        for nf, tables in nfs:
+            await asyncio.to_thread(peer_state.install_tables, state,
+                                    spec.state_namespace(nf), tables)
+        log.info("sfc %s: seeded from %s: %s", spec.name, seed.node,
+                 ", ".join(f"{nf}: {', '.join(t for t, _ in tables)}" for nf, tables in nfs
+                           if tables) or "no tables")
 
     @_handler
     async def StopSFC(self, request, context):
         if request.name not in self.node.running:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"name: node {self.node.spec.name} runs no SFC {request.name!r}")
+        spec = self.node.running[request.name].spec
+        back = request.return_to if request.HasField("return_to") else None
+        if back is not None and self.deltas is not None:
+            self.deltas.nf_ops(request.name)   # known for the last push
         await asyncio.to_thread(self.node.remove_sfc, request.name)
         log.info("stopped sfc %s", request.name)
+        if back is not None and back.address:
+            await self._return_state(spec, back, context)
+        elif self.deltas is not None:
+            self.deltas.forget(request.name)
         return pb.StopSFCResponse()
+
+    async def _return_state(self, spec, back, context):
+        """After StopSFC: release pools to `back`, eventual tables' last deltas to the
+        peers, then the SFC's tables are dropped here. A failure keeps the tables (nothing
+        lost) and answers UNAVAILABLE."""
+        if self.peers is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "return_to: this agent exchanges no state with peers")
+        state = self.node.state
+        pools = await asyncio.to_thread(peer_state.pools_to_return, state, spec)
+        if pools:
+            try:
+                await self.peers[back.address].ReturnState(pb.ReturnStateRequest(
+                    sfc=spec.name, node=self.node.spec.name, nfs=peer_state.images(pools)),
+                    timeout=10)
+            except grpc.RpcError as e:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"return_to: node {back.node} ({back.address}): "
+                                    f"{e.code().name} {e.details()}; the SFC's tables stay "
+                                    "here")
+        if self.deltas is not None and not await self.deltas.flush(
+                spec.name, spec, extra=[(back.node, back.address)]):
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"return_to: the last deltas did not reach every peer "
+                                f"({self.deltas.status(spec.name)}); the SFC's tables stay "
+                                "here")
+        if self.deltas is not None:
+            self.deltas.forget(spec.name)
+        for nf in spec.nfs:
+            await asyncio.to_thread(state.drop, spec.state_namespace(nf))
+        log.info("sfc %s: state returned to %s (%d NFs with pools), tables dropped",
+                 spec.name, back.node, len(pools))
 
     @_handler
     async def ScaleSFC(self, request, context):
@@ -287,6 +371,8 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
     import importlib
     import json
 
+    from serpens.runtime_cy import _dataplane as dp
+
     decode = None
     if stock:
         decode = getattr(importlib.import_module(f"serpens.nfs.{stock}"), "decode_entry", None)
@@ -300,9 +386,13 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
         except OSError as e:  # a broken table, or no room to fill its holes
             raise table_error(nf, name, e) from None
         try:
-            info, items = table.info, table.items()[:limit]
+            info, items = table.info, table.items()
         finally:
             table.close()
+        if info["flags"] & dp.EVENTUAL:  # other servers' counts (agent/peer_state.py)
+            items = peer_state.with_peers(manager, nf, name, items)
+            info["count"] = len(items)
+        items = items[:limit]
         entries = []
         for key, value in items:
             decoded = decode(name, key, value) if decode else None
@@ -312,3 +402,60 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
                                  value_size=info["value_size"], capacity=info["capacity"],
                                  count=info["count"], entries=entries))
     return out
+
+
+class PeerServicer(pb_grpc.PeerServicer):
+    """serpens.v1.Peer: what other nodes' agents ask of this one (agent/peer_state.py)."""
+
+    def __init__(self, node, receiver: peer_state.Receiver):
+        self.node, self.receiver = node, receiver
+
+    def _running(self, sfc: str):
+        entry = self.node.running.get(sfc)
+        if entry is None:
+            raise NoSuchSFC(f"node {self.node.spec.name} runs no SFC {sfc!r}")
+        return entry
+
+    @_handler
+    async def Seed(self, request, context):
+        if request.sfc not in self.node.running:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        nfs = await asyncio.to_thread(peer_state.seed_tables, self.node, request.sfc)
+        log.info("sfc %s: seeded %s: %s", request.sfc, request.node or "a peer",
+                 ", ".join(f"{nf}: {', '.join(t for t, _ in tables)}" for nf, tables in nfs
+                           if tables) or "no tables")
+        return pb.SeedResponse(node=self.node.spec.name, nfs=peer_state.images(nfs))
+
+    @_handler
+    async def ReturnState(self, request, context):
+        entry = self.node.running.get(request.sfc)
+        if entry is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        nfs = await asyncio.to_thread(peer_state.inflate, request.nfs)
+        unknown = [nf for nf, _ in nfs if nf not in entry.spec.nfs]
+        if unknown:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"nfs: SFC {request.sfc} has no NF {unknown[0]!r}")
+        pools = 0
+        for nf, tables in nfs:
+            pools += await asyncio.to_thread(peer_state.install_tables, self.node.state,
+                                             entry.spec.state_namespace(nf), tables)
+        merged = await asyncio.to_thread(self.node.merge_state, request.sfc)
+        log.info("sfc %s: %d pools returned by %s, merged by %d running instances",
+                 request.sfc, pools, request.node or "a peer", merged)
+        return pb.ReturnStateResponse(node=self.node.spec.name, tables=pools, merged=merged)
+
+    @_handler
+    async def PushDeltas(self, request, context):
+        entry = self.node.running.get(request.sfc)
+        if entry is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        if request.nf not in entry.spec.nfs:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"nf: SFC {request.sfc} has no NF {request.nf!r}")
+        applied, n = await asyncio.to_thread(
+            self.receiver.apply, entry.spec.state_namespace(request.nf), request.sfc, request)
+        return pb.PushDeltasResponse(applied=applied, entries=n)

@@ -555,7 +555,7 @@ class VxlanRoute(_message.Message):
     def __init__(self, tag: _Optional[int] = ..., vni: _Optional[int] = ..., gateway_ip: _Optional[str] = ..., gateway_mac: _Optional[str] = ...) -> None: ...
 
 class AgentSFC(_message.Message):
-    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan")
+    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "peer_state", "deltas_pushed", "deltas_applied")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -577,6 +577,9 @@ class AgentSFC(_message.Message):
     CRASHES_FIELD_NUMBER: _ClassVar[int]
     DROPS_FIELD_NUMBER: _ClassVar[int]
     VXLAN_FIELD_NUMBER: _ClassVar[int]
+    PEER_STATE_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_PUSHED_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     name: str
     generation: int
     replicas: int
@@ -591,7 +594,10 @@ class AgentSFC(_message.Message):
     crashes: int
     drops: _containers.ScalarMap[str, int]
     vxlan: VxlanRoute
-    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ...) -> None: ...
+    peer_state: str
+    deltas_pushed: int
+    deltas_applied: int
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., peer_state: _Optional[str] = ..., deltas_pushed: _Optional[int] = ..., deltas_applied: _Optional[int] = ...) -> None: ...
 
 class StopSFCRequest(_message.Message):
     __slots__ = ("name", "return_to")
@@ -678,6 +684,92 @@ class ResetStateResponse(_message.Message):
     node: str
     tables: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SeedRequest(_message.Message):
+    __slots__ = ("sfc", "node")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class NFTables(_message.Message):
+    __slots__ = ("nf", "tables")
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    nf: str
+    tables: _containers.RepeatedCompositeFieldContainer[TableImage]
+    def __init__(self, nf: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableImage, _Mapping]]] = ...) -> None: ...
+
+class SeedResponse(_message.Message):
+    __slots__ = ("node", "nfs")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NFS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    nfs: _containers.RepeatedCompositeFieldContainer[NFTables]
+    def __init__(self, node: _Optional[str] = ..., nfs: _Optional[_Iterable[_Union[NFTables, _Mapping]]] = ...) -> None: ...
+
+class ReturnStateRequest(_message.Message):
+    __slots__ = ("sfc", "node", "nfs")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NFS_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    nfs: _containers.RepeatedCompositeFieldContainer[NFTables]
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ..., nfs: _Optional[_Iterable[_Union[NFTables, _Mapping]]] = ...) -> None: ...
+
+class ReturnStateResponse(_message.Message):
+    __slots__ = ("node", "tables", "merged")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    tables: int
+    merged: int
+    def __init__(self, node: _Optional[str] = ..., tables: _Optional[int] = ..., merged: _Optional[int] = ...) -> None: ...
+
+class DeltaEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class PushDeltasRequest(_message.Message):
+    __slots__ = ("node", "sfc", "nf", "table", "origin", "epoch", "seq", "key_size", "value_size", "capacity", "entries")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    KEY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    sfc: str
+    nf: str
+    table: str
+    origin: bytes
+    epoch: int
+    seq: int
+    key_size: int
+    value_size: int
+    capacity: int
+    entries: _containers.RepeatedCompositeFieldContainer[DeltaEntry]
+    def __init__(self, node: _Optional[str] = ..., sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., origin: _Optional[bytes] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., key_size: _Optional[int] = ..., value_size: _Optional[int] = ..., capacity: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[DeltaEntry, _Mapping]]] = ...) -> None: ...
+
+class PushDeltasResponse(_message.Message):
+    __slots__ = ("applied", "entries")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    entries: int
+    def __init__(self, applied: _Optional[bool] = ..., entries: _Optional[int] = ...) -> None: ...
 
 class RouteServer(_message.Message):
     __slots__ = ("node", "ip", "mac", "weight")

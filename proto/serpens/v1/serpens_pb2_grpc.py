@@ -1404,6 +1404,21 @@ class PeerStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Seed = channel.unary_unary(
+                '/serpens.v1.Peer/Seed',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.SeedRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.SeedResponse.FromString,
+                _registered_method=True)
+        self.ReturnState = channel.unary_unary(
+                '/serpens.v1.Peer/ReturnState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.FromString,
+                _registered_method=True)
+        self.PushDeltas = channel.unary_unary(
+                '/serpens.v1.Peer/PushDeltas',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.PushDeltasRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.PushDeltasResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -1412,9 +1427,51 @@ class PeerServicer:
     mTLS); callable by the `agent` role (another node) and the controller.
     """
 
+    def Seed(self, request, context):
+        """Tables for a node about to run `sfc`: its `global|read` tables copied, and for every
+        `release` table a share of the pool split off by the NF's own split op in a pool
+        process of this node (docs/state.md "Between servers"). FAILED_PRECONDITION when this
+        node does not run the SFC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReturnState(self, request, context):
+        """Release pools of a node leaving `sfc`, merged into this node's pools by the NF's merge
+        op (in a running instance, or by the next instance that opens the table).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushDeltas(self, request, context):
+        """An origin table's cumulative per-key values of an eventual table (the entries changed
+        since the last push the receiver acknowledged). Idempotent: a push with an (epoch, seq)
+        not newer than the last applied from that origin changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Seed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Seed,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.SeedRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.SeedResponse.SerializeToString,
+            ),
+            'ReturnState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.SerializeToString,
+            ),
+            'PushDeltas': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushDeltas,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.PushDeltasRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.PushDeltasResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'serpens.v1.Peer', rpc_method_handlers)
@@ -1428,6 +1485,87 @@ class Peer:
     nodes that serve one SFC. Served by every agent beside the Agent service (same port, same
     mTLS); callable by the `agent` role (another node) and the controller.
     """
+
+    @staticmethod
+    def Seed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/Seed',
+            serpens_dot_v1_dot_serpens__pb2.SeedRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.SeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/ReturnState',
+            serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushDeltas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/PushDeltas',
+            serpens_dot_v1_dot_serpens__pb2.PushDeltasRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.PushDeltasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
 
 class GatewayStub:
