@@ -109,6 +109,7 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
 from . import placement
+from .peers import PeerPlan
 from .cache import Cache
 from .nodes import Nodes
 from .routes import Routes
@@ -155,6 +156,7 @@ class Reconciler:
         # with calls in flight counts them as load
         self._placement: dict[str, str] = {}
         self._spread: dict[str, tuple[str, ...]] = {}  # routed sfc -> the nodes serving it
+        self._peers_sent: dict = {}  # (sfc, node) -> the peers last given (controller/peers.py)
         self._gateway_names: set[str] = set()
         # routed sfc -> nodes that ran it before it was routed (run again with its tag)
         self._unrouted: dict[str, set[str]] = {}
@@ -598,9 +600,11 @@ class Reconciler:
                                                          revision, loop.time())
                     except Conflict:
                         return False
+            peers = PeerPlan(self._peers_sent, name, shares, self.nodes.records,  # xstate
+                             self.nodes.views, item.create_revision)
             results = await asyncio.gather(*(
                 self._converge(record, item, node, n, routed=True, vxlan=vxlan,
-                               rerun=node in unrouted)
+                               rerun=node in unrouted or peers.changed(node), peers=peers)
                 for node, n in todo.items()), return_exceptions=True)
             again = False
             for (node, n), result in zip(todo.items(), results):
@@ -645,7 +649,7 @@ class Reconciler:
             await self.routes.put(route, revision, decided_at)
         except Conflict:
             return False
-        ok = await self._stop_strays(name, keep)
+        ok = await self._stop_strays(name, keep, peers=peers if shares else None)
         self._unplaced_names.discard(name)
         if not outcome:
             self._unplaced_names.add(name)
@@ -779,7 +783,8 @@ class Reconciler:
     async def _converge(self, record: SFCRecord, item: Item, node: str,
                         replicas: int | None = None, routed: bool = False,
                         vxlan: pb.VxlanRoute | None = None,
-                        rerun: bool = False) -> tuple[SFCStatus, bool]:
+                        rerun: bool = False, peers: PeerPlan | None = None
+                        ) -> tuple[SFCStatus, bool]:
         """Bring `node` to the record (`replicas` there: default the record's); (status,
         done). A routed SFC is run with `vxlan` (None: no gateway to give it, so it is not
         run), and run again even at the same generation with `rerun` (it was not routed)."""
@@ -806,7 +811,11 @@ class Reconciler:
                 sources = self._sources(record.nfs)
                 running = await self._run(node, stub, pb.RunSFCRequest(
                     spec=record.spec, nf_sources=sources, generation=generation,
-                    replicas=replicas, incarnation=incarnation, vxlan=vxlan))
+                    replicas=replicas, incarnation=incarnation, vxlan=vxlan,
+                    peers=peers.refs if peers else (),
+                    seed_from=peers.seed_for(node) if peers else None))
+                if peers is not None:
+                    peers.given(node)
                 self.nodes.ran(node, name, running)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas or self._room_now(node, name, running):
@@ -886,16 +895,20 @@ class Reconciler:
             sources[nf] = record.source
         return sources
 
-    async def _stop_strays(self, name: str, keep) -> bool:
-        """Stop `name` on every live node not in `keep` that runs it."""
+    async def _stop_strays(self, name: str, keep, peers: PeerPlan | None = None) -> bool:
+        """Stop `name` on every live node not in `keep` that runs it (routed on several
+        nodes: its state returned to the first that stays, `peers`)."""
         ok = True
         running = [(node, self.nodes.records[node].address)
                    for node, view in sorted(self.nodes.views.items())
                    if node not in keep and name in view]
         for node, address in running:
             try:
-                await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(name=name),
-                                                               timeout=_CALL_TIMEOUT))
+                back = peers.return_to(keep) if peers else None
+                await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(
+                    name=name, return_to=back), timeout=_CALL_TIMEOUT))
+                if peers is not None:
+                    peers.forget(node)
                 log.info("sfc %s stopped on node %s", name, node)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
