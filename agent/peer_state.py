@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ORIGIN_OFF = 144          # state_table.h serpens_table_hdr.origin (16 bytes)
 APPLIED_OFF = 160         # applied_epoch, applied_seq (u64 each)
 NAME_OFF, NAME_LEN = 72, 64
+_COUNT_OFF = 56           # serpens_table_hdr.count
 RETURN_SLOTS = 8          # nf_api.h SERPENS_RETURN_SLOTS: `<table>@in0..7`
 PUSH_ENTRIES = 4096       # entries per PushDeltas (a big table goes over several periods)
 PUSH_TIMEOUT_S = 2.0
@@ -223,8 +224,12 @@ def pools_to_return(state: StateManager, spec) -> list[tuple[str, list[tuple[str
                 flags = header(path)["flags"]
             except (OSError, PeerStateError):
                 continue
-            if flags & dp.RELEASE and (base == t or t[len(base) + 1:][:1] in ("i", "o", "r")):
-                tables.append((base, renamed(_read(path), base)))
+            side = t[len(base) + 1:][:1] in ("i", "o", "r")
+            if flags & dp.RELEASE and (base == t or side):
+                data = _read(path)
+                if base != t and struct.unpack_from("<Q", data, _COUNT_OFF)[0] == 0:
+                    continue   # an empty side table (a replica given back at stop)
+                tables.append((base, renamed(data, base)))
         if tables:
             out.append((nf, tables))
     return out
@@ -349,6 +354,7 @@ class DeltaSender:
         self.problems: dict[str, str] = {}     # SFC -> what is not exchanged, and why
         self.failure: dict[str, str] = {}      # SFC -> the last push that failed
         self.ops_cache: dict[str, dict] = {}
+        self.unreached: dict[str, set] = {}    # SFC -> peers its last push did not reach
         self._busy = asyncio.Lock()
 
     def set_peers(self, sfc: str, peers):
@@ -357,8 +363,13 @@ class DeltaSender:
         if not self.peers[sfc]:
             self.peers.pop(sfc)
 
+    def reached(self, sfc: str, address: str) -> bool:
+        """The last push of the SFC reached `address`."""
+        return address not in self.unreached.get(sfc, ())
+
     def forget(self, sfc: str):
         self.peers.pop(sfc, None)
+        self.unreached.pop(sfc, None)
         self.ops_cache.pop(sfc, None)
         self.problems.pop(sfc, None)
         self.failure.pop(sfc, None)
@@ -428,11 +439,13 @@ class DeltaSender:
             tables = await asyncio.to_thread(self.tables, sfc, spec)
         ok = True
         for node, address in targets:
+            self.unreached.setdefault(sfc, set()).discard(address)
             for nf, ns, table, origin, h, items in tables:
                 try:
                     await self._push(sfc, address, nf, ns, table, origin, h, items)
                 except Exception as e:  # noqa: BLE001 - tried again next period
                     ok = False
+                    self.unreached[sfc].add(address)
                     why = f"push to {node} failed: {getattr(e, 'details', lambda: e)()}"
                     if self.failure.get(sfc) != why:
                         log.warning("sfc %s: %s", sfc, why)
