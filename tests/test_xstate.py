@@ -9,7 +9,7 @@ every mapping made before the scale-out keeps working (the pairs seen at the gat
 egress); MON's per-host totals read on either server (ReadState, after a delta period) equal
 the packets sent, exactly; after scale-in the leaving server's pool is back on the first and
 every port of the range is either free there or held by a live mapping (none lost, none
-twice)."""
+twice). A restarted agent resends its counts and nothing counts twice."""
 import collections
 import json
 import os
@@ -76,14 +76,15 @@ def cluster(tmp_path_factory):
                   outside={multi.GATEWAY: 2})   # eth2: its ingress, eth3: its egress
     state = tempfile.TemporaryDirectory(prefix="serpens-xstate-", dir="/dev/shm")
     files = tmp_path_factory.mktemp("xstate")
-    c = SimpleNamespace(bed=bed, etcd=None, agents={}, gateway=None, controller=None, taps=[])
+    c = SimpleNamespace(bed=bed, etcd=None, agents={}, gateway=None, controller=None, taps=[],
+                        node_files={})
     try:
         bed.create()
         c.etcd = start_etcd(host=bed.host)
         c.controller = Controller(c.etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"],
                                   log_level="info")
         for s in SERVERS:
-            path = files / f"{s}.yaml"
+            path = c.node_files[s] = files / f"{s}.yaml"
             path.write_text(multi.server_node(s, bed.underlay[s], pool=2,
                                               state_dir=os.path.join(state.name, s)))
             c.agents[s] = Agent(c.etcd.endpoint, str(path), host=bed.address[s],
@@ -229,6 +230,20 @@ def test_state_is_split_counted_and_returned_across_two_servers(cluster):
     agent_sfc = {s: c.agents[s].sfcs()[SFC] for s in SERVERS}
     assert all(a.deltas_pushed > 0 and a.deltas_applied > 0 and a.peer_state == ""
                for a in agent_sfc.values()), agent_sfc
+
+    # the second agent restarts (its tables stay in its state directory): it resends all
+    # its counts in a new epoch, and nothing counts twice
+    code = c.agents[second].stop()
+    assert code == 0, c.agents[second].output()[-3000:]
+    c.agents[second] = Agent(c.etcd.endpoint, str(c.node_files[second]), host=c.bed.address[second],
+                             netns=c.bed.ns[second], args=["--delta-period-ms", "100"])
+    wait_until(lambda: SFC in c.agents[second].sfcs() and
+               len(c.gateway.status().sfcs[SFC].servers) == 2, 60, lambda: logs(c))
+    wait_until(lambda: c.agents[second].sfcs()[SFC].deltas_pushed > 0, 10, lambda: logs(c))
+    time.sleep(0.5)
+    assert all(host_totals(c, node) == dict(sent) for node in SERVERS)
+    mine = c.agents[second].sfcs()[SFC]
+    assert mine.peer_state == "", mine
 
     # scale in: the second server leaves; its pool goes back to the first
     leaving = mapped_ports(c, second)
