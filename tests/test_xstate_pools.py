@@ -103,3 +103,40 @@ def test_a_share_of_another_shape_is_refused_before_anything_is_written(dataplan
     with pytest.raises(peer_state.PeerStateError, match="bad table name"):
         peer_state.install_tables(state, ns, [("../ports", b"x" * 5000)])
     assert [t for n, t in state.tables() if n == ns] == []
+
+
+def test_read_tables_are_copied_and_a_leaving_node_returns_every_share(tmp_path):
+    """Seed's read tables replace the new node's; a node leaving returns its pool with
+    what is not in it yet (an unshipped `@out`, unfolded `@in<k>`, a crashed instance's
+    replica), and no empty side table."""
+    from types import SimpleNamespace
+    from serpens.runtime_cy import _dataplane as dp
+    src, dst = StateManager(str(tmp_path / "a")), StateManager(str(tmp_path / "b"))
+    ns = "ids-sfc.ids"
+    rd = dp.StateTable(src.state_dir, ns, "patterns", dp.GLOBAL | dp.READ, 8, 8, 16)
+    rd.put(b"pattern1", b"verdict1")
+    rd.close()
+    dp.StateTable(dst.state_dir, ns, "patterns", dp.GLOBAL | dp.READ, 8, 8, 16).close()
+    peer_state.install_tables(dst, ns, [("patterns", open(src.path(ns, "patterns"), "rb").read())])
+    copied = dst.open(ns, "patterns")
+    assert copied.items() == [(b"pattern1", b"verdict1")]
+    copied.close()
+
+    rel = dp.GLOBAL | dp.WRITE | dp.RELEASE
+    for name, value in (("pool", 10), ("pool@out", 3), ("pool@in0", 2), ("pool@r7", 1)):
+        t = dp.StateTable(src.state_dir, ns, name, rel, 4, 8, 4)
+        t.put(b"key1", struct.pack("<Q", value))
+        t.close()
+    dp.StateTable(src.state_dir, ns, "pool@r8", rel, 4, 8, 4).close()   # empty: given back
+    spec = SimpleNamespace(nfs={"ids": None}, state_namespace=lambda nf: f"ids-sfc.{nf}")
+    ((nf, tables),) = peer_state.pools_to_return(src, spec)
+    assert nf == "ids" and sorted(t for t, _ in tables) == ["pool"] * 4
+    assert peer_state.install_tables(dst, ns, tables) == 4
+    shares = sorted(t for n, t in dst.tables() if n == ns and t.startswith("pool"))
+    assert shares == ["pool@in0", "pool@in1", "pool@in2", "pool@in3"]
+    total = 0
+    for t in shares:
+        table = dst.open(ns, t)
+        total += struct.unpack("<Q", table.get(b"key1"))[0]
+        table.close()
+    assert total == 16
