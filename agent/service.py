@@ -156,18 +156,21 @@ class AgentServicer(pb_grpc.AgentServicer):
         await asyncio.to_thread(self.node.remove_sfc, request.name)
         log.info("stopped sfc %s", request.name)
         if back is not None and back.address:
-            await self._return_state(spec, back, context)
+            # shielded: a caller giving up (deadline) must not cut it between a return and
+            # the drop that follows it (a pool in two places)
+            why = await asyncio.shield(self._return_state(spec, back))
+            if why:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"return_to: {why}")
         elif self.deltas is not None:
             self.deltas.forget(request.name)
         return pb.StopSFCResponse()
 
-    async def _return_state(self, spec, back, context):
+    async def _return_state(self, spec, back) -> str:
         """After StopSFC: release pools to `back` (then dropped here: never in two places),
         eventual tables' last deltas to the peers and `back`, then the SFC's other tables are
-        dropped. A failed return keeps the tables (nothing lost) and answers UNAVAILABLE."""
+        dropped. Returns why it failed ("" done); a failure keeps what was not handed over."""
         if self.peers is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                "return_to: this agent exchanges no state with peers")
+            return "this agent exchanges no state with peers; the SFC's tables stay here"
         state = self.node.state
         pools = await asyncio.to_thread(peer_state.pools_to_return, state, spec)
         if pools:
@@ -176,20 +179,17 @@ class AgentServicer(pb_grpc.AgentServicer):
                     sfc=spec.name, node=self.node.spec.name, nfs=peer_state.images(pools)),
                     timeout=10)
             except grpc.RpcError as e:
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"return_to: node {back.node} ({back.address}): "
-                                    f"{e.code().name} {e.details()}; the SFC's tables stay "
-                                    "here")
+                return (f"node {back.node} ({back.address}): {e.code().name} {e.details()}; "
+                        "the SFC's tables stay here")
             for nf, tables in pools:
                 for table in {t for t, _ in tables}:
                     await asyncio.to_thread(state.drop, spec.state_namespace(nf), table)
         if self.deltas is not None:
             await self.deltas.flush(spec.name, spec, extra=[(back.node, back.address)])
             if not self.deltas.reached(spec.name, back.address):
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"return_to: the last deltas did not reach {back.node} "
-                                    f"({self.deltas.status(spec.name)}); the SFC's eventual "
-                                    "tables stay here")
+                return (f"the last deltas did not reach {back.node} "
+                        f"({self.deltas.status(spec.name)}); the SFC's eventual tables stay "
+                        "here")
             if self.deltas.status(spec.name):   # another peer misses this node's last period
                 log.warning("sfc %s: %s", spec.name, self.deltas.status(spec.name))
             self.deltas.forget(spec.name)
@@ -197,6 +197,7 @@ class AgentServicer(pb_grpc.AgentServicer):
             await asyncio.to_thread(state.drop, spec.state_namespace(nf))
         log.info("sfc %s: state returned to %s (%d NFs with pools), tables dropped",
                  spec.name, back.node, len(pools))
+        return ""
 
     @_handler
     async def ScaleSFC(self, request, context):

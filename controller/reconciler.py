@@ -109,9 +109,9 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
 from . import placement
-from .peers import PeerPlan
 from .cache import Cache
 from .nodes import Nodes
+from .peers import PeerPlan
 from .routes import Routes
 from .workqueue import WorkQueue
 
@@ -906,7 +906,8 @@ class Reconciler:
             try:
                 back = peers.return_to(keep) if peers else None
                 await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(
-                    name=name, return_to=back), timeout=_CALL_TIMEOUT))
+                    name=name, return_to=back),  # returning state: calls of its own
+                    timeout=_CALL_TIMEOUT if back is None else 4 * _CALL_TIMEOUT))
                 if peers is not None:
                     peers.forget(node)
                 log.info("sfc %s stopped on node %s", name, node)
