@@ -6,8 +6,8 @@ server to two and back (placement.spread 1 -> 2 -> 1).
 Checked: the new server is seeded from the first (a share of NAT's port pool split off by
 NAT's own split op); NAT over two servers never gives one external (ip, port) to two flows and
 every mapping made before the scale-out keeps working (the pairs seen at the gateway's
-egress); MON's per-host totals read on either server (ReadState, after a delta period) equal
-the packets sent, exactly; after scale-in the leaving server's pool is back on the first and
+egress); MON's per-host totals read on either server (ReadState, after a delta period), and
+so through the API (`serpensctl state dump`), equal the packets sent, exactly; after scale-in the leaving server's pool is back on the first and
 every port of the range is either free there or held by a live mapping (none lost, none
 twice). A restarted agent resends its counts and nothing counts twice."""
 import collections
@@ -227,6 +227,10 @@ def test_state_is_split_counted_and_returned_across_two_servers(cluster):
                    f"!= {dict(sent)}\n{logs(c)}")
     time.sleep(0.5)   # more periods pass: pushes go on, nothing counts twice
     assert all(host_totals(c, node) == dict(sent) for node in SERVERS)
+    dump = c.controller.stub.ReadState(pb.ReadStateRequest(   # `serpensctl state dump`
+        sfc=SFC, nf="mon", table="hosts", merge=True), timeout=10)
+    assert {json.loads(e.decoded)["host"]: json.loads(e.decoded)["packets"]
+            for e in dump.tables[0].entries} == dict(sent)
     agent_sfc = {s: c.agents[s].sfcs()[SFC] for s in SERVERS}
     assert all(a.deltas_pushed > 0 and a.deltas_applied > 0 and a.peer_state == ""
                for a in agent_sfc.values()), agent_sfc
