@@ -131,8 +131,8 @@ def seed_tables(node, sfc: str) -> list[tuple[str, list[tuple[str, bytes]]]]:
         return out
 
 
-def install_tables(state: StateManager, namespace: str, tables: list[tuple[str, bytes]],
-                   flags_of=None) -> int:
+def install_tables(state: StateManager, namespace: str,
+                   tables: list[tuple[str, bytes]]) -> int:
     """Target side: read tables replace ours; release pools (shares) go beside ours as
     `<table>@in<k>`, folded in by the NF's merge op in a pool process. Returns the pools
     written."""
@@ -145,11 +145,12 @@ def install_tables(state: StateManager, namespace: str, tables: list[tuple[str, 
         if len(data) < APPLIED_OFF + 16:
             raise PeerStateError(f"table {table}: cut short ({len(data)} bytes)")
         flags = struct.unpack_from("<I", data, 16)[0]
-        tmp = os.path.join(folder, f".{table}.peer.{os.getpid()}")
+        tmp_name = f".{table}.peer{os.getpid()}"   # made aside, checked, then linked in
+        tmp = state.path(namespace, tmp_name)
         if flags & dp.RELEASE:
             _write_file(tmp, data)
             try:
-                _check_opens(state, namespace, os.path.basename(tmp), table)
+                _check_opens(state, namespace, tmp_name, table)
                 _link_free_slot(tmp, folder, table)
             finally:
                 _unlink(tmp)
@@ -157,7 +158,7 @@ def install_tables(state: StateManager, namespace: str, tables: list[tuple[str, 
         elif is_read_table(flags):
             _write_file(tmp, data)
             try:
-                _check_opens(state, namespace, os.path.basename(tmp), table)
+                _check_opens(state, namespace, tmp_name, table)
                 os.replace(tmp, state.path(namespace, table))
             finally:
                 _unlink(tmp)
@@ -167,22 +168,16 @@ def install_tables(state: StateManager, namespace: str, tables: list[tuple[str, 
     return pools
 
 
-def _check_opens(state: StateManager, namespace: str, filename: str, table: str):
-    """The file is a whole table (header, layout) of the shape of ours, if we have one."""
-    name = filename.removesuffix(TABLE_SUFFIX)
-    os.rename(os.path.join(state.state_dir, namespace, filename),
-              os.path.join(state.state_dir, namespace, name + ".chk" + TABLE_SUFFIX))
+def _check_opens(state: StateManager, namespace: str, name: str, table: str):
+    """Table file `name` is a whole table (header, layout) of the shape of `table` here, if
+    there is one."""
     try:
-        t = dp.StateTable(state.state_dir, namespace, name + ".chk")
-        t.close()
+        dp.StateTable(state.state_dir, namespace, name).close()
     except OSError as e:
         raise PeerStateError(f"table {table}: {e.strerror}") from None
-    finally:
-        os.rename(os.path.join(state.state_dir, namespace, name + ".chk" + TABLE_SUFFIX),
-                  os.path.join(state.state_dir, namespace, filename))
     ours = state.path(namespace, table)
     if os.path.exists(ours):
-        a, b = header(ours), header(os.path.join(state.state_dir, namespace, filename))
+        a, b = header(ours), header(state.path(namespace, name))
         if [a[k] for k in ("flags", "key_size", "value_size", "capacity")] != \
                 [b[k] for k in ("flags", "key_size", "value_size", "capacity")]:
             raise PeerStateError(f"table {table}: another shape (flags, key, value or "

@@ -103,6 +103,18 @@ def test_a_share_of_another_shape_is_refused_before_anything_is_written(dataplan
     with pytest.raises(peer_state.PeerStateError, match="bad table name"):
         peer_state.install_tables(state, ns, [("../ports", b"x" * 5000)])
     assert [t for n, t in state.tables() if n == ns] == []
+    from serpens.runtime_cy import _dataplane as dp
+    rel = dp.GLOBAL | dp.WRITE | dp.RELEASE
+    dp.StateTable(state.state_dir, ns, "ports", rel, 4, 8, 4).close()
+    dp.StateTable(state.state_dir, ns + "-other", "ports", rel, 4, 16, 4).close()
+    other = open(state.path(ns + "-other", "ports"), "rb").read()
+    with pytest.raises(peer_state.PeerStateError, match="another shape"):
+        peer_state.install_tables(state, ns, [("ports", other)])
+    broken = bytearray(other)
+    struct.pack_into("<I", broken, 36, 4096)   # slot_size: slots past the file's end
+    with pytest.raises(peer_state.PeerStateError, match="inconsistent header"):
+        peer_state.install_tables(state, ns, [("ports", bytes(broken))])
+    assert [t for n, t in state.tables() if n == ns] == ["ports"]   # nothing written
 
 
 def test_read_tables_are_copied_and_a_leaving_node_returns_every_share(tmp_path):
