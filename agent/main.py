@@ -12,7 +12,9 @@ etcd or the controller being away never holds up traffic: the data plane starts 
 registration retries in the background, and what runs keeps running. SIGINT/SIGTERM
 deregister the node and stop everything the agent started.
 With --ca/--cert/--key the Agent service is mTLS and answers only the controller's identity
-(common/auth.py); the same certificate authenticates the agent to etcd.
+(common/auth.py); the same certificate authenticates the agent to etcd and to other agents,
+whose Peer service (same port) it calls to share an SFC's state (agent/peer_state.py:
+seeds, returned pools, eventual deltas every --delta-period-ms).
 Exit codes: 0 stopped on request, 1 failed, 2 bad config.
 """
 from __future__ import annotations

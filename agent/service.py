@@ -1,4 +1,6 @@
-"""The `serpens.v1.Agent` servicer: the controller's hands on one node (DESIGN §4).
+"""The `serpens.v1.Agent` servicer: the controller's hands on one node (DESIGN §4); and the
+`serpens.v1.Peer` servicer: what the other nodes' agents ask of it (state between servers,
+agent/peer_state.py).
 
 Every call changes the node under its lock, in a worker thread (compiling NFs and starting
 instances block for milliseconds to a second), and answers with what the node now runs.
