@@ -51,6 +51,9 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Serpens/RestoreState": OPERATOR,
     "/serpens.v1.Serpens/ResetState": OPERATOR,
     "/serpens.v1.Serpens/Capture": OPERATOR,
+    "/serpens.v1.Serpens/DrainNode": OPERATOR,
+    "/serpens.v1.Serpens/UndrainNode": OPERATOR,
+    "/serpens.v1.Serpens/MoveSFC": OPERATOR,
     "/serpens.v1.Serpens/DeployNF": ADMIN,
     "/serpens.v1.Serpens/DeleteNF": ADMIN,
     # serpens.v1.Agent: only the controller drives agents

@@ -9,6 +9,45 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DrainNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class UndrainNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class DrainNodeResponse(_message.Message):
+    __slots__ = ("node", "cordoned", "sfcs")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_FIELD_NUMBER: _ClassVar[int]
+    SFCS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    cordoned: bool
+    sfcs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., cordoned: _Optional[bool] = ..., sfcs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MoveSFCRequest(_message.Message):
+    __slots__ = ("sfc", "node")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class MoveSFCResponse(_message.Message):
+    __slots__ = ("sfc", "node")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ..., **kwargs) -> None: ...
+
 class GetUsageRequest(_message.Message):
     __slots__ = ("sfc", "since")
     SFC_FIELD_NUMBER: _ClassVar[int]
@@ -349,7 +388,7 @@ class ScaleSpec(_message.Message):
     def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_pps: _Optional[float] = ...) -> None: ...
 
 class SFCStatus(_message.Message):
-    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes")
+    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "joined", "moving_to")
     class NodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -363,13 +402,17 @@ class SFCStatus(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    MOVING_TO_FIELD_NUMBER: _ClassVar[int]
     phase: str
     message: str
     node: str
     generation: int
     instances: int
     nodes: _containers.ScalarMap[str, int]
-    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    joined: _containers.RepeatedScalarFieldContainer[str]
+    moving_to: str
+    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., joined: _Optional[_Iterable[str]] = ..., moving_to: _Optional[str] = ...) -> None: ...
 
 class SFC(_message.Message):
     __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation", "route")
@@ -448,14 +491,16 @@ class ScaleRequest(_message.Message):
     def __init__(self, sfc: _Optional[str] = ..., replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "record_json", "revision")
+    __slots__ = ("name", "record_json", "revision", "cordoned")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_FIELD_NUMBER: _ClassVar[int]
     name: str
     record_json: str
     revision: int
-    def __init__(self, name: _Optional[str] = ..., record_json: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+    cordoned: bool
+    def __init__(self, name: _Optional[str] = ..., record_json: _Optional[str] = ..., revision: _Optional[int] = ..., cordoned: _Optional[bool] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

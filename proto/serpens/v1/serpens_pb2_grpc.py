@@ -124,6 +124,21 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.CaptureRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.CaptureEvent.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/serpens.v1.Serpens/DrainNode',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
+        self.UndrainNode = channel.unary_unary(
+                '/serpens.v1.Serpens/UndrainNode',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.UndrainNodeRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
+        self.MoveSFC = channel.unary_unary(
+                '/serpens.v1.Serpens/MoveSFC',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.MoveSFCRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.MoveSFCResponse.FromString,
+                _registered_method=True)
 
 
 class SerpensServicer:
@@ -268,6 +283,33 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Cordon a node and move everything off it (issue 14): it takes no new placement, and the
+        leader moves every SFC routed through the gateway that it serves to other nodes, each
+        with its flows and their per-flow state (loss-free: controller/drain.py), then stops it
+        there. Persistent (survives agent and controller restarts) until UndrainNode.
+        NOT_FOUND for a node that is not registered. The reply lists what it still runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainNode(self, request, context):
+        """Lift the cordon: the node takes placements again (nothing moves back by itself).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveSFC(self, request, context):
+        """Move all of a routed SFC's servers' flows, with their state, to one node (the same
+        sequence as a drain). NOT_FOUND names an unknown SFC or node; FAILED_PRECONDITION a
+        cordoned target or an SFC not served through the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SerpensServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +402,21 @@ def add_SerpensServicer_to_server(servicer, server):
                     servicer.Capture,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.CaptureRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.CaptureEvent.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'UndrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainNode,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.UndrainNodeRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'MoveSFC': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveSFC,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.MoveSFCRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.MoveSFCResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -848,6 +905,87 @@ class Serpens:
             '/serpens.v1.Serpens/Capture',
             serpens_dot_v1_dot_serpens__pb2.CaptureRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.CaptureEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/DrainNode',
+            serpens_dot_v1_dot_serpens__pb2.DrainNodeRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/UndrainNode',
+            serpens_dot_v1_dot_serpens__pb2.UndrainNodeRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveSFC(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/MoveSFC',
+            serpens_dot_v1_dot_serpens__pb2.MoveSFCRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.MoveSFCResponse.FromString,
             options,
             channel_credentials,
             insecure,
