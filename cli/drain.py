@@ -6,8 +6,9 @@ SFCs between servers with their flows (controller/drain.py does the moving).
     serpensctl move sfc NAME --to NODE [--wait]              # every flow of the SFC to NODE
 
 `--wait` prints a line a second (what the node still runs, each SFC's phase and message)
-and ends when the node reports running nothing (drain) or the SFC is served by NODE alone
-(move); exit 1 if that has not happened within --wait-timeout.
+and ends when the node reports running nothing (drain) or the move is done (the SFC's status
+counts it); exit 1 if that has not happened within --wait-timeout. A move is one-off: an SFC
+spread over several servers (placement.spread) spreads again afterwards, with new flows only.
 """
 from __future__ import annotations
 
@@ -60,21 +61,22 @@ def _undrain(stub, args) -> int:
 
 def _move(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    before = stub.GetSFC(pb.GetSFCRequest(name=args.name), timeout=args.timeout).status.moves
     reply = stub.MoveSFC(pb.MoveSFCRequest(sfc=args.name, node=args.to), timeout=args.timeout)
     sources = ", ".join(getattr(reply, "from")) or "-"   # (`from` is a Python keyword)
     print(f"sfc/{reply.sfc} moving to {reply.node} (from {sources})")
     if not args.wait:
         return 0
 
-    def moved():
+    def moved():  # (an SFC spread over servers spreads again, new flows only, once moved)
         st = stub.GetSFC(pb.GetSFCRequest(name=args.name), timeout=args.timeout).status
-        return not st.moving_to and sfc_nodes(st) == args.to and st.phase == "Running"
+        return st.moves > before
 
     def progress():
         st = stub.GetSFC(pb.GetSFCRequest(name=args.name), timeout=args.timeout).status
         return f"sfc/{args.name}: {st.phase} on {sfc_nodes(st) or '-'}" + \
             (f" - {st.message}" if st.message else "")
-    return _until(stub, args, moved, progress, f"sfc/{args.name} served by {args.to}")
+    return _until(stub, args, moved, progress, f"sfc/{args.name} moved to {args.to}")
 
 
 def _node_sfcs(stub, args, node: str) -> list[str] | None:

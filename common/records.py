@@ -204,6 +204,7 @@ class SFCStatus:
     # routed: the nodes serving it in the order they joined (scale-in removes the last first)
     joined: tuple[str, ...] = ()
     moving_to: str = ""         # a MoveSFC not done yet: the node its flows go to
+    moves: int = 0              # MoveSFC moves completed
 
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> SFCStatus:
@@ -223,13 +224,14 @@ class SFCStatus:
                    generation=_field(r, "generation", int, default=0, bounds=_COUNT),
                    instances=_field(r, "instances", int, default=0, bounds=_UINT32),
                    nodes=tuple(sorted(nodes.items())), joined=joined,
-                   moving_to=_field(r, "moving_to", str, default=""))
+                   moving_to=_field(r, "moving_to", str, default=""),
+                   moves=_field(r, "moves", int, default=0, bounds=_COUNT))
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["nodes"] = dict(self.nodes)
         out["joined"] = list(self.joined)
-        for empty in ("nodes", "joined", "moving_to"):  # records as older versions wrote them
+        for empty in ("nodes", "joined", "moving_to", "moves"):  # as older versions wrote them
             if not out[empty]:
                 del out[empty]
         return out

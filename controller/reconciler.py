@@ -708,13 +708,15 @@ class Reconciler:
             instances=instances,
             nodes=tuple((n, outcome[n][0].instances) for n in nodes) if len(nodes) > 1 else (),
             joined=drain.joined_order(status.joined if status else (), served),
-            moving_to=move.node if move is not None and not moved else "")
-        if moved:  # MoveSFC done: the record goes (fenced)
+            moving_to=move.node if move is not None and not moved else "",
+            moves=(status.moves if status else 0) + moved)
+        done = all(d for _, d in outcome.values())
+        written = await self._write_status(name, new, status, status_item)
+        if moved and written:  # MoveSFC done (and counted): its record goes (fenced)
             with contextlib.suppress(Conflict):
                 self.cache.wrote(await self.election.delete_fenced(
                     self.keys.move(name), self.cache.get(self.keys.move(name)).mod_revision))
-        done = all(d for _, d in outcome.values())
-        return await self._write_status(name, new, status, status_item) and ok and done
+        return written and ok and done
 
     # ---- servers leaving an SFC with their flows (controller/drain.py) --------------------
 

@@ -161,6 +161,12 @@ def test_drain_moves_every_flow_off_a_server_without_losing_a_packet(cluster):
     assert c.agents["s2"].sfcs() == {}, "s2 still runs an SFC"
     assert route(c) == {"s1"}
 
+    nothing_lost(c, before, sent, got)
+
+
+def nothing_lost(c, before: dict, sent: int, got: list[bytes]):
+    """Every frame of the stream came out once, each flow's in order and with one NAT
+    mapping (its per-flow state went with it), and the counters on both sides say so."""
     seen = collections.Counter(mark(f) for f in got)
     twice = [m for m, n in seen.items() if n > 1]
     expected = {(f, s) for s in range(sent // len(FLOWS)) for f in FLOWS}
@@ -173,14 +179,13 @@ def test_drain_moves_every_flow_off_a_server_without_losing_a_packet(cluster):
         per_flow[flow].append(seq)
         pairs[flow].add(normalized(frame)[0])
     assert all(seqs == sorted(seqs) for seqs in per_flow.values()), "reordered"
-    changed = {f: p for f, p in pairs.items() if len(p) > 1}
-    assert not changed, f"NAT mappings changed by the move: {changed}"
-
     after = wait_until(lambda: (a := counters(c))["back"] - before["back"] >= sent and a, 10,
                        lambda: str(counters(c)))
     delta = {k: after[k] - before[k] for k in after}
     assert delta["rx"] == delta["tx"] == delta["back"] == sent, delta
     assert delta["vxlan_rx"] == sent and delta["gw_drops"] == delta["vxlan_drops"] == 0, delta
+    changed = {f: p for f, p in pairs.items() if len(p) > 1}
+    assert not changed, f"NAT mappings changed by the move: {changed}"
 
 
 def test_a_drained_server_takes_no_placement_until_undrained(cluster):
@@ -197,3 +202,20 @@ def test_a_drained_server_takes_no_placement_until_undrained(cluster):
     assert r.returncode == 0 and "node/s2 takes placements again" in r.stdout, r.stderr
     wait_until(lambda: route(c) == set(SERVERS), 60, lambda: c.controller.output()[-4000:])
     assert list(status(stub, SFC).joined) == ["s1", "s2"]
+
+
+def test_move_sfc_moves_every_flow_to_one_server_without_losing_a_packet(cluster):
+    c = cluster
+    wait_until(lambda: route(c) == set(SERVERS), 60, lambda: c.controller.output()[-4000:])
+    before = counters(c)
+    stream = Stream(c)
+    time.sleep(1.0)
+    r = serpensctl(c, "move", "sfc", SFC, "--to", "s2", "--wait", "--wait-timeout", "120")
+    time.sleep(1.0)
+    sent, got = stream.stop()
+    assert r.returncode == 0, r.stdout + r.stderr + c.controller.output()[-6000:]
+    assert f"sfc/{SFC} moving to s2 (from s1, s2)" in r.stdout, r.stdout
+    assert f"sfc/{SFC} moved to s2" in r.stdout, r.stdout
+    assert "moved s1 -> s2" in c.controller.output() or \
+        "controller/moves.py is missing" in c.controller.output()
+    nothing_lost(c, before, sent, got)

@@ -388,7 +388,7 @@ class ScaleSpec(_message.Message):
     def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_pps: _Optional[float] = ...) -> None: ...
 
 class SFCStatus(_message.Message):
-    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "joined", "moving_to")
+    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "joined", "moving_to", "moves")
     class NodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -404,6 +404,7 @@ class SFCStatus(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     JOINED_FIELD_NUMBER: _ClassVar[int]
     MOVING_TO_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
     phase: str
     message: str
     node: str
@@ -412,7 +413,8 @@ class SFCStatus(_message.Message):
     nodes: _containers.ScalarMap[str, int]
     joined: _containers.RepeatedScalarFieldContainer[str]
     moving_to: str
-    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., joined: _Optional[_Iterable[str]] = ..., moving_to: _Optional[str] = ...) -> None: ...
+    moves: int
+    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., joined: _Optional[_Iterable[str]] = ..., moving_to: _Optional[str] = ..., moves: _Optional[int] = ...) -> None: ...
 
 class SFC(_message.Message):
     __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation", "route")

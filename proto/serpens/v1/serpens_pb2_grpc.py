@@ -303,8 +303,10 @@ class SerpensServicer:
 
     def MoveSFC(self, request, context):
         """Move all of a routed SFC's servers' flows, with their state, to one node (the same
-        sequence as a drain). NOT_FOUND names an unknown SFC or node; FAILED_PRECONDITION a
-        cordoned target or an SFC not served through the gateway.
+        sequence as a drain); one-off: an SFC spread over several servers spreads again once
+        moved (new flows only). Its status counts the moves done (SFCStatus.moves). NOT_FOUND
+        names an unknown SFC or node; FAILED_PRECONDITION a cordoned target or an SFC not served
+        through the gateway.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
