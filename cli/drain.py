@@ -47,9 +47,35 @@ def _drain(stub, args) -> int:
                                           else "; runs nothing"))
     if not args.wait:
         return 0
-    return _until(stub, args, lambda: _node_sfcs(stub, args, args.name) == [],
-                  lambda: _drain_progress(stub, args, args.name),
-                  f"node/{args.name} drained: it runs nothing")
+    stays: set[str] = set()   # SFCs served from the node's own ports: they cannot move
+
+    def drained():
+        running = _node_sfcs(stub, args, args.name)
+        if running is None:
+            return False
+        for name in running:
+            if name not in stays and not _routed(stub, args, name):
+                stays.add(name)
+                print(f"  sfc/{name} stays: served from the node's own ports, not through "
+                      "the gateway (delete it, or apply it elsewhere)")
+        return set(running) <= stays
+    code = _until(stub, args, drained, lambda: _drain_progress(stub, args, args.name),
+                  f"node/{args.name} drained: it runs " +
+                  ("nothing" if not stays else "only " + ", ".join(sorted(stays))))
+    return code
+
+
+def _routed(stub, args, sfc: str) -> bool:
+    """The SFC is served through the gateway (has a route), or is gone (it will stop)."""
+    import grpc
+
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    try:
+        return stub.GetSFC(pb.GetSFCRequest(name=sfc), timeout=args.timeout).HasField("route")
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            return True
+        raise
 
 
 def _undrain(stub, args) -> int:

@@ -660,8 +660,14 @@ class Reconciler:
         leaving = sorted(n for n in self.nodes.views if n not in outcome and
                          self._copy_of(name, n, item) is not None)
         unmoved: dict[str, str] = {}   # node -> why its flows could not move (it stays)
+        if leaving and not route.servers:  # no server to hand them to: they keep serving
+            previous = self.routes.records.get(name)
+            route = replace(route, servers=tuple(
+                s for s in (previous.servers if previous else ()) if s.node in leaving))
+            unmoved = {n: "no other node runs it now" for n in leaving}
+            keep |= set(leaving)
         try:
-            if leaving and route.servers:
+            if leaving and not unmoved:
                 revision, unmoved = await self._hand_over(name, route, revision, decided_at,
                                                           leaving)
                 keep |= set(unmoved)
