@@ -91,8 +91,9 @@ class Keys:
         return self.moves + sfc
 
     def split(self, key: str) -> tuple[str, str] | None:
-        """("nf" | "sfc" | "status" | "node" | "gateway" | "route" | "cordon" | "move", name) of a record's key;
-        None for any other key (the leader's, or one written by hand)."""
+        """(kind, name) of a record's key, kind one of "nf", "sfc", "status", "node",
+        "gateway", "route", "cordon", "move"; None for any other key (the leader's, or one
+        written by hand)."""
         for kind, prefix in (("nf", self.nfs), ("sfc", self.sfcs),
                              ("status", self.statuses), ("node", self.nodes),
                              ("gateway", self.gateways), ("route", self.routes),

@@ -76,9 +76,13 @@ The route set stays one the gateway can hold (common/route_set.py: at most 16 SF
 match rules, one default, distinct VLAN tags, rule ports among the gateways' ingress ports):
 an SFC whose route would break it stays Pending, naming why, and out of the pushed set (the
 check and the claim are one step, routes.py `admit`). The route carries spec.match as the
-parser normalises it. Servers lost or leaving go from the route before RunSFC is sent to new
-nodes (a compile takes seconds); a node whose reported VXLAN route differs from the one
-wanted (a new gateway address) gets RunSFC again, which only sets its gateway.
+parser normalises it. Servers lost go from the route before RunSFC is sent to new nodes (a
+compile takes seconds); a node whose reported VXLAN route differs from the one wanted (a new
+gateway address) gets RunSFC again, which only sets its gateway. A server leaving for any
+other reason (its node cordoned by DrainNode, a MoveSFC elsewhere, scale-in: the servers
+that joined last leave first) stays in the route until the servers staying run the SFC, then
+hands its flows and state over to one of them (controller/drain.py: move_flows, the route
+without it, StopSFC with return_to); a cordoned node takes no new placement.
 
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
 placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
