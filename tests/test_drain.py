@@ -12,6 +12,7 @@ account for every frame; each flow keeps its NAT mapping (its per-flow state mov
 s2 then takes no placement until `serpensctl undrain node s2`, after which the SFC spreads
 over both again."""
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -218,4 +219,26 @@ def test_move_sfc_moves_every_flow_to_one_server_without_losing_a_packet(cluster
     assert f"sfc/{SFC} moved to s2" in r.stdout, r.stdout
     assert "moved s1 -> s2" in c.controller.output() or \
         "controller/moves.py is missing" in c.controller.output()
+    nothing_lost(c, before, sent, got)
+
+
+def test_scale_in_moves_the_flows_of_the_server_that_joined_last(cluster):
+    c = cluster
+    stub = c.controller.stub
+    doc = json.loads(multi.spread_sfc(2))
+    doc["spec"]["scale"]["min"] = 1                    # one replica: one server is enough
+    sfc = stub.ApplySFC(pb.ApplySFCRequest(spec=json.dumps(doc)), timeout=10)
+    wait_until(lambda: (s := status(stub, SFC)).generation == sfc.generation and
+               s.phase == "Running" and route(c) == set(SERVERS), 60,
+               lambda: c.controller.output()[-4000:])
+    first, last = status(stub, SFC).joined
+    before = counters(c)
+    stream = Stream(c)
+    time.sleep(1.0)
+    stub.Scale(pb.ScaleRequest(sfc=SFC, replicas=1), timeout=10)
+    wait_until(lambda: route(c) == {first} and c.agents[last].sfcs() == {}, 60,
+               lambda: c.controller.output()[-4000:])
+    time.sleep(1.0)
+    sent, got = stream.stop()
+    assert list(status(stub, SFC).joined) == [first]
     nothing_lost(c, before, sent, got)
