@@ -900,6 +900,9 @@ class Reconciler:
         generation of it runs (if anywhere), retried."""
         views = self.nodes.views
         keep = next((node for node, view in sorted(views.items()) if name in view), "")
+        cordoned = sorted(set(views) & self._cordoned())  # drain.py: no new placement
+        refused = {**refused, **{node: "cordoned (drained)" for node in cordoned
+                                 if node not in refused}}
         message = "no node is registered" if not views else \
             "no node can take it now: " + \
             "; ".join(f"{node}: {why}" for node, why in sorted(refused.items()))

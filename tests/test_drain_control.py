@@ -111,3 +111,25 @@ def test_a_leaving_server_whose_flows_cannot_move_keeps_serving_them(etcd, world
     assert "web" in agents["n2"].runs                # still serving its flows
     assert "n2" in weights(stored_route(etcd, "web"))
     assert agents["n1"].runs["web"].replicas == 2    # the target runs all the replicas
+
+
+def test_an_sfc_on_one_node_is_never_placed_on_a_cordoned_one(world, controller):
+    """Not routed (no gateway): placed on a node that is not cordoned, Pending (saying so)
+    when every node is."""
+    agents, _, _ = world
+    stub = controller.stub
+    local = ('{"apiVersion": "serpens/v1", "kind": "SFC", "metadata": {"name": "%s"}, '
+             '"spec": {"nfs": {"mon": {"stock": "mon"}}, "chain": ["mon"], "tag": %d}}')
+    stub.DrainNode(pb.DrainNodeRequest(node="n1"), timeout=5)
+    for i, name in enumerate(("a", "b", "c")):
+        stub.ApplySFC(pb.ApplySFCRequest(spec=local % (name, 10 + i)), timeout=5)
+    for name in ("a", "b", "c"):
+        wait_until(lambda: status(stub, name).phase == "Running", 20, controller.output)
+        assert status(stub, name).node == "n2"
+    assert not agents["n1"].runs
+    stub.DrainNode(pb.DrainNodeRequest(node="n2"), timeout=5)
+    stub.ApplySFC(pb.ApplySFCRequest(spec=local % ("d", 20)), timeout=5)
+    st = wait_until(lambda: (s := status(stub, "d")).message and s, 20, controller.output)
+    assert st.phase == "Pending" and "n1: cordoned" in st.message and \
+        "n2: cordoned" in st.message, st
+    assert status(stub, "a").node == "n2"     # what runs stays (it cannot move: its ports)
