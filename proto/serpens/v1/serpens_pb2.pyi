@@ -680,20 +680,22 @@ class ResetStateResponse(_message.Message):
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MoveFlowsRequest(_message.Message):
-    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "arp_before", "timeout_ms")
+    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "arp_before", "timeout_ms", "check")
     SFC_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_SFC_FIELD_NUMBER: _ClassVar[int]
     ARP_BEFORE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     target: PeerRef
     slots: _containers.RepeatedScalarFieldContainer[int]
     gateway_sfc: int
     arp_before: int
     timeout_ms: int
-    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., arp_before: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    check: bool
+    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., arp_before: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ...) -> None: ...
 
 class MoveFlowsResponse(_message.Message):
     __slots__ = ("entries", "tables", "wait_us")
