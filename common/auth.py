@@ -69,9 +69,13 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Agent/GetUsage": CONTROLLER,
     "/serpens.v1.Agent/Capture": CONTROLLER,
     # serpens.v1.Peer: agents of other nodes (and the controller); each method a row: PEER
+    "/serpens.v1.Peer/MoveFlows": PEER,
+    "/serpens.v1.Peer/ImportFlows": PEER,
     # serpens.v1.Gateway: only the controller pushes routes and reads counters
     "/serpens.v1.Gateway/SetRoutes": CONTROLLER,
     "/serpens.v1.Gateway/GetGateway": CONTROLLER,
+    "/serpens.v1.Gateway/HoldFlows": CONTROLLER,
+    "/serpens.v1.Gateway/ReleaseFlows": CONTROLLER,
     # health and reflection: any authenticated peer
     "/grpc.health.v1.Health/Check": ANY,
     "/grpc.health.v1.Health/Watch": ANY,

@@ -34,6 +34,8 @@ import grpc
 
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
+from . import moves
+
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 30.0     # StopSFC with return_to: pools merged, deltas flushed on the target
@@ -80,12 +82,6 @@ async def move_off(gateway: str, sfc: str, source: Endpoint, target: Endpoint,
                    timeout: float = MOVE_TIMEOUT):
     """Every flow of `sfc` pinned to `source` moves to `target` with its per-flow state
     (the MoveResult); HandOverFailed (nothing moved, the source keeps them) otherwise."""
-    try:
-        from . import moves   # movedp's (CONTRACT14 `move_flows`)
-    except ImportError:  # a tree without it (before movedp's merge): flows follow the route
-        log.warning("sfc %s: controller/moves.py is missing: the flows of %s are re-pinned "
-                    "by the gateway without their per-flow state", sfc, source.node)
-        return None
     try:
         result = await moves.move_flows(
             gateway, sfc, moves.Server(source.node, source.address, source.ip),

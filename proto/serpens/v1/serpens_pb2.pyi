@@ -726,6 +726,104 @@ class ResetStateResponse(_message.Message):
     tables: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class MoveFlowsRequest(_message.Message):
+    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "arp_before", "timeout_ms", "check")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_SFC_FIELD_NUMBER: _ClassVar[int]
+    ARP_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    target: PeerRef
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    gateway_sfc: int
+    arp_before: int
+    timeout_ms: int
+    check: bool
+    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., arp_before: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ...) -> None: ...
+
+class MoveFlowsResponse(_message.Message):
+    __slots__ = ("entries", "tables", "wait_us")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_US_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    tables: int
+    wait_us: int
+    def __init__(self, entries: _Optional[int] = ..., tables: _Optional[int] = ..., wait_us: _Optional[int] = ...) -> None: ...
+
+class ImportFlowsRequest(_message.Message):
+    __slots__ = ("sfc", "nf", "table", "flags", "key_size", "value_size", "capacity", "keys", "values", "undo")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    KEY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    UNDO_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    nf: str
+    table: str
+    flags: int
+    key_size: int
+    value_size: int
+    capacity: int
+    keys: bytes
+    values: bytes
+    undo: bool
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., flags: _Optional[int] = ..., key_size: _Optional[int] = ..., value_size: _Optional[int] = ..., capacity: _Optional[int] = ..., keys: _Optional[bytes] = ..., values: _Optional[bytes] = ..., undo: _Optional[bool] = ...) -> None: ...
+
+class ImportFlowsResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    def __init__(self, entries: _Optional[int] = ...) -> None: ...
+
+class HoldFlowsRequest(_message.Message):
+    __slots__ = ("sfc", "source_ip", "target_ip", "slots", "timeout_ms")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
+    TARGET_IP_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    source_ip: str
+    target_ip: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    timeout_ms: int
+    def __init__(self, sfc: _Optional[str] = ..., source_ip: _Optional[str] = ..., target_ip: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class HoldFlowsResponse(_message.Message):
+    __slots__ = ("move_id", "gateway_sfc")
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_SFC_FIELD_NUMBER: _ClassVar[int]
+    move_id: int
+    gateway_sfc: int
+    def __init__(self, move_id: _Optional[int] = ..., gateway_sfc: _Optional[int] = ...) -> None: ...
+
+class ReleaseFlowsRequest(_message.Message):
+    __slots__ = ("move_id", "commit")
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    move_id: int
+    commit: bool
+    def __init__(self, move_id: _Optional[int] = ..., commit: _Optional[bool] = ...) -> None: ...
+
+class ReleaseFlowsResponse(_message.Message):
+    __slots__ = ("flows", "held", "held_dropped")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HELD_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    flows: int
+    held: int
+    held_dropped: int
+    def __init__(self, flows: _Optional[int] = ..., held: _Optional[int] = ..., held_dropped: _Optional[int] = ...) -> None: ...
+
 class RouteServer(_message.Message):
     __slots__ = ("node", "ip", "mac", "weight")
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -775,7 +873,7 @@ class GetGatewayRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GatewaySFC(_message.Message):
-    __slots__ = ("tag", "rx", "tx", "back", "new_flows", "moved_flows", "drops", "servers", "flow_full")
+    __slots__ = ("tag", "rx", "tx", "back", "new_flows", "moved_flows", "drops", "servers", "flow_full", "held", "held_dropped", "moves")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -799,6 +897,9 @@ class GatewaySFC(_message.Message):
     DROPS_FIELD_NUMBER: _ClassVar[int]
     SERVERS_FIELD_NUMBER: _ClassVar[int]
     FLOW_FULL_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HELD_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
     tag: int
     rx: int
     tx: int
@@ -808,7 +909,10 @@ class GatewaySFC(_message.Message):
     drops: _containers.ScalarMap[str, int]
     servers: _containers.ScalarMap[str, int]
     flow_full: int
-    def __init__(self, tag: _Optional[int] = ..., rx: _Optional[int] = ..., tx: _Optional[int] = ..., back: _Optional[int] = ..., new_flows: _Optional[int] = ..., moved_flows: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., servers: _Optional[_Mapping[str, int]] = ..., flow_full: _Optional[int] = ...) -> None: ...
+    held: int
+    held_dropped: int
+    moves: int
+    def __init__(self, tag: _Optional[int] = ..., rx: _Optional[int] = ..., tx: _Optional[int] = ..., back: _Optional[int] = ..., new_flows: _Optional[int] = ..., moved_flows: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., servers: _Optional[_Mapping[str, int]] = ..., flow_full: _Optional[int] = ..., held: _Optional[int] = ..., held_dropped: _Optional[int] = ..., moves: _Optional[int] = ...) -> None: ...
 
 class GatewayStatus(_message.Message):
     __slots__ = ("name", "term", "sfcs", "ports", "drops", "arp_replies")

@@ -1544,6 +1544,16 @@ class PeerStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.MoveFlows = channel.unary_unary(
+                '/serpens.v1.Peer/MoveFlows',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.MoveFlowsRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.MoveFlowsResponse.FromString,
+                _registered_method=True)
+        self.ImportFlows = channel.unary_unary(
+                '/serpens.v1.Peer/ImportFlows',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -1552,9 +1562,37 @@ class PeerServicer:
     mTLS); callable by the `agent` role (another node) and the controller.
     """
 
+    def MoveFlows(self, request, context):
+        """Moving flows (issue 14 item 3, docs/moves.md), to the source's agent, while the gateway
+        holds them: wait until the source received the gateway's marker and has no packet of the
+        SFC it received before it left in its instances, copy the moving flows' per-flow entries
+        to `target` (ImportFlows), then delete them here. Nothing is deleted unless the target
+        took everything (then it is asked to forget what it took).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportFlows(self, request, context):
+        """To the target's agent: insert (or, undo, delete) one chunk of a table's per-flow entries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'MoveFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveFlows,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.MoveFlowsRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.MoveFlowsResponse.SerializeToString,
+            ),
+            'ImportFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportFlows,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'serpens.v1.Peer', rpc_method_handlers)
@@ -1568,6 +1606,60 @@ class Peer:
     nodes that serve one SFC. Served by every agent beside the Agent service (same port, same
     mTLS); callable by the `agent` role (another node) and the controller.
     """
+
+    @staticmethod
+    def MoveFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/MoveFlows',
+            serpens_dot_v1_dot_serpens__pb2.MoveFlowsRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.MoveFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/ImportFlows',
+            serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
 
 class GatewayStub:
@@ -1593,6 +1685,16 @@ class GatewayStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.GatewayStatus.FromString,
                 _registered_method=True)
+        self.HoldFlows = channel.unary_unary(
+                '/serpens.v1.Gateway/HoldFlows',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.HoldFlowsRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.HoldFlowsResponse.FromString,
+                _registered_method=True)
+        self.ReleaseFlows = channel.unary_unary(
+                '/serpens.v1.Gateway/ReleaseFlows',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -1615,6 +1717,23 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldFlows(self, request, context):
+        """Moving flows (docs/moves.md): hold the packets of an SFC's flows on `source_ip` (all, or
+        those in the Maglev slots) and send the source a marker behind the last of them; released
+        by ReleaseFlows, or to the source when `timeout_ms` passes first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseFlows(self, request, context):
+        """Re-pin the held flows (commit: to the target; else they stay) and send what was held
+        first, in order; answers once it was sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1627,6 +1746,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetGateway,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.GatewayStatus.SerializeToString,
+            ),
+            'HoldFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldFlows,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.HoldFlowsRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.HoldFlowsResponse.SerializeToString,
+            ),
+            'ReleaseFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFlows,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1687,6 +1816,60 @@ class Gateway:
             '/serpens.v1.Gateway/GetGateway',
             serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.GatewayStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Gateway/HoldFlows',
+            serpens_dot_v1_dot_serpens__pb2.HoldFlowsRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.HoldFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Gateway/ReleaseFlows',
+            serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsResponse.FromString,
             options,
             channel_credentials,
             insecure,
