@@ -89,7 +89,7 @@ async def move_off(gateway: str, sfc: str, source: Endpoint, target: Endpoint,
     except moves.MoveError as e:
         raise HandOverFailed(f"moving its flows from {source.node} to {target.node}: "
                              f"{e}") from None
-    log.info("sfc %s: %d flows (%d per-flow entries) moved %s -> %s in %.1f ms, %d packets "
+    log.debug("sfc %s: %d flows (%d per-flow entries) moved %s -> %s in %.1f ms, %d packets "
              "held, %d dropped from the hold", sfc, result.flows, result.entries, source.node,
              target.node, result.move_ms, result.held, result.held_dropped)
     return result

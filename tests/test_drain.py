@@ -156,6 +156,8 @@ def test_drain_moves_every_flow_off_a_server_without_losing_a_packet(cluster):
     stream = Stream(c)
     time.sleep(1.0)                                    # flows pinned to both servers
     r = serpensctl(c, "drain", "node", "s2", "--wait", "--wait-timeout", "120")
+    print(r.stdout, *[line for line in c.controller.output().splitlines()
+                      if "serpens.controller.moves" in line], sep="\n")
     time.sleep(1.0)                                    # and traffic on s1 alone for a while
     sent, got = stream.stop()
     assert r.returncode == 0, r.stdout + r.stderr + c.controller.output()[-6000:]
