@@ -90,8 +90,8 @@ async def move_off(gateway: str, sfc: str, source: Endpoint, target: Endpoint,
         raise HandOverFailed(f"moving its flows from {source.node} to {target.node}: "
                              f"{e}") from None
     log.debug("sfc %s: %d flows (%d per-flow entries) moved %s -> %s in %.1f ms, %d packets "
-             "held, %d dropped from the hold", sfc, result.flows, result.entries, source.node,
-             target.node, result.move_ms, result.held, result.held_dropped)
+              "held, %d dropped from the hold", sfc, result.flows, result.entries, source.node,
+              target.node, result.move_ms, result.held, result.held_dropped)
     return result
 
 
