@@ -29,6 +29,7 @@ from serpens.common import rpc
 
 from . import capture_rpc, peer_state
 from .node import NoSuchSFC, SFCConflict, StaleSpec
+from .peer_moves import FlowMoves
 from .process_pool import PoolError
 from .state_manager import (BrokenTable, StateError, StateFilesystemFull, StateManager,
                             table_error)
@@ -412,11 +413,14 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
     return out
 
 
-class PeerServicer(pb_grpc.PeerServicer):
-    """serpens.v1.Peer: what other nodes' agents ask of this one (agent/peer_state.py)."""
+class PeerServicer(FlowMoves, pb_grpc.PeerServicer):
+    """serpens.v1.Peer: what other nodes' agents ask of this one: state for a node joining or
+    leaving an SFC, eventual deltas (agent/peer_state.py), flows moving with their per-flow
+    entries (FlowMoves, agent/peer_moves.py)."""
 
     def __init__(self, node, receiver: peer_state.Receiver):
-        self.node, self.receiver = node, receiver
+        FlowMoves.__init__(self, node)
+        self.receiver = receiver
 
     def _running(self, sfc: str):
         entry = self.node.running.get(sfc)
