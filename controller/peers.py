@@ -20,6 +20,11 @@ class PeerPlan:
         running = [n for n in nodes if (c := views.get(n, {}).get(name)) is not None and
                    c.incarnation == incarnation]
         self.source = running[0] if running else None
+        # a new placement may have no node running the SFC yet (moved to nodes that never
+        # ran it): they are seeded from a live node that still runs it (the one leaving)
+        elsewhere = [n for n in sorted(views) if n in records and
+                     (c := views[n].get(name)) is not None and c.incarnation == incarnation]
+        self.seed_source = self.source or (elsewhere[0] if elsewhere else None)
         self.records = records
 
     def key(self) -> tuple:
@@ -34,9 +39,10 @@ class PeerPlan:
 
     def seed_for(self, node: str) -> pb.PeerRef | None:
         """Where a node that does not run it yet gets its tables from (None: nowhere)."""
-        if self.source is None or self.source == node:
+        if self.seed_source is None or self.seed_source == node:
             return None
-        return pb.PeerRef(node=self.source, address=self.records[self.source].address)
+        return pb.PeerRef(node=self.seed_source,
+                          address=self.records[self.seed_source].address)
 
     def return_to(self, keep) -> pb.PeerRef | None:
         """Where a node leaving the SFC returns its state: the first server that stays."""
