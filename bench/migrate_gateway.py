@@ -112,7 +112,8 @@ class Mover:
         time.sleep(0.5)                      # everything in flight comes back
         s1, m1, r1 = self.driver.counts()[:3]
         return dict(figures(recs, self.flows, t0, t1, hz), move_ms=round((t1 - t0) / hz * 1e3, 3),
-                    lost_packets=(s1 - s0) - (r1 - r0), missed=m1 - m0,
+                    # (max: a frame of the idle pace in flight when s0 was read)
+                    lost_packets=max(0, (s1 - s0) - (r1 - r0)), missed=m1 - m0,
                     flows=detail["flows"], entries=detail["entries"], held=detail["held"],
                     held_dropped=detail["held_dropped"],
                     detail={k: v for k, v in detail.items()
@@ -120,26 +121,36 @@ class Mover:
 
 
 def figures(recs: bytes, flows: int, t0: int, t1: int, hz: float) -> dict:
-    """Latency before and during [t0, t1] (arrival times), reordered and paused flows."""
+    """Latency before and during [t0, t1] (arrival times), reordered and paused flows. A
+    packet that arrived during the move and never came out counts its flow as paused too
+    (sequence numbers follow arrival order: those between the last one that arrived before
+    and the first one after, not seen)."""
     us = hz / 1e6
-    before, during, last, reordered, slow = [], [], {}, set(), []
+    before, during, last, reordered, slow, seen = [], [], {}, set(), [], set()
+    last_before, first_after = -1, None
     for rx, tx, _, seq in struct.iter_unpack(dp.LAT_REC_FORMAT, recs):
         flow = seq % flows
+        seen.add(seq)
         if seq < last.get(flow, -1):
             reordered.add(flow)
         last[flow] = max(seq, last.get(flow, -1))
         lat = (tx - rx) / us
         if rx < t0:
             before.append(lat)
+            last_before = max(last_before, seq)
         elif rx <= t1:
             during.append(lat)
             slow.append((lat, flow))
+        else:
+            first_after = seq if first_after is None else min(first_after, seq)
     p99_before = percentiles(before, 99)["p99"]
     threshold = max(1000.0, PAUSE_FACTOR * (p99_before or 0))
+    gone = [] if first_after is None else \
+        [q for q in range(last_before + 1, first_after) if q not in seen]
+    paused = {f for lat, f in slow if lat > threshold} | {q % flows for q in gone}
     return {"before_p99_us": p99_before, "during_p99_us": percentiles(during, 99)["p99"],
-            "reordered_flows": len(reordered),
-            "paused_flows_max": len({f for lat, f in slow if lat > threshold}),
-            "paused_threshold_us": round(threshold, 1),
+            "reordered_flows": len(reordered), "paused_flows_max": len(paused),
+            "lost_during": len(gone), "paused_threshold_us": round(threshold, 1),
             "samples": {"before": len(before), "during": len(during)}}
 
 
