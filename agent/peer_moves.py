@@ -148,14 +148,14 @@ def delete(state, namespace: str, name: str, keys: list[bytes]) -> int:
 def insert(state_dir: str, namespace: str, name: str, info: dict, keys, values,
            undo: bool = False) -> int:
     """Put (undo: delete) entries into table `name` of `namespace`, made with `info`'s shape
-    when absent; MoveRefused when it has another shape."""
+    when absent; MoveRefused when it has another shape (flags, sizes, capacity)."""
     ks, vs = info["key_size"], info["value_size"]
-    table = dp.StateTable(state_dir, namespace, name, info["flags"], ks, vs, info["capacity"])
     try:
-        have = table.info
-        if (have["key_size"], have["value_size"]) != (ks, vs):
-            raise MoveRefused(f"table: {name} here has {have['key_size']}-byte keys and "
-                              f"{have['value_size']}-byte values, the source's {ks} and {vs}")
+        table = dp.StateTable(state_dir, namespace, name, info["flags"], ks, vs,
+                              info["capacity"])
+    except FileExistsError as e:   # the target's table of that name has another shape
+        raise MoveRefused(f"table: {e.strerror}") from None
+    try:
         for key, value in zip(keys, values if not undo else keys):
             if undo:
                 try:
