@@ -4,8 +4,9 @@ Three DPDK processes in network namespaces, as `bench multinode` (bench/multinod
 memif or af_packet links): the gateway with its traffic driver (bench/migrate_gateway.py) and
 two servers running FW->MON->NAT (per-flow tables: FW's verdicts, MON's flow counters, NAT's
 mappings; MON's eventual per-host counters and NAT's release port pool stay where they are),
-the output back through the gateway. A load of --pps over --flows flows (or the most this VM
-carries with under 0.1% loss: `offered_pps` says which) runs while server A's flows (those in
+the output back through the gateway. A load of --pps over --flows flows (or, when this VM
+carries less with under 0.1% loss in a short trial, --headroom times what it carried:
+`offered_mpps` says what was offered) runs while server A's flows (those in
 the Maglev slots A owns: half of all) move to B (Serpens: controller/moves.py's steps, docs/
 moves.md), then back from B to A the stop-and-copy way (pause the NF, copy all its per-flow
 state, re-pin at once, resume). Figures, for each: move_ms (request to the last moved flow's
@@ -40,6 +41,8 @@ def add_arguments(p):
                    help="seconds at the load before a move's measurement starts")
     p.add_argument("--before", type=float, default=0.5, help="seconds measured before a move")
     p.add_argument("--after", type=float, default=0.5, help="seconds measured after a move")
+    p.add_argument("--headroom", type=float, default=0.5,
+                   help="moves run at this fraction of the load a trial carried")
     p.add_argument("--underlay", choices=UNDERLAYS, default="memif")
     p.add_argument("--gateway-cpu", type=int, choices=(0, 1), default=GATEWAY_CPU)
 
@@ -56,7 +59,8 @@ def run(args) -> dict:
                     "gateway_ip": GATEWAY["ip"], "gateway_mac": GATEWAY["mac"], "tag": TAG,
                     "flows": args.flows, "seconds": args.seconds, "warmup": args.warmup,
                     "before_s": args.before, "after_s": args.after, "pps": args.pps,
-                    "dir": directory, "gateway_cpu": args.gateway_cpu}
+                    "dir": directory, "gateway_cpu": args.gateway_cpu,
+                    "headroom": args.headroom}
             p = subprocess.run(["ip", "netns", "exec", bed.gw_ns, sys.executable, "-m",
                                 "serpens.bench.migrate_gateway", json.dumps(spec)],
                                capture_output=True, text=True, timeout=1800)
@@ -73,7 +77,9 @@ def run(args) -> dict:
         raise BenchError(f"bench migrate: no flow moved: {s}, {sc}")
     return {"machine": dict(machine(), stalls=r["stalls"]),
             "params": {"flows_total": args.flows, "pps_wanted": args.pps,
-                       "offered_mpps": round(r["offered_pps"] / 1e6, 3),
+                       "offered_mpps": s["offered_mpps"],
+                       "carried_mpps": round(r["carried_pps"] / 1e6, 3),
+                       "headroom": args.headroom,
                        "load_loss": r["load_trial"]["lost"], "sfc": "fw->mon->nat",
                        "servers": 2, "underlay": args.underlay, "warmup": args.warmup,
                        "before_s": args.before, "after_s": args.after,

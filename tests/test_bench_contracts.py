@@ -466,7 +466,7 @@ def test_migrate_bench_json_contract():
     assert r["entries"] >= 3 * r["flows"] and r["stop_and_copy"]["entries"] >= 3 * r["flows"]
     assert r["move_ms"] > 0 and r["stop_and_copy"]["move_ms"] > 0
     assert r["lost_packets"] == 0 and r["reordered_flows"] == 0 and r["held_dropped"] == 0
-    assert 0 < r["params"]["offered_mpps"] <= 0.02
+    assert 0 < r["params"]["offered_mpps"] <= 0.021
     assert r["machine"]["cores"] >= 1 and set(r["machine"]["stalls"]) >= {"cpu0"}
     gw = r["detail"]["gateway"]["sfc"]
     assert gw["moves"] == 2 and gw["held"] == r["held"] + r["detail"]["stop_and_copy"]["held"]
