@@ -198,7 +198,7 @@ def test_held_flows_move_on_release_and_go_back_when_the_hold_expires(gateway):
                                   timeout=5)
     time.sleep(0.5)
     arp = [p for p in under(start) if p.type == 0x0806]
-    assert len(arp) == 1 and arp[0].pdst == S1.ip   # the marker
+    assert len(arp) == 1 and (arp[0].pdst, arp[0].dst) == (S1.ip, S1.mac)   # the marker
     released = gateway.stub.ReleaseFlows(pb.ReleaseFlowsRequest(move_id=hold.move_id,
                                                                 commit=True), timeout=5)
     assert released.flows > 0 and released.held > 0 and released.held_dropped == 0
