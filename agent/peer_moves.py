@@ -131,42 +131,35 @@ def export(state, tables, slots: set[int] | None, gateway_sfc: int) -> list:
 
 
 def delete(state, namespace: str, name: str, keys: list[bytes]) -> int:
+    """Delete the entries of `keys` (those an NF's own expiry removed meanwhile are not
+    counted); returns how many were deleted."""
     table = state.open(namespace, name)
-    gone = 0
     try:
-        for key in keys:
-            try:
-                table.delete(key)
-                gone += 1
-            except OSError:
-                pass   # gone already (an NF's own expiry)
+        return table.delete_many(b"".join(keys))
     finally:
         table.close()
-    return gone
 
 
 def insert(state_dir: str, namespace: str, name: str, info: dict, keys, values,
            undo: bool = False) -> int:
     """Put (undo: delete) entries into table `name` of `namespace`, made with `info`'s shape
-    when absent; MoveRefused when it has another shape (flags, sizes, capacity)."""
+    when absent; MoveRefused when it has another shape (flags, sizes, capacity). `keys` and
+    `values`: lists of bytes, or each all of them back to back."""
     ks, vs = info["key_size"], info["value_size"]
     try:
         table = dp.StateTable(state_dir, namespace, name, info["flags"], ks, vs,
                               info["capacity"])
     except FileExistsError as e:   # the target's table of that name has another shape
         raise MoveRefused(f"table: {e.strerror}") from None
+    blob = keys if isinstance(keys, bytes) else b"".join(keys)
     try:
-        for key, value in zip(keys, values if not undo else keys):
-            if undo:
-                try:
-                    table.delete(key)
-                except OSError:
-                    pass
-            else:
-                table.put(key, value)
+        if undo:
+            table.delete_many(blob)
+        else:
+            table.put_many(blob, values if isinstance(values, bytes) else b"".join(values))
     finally:
         table.close()
-    return len(keys)
+    return len(blob) // ks
 
 
 def chunks(keys: list[bytes], values: list[bytes], entry_bytes: int):
@@ -189,12 +182,10 @@ def import_chunk(node, request) -> int:
         raise ValueError("keys/values: not whole entries of key_size/value_size bytes")
     if not request.flags & dp.PER_FLOW:
         raise ValueError(f"flags: table {request.table} is not a per-flow table")
-    keys = [request.keys[i * ks:(i + 1) * ks] for i in range(n)]
-    values = [] if request.undo else [request.values[i * vs:(i + 1) * vs] for i in range(n)]
     info = {"flags": request.flags, "key_size": ks, "value_size": vs,
             "capacity": request.capacity}
     return insert(node.state.state_dir, entry.spec.state_namespace(request.nf), request.table,
-                  info, keys, values, undo=request.undo)
+                  info, request.keys, request.values, undo=request.undo)
 
 
 class FlowMoves:
