@@ -125,16 +125,19 @@ class Mover:
 
 
 def figures(recs: bytes, flows: int, t0: int, t1: int, hz: float) -> dict:
-    """Latency before and during [t0, t1] (arrival times), reordered and paused flows. A
-    packet that arrived during the move and never came out counts its flow as paused too
-    (sequence numbers follow arrival order: those between the last one that arrived before
-    and the first one after, not seen)."""
+    """Latency before and during [t0, t1] (arrival times), reordered and paused flows.
+    Sequence numbers follow arrival order, so the packets that arrived during the move and
+    never came out are those between the last one seen that arrived before it and the first
+    one after it: each makes its flow paused, and counts in during_p99_us as delayed until
+    the log's end (a lower bound: a lost packet is later than any). Lost packets of the
+    measured run are split by when they arrived (before, during, after the move)."""
     us = hz / 1e6
     before, during, last, reordered, slow, seen = [], [], {}, set(), [], set()
-    last_before, first_after = -1, None
+    last_before, first_after, lo, hi, t_end = -1, None, None, -1, 0
     for rx, tx, _, seq in struct.iter_unpack(dp.LAT_REC_FORMAT, recs):
         flow = seq % flows
         seen.add(seq)
+        lo, hi, t_end = seq if lo is None else min(lo, seq), max(hi, seq), max(t_end, tx)
         if seq < last.get(flow, -1):
             reordered.add(flow)
         last[flow] = max(seq, last.get(flow, -1))
@@ -149,13 +152,19 @@ def figures(recs: bytes, flows: int, t0: int, t1: int, hz: float) -> dict:
             first_after = seq if first_after is None else min(first_after, seq)
     p99_before = percentiles(before, 99)["p99"]
     threshold = max(1000.0, PAUSE_FACTOR * (p99_before or 0))
-    gone = [] if first_after is None else \
-        [q for q in range(last_before + 1, first_after) if q not in seen]
+    after = hi if first_after is None else first_after
+    gone = [q for q in range(last_before + 1, after) if q not in seen]
+    span = max(1, after - last_before)
+    for q in gone:   # arrived about here in [t0, t1]
+        during.append((t_end - (t0 + (t1 - t0) * (q - last_before) / span)) / us)
     paused = {f for lat, f in slow if lat > threshold} | {q % flows for q in gone}
+    lost = lambda a, b: sum(1 for q in range(a, b) if q not in seen)  # noqa: E731
     return {"before_p99_us": p99_before, "during_p99_us": percentiles(during, 99)["p99"],
             "reordered_flows": len(reordered), "paused_flows_max": len(paused),
-            "lost_during": len(gone), "paused_threshold_us": round(threshold, 1),
-            "samples": {"before": len(before), "during": len(during)}}
+            "lost_by_arrival": {"before": 0 if lo is None else lost(lo, last_before + 1),
+                                "during": len(gone), "after": lost(after, hi + 1)},
+            "paused_threshold_us": round(threshold, 1),
+            "samples": {"before": len(before), "during": len(during) - len(gone)}}
 
 
 def sustained_pps(multi: Multi, wanted: float, seconds: float) -> tuple[float, dict]:
