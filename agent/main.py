@@ -29,6 +29,7 @@ from serpens.common.lease_record import registered_until
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
+from .checkpoints import PeerServicer
 from .metrics import NodeCollector, start_latency
 from .node import Node, start_from_files
 from .registration import Registration
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: where is it stuck?
     args = parse_args(argv)
+    rpc.set_client_identity(args.identity)   # calls to other agents (Peer) present it
     # usage is sampled (and its totals written) once per load report period
     node, code = start_from_files("serpens-agent", args.node, args.sfc, usage_s=args.report_s,
                                   usage_path=args.usage_file)
@@ -92,7 +94,9 @@ def main(argv=None) -> int:
         try:
             server, port = await rpc.create_server(args.listen, [
                 (serpens_pb2_grpc.add_AgentServicer_to_server, AgentServicer(node),
-                 rpc.service_name("Agent"))], args.identity)
+                 rpc.service_name("Agent")),
+                (serpens_pb2_grpc.add_PeerServicer_to_server, PeerServicer(node),
+                 rpc.service_name("Peer"))], args.identity)
         except OSError as e:
             log.error("--listen %s", e)
             return 1

@@ -24,6 +24,7 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
 from . import capture_rpc
+from .checkpoints import Checkpointer
 from .node import NoSuchSFC, SFCConflict, StaleSpec
 from .process_pool import PoolError
 from .state_manager import (BrokenTable, StateError, StateFilesystemFull, StateManager,
@@ -80,6 +81,7 @@ class AgentServicer(pb_grpc.AgentServicer):
     def __init__(self, node):
         self.node = node
         self._observed: set[str] = set()  # SFCs with a capture or trace running
+        self.checkpoints = Checkpointer(node)
 
     def _sfc(self, name: str) -> pb.AgentSFC:
         c = self.node.stats()["sfcs"][name]
@@ -88,15 +90,27 @@ class AgentServicer(pb_grpc.AgentServicer):
                            instances=c["instances"], rx=c["rx"], out=c["out"],
                            dropped=c["dropped"], held=c["held"], phase=c["phase"],
                            message=c["message"], crashes=c["crashes"], drops=c["drops"],
-                           vxlan=_vxlan(self.node.running.get(name)))
+                           vxlan=_vxlan(self.node.running.get(name)),
+                           **self.checkpoints.status(name))
 
     @_handler
     async def RunSFC(self, request, context):
         spec = parse_sfc(request.spec, allow_source=False)
+        restored = None
+        if request.restore_of and spec.name not in self.node.running:
+            # a lost node's SFC: its tables from the last checkpoint, before any instance
+            restored = await self.checkpoints.restore(
+                spec, request.restore_from if request.HasField("restore_from") else None,
+                request.restore_of)
         await asyncio.to_thread(self.node.apply_sfc, spec, dict(request.nf_sources),
                                 request.replicas or None, request.generation,
                                 request.incarnation,
                                 vxlan=request.vxlan if request.HasField("vxlan") else None)
+        self.checkpoints.follow(spec.name, request.checkpoint_to
+                                if request.HasField("checkpoint_to") else None,
+                                spec.checkpoint_s)
+        if restored is not None:
+            self.checkpoints.forget_restored(spec.name, *restored)
         log.info("running sfc %s generation %d", spec.name, request.generation)
         return self._sfc(spec.name)
 
@@ -106,6 +120,7 @@ class AgentServicer(pb_grpc.AgentServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"name: node {self.node.spec.name} runs no SFC {request.name!r}")
         await asyncio.to_thread(self.node.remove_sfc, request.name)
+        self.checkpoints.forget(request.name)
         log.info("stopped sfc %s", request.name)
         return pb.StopSFCResponse()
 

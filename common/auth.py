@@ -66,6 +66,8 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Agent/GetUsage": CONTROLLER,
     "/serpens.v1.Agent/Capture": CONTROLLER,
     # serpens.v1.Peer: agents of other nodes (and the controller); each method a row: PEER
+    "/serpens.v1.Peer/PutCheckpoint": PEER,
+    "/serpens.v1.Peer/GetCheckpoint": PEER,
     # serpens.v1.Gateway: only the controller pushes routes and reads counters
     "/serpens.v1.Gateway/SetRoutes": CONTROLLER,
     "/serpens.v1.Gateway/GetGateway": CONTROLLER,

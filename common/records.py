@@ -201,6 +201,12 @@ class SFCStatus:
     instances: int = 0
     # served by several servers: node -> its instances there (`node` the first); else empty
     nodes: tuple[tuple[str, int], ...] = ()
+    # checkpoints (docs/state.md): the node `node` ships them to; after a lost node, which
+    # one, how old its checkpoint was at the restore (ms, -1: none: started empty), in words
+    checkpoint_to: str = ""
+    restored_of: str = ""
+    restored_age_ms: int = 0
+    restore: str = ""
 
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> SFCStatus:
@@ -215,13 +221,20 @@ class SFCStatus:
                    node=_field(r, "node", str, default=""),
                    generation=_field(r, "generation", int, default=0, bounds=_COUNT),
                    instances=_field(r, "instances", int, default=0, bounds=_UINT32),
-                   nodes=tuple(sorted(nodes.items())))
+                   nodes=tuple(sorted(nodes.items())),
+                   checkpoint_to=_field(r, "checkpoint_to", str, default=""),
+                   restored_of=_field(r, "restored_of", str, default=""),
+                   restored_age_ms=_field(r, "restored_age_ms", int, default=0),
+                   restore=_field(r, "restore", str, default=""))
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["nodes"] = dict(self.nodes)
         if not self.nodes:
             del out["nodes"]
+        for name in ("checkpoint_to", "restored_of", "restored_age_ms", "restore"):
+            if not out[name]:
+                del out[name]   # records of SFCs without checkpoints stay as they were
         return out
 
     def encode(self) -> str:
