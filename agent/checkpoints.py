@@ -417,8 +417,15 @@ class Checkpointer:
                         e.details())
 
     async def _run(self, sfc: str, job: _Job):
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(job.period_s)
+            # every period_s from the start (a slow checkpoint does not push the next ones
+            # later; one that takes longer than a period skips to the next due time)
+            due += job.period_s
+            while due < loop.time():
+                due += job.period_s
+            await asyncio.sleep(due - loop.time())
             try:
                 await self.ship(sfc, job)
             except asyncio.CancelledError:
