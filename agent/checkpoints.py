@@ -237,13 +237,21 @@ def chunks(header: pb.CheckpointHeader, tables: list[bytes], pages: list[list[in
 
 async def received(stream) -> tuple[pb.CheckpointHeader, dict[int, dict[int, bytes]]]:
     """The header and pages of a checkpoint stream; CheckpointError when it is not one (no
-    header first, more pages than it says, a page that inflates past PAGE bytes)."""
+    header first, more pages than it says, a page that inflates past PAGE bytes), OverBounds
+    for more pages than its tables have or tables over MAX_CHECKPOINT_BYTES (checked before
+    any page is taken in)."""
     header, pages, count = None, {}, 0
     async for chunk in stream:
         if header is None:
             if not chunk.HasField("header"):
                 raise CheckpointError("the first message has no header")
             header = chunk.header
+            whole_pages = sum(-(-t.size // PAGE) for t in header.tables)
+            if sum(t.size for t in header.tables) > MAX_CHECKPOINT_BYTES or \
+                    header.pages > whole_pages:
+                raise OverBounds(f"{header.pages} pages of {len(header.tables)} tables: over "
+                                 f"the tables' {whole_pages} pages or {MAX_CHECKPOINT_BYTES} "
+                                 "bytes")
             continue
         for p in chunk.pages:
             count += 1

@@ -30,7 +30,8 @@ def pick_peer(node: str, current: str, live: list[str], rank) -> str | None:
 
 
 def status_fields(running: pb.AgentSFC) -> dict:
-    """SFCStatus fields of what a node reports of the SFC's checkpoints and restore."""
+    """SFCStatus fields of what a node reports of the SFC's checkpoints and restore (an
+    AgentSFC, or the SFCStatus made of one)."""
     return {"checkpoint_to": running.checkpoint_to, "restored_of": running.restored_of,
             "restored_age_ms": running.restored_age_ms, "restore": running.restore}
 

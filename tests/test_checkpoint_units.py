@@ -51,6 +51,27 @@ def test_pages_over_the_base_make_the_new_table():
         apply_pages(old, len(new), {7: new[:PAGE]})  # the last page is 5 bytes
 
 
+def test_one_entry_changed_in_a_real_table_is_a_page_or_two(tmp_path):
+    """A state table as the runtime writes it (state_table.c): a checkpoint after one more
+    entry sends the page with its slot and the header's (its count), not the table."""
+    from serpens.runtime_cy import _dataplane as dp
+    t = dp.StateTable(str(tmp_path), "mon-ckpt.mon", "flows",
+                      dp.PER_FLOW | dp.READ | dp.WRITE, 40, 16, 20000)
+    try:
+        for i in range(1000):
+            t.put(i.to_bytes(40, "little"), bytes(16))
+        path = tmp_path / "mon-ckpt.mon" / "flows.tbl"
+        before = path.read_bytes()
+        t.put((10 ** 6).to_bytes(40, "little"), b"\x01" * 16)
+        after = path.read_bytes()
+    finally:
+        t.close()
+    pages = changed_pages(before, after)
+    assert len(after) > 100 * PAGE and 1 <= len(pages) <= 2, pages
+    assert apply_pages(before, len(after),
+                       {i: after[i * PAGE:(i + 1) * PAGE] for i in pages}) == after
+
+
 # ---- the peer's store ---------------------------------------------------------------------
 
 def header(tables, base_seq=0, pages=0, node="s1", sfc="mon", taken=1000):
@@ -154,6 +175,8 @@ def test_a_stream_gives_its_pages_and_is_checked():
         asyncio.run(received(_stream(msgs2)))
     with pytest.raises(CheckpointError, match="no header"):
         asyncio.run(received(_stream(msgs[1:])))
+    with pytest.raises(OverBounds, match="over the tables' 300 pages"):
+        asyncio.run(received(_stream([pb.CheckpointChunk(header=header(tables, pages=301))])))
     bomb = pb.CheckpointPage(table=0, index=0, zdata=zlib.compress(bytes(10 * PAGE)))
     with pytest.raises(CheckpointError, match="not one page"):
         asyncio.run(received(_stream([pb.CheckpointChunk(header=header(tables, pages=1)),
