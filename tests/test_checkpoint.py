@@ -174,7 +174,8 @@ def test_a_lost_nodes_sfc_resumes_elsewhere_from_its_last_checkpoint(cluster):
 
     # `serpensctl get sfc` says how old the checkpoint was
     out = subprocess.run([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
-                          "--server", c.controller.address, "get", "sfc", sfc], capture_output=True, text=True, timeout=30)
+                          "--server", c.controller.address, "get", "sfc", sfc],
+                         capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert f"of {node}: {st.restored_age_ms / 1000:.1f}s old" in out.stdout, out.stdout
 
