@@ -316,13 +316,6 @@ class CheckpointPeer:
             yield chunk
 
 
-class PeerServicer(CheckpointPeer, pb_grpc.PeerServicer):
-    """The agent's Peer service (other helpers' Peer methods join as further bases)."""
-
-    def __init__(self, node):
-        self.node = node
-
-
 def store_of(node) -> CheckpointStore:
     return CheckpointStore(os.path.join(node.dataplane.config.state_dir, ".checkpoints"))
 

@@ -33,7 +33,7 @@ from serpens.runtime_cy import _dataplane as dp
 
 from .faults import DEGRADED, FAILED, RUNNING, CrashPolicy, describe_death, start_failure
 from .process_pool import (MAPPED, InstanceStart, PoolError, PoolExhausted, PoolProcess,
-                           ProcessPool, merge_state)
+                           ProcessPool, merge_state, split_state)
 from .usage import BusyCycles
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,22 @@ class InstanceManager:
             procs = [s.proc for s in self.instances.values()]
             merge_state(procs, timeout)
             return len(procs)
+
+    def split_state(self, timeout: float = 2.0):
+        """A share of every release pool split off into `<table>@out` by an instance (one
+        is started if none runs: it stops again after warm_s without packets)."""
+        with self._lock:
+            if not self.instances:
+                self._add()
+            split_state(self.instances[min(self.instances)].proc, timeout)
+
+    def nf_ops(self) -> list[dict] | None:
+        """Per step, the ops its NF has ({"merge", "split"}), as the last instance started
+        found them; None before any instance ran."""
+        procs = list(self.started)
+        if not procs:
+            return None
+        return [procs[-1].ctl.nf_ops(s) for s in range(len(self.sfc.steps))]
 
     @contextlib.contextmanager
     def paused(self):

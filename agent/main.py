@@ -12,7 +12,9 @@ etcd or the controller being away never holds up traffic: the data plane starts 
 registration retries in the background, and what runs keeps running. SIGINT/SIGTERM
 deregister the node and stop everything the agent started.
 With --ca/--cert/--key the Agent service is mTLS and answers only the controller's identity
-(common/auth.py); the same certificate authenticates the agent to etcd.
+(common/auth.py); the same certificate authenticates the agent to etcd and to other agents,
+whose Peer service (same port) it calls to share an SFC's state (agent/peer_state.py:
+seeds, returned pools, eventual deltas every --delta-period-ms).
 Exit codes: 0 stopped on request, 1 failed, 2 bad config.
 """
 from __future__ import annotations
@@ -29,11 +31,11 @@ from serpens.common.lease_record import registered_until
 from serpens.common.store import Store
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
-from .checkpoints import PeerServicer
 from .metrics import NodeCollector, start_latency
 from .node import Node, start_from_files
+from .peer_state import DeltaSender, Receiver
 from .registration import Registration
-from .service import AgentServicer
+from .service import AgentServicer, PeerServicer
 
 log = logging.getLogger("serpens-agent")
 
@@ -54,9 +56,14 @@ def parse_args(argv=None):
     ap.add_argument("--advertise", default="",
                     help="address the controller calls (default: --listen, or this host's "
                          "name and the port bound when listening on all addresses)")
+    ap.add_argument("--delta-period-ms", type=int, default=100,
+                    help="how often eventual tables' deltas go to the SFC's other servers "
+                         "(ms, 10..60000; default %(default)s)")
     metrics.add_argument(ap, 9461)
     tls_flags.add_arguments(ap)
     args = ap.parse_args(argv)
+    if not 10 <= args.delta_period_ms <= 60000:
+        ap.error(f"--delta-period-ms: 10..60000, got {args.delta_period_ms}")
     tls_flags.resolve(ap, args, args.listen)
     metrics.check_flag(ap, args.metrics, args.identity)
     return args
@@ -74,7 +81,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: where is it stuck?
     args = parse_args(argv)
-    rpc.set_client_identity(args.identity)   # calls to other agents (Peer) present it
     # usage is sampled (and its totals written) once per load report period
     node, code = start_from_files("serpens-agent", args.node, args.sfc, usage_s=args.report_s,
                                   usage_path=args.usage_file)
@@ -91,11 +97,16 @@ def main(argv=None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # other nodes' agents are called with this agent's identity (role agent)
+        rpc.set_client_identity(args.identity)
+        peers = rpc.Stubs(serpens_pb2_grpc.PeerStub)
+        receiver = Receiver(node.dataplane.config.state_dir)
+        deltas = DeltaSender(node, args.delta_period_ms / 1000, peers)
         try:
             server, port = await rpc.create_server(args.listen, [
-                (serpens_pb2_grpc.add_AgentServicer_to_server, AgentServicer(node),
-                 rpc.service_name("Agent")),
-                (serpens_pb2_grpc.add_PeerServicer_to_server, PeerServicer(node),
+                (serpens_pb2_grpc.add_AgentServicer_to_server,
+                 AgentServicer(node, deltas, receiver, peers), rpc.service_name("Agent")),
+                (serpens_pb2_grpc.add_PeerServicer_to_server, PeerServicer(node, receiver),
                  rpc.service_name("Peer"))], args.identity)
         except OSError as e:
             log.error("--listen %s", e)
@@ -113,8 +124,11 @@ def main(argv=None) -> int:
         log.info("node %s: Agent service on %s", node.spec.name, address)
         # stock NFs compiled now, while nothing waits: the first SFC applied starts sooner
         loop.run_in_executor(None, warm_compile_cache)
+        pushing = asyncio.create_task(deltas.run(stop))
         await register_until_stopped(args, node, address, stop)
+        await pushing
         await server.stop(1.0)
+        await peers.close()
         if scraped is not None:
             scraped.close()
         return 0

@@ -123,6 +123,26 @@ def merge_state(procs: list[PoolProcess], timeout: float = 2.0):
             time.sleep(0.0002)
 
 
+def split_state(p: PoolProcess, timeout: float = 2.0):
+    """Have the instance `p` runs split a share of every release pool off into
+    `<table>@out` (pool_ctl.h split_req; the NFs' split ops run in that sandboxed process,
+    never in the agent). PoolError with the runtime's reason if it failed, TimeoutError if it
+    does not answer within `timeout`."""
+    req = p.ctl.request_split()
+    p.wake()
+    deadline = time.monotonic() + timeout
+    while (p.ctl.split_done - req) & 0xFFFFFFFF >= 1 << 31:
+        if p.dead:
+            raise PoolError(f"pool process {p.pid} died before it split its release pools")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pool process {p.pid} did not split its release pools "
+                               f"within {timeout}s")
+        time.sleep(0.0002)
+    rc, why = p.ctl.split_result()
+    if rc:
+        raise PoolError(f"splitting the release pools: {why or os.strerror(-rc)}", -rc)
+
+
 class ProcessPool:
     def __init__(self, dataplane: Dataplane, size: int, *, first_lcore: int = 2,
                  idle_us: int = 200, slice_us: int = 100, boot_timeout: float = 20.0,

@@ -1,4 +1,6 @@
-"""The `serpens.v1.Agent` servicer: the controller's hands on one node (DESIGN §4).
+"""The `serpens.v1.Agent` servicer: the controller's hands on one node (DESIGN §4); and the
+`serpens.v1.Peer` servicer: what the other nodes' agents ask of it (state between servers,
+agent/peer_state.py).
 
 Every call changes the node under its lock, in a worker thread (compiling NFs and starting
 instances block for milliseconds to a second), and answers with what the node now runs.
@@ -23,9 +25,12 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
-from . import capture_rpc
-from .checkpoints import Checkpointer
+from serpens.common import rpc
+
+from . import capture_rpc, peer_state
+from .checkpoints import CheckpointPeer, Checkpointer
 from .node import NoSuchSFC, SFCConflict, StaleSpec
+from .peer_moves import FlowMoves
 from .process_pool import PoolError
 from .state_manager import (BrokenTable, StateError, StateFilesystemFull, StateManager,
                             table_error)
@@ -61,6 +66,8 @@ def _handler(method):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except BrokenTable as e:
             await context.abort(grpc.StatusCode.DATA_LOSS, f"{e} (serpensctl state reset)")
+        except peer_state.PeerStateError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"peer state: {e}")
         except StateError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot: {e}")
         except WrongCode as e:
@@ -78,8 +85,12 @@ def _vxlan(entry) -> pb.VxlanRoute | None:
 
 
 class AgentServicer(pb_grpc.AgentServicer):
-    def __init__(self, node):
+    def __init__(self, node, deltas: peer_state.DeltaSender | None = None,
+                 receiver: peer_state.Receiver | None = None, peers: rpc.Stubs | None = None):
+        """`deltas`/`receiver`/`peers` (PeerStub per address): state between servers
+        (agent/peer_state.py); None: this agent exchanges none."""
         self.node = node
+        self.deltas, self.receiver, self.peers = deltas, receiver, peers
         self._observed: set[str] = set()  # SFCs with a capture or trace running
         self.checkpoints = Checkpointer(node)
 
@@ -91,6 +102,10 @@ class AgentServicer(pb_grpc.AgentServicer):
                            dropped=c["dropped"], held=c["held"], phase=c["phase"],
                            message=c["message"], crashes=c["crashes"], drops=c["drops"],
                            vxlan=_vxlan(self.node.running.get(name)),
+                           peer_state=self.deltas.status(name) if self.deltas else "",
+                           deltas_pushed=self.deltas.pushed.get(name, 0) if self.deltas else 0,
+                           deltas_applied=self.receiver.applied.get(name, 0)
+                           if self.receiver else 0,
                            **self.checkpoints.status(name))
 
     @_handler
@@ -102,6 +117,10 @@ class AgentServicer(pb_grpc.AgentServicer):
             restored = await self.checkpoints.restore(
                 spec, request.restore_from if request.HasField("restore_from") else None,
                 request.restore_of)
+        seed = request.seed_from if request.HasField("seed_from") else None
+        if seed is not None and seed.address and seed.node != self.node.spec.name and \
+                spec.name not in self.node.running:
+            await self._seed(spec, seed, context)
         await asyncio.to_thread(self.node.apply_sfc, spec, dict(request.nf_sources),
                                 request.replicas or None, request.generation,
                                 request.incarnation,
@@ -111,18 +130,92 @@ class AgentServicer(pb_grpc.AgentServicer):
                                 spec.checkpoint_s)
         if restored is not None:
             self.checkpoints.forget_restored(spec.name, *restored)
+        if self.deltas is not None:
+            self.deltas.set_peers(spec.name, request.peers)
         log.info("running sfc %s generation %d", spec.name, request.generation)
         return self._sfc(spec.name)
+
+    async def _seed(self, spec, seed, context):
+        """Before the SFC's first instance here: its tables from `seed` (Peer.Seed)."""
+        if self.peers is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "seed_from: this agent exchanges no state with peers")
+        try:
+            reply = await self.peers[seed.address].Seed(
+                pb.SeedRequest(sfc=spec.name, node=self.node.spec.name), timeout=10)
+        except grpc.RpcError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"seed_from: node {seed.node} ({seed.address}): "
+                                f"{e.code().name} {e.details()}")
+        nfs = await asyncio.to_thread(peer_state.inflate, reply.nfs)
+        unknown = [nf for nf, _ in nfs if nf not in spec.nfs]
+        if unknown:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"seed_from: node {seed.node} sent tables of NFs the SFC "
+                                f"does not have: {unknown}")
+        state = self.node.state
+        for nf, tables in nfs:
+            await asyncio.to_thread(peer_state.install_tables, state,
+                                    spec.state_namespace(nf), tables)
+        log.info("sfc %s: seeded from %s: %s", spec.name, seed.node,
+                 ", ".join(f"{nf}: {', '.join(t for t, _ in tables)}" for nf, tables in nfs
+                           if tables) or "no tables")
 
     @_handler
     async def StopSFC(self, request, context):
         if request.name not in self.node.running:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"name: node {self.node.spec.name} runs no SFC {request.name!r}")
+        spec = self.node.running[request.name].spec
+        back = request.return_to if request.HasField("return_to") else None
+        if back is not None and self.deltas is not None:
+            self.deltas.nf_ops(request.name)   # known for the last push
         await asyncio.to_thread(self.node.remove_sfc, request.name)
         self.checkpoints.forget(request.name)
         log.info("stopped sfc %s", request.name)
+        if back is not None and back.address:
+            # shielded: a caller giving up (deadline) must not cut it between a return and
+            # the drop that follows it (a pool in two places)
+            why = await asyncio.shield(self._return_state(spec, back))
+            if why:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"return_to: {why}")
+        elif self.deltas is not None:
+            self.deltas.forget(request.name)
         return pb.StopSFCResponse()
+
+    async def _return_state(self, spec, back) -> str:
+        """After StopSFC: release pools to `back` (then dropped here: never in two places),
+        eventual tables' last deltas to the peers and `back`, then the SFC's other tables are
+        dropped. Returns why it failed ("" done); a failure keeps what was not handed over."""
+        if self.peers is None:
+            return "this agent exchanges no state with peers; the SFC's tables stay here"
+        state = self.node.state
+        pools = await asyncio.to_thread(peer_state.pools_to_return, state, spec)
+        if pools:
+            try:
+                await self.peers[back.address].ReturnState(pb.ReturnStateRequest(
+                    sfc=spec.name, node=self.node.spec.name, nfs=peer_state.images(pools)),
+                    timeout=10)
+            except grpc.RpcError as e:
+                return (f"node {back.node} ({back.address}): {e.code().name} {e.details()}; "
+                        "the SFC's tables stay here")
+            for nf, tables in pools:
+                for table in {t for t, _ in tables}:
+                    await asyncio.to_thread(state.drop, spec.state_namespace(nf), table)
+        if self.deltas is not None:
+            await self.deltas.flush(spec.name, spec, extra=[(back.node, back.address)])
+            if not self.deltas.reached(spec.name, back.address):
+                return (f"the last deltas did not reach {back.node} "
+                        f"({self.deltas.status(spec.name)}); the SFC's eventual tables stay "
+                        "here")
+            if self.deltas.status(spec.name):   # another peer misses this node's last period
+                log.warning("sfc %s: %s", spec.name, self.deltas.status(spec.name))
+            self.deltas.forget(spec.name)
+        for nf in spec.nfs:
+            await asyncio.to_thread(state.drop, spec.state_namespace(nf))
+        log.info("sfc %s: state returned to %s (%d NFs with pools), tables dropped",
+                 spec.name, back.node, len(pools))
+        return ""
 
     @_handler
     async def ScaleSFC(self, request, context):
@@ -302,6 +395,8 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
     import importlib
     import json
 
+    from serpens.runtime_cy import _dataplane as dp
+
     decode = None
     if stock:
         decode = getattr(importlib.import_module(f"serpens.nfs.{stock}"), "decode_entry", None)
@@ -315,9 +410,13 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
         except OSError as e:  # a broken table, or no room to fill its holes
             raise table_error(nf, name, e) from None
         try:
-            info, items = table.info, table.items()[:limit]
+            info, items = table.info, table.items()
         finally:
             table.close()
+        if info["flags"] & dp.EVENTUAL:  # other servers' counts (agent/peer_state.py)
+            items = peer_state.with_peers(manager, nf, name, items)
+            info["count"] = len(items)
+        items = items[:limit]
         entries = []
         for key, value in items:
             decoded = decode(name, key, value) if decode else None
@@ -327,3 +426,64 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
                                  value_size=info["value_size"], capacity=info["capacity"],
                                  count=info["count"], entries=entries))
     return out
+
+
+class PeerServicer(CheckpointPeer, FlowMoves, pb_grpc.PeerServicer):
+    """serpens.v1.Peer: what other nodes' agents ask of this one: state for a node joining or
+    leaving an SFC, eventual deltas (agent/peer_state.py), flows moving with their per-flow
+    entries (FlowMoves, agent/peer_moves.py), checkpoints kept for other nodes
+    (CheckpointPeer, agent/checkpoints.py)."""
+
+    def __init__(self, node, receiver: peer_state.Receiver):
+        FlowMoves.__init__(self, node)
+        self.receiver = receiver
+
+    def _running(self, sfc: str):
+        entry = self.node.running.get(sfc)
+        if entry is None:
+            raise NoSuchSFC(f"node {self.node.spec.name} runs no SFC {sfc!r}")
+        return entry
+
+    @_handler
+    async def Seed(self, request, context):
+        if request.sfc not in self.node.running:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        nfs = await asyncio.to_thread(peer_state.seed_tables, self.node, request.sfc)
+        log.info("sfc %s: seeded %s: %s", request.sfc, request.node or "a peer",
+                 ", ".join(f"{nf}: {', '.join(t for t, _ in tables)}" for nf, tables in nfs
+                           if tables) or "no tables")
+        return pb.SeedResponse(node=self.node.spec.name, nfs=peer_state.images(nfs))
+
+    @_handler
+    async def ReturnState(self, request, context):
+        entry = self.node.running.get(request.sfc)
+        if entry is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        nfs = await asyncio.to_thread(peer_state.inflate, request.nfs)
+        unknown = [nf for nf, _ in nfs if nf not in entry.spec.nfs]
+        if unknown:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"nfs: SFC {request.sfc} has no NF {unknown[0]!r}")
+        pools = 0
+        for nf, tables in nfs:
+            pools += await asyncio.to_thread(peer_state.install_tables, self.node.state,
+                                             entry.spec.state_namespace(nf), tables)
+        merged = await asyncio.to_thread(self.node.merge_state, request.sfc)
+        log.info("sfc %s: %d pools returned by %s, merged by %d running instances",
+                 request.sfc, pools, request.node or "a peer", merged)
+        return pb.ReturnStateResponse(node=self.node.spec.name, tables=pools, merged=merged)
+
+    @_handler
+    async def PushDeltas(self, request, context):
+        entry = self.node.running.get(request.sfc)
+        if entry is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        if request.nf not in entry.spec.nfs:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"nf: SFC {request.sfc} has no NF {request.nf!r}")
+        applied, n = await asyncio.to_thread(
+            self.receiver.apply, entry.spec.state_namespace(request.nf), request.sfc, request)
+        return pb.PushDeltasResponse(applied=applied, entries=n)

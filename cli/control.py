@@ -251,8 +251,9 @@ def _print_table(kind: str, items) -> None:
         rows = [("NAME", "ADDRESS", "UNDERLAY", "TERM", "LAST REPORT")]
         rows += [_gateway_row(m) for m in items]
     else:
-        rows = [("NAME", "REVISION", "RECORD")]
-        rows += [(m.name, str(m.revision), m.record_json) for m in items]
+        rows = [("NAME", "REVISION", "CORDONED", "RECORD")]
+        rows += [(m.name, str(m.revision), "yes" if getattr(m, "cordoned", False) else "-",
+                  m.record_json) for m in items]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

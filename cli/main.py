@@ -15,6 +15,7 @@ import sys
 from serpens.bench import CASES
 from serpens.cli import config
 from serpens.cli import control as control_cmd
+from serpens.cli import drain as drain_cmd
 from serpens.cli import capture as capture_cmd
 from serpens.cli import node as node_cmd
 from serpens.cli import status as status_cmd
@@ -95,6 +96,7 @@ def build_parser():
     rp.set_defaults(func=_replay)
     node_cmd.register(sub)
     control_cmd.register(sub)
+    drain_cmd.register(sub)
     capture_cmd.register(sub)
     status_cmd.register(sub)
     usage_cmd.register(sub)

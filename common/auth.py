@@ -51,6 +51,9 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Serpens/RestoreState": OPERATOR,
     "/serpens.v1.Serpens/ResetState": OPERATOR,
     "/serpens.v1.Serpens/Capture": OPERATOR,
+    "/serpens.v1.Serpens/DrainNode": OPERATOR,
+    "/serpens.v1.Serpens/UndrainNode": OPERATOR,
+    "/serpens.v1.Serpens/MoveSFC": OPERATOR,
     "/serpens.v1.Serpens/DeployNF": ADMIN,
     "/serpens.v1.Serpens/DeleteNF": ADMIN,
     # serpens.v1.Agent: only the controller drives agents
@@ -68,9 +71,16 @@ METHOD_ROLES: dict[str, str] = {
     # serpens.v1.Peer: agents of other nodes (and the controller); each method a row: PEER
     "/serpens.v1.Peer/PutCheckpoint": PEER,
     "/serpens.v1.Peer/GetCheckpoint": PEER,
+    "/serpens.v1.Peer/Seed": PEER,
+    "/serpens.v1.Peer/ReturnState": PEER,
+    "/serpens.v1.Peer/PushDeltas": PEER,
+    "/serpens.v1.Peer/MoveFlows": PEER,
+    "/serpens.v1.Peer/ImportFlows": PEER,
     # serpens.v1.Gateway: only the controller pushes routes and reads counters
     "/serpens.v1.Gateway/SetRoutes": CONTROLLER,
     "/serpens.v1.Gateway/GetGateway": CONTROLLER,
+    "/serpens.v1.Gateway/HoldFlows": CONTROLLER,
+    "/serpens.v1.Gateway/ReleaseFlows": CONTROLLER,
     # health and reflection: any authenticated peer
     "/grpc.health.v1.Health/Check": ANY,
     "/grpc.health.v1.Health/Watch": ANY,

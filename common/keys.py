@@ -8,6 +8,8 @@ spells a key prefix.
     /serpens/v1/gateways/<name>  a gateway, under the gateway's lease (gateway/main.py)
     /serpens/v1/routes/<sfc>     an SFC's route through the gateway: tag, servers, weights
                                  (the leader's, fenced; controller/routes.py)
+    /serpens/v1/cordons/<node>   a node cordoned by DrainNode (not leased: survives restarts)
+    /serpens/v1/moves/<sfc>      a MoveSFC asked for and not done yet (controller/drain.py)
     /serpens/v1/leader           the controllers' election key (common/store.py, Election)
 
 The root is configurable (`serpens-controller --prefix`) so that several clusters, or tests,
@@ -53,6 +55,14 @@ class Keys:
         return self.root + "routes/"
 
     @property
+    def cordons(self) -> str:
+        return self.root + "cordons/"
+
+    @property
+    def moves(self) -> str:
+        return self.root + "moves/"
+
+    @property
     def leader(self) -> str:
         return self.root + "leader"
 
@@ -74,12 +84,20 @@ class Keys:
     def route(self, sfc: str) -> str:
         return self.routes + sfc
 
+    def cordon(self, node: str) -> str:
+        return self.cordons + node
+
+    def move(self, sfc: str) -> str:
+        return self.moves + sfc
+
     def split(self, key: str) -> tuple[str, str] | None:
-        """("nf" | "sfc" | "status" | "node" | "gateway" | "route", name) of a record's key;
-        None for any other key (the leader's, or one written by hand)."""
+        """(kind, name) of a record's key, kind one of "nf", "sfc", "status", "node",
+        "gateway", "route", "cordon", "move"; None for any other key (the leader's, or one
+        written by hand)."""
         for kind, prefix in (("nf", self.nfs), ("sfc", self.sfcs),
                              ("status", self.statuses), ("node", self.nodes),
-                             ("gateway", self.gateways), ("route", self.routes)):
+                             ("gateway", self.gateways), ("route", self.routes),
+                             ("cordon", self.cordons), ("move", self.moves)):
             if key.startswith(prefix):
                 return kind, key[len(prefix):]
         return None

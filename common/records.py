@@ -207,6 +207,10 @@ class SFCStatus:
     restored_of: str = ""
     restored_age_ms: int = 0
     restore: str = ""
+    # routed: the nodes serving it in the order they joined (scale-in removes the last first)
+    joined: tuple[str, ...] = ()
+    moving_to: str = ""         # a MoveSFC not done yet: the node its flows go to
+    moves: int = 0              # MoveSFC moves completed
 
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> SFCStatus:
@@ -216,12 +220,18 @@ class SFCStatus:
             if not NODE_NAME.match(node):
                 raise MalformedRecord(f"nodes: {node[:64]!r} is not a node name")
             _field(nodes, node, int, "nodes.", bounds=_UINT32)
+        joined = _names(r, "joined", default=[])
+        for node in joined:
+            if not NODE_NAME.match(node):
+                raise MalformedRecord(f"joined: {node[:64]!r} is not a node name")
         return cls(phase=_field(r, "phase", str, default=""),
                    message=_field(r, "message", str, default=""),
                    node=_field(r, "node", str, default=""),
                    generation=_field(r, "generation", int, default=0, bounds=_COUNT),
                    instances=_field(r, "instances", int, default=0, bounds=_UINT32),
-                   nodes=tuple(sorted(nodes.items())),
+                   nodes=tuple(sorted(nodes.items())), joined=joined,
+                   moving_to=_field(r, "moving_to", str, default=""),
+                   moves=_field(r, "moves", int, default=0, bounds=_COUNT),
                    checkpoint_to=_field(r, "checkpoint_to", str, default=""),
                    restored_of=_field(r, "restored_of", str, default=""),
                    restored_age_ms=_field(r, "restored_age_ms", int, default=0),
@@ -230,11 +240,11 @@ class SFCStatus:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["nodes"] = dict(self.nodes)
-        if not self.nodes:
-            del out["nodes"]
-        for name in ("checkpoint_to", "restored_of", "restored_age_ms", "restore"):
-            if not out[name]:
-                del out[name]   # records of SFCs without checkpoints stay as they were
+        out["joined"] = list(self.joined)
+        for empty in ("nodes", "joined", "moving_to", "moves",  # as older versions wrote them
+                      "checkpoint_to", "restored_of", "restored_age_ms", "restore"):
+            if not out[empty]:
+                del out[empty]
         return out
 
     def encode(self) -> str:
@@ -318,6 +328,54 @@ class NodeRecord:
         if self.underlay is None:
             del out["underlay"]
         return out
+
+    def encode(self) -> str:
+        return _encode(self.to_dict())
+
+
+@dataclass(frozen=True)
+class CordonRecord:
+    """`cordons/<node>`: the node takes no new placement and everything it serves is moved
+    off it (Serpens.DrainNode; deleted by UndrainNode). Not under a lease: a drained node
+    stays drained across agent and controller restarts."""
+    node: str
+    since: float = 0.0          # when it was cordoned (time.time())
+
+    @classmethod
+    def decode(cls, value: bytes | str, name: str | None = None) -> CordonRecord:
+        r = _object(value)
+        node = _field(r, "node", str)
+        if not NODE_NAME.match(node) or (name is not None and node != name):
+            raise MalformedRecord(f"node: {node[:64]!r} is not this key's node name")
+        return cls(node=node, since=_field(r, "since", _NUMBER, default=0.0))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def encode(self) -> str:
+        return _encode(self.to_dict())
+
+
+@dataclass(frozen=True)
+class MoveRecord:
+    """`moves/<sfc>`: Serpens.MoveSFC asked for every flow of the SFC to go to `node`; the
+    leader deletes it when the SFC is served by `node` alone (or the SFC is gone)."""
+    sfc: str
+    node: str
+    asked_at: float = 0.0
+
+    @classmethod
+    def decode(cls, value: bytes | str, name: str | None = None) -> MoveRecord:
+        r = _object(value)
+        sfc, node = _field(r, "sfc", str), _field(r, "node", str)
+        if not SFC_NAME.match(sfc) or (name is not None and sfc != name):
+            raise MalformedRecord(f"sfc: {sfc[:64]!r} is not this key's SFC name")
+        if not NODE_NAME.match(node):
+            raise MalformedRecord(f"node: {node[:64]!r} is not a node name")
+        return cls(sfc=sfc, node=node, asked_at=_field(r, "asked_at", _NUMBER, default=0.0))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def encode(self) -> str:
         return _encode(self.to_dict())
@@ -465,7 +523,8 @@ class RouteRecord:
 
 
 RECORDS = {"nf": NFRecord, "sfc": SFCRecord, "status": SFCStatus, "node": NodeRecord,
-           "gateway": GatewayRecord, "route": RouteRecord}
+           "gateway": GatewayRecord, "route": RouteRecord, "cordon": CordonRecord,
+           "move": MoveRecord}
 
 
 def decode(kind: str, value: bytes | str, name: str | None = None):

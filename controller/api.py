@@ -32,6 +32,7 @@ the two can name a just-deleted NF; the reconciler then keeps that SFC Pending, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -46,9 +47,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from serpens.common.documents import check_size
 from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.limits import LIMITS
-from serpens.common.names import NF_NAME, SFC_NAME
-from serpens.common.records import (MalformedRecord, NFRecord, NodeRecord, Reported,
-                                    ScaleRecord, SFCRecord, SFCStatus, decode)
+from serpens.common.names import NF_NAME, NODE_NAME, SFC_NAME
+from serpens.common.records import (CordonRecord, MalformedRecord, MoveRecord, NFRecord,
+                                    NodeRecord, Reported, ScaleRecord, SFCRecord, SFCStatus,
+                                    decode)
 from serpens.common.rpc import Stubs
 from serpens.common.spec import SpecError, parse_scale, parse_sfc
 from serpens.common.store import Conflict, Store, StoreError, StoreUnavailable
@@ -97,6 +99,13 @@ def _check_name(name: str, pattern: re.Pattern, what: str) -> None:
     if not pattern.match(name or ""):
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                      f"name: {what} names are {pattern.pattern}, got {name!r}")
+
+
+def _node_name(name: str, field: str) -> str:
+    if not NODE_NAME.match(name or ""):
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"{field}: node names are {NODE_NAME.pattern}, got {name!r}")
+    return name
 
 
 def _check_size(text: str, field: str, limit: int) -> None:
@@ -360,9 +369,89 @@ class SerpensServicer(pb_grpc.SerpensServicer):
     @_handler
     async def ListNodes(self, request, context):
         items = await self._read_list(self.nodes_prefix)
+        cordoned = {key[len(self.keys.cordons):]
+                    for key in await self._read_list(self.keys.cordons)}
         return pb.ListNodesResponse(nodes=[
-            pb.Node(name=key[len(self.nodes_prefix):], record_json=it.value.decode(),
-                    revision=it.mod_revision) for key, it in sorted(items.items())])
+            pb.Node(name=(name := key[len(self.nodes_prefix):]), record_json=it.value.decode(),
+                    revision=it.mod_revision, cordoned=name in cordoned)
+            for key, it in sorted(items.items())])
+
+    # -- drain and move (issue 14; the leader does the moving: controller/drain.py) ----------
+
+    @_handler
+    async def DrainNode(self, request, context):
+        node = _node_name(request.node, "node")
+        item = await self.store.get(self.nodes_prefix + node)
+        key = self.keys.cordon(node)
+        if await self.store.get(key) is None:
+            if item is None:
+                raise _Abort(grpc.StatusCode.NOT_FOUND,
+                             f"node: no node named {node!r} is registered")
+            with contextlib.suppress(Conflict):  # cordoned meanwhile: as good
+                revision = await self.store.put_if(
+                    key, CordonRecord(node=node, since=time.time()).encode(), 0)
+                if self.cache is not None:
+                    self.cache.wrote(revision)
+                log.info("node %s cordoned: its SFCs move off it", node)
+        return self._drain_reply(node, item, True)
+
+    @_handler
+    async def UndrainNode(self, request, context):
+        node = _node_name(request.node, "node")
+        item = await self.store.get(self.nodes_prefix + node)
+        cordon = await self.store.get(self.keys.cordon(node))
+        if cordon is None and item is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"node: no node named {node!r} is "
+                                                    "registered or cordoned")
+        if cordon is not None:
+            with contextlib.suppress(Conflict):  # lifted meanwhile: as good
+                revision = await self.store.delete_if(self.keys.cordon(node),
+                                                      cordon.mod_revision)
+                if self.cache is not None:
+                    self.cache.wrote(revision)
+                log.info("node %s no longer cordoned", node)
+        return self._drain_reply(node, item, False)
+
+    def _drain_reply(self, node: str, item, cordoned: bool) -> pb.DrainNodeResponse:
+        record = self._record(self.nodes_prefix + node, item, "node") if item else None
+        return pb.DrainNodeResponse(node=node, cordoned=cordoned,
+                                    sfcs=sorted(record.load.sfcs) if record else [])
+
+    @_handler
+    async def MoveSFC(self, request, context):
+        if not SFC_NAME.match(request.sfc or ""):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"sfc: SFC names are {SFC_NAME.pattern}, got {request.sfc!r}")
+        node = _node_name(request.node, "node")
+        await self._get(self.sfcs_prefix, request.sfc, "SFC", field="sfc", decoded=False)
+        item = await self.store.get(self.nodes_prefix + node)
+        if item is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND,
+                         f"node: no node named {node!r} is registered")
+        if await self.store.get(self.keys.cordon(node)) is not None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"node: {node} is cordoned (drained); undrain it first")
+        record: NodeRecord = self._record(self.nodes_prefix + node, item, "node", abort=True)
+        if record.underlay is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"node: {node} has no underlay address: it cannot serve an SFC "
+                         "through the gateway")
+        if await self.store.get(self.keys.route(request.sfc)) is None:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"sfc: {request.sfc} is served from its node's own ports, not "
+                         "through the gateway: only routed SFCs move with their flows")
+        status_item = await self.store.get(self.status_prefix + request.sfc)
+        status = self._record(self.status_prefix + request.sfc, status_item, "status") \
+            if status_item else None
+        serving = sorted(dict(status.nodes)) if status and status.nodes else \
+            ([status.node] if status and status.node else [])
+        revision = await self.store.put(self.keys.move(request.sfc), MoveRecord(
+            sfc=request.sfc, node=node, asked_at=time.time()).encode())
+        if self.cache is not None:
+            self.cache.wrote(revision)
+        log.info("sfc %s: move to node %s asked (from %s)", request.sfc, node,
+                 ", ".join(serving) or "nowhere")
+        return pb.MoveSFCResponse(sfc=request.sfc, node=node, **{"from": serving})
 
     @_handler
     async def ListGateways(self, request, context):

@@ -76,9 +76,13 @@ The route set stays one the gateway can hold (common/route_set.py: at most 16 SF
 match rules, one default, distinct VLAN tags, rule ports among the gateways' ingress ports):
 an SFC whose route would break it stays Pending, naming why, and out of the pushed set (the
 check and the claim are one step, routes.py `admit`). The route carries spec.match as the
-parser normalises it. Servers lost or leaving go from the route before RunSFC is sent to new
-nodes (a compile takes seconds); a node whose reported VXLAN route differs from the one
-wanted (a new gateway address) gets RunSFC again, which only sets its gateway.
+parser normalises it. Servers lost go from the route before RunSFC is sent to new nodes (a
+compile takes seconds); a node whose reported VXLAN route differs from the one wanted (a new
+gateway address) gets RunSFC again, which only sets its gateway. A server leaving for any
+other reason (its node cordoned by DrainNode, a MoveSFC elsewhere, scale-in: the servers
+that joined last leave first) stays in the route until the servers staying run the SFC, then
+hands its flows and state over to one of them (controller/drain.py: move_flows, the route
+without it, StopSFC with return_to); a cordoned node takes no new placement.
 
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
 placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
@@ -98,9 +102,9 @@ import grpc
 from prometheus_client import Histogram
 
 from serpens.common.keys import Keys
-from serpens.common.records import (GatewayRecord, MalformedRecord, NFRecord, NodeRecord,
-                                    Reported, RouteRecord, RouteServer, SFCRecord, SFCStatus,
-                                    decode)
+from serpens.common.records import (GatewayRecord, MalformedRecord, MoveRecord, NFRecord,
+                                    NodeRecord, Reported, RouteRecord, RouteServer, SFCRecord,
+                                    SFCStatus, decode)
 from serpens.common.rpc import Stubs
 from serpens.common.spec import OUTPUT_GATEWAY, SFCSpec, SpecError, parse_sfc
 from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Item, NotLeader,
@@ -108,9 +112,10 @@ from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Item, 
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
-from . import checkpoints, placement
+from . import checkpoints, drain, placement
 from .cache import Cache
 from .nodes import Nodes
+from .peers import PeerPlan
 from .routes import Routes
 from .workqueue import WorkQueue
 
@@ -155,6 +160,7 @@ class Reconciler:
         # with calls in flight counts them as load
         self._placement: dict[str, str] = {}
         self._spread: dict[str, tuple[str, ...]] = {}  # routed sfc -> the nodes serving it
+        self._peers_sent: dict = {}  # (sfc, node) -> the peers last given (controller/peers.py)
         self._gateway_names: set[str] = set()
         # routed sfc -> nodes that ran it before it was routed (run again with its tag)
         self._unrouted: dict[str, set[str]] = {}
@@ -291,6 +297,10 @@ class Reconciler:
             if set(registered) != self._gateway_names:  # SFCs may be routed now
                 self._gateway_names = set(registered)
                 self._queue_all(resync=False)
+        elif kind == "cordon":  # drain.py: its SFCs leave it (or it takes placements again)
+            self._queue_all(resync=False)
+        elif kind == "move":
+            self.queue.add(name)
         elif kind == "nf":  # an SFC waiting for its NF, or naming one that was deleted
             for sfc, record in self._records("sfc", self.keys.sfcs).items():
                 if name in record.nfs:
@@ -468,6 +478,11 @@ class Reconciler:
         await self.routes.delete(name, route_item.mod_revision if route_item else 0,
                                  asyncio.get_running_loop().time())
         ok = await self._stop_strays(name, ())
+        move_item = self.cache.get(self.keys.move(name))  # a MoveSFC of it: moot now
+        if move_item is not None:
+            with contextlib.suppress(Conflict):
+                self.cache.wrote(await self.election.delete_fenced(self.keys.move(name),
+                                                                   move_item.mod_revision))
         if status_item is not None:
             with contextlib.suppress(Conflict):
                 self.cache.wrote(await self.election.delete_fenced(
@@ -542,9 +557,11 @@ class Reconciler:
         serving = set(self._spread.get(name, ())) | {n for n in live if name in views[n]}
         if status:
             serving |= {n for n, _ in status.nodes} | {first}
+        joined = status.joined if status else ()
 
-        def rank(node):
+        def rank(node):  # (scale-in: the servers that joined last leave first, drain.py)
             return (node != first or node not in serving, node not in serving,
+                    drain.rank_joined(joined, node) if node in serving else 0,
                     not (name in views[node] or self._usable(node)), self._load(node, name),
                     node)
         ordered = sorted(live, key=rank)
@@ -584,8 +601,11 @@ class Reconciler:
         asked: dict[str, int] = {}     # node -> replicas it was brought to
         shares: dict[str, int] = {}
         unrouted = self._unrouted.get(name, set())
+        move = self._record("move", self.keys.move(name), self.cache.get(self.keys.move(name)))
+        away, stuck = self._away(move)  # drain.py: nodes its servers leave (drain, move)
         while True:  # until no node refuses (then placed again without it)
-            shares = self._shares(name, record.scale.replicas, spec.spread, status, refused)
+            shares = self._shares(name, record.scale.replicas, spec.spread, status,
+                                  set(refused) | away)
             if not shares:
                 break
             self._placement[name], self._spread[name] = next(iter(shares)), tuple(shares)
@@ -595,16 +615,20 @@ class Reconciler:
             current = self.routes.records.get(name)
             if current is not None:
                 staying = tuple(s for s in current.servers if s.node in self.nodes.views and
-                                (s.node in shares or s.node in refused))
+                                (s.node in shares or s.node in refused or
+                                 self._copy_of(name, s.node, item) is not None))  # drain.py
                 if staying != current.servers:
                     try:
                         revision = await self.routes.put(replace(current, servers=staying),
                                                          revision, loop.time())
                     except Conflict:
                         return False
+            peers = PeerPlan(self._peers_sent, name, shares, self.nodes.records,  # xstate
+                             self.nodes.views, item.create_revision)
             results = await asyncio.gather(*(
                 self._converge(record, item, node, n, routed=True, vxlan=vxlan,
-                               rerun=node in unrouted, ckpt=self._checkpoint_fields(
+                               rerun=node in unrouted or peers.changed(node), peers=peers,
+                               ckpt=self._checkpoint_fields(  # checkpoints.py
                                    record, node, status, restore=node == next(iter(shares))))
                 for node, n in todo.items()), return_exceptions=True)
             again = False
@@ -646,11 +670,26 @@ class Reconciler:
             RouteServer(node, underlay[node].ip, underlay[node].mac, weight[node])
             for node, (st, _) in sorted(outcome.items())
             if st.phase in ("Running", "Degraded")))
+        # servers leaving it (not lost) hand their flows and state over first (drain.py)
+        leaving = sorted(n for n in self.nodes.views if n not in outcome and
+                         self._copy_of(name, n, item) is not None)
+        unmoved: dict[str, str] = {}   # node -> why its flows could not move (it stays)
+        if leaving and not route.servers:  # no server to hand them to: they keep serving
+            previous = self.routes.records.get(name)
+            route = replace(route, servers=tuple(
+                s for s in (previous.servers if previous else ()) if s.node in leaving))
+            unmoved = {n: "no other node runs it now" for n in leaving}
+            keep |= set(leaving)
         try:
-            await self.routes.put(route, revision, decided_at)
+            if leaving and not unmoved:
+                revision, unmoved = await self._hand_over(name, route, revision, decided_at,
+                                                          leaving)
+                keep |= set(unmoved)
+            else:
+                await self.routes.put(route, revision, decided_at)
         except Conflict:
             return False
-        ok = await self._stop_strays(name, keep)
+        ok = await self._stop_strays(name, keep, peers=peers if shares else None)
         self._unplaced_names.discard(name)
         if not outcome:
             self._unplaced_names.add(name)
@@ -666,6 +705,12 @@ class Reconciler:
         nodes = sorted(outcome)
         phase = placement.worst_phase(st.phase for st in statuses)
         messages = [st.message for st in statuses if st.message]
+        if unmoved:  # it serves their flows where they are, retried with back-off
+            phase = placement.worst_phase((phase, "Degraded"))
+            messages += [f"node {n}: flows not moved: {why}" for n, why in sorted(unmoved.items())]
+            ok = False
+        if stuck:
+            messages.append(stuck)
         instances, asked = sum(st.instances for st in statuses), record.scale.replicas
         if instances < asked and phase in ("Running", "Degraded"):
             # it runs, on fewer instances than asked (the pools hold no more, or a node
@@ -674,14 +719,102 @@ class Reconciler:
             if shares and sum(shares.values()) < asked:
                 messages.insert(0, f"{sum(shares.values())} of {asked} replicas placed: the "
                                    f"pools of {', '.join(sorted(shares))} hold no more")
+        served = {s.node for s in self.routes.records[name].servers} \
+            if name in self.routes.records else set()
+        moved = move is not None and served == {move.node} and not unmoved
         new = SFCStatus(
             phase, "; ".join(messages),
             node=next(iter(outcome)), generation=min(st.generation for st in statuses),
             instances=instances,
             nodes=tuple((n, outcome[n][0].instances) for n in nodes) if len(nodes) > 1 else (),
+            joined=drain.joined_order(status.joined if status else (), served),
+            moving_to=move.node if move is not None and not moved else "",
+            moves=(status.moves if status else 0) + moved,
             **checkpoints.status_fields(outcome[next(iter(outcome))][0]))
         done = all(d for _, d in outcome.values())
-        return await self._write_status(name, new, status, status_item) and ok and done
+        written = await self._write_status(name, new, status, status_item)
+        if moved and written:  # MoveSFC done (and counted): its record goes (fenced)
+            with contextlib.suppress(Conflict):
+                self.cache.wrote(await self.election.delete_fenced(
+                    self.keys.move(name), self.cache.get(self.keys.move(name)).mod_revision))
+        return written and ok and done
+
+    # ---- servers leaving an SFC with their flows (controller/drain.py) --------------------
+
+    def _cordoned(self) -> set[str]:
+        """Nodes cordoned by DrainNode: no new placement, their SFCs move off."""
+        return set(self._records("cordon", self.keys.cordons))
+
+    def _away(self, move: MoveRecord | None) -> tuple[set[str], str]:
+        """(nodes a routed SFC's servers leave: the cordoned ones, or with a MoveSFC every
+        node but its target; why they cannot leave now, when no other node could take it:
+        then none leaves)."""
+        underlay, cordoned = set(self._underlay_nodes()), self._cordoned()
+        if move is not None:
+            if move.node in cordoned:
+                return cordoned & underlay, f"move to {move.node} waits: it is cordoned"
+            if move.node not in underlay:
+                return cordoned & underlay, \
+                    f"move to {move.node} waits: it is not a live node with an underlay"
+            return underlay - {move.node}, ""
+        away = cordoned & underlay
+        if away and not underlay - away:
+            return set(), f"cordoned {', '.join(sorted(away))} cannot be drained: no other " \
+                          "live node with an underlay can take it"
+        return away, ""
+
+    def _copy_of(self, name: str, node: str, item: Item) -> pb.AgentSFC | None:
+        """What live `node` runs of this incarnation of SFC `name` (None: nothing)."""
+        copy = self.nodes.views.get(node, {}).get(name)
+        if copy is None or copy.incarnation != item.create_revision or \
+                node not in self.nodes.records:
+            return None
+        return copy
+
+    def _endpoint(self, node: str) -> drain.Endpoint:
+        record = self.nodes.records[node]
+        return drain.Endpoint(node, record.address, record.underlay.ip if record.underlay else "")
+
+    async def _hand_over(self, name: str, route: RouteRecord, revision: int,
+                         decided_at: float, leaving: list[str]) -> tuple[int, dict[str, str]]:
+        """Route `route` (the servers staying, all running it) and hand the flows and state
+        of each `leaving` node to one of them (drain.py's sequence); (the route's revision,
+        node -> why its flows could not move: it stays in the route, serving them)."""
+        loop = asyncio.get_running_loop()
+        staying = {s.node: s.weight for s in route.servers}
+        previous = self.routes.records.get(name)
+        routed = {s.node: s for s in previous.servers} if previous is not None else {}
+        gateway = self._gateway_records()
+        gateway = gateway[min(gateway)][0].address if gateway else None
+        # the targets join the route before any flow moves; the leaving still serve theirs
+        with_leaving = replace(route, servers=tuple(sorted(
+            route.servers + tuple(routed[n] for n in leaving if n in routed),
+            key=lambda s: s.node)))
+        revision = await self.routes.put(with_leaving, revision, decided_at)
+        unmoved: dict[str, str] = {}
+        for node in leaving:
+            target = drain.target_for(node, staying)
+            source, to = self._endpoint(node), self._endpoint(target)
+            try:
+                if node in routed:
+                    if gateway is not None:  # (none: no flow to hold, none pinned)
+                        if not await self.routes.settled(_CALL_TIMEOUT):
+                            raise drain.HandOverFailed("the gateway has not taken the route "
+                                                       f"with {target} yet")
+                        await drain.move_off(gateway, name, source, to)
+                    with_leaving = replace(with_leaving, servers=tuple(
+                        s for s in with_leaving.servers if s.node != node))
+                    revision = await self.routes.put(with_leaving, revision, loop.time())
+                    await self.routes.settled(_CALL_TIMEOUT)  # no new flow goes there now
+                stub = self.agents[source.address]
+                await drain.stop_returning(
+                    lambda request, timeout: _agent_call(stub.StopSFC(request, timeout=timeout)),
+                    name, node, to)
+                self.nodes.ran(node, name, None)
+            except drain.HandOverFailed as e:
+                log.warning("sfc %s: node %s keeps its flows: %s", name, node, e)
+                unmoved[node] = str(e)
+        return revision, unmoved
 
     async def _autoscale(self, record: SFCRecord, item: Item,
                          status: SFCStatus | None) -> tuple[SFCRecord, bool]:
@@ -748,12 +881,13 @@ class Reconciler:
         for node, view in sorted(live.items()):
             if name in view:
                 return node
-        if not live:
+        fresh = [node for node in live if node not in self._cordoned()]  # drain.py
+        if not fresh:
             return None
 
         def load(node):
             return not self._usable(node), self._load(node, name), node
-        return min(live, key=load)
+        return min(fresh, key=load)
 
     def _load(self, node: str, name: str) -> int:
         """SFCs other than `name` that `node` runs or was given (and not yet runs)."""
@@ -777,6 +911,9 @@ class Reconciler:
         generation of it runs (if anywhere), retried."""
         views = self.nodes.views
         keep = next((node for node, view in sorted(views.items()) if name in view), "")
+        cordoned = sorted(set(views) & self._cordoned())  # drain.py: no new placement
+        refused = {**refused, **{node: "cordoned (drained)" for node in cordoned
+                                 if node not in refused}}
         message = "no node is registered" if not views else \
             "no node can take it now: " + \
             "; ".join(f"{node}: {why}" for node, why in sorted(refused.items()))
@@ -785,7 +922,8 @@ class Reconciler:
     async def _converge(self, record: SFCRecord, item: Item, node: str,
                         replicas: int | None = None, routed: bool = False,
                         vxlan: pb.VxlanRoute | None = None,
-                        rerun: bool = False, ckpt: dict | None = None) -> tuple[SFCStatus, bool]:
+                        rerun: bool = False, peers: PeerPlan | None = None,
+                        ckpt: dict | None = None) -> tuple[SFCStatus, bool]:
         """Bring `node` to the record (`replicas` there: default the record's); (status,
         done). A routed SFC is run with `vxlan` (None: no gateway to give it, so it is not
         run), and run again even at the same generation with `rerun` (it was not routed).
@@ -817,7 +955,11 @@ class Reconciler:
                 sources = self._sources(record.nfs)
                 running = await self._run(node, stub, pb.RunSFCRequest(
                     spec=record.spec, nf_sources=sources, generation=generation,
-                    replicas=replicas, incarnation=incarnation, vxlan=vxlan, **ckpt))
+                    replicas=replicas, incarnation=incarnation, vxlan=vxlan,
+                    peers=peers.refs if peers else (),
+                    seed_from=peers.seed_for(node) if peers else None, **ckpt))
+                if peers is not None:
+                    peers.given(node)
                 self.nodes.ran(node, name, running)
                 if "restore_of" in ckpt:
                     self._lost.pop(name, None)  # restored (or started empty, saying so)
@@ -923,16 +1065,21 @@ class Reconciler:
             sources[nf] = record.source
         return sources
 
-    async def _stop_strays(self, name: str, keep) -> bool:
-        """Stop `name` on every live node not in `keep` that runs it."""
+    async def _stop_strays(self, name: str, keep, peers: PeerPlan | None = None) -> bool:
+        """Stop `name` on every live node not in `keep` that runs it (routed on several
+        nodes: its state returned to the first that stays, `peers`)."""
         ok = True
         running = [(node, self.nodes.records[node].address)
                    for node, view in sorted(self.nodes.views.items())
                    if node not in keep and name in view]
         for node, address in running:
             try:
-                await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(name=name),
-                                                               timeout=_CALL_TIMEOUT))
+                back = peers.return_to(keep) if peers else None
+                await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(
+                    name=name, return_to=back),  # returning state: calls of its own
+                    timeout=_CALL_TIMEOUT if back is None else 4 * _CALL_TIMEOUT))
+                if peers is not None:
+                    peers.forget(node)
                 log.info("sfc %s stopped on node %s", name, node)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:

@@ -63,6 +63,7 @@ class Routes:
         self._stubs = Stubs(pb_grpc.GatewayStub)
         self._pushers: dict[str, _Pusher] = {}
         self.pushes = 0                               # successful pushes (for tests and logs)
+        self.version = 0                              # route changes this term
 
     # -- tags and records -------------------------------------------------------------------
 
@@ -181,8 +182,21 @@ class Routes:
         await self._stubs.close()
 
     def _changed(self, decided_at: float) -> None:
+        self.version += 1
         for pusher in self._pushers.values():
             pusher.wake(decided_at)
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait until every registered gateway has been pushed the routes as they are now
+        (drain.py: a route change in effect before flows move or a server stops); False
+        if one has not within `timeout` s."""
+        version, loop = self.version, asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(p.pushed < version for p in self._pushers.values()):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
 
 class _Pusher:
@@ -194,6 +208,7 @@ class _Pusher:
         self.pending_since: float | None = None   # oldest decision not yet pushed here
         self.attempted_at = -1e9
         self.refused = False                      # ABORTED or INVALID_ARGUMENT: until a change
+        self.pushed = -1                          # Routes.version of the last set it took
         self.task = asyncio.get_running_loop().create_task(self._run(),
                                                            name=f"push-gateway-{name}")
 
@@ -216,6 +231,7 @@ class _Pusher:
             term = self.routes.election.leader_revision
             if term is None:
                 return  # the term is over
+            version = self.routes.version
             request = pb.SetRoutesRequest(routes=self.routes.messages(), term=term)
             self.attempted_at = loop.time()
             since, self.pending_since = self.pending_since, None  # a change from now: next push
@@ -243,6 +259,7 @@ class _Pusher:
                 continue
             backoff = _BACKOFF_FIRST
             self.routes.pushes += 1
+            self.pushed = version
             log.info("gateway %s: %d routes pushed (term %d), %.1f ms after the decision",
                      self.name, len(request.routes), term,
                      1000 * (loop.time() - since) if since is not None else 0.0)

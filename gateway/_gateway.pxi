@@ -45,6 +45,22 @@ def flow_hash(bytes frame):
     return serpens_frame_flow_hash(<const uint8_t *>PyBytes_AS_STRING(frame), len(frame))
 
 
+def gateway_flow_slots(int sfc, bytes keys):
+    """The Maglev slots (gateway.h) that the flows keyed `keys` (40-byte struct serpens_flow
+    keys of a per-flow table, concatenated) have in the gateway's SFC `sfc`: the slot the
+    gateway's hash of their packets picks; -1 for a key that is not an IP flow."""
+    cdef Py_ssize_t n = len(keys) // 40, i
+    cdef const char *base = PyBytes_AS_STRING(keys)
+    if len(keys) % 40:
+        raise ValueError(f"keys: {len(keys)} bytes, not a whole number of 40-byte flow keys")
+    out = array.array("i", bytes(4 * n))
+    cdef int[::1] view = out
+    with nogil:
+        for i in range(n):
+            view[i] = serpens_gw_flow_slot(sfc, base + 40 * i)
+    return out
+
+
 def vxlan_sport(uint32_t hash):
     """The outer UDP source port of a flow with this hash (runtime_cy/src/vxlan.h)."""
     return serpens_vxlan_sport(hash)
@@ -63,6 +79,7 @@ cdef class Gateway:
     cdef object weights     # SFC -> {server index: weight}
     cdef bint running
     cdef int lcore
+    cdef Mempool pool        # where the move markers' mbufs come from (set_mempool)
 
     def __cinit__(self, in_ports, uint16_t underlay_port, uint16_t egress_port, str underlay_ip,
                   str underlay_mac, uint32_t mtu=1500, double idle_s=30.0):
@@ -287,6 +304,133 @@ cdef class Gateway:
             raise ValueError(f"port {port} is not an ingress port")
         serpens_pace_set(&self.g.ports[i].pace, pps, depth)
 
+    # ---- moves (gateway.h "Moving flows") ---------------------------------------------------
+
+    def set_mempool(self, Mempool pool):
+        """The mempool the moves' markers come from (the gateway's own)."""
+        self.pool = pool
+
+    def hold_flows(self, int sfc, str source_ip, str target_ip, slots=None):
+        """Hold the packets of the flows of `sfc` going to server `source_ip` (every one, or
+        those in the Maglev `slots`) until release_flows(); then send the source a marker
+        behind the last frame of them it got (an ARP request for its address: once it
+        answered, it has them all). The target must serve the SFC. Returns the move's index."""
+        cdef serpens_gw_move *mv
+        cdef serpens_gw_sfc *s
+        self._check_sfc(sfc)
+        s = &self.g.sfcs[sfc]
+        ends = []
+        for what, ip in (("source", source_ip), ("target", target_ip)):
+            i = self.server_ids.get(str(ipaddress.IPv4Address(ip)))
+            if i is None or not (s.servers >> i) & 1:
+                raise ValueError(f"{what} {ip} is no server of SFC {sfc} here")
+            ends.append(i)
+        if ends[0] == ends[1]:
+            raise ValueError(f"source and target are both {source_ip}")
+        if slots is not None:
+            slots = sorted(set(slots))
+            if not slots or slots[0] < 0 or slots[len(slots) - 1] >= SERPENS_GW_MAGLEV:
+                raise ValueError(f"slots: 1..{SERPENS_GW_MAGLEV} Maglev slots, each "
+                                 f"0..{SERPENS_GW_MAGLEV - 1}")
+        if self.pool is None:
+            raise ValueError("no mempool for the move's marker (set_mempool)")
+        free_move = -1
+        for k in range(SERPENS_GW_MAX_MOVES):
+            mv = &self.g.moves[k]
+            if mv.state == SERPENS_GW_MOVE_FREE:
+                if free_move < 0:
+                    free_move = k
+            elif mv.sfc == sfc and ends[0] in (mv.source, mv.target):
+                raise ValueError(f"SFC {sfc}: a move of server {source_ip}'s flows is under "
+                                 "way already")
+        if free_move < 0:
+            raise ValueError(f"gateway: at most {SERPENS_GW_MAX_MOVES} moves at a time")
+        mv = &self.g.moves[free_move]
+        mv.sfc, mv.source, mv.target = sfc, ends[0], ends[1]
+        mv.all = slots is None
+        memset(mv.slots, 0, sizeof(mv.slots))
+        for slot in (slots or ()):
+            mv.slots[slot // 64] |= (<uint64_t>1) << (slot % 64)
+        mv.head = mv.tail = 0
+        mv.held = mv.held_dropped = mv.repinned = 0
+        self.g.moving += 1
+        serpens_fence()
+        mv.state = SERPENS_GW_MOVE_HOLD
+        serpens_fence()
+        self._send_marker(ends[0])
+        return free_move
+
+    cdef _send_marker(self, int server):
+        """An ARP request for the server's address, sent after every frame sent before."""
+        cdef serpens_gw_server *sv = &self.g.servers[server]
+        cdef rte_mbuf *m
+        cdef char *dst
+        deadline = time.monotonic() + 1.0
+        while self.g.marker != NULL:  # the loop has not taken the last one yet
+            if time.monotonic() > deadline or (self.lcore < 0 and not self.running):
+                break
+            time.sleep(0.0001)
+        if self.g.marker != NULL:
+            return
+        own_mac = bytes(self.g.underlay.mac[k] for k in range(6))
+        own_ip = (<uint32_t>self.g.underlay.ip).to_bytes(4, "little")
+        ip = (<uint32_t>sv.ip).to_bytes(4, "little")
+        frame = (b"\xff" * 6 + own_mac + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" +
+                 own_mac + own_ip + b"\x00" * 6 + ip).ljust(60, b"\x00")
+        m = rte_pktmbuf_alloc(self.pool.mp)
+        if m == NULL:
+            raise MemoryError("no mbuf for the move's marker")
+        dst = rte_pktmbuf_append(m, len(frame))
+        memcpy(dst, PyBytes_AS_STRING(frame), len(frame))
+        self.g.marker_port = sv.port
+        serpens_fence()
+        self.g.marker = m
+
+    def release_flows(self, int move, bint commit, double timeout=5.0):
+        """Release a move's flows (commit: re-pinned to its target; else they stay on the
+        source) and wait until what it held was sent; returns its counters
+        {flows, held, held_dropped}. Not running: it completes over the next poll()s."""
+        cdef serpens_gw_move *mv = self._move(move)
+        if mv.state != SERPENS_GW_MOVE_HOLD:
+            raise ValueError(f"move {move} is not holding")
+        serpens_fence()
+        mv.state = SERPENS_GW_MOVE_COMMIT if commit else SERPENS_GW_MOVE_ABORT
+        serpens_fence()
+        if self.lcore < 0 and not self.running:
+            return None
+        deadline = time.monotonic() + timeout
+        while serpens_load_u32(&mv.state) != SERPENS_GW_MOVE_DONE:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"move {move}: the held packets were not all sent in "
+                                   f"{timeout} s")
+            time.sleep(0.0002)
+        return self.finish_move(move)
+
+    def move_state(self, int move):
+        return ("free", "hold", "commit", "abort", "draining", "done")[self._move(move).state]
+
+    def finish_move(self, int move):
+        """Free a released move (DONE) and return its counters."""
+        cdef serpens_gw_move *mv = self._move(move)
+        if serpens_load_u32(&mv.state) != SERPENS_GW_MOVE_DONE:
+            raise ValueError(f"move {move} is not done")
+        out = {"flows": mv.repinned, "held": mv.held, "held_dropped": mv.held_dropped}
+        mv.state = SERPENS_GW_MOVE_FREE
+        serpens_fence()
+        self.g.moving -= 1
+        return out
+
+    def move_counters(self, int move):
+        cdef serpens_gw_move *mv = self._move(move)
+        return {"held": mv.held, "held_dropped": mv.held_dropped,
+                "waiting": mv.tail - mv.head}
+
+    cdef serpens_gw_move *_move(self, int move) except NULL:
+        if not 0 <= move < SERPENS_GW_MAX_MOVES or \
+                self.g.moves[move].state == SERPENS_GW_MOVE_FREE:
+            raise ValueError(f"no move {move}")
+        return &self.g.moves[move]
+
     # ---- running ---------------------------------------------------------------------------
 
     def run(self):
@@ -343,7 +487,8 @@ cdef class Gateway:
                     "moved_flows": g.sfcs[k].moved_flows,
                     "drops": {"no_server": g.sfcs[k].no_server,
                               "over_mtu": g.sfcs[k].over_mtu, "no_room": g.sfcs[k].no_room},
-                    "flow_full": g.sfcs[k].flow_full}
+                    "flow_full": g.sfcs[k].flow_full, "held": g.sfcs[k].held,
+                    "held_dropped": g.sfcs[k].held_dropped, "moves": g.sfcs[k].moves}
                 for k in range(SERPENS_GW_MAX_SFCS) if g.sfcs[k].used}
         ports = {g.ports[i].id: {"rx": g.ports[i].rx, "tx": g.ports[i].tx,
                                  "tx_failed": g.ports[i].tx_failed,

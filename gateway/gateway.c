@@ -29,15 +29,12 @@ static int live_server(const struct serpens_gateway *g, const struct serpens_gw_
 static uint32_t maglev_pick(const struct serpens_gw_sfc *s, uint32_t key)
 {
 	uint32_t live = __atomic_load_n(&s->table_live, __ATOMIC_ACQUIRE) & 1;
-	return s->table[live][(key * 0x9E3779B1u >> 7) % SERPENS_GW_MAGLEV];
+	return s->table[live][serpens_gw_slot(key)];
 }
 
-/* The server of a flow of SFC `sfc` (NO_SERVER: none serves it): its pin while that server
- * serves the SFC, else the Maglev choice, pinned unless the flow's bucket is full of live
- * flows. */
 static uint32_t flow_key(int sfc, uint32_t hash)
 {
-	return (hash + (uint32_t)sfc * 0x85EBCA6Bu) | 1;
+	return serpens_gw_flow_key(sfc, hash);
 }
 
 static struct serpens_gw_flow_bucket *flow_bucket(struct serpens_gateway *g, uint32_t key)
@@ -45,6 +42,9 @@ static struct serpens_gw_flow_bucket *flow_bucket(struct serpens_gateway *g, uin
 	return &g->flows[(key >> 1) % SERPENS_GW_FLOW_BUCKETS];
 }
 
+/* The server of a flow of SFC `sfc` (NO_SERVER: none serves it): its pin while that server
+ * serves the SFC, else the Maglev choice, pinned unless the flow's bucket is full of live
+ * flows. */
 static uint32_t server_for(struct serpens_gateway *g, int sfc, uint32_t hash, uint32_t now)
 {
 	struct serpens_gw_sfc *s = &g->sfcs[sfc];
@@ -80,6 +80,7 @@ static uint32_t server_for(struct serpens_gateway *g, int sfc, uint32_t hash, ui
 	}
 	b->key[way] = key;
 	b->server[way] = (uint8_t)server;
+	b->sfc[way] = (uint8_t)sfc;
 	b->used[way] = now;
 	return server;
 }
@@ -105,6 +106,36 @@ static void transmit(struct serpens_gateway *g, struct serpens_gw_port *p, struc
 	if (p->nout == SERPENS_BURST)
 		flush(g, p);
 }
+
+/* Encapsulate frame m of SFC `sfc` for server `server` and send it there. */
+static void to_server(struct serpens_gateway *g, int sfc, uint32_t server, struct rte_mbuf *m,
+		      uint32_t hash)
+{
+	struct serpens_gw_sfc *s = &g->sfcs[sfc];
+	if (!live_server(g, s, server)) { /* left the route while its packets were held */
+		s->no_server++;
+		rte_pktmbuf_free(m);
+		return;
+	}
+	struct serpens_gw_server *sv = &g->servers[server];
+	int rc = serpens_vxlan_encap(m, &g->underlay, sv->ip, sv->mac, s->tag, s->vni, hash);
+	if (rc != SERPENS_ENCAP_OK) {
+		if (rc == SERPENS_ENCAP_OVER_MTU)
+			s->over_mtu++;
+		else
+			s->no_room++;
+		rte_pktmbuf_free(m);
+		return;
+	}
+	s->tx++;
+	sv->tx++;
+	transmit(g, &g->ports[sv->port], m);
+}
+
+static struct serpens_gw_move *moving_flow(struct serpens_gateway *g, int sfc, uint32_t server,
+					   uint32_t key);
+static void hold(struct serpens_gateway *g, struct serpens_gw_move *mv, struct rte_mbuf *m,
+		 uint32_t hash);
 
 /* Frames from the outside: classify, pick the server, encapsulate, to its underlay port. */
 static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mbuf **pkts,
@@ -150,20 +181,101 @@ static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mb
 			rte_pktmbuf_free(m);
 			continue;
 		}
-		struct serpens_gw_server *sv = &g->servers[server];
-		int rc = serpens_vxlan_encap(m, &g->underlay, sv->ip, sv->mac, s->tag, s->vni, hash);
-		if (rc != SERPENS_ENCAP_OK) {
-			if (rc == SERPENS_ENCAP_OVER_MTU)
-				s->over_mtu++;
-			else
-				s->no_room++;
-			rte_pktmbuf_free(m);
-			continue;
+		if (g->moving) {
+			struct serpens_gw_move *mv = moving_flow(g, sfc, server, flow_key(sfc, hash));
+			if (mv) {
+				hold(g, mv, m, hash);
+				continue;
+			}
 		}
-		s->tx++;
-		sv->tx++;
-		transmit(g, &g->ports[sv->port], m);
+		to_server(g, sfc, server, m, hash);
 	}
+}
+
+/* ---- moves (gateway.h "Moving flows") ---------------------------------------------------- */
+
+/* The move holding this flow's packets (NULL: none): a move of its SFC holding (or
+ * releasing) its slot, the flow going to the move's source (or, releasing, where it goes). */
+static struct serpens_gw_move *moving_flow(struct serpens_gateway *g, int sfc, uint32_t server,
+					   uint32_t key)
+{
+	for (int i = 0; i < SERPENS_GW_MAX_MOVES; i++) {
+		struct serpens_gw_move *mv = &g->moves[i];
+		uint32_t st = __atomic_load_n(&mv->state, __ATOMIC_ACQUIRE);
+		if (st == SERPENS_GW_MOVE_FREE || st == SERPENS_GW_MOVE_DONE ||
+		    mv->sfc != (uint32_t)sfc)
+			continue;
+		if (server != (st == SERPENS_GW_MOVE_DRAINING ? mv->to : mv->source))
+			continue;
+		uint32_t slot = serpens_gw_slot(key);
+		if (mv->all || (mv->slots[slot / 64] >> (slot % 64) & 1))
+			return mv;
+	}
+	return NULL;
+}
+
+static void hold(struct serpens_gateway *g, struct serpens_gw_move *mv, struct rte_mbuf *m,
+		 uint32_t hash)
+{
+	struct serpens_gw_sfc *s = &g->sfcs[mv->sfc];
+	if (mv->tail - mv->head == SERPENS_GW_HOLD) {
+		mv->held_dropped++;
+		s->held_dropped++;
+		rte_pktmbuf_free(m);
+		return;
+	}
+	m->hash.rss = hash;
+	mv->ring[mv->tail++ & (SERPENS_GW_HOLD - 1)] = m;
+	mv->held++;
+	s->held++;
+}
+
+/* Re-pin the move's flows to its target: one pass over the flow table. */
+static void repin(struct serpens_gateway *g, struct serpens_gw_move *mv)
+{
+	uint64_t n = 0;
+	for (uint32_t bi = 0; bi < SERPENS_GW_FLOW_BUCKETS; bi++) {
+		struct serpens_gw_flow_bucket *b = &g->flows[bi];
+		for (int w = 0; w < SERPENS_GW_FLOW_WAYS; w++) {
+			if (!b->key[w] || b->sfc[w] != mv->sfc || b->server[w] != mv->source)
+				continue;
+			uint32_t slot = serpens_gw_slot(b->key[w]);
+			if (mv->all || (mv->slots[slot / 64] >> (slot % 64) & 1)) {
+				b->server[w] = (uint8_t)mv->target;
+				n++;
+			}
+		}
+	}
+	mv->repinned = n;
+}
+
+/* Releases asked for: re-pin, then send part of what is held (before any newer packet). */
+static uint32_t release_moves(struct serpens_gateway *g)
+{
+	uint32_t sent = 0;
+	for (int i = 0; i < SERPENS_GW_MAX_MOVES; i++) {
+		struct serpens_gw_move *mv = &g->moves[i];
+		uint32_t st = __atomic_load_n(&mv->state, __ATOMIC_ACQUIRE);
+		if (st == SERPENS_GW_MOVE_COMMIT || st == SERPENS_GW_MOVE_ABORT) {
+			mv->to = st == SERPENS_GW_MOVE_COMMIT ? mv->target : mv->source;
+			if (st == SERPENS_GW_MOVE_COMMIT)
+				repin(g, mv);
+			__atomic_store_n(&mv->state, SERPENS_GW_MOVE_DRAINING, __ATOMIC_RELEASE);
+			st = SERPENS_GW_MOVE_DRAINING;
+		}
+		if (st != SERPENS_GW_MOVE_DRAINING)
+			continue;
+		for (int k = 0; k < SERPENS_GW_RELEASE_BURST && mv->head != mv->tail; k++) {
+			struct rte_mbuf *m = mv->ring[mv->head++ & (SERPENS_GW_HOLD - 1)];
+			to_server(g, (int)mv->sfc, mv->to, m, m->hash.rss);
+			sent++;
+		}
+		if (mv->head == mv->tail) {
+			g->sfcs[mv->sfc].moves++;
+			__atomic_store_n(&mv->state, SERPENS_GW_MOVE_DONE, __ATOMIC_RELEASE);
+		}
+	}
+	return sent;
 }
 
 static int tag_is(const struct serpens_gw_sfc *s, uint32_t tag, uint32_t vni)
@@ -233,6 +345,8 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 	__atomic_store_n(&g->loops, g->loops + 1, __ATOMIC_RELEASE);
 	if (g->underlay_port < 0 || g->egress_port < 0)
 		return 0;
+	if (g->moving)
+		work += release_moves(g); /* held packets before the ports' newer ones */
 	/* the underlay ports every time: what servers return must not wait behind the outside */
 	uint16_t n;
 	for (uint32_t i = 0; i < g->nports; i++) {
@@ -265,6 +379,12 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 		from_outside(g, port, pkts, n, now);
 		work += n;
 		break;
+	}
+	struct rte_mbuf *marker = __atomic_load_n(&g->marker, __ATOMIC_ACQUIRE);
+	if (marker) { /* after every frame this loop and the ones before it sent */
+		transmit(g, &g->ports[g->marker_port], marker);
+		__atomic_store_n(&g->marker, NULL, __ATOMIC_RELEASE);
+		work++;
 	}
 	for (uint32_t i = 0; i < g->nports; i++)
 		if (g->ports[i].nout)

@@ -27,6 +27,18 @@
  *
  * An ingress port may be paced (router/pace.h) to replay a capture at a given rate.
  *
+ * Moving flows between servers with their state (issue 14, docs/moves.md): a move (moves[])
+ * names an SFC, a source and a target server and the Maglev slots of its flows (or all). While
+ * it holds, the packets of those flows that would go to the source wait in the move's bounded
+ * hold ring instead (counted; dropped and counted when it is full); every other flow goes on.
+ * The control side then sends a marker (an ARP request to the source) after the last frame the
+ * source got of them: once the source answered it, it has received all of them. On release
+ * the loop re-pins the moving flows (commit: to the target; abort: they stay on the source) in
+ * one pass over the flow table, then sends the held packets first: each loop sends part of
+ * the ring before it reads the ports, and newer packets of the moving flows join the ring's
+ * end until it is empty, so a flow's packets leave in the order they came. No allocation: the
+ * ring holds the received mbufs (their flow hash in hash.rss).
+ *
  * Writers: the control side writes the configuration (ports, underlay, servers, SFCs, rules,
  * tags) and `stop`; a server or an SFC is switched by writing its fields first and its `used`
  * (or an SFC's `table_live`) last. The gateway thread writes everything else.
@@ -35,6 +47,7 @@
 #define SERPENS_GATEWAY_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "classify.h"
 #include "pace.h"
@@ -48,6 +61,58 @@
 #define SERPENS_GW_FLOW_WAYS 8
 #define SERPENS_GW_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows */
 #define SERPENS_GW_NO_SERVER 0xFF
+#define SERPENS_GW_MAX_MOVES 4
+#define SERPENS_GW_HOLD 32768        /* packets held per move (a power of two) */
+#define SERPENS_GW_SLOT_WORDS ((SERPENS_GW_MAGLEV + 63) / 64)
+#define SERPENS_GW_RELEASE_BURST 64  /* held packets sent per loop while a move releases */
+
+enum serpens_gw_move_state {
+	SERPENS_GW_MOVE_FREE = 0,
+	SERPENS_GW_MOVE_HOLD = 1,      /* control: holding the moving flows' packets */
+	SERPENS_GW_MOVE_COMMIT = 2,    /* control: release to the target */
+	SERPENS_GW_MOVE_ABORT = 3,     /* control: release to the source */
+	SERPENS_GW_MOVE_DRAINING = 4,  /* loop: re-pinned, sending what it held */
+	SERPENS_GW_MOVE_DONE = 5,      /* loop: the ring is empty; control frees the move */
+};
+
+/* The Maglev slot of a flow key (flow_key() in gateway.c: hash and SFC). */
+static inline uint32_t serpens_gw_slot(uint32_t key)
+{
+	return (key * 0x9E3779B1u >> 7) % SERPENS_GW_MAGLEV;
+}
+
+/* A flow's key in the flow table: its hash, keyed with the SFC (never 0). */
+static inline uint32_t serpens_gw_flow_key(int sfc, uint32_t hash)
+{
+	return (hash + (uint32_t)sfc * 0x85EBCA6Bu) | 1;
+}
+
+/* The Maglev slot of the flow a per-flow state table keys as `f` (nf.h struct serpens_flow)
+ * in the gateway's SFC `sfc`: the slot its packets' flow hash picks (-1: not IP). */
+static inline int serpens_gw_flow_slot(int sfc, const struct serpens_flow *f)
+{
+	struct serpens_hdrs h;
+	if (f->family != 4 && f->family != 6)
+		return -1;
+	memset(&h, 0, sizeof(h));
+	h.family = f->family;
+	h.flow = *f;
+	return (int)serpens_gw_slot(serpens_gw_flow_key(sfc, serpens_flow_hash(NULL, 0, &h,
+										SERPENS_PARSE_OK)));
+}
+
+struct serpens_gw_move {
+	volatile uint32_t state;     /* enum serpens_gw_move_state (see there: who writes) */
+	uint32_t sfc;
+	uint32_t source, target;     /* server indexes */
+	uint32_t all;                /* every slot (slots[] unused) */
+	uint64_t slots[SERPENS_GW_SLOT_WORDS]; /* bit s: flows in Maglev slot s move */
+	/* gateway thread */
+	uint32_t to;                 /* where the held packets go (release) */
+	uint32_t head, tail;         /* ring[head..tail) (mod SERPENS_GW_HOLD) is held */
+	volatile uint64_t held, held_dropped, repinned;
+	struct rte_mbuf *ring[SERPENS_GW_HOLD];
+};
 
 struct serpens_gw_server {
 	volatile uint32_t used;
@@ -70,6 +135,7 @@ struct serpens_gw_sfc {
 	uint64_t over_mtu;           /* dropped: the encapsulated frame would exceed the MTU */
 	uint64_t no_room;            /* dropped: no headroom for the outer header */
 	uint64_t flow_full;          /* sent unpinned: its flow's bucket was full of live flows */
+	uint64_t held, held_dropped, moves; /* moves: packets held, dropped full, moves done */
 };
 
 struct serpens_gw_port {
@@ -109,10 +175,19 @@ struct serpens_gateway {
 	int32_t last_tag_sfc;        /* the SFC of the last VXLAN frame back (tried first) */
 	uint64_t unmatched;          /* from the outside, no SFC takes it */
 	uint32_t next_port;
+	/* moves (control: a move's fields, then its state; `moving` counts the moves not FREE,
+	 * so the loop looks at them only while there is one) */
+	volatile uint32_t moving;
+	struct serpens_gw_move moves[SERPENS_GW_MAX_MOVES];
+	/* control: a frame to send on port index marker_port after everything before (the
+	 * loop takes it and clears this) */
+	struct rte_mbuf *volatile marker;
+	uint32_t marker_port;
 	struct serpens_gw_flow_bucket {
 		uint32_t key[SERPENS_GW_FLOW_WAYS];  /* 0: empty */
 		uint32_t used[SERPENS_GW_FLOW_WAYS]; /* last use, TSC >> 16 */
 		uint8_t server[SERPENS_GW_FLOW_WAYS];
+		uint8_t sfc[SERPENS_GW_FLOW_WAYS];   /* its SFC (re-pinning a move's flows) */
 	} flows[SERPENS_GW_FLOW_BUCKETS];
 };
 

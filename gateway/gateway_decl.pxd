@@ -2,6 +2,7 @@
 # fields the control side reads or writes are listed.
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from includes.dpdk cimport rte_mbuf
 from router_decl cimport serpens_match_rule, serpens_pace, serpens_underlay, SERPENS_VLAN_IDS
 
 
@@ -17,6 +18,14 @@ cdef extern from "gateway.h" nogil:
         SERPENS_GW_MAX_SERVERS
         SERPENS_GW_MAGLEV
         SERPENS_GW_NO_SERVER
+        SERPENS_GW_MAX_MOVES
+        SERPENS_GW_HOLD
+        SERPENS_GW_MOVE_FREE
+        SERPENS_GW_MOVE_HOLD
+        SERPENS_GW_MOVE_COMMIT
+        SERPENS_GW_MOVE_ABORT
+        SERPENS_GW_MOVE_DRAINING
+        SERPENS_GW_MOVE_DONE
 
     struct serpens_gw_server:
         uint32_t used
@@ -32,6 +41,13 @@ cdef extern from "gateway.h" nogil:
         uint8_t table[2][SERPENS_GW_MAGLEV]
         uint64_t rx, tx, back, new_flows, moved_flows
         uint64_t no_server, over_mtu, no_room, flow_full
+        uint64_t held, held_dropped, moves
+
+    struct serpens_gw_move:
+        uint32_t state, sfc, source, target, all
+        uint64_t slots[32]
+        uint32_t head, tail
+        uint64_t held, held_dropped, repinned
 
     struct serpens_gw_port:
         uint16_t id
@@ -55,7 +71,12 @@ cdef extern from "gateway.h" nogil:
         serpens_gw_sfc sfcs[SERPENS_GW_MAX_SFCS]
         uint64_t rx, tx, tx_failed, sleeps
         uint64_t arp_replies, not_ours, bad_outer, over_mtu, unknown_tag, unmatched
+        uint32_t moving
+        serpens_gw_move moves[SERPENS_GW_MAX_MOVES]
+        rte_mbuf *marker
+        uint32_t marker_port
 
+    int serpens_gw_flow_slot(int sfc, const void *flow)
     int serpens_gateway_run(serpens_gateway *g)
     uint32_t serpens_gateway_poll(serpens_gateway *g)
     int serpens_gateway_lcore_main(void *arg)

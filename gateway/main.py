@@ -81,7 +81,8 @@ class DataPath:
         self.dataplane = Dataplane(DataplaneConfig(
             file_prefix=gateway_file_prefix(config.name, os.getpid()), program="serpens-gateway",
             vdevs=tuple(config.ports.values()), cpus=config.cpus,
-            router_cpus=str(config.gateway_cpu))).start()
+            router_cpus=str(config.gateway_cpu),
+            mbufs=65535)).start()  # room for moves' holds (gateway.h SERPENS_GW_HOLD) too
         try:
             for name in config.ports:
                 try:
@@ -96,6 +97,7 @@ class DataPath:
                                       self.mac, mtu=u.mtu, idle_s=config.idle_s)
             for name, pps in config.pace.items():
                 self.gateway.pace(self.ports[name], pps)
+            self.gateway.set_mempool(self.dataplane.mempool)  # moves' markers
             self.gateway.launch(self.dataplane.config.router_lcore)
         except BaseException:
             self.close()

@@ -43,6 +43,9 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
         self.on_applied = on_applied
         self.term = 0
         self._lock = threading.Lock()
+        self._expiry: dict[int, asyncio.TimerHandle] = {}  # move -> its release to the source
+        self._moves: dict[int, int] = {}   # move id -> its index in the gateway (moves[])
+        self._last_move = 0
 
     async def SetRoutes(self, request, context: grpc.aio.ServicerContext):
         routes = []
@@ -74,6 +77,63 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
                 log.info("term %d: %d routes in effect", term, len(routes))
             self.term = term
 
+    async def HoldFlows(self, request, context: grpc.aio.ServicerContext):
+        sfc = self.routes.sfcs.get(request.sfc)
+        if sfc is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"sfc: no route for {request.sfc!r}")
+        timeout = (request.timeout_ms or 10000) / 1000
+        try:
+            index = await asyncio.to_thread(self._hold, sfc.id, request)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self._last_move += 1     # ids are never reused: a late release finds nothing
+        move = self._last_move
+        self._moves[move] = index
+        # a caller that never releases (gone, partitioned) must not stall the flows forever
+        self._expiry[move] = asyncio.get_running_loop().call_later(
+            timeout, lambda: asyncio.ensure_future(self._expire(move)))
+        log.info("move %d: holding %s's flows on %s for %s (%s)", move, request.sfc,
+                 request.source_ip, request.target_ip,
+                 f"{len(request.slots)} slots" if request.slots else "all")
+        return pb.HoldFlowsResponse(move_id=move, gateway_sfc=sfc.id)
+
+    def _hold(self, sfc: int, request) -> int:
+        with self._lock:
+            return self.routes.gw.hold_flows(sfc, request.source_ip, request.target_ip,
+                                             list(request.slots) or None)
+
+    def _release(self, index: int, commit: bool) -> dict:
+        with self._lock:
+            return self.routes.gw.release_flows(index, commit)
+
+    async def _expire(self, move: int):
+        if self._expiry.pop(move, None) is None:
+            return
+        index = self._moves.pop(move)
+        try:
+            c = await asyncio.to_thread(self._release, index, False)
+            log.warning("move %d: not released in time: its flows stay on the source (%s)",
+                        move, c)
+        except (ValueError, TimeoutError) as e:
+            log.warning("move %d: expiry: %s", move, e)
+
+    async def ReleaseFlows(self, request, context: grpc.aio.ServicerContext):
+        timer = self._expiry.pop(request.move_id, None)
+        if timer is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"move_id: no move {request.move_id} holds flows (released, "
+                                "or expired: its flows stayed on the source)")
+        timer.cancel()
+        index = self._moves.pop(request.move_id)
+        try:
+            c = await asyncio.to_thread(self._release, index, request.commit)
+        except TimeoutError as e:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        log.info("move %d: released (%s): %s", request.move_id,
+                 "commit" if request.commit else "abort", c)
+        return pb.ReleaseFlowsResponse(flows=c["flows"], held=c["held"],
+                                       held_dropped=c["held_dropped"])
+
     async def GetGateway(self, request, context: grpc.aio.ServicerContext):
         with self._lock:
             return self.status()
@@ -90,7 +150,8 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
             sfcs[name] = pb.GatewaySFC(tag=c["tag"], rx=c["rx"], tx=c["tx"], back=c["back"],
                                        new_flows=c["new_flows"], moved_flows=c["moved_flows"],
                                        drops=c["drops"], servers=nodes,
-                                       flow_full=c["flow_full"])
+                                       flow_full=c["flow_full"], held=c["held"],
+                                       held_dropped=c["held_dropped"], moves=c["moves"])
         ports = {self.port_names.get(port, str(port)):
                  pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
                                  unmatched=c["unmatched"], missed=c["missed"])

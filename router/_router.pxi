@@ -528,7 +528,7 @@ cdef class Router:
         r = self.r
         per = {i: {"sfc": r.inst[i].sfc, "enqueued": r.inst[i].enqueued,
                    "returned": r.inst[i].returned, "wakeups": r.inst[i].wakeups,
-                   "dropped": r.inst[i].dropped,
+                   "dropped": r.inst[i].dropped, "pending": r.inst[i].npending,
                    "state": r.inst[i].state}
                for i in range(SERPENS_ROUTER_MAX_INSTANCES) if r.inst[i].state}
         ports = {r.ports[i].id: {"rx": r.ports[i].rx, "tx": r.ports[i].tx,

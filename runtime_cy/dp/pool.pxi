@@ -27,6 +27,29 @@ cdef class PoolCtl:
 
     @property
     def merge_done(self): return serpens_load_u32(&self.c.merge_done)
+
+    def request_split(self):
+        """Ask the running instance to split a share of every release pool off into
+        `<table>@out` (docs/state.md "Between servers"); the request's number (done once
+        split_done reaches it, split_result() then says how it went). Wake it afterwards."""
+        return serpens_inc_u32(&self.c.split_req)
+
+    @property
+    def split_done(self): return serpens_load_u32(&self.c.split_done)
+
+    def split_result(self):
+        """(rc, reason) of the last split answered: 0 or -errno."""
+        serpens_fence()
+        return self.c.split_rc, self.c.split_error.decode(errors="replace")
+
+    def nf_ops(self, int step):
+        """Which ops the NF of `step` has, as its instance found them at start:
+        {"merge": bool, "split": bool}."""
+        if not 0 <= step < SERPENS_MAX_STEPS:
+            raise ValueError(f"step {step}")
+        serpens_fence()
+        ops = self.c.nf[step].ops
+        return {"merge": bool(ops & 1), "split": bool(ops & 2)}
     @property
     def cmd_seq(self): return self.c.cmd_seq
     @property

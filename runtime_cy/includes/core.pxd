@@ -73,6 +73,7 @@ cdef extern from "pool_ctl.h" nogil:
 
     struct serpens_nf_counters:
         uint32_t n
+        uint32_t ops
         char names[SERPENS_MAX_COUNTERS][SERPENS_COUNTER_NAME]
         uint64_t values[SERPENS_MAX_COUNTERS]
         uint64_t in_pkts
@@ -108,6 +109,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint64_t wake_cycles
         uint32_t own_cpu
         uint32_t nf_cycles_on
+        uint32_t split_req
         uint32_t state
         uint32_t ack_seq
         uint64_t sleeping
@@ -115,6 +117,9 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t instance_id
         uint32_t pid
         uint32_t merge_done
+        uint32_t split_done
+        int32_t split_rc
+        char split_error[120]
         char error[200]
         char state_error[128]
         uint64_t woken

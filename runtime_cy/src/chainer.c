@@ -121,6 +121,11 @@ int serpens_chain_init(struct serpens_chain *c, const struct serpens_cmd *cmd,
 				 ops->size >= offsetof(struct serpens_nf_ops, hdrs) + sizeof(ops->hdrs) &&
 				 (ops->hdrs & SERPENS_HDRS_KEPT);
 		c->has_release |= nf->nrelease != 0;
+		nf->counters->ops =
+			(ops->size >= offsetof(struct serpens_nf_ops, merge) + sizeof(void *) &&
+			 ops->merge ? SERPENS_NF_HAS_MERGE : 0) |
+			(ops->size >= offsetof(struct serpens_nf_ops, split) + sizeof(void *) &&
+			 ops->split ? SERPENS_NF_HAS_SPLIT : 0);
 	}
 	return 0;
 }
@@ -263,4 +268,16 @@ void serpens_chain_release(struct serpens_chain *c, int answer_only)
 			serpens_nf_env_release(&c->nf[s], answer_only);
 			*c->cur_step = -1;
 		}
+}
+
+int serpens_chain_exchange(struct serpens_chain *c, int split, char *err, size_t errlen)
+{
+	int rc = 0;
+	for (uint16_t s = 0; s < c->nsteps && rc == 0; s++)
+		if (c->nf[s].nrelease) {
+			*c->cur_step = s;
+			rc = serpens_nf_env_exchange(&c->nf[s], split, err, errlen);
+			*c->cur_step = -1;
+		}
+	return rc;
 }

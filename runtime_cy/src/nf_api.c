@@ -274,6 +274,132 @@ void serpens_nf_env_release(struct serpens_nf_env *s, int answer_only)
 	}
 }
 
+/* ---- release pools between servers (docs/state.md "Between servers") ----
+ * Another server's agent gives a pool's shares back by writing them as `<table>@in<k>`
+ * (k < SERPENS_RETURN_SLOTS) beside the pool; the NF's merge op folds them in here, in a pool
+ * process (never NF code in the agent): at a merge request, a split request, and when an
+ * instance opens the table. A split request moves a share of every key's pool, split off by
+ * the NF's split op, into `<table>@out`, which the agent ships to the new server and deletes.
+ * A `@out` still there at the next split was never shipped (the agent reads and deletes it
+ * before it answers): its shares go back into the pool first. */
+
+static int side_table(struct serpens_nf_env *s, int table, const char *suffix,
+		      struct serpens_table *t, int create)
+{
+	char name[SERPENS_TABLE_NAME], err[200];
+	const struct serpens_table_hdr *h = s->tables[table].hdr;
+	if (snprintf(name, sizeof(name), "%s@%s", s->table_names[table], suffix) >=
+	    (int)sizeof(name))
+		return SERPENS_EINVAL;
+	int rc = serpens_table_open(t, state_dir, s->name, name, create ? h->flags : 0,
+				    h->key_size, h->value_size, h->capacity, err, sizeof(err));
+	if (rc == 0 && (t->hdr->key_size != h->key_size || t->hdr->value_size != h->value_size)) {
+		serpens_table_close(t);
+		return SERPENS_EEXIST;
+	}
+	return rc;
+}
+
+/* Every entry of `from` into the pool of `table` (the NF's merge, or add), then out of `from`.
+ * Called with the pool locked. Returns the entries left (the pool table was full). */
+static uint64_t fold_into_pool(struct serpens_nf_env *s, int table, struct serpens_table *from)
+{
+	struct serpens_table *pool = &s->tables[table];
+	int op = has_op(s, offsetof(struct serpens_nf_ops, merge) + sizeof(void *)) && s->ops->merge;
+	const void *key, *value;
+	uint64_t pos = 0;
+	void *into;
+
+	while (serpens_table_next(from, &pos, &key, &value) >= 0) {
+		if (serpens_table_get_or_zero_locked(pool, key, &into) != 0)
+			continue;
+		if (op)
+			s->ops->merge(&s->ctx, table, key, into, value);
+		else
+			add_words(into, value, pool->hdr->value_size);
+		serpens_table_remove(from, key);
+	}
+	return from->hdr->count;
+}
+
+static void unlink_side(struct serpens_nf_env *s, int table, const char *suffix)
+{
+	char path[512];
+	if (snprintf(path, sizeof(path), "%s/%s/%s@%s.tbl", state_dir, s->name,
+		     s->table_names[table], suffix) < (int)sizeof(path))
+		unlink(path);
+}
+
+/* Fold the shares other servers returned (`<table>@in<k>`) into the pool. */
+static void fold_returned(struct serpens_nf_env *s, int table)
+{
+	for (int k = 0; k < SERPENS_RETURN_SLOTS; k++) {
+		struct serpens_table in;
+		char suffix[8];
+		snprintf(suffix, sizeof(suffix), "in%d", k);
+		if (side_table(s, table, suffix, &in, 0) != 0)
+			continue;
+		serpens_table_lock(&s->tables[table]);
+		uint64_t left = fold_into_pool(s, table, &in);
+		serpens_table_unlock(&s->tables[table]);
+		serpens_table_close(&in);
+		if (left == 0)
+			unlink_side(s, table, suffix);
+	}
+}
+
+/* A share of every key of the pool of `table`, split off with the NF's split op, into
+ * `<table>@out`. This instance's own shares go back first, so the split sees the whole
+ * pool as the node holds it (other instances' shares stay theirs). */
+static int split_out(struct serpens_nf_env *s, int table, char *err, size_t errlen)
+{
+	struct serpens_table *pool = &s->tables[table], out;
+	int op = has_op(s, offsetof(struct serpens_nf_ops, split) + sizeof(void *)) && s->ops->split;
+	const void *key, *value;
+	uint64_t pos = 0;
+	void *share;
+	int rc;
+
+	give_back(s, table);
+	if ((rc = side_table(s, table, "out", &out, 1)) != 0) {
+		snprintf(err, errlen, "%s: cannot make %s@out (%d)", s->name,
+			 s->table_names[table], rc);
+		return rc;
+	}
+	serpens_table_lock(pool);
+	if (fold_into_pool(s, table, &out) == 0) { /* an unshipped @out goes back first */
+		while (serpens_table_next(pool, &pos, &key, &value) >= 0) {
+			if ((rc = serpens_table_get_or_zero(&out, key, &share)) != 0) {
+				snprintf(err, errlen, "%s: %s@out full", s->name, s->table_names[table]);
+				break;
+			}
+			if (op)
+				s->ops->split(&s->ctx, table, key, (void *)value, share);
+			else
+				default_split((void *)value, share, pool->hdr->value_size);
+		}
+	} else {
+		rc = SERPENS_ENOSPC;
+		snprintf(err, errlen, "%s: %s pool full", s->name, s->table_names[table]);
+	}
+	serpens_table_unlock(pool);
+	serpens_table_close(&out);
+	return rc;
+}
+
+int serpens_nf_env_exchange(struct serpens_nf_env *s, int split, char *err, size_t errlen)
+{
+	int rc = 0;
+	for (uint32_t i = 0; i < s->ntables && rc == 0; i++) {
+		if (!is_release(s, (int)i))
+			continue;
+		fold_returned(s, (int)i);
+		if (split)
+			rc = split_out(s, (int)i, err, errlen);
+	}
+	return rc;
+}
+
 /* The table an NF's get/put act on: its replica for eventual tables. */
 static struct serpens_table *table_of(struct serpens_ctx *ctx, int table)
 {
@@ -403,6 +529,8 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 		if (rc)
 			serpens_table_close(&s->tables[i]);
 	}
+	if (rc == 0 && (flags & SERPENS_RELEASE)) /* shares returned while no instance ran */
+		fold_returned(s, (int)i);
 	if (rc) {
 		nf_log(ctx, SERPENS_LOG_ERR, "create_table: %s", err);
 		s->table_rc = rc;

@@ -108,9 +108,12 @@ enum serpens_pool_state {
 	SERPENS_POOL_EXITED = 3,
 };
 
+#define SERPENS_NF_HAS_MERGE 0x1u /* serpens_nf_counters.ops: the NF has its own merge op */
+#define SERPENS_NF_HAS_SPLIT 0x2u
+
 struct serpens_nf_counters {
 	uint32_t n;                                           /* R */
-	uint32_t pad;
+	uint32_t ops;                                         /* R, at start: SERPENS_NF_HAS_* */
 	char names[SERPENS_MAX_COUNTERS][SERPENS_COUNTER_NAME]; /* R, in init() */
 	uint64_t values[SERPENS_MAX_COUNTERS];                /* R (the NF) */
 	uint64_t in_pkts;                                     /* R: packets given to the NF */
@@ -189,7 +192,10 @@ struct serpens_pool_ctl {
 				     * (with instances or the router) and yields it instead */
 	volatile uint32_t nf_cycles_on; /* 1: count each NF call's TSC cycles (benchmarks;
 					 * per-NF timed_cycles/timed_pkts), loaded once per burst */
-	uint8_t pad_a2[40];
+	volatile uint32_t split_req; /* bumped to ask the instance to split a share of each
+				      * release pool off for another server (docs/state.md
+				      * "Between servers"): into `<table>@out` */
+	uint8_t pad_a2[36];
 
 	/* ---- R: lifecycle ---- */
 	volatile uint32_t state;    /* serpens_pool_state */
@@ -201,6 +207,9 @@ struct serpens_pool_ctl {
 	uint32_t pid;
 	volatile uint32_t merge_done; /* the merge_req last answered: eventual replicas merged,
 				       * release shares given back (all before it is in the tables) */
+	volatile uint32_t split_done; /* the split_req last answered (split_rc its result) */
+	int32_t split_rc;            /* 0, or -errno of the last split (split_error says why) */
+	char split_error[120];
 	char error[200];            /* human-readable reason when last_error != 0 */
 	char state_error[128];      /* why the state backend stopped serving (empty: it did not):
 				     * a baseline that lost its store must not report figures */

@@ -69,8 +69,10 @@ static int pending_command(const struct runtime *rt)
 
 static int pending_merge(const struct runtime *rt)
 {
-	return __atomic_load_n(&rt->ctl->merge_req, __ATOMIC_ACQUIRE) != rt->ctl->merge_done;
+	return __atomic_load_n(&rt->ctl->merge_req, __ATOMIC_ACQUIRE) != rt->ctl->merge_done ||
+	       __atomic_load_n(&rt->ctl->split_req, __ATOMIC_ACQUIRE) != rt->ctl->split_done;
 }
+
 
 /* Sleep on the eventfd unless work arrived meanwhile (see pool_ctl.h for the handshake). */
 static void sleep_until_woken(struct runtime *rt, struct rte_ring *rx)
@@ -220,6 +222,21 @@ static void state_flush(const struct instance *in)
 		in->state->flush();
 }
 
+/* The agent asked for a share of every release pool for another server (pool_ctl.h
+ * split_req): split it off into `<table>@out` with the NFs' split ops, then answer. */
+static void answer_split(struct runtime *rt, struct instance *in)
+{
+	struct serpens_pool_ctl *ctl = rt->ctl;
+	uint32_t req = __atomic_load_n(&ctl->split_req, __ATOMIC_ACQUIRE);
+	if (req == ctl->split_done)
+		return;
+	ctl->split_error[0] = 0;
+	ctl->split_rc = serpens_chain_exchange(&in->chain, 1, ctl->split_error,
+					       sizeof(ctl->split_error));
+	state_flush(in);
+	__atomic_store_n(&ctl->split_done, req, __ATOMIC_RELEASE);
+}
+
 /* The instance of the last start, run by a loader elsewhere (loader.h run_elsewhere: a forked
  * child of this process) until its ring stays empty, then ended. */
 static void run_detached(void *arg)
@@ -295,6 +312,7 @@ static int start_instance(struct runtime *rt)
 static void stop_instance(struct runtime *rt)
 {
 	uint32_t req = __atomic_load_n(&rt->ctl->merge_req, __ATOMIC_ACQUIRE);
+	answer_split(rt, &rt->inst); /* the agent waits for it */
 	serpens_chain_fini(&rt->inst.chain);
 	state_flush(&rt->inst); /* what fini() wrote too */
 	/* fini merged and gave everything back: that answers any merge request left */
@@ -434,8 +452,11 @@ static void run_instance(struct runtime *rt, int detached)
 			uint32_t req = __atomic_load_n(&ctl->merge_req, __ATOMIC_ACQUIRE);
 			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
 			serpens_chain_release(&in->chain, 0);
+			char err[8];
+			serpens_chain_exchange(&in->chain, 0, err, sizeof(err)); /* returned shares */
 			state_flush(in);
 			__atomic_store_n(&ctl->merge_done, req, __ATOMIC_RELEASE);
+			answer_split(rt, in);
 		}
 		/* inflight_n first, then the dequeue (all or nothing): a process killed at any
 		 * point leaves the router enough to free exactly what it held (router.c reap()). */

@@ -43,7 +43,15 @@ struct serpens_table_hdr {
 	uint32_t pad;
 	char name[SERPENS_TABLE_NAME];
 	volatile uint64_t epoch;     /* release tables: bumped to ask instances for their shares */
+	/* the agent's, for eventual tables exchanged between servers (agent/peer_state.py): this
+	 * table's identity among them (0: not yet given), then, in a peer's `<table>@p<origin>`,
+	 * the (epoch, sequence) of the last deltas applied; the runtime never touches them */
+	uint8_t origin[16];
+	uint64_t applied_epoch;
+	uint64_t applied_seq;
 };
+_Static_assert(__builtin_offsetof(struct serpens_table_hdr, origin) == 144,
+	       "agent/peer_state.py reads the origin at offset 144");
 _Static_assert(sizeof(struct serpens_table_hdr) <= SERPENS_TABLE_HDR, "header fits its page");
 
 /* A process's view of a table. */

@@ -9,6 +9,45 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DrainNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class UndrainNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class DrainNodeResponse(_message.Message):
+    __slots__ = ("node", "cordoned", "sfcs")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_FIELD_NUMBER: _ClassVar[int]
+    SFCS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    cordoned: bool
+    sfcs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., cordoned: _Optional[bool] = ..., sfcs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MoveSFCRequest(_message.Message):
+    __slots__ = ("sfc", "node")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class MoveSFCResponse(_message.Message):
+    __slots__ = ("sfc", "node")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ..., **kwargs) -> None: ...
+
 class GetUsageRequest(_message.Message):
     __slots__ = ("sfc", "since")
     SFC_FIELD_NUMBER: _ClassVar[int]
@@ -349,7 +388,7 @@ class ScaleSpec(_message.Message):
     def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_pps: _Optional[float] = ...) -> None: ...
 
 class SFCStatus(_message.Message):
-    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "checkpoint_to", "restored_of", "restored_age_ms", "restore")
+    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "checkpoint_to", "restored_of", "restored_age_ms", "restore", "joined", "moving_to", "moves")
     class NodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +406,9 @@ class SFCStatus(_message.Message):
     RESTORED_OF_FIELD_NUMBER: _ClassVar[int]
     RESTORED_AGE_MS_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    MOVING_TO_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
     phase: str
     message: str
     node: str
@@ -377,7 +419,10 @@ class SFCStatus(_message.Message):
     restored_of: str
     restored_age_ms: int
     restore: str
-    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., checkpoint_to: _Optional[str] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ...) -> None: ...
+    joined: _containers.RepeatedScalarFieldContainer[str]
+    moving_to: str
+    moves: int
+    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., checkpoint_to: _Optional[str] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., joined: _Optional[_Iterable[str]] = ..., moving_to: _Optional[str] = ..., moves: _Optional[int] = ...) -> None: ...
 
 class SFC(_message.Message):
     __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation", "route")
@@ -456,14 +501,16 @@ class ScaleRequest(_message.Message):
     def __init__(self, sfc: _Optional[str] = ..., replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "record_json", "revision")
+    __slots__ = ("name", "record_json", "revision", "cordoned")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    CORDONED_FIELD_NUMBER: _ClassVar[int]
     name: str
     record_json: str
     revision: int
-    def __init__(self, name: _Optional[str] = ..., record_json: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+    cordoned: bool
+    def __init__(self, name: _Optional[str] = ..., record_json: _Optional[str] = ..., revision: _Optional[int] = ..., cordoned: _Optional[bool] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
@@ -629,7 +676,7 @@ class VxlanRoute(_message.Message):
     def __init__(self, tag: _Optional[int] = ..., vni: _Optional[int] = ..., gateway_ip: _Optional[str] = ..., gateway_mac: _Optional[str] = ...) -> None: ...
 
 class AgentSFC(_message.Message):
-    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "restored_of", "restored_age_ms", "restore", "checkpoint_to", "checkpoint_unix_ms")
+    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "restored_of", "restored_age_ms", "restore", "checkpoint_to", "checkpoint_unix_ms", "peer_state", "deltas_pushed", "deltas_applied")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -656,6 +703,9 @@ class AgentSFC(_message.Message):
     RESTORE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_TO_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PEER_STATE_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_PUSHED_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     name: str
     generation: int
     replicas: int
@@ -675,7 +725,10 @@ class AgentSFC(_message.Message):
     restore: str
     checkpoint_to: str
     checkpoint_unix_ms: int
-    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., checkpoint_to: _Optional[str] = ..., checkpoint_unix_ms: _Optional[int] = ...) -> None: ...
+    peer_state: str
+    deltas_pushed: int
+    deltas_applied: int
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., checkpoint_to: _Optional[str] = ..., checkpoint_unix_ms: _Optional[int] = ..., peer_state: _Optional[str] = ..., deltas_pushed: _Optional[int] = ..., deltas_applied: _Optional[int] = ...) -> None: ...
 
 class StopSFCRequest(_message.Message):
     __slots__ = ("name", "return_to")
@@ -763,6 +816,190 @@ class ResetStateResponse(_message.Message):
     tables: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class SeedRequest(_message.Message):
+    __slots__ = ("sfc", "node")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class NFTables(_message.Message):
+    __slots__ = ("nf", "tables")
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    nf: str
+    tables: _containers.RepeatedCompositeFieldContainer[TableImage]
+    def __init__(self, nf: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableImage, _Mapping]]] = ...) -> None: ...
+
+class SeedResponse(_message.Message):
+    __slots__ = ("node", "nfs")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NFS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    nfs: _containers.RepeatedCompositeFieldContainer[NFTables]
+    def __init__(self, node: _Optional[str] = ..., nfs: _Optional[_Iterable[_Union[NFTables, _Mapping]]] = ...) -> None: ...
+
+class ReturnStateRequest(_message.Message):
+    __slots__ = ("sfc", "node", "nfs")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NFS_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    nfs: _containers.RepeatedCompositeFieldContainer[NFTables]
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ..., nfs: _Optional[_Iterable[_Union[NFTables, _Mapping]]] = ...) -> None: ...
+
+class ReturnStateResponse(_message.Message):
+    __slots__ = ("node", "tables", "merged")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    tables: int
+    merged: int
+    def __init__(self, node: _Optional[str] = ..., tables: _Optional[int] = ..., merged: _Optional[int] = ...) -> None: ...
+
+class DeltaEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class PushDeltasRequest(_message.Message):
+    __slots__ = ("node", "sfc", "nf", "table", "origin", "epoch", "seq", "key_size", "value_size", "capacity", "entries")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    KEY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    sfc: str
+    nf: str
+    table: str
+    origin: bytes
+    epoch: int
+    seq: int
+    key_size: int
+    value_size: int
+    capacity: int
+    entries: _containers.RepeatedCompositeFieldContainer[DeltaEntry]
+    def __init__(self, node: _Optional[str] = ..., sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., origin: _Optional[bytes] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., key_size: _Optional[int] = ..., value_size: _Optional[int] = ..., capacity: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[DeltaEntry, _Mapping]]] = ...) -> None: ...
+
+class PushDeltasResponse(_message.Message):
+    __slots__ = ("applied", "entries")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    entries: int
+    def __init__(self, applied: _Optional[bool] = ..., entries: _Optional[int] = ...) -> None: ...
+
+class MoveFlowsRequest(_message.Message):
+    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "arp_before", "timeout_ms", "check")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_SFC_FIELD_NUMBER: _ClassVar[int]
+    ARP_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    target: PeerRef
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    gateway_sfc: int
+    arp_before: int
+    timeout_ms: int
+    check: bool
+    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., arp_before: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ...) -> None: ...
+
+class MoveFlowsResponse(_message.Message):
+    __slots__ = ("entries", "tables", "wait_us")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_US_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    tables: int
+    wait_us: int
+    def __init__(self, entries: _Optional[int] = ..., tables: _Optional[int] = ..., wait_us: _Optional[int] = ...) -> None: ...
+
+class ImportFlowsRequest(_message.Message):
+    __slots__ = ("sfc", "nf", "table", "flags", "key_size", "value_size", "capacity", "keys", "values", "undo")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    KEY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    UNDO_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    nf: str
+    table: str
+    flags: int
+    key_size: int
+    value_size: int
+    capacity: int
+    keys: bytes
+    values: bytes
+    undo: bool
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., flags: _Optional[int] = ..., key_size: _Optional[int] = ..., value_size: _Optional[int] = ..., capacity: _Optional[int] = ..., keys: _Optional[bytes] = ..., values: _Optional[bytes] = ..., undo: _Optional[bool] = ...) -> None: ...
+
+class ImportFlowsResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    def __init__(self, entries: _Optional[int] = ...) -> None: ...
+
+class HoldFlowsRequest(_message.Message):
+    __slots__ = ("sfc", "source_ip", "target_ip", "slots", "timeout_ms")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
+    TARGET_IP_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    source_ip: str
+    target_ip: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    timeout_ms: int
+    def __init__(self, sfc: _Optional[str] = ..., source_ip: _Optional[str] = ..., target_ip: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class HoldFlowsResponse(_message.Message):
+    __slots__ = ("move_id", "gateway_sfc")
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_SFC_FIELD_NUMBER: _ClassVar[int]
+    move_id: int
+    gateway_sfc: int
+    def __init__(self, move_id: _Optional[int] = ..., gateway_sfc: _Optional[int] = ...) -> None: ...
+
+class ReleaseFlowsRequest(_message.Message):
+    __slots__ = ("move_id", "commit")
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    move_id: int
+    commit: bool
+    def __init__(self, move_id: _Optional[int] = ..., commit: _Optional[bool] = ...) -> None: ...
+
+class ReleaseFlowsResponse(_message.Message):
+    __slots__ = ("flows", "held", "held_dropped")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HELD_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    flows: int
+    held: int
+    held_dropped: int
+    def __init__(self, flows: _Optional[int] = ..., held: _Optional[int] = ..., held_dropped: _Optional[int] = ...) -> None: ...
+
 class RouteServer(_message.Message):
     __slots__ = ("node", "ip", "mac", "weight")
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -812,7 +1049,7 @@ class GetGatewayRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GatewaySFC(_message.Message):
-    __slots__ = ("tag", "rx", "tx", "back", "new_flows", "moved_flows", "drops", "servers", "flow_full")
+    __slots__ = ("tag", "rx", "tx", "back", "new_flows", "moved_flows", "drops", "servers", "flow_full", "held", "held_dropped", "moves")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -836,6 +1073,9 @@ class GatewaySFC(_message.Message):
     DROPS_FIELD_NUMBER: _ClassVar[int]
     SERVERS_FIELD_NUMBER: _ClassVar[int]
     FLOW_FULL_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HELD_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
     tag: int
     rx: int
     tx: int
@@ -845,7 +1085,10 @@ class GatewaySFC(_message.Message):
     drops: _containers.ScalarMap[str, int]
     servers: _containers.ScalarMap[str, int]
     flow_full: int
-    def __init__(self, tag: _Optional[int] = ..., rx: _Optional[int] = ..., tx: _Optional[int] = ..., back: _Optional[int] = ..., new_flows: _Optional[int] = ..., moved_flows: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., servers: _Optional[_Mapping[str, int]] = ..., flow_full: _Optional[int] = ...) -> None: ...
+    held: int
+    held_dropped: int
+    moves: int
+    def __init__(self, tag: _Optional[int] = ..., rx: _Optional[int] = ..., tx: _Optional[int] = ..., back: _Optional[int] = ..., new_flows: _Optional[int] = ..., moved_flows: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., servers: _Optional[_Mapping[str, int]] = ..., flow_full: _Optional[int] = ..., held: _Optional[int] = ..., held_dropped: _Optional[int] = ..., moves: _Optional[int] = ...) -> None: ...
 
 class GatewayStatus(_message.Message):
     __slots__ = ("name", "term", "sfcs", "ports", "drops", "arp_replies")

@@ -124,6 +124,21 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.CaptureRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.CaptureEvent.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/serpens.v1.Serpens/DrainNode',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
+        self.UndrainNode = channel.unary_unary(
+                '/serpens.v1.Serpens/UndrainNode',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.UndrainNodeRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
+        self.MoveSFC = channel.unary_unary(
+                '/serpens.v1.Serpens/MoveSFC',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.MoveSFCRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.MoveSFCResponse.FromString,
+                _registered_method=True)
 
 
 class SerpensServicer:
@@ -268,6 +283,35 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Cordon a node and move everything off it (issue 14): it takes no new placement, and the
+        leader moves every SFC routed through the gateway that it serves to other nodes, each
+        with its flows and their per-flow state (loss-free: controller/drain.py), then stops it
+        there. Persistent (survives agent and controller restarts) until UndrainNode.
+        NOT_FOUND for a node that is not registered. The reply lists what it still runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainNode(self, request, context):
+        """Lift the cordon: the node takes placements again (nothing moves back by itself).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveSFC(self, request, context):
+        """Move all of a routed SFC's servers' flows, with their state, to one node (the same
+        sequence as a drain); one-off: an SFC spread over several servers spreads again once
+        moved (new flows only). Its status counts the moves done (SFCStatus.moves). NOT_FOUND
+        names an unknown SFC or node; FAILED_PRECONDITION a cordoned target or an SFC not served
+        through the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SerpensServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +404,21 @@ def add_SerpensServicer_to_server(servicer, server):
                     servicer.Capture,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.CaptureRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.CaptureEvent.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'UndrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainNode,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.UndrainNodeRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'MoveSFC': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveSFC,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.MoveSFCRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.MoveSFCResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -848,6 +907,87 @@ class Serpens:
             '/serpens.v1.Serpens/Capture',
             serpens_dot_v1_dot_serpens__pb2.CaptureRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.CaptureEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/DrainNode',
+            serpens_dot_v1_dot_serpens__pb2.DrainNodeRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/UndrainNode',
+            serpens_dot_v1_dot_serpens__pb2.UndrainNodeRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveSFC(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Serpens/MoveSFC',
+            serpens_dot_v1_dot_serpens__pb2.MoveSFCRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.MoveSFCResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1414,6 +1554,31 @@ class PeerStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.GetCheckpointRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.CheckpointChunk.FromString,
                 _registered_method=True)
+        self.Seed = channel.unary_unary(
+                '/serpens.v1.Peer/Seed',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.SeedRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.SeedResponse.FromString,
+                _registered_method=True)
+        self.ReturnState = channel.unary_unary(
+                '/serpens.v1.Peer/ReturnState',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.FromString,
+                _registered_method=True)
+        self.PushDeltas = channel.unary_unary(
+                '/serpens.v1.Peer/PushDeltas',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.PushDeltasRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.PushDeltasResponse.FromString,
+                _registered_method=True)
+        self.MoveFlows = channel.unary_unary(
+                '/serpens.v1.Peer/MoveFlows',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.MoveFlowsRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.MoveFlowsResponse.FromString,
+                _registered_method=True)
+        self.ImportFlows = channel.unary_unary(
+                '/serpens.v1.Peer/ImportFlows',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -1440,6 +1605,51 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Seed(self, request, context):
+        """Tables for a node about to run `sfc`: its `global|read` tables copied, and for every
+        `release` table a share of the pool split off by the NF's own split op in a pool
+        process of this node (docs/state.md "Between servers"). FAILED_PRECONDITION when this
+        node does not run the SFC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReturnState(self, request, context):
+        """Release pools of a node leaving `sfc`, merged into this node's pools by the NF's merge
+        op (in a running instance, or by the next instance that opens the table).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushDeltas(self, request, context):
+        """An origin table's cumulative per-key values of an eventual table (the entries changed
+        since the last push the receiver acknowledged). Idempotent: a push with an (epoch, seq)
+        not newer than the last applied from that origin changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveFlows(self, request, context):
+        """Moving flows (issue 14 item 3, docs/moves.md), to the source's agent, while the gateway
+        holds them: wait until the source received the gateway's marker and has no packet of the
+        SFC it received before it left in its instances, copy the moving flows' per-flow entries
+        to `target` (ImportFlows), then delete them here. Nothing is deleted unless the target
+        took everything (then it is asked to forget what it took).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportFlows(self, request, context):
+        """To the target's agent: insert (or, undo, delete) one chunk of a table's per-flow entries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1452,6 +1662,31 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.GetCheckpoint,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetCheckpointRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.CheckpointChunk.SerializeToString,
+            ),
+            'Seed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Seed,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.SeedRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.SeedResponse.SerializeToString,
+            ),
+            'ReturnState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnState,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.SerializeToString,
+            ),
+            'PushDeltas': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushDeltas,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.PushDeltasRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.PushDeltasResponse.SerializeToString,
+            ),
+            'MoveFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveFlows,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.MoveFlowsRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.MoveFlowsResponse.SerializeToString,
+            ),
+            'ImportFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportFlows,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1521,6 +1756,141 @@ class Peer:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Seed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/Seed',
+            serpens_dot_v1_dot_serpens__pb2.SeedRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.SeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/ReturnState',
+            serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushDeltas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/PushDeltas',
+            serpens_dot_v1_dot_serpens__pb2.PushDeltasRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.PushDeltasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/MoveFlows',
+            serpens_dot_v1_dot_serpens__pb2.MoveFlowsRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.MoveFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/ImportFlows',
+            serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class GatewayStub:
     """The gateway's service (DESIGN §7), called by the controller's leader: the full route set,
@@ -1545,6 +1915,16 @@ class GatewayStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.GatewayStatus.FromString,
                 _registered_method=True)
+        self.HoldFlows = channel.unary_unary(
+                '/serpens.v1.Gateway/HoldFlows',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.HoldFlowsRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.HoldFlowsResponse.FromString,
+                _registered_method=True)
+        self.ReleaseFlows = channel.unary_unary(
+                '/serpens.v1.Gateway/ReleaseFlows',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -1567,6 +1947,23 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldFlows(self, request, context):
+        """Moving flows (docs/moves.md): hold the packets of an SFC's flows on `source_ip` (all, or
+        those in the Maglev slots) and send the source a marker behind the last of them; released
+        by ReleaseFlows, or to the source when `timeout_ms` passes first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseFlows(self, request, context):
+        """Re-pin the held flows (commit: to the target; else they stay) and send what was held
+        first, in order; answers once it was sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1579,6 +1976,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetGateway,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.GatewayStatus.SerializeToString,
+            ),
+            'HoldFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldFlows,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.HoldFlowsRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.HoldFlowsResponse.SerializeToString,
+            ),
+            'ReleaseFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFlows,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1639,6 +2046,60 @@ class Gateway:
             '/serpens.v1.Gateway/GetGateway',
             serpens_dot_v1_dot_serpens__pb2.GetGatewayRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.GatewayStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Gateway/HoldFlows',
+            serpens_dot_v1_dot_serpens__pb2.HoldFlowsRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.HoldFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Gateway/ReleaseFlows',
+            serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.ReleaseFlowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,135 @@
+"""Drain and move, the control side (issue 14 item 1): the real `serpens-controller` over a
+real etcd with test_routes.py's fake agents and gateway (real gRPC servicers, mTLS).
+
+Checked: DrainNode/MoveSFC refuse unknown nodes and SFCs (NOT_FOUND), bad names
+(INVALID_ARGUMENT) and a cordoned target (FAILED_PRECONDITION), each naming the field; a
+cordoned node takes no placement until undrained, and `get nodes` says it is cordoned; a
+server leaving whose flows cannot be handed over (the gateway does not take the route with
+the target) keeps serving them, in the route, the SFC Degraded saying why."""
+import grpc
+import pytest
+
+from serpens.common.keys import Keys
+from serpens.proto.serpens.v1 import serpens_pb2 as pb
+
+from support.cluster import Controller, status, wait_until
+from test_controller_api import serpensctl
+from test_reconcile_isolation import _delete, etcd_call
+from test_routes import apply, stored_route, weights, world  # noqa: F401 - a fixture
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def controller(etcd, world):  # noqa: F811
+    c = Controller(etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"],
+                   log_level="info")
+    try:
+        yield c
+    finally:
+        c.stop()
+        keys = Keys()
+
+        async def forget(store):  # the world fixture does not know these
+            for prefix in (keys.cordons, keys.moves):
+                for key in (await store.list(prefix))[0]:
+                    await _delete(store, key)
+        etcd_call(etcd, forget)
+
+
+def refused(call, code, *words):
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    assert e.value.code() == code, e.value.details()
+    for w in words:
+        assert w in e.value.details(), e.value.details()
+
+
+def test_move_and_drain_refuse_unknown_names_and_a_cordoned_target(world, controller):  # noqa: F811
+    agents, register_gateway, _ = world
+    register_gateway()
+    stub = controller.stub
+    apply(controller, "web", 2)
+    wait_until(lambda: len(status(stub, "web").nodes) == 2, 20, controller.output)
+    refused(lambda: stub.MoveSFC(pb.MoveSFCRequest(sfc="nope", node="n1"), timeout=5),
+            grpc.StatusCode.NOT_FOUND, "sfc:", "nope")
+    refused(lambda: stub.MoveSFC(pb.MoveSFCRequest(sfc="web", node="n9"), timeout=5),
+            grpc.StatusCode.NOT_FOUND, "node:", "n9")
+    refused(lambda: stub.MoveSFC(pb.MoveSFCRequest(sfc="web", node="N_1"), timeout=5),
+            grpc.StatusCode.INVALID_ARGUMENT, "node:")
+    refused(lambda: stub.MoveSFC(pb.MoveSFCRequest(sfc="", node="n1"), timeout=5),
+            grpc.StatusCode.INVALID_ARGUMENT, "sfc:")
+    refused(lambda: stub.DrainNode(pb.DrainNodeRequest(node="n9"), timeout=5),
+            grpc.StatusCode.NOT_FOUND, "node:", "n9")
+    refused(lambda: stub.UndrainNode(pb.UndrainNodeRequest(node="n9"), timeout=5),
+            grpc.StatusCode.NOT_FOUND, "node:", "n9")
+    stub.DrainNode(pb.DrainNodeRequest(node="n2"), timeout=5)
+    refused(lambda: stub.MoveSFC(pb.MoveSFCRequest(sfc="web", node="n2"), timeout=5),
+            grpc.StatusCode.FAILED_PRECONDITION, "node:", "n2", "cordoned")
+    r = serpensctl(controller.address, "move", "sfc", "web", "--to", "n2")
+    assert r.returncode == 1 and "FAILED_PRECONDITION" in r.stderr and "n2" in r.stderr
+
+
+def test_a_cordoned_node_takes_no_placement_until_undrained(etcd, world, controller):
+    agents, register_gateway, _ = world
+    gw = register_gateway()
+    stub = controller.stub
+    r = serpensctl(controller.address, "drain", "node", "n2", "--wait", "--wait-timeout", "10")
+    assert r.returncode == 0, r.stderr
+    assert "node/n2 cordoned" in r.stdout and "node/n2 drained: it runs nothing" in r.stdout
+    nodes = {n.name: n.cordoned for n in stub.ListNodes(pb.ListNodesRequest(), timeout=5).nodes}
+    assert nodes == {"n1": False, "n2": True}
+    out = serpensctl(controller.address, "get", "nodes").stdout
+    assert out.splitlines()[0].split()[:3] == ["NAME", "REVISION", "CORDONED"]
+    assert [line.split()[2] for line in out.splitlines()[1:]] == ["-", "yes"]
+    apply(controller, "web", 4)                  # spread 2, one node may take it
+    wait_until(lambda: (s := status(stub, "web")).phase == "Running" and s.instances == 4,
+               20, controller.output)
+    assert weights(stored_route(etcd, "web")) == {"n1": 4}
+    assert "web" not in agents["n2"].runs and agents["n1"].runs["web"].replicas == 4
+    wait_until(lambda: weights(gw.routes().get("web")) == {"n1": 4}, 5, controller.output)
+    r = serpensctl(controller.address, "undrain", "node", "n2")
+    assert r.returncode == 0 and "node/n2 takes placements again" in r.stdout, r.stderr
+    wait_until(lambda: weights(gw.routes().get("web")) == {"n1": 2, "n2": 2}, 20,
+               controller.output)
+    assert list(status(stub, "web").joined) == ["n1", "n2"]  # the order they joined
+
+
+def test_a_leaving_server_whose_flows_cannot_move_keeps_serving_them(etcd, world, controller):
+    agents, register_gateway, _ = world
+    gw = register_gateway()
+    stub = controller.stub
+    apply(controller, "web", 2)
+    wait_until(lambda: weights(gw.routes().get("web")) == {"n1": 1, "n2": 1}, 20,
+               controller.output)
+    gw.down = True      # the route with the target alone never reaches the gateway
+    stub.DrainNode(pb.DrainNodeRequest(node="n2"), timeout=5)
+    st = wait_until(lambda: "flows not moved" in (s := status(stub, "web")).message and s, 30,
+                    controller.output)
+    assert st.phase == "Degraded" and "node n2" in st.message, st
+    assert "has not taken the route" in st.message, st
+    assert "web" in agents["n2"].runs                # still serving its flows
+    assert "n2" in weights(stored_route(etcd, "web"))
+    assert agents["n1"].runs["web"].replicas == 2    # the target runs all the replicas
+
+
+def test_an_sfc_on_one_node_is_never_placed_on_a_cordoned_one(world, controller):
+    """Not routed (no gateway): placed on a node that is not cordoned, Pending (saying so)
+    when every node is."""
+    agents, _, _ = world
+    stub = controller.stub
+    local = ('{"apiVersion": "serpens/v1", "kind": "SFC", "metadata": {"name": "%s"}, '
+             '"spec": {"nfs": {"mon": {"stock": "mon"}}, "chain": ["mon"], "tag": %d}}')
+    stub.DrainNode(pb.DrainNodeRequest(node="n1"), timeout=5)
+    for i, name in enumerate(("a", "b", "c")):
+        stub.ApplySFC(pb.ApplySFCRequest(spec=local % (name, 10 + i)), timeout=5)
+    for name in ("a", "b", "c"):
+        wait_until(lambda: status(stub, name).phase == "Running", 20, controller.output)
+        assert status(stub, name).node == "n2"
+    assert not agents["n1"].runs
+    stub.DrainNode(pb.DrainNodeRequest(node="n2"), timeout=5)
+    stub.ApplySFC(pb.ApplySFCRequest(spec=local % ("d", 20)), timeout=5)
+    st = wait_until(lambda: (s := status(stub, "d")).message and s, 20, controller.output)
+    assert st.phase == "Pending" and "n1: cordoned" in st.message and \
+        "n2: cordoned" in st.message, st
+    assert status(stub, "a").node == "n2"     # what runs stays (it cannot move: its ports)

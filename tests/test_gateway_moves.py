@@ -1,0 +1,148 @@
+"""The gateway's hold and release of moving flows (gateway/gateway.h "Moving flows"): the
+moving flows' packets wait (others do not), the source gets a marker behind the last frame of
+them it got, and on release they go first, in order, to the target (commit) or back to the
+source (abort), before newer packets of those flows; the flow-key slots Python computes are
+the gateway's."""
+import socket
+import struct
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
+
+from serpens.runtime_cy import _dataplane as dp
+
+from support.packets import flow_frame
+from support.sites import GW_IP, GW_MAC, GatewaySite
+
+pytestmark = pytest.mark.dataplane
+
+A, B = "192.168.51.11", "192.168.51.12"
+SERVERS = {A: "02:00:00:00:51:11", B: "02:00:00:00:51:12"}
+FLOWS = range(300)
+
+
+@pytest.fixture
+def site(dataplane, request):
+    s = GatewaySite(dataplane, f"m{abs(hash(request.node.name)) % 10**5}")
+    s.gw.set_mempool(dataplane.mempool)
+    for ip, mac in SERVERS.items():
+        s.gw.set_server(ip, mac)
+    s.sfc = s.gw.add_sfc(77)
+    s.gw.set_route(s.sfc, {A: 1, B: 1})
+    s.gw.set_default_sfc(s.sfc)
+    yield s
+    s.close()
+
+
+def sent(site, frames):
+    """[(server, flow, seq)] of what `frames` made leave on the underlay (ARP: ("arp", ip))."""
+    out, wires = [], []
+    for i in range(0, max(len(frames), 1), 256):
+        site.pump()
+        wires += site.through(site.outside, frames[i:i + 256])[0]
+    for w in wires:
+        p = Ether(w)
+        if ARP in p:
+            out.append(("arp", p[ARP].pdst))
+            continue
+        inner = p[VXLAN].payload
+        seq = struct.unpack("<II", bytes(inner[UDP].payload)[:8])[1]
+        out.append((p[IP].dst, inner[UDP].sport - 1000, seq))
+    return out
+
+
+def flow_key(flow: int) -> bytes:
+    """The 40-byte struct serpens_flow a per-flow table keys flow_frame(flow, _) by."""
+    src = socket.inet_aton(f"10.0.{flow // 256}.{flow % 256}").ljust(16, b"\0")
+    dst = socket.inet_aton("10.9.9.9").ljust(16, b"\0")
+    return src + dst + struct.pack("!HH", 1000 + flow, 80) + bytes([17, 4, 0, 0])
+
+
+def release(site, move, commit):
+    assert site.gw.release_flows(move, commit) is None   # not running: poll() completes it
+    site.pump()
+    assert site.gw.move_state(move) == "done"
+    return site.gw.finish_move(move)
+
+
+def test_moving_flows_wait_and_leave_first_in_order_for_the_target(site):
+    first = sent(site, [flow_frame(f, 0) for f in FLOWS])
+    on = {f: server for server, f, _ in first}
+    on_a = [f for f in FLOWS if on[f] == A]
+    assert 50 < len(on_a) < 250
+    move = site.gw.hold_flows(site.sfc, A, B)
+    site.pump()
+    assert sent(site, []) == [("arp", A)]            # the marker, behind everything before
+    during = sent(site, [flow_frame(f, s) for s in (1, 2) for f in FLOWS])
+    assert {f for _, f, _ in during} == set(FLOWS) - set(on_a), "only the moving flows wait"
+    assert site.gw.move_counters(move)["held"] == 2 * len(on_a)
+    c = release(site, move, commit=True)
+    assert c == {"flows": len(on_a), "held": 2 * len(on_a), "held_dropped": 0}
+    released = sent(site, [])
+    assert released == [(B, f, s) for s in (1, 2) for f in on_a]   # in the order they came
+    after = sent(site, [flow_frame(f, 3) for f in FLOWS])
+    assert {f for server, f, _ in after if server == A} == set()   # all of A's now on B
+    stats = site.gw.stats()["sfcs"][site.sfc]
+    assert (stats["held"], stats["held_dropped"], stats["moves"]) == (2 * len(on_a), 0, 1)
+
+
+def test_held_packets_go_before_newer_ones_of_their_flows(site):
+    sent(site, [flow_frame(f, 0) for f in FLOWS])
+    move = site.gw.hold_flows(site.sfc, A, B)
+    site.pump()
+    sent(site, [flow_frame(f, 1) for f in FLOWS])
+    site.gw.release_flows(move, True)
+    # the release and newer packets in the same passes: the held go first
+    out = sent(site, [flow_frame(f, 2) for f in FLOWS])
+    seqs = {}
+    for server, f, s in out:
+        assert s > seqs.get(f, 0), f"flow {f}: {s} after {seqs.get(f)}"
+        seqs[f] = s
+    assert site.gw.move_state(move) == "done"
+    site.gw.finish_move(move)
+
+
+def test_abort_leaves_the_flows_on_the_source_in_order(site):
+    on = {f: server for server, f, _ in sent(site, [flow_frame(f, 0) for f in FLOWS])}
+    move = site.gw.hold_flows(site.sfc, A, B)
+    site.pump()
+    sent(site, [flow_frame(f, 1) for f in FLOWS])
+    c = release(site, move, commit=False)
+    assert c["flows"] == 0 and c["held"] == sum(1 for s in on.values() if s == A)
+    assert sent(site, []) == [(A, f, 1) for f in FLOWS if on[f] == A]
+    after = sent(site, [flow_frame(f, 2) for f in FLOWS])
+    assert all(server == on[f] for server, f, _ in after)
+
+
+def test_a_partial_move_holds_exactly_the_flows_whose_keys_hash_into_its_slots(site):
+    on = {f: server for server, f, _ in sent(site, [flow_frame(f, 0) for f in FLOWS])}
+    slots = list(dp.gateway_flow_slots(site.sfc, b"".join(flow_key(f) for f in FLOWS)))
+    assert all(0 <= s < dp.GW_MAGLEV for s in slots)
+    on_a = [f for f in FLOWS if on[f] == A]
+    chosen = {slots[f] for f in on_a[::2]}
+    moving = {f for f in on_a if slots[f] in chosen}
+    move = site.gw.hold_flows(site.sfc, A, B, slots=sorted(chosen))
+    site.pump()
+    during = sent(site, [flow_frame(f, 1) for f in FLOWS])
+    assert {r[1] for r in during if r[0] != "arp"} == set(FLOWS) - moving
+    c = release(site, move, commit=True)
+    assert c["flows"] == len(moving)
+    after = {f: server for server, f, _ in sent(site, [flow_frame(f, 2) for f in FLOWS])}
+    assert {f for f in FLOWS if after[f] != on[f]} == moving
+
+
+def test_bad_moves_are_refused_naming_what(site):
+    with pytest.raises(ValueError, match="no server of SFC"):
+        site.gw.hold_flows(site.sfc, "192.168.51.99", B)
+    with pytest.raises(ValueError, match="slots"):
+        site.gw.hold_flows(site.sfc, A, B, slots=[dp.GW_MAGLEV])
+    move = site.gw.hold_flows(site.sfc, A, B)
+    with pytest.raises(ValueError, match="under way"):
+        site.gw.hold_flows(site.sfc, A, B)
+    release(site, move, commit=False)
+    with pytest.raises(ValueError, match="no move"):
+        site.gw.finish_move(move)
+    with pytest.raises(ValueError, match="40-byte"):
+        dp.gateway_flow_slots(site.sfc, bytes(41))
