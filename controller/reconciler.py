@@ -85,7 +85,8 @@ hands its flows and state over to one of them (controller/drain.py: move_flows, 
 without it, StopSFC with return_to); a cordoned node takes no new placement.
 
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
-placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
+placed again on the nodes left (those with `state: {checkpoint_s: N}` restored from their last
+checkpoint, kept by the peer node they ship it to: controller/checkpoints.py). Losing the controller or etcd stops no traffic: agents keep
 running what they run.
 """
 from __future__ import annotations
