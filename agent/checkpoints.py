@@ -462,8 +462,11 @@ class Checkpointer:
         reply = await self.peers[job.peer.address].PutCheckpoint(
             chunks(header, data, pages), timeout=_PUT_TIMEOUT)
         job.acked, job.seq, job.taken_unix_ms = tables, reply.seq, taken
-        log.debug("checkpoint %d of %s to %s: %d of %d pages", reply.seq, sfc, job.peer.node,
-                  header.pages, sum(-(-len(d) // PAGE) for d in data))
+        # (a whole one is said: the first, or after the peer lost the base; the rest are not)
+        log.log(logging.INFO if base is None else logging.DEBUG,
+                "checkpoint %d of %s to %s: %s, %d of %d pages", reply.seq, sfc, job.peer.node,
+                "whole" if base is None else "incremental", header.pages,
+                sum(-(-len(d) // PAGE) for d in data))
         if job.drop_after is not None:
             (peer, of), job.drop_after = job.drop_after, None
             await self._drop(peer, of, sfc)

@@ -12,6 +12,7 @@ from there, and the lost node's checkpoint is deleted once the new server's own 
 SFC whose node is lost before its first checkpoint starts empty, and its status says so."""
 import json
 import os
+import re
 import struct
 import subprocess
 import tempfile
@@ -120,6 +121,14 @@ def checkpoint_file(c, keeper: str, of: str, sfc: str) -> str:
     return os.path.join(c.state, keeper, ".checkpoints", of, f"{sfc}.ckpt")
 
 
+def checkpoint_seq(path: str) -> int:
+    """The number of the checkpoint a peer keeps (its file's header, agent/checkpoints.py)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    (n,) = struct.unpack_from("<I", head, 8)
+    return json.loads(head[12:12 + n])["seq"]
+
+
 class Sender(threading.Thread):
     """Frames into the gateway at about `pps`, remembering when each was sent."""
 
@@ -149,8 +158,11 @@ def test_a_lost_nodes_sfc_resumes_elsewhere_from_its_last_checkpoint(cluster):
     try:
         wait_until(lambda: counts(c, node, sfc)[0] > 0, 20, lambda: c.agents[node].output())
         time.sleep(4 * PERIOD_S)   # several checkpoints, the later ones incremental
-        assert os.path.exists(checkpoint_file(c, peer, node, sfc)), c.agents[node].output()
-        # the peer holds a whole checkpoint of MON's tables (the runtime's, not a copy of ours)
+        # the peer keeps the last of several checkpoints; only the first was sent whole
+        seq = checkpoint_seq(checkpoint_file(c, peer, node, sfc))
+        assert seq >= 3, seq
+        assert len(re.findall(rf"checkpoint \d+ of {sfc} to {peer}: whole",
+                              c.agents[node].output())) == 1, c.agents[node].output()
         killed_at = time.monotonic()
         c.agents[node].proc.kill()   # kill -9: the agent and its data plane (the router)
         at_kill = sender.before(killed_at)
@@ -170,7 +182,7 @@ def test_a_lost_nodes_sfc_resumes_elsewhere_from_its_last_checkpoint(cluster):
     flows, hosts = counts(c, new, sfc)
     assert lower <= flows <= at_kill, (lower, flows, at_kill)
     assert lower <= hosts <= at_kill, (lower, hosts, at_kill)
-    assert at_kill - lower < at_kill / 2   # (the bound says something: most was counted)
+    assert lower > 0   # (traffic ran longer than the bound's window: it says something)
 
     # `serpensctl get sfc` says how old the checkpoint was
     out = subprocess.run([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
