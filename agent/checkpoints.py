@@ -41,6 +41,7 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
 from .state_manager import StateError
+from .state_manager import _write_file as write_file   # tables' way: fallocate, then mmap
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class CheckpointStore:
         for nf, table, size in meta["tables"]:
             tables[(nf, table)] = data[at:at + size]
             at += size
-        if at != len(data):
+        if at > len(data):   # (beyond `at`: the filesystem's padding to a whole block)
             raise CheckpointError(f"checkpoint of {node}/{sfc}: {len(data)} bytes, not {at}")
         return Checkpoint(meta["seq"], meta["taken_unix_ms"], tables)
 
@@ -189,19 +190,19 @@ class CheckpointStore:
         return new
 
     def _write(self, path: str, ck: Checkpoint):
+        """Write `ck` beside `path` and rename it over it: whole, or the last one stays. As
+        the state manager writes tables (a full filesystem is StateFilesystemFull with
+        nothing left behind; hugetlbfs, whose files are written through a mapping and sized
+        in whole pages, works too)."""
         meta = json.dumps({"seq": ck.seq, "taken_unix_ms": ck.taken_unix_ms,
                            "tables": [[nf, t, len(d)] for (nf, t), d in ck.tables.items()]}
                           ).encode()
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
-                f.write(_FILE_MAGIC + struct.pack("<I", len(meta)) + meta)
-                for data in ck.tables.values():
-                    f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)   # whole, or the last one stays
+            write_file(tmp, b"".join([_FILE_MAGIC, struct.pack("<I", len(meta)), meta,
+                                      *ck.tables.values()]))
+            os.replace(tmp, path)
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -299,7 +300,7 @@ class CheckpointPeer:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except CheckpointError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except OSError as e:
+        except (OSError, StateError) as e:   # StateFilesystemFull: the filesystem is full
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"checkpoint: {e}")
         return pb.PutCheckpointResponse(seq=ck.seq, bytes=ck.size())
 

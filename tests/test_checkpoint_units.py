@@ -12,6 +12,7 @@ import pytest
 from serpens.agent import checkpoints as ck
 from serpens.agent.checkpoints import (PAGE, CheckpointError, CheckpointStore, OverBounds,
                                        WrongBase, apply_pages, changed_pages, chunks, received)
+from serpens.agent.state_manager import StateFilesystemFull
 from serpens.common.records import SFCStatus
 from serpens.common.spec import SpecError, parse_sfc
 from serpens.controller.checkpoints import checkpoint_s, pick_peer
@@ -118,21 +119,22 @@ def test_a_checkpoint_that_cannot_be_made_whole_changes_nothing(tmp_path):
     assert os.listdir(os.path.dirname(path)) == ["mon.ckpt"]   # no half-written file left
 
 
-def test_a_write_that_fails_midway_leaves_the_last_checkpoint(tmp_path, monkeypatch):
+def test_a_full_filesystem_leaves_the_last_checkpoint(tmp_path, monkeypatch):
     store = CheckpointStore(str(tmp_path))
     first = {("mon", "flows"): table(3 * PAGE, 7)}
     store.put(header(first), all_pages(first))
     before = open(store.path("s1", "mon"), "rb").read()
 
-    def full(fd):
+    def full(fd, offset, length):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(os, "posix_fallocate", full)
     second = {("mon", "flows"): table(3 * PAGE, 8)}
-    with pytest.raises(OSError):
+    with pytest.raises(StateFilesystemFull):
         store.put(header(second), all_pages(second))
     monkeypatch.undo()
     assert open(store.path("s1", "mon"), "rb").read() == before
     assert os.listdir(os.path.dirname(store.path("s1", "mon"))) == ["mon.ckpt"]
+    assert store.load("s1", "mon").tables == first
 
 
 def test_the_store_is_bounded_and_a_checkpoint_is_dropped(tmp_path):
