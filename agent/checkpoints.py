@@ -313,7 +313,8 @@ class CheckpointPeer:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no checkpoint of {request.node}/{request.sfc} on "
                                 f"{self.node.spec.name}")
-        for chunk in whole(request.node, request.sfc, ck):
+        for chunk in await asyncio.to_thread(lambda: list(whole(request.node, request.sfc,
+                                                                ck))):
             yield chunk
 
 
@@ -460,8 +461,10 @@ class Checkpointer:
             taken_unix_ms=taken, page_size=PAGE, pages=sum(map(len, pages)),
             tables=[pb.CheckpointTable(nf=nf, table=t, size=len(d))
                     for (nf, t), d in zip(names, data)])
-        reply = await self.peers[job.peer.address].PutCheckpoint(
-            chunks(header, data, pages), timeout=_PUT_TIMEOUT)
+        # compressed off the event loop (a first, whole checkpoint may be large)
+        messages = await asyncio.to_thread(lambda: list(chunks(header, data, pages)))
+        reply = await self.peers[job.peer.address].PutCheckpoint(iter(messages),
+                                                                 timeout=_PUT_TIMEOUT)
         job.acked, job.seq, job.taken_unix_ms = tables, reply.seq, taken
         # (a whole one is said: the first, or after the peer lost the base; the rest are not)
         log.log(logging.INFO if base is None else logging.DEBUG,
