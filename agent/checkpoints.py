@@ -400,14 +400,19 @@ class Checkpointer:
         job.task.cancel()
         if drop:
             asyncio.get_running_loop().create_task(
-                self._drop(job.peer, self.node.spec.name, sfc))
+                self._drop(job.peer, self.node.spec.name, sfc, after=job.task))
 
     def forget(self, sfc: str):
         """`sfc` stopped here: no more checkpoints, the peer's one deleted."""
         self.stop(sfc, drop=True)
         self.restored.pop(sfc, None)
 
-    async def _drop(self, peer: pb.PeerRef, node: str, sfc: str):
+    async def _drop(self, peer: pb.PeerRef, node: str, sfc: str,
+                    after: asyncio.Task | None = None):
+        """Have `peer` delete its checkpoint of (`node`, `sfc`), once `after` (the SFC's
+        checkpoint task, cancelled) has ended: no checkpoint of it is in flight then."""
+        if after is not None:
+            await asyncio.wait([after])
         if peer.node == self.node.spec.name:   # this node keeps it
             await asyncio.to_thread(store_of(self.node).drop, node, sfc)
             return
