@@ -9,7 +9,8 @@ from the last checkpoint, with MON's counts no older than the checkpoint interva
 second (counts at the kill minus what arrived in its last 2 s <= restored <= counts at the
 kill), says so in its status (the checkpoint's age; `serpensctl get sfc`), goes on counting
 from there, and the lost node's checkpoint is deleted once the new server's own is kept. An
-SFC whose node is lost before its first checkpoint starts empty, and its status says so."""
+SFC whose node is lost before its first checkpoint starts empty, and its status says so. A
+bad period is refused by the API: INVALID_ARGUMENT naming `spec.state.checkpoint_s`."""
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import grpc
 import pytest
 from scapy.layers.inet import IP, UDP
 
@@ -147,6 +149,15 @@ class Sender(threading.Thread):
 
     def before(self, t: float) -> int:
         return sum(1 for s in self.sent if s < t)
+
+
+def test_a_bad_checkpoint_period_is_refused_by_field(cluster):
+    for bad in (0, 3601, "1"):
+        with pytest.raises(grpc.RpcError) as e:
+            cluster.controller.stub.ApplySFC(pb.ApplySFCRequest(spec=mon_sfc("bad", bad)),
+                                             timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith("spec.state.checkpoint_s: seconds 1..3600")
 
 
 def test_a_lost_nodes_sfc_resumes_elsewhere_from_its_last_checkpoint(cluster):
