@@ -486,12 +486,6 @@ class Node:
             return {"busy_s": st["busy_s"], "sleeps": st["sleeps"],
                     "latency": self.router.latency()}
 
-    def router_stats(self) -> dict | None:
-        """The router's own counters (instances by index, SFCs by router id), None when it
-        does not run (agent/peer_moves.py waits on them)."""
-        with self._router_lock:
-            return None if self.router is None else self.router.stats()
-
     def close(self):
         with self._lock:
             for entry in self.running.values():

@@ -49,28 +49,34 @@ class NotQuiet(TimeoutError):
     """The source did not finish the moving flows' packets in time."""
 
 
-def per_flow_tables(node, sfc: str) -> list[tuple[str, str, dict]]:
-    """[(nf, table, info)] of every per-flow table of `sfc`'s NFs on this node."""
-    entry = node.running.get(sfc)
-    if entry is None:
-        raise LookupError(f"sfc: node {node.spec.name} runs no SFC {sfc!r}")
+def per_flow_tables(state, namespaces: dict[str, str]) -> list[tuple[str, str, str, dict]]:
+    """[(nf, namespace, table, info)] of every per-flow table in the NF namespaces
+    `namespaces` ({namespace: nf}) of StateManager `state`."""
     out = []
-    namespaces = {entry.spec.state_namespace(nf): nf for nf in entry.spec.nfs}
-    for owner, name in node.state.tables():
+    for owner, name in state.tables():
         if owner not in namespaces or "@" in name:
             continue
-        table = node.state.open(owner, name)
+        table = state.open(owner, name)
         try:
             info = table.info
         finally:
             table.close()
         if info["flags"] & dp.PER_FLOW:
-            out.append((namespaces[owner], name, info))
+            out.append((namespaces[owner], owner, name, info))
     return out
 
 
-def check_partial(tables: list[tuple[str, str, dict]], sfc: str):
-    for nf, name, info in tables:
+def sfc_tables(node, sfc: str) -> list[tuple[str, str, str, dict]]:
+    """per_flow_tables() of `sfc`'s NFs on agent Node `node`."""
+    entry = node.running.get(sfc)
+    if entry is None:
+        raise LookupError(f"sfc: node {node.spec.name} runs no SFC {sfc!r}")
+    return per_flow_tables(node.state,
+                           {entry.spec.state_namespace(nf): nf for nf in entry.spec.nfs})
+
+
+def check_partial(tables: list[tuple[str, str, str, dict]], sfc: str):
+    for nf, _, name, info in tables:
         if info["key_size"] != FLOW_KEY_SIZE:
             raise MoveRefused(
                 f"slots: per-flow table {name} of NF {nf} in SFC {sfc} is keyed by "
@@ -78,17 +84,11 @@ def check_partial(tables: list[tuple[str, str, dict]], sfc: str):
                 f"{FLOW_KEY_SIZE} bytes): its entries move only with all of the SFC's flows")
 
 
-def wait_quiet(node, sfc: str, arp_before: int, deadline: float) -> float:
-    """Wait until the gateway's marker arrived and no packet of `sfc` received before it is
-    left in the node (step 1 above); returns the seconds waited."""
+def wait_quiet(router, sfc_id: int, arp_before: int, deadline: float) -> float:
+    """Wait until the gateway's marker arrived at `router` (a dp.Router) and no packet of its
+    SFC `sfc_id` received before it is left in the node (step 1 above); returns the seconds
+    waited."""
     start = time.monotonic()
-    sfc_id = node.running[sfc].sfc_id
-
-    def router():
-        st = node.router_stats()
-        if st is None:
-            raise NotQuiet("the router stopped")
-        return st
 
     def until(done, what):
         while not done():
@@ -96,30 +96,29 @@ def wait_quiet(node, sfc: str, arp_before: int, deadline: float) -> float:
                 raise NotQuiet(f"{what} (after {time.monotonic() - start:.3f} s)")
             time.sleep(0.0002)
 
-    until(lambda: router()["vxlan"]["arp_replies"] > arp_before,
+    until(lambda: router.stats()["vxlan"]["arp_replies"] > arp_before,
           "the gateway's marker did not arrive")
-    if not node.router.quiesce(max(0.001, deadline - time.monotonic())):
+    if not router.quiesce(max(0.001, deadline - time.monotonic())):
         raise NotQuiet("the router did not come round")
-    until(lambda: router()["sfcs"][sfc_id]["held"] == 0,
-          "packets still wait for an instance to start")
-    st = router()
+    until(lambda: router.held(sfc_id) == 0, "packets still wait for an instance to start")
+    st = router.stats()
     owed = {i: c["enqueued"] + c["pending"] for i, c in st["instances"].items()
             if c["sfc"] == sfc_id and c["state"] in (_ACTIVE, _DRAINING)}
 
     def returned():
-        now = router()["instances"]
+        now = router.stats()["instances"]
         return all(i not in now or now[i]["state"] not in (_ACTIVE, _DRAINING)
                    or now[i]["returned"] >= want for i, want in owed.items())
     until(returned, "the SFC's instances did not finish the moving flows' packets")
     return time.monotonic() - start
 
 
-def export(node, sfc: str, tables, slots: set[int] | None, gateway_sfc: int) -> list:
-    """[(nf, table, info, keys, values)] of the moving flows' entries (lists of bytes)."""
-    entry = node.running[sfc]
+def export(state, tables, slots: set[int] | None, gateway_sfc: int) -> list:
+    """[(nf, namespace, table, info, keys, values)] of the moving flows' entries (lists of
+    bytes) in `tables` (per_flow_tables())."""
     out = []
-    for nf, name, info in tables:
-        table = node.state.open(entry.spec.state_namespace(nf), name)
+    for nf, namespace, name, info in tables:
+        table = state.open(namespace, name)
         try:
             items = table.items()
         finally:
@@ -127,23 +126,40 @@ def export(node, sfc: str, tables, slots: set[int] | None, gateway_sfc: int) -> 
         if slots is not None and items:
             where = dp.gateway_flow_slots(gateway_sfc, b"".join(k for k, _ in items))
             items = [kv for kv, slot in zip(items, where) if slot in slots]
-        out.append((nf, name, info, [k for k, _ in items], [v for _, v in items]))
+        out.append((nf, namespace, name, info, [k for k, _ in items], [v for _, v in items]))
     return out
 
 
-def delete(node, sfc: str, nf: str, name: str, keys: list[bytes]) -> int:
-    table = node.state.open(node.running[sfc].spec.state_namespace(nf), name)
-    gone = 0
+def delete(state, namespace: str, name: str, keys: list[bytes]) -> int:
+    """Delete the entries of `keys` (those an NF's own expiry removed meanwhile are not
+    counted); returns how many were deleted."""
+    table = state.open(namespace, name)
     try:
-        for key in keys:
-            try:
-                table.delete(key)
-                gone += 1
-            except OSError:
-                pass   # gone already (an NF's own expiry)
+        return table.delete_many(b"".join(keys))
     finally:
         table.close()
-    return gone
+
+
+def insert(state_dir: str, namespace: str, name: str, info: dict, keys, values,
+           undo: bool = False) -> int:
+    """Put (undo: delete) entries into table `name` of `namespace`, made with `info`'s shape
+    when absent; MoveRefused when it has another shape (flags, sizes, capacity). `keys` and
+    `values`: lists of bytes, or each all of them back to back."""
+    ks, vs = info["key_size"], info["value_size"]
+    try:
+        table = dp.StateTable(state_dir, namespace, name, info["flags"], ks, vs,
+                              info["capacity"])
+    except FileExistsError as e:   # the target's table of that name has another shape
+        raise MoveRefused(f"table: {e.strerror}") from None
+    blob = keys if isinstance(keys, bytes) else b"".join(keys)
+    try:
+        if undo:
+            table.delete_many(blob)
+        else:
+            table.put_many(blob, values if isinstance(values, bytes) else b"".join(values))
+    finally:
+        table.close()
+    return len(blob) // ks
 
 
 def chunks(keys: list[bytes], values: list[bytes], entry_bytes: int):
@@ -153,8 +169,7 @@ def chunks(keys: list[bytes], values: list[bytes], entry_bytes: int):
 
 
 def import_chunk(node, request) -> int:
-    """Insert (undo: delete) the chunk's entries into this node's table, made with the
-    source's shape when this node has none yet."""
+    """Insert (undo: delete) the chunk's entries into this node's table."""
     entry = node.running.get(request.sfc)
     if entry is None:
         raise LookupError(f"sfc: node {node.spec.name} runs no SFC {request.sfc!r}")
@@ -167,27 +182,10 @@ def import_chunk(node, request) -> int:
         raise ValueError("keys/values: not whole entries of key_size/value_size bytes")
     if not request.flags & dp.PER_FLOW:
         raise ValueError(f"flags: table {request.table} is not a per-flow table")
-    table = dp.StateTable(node.state.state_dir, entry.spec.state_namespace(request.nf),
-                          request.table, request.flags, ks, vs, request.capacity)
-    try:
-        info = table.info
-        if (info["key_size"], info["value_size"]) != (ks, vs):
-            raise MoveRefused(f"table: {request.table} here has {info['key_size']}-byte keys "
-                              f"and {info['value_size']}-byte values, the source's "
-                              f"{ks} and {vs}")
-        keys, values = request.keys, request.values
-        for i in range(n):
-            key = keys[i * ks:(i + 1) * ks]
-            if request.undo:
-                try:
-                    table.delete(key)
-                except OSError:
-                    pass
-            else:
-                table.put(key, values[i * vs:(i + 1) * vs])
-    finally:
-        table.close()
-    return n
+    info = {"flags": request.flags, "key_size": ks, "value_size": vs,
+            "capacity": request.capacity}
+    return insert(node.state.state_dir, entry.spec.state_namespace(request.nf), request.table,
+                  info, request.keys, request.values, undo=request.undo)
 
 
 class FlowMoves:
@@ -208,7 +206,7 @@ class FlowMoves:
                                 f"slots: Maglev slots are 0..{dp.GW_MAGLEV - 1}")
         if not request.check and not request.target.address:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "target.address: empty")
-        tables = await asyncio.to_thread(per_flow_tables, node, request.sfc)
+        tables = await asyncio.to_thread(sfc_tables, node, request.sfc)
         if slots:
             try:
                 check_partial(tables, request.sfc)
@@ -218,16 +216,15 @@ class FlowMoves:
             return pb.MoveFlowsResponse(tables=len(tables))
         deadline = time.monotonic() + (request.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         try:
-            waited = await asyncio.to_thread(wait_quiet, node, request.sfc,
-                                             request.arp_before, deadline)
+            waited = await asyncio.to_thread(self._wait_quiet, request, deadline)
         except NotQuiet as e:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"source: {e}")
-        moving = await asyncio.to_thread(export, node, request.sfc, tables, slots,
+        moving = await asyncio.to_thread(export, node.state, tables, slots,
                                          request.gateway_sfc)
         target = self.peers[request.target.address]
         sent = []
         try:
-            for nf, name, info, keys, values in moving:
+            for nf, _, name, info, keys, values in moving:
                 for ks, vs in chunks(keys, values, info["key_size"] + info["value_size"]):
                     msg = pb.ImportFlowsRequest(
                         sfc=request.sfc, nf=nf, table=name, flags=info["flags"],
@@ -242,12 +239,19 @@ class FlowMoves:
                                 f"target {request.target.node or request.target.address}: "
                                 f"{why}; nothing moved")
         entries = 0
-        for nf, name, _, keys, _ in moving:
-            entries += await asyncio.to_thread(delete, node, request.sfc, nf, name, keys)
+        for _, namespace, name, _, keys, _ in moving:
+            entries += await asyncio.to_thread(delete, node.state, namespace, name, keys)
         log.info("sfc %s: %d per-flow entries of %d tables moved to %s (waited %.1f ms)",
                  request.sfc, entries, len(moving), request.target.node, waited * 1000)
         return pb.MoveFlowsResponse(entries=entries, tables=len(moving),
                                     wait_us=int(waited * 1e6))
+
+    def _wait_quiet(self, request, deadline: float) -> float:
+        entry = self.node.running.get(request.sfc)
+        router = self.node.router
+        if entry is None or router is None:
+            raise NotQuiet(f"SFC {request.sfc} stopped")
+        return wait_quiet(router, entry.sfc_id, request.arp_before, deadline)
 
     async def _undo(self, target, sent):
         for msg in sent:

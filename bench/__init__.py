@@ -10,6 +10,7 @@ CASES = {
     "control": "serpens.bench.control",
     "faults": "serpens.bench.faults",
     "multinode": "serpens.bench.multinode",
+    "migrate": "serpens.bench.migrate",
     "efficiency": "serpens.bench.efficiency",
     "report": "serpens.bench.report",
     "e2e": "serpens.bench.e2e",

@@ -12,17 +12,29 @@ each with one JSON line:
 - `log N`: record the next N packets sent, their arrival time taken from the stamp the
   gateway's traffic driver wrote in the payload (`stamp_off`; one TSC on one host);
 - `take`: those records (hex);
-- `return`: the SFC's output is the gateway from now on.
+- `return`: the SFC's output is the gateway from now on;
+- moving flows (bench/migrate.py, agent/peer_moves.py's steps, the files on the shared
+  filesystem in place of Peer messages): `arp` (ARP requests answered so far), `export JSON`
+  ({path, slots (null: all), gateway_sfc, arp: wait for the gateway's marker after that many
+  ARP answers and for the SFC's packets before it, or -1: no wait}: the per-flow entries of
+  those flows written to `path`), `import PATH` (insert them), `delete PATH` (delete those
+  keys here), `pause` / `resume` (the NF stops, its packets wait in the router's hold queue,
+  and starts again: the stop-and-copy baseline).
 When stdin closes: its router's counters as a last JSON line."""
 from __future__ import annotations
 
+import contextlib
 import json
+import pickle
 import sys
 import time
 
 from serpens.runtime_cy import _dataplane as dp
 
-from .rig import Rig
+from serpens.agent import peer_moves
+from serpens.agent.state_manager import StateManager
+
+from .rig import INSTANCE_CPU, Rig
 from .sfc import fw_mon_nat
 
 
@@ -34,6 +46,65 @@ def _counts(router, sink: int) -> dict:
         if t1 - t0 < 100e-6:
             break
     return {"tx": st["ports"][sink]["tx"], "dropped": st["dropped"], "t": (t0 + t1) / 2}
+
+
+def _tables(rig):
+    state = StateManager(rig.state.name)
+    return state, peer_moves.per_flow_tables(state, {ns: ns for ns, _ in state.tables()})
+
+
+def _arp(rig, sid, arg) -> dict:
+    return {"arp": rig.router.stats()["vxlan"]["arp_replies"]}
+
+
+def _export(rig, sid, arg) -> dict:
+    req = json.loads(arg)
+    t0 = time.monotonic()
+    waited = 0.0
+    if req["arp"] >= 0:
+        waited = peer_moves.wait_quiet(rig.router, sid, req["arp"], t0 + 10.0)
+    state, tables = _tables(rig)
+    slots = None if req["slots"] is None else set(req["slots"])
+    moving = peer_moves.export(state, tables, slots, req["gateway_sfc"])
+    with open(req["path"], "wb") as f:
+        pickle.dump(moving, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return {"entries": sum(len(m[4]) for m in moving), "wait_ms": waited * 1000,
+            "ms": (time.monotonic() - t0) * 1000}
+
+
+def _import(rig, sid, path) -> dict:
+    with open(path, "rb") as f:
+        moving = pickle.load(f)
+    n = sum(peer_moves.insert(rig.state.name, namespace, name, info, keys, values)
+            for _, namespace, name, info, keys, values in moving)
+    return {"entries": n}
+
+
+def _delete(rig, sid, path) -> dict:
+    with open(path, "rb") as f:
+        moving = pickle.load(f)
+    state = StateManager(rig.state.name)
+    return {"entries": sum(peer_moves.delete(state, namespace, name, keys)
+                           for _, namespace, name, _, keys, _ in moving)}
+
+
+_paused = contextlib.ExitStack()
+
+
+def _pause(rig, sid, arg) -> dict:
+    _paused.enter_context(rig.managers[0].paused())
+    return {"paused": True}
+
+
+def _resume(rig, sid, arg) -> dict:
+    _paused.close()
+    for s in rig.managers[0].instances.values():
+        rig.pool.pin(s.proc, INSTANCE_CPU)
+    return {"resumed": True}
+
+
+MOVES = {"arp": _arp, "export": _export, "import": _import, "delete": _delete,
+         "pause": _pause, "resume": _resume}
 
 
 def serve(spec: dict):
@@ -61,6 +132,8 @@ def serve(spec: dict):
                 out = {"log": int(arg)}
             elif cmd == "take":
                 out = {"recs": router.log_take().hex()}
+            elif cmd in MOVES:
+                out = MOVES[cmd](rig, sid, arg)
             elif cmd == "return":  # between runs, at the idle pace: a frame may be dropped
                 router.set_sfc_vxlan(sid, spec["tag"], spec.get("vni", 0), to_gateway=True)
                 out = {"return": True}
@@ -69,7 +142,9 @@ def serve(spec: dict):
             print(json.dumps(out), flush=True)
         st = router.stats()
         print(json.dumps(dict({k: st[k] for k in ("rx", "tx", "dropped", "tx_failed", "sleeps",
-                                                  "vxlan")}, local_tx=st["ports"][sink]["tx"])),
+                                                  "vxlan")}, local_tx=st["ports"][sink]["tx"],
+                              nf_dropped=st["sfcs"][sid]["dropped"],
+                              drops=st["sfcs"][sid]["drops"])),
               flush=True)
         rig.stop()
         dp.port_close(port)

@@ -361,7 +361,8 @@ cdef class Gateway:
         return free_move
 
     cdef _send_marker(self, int server):
-        """An ARP request for the server's address, sent after every frame sent before."""
+        """An ARP request for the server's address (to its MAC), sent after every frame sent
+        before."""
         cdef serpens_gw_server *sv = &self.g.servers[server]
         cdef rte_mbuf *m
         cdef char *dst
@@ -375,8 +376,10 @@ cdef class Gateway:
         own_mac = bytes(self.g.underlay.mac[k] for k in range(6))
         own_ip = (<uint32_t>self.g.underlay.ip).to_bytes(4, "little")
         ip = (<uint32_t>sv.ip).to_bytes(4, "little")
-        frame = (b"\xff" * 6 + own_mac + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" +
-                 own_mac + own_ip + b"\x00" * 6 + ip).ljust(60, b"\x00")
+        # unicast to the source's MAC: on a shared segment no other server sees it
+        frame = (bytes(sv.mac[k] for k in range(6)) + own_mac + b"\x08\x06" +
+                 b"\x00\x01\x08\x00\x06\x04\x00\x01" + own_mac + own_ip + b"\x00" * 6 +
+                 ip).ljust(60, b"\x00")
         m = rte_pktmbuf_alloc(self.pool.mp)
         if m == NULL:
             raise MemoryError("no mbuf for the move's marker")

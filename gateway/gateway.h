@@ -62,7 +62,7 @@
 #define SERPENS_GW_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows */
 #define SERPENS_GW_NO_SERVER 0xFF
 #define SERPENS_GW_MAX_MOVES 4
-#define SERPENS_GW_HOLD 32768        /* packets held per move (a power of two) */
+#define SERPENS_GW_HOLD 65536        /* packets held per move (a power of two) */
 #define SERPENS_GW_SLOT_WORDS ((SERPENS_GW_MAGLEV + 63) / 64)
 #define SERPENS_GW_RELEASE_BURST 64  /* held packets sent per loop while a move releases */
 

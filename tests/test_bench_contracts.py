@@ -451,3 +451,23 @@ def test_efficiency_bench_json_contract():
         high = (cs["demand"] + half) / max(cs[k] - half, 1e-9) + half
         assert low <= r["utilisation"][k] <= high, (k, r["utilisation"][k], cs)
     assert 0 < r["trace"]["under_40pct"] < 1
+
+
+def test_migrate_bench_json_contract():
+    """A short run at a low load: every key, for Serpens and the stop-and-copy baseline, and
+    the flows really moved with their entries (FW, MON and NAT: three per flow at least);
+    Serpens' move lost and reordered nothing."""
+    r = _bench("migrate", "--flows", "1000", "--pps", "20000", "--warmup", "0.2",
+               "--before", "0.2", "--after", "0.2", "--seconds", "0.2", timeout=600)
+    keys = {"move_ms", "lost_packets", "reordered_flows", "paused_flows_max",
+            "before_p99_us", "during_p99_us"}
+    assert keys <= set(r) and keys <= set(r["stop_and_copy"])
+    assert 200 < r["flows"] < 800 and r["stop_and_copy"]["flows"] == r["flows"]
+    assert r["entries"] >= 3 * r["flows"] and r["stop_and_copy"]["entries"] >= 3 * r["flows"]
+    assert r["move_ms"] > 0 and r["stop_and_copy"]["move_ms"] > 0
+    assert r["lost_packets"] == 0 and r["reordered_flows"] == 0 and r["held_dropped"] == 0
+    assert 0 < r["params"]["offered_mpps"] <= 0.021
+    assert r["machine"]["cores"] >= 1 and set(r["machine"]["stalls"]) >= {"cpu0"}
+    gw = r["detail"]["gateway"]["sfc"]
+    assert gw["moves"] == 2 and gw["held"] == r["held"] + r["detail"]["stop_and_copy"]["held"]
+    assert all(st["vxlan"]["arp_replies"] >= 1 for st in r["detail"]["servers"].values())

@@ -45,7 +45,7 @@ def sent(site, frames):
     for w in wires:
         p = Ether(w)
         if ARP in p:
-            out.append(("arp", p[ARP].pdst))
+            out.append(("arp", p[ARP].pdst, p.dst))
             continue
         inner = p[VXLAN].payload
         seq = struct.unpack("<II", bytes(inner[UDP].payload)[:8])[1]
@@ -74,7 +74,7 @@ def test_moving_flows_wait_and_leave_first_in_order_for_the_target(site):
     assert 50 < len(on_a) < 250
     move = site.gw.hold_flows(site.sfc, A, B)
     site.pump()
-    assert sent(site, []) == [("arp", A)]            # the marker, behind everything before
+    assert sent(site, []) == [("arp", A, SERVERS[A])]   # the marker, behind all before
     during = sent(site, [flow_frame(f, s) for s in (1, 2) for f in FLOWS])
     assert {f for _, f, _ in during} == set(FLOWS) - set(on_a), "only the moving flows wait"
     assert site.gw.move_counters(move)["held"] == 2 * len(on_a)

@@ -165,12 +165,73 @@ def test_an_older_term_is_aborted_and_a_bad_set_refused_whole(gateway):
     push(gateway.stub, [web], term=6)  # the same leader again: applied (nothing to change)
 
 
+def test_held_flows_move_on_release_and_go_back_when_the_hold_expires(gateway):
+    """HoldFlows/ReleaseFlows (docs/moves.md): the source gets the marker, the moving flows'
+    frames wait and go to the target on commit; a hold nobody releases goes back to the
+    source by itself; bad requests name the field."""
+    web = RouteRecord(sfc="web", tag=77, vni=3, servers=(S1, S2))
+    push(gateway.stub, [web], term=8)
+
+    def count():
+        return len(pcap_frames(gateway.tmp / "under.pcap"))
+
+    def under(since):
+        return [Ether(f) for f in pcap_frames(gateway.tmp / "under.pcap")[since:]]
+
+    def sent_to(ip, since):
+        return {p[VXLAN].payload[UDP].sport for p in under(since)
+                if VXLAN in p and p[IP].dst == ip}
+    with pytest.raises(grpc.RpcError) as e:
+        gateway.stub.HoldFlows(pb.HoldFlowsRequest(sfc="dns", source_ip=S1.ip,
+                                                   target_ip=S2.ip), timeout=5)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "sfc" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        gateway.stub.HoldFlows(pb.HoldFlowsRequest(sfc="web", source_ip="10.77.0.99",
+                                                   target_ip=S2.ip), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and \
+        "source 10.77.0.99" in e.value.details()
+    start = count()
+    wait_until(lambda: sent_to(S1.ip, start), 10, gateway.output)
+    start = count()
+    hold = gateway.stub.HoldFlows(pb.HoldFlowsRequest(sfc="web", source_ip=S1.ip,
+                                                      target_ip=S2.ip, timeout_ms=5000),
+                                  timeout=5)
+    time.sleep(0.5)
+    arp = [p for p in under(start) if p.type == 0x0806]
+    assert len(arp) == 1 and (arp[0].pdst, arp[0].dst) == (S1.ip, S1.mac)   # the marker
+    released = gateway.stub.ReleaseFlows(pb.ReleaseFlowsRequest(move_id=hold.move_id,
+                                                                commit=True), timeout=5)
+    assert released.flows > 0 and released.held > 0 and released.held_dropped == 0
+    after = count()
+    time.sleep(0.5)
+    assert not sent_to(S1.ip, after), "a moved flow went to the source"
+    with pytest.raises(grpc.RpcError) as e:   # released already
+        gateway.stub.ReleaseFlows(pb.ReleaseFlowsRequest(move_id=hold.move_id), timeout=5)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    # the flows now on S2 held, and nobody releases them: back where they were
+    moves = gateway.stub.GetGateway(pb.GetGatewayRequest(), timeout=5).sfcs["web"].moves
+    hold = gateway.stub.HoldFlows(pb.HoldFlowsRequest(sfc="web", source_ip=S2.ip,
+                                                      target_ip=S1.ip, timeout_ms=300),
+                                  timeout=5)
+    wait_until(lambda: gateway.stub.GetGateway(pb.GetGatewayRequest(),
+                                               timeout=5).sfcs["web"].moves == moves + 1,
+               5, gateway.output)
+    with pytest.raises(grpc.RpcError) as e:
+        gateway.stub.ReleaseFlows(pb.ReleaseFlowsRequest(move_id=hold.move_id), timeout=5)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "expired" in e.value.details()
+    after = count()
+    time.sleep(0.5)
+    assert sent_to(S2.ip, after) and not sent_to(S1.ip, after)
+
+
 @pytest.mark.parametrize("who, role", [("ops", "viewer"), ("serpens-agent", "agent")])
 def test_only_the_controller_may_call_it(gateway, who, role):
     with secure_channel(gateway.address, identity(who, role)) as channel:
         stub = serpens_pb2_grpc.GatewayStub(channel)
         for call in (lambda: stub.GetGateway(pb.GetGatewayRequest(), timeout=5),
-                     lambda: stub.SetRoutes(pb.SetRoutesRequest(term=99), timeout=5)):
+                     lambda: stub.SetRoutes(pb.SetRoutesRequest(term=99), timeout=5),
+                     lambda: stub.HoldFlows(pb.HoldFlowsRequest(sfc="web"), timeout=5),
+                     lambda: stub.ReleaseFlows(pb.ReleaseFlowsRequest(move_id=1), timeout=5)):
             with pytest.raises(grpc.RpcError) as e:
                 call()
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -89,6 +89,41 @@ cdef class StateTable:
         if rc:
             raise OSError(-rc, strerror(-rc).decode())
 
+    def put_many(self, bytes keys, bytes values):
+        """Put n entries given as n keys and n values back to back (moving flows in bulk);
+        returns n. Stops at the first error (OSError: that many were put before it)."""
+        self._check()
+        cdef uint32_t ks = self.t.hdr.key_size, vs = self.t.hdr.value_size
+        cdef Py_ssize_t n = len(keys) // ks, i
+        cdef const char *k = PyBytes_AS_STRING(keys)
+        cdef const char *v = PyBytes_AS_STRING(values)
+        cdef int rc = 0
+        if len(keys) != n * ks or len(values) != n * vs:
+            raise ValueError(f"{len(keys)} bytes of keys and {len(values)} of values are not "
+                             f"whole entries of {ks} and {vs} bytes")
+        with nogil:
+            for i in range(n):
+                rc = serpens_table_put(&self.t, k + i * ks, v + i * vs, NULL)
+                if rc:
+                    break
+        if rc:
+            raise OSError(-rc, f"{strerror(-rc).decode()} after {i} of {n} entries")
+        return n
+
+    def delete_many(self, bytes keys):
+        """Delete the entries of n keys given back to back; returns how many were there."""
+        self._check()
+        cdef uint32_t ks = self.t.hdr.key_size
+        cdef Py_ssize_t n = len(keys) // ks, i, gone = 0
+        cdef const char *k = PyBytes_AS_STRING(keys)
+        if len(keys) != n * ks:
+            raise ValueError(f"{len(keys)} bytes are not whole keys of {ks} bytes")
+        with nogil:
+            for i in range(n):
+                if serpens_table_delete(&self.t, k + i * ks) == 0:
+                    gone += 1
+        return gone
+
     def items(self):
         """[(key, value)] of every live entry (a reader: never blocks the writers)."""
         self._check()

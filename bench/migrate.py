@@ -1,0 +1,103 @@
+"""migrate: moving half of the flows between two servers with their state, vs stop-and-copy.
+
+Three DPDK processes in network namespaces, as `bench multinode` (bench/multinode.py Testbed:
+memif or af_packet links): the gateway with its traffic driver (bench/migrate_gateway.py) and
+two servers running FW->MON->NAT (per-flow tables: FW's verdicts, MON's flow counters, NAT's
+mappings; MON's eventual per-host counters and NAT's release port pool stay where they are),
+the output back through the gateway. A load of --pps over --flows flows (or, when this VM
+carries less with under 0.1% loss in a short trial, --headroom times what it carried:
+`offered_mpps` says what was offered) runs while server A's flows (those in
+the Maglev slots A owns: half of all) move to B (Serpens: controller/moves.py's steps, docs/
+moves.md), then back from B to A the stop-and-copy way (pause the NF, copy all its per-flow
+state, re-pin at once, resume). Figures, for each: move_ms (request to the last moved flow's
+held packets sent on to B, or to the NF's resume), lost_packets (into the gateway, never
+out), reordered_flows (a flow whose sequence numbers came out of order), paused_flows_max
+(flows with a packet delayed beyond max(1 ms, 3 x the p99 before), during the move),
+before_p99_us and during_p99_us (arrival at the gateway to departure from it, for packets
+that arrived before / during the move). Serpens' go at the top level, the baseline's under
+stop_and_copy; `flows` is how many moved.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from .common import BenchError, machine
+from .multinode import GATEWAY, GATEWAY_CPU, TAG, UNDERLAYS, Testbed
+
+KEYS = ("move_ms", "lost_packets", "reordered_flows", "paused_flows_max", "before_p99_us",
+        "during_p99_us")
+
+
+def add_arguments(p):
+    p.add_argument("--pps", type=float, default=1e6, help="the load offered during moves")
+    p.add_argument("--flows", type=int, default=10000)
+    p.add_argument("--seconds", type=float, default=0.5,
+                   help="measuring time of the trial that checks the load is carried")
+    p.add_argument("--warmup", type=float, default=0.5,
+                   help="seconds at the load before a move's measurement starts")
+    p.add_argument("--before", type=float, default=0.5, help="seconds measured before a move")
+    p.add_argument("--after", type=float, default=0.5, help="seconds measured after a move")
+    p.add_argument("--headroom", type=float, default=0.5,
+                   help="moves run at this fraction of the load a trial carried")
+    p.add_argument("--underlay", choices=UNDERLAYS, default="memif")
+    p.add_argument("--gateway-cpu", type=int, choices=(0, 1), default=GATEWAY_CPU)
+
+
+def run(args) -> dict:
+    if os.geteuid() != 0:
+        raise BenchError("bench migrate makes network namespaces: run it as root")
+    with tempfile.TemporaryDirectory(prefix="serpens-bench-mig-", dir="/dev/shm") as directory:
+        bed = Testbed(args.underlay, directory, ("a", "b"))
+        try:
+            bed.create()
+            spec = {"servers": [{k: s[k] for k in ("name", "ns", "ip", "mac", "gw_vdev",
+                                                   "server_vdev")} for s in bed.servers],
+                    "gateway_ip": GATEWAY["ip"], "gateway_mac": GATEWAY["mac"], "tag": TAG,
+                    "flows": args.flows, "seconds": args.seconds, "warmup": args.warmup,
+                    "before_s": args.before, "after_s": args.after, "pps": args.pps,
+                    "dir": directory, "gateway_cpu": args.gateway_cpu,
+                    "headroom": args.headroom}
+            p = subprocess.run(["ip", "netns", "exec", bed.gw_ns, sys.executable, "-m",
+                                "serpens.bench.migrate_gateway", json.dumps(spec)],
+                               capture_output=True, text=True, timeout=1800)
+        finally:
+            bed.remove()
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode or not lines:
+        sys.stderr.write(p.stderr)
+        raise BenchError(f"bench migrate: the gateway side failed (exit {p.returncode}): "
+                         + (p.stderr.strip().splitlines() or ["no output"])[-1])
+    r = json.loads(lines[-1])
+    s, sc = r["serpens"], r["stop_and_copy"]
+    if not s["flows"] or not sc["flows"]:
+        raise BenchError(f"bench migrate: no flow moved: {s}, {sc}")
+    return {"machine": dict(machine(), stalls=r["stalls"]),
+            "params": {"flows_total": args.flows, "pps_wanted": args.pps,
+                       "offered_mpps": s["offered_mpps"],
+                       "carried_mpps": round(r["carried_pps"] / 1e6, 3),
+                       "headroom": args.headroom,
+                       "load_loss": r["load_trial"]["lost"], "sfc": "fw->mon->nat",
+                       "servers": 2, "underlay": args.underlay, "warmup": args.warmup,
+                       "before_s": args.before, "after_s": args.after,
+                       "moved": "server A's flows (the Maglev slots A owns) A->B; the "
+                                "baseline moves the same flows back B->A",
+                       "paused": "a packet delayed beyond max(1 ms, 3 x the p99 before)"},
+            **{k: s[k] for k in KEYS}, "flows": s["flows"], "entries": s["entries"],
+            "held": s["held"], "held_dropped": s["held_dropped"],
+            "stop_and_copy": dict({k: sc[k] for k in KEYS}, flows=sc["flows"],
+                                  entries=sc["entries"]),
+            "detail": {"serpens": s, "stop_and_copy": sc, "gateway": r["gateway"],
+                       "servers": r["servers"]}}
+
+
+def print_table(r: dict):
+    p = r["params"]
+    print(f"bench migrate: {p['flows_total']} flows at {p['offered_mpps']} Mpps offered "
+          f"(wanted {p['pps_wanted'] / 1e6:g}), {r['flows']} flows moved")
+    print(f"{'':16}{'serpens':>12}{'stop&copy':>12}")
+    for k in KEYS:
+        print(f"{k:16}{r[k]!s:>12}{r['stop_and_copy'][k]!s:>12}")

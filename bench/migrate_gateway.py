@@ -1,0 +1,228 @@
+"""The gateway side of `bench migrate` (python -m serpens.bench.migrate_gateway SPEC_JSON), run
+in the gateway's network namespace as its own DPDK primary: the gateway and its traffic driver
+(bench/native/gwdrive.h: paced arrivals stamped with their time and a sequence number, the
+frames back from the servers read off the egress port into a latency log) on the gateway's
+core, two servers (bench/multinode_server.py, FW->MON->NAT each) returning the SFC's output
+through the gateway. At a steady load, server A's flows (every flow in the Maglev slots A owns:
+half of them) move to B twice, each time with their per-flow entries of FW, MON and NAT:
+- serpens: the gateway holds those flows (gateway.h "Moving flows") and sends A its marker; A
+  waits until it has none of their packets, exports their entries; B inserts them; A deletes
+  them; the gateway re-pins them to B and sends what it held first;
+- stop_and_copy (the migration-based systems the paper compares against): A's NF pauses (its
+  packets wait in A's router, a bounded queue: beyond it, back-pressure, then drops), all of
+  A's per-flow state is copied to B, the moving flows' entries deleted at A, the flows re-pinned
+  at the gateway at once (no hold), and A's NF resumes. Run on the flows moving back from B to
+  A (the same flows, the same number).
+Each flow's sequence numbers read at the egress give reordered flows; the driver's counts,
+lost packets; latency before and during the move from the stamps. Prints one JSON line."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import struct
+import sys
+import time
+
+from serpens.agent.dataplane import Dataplane, DataplaneConfig
+from serpens.runtime_cy import _dataplane as dp
+
+from .common import cpu_stalls, percentiles
+from .multinode_gateway import STAMP_OFF, Multi, Servers, stamped_frames
+from .rig import INSTANCE_CPU, ROUTER_CPU, write_pcap  # noqa: F401 (write_pcap: same rig)
+
+LOSS_LIMIT = 0.001
+PAUSE_FACTOR = 3.0          # a packet this many times the p99 before (at least 1 ms): paused
+
+
+class Mover:
+    def __init__(self, multi: Multi, servers: Servers, spec: dict, flows: int):
+        self.multi, self.servers, self.spec, self.flows = multi, servers, spec, flows
+        self.gw, self.driver = multi.gw, multi.driver
+        self.sfc = 0
+        self.ips = {s["name"]: s["ip"] for s in spec["servers"]}
+        self.procs = servers.procs
+        self.path = os.path.join(spec["dir"], "moving.pkl")
+
+    def ask(self, name: str, cmd: str) -> dict:
+        p = self.procs[name]
+        p.stdin.write(cmd + "\n")
+        p.stdin.flush()
+        from .multinode_gateway import _json_line
+        out = _json_line(p, 60.0)
+        if "error" in out:
+            raise RuntimeError(f"server {name}: {out['error']}")
+        return out
+
+    def slots_of(self, name: str) -> list[int]:
+        index = self.gw.stats()["servers"][self.ips[name]]["index"]
+        return [s for s, server in enumerate(self.gw.route_table(self.sfc)) if server == index]
+
+    def _wait_release(self, move: int) -> dict:
+        deadline = time.monotonic() + 10
+        while self.gw.move_state(move) != "done":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"move {move}: the gateway did not release in 10 s")
+            time.sleep(0.0002)
+        return self.gw.finish_move(move)
+
+    def serpens(self, source: str, target: str, slots: list[int]) -> dict:
+        arp = self.ask(source, "arp")["arp"]
+        move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)
+        exported = self.ask(source, "export " + json.dumps(
+            {"path": self.path, "slots": slots, "gateway_sfc": self.sfc, "arp": arp}))
+        self.ask(target, f"import {self.path}")
+        self.ask(source, f"delete {self.path}")
+        self.gw.release_flows(move, True)   # the driver polls the gateway: wait for it
+        c = self._wait_release(move)
+        return dict(c, entries=exported["entries"], wait_ms=round(exported["wait_ms"], 3))
+
+    def stop_and_copy(self, source: str, target: str, slots: list[int]) -> dict:
+        self.ask(source, "pause")
+        try:
+            everything = self.ask(source, "export " + json.dumps(
+                {"path": self.path, "slots": None, "gateway_sfc": self.sfc, "arp": -1}))
+            self.ask(target, f"import {self.path}")
+            moving = self.ask(source, "export " + json.dumps(
+                {"path": self.path, "slots": slots, "gateway_sfc": self.sfc, "arp": -1}))
+            self.ask(source, f"delete {self.path}")
+            # the route switch, at once: no hold (a hold released as soon as made)
+            move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)
+            self.gw.release_flows(move, True)
+            c = self._wait_release(move)
+        finally:
+            self.ask(source, "resume")
+        return dict(c, entries=moving["entries"], copied=everything["entries"])
+
+    def measure(self, how, pps: float, source: str, target: str, slots: list[int]) -> dict:
+        """One move under load `pps`: the bench's figures for it."""
+        hz = dp.tsc_hz()
+        before_s, after_s = self.spec["before_s"], self.spec["after_s"]
+        s0, m0, r0 = self.driver.counts()[:3]
+        w0 = time.monotonic()
+        self.driver.pace(pps)
+        time.sleep(self.spec["warmup"])
+        self.driver.log_start(int(pps * (before_s + after_s + 5.0)) + 100000)
+        time.sleep(before_s)
+        t0 = dp.rdtsc()
+        detail = how(source, target, slots)
+        t1 = dp.rdtsc()
+        time.sleep(after_s)
+        recs = self.driver.log_take()
+        s_end, m_end = self.driver.counts()[:2]
+        offered = ((s_end - s0) + (m_end - m0)) / (time.monotonic() - w0)
+        self.driver.pace(1)
+        time.sleep(0.5)                      # everything in flight comes back
+        s1, m1, r1 = self.driver.counts()[:3]
+        return dict(figures(recs, self.flows, t0, t1, hz), move_ms=round((t1 - t0) / hz * 1e3, 3),
+                    # (max: a frame of the idle pace in flight when s0 was read)
+                    lost_packets=max(0, (s1 - s0) - (r1 - r0)), missed=m1 - m0,
+                    offered_mpps=round(offered / 1e6, 4),
+                    flows=detail["flows"], entries=detail["entries"], held=detail["held"],
+                    held_dropped=detail["held_dropped"],
+                    detail={k: v for k, v in detail.items()
+                            if k not in ("flows", "entries", "held", "held_dropped")})
+
+
+def figures(recs: bytes, flows: int, t0: int, t1: int, hz: float) -> dict:
+    """Latency before and during [t0, t1] (arrival times), reordered and paused flows.
+    Sequence numbers follow arrival order, so the packets that arrived during the move and
+    never came out are those between the last one seen that arrived before it and the first
+    one after it: each makes its flow paused, and counts in during_p99_us as delayed until
+    the log's end (a lower bound: a lost packet is later than any). Lost packets of the
+    measured run are split by when they arrived (before, during, after the move)."""
+    us = hz / 1e6
+    before, during, last, reordered, slow, seen = [], [], {}, set(), [], set()
+    last_before, first_after, lo, hi, t_end = -1, None, None, -1, 0
+    for rx, tx, _, seq in struct.iter_unpack(dp.LAT_REC_FORMAT, recs):
+        flow = seq % flows
+        seen.add(seq)
+        lo, hi, t_end = seq if lo is None else min(lo, seq), max(hi, seq), max(t_end, tx)
+        if seq < last.get(flow, -1):
+            reordered.add(flow)
+        last[flow] = max(seq, last.get(flow, -1))
+        lat = (tx - rx) / us
+        if rx < t0:
+            before.append(lat)
+            last_before = max(last_before, seq)
+        elif rx <= t1:
+            during.append(lat)
+            slow.append((lat, flow))
+        else:
+            first_after = seq if first_after is None else min(first_after, seq)
+    p99_before = percentiles(before, 99)["p99"]
+    threshold = max(1000.0, PAUSE_FACTOR * (p99_before or 0))
+    after = hi if first_after is None else first_after
+    gone = [q for q in range(last_before + 1, after) if q not in seen]
+    span = max(1, after - last_before)
+    for q in gone:   # arrived about here in [t0, t1]
+        during.append((t_end - (t0 + (t1 - t0) * (q - last_before) / span)) / us)
+    paused = {f for lat, f in slow if lat > threshold} | {q % flows for q in gone}
+    lost = lambda a, b: sum(1 for q in range(a, b) if q not in seen)  # noqa: E731
+    return {"before_p99_us": p99_before, "during_p99_us": percentiles(during, 99)["p99"],
+            "reordered_flows": len(reordered), "paused_flows_max": len(paused),
+            "lost_by_arrival": {"before": 0 if lo is None else lost(lo, last_before + 1),
+                                "during": len(gone), "after": lost(after, hi + 1)},
+            "paused_threshold_us": round(threshold, 1),
+            "samples": {"before": len(before), "during": len(during) - len(gone)}}
+
+
+def sustained_pps(multi: Multi, wanted: float, seconds: float) -> tuple[float, dict]:
+    """The highest of wanted, wanted/2, ... this VM carries through the servers with under
+    LOSS_LIMIT loss (the load the moves run at)."""
+    pps, trial = wanted, None
+    for _ in range(6):
+        trial = multi.run_at(pps, seconds)
+        if trial["lost"] <= LOSS_LIMIT:
+            return pps, trial
+        pps /= 2
+    return pps, trial
+
+
+def run(spec: dict) -> dict:
+    frames = stamped_frames(spec["flows"])
+    tmp = spec["dir"]
+    vdevs = tuple(s["gw_vdev"] for s in spec["servers"])
+    dataplane = Dataplane(DataplaneConfig(
+        file_prefix=f"serpens-bench-migrate-{os.getpid()}", mbufs=131071, cpus="0-1",
+        router_cpus=str(spec.get("gateway_cpu", ROUTER_CPU)), state_dir=tmp,
+        vdevs=vdevs)).start()
+    os.sched_setaffinity(0, {INSTANCE_CPU})
+    under = [dp.port_open(s["gw_vdev"].split(",", 1)[0], dataplane.mempool)
+             for s in spec["servers"]]
+    servers = Servers(spec)
+    multi = None
+    out = {}
+    try:
+        servers.wait_ready()
+        multi = Multi(dataplane, spec, frames, under, servers)
+        multi.gw.set_mempool(dataplane.mempool)
+        multi.connected()
+        multi.to_gateway()
+        out["stalls"] = cpu_stalls()
+        carried, trial = sustained_pps(multi, spec["pps"], spec["seconds"])
+        # moves run below what a short trial carried: on a shared VM a load at the edge
+        # collapses into seconds of queueing now and then, whatever moves
+        pps = carried if carried == spec["pps"] else carried * spec.get("headroom", 1.0)
+        out["carried_pps"], out["offered_pps"], out["load_trial"] = carried, pps, trial
+        mover = Mover(multi, servers, spec, spec["flows"])
+        a, b = (s["name"] for s in spec["servers"])
+        slots = mover.slots_of(a)
+        out["serpens"] = mover.measure(mover.serpens, pps, a, b, slots)
+        # the same flows back, the way a migration-based system moves them
+        out["stop_and_copy"] = mover.measure(mover.stop_and_copy, pps, b, a, slots)
+        st = multi.gw.stats()
+        out["gateway"] = {"sfc": st["sfcs"][0], "tx_failed": st["tx_failed"],
+                          "drops": st["drops"]}
+    finally:
+        if multi is not None:
+            multi.close()
+        for port in under:
+            dp.port_close(port)
+        out["servers"] = servers.stop()
+        dataplane.close()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(json.loads(sys.argv[1]))), flush=True)
