@@ -81,7 +81,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: where is it stuck?
     args = parse_args(argv)
-    rpc.set_client_identity(args.identity)   # calls to other agents (Peer) present it
     # usage is sampled (and its totals written) once per load report period
     node, code = start_from_files("serpens-agent", args.node, args.sfc, usage_s=args.report_s,
                                   usage_path=args.usage_file)

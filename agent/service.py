@@ -28,6 +28,7 @@ from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 from serpens.common import rpc
 
 from . import capture_rpc, peer_state
+from .checkpoints import CheckpointPeer, Checkpointer
 from .node import NoSuchSFC, SFCConflict, StaleSpec
 from .peer_moves import FlowMoves
 from .process_pool import PoolError
@@ -91,6 +92,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         self.node = node
         self.deltas, self.receiver, self.peers = deltas, receiver, peers
         self._observed: set[str] = set()  # SFCs with a capture or trace running
+        self.checkpoints = Checkpointer(node)
 
     def _sfc(self, name: str) -> pb.AgentSFC:
         c = self.node.stats()["sfcs"][name]
@@ -103,11 +105,18 @@ class AgentServicer(pb_grpc.AgentServicer):
                            peer_state=self.deltas.status(name) if self.deltas else "",
                            deltas_pushed=self.deltas.pushed.get(name, 0) if self.deltas else 0,
                            deltas_applied=self.receiver.applied.get(name, 0)
-                           if self.receiver else 0)
+                           if self.receiver else 0,
+                           **self.checkpoints.status(name))
 
     @_handler
     async def RunSFC(self, request, context):
         spec = parse_sfc(request.spec, allow_source=False)
+        restored = None
+        if request.restore_of and spec.name not in self.node.running:
+            # a lost node's SFC: its tables from the last checkpoint, before any instance
+            restored = await self.checkpoints.restore(
+                spec, request.restore_from if request.HasField("restore_from") else None,
+                request.restore_of)
         seed = request.seed_from if request.HasField("seed_from") else None
         if seed is not None and seed.address and seed.node != self.node.spec.name and \
                 spec.name not in self.node.running:
@@ -116,6 +125,11 @@ class AgentServicer(pb_grpc.AgentServicer):
                                 request.replicas or None, request.generation,
                                 request.incarnation,
                                 vxlan=request.vxlan if request.HasField("vxlan") else None)
+        self.checkpoints.follow(spec.name, request.checkpoint_to
+                                if request.HasField("checkpoint_to") else None,
+                                spec.checkpoint_s)
+        if restored is not None:
+            self.checkpoints.forget_restored(spec.name, *restored)
         if self.deltas is not None:
             self.deltas.set_peers(spec.name, request.peers)
         log.info("running sfc %s generation %d", spec.name, request.generation)
@@ -157,6 +171,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         if back is not None and self.deltas is not None:
             self.deltas.nf_ops(request.name)   # known for the last push
         await asyncio.to_thread(self.node.remove_sfc, request.name)
+        self.checkpoints.forget(request.name)
         log.info("stopped sfc %s", request.name)
         if back is not None and back.address:
             # shielded: a caller giving up (deadline) must not cut it between a return and
@@ -413,10 +428,11 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
     return out
 
 
-class PeerServicer(FlowMoves, pb_grpc.PeerServicer):
+class PeerServicer(CheckpointPeer, FlowMoves, pb_grpc.PeerServicer):
     """serpens.v1.Peer: what other nodes' agents ask of this one: state for a node joining or
     leaving an SFC, eventual deltas (agent/peer_state.py), flows moving with their per-flow
-    entries (FlowMoves, agent/peer_moves.py)."""
+    entries (FlowMoves, agent/peer_moves.py), checkpoints kept for other nodes
+    (CheckpointPeer, agent/checkpoints.py)."""
 
     def __init__(self, node, receiver: peer_state.Receiver):
         FlowMoves.__init__(self, node)

@@ -241,10 +241,12 @@ def _print_table(kind: str, items) -> None:
         rows += [(m.name, str(m.revision), f"{m.image_size} B", m.source_sha256[:12],
                   _when(m.updated), m.description) for m in items]
     elif kind == "sfcs":
-        rows = [("NAME", "REVISION", "REPLICAS", "MIN-MAX", "NFS", "PHASE", "NODE", "UPDATED")]
+        rows = [("NAME", "REVISION", "REPLICAS", "MIN-MAX", "NFS", "PHASE", "NODE", "UPDATED",
+                 "RESTORED")]
         rows += [(m.name, str(m.revision), str(m.scale.replicas),
                   f"{m.scale.min_replicas}-{m.scale.max_replicas}", ",".join(m.nfs) or "-",
-                  m.status.phase, sfc_nodes(m.status) or "-", _when(m.updated)) for m in items]
+                  m.status.phase, sfc_nodes(m.status) or "-", _when(m.updated),
+                  restored(m.status)) for m in items]
     elif kind == "gateways":
         rows = [("NAME", "ADDRESS", "UNDERLAY", "TERM", "LAST REPORT")]
         rows += [_gateway_row(m) for m in items]
@@ -255,6 +257,16 @@ def _print_table(kind: str, items) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def restored(status) -> str:
+    """After a lost node: whose checkpoint it restarted from and how old it was ("-": not
+    restored; "empty" when there was no checkpoint)."""
+    if not status.restored_of:
+        return "-"
+    if status.restored_age_ms < 0:
+        return f"of {status.restored_of}: empty"
+    return f"of {status.restored_of}: {status.restored_age_ms / 1000:.1f}s old"
 
 
 def sfc_nodes(status) -> str:

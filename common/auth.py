@@ -69,6 +69,8 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Agent/GetUsage": CONTROLLER,
     "/serpens.v1.Agent/Capture": CONTROLLER,
     # serpens.v1.Peer: agents of other nodes (and the controller); each method a row: PEER
+    "/serpens.v1.Peer/PutCheckpoint": PEER,
+    "/serpens.v1.Peer/GetCheckpoint": PEER,
     "/serpens.v1.Peer/Seed": PEER,
     "/serpens.v1.Peer/ReturnState": PEER,
     "/serpens.v1.Peer/PushDeltas": PEER,

@@ -201,6 +201,12 @@ class SFCStatus:
     instances: int = 0
     # served by several servers: node -> its instances there (`node` the first); else empty
     nodes: tuple[tuple[str, int], ...] = ()
+    # checkpoints (docs/state.md): the node `node` ships them to; after a lost node, which
+    # one, how old its checkpoint was at the restore (ms, -1: none: started empty), in words
+    checkpoint_to: str = ""
+    restored_of: str = ""
+    restored_age_ms: int = 0
+    restore: str = ""
     # routed: the nodes serving it in the order they joined (scale-in removes the last first)
     joined: tuple[str, ...] = ()
     moving_to: str = ""         # a MoveSFC not done yet: the node its flows go to
@@ -225,13 +231,18 @@ class SFCStatus:
                    instances=_field(r, "instances", int, default=0, bounds=_UINT32),
                    nodes=tuple(sorted(nodes.items())), joined=joined,
                    moving_to=_field(r, "moving_to", str, default=""),
-                   moves=_field(r, "moves", int, default=0, bounds=_COUNT))
+                   moves=_field(r, "moves", int, default=0, bounds=_COUNT),
+                   checkpoint_to=_field(r, "checkpoint_to", str, default=""),
+                   restored_of=_field(r, "restored_of", str, default=""),
+                   restored_age_ms=_field(r, "restored_age_ms", int, default=0),
+                   restore=_field(r, "restore", str, default=""))
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["nodes"] = dict(self.nodes)
         out["joined"] = list(self.joined)
-        for empty in ("nodes", "joined", "moving_to", "moves"):  # as older versions wrote them
+        for empty in ("nodes", "joined", "moving_to", "moves",  # as older versions wrote them
+                      "checkpoint_to", "restored_of", "restored_age_ms", "restore"):
             if not out[empty]:
                 del out[empty]
         return out

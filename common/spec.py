@@ -24,6 +24,8 @@
       faults:                        # optional: an instance inside one batch over batch_ms
         {batch_ms: 10, restarts: 5, window_s: 60}  # is killed; over `restarts` crashes in
                                      # window_s and the SFC is Failed (agent/faults.py)
+      state: {checkpoint_s: 5}       # optional: its tables checkpointed to another node every
+                                     # 5 s (1..3600), restored from there if its node is lost
 
 `chain` items: an NF name; a list (a chain); null (nothing: packets go straight on);
 `{distribute: [branch, ...], selector: port|hash}`; `{aggregate: item}`. An NF's state lives
@@ -78,6 +80,7 @@ class SFCSpec:
     faults: "FaultPolicy" = None               # spec.faults (watchdog, crash limits)
     vni: int = 0                               # the tenant's VXLAN network identifier
     spread: int = 1                            # spec.placement.spread: servers at most
+    checkpoint_s: int = 0                      # spec.state.checkpoint_s (0: no checkpoints)
     # The whole document as parsed (plain data), for whoever stores it (the controller).
     document: dict | None = field(default=None, compare=False, repr=False)
 
@@ -147,7 +150,7 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
     name, body, doc = parse_document(
         text, "SFC", _SFC_NAME, "1-24 characters of a-z, 0-9 and '-', starting and ending "
         "with a letter or digit", {"nfs", "chain", "match", "tag", "output", "scale",
-                                   "faults", "vni", "placement"})
+                                   "faults", "vni", "placement", "state"})
     nfs = _parse_nfs(body.get("nfs"), base_dir, allow_source, allow_deployed)
     used: set = set()
     chain = _check_chain(body.get("chain"), "spec.chain", nfs, used)
@@ -166,7 +169,8 @@ def parse_sfc(text: str, base_dir: str = ".", *, allow_source: bool = True,
         raise SpecError("spec.vni", f"a VXLAN network identifier 0..16777215, got {vni!r}")
     return SFCSpec(name, nfs, chain, _parse_match(body.get("match")), tag, output,
                    parse_scale(body.get("scale")), faults=_parse_faults(body.get("faults")),
-                   vni=vni, spread=_parse_placement(body.get("placement")), document=doc)
+                   vni=vni, spread=_parse_placement(body.get("placement")),
+                   checkpoint_s=parse_checkpoint_s(body.get("state")), document=doc)
 
 
 OUTPUT_GATEWAY = "gateway"   # spec.output: back to the gateway, over VXLAN
@@ -187,6 +191,24 @@ def _parse_placement(raw) -> int:
             not 1 <= spread <= MAX_SPREAD:
         raise SpecError("spec.placement.spread", f"servers 1..{MAX_SPREAD}, got {spread!r}")
     return spread
+
+
+MAX_CHECKPOINT_S = 3600
+
+
+def parse_checkpoint_s(raw) -> int:
+    """`spec.state`: {checkpoint_s: N}, the SFC's tables checkpointed to another node every N
+    seconds (1..3600; docs/state.md "Checkpoints"); 0 when absent (no checkpoints)."""
+    if raw is None:
+        return 0
+    if not isinstance(raw, dict):
+        raise SpecError("spec.state", "a mapping such as {checkpoint_s: 5}")
+    _refuse_unknown(raw, "spec.state", ("checkpoint_s",))
+    n = raw.get("checkpoint_s")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHECKPOINT_S:
+        raise SpecError("spec.state.checkpoint_s",
+                        f"seconds 1..{MAX_CHECKPOINT_S}, got {n!r}")
+    return n
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ hands its flows and state over to one of them (controller/drain.py: move_flows, 
 without it, StopSFC with return_to); a cordoned node takes no new placement.
 
 A node lost (its lease expired, or it stops answering) takes its SFCs with it: they are
-placed again on the nodes left. Losing the controller or etcd stops no traffic: agents keep
+placed again on the nodes left (those with `state: {checkpoint_s: N}` restored from their last
+checkpoint, kept by the peer node they ship it to: controller/checkpoints.py). Losing the controller or etcd stops no traffic: agents keep
 running what they run.
 """
 from __future__ import annotations
@@ -112,7 +113,7 @@ from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Item, 
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
-from . import drain, placement
+from . import checkpoints, drain, placement
 from .cache import Cache
 from .nodes import Nodes
 from .peers import PeerPlan
@@ -178,6 +179,7 @@ class Reconciler:
         self._reported = Reported()   # malformed records, logged once per revision
         self._decoded: dict[str, tuple[int, object]] = {}  # key -> (revision, record|error)
         self._deposed: NotLeader | None = None  # a worker's write found the term over
+        self._lost: dict[str, tuple[str, str]] = {}  # sfc -> (lost node, its checkpoint peer)
         self._deposed_event = asyncio.Event()
 
     # ---- leadership -----------------------------------------------------------------------
@@ -228,6 +230,7 @@ class Reconciler:
         self._spread, self._gateway_names, self._unrouted = {}, set(), {}
         self.routes = Routes(self.election, self.keys, self.cache)
         self._unplaced_names = set()
+        self._lost = {}
         self._deposed_event.clear()
         workers: list[asyncio.Task] = []
         try:
@@ -440,7 +443,8 @@ class Reconciler:
         while node is not None:
             self._placement[name] = node  # its load from now on, the call in flight included
             try:
-                new, done = await self._converge(record, item, node)
+                new, done = await self._converge(
+                    record, item, node, ckpt=self._checkpoint_fields(record, node, status))
                 break
             except _Refused as e:  # cannot take it, busy, or failed to answer: the next one
                 refused[node] = str(e)
@@ -468,6 +472,7 @@ class Reconciler:
         self._specs.pop(name, None)
         self._unrouted.pop(name, None)
         self._failed.pop(name, None)
+        self._lost.pop(name, None)
         self._unplaced_names.discard(name)
         route_item = self.cache.get(self.keys.route(name))
         # the gateway stops sending it frames before its servers stop
@@ -623,7 +628,9 @@ class Reconciler:
                              self.nodes.views, item.create_revision)
             results = await asyncio.gather(*(
                 self._converge(record, item, node, n, routed=True, vxlan=vxlan,
-                               rerun=node in unrouted or peers.changed(node), peers=peers)
+                               rerun=node in unrouted or peers.changed(node), peers=peers,
+                               ckpt=self._checkpoint_fields(  # checkpoints.py
+                                   record, node, status, restore=node == next(iter(shares))))
                 for node, n in todo.items()), return_exceptions=True)
             again = False
             for (node, n), result in zip(todo.items(), results):
@@ -723,7 +730,8 @@ class Reconciler:
             nodes=tuple((n, outcome[n][0].instances) for n in nodes) if len(nodes) > 1 else (),
             joined=drain.joined_order(status.joined if status else (), served),
             moving_to=move.node if move is not None and not moved else "",
-            moves=(status.moves if status else 0) + moved)
+            moves=(status.moves if status else 0) + moved,
+            **checkpoints.status_fields(outcome[next(iter(outcome))][0]))
         done = all(d for _, d in outcome.values())
         written = await self._write_status(name, new, status, status_item)
         if moved and written:  # MoveSFC done (and counted): its record goes (fenced)
@@ -915,11 +923,12 @@ class Reconciler:
     async def _converge(self, record: SFCRecord, item: Item, node: str,
                         replicas: int | None = None, routed: bool = False,
                         vxlan: pb.VxlanRoute | None = None,
-                        rerun: bool = False, peers: PeerPlan | None = None
-                        ) -> tuple[SFCStatus, bool]:
+                        rerun: bool = False, peers: PeerPlan | None = None,
+                        ckpt: dict | None = None) -> tuple[SFCStatus, bool]:
         """Bring `node` to the record (`replicas` there: default the record's); (status,
         done). A routed SFC is run with `vxlan` (None: no gateway to give it, so it is not
-        run), and run again even at the same generation with `rerun` (it was not routed)."""
+        run), and run again even at the same generation with `rerun` (it was not routed).
+        `ckpt`: RunSFC's checkpoint fields (_checkpoint_fields)."""
         name, generation = record.name, record.generation
         replicas = record.scale.replicas if replicas is None else replicas
         incarnation = item.create_revision
@@ -936,6 +945,10 @@ class Reconciler:
             if running is not None and vxlan is not None and \
                     running.HasField("vxlan") and running.vxlan != vxlan:
                 rerun = True  # e.g. the gateway's address changed: the agent updates it
+            ckpt = ckpt or {}
+            if running is not None and running.checkpoint_to != \
+                    (ckpt["checkpoint_to"].node if "checkpoint_to" in ckpt else ""):
+                rerun = True  # its checkpoint peer is new (or gone)
             if running is None or running.generation != generation or rerun:
                 if routed and vxlan is None:
                     return replace(status, phase="Pending", message="served through the "
@@ -945,10 +958,12 @@ class Reconciler:
                     spec=record.spec, nf_sources=sources, generation=generation,
                     replicas=replicas, incarnation=incarnation, vxlan=vxlan,
                     peers=peers.refs if peers else (),
-                    seed_from=peers.seed_for(node) if peers else None))
+                    seed_from=peers.seed_for(node) if peers else None, **ckpt))
                 if peers is not None:
                     peers.given(node)
                 self.nodes.ran(node, name, running)
+                if "restore_of" in ckpt:
+                    self._lost.pop(name, None)  # restored (or started empty, saying so)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas or self._room_now(node, name, running):
                 running = await _agent_call(stub.ScaleSFC(
@@ -982,7 +997,31 @@ class Reconciler:
             status = replace(status, phase="Degraded", message=(
                 f"node {node}: {running.instances} of {running.replicas} instances: "
                 f"{running.message or 'no free pool process'}"))
-        return replace(status, instances=running.instances), True
+        return replace(status, instances=running.instances,
+                       **checkpoints.status_fields(running)), True
+
+    def _checkpoint_fields(self, record: SFCRecord, node: str, status: SFCStatus | None,
+                           restore: bool = True) -> dict:
+        """RunSFC's checkpoint fields for `node` (controller/checkpoints.py): its peer when
+        the spec asks for checkpoints, and (`restore`) the restore of a lost node's copy."""
+        name = record.name
+        if not checkpoints.checkpoint_s(record.doc):
+            self._lost.pop(name, None)
+            return {}
+        live = sorted(n for n in self.nodes.views if n in self.nodes.records)
+        peer = checkpoints.pick_peer(
+            node, status.checkpoint_to if status else "", live,
+            lambda n: (not self._usable(n), self._load(n, name), n))
+        fields = {"checkpoint_to": checkpoints.peer_ref(self.nodes, peer)} if peer else {}
+        lost = self._lost.get(name)
+        if lost is None and status is not None and status.node and status.node != node and \
+                status.node not in self.nodes.views:
+            lost = self._lost[name] = (status.node, status.checkpoint_to)
+        if restore and lost is not None and name not in self.nodes.views.get(node, {}):
+            fields["restore_of"] = lost[0]
+            if lost[1] in live:
+                fields["restore_from"] = checkpoints.peer_ref(self.nodes, lost[1])
+        return fields
 
     async def _run(self, node: str, stub, request: pb.RunSFCRequest) -> pb.AgentSFC:
         """RunSFC on `node`, at most _RUNS_PER_NODE at once (else _Refused: busy). A call

@@ -388,7 +388,7 @@ class ScaleSpec(_message.Message):
     def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_pps: _Optional[float] = ...) -> None: ...
 
 class SFCStatus(_message.Message):
-    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "joined", "moving_to", "moves")
+    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "checkpoint_to", "restored_of", "restored_age_ms", "restore", "joined", "moving_to", "moves")
     class NodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -402,6 +402,10 @@ class SFCStatus(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_TO_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_OF_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
     JOINED_FIELD_NUMBER: _ClassVar[int]
     MOVING_TO_FIELD_NUMBER: _ClassVar[int]
     MOVES_FIELD_NUMBER: _ClassVar[int]
@@ -411,10 +415,14 @@ class SFCStatus(_message.Message):
     generation: int
     instances: int
     nodes: _containers.ScalarMap[str, int]
+    checkpoint_to: str
+    restored_of: str
+    restored_age_ms: int
+    restore: str
     joined: _containers.RepeatedScalarFieldContainer[str]
     moving_to: str
     moves: int
-    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., joined: _Optional[_Iterable[str]] = ..., moving_to: _Optional[str] = ..., moves: _Optional[int] = ...) -> None: ...
+    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., checkpoint_to: _Optional[str] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., joined: _Optional[_Iterable[str]] = ..., moving_to: _Optional[str] = ..., moves: _Optional[int] = ...) -> None: ...
 
 class SFC(_message.Message):
     __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation", "route")
@@ -581,6 +589,72 @@ class RunSFCRequest(_message.Message):
     restore_of: str
     def __init__(self, spec: _Optional[str] = ..., nf_sources: _Optional[_Mapping[str, str]] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., incarnation: _Optional[int] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[PeerRef, _Mapping]]] = ..., seed_from: _Optional[_Union[PeerRef, _Mapping]] = ..., checkpoint_to: _Optional[_Union[PeerRef, _Mapping]] = ..., restore_from: _Optional[_Union[PeerRef, _Mapping]] = ..., restore_of: _Optional[str] = ...) -> None: ...
 
+class CheckpointChunk(_message.Message):
+    __slots__ = ("header", "pages")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    header: CheckpointHeader
+    pages: _containers.RepeatedCompositeFieldContainer[CheckpointPage]
+    def __init__(self, header: _Optional[_Union[CheckpointHeader, _Mapping]] = ..., pages: _Optional[_Iterable[_Union[CheckpointPage, _Mapping]]] = ...) -> None: ...
+
+class CheckpointHeader(_message.Message):
+    __slots__ = ("node", "sfc", "seq", "base_seq", "taken_unix_ms", "tables", "page_size", "pages", "drop")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    BASE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    sfc: str
+    seq: int
+    base_seq: int
+    taken_unix_ms: int
+    tables: _containers.RepeatedCompositeFieldContainer[CheckpointTable]
+    page_size: int
+    pages: int
+    drop: bool
+    def __init__(self, node: _Optional[str] = ..., sfc: _Optional[str] = ..., seq: _Optional[int] = ..., base_seq: _Optional[int] = ..., taken_unix_ms: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[CheckpointTable, _Mapping]]] = ..., page_size: _Optional[int] = ..., pages: _Optional[int] = ..., drop: _Optional[bool] = ...) -> None: ...
+
+class CheckpointTable(_message.Message):
+    __slots__ = ("nf", "table", "size")
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    nf: str
+    table: str
+    size: int
+    def __init__(self, nf: _Optional[str] = ..., table: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class CheckpointPage(_message.Message):
+    __slots__ = ("table", "index", "zdata")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ZDATA_FIELD_NUMBER: _ClassVar[int]
+    table: int
+    index: int
+    zdata: bytes
+    def __init__(self, table: _Optional[int] = ..., index: _Optional[int] = ..., zdata: _Optional[bytes] = ...) -> None: ...
+
+class PutCheckpointResponse(_message.Message):
+    __slots__ = ("seq", "bytes")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    bytes: int
+    def __init__(self, seq: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class GetCheckpointRequest(_message.Message):
+    __slots__ = ("node", "sfc")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    sfc: str
+    def __init__(self, node: _Optional[str] = ..., sfc: _Optional[str] = ...) -> None: ...
+
 class PeerRef(_message.Message):
     __slots__ = ("node", "address")
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -602,7 +676,7 @@ class VxlanRoute(_message.Message):
     def __init__(self, tag: _Optional[int] = ..., vni: _Optional[int] = ..., gateway_ip: _Optional[str] = ..., gateway_mac: _Optional[str] = ...) -> None: ...
 
 class AgentSFC(_message.Message):
-    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "peer_state", "deltas_pushed", "deltas_applied")
+    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "restored_of", "restored_age_ms", "restore", "checkpoint_to", "checkpoint_unix_ms", "peer_state", "deltas_pushed", "deltas_applied")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -624,6 +698,11 @@ class AgentSFC(_message.Message):
     CRASHES_FIELD_NUMBER: _ClassVar[int]
     DROPS_FIELD_NUMBER: _ClassVar[int]
     VXLAN_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_OF_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_TO_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     PEER_STATE_FIELD_NUMBER: _ClassVar[int]
     DELTAS_PUSHED_FIELD_NUMBER: _ClassVar[int]
     DELTAS_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -641,10 +720,15 @@ class AgentSFC(_message.Message):
     crashes: int
     drops: _containers.ScalarMap[str, int]
     vxlan: VxlanRoute
+    restored_of: str
+    restored_age_ms: int
+    restore: str
+    checkpoint_to: str
+    checkpoint_unix_ms: int
     peer_state: str
     deltas_pushed: int
     deltas_applied: int
-    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., peer_state: _Optional[str] = ..., deltas_pushed: _Optional[int] = ..., deltas_applied: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., checkpoint_to: _Optional[str] = ..., checkpoint_unix_ms: _Optional[int] = ..., peer_state: _Optional[str] = ..., deltas_pushed: _Optional[int] = ..., deltas_applied: _Optional[int] = ...) -> None: ...
 
 class StopSFCRequest(_message.Message):
     __slots__ = ("name", "return_to")

@@ -1544,6 +1544,16 @@ class PeerStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.PutCheckpoint = channel.stream_unary(
+                '/serpens.v1.Peer/PutCheckpoint',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.CheckpointChunk.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.PutCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoint = channel.unary_stream(
+                '/serpens.v1.Peer/GetCheckpoint',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.CheckpointChunk.FromString,
+                _registered_method=True)
         self.Seed = channel.unary_unary(
                 '/serpens.v1.Peer/Seed',
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.SeedRequest.SerializeToString,
@@ -1576,6 +1586,24 @@ class PeerServicer:
     nodes that serve one SFC. Served by every agent beside the Agent service (same port, same
     mTLS); callable by the `agent` role (another node) and the controller.
     """
+
+    def PutCheckpoint(self, request_iterator, context):
+        """Checkpoints (docs/state.md "Checkpoints"): the node running an SFC ships the pages of
+        its tables changed since the last checkpoint this peer acknowledged; the peer makes the
+        new checkpoint whole (base + pages) and only then replaces the last one (a stream cut
+        short changes nothing). FAILED_PRECONDITION: the peer's checkpoint is not the base the
+        sender diffed against (send it whole); RESOURCE_EXHAUSTED: over the peer's bounds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """The last complete checkpoint of (node, sfc), whole, in chunks; NOT_FOUND when none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Seed(self, request, context):
         """Tables for a node about to run `sfc`: its `global|read` tables copied, and for every
@@ -1625,6 +1653,16 @@ class PeerServicer:
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'PutCheckpoint': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutCheckpoint,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.CheckpointChunk.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.PutCheckpointResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.CheckpointChunk.SerializeToString,
+            ),
             'Seed': grpc.unary_unary_rpc_method_handler(
                     servicer.Seed,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.SeedRequest.FromString,
@@ -1663,6 +1701,60 @@ class Peer:
     nodes that serve one SFC. Served by every agent beside the Agent service (same port, same
     mTLS); callable by the `agent` role (another node) and the controller.
     """
+
+    @staticmethod
+    def PutCheckpoint(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/serpens.v1.Peer/PutCheckpoint',
+            serpens_dot_v1_dot_serpens__pb2.CheckpointChunk.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.PutCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/serpens.v1.Peer/GetCheckpoint',
+            serpens_dot_v1_dot_serpens__pb2.GetCheckpointRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Seed(request,
