@@ -135,13 +135,14 @@ class InstanceManager:
             merge_state(procs, timeout)
             return len(procs)
 
-    def split_state(self, timeout: float = 2.0):
-        """A share of every release pool split off into `<table>@out` by an instance (one
-        is started if none runs: it stops again after warm_s without packets)."""
+    def split_state(self, timeout: float = 2.0, only: str = ""):
+        """A share of every release pool (or only of `only`, "<namespace>/<table>") split off
+        into `<table>@out` by an instance (one is started if none runs: it stops again after
+        warm_s without packets)."""
         with self._lock:
             if not self.instances:
                 self._add()
-            split_state(self.instances[min(self.instances)].proc, timeout)
+            split_state(self.instances[min(self.instances)].proc, timeout, only)
 
     def nf_ops(self) -> list[dict] | None:
         """Per step, the ops its NF has ({"merge", "split"}), as the last instance started

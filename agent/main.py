@@ -14,7 +14,8 @@ deregister the node and stop everything the agent started.
 With --ca/--cert/--key the Agent service is mTLS and answers only the controller's identity
 (common/auth.py); the same certificate authenticates the agent to etcd and to other agents,
 whose Peer service (same port) it calls to share an SFC's state (agent/peer_state.py:
-seeds, returned pools, eventual deltas every --delta-period-ms).
+seeds, returned pools, eventual deltas every --delta-period-ms; agent/pool_rebalance.py:
+a share of a release pool that ran dry here, asked for every --rebalance-period-ms).
 Exit codes: 0 stopped on request, 1 failed, 2 bad config.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc
 from .metrics import NodeCollector, start_latency
 from .node import Node, start_from_files
 from .peer_state import DeltaSender, Receiver
+from .pool_rebalance import PoolRebalancer
 from .registration import Registration
 from .service import AgentServicer, PeerServicer
 
@@ -59,11 +61,17 @@ def parse_args(argv=None):
     ap.add_argument("--delta-period-ms", type=int, default=100,
                     help="how often eventual tables' deltas go to the SFC's other servers "
                          "(ms, 10..60000; default %(default)s)")
+    ap.add_argument("--rebalance-period-ms", type=int, default=100,
+                    help="how often release pools that ran dry here ask the SFC's other "
+                         "servers for a share, at most once per pool and server "
+                         "(ms, 10..60000; default %(default)s)")
     metrics.add_argument(ap, 9461)
     tls_flags.add_arguments(ap)
     args = ap.parse_args(argv)
     if not 10 <= args.delta_period_ms <= 60000:
         ap.error(f"--delta-period-ms: 10..60000, got {args.delta_period_ms}")
+    if not 10 <= args.rebalance_period_ms <= 60000:
+        ap.error(f"--rebalance-period-ms: 10..60000, got {args.rebalance_period_ms}")
     tls_flags.resolve(ap, args, args.listen)
     metrics.check_flag(ap, args.metrics, args.identity)
     return args
@@ -102,6 +110,8 @@ def main(argv=None) -> int:
         peers = rpc.Stubs(serpens_pb2_grpc.PeerStub)
         receiver = Receiver(node.dataplane.config.state_dir)
         deltas = DeltaSender(node, args.delta_period_ms / 1000, peers)
+        rebalancer = PoolRebalancer(node, lambda: deltas.peers, peers,
+                                    args.rebalance_period_ms / 1000)
         try:
             server, port = await rpc.create_server(args.listen, [
                 (serpens_pb2_grpc.add_AgentServicer_to_server,
@@ -125,8 +135,10 @@ def main(argv=None) -> int:
         # stock NFs compiled now, while nothing waits: the first SFC applied starts sooner
         loop.run_in_executor(None, warm_compile_cache)
         pushing = asyncio.create_task(deltas.run(stop))
+        rebalancing = asyncio.create_task(rebalancer.run(stop))
         await register_until_stopped(args, node, address, stop)
         await pushing
+        await rebalancing
         await server.stop(1.0)
         await peers.close()
         if scraped is not None:

@@ -123,12 +123,12 @@ def merge_state(procs: list[PoolProcess], timeout: float = 2.0):
             time.sleep(0.0002)
 
 
-def split_state(p: PoolProcess, timeout: float = 2.0):
-    """Have the instance `p` runs split a share of every release pool off into
-    `<table>@out` (pool_ctl.h split_req; the NFs' split ops run in that sandboxed process,
-    never in the agent). PoolError with the runtime's reason if it failed, TimeoutError if it
-    does not answer within `timeout`."""
-    req = p.ctl.request_split()
+def split_state(p: PoolProcess, timeout: float = 2.0, only: str = ""):
+    """Have the instance `p` runs split a share of every release pool (or only of the one
+    `only` names, "<namespace>/<table>") off into `<table>@out` (pool_ctl.h split_req; the
+    NFs' split ops run in that sandboxed process, never in the agent). PoolError with the
+    runtime's reason if it failed, TimeoutError if it does not answer within `timeout`."""
+    req = p.ctl.request_split(only)
     p.wake()
     deadline = time.monotonic() + timeout
     while (p.ctl.split_done - req) & 0xFFFFFFFF >= 1 << 31:

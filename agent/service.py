@@ -27,7 +27,7 @@ from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
 from serpens.common import rpc
 
-from . import capture_rpc, peer_state
+from . import capture_rpc, peer_state, pool_rebalance
 from .checkpoints import CheckpointPeer, Checkpointer
 from .node import NoSuchSFC, SFCConflict, StaleSpec
 from .peer_moves import FlowMoves
@@ -474,6 +474,23 @@ class PeerServicer(CheckpointPeer, FlowMoves, pb_grpc.PeerServicer):
         log.info("sfc %s: %d pools returned by %s, merged by %d running instances",
                  request.sfc, pools, request.node or "a peer", merged)
         return pb.ReturnStateResponse(node=self.node.spec.name, tables=pools, merged=merged)
+
+    @_handler
+    async def SharePool(self, request, context):
+        if request.sfc not in self.node.running:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        try:
+            data, dry = await asyncio.to_thread(pool_rebalance.share_pool, self.node,
+                                                request.sfc, request.nf, request.table)
+        except pool_rebalance.NoSuchPool as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        if data is None:
+            return pb.SharePoolResponse(node=self.node.spec.name, empty=True, dry=dry)
+        log.info("sfc %s: a share of %s.%s for %s (its pool ran dry)", request.sfc,
+                 request.nf, request.table, request.node or "a peer")
+        [image] = peer_state.images([(request.nf, [(request.table, data)])])[0].tables
+        return pb.SharePoolResponse(node=self.node.spec.name, share=image, dry=dry)
 
     @_handler
     async def PushDeltas(self, request, context):

@@ -76,6 +76,7 @@ METHOD_ROLES: dict[str, str] = {
     "/serpens.v1.Peer/PushDeltas": PEER,
     "/serpens.v1.Peer/MoveFlows": PEER,
     "/serpens.v1.Peer/ImportFlows": PEER,
+    "/serpens.v1.Peer/SharePool": PEER,
     # serpens.v1.Gateway: only the controller pushes routes and reads counters
     "/serpens.v1.Gateway/SetRoutes": CONTROLLER,
     "/serpens.v1.Gateway/GetGateway": CONTROLLER,

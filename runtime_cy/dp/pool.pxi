@@ -28,11 +28,17 @@ cdef class PoolCtl:
     @property
     def merge_done(self): return serpens_load_u32(&self.c.merge_done)
 
-    def request_split(self):
-        """Ask the running instance to split a share of every release pool off into
-        `<table>@out` (docs/state.md "Between servers"); the request's number (done once
-        split_done reaches it, split_result() then says how it went). Wake it afterwards."""
-        return serpens_inc_u32(&self.c.split_req)
+    def request_split(self, str only=""):
+        """Ask the running instance to split a share of every release pool (or only of the
+        one `only` names, "<namespace>/<table>") off into `<table>@out` (docs/state.md
+        "Between servers"); the request's number (done once split_done reaches it,
+        split_result() then says how it went). Wake it afterwards."""
+        cdef bytes raw = only.encode()
+        if len(raw) >= sizeof(self.c.split_only):
+            raise ValueError(f"only: {only!r} longer than {sizeof(self.c.split_only) - 1} bytes")
+        memset(self.c.split_only, 0, sizeof(self.c.split_only))
+        memcpy(self.c.split_only, <char *>raw, len(raw))
+        return serpens_inc_u32(&self.c.split_req)   # a full barrier: split_only is seen first
 
     @property
     def split_done(self): return serpens_load_u32(&self.c.split_done)

@@ -120,6 +120,7 @@ cdef extern from "pool_ctl.h" nogil:
         uint32_t split_done
         int32_t split_rc
         char split_error[120]
+        char split_only[128]
         char error[200]
         char state_error[128]
         uint64_t woken

@@ -270,13 +270,14 @@ void serpens_chain_release(struct serpens_chain *c, int answer_only)
 		}
 }
 
-int serpens_chain_exchange(struct serpens_chain *c, int split, char *err, size_t errlen)
+int serpens_chain_exchange(struct serpens_chain *c, int split, const char *only, char *err,
+			   size_t errlen)
 {
 	int rc = 0;
 	for (uint16_t s = 0; s < c->nsteps && rc == 0; s++)
 		if (c->nf[s].nrelease) {
 			*c->cur_step = s;
-			rc = serpens_nf_env_exchange(&c->nf[s], split, err, errlen);
+			rc = serpens_nf_env_exchange(&c->nf[s], split, only, err, errlen);
 			*c->cur_step = -1;
 		}
 	return rc;

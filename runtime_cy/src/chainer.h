@@ -48,6 +48,7 @@ void serpens_chain_merge(struct serpens_chain *c, uint64_t now_ns, int force);
 /* Release tables: give shares back to their pools (all, or those asked for). */
 void serpens_chain_release(struct serpens_chain *c, int answer_only);
 /* Release pools between servers (nf_api.h serpens_nf_env_exchange) for every NF. */
-int serpens_chain_exchange(struct serpens_chain *c, int split, char *err, size_t errlen);
+int serpens_chain_exchange(struct serpens_chain *c, int split, const char *only, char *err,
+			   size_t errlen);
 
 #endif

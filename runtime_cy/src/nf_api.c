@@ -206,6 +206,15 @@ static void add_words(void *into, const void *from, uint32_t size)
 		dst[w] += src[w];
 }
 
+static int all_zero(const void *value, uint32_t size)
+{
+	const uint64_t *w = value;
+	for (uint32_t i = 0; i < size / 8; i++)
+		if (w[i])
+			return 0;
+	return 1;
+}
+
 /* This instance's share of key, split off the pool on first use; NULL if no pool. */
 static void *release_share(struct serpens_nf_env *s, int table, const void *key)
 {
@@ -222,6 +231,8 @@ static void *release_share(struct serpens_nf_env *s, int table, const void *key)
 			s->ops->split(&s->ctx, table, key, p, share);
 		else
 			default_split(p, share, size);
+		if (all_zero(share, size)) /* the pool had nothing to give: the agent asks peers */
+			__atomic_fetch_add(&pool->hdr->dry, 1, __ATOMIC_RELAXED);
 	} else {
 		share = NULL;
 	}
@@ -387,14 +398,25 @@ static int split_out(struct serpens_nf_env *s, int table, char *err, size_t errl
 	return rc;
 }
 
-int serpens_nf_env_exchange(struct serpens_nf_env *s, int split, char *err, size_t errlen)
+/* `only` ("<namespace>/<table>", or empty for every pool) limits the split to one pool (a
+ * share asked for by a peer whose pool ran dry). */
+static int split_this(const struct serpens_nf_env *s, int table, const char *only)
+{
+	size_t n = strlen(s->name);
+	return !only || !*only ||
+	       (strncmp(only, s->name, n) == 0 && only[n] == '/' &&
+		strcmp(only + n + 1, s->table_names[table]) == 0);
+}
+
+int serpens_nf_env_exchange(struct serpens_nf_env *s, int split, const char *only, char *err,
+			    size_t errlen)
 {
 	int rc = 0;
 	for (uint32_t i = 0; i < s->ntables && rc == 0; i++) {
 		if (!is_release(s, (int)i))
 			continue;
 		fold_returned(s, (int)i);
-		if (split)
+		if (split && split_this(s, (int)i, only))
 			rc = split_out(s, (int)i, err, errlen);
 	}
 	return rc;

@@ -70,10 +70,12 @@ uint64_t serpens_nf_env_merge(struct serpens_nf_env *s, uint64_t now_ns, int for
  * asked for them since last time. Called per burst (answer_only), before sleep and at stop. */
 void serpens_nf_env_release(struct serpens_nf_env *s, int answer_only);
 /* Release pools between servers: fold the shares other servers returned (`<table>@in<k>`)
- * into the pools and, if `split`, split a share of every pool off into `<table>@out` (NF's
- * ops). 0, or a negative code with `err` set. */
+ * into the pools and, if `split`, split a share of every pool (or only of the pool `only`
+ * names, "<namespace>/<table>"; NULL or "" for all) off into `<table>@out` (NF's ops). 0, or
+ * a negative code with `err` set. */
 #define SERPENS_RETURN_SLOTS 8
-int serpens_nf_env_exchange(struct serpens_nf_env *s, int split, char *err, size_t errlen);
+int serpens_nf_env_exchange(struct serpens_nf_env *s, int split, const char *only, char *err,
+			    size_t errlen);
 
 extern const struct serpens_api serpens_api_v1;
 

@@ -48,6 +48,7 @@
 #define SERPENS_CONFIG_MAX (1u << 20) /* bytes of NF configuration in one start command */
 #define SERPENS_RING_NAME 32
 #define SERPENS_CMD_MAGIC 0x53525043u /* "SRPC" */
+#define SERPENS_SPLIT_ONLY 128 /* bytes of serpens_pool_ctl.split_only */
 
 enum serpens_cmd_kind { SERPENS_CMD_START = 1, SERPENS_CMD_STOP = 2, SERPENS_CMD_EXIT = 3 };
 
@@ -257,6 +258,11 @@ struct serpens_pool_ctl {
 
 	/* ---- R: per-NF counters of the running instance, by step ---- */
 	struct serpens_nf_counters nf[SERPENS_MAX_STEPS] __attribute__((aligned(64)));
+
+	/* ---- A: which pool the next split_req is for ----
+	 * "<namespace>/<table>": only that release pool (a peer whose pool ran dry asked for a
+	 * share of it); empty: every pool (a node joining the SFC). Written before split_req. */
+	char split_only[SERPENS_SPLIT_ONLY] __attribute__((aligned(64)));
 
 	/* ---- A and R: capture and trace (above) ---- */
 	struct serpens_obs obs __attribute__((aligned(64)));

@@ -230,8 +230,11 @@ static void answer_split(struct runtime *rt, struct instance *in)
 	uint32_t req = __atomic_load_n(&ctl->split_req, __ATOMIC_ACQUIRE);
 	if (req == ctl->split_done)
 		return;
+	char only[SERPENS_SPLIT_ONLY];
+	memcpy(only, ctl->split_only, sizeof(only)); /* written before split_req (acquired) */
+	only[sizeof(only) - 1] = 0;
 	ctl->split_error[0] = 0;
-	ctl->split_rc = serpens_chain_exchange(&in->chain, 1, ctl->split_error,
+	ctl->split_rc = serpens_chain_exchange(&in->chain, 1, only, ctl->split_error,
 					       sizeof(ctl->split_error));
 	state_flush(in);
 	__atomic_store_n(&ctl->split_done, req, __ATOMIC_RELEASE);
@@ -453,7 +456,7 @@ static void run_instance(struct runtime *rt, int detached)
 			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
 			serpens_chain_release(&in->chain, 0);
 			char err[8];
-			serpens_chain_exchange(&in->chain, 0, err, sizeof(err)); /* returned shares */
+			serpens_chain_exchange(&in->chain, 0, NULL, err, sizeof(err)); /* returned shares */
 			state_flush(in);
 			__atomic_store_n(&ctl->merge_done, req, __ATOMIC_RELEASE);
 			answer_split(rt, in);

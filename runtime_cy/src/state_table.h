@@ -49,9 +49,16 @@ struct serpens_table_hdr {
 	uint8_t origin[16];
 	uint64_t applied_epoch;
 	uint64_t applied_seq;
+	/* release tables, written by the runtime: the times an instance split a share off the
+	 * pool (first use, or the next use after a trigger/timer gave its shares back) and the
+	 * split moved nothing (the share stayed all zero: the node's pool is dry). Counted
+	 * without reading the NF's values; the agent asks peers for a share when it grows. */
+	volatile uint64_t dry;
 };
 _Static_assert(__builtin_offsetof(struct serpens_table_hdr, origin) == 144,
 	       "agent/peer_state.py reads the origin at offset 144");
+_Static_assert(__builtin_offsetof(struct serpens_table_hdr, dry) == 176,
+	       "agent/peer_state.py reads the dry count at offset 176");
 _Static_assert(sizeof(struct serpens_table_hdr) <= SERPENS_TABLE_HDR, "header fits its page");
 
 /* A process's view of a table. */

@@ -816,6 +816,30 @@ class ResetStateResponse(_message.Message):
     tables: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class SharePoolRequest(_message.Message):
+    __slots__ = ("sfc", "node", "nf", "table")
+    SFC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    NF_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    sfc: str
+    node: str
+    nf: str
+    table: str
+    def __init__(self, sfc: _Optional[str] = ..., node: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ...) -> None: ...
+
+class SharePoolResponse(_message.Message):
+    __slots__ = ("node", "share", "empty", "dry")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_FIELD_NUMBER: _ClassVar[int]
+    DRY_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    share: TableImage
+    empty: bool
+    dry: int
+    def __init__(self, node: _Optional[str] = ..., share: _Optional[_Union[TableImage, _Mapping]] = ..., empty: _Optional[bool] = ..., dry: _Optional[int] = ...) -> None: ...
+
 class SeedRequest(_message.Message):
     __slots__ = ("sfc", "node")
     SFC_FIELD_NUMBER: _ClassVar[int]

@@ -1579,6 +1579,11 @@ class PeerStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.FromString,
                 _registered_method=True)
+        self.SharePool = channel.unary_unary(
+                '/serpens.v1.Peer/SharePool',
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.SharePoolRequest.SerializeToString,
+                response_deserializer=serpens_dot_v1_dot_serpens__pb2.SharePoolResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -1650,6 +1655,17 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SharePool(self, request, context):
+        """A share of one release pool for a node whose own pool ran dry (docs/state.md "Between
+        servers", rebalancing): split off by the NF's split op in a pool process of this node and
+        gone from here before the answer. `empty` when this node had nothing to give (the share
+        stayed all zero). FAILED_PRECONDITION when this node does not run the SFC; NOT_FOUND when
+        the NF has no such release pool here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1687,6 +1703,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.ImportFlows,
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.SerializeToString,
+            ),
+            'SharePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.SharePool,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.SharePoolRequest.FromString,
+                    response_serializer=serpens_dot_v1_dot_serpens__pb2.SharePoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1881,6 +1902,33 @@ class Peer:
             '/serpens.v1.Peer/ImportFlows',
             serpens_dot_v1_dot_serpens__pb2.ImportFlowsRequest.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.ImportFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SharePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/serpens.v1.Peer/SharePool',
+            serpens_dot_v1_dot_serpens__pb2.SharePoolRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.SharePoolResponse.FromString,
             options,
             channel_credentials,
             insecure,
