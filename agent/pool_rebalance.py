@@ -129,7 +129,11 @@ class PoolRebalancer:
                 log.exception("rebalancing release pools")
 
     async def tick(self):
-        for sfc, peers in list(self.peers_of().items()):
+        peers_of = self.peers_of()
+        for table in (self.seen, self.asked, self.hint):    # SFCs gone
+            for key in [k for k in table if k[0] not in peers_of]:
+                del table[key]
+        for sfc, peers in list(peers_of.items()):
             entry = self.node.running.get(sfc)
             if entry is None or not peers:
                 continue

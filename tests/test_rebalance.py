@@ -1,0 +1,133 @@
+"""Release pools rebalanced between servers (issue 14 item 2: "rebalanced by trigger/timer
+across servers as within one"; docs/state.md "Between servers"), end to end with the real
+programs (the cluster of tests/test_xstate.py: etcd, controller, gateway and two agents in
+namespaces). NAT has 64 ports on one external IP. The first server maps 40 flows alone, then
+the second joins (seeded with half of the 24 left: 12 ports) and the first's mappings expire:
+the first holds 52 free ports, the second 12. New flows spread over both; the second runs dry
+after 12 and, without rebalancing, would drop every further new flow. Checked: every new flow
+gets a mapping (the second's agent got a share of the first's pool: Peer.SharePool), no
+(ip, port) is given to two flows, and no port is free or mapped on both servers."""
+import json
+import struct
+import time
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from serpens.cli import multi
+from serpens.proto.serpens.v1 import serpens_pb2 as pb
+
+from support.cluster import status, wait_until
+from support.packets import eth
+from test_xstate import MAGIC, cluster, frames, logs, mark  # noqa: F401 (cluster: a fixture)
+
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(300)]
+
+SFC = "rb-fw-mon-nat"
+EXT = "203.0.113.1"
+PORTS = range(1024, 1088)        # 64 ports
+
+
+def sfc_spec(servers: int, idle_timeout: float) -> str:
+    doc = json.loads(multi.spread_sfc(servers))
+    doc["metadata"]["name"] = SFC
+    nat = doc["spec"]["nfs"]["nat"]["config"]
+    nat.update(external_ips=[EXT], port_range=f"{PORTS[0]}-{PORTS[-1]}",
+               idle_timeout=idle_timeout)
+    doc["spec"]["scale"] = {"min": servers, "max": servers}
+    return json.dumps(doc)
+
+
+def apply(c, servers: int, idle_timeout: float = 300):
+    c.controller.stub.ApplySFC(pb.ApplySFCRequest(spec=sfc_spec(servers, idle_timeout)),
+                               timeout=10)
+
+    def runs(s):
+        return [a.sfcs()[SFC].generation for a in c.agents.values() if SFC in a.sfcs()] == \
+            [s.generation] * servers
+    wait_until(lambda: (s := status(c.controller.stub, SFC)).phase == "Running"
+               and max(1, len(s.nodes)) == servers and
+               (r := c.gateway.status().sfcs.get(SFC)) and len(r.servers) == servers
+               and runs(s), 60, lambda: logs(c))
+
+
+def read(c, node: str, table: str) -> list:
+    reply = c.agents[node].stub.ReadState(pb.ReadStateRequest(
+        sfc=SFC, nf="nat", table=table, merge=True, limit=100000), timeout=10)
+    (t,) = reply.tables
+    return list(t.entries)
+
+
+def free_ports(c, node: str) -> set[int]:
+    out = set()
+    for e in read(c, node, "ports"):
+        words = struct.unpack(f"<{len(e.value) // 8}Q", e.value)
+        out |= {w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1}
+    return out
+
+
+def mapped_ports(c, node: str) -> set[int]:
+    return {struct.unpack("!H", e.key[4:6])[0] for e in read(c, node, "in")}
+
+
+def until_out(c, flows, seconds: float = 20.0):
+    """Send one frame of each flow not out yet, again and again, until every flow came out
+    of the gateway's egress: ({flow: (ip, port)}, {flow: server})."""
+    pairs, server = {}, {}
+    for tap in c.taps:
+        tap.drain()
+    deadline = time.monotonic() + seconds
+    while len(pairs) < len(flows) and time.monotonic() < deadline:
+        todo = [f for f in flows if f not in pairs]
+        want = set(todo)
+        ours = lambda fr: (m := mark(fr)) is not None and m[0] in want  # noqa: E731
+        c.ingress.send(frames(todo, 1))
+        for fr in c.egress.collect(ours, until=lambda got: len(got) >= len(todo), seconds=0.4):
+            p = Ether(fr)
+            pair = (p[IP].src, p[UDP].sport)
+            assert pairs.setdefault(mark(fr)[0], pair) == pair, "a flow with two pairs"
+        for fr in c.underlay.collect(ours, seconds=0.05):
+            dst = Ether(fr)[IP].dst
+            if dst in c.server_of_ip:
+                server[mark(fr)[0]] = c.server_of_ip[dst]
+    return pairs, server
+
+
+def test_a_server_whose_pool_ran_dry_gets_a_share_of_the_other_servers(cluster):
+    c = cluster
+    apply(c, 1)
+    (first,) = [s for s, a in c.agents.items() if SFC in a.sfcs()]
+    (second,) = set(c.agents) - {first}
+    old, _ = until_out(c, range(0, 40))
+    assert len(old) == 40, logs(c)
+
+    apply(c, 2)                          # the second: half of the 24 ports left
+    assert len(free_ports(c, second)) == 12 and len(free_ports(c, first)) == 12
+
+    apply(c, 2, idle_timeout=1)          # the first's 40 mappings expire: 52 ports free there
+    time.sleep(2.5)
+    noise = [bytes(eth() / IP(src="198.51.100.9", dst=EXT)
+                   / UDP(sport=53, dport=PORTS[i % len(PORTS)])
+                   / struct.pack("!III", MAGIC, 900000 + i, 0)) for i in range(64)]
+    wait_until(lambda: c.ingress.send(noise, per_ms=4) or not mapped_ports(c, first), 20,
+               lambda: logs(c))
+    apply(c, 2)
+    rich, poor = free_ports(c, first), free_ports(c, second)
+    assert len(rich) == 52 and len(poor) == 12 and not rich & poor
+
+    new, server = until_out(c, range(100, 150))
+    on_second = sum(1 for f in new if server.get(f) == second)
+    assert len(new) == 50, f"{50 - len(new)} new flows got no mapping\n{logs(c)}"
+    assert on_second > 12, f"only {on_second} new flows went to {second}: it never ran dry"
+    assert "ran dry: a share from" in c.agents[second].output(), logs(c)
+    pairs = list(new.values())
+    assert len(set(pairs)) == len(pairs), "one external (ip, port) for two flows"
+    assert {ip for ip, _ in pairs} == {EXT} and {p for _, p in pairs} <= set(PORTS)
+    held = {s: mapped_ports(c, s) for s in (first, second)}
+    free = {s: free_ports(c, s) for s in (first, second)}
+    assert not held[first] & held[second], "a port mapped on both servers"
+    assert not (held[first] | free[first]) & (held[second] | free[second]), \
+        "a port in both servers' hands"
+    assert held[first] | held[second] | free[first] | free[second] == set(PORTS), \
+        "a port lost"
