@@ -115,7 +115,8 @@ def main(argv=None) -> int:
         try:
             server, port = await rpc.create_server(args.listen, [
                 (serpens_pb2_grpc.add_AgentServicer_to_server,
-                 AgentServicer(node, deltas, receiver, peers), rpc.service_name("Agent")),
+                 AgentServicer(node, deltas, receiver, peers, rebalancer),
+                 rpc.service_name("Agent")),
                 (serpens_pb2_grpc.add_PeerServicer_to_server, PeerServicer(node, receiver),
                  rpc.service_name("Peer"))], args.identity)
         except OSError as e:

@@ -86,11 +86,14 @@ def _vxlan(entry) -> pb.VxlanRoute | None:
 
 class AgentServicer(pb_grpc.AgentServicer):
     def __init__(self, node, deltas: peer_state.DeltaSender | None = None,
-                 receiver: peer_state.Receiver | None = None, peers: rpc.Stubs | None = None):
-        """`deltas`/`receiver`/`peers` (PeerStub per address): state between servers
-        (agent/peer_state.py); None: this agent exchanges none."""
+                 receiver: peer_state.Receiver | None = None, peers: rpc.Stubs | None = None,
+                 rebalancer: pool_rebalance.PoolRebalancer | None = None):
+        """`deltas`/`receiver`/`peers` (PeerStub per address)/`rebalancer`: state between
+        servers (agent/peer_state.py, agent/pool_rebalance.py); None: this agent exchanges
+        none."""
         self.node = node
         self.deltas, self.receiver, self.peers = deltas, receiver, peers
+        self.rebalancer = rebalancer
         self._observed: set[str] = set()  # SFCs with a capture or trace running
         self.checkpoints = Checkpointer(node)
 
@@ -106,6 +109,8 @@ class AgentServicer(pb_grpc.AgentServicer):
                            deltas_pushed=self.deltas.pushed.get(name, 0) if self.deltas else 0,
                            deltas_applied=self.receiver.applied.get(name, 0)
                            if self.receiver else 0,
+                           pool_shares=self.rebalancer.received.get(name, 0)
+                           if self.rebalancer else 0,
                            **self.checkpoints.status(name))
 
     @_handler

@@ -11,12 +11,14 @@ import json
 import struct
 import time
 
+import grpc
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from serpens.cli import multi
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
+from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
 from support.cluster import status, wait_until
 from support.packets import eth
@@ -120,7 +122,8 @@ def test_a_server_whose_pool_ran_dry_gets_a_share_of_the_other_servers(cluster):
     on_second = sum(1 for f in new if server.get(f) == second)
     assert len(new) == 50, f"{50 - len(new)} new flows got no mapping\n{logs(c)}"
     assert on_second > 12, f"only {on_second} new flows went to {second}: it never ran dry"
-    assert "ran dry: a share from" in c.agents[second].output(), logs(c)
+    assert c.agents[second].sfcs()[SFC].pool_shares >= 1, logs(c)
+    assert c.agents[first].sfcs()[SFC].pool_shares == 0
     pairs = list(new.values())
     assert len(set(pairs)) == len(pairs), "one external (ip, port) for two flows"
     assert {ip for ip, _ in pairs} == {EXT} and {p for _, p in pairs} <= set(PORTS)
@@ -131,3 +134,31 @@ def test_a_server_whose_pool_ran_dry_gets_a_share_of_the_other_servers(cluster):
         "a port in both servers' hands"
     assert held[first] | held[second] | free[first] | free[second] == set(PORTS), \
         "a port lost"
+
+
+def test_a_share_of_a_pool_that_is_not_there_is_refused_naming_the_field(cluster):
+    """Peer.SharePool (the controller's identity may call the Peer service too)."""
+    c = cluster
+    apply(c, 1)
+    (node,) = [s for s, a in c.agents.items() if SFC in a.sfcs()]
+    peer = pb_grpc.PeerStub(c.agents[node].channel)
+    before = free_ports(c, node)
+    for req, code, field in (
+            (pb.SharePoolRequest(sfc="no-such-sfc", nf="nat", table="ports"),
+             grpc.StatusCode.FAILED_PRECONDITION, "sfc:"),
+            (pb.SharePoolRequest(sfc=SFC, nf="no-such-nf", table="ports"),
+             grpc.StatusCode.NOT_FOUND, "nf:"),
+            (pb.SharePoolRequest(sfc=SFC, nf="nat", table="out"),   # a per-flow table
+             grpc.StatusCode.NOT_FOUND, "table:"),
+            (pb.SharePoolRequest(sfc=SFC, nf="nat", table="ports@out"),
+             grpc.StatusCode.NOT_FOUND, "table:")):
+        with pytest.raises(grpc.RpcError) as e:
+            peer.SharePool(req, timeout=10)
+        assert e.value.code() == code and e.value.details().startswith(field), e.value
+    assert free_ports(c, node) == before          # nothing split off
+    reply = peer.SharePool(pb.SharePoolRequest(sfc=SFC, nf="nat", table="ports"), timeout=10)
+    got = reply.share                             # a real share: gone from the pool
+    assert not reply.empty and got.size > 0 and len(free_ports(c, node)) < len(before)
+    peer.ReturnState(pb.ReturnStateRequest(sfc=SFC, node="test", nfs=[
+        pb.NFTables(nf="nat", tables=[got])]), timeout=10)
+    assert free_ports(c, node) == before          # and back whole

@@ -676,7 +676,7 @@ class VxlanRoute(_message.Message):
     def __init__(self, tag: _Optional[int] = ..., vni: _Optional[int] = ..., gateway_ip: _Optional[str] = ..., gateway_mac: _Optional[str] = ...) -> None: ...
 
 class AgentSFC(_message.Message):
-    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "restored_of", "restored_age_ms", "restore", "checkpoint_to", "checkpoint_unix_ms", "peer_state", "deltas_pushed", "deltas_applied")
+    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "restored_of", "restored_age_ms", "restore", "checkpoint_to", "checkpoint_unix_ms", "peer_state", "deltas_pushed", "deltas_applied", "pool_shares")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -706,6 +706,7 @@ class AgentSFC(_message.Message):
     PEER_STATE_FIELD_NUMBER: _ClassVar[int]
     DELTAS_PUSHED_FIELD_NUMBER: _ClassVar[int]
     DELTAS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    POOL_SHARES_FIELD_NUMBER: _ClassVar[int]
     name: str
     generation: int
     replicas: int
@@ -728,7 +729,8 @@ class AgentSFC(_message.Message):
     peer_state: str
     deltas_pushed: int
     deltas_applied: int
-    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., checkpoint_to: _Optional[str] = ..., checkpoint_unix_ms: _Optional[int] = ..., peer_state: _Optional[str] = ..., deltas_pushed: _Optional[int] = ..., deltas_applied: _Optional[int] = ...) -> None: ...
+    pool_shares: int
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., checkpoint_to: _Optional[str] = ..., checkpoint_unix_ms: _Optional[int] = ..., peer_state: _Optional[str] = ..., deltas_pushed: _Optional[int] = ..., deltas_applied: _Optional[int] = ..., pool_shares: _Optional[int] = ...) -> None: ...
 
 class StopSFCRequest(_message.Message):
     __slots__ = ("name", "return_to")
