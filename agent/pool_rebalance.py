@@ -209,6 +209,11 @@ class PoolRebalancer:
                           sfc, nf, table, node, e2.code().name, e2.details())
             return
         self.received[sfc] = self.received.get(sfc, 0) + 1
-        merged = await asyncio.to_thread(self.node.merge_state, sfc)
+        try:
+            merged = await asyncio.to_thread(self.node.merge_state, sfc)
+        except Exception as e:  # noqa: BLE001 - stopped meanwhile, or an instance stuck
+            log.warning("sfc %s: a share of %s.%s from %s waits in %s@in<k> (merging: %s)",
+                        sfc, nf, table, node, table, e)
+            return
         log.info("sfc %s: %s.%s ran dry: a share from %s folded in (%d running instances)",
                  sfc, nf, table, node, merged)
