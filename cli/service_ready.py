@@ -23,6 +23,9 @@ import time
 
 from serpens.cli.supervise import supervisor_pid
 
+# the probes' failed handshakes are expected while a program starts: not worth a line each
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 TAIL_LINES = 25
 
 

@@ -228,6 +228,9 @@ def play(state: dict, playbook: str, stream: bool = True) -> str:
             out.append(line)
             if stream:
                 print(line, end="", flush=True)
+    except KeyboardInterrupt:   # a terminal's Ctrl-C reached ansible too; a lone SIGINT did not
+        proc.terminate()
+        raise
     finally:
         proc.wait()
         close_masters(state)
@@ -459,7 +462,9 @@ def down(args) -> int:
             doc["current-context"] = previous     # the one that was current before `up`
             changed = True
             print(f"  serpensctl's current context is {previous!r} again")
-        if changed:
+        if changed and not doc["contexts"]:   # as teardown.yml leaves it: no file
+            os.unlink(state["config"])
+        elif changed:
             config.save(state["config"], doc)
     except config.ConfigError:
         pass
