@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from serpens.common.names import node_file_prefix
 from serpens.common.node_spec import NodeSpec
+from serpens.common.port_devices import explain
 from serpens.common.spec import OUTPUT_GATEWAY, SFCSpec, SpecError
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import AreaAllocator
@@ -123,7 +124,7 @@ def open_ports(node: NodeSpec, dataplane: Dataplane, into: dict) -> dict:
         try:
             into[name] = dp.port_open(node.device_name(name), dataplane.mempool)
         except OSError as e:
-            raise SpecError(f"spec.ports.{name}", str(e)) from None
+            raise SpecError(f"spec.ports.{name}", explain(node.ports[name], str(e))) from None
     return into
 
 

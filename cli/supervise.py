@@ -15,11 +15,19 @@ nothing done) or `restarted` (another command line ran: stopped, then started), 
 reports a change only when there was one. `stop` sends the supervisor SIGTERM: it passes it
 to the program, waits --stop-timeout-s, then kills it, and removes P; it prints `stopped` or
 `absent`. A PID in P is trusted only while /proc says it is this supervisor for P (a reused
-PID is never signalled). Exit codes: 0 done, 1 failed (a message says why), 2 bad usage.
+PID is never signalled). P.starts counts the program's starts under this supervisor (1 for
+a fresh start: more means it exited since; cli/service_ready.py reads it).
+
+The program dies with its supervisor (PR_SET_PDEATHSIG: a supervisor killed by SIGKILL leaves
+no orphan), and `start`/`stop` first end a leftover program of a supervisor that is gone (P.child
+still names a live process running P.argv's command line), so no second copy of a program ever
+runs beside the first (two agents on one address). Exit codes: 0 done, 1 failed (a message
+says why), 2 bad usage.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -29,6 +37,7 @@ import time
 
 MARK = "serpens-supervise"
 GAVE_UP = 4                   # the supervisor's exit status after its start limit
+PR_SET_PDEATHSIG = 1
 
 
 def _read(path: str) -> str:
@@ -58,11 +67,57 @@ def supervisor_pid(pidfile: str) -> int:
     return pid if ours and os.path.abspath(pidfile) in argv else 0
 
 
+def _argv_of(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def stop_leftover(pidfile: str, timeout: float) -> bool:
+    """End the program a dead supervisor of `pidfile` left running (P.child names it and it
+    still runs P.argv's command line: a reused PID is left alone). True if there was one."""
+    text = _read(pidfile + ".child")
+    try:
+        wanted = json.loads(_read(pidfile + ".argv") or "null")
+    except ValueError:
+        wanted = None
+    if not text.isdigit() or not wanted:
+        return False
+    pid = int(text)
+
+    def runs_it() -> bool:   # a script's cmdline is its interpreter's, then argv
+        argv = _argv_of(pid)
+        return bool(argv) and wanted[0] in argv and argv[len(argv) - len(wanted) + 1:] == \
+            wanted[1:] and not _zombie(pid)
+    if not runs_it():
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while runs_it() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if runs_it():
+        os.kill(pid, signal.SIGKILL)
+        while runs_it() and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+    _remove(pidfile + ".child")
+    return True
+
+
 def stop(pidfile: str, timeout: float) -> str:
     pid = supervisor_pid(pidfile)
     if not pid:
         _remove(pidfile)
-        return "absent"
+        return "stopped" if stop_leftover(pidfile, timeout) else "absent"
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout + 5   # the supervisor's own wait, then a margin
     while supervisor_pid(pidfile) == pid and time.monotonic() < deadline:
@@ -82,6 +137,8 @@ def start(args) -> str:
         if _read(argv_file) == wanted:
             return "running"
         stop(pidfile, args.stop_timeout_s)
+        outcome = "restarted"
+    elif stop_leftover(pidfile, args.stop_timeout_s):
         outcome = "restarted"
     for path in (pidfile, args.log):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -123,6 +180,7 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     starts: list[float] = []
+    started = 0
     code = 0
     try:
         while not stopping:
@@ -134,9 +192,12 @@ def run(args) -> int:
                 break
             with open(args.log, "ab") as log:
                 child = subprocess.Popen(args.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log)
+                                         stderr=log, preexec_fn=_die_with_parent)
             with open(pidfile + ".child", "w") as f:   # for whoever checks what runs
                 f.write(f"{child.pid}\n")
+            started += 1
+            with open(pidfile + ".starts", "w") as f:
+                f.write(f"{started}\n")
             _log(f"started pid {child.pid}: {' '.join(args.argv)}")
             status = child.wait()
             if stopping:
@@ -157,7 +218,17 @@ def run(args) -> int:
         if _read(pidfile) == str(os.getpid()):
             _remove(pidfile)
             _remove(pidfile + ".child")
+            _remove(pidfile + ".starts")
     return code
+
+
+def _die_with_parent():
+    """In the child, before exec: SIGTERM when the supervisor dies, however it dies."""
+    parent = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0):
+        os._exit(127)
+    if os.getppid() != parent:   # it died before the prctl
+        os._exit(127)
 
 
 def _sleep_unless(stop_now, seconds: float):

@@ -228,6 +228,9 @@ def play(state: dict, playbook: str, stream: bool = True) -> str:
             out.append(line)
             if stream:
                 print(line, end="", flush=True)
+    except KeyboardInterrupt:   # a terminal's Ctrl-C reached ansible too; a lone SIGINT did not
+        proc.terminate()
+        raise
     finally:
         proc.wait()
         close_masters(state)
@@ -372,6 +375,10 @@ def up(args) -> int:
         return 2
     os.makedirs(directory, exist_ok=True)
     state = plan(directory, os.path.abspath(args.config))
+    try:   # site.yml makes the testbed's context current: `down` puts this one back
+        state["previous_context"] = config.load(state["config"]).get("current-context", "")
+    except config.ConfigError:
+        state["previous_context"] = ""
     save(state)                   # the plan first: `down` removes what follows
     bed = Testbed.from_dict(state["testbed"])
     try:
@@ -399,6 +406,10 @@ def up(args) -> int:
         print(f"testbed: {e}\n(the testbed stays for a look: deploy/testbed.sh down --dir "
               f"{directory} removes it)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ntestbed: interrupted; the testbed stays: run deploy/testbed.sh down --dir "
+              f"{directory}", file=sys.stderr)
+        return 130
     print(f"The testbed is up. Try:\n  {BIN}/serpensctl --config {state['config']} --context "
           f"{state['context']} top\n  deploy/testbed.sh down --dir {directory}")
     return 0
@@ -411,13 +422,18 @@ def down(args) -> int:
         print(f"testbed: none in {directory}")
         return 0
     code = 0
-    if len(state["sshd"]) == len(HOSTS) and all(_is_sshd(s["pid"], s["config"])
-                                                for s in state["sshd"].values()):
+    gone = [h for h in HOSTS if h not in state["sshd"]
+            or not _is_sshd(state["sshd"][h]["pid"], state["sshd"][h]["config"])]
+    if not gone:
         try:
             play(state, "teardown.yml", stream=not args.quiet)
         except Failed as e:
             print(f"testbed: {e}", file=sys.stderr)
             code = 1
+    else:
+        print(f"testbed: teardown.yml skipped: no sshd runs in {', '.join(gone)} (ansible "
+              f"could not reach it); the supervised processes are stopped by their pid "
+              f"files and the testbed's files removed instead")
     # what teardown.yml could not stop (it failed, or a host's sshd was gone)
     for pidfile in glob.glob(os.path.join(directory, "hosts", "*", "run", "serpens", "*.pid")):
         r = _run([sys.executable, "-m", "serpens.cli.supervise", "stop", "--pidfile", pidfile],
@@ -433,10 +449,22 @@ def down(args) -> int:
         print(f"  removed {', '.join(removed)}")
     try:   # teardown.yml removes the context; without it (it failed), remove it here
         doc = config.load(state["config"])
+        changed = False
         if any(c.get("name") == state["context"] for c in doc["contexts"]):
             doc["contexts"] = [c for c in doc["contexts"] if c.get("name") != state["context"]]
-            if doc.get("current-context") == state["context"]:
-                doc.pop("current-context")
+            changed = True
+        if doc.get("current-context") == state["context"]:
+            doc.pop("current-context")
+            changed = True
+        previous = state.get("previous_context", "")
+        if (previous and "current-context" not in doc
+                and any(c.get("name") == previous for c in doc["contexts"])):
+            doc["current-context"] = previous     # the one that was current before `up`
+            changed = True
+            print(f"  serpensctl's current context is {previous!r} again")
+        if changed and not doc["contexts"]:   # as teardown.yml leaves it: no file
+            os.unlink(state["config"])
+        elif changed:
             config.save(state["config"], doc)
     except config.ConfigError:
         pass
@@ -465,7 +493,12 @@ def main(argv=None) -> int:
     if args.command == "up":
         return up(args)
     if args.command == "down":
-        return down(args)
+        try:
+            return down(args)
+        except KeyboardInterrupt:
+            print("\ntestbed: interrupted; run deploy/testbed.sh down again to finish",
+                  file=sys.stderr)
+            return 130
     state = load(os.path.abspath(args.dir))
     if state is None or args.playbook not in ("site.yml", "teardown.yml"):
         print("testbed: play site.yml|teardown.yml, with a testbed up in --dir",
@@ -476,6 +509,9 @@ def main(argv=None) -> int:
     except Failed as e:
         print(f"testbed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ntestbed: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -30,6 +30,7 @@ from serpens.common import metrics, rpc, tls_flags
 from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.lease_record import LeasedRecord, registered_until
 from serpens.common.names import gateway_file_prefix
+from serpens.common.port_devices import explain
 from serpens.common.records import GatewayRecord, Underlay
 from serpens.common.spec import SpecError
 from serpens.common.store import Store
@@ -89,7 +90,8 @@ class DataPath:
                     self.ports[name] = dp.port_open(config.device_name(name),
                                                     self.dataplane.mempool)
                 except OSError as e:
-                    raise SpecError(f"spec.ports.{name}", str(e)) from None
+                    raise SpecError(f"spec.ports.{name}",
+                                    explain(config.ports[name], str(e))) from None
             u = config.underlay
             self.mac = dp.port_mac(self.ports[u.port])
             self.gateway = dp.Gateway([self.ports[p] for p in config.ingress],

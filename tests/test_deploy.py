@@ -4,7 +4,8 @@ changed=0 on every host, the deployed controller lists every agent through the s
 context the playbook wrote, fw-mon-nat applied through it processes packets (their count
 rises), an agent killed with SIGKILL is restarted by its supervisor and reports again, and
 `down` (teardown.yml, then the testbed) leaves no process (by the PIDs recorded:
-sshds, supervisors, their programs), namespace, bridge, mount, hugepage file or context.
+sshds, supervisors, their programs), namespace, bridge, mount, hugepage file or context (the
+context current before `up` is current again).
 `pytest -m deploy` runs it alone."""
 import glob
 import json
@@ -55,6 +56,11 @@ def test_deploy_testbed(tmp_path):
     directory, config = str(tmp_path / "tb"), str(tmp_path / "serpens-config")
     where = ["--dir", directory, "--config", config]
     state, pids, prefixes, down, namespaces = {}, {}, [], None, set()
+    # the admin's own current context: `up` makes the testbed's current, `down` puts it back
+    mine = {"name": "mine", "server": "127.0.0.1:1", "insecure": True}
+    with open(config, "w") as f:
+        json.dump({"apiVersion": "serpens/v1", "kind": "Config", "current-context": "mine",
+                   "contexts": [mine]}, f)
     try:
         up = run_testbed("up", *where, "--timeout", "120")
         assert up.returncode == 0, up.stdout[-6000:] + up.stderr[-3000:]
@@ -99,6 +105,7 @@ def test_deploy_testbed(tmp_path):
         nodes = json.loads(subprocess.run([*ctl, "get", "nodes", "-o", "json"], check=True,
                                           capture_output=True, text=True, timeout=60).stdout)
         assert sorted(n["name"] for n in nodes) == AGENTS
+        assert _config(config)["current-context"] == state["context"]
 
         def processed() -> int:
             out = subprocess.run([*ctl, "usage", "fw-mon-nat", "-o", "json"], check=True,
@@ -143,7 +150,14 @@ def test_deploy_testbed(tmp_path):
     assert [f for p in prefixes for f in glob.glob(f"/dev/hugepages/{p}map_*")
             + glob.glob(f"/var/run/dpdk/{p}")] == []
     assert not os.path.exists(directory)
-    assert not os.path.exists(config)          # its only context was the testbed's
+    assert _config(config) == {"apiVersion": "serpens/v1", "kind": "Config",
+                               "current-context": "mine", "contexts": [mine]}
+
+
+def _config(path: str) -> dict:
+    import yaml
+    with open(path) as f:
+        return yaml.safe_load(f)
 
 
 def _address(state: dict, host: str) -> str:

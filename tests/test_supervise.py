@@ -103,3 +103,39 @@ def test_a_pid_file_naming_another_process_is_not_trusted(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_program_dies_with_a_killed_supervisor(tmp_path):
+    pidfile, log = tmp_path / "p.pid", tmp_path / "p.log"
+    try:
+        assert supervise("start", "--pidfile", str(pidfile), "--log", str(log), "--",
+                         "sleep", "60") == "started"
+        child = wait_until(lambda: read_pid(tmp_path / "p.pid.child"))
+        os.kill(read_pid(pidfile), 9)
+        wait_until(lambda: not alive(child))             # PR_SET_PDEATHSIG
+    finally:
+        supervise("stop", "--pidfile", str(pidfile))
+
+
+def test_a_leftover_program_of_a_dead_supervisor_is_stopped_before_another_starts(tmp_path):
+    pidfile, log = tmp_path / "p.pid", tmp_path / "p.log"
+    # it ignores SIGTERM (and so the supervisor's death): it outlives a supervisor killed -9
+    argv = ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]
+    common = ["--pidfile", str(pidfile), "--log", str(log), "--stop-timeout-s", "0.5"]
+    try:
+        assert supervise("start", *common, "--", *argv) == "started"
+        child = wait_until(lambda: read_pid(tmp_path / "p.pid.child"))
+        os.kill(read_pid(pidfile), 9)
+        wait_until(lambda: supervise("status", "--pidfile", str(pidfile)) == "absent")
+        assert alive(child)
+        assert supervise("start", *common, "--", *argv) == "restarted"
+        assert not alive(child)
+        assert wait_until(lambda: read_pid(tmp_path / "p.pid.child")) != child
+        # and `stop` of a dead supervisor ends its leftover program too
+        second = read_pid(tmp_path / "p.pid.child")
+        os.kill(read_pid(pidfile), 9)
+        wait_until(lambda: supervise("status", "--pidfile", str(pidfile)) == "absent")
+        assert supervise("stop", *common[:2], "--stop-timeout-s", "0.5") == "stopped"
+        assert not alive(second)
+    finally:
+        supervise("stop", "--pidfile", str(pidfile))
