@@ -83,7 +83,7 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"sfc: no route for {request.sfc!r}")
         timeout = (request.timeout_ms or 10000) / 1000
         try:
-            index = await asyncio.to_thread(self._hold, sfc.id, request)
+            index, marker = await asyncio.to_thread(self._hold, sfc.id, request)
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self._last_move += 1     # ids are never reused: a late release finds nothing
@@ -95,12 +95,14 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
         log.info("move %d: holding %s's flows on %s for %s (%s)", move, request.sfc,
                  request.source_ip, request.target_ip,
                  f"{len(request.slots)} slots" if request.slots else "all")
-        return pb.HoldFlowsResponse(move_id=move, gateway_sfc=sfc.id)
+        return pb.HoldFlowsResponse(move_id=move, gateway_sfc=sfc.id, marker=marker)
 
-    def _hold(self, sfc: int, request) -> int:
+    def _hold(self, sfc: int, request) -> tuple[int, int]:
+        """(the move's index, its marker's id)."""
         with self._lock:
-            return self.routes.gw.hold_flows(sfc, request.source_ip, request.target_ip,
-                                             list(request.slots) or None)
+            index = self.routes.gw.hold_flows(sfc, request.source_ip, request.target_ip,
+                                              list(request.slots) or None)
+            return index, self.routes.gw.move_marker(index)
 
     def _release(self, index: int, commit: bool) -> dict:
         with self._lock:
