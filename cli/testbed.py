@@ -198,6 +198,23 @@ class Testbed:
     def _host_links(self) -> list[str]:
         return [*self.bridges.values(), *(l for m in self.members for l in self.links[m].values())]
 
+    def drops(self) -> dict[str, dict[str, int]]:
+        """The kernel's drop counters of each host-side link and bridge that dropped
+        something ({link: {rx_dropped, tx_dropped, ...}}): where frames on the way between
+        members were lost (a veth whose peer's backlog was full, ...)."""
+        out = {}
+        for link in self._host_links():
+            try:
+                with open(f"/sys/class/net/{link}/statistics/rx_dropped") as f:
+                    rx = int(f.read())
+                with open(f"/sys/class/net/{link}/statistics/tx_dropped") as f:
+                    tx = int(f.read())
+            except OSError:
+                continue
+            if rx or tx:
+                out[link] = {"rx_dropped": rx, "tx_dropped": tx}
+        return out
+
     # ---- faults -----------------------------------------------------------------------
 
     def cut(self, member: str):

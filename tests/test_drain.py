@@ -212,7 +212,14 @@ def where(c, before: dict) -> str:
         *(f"{s}: vxlan drops {dict(n.vxlan_drops)}, ports "
           f"{ {k: (p.tx_failed, p.missed) for k, p in n.ports.items()} }, sfcs "
           f"{ {x.name: (x.dropped, dict(x.drops)) for x in n.sfcs} }"
-          for s, n in nodes.items())])
+          for s, n in nodes.items()),
+        f"kernel drops on the testbed's links: {c.bed.drops()}, softnet backlog drops "
+        f"(per CPU): {softnet_dropped()}"])
+
+
+def softnet_dropped() -> list[int]:
+    with open("/proc/net/softnet_stat") as f:
+        return [int(line.split()[1], 16) for line in f]
 
 
 def test_a_drained_server_takes_no_placement_until_undrained(cluster):
