@@ -205,7 +205,9 @@ def where(c, before: dict) -> str:
     g = c.gateway.status()
     nodes = {s: a.stub.GetNode(pb.GetNodeRequest(), timeout=5) for s, a in c.agents.items()}
     return "\n".join([
-        f"counters' change: { {k: after[k] - before.get(k, 0) for k in after} }",
+        f"counters' change: { {k: after[k] - before.get(k, 0) for k in after} } (rx short of "
+        "the frames sent: lost before the gateway classified them, e.g. its ingress ring full "
+        "while its loop did not run)",
         f"gateway drops {dict(g.drops)}, sfc drops {dict(g.sfcs[SFC].drops)}, held "
         f"{g.sfcs[SFC].held} (dropped {g.sfcs[SFC].held_dropped}), ports "
         f"{ {n: (p.tx_failed, p.missed) for n, p in g.ports.items()} } (tx_failed, missed)",
