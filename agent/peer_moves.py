@@ -1,10 +1,10 @@
 """Moving flows with their per-flow state, the agents' part (issue 14 item 3, docs/moves.md).
 
 The gateway holds the moving flows' packets and sends this node (the source) a marker, an ARP
-request for its underlay address, behind the last frame of them it sent here. Peer.MoveFlows
-then, on the source:
-1. waits until the router answered the marker (the link is FIFO: every frame of those flows is
-   in the router now), lets the loop come round twice, waits until the SFC holds nothing for
+request for its underlay address carrying the move's marker id (runtime_cy/src/vxlan.h),
+behind the last frame of them it sent here. Peer.MoveFlows then, on the source:
+1. waits until the router recorded that id (the link is FIFO: every frame of those flows is
+   in the router now; any other ARP request is no marker of this move), lets the loop come round twice, waits until the SFC holds nothing for
    a starting instance, and until every instance of the SFC returned what it had been given
    (enqueued + pending then): no packet of a moving flow is in the node any more, so no NF
    writes their entries;
@@ -84,10 +84,10 @@ def check_partial(tables: list[tuple[str, str, str, dict]], sfc: str):
                 f"{FLOW_KEY_SIZE} bytes): its entries move only with all of the SFC's flows")
 
 
-def wait_quiet(router, sfc_id: int, arp_before: int, deadline: float) -> float:
-    """Wait until the gateway's marker arrived at `router` (a dp.Router) and no packet of its
-    SFC `sfc_id` received before it is left in the node (step 1 above); returns the seconds
-    waited."""
+def wait_quiet(router, sfc_id: int, marker: int, deadline: float) -> float:
+    """Wait until the gateway's marker `marker` (its id) arrived at `router` (a dp.Router) and
+    no packet of its SFC `sfc_id` received before it is left in the node (step 1 above);
+    returns the seconds waited."""
     start = time.monotonic()
 
     def until(done, what):
@@ -96,8 +96,7 @@ def wait_quiet(router, sfc_id: int, arp_before: int, deadline: float) -> float:
                 raise NotQuiet(f"{what} (after {time.monotonic() - start:.3f} s)")
             time.sleep(0.0002)
 
-    until(lambda: router.stats()["vxlan"]["arp_replies"] > arp_before,
-          "the gateway's marker did not arrive")
+    until(lambda: marker in router.markers(), f"the gateway's marker {marker} did not arrive")
     if not router.quiesce(max(0.001, deadline - time.monotonic())):
         raise NotQuiet("the router did not come round")
     until(lambda: router.held(sfc_id) == 0, "packets still wait for an instance to start")
@@ -206,6 +205,9 @@ class FlowMoves:
                                 f"slots: Maglev slots are 0..{dp.GW_MAGLEV - 1}")
         if not request.check and not request.target.address:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "target.address: empty")
+        if not request.check and not request.marker:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "marker: 0 (the id of the gateway's marker, HoldFlowsResponse)")
         tables = await asyncio.to_thread(sfc_tables, node, request.sfc)
         if slots:
             try:
@@ -251,7 +253,7 @@ class FlowMoves:
         router = self.node.router
         if entry is None or router is None:
             raise NotQuiet(f"SFC {request.sfc} stopped")
-        return wait_quiet(router, entry.sfc_id, request.arp_before, deadline)
+        return wait_quiet(router, entry.sfc_id, request.marker, deadline)
 
     async def _undo(self, target, sent):
         for msg in sent:

@@ -30,6 +30,7 @@ from serpens.common import rpc
 from . import capture_rpc, peer_state, pool_rebalance
 from .checkpoints import CheckpointPeer, Checkpointer
 from .node import NoSuchSFC, SFCConflict, StaleSpec
+from .metrics import _port_stats
 from .peer_moves import FlowMoves
 from .process_pool import PoolError
 from .state_manager import (BrokenTable, StateError, StateFilesystemFull, StateManager,
@@ -335,10 +336,15 @@ class AgentServicer(pb_grpc.AgentServicer):
     async def GetNode(self, request, context):
         st = self.node.stats()
         vxlan = st["vxlan"]
+        ids = self.node.ports or {}
         return pb.NodeStatus(
             name=st["node"], sfcs=[self._sfc(name) for name in st["sfcs"]],
             ports={name: pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
-                                         unmatched=c["unmatched"], missed=c["missed"])
+                                         unmatched=c["unmatched"],
+                                         # the device's too (an af_packet ring full), as
+                                         # the metrics count them
+                                         missed=c["missed"] +
+                                         _port_stats(ids.get(name)).get("missed", 0))
                    for name, c in st["ports"].items()},
             vxlan_rx=vxlan.get("rx", 0), arp_replies=vxlan.get("arp_replies", 0),
             vxlan_drops=vxlan.get("drops", {}))

@@ -67,10 +67,10 @@ class Mover:
         return self.gw.finish_move(move)
 
     def serpens(self, source: str, target: str, slots: list[int]) -> dict:
-        arp = self.ask(source, "arp")["arp"]
         move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)
         exported = self.ask(source, "export " + json.dumps(
-            {"path": self.path, "slots": slots, "gateway_sfc": self.sfc, "arp": arp}))
+            {"path": self.path, "slots": slots, "gateway_sfc": self.sfc,
+             "marker": self.gw.move_marker(move)}))
         self.ask(target, f"import {self.path}")
         self.ask(source, f"delete {self.path}")
         self.gw.release_flows(move, True)   # the driver polls the gateway: wait for it
@@ -81,10 +81,10 @@ class Mover:
         self.ask(source, "pause")
         try:
             everything = self.ask(source, "export " + json.dumps(
-                {"path": self.path, "slots": None, "gateway_sfc": self.sfc, "arp": -1}))
+                {"path": self.path, "slots": None, "gateway_sfc": self.sfc, "marker": 0}))
             self.ask(target, f"import {self.path}")
             moving = self.ask(source, "export " + json.dumps(
-                {"path": self.path, "slots": slots, "gateway_sfc": self.sfc, "arp": -1}))
+                {"path": self.path, "slots": slots, "gateway_sfc": self.sfc, "marker": 0}))
             self.ask(source, f"delete {self.path}")
             # the route switch, at once: no hold (a hold released as soon as made)
             move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)

@@ -14,9 +14,9 @@ each with one JSON line:
 - `take`: those records (hex);
 - `return`: the SFC's output is the gateway from now on;
 - moving flows (bench/migrate.py, agent/peer_moves.py's steps, the files on the shared
-  filesystem in place of Peer messages): `arp` (ARP requests answered so far), `export JSON`
-  ({path, slots (null: all), gateway_sfc, arp: wait for the gateway's marker after that many
-  ARP answers and for the SFC's packets before it, or -1: no wait}: the per-flow entries of
+  filesystem in place of Peer messages): `export JSON` ({path, slots (null: all),
+  gateway_sfc, marker: wait for the gateway's marker of that id and for the SFC's packets
+  before it, or 0: no wait}: the per-flow entries of
   those flows written to `path`), `import PATH` (insert them), `delete PATH` (delete those
   keys here), `pause` / `resume` (the NF stops, its packets wait in the router's hold queue,
   and starts again: the stop-and-copy baseline).
@@ -53,16 +53,12 @@ def _tables(rig):
     return state, peer_moves.per_flow_tables(state, {ns: ns for ns, _ in state.tables()})
 
 
-def _arp(rig, sid, arg) -> dict:
-    return {"arp": rig.router.stats()["vxlan"]["arp_replies"]}
-
-
 def _export(rig, sid, arg) -> dict:
     req = json.loads(arg)
     t0 = time.monotonic()
     waited = 0.0
-    if req["arp"] >= 0:
-        waited = peer_moves.wait_quiet(rig.router, sid, req["arp"], t0 + 10.0)
+    if req["marker"]:
+        waited = peer_moves.wait_quiet(rig.router, sid, req["marker"], t0 + 10.0)
     state, tables = _tables(rig)
     slots = None if req["slots"] is None else set(req["slots"])
     moving = peer_moves.export(state, tables, slots, req["gateway_sfc"])
@@ -103,7 +99,7 @@ def _resume(rig, sid, arg) -> dict:
     return {"resumed": True}
 
 
-MOVES = {"arp": _arp, "export": _export, "import": _import, "delete": _delete,
+MOVES = {"export": _export, "import": _import, "delete": _delete,
          "pause": _pause, "resume": _resume}
 
 

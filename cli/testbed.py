@@ -198,6 +198,31 @@ class Testbed:
     def _host_links(self) -> list[str]:
         return [*self.bridges.values(), *(l for m in self.members for l in self.links[m].values())]
 
+    def drops(self) -> dict[str, dict[str, int]]:
+        """The kernel's drop counters of every link of the testbed (host ends and bridges by
+        name, a member's own ends as "<namespace>:<link>") that dropped something: where
+        frames on the way between members were lost (a veth whose peer's backlog was full,
+        a device that refused a frame, ...)."""
+        out = {}
+        for link in self._host_links():
+            try:
+                with open(f"/sys/class/net/{link}/statistics/rx_dropped") as f:
+                    rx = int(f.read())
+                with open(f"/sys/class/net/{link}/statistics/tx_dropped") as f:
+                    tx = int(f.read())
+            except OSError:
+                continue
+            if rx or tx:
+                out[link] = {"rx_dropped": rx, "tx_dropped": tx}
+        for m, ns in self.ns.items():
+            r = ip("-s", "-j", "link", "show", ns=ns, check=False)
+            for link in (json.loads(r.stdout) if r.returncode == 0 and r.stdout else []):
+                st = link.get("stats64", {})
+                rx, tx = st.get("rx", {}).get("dropped", 0), st.get("tx", {}).get("dropped", 0)
+                if rx or tx:
+                    out[f"{ns}:{link['ifname']}"] = {"rx_dropped": rx, "tx_dropped": tx}
+        return out
+
     # ---- faults -----------------------------------------------------------------------
 
     def cut(self, member: str):

@@ -4,11 +4,12 @@ of OpenNF, and no other flow waits.
 
 1. (a partial move) the source's agent checks that every per-flow table of the SFC is keyed
    by flow, before anything is held (Peer.MoveFlows check);
-2. the source's ARP answers so far are read (Agent.GetNode): the gateway's marker is the next;
-3. the gateway holds the moving flows' packets and sends the marker (Gateway.HoldFlows);
-4. the source's agent waits until it has none of their packets left, copies their per-flow
-   entries to the target's agent and deletes them (Peer.MoveFlows);
-5. the gateway re-pins them to the target and sends what it held first (Gateway.ReleaseFlows
+2. the gateway holds the moving flows' packets and sends the source a marker carrying an id
+   (Gateway.HoldFlows answers the id) behind the last frame of them;
+3. the source's agent waits until its router received that marker and it has none of their
+   packets left, copies their per-flow entries to the target's agent and deletes them
+   (Peer.MoveFlows);
+4. the gateway re-pins them to the target and sends what it held first (Gateway.ReleaseFlows
    commit). On any failure or timeout before that, the hold is released to the source
    (nothing lost, nothing moved) and MoveError says why.
 """
@@ -75,13 +76,11 @@ async def move_flows(gateway: str, sfc: str, source: Server, target: Server, *,
         return max(0.05, deadline - time.monotonic())
 
     async with rpc.channel(gateway) as gw_ch, rpc.channel(source.address) as src_ch:
-        gw, agent, peer = (pb_grpc.GatewayStub(gw_ch), pb_grpc.AgentStub(src_ch),
-                           pb_grpc.PeerStub(src_ch))
+        gw, peer = pb_grpc.GatewayStub(gw_ch), pb_grpc.PeerStub(src_ch)
         try:
             if slots:
                 await peer.MoveFlows(pb.MoveFlowsRequest(sfc=sfc, slots=slots, check=True),
                                      timeout=left())
-            arp_before = (await agent.GetNode(pb.GetNodeRequest(), timeout=left())).arp_replies
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
             raise MoveError(f"source {source.node}: {_why(e)}") from None
         start = time.monotonic()
@@ -94,7 +93,7 @@ async def move_flows(gateway: str, sfc: str, source: Server, target: Server, *,
         try:
             moved = await peer.MoveFlows(pb.MoveFlowsRequest(
                 sfc=sfc, target=pb.PeerRef(node=target.node, address=target.address),
-                slots=slots or [], gateway_sfc=hold.gateway_sfc, arp_before=arp_before,
+                slots=slots or [], gateway_sfc=hold.gateway_sfc, marker=hold.marker,
                 timeout_ms=int(left() * 1000)), timeout=left() + 0.5)
         except BaseException as e:   # cancelled too: the hold must not outlive the caller
             await _abort(gw, hold.move_id, sfc, source)

@@ -2,6 +2,7 @@
 # runtime_cy/_dataplane.pyx: the gateway's packet loop runs on this one EAL, as the router does.
 import hashlib
 import ipaddress
+import secrets
 
 GW_MAX_SERVERS = SERPENS_GW_MAX_SERVERS
 GW_MAGLEV = SERPENS_GW_MAGLEV
@@ -313,10 +314,12 @@ cdef class Gateway:
     def hold_flows(self, int sfc, str source_ip, str target_ip, slots=None):
         """Hold the packets of the flows of `sfc` going to server `source_ip` (every one, or
         those in the Maglev `slots`) until release_flows(); then send the source a marker
-        behind the last frame of them it got (an ARP request for its address: once it
-        answered, it has them all). The target must serve the SFC. Returns the move's index."""
+        behind the last frame of them it got (an ARP request for its address carrying the
+        move's marker id, move_marker(): once its router recorded the id, it has them all).
+        The target must serve the SFC. Returns the move's index."""
         cdef serpens_gw_move *mv
         cdef serpens_gw_sfc *s
+        cdef rte_mbuf *marker
         self._check_sfc(sfc)
         s = &self.g.sfcs[sfc]
         ends = []
@@ -345,6 +348,11 @@ cdef class Gateway:
                                  "way already")
         if free_move < 0:
             raise ValueError(f"gateway: at most {SERPENS_GW_MAX_MOVES} moves at a time")
+        frame = self._marker_frame(ends[0])   # before the hold: nothing to undo on failure
+        marker = rte_pktmbuf_alloc(self.pool.mp)
+        if marker == NULL:
+            raise MemoryError("no mbuf for the move's marker")
+        memcpy(rte_pktmbuf_append(marker, len(frame)), PyBytes_AS_STRING(frame), len(frame))
         mv = &self.g.moves[free_move]
         mv.sfc, mv.source, mv.target = sfc, ends[0], ends[1]
         mv.all = slots is None
@@ -353,41 +361,38 @@ cdef class Gateway:
             mv.slots[slot // 64] |= (<uint64_t>1) << (slot % 64)
         mv.head = mv.tail = 0
         mv.held = mv.held_dropped = mv.repinned = 0
+        mv.marker = int.from_bytes(frame[34:38], "big")
         self.g.moving += 1
         serpens_fence()
         mv.state = SERPENS_GW_MOVE_HOLD
         serpens_fence()
-        self._send_marker(ends[0])
+        # sent by the loop after every frame sent before
+        self.g.marker_port = self.g.servers[ends[0]].port
+        serpens_fence()
+        self.g.marker = marker
         return free_move
 
-    cdef _send_marker(self, int server):
-        """An ARP request for the server's address (to its MAC), sent after every frame sent
-        before."""
+    def move_marker(self, int move):
+        """The id the move's marker carries (the source's router records it)."""
+        return self._move(move).marker
+
+    cdef bytes _marker_frame(self, int server):
+        """A marker for `server` (vxlan.h): an ARP request for its address, to its MAC (on a
+        shared segment no other server sees it), "SM" and a fresh random id as its target
+        hardware address; once the last marker went out (ValueError if it did not)."""
         cdef serpens_gw_server *sv = &self.g.servers[server]
-        cdef rte_mbuf *m
-        cdef char *dst
         deadline = time.monotonic() + 1.0
         while self.g.marker != NULL:  # the loop has not taken the last one yet
-            if time.monotonic() > deadline or (self.lcore < 0 and not self.running):
-                break
+            if time.monotonic() > deadline:
+                raise ValueError("gateway: the last move's marker was not sent yet")
             time.sleep(0.0001)
-        if self.g.marker != NULL:
-            return
         own_mac = bytes(self.g.underlay.mac[k] for k in range(6))
         own_ip = (<uint32_t>self.g.underlay.ip).to_bytes(4, "little")
         ip = (<uint32_t>sv.ip).to_bytes(4, "little")
-        # unicast to the source's MAC: on a shared segment no other server sees it
-        frame = (bytes(sv.mac[k] for k in range(6)) + own_mac + b"\x08\x06" +
-                 b"\x00\x01\x08\x00\x06\x04\x00\x01" + own_mac + own_ip + b"\x00" * 6 +
-                 ip).ljust(60, b"\x00")
-        m = rte_pktmbuf_alloc(self.pool.mp)
-        if m == NULL:
-            raise MemoryError("no mbuf for the move's marker")
-        dst = rte_pktmbuf_append(m, len(frame))
-        memcpy(dst, PyBytes_AS_STRING(frame), len(frame))
-        self.g.marker_port = sv.port
-        serpens_fence()
-        self.g.marker = m
+        marker = (secrets.randbits(32) or 1).to_bytes(4, "big")
+        return (bytes(sv.mac[k] for k in range(6)) + own_mac + b"\x08\x06" +
+                b"\x00\x01\x08\x00\x06\x04\x00\x01" + own_mac + own_ip + b"SM" + marker +
+                ip).ljust(60, b"\x00")
 
     def release_flows(self, int move, bint commit, double timeout=5.0):
         """Release a move's flows (commit: re-pinned to its target; else they stay on the

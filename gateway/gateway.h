@@ -31,8 +31,9 @@
  * names an SFC, a source and a target server and the Maglev slots of its flows (or all). While
  * it holds, the packets of those flows that would go to the source wait in the move's bounded
  * hold ring instead (counted; dropped and counted when it is full); every other flow goes on.
- * The control side then sends a marker (an ARP request to the source) after the last frame the
- * source got of them: once the source answered it, it has received all of them. On release
+ * The control side then sends a marker after the last frame the source got of them: an ARP
+ * request to the source carrying the move's marker id (runtime_cy/src/vxlan.h); once the
+ * source's router recorded that id, it has received all of them. On release
  * the loop re-pins the moving flows (commit: to the target; abort: they stay on the source) in
  * one pass over the flow table, then sends the held packets first: each loop sends part of
  * the ring before it reads the ports, and newer packets of the moving flows join the ring's
@@ -107,6 +108,7 @@ struct serpens_gw_move {
 	uint32_t source, target;     /* server indexes */
 	uint32_t all;                /* every slot (slots[] unused) */
 	uint64_t slots[SERPENS_GW_SLOT_WORDS]; /* bit s: flows in Maglev slot s move */
+	uint32_t marker;             /* its marker's id (vxlan.h serpens_arp_marker) */
 	/* gateway thread */
 	uint32_t to;                 /* where the held packets go (release) */
 	uint32_t head, tail;         /* ring[head..tail) (mod SERPENS_GW_HOLD) is held */

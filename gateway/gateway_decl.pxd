@@ -46,6 +46,7 @@ cdef extern from "gateway.h" nogil:
     struct serpens_gw_move:
         uint32_t state, sfc, source, target, all
         uint64_t slots[32]
+        uint32_t marker
         uint32_t head, tail
         uint64_t held, held_dropped, repinned
 

@@ -21,6 +21,7 @@ from typing import Callable
 import grpc
 
 from serpens.common.records import MalformedRecord, RouteRecord
+from serpens.runtime_cy import _dataplane as dp
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc
 
@@ -83,7 +84,7 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"sfc: no route for {request.sfc!r}")
         timeout = (request.timeout_ms or 10000) / 1000
         try:
-            index = await asyncio.to_thread(self._hold, sfc.id, request)
+            index, marker = await asyncio.to_thread(self._hold, sfc.id, request)
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self._last_move += 1     # ids are never reused: a late release finds nothing
@@ -95,12 +96,14 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
         log.info("move %d: holding %s's flows on %s for %s (%s)", move, request.sfc,
                  request.source_ip, request.target_ip,
                  f"{len(request.slots)} slots" if request.slots else "all")
-        return pb.HoldFlowsResponse(move_id=move, gateway_sfc=sfc.id)
+        return pb.HoldFlowsResponse(move_id=move, gateway_sfc=sfc.id, marker=marker)
 
-    def _hold(self, sfc: int, request) -> int:
+    def _hold(self, sfc: int, request) -> tuple[int, int]:
+        """(the move's index, its marker's id)."""
         with self._lock:
-            return self.routes.gw.hold_flows(sfc, request.source_ip, request.target_ip,
-                                             list(request.slots) or None)
+            index = self.routes.gw.hold_flows(sfc, request.source_ip, request.target_ip,
+                                              list(request.slots) or None)
+            return index, self.routes.gw.move_marker(index)
 
     def _release(self, index: int, commit: bool) -> dict:
         with self._lock:
@@ -154,8 +157,17 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
                                        held_dropped=c["held_dropped"], moves=c["moves"])
         ports = {self.port_names.get(port, str(port)):
                  pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
-                                 unmatched=c["unmatched"], missed=c["missed"])
+                                 unmatched=c["unmatched"],
+                                 missed=c["missed"] + device_missed(port))
                  for port, c in stats["ports"].items()}
         return pb.GatewayStatus(name=self.name, term=self.term, sfcs=sfcs, ports=ports,
                                 drops=stats["drops"], arp_replies=stats["arp_replies"])
 
+
+def device_missed(port: int) -> int:
+    """Frames the device of DPDK port `port` dropped for want of RX room (an af_packet ring
+    full while the loop did not run), as the metrics count them with a paced port's own."""
+    try:
+        return dp.port_stats(port)["missed"]
+    except OSError:
+        return 0

@@ -165,6 +165,12 @@ cdef class Router:
             time.sleep(0.0001)
         return True
 
+    def markers(self):
+        """The ids of the last move markers received (vxlan.h), oldest first."""
+        cdef uint64_t n = serpens_load_u64(&self.r.nmarkers)
+        cdef uint64_t first = n - SERPENS_ROUTER_MARKERS if n > SERPENS_ROUTER_MARKERS else 0
+        return [self.r.markers[k % SERPENS_ROUTER_MARKERS] for k in range(first, n)]
+
     def held(self, int sfc):
         """Packets of `sfc` waiting in its hold queue."""
         self._check_sfc(sfc)

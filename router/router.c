@@ -104,6 +104,10 @@ static int from_underlay(struct serpens_router *r, struct rte_mbuf *m, uint32_t 
 	case SERPENS_UNDERLAY_ARP: {
 		struct serpens_router_port *p = &r->ports[r->underlay_port];
 		r->vx_arp++;
+		if (tag) { /* a move's marker: every frame the gateway sent before is here */
+			r->markers[r->nmarkers % SERPENS_ROUTER_MARKERS] = tag;
+			__atomic_store_n(&r->nmarkers, r->nmarkers + 1, __ATOMIC_RELEASE);
+		}
 		p->out[p->nout++] = m;
 		if (p->nout == SERPENS_BURST)
 			flush(r, p);

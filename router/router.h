@@ -66,7 +66,7 @@
  * (the 24 reserved bits) with its VNI names the SFC (`vx_tag`, `vx_vni` of an SFC with
  * `vx_on`; another tenant's VNI makes the tag unknown); the inner frame then
  * goes the way of any classified packet, flow hash and all. ARP requests for the underlay
- * address are answered. Unknown tags, malformed outer headers, frames over the underlay MTU
+ * address are answered (a move's marker among them: its id is recorded, `markers`). Unknown tags, malformed outer headers, frames over the underlay MTU
  * and frames not for us are counted by reason and freed. An SFC whose output is the gateway
  * (`to_gateway`) has its OUT packets encapsulated with its tag toward the gateway (outer
  * source port from the packet's flow hash) and sent on the underlay port; one the MTU cannot
@@ -102,6 +102,7 @@
 #define SERPENS_ROUTER_MAX_SFCS 16
 #define SERPENS_ROUTER_MAX_PORTS 8
 #define SERPENS_ROUTER_MAX_RULES 64
+#define SERPENS_ROUTER_MARKERS 16 /* move marker ids remembered (markers[]) */
 #define SERPENS_ROUTER_HOLD 256  /* packets held per SFC while its first instance starts */
 #define SERPENS_FLOW_WAYS 8
 #define SERPENS_FLOW_BUCKETS 8192 /* x 8 ways: 64K flows pinned at once (LRU beyond) */
@@ -255,6 +256,11 @@ struct serpens_router {
 	volatile uint32_t gw_live;
 	struct serpens_gw_addr gw[2];
 	uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag;
+	/* the ids of the last move markers received (vxlan.h), markers[(nmarkers - 1) % N] the
+	 * newest: a move's source waits until its marker is among them (several moves from this
+	 * node may be under way, from several gateways) */
+	uint32_t markers[SERPENS_ROUTER_MARKERS];
+	volatile uint64_t nmarkers;
 	int32_t vx_last;             /* the SFC of the last VXLAN frame taken (tried first) */
 	/* latency log (benchmarks): armed by setting log, log_cap, then log_on */
 	volatile uint32_t log_on;

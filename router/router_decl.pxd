@@ -33,6 +33,7 @@ cdef extern from "router.h" nogil:
     enum:
         SERPENS_ROUTER_MAX_INSTANCES
         SERPENS_ROUTER_MAX_SFCS
+        SERPENS_ROUTER_MARKERS
         SERPENS_ROUTER_MAX_PORTS
         SERPENS_ROUTER_MAX_RULES
         SERPENS_VLAN_IDS
@@ -129,6 +130,8 @@ cdef extern from "router.h" nogil:
         uint32_t gw_live
         serpens_gw_addr gw[2]
         uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag
+        uint32_t markers[SERPENS_ROUTER_MARKERS]
+        uint64_t nmarkers
         uint32_t log_on
         serpens_lat_rec *log
         uint64_t log_cap, log_n

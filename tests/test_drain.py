@@ -176,7 +176,8 @@ def nothing_lost(c, before: dict, sent: int, got: list[bytes]):
     twice = [m for m, n in seen.items() if n > 1]
     expected = {(f, s) for s in range(sent // len(FLOWS)) for f in FLOWS}
     lost = expected - set(seen)
-    assert not lost and not twice, f"{len(lost)} lost, {len(twice)} twice of {sent}"
+    assert not lost and not twice, (f"{len(lost)} lost, {len(twice)} twice of {sent}: "
+                                     f"{sorted(lost)[:8]}...\n{where(c, before)}")
     per_flow = collections.defaultdict(list)
     pairs = collections.defaultdict(set)
     for frame in got:
@@ -195,6 +196,32 @@ def nothing_lost(c, before: dict, sent: int, got: list[bytes]):
                    k not in ("vxlan_rx", "vxlan_not_ours")), str(delta)
     changed = {f: p for f, p in pairs.items() if len(p) > 1}
     assert not changed, f"NAT mappings changed by the move: {changed}"
+
+
+def where(c, before: dict) -> str:
+    """Where lost frames may have gone: the counters' changes, the gateway's and each server's
+    drops by reason and port counters (tx_failed, missed)."""
+    after = counters(c)
+    g = c.gateway.status()
+    nodes = {s: a.stub.GetNode(pb.GetNodeRequest(), timeout=5) for s, a in c.agents.items()}
+    return "\n".join([
+        f"counters' change: { {k: after[k] - before.get(k, 0) for k in after} } (rx short of "
+        "the frames sent: lost before the gateway classified them, e.g. its ingress ring full "
+        "while its loop did not run)",
+        f"gateway drops {dict(g.drops)}, sfc drops {dict(g.sfcs[SFC].drops)}, held "
+        f"{g.sfcs[SFC].held} (dropped {g.sfcs[SFC].held_dropped}), ports "
+        f"{ {n: (p.tx_failed, p.missed) for n, p in g.ports.items()} } (tx_failed, missed)",
+        *(f"{s}: vxlan drops {dict(n.vxlan_drops)}, ports "
+          f"{ {k: (p.tx_failed, p.missed) for k, p in n.ports.items()} }, sfcs "
+          f"{ {x.name: (x.dropped, dict(x.drops)) for x in n.sfcs} }"
+          for s, n in nodes.items()),
+        f"kernel drops on the testbed's links: {c.bed.drops()}, softnet backlog drops "
+        f"(per CPU): {softnet_dropped()}"])
+
+
+def softnet_dropped() -> list[int]:
+    with open("/proc/net/softnet_stat") as f:
+        return [int(line.split()[1], 16) for line in f]
 
 
 def test_a_drained_server_takes_no_placement_until_undrained(cluster):

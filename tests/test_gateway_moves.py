@@ -37,7 +37,8 @@ def site(dataplane, request):
 
 
 def sent(site, frames):
-    """[(server, flow, seq)] of what `frames` made leave on the underlay (ARP: ("arp", ip))."""
+    """[(server, flow, seq)] of what `frames` made leave on the underlay (ARP: ("arp", ip, to
+    MAC, marker id))."""
     out, wires = [], []
     for i in range(0, max(len(frames), 1), 256):
         site.pump()
@@ -45,7 +46,9 @@ def sent(site, frames):
     for w in wires:
         p = Ether(w)
         if ARP in p:
-            out.append(("arp", p[ARP].pdst, p.dst))
+            tha = bytes.fromhex(p[ARP].hwdst.replace(":", ""))
+            out.append(("arp", p[ARP].pdst, p.dst,
+                        int.from_bytes(tha[2:], "big") if tha[:2] == b"SM" else 0))
             continue
         inner = p[VXLAN].payload
         seq = struct.unpack("<II", bytes(inner[UDP].payload)[:8])[1]
@@ -74,7 +77,8 @@ def test_moving_flows_wait_and_leave_first_in_order_for_the_target(site):
     assert 50 < len(on_a) < 250
     move = site.gw.hold_flows(site.sfc, A, B)
     site.pump()
-    assert sent(site, []) == [("arp", A, SERVERS[A])]   # the marker, behind all before
+    marker = site.gw.move_marker(move)
+    assert marker and sent(site, []) == [("arp", A, SERVERS[A], marker)]   # behind all before
     during = sent(site, [flow_frame(f, s) for s in (1, 2) for f in FLOWS])
     assert {f for _, f, _ in during} == set(FLOWS) - set(on_a), "only the moving flows wait"
     assert site.gw.move_counters(move)["held"] == 2 * len(on_a)
@@ -86,6 +90,11 @@ def test_moving_flows_wait_and_leave_first_in_order_for_the_target(site):
     assert {f for server, f, _ in after if server == A} == set()   # all of A's now on B
     stats = site.gw.stats()["sfcs"][site.sfc]
     assert (stats["held"], stats["held_dropped"], stats["moves"]) == (2 * len(on_a), 0, 1)
+    back = site.gw.hold_flows(site.sfc, B, A)   # each move's marker has its own id
+    site.pump()
+    assert site.gw.move_marker(back) not in (0, marker)
+    assert sent(site, []) == [("arp", B, SERVERS[B], site.gw.move_marker(back))]
+    release(site, back, commit=False)
 
 
 def test_held_packets_go_before_newer_ones_of_their_flows(site):

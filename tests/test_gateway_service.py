@@ -165,6 +165,11 @@ def test_an_older_term_is_aborted_and_a_bad_set_refused_whole(gateway):
     push(gateway.stub, [web], term=6)  # the same leader again: applied (nothing to change)
 
 
+def marker_mac(marker: int) -> str:
+    """The target hardware address of a move's marker (runtime_cy/src/vxlan.h)."""
+    return ":".join(f"{b:02x}" for b in b"SM" + marker.to_bytes(4, "big"))
+
+
 def test_held_flows_move_on_release_and_go_back_when_the_hold_expires(gateway):
     """HoldFlows/ReleaseFlows (docs/moves.md): the source gets the marker, the moving flows'
     frames wait and go to the target on commit; a hold nobody releases goes back to the
@@ -199,6 +204,7 @@ def test_held_flows_move_on_release_and_go_back_when_the_hold_expires(gateway):
     time.sleep(0.5)
     arp = [p for p in under(start) if p.type == 0x0806]
     assert len(arp) == 1 and (arp[0].pdst, arp[0].dst) == (S1.ip, S1.mac)   # the marker
+    assert arp[0].hwdst == marker_mac(hold.marker) and hold.marker   # named by the move
     released = gateway.stub.ReleaseFlows(pb.ReleaseFlowsRequest(move_id=hold.move_id,
                                                                 commit=True), timeout=5)
     assert released.flows > 0 and released.held > 0 and released.held_dropped == 0

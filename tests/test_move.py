@@ -164,7 +164,23 @@ def check_every_packet_once_in_order(c, traffic: Traffic, seqs: dict):
     for f in FLOWS:
         want = list(range(traffic.first[f], c.sent[f]))
         assert seqs[f] == want, (f"flow {f}: lost {sorted(set(want) - set(seqs[f]))[:10]}, "
-                                 f"order {seqs[f][:5]}...{seqs[f][-5:]}")
+                                 f"order {seqs[f][:5]}...{seqs[f][-5:]}\n{where(c)}")
+
+
+def where(c) -> str:
+    """Where lost frames may have gone: drops by reason and port counters (tx_failed, missed)
+    of the gateway and each server, and the kernel's on the testbed's links."""
+    g = c.gateway.status()
+    lines = [f"gateway drops {dict(g.drops)}, sfc {SFC}: drops {dict(g.sfcs[SFC].drops)}, "
+             f"held {g.sfcs[SFC].held} (dropped {g.sfcs[SFC].held_dropped}), ports "
+             f"{ {n: (p.tx_failed, p.missed) for n, p in g.ports.items()} }"]
+    for s, a in c.agents.items():
+        n = a.stub.GetNode(pb.GetNodeRequest(), timeout=5)
+        lines.append(f"{s}: vxlan drops {dict(n.vxlan_drops)}, ports "
+                     f"{ {k: (p.tx_failed, p.missed) for k, p in n.ports.items()} }, sfcs "
+                     f"{ {x.name: (x.dropped, dict(x.drops)) for x in n.sfcs} }")
+    lines.append(f"kernel drops on the testbed's links: {c.bed.drops()}")
+    return "\n".join(lines)
 
 
 def flow_counts(c) -> dict:

@@ -9,9 +9,10 @@ import time
 import grpc
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
+from serpens.agent import peer_moves
 from serpens.agent.node import Node, SFCConflict, check_references
 from serpens.agent.registration import Registration
 from serpens.agent.service import AgentServicer
@@ -143,6 +144,40 @@ def test_an_sfc_applied_again_with_the_same_route_keeps_its_router_sfc(site):
     node.apply_sfc(sfc("back", 4, "  output: dmz"), generation=3)
     wires["fabric"].send([to_node(node, udp(dport=53), 300, vni=3)])
     wait_for_drops(node, "unknown_tag", 1)
+
+
+def arp_to_node(node, marker: int = 0) -> bytes:
+    """An ARP request from the gateway for the node's address; with `marker`, a move's marker
+    (runtime_cy/src/vxlan.h: "SM" and its id as the target hardware address)."""
+    tha = (b"SM" + marker.to_bytes(4, "big")) if marker else bytes(6)
+    return bytes(Ether(src=GW_MAC, dst=node.underlay_mac)
+                 / ARP(op=1, hwsrc=GW_MAC, psrc=GW_IP, hwdst=tha.hex(":"), pdst=NODE_IP))
+
+
+def test_a_move_waits_for_its_own_marker_not_for_any_arp_request(site):
+    """agent/peer_moves.wait_quiet: another ARP request (the namespace's kernel, a retry,
+    another move's marker) does not end the wait; the move's own marker does, once the SFC's
+    instance returned the frames the gateway sent before it."""
+    node, wires = site
+    node.apply_sfc(sfc("back", 2, BACK), vxlan=route(400, vni=4))
+    sfc_id, ours, other = node.sfc_ids["back"], 0x5EB2A001, 0x5EB2A002
+    wires["fabric"].send([arp_to_node(node), arp_to_node(node, other)])
+    replies = [Ether(f) for f in wires["fabric"].receive(2, router=node.router)]
+    assert [(p[ARP].op, p[ARP].psrc, p.dst) for p in replies] == [(2, NODE_IP, GW_MAC)] * 2
+    assert node.router.markers() == [other]
+    with pytest.raises(peer_moves.NotQuiet, match=f"marker {ours} did not arrive"):
+        peer_moves.wait_quiet(node.router, sfc_id, ours, time.monotonic() + 0.3)
+
+    before = node.router.stats()["instances"]
+    wires["fabric"].send([to_node(node, udp(dport=53, seq=k), 400, vni=4) for k in range(20)]
+                         + [arp_to_node(node, ours)])
+    peer_moves.wait_quiet(node.router, sfc_id, ours, time.monotonic() + 10)
+    after = node.router.stats()["instances"]
+    returned = sum(c["returned"] - before.get(i, {"returned": 0})["returned"]
+                   for i, c in after.items() if c["sfc"] == sfc_id)
+    assert returned == 20, after   # every frame in front of the marker went through the NF
+    assert node.router.markers() == [other, ours]
+    assert node.stats()["vxlan"]["arp_replies"] == 3
 
 
 def test_the_node_record_carries_the_underlay(site):

@@ -36,7 +36,8 @@ struct serpens_underlay {
 
 enum serpens_underlay_rx {
 	SERPENS_UNDERLAY_VXLAN = 0,  /* decapsulated: the inner frame, *tag and *vni set */
-	SERPENS_UNDERLAY_ARP = 1,    /* an ARP request for our address, rewritten into the reply */
+	SERPENS_UNDERLAY_ARP = 1,    /* an ARP request for our address, rewritten into the reply;
+				      * *tag = its move marker's id (0: none) */
 	SERPENS_UNDERLAY_NOT_OURS,   /* neither VXLAN nor ARP for our address */
 	SERPENS_UNDERLAY_BAD_OUTER,  /* VXLAN for us with a malformed outer header */
 	SERPENS_UNDERLAY_OVER_MTU,   /* VXLAN for us larger than the underlay MTU */
@@ -99,6 +100,20 @@ static inline int serpens_vxlan_encap(struct rte_mbuf *m, struct serpens_underla
 	return SERPENS_ENCAP_OK;
 }
 
+/* A move's marker (gateway.h "Moving flows") is an ARP request for the source's address whose
+ * target hardware address, which a request leaves zero, is "SM" and the move's 32-bit marker
+ * id (network order, never 0): the source's router records the id (router.h `markers`), so
+ * the move waits for its own marker, not for any ARP request. */
+#define SERPENS_MARKER_MAGIC "SM"
+
+/* The marker id of ARP request f (len >= 42; 0: an ordinary request). */
+static inline uint32_t serpens_arp_marker(const uint8_t *f)
+{
+	if (f[32] != SERPENS_MARKER_MAGIC[0] || f[33] != SERPENS_MARKER_MAGIC[1])
+		return 0;
+	return ((uint32_t)f[34] << 24) | ((uint32_t)f[35] << 16) | ((uint32_t)f[36] << 8) | f[37];
+}
+
 /* Rewrite an ARP request (f, len >= 42) for our address into its reply. */
 static inline int serpens_arp_answer(uint8_t *f, uint32_t len, const struct serpens_underlay *u)
 {
@@ -128,9 +143,13 @@ static inline int serpens_underlay_rx(struct rte_mbuf *m, const struct serpens_u
 
 	if (len < 14)
 		return SERPENS_UNDERLAY_NOT_OURS;
-	if (f[12] == 0x08 && f[13] == 0x06)
-		return serpens_arp_answer(f, len, u) ? SERPENS_UNDERLAY_ARP
-						     : SERPENS_UNDERLAY_NOT_OURS;
+	if (f[12] == 0x08 && f[13] == 0x06) {
+		uint32_t marker = len >= 42 ? serpens_arp_marker(f) : 0;
+		if (!serpens_arp_answer(f, len, u))
+			return SERPENS_UNDERLAY_NOT_OURS;
+		*tag = marker;
+		return SERPENS_UNDERLAY_ARP;
+	}
 	if (f[12] != 0x08 || f[13] != 0x00 || len < 34)
 		return SERPENS_UNDERLAY_NOT_OURS;
 	const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(f + 14);

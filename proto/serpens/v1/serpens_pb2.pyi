@@ -929,22 +929,22 @@ class PushDeltasResponse(_message.Message):
     def __init__(self, applied: _Optional[bool] = ..., entries: _Optional[int] = ...) -> None: ...
 
 class MoveFlowsRequest(_message.Message):
-    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "arp_before", "timeout_ms", "check")
+    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "timeout_ms", "check", "marker")
     SFC_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_SFC_FIELD_NUMBER: _ClassVar[int]
-    ARP_BEFORE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     CHECK_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     target: PeerRef
     slots: _containers.RepeatedScalarFieldContainer[int]
     gateway_sfc: int
-    arp_before: int
     timeout_ms: int
     check: bool
-    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., arp_before: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ...) -> None: ...
+    marker: int
+    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ..., marker: _Optional[int] = ...) -> None: ...
 
 class MoveFlowsResponse(_message.Message):
     __slots__ = ("entries", "tables", "wait_us")
@@ -1001,12 +1001,14 @@ class HoldFlowsRequest(_message.Message):
     def __init__(self, sfc: _Optional[str] = ..., source_ip: _Optional[str] = ..., target_ip: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class HoldFlowsResponse(_message.Message):
-    __slots__ = ("move_id", "gateway_sfc")
+    __slots__ = ("move_id", "gateway_sfc", "marker")
     MOVE_ID_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_SFC_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
     move_id: int
     gateway_sfc: int
-    def __init__(self, move_id: _Optional[int] = ..., gateway_sfc: _Optional[int] = ...) -> None: ...
+    marker: int
+    def __init__(self, move_id: _Optional[int] = ..., gateway_sfc: _Optional[int] = ..., marker: _Optional[int] = ...) -> None: ...
 
 class ReleaseFlowsRequest(_message.Message):
     __slots__ = ("move_id", "commit")
