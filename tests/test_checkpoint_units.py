@@ -198,6 +198,9 @@ def test_spec_state_checkpoint_s():
     assert parse_sfc(spec({"checkpoint_s": 3600})).checkpoint_s == 3600
     assert checkpoint_s(json.loads(spec({"checkpoint_s": 7}))) == 7
     assert checkpoint_s({"spec": {}}) == 0
+    assert parse_sfc(spec({})).checkpoint_s == 0      # an empty state block: checkpoints off
+    assert parse_sfc(spec(None)).checkpoint_s == 0
+    assert checkpoint_s(json.loads(spec({}))) == 0
     for bad in (0, 3601, "5", True, 1.5, None):
         with pytest.raises(SpecError, match=r"^spec\.state\.checkpoint_s: seconds 1\.\.3600"):
             parse_sfc(spec({"checkpoint_s": bad}))
