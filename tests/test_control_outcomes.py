@@ -20,13 +20,13 @@ import pytest
 from serpens.common.keys import Keys
 from serpens.common.records import NodeRecord, Underlay
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
+from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
 from support.cluster import status, wait_until
 from test_controller_api import BIN, serpensctl, serpensctl_config
 from test_drain_control import controller  # noqa: F401 - a fixture
 from test_reconcile_isolation import _delete, etcd_call
 from test_routes import FakeAgent, _serve, apply, spec, weights, world  # noqa: F401
-from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
