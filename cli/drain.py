@@ -73,9 +73,10 @@ def _drain(stub, args) -> int:
         return set(running) <= stays | set(stuck)
 
     def finished():
-        left = stays | set(stuck)
+        if stuck:
+            return f"node/{args.name} still runs " + ", ".join(sorted(stays | set(stuck)))
         return f"node/{args.name} drained: it runs " + \
-            ("nothing" if not left else "only " + ", ".join(sorted(left)))
+            ("nothing" if not stays else "only " + ", ".join(sorted(stays)))
     code = _until(stub, args, drained, lambda: _drain_progress(stub, args, args.name),
                   finished)
     if code == 0 and stuck:
