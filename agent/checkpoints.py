@@ -365,6 +365,7 @@ class _Job:
     taken_unix_ms: int = 0          # of the last acknowledged checkpoint
     drop_after: tuple | None = None  # (peer, node) of a checkpoint restored from: dropped
                                      # once this node's own first checkpoint is acknowledged
+    error: str = ""                 # why the last one failed ("" once one succeeds)
 
 
 class Checkpointer:
@@ -441,9 +442,11 @@ class Checkpointer:
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     job.acked, job.seq = None, 0   # the peer has another base: whole next
+                job.error = f"{e.code().name}: {e.details()}"   # for the SFC's status
                 log.warning("checkpoint of %s to %s: %s: %s", sfc, job.peer.node,
                             e.code().name, e.details())
             except Exception as e:  # noqa: BLE001 - a failed checkpoint is retried next period
+                job.error = str(e) or type(e).__name__
                 log.warning("checkpoint of %s to %s failed: %s", sfc, job.peer.node, e)
 
     async def ship(self, sfc: str, job: _Job):
@@ -470,7 +473,7 @@ class Checkpointer:
         messages = await asyncio.to_thread(lambda: list(chunks(header, data, pages)))
         reply = await self.peers[job.peer.address].PutCheckpoint(iter(messages),
                                                                  timeout=_PUT_TIMEOUT)
-        job.acked, job.seq, job.taken_unix_ms = tables, reply.seq, taken
+        job.acked, job.seq, job.taken_unix_ms, job.error = tables, reply.seq, taken, ""
         # (a whole one is said: the first, or after the peer lost the base; the rest are not)
         log.log(logging.INFO if base is None else logging.DEBUG,
                 "checkpoint %d of %s to %s: %s, %d of %d pages", reply.seq, sfc, job.peer.node,
@@ -484,7 +487,8 @@ class Checkpointer:
         """AgentSFC's checkpoint fields of `sfc`."""
         job = self.jobs.get(sfc)
         out = {"checkpoint_to": job.peer.node if job else "",
-               "checkpoint_unix_ms": job.taken_unix_ms if job else 0}
+               "checkpoint_unix_ms": job.taken_unix_ms if job else 0,
+               "checkpoint_error": job.error if job else ""}
         if sfc in self.restored:
             of, age, words = self.restored[sfc]
             out.update(restored_of=of, restored_age_ms=age, restore=words)

@@ -123,7 +123,9 @@ class AgentServicer(pb_grpc.AgentServicer):
             restored = await self.checkpoints.restore(
                 spec, request.restore_from if request.HasField("restore_from") else None,
                 request.restore_of)
-        seed = request.seed_from if request.HasField("seed_from") else None
+        # restored in place of a lost node: its tables (release shares too) are that node's,
+        # not a share split off a live node's pool again
+        seed = request.seed_from if request.HasField("seed_from") and restored is None else None
         if seed is not None and seed.address and seed.node != self.node.spec.name and \
                 spec.name not in self.node.running:
             await self._seed(spec, seed, context)

@@ -242,11 +242,11 @@ def _print_table(kind: str, items) -> None:
                   _when(m.updated), m.description) for m in items]
     elif kind == "sfcs":
         rows = [("NAME", "REVISION", "REPLICAS", "MIN-MAX", "NFS", "PHASE", "NODE", "UPDATED",
-                 "RESTORED")]
+                 "RESTORED", "CHECKPOINT")]
         rows += [(m.name, str(m.revision), str(m.scale.replicas),
                   f"{m.scale.min_replicas}-{m.scale.max_replicas}", ",".join(m.nfs) or "-",
                   m.status.phase, sfc_nodes(m.status) or "-", _when(m.updated),
-                  restored(m.status)) for m in items]
+                  restored(m.status), checkpoint(m.status)) for m in items]
     elif kind == "gateways":
         rows = [("NAME", "ADDRESS", "UNDERLAY", "TERM", "LAST REPORT")]
         rows += [_gateway_row(m) for m in items]
@@ -267,6 +267,19 @@ def restored(status) -> str:
     if status.restored_age_ms < 0:
         return f"of {status.restored_of}: empty"
     return f"of {status.restored_of}: {status.restored_age_ms / 1000:.1f}s old"
+
+
+def checkpoint(status, now: float | None = None) -> str:
+    """Its checkpoints: how old the last acknowledged one is, "failing" when the last ones
+    failed ("-": it takes none; "none yet" before the first)."""
+    import time
+    if not status.checkpoint_to and not status.checkpoint_error:
+        return "-"
+    now = time.time() if now is None else now
+    age = f"{max(0.0, now - status.checkpoint_unix_ms / 1000):.0f}s ago" \
+        if status.checkpoint_unix_ms else "none yet"
+    return (f"failing, last {age}" if status.checkpoint_unix_ms else "failing, none yet") \
+        if status.checkpoint_error else age
 
 
 def sfc_nodes(status) -> str:
@@ -328,6 +341,14 @@ def _describe(stub, args) -> int:
                  ("Rate", f"{load.in_pps:g} packets/s in, {load.out_pps:g} out"
                   if load else "-"),
                  ("Deployed NFs", ", ".join(sfc.nfs) or "-"),
+                 ("Checkpoints", "-" if checkpoint(st) == "-" else
+                  f"to {st.checkpoint_to or '-'}, last {checkpoint(st)}"
+                  + (f" ({st.checkpoint_error})" if st.checkpoint_error else "")),
+                 ("Restored", restored(st) + (f" ({st.restore})" if st.restore else "")),
+                 ("Cannot drain", st.stuck or "-"),
+                 ("Last move", f"{st.moves} done" + (f", not every flow moved: "
+                                                     f"{st.move_error}" if st.move_error
+                                                     else "") if st.moves else "-"),
                  ("Route", _route(sfc.route) if sfc.HasField("route") else "-"),
                  ("Created", _when(sfc.created)), ("Updated", _when(sfc.updated))])
         print(f"Spec:\n{_indent(sfc.spec)}")

@@ -7,8 +7,11 @@ SFCs between servers with their flows (controller/drain.py does the moving).
 
 `--wait` prints a line a second (what the node still runs, each SFC's phase and message)
 and ends when the node reports running nothing (drain) or the move is done (the SFC's status
-counts it); exit 1 if that has not happened within --wait-timeout. A move is one-off: an SFC
-spread over several servers (placement.spread) spreads again afterwards, with new flows only.
+counts it); exit 1 if that has not happened within --wait-timeout, if an SFC has nowhere to
+go (every other node cordoned: it stays, its status says so), or if a move is done but some
+flows did not move with their state (a source lost mid-move: the status says what
+happened). A move is one-off: an SFC spread over several servers (placement.spread) spreads
+again afterwards, with new flows only.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ def _drain(stub, args) -> int:
     if not args.wait:
         return 0
     stays: set[str] = set()   # SFCs served from the node's own ports: they cannot move
+    stuck: dict[str, str] = {}  # routed SFCs with nowhere to go -> why (their status's word)
 
     def drained():
         running = _node_sfcs(stub, args, args.name)
@@ -58,11 +62,41 @@ def _drain(stub, args) -> int:
                 stays.add(name)
                 print(f"  sfc/{name} stays: served from the node's own ports, not through "
                       "the gateway (delete it, or apply it elsewhere)")
-        return set(running) <= stays
+        for name in set(running) - stays:
+            why = _stuck(stub, args, name)
+            if why and name not in stuck:
+                print(f"  sfc/{name} stays: {why}")
+            if why:
+                stuck[name] = why
+            else:
+                stuck.pop(name, None)
+        return set(running) <= stays | set(stuck)
+
+    def finished():
+        if stuck:
+            return f"node/{args.name} still runs " + ", ".join(sorted(stays | set(stuck)))
+        return f"node/{args.name} drained: it runs " + \
+            ("nothing" if not stays else "only " + ", ".join(sorted(stays)))
     code = _until(stub, args, drained, lambda: _drain_progress(stub, args, args.name),
-                  f"node/{args.name} drained: it runs " +
-                  ("nothing" if not stays else "only " + ", ".join(sorted(stays))))
+                  finished)
+    if code == 0 and stuck:
+        print(f"serpensctl: node/{args.name} not drained: " + "; ".join(
+            f"sfc/{n}: {why}" for n, why in sorted(stuck.items())), file=sys.stderr)
+        return EXIT_FAILED
     return code
+
+
+def _stuck(stub, args, sfc: str) -> str:
+    """Why the SFC cannot leave its cordoned servers (no other node can take it), "" none."""
+    import grpc
+
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    try:
+        return stub.GetSFC(pb.GetSFCRequest(name=sfc), timeout=args.timeout).status.stuck
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            return ""
+        raise
 
 
 def _routed(stub, args, sfc: str) -> bool:
@@ -94,15 +128,26 @@ def _move(stub, args) -> int:
     if not args.wait:
         return 0
 
+    outcome = []   # the status that counted the move
+
     def moved():  # (an SFC spread over servers spreads again, new flows only, once moved)
         st = stub.GetSFC(pb.GetSFCRequest(name=args.name), timeout=args.timeout).status
+        if st.moves > before:
+            outcome.append(st)
         return st.moves > before
 
     def progress():
         st = stub.GetSFC(pb.GetSFCRequest(name=args.name), timeout=args.timeout).status
         return f"sfc/{args.name}: {st.phase} on {sfc_nodes(st) or '-'}" + \
             (f" - {st.message}" if st.message else "")
-    return _until(stub, args, moved, progress, f"sfc/{args.name} moved to {args.to}")
+    code = _until(stub, args, moved, progress,
+                  lambda: f"sfc/{args.name} " + ("on" if outcome[-1].move_error else
+                                                 "moved to") + f" {args.to}")
+    if code == 0 and outcome[-1].move_error:
+        print(f"serpensctl: sfc/{args.name}: not every flow moved: {outcome[-1].move_error}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return code
 
 
 def _node_sfcs(stub, args, node: str) -> list[str] | None:
@@ -129,8 +174,9 @@ def _drain_progress(stub, args, node: str) -> str:
     return f"node/{node} runs {len(running)}: " + "; ".join(parts)
 
 
-def _until(stub, args, done, progress, finished: str) -> int:
-    """Poll `done()` until true (0) or --wait-timeout (1), printing `progress()` a second."""
+def _until(stub, args, done, progress, finished) -> int:
+    """Poll `done()` until true (0: prints `finished()`) or --wait-timeout (1), printing
+    `progress()` a second."""
     t0 = last = time.monotonic()
     while not done():
         now = time.monotonic()
@@ -142,5 +188,5 @@ def _until(stub, args, done, progress, finished: str) -> int:
             last = now
             print(f"  {progress()} ({now - t0:.0f} s)", flush=True)
         time.sleep(0.2)
-    print(f"{finished} ({time.monotonic() - t0:.1f} s)")
+    print(f"{finished()} ({time.monotonic() - t0:.1f} s)")
     return 0

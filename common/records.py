@@ -211,6 +211,14 @@ class SFCStatus:
     joined: tuple[str, ...] = ()
     moving_to: str = ""         # a MoveSFC not done yet: the node its flows go to
     moves: int = 0              # MoveSFC moves completed
+    stuck: str = ""             # why servers on cordoned nodes cannot leave ("" none)
+    move_error: str = ""        # the last move's flows that did not move, and why
+    # checkpoints: when the last acknowledged one was taken (Unix ms, the oldest of its
+    # nodes'), why they fail now ("" when they succeed)
+    checkpoint_unix_ms: int = 0
+    checkpoint_error: str = ""
+    # served by several nodes: node -> the node it ships its checkpoints to
+    checkpoint_peers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> SFCStatus:
@@ -220,6 +228,11 @@ class SFCStatus:
             if not NODE_NAME.match(node):
                 raise MalformedRecord(f"nodes: {node[:64]!r} is not a node name")
             _field(nodes, node, int, "nodes.", bounds=_UINT32)
+        peers = _field(r, "checkpoint_peers", dict, default={})
+        for node, peer in peers.items():
+            if not NODE_NAME.match(node) or not isinstance(peer, str) or \
+                    not NODE_NAME.match(peer):
+                raise MalformedRecord(f"checkpoint_peers: {node[:64]!r}: not node names")
         joined = _names(r, "joined", default=[])
         for node in joined:
             if not NODE_NAME.match(node):
@@ -235,14 +248,23 @@ class SFCStatus:
                    checkpoint_to=_field(r, "checkpoint_to", str, default=""),
                    restored_of=_field(r, "restored_of", str, default=""),
                    restored_age_ms=_field(r, "restored_age_ms", int, default=0),
-                   restore=_field(r, "restore", str, default=""))
+                   restore=_field(r, "restore", str, default=""),
+                   stuck=_field(r, "stuck", str, default=""),
+                   move_error=_field(r, "move_error", str, default=""),
+                   checkpoint_unix_ms=_field(r, "checkpoint_unix_ms", int, default=0,
+                                             bounds=_COUNT),
+                   checkpoint_error=_field(r, "checkpoint_error", str, default=""),
+                   checkpoint_peers=tuple(sorted(peers.items())))
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["nodes"] = dict(self.nodes)
         out["joined"] = list(self.joined)
+        out["checkpoint_peers"] = dict(self.checkpoint_peers)
         for empty in ("nodes", "joined", "moving_to", "moves",  # as older versions wrote them
-                      "checkpoint_to", "restored_of", "restored_age_ms", "restore"):
+                      "checkpoint_to", "restored_of", "restored_age_ms", "restore",
+                      "stuck", "move_error", "checkpoint_unix_ms", "checkpoint_error",
+                      "checkpoint_peers"):
             if not out[empty]:
                 del out[empty]
         return out
@@ -363,6 +385,9 @@ class MoveRecord:
     sfc: str
     node: str
     asked_at: float = 0.0
+    # the nodes serving it when the move was asked: each must hand its flows over (one
+    # lost meanwhile lost them: the status says so)
+    sources: tuple[str, ...] = ()
 
     @classmethod
     def decode(cls, value: bytes | str, name: str | None = None) -> MoveRecord:
@@ -372,10 +397,19 @@ class MoveRecord:
             raise MalformedRecord(f"sfc: {sfc[:64]!r} is not this key's SFC name")
         if not NODE_NAME.match(node):
             raise MalformedRecord(f"node: {node[:64]!r} is not a node name")
-        return cls(sfc=sfc, node=node, asked_at=_field(r, "asked_at", _NUMBER, default=0.0))
+        sources = _names(r, "sources", default=[])
+        for source in sources:
+            if not NODE_NAME.match(source):
+                raise MalformedRecord(f"sources: {source[:64]!r} is not a node name")
+        return cls(sfc=sfc, node=node, asked_at=_field(r, "asked_at", _NUMBER, default=0.0),
+                   sources=tuple(sources))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["sources"] = list(self.sources)
+        if not self.sources:
+            del out["sources"]     # as older versions wrote it
+        return out
 
     def encode(self) -> str:
         return _encode(self.to_dict())

@@ -198,13 +198,16 @@ MAX_CHECKPOINT_S = 3600
 
 def parse_checkpoint_s(raw) -> int:
     """`spec.state`: {checkpoint_s: N}, the SFC's tables checkpointed to another node every N
-    seconds (1..3600; docs/state.md "Checkpoints"); 0 when absent (no checkpoints)."""
+    seconds (1..3600; docs/state.md "Checkpoints"); 0 when absent, the block's or the key's
+    (`state: {}`: no checkpoints)."""
     if raw is None:
         return 0
     if not isinstance(raw, dict):
         raise SpecError("spec.state", "a mapping such as {checkpoint_s: 5}")
     _refuse_unknown(raw, "spec.state", ("checkpoint_s",))
-    n = raw.get("checkpoint_s")
+    if "checkpoint_s" not in raw:
+        return 0
+    n = raw["checkpoint_s"]
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHECKPOINT_S:
         raise SpecError("spec.state.checkpoint_s",
                         f"seconds 1..{MAX_CHECKPOINT_S}, got {n!r}")

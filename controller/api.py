@@ -446,7 +446,8 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         serving = sorted(dict(status.nodes)) if status and status.nodes else \
             ([status.node] if status and status.node else [])
         revision = await self.store.put(self.keys.move(request.sfc), MoveRecord(
-            sfc=request.sfc, node=node, asked_at=time.time()).encode())
+            sfc=request.sfc, node=node, asked_at=time.time(),
+            sources=tuple(serving)).encode())
         if self.cache is not None:
             self.cache.wrote(revision)
         log.info("sfc %s: move to node %s asked (from %s)", request.sfc, node,

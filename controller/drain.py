@@ -28,7 +28,7 @@ and the two agent/gateway calls; the reconciler keeps the records.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -43,7 +43,43 @@ MOVE_TIMEOUT = 10.0     # one server's flows (move_flows' own timeout)
 
 
 class HandOverFailed(Exception):
-    """The flows of a leaving server could not move (it keeps serving them); str() says why."""
+    """The flows of a leaving server could not move (it keeps serving them); str() says why.
+    `state_left`: their per-flow state had left it already (moves.StateMoved)."""
+
+    def __init__(self, why: str, state_left: bool = False):
+        super().__init__(why)
+        self.state_left = state_left
+
+
+@dataclass
+class MoveOutcome:
+    """What became of the flows of one MoveSFC's sources (the leader's memory, this term):
+    those handed over with their state, and those whose state left without them."""
+    asked_at: float
+    handed: set = field(default_factory=set)
+    damaged: dict = field(default_factory=dict)    # node -> what happened
+
+    def note(self, leaving, unmoved: dict):
+        """A hand-over of `leaving` servers ended; `unmoved`: node -> why its flows stay."""
+        for node in leaving:
+            why = unmoved.get(node)
+            if why is None:
+                self.handed.add(node)
+            elif getattr(why, "state_left", False):
+                self.damaged[node] = str(why)
+
+    def error(self, sources, target: str, live) -> str:
+        """What the status says of the flows that did not move with their state ("": all
+        did): a source whose state left without its flows, a source lost (not `live`)
+        before it handed them over (they went with it; new flows go to `target`)."""
+        parts = [f"flows of {n} lost their state: {why}" for n, why in
+                 sorted(self.damaged.items())]
+        lost = sorted(n for n in sources if n != target and n not in live and
+                      n not in self.handed and n not in self.damaged)
+        if lost:
+            parts.append(f"flows of {', '.join(lost)} not moved: lost with the node "
+                         f"(new flows go to {target})")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -88,7 +124,7 @@ async def move_off(gateway: str, sfc: str, source: Endpoint, target: Endpoint,
             moves.Server(target.node, target.address, target.ip), timeout=timeout)
     except moves.MoveError as e:
         raise HandOverFailed(f"moving its flows from {source.node} to {target.node}: "
-                             f"{e}") from None
+                             f"{e}", state_left=isinstance(e, moves.StateMoved)) from None
     log.debug("sfc %s: %d flows (%d per-flow entries) moved %s -> %s in %.1f ms, %d packets "
               "held, %d dropped from the hold", sfc, result.flows, result.entries, source.node,
               target.node, result.move_ms, result.held, result.held_dropped)

@@ -52,6 +52,11 @@ class MoveError(Exception):
     """The move did not happen (its flows and state stayed on the source); says why."""
 
 
+class StateMoved(MoveError):
+    """The move failed after the flows' per-flow state left the source for the target (the
+    gateway's commit failed: it did not re-pin them): those flows lost their state."""
+
+
 def _why(e: BaseException) -> str:
     if isinstance(e, grpc.aio.AioRpcError):
         return f"{e.code().name}: {e.details()}"
@@ -105,8 +110,8 @@ async def move_flows(gateway: str, sfc: str, source: Server, target: Server, *,
             released = await gw.ReleaseFlows(pb.ReleaseFlowsRequest(
                 move_id=hold.move_id, commit=True), timeout=max(left(), 5.0))
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
-            raise MoveError(f"gateway {gateway}: commit failed ({_why(e)}); the flows' "
-                            f"state is on {target.node} already") from None
+            raise StateMoved(f"gateway {gateway}: commit failed ({_why(e)}); the flows' "
+                             f"state is on {target.node} already") from None
     result = MoveResult(flows=released.flows, entries=moved.entries, held=released.held,
                         held_dropped=released.held_dropped,
                         move_ms=(time.monotonic() - start) * 1000)

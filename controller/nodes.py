@@ -31,11 +31,14 @@ from serpens.common.records import NodeRecord
 from serpens.common.rpc import Stubs
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
+from . import checkpoints
+
 log = logging.getLogger(__name__)
 
 
 def _summary(s: pb.AgentSFC) -> tuple:
-    return s.generation, s.incarnation, s.replicas, s.instances, s.phase, s.message
+    return (s.generation, s.incarnation, s.replicas, s.instances, s.phase, s.message,
+            checkpoints.report_summary(s))
 
 
 DROP_AFTER_MISSES = 2  # GetNode failures in a row before a node is dropped as silent

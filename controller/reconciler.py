@@ -179,7 +179,9 @@ class Reconciler:
         self._reported = Reported()   # malformed records, logged once per revision
         self._decoded: dict[str, tuple[int, object]] = {}  # key -> (revision, record|error)
         self._deposed: NotLeader | None = None  # a worker's write found the term over
-        self._lost: dict[str, tuple[str, str]] = {}  # sfc -> (lost node, its checkpoint peer)
+        self._lost: dict[str, checkpoints.LostNodes] = {}  # sfc -> its lost nodes' restores
+        self._unrestored: dict[str, tuple[str, str]] = {}  # sfc -> (lost node, why not restored)
+        self._move_outcomes: dict[str, drain.MoveOutcome] = {}  # sfc -> its MoveSFC's sources
         self._deposed_event = asyncio.Event()
 
     # ---- leadership -----------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Reconciler:
         self._spread, self._gateway_names, self._unrouted = {}, set(), {}
         self.routes = Routes(self.election, self.keys, self.cache)
         self._unplaced_names = set()
-        self._lost = {}
+        self._lost, self._move_outcomes, self._unrestored = {}, {}, {}
         self._deposed_event.clear()
         workers: list[asyncio.Task] = []
         try:
@@ -443,8 +445,11 @@ class Reconciler:
         while node is not None:
             self._placement[name] = node  # its load from now on, the call in flight included
             try:
+                restores = self._restores(record, status, [node])  # checkpoints.py
                 new, done = await self._converge(
-                    record, item, node, ckpt=self._checkpoint_fields(record, node, status))
+                    record, item, node, ckpt=self._checkpoint_fields(
+                        record, node, status, restores.get(node)))
+                self._not_restored(name, restores, [node])
                 break
             except _Refused as e:  # cannot take it, busy, or failed to answer: the next one
                 refused[node] = str(e)
@@ -473,6 +478,8 @@ class Reconciler:
         self._unrouted.pop(name, None)
         self._failed.pop(name, None)
         self._lost.pop(name, None)
+        self._move_outcomes.pop(name, None)
+        self._unrestored.pop(name, None)
         self._unplaced_names.discard(name)
         route_item = self.cache.get(self.keys.route(name))
         # the gateway stops sending it frames before its servers stop
@@ -603,7 +610,8 @@ class Reconciler:
         shares: dict[str, int] = {}
         unrouted = self._unrouted.get(name, set())
         move = self._record("move", self.keys.move(name), self.cache.get(self.keys.move(name)))
-        away, stuck = self._away(move)  # drain.py: nodes its servers leave (drain, move)
+        away, waits, stuck = self._away(move, {  # drain.py: nodes its servers leave
+            n for n in self.nodes.views if self._copy_of(name, n, item) is not None})
         while True:  # until no node refuses (then placed again without it)
             shares = self._shares(name, record.scale.replicas, spec.spread, status,
                                   set(refused) | away)
@@ -626,11 +634,12 @@ class Reconciler:
                         return False
             peers = PeerPlan(self._peers_sent, name, shares, self.nodes.records,  # xstate
                              self.nodes.views, item.create_revision)
+            restores = self._restores(record, status, list(shares))  # checkpoints.py
             results = await asyncio.gather(*(
                 self._converge(record, item, node, n, routed=True, vxlan=vxlan,
                                rerun=node in unrouted or peers.changed(node), peers=peers,
                                ckpt=self._checkpoint_fields(  # checkpoints.py
-                                   record, node, status, restore=node == next(iter(shares))))
+                                   record, node, status, restores.get(node)))
                 for node, n in todo.items()), return_exceptions=True)
             again = False
             for (node, n), result in zip(todo.items(), results):
@@ -647,6 +656,8 @@ class Reconciler:
                 break
         if not unrouted:
             self._unrouted.pop(name, None)
+        if shares and not refused:  # (a node refused: it may take the place next time)
+            self._not_restored(name, restores, list(shares))  # checkpoints.py
         # a node may have left while the others' calls were in flight
         outcome = {node: outcome[node] for node in shares
                    if node in outcome and node in self.nodes.records}
@@ -686,6 +697,11 @@ class Reconciler:
                 revision, unmoved = await self._hand_over(name, route, revision, decided_at,
                                                           leaving)
                 keep |= set(unmoved)
+                if move is not None:  # drain.py: what became of the move's sources' flows
+                    outcome_of = self._move_outcomes.get(name)
+                    if outcome_of is None or outcome_of.asked_at != move.asked_at:
+                        outcome_of = self._move_outcomes[name] = drain.MoveOutcome(move.asked_at)
+                    outcome_of.note(leaving, unmoved)
             else:
                 await self.routes.put(route, revision, decided_at)
         except Conflict:
@@ -710,8 +726,11 @@ class Reconciler:
             phase = placement.worst_phase((phase, "Degraded"))
             messages += [f"node {n}: flows not moved: {why}" for n, why in sorted(unmoved.items())]
             ok = False
-        if stuck:
+        if waits:
+            messages.append(waits)
+        if stuck:  # it stays where it is, saying so (drain --wait ends on it)
             messages.append(stuck)
+            phase = placement.worst_phase((phase, "Degraded"))
         instances, asked = sum(st.instances for st in statuses), record.scale.replicas
         if instances < asked and phase in ("Running", "Degraded"):
             # it runs, on fewer instances than asked (the pools hold no more, or a node
@@ -723,6 +742,12 @@ class Reconciler:
         served = {s.node for s in self.routes.records[name].servers} \
             if name in self.routes.records else set()
         moved = move is not None and served == {move.node} and not unmoved
+        move_error = status.move_error if status else ""
+        if moved:  # drain.py: flows of its sources that did not move, said
+            outcome_of = self._move_outcomes.pop(name, None)
+            if outcome_of is None or outcome_of.asked_at != move.asked_at:
+                outcome_of = drain.MoveOutcome(move.asked_at)
+            move_error = outcome_of.error(move.sources, move.node, self.nodes.views)
         new = SFCStatus(
             phase, "; ".join(messages),
             node=next(iter(outcome)), generation=min(st.generation for st in statuses),
@@ -730,8 +755,9 @@ class Reconciler:
             nodes=tuple((n, outcome[n][0].instances) for n in nodes) if len(nodes) > 1 else (),
             joined=drain.joined_order(status.joined if status else (), served),
             moving_to=move.node if move is not None and not moved else "",
-            moves=(status.moves if status else 0) + moved,
-            **checkpoints.status_fields(outcome[next(iter(outcome))][0]))
+            moves=(status.moves if status else 0) + moved, stuck=stuck, move_error=move_error,
+            **self._restore_said(name, checkpoints.spread_fields(  # checkpoints.py
+                next(iter(outcome)), {n: st for n, (st, _) in outcome.items()})))
         done = all(d for _, d in outcome.values())
         written = await self._write_status(name, new, status, status_item)
         if moved and written:  # MoveSFC done (and counted): its record goes (fenced)
@@ -746,23 +772,26 @@ class Reconciler:
         """Nodes cordoned by DrainNode: no new placement, their SFCs move off."""
         return set(self._records("cordon", self.keys.cordons))
 
-    def _away(self, move: MoveRecord | None) -> tuple[set[str], str]:
-        """(nodes a routed SFC's servers leave: the cordoned ones, or with a MoveSFC every
-        node but its target; why they cannot leave now, when no other node could take it:
-        then none leaves)."""
+    def _away(self, move: MoveRecord | None,
+              serving: set[str]) -> tuple[set[str], str, str]:
+        """(nodes a routed SFC's servers leave and no new server joins: the cordoned ones, or
+        with a MoveSFC every node but its target; why a move waits; why its servers on
+        cordoned nodes cannot leave, when no other node could take it: then those of
+        `serving` stay, and a cordoned node it does not run on still takes none of it)."""
         underlay, cordoned = set(self._underlay_nodes()), self._cordoned()
         if move is not None:
             if move.node in cordoned:
-                return cordoned & underlay, f"move to {move.node} waits: it is cordoned"
+                return cordoned & underlay, f"move to {move.node} waits: it is cordoned", ""
             if move.node not in underlay:
                 return cordoned & underlay, \
-                    f"move to {move.node} waits: it is not a live node with an underlay"
-            return underlay - {move.node}, ""
+                    f"move to {move.node} waits: it is not a live node with an underlay", ""
+            return underlay - {move.node}, "", ""
         away = cordoned & underlay
-        if away and not underlay - away:
-            return set(), f"cordoned {', '.join(sorted(away))} cannot be drained: no other " \
-                          "live node with an underlay can take it"
-        return away, ""
+        stay = away & serving
+        if stay and not underlay - away:
+            return away - stay, "", f"cordoned {', '.join(sorted(stay))} cannot be " \
+                                    "drained: no other live node with an underlay can take it"
+        return away, "", ""
 
     def _copy_of(self, name: str, node: str, item: Item) -> pb.AgentSFC | None:
         """What live `node` runs of this incarnation of SFC `name` (None: nothing)."""
@@ -777,7 +806,7 @@ class Reconciler:
         return drain.Endpoint(node, record.address, record.underlay.ip if record.underlay else "")
 
     async def _hand_over(self, name: str, route: RouteRecord, revision: int,
-                         decided_at: float, leaving: list[str]) -> tuple[int, dict[str, str]]:
+                         decided_at: float, leaving: list[str]) -> tuple[int, dict]:
         """Route `route` (the servers staying, all running it) and hand the flows and state
         of each `leaving` node to one of them (drain.py's sequence); (the route's revision,
         node -> why its flows could not move: it stays in the route, serving them)."""
@@ -792,7 +821,7 @@ class Reconciler:
             route.servers + tuple(routed[n] for n in leaving if n in routed),
             key=lambda s: s.node)))
         revision = await self.routes.put(with_leaving, revision, decided_at)
-        unmoved: dict[str, str] = {}
+        unmoved: dict = {}
         for node in leaving:
             target = drain.target_for(node, staying)
             source, to = self._endpoint(node), self._endpoint(target)
@@ -814,7 +843,7 @@ class Reconciler:
                 self.nodes.ran(node, name, None)
             except drain.HandOverFailed as e:
                 log.warning("sfc %s: node %s keeps its flows: %s", name, node, e)
-                unmoved[node] = str(e)
+                unmoved[node] = e   # (str() in the status; drain.MoveOutcome reads it)
         return revision, unmoved
 
     async def _autoscale(self, record: SFCRecord, item: Item,
@@ -962,8 +991,10 @@ class Reconciler:
                 if peers is not None:
                     peers.given(node)
                 self.nodes.ran(node, name, running)
-                if "restore_of" in ckpt:
-                    self._lost.pop(name, None)  # restored (or started empty, saying so)
+                if "restore_of" in ckpt:  # restored (or started empty, saying so)
+                    if name in self._lost:
+                        self._lost[name].settle(ckpt["restore_of"])
+                    self._unrestored.pop(name, None)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas or self._room_now(node, name, running):
                 running = await _agent_call(stub.ScaleSFC(
@@ -997,30 +1028,64 @@ class Reconciler:
             status = replace(status, phase="Degraded", message=(
                 f"node {node}: {running.instances} of {running.replicas} instances: "
                 f"{running.message or 'no free pool process'}"))
+        if running.checkpoint_error and status.phase == "Running":  # checkpoints.py
+            status = replace(status, phase="Degraded", message=(
+                f"node {node}: checkpoints to {running.checkpoint_to} fail: "
+                f"{running.checkpoint_error}"))
         return replace(status, instances=running.instances,
                        **checkpoints.status_fields(running)), True
 
-    def _checkpoint_fields(self, record: SFCRecord, node: str, status: SFCStatus | None,
-                           restore: bool = True) -> dict:
-        """RunSFC's checkpoint fields for `node` (controller/checkpoints.py): its peer when
-        the spec asks for checkpoints, and (`restore`) the restore of a lost node's copy."""
+    def _restores(self, record: SFCRecord, status: SFCStatus | None,
+                  order: list[str]) -> dict[str, str]:
+        """node -> the lost node whose checkpoint it restores, among `order` (the new
+        placement; controller/checkpoints.py): nodes not running the SFC yet take the places
+        of the nodes its status names that are no longer live."""
         name = record.name
         if not checkpoints.checkpoint_s(record.doc):
             self._lost.pop(name, None)
             return {}
+        lost = self._lost.setdefault(name, checkpoints.LostNodes())
+        lost.note(status, self.nodes.views)
+        return checkpoints.restorers(lost.pending, order,
+                                     {n for n in order if name in self.nodes.views.get(n, {})})
+
+    def _not_restored(self, name: str, restores: dict[str, str], order: list[str]):
+        """Lost nodes no node of the placement `order` took the place of (all ran the SFC
+        already): settled, the status saying their checkpoint was not restored."""
+        lost = self._lost.get(name)
+        if lost is None:
+            return
+        for node in sorted(set(lost.pending) - set(restores.values())):
+            log.warning("sfc %s: %s", name, checkpoints.not_restored(node, order))
+            lost.settle(node)
+            self._unrestored[name] = (node, checkpoints.not_restored(node, order))
+
+    def _restore_said(self, name: str, fields: dict) -> dict:
+        """The status's restore fields: the nodes' own, else why a lost node's checkpoint
+        was not restored."""
+        said = self._unrestored.get(name)
+        if said is not None and not fields["restored_of"]:
+            fields.update(restored_of=said[0], restored_age_ms=-1, restore=said[1])
+        return fields
+
+    def _checkpoint_fields(self, record: SFCRecord, node: str, status: SFCStatus | None,
+                           restore_of: str | None = None) -> dict:
+        """RunSFC's checkpoint fields for `node` (controller/checkpoints.py): its peer when
+        the spec asks for checkpoints, and the restore of lost node `restore_of`'s copy."""
+        name = record.name
+        if not checkpoints.checkpoint_s(record.doc):
+            return {}
         live = sorted(n for n in self.nodes.views if n in self.nodes.records)
+        current = dict(status.checkpoint_peers).get(node, status.checkpoint_to) if status else ""
         peer = checkpoints.pick_peer(
-            node, status.checkpoint_to if status else "", live,
-            lambda n: (not self._usable(n), self._load(n, name), n))
+            node, current, live, lambda n: (not self._usable(n), self._load(n, name), n))
         fields = {"checkpoint_to": checkpoints.peer_ref(self.nodes, peer)} if peer else {}
         lost = self._lost.get(name)
-        if lost is None and status is not None and status.node and status.node != node and \
-                status.node not in self.nodes.views:
-            lost = self._lost[name] = (status.node, status.checkpoint_to)
-        if restore and lost is not None and name not in self.nodes.views.get(node, {}):
-            fields["restore_of"] = lost[0]
-            if lost[1] in live:
-                fields["restore_from"] = checkpoints.peer_ref(self.nodes, lost[1])
+        if restore_of and lost is not None and restore_of in lost.pending:
+            fields["restore_of"] = restore_of
+            if lost.pending[restore_of] in live:
+                fields["restore_from"] = checkpoints.peer_ref(self.nodes,
+                                                              lost.pending[restore_of])
         return fields
 
     async def _run(self, node: str, stub, request: pb.RunSFCRequest) -> pb.AgentSFC:

@@ -242,3 +242,38 @@ def test_a_lost_node_without_a_checkpoint_starts_empty_and_says_so(cluster):
     assert counts(c, st.node, sfc) == (0, 0)
     c.controller.stub.DeleteSFC(pb.DeleteSFCRequest(name=sfc), timeout=10)
     start_agent(c, node)
+
+
+def test_a_spread_sfcs_lost_node_is_restored_by_the_node_taking_its_place(cluster):
+    """Spread over two servers (review of issue 14): the first one's agent killed -9, the
+    server taking its place (one not running the SFC) restores its checkpoint, kept by its
+    own peer, instead of a seed: MON's counts of the lost server are back, on the new one."""
+    c, sfc = cluster, "mon-spread"
+    wait_until(lambda: len(c.controller.stub.ListNodes(pb.ListNodesRequest(),
+                                                       timeout=5).nodes) == 3, 60)
+    doc = json.loads(mon_sfc(sfc, PERIOD_S))
+    doc["spec"].update(placement={"spread": 2}, scale={"min": 2, "max": 2})
+    c.controller.stub.ApplySFC(pb.ApplySFCRequest(spec=json.dumps(doc)), timeout=10)
+    st = wait_until(lambda: (s := status(c.controller.stub, sfc)).phase == "Running" and
+                    len(s.checkpoint_peers) == 2 and s, 60,
+                    lambda: c.controller.output()[-4000:])
+    lost, other = st.node, next(n for n in st.nodes if n != st.node)
+    third = next(n for n in SERVERS if n not in st.nodes)
+    assert dict(st.checkpoint_peers)[lost] == other, st
+    sent = 400
+    c.ingress.send([frame(i) for i in range(sent)])
+    wait_until(lambda: counts(c, lost, sfc)[0] + counts(c, other, sfc)[0] == sent, 20)
+    time.sleep(3 * PERIOD_S)         # checkpoints of what it counted
+    had = counts(c, lost, sfc)       # (no traffic since: its last checkpoints have it all)
+    assert had[0] > 0, had           # (the gateway sent it some of the flows)
+    c.agents[lost].proc.kill()
+    c.agents[lost].proc.wait()
+    st = wait_until(lambda: (s := status(c.controller.stub, sfc)).phase == "Running" and
+                    set(s.nodes) == {other, third} and s.restored_of and s, 60,
+                    lambda: c.controller.output()[-6000:])
+    assert st.restored_of == lost and st.restored_age_ms >= 0, st
+    assert f"kept by {other}" in st.restore, st.restore
+    assert counts(c, third, sfc) == had      # its counts, from its checkpoint (not a seed)
+    assert f"sfc {sfc}: seeded from" not in c.agents[third].output()
+    c.controller.stub.DeleteSFC(pb.DeleteSFCRequest(name=sfc), timeout=10)
+    start_agent(c, lost)

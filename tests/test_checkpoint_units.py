@@ -198,6 +198,9 @@ def test_spec_state_checkpoint_s():
     assert parse_sfc(spec({"checkpoint_s": 3600})).checkpoint_s == 3600
     assert checkpoint_s(json.loads(spec({"checkpoint_s": 7}))) == 7
     assert checkpoint_s({"spec": {}}) == 0
+    assert parse_sfc(spec({})).checkpoint_s == 0      # an empty state block: checkpoints off
+    assert parse_sfc(spec(None)).checkpoint_s == 0
+    assert checkpoint_s(json.loads(spec({}))) == 0
     for bad in (0, 3601, "5", True, 1.5, None):
         with pytest.raises(SpecError, match=r"^spec\.state\.checkpoint_s: seconds 1\.\.3600"):
             parse_sfc(spec({"checkpoint_s": bad}))
@@ -223,3 +226,62 @@ def test_the_peer_stays_while_it_lives_else_the_first_ranked_other_node():
     assert pick_peer("s2", "s2", live, lambda n: n) == "s1"     # never the node itself
     assert pick_peer("s1", "", ["s1"], lambda n: n) is None
     assert ck.PAGES_PER_MESSAGE * PAGE <= 1 << 20   # a message stays well under gRPC's bound
+
+
+def test_a_lost_nodes_place_goes_to_a_node_not_running_the_sfc():
+    from serpens.controller.checkpoints import LostNodes, lost_nodes, restorers
+    st = SFCStatus("Running", node="s1", nodes=(("s1", 1), ("s2", 1)), checkpoint_to="s2",
+                   checkpoint_peers=(("s1", "s2"), ("s2", "s3")))
+    assert lost_nodes(st, {"s2", "s3"}) == {"s1": "s2"}          # the first node
+    assert lost_nodes(st, {"s1", "s3"}) == {"s2": "s3"}          # any other node too
+    assert lost_nodes(SFCStatus("Running", node="s1", checkpoint_to="s2"), {"s2"}) == \
+        {"s1": "s2"}
+    assert lost_nodes(None, set()) == {}
+    # the new placement s2 (runs it: restores nothing), s3 (new: takes s1's place)
+    assert restorers({"s1": "s2"}, ["s2", "s3"], {"s2"}) == {"s3": "s1"}
+    assert restorers({"s1": "s2"}, ["s2"], {"s2"}) == {}          # nowhere: said why
+    assert restorers({"s1": "", "s2": ""}, ["s4", "s3"], set()) == {"s4": "s1", "s3": "s2"}
+    lost = LostNodes()
+    lost.note(st, {"s2", "s3"})
+    assert lost.pending == {"s1": "s2"}
+    lost.settle("s1")
+    lost.note(st, {"s2", "s3"})                 # the status not yet written again
+    assert lost.pending == {}
+    lost.note(st, {"s1", "s2", "s3"})           # back: lost again later, restored again
+    lost.note(st, {"s2", "s3"})
+    assert lost.pending == {"s1": "s2"}
+
+
+def test_spread_status_carries_each_nodes_peer_the_oldest_checkpoint_and_every_failure():
+    from serpens.controller.checkpoints import REFRESH_S, report_summary, spread_fields
+    s1 = SFCStatus("Running", node="s1", checkpoint_to="s2", checkpoint_unix_ms=5000)
+    s2 = SFCStatus("Running", node="s2", checkpoint_to="s1", checkpoint_unix_ms=3000,
+                   checkpoint_error="RESOURCE_EXHAUSTED: full", restored_of="s0",
+                   restored_age_ms=700, restore="restored ...")
+    f = spread_fields("s1", {"s1": s1, "s2": s2})
+    assert f["checkpoint_to"] == "s2" and f["checkpoint_peers"] == (("s1", "s2"), ("s2", "s1"))
+    assert f["checkpoint_unix_ms"] == 3000
+    assert f["checkpoint_error"] == "node s2: RESOURCE_EXHAUSTED: full"
+    assert (f["restored_of"], f["restored_age_ms"]) == ("s0", 700)   # s2 restored it
+    one = spread_fields("s1", {"s1": s1})
+    assert "checkpoint_peers" not in one and one["checkpoint_error"] == ""
+    agent = pb.AgentSFC(checkpoint_unix_ms=10_000, checkpoint_error="")
+    later = pb.AgentSFC(checkpoint_unix_ms=10_000 + REFRESH_S * 1000 - 1)
+    assert report_summary(agent) == report_summary(later)   # no status write per checkpoint
+    assert report_summary(agent) != report_summary(pb.AgentSFC(
+        checkpoint_unix_ms=10_000, checkpoint_error="UNAVAILABLE: peer down"))
+    rt = SFCStatus("Degraded", node="s1", checkpoint_unix_ms=3000, checkpoint_error="x",
+                   checkpoint_peers=(("s1", "s2"),))
+    assert SFCStatus.decode(rt.encode()) == rt
+    assert rt.to_message().checkpoint_peers == {"s1": "s2"}
+
+
+def test_get_sfc_shows_the_last_checkpoints_age():
+    from serpens.cli.control import checkpoint
+    assert checkpoint(pb.SFCStatus()) == "-"
+    assert checkpoint(pb.SFCStatus(checkpoint_to="s2")) == "none yet"
+    assert checkpoint(pb.SFCStatus(checkpoint_to="s2", checkpoint_unix_ms=100_000),
+                      now=103.4) == "3s ago"
+    assert checkpoint(pb.SFCStatus(checkpoint_to="s2", checkpoint_unix_ms=100_000,
+                                   checkpoint_error="RESOURCE_EXHAUSTED"),
+                      now=160) == "failing, last 60s ago"

@@ -48,3 +48,30 @@ def test_cordon_move_and_status_records_round_trip_and_refuse_what_no_writer_wri
     assert "joined" not in SFCStatus("Running").encode()   # as older versions wrote it
     with pytest.raises(MalformedRecord, match="joined"):
         SFCStatus.decode('{"phase": "Running", "joined": ["Not A Node"]}')
+
+
+def test_a_moves_outcome_names_the_sources_whose_flows_did_not_move():
+    from serpens.controller.drain import HandOverFailed, MoveOutcome
+    o = MoveOutcome(asked_at=1.0)
+    o.note(["s1"], {"s1": HandOverFailed("source s1: UNAVAILABLE")})   # aborted: retried
+    o.note(["s2"], {})                                                  # s2 handed over
+    # s1 still live when the move ended: it handed its flows over on a retry, nothing lost
+    assert o.error(("s1", "s2"), "s3", live={"s1", "s3"}) == ""
+    # s1 lost before it handed them over: they went with it
+    assert o.error(("s1", "s2"), "s3", live={"s3"}) == \
+        "flows of s1 not moved: lost with the node (new flows go to s3)"
+    o.note(["s1"], {"s1": HandOverFailed("gateway gw: commit failed", state_left=True)})
+    o.note(["s1"], {})
+    assert o.error(("s1", "s2"), "s3", live={"s3"}) == \
+        "flows of s1 lost their state: gateway gw: commit failed"
+
+
+def test_a_move_record_keeps_its_sources():
+    m = MoveRecord(sfc="web", node="s3", asked_at=2.0, sources=("s1", "s2"))
+    assert decode("move", m.encode(), "web") == m
+    assert "sources" not in MoveRecord(sfc="web", node="s3").encode()
+    with pytest.raises(MalformedRecord, match="sources"):
+        decode("move", '{"sfc": "web", "node": "s3", "sources": ["Bad Name"]}', "web")
+    s = SFCStatus("Degraded", node="s1", stuck="cordoned s1 cannot be drained", moves=1,
+                  move_error="flows of s2 not moved")
+    assert SFCStatus.decode(s.encode()) == s

@@ -133,3 +133,29 @@ def test_an_sfc_on_one_node_is_never_placed_on_a_cordoned_one(world, controller)
     assert st.phase == "Pending" and "n1: cordoned" in st.message and \
         "n2: cordoned" in st.message, st
     assert status(stub, "a").node == "n2"     # what runs stays (it cannot move: its ports)
+
+
+def test_draining_the_last_node_leaves_the_sfc_where_it_is_and_says_so(etcd, world, controller):
+    """Every node cordoned (review of issue 14): cordons still apply, so the SFC is never
+    placed back on a drained node; it stays where it runs, Degraded saying why, and
+    `drain --wait` says so and ends with exit 1 instead of waiting forever."""
+    agents, register_gateway, report = world
+    gw = register_gateway()
+    stub = controller.stub
+    stub.DrainNode(pb.DrainNodeRequest(node="n1"), timeout=5)
+    apply(controller, "web", 2)                  # spread 2: n2 alone may take it
+    wait_until(lambda: weights(gw.routes().get("web")) == {"n2": 2}, 20, controller.output)
+    report("n2", web=100.0)                      # its agent's report: it runs web
+    r = serpensctl(controller.address, "drain", "node", "n2", "--wait", "--wait-timeout", "30")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "sfc/web stays: cordoned n2 cannot be drained: no other live node" in r.stdout, \
+        r.stdout
+    assert "node/n2 not drained: sfc/web: cordoned n2 cannot be drained" in r.stderr, r.stderr
+    st = status(stub, "web")
+    assert st.phase == "Degraded" and st.node == "n2" and not st.nodes, st
+    assert st.stuck.startswith("cordoned n2 cannot be drained") and st.stuck in st.message
+    assert "web" not in agents["n1"].runs        # never back on the drained n1
+    assert weights(stored_route(etcd, "web")) == {"n2": 2}
+    assert agents["n2"].runs["web"].replicas == 2
+    stub.UndrainNode(pb.UndrainNodeRequest(node="n1"), timeout=5)   # somewhere to go again
+    wait_until(lambda: not status(stub, "web").stuck, 30, controller.output)

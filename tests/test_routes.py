@@ -74,7 +74,8 @@ class FakeAgent(pb_grpc.AgentServicer):
         s = pb.AgentSFC(name=name, generation=request.generation, replicas=request.replicas,
                         incarnation=request.incarnation, instances=request.replicas,
                         phase="Running",
-                        vxlan=request.vxlan if request.HasField("vxlan") else None)
+                        vxlan=request.vxlan if request.HasField("vxlan") else None,
+                        checkpoint_to=request.checkpoint_to.node)  # (as the real agent)
         with self.lock:
             self.runs[name], self.requests[name] = s, request
             self.answered[name] = time.monotonic()

@@ -63,12 +63,14 @@ def rdtsc():
 def stall_probe(double seconds, double threshold_us=50):
     """Spin on the calling thread's CPU for `seconds`, timing every gap longer than
     `threshold_us` in which it did not run (the host or the kernel took the CPU):
-    (gaps, total_us, max_us). Benchmarks report it: such gaps set tail latency here."""
-    cdef uint64_t hz = rte_get_tsc_hz(), last, now, gap, end, total = 0, worst = 0
+    (gaps, total_us, max_us, elapsed_us). Benchmarks report it: such gaps set tail latency
+    here. elapsed_us is the time that actually passed (a gap can overrun `seconds`)."""
+    cdef uint64_t hz = rte_get_tsc_hz(), start, last, now, gap, end, total = 0, worst = 0
     cdef uint64_t limit = <uint64_t>(hz * threshold_us / 1e6)
     cdef unsigned n = 0
     with nogil:
         last = rte_rdtsc()
+        start = last
         end = last + <uint64_t>(seconds * hz)
         while last < end:
             now = rte_rdtsc()
@@ -79,7 +81,7 @@ def stall_probe(double seconds, double threshold_us=50):
                 if gap > worst:
                     worst = gap
             last = now
-    return n, total * 1e6 / hz, worst * 1e6 / hz
+    return n, total * 1e6 / hz, worst * 1e6 / hz, (last - start) * 1e6 / hz
 
 
 def region_reserve():

@@ -388,7 +388,7 @@ class ScaleSpec(_message.Message):
     def __init__(self, replicas: _Optional[int] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_pps: _Optional[float] = ...) -> None: ...
 
 class SFCStatus(_message.Message):
-    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "checkpoint_to", "restored_of", "restored_age_ms", "restore", "joined", "moving_to", "moves")
+    __slots__ = ("phase", "message", "node", "generation", "instances", "nodes", "checkpoint_to", "restored_of", "restored_age_ms", "restore", "joined", "moving_to", "moves", "stuck", "move_error", "checkpoint_unix_ms", "checkpoint_error", "checkpoint_peers")
     class NodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -396,6 +396,13 @@ class SFCStatus(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class CheckpointPeersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PHASE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -409,6 +416,11 @@ class SFCStatus(_message.Message):
     JOINED_FIELD_NUMBER: _ClassVar[int]
     MOVING_TO_FIELD_NUMBER: _ClassVar[int]
     MOVES_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FIELD_NUMBER: _ClassVar[int]
+    MOVE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PEERS_FIELD_NUMBER: _ClassVar[int]
     phase: str
     message: str
     node: str
@@ -422,7 +434,12 @@ class SFCStatus(_message.Message):
     joined: _containers.RepeatedScalarFieldContainer[str]
     moving_to: str
     moves: int
-    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., checkpoint_to: _Optional[str] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., joined: _Optional[_Iterable[str]] = ..., moving_to: _Optional[str] = ..., moves: _Optional[int] = ...) -> None: ...
+    stuck: str
+    move_error: str
+    checkpoint_unix_ms: int
+    checkpoint_error: str
+    checkpoint_peers: _containers.ScalarMap[str, str]
+    def __init__(self, phase: _Optional[str] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., generation: _Optional[int] = ..., instances: _Optional[int] = ..., nodes: _Optional[_Mapping[str, int]] = ..., checkpoint_to: _Optional[str] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., joined: _Optional[_Iterable[str]] = ..., moving_to: _Optional[str] = ..., moves: _Optional[int] = ..., stuck: _Optional[str] = ..., move_error: _Optional[str] = ..., checkpoint_unix_ms: _Optional[int] = ..., checkpoint_error: _Optional[str] = ..., checkpoint_peers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SFC(_message.Message):
     __slots__ = ("name", "spec", "spec_json", "nfs", "scale", "status", "revision", "created", "updated", "generation", "route")
@@ -676,7 +693,7 @@ class VxlanRoute(_message.Message):
     def __init__(self, tag: _Optional[int] = ..., vni: _Optional[int] = ..., gateway_ip: _Optional[str] = ..., gateway_mac: _Optional[str] = ...) -> None: ...
 
 class AgentSFC(_message.Message):
-    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "restored_of", "restored_age_ms", "restore", "checkpoint_to", "checkpoint_unix_ms", "peer_state", "deltas_pushed", "deltas_applied", "pool_shares")
+    __slots__ = ("name", "generation", "replicas", "instances", "rx", "out", "dropped", "held", "incarnation", "phase", "message", "crashes", "drops", "vxlan", "restored_of", "restored_age_ms", "restore", "checkpoint_to", "checkpoint_unix_ms", "checkpoint_error", "peer_state", "deltas_pushed", "deltas_applied", "pool_shares")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -703,6 +720,7 @@ class AgentSFC(_message.Message):
     RESTORE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_TO_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
     PEER_STATE_FIELD_NUMBER: _ClassVar[int]
     DELTAS_PUSHED_FIELD_NUMBER: _ClassVar[int]
     DELTAS_APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -726,11 +744,12 @@ class AgentSFC(_message.Message):
     restore: str
     checkpoint_to: str
     checkpoint_unix_ms: int
+    checkpoint_error: str
     peer_state: str
     deltas_pushed: int
     deltas_applied: int
     pool_shares: int
-    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., checkpoint_to: _Optional[str] = ..., checkpoint_unix_ms: _Optional[int] = ..., peer_state: _Optional[str] = ..., deltas_pushed: _Optional[int] = ..., deltas_applied: _Optional[int] = ..., pool_shares: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., replicas: _Optional[int] = ..., instances: _Optional[int] = ..., rx: _Optional[int] = ..., out: _Optional[int] = ..., dropped: _Optional[int] = ..., held: _Optional[int] = ..., incarnation: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., crashes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., vxlan: _Optional[_Union[VxlanRoute, _Mapping]] = ..., restored_of: _Optional[str] = ..., restored_age_ms: _Optional[int] = ..., restore: _Optional[str] = ..., checkpoint_to: _Optional[str] = ..., checkpoint_unix_ms: _Optional[int] = ..., checkpoint_error: _Optional[str] = ..., peer_state: _Optional[str] = ..., deltas_pushed: _Optional[int] = ..., deltas_applied: _Optional[int] = ..., pool_shares: _Optional[int] = ...) -> None: ...
 
 class StopSFCRequest(_message.Message):
     __slots__ = ("name", "return_to")
