@@ -164,21 +164,27 @@ def test_a_share_of_a_pool_that_is_not_there_is_refused_naming_the_field(cluster
     assert free_ports(c, node) == before          # and back whole
 
 
-def each_port_in_one_hand(c, name: str) -> dict[str, set[int]]:
+def each_port_in_one_hand(c, name: str, settle: float = 10.0) -> dict[str, set[int]]:
     """Every port of the pool is free or mapped on exactly one server of SFC `name` (pools
-    and NAT's "in" table read through ReadState); {server: ports it maps}."""
-    nodes = [s for s, a in c.agents.items() if name in a.sfcs()]
-    held = {s: mapped_ports(c, s, name) for s in nodes}
-    free = {s: free_ports(c, s, name) for s in nodes}
-    for s in nodes:
-        assert not held[s] & free[s], f"{s}: ports free and mapped {sorted(held[s] & free[s])}"
-    for i, a in enumerate(nodes):
-        for b in nodes[i + 1:]:
-            both = (held[a] | free[a]) & (held[b] | free[b])
-            assert not both, f"ports {sorted(both)[:8]}... free or mapped on {a} and {b}"
-    every = set().union(*held.values(), *free.values())
-    assert every == set(PORTS), f"ports lost: {sorted(set(PORTS) - every)}"
-    return held
+    and NAT's "in" table read through ReadState); {server: ports it maps}. A port on two
+    servers fails at once; a port on none is waited for up to `settle` s (a leaving server
+    returns its pool after it stopped running the SFC)."""
+    deadline = time.monotonic() + settle
+    while True:
+        nodes = [s for s, a in c.agents.items() if name in a.sfcs()]
+        held = {s: mapped_ports(c, s, name) for s in nodes}
+        free = {s: free_ports(c, s, name) for s in nodes}
+        for s in nodes:
+            assert not held[s] & free[s], f"{s}: ports free and mapped {sorted(held[s] & free[s])}"
+        for i, a in enumerate(nodes):
+            for b in nodes[i + 1:]:
+                both = (held[a] | free[a]) & (held[b] | free[b])
+                assert not both, f"ports {sorted(both)[:8]}... free or mapped on {a} and {b}"
+        lost = set(PORTS) - set().union(*held.values(), *free.values())
+        if not lost:
+            return held
+        assert time.monotonic() < deadline, f"ports lost: {sorted(lost)}\n{logs(c)}"
+        time.sleep(0.2)
 
 
 def test_scaled_out_in_and_out_no_port_is_on_two_servers(cluster):
