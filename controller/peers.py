@@ -27,6 +27,16 @@ class PeerPlan:
         self.seed_source = self.source or (elsewhere[0] if elsewhere else None)
         self.records = records
 
+    def first_alone(self, todo: dict) -> tuple[dict, bool]:
+        """(what to run now, whether some of `todo` waits). While no node runs the SFC, one
+        node starts it alone and the others wait for the next pass, seeded from it: nodes
+        started together would each make the NF's release pools whole (NAT's init() puts the
+        full bitmap), and one port would be free on two servers at once."""
+        if self.seed_source is not None or len(todo) < 2:
+            return todo, False
+        node = next(iter(todo))
+        return {node: todo[node]}, True
+
     def key(self) -> tuple:
         return tuple((r.node, r.address) for r in self.refs)
 

@@ -635,6 +635,7 @@ class Reconciler:
             peers = PeerPlan(self._peers_sent, name, shares, self.nodes.records,  # xstate
                              self.nodes.views, item.create_revision)
             restores = self._restores(record, status, list(shares))  # checkpoints.py
+            todo, waiting = peers.first_alone(todo)  # xstate: one node first, then seed
             results = await asyncio.gather(*(
                 self._converge(record, item, node, n, routed=True, vxlan=vxlan,
                                rerun=node in unrouted or peers.changed(node), peers=peers,
@@ -652,7 +653,7 @@ class Reconciler:
                     outcome[node], asked[node] = result, n
                     if result[0].phase in ("Running", "Degraded"):
                         unrouted.discard(node)
-            if not again:
+            if not again and not waiting:
                 break
         if not unrouted:
             self._unrouted.pop(name, None)

@@ -31,3 +31,14 @@ def test_a_move_to_nodes_that_never_ran_it_seeds_from_the_node_leaving():
 def test_an_older_incarnation_seeds_nothing():
     plan = PeerPlan({}, "sfc", {"b": 1}, RECORDS, running("a", incarnation=4), 5)
     assert plan.seed_for("b") is None
+
+
+def test_while_no_node_runs_it_one_node_starts_alone():
+    """Started together, every node's NAT would make the whole port pool its own."""
+    plan = PeerPlan({}, "sfc", {"a": 1, "b": 1, "c": 1}, RECORDS, {}, 5)
+    assert plan.first_alone({"a": 1, "b": 1, "c": 1}) == ({"a": 1}, True)
+    assert plan.first_alone({"b": 1}) == ({"b": 1}, False)
+    # once one runs it, the others start together, seeded from it
+    plan = PeerPlan({}, "sfc", {"a": 1, "b": 1, "c": 1}, RECORDS, running("a"), 5)
+    assert plan.first_alone({"b": 1, "c": 1}) == ({"b": 1, "c": 1}, False)
+    assert plan.seed_for("b").node == "a" and plan.seed_for("c").node == "a"

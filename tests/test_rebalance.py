@@ -31,9 +31,9 @@ EXT = "203.0.113.1"
 PORTS = range(1024, 1088)        # 64 ports
 
 
-def sfc_spec(servers: int, idle_timeout: float) -> str:
+def sfc_spec(servers: int, idle_timeout: float, name: str = SFC) -> str:
     doc = json.loads(multi.spread_sfc(servers))
-    doc["metadata"]["name"] = SFC
+    doc["metadata"]["name"] = name
     nat = doc["spec"]["nfs"]["nat"]["config"]
     nat.update(external_ips=[EXT], port_range=f"{PORTS[0]}-{PORTS[-1]}",
                idle_timeout=idle_timeout)
@@ -41,36 +41,36 @@ def sfc_spec(servers: int, idle_timeout: float) -> str:
     return json.dumps(doc)
 
 
-def apply(c, servers: int, idle_timeout: float = 300):
-    c.controller.stub.ApplySFC(pb.ApplySFCRequest(spec=sfc_spec(servers, idle_timeout)),
+def apply(c, servers: int, idle_timeout: float = 300, name: str = SFC):
+    c.controller.stub.ApplySFC(pb.ApplySFCRequest(spec=sfc_spec(servers, idle_timeout, name)),
                                timeout=10)
 
     def runs(s):
-        return [a.sfcs()[SFC].generation for a in c.agents.values() if SFC in a.sfcs()] == \
-            [s.generation] * servers
-    wait_until(lambda: (s := status(c.controller.stub, SFC)).phase == "Running"
+        return [a.sfcs()[name].generation for a in c.agents.values() if name in a.sfcs()] \
+            == [s.generation] * servers
+    wait_until(lambda: (s := status(c.controller.stub, name)).phase == "Running"
                and max(1, len(s.nodes)) == servers and
-               (r := c.gateway.status().sfcs.get(SFC)) and len(r.servers) == servers
+               (r := c.gateway.status().sfcs.get(name)) and len(r.servers) == servers
                and runs(s), 60, lambda: logs(c))
 
 
-def read(c, node: str, table: str) -> list:
+def read(c, node: str, table: str, name: str = SFC) -> list:
     reply = c.agents[node].stub.ReadState(pb.ReadStateRequest(
-        sfc=SFC, nf="nat", table=table, merge=True, limit=100000), timeout=10)
+        sfc=name, nf="nat", table=table, merge=True, limit=100000), timeout=10)
     (t,) = reply.tables
     return list(t.entries)
 
 
-def free_ports(c, node: str) -> set[int]:
+def free_ports(c, node: str, name: str = SFC) -> set[int]:
     out = set()
-    for e in read(c, node, "ports"):
+    for e in read(c, node, "ports", name):
         words = struct.unpack(f"<{len(e.value) // 8}Q", e.value)
         out |= {w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1}
     return out
 
 
-def mapped_ports(c, node: str) -> set[int]:
-    return {struct.unpack("!H", e.key[4:6])[0] for e in read(c, node, "in")}
+def mapped_ports(c, node: str, name: str = SFC) -> set[int]:
+    return {struct.unpack("!H", e.key[4:6])[0] for e in read(c, node, "in", name)}
 
 
 def until_out(c, flows, seconds: float = 20.0):
@@ -162,3 +162,61 @@ def test_a_share_of_a_pool_that_is_not_there_is_refused_naming_the_field(cluster
     peer.ReturnState(pb.ReturnStateRequest(sfc=SFC, node="test", nfs=[
         pb.NFTables(nf="nat", tables=[got])]), timeout=10)
     assert free_ports(c, node) == before          # and back whole
+
+
+def each_port_in_one_hand(c, name: str, settle: float = 10.0) -> dict[str, set[int]]:
+    """Every port of the pool is free or mapped on exactly one server of SFC `name` (pools
+    and NAT's "in" table read through ReadState); {server: ports it maps}. A port on two
+    servers fails at once; a port on none is waited for up to `settle` s (a leaving server
+    returns its pool after it stopped running the SFC)."""
+    deadline = time.monotonic() + settle
+    while True:
+        nodes = [s for s, a in c.agents.items() if name in a.sfcs()]
+        held = {s: mapped_ports(c, s, name) for s in nodes}
+        free = {s: free_ports(c, s, name) for s in nodes}
+        for s in nodes:
+            assert not held[s] & free[s], f"{s}: ports free and mapped {sorted(held[s] & free[s])}"
+        for i, a in enumerate(nodes):
+            for b in nodes[i + 1:]:
+                both = (held[a] | free[a]) & (held[b] | free[b])
+                assert not both, f"ports {sorted(both)[:8]}... free or mapped on {a} and {b}"
+        lost = set(PORTS) - set().union(*held.values(), *free.values())
+        if not lost:
+            return held
+        assert time.monotonic() < deadline, f"ports lost: {sorted(lost)}\n{logs(c)}"
+        time.sleep(0.2)
+
+
+def test_scaled_out_in_and_out_no_port_is_on_two_servers(cluster):
+    """Issue 14 review: a spread SFC started on two servers at once gave each of them NAT's
+    whole pool (both ran NAT's init(): nobody had the state to seed them from), so one
+    (ip, port) went to two flows. Out (both at once), in, out again: after every step each
+    port is in one server's hands, and no two flows share a pair."""
+    c = cluster
+    gone(c, SFC)                               # the same match: one SFC at a time
+    name = "np-fw-mon-nat"                     # never ran: no server has its tables
+    flows = range(200, 232)
+    apply(c, 2, name=name)
+    each_port_in_one_hand(c, name)
+    for step in (1, 2):
+        pairs, _ = until_out(c, flows)
+        assert len(pairs) == len(flows), logs(c)
+        assert len(set(pairs.values())) == len(pairs), "one external (ip, port) for two flows"
+        held = each_port_in_one_hand(c, name)
+        assert sum(len(h) for h in held.values()) >= len(flows)
+        apply(c, step, name=name)              # in to one server, then out to two again
+        each_port_in_one_hand(c, name)
+    pairs, _ = until_out(c, range(200, 248))   # the old flows and new ones over both
+    assert len(pairs) == 48 and len(set(pairs.values())) == 48, \
+        "one external (ip, port) for two flows"
+    each_port_in_one_hand(c, name)
+    gone(c, name)
+
+
+def gone(c, name: str):
+    try:
+        c.controller.stub.DeleteSFC(pb.DeleteSFCRequest(name=name), timeout=10)
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e
+    wait_until(lambda: name not in c.gateway.status().sfcs and
+               not any(name in a.sfcs() for a in c.agents.values()), 60, lambda: logs(c))

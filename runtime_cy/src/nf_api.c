@@ -3,6 +3,10 @@
  * b->pkt[i] and keep b->data[i]/b->len[i] in step; parse, checksums and hash are pkt.c's; the
  * rest is plain C shared by all NFs, so a fix here reaches every NF without a rebuild.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* renameat2 */
+#endif
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -333,29 +337,41 @@ static uint64_t fold_into_pool(struct serpens_nf_env *s, int table, struct serpe
 	return from->hdr->count;
 }
 
-static void unlink_side(struct serpens_nf_env *s, int table, const char *suffix)
+static int side_path(const struct serpens_nf_env *s, int table, const char *suffix, char *path,
+		     size_t len)
 {
-	char path[512];
-	if (snprintf(path, sizeof(path), "%s/%s/%s@%s.tbl", state_dir, s->name,
-		     s->table_names[table], suffix) < (int)sizeof(path))
-		unlink(path);
+	return snprintf(path, len, "%s/%s/%s@%s.tbl", state_dir, s->name, s->table_names[table],
+			suffix) < (int)len ? 0 : -1;
 }
 
-/* Fold the shares other servers returned (`<table>@in<k>`) into the pool. */
+/* Fold the shares other servers returned (`<table>@in<k>`) into the pool. Each is claimed
+ * first, by renaming it to `<table>@in<k>c<instance>`: the agent links a new share into a
+ * free slot at any time, so an instance must never unlink a slot by its name after another
+ * instance folded and unlinked it (it would remove the share linked there since: lost).
+ * A claimed share left by a process that died before folding it goes back with the pool at
+ * StopSFC return_to (agent/peer_state.py pools_to_return takes every `@i...` side table). */
 static void fold_returned(struct serpens_nf_env *s, int table)
 {
 	for (int k = 0; k < SERPENS_RETURN_SLOTS; k++) {
 		struct serpens_table in;
-		char suffix[8];
-		snprintf(suffix, sizeof(suffix), "in%d", k);
-		if (side_table(s, table, suffix, &in, 0) != 0)
-			continue;
-		serpens_table_lock(&s->tables[table]);
-		uint64_t left = fold_into_pool(s, table, &in);
-		serpens_table_unlock(&s->tables[table]);
-		serpens_table_close(&in);
+		char slot[8], mine[32], from[512], to[512];
+		snprintf(slot, sizeof(slot), "in%d", k);
+		snprintf(mine, sizeof(mine), "in%dc%u", k, s->ctx.instance_id);
+		if (side_path(s, table, slot, from, sizeof(from)) ||
+		    side_path(s, table, mine, to, sizeof(to)) ||
+		    renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) != 0)
+			continue; /* no share there, or another instance claimed it */
+		uint64_t left = 1;
+		if (side_table(s, table, mine, &in, 0) == 0) {
+			serpens_table_lock(&s->tables[table]);
+			left = fold_into_pool(s, table, &in);
+			serpens_table_unlock(&s->tables[table]);
+			serpens_table_close(&in);
+		}
 		if (left == 0)
-			unlink_side(s, table, suffix);
+			unlink(to);
+		else /* the pool is full (or the share unreadable): back in its slot for later */
+			renameat2(AT_FDCWD, to, AT_FDCWD, from, RENAME_NOREPLACE);
 	}
 }
 
