@@ -192,7 +192,8 @@ def measure_platform(rig: Rig, plats: _Platforms, platform: str, settings: dict,
         forks = [h.forks for h in rig.managers if isinstance(h, ForkedHop)]
     finally:
         rig.stop()
-    if not m["mpps"] or "latency_us" not in m:  # a 0 compares nothing: it did not run
+    if not m["mpps"] or "latency_us" not in m or m["latency_us"]["mean"] is None:
+        # a 0 compares nothing: it did not run (or nothing came out while latency was sampled)
         raise BenchError(f"bench e2e: {platform} carried nothing under {LOSS_LIMIT:.1%} loss "
                          f"(unpaced capacity {m['capacity_mpps']} Mpps)")
     lat = m["latency_us"]

@@ -201,11 +201,16 @@ def measure_started(rig, seconds: float, latency_mpps: float | None = None,
            "capacity_mpps": round(found["capacity"], 3), "mpps_trials": found["trials"]}
     if latency_mpps is not None and (latency_mpps or rate):  # the median p99 of three runs
         load = (latency_mpps or 0.8 * rate) * 1e6
-        runs = sorted((rig.run_at(load, seconds, log=int(load * seconds * 1.5))
-                       for _ in range(3)),
-                      key=lambda r: r["latency_us"]["p99"] or float("inf"))  # None: nothing out
-        out["latency_us"] = runs[1]["latency_us"]
-        out["latency_loss"] = runs[1][loss_key]
+        runs = [rig.run_at(load, seconds, log=int(load * seconds * 1.5)) for _ in range(3)]
+        # a run the VM stalled through may sample nothing (p99 None): the median of those
+        # that sampled, another run if none did
+        sampled = sorted((r for r in runs if r["latency_us"]["p99"] is not None),
+                         key=lambda r: r["latency_us"]["p99"])
+        if not sampled:
+            sampled = [rig.run_at(load, seconds, log=int(load * seconds * 1.5))]
+        median = sampled[(len(sampled) - 1) // 2]
+        out["latency_us"] = median["latency_us"]
+        out["latency_loss"] = median[loss_key]
         out["latency_mpps"] = round(load / 1e6, 3)
     return out
 
