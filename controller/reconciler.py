@@ -131,6 +131,7 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
 # a pass is a cache read, or RunSFC calls that compile NFs (seconds)
 _PASS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 120.0)
 
+_NEW_NODE_WAIT_S = 3.0   # a spread SFC's first placement waits this long for nodes just registered
 _SCALE_IN_AFTER_S = 10.0  # autoscaling: no scale-in sooner than this after a change
 _SCALE_IN_SLACK = 0.8    # ... nor unless the fewer instances would stay under 80% of target
 
@@ -162,6 +163,7 @@ class Reconciler:
         self._placement: dict[str, str] = {}
         self._spread: dict[str, tuple[str, ...]] = {}  # routed sfc -> the nodes serving it
         self._peers_sent: dict = {}  # (sfc, node) -> the peers last given (controller/peers.py)
+        self._unanswered_since: dict[str, float] = {}  # node registered, not answered yet
         self._gateway_names: set[str] = set()
         # routed sfc -> nodes that ran it before it was routed (run again with its tag)
         self._unrouted: dict[str, set[str]] = {}
@@ -527,6 +529,21 @@ class Reconciler:
         return sorted(node for node in self.nodes.views
                       if (r := self.nodes.records.get(node)) is not None and r.underlay)
 
+    def _just_registered(self) -> list[str]:
+        """Nodes with an underlay whose record appeared less than _NEW_NODE_WAIT_S ago and
+        whose agent has not answered yet. A spread SFC's first placement waits for them: the
+        gateway pins a flow to the servers there are when it starts, so a server joining a
+        moment later would get only the flows that start after it (serpens up starts the
+        agents and applies at once)."""
+        now = asyncio.get_running_loop().time()
+        waiting = []
+        for node, record in self.nodes.records.items():
+            if node in self.nodes.views or not record.underlay:
+                continue
+            if now - self._unanswered_since.setdefault(node, now) < _NEW_NODE_WAIT_S:
+                waiting.append(node)
+        return sorted(waiting)
+
     async def _routed_spec(self, record: SFCRecord, item: Item) -> SFCSpec | None:
         """The parsed spec of an SFC served through the gateway, None for one served as
         before (on one node, from its ports). An SFC is routed once it has a route (for its
@@ -600,6 +617,12 @@ class Reconciler:
                 revision = await self.routes.put(route, revision, loop.time())
         except Conflict:
             return False  # written meanwhile: again with what is stored now
+        if spec.spread > 1 and not any(self._copy_of(name, n, item) is not None
+                                       for n in self.nodes.views) and \
+                (new := self._just_registered()):
+            return await self._waiting(name, f"waiting for node(s) {', '.join(new)} to "
+                                             "answer (registered moments ago)",
+                                       status, status_item) and False
         gateway = self._gateway()
         vxlan = None if gateway is None else pb.VxlanRoute(
             tag=route.tag, vni=spec.vni, gateway_ip=gateway.underlay.ip,
