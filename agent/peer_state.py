@@ -31,6 +31,9 @@ import threading
 import time
 import zlib
 
+import grpc
+
+from serpens.common.tasks import sleep_unless
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.runtime_cy import _dataplane as dp
 
@@ -441,7 +444,8 @@ class DeltaSender:
                 except Exception as e:  # noqa: BLE001 - tried again next period
                     ok = False
                     self.unreached[sfc].add(address)
-                    why = f"push to {node} failed: {getattr(e, 'details', lambda: e)()}"
+                    detail = e.details() if isinstance(e, grpc.RpcError) else e
+                    why = f"push to {node} failed: {detail}"
                     if self.failure.get(sfc) != why:
                         log.warning("sfc %s: %s", sfc, why)
                     self.failure[sfc] = why
@@ -471,10 +475,7 @@ class DeltaSender:
 
     async def run(self, stop: asyncio.Event):
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.period_s)
-            except asyncio.TimeoutError:
-                pass
+            await sleep_unless(stop, self.period_s)
             async with self._busy:
                 for sfc in list(self.peers):
                     await self.push_sfc(sfc)

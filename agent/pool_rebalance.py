@@ -23,6 +23,7 @@ import time
 
 import grpc
 
+from serpens.common.tasks import sleep_unless
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.runtime_cy import _dataplane as dp
 
@@ -119,10 +120,7 @@ class PoolRebalancer:
 
     async def run(self, stop: asyncio.Event):
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.period_s)
-            except asyncio.TimeoutError:
-                pass
+            await sleep_unless(stop, self.period_s)
             try:
                 await self.tick()
             except Exception:  # noqa: BLE001 - logged; the next period tries again

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import struct
 import sys
 import time
@@ -28,8 +27,8 @@ from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.runtime_cy import _dataplane as dp
 
 from .common import cpu_stalls, percentiles
-from .multinode_gateway import STAMP_OFF, Multi, Servers, stamped_frames
-from .rig import INSTANCE_CPU, ROUTER_CPU, write_pcap  # noqa: F401 (write_pcap: same rig)
+from .multinode_gateway import Multi, Servers, stamped_frames
+from .rig import INSTANCE_CPU, ROUTER_CPU
 
 LOSS_LIMIT = 0.001
 PAUSE_FACTOR = 3.0          # a packet this many times the p99 before (at least 1 ms): paused

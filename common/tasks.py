@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 async def cancel_until_done(task: asyncio.Task, retry_s: float = 0.5) -> None:
@@ -14,3 +15,9 @@ async def cancel_until_done(task: asyncio.Task, retry_s: float = 0.5) -> None:
         await asyncio.wait([task], timeout=retry_s)
     if not task.cancelled():
         task.exception()
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less when `stop` is set meanwhile (periodic loops that end on it)."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -110,6 +110,7 @@ from serpens.common.rpc import Stubs
 from serpens.common.spec import OUTPUT_GATEWAY, SFCSpec, SpecError, parse_sfc
 from serpens.common.store import (DELETE, PUT, RESET, Conflict, Election, Item, NotLeader,
                                   Store, StoreError, StoreUnavailable)
+from serpens.common.tasks import sleep_unless
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
@@ -202,11 +203,11 @@ class Reconciler:
                 backoff = _BACKOFF_FIRST
             except (StoreError, NotLeader) as e:
                 log.warning("%s: %s; campaigning again", self.identity, e)
-                await _sleep_unless(stop, backoff)
+                await sleep_unless(stop, backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             except Exception:  # noqa: BLE001 - a bug must not end the control loop for good
                 log.exception("%s: reconciler failed; campaigning again", self.identity)
-                await _sleep_unless(stop, _BACKOFF_MAX)
+                await sleep_unless(stop, _BACKOFF_MAX)
             finally:
                 if self.leading.is_set():
                     log.info("%s no longer leads", self.identity)
@@ -1247,11 +1248,6 @@ async def _first_of(*aws, timeout: float | None = None):
         for t in tasks:
             if not t.done():
                 t.cancel()
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float):
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
 
 
 __all__ = ["Reconciler", "StoreUnavailable"]

@@ -16,21 +16,18 @@ import os
 import re
 import struct
 import subprocess
-import tempfile
 import threading
 import time
-from types import SimpleNamespace
 
 import grpc
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from serpens.cli import multi
-from serpens.cli.testbed import Testbed
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from support.cluster import BIN, Agent, Controller, Gateway, status, wait_until
-from support.etcd import serpensctl_config, start_etcd
+from support.cluster import BIN, status, wait_until
+from support.etcd import serpensctl_config
+from support.gateway_bed import gateway_cluster
 from support.packets import eth
 from support.taps import Tap
 
@@ -57,47 +54,10 @@ def frame(i: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    bed = Testbed(f"k{os.getpid() % 10000}", [multi.GATEWAY, *SERVERS],
-                  outside={multi.GATEWAY: 2})
-    state = tempfile.TemporaryDirectory(prefix="serpens-ckpt-", dir="/dev/shm")
-    files = tmp_path_factory.mktemp("ckpt")
-    c = SimpleNamespace(bed=bed, etcd=None, agents={}, gateway=None, controller=None,
-                        files=files, state=state.name, ingress=None)
-    try:
-        bed.create()
-        c.etcd = start_etcd(host=bed.host)
-        c.controller = Controller(c.etcd.endpoint, args=["--identity", "c1", "--resync-s",
-                                                         "0.5"], log_level="info")
-        for s in SERVERS:
-            start_agent(c, s)
-        gw = files / "gateway.yaml"
-        gw.write_text(multi.gateway_config(bed.underlay[multi.GATEWAY],
-                                           "net_af_packet_in,iface=eth2",
-                                           egress="net_af_packet_out,iface=eth3"))
-        c.gateway = Gateway(c.etcd.endpoint, str(gw), host=bed.address[multi.GATEWAY],
-                            netns=bed.ns[multi.GATEWAY])
-        c.ingress = Tap(bed.links[multi.GATEWAY]["eth2"])
+    # agents are killed -9 here: their exit codes say nothing
+    with gateway_cluster("k", SERVERS, tmp_path_factory.mktemp("ckpt"),
+                         check_exits=False) as c:
         yield c
-    finally:
-        if c.ingress:
-            c.ingress.close()
-        if c.gateway:
-            c.gateway.stop()
-        for agent in c.agents.values():
-            agent.stop()
-        if c.controller:
-            c.controller.stop()
-        if c.etcd:
-            c.etcd.destroy()
-        bed.remove()
-        state.cleanup()
-
-
-def start_agent(c, s: str):
-    path = c.files / f"{s}.yaml"
-    path.write_text(multi.server_node(s, c.bed.underlay[s], pool=2,
-                                      state_dir=os.path.join(c.state, s)))
-    c.agents[s] = Agent(c.etcd.endpoint, str(path), host=c.bed.address[s], netns=c.bed.ns[s])
 
 
 def apply(c, name: str, checkpoint_s: int) -> str:
@@ -222,7 +182,7 @@ def test_a_lost_nodes_sfc_resumes_elsewhere_from_its_last_checkpoint(cluster):
     wait_until(lambda: not os.path.exists(checkpoint_file(c, keeper, new, sfc)), 20,
                lambda: c.agents[new].output()[-4000:])
 
-    start_agent(c, node)   # the lost server comes back for the next test
+    c.start_agent(node)   # the lost server comes back for the next test
 
 
 def test_a_lost_node_without_a_checkpoint_starts_empty_and_says_so(cluster):
@@ -241,7 +201,7 @@ def test_a_lost_node_without_a_checkpoint_starts_empty_and_says_so(cluster):
     assert "no checkpoint" in st.restore and "started empty" in st.restore, st.restore
     assert counts(c, st.node, sfc) == (0, 0)
     c.controller.stub.DeleteSFC(pb.DeleteSFCRequest(name=sfc), timeout=10)
-    start_agent(c, node)
+    c.start_agent(node)
 
 
 def test_a_spread_sfcs_lost_node_is_restored_by_the_node_taking_its_place(cluster):
@@ -276,4 +236,4 @@ def test_a_spread_sfcs_lost_node_is_restored_by_the_node_taking_its_place(cluste
     assert counts(c, third, sfc) == had      # its counts, from its checkpoint (not a seed)
     assert f"sfc {sfc}: seeded from" not in c.agents[third].output()
     c.controller.stub.DeleteSFC(pb.DeleteSFCRequest(name=sfc), timeout=10)
-    start_agent(c, lost)
+    c.start_agent(lost)

@@ -17,20 +17,17 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from serpens.cli import multi
-from serpens.cli.testbed import Testbed
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from support.cluster import Agent, Controller, Gateway, status, wait_until
-from support.etcd import serpensctl_config, start_etcd
-from support.taps import Tap
+from support.cluster import status, wait_until
+from support.etcd import serpensctl_config
+from support.gateway_bed import gateway_cluster
 from test_multinode_gateway import frames, mark, normalized
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(300),
@@ -44,48 +41,10 @@ ROUND_S = 0.02          # one frame of every flow each round: 3200 frames/s
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    bed = Testbed(f"d{os.getpid() % 10000}", [multi.GATEWAY, *SERVERS],
-                  outside={multi.GATEWAY: 2})   # eth2: its ingress, eth3: its egress
-    state = tempfile.TemporaryDirectory(prefix="serpens-drain-", dir="/dev/shm")
-    files = tmp_path_factory.mktemp("drain")
-    c = SimpleNamespace(bed=bed, etcd=None, agents={}, gateway=None, controller=None, taps=[])
-    exits = {}
-    try:
-        bed.create()
-        c.etcd = start_etcd(host=bed.host)
-        c.controller = Controller(c.etcd.endpoint,
-                                  args=["--identity", "c1", "--resync-s", "0.5"],
-                                  log_level="info")
-        for s in SERVERS:
-            path = files / f"{s}.yaml"
-            path.write_text(multi.server_node(s, bed.underlay[s], pool=2,
-                                              state_dir=os.path.join(state.name, s)))
-            c.agents[s] = Agent(c.etcd.endpoint, str(path), host=bed.address[s],
-                                netns=bed.ns[s])
-        config = files / "gateway.yaml"
-        config.write_text(multi.gateway_config(
-            bed.underlay[multi.GATEWAY], "net_af_packet_in,iface=eth2",
-            egress="net_af_packet_out,iface=eth3"))
-        c.gateway = Gateway(c.etcd.endpoint, str(config), host=bed.address[multi.GATEWAY],
-                            netns=bed.ns[multi.GATEWAY])
-        c.ingress, c.egress = (Tap(bed.links[multi.GATEWAY][k]) for k in ("eth2", "eth3"))
-        c.taps = [c.ingress, c.egress]
+    with gateway_cluster("d", SERVERS, tmp_path_factory.mktemp("drain")) as c:
         c.controller.stub.ApplySFC(pb.ApplySFCRequest(spec=multi.spread_sfc(2)), timeout=10)
         wait_until(lambda: route(c) == set(SERVERS), 90, lambda: c.controller.output()[-4000:])
         yield c
-    finally:
-        for tap in c.taps:
-            tap.close()
-        if c.gateway:
-            exits["gateway"] = c.gateway.stop()
-        exits.update({s: agent.stop() for s, agent in c.agents.items()})
-        if c.controller:
-            c.controller.stop()
-        if c.etcd:
-            c.etcd.destroy()
-        state.cleanup()
-        bed.remove()
-    assert all(code == 0 for code in exits.values()), exits
 
 
 def route(c) -> set[str]:

@@ -15,25 +15,21 @@ import asyncio
 import json
 import os
 import struct
-import tempfile
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from serpens.cli import multi
-from serpens.cli.testbed import Testbed
 from serpens.common import rpc
 from serpens.controller import moves
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from support.cluster import Agent, Controller, Gateway, status, wait_until
-from support.etcd import client_identity, start_etcd
+from support.cluster import status, wait_until
+from support.etcd import client_identity
+from support.gateway_bed import gateway_cluster
 from support.packets import eth
-from support.taps import Tap
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(300),
               pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: root")]
@@ -68,51 +64,20 @@ def mark(data: bytes):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    bed = Testbed(f"m{os.getpid() % 10000}", [multi.GATEWAY, *SERVERS],
-                  outside={multi.GATEWAY: 2})
-    state = tempfile.TemporaryDirectory(prefix="serpens-movetest-", dir="/dev/shm")
-    files = tmp_path_factory.mktemp("movetest")
-    c = SimpleNamespace(bed=bed, agents={}, gateway=None, controller=None, taps=[], etcd=None)
-    exits = {}
-    try:
-        bed.create()
-        c.etcd = start_etcd(host=bed.host)
-        c.controller = Controller(c.etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"])
-        for s in SERVERS:
-            path = files / f"{s}.yaml"
-            path.write_text(multi.server_node(s, bed.underlay[s], pool=2,
-                                              state_dir=os.path.join(state.name, s)))
-            c.agents[s] = Agent(c.etcd.endpoint, str(path), host=bed.address[s], netns=bed.ns[s])
-        gw_config = files / "gateway.yaml"
-        gw_config.write_text(multi.gateway_config(
-            bed.underlay[multi.GATEWAY], "net_af_packet_in,iface=eth2",
-            egress="net_af_packet_out,iface=eth3"))
-        c.gateway = Gateway(c.etcd.endpoint, str(gw_config), host=bed.address[multi.GATEWAY],
-                            netns=bed.ns[multi.GATEWAY])
-        c.ingress, c.egress = (Tap(bed.links[multi.GATEWAY][k]) for k in ("eth2", "eth3"))
-        c.taps = [c.ingress, c.egress]
+    with gateway_cluster("m", SERVERS, tmp_path_factory.mktemp("movetest"),
+                         controller_log="warning") as c:
         c.controller.stub.ApplySFC(pb.ApplySFCRequest(spec=sfc_spec()), timeout=10)
         wait_until(lambda: (s := status(c.controller.stub, SFC)).phase == "Running"
                    and len(s.nodes) == 2 and (r := c.gateway.status().sfcs.get(SFC))
                    and len(r.servers) == 2, 60, lambda: c.controller.output()[-4000:])
-        c.server = {s: moves.Server(s, c.agents[s].address, bed.underlay[s]) for s in SERVERS}
+        c.server = {s: moves.Server(s, c.agents[s].address, c.bed.underlay[s])
+                    for s in SERVERS}
         rpc.set_client_identity(client_identity())   # the controller's, as drain's caller has
         c.sent = {f: 0 for f in FLOWS}                 # next sequence number per flow
-        yield c
-    finally:
-        rpc.set_client_identity(None)
-        for tap in c.taps:
-            tap.close()
-        if c.gateway:
-            exits["gateway"] = c.gateway.stop()
-        exits.update({s: agent.stop() for s, agent in c.agents.items()})
-        if c.controller:
-            c.controller.stop()
-        if c.etcd:
-            c.etcd.destroy()
-        state.cleanup()
-        bed.remove()
-    assert all(code == 0 for code in exits.values()), exits
+        try:
+            yield c
+        finally:
+            rpc.set_client_identity(None)
 
 
 class Traffic:

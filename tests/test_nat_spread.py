@@ -9,20 +9,15 @@ external pair. (The start of a spread SFC on several servers at once, the cause 
 tests/test_rebalance.py's.)"""
 import json
 import os
-import tempfile
 import time
-from types import SimpleNamespace
 
 import pytest
 
-from serpens.cli import multi
-from serpens.cli.testbed import Testbed
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
 import test_rebalance as rb
-from support.cluster import Agent, Controller, Gateway, status, wait_until
-from support.etcd import start_etcd
-from support.taps import Tap
+from support.cluster import status, wait_until
+from support.gateway_bed import gateway_cluster
 from test_xstate import logs
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(300),
@@ -35,46 +30,9 @@ IDLE_S = 2                          # the gateway's: flows unused this long are 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    bed = Testbed(f"n{os.getpid() % 10000}", [multi.GATEWAY, *SERVERS],
-                  outside={multi.GATEWAY: 2})   # eth2: its ingress, eth3: its egress
-    state = tempfile.TemporaryDirectory(prefix="serpens-natspread-", dir="/dev/shm")
-    files = tmp_path_factory.mktemp("natspread")
-    c = SimpleNamespace(bed=bed, etcd=None, agents={}, gateway=None, controller=None, taps=[])
-    try:
-        bed.create()
-        c.etcd = start_etcd(host=bed.host)
-        c.controller = Controller(c.etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"],
-                                  log_level="info")
-        for s in SERVERS:
-            path = files / f"{s}.yaml"
-            path.write_text(multi.server_node(s, bed.underlay[s], pool=2,
-                                              state_dir=os.path.join(state.name, s)))
-            c.agents[s] = Agent(c.etcd.endpoint, str(path), host=bed.address[s],
-                                netns=bed.ns[s])
-        gw = files / "gateway.yaml"
-        gw.write_text(multi.gateway_config(bed.underlay[multi.GATEWAY],
-                                           "net_af_packet_in,iface=eth2",
-                                           egress="net_af_packet_out,iface=eth3")
-                      + f"  idle_s: {IDLE_S}\n")
-        c.gateway = Gateway(c.etcd.endpoint, str(gw), host=bed.address[multi.GATEWAY],
-                            netns=bed.ns[multi.GATEWAY])
-        c.ingress, c.egress, c.underlay = (Tap(bed.links[multi.GATEWAY][k])
-                                           for k in ("eth2", "eth3", "underlay"))
-        c.taps = [c.ingress, c.egress, c.underlay]
-        c.server_of_ip = {bed.underlay[s]: s for s in SERVERS}
+    with gateway_cluster("n", SERVERS, tmp_path_factory.mktemp("natspread"),
+                         gateway_yaml=f"  idle_s: {IDLE_S}\n") as c:
         yield c
-    finally:
-        for tap in c.taps:
-            tap.close()
-        exits = {"gateway": c.gateway.stop()} if c.gateway else {}
-        exits.update({s: agent.stop() for s, agent in c.agents.items()})
-        if c.controller:
-            c.controller.stop()
-        if c.etcd:
-            c.etcd.destroy()
-        state.cleanup()
-        bed.remove()
-    assert all(code == 0 for code in exits.values()), exits
 
 
 def on_servers(c, n: int):

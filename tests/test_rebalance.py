@@ -22,6 +22,7 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
 from support.cluster import status, wait_until
 from support.packets import eth
+import test_xstate as xs
 from test_xstate import MAGIC, cluster, frames, logs, mark  # noqa: F401 (cluster: a fixture)
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(300)]
@@ -54,23 +55,13 @@ def apply(c, servers: int, idle_timeout: float = 300, name: str = SFC):
                and runs(s), 60, lambda: logs(c))
 
 
-def read(c, node: str, table: str, name: str = SFC) -> list:
-    reply = c.agents[node].stub.ReadState(pb.ReadStateRequest(
-        sfc=name, nf="nat", table=table, merge=True, limit=100000), timeout=10)
-    (t,) = reply.tables
-    return list(t.entries)
-
-
 def free_ports(c, node: str, name: str = SFC) -> set[int]:
-    out = set()
-    for e in read(c, node, "ports", name):
-        words = struct.unpack(f"<{len(e.value) // 8}Q", e.value)
-        out |= {w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1}
-    return out
+    """The free ports of the node's NAT pool (its one external address)."""
+    return set().union(*xs.free_ports(c, node, name).values())
 
 
 def mapped_ports(c, node: str, name: str = SFC) -> set[int]:
-    return {struct.unpack("!H", e.key[4:6])[0] for e in read(c, node, "in", name)}
+    return {port for _, port in xs.mapped_ports(c, node, name)}
 
 
 def until_out(c, flows, seconds: float = 20.0):

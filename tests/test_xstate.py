@@ -14,9 +14,7 @@ import collections
 import json
 import os
 import struct
-import tempfile
 import time
-from types import SimpleNamespace
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -24,13 +22,11 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from serpens.cli import multi
-from serpens.cli.testbed import Testbed
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from support.cluster import Agent, Controller, Gateway, status, wait_until
-from support.etcd import start_etcd
+from support.cluster import status, wait_until
+from support.gateway_bed import gateway_cluster
 from support.packets import eth
-from support.taps import Tap
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(400),
               pytest.mark.skipif(os.geteuid() != 0, reason="makes network namespaces: root")]
@@ -73,46 +69,9 @@ def mark(frame: bytes):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    bed = Testbed(f"x{os.getpid() % 10000}", [multi.GATEWAY, *SERVERS],
-                  outside={multi.GATEWAY: 2})   # eth2: its ingress, eth3: its egress
-    state = tempfile.TemporaryDirectory(prefix="serpens-xstate-", dir="/dev/shm")
-    files = tmp_path_factory.mktemp("xstate")
-    c = SimpleNamespace(bed=bed, etcd=None, agents={}, gateway=None, controller=None, taps=[],
-                        node_files={})
-    try:
-        bed.create()
-        c.etcd = start_etcd(host=bed.host)
-        c.controller = Controller(c.etcd.endpoint, args=["--identity", "c1", "--resync-s", "0.5"],
-                                  log_level="info")
-        for s in SERVERS:
-            path = c.node_files[s] = files / f"{s}.yaml"
-            path.write_text(multi.server_node(s, bed.underlay[s], pool=2,
-                                              state_dir=os.path.join(state.name, s)))
-            c.agents[s] = Agent(c.etcd.endpoint, str(path), host=bed.address[s],
-                                netns=bed.ns[s], args=["--delta-period-ms", "100"])
-        gw = files / "gateway.yaml"
-        gw.write_text(multi.gateway_config(bed.underlay[multi.GATEWAY],
-                                           "net_af_packet_in,iface=eth2",
-                                           egress="net_af_packet_out,iface=eth3"))
-        c.gateway = Gateway(c.etcd.endpoint, str(gw), host=bed.address[multi.GATEWAY],
-                            netns=bed.ns[multi.GATEWAY])
-        c.ingress, c.egress, c.underlay = (Tap(bed.links[multi.GATEWAY][k])
-                                           for k in ("eth2", "eth3", "underlay"))
-        c.taps = [c.ingress, c.egress, c.underlay]
-        c.server_of_ip = {bed.underlay[s]: s for s in SERVERS}
+    with gateway_cluster("x", SERVERS, tmp_path_factory.mktemp("xstate"),
+                         agent_args=["--delta-period-ms", "100"]) as c:
         yield c
-    finally:
-        for tap in c.taps:
-            tap.close()
-        exits = {"gateway": c.gateway.stop()} if c.gateway else {}
-        exits.update({s: agent.stop() for s, agent in c.agents.items()})
-        if c.controller:
-            c.controller.stop()
-        if c.etcd:
-            c.etcd.destroy()
-        state.cleanup()
-        bed.remove()
-    assert all(code == 0 for code in exits.values()), exits
 
 
 def logs(c) -> str:
@@ -164,9 +123,9 @@ def through(c, sent, seconds=15.0):
     return server, dict(pairs)
 
 
-def read(c, node: str, nf: str, table: str) -> list:
+def read(c, node: str, nf: str, table: str, name: str = SFC) -> list:
     reply = c.agents[node].stub.ReadState(pb.ReadStateRequest(
-        sfc=SFC, nf=nf, table=table, merge=True, limit=100000), timeout=10)
+        sfc=name, nf=nf, table=table, merge=True, limit=100000), timeout=10)
     (t,) = reply.tables
     return list(t.entries)
 
@@ -176,20 +135,20 @@ def host_totals(c, node: str) -> dict:
             for e in read(c, node, "mon", "hosts")}
 
 
-def free_ports(c, node: str) -> dict:
+def free_ports(c, node: str, name: str = SFC) -> dict:
     """{external ip: {free ports}} of the node's NAT pool."""
     out = {}
-    for e in read(c, node, "nat", "ports"):
+    for e in read(c, node, "nat", "ports", name):
         words = struct.unpack(f"<{len(e.value) // 8}Q", e.value)
         out[".".join(map(str, e.key))] = {w * 64 + b for w, word in enumerate(words)
                                           for b in range(64) if word >> b & 1}
     return out
 
 
-def mapped_ports(c, node: str) -> set:
+def mapped_ports(c, node: str, name: str = SFC) -> set:
     """{(external ip, port)} the node's live NAT mappings hold ("in": pair -> flow)."""
     return {(".".join(map(str, e.key[:4])), struct.unpack("!H", e.key[4:6])[0])
-            for e in read(c, node, "nat", "in")}
+            for e in read(c, node, "nat", "in", name)}
 
 
 def test_state_is_split_counted_and_returned_across_two_servers(cluster):
@@ -251,8 +210,7 @@ def test_state_is_split_counted_and_returned_across_two_servers(cluster):
     # its counts in a new epoch, and nothing counts twice
     code = c.agents[second].stop()
     assert code == 0, c.agents[second].output()[-3000:]
-    c.agents[second] = Agent(c.etcd.endpoint, str(c.node_files[second]), host=c.bed.address[second],
-                             netns=c.bed.ns[second], args=["--delta-period-ms", "100"])
+    c.start_agent(second)   # the same node file and flags
     wait_until(lambda: SFC in c.agents[second].sfcs() and
                len(c.gateway.status().sfcs[SFC].servers) == 2, 60, lambda: logs(c))
     wait_until(lambda: c.agents[second].sfcs()[SFC].deltas_pushed > 0, 10, lambda: logs(c))
