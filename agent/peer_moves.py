@@ -75,11 +75,14 @@ def sfc_tables(node, sfc: str) -> list[tuple[str, str, str, dict]]:
                            {entry.spec.state_namespace(nf): nf for nf in entry.spec.nfs})
 
 
-def check_partial(tables: list[tuple[str, str, str, dict]], sfc: str):
+def check_partial(tables: list[tuple[str, str, str, dict]], sfc: str | None = None):
+    """MoveRefused unless every table is keyed by a flow (a partial move selects entries by
+    their key's Maglev slot)."""
     for nf, _, name, info in tables:
         if info["key_size"] != FLOW_KEY_SIZE:
             raise MoveRefused(
-                f"slots: per-flow table {name} of NF {nf} in SFC {sfc} is keyed by "
+                f"slots: per-flow table {name} of NF {nf}{f' in SFC {sfc}' if sfc else ''} "
+                f"is keyed by "
                 f"{info['key_size']}-byte keys, not a flow (struct serpens_flow, "
                 f"{FLOW_KEY_SIZE} bytes): its entries move only with all of the SFC's flows")
 
@@ -113,28 +116,35 @@ def wait_quiet(router, sfc_id: int, marker: int, deadline: float) -> float:
 
 
 def export(state, tables, slots: set[int] | None, gateway_sfc: int) -> list:
-    """[(nf, namespace, table, info, keys, values)] of the moving flows' entries (lists of
-    bytes) in `tables` (per_flow_tables())."""
+    """[(nf, namespace, table, info, keys, values)] of the moving flows' entries in `tables`
+    (per_flow_tables()): their keys and their values, each back to back (bytes). With
+    `slots`, every table must be keyed by a flow (MoveRefused: check_partial())."""
+    if slots is not None:
+        check_partial(tables)
     out = []
     for nf, namespace, name, info in tables:
         table = state.open(namespace, name)
         try:
-            items = table.items()
+            keys, values = table.dump()
         finally:
             table.close()
-        if slots is not None and items:
-            where = dp.gateway_flow_slots(gateway_sfc, b"".join(k for k, _ in items))
-            items = [kv for kv, slot in zip(items, where) if slot in slots]
-        out.append((nf, namespace, name, info, [k for k, _ in items], [v for _, v in items]))
+        if slots is not None and keys:
+            keys, values = dp.gateway_flow_select(gateway_sfc, keys, values, slots)
+        out.append((nf, namespace, name, info, keys, values))
     return out
 
 
-def delete(state, namespace: str, name: str, keys: list[bytes]) -> int:
-    """Delete the entries of `keys` (those an NF's own expiry removed meanwhile are not
-    counted); returns how many were deleted."""
+def entries(info: dict, keys: bytes) -> int:
+    """How many entries `keys` (back to back) holds."""
+    return len(keys) // info["key_size"]
+
+
+def delete(state, namespace: str, name: str, keys: bytes) -> int:
+    """Delete the entries of `keys` (back to back; those an NF's own expiry removed meanwhile
+    are not counted); returns how many were deleted."""
     table = state.open(namespace, name)
     try:
-        return table.delete_many(b"".join(keys))
+        return table.delete_many(keys)
     finally:
         table.close()
 
@@ -161,10 +171,12 @@ def insert(state_dir: str, namespace: str, name: str, info: dict, keys, values,
     return len(blob) // ks
 
 
-def chunks(keys: list[bytes], values: list[bytes], entry_bytes: int):
-    step = max(1, CHUNK_BYTES // max(1, entry_bytes))
-    for i in range(0, len(keys), step):
-        yield keys[i:i + step], values[i:i + step]
+def chunks(keys: bytes, values: bytes, key_size: int, value_size: int):
+    """(keys, values) of at most CHUNK_BYTES each time, whole entries."""
+    step = max(1, CHUNK_BYTES // max(1, key_size + value_size))
+    for i in range(0, len(keys) // key_size, step):
+        yield (keys[i * key_size:(i + step) * key_size],
+               values[i * value_size:(i + step) * value_size])
 
 
 def import_chunk(node, request) -> int:
@@ -227,11 +239,11 @@ class FlowMoves:
         sent = []
         try:
             for nf, _, name, info, keys, values in moving:
-                for ks, vs in chunks(keys, values, info["key_size"] + info["value_size"]):
+                for ks, vs in chunks(keys, values, info["key_size"], info["value_size"]):
                     msg = pb.ImportFlowsRequest(
                         sfc=request.sfc, nf=nf, table=name, flags=info["flags"],
                         key_size=info["key_size"], value_size=info["value_size"],
-                        capacity=info["capacity"], keys=b"".join(ks), values=b"".join(vs))
+                        capacity=info["capacity"], keys=ks, values=vs)
                     sent.append(msg)
                     await target.ImportFlows(msg, timeout=max(0.05, deadline - time.monotonic()))
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:

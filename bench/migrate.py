@@ -6,8 +6,9 @@ two servers running FW->MON->NAT (per-flow tables: FW's verdicts, MON's flow cou
 mappings; MON's eventual per-host counters and NAT's release port pool stay where they are),
 the output back through the gateway. A load of --pps over --flows flows (or, when this VM
 carries less with under 0.1% loss in a short trial, --headroom times what it carried:
-`offered_mpps` says what was offered) runs while server A's flows (those in
-the Maglev slots A owns: half of all) move to B (Serpens: controller/moves.py's steps, docs/
+`offered_mpps` says what was offered) runs while server A's flows (every flow pinned to A,
+those in the Maglev slots A owns: half of all) move to B with all of A's per-flow entries
+(Serpens: controller/moves.py's steps as a drain makes them, the release paced: docs/
 moves.md), then back from B to A the stop-and-copy way (pause the NF, copy all its per-flow
 state, re-pin at once, resume). Figures, for each: move_ms (request to the last moved flow's
 held packets sent on to B, or to the NF's resume), lost_packets (into the gateway, never
@@ -67,8 +68,8 @@ def run(args) -> dict:
         finally:
             bed.remove()
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    sys.stderr.write(p.stderr)
     if p.returncode or not lines:
-        sys.stderr.write(p.stderr)
         raise BenchError(f"bench migrate: the gateway side failed (exit {p.returncode}): "
                          + (p.stderr.strip().splitlines() or ["no output"])[-1])
     r = json.loads(lines[-1])
@@ -83,7 +84,7 @@ def run(args) -> dict:
                        "load_loss": r["load_trial"]["lost"], "sfc": "fw->mon->nat",
                        "servers": 2, "underlay": args.underlay, "warmup": args.warmup,
                        "before_s": args.before, "after_s": args.after,
-                       "moved": "server A's flows (the Maglev slots A owns) A->B; the "
+                       "moved": "every flow of server A (the Maglev slots A owns) A->B; the "
                                 "baseline moves the same flows back B->A",
                        "paused": "a packet delayed beyond max(1 ms, 3 x the p99 before)"},
             **{k: s[k] for k in KEYS}, "flows": s["flows"], "entries": s["entries"],

@@ -28,7 +28,7 @@ from serpens.runtime_cy import _dataplane as dp
 
 from .common import cpu_stalls, percentiles
 from .multinode_gateway import Multi, Servers, stamped_frames
-from .rig import INSTANCE_CPU, ROUTER_CPU
+from .rig import INSTANCE_CPU, ROUTER_CPU, yield_to_instances
 
 LOSS_LIMIT = 0.001
 PAUSE_FACTOR = 3.0          # a packet this many times the p99 before (at least 1 ms): paused
@@ -66,24 +66,43 @@ class Mover:
         return self.gw.finish_move(move)
 
     def serpens(self, source: str, target: str, slots: list[int]) -> dict:
-        move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)
+        """Every flow of `source` (those in its `slots`) moves, as `drain` moves them: all
+        of its per-flow entries go (NAT's reverse mappings, not keyed by a flow, too)."""
+        steps, t = {}, time.monotonic()
+
+        def step(name):
+            nonlocal t
+            now = time.monotonic()
+            steps[name] = round((now - t) * 1e3, 3)
+            t = now
+        move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target])
+        step("hold")
         exported = self.ask(source, "export " + json.dumps(
-            {"path": self.path, "slots": slots, "gateway_sfc": self.sfc,
+            {"path": self.path, "slots": None, "gateway_sfc": self.sfc,
              "marker": self.gw.move_marker(move)}))
+        step("export")
         self.ask(target, f"import {self.path}")
+        step("import")
         self.ask(source, f"delete {self.path}")
+        step("delete")
         self.gw.release_flows(move, True)   # the driver polls the gateway: wait for it
         c = self._wait_release(move)
-        return dict(c, entries=exported["entries"], wait_ms=round(exported["wait_ms"], 3))
+        step("release")
+        return dict(c, entries=exported["entries"], wait_ms=round(exported["wait_ms"], 3),
+                    steps_ms=steps)
 
     def stop_and_copy(self, source: str, target: str, slots: list[int]) -> dict:
+        """The flows of `slots` move back (`source` serves all flows now): everything is
+        copied, the moved flows' entries of the tables keyed by a flow are deleted here
+        (NAT's reverse mappings, keyed by the external pair, stay: no slot selects them)."""
         self.ask(source, "pause")
         try:
             everything = self.ask(source, "export " + json.dumps(
                 {"path": self.path, "slots": None, "gateway_sfc": self.sfc, "marker": 0}))
             self.ask(target, f"import {self.path}")
             moving = self.ask(source, "export " + json.dumps(
-                {"path": self.path, "slots": slots, "gateway_sfc": self.sfc, "marker": 0}))
+                {"path": self.path, "slots": slots, "gateway_sfc": self.sfc, "marker": 0,
+                 "flow_keyed": True}))
             self.ask(source, f"delete {self.path}")
             # the route switch, at once: no hold (a hold released as soon as made)
             move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)
@@ -94,26 +113,32 @@ class Mover:
         return dict(c, entries=moving["entries"], copied=everything["entries"])
 
     def measure(self, how, pps: float, source: str, target: str, slots: list[int]) -> dict:
-        """One move under load `pps`: the bench's figures for it."""
+        """One move under load `pps`: the bench's figures for it. The latency log's room
+        (hundreds of MB, written through) is made before the load and the log is read after
+        it: on the instances' CPU either would take it from them under load."""
         hz = dp.tsc_hz()
         before_s, after_s = self.spec["before_s"], self.spec["after_s"]
+        records = int(pps * (before_s + after_s + 5.0)) + 100000
+        self.driver.log_reserve(records)
         s0, m0, r0 = self.driver.counts()[:3]
         w0 = time.monotonic()
         self.driver.pace(pps)
         time.sleep(self.spec["warmup"])
-        self.driver.log_start(int(pps * (before_s + after_s + 5.0)) + 100000)
+        self.driver.log_start(records)
         time.sleep(before_s)
         t0 = dp.rdtsc()
         detail = how(source, target, slots)
         t1 = dp.rdtsc()
         time.sleep(after_s)
-        recs = self.driver.log_take()
+        te = dp.rdtsc()
         s_end, m_end = self.driver.counts()[:2]
         offered = ((s_end - s0) + (m_end - m0)) / (time.monotonic() - w0)
         self.driver.pace(1)
         time.sleep(0.5)                      # everything in flight comes back
+        recs = self.driver.log_take()
         s1, m1, r1 = self.driver.counts()[:3]
-        return dict(figures(recs, self.flows, t0, t1, hz), move_ms=round((t1 - t0) / hz * 1e3, 3),
+        return dict(figures(recs, self.flows, t0, t1, te, hz),
+                    move_ms=round((t1 - t0) / hz * 1e3, 3),
                     # (max: a frame of the idle pace in flight when s0 was read)
                     lost_packets=max(0, (s1 - s0) - (r1 - r0)), missed=m1 - m0,
                     offered_mpps=round(offered / 1e6, 4),
@@ -123,20 +148,21 @@ class Mover:
                             if k not in ("flows", "entries", "held", "held_dropped")})
 
 
-def figures(recs: bytes, flows: int, t0: int, t1: int, hz: float) -> dict:
-    """Latency before and during [t0, t1] (arrival times), reordered and paused flows.
+def figures(recs: bytes, flows: int, t0: int, t1: int, te: int, hz: float) -> dict:
+    """Latency before and during [t0, t1] (arrival times), reordered and paused flows (te:
+    the load's end).
     Sequence numbers follow arrival order, so the packets that arrived during the move and
     never came out are those between the last one seen that arrived before it and the first
     one after it: each makes its flow paused, and counts in during_p99_us as delayed until
-    the log's end (a lower bound: a lost packet is later than any). Lost packets of the
+    the load's end, te (a lower bound: a lost packet is later than any). Lost packets of the
     measured run are split by when they arrived (before, during, after the move)."""
     us = hz / 1e6
     before, during, last, reordered, slow, seen = [], [], {}, set(), [], set()
-    last_before, first_after, lo, hi, t_end = -1, None, None, -1, 0
+    last_before, first_after, lo, hi = -1, None, None, -1
     for rx, tx, _, seq in struct.iter_unpack(dp.LAT_REC_FORMAT, recs):
         flow = seq % flows
         seen.add(seq)
-        lo, hi, t_end = seq if lo is None else min(lo, seq), max(hi, seq), max(t_end, tx)
+        lo, hi = seq if lo is None else min(lo, seq), max(hi, seq)
         if seq < last.get(flow, -1):
             reordered.add(flow)
         last[flow] = max(seq, last.get(flow, -1))
@@ -155,7 +181,7 @@ def figures(recs: bytes, flows: int, t0: int, t1: int, hz: float) -> dict:
     gone = [q for q in range(last_before + 1, after) if q not in seen]
     span = max(1, after - last_before)
     for q in gone:   # arrived about here in [t0, t1]
-        during.append((t_end - (t0 + (t1 - t0) * (q - last_before) / span)) / us)
+        during.append((te - (t0 + (t1 - t0) * (q - last_before) / span)) / us)
     paused = {f for lat, f in slow if lat > threshold} | {q % flows for q in gone}
     lost = lambda a, b: sum(1 for q in range(a, b) if q not in seen)  # noqa: E731
     return {"before_p99_us": p99_before, "during_p99_us": percentiles(during, 99)["p99"],
@@ -190,6 +216,7 @@ def run(spec: dict) -> dict:
     under = [dp.port_open(s["gw_vdev"].split(",", 1)[0], dataplane.mempool)
              for s in spec["servers"]]
     servers = Servers(spec)
+    yield_to_instances()   # (the servers' processes started at the priority they keep)
     multi = None
     out = {}
     try:

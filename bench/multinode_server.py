@@ -16,7 +16,8 @@ each with one JSON line:
 - moving flows (bench/migrate.py, agent/peer_moves.py's steps, the files on the shared
   filesystem in place of Peer messages): `export JSON` ({path, slots (null: all),
   gateway_sfc, marker: wait for the gateway's marker of that id and for the SFC's packets
-  before it, or 0: no wait}: the per-flow entries of
+  before it, or 0: no wait; flow_keyed: only the tables keyed by a flow}: the per-flow
+  entries of
   those flows written to `path`), `import PATH` (insert them), `delete PATH` (delete those
   keys here), `pause` / `resume` (the NF stops, its packets wait in the router's hold queue,
   and starts again: the stop-and-copy baseline).
@@ -34,7 +35,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.agent import peer_moves
 from serpens.agent.state_manager import StateManager
 
-from .rig import INSTANCE_CPU, Rig
+from .rig import INSTANCE_CPU, Rig, yield_to_instances
 from .sfc import fw_mon_nat
 
 
@@ -60,11 +61,14 @@ def _export(rig, sid, arg) -> dict:
     if req["marker"]:
         waited = peer_moves.wait_quiet(rig.router, sid, req["marker"], t0 + 10.0)
     state, tables = _tables(rig)
+    if req.get("flow_keyed"):   # only the tables a partial move can select from
+        tables = [t for t in tables if t[3]["key_size"] == peer_moves.FLOW_KEY_SIZE]
     slots = None if req["slots"] is None else set(req["slots"])
     moving = peer_moves.export(state, tables, slots, req["gateway_sfc"])
     with open(req["path"], "wb") as f:
         pickle.dump(moving, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return {"entries": sum(len(m[4]) for m in moving), "wait_ms": waited * 1000,
+    return {"entries": sum(peer_moves.entries(m[3], m[4]) for m in moving),
+            "wait_ms": waited * 1000,
             "ms": (time.monotonic() - t0) * 1000}
 
 
@@ -113,6 +117,7 @@ def serve(spec: dict):
         sink = dp.port_open(sink_name, mp)
         sfc, images = fw_mon_nat()
         rig.start([sfc], ports=(port, sink))
+        yield_to_instances()
         router, sid = rig.router, rig.sfc_ids[0]
         router.pace(port, 0)  # an underlay, not a paced source
         router.set_underlay(port, spec["ip"], spec["mac"], spec.get("mtu", 1500))

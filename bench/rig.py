@@ -27,6 +27,7 @@ from .forked import ForkedHop
 from .proxy import ProxyService
 
 ROUTER_CPU, INSTANCE_CPU = 1, 0
+CONTROL_NICE = 19  # yield_to_instances()
 # Arrivals the emulated input queue holds (docs/dataplane.md "The benchmarks' input queue"):
 # deep enough that this VM's host pauses (2-6 ms, several a second) do not decide a
 # loss-limited figure. A NIC's RX ring is 4096, but here the queue only models arrival: at
@@ -70,6 +71,15 @@ def keep_off_router_cpu():
             os.sched_setaffinity(int(tid), {INSTANCE_CPU})
         except OSError:
             pass  # the thread ended meanwhile
+
+
+def yield_to_instances():
+    """This thread's work (a bench's control: commands, logs, figures) yields to the
+    instances on its CPU: at an equal priority the kernel takes a busy instance off that CPU
+    for a scheduling slice of several ms, and its router sheds (stall_us) what it would have
+    carried. Linux's nice is per thread: the router's and the pool processes' stay as they
+    are (threads and processes started later inherit it: call it after them)."""
+    os.setpriority(os.PRIO_PROCESS, 0, CONTROL_NICE)
 
 
 class Rig:

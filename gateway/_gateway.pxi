@@ -46,6 +46,10 @@ def flow_hash(bytes frame):
     return serpens_frame_flow_hash(<const uint8_t *>PyBytes_AS_STRING(frame), len(frame))
 
 
+RELEASE_FACTOR = 2.0         # Gateway.release_factor's default
+RELEASE_MIN_PPS = 100000     # a move's held packets leave at least this fast
+
+
 def gateway_flow_slots(int sfc, bytes keys):
     """The Maglev slots (gateway.h) that the flows keyed `keys` (40-byte struct serpens_flow
     keys of a per-flow table, concatenated) have in the gateway's SFC `sfc`: the slot the
@@ -60,6 +64,37 @@ def gateway_flow_slots(int sfc, bytes keys):
         for i in range(n):
             view[i] = serpens_gw_flow_slot(sfc, base + 40 * i)
     return out
+
+
+def gateway_flow_select(int sfc, bytes keys, bytes values, slots):
+    """(keys, values) of the entries whose flows are in the Maglev `slots` of the gateway's
+    SFC `sfc` (gateway_flow_slots()): n 40-byte flow keys and n values, each back to back."""
+    cdef Py_ssize_t n = len(keys) // 40, i, kept = 0
+    if len(keys) % 40 or (n and len(values) % n) or (not n and values):
+        raise ValueError(f"{len(keys)} bytes of keys and {len(values)} of values are not "
+                         "whole entries of 40-byte flow keys")
+    cdef Py_ssize_t vs = len(values) // n if n else 0
+    cdef uint64_t chosen[SERPENS_GW_SLOT_WORDS]
+    memset(chosen, 0, sizeof(chosen))
+    for slot in slots:
+        if not 0 <= slot < SERPENS_GW_MAGLEV:
+            raise ValueError(f"slot {slot}: Maglev slots are 0..{SERPENS_GW_MAGLEV - 1}")
+        chosen[slot // 64] |= (<uint64_t>1) << (slot % 64)
+    out_keys = bytearray(len(keys))
+    out_values = bytearray(len(values))
+    cdef const char *k = PyBytes_AS_STRING(keys)
+    cdef const char *v = PyBytes_AS_STRING(values)
+    cdef char *ok = out_keys
+    cdef char *ov = out_values
+    cdef int slot_of
+    with nogil:
+        for i in range(n):
+            slot_of = serpens_gw_flow_slot(sfc, k + 40 * i)
+            if slot_of >= 0 and chosen[slot_of // 64] >> (slot_of % 64) & 1:
+                memcpy(ok + 40 * kept, k + 40 * i, 40)
+                memcpy(ov + vs * kept, v + vs * i, vs)
+                kept += 1
+    return bytes(out_keys[:40 * kept]), bytes(out_values[:vs * kept])
 
 
 def vxlan_sport(uint32_t hash):
@@ -81,6 +116,9 @@ cdef class Gateway:
     cdef bint running
     cdef int lcore
     cdef Mempool pool        # where the move markers' mbufs come from (set_mempool)
+    # a move's held packets leave at this multiple of the rate its flows arrived at while
+    # held (at least RELEASE_MIN_PPS): the backlog clears in (factor - 1) x the hold's time
+    cdef public double release_factor
 
     def __cinit__(self, in_ports, uint16_t underlay_port, uint16_t egress_port, str underlay_ip,
                   str underlay_mac, uint32_t mtu=1500, double idle_s=30.0):
@@ -93,6 +131,7 @@ cdef class Gateway:
             raise MemoryError()
         self.server_ids, self.weights = {}, {}
         self.lcore = -1
+        self.release_factor = RELEASE_FACTOR
         self.g.default_sfc = -1
         self.g.underlay_port = self.g.egress_port = -1
         self.g.idle_cycles = <uint64_t>(rte_get_tsc_hz() * idle_s)
@@ -362,6 +401,7 @@ cdef class Gateway:
         mv.head = mv.tail = 0
         mv.held = mv.held_dropped = mv.repinned = 0
         mv.marker = int.from_bytes(frame[34:38], "big")
+        mv.hold_tsc = rte_rdtsc()
         self.g.moving += 1
         serpens_fence()
         mv.state = SERPENS_GW_MOVE_HOLD
@@ -401,6 +441,7 @@ cdef class Gateway:
         cdef serpens_gw_move *mv = self._move(move)
         if mv.state != SERPENS_GW_MOVE_HOLD:
             raise ValueError(f"move {move} is not holding")
+        mv.release_gap = self._release_gap(mv)
         serpens_fence()
         mv.state = SERPENS_GW_MOVE_COMMIT if commit else SERPENS_GW_MOVE_ABORT
         serpens_fence()
@@ -413,6 +454,13 @@ cdef class Gateway:
                                    f"{timeout} s")
             time.sleep(0.0002)
         return self.finish_move(move)
+
+    cdef uint64_t _release_gap(self, serpens_gw_move *mv):
+        """TSC cycles x 256 between the held packets sent (gateway.h: the release's pace)."""
+        hz = rte_get_tsc_hz()
+        held_s = max(1e-6, (rte_rdtsc() - mv.hold_tsc) / hz)
+        pps = max(RELEASE_MIN_PPS, self.release_factor * mv.held / held_s)
+        return max(1, <uint64_t>(hz * 256.0 / pps))
 
     def move_state(self, int move):
         return ("free", "hold", "commit", "abort", "draining", "done")[self._move(move).state]

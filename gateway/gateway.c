@@ -44,8 +44,9 @@ static struct serpens_gw_flow_bucket *flow_bucket(struct serpens_gateway *g, uin
 
 /* The server of a flow of SFC `sfc` (NO_SERVER: none serves it): its pin while that server
  * serves the SFC, else the Maglev choice, pinned unless the flow's bucket is full of live
- * flows. */
-static uint32_t server_for(struct serpens_gateway *g, int sfc, uint32_t hash, uint32_t now)
+ * flows. *move: the mark of a move releasing the flow (its entry's `move`, 0: none). */
+static uint32_t server_for(struct serpens_gateway *g, int sfc, uint32_t hash, uint32_t now,
+			   uint8_t *move)
 {
 	struct serpens_gw_sfc *s = &g->sfcs[sfc];
 	uint32_t key = flow_key(sfc, hash);
@@ -62,8 +63,10 @@ static uint32_t server_for(struct serpens_gateway *g, int sfc, uint32_t hash, ui
 		if (expired && free_way < 0)
 			free_way = w;
 	}
+	*move = 0;
 	if (way >= 0 && live_server(g, s, b->server[way])) {
 		b->used[way] = now;
+		*move = b->move[way];
 		return b->server[way];
 	}
 	uint32_t server = maglev_pick(s, key);
@@ -81,6 +84,7 @@ static uint32_t server_for(struct serpens_gateway *g, int sfc, uint32_t hash, ui
 	b->key[way] = key;
 	b->server[way] = (uint8_t)server;
 	b->sfc[way] = (uint8_t)sfc;
+	b->move[way] = 0;
 	b->used[way] = now;
 	return server;
 }
@@ -133,7 +137,7 @@ static void to_server(struct serpens_gateway *g, int sfc, uint32_t server, struc
 }
 
 static struct serpens_gw_move *moving_flow(struct serpens_gateway *g, int sfc, uint32_t server,
-					   uint32_t key);
+					   uint32_t key, uint8_t mark);
 static void hold(struct serpens_gateway *g, struct serpens_gw_move *mv, struct rte_mbuf *m,
 		 uint32_t hash);
 
@@ -175,14 +179,16 @@ static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mb
 		uint32_t hash = hashes[k];
 		struct serpens_gw_sfc *s = &g->sfcs[sfc];
 		s->rx++;
-		uint32_t server = server_for(g, sfc, hash, now);
+		uint8_t mark;
+		uint32_t server = server_for(g, sfc, hash, now, &mark);
 		if (server == SERPENS_GW_NO_SERVER) {
 			s->no_server++;
 			rte_pktmbuf_free(m);
 			continue;
 		}
 		if (g->moving) {
-			struct serpens_gw_move *mv = moving_flow(g, sfc, server, flow_key(sfc, hash));
+			struct serpens_gw_move *mv = moving_flow(g, sfc, server, flow_key(sfc, hash),
+								 mark);
 			if (mv) {
 				hold(g, mv, m, hash);
 				continue;
@@ -194,21 +200,26 @@ static void from_outside(struct serpens_gateway *g, uint32_t port, struct rte_mb
 
 /* ---- moves (gateway.h "Moving flows") ---------------------------------------------------- */
 
-/* The move holding this flow's packets (NULL: none): a move of its SFC holding (or
- * releasing) its slot, the flow going to the move's source (or, releasing, where it goes). */
+/* Does move `mv` take the flow of `key` in SFC `sfc` now pinned to `server`? */
+static int in_move(const struct serpens_gw_move *mv, int sfc, uint32_t server, uint32_t key)
+{
+	if (mv->sfc != (uint32_t)sfc || server != mv->source)
+		return 0;
+	uint32_t slot = serpens_gw_slot(key);
+	return mv->all || (mv->slots[slot / 64] >> (slot % 64) & 1);
+}
+
+/* The move holding this flow's packets (NULL: none): a move of its SFC holding its slot, the
+ * flow going to the move's source; or releasing it (its entry's mark: 1 + the move). */
 static struct serpens_gw_move *moving_flow(struct serpens_gateway *g, int sfc, uint32_t server,
-					   uint32_t key)
+					   uint32_t key, uint8_t mark)
 {
 	for (int i = 0; i < SERPENS_GW_MAX_MOVES; i++) {
 		struct serpens_gw_move *mv = &g->moves[i];
 		uint32_t st = __atomic_load_n(&mv->state, __ATOMIC_ACQUIRE);
-		if (st == SERPENS_GW_MOVE_FREE || st == SERPENS_GW_MOVE_DONE ||
-		    mv->sfc != (uint32_t)sfc)
-			continue;
-		if (server != (st == SERPENS_GW_MOVE_DRAINING ? mv->to : mv->source))
-			continue;
-		uint32_t slot = serpens_gw_slot(key);
-		if (mv->all || (mv->slots[slot / 64] >> (slot % 64) & 1))
+		if (st == SERPENS_GW_MOVE_DRAINING ? mark == i + 1 :
+		    (st == SERPENS_GW_MOVE_HOLD || st == SERPENS_GW_MOVE_COMMIT ||
+		     st == SERPENS_GW_MOVE_ABORT) && in_move(mv, sfc, server, key))
 			return mv;
 	}
 	return NULL;
@@ -230,27 +241,52 @@ static void hold(struct serpens_gateway *g, struct serpens_gw_move *mv, struct r
 	s->held++;
 }
 
-/* Re-pin the move's flows to its target: one pass over the flow table. */
-static void repin(struct serpens_gateway *g, struct serpens_gw_move *mv)
+/* Mark move `i`'s flows (1 + i) and pin them to `to`: one pass over the flow table;
+ * returns how many. */
+static uint64_t mark_flows(struct serpens_gateway *g, int i, uint32_t to)
 {
+	struct serpens_gw_move *mv = &g->moves[i];
 	uint64_t n = 0;
 	for (uint32_t bi = 0; bi < SERPENS_GW_FLOW_BUCKETS; bi++) {
 		struct serpens_gw_flow_bucket *b = &g->flows[bi];
 		for (int w = 0; w < SERPENS_GW_FLOW_WAYS; w++) {
-			if (!b->key[w] || b->sfc[w] != mv->sfc || b->server[w] != mv->source)
-				continue;
-			uint32_t slot = serpens_gw_slot(b->key[w]);
-			if (mv->all || (mv->slots[slot / 64] >> (slot % 64) & 1)) {
-				b->server[w] = (uint8_t)mv->target;
+			if (b->key[w] && in_move(mv, b->sfc[w], b->server[w], b->key[w])) {
+				b->server[w] = (uint8_t)to;
+				b->move[w] = (uint8_t)(i + 1);
 				n++;
 			}
 		}
 	}
-	mv->repinned = n;
+	return n;
+}
+
+/* Unmark move `i`'s flows (it sent everything it held). */
+static void unmark_flows(struct serpens_gateway *g, int i)
+{
+	for (uint32_t bi = 0; bi < SERPENS_GW_FLOW_BUCKETS; bi++) {
+		struct serpens_gw_flow_bucket *b = &g->flows[bi];
+		for (int w = 0; w < SERPENS_GW_FLOW_WAYS; w++)
+			if (b->move[w] == i + 1)
+				b->move[w] = 0;
+	}
+}
+
+/* May the move's next held packet leave now (its pace: gateway.h)? Counts it if so. */
+static int release_due(struct serpens_gw_move *mv, uint64_t tsc)
+{
+	if (!mv->release_gap)
+		return 1;
+	uint64_t now = tsc << 8, burst = SERPENS_BURST * mv->release_gap;
+	if (mv->release_clock + burst < now) /* idle credit is capped at one burst */
+		mv->release_clock = now - burst;
+	if (mv->release_clock > now)
+		return 0;
+	mv->release_clock += mv->release_gap;
+	return 1;
 }
 
 /* Releases asked for: re-pin, then send part of what is held (before any newer packet). */
-static uint32_t release_moves(struct serpens_gateway *g)
+static uint32_t release_moves(struct serpens_gateway *g, uint64_t tsc)
 {
 	uint32_t sent = 0;
 	for (int i = 0; i < SERPENS_GW_MAX_MOVES; i++) {
@@ -258,19 +294,22 @@ static uint32_t release_moves(struct serpens_gateway *g)
 		uint32_t st = __atomic_load_n(&mv->state, __ATOMIC_ACQUIRE);
 		if (st == SERPENS_GW_MOVE_COMMIT || st == SERPENS_GW_MOVE_ABORT) {
 			mv->to = st == SERPENS_GW_MOVE_COMMIT ? mv->target : mv->source;
-			if (st == SERPENS_GW_MOVE_COMMIT)
-				repin(g, mv);
+			uint64_t n = mark_flows(g, i, mv->to);
+			mv->repinned = st == SERPENS_GW_MOVE_COMMIT ? n : 0;
+			mv->release_clock = 0;
 			__atomic_store_n(&mv->state, SERPENS_GW_MOVE_DRAINING, __ATOMIC_RELEASE);
 			st = SERPENS_GW_MOVE_DRAINING;
 		}
 		if (st != SERPENS_GW_MOVE_DRAINING)
 			continue;
-		for (int k = 0; k < SERPENS_GW_RELEASE_BURST && mv->head != mv->tail; k++) {
+		for (int k = 0; k < SERPENS_GW_RELEASE_BURST && mv->head != mv->tail &&
+				release_due(mv, tsc); k++) {
 			struct rte_mbuf *m = mv->ring[mv->head++ & (SERPENS_GW_HOLD - 1)];
 			to_server(g, (int)mv->sfc, mv->to, m, m->hash.rss);
 			sent++;
 		}
 		if (mv->head == mv->tail) {
+			unmark_flows(g, i);
 			g->sfcs[mv->sfc].moves++;
 			__atomic_store_n(&mv->state, SERPENS_GW_MOVE_DONE, __ATOMIC_RELEASE);
 		}
@@ -346,7 +385,7 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 	if (g->underlay_port < 0 || g->egress_port < 0)
 		return 0;
 	if (g->moving)
-		work += release_moves(g); /* held packets before the ports' newer ones */
+		work += release_moves(g, tsc); /* held packets before the ports' newer ones */
 	/* the underlay ports every time: what servers return must not wait behind the outside */
 	uint16_t n;
 	for (uint32_t i = 0; i < g->nports; i++) {

@@ -35,10 +35,14 @@
  * request to the source carrying the move's marker id (runtime_cy/src/vxlan.h); once the
  * source's router recorded that id, it has received all of them. On release
  * the loop re-pins the moving flows (commit: to the target; abort: they stay on the source) in
- * one pass over the flow table, then sends the held packets first: each loop sends part of
- * the ring before it reads the ports, and newer packets of the moving flows join the ring's
- * end until it is empty, so a flow's packets leave in the order they came. No allocation: the
- * ring holds the received mbufs (their flow hash in hash.rss).
+ * one pass over the flow table, marking their entries with the move, then sends the held
+ * packets first: each loop sends part of the ring before it reads the ports, and newer
+ * packets of the marked flows (only those: not the target's own) join the ring's end until
+ * it is empty, so a flow's packets leave in the order they came; a last pass unmarks them. No allocation: the
+ * ring holds the received mbufs (their flow hash in hash.rss). The release is paced
+ * (`release_gap`, set by the control side from the rate the flows arrived at while held): a
+ * backlog sent at the gateway's own speed would land on the target's queues in one burst and
+ * overflow them. Bursts of at most SERPENS_BURST leave at once.
  *
  * Writers: the control side writes the configuration (ports, underlay, servers, SFCs, rules,
  * tags) and `stop`; a server or an SFC is switched by writing its fields first and its `used`
@@ -109,7 +113,10 @@ struct serpens_gw_move {
 	uint32_t all;                /* every slot (slots[] unused) */
 	uint64_t slots[SERPENS_GW_SLOT_WORDS]; /* bit s: flows in Maglev slot s move */
 	uint32_t marker;             /* its marker's id (vxlan.h serpens_arp_marker) */
+	uint64_t hold_tsc;           /* when the hold began */
+	uint64_t release_gap;        /* TSC cycles x 256 between held packets sent (0: unpaced) */
 	/* gateway thread */
+	uint64_t release_clock;      /* TSC x 256: the next held packet may leave then */
 	uint32_t to;                 /* where the held packets go (release) */
 	uint32_t head, tail;         /* ring[head..tail) (mod SERPENS_GW_HOLD) is held */
 	volatile uint64_t held, held_dropped, repinned;
@@ -190,6 +197,7 @@ struct serpens_gateway {
 		uint32_t used[SERPENS_GW_FLOW_WAYS]; /* last use, TSC >> 16 */
 		uint8_t server[SERPENS_GW_FLOW_WAYS];
 		uint8_t sfc[SERPENS_GW_FLOW_WAYS];   /* its SFC (re-pinning a move's flows) */
+		uint8_t move[SERPENS_GW_FLOW_WAYS];  /* 1 + the move releasing it (0: none) */
 	} flows[SERPENS_GW_FLOW_BUCKETS];
 };
 

@@ -20,6 +20,7 @@ cdef extern from "gateway.h" nogil:
         SERPENS_GW_NO_SERVER
         SERPENS_GW_MAX_MOVES
         SERPENS_GW_HOLD
+        SERPENS_GW_SLOT_WORDS
         SERPENS_GW_MOVE_FREE
         SERPENS_GW_MOVE_HOLD
         SERPENS_GW_MOVE_COMMIT
@@ -47,6 +48,7 @@ cdef extern from "gateway.h" nogil:
         uint32_t state, sfc, source, target, all
         uint64_t slots[32]
         uint32_t marker
+        uint64_t hold_tsc, release_gap
         uint32_t head, tail
         uint64_t held, held_dropped, repinned
 

@@ -97,6 +97,7 @@ class DataPath:
             self.gateway = dp.Gateway([self.ports[p] for p in config.ingress],
                                       self.ports[u.port], self.ports[config.egress], u.ip,
                                       self.mac, mtu=u.mtu, idle_s=config.idle_s)
+            self.gateway.release_factor = config.release_factor
             for name, pps in config.pace.items():
                 self.gateway.pace(self.ports[name], pps)
             self.gateway.set_mempool(self.dataplane.mempool)  # moves' markers

@@ -22,9 +22,12 @@ def test_defaults_take_every_port_but_egress_and_underlay_as_ingress():
     c = parse_gateway(GW)
     assert (c.name, c.ingress, c.egress, c.underlay.port, c.underlay.mtu) == \
         ("gw-1", ("wan", "dmz"), "out", "fabric", 1500)
-    assert (c.cpus, c.gateway_cpu, c.idle_s, c.pace) == ("0-1", 1, 30.0, {})
-    c = parse_gateway(GW + "  ingress: [dmz]\n  pace: {dmz: 5000}\n  idle_s: 2\n")
-    assert (c.ingress, c.pace, c.idle_s) == (("dmz",), {"dmz": 5000.0}, 2.0)
+    assert (c.cpus, c.gateway_cpu, c.idle_s, c.pace, c.release_factor) == \
+        ("0-1", 1, 30.0, {}, 2.0)
+    c = parse_gateway(GW + "  ingress: [dmz]\n  pace: {dmz: 5000}\n  idle_s: 2\n"
+                           "  release_factor: 3\n")
+    assert (c.ingress, c.pace, c.idle_s, c.release_factor) == \
+        (("dmz",), {"dmz": 5000.0}, 2.0, 3.0)
 
 
 @pytest.mark.parametrize("extra, field", [
@@ -34,6 +37,7 @@ def test_defaults_take_every_port_but_egress_and_underlay_as_ingress():
     ("  pace: {out: 100}\n", "spec.pace.out"),
     ("  pace: {wan: 0}\n", "spec.pace.wan"),
     ("  idle_s: 0\n", "spec.idle_s"),
+    ("  release_factor: 1\n", "spec.release_factor"),
     ("  gateway_cpu: -1\n", "spec.gateway_cpu"),
     ("  cpus: all\n", "spec.cpus"),
     ("  router_cpu: 1\n", "spec.router_cpu"),

@@ -5,6 +5,7 @@ source (abort), before newer packets of those flows; the flow-key slots Python c
 the gateway's."""
 import socket
 import struct
+import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -63,10 +64,17 @@ def flow_key(flow: int) -> bytes:
     return src + dst + struct.pack("!HH", 1000 + flow, 80) + bytes([17, 4, 0, 0])
 
 
+def drain(site, move):
+    """Poll until the move sent what it held (paced: some polls send nothing)."""
+    deadline = time.monotonic() + 5
+    while site.gw.move_state(move) != "done":
+        assert time.monotonic() < deadline, "the held packets were not all sent in 5 s"
+        site.gw.poll()
+
+
 def release(site, move, commit):
     assert site.gw.release_flows(move, commit) is None   # not running: poll() completes it
-    site.pump()
-    assert site.gw.move_state(move) == "done"
+    drain(site, move)
     return site.gw.finish_move(move)
 
 
@@ -103,14 +111,73 @@ def test_held_packets_go_before_newer_ones_of_their_flows(site):
     site.pump()
     sent(site, [flow_frame(f, 1) for f in FLOWS])
     site.gw.release_flows(move, True)
-    # the release and newer packets in the same passes: the held go first
+    # the (paced) release and newer packets in the same passes: the held go first
     out = sent(site, [flow_frame(f, 2) for f in FLOWS])
+    drain(site, move)
+    out += sent(site, [])
     seqs = {}
     for server, f, s in out:
         assert s > seqs.get(f, 0), f"flow {f}: {s} after {seqs.get(f)}"
         seqs[f] = s
-    assert site.gw.move_state(move) == "done"
+    assert all(seqs[f] == 2 for f in FLOWS)
     site.gw.finish_move(move)
+
+
+def test_the_release_is_paced_at_its_factor_of_the_held_rate(site):
+    """Held packets leave at release_factor x the rate they arrived at while held, and at
+    least RELEASE_MIN_PPS: never in one burst that would overflow the target's queues."""
+    on = {f: server for server, f, _ in sent(site, [flow_frame(f, 0) for f in FLOWS])}
+    on_a = [f for f in FLOWS if on[f] == A]
+    site.gw.release_factor = 1e-9    # the floor decides: RELEASE_MIN_PPS
+    move = site.gw.hold_flows(site.sfc, A, B)
+    site.pump()
+    sent(site, [flow_frame(f, s) for s in range(1, 9) for f in FLOWS])
+    held = site.gw.move_counters(move)["held"]
+    assert held == 8 * len(on_a) > 600
+    start = time.monotonic()
+    site.gw.release_flows(move, True)
+    drain(site, move)
+    took = time.monotonic() - start
+    released = []
+    while out := sent(site, []):   # at most 512 a time
+        released += out
+    assert len(released) == held and {r[0] for r in released} == {B}
+    # one burst at once, then one packet per 1/RELEASE_MIN_PPS
+    assert took >= (held - 32) / dp.RELEASE_MIN_PPS * 0.95
+    site.gw.finish_move(move)
+
+
+def test_a_release_holds_the_moved_flows_only_not_the_targets_own(site):
+    """While a move of every flow of A releases (paced), B's own flows are not held behind
+    it: only the flows it re-pinned (marked) join its ring."""
+    on = {f: server for server, f, _ in sent(site, [flow_frame(f, 0) for f in FLOWS])}
+    on_a = [f for f in FLOWS if on[f] == A]
+    on_b = [f for f in FLOWS if on[f] == B]
+    site.gw.release_factor = 1e-9    # the floor: >1000 held packets take >10 ms
+    move = site.gw.hold_flows(site.sfc, A, B)
+    site.pump()
+    sent(site, [flow_frame(f, s) for s in range(1, 9) for f in on_a])
+    held = site.gw.move_counters(move)["held"]
+    site.gw.release_flows(move, True)
+    site.outside.send([flow_frame(f, 9) for f in FLOWS])   # in the release's first poll
+    for _ in range(20):   # 32 frames a poll: all 300 read, few of >1000 held sent
+        site.gw.poll()
+    assert site.gw.move_state(move) == "draining"
+    assert site.gw.move_counters(move)["held"] == held + len(on_a)   # A's: behind the rest
+    drain(site, move)
+    out = []
+    while got := sent(site, []):
+        out += got
+    seqs = {}
+    for server, f, s in out:
+        assert server == B and s > seqs.get(f, 0), f"flow {f}: {s} after {seqs.get(f)}"
+        seqs[f] = s
+    assert all(seqs[f] == 9 for f in FLOWS)
+    last_b = max(i for i, (_, f, _) in enumerate(out) if f in on_b)
+    assert last_b < len(out) - len(on_a), "B's own did not wait for the release"
+    site.gw.finish_move(move)
+    again = sent(site, [flow_frame(f, 10) for f in FLOWS])   # unmarked: a new move is free
+    assert sorted(f for _, f, _ in again) == list(FLOWS)
 
 
 def test_abort_leaves_the_flows_on_the_source_in_order(site):

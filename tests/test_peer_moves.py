@@ -56,19 +56,33 @@ def test_a_partial_export_takes_exactly_the_flows_in_the_slots_and_moves_them(so
     chosen = set(slots[:100])
     want = {flow_key(f) for f in range(200) if slots[f] in chosen}
     ((nf, ns, name, info, keys, values),) = peer_moves.export(state, tables, chosen, 3)
-    assert set(keys) == want and len(values) == len(keys)
+    n = peer_moves.entries(info, keys)
+    assert len(keys) == 40 * n and len(values) == 16 * n
+    keys_list = [keys[40 * i:40 * i + 40] for i in range(n)]
+    assert set(keys_list) == want and n == len(want)
     target = str(tmp_path / "b")
-    assert peer_moves.insert(target, ns, name, info, keys, values) == len(keys)
+    assert peer_moves.insert(target, ns, name, info, keys, values) == n
     moved = dp.StateTable(target, ns, name)
     assert moved.info["value_size"] == 16 and moved.info["capacity"] == info["capacity"]
-    assert dict(moved.items()) == dict(zip(keys, values))
+    assert dict(moved.items()) == dict(zip(keys_list, (values[16 * i:16 * i + 16]
+                                                       for i in range(n))))
     moved.close()
-    assert peer_moves.delete(state, ns, name, keys) == len(keys)
+    assert peer_moves.delete(state, ns, name, keys) == n
     left = state.open(ns, name)
     assert {k for k, _ in left.items()} == {flow_key(f) for f in range(200)} - want
     left.close()
     peer_moves.insert(target, ns, name, info, keys, [], undo=True)   # an aborted move
     assert len(dp.StateTable(target, ns, name)) == 0
+
+
+def test_a_partial_export_refuses_a_table_not_keyed_by_flow(source):
+    state = StateManager(source)
+    dp.StateTable(source, "s.nat", "in", dp.PER_FLOW | dp.READ | dp.WRITE, 8, 40, 64).close()
+    tables = peer_moves.per_flow_tables(state, {"s.mon": "mon", "s.nat": "nat"})
+    with pytest.raises(peer_moves.MoveRefused, match="table in of NF nat is keyed by 8-byte"):
+        peer_moves.export(state, tables, {1, 2}, 3)
+    assert {t[2]: len(t[4]) for t in peer_moves.export(state, tables, None, 3)} == \
+        {"flows": 200 * 40, "in": 0}
 
 
 def test_a_table_of_another_shape_on_the_target_is_refused(source, tmp_path):
@@ -80,8 +94,28 @@ def test_a_table_of_another_shape_on_the_target_is_refused(source, tmp_path):
         peer_moves.insert(target, "s.mon", "flows", info, [flow_key(1)], [bytes(16)])
 
 
-def test_chunks_stay_under_their_bound():
-    keys, values = [bytes(40)] * 100000, [bytes(16)] * 100000
-    parts = list(peer_moves.chunks(keys, values, 56))
-    assert sum(len(k) for k, _ in parts) == 100000
-    assert all(56 * len(k) <= peer_moves.CHUNK_BYTES for k, _ in parts)
+def test_chunks_stay_under_their_bound_and_hold_whole_entries():
+    keys = b"".join(i.to_bytes(40, "big") for i in range(100000))
+    values = b"".join(i.to_bytes(16, "big") for i in range(100000))
+    parts = list(peer_moves.chunks(keys, values, 40, 16))
+    assert len(parts) > 1
+    assert b"".join(k for k, _ in parts) == keys and b"".join(v for _, v in parts) == values
+    assert all(len(k) % 40 == 0 and len(v) == len(k) // 40 * 16 and
+               len(k) + len(v) <= peer_moves.CHUNK_BYTES for k, v in parts)
+
+
+def test_a_table_dump_and_a_slot_selection_agree_with_its_items(source):
+    table = dp.StateTable(source, "s.mon", "flows")
+    keys, values = table.dump()
+    items = table.items()
+    table.close()
+    assert keys == b"".join(k for k, _ in items) and values == b"".join(v for _, v in items)
+    slots = dp.gateway_flow_slots(5, keys)
+    chosen = set(list(slots)[::3])
+    ks, vs = dp.gateway_flow_select(5, keys, values, chosen)
+    assert ks == b"".join(k for (k, _), s in zip(items, slots) if s in chosen)
+    assert vs == b"".join(v for (_, v), s in zip(items, slots) if s in chosen)
+    with pytest.raises(ValueError, match="slot 2039"):
+        dp.gateway_flow_select(5, keys, values, {2039})
+    with pytest.raises(ValueError, match="not whole entries"):
+        dp.gateway_flow_select(5, keys[:-1], values, chosen)

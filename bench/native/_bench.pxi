@@ -83,6 +83,7 @@ cdef class GatewayDriver:
     cdef object keep
     cdef int lcore
     cdef uint32_t depth
+    cdef uint64_t log_alloc   # records d.log has room for (written through: no page faults)
 
     def __cinit__(self, Gateway gw, Ring ingress, Ring egress, Mempool pool, frames,
                   uint32_t stamp_off=42, uint32_t depth=4096):
@@ -145,14 +146,24 @@ cdef class GatewayDriver:
         return (serpens_load_u64(&self.d.sent), serpens_load_u64(&self.d.pace.missed),
                 serpens_load_u64(&self.d.received))
 
-    def log_start(self, uint64_t capacity):
+    def log_reserve(self, uint64_t capacity):
+        """Make (and write through) room for `capacity` records now, so that a log_start()
+        under load takes no page faults."""
         self.d.log_on = 0
         serpens_fence()
+        if capacity <= self.log_alloc:
+            return
         free(self.d.log)
+        self.log_alloc = self.d.log_cap = 0
         self.d.log = <serpens_lat_rec *>malloc(capacity * sizeof(serpens_lat_rec))
         if self.d.log == NULL:
             raise MemoryError()
         memset(self.d.log, 0, capacity * sizeof(serpens_lat_rec))
+        self.log_alloc = capacity
+
+    def log_start(self, uint64_t capacity):
+        """Record the next `capacity` frames back (in the room reserved, or made now)."""
+        self.log_reserve(capacity)
         self.d.log_cap, self.d.log_n = capacity, 0
         serpens_fence()
         self.d.log_on = 1
