@@ -92,12 +92,14 @@ def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes = b"",
     return eth + ip + udp
 
 
-def tcp_frame(src: str, dst: str, sport: int, dport: int, size: int = 64) -> bytes:
-    """An Ethernet/IPv4/TCP SYN with valid checksums, padded to `size` bytes (no FCS)."""
+def tcp_frame(src: str, dst: str, sport: int, dport: int, size: int = 64, seq: int = 1,
+              flags: int = 0x02, payload: bytes = b"") -> bytes:
+    """An Ethernet/IPv4/TCP segment (a SYN unless `flags` say otherwise) with valid checksums,
+    its payload padded to `size` bytes (no FCS)."""
     s = bytes(int(x) for x in src.split("."))
     d = bytes(int(x) for x in dst.split("."))
-    payload = b"\0" * max(0, size - 54)
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0) + payload
+    payload = payload + b"\0" * max(0, size - 54 - len(payload))
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0) + payload
     pseudo = s + d + struct.pack("!BBH", 0, 6, len(tcp))
     tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, s, d)

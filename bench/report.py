@@ -288,9 +288,10 @@ NOTES = {  # what differs from the paper's setup, by design (docs/baselines.md h
              "few kpps per SFC, waking instances costs more than their packets do.",
     "fig11": "Memory: a Serpens image and a Load-style .so hold the same bytes per NF (their "
              "lines overlap); Fork and Exec hold a process each.",
-    "fig12": "The stock IDS keeps no per-flow state (the paper's IDS keeps per-flow connection "
-             "objects), so with Redis it touches no state per packet; the stock VPN takes one "
-             "block of sequence numbers per batch from a global counter.",
+    "fig12": "The stock IDS keeps per TCP flow where its scan stands (a pattern split across "
+             "segments is found: the paper's IDS keeps per-flow connection objects) and sees "
+             "TCP segments here; the stock VPN takes one block of sequence numbers per batch "
+             "from a global counter.",
     "fig14": "Serpens alone: no state-migration baselines (OpenNF, S6, CHC, SNF) are built here.",
 }
 

@@ -22,8 +22,11 @@ maximum searched by sfc.measure_started() and `latency_us` {p50, p99, mean} meas
 of that backend's own maximum (`routed_mpps`, `latency_at_mpps`).
 IDS and VPN are the stock NFs (nfs/ids, nfs/vpn). What state they touch per packet decides
 what Redis costs them: the IDS reads its automaton (a global read-only table) once, at
-init, and nothing per packet; the VPN takes a block of ESP sequence numbers from a global
-counter once per batch (state_fetch_add: one Redis round trip per batch).
+init, and per packet of a TCP flow its stream entry (where the scan of the flow's last
+segment ended: a per-flow table read and written per batch), so it sees TCP data segments
+(TCP_NFS: 4 in-order segments per flow and pass over 10k flows; its routed runs replay a
+source of their own); the VPN takes a block of ESP sequence numbers from a global counter
+once per batch (state_fetch_add: one Redis round trip per batch).
 get_ns / put_ns: cost per access of batched (32) lookups / overwrites in a 1M-entry table of
 5-tuple keys, random order.
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import tempfile
 import time
 import uuid
 
@@ -42,10 +46,15 @@ from serpens import nfs
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .baselines import RedisServer, RedisState
-from .common import BenchError, machine, udp_frame
-from .rig import INSTANCE_CPU, ROUTER_CPU, Hop, Rig, flow_frames
+from .common import BenchError, machine, tcp_frame, udp_frame
+from .rig import INSTANCE_CPU, ROUTER_CPU, Hop, Rig, flow_frames, write_pcap
 
 REWRITES = {"nat", "vpn"}  # NFs that change packets: the driver restores each frame
+# NFs that see TCP data segments rather than UDP: the IDS scans TCP flows as streams, its
+# state the scan's place in each flow (nfs/ids/ids.c "TCP streams")
+TCP_NFS = {"ids"}
+SEGMENTS = 4          # data segments per TCP flow in one pass of the replay
+TCP_PAYLOAD = 10      # payload bytes of a 64-byte TCP segment
 BACKENDS = {"serpens": dp.STATE_LOCAL, "redis": dp.STATE_REDIS, "snf": dp.STATE_REDIS_GLOBAL}
 
 def _nf(name):
@@ -88,23 +97,42 @@ def add_arguments(p):
                    help="NFs to run, comma-separated (default: all)")
 
 
-def traffic(flows: int) -> list[bytes]:
-    frames = [udp_frame(f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}", "198.51.100.7",
-                        1024 + i % 50000, 53) for i in range(flows)]
-    random.Random(1).shuffle(frames)
+def _segment(src: str, sport: int, k: int, payload: bytes = b"") -> bytes:
+    """The k-th 64-byte data segment (10 payload bytes) of a TCP flow to port 80."""
+    return tcp_frame(src, "198.51.100.7", sport, 80, seq=1 + TCP_PAYLOAD * k, flags=0x18,
+                     payload=payload)
+
+
+def traffic(flows: int, tcp: bool = False) -> list[bytes]:
+    """One 64-byte UDP frame per flow; or (tcp) SEGMENTS in-order data segments per flow,
+    round by round (each round's flows shuffled): a replay that wraps starts each flow's
+    sequence over (a gap the IDS counts, then scans from the start)."""
+    src = lambda i: f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}"  # noqa: E731
+    rng = random.Random(1)
+    if not tcp:
+        frames = [udp_frame(src(i), "198.51.100.7", 1024 + i % 50000, 53) for i in range(flows)]
+        rng.shuffle(frames)
+        return frames
+    frames = []
+    for k in range(SEGMENTS):
+        round_ = [_segment(src(i), 1024 + i % 50000, k) for i in range(flows)]
+        rng.shuffle(round_)
+        frames += round_
     return frames
 
 
-def check_frames(flows: int = 200, rounds: int = 3) -> list[bytes]:
+def check_frames(flows: int = 200, rounds: int = 3, tcp: bool = False) -> list[bytes]:
     """A finite input whose output depends on state: several packets per flow (created, then
-    found), flows the FW denies, sources NAT maps (10/8) and one it leaves alone."""
+    found), flows the FW denies, sources NAT maps (10/8) and one it leaves alone; (tcp) each
+    flow's packets consecutive segments of one TCP stream."""
     frames = []
     for r in range(rounds):
         for i in range(flows):
             src = f"10.{1 + i // 65536}.{i // 256 % 256}.{i % 256}" if i % 10 else \
                 f"192.0.2.{i % 250 + 1}"
-            frames.append(udp_frame(src, "198.51.100.7", 1024 + i, 53,
-                                    payload=bytes([r, i % 256])))
+            payload = bytes([r, i % 256])
+            frames.append(_segment(src, 1024 + i, r, payload) if tcp else
+                          udp_frame(src, "198.51.100.7", 1024 + i, 53, payload=payload))
     return frames
 
 
@@ -228,7 +256,7 @@ def run(args, lose_state=None) -> dict:
     if unknown or not names:
         raise BenchError(f"bench state: --nfs: unknown NF {unknown[0] if unknown else '(none)'}"
                          f" (known: {', '.join(STATE_NF_CONFIGS)})")
-    frames = traffic(args.flows)
+    frames = {False: traffic(args.flows), True: traffic(args.flows, tcp=True)}
     nf_cpu = ROUTER_CPU % (os.cpu_count() or 1)
     result = {"machine": machine(),
               "params": {"seconds": args.seconds, "flows": args.flows, "frame_bytes": 64,
@@ -242,10 +270,17 @@ def run(args, lose_state=None) -> dict:
                          "redis": f"unix socket, pinned to cpu {nf_cpu}",
                          "latency": "at 80% of each backend's own max rate behind the router "
                                     "with under 0.1% of packets not coming out (routed_mpps)",
-                         "check_frames": len(check_frames())}}
-    # one DPDK primary per process: the rig's dataplane serves the driven runs too
+                         "check_frames": len(check_frames()),
+                         "tcp": f"{', '.join(sorted(TCP_NFS))}: {SEGMENTS} in-order 64-byte "
+                                f"data segments per flow and pass (each pass a gap per flow)"}}
+    # one DPDK primary per process: the rig's dataplane serves the driven runs too; the
+    # routed runs of TCP_NFS replay a second source of their own
+    tmp = tempfile.TemporaryDirectory(prefix="serpens-bench-state-", dir="/dev/shm")
+    write_pcap(os.path.join(tmp.name, "tcp.pcap"), frames[True])
     rig = Rig("state", flow_frames(args.flows), warmup=args.warmup, sandbox="network",
-              mbufs=262143)  # (the router's input and the driver's loop at once)
+              mbufs=262143,  # (the router's input and the driver's loop at once)
+              vdevs=(f"net_pcap_statetcp,rx_pcap={tmp.name}/tcp.pcap,infinite_rx=1",))
+    sources = {False: rig.src, True: dp.port_open("net_pcap_statetcp", rig.dataplane.mempool)}
     try:
         with RedisServer(cpu=nf_cpu) as redis:
             pool, mempool = rig.pool, rig.dataplane.mempool
@@ -266,8 +301,9 @@ def run(args, lose_state=None) -> dict:
                     sfc = compile_sfc(NF(image, config=make_config(), name=step))
                     between = (lambda: lose_state(redis)) if lose_state and code != \
                         dp.STATE_LOCAL else None
+                    tcp = name in TCP_NFS
                     out, counters = output_summary(pool, proc, sfc, how, rx, tx, mempool,
-                                                   check_frames(), between=between)
+                                                   check_frames(tcp=tcp), between=between)
                     check_backend(proc, name, backend)
                     check_same_work(name, backend, out, counters, figures)
                     for _ in range(3):  # a run the machine starved of CPU throughout: again
@@ -275,8 +311,8 @@ def run(args, lose_state=None) -> dict:
                         sfc = compile_sfc(NF(image, config=make_config(), name=step))
                         pool.start_instance(sfc, rx, tx, process=proc, how=how)
                         try:
-                            r = dp.drive(rx, tx, mempool, frames, args.seconds, proc.ctl,
-                                         proc.efd, rewrite=name in REWRITES)
+                            r = dp.drive(rx, tx, mempool, frames[tcp], args.seconds,
+                                         proc.ctl, proc.efd, rewrite=name in REWRITES)
                         finally:
                             pool.stop_instance(proc)
                             # the driver leaves its loop's mbufs in the rings: back to the pool
@@ -295,7 +331,12 @@ def run(args, lose_state=None) -> dict:
                     figures[f"{backend}_counters"] = counters
                     step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
                     sfc = compile_sfc(NF(image, config=make_config(), name=step))
-                    m = routed_latency(rig, sfc, how, redis, name, backend, args.search_seconds)
+                    rig.src = sources[tcp]
+                    try:
+                        m = routed_latency(rig, sfc, how, redis, name, backend,
+                                           args.search_seconds)
+                    finally:
+                        rig.src = sources[False]
                     lat = m["latency_us"]
                     figures["latency_us"][backend] = {"p50": lat["p50"], "p99": lat["p99"],
                                                       "mean": lat["mean"]}
@@ -314,6 +355,7 @@ def run(args, lose_state=None) -> dict:
             result.update(measure_table(args.entries, rig.state.name))
     finally:
         rig.close()
+        tmp.cleanup()
     return result
 
 

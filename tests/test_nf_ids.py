@@ -28,6 +28,7 @@ from serpens.agent.process_pool import PoolError
 from serpens.nfs import ids
 from serpens.nfs.ids import ConfigError, encode_config
 from serpens.runtime_cy.builder import NF_INCLUDE
+from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc, distribute
 
 from support.harness import PacketHarness
@@ -164,6 +165,75 @@ def test_patterns_spanning_the_payload_edges(pool, build_stock, nf_name):
     assert c["scanned"] == len(frames)
 
 
+def tcp_segments(body: bytes, cuts, seq=1000, sport=4000, flags="PA"):
+    """The frames of one TCP flow carrying `body` cut at `cuts`, in order."""
+    ip = IP(src="10.0.0.7", dst="10.9.9.9")
+    edges = [0, *cuts, len(body)]
+    return [bytes(eth() / ip / TCP(sport=sport, dport=80, seq=seq + a, flags=flags) /
+                  body[a:z]) for a, z in zip(edges, edges[1:])]
+
+
+def run_one_by_one(h, frames):
+    """Each frame in a batch of its own (the harness runs a list as one batch)."""
+    return [h.run([f])[0].verdict for f in frames]
+
+
+def test_a_pattern_split_across_tcp_segments_is_found_in_the_segment_that_ends_it(
+        pool, build_stock, nf_name):
+    cfg = {"patterns": ["/etc/passwd", "cmd.exe"], "action": "drop"}
+    body = b"GET /cgi-bin/../../etc/passwd HTTP/1.0"
+    cut = body.index(b"passwd") + 2            # "/etc/pa" | "sswd ..."
+    with PacketHarness(pool, compile_sfc(ids_nf(build_stock, cfg, nf_name, ports=1))) as h:
+        # across batches, and within one batch
+        assert run_one_by_one(h, tcp_segments(body, [cut])) == ["out", "drop"]
+        assert [r.verdict for r in h.run(tcp_segments(body, [10, cut], sport=4001))] == \
+            ["out", "out", "drop"]
+        # every byte a segment of its own: the segment with the last "d"
+        one_each = tcp_segments(body, range(1, len(body)), sport=4002)
+        verdicts = [r.verdict for r in h.run(one_each[:20])] + \
+            [r.verdict for r in h.run(one_each[20:])]
+        assert verdicts == ["drop" if k == body.index(b"passwd") + 5 else "out"
+                            for k in range(len(body))]
+        # a gap (a segment lost before it) or a retransmission starts the stream over
+        first, second = tcp_segments(body, [cut], sport=4003)
+        gap = tcp_segments(body, [cut], sport=4003, seq=5000)[1]
+        assert run_one_by_one(h, [first, gap]) == ["out", "out"]
+        assert run_one_by_one(h, [first, first, second]) == ["out", "out", "drop"]
+        c = counters_of(h, nf_name)
+    assert c["stream_gaps"] == 3 and c["dropped"] == 4 and c["stream_full"] == 0
+
+
+def test_udp_and_stream_off_are_scanned_packet_by_packet(pool, build_stock, nf_name):
+    cfg = {"patterns": ["/etc/passwd"], "action": "drop"}
+    body = b"GET /etc/passwd"
+    cut = body.index(b"passwd")
+    ip = IP(src="10.0.0.7", dst="10.9.9.9")
+    udp = [bytes(eth() / ip / UDP(sport=5000, dport=53) / part)
+           for part in (body[:cut], body[cut:])]
+    with PacketHarness(pool, compile_sfc(ids_nf(build_stock, cfg, nf_name, ports=1))) as h:
+        assert run_one_by_one(h, udp) == ["out", "out"]
+    off = dict(cfg, stream="off")
+    with PacketHarness(pool, compile_sfc(ids_nf(build_stock, off, nf_name, ports=1,
+                                                copy=1))) as h:
+        assert run_one_by_one(h, tcp_segments(body, [cut], sport=5001)) == ["out", "out"]
+        assert run_one_by_one(h, tcp_segments(body, [], sport=5002)) == ["drop"]
+
+
+def test_fin_and_rst_end_a_flow_s_stream_entry(pool, build_stock, nf_name, dataplane):
+    cfg = {"patterns": ["/etc/passwd"]}
+    with PacketHarness(pool, compile_sfc(ids_nf(build_stock, cfg, nf_name, ports=1))) as h:
+        run_one_by_one(h, tcp_segments(b"hello", [], sport=4100))
+        run_one_by_one(h, tcp_segments(b"hello", [], sport=4101))
+        streams = dp.StateTable(dataplane.config.state_dir, nf_name, "streams")
+        try:
+            assert len(streams) == 2
+            run_one_by_one(h, tcp_segments(b"bye", [], sport=4100, seq=1005, flags="FA"))
+            run_one_by_one(h, tcp_segments(b"", [], sport=4101, seq=1005, flags="R"))
+            assert len(streams) == 0
+        finally:
+            streams.close()
+
+
 def test_malformed_uninspected_and_fragments(pool, build, build_stock, nf_name):
     """Per the manual: malformed frames are suspicious (port 1 / dropped), non-IP frames pass
     uninspected, non-first fragments have their IP payload scanned."""
@@ -290,7 +360,7 @@ def test_second_instance_reuses_the_automaton(pool, build_stock, nf_name):
     b"SID1",
     b"XID1\x00\x00\x01\x00\x01a",                 # magic
     b"SID1\x02\x00\x01\x00\x01a",                 # action
-    b"SID1\x00\x01\x01\x00\x01a",                 # reserved byte
+    b"SID1\x00\x02\x01\x00\x01a",                 # stream mode
     b"SID1\x00\x00\x00\x00",                      # no patterns
     b"SID1\x00\x00\x02\x00\x01a",                 # count says 2, holds 1
     b"SID1\x00\x00\x01\x00\x01ab",                # trailing byte
@@ -379,6 +449,28 @@ static int m_put(struct serpens_ctx *c, int table, const void *key, const void *
 	return 0;
 }
 
+static uint32_t m_get_bulk(struct serpens_ctx *c, int table, const void *const *keys,
+			   uint32_t n, void **values)
+{
+	uint32_t found = 0;
+	for (uint32_t i = 0; i < n; i++)
+		found += (values[i] = m_get(c, table, keys[i])) != NULL;
+	return found;
+}
+
+static int m_delete(struct serpens_ctx *c, int table, const void *key)
+{
+	struct mtable *t = &tables[table];
+	int i = m_find(t, key);
+	if (i < 0)
+		return SERPENS_ENOENT;
+	free(t->vals[i]);
+	t->n--;
+	memmove(t->keys + (size_t)i * t->ks, t->keys + (size_t)t->n * t->ks, t->ks);
+	t->vals[i] = t->vals[t->n];
+	return 0;
+}
+
 static int m_parse(const uint8_t *f, uint32_t len, struct serpens_hdrs *h)
 {
 	memset(h, 0, sizeof(*h));
@@ -421,7 +513,7 @@ static struct serpens_api api = {
 	.abi_major = SERPENS_ABI_MAJOR, .abi_minor = SERPENS_ABI_MINOR,
 	.size = sizeof(struct serpens_api), .parse = m_parse, .hash = m_hash, .log = m_log,
 	.counter_register = m_counter, .create_table = m_create, .get_state = m_get,
-	.put_state = m_put,
+	.put_state = m_put, .get_state_bulk = m_get_bulk, .delete_state = m_delete,
 };
 static struct serpens_ctx ctx = {.api = &api, .counters = counters};
 
@@ -639,8 +731,9 @@ def test_encode_config_packs_sorted_unique_patterns():
     a = encode_config({"patterns": ["she", b"he", "hers", "his", "he"]})
     b = encode_config({"patterns": [b"his", b"hers", b"she", b"he"], "action": "alert"})
     assert a == b
-    assert a == b"SID1\x00\x00\x04\x00" + b"\x02he\x04hers\x03his\x03she"
-    assert encode_config({"patterns": ["é"], "action": "drop"}) == b"SID1\x01\x00\x01\x00\x02\xc3\xa9"
+    assert a == b"SID1\x00\x01\x04\x00" + b"\x02he\x04hers\x03his\x03she"
+    assert encode_config({"patterns": ["é"], "action": "drop", "stream": "off"}) == \
+        b"SID1\x01\x00\x01\x00\x02\xc3\xa9"
 
 
 @pytest.mark.parametrize("cfg,message", [
@@ -657,6 +750,8 @@ def test_encode_config_packs_sorted_unique_patterns():
     ({"patterns": ["a"], "action": "block"}, r"^action: alert or drop"),
     ({"patterns": ["a"], "action": 1}, r"^action: alert or drop"),
     ({"patterns": ["a"], "actions": "drop"}, r"^actions: unknown field"),
+    ({"patterns": ["a"], "stream": "udp"}, r"^stream: tcp or off, got 'udp'"),
+    ({"patterns": ["a"], "stream": True}, r"^stream: tcp or off"),
     ({"patterns": [bytes([i % 256, i // 256]) + b"x" * 200 for i in range(10000)]},
      r"^patterns: 10000 patterns pack to 2030008 bytes; an SFC carries at most 1048576"),
 ])

@@ -14,6 +14,8 @@
 #define OUT_CAP (4u << 20)
 #define IN_CAP (4u << 20)
 #define ARENA_CAP (4u << 20)
+#define KEPT_CAP (20u << 20) /* values read before the first batch end: the IDS automaton's
+			      * 16 MiB at most */
 #define MAX_ENTRIES 1024
 #define HASH_SLOTS 4096 /* > 2 x MAX_ENTRIES: short probes */
 #define MAX_KEY 512
@@ -283,6 +285,12 @@ struct entry {
 };
 static uint8_t arena[ARENA_CAP];
 static size_t arena_used;
+/* What an NF reads or writes in init() it may keep pointers to for good (nf.h: "a pointer
+ * stays valid until its entry is deleted": the IDS keeps its automaton's chunks): values
+ * remembered before the instance's first batch ended live here until the next attach. */
+static uint8_t kept[KEPT_CAP];
+static size_t kept_used;
+static int first_batch;
 static struct entry entries[MAX_ENTRIES];
 static uint32_t nentries;
 /* open addressing; a slot is in use when its stamp is this batch's (no clearing per batch) */
@@ -309,7 +317,9 @@ static struct entry *lookup(const struct remote_table *t, const void *key)
 static struct entry *remember(const struct remote_table *t, const void *key, const void *value)
 {
 	size_t need = t->key_size + 2ull * t->value_size;
-	if (nentries == MAX_ENTRIES || arena_used + need > ARENA_CAP)
+	uint8_t *base = first_batch ? kept : arena;
+	size_t *used = first_batch ? &kept_used : &arena_used;
+	if (nentries == MAX_ENTRIES || *used + need > (first_batch ? KEPT_CAP : ARENA_CAP))
 		return NULL;
 	uint32_t h = slot_hash(t, key);
 	while (slots[h].stamp == stamp)
@@ -318,10 +328,10 @@ static struct entry *remember(const struct remote_table *t, const void *key, con
 	slots[h].entry = nentries;
 	struct entry *e = &entries[nentries++];
 	e->t = t;
-	e->key = arena + arena_used;
+	e->key = base + *used;
 	e->value = e->key + t->key_size;
 	e->pristine = e->value + t->value_size;
-	arena_used += (need + 7) & ~(size_t)7;
+	*used += (need + 7) & ~(size_t)7;
 	memcpy(e->key, key, t->key_size);
 	memcpy(e->value, value, t->value_size);
 	memcpy(e->pristine, value, t->value_size);
@@ -606,6 +616,8 @@ static int attach(const char *arg, char *fail_to, size_t fail_len, char *err, si
 	failed_len = fail_len;
 	nf_used = 0;
 	forget_batch();
+	kept_used = 0;
+	first_batch = 1;
 	if (fd >= 0 && strcmp(arg, path) == 0)
 		return 0;
 	if (fd >= 0)
@@ -632,6 +644,7 @@ static void batch_end(void)
 			queue_set(e->t, e->key, e->value);
 	}
 	forget_batch();
+	first_batch = 0;
 }
 
 static void flush(void)

@@ -15,7 +15,8 @@
  *   costs its own round trip, as does state_fetch_add (INCRBY);
  * - RESP is encoded from headers precomputed per table (keys and values have fixed sizes):
  *   no formatting per key; the batch's values are found by hash, not by a scan;
- * - value pointers handed to the NF are valid until the end of the batch;
+ * - value pointers handed to the NF are valid until the end of the batch; those handed out
+ *   in init() (and the first batch) for the instance's life, as nf.h promises;
  * - a lost connection (or a reply that makes no sense) is reported once, in the control
  *   block's state_error: the benchmark then fails instead of reporting figures of an NF that
  *   ran without its state. No consistency beyond Redis' own: this is the baseline's design.

@@ -22,7 +22,8 @@ MAX_PATTERN_LEN = 255
 from serpens.nfs import ConfigError
 from serpens.runtime_cy.constants import CONFIG_MAX  # bytes of NF config one SFC carries
 ACTIONS = {"alert": 0, "drop": 1}
-_FIELDS = {"patterns", "action"}
+STREAMS = {"off": 0, "tcp": 1}   # TCP flows scanned as streams (ids.c "TCP streams")
+_FIELDS = {"patterns", "action", "stream"}
 _HDR = struct.Struct("<IBBH")
 
 
@@ -43,11 +44,11 @@ def _pattern(field: str, v) -> bytes:
     return v
 
 
-def pack(patterns, action: str = "alert") -> bytes:
-    """The packed form of already valid patterns (bytes) and action, with no size limit:
-    encode_config() is the checked way in."""
+def pack(patterns, action: str = "alert", stream: str = "tcp") -> bytes:
+    """The packed form of already valid patterns (bytes), action and stream mode, with no
+    size limit: encode_config() is the checked way in."""
     unique = sorted(set(patterns))
-    out = bytearray(_HDR.pack(MAGIC, ACTIONS[action], 0, len(unique)))
+    out = bytearray(_HDR.pack(MAGIC, ACTIONS[action], STREAMS[stream], len(unique)))
     for p in unique:
         out.append(len(p))
         out += p
@@ -65,6 +66,10 @@ def encode_config(cfg: dict) -> bytes:
     if not isinstance(action, str) or action.strip().lower() not in ACTIONS:
         raise ConfigError("action", f"alert or drop, got {action!r}")
     action = action.strip().lower()
+    stream = cfg.get("stream", "tcp")
+    if not isinstance(stream, str) or stream.strip().lower() not in STREAMS:
+        raise ConfigError("stream", f"tcp or off, got {stream!r}")
+    stream = stream.strip().lower()
     if "patterns" not in cfg:
         raise ConfigError("patterns", "required: a list of str or bytes patterns")
     raw = cfg["patterns"]
@@ -75,7 +80,7 @@ def encode_config(cfg: dict) -> bytes:
     if len(raw) > MAX_PATTERNS:
         raise ConfigError("patterns", f"{len(raw)} patterns, at most {MAX_PATTERNS}")
     patterns = [_pattern(f"patterns[{i}]", v) for i, v in enumerate(raw)]
-    packed = pack(patterns, action)
+    packed = pack(patterns, action, stream)
     if len(packed) > CONFIG_MAX:
         raise ConfigError("patterns", f"{len(set(patterns))} patterns pack to {len(packed)} "
                           f"bytes; an SFC carries at most {CONFIG_MAX} bytes of NF configuration "

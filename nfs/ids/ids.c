@@ -14,8 +14,20 @@
  * What is scanned: the L4 payload as serpens_parse() finds it (after the TCP/UDP/ICMP header;
  * right after the IP headers for other protocols), bounded by the IP length. Non-first IP
  * fragments have no L4 header: the bytes after the fixed IP header (IPv4: IHL; IPv6: the 40-
- * byte header, extension headers included) are scanned. Nothing is reassembled: a pattern
- * split across two packets or fragments is not seen. Non-IP frames (ARP, LLDP, ...) carry no
+ * byte header, extension headers included) are scanned. IP fragments are not reassembled.
+ *
+ * TCP streams (`stream: tcp`, the default): a pattern split across the segments of a TCP
+ * flow is found, as a streaming matcher (Hyperscan's stream mode) finds it: the per-flow
+ * table "streams" (SERPENS_PER_FLOW|READ|WRITE, key struct serpens_flow, IDS_STREAM_FLOWS
+ * entries) keeps, for each flow, the automaton state its last segment's scan ended in and the
+ * sequence number the next in-order segment carries. A segment that carries it is scanned
+ * from that state (the packet that completes the pattern is the suspicious one); any other
+ * (a gap, a retransmission, reordering) is scanned from the start and the flow's stream
+ * starts over at it (counted: stream_gaps). Segments of one flow within a batch are scanned
+ * in order. After a match the stream starts over. FIN or RST ends the flow's entry. When the
+ * table is full a new flow is scanned packet by packet (counted: stream_full). The entry
+ * names its automaton (set id): after a pattern change a stream starts over. UDP and
+ * other protocols are scanned packet by packet (`stream: off`: TCP too). Non-IP frames (ARP, LLDP, ...) carry no
  * payload to inspect: they go on via port 0, counted as "uninspected". Malformed frames (the
  * parser says TRUNCATED or BAD_HEADER) cannot be cleared: they are counted as "malformed" and
  * treated as suspicious (port 1 with alert, dropped with drop); they do not count as matches.
@@ -24,17 +36,19 @@
  * (payload bytes of those packets), matches (packets holding a pattern), alerts (matching
  * packets sent to port 1 -- or counted on port 0 when port 1 is not wired), dropped
  * (matching packets dropped), malformed, uninspected, automaton_built (1 when this instance
- * compiled the automaton, 0 when it found it ready in the state table).
+ * compiled the automaton, 0 when it found it ready in the state table), stream_gaps,
+ * stream_full (above).
  *
  * Configuration (a dict; nfs/ids/__init__.py encode_config() validates and packs it):
  *   patterns: list of str (UTF-8) or bytes, 1..10000 patterns of 1..255 bytes each
  *   action:   alert | drop (default alert)
+ *   stream:   tcp | off (default tcp): TCP flows scanned as streams (above)
  * The packed form costs 1 + length bytes per pattern; an SFC's configurations share
  * 1 MiB (pool_ctl.h SERPENS_CONFIG_MAX), enough for 10000 patterns of up to ~100 bytes.
  *
  * Packed config (little-endian), checked again by init() (SERPENS_EINVAL on anything off):
- *   header, 8 bytes: u32 magic 0x31444953 ("SID1"), u8 action (0 alert, 1 drop), u8 0,
- *                    u16 pattern count (1..10000)
+ *   header, 8 bytes: u32 magic 0x31444953 ("SID1"), u8 action (0 alert, 1 drop), u8 stream
+ *                    (0 off, 1 tcp), u16 pattern count (1..10000)
  *   each pattern:    u8 length (1..255), the bytes. Patterns are sorted in strictly
  *                    ascending byte order (a prefix before its extensions), so no duplicates.
  *
@@ -94,8 +108,22 @@
 #define IDS_AUTOMATON_MAGIC 0x314f544144495253ull /* "SRPIDAT1": layout version 1 */
 
 #define IDS_ENOSYS (-38)
+#define IDS_STREAM_FLOWS 65536u               /* TCP flows scanned as streams at once */
 
 enum { ACTION_ALERT = 0, ACTION_DROP = 1 };
+enum { STREAM_OFF = 0, STREAM_TCP = 1 };
+
+#define TCP_FIN 0x01u
+#define TCP_SYN 0x02u
+#define TCP_RST 0x04u
+
+/* A TCP flow's scan between its segments (table "streams"). */
+struct ids_stream {
+	uint32_t state;    /* where the scan of its last segment ended (0: the start) */
+	uint32_t next_seq; /* the sequence number its next in-order segment carries */
+	uint32_t set;      /* the automaton `state` is of (its set id) */
+	uint32_t pad;
+};
 
 /* Chunk 0 of an automaton. */
 struct ids_automaton_hdr {
@@ -118,14 +146,16 @@ struct ids_key {
 _Static_assert(sizeof(struct ids_key) == 8, "table key is 8 bytes");
 
 /* Configuration and counters of this instance. */
-static uint8_t action;
+static uint8_t action, stream_mode;
 static int c_scanned, c_bytes, c_matches, c_alerts, c_dropped, c_malformed, c_uninspected,
-	c_built;
+	c_built, c_gaps, c_stream_full;
+static int t_streams = -1;
 static uint32_t suspicious_port; /* 1, or 0 when port 1 is not wired */
 
 /* The automaton: row chunks (pointers into the state table) and the byte class map. */
 static const uint8_t *chunk_ptr[IDS_MAX_CHUNKS];
 static const uint8_t *cls_map;
+static uint32_t auto_set, auto_chunks, auto_row_bytes, auto_rows; /* its id and shape */
 
 /* Build-time only (touched once per node and pattern set, not per instance). */
 static uint8_t lcp[IDS_MAX_PATTERNS]; /* common prefix with the previous pattern */
@@ -158,7 +188,7 @@ static int parse_config(struct serpens_ctx *ctx, const uint8_t *cfg, uint32_t le
 	}
 	memcpy(&magic, cfg, 4);
 	n = cfg[6] | (uint32_t)cfg[7] << 8;
-	if (magic != IDS_MAGIC || cfg[4] > ACTION_DROP || cfg[5] != 0) {
+	if (magic != IDS_MAGIC || cfg[4] > ACTION_DROP || cfg[5] > STREAM_TCP) {
 		api->log(ctx, SERPENS_LOG_ERR, "config: bad header (not packed by nfs/ids encode_config?)");
 		return SERPENS_EINVAL;
 	}
@@ -359,6 +389,24 @@ static int build_automaton(struct ids_build *B, const struct ids_patterns *ps,
 	return put_chunk(B, 0, &stored);
 }
 
+static void remember_shape(const struct ids_automaton_hdr *h)
+{
+	auto_set = h->fp[0];
+	auto_chunks = h->nchunks;
+	auto_row_bytes = h->row_bytes;
+	auto_rows = h->nstates;
+}
+
+/* Is s a state of this automaton (a stream entry's, from shared memory)? */
+static int valid_state(uint32_t s)
+{
+	uint32_t chunk = s >> IDS_CHUNK_SHIFT, off = s & IDS_CHUNK_MASK;
+	if (chunk >= auto_chunks || off % auto_row_bytes)
+		return 0;
+	uint32_t row = chunk * (IDS_CHUNK / auto_row_bytes) + off / auto_row_bytes;
+	return off / auto_row_bytes < IDS_CHUNK / auto_row_bytes && row < auto_rows;
+}
+
 /* Find the automaton of these patterns in the table, or build it. 1 built, 0 reused, <0. */
 static int load_automaton(struct serpens_ctx *ctx, const struct ids_patterns *ps)
 {
@@ -402,6 +450,7 @@ static int load_automaton(struct serpens_ctx *ctx, const struct ids_patterns *ps
 		}
 		if (c == h.nchunks) {
 			cls_map = old->cls;
+			remember_shape(&h);
 			return 0;
 		}
 		api->log(ctx, SERPENS_LOG_WARN, "automaton: chunk %u missing, rebuilding", c + 1);
@@ -431,6 +480,7 @@ static int load_automaton(struct serpens_ctx *ctx, const struct ids_patterns *ps
 	if (!old)
 		return SERPENS_ENOENT;
 	cls_map = old->cls;
+	remember_shape(&h);
 	return 1;
 }
 
@@ -463,8 +513,25 @@ static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
 	c_malformed = api->counter_register(ctx, "malformed");
 	c_uninspected = api->counter_register(ctx, "uninspected");
 	c_built = api->counter_register(ctx, "automaton_built");
-	if (c_built < 0)
+	c_gaps = api->counter_register(ctx, "stream_gaps");
+	c_stream_full = api->counter_register(ctx, "stream_full");
+	if (c_stream_full < 0)
 		return SERPENS_ENOSPC;
+	stream_mode = ((const uint8_t *)config)[5];
+	if (stream_mode == STREAM_TCP && (!api->get_state_bulk || !api->delete_state)) {
+		api->log(ctx, SERPENS_LOG_ERR, "stream: tcp needs get_state_bulk and delete_state "
+			 "(ABI minor 1)");
+		return IDS_ENOSYS;
+	}
+	if (stream_mode == STREAM_TCP) {
+		t_streams = api->create_table(ctx, "streams", SERPENS_PER_FLOW | SERPENS_READ |
+					      SERPENS_WRITE, sizeof(struct serpens_flow),
+					      sizeof(struct ids_stream), IDS_STREAM_FLOWS);
+		if (t_streams < 0) {
+			api->log(ctx, SERPENS_LOG_ERR, "state table \"streams\": error %d", t_streams);
+			return t_streams;
+		}
+	}
 	suspicious_port = ctx->nports >= 2 ? 1 : 0;
 	if (action == ACTION_ALERT && !suspicious_port)
 		api->log(ctx, SERPENS_LOG_WARN, "action alert with port 1 not wired: suspicious packets "
@@ -483,16 +550,20 @@ static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
 	(*(const uint32_t *)((chunks)[(s) >> IDS_CHUNK_SHIFT] + ((s) & IDS_CHUNK_MASK) +         \
 			     ((uint32_t)(cls)[c] << 2)))
 
-/* Continue in state s over n bytes: 1 if a pattern ends in them. */
-static int scan_from(uint32_t s, const uint8_t *p, uint32_t n)
+/* Continue in state *s over n bytes: 1 if a pattern ends in them (*s: where it stopped). */
+static int scan_from(uint32_t *s, const uint8_t *p, uint32_t n)
 {
 	const uint8_t *const *chunks = chunk_ptr;
 	const uint8_t *cls = cls_map;
+	uint32_t st = *s;
 	for (uint32_t k = 0; k < n; k++) {
-		s = STEP(chunks, cls, s, p[k]);
-		if (s & IDS_MATCH)
+		st = STEP(chunks, cls, st, p[k]);
+		if (st & IDS_MATCH) {
+			*s = st;
 			return 1;
+		}
 	}
+	*s = st;
 	return 0;
 }
 
@@ -502,6 +573,14 @@ struct ids_job {
 	uint32_t s;     /* automaton state where the scan stands */
 	uint8_t i;      /* packet */
 	uint8_t match;
+	/* TCP streams */
+	uint8_t stream;  /* a segment of a tracked flow */
+	uint8_t round;   /* its place among the batch's segments of its flow (0: first) */
+	int8_t prev;     /* the job of its flow's segment before it in the batch (-1: none) */
+	uint8_t last;    /* no later segment of its flow in the batch */
+	uint32_t seq;    /* its sequence number */
+	uint32_t next;   /* the sequence number after it */
+	const struct serpens_flow *flow;
 };
 
 /* Scan jobs four at a time: four independent chains of loads keep the core busy. */
@@ -522,7 +601,8 @@ static void scan_jobs(struct ids_job *jobs, uint32_t nj)
 		if (active < 4) { /* the tail: one at a time */
 			for (int l = 0; l < 4; l++)
 				if (lane[l])
-					lane[l]->match = (uint8_t)scan_from(lane[l]->s, lane[l]->p, lane[l]->n);
+					lane[l]->match = (uint8_t)scan_from(&lane[l]->s, lane[l]->p,
+									    lane[l]->n);
 			return;
 		}
 		uint32_t m = lane[0]->n;
@@ -561,20 +641,152 @@ static void suspicious(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_
 		serpens_forward(ctx, b, i, suspicious_port);
 }
 
+/* ---- TCP streams ----------------------------------------------------------------------- */
+
+/* Packet f's TCP sequence number and flags (0: not TCP). */
+static int tcp_segment(const uint8_t *f, const struct serpens_hdrs *h, uint32_t *seq,
+		       uint8_t *flags)
+{
+	if (h->flow.proto != 6 || !h->l4_off) /* IPPROTO_TCP, its header checked by the parser */
+		return 0;
+	const uint8_t *t = f + h->l4_off;
+	*seq = (uint32_t)t[4] << 24 | (uint32_t)t[5] << 16 | (uint32_t)t[6] << 8 | t[7];
+	*flags = t[13];
+	return 1;
+}
+
+static int same_flow(const struct serpens_flow *a, const struct serpens_flow *b)
+{
+	return a->sport == b->sport && a->dport == b->dport && memcmp(a, b, sizeof(*a)) == 0;
+}
+
+/* Where each tracked segment's scan starts. The first of its flow in the batch: its flow's
+ * entry (looked up for all of them at once, entry[] by job) when the segment carries the
+ * sequence number the entry expects; a later one: after its flow's previous segment, scanned
+ * in an earlier round (scan_rounds()). Returns the rounds the batch needs. */
+static uint32_t stream_starts(struct serpens_ctx *ctx, struct ids_job *jobs, uint32_t nj,
+			      struct ids_stream **entry)
+{
+	const void *keys[SERPENS_BURST];
+	void *found[SERPENS_BURST];
+	uint8_t firsts[SERPENS_BURST];
+	uint32_t nf = 0, rounds = 1, gaps = 0;
+
+	for (uint32_t j = 0; j < nj; j++) {
+		entry[j] = NULL;
+		if (!jobs[j].stream)
+			continue;
+		for (int k = (int)j - 1; k >= 0; k--) {
+			if (jobs[k].stream && same_flow(jobs[k].flow, jobs[j].flow)) {
+				jobs[j].prev = (int8_t)k;
+				jobs[j].round = (uint8_t)(jobs[k].round + 1);
+				jobs[k].last = 0;
+				rounds = jobs[j].round + 1u > rounds ? jobs[j].round + 1u : rounds;
+				break;
+			}
+		}
+		if (jobs[j].prev < 0) {
+			keys[nf] = jobs[j].flow;
+			firsts[nf++] = (uint8_t)j;
+		}
+	}
+	if (nf)
+		ctx->api->get_state_bulk(ctx, t_streams, keys, nf, found);
+	for (uint32_t k = 0; k < nf; k++) {
+		struct ids_job *j = &jobs[firsts[k]];
+		struct ids_stream *st = found[k];
+		entry[firsts[k]] = st;
+		if (!st)
+			continue; /* a flow not seen yet: from the start */
+		if (st->set == auto_set && st->next_seq == j->seq && valid_state(st->state))
+			j->s = st->state;
+		else
+			gaps++;
+	}
+	for (uint32_t j = 0; j < nj; j++) /* a later segment's entry is its first one's */
+		if (jobs[j].prev >= 0)
+			entry[j] = entry[jobs[j].prev];
+	serpens_count(ctx, c_gaps, gaps);
+	return rounds;
+}
+
+/* Scan the batch, round by round when one flow has several segments in it: each round holds
+ * at most one segment of a flow and starts it where the one before ended. */
+static void scan_rounds(struct serpens_ctx *ctx, struct ids_job *jobs, uint32_t nj,
+			uint32_t rounds)
+{
+	struct ids_job part[SERPENS_BURST];
+	uint8_t where[SERPENS_BURST];
+	uint32_t gaps = 0;
+
+	if (rounds == 1) {
+		scan_jobs(jobs, nj);
+		return;
+	}
+	for (uint32_t r = 0; r < rounds; r++) {
+		uint32_t np = 0;
+		for (uint32_t j = 0; j < nj; j++) {
+			if (jobs[j].round != r)
+				continue;
+			if (r) {
+				const struct ids_job *before = &jobs[jobs[j].prev];
+				if (!before->match && before->next == jobs[j].seq)
+					jobs[j].s = before->s;
+				else if (!before->match)
+					gaps++;
+			}
+			where[np] = (uint8_t)j;
+			part[np++] = jobs[j];
+		}
+		scan_jobs(part, np);
+		for (uint32_t k = 0; k < np; k++)
+			jobs[where[k]] = part[k];
+	}
+	serpens_count(ctx, c_gaps, gaps);
+}
+
+/* Keep where each tracked flow's last segment of the batch left its scan. */
+static void stream_save(struct serpens_ctx *ctx, const struct ids_job *jobs, uint32_t nj,
+			struct ids_stream **entry)
+{
+	uint32_t full = 0;
+	for (uint32_t j = 0; j < nj; j++) {
+		if (!jobs[j].stream || !jobs[j].last)
+			continue;
+		struct ids_stream v = {.state = jobs[j].match ? 0 : jobs[j].s, .next_seq = jobs[j].next,
+				       .set = auto_set};
+		if (entry[j])
+			*entry[j] = v;
+		else if (ctx->api->put_state(ctx, t_streams, jobs[j].flow, &v, NULL) == SERPENS_ENOSPC)
+			full++;
+	}
+	serpens_count(ctx, c_stream_full, full);
+}
+
+/* ---- processing --------------------------------------------------------------------------- */
+
 static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 {
 	struct ids_job jobs[SERPENS_BURST];
-	uint32_t nj = 0, scanned = 0, bytes = 0;
+	struct ids_stream *entry[SERPENS_BURST];
+	const struct serpens_flow *ends[SERPENS_BURST];
+	uint32_t nj = 0, nends = 0, scanned = 0, bytes = 0;
 
 	for (uint32_t k = 0; k < b->count; k++) {
 		uint32_t i = b->idx[k];
 		const uint8_t *f = b->data[i];
 		const struct serpens_hdrs *h;
-		uint32_t off, n;
+		uint32_t off, n, seq = 0;
+		uint8_t flags = 0, tcp = 0;
 		switch (serpens_hdrs(ctx, b, i, &h)) { /* parsed once for the SFC */
 		case SERPENS_PARSE_OK:
 			off = h->payload_off;
 			n = h->payload_len;
+			if (t_streams >= 0 && tcp_segment(f, h, &seq, &flags)) {
+				tcp = 1;
+				if (flags & (TCP_FIN | TCP_RST))
+					ends[nends++] = &h->flow;
+			}
 			break;
 		case SERPENS_PARSE_FRAGMENT: /* no L4 header: the bytes after the fixed IP header */
 			off = h->l3_off + (h->family == 4 ? (f[h->l3_off] & 0xFu) * 4u : 40u);
@@ -590,24 +802,38 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 		}
 		scanned++;
 		bytes += n;
-		if (n)
-			jobs[nj++] = (struct ids_job){.p = f + off, .n = n, .i = (uint8_t)i};
+		if (!n)
+			continue;
+		jobs[nj] = (struct ids_job){.p = f + off, .n = n, .i = (uint8_t)i, .prev = -1,
+					    .last = 1};
+		if (tcp) {
+			jobs[nj].stream = 1;
+			jobs[nj].seq = seq;
+			jobs[nj].next = seq + n + !!(flags & TCP_SYN) + !!(flags & TCP_FIN);
+			jobs[nj].flow = &h->flow;
+		}
+		nj++;
 	}
 	serpens_count(ctx, c_scanned, scanned);
 	serpens_count(ctx, c_bytes, bytes);
-	if (!nj)
-		return;
 
-	scan_jobs(jobs, nj);
-	uint32_t matches = 0;
-	for (uint32_t j = 0; j < nj; j++) {
-		if (!jobs[j].match)
-			continue;
-		matches++;
-		suspicious(ctx, b, jobs[j].i);
+	if (nj) {
+		uint32_t rounds = t_streams >= 0 ? stream_starts(ctx, jobs, nj, entry) : 1;
+		scan_rounds(ctx, jobs, nj, rounds);
+		uint32_t matches = 0;
+		for (uint32_t j = 0; j < nj; j++) {
+			if (!jobs[j].match)
+				continue;
+			matches++;
+			suspicious(ctx, b, jobs[j].i);
+		}
+		serpens_count(ctx, c_matches, matches);
+		serpens_count(ctx, action == ACTION_DROP ? c_dropped : c_alerts, matches);
+		if (t_streams >= 0)
+			stream_save(ctx, jobs, nj, entry);
 	}
-	serpens_count(ctx, c_matches, matches);
-	serpens_count(ctx, action == ACTION_DROP ? c_dropped : c_alerts, matches);
+	for (uint32_t k = 0; k < nends; k++) /* the flow ended: its entry goes (absent: fine) */
+		ctx->api->delete_state(ctx, t_streams, ends[k]);
 }
 
 SERPENS_NF(.name = "ids", .init = init, .process = process,
