@@ -48,15 +48,21 @@ def _drain(stub, args) -> int:
     reply = stub.DrainNode(pb.DrainNodeRequest(node=args.name), timeout=args.timeout)
     print(f"node/{reply.node} cordoned" + (f"; runs {', '.join(reply.sfcs)}" if reply.sfcs
                                           else "; runs nothing"))
+    if reply.sfcs and not _others_take_placements(stub, args, reply.node):
+        print(f"serpensctl: warning: no other node takes placements (all cordoned or none "
+              f"registered): {', '.join(reply.sfcs)} stay on node/{reply.node} (Degraded) "
+              "until one does", file=sys.stderr)
     if not args.wait:
         return 0
     stays: set[str] = set()   # SFCs served from the node's own ports: they cannot move
     stuck: dict[str, str] = {}  # routed SFCs with nowhere to go -> why (their status's word)
+    lost = []                   # the node went away meanwhile: nothing is left to wait for
 
     def drained():
         running = _node_sfcs(stub, args, args.name)
         if running is None:
-            return False
+            lost.append(True)
+            return True
         for name in running:
             if name not in stays and not _routed(stub, args, name):
                 stays.add(name)
@@ -73,12 +79,19 @@ def _drain(stub, args) -> int:
         return set(running) <= stays | set(stuck)
 
     def finished():
+        if lost:
+            return f"node/{args.name} is not registered any more"
         if stuck:
             return f"node/{args.name} still runs " + ", ".join(sorted(stays | set(stuck)))
         return f"node/{args.name} drained: it runs " + \
             ("nothing" if not stays else "only " + ", ".join(sorted(stays)))
     code = _until(stub, args, drained, lambda: _drain_progress(stub, args, args.name),
                   finished)
+    if code == 0 and lost:
+        print(f"serpensctl: node/{args.name} not drained: it was lost (its agent stopped "
+              "answering); the flows it served went with it, its SFCs start elsewhere "
+              "(from their checkpoints, if they have any)", file=sys.stderr)
+        return EXIT_FAILED
     if code == 0 and stuck:
         print(f"serpensctl: node/{args.name} not drained: " + "; ".join(
             f"sfc/{n}: {why}" for n, why in sorted(stuck.items())), file=sys.stderr)
@@ -148,6 +161,13 @@ def _move(stub, args) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     return code
+
+
+def _others_take_placements(stub, args, node: str) -> bool:
+    """Whether a registered node other than `node` is not cordoned."""
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    return any(n.name != node and not n.cordoned
+               for n in stub.ListNodes(pb.ListNodesRequest(), timeout=args.timeout).nodes)
 
 
 def _node_sfcs(stub, args, node: str) -> list[str] | None:

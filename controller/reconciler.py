@@ -166,6 +166,9 @@ class Reconciler:
         self._peers_sent: dict = {}  # (sfc, node) -> the peers last given (controller/peers.py)
         self._unanswered_since: dict[str, float] = {}  # node registered, not answered yet
         self._gateway_names: set[str] = set()
+        # a gateway was registered since this process started: a routed SFC's flows may be
+        # pinned and their per-flow state must move behind a gateway's hold (_hand_over)
+        self._gateway_seen = False
         # routed sfc -> nodes that ran it before it was routed (run again with its tag)
         self._unrouted: dict[str, set[str]] = {}
         # sfc -> ((incarnation, generation), its parsed spec or None): routed SFCs' spec.vni,
@@ -245,6 +248,7 @@ class Reconciler:
             self.routes.load(self._records("route", self.keys.routes))
             registered = self._gateway_records()
             self._gateway_names = set(registered)
+            self._gateway_seen |= bool(registered)
             self.routes.gateways(registered)  # each gets this term's routes at once
             if not await _until(self.nodes.polled(), stop, lost):
                 return
@@ -299,6 +303,7 @@ class Reconciler:
             self.queue.add(name)
         elif kind == "gateway":  # pushed to when it comes (again) or reports an older term
             registered = self._gateway_records()
+            self._gateway_seen |= bool(registered)
             self.routes.gateways(registered)
             if set(registered) != self._gateway_names:  # SFCs may be routed now
                 self._gateway_names = set(registered)
@@ -840,6 +845,7 @@ class Reconciler:
         previous = self.routes.records.get(name)
         routed = {s.node: s for s in previous.servers} if previous is not None else {}
         gateway = self._gateway_records()
+        self._gateway_seen |= bool(gateway)
         gateway = gateway[min(gateway)][0].address if gateway else None
         # the targets join the route before any flow moves; the leaving still serve theirs
         with_leaving = replace(route, servers=tuple(sorted(
@@ -852,7 +858,11 @@ class Reconciler:
             source, to = self._endpoint(node), self._endpoint(target)
             try:
                 if node in routed:
-                    if gateway is not None:  # (none: no flow to hold, none pinned)
+                    if gateway is None and self._gateway_seen:
+                        raise drain.HandOverFailed(
+                            "no gateway is registered (it went away): its flows' per-flow "
+                            "state moves only behind a gateway's hold; waiting for one")
+                    if gateway is not None:  # (none ever: no flow to hold, none pinned)
                         if not await self.routes.settled(_CALL_TIMEOUT):
                             raise drain.HandOverFailed("the gateway has not taken the route "
                                                        f"with {target} yet")

@@ -15,6 +15,7 @@ import collections
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ import pytest
 from serpens.cli import multi
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from support.cluster import status, wait_until
+from support.cluster import Gateway, status, wait_until
 from support.etcd import serpensctl_config
 from support.gateway_bed import gateway_cluster
 from test_multinode_gateway import frames, mark, normalized
@@ -124,6 +125,7 @@ def test_drain_moves_every_flow_off_a_server_without_losing_a_packet(cluster):
     assert "node/s2 cordoned" in r.stdout and "node/s2 drained: it runs nothing" in r.stdout
     assert c.agents["s2"].sfcs() == {}, "s2 still runs an SFC"
     assert route(c) == {"s1"}
+    assert sum(moved_flows(c, "s2", "s1")) > 0, "s2 served no flow before the drain"
 
     nothing_lost(c, before, sent, got)
 
@@ -211,7 +213,7 @@ def test_move_sfc_moves_every_flow_to_one_server_without_losing_a_packet(cluster
     assert r.returncode == 0, r.stdout + r.stderr + c.controller.output()[-6000:]
     assert f"sfc/{SFC} moving to s2 (from s1, s2)" in r.stdout, r.stdout
     assert f"sfc/{SFC} moved to s2" in r.stdout, r.stdout
-    assert re.search(r"moved \d+ flows \(\d+ entries\) s1 -> s2", c.controller.output())
+    assert sum(moved_flows(c, "s1", "s2")) > 0, "s1 served no flow before the move"
     nothing_lost(c, before, sent, got)
 
 
@@ -235,3 +237,47 @@ def test_scale_in_moves_the_flows_of_the_server_that_joined_last(cluster):
     sent, got = stream.stop()
     assert list(status(stub, SFC).joined) == [first]
     nothing_lost(c, before, sent, got)
+
+
+def moved_flows(c, source: str, target: str) -> list[int]:
+    """The flows counted by each move source -> target the controller logged."""
+    return [int(n) for n in re.findall(rf"moved (\d+) flows \(\d+ entries\) {source} -> "
+                                       rf"{target}", c.controller.output())]
+
+
+def test_a_move_whose_gateway_goes_away_waits_for_one_and_keeps_the_flows_state(cluster):
+    """Review of issue 14: the gateway stops answering as `move sfc` starts (the hand-over
+    fails: it cannot take the route) and its record then expires: the source's per-flow state
+    moves only behind a gateway's hold, so the source keeps serving (with its state) until a
+    gateway is back, never stopped without handing its flows over; then the move goes on
+    and moves the source's per-flow entries before it stops."""
+    c = cluster
+    stub = c.controller.stub
+    stub.ApplySFC(pb.ApplySFCRequest(spec=multi.spread_sfc(2)), timeout=10)
+    wait_until(lambda: route(c) == set(SERVERS), 60, lambda: c.controller.output()[-4000:])
+    stream = Stream(c)
+    time.sleep(1.0)                                    # per-flow entries on both servers
+    stream.stop()
+    log_from = len(c.controller.output())
+    log = lambda: c.controller.output()[log_from:]  # noqa: E731 - this test's part
+    os.kill(c.gateway.proc.pid, signal.SIGSTOP)        # answers nothing, renews no lease
+    try:
+        stub.MoveSFC(pb.MoveSFCRequest(sfc=SFC, node="s1"), timeout=5)
+        wait_until(lambda: not stub.ListGateways(pb.ListGatewaysRequest(), timeout=5).gateways,
+                   30)
+        st = wait_until(lambda: "no gateway is registered (it went away)" in
+                        (s := status(stub, SFC)).message and s, 30,
+                        lambda: f"{status(stub, SFC)}\n{log()[-4000:]}")
+        time.sleep(2.0)                                # four resyncs: it keeps waiting
+        assert set(c.agents["s2"].sfcs()) == {SFC}, st
+        assert "stopped on node s2" not in log(), log()
+    finally:
+        c.gateway.kill()
+        c.gateway = None                               # (killed: not stopped at the end)
+    c.gateway = Gateway(c.etcd.endpoint, str(c.files / "gateway.yaml"),
+                        host=c.bed.address[multi.GATEWAY], netns=c.bed.ns[multi.GATEWAY])
+    entries = lambda: [int(n) for n in re.findall(  # noqa: E731
+        r"moved \d+ flows \((\d+) entries\) s2 -> s1", log())]
+    wait_until(lambda: entries() and "stopped on node s2, its state returned to s1" in log(),
+               60, lambda: log()[-4000:])
+    assert entries()[-1] > 0, "s2's per-flow entries did not move before it stopped"

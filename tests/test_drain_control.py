@@ -6,13 +6,18 @@ Checked: DrainNode/MoveSFC refuse unknown nodes and SFCs (NOT_FOUND), bad names
 cordoned node takes no placement until undrained, and `get nodes` says it is cordoned; a
 server leaving whose flows cannot be handed over (the gateway does not take the route with
 the target) keeps serving them, in the route, the SFC Degraded saying why."""
+import os
+import subprocess
+import time
+
 import grpc
 import pytest
 
 from serpens.common.keys import Keys
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
-from support.cluster import Controller, status, wait_until
+from support.cluster import BIN, Controller, status, wait_until
+from support.etcd import serpensctl_config
 from test_controller_api import serpensctl
 from test_reconcile_isolation import _delete, etcd_call
 from test_routes import apply, stored_route, weights, world  # noqa: F401 - a fixture
@@ -113,6 +118,27 @@ def test_a_leaving_server_whose_flows_cannot_move_keeps_serving_them(etcd, world
     assert agents["n1"].runs["web"].replicas == 2    # the target runs all the replicas
 
 
+def test_drain_wait_ends_when_the_node_is_lost(etcd, world, controller):  # noqa: F811
+    """Review of issue 14: `drain --wait` on a node whose agent goes away ends at once,
+    saying so (exit 1), instead of waiting out --wait-timeout."""
+    agents, register_gateway, report = world
+    register_gateway()
+    apply(controller, "web", 2)
+    report("n2", web=100.0)
+    p = subprocess.Popen([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
+                          "--server", controller.address, "drain", "node", "n2", "--wait",
+                          "--wait-timeout", "120"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        etcd_call(etcd, lambda store: _delete(store, Keys().node("n2")))   # its lease ended
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 1, (out, err)
+    assert "node/n2 not drained: it was lost" in err, err
+
+
 def test_an_sfc_on_one_node_is_never_placed_on_a_cordoned_one(world, controller):
     """Not routed (no gateway): placed on a node that is not cordoned, Pending (saying so)
     when every node is."""
@@ -146,6 +172,10 @@ def test_draining_the_last_node_leaves_the_sfc_where_it_is_and_says_so(etcd, wor
     apply(controller, "web", 2)                  # spread 2: n2 alone may take it
     wait_until(lambda: weights(gw.routes().get("web")) == {"n2": 2}, 20, controller.output)
     report("n2", web=100.0)                      # its agent's report: it runs web
+    r = serpensctl(controller.address, "drain", "node", "n2")     # not quietly
+    assert r.returncode == 0 and "node/n2 cordoned; runs web" in r.stdout, r.stdout
+    assert "warning: no other node takes placements" in r.stderr and \
+        "web stay on node/n2" in r.stderr, r.stderr
     r = serpensctl(controller.address, "drain", "node", "n2", "--wait", "--wait-timeout", "30")
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "sfc/web stays: cordoned n2 cannot be drained: no other live node" in r.stdout, \
