@@ -12,10 +12,13 @@ those in the Maglev slots A owns: half of all) move to B with all of A's per-flo
 moves.md), then back from B to A the stop-and-copy way (pause the NF, copy all its per-flow
 state, re-pin at once, resume). Figures, for each: move_ms (request to the last moved flow's
 held packets sent on to B, or to the NF's resume), lost_packets (into the gateway, never
-out), reordered_flows (a flow whose sequence numbers came out of order), paused_flows_max
+out, of those that arrived from the move's start on; lost_packets_run: of the whole run,
+warm-up and the time before the move included), reordered_flows (a flow whose sequence numbers came out of order), paused_flows_max
 (flows with a packet delayed beyond max(1 ms, 3 x the p99 before), during the move),
 before_p99_us and during_p99_us (arrival at the gateway to departure from it, for packets
-that arrived before / during the move). Serpens' go at the top level, the baseline's under
+that arrived before / during the move; a packet lost counts as delayed to the load's end),
+during_p99_delivered_us (the packets that came out only: the baseline's bounded buffer loses
+what a pause longer than it brings, and its lost packets would otherwise decide its p99). Serpens' go at the top level, the baseline's under
 stop_and_copy; `flows` is how many moved.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .common import BenchError, machine
 from .multinode import GATEWAY, GATEWAY_CPU, TAG, UNDERLAYS, Testbed
 
 KEYS = ("move_ms", "lost_packets", "reordered_flows", "paused_flows_max", "before_p99_us",
-        "during_p99_us")
+        "during_p99_us", "during_p99_delivered_us", "lost_packets_run")
 
 
 def add_arguments(p):

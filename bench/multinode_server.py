@@ -18,8 +18,9 @@ each with one JSON line:
   gateway_sfc, marker: wait for the gateway's marker of that id and for the SFC's packets
   before it, or 0: no wait; flow_keyed: only the tables keyed by a flow}: the per-flow
   entries of
-  those flows written to `path`), `import PATH` (insert them), `delete PATH` (delete those
-  keys here), `pause` / `resume` (the NF stops, its packets wait in the router's hold queue,
+  those flows written to `path`), `import PATH` (insert them), `delete PATH [SFC SLOTS]`
+  (delete those keys here; with the gateway SFC and Maglev slots: only the flow-keyed
+  entries of the flows in those slots), `pause` / `resume` (the NF stops, its packets wait in the router's hold queue,
   and starts again: the stop-and-copy baseline).
 When stdin closes: its router's counters as a last JSON line."""
 from __future__ import annotations
@@ -80,9 +81,20 @@ def _import(rig, sid, path) -> dict:
     return {"entries": n}
 
 
-def _delete(rig, sid, path) -> dict:
+def _delete(rig, sid, arg) -> dict:
+    """`delete PATH` the entries an export wrote there; `delete PATH SFC SLOTS_JSON`: of
+    those, the entries of the tables keyed by a flow whose flows are in the gateway SFC's
+    Maglev slots (the moving flows of an export of everything: no second export)."""
+    path, _, chosen = arg.partition(" ")
     with open(path, "rb") as f:
         moving = pickle.load(f)
+    if chosen:
+        gateway_sfc, _, slots = chosen.partition(" ")
+        slots = set(json.loads(slots))
+        moving = [(nf, ns, name, info,
+                   dp.gateway_flow_select(int(gateway_sfc), keys, values, slots)[0], b"")
+                  for nf, ns, name, info, keys, values in moving
+                  if info["key_size"] == peer_moves.FLOW_KEY_SIZE]
     state = StateManager(rig.state.name)
     return {"entries": sum(peer_moves.delete(state, namespace, name, keys)
                            for _, namespace, name, _, keys, _ in moving)}
