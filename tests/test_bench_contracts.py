@@ -164,6 +164,9 @@ def test_sfc_bench_json_contract():
     r = _bench("sfc", "--seconds", "0.05", "--warmup", "0.05", "--flows", "1000")
     assert r["sfc_mpps"] > 0 and r["null_sfc_mpps"] > 0 and r["testpmd_mpps"] > 0
     assert r["sfc_mpps_scraped"] > 0 and r["scrapes"] >= 1   # the same search, scraped
+    pairs = r["scraped_vs_unscraped_pairs"]   # in turns with as many searches without
+    assert len(pairs) == 3 and r["scraped_vs_unscraped"] == sorted(pairs)[1]
+    assert r["sfc_mpps_unscraped_paired"] > 0
     assert 0 < r["latency_us"]["p50"] <= r["latency_us"]["p99"]
     assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
