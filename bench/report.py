@@ -231,6 +231,9 @@ def rows_fig12(r):
         if "latency_reduction_vs_redis" in f:
             rows.append((f"{nf.upper()} mean latency reduction vs Fission", paper[1],
                          _pct(f["latency_reduction_vs_redis"])))
+        if "latency_reduction_p50_vs_redis" in f:
+            rows.append((f"{nf.upper()} median latency reduction vs Fission", "-",
+                         _pct(f["latency_reduction_p50_vs_redis"])))
     if "mon" in r:
         rows.append(("MON throughput, Serpens / SNF", "24.3x", _x(r["mon"]["serpens_vs_snf"])))
         if "latency_reduction_vs_snf" in r["mon"]:
@@ -265,6 +268,9 @@ def rows_fig15(r):
             rows.append((f"throughput, Serpens / {label}", paper[key][0], _x(r[key]["speedup"])))
             rows.append((f"mean latency reduction vs {label}", paper[key][1],
                          _pct(r[key]["latency_reduction"])))
+            if "latency_reduction_p50" in r[key]:
+                rows.append((f"median latency reduction vs {label}", "-",
+                             _pct(r[key]["latency_reduction_p50"])))
     if "serpens" in r:
         rows += [("Serpens SFC throughput", "2.4 Mpps", f"{r['serpens']['mpps']} Mpps"),
                  ("Serpens SFC mean latency", "83 us", f"{r['serpens']['latency_us']['mean']} us")]

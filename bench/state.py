@@ -348,6 +348,9 @@ def run(args, lose_state=None) -> dict:
                     figures[f"latency_reduction_vs_{backend}"] = round(
                         1 - figures["latency_us"]["serpens"]["mean"]
                         / figures["latency_us"][backend]["mean"], 3)
+                    figures[f"latency_reduction_p50_vs_{backend}"] = round(
+                        1 - figures["latency_us"]["serpens"]["p50"]
+                        / figures["latency_us"][backend]["p50"], 3)
                 image.close()
                 result[name] = figures
             rx.free()
