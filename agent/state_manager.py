@@ -117,7 +117,7 @@ class StateManager:
     def _check_shape(self, nf: str, table: str, data: bytes):
         if "@" in table or not os.path.exists(self.path(nf, table)):
             return  # replicas are the instances' own; a new table has no shape yet
-        with open(self.path(nf, table), "rb") as f:
+        with open(self.path(nf, table), "rb", buffering=0) as f:   # (2 MiB if buffered)
             have = f.read(_HDR_SHAPE_END)
         if have[16:] != data[16:_HDR_SHAPE_END]:
             raise StateError(f"table {table}: another shape (flags, key, value or capacity) "

@@ -66,6 +66,7 @@ class Scraper:
     the router's latency sampling armed, as the agent's --metrics does) until close()."""
 
     def __init__(self, node, period: float = 1.0):
+        self.node = node
         self.server = MetricsServer("127.0.0.1:0", NodeCollector(node), None)
         start_latency(node)
         self.url = f"http://127.0.0.1:{self.server.port}/metrics"
@@ -89,5 +90,6 @@ class Scraper:
         self._stop.set()
         self._thread.join(10)
         self.server.close()
+        self.node.router.latency_stop()   # unscraped runs after this one sample nothing
         if self.error is not None:
             raise RuntimeError(f"scraping {self.url} failed: {self.error}") from self.error

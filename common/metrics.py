@@ -59,20 +59,23 @@ def check_flag(ap: argparse.ArgumentParser, listen: str, identity: Identity | No
 
 
 class Yielding:
-    """A collector whose scrapes run at SCRAPE_NICE: prometheus_client serves each request on
-    a thread of its own, which lowers its priority before it reads and formats anything, so
-    a scrape on a CPU an instance shares waits for the instance, never the other way round
-    (at an equal priority the kernel hands the scrape slices of several ms)."""
+    """A collector whose scrapes are formatted at SCRAPE_NICE: prometheus_client serves each
+    request on a thread of its own. The collector reads (taking the component's locks, e.g.
+    the agent's router lock or the gateway servicer's) at the thread's normal priority, then
+    the thread lowers its priority for the rest (formatting the text), so a scrape on a CPU
+    an instance shares waits for the instance (at an equal priority the kernel hands it
+    slices of several ms) and never holds a lock others wait on while it waits."""
 
     def __init__(self, collector):
         self.collector = collector
 
     def collect(self):
+        families = list(self.collector.collect())
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SCRAPE_NICE)
         except OSError:
-            pass   # not allowed to: scrape at the priority it has
-        return self.collector.collect()
+            pass   # not allowed to: format at the priority it has
+        return families
 
 
 class MetricsServer:

@@ -333,6 +333,11 @@ cdef class Router:
         serpens_fence()
         self.r.lat_on = 1
 
+    def latency_stop(self):
+        """Sample no more (latency() is None from now on)."""
+        self.r.lat_on = 0
+        serpens_fence()
+
     def latency(self):
         """(bounds in seconds, counts per bucket (the last: above every bound), sum in
         seconds) of the samples so far; None when sampling is off."""

@@ -1,6 +1,7 @@
-"""common/metrics.MetricsServer: a scrape reads and formats at SCRAPE_NICE, on a thread of
-its own, so it yields to the instances that share its CPU; the process's other threads keep
-their priority."""
+"""common/metrics.MetricsServer: a scrape reads (takes the component's locks) at the
+thread's normal priority, then formats at SCRAPE_NICE, on a thread of its own, so it yields
+to the instances that share its CPU without holding a lock while niced; the process's other
+threads keep their priority."""
 import os
 import threading
 import urllib.request
@@ -13,30 +14,47 @@ from serpens.common.metrics import SCRAPE_NICE, MetricsServer
 pytestmark = pytest.mark.unit
 
 
+def nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+class Samples(list):
+    """A family's samples that note the priority they are formatted at."""
+
+    def __init__(self, samples, seen):
+        super().__init__(samples)
+        self.seen = seen
+
+    def __iter__(self):
+        self.seen.append(("format", nice()))
+        return super().__iter__()
+
+
 class Recording:
-    """A collector that reports the priority of the thread that collects it."""
+    """A collector that notes the priority it collects at (where it would take locks)."""
 
     def __init__(self):
         self.seen = []
 
     def collect(self):
-        nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        self.seen.append(nice)
-        g = GaugeMetricFamily("serpens_test_nice", "the collecting thread's nice value")
-        g.add_metric([], nice)
+        self.seen.append(("collect", nice()))
+        g = GaugeMetricFamily("serpens_test_value", "a value")
+        g.add_metric([], 1.0)
+        g.samples = Samples(g.samples, self.seen)
         yield g
 
 
-def test_a_scrape_runs_at_scrape_nice_and_leaves_the_process_alone():
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+def test_a_scrape_collects_at_its_priority_and_formats_at_scrape_nice():
+    own = nice()
     collector = Recording()
     server = MetricsServer("127.0.0.1:0", collector, None)
     try:
         for _ in range(2):
             with urllib.request.urlopen(server.url, timeout=10) as r:
-                body = r.read().decode()
-            assert f"serpens_test_nice {float(SCRAPE_NICE)}" in body
+                assert "serpens_test_value 1.0" in r.read().decode()
     finally:
         server.close()
-    assert collector.seen == [SCRAPE_NICE, SCRAPE_NICE]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    assert [w for w, _ in collector.seen] == ["collect", "format"] * 2
+    assert all(n == (own if w == "collect" else SCRAPE_NICE) for w, n in collector.seen), \
+        collector.seen
+    assert nice() == own
