@@ -195,8 +195,12 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         _wait(lambda: _leader(cl, etcd) == "c2", 30, "c2 leading", poll=0.01)
         failover_s = time.perf_counter() - t0
-        time.sleep(0.2)
-        traffic_kept = sfc_on_agent("scaled").out > out_before
+        # the node kept sending: its SFC's count went on (read from the agent, whose figures
+        # may lag by a report; a stop longer than this is what the figure is for)
+        deadline = time.perf_counter() + 5.0
+        while not (traffic_kept := sfc_on_agent("scaled").out > out_before) and \
+                time.perf_counter() < deadline:
+            time.sleep(0.1)
         delete_stub = serpens_pb2_grpc.SerpensStub(cl.channel(apis["c2"]))
         delete_stub.DeleteSFC(pb.DeleteSFCRequest(name="scaled"), timeout=10)
         cl.procs.pop("agent").send_signal(signal.SIGTERM)  # quiet CPUs for the API rate
