@@ -155,7 +155,9 @@ def test_an_sfc_on_one_node_is_never_placed_on_a_cordoned_one(world, controller)
     assert not agents["n1"].runs
     stub.DrainNode(pb.DrainNodeRequest(node="n2"), timeout=5)
     stub.ApplySFC(pb.ApplySFCRequest(spec=local % ("d", 20)), timeout=5)
-    st = wait_until(lambda: (s := status(stub, "d")).message and s, 20, controller.output)
+    # (its first status may be "not placed yet", before a pass weighed the nodes)
+    st = wait_until(lambda: "cordoned" in (s := status(stub, "d")).message and s, 20,
+                    controller.output)
     assert st.phase == "Pending" and "n1: cordoned" in st.message and \
         "n2: cordoned" in st.message, st
     assert status(stub, "a").node == "n2"     # what runs stays (it cannot move: its ports)
