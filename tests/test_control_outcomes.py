@@ -109,12 +109,18 @@ def checkpointed(stub, name: str, replicas: int):
     stub.Scale(pb.ScaleRequest(sfc=name, replicas=replicas), timeout=5)
 
 
-def test_a_lost_nodes_place_is_taken_by_a_node_restoring_its_checkpoint(etcd, world, controller):  # noqa: F811
+def checkpointed_on_two(world, controller):  # noqa: F811
+    """SFC "ck" (checkpoint_s 1) behind a gateway, on n1 and n2: (agents, the API stub)."""
     agents, register_gateway, _ = world
     register_gateway()
     stub = controller.stub
     checkpointed(stub, "ck", 2)
     wait_until(lambda: len(status(stub, "ck").nodes) == 2, 20, controller.output)
+    return agents, stub
+
+
+def test_a_lost_nodes_place_is_taken_by_a_node_restoring_its_checkpoint(etcd, world, controller):  # noqa: F811
+    agents, stub = checkpointed_on_two(world, controller)
     assert {n: agents[n].runs["ck"].checkpoint_to for n in ("n1", "n2")} == \
         {"n1": "n2", "n2": "n1"}
     n3 = FakeAgent("n3")                          # a third node, free
@@ -137,11 +143,7 @@ def test_a_lost_nodes_place_is_taken_by_a_node_restoring_its_checkpoint(etcd, wo
 
 
 def test_a_lost_nodes_checkpoint_no_node_can_restore_is_said(etcd, world, controller):  # noqa: F811
-    agents, register_gateway, _ = world
-    register_gateway()
-    stub = controller.stub
-    checkpointed(stub, "ck", 2)
-    wait_until(lambda: len(status(stub, "ck").nodes) == 2, 20, controller.output)
+    agents, stub = checkpointed_on_two(world, controller)
     etcd_call(etcd, lambda store: _delete(store, Keys().node("n2")))   # n2 is lost
     st = wait_until(lambda: (s := status(stub, "ck")).restored_of and s, 20,
                     controller.output)
