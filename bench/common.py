@@ -49,6 +49,30 @@ def cpu_stalls(seconds: float = 1.0, cpus=(0, 1)) -> dict:
     return out
 
 
+# The round trip of a cache line between the router's and the instances' CPUs
+# (dp.cpu_link_ns) above which the host has placed them apart: on this VM it is 65-210 ns
+# while the two vCPUs share a cache and 340-470 ns while they do not (2026-12-01), and every
+# rate that hands packets between them follows it (the empty SFC: 37 vs 14 Mpps).
+LINK_FAR_NS = 250.0
+LINK_CPUS = (0, 1)
+
+
+def cpu_link() -> tuple[str | None, float | None]:
+    """How the host has placed the benchmark's two CPUs right now: ("near" | "far", round
+    trip ns), or (None, None) on a machine with one CPU or when the probe timed out."""
+    from serpens.runtime_cy import _dataplane as dp
+
+    if (os.cpu_count() or 1) <= max(LINK_CPUS):
+        return None, None
+    for _ in range(3):  # a probe times out when the host holds one of the CPUs for 20 ms
+        ns = dp.cpu_link_ns(*LINK_CPUS)
+        if ns is not None:
+            break
+    else:
+        return None, None
+    return ("far" if ns >= LINK_FAR_NS else "near"), ns
+
+
 def stall_rates(gaps: int, total_us: float, max_us: float, elapsed_us: float) -> dict:
     """One CPU's stall_probe figures per second of the time that actually passed: a gap that
     overran the nominal probe time counts in both, so ms lost per s never exceeds 1000."""

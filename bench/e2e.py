@@ -47,6 +47,7 @@ from .chain import summary
 from .common import BenchError, cpu_stalls, machine
 from .forked import ForkedHop
 from .rig import INSTANCE_CPU, PROXY, Hop, Rig, flow_frames
+from .search import same_link_ratio
 from .sfc import LOSS_LIMIT, build_images, measure_started
 from .state import NF_CONFIGS, check_frames
 
@@ -186,11 +187,12 @@ def check_equivalence(rig: Rig, platforms, plats: _Platforms, frames, settings,
 
 
 def measure_platform(rig: Rig, plats: _Platforms, platform: str, settings: dict,
-                     seconds: float) -> dict:
+                     seconds: float, latency_link: str | None = None) -> dict:
     _use(rig, settings)
     rig.start(plats.hops(platform), ring_size=settings["ring_size"], instances=0)
     try:
-        m = measure_started(rig, seconds, latency_mpps=0, loss_key="lost")
+        m = measure_started(rig, seconds, latency_mpps=0, loss_key="lost",
+                            latency_link=latency_link)
         _check_hops(rig, platform)
         forks = [h.forks for h in rig.managers if isinstance(h, ForkedHop)]
     finally:
@@ -202,7 +204,8 @@ def measure_platform(rig: Rig, plats: _Platforms, platform: str, settings: dict,
     lat = m["latency_us"]
     out = {"mpps": m["mpps"], "latency_us": {"p50": lat["p50"], "p99": lat["p99"],
                                              "mean": lat["mean"]},
-           "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"]}
+           "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"],
+           "latency_link": m["latency_link"]}
     if forks:  # children forked per NF while measured (a child ends when its ring idles)
         out["forks"] = forks
     # the search's own extra figures (trials, spread), whatever sfc.py reports
@@ -229,7 +232,8 @@ def measure_gateway(args) -> dict:
     lat = m["latency_us"]
     return {"mpps": m["mpps"], "latency_us": {"p50": lat["p50"], "p99": lat["p99"],
                                               "mean": lat["mean"]},
-            "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"]}
+            "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"],
+           "latency_link": m["latency_link"]}
 
 
 def platform_settings(args) -> dict:
@@ -277,7 +281,9 @@ def run(args, baseline_nfs=NFS) -> dict:
             outputs = check_equivalence(rig, platforms, plats,
                                         check_frames(args.check_flows), settings)
             for platform in platforms:
-                row = measure_platform(rig, plats, platform, settings[platform], args.seconds)
+                # every platform's latency in the CPU placement Serpens' was measured in
+                row = measure_platform(rig, plats, platform, settings[platform], args.seconds,
+                                       result.get("serpens", {}).get("latency_link"))
                 row["output"] = outputs[platform]
                 result[platform] = row
     finally:
@@ -296,7 +302,11 @@ def run(args, baseline_nfs=NFS) -> dict:
     ref = result["serpens"]
     for base in platforms[1:]:
         row = result[base]
-        row["speedup"] = round(ref["mpps"] / row["mpps"], 2)
+        # in a CPU placement both were searched in (bench/search.py), else "mixed"
+        speedup, link = same_link_ratio({"by_link": ref["mpps_by_link"]},
+                                        {"by_link": row["mpps_by_link"]})
+        row["speedup"] = round(speedup if speedup else ref["mpps"] / row["mpps"], 2)
+        row["speedup_link"] = link or "mixed"
         row["latency_reduction"] = round(1 - ref["latency_us"]["mean"] /
                                          row["latency_us"]["mean"], 3)
         row["latency_reduction_p50"] = round(1 - ref["latency_us"]["p50"] /

@@ -24,7 +24,9 @@ the overhead of the gateway and the VXLAN hop, not scaling. Figures:
 - single_mpps: bench sfc's figure for the same SFC on one node without a gateway (router on
   CPU 1, instance on CPU 0, net_pcap -> net_null); latency_us.single at the load multi's
   latency was measured at;
-- ratio = multi_mpps / single_mpps (goal >= 0.7); return_ratio likewise for multi_return.
+- ratio = multi_mpps / single_mpps (goal >= 0.7); return_ratio likewise for multi_return;
+  each in the first placement of the CPUs both were searched in (bench/search.py: the host
+  moves this VM's two vCPUs apart and together; ratio_link names it, None if they share none).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import tempfile
 
 from .common import BenchError, cpu_stalls, machine
 from .rig import Rig, flow_frames
+from .search import same_link_ratio
 from .sfc import fw_mon_nat, measure
 
 UNDERLAYS = ("memif", "af_packet")
@@ -146,12 +149,18 @@ def run(args) -> dict:
     try:
         stalls = cpu_stalls()
         single = measure(rig, sfc, args.seconds, latency_mpps=m.get("latency_mpps", 0),
-                         loss_key="lost", instances=REPLICAS)
+                         loss_key="lost", instances=REPLICAS,
+                         latency_link=m.get("latency_link"))
     finally:
         rig.close()
         for image in images:
             image.close()
     lat = ("p50", "p99", "p99_9")
+    # compared in one placement of the CPUs (bench/search.py)
+    ratio, ratio_link = same_link_ratio({"by_link": m["mpps_by_link"]},
+                                        {"by_link": single["mpps_by_link"]})
+    return_ratio, return_link = same_link_ratio({"by_link": mr["mpps_by_link"]},
+                                                {"by_link": single["mpps_by_link"]})
     return {"machine": dict(machine(), stalls=stalls),
             "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                        "warmup": args.warmup, "sfc": "fw->mon->nat", "servers": 2,
@@ -169,10 +178,13 @@ def run(args) -> dict:
             "gateway_mpps": multi["gateway_mpps"], "encap_ns": multi["encap_ns"],
             "multi_mpps": m["mpps"], "single_mpps": single["mpps"],
             "multi_mpps_trials": m["mpps_trials"], "single_mpps_trials": single["mpps_trials"],
-            "ratio": round(m["mpps"] / single["mpps"], 3) if single["mpps"] else None,
+            "multi_mpps_link": m["mpps_link"], "single_mpps_link": single["mpps_link"],
+            "mpps_by_link": {"multi": m["mpps_by_link"], "multi_return": mr["mpps_by_link"],
+                             "single": single["mpps_by_link"]},
+            "ratio": ratio, "ratio_link": ratio_link,
             # the SFC's output back through the gateway (`output: gateway`)
             "multi_return_mpps": mr["mpps"], "multi_return_mpps_trials": mr["mpps_trials"],
-            "return_ratio": round(mr["mpps"] / single["mpps"], 3) if single["mpps"] else None,
+            "return_ratio": return_ratio, "return_ratio_link": return_link,
             # unpaced (the source never runs dry): what each carries losing what it must
             "capacity_mpps": {"multi": m["capacity_mpps"], "multi_return": mr["capacity_mpps"],
                               "single": single["capacity_mpps"]},

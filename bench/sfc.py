@@ -34,21 +34,20 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
+import time
 
 from serpens import nfs
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import cpu_stalls, machine
+from .common import BenchError, cpu_link, cpu_stalls, machine
 from .rig import Rig, flow_frames, write_pcap
 from .scrape import RigNode, Scraper
+from .search import (LOSS_LIMIT, SEARCHES, TRIES, linked_run, same_link_ratio, search,
+                     trials_summary)
 from .state import NF_CONFIGS
 
 NULL_NF = os.path.join(os.path.dirname(__file__), "nfs", "null.c")
-LOSS_LIMIT = 0.001
-SEARCHES = 3  # independent searches per figure: the figure is their median
-TRIES = 2     # trials per search point: it passes if one of them does
-STEPS = 5     # halvings per search: to capacity/64
 
 
 def add_arguments(p):
@@ -58,82 +57,6 @@ def add_arguments(p):
     p.add_argument("--flows", type=int, default=10000)
     p.add_argument("--searches", type=int, default=SEARCHES,
                    help="independent loss-limited searches per figure (the figure: median)")
-
-
-def passes(rig: Rig, mpps: float, seconds: float, tries: int = TRIES,
-           loss_key: str = "loss") -> dict | None:
-    """A trial at `mpps` losing under LOSS_LIMIT, of up to `tries` (a host pause longer than
-    the emulated input queue holds loses packets at any rate): the passing trial or None.
-    loss_key: the trial's figure judged ("loss": arrivals the input lost; "lost": every
-    packet that did not come out, wherever it was dropped)."""
-    for _ in range(tries):
-        trial = rig.run_at(mpps * 1e6, seconds)
-        if trial[loss_key] < LOSS_LIMIT:
-            return trial
-    return None
-
-
-def capacity_mpps(rig, seconds: float) -> float:
-    """Unpaced throughput (the source never runs dry), the better of two runs."""
-    return max(rig.run_at(0, seconds)["mpps"] for _ in range(2))
-
-
-def search_once(rig, seconds: float, capacity: float, steps: int = STEPS,
-                loss_key: str = "loss", tries: int = TRIES) -> tuple[float, dict | None]:
-    """One binary search for the highest rate (Mpps) passing below `capacity` (RFC 2544
-    style): capacity itself, then its upper half (where the rate lies unless the input loses
-    packets at loads the SFC carries), then the lower half if nothing there passed.
-    (rate, its trial); (0, None) if nothing passed."""
-    trial = passes(rig, capacity, seconds, tries, loss_key)
-    if trial:
-        return capacity, trial
-    # the upper half's floor is assumed; the lower half (twice as wide) takes a step more
-    for lo, hi, halvings in ((capacity / 2, capacity, steps), (0.0, capacity / 2, steps + 1)):
-        best, best_trial = 0.0, None
-        for _ in range(halvings):
-            mid = (lo + hi) / 2
-            trial = passes(rig, mid, seconds, tries, loss_key)
-            if trial:
-                lo, best, best_trial = mid, mid, trial
-            else:
-                hi = mid
-        if best_trial is not None:
-            return best, best_trial
-    return 0.0, None
-
-
-def trials_summary(values: list[float]) -> dict:
-    """A searched figure's trials as the bench JSON gives them (DESIGN §5, X_mpps_trials)."""
-    values = [round(v, 3) for v in values]
-    lo, hi = min(values), max(values)
-    return {"values": values, "median": statistics.median_low(values), "min": lo, "max": hi,
-            "spread": round(hi / lo, 3) if lo else None}
-
-
-def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
-           searches: int = SEARCHES, tries: int = TRIES) -> dict:
-    """`searches` independent searches, each below its own capacity measurement (one the
-    host paused would cap every search): {"mpps": their median, "trial": the median
-    search's passing trial, "capacity": the highest capacity measured, "trials": the
-    trials_summary()}."""
-    found, capacity = [], 0.0
-    for _ in range(max(1, searches)):
-        cap = capacity_mpps(rig, seconds)
-        capacity = max(capacity, cap)
-        found.append(search_once(rig, seconds, cap, steps, loss_key, tries))
-    median = statistics.median_low([rate for rate, _ in found])
-    trial = next(t for rate, t in found if rate == median)
-    return {"mpps": median, "trial": trial, "capacity": capacity,
-            "trials": trials_summary([rate for rate, _ in found])}
-
-
-def max_rate(rig: Rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
-             searches: int = SEARCHES, tries: int = TRIES) -> tuple[float, dict, float]:
-    """Highest offered rate (Mpps) with loss under LOSS_LIMIT, the median of `searches`
-    binary searches below the unpaced capacity; (rate, its trial, the unpaced capacity).
-    search() gives every search's figure too."""
-    found = search(rig, seconds, steps, loss_key, searches, tries)
-    return found["mpps"], found["trial"], found["capacity"]
 
 
 def nf_cycles(rig: Rig, seconds: float, windows: int = 5) -> dict:
@@ -171,13 +94,16 @@ def nf_cycles(rig: Rig, seconds: float, windows: int = 5) -> dict:
 
 def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
             loss_key: str = "loss", instances: int = 1, scraped: bool = False,
-            searches: int = SEARCHES, cycles: bool = False) -> dict:
-    """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate); with
+            searches: int = SEARCHES, cycles: bool = False,
+            latency_link: str | None = None) -> dict:
+    """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate; in
+    the placement `latency_link` if given: measure_started); with
     `scraped`, the max rate again under a 1 Hz metrics scraper ("mpps_scraped"); with
     `cycles`, each NF's cycles per packet ("nf_cycles")."""
     rig.start([sfc], instances=instances)
     try:
-        out = measure_started(rig, seconds, latency_mpps, loss_key, searches=searches)
+        out = measure_started(rig, seconds, latency_mpps, loss_key, searches=searches,
+                              latency_link=latency_link)
         if cycles:
             out["nf_cycles"] = nf_cycles(rig, seconds)
         if scraped:
@@ -192,48 +118,85 @@ def scraped_pairs(rig, seconds: float, loss_key: str, searches: int) -> dict:
     turns (a search without, then one with): this VM's slow spells, which take a third off
     any rate, then fall on both alike. "mpps_scraped" and "mpps_unscraped" are the medians;
     "scraped_vs_unscraped" is the median of the pairs' ratios (a spell that begins or ends
-    between the two searches of a pair skews that pair alone)."""
+    between the two searches of a pair skews that pair alone), over the pairs whose two
+    searches ran with the CPUs placed alike (search.py; another pair's ratio is None)."""
     plain, watched, scrapes = [], [], 0
     for _ in range(max(1, searches)):
-        plain.append(search(rig, seconds, loss_key=loss_key, searches=1)["mpps"])
+        plain.append(search(rig, seconds, loss_key=loss_key, searches=1))
         scraper = Scraper(RigNode(rig, "fw-mon-nat"), period=1.0)
         try:
-            watched.append(search(rig, seconds, loss_key=loss_key, searches=1)["mpps"])
+            watched.append(search(rig, seconds, loss_key=loss_key, searches=1))
             scrapes += scraper.scrapes
         finally:
             scraper.close()
-    without, with_ = trials_summary(plain), trials_summary(watched)
+    pairs = [same_link_ratio(w, p)[0] for p, w in zip(plain, watched)]
+    ratios = [r for r in pairs if r is not None]
+    without = trials_summary([p["mpps"] for p in plain])
+    with_ = trials_summary([w["mpps"] for w in watched])
     return {"mpps_scraped": with_["median"], "mpps_scraped_trials": with_,
             "mpps_unscraped": without["median"], "mpps_unscraped_trials": without,
-            "scraped_vs_unscraped": round(statistics.median(
-                w / p for p, w in zip(plain, watched)), 3) if all(plain) else None,
-            "scraped_vs_unscraped_pairs": [round(w / p, 3) if p else None
-                                           for p, w in zip(plain, watched)],
-            "scrapes": scrapes}
+            "scraped_vs_unscraped": round(statistics.median(ratios), 3) if ratios else None,
+            "scraped_vs_unscraped_pairs": pairs, "scrapes": scrapes}
 
 
 def measure_started(rig, seconds: float, latency_mpps: float | None = None,
-                    loss_key: str = "loss", searches: int = SEARCHES) -> dict:
+                    loss_key: str = "loss", searches: int = SEARCHES,
+                    latency_link: str | None = None) -> dict:
     """measure() on a rig carrying its SFC already: anything with run_at() as Rig has.
-    "mpps" is the median of `searches` searches, "mpps_trials" all of them."""
+    "mpps" is the median of `searches` searches in one placement of the CPUs ("link"),
+    "mpps_trials" all of them, "mpps_by_link" each placement's (bench/search.py). Latency
+    (latency_mpps 0) is measured at 80% of the figure of the placement it runs in."""
     found = search(rig, seconds, loss_key=loss_key, searches=searches)
     rate, trial = found["mpps"], found["trial"]
     out = {"mpps": round(rate, 3), "loss": trial[loss_key] if trial else None,
-           "capacity_mpps": round(found["capacity"], 3), "mpps_trials": found["trials"]}
-    if latency_mpps is not None and (latency_mpps or rate):  # the median p99 of three runs
-        load = (latency_mpps or 0.8 * rate) * 1e6
-        runs = [rig.run_at(load, seconds, log=int(load * seconds * 1.5)) for _ in range(3)]
-        # a run the VM stalled through may sample nothing (p99 None): the median of those
-        # that sampled, another run if none did
-        sampled = sorted((r for r in runs if r["latency_us"]["p99"] is not None),
-                         key=lambda r: r["latency_us"]["p99"])
-        if not sampled:
-            sampled = [rig.run_at(load, seconds, log=int(load * seconds * 1.5))]
-        median = sampled[(len(sampled) - 1) // 2]
-        out["latency_us"] = median["latency_us"]
-        out["latency_loss"] = median[loss_key]
-        out["latency_mpps"] = round(load / 1e6, 3)
+           "capacity_mpps": round(found["capacity"], 3), "mpps_trials": found["trials"],
+           "mpps_link": found["link"], "mpps_by_link": found["by_link"],
+           "mpps_moved": found["moved"]}
+    if latency_mpps is not None and (latency_mpps or rate):
+        out.update(latency_at(rig, seconds, found, latency_mpps, loss_key, latency_link))
     return out
+
+
+LATENCY_RUNS = 3  # the median p99 of three runs
+LINK_WAIT_S = 10.0  # how long a latency run waits for a placement the search has a figure in
+
+
+def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: str,
+               want_link: str | None = None) -> dict:
+    """Latency at `latency_mpps` (0: 80% of the searched figure of the placement each run
+    finds the CPUs in): the median-p99 run of LATENCY_RUNS that ran in one placement (a run
+    the host moved the CPUs during is run again, up to 3 times as many; then the placement's
+    runs are those that ran whole); with `want_link`, runs wait up to LINK_WAIT_S for that
+    placement (a latency compared with another figure's). {"latency_us", "latency_loss",
+    "latency_mpps", "latency_link"}."""
+    runs: dict = {}
+    link, _ = cpu_link()
+    wait_until = time.monotonic() + LINK_WAIT_S
+    for _ in range(3 * LATENCY_RUNS):
+        while ((want_link and link != want_link)
+               or (not latency_mpps and link not in found["by_link"])):
+            if time.monotonic() > wait_until:  # the headline's figure, tagged as it ran
+                break
+            time.sleep(0.1)  # a placement the search found no figure in: wait for another
+            link, _ = cpu_link()
+        figure = found["by_link"].get(link, {"mpps": found["mpps"]})["mpps"]
+        mpps = latency_mpps or 0.8 * figure
+        load = mpps * 1e6
+        ran_in, link, run = link, *linked_run(rig, load, seconds, link,
+                                              log=int(load * seconds * 1.5))
+        # a run the VM stalled through may sample nothing (p99 None)
+        if run is not None and run["latency_us"]["p99"] is not None:
+            run["mpps"] = mpps
+            runs.setdefault(ran_in, []).append(run)
+            if len(runs[ran_in]) == LATENCY_RUNS:
+                break
+    if not runs:
+        raise BenchError("bench: no latency run sampled a packet in one placement of the CPUs")
+    ran_in = max(runs, key=lambda k: len(runs[k]))
+    sampled = sorted(runs[ran_in], key=lambda r: r["latency_us"]["p99"])
+    median = sampled[(len(sampled) - 1) // 2]
+    return {"latency_us": median["latency_us"], "latency_loss": median[loss_key],
+            "latency_mpps": round(median["mpps"], 3), "latency_link": ran_in}
 
 
 def build_images(null: bool = False) -> dict:
@@ -264,12 +227,15 @@ def run(args) -> dict:
         fmn = measure(rig, sfc, args.seconds, latency_mpps=0, scraped=True, cycles=True,
                       searches=args.searches)
         # the same load through an empty SFC: the latency floor of router, instance and VM
-        null = measure(rig, null_sfc, args.seconds, latency_mpps=0.8 * fmn["mpps"] or None,
-                       searches=args.searches)
+        null = measure(rig, null_sfc, args.seconds, latency_mpps=fmn.get("latency_mpps"),
+                       searches=args.searches, latency_link=fmn.get("latency_link"))
     finally:
         rig.close()
         for image in images.values():
             image.close()
+    # the two SFCs compared in one placement of the CPUs (search.py)
+    vs_null, vs_null_link = same_link_ratio({"by_link": fmn["mpps_by_link"]},
+                                            {"by_link": null["mpps_by_link"]})
     from .testpmd import testpmd_mpps
     with tempfile.TemporaryDirectory(prefix="serpens-bench-testpmd-") as tmp:
         pcap = os.path.join(tmp, "traffic.pcap")
@@ -285,7 +251,8 @@ def run(args) -> dict:
                        "cores": "router cpu 1, instance cpu 0; testpmd one forwarding core",
                        "ports": "net_pcap infinite_rx -> net_null"},
            "sfc_mpps": fmn["mpps"], "sfc_loss": fmn["loss"],
-           "sfc_mpps_trials": fmn["mpps_trials"],
+           "sfc_mpps_trials": fmn["mpps_trials"], "sfc_mpps_link": fmn["mpps_link"],
+           "sfc_mpps_by_link": fmn["mpps_by_link"],
            "sfc_mpps_scraped": fmn["mpps_scraped"], "scrapes": fmn["scrapes"],
            "sfc_mpps_scraped_trials": fmn["mpps_scraped_trials"],
            "sfc_mpps_unscraped_paired": fmn["mpps_unscraped"],
@@ -295,11 +262,17 @@ def run(args) -> dict:
            "latency_us": {"p50": fmn["latency_us"]["p50"], "p99": fmn["latency_us"]["p99"],
                           "p99_9": fmn["latency_us"]["p99_9"]},
            "nf_cycles": fmn["nf_cycles"],
+           "latency_link": fmn["latency_link"],
            "null_sfc_mpps": null["mpps"], "null_sfc_mpps_trials": null["mpps_trials"],
+           "null_sfc_mpps_link": null["mpps_link"], "null_sfc_mpps_by_link": null["mpps_by_link"],
            "testpmd_mpps": round(testpmd["mpps"], 3),
            "null_latency_us": {k: null["latency_us"][k] for k in ("p50", "p99", "p99_9")}
            if "latency_us" in null else None,
-           "sfc_vs_null": round(fmn["mpps"] / null["mpps"], 3) if null["mpps"] else None}
+           "sfc_vs_null": vs_null, "sfc_vs_null_link": vs_null_link,
+           "sfc_vs_null_by_link": {link: round(f["mpps"] / null["mpps_by_link"][link]["mpps"], 3)
+                                   for link, f in fmn["mpps_by_link"].items()
+                                   if null["mpps_by_link"].get(link, {}).get("mpps")},
+           "link_moved_trials": fmn["mpps_moved"] + null["mpps_moved"]}
 
 
 def print_table(r: dict):

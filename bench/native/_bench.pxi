@@ -6,6 +6,10 @@ from driver_decl cimport *
 from baselines_decl cimport *
 from gwdrive_decl cimport *
 
+cdef extern from "cpulink.h" nogil:
+    double serpens_cpulink_ns(int cpu_a, int cpu_b, uint32_t batches, uint32_t rounds,
+                              uint64_t timeout_ns)
+
 LOAD_DLOPEN = SERPENS_LOAD_DLOPEN  # SOCK-style: dlopen() the NF's .so (build_command dl_paths)
 LOAD_FORK = SERPENS_LOAD_FORK      # SAND-style: a zygote forks a child per start
 STATE_REDIS = SERPENS_STATE_REDIS  # Fission-style: every table in Redis (build_command state_arg)
@@ -174,3 +178,14 @@ cdef class GatewayDriver:
         serpens_fence()
         n = serpens_load_u64(&self.d.log_n)
         return PyBytes_FromStringAndSize(<char *>self.d.log, n * sizeof(serpens_lat_rec))
+
+
+def cpu_link_ns(int cpu_a=0, int cpu_b=1, uint32_t batches=16, uint32_t rounds=200,
+                double timeout_ms=20):
+    """How far apart the host has put two CPUs now: the fastest round trip of a cache line
+    between threads pinned on each, in ns (bench/native/cpulink.h); None if no batch of
+    `rounds` finished within `timeout_ms` or a CPU does not exist."""
+    cdef double ns
+    with nogil:
+        ns = serpens_cpulink_ns(cpu_a, cpu_b, batches, rounds, <uint64_t>(timeout_ms * 1e6))
+    return round(ns, 1) if ns >= 0 else None
