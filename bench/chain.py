@@ -21,8 +21,10 @@ proxy passed on between hops), or the run fails. At 1 NF the three modes do the 
 while measured fails the run.
 Figures: `mpps` is the unpaced throughput (the source never runs dry; the router
 back-pressures), the median of `--runs` runs, all of them in `mpps_trials` ({values, median,
-min, max, spread}, as bench sfc's searched figures); `p50_us` the median latency at half of
-that mode's own throughput.
+min, max, spread}, as bench sfc's searched figures), runs in one placement of the two CPUs
+(bench/search.py: `mpps_link`, each placement's in `mpps_by_link`; serpens_vs_* compares
+within one, `_link` names it); `p50_us` the median latency at half of that mode's own
+throughput.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from serpens.nfs import fw as fw_nf
 
 from .common import BenchError, cpu_stalls, machine, tcp_frame, udp_frame
 from .rig import PROXY, Rig, flow_frames
-from .sfc import trials_summary
+from .search import same_link_ratio, search
 from .state import FW_RULES
 
 # Hop k's FW also denies UDP to port HOP_DPORT + k: n hops drop what n-1 pass, so a mode that
@@ -207,9 +209,10 @@ def run(args) -> dict:
                 rig.use_idle_us(settings[mode]["idle_us"])
                 rig.start(hops(mode, n, fw_images), ring_size=settings[mode]["ring_size"])
                 try:
-                    trials = trials_summary([rig.run_at(0, args.seconds)["mpps"]
-                                             for _ in range(max(1, args.runs))])
-                    mpps = trials["median"]
+                    # the median of unpaced runs in one CPU placement (bench/search.py)
+                    runs = search(rig, args.seconds, searches=max(1, args.runs), unpaced=True,
+                                  want=tuple(row.get("serpens", {}).get("mpps_by_link", ())))
+                    trials, mpps = runs["trials"], runs["mpps"]
                     load = max(mpps * 1e6 / 2, 1e4)  # (a run the host stalled may carry ~0)
                     lat = rig.run_at(load, args.seconds, log=int(load * args.seconds * 1.5))
                 finally:
@@ -218,12 +221,17 @@ def run(args) -> dict:
                     raise BenchError(f"bench chain: {n} FWs in {mode} carried no packets "
                                        f"while measured")
                 row[mode] = {"mpps": round(mpps, 3), "mpps_trials": trials,
+                             "mpps_link": runs["link"], "mpps_by_link": runs["by_link"],
                              "p50_us": lat["latency_us"]["p50"],
                              "p99_us": lat["latency_us"]["p99"], "output": outputs[mode]}
             for base in ("local_proxy", "global_proxy"):
                 if "serpens" in row and base in row and n > 1:
-                    row[f"serpens_vs_{base}"] = round(row["serpens"]["mpps"] /
-                                                      max(row[base]["mpps"], 1e-9), 2)
+                    ratio, link = same_link_ratio(
+                        {"by_link": row["serpens"]["mpps_by_link"]},
+                        {"by_link": row[base]["mpps_by_link"]})
+                    row[f"serpens_vs_{base}"] = round(ratio if ratio else row["serpens"]["mpps"]
+                                                      / max(row[base]["mpps"], 1e-9), 2)
+                    row[f"serpens_vs_{base}_link"] = link or "mixed"
             for mode in modes:  # what the hand-off costs each design as the chain grows
                 one = result.get("1", {}).get(mode)
                 if one and n > 1:

@@ -187,12 +187,13 @@ def check_equivalence(rig: Rig, platforms, plats: _Platforms, frames, settings,
 
 
 def measure_platform(rig: Rig, plats: _Platforms, platform: str, settings: dict,
-                     seconds: float, latency_link: str | None = None) -> dict:
+                     seconds: float, latency_link: str | None = None,
+                     want: tuple = ()) -> dict:
     _use(rig, settings)
     rig.start(plats.hops(platform), ring_size=settings["ring_size"], instances=0)
     try:
         m = measure_started(rig, seconds, latency_mpps=0, loss_key="lost",
-                            latency_link=latency_link)
+                            latency_link=latency_link, want=want)
         _check_hops(rig, platform)
         forks = [h.forks for h in rig.managers if isinstance(h, ForkedHop)]
     finally:
@@ -281,9 +282,11 @@ def run(args, baseline_nfs=NFS) -> dict:
             outputs = check_equivalence(rig, platforms, plats,
                                         check_frames(args.check_flows), settings)
             for platform in platforms:
-                # every platform's latency in the CPU placement Serpens' was measured in
+                # every platform searched and its latency measured in the CPU placements
+                # Serpens' were (bench/search.py)
+                ref = result.get("serpens", {})
                 row = measure_platform(rig, plats, platform, settings[platform], args.seconds,
-                                       result.get("serpens", {}).get("latency_link"))
+                                       ref.get("latency_link"), tuple(ref.get("mpps_by_link", ())))
                 row["output"] = outputs[platform]
                 result[platform] = row
     finally:

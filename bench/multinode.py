@@ -150,7 +150,8 @@ def run(args) -> dict:
         stalls = cpu_stalls()
         single = measure(rig, sfc, args.seconds, latency_mpps=m.get("latency_mpps", 0),
                          loss_key="lost", instances=REPLICAS,
-                         latency_link=m.get("latency_link"))
+                         latency_link=m.get("latency_link"),
+                         want=tuple(m["mpps_by_link"]) + tuple(mr["mpps_by_link"]))
     finally:
         rig.close()
         for image in images:

@@ -11,9 +11,11 @@ and 14 in the second (docs/dataplane.md). A search whose trials straddle both fi
 So each trial is tagged with the placement seen just before and just after it
 (bench/common.py cpu_link: "near" or "far"); a trial the host moved the CPUs during is run
 again, and each placement has its own searches, advanced by the trials run while the host
-has the CPUs that way. The figure is the median of one placement's searches: "near" when it
-finished its searches (the placement a DPDK deployment gives a pipeline's cores), else
-"far"; `by_link` gives both, so figures compare like with like.
+has the CPUs that way. Once one placement has its searches, the search waits (PATIENCE) for
+the other if it was seen or is wanted. The figure is the median of one placement's
+searches: "near" when it finished one (the placement a DPDK deployment gives a pipeline's
+cores: sharing a cache), else "far"; `by_link` gives both, so figures compare like with
+like.
 """
 from __future__ import annotations
 
@@ -75,6 +77,12 @@ def _one_search(steps: int, loss_key: str, tries: int):
     return capacity, 0.0, None
 
 
+def _one_unpaced():
+    """One unpaced run as a search() generator: its rate is the figure."""
+    trial = yield 0.0
+    return trial["mpps"], trial["mpps"], trial
+
+
 def linked_run(rig, pps: float, seconds: float, link: str | None = None,
                **kw) -> tuple[str | None, dict | None]:
     """rig.run_at() between two placement probes (`link`: the one seen just before, if
@@ -91,13 +99,16 @@ def linked_run(rig, pps: float, seconds: float, link: str | None = None,
 
 
 def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
-           searches: int = SEARCHES, tries: int = TRIES) -> dict:
+           searches: int = SEARCHES, tries: int = TRIES, unpaced: bool = False,
+           want: tuple = ()) -> dict:
     """`searches` independent searches per placement seen, each below its own capacity
     measurement (one the host paused would cap every search). {"mpps": the headline
     placement's median, "link": that placement, "trial": its median search's passing trial,
     "capacity": the highest capacity measured in it, "trials": trials_summary() of its
     searches, "by_link": {link: {"mpps", "trials", "capacity"}} for every placement that
-    finished a search, "moved": trials rerun because the host moved the CPUs}."""
+    finished a search, "moved": trials rerun because the host moved the CPUs}. `unpaced`:
+    each "search" is one unpaced run instead (`bench chain`: the median of runs). `want`:
+    placements to wait for as for one seen (those of a figure this one is compared with)."""
     found: dict = {}
     running: dict = {}
     moved = trials = 0
@@ -113,7 +124,7 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
             time.sleep(0.05)
             link, _ = cpu_link()
         elif link not in running:
-            gen = _one_search(steps, loss_key, tries)
+            gen = _one_unpaced() if unpaced else _one_search(steps, loss_key, tries)
             running[link] = (gen, next(gen))
         if link in running:
             gen, rate = running[link]
@@ -130,7 +141,7 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
         complete = [k for k in found if len(found[k]) >= searches]
         if complete and first_done is None:
             first_done = time.monotonic()
-        seen = set(found) | set(running)
+        seen = set(found) | set(running) | set(want)
         if complete and (len(complete) == len(seen)
                          or time.monotonic() - start > PATIENCE * (first_done - start)):
             break
@@ -139,8 +150,7 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
         by_link[link] = {"mpps": round(statistics.median_low([r for _, r, _ in results]), 3),
                          "trials": trials_summary([r for _, r, _ in results]),
                          "capacity": round(max(c for c, _, _ in results), 3)}
-    link = next((k for k in LINKS if len(found.get(k, ())) >= searches),
-                max(found, key=lambda k: len(found[k])))
+    link = next((k for k in LINKS if k in found), next(iter(found)))
     results = found[link]
     median = statistics.median_low([r for _, r, _ in results])
     return {"mpps": median, "link": link, "by_link": by_link, "moved": moved,

@@ -95,15 +95,16 @@ def nf_cycles(rig: Rig, seconds: float, windows: int = 5) -> dict:
 def measure(rig: Rig, sfc, seconds: float, latency_mpps: float | None = None,
             loss_key: str = "loss", instances: int = 1, scraped: bool = False,
             searches: int = SEARCHES, cycles: bool = False,
-            latency_link: str | None = None) -> dict:
+            latency_link: str | None = None, want: tuple = ()) -> dict:
     """Max rate; with `latency_mpps`, latency at that load (0: at 80% of the max rate; in
-    the placement `latency_link` if given: measure_started); with
+    the placement `latency_link` if given; `want`: placements to search in too, those of
+    a figure this one is compared with: measure_started); with
     `scraped`, the max rate again under a 1 Hz metrics scraper ("mpps_scraped"); with
     `cycles`, each NF's cycles per packet ("nf_cycles")."""
     rig.start([sfc], instances=instances)
     try:
         out = measure_started(rig, seconds, latency_mpps, loss_key, searches=searches,
-                              latency_link=latency_link)
+                              latency_link=latency_link, want=want)
         if cycles:
             out["nf_cycles"] = nf_cycles(rig, seconds)
         if scraped:
@@ -141,12 +142,13 @@ def scraped_pairs(rig, seconds: float, loss_key: str, searches: int) -> dict:
 
 def measure_started(rig, seconds: float, latency_mpps: float | None = None,
                     loss_key: str = "loss", searches: int = SEARCHES,
-                    latency_link: str | None = None) -> dict:
+                    latency_link: str | None = None, want: tuple = ()) -> dict:
     """measure() on a rig carrying its SFC already: anything with run_at() as Rig has.
     "mpps" is the median of `searches` searches in one placement of the CPUs ("link"),
     "mpps_trials" all of them, "mpps_by_link" each placement's (bench/search.py). Latency
     (latency_mpps 0) is measured at 80% of the figure of the placement it runs in."""
-    found = search(rig, seconds, loss_key=loss_key, searches=searches)
+    found = search(rig, seconds, loss_key=loss_key, searches=searches,
+                   want=tuple(want) + ((latency_link,) if latency_link else ()))
     rate, trial = found["mpps"], found["trial"]
     out = {"mpps": round(rate, 3), "loss": trial[loss_key] if trial else None,
            "capacity_mpps": round(found["capacity"], 3), "mpps_trials": found["trials"],
@@ -167,20 +169,28 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     finds the CPUs in): the median-p99 run of LATENCY_RUNS that ran in one placement (a run
     the host moved the CPUs during is run again, up to 3 times as many; then the placement's
     runs are those that ran whole); with `want_link`, runs wait up to LINK_WAIT_S for that
-    placement (a latency compared with another figure's). {"latency_us", "latency_loss",
+    placement (a latency compared with another figure's). A placement the search found no
+    figure in is waited out as long, then searched once. {"latency_us", "latency_loss",
     "latency_mpps", "latency_link"}."""
     runs: dict = {}
+    figures = {k: v["mpps"] for k, v in found["by_link"].items()}
     link, _ = cpu_link()
     wait_until = time.monotonic() + LINK_WAIT_S
     for _ in range(3 * LATENCY_RUNS):
         while ((want_link and link != want_link)
-               or (not latency_mpps and link not in found["by_link"])):
-            if time.monotonic() > wait_until:  # the headline's figure, tagged as it ran
+               or (not latency_mpps and link not in figures)):
+            if time.monotonic() > wait_until:
                 break
             time.sleep(0.1)  # a placement the search found no figure in: wait for another
             link, _ = cpu_link()
-        figure = found["by_link"].get(link, {"mpps": found["mpps"]})["mpps"]
-        mpps = latency_mpps or 0.8 * figure
+        if not latency_mpps and link not in figures:  # waited long enough: search it
+            extra = search(rig, seconds, loss_key=loss_key, searches=1)
+            figures.update((k, v["mpps"]) for k, v in extra["by_link"].items()
+                           if k not in figures)
+            link, _ = cpu_link()
+            if link not in figures:
+                continue
+        mpps = latency_mpps or 0.8 * figures[link]
         load = mpps * 1e6
         ran_in, link, run = link, *linked_run(rig, load, seconds, link,
                                               log=int(load * seconds * 1.5))
@@ -228,7 +238,8 @@ def run(args) -> dict:
                       searches=args.searches)
         # the same load through an empty SFC: the latency floor of router, instance and VM
         null = measure(rig, null_sfc, args.seconds, latency_mpps=fmn.get("latency_mpps"),
-                       searches=args.searches, latency_link=fmn.get("latency_link"))
+                       searches=args.searches, latency_link=fmn.get("latency_link"),
+                       want=tuple(fmn["mpps_by_link"]))
     finally:
         rig.close()
         for image in images.values():

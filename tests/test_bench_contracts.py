@@ -178,8 +178,9 @@ def test_sfc_bench_json_contract():
     # every searched figure: the median of its searches, all of them given
     for key in ("sfc_mpps", "null_sfc_mpps", "sfc_mpps_scraped"):
         t = r[f"{key}_trials"]
-        assert len(t["values"]) == r["params"]["searches"] == 3, key
-        assert t["median"] == r[key] == sorted(t["values"])[1], key
+        # (the headline placement's: "near" once it finished one, bench/search.py)
+        assert 1 <= len(t["values"]) <= r["params"]["searches"] == 3, key
+        assert t["median"] == r[key] == statistics.median_low(t["values"]), key
         assert t["min"] == min(t["values"]) and t["max"] == max(t["values"]), key
         assert t["spread"] == (round(t["max"] / t["min"], 3) if t["min"] else None), key
     # each figure in one placement of the two CPUs (bench/search.py), every placement given
@@ -225,12 +226,20 @@ def test_chain_bench_json_contract():
         for mode in ("serpens", "local_proxy", "global_proxy"):
             assert r[n][mode]["mpps"] > 0 and r[n][mode]["p50_us"] > 0, (n, mode)
             trials = r[n][mode]["mpps_trials"]  # the figure: the median of its runs
-            assert len(trials["values"]) == r["params"]["runs"] == 3
-            assert trials["median"] == r[n][mode]["mpps"] == sorted(trials["values"])[1]
+            assert 1 <= len(trials["values"]) <= r["params"]["runs"] == 3
+            assert trials["median"] == r[n][mode]["mpps"] == statistics.median_low(
+                trials["values"])
+            link = r[n][mode]["mpps_link"]  # runs in one placement of the CPUs
+            assert r[n][mode]["mpps_by_link"][link]["trials"] == trials, (n, mode)
             assert r[n][mode]["output"] == out, (n, mode)  # the same packets out, hop by hop
         for base in ("local_proxy", "global_proxy"):
             assert set(r["params"]["modes"][base]) == {"idle_us", "ring_size"}
     assert r["2"]["serpens_vs_local_proxy"] > 0 and r["2"]["serpens_vs_global_proxy"] > 0
+    for base in ("local_proxy", "global_proxy"):
+        link = r["2"][f"serpens_vs_{base}_link"]
+        if link != "mixed":  # compared within the placement both ran in
+            a, b = (r["2"][m]["mpps_by_link"][link]["mpps"] for m in ("serpens", base))
+            assert r["2"][f"serpens_vs_{base}"] == round(round(a / b, 3), 2), base
     # at one NF the modes do the same work: no comparison is presented, the JSON says why
     assert "serpens_vs_local_proxy" not in r["1"] and "same work" in r["params"]["length_1"]
     assert r["2"]["serpens"]["output"]["packets"] < r["1"]["serpens"]["output"]["packets"]
@@ -334,7 +343,8 @@ def test_multinode_bench_json_contract():
     assert r["gateway_mpps"] > 0 and r["encap_ns"] > 0
     assert r["multi_mpps"] > 0 and r["single_mpps"] > 0
     for key in ("multi_mpps", "multi_return_mpps", "single_mpps"):  # medians of 3 searches
-        assert r[f"{key}_trials"]["median"] == r[key] and len(r[f"{key}_trials"]["values"]) == 3
+        t = r[f"{key}_trials"]
+        assert t["median"] == r[key] and 1 <= len(t["values"]) <= 3, key
     by_link = r["mpps_by_link"]  # compared in one placement of the CPUs (bench/search.py)
     for k, ratio in (("multi", "ratio"), ("multi_return", "return_ratio")):
         link = r[f"{ratio}_link"]
