@@ -160,7 +160,8 @@ def measure_started(rig, seconds: float, latency_mpps: float | None = None,
 
 
 LATENCY_RUNS = 3  # the median p99 of three runs
-LINK_WAIT_S = 10.0  # how long a latency run waits for a placement the search has a figure in
+LINK_WAIT_TRIALS = 20  # a latency run waits for a placement (one the search has a figure
+# in, or the one asked for) as long as this many trials, 1 to 10 s
 
 
 def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: str,
@@ -168,14 +169,14 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     """Latency at `latency_mpps` (0: 80% of the searched figure of the placement each run
     finds the CPUs in): the median-p99 run of LATENCY_RUNS that ran in one placement (a run
     the host moved the CPUs during is run again, up to 3 times as many; then the placement's
-    runs are those that ran whole); with `want_link`, runs wait up to LINK_WAIT_S for that
-    placement (a latency compared with another figure's). A placement the search found no
-    figure in is waited out as long, then searched once. {"latency_us", "latency_loss",
+    runs are those that ran whole); with `want_link`, runs wait for that placement (a latency
+    compared with another figure's) up to LINK_WAIT_TRIALS trials' time. A placement the
+    search found no figure in is waited out as long, then searched once. {"latency_us", "latency_loss",
     "latency_mpps", "latency_link"}."""
     runs: dict = {}
-    figures = {k: v["mpps"] for k, v in found["by_link"].items()}
+    figures = found["by_link"]  # (a placement searched here joins the search's figures)
     link, _ = cpu_link()
-    wait_until = time.monotonic() + LINK_WAIT_S
+    wait_until = time.monotonic() + min(10.0, max(1.0, LINK_WAIT_TRIALS * seconds))
     for _ in range(3 * LATENCY_RUNS):
         while ((want_link and link != want_link)
                or (not latency_mpps and link not in figures)):
@@ -185,12 +186,12 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
             link, _ = cpu_link()
         if not latency_mpps and link not in figures:  # waited long enough: search it
             extra = search(rig, seconds, loss_key=loss_key, searches=1)
-            figures.update((k, v["mpps"]) for k, v in extra["by_link"].items()
-                           if k not in figures)
+            for k, v in extra["by_link"].items():
+                figures.setdefault(k, v)
             link, _ = cpu_link()
             if link not in figures:
                 continue
-        mpps = latency_mpps or 0.8 * figures[link]
+        mpps = latency_mpps or 0.8 * figures[link]["mpps"]
         load = mpps * 1e6
         ran_in, link, run = link, *linked_run(rig, load, seconds, link,
                                               log=int(load * seconds * 1.5))

@@ -19,7 +19,9 @@ that carried nothing while measured, fails the run (check_backend()).
 Latency (Fig. 12b): each NF and backend again behind the node's router (bench/rig.py: a paced
 net_pcap source, router on CPU 1, the instance and redis-server on CPU 0), its loss-limited
 maximum searched by sfc.measure_started() and `latency_us` {p50, p99, mean} measured at 80%
-of that backend's own maximum (`routed_mpps`, `latency_at_mpps`).
+of that backend's own maximum (`routed_mpps`, `latency_at_mpps`) in the CPU placement the
+latency ran in (bench/search.py: `latency_link`, each placement's maximum in
+`routed_mpps_by_link`).
 IDS and VPN are the stock NFs (nfs/ids, nfs/vpn). What state they touch per packet decides
 what Redis costs them: the IDS reads its automaton (a global read-only table) once, at
 init, and per packet of a TCP flow its stream entry (where the scan of the flow's last
@@ -290,7 +292,8 @@ def run(args, lose_state=None) -> dict:
                 make_config = STATE_NF_CONFIGS[name]
                 image = build_nf(nfs.source(name), area, name)
                 area += 1
-                figures = {"latency_us": {}, "latency_at_mpps": {}, "routed_mpps": {}}
+                figures = {"latency_us": {}, "latency_at_mpps": {}, "routed_mpps": {},
+                           "routed_mpps_by_link": {}, "latency_link": {}}
                 for backend, code in BACKENDS.items():
                     # (the routed runs' watchdog may have killed the last one: its stand-in)
                     proc = idle_process(pool)
@@ -342,6 +345,10 @@ def run(args, lose_state=None) -> dict:
                                                       "mean": lat["mean"]}
                     figures["latency_at_mpps"][backend] = m["latency_mpps"]
                     figures["routed_mpps"][backend] = m["mpps"]
+                    # (bench/search.py: the latency ran at 80% of its CPU placement's figure)
+                    figures["routed_mpps_by_link"][backend] = {
+                        link: f["mpps"] for link, f in m["mpps_by_link"].items()}
+                    figures["latency_link"][backend] = m["latency_link"]
                 for backend in ("redis", "snf"):
                     figures[f"serpens_vs_{backend}"] = round(
                         figures["serpens_mpps"] / max(figures[f"{backend}_mpps"], 1e-9), 1)

@@ -78,7 +78,10 @@ def test_state_bench_json_contract():
             assert 0 < lat["p50"] <= lat["p99"] and lat["mean"] > 0, (nf, backend)
             routed = result[nf]["routed_mpps"][backend]
             assert routed > 0, (nf, backend)
-            assert abs(result[nf]["latency_at_mpps"][backend] - 0.8 * routed) <= 0.002
+            # (at 80% of the figure of the CPU placement it ran in: bench/search.py)
+            link = result[nf]["latency_link"][backend]
+            placed = result[nf]["routed_mpps_by_link"][backend][link]
+            assert abs(result[nf]["latency_at_mpps"][backend] - 0.8 * placed) <= 0.002
         assert result[nf]["latency_reduction_vs_redis"] < 1
         assert result[nf]["latency_reduction_p50_vs_redis"] < 1
     assert result["get_ns"] > 0 and result["put_ns"] > 0
