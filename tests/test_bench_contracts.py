@@ -72,6 +72,10 @@ def test_state_bench_json_contract():
         counted = result[nf]["serpens_counters"]
         assert result[nf]["redis_counters"] == counted == result[nf]["snf_counters"], nf
         assert result[nf]["serpens_vs_redis"] > 0 and result[nf]["serpens_vs_snf"] > 0
+        for backend in ("redis", "snf"):  # compared in one CPU placement, or said otherwise
+            link = result[nf][f"serpens_vs_{backend}_link"]
+            assert link == "mixed" or link == result[nf][f"{backend}_link"] == result[nf][
+                "serpens_link"] in ("near", "far"), (nf, backend)
         # latency per backend at 80% of that backend's own routed maximum (Fig. 12b)
         for backend in ("serpens", "redis", "snf"):
             lat = result[nf]["latency_us"][backend]
