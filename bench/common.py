@@ -59,11 +59,12 @@ LINK_CPUS = (0, 1)
 
 def cpu_link() -> tuple[str | None, float | None]:
     """How the host has placed the benchmark's two CPUs right now: ("near" | "far", round
-    trip ns), or (None, None) on a machine with one CPU or when the probe timed out."""
+    trip ns); ("one", None) on a machine with one CPU (nothing to keep apart); (None, None)
+    when the probe could not tell (it timed out: the host held a CPU throughout)."""
     from serpens.runtime_cy import _dataplane as dp
 
     if (os.cpu_count() or 1) <= max(LINK_CPUS):
-        return None, None
+        return "one", None
     for _ in range(3):  # a probe times out when the host holds one of the CPUs for 20 ms
         ns = dp.cpu_link_ns(*LINK_CPUS)
         if ns is not None:

@@ -314,6 +314,9 @@ def run(args, baseline_nfs=NFS) -> dict:
                                          row["latency_us"]["mean"], 3)
         row["latency_reduction_p50"] = round(1 - ref["latency_us"]["p50"] /
                                              row["latency_us"]["p50"], 3)
+        # both latencies measured in one CPU placement, else "mixed"
+        row["latency_reduction_link"] = (ref["latency_link"] if row["latency_link"] ==
+                                         ref["latency_link"] else "mixed")
     return result
 
 

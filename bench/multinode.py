@@ -180,6 +180,8 @@ def run(args) -> dict:
             "multi_mpps": m["mpps"], "single_mpps": single["mpps"],
             "multi_mpps_trials": m["mpps_trials"], "single_mpps_trials": single["mpps_trials"],
             "multi_mpps_link": m["mpps_link"], "single_mpps_link": single["mpps_link"],
+            "latency_link": {k: r.get("latency_link") for k, r in
+                             (("multi", m), ("multi_return", mr), ("single", single))},
             "mpps_by_link": {"multi": m["mpps_by_link"], "multi_return": mr["mpps_by_link"],
                              "single": single["mpps_by_link"]},
             "ratio": ratio, "ratio_link": ratio_link,

@@ -31,6 +31,7 @@ STEPS = 5     # halvings per search: to capacity/64
 LINKS = ("near", "far")  # the headline's preference (see above)
 PATIENCE = 2.0  # once a placement has its searches, wait up to this times as long in all
 MAX_TRIALS_PER_SEARCH = 60  # a host that never keeps a placement for a trial: give up
+MAX_UNKNOWN_PROBES = 100    # placement probes in a row that could not tell: give up
 
 
 def trials_summary(values: list[float]) -> dict:
@@ -83,16 +84,16 @@ def _one_unpaced():
     return trial["mpps"], trial["mpps"], trial
 
 
-def linked_run(rig, pps: float, seconds: float, link: str | None = None,
+def linked_run(rig, pps: float, seconds: float, before: str | None = None,
                **kw) -> tuple[str | None, dict | None]:
-    """rig.run_at() between two placement probes (`link`: the one seen just before, if
+    """rig.run_at() between two placement probes (`before`: the one seen just before, if
     known): (the placement after it, the trial or None if the host moved the CPUs during
-    it). The trial gives its placement ("link", "link_ns")."""
-    if link is None:
-        link, _ = cpu_link()
+    it or a probe could not tell). The trial gives its placement ("link", "link_ns")."""
+    if before is None:
+        before, _ = cpu_link()
     trial = rig.run_at(pps, seconds, **kw)
     after, ns = cpu_link()
-    if after != link:
+    if before is None or after != before:
         return after, None
     trial["link"], trial["link_ns"] = after, ns
     return after, trial
@@ -111,7 +112,8 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
     placements to wait for as for one seen (those of a figure this one is compared with)."""
     found: dict = {}
     running: dict = {}
-    moved = trials = 0
+    ran: set = set()  # placements a trial ran whole in (seen: the search waits for them)
+    moved = trials = unknown = 0
     start, first_done = time.monotonic(), None
     link, _ = cpu_link()
     while True:
@@ -120,6 +122,15 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
                 break
             raise BenchError(f"the host moved the benchmark's CPUs apart or together during "
                              f"{moved} of {trials} trials: no search finished")
+        if link is None:  # the probe could not tell (it timed out three times): again
+            unknown += 1
+            if unknown > MAX_UNKNOWN_PROBES:
+                raise BenchError("the CPU placement probe (bench/native/cpulink.h) timed out "
+                                 f"{unknown} times in a row")
+            time.sleep(0.01)
+            link, _ = cpu_link()
+            continue
+        unknown = 0
         if len(found.get(link, ())) >= searches:  # done here: wait for the other placement
             time.sleep(0.05)
             link, _ = cpu_link()
@@ -133,6 +144,7 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
             if trial is None:
                 moved += 1
                 continue
+            ran.add(ran_in)
             try:
                 running[ran_in] = (gen, gen.send(trial))
             except StopIteration as done:
@@ -141,7 +153,7 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
         complete = [k for k in found if len(found[k]) >= searches]
         if complete and first_done is None:
             first_done = time.monotonic()
-        seen = set(found) | set(running) | set(want)
+        seen = set(found) | ran | set(want)
         if complete and (len(complete) == len(seen)
                          or time.monotonic() - start > PATIENCE * (first_done - start)):
             break
@@ -162,7 +174,7 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
 def same_link_ratio(a: dict, b: dict) -> tuple[float | None, str | None]:
     """a's figure over b's, both searched (search()'s by_link), in the first placement
     (LINKS order) both have: (ratio, link); (None, None) when they share none."""
-    for link in LINKS:
+    for link in LINKS + tuple(k for k in a["by_link"] if k not in LINKS):  # ("one": 1 CPU)
         if link in a["by_link"] and link in b["by_link"] and b["by_link"][link]["mpps"]:
             return round(a["by_link"][link]["mpps"] / b["by_link"][link]["mpps"], 3), link
     return None, None

@@ -27,7 +27,8 @@ a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figu
   plain DPDK app does with these ports: the ceiling for the router core).
 Time: a search is two unpaced runs (its capacity), then at most 1 + 2 * STEPS + 1 points of
 up to TRIES trials, each warmup + seconds (typically 8 runs: ~6.5 s at the defaults); the whole
-run (three figures of SEARCHES searches, latency, testpmd) takes about 1.5 minutes.
+run (three figures of SEARCHES searches, latency, testpmd) takes about 1.5-3 minutes (more
+when the host moves the CPUs: bench/search.py).
 """
 from __future__ import annotations
 
@@ -174,7 +175,7 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     search found no figure in is waited out as long, then searched once. {"latency_us", "latency_loss",
     "latency_mpps", "latency_link"}."""
     runs: dict = {}
-    figures = found["by_link"]  # (a placement searched here joins the search's figures)
+    figures = {k: v["mpps"] for k, v in found["by_link"].items()}  # (+ searched here)
     link, _ = cpu_link()
     wait_until = time.monotonic() + min(10.0, max(1.0, LINK_WAIT_TRIALS * seconds))
     for _ in range(3 * LATENCY_RUNS):
@@ -187,11 +188,12 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
         if not latency_mpps and link not in figures:  # waited long enough: search it
             extra = search(rig, seconds, loss_key=loss_key, searches=1)
             for k, v in extra["by_link"].items():
-                figures.setdefault(k, v)
+                figures.setdefault(k, v["mpps"])
             link, _ = cpu_link()
-            if link not in figures:
-                continue
-        mpps = latency_mpps or 0.8 * figures[link]["mpps"]
+        if link is None or (not latency_mpps and not figures.get(link)):
+            link, _ = cpu_link()  # (a probe that could not tell, or a figure of 0)
+            continue
+        mpps = latency_mpps or 0.8 * figures[link]
         load = mpps * 1e6
         ran_in, link, run = link, *linked_run(rig, load, seconds, link,
                                               log=int(load * seconds * 1.5))
@@ -203,11 +205,13 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
                 break
     if not runs:
         raise BenchError("bench: no latency run sampled a packet in one placement of the CPUs")
-    ran_in = max(runs, key=lambda k: len(runs[k]))
+    ran_in = want_link if want_link in runs else max(runs, key=lambda k: len(runs[k]))
     sampled = sorted(runs[ran_in], key=lambda r: r["latency_us"]["p99"])
     median = sampled[(len(sampled) - 1) // 2]
     return {"latency_us": median["latency_us"], "latency_loss": median[loss_key],
-            "latency_mpps": round(median["mpps"], 3), "latency_link": ran_in}
+            "latency_mpps": round(median["mpps"], 3), "latency_link": ran_in,
+            # the figure 80% was taken of (one searched here if the search had none there)
+            "latency_of_mpps": None if latency_mpps else figures[ran_in]}
 
 
 def build_images(null: bool = False) -> dict:
@@ -274,7 +278,9 @@ def run(args) -> dict:
            "latency_us": {"p50": fmn["latency_us"]["p50"], "p99": fmn["latency_us"]["p99"],
                           "p99_9": fmn["latency_us"]["p99_9"]},
            "nf_cycles": fmn["nf_cycles"],
-           "latency_link": fmn["latency_link"],
+           "latency_link": fmn["latency_link"], "latency_mpps": fmn["latency_mpps"],
+           "latency_of_mpps": fmn["latency_of_mpps"],
+           "null_latency_link": null.get("latency_link"),
            "null_sfc_mpps": null["mpps"], "null_sfc_mpps_trials": null["mpps_trials"],
            "null_sfc_mpps_link": null["mpps_link"], "null_sfc_mpps_by_link": null["mpps_by_link"],
            "testpmd_mpps": round(testpmd["mpps"], 3),
@@ -294,9 +300,16 @@ def print_table(r: dict):
           f"{'p99 us':>9}")
     lat = r["latency_us"]
     print(f"{r['sfc_mpps']:>10.3f}{r['sfc_mpps_scraped']:>10.3f}{r['null_sfc_mpps']:>10.3f}"
-          f"{r['testpmd_mpps']:>10.3f}{lat['p50']:>9}{lat['p99']:>9}   (latency at 80% of "
-          "sfc Mpps)")
+          f"{r['testpmd_mpps']:>10.3f}{lat['p50']:>9}{lat['p99']:>9}   (latency at "
+          f"{r['latency_mpps']} Mpps, {r['latency_link']})")
     if r["null_latency_us"]:
         print(f"{'':>40}{r['null_latency_us']['p50']:>9}{r['null_latency_us']['p99']:>9}"
-              "   (null sfc at that load)")
+              f"   (null sfc at that load, {r['null_latency_link']})")
+    # the host's placement of the two CPUs each figure was searched in (bench/search.py)
+    for key in ("sfc_mpps", "null_sfc_mpps"):
+        print(f"{key} by CPU placement: " + ", ".join(
+            f"{link} {f['mpps']}" for link, f in r[f"{key}_by_link"].items())
+            + f" (headline: {r[f'{key}_link']})")
+    print(f"sfc_vs_null {r['sfc_vs_null']} ({r['sfc_vs_null_link']}); scraped_vs_unscraped "
+          f"{r['scraped_vs_unscraped']} (pairs searched in one placement)")
     print("cycles per packet per NF: " + ", ".join(f"{k} {v}" for k, v in r["nf_cycles"].items()))

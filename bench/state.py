@@ -229,7 +229,7 @@ def idle_process(pool, timeout: float = 20.0):
 
 
 def routed_latency(rig: Rig, sfc, how, redis: RedisServer, nf: str, backend: str,
-                   seconds: float) -> dict:
+                   seconds: float, like: dict | None = None) -> dict:
     """`sfc` behind the rig's router, its instances started as `how` says and Redis on the
     instances' CPU: the loss-limited max rate and latency at 80% of it (measure_started).
     Loss counts every packet that did not come out: an instance slower than the offered
@@ -239,7 +239,10 @@ def routed_latency(rig: Rig, sfc, how, redis: RedisServer, nf: str, backend: str
     rig.start([Hop(sfc, how)])
     try:
         for _ in range(3):  # a search or latency run the machine starved throughout: again
-            m = measure_started(rig, seconds, latency_mpps=0, loss_key="lost")
+            m = measure_started(  # in the CPU placements of `like` (Serpens' figures)
+                rig, seconds, latency_mpps=0, loss_key="lost",
+                latency_link=like["latency_link"] if like else None,
+                want=tuple(like["mpps_by_link"]) if like else ())
             if m["mpps"] and m.get("latency_us", {}).get("mean") is not None:
                 break
         errors = rig.hop_errors()
@@ -296,8 +299,10 @@ def run(args, lose_state=None) -> dict:
                 make_config = STATE_NF_CONFIGS[name]
                 image = build_nf(nfs.source(name), area, name)
                 area += 1
+                serpens_routed = None  # (the baselines' routed runs follow its placements)
                 figures = {"latency_us": {}, "latency_at_mpps": {}, "routed_mpps": {},
-                           "routed_mpps_by_link": {}, "latency_link": {}}
+                           "routed_mpps_by_link": {}, "latency_link": {},
+                           "latency_of_mpps": {}}
                 for backend, code in BACKENDS.items():
                     # (the routed runs' watchdog may have killed the last one: its stand-in)
                     proc = idle_process(pool)
@@ -351,9 +356,11 @@ def run(args, lose_state=None) -> dict:
                     rig.src = sources[tcp]
                     try:
                         m = routed_latency(rig, sfc, how, redis, name, backend,
-                                           args.search_seconds)
+                                           args.search_seconds, like=serpens_routed)
                     finally:
                         rig.src = sources[False]
+                    if backend == "serpens":
+                        serpens_routed = m
                     lat = m["latency_us"]
                     figures["latency_us"][backend] = {"p50": lat["p50"], "p99": lat["p99"],
                                                       "mean": lat["mean"]}
@@ -363,6 +370,7 @@ def run(args, lose_state=None) -> dict:
                     figures["routed_mpps_by_link"][backend] = {
                         link: f["mpps"] for link, f in m["mpps_by_link"].items()}
                     figures["latency_link"][backend] = m["latency_link"]
+                    figures["latency_of_mpps"][backend] = m["latency_of_mpps"]
                 for backend in ("redis", "snf"):
                     figures[f"serpens_vs_{backend}"] = round(
                         figures["serpens_mpps"] / max(figures[f"{backend}_mpps"], 1e-9), 1)
@@ -375,6 +383,10 @@ def run(args, lose_state=None) -> dict:
                     figures[f"latency_reduction_p50_vs_{backend}"] = round(
                         1 - figures["latency_us"]["serpens"]["p50"]
                         / figures["latency_us"][backend]["p50"], 3)
+                    lat_link = figures["latency_link"]
+                    figures[f"latency_reduction_vs_{backend}_link"] = (
+                        lat_link["serpens"] if lat_link[backend] == lat_link["serpens"]
+                        else "mixed")
                 image.close()
                 result[name] = figures
             rx.free()

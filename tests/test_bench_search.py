@@ -1,0 +1,110 @@
+"""bench/search.py keeps the host's CPU placements apart: a fake rig whose capacity depends on
+the placement a scripted probe reports (no dataplane)."""
+import itertools
+
+import pytest
+
+from serpens.bench import search as search_mod
+from serpens.bench.common import BenchError
+
+pytestmark = pytest.mark.unit
+
+CAPACITY = {"near": 36.0, "far": 15.0}
+
+
+class FakeHost:
+    """The probe's answers in turn (the last one repeats), and a rig whose trials run at the
+    capacity of the placement probed last."""
+
+    def __init__(self, answers):
+        self.answers = iter(answers)
+        self.last = None
+        self.now = None
+        self.clock = 0.0  # the search's time: trials and sleeps advance it
+
+    def monotonic(self):
+        return self.clock
+
+    def sleep(self, seconds):
+        self.clock += seconds
+
+    def probe(self):
+        self.now = next(self.answers, self.last)
+        self.last = self.now
+        return self.now, (60.0 if self.now == "near" else 400.0)
+
+    def run_at(self, pps, seconds, **kw):
+        self.clock += seconds
+        cap = CAPACITY.get(self.now, 1.0) * 1e6
+        if pps == 0:
+            return {"mpps": cap / 1e6, "loss": 0.0, "lost": 0.0}
+        loss = 0.0 if pps <= cap else 1 - cap / pps
+        return {"mpps": min(pps, cap) / 1e6, "loss": loss, "lost": loss}
+
+
+@pytest.fixture
+def host(monkeypatch):
+    def make(answers):
+        h = FakeHost(answers)
+        monkeypatch.setattr(search_mod, "cpu_link", h.probe)
+        monkeypatch.setattr(search_mod, "time", h)
+        return h
+    return make
+
+
+def test_one_placement_throughout_gives_its_figure(host):
+    h = host(["far"])  # (never near: no waiting for it)
+    r = search_mod.search(h, 0.1)
+    assert r["link"] == "far" and set(r["by_link"]) == {"far"} and r["moved"] == 0
+    assert r["mpps"] == pytest.approx(15.0) and len(r["trials"]["values"]) == 3
+
+
+def test_each_placement_gets_its_own_searches(host):
+    # near for a while, then far for good: near's searches stop where the host moved
+    h = host(itertools.chain(["near"] * 9, ["far"] * 400))
+    r = search_mod.search(h, 0.1)
+    assert r["by_link"]["far"]["mpps"] == pytest.approx(15.0)
+    assert r["by_link"]["far"]["trials"]["values"] == [15.0, 15.0, 15.0]
+    assert r["moved"] >= 1  # the trial the host moved the CPUs during was run again
+    # no figure mixes the two: every near search that finished found near's capacity
+    assert all(v == 36.0 for v in r["by_link"].get("near", {"trials": {"values": []}})
+               ["trials"]["values"])
+
+
+def test_the_headline_is_near_once_it_finished_a_search(host):
+    # near seen (a trial ran whole in it), far long enough for its searches, then near:
+    # the search waited for it
+    h = host(itertools.chain(["near"] * 3, ["far"] * 20, ["near"] * 400))
+    r = search_mod.search(h, 0.1)
+    assert r["link"] == "near" and r["mpps"] == pytest.approx(36.0)
+    assert r["by_link"]["far"]["mpps"] == pytest.approx(15.0)
+
+
+def test_a_probe_that_cannot_tell_names_no_placement(host):
+    h = host(itertools.chain([None, None, "near"], itertools.cycle(["near"] * 4 + [None])))
+    r = search_mod.search(h, 0.1)
+    assert set(r["by_link"]) == {"near"} and r["mpps"] == pytest.approx(36.0)
+
+
+def test_a_probe_that_never_tells_fails_the_run(host):
+    h = host([None])
+    with pytest.raises(BenchError, match="timed out"):
+        search_mod.search(h, 0.1)
+
+
+def test_ratios_compare_within_one_placement():
+    a = {"by_link": {"near": {"mpps": 15.0}, "far": {"mpps": 12.0}}}
+    b = {"by_link": {"far": {"mpps": 18.0}}}
+    assert search_mod.same_link_ratio(a, b) == (round(12 / 18, 3), "far")
+    assert search_mod.same_link_ratio(a, {"by_link": {}}) == (None, None)
+    one = {"by_link": {"one": {"mpps": 2.0}}}   # a one-CPU machine: its only placement
+    assert search_mod.same_link_ratio(one, {"by_link": {"one": {"mpps": 4.0}}}) == (0.5, "one")
+
+
+def test_a_stray_probe_does_not_make_the_search_wait(host):
+    plain = host(["near"])
+    search_mod.search(plain, 0.1)
+    stray = host(itertools.chain(["near"] * 5, ["far"], ["near"] * 400))  # one odd probe
+    r = search_mod.search(stray, 0.1)
+    assert set(r["by_link"]) == {"near"} and r["moved"] >= 1
+    assert stray.clock <= plain.clock + 0.3  # about one trial more, no wait for "far"
