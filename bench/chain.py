@@ -227,11 +227,10 @@ def run(args) -> dict:
             for base in ("local_proxy", "global_proxy"):
                 if "serpens" in row and base in row and n > 1:
                     ratio, link = same_link_ratio(
-                        {"by_link": row["serpens"]["mpps_by_link"]},
-                        {"by_link": row[base]["mpps_by_link"]})
-                    row[f"serpens_vs_{base}"] = round(ratio if ratio else row["serpens"]["mpps"]
-                                                      / max(row[base]["mpps"], 1e-9), 2)
-                    row[f"serpens_vs_{base}_link"] = link or "mixed"
+                        row["serpens"]["mpps_by_link"], row[base]["mpps_by_link"],
+                        fallback=(row["serpens"]["mpps"], row[base]["mpps"]))
+                    row[f"serpens_vs_{base}"] = round(ratio or 0.0, 2)
+                    row[f"serpens_vs_{base}_link"] = link
             for mode in modes:  # what the hand-off costs each design as the chain grows
                 one = result.get("1", {}).get(mode)
                 if one and n > 1:

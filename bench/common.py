@@ -50,8 +50,8 @@ def cpu_stalls(seconds: float = 1.0, cpus=(0, 1)) -> dict:
 
 
 # The round trip of a cache line between the router's and the instances' CPUs
-# (dp.cpu_link_ns) above which the host has placed them apart: on this VM it is 65-210 ns
-# while the two vCPUs share a cache and 340-470 ns while they do not (2026-12-01), and every
+# (dp.cpu_link_ns) above which the host has placed them apart: on this VM it is 57-210 ns
+# while the two vCPUs share a cache and 314-470 ns while they do not (2026-12-01), and every
 # rate that hands packets between them follows it (the empty SFC: 37 vs 14 Mpps).
 LINK_FAR_NS = 250.0
 LINK_CPUS = (0, 1)

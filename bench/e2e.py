@@ -47,7 +47,7 @@ from .chain import summary
 from .common import BenchError, cpu_stalls, machine
 from .forked import ForkedHop
 from .rig import INSTANCE_CPU, PROXY, Hop, Rig, flow_frames
-from .search import same_link_ratio
+from .search import same_link, same_link_ratio
 from .sfc import LOSS_LIMIT, build_images, measure_started
 from .state import NF_CONFIGS, check_frames
 
@@ -234,7 +234,7 @@ def measure_gateway(args) -> dict:
     return {"mpps": m["mpps"], "latency_us": {"p50": lat["p50"], "p99": lat["p99"],
                                               "mean": lat["mean"]},
             "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"],
-           "latency_link": m["latency_link"]}
+            "latency_link": m["latency_link"]}
 
 
 def platform_settings(args) -> dict:
@@ -306,17 +306,15 @@ def run(args, baseline_nfs=NFS) -> dict:
     for base in platforms[1:]:
         row = result[base]
         # in a CPU placement both were searched in (bench/search.py), else "mixed"
-        speedup, link = same_link_ratio({"by_link": ref["mpps_by_link"]},
-                                        {"by_link": row["mpps_by_link"]})
-        row["speedup"] = round(speedup if speedup else ref["mpps"] / row["mpps"], 2)
-        row["speedup_link"] = link or "mixed"
+        speedup, row["speedup_link"] = same_link_ratio(
+            ref["mpps_by_link"], row["mpps_by_link"], fallback=(ref["mpps"], row["mpps"]))
+        row["speedup"] = round(speedup, 2)
         row["latency_reduction"] = round(1 - ref["latency_us"]["mean"] /
                                          row["latency_us"]["mean"], 3)
         row["latency_reduction_p50"] = round(1 - ref["latency_us"]["p50"] /
                                              row["latency_us"]["p50"], 3)
         # both latencies measured in one CPU placement, else "mixed"
-        row["latency_reduction_link"] = (ref["latency_link"] if row["latency_link"] ==
-                                         ref["latency_link"] else "mixed")
+        row["latency_reduction_link"] = same_link(ref["latency_link"], row["latency_link"])
     return result
 
 

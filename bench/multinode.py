@@ -158,10 +158,8 @@ def run(args) -> dict:
             image.close()
     lat = ("p50", "p99", "p99_9")
     # compared in one placement of the CPUs (bench/search.py)
-    ratio, ratio_link = same_link_ratio({"by_link": m["mpps_by_link"]},
-                                        {"by_link": single["mpps_by_link"]})
-    return_ratio, return_link = same_link_ratio({"by_link": mr["mpps_by_link"]},
-                                                {"by_link": single["mpps_by_link"]})
+    ratio, ratio_link = same_link_ratio(m["mpps_by_link"], single["mpps_by_link"])
+    return_ratio, return_link = same_link_ratio(mr["mpps_by_link"], single["mpps_by_link"])
     return {"machine": dict(machine(), stalls=stalls),
             "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                        "warmup": args.warmup, "sfc": "fw->mon->nat", "servers": 2,

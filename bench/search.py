@@ -5,14 +5,15 @@ A search is RFC 2544 style: the unpaced capacity (the better of two runs), then 
 search below it, a rate passing when one of `TRIES` trials loses under LOSS_LIMIT.
 
 This VM's host moves its two vCPUs every few seconds between a placement that shares a cache
-(a cache line's round trip 65-210 ns) and one that does not (340-470 ns), and a rate that
+(a cache line's round trip 57-210 ns) and one that does not (314-470 ns), and a rate that
 hands packets between the two CPUs follows it: the empty SFC runs at 37 Mpps in the first
 and 14 in the second (docs/dataplane.md). A search whose trials straddle both finds neither.
 So each trial is tagged with the placement seen just before and just after it
 (bench/common.py cpu_link: "near" or "far"); a trial the host moved the CPUs during is run
 again, and each placement has its own searches, advanced by the trials run while the host
-has the CPUs that way. Once one placement has its searches, the search waits (PATIENCE) for
-the other if it was seen or is wanted. The figure is the median of one placement's
+has the CPUs that way (a probe that cannot tell is taken again). Once one placement has its
+searches, the search waits (PATIENCE) for the other if a trial ran whole in it or it is
+wanted. The figure is the median of one placement's
 searches: "near" when it finished one (the placement a DPDK deployment gives a pipeline's
 cores: sharing a cache), else "far"; `by_link` gives both, so figures compare like with
 like.
@@ -84,16 +85,24 @@ def _one_unpaced():
     return trial["mpps"], trial["mpps"], trial
 
 
-def linked_run(rig, pps: float, seconds: float, before: str | None = None,
-               **kw) -> tuple[str | None, dict | None]:
-    """rig.run_at() between two placement probes (`before`: the one seen just before, if
-    known): (the placement after it, the trial or None if the host moved the CPUs during
-    it or a probe could not tell). The trial gives its placement ("link", "link_ns")."""
+def placed(call, before: str | None = None) -> tuple:
+    """call() between two placement probes (`before`: the one seen just before, if known):
+    (the placement it ran in or None if the host moved the CPUs during it or a probe could
+    not tell, the placement after it, the round trip then in ns, what call() returned)."""
     if before is None:
         before, _ = cpu_link()
-    trial = rig.run_at(pps, seconds, **kw)
+    result = call()
     after, ns = cpu_link()
-    if before is None or after != before:
+    return (after if before is not None and after == before else None), after, ns, result
+
+
+def linked_run(rig, pps: float, seconds: float, before: str | None = None,
+               **kw) -> tuple[str | None, dict | None]:
+    """rig.run_at() between two placement probes (placed()): (the placement after it, the
+    trial or None if it did not run whole in one). The trial gives its placement ("link",
+    "link_ns")."""
+    ran_in, after, ns, trial = placed(lambda: rig.run_at(pps, seconds, **kw), before)
+    if ran_in is None:
         return after, None
     trial["link"], trial["link_ns"] = after, ns
     return after, trial
@@ -171,10 +180,26 @@ def search(rig, seconds: float, steps: int = STEPS, loss_key: str = "loss",
             "trials": trials_summary([r for _, r, _ in results])}
 
 
-def same_link_ratio(a: dict, b: dict) -> tuple[float | None, str | None]:
-    """a's figure over b's, both searched (search()'s by_link), in the first placement
-    (LINKS order) both have: (ratio, link); (None, None) when they share none."""
-    for link in LINKS + tuple(k for k in a["by_link"] if k not in LINKS):  # ("one": 1 CPU)
-        if link in a["by_link"] and link in b["by_link"] and b["by_link"][link]["mpps"]:
-            return round(a["by_link"][link]["mpps"] / b["by_link"][link]["mpps"], 3), link
+def link_ratios(a: dict, b: dict) -> dict:
+    """{placement: a's figure over b's} for each placement both were searched in (two
+    search() by_link dicts)."""
+    return {link: round(a[link]["mpps"] / b[link]["mpps"], 3)
+            for link in a if link in b and b[link]["mpps"]}
+
+
+def same_link_ratio(a: dict, b: dict, fallback: tuple | None = None) -> tuple:
+    """a's figure over b's (two search() by_link dicts) in the first placement (LINKS order)
+    both have: (ratio, link). When they share none: the `fallback` (a's headline, b's
+    headline) compared as (ratio, "mixed"), or (None, None) without one."""
+    ratios = link_ratios(a, b)
+    for link in LINKS + tuple(ratios):  # (a 1-CPU machine's "one")
+        if link in ratios:
+            return ratios[link], link
+    if fallback:
+        return (round(fallback[0] / fallback[1], 3) if fallback[1] else None), "mixed"
     return None, None
+
+
+def same_link(a: str | None, b: str | None) -> str:
+    """The placement two figures were both measured in, or "mixed"."""
+    return a if a == b and a in LINKS + ("one",) else "mixed"

@@ -44,8 +44,8 @@ from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 from .common import BenchError, cpu_link, cpu_stalls, machine
 from .rig import Rig, flow_frames, write_pcap
 from .scrape import RigNode, Scraper
-from .search import (LOSS_LIMIT, SEARCHES, TRIES, linked_run, same_link_ratio, search,
-                     trials_summary)
+from .search import (LOSS_LIMIT, SEARCHES, TRIES, link_ratios, linked_run, same_link_ratio,
+                     search, trials_summary)
 from .state import NF_CONFIGS
 
 NULL_NF = os.path.join(os.path.dirname(__file__), "nfs", "null.c")
@@ -131,7 +131,7 @@ def scraped_pairs(rig, seconds: float, loss_key: str, searches: int) -> dict:
             scrapes += scraper.scrapes
         finally:
             scraper.close()
-    pairs = [same_link_ratio(w, p)[0] for p, w in zip(plain, watched)]
+    pairs = [same_link_ratio(w["by_link"], p["by_link"])[0] for p, w in zip(plain, watched)]
     ratios = [r for r in pairs if r is not None]
     without = trials_summary([p["mpps"] for p in plain])
     with_ = trials_summary([w["mpps"] for w in watched])
@@ -172,8 +172,9 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     the host moved the CPUs during is run again, up to 3 times as many; then the placement's
     runs are those that ran whole); with `want_link`, runs wait for that placement (a latency
     compared with another figure's) up to LINK_WAIT_TRIALS trials' time. A placement the
-    search found no figure in is waited out as long, then searched once. {"latency_us", "latency_loss",
-    "latency_mpps", "latency_link"}."""
+    search found no figure in is waited out as long, then searched once. {"latency_us",
+    "latency_loss", "latency_mpps", "latency_link", "latency_of_mpps": the figure 80% was
+    taken of}."""
     runs: dict = {}
     figures = {k: v["mpps"] for k, v in found["by_link"].items()}  # (+ searched here)
     link, _ = cpu_link()
@@ -250,8 +251,7 @@ def run(args) -> dict:
         for image in images.values():
             image.close()
     # the two SFCs compared in one placement of the CPUs (search.py)
-    vs_null, vs_null_link = same_link_ratio({"by_link": fmn["mpps_by_link"]},
-                                            {"by_link": null["mpps_by_link"]})
+    vs_null, vs_null_link = same_link_ratio(fmn["mpps_by_link"], null["mpps_by_link"])
     from .testpmd import testpmd_mpps
     with tempfile.TemporaryDirectory(prefix="serpens-bench-testpmd-") as tmp:
         pcap = os.path.join(tmp, "traffic.pcap")
@@ -287,9 +287,7 @@ def run(args) -> dict:
            "null_latency_us": {k: null["latency_us"][k] for k in ("p50", "p99", "p99_9")}
            if "latency_us" in null else None,
            "sfc_vs_null": vs_null, "sfc_vs_null_link": vs_null_link,
-           "sfc_vs_null_by_link": {link: round(f["mpps"] / null["mpps_by_link"][link]["mpps"], 3)
-                                   for link, f in fmn["mpps_by_link"].items()
-                                   if null["mpps_by_link"].get(link, {}).get("mpps")},
+           "sfc_vs_null_by_link": link_ratios(fmn["mpps_by_link"], null["mpps_by_link"]),
            "link_moved_trials": fmn["mpps_moved"] + null["mpps_moved"]}
 
 

@@ -51,8 +51,9 @@ from serpens import nfs
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .baselines import RedisServer, RedisState
-from .common import BenchError, cpu_link, machine, tcp_frame, udp_frame
+from .common import BenchError, machine, tcp_frame, udp_frame
 from .rig import INSTANCE_CPU, ROUTER_CPU, Hop, Rig, flow_frames, write_pcap
+from .search import placed, same_link
 
 REWRITES = {"nat", "vpn"}  # NFs that change packets: the driver restores each frame
 # NFs that see TCP data segments rather than UDP: the IDS scans TCP flows as streams, its
@@ -321,22 +322,24 @@ def run(args, lose_state=None) -> dict:
                     # in the CPU placement Serpens' run had (bench/search.py): up to
                     # PLACED_TRIES runs; a run the machine starved of CPU throughout: again
                     want = figures.get("serpens_link")
-                    for attempt in range(PLACED_TRIES):
-                        step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
-                        sfc = compile_sfc(NF(image, config=make_config(), name=step))
+
+                    def drive_once(sfc):
                         pool.start_instance(sfc, rx, tx, process=proc, how=how)
-                        before, _ = cpu_link()
                         try:
-                            r = dp.drive(rx, tx, mempool, frames[tcp], args.seconds,
-                                         proc.ctl, proc.efd, rewrite=name in REWRITES)
+                            return dp.drive(rx, tx, mempool, frames[tcp], args.seconds,
+                                            proc.ctl, proc.efd, rewrite=name in REWRITES)
                         finally:
                             pool.stop_instance(proc)
                             # the driver leaves its loop's mbufs in the rings: back to the pool
                             dp.free_all(rx)
                             dp.free_all(tx)
-                        after, _ = cpu_link()
+
+                    for attempt in range(PLACED_TRIES):
+                        step = f"{name}-{backend}-{uuid.uuid4().hex[:6]}"
+                        sfc = compile_sfc(NF(image, config=make_config(), name=step))
+                        ran_in, _, _, r = placed(lambda: drive_once(sfc))
                         check_backend(proc, name, backend)
-                        link = after if before == after else "moved"
+                        link = ran_in or "moved"
                         if r["packets"] and (link == want or (want is None and link != "moved")
                                              or attempt >= PLACED_TRIES - 1):
                             break
@@ -374,19 +377,16 @@ def run(args, lose_state=None) -> dict:
                 for backend in ("redis", "snf"):
                     figures[f"serpens_vs_{backend}"] = round(
                         figures["serpens_mpps"] / max(figures[f"{backend}_mpps"], 1e-9), 1)
-                    same = figures[f"{backend}_link"] == figures["serpens_link"] != "moved"
-                    figures[f"serpens_vs_{backend}_link"] = figures["serpens_link"] if same \
-                        else "mixed"
+                    figures[f"serpens_vs_{backend}_link"] = same_link(
+                        figures["serpens_link"], figures[f"{backend}_link"])
                     figures[f"latency_reduction_vs_{backend}"] = round(
                         1 - figures["latency_us"]["serpens"]["mean"]
                         / figures["latency_us"][backend]["mean"], 3)
                     figures[f"latency_reduction_p50_vs_{backend}"] = round(
                         1 - figures["latency_us"]["serpens"]["p50"]
                         / figures["latency_us"][backend]["p50"], 3)
-                    lat_link = figures["latency_link"]
-                    figures[f"latency_reduction_vs_{backend}_link"] = (
-                        lat_link["serpens"] if lat_link[backend] == lat_link["serpens"]
-                        else "mixed")
+                    figures[f"latency_reduction_vs_{backend}_link"] = same_link(
+                        figures["latency_link"]["serpens"], figures["latency_link"][backend])
                 image.close()
                 result[name] = figures
             rx.free()
