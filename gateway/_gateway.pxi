@@ -121,9 +121,12 @@ cdef class Gateway:
     cdef public double release_factor
 
     def __cinit__(self, in_ports, uint16_t underlay_port, uint16_t egress_port, str underlay_ip,
-                  str underlay_mac, uint32_t mtu=1500, double idle_s=30.0):
+                  str underlay_mac, uint32_t mtu=1500, double idle_s=30.0,
+                  double stall_us=2000):
         """in_ports face the outside; frames back from the servers leave on egress_port;
-        mtu bounds the outer IPv4 packet (an inner frame of up to mtu - 36 bytes fits)."""
+        mtu bounds the outer IPv4 packet (an inner frame of up to mtu - 36 bytes fits);
+        stall_us: the longest a full TX queue (a server's link) may hold the ingress back
+        before that port sheds (gateway.h "Back-pressure")."""
         if not SERPENS_VXLAN_IP_OVERHEAD + 14 < mtu <= 9216:
             raise ValueError(f"underlay MTU {mtu}: must be 51..9216")
         self.g = <serpens_gateway *>calloc(1, sizeof(serpens_gateway))
@@ -135,6 +138,9 @@ cdef class Gateway:
         self.g.default_sfc = -1
         self.g.underlay_port = self.g.egress_port = -1
         self.g.idle_cycles = <uint64_t>(rte_get_tsc_hz() * idle_s)
+        if not 0 < stall_us <= 1e6:
+            raise ValueError(f"stall_us {stall_us}: must be in (0, 1e6]")
+        self.g.stall_cycles = <uint64_t>(rte_get_tsc_hz() * stall_us / 1e6)
         self.g.underlay.ip = _ipv4_be(underlay_ip)
         mac = bytes.fromhex(underlay_mac.replace(":", ""))
         if len(mac) != 6:
@@ -548,6 +554,9 @@ cdef class Gateway:
                 for k in range(SERPENS_GW_MAX_SFCS) if g.sfcs[k].used}
         ports = {g.ports[i].id: {"rx": g.ports[i].rx, "tx": g.ports[i].tx,
                                  "tx_failed": g.ports[i].tx_failed,
+                                 "tx_stalls": g.ports[i].tx_stalls,
+                                 "waiting": g.ports[i].nout,
+                                 "shedding": bool(g.ports[i].shedding),
                                  "unmatched": g.ports[i].unmatched,
                                  "missed": g.ports[i].pace.missed,
                                  "rx_empty": g.ports[i].pace.rx_empty}

@@ -16,6 +16,8 @@
       cpus: "0-1"                    # CPUs of the gateway process
       gateway_cpu: 1                 # the packet loop's own CPU
       idle_s: 30                     # a flow unused this long is forgotten (may move server)
+      stall_us: 2000                 # the longest a server's full link may hold the ingress
+                                     # back before frames to it are dropped (gateway.h)
       release_factor: 2              # a move's held packets leave at this multiple of the
                                      # rate they arrived at (docs/moves.md step 5)
       pace: {wan: 1000000}           # ingress ports replaying a capture forever: packets/s
@@ -43,6 +45,7 @@ class GatewayConfig:
     cpus: str = "0-1"
     gateway_cpu: int = 1
     idle_s: float = 30.0
+    stall_us: float = 2000.0
     release_factor: float = 2.0
     pace: dict = field(default_factory=dict)   # ingress port name -> packets/s
 
@@ -59,7 +62,8 @@ def parse_gateway(text: str) -> GatewayConfig:
     name, body, _ = parse_document(text, "Gateway", NODE_NAME,
                                    "1-32 characters of a-z, 0-9 and '-'",
                                    {"ports", "ingress", "egress", "underlay", "cpus",
-                                    "gateway_cpu", "idle_s", "release_factor", "pace"})
+                                    "gateway_cpu", "idle_s", "stall_us", "release_factor",
+                                    "pace"})
     ports = parse_ports(body.get("ports"))
     if body.get("underlay") is None:
         raise SpecError("spec.underlay", "required: {port: NAME, ip: A.B.C.D, mtu: 1500}")
@@ -89,6 +93,7 @@ def parse_gateway(text: str) -> GatewayConfig:
         name=name, ports=ports, ingress=tuple(ingress), egress=egress, underlay=underlay,
         cpus=cpus, gateway_cpu=gateway_cpu,
         idle_s=float(parse_number(body, "idle_s", 30.0, (int, float), 0.01, 86400)),
+        stall_us=float(parse_number(body, "stall_us", 2000.0, (int, float), 10, 1e6)),
         # above 1, or the backlog never clears (the moving flows' new packets join its end)
         release_factor=float(parse_number(body, "release_factor", 2.0, (int, float), 1.05,
                                           1000)),

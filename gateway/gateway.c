@@ -89,26 +89,77 @@ static uint32_t server_for(struct serpens_gateway *g, int sfc, uint32_t hash, ui
 	return server;
 }
 
-static void flush(struct serpens_gateway *g, struct serpens_gw_port *p)
+/* Drop what waits on port p from out[from] on (counted). */
+static void shed(struct serpens_gateway *g, struct serpens_gw_port *p, uint32_t from)
 {
-	uint16_t sent = 0;
-	for (int tries = 0; sent < p->nout && tries < 64; tries++)
-		sent += rte_eth_tx_burst(p->id, 0, p->out + sent, (uint16_t)(p->nout - sent));
-	if (sent < p->nout) {
-		rte_pktmbuf_free_bulk(p->out + sent, p->nout - sent);
-		p->tx_failed += p->nout - sent;
-		g->tx_failed += p->nout - sent;
-	}
-	p->tx += sent;
-	g->tx += sent;
-	p->nout = 0;
+	rte_pktmbuf_free_bulk(p->out + from, p->nout - from);
+	p->tx_failed += p->nout - from;
+	g->tx_failed += p->nout - from;
 }
 
+/* Send what waits on port p. What its full TX queue leaves waits there (back-pressure:
+ * gateway.h) unless the port sheds, or took nothing for stall_cycles: then it starts to.
+ * Returns the frames sent. */
+static uint32_t flush(struct serpens_gateway *g, struct serpens_gw_port *p)
+{
+	uint16_t sent = rte_eth_tx_burst(p->id, 0, p->out, (uint16_t)p->nout);
+	uint32_t left = p->nout - sent;
+	p->tx += sent;
+	g->tx += sent;
+	if (!left) {
+		p->nout = 0;
+		p->stall_since = 0;
+		p->shedding = 0; /* it takes everything again */
+		return sent;
+	}
+	if (p->shedding || (!sent && p->stall_since &&
+			    g->now_tsc - p->stall_since > g->stall_cycles)) {
+		p->shedding = 1;
+		p->stall_since = 0;
+		shed(g, p, sent);
+		p->nout = 0;
+		return sent;
+	}
+	if (sent || !p->stall_since) { /* progress, or the first wait: the clock starts now */
+		p->tx_stalls += !p->stall_since;
+		p->stall_since = g->now_tsc;
+	}
+	memmove(p->out, p->out + sent, left * sizeof(p->out[0]));
+	p->nout = left;
+	return sent;
+}
+
+/* Queue m on port p; a burst is sent as soon as it is whole. A port whose queue is full
+ * (held back longer than the loop lets it: gateway_poll) drops. */
 static void transmit(struct serpens_gateway *g, struct serpens_gw_port *p, struct rte_mbuf *m)
 {
+	if (p->nout == SERPENS_GW_OUT) {
+		rte_pktmbuf_free(m);
+		p->tx_failed++;
+		g->tx_failed++;
+		return;
+	}
 	p->out[p->nout++] = m;
-	if (p->nout == SERPENS_BURST)
+	if (p->nout == SERPENS_BURST || p->nout == SERPENS_GW_OUT)
 		flush(g, p);
+}
+
+/* May the loop read a burst that could all go to one port? Not while a port that does not
+ * shed holds more than a burst (its full TX queue: back-pressure). */
+static int room_for_burst(const struct serpens_gateway *g)
+{
+	for (uint32_t i = 0; i < g->nports; i++)
+		if (g->ports[i].nout > SERPENS_GW_OUT - SERPENS_BURST && !g->ports[i].shedding)
+			return 0;
+	return 1;
+}
+
+uint32_t serpens_gateway_waiting(const struct serpens_gateway *g)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < g->nports; i++)
+		n += g->ports[i].nout;
+	return n;
 }
 
 /* Encapsulate frame m of SFC `sfc` for server `server` and send it there. */
@@ -302,8 +353,9 @@ static uint32_t release_moves(struct serpens_gateway *g, uint64_t tsc)
 		}
 		if (st != SERPENS_GW_MOVE_DRAINING)
 			continue;
+		const struct serpens_gw_port *to = &g->ports[g->servers[mv->to].port];
 		for (int k = 0; k < SERPENS_GW_RELEASE_BURST && mv->head != mv->tail &&
-				release_due(mv, tsc); k++) {
+				to->nout < SERPENS_GW_OUT && release_due(mv, tsc); k++) {
 			struct rte_mbuf *m = mv->ring[mv->head++ & (SERPENS_GW_HOLD - 1)];
 			to_server(g, (int)mv->sfc, mv->to, m, m->hash.rss);
 			sent++;
@@ -384,11 +436,16 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 	__atomic_store_n(&g->loops, g->loops + 1, __ATOMIC_RELEASE);
 	if (g->underlay_port < 0 || g->egress_port < 0)
 		return 0;
-	if (g->moving)
+	g->now_tsc = tsc;
+	int room = room_for_burst(g);
+	if (g->moving && room)
 		work += release_moves(g, tsc); /* held packets before the ports' newer ones */
-	/* the underlay ports every time: what servers return must not wait behind the outside */
+	/* the underlay ports every time: what servers return must not wait behind the outside
+	 * (only behind a full egress: back-pressure toward the servers) */
+	const struct serpens_gw_port *egress = &g->ports[g->egress_port];
+	int egress_room = egress->nout <= SERPENS_GW_OUT - SERPENS_BURST || egress->shedding;
 	uint16_t n;
-	for (uint32_t i = 0; i < g->nports; i++) {
+	for (uint32_t i = 0; i < g->nports && egress_room; i++) {
 		struct serpens_gw_port *under = &g->ports[i];
 		if (!under->underlay)
 			continue;
@@ -400,7 +457,7 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 			work += n;
 		}
 	}
-	for (uint32_t tries = 0; tries < g->nports; tries++) {
+	for (uint32_t tries = 0; tries < g->nports && room_for_burst(g); tries++) {
 		uint32_t port = g->next_port;
 		g->next_port = port + 1 == g->nports ? 0 : port + 1;
 		struct serpens_gw_port *p = &g->ports[port];
@@ -420,15 +477,18 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 		break;
 	}
 	struct rte_mbuf *marker = __atomic_load_n(&g->marker, __ATOMIC_ACQUIRE);
-	if (marker) { /* after every frame this loop and the ones before it sent */
+	if (marker && g->ports[g->marker_port].nout < SERPENS_GW_OUT) {
+		/* after every frame this loop and the ones before it sent (never dropped for a
+		 * full queue: it waits for room) */
 		transmit(g, &g->ports[g->marker_port], marker);
 		__atomic_store_n(&g->marker, NULL, __ATOMIC_RELEASE);
 		work++;
 	}
+	uint32_t flushed = 0;
 	for (uint32_t i = 0; i < g->nports; i++)
 		if (g->ports[i].nout)
-			flush(g, &g->ports[i]);
-	return work;
+			flushed += flush(g, &g->ports[i]);
+	return work ? work : flushed; /* frames that waited and left are work too */
 }
 
 int serpens_gateway_lcore_main(void *arg)
@@ -457,8 +517,8 @@ int serpens_gateway_run(struct serpens_gateway *g)
 			continue;
 		}
 		busy_since = 0;
-		if (++idle < IDLE_POLLS) {
-			sched_yield();
+		if (++idle < IDLE_POLLS || serpens_gateway_waiting(g)) {
+			sched_yield(); /* (frames wait for a full TX queue: its reader runs now) */
 			continue;
 		}
 		/* idle: back off, so an idle gateway costs almost nothing; a paced port's next

@@ -27,6 +27,16 @@
  *
  * An ingress port may be paced (router/pace.h) to replay a capture at a given rate.
  *
+ * Back-pressure, bounded in time (as the router's toward its instances, DESIGN §8): what a
+ * port's full TX queue (a server's underlay link, the egress) does not take waits in the
+ * port's `out` (two bursts), and while a port holds more than a burst the loop reads no
+ * more from the outside: arrivals wait in the ingress port's RX queue, where a NIC's
+ * buffering is, instead of being dropped because a server's link was momentarily full (on
+ * one host: its router had not run yet). Frames back from the servers are still read (the
+ * egress must hold them, else that port waits too). A port whose TX took nothing for
+ * `stall_cycles` sheds: what waits is dropped (`tx_failed`) and so is what it cannot take
+ * at once, until its TX takes frames again, so one dead link never stops the others.
+ *
  * Moving flows between servers with their state (issue 14, docs/moves.md): a move (moves[])
  * names an SFC, a source and a target server and the Maglev slots of its flows (or all). While
  * it holds, the packets of those flows that would go to the source wait in the move's bounded
@@ -70,6 +80,7 @@
 #define SERPENS_GW_HOLD 65536        /* packets held per move (a power of two) */
 #define SERPENS_GW_SLOT_WORDS ((SERPENS_GW_MAGLEV + 63) / 64)
 #define SERPENS_GW_RELEASE_BURST 64  /* held packets sent per loop while a move releases */
+#define SERPENS_GW_OUT (2 * SERPENS_BURST) /* frames a port's TX queue may leave waiting */
 
 enum serpens_gw_move_state {
 	SERPENS_GW_MOVE_FREE = 0,
@@ -152,14 +163,20 @@ struct serpens_gw_port {
 	uint8_t ingress;             /* frames from the outside arrive here */
 	uint8_t underlay;            /* an underlay port (servers behind it) */
 	struct serpens_pace pace;    /* ingress pacing (replayed captures; off unless set) */
+	/* what waits to be sent (back-pressure, gateway.h "Theory"): up to two bursts */
 	uint32_t nout;
-	struct rte_mbuf *out[SERPENS_BURST];
+	uint8_t shedding;            /* its TX took nothing for stall_cycles: no back-pressure */
+	uint64_t stall_since;        /* TSC: since when a full TX queue left frames here (0) */
+	struct rte_mbuf *out[SERPENS_GW_OUT];
 	uint64_t rx, tx, tx_failed, unmatched;
+	uint64_t tx_stalls;          /* times back-pressure held the ingress for this port */
 };
 
 struct serpens_gateway {
 	volatile uint32_t stop;
 	volatile uint64_t loops;     /* iterations: two more = a control change is in effect */
+	uint64_t stall_cycles;       /* longest a full TX queue may hold the ingress back */
+	uint64_t now_tsc;            /* gateway thread: this loop's time */
 	uint64_t idle_cycles;        /* a flow unused this long is forgotten */
 	uint32_t nports;
 	int32_t default_sfc;
@@ -207,5 +224,7 @@ int serpens_gateway_run(struct serpens_gateway *g);
 int serpens_gateway_lcore_main(void *arg);
 /* One loop iteration (RX from one port + underlay, TX); returns the frames handled. */
 uint32_t serpens_gateway_poll(struct serpens_gateway *g);
+/* Frames waiting for a full TX queue (a loop must not sleep while there are any). */
+uint32_t serpens_gateway_waiting(const struct serpens_gateway *g);
 
 #endif

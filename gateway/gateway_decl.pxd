@@ -56,11 +56,14 @@ cdef extern from "gateway.h" nogil:
         uint16_t id
         uint8_t ingress, underlay
         serpens_pace pace
-        uint64_t rx, tx, tx_failed, unmatched
+        uint32_t nout
+        uint8_t shedding
+        uint64_t rx, tx, tx_failed, unmatched, tx_stalls
 
     struct serpens_gateway:
         uint32_t stop
         uint64_t loops
+        uint64_t stall_cycles
         uint64_t idle_cycles
         uint32_t nports
         int32_t default_sfc, underlay_port, egress_port

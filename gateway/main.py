@@ -96,7 +96,8 @@ class DataPath:
             self.mac = dp.port_mac(self.ports[u.port])
             self.gateway = dp.Gateway([self.ports[p] for p in config.ingress],
                                       self.ports[u.port], self.ports[config.egress], u.ip,
-                                      self.mac, mtu=u.mtu, idle_s=config.idle_s)
+                                      self.mac, mtu=u.mtu, idle_s=config.idle_s,
+                                      stall_us=config.stall_us)
             self.gateway.release_factor = config.release_factor
             for name, pps in config.pace.items():
                 self.gateway.pace(self.ports[name], pps)

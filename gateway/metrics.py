@@ -14,7 +14,7 @@ from .service import GatewayServicer
 FAMILIES = {
     **{f"serpens_gateway_port_{k}": ("counter", ("gateway", "port")) for k in (
         "rx_packets", "tx_packets", "tx_failed_packets", "unmatched_packets",
-        "missed_packets", "errors")},
+        "missed_packets", "errors", "tx_stalls")},
     **{f"serpens_gateway_sfc_{k}": ("counter", ("gateway", "sfc")) for k in (
         "rx_packets", "tx_packets", "back_packets", "new_flows", "moved_flows",
         "unpinned_packets")},
@@ -49,7 +49,9 @@ class GatewayCollector:
             ("unmatched_packets", "Frames received that no route takes"),
             ("missed_packets", "Frames the device dropped for want of RX room (paced "
                                "ports: arrivals lost beyond the pacing depth)"),
-            ("errors", "Erroneous frames the device received"))}
+            ("errors", "Erroneous frames the device received"),
+            ("tx_stalls", "Times the port's full TX queue held the ingress back "
+                          "(back-pressure; it sheds after stall_us)"))}
         for pid, c in sorted(st["ports"].items()):
             labels = [gw, by_id.get(pid, str(pid))]
             try:
@@ -62,6 +64,7 @@ class GatewayCollector:
             fam["unmatched_packets"].add_metric(labels, c["unmatched"])
             fam["missed_packets"].add_metric(labels, c["missed"] + dev.get("missed", 0))
             fam["errors"].add_metric(labels, dev.get("errors", 0))
+            fam["tx_stalls"].add_metric(labels, c["tx_stalls"])
         yield from fam.values()
         # SFCs
         sfc = {k: counter(f"serpens_gateway_sfc_{k}", doc, ("gateway", "sfc")) for k, doc in (

@@ -609,6 +609,55 @@ def test_a_paced_ingress_port_delivers_only_the_arrivals_due(site):
         site.gw.pace(site.underlay.port, 1000)
 
 
+def test_a_full_server_link_holds_the_ingress_back_then_sheds_after_stall_us(dataplane):
+    """A server's link that takes nothing (its TX queue full) stops the gateway reading the
+    outside, so arrivals wait in the ingress queue and nothing is dropped; once the link takes
+    frames everything flows again, in order. A link that takes nothing for stall_us sheds:
+    what waits for it is dropped and counted, and the outside is read again."""
+    site = GatewaySite(dataplane, "gbp", stall_us=100_000)
+    try:
+        one_sfc(site, {"192.168.50.11": 1})
+        site.outside.send([flow_frame(f % 500, f // 500) for f in range(4000)])
+        site.pump()
+        site.outside.send([flow_frame(f % 500, f // 500) for f in range(4000, 4396)])
+        site.pump()
+        full = site.underlay.sent.count()  # the link's TX queue is full
+        assert full >= 4095
+        st = site.gw.stats()
+        under = st["ports"][site.underlay.port]
+        assert st["tx_failed"] == 0 and under["waiting"] > 0 and not under["shedding"]
+        waiting_outside = site.outside.inject.count()
+        assert waiting_outside >= 4396 - full - 2 * 32
+        out = []
+        for _ in range(100):  # the link takes frames again: everything flows
+            out += [d for _, d in dp.pull(site.underlay.sent, 512)]
+            site.pump()
+            if len(out) == 4396:
+                break
+        assert [inner_flow(w) for w in out] == [f % 500 for f in range(4396)]
+        assert site.gw.stats()["tx_failed"] == 0 and site.outside.inject.count() == 0
+
+        site.outside.send([flow_frame(f, 0) for f in range(4000)])
+        site.pump()
+        site.outside.send([flow_frame(f, 0) for f in range(4000, 4296)])
+        site.pump()
+        assert site.gw.stats()["tx_failed"] == 0
+        time.sleep(0.15)  # longer than stall_us: the link sheds
+        site.pump()  # (the pass that finds the stall sheds; the next ones read the outside)
+        site.pump()
+        st = site.gw.stats()
+        assert st["ports"][site.underlay.port]["shedding"]
+        assert st["tx_failed"] == 4296 - full and site.outside.inject.count() == 0
+        while dp.pull(site.underlay.sent, 512):
+            pass
+        site.outside.send([flow_frame(7, 1)])
+        site.pump()  # it takes frames again: no longer shedding
+        assert len(dp.pull(site.underlay.sent, 8)) == 1
+        assert not site.gw.stats()["ports"][site.underlay.port]["shedding"]
+    finally:
+        site.close()
+
+
 def test_a_rules_rewrite_never_lets_frames_fall_to_the_default(site):
     """The rules are switched whole (router/classify.h): while the loop runs and they are
     written again and again, no frame a rule takes meets an empty table."""

@@ -37,6 +37,7 @@ def test_defaults_take_every_port_but_egress_and_underlay_as_ingress():
     ("  pace: {out: 100}\n", "spec.pace.out"),
     ("  pace: {wan: 0}\n", "spec.pace.wan"),
     ("  idle_s: 0\n", "spec.idle_s"),
+    ("  stall_us: 5\n", "spec.stall_us"),
     ("  release_factor: 1\n", "spec.release_factor"),
     ("  gateway_cpu: -1\n", "spec.gateway_cpu"),
     ("  cpus: all\n", "spec.cpus"),

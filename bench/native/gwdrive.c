@@ -87,7 +87,7 @@ int serpens_gwdrive_lcore_main(void *arg)
 			continue;
 		}
 		busy_since = 0;
-		if (++idle < IDLE_POLLS) {
+		if (++idle < IDLE_POLLS || serpens_gateway_waiting(d->g)) {
 			sched_yield(); /* the servers' routers share this core */
 			continue;
 		}

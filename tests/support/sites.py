@@ -65,13 +65,13 @@ class GatewaySite:
     `outside`; outside out; underlay), driven by poll() from the test's thread: each test
     sees exactly what one pass did."""
 
-    def __init__(self, dataplane, name, mtu=1500, idle_s=30.0, ingress=1):
+    def __init__(self, dataplane, name, mtu=1500, idle_s=30.0, ingress=1, stall_us=2000):
         self.ins = [Wire(dataplane, f"{name}o{k or ''}") for k in range(ingress)]
         self.outside = self.ins[0]
         self.egress = Wire(dataplane, f"{name}e")
         self.underlay = Wire(dataplane, f"{name}u")
         self.gw = dp.Gateway([w.port for w in self.ins], self.underlay.port, self.egress.port,
-                             GW_IP, GW_MAC, mtu=mtu, idle_s=idle_s)
+                             GW_IP, GW_MAC, mtu=mtu, idle_s=idle_s, stall_us=stall_us)
 
     def pump(self):
         while self.gw.poll():
