@@ -91,7 +91,10 @@ class Testbed:
         for s in self.servers:
             if self.underlay == "memif":
                 sock = os.path.join(self.dir, f"memif-{s['name']}.sock")
-                common = f"socket={sock},socket-abstract=no,id=0,rsize=12"
+                # 1024 slots (the PMD's default): the gateway holds back for a full link
+                # (docs/dataplane.md "Back-pressure"), and fewer 2 KiB buffers in turn stay
+                # in cache
+                common = f"socket={sock},socket-abstract=no,id=0,rsize=10"
                 s["gw_vdev"] = f"net_memif_gw{s['name']},role=server,{common}," \
                                f"mac={GATEWAY['mac']}"
                 s["server_vdev"] = f"net_memif_{s['name']},role=client,{common},mac={s['mac']}"
