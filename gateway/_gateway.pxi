@@ -138,8 +138,8 @@ cdef class Gateway:
         self.g.default_sfc = -1
         self.g.underlay_port = self.g.egress_port = -1
         self.g.idle_cycles = <uint64_t>(rte_get_tsc_hz() * idle_s)
-        if not 0 < stall_us <= 1e6:
-            raise ValueError(f"stall_us {stall_us}: must be in (0, 1e6]")
+        if not 10 <= stall_us <= 1e6:
+            raise ValueError(f"stall_us {stall_us:g}: must be 10..1000000")
         self.g.stall_cycles = <uint64_t>(rte_get_tsc_hz() * stall_us / 1e6)
         self.g.underlay.ip = _ipv4_be(underlay_ip)
         mac = bytes.fromhex(underlay_mac.replace(":", ""))
@@ -156,6 +156,8 @@ cdef class Gateway:
         if self.lcore >= 0:
             self.g.stop = 1
             rte_eal_wait_lcore(self.lcore)
+        if self.g != NULL:
+            serpens_gateway_release(self.g)  # frames waiting, held by moves, a marker
         free(self.g)
 
     cdef int _port(self, uint16_t port) except -1:
@@ -515,7 +517,8 @@ cdef class Gateway:
         self.lcore = lcore
 
     def poll(self):
-        """One iteration on the calling thread (tests); the frames handled."""
+        """One iteration on the calling thread (tests); the frames handled (or, if none, those
+        that had waited and left): 0 means it found nothing to do."""
         return serpens_gateway_poll(self.g)
 
     def stop(self):

@@ -11,6 +11,7 @@
 #include "gateway.h"
 
 #define IDLE_POLLS 256
+#define HOLD_PASSES 8 /* passes a port must hold the ingress back (and stall_cycles) to shed */
 #define SHARED_QUANTUM_US 50 /* busy this long, the loop yields (router.c) */
 
 static uint32_t coarse_now(uint64_t tsc)
@@ -97,9 +98,9 @@ static void shed(struct serpens_gateway *g, struct serpens_gw_port *p, uint32_t 
 	g->tx_failed += p->nout - from;
 }
 
-/* Send what waits on port p. What its full TX queue leaves waits there (back-pressure:
- * gateway.h) unless the port sheds, or took nothing for stall_cycles: then it starts to.
- * Returns the frames sent. */
+/* Send what waits on port p; what its full TX queue leaves waits there (back-pressure:
+ * gateway.h), unless the port sheds: then it is dropped, until the TX takes all it is given
+ * again. Returns the frames sent. */
 static uint32_t flush(struct serpens_gateway *g, struct serpens_gw_port *p)
 {
 	uint16_t sent = rte_eth_tx_burst(p->id, 0, p->out, (uint16_t)p->nout);
@@ -108,24 +109,14 @@ static uint32_t flush(struct serpens_gateway *g, struct serpens_gw_port *p)
 	g->tx += sent;
 	if (!left) {
 		p->nout = 0;
-		p->stall_since = 0;
-		p->shedding = 0; /* it takes everything again */
-		return sent;
-	}
-	if (p->shedding || (!sent && p->stall_since &&
-			    g->now_tsc - p->stall_since > g->stall_cycles)) {
-		p->shedding = 1;
-		p->stall_since = 0;
+		p->shedding = 0;
+	} else if (p->shedding) {
 		shed(g, p, sent);
 		p->nout = 0;
-		return sent;
+	} else {
+		memmove(p->out, p->out + sent, left * sizeof(p->out[0]));
+		p->nout = left;
 	}
-	if (sent || !p->stall_since) { /* progress, or the first wait: the clock starts now */
-		p->tx_stalls += !p->stall_since;
-		p->stall_since = g->now_tsc;
-	}
-	memmove(p->out, p->out + sent, left * sizeof(p->out[0]));
-	p->nout = left;
 	return sent;
 }
 
@@ -144,14 +135,46 @@ static void transmit(struct serpens_gateway *g, struct serpens_gw_port *p, struc
 		flush(g, p);
 }
 
-/* May the loop read a burst that could all go to one port? Not while a port that does not
- * shed holds more than a burst (its full TX queue: back-pressure). */
+/* Could port p not take a whole burst more? Then it holds back what feeds it. */
+static int holding(const struct serpens_gw_port *p)
+{
+	return p->nout > SERPENS_GW_OUT - SERPENS_BURST && !p->shedding;
+}
+
+/* May the loop read a burst from the outside (which could all go to one server)? Not while
+ * an underlay port holds it back. */
 static int room_for_burst(const struct serpens_gateway *g)
 {
 	for (uint32_t i = 0; i < g->nports; i++)
-		if (g->ports[i].nout > SERPENS_GW_OUT - SERPENS_BURST && !g->ports[i].shedding)
+		if (g->ports[i].underlay && holding(&g->ports[i]))
 			return 0;
 	return 1;
+}
+
+/* At the end of a pass: how long port p has held back what feeds it, from the first pass it
+ * did until nothing waits on it (a slow link that takes a little each pass never empties
+ * its queue: its hold goes on). Past stall_cycles, and HOLD_PASSES passes holding (each
+ * gives the core away: a pause of this loop's own CPU is no evidence against the link), it
+ * sheds. */
+static void check_hold(struct serpens_gateway *g, struct serpens_gw_port *p)
+{
+	if (!p->nout) {
+		p->hold_since = 0;
+		return;
+	}
+	if (!holding(p))
+		return;
+	if (!p->hold_since) {
+		p->hold_since = g->now_tsc;
+		p->hold_passes = 0;
+		p->tx_stalls++;
+	} else if (++p->hold_passes >= HOLD_PASSES &&
+		   g->now_tsc - p->hold_since > g->stall_cycles) {
+		p->shedding = 1;
+		p->hold_since = 0;
+		shed(g, p, 0);
+		p->nout = 0;
+	}
 }
 
 uint32_t serpens_gateway_waiting(const struct serpens_gateway *g)
@@ -443,9 +466,8 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 	/* the underlay ports every time: what servers return must not wait behind the outside
 	 * (only behind a full egress: back-pressure toward the servers) */
 	const struct serpens_gw_port *egress = &g->ports[g->egress_port];
-	int egress_room = egress->nout <= SERPENS_GW_OUT - SERPENS_BURST || egress->shedding;
 	uint16_t n;
-	for (uint32_t i = 0; i < g->nports && egress_room; i++) {
+	for (uint32_t i = 0; i < g->nports && !holding(egress); i++) {
 		struct serpens_gw_port *under = &g->ports[i];
 		if (!under->underlay)
 			continue;
@@ -477,18 +499,43 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 		break;
 	}
 	struct rte_mbuf *marker = __atomic_load_n(&g->marker, __ATOMIC_ACQUIRE);
-	if (marker && g->ports[g->marker_port].nout < SERPENS_GW_OUT) {
-		/* after every frame this loop and the ones before it sent (never dropped for a
-		 * full queue: it waits for room) */
-		transmit(g, &g->ports[g->marker_port], marker);
-		__atomic_store_n(&g->marker, NULL, __ATOMIC_RELEASE);
-		work++;
+	if (marker) {
+		/* after every frame this loop and the ones before it sent: once nothing waits on
+		 * its port, straight to the TX queue (never dropped: a full one, it waits) */
+		struct serpens_gw_port *mp = &g->ports[g->marker_port];
+		if (mp->nout)
+			flush(g, mp);
+		if (!mp->nout && rte_eth_tx_burst(mp->id, 0, &marker, 1) == 1) {
+			mp->tx++;
+			g->tx++;
+			__atomic_store_n(&g->marker, NULL, __ATOMIC_RELEASE);
+			work++;
+		}
 	}
 	uint32_t flushed = 0;
-	for (uint32_t i = 0; i < g->nports; i++)
+	for (uint32_t i = 0; i < g->nports; i++) {
 		if (g->ports[i].nout)
 			flushed += flush(g, &g->ports[i]);
+		check_hold(g, &g->ports[i]);
+	}
 	return work ? work : flushed; /* frames that waited and left are work too */
+}
+
+void serpens_gateway_release(struct serpens_gateway *g)
+{
+	for (uint32_t i = 0; i < g->nports; i++) {
+		struct serpens_gw_port *p = &g->ports[i];
+		rte_pktmbuf_free_bulk(p->out, p->nout);
+		p->nout = 0;
+		p->hold_since = 0;
+	}
+	for (int i = 0; i < SERPENS_GW_MAX_MOVES; i++) {
+		struct serpens_gw_move *mv = &g->moves[i];
+		while (mv->head != mv->tail)
+			rte_pktmbuf_free(mv->ring[mv->head++ & (SERPENS_GW_HOLD - 1)]);
+	}
+	struct rte_mbuf *marker = __atomic_exchange_n(&g->marker, NULL, __ATOMIC_ACQ_REL);
+	rte_pktmbuf_free(marker);
 }
 
 int serpens_gateway_lcore_main(void *arg)

@@ -29,13 +29,17 @@
  *
  * Back-pressure, bounded in time (as the router's toward its instances, DESIGN §8): what a
  * port's full TX queue (a server's underlay link, the egress) does not take waits in the
- * port's `out` (two bursts), and while a port holds more than a burst the loop reads no
- * more from the outside: arrivals wait in the ingress port's RX queue, where a NIC's
- * buffering is, instead of being dropped because a server's link was momentarily full (on
- * one host: its router had not run yet). Frames back from the servers are still read (the
- * egress must hold them, else that port waits too). A port whose TX took nothing for
- * `stall_cycles` sheds: what waits is dropped (`tx_failed`) and so is what it cannot take
- * at once, until its TX takes frames again, so one dead link never stops the others.
+ * port's `out` (two bursts). While an underlay port cannot take another burst, the loop
+ * reads no more from the outside: arrivals wait in the ingress port's RX queue, where a
+ * NIC's buffering is, instead of being dropped because a server's link was momentarily full
+ * (on one host: its router had not run yet). Likewise a full egress stops the reading of
+ * the underlay ports (what the servers return waits in their links). A port that has held
+ * back for `stall_cycles` and HOLD_PASSES passes of the loop (a pause of the loop's own CPU
+ * is no evidence against the link) without its queue ever emptying sheds: what waits is
+ * dropped (`tx_failed`), and so is whatever its TX does not take at once, until it takes all
+ * it is given again. So a dead or slow link holds the others back for at most about
+ * stall_cycles. A move's marker is never dropped: it waits until nothing waits on its port
+ * and its TX queue takes it.
  *
  * Moving flows between servers with their state (issue 14, docs/moves.md): a move (moves[])
  * names an SFC, a source and a target server and the Maglev slots of its flows (or all). While
@@ -165,11 +169,13 @@ struct serpens_gw_port {
 	struct serpens_pace pace;    /* ingress pacing (replayed captures; off unless set) */
 	/* what waits to be sent (back-pressure, gateway.h "Theory"): up to two bursts */
 	uint32_t nout;
-	uint8_t shedding;            /* its TX took nothing for stall_cycles: no back-pressure */
-	uint64_t stall_since;        /* TSC: since when a full TX queue left frames here (0) */
+	uint8_t shedding;            /* it held back for stall_cycles: no back-pressure now */
+	uint64_t hold_since;         /* TSC: it began to hold back what feeds it, and has had
+				      * frames waiting since (0: not) */
+	uint32_t hold_passes;        /* loop passes it has held back for */
 	struct rte_mbuf *out[SERPENS_GW_OUT];
 	uint64_t rx, tx, tx_failed, unmatched;
-	uint64_t tx_stalls;          /* times back-pressure held the ingress for this port */
+	uint64_t tx_stalls;          /* times it began to hold back what feeds it */
 };
 
 struct serpens_gateway {
@@ -222,9 +228,13 @@ struct serpens_gateway {
 int serpens_gateway_run(struct serpens_gateway *g);
 /* The same as an lcore function (rte_eal_remote_launch): arg is the gateway. */
 int serpens_gateway_lcore_main(void *arg);
-/* One loop iteration (RX from one port + underlay, TX); returns the frames handled. */
+/* One loop iteration (RX from one port + underlay, TX); returns the frames handled (or, if
+ * none, those that had waited and left): 0 means idle. */
 uint32_t serpens_gateway_poll(struct serpens_gateway *g);
 /* Frames waiting for a full TX queue (a loop must not sleep while there are any). */
 uint32_t serpens_gateway_waiting(const struct serpens_gateway *g);
+/* Free every frame the gateway holds (waiting on ports, held by moves, a marker not sent):
+ * its loop must not run. */
+void serpens_gateway_release(struct serpens_gateway *g);
 
 #endif

@@ -85,4 +85,5 @@ cdef extern from "gateway.h" nogil:
     int serpens_gw_flow_slot(int sfc, const void *flow)
     int serpens_gateway_run(serpens_gateway *g)
     uint32_t serpens_gateway_poll(serpens_gateway *g)
+    void serpens_gateway_release(serpens_gateway *g)
     int serpens_gateway_lcore_main(void *arg)

@@ -50,8 +50,8 @@ class GatewayCollector:
             ("missed_packets", "Frames the device dropped for want of RX room (paced "
                                "ports: arrivals lost beyond the pacing depth)"),
             ("errors", "Erroneous frames the device received"),
-            ("tx_stalls", "Times the port's full TX queue held the ingress back "
-                          "(back-pressure; it sheds after stall_us)"))}
+            ("tx_stalls", "Times the port's full TX queue began to hold back what "
+                          "feeds it (back-pressure; it sheds after stall_us)"))}
         for pid, c in sorted(st["ports"].items()):
             labels = [gw, by_id.get(pid, str(pid))]
             try:

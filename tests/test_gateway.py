@@ -642,9 +642,10 @@ def test_a_full_server_link_holds_the_ingress_back_then_sheds_after_stall_us(dat
         site.outside.send([flow_frame(f, 0) for f in range(4000, 4296)])
         site.pump()
         assert site.gw.stats()["tx_failed"] == 0
-        time.sleep(0.15)  # longer than stall_us: the link sheds
-        site.pump()  # (the pass that finds the stall sheds; the next ones read the outside)
-        site.pump()
+        time.sleep(0.15)  # longer than stall_us: after a few more passes the link sheds
+        for _ in range(10):
+            site.gw.poll()
+        site.pump()  # and the outside is read again
         st = site.gw.stats()
         assert st["ports"][site.underlay.port]["shedding"]
         assert st["tx_failed"] == 4296 - full and site.outside.inject.count() == 0
@@ -655,6 +656,132 @@ def test_a_full_server_link_holds_the_ingress_back_then_sheds_after_stall_us(dat
         assert len(dp.pull(site.underlay.sent, 8)) == 1
         assert not site.gw.stats()["ports"][site.underlay.port]["shedding"]
     finally:
+        site.close()
+
+
+def two_links(site, dataplane, name):
+    """Server .11 on the gateway's underlay port, .12 on a port of its own (returned)."""
+    own = Wire(dataplane, name)
+    for ip in SERVERS:
+        site.gw.set_server(ip, SERVERS[ip])
+    site.gw.set_server("192.168.50.12", SERVERS["192.168.50.12"], port=own.port)
+    sfc = site.gw.add_sfc(TAG, VNI)
+    site.gw.set_route(sfc, {"192.168.50.11": 1, "192.168.50.12": 1})
+    site.gw.set_default_sfc(sfc)
+    return sfc, own
+
+
+def test_a_slow_link_holds_the_other_server_back_for_about_stall_us_only(dataplane):
+    """Server A's link takes one frame a pass, far less than arrives for it: it holds the
+    outside back (B gets nothing new) until it has held for stall_us without emptying; then
+    it sheds and B's frames flow. Every frame is accounted for."""
+    site = GatewaySite(dataplane, "gsl", stall_us=30_000)
+    sfc, own = two_links(site, dataplane, "gslb")
+    try:
+        f, sent, to_a, to_b = 0, 0, 0, 0
+        while site.underlay.sent.count() < 4095:  # fill A's link, B's drained as it goes
+            site.outside.send([flow_frame(f + k, 0) for k in range(200)])
+            f, sent = f + 200, sent + 200
+            site.pump()
+            to_b += len(dp.pull(own.sent, 512))
+        start, held_b, shed_at = time.monotonic(), None, None
+        while time.monotonic() - start < 1.0:
+            if site.outside.inject.count() < 1000:
+                site.outside.send([flow_frame(f + k, 1) for k in range(200)])
+                f, sent = f + 200, sent + 200
+            to_a += len(dp.pull(site.underlay.sent, 1))  # A: one frame a pass
+            site.gw.poll()
+            got = len(dp.pull(own.sent, 512))
+            to_b += got
+            if held_b is None and not got:
+                held_b = time.monotonic()
+            if site.gw.stats()["ports"][site.underlay.port]["shedding"]:
+                shed_at = time.monotonic()
+                break
+        assert shed_at is not None, site.gw.stats()["ports"]
+        assert 0.03 <= shed_at - start < 0.5
+        b_before = to_b
+        for _ in range(20):  # A sheds: the outside is read again, B's frames flow
+            to_a += len(dp.pull(site.underlay.sent, 1))
+            site.pump()
+            to_b += len(dp.pull(own.sent, 512))
+        assert to_b > b_before
+        while True:
+            n = len(dp.pull(site.underlay.sent, 512))
+            if not n:
+                break
+            to_a += n
+        site.pump()
+        to_b += len(dp.pull(own.sent, 512))
+        to_a += len(dp.pull(site.underlay.sent, 512))
+        st = site.gw.stats()
+        waiting = sum(p["waiting"] for p in st["ports"].values())
+        assert to_a + to_b + st["tx_failed"] + waiting + site.outside.inject.count() == sent
+        assert st["ports"][site.underlay.port]["tx_failed"] == st["tx_failed"] > 0
+    finally:
+        own.close()
+        site.close()
+
+
+def test_a_full_egress_holds_back_every_server_link_before_dropping(dataplane):
+    """Frames back from two servers in one pass, the egress full: the first link's burst
+    fills the egress's queue and the second link is not read (nothing dropped); once the
+    egress takes frames, all of them leave."""
+    site = GatewaySite(dataplane, "gfe", stall_us=1e6)
+    sfc, own = two_links(site, dataplane, "gfeb")
+    try:
+        back = [vxlan_to_gateway(flow_frame(f % 300, f // 300)) for f in range(4095 + 32)]
+        site.underlay.send(back[:4000])
+        site.pump()
+        site.underlay.send(back[4000:])
+        site.pump()
+        assert site.egress.sent.count() == 4095  # full, and a burst waits on the port
+        site.underlay.send([vxlan_to_gateway(flow_frame(7, 9))] * 32)
+        own.send([vxlan_to_gateway(flow_frame(8, 9), ip={"src": "192.168.50.12"})] * 32)
+        site.gw.poll()
+        assert site.gw.stats()["tx_failed"] == 0
+        out = []
+        for _ in range(50):
+            out += [d for _, d in dp.pull(site.egress.sent, 512)]
+            site.pump()
+        out += [d for _, d in dp.pull(site.egress.sent, 512)]
+        assert len(out) == 4095 + 32 + 64 and site.gw.stats()["tx_failed"] == 0
+    finally:
+        own.close()
+        site.close()
+
+
+def test_a_moves_marker_waits_for_a_shedding_link_and_is_never_dropped(dataplane):
+    site = GatewaySite(dataplane, "gmk", stall_us=10_000)
+    site.gw.set_mempool(dataplane.mempool)
+    sfc, own = two_links(site, dataplane, "gmkb")
+    try:
+        f = 0
+        while site.underlay.sent.count() < 4095:  # A's link full, and it stays so
+            site.outside.send([flow_frame(f + k, 0) for k in range(200)])
+            f += 200
+            site.pump()
+            dp.pull(own.sent, 512)
+        site.outside.send([flow_frame(f + k, 0) for k in range(400)])
+        for _ in range(3):  # A's queue fills: it holds the outside back from now on
+            site.gw.poll()
+        time.sleep(0.02)  # longer than stall_us
+        for _ in range(12):
+            site.gw.poll()
+        assert site.gw.stats()["ports"][site.underlay.port]["shedding"]
+        failed = site.gw.stats()["tx_failed"]
+        move = site.gw.hold_flows(sfc, "192.168.50.11", "192.168.50.12")
+        for _ in range(5):
+            site.gw.poll()
+        assert site.gw.stats()["tx_failed"] == failed  # the marker waits, never shed
+        while dp.pull(site.underlay.sent, 512):
+            pass
+        site.pump()
+        arps = [Ether(d) for _, d in dp.pull(site.underlay.sent, 512)]
+        assert [a[ARP].pdst for a in arps if ARP in a] == ["192.168.50.11"]
+        assert site.gw.move_marker(move)
+    finally:
+        own.close()
         site.close()
 
 

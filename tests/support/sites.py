@@ -18,9 +18,14 @@ class Wire:
         self.port = dp.port_from_rings(f"net_ring_{name}", self.inject, self.sent,
                                        dataplane.mempool)
 
-    def send(self, frames):
-        for i in range(0, len(frames), 256):
-            while dp.push(self.inject, self.dataplane.mempool, frames[i:i + 256]) == 0:
+    def send(self, frames, timeout=10.0):
+        i, deadline = 0, time.monotonic() + timeout
+        while i < len(frames):  # a ring with room for part of a chunk takes that part
+            n = dp.push(self.inject, self.dataplane.mempool, frames[i:i + 256])
+            i += n
+            if not n:
+                assert time.monotonic() < deadline, \
+                    f"{self.inject.name}: {len(frames) - i} frames found no room in {timeout} s"
                 time.sleep(0.0005)
 
     def receive(self, n, timeout=10.0, router=None):
