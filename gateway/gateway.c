@@ -90,12 +90,13 @@ static uint32_t server_for(struct serpens_gateway *g, int sfc, uint32_t hash, ui
 	return server;
 }
 
-/* Drop what waits on port p from out[from] on (counted). */
+/* Drop what waits on port p from out[from] on (counted): nothing waits after. */
 static void shed(struct serpens_gateway *g, struct serpens_gw_port *p, uint32_t from)
 {
 	rte_pktmbuf_free_bulk(p->out + from, p->nout - from);
 	p->tx_failed += p->nout - from;
 	g->tx_failed += p->nout - from;
+	p->nout = 0;
 }
 
 /* Send what waits on port p; what its full TX queue leaves waits there (back-pressure:
@@ -112,7 +113,6 @@ static uint32_t flush(struct serpens_gateway *g, struct serpens_gw_port *p)
 		p->shedding = 0;
 	} else if (p->shedding) {
 		shed(g, p, sent);
-		p->nout = 0;
 	} else {
 		memmove(p->out, p->out + sent, left * sizeof(p->out[0]));
 		p->nout = left;
@@ -173,7 +173,6 @@ static void check_hold(struct serpens_gateway *g, struct serpens_gw_port *p)
 		p->shedding = 1;
 		p->hold_since = 0;
 		shed(g, p, 0);
-		p->nout = 0;
 	}
 }
 
@@ -460,8 +459,7 @@ uint32_t serpens_gateway_poll(struct serpens_gateway *g)
 	if (g->underlay_port < 0 || g->egress_port < 0)
 		return 0;
 	g->now_tsc = tsc;
-	int room = room_for_burst(g);
-	if (g->moving && room)
+	if (g->moving && room_for_burst(g))
 		work += release_moves(g, tsc); /* held packets before the ports' newer ones */
 	/* the underlay ports every time: what servers return must not wait behind the outside
 	 * (only behind a full egress: back-pressure toward the servers) */

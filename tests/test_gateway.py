@@ -671,6 +671,18 @@ def two_links(site, dataplane, name):
     return sfc, own
 
 
+def fill_link(site, own):
+    """Frames of new flows until the link of server .11 (the underlay port) is full, what
+    goes to .12 taken off its link as it comes: (frames sent, frames .12 got)."""
+    f = got = 0
+    while site.underlay.sent.count() < 4095:
+        site.outside.send([flow_frame(f + k, 0) for k in range(200)])
+        f += 200
+        site.pump()
+        got += len(dp.pull(own.sent, 512))
+    return f, got
+
+
 def test_a_slow_link_holds_the_other_server_back_for_about_stall_us_only(dataplane):
     """Server A's link takes one frame a pass, far less than arrives for it: it holds the
     outside back (B gets nothing new) until it has held for stall_us without emptying; then
@@ -678,12 +690,8 @@ def test_a_slow_link_holds_the_other_server_back_for_about_stall_us_only(datapla
     site = GatewaySite(dataplane, "gsl", stall_us=30_000)
     sfc, own = two_links(site, dataplane, "gslb")
     try:
-        f, sent, to_a, to_b = 0, 0, 0, 0
-        while site.underlay.sent.count() < 4095:  # fill A's link, B's drained as it goes
-            site.outside.send([flow_frame(f + k, 0) for k in range(200)])
-            f, sent = f + 200, sent + 200
-            site.pump()
-            to_b += len(dp.pull(own.sent, 512))
+        f, to_b = fill_link(site, own)
+        sent, to_a = f, 0
         start, held_b, shed_at = time.monotonic(), None, None
         while time.monotonic() - start < 1.0:
             if site.outside.inject.count() < 1000:
@@ -756,12 +764,7 @@ def test_a_moves_marker_waits_for_a_shedding_link_and_is_never_dropped(dataplane
     site.gw.set_mempool(dataplane.mempool)
     sfc, own = two_links(site, dataplane, "gmkb")
     try:
-        f = 0
-        while site.underlay.sent.count() < 4095:  # A's link full, and it stays so
-            site.outside.send([flow_frame(f + k, 0) for k in range(200)])
-            f += 200
-            site.pump()
-            dp.pull(own.sent, 512)
+        f, _ = fill_link(site, own)  # A's link full, and it stays so
         site.outside.send([flow_frame(f + k, 0) for k in range(400)])
         for _ in range(3):  # A's queue fills: it holds the outside back from now on
             site.gw.poll()
