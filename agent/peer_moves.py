@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 
 import grpc
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 FLOW_KEY_SIZE = 40          # struct serpens_flow (serpens/nf.h)
 CHUNK_BYTES = 1 << 20       # keys + values per ImportFlows message
 DEFAULT_TIMEOUT_MS = 5000
+SNAPSHOT_S = 60.0           # a prepared move's Snapshot is kept this long at most
 _ACTIVE, _DRAINING = 1, 2   # router.h serpens_instance_state: instances given packets
 
 
@@ -75,16 +78,44 @@ def sfc_tables(node, sfc: str) -> list[tuple[str, str, str, dict]]:
                            {entry.spec.state_namespace(nf): nf for nf in entry.spec.nfs})
 
 
+def by_value(info: dict) -> bool:
+    """Is the table's flow its value's first 40 bytes (SERPENS_FLOW_VALUE), not its key?"""
+    return bool(info["flags"] & dp.FLOW_VALUE)
+
+
+def slot_selectable(info: dict) -> bool:
+    """Can a move of some flows (by the gateway's Maglev slots) pick this table's entries:
+    keyed by a flow, or SERPENS_FLOW_VALUE?"""
+    return info["key_size"] == FLOW_KEY_SIZE or \
+        (by_value(info) and info["value_size"] >= FLOW_KEY_SIZE)
+
+
 def check_partial(tables: list[tuple[str, str, str, dict]], sfc: str | None = None):
-    """MoveRefused unless every table is keyed by a flow (a partial move selects entries by
-    their key's Maglev slot)."""
+    """MoveRefused unless every table is keyed by a flow or SERPENS_FLOW_VALUE (a partial
+    move selects entries by their flow's Maglev slot)."""
     for nf, _, name, info in tables:
-        if info["key_size"] != FLOW_KEY_SIZE:
+        if not slot_selectable(info):
             raise MoveRefused(
                 f"slots: per-flow table {name} of NF {nf}{f' in SFC {sfc}' if sfc else ''} "
                 f"is keyed by "
                 f"{info['key_size']}-byte keys, not a flow (struct serpens_flow, "
-                f"{FLOW_KEY_SIZE} bytes): its entries move only with all of the SFC's flows")
+                f"{FLOW_KEY_SIZE} bytes), and its values do not begin with one "
+                f"(SERPENS_FLOW_VALUE): its entries move only with all of the SFC's flows")
+
+
+def select(gateway_sfc: int, info: dict, keys: bytes, values: bytes, slots) -> tuple:
+    """(keys, values) of the entries whose flow is in the Maglev `slots`."""
+    if not keys:
+        return keys, values
+    return dp.gateway_flow_select(gateway_sfc, keys, values, slots, info["key_size"],
+                                  by_value(info))
+
+
+def flow_slots(gateway_sfc: int, info: dict, keys: bytes, values: bytes):
+    """The Maglev slot of each entry's flow (an array of ints, -1: no IP flow)."""
+    if by_value(info):
+        return dp.gateway_flow_slots(gateway_sfc, values, info["value_size"])
+    return dp.gateway_flow_slots(gateway_sfc, keys)
 
 
 def wait_quiet(router, sfc_id: int, marker: int, deadline: float) -> float:
@@ -128,10 +159,62 @@ def export(state, tables, slots: set[int] | None, gateway_sfc: int) -> list:
             keys, values = table.dump()
         finally:
             table.close()
-        if slots is not None and keys:
-            keys, values = dp.gateway_flow_select(gateway_sfc, keys, values, slots)
+        if slots is not None:
+            keys, values = select(gateway_sfc, info, keys, values, slots)
         out.append((nf, namespace, name, info, keys, values))
     return out
+
+
+class Snapshot:
+    """The keys of an SFC's per-flow tables read once before a move's first hold, each with
+    its flow's Maglev slot, so that each wave's export (taking()) looks up its own keys and
+    those inserted since (the table's insert log) instead of reading every table whole
+    during the hold: a table's read is bound by its size (~1 ms for 65536 entries here),
+    a lookup by the entries moved. The tables must be slot-selectable (check_partial)."""
+
+    def __init__(self, state, tables, gateway_sfc: int):
+        check_partial(tables)
+        self.gateway_sfc = gateway_sfc
+        self.taken: set[int] = set()
+        self.tables = []      # (nf, namespace, name, info, table, since, keys, slots_of)
+        try:
+            for nf, namespace, name, info in tables:
+                table = state.open(namespace, name)   # kept open: each wave reads it
+                self.tables.append((nf, namespace, name, info, table))
+                since = table.inserts     # before the read: an insert during it is logged
+                keys, values = table.dump()
+                self.tables[-1] += (since, keys, flow_slots(gateway_sfc, info, keys, values))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        for t in self.tables:
+            t[4].close()
+
+    @property
+    def entries(self) -> int:
+        return sum(entries(t[3], t[6]) for t in self.tables)
+
+    def taking(self, slots: list[int] | None) -> list:
+        """export() of the flows in `slots` (None: every flow not taken by an earlier wave),
+        once they are quiet: their keys read before, and those inserted since, looked up."""
+        out = []
+        for nf, namespace, name, info, table, since, keys, slots_of in self.tables:
+            ks = info["key_size"]
+            if slots is None:
+                mine = dp.gateway_keys_in(keys, ks, slots_of, self.taken, invert=True)
+            else:
+                mine = dp.gateway_keys_in(keys, ks, slots_of, slots)
+            logged = table.logged_keys(since)
+            if logged is None:        # more inserts than the log keeps: read it all
+                logged = table.dump()[0]
+            ks_, vs_ = table.get_many(mine + logged)
+            if slots is not None:
+                ks_, vs_ = select(self.gateway_sfc, info, ks_, vs_, slots)
+            out.append((nf, namespace, name, info, ks_, vs_))
+        self.taken.update(slots or ())
+        return out
 
 
 def entries(info: dict, keys: bytes) -> int:
@@ -139,9 +222,60 @@ def entries(info: dict, keys: bytes) -> int:
     return len(keys) // info["key_size"]
 
 
-def delete(state, namespace: str, name: str, keys: bytes) -> int:
+class OpenTables:
+    """State tables kept open across a move's waves. A table opened afresh is mapped afresh,
+    and every page an entry then lands on faults in: about 1 ms for a wave's thousand
+    entries here, more than the copy. A file made again meanwhile (its SFC restarted) is
+    opened again."""
+
+    def __init__(self, idle_s: float = SNAPSHOT_S):
+        self.tables: dict[str, tuple[int, dp.StateTable]] = {}   # path: (inode, table)
+        self.idle_s, self.used = idle_s, time.monotonic()
+        self.lock = threading.Lock()
+
+    def get(self, state_dir: str, namespace: str, name: str, info: dict | None = None):
+        """The table (made with `info`'s shape when absent: FileExistsError when it has
+        another; FileNotFoundError without `info`); all are closed after idle_s unused."""
+        with self.lock:
+            if time.monotonic() - self.used > self.idle_s:
+                self._close()
+            self.used = time.monotonic()
+            return self._get(state_dir, namespace, name, info)
+
+    def _get(self, state_dir: str, namespace: str, name: str, info: dict | None):
+        path = os.path.join(state_dir, namespace, name + ".tbl")
+        try:
+            inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            inode = None
+        known = self.tables.pop(path, None)
+        if known is not None:
+            if known[0] == inode:
+                self.tables[path] = known
+                return known[1]
+            known[1].close()
+        shape = () if info is None else (info["flags"], info["key_size"], info["value_size"],
+                                         info["capacity"])
+        table = dp.StateTable(state_dir, namespace, name, *shape)
+        self.tables[path] = (os.stat(path).st_ino, table)
+        return table
+
+    def close(self):
+        with self.lock:
+            self._close()
+
+    def _close(self):
+        for _, table in self.tables.values():
+            table.close()
+        self.tables.clear()
+
+
+def delete(state, namespace: str, name: str, keys: bytes,
+           tables: OpenTables | None = None) -> int:
     """Delete the entries of `keys` (back to back; those an NF's own expiry removed meanwhile
-    are not counted); returns how many were deleted."""
+    are not counted); returns how many were deleted. `tables`: kept open there."""
+    if tables is not None:
+        return tables.get(state.state_dir, namespace, name).delete_many(keys)
     table = state.open(namespace, name)
     try:
         return table.delete_many(keys)
@@ -150,14 +284,14 @@ def delete(state, namespace: str, name: str, keys: bytes) -> int:
 
 
 def insert(state_dir: str, namespace: str, name: str, info: dict, keys, values,
-           undo: bool = False) -> int:
+           undo: bool = False, tables: OpenTables | None = None) -> int:
     """Put (undo: delete) entries into table `name` of `namespace`, made with `info`'s shape
     when absent; MoveRefused when it has another shape (flags, sizes, capacity). `keys` and
-    `values`: lists of bytes, or each all of them back to back."""
-    ks, vs = info["key_size"], info["value_size"]
+    `values`: lists of bytes, or each all of them back to back. `tables`: kept open there."""
+    ks = info["key_size"]
+    cache = tables or OpenTables()
     try:
-        table = dp.StateTable(state_dir, namespace, name, info["flags"], ks, vs,
-                              info["capacity"])
+        table = cache.get(state_dir, namespace, name, info)
     except FileExistsError as e:   # the target's table of that name has another shape
         raise MoveRefused(f"table: {e.strerror}") from None
     blob = keys if isinstance(keys, bytes) else b"".join(keys)
@@ -167,7 +301,8 @@ def insert(state_dir: str, namespace: str, name: str, info: dict, keys, values,
         else:
             table.put_many(blob, values if isinstance(values, bytes) else b"".join(values))
     finally:
-        table.close()
+        if tables is None:
+            cache.close()
     return len(blob) // ks
 
 
@@ -179,7 +314,7 @@ def chunks(keys: bytes, values: bytes, key_size: int, value_size: int):
                values[i * value_size:(i + step) * value_size])
 
 
-def import_chunk(node, request) -> int:
+def import_chunk(node, request, tables: OpenTables | None = None) -> int:
     """Insert (undo: delete) the chunk's entries into this node's table."""
     entry = node.running.get(request.sfc)
     if entry is None:
@@ -196,7 +331,7 @@ def import_chunk(node, request) -> int:
     info = {"flags": request.flags, "key_size": ks, "value_size": vs,
             "capacity": request.capacity}
     return insert(node.state.state_dir, entry.spec.state_namespace(request.nf), request.table,
-                  info, request.keys, request.values, undo=request.undo)
+                  info, request.keys, request.values, undo=request.undo, tables=tables)
 
 
 class FlowMoves:
@@ -205,6 +340,21 @@ class FlowMoves:
     def __init__(self, node):
         self.node = node
         self.peers = rpc.Stubs(pb_grpc.PeerStub)
+        self.snapshots: dict[str, tuple[float, Snapshot]] = {}   # sfc: (taken at, Snapshot)
+        self.tables = OpenTables()   # imported into (target), deleted from (source)
+
+    def _snapshot(self, sfc: str, slots) -> Snapshot | None:
+        """The prepared Snapshot of `sfc` a wave uses (a call without slots ends it)."""
+        at, snap = self.snapshots.get(sfc, (0.0, None))
+        if snap is not None and time.monotonic() - at > SNAPSHOT_S:
+            snap.close()
+            snap = None
+        if snap is None:
+            self.snapshots.pop(sfc, None)
+            return None
+        if not slots:
+            del self.snapshots[sfc]
+        return snap
 
     async def MoveFlows(self, request, context):
         node = self.node
@@ -215,9 +365,10 @@ class FlowMoves:
         if slots and max(slots) >= dp.GW_MAGLEV:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"slots: Maglev slots are 0..{dp.GW_MAGLEV - 1}")
-        if not request.check and not request.target.address:
+        transfer = not (request.check or request.prepare)
+        if transfer and not request.target.address:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "target.address: empty")
-        if not request.check and not request.marker:
+        if transfer and not request.marker:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "marker: 0 (the id of the gateway's marker, HoldFlowsResponse)")
         tables = await asyncio.to_thread(sfc_tables, node, request.sfc)
@@ -228,13 +379,30 @@ class FlowMoves:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         if request.check:
             return pb.MoveFlowsResponse(tables=len(tables))
+        if request.prepare:
+            try:
+                snap = await asyncio.to_thread(Snapshot, node.state, tables,
+                                               request.gateway_sfc)
+            except MoveRefused as e:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            old = self.snapshots.pop(request.sfc, (0.0, None))[1]
+            if old is not None:
+                old.close()
+            self.snapshots[request.sfc] = (time.monotonic(), snap)
+            return pb.MoveFlowsResponse(entries=snap.entries, tables=len(tables))
         deadline = time.monotonic() + (request.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         try:
             waited = await asyncio.to_thread(self._wait_quiet, request, deadline)
         except NotQuiet as e:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"source: {e}")
-        moving = await asyncio.to_thread(export, node.state, tables, slots,
-                                         request.gateway_sfc)
+        snap = self._snapshot(request.sfc, slots)
+        if snap is not None and snap.gateway_sfc == request.gateway_sfc:
+            moving = await asyncio.to_thread(snap.taking, sorted(slots or ()) or None)
+            if not slots:
+                snap.close()
+        else:
+            moving = await asyncio.to_thread(export, node.state, tables, slots,
+                                             request.gateway_sfc)
         target = self.peers[request.target.address]
         sent = []
         try:
@@ -254,7 +422,8 @@ class FlowMoves:
                                 f"{why}; nothing moved")
         entries = 0
         for _, namespace, name, _, keys, _ in moving:
-            entries += await asyncio.to_thread(delete, node.state, namespace, name, keys)
+            entries += await asyncio.to_thread(delete, node.state, namespace, name, keys,
+                                               self.tables)
         log.info("sfc %s: %d per-flow entries of %d tables moved to %s (waited %.1f ms)",
                  request.sfc, entries, len(moving), request.target.node, waited * 1000)
         return pb.MoveFlowsResponse(entries=entries, tables=len(moving),
@@ -279,7 +448,7 @@ class FlowMoves:
 
     async def ImportFlows(self, request, context):
         try:
-            n = await asyncio.to_thread(import_chunk, self.node, request)
+            n = await asyncio.to_thread(import_chunk, self.node, request, self.tables)
         except LookupError as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         except MoveRefused as e:

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 
+from serpens.controller.moves import WAVE_SLOTS
+
 from .common import BenchError, machine
 from .multinode import GATEWAY, GATEWAY_CPU, TAG, UNDERLAYS, Testbed
 
@@ -47,6 +49,8 @@ def add_arguments(p):
     p.add_argument("--after", type=float, default=0.5, help="seconds measured after a move")
     p.add_argument("--headroom", type=float, default=0.5,
                    help="moves run at this fraction of the load a trial carried")
+    p.add_argument("--wave-slots", type=int, default=WAVE_SLOTS,
+                   help="Maglev slots per wave of Serpens' move (0: one hold for all flows)")
     p.add_argument("--underlay", choices=UNDERLAYS, default="memif")
     p.add_argument("--gateway-cpu", type=int, choices=(0, 1), default=GATEWAY_CPU)
 
@@ -64,7 +68,7 @@ def run(args) -> dict:
                     "flows": args.flows, "seconds": args.seconds, "warmup": args.warmup,
                     "before_s": args.before, "after_s": args.after, "pps": args.pps,
                     "dir": directory, "gateway_cpu": args.gateway_cpu,
-                    "headroom": args.headroom}
+                    "headroom": args.headroom, "wave_slots": args.wave_slots}
             p = subprocess.run(["ip", "netns", "exec", bed.gw_ns, sys.executable, "-m",
                                 "serpens.bench.migrate_gateway", json.dumps(spec)],
                                capture_output=True, text=True, timeout=1800)
@@ -83,7 +87,7 @@ def run(args) -> dict:
             "params": {"flows_total": args.flows, "pps_wanted": args.pps,
                        "offered_mpps": s["offered_mpps"],
                        "carried_mpps": round(r["carried_pps"] / 1e6, 3),
-                       "headroom": args.headroom,
+                       "headroom": args.headroom, "wave_slots": args.wave_slots,
                        "load_loss": r["load_trial"]["lost"], "sfc": "fw->mon->nat",
                        "servers": 2, "underlay": args.underlay, "warmup": args.warmup,
                        "before_s": args.before, "after_s": args.after,

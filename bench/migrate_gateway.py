@@ -26,6 +26,8 @@ import time
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.runtime_cy import _dataplane as dp
 
+from serpens.controller.moves import WAVE_SLOTS, waves
+
 from .common import cpu_stalls, percentiles
 from .multinode_gateway import Multi, Servers, stamped_frames
 from .rig import INSTANCE_CPU, ROUTER_CPU, yield_to_instances
@@ -66,48 +68,68 @@ class Mover:
         return self.gw.finish_move(move)
 
     def serpens(self, source: str, target: str, slots: list[int]) -> dict:
-        """Every flow of `source` (those in its `slots`) moves, as `drain` moves them: all
-        of its per-flow entries go (NAT's reverse mappings, not keyed by a flow, too)."""
-        steps, t = {}, time.monotonic()
+        """Every flow of `source` moves, as `drain` moves them (controller/moves.py): the
+        source reads its tables' keys first (prepare), then each wave of WAVE_SLOTS Maglev
+        slots, and a last one for the rest, is held, quieted, copied, deleted and released
+        on its own, so a flow waits for its own wave's entries only."""
+        steps = {"hold": 0.0, "export": 0.0, "import": 0.0, "delete": 0.0, "release": 0.0}
+        t = time.monotonic()
+        prep = self.ask(source, "prepare " + json.dumps({"gateway_sfc": self.sfc}))
+        steps["prepare"] = round((time.monotonic() - t) * 1e3, 3)
+        total = {"flows": 0, "held": 0, "held_dropped": 0}
+        plan = waves(None, self.spec.get("wave_slots", WAVE_SLOTS))
+        entries, waited, longest = 0, 0.0, 0.0
+        for wave in plan:
+            hold_at = t = time.monotonic()
 
-        def step(name):
-            nonlocal t
-            now = time.monotonic()
-            steps[name] = round((now - t) * 1e3, 3)
-            t = now
-        move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target])
-        step("hold")
-        exported = self.ask(source, "export " + json.dumps(
-            {"path": self.path, "slots": None, "gateway_sfc": self.sfc,
-             "marker": self.gw.move_marker(move)}))
-        step("export")
-        self.ask(target, f"import {self.path}")
-        step("import")
-        self.ask(source, f"delete {self.path}")
-        step("delete")
-        self.gw.release_flows(move, True)   # the driver polls the gateway: wait for it
-        c = self._wait_release(move)
-        step("release")
-        return dict(c, entries=exported["entries"], wait_ms=round(exported["wait_ms"], 3),
-                    steps_ms=steps)
+            def step(name):
+                nonlocal t
+                now = time.monotonic()
+                steps[name] += (now - t) * 1e3
+                t = now
+            move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], wave)
+            step("hold")
+            exported = self.ask(source, "export " + json.dumps(
+                {"path": self.path, "slots": wave, "gateway_sfc": self.sfc,
+                 "marker": self.gw.move_marker(move)}))
+            step("export")
+            self.ask(target, f"import {self.path}")
+            step("import")
+            self.ask(source, f"delete {self.path}")
+            step("delete")
+            self.gw.release_flows(move, True)   # the driver polls the gateway: wait for it
+            longest = max(longest, (time.monotonic() - hold_at) * 1e3)
+            c = self._wait_release(move)
+            step("release")
+            for k in total:
+                total[k] += c[k]
+            entries += exported["entries"]
+            waited += exported["wait_ms"]
+        return dict(total, entries=entries, prepared=prep["entries"], waves=len(plan),
+                    wait_ms=round(waited, 3), longest_hold_ms=round(longest, 3),
+                    steps_ms={k: round(v, 3) for k, v in steps.items()})
 
     def stop_and_copy(self, source: str, target: str, slots: list[int]) -> dict:
-        """The flows of `slots` move back (`source` serves all flows now): everything is
-        copied, the moved flows' entries of the tables keyed by a flow are deleted here
-        (NAT's reverse mappings, keyed by the external pair, stay: no slot selects them)."""
-        self.ask(source, "pause")
-        try:
-            everything = self.ask(source, "export " + json.dumps(
-                {"path": self.path, "slots": None, "gateway_sfc": self.sfc, "marker": 0}))
-            self.ask(target, f"import {self.path}")
-            moving = self.ask(source, f"delete {self.path} {self.sfc} {json.dumps(slots)}")
-            # the route switch, at once: no hold (a hold released as soon as made)
-            move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)
-            self.gw.release_flows(move, True)
-            c = self._wait_release(move)
-        finally:
-            self.ask(source, "resume")
-        return dict(c, entries=moving["entries"], copied=everything["entries"])
+        """The flows of `slots` move back (`source` serves all flows now), the way a
+        migration-based system moves them: every flow of the source stops (the gateway holds
+        all of them: a buffer as long as the pause, so the baseline loses nothing), all of
+        its per-flow state is copied, the moving flows' entries are deleted here, and then
+        the moving flows go on at the target and the others where they were."""
+        rest = sorted(set(range(dp.GW_MAGLEV)) - set(slots))
+        moving = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)
+        staying = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], rest)
+        everything = self.ask(source, "export " + json.dumps(
+            {"path": self.path, "slots": None, "gateway_sfc": self.sfc,
+             "marker": self.gw.move_marker(staying)}))  # (sent after the moving flows' own)
+        self.ask(target, f"import {self.path}")
+        moved = self.ask(source, f"delete {self.path} {self.sfc} {json.dumps(slots)}")
+        self.gw.release_flows(moving, True)
+        self.gw.release_flows(staying, False)
+        c = self._wait_release(moving)
+        kept = self._wait_release(staying)
+        return dict(c, held=c["held"] + kept["held"],
+                    held_dropped=c["held_dropped"] + kept["held_dropped"],
+                    entries=moved["entries"], copied=everything["entries"])
 
     def measure(self, how, pps: float, source: str, target: str, slots: list[int]) -> dict:
         """One move under load `pps`: the bench's figures for it. The latency log's room

@@ -14,18 +14,16 @@ each with one JSON line:
 - `take`: those records (hex);
 - `return`: the SFC's output is the gateway from now on;
 - moving flows (bench/migrate.py, agent/peer_moves.py's steps, the files on the shared
-  filesystem in place of Peer messages): `export JSON` ({path, slots (null: all),
-  gateway_sfc, marker: wait for the gateway's marker of that id and for the SFC's packets
-  before it, or 0: no wait; flow_keyed: only the tables keyed by a flow}: the per-flow
-  entries of
-  those flows written to `path`), `import PATH` (insert them), `delete PATH [SFC SLOTS]`
-  (delete those keys here; with the gateway SFC and Maglev slots: only the flow-keyed
-  entries of the flows in those slots), `pause` / `resume` (the NF stops, its packets wait in the router's hold queue,
-  and starts again: the stop-and-copy baseline).
+  filesystem in place of Peer messages): `prepare JSON` ({gateway_sfc}: read the per-flow
+  tables' keys for a move in waves, Peer.MoveFlows prepare), `export JSON` ({path, slots
+  (null: all, or what no wave took), gateway_sfc, marker: wait for the gateway's marker of
+  that id and for the SFC's packets before it, or 0: no wait; flow_keyed: only the tables a
+  partial move can take}: the per-flow entries of those flows written to `path`),
+  `import PATH` (insert them), `delete PATH [SFC SLOTS]` (delete those keys here; with the
+  gateway SFC and Maglev slots: only the entries of the flows in those slots).
 When stdin closes: its router's counters as a last JSON line."""
 from __future__ import annotations
 
-import contextlib
 import json
 import pickle
 import sys
@@ -36,7 +34,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.agent import peer_moves
 from serpens.agent.state_manager import StateManager
 
-from .rig import INSTANCE_CPU, Rig, yield_to_instances
+from .rig import Rig, yield_to_instances
 from .sfc import fw_mon_nat
 
 
@@ -55,17 +53,35 @@ def _tables(rig):
     return state, peer_moves.per_flow_tables(state, {ns: ns for ns, _ in state.tables()})
 
 
+_snapshot: list = []   # the prepared move's peer_moves.Snapshot (Peer.MoveFlows prepare)
+_open = peer_moves.OpenTables()   # as the agent's FlowMoves keeps them
+
+
+def _prepare(rig, sid, arg) -> dict:
+    t0 = time.monotonic()
+    state, tables = _tables(rig)
+    for snap in _snapshot:
+        snap.close()
+    _snapshot[:] = [peer_moves.Snapshot(state, tables, json.loads(arg)["gateway_sfc"])]
+    return {"entries": _snapshot[0].entries, "ms": (time.monotonic() - t0) * 1000}
+
+
 def _export(rig, sid, arg) -> dict:
     req = json.loads(arg)
     t0 = time.monotonic()
     waited = 0.0
     if req["marker"]:
         waited = peer_moves.wait_quiet(rig.router, sid, req["marker"], t0 + 10.0)
-    state, tables = _tables(rig)
-    if req.get("flow_keyed"):   # only the tables a partial move can select from
-        tables = [t for t in tables if t[3]["key_size"] == peer_moves.FLOW_KEY_SIZE]
     slots = None if req["slots"] is None else set(req["slots"])
-    moving = peer_moves.export(state, tables, slots, req["gateway_sfc"])
+    if _snapshot and _snapshot[0].gateway_sfc == req["gateway_sfc"]:
+        moving = _snapshot[0].taking(None if slots is None else sorted(slots))
+        if slots is None:       # the last wave
+            _snapshot.pop().close()
+    else:
+        state, tables = _tables(rig)
+        if req.get("flow_keyed"):   # only the tables a partial move can select from
+            tables = [t for t in tables if peer_moves.slot_selectable(t[3])]
+        moving = peer_moves.export(state, tables, slots, req["gateway_sfc"])
     with open(req["path"], "wb") as f:
         pickle.dump(moving, f, protocol=pickle.HIGHEST_PROTOCOL)
     return {"entries": sum(peer_moves.entries(m[3], m[4]) for m in moving),
@@ -76,7 +92,8 @@ def _export(rig, sid, arg) -> dict:
 def _import(rig, sid, path) -> dict:
     with open(path, "rb") as f:
         moving = pickle.load(f)
-    n = sum(peer_moves.insert(rig.state.name, namespace, name, info, keys, values)
+    n = sum(peer_moves.insert(rig.state.name, namespace, name, info, keys, values,
+                              tables=_open)
             for _, namespace, name, info, keys, values in moving)
     return {"entries": n}
 
@@ -92,31 +109,14 @@ def _delete(rig, sid, arg) -> dict:
         gateway_sfc, _, slots = chosen.partition(" ")
         slots = set(json.loads(slots))
         moving = [(nf, ns, name, info,
-                   dp.gateway_flow_select(int(gateway_sfc), keys, values, slots)[0], b"")
-                  for nf, ns, name, info, keys, values in moving
-                  if info["key_size"] == peer_moves.FLOW_KEY_SIZE]
+                   peer_moves.select(int(gateway_sfc), info, keys, values, slots)[0], b"")
+                  for nf, ns, name, info, keys, values in moving]
     state = StateManager(rig.state.name)
-    return {"entries": sum(peer_moves.delete(state, namespace, name, keys)
+    return {"entries": sum(peer_moves.delete(state, namespace, name, keys, _open)
                            for _, namespace, name, _, keys, _ in moving)}
 
 
-_paused = contextlib.ExitStack()
-
-
-def _pause(rig, sid, arg) -> dict:
-    _paused.enter_context(rig.managers[0].paused())
-    return {"paused": True}
-
-
-def _resume(rig, sid, arg) -> dict:
-    _paused.close()
-    for s in rig.managers[0].instances.values():
-        rig.pool.pin(s.proc, INSTANCE_CPU)
-    return {"resumed": True}
-
-
-MOVES = {"export": _export, "import": _import, "delete": _delete,
-         "pause": _pause, "resume": _resume}
+MOVES = {"prepare": _prepare, "export": _export, "import": _import, "delete": _delete}
 
 
 def serve(spec: dict):

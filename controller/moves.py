@@ -3,7 +3,10 @@ item 3, CONTRACT14 `move_flows`, docs/moves.md): loss-free and order-preserving 
 of OpenNF, and no other flow waits.
 
 1. (a partial move) the source's agent checks that every per-flow table of the SFC is keyed
-   by flow, before anything is held (Peer.MoveFlows check);
+   by flow (or SERPENS_FLOW_VALUE), before anything is held (Peer.MoveFlows check); when they
+   all are, the source reads its tables' keys once (Peer.MoveFlows prepare) and steps 2-4 run
+   in waves of WAVE_SLOTS Maglev slots (then, for all flows, one last wave for the rest), so
+   that a flow waits only for its own wave's entries to be copied, not for everyone's;
 2. the gateway holds the moving flows' packets and sends the source a marker carrying an id
    (Gateway.HoldFlows answers the id) behind the last frame of them;
 3. the source's agent waits until its router received that marker and it has none of their
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 
 MAGLEV_SLOTS = 2039        # gateway.h SERPENS_GW_MAGLEV
 HOLD_GRACE_S = 2.0         # the gateway's own expiry of a hold, past the move's timeout
+# Maglev slots per wave (docs/moves.md "Waves"): a flow waits for its own wave's copy only.
+# 16 waves of the gateway's 2039 slots, each some hundreds of flows of a loaded server.
+WAVE_SLOTS = 128
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class MoveResult:
     held: int          # packets held at the gateway during the move
     held_dropped: int  # held packets dropped because the hold was full (0 when healthy)
     move_ms: float     # HoldFlows requested -> ReleaseFlows done
+    waves: int = 1     # holds made one after another (WAVE_SLOTS)
 
 
 class MoveError(Exception):
@@ -63,10 +70,25 @@ def _why(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def waves(slots: list[int] | None, size: int) -> list[list[int] | None]:
+    """A move's waves, each held and copied on its own: `slots` (or, for every flow of the
+    source, all of the gateway's slots and then a last wave for what is left, None) `size`
+    at a time (size <= 0: one wave)."""
+    if size <= 0:
+        return [slots]
+    every = slots is None
+    slots = list(range(MAGLEV_SLOTS)) if every else sorted(set(slots))
+    out: list[list[int] | None] = [slots[i:i + size] for i in range(0, len(slots), size)]
+    return out + [None] if every else out
+
+
 async def move_flows(gateway: str, sfc: str, source: Server, target: Server, *,
-                     slots: list[int] | None = None, timeout: float = 5.0) -> MoveResult:
+                     slots: list[int] | None = None, timeout: float = 5.0,
+                     wave_slots: int = WAVE_SLOTS) -> MoveResult:
     """Move every flow of `sfc` the gateway pins to `source` (or those in Maglev `slots`) to
-    `target` with their per-flow state (see the module's docstring)."""
+    `target` with their per-flow state (see the module's docstring), in waves of
+    `wave_slots` slots when every per-flow table of the SFC can be taken by slot (0: one
+    hold for all)."""
     if source.node == target.node or source.ip == target.ip:
         raise MoveError(f"source and target are both {source.node} ({source.ip})")
     if slots is not None:
@@ -86,39 +108,77 @@ async def move_flows(gateway: str, sfc: str, source: Server, target: Server, *,
             if slots:
                 await peer.MoveFlows(pb.MoveFlowsRequest(sfc=sfc, slots=slots, check=True),
                                      timeout=left())
+            plan = await _waves(gw, peer, sfc, slots, wave_slots, left)
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
             raise MoveError(f"source {source.node}: {_why(e)}") from None
         start = time.monotonic()
-        try:
-            hold = await gw.HoldFlows(pb.HoldFlowsRequest(
-                sfc=sfc, source_ip=source.ip, target_ip=target.ip, slots=slots or [],
-                timeout_ms=int((left() + HOLD_GRACE_S) * 1000)), timeout=left())
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
-            raise MoveError(f"gateway {gateway}: {_why(e)}") from None
-        try:
-            moved = await peer.MoveFlows(pb.MoveFlowsRequest(
-                sfc=sfc, target=pb.PeerRef(node=target.node, address=target.address),
-                slots=slots or [], gateway_sfc=hold.gateway_sfc, marker=hold.marker,
-                timeout_ms=int(left() * 1000)), timeout=left() + 0.5)
-        except BaseException as e:   # cancelled too: the hold must not outlive the caller
-            await _abort(gw, hold.move_id, sfc, source)
-            if isinstance(e, (grpc.aio.AioRpcError, asyncio.TimeoutError)):
-                raise MoveError(f"source {source.node}: {_why(e)}; the flows stay there") \
-                    from None
+        total = MoveResult(0, 0, 0, 0, 0.0)
+        for n, wave in enumerate(plan):
+            try:
+                r = await _move_wave(gw, peer, sfc, source, target, wave, left)
+            except MoveError as e:
+                if n:   # the waves before moved: their flows and state are on the target
+                    raise type(e)(f"{e} (wave {n + 1} of {len(plan)}: {total.flows} flows "
+                                  f"moved before it are on {target.node})") from None
+                raise
+            total = MoveResult(total.flows + r.flows, total.entries + r.entries,
+                               total.held + r.held, total.held_dropped + r.held_dropped, 0.0)
+    total.move_ms, total.waves = (time.monotonic() - start) * 1000, len(plan)
+    log.info("sfc %s: moved %d flows (%d entries) %s -> %s in %.1f ms (%d waves), %d packets "
+             "held", sfc, total.flows, total.entries, source.node, target.node, total.move_ms,
+             len(plan), total.held)
+    return total
+
+
+async def _waves(gw, peer, sfc: str, slots, wave_slots: int, left) -> list:
+    """The move's waves (peer_moves.waves()); the source reads its tables for them first
+    (MoveFlows prepare), or, when a table cannot be taken by slot (FAILED_PRECONDITION), one
+    wave of everything."""
+    if wave_slots <= 0:
+        return [slots]
+    status = await gw.GetGateway(pb.GetGatewayRequest(), timeout=left())
+    if sfc not in status.sfcs:
+        return [slots]      # HoldFlows names what is wrong
+    try:
+        await peer.MoveFlows(pb.MoveFlowsRequest(sfc=sfc, prepare=True,
+                                                 gateway_sfc=status.sfcs[sfc].index),
+                             timeout=left())
+    except grpc.aio.AioRpcError as e:
+        if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
             raise
-        try:
-            released = await gw.ReleaseFlows(pb.ReleaseFlowsRequest(
-                move_id=hold.move_id, commit=True), timeout=max(left(), 5.0))
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
-            raise StateMoved(f"gateway {gateway}: commit failed ({_why(e)}); the flows' "
-                             f"state is on {target.node} already") from None
-    result = MoveResult(flows=released.flows, entries=moved.entries, held=released.held,
-                        held_dropped=released.held_dropped,
-                        move_ms=(time.monotonic() - start) * 1000)
-    log.info("sfc %s: moved %d flows (%d entries) %s -> %s in %.1f ms, %d packets held",
-             sfc, result.flows, result.entries, source.node, target.node, result.move_ms,
-             result.held)
-    return result
+        return [slots]
+    return waves(slots, wave_slots)
+
+
+async def _move_wave(gw, peer, sfc: str, source: Server, target: Server, slots, left):
+    """One hold: the flows pinned to `source` in `slots` (None: all of them) move."""
+    start = time.monotonic()
+    try:
+        hold = await gw.HoldFlows(pb.HoldFlowsRequest(
+            sfc=sfc, source_ip=source.ip, target_ip=target.ip, slots=slots or [],
+            timeout_ms=int((left() + HOLD_GRACE_S) * 1000)), timeout=left())
+    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
+        raise MoveError(f"gateway: {_why(e)}") from None
+    try:
+        moved = await peer.MoveFlows(pb.MoveFlowsRequest(
+            sfc=sfc, target=pb.PeerRef(node=target.node, address=target.address),
+            slots=slots or [], gateway_sfc=hold.gateway_sfc, marker=hold.marker,
+            timeout_ms=int(left() * 1000)), timeout=left() + 0.5)
+    except BaseException as e:   # cancelled too: the hold must not outlive the caller
+        await _abort(gw, hold.move_id, sfc, source)
+        if isinstance(e, (grpc.aio.AioRpcError, asyncio.TimeoutError)):
+            raise MoveError(f"source {source.node}: {_why(e)}; the flows stay there") \
+                from None
+        raise
+    try:
+        released = await gw.ReleaseFlows(pb.ReleaseFlowsRequest(
+            move_id=hold.move_id, commit=True), timeout=max(left(), 5.0))
+    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
+        raise StateMoved(f"gateway: commit failed ({_why(e)}); the flows' "
+                         f"state is on {target.node} already") from None
+    return MoveResult(flows=released.flows, entries=moved.entries, held=released.held,
+                      held_dropped=released.held_dropped,
+                      move_ms=(time.monotonic() - start) * 1000)
 
 
 async def _abort(gw, move_id: int, sfc: str, source: Server):

@@ -50,30 +50,70 @@ RELEASE_FACTOR = 2.0         # Gateway.release_factor's default
 RELEASE_MIN_PPS = 100000     # a move's held packets leave at least this fast
 
 
-def gateway_flow_slots(int sfc, bytes keys):
+def gateway_flow_slots(int sfc, bytes keys, int stride=40):
     """The Maglev slots (gateway.h) that the flows keyed `keys` (40-byte struct serpens_flow
-    keys of a per-flow table, concatenated) have in the gateway's SFC `sfc`: the slot the
-    gateway's hash of their packets picks; -1 for a key that is not an IP flow."""
-    cdef Py_ssize_t n = len(keys) // 40, i
+    keys of a per-flow table, concatenated; or each at the start of a `stride`-byte record,
+    such as the values of a SERPENS_FLOW_VALUE table) have in the gateway's SFC `sfc`: the
+    slot the gateway's hash of their packets picks; -1 for a key that is not an IP flow."""
+    if stride < 40:
+        raise ValueError(f"stride {stride}: a flow is 40 bytes")
+    cdef Py_ssize_t n = len(keys) // stride, i
     cdef const char *base = PyBytes_AS_STRING(keys)
-    if len(keys) % 40:
-        raise ValueError(f"keys: {len(keys)} bytes, not a whole number of 40-byte flow keys")
+    if len(keys) % stride:
+        raise ValueError(f"keys: {len(keys)} bytes, not a whole number of {stride}-byte "
+                         f"{'flow keys' if stride == 40 else 'records'}")
     out = array.array("i", bytes(4 * n))
     cdef int[::1] view = out
     with nogil:
         for i in range(n):
-            view[i] = serpens_gw_flow_slot(sfc, base + 40 * i)
+            view[i] = serpens_gw_flow_slot(sfc, base + stride * i)
     return out
 
 
-def gateway_flow_select(int sfc, bytes keys, bytes values, slots):
+def gateway_keys_in(bytes keys, int key_size, slots_of, slots, bint invert=False):
+    """The keys (n of `key_size` bytes, back to back) whose slot (`slots_of`, an array of n
+    ints: gateway_flow_slots()) is in the Maglev `slots`; with `invert`, those whose slot is
+    not (a slot of -1, no IP flow, among them)."""
+    cdef Py_ssize_t n = len(keys) // key_size if key_size > 0 else 0, i, kept = 0
+    cdef const int[::1] of = slots_of
+    if key_size <= 0 or len(keys) != n * key_size or of.shape[0] != n:
+        raise ValueError(f"{len(keys)} bytes of {key_size}-byte keys and {of.shape[0]} slots")
+    cdef uint64_t chosen[SERPENS_GW_SLOT_WORDS]
+    memset(chosen, 0, sizeof(chosen))
+    for slot in slots:
+        if not 0 <= slot < SERPENS_GW_MAGLEV:
+            raise ValueError(f"slot {slot}: Maglev slots are 0..{SERPENS_GW_MAGLEV - 1}")
+        chosen[slot // 64] |= (<uint64_t>1) << (slot % 64)
+    out = bytearray(len(keys))
+    cdef const char *k = PyBytes_AS_STRING(keys)
+    cdef char *o = out
+    cdef int slot_of
+    cdef bint inside
+    with nogil:
+        for i in range(n):
+            slot_of = of[i]
+            inside = slot_of >= 0 and chosen[slot_of // 64] >> (slot_of % 64) & 1
+            if inside != invert:
+                memcpy(o + key_size * kept, k + key_size * i, key_size)
+                kept += 1
+    return bytes(out[:key_size * kept])
+
+
+def gateway_flow_select(int sfc, bytes keys, bytes values, slots, int key_size=40,
+                        bint by_value=False):
     """(keys, values) of the entries whose flows are in the Maglev `slots` of the gateway's
-    SFC `sfc` (gateway_flow_slots()): n 40-byte flow keys and n values, each back to back."""
-    cdef Py_ssize_t n = len(keys) // 40, i, kept = 0
-    if len(keys) % 40 or (n and len(values) % n) or (not n and values):
-        raise ValueError(f"{len(keys)} bytes of keys and {len(values)} of values are not "
-                         "whole entries of 40-byte flow keys")
+    SFC `sfc` (gateway_flow_slots()): n keys of `key_size` bytes and n values, each back to
+    back. The flow is the key (40 bytes, struct serpens_flow), or with `by_value` the value's
+    first 40 bytes (a SERPENS_FLOW_VALUE table, keyed by something else)."""
+    if key_size <= 0 or (not by_value and key_size != 40):
+        raise ValueError(f"key_size {key_size}: a flow key is 40 bytes")
+    cdef Py_ssize_t ks = key_size, n = len(keys) // key_size, i, kept = 0
     cdef Py_ssize_t vs = len(values) // n if n else 0
+    if len(keys) % ks or (n and len(values) != n * vs) or (not n and values) or \
+            (by_value and n and vs < 40):
+        raise ValueError(f"{len(keys)} bytes of keys and {len(values)} of values are not "
+                         f"whole entries of {ks}-byte keys"
+                         + (" and values beginning with a 40-byte flow" if by_value else ""))
     cdef uint64_t chosen[SERPENS_GW_SLOT_WORDS]
     memset(chosen, 0, sizeof(chosen))
     for slot in slots:
@@ -87,14 +127,15 @@ def gateway_flow_select(int sfc, bytes keys, bytes values, slots):
     cdef char *ok = out_keys
     cdef char *ov = out_values
     cdef int slot_of
+    cdef bint value_flow = by_value
     with nogil:
         for i in range(n):
-            slot_of = serpens_gw_flow_slot(sfc, k + 40 * i)
+            slot_of = serpens_gw_flow_slot(sfc, v + vs * i if value_flow else k + ks * i)
             if slot_of >= 0 and chosen[slot_of // 64] >> (slot_of % 64) & 1:
-                memcpy(ok + 40 * kept, k + 40 * i, 40)
+                memcpy(ok + ks * kept, k + ks * i, ks)
                 memcpy(ov + vs * kept, v + vs * i, vs)
                 kept += 1
-    return bytes(out_keys[:40 * kept]), bytes(out_values[:vs * kept])
+    return bytes(out_keys[:ks * kept]), bytes(out_values[:vs * kept])
 
 
 def vxlan_sport(uint32_t hash):
@@ -390,8 +431,11 @@ cdef class Gateway:
             if mv.state == SERPENS_GW_MOVE_FREE:
                 if free_move < 0:
                     free_move = k
-            elif mv.sfc == sfc and ends[0] in (mv.source, mv.target):
-                raise ValueError(f"SFC {sfc}: a move of server {source_ip}'s flows is under "
+            elif mv.sfc == sfc and ends[0] in (mv.source, mv.target) and \
+                    (mv.all or slots is None or
+                     any(mv.slots[slot // 64] >> (slot % 64) & 1 for slot in slots)):
+                raise ValueError(f"SFC {sfc}: a move of server {source_ip}'s flows "
+                                 f"{'' if slots is None else 'in these slots '}is under "
                                  "way already")
         if free_move < 0:
             raise ValueError(f"gateway: at most {SERPENS_GW_MAX_MOVES} moves at a time")

@@ -154,7 +154,8 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
                                        new_flows=c["new_flows"], moved_flows=c["moved_flows"],
                                        drops=c["drops"], servers=nodes,
                                        flow_full=c["flow_full"], held=c["held"],
-                                       held_dropped=c["held_dropped"], moves=c["moves"])
+                                       held_dropped=c["held_dropped"], moves=c["moves"],
+                                       index=sfc.id)
         ports = {self.port_names.get(port, str(port)):
                  pb.PortCounters(rx=c["rx"], tx=c["tx"], tx_failed=c["tx_failed"],
                                  unmatched=c["unmatched"],

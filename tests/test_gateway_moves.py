@@ -209,6 +209,31 @@ def test_a_partial_move_holds_exactly_the_flows_whose_keys_hash_into_its_slots(s
     assert {f for f in FLOWS if after[f] != on[f]} == moving
 
 
+def test_two_moves_of_one_source_in_other_slots_hold_both_and_release_each_its_way(site):
+    """(stop-and-copy's pause in bench migrate: the moving flows and the source's others
+    held at once, the first committed, the second released back)"""
+    on = {f: server for server, f, _ in sent(site, [flow_frame(f, 0) for f in FLOWS])}
+    slots = list(dp.gateway_flow_slots(site.sfc, b"".join(flow_key(f) for f in FLOWS)))
+    on_a = [f for f in FLOWS if on[f] == A]
+    first = sorted({slots[f] for f in on_a[::2]})
+    rest = sorted(set(range(dp.GW_MAGLEV)) - set(first))
+    moving = site.gw.hold_flows(site.sfc, A, B, slots=first)
+    site.pump()   # (its marker goes out: one marker at a time)
+    with pytest.raises(ValueError, match="in these slots is under way"):
+        site.gw.hold_flows(site.sfc, A, B, slots=[first[0], rest[0]])
+    with pytest.raises(ValueError, match="under way"):
+        site.gw.hold_flows(site.sfc, A, B)
+    staying = site.gw.hold_flows(site.sfc, A, B, slots=rest)
+    site.pump()
+    during = sent(site, [flow_frame(f, 1) for f in FLOWS])
+    assert {r[1] for r in during if r[0] != "arp"} == {f for f in FLOWS if on[f] == B}
+    assert release(site, moving, commit=True)["flows"] == \
+        len([f for f in on_a if slots[f] in first])
+    assert release(site, staying, commit=False)["flows"] == 0
+    after = {f: server for server, f, _ in sent(site, [flow_frame(f, 2) for f in FLOWS])}
+    assert {f for f in FLOWS if after[f] != on[f]} == {f for f in on_a if slots[f] in first}
+
+
 def test_bad_moves_are_refused_naming_what(site):
     with pytest.raises(ValueError, match="no server of SFC"):
         site.gw.hold_flows(site.sfc, "192.168.51.99", B)

@@ -45,8 +45,13 @@ def test_the_per_flow_tables_of_the_sfc_are_found(source):
 def test_a_partial_move_of_a_table_not_keyed_by_flow_is_refused_naming_it():
     with pytest.raises(peer_moves.MoveRefused, match="table conns of NF lb in SFC web is "
                                                      "keyed by 12-byte keys"):
-        peer_moves.check_partial([("lb", "web.lb", "conns", {"key_size": 12})], "web")
-    peer_moves.check_partial([("mon", "web.mon", "flows", {"key_size": 40})], "web")
+        peer_moves.check_partial([("lb", "web.lb", "conns", {"key_size": 12, "value_size": 40,
+                                                            "flags": dp.PER_FLOW})], "web")
+    peer_moves.check_partial([("mon", "web.mon", "flows", {"key_size": 40, "value_size": 8,
+                                                          "flags": dp.PER_FLOW})], "web")
+    # a reverse mapping whose value is its flow (NAT's "in") is taken by that flow
+    peer_moves.check_partial([("nat", "web.nat", "in", {"key_size": 8, "value_size": 40,
+                                                       "flags": dp.PER_FLOW | dp.FLOW_VALUE})])
 
 
 def test_a_partial_export_takes_exactly_the_flows_in_the_slots_and_moves_them(source, tmp_path):
@@ -119,3 +124,118 @@ def test_a_table_dump_and_a_slot_selection_agree_with_its_items(source):
         dp.gateway_flow_select(5, keys, values, {2039})
     with pytest.raises(ValueError, match="not whole entries"):
         dp.gateway_flow_select(5, keys[:-1], values, chosen)
+
+
+def test_waves_cover_every_slot_once_and_then_the_rest():
+    from serpens.controller.moves import MAGLEV_SLOTS, waves
+    plan = waves(None, 128)
+    assert plan[-1] is None and len(plan) == 17
+    assert sorted(s for w in plan[:-1] for s in w) == list(range(MAGLEV_SLOTS))
+    assert waves([5, 1, 3, 3], 2) == [[1, 3], [5]]
+    assert waves([4], 0) == [[4]] and waves(None, 0) == [None]
+
+
+def test_the_insert_log_names_the_keys_put_since_and_get_many_takes_each_once(tmp_path):
+    t = dp.StateTable(str(tmp_path), "n", "t", dp.PER_FLOW | dp.READ | dp.WRITE, 40, 8, 4096)
+    for f in range(10):
+        t.put(flow_key(f), bytes(8))
+    since = t.inserts
+    assert since == 10 and t.logged_keys(since) == b""
+    t.put(flow_key(3), b"x" * 8)                 # an overwrite is no insert
+    t.put(flow_key(10), bytes(8))
+    t.delete(flow_key(4))
+    t.put(flow_key(4), bytes(8))                 # deleted and made again: an insert
+    assert t.logged_keys(since) == flow_key(10) + flow_key(4)
+    keys, values = t.get_many(flow_key(3) + flow_key(99) + flow_key(3) + flow_key(10))
+    assert keys == flow_key(3) + flow_key(10) and values == b"x" * 8 + bytes(8)
+    for f in range(100, 100 + dp.TABLE_LOG + 1):
+        t.put(flow_key(f), bytes(8))
+    assert t.logged_keys(since) is None          # the log forgot some: read the table
+    with pytest.raises(ValueError, match="whole keys"):
+        t.get_many(bytes(41))
+    t.close()
+
+
+def test_a_flow_value_table_must_be_per_flow_with_a_flow_in_its_value(tmp_path):
+    d = str(tmp_path)
+    with pytest.raises(OSError, match="invalid flags"):
+        dp.StateTable(d, "n", "g", dp.GLOBAL | dp.READ | dp.FLOW_VALUE, 8, 40, 64)
+    with pytest.raises(OSError, match="invalid flags"):
+        dp.StateTable(d, "n", "short", dp.PER_FLOW | dp.READ | dp.FLOW_VALUE, 8, 16, 64)
+    dp.StateTable(d, "n", "in", dp.PER_FLOW | dp.READ | dp.FLOW_VALUE, 8, 40, 64).close()
+
+
+def non_ip_key() -> bytes:
+    return bytes(38) + b"\x00\x00"               # family 0: no slot (-1)
+
+
+@pytest.fixture
+def nat_like(tmp_path):
+    """FW-like "flows" keyed by flow and a NAT-like "in" keyed by a port whose value is its
+    flow (SERPENS_FLOW_VALUE), 300 flows and a key that is no IP flow."""
+    d = str(tmp_path / "s")
+    flows = dp.StateTable(d, "s.fw", "flows", dp.PER_FLOW | dp.READ | dp.WRITE, 40, 8, 4096)
+    rev = dp.StateTable(d, "s.nat", "in", dp.PER_FLOW | dp.FLOW_VALUE | dp.READ | dp.WRITE,
+                        8, 40, 4096)
+    for f in range(300):
+        flows.put(flow_key(f), struct.pack("<Q", f))
+        rev.put(struct.pack("<Q", 7000 + f), flow_key(f))
+    flows.put(non_ip_key(), bytes(8))
+    flows.close()
+    rev.close()
+    return d
+
+
+def test_a_move_in_waves_takes_each_entry_once_as_it_is_when_its_wave_comes(nat_like):
+    from serpens.controller.moves import waves
+    state = StateManager(nat_like)
+    tables = peer_moves.per_flow_tables(state, {"s.fw": "fw", "s.nat": "nat"})
+    snap = peer_moves.Snapshot(state, tables, 3)
+    assert snap.entries == 601
+    flows = state.open("s.fw", "flows")
+    rev = state.open("s.nat", "in")
+    flows.put(flow_key(7), struct.pack("<Q", 777))          # changed since the snapshot
+    flows.delete(flow_key(8))                               # gone since
+    rev.delete(struct.pack("<Q", 7008))
+    flows.put(flow_key(400), struct.pack("<Q", 400))        # new since
+    rev.put(struct.pack("<Q", 7400), flow_key(400))
+    slot = dict(zip(range(1000), dp.gateway_flow_slots(3, b"".join(flow_key(f)
+                                                                   for f in range(1000)))))
+    taken = {"flows": {}, "in": {}}
+    for n, wave in enumerate(waves(None, 512)):
+        for nf, ns, name, info, keys, values in snap.taking(wave):
+            ks, vs = info["key_size"], info["value_size"]
+            for i in range(len(keys) // ks):
+                key, value = keys[ks * i:ks * (i + 1)], values[vs * i:vs * (i + 1)]
+                assert key not in taken[name], "taken twice"
+                taken[name][key] = value
+                flow = key if name == "flows" else value
+                if wave is not None:
+                    assert dp.gateway_flow_slots(3, flow)[0] in wave
+            peer_moves.delete(state, ns, name, keys)        # as the source does
+        if n == 0:   # a new flow in a slot already taken: still here, taken by the last wave
+            late = next(f for f in range(500, 1000) if slot[f] in wave)
+            flows.put(flow_key(late), struct.pack("<Q", late))
+    want = {flow_key(f) for f in range(300) if f != 8} | {flow_key(400), flow_key(late),
+                                                          non_ip_key()}
+    assert set(taken["flows"]) == want
+    assert taken["flows"][flow_key(7)] == struct.pack("<Q", 777)
+    assert set(taken["in"].values()) == {flow_key(f) for f in range(300) if f != 8} | \
+        {flow_key(400)}
+    assert len(flows) == 0 and len(rev) == 0
+    flows.close()
+    rev.close()
+    snap.close()
+
+
+def test_a_wave_reads_its_tables_whole_when_their_log_forgot_inserts(nat_like):
+    state = StateManager(nat_like)
+    tables = peer_moves.per_flow_tables(state, {"s.fw": "fw"})
+    snap = peer_moves.Snapshot(state, tables, 3)
+    flows = state.open("s.fw", "flows")
+    for f in range(1000, 1000 + dp.TABLE_LOG + 10):
+        flows.put(flow_key(f), bytes(8))
+    flows.close()
+    ((*_, keys, _),) = snap.taking(None)
+    assert len(keys) // 40 == 301 + dp.TABLE_LOG + 10
+    snap.close()

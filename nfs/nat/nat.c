@@ -43,7 +43,8 @@
  *     for ICMP), protocol, family 4) -> {external ip (4), external port (network order, 2),
  *     0 (2), owner instance id (u32), 0 (4), last_seen_ns (u64)}: 24 bytes.
  *   - "in": key = {external ip (4), external port (network order, 2), 0 (2)} -> the internal
- *     5-tuple (the "out" key). The pair alone is a sufficient key because the port pool is
+ *     5-tuple (the "out" key; SERPENS_FLOW_VALUE: a move of some flows takes the entry with
+ *     its flow). The pair alone is a sufficient key because the port pool is
  *     one bitmap per external IP shared by TCP, UDP and ICMP: a pair is held by at most one
  *     live flow, whatever its protocol. Protocol and remote end are checked against the
  *     stored tuple: an inbound packet is translated only if it has the flow's protocol and
@@ -758,7 +759,8 @@ static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
 	}
 	t_out = api->create_table(ctx, "out", SERPENS_PER_FLOW | SERPENS_READ | SERPENS_WRITE,
 				  sizeof(struct serpens_flow), sizeof(struct out_val), max_flows);
-	t_in = api->create_table(ctx, "in", SERPENS_PER_FLOW | SERPENS_READ | SERPENS_WRITE,
+	t_in = api->create_table(ctx, "in", SERPENS_PER_FLOW | SERPENS_FLOW_VALUE | SERPENS_READ |
+				 SERPENS_WRITE,
 				 sizeof(struct pair_key), sizeof(struct serpens_flow), max_flows);
 	t_ports = api->create_table(ctx, "ports", SERPENS_GLOBAL | SERPENS_WRITE | SERPENS_RELEASE,
 				    4, NAT_BITMAP_BYTES, NAT_POOL_KEYS);

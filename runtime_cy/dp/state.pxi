@@ -1,6 +1,8 @@
 # State tables, the state manager's view (included by _dataplane.pyx).
 
-PER_FLOW, GLOBAL, READ, WRITE, RELEASE, EVENTUAL = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+PER_FLOW, GLOBAL, READ, WRITE, RELEASE, EVENTUAL, FLOW_VALUE = \
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
+TABLE_LOG = 512         # state_table.h SERPENS_TABLE_LOG: inserts remembered
 
 
 def set_state_dir(str path):
@@ -123,6 +125,72 @@ cdef class StateTable:
                 if serpens_table_delete(&self.t, k + i * ks) == 0:
                     gone += 1
         return gone
+
+    @property
+    def inserts(self):
+        """Entries inserted since the table was made (a counter: logged_keys())."""
+        self._check()
+        return serpens_table_inserts(&self.t)
+
+    def logged_keys(self, uint64_t since):
+        """The keys (back to back) of the slots the inserts from number `since` on went into
+        (`inserts` read before), or None when more than TABLE_LOG were made since: hints
+        (a slot may hold another key, or none, by now: look them up, get_many())."""
+        self._check()
+        cdef uint64_t now = serpens_table_inserts(&self.t), seq
+        cdef uint32_t ks = self.t.hdr.key_size
+        cdef const void *key
+        if now - since > TABLE_LOG or since > now:
+            return None
+        out = bytearray((now - since) * ks)
+        cdef char *o = out
+        cdef Py_ssize_t n = 0
+        with nogil:
+            for seq in range(since, now):
+                if serpens_table_logged(&self.t, seq, &key):
+                    memcpy(o + n * ks, key, ks)
+                    n += 1
+        return bytes(out[:n * ks])
+
+    def get_many(self, bytes keys):
+        """(keys, values) of the entries of `keys` (back to back) that are there, each once,
+        looked up 32 at a time (a mover's export of keys read before: Snapshot)."""
+        self._check()
+        cdef uint32_t ks = self.t.hdr.key_size, vs = self.t.hdr.value_size
+        cdef Py_ssize_t n = len(keys) // ks, i, j, b, kept = 0
+        cdef const char *k = PyBytes_AS_STRING(keys)
+        cdef const void *ptrs[32]
+        cdef void *vals[32]
+        cdef uint64_t idx
+        if len(keys) != n * ks:
+            raise ValueError(f"{len(keys)} bytes are not whole keys of {ks} bytes")
+        cdef uint8_t *seen = <uint8_t *>calloc(<size_t>self.t.mask // 8 + 1, 1)
+        if seen == NULL:
+            raise MemoryError()
+        out_keys = bytearray(n * ks)
+        out_values = bytearray(n * vs)
+        cdef char *ok = out_keys
+        cdef char *ov = out_values
+        try:
+            with nogil:
+                for i in range(0, n, 32):
+                    b = min(32, n - i)
+                    for j in range(b):
+                        ptrs[j] = k + (i + j) * ks
+                    serpens_table_get_bulk(&self.t, ptrs, <uint32_t>b, vals)
+                    for j in range(b):
+                        if vals[j] == NULL:
+                            continue
+                        idx = (<uint8_t *>vals[j] - self.t.slots) // self.t.slot_size
+                        if seen[idx >> 3] >> (idx & 7) & 1:
+                            continue   # asked twice
+                        seen[idx >> 3] |= 1 << (idx & 7)
+                        memcpy(ok + kept * ks, ptrs[j], ks)
+                        memcpy(ov + kept * vs, vals[j], vs)
+                        kept += 1
+        finally:
+            free(seen)
+        return bytes(out_keys[:kept * ks]), bytes(out_values[:kept * vs])
 
     def items(self):
         """[(key, value)] of every live entry (a reader: never blocks the writers)."""

@@ -178,6 +178,9 @@ cdef extern from "state_table.h" nogil:
         uint64_t epoch
     struct serpens_table:
         serpens_table_hdr *hdr
+        uint8_t *slots
+        uint32_t mask
+        uint32_t slot_size
         uint32_t flags
     int serpens_table_open(serpens_table *t, const char *dir, const char *ns, const char *name,
                            uint32_t flags, uint32_t key_size, uint32_t value_size,
@@ -188,6 +191,8 @@ cdef extern from "state_table.h" nogil:
                                     void **values)
     int serpens_table_put(serpens_table *t, const void *key, const void *value, void **stored)
     int serpens_table_delete(serpens_table *t, const void *key)
+    uint64_t serpens_table_inserts(const serpens_table *t)
+    int serpens_table_logged(const serpens_table *t, uint64_t seq, const void **key)
     int64_t serpens_table_next(const serpens_table *t, uint64_t *pos, const void **key,
                                const void **value)
 

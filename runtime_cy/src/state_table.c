@@ -52,8 +52,10 @@ int serpens_table_flags_valid(uint32_t f)
 	uint32_t scope = f & (SERPENS_PER_FLOW | SERPENS_GLOBAL);
 	uint32_t mode = f & (SERPENS_RELEASE | SERPENS_EVENTUAL);
 	uint32_t known = SERPENS_PER_FLOW | SERPENS_GLOBAL | SERPENS_READ | SERPENS_WRITE |
-			 SERPENS_RELEASE | SERPENS_EVENTUAL;
+			 SERPENS_RELEASE | SERPENS_EVENTUAL | SERPENS_FLOW_VALUE;
 
+	if ((f & SERPENS_FLOW_VALUE) && scope != SERPENS_PER_FLOW)
+		return SERPENS_EINVAL;
 	if ((f & ~known) || (scope != SERPENS_PER_FLOW && scope != SERPENS_GLOBAL))
 		return SERPENS_EINVAL;
 	if (!(f & (SERPENS_READ | SERPENS_WRITE)))
@@ -210,6 +212,9 @@ static int insert(struct serpens_table *t, const void *key, uint32_t hash, const
 			else
 				memset(slot_value(t, i), 0, h->value_size);
 			__atomic_store_n(slot_sig(t, i), sig_of(hash), __ATOMIC_RELEASE);
+			uint64_t seq = __atomic_fetch_add(&h->inserts, 1, __ATOMIC_RELAXED);
+			__atomic_store_n(&h->inserted[seq & (SERPENS_TABLE_LOG - 1)], i,
+					 __ATOMIC_RELEASE);
 			if (stored)
 				*stored = slot_value(t, i);
 			return 0;
@@ -325,6 +330,21 @@ int64_t serpens_table_next(const struct serpens_table *t, uint64_t *pos, const v
 	}
 	*pos = (uint64_t)t->mask + 1;
 	return -1;
+}
+
+uint64_t serpens_table_inserts(const struct serpens_table *t)
+{
+	return __atomic_load_n(&t->hdr->inserts, __ATOMIC_ACQUIRE);
+}
+
+int serpens_table_logged(const struct serpens_table *t, uint64_t seq, const void **key)
+{
+	uint32_t i = __atomic_load_n(&t->hdr->inserted[seq & (SERPENS_TABLE_LOG - 1)],
+				     __ATOMIC_ACQUIRE);
+	if (i > t->mask || !(__atomic_load_n(slot_sig(t, i), __ATOMIC_ACQUIRE) & 0x80000000u))
+		return 0;
+	*key = slot_key(t, i);
+	return 1;
 }
 
 /* ---- files ------------------------------------------------------------------------------ */
@@ -544,7 +564,8 @@ int serpens_table_open(struct serpens_table *t, const char *dir, const char *ns,
 		return SERPENS_EINVAL;
 	}
 	if (flags && (serpens_table_flags_valid(flags) || ks == 0 || ks > MAX_KEY || vs == 0 ||
-		      vs > MAX_VALUE || cap == 0 || cap > (1u << 28))) {
+		      vs > MAX_VALUE || cap == 0 || cap > (1u << 28) ||
+		      ((flags & SERPENS_FLOW_VALUE) && vs < sizeof(struct serpens_flow)))) {
 		snprintf(err, errlen, "table %s: invalid flags 0x%x or sizes", name, flags);
 		return SERPENS_EINVAL;
 	}

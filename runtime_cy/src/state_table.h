@@ -24,6 +24,7 @@
 #define SERPENS_TABLE_MAGIC 0x3142415453505253ull /* "SRPSTAB1" */
 #define SERPENS_TABLE_NAME 64
 #define SERPENS_TABLE_HDR 4096
+#define SERPENS_TABLE_LOG 512 /* inserts remembered (a power of two) */
 
 struct serpens_table_hdr {
 	uint64_t magic;
@@ -54,6 +55,12 @@ struct serpens_table_hdr {
 	 * split moved nothing (the share stayed all zero: the node's pool is dry). Counted
 	 * without reading the NF's values; the agent asks peers for a share when it grows. */
 	volatile uint64_t dry;
+	/* Inserts, and the slots of the last SERPENS_TABLE_LOG of them (inserted[seq % LOG]):
+	 * a mover that read the table's keys once (agent/peer_moves.py Snapshot) finds the
+	 * entries made since then without reading the whole table again. Hints only: a slot
+	 * may hold another key by the time it is read. */
+	volatile uint64_t inserts;
+	volatile uint32_t inserted[SERPENS_TABLE_LOG];
 };
 _Static_assert(__builtin_offsetof(struct serpens_table_hdr, origin) == 144,
 	       "agent/peer_state.py reads the origin at offset 144");
@@ -116,6 +123,11 @@ int serpens_table_fetch_add(struct serpens_table *t, const void *key, uint64_t d
 
 /* Iterate live entries: returns the next slot index >= *pos holding one (and its key/value),
  * or -1 at the end. For the state manager's readers (counters, snapshots). */
+/* The inserts counter (hdr->inserts), and the key of the slot insert number `seq` went into
+ * when that slot holds a live entry (1; 0: empty, being written, or forgotten): a hint, the
+ * slot may hold another key by now (state_table.h's header). */
+uint64_t serpens_table_inserts(const struct serpens_table *t);
+int serpens_table_logged(const struct serpens_table *t, uint64_t seq, const void **key);
 int64_t serpens_table_next(const struct serpens_table *t, uint64_t *pos, const void **key,
 			   const void **value);
 

@@ -948,7 +948,7 @@ class PushDeltasResponse(_message.Message):
     def __init__(self, applied: _Optional[bool] = ..., entries: _Optional[int] = ...) -> None: ...
 
 class MoveFlowsRequest(_message.Message):
-    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "timeout_ms", "check", "marker")
+    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "timeout_ms", "check", "marker", "prepare")
     SFC_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -956,6 +956,7 @@ class MoveFlowsRequest(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     CHECK_FIELD_NUMBER: _ClassVar[int]
     MARKER_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     target: PeerRef
     slots: _containers.RepeatedScalarFieldContainer[int]
@@ -963,7 +964,8 @@ class MoveFlowsRequest(_message.Message):
     timeout_ms: int
     check: bool
     marker: int
-    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ..., marker: _Optional[int] = ...) -> None: ...
+    prepare: bool
+    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ..., marker: _Optional[int] = ..., prepare: _Optional[bool] = ...) -> None: ...
 
 class MoveFlowsResponse(_message.Message):
     __slots__ = ("entries", "tables", "wait_us")
@@ -1096,7 +1098,7 @@ class GetGatewayRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GatewaySFC(_message.Message):
-    __slots__ = ("tag", "rx", "tx", "back", "new_flows", "moved_flows", "drops", "servers", "flow_full", "held", "held_dropped", "moves")
+    __slots__ = ("tag", "rx", "tx", "back", "new_flows", "moved_flows", "drops", "servers", "flow_full", "held", "held_dropped", "moves", "index")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1123,6 +1125,7 @@ class GatewaySFC(_message.Message):
     HELD_FIELD_NUMBER: _ClassVar[int]
     HELD_DROPPED_FIELD_NUMBER: _ClassVar[int]
     MOVES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     tag: int
     rx: int
     tx: int
@@ -1135,7 +1138,8 @@ class GatewaySFC(_message.Message):
     held: int
     held_dropped: int
     moves: int
-    def __init__(self, tag: _Optional[int] = ..., rx: _Optional[int] = ..., tx: _Optional[int] = ..., back: _Optional[int] = ..., new_flows: _Optional[int] = ..., moved_flows: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., servers: _Optional[_Mapping[str, int]] = ..., flow_full: _Optional[int] = ..., held: _Optional[int] = ..., held_dropped: _Optional[int] = ..., moves: _Optional[int] = ...) -> None: ...
+    index: int
+    def __init__(self, tag: _Optional[int] = ..., rx: _Optional[int] = ..., tx: _Optional[int] = ..., back: _Optional[int] = ..., new_flows: _Optional[int] = ..., moved_flows: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., servers: _Optional[_Mapping[str, int]] = ..., flow_full: _Optional[int] = ..., held: _Optional[int] = ..., held_dropped: _Optional[int] = ..., moves: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class GatewayStatus(_message.Message):
     __slots__ = ("name", "term", "sfcs", "ports", "drops", "arp_replies")

@@ -277,6 +277,11 @@ struct serpens_api {
 #define SERPENS_WRITE 0x08u
 #define SERPENS_RELEASE 0x10u
 #define SERPENS_EVENTUAL 0x20u
+/* With SERPENS_PER_FLOW: the value begins with the struct serpens_flow the entry belongs to,
+ * the key being something else (a reverse mapping: NAT's external (ip, port) -> flow). A move
+ * of some of a server's flows (by the gateway's slots) takes such entries by that flow; a
+ * per-flow table keyed neither by a flow nor so moves only with all of a server's flows. */
+#define SERPENS_FLOW_VALUE 0x40u
 
 #define SERPENS_MAX_TABLES 8 /* per NF */
 
