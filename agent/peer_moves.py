@@ -177,10 +177,12 @@ class Snapshot:
         self.gateway_sfc = gateway_sfc
         self.taken: set[int] = set()
         self.tables = []      # (nf, namespace, name, info, table, since, keys, slots_of)
+        self.inodes: list[int] = []   # of the tables' files: one made again is another table
         try:
             for nf, namespace, name, info in tables:
                 table = state.open(namespace, name)   # kept open: each wave reads it
                 self.tables.append((nf, namespace, name, info, table))
+                self.inodes.append(os.stat(table.path).st_ino)
                 since = table.inserts     # before the read: an insert during it is logged
                 keys, values = table.dump()
                 self.tables[-1] += (since, keys, flow_slots(gateway_sfc, info, keys, values))
@@ -200,7 +202,15 @@ class Snapshot:
         """export() of the flows in `slots` (None: every flow not taken by an earlier wave),
         once they are quiet: their keys read before, and those inserted since, looked up."""
         out = []
-        for nf, namespace, name, info, table, since, keys, slots_of in self.tables:
+        for (nf, namespace, name, info, table, since, keys, slots_of), inode in \
+                zip(self.tables, self.inodes):
+            try:
+                same = os.stat(table.path).st_ino == inode
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise MoveRefused(f"table {name} of NF {nf} was removed or made again since "
+                                  "the move began (its SFC restarted)")
             ks = info["key_size"]
             if slots is None:
                 mine = dp.gateway_keys_in(keys, ks, slots_of, self.taken, invert=True)
@@ -395,12 +405,18 @@ class FlowMoves:
             waited = await asyncio.to_thread(self._wait_quiet, request, deadline)
         except NotQuiet as e:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"source: {e}")
-        snap = self._snapshot(request.sfc, slots)
+        snap, moving = self._snapshot(request.sfc, slots), None
         if snap is not None and snap.gateway_sfc == request.gateway_sfc:
-            moving = await asyncio.to_thread(snap.taking, sorted(slots or ()) or None)
-            if not slots:
+            try:
+                moving = await asyncio.to_thread(snap.taking, sorted(slots or ()) or None)
+            except MoveRefused as e:   # a table made again: read the tables whole
+                log.warning("sfc %s: %s", request.sfc, e)
+                self.snapshots.pop(request.sfc, None)
                 snap.close()
-        else:
+                snap = None
+            if snap is not None and not slots:
+                snap.close()
+        if moving is None:
             moving = await asyncio.to_thread(export, node.state, tables, slots,
                                              request.gateway_sfc)
         target = self.peers[request.target.address]

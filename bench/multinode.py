@@ -70,9 +70,9 @@ class Testbed:
     af_packet a veth pair per server (`u<name>` in the gateway's namespace, `eth0` in the
     server's). Links carry the underlay MACs the processes are told."""
 
-    def __init__(self, underlay: str, directory: str, names=("a", "b")):
+    def __init__(self, underlay: str, directory: str, names=("a", "b"), link_log2: int = 10):
         tag = os.getpid() % 100000
-        self.underlay, self.dir = underlay, directory
+        self.underlay, self.dir, self.link_log2 = underlay, directory, link_log2
         self.gw_ns = f"smn{tag}gw"
         self.servers = [{"name": n, "ns": f"smn{tag}{n}", "ip": f"192.168.77.{11 + i}",
                          "mac": f"02:00:00:00:77:{0x11 + i:02x}", "link": f"smn{tag}u{n}"}
@@ -91,10 +91,10 @@ class Testbed:
         for s in self.servers:
             if self.underlay == "memif":
                 sock = os.path.join(self.dir, f"memif-{s['name']}.sock")
-                # 1024 slots (the PMD's default): the gateway holds back for a full link
-                # (docs/dataplane.md "Back-pressure"), and fewer 2 KiB buffers in turn stay
-                # in cache
-                common = f"socket={sock},socket-abstract=no,id=0,rsize=10"
+                # 2^link_log2 slots; 1024 (the PMD's default) for throughput: the gateway
+                # holds back for a full link (docs/dataplane.md "Back-pressure"), and fewer
+                # 2 KiB buffers in turn stay in cache
+                common = f"socket={sock},socket-abstract=no,id=0,rsize={self.link_log2}"
                 s["gw_vdev"] = f"net_memif_gw{s['name']},role=server,{common}," \
                                f"mac={GATEWAY['mac']}"
                 s["server_vdev"] = f"net_memif_{s['name']},role=client,{common},mac={s['mac']}"

@@ -3,6 +3,7 @@ tables of an SFC's NFs are found (not its global ones, not replicas), a partial 
 table not keyed by flow is refused naming it, the moving entries are exactly those whose key
 hashes into the slots, inserting makes a missing table with the source's shape and refuses
 another shape, undo and delete leave nothing behind, and chunks stay under their bound."""
+import os
 import socket
 import struct
 
@@ -238,4 +239,17 @@ def test_a_wave_reads_its_tables_whole_when_their_log_forgot_inserts(nat_like):
     flows.close()
     ((*_, keys, _),) = snap.taking(None)
     assert len(keys) // 40 == 301 + dp.TABLE_LOG + 10
+    snap.close()
+
+
+def test_a_wave_refuses_a_table_made_again_since_the_snapshot(nat_like):
+    state = StateManager(nat_like)
+    snap = peer_moves.Snapshot(state, peer_moves.per_flow_tables(state, {"s.fw": "fw"}), 3)
+    path = state.path("s.fw", "flows")
+    os.unlink(path)              # its SFC restarted: a new, empty table of the same name
+    dp.StateTable(nat_like, "s.fw", "flows", dp.PER_FLOW | dp.READ | dp.WRITE, 40, 8,
+                  4096).close()
+    with pytest.raises(peer_moves.MoveRefused, match="table flows of NF fw was removed or "
+                                                     "made again"):
+        snap.taking([1, 2])
     snap.close()
