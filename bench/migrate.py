@@ -8,18 +8,19 @@ the output back through the gateway. A load of --pps over --flows flows (or, whe
 carries less with under 0.1% loss in a short trial, --headroom times what it carried:
 `offered_mpps` says what was offered) runs while server A's flows (every flow pinned to A,
 those in the Maglev slots A owns: half of all) move to B with all of A's per-flow entries
-(Serpens: controller/moves.py's steps as a drain makes them, the release paced: docs/
-moves.md), then back from B to A the stop-and-copy way (pause the NF, copy all its per-flow
-state, re-pin at once, resume). Figures, for each: move_ms (request to the last moved flow's
-held packets sent on to B, or to the NF's resume), lost_packets (into the gateway, never
+(Serpens: controller/moves.py's steps as a drain makes them, in waves of --wave-slots Maglev
+slots, the release paced: docs/moves.md), then back from B to A the stop-and-copy way (every
+flow of the source stops, held at the gateway so that nothing is lost; all its per-flow state
+is copied; the moving flows go on at the target, the others where they were). Figures, for
+each: move_ms (request to the last moved flow's held packets sent on), lost_packets (into the gateway, never
 out, of those that arrived from the move's start on; lost_packets_run: of the whole run,
 warm-up and the time before the move included), reordered_flows (a flow whose sequence numbers came out of order), paused_flows_max
 (flows with a packet delayed beyond max(1 ms, 3 x the p99 before), during the move),
 before_p99_us and during_p99_us (arrival at the gateway to departure from it, for packets
 that arrived before / during the move; a packet lost counts as delayed to the load's end),
-during_p99_delivered_us (the packets that came out only: the baseline's bounded buffer loses
-what a pause longer than it brings, and its lost packets would otherwise decide its p99). Serpens' go at the top level, the baseline's under
-stop_and_copy; `flows` is how many moved.
+during_p99_delivered_us (the packets that came out only: a lost packet would otherwise
+decide a p99). Serpens' go at the top level, the baseline's under stop_and_copy; `flows` is
+how many moved.
 """
 from __future__ import annotations
 

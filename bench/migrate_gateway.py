@@ -5,14 +5,17 @@ frames back from the servers read off the egress port into a latency log) on the
 core, two servers (bench/multinode_server.py, FW->MON->NAT each) returning the SFC's output
 through the gateway. At a steady load, server A's flows (every flow in the Maglev slots A owns:
 half of them) move to B twice, each time with their per-flow entries of FW, MON and NAT:
-- serpens: the gateway holds those flows (gateway.h "Moving flows") and sends A its marker; A
-  waits until it has none of their packets, exports their entries; B inserts them; A deletes
-  them; the gateway re-pins them to B and sends what it held first;
-- stop_and_copy (the migration-based systems the paper compares against): A's NF pauses (its
-  packets wait in A's router, a bounded queue: beyond it, back-pressure, then drops), all of
-  A's per-flow state is copied to B, the moving flows' entries deleted at A, the flows re-pinned
-  at the gateway at once (no hold), and A's NF resumes. Run on the flows moving back from B to
-  A (the same flows, the same number).
+- serpens, in waves (controller/moves.py): A reads its tables' keys once; then for each wave
+  of Maglev slots the gateway holds those flows (gateway.h "Moving flows") and sends A its
+  marker; A waits until it has none of their packets, looks their entries up and exports
+  them; B inserts them; A deletes them; the gateway re-pins them to B and sends what it held
+  first;
+- stop_and_copy (the migration-based systems the paper compares against): every flow of the
+  source stops (the gateway holds them all, in two holds: the moving flows and the others,
+  a buffer as long as the pause), all of its per-flow state is copied to the target, the
+  moving flows' entries are deleted at the source, the moving flows are released to the
+  target and the others back to the source. Run on the flows moving back from B to A (the
+  same flows, the same number).
 Each flow's sequence numbers read at the egress give reordered flows; the driver's counts,
 lost packets; latency before and during the move from the stamps. Prints one JSON line."""
 from __future__ import annotations
