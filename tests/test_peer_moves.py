@@ -164,6 +164,13 @@ def test_a_flow_value_table_must_be_per_flow_with_a_flow_in_its_value(tmp_path):
     with pytest.raises(OSError, match="invalid flags"):
         dp.StateTable(d, "n", "short", dp.PER_FLOW | dp.READ | dp.FLOW_VALUE, 8, 16, 64)
     dp.StateTable(d, "n", "in", dp.PER_FLOW | dp.READ | dp.FLOW_VALUE, 8, 40, 64).close()
+    # a table made before its NF declared the flag (an upgrade) is the same table, and learns it
+    dp.StateTable(d, "n", "old", dp.PER_FLOW | dp.READ, 8, 40, 64).close()
+    t = dp.StateTable(d, "n", "old", dp.PER_FLOW | dp.READ | dp.FLOW_VALUE, 8, 40, 64)
+    assert t.info["flags"] == dp.PER_FLOW | dp.READ | dp.FLOW_VALUE
+    t.close()
+    with pytest.raises(FileExistsError, match="exists with flags"):
+        dp.StateTable(d, "n", "old", dp.PER_FLOW | dp.WRITE | dp.FLOW_VALUE, 8, 40, 64)
 
 
 def non_ip_key() -> bytes:

@@ -514,8 +514,10 @@ static int attach(struct serpens_table *t, int fd, const char *path, uint32_t fl
 	}
 	if ((rc = check_header(&h, (uint64_t)st.st_size, path, err, errlen)) != 0)
 		return rc;
-	if (flags && (h.flags != flags || h.key_size != ks || h.value_size != vs ||
-		      h.capacity != cap)) {
+	/* SERPENS_FLOW_VALUE describes the values, not the layout: a table made before an NF
+	 * declared it is the same table (its header learns the flag below). */
+	if (flags && ((h.flags | SERPENS_FLOW_VALUE) != (flags | SERPENS_FLOW_VALUE) ||
+		      h.key_size != ks || h.value_size != vs || h.capacity != cap)) {
 		snprintf(err, errlen,
 			 "%s exists with flags 0x%x key %u value %u capacity %u (asked 0x%x %u %u %u)",
 			 path, h.flags, h.key_size, h.value_size, h.capacity, flags, ks, vs, cap);
@@ -534,6 +536,9 @@ static int attach(struct serpens_table *t, int fd, const char *path, uint32_t fl
 		say_errno(err, errlen, "mapping", path, rc, (uint64_t)st.st_size);
 		return rc;
 	}
+	if (flags & SERPENS_FLOW_VALUE)
+		__atomic_fetch_or(&((struct serpens_table_hdr *)base)->flags, SERPENS_FLOW_VALUE,
+				  __ATOMIC_RELAXED);
 	view_of(t, base, (uint64_t)st.st_size);
 	return 0;
 }
