@@ -23,8 +23,10 @@ StopSFC return_to hands them over).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import secrets
 import threading
 import time
 
@@ -41,6 +43,7 @@ FLOW_KEY_SIZE = 40          # struct serpens_flow (serpens/nf.h)
 CHUNK_BYTES = 1 << 20       # keys + values per ImportFlows message
 DEFAULT_TIMEOUT_MS = 5000
 SNAPSHOT_S = 60.0           # a prepared move's Snapshot is kept this long at most
+MAX_SNAPSHOTS = 8           # prepared moves kept at once per node (the oldest is closed)
 _ACTIVE, _DRAINING = 1, 2   # router.h serpens_instance_state: instances given packets
 
 
@@ -176,23 +179,32 @@ class Snapshot:
         check_partial(tables)
         self.gateway_sfc = gateway_sfc
         self.taken: set[int] = set()
-        self.tables = []      # (nf, namespace, name, info, table, since, keys, slots_of)
+        self.lock = threading.Lock()   # a wave's reads and close() never overlap
+        self.tables = []      # [nf, namespace, name, info, table, since, keys, slots_of]
         self.inodes: list[int] = []   # of the tables' files: one made again is another table
         try:
             for nf, namespace, name, info in tables:
                 table = state.open(namespace, name)   # kept open: each wave reads it
-                self.tables.append((nf, namespace, name, info, table))
+                self.tables.append([nf, namespace, name, info, table, 0, b"", None, set()])
                 self.inodes.append(os.stat(table.path).st_ino)
-                since = table.inserts     # before the read: an insert during it is logged
-                keys, values = table.dump()
-                self.tables[-1] += (since, keys, flow_slots(gateway_sfc, info, keys, values))
+                self._read(self.tables[-1])
         except BaseException:
             self.close()
             raise
 
+    def _read(self, t: list):
+        """(Re)read table t's keys and their slots, where its insert log starts, and which
+        slots had moved by then (a key of theirs read now is a flow that came since)."""
+        table, info = t[4], t[3]
+        since = table.inserts     # before the read: an insert during it is logged
+        keys, values = table.dump()
+        t[5:] = [since, keys, flow_slots(self.gateway_sfc, info, keys, values), set(self.taken)]
+
     def close(self):
-        for t in self.tables:
-            t[4].close()
+        with self.lock:
+            for t in self.tables:
+                t[4].close()
+            self.tables = []
 
     @property
     def entries(self) -> int:
@@ -200,36 +212,63 @@ class Snapshot:
 
     def taking(self, slots: list[int] | None) -> list:
         """export() of the flows in `slots` (None: every flow not taken by an earlier wave),
-        once they are quiet: their keys read before, and those inserted since, looked up."""
-        out = []
-        for (nf, namespace, name, info, table, since, keys, slots_of), inode in \
-                zip(self.tables, self.inodes):
-            try:
-                same = os.stat(table.path).st_ino == inode
-            except FileNotFoundError:
-                same = False
-            if not same:
-                raise MoveRefused(f"table {name} of NF {nf} was removed or made again since "
-                                  "the move began (its SFC restarted)")
-            ks = info["key_size"]
-            if slots is None:
-                mine = dp.gateway_keys_in(keys, ks, slots_of, self.taken, invert=True)
-            else:
-                mine = dp.gateway_keys_in(keys, ks, slots_of, slots)
-            logged = table.logged_keys(since)
-            if logged is None:        # more inserts than the log keeps: read it all
-                logged = table.dump()[0]
-            ks_, vs_ = table.get_many(mine + logged)
-            if slots is not None:
-                ks_, vs_ = select(self.gateway_sfc, info, ks_, vs_, slots)
-            out.append((nf, namespace, name, info, ks_, vs_))
-        self.taken.update(slots or ())
-        return out
+        once they are quiet: their keys read before, and those inserted since, looked up.
+        took(slots) once they moved."""
+        with self.lock:
+            if not self.tables:
+                raise MoveRefused("the move's snapshot was closed (it expired)")
+            return [self._take(t, inode, slots) for t, inode in zip(self.tables, self.inodes)]
+
+    def _take(self, t: list, inode: int, slots) -> tuple:
+        nf, namespace, name, info, table = t[:5]
+        try:
+            same = os.stat(table.path).st_ino == inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise MoveRefused(f"table {name} of NF {nf} was removed or made again since "
+                              "the move began (its SFC restarted)")
+        if table.logged_keys(t[5]) is None:   # more inserts than the log keeps: read again
+            self._read(t)
+        since, keys, slots_of, taken_then = t[5:]
+        ks = info["key_size"]
+        if slots is None:    # (the keys of slots taken after the read are gone from here)
+            mine = dp.gateway_keys_in(keys, ks, slots_of, self.taken - taken_then,
+                                      invert=True)
+        else:
+            mine = dp.gateway_keys_in(keys, ks, slots_of, slots)
+        logged = table.logged_keys(since)
+        if logged is None:        # overflowed even now (inserts racing the read): all of it
+            logged = table.dump()[0]
+        ks_, vs_ = table.get_many(mine + logged)
+        if slots is not None:
+            ks_, vs_ = select(self.gateway_sfc, info, ks_, vs_, slots)
+        return (nf, namespace, name, info, ks_, vs_)
+
+    def took(self, slots: list[int]):
+        """The flows of `slots` moved: a last wave (taking(None)) leaves them out."""
+        self.taken.update(slots)
 
 
 def entries(info: dict, keys: bytes) -> int:
     """How many entries `keys` (back to back) holds."""
     return len(keys) // info["key_size"]
+
+
+def same_shape(table, info: dict | None):
+    """FileExistsError unless `table` has the shape `info` asks (as opening it with that
+    shape would say; SERPENS_FLOW_VALUE apart: state_table.c attach())."""
+    if info is None:
+        return
+    have = table.info
+    if (have["flags"] | dp.FLOW_VALUE, have["key_size"], have["value_size"],
+            have["capacity"]) != (info["flags"] | dp.FLOW_VALUE, info["key_size"],
+                                  info["value_size"], info["capacity"]):
+        raise FileExistsError(errno.EEXIST, f"{table.path} exists with flags "
+                              f"{have['flags']:#x} key {have['key_size']} value "
+                              f"{have['value_size']} capacity {have['capacity']} (asked "
+                              f"{info['flags']:#x} {info['key_size']} {info['value_size']} "
+                              f"{info['capacity']})")
 
 
 class OpenTables:
@@ -262,6 +301,7 @@ class OpenTables:
         if known is not None:
             if known[0] == inode:
                 self.tables[path] = known
+                same_shape(known[1], info)
                 return known[1]
             known[1].close()
         shape = () if info is None else (info["flags"], info["key_size"], info["value_size"],
@@ -350,21 +390,24 @@ class FlowMoves:
     def __init__(self, node):
         self.node = node
         self.peers = rpc.Stubs(pb_grpc.PeerStub)
-        self.snapshots: dict[str, tuple[float, Snapshot]] = {}   # sfc: (taken at, Snapshot)
+        # prepared moves: id -> (sfc, Snapshot), each closed after SNAPSHOT_S at most
+        self.snapshots: dict[int, tuple[str, Snapshot]] = {}
         self.tables = OpenTables()   # imported into (target), deleted from (source)
 
-    def _snapshot(self, sfc: str, slots) -> Snapshot | None:
-        """The prepared Snapshot of `sfc` a wave uses (a call without slots ends it)."""
-        at, snap = self.snapshots.get(sfc, (0.0, None))
-        if snap is not None and time.monotonic() - at > SNAPSHOT_S:
+    def _keep(self, sfc: str, snap: Snapshot) -> int:
+        while len(self.snapshots) >= MAX_SNAPSHOTS:   # the oldest goes
+            self._drop(next(iter(self.snapshots)))
+        sid = secrets.randbits(63) or 1
+        self.snapshots[sid] = (sfc, snap)
+        asyncio.get_running_loop().call_later(
+            SNAPSHOT_S, lambda: asyncio.ensure_future(asyncio.to_thread(self._drop, sid)))
+        return sid
+
+    def _drop(self, sid: int):
+        """Close snapshot `sid` (waits for a wave reading it: Snapshot.lock)."""
+        _, snap = self.snapshots.pop(sid, (None, None))
+        if snap is not None:
             snap.close()
-            snap = None
-        if snap is None:
-            self.snapshots.pop(sfc, None)
-            return None
-        if not slots:
-            del self.snapshots[sfc]
-        return snap
 
     async def MoveFlows(self, request, context):
         node = self.node
@@ -395,27 +438,30 @@ class FlowMoves:
                                                request.gateway_sfc)
             except MoveRefused as e:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-            old = self.snapshots.pop(request.sfc, (0.0, None))[1]
-            if old is not None:
-                old.close()
-            self.snapshots[request.sfc] = (time.monotonic(), snap)
-            return pb.MoveFlowsResponse(entries=snap.entries, tables=len(tables))
+            except (ValueError, OverflowError) as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gateway_sfc: {e}")
+            return pb.MoveFlowsResponse(entries=snap.entries, tables=len(tables),
+                                        snapshot=self._keep(request.sfc, snap))
         deadline = time.monotonic() + (request.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000
         try:
             waited = await asyncio.to_thread(self._wait_quiet, request, deadline)
         except NotQuiet as e:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"source: {e}")
-        snap, moving = self._snapshot(request.sfc, slots), None
-        if snap is not None and snap.gateway_sfc == request.gateway_sfc:
+        sid, moving = request.snapshot, None
+        sfc_of, snap = self.snapshots.get(sid, (None, None))
+        if snap is not None and (sfc_of != request.sfc or
+                                 snap.gateway_sfc != request.gateway_sfc):
+            snap = None   # another move's
+        if snap is not None:
             try:
                 moving = await asyncio.to_thread(snap.taking, sorted(slots or ()) or None)
-            except MoveRefused as e:   # a table made again: read the tables whole
+            except MoveRefused as e:   # a table made again, or it expired: read them whole
                 log.warning("sfc %s: %s", request.sfc, e)
-                self.snapshots.pop(request.sfc, None)
-                snap.close()
+                await asyncio.to_thread(self._drop, sid)
                 snap = None
-            if snap is not None and not slots:
-                snap.close()
+        elif sid:
+            log.warning("sfc %s: no snapshot %d here (expired?): the tables are read whole",
+                        request.sfc, sid)
         if moving is None:
             moving = await asyncio.to_thread(export, node.state, tables, slots,
                                              request.gateway_sfc)
@@ -432,6 +478,8 @@ class FlowMoves:
                     await target.ImportFlows(msg, timeout=max(0.05, deadline - time.monotonic()))
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
             why = e.details() if isinstance(e, grpc.aio.AioRpcError) else "timed out"
+            if snap is not None:   # the move failed: a later one reads the tables afresh
+                await asyncio.to_thread(self._drop, sid)
             await self._undo(target, sent)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"target {request.target.node or request.target.address}: "
@@ -440,6 +488,11 @@ class FlowMoves:
         for _, namespace, name, _, keys, _ in moving:
             entries += await asyncio.to_thread(delete, node.state, namespace, name, keys,
                                                self.tables)
+        if snap is not None:
+            if slots:
+                snap.took(slots)
+            else:          # the last wave
+                await asyncio.to_thread(self._drop, sid)
         log.info("sfc %s: %d per-flow entries of %d tables moved to %s (waited %.1f ms)",
                  request.sfc, entries, len(moving), request.target.node, waited * 1000)
         return pb.MoveFlowsResponse(entries=entries, tables=len(moving),

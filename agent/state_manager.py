@@ -119,7 +119,10 @@ class StateManager:
             return  # replicas are the instances' own; a new table has no shape yet
         with open(self.path(nf, table), "rb", buffering=0) as f:   # (2 MiB if buffered)
             have = f.read(_HDR_SHAPE_END)
-        if have[16:] != data[16:_HDR_SHAPE_END]:
+        # (SERPENS_FLOW_VALUE says what the values hold, not the layout: a snapshot from
+        # before its NF declared it restores into the table that has it)
+        flags = [int.from_bytes(b[16:20], "little") | dp.FLOW_VALUE for b in (have, data)]
+        if flags[0] != flags[1] or have[20:] != data[20:_HDR_SHAPE_END]:
             raise StateError(f"table {table}: another shape (flags, key, value or capacity) "
                              f"than {nf}'s table of that name")
 

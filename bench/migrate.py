@@ -57,6 +57,8 @@ def add_arguments(p):
 
 
 def run(args) -> dict:
+    if args.wave_slots < 0:
+        raise BenchError(f"--wave-slots {args.wave_slots}: 0 (one hold) or more slots a wave")
     if os.geteuid() != 0:
         raise BenchError("bench migrate makes network namespaces: run it as root")
     with tempfile.TemporaryDirectory(prefix="serpens-bench-mig-", dir="/dev/shm") as directory:

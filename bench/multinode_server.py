@@ -77,6 +77,8 @@ def _export(rig, sid, arg) -> dict:
         moving = _snapshot[0].taking(None if slots is None else sorted(slots))
         if slots is None:       # the last wave
             _snapshot.pop().close()
+        else:                   # (the bench's import and delete do not fail halfway)
+            _snapshot[0].took(sorted(slots))
     else:
         state, tables = _tables(rig)
         if req.get("flow_keyed"):   # only the tables a partial move can select from

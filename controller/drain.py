@@ -117,7 +117,8 @@ def target_for(source: str, staying: dict[str, int]) -> str | None:
 async def move_off(gateway: str, sfc: str, source: Endpoint, target: Endpoint,
                    timeout: float = MOVE_TIMEOUT):
     """Every flow of `sfc` pinned to `source` moves to `target` with its per-flow state
-    (the MoveResult); HandOverFailed (nothing moved, the source keeps them) otherwise."""
+    (the MoveResult); HandOverFailed otherwise (the source keeps those it has: all of them,
+    or, when a later wave of the move failed, those the earlier waves did not move)."""
     try:
         result = await moves.move_flows(
             gateway, sfc, moves.Server(source.node, source.address, source.ip),

@@ -58,7 +58,9 @@ class MoveResult:
 
 
 class MoveError(Exception):
-    """The move did not happen (its flows and state stayed on the source); says why."""
+    """The move did not happen (its flows and state stayed on the source), or, in a move in
+    waves, the waves before the one that failed did (the message says how many flows moved
+    to the target); says why."""
 
 
 class StateMoved(MoveError):
@@ -110,14 +112,14 @@ async def move_flows(gateway: str, sfc: str, source: Server, target: Server, *,
             if slots:
                 await peer.MoveFlows(pb.MoveFlowsRequest(sfc=sfc, slots=slots, check=True),
                                      timeout=left())
-            plan = await _waves(gw, peer, sfc, slots, wave_slots, left)
+            plan, snapshot = await _waves(gw, peer, sfc, slots, wave_slots, left)
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
             raise MoveError(f"source {source.node}: {_why(e)}") from None
         start = time.monotonic()
         total = MoveResult(0, 0, 0, 0, 0.0)
         for n, wave in enumerate(plan):
             try:
-                r = await _move_wave(gw, peer, sfc, source, target, wave, left)
+                r = await _move_wave(gw, peer, sfc, source, target, wave, snapshot, left)
             except MoveError as e:
                 if n:   # the waves before moved: their flows and state are on the target
                     raise type(e)(f"{e} (wave {n + 1} of {len(plan)}: {total.flows} flows "
@@ -132,27 +134,27 @@ async def move_flows(gateway: str, sfc: str, source: Server, target: Server, *,
     return total
 
 
-async def _waves(gw, peer, sfc: str, slots, wave_slots: int, left) -> list:
-    """The move's waves (peer_moves.waves()); the source reads its tables for them first
-    (MoveFlows prepare), or, when a table cannot be taken by slot (FAILED_PRECONDITION), one
-    wave of everything."""
+async def _waves(gw, peer, sfc: str, slots, wave_slots: int, left) -> tuple[list, int]:
+    """(the move's waves (waves()), the id of the snapshot of its tables the source read for
+    them first: MoveFlows prepare); one wave of everything, without a snapshot, when a table
+    cannot be taken by slot (FAILED_PRECONDITION)."""
     if wave_slots <= 0:
-        return [slots]
+        return [slots], 0
     status = await gw.GetGateway(pb.GetGatewayRequest(), timeout=left())
     if sfc not in status.sfcs:
-        return [slots]      # HoldFlows names what is wrong
+        return [slots], 0      # HoldFlows names what is wrong
     try:
-        await peer.MoveFlows(pb.MoveFlowsRequest(sfc=sfc, prepare=True,
-                                                 gateway_sfc=status.sfcs[sfc].index),
-                             timeout=left())
+        prepared = await peer.MoveFlows(pb.MoveFlowsRequest(
+            sfc=sfc, prepare=True, gateway_sfc=status.sfcs[sfc].index), timeout=left())
     except grpc.aio.AioRpcError as e:
         if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
             raise
-        return [slots]
-    return waves(slots, wave_slots)
+        return [slots], 0
+    return waves(slots, wave_slots), prepared.snapshot
 
 
-async def _move_wave(gw, peer, sfc: str, source: Server, target: Server, slots, left):
+async def _move_wave(gw, peer, sfc: str, source: Server, target: Server, slots,
+                     snapshot: int, left):
     """One hold: the flows pinned to `source` in `slots` (None: all of them) move."""
     start = time.monotonic()
     try:
@@ -165,7 +167,7 @@ async def _move_wave(gw, peer, sfc: str, source: Server, target: Server, slots, 
         moved = await peer.MoveFlows(pb.MoveFlowsRequest(
             sfc=sfc, target=pb.PeerRef(node=target.node, address=target.address),
             slots=slots or [], gateway_sfc=hold.gateway_sfc, marker=hold.marker,
-            timeout_ms=int(left() * 1000)), timeout=left() + 0.5)
+            snapshot=snapshot, timeout_ms=int(left() * 1000)), timeout=left() + 0.5)
     except BaseException as e:   # cancelled too: the hold must not outlive the caller
         await _abort(gw, hold.move_id, sfc, source)
         if isinstance(e, (grpc.aio.AioRpcError, asyncio.TimeoutError)):

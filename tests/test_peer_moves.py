@@ -221,6 +221,8 @@ def test_a_move_in_waves_takes_each_entry_once_as_it_is_when_its_wave_comes(nat_
                 if wave is not None:
                     assert dp.gateway_flow_slots(3, flow)[0] in wave
             peer_moves.delete(state, ns, name, keys)        # as the source does
+        if wave is not None:
+            snap.took(wave)
         if n == 0:   # a new flow in a slot already taken: still here, taken by the last wave
             late = next(f for f in range(500, 1000) if slot[f] in wave)
             flows.put(flow_key(late), struct.pack("<Q", late))
@@ -260,3 +262,56 @@ def test_a_wave_refuses_a_table_made_again_since_the_snapshot(nat_like):
                                                      "made again"):
         snap.taking([1, 2])
     snap.close()
+
+
+def _taken_keys(moving, name):
+    for _, _, table, info, keys, _ in moving:
+        if table == name:
+            return {keys[i:i + info["key_size"]] for i in range(0, len(keys), info["key_size"])}
+    return set()
+
+
+def test_a_wave_that_did_not_move_is_taken_by_the_last_one(nat_like):
+    from serpens.controller.moves import waves
+    state = StateManager(nat_like)
+    snap = peer_moves.Snapshot(state, peer_moves.per_flow_tables(state, {"s.fw": "fw"}), 3)
+    first = waves(None, 512)[0]
+    failed = _taken_keys(snap.taking(first), "flows")   # its transfer failed: no took()
+    assert failed and _taken_keys(snap.taking(None), "flows") >= failed
+    snap.close()
+
+
+def test_after_the_log_overflowed_a_wave_reads_again_and_the_last_takes_the_new_flows(nat_like):
+    from serpens.controller.moves import waves
+    state = StateManager(nat_like)
+    snap = peer_moves.Snapshot(state, peer_moves.per_flow_tables(state, {"s.fw": "fw"}), 3)
+    plan = waves(None, 1024)
+    flows = state.open("s.fw", "flows")
+    moved = _taken_keys(snap.taking(plan[0]), "flows")
+    flows.delete_many(b"".join(moved))
+    snap.took(plan[0])
+    slots = dp.gateway_flow_slots(3, b"".join(flow_key(f) for f in range(1000, 2000)))
+    new = [flow_key(1000 + i) for i, s in enumerate(slots)][:dp.TABLE_LOG + 20]
+    for key in new:          # new flows, some in the slots moved already: still here
+        flows.put(key, bytes(8))
+    second = _taken_keys(snap.taking(plan[1]), "flows")   # overflowed: read again
+    flows.delete_many(b"".join(second))
+    snap.took(plan[1])
+    last = _taken_keys(snap.taking(None), "flows")
+    want = {k for k, _ in flows.items()}
+    assert last == want and set(new) - second <= last and not moved & last
+    flows.close()
+    snap.close()
+
+
+def test_a_table_kept_open_still_refuses_another_shape(tmp_path):
+    d = str(tmp_path)
+    info = {"flags": dp.PER_FLOW | dp.READ | dp.WRITE, "key_size": 40, "value_size": 8,
+            "capacity": 4096}
+    cache = peer_moves.OpenTables()
+    assert peer_moves.insert(d, "s.fw", "flows", info, [flow_key(1)], [bytes(8)],
+                             tables=cache) == 1
+    with pytest.raises(peer_moves.MoveRefused, match="capacity 4096 .asked 0xd 40 8 65536"):
+        peer_moves.insert(d, "s.fw", "flows", dict(info, capacity=65536), [flow_key(2)],
+                          [bytes(8)], tables=cache)
+    cache.close()

@@ -150,6 +150,10 @@ cdef class StateTable:
                 if serpens_table_logged(&self.t, seq, &key):
                     memcpy(o + n * ks, key, ks)
                     n += 1
+        # inserts made meanwhile may have written over the positions read: then it is not
+        # the whole list (those made since `now` are the next reader's)
+        if serpens_table_inserts(&self.t) - since > TABLE_LOG:
+            return None
         return bytes(out[:n * ks])
 
     def get_many(self, bytes keys):

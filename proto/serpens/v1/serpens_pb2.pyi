@@ -948,7 +948,7 @@ class PushDeltasResponse(_message.Message):
     def __init__(self, applied: _Optional[bool] = ..., entries: _Optional[int] = ...) -> None: ...
 
 class MoveFlowsRequest(_message.Message):
-    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "timeout_ms", "check", "marker", "prepare")
+    __slots__ = ("sfc", "target", "slots", "gateway_sfc", "timeout_ms", "check", "marker", "prepare", "snapshot")
     SFC_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -957,6 +957,7 @@ class MoveFlowsRequest(_message.Message):
     CHECK_FIELD_NUMBER: _ClassVar[int]
     MARKER_FIELD_NUMBER: _ClassVar[int]
     PREPARE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     target: PeerRef
     slots: _containers.RepeatedScalarFieldContainer[int]
@@ -965,17 +966,20 @@ class MoveFlowsRequest(_message.Message):
     check: bool
     marker: int
     prepare: bool
-    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ..., marker: _Optional[int] = ..., prepare: _Optional[bool] = ...) -> None: ...
+    snapshot: int
+    def __init__(self, sfc: _Optional[str] = ..., target: _Optional[_Union[PeerRef, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ..., gateway_sfc: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., check: _Optional[bool] = ..., marker: _Optional[int] = ..., prepare: _Optional[bool] = ..., snapshot: _Optional[int] = ...) -> None: ...
 
 class MoveFlowsResponse(_message.Message):
-    __slots__ = ("entries", "tables", "wait_us")
+    __slots__ = ("entries", "tables", "wait_us", "snapshot")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     WAIT_US_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     entries: int
     tables: int
     wait_us: int
-    def __init__(self, entries: _Optional[int] = ..., tables: _Optional[int] = ..., wait_us: _Optional[int] = ...) -> None: ...
+    snapshot: int
+    def __init__(self, entries: _Optional[int] = ..., tables: _Optional[int] = ..., wait_us: _Optional[int] = ..., snapshot: _Optional[int] = ...) -> None: ...
 
 class ImportFlowsRequest(_message.Message):
     __slots__ = ("sfc", "nf", "table", "flags", "key_size", "value_size", "capacity", "keys", "values", "undo")

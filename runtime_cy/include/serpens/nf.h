@@ -280,7 +280,9 @@ struct serpens_api {
 /* With SERPENS_PER_FLOW: the value begins with the struct serpens_flow the entry belongs to,
  * the key being something else (a reverse mapping: NAT's external (ip, port) -> flow). A move
  * of some of a server's flows (by the gateway's slots) takes such entries by that flow; a
- * per-flow table keyed neither by a flow nor so moves only with all of a server's flows. */
+ * per-flow table keyed neither by a flow nor so moves only with all of a server's flows.
+ * An entry's flow must not change in place: delete the entry and put it again (a move that
+ * read the table before sees a put, never an overwrite). */
 #define SERPENS_FLOW_VALUE 0x40u
 
 #define SERPENS_MAX_TABLES 8 /* per NF */
