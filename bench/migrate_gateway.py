@@ -4,18 +4,19 @@ in the gateway's network namespace as its own DPDK primary: the gateway and its 
 frames back from the servers read off the egress port into a latency log) on the gateway's
 core, two servers (bench/multinode_server.py, FW->MON->NAT each) returning the SFC's output
 through the gateway. At a steady load, server A's flows (every flow in the Maglev slots A owns:
-half of them) move to B twice, each time with their per-flow entries of FW, MON and NAT:
-- serpens, in waves (controller/moves.py): A reads its tables' keys once; then for each wave
-  of Maglev slots the gateway holds those flows (gateway.h "Moving flows") and sends A its
-  marker; A waits until it has none of their packets, looks their entries up and exports
-  them; B inserts them; A deletes them; the gateway re-pins them to B and sends what it held
-  first;
-- stop_and_copy (the migration-based systems the paper compares against): every flow of the
-  source stops (the gateway holds them all, in two holds: the moving flows and the others,
-  a buffer as long as the pause), all of its per-flow state is copied to the target, the
-  moving flows' entries are deleted at the source, the moving flows are released to the
-  target and the others back to the source. Run on the flows moving back from B to A (the
-  same flows, the same number).
+half of them) move, each time with their per-flow entries of FW, MON and NAT.
+Each time B serves every flow (A's were moved to it first, unmeasured) and half of them, those
+in A's slots, move from B to A (a scale-out of a loaded server):
+- stop_and_copy first (the migration-based systems the paper compares against): every flow
+  of the source stops (the gateway holds them all, in two holds: the moving flows and the
+  others, a buffer as long as the pause), all of its per-flow state is copied to the
+  target, the moving flows' entries are deleted at the source, the moving flows are released
+  to the target and the others back to the source;
+- serpens then, in waves (controller/moves.py): B reads its tables' keys once; then for each
+  wave of Maglev slots the gateway holds those flows (gateway.h "Moving flows") and sends B
+  its marker; B waits until it has none of their packets, looks their entries up, puts them
+  into A's tables and deletes them; the gateway re-pins them to A and sends what it held
+  first. The source's other flows never wait.
 Each flow's sequence numbers read at the egress give reordered flows; the driver's counts,
 lost packets; latency before and during the move from the stamps. Prints one JSON line."""
 from __future__ import annotations
@@ -46,7 +47,6 @@ class Mover:
         self.sfc = 0
         self.ips = {s["name"]: s["ip"] for s in spec["servers"]}
         self.procs = servers.procs
-        self.path = os.path.join(spec["dir"], "moving.pkl")
 
     def ask(self, name: str, cmd: str) -> dict:
         p = self.procs[name]
@@ -71,16 +71,16 @@ class Mover:
         return self.gw.finish_move(move)
 
     def serpens(self, source: str, target: str, slots: list[int]) -> dict:
-        """Every flow of `source` moves, as `drain` moves them (controller/moves.py): the
-        source reads its tables' keys first (prepare), then each wave of WAVE_SLOTS Maglev
-        slots, and a last one for the rest, is held, quieted, copied, deleted and released
-        on its own, so a flow waits for its own wave's entries only."""
-        steps = {"hold": 0.0, "export": 0.0, "import": 0.0, "delete": 0.0, "release": 0.0}
+        """The flows of `source` in `slots` move as controller/moves.py moves them: the
+        source reads its tables' keys first (prepare), then each wave of --wave-slots of
+        those slots is held, quieted, copied, deleted and released on its own, so a flow
+        waits for its own wave's entries only and the source's other flows never wait."""
+        steps = {"hold": 0.0, "move": 0.0, "release": 0.0}
         t = time.monotonic()
         prep = self.ask(source, "prepare " + json.dumps({"gateway_sfc": self.sfc}))
         steps["prepare"] = round((time.monotonic() - t) * 1e3, 3)
         total = {"flows": 0, "held": 0, "held_dropped": 0}
-        plan = waves(None, self.spec.get("wave_slots", WAVE_SLOTS))
+        plan = waves(slots, self.spec.get("wave_slots", WAVE_SLOTS))
         entries, waited, longest = 0, 0.0, 0.0
         for wave in plan:
             hold_at = t = time.monotonic()
@@ -92,53 +92,56 @@ class Mover:
                 t = now
             move = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], wave)
             step("hold")
-            exported = self.ask(source, "export " + json.dumps(
-                {"path": self.path, "slots": wave, "gateway_sfc": self.sfc,
-                 "marker": self.gw.move_marker(move)}))
-            step("export")
-            self.ask(target, f"import {self.path}")
-            step("import")
-            self.ask(source, f"delete {self.path}")
-            step("delete")
+            moved = self._move(source, target, move, wave)
+            step("move")
             self.gw.release_flows(move, True)   # the driver polls the gateway: wait for it
             longest = max(longest, (time.monotonic() - hold_at) * 1e3)
             c = self._wait_release(move)
             step("release")
             for k in total:
                 total[k] += c[k]
-            entries += exported["entries"]
-            waited += exported["wait_ms"]
+            entries += moved["entries"]
+            waited += moved["wait_ms"]
         return dict(total, entries=entries, prepared=prep["entries"], waves=len(plan),
                     wait_ms=round(waited, 3), longest_hold_ms=round(longest, 3),
                     steps_ms={k: round(v, 3) for k, v in steps.items()})
 
+    def _move(self, source: str, target: str, move: int, slots, everything=False) -> dict:
+        return self.ask(source, "move " + json.dumps(
+            {"slots": slots, "gateway_sfc": self.sfc, "marker": self.gw.move_marker(move),
+             "target_state": self.servers.state_dirs[target], "everything": everything}))
+
     def stop_and_copy(self, source: str, target: str, slots: list[int]) -> dict:
-        """The flows of `slots` move back (`source` serves all flows now), the way a
-        migration-based system moves them: every flow of the source stops (the gateway holds
-        all of them: a buffer as long as the pause, so the baseline loses nothing), all of
-        its per-flow state is copied, the moving flows' entries are deleted here, and then
-        the moving flows go on at the target and the others where they were."""
+        """The flows of `source` in `slots` move the way a migration-based system moves
+        them: every flow of the source stops (the gateway holds all of them: a buffer as long
+        as the pause, so the baseline loses nothing), all of its per-flow state is copied,
+        the moving flows' entries are deleted here, and then the moving flows go on at the
+        target and the others (none when the source serves only the moving flows) where
+        they were."""
         rest = sorted(set(range(dp.GW_MAGLEV)) - set(slots))
         moving = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], slots)
         staying = self.gw.hold_flows(self.sfc, self.ips[source], self.ips[target], rest)
-        everything = self.ask(source, "export " + json.dumps(
-            {"path": self.path, "slots": None, "gateway_sfc": self.sfc,
-             "marker": self.gw.move_marker(staying)}))  # (sent after the moving flows' own)
-        self.ask(target, f"import {self.path}")
-        moved = self.ask(source, f"delete {self.path} {self.sfc} {json.dumps(slots)}")
+        # (the marker of `staying` goes after the moving flows' own)
+        moved = self._move(source, target, staying, slots, everything=True)
         self.gw.release_flows(moving, True)
         self.gw.release_flows(staying, False)
         c = self._wait_release(moving)
         kept = self._wait_release(staying)
         return dict(c, held=c["held"] + kept["held"],
                     held_dropped=c["held_dropped"] + kept["held_dropped"],
-                    entries=moved["entries"], copied=everything["entries"])
+                    entries=moved["entries"], copied=moved["copied"])
+
+    def open_tables(self, source: str, target: str):
+        """Both servers' tables mapped whole in the source's process before the load (as
+        the agents keep them open): neither approach pays for it while flows wait."""
+        self.ask(source, "open " + json.dumps({"target_state": self.servers.state_dirs[target]}))
 
     def measure(self, how, pps: float, source: str, target: str, slots: list[int]) -> dict:
         """One move under load `pps`: the bench's figures for it. The latency log's room
         (hundreds of MB, written through) is made before the load and the log is read after
         it: on the instances' CPU either would take it from them under load."""
         hz = dp.tsc_hz()
+        self.open_tables(source, target)
         before_s, after_s = self.spec["before_s"], self.spec["after_s"]
         records = int(pps * (before_s + after_s + 5.0)) + 100000
         self.driver.log_reserve(records)
@@ -203,6 +206,7 @@ def figures(recs: bytes, flows: int, t0: int, t1: int, te: int, hz: float) -> di
             first_after = seq if first_after is None else min(first_after, seq)
     p99_before = percentiles(before, 99)["p99"]
     p99_delivered = percentiles(during, 99)["p99"]   # (before the lost join them below)
+    max_delivered = round(max(during), 1) if during else None
     threshold = max(1000.0, PAUSE_FACTOR * (p99_before or 0))
     after = hi if first_after is None else first_after
     gone = [q for q in range(last_before + 1, after) if q not in seen]
@@ -212,7 +216,7 @@ def figures(recs: bytes, flows: int, t0: int, t1: int, te: int, hz: float) -> di
     paused = {f for lat, f in slow if lat > threshold} | {q % flows for q in gone}
     lost = lambda a, b: sum(1 for q in range(a, b) if q not in seen)  # noqa: E731
     return {"before_p99_us": p99_before, "during_p99_us": percentiles(during, 99)["p99"],
-            "during_p99_delivered_us": p99_delivered,
+            "during_p99_delivered_us": p99_delivered, "during_max_delivered_us": max_delivered,
             "reordered_flows": len(reordered), "paused_flows_max": len(paused),
             "lost_by_arrival": {"before": 0 if lo is None else lost(lo, last_before + 1),
                                 "during": len(gone), "after": lost(after, hi + 1)},
@@ -262,9 +266,14 @@ def run(spec: dict) -> dict:
         mover = Mover(multi, servers, spec, spec["flows"])
         a, b = (s["name"] for s in spec["servers"])
         slots = mover.slots_of(a)
-        out["serpens"] = mover.measure(mover.serpens, pps, a, b, slots)
-        # the same flows back, the way a migration-based system moves them
+        out["slots"] = len(slots)
+        # Both move half of the flows of a server that serves all of them (a scale-out),
+        # the same half (A's slots), from B to A. Between them, unmeasured, the flows go
+        # back to B (a move of A's every flow).
+        mover.serpens(a, b, slots)
         out["stop_and_copy"] = mover.measure(mover.stop_and_copy, pps, b, a, slots)
+        mover.serpens(a, b, slots)
+        out["serpens"] = mover.measure(mover.serpens, pps, b, a, slots)
         st = multi.gw.stats()
         out["gateway"] = {"sfc": st["sfcs"][0], "tx_failed": st["tx_failed"],
                           "drops": st["drops"]}

@@ -93,17 +93,19 @@ class Servers:
             conf = dict(s, underlay=s["server_vdev"], gateway_ip=spec["gateway_ip"],
                         gateway_mac=spec["gateway_mac"], tag=spec["tag"],
                         vni=spec.get("vni", 0), mtu=spec.get("mtu", 1500),
-                        stamp_off=STAMP_OFF)
+                        stamp_off=STAMP_OFF, stall_us=spec.get("stall_us", 2000))
             self.procs[s["name"]] = subprocess.Popen(
                 ["ip", "netns", "exec", s["ns"], sys.executable, "-m",
                  "serpens.bench.multinode_server", json.dumps(conf)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def wait_ready(self):
+        self.state_dirs = {}     # name: its state directory (bench migrate's moves)
         for name, p in self.procs.items():
             line = _json_line(p, READY_TIMEOUT_S)
             if line.get("ready") != name:
                 raise RuntimeError(f"server {name} did not start (exit {p.poll()})")
+            self.state_dirs[name] = line.get("state_dir")
 
     def ask(self, cmd: str) -> dict:
         """Each server's answer to `cmd` (bench/multinode_server.py), by name."""

@@ -13,19 +13,15 @@ each with one JSON line:
   gateway's traffic driver wrote in the payload (`stamp_off`; one TSC on one host);
 - `take`: those records (hex);
 - `return`: the SFC's output is the gateway from now on;
-- moving flows (bench/migrate.py, agent/peer_moves.py's steps, the files on the shared
-  filesystem in place of Peer messages): `prepare JSON` ({gateway_sfc}: read the per-flow
-  tables' keys for a move in waves, Peer.MoveFlows prepare), `export JSON` ({path, slots
-  (null: all, or what no wave took), gateway_sfc, marker: wait for the gateway's marker of
-  that id and for the SFC's packets before it, or 0: no wait; flow_keyed: only the tables a
-  partial move can take}: the per-flow entries of those flows written to `path`),
-  `import PATH` (insert them), `delete PATH [SFC SLOTS]` (delete those keys here; with the
-  gateway SFC and Maglev slots: only the entries of the flows in those slots).
+- moving flows (bench/migrate.py, agent/peer_moves.py's steps, the other server's state
+  files in place of Peer messages): `prepare JSON` ({gateway_sfc}: read the per-flow tables'
+  keys for a move in waves, Peer.MoveFlows prepare), `move JSON` ({slots (null: all, or what
+  no wave took), gateway_sfc, marker (0: no wait), target_state, everything}: one
+  Peer.MoveFlows transfer, _move()).
 When stdin closes: its router's counters as a last JSON line."""
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 import time
 
@@ -57,7 +53,18 @@ _snapshot: list = []   # the prepared move's peer_moves.Snapshot (Peer.MoveFlows
 _open = peer_moves.OpenTables()   # as the agent's FlowMoves keeps them
 
 
+def _opening(rig, sid, arg) -> dict:
+    """This server's tables and the target's opened and mapped whole before a move (as the
+    agents keep them open: OpenTables), so no move pays for that while flows wait."""
+    state, tables = _tables(rig)
+    for _, namespace, name, info in tables:
+        _open.get(json.loads(arg)["target_state"], namespace, name, info)
+        _open.get(rig.state.name, namespace, name)
+    return {"tables": len(tables)}
+
+
 def _prepare(rig, sid, arg) -> dict:
+    """The snapshot (Peer.MoveFlows prepare)."""
     t0 = time.monotonic()
     state, tables = _tables(rig)
     for snap in _snapshot:
@@ -66,64 +73,53 @@ def _prepare(rig, sid, arg) -> dict:
     return {"entries": _snapshot[0].entries, "ms": (time.monotonic() - t0) * 1000}
 
 
-def _export(rig, sid, arg) -> dict:
+def _move(rig, sid, arg) -> dict:
+    """Peer.MoveFlows' transfer in one call, as the source's agent makes it (agent/
+    peer_moves.py FlowMoves): wait for the gateway's marker and the SFC's packets before it,
+    read the moving flows' entries (the prepared snapshot's, or the tables whole), put them
+    into the target's tables (its state directory: the same shared files its agent would
+    write), then delete them here. With `everything`: all of this server's per-flow state
+    goes (stop-and-copy), and only the entries of the flows in `slots` are deleted here."""
     req = json.loads(arg)
     t0 = time.monotonic()
     waited = 0.0
     if req["marker"]:
         waited = peer_moves.wait_quiet(rig.router, sid, req["marker"], t0 + 10.0)
-    slots = None if req["slots"] is None else set(req["slots"])
-    if _snapshot and _snapshot[0].gateway_sfc == req["gateway_sfc"]:
-        moving = _snapshot[0].taking(None if slots is None else sorted(slots))
-        if slots is None:       # the last wave
-            _snapshot.pop().close()
-        else:                   # (the bench's import and delete do not fail halfway)
-            _snapshot[0].took(sorted(slots))
+    slots = None if req["slots"] is None else sorted(set(req["slots"]))
+    state, snap = StateManager(rig.state.name), None
+    if req.get("everything"):
+        _, tables = _tables(rig)
+        moving = peer_moves.export(state, tables, None, req["gateway_sfc"], _open)
+    elif _snapshot and _snapshot[0].gateway_sfc == req["gateway_sfc"]:
+        snap = _snapshot[0]
+        moving = snap.taking(slots)
     else:
-        state, tables = _tables(rig)
-        if req.get("flow_keyed"):   # only the tables a partial move can select from
-            tables = [t for t in tables if peer_moves.slot_selectable(t[3])]
+        _, tables = _tables(rig)
         moving = peer_moves.export(state, tables, slots, req["gateway_sfc"])
-    with open(req["path"], "wb") as f:
-        pickle.dump(moving, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return {"entries": sum(peer_moves.entries(m[3], m[4]) for m in moving),
-            "wait_ms": waited * 1000,
+    copied = sum(peer_moves.insert(req["target_state"], namespace, name, info, keys, values,
+                                   tables=_open)
+                 for _, namespace, name, info, keys, values in moving)
+    if req.get("everything"):
+        moving = [(nf, ns, name, info,
+                   peer_moves.select(req["gateway_sfc"], info, keys, values, slots)[0], b"")
+                  for nf, ns, name, info, keys, values in moving]
+    deleted = sum(peer_moves.delete(state, namespace, name, keys, _open)
+                  for _, namespace, name, _, keys, _ in moving)
+    if snap is not None and slots is None:    # the last wave
+        _snapshot.pop().close()
+    elif snap is not None:
+        snap.took(slots)
+    return {"entries": deleted, "copied": copied, "wait_ms": waited * 1000,
             "ms": (time.monotonic() - t0) * 1000}
 
 
-def _import(rig, sid, path) -> dict:
-    with open(path, "rb") as f:
-        moving = pickle.load(f)
-    n = sum(peer_moves.insert(rig.state.name, namespace, name, info, keys, values,
-                              tables=_open)
-            for _, namespace, name, info, keys, values in moving)
-    return {"entries": n}
-
-
-def _delete(rig, sid, arg) -> dict:
-    """`delete PATH` the entries an export wrote there; `delete PATH SFC SLOTS_JSON`: of
-    those, the entries of the tables keyed by a flow whose flows are in the gateway SFC's
-    Maglev slots (the moving flows of an export of everything: no second export)."""
-    path, _, chosen = arg.partition(" ")
-    with open(path, "rb") as f:
-        moving = pickle.load(f)
-    if chosen:
-        gateway_sfc, _, slots = chosen.partition(" ")
-        slots = set(json.loads(slots))
-        moving = [(nf, ns, name, info,
-                   peer_moves.select(int(gateway_sfc), info, keys, values, slots)[0], b"")
-                  for nf, ns, name, info, keys, values in moving]
-    state = StateManager(rig.state.name)
-    return {"entries": sum(peer_moves.delete(state, namespace, name, keys, _open)
-                           for _, namespace, name, _, keys, _ in moving)}
-
-
-MOVES = {"prepare": _prepare, "export": _export, "import": _import, "delete": _delete}
+MOVES = {"open": _opening, "prepare": _prepare, "move": _move}
 
 
 def serve(spec: dict):
     sink_name = f"net_null_mn{spec['name']}out"
-    rig = Rig(f"mn{spec['name']}", None, vdevs=(spec["underlay"], f"{sink_name},no-rx=1"))
+    rig = Rig(f"mn{spec['name']}", None, vdevs=(spec["underlay"], f"{sink_name},no-rx=1"),
+              stall_us=spec.get("stall_us", 2000))
     images = []
     try:
         mp = rig.dataplane.mempool
@@ -137,7 +133,7 @@ def serve(spec: dict):
         router.set_underlay(port, spec["ip"], spec["mac"], spec.get("mtu", 1500))
         router.set_gateway(spec["gateway_ip"], spec["gateway_mac"])
         router.set_sfc_vxlan(sid, spec["tag"], spec.get("vni", 0), to_gateway=False)
-        print(json.dumps({"ready": spec["name"]}), flush=True)
+        print(json.dumps({"ready": spec["name"], "state_dir": rig.state.name}), flush=True)
         for line in sys.stdin:  # until the gateway's side closes it
             cmd, _, arg = line.strip().partition(" ")
             if cmd == "counts":

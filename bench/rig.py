@@ -86,10 +86,12 @@ class Rig:
     def __init__(self, name: str, frames: list[bytes] | None, pool_size: int = 1,
                  idle_us: int = 200, mbufs: int = 32767, warmup: float = 0.3,
                  vdevs: tuple = (), sandbox: bool | str = True,
-                 input_depth: int = INPUT_DEPTH):
+                 input_depth: int = INPUT_DEPTH, stall_us: float = 2000):
         """frames: what the net_pcap source replays (None: no source and sink, only `vdevs`,
         opened by the caller: a server whose router takes its traffic from an underlay).
-        input_depth: arrivals the paced source's emulated input queue holds (INPUT_DEPTH)."""
+        input_depth: arrivals the paced source's emulated input queue holds (INPUT_DEPTH).
+        stall_us: the router's (dp.Router): how long an instance may hold its RX back."""
+        self.stall_us = stall_us
         self.warmup = warmup  # run_at's, unless it is given one
         self.input_depth = input_depth
         # State tables are shared-memory files: on hugetlbfs (2 MiB pages: no TLB misses on
@@ -142,7 +144,7 @@ class Rig:
         (a baseline's instances; forked hops take pool processes in hop order). `ports`:
         (source, sink) other than the rig's (a finite input: output())."""
         src, sink = ports or (self.src, self.sink)
-        self.router = dp.Router(src)
+        self.router = dp.Router(src, stall_us=self.stall_us)
         nxt = None
         ids = []
         for sfc in reversed(sfcs):

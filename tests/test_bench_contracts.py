@@ -524,8 +524,11 @@ def test_migrate_bench_json_contract():
     assert r["machine"]["cores"] >= 1 and set(r["machine"]["stalls"]) >= {"cpu0"}
     gw = r["detail"]["gateway"]["sfc"]
     waves = r["detail"]["serpens"]["detail"]["waves"]
-    assert waves == 33          # controller/moves.py WAVE_SLOTS: 32 of 64 slots, the rest
-    # Serpens' waves and the baseline's two holds (its moving flows, and the source's others)
-    assert gw["moves"] == waves + 2
-    assert gw["held"] == r["held"] + r["detail"]["stop_and_copy"]["held"]
+    # a partial move (A's slots) in waves of controller/moves.py WAVE_SLOTS (64) slots
+    assert waves == -(-r["params"]["slots_moved"] // 64) and 10 < waves < 22
+    # Serpens' waves three times (two moves back unmeasured, one measured) and the
+    # baseline's two holds (its moving flows, and the source's others)
+    assert gw["moves"] == 3 * waves + 2
+    assert gw["held"] >= r["held"] + r["detail"]["stop_and_copy"]["held"]
+
     assert all(st["vxlan"]["arp_replies"] >= 1 for st in r["detail"]["servers"].values())

@@ -126,6 +126,16 @@ cdef class StateTable:
                     gone += 1
         return gone
 
+    def populate(self):
+        """Map all of the table into this process now (serpens_table_populate): a mover's
+        later reads and writes fault in no page. OSError if the kernel cannot."""
+        self._check()
+        cdef int rc
+        with nogil:
+            rc = serpens_table_populate(&self.t)
+        if rc:
+            raise OSError(-rc, strerror(-rc).decode())
+
     @property
     def inserts(self):
         """Entries inserted since the table was made (a counter: logged_keys())."""

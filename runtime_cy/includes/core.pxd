@@ -192,6 +192,7 @@ cdef extern from "state_table.h" nogil:
     int serpens_table_put(serpens_table *t, const void *key, const void *value, void **stored)
     int serpens_table_delete(serpens_table *t, const void *key)
     uint64_t serpens_table_inserts(const serpens_table *t)
+    int serpens_table_populate(const serpens_table *t)
     int serpens_table_logged(const serpens_table *t, uint64_t seq, const void **key)
     int64_t serpens_table_next(const serpens_table *t, uint64_t *pos, const void **key,
                                const void **value)

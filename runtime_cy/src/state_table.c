@@ -332,6 +332,15 @@ int64_t serpens_table_next(const struct serpens_table *t, uint64_t *pos, const v
 	return -1;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+int serpens_table_populate(const struct serpens_table *t)
+{
+	return madvise(t->hdr, t->map_size, MADV_POPULATE_WRITE) ? -errno : 0;
+}
+
 uint64_t serpens_table_inserts(const struct serpens_table *t)
 {
 	return __atomic_load_n(&t->hdr->inserts, __ATOMIC_ACQUIRE);

@@ -127,6 +127,10 @@ int serpens_table_fetch_add(struct serpens_table *t, const void *key, uint64_t d
  * when that slot holds a live entry (1; 0: empty, being written, or forgotten): a hint, the
  * slot may hold another key by now (state_table.h's header). */
 uint64_t serpens_table_inserts(const struct serpens_table *t);
+/* Map every page of the table into this process now, writable (MADV_POPULATE_WRITE, data
+ * untouched): a mover that will touch entries all over it takes no page fault per entry
+ * while flows wait. 0 or -errno. */
+int serpens_table_populate(const struct serpens_table *t);
 int serpens_table_logged(const struct serpens_table *t, uint64_t seq, const void **key);
 int64_t serpens_table_next(const struct serpens_table *t, uint64_t *pos, const void **key,
 			   const void **value);
