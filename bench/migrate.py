@@ -78,7 +78,7 @@ def run(args) -> dict:
                     # the servers' routers wait 10 ms for a stopped instance before they
                     # shed (2 ms by default): this VM stops a vCPU for 2-5 ms now and then,
                     # and the bench measures moves, not the host
-                    "stall_us": 10000}
+                    "stall_us": 10000, "moves_at_once": True}
             p = subprocess.run(["ip", "netns", "exec", bed.gw_ns, sys.executable, "-m",
                                 "serpens.bench.migrate_gateway", json.dumps(spec)],
                                capture_output=True, text=True, timeout=1800)

@@ -81,7 +81,7 @@ class Mover:
         steps["prepare"] = round((time.monotonic() - t) * 1e3, 3)
         total = {"flows": 0, "held": 0, "held_dropped": 0}
         plan = waves(slots, self.spec.get("wave_slots", WAVE_SLOTS))
-        entries, waited, longest = 0, 0.0, 0.0
+        entries, waited, longest, inside = 0, 0.0, 0.0, 0.0
         for wave in plan:
             hold_at = t = time.monotonic()
 
@@ -102,8 +102,10 @@ class Mover:
                 total[k] += c[k]
             entries += moved["entries"]
             waited += moved["wait_ms"]
+            inside += moved["ms"]
         return dict(total, entries=entries, prepared=prep["entries"], waves=len(plan),
-                    wait_ms=round(waited, 3), longest_hold_ms=round(longest, 3),
+                    wait_ms=round(waited, 3), source_ms=round(inside, 3),
+                    longest_hold_ms=round(longest, 3),
                     steps_ms={k: round(v, 3) for k, v in steps.items()})
 
     def _move(self, source: str, target: str, move: int, slots, everything=False) -> dict:

@@ -93,7 +93,8 @@ class Servers:
             conf = dict(s, underlay=s["server_vdev"], gateway_ip=spec["gateway_ip"],
                         gateway_mac=spec["gateway_mac"], tag=spec["tag"],
                         vni=spec.get("vni", 0), mtu=spec.get("mtu", 1500),
-                        stamp_off=STAMP_OFF, stall_us=spec.get("stall_us", 2000))
+                        stamp_off=STAMP_OFF, stall_us=spec.get("stall_us", 2000),
+                        moves_at_once=spec.get("moves_at_once", False))
             self.procs[s["name"]] = subprocess.Popen(
                 ["ip", "netns", "exec", s["ns"], sys.executable, "-m",
                  "serpens.bench.multinode_server", json.dumps(conf)],
