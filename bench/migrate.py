@@ -51,6 +51,9 @@ def add_arguments(p):
     p.add_argument("--after", type=float, default=0.5, help="seconds measured after a move")
     p.add_argument("--headroom", type=float, default=0.5,
                    help="moves run at this fraction of the load a trial carried")
+    p.add_argument("--trials", type=int, default=3,
+                   help="moves of each approach, in turns: figures of the median one (by "
+                        "during_p99_us), losses summed")
     p.add_argument("--wave-slots", type=int, default=WAVE_SLOTS,
                    help="Maglev slots per wave of Serpens' move (0: one hold for all flows)")
     p.add_argument("--underlay", choices=UNDERLAYS, default="memif")
@@ -60,6 +63,8 @@ def add_arguments(p):
 def run(args) -> dict:
     if args.wave_slots < 0:
         raise BenchError(f"--wave-slots {args.wave_slots}: 0 (one hold) or more slots a wave")
+    if not 1 <= args.trials <= 20:
+        raise BenchError(f"--trials {args.trials}: 1..20")
     if os.geteuid() != 0:
         raise BenchError("bench migrate makes network namespaces: run it as root")
     with tempfile.TemporaryDirectory(prefix="serpens-bench-mig-", dir="/dev/shm") as directory:
@@ -78,7 +83,7 @@ def run(args) -> dict:
                     # the servers' routers wait 10 ms for a stopped instance before they
                     # shed (2 ms by default): this VM stops a vCPU for 2-5 ms now and then,
                     # and the bench measures moves, not the host
-                    "stall_us": 10000, "moves_at_once": True}
+                    "stall_us": 10000, "moves_at_once": True, "trials": args.trials}
             p = subprocess.run(["ip", "netns", "exec", bed.gw_ns, sys.executable, "-m",
                                 "serpens.bench.migrate_gateway", json.dumps(spec)],
                                capture_output=True, text=True, timeout=1800)
@@ -98,7 +103,7 @@ def run(args) -> dict:
                        "offered_mpps": s["offered_mpps"],
                        "carried_mpps": round(r["carried_pps"] / 1e6, 3),
                        "headroom": args.headroom, "wave_slots": args.wave_slots,
-                       "slots_moved": r["slots"],
+                       "slots_moved": r["slots"], "trials": args.trials,
                        "load_loss": r["load_trial"]["lost"], "sfc": "fw->mon->nat",
                        "servers": 2, "underlay": args.underlay, "warmup": args.warmup,
                        "before_s": args.before, "after_s": args.after,
@@ -109,7 +114,8 @@ def run(args) -> dict:
             **{k: s[k] for k in KEYS}, "flows": s["flows"], "entries": s["entries"],
             "held": s["held"], "held_dropped": s["held_dropped"],
             "stop_and_copy": dict({k: sc[k] for k in KEYS}, flows=sc["flows"],
-                                  entries=sc["entries"]),
+                                  entries=sc["entries"], trials=sc["trials"]),
+            "trials": s["trials"],
             "detail": {"serpens": s, "stop_and_copy": sc, "gateway": r["gateway"],
                        "servers": r["servers"]}}
 

@@ -48,6 +48,7 @@ def flow_hash(bytes frame):
 
 RELEASE_FACTOR = 2.0         # Gateway.release_factor's default
 RELEASE_MIN_PPS = 100000     # a move's held packets leave at least this fast
+RELEASE_CREDIT = SERPENS_GW_RELEASE_CREDIT   # ... after this many at once
 
 
 def gateway_flow_slots(int sfc, bytes keys, int stride=40):

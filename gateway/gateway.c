@@ -350,7 +350,9 @@ static int release_due(struct serpens_gw_move *mv, uint64_t tsc)
 	if (!mv->release_gap)
 		return 1;
 	uint64_t now = tsc << 8, burst = SERPENS_BURST * mv->release_gap;
-	if (mv->release_clock + burst < now) /* idle credit is capped at one burst */
+	if (!mv->release_clock) /* the start: a small hold (a wave's) leaves at once */
+		mv->release_clock = now - SERPENS_GW_RELEASE_CREDIT * mv->release_gap;
+	else if (mv->release_clock + burst < now) /* idle credit is capped at one burst */
 		mv->release_clock = now - burst;
 	if (mv->release_clock > now)
 		return 0;

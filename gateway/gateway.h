@@ -56,7 +56,8 @@
  * ring holds the received mbufs (their flow hash in hash.rss). The release is paced
  * (`release_gap`, set by the control side from the rate the flows arrived at while held): a
  * backlog sent at the gateway's own speed would land on the target's queues in one burst and
- * overflow them. Bursts of at most SERPENS_BURST leave at once.
+ * overflow them. The first SERPENS_GW_RELEASE_CREDIT held packets leave at once, later
+ * bursts of at most SERPENS_BURST.
  *
  * Writers: the control side writes the configuration (ports, underlay, servers, SFCs, rules,
  * tags) and `stop`; a server or an SFC is switched by writing its fields first and its `used`
@@ -84,6 +85,10 @@
 #define SERPENS_GW_HOLD 65536        /* packets held per move (a power of two) */
 #define SERPENS_GW_SLOT_WORDS ((SERPENS_GW_MAGLEV + 63) / 64)
 #define SERPENS_GW_RELEASE_BURST 64  /* held packets sent per loop while a move releases */
+/* Held packets a release may send before its pace applies: a wave's hold (tens to hundreds
+ * of packets) leaves at once, which a target's queues take; a long hold's backlog (16k
+ * packets) is paced after them (gateway.h "Moving flows"). */
+#define SERPENS_GW_RELEASE_CREDIT 256
 #define SERPENS_GW_OUT (2 * SERPENS_BURST) /* frames a port's TX queue may leave waiting */
 
 enum serpens_gw_move_state {

@@ -20,6 +20,7 @@ cdef extern from "gateway.h" nogil:
         SERPENS_GW_NO_SERVER
         SERPENS_GW_MAX_MOVES
         SERPENS_GW_HOLD
+        SERPENS_GW_RELEASE_CREDIT
         SERPENS_GW_SLOT_WORDS
         SERPENS_GW_MOVE_FREE
         SERPENS_GW_MOVE_HOLD
