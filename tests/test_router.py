@@ -18,8 +18,11 @@ pytestmark = pytest.mark.dataplane
 
 @pytest.fixture
 def node(dataplane, pool, build, request):
+    # These tests check affinity and order: a loaded host that keeps a starting instance off
+    # its CPU for over the default 2 ms (or 200 ms) must not make the router shed (or
+    # expire) the held packets (each has its own tests: test_faults.py)
     n = Site(dataplane, pool, compile_sfc(NF(build("tag.c"))),
-             f"r{abs(hash(request.node.name)) % 10**6}")
+             f"r{abs(hash(request.node.name)) % 10**6}", stall_us=1e6, hold_ms=10000)
     yield n
     n.close()
 

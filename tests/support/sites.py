@@ -44,9 +44,11 @@ class Wire:
 
 
 class Site:
-    def __init__(self, dataplane, pool, sfc, name, warm_s=60.0, crashes=None):
+    def __init__(self, dataplane, pool, sfc, name, warm_s=60.0, crashes=None, stall_us=2000,
+                 hold_ms=200):
         self.wire = Wire(dataplane, name)
-        self.router = dp.Router(self.wire.port, self.wire.port)
+        self.router = dp.Router(self.wire.port, self.wire.port, stall_us=stall_us,
+                                hold_ms=hold_ms)
         self.router.launch(dataplane.config.router_lcore)
         self.manager = InstanceManager(pool, self.router, sfc, warm_s=warm_s,
                                        crashes=crashes).start()
