@@ -44,7 +44,6 @@ CHUNK_BYTES = 1 << 20       # keys + values per ImportFlows message
 DEFAULT_TIMEOUT_MS = 5000
 SNAPSHOT_S = 60.0           # a prepared move's Snapshot is kept this long at most
 MAX_SNAPSHOTS = 8           # prepared moves kept at once per node (the oldest is closed)
-_ACTIVE, _DRAINING = 1, 2   # router.h serpens_instance_state: instances given packets
 
 
 class MoveRefused(Exception):
@@ -137,14 +136,11 @@ def wait_quiet(router, sfc_id: int, marker: int, deadline: float) -> float:
     if not router.quiesce(max(0.001, deadline - time.monotonic())):
         raise NotQuiet("the router did not come round")
     until(lambda: router.held(sfc_id) == 0, "packets still wait for an instance to start")
-    st = router.stats()
-    owed = {i: c["enqueued"] + c["pending"] for i, c in st["instances"].items()
-            if c["sfc"] == sfc_id and c["state"] in (_ACTIVE, _DRAINING)}
+    owed = {i: given for i, (given, _) in router.owed(sfc_id).items()}
 
-    def returned():
-        now = router.stats()["instances"]
-        return all(i not in now or now[i]["state"] not in (_ACTIVE, _DRAINING)
-                   or now[i]["returned"] >= want for i, want in owed.items())
+    def returned():   # (an instance no longer given packets has nothing of theirs)
+        now = router.owed(sfc_id)
+        return all(i not in now or now[i][1] >= want for i, want in owed.items())
     until(returned, "the SFC's instances did not finish the moving flows' packets")
     return time.monotonic() - start
 

@@ -312,6 +312,13 @@ static void hold(struct serpens_gateway *g, struct serpens_gw_move *mv, struct r
 	mv->ring[mv->tail++ & (SERPENS_GW_HOLD - 1)] = m;
 	mv->held++;
 	s->held++;
+	/* A packet joining a release's queue (its flow's order) is owed a departure on top of
+	 * the pace: the backlog shrinks at the pace whatever the flows' rate now. Paced from
+	 * the rate they had while held, a release whose flows came faster since (a hold the
+	 * host stopped for a while saw few) never emptied. */
+	if (__atomic_load_n(&mv->state, __ATOMIC_RELAXED) == SERPENS_GW_MOVE_DRAINING &&
+	    mv->release_clock > mv->release_gap)
+		mv->release_clock -= mv->release_gap;
 }
 
 /* Mark move `i`'s flows (1 + i) and pin them to `to`: one pass over the flow table;

@@ -171,6 +171,22 @@ cdef class Router:
         cdef uint64_t first = n - SERPENS_ROUTER_MARKERS if n > SERPENS_ROUTER_MARKERS else 0
         return [self.r.markers[k % SERPENS_ROUTER_MARKERS] for k in range(first, n)]
 
+    def owed(self, int sfc):
+        """{instance: (given, returned)} of `sfc`'s instances that are given packets (active
+        or draining), given = enqueued + waiting for it: a mover polls it until every one
+        returned what it had been given (agent/peer_moves.py wait_quiet; stats() builds
+        every counter's dict)."""
+        self._check_sfc(sfc)
+        out = {}
+        cdef uint32_t st
+        for i in range(SERPENS_ROUTER_MAX_INSTANCES):
+            st = self.r.inst[i].state
+            if (st == SERPENS_INST_ACTIVE or st == SERPENS_INST_DRAINING) and \
+                    self.r.inst[i].sfc == sfc:
+                out[i] = (self.r.inst[i].enqueued + self.r.inst[i].npending,
+                          self.r.inst[i].returned)
+        return out
+
     def held(self, int sfc):
         """Packets of `sfc` waiting in its hold queue."""
         self._check_sfc(sfc)
