@@ -230,8 +230,12 @@ class Snapshot:
         if not same:
             raise MoveRefused(f"table {name} of NF {nf} was removed or made again since "
                               "the move began (its SFC restarted)")
-        if table.logged_keys(t[5]) is None:   # more inserts than the log keeps: read again
+        logged = table.logged_keys(t[5])
+        if logged is None:        # more inserts than the log keeps: read the table again
             self._read(t)
+            logged = table.logged_keys(t[5])
+            if logged is None:    # overflowed even now (inserts racing the read): all of it
+                logged = table.dump()[0]
         since, keys, slots_of, taken_then = t[5:]
         ks = info["key_size"]
         if slots is None:    # (the keys of slots taken after the read are gone from here)
@@ -239,9 +243,6 @@ class Snapshot:
                                       invert=True)
         else:
             mine = dp.gateway_keys_in(keys, ks, slots_of, slots)
-        logged = table.logged_keys(since)
-        if logged is None:        # overflowed even now (inserts racing the read): all of it
-            logged = table.dump()[0]
         ks_, vs_ = table.get_many(mine + logged)
         if slots is not None:
             ks_, vs_ = select(self.gateway_sfc, info, ks_, vs_, slots)
