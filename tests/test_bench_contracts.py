@@ -177,8 +177,8 @@ def test_sfc_bench_json_contract():
     assert r["sfc_mpps_scraped"] > 0 and r["scrapes"] >= 1   # the same search, scraped
     pairs = r["scraped_vs_unscraped_pairs"]   # in turns with as many searches without
     same = sorted(p for p in pairs if p is not None)  # pairs searched in one CPU placement
-    assert len(pairs) == 3 and r["scraped_vs_unscraped"] == (statistics.median(same)
-                                                             if same else None)
+    assert len(pairs) == 3 and r["scraped_vs_unscraped"] == (
+        round(statistics.median(same), 3) if same else None)   # as printed: 3 decimals
     assert r["sfc_mpps_unscraped_paired"] > 0
     assert 0 < r["latency_us"]["p50"] <= r["latency_us"]["p99"]
     assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
