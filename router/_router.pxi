@@ -171,6 +171,20 @@ cdef class Router:
         cdef uint64_t first = n - SERPENS_ROUTER_MARKERS if n > SERPENS_ROUTER_MARKERS else 0
         return [self.r.markers[k % SERPENS_ROUTER_MARKERS] for k in range(first, n)]
 
+    def marker_passed(self, uint32_t marker):
+        """Whether marker `marker` (an id) is among the last received and the router's loop
+        began another iteration since: every frame received before it was dispatched (given
+        to an instance, or held for one starting). Unlike quiesce(), no wait: the loop
+        usually moved on before a mover asks."""
+        cdef uint64_t n = serpens_load_u64(&self.r.nmarkers)
+        cdef uint64_t first = n - SERPENS_ROUTER_MARKERS if n > SERPENS_ROUTER_MARKERS else 0
+        cdef uint64_t k
+        for k in range(first, n):
+            if self.r.markers[k % SERPENS_ROUTER_MARKERS] == marker:
+                return serpens_load_u64(&self.r.loops) > \
+                    self.r.marker_loops[k % SERPENS_ROUTER_MARKERS]
+        return False
+
     def owed(self, int sfc):
         """{instance: (given, returned)} of `sfc`'s instances that are given packets (active
         or draining), given = enqueued + waiting for it: a mover polls it until every one

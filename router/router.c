@@ -106,6 +106,7 @@ static int from_underlay(struct serpens_router *r, struct rte_mbuf *m, uint32_t 
 		r->vx_arp++;
 		if (tag) { /* a move's marker: every frame the gateway sent before is here */
 			r->markers[r->nmarkers % SERPENS_ROUTER_MARKERS] = tag;
+			r->marker_loops[r->nmarkers % SERPENS_ROUTER_MARKERS] = r->loops;
 			__atomic_store_n(&r->nmarkers, r->nmarkers + 1, __ATOMIC_RELEASE);
 		}
 		p->out[p->nout++] = m;

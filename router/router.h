@@ -258,8 +258,11 @@ struct serpens_router {
 	uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag;
 	/* the ids of the last move markers received (vxlan.h), markers[(nmarkers - 1) % N] the
 	 * newest: a move's source waits until its marker is among them (several moves from this
-	 * node may be under way, from several gateways) */
+	 * node may be under way, from several gateways); marker_loops[k] is `loops` when
+	 * markers[k] came: once `loops` passed it, every frame before the marker was dispatched
+	 * (given to an instance or held for one) */
 	uint32_t markers[SERPENS_ROUTER_MARKERS];
+	uint64_t marker_loops[SERPENS_ROUTER_MARKERS];
 	volatile uint64_t nmarkers;
 	int32_t vx_last;             /* the SFC of the last VXLAN frame taken (tried first) */
 	/* latency log (benchmarks): armed by setting log, log_cap, then log_on */

@@ -131,6 +131,7 @@ cdef extern from "router.h" nogil:
         serpens_gw_addr gw[2]
         uint64_t vx_rx, vx_arp, vx_not_ours, vx_bad_outer, vx_over_mtu, vx_unknown_tag
         uint32_t markers[SERPENS_ROUTER_MARKERS]
+        uint64_t marker_loops[SERPENS_ROUTER_MARKERS]
         uint64_t nmarkers
         uint32_t log_on
         serpens_lat_rec *log

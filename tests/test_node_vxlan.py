@@ -165,6 +165,8 @@ def test_a_move_waits_for_its_own_marker_not_for_any_arp_request(site):
     replies = [Ether(f) for f in wires["fabric"].receive(2, router=node.router)]
     assert [(p[ARP].op, p[ARP].psrc, p.dst) for p in replies] == [(2, NODE_IP, GW_MAC)] * 2
     assert node.router.markers() == [other]
+    assert node.router.quiesce()   # (its loop went round since it recorded the marker)
+    assert node.router.marker_passed(other) and not node.router.marker_passed(ours)
     with pytest.raises(peer_moves.NotQuiet, match=f"marker {ours} did not arrive"):
         peer_moves.wait_quiet(node.router, sfc_id, ours, time.monotonic() + 0.3)
 
