@@ -176,38 +176,57 @@ def export(state, tables, slots: set[int] | None, gateway_sfc: int,
     return out
 
 
+PREPARE_PAUSE_S = 0.0001    # Snapshot's read, between its steps
+
+
+def prepare_pause():
+    time.sleep(PREPARE_PAUSE_S)
+
+
 class Snapshot:
     """The keys of an SFC's per-flow tables read once before a move's first hold, each with
     its flow's Maglev slot, so that each wave's export (taking()) looks up its own keys and
     those inserted since (the table's insert log) instead of reading every table whole
     during the hold: a table's read is bound by its size (~1 ms for 65536 entries here),
-    a lookup by the entries moved. The tables must be slot-selectable (check_partial)."""
+    a lookup by the entries moved. The tables must be slot-selectable (check_partial).
+    The read pauses PREPARE_PAUSE_S between its steps: it comes before any hold, so the
+    pauses delay no moving flow, and on a CPU shared with instances it never keeps the CPU
+    from them for more than one step (one table's dump: ~0.2 ms for 10k entries here)."""
 
     def __init__(self, state, tables, gateway_sfc: int):
         check_partial(tables)
         self.gateway_sfc = gateway_sfc
         self.taken: set[int] = set()
         self.lock = threading.Lock()   # a wave's reads and close() never overlap
-        self.tables = []      # [nf, namespace, name, info, table, since, keys, slots_of]
+        # [nf, namespace, name, info, table, since, keys, slots_of, taken_then, by_slot]
+        self.tables = []
         self.inodes: list[int] = []   # of the tables' files: one made again is another table
         try:
             for nf, namespace, name, info in tables:
                 table = state.open(namespace, name)   # kept open: each wave reads it
                 populate(table)
-                self.tables.append([nf, namespace, name, info, table, 0, b"", None, set()])
+                self.tables.append([nf, namespace, name, info, table, 0, b"", None, set(),
+                                    None])
                 self.inodes.append(os.stat(table.path).st_ino)
-                self._read(self.tables[-1])
+                self._read(self.tables[-1], pause=prepare_pause)
         except BaseException:
             self.close()
             raise
 
-    def _read(self, t: list):
-        """(Re)read table t's keys and their slots, where its insert log starts, and which
-        slots had moved by then (a key of theirs read now is a flow that came since)."""
+    def _read(self, t: list, pause=lambda: None):
+        """(Re)read table t's keys and their slots (and the keys grouped by slot: a wave
+        takes its own without a scan of all), where its insert log starts, and which slots
+        had moved by then (a key of theirs read now is a flow that came since); `pause()`
+        between the steps."""
         table, info = t[4], t[3]
+        pause()
         since = table.inserts     # before the read: an insert during it is logged
         keys, values = table.dump()
-        t[5:] = [since, keys, flow_slots(self.gateway_sfc, info, keys, values), set(self.taken)]
+        pause()
+        slots_of = flow_slots(self.gateway_sfc, info, keys, values)
+        pause()
+        t[5:] = [since, keys, slots_of, set(self.taken),
+                 dp.gateway_keys_by_slot(keys, info["key_size"], slots_of)]
 
     def close(self):
         with self.lock:
@@ -243,13 +262,13 @@ class Snapshot:
             logged = table.logged_keys(t[5])
             if logged is None:    # overflowed even now (inserts racing the read): all of it
                 logged = table.dump()[0]
-        since, keys, slots_of, taken_then = t[5:]
+        since, keys, slots_of, taken_then, (grouped, starts) = t[5:]
         ks = info["key_size"]
         if slots is None:    # (the keys of slots taken after the read are gone from here)
             mine = dp.gateway_keys_in(keys, ks, slots_of, self.taken - taken_then,
                                       invert=True)
         else:
-            mine = dp.gateway_keys_in(keys, ks, slots_of, slots)
+            mine = dp.gateway_keys_of(grouped, ks, starts, slots)
         ks_, vs_ = table.get_many(mine + logged)
         if slots is not None:
             ks_, vs_ = select(self.gateway_sfc, info, ks_, vs_, slots)

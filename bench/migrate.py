@@ -68,9 +68,13 @@ def run(args) -> dict:
     if os.geteuid() != 0:
         raise BenchError("bench migrate makes network namespaces: run it as root")
     with tempfile.TemporaryDirectory(prefix="serpens-bench-mig-", dir="/dev/shm") as directory:
-        # links of 4096 slots, a NIC's RX ring: at 1 Mpps they ride out 4 ms of a stopped
-        # vCPU on the other side, which a 1024-slot link (1 ms) does not on this VM
-        bed = Testbed(args.underlay, directory, ("a", "b"), link_log2=12)
+        # links of 16384 slots (memif's largest): a release sends the held packets at twice
+        # the rate they came, on top of the new arrivals, so the servers' output back to the
+        # gateway runs at up to 3 Mpps for a while; 4096 slots (a NIC's RX ring) did not ride
+        # out this VM's 2-4 ms stops of the gateway's vCPU then, and the stop-and-copy
+        # baseline, which releases everything of the source at once, lost 33-5000 packets in
+        # half of its trials
+        bed = Testbed(args.underlay, directory, ("a", "b"), link_log2=14)
         try:
             bed.create()
             spec = {"servers": [{k: s[k] for k in ("name", "ns", "ip", "mac", "gw_vdev",
@@ -83,7 +87,9 @@ def run(args) -> dict:
                     # the servers' routers wait 10 ms for a stopped instance before they
                     # shed (2 ms by default): this VM stops a vCPU for 2-5 ms now and then,
                     # and the bench measures moves, not the host
-                    "stall_us": 10000, "moves_at_once": True, "trials": args.trials}
+                    "stall_us": 10000, "moves_at_once": True, "trials": args.trials,
+                    # the gateway's egress ring as large as the links, for the same reason
+                    "egress_slots": 16384}
             p = subprocess.run(["ip", "netns", "exec", bed.gw_ns, sys.executable, "-m",
                                 "serpens.bench.migrate_gateway", json.dumps(spec)],
                                capture_output=True, text=True, timeout=1800)

@@ -299,7 +299,12 @@ def run(spec: dict) -> dict:
         out.update({name: summary(trials) for name, trials in runs.items()})
         st = multi.gw.stats()
         out["gateway"] = {"sfc": st["sfcs"][0], "tx_failed": st["tx_failed"],
-                          "drops": st["drops"]}
+                          "drops": st["drops"],
+                          "tx_failed_by_port": {
+                              ("egress" if port == multi.outside else
+                               "to " + s["name"]): st["ports"][port]["tx_failed"]
+                              for port, s in [(multi.outside, {})]
+                              + list(zip(multi.under, spec["servers"]))}}
     finally:
         if multi is not None:
             multi.close()

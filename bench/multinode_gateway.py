@@ -182,8 +182,10 @@ class Multi:
         self.servers, self.local = servers, True
         tag = os.getpid()
         # the input's buffer is the driver's pace depth (INPUT_DEPTH, as the rig's paced
-        # source: bench/rig.py); its ring to the gateway only holds a few bursts
-        self.inject, self.sent = dp.Ring(f"mn_in{tag}", 256), dp.Ring(f"mn_out{tag}", 4096)
+        # source: bench/rig.py); its ring to the gateway only holds a few bursts; the
+        # egress ring, which the driver empties, spec["egress_slots"] (4096: a NIC's)
+        self.inject = dp.Ring(f"mn_in{tag}", 256)
+        self.sent = dp.Ring(f"mn_out{tag}", spec.get("egress_slots", 4096))
         self.outside = dp.port_from_rings(f"net_ring_mn{tag}", self.inject, self.sent, mp)
         self.under = under
         self.gw = dp.Gateway(self.outside, self.under[0], self.outside, spec["gateway_ip"],

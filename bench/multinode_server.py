@@ -137,9 +137,13 @@ def serve(spec: dict):
         print(json.dumps({"ready": spec["name"], "state_dir": rig.state.name}), flush=True)
 
         def waiting():
-            """bench migrate: a move's call wakes this thread at once, as it would an agent
-            on its own core (at nice 19 on the instances' CPU a wake-up waits for their
-            slice: ~1 ms a call); the work then yields to them (yield_to_instances)."""
+            """bench migrate: a move's call wakes this thread at once and its work runs at
+            the instances' priority, as an agent's would on its own core. Niced on the
+            instances' CPU, a wake-up waited for their slice (~1 ms a call), and the work
+            did not spare them: once the scheduler picks a niced thread it keeps the CPU
+            until the next tick (4 ms at this kernel's HZ=250), so a prepare of 35k keys
+            stopped the source's instance for 2-3 ms. Its steps are short instead
+            (peer_moves.Snapshot pauses between them)."""
             if spec.get("moves_at_once"):
                 os.setpriority(os.PRIO_PROCESS, 0, 0)
         waiting()
@@ -153,7 +157,8 @@ def serve(spec: dict):
             elif cmd == "take":
                 out = {"recs": router.log_take().hex()}
             elif cmd in MOVES:
-                yield_to_instances()
+                if not spec.get("moves_at_once"):
+                    yield_to_instances()
                 try:
                     out = MOVES[cmd](rig, sid, arg)
                 finally:

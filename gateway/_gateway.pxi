@@ -85,11 +85,17 @@ def gateway_keys_in(bytes keys, int key_size, slots_of, slots, bint invert=False
         if not 0 <= slot < SERPENS_GW_MAGLEV:
             raise ValueError(f"slot {slot}: Maglev slots are 0..{SERPENS_GW_MAGLEV - 1}")
         chosen[slot // 64] |= (<uint64_t>1) << (slot % 64)
-    out = bytearray(len(keys))
     cdef const char *k = PyBytes_AS_STRING(keys)
-    cdef char *o = out
     cdef int slot_of
     cdef bint inside
+    with nogil:   # counted first: the answer is made once, its size (a wave's few keys)
+        for i in range(n):
+            slot_of = of[i]
+            inside = slot_of >= 0 and chosen[slot_of // 64] >> (slot_of % 64) & 1
+            kept += inside != invert
+    out = PyBytes_FromStringAndSize(NULL, key_size * kept)
+    cdef char *o = PyBytes_AS_STRING(out)
+    kept = 0
     with nogil:
         for i in range(n):
             slot_of = of[i]
@@ -97,7 +103,66 @@ def gateway_keys_in(bytes keys, int key_size, slots_of, slots, bint invert=False
             if inside != invert:
                 memcpy(o + key_size * kept, k + key_size * i, key_size)
                 kept += 1
-    return bytes(out[:key_size * kept])
+    return out
+
+
+def gateway_keys_by_slot(bytes keys, int key_size, slots_of):
+    """The keys (as gateway_keys_in() takes them) grouped by Maglev slot: (grouped, starts),
+    the keys of slot s being grouped[starts[s] * key_size:starts[s + 1] * key_size]; keys
+    of no slot (-1) are left out. Made once, it lets each of a move's waves take its
+    slots' keys without scanning every key (gateway_keys_of())."""
+    cdef Py_ssize_t n = len(keys) // key_size if key_size > 0 else 0, i
+    cdef const int[::1] of = slots_of
+    if key_size <= 0 or len(keys) != n * key_size or of.shape[0] != n:
+        raise ValueError(f"{len(keys)} bytes of {key_size}-byte keys and {of.shape[0]} slots")
+    starts = array.array("i", bytes(4 * (SERPENS_GW_MAGLEV + 1)))
+    cdef int[::1] st = starts
+    cdef int slot, total = 0, c
+    with nogil:
+        for i in range(n):                        # counted per slot ...
+            if 0 <= of[i] < SERPENS_GW_MAGLEV:
+                st[of[i] + 1] += 1
+        for slot in range(SERPENS_GW_MAGLEV):      # ... each slot's start ...
+            c = st[slot + 1]
+            st[slot + 1] = st[slot] + c
+        total = st[SERPENS_GW_MAGLEV]
+    out = PyBytes_FromStringAndSize(NULL, key_size * total)
+    cdef char *o = PyBytes_AS_STRING(out)
+    cdef const char *k = PyBytes_AS_STRING(keys)
+    cdef int[::1] at = array.array("i", starts[:SERPENS_GW_MAGLEV])
+    with nogil:
+        for i in range(n):                        # ... and each key put at its slot's next
+            slot = of[i]
+            if 0 <= slot < SERPENS_GW_MAGLEV:
+                memcpy(o + key_size * at[slot], k + key_size * i, key_size)
+                at[slot] += 1
+    return out, starts
+
+
+def gateway_keys_of(bytes grouped, int key_size, starts, slots):
+    """The keys of the Maglev `slots` from gateway_keys_by_slot()'s (grouped, starts), back
+    to back."""
+    cdef const int[::1] st = starts
+    if key_size <= 0 or st.shape[0] != SERPENS_GW_MAGLEV + 1 or \
+            len(grouped) != st[SERPENS_GW_MAGLEV] * key_size:
+        raise ValueError("grouped, starts: not gateway_keys_by_slot()'s")
+    cdef Py_ssize_t total = 0
+    slots = set(slots)
+    for slot in slots:
+        if not 0 <= slot < SERPENS_GW_MAGLEV:
+            raise ValueError(f"slot {slot}: Maglev slots are 0..{SERPENS_GW_MAGLEV - 1}")
+        total += st[slot + 1] - st[slot]
+    out = PyBytes_FromStringAndSize(NULL, key_size * total)
+    cdef char *o = PyBytes_AS_STRING(out)
+    cdef const char *g = PyBytes_AS_STRING(grouped)
+    cdef Py_ssize_t at = 0, size
+    cdef int sl
+    for slot in slots:
+        sl = slot
+        size = (st[sl + 1] - st[sl]) * key_size
+        memcpy(o + at, g + st[sl] * key_size, size)
+        at += size
+    return out
 
 
 def gateway_flow_select(int sfc, bytes keys, bytes values, slots, int key_size=40,

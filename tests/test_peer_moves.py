@@ -127,6 +127,29 @@ def test_a_table_dump_and_a_slot_selection_agree_with_its_items(source):
         dp.gateway_flow_select(5, keys[:-1], values, chosen)
 
 
+def test_keys_grouped_by_slot_give_each_wave_what_a_scan_of_all_gives(source):
+    """Snapshot's index (dp.gateway_keys_by_slot/_of): a wave's keys are those a scan of
+    every key picks (gateway_keys_in), each once, for any slots, repeated ones included."""
+    table = dp.StateTable(source, "s.mon", "flows")
+    keys, _ = table.dump()
+    table.close()
+    slots_of = dp.gateway_flow_slots(5, keys)
+    slots_of[7] = -1                                # a key of no IP flow: in no slot
+    grouped, starts = dp.gateway_keys_by_slot(keys, 40, slots_of)
+    assert len(grouped) == len(keys) - 40
+
+    def split(b):
+        return sorted(b[i:i + 40] for i in range(0, len(b), 40))
+    used = sorted(set(slots_of) - {-1})
+    for slots in ([], used[:1], used[::3], used + [used[0]], list(range(2039))):
+        assert split(dp.gateway_keys_of(grouped, 40, starts, slots)) == \
+            split(dp.gateway_keys_in(keys, 40, slots_of, slots)), slots
+    with pytest.raises(ValueError, match="slot 2039"):
+        dp.gateway_keys_of(grouped, 40, starts, [2039])
+    with pytest.raises(ValueError, match="not gateway_keys_by_slot"):
+        dp.gateway_keys_of(grouped[:-40], 40, starts, [1])
+
+
 def test_waves_cover_every_slot_once_and_then_the_rest():
     from serpens.controller.moves import MAGLEV_SLOTS, waves
     plan = waves(None, 128)
