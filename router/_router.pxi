@@ -185,6 +185,13 @@ cdef class Router:
                     self.r.marker_loops[k % SERPENS_ROUTER_MARKERS]
         return False
 
+    def settled(self):
+        """Whether every packet received is in a hold queue (held()) or given to an instance
+        (owed()): no burst waits to be placed, and the loop began another iteration since it
+        last took packets out of a hold queue (until it did, they may be in neither count)."""
+        return serpens_load_u32(&self.r.nstalled) == 0 and \
+            serpens_load_u64(&self.r.loops) > serpens_load_u64(&self.r.release_loop)
+
     def owed(self, int sfc):
         """{instance: (given, returned)} of `sfc`'s instances that are given packets (active
         or draining), given = enqueued + waiting for it: a mover polls it until every one

@@ -464,6 +464,8 @@ static uint32_t release_held(struct serpens_router *r, uint64_t now)
 		uint32_t n = s->nheld < SERPENS_BURST ? s->nheld : SERPENS_BURST;
 		struct rte_mbuf *pkts[SERPENS_BURST];
 		memcpy(pkts, s->held, sizeof(pkts[0]) * n);
+		/* before they leave nheld (a full barrier): a mover sees nheld 0 only with this */
+		__atomic_store_n(&r->release_loop, r->loops, __ATOMIC_SEQ_CST);
 		memmove(s->held, s->held + n, sizeof(s->held[0]) * (s->nheld - n));
 		s->nheld -= n;
 		r->nheld -= n;
@@ -528,15 +530,17 @@ static uint32_t receive(struct serpens_router *r, uint64_t now)
 	if (r->nstalled) {
 		uint32_t n = r->nstalled;
 		memcpy(pkts, r->stalled, sizeof(pkts[0]) * n);
-		r->nstalled = 0;
 		if (now - r->stalled_since > r->stall_cycles) {
 			/* a hold queue stayed full too long: its SFC sheds, the node receives again */
 			for (uint32_t k = 0; k < n; k++)
 				r->sfcs[LABEL(r, pkts[k])].hold_shedding = 1;
 		}
+		/* nstalled stays until all went in (place() sets what is left if some did not) */
 		uint32_t took = place(r, pkts, n, now);
-		if (!r->nstalled)
+		if (took == n) {
+			__atomic_store_n(&r->nstalled, 0, __ATOMIC_RELEASE);
 			r->stalled_since = 0;
+		}
 		return took;
 	}
 	for (uint32_t tries = 0; tries < r->nports; tries++) {

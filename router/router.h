@@ -287,7 +287,9 @@ struct serpens_router {
 	uint32_t next_port;       /* input port polled next */
 	uint32_t npending;        /* sum of the instances' pending: no RX while > 0 */
 	uint32_t nheld;           /* sum of the SFCs' held packets */
-	uint32_t nstalled;        /* a burst part no hold queue took yet (no RX while > 0) */
+	/* a burst part no hold queue took yet (no RX while > 0); not 0 until all of it was
+	 * placed (a mover reads it: Router.settled()) */
+	volatile uint32_t nstalled;
 	uint64_t stalled_since;
 	struct rte_mbuf *stalled[SERPENS_ROUTER_BURST];
 	uint64_t next_watchdog;   /* TSC of the next watchdog pass */
@@ -295,6 +297,9 @@ struct serpens_router {
 	uint64_t rx, tx, dropped, tx_failed, sleeps;
 	uint64_t busy_cycles;      /* time in loop iterations that did work (busy fraction) */
 	volatile uint64_t loops;  /* iterations: two more = a control change is in effect */
+	/* `loops` when held packets last left their hold queue for an instance: until the loop
+	 * passed it they may be in neither count (nheld, the instance's enqueued) */
+	volatile uint64_t release_loop;
 	/* stage stamps (benchmarks; off: one branch per stage): with stamp_on, the TSC time
 	 * between consecutive points of the loop is added to the stage that just ended */
 	volatile uint32_t stamp_on;

@@ -142,7 +142,7 @@ cdef extern from "router.h" nogil:
         uint64_t lat_counts[SERPENS_LAT_BUCKETS + 1]
         uint64_t lat_sum
         uint32_t npending, nheld, nstalled
-        uint64_t rx, tx, dropped, tx_failed, sleeps, loops, busy_cycles
+        uint64_t rx, tx, dropped, tx_failed, sleeps, loops, busy_cycles, release_loop
         uint32_t stamp_on
         uint64_t stamp_last
         uint64_t stage_cycles[SERPENS_STAGES]
