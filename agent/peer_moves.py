@@ -122,8 +122,9 @@ def flow_slots(gateway_sfc: int, info: dict, keys: bytes, values: bytes):
 
 
 # wait_quiet's polls: what it waits for usually ends within 0.1-0.2 ms (the instances'
-# batches), so it polls every 20 us for the first 0.5 ms (a 200 us poll made a wave's hold
-# 0.15 ms longer), then every 200 us (an instance starting, a stalled CPU).
+# batches), so it sleeps 20 us between polls for the first 0.5 ms (~90 us with the kernel's
+# default 50 us timer slack; 200 us sleeps made a wave's hold 0.15 ms longer), then 200 us
+# (an instance starting, a stalled CPU).
 POLL_S, POLL_FINE_S, POLL_COARSE_S = 0.00002, 0.0005, 0.0002
 
 
@@ -177,7 +178,7 @@ def export(state, tables, slots: set[int] | None, gateway_sfc: int,
     return out
 
 
-PREPARE_PAUSE_S = 0.0001    # Snapshot's read, between its steps
+PREPARE_PAUSE_S = 0.0001    # Snapshot's read, between its steps (~0.18 ms with timer slack)
 
 
 def prepare_pause():

@@ -71,13 +71,18 @@ def gateway_flow_slots(int sfc, bytes keys, int stride=40):
     return out
 
 
+cdef inline bint _slot_chosen(const uint64_t *chosen, int slot) noexcept nogil:
+    return 0 <= slot < SERPENS_GW_MAGLEV and (chosen[slot // 64] >> (slot % 64)) & 1
+
+
 def gateway_keys_in(bytes keys, int key_size, slots_of, slots, bint invert=False):
     """The keys (n of `key_size` bytes, back to back) whose slot (`slots_of`, an array of n
     ints: gateway_flow_slots()) is in the Maglev `slots`; with `invert`, those whose slot is
     not (a slot of -1, no IP flow, among them)."""
-    cdef Py_ssize_t n = len(keys) // key_size if key_size > 0 else 0, i, kept = 0
+    cdef Py_ssize_t ks = key_size, n = len(keys) // key_size if key_size > 0 else 0
+    cdef Py_ssize_t i, kept = 0, room
     cdef const int[::1] of = slots_of
-    if key_size <= 0 or len(keys) != n * key_size or of.shape[0] != n:
+    if key_size <= 0 or len(keys) != n * ks or of.shape[0] != n:
         raise ValueError(f"{len(keys)} bytes of {key_size}-byte keys and {of.shape[0]} slots")
     cdef uint64_t chosen[SERPENS_GW_SLOT_WORDS]
     memset(chosen, 0, sizeof(chosen))
@@ -86,24 +91,18 @@ def gateway_keys_in(bytes keys, int key_size, slots_of, slots, bint invert=False
             raise ValueError(f"slot {slot}: Maglev slots are 0..{SERPENS_GW_MAGLEV - 1}")
         chosen[slot // 64] |= (<uint64_t>1) << (slot % 64)
     cdef const char *k = PyBytes_AS_STRING(keys)
-    cdef int slot_of
-    cdef bint inside
     with nogil:   # counted first: the answer is made once, its size (a wave's few keys)
         for i in range(n):
-            slot_of = of[i]
-            inside = slot_of >= 0 and chosen[slot_of // 64] >> (slot_of % 64) & 1
-            kept += inside != invert
-    out = PyBytes_FromStringAndSize(NULL, key_size * kept)
+            kept += _slot_chosen(chosen, of[i]) != invert
+    out = PyBytes_FromStringAndSize(NULL, ks * kept)
     cdef char *o = PyBytes_AS_STRING(out)
-    kept = 0
-    with nogil:
+    room, kept = kept, 0
+    with nogil:   # (bounded by the count: slots_of is the caller's, it may change between)
         for i in range(n):
-            slot_of = of[i]
-            inside = slot_of >= 0 and chosen[slot_of // 64] >> (slot_of % 64) & 1
-            if inside != invert:
-                memcpy(o + key_size * kept, k + key_size * i, key_size)
+            if kept < room and _slot_chosen(chosen, of[i]) != invert:
+                memcpy(o + ks * kept, k + ks * i, ks)
                 kept += 1
-    return out
+    return out if kept == room else out[:ks * kept]
 
 
 def gateway_keys_by_slot(bytes keys, int key_size, slots_of):
@@ -111,30 +110,31 @@ def gateway_keys_by_slot(bytes keys, int key_size, slots_of):
     the keys of slot s being grouped[starts[s] * key_size:starts[s + 1] * key_size]; keys
     of no slot (-1) are left out. Made once, it lets each of a move's waves take its
     slots' keys without scanning every key (gateway_keys_of())."""
-    cdef Py_ssize_t n = len(keys) // key_size if key_size > 0 else 0, i
+    cdef Py_ssize_t ks = key_size, n = len(keys) // key_size if key_size > 0 else 0, i
     cdef const int[::1] of = slots_of
-    if key_size <= 0 or len(keys) != n * key_size or of.shape[0] != n:
+    if key_size <= 0 or len(keys) != n * ks or of.shape[0] != n:
         raise ValueError(f"{len(keys)} bytes of {key_size}-byte keys and {of.shape[0]} slots")
-    starts = array.array("i", bytes(4 * (SERPENS_GW_MAGLEV + 1)))
-    cdef int[::1] st = starts
-    cdef int slot, total = 0, c
+    starts = array.array("q", bytes(8 * (SERPENS_GW_MAGLEV + 1)))
+    cdef long long[::1] st = starts
+    cdef long long total
+    cdef int slot
     with nogil:
         for i in range(n):                        # counted per slot ...
-            if 0 <= of[i] < SERPENS_GW_MAGLEV:
-                st[of[i] + 1] += 1
-        for slot in range(SERPENS_GW_MAGLEV):      # ... each slot's start ...
-            c = st[slot + 1]
-            st[slot + 1] = st[slot] + c
-        total = st[SERPENS_GW_MAGLEV]
-    out = PyBytes_FromStringAndSize(NULL, key_size * total)
-    cdef char *o = PyBytes_AS_STRING(out)
-    cdef const char *k = PyBytes_AS_STRING(keys)
-    cdef int[::1] at = array.array("i", starts[:SERPENS_GW_MAGLEV])
-    with nogil:
-        for i in range(n):                        # ... and each key put at its slot's next
             slot = of[i]
             if 0 <= slot < SERPENS_GW_MAGLEV:
-                memcpy(o + key_size * at[slot], k + key_size * i, key_size)
+                st[slot + 1] += 1
+        for slot in range(SERPENS_GW_MAGLEV):      # ... each slot's start ...
+            st[slot + 1] += st[slot]
+        total = st[SERPENS_GW_MAGLEV]
+    out = PyBytes_FromStringAndSize(NULL, ks * total)
+    cdef char *o = PyBytes_AS_STRING(out)
+    cdef const char *k = PyBytes_AS_STRING(keys)
+    cdef long long[::1] at = array.array("q", starts[:SERPENS_GW_MAGLEV])
+    with nogil:
+        for i in range(n):                        # ... and each key put at its slot's next
+            slot = of[i]                          # (within its slot's room: see keys_in)
+            if 0 <= slot < SERPENS_GW_MAGLEV and at[slot] < st[slot + 1]:
+                memcpy(o + ks * at[slot], k + ks * i, ks)
                 at[slot] += 1
     return out, starts
 
@@ -142,25 +142,29 @@ def gateway_keys_by_slot(bytes keys, int key_size, slots_of):
 def gateway_keys_of(bytes grouped, int key_size, starts, slots):
     """The keys of the Maglev `slots` from gateway_keys_by_slot()'s (grouped, starts), back
     to back."""
-    cdef const int[::1] st = starts
-    if key_size <= 0 or st.shape[0] != SERPENS_GW_MAGLEV + 1 or \
-            len(grouped) != st[SERPENS_GW_MAGLEV] * key_size:
+    cdef const long long[::1] st = starts
+    cdef Py_ssize_t ks = key_size, total = 0, at = 0, size
+    cdef int s
+    bad = key_size <= 0 or st.shape[0] != SERPENS_GW_MAGLEV + 1 or st[0] != 0 or \
+        len(grouped) != st[SERPENS_GW_MAGLEV] * ks
+    for s in range(SERPENS_GW_MAGLEV):
+        if bad or st[s + 1] < st[s]:
+            bad = True
+            break
+    if bad:
         raise ValueError("grouped, starts: not gateway_keys_by_slot()'s")
-    cdef Py_ssize_t total = 0
     slots = set(slots)
     for slot in slots:
         if not 0 <= slot < SERPENS_GW_MAGLEV:
             raise ValueError(f"slot {slot}: Maglev slots are 0..{SERPENS_GW_MAGLEV - 1}")
         total += st[slot + 1] - st[slot]
-    out = PyBytes_FromStringAndSize(NULL, key_size * total)
+    out = PyBytes_FromStringAndSize(NULL, ks * total)
     cdef char *o = PyBytes_AS_STRING(out)
     cdef const char *g = PyBytes_AS_STRING(grouped)
-    cdef Py_ssize_t at = 0, size
-    cdef int sl
     for slot in slots:
-        sl = slot
-        size = (st[sl + 1] - st[sl]) * key_size
-        memcpy(o + at, g + st[sl] * key_size, size)
+        s = slot
+        size = (st[s + 1] - st[s]) * ks
+        memcpy(o + at, g + st[s] * ks, size)
         at += size
     return out
 

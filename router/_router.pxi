@@ -180,9 +180,10 @@ cdef class Router:
         cdef uint64_t first = n - SERPENS_ROUTER_MARKERS if n > SERPENS_ROUTER_MARKERS else 0
         cdef uint64_t k
         for k in range(first, n):
-            if self.r.markers[k % SERPENS_ROUTER_MARKERS] == marker:
+            # (the id before its loop: the router stores them the other way round)
+            if serpens_load_u32(&self.r.markers[k % SERPENS_ROUTER_MARKERS]) == marker:
                 return serpens_load_u64(&self.r.loops) > \
-                    self.r.marker_loops[k % SERPENS_ROUTER_MARKERS]
+                    serpens_load_u64(&self.r.marker_loops[k % SERPENS_ROUTER_MARKERS])
         return False
 
     def settled(self):

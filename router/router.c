@@ -105,8 +105,11 @@ static int from_underlay(struct serpens_router *r, struct rte_mbuf *m, uint32_t 
 		struct serpens_router_port *p = &r->ports[r->underlay_port];
 		r->vx_arp++;
 		if (tag) { /* a move's marker: every frame the gateway sent before is here */
-			r->markers[r->nmarkers % SERPENS_ROUTER_MARKERS] = tag;
+			/* the loop first: a reader that sees the id sees its loop (the slot is the
+			 * oldest one's, which a reader may be looking at) */
 			r->marker_loops[r->nmarkers % SERPENS_ROUTER_MARKERS] = r->loops;
+			__atomic_store_n(&r->markers[r->nmarkers % SERPENS_ROUTER_MARKERS], tag,
+					 __ATOMIC_RELEASE);
 			__atomic_store_n(&r->nmarkers, r->nmarkers + 1, __ATOMIC_RELEASE);
 		}
 		p->out[p->nout++] = m;

@@ -533,6 +533,10 @@ def test_migrate_bench_json_contract():
     assert trials == 3 and len(r["trials"]) == len(r["stop_and_copy"]["trials"]) == trials
     assert gw["moves"] == trials * (3 * waves + 2)
     assert sorted(t["during_p99_us"] for t in r["trials"])[1] == r["during_p99_us"]
+    sc = r["stop_and_copy"]
+    assert r["during_p99_vs_stop_and_copy"] == round(r["during_p99_us"] / sc["during_p99_us"], 3)
+    assert r["during_p99_delivered_vs_stop_and_copy"] == round(
+        r["during_p99_delivered_us"] / sc["during_p99_delivered_us"], 3)
     assert gw["held"] >= r["held"] + r["detail"]["stop_and_copy"]["held"]
 
     assert all(st["vxlan"]["arp_replies"] >= 1 for st in r["detail"]["servers"].values())

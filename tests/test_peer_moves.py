@@ -3,6 +3,7 @@ tables of an SFC's NFs are found (not its global ones, not replicas), a partial 
 table not keyed by flow is refused naming it, the moving entries are exactly those whose key
 hashes into the slots, inserting makes a missing table with the source's shape and refuses
 another shape, undo and delete leave nothing behind, and chunks stay under their bound."""
+import array
 import os
 import socket
 import struct
@@ -148,6 +149,15 @@ def test_keys_grouped_by_slot_give_each_wave_what_a_scan_of_all_gives(source):
         dp.gateway_keys_of(grouped, 40, starts, [2039])
     with pytest.raises(ValueError, match="not gateway_keys_by_slot"):
         dp.gateway_keys_of(grouped[:-40], 40, starts, [1])
+    forged = array.array("q", starts)
+    forged[10], forged[11] = forged[11] + 5, forged[11]      # a slot of negative size
+    with pytest.raises(ValueError, match="not gateway_keys_by_slot"):
+        dp.gateway_keys_of(grouped, 40, forged, [10])
+    # a slot no table gives (-1 aside) is in none: never read past the slot bitmap
+    wild = array.array("i", [100000, 2039, -5] + list(slots_of[3:]))
+    assert dp.gateway_keys_in(keys, 40, wild, [0]) == dp.gateway_keys_in(
+        keys[120:], 40, slots_of[3:], [0])
+    assert len(dp.gateway_keys_by_slot(keys, 40, wild)[0]) == len(keys) - 120 - 40
 
 
 def test_waves_cover_every_slot_once_and_then_the_rest():
