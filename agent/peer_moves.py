@@ -143,8 +143,7 @@ def wait_quiet(router, sfc_id: int, marker: int, deadline: float) -> float:
 
     until(lambda: router.marker_passed(marker),
           f"the gateway's marker {marker} did not arrive (or the router stopped)")
-    until(lambda: router.held(sfc_id) == 0 and router.settled(),
-          "packets still wait for an instance to start")
+    until(lambda: router.quiet(sfc_id), "packets still wait for an instance to start")
     owed = {i: given for i, (given, _) in router.owed(sfc_id).items()}
 
     def returned():   # (an instance no longer given packets has nothing of theirs)

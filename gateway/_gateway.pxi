@@ -142,18 +142,18 @@ def gateway_keys_by_slot(bytes keys, int key_size, slots_of):
 def gateway_keys_of(bytes grouped, int key_size, starts, slots):
     """The keys of the Maglev `slots` from gateway_keys_by_slot()'s (grouped, starts), back
     to back."""
+    slots = set(slots)   # (first: iterating the caller's may run its code)
     cdef const long long[::1] st = starts
     cdef Py_ssize_t ks = key_size, total = 0, at = 0, size
     cdef int s
     bad = key_size <= 0 or st.shape[0] != SERPENS_GW_MAGLEV + 1 or st[0] != 0 or \
-        len(grouped) != st[SERPENS_GW_MAGLEV] * ks
-    for s in range(SERPENS_GW_MAGLEV):
+        len(grouped) % ks or st[SERPENS_GW_MAGLEV] != len(grouped) // ks
+    for s in range(SERPENS_GW_MAGLEV):   # (non-decreasing up to the count: all in grouped)
         if bad or st[s + 1] < st[s]:
             bad = True
             break
     if bad:
         raise ValueError("grouped, starts: not gateway_keys_by_slot()'s")
-    slots = set(slots)
     for slot in slots:
         if not 0 <= slot < SERPENS_GW_MAGLEV:
             raise ValueError(f"slot {slot}: Maglev slots are 0..{SERPENS_GW_MAGLEV - 1}")

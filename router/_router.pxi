@@ -186,18 +186,30 @@ cdef class Router:
                     serpens_load_u64(&self.r.marker_loops[k % SERPENS_ROUTER_MARKERS])
         return False
 
-    def settled(self):
-        """Whether every packet received is in a hold queue (held()) or given to an instance
-        (owed()): no burst waits to be placed, and the loop began another iteration since it
-        last took packets out of a hold queue (until it did, they may be in neither count)."""
-        return serpens_load_u32(&self.r.nstalled) == 0 and \
-            serpens_load_u64(&self.r.loops) > serpens_load_u64(&self.r.release_loop)
+    def quiet(self, int sfc):
+        """Whether every packet of `sfc` the router received is given to an instance (in
+        owed()'s counts): no burst waits to be placed, `sfc` holds nothing for a starting
+        instance, and no release from its hold queue is under way (held packets leave
+        nheld before the instance's count takes them: the loop must have passed the
+        release). Read in that order, each load an acquire: the router stores the other
+        way round (router.c place(), release_held())."""
+        self._check_sfc(sfc)
+        cdef serpens_router_sfc *s = &self.r.sfcs[sfc]
+        if serpens_load_u32(&self.r.nstalled):
+            return False
+        cdef uint64_t released = serpens_load_u64(&s.release_loop)
+        if serpens_load_u64(&self.r.loops) <= released:
+            return False
+        if serpens_load_u32(&s.nheld):
+            return False
+        return serpens_load_u64(&s.release_loop) == released
 
     def owed(self, int sfc):
-        """{instance: (given, returned)} of `sfc`'s instances that are given packets (active
-        or draining), given = enqueued + waiting for it: a mover polls it until every one
-        returned what it had been given (agent/peer_moves.py wait_quiet; stats() builds
-        every counter's dict)."""
+        """{instance: (given, done)} of `sfc`'s instances that are given packets (active or
+        draining): given, every packet it was given (its ring or waiting for it; one counter,
+        read whole), done, those it returned or that were dropped while they waited for it:
+        a mover polls it until every one is done with what it had been given (agent/
+        peer_moves.py wait_quiet; stats() builds every counter's dict)."""
         self._check_sfc(sfc)
         out = {}
         cdef uint32_t st
@@ -205,8 +217,9 @@ cdef class Router:
             st = self.r.inst[i].state
             if (st == SERPENS_INST_ACTIVE or st == SERPENS_INST_DRAINING) and \
                     self.r.inst[i].sfc == sfc:
-                out[i] = (self.r.inst[i].enqueued + self.r.inst[i].npending,
-                          self.r.inst[i].returned)
+                out[i] = (serpens_load_u64(&self.r.inst[i].assigned),
+                          serpens_load_u64(&self.r.inst[i].returned)
+                          + serpens_load_u64(&self.r.inst[i].pending_dropped))
         return out
 
     def held(self, int sfc):
@@ -423,6 +436,7 @@ cdef class Router:
         inst.stall_since = inst.dropped = 0
         inst.waiting = inst.npending = 0
         inst.enqueued = inst.returned = inst.wakeups = 0
+        inst.assigned = inst.pending_dropped = 0
         inst.drained = 0
         # a barrier of the index's previous instance (a rebalance it took part in) means
         # nothing for this one, whose counters start at 0: it would hold the SFC forever

@@ -313,6 +313,7 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 	if (in->returned == in->enqueued)
 		in->last_return_tsc = now; /* it held nothing: the watchdog's clock starts now */
 	in->enqueued += q;
+	__atomic_store_n(&in->assigned, in->assigned + q, __ATOMIC_RELEASE);
 	if (q && in->waiting == 0)
 		in->oldest_tsc = now;
 	in->waiting += q;
@@ -340,6 +341,7 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 			in->stall_since = now;
 		in->npending += keep;
 		r->npending += keep;
+		__atomic_store_n(&in->assigned, in->assigned + keep, __ATOMIC_RELEASE);
 		wake(in);
 	} else {
 		in->shedding = 0; /* its ring had room for everything: it takes packets again */
@@ -357,6 +359,8 @@ static void shed(struct serpens_router *r, struct serpens_router_instance *in)
 	r->sfcs[in->sfc].drop_stuck += in->npending;
 	r->dropped += in->npending;
 	r->npending -= in->npending;
+	__atomic_store_n(&in->pending_dropped, in->pending_dropped + in->npending,
+			 __ATOMIC_RELEASE);
 	in->npending = 0;
 	in->stall_since = 0;
 	in->shedding = 1;
@@ -467,10 +471,10 @@ static uint32_t release_held(struct serpens_router *r, uint64_t now)
 		uint32_t n = s->nheld < SERPENS_BURST ? s->nheld : SERPENS_BURST;
 		struct rte_mbuf *pkts[SERPENS_BURST];
 		memcpy(pkts, s->held, sizeof(pkts[0]) * n);
-		/* before they leave nheld (a full barrier): a mover sees nheld 0 only with this */
-		__atomic_store_n(&r->release_loop, r->loops, __ATOMIC_SEQ_CST);
+		/* before they leave nheld: a mover that sees them gone sees this (Router.quiet) */
+		__atomic_store_n(&s->release_loop, r->loops, __ATOMIC_SEQ_CST);
 		memmove(s->held, s->held + n, sizeof(s->held[0]) * (s->nheld - n));
-		s->nheld -= n;
+		__atomic_store_n(&s->nheld, s->nheld - n, __ATOMIC_RELEASE);
 		r->nheld -= n;
 		s->rx -= n; /* counted when first routed */
 		s->hold_shedding = 0;
@@ -752,6 +756,8 @@ void serpens_router_reap(struct serpens_router *r, int i)
 	}
 	free_counted(r, in, in->pending, in->npending);
 	r->npending -= in->npending;
+	__atomic_store_n(&in->pending_dropped, in->pending_dropped + in->npending,
+			 __ATOMIC_RELEASE);
 	in->npending = 0;
 	while ((n = rte_ring_sc_dequeue_burst(in->rx, (void **)pkts, SERPENS_BURST, NULL)) > 0)
 		free_counted(r, in, pkts, n);

@@ -166,6 +166,10 @@ struct serpens_router_instance {
 	uint64_t oldest_tsc;         /* when the first of those was enqueued */
 	uint64_t enqueued, returned, wakeups;
 	uint32_t npending;           /* packets its full ring did not take yet (pending[]) */
+	/* packets given to it (its ring or pending[]), one counter a mover reads whole, and
+	 * those of pending[] dropped (shed, reaped): given back or dropped, all are accounted
+	 * for once returned + pending_dropped reaches assigned */
+	volatile uint64_t assigned, pending_dropped;
 	volatile uint32_t drained;   /* draining and empty: its flows have moved */
 	uint64_t barrier;            /* flows moving away wait until returned >= barrier */
 	uint32_t barrier_on;
@@ -187,7 +191,10 @@ struct serpens_router_sfc {
 	int notify_fd;               /* eventfd written when wants_instance is raised (-1: none) */
 	volatile int32_t rebalance_to; /* control: move a share of the flows to instance - 1 */
 	volatile uint32_t drop_all;  /* control: failed, drop its packets instead of holding */
-	uint32_t nheld;
+	volatile uint32_t nheld;
+	/* `loops` when held packets last left this hold queue for an instance: until the loop
+	 * passed it they may be in neither count (nheld, the instance's assigned) */
+	volatile uint64_t release_loop;
 	struct rte_mbuf *held[SERPENS_ROUTER_HOLD];
 	/* router thread */
 	uint32_t moving;             /* a rebalance waits for its barriers */
@@ -297,9 +304,6 @@ struct serpens_router {
 	uint64_t rx, tx, dropped, tx_failed, sleeps;
 	uint64_t busy_cycles;      /* time in loop iterations that did work (busy fraction) */
 	volatile uint64_t loops;  /* iterations: two more = a control change is in effect */
-	/* `loops` when held packets last left their hold queue for an instance: until the loop
-	 * passed it they may be in neither count (nheld, the instance's enqueued) */
-	volatile uint64_t release_loop;
 	/* stage stamps (benchmarks; off: one branch per stage): with stamp_on, the TSC time
 	 * between consecutive points of the loop is added to the stage that just ended */
 	volatile uint32_t stamp_on;

@@ -67,7 +67,7 @@ cdef extern from "router.h" nogil:
         int pidfd, pid
         uint64_t budget_cycles, budget_ns
         uint32_t waiting
-        uint64_t enqueued, returned, wakeups
+        uint64_t enqueued, returned, wakeups, assigned, pending_dropped
         uint32_t npending
         uint32_t drained
         uint64_t barrier
@@ -83,6 +83,7 @@ cdef extern from "router.h" nogil:
         int notify_fd
         int32_t rebalance_to
         uint32_t drop_all, nheld, moving, hold_shedding
+        uint64_t release_loop
         uint64_t rx, out, dropped, new_flows, moved_flows, rebalanced_flows
         uint64_t bytes
         uint64_t drop_died, drop_stuck, drop_hold, drop_failed, drop_mtu
@@ -142,7 +143,7 @@ cdef extern from "router.h" nogil:
         uint64_t lat_counts[SERPENS_LAT_BUCKETS + 1]
         uint64_t lat_sum
         uint32_t npending, nheld, nstalled
-        uint64_t rx, tx, dropped, tx_failed, sleeps, loops, busy_cycles, release_loop
+        uint64_t rx, tx, dropped, tx_failed, sleeps, loops, busy_cycles
         uint32_t stamp_on
         uint64_t stamp_last
         uint64_t stage_cycles[SERPENS_STAGES]

@@ -178,7 +178,7 @@ def test_a_move_waits_for_its_own_marker_not_for_any_arp_request(site):
     returned = sum(c["returned"] - before.get(i, {"returned": 0})["returned"]
                    for i, c in after.items() if c["sfc"] == sfc_id)
     assert returned == 20, after   # every frame in front of the marker went through the NF
-    assert node.router.settled()   # (none waits to be placed or left a hold queue unseen)
+    assert node.router.quiet(sfc_id)   # (none waits to be placed, held or being released)
     assert node.router.markers() == [other, ours]
     assert node.stats()["vxlan"]["arp_replies"] == 3
 

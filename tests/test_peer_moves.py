@@ -153,6 +153,9 @@ def test_keys_grouped_by_slot_give_each_wave_what_a_scan_of_all_gives(source):
     forged[10], forged[11] = forged[11] + 5, forged[11]      # a slot of negative size
     with pytest.raises(ValueError, match="not gateway_keys_by_slot"):
         dp.gateway_keys_of(grouped, 40, forged, [10])
+    huge = array.array("q", [0] * 7 + [2 ** 60] + [2 ** 60 + 1] * 2031 + [2 ** 61 + 3])
+    with pytest.raises(ValueError, match="not gateway_keys_by_slot"):   # (wraps: 40 x 2^61)
+        dp.gateway_keys_of(bytes(120), 40, huge, [6])
     # a slot no table gives (-1 aside) is in none: never read past the slot bitmap
     wild = array.array("i", [100000, 2039, -5] + list(slots_of[3:]))
     assert dp.gateway_keys_in(keys, 40, wild, [0]) == dp.gateway_keys_in(
