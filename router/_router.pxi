@@ -436,7 +436,7 @@ cdef class Router:
         inst.stall_since = inst.dropped = 0
         inst.waiting = inst.npending = 0
         inst.enqueued = inst.returned = inst.wakeups = 0
-        inst.assigned = inst.pending_dropped = 0
+        inst.assigned = inst.pending_dropped = inst.shed_mark = inst.shed_owed = 0
         inst.drained = 0
         # a barrier of the index's previous instance (a rebalance it took part in) means
         # nothing for this one, whose counters start at 0: it would hold the SFC forever

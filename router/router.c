@@ -204,7 +204,8 @@ static int dispatch(struct serpens_router *r, int sfc, uint32_t flow, uint16_t n
 	}
 	if (way >= 0 && b->from[way] != SERPENS_NO_MOVE) { /* moved by a rebalance */
 		const struct serpens_router_instance *old = &r->inst[b->from[way] - 1];
-		if (old->state != SERPENS_INST_EMPTY && old->barrier_on && old->returned < old->barrier)
+		if (old->state != SERPENS_INST_EMPTY && old->barrier_on &&
+		    old->returned + old->pending_dropped < old->barrier)
 			return -2; /* packets of it still with the old instance: wait */
 		b->from[way] = SERPENS_NO_MOVE;
 	}
@@ -238,7 +239,7 @@ static void start_rebalance(struct serpens_router *r, int sfc, int to)
 		if (in->state == SERPENS_INST_ACTIVE && in->sfc == sfc) {
 			n++;
 			if (i != to) {
-				in->barrier = in->enqueued + in->npending;
+				in->barrier = in->assigned;
 				in->barrier_on = 1;
 			}
 		}
@@ -266,7 +267,7 @@ static int rebalance_done(struct serpens_router *r, int sfc)
 	for (int i = 0, end = (int)r->ninst; i < end; i++) {
 		struct serpens_router_instance *in = &r->inst[i];
 		if (in->sfc == sfc && in->barrier_on && in->state != SERPENS_INST_EMPTY &&
-		    in->returned < in->barrier)
+		    in->returned + in->pending_dropped < in->barrier)
 			return 0;
 	}
 	for (int i = 0, end = (int)r->ninst; i < end; i++)
@@ -350,6 +351,18 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 	}
 }
 
+/* A shed's packets are accounted for (pending_dropped) once every packet enqueued before
+ * them came back: counted earlier, a mover or a barrier would take them for packets older
+ * than they are, still in the ring or the NF's batch. */
+static inline void credit_shed(struct serpens_router_instance *in)
+{
+	if (in->shed_owed && in->returned >= in->shed_mark) {
+		__atomic_store_n(&in->pending_dropped, in->pending_dropped + in->shed_owed,
+				 __ATOMIC_RELEASE);
+		in->shed_owed = 0;
+	}
+}
+
 /* Drop what waits for instance `in` beyond its ring (it took nothing for stall_cycles). */
 static void shed(struct serpens_router *r, struct serpens_router_instance *in)
 {
@@ -359,8 +372,8 @@ static void shed(struct serpens_router *r, struct serpens_router_instance *in)
 	r->sfcs[in->sfc].drop_stuck += in->npending;
 	r->dropped += in->npending;
 	r->npending -= in->npending;
-	__atomic_store_n(&in->pending_dropped, in->pending_dropped + in->npending,
-			 __ATOMIC_RELEASE);
+	in->shed_owed += in->npending; /* (the newest given: credited behind the ring, below) */
+	in->shed_mark = in->enqueued;
 	in->npending = 0;
 	in->stall_since = 0;
 	in->shedding = 1;
@@ -756,8 +769,9 @@ void serpens_router_reap(struct serpens_router *r, int i)
 	}
 	free_counted(r, in, in->pending, in->npending);
 	r->npending -= in->npending;
-	__atomic_store_n(&in->pending_dropped, in->pending_dropped + in->npending,
+	__atomic_store_n(&in->pending_dropped, in->pending_dropped + in->npending + in->shed_owed,
 			 __ATOMIC_RELEASE);
+	in->shed_owed = 0;
 	in->npending = 0;
 	while ((n = rte_ring_sc_dequeue_burst(in->rx, (void **)pkts, SERPENS_BURST, NULL)) > 0)
 		free_counted(r, in, pkts, n);
@@ -881,6 +895,7 @@ static uint32_t drain(struct serpens_router *r, uint64_t now)
 			forward(r, s, pkts, n, now);
 			in->returned += n;
 			total += n;
+			credit_shed(in);
 		}
 		/* A draining instance is done once every packet given to it came back (the router
 		 * alone counts both, so this is exact: nothing queued, nothing in flight). */

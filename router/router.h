@@ -168,10 +168,14 @@ struct serpens_router_instance {
 	uint32_t npending;           /* packets its full ring did not take yet (pending[]) */
 	/* packets given to it (its ring or pending[]), one counter a mover reads whole, and
 	 * those of pending[] dropped (shed, reaped): given back or dropped, all are accounted
-	 * for once returned + pending_dropped reaches assigned */
+	 * for once returned + pending_dropped reaches assigned (a mover's wait, a rebalance's
+	 * barrier). A shed's packets count there only once the ring's packets ahead of them
+	 * (enqueued then: shed_mark) came back: until then shed_owed (router thread). */
 	volatile uint64_t assigned, pending_dropped;
+	uint64_t shed_mark, shed_owed;
 	volatile uint32_t drained;   /* draining and empty: its flows have moved */
-	uint64_t barrier;            /* flows moving away wait until returned >= barrier */
+	uint64_t barrier;            /* flows moving away wait until returned + pending_dropped
+				      * >= barrier (assigned when the rebalance began) */
 	uint32_t barrier_on;
 	uint32_t shedding;           /* stalled too long: drop what its ring does not take */
 	uint64_t stall_since;        /* when its pending packets began waiting (0: none) */
@@ -295,7 +299,7 @@ struct serpens_router {
 	uint32_t npending;        /* sum of the instances' pending: no RX while > 0 */
 	uint32_t nheld;           /* sum of the SFCs' held packets */
 	/* a burst part no hold queue took yet (no RX while > 0); not 0 until all of it was
-	 * placed (a mover reads it: Router.settled()) */
+	 * placed (a mover reads it: Router.quiet()) */
 	volatile uint32_t nstalled;
 	uint64_t stalled_since;
 	struct rte_mbuf *stalled[SERPENS_ROUTER_BURST];

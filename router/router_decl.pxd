@@ -67,7 +67,7 @@ cdef extern from "router.h" nogil:
         int pidfd, pid
         uint64_t budget_cycles, budget_ns
         uint32_t waiting
-        uint64_t enqueued, returned, wakeups, assigned, pending_dropped
+        uint64_t enqueued, returned, wakeups, assigned, pending_dropped, shed_mark, shed_owed
         uint32_t npending
         uint32_t drained
         uint64_t barrier
