@@ -17,7 +17,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from support.packets import eth, flow_frame, trace, udp
-from support.sites import GW_IP, GW_MAC, GatewaySite, Site, Wire
+from support.sites import GW_IP, GW_MAC, GatewaySite, Site, Wire, unique_tag
 
 pytestmark = pytest.mark.dataplane
 
@@ -28,7 +28,7 @@ TAG, VNI = 0xABCDE, 7
 
 @pytest.fixture
 def site(dataplane, request):
-    s = GatewaySite(dataplane, f"g{abs(hash(request.node.name)) % 10**5}")
+    s = GatewaySite(dataplane, f"g{unique_tag()}")
     yield s
     s.close()
 

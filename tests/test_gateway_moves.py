@@ -15,7 +15,7 @@ from scapy.layers.vxlan import VXLAN
 from serpens.runtime_cy import _dataplane as dp
 
 from support.packets import flow_frame
-from support.sites import GW_IP, GW_MAC, GatewaySite
+from support.sites import GW_IP, GW_MAC, GatewaySite, unique_tag
 
 pytestmark = pytest.mark.dataplane
 
@@ -26,7 +26,7 @@ FLOWS = range(300)
 
 @pytest.fixture
 def site(dataplane, request):
-    s = GatewaySite(dataplane, f"m{abs(hash(request.node.name)) % 10**5}")
+    s = GatewaySite(dataplane, f"m{unique_tag()}")
     s.gw.set_mempool(dataplane.mempool)
     for ip, mac in SERVERS.items():
         s.gw.set_server(ip, mac)

@@ -12,7 +12,7 @@ from serpens.common.records import RouteRecord, RouteServer
 from serpens.gateway.routes import GatewayRoutes, RouteSetError
 
 from support.packets import eth, flow_frame
-from support.sites import GatewaySite
+from support.sites import GatewaySite, unique_tag
 
 pytestmark = pytest.mark.dataplane
 
@@ -41,7 +41,7 @@ class Recording:
 
 @pytest.fixture
 def site(dataplane, request):
-    s = GatewaySite(dataplane, f"r{abs(hash(request.node.name)) % 10**5}", ingress=2)
+    s = GatewaySite(dataplane, f"r{unique_tag()}", ingress=2)
     s.rec = Recording(s.gw)
     s.routes = GatewayRoutes(s.rec, {"wan": s.ins[0].port, "dmz": s.ins[1].port})
     yield s

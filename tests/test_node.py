@@ -13,7 +13,7 @@ from serpens.common.spec import SpecError
 from support.node_specs import NODE, sfc
 from support.packets import trace
 from support.packets import udp
-from support.sites import Wire
+from support.sites import Wire, unique_tag
 
 pytestmark = pytest.mark.dataplane
 
@@ -47,7 +47,7 @@ def test_sfcs_that_do_not_fit_the_node_are_refused_by_field():
 
 
 def test_a_node_classifies_traffic_to_its_sfcs(dataplane, pool, areas, request):
-    tag = abs(hash(request.node.name)) % 10**4
+    tag = unique_tag()
     wires = {name: Wire(dataplane, f"n{tag}{name}") for name in ("wan", "lan", "dmz")}
     sfcs = [sfc("dns", 1, "  match: [{proto: udp, dport: 53, port: wan}]\n  output: dmz"),
             sfc("vlan", 2, "  tag: 42\n  output: dmz"),
@@ -86,7 +86,7 @@ def test_serpensctl_node_refuses_a_bad_config_naming_the_field(tmp_path):
 
 def test_sfcs_are_added_replaced_and_removed_while_the_node_runs(dataplane, pool, areas,
                                                                   request):
-    tag = abs(hash(request.node.name)) % 10**4
+    tag = unique_tag()
     wires = {name: Wire(dataplane, f"d{tag}{name}") for name in ("wan", "lan", "dmz")}
     dns = sfc("dns", 1, "  match: [{proto: udp, dport: 53}]\n  output: dmz")
     try:

@@ -28,7 +28,7 @@ from serpens.runtime_cy import _dataplane as dp
 from support.etcd import client_identity, identity
 from support.node_specs import MARK, NODE, sfc
 from support.packets import trace, udp
-from support.sites import Wire
+from support.sites import Wire, unique_tag
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.timeout(60)]
 
@@ -47,7 +47,7 @@ def route(tag, vni=0, gateway=(GW_IP, GW_MAC)):
 @pytest.fixture
 def site(dataplane, pool, areas, request):
     """A started underlay node on ring ports, and its wires by port name."""
-    tag = abs(hash(request.node.name)) % 10**4
+    tag = unique_tag()
     wires = {name: Wire(dataplane, f"x{tag}{name[:3]}")
              for name in ("wan", "lan", "dmz", "fabric")}
     try:

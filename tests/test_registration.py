@@ -15,7 +15,7 @@ from serpens.common.store import Store
 from support.etcd import PartitionProxy, client_identity, free_port, tls_args
 from support.node_specs import NODE, sfc
 from support.packets import udp
-from support.sites import Wire
+from support.sites import Wire, unique_tag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
@@ -24,7 +24,7 @@ NODES_PREFIX, node_key = Keys().nodes, Keys().node
 
 @pytest.fixture
 def node(dataplane, pool, areas, request):
-    tag = abs(hash(request.node.name)) % 10**4
+    tag = unique_tag()
     wires = {name: Wire(dataplane, f"g{tag}{name}") for name in ("wan", "lan", "dmz")}
     n = Node(parse_node(NODE), [sfc("rest", 3)], dataplane=dataplane, pool=pool, areas=areas,
              ports={name: w.port for name, w in wires.items()}).start()

@@ -19,7 +19,7 @@ from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
 from support.node_specs import NODE
 from support.packets import udp
-from support.sites import Wire
+from support.sites import Wire, unique_tag
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.timeout(60)]
 
@@ -88,7 +88,7 @@ async def serve_and_run(node, wires):
 
 
 def test_a_snapshot_is_restored_only_into_the_code_that_wrote_it(dataplane, areas, request):
-    tag = abs(hash(request.node.name)) % 10**4
+    tag = unique_tag()
     wires = {name: Wire(dataplane, f"r{tag}{name}") for name in ("wan", "lan", "dmz")}
     # A pool of its own: the session's processes may still map images of areas that earlier
     # tests freed ("mapping image 1 ...: File exists" when this test reuses the area).

@@ -11,7 +11,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from support.packets import flow_decode, flow_frame
-from support.sites import Site
+from support.sites import Site, unique_tag
 
 pytestmark = pytest.mark.dataplane
 
@@ -22,7 +22,7 @@ def node(dataplane, pool, build, request):
     # its CPU for over the default 2 ms (or 200 ms) must not make the router shed (or
     # expire) the held packets (each has its own tests: test_faults.py)
     n = Site(dataplane, pool, compile_sfc(NF(build("tag.c"))),
-             f"r{abs(hash(request.node.name)) % 10**6}", stall_us=1e6, hold_ms=10000)
+             f"r{unique_tag()}", stall_us=1e6, hold_ms=10000)
     yield n
     n.close()
 

@@ -12,7 +12,7 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from support.packets import eth, trace, udp
-from support.sites import Wire
+from support.sites import Wire, unique_tag
 
 pytestmark = pytest.mark.dataplane
 
@@ -24,7 +24,7 @@ def mark(build, nf_id):
 
 @pytest.fixture
 def wires(dataplane, request):
-    tag = abs(hash(request.node.name)) % 10**6
+    tag = unique_tag()
     ws = [Wire(dataplane, f"c{tag}_{i}") for i in range(3)]
     yield ws
     for w in ws:

@@ -17,7 +17,7 @@ from serpens.runtime_cy import _dataplane as dp
 from support.cluster import wait_until
 from support.node_specs import NODE, sfc
 from support.packets import eth
-from support.sites import Wire
+from support.sites import Wire, unique_tag
 
 pytestmark = pytest.mark.dataplane
 
@@ -39,7 +39,7 @@ def capture(path) -> list[bytes]:
 
 @pytest.fixture
 def wires(dataplane, request):
-    tag = abs(hash(request.node.name)) % 10**4
+    tag = unique_tag()
     ws = {name: Wire(dataplane, f"u{tag}{name}") for name in ("wan", "lan", "dmz")}
     yield ws
     for w in ws.values():

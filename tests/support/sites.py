@@ -2,12 +2,22 @@
 the router, what the router sends on it can be read back); a Site is a one-SFC node on one
 wire with the router on its lcore and an instance manager; a GatewaySite is a gateway on
 wires, polled by the test."""
+import itertools
 import time
 
 from serpens.agent.instance_manager import InstanceManager
 from serpens.runtime_cy import _dataplane as dp
 
 GW_IP, GW_MAC = "192.168.50.1", "02:00:00:00:50:01"
+
+_TAGS = itertools.count(1)
+
+
+def unique_tag() -> int:
+    """A number no other test of this process got: names of DPDK rings and ports, which
+    outlive a test in its EAL (a hash of the test's name, cut to 4 digits, once gave two
+    tests the same ring name)."""
+    return next(_TAGS)
 
 
 class Wire:
