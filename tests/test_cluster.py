@@ -306,8 +306,11 @@ def test_a_crashing_nf_shows_in_the_sfc_status_within_2_s(cluster):
         crashed_at = wait_until(lambda: "crashy" in (sfcs := agent.sfcs()) and
                                 sfcs["crashy"].crashes and time.monotonic(), 60,
                                 controller.output)
+        # (a status of before the crash may say Degraded for another reason first: its
+        # instance waited for a pool process; the crash's names the NF)
         st = wait_until(lambda: (s := status(controller.stub, "crashy")).phase in
-                        ("Degraded", "Failed") and s, 10, controller.output)
+                        ("Degraded", "Failed") and "NF 'crashy.bad'" in s.message and s, 10,
+                        controller.output)
         assert time.monotonic() - crashed_at < 2.0
         assert "NF 'crashy.bad'" in st.message and "SIGSEGV" in st.message, st
         st = wait_until(lambda: (s := status(controller.stub, "crashy")).phase == "Failed" and s,
