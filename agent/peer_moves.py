@@ -6,9 +6,9 @@ behind the last frame of them it sent here. Peer.MoveFlows then, on the source:
 1. waits until the router recorded that id (the link is FIFO: every frame of those flows is
    in the router now; any other ARP request is no marker of this move) and its loop began
    another iteration since (those frames were dispatched), until the SFC holds nothing for a
-   starting instance, and until every instance of the SFC returned what it had been given
-   (enqueued + pending then): no packet of a moving flow is in the node any more, so no NF
-   writes their entries;
+   starting instance (Router.quiet), and until every instance of the SFC is done with what
+   it had been given then (Router.owed): no packet of a moving flow is in the node any more,
+   so no NF writes their entries;
 2. reads the moving flows' entries of every per-flow table of the SFC's NFs (all of them, or
    those whose key, a struct serpens_flow, hashes into the moved Maglev slots with the
    gateway's own function, dp.gateway_flow_slots);
@@ -180,10 +180,6 @@ def export(state, tables, slots: set[int] | None, gateway_sfc: int,
 PREPARE_PAUSE_S = 0.0001    # Snapshot's read, between its steps (~0.18 ms with timer slack)
 
 
-def prepare_pause():
-    time.sleep(PREPARE_PAUSE_S)
-
-
 class Snapshot:
     """The keys of an SFC's per-flow tables read once before a move's first hold, each with
     its flow's Maglev slot, so that each wave's export (taking()) looks up its own keys and
@@ -209,7 +205,7 @@ class Snapshot:
                 self.tables.append([nf, namespace, name, info, table, 0, b"", None, set(),
                                     None])
                 self.inodes.append(os.stat(table.path).st_ino)
-                self._read(self.tables[-1], pause=prepare_pause)
+                self._read(self.tables[-1], pause=lambda: time.sleep(PREPARE_PAUSE_S))
         except BaseException:
             self.close()
             raise

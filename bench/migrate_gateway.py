@@ -300,11 +300,10 @@ def run(spec: dict) -> dict:
         st = multi.gw.stats()
         out["gateway"] = {"sfc": st["sfcs"][0], "tx_failed": st["tx_failed"],
                           "drops": st["drops"],
-                          "tx_failed_by_port": {
-                              ("egress" if port == multi.outside else
-                               "to " + s["name"]): st["ports"][port]["tx_failed"]
-                              for port, s in [(multi.outside, {})]
-                              + list(zip(multi.under, spec["servers"]))}}
+                          "tx_failed_by_port": dict(
+                              {f"to {s['name']}": st["ports"][port]["tx_failed"]
+                               for port, s in zip(multi.under, spec["servers"])},
+                              egress=st["ports"][multi.outside]["tx_failed"])}
     finally:
         if multi is not None:
             multi.close()

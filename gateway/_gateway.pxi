@@ -80,7 +80,7 @@ def gateway_keys_in(bytes keys, int key_size, slots_of, slots, bint invert=False
     ints: gateway_flow_slots()) is in the Maglev `slots`; with `invert`, those whose slot is
     not (a slot of -1, no IP flow, among them)."""
     cdef Py_ssize_t ks = key_size, n = len(keys) // key_size if key_size > 0 else 0
-    cdef Py_ssize_t i, kept = 0, room
+    cdef Py_ssize_t i, kept = 0
     cdef const int[::1] of = slots_of
     if key_size <= 0 or len(keys) != n * ks or of.shape[0] != n:
         raise ValueError(f"{len(keys)} bytes of {key_size}-byte keys and {of.shape[0]} slots")
@@ -90,19 +90,15 @@ def gateway_keys_in(bytes keys, int key_size, slots_of, slots, bint invert=False
         if not 0 <= slot < SERPENS_GW_MAGLEV:
             raise ValueError(f"slot {slot}: Maglev slots are 0..{SERPENS_GW_MAGLEV - 1}")
         chosen[slot // 64] |= (<uint64_t>1) << (slot % 64)
+    out = bytearray(len(keys))
     cdef const char *k = PyBytes_AS_STRING(keys)
-    with nogil:   # counted first: the answer is made once, its size (a wave's few keys)
+    cdef char *o = out
+    with nogil:
         for i in range(n):
-            kept += _slot_chosen(chosen, of[i]) != invert
-    out = PyBytes_FromStringAndSize(NULL, ks * kept)
-    cdef char *o = PyBytes_AS_STRING(out)
-    room, kept = kept, 0
-    with nogil:   # (bounded by the count: slots_of is the caller's, it may change between)
-        for i in range(n):
-            if kept < room and _slot_chosen(chosen, of[i]) != invert:
+            if _slot_chosen(chosen, of[i]) != invert:
                 memcpy(o + ks * kept, k + ks * i, ks)
                 kept += 1
-    return out if kept == room else out[:ks * kept]
+    return bytes(out[:ks * kept])
 
 
 def gateway_keys_by_slot(bytes keys, int key_size, slots_of):
@@ -139,6 +135,15 @@ def gateway_keys_by_slot(bytes keys, int key_size, slots_of):
     return out, starts
 
 
+cdef bint _falls(const long long[::1] st) noexcept nogil:
+    """Whether `st` goes down anywhere."""
+    cdef Py_ssize_t s
+    for s in range(st.shape[0] - 1):
+        if st[s + 1] < st[s]:
+            return True
+    return False
+
+
 def gateway_keys_of(bytes grouped, int key_size, starts, slots):
     """The keys of the Maglev `slots` from gateway_keys_by_slot()'s (grouped, starts), back
     to back."""
@@ -146,13 +151,10 @@ def gateway_keys_of(bytes grouped, int key_size, starts, slots):
     cdef const long long[::1] st = starts
     cdef Py_ssize_t ks = key_size, total = 0, at = 0, size
     cdef int s
-    bad = key_size <= 0 or st.shape[0] != SERPENS_GW_MAGLEV + 1 or st[0] != 0 or \
-        len(grouped) % ks or st[SERPENS_GW_MAGLEV] != len(grouped) // ks
-    for s in range(SERPENS_GW_MAGLEV):   # (non-decreasing up to the count: all in grouped)
-        if bad or st[s + 1] < st[s]:
-            bad = True
-            break
-    if bad:
+    # from 0, never down, to the keys grouped holds: every slot's keys lie inside it
+    if key_size <= 0 or st.shape[0] != SERPENS_GW_MAGLEV + 1 or st[0] != 0 or \
+            len(grouped) % ks or st[SERPENS_GW_MAGLEV] != len(grouped) // ks or \
+            _falls(st):
         raise ValueError("grouped, starts: not gateway_keys_by_slot()'s")
     for slot in slots:
         if not 0 <= slot < SERPENS_GW_MAGLEV:

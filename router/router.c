@@ -314,7 +314,7 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 	if (in->returned == in->enqueued)
 		in->last_return_tsc = now; /* it held nothing: the watchdog's clock starts now */
 	in->enqueued += q;
-	__atomic_store_n(&in->assigned, in->assigned + q, __ATOMIC_RELEASE);
+	uint32_t given = q; /* its ring's and pending's: assigned, one store below */
 	if (q && in->waiting == 0)
 		in->oldest_tsc = now;
 	in->waiting += q;
@@ -342,13 +342,14 @@ static void enqueue(struct serpens_router *r, int i, struct rte_mbuf **pkts, uin
 			in->stall_since = now;
 		in->npending += keep;
 		r->npending += keep;
-		__atomic_store_n(&in->assigned, in->assigned + keep, __ATOMIC_RELEASE);
+		given += keep;
 		wake(in);
 	} else {
 		in->shedding = 0; /* its ring had room for everything: it takes packets again */
 		if (in->waiting >= r->wake_batch)
 			wake(in);
 	}
+	__atomic_store_n(&in->assigned, in->assigned + given, __ATOMIC_RELEASE);
 }
 
 /* A shed's packets are accounted for (pending_dropped) once every packet enqueued before
@@ -484,8 +485,9 @@ static uint32_t release_held(struct serpens_router *r, uint64_t now)
 		uint32_t n = s->nheld < SERPENS_BURST ? s->nheld : SERPENS_BURST;
 		struct rte_mbuf *pkts[SERPENS_BURST];
 		memcpy(pkts, s->held, sizeof(pkts[0]) * n);
-		/* before they leave nheld: a mover that sees them gone sees this (Router.quiet) */
-		__atomic_store_n(&s->release_loop, r->loops, __ATOMIC_SEQ_CST);
+		/* before they leave nheld (its release store orders this one): a mover that sees
+		 * them gone sees this (Router.quiet) */
+		__atomic_store_n(&s->release_loop, r->loops, __ATOMIC_RELAXED);
 		memmove(s->held, s->held + n, sizeof(s->held[0]) * (s->nheld - n));
 		__atomic_store_n(&s->nheld, s->nheld - n, __ATOMIC_RELEASE);
 		r->nheld -= n;
