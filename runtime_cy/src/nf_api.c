@@ -589,28 +589,40 @@ static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 struct serpens_batch *serpens_nf_batch;
 
 /* Each key's table hash; a key that is a packet's parsed flow in the running batch (an NF
- * passed &h->flow from serpens_hdrs) is hashed once per packet, whichever NF asks first. */
+ * passed &h->flow from serpens_hdrs) is hashed once per packet, whichever NF asks first. The
+ * keys still to hash are hashed together (serpens_table_hash_bulk). */
 static void hash_keys(const struct serpens_table *t, const void *const *keys, uint32_t n,
 		      uint32_t *hashes)
 {
 	struct serpens_batch *b = serpens_nf_batch;
-	uintptr_t base = b ? (uintptr_t)&b->hdrs[0].flow : 0;
+	const void *fresh[SERPENS_BURST];
+	uint32_t fresh_hash[SERPENS_BURST];
+	uint8_t at[SERPENS_BURST], pkt[SERPENS_BURST]; /* fresh key j: keys[at[j]], packet pkt[j] */
+	uint32_t nfresh = 0;
 
 	if (!b || t->key_size != sizeof(struct serpens_flow)) {
-		for (uint32_t k = 0; k < n; k++)
-			hashes[k] = serpens_table_hash(t, keys[k]);
+		serpens_table_hash_bulk(t, keys, n, hashes);
 		return;
 	}
+	uintptr_t base = (uintptr_t)&b->hdrs[0].flow;
 	for (uint32_t k = 0; k < n; k++) {
 		uintptr_t off = (uintptr_t)keys[k] - base;
 		uint32_t i = (uint32_t)(off / sizeof(struct serpens_hdrs));
-		if (off >= sizeof(b->hdrs) || off % sizeof(struct serpens_hdrs)) {
-			hashes[k] = serpens_table_hash(t, keys[k]);
-		} else if (b->flow_hashed >> i & 1) {
+		int of_batch = off < sizeof(b->hdrs) && off % sizeof(struct serpens_hdrs) == 0;
+		if (of_batch && (b->flow_hashed >> i & 1)) {
 			hashes[k] = b->flow_hash[i];
 		} else {
-			hashes[k] = b->flow_hash[i] = serpens_table_hash(t, keys[k]);
-			b->flow_hashed |= 1u << i;
+			fresh[nfresh] = keys[k];
+			at[nfresh] = (uint8_t)k;
+			pkt[nfresh++] = of_batch ? (uint8_t)i : SERPENS_BURST;
+		}
+	}
+	serpens_table_hash_bulk(t, fresh, nfresh, fresh_hash);
+	for (uint32_t j = 0; j < nfresh; j++) {
+		hashes[at[j]] = fresh_hash[j];
+		if (pkt[j] < SERPENS_BURST) {
+			b->flow_hash[pkt[j]] = fresh_hash[j];
+			b->flow_hashed |= 1u << pkt[j];
 		}
 	}
 }

@@ -6,7 +6,9 @@
 #ifndef SERPENS_PKT_H
 #define SERPENS_PKT_H
 
+#include <nmmintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "serpens/nf.h"
 
@@ -22,5 +24,46 @@ uint16_t serpens_l4_csum(const uint8_t *frame, const struct serpens_hdrs *h);
 
 /* serpens_api.hash: CRC32-C finished with a multiply-xorshift (well mixed for `% n`). */
 uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed);
+
+/* Its body, for callers that hash many keys of one constant size (the state tables' bulk
+ * lookups): inlined with a constant `len`, the loop unrolls to straight CRC steps and the keys'
+ * hashes overlap instead of waiting on one call after another. */
+static inline __attribute__((always_inline)) uint32_t
+serpens_hash_crc_inline(const void *key, uint32_t len, uint32_t seed)
+{
+	const uint8_t *p = key;
+	uint64_t c = seed;
+	while (len >= 8) {
+		uint64_t w;
+		memcpy(&w, p, 8);
+		c = _mm_crc32_u64(c, w);
+		p += 8;
+		len -= 8;
+	}
+	uint32_t c32 = (uint32_t)c;
+	/* The tail in 4- and 2-byte steps: crc32 of a little-endian word is crc32 of its bytes in
+	 * memory order, so the value is the byte loop's (a 20-byte key: one step, not four). */
+	if (len >= 4) {
+		uint32_t w;
+		memcpy(&w, p, 4);
+		c32 = _mm_crc32_u32(c32, w);
+		p += 4;
+		len -= 4;
+	}
+	if (len >= 2) {
+		uint16_t w;
+		memcpy(&w, p, 2);
+		c32 = _mm_crc32_u16(c32, w);
+		p += 2;
+		len -= 2;
+	}
+	if (len)
+		c32 = _mm_crc32_u8(c32, *p);
+	/* CRC32-C alone mixes low bits poorly for `% n`: finish with a multiply-xorshift. */
+	c32 ^= c32 >> 16;
+	c32 *= 0x45d9f3bu;
+	c32 ^= c32 >> 16;
+	return c32;
+}
 
 #endif

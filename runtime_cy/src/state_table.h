@@ -102,6 +102,8 @@ void *serpens_table_get(const struct serpens_table *t, const void *key);
 uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const *keys,
 				uint32_t n, void **values);
 uint32_t serpens_table_hash(const struct serpens_table *t, const void *key);
+void serpens_table_hash_bulk(const struct serpens_table *t, const void *const *keys, uint32_t n,
+			     uint32_t *hashes);
 void serpens_table_prefetch_bulk(const struct serpens_table *t, const uint32_t *hashes,
 				 uint32_t n);
 uint32_t serpens_table_probe_bulk(const struct serpens_table *t, const void *const *keys,
