@@ -227,25 +227,61 @@ def test_batched_lookup_cost_is_measurable(state_dir):
     assert found == 4096 * 2 and ns > 0
 
 
-def test_bulk_lookups_answer_as_single_ones(state_dir):
+@pytest.mark.parametrize("key_size", [40, 20, 8, 4, 13])  # specialized sizes, and another
+def test_bulk_lookups_answer_as_single_ones(state_dir, key_size):
     """The staged bulk lookup (signatures, then keys, then probes) on a table at its load
     factor with deleted slots: every answer of a batch, present, absent, repeated or deleted,
-    is the single lookup's."""
+    is the single lookup's (whose hash and compare are the generic ones)."""
     import random
     rng = random.Random(18)
-    t = dp.StateTable(state_dir, "nf", "staged", PF, 40, 16, 3000)  # 4096 slots, 3/4 full
-    keys = [rng.randbytes(40) for _ in range(3000)]
+    t = dp.StateTable(state_dir, "nf", "staged", PF, key_size, 16, 3000)  # 4096 slots, 3/4
+    keys = list({rng.randbytes(key_size): 0 for _ in range(3000)})
     for k in keys:
-        t.put(k, k[:16])
+        t.put(k, (k * 4)[:16])
     for k in keys[::7]:
         t.delete(k)
-    probe = keys + [rng.randbytes(40) for _ in range(600)]
+    probe = keys + [rng.randbytes(key_size) for _ in range(600)]
     batches = 0
     for _ in range(400):
         batch = [rng.choice(probe) for _ in range(rng.randint(1, 32))]
         assert t.get_bulk(batch) == [t.get(k) for k in batch]
         batches += 1
-    assert batches == 400 and t.get_bulk([keys[1]]) == [keys[1][:16]]
+    assert batches == 400 and t.get_bulk([keys[1]]) == [(keys[1] * 4)[:16]]
+
+
+def test_tables_of_the_unpadded_layout_still_open(state_dir):
+    """Layout version 2 pads 33-63-byte slots to a cache line; a version 1 table (56-byte
+    slots for a 40-byte key and an 8-byte value), made before, opens as it is and keeps its
+    entries, through the runtime and the state manager; a header that mixes the two is
+    refused."""
+    t = dp.StateTable(state_dir, "old", "t", PF, 40, 8, 100)
+    t.close()
+    path = os.path.join(state_dir, "old", "t.tbl")
+    with open(path, "r+b") as f:
+        header = bytearray(f.read(40))
+        assert struct.unpack_from("<I", header, 8)[0] == 2
+        assert struct.unpack_from("<I", header, 36)[0] == 64  # 8 + 40 + 8, padded
+        struct.pack_into("<I", header, 8, 1)    # version 1: the slots were 56 bytes
+        struct.pack_into("<I", header, 36, 56)
+        f.seek(0)
+        f.write(header)
+    old = dp.StateTable(state_dir, "old", "t", PF, 40, 8, 100)
+    keys = [bytes([i]) * 40 for i in range(1, 60)]
+    for i, k in enumerate(keys):
+        old.put(k, struct.pack("<Q", i))
+    old.close()
+    old = dp.StateTable(state_dir, "old", "t", PF, 40, 8, 100)
+    assert old.get_bulk(keys[:32]) == [struct.pack("<Q", i) for i in range(32)]
+    assert {k: v for k, v in old.items()} == {k: struct.pack("<Q", i) for i, k in enumerate(keys)}
+    old.close()
+    sm = StateManager(state_dir)
+    snap = sm.read_nf("old")
+    sm.replace_nf("old", snap)  # the state manager's check knows version 1
+    assert sm.open("old", "t").get(keys[5]) == struct.pack("<Q", 5)
+    mixed = bytearray(snap[0][1])
+    struct.pack_into("<I", mixed, 8, 2)  # version 2 with 56-byte slots
+    with pytest.raises(StateError, match="inconsistent header"):
+        sm.replace_nf("old", [("t", bytes(mixed))])
 
 
 def host_counts(state_dir, nf):

@@ -35,7 +35,8 @@ struct serpens_table_hdr {
 	uint32_t value_size;
 	uint32_t capacity;           /* entries at most */
 	uint32_t nslots;             /* power of two */
-	uint32_t slot_size;          /* bytes: 8 + key (8-aligned) + value (8-aligned) */
+	uint32_t slot_size;          /* bytes: 8 + key (8-aligned) + value (8-aligned); from
+				      * version 2, 33-63 of them padded to 64 */
 	uint32_t key_off;            /* of the key inside a slot (8) */
 	uint32_t value_off;          /* of the value inside a slot */
 	uint64_t file_size;
