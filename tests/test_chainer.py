@@ -90,6 +90,31 @@ def test_malformed_frames_are_dropped_and_counted(pool, build):
     assert counters["short"] == 3
 
 
+def test_labels_that_do_not_lead_forward_are_dropped_and_counted(pool, build):
+    """An NF writes any label it likes (mark's decide = 2): one that leads back (to itself or
+    before), past the last step, or to no step at all is dropped and counted as bad; a later
+    step, OUT and DROP are taken as they are."""
+    first = NF(build("mark.c", copy=1), config=bytes([1, 2]), name="mark1")
+    sfc = compile_sfc(chain(first, mark(build, 2), mark(build, 3)))
+
+    def labelled(label):
+        f = bytearray(frame(0))
+        f[-3:-1] = label.to_bytes(2, "little")  # payload[29..30]
+        return bytes(f)
+    labels = [1, 2, 0xFFFE, 0xFFFF, 0, 3, 7, 0x1234, 0xFFFD]
+    frames = [labelled(label) for label in labels] * 5  # batches mixing good and bad
+    with PacketHarness(pool, sfc) as h:
+        results = h.run(frames)
+        counters = h.nf_counters()
+        stats = h.stats()
+    for label, r in zip(labels * 5, results):
+        assert r.verdict == ("out" if label in (1, 2, 0xFFFE) else "drop"), label
+        if r.verdict == "out":
+            assert trace(r.data) == {1: [1, 2, 3], 2: [1, 3], 0xFFFE: [1]}[label]
+    assert counters[0]["dropped"] == 6 * 5  # DROP and the five bad labels
+    assert stats["bad_labels"] == 5 * 5
+
+
 def test_port_selector_must_follow_one_nf(build):
     with pytest.raises(SFCError, match="must follow a single NF"):
         compile_sfc(chain(distribute(mark(build, 1), mark(build, 2))))

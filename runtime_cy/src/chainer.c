@@ -1,7 +1,9 @@
 /*
  * Chainer (see chainer.h). Per batch and step: gather the packets labelled for the step into
  * b->idx, preset their label to the step's default output, call the NF once, then check the
- * labels it set. Cost: one pass over the 32 labels per step plus the NF itself.
+ * labels it set. Cost: a few vector compares of the 32 labels per step (label_mask), a pass
+ * over the step's packets, and the NF itself. The packets checked after the NF are those
+ * gathered before it (a mask of our own, not b->idx, which the NF could overwrite).
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -152,6 +154,43 @@ static void select_by_hash(struct serpens_chain *c, uint16_t s, struct serpens_b
 	}
 }
 
+/* Labels tested 8 at a time (a burst's 32 labels are four 16-byte loads), into a mask with
+ * bit i for label i; the caller masks off labels past the batch's n. */
+_Static_assert(SERPENS_BURST == 32, "the label masks are 32 bits");
+
+static inline __attribute__((always_inline)) uint32_t
+label_mask(const serpens_label_t *labels, __m128i (*test)(__m128i, __m128i), __m128i arg)
+{
+	uint32_t mask = 0;
+	for (uint32_t q = 0; q < SERPENS_BURST / 16; q++) {
+		__m128i lo = test(_mm_loadu_si128((const __m128i *)(labels + 16 * q)), arg);
+		__m128i hi = test(_mm_loadu_si128((const __m128i *)(labels + 16 * q + 8)), arg);
+		mask |= (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(lo, hi)) << (16 * q);
+	}
+	return mask;
+}
+
+static inline __m128i equal_to(__m128i v, __m128i x) { return _mm_cmpeq_epi16(v, x); }
+
+/* not_forward's argument for step s: s + 1 in the low half-words, nsteps - 1 in the next. */
+static inline __m128i forward_of(uint16_t s, uint16_t nsteps)
+{
+	return _mm_set_epi16(0, 0, 0, 0, (short)(nsteps - 1), (short)(nsteps - 1), (short)(s + 1),
+			     (short)(s + 1));
+}
+
+/* Labels that do not lead forward from a step: neither OUT nor DROP (the top two values) nor
+ * a later step (in [s + 1, nsteps - 1], unsigned: for the last step that range is empty). */
+static inline __m128i not_forward(__m128i v, __m128i arg)
+{
+	__m128i first = _mm_shuffle_epi32(arg, 0x00), last = _mm_shuffle_epi32(arg, 0x55);
+	__m128i later = _mm_and_si128(_mm_cmpeq_epi16(_mm_max_epu16(v, first), v),
+				      _mm_cmpeq_epi16(_mm_min_epu16(v, last), v));
+	__m128i leaves = _mm_cmpeq_epi16(
+		_mm_max_epu16(v, _mm_set1_epi16((short)SERPENS_LABEL_OUT)), v);
+	return _mm_andnot_si128(_mm_or_si128(later, leaves), _mm_set1_epi16(-1));
+}
+
 /* One body, two functions: with ob == NULL and timed == 0 (constants) the compiler drops every
  * hook, so the chainer of unobserved bursts is exactly the one without capture, trace or
  * per-NF cycle counts. */
@@ -165,19 +204,20 @@ chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_obser
 				b->labels[i] = SERPENS_LABEL_OUT;
 		return;
 	}
+	uint32_t in_batch = b->n >= 32 ? ~0u : (1u << b->n) - 1;
 	for (uint16_t s = 0; s < c->nsteps; s++) {
 		struct serpens_nf_env *nf = &c->nf[s];
 		serpens_label_t dflt = nf->ctx.next[0];
+		uint32_t mine = label_mask(b->labels, equal_to, _mm_set1_epi16((short)s)) & in_batch;
 		uint32_t count = 0;
 
-		for (uint32_t i = 0; i < b->n; i++) {
-			if (b->labels[i] == s) {
-				b->idx[count++] = (uint8_t)i;
-				b->labels[i] = dflt;
-			}
-		}
-		if (count == 0)
+		if (mine == 0)
 			continue;
+		for (uint32_t m = mine; m; m &= m - 1) {
+			uint32_t i = (uint32_t)__builtin_ctz(m);
+			b->idx[count++] = (uint8_t)i;
+			b->labels[i] = dflt;
+		}
 		b->count = count;
 		if (ob)
 			serpens_obs_before(ob, s, b);
@@ -199,23 +239,22 @@ chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_obser
 			nf->counters->timed_pkts += count;
 		}
 		if (!nf->keeps_hdrs) /* it may have rewritten headers without saying so (nf.h) */
-			for (uint32_t k = 0; k < count; k++)
-				b->parse[b->idx[k]] = SERPENS_PARSE_STALE;
+			for (uint32_t m = mine; m; m &= m - 1)
+				b->parse[__builtin_ctz(m)] = SERPENS_PARSE_STALE;
 
 		/* An NF may only send a packet forward, out, or to the drop. */
-		for (uint32_t k = 0; k < count; k++) {
-			uint32_t i = b->idx[k];
-			serpens_label_t l = b->labels[i];
-			if (l == SERPENS_LABEL_DROP) {
-				nf->counters->dropped++;
-			} else if (l != SERPENS_LABEL_OUT && (l <= s || l >= c->nsteps)) {
-				b->labels[i] = SERPENS_LABEL_DROP;
-				nf->counters->dropped++;
-				c->bad_labels++;
-				if (ob)
-					bad |= 1u << i;
-			}
+		uint32_t wrong = label_mask(b->labels, not_forward,
+					    forward_of(s, c->nsteps)) & mine;
+		for (uint32_t m = wrong; m; m &= m - 1) {
+			uint32_t i = (uint32_t)__builtin_ctz(m);
+			b->labels[i] = SERPENS_LABEL_DROP;
+			c->bad_labels++;
+			if (ob)
+				bad |= 1u << i;
 		}
+		nf->counters->dropped += (uint64_t)__builtin_popcount(
+			label_mask(b->labels, equal_to, _mm_set1_epi16((short)SERPENS_LABEL_DROP)) &
+			mine);
 		if (ob)
 			serpens_obs_after(ob, s, b, cycles, bad);
 	}

@@ -608,7 +608,7 @@ static void hash_keys(const struct serpens_table *t, const void *const *keys, ui
 	for (uint32_t k = 0; k < n; k++) {
 		uintptr_t off = (uintptr_t)keys[k] - base;
 		uint32_t i = (uint32_t)(off / sizeof(struct serpens_hdrs));
-		int of_batch = off < sizeof(b->hdrs) && off % sizeof(struct serpens_hdrs) == 0;
+		int of_batch = i < SERPENS_BURST && i * sizeof(struct serpens_hdrs) == off;
 		if (of_batch && (b->flow_hashed >> i & 1)) {
 			hashes[k] = b->flow_hash[i];
 		} else {

@@ -107,17 +107,24 @@ static inline __attribute__((always_inline)) int key_equal(const uint8_t *a, con
 	return diff == 0;
 }
 
-static int64_t find(const struct serpens_table *t, const void *key, uint32_t hash)
+/* key_size: t->key_size, or that as a constant (the bulk probe's specializations). */
+static inline __attribute__((always_inline)) int64_t
+find_sized(const struct serpens_table *t, const void *key, uint32_t hash, uint32_t key_size)
 {
 	uint32_t want = sig_of(hash);
 	for (uint32_t n = 0, i = hash & t->mask; n <= t->mask; n++, i = (i + 1) & t->mask) {
 		uint32_t s = __atomic_load_n(slot_sig(t, i), __ATOMIC_ACQUIRE);
 		if (s == SIG_EMPTY)
 			return -1;
-		if (s == want && key_equal(slot_key(t, i), key, t->key_size))
+		if (s == want && key_equal(slot_key(t, i), key, key_size))
 			return i;
 	}
 	return -1;
+}
+
+static int64_t find(const struct serpens_table *t, const void *key, uint32_t hash)
+{
+	return find_sized(t, key, hash, t->key_size);
 }
 
 void *serpens_table_get(const struct serpens_table *t, const void *key)
@@ -201,7 +208,7 @@ probe_sized(const struct serpens_table *t, const void *const *keys, uint32_t n,
 	}
 	for (uint32_t m = probe; m; m &= m - 1) {
 		uint32_t k = (uint32_t)__builtin_ctz(m);
-		int64_t i = find(t, keys[k], hashes[k]);
+		int64_t i = find_sized(t, keys[k], hashes[k], key_size);
 		if (i >= 0) {
 			values[k] = slot_value(t, (uint32_t)i);
 			found++;

@@ -5,8 +5,10 @@
  * Config: 2 bytes {id, decide}. The UDP payload is a trace: payload[0] = entries so far,
  * payload[1 + k] = id of the k-th NF passed. With decide = 1 the NF also chooses the output
  * port from payload[31]: 0xFF drops the packet, anything else selects port payload[31] % 8
- * (ports the SFC did not wire mean drop, as nf.h says). Frames without a 32-byte UDP payload are
- * dropped and counted as "short".
+ * (ports the SFC did not wire mean drop, as nf.h says). With decide = 2 it writes the label
+ * payload[29..30] (little-endian) into the batch as it is, right or wrong: the chainer must
+ * refuse labels that do not lead forward. Frames without a 32-byte UDP payload are dropped
+ * and counted as "short".
  */
 #include <serpens/nf.h>
 
@@ -40,7 +42,9 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 		if (trace[0] < 30)
 			trace[1 + trace[0]++] = my_id;
 		serpens_count(ctx, c_marked, 1);
-		if (decide) {
+		if (decide == 2) {
+			b->labels[i] = (serpens_label_t)(trace[29] | trace[30] << 8);
+		} else if (decide) {
 			if (trace[31] == 0xFF)
 				serpens_drop(b, i);
 			else
