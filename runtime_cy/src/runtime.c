@@ -337,23 +337,38 @@ static inline void prefetch_mbufs(struct rte_mbuf *const *m, uint32_t n)
 	}
 }
 
-/* Prefetch the mbufs of the burst that follows in the ring, if it is there already (the
- * instance saturated): their lines, written on the router's core, cross to this one while
- * this burst's NFs run instead of in front of the next burst (a cross-core miss costs
- * 150-550 cycles here; one per burst was ~10% of an SFC's time, issue 18). Reads the ring
- * as its single consumer's dequeue does (rte_ring_elem_pvt.h: slots after the header, from
+/* The mbufs of the burst that follows in the ring, if it is there already (the instance
+ * saturated), up to SERPENS_BURST; 0 when the ring holds nothing more. Reads the ring as its
+ * single consumer's dequeue does (rte_ring_elem_pvt.h: slots after the header, from
  * cons.head up to prod.tail), taking nothing. */
-static inline void prefetch_burst_after(const struct rte_ring *r)
+static inline uint32_t burst_after(const struct rte_ring *r, struct rte_mbuf **next)
 {
 	uint32_t head = r->cons.head;
 	uint32_t ready = __atomic_load_n(&r->prod.tail, __ATOMIC_ACQUIRE) - head;
 	struct rte_mbuf *const *slots = (struct rte_mbuf *const *)&r[1];
-	struct rte_mbuf *next[SERPENS_BURST];
 
 	ready = ready < SERPENS_BURST ? ready : SERPENS_BURST;
 	for (uint32_t j = 0; j < ready; j++)
 		next[j] = slots[(head + j) & r->mask];
-	prefetch_mbufs(next, ready);
+	return ready;
+}
+
+/* While this burst runs, the lines of the next one, written on the router's core, cross to
+ * this one (a cross-core miss costs 150-550 cycles here; paid in front of each burst it was
+ * ~10% of an SFC's time, issue 18): its mbufs as this burst starts, its frames (addressed by
+ * the mbufs, which have come by then) as it ends. */
+static inline void prefetch_next_mbufs(const struct rte_ring *r)
+{
+	struct rte_mbuf *next[SERPENS_BURST];
+	prefetch_mbufs(next, burst_after(r, next));
+}
+
+static inline void prefetch_next_frames(const struct rte_ring *r)
+{
+	struct rte_mbuf *next[SERPENS_BURST];
+	uint32_t n = burst_after(r, next);
+	for (uint32_t j = 0; j < n; j++)
+		rte_prefetch0(rte_pktmbuf_mtod(next[j], void *));
 }
 
 /* One body, two specializations (as the chainer's): with ob == NULL (constant) nothing of
@@ -375,14 +390,14 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_ob
 		ctl->t_batch_cycles = ctl->batch_tsc;
 	/* The router's core wrote these mbufs: fetch all headers, then all frames, together
 	 * rather than one cross-core miss after another (when the ring held this burst behind
-	 * the last one, prefetch_burst_after() fetched the headers then), and the next burst's
-	 * headers behind this one's work. */
+	 * the last one, they were fetched during that one: prefetch_next_*), and the next
+	 * burst's headers behind this one's work. */
 	prefetch_mbufs(ctl->inflight, n);
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i];
 		rte_prefetch0(rte_pktmbuf_mtod(m, void *));
 	}
-	prefetch_burst_after(in->rx);
+	prefetch_next_mbufs(in->rx);
 	uint32_t single = 0; /* bit i: packet i came as one segment */
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i];
@@ -440,6 +455,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_ob
 	ctl->drop_pkts += n - out;
 	ctl->bad_labels += in->chain.bad_labels;
 	ctl->batches++;
+	prefetch_next_frames(in->rx);
 	ctl->busy_cycles += rte_rdtsc() - t0; /* (usage: not the wait for room below) */
 
 	/* Everything goes back to the router, drops included: it owns the mbufs. A full TX ring
