@@ -549,7 +549,8 @@ static void outbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t 
 			else
 				owner = OWNER_DYING;
 		}
-		if (o && (owner == OWNER_DYING || adopt(ctx, o) < 0)) {
+		if (o && (owner == OWNER_DYING ||
+			  (owner != ctx->instance_id && adopt(ctx, o) < 0))) {
 			/* another instance expires it this very moment: an entry made now could be
 			 * deleted by it; drop this one packet */
 			serpens_drop(b, i);
@@ -633,10 +634,10 @@ nomap:
 	serpens_count(ctx, c_nomap, 1);
 }
 
-/* Classify packet i: K_OUT or K_IN with its key filled in, or K_DONE (label and counters
- * already set). */
+/* Classify packet i: K_OUT (its key: the parsed flow, (*hp)->flow), K_IN with *pk filled in,
+ * or K_DONE (label and counters already set). */
 static int classify(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i,
-		    const struct serpens_hdrs **hp, struct serpens_flow *fk, struct pair_key *pk)
+		    const struct serpens_hdrs **hp, struct pair_key *pk)
 {
 	const struct serpens_hdrs *h;
 	int rc = serpens_hdrs(ctx, b, i, &h); /* parsed once for the SFC */
@@ -668,13 +669,8 @@ static int classify(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i
 	int has_l4 = h->l4_off != 0;
 	if (out) {
 		if (has_l4 && (proto == P_TCP || proto == P_UDP ||
-			       (proto == P_ICMP && l4[0] == 8 && l4[1] == 0))) {
-			*fk = h->flow;
-			memset(fk->pad, 0, sizeof(fk->pad));
-			if (proto == P_ICMP)
-				fk->dport = 0;
-			return K_OUT;
-		}
+			       (proto == P_ICMP && l4[0] == 8 && l4[1] == 0)))
+			return K_OUT; /* keyed by h->flow (an echo's dport is 0, pads are 0) */
 		serpens_drop(b, i);
 		serpens_count(ctx, c_unsup, 1);
 		return K_DONE;
@@ -698,7 +694,6 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 {
 	const struct serpens_api *api = ctx->api;
 	const struct serpens_hdrs *h[SERPENS_BURST];
-	struct serpens_flow fk[SERPENS_BURST];
 	struct pair_key pk[SERPENS_BURST];
 	const void *okeys[SERPENS_BURST], *ikeys[SERPENS_BURST];
 	void *ovals[SERPENS_BURST], *ivals[SERPENS_BURST];
@@ -714,10 +709,10 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 
 	for (uint32_t k = 0; k < count; k++) {
 		uint32_t i = b->idx[k];
-		kind[k] = (uint8_t)classify(ctx, b, i, &h[k], &fk[k], &pk[k]);
+		kind[k] = (uint8_t)classify(ctx, b, i, &h[k], &pk[k]);
 		if (kind[k] == K_OUT) {
 			slot[k] = (uint8_t)nout;
-			/* fk[k] has the bytes of the parsed flow: look that up, hashed once per SFC */
+			/* the parsed flow itself is the key: hashed once per SFC */
 			okeys[nout++] = &h[k]->flow;
 		} else if (kind[k] == K_IN) {
 			slot[k] = (uint8_t)nin;
@@ -738,7 +733,7 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 	for (uint32_t k = 0; k < count; k++) {
 		uint32_t i = b->idx[k];
 		if (kind[k] == K_OUT)
-			outbound(ctx, b, i, h[k], &fk[k], ovals[slot[k]]);
+			outbound(ctx, b, i, h[k], &h[k]->flow, ovals[slot[k]]);
 		else if (kind[k] == K_IN)
 			inbound(ctx, b, i, h[k], &pk[k], ivals[slot[k]]);
 	}
