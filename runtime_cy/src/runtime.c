@@ -337,45 +337,44 @@ static inline void prefetch_mbufs(struct rte_mbuf *const *m, uint32_t n)
 	}
 }
 
-/* The mbufs of the burst that follows in the ring, if it is there already (the instance
- * saturated), up to SERPENS_BURST; 0 when the ring holds nothing more. Reads the ring as its
- * single consumer's dequeue does (rte_ring_elem_pvt.h: slots after the header, from
- * cons.head up to prod.tail), taking nothing. */
-static inline uint32_t burst_after(const struct rte_ring *r, struct rte_mbuf **next)
+/* The mbufs of the burst that follows in the ring: `ready` of them (at most SERPENS_BURST)
+ * were there when this burst was taken. Read as the ring's single consumer's dequeue reads
+ * them (rte_ring_elem_pvt.h: slots after the header, from cons.head on), taking nothing; the
+ * count comes from that dequeue's look at prod.tail, not a new one: the router writes that
+ * line all the time, and each read of it is a miss. */
+static inline void burst_after(const struct rte_ring *r, uint32_t ready, struct rte_mbuf **next)
 {
 	uint32_t head = r->cons.head;
-	uint32_t ready = __atomic_load_n(&r->prod.tail, __ATOMIC_ACQUIRE) - head;
 	struct rte_mbuf *const *slots = (struct rte_mbuf *const *)&r[1];
 
-	ready = ready < SERPENS_BURST ? ready : SERPENS_BURST;
 	for (uint32_t j = 0; j < ready; j++)
 		next[j] = slots[(head + j) & r->mask];
-	return ready;
 }
 
-/* While this burst runs, the lines of the next one, written on the router's core, cross to
- * this one (a cross-core miss costs 150-550 cycles here; paid in front of each burst it was
- * ~10% of an SFC's time, issue 18): its mbufs as this burst starts, its frames (addressed by
- * the mbufs, which have come by then) as it ends. */
-static inline void prefetch_next_mbufs(const struct rte_ring *r)
+/* While this burst runs, the lines of the next one (ready: burst_after), written on the
+ * router's core, cross to this one (a cross-core miss costs 150-550 cycles here; paid in
+ * front of each burst it was ~10% of an SFC's time, issue 18): its mbufs as this burst
+ * starts, its frames (addressed by the mbufs, which have come by then) as it ends. */
+static inline void prefetch_next_mbufs(const struct rte_ring *r, uint32_t ready)
 {
 	struct rte_mbuf *next[SERPENS_BURST];
-	prefetch_mbufs(next, burst_after(r, next));
+	burst_after(r, ready, next);
+	prefetch_mbufs(next, ready);
 }
 
-static inline void prefetch_next_frames(const struct rte_ring *r)
+static inline void prefetch_next_frames(const struct rte_ring *r, uint32_t ready)
 {
 	struct rte_mbuf *next[SERPENS_BURST];
-	uint32_t n = burst_after(r, next);
-	for (uint32_t j = 0; j < n; j++)
+	burst_after(r, ready, next);
+	for (uint32_t j = 0; j < ready; j++)
 		rte_prefetch0(rte_pktmbuf_mtod(next[j], void *));
 }
 
 /* One body, two specializations (as the chainer's): with ob == NULL (constant) nothing of
  * capture or trace is left in it; process_burst() picks one per burst. */
 static inline __attribute__((always_inline)) void
-run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_observer *ob,
-	  uint32_t obs_gen, int timed)
+run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
+	  struct serpens_observer *ob, uint32_t obs_gen, int timed)
 {
 	struct serpens_pool_ctl *ctl = rt->ctl;
 	struct serpens_batch b;
@@ -397,7 +396,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_ob
 		struct rte_mbuf *m = ctl->inflight[i];
 		rte_prefetch0(rte_pktmbuf_mtod(m, void *));
 	}
-	prefetch_next_mbufs(in->rx);
+	prefetch_next_mbufs(in->rx, ready);
 	uint32_t single = 0; /* bit i: packet i came as one segment */
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i];
@@ -455,7 +454,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_ob
 	ctl->drop_pkts += n - out;
 	ctl->bad_labels += in->chain.bad_labels;
 	ctl->batches++;
-	prefetch_next_frames(in->rx);
+	prefetch_next_frames(in->rx, ready);
 	ctl->busy_cycles += rte_rdtsc() - t0; /* (usage: not the wait for room below) */
 
 	/* Everything goes back to the router, drops included: it owns the mbufs. A full TX ring
@@ -477,15 +476,16 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, struct serpens_ob
 	}
 }
 
-static void process_burst(struct runtime *rt, struct instance *in, uint32_t n)
+/* n packets taken, `ready` more behind them (at most SERPENS_BURST: the next burst). */
+static void process_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready)
 {
 	/* Capture, trace or per-NF cycles armed? The one branch per burst they cost while off. */
 	uint32_t obs_gen = __atomic_load_n(&rt->ctl->obs.on, __ATOMIC_ACQUIRE);
 	uint32_t timed = rt->ctl->nf_cycles_on;
 	if (unlikely(obs_gen | timed))
-		run_burst(rt, in, n, obs_gen ? &rt->observer : NULL, obs_gen, timed != 0);
+		run_burst(rt, in, n, ready, obs_gen ? &rt->observer : NULL, obs_gen, timed != 0);
 	else
-		run_burst(rt, in, n, NULL, 0, 0);
+		run_burst(rt, in, n, ready, NULL, 0, 0);
 }
 
 /* Poll until a command is pending, or (detached: a process of its own, see run_detached) until
@@ -511,16 +511,16 @@ static void run_instance(struct runtime *rt, int detached)
 		}
 		/* inflight_n first, then the dequeue (all or nothing): a process killed at any
 		 * point leaves the router enough to free exactly what it held (router.c reap()). */
-		uint32_t n = rte_ring_count(in->rx);
+		uint32_t n = rte_ring_count(in->rx), behind = 0;
 		n = n < SERPENS_BURST ? n : SERPENS_BURST;
 		if (n) {
 			__atomic_store_n(&ctl->inflight_n, n, __ATOMIC_RELEASE);
-			n = rte_ring_sc_dequeue_bulk(in->rx, ctl->inflight, n, NULL);
+			n = rte_ring_sc_dequeue_bulk(in->rx, ctl->inflight, n, &behind);
 			if (!n)
 				__atomic_store_n(&ctl->inflight_n, 0, __ATOMIC_RELEASE);
 		}
 		if (n) {
-			process_burst(rt, in, n);
+			process_burst(rt, in, n, behind < SERPENS_BURST ? behind : SERPENS_BURST);
 			idle_since = 0;
 			uint64_t now_ns = serpens_now_ns();
 			int merge = now_ns >= in->chain.next_merge_ns;
