@@ -604,27 +604,34 @@ static void hash_keys(const struct serpens_table *t, const void *const *keys, ui
 		serpens_table_hash_bulk(t, keys, n, hashes);
 		return;
 	}
+	/* the batch's fields in locals: the stores to hashes[] could alias them, as far as the
+	 * compiler knows, and would reload them for every key */
 	uintptr_t base = (uintptr_t)&b->hdrs[0].flow;
+	const uint32_t hashed = b->flow_hashed, *known = b->flow_hash;
 	for (uint32_t k = 0; k < n; k++) {
 		uintptr_t off = (uintptr_t)keys[k] - base;
 		uint32_t i = (uint32_t)(off / sizeof(struct serpens_hdrs));
 		int of_batch = i < SERPENS_BURST && i * sizeof(struct serpens_hdrs) == off;
-		if (of_batch && (b->flow_hashed >> i & 1)) {
-			hashes[k] = b->flow_hash[i];
+		if (of_batch && (hashed >> i & 1)) {
+			hashes[k] = known[i];
 		} else {
 			fresh[nfresh] = keys[k];
 			at[nfresh] = (uint8_t)k;
 			pkt[nfresh++] = of_batch ? (uint8_t)i : SERPENS_BURST;
 		}
 	}
+	if (nfresh == 0)
+		return;
 	serpens_table_hash_bulk(t, fresh, nfresh, fresh_hash);
+	uint32_t now_hashed = hashed;
 	for (uint32_t j = 0; j < nfresh; j++) {
 		hashes[at[j]] = fresh_hash[j];
 		if (pkt[j] < SERPENS_BURST) {
 			b->flow_hash[pkt[j]] = fresh_hash[j];
-			b->flow_hashed |= 1u << pkt[j];
+			now_hashed |= 1u << pkt[j];
 		}
 	}
+	b->flow_hashed = now_hashed;
 }
 
 static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *const *keys,
