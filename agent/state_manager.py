@@ -182,7 +182,7 @@ def _check_layout(table: str, data: bytes):
     def round8(n):
         return (n + 7) & ~7
     slot = 8 + round8(ks) + round8(vs)
-    if version >= 2 and 32 < slot < 64:  # state_table.c slot_bytes(): no slot straddles a line
+    if version >= 2 and 32 < slot < 64:  # state_table.c slot_bytes(): padded to a line
         slot = 64
     if not (version in (1, 2) and key_off == 8 and value_off == 8 + round8(ks) and
             slot_size == slot and nslots and

@@ -157,6 +157,37 @@ def test_a_trace_names_each_nf_in_chain_order_with_verdicts(pool, fw_mon_nat):
     assert len(heads) == 4  # only the next N packets
 
 
+def test_a_trace_is_right_whatever_an_nf_writes_over_the_batch(pool, build):
+    """An NF that overwrites the batch's count, n and packet indices after its call (mark's
+    decide = 3) changes nothing of the trace or the capture: they follow the packets the
+    chainer gave it."""
+    from serpens.runtime_cy.sfc import NF, chain, compile_sfc
+    sfc = compile_sfc(chain(NF(build("mark.c", copy=1), config=bytes([1, 3]), name="mark1"),
+                            NF(build("mark.c", copy=2), config=bytes([2, 0]), name="mark2")))
+    frames = [bytes(eth() / IP(src="10.0.0.1", dst="10.9.9.9") / UDP(sport=1000 + i, dport=80)
+                    / bytes(32)) for i in range(40)]
+    with PacketHarness(pool, sfc) as h:
+        obs = observe(h, trace=8)
+        obs.poll()
+        results = h.run(frames)
+        records = obs.poll()
+        obs.close()
+        out = observe(h, at="out")  # the SFC's output, after the scribbled batch
+        out.poll()
+        again = h.run(frames[:5])
+        outs = out.poll()
+        out.close()
+    assert [r.verdict for r in results + again] == ["out"] * 45
+    heads = [r for r in records if r.kind == REC_TRACE_PKT]
+    assert [r.pkt for r in heads] == list(range(8))
+    for r in heads:
+        steps = [(obs.nf_name(s.step), s.label, s.batch) for s in records
+                 if s.kind == REC_TRACE_STEP and s.pkt == r.pkt]
+        assert [(n, label) for n, label, _ in steps] == [("mark1", 1), ("mark2", dp.LABEL_OUT)]
+        assert all(1 <= batch <= 32 for _, _, batch in steps)
+    assert [r.data for r in outs] == [r.data for r in again]
+
+
 def test_bad_settings_are_refused_naming_the_field(pool, fw_mon_nat):
     built = fw_mon_nat("bad")
     steps = [s.name for s in built.compiled.steps]

@@ -224,7 +224,7 @@ chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_obser
 		if (c->step[s].kind == SERPENS_STEP_HASH) {
 			select_by_hash(c, s, b);
 			if (ob)
-				serpens_obs_after(ob, s, b, 0, 0);
+				serpens_obs_after(ob, s, b, mine, 0, 0);
 			continue;
 		}
 		nf->counters->in_pkts += count;
@@ -256,7 +256,7 @@ chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_obser
 			label_mask(b->labels, equal_to, _mm_set1_epi16((short)SERPENS_LABEL_DROP)) &
 			mine);
 		if (ob)
-			serpens_obs_after(ob, s, b, cycles, bad);
+			serpens_obs_after(ob, s, b, mine, cycles, bad);
 	}
 }
 

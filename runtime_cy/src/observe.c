@@ -121,10 +121,10 @@ void serpens_obs_before(struct serpens_observer *ob, uint16_t s, const struct se
 }
 
 void serpens_obs_after(struct serpens_observer *ob, uint16_t s, const struct serpens_batch *b,
-		       uint64_t cycles, uint32_t bad)
+		       uint32_t mine, uint64_t cycles, uint32_t bad)
 {
-	for (uint32_t k = 0; k < b->count; k++) {
-		uint32_t i = b->idx[k];
+	for (uint32_t m = mine; m; m &= m - 1) {
+		uint32_t i = (uint32_t)__builtin_ctz(m);
 		if (b->labels[i] == SERPENS_LABEL_DROP) {
 			ob->why[i] = bad >> i & 1 ? SERPENS_WHY_BAD_LABEL : SERPENS_WHY_VERDICT;
 			ob->by[i] = (int8_t)s;
@@ -135,31 +135,28 @@ void serpens_obs_after(struct serpens_observer *ob, uint16_t s, const struct ser
 			settle_pending(ob, b);
 		} else {
 			uint16_t want_drop = ob->at == SERPENS_AT_DROP;
-			for (uint32_t k = 0; k < b->count; k++) {
-				uint32_t i = b->idx[k];
+			for (uint32_t m = mine; m; m &= m - 1) {
+				uint32_t i = (uint32_t)__builtin_ctz(m);
 				if ((b->labels[i] == SERPENS_LABEL_DROP) == want_drop)
 					capture(ob, s, b, i);
 			}
 		}
 	}
-	if (ob->traced)
-		for (uint32_t k = 0; k < b->count; k++) {
-			uint32_t i = b->idx[k];
-			if (!(ob->traced >> i & 1))
-				continue;
-			struct serpens_obs_rec *r = record(ob, SERPENS_REC_TRACE_STEP, s, b, i, 0);
-			if (!r)
-				continue;
-			r->pkt = ob->trace_id[i];
-			r->why = b->labels[i] == SERPENS_LABEL_DROP ? ob->why[i] : 0;
-			r->tsc = cycles;
-			r->batch = b->count;
-		}
+	for (uint32_t m = mine & ob->traced; m; m &= m - 1) {
+		uint32_t i = (uint32_t)__builtin_ctz(m);
+		struct serpens_obs_rec *r = record(ob, SERPENS_REC_TRACE_STEP, s, b, i, 0);
+		if (!r)
+			continue;
+		r->pkt = ob->trace_id[i];
+		r->why = b->labels[i] == SERPENS_LABEL_DROP ? ob->why[i] : 0;
+		r->tsc = cycles;
+		r->batch = (uint32_t)__builtin_popcount(mine);
+	}
 }
 
-void serpens_obs_end(struct serpens_observer *ob, const struct serpens_batch *b)
+void serpens_obs_end(struct serpens_observer *ob, const struct serpens_batch *b, uint32_t n)
 {
-	for (uint32_t i = 0; i < b->n; i++)
+	for (uint32_t i = 0; i < n; i++)
 		if (b->labels[i] == SERPENS_LABEL_DROP && ob->why[i] == SERPENS_WHY_NONE)
 			ob->why[i] = SERPENS_WHY_BAD_MBUF; /* the runtime's check after the chain */
 	if ((ob->flags & SERPENS_OBS_CAPTURE) && ob->step < 0) {
@@ -167,7 +164,7 @@ void serpens_obs_end(struct serpens_observer *ob, const struct serpens_batch *b)
 			settle_pending(ob, b);
 		} else {
 			uint16_t want_drop = ob->at == SERPENS_AT_DROP;
-			for (uint32_t i = 0; i < b->n; i++)
+			for (uint32_t i = 0; i < n; i++)
 				if ((b->labels[i] == SERPENS_LABEL_DROP) == want_drop)
 					capture(ob, -1, b, i);
 		}

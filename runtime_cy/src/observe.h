@@ -31,14 +31,16 @@ struct serpens_observer {
 /* Settings of arming `gen` (loaded after it); picks the packets to trace. */
 void serpens_obs_begin(struct serpens_observer *ob, struct serpens_obs *o, uint32_t gen,
 		       const struct serpens_batch *b);
-/* Around the call of step s over b->idx[0..count); `cycles` is the call's TSC time (0 when
- * not tracing) and bit i of `bad` marks packets whose label the chainer refused. */
+/* Around the call of step s over b->idx[0..count); after it, `mine` (bit i: packet i) names
+ * the same packets, as the chainer gathered them (the NF could overwrite b->idx, b->count
+ * and b->n), `cycles` is the call's TSC time (0 when not tracing) and bit i of `bad` marks
+ * packets whose label the chainer refused. */
 void serpens_obs_before(struct serpens_observer *ob, uint16_t s, const struct serpens_batch *b);
 void serpens_obs_after(struct serpens_observer *ob, uint16_t s, const struct serpens_batch *b,
-		       uint64_t cycles, uint32_t bad);
-/* The burst's final verdicts (b->data and len refreshed from the mbufs): the SFC's own
- * capture point, then publish every record of the burst. */
-void serpens_obs_end(struct serpens_observer *ob, const struct serpens_batch *b);
+		       uint32_t mine, uint64_t cycles, uint32_t bad);
+/* The burst's final verdicts for its n packets (b->data and len refreshed from the mbufs):
+ * the SFC's own capture point, then publish every record of the burst. */
+void serpens_obs_end(struct serpens_observer *ob, const struct serpens_batch *b, uint32_t n);
 
 /* The router's drops (router.c): copies of packets it is about to free for reason `why`, into
  * the ring of the SFC's drop capture if one is armed. Its callers are the rare drop paths,

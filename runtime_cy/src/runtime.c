@@ -447,7 +447,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
 			b.data[i] = rte_pktmbuf_mtod(m, uint8_t *);
 			b.len[i] = m->data_len < room ? m->data_len : room; /* (a broken one) */
 		}
-		serpens_obs_end(ob, &b);
+		serpens_obs_end(ob, &b, n);
 	}
 	ctl->rx_pkts += n;
 	ctl->tx_pkts += out;

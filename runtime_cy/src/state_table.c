@@ -27,10 +27,11 @@
 
 static uint32_t round8(uint32_t v) { return (v + 7u) & ~7u; }
 
-/* Layout version 2 pads a slot of 33-63 bytes to 64, so none straddles two cache lines: a
- * lookup then misses one line, not two three times out of four (FW's 56-byte and MON's
- * 48-byte slots; a slot of 64 bytes or more takes as many lines either way). Version 1
- * tables (unpadded), made before, are still opened as they are. */
+/* Layout version 2 pads a slot of 33-63 bytes to 64, so such a slot never straddles two
+ * cache lines: a lookup then misses one line, not two three times out of four (FW's 56-byte
+ * and MON's 48-byte slots). Other sizes keep their length (a slot over 64 bytes spans two
+ * lines or three whatever its padding; smaller ones rarely straddle). Version 1 tables,
+ * unpadded, made before, are still opened as they are. */
 #define TABLE_VERSION 2
 
 static uint32_t slot_bytes(uint32_t version, uint32_t key_size, uint32_t value_size)

@@ -7,8 +7,9 @@
  * port from payload[31]: 0xFF drops the packet, anything else selects port payload[31] % 8
  * (ports the SFC did not wire mean drop, as nf.h says). With decide = 2 it writes the label
  * payload[29..30] (little-endian) into the batch as it is, right or wrong: the chainer must
- * refuse labels that do not lead forward. Frames without a 32-byte UDP payload are dropped
- * and counted as "short".
+ * refuse labels that do not lead forward. With decide = 3 it scribbles over the batch's
+ * bookkeeping when done (count, n, idx: what the runtime and the observer must not trust
+ * after the call). Frames without a 32-byte UDP payload are dropped and counted as "short".
  */
 #include <serpens/nf.h>
 
@@ -50,6 +51,12 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 			else
 				serpens_forward(ctx, b, i, trace[31] % 8);
 		}
+	}
+	if (decide == 3) {
+		for (uint32_t k = 0; k < SERPENS_BURST; k++)
+			b->idx[k] = (uint8_t)(200 + k);
+		b->count = 255;
+		b->n = 255;
 	}
 }
 
