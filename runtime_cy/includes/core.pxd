@@ -154,6 +154,7 @@ cdef extern from "nf_api.h" nogil:
 
 cdef extern from "pkt.h" nogil:
     int serpens_parse(const unsigned char *frame, uint32_t len, serpens_hdrs *h)
+    int serpens_parse_general(const unsigned char *frame, uint32_t len, serpens_hdrs *h)
     uint32_t serpens_hash_crc(const void *key, uint32_t len, uint32_t seed)
 
 cdef extern from "runtime.h" nogil:

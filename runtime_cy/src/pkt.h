@@ -12,8 +12,11 @@
 
 #include "serpens/nf.h"
 
-/* serpens_api.parse: fills h, returns a serpens_parse_result. */
+/* serpens_api.parse: fills h, returns a serpens_parse_result. Common frames (untagged IPv4
+ * UDP/TCP without options or fragmentation) take a straight path; the rest, and the tests
+ * that compare the two, serpens_parse_general. */
 int serpens_parse(const uint8_t *frame, uint32_t len, struct serpens_hdrs *h);
+int serpens_parse_general(const uint8_t *frame, uint32_t len, struct serpens_hdrs *h);
 
 /* serpens_api.csum_*: see serpens/nf.h. */
 uint32_t serpens_csum_partial(const void *data, uint32_t len, uint32_t sum);
