@@ -112,38 +112,15 @@ static inline int serpens_rule_matches(const struct serpens_match_rule *m, uint3
 	       sport <= m->sport_hi && dport >= m->dport_lo && dport <= m->dport_hi;
 }
 
-/* The common frame read straight: untagged IPv4 without options or fragment offset, UDP or
- * TCP with its header inside the packet. Sets what classification reads, as serpens_parse
- * would (family, flow addresses, ports, protocol; nothing else) and returns 1; 0: another
- * kind of frame, for serpens_parse (out of line, and it fills every field). */
+/* The common frame read straight (pkt.h serpens_common_frame): sets what classification
+ * reads, as serpens_parse would (family, flow addresses, ports, protocol; nothing else) and
+ * returns 1; 0: another kind of frame, for serpens_parse (out of line, and it fills every
+ * field). */
 static inline int serpens_parse_common(const uint8_t *f, uint32_t len, struct serpens_hdrs *h)
 {
-	if (len < 14 + 20 || f[12] != 0x08 || f[13] != 0x00)
+	if (!serpens_common_frame(f, len))
 		return 0;
-	const uint8_t *ip = f + 14;
-	uint32_t tot = (uint32_t)ip[2] << 8 | ip[3];
-	uint8_t proto = ip[9];
-	if (ip[0] != 0x45 || (ip[6] & 0x1F) || ip[7] || 14 + tot > len)
-		return 0;
-	if (proto == 17) {
-		if (tot < 20 + 8)
-			return 0;
-	} else if (proto == 6) {
-		if (tot < 20 + 20)
-			return 0;
-		uint32_t hl = (ip[20 + 12] >> 4) * 4u;
-		if (hl < 20 || 20 + hl > tot)
-			return 0;
-	} else {
-		return 0;
-	}
-	h->family = 4;
-	h->flow.family = 4;
-	h->flow.proto = proto;
-	memcpy(h->flow.src, ip + 12, 4);
-	memcpy(h->flow.dst, ip + 16, 4);
-	memcpy(&h->flow.sport, ip + 20, 2);
-	memcpy(&h->flow.dport, ip + 22, 2);
+	serpens_common_flow(f, h);
 	return 1;
 }
 

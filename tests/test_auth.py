@@ -118,8 +118,13 @@ def test_no_credentials_are_refused_on_every_service(controller, agent):
             with pytest.raises(grpc.RpcError) as e:
                 health.Check(health_pb2.HealthCheckRequest(), timeout=2)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        # a certificate of the CA naming no role: UNAUTHENTICATED
+        # a certificate of the CA naming no role: UNAUTHENTICATED. (Once in a full CI run its
+        # connection was closed before any RPC, "Socket closed", right after the refused
+        # handshakes above: a transport failure is tried once more; a refusal of the
+        # certificate itself would fail again.)
         r = _call(address, _roleless(), method, request)
+        if _code(r) == grpc.StatusCode.UNAVAILABLE:
+            r = _call(address, _roleless(), method, request)
         assert _code(r) == grpc.StatusCode.UNAUTHENTICATED and "role" in r.details()
     # nothing got through
     assert "fw-mon-nat" not in {s.name for s in controller.stub.ListSFCs(

@@ -138,32 +138,15 @@ static int parse_ipv6(const uint8_t *f, uint32_t len, uint32_t off, struct serpe
 	return parse_l4(f, end, p, h);
 }
 
-/* The frame most traffic is made of -- untagged IPv4 without options, not a fragment, UDP
- * or TCP, its lengths consistent -- in one pass: exactly what serpens_parse_general gives
- * it (tests/test_nf_api.py compares the two on every kind of frame and on mutated ones).
- * 1 if it was one; 0, with nothing written, if not. (The router's classify.h
- * serpens_parse_common reads the same frames but fills only what classification needs:
- * the router's budget is counted in single cycles.) */
+/* A common frame (pkt.h serpens_common_frame) in one pass: exactly what
+ * serpens_parse_general gives it (tests/test_nf_api.py compares the two on every kind of
+ * frame and on mutated ones). 1 if it was one; 0, with nothing written, if not. */
 static inline int parse_common(const uint8_t *f, uint32_t len, struct serpens_hdrs *h)
 {
-	if (len < 14 + 20 + 8 || f[12] != 0x08 || f[13] != 0x00 || f[14] != 0x45)
+	uint32_t hl = serpens_common_frame(f, len);
+	if (!hl)
 		return 0;
-	const uint8_t *ip = f + 14;
-	uint32_t tot = rd16(ip + 2), hl;
-	uint8_t proto = ip[9];
-	if ((ip[6] & 0x3F) || ip[7] || 14 + tot > len) /* MF or an offset: a fragment */
-		return 0;
-	if (proto == 17) {
-		hl = 8;
-		if (tot < 20 + 8)
-			return 0;
-	} else if (proto == 6) {
-		hl = (ip[20 + 12] >> 4) * 4u;
-		if (tot < 20 + 20 || hl < 20 || 20 + hl > tot)
-			return 0;
-	} else {
-		return 0;
-	}
+	uint32_t tot = rd16(f + 14 + 2);
 	memset(h, 0, sizeof(*h));
 	h->ethertype = ETH_P_IPV4;
 	h->l3_off = 14;
@@ -171,13 +154,7 @@ static inline int parse_common(const uint8_t *f, uint32_t len, struct serpens_hd
 	h->payload_off = (uint16_t)(14 + 20 + hl);
 	h->payload_len = tot - 20 - hl;
 	h->l3_len = tot;
-	h->family = 4;
-	h->flow.family = 4;
-	h->flow.proto = proto;
-	memcpy(h->flow.src, ip + 12, 4);
-	memcpy(h->flow.dst, ip + 16, 4);
-	memcpy(&h->flow.sport, ip + 20, 2);
-	memcpy(&h->flow.dport, ip + 22, 2);
+	serpens_common_flow(f, h);
 	return 1;
 }
 

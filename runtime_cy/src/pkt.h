@@ -18,6 +18,41 @@
 int serpens_parse(const uint8_t *frame, uint32_t len, struct serpens_hdrs *h);
 int serpens_parse_general(const uint8_t *frame, uint32_t len, struct serpens_hdrs *h);
 
+/* A common frame: untagged IPv4 without options, not a fragment (neither MF nor an offset),
+ * UDP or TCP, its lengths consistent (the L4 header inside the IP length, that inside the
+ * frame). Its L4 header's length (UDP 8, TCP 20-60), or 0 if it is not one. Reads nothing
+ * past `len`. The runtime's parse (pkt.c) and the router's classification (classify.h)
+ * read such frames straight, the rest with the general parser. */
+static inline uint32_t serpens_common_frame(const uint8_t *f, uint32_t len)
+{
+	if (len < 14 + 20 || f[12] != 0x08 || f[13] != 0x00 || f[14] != 0x45)
+		return 0;
+	const uint8_t *ip = f + 14;
+	uint32_t tot = (uint32_t)ip[2] << 8 | ip[3];
+	if ((ip[6] & 0x3F) || ip[7] || 14 + tot > len)
+		return 0;
+	if (ip[9] == 17)
+		return tot >= 20 + 8 ? 8 : 0;
+	if (ip[9] != 6 || tot < 20 + 20)
+		return 0;
+	uint32_t hl = (ip[20 + 12] >> 4) * 4u;
+	return hl >= 20 && 20 + hl <= tot ? hl : 0;
+}
+
+/* A common frame's family and flow (protocol, addresses, ports) into h, as the general
+ * parser writes them; nothing else. */
+static inline void serpens_common_flow(const uint8_t *f, struct serpens_hdrs *h)
+{
+	const uint8_t *ip = f + 14;
+	h->family = 4;
+	h->flow.family = 4;
+	h->flow.proto = ip[9];
+	memcpy(h->flow.src, ip + 12, 4);
+	memcpy(h->flow.dst, ip + 16, 4);
+	memcpy(&h->flow.sport, ip + 20, 2);
+	memcpy(&h->flow.dport, ip + 22, 2);
+}
+
 /* serpens_api.csum_*: see serpens/nf.h. */
 uint32_t serpens_csum_partial(const void *data, uint32_t len, uint32_t sum);
 uint16_t serpens_csum_fold(uint32_t sum);
