@@ -197,6 +197,8 @@ class InstanceManager:
             if not isinstance(e, PoolExhausted):  # (no process free: its packets wait)
                 self._failed_start(getattr(e, "process", None), str(e))
             raise e
+        self.starts += 1  # counted before the router gives it packets: whoever sees them,
+        # sees the start (a test once read the count between the two)
         self.busy.begin(i, proc.ctl)  # (before the router gives it packets)
         self.router.set_instance(i, rx, tx, proc.ctl, efd, self.sfc_id, pidfd=pidfd,
                                  pid=proc.pid, budget_ms=self.budget_ms)
@@ -207,7 +209,6 @@ class InstanceManager:
         self.counts.add(i, proc)
         if proc.dead:  # died before it was ours to watch
             self._on_death(proc)
-        self.starts += 1
         return i
 
     def _forget(self, i: int, s: _Instance):
