@@ -88,8 +88,10 @@ def test_state_bench_json_contract():
             assert abs(result[nf]["latency_at_mpps"][backend] - 0.8 * placed) <= 0.002
             by_link = result[nf]["routed_mpps_by_link"][backend]
             assert link not in by_link or by_link[link] == placed  # (else searched there)
-        assert result[nf]["latency_reduction_vs_redis"] < 1
-        assert result[nf]["latency_reduction_p50_vs_redis"] < 1
+        # a fraction of Redis' latency saved, rounded to 3 decimals: 1.0 when Serpens' is
+        # under 1/2000 of it (CI once saw a mean of Redis at 80% load in milliseconds)
+        assert result[nf]["latency_reduction_vs_redis"] <= 1
+        assert result[nf]["latency_reduction_p50_vs_redis"] <= 1
     assert result["get_ns"] > 0 and result["put_ns"] > 0
     assert result["fw"]["serpens_counters"]["cache_hits"] > 0  # later rounds hit the cache
     assert result["mon"]["serpens_counters"]["new_flows"] > 0
@@ -409,7 +411,8 @@ def test_e2e_bench_json_contract():
             a, b = ((r["serpens"]["mpps"], row["mpps"]) if link == "mixed" else
                     (x["mpps_by_link"][link]["mpps"] for x in (r["serpens"], row)))
             assert row["speedup"] == round(round(a / b, 3), 2), p
-            assert row["latency_reduction"] < 1 and row["latency_reduction_p50"] < 1, p
+            # (rounded to 3 decimals: 1.0 when Serpens' latency is under 1/2000 of the other's)
+            assert row["latency_reduction"] <= 1 and row["latency_reduction_p50"] <= 1, p
             assert row["latency_reduction_link"] == (  # both measured in one placement?
                 r["serpens"]["latency_link"] if row["latency_link"] == r["serpens"][
                     "latency_link"] else "mixed"), p
