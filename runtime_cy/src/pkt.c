@@ -5,8 +5,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <nmmintrin.h>
-
 #include "pkt.h"
 
 /* ---- headers ---------------------------------------------------------------------------- */

@@ -341,7 +341,10 @@ static inline void prefetch_mbufs(struct rte_mbuf *const *m, uint32_t n)
  * were there when this burst was taken. Read as the ring's single consumer's dequeue reads
  * them (rte_ring_elem_pvt.h: slots after the header, from cons.head on), taking nothing; the
  * count comes from that dequeue's look at prod.tail, not a new one: the router writes that
- * line all the time, and each read of it is a miss. */
+ * line all the time, and each read of it is a miss. While this burst runs, the next one's
+ * lines, written on the router's core, cross to this one (a cross-core miss costs 150-550
+ * cycles here; paid in front of each burst it was ~10% of an SFC's time, issue 18): its
+ * mbufs as this burst starts, its frames (addressed by the mbufs, come by then) as it ends. */
 static inline void burst_after(const struct rte_ring *r, uint32_t ready, struct rte_mbuf **next)
 {
 	uint32_t head = r->cons.head;
@@ -349,25 +352,6 @@ static inline void burst_after(const struct rte_ring *r, uint32_t ready, struct 
 
 	for (uint32_t j = 0; j < ready; j++)
 		next[j] = slots[(head + j) & r->mask];
-}
-
-/* While this burst runs, the lines of the next one (ready: burst_after), written on the
- * router's core, cross to this one (a cross-core miss costs 150-550 cycles here; paid in
- * front of each burst it was ~10% of an SFC's time, issue 18): its mbufs as this burst
- * starts, its frames (addressed by the mbufs, which have come by then) as it ends. */
-static inline void prefetch_next_mbufs(const struct rte_ring *r, uint32_t ready)
-{
-	struct rte_mbuf *next[SERPENS_BURST];
-	burst_after(r, ready, next);
-	prefetch_mbufs(next, ready);
-}
-
-static inline void prefetch_next_frames(const struct rte_ring *r, uint32_t ready)
-{
-	struct rte_mbuf *next[SERPENS_BURST];
-	burst_after(r, ready, next);
-	for (uint32_t j = 0; j < ready; j++)
-		rte_prefetch0(rte_pktmbuf_mtod(next[j], void *));
 }
 
 /* One body, two specializations (as the chainer's): with ob == NULL (constant) nothing of
@@ -389,14 +373,16 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
 		ctl->t_batch_cycles = ctl->batch_tsc;
 	/* The router's core wrote these mbufs: fetch all headers, then all frames, together
 	 * rather than one cross-core miss after another (when the ring held this burst behind
-	 * the last one, they were fetched during that one: prefetch_next_*), and the next
+	 * the last one, they were fetched during that one: burst_after), and the next
 	 * burst's headers behind this one's work. */
 	prefetch_mbufs(ctl->inflight, n);
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i];
 		rte_prefetch0(rte_pktmbuf_mtod(m, void *));
 	}
-	prefetch_next_mbufs(in->rx, ready);
+	struct rte_mbuf *next[SERPENS_BURST]; /* the next burst's (burst_after) */
+	burst_after(in->rx, ready, next);
+	prefetch_mbufs(next, ready);
 	uint32_t single = 0; /* bit i: packet i came as one segment */
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i];
@@ -454,7 +440,8 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
 	ctl->drop_pkts += n - out;
 	ctl->bad_labels += in->chain.bad_labels;
 	ctl->batches++;
-	prefetch_next_frames(in->rx, ready);
+	for (uint32_t j = 0; j < ready; j++)
+		rte_prefetch0(rte_pktmbuf_mtod(next[j], void *));
 	ctl->busy_cycles += rte_rdtsc() - t0; /* (usage: not the wait for room below) */
 
 	/* Everything goes back to the router, drops included: it owns the mbufs. A full TX ring

@@ -141,11 +141,6 @@ void *serpens_table_get(const struct serpens_table *t, const void *key)
 	return i < 0 ? NULL : slot_value(t, (uint32_t)i);
 }
 
-uint32_t serpens_table_hash(const struct serpens_table *t, const void *key)
-{
-	return key_hash(t, key);
-}
-
 /* Bulk lookups specialized by key size. With a constant size the hash is straight CRC steps
  * and the compare a few loads, unrolled, and a batch's keys overlap in the core instead of
  * waiting on a call and a loop each (the generic loops took half an SFC's state-table time,

@@ -96,13 +96,12 @@ int serpens_table_flags_valid(uint32_t flags);
 
 void *serpens_table_get(const struct serpens_table *t, const void *key);
 /* n <= SERPENS_BURST lookups with their memory misses overlapped: hash all and prefetch
- * their slots, then signatures, then keys. get_bulk is serpens_table_hash of every key,
- * prefetch_bulk, then probe_bulk; callers with hashes at hand (a packet's flow, hashed once
+ * their slots, then signatures, then keys. get_bulk is hash_bulk, prefetch_bulk, then
+ * probe_bulk; callers with hashes at hand (a packet's flow, hashed once
  * per SFC) or several tables' lookups (get_state_multi) use the stages. A key's hash depends
  * on its bytes and size only, not on the table. */
 uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const *keys,
 				uint32_t n, void **values);
-uint32_t serpens_table_hash(const struct serpens_table *t, const void *key);
 void serpens_table_hash_bulk(const struct serpens_table *t, const void *const *keys, uint32_t n,
 			     uint32_t *hashes);
 void serpens_table_prefetch_bulk(const struct serpens_table *t, const uint32_t *hashes,
