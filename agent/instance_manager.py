@@ -269,7 +269,13 @@ class InstanceManager:
                 self._retire(other)
 
     def _retire(self, i: int, timeout: float = 10.0):
-        s = self.instances.pop(i)
+        s = self.instances[i]
+        try:
+            self._drain_and_stop(i, s, timeout)
+        finally:  # counted until the router has let go: count() 0 means a packet sent now
+            self.instances.pop(i)  # asks for a new instance (CI once sent to a draining one)
+
+    def _drain_and_stop(self, i: int, s: _Instance, timeout: float):
         self.router.drain_instance(i)
         deadline = time.monotonic() + timeout
         while not self.router.drained(i) and not s.proc.dead:

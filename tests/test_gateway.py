@@ -692,11 +692,13 @@ def test_a_slow_link_holds_the_other_server_back_for_about_stall_us_only(datapla
     try:
         f, to_b = fill_link(site, own)
         sent, to_a = f, 0
+        more = [flow_frame(f + k, 1) for k in range(200)]  # built once: scapy took 40 ms a
+        # pass, and a slow pass added to the time the hold took
         start, held_b, shed_at = time.monotonic(), None, None
         while time.monotonic() - start < 1.0:
             if site.outside.inject.count() < 1000:
-                site.outside.send([flow_frame(f + k, 1) for k in range(200)])
-                f, sent = f + 200, sent + 200
+                site.outside.send(more)
+                sent += len(more)
             to_a += len(dp.pull(site.underlay.sent, 1))  # A: one frame a pass
             site.gw.poll()
             got = len(dp.pull(own.sent, 512))
