@@ -23,12 +23,13 @@
 
 #include "chainer.h"
 #include "loader.h"
+#include "ring_end.h"
 #include "runtime.h"
 
 struct instance {
 	struct serpens_chain chain;
 	const struct serpens_state_backend *state; /* chosen at start */
-	struct rte_ring *rx, *tx;
+	struct serpens_ring_end rx, tx; /* its RX ring's consumer, its TX ring's producer */
 	const struct serpens_loader *loader; /* of the last start (loader.h) */
 	struct serpens_nf_code code;
 	int first_burst_done;
@@ -267,9 +268,9 @@ static int start_instance(struct runtime *rt)
 	int rc;
 
 	rt->ctl->t_cmd_cycles = rte_rdtsc();
-	in->rx = find_ring(cmd->rx_ring, cmd->rx_ring_addr);
-	in->tx = find_ring(cmd->tx_ring, cmd->tx_ring_addr);
-	if (!in->rx || !in->tx) {
+	serpens_ring_end_init(&in->rx, find_ring(cmd->rx_ring, cmd->rx_ring_addr), 1);
+	serpens_ring_end_init(&in->tx, find_ring(cmd->tx_ring, cmd->tx_ring_addr), 0);
+	if (!in->rx.r || !in->tx.r) {
 		close_fds(rt);
 		snprintf(err, sizeof(err), "no ring named '%.32s' or '%.32s'", cmd->rx_ring, cmd->tx_ring);
 		set_error(rt, -ENOENT, err);
@@ -338,20 +339,16 @@ static inline void prefetch_mbufs(struct rte_mbuf *const *m, uint32_t n)
 }
 
 /* The mbufs of the burst that follows in the ring: `ready` of them (at most SERPENS_BURST)
- * were there when this burst was taken. Read as the ring's single consumer's dequeue reads
- * them (rte_ring_elem_pvt.h: slots after the header, from cons.head on), taking nothing; the
- * count comes from that dequeue's look at prod.tail, not a new one: the router writes that
- * line all the time, and each read of it is a miss. While this burst runs, the next one's
+ * are known to wait behind this burst (ring_end.h: no new look at prod.tail, a line the
+ * router writes all the time), read without taking them. While this burst runs, the next one's
  * lines, written on the router's core, cross to this one (a cross-core miss costs 150-550
  * cycles here; paid in front of each burst it was ~10% of an SFC's time, issue 18): its
  * mbufs as this burst starts, its frames (addressed by the mbufs, come by then) as it ends. */
-static inline void burst_after(const struct rte_ring *r, uint32_t ready, struct rte_mbuf **next)
+static inline void burst_after(const struct serpens_ring_end *rx, uint32_t ready,
+			       struct rte_mbuf **next)
 {
-	uint32_t head = r->cons.head;
-	struct rte_mbuf *const *slots = (struct rte_mbuf *const *)&r[1];
-
 	for (uint32_t j = 0; j < ready; j++)
-		next[j] = slots[(head + j) & r->mask];
+		next[j] = serpens_ring_peek(rx, j);
 }
 
 /* One body, two specializations (as the chainer's): with ob == NULL (constant) nothing of
@@ -381,7 +378,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
 		rte_prefetch0(rte_pktmbuf_mtod(m, void *));
 	}
 	struct rte_mbuf *next[SERPENS_BURST]; /* the next burst's (burst_after) */
-	burst_after(in->rx, ready, next);
+	burst_after(&in->rx, ready, next);
 	prefetch_mbufs(next, ready);
 	uint32_t single = 0; /* bit i: packet i came as one segment */
 	for (uint32_t i = 0; i < n; i++) {
@@ -452,7 +449,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
 	ctl->batch_tsc = 0;
 	uint32_t sent = 0;
 	while (sent < n) {
-		sent += rte_ring_sp_enqueue_burst(in->tx, ctl->inflight + sent, n - sent, NULL);
+		sent += serpens_ring_give(&in->tx, ctl->inflight + sent, n - sent);
 		if (sent < n)
 			serpens_pool_wait(ctl);
 	}
@@ -498,15 +495,10 @@ static void run_instance(struct runtime *rt, int detached)
 		}
 		/* inflight_n first, then the dequeue (all or nothing): a process killed at any
 		 * point leaves the router enough to free exactly what it held (router.c reap()). */
-		uint32_t n = rte_ring_count(in->rx), behind = 0;
-		n = n < SERPENS_BURST ? n : SERPENS_BURST;
+		uint32_t n = serpens_ring_ready(&in->rx, SERPENS_BURST), behind = 0;
 		if (n) {
 			__atomic_store_n(&ctl->inflight_n, n, __ATOMIC_RELEASE);
-			n = rte_ring_sc_dequeue_bulk(in->rx, ctl->inflight, n, &behind);
-			if (!n)
-				__atomic_store_n(&ctl->inflight_n, 0, __ATOMIC_RELEASE);
-		}
-		if (n) {
+			behind = serpens_ring_take(&in->rx, ctl->inflight, n);
 			process_burst(rt, in, n, behind < SERPENS_BURST ? behind : SERPENS_BURST);
 			idle_since = 0;
 			uint64_t now_ns = serpens_now_ns();
@@ -532,7 +524,7 @@ static void run_instance(struct runtime *rt, int detached)
 			serpens_chain_merge(&in->chain, serpens_now_ns(), 1);
 			serpens_chain_release(&in->chain, 0);
 			state_flush(in);
-			sleep_until_woken(rt, in->rx);
+			sleep_until_woken(rt, in->rx.r);
 			idle_since = 0;
 		} else {
 			/* Nothing to do: let another instance sharing this core run now rather than
