@@ -46,6 +46,10 @@ class PoolError(RuntimeError):
         self.errno = errno_
 
 
+class _ExitedBooting(PoolError):
+    """A pool process exited before it attached."""
+
+
 class PoolExhausted(PoolError):
     pass
 
@@ -180,7 +184,7 @@ class ProcessPool:
     def start(self):
         booting = [self._spawn() for _ in range(self.size)]
         for p in booting:
-            self._wait_booted(p)
+            self._boot(p)
         self._monitor = threading.Thread(target=self._watch, name="pool-monitor", daemon=True)
         self._monitor.start()
         self._reaper.start()
@@ -427,11 +431,32 @@ class ProcessPool:
             self._procs[p.index] = p
         return p
 
+    def _boot(self, p: PoolProcess, tries: int = 3):
+        """Wait until p has attached. One that exits while attaching is replaced, `tries` in
+        all, as the monitor replaces those of later boots: DPDK's attach can fail once (CI
+        saw a secondary's lock of the hugepage directory interrupted, EINTR) and the next
+        attach work; where attaching cannot work, every try fails and start() says why."""
+        for left in range(tries - 1, -1, -1):
+            try:
+                return self._wait_booted(p)
+            except _ExitedBooting as e:
+                if not left:
+                    raise
+                log.warning("%s; starting another", e)
+                with self._lock:
+                    del self._procs[p.index]
+                p.dead = True
+                self._release(p)
+                time.sleep(0.1)
+                p = self._spawn()
+
     def _wait_booted(self, p: PoolProcess):
         deadline = time.monotonic() + self.boot_timeout
         while p.ctl.state != dp.POOL_IDLE:
             if p.proc.poll() is not None:
-                raise PoolError(f"pool process exited with {p.proc.returncode} while booting")
+                p.returncode = p.proc.returncode
+                raise _ExitedBooting(f"pool process {p.pid} exited with "
+                                     f"{p.proc.returncode} while booting")
             if time.monotonic() > deadline:
                 p.proc.kill()
                 raise PoolError(f"pool process {p.pid} did not attach within {self.boot_timeout}s")

@@ -215,3 +215,32 @@ def test_killing_a_process_mid_batch_leaks_no_mbuf(crash_pool, build, dataplane)
     h.process = None  # it died; nothing to stop
     h.close()         # frees what was left in the rings
     assert dataplane.mempool.available() == free_before
+
+
+def killing_spawns(pool: ProcessPool, how_many: int):
+    """Make pool's next `how_many` spawns exit at once (SIGKILL before the interpreter
+    starts: nowhere near DPDK's attach, whose locks a kill there would leave taken)."""
+    spawn, left = pool._spawn, [how_many]
+
+    def spawn_and_kill():
+        p = spawn()
+        if left[0] > 0:
+            left[0] -= 1
+            p.proc.kill()
+        return p
+    pool._spawn = spawn_and_kill
+
+
+def test_a_process_that_exits_while_booting_is_replaced_at_start(dataplane):
+    """An attach can fail once (CI saw DPDK's lock of the hugepage directory interrupted):
+    start() replaces a process that exits while booting, and fails, naming the exit, only
+    when every try does."""
+    p = ProcessPool(dataplane, 1, first_lcore=40)
+    killing_spawns(p, 1)
+    with p:
+        assert p.idle_count() == 1
+    p = ProcessPool(dataplane, 1, first_lcore=40)
+    killing_spawns(p, 3)
+    with pytest.raises(PoolError, match="exited with -9 while booting"):
+        p.start()
+    p.close()
