@@ -29,11 +29,14 @@ from .proxy import ProxyService
 ROUTER_CPU, INSTANCE_CPU = 1, 0
 CONTROL_NICE = 19  # yield_to_instances()
 # Arrivals the emulated input queue holds (docs/dataplane.md "The benchmarks' input queue"):
-# deep enough that this VM's host pauses (2-6 ms, several a second) do not decide a
+# deep enough that this VM's host pauses (1-10 ms, several a second) do not decide a
 # loss-limited figure. A NIC's RX ring is 4096, but here the queue only models arrival: at
 # 10 Mpps 4096 packets last 0.4 ms, and a paused router vCPU lost them whatever the rate
-# (issue 18). 65536 hold 4 ms at 15 Mpps.
+# (issue 18). A pause is a time, so the queue holds INPUT_HOLD_S of arrivals at the offered
+# rate, and at least INPUT_DEPTH (65536 was the fixed depth: 4 ms at 15 Mpps, but 1.9 ms at
+# the empty SFC's 34 Mpps).
 INPUT_DEPTH = 65536
+INPUT_HOLD_S = 0.005
 PROXY = "proxy"  # a hop of Rig.start() through the global proxy
 
 
@@ -86,14 +89,17 @@ class Rig:
     def __init__(self, name: str, frames: list[bytes] | None, pool_size: int = 1,
                  idle_us: int = 200, mbufs: int = 32767, warmup: float = 0.3,
                  vdevs: tuple = (), sandbox: bool | str = True,
-                 input_depth: int = INPUT_DEPTH, stall_us: float = 2000):
+                 input_depth: int = INPUT_DEPTH, input_hold_s: float = INPUT_HOLD_S,
+                 stall_us: float = 2000):
         """frames: what the net_pcap source replays (None: no source and sink, only `vdevs`,
         opened by the caller: a server whose router takes its traffic from an underlay).
-        input_depth: arrivals the paced source's emulated input queue holds (INPUT_DEPTH).
+        input_depth, input_hold_s: the paced source's emulated input queue holds input_hold_s
+        of arrivals at the offered rate, and at least input_depth (depth_at).
         stall_us: the router's (dp.Router): how long an instance may hold its RX back."""
         self.stall_us = stall_us
         self.warmup = warmup  # run_at's, unless it is given one
         self.input_depth = input_depth
+        self.input_hold_s = input_hold_s
         # State tables are shared-memory files: on hugetlbfs (2 MiB pages: no TLB misses on
         # random flow lookups) when mounted, else tmpfs (on a disk, writeback would stall NFs).
         base = "/dev/hugepages" if os.path.ismount("/dev/hugepages") else "/dev/shm"
@@ -294,11 +300,15 @@ class Rig:
         return (st["ports"][self.src]["rx"], st["ports"][self.src]["missed"],
                 st["ports"][self.sink]["tx"], st["dropped"], (t0 + t1) / 2)
 
+    def depth_at(self, pps: float) -> int:
+        """The emulated input queue's depth for an offered rate of `pps`."""
+        return max(self.input_depth, int(pps * self.input_hold_s))
+
     def run_at(self, pps: float, seconds: float, warmup: float | None = None,
                log: int = 0) -> dict:
         """Offer `pps` (0: as fast as the router takes packets) for warmup + seconds; rates
         and loss over the measured part, latency (us) if `log` records were kept."""
-        self.router.pace(self.src, pps, self.input_depth)
+        self.router.pace(self.src, pps, self.depth_at(pps))
         time.sleep(self.warmup if warmup is None else warmup)
         if log:
             self.router.log_start(log)

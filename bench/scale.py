@@ -74,7 +74,7 @@ def run(args) -> dict:
         rig.start([sfc], ring_size=1024)
         manager, router = rig.managers[0], rig.router
         pps = args.rate * 1e6
-        router.pace(rig.src, pps, rig.input_depth)
+        router.pace(rig.src, pps, rig.depth_at(pps))
         time.sleep(0.3)  # warm: every flow pinned and its state created
         total = pps * (args.before + args.after + 1)
         router.log_start(int(total))

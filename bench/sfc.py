@@ -4,10 +4,10 @@ One router core (CPU 1) and one instance core (CPU 0), 64-byte UDP packets over 
 a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figures:
 - sfc_mpps: the highest offered rate the SFC carries with under 0.1% loss (a paced source
   emulates arrivals: what the router cannot take in time overflows the emulated input queue,
-  Rig.input_depth deep, and is lost); a binary search below the unpaced capacity, a rate
-  passing when one of `TRIES` trials does; `--searches` independent searches, the figure
-  their median, all of them in sfc_mpps_trials ({values, median, min, max, spread}: every
-  searched figure X_mpps has its X_mpps_trials);
+  Rig.depth_at: 5 ms of arrivals, at least 65536, and is lost); a binary search below the
+  unpaced capacity, a rate passing when one of `TRIES` trials does; `--searches`
+  independent searches, the figure their median, all of them in sfc_mpps_trials ({values,
+  median, min, max, spread}: every searched figure X_mpps has its X_mpps_trials);
 - latency_us: p50/p99 from each packet's arrival to its transmission, at 80% of sfc_mpps
   (the median-p99 run of three);
 - null_sfc_mpps: the same search for an SFC of one empty NF (router + instance overhead);
@@ -262,7 +262,8 @@ def run(args) -> dict:
             "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                        "warmup": args.warmup,
                        "loss_limit": LOSS_LIMIT, "sfc": "fw->mon->nat",
-                       "input_depth": rig.input_depth, "searches": args.searches,
+                       "input_depth": rig.input_depth, "input_hold_s": rig.input_hold_s,
+                       "searches": args.searches,
                        "tries_per_rate": TRIES,
                        "cores": "router cpu 1, instance cpu 0; testpmd one forwarding core",
                        "ports": "net_pcap infinite_rx -> net_null"},

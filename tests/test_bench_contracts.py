@@ -186,6 +186,7 @@ def test_sfc_bench_json_contract():
     assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
     assert r["params"]["warmup"] == 0.05 and r["params"]["input_depth"] == 65536
+    assert r["params"]["input_hold_s"] == 0.005
     # every searched figure: the median of its searches, all of them given
     for key in ("sfc_mpps", "null_sfc_mpps", "sfc_mpps_scraped"):
         t = r[f"{key}_trials"]
