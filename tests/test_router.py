@@ -167,10 +167,10 @@ def test_router_wakes_a_sleeping_instance_once_per_sleep(node):
 def _thread_cpu_ns(comm):
     """CPU time of this process's thread named `comm` (schedstat: ns on a CPU, exact)."""
     for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/comm") as f:
-            if f.read().strip() == comm:
-                with open(f"/proc/self/task/{tid}/schedstat") as f:
-                    return int(f.read().split()[0])
+        with open(f"/proc/self/task/{tid}/comm") as name:
+            if name.read().strip() == comm:
+                with open(f"/proc/self/task/{tid}/schedstat") as stat:
+                    return int(stat.read().split()[0])
     raise LookupError(f"no thread named {comm!r}")
 
 
