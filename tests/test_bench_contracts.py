@@ -214,6 +214,7 @@ def test_sfc_bench_json_contract():
     assert r["latency_link"] not in by_link or by_link[r["latency_link"]]["mpps"] == r[
         "latency_of_mpps"]
     assert r["null_latency_link"] in ("near", "far")
+    assert 0 <= r["latency_overloaded_runs"] <= 3  # (run again: a slow spell of the host)
     assert set(r["nf_cycles"]) == {"fw", "mon", "nat"}  # counted by the instance, per NF
     assert all(c > 0 for c in r["nf_cycles"].values())
 

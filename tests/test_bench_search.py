@@ -112,3 +112,45 @@ def test_a_stray_probe_does_not_make_the_search_wait(host):
     r = search_mod.search(stray, 0.1)
     assert set(r["by_link"]) == {"near"} and r["moved"] >= 1
     assert stray.clock <= plain.clock + 0.3  # about one trial more, no wait for "far"
+
+
+class SpellRig:
+    """Latency runs (bench/sfc.py latency_at) in one placement: the first `slow` of them in a
+    slow spell of the host (the load not carried: loss, and the input queue's hold as
+    latency), the rest carried."""
+
+    def __init__(self, slow):
+        self.slow, self.runs = slow, 0
+
+    def run_at(self, pps, seconds, **kw):
+        self.runs += 1
+        spell = self.runs <= self.slow
+        loss = 0.05 if spell else 0.0
+        p50 = 1700.0 + self.runs if spell else 2.0 + self.runs / 10
+        return {"mpps": pps / 1e6, "loss": loss, "lost": loss,
+                "latency_us": {"p50": p50, "p99": p50 * 3}}
+
+
+@pytest.fixture
+def near_only(monkeypatch):
+    from serpens.bench import sfc as sfc_mod
+    probe = lambda: ("near", 60.0)  # noqa: E731
+    monkeypatch.setattr(search_mod, "cpu_link", probe)
+    monkeypatch.setattr(sfc_mod, "cpu_link", probe)
+    return sfc_mod
+
+
+def test_a_latency_run_that_did_not_carry_its_load_is_run_again(near_only):
+    rig = SpellRig(slow=2)
+    r = near_only.latency_at(rig, 0.1, {"by_link": {"near": {"mpps": 10.0}}}, 0, "loss")
+    assert rig.runs == 2 + near_only.LATENCY_RUNS and r["latency_overloaded_runs"] == 2
+    assert r["latency_us"]["p50"] == pytest.approx(2.4)  # the median of the carried runs
+    assert r["latency_loss"] == 0.0 and r["latency_mpps"] == pytest.approx(8.0)
+
+
+def test_a_load_no_run_carries_gives_the_overloaded_runs_latency(near_only):
+    rig = SpellRig(slow=100)  # not a spell: the load is over what the CPUs carry
+    r = near_only.latency_at(rig, 0.1, {"by_link": {"near": {"mpps": 10.0}}}, 0, "loss")
+    assert rig.runs == near_only.LATENCY_RUNS  # not the whole budget of 3 x as many
+    assert r["latency_overloaded_runs"] == near_only.LATENCY_RUNS
+    assert r["latency_us"]["p50"] == pytest.approx(1702.0) and r["latency_loss"] == 0.05
