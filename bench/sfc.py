@@ -176,11 +176,12 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     search found no figure in is waited out as long, then searched once. A run that lost
     over LOSS_LIMIT did not carry its load (the host slowed the CPUs below the searched
     figure): it is run again, within the same budget and LATENCY_RUNS times at most, and
-    such runs' latency (the input queue's hold) counts only if no run carried the load. {"latency_us", "latency_loss",
-    "latency_mpps", "latency_link", "latency_of_mpps": the figure 80% was taken of,
-    "latency_overloaded_runs": runs that did not carry their load}."""
+    such runs' latency (the input queue's hold) counts only if no run carried the load.
+    {"latency_us", "latency_loss", "latency_mpps", "latency_link", "latency_of_mpps": the
+    figure 80% was taken of, "latency_overloaded_runs": runs that did not carry their load}."""
     runs: dict = {}
     overloaded: dict = {}  # placement: runs that lost over LOSS_LIMIT
+    n_overloaded = 0
     figures = {k: v["mpps"] for k, v in found["by_link"].items()}  # (+ searched here)
     link, _ = cpu_link()
     wait_until = time.monotonic() + min(10.0, max(1.0, LINK_WAIT_TRIALS * seconds))
@@ -208,13 +209,13 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
             run["mpps"] = mpps
             if run[loss_key] > LOSS_LIMIT:
                 overloaded.setdefault(ran_in, []).append(run)
-                if sum(map(len, overloaded.values())) == LATENCY_RUNS:
+                n_overloaded += 1
+                if n_overloaded == LATENCY_RUNS:
                     break  # not a spell: this load is over what the CPUs carry now
                 continue
             runs.setdefault(ran_in, []).append(run)
             if len(runs[ran_in]) == LATENCY_RUNS:
                 break
-    n_overloaded = sum(len(v) for v in overloaded.values())
     runs = runs or overloaded
     if not runs:
         raise BenchError("bench: no latency run sampled a packet in one placement of the CPUs")
