@@ -27,8 +27,8 @@ import time
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.runtime_cy import _dataplane as dp
 
-from .rig import INPUT_DEPTH, INSTANCE_CPU, ROUTER_CPU, flow_frames, keep_off_router_cpu, \
-    latency_us, write_pcap
+from .rig import INPUT_DEPTH, INSTANCE_CPU, ROUTER_CPU, flow_frames, input_depth_at, \
+    keep_off_router_cpu, latency_us, write_pcap
 from .sfc import measure_started
 
 STAMP_OFF = 42  # the UDP payload of the benchmark frames (bench/common.py udp_frame)
@@ -181,8 +181,9 @@ class Multi:
         self.warmup = spec["warmup"]
         self.servers, self.local = servers, True
         tag = os.getpid()
-        # the input's buffer is the driver's pace depth (INPUT_DEPTH, as the rig's paced
-        # source: bench/rig.py); its ring to the gateway only holds a few bursts; the
+        # the input's buffer is the driver's pace depth (as the rig's paced source: 5 ms of
+        # arrivals at the offered rate, at least INPUT_DEPTH: bench/rig.py input_depth_at);
+        # its ring to the gateway only holds a few bursts; the
         # egress ring, which the driver empties, spec["egress_slots"] (4096: a NIC's)
         self.inject = dp.Ring(f"mn_in{tag}", 256)
         self.sent = dp.Ring(f"mn_out{tag}", spec.get("egress_slots", 4096))
@@ -236,7 +237,7 @@ class Multi:
                log: int = 0) -> dict:
         if self.local:
             return self._run_local(pps, seconds, warmup, log)
-        self.driver.pace(pps)
+        self.driver.pace(pps, input_depth_at(pps))
         time.sleep(self.warmup if warmup is None else warmup)
         if log:
             self.driver.log_start(log)
@@ -258,7 +259,7 @@ class Multi:
         """run_at() with the output on the servers' own ports. Each side's counts are read
         with their own time (one clock: CLOCK_MONOTONIC is not per namespace), so rates are
         over each one's window: arrivals at the driver, departures per server, summed."""
-        self.driver.pace(pps)
+        self.driver.pace(pps, input_depth_at(pps))
         time.sleep(self.warmup if warmup is None else warmup)
         if log:
             self.servers.ask(f"log {log}")

@@ -37,6 +37,12 @@ CONTROL_NICE = 19  # yield_to_instances()
 # the empty SFC's 34 Mpps).
 INPUT_DEPTH = 65536
 INPUT_HOLD_S = 0.005
+
+
+def input_depth_at(pps: float, floor: int = INPUT_DEPTH, hold_s: float = INPUT_HOLD_S) -> int:
+    """The emulated input queue's depth for an offered rate of `pps`."""
+    return max(floor, int(pps * hold_s))
+
 PROXY = "proxy"  # a hop of Rig.start() through the global proxy
 
 
@@ -302,7 +308,7 @@ class Rig:
 
     def depth_at(self, pps: float) -> int:
         """The emulated input queue's depth for an offered rate of `pps`."""
-        return max(self.input_depth, int(pps * self.input_hold_s))
+        return input_depth_at(pps, self.input_depth, self.input_hold_s)
 
     def run_at(self, pps: float, seconds: float, warmup: float | None = None,
                log: int = 0) -> dict:

@@ -67,7 +67,7 @@ def gateway_flow_slots(int sfc, bytes keys, int stride=40):
     cdef int[::1] view = out
     with nogil:
         for i in range(n):
-            view[i] = serpens_gw_flow_slot(sfc, base + stride * i)
+            view[i] = serpens_gw_flow_slot(sfc, <const serpens_flow *>(base + stride * i))
     return out
 
 
@@ -202,7 +202,8 @@ def gateway_flow_select(int sfc, bytes keys, bytes values, slots, int key_size=4
     cdef bint value_flow = by_value
     with nogil:
         for i in range(n):
-            slot_of = serpens_gw_flow_slot(sfc, v + vs * i if value_flow else k + ks * i)
+            slot_of = serpens_gw_flow_slot(
+                sfc, <const serpens_flow *>(v + vs * i if value_flow else k + ks * i))
             if slot_of >= 0 and chosen[slot_of // 64] >> (slot_of % 64) & 1:
                 memcpy(ok + ks * kept, k + ks * i, ks)
                 memcpy(ov + vs * kept, v + vs * i, vs)

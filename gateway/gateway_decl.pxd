@@ -83,7 +83,8 @@ cdef extern from "gateway.h" nogil:
         rte_mbuf *marker
         uint32_t marker_port
 
-    int serpens_gw_flow_slot(int sfc, const void *flow)
+    cdef struct serpens_flow  # serpens/nf.h's: read only by the C side
+    int serpens_gw_flow_slot(int sfc, const serpens_flow *flow)
     int serpens_gateway_run(serpens_gateway *g)
     uint32_t serpens_gateway_poll(serpens_gateway *g)
     void serpens_gateway_release(serpens_gateway *g)

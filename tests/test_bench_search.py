@@ -154,3 +154,13 @@ def test_a_load_no_run_carries_gives_the_overloaded_runs_latency(near_only):
     assert rig.runs == near_only.LATENCY_RUNS  # not the whole budget of 3 x as many
     assert r["latency_overloaded_runs"] == near_only.LATENCY_RUNS
     assert r["latency_us"]["p50"] == pytest.approx(1702.0) and r["latency_loss"] == 0.05
+
+
+def test_the_input_queue_holds_its_time_at_any_rate():
+    """bench/rig.py input_depth_at: 5 ms of arrivals at the offered rate, 65536 at least (the
+    rig's paced source and the multinode gateway's driver alike)."""
+    from serpens.bench.rig import INPUT_DEPTH, input_depth_at
+    assert input_depth_at(0) == input_depth_at(1e6) == INPUT_DEPTH == 65536
+    assert input_depth_at(34e6) == 170000  # the empty SFC's rate: 5 ms, not 1.9
+    assert input_depth_at(34e6, floor=1 << 20) == 1 << 20
+    assert input_depth_at(10e6, hold_s=0.01) == 100000

@@ -141,9 +141,10 @@ cdef class GatewayDriver:
                 rte_eal_wait_lcore(self.lcore)
             self.lcore = -1
 
-    def pace(self, double pps):
-        """Offer `pps` (0: unpaced, as much as the ingress ring takes)."""
-        serpens_pace_set(&self.d.pace, pps, self.depth)
+    def pace(self, double pps, depth=None):
+        """Offer `pps` (0: unpaced, as much as the ingress ring takes); `depth`: arrivals
+        the input holds (default: the depth given at construction)."""
+        serpens_pace_set(&self.d.pace, pps, self.depth if depth is None else depth)
 
     def counts(self):
         """(sent, missed, received): frames into the gateway, arrivals lost, frames out."""

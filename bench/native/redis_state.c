@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "nf_api.h"
+#include "pkt.h"
 #include "redis_state.h"
 #include "state_backend.h"
 

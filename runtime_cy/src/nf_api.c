@@ -572,7 +572,8 @@ static int create_table(struct serpens_ctx *ctx, const char *name, uint32_t flag
 	if (rc) {
 		nf_log(ctx, SERPENS_LOG_ERR, "create_table: %s", err);
 		s->table_rc = rc;
-		snprintf(s->table_error, sizeof(s->table_error), "%s", err);
+		snprintf(s->table_error, sizeof(s->table_error), "%.*s",
+			 (int)sizeof(s->table_error) - 1, err); /* (cut to fit) */
 		return rc;
 	}
 	return (int)s->ntables++;

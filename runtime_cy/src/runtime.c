@@ -379,7 +379,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
 	 * rather than one cross-core miss after another (when the ring held this burst behind
 	 * the last one, they were fetched during that one: burst_after), and the next
 	 * burst's headers behind this one's work. */
-	prefetch_mbufs(ctl->inflight, n);
+	prefetch_mbufs((struct rte_mbuf *const *)ctl->inflight, n);
 	for (uint32_t i = 0; i < n; i++) {
 		struct rte_mbuf *m = ctl->inflight[i];
 		prefetch_frame(rte_pktmbuf_mtod(m, void *));

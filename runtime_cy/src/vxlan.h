@@ -167,7 +167,8 @@ static inline int serpens_underlay_rx(struct rte_mbuf *m, const struct serpens_u
 		return SERPENS_UNDERLAY_BAD_OUTER;
 	if (ip_len > len - 14)
 		return SERPENS_UNDERLAY_BAD_OUTER;
-	if (ip_len < SERPENS_VXLAN_IP_OVERHEAD + 14 || ((udp[4] << 8) | udp[5]) != ip_len - 20)
+	if (ip_len < SERPENS_VXLAN_IP_OVERHEAD + 14 ||
+	    (uint32_t)((udp[4] << 8) | udp[5]) != ip_len - 20)
 		return SERPENS_UNDERLAY_BAD_OUTER;
 	if (ip_len > u->mtu)
 		return SERPENS_UNDERLAY_OVER_MTU;
