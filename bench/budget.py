@@ -10,7 +10,12 @@ router in measures the host; `clean_windows` says how many dropped nothing, `dro
 the reported one did: then no window was clean). Figures
 per SFC: `mpps` unpaced with the stamps off, `stamped_mpps` in the reported window (what the
 stamps cost), `cycles_per_packet` per stage and `total` (the loop's cycles per packet, idle
-included), `median_total` (the median window's).
+included), `median_total` (the median window's), `busy` (total without idle). The instance's
+side over the same windows: `instance_cycles` (its busy TSC cycles per packet, the fewest of
+the windows) and `median_instance_cycles`. An SFC goes as fast as its busier CPU
+(`bound_cycles`, the larger of busy and instance_cycles), so `sfc_vs_null_bound` is bench
+sfc's sfc_vs_null as the cycles predict it; with `--flows 256` every table sits in cache and
+the instance's figure is the chain's compute alone.
 """
 from __future__ import annotations
 
@@ -33,9 +38,13 @@ def add_arguments(p):
 WINDOW_S = 0.1  # the budget is read over windows this long: the least disturbed one counts
 
 
-def _read(router) -> tuple:
+def _read(router, ctls) -> tuple:
     st = router.stats()
-    return router.stage_cycles(), st["rx"], st["dropped"] + st["tx_failed"], time.perf_counter()
+    # the instances' busy TSC cycles and packets (pool_ctl.h busy_cycles: their batches'
+    # work, not their polling or waits)
+    busy = sum(c.busy_cycles for c in ctls), sum(c.stats()["rx_pkts"] for c in ctls)
+    return (router.stage_cycles(), st["rx"], st["dropped"] + st["tx_failed"],
+            time.perf_counter(), busy)
 
 
 def budget(rig: Rig, sfc, seconds: float, warmup: float) -> dict:
@@ -51,26 +60,36 @@ def budget(rig: Rig, sfc, seconds: float, warmup: float) -> dict:
         router.stamp_stages(True)
         router.pace(rig.src, 0)
         time.sleep(warmup)
+        ctls = [s.proc.ctl for s in rig.managers[0].instances.values()]
         windows = []
-        c0, rx0, drop0, t0 = _read(router)
+        c0, rx0, drop0, t0, b0 = _read(router, ctls)
         for _ in range(max(1, round(seconds / WINDOW_S))):
             time.sleep(WINDOW_S)
-            c1, rx1, drop1, t1 = _read(router)
+            c1, rx1, drop1, t1, b1 = _read(router, ctls)
             packets = max(1, rx1 - rx0)
             per = {k: (c1[k] - c0[k]) / packets for k in c1}
             windows.append((drop1 - drop0 > 0, sum(per.values()), per,
-                            packets / (t1 - t0) / 1e6))
-            c0, rx0, drop0, t0 = c1, rx1, drop1, t1
+                            packets / (t1 - t0) / 1e6,
+                            (b1[0] - b0[0]) / max(1, b1[1] - b0[1])))
+            c0, rx0, drop0, t0, b0 = c1, rx1, drop1, t1, b1
         router.stamp_stages(False)
         router.pace(rig.src, 1)
     finally:
         rig.stop()
+    instance = sorted(w[4] for w in windows)
     windows.sort(key=lambda w: w[:2])  # clean windows first, then the fewest cycles
-    dropped, total, per, mpps = windows[0]
+    dropped, total, per, mpps, _ = windows[0]
     return {"mpps": round(plain, 3), "stamped_mpps": round(mpps, 3),
             "cycles_per_packet": {k: round(v, 1) for k, v in per.items()},
             "total": round(total, 1),
             "median_total": round(sorted(w[1] for w in windows)[len(windows) // 2], 1),
+            # the router's cycles a packet, its idle polling left out: what bounds its rate
+            "busy": round(total - per["idle"], 1),
+            # the instance's, over the same windows: the fewest (the least disturbed) and
+            # the median
+            "instance_cycles": round(instance[0], 1),
+            "median_instance_cycles": round(instance[len(instance) // 2], 1),
+            "bound_cycles": round(max(total - per["idle"], instance[0]), 1),
             "windows": len(windows), "clean_windows": sum(not w[0] for w in windows),
             "dropped": dropped}
 
@@ -88,7 +107,12 @@ def run(args) -> dict:
         rig.close()
         for image in images.values():
             image.close()
+    # Each SFC goes as fast as its busier CPU (`bound_cycles`): bench sfc's sfc_vs_null as
+    # the cycles predict it
+    fmn, null = out["fw_mon_nat"], out["null"]
     return {"machine": dict(machine(), stalls=stalls),
+            "sfc_vs_null_bound": round(null["bound_cycles"] / fmn["bound_cycles"], 3)
+            if fmn["bound_cycles"] else None,
             "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                        "warmup": args.warmup, "load": "unpaced",
                        "cores": "router cpu 1, instance cpu 0",
@@ -111,3 +135,9 @@ def print_table(r: dict):
           + "   (stamps on, the window shown)")
     print(f"{'clean':>10}" + "".join(f"{r[s]['clean_windows']:>9}/{r[s]['windows']:<2}"
                                      for s in sfcs) + "   (windows that dropped nothing)")
+    print(f"{'busy':>10}" + "".join(f"{r[s]['busy']:>12}" for s in sfcs)
+          + "   (the router's total, idle left out)")
+    print(f"{'instance':>10}" + "".join(f"{r[s]['instance_cycles']:>12}" for s in sfcs)
+          + "   (the instance's busy cycles a packet)")
+    print(f"sfc_vs_null as the cycles bound it (the busier CPU's cycles): "
+          f"{r['sfc_vs_null_bound']}")

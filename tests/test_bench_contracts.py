@@ -231,6 +231,15 @@ def test_budget_bench_json_contract():
         assert all(per[k] > 0 for k in ("rx", "classify", "dispatch", "dequeue", "tx")), per
         assert abs(r[sfc]["total"] - sum(per.values())) < 1  # (each stage rounded)
         assert r[sfc]["mpps"] > 0 and r[sfc]["stamped_mpps"] > 0 and r[sfc]["windows"] == 3
+        # the instance's side, counted by the instance over the same windows
+        b = r[sfc]
+        assert 0 < b["instance_cycles"] <= b["median_instance_cycles"], sfc
+        assert abs(b["busy"] - (b["total"] - per["idle"])) < 0.2, sfc
+        assert b["bound_cycles"] == max(b["busy"], b["instance_cycles"]), sfc
+    assert r["sfc_vs_null_bound"] == round(
+        r["null"]["bound_cycles"] / r["fw_mon_nat"]["bound_cycles"], 3)
+    # FW->MON->NAT costs its instance more than the empty SFC's: parse, lookups, rewrite
+    assert r["fw_mon_nat"]["instance_cycles"] > r["null"]["instance_cycles"]
 
 
 def test_chain_bench_json_contract():
