@@ -66,6 +66,56 @@ SETPORTS = {  # how the rewriting NF behaves: (invalidates, declares SERPENS_HDR
     "lying": ("", ", .hdrs = SERPENS_HDRS_KEPT"),
 }
 
+# Counts each packet's flow in a per-flow table looked up in bulk by &h->flow (its hash known
+# once per SFC) and writes the count into the payload (slot = config byte 0); with config byte
+# 1 set, each bulk lookup also carries a key that is not a packet's flow. A missed lookup
+# puts 1: a lookup under a stale hash misses, and the count starts over.
+COUNT = r"""
+#include <serpens/nf.h>
+static uint8_t slot, mixed;
+static int t;
+static int init(struct serpens_ctx *c, const void *cfg, uint32_t n)
+{
+	if (n != 2)
+		return -22;
+	slot = ((const uint8_t *)cfg)[0];
+	mixed = ((const uint8_t *)cfg)[1];
+	t = c->api->create_table(c, "seen", SERPENS_PER_FLOW | SERPENS_READ | SERPENS_WRITE,
+				 sizeof(struct serpens_flow), 8, 1024);
+	return t < 0 ? t : 0;
+}
+static void process(struct serpens_ctx *c, struct serpens_batch *b)
+{
+	const void *keys[SERPENS_BURST + 1];
+	void *vals[SERPENS_BURST + 1];
+	uint8_t at[SERPENS_BURST];
+	struct serpens_flow other;
+	uint32_t n = 0;
+	for (uint32_t k = 0; k < b->count; k++) {
+		const struct serpens_hdrs *h;
+		if (serpens_hdrs(c, b, b->idx[k], &h) != SERPENS_PARSE_OK)
+			continue;
+		keys[n] = &h->flow;
+		at[n++] = b->idx[k];
+	}
+	memset(&other, 0, sizeof(other));
+	other.family = 4;
+	keys[n] = &other;
+	c->api->get_state_bulk(c, t, keys, n + (mixed && n < SERPENS_BURST), vals);
+	for (uint32_t j = 0; j < n; j++) {
+		uint64_t one = 1, *v = vals[j];
+		uint16_t count = v ? (uint16_t)++*v : 1;
+		if (!v)
+			c->api->put_state(c, t, keys[j], &one, (void **)0);
+		const struct serpens_hdrs *h;
+		serpens_hdrs(c, b, at[j], &h);
+		count = serpens_htons(count);
+		memcpy(b->data[at[j]] + h->payload_off + 2 * slot, &count, 2);
+	}
+}
+SERPENS_NF(.name = "count", .init = init, .process = process, .hdrs = SERPENS_HDRS_KEPT);
+"""
+
 FUTURE = r"""
 #include <serpens/nf.h>
 static void process(struct serpens_ctx *c, struct serpens_batch *b) { (void)c; (void)b; }
@@ -83,7 +133,8 @@ _ids = itertools.count()
 def images(areas):
     built = {"see0": build_nf(SEE, areas.allocate(), "see"),
              "see1": build_nf(SEE, areas.allocate(), "see"),
-             "future": build_nf(FUTURE, areas.allocate(), "future")}
+             "future": build_nf(FUTURE, areas.allocate(), "future"),
+             **{f"count{k}": build_nf(COUNT, areas.allocate(), "count") for k in range(3)}}
     for kind, (inval, declare) in SETPORTS.items():
         src = SETPORT.replace("INVALIDATE", inval).replace("DECLARE", declare)
         built[kind] = build_nf(src, areas.allocate(), "setport")
@@ -116,6 +167,30 @@ def test_an_nf_after_a_rewrite_reads_the_new_headers(pool, images, kind, after):
     assert all(r.verdict == "out" for r in results)
     assert {seen(r.data) for r in results} == {(53, after)}
     assert {struct.unpack_from("!H", r.data, 36)[0] for r in results} == {4242}
+
+
+def test_flow_lookups_after_a_rewrite_hash_the_new_flow(pool, images):
+    """count -> setport -> count (its lookups mixed with another key) -> count: each NF
+    looks up the same packets' flows (the same &h->flow); after the rewrite they are other
+    flows and are hashed again, never looked up under the hash of the flow before (a stale
+    hash misses, and that NF's count would start over each batch)."""
+    tag = next(_ids)
+    sfc = compile_sfc(chain(NF(images["count0"], config=b"\x00\x00", name=f"count0-{tag}"),
+                            NF(images["kept"], name="setport"),
+                            NF(images["count1"], config=b"\x01\x01", name=f"count1-{tag}"),
+                            NF(images["count2"], config=b"\x02\x00", name=f"count2-{tag}")))
+    with PacketHarness(pool, sfc) as h:
+        counts = []
+        for _ in range(3):  # a batch each: three flows, two packets of the first
+            results = h.run([frame(53), frame(54), frame(53), frame(55)])
+            assert all(r.verdict == "out" for r in results)
+            counts.append([struct.unpack_from("!HHH", r.data, 14 + 20 + 8) for r in results])
+    # Before the rewrite, flows 53 (two packets), 54 and 55; after it, one flow (every port
+    # 4242). A batch's lookups come before its puts, so its first batch counts 1 throughout.
+    before = [[1, 1, 1, 1], [2, 2, 3, 2], [4, 3, 5, 3]]
+    after = [[1, 1, 1, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
+    for batch, b, a in zip(counts, before, after):
+        assert batch == [(x, y, y) for x, y in zip(b, a)]
 
 
 def test_malformed_frames_are_dropped_by_the_parsing_nf_and_counted(pool, images):

@@ -229,9 +229,10 @@ def test_batched_lookup_cost_is_measurable(state_dir):
 
 @pytest.mark.parametrize("key_size", [40, 20, 8, 4, 13])  # specialized sizes, and another
 def test_bulk_lookups_answer_as_single_ones(state_dir, key_size):
-    """The staged bulk lookup (signatures, then keys, then probes) on a table at its load
-    factor with deleted slots: every answer of a batch, present, absent, repeated or deleted,
-    is the single lookup's (whose hash and compare are the generic ones)."""
+    """The bulk lookup (hashes, prefetches, then each key at its home slot or probed
+    further) on a table at its load factor with deleted slots: every answer of a batch,
+    present, absent, repeated or deleted, is the single lookup's (whose hash and compare are
+    the generic ones)."""
     import random
     rng = random.Random(18)
     t = dp.StateTable(state_dir, "nf", "staged", PF, key_size, 16, 3000)  # 4096 slots, 3/4

@@ -213,10 +213,23 @@ chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_obser
 
 		if (mine == 0)
 			continue;
-		for (uint32_t m = mine; m; m &= m - 1) {
-			uint32_t i = (uint32_t)__builtin_ctz(m);
-			b->idx[count++] = (uint8_t)i;
-			b->labels[i] = dflt;
+		if (mine == in_batch) {
+			/* every packet of the batch (a chain where nothing was dropped yet): idx is
+			 * 0..n-1, every label the default */
+			static const uint8_t identity[SERPENS_BURST] = {
+				0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+				20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+			memcpy(b->idx, identity, sizeof(identity));
+			__m128i d = _mm_set1_epi16((short)dflt);
+			for (uint32_t q = 0; q < SERPENS_BURST / 8; q++)
+				_mm_storeu_si128((__m128i *)(b->labels + 8 * q), d);
+			count = b->n;
+		} else {
+			for (uint32_t m = mine; m; m &= m - 1) {
+				uint32_t i = (uint32_t)__builtin_ctz(m);
+				b->idx[count++] = (uint8_t)i;
+				b->labels[i] = dflt;
+			}
 		}
 		b->count = count;
 		if (ob)

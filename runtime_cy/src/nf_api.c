@@ -589,6 +589,23 @@ static void *get_state(struct serpens_ctx *ctx, int table, const void *key)
 
 struct serpens_batch *serpens_nf_batch;
 
+/* The last lookup's keys when every one was a packet's parsed flow: the NFs of an SFC look up
+ * the same packets' flows in turn (FW's, then MON's, then NAT's tables), in one array each
+ * but the same pointers in the same order, so a key found at its place there takes its hash
+ * without working out its packet. Valid while none of its packets was parsed again. */
+static struct {
+	uint32_t n, mask; /* mask: bit i for packet i among the keys */
+	const void *keys[SERPENS_BURST];
+	uint32_t hash[SERPENS_BURST];
+	uint8_t pkt[SERPENS_BURST];
+} flow_memo;
+
+void serpens_nf_batch_begin(struct serpens_batch *b)
+{
+	serpens_nf_batch = b;
+	flow_memo.n = 0;
+}
+
 /* Each key's table hash; a key that is a packet's parsed flow in the running batch (an NF
  * passed &h->flow from serpens_hdrs) is hashed once per packet, whichever NF asks first. The
  * keys still to hash are hashed together (serpens_table_hash_bulk). */
@@ -609,30 +626,53 @@ static void hash_keys(const struct serpens_table *t, const void *const *keys, ui
 	 * compiler knows, and would reload them for every key */
 	uintptr_t base = (uintptr_t)&b->hdrs[0].flow;
 	const uint32_t hashed = b->flow_hashed, *known = b->flow_hash;
+	uint32_t memo_n = (hashed & flow_memo.mask) == flow_memo.mask ? flow_memo.n : 0;
+	uint8_t of[SERPENS_BURST]; /* key k's packet, or SERPENS_BURST: not a parsed flow */
+	uint32_t mask = 0, others = 0, looked = 0; /* keys not in the memo */
 	for (uint32_t k = 0; k < n; k++) {
+		if (k < memo_n && keys[k] == flow_memo.keys[k]) {
+			hashes[k] = flow_memo.hash[k];
+			of[k] = flow_memo.pkt[k];
+			mask |= 1u << of[k];
+			continue;
+		}
+		looked++;
 		uintptr_t off = (uintptr_t)keys[k] - base;
 		uint32_t i = (uint32_t)(off / sizeof(struct serpens_hdrs));
 		int of_batch = i < SERPENS_BURST && i * sizeof(struct serpens_hdrs) == off;
+		of[k] = of_batch ? (uint8_t)i : SERPENS_BURST;
+		mask |= of_batch ? 1u << i : 0;
+		others += !of_batch;
 		if (of_batch && (hashed >> i & 1)) {
 			hashes[k] = known[i];
 		} else {
 			fresh[nfresh] = keys[k];
 			at[nfresh] = (uint8_t)k;
-			pkt[nfresh++] = of_batch ? (uint8_t)i : SERPENS_BURST;
+			pkt[nfresh++] = (uint8_t)of[k];
 		}
 	}
-	if (nfresh == 0)
-		return;
-	serpens_table_hash_bulk(t, fresh, nfresh, fresh_hash);
 	uint32_t now_hashed = hashed;
-	for (uint32_t j = 0; j < nfresh; j++) {
-		hashes[at[j]] = fresh_hash[j];
-		if (pkt[j] < SERPENS_BURST) {
-			b->flow_hash[pkt[j]] = fresh_hash[j];
-			now_hashed |= 1u << pkt[j];
+	if (nfresh) {
+		serpens_table_hash_bulk(t, fresh, nfresh, fresh_hash);
+		for (uint32_t j = 0; j < nfresh; j++) {
+			hashes[at[j]] = fresh_hash[j];
+			if (pkt[j] < SERPENS_BURST) {
+				b->flow_hash[pkt[j]] = fresh_hash[j];
+				now_hashed |= 1u << pkt[j];
+			}
 		}
+		b->flow_hashed = now_hashed;
 	}
-	b->flow_hashed = now_hashed;
+	if (others) { /* not a memo; and a flow hashed anew may be one the memo holds */
+		if (now_hashed != hashed)
+			flow_memo.n = flow_memo.mask = 0;
+	} else if (looked) { /* a new memo */
+		flow_memo.n = n;
+		flow_memo.mask = mask;
+		memcpy(flow_memo.keys, keys, n * sizeof(keys[0]));
+		memcpy(flow_memo.hash, hashes, n * sizeof(hashes[0]));
+		memcpy(flow_memo.pkt, of, n);
+	}
 }
 
 static uint32_t get_state_bulk(struct serpens_ctx *ctx, int table, const void *const *keys,

@@ -82,5 +82,7 @@ extern const struct serpens_api serpens_api_v1;
 /* The batch the chainer runs now (NULL between batches): keys that are its packets' parsed
  * flows are hashed once per packet (nf.h serpens_batch.flow_hash). */
 extern struct serpens_batch *serpens_nf_batch;
+/* Sets serpens_nf_batch for a new batch (NULL: none). */
+void serpens_nf_batch_begin(struct serpens_batch *b);
 
 #endif

@@ -400,7 +400,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
 	/* Nothing parsed yet: the first NF that reads a packet's headers parses it (nf.h). */
 	memset(b.parse, SERPENS_PARSE_STALE, sizeof(b.parse));
 	b.flow_hashed = 0;
-	serpens_nf_batch = &b; /* whose flows' hashes the state lookups may reuse */
+	serpens_nf_batch_begin(&b); /* whose flows' hashes the state lookups may reuse */
 	in->chain.bad_labels = 0;
 	if (ob || timed) {
 		if (ob)
@@ -409,7 +409,7 @@ run_burst(struct runtime *rt, struct instance *in, uint32_t n, uint32_t ready,
 	} else {
 		serpens_chain_run(&in->chain, &b);
 	}
-	serpens_nf_batch = NULL;
+	serpens_nf_batch_begin(NULL);
 	if (in->state->batch_end)
 		in->state->batch_end();
 	for (uint32_t i = 0; i < n; i++) {
