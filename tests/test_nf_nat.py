@@ -373,6 +373,36 @@ def test_distinct_flows_never_share_a_pair(pool, build_stock):
     assert c["translated_out"] == 1000 and c["translated_in"] == 1000
 
 
+def test_established_flows_are_rewritten_as_their_first_packets(pool, build_stock, dataplane):
+    """A mapping keeps its flow's checksum deltas (out value bytes 12-16): later packets take
+    them instead of working them out again, with the same bytes out; a mapping without them
+    (made by a build that kept none) is translated alike and gets them."""
+    from serpens.runtime_cy import _dataplane as dp
+    frames = [tcp(sport=46000, payload=bytes(range(50))), udp(sport=46001, payload=b"x" * 33),
+              udp(sport=46002, chksum=0), icmp(ident=46003),
+              udp(src="10.255.255.255", sport=65535, payload=b"\xff" * 8)]
+    name = nat_name("deltas")
+    with Nat(pool, build_stock, name) as n:
+        first = n.run(frames)   # new mappings
+        again = n.run(frames)   # established: the deltas kept with the mapping
+        table = dp.StateTable(dataplane.config.state_dir, name, "out")
+        try:
+            kept = dict(table.items())
+            assert len(kept) == 5 and all(v[12:16] != bytes(4) for v in kept.values())
+            for key, value in kept.items():
+                table.put(key, value[:12] + bytes(4) + value[16:])
+            old = n.run(frames)  # as a build without deltas left them
+            assert all(v[12:16] == kept[k][12:16] for k, v in table.items())
+        finally:
+            table.close()
+        c = n.counters
+    for r in first:
+        assert r.verdict == "out"
+        assert_checksums(r.data)
+    assert [r.data for r in again] == [r.data for r in old] == [r.data for r in first]
+    assert c["translated_out"] == 15 and c["no_mapping"] == 0
+
+
 def test_mapping_is_reused_by_the_same_flow(pool, build_stock):
     flow = udp(sport=41000)
     other_dst = udp(sport=41000, dst="198.51.100.8")  # another remote: another mapping

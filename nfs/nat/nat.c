@@ -41,7 +41,8 @@
  *   - "out": key = the internal 5-tuple (struct serpens_flow as the parser fills it, padding
  *     zero: internal source address and port / ICMP identifier, remote address and port (0
  *     for ICMP), protocol, family 4) -> {external ip (4), external port (network order, 2),
- *     0 (2), owner instance id (u32), 0 (4), last_seen_ns (u64)}: 24 bytes.
+ *     0 (2), owner instance id (u32), the outbound rewrite's checksum deltas (u32, 0: not
+ *     known yet; out_deltas), last_seen_ns (u64)}: 24 bytes.
  *   - "in": key = {external ip (4), external port (network order, 2), 0 (2)} -> the internal
  *     5-tuple (the "out" key; SERPENS_FLOW_VALUE: a move of some flows takes the entry with
  *     its flow). The pair alone is a sufficient key because the port pool is
@@ -158,7 +159,7 @@ struct out_val {       /* value of "out" */
 	uint16_t port;     /* network order */
 	uint16_t zero;
 	uint32_t owner;    /* instance id; OWNER_DYING while being expired */
-	uint32_t pad;
+	uint32_t deltas;   /* the outbound rewrite's checksum deltas (out_deltas), 0: none yet */
 	uint64_t last_seen_ns;
 };
 _Static_assert(sizeof(struct out_val) == 24, "out value is 24 bytes");
@@ -501,19 +502,33 @@ static uint16_t csum_apply(uint16_t c, uint32_t delta)
 	return (uint16_t)~sum;
 }
 
-/* Rewrite the source (outbound) or destination (inbound) address and port / ICMP identifier
- * of packet i to ip / port (network order), updating the checksums incrementally; its parsed
- * headers are out of date afterwards (the NFs after NAT parse the translated packet). */
-static void rewrite(struct serpens_batch *b, uint32_t i, const struct serpens_hdrs *h,
-		    int outbound, const uint8_t *ip, uint16_t port)
+static uint32_t fold16(uint32_t d)
 {
-	uint8_t *f = b->data[i];
-	uint8_t *iph = f + h->l3_off, *l4 = f + h->l4_off;
-	uint8_t *addr = iph + (outbound ? 12 : 16);
+	d = (d & 0xFFFF) + (d >> 16);
+	return (d & 0xFFFF) + (d >> 16);
+}
+
+/* The outbound rewrite of flow f to (ip, port) changes the same words of every packet: its
+ * checksum deltas, folded to 16 bits each (address low, port high), are the flow's. Folding
+ * changes no result: a delta is never 0 (the new address is not 0.0.0.0, the new port not
+ * 0), and a sum above 0 folds to one value whatever its grouping. Never 0 itself. */
+static uint32_t out_deltas(const struct serpens_flow *f, const uint8_t *ip, uint16_t port)
+{
+	return fold16(csum_delta(f->src, ip, 4)) |
+	       fold16(csum_delta((const uint8_t *)&f->sport, (const uint8_t *)&port, 2)) << 16;
+}
+
+/* Packet i's address at `addr` and port / ICMP identifier at `pp` become ip / port (network
+ * order), its checksums updated by the deltas of those changes (RFC 1624: d_addr for the IPv4
+ * header and the pseudo-header, d_port for the L4 header); its parsed headers are out of date
+ * afterwards (the NFs after NAT parse the translated packet). */
+static void rewrite(struct serpens_batch *b, uint32_t i, const struct serpens_hdrs *h,
+		    uint8_t *addr, uint8_t *pp, const uint8_t *ip, uint16_t port, uint32_t d_addr,
+		    uint32_t d_port)
+{
+	uint8_t *iph = b->data[i] + h->l3_off, *l4 = b->data[i] + h->l4_off;
 	uint8_t proto = h->flow.proto;
-	uint8_t *pp = proto == P_ICMP ? l4 + 4 : l4 + (outbound ? 0 : 2);
 	uint8_t *csum = l4 + (proto == P_TCP ? 16 : proto == P_UDP ? 6 : 2);
-	uint32_t d_addr = csum_delta(addr, ip, 4), d_port = csum_delta(pp, (const uint8_t *)&port, 2);
 	uint16_t c;
 
 	st16(iph + 10, csum_apply(ld16(iph + 10), d_addr));
@@ -529,6 +544,25 @@ static void rewrite(struct serpens_batch *b, uint32_t i, const struct serpens_hd
 	memcpy(addr, ip, 4);
 	st16(pp, port);
 	serpens_hdrs_invalidate(b, i);
+}
+
+/* An outbound packet's source address and port (ICMP: identifier) become its mapping's. */
+static void rewrite_out(struct serpens_batch *b, uint32_t i, const struct serpens_hdrs *h,
+			const struct out_val *o, uint32_t deltas)
+{
+	uint8_t *iph = b->data[i] + h->l3_off, *l4 = b->data[i] + h->l4_off;
+	rewrite(b, i, h, iph + 12, h->flow.proto == P_ICMP ? l4 + 4 : l4, o->ip, o->port,
+		deltas & 0xFFFF, deltas >> 16);
+}
+
+/* An inbound packet's destination address and port (ICMP: identifier) become ip / port. */
+static void rewrite_in(struct serpens_batch *b, uint32_t i, const struct serpens_hdrs *h,
+		       const uint8_t *ip, uint16_t port)
+{
+	uint8_t *iph = b->data[i] + h->l3_off, *l4 = b->data[i] + h->l4_off;
+	uint8_t *addr = iph + 16, *pp = h->flow.proto == P_ICMP ? l4 + 4 : l4 + 2;
+	rewrite(b, i, h, addr, pp, ip, port, csum_delta(addr, ip, 4),
+		csum_delta(pp, (const uint8_t *)&port, 2));
 }
 
 /* ---- packets ------------------------------------------------------------------------------- */
@@ -559,7 +593,9 @@ static void outbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t 
 		}
 		if (o) {
 			__atomic_store_n(&o->last_seen_ns, now, __ATOMIC_RELAXED);
-			rewrite(b, i, h, 1, o->ip, o->port);
+			if (!o->deltas) /* a mapping made before deltas were kept */
+				o->deltas = out_deltas(key, o->ip, o->port);
+			rewrite_out(b, i, h, o, o->deltas);
 			serpens_count(ctx, c_tout, 1);
 			return;
 		}
@@ -576,6 +612,7 @@ static void outbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t 
 	memcpy(v.ip, pk.ip, 4);
 	v.port = pk.port;
 	v.owner = ctx->instance_id;
+	v.deltas = out_deltas(key, pk.ip, pk.port);
 	v.last_seen_ns = now;
 	if (api->put_state(ctx, t_out, key, &v, NULL) != 0) {
 		give_back(ctx, pk.ip, pk.port);
@@ -591,7 +628,7 @@ static void outbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t 
 		serpens_count(ctx, c_full, 1);
 		return;
 	}
-	rewrite(b, i, h, 1, pk.ip, pk.port);
+	rewrite_out(b, i, h, &v, v.deltas);
 	serpens_count(ctx, c_tout, 1);
 }
 
@@ -626,7 +663,7 @@ static void inbound(struct serpens_ctx *ctx, struct serpens_batch *b, uint32_t i
 	if (adopt(ctx, o) < 0)
 		goto nomap;
 	__atomic_store_n(&o->last_seen_ns, b->now_ns, __ATOMIC_RELAXED);
-	rewrite(b, i, h, 0, f.src, f.sport);
+	rewrite_in(b, i, h, f.src, f.sport);
 	serpens_count(ctx, c_tin, 1);
 	return;
 nomap:
@@ -730,13 +767,27 @@ static void process(struct serpens_ctx *ctx, struct serpens_batch *b)
 		if (nin)
 			api->get_state_bulk(ctx, t_in, ikeys, nin, ivals);
 	}
+	uint64_t now = b->now_ns, translated = 0;
 	for (uint32_t k = 0; k < count; k++) {
 		uint32_t i = b->idx[k];
-		if (kind[k] == K_OUT)
-			outbound(ctx, b, i, h[k], &h[k]->flow, ovals[slot[k]]);
-		else if (kind[k] == K_IN)
+		if (kind[k] == K_OUT) {
+			/* the common case inline: a live mapping of this instance's, deltas known */
+			struct out_val *o = ovals[slot[k]];
+			uint32_t deltas;
+			if (o && !dirty &&
+			    __atomic_load_n(&o->owner, __ATOMIC_ACQUIRE) == ctx->instance_id &&
+			    !idle_for(o, now, timeout_ns) && (deltas = o->deltas) != 0) {
+				__atomic_store_n(&o->last_seen_ns, now, __ATOMIC_RELAXED);
+				rewrite_out(b, i, h[k], o, deltas);
+				translated++;
+			} else {
+				outbound(ctx, b, i, h[k], &h[k]->flow, o);
+			}
+		} else if (kind[k] == K_IN) {
 			inbound(ctx, b, i, h[k], &pk[k], ivals[slot[k]]);
+		}
 	}
+	serpens_count(ctx, c_tout, translated);
 }
 
 static int init(struct serpens_ctx *ctx, const void *config, uint32_t len)
