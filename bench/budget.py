@@ -12,7 +12,8 @@ per SFC: `mpps` unpaced with the stamps off, `stamped_mpps` in the reported wind
 stamps cost), `cycles_per_packet` per stage and `total` (the loop's cycles per packet, idle
 included), `median_total` (the median window's), `busy` (total without idle). The instance's
 side over the same windows: `instance_cycles` (its busy TSC cycles per packet, the fewest of
-the windows) and `median_instance_cycles`. An SFC goes as fast as its busier CPU
+the windows) and `median_instance_cycles`; `link` the host's placement of the two CPUs
+around the windows (bench/search.py; "moved" if it changed). An SFC goes as fast as its busier CPU
 (`bound_cycles`, the larger of busy and instance_cycles), so `sfc_vs_null_bound` is bench
 sfc's sfc_vs_null as the cycles predict it; with `--flows 256` every table sits in cache and
 the instance's figure is the chain's compute alone.
@@ -24,7 +25,7 @@ import time
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from .common import cpu_stalls, machine
+from .common import cpu_link, cpu_stalls, machine
 from .rig import Rig, flow_frames
 from .sfc import build_images, fw_mon_nat
 
@@ -61,6 +62,7 @@ def budget(rig: Rig, sfc, seconds: float, warmup: float) -> dict:
         router.pace(rig.src, 0)
         time.sleep(warmup)
         ctls = [s.proc.ctl for s in rig.managers[0].instances.values()]
+        link_before, _ = cpu_link()  # (the probe runs on both CPUs: not during the windows)
         windows = []
         c0, rx0, drop0, t0, b0 = _read(router, ctls)
         for _ in range(max(1, round(seconds / WINDOW_S))):
@@ -72,6 +74,7 @@ def budget(rig: Rig, sfc, seconds: float, warmup: float) -> dict:
                             packets / (t1 - t0) / 1e6,
                             (b1[0] - b0[0]) / max(1, b1[1] - b0[1])))
             c0, rx0, drop0, t0, b0 = c1, rx1, drop1, t1, b1
+        link_after, _ = cpu_link()
         router.stamp_stages(False)
         router.pace(rig.src, 1)
     finally:
@@ -90,6 +93,9 @@ def budget(rig: Rig, sfc, seconds: float, warmup: float) -> dict:
             "instance_cycles": round(instance[0], 1),
             "median_instance_cycles": round(instance[len(instance) // 2], 1),
             "bound_cycles": round(max(total - per["idle"], instance[0]), 1),
+            # the host's placement of the two CPUs around the windows (bench/search.py):
+            # "moved" if it changed meanwhile
+            "link": link_before if link_before == link_after else "moved",
             "windows": len(windows), "clean_windows": sum(not w[0] for w in windows),
             "dropped": dropped}
 
@@ -139,5 +145,7 @@ def print_table(r: dict):
           + "   (the router's total, idle left out)")
     print(f"{'instance':>10}" + "".join(f"{r[s]['instance_cycles']:>12}" for s in sfcs)
           + "   (the instance's busy cycles a packet)")
+    print(f"{'link':>10}" + "".join(f"{str(r[s]['link']):>12}" for s in sfcs)
+          + "   (the CPUs' placement, bench/search.py)")
     print(f"sfc_vs_null as the cycles bound it (the busier CPU's cycles): "
           f"{r['sfc_vs_null_bound']}")

@@ -236,6 +236,7 @@ def test_budget_bench_json_contract():
         assert 0 < b["instance_cycles"] <= b["median_instance_cycles"], sfc
         assert abs(b["busy"] - (b["total"] - per["idle"])) < 0.2, sfc
         assert b["bound_cycles"] == max(b["busy"], b["instance_cycles"]), sfc
+        assert b["link"] in ("near", "far", "moved", "one", None), sfc
     assert r["sfc_vs_null_bound"] == round(
         r["null"]["bound_cycles"] / r["fw_mon_nat"]["bound_cycles"], 3)
     # FW->MON->NAT costs its instance more than the empty SFC's: parse, lookups, rewrite
