@@ -223,7 +223,7 @@ chain_run(struct serpens_chain *c, struct serpens_batch *b, struct serpens_obser
 			__m128i d = _mm_set1_epi16((short)dflt);
 			for (uint32_t q = 0; q < SERPENS_BURST / 8; q++)
 				_mm_storeu_si128((__m128i *)(b->labels + 8 * q), d);
-			count = b->n;
+			count = (uint32_t)__builtin_popcount(mine); /* (not b->n: NFs may write it) */
 		} else {
 			for (uint32_t m = mine; m; m &= m - 1) {
 				uint32_t i = (uint32_t)__builtin_ctz(m);
