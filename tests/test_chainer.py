@@ -45,6 +45,19 @@ def test_distribute_aggregate_runs_exactly_the_labelled_nfs(pool, build, datapla
     assert dataplane.mempool.available() == free_before  # no mbuf leaked
 
 
+def test_an_nf_that_scribbles_over_the_batch_changes_nothing_after_it(pool, build):
+    """mark1 overwrites the batch's n, count and indices after its call; mark2 still gets
+    every packet once (the chainer's own mask decides, whole batches included)."""
+    sfc = compile_sfc(chain(NF(build("mark.c", copy=1), config=bytes([1, 3]), name="mark1"),
+                            mark(build, 2)))
+    with PacketHarness(pool, sfc) as h:
+        results = h.run([frame(0, sport=1000 + k) for k in range(70)])  # 32 + 32 + 6
+        counters = {c["name"]: c for c in h.nf_counters()}
+    assert [r.verdict for r in results] == ["out"] * 70
+    assert all(trace(r.data) == [1, 2] for r in results)
+    assert counters["mark1"]["in"] == counters["mark2"]["in"] == 70
+
+
 def test_three_nf_distribute_ends_in_out(pool, build):
     sfc = compile_sfc(chain(mark(build, 1, decide=True), distribute(mark(build, 2), mark(build, 3))))
     with PacketHarness(pool, sfc) as h:
