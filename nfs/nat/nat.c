@@ -35,7 +35,10 @@
  * 0 (none) stays 0 and an updated UDP checksum that comes out 0 is sent as 0xFFFF (RFC 768);
  * the ICMP checksum has no pseudo-header: only the identifier change is folded in. A packet
  * whose checksums were valid leaves with valid checksums; invalid ones stay invalid (nothing
- * is verified or recomputed).
+ * is verified or recomputed). An outbound packet's deltas are its flow's (the old words are
+ * its parsed source address and port), worked out once and kept with the mapping: an NF
+ * before NAT that rewrites those bytes without invalidating the parsed headers (nf.h)
+ * breaks its packets' checksums.
  *
  * Mappings (per-flow state tables, written by the instance that owns the flow):
  *   - "out": key = the internal 5-tuple (struct serpens_flow as the parser fills it, padding

@@ -96,8 +96,8 @@ int serpens_table_flags_valid(uint32_t flags);
 
 void *serpens_table_get(const struct serpens_table *t, const void *key);
 /* n <= SERPENS_BURST lookups with their memory misses overlapped: hash all and prefetch
- * their slots, then look each up where it was prefetched. get_bulk is hash_bulk, prefetch_bulk, then
- * probe_bulk; callers with hashes at hand (a packet's flow, hashed once
+ * their slots, then look each up where it was prefetched. get_bulk is hash_bulk,
+ * prefetch_bulk, then probe_bulk; callers with hashes at hand (a packet's flow, hashed once
  * per SFC) or several tables' lookups (get_state_multi) use the stages. A key's hash depends
  * on its bytes and size only, not on the table. */
 uint32_t serpens_table_get_bulk(const struct serpens_table *t, const void *const *keys,
