@@ -186,10 +186,10 @@ void serpens_table_prefetch_bulk(const struct serpens_table *t, const uint32_t *
 
 /* Stage 2, one pass (the slots prefetched: each line is here or on its way): each key's home
  * slot, its key compared where the signature matches, a probe further only where the home
- * slot is taken by another key (or busy, or deleted). The branch on the signature is predicted (established flows hit);
- * a pass for the signatures, then one for the keys, then one for the probes took ~11 more
- * cycles a packet in FW->MON->NAT (issue 18): three loops' bookkeeping for misses the
- * prefetches had already overlapped. */
+ * slot is taken by another key (or busy, or deleted). The branch on the signature is
+ * predicted (established flows hit); a pass for the signatures, then one for the keys, then
+ * one for the probes took ~11 more cycles a packet in FW->MON->NAT (issue 18): three loops'
+ * bookkeeping for misses the prefetches had already overlapped. */
 static inline __attribute__((always_inline)) uint32_t
 probe_sized(const struct serpens_table *t, const void *const *keys, uint32_t n,
 	    const uint32_t *hashes, void **values, uint32_t key_size)
