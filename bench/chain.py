@@ -190,7 +190,7 @@ def run(args) -> dict:
     result = {"machine": dict(machine(), stalls=cpu_stalls()),
               "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds, "warmup": args.warmup,
                          "runs": args.runs, "input_depth": rig.input_depth,
-                         "input_hold_s": rig.input_hold_s,
+                         "input_hold_s": rig.input_hold_s, "stall_us": rig.stall_us,
                          "modes": {m: settings[m] for m in modes},
                          # (kept from before per-mode settings: the first mode's, Serpens')
                          "idle_us": settings[modes[0]]["idle_us"],

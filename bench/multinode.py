@@ -37,7 +37,7 @@ import sys
 import tempfile
 
 from .common import BenchError, cpu_stalls, machine
-from .rig import INPUT_DEPTH, INPUT_HOLD_S, Rig, flow_frames
+from .rig import INPUT_DEPTH, INPUT_HOLD_S, Rig, flow_frames, stall_us_for
 from .search import same_link_ratio
 from .sfc import fw_mon_nat, measure
 
@@ -169,6 +169,7 @@ def run(args) -> dict:
                        "replicas": REPLICAS,
                        "loss_limit": 0.001, "underlay": args.underlay,
                        "input_depth": INPUT_DEPTH, "input_hold_s": INPUT_HOLD_S,
+                       "stall_us": stall_us_for(),
                        "gateway_mpps": "unpaced throughput of the gateway loop alone "
                                        "(net_pcap source, 2 servers on net_null ports)",
                        "latency_load_mpps": m.get("latency_mpps"),

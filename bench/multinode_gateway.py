@@ -28,7 +28,7 @@ from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.runtime_cy import _dataplane as dp
 
 from .rig import INPUT_DEPTH, INSTANCE_CPU, ROUTER_CPU, flow_frames, input_depth_at, \
-    keep_off_router_cpu, latency_us, write_pcap
+    keep_off_router_cpu, latency_us, stall_us_for, write_pcap
 from .sfc import measure_started
 
 STAMP_OFF = 42  # the UDP payload of the benchmark frames (bench/common.py udp_frame)
@@ -93,7 +93,7 @@ class Servers:
             conf = dict(s, underlay=s["server_vdev"], gateway_ip=spec["gateway_ip"],
                         gateway_mac=spec["gateway_mac"], tag=spec["tag"],
                         vni=spec.get("vni", 0), mtu=spec.get("mtu", 1500),
-                        stamp_off=STAMP_OFF, stall_us=spec.get("stall_us", 2000),
+                        stamp_off=STAMP_OFF, stall_us=spec.get("stall_us"),
                         moves_at_once=spec.get("moves_at_once", False))
             self.procs[s["name"]] = subprocess.Popen(
                 ["ip", "netns", "exec", s["ns"], sys.executable, "-m",
@@ -189,8 +189,10 @@ class Multi:
         self.sent = dp.Ring(f"mn_out{tag}", spec.get("egress_slots", 4096))
         self.outside = dp.port_from_rings(f"net_ring_mn{tag}", self.inject, self.sent, mp)
         self.under = under
+        # a full server link holds the ingress back as long as the input queue holds arrivals
         self.gw = dp.Gateway(self.outside, self.under[0], self.outside, spec["gateway_ip"],
-                             spec["gateway_mac"], mtu=spec.get("mtu", 1500))
+                             spec["gateway_mac"], mtu=spec.get("mtu", 1500),
+                             stall_us=stall_us_for())
         _route(self.gw, spec, self.under)
         self.driver = dp.GatewayDriver(self.gw, self.inject, self.sent, mp, frames,
                                        stamp_off=STAMP_OFF, depth=INPUT_DEPTH)

@@ -120,7 +120,7 @@ MOVES = {"open": _opening, "prepare": _prepare, "move": _move}
 def serve(spec: dict):
     sink_name = f"net_null_mn{spec['name']}out"
     rig = Rig(f"mn{spec['name']}", None, vdevs=(spec["underlay"], f"{sink_name},no-rx=1"),
-              stall_us=spec.get("stall_us", 2000))
+              stall_us=spec.get("stall_us"))
     images = []
     try:
         mp = rig.dataplane.mempool

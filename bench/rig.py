@@ -43,6 +43,13 @@ def input_depth_at(pps: float, floor: int = INPUT_DEPTH, hold_s: float = INPUT_H
     """The emulated input queue's depth for an offered rate of `pps`."""
     return max(floor, int(pps * hold_s))
 
+
+def stall_us_for(hold_s: float = INPUT_HOLD_S) -> float:
+    """The rig router's stall_us (dp.Router): a paused instance holds the router's RX back,
+    and its arrivals wait in the input queue; the router sheds only once the queue could not
+    have held them (a node's default, 2 ms, would shed in host pauses the queue absorbs)."""
+    return max(2000.0, hold_s * 1e6)
+
 PROXY = "proxy"  # a hop of Rig.start() through the global proxy
 
 
@@ -96,13 +103,14 @@ class Rig:
                  idle_us: int = 200, mbufs: int = 32767, warmup: float = 0.3,
                  vdevs: tuple = (), sandbox: bool | str = True,
                  input_depth: int = INPUT_DEPTH, input_hold_s: float = INPUT_HOLD_S,
-                 stall_us: float = 2000):
+                 stall_us: float | None = None):
         """frames: what the net_pcap source replays (None: no source and sink, only `vdevs`,
         opened by the caller: a server whose router takes its traffic from an underlay).
         input_depth, input_hold_s: the paced source's emulated input queue holds input_hold_s
         of arrivals at the offered rate, and at least input_depth (depth_at).
-        stall_us: the router's (dp.Router): how long an instance may hold its RX back."""
-        self.stall_us = stall_us
+        stall_us: the router's (dp.Router): how long an instance may hold its RX back
+        (default: as long as the input queue holds arrivals, stall_us_for)."""
+        self.stall_us = stall_us if stall_us is not None else stall_us_for(input_hold_s)
         self.warmup = warmup  # run_at's, unless it is given one
         self.input_depth = input_depth
         self.input_hold_s = input_hold_s

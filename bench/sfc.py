@@ -277,6 +277,7 @@ def run(args) -> dict:
                        "warmup": args.warmup,
                        "loss_limit": LOSS_LIMIT, "sfc": "fw->mon->nat",
                        "input_depth": rig.input_depth, "input_hold_s": rig.input_hold_s,
+                       "stall_us": rig.stall_us,
                        "searches": args.searches,
                        "tries_per_rate": TRIES,
                        "cores": "router cpu 1, instance cpu 0; testpmd one forwarding core",

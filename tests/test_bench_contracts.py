@@ -186,7 +186,7 @@ def test_sfc_bench_json_contract():
     assert 0 < r["null_latency_us"]["p50"] <= r["null_latency_us"]["p99"]
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
     assert r["params"]["warmup"] == 0.05 and r["params"]["input_depth"] == 65536
-    assert r["params"]["input_hold_s"] == 0.005
+    assert r["params"]["input_hold_s"] == 0.005 and r["params"]["stall_us"] == 5000
     # every searched figure: the median of its searches, all of them given
     for key in ("sfc_mpps", "null_sfc_mpps", "sfc_mpps_scraped"):
         t = r[f"{key}_trials"]
@@ -393,6 +393,7 @@ def test_multinode_bench_json_contract():
     assert r["params"]["gateway_cpu"] in (0, 1)
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
     assert r["params"]["input_depth"] == 65536 and r["params"]["input_hold_s"] == 0.005
+    assert r["params"]["stall_us"] == 5000
     assert r["machine"]["cores"] >= 1 and set(r["machine"]["stalls"]) >= {"cpu0"}
     detail = r["multi_detail"]
     assert len(detail["gateway"]["servers"]) == 2

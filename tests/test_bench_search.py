@@ -164,3 +164,12 @@ def test_the_input_queue_holds_its_time_at_any_rate():
     assert input_depth_at(34e6) == 170000  # the empty SFC's rate: 5 ms, not 1.9
     assert input_depth_at(34e6, floor=1 << 20) == 1 << 20
     assert input_depth_at(10e6, hold_s=0.01) == 100000
+
+
+def test_the_rig_router_sheds_only_after_the_input_queue_could_not_have_held_the_pause():
+    """bench/rig.py stall_us_for: a paused instance holds the router's RX back for as long as
+    the input queue holds arrivals (5 ms), never less than a node's 2 ms."""
+    from serpens.bench.rig import INPUT_HOLD_S, stall_us_for
+    assert stall_us_for() == stall_us_for(INPUT_HOLD_S) == 5000
+    assert stall_us_for(0.0005) == 2000
+    assert stall_us_for(0.02) == 20000
