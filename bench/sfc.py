@@ -10,7 +10,8 @@ a net_pcap source replaying endlessly, into a net_null sink (bench/rig.py). Figu
   median, min, max, spread}: every searched figure X_mpps has its X_mpps_trials);
 - latency_us: p50/p99 from each packet's arrival to its transmission, at 80% of sfc_mpps
   (the median-p99 run of three; a run that lost over 0.1%, overloaded by a slow spell of the
-  host, is run again: latency_overloaded_runs counts them);
+  host, is run again: latency_overloaded_runs counts them; the load then follows what the
+  CPUs carry now, latency_scale: latency_at);
 - null_sfc_mpps: the same search for an SFC of one empty NF (router + instance overhead);
 - null_latency_us: that empty SFC's latency at the load latency_us was measured at: the floor
   the router, the instance hand-off and the machine (its vCPU stalls) set;
@@ -177,12 +178,18 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     over LOSS_LIMIT did not carry its load (the host slowed the CPUs below the searched
     figure): it is run again, within the same budget and LATENCY_RUNS times at most, and
     such runs' latency (the input queue's hold) counts only if no run carried the load.
+    After such a run, a load taken of the searched figure (latency_mpps 0) follows the host:
+    the placement's figure is scaled by its capacity now (one unpaced run) over the one its
+    search measured, if lower (carried_now).
     {"latency_us", "latency_loss", "latency_mpps", "latency_link", "latency_of_mpps": the
-    figure 80% was taken of, "latency_overloaded_runs": runs that did not carry their load}."""
+    figure 80% was taken of, "latency_scale": the scale then applied to it (1.0: none),
+    "latency_overloaded_runs": runs that did not carry their load}."""
     runs: dict = {}
     overloaded: dict = {}  # placement: runs that lost over LOSS_LIMIT
     n_overloaded = 0
-    figures = {k: v["mpps"] for k, v in found["by_link"].items()}  # (+ searched here)
+    searched = dict(found["by_link"])  # (+ searched here)
+    figures = {k: v["mpps"] for k, v in searched.items()}
+    scales: dict = {}  # placement: its figure's scale to what the CPUs carry now
     link, _ = cpu_link()
     wait_until = time.monotonic() + min(10.0, max(1.0, LINK_WAIT_TRIALS * seconds))
     for _ in range(3 * LATENCY_RUNS):
@@ -195,23 +202,30 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
         if not latency_mpps and link not in figures:  # waited long enough: search it
             extra = search(rig, seconds, loss_key=loss_key, searches=1)
             for k, v in extra["by_link"].items():
+                searched.setdefault(k, v)
                 figures.setdefault(k, v["mpps"])
             link, _ = cpu_link()
         if link is None or (not latency_mpps and not figures.get(link)):
             link, _ = cpu_link()  # (a probe that could not tell, or a figure of 0)
             continue
-        mpps = latency_mpps or 0.8 * figures[link]
+        scale = 1.0 if latency_mpps else scales.get(link, 1.0)
+        mpps = latency_mpps or 0.8 * figures[link] * scale
         load = mpps * 1e6
         ran_in, link, run = link, *linked_run(rig, load, seconds, link,
                                               log=int(load * seconds * 1.5))
         # a run the VM stalled through may sample nothing (p99 None)
         if run is not None and run["latency_us"]["p99"] is not None:
-            run["mpps"] = mpps
+            run["mpps"], run["scale"] = mpps, scale
             if run[loss_key] > LOSS_LIMIT:
                 overloaded.setdefault(ran_in, []).append(run)
                 n_overloaded += 1
                 if n_overloaded == LATENCY_RUNS:
                     break  # not a spell: this load is over what the CPUs carry now
+                if not latency_mpps:
+                    now = carried_now(rig, seconds, ran_in, searched[ran_in])
+                    if now is not None and now < scales.get(ran_in, 1.0):
+                        scales[ran_in] = now
+                        runs.pop(ran_in, None)  # (at a load the CPUs no longer carry)
                 continue
             runs.setdefault(ran_in, []).append(run)
             if len(runs[ran_in]) == LATENCY_RUNS:
@@ -226,7 +240,21 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
             "latency_mpps": round(median["mpps"], 3), "latency_link": ran_in,
             # the figure 80% was taken of (one searched here if the search had none there)
             "latency_of_mpps": None if latency_mpps else figures[ran_in],
+            "latency_scale": round(median["scale"], 3),
             "latency_overloaded_runs": n_overloaded}
+
+
+def carried_now(rig, seconds: float, link: str, searched: dict) -> float | None:
+    """What placement `link`'s CPUs carry now against when its figure was searched
+    (`searched`: {"mpps", "capacity"}, search.py): its unpaced capacity now (one run) over the
+    search's, at most 1. None if that run left the placement or no capacity is known."""
+    capacity = searched.get("capacity")
+    if not capacity:
+        return None
+    _, trial = linked_run(rig, 0, seconds, link)
+    if trial is None or not trial["mpps"]:
+        return None
+    return min(1.0, trial["mpps"] / capacity)
 
 
 def build_images(null: bool = False) -> dict:
@@ -298,6 +326,7 @@ def run(args) -> dict:
            "latency_of_mpps": fmn["latency_of_mpps"],
            "latency_loss": fmn["latency_loss"],
            "latency_overloaded_runs": fmn["latency_overloaded_runs"],
+           "latency_scale": fmn["latency_scale"],
            "null_latency_link": null.get("latency_link"),
            "null_latency_loss": null.get("latency_loss"),
            "null_latency_overloaded_runs": null.get("latency_overloaded_runs"),

@@ -303,7 +303,7 @@ def run(args, lose_state=None) -> dict:
                 serpens_routed = None  # (the baselines' routed runs follow its placements)
                 figures = {"latency_us": {}, "latency_at_mpps": {}, "routed_mpps": {},
                            "routed_mpps_by_link": {}, "latency_link": {},
-                           "latency_of_mpps": {}}
+                           "latency_of_mpps": {}, "latency_scale": {}}
                 for backend, code in BACKENDS.items():
                     # (the routed runs' watchdog may have killed the last one: its stand-in)
                     proc = idle_process(pool)
@@ -374,6 +374,7 @@ def run(args, lose_state=None) -> dict:
                         link: f["mpps"] for link, f in m["mpps_by_link"].items()}
                     figures["latency_link"][backend] = m["latency_link"]
                     figures["latency_of_mpps"][backend] = m["latency_of_mpps"]
+                    figures["latency_scale"][backend] = m["latency_scale"]
                 for backend in ("redis", "snf"):
                     figures[f"serpens_vs_{backend}"] = round(
                         figures["serpens_mpps"] / max(figures[f"{backend}_mpps"], 1e-9), 1)

@@ -156,6 +156,45 @@ def test_a_load_no_run_carries_gives_the_overloaded_runs_latency(near_only):
     assert r["latency_us"]["p50"] == pytest.approx(1702.0) and r["latency_loss"] == 0.05
 
 
+class SlowedRig:
+    """Latency runs in one placement on a host that slowed the CPUs since the search: they
+    carry up to `carries` Mpps, and an unpaced run gives `capacity`."""
+
+    def __init__(self, carries, capacity):
+        self.carries, self.capacity, self.loads = carries, capacity, []
+
+    def run_at(self, pps, seconds, **kw):
+        self.loads.append(pps / 1e6)
+        if not pps:
+            return {"mpps": self.capacity, "loss": 0.0, "lost": 0.0,
+                    "latency_us": {"p50": None, "p99": None}}
+        loss = 0.05 if pps / 1e6 > self.carries else 0.0
+        p50 = 1700.0 if loss else 2.0
+        return {"mpps": pps / 1e6, "loss": loss, "lost": loss,
+                "latency_us": {"p50": p50, "p99": p50 * 3}}
+
+
+def test_after_a_run_that_did_not_carry_its_load_the_load_follows_the_capacity_now(near_only):
+    """The search found 10 Mpps under a capacity of 12; the CPUs now carry half of that: the
+    second run is at 80% of 10 x 6/12, and the figure says so (latency_scale)."""
+    rig = SlowedRig(carries=5.0, capacity=6.0)
+    found = {"by_link": {"near": {"mpps": 10.0, "capacity": 12.0}}}
+    r = near_only.latency_at(rig, 0.1, found, 0, "loss")
+    assert rig.loads == [8.0, 0.0] + [4.0] * near_only.LATENCY_RUNS
+    assert r["latency_scale"] == 0.5 and r["latency_mpps"] == pytest.approx(4.0)
+    assert r["latency_of_mpps"] == 10.0 and r["latency_overloaded_runs"] == 1
+    assert r["latency_us"]["p50"] == 2.0 and r["latency_loss"] == 0.0
+
+
+def test_a_fixed_load_is_not_scaled(near_only):
+    """A latency compared with another's (null_latency_us: at the SFC's load) keeps its load."""
+    rig = SlowedRig(carries=5.0, capacity=6.0)
+    found = {"by_link": {"near": {"mpps": 10.0, "capacity": 12.0}}}
+    r = near_only.latency_at(rig, 0.1, found, 8.0, "loss")
+    assert rig.loads == [8.0] * near_only.LATENCY_RUNS and r["latency_scale"] == 1.0
+    assert r["latency_overloaded_runs"] == near_only.LATENCY_RUNS
+
+
 def test_the_input_queue_holds_its_time_at_any_rate():
     """bench/rig.py input_depth_at: 5 ms of arrivals at the offered rate, 65536 at least (the
     rig's paced source and the multinode gateway's driver alike)."""
