@@ -52,8 +52,8 @@ def budget(rig: Rig, sfc, seconds: float, warmup: float) -> dict:
     """The SFC's stage budget: of `seconds` in WINDOW_S windows, the one with the fewest
     cycles per packet among those that dropped nothing (a window the host paused the router
     in is not the router's cost, and one its instance was kept off its CPU in sheds packets
-    after 2 ms, router.h "Containment": this machine is shared), and the median window's
-    total."""
+    after the rig's stall_us, router.h "Containment": this machine is shared), and the median
+    window's total."""
     rig.start([sfc])
     try:
         plain = rig.run_at(0, seconds, warmup)["mpps"]

@@ -23,11 +23,12 @@ packets per flow, flows the FW denies); its output (count, bytes, digest) and ea
 (packets in, dropped, named counters) must equal Serpens', or the run fails (BenchError).
 Figures per platform: `mpps`, the highest offered rate with under 0.1% of the packets lost
 anywhere (sfc.measure_started, loss_key "lost": a baseline's internal queues count too), and
-`latency_us` {p50, p99, mean} at 80% of that platform's own `mpps`; per baseline `speedup`
-(Serpens' mpps over its), `latency_reduction` (1 - Serpens' mean latency over its) and
-`latency_reduction_p50` (the same of the medians: on this VM the host's stalls, milliseconds
-several times a second, queue packets at any rate near a platform's maximum and decide every
-mean; the median is the platform's own).
+`latency_us` {p50, p99, mean} at 80% of that platform's own `mpps` (`latency_scale` below
+1: scaled to what the CPUs carried then, after a run that did not carry its load:
+sfc.latency_at); per baseline `speedup` (Serpens' mpps over its), `latency_reduction` (1 -
+Serpens' mean latency over its) and `latency_reduction_p50` (the same of the medians: on
+this VM the host's stalls, milliseconds several times a second, queue packets at any rate
+near a platform's maximum and decide every mean; the median is the platform's own).
 With --gateway (root), `serpens_gateway`: Serpens again, the SFC on one server behind the
 gateway (bench multinode's testbed), not compared with the baselines.
 """
@@ -206,7 +207,7 @@ def measure_platform(rig: Rig, plats: _Platforms, platform: str, settings: dict,
     out = {"mpps": m["mpps"], "latency_us": {"p50": lat["p50"], "p99": lat["p99"],
                                              "mean": lat["mean"]},
            "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"],
-           "latency_link": m["latency_link"]}
+           "latency_link": m["latency_link"], "latency_scale": m["latency_scale"]}
     if forks:  # children forked per NF while measured (a child ends when its ring idles)
         out["forks"] = forks
     # the search's own extra figures (trials, spread), whatever sfc.py reports
@@ -234,7 +235,7 @@ def measure_gateway(args) -> dict:
     return {"mpps": m["mpps"], "latency_us": {"p50": lat["p50"], "p99": lat["p99"],
                                               "mean": lat["mean"]},
             "capacity_mpps": m["capacity_mpps"], "latency_mpps": m["latency_mpps"],
-            "latency_link": m["latency_link"]}
+            "latency_link": m["latency_link"], "latency_scale": m["latency_scale"]}
 
 
 def platform_settings(args) -> dict:
@@ -263,7 +264,8 @@ def run(args, baseline_nfs=NFS) -> dict:
               "params": {"flows": args.flows, "frame_bytes": 64, "seconds": args.seconds,
                          "warmup": args.warmup, "loss_limit": LOSS_LIMIT, "loss_counts":
                          "every packet that did not come out (input and inside the node)",
-                         "sfc": "fw->mon->nat", "latency_at": "80% of each platform's mpps",
+                         "sfc": "fw->mon->nat",
+                         "latency_at": "80% of each platform's mpps (x latency_scale)",
                          "platforms": {p: dict(settings[p], design=DESIGNS[p])
                                        for p in platforms},
                          "cores": "router cpu 1 (and the global proxy, sharing it), every NF "

@@ -18,7 +18,8 @@ the overhead of the gateway and the VXLAN hop, not scaling. Figures:
 - multi_mpps: the highest load offered at the gateway that leaves the servers' own output
   ports with under 0.1% loss (bench sfc's search); latency_us.multi from each frame's
   arrival at the gateway (stamped in its payload) to its departure from a server (the
-  server's router reads the stamp), at 80% of multi_mpps;
+  server's router reads the stamp), at 80% of multi_mpps (x latency_scale.multi: after a
+  run that did not carry its load, scaled to what the CPUs carried then, sfc.latency_at);
 - multi_return_mpps: the same with the output back through the gateway (`output: gateway`),
   out of its egress port; latency at 80% of its own rate;
 - single_mpps: bench sfc's figure for the same SFC on one node without a gateway (router on
@@ -194,6 +195,8 @@ def run(args) -> dict:
             # unpaced (the source never runs dry): what each carries losing what it must
             "capacity_mpps": {"multi": m["capacity_mpps"], "multi_return": mr["capacity_mpps"],
                               "single": single["capacity_mpps"]},
+            "latency_scale": {k: r.get("latency_scale") for k, r in
+                              (("multi", m), ("multi_return", mr), ("single", single))},
             "latency_us": {k: {p: r["latency_us"][p] for p in lat} if "latency_us" in r
                            else None
                            for k, r in (("multi", m), ("multi_return", mr), ("single", single))},

@@ -179,8 +179,9 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     figure): it is run again, within the same budget and LATENCY_RUNS times at most, and
     such runs' latency (the input queue's hold) counts only if no run carried the load.
     After such a run, a load taken of the searched figure (latency_mpps 0) follows the host:
-    the placement's figure is scaled by its capacity now (one unpaced run) over the one its
-    search measured, if lower (carried_now).
+    the placement's figure is scaled by its capacity now over the one its search measured,
+    if clearly lower (carried_now: two unpaced runs more, at most twice); the figure is then
+    of the placement's runs at the latest load alone.
     {"latency_us", "latency_loss", "latency_mpps", "latency_link", "latency_of_mpps": the
     figure 80% was taken of, "latency_scale": the scale then applied to it (1.0: none),
     "latency_overloaded_runs": runs that did not carry their load}."""
@@ -222,39 +223,49 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
                 if n_overloaded == LATENCY_RUNS:
                     break  # not a spell: this load is over what the CPUs carry now
                 if not latency_mpps:
-                    now = carried_now(rig, seconds, ran_in, searched[ran_in])
+                    link, now = carried_now(rig, seconds, ran_in, searched[ran_in])
                     if now is not None and now < scales.get(ran_in, 1.0):
                         scales[ran_in] = now
-                        runs.pop(ran_in, None)  # (at a load the CPUs no longer carry)
                 continue
             runs.setdefault(ran_in, []).append(run)
-            if len(runs[ran_in]) == LATENCY_RUNS:
+            if sum(r["scale"] == scale for r in runs[ran_in]) == LATENCY_RUNS:
                 break
     runs = runs or overloaded
     if not runs:
         raise BenchError("bench: no latency run sampled a packet in one placement of the CPUs")
     ran_in = want_link if want_link in runs else max(runs, key=lambda k: len(runs[k]))
-    sampled = sorted(runs[ran_in], key=lambda r: r["latency_us"]["p99"])
+    latest = min(r["scale"] for r in runs[ran_in])  # (scales only fall: the latest load)
+    sampled = sorted((r for r in runs[ran_in] if r["scale"] == latest),
+                     key=lambda r: r["latency_us"]["p99"])
     median = sampled[(len(sampled) - 1) // 2]
     return {"latency_us": median["latency_us"], "latency_loss": median[loss_key],
             "latency_mpps": round(median["mpps"], 3), "latency_link": ran_in,
             # the figure 80% was taken of (one searched here if the search had none there)
             "latency_of_mpps": None if latency_mpps else figures[ran_in],
-            "latency_scale": round(median["scale"], 3),
+            "latency_scale": round(median["scale"], 6),
             "latency_overloaded_runs": n_overloaded}
 
 
-def carried_now(rig, seconds: float, link: str, searched: dict) -> float | None:
+CARRIED_MARGIN = 0.95  # a capacity now under this share of the search's is the host's doing
+
+
+def carried_now(rig, seconds: float, link: str, searched: dict) -> tuple:
     """What placement `link`'s CPUs carry now against when its figure was searched
-    (`searched`: {"mpps", "capacity"}, search.py): its unpaced capacity now (one run) over the
-    search's, at most 1. None if that run left the placement or no capacity is known."""
+    (`searched`: {"mpps", "capacity"}, search.py): (the placement after, its capacity now
+    over the search's, or None). The capacity now is the better of two unpaced runs, as a
+    search's own is; a ratio over CARRIED_MARGIN is a run's noise, not the host (None), as
+    are a run that left the placement and an unknown capacity."""
     capacity = searched.get("capacity")
     if not capacity:
-        return None
-    _, trial = linked_run(rig, 0, seconds, link)
-    if trial is None or not trial["mpps"]:
-        return None
-    return min(1.0, trial["mpps"] / capacity)
+        return link, None
+    best = 0.0
+    for _ in range(2):
+        link, trial = linked_run(rig, 0, seconds, link)
+        if trial is None:
+            return link, None
+        best = max(best, trial["mpps"])
+    ratio = best / capacity
+    return link, ratio if 0 < ratio < CARRIED_MARGIN else None
 
 
 def build_images(null: bool = False) -> dict:

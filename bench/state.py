@@ -22,7 +22,8 @@ runs in Serpens' placement, and `serpens_vs_<backend>_link` names it ("mixed" if
 Latency (Fig. 12b): each NF and backend again behind the node's router (bench/rig.py: a paced
 net_pcap source, router on CPU 1, the instance and redis-server on CPU 0), its loss-limited
 maximum searched by sfc.measure_started() and `latency_us` {p50, p99, mean} measured at 80%
-of that backend's own maximum (`routed_mpps`, `latency_at_mpps`) in the CPU placement the
+of that backend's own maximum (`routed_mpps`, `latency_at_mpps`; times `latency_scale` after a
+run that did not carry its load, sfc.latency_at) in the CPU placement the
 latency ran in (bench/search.py: `latency_link`, each placement's maximum in
 `routed_mpps_by_link`).
 IDS and VPN are the stock NFs (nfs/ids, nfs/vpn). What state they touch per packet decides

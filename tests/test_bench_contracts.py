@@ -399,6 +399,8 @@ def test_multinode_bench_json_contract():
     assert r["params"]["sfc"] == "fw->mon->nat" and r["params"]["loss_limit"] == 0.001
     assert r["params"]["input_depth"] == 65536 and r["params"]["input_hold_s"] == 0.005
     assert r["params"]["stall_us"] == 5000
+    assert set(r["latency_scale"]) == {"multi", "multi_return", "single"}
+    assert all(v is None or 0 < v <= 1 for v in r["latency_scale"].values())
     assert r["machine"]["cores"] >= 1 and set(r["machine"]["stalls"]) >= {"cpu0"}
     detail = r["multi_detail"]
     assert len(detail["gateway"]["servers"]) == 2
@@ -425,6 +427,7 @@ def test_e2e_bench_json_contract():
         assert row["mpps"] > 0, p
         lat = row["latency_us"]
         assert 0 < lat["p50"] <= lat["p99"] and lat["mean"] > 0, p
+        assert 0 < row["latency_scale"] <= 1, p  # (< 1: after a run that did not carry)
         assert row["output"] == ref, p  # the same packets out and the same work, NF by NF
         assert set(r["params"]["platforms"][p]) >= {"idle_us", "ring_size", "design"}, p
         if p != "serpens":

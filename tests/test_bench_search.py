@@ -176,14 +176,37 @@ class SlowedRig:
 
 def test_after_a_run_that_did_not_carry_its_load_the_load_follows_the_capacity_now(near_only):
     """The search found 10 Mpps under a capacity of 12; the CPUs now carry half of that: the
-    second run is at 80% of 10 x 6/12, and the figure says so (latency_scale)."""
+    runs after the first are at 80% of 10 x 6/12, and the figure says so (latency_scale)."""
     rig = SlowedRig(carries=5.0, capacity=6.0)
     found = {"by_link": {"near": {"mpps": 10.0, "capacity": 12.0}}}
     r = near_only.latency_at(rig, 0.1, found, 0, "loss")
-    assert rig.loads == [8.0, 0.0] + [4.0] * near_only.LATENCY_RUNS
+    assert rig.loads == [8.0, 0.0, 0.0] + [4.0] * near_only.LATENCY_RUNS  # (better of two)
     assert r["latency_scale"] == 0.5 and r["latency_mpps"] == pytest.approx(4.0)
     assert r["latency_of_mpps"] == 10.0 and r["latency_overloaded_runs"] == 1
     assert r["latency_us"]["p50"] == 2.0 and r["latency_loss"] == 0.0
+
+
+def test_a_capacity_now_near_the_searchs_is_noise_and_scales_nothing(near_only):
+    """(carried_now: over 95% of the search's capacity the load stays; a load no run carries
+    then gives the overloaded runs' figure, as before)"""
+    rig = SlowedRig(carries=5.0, capacity=11.9)
+    found = {"by_link": {"near": {"mpps": 10.0, "capacity": 12.0}}}
+    r = near_only.latency_at(rig, 0.1, found, 0, "loss")
+    assert rig.loads == [8.0, 0.0, 0.0, 8.0, 0.0, 0.0, 8.0] and r["latency_scale"] == 1.0
+    assert r["latency_overloaded_runs"] == near_only.LATENCY_RUNS and r["latency_loss"] == 0.05
+
+
+def test_a_figure_is_of_the_runs_at_the_latest_load(near_only):
+    """A run carried before a slow spell and runs after it at a scaled load: the figure is the
+    scaled runs' alone."""
+    rig = SlowedRig(carries=9.0, capacity=6.0)
+    found = {"by_link": {"near": {"mpps": 10.0, "capacity": 12.0}}}
+    real = rig.run_at
+    rig.run_at = lambda pps, s, **kw: real(pps, s) if len(rig.loads) != 1 else dict(
+        real(pps, s), loss=0.05, lost=0.05, latency_us={"p50": 1700.0, "p99": 5100.0})
+    r = near_only.latency_at(rig, 0.1, found, 0, "loss")
+    assert rig.loads == [8.0, 8.0, 0.0, 0.0] + [4.0] * near_only.LATENCY_RUNS
+    assert r["latency_mpps"] == pytest.approx(4.0) and r["latency_scale"] == 0.5
 
 
 def test_a_fixed_load_is_not_scaled(near_only):
