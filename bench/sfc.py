@@ -181,7 +181,8 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     After such a run, a load taken of the searched figure (latency_mpps 0) follows the host:
     the placement's figure is scaled by its capacity now over the one its search measured,
     if clearly lower (carried_now: two unpaced runs more, at most twice); the figure is then
-    of the placement's runs at the latest load alone.
+    of the placement's runs at the latest load one of them carried (or, if none carried
+    any, the latest of the overloaded runs' loads) alone.
     {"latency_us", "latency_loss", "latency_mpps", "latency_link", "latency_of_mpps": the
     figure 80% was taken of, "latency_scale": the scale then applied to it (1.0: none),
     "latency_overloaded_runs": runs that did not carry their load}."""
@@ -233,10 +234,9 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     runs = runs or overloaded
     if not runs:
         raise BenchError("bench: no latency run sampled a packet in one placement of the CPUs")
+    runs = {k: at_latest_load(v) for k, v in runs.items()}
     ran_in = want_link if want_link in runs else max(runs, key=lambda k: len(runs[k]))
-    latest = min(r["scale"] for r in runs[ran_in])  # (scales only fall: the latest load)
-    sampled = sorted((r for r in runs[ran_in] if r["scale"] == latest),
-                     key=lambda r: r["latency_us"]["p99"])
+    sampled = sorted(runs[ran_in], key=lambda r: r["latency_us"]["p99"])
     median = sampled[(len(sampled) - 1) // 2]
     return {"latency_us": median["latency_us"], "latency_loss": median[loss_key],
             "latency_mpps": round(median["mpps"], 3), "latency_link": ran_in,
@@ -244,6 +244,13 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
             "latency_of_mpps": None if latency_mpps else figures[ran_in],
             "latency_scale": round(median["scale"], 6),
             "latency_overloaded_runs": n_overloaded}
+
+
+def at_latest_load(runs: list) -> list:
+    """The runs at the lowest of their scales: the latest load (a placement's scale only
+    falls) that they were run at."""
+    latest = min(r["scale"] for r in runs)
+    return [r for r in runs if r["scale"] == latest]
 
 
 CARRIED_MARGIN = 0.95  # a capacity now under this share of the search's is the host's doing
