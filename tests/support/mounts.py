@@ -11,7 +11,9 @@ import pytest
 def small_fs(fstype: str, size: str):
     """A fresh `fstype` mount of `size` on a temporary folder, unmounted on leaving."""
     path = tempfile.mkdtemp(prefix=f"serpens-{fstype}-")
-    opts = f"size={size}" + (",pagesize=2M" if fstype == "hugetlbfs" else "")
+    # hugetlbfs: its pages reserved at mount (min_size), or a DPDK process of the session,
+    # whose memory grows from the same pool, could take them before the test fills them
+    opts = f"size={size}" + (f",min_size={size},pagesize=2M" if fstype == "hugetlbfs" else "")
     done = subprocess.run(["mount", "-t", fstype, "-o", opts, f"serpens-{fstype}", path],
                           capture_output=True, text=True)
     if done.returncode:
