@@ -91,8 +91,8 @@ def run(args) -> dict:
                     "headroom": args.headroom, "wave_slots": args.wave_slots,
                     # the servers' routers wait 10 ms for a stopped instance before they
                     # shed (5 ms in the rig: bench/rig.py stall_us_for; a node's 2 ms): this
-                    # VM stops a vCPU for 2-10 ms now and then,
-                    # and the bench measures moves, not the host
+                    # VM stops a vCPU for 2-10 ms now and then, and the bench measures moves,
+                    # not the host
                     "stall_us": 10000, "moves_at_once": True, "trials": args.trials,
                     # the gateway's egress ring as large as the links, for the same reason
                     "egress_slots": 16384}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from serpens.agent.dataplane import Dataplane, DataplaneConfig
 from serpens.agent.instance_manager import InstanceManager
 from serpens.agent.process_pool import ProcessPool
+from serpens.common.node_spec import NodeSpec
 from serpens.runtime_cy import _dataplane as dp
 
 from serpens.agent.process_pool import MAPPED, InstanceStart
@@ -47,8 +48,9 @@ def input_depth_at(pps: float, floor: int = INPUT_DEPTH, hold_s: float = INPUT_H
 def stall_us_for(hold_s: float = INPUT_HOLD_S) -> float:
     """The rig router's stall_us (dp.Router): a paused instance holds the router's RX back,
     and its arrivals wait in the input queue; the router sheds only once the queue could not
-    have held them (a node's default, 2 ms, would shed in host pauses the queue absorbs)."""
-    return max(2000.0, hold_s * 1e6)
+    have held them (a node's default would shed in host pauses the queue absorbs)."""
+    return max(NodeSpec.stall_us, hold_s * 1e6)
+
 
 PROXY = "proxy"  # a hop of Rig.start() through the global proxy
 

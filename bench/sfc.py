@@ -189,29 +189,27 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     runs: dict = {}
     overloaded: dict = {}  # placement: runs that lost over LOSS_LIMIT
     n_overloaded = 0
-    searched = dict(found["by_link"])  # (+ searched here)
-    figures = {k: v["mpps"] for k, v in searched.items()}
+    searched = dict(found["by_link"])  # placement: {"mpps", "capacity"} (+ searched here)
     scales: dict = {}  # placement: its figure's scale to what the CPUs carry now
     link, _ = cpu_link()
     wait_until = time.monotonic() + min(10.0, max(1.0, LINK_WAIT_TRIALS * seconds))
     for _ in range(3 * LATENCY_RUNS):
         while ((want_link and link != want_link)
-               or (not latency_mpps and link not in figures)):
+               or (not latency_mpps and link not in searched)):
             if time.monotonic() > wait_until:
                 break
             time.sleep(0.1)  # a placement the search found no figure in: wait for another
             link, _ = cpu_link()
-        if not latency_mpps and link not in figures:  # waited long enough: search it
+        if not latency_mpps and link not in searched:  # waited long enough: search it
             extra = search(rig, seconds, loss_key=loss_key, searches=1)
             for k, v in extra["by_link"].items():
                 searched.setdefault(k, v)
-                figures.setdefault(k, v["mpps"])
             link, _ = cpu_link()
-        if link is None or (not latency_mpps and not figures.get(link)):
+        if link is None or (not latency_mpps and not searched.get(link, {}).get("mpps")):
             link, _ = cpu_link()  # (a probe that could not tell, or a figure of 0)
             continue
         scale = 1.0 if latency_mpps else scales.get(link, 1.0)
-        mpps = latency_mpps or 0.8 * figures[link] * scale
+        mpps = latency_mpps or 0.8 * searched[link]["mpps"] * scale
         load = mpps * 1e6
         ran_in, link, run = link, *linked_run(rig, load, seconds, link,
                                               log=int(load * seconds * 1.5))
@@ -241,7 +239,7 @@ def latency_at(rig, seconds: float, found: dict, latency_mpps: float, loss_key: 
     return {"latency_us": median["latency_us"], "latency_loss": median[loss_key],
             "latency_mpps": round(median["mpps"], 3), "latency_link": ran_in,
             # the figure 80% was taken of (one searched here if the search had none there)
-            "latency_of_mpps": None if latency_mpps else figures[ran_in],
+            "latency_of_mpps": None if latency_mpps else searched[ran_in]["mpps"],
             "latency_scale": round(median["scale"], 6),
             "latency_overloaded_runs": n_overloaded}
 
