@@ -69,13 +69,21 @@ def test_serpensctl_trace_names_each_nf_in_chain_order(running):
         assert t["summary"].startswith("Ether / IP / UDP "), t["summary"]  # decoded, not Raw
 
 
+def interruptible():
+    """Ctrl-C reaches the child whoever started the suite: a shell without job control runs a
+    background job with SIGINT ignored, the child inherits that, and Python then installs no
+    KeyboardInterrupt handler (the capture would run out its 60 s)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_capture_leaves_a_whole_file_and_says_what_it_holds(running, tmp_path):
     controller, _ = running
     out = tmp_path / "interrupted.pcapng"
     proc = subprocess.Popen([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
                              "--server", controller.address, "capture", "fw-mon-nat",
                              "-c", "1000000", "--seconds", "60", "-w", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     try:
         wait_until(lambda: out.exists() and out.stat().st_size > 4096, 30)  # packets came
         proc.send_signal(signal.SIGINT)
