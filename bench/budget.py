@@ -25,15 +25,15 @@ import time
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from .common import cpu_link, cpu_stalls, machine
+from .common import cpu_link, cpu_stalls, machine, non_negative_float, positive_float, positive_int
 from .rig import Rig, flow_frames
 from .sfc import build_images, fw_mon_nat
 
 
 def add_arguments(p):
-    p.add_argument("--seconds", type=float, default=2.0, help="measuring time per SFC")
-    p.add_argument("--warmup", type=float, default=0.5)
-    p.add_argument("--flows", type=int, default=10000)
+    p.add_argument("--seconds", type=positive_float, default=2.0, help="measuring time per SFC")
+    p.add_argument("--warmup", type=non_negative_float, default=0.5)
+    p.add_argument("--flows", type=positive_int, default=10000)
 
 
 WINDOW_S = 0.1  # the budget is read over windows this long: the least disturbed one counts

@@ -37,7 +37,8 @@ from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
 from serpens.nfs import fw as fw_nf
 
-from .common import BenchError, cpu_stalls, machine, tcp_frame, udp_frame
+from .common import (BenchError, cpu_stalls, machine, non_negative_float, positive_float,
+                     positive_int, tcp_frame, udp_frame)
 from .rig import PROXY, Rig, flow_frames
 from .search import same_link_ratio, search
 from .state import FW_RULES
@@ -56,10 +57,10 @@ SETTINGS = {
 
 
 def add_arguments(p):
-    p.add_argument("--seconds", type=float, default=1.0, help="measuring time per run")
-    p.add_argument("--warmup", type=float, default=0.3,
+    p.add_argument("--seconds", type=positive_float, default=1.0, help="measuring time per run")
+    p.add_argument("--warmup", type=non_negative_float, default=0.3,
                    help="seconds at a run's rate before it is measured")
-    p.add_argument("--flows", type=int, default=10000)
+    p.add_argument("--flows", type=positive_int, default=10000)
     p.add_argument("--lengths", default="1,2,4,8", help="chain lengths (comma-separated)")
     p.add_argument("--modes", default=",".join(MODES), help="modes to run (comma-separated)")
     p.add_argument("--idle-us", type=int, default=None,

@@ -45,7 +45,8 @@ from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
 from .baselines import ForkRedis, RedisServer, RedisState
 from .chain import summary
-from .common import BenchError, cpu_stalls, machine
+from .common import (BenchError, cpu_stalls, machine, non_negative_float, positive_float,
+                     positive_int)
 from .forked import ForkedHop
 from .rig import INSTANCE_CPU, PROXY, Hop, Rig, flow_frames
 from .search import same_link, same_link_ratio
@@ -76,10 +77,10 @@ DESIGNS = {
 
 
 def add_arguments(p):
-    p.add_argument("--seconds", type=float, default=0.5, help="measuring time per trial")
-    p.add_argument("--warmup", type=float, default=0.3,
+    p.add_argument("--seconds", type=positive_float, default=0.5, help="measuring time per trial")
+    p.add_argument("--warmup", type=non_negative_float, default=0.3,
                    help="seconds at a trial's rate before it is measured")
-    p.add_argument("--flows", type=int, default=10000)
+    p.add_argument("--flows", type=positive_int, default=10000)
     p.add_argument("--platforms", default=",".join(PLATFORMS),
                    help="platforms to run (comma-separated; serpens always runs)")
     p.add_argument("--idle-us", type=int, default=None,

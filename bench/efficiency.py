@@ -42,7 +42,7 @@ from serpens.agent.instance_manager import InstanceManager
 from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import BenchError, machine, udp_frame
+from .common import BenchError, machine, positive_float, positive_int, udp_frame
 from .rig import INSTANCE_CPU, ROUTER_CPU, Rig, flow_frames, keep_off_router_cpu
 from .state import NF_CONFIGS
 
@@ -52,12 +52,12 @@ MINUTE = 60          # trace seconds per minute-level allocation window
 
 def add_arguments(p):
     p.add_argument("--sfcs", type=int, default=100, help="SFCs in the trace (default 100)")
-    p.add_argument("--seconds", type=float, default=60.0, help="replay time (default 60)")
+    p.add_argument("--seconds", type=positive_float, default=60.0, help="replay time (default 60)")
     p.add_argument("--speedup", type=float, default=4.0,
                    help="trace seconds per replay second (default 4)")
     p.add_argument("--peak-kpps", type=float, default=100.0,
                    help="the SFCs' summed rate at its peak, kpps (default 100)")
-    p.add_argument("--flows", type=int, default=64, help="flows per SFC")
+    p.add_argument("--flows", type=positive_int, default=64, help="flows per SFC")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--idle-us", type=int, default=200,
                    help="how long an instance polls an empty ring before it sleeps (default "

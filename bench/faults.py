@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 
-from .common import cpu_stalls, machine, percentiles, udp_frame
+from .common import cpu_stalls, machine, percentiles, positive_float, udp_frame
 from .rig import write_pcap
 
 MISBEHAVE = os.path.join(os.path.dirname(__file__), "nfs", "misbehave.c")
@@ -336,7 +336,7 @@ def sandbox_cost(seconds: float, rounds: int = 5) -> dict:
 # ---- serpensctl bench faults ------------------------------------------------------------------
 
 def add_arguments(p):
-    p.add_argument("--seconds", type=float, default=10.0, help="the crash loop's duration")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="the crash loop's duration")
     p.add_argument("--kind", choices=sorted(KINDS), default="null")
     p.add_argument("--pps", type=float, default=100_000)
 

@@ -37,7 +37,7 @@ import tempfile
 
 from serpens.controller.moves import WAVE_SLOTS
 
-from .common import BenchError, machine
+from .common import BenchError, machine, non_negative_float, positive_float, positive_int
 from .multinode import GATEWAY, GATEWAY_CPU, TAG, UNDERLAYS, Testbed
 
 KEYS = ("move_ms", "lost_packets", "reordered_flows", "paused_flows_max", "before_p99_us",
@@ -47,10 +47,10 @@ KEYS = ("move_ms", "lost_packets", "reordered_flows", "paused_flows_max", "befor
 
 def add_arguments(p):
     p.add_argument("--pps", type=float, default=1e6, help="the load offered during moves")
-    p.add_argument("--flows", type=int, default=10000)
-    p.add_argument("--seconds", type=float, default=0.5,
+    p.add_argument("--flows", type=positive_int, default=10000)
+    p.add_argument("--seconds", type=positive_float, default=0.5,
                    help="measuring time of the trial that checks the load is carried")
-    p.add_argument("--warmup", type=float, default=0.5,
+    p.add_argument("--warmup", type=non_negative_float, default=0.5,
                    help="seconds at the load before a move's measurement starts")
     p.add_argument("--before", type=float, default=0.5, help="seconds measured before a move")
     p.add_argument("--after", type=float, default=0.5, help="seconds measured after a move")

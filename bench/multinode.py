@@ -37,7 +37,8 @@ import subprocess
 import sys
 import tempfile
 
-from .common import BenchError, cpu_stalls, machine
+from .common import (BenchError, cpu_stalls, machine, non_negative_float, positive_float,
+                     positive_int)
 from .rig import INPUT_DEPTH, INPUT_HOLD_S, Rig, flow_frames, stall_us_for
 from .search import same_link_ratio
 from .sfc import fw_mon_nat, measure
@@ -50,10 +51,10 @@ GATEWAY_CPU = 1  # chosen by measurement (docs/baselines.md "Several servers": c
 
 
 def add_arguments(p):
-    p.add_argument("--seconds", type=float, default=0.5, help="measuring time per trial")
-    p.add_argument("--warmup", type=float, default=0.3,
+    p.add_argument("--seconds", type=positive_float, default=0.5, help="measuring time per trial")
+    p.add_argument("--warmup", type=non_negative_float, default=0.3,
                    help="seconds at a trial's rate before it is measured")
-    p.add_argument("--flows", type=int, default=10000)
+    p.add_argument("--flows", type=positive_int, default=10000)
     p.add_argument("--underlay", choices=UNDERLAYS, default="memif",
                    help="the link between the gateway and each server")
     p.add_argument("--gateway-cpu", type=int, choices=(0, 1), default=GATEWAY_CPU,

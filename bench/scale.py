@@ -27,14 +27,14 @@ from serpens.runtime_cy import _dataplane as dp
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from .common import cpu_stalls, machine, percentiles
+from .common import cpu_stalls, machine, percentiles, positive_int
 from .rig import ROUTER_CPU, Rig, flow_frames
 from .state import NF_CONFIGS
 
 
 def add_arguments(p):
     p.add_argument("--rate", type=float, default=1.0, help="offered load, Mpps")
-    p.add_argument("--flows", type=int, default=1000)
+    p.add_argument("--flows", type=positive_int, default=1000)
     p.add_argument("--before", type=float, default=1.0, help="seconds before the scale-out")
     p.add_argument("--after", type=float, default=1.0, help="seconds after it")
     p.add_argument("--idle-us", type=int, default=20,

@@ -43,7 +43,8 @@ from serpens import nfs
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import BenchError, cpu_link, cpu_stalls, machine
+from .common import (BenchError, cpu_link, cpu_stalls, machine, non_negative_float, positive_float,
+                     positive_int)
 from .rig import Rig, flow_frames, write_pcap
 from .scrape import RigNode, Scraper
 from .search import (LOSS_LIMIT, SEARCHES, TRIES, link_ratios, linked_run, same_link_ratio,
@@ -54,11 +55,11 @@ NULL_NF = os.path.join(os.path.dirname(__file__), "nfs", "null.c")
 
 
 def add_arguments(p):
-    p.add_argument("--seconds", type=float, default=0.5, help="measuring time per trial")
-    p.add_argument("--warmup", type=float, default=0.3,
+    p.add_argument("--seconds", type=positive_float, default=0.5, help="measuring time per trial")
+    p.add_argument("--warmup", type=non_negative_float, default=0.3,
                    help="seconds at a trial's rate before it is measured")
-    p.add_argument("--flows", type=int, default=10000)
-    p.add_argument("--searches", type=int, default=SEARCHES,
+    p.add_argument("--flows", type=positive_int, default=10000)
+    p.add_argument("--searches", type=positive_int, default=SEARCHES,
                    help="independent loss-limited searches per figure (the figure: median)")
 
 

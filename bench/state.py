@@ -21,7 +21,8 @@ if it changed during the run); the baselines run again, up to PLACED_TRIES times
 runs in Serpens' placement, and `serpens_vs_<backend>_link` names it ("mixed" if none did).
 Latency (Fig. 12b): each NF and backend again behind the node's router (bench/rig.py: a paced
 net_pcap source, router on CPU 1, the instance and redis-server on CPU 0), its loss-limited
-maximum searched by sfc.measure_started() and `latency_us` {p50, p99, mean} measured at 80%
+maximum searched by sfc.measure_started() (the median of `--searches` searches, 3 unless told)
+and `latency_us` {p50, p99, mean} measured at 80%
 of that backend's own maximum (`routed_mpps`, `latency_at_mpps`; times `latency_scale` after a
 run that did not carry its load, sfc.latency_at) in the CPU placement the
 latency ran in (bench/search.py: `latency_link`, each placement's maximum in
@@ -52,9 +53,10 @@ from serpens import nfs
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .baselines import RedisServer, RedisState
-from .common import BenchError, machine, tcp_frame, udp_frame
+from .common import (BenchError, machine, non_negative_float, positive_float, positive_int,
+                     tcp_frame, udp_frame)
 from .rig import INSTANCE_CPU, ROUTER_CPU, Hop, Rig, flow_frames, write_pcap
-from .search import placed, same_link
+from .search import SEARCHES, placed, same_link
 
 REWRITES = {"nat", "vpn"}  # NFs that change packets: the driver restores each frame
 # NFs that see TCP data segments rather than UDP: the IDS scans TCP flows as streams, its
@@ -93,14 +95,17 @@ STATE_NF_CONFIGS = {**NF_CONFIGS,
 
 
 def add_arguments(p):
-    p.add_argument("--seconds", type=float, default=2.0, help="measuring time per run")
-    p.add_argument("--flows", type=int, default=10000)
+    p.add_argument("--seconds", type=positive_float, default=2.0, help="measuring time per run")
+    p.add_argument("--flows", type=positive_int, default=10000)
     p.add_argument("--entries", type=int, default=1 << 20,
                    help="entries of the table get_ns/put_ns are measured on")
-    p.add_argument("--search-seconds", type=float, default=0.5,
+    p.add_argument("--search-seconds", type=positive_float, default=0.5,
                    help="measuring time per trial of the routed max-rate search and latency")
-    p.add_argument("--warmup", type=float, default=0.3,
+    p.add_argument("--warmup", type=non_negative_float, default=0.3,
                    help="seconds at a routed trial's rate before it is measured")
+    p.add_argument("--searches", type=positive_int, default=SEARCHES,
+                   help="independent loss-limited searches per routed figure (the figure: "
+                        "median)")
     p.add_argument("--nfs", default=",".join(STATE_NF_CONFIGS),
                    help="NFs to run, comma-separated (default: all)")
 
@@ -231,7 +236,7 @@ def idle_process(pool, timeout: float = 20.0):
 
 
 def routed_latency(rig: Rig, sfc, how, redis: RedisServer, nf: str, backend: str,
-                   seconds: float, like: dict | None = None) -> dict:
+                   seconds: float, like: dict | None = None, searches: int = SEARCHES) -> dict:
     """`sfc` behind the rig's router, its instances started as `how` says and Redis on the
     instances' CPU: the loss-limited max rate and latency at 80% of it (measure_started).
     Loss counts every packet that did not come out: an instance slower than the offered
@@ -242,7 +247,7 @@ def routed_latency(rig: Rig, sfc, how, redis: RedisServer, nf: str, backend: str
     try:
         for _ in range(3):  # a search or latency run the machine starved throughout: again
             m = measure_started(  # in the CPU placements of `like` (Serpens' figures)
-                rig, seconds, latency_mpps=0, loss_key="lost",
+                rig, seconds, latency_mpps=0, loss_key="lost", searches=searches,
                 latency_link=like["latency_link"] if like else None,
                 want=tuple(like["mpps_by_link"]) if like else ())
             if m["mpps"] and m.get("latency_us", {}).get("mean") is not None:
@@ -272,7 +277,8 @@ def run(args, lose_state=None) -> dict:
     result = {"machine": machine(),
               "params": {"seconds": args.seconds, "flows": args.flows, "frame_bytes": 64,
                          "table_entries": args.entries, "batch": 32, "nfs": names,
-                         "search_seconds": args.search_seconds, "warmup": args.warmup,
+                         "search_seconds": args.search_seconds, "searches": args.searches,
+                         "warmup": args.warmup,
                          "cores": f"driver on cpu 0; the instance and redis-server on cpu "
                                   f"{nf_cpu} (the NF and its state store share one core, as "
                                   f"Serpens' instance and its tables do); routed (latency): "
@@ -360,7 +366,8 @@ def run(args, lose_state=None) -> dict:
                     rig.src = sources[tcp]
                     try:
                         m = routed_latency(rig, sfc, how, redis, name, backend,
-                                           args.search_seconds, like=serpens_routed)
+                                           args.search_seconds, like=serpens_routed,
+                                           searches=args.searches)
                     finally:
                         rig.src = sources[False]
                     if backend == "serpens":

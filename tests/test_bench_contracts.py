@@ -54,11 +54,13 @@ def test_state_bench_json_contract():
     out = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "serpensctl"), "bench", "state", "--json",
          "--seconds", "0.1", "--flows", "500", "--entries", "4096", "--search-seconds", "0.2",
-         "--warmup", "0.1"],  # (shorter trials: one packet lost is over 0.1%)
+         "--warmup", "0.1",  # (shorter trials: one packet lost is over 0.1%)
+         "--searches", "1"],  # (15 searched figures: the contract, not the figures' spread)
         capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["params"]["nfs"] == ["fw", "mon", "nat", "ids", "vpn"]
+    assert result["params"]["searches"] == 1
     for nf in ("fw", "mon", "nat", "ids", "vpn"):
         for key in ("serpens_mpps", "redis_mpps", "snf_mpps"):
             assert result[nf][key] > 0, (nf, key)
@@ -131,7 +133,7 @@ def kill(redis):
     redis.proc.wait()
 
 args = argparse.Namespace(seconds=0.05, flows=500, entries=4096, nfs="fw",
-                          search_seconds=0.05, warmup=0.05)
+                          search_seconds=0.05, warmup=0.05, searches=1)
 try:
     state.run(args, lose_state={"kill": kill, "flush": flush}[sys.argv[1]])
     print("passed")
