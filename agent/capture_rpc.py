@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from serpens.common.limits import capture_problem
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.runtime_cy import _dataplane as dp
 
@@ -14,9 +15,7 @@ from .capture import (DEFAULT_SNAPLEN, REC_PKT, REC_TRACE_PKT, REC_TRACE_STEP, R
 
 POLL_S = 0.01           # how often the rings are drained (each holds 1 MiB of records)
 DEFAULT_COUNT = 1000
-MAX_COUNT = 1_000_000
 DEFAULT_SECONDS = 60.0
-MAX_SECONDS = 24 * 3600.0
 DEFAULT_BYTES = 64 << 20
 
 
@@ -32,10 +31,9 @@ def observation(node, request, busy: set) -> Observation:
     if request.sfc in busy:
         raise CaptureBusy(f"sfc: a capture or trace of {request.sfc} is running on node "
                           f"{node.spec.name}")
-    if request.count > MAX_COUNT:
-        raise ValueError(f"count: at most {MAX_COUNT}, got {request.count}")
-    if not 0 <= request.seconds <= MAX_SECONDS:
-        raise ValueError(f"seconds: 0..{MAX_SECONDS:.0f}, got {request.seconds}")
+    problem = capture_problem(request)
+    if problem:
+        raise ValueError(problem)
     manager = entry.manager
     steps = [s.name for s in entry.built.compiled.steps]
     count = request.count or DEFAULT_COUNT

@@ -23,9 +23,10 @@ from __future__ import annotations
 import time
 
 from serpens.runtime_cy import _dataplane as dp
+from serpens.common.argtypes import non_negative_float, positive_float, positive_int
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from .common import cpu_link, cpu_stalls, machine, non_negative_float, positive_float, positive_int
+from .common import cpu_link, cpu_stalls, machine
 from .rig import Rig, flow_frames
 from .sfc import build_images, fw_mon_nat
 

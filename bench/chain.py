@@ -32,13 +32,13 @@ import hashlib
 import uuid
 
 from serpens import nfs
+from serpens.common.argtypes import non_negative_float, positive_float, positive_int
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
 from serpens.nfs import fw as fw_nf
 
-from .common import (BenchError, cpu_stalls, machine, non_negative_float, positive_float,
-                     positive_int, tcp_frame, udp_frame)
+from .common import BenchError, cpu_stalls, machine, tcp_frame, udp_frame
 from .rig import PROXY, Rig, flow_frames
 from .search import same_link_ratio, search
 from .state import FW_RULES

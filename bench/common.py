@@ -1,7 +1,6 @@
 """Shared pieces of the benchmarks: machine description, percentiles, traffic, a dataplane."""
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import struct
@@ -12,26 +11,6 @@ from serpens.agent.dataplane import Dataplane, DataplaneConfig
 class BenchError(RuntimeError):
     """A run that must report no figures (a baseline doing other work than Serpens, a state
     store gone): `serpensctl bench` prints the message alone, without a traceback."""
-
-
-def _number(kind, low: float, inclusive: bool, words: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{words}, got {text!r}") from None
-        if value < low or (value == low and not inclusive) or value != value:  # (nan)
-            raise argparse.ArgumentTypeError(f"{words}, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # (argparse names the type in its own errors)
-    return parse
-
-
-# argparse types of the benchmarks' options: a count or a time of 0 would search or wait
-# forever, or divide by zero, rather than say what was wrong
-positive_int = _number(int, 1, True, "expected a whole number of at least 1")
-positive_float = _number(float, 0.0, False, "expected a number above 0")
-non_negative_float = _number(float, 0.0, True, "expected a number of at least 0")
 
 
 def machine() -> dict:

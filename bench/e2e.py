@@ -40,13 +40,13 @@ import uuid
 
 from serpens import nfs
 from serpens.runtime_cy import _dataplane as dp
+from serpens.common.argtypes import non_negative_float, positive_float, positive_int
 from serpens.runtime_cy.builder import compile_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
 from .baselines import ForkRedis, RedisServer, RedisState
 from .chain import summary
-from .common import (BenchError, cpu_stalls, machine, non_negative_float, positive_float,
-                     positive_int)
+from .common import BenchError, cpu_stalls, machine
 from .forked import ForkedHop
 from .rig import INSTANCE_CPU, PROXY, Hop, Rig, flow_frames
 from .search import same_link, same_link_ratio

@@ -40,9 +40,10 @@ import time
 
 from serpens.agent.instance_manager import InstanceManager
 from serpens.runtime_cy import _dataplane as dp
+from serpens.common.argtypes import positive_float, positive_int
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import BenchError, machine, positive_float, positive_int, udp_frame
+from .common import BenchError, machine, udp_frame
 from .rig import INSTANCE_CPU, ROUTER_CPU, Rig, flow_frames, keep_off_router_cpu
 from .state import NF_CONFIGS
 

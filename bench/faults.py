@@ -39,7 +39,9 @@ import tempfile
 import threading
 import time
 
-from .common import cpu_stalls, machine, percentiles, positive_float, udp_frame
+from serpens.common.argtypes import positive_float
+
+from .common import cpu_stalls, machine, percentiles, udp_frame
 from .rig import write_pcap
 
 MISBEHAVE = os.path.join(os.path.dirname(__file__), "nfs", "misbehave.c")

@@ -35,9 +35,10 @@ import subprocess
 import sys
 import tempfile
 
+from serpens.common.argtypes import non_negative_float, positive_float, positive_int
 from serpens.controller.moves import WAVE_SLOTS
 
-from .common import BenchError, machine, non_negative_float, positive_float, positive_int
+from .common import BenchError, machine
 from .multinode import GATEWAY, GATEWAY_CPU, TAG, UNDERLAYS, Testbed
 
 KEYS = ("move_ms", "lost_packets", "reordered_flows", "paused_flows_max", "before_p99_us",

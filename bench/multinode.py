@@ -37,8 +37,9 @@ import subprocess
 import sys
 import tempfile
 
-from .common import (BenchError, cpu_stalls, machine, non_negative_float, positive_float,
-                     positive_int)
+from serpens.common.argtypes import non_negative_float, positive_float, positive_int
+
+from .common import BenchError, cpu_stalls, machine
 from .rig import INPUT_DEPTH, INPUT_HOLD_S, Rig, flow_frames, stall_us_for
 from .search import same_link_ratio
 from .sfc import fw_mon_nat, measure

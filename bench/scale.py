@@ -24,10 +24,11 @@ import time
 
 from serpens import nfs
 from serpens.runtime_cy import _dataplane as dp
+from serpens.common.argtypes import positive_int
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
-from .common import cpu_stalls, machine, percentiles, positive_int
+from .common import cpu_stalls, machine, percentiles
 from .rig import ROUTER_CPU, Rig, flow_frames
 from .state import NF_CONFIGS
 

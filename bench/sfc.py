@@ -40,11 +40,11 @@ import tempfile
 import time
 
 from serpens import nfs
+from serpens.common.argtypes import non_negative_float, positive_float, positive_int
 from serpens.runtime_cy.builder import AreaAllocator, build_nf
 from serpens.runtime_cy.sfc import NF, chain, compile_sfc
 
-from .common import (BenchError, cpu_link, cpu_stalls, machine, non_negative_float, positive_float,
-                     positive_int)
+from .common import BenchError, cpu_link, cpu_stalls, machine
 from .rig import Rig, flow_frames, write_pcap
 from .scrape import RigNode, Scraper
 from .search import (LOSS_LIMIT, SEARCHES, TRIES, link_ratios, linked_run, same_link_ratio,

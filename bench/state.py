@@ -48,13 +48,13 @@ import uuid
 
 from serpens.agent.process_pool import MAPPED
 from serpens.runtime_cy import _dataplane as dp
+from serpens.common.argtypes import non_negative_float, positive_float, positive_int
 from serpens.runtime_cy.builder import build_nf
 from serpens import nfs
 from serpens.runtime_cy.sfc import NF, compile_sfc
 
 from .baselines import RedisServer, RedisState
-from .common import (BenchError, machine, non_negative_float, positive_float, positive_int,
-                     tcp_frame, udp_frame)
+from .common import BenchError, machine, tcp_frame, udp_frame
 from .rig import INSTANCE_CPU, ROUTER_CPU, Hop, Rig, flow_frames, write_pcap
 from .search import SEARCHES, placed, same_link
 

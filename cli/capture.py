@@ -4,11 +4,17 @@ verdict, reason) or printed as each traced packet's path through the chain."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
+from serpens.common.argtypes import number
+from serpens.common.limits import LIMITS
 from serpens.common.pcapng import CapturedFrame, PcapngWriter
 
 from .control import _run, _UsageError
+
+COUNT = number(int, 1, LIMITS.capture_count)
+SECONDS = number(float, 0, LIMITS.capture_seconds, above=True)
 
 
 def register(sub) -> None:
@@ -16,16 +22,18 @@ def register(sub) -> None:
     p.add_argument("sfc")
     p.add_argument("--nf", default="", help="the NF (name in the SFC spec); default: the SFC")
     p.add_argument("--at", choices=("in", "out", "drop"), default="out")
-    p.add_argument("-c", "--count", type=int, default=1000, help="stop after this many packets")
-    p.add_argument("--seconds", type=float, default=60.0, help="stop after this long")
-    p.add_argument("--max-bytes", type=int, default=64 << 20, help="stop after this many bytes")
-    p.add_argument("-s", "--snaplen", type=int, default=2048, help="bytes kept per packet")
+    p.add_argument("-c", "--count", type=COUNT, default=1000, help="stop after this many packets")
+    p.add_argument("--seconds", type=SECONDS, default=60.0, help="stop after this long")
+    p.add_argument("--max-bytes", type=number(int, 1, 2**63 - 1), default=64 << 20,
+                   help="stop after this many bytes")
+    p.add_argument("-s", "--snaplen", type=number(int, 1, LIMITS.capture_snaplen), default=2048,
+                   help="bytes kept per packet")
     p.add_argument("-w", "--write", required=True, help="the pcapng file to write ('-': stdout)")
     p.set_defaults(func=_run(_capture))
     p = sub.add_parser("trace", help="the next packets' path through an SFC's chain")
     p.add_argument("sfc")
-    p.add_argument("-c", "--count", type=int, default=1)
-    p.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
+    p.add_argument("-c", "--count", type=COUNT, default=1)
+    p.add_argument("--seconds", type=SECONDS, default=60.0, help="give up after this long")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=_run(_trace))
 
@@ -40,40 +48,65 @@ def _comment(p) -> str:
     return " ".join(words)
 
 
-def _check(args):
-    if args.count <= 0:
-        raise _UsageError(f"--count: a positive number, got {args.count}")
-    if args.seconds <= 0:
-        raise _UsageError(f"--seconds: a positive number, got {args.seconds}")
+def _writable(path: str) -> None:
+    """-w PATH can be written (checked before the call; the file is made only once the
+    capture answers, so a refused request leaves an earlier capture of that name whole)."""
+    if os.path.isdir(path):
+        raise _UsageError(f"-w {path}: is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _UsageError(f"-w {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise _UsageError(f"-w {path}: not writable")
 
 
 def _capture(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
-    _check(args)
     request = pb.CaptureRequest(sfc=args.sfc, nf=args.nf, at=args.at, count=args.count,
                                 seconds=args.seconds, max_bytes=args.max_bytes,
                                 snaplen=args.snaplen)
-    out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
+    to_stdout = args.write == "-"
+    if not to_stdout:
+        _writable(args.write)
+    out, w = None, None
     summary, written = None, 0
+
+    def start():
+        nonlocal out, w
+        try:
+            out = sys.stdout.buffer if to_stdout else open(args.write, "wb")
+        except OSError as e:
+            raise _UsageError(f"-w {args.write}: {e.strerror}") from None
+        w = PcapngWriter(out, args.snaplen)
+
     stream = stub.Capture(request)
     try:
-        w = PcapngWriter(out, args.snaplen)
         for ev in stream:
+            if w is None:  # the request was taken: now the file
+                start()
             if ev.HasField("packet"):
                 p = ev.packet
                 w.write(CapturedFrame(p.data, p.orig_len, p.time_ns, _comment(p)))
                 written += 1
             elif ev.HasField("summary"):
                 summary = ev.summary
+        if w is None:  # (an answer without events: still a whole, empty file)
+            start()
         out.flush()
     except KeyboardInterrupt:  # Ctrl-C: what was written is a whole file; say so, as tcpdump
         stream.cancel()        # (the node stops copying once the call is gone)
+        if w is None:
+            print("\ninterrupted before the capture began: nothing written", file=sys.stderr)
+            return 130
         out.flush()
-        where = "stdout" if args.write == "-" else args.write
+        where = "stdout" if to_stdout else args.write
         print(f"\ninterrupted: {written} packets written to {where}", file=sys.stderr)
         return 130
+    except _UsageError:
+        stream.cancel()
+        raise
     finally:
-        if out is not sys.stdout.buffer:
+        if out is not None and out is not sys.stdout.buffer:
             out.close()
     if summary is not None:
         print(f"{summary.packets} packets ({summary.bytes} bytes) from node {summary.node}, "
@@ -84,7 +117,6 @@ def _capture(stub, args) -> int:
 
 def _trace(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
-    _check(args)
     request = pb.CaptureRequest(sfc=args.sfc, count=args.count, seconds=args.seconds,
                                 trace=True, snaplen=128)
     n = 0

@@ -53,8 +53,11 @@ import grpc
 from serpens.cli import config, multi
 from serpens.cli.testbed import Testbed, TestbedError, tag_for
 from serpens.common.names import gateway_file_prefix, node_file_prefix
-from serpens.common.node_spec import load_node
+from serpens.common.argtypes import number
+from serpens.common.documents import SpecError
+from serpens.common.node_spec import load_node, parse_node
 from serpens.common.pki import CA, Identity, write_private
+from serpens.common.spec import parse_sfc, read_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -100,20 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the agent's Node config (default examples/node-local.yaml)")
     up.add_argument("--sfc", action="append",
                     help="SFC spec(s) to apply (default examples/fw-mon-nat.yaml)")
-    up.add_argument("--etcd-port", type=int, default=22379, help="etcd client port")
+    up.add_argument("--etcd-port", type=number(int, 1, 65534), default=22379,
+                    help="etcd client port (its peer port is the next one)")
     up.add_argument("--api", default="127.0.0.1:50051", help="the controller's gRPC address")
     up.add_argument("--agent", default="127.0.0.1:50061", help="the agent's gRPC address")
     up.add_argument("--servers", type=int, default=0, metavar="N",
                     help="a gateway and N servers, each in its own network namespace, the "
                          "SFC served by all of them over VXLAN (default: one node, no "
                          "gateway)")
-    up.add_argument("--pps", type=float, default=5000,
+    up.add_argument("--pps", type=number(float, 1, 1e9), default=5000,
                     help="with --servers: the rate the gateway replays the capture at "
                          "(packets/s, default %(default)g: every process shares this "
                          "machine's CPUs)")
-    up.add_argument("--timeout", type=float, default=120.0,
+    up.add_argument("--timeout", type=number(float, 0, 86400, above=True), default=120.0,
                     help="seconds to wait for each step (default %(default)s)")
-    up.add_argument("--metrics", type=int, nargs="?", const=METRICS_BASE, default=0,
+    up.add_argument("--metrics", type=number(int, 1, 65535 - 20), nargs="?", const=METRICS_BASE,
+                    default=0,
                     metavar="PORT",
                     help="every component serves Prometheus metrics over HTTPS (client "
                          "certificate of the cluster CA): the controller on PORT, the agents "
@@ -128,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--role", required=True, choices=("viewer", "operator", "admin"),
                        help="viewer: read; operator: + apply/delete/scale/state; admin: + NFs")
     issue.add_argument("--out", help="directory for NAME.crt/NAME.key (default <dir>/pki/users)")
+    issue.add_argument("--force", action="store_true",
+                       help="replace a context of that name (and its user's files)")
     return ap
 
 
@@ -148,7 +155,31 @@ def main(argv=None) -> int:
         print(f"serpens: --servers: 1..{multi.MAX_SERVERS} (0: one node without a gateway)",
               file=sys.stderr)
         return 2
+    try:  # before anything starts: a typo must not leave half a cluster
+        _check_specs(args)
+    except SpecError as e:
+        print(f"serpens: {e}", file=sys.stderr)
+        return 2
     return up(args, state_path)
+
+
+def _check_specs(args):
+    """Every --sfc (as the controller will check it) and the --node of one server without a
+    gateway (--servers writes the servers' own) parse; SpecError naming the file and field."""
+    for path in _sfc_paths(args):
+        if args.servers and path == multi.SPREAD_SFC:
+            continue  # (made for the servers by multi.spread_sfc)
+        _in_file(path, lambda text: parse_sfc(text, allow_source=False))
+    if not args.servers:
+        _in_file(args.node, parse_node)
+
+
+def _in_file(path: str, parse):
+    text = read_file(path)  # (SpecError naming the file)
+    try:
+        return parse(text)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e.field}", e.message) from None
 
 
 # ---- up ---------------------------------------------------------------------------------
@@ -163,6 +194,11 @@ def up(args, state_path: str) -> int:
                   file=sys.stderr)
             return 2
         return recover(state, state_path, args.timeout)
+    foreign = _not_a_cluster_dir(args.dir, state_path)
+    if foreign:
+        print(f"serpens: --dir {args.dir}: {foreign}; `up` empties its directory, so it takes "
+              f"only one it made or an empty one", file=sys.stderr)
+        return 2
     if state:  # what a crashed `up` left: its testbed and the servers' state
         _remove_testbed(state)
     shutil.rmtree(args.dir, ignore_errors=True)
@@ -170,6 +206,7 @@ def up(args, state_path: str) -> int:
     state = {"api": args.api, "etcd": f"127.0.0.1:{args.etcd_port}", "agent": args.agent,
              "node": os.path.abspath(args.node), "servers": args.servers,
              "config": os.path.abspath(args.config), "processes": {}}
+    _write_state(state_path, state)  # first: marks the directory as a cluster's
     if args.servers:
         bed = _plan_servers(state, args)
         _write_state(state_path, state)  # the plan first: `down` can remove what follows
@@ -636,8 +673,10 @@ def _apply(api: config.Target, path: str, servers: int = 0) -> str:
     if servers and path == multi.SPREAD_SFC:
         text = multi.spread_sfc(servers)
     else:
-        with open(path) as f:
-            text = f.read()
+        try:
+            text = read_file(path)
+        except SpecError as e:
+            raise StartError(str(e)) from None
     try:
         return _stub(api).ApplySFC(pb.ApplySFCRequest(spec=text), timeout=30).name
     except grpc.RpcError as e:
@@ -703,6 +742,10 @@ def issue_cert(args, state_path: str) -> int:
               file=sys.stderr)
         return 1
     out = args.out or os.path.join(state["pki"]["dir"], "users")
+    taken = _name_taken(args, state, out)
+    if taken:
+        print(f"serpens: cert issue {args.name}: {taken}", file=sys.stderr)
+        return 2
     try:
         issued = CA(state["pki"]["dir"]).issue(args.name, args.role, out_dir=out)
     except ValueError as e:
@@ -715,6 +758,25 @@ def issue_cert(args, state_path: str) -> int:
           f"context {args.name!r} added to {args.config}: "
           f"serpensctl --context {args.name} get sfcs")
     return 0
+
+
+def _name_taken(args, state: dict, out: str) -> str | None:
+    """Why NAME may not be issued: one of the cluster's own identities (their certificates
+    and the admin's context `local`), or, without --force, a context or files that exist."""
+    if args.name in (CONTEXT, "admin", "etcd") or args.name.startswith("serpens-"):
+        return "the name of one of the cluster's own identities or contexts; choose another"
+    if args.force:
+        return None
+    try:
+        contexts = [c.get("name") for c in config.load(args.config)["contexts"]]
+    except config.ConfigError as e:
+        return str(e)
+    if args.name in contexts:
+        return f"{args.config} has a context {args.name!r} already (--force replaces it)"
+    for ext in ("crt", "key"):
+        if os.path.exists(os.path.join(out, f"{args.name}.{ext}")):
+            return f"{os.path.join(out, args.name)}.{ext} exists (--force replaces it)"
+    return None
 
 
 # ---- down -------------------------------------------------------------------------------
@@ -794,6 +856,22 @@ def _reap(pid: int):
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _not_a_cluster_dir(directory: str, state_path: str) -> str | None:
+    """Why `directory` is not one `up` may empty (None: absent, empty, or holding the
+    cluster.json every `up` writes first)."""
+    if not os.path.lexists(directory):
+        return None
+    if os.path.islink(directory) or not os.path.isdir(directory):
+        return "exists and is not a directory"
+    try:
+        entries = os.listdir(directory)
+    except OSError as e:
+        return e.strerror
+    if entries and not os.path.isfile(state_path):
+        return f"is not empty and holds no {os.path.basename(state_path)}"
+    return None
 
 
 def _read_state(path: str) -> dict | None:

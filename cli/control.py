@@ -31,7 +31,12 @@ import sys
 
 import yaml
 
+from serpens.common.argtypes import number
+from serpens.common.limits import LIMITS
+
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+WAIT = number(float, 0, above=True)  # --wait-timeout
+REPLICAS = number(int, 0, LIMITS.replicas)
 _KINDS = {"nf": "nfs", "nfs": "nfs", "sfc": "sfcs", "sfcs": "sfcs", "node": "nodes",
           "nodes": "nodes", "gateway": "gateways", "gateways": "gateways"}
 
@@ -45,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("-f", "--file", required=True, help="the spec file ('-': stdin)")
     p.add_argument("--wait", action="store_true",
                    help="wait until every SFC applied runs (or failed), showing progress")
-    p.add_argument("--wait-timeout", type=float, default=120.0)
+    p.add_argument("--wait-timeout", type=WAIT, default=120.0)
     p.set_defaults(func=_run(_apply))
     p = sub.add_parser("get", help="show NFs, SFCs, nodes or gateways")
     p.add_argument("kind", choices=sorted(_KINDS))
@@ -63,7 +68,8 @@ def register(sub) -> None:
     p.add_argument("-f", "--file", help="snapshot: file written; restore: file read")
     p.add_argument("--table", default="",
                    help="dump, reset: one table (default: all of the NF's)")
-    p.add_argument("--limit", type=int, default=1000, help="entries per table")
+    p.add_argument("--limit", type=number(int, 1, 2**32 - 1), default=1000,
+                   help="entries per table")
     p.add_argument("--force", action="store_true",
                    help="restore: even a snapshot of other code than the NF runs")
     p.add_argument("--no-merge", dest="merge", action="store_false",
@@ -80,9 +86,9 @@ def register(sub) -> None:
     p.set_defaults(func=_run(_delete))
     p = sub.add_parser("scale", help="set an SFC's desired instances")
     p.add_argument("sfc")
-    p.add_argument("--replicas", type=int, required=True)
-    p.add_argument("--min", type=int, dest="min_replicas")
-    p.add_argument("--max", type=int, dest="max_replicas")
+    p.add_argument("--replicas", type=REPLICAS, required=True)
+    p.add_argument("--min", type=REPLICAS, dest="min_replicas")
+    p.add_argument("--max", type=REPLICAS, dest="max_replicas")
     p.set_defaults(func=_run(_scale))
 
 
@@ -131,6 +137,8 @@ def _read(path: str) -> tuple[str, str]:
             return f.read(), os.path.dirname(os.path.abspath(path))
     except OSError as e:
         raise _UsageError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise _UsageError(f"{path}: not a text file (UTF-8)") from None
 
 
 def _apply(stub, args) -> int:

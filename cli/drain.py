@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 
-from serpens.cli.control import EXIT_FAILED, _run, sfc_nodes
+from serpens.cli.control import EXIT_FAILED, WAIT, _run, sfc_nodes
 
 
 def register(sub) -> None:
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("name")
     p.add_argument("--wait", action="store_true",
                    help="until the node runs nothing, showing progress")
-    p.add_argument("--wait-timeout", type=float, default=300.0)
+    p.add_argument("--wait-timeout", type=WAIT, default=300.0)
     p.set_defaults(func=_run(_drain))
     p = sub.add_parser("undrain", help="let a drained node take placements again")
     p.add_argument("kind", choices=("node",))
@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--to", required=True, metavar="NODE")
     p.add_argument("--wait", action="store_true",
                    help="until NODE alone serves it, showing progress")
-    p.add_argument("--wait-timeout", type=float, default=300.0)
+    p.add_argument("--wait-timeout", type=WAIT, default=300.0)
     p.set_defaults(func=_run(_move))
 
 

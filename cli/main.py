@@ -20,6 +20,7 @@ from serpens.cli import capture as capture_cmd
 from serpens.cli import node as node_cmd
 from serpens.cli import status as status_cmd
 from serpens.cli import usage as usage_cmd
+from serpens.common.argtypes import number
 
 
 def _bench(args) -> int:
@@ -83,7 +84,7 @@ def build_parser():
                          "$SERPENS_SERVER)")
     ap.add_argument("--insecure", action="store_true",
                     help="plain text without a context (a controller run with --insecure)")
-    ap.add_argument("--timeout", type=float, default=60.0,
+    ap.add_argument("--timeout", type=number(float, 0, 86400, above=True), default=60.0,
                     help="seconds a controller call may take (default %(default)s)")
     sub = ap.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("replay", help="run an SFC offline over a pcap capture")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 
+from serpens.common.argtypes import number
+
 
 def register(sub):
     p = sub.add_parser("node", help="run a node's data plane from specs (ports, SFCs)")
     p.add_argument("--node", required=True, help="Node config (YAML or JSON)")
     p.add_argument("--sfc", action="append", required=True, help="an SFC spec; repeatable")
-    p.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--seconds", type=number(float, 0, above=True),
+                   help="stop after this long (default: Ctrl-C)")
     p.add_argument("--json", action="store_true", help="print the final counters as JSON")
     p.set_defaults(func=run)
 

@@ -14,6 +14,8 @@ from dataclasses import asdict
 
 import grpc
 
+from serpens.common.argtypes import number
+
 EXIT_UNREACHABLE = 3
 
 
@@ -21,7 +23,8 @@ def register(sub) -> None:
     p = sub.add_parser("status", help="the cluster's SFCs and nodes, with their rates")
     p.set_defaults(func=lambda args: _with_target(args, lambda t: show(t, timeout=args.timeout)))
     p = sub.add_parser("top", help="status, refreshed every second")
-    p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: never)")
+    p.add_argument("--seconds", type=number(float, 0), default=0,
+                   help="stop after this long (0: never)")
     p.set_defaults(func=lambda args: _with_target(
         args, lambda t: top(t, args.seconds, timeout=args.timeout)))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import sys
 import time
@@ -33,9 +34,21 @@ def register(sub) -> None:
     p.set_defaults(func=_run(_usage))
 
 
+# a Timestamp's range (protobuf: years 1-9999); the controller keeps usage for a day anyway
+_SINCE_RANGE = (-62135596800, 253402300799)
+
+
 def parse_since(text: str, now: float | None = None) -> float:
-    """Unix time of a --since value; _UsageError naming --since if it is none of the forms."""
-    now = time.time() if now is None else now
+    """Unix time of a --since value; _UsageError naming --since if it is none of the forms
+    or no time a request can carry."""
+    when = _since(text, time.time() if now is None else now)
+    if not (math.isfinite(when) and _SINCE_RANGE[0] <= when <= _SINCE_RANGE[1]):
+        raise _UsageError(f"--since: {text.strip()!r} is no time (Unix seconds, not "
+                          f"milliseconds?)")
+    return when
+
+
+def _since(text: str, now: float) -> float:
     text = text.strip()
     m = _DURATION.match(text)
     if text and m and any(m.groups()):

@@ -24,6 +24,24 @@ class InputLimits:
     # is bounded by the transport's common/rpc.py MAX_MESSAGE alone.
     request_bytes: int = 128 << 10
     deploy_request_bytes: int = (1 << 20) + (64 << 10)
+    # A capture or trace (Capture): packets and seconds it may run for, bytes kept a packet.
+    capture_count: int = 1_000_000
+    capture_seconds: float = 24 * 3600.0
+    capture_snaplen: int = 65535
+
+
+def capture_problem(request, limits: "InputLimits" = None) -> str | None:
+    """What is wrong with a CaptureRequest's bounds ("field: why"), or None. The controller
+    checks them before it relays the call (a NaN or huge `seconds` would otherwise become its
+    own deadline to the agent) and the agent again."""
+    limits = limits or LIMITS
+    if request.count > limits.capture_count:
+        return f"count: at most {limits.capture_count}, got {request.count}"
+    if not 0 <= request.seconds <= limits.capture_seconds:  # (NaN too)
+        return f"seconds: 0..{limits.capture_seconds:.0f}, got {request.seconds}"
+    if request.snaplen > limits.capture_snaplen:
+        return f"snaplen: 0..{limits.capture_snaplen}, got {request.snaplen}"
+    return None
 
 
 LIMITS = InputLimits()

@@ -98,6 +98,8 @@ def read_file(path: str) -> str:
             return f.read()
     except OSError as e:
         raise SpecError(path, e.strerror) from None
+    except UnicodeDecodeError:
+        raise SpecError(path, "not a text file (UTF-8)") from None
 
 
 def parse_document(text: str, kind: str, name_re, name_rule: str, fields: set):

@@ -46,7 +46,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from serpens.common.documents import check_size
 from serpens.common.keys import DEFAULT_PREFIX, Keys
-from serpens.common.limits import LIMITS
+from serpens.common.limits import LIMITS, capture_problem
 from serpens.common.names import NF_NAME, NODE_NAME, SFC_NAME
 from serpens.common.records import (CordonRecord, MalformedRecord, MoveRecord, NFRecord,
                                     NodeRecord, Reported, ScaleRecord, SFCRecord, SFCStatus,
@@ -496,6 +496,9 @@ class SerpensServicer(pb_grpc.SerpensServicer):
     async def Capture(self, request, context):
         """Agent.Capture on the node running the SFC, relayed event by event; cancelled with
         the client (the agent's stream ends, and its capture points go off)."""
+        problem = capture_problem(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             node, record = await self._node_of(request.sfc)
         except _Abort as e:

@@ -1,0 +1,123 @@
+"""The commands refuse what cannot work before they start anything, with one line naming the
+option or file (exit 2), and lose nothing: `serpens up` never empties a directory it did not
+make, nor starts a cluster it cannot apply its specs to; `serpens cert issue` never replaces
+a context or the cluster's own identities; `serpensctl capture` leaves an earlier capture
+whole when the new one cannot be written; numbers no request can carry are refused by
+option."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from serpens.cli import config
+from serpens.cli.control import _UsageError
+from serpens.cli.usage import parse_since
+from serpens.common.pki import CA
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
+
+BIN = os.path.dirname(sys.executable)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(program, *args, env=None):
+    return subprocess.run([os.path.join(BIN, program), *args], capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+def test_up_never_empties_a_directory_it_did_not_make(tmp_path):
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years")
+    r = run("serpens", "--dir", str(precious), "--config", str(tmp_path / "cfg"), "up")
+    assert r.returncode == 2 and "is not empty and holds no cluster.json" in r.stderr, r.stderr
+    assert (precious / "thesis.tex").read_text() == "years"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    r = run("serpens", "--dir", str(a_file), "--config", str(tmp_path / "cfg"), "up")
+    assert r.returncode == 2 and "is not a directory" in r.stderr and a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: None, "No such file or directory"),
+    (lambda p: p.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe"), "not a text file (UTF-8)"),
+    (lambda p: p.write_text("apiVersion: serpens/v1\nkind: SFC\nmetadata: {name: x}\n"
+                            "spec: {nfs: 3}\n"), "spec.nfs:"),
+])
+def test_up_refuses_a_bad_sfc_before_it_starts_anything(tmp_path, make, words):
+    spec = tmp_path / "sfc.yaml"
+    make(spec)
+    where = tmp_path / "cluster"
+    r = run("serpens", "--dir", str(where), "--config", str(tmp_path / "cfg"), "up",
+            "--sfc", str(spec))
+    assert r.returncode == 2 and str(spec) in r.stderr and words in r.stderr, r.stderr
+    assert not where.exists() and not (tmp_path / "cfg").exists()  # nothing began
+
+
+@pytest.mark.parametrize("option, value", [("--etcd-port", "65535"), ("--pps", "0"),
+                                           ("--timeout", "nan"), ("--metrics", "65530")])
+def test_up_refuses_numbers_that_cannot_work(tmp_path, option, value):
+    r = run("serpens", "--dir", str(tmp_path / "c"), "up", option, value)
+    assert r.returncode == 2 and f"argument {option}: expected" in r.stderr, r.stderr
+
+
+def test_cert_issue_never_replaces_a_context_or_the_cluster_s_identities(tmp_path):
+    pki = tmp_path / "c" / "pki"
+    CA.create(str(pki))
+    (tmp_path / "c" / "cluster.json").write_text(json.dumps(
+        {"api": "127.0.0.1:50051", "pki": {"dir": str(pki), "ca": str(pki / "ca.crt")},
+         "processes": {}}))
+    cfg = str(tmp_path / "cfg")
+    config.set_context(cfg, {"name": "local", "server": "127.0.0.1:50051", "ca": "a",
+                             "cert": "admin.crt", "key": "admin.key"})
+
+    def issue(name, *more):
+        return run("serpens", "--dir", str(tmp_path / "c"), "--config", cfg, "cert", "issue",
+                   name, "--role", "viewer", *more)
+
+    for name in ("local", "admin", "serpens-controller"):
+        r = issue(name, "--force")
+        assert r.returncode == 2 and "the cluster's own identities" in r.stderr, r.stderr
+    assert issue("alice").returncode == 0
+    r = issue("alice")
+    assert r.returncode == 2 and "has a context 'alice' already (--force" in r.stderr, r.stderr
+    assert issue("alice", "--force").returncode == 0
+    contexts = {c["name"]: c for c in config.load(cfg)["contexts"]}
+    assert sorted(contexts) == ["alice", "local"] and contexts["local"]["cert"] == "admin.crt"
+
+
+def test_capture_to_an_unwritable_path_is_refused_and_an_old_capture_stays(tmp_path):
+    old = tmp_path / "old.pcapng"
+    old.write_bytes(b"earlier capture")
+    ctl = ["--insecure", "--server", "127.0.0.1:1"]  # (refused before any call is made)
+    for path, words in ((tmp_path, "is a directory"),
+                        (tmp_path / "nope" / "x.pcapng", "no directory")):
+        r = run("serpensctl", *ctl, "capture", "fw-mon-nat", "-w", str(path))
+        assert r.returncode == 2 and words in r.stderr, r.stderr
+    # a refused request (here: no controller at all) leaves the file it would have written
+    r = run("serpensctl", *ctl, "--timeout", "2", "capture", "fw-mon-nat", "-w", str(old))
+    assert r.returncode == 3 and old.read_bytes() == b"earlier capture", r.stderr
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--timeout", "0", "get", "sfcs"], "--timeout"),
+    (["scale", "x", "--replicas", "-1"], "--replicas"),
+    (["capture", "x", "-w", "-", "--seconds", "nan"], "--seconds"),
+    (["capture", "x", "-w", "-", "-s", "70000"], "-s/--snaplen"),
+    (["capture", "x", "-w", "-", "-c", "4294967296"], "-c/--count"),
+    (["state", "dump", "x", "y", "--limit", "0"], "--limit"),
+    (["top", "--seconds", "-1"], "--seconds"),
+    (["drain", "node", "n", "--wait-timeout", "inf"], "--wait-timeout"),
+])
+def test_serpensctl_refuses_numbers_no_request_can_carry(args, option):
+    r = run("serpensctl", "--insecure", "--server", "127.0.0.1:1", *args)
+    assert r.returncode == 2 and f"argument {option}: expected" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text", ["1700000000000", "nan", "inf", "1e20", "99999999999h"])
+def test_since_refuses_times_a_request_cannot_carry(text):
+    with pytest.raises(_UsageError, match="--since: .* is no time"):
+        parse_since(text, now=1.8e9)
+    assert parse_since("2h", now=1.8e9) == 1.8e9 - 7200
