@@ -163,15 +163,19 @@ def _apply(stub, args) -> int:
             if not isinstance(name, str) or not isinstance(source, str):
                 raise _UsageError(f"{where}: a kind NF needs `name` (or metadata.name) and "
                                   "`source` (the path of its C file)")
+            description = doc.get("description") or ""
+            if not isinstance(description, str):
+                raise _UsageError(f"{where}: description: a string, got {description!r}")
             src_text, _ = _read(os.path.join(base_dir, source))
             nf = stub.DeployNF(pb.DeployNFRequest(name=name, source=src_text,
-                                                  description=doc.get("description") or ""),
+                                                  description=description),
                                timeout=args.timeout)
             print(f"nf/{nf.name} deployed (revision {nf.revision})")
         elif kind == "SFC" or len(docs) == 1:
             # One document goes as written (the server's errors then match the file);
             # one of several is sent as its JSON.
-            spec = text if len(docs) == 1 else json.dumps(doc)
+            # (default=str: a YAML date or time goes as its text, for the server to judge)
+            spec = text if len(docs) == 1 else json.dumps(doc, default=str)
             sfc = stub.ApplySFC(pb.ApplySFCRequest(spec=spec), timeout=args.timeout)
             print(f"sfc/{sfc.name} applied (revision {sfc.revision})")
             applied.append(sfc)

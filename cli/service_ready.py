@@ -22,6 +22,7 @@ import sys
 import time
 
 from serpens.cli.supervise import supervisor_pid
+from serpens.common.argtypes import positive_float
 
 # the probes' failed handshakes are expected while a program starts: not worth a line each
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pidfile", help="serpens-supervise's pid file")
     which.add_argument("--unit", help="the systemd unit")
     ap.add_argument("--log", required=True, help="the program's log (named in a failure)")
-    ap.add_argument("--timeout-s", type=float, default=60.0)
+    ap.add_argument("--timeout-s", type=positive_float, default=60.0)
     ap.add_argument("--fresh", action="store_true",
                     help="it was (re)started just now: any restart is a failure")
     probe = ap.add_mutually_exclusive_group(required=True)

@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+from serpens.common.argtypes import number, positive_float, positive_int
+
 MARK = "serpens-supervise"
 GAVE_UP = 4                   # the supervisor's exit status after its start limit
 PR_SET_PDEATHSIG = 1
@@ -256,15 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
                            if name == "start" else argparse.SUPPRESS)
         p.add_argument("--pidfile", required=True)
         p.add_argument("--log", required=True, help="PROGRAM's output is appended here")
-        p.add_argument("--restart-s", type=float, default=1.0)
-        p.add_argument("--burst", type=int, default=10)
-        p.add_argument("--interval-s", type=float, default=60.0)
-        p.add_argument("--stop-timeout-s", type=float, default=30.0)
+        p.add_argument("--restart-s", type=number(float, 0), default=1.0)
+        p.add_argument("--burst", type=positive_int, default=10)
+        p.add_argument("--interval-s", type=positive_float, default=60.0)
+        p.add_argument("--stop-timeout-s", type=positive_float, default=30.0)
         p.add_argument("argv", nargs="+", metavar="PROGRAM")
     for name in ("stop", "status"):
         p = sub.add_parser(name, help=f"{name} the supervisor of --pidfile")
         p.add_argument("--pidfile", required=True)
-        p.add_argument("--stop-timeout-s", type=float, default=30.0)
+        p.add_argument("--stop-timeout-s", type=positive_float, default=30.0)
     return ap
 
 

@@ -121,3 +121,24 @@ def test_since_refuses_times_a_request_cannot_carry(text):
     with pytest.raises(_UsageError, match="--since: .* is no time"):
         parse_since(text, now=1.8e9)
     assert parse_since("2h", now=1.8e9) == 1.8e9 - 7200
+
+
+def test_apply_refuses_a_description_that_is_not_text_before_deploying(tmp_path):
+    f = tmp_path / "nf.yaml"
+    f.write_text("kind: NF\nname: counter\nsource: counter.c\ndescription: 5\n")
+    r = run("serpensctl", "--insecure", "--server", "127.0.0.1:1", "apply", "-f", str(f))
+    assert r.returncode == 2 and "description: a string, got 5" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("program, args, option", [
+    ("serpens-supervise", ["start", "--pidfile", "p", "--log", "l", "--burst", "0", "true"],
+     "--burst"),
+    ("serpens-supervise", ["start", "--pidfile", "p", "--log", "l", "--interval-s", "0",
+                           "true"], "--interval-s"),
+])
+def test_the_supervisor_refuses_a_limit_that_would_never_start_or_never_stop(
+        tmp_path, program, args, option):
+    r = subprocess.run([os.path.join(BIN, program), *args], capture_output=True, text=True,
+                       timeout=30, cwd=tmp_path)
+    assert r.returncode == 2 and f"argument {option}: expected" in r.stderr, r.stderr
+    assert not os.listdir(tmp_path)  # (no pid file, no log)
