@@ -286,8 +286,8 @@ class AgentServicer(pb_grpc.AgentServicer):
         entry, _ = await self._nf(request.sfc, request.nf, context)
         if not request.force:
             _check_same_code(request, *entry.built.code[request.nf])
-        room = shutil.disk_usage(self.node.dataplane.config.state_dir).free
-        tables = await asyncio.to_thread(_inflate, request.snapshot, room)
+        disk = shutil.disk_usage(self.node.dataplane.config.state_dir)
+        tables = await asyncio.to_thread(_inflate, request.snapshot, disk)
         await asyncio.to_thread(self.node.restore_state, request.sfc, request.nf, tables)
         log.info("restored %s/%s from a snapshot of %s/%s on %s: %d tables", request.sfc,
                  request.nf, request.snapshot.sfc, request.snapshot.nf, request.snapshot.node,
@@ -386,16 +386,21 @@ class WrongCode(Exception):
     """A snapshot of other code than the NF it would be restored into."""
 
 
-def _inflate(snapshot, room: int) -> list[tuple[str, bytes]]:
+def _inflate(snapshot, disk) -> list[tuple[str, bytes]]:
     """The snapshot's tables, each no larger than it says (a small payload must not
-    inflate to gigabytes), and all of them no larger than `room` (the state filesystem's
-    free bytes: what they say is checked before anything is inflated)."""
+    inflate to gigabytes), and all of them no larger than the state filesystem (`disk`,
+    shutil.disk_usage) can hold: what they say is checked before anything is inflated.
+    Larger than the filesystem is a bad snapshot (ValueError naming the field); larger than
+    its free space, a full filesystem."""
     total = 0
     for i, image in enumerate(snapshot.tables):
         total += image.size
-        if total > room:
+        if total > disk.total:
             raise ValueError(f"snapshot.tables[{i}].size: the tables hold {total} bytes up to "
-                             f"this one, over the {room} free on the node's state filesystem")
+                             f"this one, more than the node's state filesystem ({disk.total})")
+    if total > disk.free:
+        raise StateFilesystemFull(f"state filesystem full (ENOSPC): no room for the {total} "
+                                  f"bytes of the snapshot's tables ({disk.free} free)")
     tables = []
     for image in snapshot.tables:
         inflater = zlib.decompressobj()

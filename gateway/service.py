@@ -138,6 +138,11 @@ class GatewayServicer(serpens_pb2_grpc.GatewayServicer):
                                        held_dropped=c["held_dropped"])
 
     async def GetGateway(self, request, context: grpc.aio.ServicerContext):
+        # (in a thread: the lock is held for seconds by a move's release or hold, and the
+        # event loop also keeps the gateway's lease alive)
+        return await asyncio.to_thread(self._locked_status)
+
+    def _locked_status(self) -> pb.GatewayStatus:
         with self._lock:
             return self.status()
 

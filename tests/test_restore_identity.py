@@ -75,8 +75,8 @@ async def scenario(stub, wires):
     await stub.RestoreState(pb.RestoreStateRequest(sfc="mon-nat", nf="mon", snapshot=anonymous,
                                                    force=True), timeout=30)
 
-    # a snapshot that says its tables hold more than the state filesystem has free (a corrupt
-    # or crafted file) is refused by the field before anything is inflated, and nothing changes
+    # a snapshot that says its tables hold more than the state filesystem can (a corrupt or
+    # crafted file) is refused by the field before anything is inflated, and nothing changes
     for size in (1 << 62, (1 << 64) - 1):
         boast = pb.StateSnapshot()
         boast.CopyFrom(mon)
@@ -85,7 +85,8 @@ async def scenario(stub, wires):
             await stub.RestoreState(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
                                                            snapshot=boast), timeout=30)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
-        assert "snapshot.tables[0].size" in e.value.details() and "free" in e.value.details()
+        assert "snapshot.tables[0].size" in e.value.details() \
+            and "more than the node's state filesystem" in e.value.details()
     assert mon_packets(await stub.ReadState(read, timeout=10)) == before
 
 
