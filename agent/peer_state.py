@@ -347,7 +347,9 @@ class DeltaSender:
         self.seq = 0
         self.stubs = stubs             # address -> PeerStub (common/rpc.Stubs)
         self.peers: dict[str, list[tuple[str, str]]] = {}   # SFC -> [(node, address)]
-        self.acked: dict[tuple, dict[bytes, bytes]] = {}    # (address, ns, table, origin)
+        # what each peer has of each table: (sfc, address, ns, table, origin) -> {key: value},
+        # kept only for the SFC's peers and tables now (_prune)
+        self.acked: dict[tuple, dict[bytes, bytes]] = {}
         self.pushed: dict[str, int] = {}
         self.problems: dict[str, str] = {}     # SFC -> what is not exchanged, and why
         self.failure: dict[str, str] = {}      # SFC -> the last push that failed
@@ -358,6 +360,8 @@ class DeltaSender:
     def set_peers(self, sfc: str, peers):
         me = self.node.spec.name
         self.peers[sfc] = [(p.node, p.address) for p in peers if p.address and p.node != me]
+        addresses = {a for _, a in self.peers[sfc]}
+        self._prune(sfc, lambda k: k[1] in addresses)  # a peer gone: what it had goes too
         if not self.peers[sfc]:
             self.peers.pop(sfc)
 
@@ -365,7 +369,12 @@ class DeltaSender:
         """The last push of the SFC reached `address`."""
         return address not in self.unreached.get(sfc, ())
 
+    def _prune(self, sfc: str, keep):
+        for key in [k for k in self.acked if k[0] == sfc and not keep(k)]:
+            del self.acked[key]
+
     def forget(self, sfc: str):
+        self._prune(sfc, lambda k: False)
         self.peers.pop(sfc, None)
         self.unreached.pop(sfc, None)
         self.ops_cache.pop(sfc, None)
@@ -435,6 +444,9 @@ class DeltaSender:
             return True
         if tables is None:
             tables = await asyncio.to_thread(self.tables, sfc, spec)
+        # (a table reset or made anew has another origin: what peers had of the old one goes)
+        now = {(ns, table, origin) for _, ns, table, origin, _, _ in tables}
+        self._prune(sfc, lambda k: k[2:] in now)
         ok = True
         for node, address in targets:
             self.unreached.setdefault(sfc, set()).discard(address)
@@ -455,7 +467,7 @@ class DeltaSender:
         return ok
 
     async def _push(self, sfc, address, nf, ns, table, origin, h, items):
-        key = (address, ns, table, origin)
+        key = (sfc, address, ns, table, origin)
         acked = self.acked.get(key)
         changed = [(k, v) for k, v in items if acked is None or acked.get(k) != v]
         if acked is not None and not changed:

@@ -142,6 +142,17 @@ def test_the_sender_resends_what_was_not_acknowledged_and_the_totals_stay_exact(
     assert peer.calls == 5
     mine.close()
 
+    # what the sender remembers of the peers' tables lasts as long as they are its peers
+    # and its SFC's: it does not grow with peers gone or SFCs stopped
+    assert [k[:2] for k in sender.acked] == [("mon-sfc", "b:1")]
+    sender.set_peers("mon-sfc", [pb.PeerRef(node="c", address="c:1")])
+    assert not sender.acked
+    sender.set_peers("mon-sfc", [pb.PeerRef(node="b", address="b:1")])
+    asyncio.run(period(True))      # b is new again: it gets the whole table (a replica's
+    assert peer.calls == 6 and counted_there() == sent  # values, taken again: no double)
+    sender.forget("mon-sfc")
+    assert not sender.acked
+
 
 def test_a_table_the_nf_merges_itself_is_not_exchanged_and_says_so(tmp_path):
     here = StateManager(str(tmp_path / "here"))
