@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 _CAS_ATTEMPTS = 5              # read-modify-write retries without an expected_revision
 _USAGE_HISTORY_S = 24 * 3600   # how far back agents keep usage (agent/usage.py RETENTION_S)
 _USAGE_FIELDS = ("packets", "bytes", "cpu_seconds", "state_byte_seconds")
+MEMO_ENTRIES = 4096  # reply messages kept (_memo): past this, all go (a List builds them again)
 
 
 class _Abort(Exception):
@@ -222,6 +223,8 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         items = await self._read_list(self.nfs_prefix)
         good = {key: (it, record) for key, it in sorted(items.items())
                 if (record := self._record(key, it, "nf")) is not None}
+        self._forget_memos("nf-listed", set(items))
+        self._forget_memos("nf", {k[len(self.nfs_prefix):] for k in items})
         return pb.ListNFsResponse(nfs=[
             self._memo(("nf-listed", key), (it.mod_revision,),
                        lambda it=it, record=record: self._nf(record, it.mod_revision,
@@ -291,6 +294,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         items = await self._read_list(self.sfcs_prefix)
         status = await self._read_list(self.status_prefix)
         routes = await self._read_list(self.routes_prefix)
+        self._forget_memos("sfc", {k[len(self.sfcs_prefix):] for k in items})
         return pb.ListSFCsResponse(sfcs=[
             self._sfc_memo(name, it, status.get(self.status_prefix + name),
                            routes.get(self.routes_prefix + name))
@@ -643,8 +647,16 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         """Reply messages built once per record revision (a List repeats most of them)."""
         hit = self._messages.get(key)
         if hit is None or hit[0] != revisions:
+            if len(self._messages) >= MEMO_ENTRIES:  # (records deleted through other
+                self._messages.clear()               # replicas, never listed since)
             hit = self._messages[key] = (revisions, build())
         return hit[1]
+
+    def _forget_memos(self, kind: str, live: set):
+        """Drop the memos of `kind` whose record a List no longer finds (deleted, possibly
+        through another replica)."""
+        for key in [k for k in self._messages if k[0] == kind and k[1] not in live]:
+            del self._messages[key]
 
     # -- records ----------------------------------------------------------------------------
 
