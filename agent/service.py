@@ -21,6 +21,7 @@ import zlib
 
 import grpc
 
+from serpens.common.limits import LIMITS
 from serpens.common.spec import SpecError, parse_sfc
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
@@ -254,6 +255,9 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     @_handler
     async def ReadState(self, request, context):
+        if request.limit > LIMITS.read_entries:
+            raise ValueError(f"limit: at most {LIMITS.read_entries} entries a table, got "
+                             f"{request.limit}")
         entry, nf = await self._nf(request.sfc, request.nf, context)
         if request.merge:
             await asyncio.to_thread(self.node.merge_state, request.sfc)
@@ -436,11 +440,12 @@ def read_tables(state_dir: str, namespace: str, stock: str | None, only: str,
             table = manager.open(nf, name)
         except OSError as e:  # a broken table, or no room to fill its holes
             raise table_error(nf, name, e) from None
-        try:
-            info, items = table.info, table.items()
+        eventual = table.info["flags"] & dp.EVENTUAL
+        try:  # (an eventual table's peers count too: whole, as their keys may be its first)
+            info, items = table.info, table.items(None if eventual else limit)
         finally:
             table.close()
-        if info["flags"] & dp.EVENTUAL:  # other servers' counts (agent/peer_state.py)
+        if eventual:  # other servers' counts (agent/peer_state.py)
             items = peer_state.with_peers(manager, nf, name, items)
             info["count"] = len(items)
         items = items[:limit]

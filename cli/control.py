@@ -68,7 +68,7 @@ def register(sub) -> None:
     p.add_argument("-f", "--file", help="snapshot: file written; restore: file read")
     p.add_argument("--table", default="",
                    help="dump, reset: one table (default: all of the NF's)")
-    p.add_argument("--limit", type=number(int, 1, 2**32 - 1), default=1000,
+    p.add_argument("--limit", type=number(int, 1, LIMITS.read_entries), default=1000,
                    help="entries per table")
     p.add_argument("--force", action="store_true",
                    help="restore: even a snapshot of other code than the NF runs")

@@ -28,6 +28,7 @@ class InputLimits:
     capture_count: int = 1_000_000
     capture_seconds: float = 24 * 3600.0
     capture_snaplen: int = 65535
+    read_entries: int = 100_000       # entries per table a ReadState returns (its `limit`)
 
 
 def capture_problem(request, limits: "InputLimits" = None) -> str | None:

@@ -12,6 +12,7 @@ import time
 import grpc
 import pytest
 
+from serpens.common.limits import LIMITS
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
 from support.cluster import (BIN, FW_MON_NAT, NODE, ROOT, Agent, Controller,
@@ -208,6 +209,13 @@ def test_state_of_a_running_nf_is_read_and_changes_are_watched(cluster):
         e = pytest.raises(grpc.RpcError, controller.stub.ReadState,
                           pb.ReadStateRequest(sfc="fw-mon-nat", nf="nope"), timeout=10).value
         assert e.code() == grpc.StatusCode.NOT_FOUND and "nf:" in e.details()
+        # a table read is bounded: `limit` entries of it (the first), and only so many asked
+        one = controller.stub.ReadState(pb.ReadStateRequest(sfc="fw-mon-nat", nf="mon",
+                                                            table="flows", limit=1), timeout=10)
+        assert len(one.tables[0].entries) == 1 and one.tables[0].count >= len(flows)
+        e = pytest.raises(grpc.RpcError, controller.stub.ReadState, pb.ReadStateRequest(
+            sfc="fw-mon-nat", nf="mon", limit=LIMITS.read_entries + 1), timeout=10).value
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit:" in e.details()
         dump = subprocess.run([os.path.join(BIN, "serpensctl"), "--config", serpensctl_config(),
                                "--server", controller.address,
                                "state", "dump", "fw-mon-nat", "mon", "--table", "hosts",

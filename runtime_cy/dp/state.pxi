@@ -206,15 +206,18 @@ cdef class StateTable:
             free(seen)
         return bytes(out_keys[:kept * ks]), bytes(out_values[:kept * vs])
 
-    def items(self):
-        """[(key, value)] of every live entry (a reader: never blocks the writers)."""
+    def items(self, limit=None):
+        """[(key, value)] of every live entry, or of the first `limit` (a reader: never
+        blocks the writers)."""
         self._check()
         cdef uint64_t pos = 0
         cdef const void *k
         cdef const void *v
+        cdef Py_ssize_t left = -1 if limit is None else max(0, limit)
         out = []
         ks, vs = self.t.hdr.key_size, self.t.hdr.value_size
-        while serpens_table_next(&self.t, &pos, &k, &v) >= 0:
+        while left != 0 and serpens_table_next(&self.t, &pos, &k, &v) >= 0:
+            left -= 1
             out.append((PyBytes_FromStringAndSize(<const char *>k, ks),
                         PyBytes_FromStringAndSize(<const char *>v, vs)))
         return out
