@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import ssl
 import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from serpens.common.pki import Identity
@@ -78,6 +81,44 @@ class Yielding:
         return families
 
 
+HANDSHAKE_S = 10.0  # a connection's TLS handshake and request, at most
+
+
+def _tls_context(identity: Identity) -> ssl.SSLContext:
+    """Server side, a client certificate of the cluster CA required, TLS 1.2 or newer."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(identity.cert, identity.key)
+    ctx.load_verify_locations(identity.ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """prometheus_client's threading WSGI server, but a connection's TLS handshake happens on
+    its own thread with a deadline: with the listening socket wrapped (start_http_server),
+    accept() shook hands on the serving thread, and one connection that sent nothing stopped
+    the endpoint."""
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        sock.settimeout(HANDSHAKE_S)
+        if self.tls is not None:  # (shakes hands at the first read, on the request's thread)
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format, *args):  # (a scrape a second: not for the log)
+        pass
+
+
 class MetricsServer:
     """The /metrics endpoint of one process, serving `collector` on its own thread."""
 
@@ -90,10 +131,12 @@ class MetricsServer:
         disable_created_metrics()   # no *_created series: they double what is stored
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Yielding(collector))
-        tls = {} if identity is None else dict(
-            certfile=identity.cert, keyfile=identity.key, client_cafile=identity.ca,
-            client_auth_required=True, tls_min_version=ssl.TLSVersion.TLSv1_2)
-        self.server, self.thread = start_http_server(port, host, self.registry, **tls)
+        self.server = make_server(host, port, make_wsgi_app(self.registry),
+                                  _Server6 if ":" in host else _Server, handler_class=_Quiet)
+        self.server.tls = None if identity is None else _tls_context(identity)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       name="metrics")
+        self.thread.start()
         self.port = self.server.server_port
         self.url = f"{'http' if identity is None else 'https'}://{listen.rpartition(':')[0]}:" \
                    f"{self.port}/metrics"

@@ -58,3 +58,33 @@ def test_a_scrape_collects_at_its_priority_and_formats_at_scrape_nice():
     assert all(n == (own if w == "collect" else SCRAPE_NICE) for w, n in collector.seen), \
         collector.seen
     assert nice() == own
+
+
+def test_a_connection_that_never_shakes_hands_stops_no_scrape(tmp_path):
+    # (the handshake runs on the connection's own thread, with a deadline; when the listening
+    # socket itself was wrapped, accept() shook hands on the serving thread)
+    import socket
+    import ssl
+    import time
+
+    from serpens.common.pki import CA
+
+    ca = CA.create(str(tmp_path / "pki"))
+    server = MetricsServer("127.0.0.1:0", Recording(),
+                           ca.issue("serpens-agent", "agent", ("127.0.0.1",)))
+    user = ca.issue("prometheus", "viewer")
+    ctx = ssl.create_default_context(cafile=user.ca)
+    ctx.load_cert_chain(user.cert, user.key)
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        t0 = time.monotonic()
+        with urllib.request.urlopen(server.url, timeout=5, context=ctx) as r:
+            assert "serpens_test_value 1.0" in r.read().decode()
+        assert time.monotonic() - t0 < 3
+        anonymous = ssl.create_default_context(cafile=user.ca)  # no client certificate
+        with pytest.raises(OSError):
+            urllib.request.urlopen(server.url, timeout=5, context=anonymous).read()
+    finally:
+        for s in silent:
+            s.close()
+        server.close()
