@@ -21,8 +21,9 @@ The leader reconciles each SFC on its own: a work queue keyed by SFC name
 A key is never processed by two workers at once; an SFC whose reconcile fails (an agent that
 does not answer, a conflict, etcd away) is retried with its own exponential back-off (an add
 made while the failing attempt ran waits for it too). An agent call that hangs holds its worker until its deadline, so a
-node gets at most _RUNS_PER_NODE RunSFC calls at once (an SFC counts as its load from the
-moment the call is sent); a busy node is skipped, and a node whose RunSFC times out or fails
+node gets at most _RUNS_PER_NODE calls that change what it runs (RunSFC, ScaleSFC, StopSFC)
+at once (an SFC counts as its load from the moment the call is sent); a busy node is skipped
+(a stop or scale there waits for its back-off), and a node whose RunSFC times out or fails
 to answer is suspect for _SUSPECT_S (the SFC is placed elsewhere at once, new ones avoid it).
 A node that leaves has its calls cancelled (nodes.py closes its channel). A hung node thus
 holds at most _RUNS_PER_NODE of the `workers`. Reconciling an SFC is idempotent:
@@ -125,7 +126,7 @@ log = logging.getLogger(__name__)
 
 _RUN_TIMEOUT = 120.0     # RunSFC compiles NFs (about a second each when not cached)
 _CALL_TIMEOUT = 5.0
-_RUNS_PER_NODE = 2       # RunSFC calls in flight to one node; more wait (back-off) or go elsewhere
+_RUNS_PER_NODE = 2       # Run/Scale/StopSFC calls in flight to one node; more wait or go elsewhere
 _SUSPECT_S = 30.0        # a node whose RunSFC timed out or failed gets no new SFC this long
                          # while another node can take it
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
@@ -174,7 +175,7 @@ class Reconciler:
         # sfc -> ((incarnation, generation), its parsed spec or None): routed SFCs' spec.vni,
         # match, tag and placement, parsed once per generation
         self._specs: dict[str, tuple[tuple[int, int], SFCSpec | None]] = {}
-        self._runs: dict[str, int] = {}          # node -> RunSFC calls in flight
+        self._runs: dict[str, int] = {}          # node -> Run/Scale/StopSFC calls in flight
         self._suspect: dict[str, float] = {}     # node -> loop time until it is avoided
         # SFCs left Pending for want of a node (busy ones included): queued again whenever a
         # RunSFC call ends, rather than only after their back-off
@@ -1032,8 +1033,9 @@ class Reconciler:
                     self._unrestored.pop(name, None)
                 log.info("sfc %s generation %d runs on node %s", name, generation, node)
             elif running.replicas != replicas or self._room_now(node, name, running):
-                running = await _agent_call(stub.ScaleSFC(
-                    pb.ScaleSFCRequest(name=name, replicas=replicas), timeout=_CALL_TIMEOUT))
+                async with self._calling(node, "ScaleSFC"):
+                    running = await _agent_call(stub.ScaleSFC(
+                        pb.ScaleSFCRequest(name=name, replicas=replicas), timeout=_CALL_TIMEOUT))
                 self.nodes.ran(node, name, running)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
@@ -1128,18 +1130,29 @@ class Reconciler:
         that times out, finds the node down or is cancelled (the node left: nodes.py closes
         its channel) makes the node suspect and raises _Refused, for the SFC to be placed
         elsewhere; a call in flight is no worker's reason to wait for the next one."""
-        in_flight = self._runs.get(node, 0)
-        if in_flight >= _RUNS_PER_NODE:
-            raise _Refused(f"busy: {in_flight} RunSFC calls in flight")
-        self._runs[node] = in_flight + 1
         try:
-            return await _agent_call(stub.RunSFC(request, timeout=self.run_timeout))
+            async with self._calling(node, "RunSFC"):
+                return await _agent_call(stub.RunSFC(request, timeout=self.run_timeout))
         except grpc.aio.AioRpcError as e:
             if e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED,
                                 grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or \
                     _pool_busy(e):
                 raise
             why = f"{e.code().name}: {e.details()}"
+        log.warning("node %s: RunSFC failed (%s); avoided for %.0f s", node, why, _SUSPECT_S)
+        self._suspect[node] = asyncio.get_running_loop().time() + _SUSPECT_S
+        raise _Refused(why)
+
+    @contextlib.asynccontextmanager
+    async def _calling(self, node: str, what: str):
+        """One of the node's _RUNS_PER_NODE calls that change what it runs (else _Refused:
+        busy): a node whose calls hang holds no more of the workers than that."""
+        in_flight = self._runs.get(node, 0)
+        if in_flight >= _RUNS_PER_NODE:
+            raise _Refused(f"busy: {in_flight} calls in flight (a {what} waits)")
+        self._runs[node] = in_flight + 1
+        try:
+            yield
         finally:
             left = self._runs.get(node, 1) - 1
             if left > 0:
@@ -1148,9 +1161,6 @@ class Reconciler:
                 self._runs.pop(node, None)
             for waiting in self._unplaced_names:  # room for one more call: try them now
                 self.queue.add(waiting)
-        log.warning("node %s: RunSFC failed (%s); avoided for %.0f s", node, why, _SUSPECT_S)
-        self._suspect[node] = asyncio.get_running_loop().time() + _SUSPECT_S
-        raise _Refused(why)
 
     def _sources(self, names: tuple[str, ...]) -> dict[str, str]:
         sources = {}
@@ -1176,12 +1186,17 @@ class Reconciler:
         for node, address in running:
             try:
                 back = peers.return_to(keep) if peers else None
-                await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(
-                    name=name, return_to=back),  # returning state: calls of its own
-                    timeout=_CALL_TIMEOUT if back is None else 4 * _CALL_TIMEOUT))
+                async with self._calling(node, "StopSFC"):
+                    await _agent_call(self.agents[address].StopSFC(pb.StopSFCRequest(
+                        name=name, return_to=back),  # returning state: calls of its own
+                        timeout=_CALL_TIMEOUT if back is None else 4 * _CALL_TIMEOUT))
                 if peers is not None:
                     peers.forget(node)
                 log.info("sfc %s stopped on node %s", name, node)
+            except _Refused as e:  # (busy: the back-off brings the stop again)
+                log.info("stopping sfc %s on node %s waits: %s", name, node, e)
+                ok = False
+                continue
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
                     log.warning("stopping sfc %s on node %s: %s", name, node, e.details())

@@ -27,7 +27,8 @@ from test_reconcile_isolation import _delete, etcd_call
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 N = 20                 # SFCs: more than the controller's 8 workers
-RUNS_PER_NODE = 2      # controller/reconciler.py's bound on RunSFC calls in flight to a node
+RUNS_PER_NODE = 2      # controller/reconciler.py's bound on Run/Scale/StopSFC calls in flight
+CALL_TIMEOUT = 5.0     # its deadline of a StopSFC
 
 
 class FakeAgent(pb_grpc.AgentServicer):
@@ -37,6 +38,8 @@ class FakeAgent(pb_grpc.AgentServicer):
 
     def __init__(self, name, hang=False, fail_after=None):
         self.name, self.hang, self.fail_after = name, hang, fail_after
+        self.hang_stops = False  # sit on every StopSFC (until released or cancelled)
+        self.stops = 0           # StopSFC calls that came
         self.release = threading.Event()
         self.lock = threading.Lock()
         self.runs: dict[str, pb.AgentSFC] = {}
@@ -75,6 +78,12 @@ class FakeAgent(pb_grpc.AgentServicer):
             return s
 
     def StopSFC(self, request, context):
+        with self.lock:
+            self.stops += 1
+        if self.hang_stops:
+            while not self.release.wait(0.05) and context.is_active():
+                pass
+            context.abort(grpc.StatusCode.UNAVAILABLE, "hung agent: released")
         with self.lock:
             if self.runs.pop(request.name, None) is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"name: no SFC {request.name!r}")
@@ -185,6 +194,33 @@ def test_a_node_that_leaves_has_its_calls_cancelled_and_its_sfcs_placed_again(et
         assert time.monotonic() - left < 30  # far from the 120 s deadline
         assert sorted(fast.runs) == NAMES[:4]
     finally:
+        controller.stop()
+
+
+def test_a_node_that_hangs_on_every_stop_holds_no_more_workers_than_its_bound(etcd, nodes):
+    """Every SFC a node runs is deleted while the node sits on each StopSFC: the stops it is
+    sent at once are bounded as its runs are, the rest wait their back-off, and SFCs applied
+    meanwhile run on the other node without waiting for the stops' deadline."""
+    stuck = nodes(FakeAgent("a-stuck")).agent
+    controller = controller_with(etcd)
+    try:
+        apply_all(controller, NAMES)
+        wait_until(lambda: len(running_on(controller, NAMES, "a-stuck")) == N, 30,
+                   controller.output)
+        fast = nodes(FakeAgent("b-fast")).agent
+        stuck.hang_stops = True
+        for name in NAMES:
+            controller.stub.DeleteSFC(pb.DeleteSFCRequest(name=name), timeout=10)
+        wait_until(lambda: stuck.stops >= 1, 10, controller.output)
+        later = [f"t{i:02d}" for i in range(4)]
+        applied = time.monotonic()
+        apply_all(controller, later)
+        wait_until(lambda: len(running_on(controller, later, "b-fast")) == len(later),
+                   CALL_TIMEOUT, controller.output)
+        assert time.monotonic() - applied < CALL_TIMEOUT * 0.8
+        assert stuck.stops <= RUNS_PER_NODE, stuck.stops  # (the rest wait out a back-off)
+    finally:
+        stuck.release.set()
         controller.stop()
 
 
