@@ -80,6 +80,9 @@ def _handler(method):
     return wrapper
 
 
+SHARE_ANSWER_S = 1.0  # a pool share is answered only this long before the asker's deadline
+
+
 def _vxlan(entry) -> pb.VxlanRoute | None:
     """The VXLAN route the SFC runs with (None: local only), as RunSFC gave it."""
     v = entry.vxlan if entry is not None else None
@@ -512,17 +515,50 @@ class PeerServicer(CheckpointPeer, FlowMoves, pb_grpc.PeerServicer):
         if request.sfc not in self.node.running:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"sfc: node {self.node.spec.name} runs no SFC {request.sfc!r}")
+        split = asyncio.ensure_future(asyncio.to_thread(
+            pool_rebalance.share_pool, self.node, request.sfc, request.nf, request.table))
         try:
-            data, dry = await asyncio.to_thread(pool_rebalance.share_pool, self.node,
-                                                request.sfc, request.nf, request.table)
+            data, dry = await asyncio.shield(split)
         except pool_rebalance.NoSuchPool as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except asyncio.CancelledError:
+            # the asker went (its deadline): the share, split off by then or later, must not
+            # go with the call; it goes back into this node's pool
+            split.add_done_callback(lambda done: self._keep_share(request, done))
+            raise
+        left = context.time_remaining()
+        if data is not None and left is not None and left < SHARE_ANSWER_S:
+            self._keep_share(request, split)  # (an answer this late may not arrive)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"the share was split off {left * 1000:.0f} ms before the "
+                                "deadline: kept here, ask again")
         if data is None:
             return pb.SharePoolResponse(node=self.node.spec.name, empty=True, dry=dry)
         log.info("sfc %s: a share of %s.%s for %s (its pool ran dry)", request.sfc,
                  request.nf, request.table, request.node or "a peer")
         [image] = peer_state.images([(request.nf, [(request.table, data)])])[0].tables
         return pb.SharePoolResponse(node=self.node.spec.name, share=image, dry=dry)
+
+    def _keep_share(self, request, done: asyncio.Future):
+        """A share split off for a SharePool whose caller went: back into our own pool (a
+        returned pool, folded in by the NF's merge op as a peer's would be)."""
+        if done.cancelled() or done.exception() is not None or done.result()[0] is None:
+            return
+        entry = self.node.running.get(request.sfc)
+        if entry is None:
+            log.error("sfc %s: a share of %s.%s split off for a caller that went, and the SFC "
+                      "stopped meanwhile: lost", request.sfc, request.nf, request.table)
+            return
+        try:
+            peer_state.install_tables(self.node.state, entry.spec.state_namespace(request.nf),
+                                      [(request.table, done.result()[0])])
+            log.info("sfc %s: a share of %s.%s kept (its asker went)", request.sfc,
+                     request.nf, request.table)
+            # (its running instances fold it in now, as after a ReturnState)
+            asyncio.ensure_future(asyncio.to_thread(self.node.merge_state, request.sfc))
+        except (OSError, peer_state.PeerStateError) as e:
+            log.error("sfc %s: a share of %s.%s could not be kept: %s", request.sfc,
+                      request.nf, request.table, e)
 
     @_handler
     async def PushDeltas(self, request, context):

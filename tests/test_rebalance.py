@@ -154,6 +154,19 @@ def test_a_share_of_a_pool_that_is_not_there_is_refused_naming_the_field(cluster
         pb.NFTables(nf="nat", tables=[got])]), timeout=10)
     assert free_ports(c, node) == before          # and back whole
 
+    # askers that go before the answer (their deadline passed while the share was being
+    # split off, or is too close to answer safely: agent/service.py SHARE_ANSWER_S) take
+    # nothing with them: the share goes back into the pool
+    for ms in (1, 2, 5, 10, 20, 40, 80, 160):
+        try:
+            got = peer.SharePool(pb.SharePoolRequest(sfc=SFC, nf="nat", table="ports"),
+                                 timeout=ms / 1000).share
+            peer.ReturnState(pb.ReturnStateRequest(sfc=SFC, node="test", nfs=[
+                pb.NFTables(nf="nat", tables=[got])]), timeout=10)   # (answered in time)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+    wait_until(lambda: free_ports(c, node) == before, 10, lambda: logs(c))
+
 
 def each_port_in_one_hand(c, name: str, settle: float = 10.0) -> dict[str, set[int]]:
     """Every port of the pool is free or mapped on exactly one server of SFC `name` (pools
