@@ -9,7 +9,8 @@ at those counts every period; when one grew it asks the SFC's peers for a share 
 reads and deletes it before it answers (never in two places: a lost answer loses the share,
 as with Seed), and here it is written as `<table>@in<k>` and folded in by the NF's merge op
 at a merge request. Bounded: one ask at a time, at most one per (table, peer) per period, a
-peer that had nothing is left alone for EMPTY_BACKOFF periods, and nothing is asked while
+peer that had nothing, or did not answer (down, hung: each ask of it waits ASK_TIMEOUT_S), is
+left alone for EMPTY_BACKOFF periods and asked after the others, and nothing is asked while
 every `@in<k>` slot is taken. Peers are tried most promising first: those whose last answer
 gave something, then those with the lowest dry count they reported.
 """
@@ -181,6 +182,7 @@ class PoolRebalancer:
             except grpc.RpcError as e:
                 log.warning("sfc %s: %s.%s ran dry; asking %s for a share: %s %s", sfc, nf,
                             table, node, e.code().name, e.details())
+                self.hint[key] = (True, 0)  # as one with nothing: the others first, for a while
                 continue
             self.hint[key] = (reply.empty, reply.dry)
             if reply.empty:
