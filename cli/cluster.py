@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.dir.strip():
+        print("serpens: --dir: a directory is required", file=sys.stderr)
+        return 2
+    # (absolute and without a trailing slash: `l/` would pass for the directory a symlink
+    # `l` names, and `.` could not be made again once emptied)
+    args.dir = os.path.abspath(args.dir)
     state_path = os.path.join(args.dir, "cluster.json")
     if args.command == "down":
         return down(args.dir, state_path)
@@ -342,8 +349,10 @@ def _remove_testbed(state: dict, verbose: bool = False):
         removed = bed.remove()
         if verbose and removed:
             print(f"  removed {', '.join(removed)}")
-    if state.get("state_root"):
-        shutil.rmtree(state["state_root"], ignore_errors=True)
+    root = state.get("state_root")
+    if isinstance(root, str) and os.path.dirname(root) == "/dev/shm" and \
+            os.path.basename(root).startswith("serpens-"):  # (only what _plan_servers names)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _write_configs(state: dict):
@@ -760,11 +769,19 @@ def issue_cert(args, state_path: str) -> int:
     return 0
 
 
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def _name_taken(args, state: dict, out: str) -> str | None:
     """Why NAME may not be issued: one of the cluster's own identities (their certificates
     and the admin's context `local`), or, without --force, a context or files that exist."""
-    if args.name in (CONTEXT, "admin", "etcd") or args.name.startswith("serpens-"):
+    if not _USER_NAME.fullmatch(args.name):
+        return "a name of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    name = args.name.lower()
+    if name in (CONTEXT, "admin", "etcd", "ca") or name.startswith("serpens-"):
         return "the name of one of the cluster's own identities or contexts; choose another"
+    if os.path.realpath(out) == os.path.realpath(state["pki"]["dir"]):
+        return f"--out {out}: the cluster's own certificates are there; choose another"
     if args.force:
         return None
     try:
@@ -858,9 +875,13 @@ def _reap(pid: int):
         pass
 
 
+# what `up` makes in its directory: it empties only a directory holding these alone
+_MADE = {"cluster.json", "pki", "nodes", "gateway.yaml", "etcd"}
+
+
 def _not_a_cluster_dir(directory: str, state_path: str) -> str | None:
     """Why `directory` is not one `up` may empty (None: absent, empty, or holding the
-    cluster.json every `up` writes first)."""
+    cluster.json every `up` writes first and nothing `up` does not make)."""
     if not os.path.lexists(directory):
         return None
     if os.path.islink(directory) or not os.path.isdir(directory):
@@ -869,8 +890,16 @@ def _not_a_cluster_dir(directory: str, state_path: str) -> str | None:
         entries = os.listdir(directory)
     except OSError as e:
         return e.strerror
-    if entries and not os.path.isfile(state_path):
-        return f"is not empty and holds no {os.path.basename(state_path)}"
+    if not entries:
+        return None
+    state = _read_state(state_path)
+    if not isinstance(state, dict) or not isinstance(state.get("processes"), dict):
+        return f"is not empty and holds no {os.path.basename(state_path)} `up` wrote"
+    foreign = sorted(e for e in entries if e not in _MADE and not e.endswith(".log")
+                     and not e.startswith("cluster.json.tmp"))
+    if foreign:
+        return f"holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, " \
+               "which `up` did not make"
     return None
 
 

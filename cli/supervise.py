@@ -270,10 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def not_a_pid_file(pidfile: str) -> str | None:
+    """Why `pidfile` is no pid file of ours to replace or remove (None: absent, or a PID):
+    `--pidfile notes.txt` must not delete notes.txt."""
+    if not os.path.lexists(pidfile):
+        return None
+    if not os.path.isfile(pidfile) or os.path.islink(pidfile):
+        return "exists and is not a plain file"
+    text = _read(pidfile)
+    return None if not text or text.isdigit() else "holds something else than a PID"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "_run":
         return run(args)
+    why = not_a_pid_file(os.path.abspath(args.pidfile))
+    if why:
+        print(f"{MARK}: --pidfile {args.pidfile}: {why}; left alone", file=sys.stderr)
+        return 2
     if args.command == "stop":
         print(stop(os.path.abspath(args.pidfile), args.stop_timeout_s))
         return 0

@@ -38,6 +38,30 @@ def test_up_never_empties_a_directory_it_did_not_make(tmp_path):
     a_file.write_text("x")
     r = run("serpens", "--dir", str(a_file), "--config", str(tmp_path / "cfg"), "up")
     assert r.returncode == 2 and "is not a directory" in r.stderr and a_file.read_text() == "x"
+    # a cluster.json is not enough: `up` empties only what holds nothing it did not make
+    (precious / "cluster.json").write_text('{"processes": {}}')
+    link = tmp_path / "link"
+    link.symlink_to(precious)
+    for where, words in ((precious, "holds thesis.tex, which `up` did not make"),
+                         (f"{link}/", "is not a directory")):  # (the slash: still the link)
+        r = run("serpens", "--dir", str(where), "--config", str(tmp_path / "cfg"), "up")
+        assert r.returncode == 2 and words in r.stderr, r.stderr
+    (precious / "thesis.tex").unlink()
+    (precious / "cluster.json").write_text("not what up writes")
+    (precious / "notes").write_text("mine")
+    r = run("serpens", "--dir", str(precious), "--config", str(tmp_path / "cfg"), "up")
+    assert r.returncode == 2 and "holds no cluster.json `up` wrote" in r.stderr, r.stderr
+    assert sorted(os.listdir(precious)) == ["cluster.json", "notes"]
+
+
+def test_down_removes_only_the_state_root_up_names(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cluster.json").write_text(json.dumps(
+        {"processes": {}, "state_root": str(mine)}))
+    r = run("serpens", "--dir", str(tmp_path / "c"), "--config", str(tmp_path / "cfg"), "down")
+    assert r.returncode == 0 and mine.is_dir(), r.stderr
 
 
 @pytest.mark.parametrize("make, words", [
@@ -77,9 +101,14 @@ def test_cert_issue_never_replaces_a_context_or_the_cluster_s_identities(tmp_pat
         return run("serpens", "--dir", str(tmp_path / "c"), "--config", cfg, "cert", "issue",
                    name, "--role", "viewer", *more)
 
-    for name in ("local", "admin", "serpens-controller"):
+    for name in ("local", "admin", "ca", "ADMIN", "Serpens-controller"):
         r = issue(name, "--force")
         assert r.returncode == 2 and "the cluster's own identities" in r.stderr, r.stderr
+    for name in (" admin", "a b", "x\ny", "..", "é"):
+        r = issue(name, "--force")
+        assert r.returncode == 2 and "a name of 1-64 letters" in r.stderr, (name, r.stderr)
+    r = issue("carol", "--force", "--out", str(pki))
+    assert r.returncode == 2 and "the cluster's own certificates" in r.stderr, r.stderr
     assert issue("alice").returncode == 0
     r = issue("alice")
     assert r.returncode == 2 and "has a context 'alice' already (--force" in r.stderr, r.stderr
@@ -142,3 +171,16 @@ def test_the_supervisor_refuses_a_limit_that_would_never_start_or_never_stop(
                        timeout=30, cwd=tmp_path)
     assert r.returncode == 2 and f"argument {option}: expected" in r.stderr, r.stderr
     assert not os.listdir(tmp_path)  # (no pid file, no log)
+
+
+@pytest.mark.parametrize("command", [["stop"], ["status"],
+                                     ["start", "--log", "l", "true"]])
+def test_the_supervisor_never_removes_or_replaces_a_file_that_is_not_a_pid_file(
+        tmp_path, command):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    r = subprocess.run([os.path.join(BIN, "serpens-supervise"), command[0], "--pidfile",
+                        str(notes), *command[1:]], capture_output=True, text=True, timeout=30,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and "holds something else than a PID" in r.stderr, r.stderr
+    assert notes.read_text() == "my notes" and sorted(os.listdir(tmp_path)) == ["notes.txt"]
