@@ -128,13 +128,20 @@ def _run(command):
     return run
 
 
-def _read(path: str) -> tuple[str, str]:
-    """(text, the directory relative paths in it are taken from)."""
+def _read(path: str, limit: int) -> tuple[str, str]:
+    """(text, the directory relative paths in it are taken from); at most `limit` characters
+    are read: a file that goes on (/dev/zero) is refused, not read to the end."""
     try:
         if path == "-":
-            return sys.stdin.read(), os.getcwd()
-        with open(path) as f:
-            return f.read(), os.path.dirname(os.path.abspath(path))
+            if sys.stdin is None:
+                raise _UsageError("-: no standard input")
+            text, base = sys.stdin.read(limit + 1), os.getcwd()
+        else:
+            with open(path) as f:
+                text, base = f.read(limit + 1), os.path.dirname(os.path.abspath(path))
+        if len(text) > limit:
+            raise _UsageError(f"{path}: over {limit} characters")
+        return text, base
     except OSError as e:
         raise _UsageError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -144,8 +151,7 @@ def _read(path: str) -> tuple[str, str]:
 def _apply(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     from serpens.common.documents import SpecError, check_text
-    from serpens.common.limits import LIMITS
-    text, base_dir = _read(args.file)
+    text, base_dir = _read(args.file, 16 * LIMITS.spec_bytes)
     try:  # bounded before it is parsed, as the controller does (a file holds a few documents)
         check_text(text, 16 * LIMITS.spec_bytes)
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
@@ -166,7 +172,7 @@ def _apply(stub, args) -> int:
             description = doc.get("description") or ""
             if not isinstance(description, str):
                 raise _UsageError(f"{where}: description: a string, got {description!r}")
-            src_text, _ = _read(os.path.join(base_dir, source))
+            src_text, _ = _read(os.path.join(base_dir, source), LIMITS.nf_source_bytes)
             nf = stub.DeployNF(pb.DeployNFRequest(name=name, source=src_text,
                                                   description=description),
                                timeout=args.timeout)
@@ -433,11 +439,17 @@ def _snapshot_or_restore(stub, args) -> int:
         print(f"{args.sfc}.{args.nf} on {snap.node}: {len(snap.tables)} tables, "
               f"{sum(t.size for t in snap.tables)} bytes ({len(data)} in {args.file})")
         return 0
+    from serpens.common.rpc import MAX_MESSAGE
     try:
         with open(args.file, "rb") as f:
-            snap = pb.StateSnapshot.FromString(f.read())
+            data = f.read(MAX_MESSAGE + 1)  # (no request carries more: refused, not read on)
+        if len(data) > MAX_MESSAGE:
+            raise _UsageError(f"{args.file}: over {MAX_MESSAGE} bytes: not a snapshot")
+        snap = pb.StateSnapshot.FromString(data)
     except OSError as e:
         raise _UsageError(f"{args.file}: {e.strerror}") from None
+    except _UsageError:
+        raise
     except Exception as e:  # protobuf's DecodeError
         raise _UsageError(f"{args.file}: not a state snapshot ({e})") from None
     reply = stub.RestoreState(pb.RestoreStateRequest(sfc=args.sfc, nf=args.nf, snapshot=snap,

@@ -92,10 +92,15 @@ class SFCSpec:
         return f"{self.name}.{nf}"
 
 
-def read_file(path: str) -> str:
+def read_file(path: str, limit: int = 16 * LIMITS.spec_bytes) -> str:
+    """A spec file's text: at most `limit` characters are read (the parser bounds it again,
+    in bytes); one that goes on (/dev/zero, a log) is refused, not read to the end."""
     try:
         with open(path) as f:
-            return f.read()
+            text = f.read(limit + 1)
+        if len(text) > limit:
+            raise SpecError(path, f"over {limit} characters: not a spec")
+        return text
     except OSError as e:
         raise SpecError(path, e.strerror) from None
     except UnicodeDecodeError:

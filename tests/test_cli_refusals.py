@@ -184,3 +184,16 @@ def test_the_supervisor_never_removes_or_replaces_a_file_that_is_not_a_pid_file(
                        cwd=tmp_path)
     assert r.returncode == 2 and "holds something else than a PID" in r.stderr, r.stderr
     assert notes.read_text() == "my notes" and sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_files_that_never_end_are_refused_not_read_to_the_end(tmp_path):
+    nf = tmp_path / "nf.yaml"
+    nf.write_text("kind: NF\nname: z\nsource: /dev/zero\n")
+    ctl = ["--insecure", "--server", "127.0.0.1:1"]
+    for program, args in (("serpensctl", [*ctl, "apply", "-f", "/dev/zero"]),
+                          ("serpensctl", [*ctl, "apply", "-f", str(nf)]),
+                          ("serpens", ["--dir", str(tmp_path / "c"), "--config",
+                                       str(tmp_path / "cfg"), "up", "--sfc", "/dev/zero"])):
+        r = run(program, *args)
+        assert r.returncode == 2 and "/dev/zero: over" in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "c").exists()
