@@ -218,6 +218,7 @@ def test_a_node_that_hangs_on_every_stop_holds_no_more_workers_than_its_bound(et
         wait_until(lambda: len(running_on(controller, later, "b-fast")) == len(later),
                    CALL_TIMEOUT, controller.output)
         assert time.monotonic() - applied < CALL_TIMEOUT * 0.8
+        assert sorted(fast.runs) == later
         assert stuck.stops <= RUNS_PER_NODE, stuck.stops  # (the rest wait out a back-off)
     finally:
         stuck.release.set()
