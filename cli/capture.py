@@ -51,6 +51,8 @@ def _comment(p) -> str:
 def _writable(path: str) -> None:
     """-w PATH can be written (checked before the call; the file is made only once the
     capture answers, so a refused request leaves an earlier capture of that name whole)."""
+    if not path:
+        raise _UsageError("-w: a file name, or '-' for stdout")
     if os.path.isdir(path):
         raise _UsageError(f"-w {path}: is a directory")
     folder = os.path.dirname(os.path.abspath(path))
@@ -105,6 +107,9 @@ def _capture(stub, args) -> int:
     except _UsageError:
         stream.cancel()
         raise
+    except OSError as e:  # writing (a full disk: /dev/full)
+        stream.cancel()
+        raise _UsageError(f"-w {args.write}: {e.strerror}") from None
     finally:
         if out is not None and out is not sys.stdout.buffer:
             out.close()

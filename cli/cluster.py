@@ -209,7 +209,11 @@ def up(args, state_path: str) -> int:
     if state:  # what a crashed `up` left: its testbed and the servers' state
         _remove_testbed(state)
     shutil.rmtree(args.dir, ignore_errors=True)
-    os.makedirs(args.dir)
+    try:
+        os.makedirs(args.dir)
+    except OSError as e:
+        print(f"serpens: --dir {args.dir}: {e.strerror}", file=sys.stderr)
+        return 2
     state = {"api": args.api, "etcd": f"127.0.0.1:{args.etcd_port}", "agent": args.agent,
              "node": os.path.abspath(args.node), "servers": args.servers,
              "config": os.path.abspath(args.config), "processes": {}}

@@ -41,7 +41,10 @@ _SINCE_RANGE = (-62135596800, 253402300799)
 def parse_since(text: str, now: float | None = None) -> float:
     """Unix time of a --since value; _UsageError naming --since if it is none of the forms
     or no time a request can carry."""
-    when = _since(text, time.time() if now is None else now)
+    try:
+        when = _since(text, time.time() if now is None else now)
+    except (OverflowError, ValueError):  # (hours past any float, digits past int's limit)
+        when = math.nan
     if not (math.isfinite(when) and _SINCE_RANGE[0] <= when <= _SINCE_RANGE[1]):
         raise _UsageError(f"--since: {text.strip()!r} is no time (Unix seconds, not "
                           f"milliseconds?)")

@@ -121,7 +121,7 @@ def test_capture_to_an_unwritable_path_is_refused_and_an_old_capture_stays(tmp_p
     old = tmp_path / "old.pcapng"
     old.write_bytes(b"earlier capture")
     ctl = ["--insecure", "--server", "127.0.0.1:1"]  # (refused before any call is made)
-    for path, words in ((tmp_path, "is a directory"),
+    for path, words in ((tmp_path, "is a directory"), ("", "a file name"),
                         (tmp_path / "nope" / "x.pcapng", "no directory")):
         r = run("serpensctl", *ctl, "capture", "fw-mon-nat", "-w", str(path))
         assert r.returncode == 2 and words in r.stderr, r.stderr
@@ -145,7 +145,8 @@ def test_serpensctl_refuses_numbers_no_request_can_carry(args, option):
     assert r.returncode == 2 and f"argument {option}: expected" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("text", ["1700000000000", "nan", "inf", "1e20", "99999999999h"])
+@pytest.mark.parametrize("text", ["1700000000000", "nan", "inf", "1e20", "99999999999h",
+                                  "9" * 400 + "h", "9" * 5000 + "h"])
 def test_since_refuses_times_a_request_cannot_carry(text):
     with pytest.raises(_UsageError, match="--since: .* is no time"):
         parse_since(text, now=1.8e9)
@@ -197,3 +198,10 @@ def test_files_that_never_end_are_refused_not_read_to_the_end(tmp_path):
         r = run(program, *args)
         assert r.returncode == 2 and "/dev/zero: over" in r.stderr, (args, r.stderr)
     assert not (tmp_path / "c").exists()
+
+
+def test_up_in_a_directory_that_cannot_be_made_says_so(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = run("serpens", "--dir", str(tmp_path / "afile" / "sub"), "--config",
+            str(tmp_path / "cfg"), "up")
+    assert r.returncode == 2 and "--dir" in r.stderr and "Traceback" not in r.stderr, r.stderr
