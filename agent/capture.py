@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
+from serpens.common.limits import LIMITS
 from serpens.runtime_cy import _dataplane as dp
 
 REC = struct.Struct("<IHhIHBBIIQII")  # struct serpens_obs_rec (pool_ctl.h)
@@ -92,8 +93,8 @@ class Observation:
     def __post_init__(self):
         if self.at not in AT:
             raise ValueError(f"at: one of in, out, drop, got {self.at!r}")
-        if not 0 < self.snaplen <= 65535:
-            raise ValueError(f"snaplen: 1..65535, got {self.snaplen}")
+        if not 0 < self.snaplen <= LIMITS.capture_snaplen:
+            raise ValueError(f"snaplen: 1..{LIMITS.capture_snaplen}, got {self.snaplen}")
         self.step = -1
         if self.nf:
             names = [s.split(".", 1)[-1] for s in self.steps]
