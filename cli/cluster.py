@@ -148,6 +148,20 @@ def main(argv=None) -> int:
     # `l` names, and `.` could not be made again once emptied)
     args.dir = os.path.abspath(args.dir)
     state_path = os.path.join(args.dir, "cluster.json")
+    try:
+        return _command(args, state_path)
+    except StateFileError as e:  # (nothing was stopped or removed)
+        print(f"serpens: {e}: not the cluster.json `up` writes; it names no processes "
+              f"to stop (remove it, or give another --dir)", file=sys.stderr)
+        return 2
+    except config.ConfigError as e:
+        print(f"serpens: --config {e}", file=sys.stderr)
+        return 2
+
+
+def _command(args, state_path: str) -> int:
+    if args.command in ("up", "cert"):
+        config.load(args.config)  # a config it could not write back is refused before anything
     if args.command == "down":
         return down(args.dir, state_path)
     if args.command == "status":
@@ -192,7 +206,10 @@ def _in_file(path: str, parse):
 # ---- up ---------------------------------------------------------------------------------
 
 def up(args, state_path: str) -> int:
-    state = _read_state(state_path)
+    try:
+        state = _read_state(state_path)
+    except StateFileError:  # (then the directory is not one `up` may empty: said below)
+        state = None
     if state and any(_alive(p) for p in state["processes"].values()):
         if state.get("servers", 0) != args.servers:
             print(f"serpens: the cluster in {args.dir} is up with "
@@ -413,6 +430,7 @@ def _start(state, state_path, name, argv, ready):
     exited."""
     proc = start_detached(argv, os.path.join(os.path.dirname(state_path), f"{name}.log"))
     state["processes"][name] = {"pid": proc.pid, "argv0": _program(argv), "argv": argv,
+                                "started": _start_ticks(proc.pid),
                                 "file_prefix": _file_prefix(state, name, proc.pid)}
     _write_state(state_path, state)
 
@@ -857,16 +875,29 @@ def _stop(proc: dict):
         os.kill(proc["pid"], signal.SIGKILL)
 
 
+def _start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot: /proc/PID/stat field 22), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _alive(proc: dict) -> bool:
-    """The PID still runs the program we started (not a reused PID)."""
+    """The PID still runs the process we started (not a reused PID: same start time, when
+    recorded, and same program)."""
     try:
         with open(f"/proc/{proc['pid']}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
         with open(f"/proc/{proc['pid']}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                _reap(proc["pid"])
-                return False
+            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
+        return False
+    if proc.get("started") is not None and int(fields[19]) != proc["started"]:
+        return False
+    if fields[0] == "Z":
+        _reap(proc["pid"])
         return False
     program = os.path.basename(proc["argv0"]).encode()
     return any(os.path.basename(a) == program for a in argv[:2])
@@ -896,8 +927,11 @@ def _not_a_cluster_dir(directory: str, state_path: str) -> str | None:
         return e.strerror
     if not entries:
         return None
-    state = _read_state(state_path)
-    if not isinstance(state, dict) or not isinstance(state.get("processes"), dict):
+    try:
+        state = _read_state(state_path)
+    except StateFileError:
+        state = None
+    if state is None:
         return f"is not empty and holds no {os.path.basename(state_path)} `up` wrote"
     foreign = sorted(e for e in entries if e not in _MADE and not e.endswith(".log")
                      and not e.startswith("cluster.json.tmp"))
@@ -907,12 +941,27 @@ def _not_a_cluster_dir(directory: str, state_path: str) -> str | None:
     return None
 
 
+class StateFileError(Exception):
+    """cluster.json is there but is not what `up` writes."""
+
+
 def _read_state(path: str) -> dict | None:
+    """cluster.json as `up` wrote it, None when there is none (StateFileError otherwise)."""
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+            state = json.load(f)
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raise StateFileError(f"{path}: {e.strerror}") from None
+    except ValueError as e:
+        raise StateFileError(f"{path}: not JSON ({e})") from None
+    processes = state.get("processes") if isinstance(state, dict) else None
+    if not isinstance(processes, dict) or not all(
+            isinstance(p, dict) and type(p.get("pid")) is int and p["pid"] > 0
+            and isinstance(p.get("argv0"), str) for p in processes.values()):
+        raise StateFileError(f"{path}: no `processes` map of pid and argv0")
+    return state
 
 
 def _write_state(path: str, state: dict):

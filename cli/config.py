@@ -55,17 +55,27 @@ def default_path() -> str:
     return os.environ.get("SERPENS_CONFIG") or os.path.expanduser("~/.serpens/config")
 
 
+CONFIG_CHARS = 1 << 20   # far above any config of contexts; a file past it is not one
+
+
 def load(path: str) -> dict:
     """The config as a dict (an empty one when the file does not exist)."""
     try:
         with open(path) as f:
-            doc = yaml.safe_load(f) or {}
+            text = f.read(CONFIG_CHARS + 1)
+        if len(text) > CONFIG_CHARS:
+            raise ConfigError(f"{path}: over {CONFIG_CHARS} characters: not a serpens Config")
+        doc = yaml.safe_load(text) or {}
     except FileNotFoundError:
         return {"apiVersion": "serpens/v1", "kind": "Config", "contexts": []}
-    except (OSError, yaml.YAMLError) as e:
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("contexts", []), list):
-        raise ConfigError(f"{path}: not a serpens Config (a mapping with a `contexts` list)")
+    contexts = doc.get("contexts", []) if isinstance(doc, dict) else None
+    if not isinstance(contexts, list) or not all(isinstance(c, dict) for c in contexts):
+        raise ConfigError(f"{path}: not a serpens Config (a mapping with a `contexts` list "
+                          "of mappings)")
     doc.setdefault("contexts", [])
     return doc
 

@@ -159,37 +159,66 @@ def _apply(stub, args) -> int:
         raise _UsageError(f"{args.file}: {e}") from None
     except yaml.YAMLError as e:
         raise _UsageError(f"{args.file}: not valid YAML or JSON: {e}") from None
+    # Every document is checked (and its NF source read) before the first is sent: a typo
+    # in the third must not leave the first two applied.
+    requests = [_request(doc, f"{args.file}" + (f" (document {i + 1})" if len(docs) > 1 else ""),
+                         text if len(docs) == 1 else None, base_dir)
+                for i, doc in enumerate(docs)]
     applied = []
-    for i, doc in enumerate(docs):
-        where = f"{args.file}" + (f" (document {i + 1})" if len(docs) > 1 else "")
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        if kind == "NF":
-            name = doc.get("name") or (doc.get("metadata") or {}).get("name")
-            source = doc.get("source")
-            if not isinstance(name, str) or not isinstance(source, str):
-                raise _UsageError(f"{where}: a kind NF needs `name` (or metadata.name) and "
-                                  "`source` (the path of its C file)")
-            description = doc.get("description") or ""
-            if not isinstance(description, str):
-                raise _UsageError(f"{where}: description: a string, got {description!r}")
-            src_text, _ = _read(os.path.join(base_dir, source), LIMITS.nf_source_bytes)
-            nf = stub.DeployNF(pb.DeployNFRequest(name=name, source=src_text,
-                                                  description=description),
-                               timeout=args.timeout)
+    for request in requests:
+        if isinstance(request, pb.DeployNFRequest):
+            nf = stub.DeployNF(request, timeout=args.timeout)
             print(f"nf/{nf.name} deployed (revision {nf.revision})")
-        elif kind == "SFC" or len(docs) == 1:
-            # One document goes as written (the server's errors then match the file);
-            # one of several is sent as its JSON.
-            # (default=str: a YAML date or time goes as its text, for the server to judge)
-            spec = text if len(docs) == 1 else json.dumps(doc, default=str)
-            sfc = stub.ApplySFC(pb.ApplySFCRequest(spec=spec), timeout=args.timeout)
+        else:
+            sfc = stub.ApplySFC(request, timeout=args.timeout)
             print(f"sfc/{sfc.name} applied (revision {sfc.revision})")
             applied.append(sfc)
-        else:
-            raise _UsageError(f"{where}: kind must be NF or SFC, got {kind!r}")
     if args.wait:
         return max([_wait_running(stub, sfc, args) for sfc in applied], default=0)
     return 0
+
+
+def _request(doc, where: str, text: str | None, base_dir: str):
+    """The DeployNFRequest or ApplySFCRequest of one document (`text`: the file's, when it is
+    the only document); _UsageError naming `where` and the field."""
+    from serpens.common.spec import SpecError, parse_sfc
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind == "NF":
+        metadata = doc.get("metadata") or {}
+        name = doc.get("name") or (metadata.get("name") if isinstance(metadata, dict) else None)
+        source = doc.get("source")
+        if not isinstance(name, str) or not isinstance(source, str):
+            raise _UsageError(f"{where}: a kind NF needs `name` (or metadata.name) and "
+                              "`source` (the path of its C file)")
+        description = doc.get("description") or ""
+        if not isinstance(description, str):
+            raise _UsageError(f"{where}: description: a string, got {description!r}")
+        src_text, _ = _read(os.path.join(base_dir, source), LIMITS.nf_source_bytes)
+        return pb.DeployNFRequest(name=name, source=src_text, description=description)
+    if kind == "SFC" or text is not None:
+        # One document goes as written (the server's errors then match the file); one of
+        # several is sent as its JSON, YAML dates and times (values or keys) as their text,
+        # for the server to judge.
+        if text is not None:
+            return pb.ApplySFCRequest(spec=text)
+        spec = json.dumps(_text_keys(doc), default=str)
+        try:  # as the controller will (a later document's typo stops the earlier ones)
+            parse_sfc(spec, allow_source=False)
+        except SpecError as e:
+            raise _UsageError(f"{where}: {e}") from None
+        return pb.ApplySFCRequest(spec=spec)
+    raise _UsageError(f"{where}: kind must be NF or SFC, got {kind!r}")
+
+
+def _text_keys(node):
+    """`node` with every mapping key that YAML made something else (a date, a number) as
+    its text: JSON keys are text."""
+    if isinstance(node, dict):
+        return {k if isinstance(k, str) else str(k): _text_keys(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_text_keys(v) for v in node]
+    return node
 
 
 def _wait_running(stub, sfc, args) -> int:

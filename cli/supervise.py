@@ -296,8 +296,25 @@ def main(argv=None) -> int:
         pid = supervisor_pid(os.path.abspath(args.pidfile))
         print(f"running {pid}" if pid else "absent")
         return 0 if pid else 3
+    why = _not_a_log(args.log)
+    if why:
+        print(f"{MARK}: --log {args.log}: {why}", file=sys.stderr)
+        return 2
     print(start(args))
     return 0
+
+
+def _not_a_log(path: str) -> str | None:
+    """Why PROGRAM's output cannot be appended to `path` (None: it can, or its directory can
+    be made), found before anything is stopped or started."""
+    if os.path.isdir(path):
+        return "is a directory"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "ab"):
+            return None
+    except OSError as e:
+        return e.strerror
 
 
 if __name__ == "__main__":

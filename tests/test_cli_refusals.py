@@ -205,3 +205,76 @@ def test_up_in_a_directory_that_cannot_be_made_says_so(tmp_path):
     r = run("serpens", "--dir", str(tmp_path / "afile" / "sub"), "--config",
             str(tmp_path / "cfg"), "up")
     assert r.returncode == 2 and "--dir" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{bad", "not JSON"), ("[1, 2]", "no `processes` map"),
+    ('{"processes": {"etcd": {"pid": "1"}}}', "no `processes` map")])
+@pytest.mark.parametrize("command", ["down", "status"])
+def test_a_cluster_json_up_did_not_write_stops_nothing_and_stays(tmp_path, text, words,
+                                                                 command):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cluster.json").write_text(text)
+    r = run("serpens", "--dir", str(tmp_path / "c"), "--config", str(tmp_path / "cfg"), command)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "c" / "cluster.json").read_text() == text
+
+
+def test_down_never_signals_a_process_that_took_a_recorded_pid(tmp_path):
+    # the same program under the PID `up` recorded, started later: not the cluster's
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "c").mkdir()
+        (tmp_path / "c" / "cluster.json").write_text(json.dumps({"processes": {"etcd": {
+            "pid": sleeper.pid, "argv0": "/bin/sleep", "started": 1}}}))
+        r = run("serpens", "--dir", str(tmp_path / "c"), "--config", str(tmp_path / "cfg"),
+                "down")
+        assert r.returncode == 0 and "stopping" not in r.stdout, r.stdout
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("text", ["garbage: [", "contexts: [a, b]", "- 1\n"])
+def test_cert_issue_with_a_config_it_cannot_write_back_issues_nothing(tmp_path, text):
+    ca = CA.create(str(tmp_path / "pki"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cluster.json").write_text(json.dumps(
+        {"processes": {}, "api": "127.0.0.1:1", "pki": {"dir": ca.dir, "ca": ca.cert_path}}))
+    (tmp_path / "cfg").write_text(text)
+    r = run("serpens", "--dir", str(tmp_path / "c"), "--config", str(tmp_path / "cfg"),
+            "cert", "issue", "bob", "--role", "viewer")
+    assert r.returncode == 2 and "--config" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr
+    assert not (tmp_path / "pki" / "users").exists()
+    assert (tmp_path / "cfg").read_text() == text
+
+
+@pytest.mark.parametrize("doc", ["kind: NF\nmetadata: foo\nsource: a.c\n",
+                                 "kind: NF\nname: 5\nsource: a.c\n"])
+def test_apply_names_what_an_nf_document_lacks(tmp_path, doc):
+    f = tmp_path / "nf.yaml"
+    f.write_text(doc)
+    r = run("serpensctl", "--insecure", "--server", "127.0.0.1:1", "apply", "-f", str(f))
+    assert r.returncode == 2 and "a kind NF needs `name`" in r.stderr, r.stderr
+
+
+def test_apply_checks_every_document_before_it_sends_the_first(tmp_path):
+    # the controller is unreachable: had the first document been sent, the exit would be 3
+    f = tmp_path / "two.yaml"
+    f.write_text("apiVersion: serpens/v1\nkind: SFC\nmetadata: {name: good}\n"
+                 "spec: {nfs: {fw: {stock: fw}}, chain: [fw]}\n---\n"
+                 "apiVersion: serpens/v1\nkind: SFC\nmetadata: {name: bad}\n"
+                 "spec:\n  nfs: {fw: {stock: fw}}\n  chain: [fw]\n  2020-01-01: 1\n")
+    r = run("serpensctl", "--insecure", "--server", "127.0.0.1:1", "apply", "-f", str(f))
+    assert r.returncode == 2 and "(document 2)" in r.stderr and "2020-01-01" in r.stderr \
+        and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_supervisor_refuses_a_log_it_cannot_append_to(tmp_path):
+    r = subprocess.run([os.path.join(BIN, "serpens-supervise"), "start", "--pidfile", "p",
+                        "--log", str(tmp_path), "true"], capture_output=True, text=True,
+                       timeout=30, cwd=tmp_path)
+    assert r.returncode == 2 and f"--log {tmp_path}: is a directory" in r.stderr, r.stderr
+    assert not os.listdir(tmp_path)
