@@ -118,7 +118,8 @@ def main(argv=None) -> int:
                  AgentServicer(node, deltas, receiver, peers, rebalancer),
                  rpc.service_name("Agent")),
                 (serpens_pb2_grpc.add_PeerServicer_to_server, PeerServicer(node, receiver),
-                 rpc.service_name("Peer"))], args.identity)
+                 rpc.service_name("Peer"))], args.identity,
+                receive_limit=rpc.RECEIVE_LIMIT_AGENT)
         except OSError as e:
             log.error("--listen %s", e)
             return 1

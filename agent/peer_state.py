@@ -47,6 +47,7 @@ NAME_OFF, NAME_LEN = 72, 64
 _COUNT_OFF = 56           # serpens_table_hdr.count
 RETURN_SLOTS = 8          # nf_api.h SERPENS_RETURN_SLOTS: `<table>@in0..7`
 PUSH_ENTRIES = 4096       # entries per PushDeltas (a big table goes over several periods)
+PUSH_BYTES = 1 << 20      # and keys + values per PushDeltas (far below a server's RECEIVE_LIMIT)
 PUSH_TIMEOUT_S = 2.0
 
 
@@ -473,8 +474,9 @@ class DeltaSender:
         if acked is not None and not changed:
             return
         stub = self.stubs[address]
-        for i in range(0, max(1, len(changed)), PUSH_ENTRIES):
-            chunk = changed[i:i + PUSH_ENTRIES]
+        per_push = max(1, min(PUSH_ENTRIES, PUSH_BYTES // (h["key_size"] + h["value_size"])))
+        for i in range(0, max(1, len(changed)), per_push):
+            chunk = changed[i:i + per_push]
             self.seq += 1
             req = pb.PushDeltasRequest(
                 node=self.node.spec.name, sfc=sfc, nf=nf, table=table, origin=origin,

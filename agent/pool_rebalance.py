@@ -24,6 +24,7 @@ import time
 
 import grpc
 
+from serpens.common import bulk
 from serpens.common.tasks import sleep_unless
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.runtime_cy import _dataplane as dp
@@ -201,9 +202,9 @@ class PoolRebalancer:
             log.warning("sfc %s: a share of %s.%s from %s cannot be kept (%s); returning it",
                         sfc, nf, table, node, e)
             try:
-                await self.stubs[address].ReturnState(pb.ReturnStateRequest(
+                await self.stubs[address].ReturnState(bulk.pieces(pb.ReturnStateRequest(
                     sfc=sfc, node=self.node.spec.name,
-                    nfs=peer_state.images([(nf, [(table, data)])])), timeout=ASK_TIMEOUT_S)
+                    nfs=peer_state.images([(nf, [(table, data)])]))), timeout=ASK_TIMEOUT_S)
             except grpc.RpcError as e2:
                 log.error("sfc %s: a share of %s.%s from %s lost: returning it failed: %s %s",
                           sfc, nf, table, node, e2.code().name, e2.details())

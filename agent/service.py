@@ -27,7 +27,7 @@ from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
 
-from serpens.common import rpc
+from serpens.common import bulk, rpc
 
 from . import capture_rpc, peer_state, pool_rebalance
 from .checkpoints import CheckpointPeer, Checkpointer
@@ -206,8 +206,8 @@ class AgentServicer(pb_grpc.AgentServicer):
         pools = await asyncio.to_thread(peer_state.pools_to_return, state, spec)
         if pools:
             try:
-                await self.peers[back.address].ReturnState(pb.ReturnStateRequest(
-                    sfc=spec.name, node=self.node.spec.name, nfs=peer_state.images(pools)),
+                await self.peers[back.address].ReturnState(bulk.pieces(pb.ReturnStateRequest(
+                    sfc=spec.name, node=self.node.spec.name, nfs=peer_state.images(pools))),
                     timeout=10)
             except grpc.RpcError as e:
                 return (f"node {back.node} ({back.address}): {e.code().name} {e.details()}; "
@@ -289,7 +289,8 @@ class AgentServicer(pb_grpc.AgentServicer):
                                 nf_code_sha256=code_sha256)
 
     @_handler
-    async def RestoreState(self, request, context):
+    async def RestoreState(self, request_pieces, context):
+        request = await bulk.assembled(request_pieces, pb.RestoreStateRequest, context)
         entry, _ = await self._nf(request.sfc, request.nf, context)
         if not request.force:
             _check_same_code(request, *entry.built.code[request.nf])
@@ -491,7 +492,8 @@ class PeerServicer(CheckpointPeer, FlowMoves, pb_grpc.PeerServicer):
         return pb.SeedResponse(node=self.node.spec.name, nfs=peer_state.images(nfs))
 
     @_handler
-    async def ReturnState(self, request, context):
+    async def ReturnState(self, request_pieces, context):
+        request = await bulk.assembled(request_pieces, pb.ReturnStateRequest, context)
         entry = self.node.running.get(request.sfc)
         if entry is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,

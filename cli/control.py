@@ -453,6 +453,7 @@ def _state(stub, args) -> int:
 
 def _snapshot_or_restore(stub, args) -> int:
     """A snapshot file is the serialized serpens.v1.StateSnapshot."""
+    from serpens.common import bulk
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     if not args.file:
         raise _UsageError(f"state {args.action}: -f FILE is required")
@@ -481,9 +482,9 @@ def _snapshot_or_restore(stub, args) -> int:
         raise
     except Exception as e:  # protobuf's DecodeError
         raise _UsageError(f"{args.file}: not a state snapshot ({e})") from None
-    reply = stub.RestoreState(pb.RestoreStateRequest(sfc=args.sfc, nf=args.nf, snapshot=snap,
-                                                     force=args.force),
-                              timeout=max(args.timeout, 120))
+    reply = stub.RestoreState(bulk.pieces(pb.RestoreStateRequest(
+        sfc=args.sfc, nf=args.nf, snapshot=snap, force=args.force)),
+        timeout=max(args.timeout, 120))
     print(f"{args.sfc}.{args.nf} on {reply.node}: {reply.tables} tables restored from "
           f"{snap.sfc}.{snap.nf} of {snap.node}")
     return 0

@@ -24,6 +24,9 @@ class InputLimits:
     # is bounded by the transport's common/rpc.py MAX_MESSAGE alone.
     request_bytes: int = 128 << 10
     deploy_request_bytes: int = (1 << 20) + (64 << 10)
+    # The C sources of the deployed NFs one SFC names, together: RunSFC carries them to each
+    # of its servers, whose agents read at most common/rpc.py RECEIVE_LIMIT_AGENT a message.
+    chain_source_bytes: int = 8 << 20
     # A capture or trace (Capture): packets and seconds it may run for, bytes kept a packet.
     capture_count: int = 1_000_000
     capture_seconds: float = 24 * 3600.0

@@ -20,14 +20,29 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serpens.common import bulk
 from serpens.common.auth import AuthInterceptor
 from serpens.common.pki import Identity
 from serpens.proto.serpens.v1 import serpens_pb2
 
-# State snapshots carry whole tables (zlib-compressed); gRPC's default 4 MiB is too little.
-MAX_MESSAGE = 256 << 20
+# Answers may be large: a state snapshot carries whole tables (zlib-compressed), and so does
+# a bulk request once assembled (common/bulk.py); a client takes what the server it called
+# sends, up to this.
+MAX_MESSAGE = bulk.MAX_MESSAGE
 MESSAGE_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
                    ("grpc.max_receive_message_length", MAX_MESSAGE)]
+# A server reads a request message whole before it knows who calls (the role check runs in
+# the servicer's wrapper), so it takes small ones only: large requests come in pieces
+# (common/bulk.py). 4 MiB, gRPC's default, is over every other request of the Serpens and
+# Gateway services (DeployNF's source: 1 MiB); the agents' (RECEIVE_LIMIT_AGENT) holds a
+# RunSFC with the sources of every deployed NF of its chain (LIMITS.chain_source_bytes).
+RECEIVE_LIMIT = 4 << 20
+RECEIVE_LIMIT_AGENT = 16 << 20
+
+
+def server_options(receive_limit: int) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", receive_limit)]
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -92,7 +107,8 @@ def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
 
 
 async def create_server(listen: str, services: list, identity: Identity | None = None,
-                        interceptors: tuple = (), outer: tuple = ()) -> tuple[grpc.aio.Server, int]:
+                        interceptors: tuple = (), outer: tuple = (),
+                        receive_limit: int = RECEIVE_LIMIT) -> tuple[grpc.aio.Server, int]:
     """A not yet started server; `services` are (add_XServicer_to_server, servicer, name);
     `interceptors` run after authorization, `outer` before it (metrics: refusals count too).
     Returns it and the port bound (OSError if
@@ -100,10 +116,10 @@ async def create_server(listen: str, services: list, identity: Identity | None =
     loopback)."""
     if identity is None:
         check_insecure(listen)
-        server = grpc.aio.server(options=MESSAGE_OPTIONS,
+        server = grpc.aio.server(options=server_options(receive_limit),
                                  interceptors=[*outer, *interceptors])
     else:
-        server = grpc.aio.server(options=MESSAGE_OPTIONS,
+        server = grpc.aio.server(options=server_options(receive_limit),
                                  interceptors=[*outer, AuthInterceptor(), *interceptors])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

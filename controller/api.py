@@ -44,6 +44,7 @@ from dataclasses import replace
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from serpens.common import bulk
 from serpens.common.documents import check_size
 from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.limits import LIMITS, capture_problem
@@ -88,6 +89,15 @@ def _handler(method):
             log.error("%s: %s", method.__name__, e)
             await context.abort(grpc.StatusCode.INTERNAL, f"store error: {e}")
     return wrapper
+
+
+def _source_bytes(value: bytes, name: str) -> int:
+    """The size of a deployed NF's C source, as RunSFC carries it (0: a record not readable
+    here, which the reconciler reports)."""
+    try:
+        return len(NFRecord.decode(value, name).source.encode())
+    except MalformedRecord:
+        return 0
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -269,6 +279,13 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                 if self.nfs_prefix + target not in items:
                     raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                  f"spec.nfs.{nf_name}.nf: no deployed NF named {target!r}")
+            sources = sum(_source_bytes(items[self.nfs_prefix + target].value, target)
+                          for target in set(deployed.values()))
+            if sources > LIMITS.chain_source_bytes:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"spec.nfs: the deployed NFs it names hold {sources} bytes of C "
+                             f"source together, at most {LIMITS.chain_source_bytes} (each "
+                             "server running the SFC is sent them all)")
         doc = spec.document
 
         def update(old: SFCRecord | None) -> SFCRecord:
@@ -476,8 +493,10 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         return await self._on_node(request.sfc, "SnapshotState", request, timeout=120)
 
     @_handler
-    async def RestoreState(self, request, context):
-        return await self._on_node(request.sfc, "RestoreState", request, timeout=120)
+    async def RestoreState(self, request_pieces, context):
+        request = await bulk.assembled(request_pieces, pb.RestoreStateRequest, context)
+        return await self._on_node(request.sfc, "RestoreState", bulk.pieces(request),
+                                   timeout=120)
 
     @_handler
     async def ResetState(self, request, context):

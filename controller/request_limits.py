@@ -1,8 +1,8 @@
 """Request sizes of the Serpens API, checked before a request is deserialized (issue 11 §5).
 
-The transport admits messages up to common/rpc.py MAX_MESSAGE (256 MiB) because
-RestoreState carries whole state tables; gRPC has no per-method receive limit on the server
-side. This interceptor gives every other method its own, much smaller one: it wraps the
+The transport admits messages up to common/rpc.py RECEIVE_LIMIT (4 MiB; RestoreState's state
+tables come in pieces, common/bulk.py); gRPC has no per-method receive limit on the server
+side. This interceptor gives every method its own, smaller one: it wraps the
 method's request deserializer, so an oversized request is never turned into a protobuf
 message (nor its spec into Python objects), and answers INVALID_ARGUMENT naming the field
 that makes it large (`spec`, `source`; else `request`).
@@ -17,7 +17,7 @@ from serpens.common.rpc import MAX_MESSAGE
 
 def method_limits(limits: InputLimits = LIMITS) -> dict[str, int]:
     """Serpens method name -> the largest serialized request it accepts (others: default)."""
-    return {"DeployNF": limits.deploy_request_bytes, "RestoreState": MAX_MESSAGE}
+    return {"DeployNF": limits.deploy_request_bytes}
 
 
 # The field that makes a request of these methods large, named in the refusal.

@@ -236,3 +236,41 @@ def test_the_peer_role_is_an_agent_or_the_controller():
     from serpens.common.auth import PEER, allowed
     assert allowed("agent", PEER) and allowed("controller", PEER)
     assert not any(allowed(role, PEER) for role in ("admin", "operator", "viewer", "gateway"))
+
+
+def test_a_large_message_is_refused_unread_and_bulk_ones_only_after_the_role_check(
+        controller, agent):
+    """gRPC reads a request message whole before the role check: every server takes small
+    ones (common/rpc.py RECEIVE_LIMIT); RestoreState's tables come in pieces (common/bulk.py),
+    read only once the caller may call it."""
+    from serpens.common.bulk import pieces
+    viewer, operator = identity("vera", "viewer"), identity("otto", "operator")
+    for address, who, method, request in (
+            (controller.address, viewer, "Serpens/ApplySFC",
+             pb.ApplySFCRequest(spec="x" * rpc.RECEIVE_LIMIT)),
+            (agent.address, viewer, "Agent/RunSFC",
+             pb.RunSFCRequest(spec="x" * rpc.RECEIVE_LIMIT_AGENT))):
+        r = _call(address, who, method, request)
+        assert _code(r) == grpc.StatusCode.RESOURCE_EXHAUSTED, r
+    snapshot = pb.StateSnapshot(tables=[pb.TableImage(name="t", size=1, zdata=os.urandom(
+        rpc.RECEIVE_LIMIT_AGENT + (1 << 20)))])
+    for address, who, stub, code in (
+            (controller.address, viewer, serpens_pb2_grpc.SerpensStub,
+             grpc.StatusCode.PERMISSION_DENIED),
+            (agent.address, viewer, serpens_pb2_grpc.AgentStub,
+             grpc.StatusCode.PERMISSION_DENIED),
+            # allowed: read whole, well past any one message, and answered for what it is
+            (controller.address, operator, serpens_pb2_grpc.SerpensStub,
+             grpc.StatusCode.NOT_FOUND),   # (no such SFC)
+            (agent.address, client_identity(), serpens_pb2_grpc.AgentStub,
+             grpc.StatusCode.NOT_FOUND)):
+        with secure_channel(address, who) as channel:
+            with pytest.raises(grpc.RpcError) as e:
+                stub(channel).RestoreState(pieces(pb.RestoreStateRequest(
+                    sfc="nowhere", nf="mon", snapshot=snapshot)), timeout=30)
+        assert e.value.code() == code, (address, who, e.value.details())
+    # both still answer
+    assert _code(_call(controller.address, viewer, "Serpens/ListSFCs",
+                       pb.ListSFCsRequest())) == grpc.StatusCode.OK
+    assert _code(_call(agent.address, client_identity(), "Agent/GetNode",
+                       pb.GetNodeRequest())) == grpc.StatusCode.OK

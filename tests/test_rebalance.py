@@ -17,6 +17,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from serpens.cli import multi
+from serpens.common.bulk import pieces
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.proto.serpens.v1 import serpens_pb2_grpc as pb_grpc
 
@@ -150,8 +151,8 @@ def test_a_share_of_a_pool_that_is_not_there_is_refused_naming_the_field(cluster
     reply = peer.SharePool(pb.SharePoolRequest(sfc=SFC, nf="nat", table="ports"), timeout=10)
     got = reply.share                             # a real share: gone from the pool
     assert not reply.empty and got.size > 0 and len(free_ports(c, node)) < len(before)
-    peer.ReturnState(pb.ReturnStateRequest(sfc=SFC, node="test", nfs=[
-        pb.NFTables(nf="nat", tables=[got])]), timeout=10)
+    peer.ReturnState(pieces(pb.ReturnStateRequest(sfc=SFC, node="test", nfs=[
+        pb.NFTables(nf="nat", tables=[got])])), timeout=10)
     assert free_ports(c, node) == before          # and back whole
 
     # askers that go before the answer (their deadline passed while the share was being
@@ -161,8 +162,8 @@ def test_a_share_of_a_pool_that_is_not_there_is_refused_naming_the_field(cluster
         try:
             got = peer.SharePool(pb.SharePoolRequest(sfc=SFC, nf="nat", table="ports"),
                                  timeout=ms / 1000).share
-            peer.ReturnState(pb.ReturnStateRequest(sfc=SFC, node="test", nfs=[
-                pb.NFTables(nf="nat", tables=[got])]), timeout=10)   # (answered in time)
+            peer.ReturnState(pieces(pb.ReturnStateRequest(sfc=SFC, node="test", nfs=[
+                pb.NFTables(nf="nat", tables=[got])])), timeout=10)   # (answered in time)
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
     wait_until(lambda: free_ports(c, node) == before, 10, lambda: logs(c))

@@ -12,6 +12,7 @@ from serpens.agent.node import Node
 from serpens.agent.process_pool import ProcessPool
 from serpens.agent.service import AgentServicer
 from serpens.common import rpc
+from serpens.common.bulk import pieces
 from serpens.common.node_spec import parse_node
 from serpens.common.spec import parse_sfc
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
@@ -50,8 +51,8 @@ async def scenario(stub, wires):
     assert mon.nf_code == "stock:mon" and mon.nf_code_sha256 != nat.nf_code_sha256
 
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.RestoreState(pb.RestoreStateRequest(sfc="mon-nat", nf="mon", snapshot=nat),
-                                timeout=30)
+        await stub.RestoreState(pieces(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
+                                                              snapshot=nat)), timeout=30)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "snapshot:" in e.value.details() and "stock:nat" in e.value.details() \
         and "stock:mon" in e.value.details(), e.value.details()
@@ -60,8 +61,8 @@ async def scenario(stub, wires):
     wires["wan"].send([udp(dport=53, src="10.0.0.2", sport=2000 + i) for i in range(5)])
     wires["lan"].receive(5)
     assert mon_packets(await stub.ReadState(read, timeout=10)) == before + 5
-    reply = await stub.RestoreState(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
-                                                           snapshot=mon), timeout=30)
+    reply = await stub.RestoreState(pieces(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
+                                                           snapshot=mon)), timeout=30)
     assert reply.tables == len(mon.tables)
     assert mon_packets(await stub.ReadState(read, timeout=10)) == before  # back in time
 
@@ -69,11 +70,12 @@ async def scenario(stub, wires):
     anonymous.CopyFrom(mon)
     anonymous.ClearField("nf_code_sha256")  # as an older agent wrote them
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.RestoreState(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
-                                                       snapshot=anonymous), timeout=30)
+        await stub.RestoreState(pieces(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
+                                                       snapshot=anonymous)), timeout=30)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    await stub.RestoreState(pb.RestoreStateRequest(sfc="mon-nat", nf="mon", snapshot=anonymous,
-                                                   force=True), timeout=30)
+    await stub.RestoreState(pieces(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
+                                                          snapshot=anonymous, force=True)),
+                            timeout=30)
 
     # a snapshot that says its tables hold more than the state filesystem can (a corrupt or
     # crafted file) is refused by the field before anything is inflated, and nothing changes
@@ -82,8 +84,8 @@ async def scenario(stub, wires):
         boast.CopyFrom(mon)
         boast.tables[0].size = size
         with pytest.raises(grpc.aio.AioRpcError) as e:
-            await stub.RestoreState(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
-                                                           snapshot=boast), timeout=30)
+            await stub.RestoreState(pieces(pb.RestoreStateRequest(sfc="mon-nat", nf="mon",
+                                                           snapshot=boast)), timeout=30)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
         assert "snapshot.tables[0].size" in e.value.details() \
             and "more than the node's state filesystem" in e.value.details()

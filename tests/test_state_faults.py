@@ -17,6 +17,7 @@ import struct
 import grpc
 import pytest
 
+from serpens.common.bulk import pieces
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 from serpens.runtime_cy import _dataplane as dp
 
@@ -214,8 +215,8 @@ def test_a_restore_into_a_full_state_filesystem_is_refused_and_changes_nothing(a
         filler = fill(fs, leave=4096)
         try:
             with pytest.raises(grpc.RpcError) as e:
-                a.stub.RestoreState(pb.RestoreStateRequest(sfc="restored", nf="mon",
-                                                           snapshot=snap), timeout=60)
+                a.stub.RestoreState(pieces(pb.RestoreStateRequest(sfc="restored", nf="mon",
+                                                           snapshot=snap)), timeout=60)
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
             assert "ENOSPC" in e.value.details()
             assert alive(a)
@@ -226,7 +227,8 @@ def test_a_restore_into_a_full_state_filesystem_is_refused_and_changes_nothing(a
             assert tables(a, "restored")["flows"] == 5
         finally:
             os.unlink(filler)
-        a.stub.RestoreState(pb.RestoreStateRequest(sfc="restored", nf="mon", snapshot=snap),
+        a.stub.RestoreState(pieces(pb.RestoreStateRequest(sfc="restored", nf="mon",
+                                                          snapshot=snap)),
                             timeout=60)  # with room, the same restore goes through
         assert tables(a, "restored")["flows"] == 3
 

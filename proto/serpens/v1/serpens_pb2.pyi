@@ -275,6 +275,12 @@ class StateSnapshot(_message.Message):
     nf_code_sha256: str
     def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., node: _Optional[str] = ..., taken_unix_ms: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableImage, _Mapping]]] = ..., nf_code: _Optional[str] = ..., nf_code_sha256: _Optional[str] = ...) -> None: ...
 
+class BulkChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
 class RestoreStateRequest(_message.Message):
     __slots__ = ("sfc", "nf", "snapshot", "force")
     SFC_FIELD_NUMBER: _ClassVar[int]

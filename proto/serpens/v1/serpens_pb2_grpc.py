@@ -94,9 +94,9 @@ class SerpensStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.StateSnapshot.FromString,
                 _registered_method=True)
-        self.RestoreState = channel.unary_unary(
+        self.RestoreState = channel.stream_unary(
                 '/serpens.v1.Serpens/RestoreState',
-                request_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.BulkChunk.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
                 _registered_method=True)
         self.Watch = channel.unary_stream(
@@ -228,9 +228,11 @@ class SerpensServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RestoreState(self, request, context):
+    def RestoreState(self, request_iterator, context):
         """Replace an NF's tables by a snapshot's (of this NF or another of the same code), the same
         way: its instances stop while the tables change, and the next ones see the restored state.
+        The request is a RestoreStateRequest sent in pieces (BulkChunk): every server reads at
+        most a few MiB in one message, whoever sends it, before it knows who is calling.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -375,9 +377,9 @@ def add_SerpensServicer_to_server(servicer, server):
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.StateSnapshot.SerializeToString,
             ),
-            'RestoreState': grpc.unary_unary_rpc_method_handler(
+            'RestoreState': grpc.stream_unary_rpc_method_handler(
                     servicer.RestoreState,
-                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.FromString,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.BulkChunk.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
@@ -756,7 +758,7 @@ class Serpens:
             _registered_method=True)
 
     @staticmethod
-    def RestoreState(request,
+    def RestoreState(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -766,11 +768,11 @@ class Serpens:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/serpens.v1.Serpens/RestoreState',
-            serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.BulkChunk.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
             options,
             channel_credentials,
@@ -1050,9 +1052,9 @@ class AgentStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.StateSnapshot.FromString,
                 _registered_method=True)
-        self.RestoreState = channel.unary_unary(
+        self.RestoreState = channel.stream_unary(
                 '/serpens.v1.Agent/RestoreState',
-                request_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.BulkChunk.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
                 _registered_method=True)
         self.ResetState = channel.unary_unary(
@@ -1130,8 +1132,9 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RestoreState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def RestoreState(self, request_iterator, context):
+        """a RestoreStateRequest
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1196,9 +1199,9 @@ def add_AgentServicer_to_server(servicer, server):
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.SnapshotStateRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.StateSnapshot.SerializeToString,
             ),
-            'RestoreState': grpc.unary_unary_rpc_method_handler(
+            'RestoreState': grpc.stream_unary_rpc_method_handler(
                     servicer.RestoreState,
-                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.FromString,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.BulkChunk.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.SerializeToString,
             ),
             'ResetState': grpc.unary_unary_rpc_method_handler(
@@ -1424,7 +1427,7 @@ class Agent:
             _registered_method=True)
 
     @staticmethod
-    def RestoreState(request,
+    def RestoreState(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -1434,11 +1437,11 @@ class Agent:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/serpens.v1.Agent/RestoreState',
-            serpens_dot_v1_dot_serpens__pb2.RestoreStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.BulkChunk.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.RestoreStateResponse.FromString,
             options,
             channel_credentials,
@@ -1559,9 +1562,9 @@ class PeerStub:
                 request_serializer=serpens_dot_v1_dot_serpens__pb2.SeedRequest.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.SeedResponse.FromString,
                 _registered_method=True)
-        self.ReturnState = channel.unary_unary(
+        self.ReturnState = channel.stream_unary(
                 '/serpens.v1.Peer/ReturnState',
-                request_serializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.SerializeToString,
+                request_serializer=serpens_dot_v1_dot_serpens__pb2.BulkChunk.SerializeToString,
                 response_deserializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.FromString,
                 _registered_method=True)
         self.PushDeltas = channel.unary_unary(
@@ -1620,9 +1623,10 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ReturnState(self, request, context):
+    def ReturnState(self, request_iterator, context):
         """Release pools of a node leaving `sfc`, merged into this node's pools by the NF's merge
         op (in a running instance, or by the next instance that opens the table).
+        a ReturnStateRequest
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1684,9 +1688,9 @@ def add_PeerServicer_to_server(servicer, server):
                     request_deserializer=serpens_dot_v1_dot_serpens__pb2.SeedRequest.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.SeedResponse.SerializeToString,
             ),
-            'ReturnState': grpc.unary_unary_rpc_method_handler(
+            'ReturnState': grpc.stream_unary_rpc_method_handler(
                     servicer.ReturnState,
-                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.FromString,
+                    request_deserializer=serpens_dot_v1_dot_serpens__pb2.BulkChunk.FromString,
                     response_serializer=serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.SerializeToString,
             ),
             'PushDeltas': grpc.unary_unary_rpc_method_handler(
@@ -1805,7 +1809,7 @@ class Peer:
             _registered_method=True)
 
     @staticmethod
-    def ReturnState(request,
+    def ReturnState(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -1815,11 +1819,11 @@ class Peer:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/serpens.v1.Peer/ReturnState',
-            serpens_dot_v1_dot_serpens__pb2.ReturnStateRequest.SerializeToString,
+            serpens_dot_v1_dot_serpens__pb2.BulkChunk.SerializeToString,
             serpens_dot_v1_dot_serpens__pb2.ReturnStateResponse.FromString,
             options,
             channel_credentials,
