@@ -32,6 +32,7 @@ the two can name a just-deleted NF; the reconciler then keeps that SFC Pending, 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -45,6 +46,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from serpens.common import bulk
+from serpens.common.auth import peer
 from serpens.common.documents import check_size
 from serpens.common.keys import DEFAULT_PREFIX, Keys
 from serpens.common.limits import LIMITS, capture_problem
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 _CAS_ATTEMPTS = 5              # read-modify-write retries without an expected_revision
 _USAGE_HISTORY_S = 24 * 3600   # how far back agents keep usage (agent/usage.py RETENTION_S)
 _USAGE_FIELDS = ("packets", "bytes", "cpu_seconds", "state_byte_seconds")
+WATCHES_PER_IDENTITY = 16  # Watch streams one certificate's identity may hold open at once
 MEMO_ENTRIES = 4096  # reply messages kept (_memo): past this, all go (a List builds them again)
 
 
@@ -188,6 +191,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         self.cache = cache
         self._agents = Stubs(pb_grpc.AgentStub)   # ReadState and the other state calls
         self._messages: dict = {}
+        self._watches: collections.Counter = collections.Counter()  # open, by identity
         self._reported = Reported()   # malformed records, logged once per revision
         # Compiles are a gcc process each; do not run more at once than there are CPUs.
         self._builds = asyncio.Semaphore(build_concurrency)
@@ -615,6 +619,13 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         """Not _handler-wrapped: an async generator (a stream)."""
         if self.cache is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "this controller has no watch")
+        who = peer(context)
+        who = who.name if who else ""   # ("": plain text on loopback, no identity)
+        if self._watches[who] >= WATCHES_PER_IDENTITY:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"watch: {who or 'this caller'} has {WATCHES_PER_IDENTITY} "
+                                "watches open, the most one identity may hold")
+        self._watches[who] += 1
         queue = self.cache.subscribe()
         kinds = {self.nfs_prefix: "nf", self.sfcs_prefix: "sfc",
                  self.status_prefix: "status", self.nodes_prefix: "node"}
@@ -641,6 +652,9 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                                     revision=ev.mod_revision, json=body)
         finally:
             self.cache.unsubscribe(queue)
+            self._watches[who] -= 1
+            if not self._watches[who]:
+                del self._watches[who]
 
     # -- reads: from the watch-fed cache when it can be trusted (controller/cache.py) -------
 

@@ -24,6 +24,28 @@ from serpens.common.store import DELETE, PUT, RESET, Event, Item, Store, StoreEr
 log = logging.getLogger(__name__)
 
 _CATCH_UP_S = 1.0       # longest a read waits for the copy to reach a write's revision
+SUBSCRIBER_BYTES = 64 << 20   # of record values one subscriber may be behind (then a RESET)
+
+
+class Subscription(asyncio.Queue):
+    """One subscriber's events, bounded by count and by the bytes of their values: a
+    subscriber behind by either gets one RESET instead of what it missed (it lists again)."""
+
+    def __init__(self, depth: int, max_bytes: int):
+        super().__init__(depth)
+        self.max_bytes, self.bytes = max_bytes, 0
+
+    def full(self) -> bool:
+        return super().full() or self.bytes > self.max_bytes
+
+    def _put(self, ev):
+        super()._put(ev)
+        self.bytes += len(ev.value or b"")
+
+    def _get(self):
+        ev = super()._get()
+        self.bytes -= len(ev.value or b"")
+        return ev
 
 
 class Cache:
@@ -72,14 +94,15 @@ class Cache:
         while not await self.ready():
             await asyncio.sleep(0.05)
 
-    def subscribe(self, depth: int = 10000) -> asyncio.Queue:
-        """A queue of every Event from now on. A subscriber `depth` events behind gets one
-        RESET instead of what it missed (it lists again)."""
-        queue = asyncio.Queue(depth)
+    def subscribe(self, depth: int = 10000,
+                  max_bytes: int = SUBSCRIBER_BYTES) -> Subscription:
+        """A queue of every Event from now on. A subscriber `depth` events or `max_bytes` of
+        values behind gets one RESET instead of what it missed (it lists again)."""
+        queue = Subscription(depth, max_bytes)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue):
+    def unsubscribe(self, queue: Subscription):
         self._subscribers.discard(queue)
 
     def _publish(self, ev):
