@@ -490,6 +490,8 @@ class Reconciler:
         self._move_outcomes.pop(name, None)
         self._unrestored.pop(name, None)
         self._unplaced_names.discard(name)
+        for key in [k for k in self._peers_sent if k[0] == name]:
+            del self._peers_sent[key]
         route_item = self.cache.get(self.keys.route(name))
         # the gateway stops sending it frames before its servers stop
         await self.routes.delete(name, route_item.mod_revision if route_item else 0,
