@@ -448,24 +448,27 @@ class DeltaSender:
         # (a table reset or made anew has another origin: what peers had of the old one goes)
         now = {(ns, table, origin) for _, ns, table, origin, _, _ in tables}
         self._prune(sfc, lambda k: k[2:] in now)
-        ok = True
-        for node, address in targets:
-            self.unreached.setdefault(sfc, set()).discard(address)
-            for nf, ns, table, origin, h, items in tables:
-                try:
-                    await self._push(sfc, address, nf, ns, table, origin, h, items)
-                except Exception as e:  # noqa: BLE001 - tried again next period
-                    ok = False
-                    self.unreached[sfc].add(address)
-                    detail = e.details() if isinstance(e, grpc.RpcError) else e
-                    why = f"push to {node} failed: {detail}"
-                    if self.failure.get(sfc) != why:
-                        log.warning("sfc %s: %s", sfc, why)
-                    self.failure[sfc] = why
-                    break
+        # to every peer at once: one that does not answer costs the others nothing
+        ok = all(await asyncio.gather(*(self._push_to(sfc, node, address, tables)
+                                        for node, address in targets)))
         if ok:
             self.failure.pop(sfc, None)
         return ok
+
+    async def _push_to(self, sfc: str, node: str, address: str, tables) -> bool:
+        self.unreached.setdefault(sfc, set()).discard(address)
+        for nf, ns, table, origin, h, items in tables:
+            try:
+                await self._push(sfc, address, nf, ns, table, origin, h, items)
+            except Exception as e:  # noqa: BLE001 - tried again next period
+                self.unreached[sfc].add(address)
+                detail = e.details() if isinstance(e, grpc.RpcError) else e
+                why = f"push to {node} failed: {detail}"
+                if self.failure.get(sfc) != why:
+                    log.warning("sfc %s: %s", sfc, why)
+                self.failure[sfc] = why
+                return False
+        return True
 
     async def _push(self, sfc, address, nf, ns, table, origin, h, items):
         key = (sfc, address, ns, table, origin)
@@ -491,8 +494,7 @@ class DeltaSender:
         while not stop.is_set():
             await sleep_unless(stop, self.period_s)
             async with self._busy:
-                for sfc in list(self.peers):
-                    await self.push_sfc(sfc)
+                await asyncio.gather(*(self.push_sfc(sfc) for sfc in list(self.peers)))
 
     async def flush(self, sfc: str, spec, extra=()) -> bool:
         """The last deltas of a stopping SFC (its instances stopped: replicas merged)."""

@@ -164,3 +164,70 @@ def test_a_table_the_nf_merges_itself_is_not_exchanged_and_says_so(tmp_path):
     assert sender.tables("mon-sfc", spec) == []
     assert "mon.hosts not exchanged: its NF merges with its own op" in \
         sender.status("mon-sfc")
+
+
+class HungPeer:
+    """A peer that takes every push and never answers (its deadline passes)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def PushDeltas(self, req, timeout):
+        self.calls += 1
+        await asyncio.sleep(timeout)
+        raise TimeoutError("deadline exceeded")
+
+
+def test_a_peer_that_does_not_answer_costs_the_others_nothing(tmp_path):
+    here = StateManager(str(tmp_path / "here"))
+    there = StateManager(str(tmp_path / "there"))
+    for s in (here, there):
+        dp.StateTable(s.state_dir, NS, "hosts", EV, 20, 8, 64).close()
+    mine = dp.StateTable(here.state_dir, NS, "hosts")
+    mine.put(host(1), word(4))
+    mine.close()
+    live, hung = LossyPeer(peer_state.Receiver(there.state_dir), lose=[]), HungPeer()
+    node = SimpleNamespace(spec=SimpleNamespace(name="a"), running={}, state=here)
+    sender = peer_state.DeltaSender(node, stubs={"h:1": hung, "b:1": live})
+    sender.set_peers("mon-sfc", [pb.PeerRef(node="h", address="h:1"),
+                                 pb.PeerRef(node="b", address="b:1")])
+    spec = SimpleNamespace(nfs={"mon": None}, state_namespace=lambda nf: f"mon-sfc.{nf}")
+    sender.ops_cache["mon-sfc"] = {NS: {"merge": False, "split": False}}
+
+    async def period():
+        push = asyncio.ensure_future(sender.push_sfc("mon-sfc", spec=spec))
+        await asyncio.sleep(peer_state.PUSH_TIMEOUT_S / 4)
+        assert live.calls == 1 and hung.calls == 1 and not push.done()  # b already has it
+        assert await push is False
+    asyncio.run(period())
+    assert sender.reached("mon-sfc", "b:1") and not sender.reached("mon-sfc", "h:1")
+    assert "push to h failed" in sender.status("mon-sfc")
+    assert {k: struct.unpack("<Q", v)[0] for k, v in
+            peer_state.with_peers(there, NS, "hosts", [])} == {host(1): 4}
+
+
+def test_a_push_carries_at_most_push_bytes_of_entries(tmp_path):
+    here = StateManager(str(tmp_path / "here"))
+    there = StateManager(str(tmp_path / "there"))
+    big = 100_000  # bytes a value: 10 to a push
+    for s in (here, there):
+        dp.StateTable(s.state_dir, NS, "hosts", EV, 20, big, 64).close()
+    mine = dp.StateTable(here.state_dir, NS, "hosts")
+    for i in range(25):
+        mine.put(host(i), word(i).ljust(big, b"\0"))
+    mine.close()
+    peer = LossyPeer(peer_state.Receiver(there.state_dir), lose=[])
+    sizes = []
+    apply = peer.receiver.apply
+
+    def measured(ns, sfc, req):
+        sizes.append(req.ByteSize())
+        return apply(ns, sfc, req)
+    peer.receiver.apply = measured
+    node = SimpleNamespace(spec=SimpleNamespace(name="a"), running={}, state=here)
+    sender = peer_state.DeltaSender(node, stubs={"b:1": peer})
+    sender.set_peers("mon-sfc", [pb.PeerRef(node="b", address="b:1")])
+    spec = SimpleNamespace(nfs={"mon": None}, state_namespace=lambda nf: f"mon-sfc.{nf}")
+    sender.ops_cache["mon-sfc"] = {NS: {"merge": False, "split": False}}
+    assert asyncio.run(sender.push_sfc("mon-sfc", spec=spec)) is True
+    assert peer.calls == 3 and max(sizes) <= peer_state.PUSH_BYTES + 4096, sizes
