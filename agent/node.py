@@ -239,28 +239,22 @@ class Node:
         NFRefusedError for its NFs."""
         vxlan = VxlanRoute.of(vxlan)
         with self._lock:
+            kept = self._check_apply(spec, replicas, generation, incarnation, vxlan)
+            if kept is not None:
+                return kept
+        # Compiled without the node's lock: another SFC's calls (scale, stop, state) do not
+        # wait for this one's compiler; what changed meanwhile is checked again below.
+        built = build_sfc(spec, self.areas, deployed)
+        with self._lock:
+            try:
+                kept = self._check_apply(spec, replicas, generation, incarnation, vxlan)
+            except BaseException:
+                built.close(self.areas)
+                raise
+            if kept is not None:  # (the same run, applied meanwhile)
+                built.close(self.areas)
+                return kept
             old = self.running.get(spec.name)
-            if old is not None and (incarnation, generation) < (old.incarnation,
-                                                                old.generation):
-                raise StaleSpec(f"node {self.spec.name} runs {spec.name} generation "
-                                f"{old.generation} (incarnation {old.incarnation}), newer "
-                                f"than {generation} ({incarnation})")
-            if old is not None and (incarnation, generation) == (old.incarnation,
-                                                                 old.generation) and \
-                    old.vxlan is not None and vxlan is not None and \
-                    _tagged(old.vxlan) == _tagged(vxlan) and old.spec == spec:
-                # only the gateway's address changed: the SFC keeps its flows and instances
-                self._set_gateway(vxlan)
-                old.vxlan = vxlan
-                if replicas is not None and replicas != old.replicas:
-                    old.manager.scale(replicas)
-                    old.replicas = replicas
-                return old
-            others = [r for r in self.running.values() if r.spec.name != spec.name]
-            check_references(self.spec, [r.spec for r in others] + [spec],
-                             {r.spec.name: r.vxlan for r in others if r.vxlan} |
-                             ({spec.name: vxlan} if vxlan else {}))
-            built = build_sfc(spec, self.areas, deployed)
             manager = added = None
             try:
                 in_place = old is not None and _same_routing(old, spec, vxlan)
@@ -306,6 +300,33 @@ class Node:
             if want:
                 manager.scale(want)
             return entry
+
+    def _check_apply(self, spec: SFCSpec, replicas, generation: int, incarnation: int,
+                     vxlan) -> _Running | None:
+        """Under the lock, before apply_sfc builds and again before it runs what it built:
+        StaleSpec or SpecError if `spec` may not run here now; the running entry when only
+        the gateway's address (or nothing) changed, which is then updated in place."""
+        old = self.running.get(spec.name)
+        if old is not None and (incarnation, generation) < (old.incarnation, old.generation):
+            raise StaleSpec(f"node {self.spec.name} runs {spec.name} generation "
+                            f"{old.generation} (incarnation {old.incarnation}), newer "
+                            f"than {generation} ({incarnation})")
+        if old is not None and (incarnation, generation) == (old.incarnation,
+                                                             old.generation) and \
+                old.vxlan is not None and vxlan is not None and \
+                _tagged(old.vxlan) == _tagged(vxlan) and old.spec == spec:
+            # only the gateway's address changed: the SFC keeps its flows and instances
+            self._set_gateway(vxlan)
+            old.vxlan = vxlan
+            if replicas is not None and replicas != old.replicas:
+                old.manager.scale(replicas)
+                old.replicas = replicas
+            return old
+        others = [r for r in self.running.values() if r.spec.name != spec.name]
+        check_references(self.spec, [r.spec for r in others] + [spec],
+                         {r.spec.name: r.vxlan for r in others if r.vxlan} |
+                         ({spec.name: vxlan} if vxlan else {}))
+        return None
 
     def _out_port(self, spec: SFCSpec) -> int:
         """The DPDK port `spec`'s packets leave by (`output: gateway`: the underlay port)."""

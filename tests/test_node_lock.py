@@ -1,0 +1,80 @@
+"""An SFC's NFs compile without the node's lock (agent/node.py apply_sfc): while one SFC's
+compiler runs, another SFC on the node scales, merges and is read; a run applied twice meanwhile
+is built once more but started once."""
+import threading
+
+import pytest
+
+from serpens.agent import node as node_module
+from serpens.agent.node import Node
+from serpens.agent.process_pool import ProcessPool
+from serpens.common.node_spec import parse_node
+from serpens.common.spec import parse_sfc
+
+from support.node_specs import NODE
+from support.sites import Wire, unique_tag
+
+pytestmark = [pytest.mark.dataplane, pytest.mark.timeout(60)]
+
+MON = """
+apiVersion: serpens/v1
+kind: SFC
+metadata: {name: quick}
+spec:
+  nfs: {mon: {stock: mon}}
+  chain: [mon]
+"""
+SLOW = """
+apiVersion: serpens/v1
+kind: SFC
+metadata: {name: slow}
+spec:
+  nfs: {fw: {stock: fw}}
+  chain: [fw]
+  match: [{dst: 192.0.2.0/24}]
+"""
+
+
+def test_another_sfc_is_served_while_one_compiles(dataplane, areas, monkeypatch):
+    compiling, go_on = threading.Event(), threading.Event()
+    real_build = node_module.build_sfc
+
+    def slow_build(spec, allocator, deployed=None):
+        if spec.name == "slow":
+            compiling.set()
+            assert go_on.wait(30)
+        return real_build(spec, allocator, deployed)
+    monkeypatch.setattr(node_module, "build_sfc", slow_build)
+    tag = unique_tag()
+    wires = {name: Wire(dataplane, f"k{tag}{name}") for name in ("wan", "lan", "dmz")}
+    try:
+        with ProcessPool(dataplane, 2) as pool, \
+                Node(parse_node(NODE), [parse_sfc(MON)], dataplane=dataplane, pool=pool,
+                     areas=areas, ports={n: w.port for n, w in wires.items()}) as node:
+            errors = []
+
+            def apply_slow():
+                try:
+                    node.apply_sfc(parse_sfc(SLOW), generation=1)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+            applying = threading.Thread(target=apply_slow)
+            applying.start()
+            assert compiling.wait(30)
+            served = threading.Thread(target=lambda: (node.scale("quick", 1),
+                                                      node.merge_state("quick")))
+            served.start()
+            served.join(20)
+            assert not served.is_alive(), "quick waited for slow's compiler"
+            assert "slow" not in node.running and node.running["quick"].replicas == 1
+            go_on.set()
+            applying.join(30)
+            assert not errors and "slow" in node.running
+            # the same run again: replaced in place, its old images' areas freed
+            before = len(areas._used)
+            assert node.apply_sfc(parse_sfc(SLOW), generation=1) is not None
+            assert len(areas._used) == before
+    finally:
+        go_on.set()
+        for w in wires.values():
+            w.close()
