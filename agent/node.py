@@ -173,6 +173,7 @@ class Node:
         self.underlay_mac = None   # the underlay port's own MAC, once open
         self.gateway = None        # (ip, mac) the router sends `output: gateway` packets to
         self._lock = threading.RLock()
+        self._builds = threading.Semaphore(1)
         self._router_lock = threading.Lock()  # stats() vs close()
         self.usage_s, self.usage_path, self.meter = usage_s, usage_path, None
         self._usage_lock = threading.Lock()   # usage_counters() vs SFCs coming and going
@@ -243,8 +244,10 @@ class Node:
             if kept is not None:
                 return kept
         # Compiled without the node's lock: another SFC's calls (scale, stop, state) do not
-        # wait for this one's compiler; what changed meanwhile is checked again below.
-        built = build_sfc(spec, self.areas, deployed)
+        # wait for this one's compiler; what changed meanwhile is checked again below. One
+        # build at a time (the compiler shares the node's CPUs with its packets).
+        with self._builds:
+            built = build_sfc(spec, self.areas, deployed)
         with self._lock:
             try:
                 kept = self._check_apply(spec, replicas, generation, incarnation, vxlan)
