@@ -26,6 +26,7 @@ import faulthandler
 import logging
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from serpens.common import metrics, rpc, tls_flags
 from serpens.common.lease_record import registered_until
@@ -38,6 +39,8 @@ from .peer_state import DeltaSender, Receiver
 from .pool_rebalance import PoolRebalancer
 from .registration import Registration
 from .service import AgentServicer, PeerServicer
+
+EXECUTOR_THREADS = 64
 
 log = logging.getLogger("serpens-agent")
 
@@ -103,6 +106,9 @@ def main(argv=None) -> int:
     async def run():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # Calls wait in threads for the node (its lock, a build, a table copy): more of them
+        # than the default min(32, CPUs + 4) so that a few slow SFCs' calls queue no other's.
+        loop.set_default_executor(ThreadPoolExecutor(EXECUTOR_THREADS, "agent-call"))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         # other nodes' agents are called with this agent's identity (role agent)
