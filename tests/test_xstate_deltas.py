@@ -108,11 +108,30 @@ class LossyPeer:
         return pb.PushDeltasResponse(applied=True)
 
 
-def test_the_sender_resends_what_was_not_acknowledged_and_the_totals_stay_exact(tmp_path):
+def two_nodes(tmp_path, value_size=8):
+    """This node's and a peer's state, each with an eventual `hosts` table of MON's shape."""
     here = StateManager(str(tmp_path / "here"))
     there = StateManager(str(tmp_path / "there"))
     for s in (here, there):
-        dp.StateTable(s.state_dir, NS, "hosts", EV, 20, 8, 64).close()
+        dp.StateTable(s.state_dir, NS, "hosts", EV, 20, value_size, 64).close()
+    return here, there
+
+
+SPEC = SimpleNamespace(nfs={"mon": None}, state_namespace=lambda nf: f"mon-sfc.{nf}")
+
+
+def sender_to(here, stubs: dict) -> peer_state.DeltaSender:
+    """Node a's sender of mon-sfc's deltas to the peers `stubs` (address -> stub), node
+    names their addresses' hosts."""
+    node = SimpleNamespace(spec=SimpleNamespace(name="a"), running={}, state=here)
+    sender = peer_state.DeltaSender(node, stubs=stubs)
+    sender.set_peers("mon-sfc", [pb.PeerRef(node=a.split(":")[0], address=a) for a in stubs])
+    sender.ops_cache["mon-sfc"] = {NS: {"merge": False, "split": False}}
+    return sender
+
+
+def test_the_sender_resends_what_was_not_acknowledged_and_the_totals_stay_exact(tmp_path):
+    here, there = two_nodes(tmp_path)
     mine = dp.StateTable(here.state_dir, NS, "hosts")
     peer = LossyPeer(peer_state.Receiver(there.state_dir), lose=[True, False, True, True, False])
     node = SimpleNamespace(spec=SimpleNamespace(name="a"), running={}, state=here)
@@ -179,23 +198,15 @@ class HungPeer:
 
 
 def test_a_peer_that_does_not_answer_costs_the_others_nothing(tmp_path):
-    here = StateManager(str(tmp_path / "here"))
-    there = StateManager(str(tmp_path / "there"))
-    for s in (here, there):
-        dp.StateTable(s.state_dir, NS, "hosts", EV, 20, 8, 64).close()
+    here, there = two_nodes(tmp_path)
     mine = dp.StateTable(here.state_dir, NS, "hosts")
     mine.put(host(1), word(4))
     mine.close()
     live, hung = LossyPeer(peer_state.Receiver(there.state_dir), lose=[]), HungPeer()
-    node = SimpleNamespace(spec=SimpleNamespace(name="a"), running={}, state=here)
-    sender = peer_state.DeltaSender(node, stubs={"h:1": hung, "b:1": live})
-    sender.set_peers("mon-sfc", [pb.PeerRef(node="h", address="h:1"),
-                                 pb.PeerRef(node="b", address="b:1")])
-    spec = SimpleNamespace(nfs={"mon": None}, state_namespace=lambda nf: f"mon-sfc.{nf}")
-    sender.ops_cache["mon-sfc"] = {NS: {"merge": False, "split": False}}
+    sender = sender_to(here, {"h:1": hung, "b:1": live})
 
     async def period():
-        push = asyncio.ensure_future(sender.push_sfc("mon-sfc", spec=spec))
+        push = asyncio.ensure_future(sender.push_sfc("mon-sfc", spec=SPEC))
         await asyncio.sleep(peer_state.PUSH_TIMEOUT_S / 4)
         assert live.calls == 1 and hung.calls == 1 and not push.done()  # b already has it
         assert await push is False
@@ -207,11 +218,8 @@ def test_a_peer_that_does_not_answer_costs_the_others_nothing(tmp_path):
 
 
 def test_a_push_carries_at_most_push_bytes_of_entries(tmp_path):
-    here = StateManager(str(tmp_path / "here"))
-    there = StateManager(str(tmp_path / "there"))
     big = 100_000  # bytes a value: 10 to a push
-    for s in (here, there):
-        dp.StateTable(s.state_dir, NS, "hosts", EV, 20, big, 64).close()
+    here, there = two_nodes(tmp_path, big)
     mine = dp.StateTable(here.state_dir, NS, "hosts")
     for i in range(25):
         mine.put(host(i), word(i).ljust(big, b"\0"))
@@ -224,10 +232,6 @@ def test_a_push_carries_at_most_push_bytes_of_entries(tmp_path):
         sizes.append(req.ByteSize())
         return apply(ns, sfc, req)
     peer.receiver.apply = measured
-    node = SimpleNamespace(spec=SimpleNamespace(name="a"), running={}, state=here)
-    sender = peer_state.DeltaSender(node, stubs={"b:1": peer})
-    sender.set_peers("mon-sfc", [pb.PeerRef(node="b", address="b:1")])
-    spec = SimpleNamespace(nfs={"mon": None}, state_namespace=lambda nf: f"mon-sfc.{nf}")
-    sender.ops_cache["mon-sfc"] = {NS: {"merge": False, "split": False}}
-    assert asyncio.run(sender.push_sfc("mon-sfc", spec=spec)) is True
+    sender = sender_to(here, {"b:1": peer})
+    assert asyncio.run(sender.push_sfc("mon-sfc", spec=SPEC)) is True
     assert peer.calls == 3 and max(sizes) <= peer_state.PUSH_BYTES + 4096, sizes
