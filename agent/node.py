@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from serpens.common.named_locks import NamedLocks
 from serpens.common.names import node_file_prefix
 from serpens.common.node_spec import NodeSpec
 from serpens.common.port_devices import explain
@@ -174,6 +175,7 @@ class Node:
         self.gateway = None        # (ip, mac) the router sends `output: gateway` packets to
         self._lock = threading.RLock()
         self._builds = threading.Semaphore(1)
+        self._sfc_locks = NamedLocks()   # one SFC's run and stop, in the order called
         self._router_lock = threading.Lock()  # stats() vs close()
         self.usage_s, self.usage_path, self.meter = usage_s, usage_path, None
         self._usage_lock = threading.Lock()   # usage_counters() vs SFCs coming and going
@@ -238,14 +240,22 @@ class Node:
         ones take over; otherwise the old SFC is removed first. Raises SpecError (nothing
         changed) for a spec or route that does not fit the node, NFBuildError/
         NFRefusedError for its NFs."""
-        vxlan = VxlanRoute.of(vxlan)
+        # (a stop or another run of this SFC waits until this one is built and started;
+        # calls for other SFCs do not)
+        with self._sfc_locks.hold(spec.name):
+            return self._apply_sfc(spec, deployed, replicas, generation, incarnation,
+                                   VxlanRoute.of(vxlan))
+
+    def _apply_sfc(self, spec: SFCSpec, deployed, replicas, generation: int,
+                   incarnation: int, vxlan: VxlanRoute | None):
         with self._lock:
             kept = self._check_apply(spec, replicas, generation, incarnation, vxlan)
             if kept is not None:
                 return kept
         # Compiled without the node's lock: another SFC's calls (scale, stop, state) do not
-        # wait for this one's compiler; what changed meanwhile is checked again below. One
-        # build at a time (the compiler shares the node's CPUs with its packets).
+        # wait for this one's compiler; the other SFCs it must fit with may have changed
+        # meanwhile, so they are checked again below. One build at a time (the compiler
+        # shares the node's CPUs with its packets).
         with self._builds:
             built = build_sfc(spec, self.areas, deployed)
         with self._lock:
@@ -254,7 +264,7 @@ class Node:
             except BaseException:
                 built.close(self.areas)
                 raise
-            if kept is not None:  # (the same run, applied meanwhile)
+            if kept is not None:  # (not after the check above, with this SFC's lock held)
                 built.close(self.areas)
                 return kept
             old = self.running.get(spec.name)
@@ -346,7 +356,7 @@ class Node:
     def remove_sfc(self, name: str, timeout: float = 5.0):
         """Stop routing to SFC `name`, let its held packets through, retire its instances
         and forget it. Its state stays in the state manager's files."""
-        with self._lock:
+        with self._sfc_locks.hold(name), self._lock:
             with self._usage_lock:
                 entry = self._leaving[name] = self.running.pop(name)
             self._route()

@@ -461,7 +461,8 @@ class DeltaSender:
             try:
                 await self._push(sfc, address, nf, ns, table, origin, h, items)
             except Exception as e:  # noqa: BLE001 - tried again next period
-                self.unreached[sfc].add(address)
+                # (setdefault: forget() may have dropped the SFC during the call)
+                self.unreached.setdefault(sfc, set()).add(address)
                 detail = e.details() if isinstance(e, grpc.RpcError) else e
                 why = f"push to {node} failed: {detail}"
                 if self.failure.get(sfc) != why:
@@ -487,14 +488,22 @@ class DeltaSender:
                 value_size=h["value_size"], capacity=h["capacity"],
                 entries=[pb.DeltaEntry(key=k, value=v) for k, v in chunk])
             await stub.PushDeltas(req, timeout=PUSH_TIMEOUT_S)
-            self.acked.setdefault(key, {}).update(chunk)
+            # only for a peer it still is: one that left dropped its copy, and must get
+            # everything again if it comes back
+            if address in {a for _, a in self.peers.get(sfc, ())}:
+                self.acked.setdefault(key, {}).update(chunk)
             self.pushed[sfc] = self.pushed.get(sfc, 0) + 1
 
     async def run(self, stop: asyncio.Event):
         while not stop.is_set():
             await sleep_unless(stop, self.period_s)
             async with self._busy:
-                await asyncio.gather(*(self.push_sfc(sfc) for sfc in list(self.peers)))
+                sfcs = list(self.peers)
+                outcomes = await asyncio.gather(*(self.push_sfc(sfc) for sfc in sfcs),
+                                                return_exceptions=True)
+            for sfc, outcome in zip(sfcs, outcomes):
+                if isinstance(outcome, Exception):  # (the others went on; tried next period)
+                    log.error("sfc %s: pushing deltas failed: %r", sfc, outcome)
 
     async def flush(self, sfc: str, spec, extra=()) -> bool:
         """The last deltas of a stopping SFC (its instances stopped: replicas merged)."""

@@ -151,8 +151,9 @@ def main(argv=None) -> int:
     try:
         return _command(args, state_path)
     except StateFileError as e:  # (nothing was stopped or removed)
-        print(f"serpens: {e}: not the cluster.json `up` writes; it names no processes "
-              f"to stop (remove it, or give another --dir)", file=sys.stderr)
+        print(f"serpens: {e}" + ("" if e.unreadable else
+                                 ": not the cluster.json `up` writes; it names no processes "
+                                 "to stop (remove it, or give another --dir)"), file=sys.stderr)
         return 2
     except config.ConfigError as e:
         print(f"serpens: --config {e}", file=sys.stderr)
@@ -430,7 +431,8 @@ def _start(state, state_path, name, argv, ready):
     exited."""
     proc = start_detached(argv, os.path.join(os.path.dirname(state_path), f"{name}.log"))
     state["processes"][name] = {"pid": proc.pid, "argv0": _program(argv), "argv": argv,
-                                "started": _start_ticks(proc.pid),
+                                # (0 when it is gone already: then no PID is it)
+                                "started": _start_ticks(proc.pid) or 0,
                                 "file_prefix": _file_prefix(state, name, proc.pid)}
     _write_state(state_path, state)
 
@@ -942,7 +944,11 @@ def _not_a_cluster_dir(directory: str, state_path: str) -> str | None:
 
 
 class StateFileError(Exception):
-    """cluster.json is there but is not what `up` writes."""
+    """cluster.json is there but is not what `up` writes (`unreadable`: or cannot be read)."""
+
+    def __init__(self, message: str, unreadable: bool = False):
+        super().__init__(message)
+        self.unreadable = unreadable
 
 
 def _read_state(path: str) -> dict | None:
@@ -953,7 +959,7 @@ def _read_state(path: str) -> dict | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise StateFileError(f"{path}: {e.strerror}") from None
+        raise StateFileError(f"{path}: {e.strerror}", unreadable=True) from None
     except ValueError as e:
         raise StateFileError(f"{path}: not JSON ({e})") from None
     processes = state.get("processes") if isinstance(state, dict) else None

@@ -311,8 +311,9 @@ def _not_a_log(path: str) -> str | None:
         return "is a directory"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "ab"):
-            return None
+        # (non-blocking: a FIFO with no reader is refused, not waited on)
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644))
+        return None
     except OSError as e:
         return e.strerror
 

@@ -23,19 +23,19 @@ MAX_MESSAGE = 256 << 20          # a whole bulk request (state tables, zlib-comp
 M = TypeVar("M", bound=Message)
 
 
-def pieces(message: Message, chunk: int = CHUNK_BYTES) -> Iterator[pb.BulkChunk]:
-    """`message` serialized, as the BulkChunks a bulk method takes (one, empty, for an empty
-    message: a call always carries its request)."""
-    data = message.SerializeToString()
+def pieces(request: Message | bytes, chunk: int = CHUNK_BYTES) -> Iterator[pb.BulkChunk]:
+    """`request` (a message, or one serialized) as the BulkChunks a bulk method takes (one,
+    empty, for an empty message: a call always carries its request)."""
+    data = request if isinstance(request, bytes) else request.SerializeToString()
     view = memoryview(data)
     for at in range(0, max(1, len(data)), chunk):
         yield pb.BulkChunk(data=bytes(view[at:at + chunk]))
 
 
-async def assembled(chunks: AsyncIterable[pb.BulkChunk], message_type: type[M], context,
-                    limit: int = MAX_MESSAGE) -> M:
-    """The request a bulk call's pieces make; the call is aborted with INVALID_ARGUMENT
-    when they come to more than `limit` bytes (read no further) or do not parse."""
+async def received(chunks: AsyncIterable[pb.BulkChunk], context,
+                   limit: int = MAX_MESSAGE) -> bytes:
+    """The serialized request a bulk call's pieces make; the call is aborted with
+    INVALID_ARGUMENT once they come to more than `limit` bytes (read no further)."""
     parts, size = [], 0
     async for chunk in chunks:
         size += len(chunk.data)
@@ -43,8 +43,21 @@ async def assembled(chunks: AsyncIterable[pb.BulkChunk], message_type: type[M], 
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"request: at most {limit} bytes, got more")
         parts.append(chunk.data)
+    data = b"".join(parts)
+    parts.clear()   # (the pieces go before the message is parsed: twice the size, not 3x)
+    return data
+
+
+async def parsed(data: bytes, message_type: type[M], context) -> M:
+    """`data` as a `message_type`; INVALID_ARGUMENT if it is not one."""
     try:
-        return message_type.FromString(b"".join(parts))
+        return message_type.FromString(data)
     except DecodeError as e:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"request: not a {message_type.DESCRIPTOR.name} ({e})")
+
+
+async def assembled(chunks: AsyncIterable[pb.BulkChunk], message_type: type[M], context,
+                    limit: int = MAX_MESSAGE) -> M:
+    """The request a bulk call's pieces make (received, then parsed)."""
+    return await parsed(await received(chunks, context, limit), message_type, context)

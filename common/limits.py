@@ -20,8 +20,8 @@ class InputLimits:
     depth: int = 32                   # nesting of mappings and lists in a document
     replicas: int = 16                # instances of one SFC (InstanceManager.max_instances)
     # A Serpens request's serialized size, checked before it is deserialized: a spec and
-    # its envelope; DeployNF carries a source; RestoreState carries whole state tables and
-    # is bounded by the transport's common/rpc.py MAX_MESSAGE alone.
+    # its envelope; DeployNF carries a source. (RestoreState's state tables come in pieces,
+    # common/bulk.py, up to its MAX_MESSAGE in all.)
     request_bytes: int = 128 << 10
     deploy_request_bytes: int = (1 << 20) + (64 << 10)
     # The C sources of the deployed NFs one SFC names, together: RunSFC carries them to each

@@ -204,6 +204,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         _check_size(request.source, "source", LIMITS.nf_source_bytes)
         if not request.source.strip():
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "source: the NF's C source is empty")
+        await self._check_users_fit(request.name, len(request.source.encode()))
         from serpens.runtime_cy.errors import NFBuildError, NFRefusedError
         async with self._builds:
             try:
@@ -224,6 +225,30 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         value, revision = await self._write(key, update, request.expected_revision,
                                             replace=True)
         return self._nf(value, revision)
+
+    def _chain_bytes(self, nf_items: dict, names, replacing: tuple[str, int] = ("", 0)) -> int:
+        """The C source of the deployed NFs `names` together, as a RunSFC carries it (with
+        `replacing`'s NF at its new size)."""
+        return sum(replacing[1] if name == replacing[0] else
+                   _source_bytes(nf_items[self.nfs_prefix + name].value, name)
+                   if self.nfs_prefix + name in nf_items else 0 for name in names)
+
+    async def _check_users_fit(self, name: str, size: int):
+        """A new source of `size` bytes for NF `name` leaves every SFC naming it within
+        LIMITS.chain_source_bytes (INVALID_ARGUMENT naming the first that it would not)."""
+        sfcs, _ = await self.store.list(self.sfcs_prefix)
+        users = [r for key, it in sorted(sfcs.items())
+                 if (r := self._record(key, it, "sfc")) is not None and name in r.nfs]
+        if not users:
+            return
+        nf_items, _ = await self.store.list(self.nfs_prefix)
+        for sfc in users:
+            total = self._chain_bytes(nf_items, set(sfc.nfs), (name, size))
+            if total > LIMITS.chain_source_bytes:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"source: SFC {sfc.name} names this NF, and its deployed NFs "
+                             f"would hold {total} bytes of C source together, at most "
+                             f"{LIMITS.chain_source_bytes} (each of its servers is sent them)")
 
     @_handler
     async def GetNF(self, request, context):
@@ -283,8 +308,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
                 if self.nfs_prefix + target not in items:
                     raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                                  f"spec.nfs.{nf_name}.nf: no deployed NF named {target!r}")
-            sources = sum(_source_bytes(items[self.nfs_prefix + target].value, target)
-                          for target in set(deployed.values()))
+            sources = self._chain_bytes(items, set(deployed.values()))
             if sources > LIMITS.chain_source_bytes:
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
                              f"spec.nfs: the deployed NFs it names hold {sources} bytes of C "
@@ -498,9 +522,11 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     @_handler
     async def RestoreState(self, request_pieces, context):
-        request = await bulk.assembled(request_pieces, pb.RestoreStateRequest, context)
-        return await self._on_node(request.sfc, "RestoreState", bulk.pieces(request),
-                                   timeout=120)
+        data = await bulk.received(request_pieces, context)
+        request = await bulk.parsed(data, pb.RestoreStateRequest, context)
+        sfc = request.sfc
+        del request   # (only its name is needed here: the node is sent the bytes as they came)
+        return await self._on_node(sfc, "RestoreState", bulk.pieces(data), timeout=120)
 
     @_handler
     async def ResetState(self, request, context):

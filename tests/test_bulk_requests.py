@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from serpens.common import bulk, rpc
-from serpens.common.records import NFRecord
+from serpens.common.records import NFRecord, ScaleRecord, SFCRecord
 from serpens.controller import api
 from serpens.proto.serpens.v1 import serpens_pb2 as pb
 
@@ -101,3 +101,20 @@ def test_an_sfc_naming_more_source_than_one_run_carries_is_refused(monkeypatch):
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("spec.nfs: the deployed NFs it names hold 3001 bytes") \
         and "at most 3000" in details, details  # (`a` twice in the chain counts once)
+
+
+def test_a_new_source_that_would_take_an_sfc_over_the_bound_is_refused(monkeypatch):
+    monkeypatch.setattr(api, "LIMITS", dataclasses.replace(api.LIMITS,
+                                                           chain_source_bytes=3000))
+    servicer = api.SerpensServicer(None)
+    user = SFCRecord(name="big", spec=SPEC, doc={}, nfs=("a", "b"), generation=1,
+                     scale=ScaleRecord(1, 1, 1), created=0, updated=0)
+    servicer.store = Store({servicer.nfs_prefix + "a": nf("a", 2000),
+                            servicer.nfs_prefix + "b": nf("b", 900),
+                            servicer.sfcs_prefix + "big": user})
+    with pytest.raises(Aborted) as e:   # (refused before it is compiled)
+        asyncio.run(servicer.DeployNF(pb.DeployNFRequest(name="b", source="x" * 1001),
+                                      Context()))
+    code, details = e.value.args
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("source: SFC big names this NF") and "3001 bytes" in details

@@ -1,12 +1,13 @@
 """An SFC's NFs compile without the node's lock (agent/node.py apply_sfc): while one SFC's
-compiler runs, another SFC on the node scales, merges and is read; a run applied twice meanwhile
-is built once more but started once."""
+compiler runs, another SFC on the node scales and merges; a stop of the SFC being built waits
+for its run and then stops it (never the other way round: a stopped SFC does not come back);
+a run refused after its build frees what it built."""
 import threading
 
 import pytest
 
 from serpens.agent import node as node_module
-from serpens.agent.node import Node
+from serpens.agent.node import Node, StaleSpec
 from serpens.agent.process_pool import ProcessPool
 from serpens.common.node_spec import parse_node
 from serpens.common.spec import parse_sfc
@@ -67,13 +68,25 @@ def test_another_sfc_is_served_while_one_compiles(dataplane, areas, monkeypatch)
             served.join(20)
             assert not served.is_alive(), "quick waited for slow's compiler"
             assert "slow" not in node.running and node.running["quick"].replicas == 1
+            stopped = threading.Thread(target=node.remove_sfc, args=("slow",))
+            stopped.start()   # (StopSFC while the run it follows is still compiling)
+            stopped.join(0.5)
+            assert stopped.is_alive(), "the stop went ahead of the run it follows"
             go_on.set()
             applying.join(30)
-            assert not errors and "slow" in node.running
-            # the same run again: replaced in place, its old images' areas freed
+            stopped.join(30)
+            assert not errors and not stopped.is_alive()
+            assert "slow" not in node.running and "quick" in node.running
+            # the same run again: replaced in place, its old images' areas freed; an older
+            # one is refused before it builds anything
+            node.apply_sfc(parse_sfc(SLOW), generation=2)
             before = len(areas._used)
-            assert node.apply_sfc(parse_sfc(SLOW), generation=1) is not None
+            assert node.apply_sfc(parse_sfc(SLOW), generation=2).generation == 2
             assert len(areas._used) == before
+            with pytest.raises(StaleSpec):
+                node.apply_sfc(parse_sfc(SLOW), generation=1)
+            assert len(areas._used) == before
+            assert len(node._sfc_locks) == 0
     finally:
         go_on.set()
         for w in wires.values():

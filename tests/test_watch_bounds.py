@@ -62,7 +62,12 @@ def test_one_identity_holds_a_bounded_number_of_watches(monkeypatch):
         again = asyncio.ensure_future(servicer.Watch(pb.WatchRequest(), Context()).__anext__())
         await asyncio.sleep(0.05)
         assert not again.done()
+        assert sum(servicer._watches.values()) == 3
         for w in (*waiting[1:], again):
             w.cancel()
-        assert sum(servicer._watches.values()) == 3
+        await asyncio.gather(*waiting[1:], again, return_exceptions=True)
+        for stream in streams[1:]:
+            await stream.aclose()
+        await asyncio.sleep(0)
+        assert not servicer._watches  # (each closed stream gave its place back)
     asyncio.run(scenario())
