@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "status":  # (`serpens status | head` ends quietly)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not args.dir.strip():
         print("serpens: --dir: a directory is required", file=sys.stderr)
         return 2
@@ -151,9 +153,12 @@ def main(argv=None) -> int:
     try:
         return _command(args, state_path)
     except StateFileError as e:  # (nothing was stopped or removed)
+        # (not "remove it": the cluster it described may still run, and only it names them)
         print(f"serpens: {e}" + ("" if e.unreadable else
-                                 ": not the cluster.json `up` writes; it names no processes "
-                                 "to stop (remove it, or give another --dir)"), file=sys.stderr)
+                                 ": not the cluster.json `up` writes, so nothing was stopped; "
+                                 "put back the one `up` wrote (or stop its processes "
+                                 "yourself, then remove it), or give another --dir"),
+              file=sys.stderr)
         return 2
     except config.ConfigError as e:
         print(f"serpens: --config {e}", file=sys.stderr)
@@ -759,7 +764,11 @@ def _flowing_probe(state: dict, name: str):
 
 def _status(state: dict) -> int:
     from serpens.cli import status
-    code = status.show(_target(state))
+    try:
+        target = _target(state)
+    except (KeyError, TypeError) as e:  # (what a crashed first `up`, or a hand, left)
+        raise StateFileError(f"cluster.json: no {e} of the cluster's controller") from None
+    code = status.show(target)
     if state.get("servers"):
         multi.show_gateway(_gateway_target(state))
     return code
@@ -931,8 +940,9 @@ def _not_a_cluster_dir(directory: str, state_path: str) -> str | None:
         return None
     try:
         state = _read_state(state_path)
-    except StateFileError:
-        state = None
+    except StateFileError as e:
+        return f"holds a {os.path.basename(state_path)} `up` cannot read ({e}): put back the " \
+            "one it wrote, or stop that cluster's processes yourself and remove it"
     if state is None:
         return f"is not empty and holds no {os.path.basename(state_path)} `up` wrote"
     foreign = sorted(e for e in entries if e not in _MADE and not e.endswith(".log")

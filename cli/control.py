@@ -121,7 +121,9 @@ def _run(command):
                 return EXIT_USAGE
             except grpc.RpcError as e:
                 code = e.code()
-                print(f"serpensctl: {code.name}: {e.details()}", file=sys.stderr)
+                where = getattr(e, "serpens_where", "")   # (the document of a file refused)
+                print(f"serpensctl: {where + ': ' if where else ''}{code.name}: {e.details()}",
+                      file=sys.stderr)
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     return EXIT_UNREACHABLE
                 return EXIT_FAILED
@@ -149,6 +151,8 @@ def _read(path: str, limit: int) -> tuple[str, str]:
 
 
 def _apply(stub, args) -> int:
+    import grpc
+
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     from serpens.common.documents import SpecError, check_text
     text, base_dir = _read(args.file, 16 * LIMITS.spec_bytes)
@@ -159,28 +163,55 @@ def _apply(stub, args) -> int:
         raise _UsageError(f"{args.file}: {e}") from None
     except yaml.YAMLError as e:
         raise _UsageError(f"{args.file}: not valid YAML or JSON: {e}") from None
+    if not docs:
+        raise _UsageError(f"{args.file}: no documents (an NF or an SFC) to apply")
     # Every document is checked (and its NF source read) before the first is sent: a typo
-    # in the third must not leave the first two applied.
-    requests = [_request(doc, f"{args.file}" + (f" (document {i + 1})" if len(docs) > 1 else ""),
-                         text if len(docs) == 1 else None, base_dir)
-                for i, doc in enumerate(docs)]
+    # in the third must not leave the first two applied. Then the NFs go first (an SFC may
+    # name them): one the controller refuses (its compiler's errors) stops every SFC.
+    requests = [(where, *_request(doc, where, text if len(docs) == 1 else None, base_dir))
+                for i, doc in enumerate(docs)
+                for where in [args.file + (f" (document {i + 1})" if len(docs) > 1 else "")]]
+    _check_deployed(stub, args, requests)
+    requests.sort(key=lambda r: not isinstance(r[1], pb.DeployNFRequest))
     applied = []
-    for request in requests:
-        if isinstance(request, pb.DeployNFRequest):
-            nf = stub.DeployNF(request, timeout=args.timeout)
-            print(f"nf/{nf.name} deployed (revision {nf.revision})")
-        else:
-            sfc = stub.ApplySFC(request, timeout=args.timeout)
-            print(f"sfc/{sfc.name} applied (revision {sfc.revision})")
-            applied.append(sfc)
+    for where, request, _ in requests:
+        try:
+            if isinstance(request, pb.DeployNFRequest):
+                nf = stub.DeployNF(request, timeout=args.timeout)
+                print(f"nf/{nf.name} deployed (revision {nf.revision})")
+            else:
+                sfc = stub.ApplySFC(request, timeout=args.timeout)
+                print(f"sfc/{sfc.name} applied (revision {sfc.revision})")
+                applied.append(sfc)
+        except grpc.RpcError as e:
+            if len(docs) > 1:
+                e.serpens_where = where
+            raise
     if args.wait:
         return max([_wait_running(stub, sfc, args) for sfc in applied], default=0)
     return 0
 
 
+def _check_deployed(stub, args, requests):
+    """Every deployed NF the SFCs of a file name (`nf: NAME`) is deployed, or deployed by
+    the file itself: else _UsageError naming the document, before anything is sent."""
+    from serpens.proto.serpens.v1 import serpens_pb2 as pb
+    in_file = {r.name for _, r, _ in requests if isinstance(r, pb.DeployNFRequest)}
+    wanted = [(where, step, name) for where, _, names in requests
+              for step, name in names if name not in in_file]
+    if not wanted or len(requests) == 1:   # (one document: the controller says it)
+        return
+    have = {nf.name for nf in stub.ListNFs(pb.ListNFsRequest(), timeout=args.timeout).nfs}
+    for where, step, name in wanted:
+        if name not in have:
+            raise _UsageError(f"{where}: spec.nfs.{step}.nf: no deployed NF named {name!r}, "
+                              "nor one this file deploys; nothing was applied")
+
+
 def _request(doc, where: str, text: str | None, base_dir: str):
-    """The DeployNFRequest or ApplySFCRequest of one document (`text`: the file's, when it is
-    the only document); _UsageError naming `where` and the field."""
+    """(the DeployNFRequest or ApplySFCRequest of one document, the (step, deployed NF)
+    pairs an SFC names: checked only when it is one of several); `text`: the file's, when
+    it is the only document. _UsageError naming `where` and the field."""
     from serpens.common.spec import SpecError, parse_sfc
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     kind = doc.get("kind") if isinstance(doc, dict) else None
@@ -194,20 +225,24 @@ def _request(doc, where: str, text: str | None, base_dir: str):
         description = doc.get("description") or ""
         if not isinstance(description, str):
             raise _UsageError(f"{where}: description: a string, got {description!r}")
-        src_text, _ = _read(os.path.join(base_dir, source), LIMITS.nf_source_bytes)
-        return pb.DeployNFRequest(name=name, source=src_text, description=description)
+        try:
+            src_text, _ = _read(os.path.join(base_dir, source), LIMITS.nf_source_bytes)
+        except _UsageError as e:
+            raise _UsageError(f"{where}: source: {e}") from None
+        return pb.DeployNFRequest(name=name, source=src_text, description=description), ()
     if kind == "SFC" or text is not None:
         # One document goes as written (the server's errors then match the file); one of
         # several is sent as its JSON, YAML dates and times (values or keys) as their text,
         # for the server to judge.
         if text is not None:
-            return pb.ApplySFCRequest(spec=text)
+            return pb.ApplySFCRequest(spec=text), ()
         spec = json.dumps(_text_keys(doc), default=str)
         try:  # as the controller will (a later document's typo stops the earlier ones)
-            parse_sfc(spec, allow_source=False)
+            parsed = parse_sfc(spec, allow_source=False)
         except SpecError as e:
             raise _UsageError(f"{where}: {e}") from None
-        return pb.ApplySFCRequest(spec=spec)
+        return pb.ApplySFCRequest(spec=spec), [(step, nf.deployed) for step, nf in
+                                                parsed.nfs.items() if nf.deployed]
     raise _UsageError(f"{where}: kind must be NF or SFC, got {kind!r}")
 
 
@@ -476,6 +511,8 @@ def _snapshot_or_restore(stub, args) -> int:
         if len(data) > MAX_MESSAGE:
             raise _UsageError(f"{args.file}: over {MAX_MESSAGE} bytes: not a snapshot")
         snap = pb.StateSnapshot.FromString(data)
+        if not snap.tables:   # (an empty file parses as an empty snapshot)
+            raise _UsageError(f"{args.file}: not a state snapshot (it holds no tables)")
     except OSError as e:
         raise _UsageError(f"{args.file}: {e.strerror}") from None
     except _UsageError:

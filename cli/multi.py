@@ -179,6 +179,14 @@ def _reported_in(api, name: str) -> bool:
                for r in node_records(nodes).values())
 
 
+# What a user reads in the gateway's drops (docs/dataplane.md has them all)
+DROP_REASONS = {
+    "no_server": "frames of the SFC while no server ran it (e.g. before its first one "
+                 "started)",
+    "unmatched": "frames that are no SFC's (no route's match)",
+}
+
+
 def show_gateway(gateway) -> None:
     """One line per SFC of the gateway: frames in, to servers, back, and its drops."""
     status = gateway_status(gateway)
@@ -191,8 +199,12 @@ def show_gateway(gateway) -> None:
              if drops else ""))
     print(f"  {'SFC':<16} {'TAG':>5} {'FROM OUTSIDE':>13} {'TO SERVERS':>11} {'BACK':>11}  "
           "SERVERS (node:weight)  DROPS")
+    seen = set(drops)
     for name, sfc in sorted(status.sfcs.items()):
         servers = ",".join(f"{n}:{w}" for n, w in sorted(sfc.servers.items()))
+        seen |= {k for k, v in sfc.drops.items() if v}
         drops = " ".join(f"{k} {v}" for k, v in sorted(sfc.drops.items()) if v) or "-"
         print(f"  {name:<16} {sfc.tag:>5} {sfc.rx:>13} {sfc.tx:>11} {sfc.back:>11}  "
               f"{servers:<21}  {drops}")
+    for reason in sorted(seen & DROP_REASONS.keys()):  # (counted since the gateway started)
+        print(f"  {reason}: {DROP_REASONS[reason]}")

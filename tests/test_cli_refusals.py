@@ -50,7 +50,8 @@ def test_up_never_empties_a_directory_it_did_not_make(tmp_path):
     (precious / "cluster.json").write_text("not what up writes")
     (precious / "notes").write_text("mine")
     r = run("serpens", "--dir", str(precious), "--config", str(tmp_path / "cfg"), "up")
-    assert r.returncode == 2 and "holds no cluster.json `up` wrote" in r.stderr, r.stderr
+    assert r.returncode == 2 and "holds a cluster.json `up` cannot read" in r.stderr \
+        and "put back the one it wrote" in r.stderr, r.stderr
     assert sorted(os.listdir(precious)) == ["cluster.json", "notes"]
 
 
@@ -217,7 +218,16 @@ def test_a_cluster_json_up_did_not_write_stops_nothing_and_stays(tmp_path, text,
     (tmp_path / "c" / "cluster.json").write_text(text)
     r = run("serpens", "--dir", str(tmp_path / "c"), "--config", str(tmp_path / "cfg"), command)
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "nothing was stopped" in r.stderr and "remove it)" not in r.stderr.split(";")[0]
     assert (tmp_path / "c" / "cluster.json").read_text() == text
+
+
+def test_status_of_a_cluster_json_without_its_controller_is_one_line(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cluster.json").write_text('{"processes": {}}')
+    r = run("serpens", "--dir", str(tmp_path / "c"), "status")
+    assert r.returncode == 2 and "no 'api' of the cluster's controller" in r.stderr \
+        and "Traceback" not in r.stderr, r.stderr
 
 
 def test_down_never_signals_a_process_that_took_a_recorded_pid(tmp_path):
@@ -278,3 +288,15 @@ def test_the_supervisor_refuses_a_log_it_cannot_append_to(tmp_path):
                        timeout=30, cwd=tmp_path)
     assert r.returncode == 2 and f"--log {tmp_path}: is a directory" in r.stderr, r.stderr
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "not a state snapshot (it holds no tables)"),
+    (b"\xff\xfe\xfd", "not a state snapshot ("),
+])
+def test_restore_refuses_what_is_not_a_snapshot_before_calling(tmp_path, content, words):
+    f = tmp_path / "snap"
+    f.write_bytes(content)
+    r = run("serpensctl", "--insecure", "--server", "127.0.0.1:1", "state", "restore", "s",
+            "mon", "-f", str(f))
+    assert r.returncode == 2 and words in r.stderr, r.stderr

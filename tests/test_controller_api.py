@@ -246,3 +246,42 @@ def test_dead_etcd_gives_unavailable_quickly():
         if controller is not None:
             assert controller.stop() == 0
         etcd.destroy()
+
+
+def test_a_file_of_documents_applies_whole_or_stops_before_its_sfcs(controller, tmp_path):
+    """Every document is checked before the first is sent (a deployed NF an SFC names
+    included), NFs go before SFCs, and a refusal names its document."""
+    s, stub = controller.address, controller.stub
+    (tmp_path / "mine.c").write_text(nf_source("pass.c"))
+    (tmp_path / "broken.c").write_text("int serpens_nf_process(; /* does not compile */\n")
+    sfc = ("apiVersion: serpens/v1\nkind: SFC\nmetadata: {name: doc-sfc}\n"
+           "spec:\n  nfs:\n    a: {nf: NAME}\n  chain: [a]\n")
+    nf = "apiVersion: serpens/v1\nkind: NF\nmetadata: {name: NAME}\nsource: ./FILE\n"
+
+    def names():
+        return ({n.name for n in stub.ListNFs(pb.ListNFsRequest(), timeout=10).nfs},
+                {x.name for x in stub.ListSFCs(pb.ListSFCsRequest(), timeout=10).sfcs})
+    before = names()
+    # an SFC naming an NF nobody deployed: refused by the document, nothing sent
+    (tmp_path / "a.yaml").write_text(nf.replace("NAME", "doc-ok").replace("FILE", "mine.c")
+                                     + "---\n" + sfc.replace("NAME", "doc-typo"))
+    r = serpensctl(s, "apply", "-f", str(tmp_path / "a.yaml"))
+    assert r.returncode == 2 and "(document 2): spec.nfs.a.nf: no deployed NF named " \
+        "'doc-typo'" in r.stderr, r.stderr
+    assert names() == before
+    # the SFC first in the file: the NF it names is deployed before it; an NF that does not
+    # compile stops the SFC, and the refusal names its document
+    (tmp_path / "b.yaml").write_text(sfc.replace("NAME", "doc-bad") + "---\n"
+                                     + nf.replace("NAME", "doc-bad").replace("FILE", "broken.c"))
+    r = serpensctl(s, "apply", "-f", str(tmp_path / "b.yaml"))
+    assert r.returncode == 1 and "(document 2): INVALID_ARGUMENT: source:" in r.stderr, r.stderr
+    assert names() == before
+    (tmp_path / "c.yaml").write_text(sfc.replace("NAME", "doc-ok") + "---\n"
+                                     + nf.replace("NAME", "doc-ok").replace("FILE", "mine.c"))
+    r = serpensctl(s, "apply", "-f", str(tmp_path / "c.yaml"))
+    assert r.returncode == 0 and r.stdout.index("nf/doc-ok") < r.stdout.index("sfc/doc-sfc")
+    assert serpensctl(s, "delete", "sfc", "doc-sfc").returncode == 0
+    assert serpensctl(s, "delete", "nf", "doc-ok").returncode == 0
+    (tmp_path / "empty.yaml").write_text("---\n")
+    r = serpensctl(s, "apply", "-f", str(tmp_path / "empty.yaml"))
+    assert r.returncode == 2 and "no documents" in r.stderr
