@@ -17,6 +17,9 @@ COUNT = number(int, 1, LIMITS.capture_count)
 SECONDS = number(float, 0, LIMITS.capture_seconds, above=True)
 
 
+NODE_HELP = "the server, of an SFC served by several (default: its first)"
+
+
 def register(sub) -> None:
     p = sub.add_parser("capture", help="write the packets passing a point of an SFC to pcapng")
     p.add_argument("sfc")
@@ -29,11 +32,13 @@ def register(sub) -> None:
     p.add_argument("-s", "--snaplen", type=number(int, 1, LIMITS.capture_snaplen), default=2048,
                    help="bytes kept per packet")
     p.add_argument("-w", "--write", required=True, help="the pcapng file to write ('-': stdout)")
+    p.add_argument("--node", default="", help=NODE_HELP)
     p.set_defaults(func=_run(_capture))
     p = sub.add_parser("trace", help="the next packets' path through an SFC's chain")
     p.add_argument("sfc")
     p.add_argument("-c", "--count", type=COUNT, default=1)
     p.add_argument("--seconds", type=SECONDS, default=60.0, help="give up after this long")
+    p.add_argument("--node", default="", help=NODE_HELP)
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=_run(_trace))
 
@@ -66,7 +71,7 @@ def _capture(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     request = pb.CaptureRequest(sfc=args.sfc, nf=args.nf, at=args.at, count=args.count,
                                 seconds=args.seconds, max_bytes=args.max_bytes,
-                                snaplen=args.snaplen)
+                                snaplen=args.snaplen, node=args.node)
     to_stdout = args.write == "-"
     if not to_stdout:
         _writable(args.write)
@@ -123,7 +128,7 @@ def _capture(stub, args) -> int:
 def _trace(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     request = pb.CaptureRequest(sfc=args.sfc, count=args.count, seconds=args.seconds,
-                                trace=True, snaplen=128)
+                                trace=True, snaplen=128, node=args.node)
     n = 0
     for ev in stub.Capture(request):
         if not ev.HasField("trace"):

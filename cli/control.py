@@ -61,7 +61,7 @@ def register(sub) -> None:
     p.add_argument("kind", choices=("nf", "sfc", "node"))
     p.add_argument("name")
     p.set_defaults(func=_run(_describe))
-    p = sub.add_parser("state", help="NF state on the node that runs an SFC")
+    p = sub.add_parser("state", help="NF state on a node that runs an SFC")
     p.add_argument("action", choices=("dump", "snapshot", "restore", "reset"))
     p.add_argument("sfc")
     p.add_argument("nf", help="the NF's name in the SFC spec")
@@ -75,6 +75,9 @@ def register(sub) -> None:
     p.add_argument("--no-merge", dest="merge", action="store_false",
                    help="dump: read the tables as they are, without having the instances "
                         "merge first (eventual counters then lag up to 100 ms)")
+    p.add_argument("--node", default="",
+                   help="the server, of an SFC served by several (default: its first); each "
+                        "holds the state of the flows it serves")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=_run(_state))
     p = sub.add_parser("watch", help="print changes to NFs, SFCs and nodes as they happen")
@@ -452,7 +455,8 @@ def _route(route) -> str:
 def _state(stub, args) -> int:
     from serpens.proto.serpens.v1 import serpens_pb2 as pb
     if args.action == "reset":
-        reply = stub.ResetState(pb.ResetStateRequest(sfc=args.sfc, nf=args.nf, table=args.table),
+        reply = stub.ResetState(pb.ResetStateRequest(sfc=args.sfc, nf=args.nf, table=args.table,
+                                                     node=args.node),
                                 timeout=max(args.timeout, 60))
         print(f"{args.sfc}.{args.nf} on {reply.node}: "
               + (f"deleted {', '.join(reply.tables)}" if reply.tables else "no tables to delete"))
@@ -462,7 +466,8 @@ def _state(stub, args) -> int:
     if args.limit < 1:
         raise _UsageError(f"--limit: at least 1, got {args.limit}")
     reply = stub.ReadState(pb.ReadStateRequest(sfc=args.sfc, nf=args.nf, table=args.table,
-                                               limit=args.limit, merge=args.merge),
+                                               limit=args.limit, merge=args.merge,
+                                               node=args.node),
                            timeout=args.timeout)
     if args.output == "json":
         print(json.dumps({"node": reply.node, "tables": [
@@ -493,7 +498,8 @@ def _snapshot_or_restore(stub, args) -> int:
     if not args.file:
         raise _UsageError(f"state {args.action}: -f FILE is required")
     if args.action == "snapshot":
-        snap = stub.SnapshotState(pb.SnapshotStateRequest(sfc=args.sfc, nf=args.nf),
+        snap = stub.SnapshotState(pb.SnapshotStateRequest(sfc=args.sfc, nf=args.nf,
+                                                          node=args.node),
                                   timeout=max(args.timeout, 120))
         data = snap.SerializeToString()
         try:
@@ -520,7 +526,7 @@ def _snapshot_or_restore(stub, args) -> int:
     except Exception as e:  # protobuf's DecodeError
         raise _UsageError(f"{args.file}: not a state snapshot ({e})") from None
     reply = stub.RestoreState(bulk.pieces(pb.RestoreStateRequest(
-        sfc=args.sfc, nf=args.nf, snapshot=snap, force=args.force)),
+        sfc=args.sfc, nf=args.nf, snapshot=snap, force=args.force, node=args.node)),
         timeout=max(args.timeout, 120))
     print(f"{args.sfc}.{args.nf} on {reply.node}: {reply.tables} tables restored from "
           f"{snap.sfc}.{snap.nf} of {snap.node}")

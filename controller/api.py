@@ -514,31 +514,41 @@ class SerpensServicer(pb_grpc.SerpensServicer):
 
     @_handler
     async def ReadState(self, request, context):
-        return await self._on_node(request.sfc, "ReadState", request, timeout=30)
+        return await self._on_node(request.sfc, "ReadState", request, timeout=30,
+                                   node=request.node)
 
     @_handler
     async def SnapshotState(self, request, context):
-        return await self._on_node(request.sfc, "SnapshotState", request, timeout=120)
+        return await self._on_node(request.sfc, "SnapshotState", request, timeout=120,
+                                   node=request.node)
 
     @_handler
     async def RestoreState(self, request_pieces, context):
         data = await bulk.received(request_pieces, context)
         request = await bulk.parsed(data, pb.RestoreStateRequest, context)
-        sfc = request.sfc
-        del request   # (only its name is needed here: the node is sent the bytes as they came)
-        return await self._on_node(sfc, "RestoreState", bulk.pieces(data), timeout=120)
+        sfc, node = request.sfc, request.node
+        del request   # (only its names are needed here: the node is sent the bytes as they came)
+        return await self._on_node(sfc, "RestoreState", bulk.pieces(data), timeout=120,
+                                   node=node)
 
     @_handler
     async def ResetState(self, request, context):
-        return await self._on_node(request.sfc, "ResetState", request, timeout=60)
+        return await self._on_node(request.sfc, "ResetState", request, timeout=60,
+                                   node=request.node)
 
-    async def _node_of(self, sfc: str) -> tuple[str, NodeRecord]:
-        """The node running SFC `sfc` now and its record; FAILED_PRECONDITION if none."""
+    async def _node_of(self, sfc: str, node: str = "") -> tuple[str, NodeRecord]:
+        """The node running SFC `sfc` now (`node`, one of the servers of an SFC served by
+        several; else its first) and its record; FAILED_PRECONDITION if none."""
         await self._read(self.sfcs_prefix, sfc, "SFC")
         item = await self._read(self.status_prefix, sfc, None)
         status: SFCStatus | None = \
             self._record(self.status_prefix + sfc, item, "status") if item else None
-        node = status.node if status else ""
+        if node and status and status.node:
+            serving = [n for n, _ in status.nodes] or [status.node]
+            if node not in serving:
+                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"node: SFC {sfc} runs on {', '.join(serving)}, not on {node!r}")
+        node = node or (status.node if status else "")
         item = await self._read(self.nodes_prefix, node, None) if node else None
         record: NodeRecord | None = \
             self._record(self.nodes_prefix + node, item, "node") if item else None
@@ -553,7 +563,7 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
-            node, record = await self._node_of(request.sfc)
+            node, record = await self._node_of(request.sfc, request.node)
         except _Abort as e:
             await context.abort(e.code, e.message)
         except StoreError as e:
@@ -572,11 +582,11 @@ class SerpensServicer(pb_grpc.SerpensServicer):
         finally:
             call.cancel()
 
-    async def _on_node(self, sfc: str, method: str, request, timeout: float):
-        """Agent.`method`(request) on the node running SFC `sfc`: FAILED_PRECONDITION if it
-        runs nowhere now, the agent's NOT_FOUND/INVALID_ARGUMENT/RESOURCE_EXHAUSTED/
-        DATA_LOSS, else UNAVAILABLE."""
-        node, record = await self._node_of(sfc)
+    async def _on_node(self, sfc: str, method: str, request, timeout: float, node: str = ""):
+        """Agent.`method`(request) on the node running SFC `sfc` (`node`: that one of its
+        servers): FAILED_PRECONDITION if it runs nowhere now (or not there), the agent's
+        NOT_FOUND/INVALID_ARGUMENT/RESOURCE_EXHAUSTED/DATA_LOSS, else UNAVAILABLE."""
+        node, record = await self._node_of(sfc, node)
         try:
             return await getattr(self._agents[record.address], method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:

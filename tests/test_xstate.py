@@ -16,6 +16,7 @@ import os
 import struct
 import time
 
+import grpc
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -202,6 +203,16 @@ def test_state_is_split_counted_and_returned_across_two_servers(cluster):
         sfc=SFC, nf="mon", table="hosts", merge=True), timeout=10)
     assert {json.loads(e.decoded)["host"]: json.loads(e.decoded)["packets"]
             for e in dump.tables[0].entries} == dict(sent)
+    for node in SERVERS:   # each server's, by name (`serpensctl state dump --node`)
+        dump = c.controller.stub.ReadState(pb.ReadStateRequest(
+            sfc=SFC, nf="mon", table="hosts", merge=True, node=node), timeout=10)
+        assert dump.node == node and {json.loads(e.decoded)["host"]: json.loads(
+            e.decoded)["packets"] for e in dump.tables[0].entries} == dict(sent), node
+    with pytest.raises(grpc.RpcError) as e:
+        c.controller.stub.ReadState(pb.ReadStateRequest(sfc=SFC, nf="mon", node="elsewhere"),
+                                    timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION \
+        and "not on 'elsewhere'" in e.value.details(), e.value.details()
     agent_sfc = {s: c.agents[s].sfcs()[SFC] for s in SERVERS}
     assert all(a.deltas_pushed > 0 and a.deltas_applied > 0 and a.peer_state == ""
                for a in agent_sfc.values()), agent_sfc

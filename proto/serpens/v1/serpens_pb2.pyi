@@ -100,7 +100,7 @@ class GetUsageResponse(_message.Message):
     def __init__(self, sfcs: _Optional[_Iterable[_Union[SFCUsage, _Mapping]]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unreachable: _Optional[_Iterable[str]] = ..., node: _Optional[str] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("sfc", "nf", "at", "count", "seconds", "max_bytes", "snaplen", "trace")
+    __slots__ = ("sfc", "nf", "at", "count", "seconds", "max_bytes", "snaplen", "trace", "node")
     SFC_FIELD_NUMBER: _ClassVar[int]
     NF_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class CaptureRequest(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     SNAPLEN_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     nf: str
     at: str
@@ -117,7 +118,8 @@ class CaptureRequest(_message.Message):
     max_bytes: int
     snaplen: int
     trace: bool
-    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., at: _Optional[str] = ..., count: _Optional[int] = ..., seconds: _Optional[float] = ..., max_bytes: _Optional[int] = ..., snaplen: _Optional[int] = ..., trace: _Optional[bool] = ...) -> None: ...
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., at: _Optional[str] = ..., count: _Optional[int] = ..., seconds: _Optional[float] = ..., max_bytes: _Optional[int] = ..., snaplen: _Optional[int] = ..., trace: _Optional[bool] = ..., node: _Optional[str] = ...) -> None: ...
 
 class CapturedPacket(_message.Message):
     __slots__ = ("data", "orig_len", "time_ns", "node", "instance", "nf", "verdict", "reason", "at", "router")
@@ -190,18 +192,20 @@ class CaptureEvent(_message.Message):
     def __init__(self, packet: _Optional[_Union[CapturedPacket, _Mapping]] = ..., trace: _Optional[_Union[TracedPacket, _Mapping]] = ..., summary: _Optional[_Union[CaptureSummary, _Mapping]] = ...) -> None: ...
 
 class ReadStateRequest(_message.Message):
-    __slots__ = ("sfc", "nf", "table", "limit", "merge")
+    __slots__ = ("sfc", "nf", "table", "limit", "merge", "node")
     SFC_FIELD_NUMBER: _ClassVar[int]
     NF_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     MERGE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     nf: str
     table: str
     limit: int
     merge: bool
-    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., limit: _Optional[int] = ..., merge: _Optional[bool] = ...) -> None: ...
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., limit: _Optional[int] = ..., merge: _Optional[bool] = ..., node: _Optional[str] = ...) -> None: ...
 
 class StateTable(_message.Message):
     __slots__ = ("name", "flags", "key_size", "value_size", "capacity", "count", "entries")
@@ -240,12 +244,14 @@ class ReadStateResponse(_message.Message):
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[StateTable, _Mapping]]] = ...) -> None: ...
 
 class SnapshotStateRequest(_message.Message):
-    __slots__ = ("sfc", "nf")
+    __slots__ = ("sfc", "nf", "node")
     SFC_FIELD_NUMBER: _ClassVar[int]
     NF_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     nf: str
-    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ...) -> None: ...
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class TableImage(_message.Message):
     __slots__ = ("name", "size", "zdata")
@@ -282,16 +288,18 @@ class BulkChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class RestoreStateRequest(_message.Message):
-    __slots__ = ("sfc", "nf", "snapshot", "force")
+    __slots__ = ("sfc", "nf", "snapshot", "force", "node")
     SFC_FIELD_NUMBER: _ClassVar[int]
     NF_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     nf: str
     snapshot: StateSnapshot
     force: bool
-    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., snapshot: _Optional[_Union[StateSnapshot, _Mapping]] = ..., force: _Optional[bool] = ...) -> None: ...
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., snapshot: _Optional[_Union[StateSnapshot, _Mapping]] = ..., force: _Optional[bool] = ..., node: _Optional[str] = ...) -> None: ...
 
 class RestoreStateResponse(_message.Message):
     __slots__ = ("node", "tables")
@@ -826,14 +834,16 @@ class NodeStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sfcs: _Optional[_Iterable[_Union[AgentSFC, _Mapping]]] = ..., ports: _Optional[_Mapping[str, PortCounters]] = ..., vxlan_rx: _Optional[int] = ..., arp_replies: _Optional[int] = ..., vxlan_drops: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ResetStateRequest(_message.Message):
-    __slots__ = ("sfc", "nf", "table")
+    __slots__ = ("sfc", "nf", "table", "node")
     SFC_FIELD_NUMBER: _ClassVar[int]
     NF_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     sfc: str
     nf: str
     table: str
-    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ...) -> None: ...
+    node: str
+    def __init__(self, sfc: _Optional[str] = ..., nf: _Optional[str] = ..., table: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class ResetStateResponse(_message.Message):
     __slots__ = ("node", "tables")
