@@ -58,7 +58,8 @@ def snapshot(api, timeout: float = 5.0) -> dict:
                   "instances": s.status.instances, "message": s.status.message,
                   **{k: rate(s, k) for k in ("in_pps", "out_pps")}} for s in sfcs],
         "nodes": [{"name": name, "address": rec.address, "sfcs": sorted(rec.load.sfcs),
-                   "ports": {port: asdict(load) for port, load in rec.load.ports.items()}}
+                   "ports": {port: asdict(load) for port, load in rec.load.ports.items()},
+                   "reported_at": rec.reported_at}
                   for name, rec in sorted(records.items())]}
 
 
@@ -75,19 +76,28 @@ def node_records(nodes) -> dict:
     return out
 
 
-def render(snap: dict) -> str:
+def render(snap: dict, now: float | None = None) -> str:
+    """The tables status prints; a node's REPORTED is how long ago (by this machine's clock)
+    its agent last wrote its record: its rates are of then (a dead agent's stay until its
+    lease ends)."""
+    now = time.time() if now is None else now
     rows = [("SFC", "PHASE", "NODE", "GEN", "INSTANCES", "IN", "OUT", "MESSAGE")]
     rows += [(s["name"], s["phase"], s["node"] or "-", str(s["generation"]),
               f"{s['instances']}/{s['replicas']}", _pps(s["in_pps"]), _pps(s["out_pps"]),
               s["message"]) for s in snap["sfcs"]]
     out = [_table(rows) if snap["sfcs"] else "no SFCs applied"]
-    rows = [("NODE", "ADDRESS", "SFCS", "PORTS (rx/tx)")]
-    rows += [(n["name"], n["address"], ",".join(n["sfcs"]) or "-",
+    rows = [("NODE", "ADDRESS", "REPORTED", "SFCS", "PORTS (rx/tx)")]
+    rows += [(n["name"], n["address"], _ago(now - n["reported_at"]) if n["reported_at"] else "-",
+              ",".join(n["sfcs"]) or "-",
               "  ".join(f"{p} {_pps(c['rx_pps'])}/{_pps(c['tx_pps'])}"
                         for p, c in sorted(n["ports"].items())))
              for n in snap["nodes"]]
     out.append(_table(rows) if snap["nodes"] else "no nodes registered")
     return "\n\n".join(out)
+
+
+def _ago(seconds: float) -> str:
+    return "now" if seconds < 1 else f"{seconds:.0f}s ago"
 
 
 def show(api, timeout: float = 5.0) -> int:
