@@ -40,6 +40,7 @@ Exit codes: 0 done, 1 something did not start (its log's tail is printed), 2 bad
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -840,6 +841,8 @@ def down(directory: str, state_path: str) -> int:
     remove_dead_dpdk_files(state, verbose=True)
     _remove_testbed(state, verbose=True)
     shutil.rmtree(directory, ignore_errors=True)
+    if os.path.dirname(directory) == "/run/serpens":   # (made for the default --dir)
+        _remove_if_empty("/run/serpens")
     _forget_context(state)
     print("serpens: the local cluster is down")
     return 0
@@ -861,8 +864,15 @@ def _forget_context(state: dict):
             doc.pop("current-context", None)
         if kept:
             config.save(path, doc)
-        else:  # nothing else was in it: leave no empty file behind
+        else:  # nothing else was in it: leave no empty file (or ~/.serpens) behind
             os.unlink(path)
+            if path == os.path.expanduser("~/.serpens/config"):
+                _remove_if_empty(os.path.dirname(path))
+
+
+def _remove_if_empty(directory: str):
+    with contextlib.suppress(OSError):   # (not empty, or not ours to remove: it stays)
+        os.rmdir(directory)
 
 
 def _stop_all(state: dict, verbose: bool = False):
