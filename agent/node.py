@@ -399,8 +399,12 @@ class Node:
 
     _tags: dict = {}
 
+    # Calls on one SFC's instances and tables hold its lock, not the node's: one SFC's long
+    # table copy or instance start never holds up another's (the router's and the pool's
+    # own calls are safe from several threads: each SFC's instance manager makes them).
+
     def scale(self, sfc: str, n: int):
-        with self._lock:
+        with self._sfc_locks.hold(sfc):
             self.running[sfc].manager.scale(n)
             self.running[sfc].replicas = n
 
@@ -412,12 +416,12 @@ class Node:
 
     def merge_state(self, sfc: str) -> int:
         """SFC `sfc`'s running instances merge their state now; how many did."""
-        with self._lock:
+        with self._sfc_locks.hold(sfc):
             return self._entry(sfc).manager.merge_state()
 
     def snapshot_state(self, sfc: str, nf: str) -> list[tuple[str, bytes]]:
         """All tables of NF `nf` of SFC `sfc`, copied while its instances are stopped."""
-        with self._lock:
+        with self._sfc_locks.hold(sfc):
             entry = self._entry(sfc)
             with entry.manager.paused():
                 return self.state.read_nf(entry.spec.state_namespace(nf))
@@ -425,7 +429,7 @@ class Node:
     def restore_state(self, sfc: str, nf: str, tables: list[tuple[str, bytes]]):
         """Make `tables` all the state of NF `nf` of SFC `sfc` (StateError: nothing changed),
         while its instances are stopped."""
-        with self._lock:
+        with self._sfc_locks.hold(sfc):
             entry = self._entry(sfc)
             with entry.manager.paused():
                 self.state.replace_nf(entry.spec.state_namespace(nf), tables)
@@ -434,7 +438,7 @@ class Node:
         """Delete table `table` (all tables if empty) of NF `nf` of SFC `sfc` while its
         instances are stopped; the next instances create them again, empty. Returns the
         tables deleted."""
-        with self._lock:
+        with self._sfc_locks.hold(sfc):
             entry = self._entry(sfc)
             with entry.manager.paused():
                 return self.state.drop(entry.spec.state_namespace(nf), table or None)

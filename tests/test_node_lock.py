@@ -1,5 +1,6 @@
 """An SFC's NFs compile without the node's lock (agent/node.py apply_sfc): while one SFC's
-compiler runs, another SFC on the node scales and merges; a stop of the SFC being built waits
+compiler runs, or its tables are copied, another SFC on the node scales, merges and is
+copied; a stop of the SFC being built waits
 for its run and then stops it (never the other way round: a stopped SFC does not come back);
 a run refused after its build frees what it built."""
 import threading
@@ -9,6 +10,7 @@ import pytest
 from serpens.agent import node as node_module
 from serpens.agent.node import Node, StaleSpec
 from serpens.agent.process_pool import ProcessPool
+from serpens.agent.state_manager import StateManager
 from serpens.common.node_spec import parse_node
 from serpens.common.spec import parse_sfc
 
@@ -87,6 +89,29 @@ def test_another_sfc_is_served_while_one_compiles(dataplane, areas, monkeypatch)
                 node.apply_sfc(parse_sfc(SLOW), generation=1)
             assert len(areas._used) == before
             assert len(node._sfc_locks) == 0
+
+            # one SFC's table copy (a snapshot, its instances paused) holds up no other's
+            copying, copied = threading.Event(), threading.Event()
+            read_nf = StateManager.read_nf
+
+            def slow_read(manager, namespace):
+                if namespace.startswith("slow."):
+                    copying.set()
+                    assert copied.wait(30)
+                return read_nf(manager, namespace)
+            monkeypatch.setattr(StateManager, "read_nf", slow_read)
+            snapshot = threading.Thread(target=node.snapshot_state, args=("slow", "fw"))
+            snapshot.start()
+            assert copying.wait(30)
+            served = threading.Thread(target=lambda: (node.scale("quick", 2),
+                                                      node.merge_state("quick"),
+                                                      node.snapshot_state("quick", "mon")))
+            served.start()
+            served.join(20)
+            assert not served.is_alive(), "quick waited for slow's snapshot"
+            copied.set()
+            snapshot.join(30)
+            assert not snapshot.is_alive() and node.running["quick"].replicas == 2
     finally:
         go_on.set()
         for w in wires.values():
