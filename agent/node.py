@@ -495,8 +495,8 @@ class Node:
 
     def stats(self) -> dict:
         """Counters by port and SFC name, with each SFC's running instances. Not under the
-        node's lock, which a snapshot holds for as long as it copies tables: load reports
-        and GetNode must not wait for it."""
+        node's lock, which a run holds while it starts an SFC: load reports and GetNode must
+        not wait for it."""
         with self._router_lock:
             st = self.router.stats() if self.router else {"ports": {}, "sfcs": {}, "vxlan": {}}
         running = list(self.running.items())
