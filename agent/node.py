@@ -168,14 +168,15 @@ class Node:
         self.dataplane, self.pool, self.ports = dataplane, pool, ports
         self._own_dataplane, self._own_pool = dataplane is None, pool is None
         self._own_ports = ports is None
-        self.areas = areas or AreaAllocator()
+        # (`is None`: an allocator with nothing handed out yet is empty, and falsy)
+        self.areas = areas if areas is not None else AreaAllocator()
         self.running: dict[str, _Running] = {}   # in routing order (rules: first match wins)
         self.router = None
         self.underlay_mac = None   # the underlay port's own MAC, once open
         self.gateway = None        # (ip, mac) the router sends `output: gateway` packets to
         self._lock = threading.RLock()
         self._builds = threading.Semaphore(1)
-        self._sfc_locks = NamedLocks()   # one SFC's run and stop, in the order called
+        self._sfc_locks = NamedLocks()   # one SFC's calls (run, stop, state), one at a time
         self._router_lock = threading.Lock()  # stats() vs close()
         self.usage_s, self.usage_path, self.meter = usage_s, usage_path, None
         self._usage_lock = threading.Lock()   # usage_counters() vs SFCs coming and going
@@ -249,24 +250,22 @@ class Node:
     def _apply_sfc(self, spec: SFCSpec, deployed, replicas, generation: int,
                    incarnation: int, vxlan: VxlanRoute | None):
         with self._lock:
-            kept = self._check_apply(spec, replicas, generation, incarnation, vxlan)
+            kept = self._kept(spec, replicas, generation, incarnation, vxlan)
             if kept is not None:
                 return kept
+            self._check_fits(spec, vxlan)
         # Compiled without the node's lock: another SFC's calls (scale, stop, state) do not
         # wait for this one's compiler; the other SFCs it must fit with may have changed
-        # meanwhile, so they are checked again below. One build at a time (the compiler
-        # shares the node's CPUs with its packets).
+        # meanwhile, so they are checked again below (this SFC cannot: its lock is held).
+        # One build at a time (the compiler shares the node's CPUs with its packets).
         with self._builds:
             built = build_sfc(spec, self.areas, deployed)
         with self._lock:
             try:
-                kept = self._check_apply(spec, replicas, generation, incarnation, vxlan)
+                self._check_fits(spec, vxlan)
             except BaseException:
                 built.close(self.areas)
                 raise
-            if kept is not None:  # (not after the check above, with this SFC's lock held)
-                built.close(self.areas)
-                return kept
             old = self.running.get(spec.name)
             manager = added = None
             try:
@@ -314,11 +313,11 @@ class Node:
                 manager.scale(want)
             return entry
 
-    def _check_apply(self, spec: SFCSpec, replicas, generation: int, incarnation: int,
-                     vxlan) -> _Running | None:
-        """Under the lock, before apply_sfc builds and again before it runs what it built:
-        StaleSpec or SpecError if `spec` may not run here now; the running entry when only
-        the gateway's address (or nothing) changed, which is then updated in place."""
+    def _kept(self, spec: SFCSpec, replicas, generation: int, incarnation: int,
+              vxlan) -> _Running | None:
+        """Under the lock, before apply_sfc builds: StaleSpec if the node runs a newer
+        generation; the running entry when only the gateway's address (or nothing) changed,
+        which is then updated in place (nothing to build)."""
         old = self.running.get(spec.name)
         if old is not None and (incarnation, generation) < (old.incarnation, old.generation):
             raise StaleSpec(f"node {self.spec.name} runs {spec.name} generation "
@@ -335,11 +334,15 @@ class Node:
                 old.manager.scale(replicas)
                 old.replicas = replicas
             return old
+        return None
+
+    def _check_fits(self, spec: SFCSpec, vxlan):
+        """Under the lock, before apply_sfc builds and again before it runs what it built:
+        SpecError if `spec` does not fit beside the node's other SFCs (ports, tags, match)."""
         others = [r for r in self.running.values() if r.spec.name != spec.name]
         check_references(self.spec, [r.spec for r in others] + [spec],
                          {r.spec.name: r.vxlan for r in others if r.vxlan} |
                          ({spec.name: vxlan} if vxlan else {}))
-        return None
 
     def _out_port(self, spec: SFCSpec) -> int:
         """The DPDK port `spec`'s packets leave by (`output: gateway`: the underlay port)."""

@@ -896,13 +896,19 @@ def _stop(proc: dict):
         os.kill(proc["pid"], signal.SIGKILL)
 
 
-def _start_ticks(pid: int) -> int | None:
-    """When `pid` started (clock ticks after boot: /proc/PID/stat field 22), None if gone."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command (state first), None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot: /proc/PID/stat field 22), None if gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def _alive(proc: dict) -> bool:
@@ -911,9 +917,10 @@ def _alive(proc: dict) -> bool:
     try:
         with open(f"/proc/{proc['pid']}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        with open(f"/proc/{proc['pid']}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
+        return False
+    fields = _stat(proc["pid"])
+    if fields is None:
         return False
     if proc.get("started") is not None and int(fields[19]) != proc["started"]:
         return False

@@ -171,9 +171,11 @@ def _apply(stub, args) -> int:
     # Every document is checked (and its NF source read) before the first is sent: a typo
     # in the third must not leave the first two applied. Then the NFs go first (an SFC may
     # name them): one the controller refuses (its compiler's errors) stops every SFC.
-    requests = [(where, *_request(doc, where, text if len(docs) == 1 else None, base_dir))
-                for i, doc in enumerate(docs)
-                for where in [args.file + (f" (document {i + 1})" if len(docs) > 1 else "")]]
+    requests = []
+    for i, doc in enumerate(docs):
+        where = args.file + (f" (document {i + 1})" if len(docs) > 1 else "")
+        requests.append((where, *_request(doc, where, text if len(docs) == 1 else None,
+                                          base_dir)))
     _check_deployed(stub, args, requests)
     requests.sort(key=lambda r: not isinstance(r[1], pb.DeployNFRequest))
     applied = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import grpc
 
 from serpens.common.limits import LIMITS, InputLimits
-from serpens.common.rpc import MAX_MESSAGE
 
 
 def method_limits(limits: InputLimits = LIMITS) -> dict[str, int]:
@@ -43,8 +42,6 @@ class RequestSizeLimit(grpc.aio.ServerInterceptor):
         name = method[len(self._prefix):]
         limit = self._limits.get(name, self._default)
         field = _BULK_FIELD.get(name, "request")
-        if limit >= MAX_MESSAGE:
-            return handler
         deserialize = handler.request_deserializer
 
         def bounded_deserialize(raw: bytes):

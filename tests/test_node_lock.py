@@ -1,14 +1,13 @@
 """An SFC's NFs compile without the node's lock (agent/node.py apply_sfc): while one SFC's
 compiler runs, or its tables are copied, another SFC on the node scales, merges and is
-copied; a stop of the SFC being built waits
-for its run and then stops it (never the other way round: a stopped SFC does not come back);
-a run refused after its build frees what it built."""
+copied; a stop of the SFC being built waits for its run and then stops it (never the other way round: a stopped SFC does not come back);
+a run that no longer fits once built is refused and frees what it built."""
 import threading
 
 import pytest
 
 from serpens.agent import node as node_module
-from serpens.agent.node import Node, StaleSpec
+from serpens.agent.node import Node, SFCConflict, StaleSpec
 from serpens.agent.process_pool import ProcessPool
 from serpens.agent.state_manager import StateManager
 from serpens.common.node_spec import parse_node
@@ -38,12 +37,26 @@ spec:
 """
 
 
+def started(call, *args, **kwargs) -> tuple[threading.Thread, list]:
+    """`call` running in a thread, and the list its exception (if any) goes to."""
+    errors = []
+
+    def run():
+        try:
+            call(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the test looks at it
+            errors.append(e)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
 def test_another_sfc_is_served_while_one_compiles(dataplane, areas, monkeypatch):
     compiling, go_on = threading.Event(), threading.Event()
     real_build = node_module.build_sfc
 
     def slow_build(spec, allocator, deployed=None):
-        if spec.name == "slow":
+        if spec.name in ("slow", "late"):
             compiling.set()
             assert go_on.wait(30)
         return real_build(spec, allocator, deployed)
@@ -54,15 +67,7 @@ def test_another_sfc_is_served_while_one_compiles(dataplane, areas, monkeypatch)
         with ProcessPool(dataplane, 2) as pool, \
                 Node(parse_node(NODE), [parse_sfc(MON)], dataplane=dataplane, pool=pool,
                      areas=areas, ports={n: w.port for n, w in wires.items()}) as node:
-            errors = []
-
-            def apply_slow():
-                try:
-                    node.apply_sfc(parse_sfc(SLOW), generation=1)
-                except Exception as e:  # noqa: BLE001 - reported below
-                    errors.append(e)
-            applying = threading.Thread(target=apply_slow)
-            applying.start()
+            applying, errors = started(node.apply_sfc, parse_sfc(SLOW), generation=1)
             assert compiling.wait(30)
             served = threading.Thread(target=lambda: (node.scale("quick", 1),
                                                       node.merge_state("quick")))
@@ -82,13 +87,31 @@ def test_another_sfc_is_served_while_one_compiles(dataplane, areas, monkeypatch)
             # the same run again: replaced in place, its old images' areas freed; an older
             # one is refused before it builds anything
             node.apply_sfc(parse_sfc(SLOW), generation=2)
-            before = len(areas._used)
+            before = len(node.areas)
             assert node.apply_sfc(parse_sfc(SLOW), generation=2).generation == 2
-            assert len(areas._used) == before
+            assert len(node.areas) == before > 0
             with pytest.raises(StaleSpec):
                 node.apply_sfc(parse_sfc(SLOW), generation=1)
-            assert len(areas._used) == before
+            assert len(node.areas) == before
             assert len(node._sfc_locks) == 0
+
+            # a run that no longer fits once built (another SFC took its tag meanwhile: with
+            # builds side by side, which one at a time rules out today) is refused, and what
+            # it built is freed
+            node._builds = threading.Semaphore(2)
+            compiling.clear()
+            go_on.clear()
+            late, rival = (SLOW.replace("name: slow", f"name: {name}").replace(
+                "match: [{dst: 192.0.2.0/24}]", "tag: 100") for name in ("late", "rival"))
+            applying, refused = started(node.apply_sfc, parse_sfc(late), generation=1)
+            assert compiling.wait(30)
+            node.apply_sfc(parse_sfc(rival), generation=1)
+            before = len(node.areas)
+            go_on.set()
+            applying.join(30)
+            assert refused and isinstance(refused[0], SFCConflict) \
+                and "has tag 100" in str(refused[0]), refused
+            assert "late" not in node.running and len(node.areas) == before  # (built, freed)
 
             # one SFC's table copy (a snapshot, its instances paused) holds up no other's
             copying, copied = threading.Event(), threading.Event()
